@@ -1,0 +1,164 @@
+//! Command-line definitions (clap) only; the commands live in `cmd/`.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+use crate::parse::Format;
+use crate::record::Shape;
+
+/// calllog-bridge: follow API Management Local Edition access logs, serve
+/// them as a local Call Log Stream, forward them upstream, and report the
+/// sync delay.
+#[derive(Debug, Parser)]
+#[command(name = "calllog-bridge", version, about, long_about = None)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Parse log files offline and print call-log records.
+    Parse(ParseArgs),
+    /// Write simulated Local Edition traffic into a directory.
+    Simulate(SimulateArgs),
+    /// Validate a config file and print what was understood.
+    CheckConfig(CheckConfigArgs),
+    /// Run the bridge: follow files, serve the channel, forward upstream.
+    Run(RunArgs),
+    /// Subscribe to a Call Log Stream channel and print records.
+    Tail(TailArgs),
+    /// Show the sync delay per file and per sink of a running bridge.
+    Lag(LagArgs),
+}
+
+/// `parse` arguments.
+#[derive(Debug, clap::Args)]
+pub struct ParseArgs {
+    /// Input format (`auto` decides per file from its first line).
+    #[arg(long, short, value_enum, default_value_t = Format::Auto)]
+    pub format: Format,
+    /// Lookup tables (CSV or JSON) used to fill in names.
+    #[arg(long = "lookups", value_name = "PATH")]
+    pub lookups: Vec<PathBuf>,
+    /// Output shape.
+    #[arg(long, short, value_enum, default_value_t = Shape::Ndjson)]
+    pub output: Shape,
+    /// Write rejected lines here as JSON lines.
+    #[arg(long, value_name = "FILE")]
+    pub rejects: Option<PathBuf>,
+    /// Stamp `ingestion_time` and `sync_delay_ms` with the time each line is read.
+    #[arg(long)]
+    pub stamp: bool,
+    /// Mask `api_key` and `oauth_access_token`, keeping N characters at each end.
+    #[arg(long, value_name = "N")]
+    pub mask_keep: Option<usize>,
+    /// Lines longer than this are rejected.
+    #[arg(long, default_value_t = 1 << 20)]
+    pub max_line_bytes: usize,
+    /// Never show a progress bar.
+    #[arg(long)]
+    pub no_progress: bool,
+    /// Input files (`-` = stdin; `.gz` is decompressed).
+    #[arg(required = true, value_name = "FILE")]
+    pub files: Vec<PathBuf>,
+}
+
+/// `simulate` arguments.
+#[derive(Debug, clap::Args)]
+pub struct SimulateArgs {
+    /// Format to write.
+    #[arg(long, value_enum, default_value_t = Format::Le6)]
+    pub format: Format,
+    /// Directory to write into (created if missing).
+    #[arg(long)]
+    pub dir: PathBuf,
+    /// Lines per second.
+    #[arg(long, default_value_t = 100.0)]
+    pub rate: f64,
+    /// Seconds to run (0 = until interrupted).
+    #[arg(long, default_value_t = 10.0)]
+    pub duration: f64,
+    /// Rotate (rename to `.1`, `.2`, ...) when the live file reaches this size.
+    #[arg(long)]
+    pub rotate_bytes: Option<u64>,
+    /// gzip rotated files.
+    #[arg(long)]
+    pub gzip_rotated: bool,
+    /// `request_time` = now minus this many milliseconds (simulated sync lag).
+    #[arg(long, default_value_t = 0)]
+    pub lag_ms: i64,
+    /// Random seed (same seed, same traffic).
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Write as fast as possible: `--rate` × `--duration` lines, no pacing.
+    #[arg(long)]
+    pub burst: bool,
+}
+
+/// `check-config` arguments.
+#[derive(Debug, clap::Args)]
+pub struct CheckConfigArgs {
+    /// The config file.
+    #[arg(long, short)]
+    pub config: PathBuf,
+}
+
+/// `run` arguments.
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// The config file.
+    #[arg(long, short, required_unless_present = "demo")]
+    pub config: Option<PathBuf>,
+    /// Run the built-in demo: simulated Local Edition traffic in a temporary
+    /// directory, the bridge with its channel, status page and file output
+    /// on localhost.
+    #[arg(long)]
+    pub demo: bool,
+}
+
+/// `tail` arguments.
+#[derive(Debug, clap::Args)]
+pub struct TailArgs {
+    /// Channel URL: `ws://HOST:PORT/ecls/subscribe/<channel>/<area>?key=TOKEN`
+    /// or `ws://HOST:PORT/stream?key=TOKEN`.
+    pub url: String,
+    /// Read the token from this file instead of the URL.
+    #[arg(long)]
+    pub token_file: Option<PathBuf>,
+    /// Print a compact one-line table instead of JSON.
+    #[arg(long)]
+    pub table: bool,
+    /// Start from this sequence number (replay).
+    #[arg(long)]
+    pub since: Option<u64>,
+    /// Exit after this many records.
+    #[arg(long)]
+    pub count: Option<u64>,
+    /// Do not reconnect; exit when the connection ends.
+    #[arg(long)]
+    pub no_reconnect: bool,
+}
+
+/// `lag` arguments.
+#[derive(Debug, clap::Args)]
+pub struct LagArgs {
+    /// The bridge's status URL (default from `--config`, else http://127.0.0.1:8791).
+    #[arg(long)]
+    pub status_url: Option<String>,
+    /// Read the status address from this config file.
+    #[arg(long, short)]
+    pub config: Option<PathBuf>,
+    /// Print the raw status JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// Refresh every N seconds.
+    #[arg(long, value_name = "SECS", num_args = 0..=1, default_missing_value = "2")]
+    pub watch: Option<u64>,
+    /// Exit non-zero when any delay is above this (e.g. `30s`, `5m`, `1h`).
+    #[arg(long, value_name = "DURATION")]
+    pub max_lag: Option<String>,
+}

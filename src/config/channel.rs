@@ -1,0 +1,125 @@
+//! `[channel]`: the local Call Log Stream (WebSocket).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use super::{parse_listen, ConfigError, Secret};
+
+/// The `[channel]` section as written in the file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChannelConfig {
+    /// Listen address (loopback by default).
+    #[serde(default = "default_listen")]
+    pub listen: String,
+    /// The channel id in `/ecls/subscribe/<channel_id>/<area>`.
+    #[serde(default = "default_channel_id")]
+    pub channel_id: String,
+    /// The area name in `/ecls/subscribe/<channel_id>/<area>`.
+    #[serde(default = "default_area")]
+    pub area: String,
+    /// The access token (`?key=`). Prefer `token_file`.
+    #[serde(default)]
+    pub token: Option<String>,
+    /// A file holding the access token.
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
+    /// At most this many concurrent connections (the hosted stream allows 5).
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// Send a ping this often; close a connection that misses two.
+    #[serde(default = "default_ping_interval_secs")]
+    pub ping_interval_secs: u64,
+    /// Records per `{"data":[...]}` message (1 = compatibility mode).
+    #[serde(default = "default_records_per_message")]
+    pub records_per_message: usize,
+    /// Records kept for `?since=` replay.
+    #[serde(default = "default_replay_records")]
+    pub replay_records: usize,
+    /// Per-connection send queue bound; a client past it is closed as a
+    /// slow consumer.
+    #[serde(default = "default_send_queue_bytes")]
+    pub send_queue_bytes: usize,
+    /// Mask `api_key` / `oauth_access_token` on this channel, keeping this
+    /// many characters at each end.
+    #[serde(default)]
+    pub mask_keep: Option<usize>,
+    /// PEM certificate chain for `wss://`.
+    #[serde(default)]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for `wss://`.
+    #[serde(default)]
+    pub tls_key: Option<PathBuf>,
+}
+
+fn default_listen() -> String {
+    "127.0.0.1:8790".into()
+}
+fn default_channel_id() -> String {
+    "local".into()
+}
+fn default_area() -> String {
+    "local".into()
+}
+fn default_max_connections() -> usize {
+    5
+}
+fn default_ping_interval_secs() -> u64 {
+    30
+}
+fn default_records_per_message() -> usize {
+    1
+}
+fn default_replay_records() -> usize {
+    100_000
+}
+fn default_send_queue_bytes() -> usize {
+    8 << 20
+}
+
+impl ChannelConfig {
+    pub(super) fn resolve_paths(&mut self, base: &Path) {
+        for p in [&mut self.token_file, &mut self.tls_cert, &mut self.tls_key].into_iter().flatten() {
+            if p.is_relative() && !base.as_os_str().is_empty() {
+                *p = base.join(&*p);
+            }
+        }
+    }
+
+    /// The parsed listen address.
+    pub fn listen_addr(&self) -> Result<SocketAddr, ConfigError> {
+        parse_listen("channel.listen", &self.listen)
+    }
+
+    /// The token from `token` or `token_file`.
+    pub fn token(&self) -> Result<Secret, ConfigError> {
+        Secret::resolve(self.token.as_deref(), self.token_file.as_deref(), "channel.token", "channel.token_file")?
+            .ok_or_else(|| ConfigError::invalid("channel.token", "a token is required: set `token_file` (or `token`)"))
+    }
+
+    pub(super) fn validate(&self, key: &str) -> Result<(), ConfigError> {
+        self.listen_addr()?;
+        self.token()?;
+        if self.max_connections == 0 {
+            return Err(ConfigError::invalid(format!("{key}.max_connections"), "must be > 0"));
+        }
+        if self.records_per_message == 0 {
+            return Err(ConfigError::invalid(format!("{key}.records_per_message"), "must be > 0"));
+        }
+        if self.ping_interval_secs == 0 {
+            return Err(ConfigError::invalid(format!("{key}.ping_interval_secs"), "must be > 0"));
+        }
+        if self.channel_id.is_empty() || self.channel_id.contains('/') {
+            return Err(ConfigError::invalid(format!("{key}.channel_id"), "must be non-empty and contain no `/`"));
+        }
+        if self.area.is_empty() || self.area.contains('/') {
+            return Err(ConfigError::invalid(format!("{key}.area"), "must be non-empty and contain no `/`"));
+        }
+        if self.tls_cert.is_some() != self.tls_key.is_some() {
+            return Err(ConfigError::invalid(format!("{key}.tls_cert"), "`tls_cert` and `tls_key` go together"));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,68 @@
+//! `[status]`: Prometheus metrics, `/status`, health and the dashboard.
+
+use std::net::SocketAddr;
+
+use serde::Deserialize;
+
+use super::{parse_listen, ConfigError};
+
+/// The `[status]` section.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StatusConfig {
+    /// Address of the status listener (loopback by default).
+    #[serde(default = "default_listen", deserialize_with = "de_listen")]
+    pub listen: SocketAddr,
+    /// Label file metrics per file (off by default: file names are an
+    /// unbounded label set).
+    #[serde(default)]
+    pub per_file_metrics: bool,
+    /// Window over which per-file sync-delay percentiles are computed.
+    #[serde(default = "default_window_secs")]
+    pub delay_window_secs: u64,
+    /// A file with no new data for this long is `idle`.
+    #[serde(default = "default_idle_after_secs")]
+    pub idle_after_secs: u64,
+    /// Set to false to run without the status listener.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8791))
+}
+fn default_window_secs() -> u64 {
+    300
+}
+fn default_idle_after_secs() -> u64 {
+    60
+}
+fn default_true() -> bool {
+    true
+}
+
+fn de_listen<'de, D: serde::Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> {
+    let s = String::deserialize(d)?;
+    parse_listen("status.listen", &s).map_err(serde::de::Error::custom)
+}
+
+impl Default for StatusConfig {
+    fn default() -> Self {
+        StatusConfig {
+            listen: default_listen(),
+            per_file_metrics: false,
+            delay_window_secs: default_window_secs(),
+            idle_after_secs: default_idle_after_secs(),
+            enabled: true,
+        }
+    }
+}
+
+impl StatusConfig {
+    pub(super) fn validate(&self, key: &str) -> Result<(), ConfigError> {
+        if self.delay_window_secs == 0 {
+            return Err(ConfigError::invalid(format!("{key}.delay_window_secs"), "must be > 0"));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,23 @@
+//! calllog-bridge: the on-premises agent that follows API Management Local
+//! Edition access logs and delivers them as call-log records.
+//!
+//! Data flows through the modules in this order (see ARCHITECTURE.md):
+//!
+//! - [`config`]: TOML -> validated settings; the only code that sees raw TOML.
+//! - [`parse`]: one module per Local Edition format; pure, no I/O.
+//! - [`enrich`]: lookup tables, masking; pure apart from (re)loading tables.
+//! - [`record`]: the call-log record and its two JSON shapes.
+//! - [`pipeline`]: batches, acknowledgements and the fan-out to sinks.
+//! - [`cmd`]: one module per subcommand; [`cli`] holds the clap definitions.
+//! - [`time`]: time parsing and formatting.
+
+#![forbid(unsafe_code)]
+
+pub mod cli;
+pub mod cmd;
+pub mod config;
+pub mod enrich;
+pub mod parse;
+pub mod pipeline;
+pub mod record;
+pub mod time;

@@ -1,0 +1,150 @@
+//! What flows between the stages: [`Batch`]es of records with an [`Ack`].
+//!
+//! A tailer reads records from one file into a `Batch` and hands it to the
+//! [`Fanout`], which sends the same `Arc<Batch>` to every configured sink
+//! over bounded channels (backpressure: a full sink queue makes the tailer
+//! wait). Each sink calls [`Batch::ack`] exactly once when the batch is
+//! delivered (upstream 2xx, written to the archive file, buffered in the
+//! channel's replay ring) or definitively handled (dead-lettered, spooled
+//! to disk). When every sink has acknowledged, the batch's completion
+//! callback runs; the tailer uses it to advance the file's durable
+//! checkpoint. A batch that is dropped without every sink acknowledging
+//! never advances the checkpoint: its records are read again after a
+//! restart (at-least-once).
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::mpsc;
+
+use crate::record::Record;
+
+/// Called once when every sink has acknowledged a batch.
+pub type OnAcked = Box<dyn FnOnce() + Send + 'static>;
+
+/// A group of records read from one file, in file order.
+pub struct Batch {
+    /// The file the records came from (for per-file stats and logs).
+    pub source: Arc<str>,
+    /// The records, in the order they appear in the file.
+    pub records: Vec<Record<'static>>,
+    /// Epoch ms when the first record of the batch was read (delivery delay).
+    pub observed_ms: i64,
+    /// Sinks that still have to acknowledge, and what to do when none remain.
+    ack: AckState,
+}
+
+struct AckState {
+    /// Sinks that have not acknowledged yet.
+    pending: AtomicUsize,
+    /// Runs when `pending` reaches zero.
+    on_acked: Mutex<Option<OnAcked>>,
+}
+
+impl Batch {
+    /// A batch whose completion runs `on_acked` (e.g. "advance the
+    /// checkpoint of file F to offset O").
+    pub fn new(source: Arc<str>, records: Vec<Record<'static>>, observed_ms: i64, on_acked: Option<OnAcked>) -> Self {
+        Batch { source, records, observed_ms, ack: AckState { pending: AtomicUsize::new(0), on_acked: Mutex::new(on_acked) } }
+    }
+
+    /// Records that one sink has delivered (or definitively handled) this
+    /// batch. Each sink calls this exactly once per batch it receives.
+    pub fn ack(&self) {
+        if self.ack.pending.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.complete();
+        }
+    }
+
+    fn complete(&self) {
+        let cb = self.ack.on_acked.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(cb) = cb {
+            cb();
+        }
+    }
+}
+
+/// Sends each batch to every sink's bounded queue.
+#[derive(Clone, Default)]
+pub struct Fanout {
+    /// One queue per sink.
+    sinks: Vec<(&'static str, mpsc::Sender<Arc<Batch>>)>,
+}
+
+/// The error when a sink's queue is closed (the sink task ended).
+#[derive(Debug, thiserror::Error)]
+#[error("sink `{0}` is no longer running")]
+pub struct SinkClosed(pub &'static str);
+
+impl Fanout {
+    /// An empty fan-out; add sinks with [`Fanout::add`].
+    pub fn new() -> Self {
+        Fanout::default()
+    }
+
+    /// Adds a sink queue. `name` is used in errors and metrics.
+    pub fn add(&mut self, name: &'static str, tx: mpsc::Sender<Arc<Batch>>) {
+        self.sinks.push((name, tx));
+    }
+
+    /// Number of sinks.
+    pub fn len(&self) -> usize {
+        self.sinks.len()
+    }
+
+    /// True when no sink is configured.
+    pub fn is_empty(&self) -> bool {
+        self.sinks.is_empty()
+    }
+
+    /// Sends the batch to every sink, waiting while a sink's queue is full.
+    /// With no sinks the batch is acknowledged at once.
+    pub async fn send(&self, batch: Batch) -> Result<(), SinkClosed> {
+        batch.ack.pending.store(self.sinks.len(), Ordering::Release);
+        if self.sinks.is_empty() {
+            batch.complete();
+            return Ok(());
+        }
+        let batch = Arc::new(batch);
+        for (name, tx) in &self.sinks {
+            tx.send(batch.clone()).await.map_err(|_| SinkClosed(name))?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicBool;
+
+    #[tokio::test]
+    async fn completes_only_after_every_sink_acks() {
+        let done = Arc::new(AtomicBool::new(false));
+        let d = done.clone();
+        let (tx1, mut rx1) = mpsc::channel(4);
+        let (tx2, mut rx2) = mpsc::channel(4);
+        let mut f = Fanout::new();
+        f.add("a", tx1);
+        f.add("b", tx2);
+        f.send(Batch::new("f".into(), vec![], 0, Some(Box::new(move || d.store(true, Ordering::SeqCst))))).await.unwrap();
+        let b1 = rx1.recv().await.unwrap();
+        let b2 = rx2.recv().await.unwrap();
+        b1.ack();
+        assert!(!done.load(Ordering::SeqCst));
+        b2.ack();
+        assert!(done.load(Ordering::SeqCst));
+    }
+
+    #[tokio::test]
+    async fn dropped_batch_never_completes() {
+        let done = Arc::new(AtomicBool::new(false));
+        let d = done.clone();
+        let (tx, rx) = mpsc::channel(4);
+        let mut f = Fanout::new();
+        f.add("a", tx);
+        f.send(Batch::new("f".into(), vec![], 0, Some(Box::new(move || d.store(true, Ordering::SeqCst))))).await.unwrap();
+        drop(rx);
+        assert!(!done.load(Ordering::SeqCst));
+    }
+}
