@@ -1,0 +1,5 @@
+//! All integration tests, compiled into one test binary (ripgrep style).
+//! Each module tests one part against the real binary, real files and real
+//! sockets on loopback.
+
+mod support;
