@@ -9,6 +9,8 @@
 //! - [`record`]: the call-log record and its two JSON shapes.
 //! - [`pipeline`]: batches, acknowledgements and the fan-out to sinks.
 //! - [`cmd`]: one module per subcommand; [`cli`] holds the clap definitions.
+//! - [`sink`]: where batches go (file archive, channel, upstream).
+//! - [`telemetry`]: per-file and per-sink statistics, metrics, status.
 //! - [`time`]: time parsing and formatting.
 
 #![forbid(unsafe_code)]
@@ -20,4 +22,6 @@ pub mod enrich;
 pub mod parse;
 pub mod pipeline;
 pub mod record;
+pub mod sink;
+pub mod telemetry;
 pub mod time;

@@ -1,0 +1,54 @@
+//! Sinks: where batches go. Each sink is a task that receives
+//! `Arc<Batch>` from its bounded queue (filled by [`crate::pipeline::Fanout`])
+//! and calls [`crate::pipeline::Batch::ack`] once per batch when it is
+//! delivered. A sink ends when its queue closes (all senders dropped, the
+//! tailers have stopped) after draining what it holds, or when `shutdown`
+//! is cancelled after the grace period.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::pipeline::{Batch, Fanout};
+use crate::telemetry::Telemetry;
+
+/// Batches buffered between the fan-out and one sink. Small: backpressure
+/// should reach the tailers quickly rather than grow memory.
+pub const SINK_QUEUE_BATCHES: usize = 16;
+
+/// What every sink gets when it starts.
+#[derive(Clone)]
+pub struct SinkContext {
+    /// The bridge's state directory (spool, dead letters).
+    pub state_dir: PathBuf,
+    /// Cancelled when the sink must stop now (grace period over).
+    pub shutdown: CancellationToken,
+    /// Statistics registry.
+    pub telemetry: Telemetry,
+}
+
+/// A running sink.
+pub struct SinkHandle {
+    /// The sink's name (`file`, `channel`, `upstream`).
+    pub name: &'static str,
+    /// The sink's task; ends after draining when its queue closes.
+    pub task: JoinHandle<anyhow::Result<()>>,
+}
+
+/// A new bounded queue for a sink.
+pub fn queue() -> (mpsc::Sender<Arc<Batch>>, mpsc::Receiver<Arc<Batch>>) {
+    mpsc::channel(SINK_QUEUE_BATCHES)
+}
+
+/// Starts every sink the config names and registers its queue on `fanout`.
+pub async fn start_all(cfg: &Config, ctx: &SinkContext, fanout: &mut Fanout) -> anyhow::Result<Vec<SinkHandle>> {
+    let handles = Vec::new();
+    let _ = (cfg, ctx, fanout);
+    // Each sink module adds its start call here:
+    // if let Some(c) = &cfg.file_output { handles.push(file::start(c, ctx, fanout).await?); }
+    Ok(handles)
+}
