@@ -10,6 +10,7 @@
 //! - [`pipeline`]: batches, acknowledgements and the fan-out to sinks.
 //! - [`cmd`]: one module per subcommand; [`cli`] holds the clap definitions.
 //! - [`sink`]: where batches go (file archive, channel, upstream).
+//! - [`service`]: systemd readiness, watchdog and journal-friendly logs.
 //! - [`telemetry`]: per-file and per-sink statistics, metrics, status.
 //! - [`time`]: time parsing and formatting.
 
@@ -22,6 +23,7 @@ pub mod enrich;
 pub mod parse;
 pub mod pipeline;
 pub mod record;
+pub mod service;
 pub mod sink;
 pub mod telemetry;
 pub mod time;

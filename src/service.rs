@@ -1,0 +1,305 @@
+//! Running under systemd: readiness and watchdog notifications, and logs
+//! that read well in the journal.
+//!
+//! Invariant: nothing here changes what the bridge does; it only tells the
+//! service manager what state the bridge is in and formats logs. Every
+//! notification is a no-op when `NOTIFY_SOCKET` is unset (a terminal, a
+//! test, a container without systemd), and a failure to notify is logged,
+//! never fatal.
+//!
+//! The unit (`systemd/calllog-bridge.service`) is `Type=notify`:
+//!
+//! - [`notify_ready`] once sources and sinks are up (`READY=1`), and again
+//!   after a reload;
+//! - [`notify_reloading`] when SIGHUP starts a reload (`RELOADING=1`);
+//! - [`notify_stopping`] when SIGTERM starts the drain (`STOPPING=1`);
+//! - [`spawn_watchdog`] pings `WATCHDOG=1` at half of `WATCHDOG_USEC` from a
+//!   task on the runtime, so a wedged runtime stops pinging and systemd
+//!   restarts the bridge.
+//!
+//! [`init_logging`] installs the tracing subscriber: the level comes from
+//! `RUST_LOG` when set, else the config's `log_level`; when stderr is the
+//! journal (`JOURNAL_STREAM` names stderr's device and inode) lines carry no
+//! timestamp and no colour (the journal stamps them) but a `<N>` syslog
+//! priority prefix, so `journalctl -p warning` filters by level.
+
+use std::io::IsTerminal;
+use std::time::Duration;
+
+use sd_notify::NotifyState;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::{Event, Level, Subscriber};
+use tracing_subscriber::fmt::format::{self, Format, FormatEvent, FormatFields, Writer};
+use tracing_subscriber::fmt::FmtContext;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::registry::LookupSpan;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{reload, EnvFilter, Registry};
+
+use crate::config::ConfigError;
+
+/// Sends `states` to the service manager; logs (and otherwise ignores) a
+/// failure, since a missing notification must not stop the bridge.
+fn notify(what: &str, states: &[NotifyState<'_>]) {
+    if let Err(e) = sd_notify::notify(false, states) {
+        tracing::warn!(notification = what, error = %e, "cannot notify the service manager");
+    }
+}
+
+/// `READY=1`: sources and sinks are up (first start, or a reload is done).
+/// `status` is shown by `systemctl status` (e.g. "following 3 files").
+pub fn notify_ready(status: &str) {
+    notify("READY", &[NotifyState::Ready, NotifyState::Status(status)]);
+}
+
+/// `RELOADING=1`: a SIGHUP reload has started; [`notify_ready`] ends it.
+/// `MONOTONIC_USEC` is included as systemd ≥ 253 requires for reloads.
+pub fn notify_reloading() {
+    match NotifyState::monotonic_usec_now() {
+        Ok(now) => notify("RELOADING", &[NotifyState::Reloading, now, NotifyState::Status("reloading configuration")]),
+        Err(_) => notify("RELOADING", &[NotifyState::Reloading, NotifyState::Status("reloading configuration")]),
+    }
+}
+
+/// `STOPPING=1`: the drain has started (SIGTERM / SIGINT).
+pub fn notify_stopping() {
+    notify("STOPPING", &[NotifyState::Stopping, NotifyState::Status("draining: flushing batches and writing checkpoints")]);
+}
+
+/// `STATUS=...`: a one-line state shown by `systemctl status`.
+pub fn notify_status(status: &str) {
+    notify("STATUS", &[NotifyState::Status(status)]);
+}
+
+/// The interval at which to ping the watchdog: half of `WATCHDOG_USEC`
+/// (as sd_watchdog_enabled(3) advises), when the service manager set a
+/// watchdog for this process; `None` otherwise.
+pub fn watchdog_interval() -> Option<Duration> {
+    let mut usec = 0u64;
+    if sd_notify::watchdog_enabled(false, &mut usec) && usec > 0 {
+        Some(Duration::from_micros(usec / 2))
+    } else {
+        None
+    }
+}
+
+/// Starts the watchdog task when systemd asked for one (`WatchdogSec=`):
+/// it sends `WATCHDOG=1` every [`watchdog_interval`] until `shutdown` is
+/// cancelled. The pings come from a task on the bridge's runtime, so a
+/// runtime that stops making progress stops pinging. Returns `None` when no
+/// watchdog is configured.
+pub fn spawn_watchdog(shutdown: CancellationToken) -> Option<JoinHandle<()>> {
+    let every = watchdog_interval()?;
+    tracing::debug!(interval_ms = every.as_millis() as u64, "pinging the systemd watchdog");
+    Some(tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = tick.tick() => notify("WATCHDOG", &[NotifyState::Watchdog]),
+            }
+        }
+    }))
+}
+
+/// True when stderr is connected to the journal: `JOURNAL_STREAM` holds
+/// `DEVICE:INODE` of the stream systemd connected, and it must match
+/// stderr's own (a wrapper may have redirected stderr elsewhere).
+pub fn stderr_is_journal() -> bool {
+    use std::os::fd::AsFd;
+    use std::os::unix::fs::MetadataExt;
+    let Ok(v) = std::env::var("JOURNAL_STREAM") else {
+        return false;
+    };
+    let Some((dev, ino)) = v.split_once(':') else {
+        return false;
+    };
+    let (Ok(dev), Ok(ino)) = (dev.trim().parse::<u64>(), ino.trim().parse::<u64>()) else {
+        return false;
+    };
+    let Ok(fd) = std::io::stderr().as_fd().try_clone_to_owned() else {
+        return false;
+    };
+    match std::fs::File::from(fd).metadata() {
+        Ok(m) => m.dev() == dev && m.ino() == ino,
+        Err(_) => false,
+    }
+}
+
+/// Builds the level filter: `RUST_LOG` when set and non-empty, else
+/// `log_level` from the config. The error names the key that is wrong.
+pub fn log_filter(log_level: &str) -> Result<EnvFilter, ConfigError> {
+    match std::env::var("RUST_LOG") {
+        Ok(v) if !v.trim().is_empty() => {
+            EnvFilter::try_new(&v).map_err(|e| ConfigError::invalid("RUST_LOG", format!("`{v}` is not a log filter ({e})")))
+        }
+        _ => parse_level(log_level),
+    }
+}
+
+/// Parses the config's `log_level` (a level or an `EnvFilter` directive).
+pub fn parse_level(log_level: &str) -> Result<EnvFilter, ConfigError> {
+    // A bare word is an `EnvFilter` *target* ("verbose" would silence
+    // everything else); a bare word must therefore be a level.
+    let bare = !log_level.contains(['=', ',', '[', ':']);
+    if bare && !matches!(log_level.trim().to_ascii_lowercase().as_str(), "off" | "error" | "warn" | "info" | "debug" | "trace") {
+        return Err(ConfigError::invalid(
+            "log_level",
+            format!(
+                "`{log_level}` is not a level: use error, warn, info, debug, trace, off or a directive like `info,calllog_bridge=debug`"
+            ),
+        ));
+    }
+    EnvFilter::try_new(log_level).map_err(|e| ConfigError::invalid("log_level", format!("`{log_level}` is not a log level ({e})")))
+}
+
+/// Changes the log level of the running process (SIGHUP applies a new
+/// `log_level`). `RUST_LOG`, when set, keeps priority.
+#[derive(Clone)]
+pub struct LogHandle {
+    /// The reloadable filter layer's handle; `None` when another subscriber
+    /// was already installed (tests), so levels cannot be changed.
+    handle: Option<reload::Handle<EnvFilter, Registry>>,
+}
+
+impl LogHandle {
+    /// Applies a new `log_level`. The caller has validated it with
+    /// [`parse_level`] (a reload refuses the whole config otherwise).
+    pub fn set_level(&self, log_level: &str) -> Result<(), ConfigError> {
+        let filter = log_filter(log_level)?;
+        if let Some(h) = &self.handle {
+            h.reload(filter).map_err(|e| ConfigError::invalid("log_level", format!("cannot apply: {e}")))?;
+        }
+        Ok(())
+    }
+}
+
+/// Installs the process-wide tracing subscriber writing to stderr.
+/// Journal-friendly when stderr is the journal (see the module doc);
+/// otherwise timestamps, and colour only on a terminal. Safe to call twice:
+/// the second call leaves the first subscriber in place.
+pub fn init_logging(log_level: &str) -> Result<LogHandle, ConfigError> {
+    let filter = log_filter(log_level)?;
+    let (filter, handle) = reload::Layer::new(filter);
+    let journal = stderr_is_journal();
+    let registry = tracing_subscriber::registry().with(filter);
+    let installed = if journal {
+        let layer = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_ansi(false).event_format(JournalFormat::default());
+        registry.with(layer).try_init().is_ok()
+    } else {
+        let layer = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_ansi(std::io::stderr().is_terminal());
+        registry.with(layer).try_init().is_ok()
+    };
+    Ok(LogHandle { handle: installed.then_some(handle) })
+}
+
+/// The syslog priority for a tracing level, as journald reads it from a
+/// `<N>` line prefix (`SyslogLevelPrefix=yes`, the default).
+pub fn syslog_priority(level: &Level) -> u8 {
+    match *level {
+        Level::ERROR => 3,
+        Level::WARN => 4,
+        Level::INFO => 6,
+        Level::DEBUG | Level::TRACE => 7,
+    }
+}
+
+/// Event format for the journal: `<N>` priority prefix, no timestamp, no
+/// colour; level, target and fields as usual.
+pub struct JournalFormat {
+    /// The default format without time or ANSI, written after the prefix.
+    inner: Format<format::Full, ()>,
+}
+
+impl Default for JournalFormat {
+    fn default() -> Self {
+        JournalFormat { inner: format::format().without_time().with_ansi(false) }
+    }
+}
+
+impl<S, N> FormatEvent<S, N> for JournalFormat
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+{
+    fn format_event(&self, ctx: &FmtContext<'_, S, N>, mut writer: Writer<'_>, event: &Event<'_>) -> std::fmt::Result {
+        write!(writer, "<{}>", syslog_priority(event.metadata().level()))?;
+        self.inner.format_event(ctx, writer, event)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, Mutex};
+    use tracing_subscriber::fmt::MakeWriter;
+
+    /// Collects what the formatter writes.
+    #[derive(Clone, Default)]
+    struct Buf(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Buf {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl<'a> MakeWriter<'a> for Buf {
+        type Writer = Buf;
+        fn make_writer(&'a self) -> Buf {
+            self.clone()
+        }
+    }
+
+    fn journal_lines(f: impl FnOnce()) -> Vec<String> {
+        let buf = Buf::default();
+        let sub = tracing_subscriber::fmt().with_writer(buf.clone()).with_ansi(false).event_format(JournalFormat::default()).finish();
+        tracing::subscriber::with_default(sub, f);
+        let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+        text.lines().map(str::to_string).collect()
+    }
+
+    #[test]
+    fn journal_lines_carry_priority_and_no_timestamp_or_colour() {
+        let lines = journal_lines(|| {
+            tracing::error!(key = "channel.token", "reload refused");
+            tracing::warn!("upstream down");
+            tracing::info!(files = 3, "ready");
+        });
+        assert_eq!(lines.len(), 3, "{lines:?}");
+        assert!(lines[0].starts_with("<3>") && lines[0].contains("ERROR") && lines[0].contains("key=\"channel.token\""), "{}", lines[0]);
+        assert!(lines[1].starts_with("<4>") && lines[1].contains("upstream down"), "{}", lines[1]);
+        assert!(lines[2].starts_with("<6>") && lines[2].contains("files=3"), "{}", lines[2]);
+        for l in &lines {
+            assert!(!l.contains('\x1b'), "colour in {l:?}");
+            // No RFC 3339 timestamp: the line goes straight from the prefix to the level.
+            let after = &l[3..];
+            assert!(after.trim_start().starts_with(['E', 'W', 'I']), "{l:?}");
+        }
+    }
+
+    #[test]
+    fn priorities_follow_syslog() {
+        let table = [(Level::ERROR, 3), (Level::WARN, 4), (Level::INFO, 6), (Level::DEBUG, 7), (Level::TRACE, 7)];
+        for (level, want) in table {
+            assert_eq!(syslog_priority(&level), want, "{level}");
+        }
+    }
+
+    #[test]
+    fn bad_log_level_names_the_key() {
+        let e = parse_level("loud=[").unwrap_err().to_string();
+        assert!(e.contains("log_level"), "{e}");
+        let e = parse_level("verbose").unwrap_err().to_string();
+        assert!(e.contains("log_level") && e.contains("verbose"), "{e}");
+        assert!(parse_level("debug").is_ok());
+        assert!(parse_level("WARN").is_ok());
+        assert!(parse_level("info,calllog_bridge::sink=debug").is_ok());
+    }
+}
