@@ -1,0 +1,308 @@
+// End-to-end test of the dashboard: the real bridge on simulated Local
+// Edition traffic, the page in headless Chromium (Debian's package, driven
+// by playwright-core), and the numbers on the page compared with what the
+// simulator wrote. Then the bridge is restarted and the page must resume
+// from where it was (`since=<last seq + 1>`) with no gap.
+//
+// Run by scripts/e2e.sh. Environment:
+//   BRIDGE_BIN  the calllog-bridge binary (default: target/debug/calllog-bridge)
+//   CHROMIUM    the browser (default: /usr/bin/chromium)
+//   E2E_OUT     where the screenshot and logs go (default: target/e2e)
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { once } from 'node:events';
+import { randomBytes } from 'node:crypto';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { chromium } from 'playwright-core';
+
+const here = path.dirname(fileURLToPath(import.meta.url));
+const root = path.resolve(here, '..', '..');
+const BIN = process.env.BRIDGE_BIN || path.join(root, 'target', 'debug', 'calllog-bridge');
+const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
+const OUT = path.resolve(process.env.E2E_OUT || path.join(root, 'target', 'e2e'));
+
+/** Simulated sync lag (request_time = now - LAG_MS), and how far off the page may be. */
+const LAG_MS = 2500;
+const LAG_TOLERANCE_MS = 1500;
+/** Every wait in this test polls with this deadline. */
+const WAIT_MS = 30000;
+
+// ---------------------------------------------------------------- helpers
+
+async function waitFor(what, f, ms = WAIT_MS) {
+  const deadline = Date.now() + ms;
+  let last;
+  for (;;) {
+    try {
+      last = await f();
+      if (last) return last;
+    } catch (e) {
+      last = e;
+    }
+    if (Date.now() > deadline) throw new Error(`timed out after ${ms} ms waiting for ${what}; last: ${last instanceof Error ? last.stack : JSON.stringify(last)}`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
+/** Runs the binary to completion; rejects on a non-zero exit. */
+async function runBin(args, logName) {
+  const log = fs.openSync(path.join(OUT, logName), 'w');
+  const p = spawn(BIN, args, { stdio: ['ignore', log, log] });
+  const [code, signal] = await once(p, 'exit');
+  fs.closeSync(log);
+  if (code !== 0) {
+    throw new Error(`calllog-bridge ${args.join(' ')} exited ${code ?? signal}:\n${fs.readFileSync(path.join(OUT, logName), 'utf8')}`);
+  }
+}
+
+/** A running `calllog-bridge run`. */
+class Bridge {
+  constructor(config, stateDir, logName) {
+    this.stateDir = stateDir;
+    this.logPath = path.join(OUT, logName);
+    // Stale address files from a previous run must not be mistaken for this one's.
+    for (const f of ['status.addr', 'channel.addr']) fs.rmSync(path.join(stateDir, f), { force: true });
+    const log = fs.openSync(this.logPath, 'w');
+    this.proc = spawn(BIN, ['run', '--config', config], { stdio: ['ignore', log, log], env: { ...process.env, RUST_LOG: process.env.RUST_LOG || 'info' } });
+    fs.closeSync(log);
+    this.exited = once(this.proc, 'exit');
+  }
+
+  /** The address a listener bound (written by the bridge to `<state_dir>/<name>.addr`). */
+  async addr(name) {
+    return waitFor(`${name}.addr (bridge log: ${this.logPath})`, () => {
+      if (this.proc.exitCode != null) throw new Error(`bridge exited ${this.proc.exitCode}:\n${fs.readFileSync(this.logPath, 'utf8')}`);
+      const p = path.join(this.stateDir, `${name}.addr`);
+      const text = fs.existsSync(p) ? fs.readFileSync(p, 'utf8').trim() : '';
+      return /^[\w.:[\]-]+:\d+$/.test(text) ? text : null;
+    });
+  }
+
+  /** SIGTERM and wait for a clean exit. */
+  async stop() {
+    if (this.proc.exitCode != null) return this.proc.exitCode;
+    this.proc.kill('SIGTERM');
+    const [code, signal] = await this.exited;
+    assert.equal(code, 0, `bridge exited ${code ?? signal} on SIGTERM; log: ${this.logPath}`);
+    return code;
+  }
+
+  kill() {
+    if (this.proc.exitCode == null && this.proc.signalCode == null) this.proc.kill('SIGKILL');
+  }
+}
+
+/**
+ * Splits an LE 6 enriched access-log line into its tokens: space-separated,
+ * `"quoted"` (with `\"` escapes) and `[bracketed]` tokens kept whole.
+ */
+function le6Tokens(line) {
+  const out = [];
+  let i = 0;
+  while (i < line.length) {
+    while (line[i] === ' ') i++;
+    if (i >= line.length) break;
+    let tok = '';
+    if (line[i] === '"') {
+      i++;
+      while (i < line.length && line[i] !== '"') {
+        if (line[i] === '\\' && i + 1 < line.length) i++;
+        tok += line[i++];
+      }
+      i++;
+    } else if (line[i] === '[') {
+      const end = line.indexOf(']', i);
+      tok = line.slice(i + 1, end < 0 ? line.length : end);
+      i = end < 0 ? line.length : end + 1;
+    } else {
+      const end = line.indexOf(' ', i);
+      tok = line.slice(i, end < 0 ? line.length : end);
+      i = end < 0 ? line.length : end;
+    }
+    out.push(tok);
+  }
+  return out;
+}
+
+/** Positions in the LE 6 field order (FORMATS.md §3). */
+const LE6 = { status: 12, requestId: 15, execTime: 21, responsestr: 67, minTokens: 71 };
+
+/**
+ * What the simulator wrote, counted from the files themselves: lines, lines
+ * by status class, error lines by source (`(Mashery)` / `(API)` suffix of
+ * the response string).
+ */
+function countWritten(dir) {
+  const c = { lines: 0, statusMix: { '2xx': 0, '3xx': 0, '4xx': 0, '5xx': 0, other: 0 }, errors: { mashery: 0, api: 0, other: 0 }, files: [] };
+  for (const name of fs.readdirSync(dir).sort()) {
+    if (!name.endsWith('.log')) continue;
+    c.files.push(path.join(dir, name));
+    const text = fs.readFileSync(path.join(dir, name), 'utf8');
+    for (const line of text.split('\n')) {
+      if (!line.trim()) continue;
+      const t = le6Tokens(line);
+      assert.ok(t.length >= LE6.minTokens, `a simulated line has ${t.length} tokens, expected ${LE6.minTokens}: ${line}`);
+      c.lines++;
+      const code = Number(t[LE6.status]);
+      const cls = code >= 200 && code < 600 ? Math.floor(code / 100) + 'xx' : 'other';
+      c.statusMix[cls]++;
+      if (code >= 400) {
+        const rs = t[LE6.responsestr].trim();
+        c.errors[/\(Mashery\)$/i.test(rs) ? 'mashery' : /\(API\)$/i.test(rs) ? 'api' : 'other']++;
+      }
+    }
+  }
+  return c;
+}
+
+function simulate(logs, { seed, rate, duration, burst = false }) {
+  const args = ['simulate', '--format', 'le6', '--dir', logs, '--rate', String(rate), '--duration', String(duration), '--lag-ms', String(LAG_MS), '--seed', String(seed)];
+  if (burst) args.push('--burst');
+  return runBin(args, `simulate-${seed}.log`);
+}
+
+function writeConfig(file, { stateDir, logs, tokenFile, channelListen, statusListen }) {
+  fs.writeFileSync(file, `# written by tests/e2e/dashboard.test.mjs
+state_dir = ${JSON.stringify(stateDir)}
+log_level = "info"
+
+[[source]]
+paths = [${JSON.stringify(path.join(logs, '*.log'))}]
+format = "le6"
+
+[channel]
+listen = ${JSON.stringify(channelListen)}
+token_file = ${JSON.stringify(tokenFile)}
+records_per_message = 20
+
+[status]
+listen = ${JSON.stringify(statusListen)}
+`);
+}
+
+/** The page's aggregates. */
+const snap = (page) => page.evaluate(() => window.__dashboard && window.__dashboard.snapshot());
+/** A number shown in the DOM (thousands separators removed). */
+const domNumber = async (page, id) => Number((await page.textContent('#' + id)).replace(/[^0-9.-]/g, ''));
+
+async function expectPageMatches(page, written, label) {
+  const s = await waitFor(`${label}: the page to count ${written.lines} calls`, async () => {
+    const s = await snap(page);
+    return s && s.calls >= written.lines ? s : null;
+  });
+  assert.equal(s.calls, written.lines, `${label}: calls counted`);
+  assert.deepEqual(s.statusMix, written.statusMix, `${label}: status mix`);
+  assert.deepEqual(s.errors, written.errors, `${label}: errors by source`);
+  assert.equal(s.gaps, 0, `${label}: sequence gaps`);
+  assert.equal(s.lost, 0, `${label}: records the channel no longer had`);
+  assert.equal(s.badFrames, 0, `${label}: unreadable frames`);
+  // The DOM shows the same numbers (rendered a few times per second).
+  await waitFor(`${label}: the DOM to show ${written.lines} calls`, async () => (await domNumber(page, 'calls-total')) === written.lines);
+  for (const k of ['2xx', '4xx', '5xx']) assert.equal(await domNumber(page, 'status-' + k), written.statusMix[k], `${label}: #status-${k}`);
+  assert.equal(await domNumber(page, 'errors-mashery'), written.errors.mashery, `${label}: #errors-mashery`);
+  assert.equal(await domNumber(page, 'errors-api'), written.errors.api, `${label}: #errors-api`);
+  assert.equal(await domNumber(page, 'last-seq'), s.lastSeq, `${label}: #last-seq`);
+  return s;
+}
+
+// ---------------------------------------------------------------- the test
+
+test('dashboard shows what was simulated and resumes after a bridge restart', { timeout: 170000 }, async (t) => {
+  assert.ok(fs.existsSync(BIN), `no bridge binary at ${BIN} (cargo build first)`);
+  assert.ok(fs.existsSync(CHROMIUM), `no browser at ${CHROMIUM} (scripts/e2e.sh installs Debian's chromium)`);
+  fs.mkdirSync(OUT, { recursive: true });
+  const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'calllog-e2e-'));
+  const logs = path.join(tmp, 'logs');
+  const stateDir = path.join(tmp, 'state');
+  fs.mkdirSync(logs);
+  fs.mkdirSync(stateDir);
+  const token = randomBytes(16).toString('hex');
+  const tokenFile = path.join(tmp, 'channel.token');
+  fs.writeFileSync(tokenFile, token + '\n', { mode: 0o600 });
+  const config = path.join(tmp, 'config.toml');
+  writeConfig(config, { stateDir, logs, tokenFile, channelListen: '127.0.0.1:0', statusListen: '127.0.0.1:0' });
+
+  let bridge = new Bridge(config, stateDir, 'bridge-1.log');
+  const browser = await chromium.launch({
+    executablePath: CHROMIUM,
+    args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync', '--disable-dev-shm-usage'],
+  });
+  t.after(async () => {
+    bridge.kill();
+    await browser.close().catch(() => {});
+    fs.rmSync(tmp, { recursive: true, force: true });
+  });
+
+  const statusAddr = await bridge.addr('status');
+  const channelAddr = await bridge.addr('channel');
+  const page = await browser.newPage({ viewport: { width: 1440, height: 1100 } });
+  const pageErrors = [];
+  page.on('pageerror', (e) => pageErrors.push(String(e)));
+  page.on('console', (m) => { if (m.type() === 'error') pageErrors.push(m.text()); });
+
+  // The page is served by the status listener; the token travels in the fragment only.
+  await page.goto(`http://${statusAddr}/#token=${token}`);
+  assert.ok(!page.url().includes(token), 'the page removes the token from the address bar');
+  await waitFor('the page to connect to the channel', async () => (await snap(page))?.connection === 'open');
+  const first = await snap(page);
+  assert.match(first.channelUrl, new RegExp(channelAddr.replace(/[.[\]]/g, '\\$&')), 'channel URL derived from /status');
+  assert.equal(await page.getAttribute('#conn-state', 'data-state'), 'open');
+
+  // Phase 1: live traffic with a known lag.
+  await simulate(logs, { seed: 11, rate: 400, duration: 3 });
+  let written = countWritten(logs);
+  assert.ok(written.lines >= 1000, `simulated ${written.lines} lines`);
+  assert.ok(written.statusMix['2xx'] > 0 && written.statusMix['4xx'] + written.statusMix['5xx'] > 0, 'the simulation has successes and errors');
+  const s1 = await expectPageMatches(page, written, 'phase 1');
+
+  // Sync delay: per record (sync_delay_ms) and per file from /status.
+  assert.ok(Math.abs(s1.syncDelayMs.p50 - LAG_MS) <= LAG_TOLERANCE_MS, `records' sync delay p50 ${s1.syncDelayMs.p50} ms vs --lag-ms ${LAG_MS}`);
+  const withDelay = await waitFor('/status sync delay on the page', async () => {
+    const s = await snap(page);
+    const f = s.files.filter((f) => f.delay.p50 != null);
+    return f.length ? f : null;
+  });
+  for (const f of withDelay) {
+    assert.ok(Math.abs(f.delay.p50 - LAG_MS) <= LAG_TOLERANCE_MS, `file ${f.path}: sync delay p50 ${f.delay.p50} ms vs --lag-ms ${LAG_MS}`);
+    assert.ok(['caught-up', 'behind', 'idle', 'stalled'].includes(f.state), `file state ${f.state}`);
+  }
+  const fileRows = await page.$$eval('#files tbody tr', (trs) => trs.map((tr) => [...tr.cells].map((c) => c.textContent)));
+  assert.ok(fileRows.length >= 1 && fileRows.some((r) => /caught-up|behind|idle|stalled/.test(r[2])), `files table: ${JSON.stringify(fileRows)}`);
+
+  // The tail filter narrows the live tail to matching records.
+  await page.fill('#tail-filter', 'status=5xx');
+  const tailStatuses = await waitFor('the filtered tail', async () => {
+    const st = await page.$$eval('#tail tbody tr', (trs) => trs.map((tr) => tr.cells[2].textContent));
+    return st.length && st.every((c) => c.startsWith('5')) ? st : null;
+  });
+  assert.ok(tailStatuses.length > 0);
+  await page.fill('#tail-filter', '');
+
+  // Phase 2: restart. Traffic written while the bridge is down must arrive
+  // after it comes back, and the page must resume at last seq + 1.
+  await bridge.stop();
+  await waitFor('the page to notice the bridge is gone', async () => (await snap(page)).connection === 'reconnecting');
+  await simulate(logs, { seed: 12, rate: 300, duration: 1, burst: true });
+  // Same ports as before: the page keeps its address.
+  writeConfig(config, { stateDir, logs, tokenFile, channelListen: channelAddr, statusListen: statusAddr });
+  bridge = new Bridge(config, stateDir, 'bridge-2.log');
+  assert.equal(await bridge.addr('status'), statusAddr);
+  await waitFor('the page to reconnect', async () => {
+    const s = await snap(page);
+    return s.connection === 'open' && s.connects >= 2;
+  });
+  await simulate(logs, { seed: 13, rate: 400, duration: 2 });
+  written = countWritten(logs);
+  const s2 = await expectPageMatches(page, written, 'after restart');
+  assert.ok(s2.lastSeq > s1.lastSeq, 'sequence numbers continue across the restart');
+  assert.deepEqual(pageErrors, [], 'no errors in the page');
+
+  const shot = path.join(OUT, 'dashboard.png');
+  await page.screenshot({ path: shot, fullPage: true });
+  console.log(`# screenshot: ${shot}`);
+  console.log(`# calls ${s2.calls}, last seq ${s2.lastSeq}, duplicates dropped ${s2.duplicates}, connects ${s2.connects}`);
+});
