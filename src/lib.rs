@@ -7,6 +7,7 @@
 //! - [`parse`]: one module per Local Edition format; pure, no I/O.
 //! - [`enrich`]: lookup tables, masking; pure apart from (re)loading tables.
 //! - [`record`]: the call-log record and its two JSON shapes.
+//! - [`rejects`]: the rejects file (lines that did not parse, as JSON lines).
 //! - [`pipeline`]: batches, acknowledgements and the fan-out to sinks.
 //! - [`cmd`]: one module per subcommand; [`cli`] holds the clap definitions.
 //! - [`sink`]: where batches go (file archive, channel, upstream).
@@ -23,6 +24,7 @@ pub mod enrich;
 pub mod parse;
 pub mod pipeline;
 pub mod record;
+pub mod rejects;
 pub mod service;
 pub mod sink;
 pub mod telemetry;

@@ -6,10 +6,23 @@
 //! format `auto` chose) lives in [`LineParser`]. A line that does not parse
 //! is a [`Reject`] with a [`RejectReason`]; it never affects its neighbours.
 //!
-//! Implementation status: the format modules are filled in by the
-//! foundation work (see ARCHITECTURE.md).
+//! Modules: [`le6`], [`le5_csv`], [`le_json`], [`ecle_csv`], [`ecls`] (one
+//! per format), [`detect`] (`auto`), [`csv`] and [`json`] (shared
+//! machinery), [`normalize`] (FORMATS.md §4), [`framing`] (multi-line JSON
+//! documents, for the reader).
 
 use std::fmt;
+
+pub mod csv;
+pub mod detect;
+pub mod ecle_csv;
+pub mod ecls;
+pub mod framing;
+pub mod json;
+pub mod le5_csv;
+pub mod le6;
+pub mod le_json;
+pub mod normalize;
 
 use crate::record::Record;
 
@@ -145,16 +158,20 @@ pub enum LineKind {
 ///
 /// One `LineParser` per file, fed the file's lines in order.
 pub struct LineParser {
-    /// The format asked for (`Auto` until the first line decides).
+    /// The format asked for.
+    requested: Format,
+    /// The format in use (`Auto` until the first non-blank line decides).
     format: Format,
     /// Lines longer than this are rejected with [`RejectReason::TooLong`].
     max_line_bytes: usize,
+    /// CSV header mapping and scratch cells (`le5-csv`, `ecle-csv`, `auto`).
+    csv: csv::CsvState,
 }
 
 impl LineParser {
     /// A parser for one file.
     pub fn new(format: Format, max_line_bytes: usize) -> Self {
-        LineParser { format, max_line_bytes }
+        LineParser { requested: format, format, max_line_bytes, csv: csv::CsvState::default() }
     }
 
     /// The format in use: what was asked for, or what `auto` chose once it
@@ -163,13 +180,63 @@ impl LineParser {
         self.format
     }
 
+    /// The format that was asked for (`Auto` stays `Auto`).
+    pub fn requested(&self) -> Format {
+        self.requested
+    }
+
+    /// The longest line accepted, in bytes.
+    pub fn max_line_bytes(&self) -> usize {
+        self.max_line_bytes
+    }
+
+    /// True when the file may hold pretty-printed JSON documents spread over
+    /// several lines, which the reader joins (see [`framing`]): the format
+    /// is `ecls`, `le-json`, or `auto` not yet decided.
+    pub fn accepts_json_documents(&self) -> bool {
+        matches!(self.format, Format::Ecls | Format::LeJson | Format::Auto)
+    }
+
     /// Parses one line (no terminator; a trailing `\r` is allowed) and
-    /// pushes the records it holds onto `out`.
+    /// pushes the records it holds onto `out`. On a reject nothing is
+    /// pushed.
     pub fn parse_line<'a>(&mut self, line: &'a [u8], out: &mut Vec<Record<'a>>) -> Result<LineKind, Reject> {
-        let _ = out;
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
         if line.len() > self.max_line_bytes {
             return Err(Reject::new(RejectReason::TooLong, format!("{} bytes > max_line_bytes {}", line.len(), self.max_line_bytes)));
         }
-        Err(Reject::new(RejectReason::UnknownFormat, "format not implemented yet"))
+        let s = match std::str::from_utf8(line) {
+            Ok(s) => s,
+            Err(e) => return Err(Reject::new(RejectReason::InvalidUtf8, format!("invalid UTF-8 at byte {}", e.valid_up_to()))),
+        };
+        // A byte-order mark may open a file written on Windows.
+        let s = s.strip_prefix('\u{feff}').unwrap_or(s);
+        if s.trim_ascii().is_empty() {
+            return Ok(LineKind::Blank);
+        }
+        if self.format == Format::Auto {
+            match detect::detect(s, &mut self.csv.cells) {
+                Some(f) => self.format = f,
+                None => {
+                    return Err(Reject::new(
+                        RejectReason::UnknownFormat,
+                        format!("not a line of any known format: {:?}", normalize::clip(s, 80)),
+                    ))
+                }
+            }
+        }
+        let before = out.len();
+        let r = match self.format {
+            Format::Le6 => le6::parse(s, out),
+            Format::Le5Csv => le5_csv::parse(s, &mut self.csv, out),
+            Format::EcleCsv => ecle_csv::parse(s, &mut self.csv, out),
+            Format::LeJson => le_json::parse(s, out),
+            Format::Ecls => ecls::parse(s, out),
+            Format::Auto => Err(Reject::new(RejectReason::UnknownFormat, "format not decided")),
+        };
+        if r.is_err() {
+            out.truncate(before);
+        }
+        r
     }
 }

@@ -1,0 +1,77 @@
+//! Framing of multi-line JSON documents. A captured stream message is
+//! sometimes pretty-printed over many lines (the shipped
+//! `ecls-message.json`); the reader joins such a document back into one
+//! "line" before handing it to the parser. This module only tracks brace
+//! depth; the reader owns the buffers.
+//!
+//! Invariant: pure; a document starts with a line that is a lone `{` and
+//! ends when its braces balance (braces inside JSON strings do not count).
+
+/// True when the line (terminator stripped) opens a multi-line document:
+/// it is `{` alone, surrounding whitespace aside.
+pub fn opens_document(line: &[u8]) -> bool {
+    line.trim_ascii() == b"{"
+}
+
+/// Brace depth of a JSON document fed to it piece by piece.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct JsonDepth {
+    /// Open `{` / `[` not yet closed.
+    depth: u64,
+    /// Inside a JSON string.
+    in_string: bool,
+    /// The previous byte was a backslash inside a string.
+    escape: bool,
+}
+
+impl JsonDepth {
+    /// A tracker at depth 0.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Feeds the next piece; returns true when the document that was open
+    /// has closed (depth back to 0).
+    pub fn feed(&mut self, piece: &[u8]) -> bool {
+        let mut closed = false;
+        for &c in piece {
+            if self.in_string {
+                if self.escape {
+                    self.escape = false;
+                } else if c == b'\\' {
+                    self.escape = true;
+                } else if c == b'"' {
+                    self.in_string = false;
+                }
+                continue;
+            }
+            match c {
+                b'"' => self.in_string = true,
+                b'{' | b'[' => self.depth += 1,
+                b'}' | b']' => {
+                    self.depth = self.depth.saturating_sub(1);
+                    closed = self.depth == 0;
+                }
+                _ => {}
+            }
+        }
+        closed && self.depth == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn balances_ignoring_strings() {
+        let mut d = JsonDepth::new();
+        assert!(opens_document(b"  {\r"));
+        assert!(!opens_document(b"{\"a\":1}"));
+        assert!(!d.feed(b"{"));
+        assert!(!d.feed(b"  \"data\": [ { \"x\": \"}]\\\"}\" },"));
+        assert!(!d.feed(b"  {}"));
+        assert!(!d.feed(b"  ]"));
+        assert!(d.feed(b"}"));
+    }
+}

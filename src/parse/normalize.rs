@@ -1,0 +1,377 @@
+//! Normalisation shared by every parser (FORMATS.md §4): Local Edition
+//! field names to schema names, `request_time` to ISO 8601 UTC,
+//! `response_string` to the stream spelling, api key / service id from
+//! `request_id`, and the checks that make a record acceptable.
+//!
+//! Invariant: pure functions over borrowed values. Nothing here allocates
+//! unless a value must change (a `response_string` outside the common
+//! table, a `request_time` that is reformatted).
+
+use std::borrow::Cow;
+
+use crate::parse::{Reject, RejectReason};
+use crate::record::{is_absent, Field, Record};
+use crate::time;
+
+/// The schema field a column / JSON key name fills: schema names as they
+/// are, Local Edition names mapped (`method` → `http_method`, `spkey` →
+/// `service_id`, `proxy` / `proxy_worker` → `traffic_manager`, ...).
+/// `None` for names the schema has no place for.
+pub fn field_for_name(name: &str) -> Option<Field> {
+    let f = match name {
+        "api_method" => Field::ApiMethodName,
+        "method" => Field::HttpMethod,
+        "status" => Field::HttpStatusCode,
+        "throttle_value" => Field::QpsThrottleValue,
+        "epkey" => Field::ServiceDefinitionEndpointUuid,
+        "spkey" => Field::ServiceId,
+        "exec_time" => Field::TotalRequestExecTime,
+        "proxy" | "proxy_worker" => Field::TrafficManager,
+        "proxy_error_code" => Field::TrafficManagerErrorCode,
+        "responsestr" => Field::ResponseString,
+        _ => return Field::from_name(name),
+    };
+    Some(f)
+}
+
+/// The parts of a `request_id`: `<epoch.frac>_<api_key>_<service_id>`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RequestIdParts<'a> {
+    /// `1707986837.343`: when the call reached the traffic manager.
+    pub epoch: &'a str,
+    /// The api key segment (may be empty). `None` when the id has fewer
+    /// than three segments.
+    pub api_key: Option<&'a str>,
+    /// The last segment: the service id (SPKEY).
+    pub service_id: Option<&'a str>,
+}
+
+/// Splits a `request_id`. The epoch is everything before the first `_`,
+/// the service id everything after the last `_`, the api key what lies
+/// between (api keys do not normally contain `_`, but if one does it stays
+/// whole). `None` when the id does not start with an epoch.
+pub fn split_request_id(id: &str) -> Option<RequestIdParts<'_>> {
+    let first = id.find('_');
+    let epoch = match first {
+        Some(i) => &id[..i],
+        None => id,
+    };
+    if !looks_like_epoch(epoch) {
+        return None;
+    }
+    let (api_key, service_id) = match first {
+        Some(i) => {
+            let rest = &id[i + 1..];
+            match rest.rfind('_') {
+                Some(j) => (Some(&rest[..j]), Some(&rest[j + 1..])),
+                None => (None, None),
+            }
+        }
+        None => (None, None),
+    };
+    Some(RequestIdParts { epoch, api_key, service_id })
+}
+
+fn looks_like_epoch(s: &str) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty() && b[0].is_ascii_digit() && b.iter().all(|c| c.is_ascii_digit() || *c == b'.')
+}
+
+/// The `response_string` values the stream writes most often, so that the
+/// common spellings normalise without allocating.
+macro_rules! with_sources {
+    ($($s:literal),* $(,)?) => { &[ $( concat!($s, "_API"), concat!($s, "_Mashery") ),* ] };
+}
+static KNOWN_RESPONSES: &[&str] = with_sources!(
+    "200_OK",
+    "201_Created",
+    "202_Accepted",
+    "204_No_Content",
+    "206_Partial_Content",
+    "301_Moved_Permanently",
+    "302_Found",
+    "304_Not_Modified",
+    "400_Bad_Request",
+    "401_Unauthorized",
+    "403_Forbidden",
+    "404_Not_Found",
+    "405_Method_Not_Allowed",
+    "406_Not_Acceptable",
+    "408_Request_Timeout",
+    "409_Conflict",
+    "413_Request_Entity_Too_Large",
+    "414_Request-URI_Too_Long",
+    "415_Unsupported_Media_Type",
+    "422_Unprocessable_Entity",
+    "429_Too_Many_Requests",
+    "500_Internal_Server_Error",
+    "502_Bad_Gateway",
+    "503_Service_Unavailable",
+    "504_Gateway_Timeout",
+    "596_Service_Not_Found",
+);
+
+/// A small fixed buffer so the common case builds the stream spelling on
+/// the stack.
+struct StackBuf {
+    /// The bytes written so far.
+    buf: [u8; 80],
+    /// How many of them are used.
+    len: usize,
+}
+
+impl StackBuf {
+    fn push(&mut self, s: &str) -> bool {
+        let end = self.len + s.len();
+        if end > self.buf.len() {
+            return false;
+        }
+        self.buf[self.len..end].copy_from_slice(s.as_bytes());
+        self.len = end;
+        true
+    }
+}
+
+/// Rewrites a `response_string` in the stream spelling
+/// `<code>_<reason words joined by _>_<source>`: `200 OK (API)`,
+/// `200OK (API)` and `200_OK_API` all become `200_OK_API`;
+/// `403 Forbidden (Mashery)` becomes `403_Forbidden_Mashery`. Values with
+/// neither a space nor a parenthesis (already the stream spelling, `-`,
+/// empty) are returned unchanged.
+pub fn response_string(v: Cow<'_, str>) -> Cow<'_, str> {
+    let s = v.trim();
+    if !s.bytes().any(|c| c == b' ' || c == b'(' || c == b')' || c == b'\t') {
+        if s.len() == v.len() {
+            return v;
+        }
+        return Cow::Owned(s.to_owned());
+    }
+    let mut sb = StackBuf { buf: [0; 80], len: 0 };
+    let mut fits = true;
+    for (i, w) in words(s).enumerate() {
+        if i > 0 {
+            fits &= sb.push("_");
+        }
+        fits &= sb.push(w);
+    }
+    if fits {
+        let built = &sb.buf[..sb.len];
+        if let Some(k) = KNOWN_RESPONSES.iter().find(|k| k.as_bytes() == built) {
+            return Cow::Borrowed(k);
+        }
+    }
+    let mut out = String::with_capacity(s.len());
+    for (i, w) in words(s).enumerate() {
+        if i > 0 {
+            out.push('_');
+        }
+        out.push_str(w);
+    }
+    Cow::Owned(out)
+}
+
+/// The words of a `response_string`: split at spaces, parentheses and
+/// underscores, with a leading `200OK` split into `200` and `OK` (LE 5
+/// writes the code and the first reason word together).
+fn words(s: &str) -> impl Iterator<Item = &str> + '_ {
+    s.split(|c: char| c == ' ' || c == '(' || c == ')' || c == '_' || c == '\t').filter(|p| !p.is_empty()).enumerate().flat_map(|(i, p)| {
+        let digits = p.bytes().take_while(u8::is_ascii_digit).count();
+        let (a, b) = if i == 0 && digits > 0 && digits < p.len() { (&p[..digits], &p[digits..]) } else { (p, "") };
+        [a, b].into_iter().filter(|w| !w.is_empty())
+    })
+}
+
+/// What [`finish`] does beyond the checks every record gets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Finish {
+    /// Fill a missing `api_key` / `service_id` from `request_id`.
+    pub ids_from_request_id: bool,
+    /// Force `log_type` = `ML` (every Local Edition format); when false a
+    /// `log_type` the source had is kept and only an empty one becomes `ML`.
+    pub force_ml: bool,
+}
+
+/// Local Edition formats: ids derived, `log_type` = `ML`.
+pub const FINISH_LE: Finish = Finish { ids_from_request_id: true, force_ml: true };
+
+/// Normalises a freshly parsed record and checks that it is acceptable:
+/// a `request_uuid` is present ([`RejectReason::BadField`]) and
+/// `request_time` parses ([`RejectReason::BadTime`]). If
+/// [`Record::request_time_ms`] is already set (LE 6 takes it from the
+/// `request_id`) the time is left alone.
+pub fn finish<'a>(rec: &mut Record<'a>, how: Finish) -> Result<(), Reject> {
+    if rec.is_missing(Field::RequestUuid) {
+        return Err(Reject::new(RejectReason::BadField, "request_uuid is missing"));
+    }
+    if how.force_ml || rec.get(Field::LogType).is_empty() {
+        rec.set(Field::LogType, crate::record::LOG_TYPE_ML);
+    }
+    let rs = std::mem::take(&mut rec.fields[Field::ResponseString.index()]);
+    rec.fields[Field::ResponseString.index()] = response_string(rs);
+
+    let id = std::mem::take(&mut rec.fields[Field::RequestId.index()]);
+    let id_epoch_ms = {
+        let parts = split_request_id(&id);
+        if how.ids_from_request_id {
+            if let Some(p) = parts {
+                if rec.is_missing(Field::ApiKey) {
+                    if let Some(k) = p.api_key {
+                        rec.set(Field::ApiKey, sub_cow(&id, k));
+                    }
+                }
+                if is_absent(rec.get(Field::ServiceId)) {
+                    if let Some(s) = p.service_id.filter(|s| !s.is_empty()) {
+                        rec.set(Field::ServiceId, sub_cow(&id, s));
+                    }
+                }
+            }
+        }
+        parts.and_then(|p| time::parse_epoch_seconds(p.epoch))
+    };
+    rec.fields[Field::RequestId.index()] = id;
+
+    if rec.request_time_ms.is_none() {
+        let ms = if rec.is_missing(Field::RequestTime) {
+            id_epoch_ms.ok_or_else(|| Reject::new(RejectReason::BadTime, "request_time is missing (and request_id has no epoch)"))?
+        } else {
+            let raw = rec.get(Field::RequestTime);
+            let ms = time::parse_any(raw)
+                .ok_or_else(|| Reject::new(RejectReason::BadTime, format!("request_time {:?} does not parse", clip(raw, 64))))?;
+            // A time written to the second gains the milliseconds of the
+            // request_id epoch when both name the same second.
+            match id_epoch_ms {
+                Some(id_ms) if ms % 1000 == 0 && id_ms.div_euclid(1000) == ms.div_euclid(1000) => id_ms,
+                _ => ms,
+            }
+        };
+        rec.set_request_time_ms(ms);
+    }
+    Ok(())
+}
+
+/// A sub-slice of a Cow as a Cow with the same lifetime: borrowed when
+/// the parent is borrowed, copied otherwise.
+pub fn sub_cow<'a>(parent: &Cow<'a, str>, part: &str) -> Cow<'a, str> {
+    match parent {
+        Cow::Borrowed(p) => {
+            // `part` points inside `p`: re-slice `p` so the result has 'a.
+            let start = part.as_ptr() as usize - p.as_ptr() as usize;
+            Cow::Borrowed(&p[start..start + part.len()])
+        }
+        Cow::Owned(_) => Cow::Owned(part.to_owned()),
+    }
+}
+
+/// At most `n` bytes of `s` (on a char boundary), for reject details.
+pub fn clip(s: &str, n: usize) -> &str {
+    if s.len() <= n {
+        return s;
+    }
+    let mut end = n;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check_rs(input: &str, expected: &str, borrowed: bool) {
+        let out = response_string(Cow::Borrowed(input));
+        assert_eq!(out, expected, "{input:?}");
+        assert_eq!(matches!(out, Cow::Borrowed(_)), borrowed, "{input:?} borrowed");
+    }
+
+    #[test]
+    fn response_strings() {
+        check_rs("200 OK (API)", "200_OK_API", true);
+        check_rs("200OK (API)", "200_OK_API", true);
+        check_rs("200_OK_API", "200_OK_API", true);
+        check_rs("201Created (API)", "201_Created_API", true);
+        check_rs("403 Forbidden (Mashery)", "403_Forbidden_Mashery", true);
+        check_rs("403Forbidden (Mashery)", "403_Forbidden_Mashery", true);
+        check_rs("404 Not Found (API)", "404_Not_Found_API", true);
+        check_rs("418 I'm a teapot (API)", "418_I'm_a_teapot_API", false);
+        check_rs("-", "-", true);
+        check_rs("", "", true);
+        check_rs("a b c d e f g h i j k l m n (API)", "a_b_c_d_e_f_g_h_i_j_k_l_m_n_API", false);
+    }
+
+    fn check_id(id: &str, expected: Option<(&str, Option<&str>, Option<&str>)>) {
+        let got = split_request_id(id).map(|p| (p.epoch, p.api_key, p.service_id));
+        assert_eq!(got, expected, "{id:?}");
+    }
+
+    #[test]
+    fn request_ids() {
+        check_id(
+            "1707986837.343_test3_b2qxuqhyh652hma8jw99gx5y",
+            Some(("1707986837.343", Some("test3"), Some("b2qxuqhyh652hma8jw99gx5y"))),
+        );
+        check_id("1555711003.068__fav6x8vp8wwcyj65m7yv3bzt", Some(("1555711003.068", Some(""), Some("fav6x8vp8wwcyj65m7yv3bzt"))));
+        check_id("1555711003.068_a_b_svc", Some(("1555711003.068", Some("a_b"), Some("svc"))));
+        check_id("1555711003.068_only", Some(("1555711003.068", None, None)));
+        check_id("1555711003", Some(("1555711003", None, None)));
+        check_id("-", None);
+        check_id("", None);
+        check_id("abc_def_ghi", None);
+    }
+
+    #[test]
+    fn names() {
+        assert_eq!(field_for_name("proxy_worker"), Some(Field::TrafficManager));
+        assert_eq!(field_for_name("spkey"), Some(Field::ServiceId));
+        assert_eq!(field_for_name("service_id"), Some(Field::ServiceId));
+        assert_eq!(field_for_name("ingestion_time"), None);
+        assert_eq!(field_for_name("nonsense"), None);
+    }
+
+    #[test]
+    fn finish_checks_and_derives() {
+        let mut r = Record::default();
+        r.set(Field::RequestUuid, "u1");
+        r.set(Field::RequestId, "1542643298.014_key_svc");
+        r.set(Field::RequestTime, "2018-11-19T16:01:38Z");
+        r.set(Field::ResponseString, "200OK (API)");
+        finish(&mut r, FINISH_LE).unwrap();
+        assert_eq!(r.get(Field::ApiKey), "key");
+        assert_eq!(r.get(Field::ServiceId), "svc");
+        assert_eq!(r.get(Field::LogType), "ML");
+        assert_eq!(r.get(Field::ResponseString), "200_OK_API");
+        assert_eq!(r.get(Field::RequestTime), "2018-11-19T16:01:38Z");
+        assert_eq!(r.request_time_ms, Some(1_542_643_298_014));
+
+        let mut r = Record::default();
+        r.set(Field::RequestId, "1542643298.014_key_svc");
+        assert_eq!(finish(&mut r, FINISH_LE).unwrap_err().reason, RejectReason::BadField);
+
+        let mut r = Record::default();
+        r.set(Field::RequestUuid, "u1");
+        r.set(Field::RequestTime, "yesterday");
+        assert_eq!(finish(&mut r, FINISH_LE).unwrap_err().reason, RejectReason::BadTime);
+
+        let mut r = Record::default();
+        r.set(Field::RequestUuid, "u1");
+        assert_eq!(finish(&mut r, FINISH_LE).unwrap_err().reason, RejectReason::BadTime);
+
+        // No request_time: the request_id epoch stands in.
+        let mut r = Record::default();
+        r.set(Field::RequestUuid, "u1");
+        r.set(Field::RequestId, "1542643298.014__svc");
+        r.set(Field::ApiKey, "unknown");
+        finish(&mut r, FINISH_LE).unwrap();
+        assert_eq!(r.get(Field::ApiKey), "unknown");
+        assert_eq!(r.request_time_ms, Some(1_542_643_298_014));
+    }
+
+    #[test]
+    fn sub_cow_borrows() {
+        let s = String::from("abc_def");
+        let c: Cow<'_, str> = Cow::Borrowed(&s);
+        assert!(matches!(sub_cow(&c, &c[4..]), Cow::Borrowed("def")));
+        let o: Cow<'_, str> = Cow::Owned(s.clone());
+        assert_eq!(sub_cow(&o, &o[4..]), "def");
+    }
+}
