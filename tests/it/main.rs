@@ -3,3 +3,6 @@
 //! sockets on loopback.
 
 mod support;
+mod service;
+mod support_upstream;
+mod upstream;
