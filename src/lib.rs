@@ -17,6 +17,8 @@
 
 #![forbid(unsafe_code)]
 
+pub mod bridge;
+pub mod checkpoint;
 pub mod cli;
 pub mod cmd;
 pub mod config;
@@ -27,5 +29,7 @@ pub mod record;
 pub mod rejects;
 pub mod service;
 pub mod sink;
+pub mod tail;
 pub mod telemetry;
 pub mod time;
+pub mod watch;

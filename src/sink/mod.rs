@@ -5,6 +5,8 @@
 //! tailers have stopped) after draining what it holds, or when `shutdown`
 //! is cancelled after the grace period.
 
+pub mod file;
+
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -46,9 +48,10 @@ pub fn queue() -> (mpsc::Sender<Arc<Batch>>, mpsc::Receiver<Arc<Batch>>) {
 
 /// Starts every sink the config names and registers its queue on `fanout`.
 pub async fn start_all(cfg: &Config, ctx: &SinkContext, fanout: &mut Fanout) -> anyhow::Result<Vec<SinkHandle>> {
-    let handles = Vec::new();
-    let _ = (cfg, ctx, fanout);
+    let mut handles = Vec::new();
     // Each sink module adds its start call here:
-    // if let Some(c) = &cfg.file_output { handles.push(file::start(c, ctx, fanout).await?); }
+    if let Some(c) = &cfg.file_output {
+        handles.push(file::start(c, ctx, fanout).await?);
+    }
     Ok(handles)
 }

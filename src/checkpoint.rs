@@ -1,0 +1,362 @@
+//! Durable read offsets, one per file identity (fingerprint).
+//!
+//! Invariant: an offset advances only when every sink has acknowledged the
+//! records before it, and only in file order, even when batches are
+//! acknowledged out of order (an upstream sink with several requests in
+//! flight). So after a crash or `kill -9` the bridge re-reads at most the
+//! batches that were not yet acknowledged (at-least-once), never less.
+//!
+//! The file is `<state_dir>/checkpoints.json`, a versioned JSON document
+//! (`{"version":1,"files":[...]}`), written to a temporary file, fsynced,
+//! then renamed over the old one (and the directory fsynced), so a crash
+//! leaves either the old or the new document, never a torn one.
+//!
+//! Entries are keyed by the file's content fingerprint (see
+//! [`crate::tail::fingerprint`]), not by path or inode: a renamed, copied,
+//! replaced or compressed file keeps its offset. Entries of files that have
+//! not been seen for [`PRUNE_AFTER_MS`] are pruned.
+
+use std::collections::{HashMap, VecDeque};
+use std::fs::{self, File};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use serde::{Deserialize, Serialize};
+
+use crate::tail::fingerprint::Fingerprint;
+
+/// The current version of the checkpoint document.
+pub const VERSION: u32 = 1;
+
+/// Name of the checkpoint file inside `state_dir`.
+pub const FILE_NAME: &str = "checkpoints.json";
+
+/// A checkpoint whose file has not been seen by any scan for this long is
+/// dropped: the file is gone for good (rotated out and deleted). Long
+/// enough that a rotated file compressed later (`.gz`) is still recognised.
+pub const PRUNE_AFTER_MS: i64 = 24 * 3600 * 1000;
+
+/// One file's checkpoint, as stored.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    /// The content fingerprint (16 hex digits).
+    pub fingerprint: Fingerprint,
+    /// Bytes of the (decompressed) content delivered to every sink.
+    pub offset: u64,
+    /// Where the file was last seen (informational).
+    pub path: String,
+    /// Device of the file when last seen (informational).
+    #[serde(default)]
+    pub dev: u64,
+    /// Inode of the file when last seen (informational).
+    #[serde(default)]
+    pub ino: u64,
+    /// Epoch ms when a scan last saw the file; drives pruning.
+    pub last_seen_ms: i64,
+}
+
+/// The stored document.
+#[derive(Debug, Serialize, Deserialize)]
+struct Document {
+    /// Format version ([`VERSION`]).
+    version: u32,
+    /// One entry per known file.
+    files: Vec<Entry>,
+}
+
+/// Errors loading or writing checkpoints.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckpointError {
+    /// The checkpoint file could not be read or written.
+    #[error("checkpoint file {path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The checkpoint file is not a checkpoint document we understand.
+    #[error("checkpoint file {path} is not valid: {message}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// A place in the acknowledgement order of one file: returned by
+/// [`Checkpointer::register`], handed back to [`Checkpointer::ack`].
+#[derive(Clone, Copy, Debug)]
+pub struct Ticket {
+    /// The file.
+    fp: Fingerprint,
+    /// The batch's sequence number within the file.
+    seq: u64,
+}
+
+/// Batches of one file not yet acknowledged, in read order.
+#[derive(Default)]
+struct Tracker {
+    /// Sequence number the next registered batch gets.
+    next_seq: u64,
+    /// (seq, offset after the batch, acknowledged?) for batches in flight;
+    /// the front is the oldest.
+    in_flight: VecDeque<(u64, u64, bool)>,
+}
+
+#[derive(Default)]
+struct State {
+    /// Durable offsets by fingerprint.
+    entries: HashMap<Fingerprint, Entry>,
+    /// Acknowledgement order per fingerprint.
+    trackers: HashMap<Fingerprint, Tracker>,
+    /// Entries changed since the last write.
+    dirty: bool,
+}
+
+/// The shared checkpoint registry. Cheap to clone.
+#[derive(Clone)]
+pub struct Checkpointer {
+    /// `<state_dir>/checkpoints.json`.
+    path: Arc<PathBuf>,
+    /// Offsets and trackers.
+    state: Arc<Mutex<State>>,
+}
+
+impl Checkpointer {
+    /// Loads `<state_dir>/checkpoints.json` (an absent file is an empty
+    /// registry). The directory must exist.
+    pub fn load(state_dir: &Path) -> Result<Checkpointer, CheckpointError> {
+        let path = state_dir.join(FILE_NAME);
+        let mut state = State::default();
+        match fs::read(&path) {
+            Ok(bytes) => {
+                let doc: Document =
+                    serde_json::from_slice(&bytes).map_err(|e| CheckpointError::Invalid { path: path.clone(), message: e.to_string() })?;
+                if doc.version != VERSION {
+                    return Err(CheckpointError::Invalid {
+                        path,
+                        message: format!("version {} is not supported (expected {VERSION})", doc.version),
+                    });
+                }
+                for e in doc.files {
+                    state.entries.insert(e.fingerprint, e);
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(source) => return Err(CheckpointError::Io { path, source }),
+        }
+        Ok(Checkpointer { path: Arc::new(path), state: Arc::new(Mutex::new(state)) })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The durable offset of a file, if it has one.
+    pub fn offset(&self, fp: Fingerprint) -> Option<u64> {
+        self.lock().entries.get(&fp).map(|e| e.offset)
+    }
+
+    /// Notes that a scan saw the file (keeps its entry from being pruned).
+    /// Creates an entry at offset 0 for a file seen for the first time.
+    pub fn seen(&self, fp: Fingerprint, path: &str, dev: u64, ino: u64, now_ms: i64) {
+        let mut st = self.lock();
+        let e = st.entries.entry(fp).or_insert_with(|| Entry {
+            fingerprint: fp,
+            offset: 0,
+            path: String::new(),
+            dev: 0,
+            ino: 0,
+            last_seen_ms: 0,
+        });
+        let changed = e.path != path || e.dev != dev || e.ino != ino;
+        e.path.clear();
+        e.path.push_str(path);
+        e.dev = dev;
+        e.ino = ino;
+        // Only a move of the file makes the document dirty; last_seen alone
+        // is refreshed whenever something else is written.
+        e.last_seen_ms = now_ms;
+        if changed {
+            st.dirty = true;
+        }
+    }
+
+    /// Sets a file's offset directly, for a file started at its end
+    /// (`read_from = "end"`): there is nothing before it to acknowledge.
+    pub fn start_at(&self, fp: Fingerprint, offset: u64) {
+        let mut st = self.lock();
+        if let Some(e) = st.entries.get_mut(&fp) {
+            if e.offset < offset {
+                e.offset = offset;
+                st.dirty = true;
+            }
+        }
+    }
+
+    /// Registers a batch that ends at `end_offset`, in read order. Its
+    /// offset becomes durable once it and every earlier batch of the same
+    /// file are acknowledged.
+    pub fn register(&self, fp: Fingerprint, end_offset: u64) -> Ticket {
+        let mut st = self.lock();
+        let t = st.trackers.entry(fp).or_default();
+        let seq = t.next_seq;
+        t.next_seq += 1;
+        t.in_flight.push_back((seq, end_offset, false));
+        Ticket { fp, seq }
+    }
+
+    /// Acknowledges a registered batch. Returns the file's new durable
+    /// offset when it advanced.
+    pub fn ack(&self, ticket: Ticket) -> Option<u64> {
+        let mut st = self.lock();
+        let t = st.trackers.get_mut(&ticket.fp)?;
+        let front = t.in_flight.front()?.0;
+        let idx = usize::try_from(ticket.seq.checked_sub(front)?).ok()?;
+        let slot = t.in_flight.get_mut(idx)?;
+        slot.2 = true;
+        let mut advanced = None;
+        while let Some(&(_, end, true)) = t.in_flight.front() {
+            t.in_flight.pop_front();
+            advanced = Some(end);
+        }
+        let end = advanced?;
+        let e = st.entries.entry(ticket.fp).or_insert_with(|| Entry {
+            fingerprint: ticket.fp,
+            offset: 0,
+            path: String::new(),
+            dev: 0,
+            ino: 0,
+            last_seen_ms: crate::time::now_ms(),
+        });
+        if end > e.offset {
+            e.offset = end;
+            st.dirty = true;
+        }
+        Some(end)
+    }
+
+    /// Drops entries not seen since `now_ms - PRUNE_AFTER_MS`.
+    pub fn prune(&self, now_ms: i64) {
+        let mut st = self.lock();
+        let before = st.entries.len();
+        let State { entries, trackers, .. } = &mut *st;
+        entries.retain(|fp, e| e.last_seen_ms >= now_ms - PRUNE_AFTER_MS || trackers.get(fp).is_some_and(|t| !t.in_flight.is_empty()));
+        trackers.retain(|fp, t| !t.in_flight.is_empty() || entries.contains_key(fp));
+        if st.entries.len() != before {
+            tracing::debug!(pruned = before - st.entries.len(), "pruned checkpoints of files gone for good");
+            st.dirty = true;
+        }
+    }
+
+    /// The document to write when something changed since the last write
+    /// (`force` writes it anyway).
+    fn snapshot(&self, force: bool) -> Option<Vec<u8>> {
+        let mut st = self.lock();
+        if !st.dirty && !force {
+            return None;
+        }
+        st.dirty = false;
+        let mut files: Vec<Entry> = st.entries.values().cloned().collect();
+        files.sort_by(|a, b| a.path.cmp(&b.path).then(a.fingerprint.cmp(&b.fingerprint)));
+        let doc = Document { version: VERSION, files };
+        serde_json::to_vec_pretty(&doc).ok()
+    }
+
+    /// Writes the document if it changed (or always with `force`): temp
+    /// file, fsync, rename, fsync of the directory. Blocking: call it from a
+    /// blocking thread.
+    pub fn write(&self, force: bool) -> Result<bool, CheckpointError> {
+        let Some(bytes) = self.snapshot(force) else {
+            return Ok(false);
+        };
+        let io = |source| CheckpointError::Io { path: self.path.to_path_buf(), source };
+        let tmp = self.path.with_extension("json.tmp");
+        let res = (|| {
+            let mut f = File::create(&tmp)?;
+            f.write_all(&bytes)?;
+            f.sync_all()?;
+            fs::rename(&tmp, &*self.path)?;
+            if let Some(dir) = self.path.parent() {
+                File::open(dir)?.sync_all()?;
+            }
+            Ok(())
+        })();
+        if let Err(e) = res {
+            // Try again next time.
+            self.lock().dirty = true;
+            return Err(io(e));
+        }
+        Ok(true)
+    }
+
+    /// Writes from a blocking thread (for async callers).
+    pub async fn write_async(&self, force: bool) -> Result<bool, CheckpointError> {
+        let this = self.clone();
+        match tokio::task::spawn_blocking(move || this.write(force)).await {
+            Ok(r) => r,
+            Err(e) => Err(CheckpointError::Io { path: self.path.to_path_buf(), source: std::io::Error::other(e.to_string()) }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fp(n: u64) -> Fingerprint {
+        Fingerprint(n)
+    }
+
+    #[test]
+    fn advances_in_order_when_acks_come_out_of_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = Checkpointer::load(dir.path()).unwrap();
+        c.seen(fp(1), "/a", 1, 2, 0);
+        let t1 = c.register(fp(1), 10);
+        let t2 = c.register(fp(1), 20);
+        let t3 = c.register(fp(1), 30);
+        assert_eq!(c.ack(t2), None);
+        assert_eq!(c.offset(fp(1)), Some(0));
+        assert_eq!(c.ack(t1), Some(20));
+        assert_eq!(c.offset(fp(1)), Some(20));
+        assert_eq!(c.ack(t3), Some(30));
+        assert_eq!(c.offset(fp(1)), Some(30));
+    }
+
+    #[test]
+    fn survives_a_reload() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = Checkpointer::load(dir.path()).unwrap();
+        c.seen(fp(7), "/a", 1, 2, crate::time::now_ms());
+        c.ack(c.register(fp(7), 42));
+        assert!(c.write(false).unwrap());
+        assert!(!c.write(false).unwrap(), "nothing changed");
+        let c2 = Checkpointer::load(dir.path()).unwrap();
+        assert_eq!(c2.offset(fp(7)), Some(42));
+        let text = fs::read_to_string(dir.path().join(FILE_NAME)).unwrap();
+        assert!(text.contains("\"version\": 1"), "{text}");
+    }
+
+    #[test]
+    fn rejects_unknown_version() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join(FILE_NAME), r#"{"version":99,"files":[]}"#).unwrap();
+        let e = Checkpointer::load(dir.path()).err().unwrap().to_string();
+        assert!(e.contains("version 99"), "{e}");
+    }
+
+    #[test]
+    fn prunes_files_gone_for_good() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = Checkpointer::load(dir.path()).unwrap();
+        c.seen(fp(1), "/old", 1, 1, 0);
+        c.seen(fp(2), "/new", 1, 2, PRUNE_AFTER_MS + 10);
+        c.prune(PRUNE_AFTER_MS + 20);
+        assert_eq!(c.offset(fp(1)), None);
+        assert_eq!(c.offset(fp(2)), Some(0));
+    }
+}

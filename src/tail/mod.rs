@@ -1,0 +1,483 @@
+//! Following one source's files: which file is which, where to start, and
+//! one [`reader`] task per file being read.
+//!
+//! The [`Tailer`] of a `[[source]]` keeps every matching file it has seen,
+//! keyed by device and inode, with its content [`fingerprint`]. A file's
+//! offset belongs to its fingerprint, not to its path or inode, which is
+//! what makes the hard cases come out right:
+//!
+//! - rename rotation: the inode moves to a new path and keeps its reader;
+//!   the new file at the old path has a new fingerprint and starts at 0;
+//! - copytruncate: the reader sees the file shrink and stops; the copy has
+//!   the old fingerprint and continues from the offset already read; the
+//!   truncated file's new content is a new fingerprint;
+//! - rsync-style replace (new inode, same fingerprint, more content) and a
+//!   rotated file compressed later (`.gz`, fingerprinted on its content):
+//!   a second file with a fingerprint already being read waits until the
+//!   first is finished, then continues from where it ended;
+//! - deletion: the file is read to its end through the open descriptor;
+//! - inode reuse: a known inode with a different fingerprint is a new file.
+//!
+//! Invariant: at most one reader per fingerprint at a time, and a reader
+//! for a fingerprint starts where the previous one ended (in memory) or at
+//! the durable checkpoint (after a restart).
+
+pub mod fingerprint;
+pub mod reader;
+
+use std::collections::{HashMap, HashSet};
+use std::fs::File;
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+
+use crate::config::{ReadFrom, SourceConfig};
+use crate::telemetry::Telemetry;
+use crate::watch::{Change, Events, Seen, Watcher};
+use fingerprint::{Fingerprint, Probe};
+use reader::{Control, Exit, Finished, Shared, Spec};
+
+/// Device and inode.
+type Key = (u64, u64);
+
+/// After a file appeared, vanished or moved, a full rescan follows this
+/// soon (to find where a renamed file went, or that it is gone).
+const RESCAN_AFTER_MOVE: Duration = Duration::from_millis(50);
+
+/// A file the tailer knows about.
+struct Tracked {
+    /// Where it was last seen.
+    path: PathBuf,
+    /// Its fingerprint, once it has a complete first line.
+    fp: Option<Fingerprint>,
+    /// Size and mtime when last looked at: a change means "look again".
+    size: u64,
+    /// Modification time (epoch ms) when last looked at.
+    mtime_ms: i64,
+    /// The running reader's controls.
+    reader: Option<Arc<Control>>,
+    /// Waiting for the reader of the same fingerprint to finish.
+    deferred: bool,
+    /// Older than `ignore_older_secs` when found: not read unless it changes.
+    ignored: bool,
+}
+
+/// What the tailer knows about one fingerprint.
+#[derive(Default)]
+struct FpInfo {
+    /// Offset read up to (sent to the sinks) by the last reader.
+    offset: Option<u64>,
+    /// The file being read for it now.
+    active: Option<Key>,
+}
+
+/// Follows the files of one `[[source]]`.
+pub struct Tailer {
+    /// The source's settings.
+    cfg: SourceConfig,
+    /// The source's name, for logs.
+    name: String,
+    /// Globs and scans.
+    watcher: Arc<Watcher>,
+    /// What readers share.
+    shared: Shared,
+    /// Per-file statistics.
+    telemetry: Telemetry,
+    /// Files by device and inode.
+    files: HashMap<Key, Tracked>,
+    /// Path -> file, to route change events.
+    by_path: HashMap<PathBuf, Key>,
+    /// Per-fingerprint read state.
+    fps: HashMap<Fingerprint, FpInfo>,
+    /// Readers report here when they stop (one message each, so the
+    /// queue never holds more than the number of readers).
+    exit_tx: mpsc::UnboundedSender<Finished>,
+    /// See `exit_tx`.
+    exit_rx: mpsc::UnboundedReceiver<Finished>,
+    /// The reader tasks.
+    readers: JoinSet<()>,
+}
+
+impl Tailer {
+    /// A tailer for one source.
+    pub fn new(cfg: SourceConfig, name: String, shared: Shared, telemetry: Telemetry) -> anyhow::Result<Tailer> {
+        let watcher = Arc::new(Watcher::new(&cfg)?);
+        let (exit_tx, exit_rx) = mpsc::unbounded_channel();
+        Ok(Tailer {
+            cfg,
+            name,
+            watcher,
+            shared,
+            telemetry,
+            files: HashMap::new(),
+            by_path: HashMap::new(),
+            fps: HashMap::new(),
+            exit_tx,
+            exit_rx,
+            readers: JoinSet::new(),
+        })
+    }
+
+    /// Follows the source until `shared.shutdown` is cancelled, then waits
+    /// for its readers to stop at a batch boundary.
+    pub async fn run(mut self) -> anyhow::Result<()> {
+        let shutdown = self.shared.shutdown.clone();
+        let mut events: Option<Events> = match self.cfg.poll_interval_ms {
+            Some(_) => None,
+            None => match self.watcher.events() {
+                Ok(e) => Some(e),
+                Err(e) => {
+                    tracing::warn!(source = %self.name, error = %e, "file events unavailable; relying on rescans");
+                    None
+                }
+            },
+        };
+        let every = Duration::from_millis(self.cfg.poll_interval_ms.unwrap_or(self.cfg.rescan_interval_ms));
+        tracing::info!(source = %self.name, paths = ?self.cfg.paths, polling = self.cfg.poll_interval_ms.is_some(), "following files");
+        self.full_scan(true, events.as_mut()).await;
+        let mut tick = tokio::time::interval_at(Instant::now() + every, every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut rescan_at: Option<Instant> = None;
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = tick.tick() => self.full_scan(false, events.as_mut()).await,
+                _ = sleep_until(rescan_at), if rescan_at.is_some() => {
+                    rescan_at = None;
+                    self.full_scan(false, events.as_mut()).await;
+                }
+                Some(fin) = self.exit_rx.recv() => self.finished(fin).await,
+                change = next_change(&mut events), if events.is_some() => {
+                    let mut changes = vec![change];
+                    if let Some(ev) = events.as_mut() {
+                        while changes.len() < 1024 {
+                            match ev.try_next() {
+                                Some(c) => changes.push(c),
+                                None => break,
+                            }
+                        }
+                    }
+                    if self.changes(changes).await {
+                        rescan_at.get_or_insert(Instant::now() + RESCAN_AFTER_MOVE);
+                    }
+                }
+            }
+        }
+        drop(events);
+        while self.readers.join_next().await.is_some() {}
+        while let Ok(fin) = self.exit_rx.try_recv() {
+            self.note_offset(&fin);
+        }
+        Ok(())
+    }
+
+    /// Handles notify hints; returns true when a rescan should follow.
+    async fn changes(&mut self, changes: Vec<Change>) -> bool {
+        let mut rescan = false;
+        let mut to_stat: Vec<PathBuf> = Vec::new();
+        for c in changes {
+            match c {
+                Change::Modified(paths) => {
+                    for p in paths {
+                        let reader = self.by_path.get(&p).and_then(|k| self.files.get(k)).and_then(|t| t.reader.clone());
+                        match reader {
+                            Some(ctl) => ctl.wake.notify_one(),
+                            None => to_stat.push(p),
+                        }
+                    }
+                }
+                Change::Moved(paths) => {
+                    rescan = true;
+                    to_stat.extend(paths);
+                }
+                Change::Rescan => {
+                    self.full_scan(false, None).await;
+                }
+            }
+        }
+        to_stat.sort();
+        to_stat.dedup();
+        if !to_stat.is_empty() {
+            let seen = tokio::task::spawn_blocking(move || to_stat.iter().filter_map(|p| Watcher::stat(p)).collect::<Vec<_>>())
+                .await
+                .unwrap_or_default();
+            for s in seen {
+                self.seen(s, false).await;
+            }
+        }
+        rescan
+    }
+
+    /// Lists every file and reconciles: new files, changed files, files
+    /// gone from every watched path.
+    async fn full_scan(&mut self, startup: bool, events: Option<&mut Events>) {
+        let w = self.watcher.clone();
+        let seen = tokio::task::spawn_blocking(move || w.scan()).await.unwrap_or_default();
+        let present: HashSet<Key> = seen.iter().map(Seen::key).collect();
+        let now = crate::time::now_ms();
+        for s in seen {
+            let (key, path) = (s.key(), s.path.to_string_lossy().into_owned());
+            self.seen(s, startup).await;
+            if let Some(fp) = self.files.get(&key).and_then(|t| t.fp) {
+                self.shared.checkpoints.seen(fp, &path, key.0, key.1, now);
+            }
+        }
+        let missing: Vec<Key> = self.files.keys().filter(|k| !present.contains(k)).copied().collect();
+        for key in missing {
+            let Some(t) = self.files.get(&key) else { continue };
+            match &t.reader {
+                Some(ctl) => {
+                    if !ctl.gone.swap(true, Ordering::AcqRel) {
+                        tracing::debug!(file = %t.path.display(), "file gone from the watched paths; reading it to the end");
+                    }
+                    ctl.wake.notify_one();
+                }
+                None => self.forget(key),
+            }
+        }
+        self.shared.checkpoints.prune(now);
+        if let Some(ev) = events {
+            ev.rewatch(&self.watcher);
+        }
+    }
+
+    fn forget(&mut self, key: Key) {
+        if let Some(t) = self.files.remove(&key) {
+            if self.by_path.get(&t.path) == Some(&key) {
+                self.by_path.remove(&t.path);
+            }
+        }
+    }
+
+    /// A file as a scan or stat saw it.
+    async fn seen(&mut self, s: Seen, startup: bool) {
+        let key = s.key();
+        match self.files.get_mut(&key) {
+            Some(t) => {
+                if t.path != s.path {
+                    if self.by_path.get(&t.path) == Some(&key) {
+                        self.by_path.remove(&t.path);
+                    }
+                    if let Some(ctl) = &t.reader {
+                        tracing::debug!(from = %t.path.display(), to = %s.path.display(), "file rotated (renamed)");
+                        ctl.rotated.store(true, Ordering::Release);
+                        ctl.wake.notify_one();
+                    }
+                    t.path = s.path.clone();
+                }
+                self.by_path.insert(s.path.clone(), key);
+                let changed = t.size != s.size || t.mtime_ms != s.mtime_ms;
+                t.size = s.size;
+                t.mtime_ms = s.mtime_ms;
+                if let Some(ctl) = &t.reader {
+                    if changed {
+                        ctl.wake.notify_one();
+                    }
+                    return;
+                }
+                if t.deferred || !changed {
+                    return;
+                }
+                t.ignored = false;
+                self.open(key, startup).await;
+            }
+            None => {
+                let older = self.cfg.ignore_older_secs > 0 && crate::time::now_ms() - s.mtime_ms > self.cfg.ignore_older_secs as i64 * 1000;
+                self.by_path.insert(s.path.clone(), key);
+                self.files.insert(
+                    key,
+                    Tracked { path: s.path, fp: None, size: s.size, mtime_ms: s.mtime_ms, reader: None, deferred: false, ignored: older },
+                );
+                if !older {
+                    self.open(key, startup).await;
+                }
+            }
+        }
+    }
+
+    /// Opens a file, fingerprints it, and starts (or defers) its reader.
+    async fn open(&mut self, key: Key, startup: bool) {
+        let Some(t) = self.files.get(&key) else { return };
+        let path = t.path.clone();
+        let max = self.cfg.max_line_bytes;
+        let res = tokio::task::spawn_blocking(move || -> std::io::Result<Option<(File, Probe)>> {
+            let file = File::open(&path)?;
+            let m = file.metadata()?;
+            if (m.dev(), m.ino()) != key {
+                // Replaced between stat and open: the next event or scan
+                // sees the new file.
+                return Ok(None);
+            }
+            let probe = if crate::watch::is_gz(&path) {
+                fingerprint::probe(flate2::read::MultiGzDecoder::new(&file), max)?
+            } else {
+                fingerprint::probe(&file, max)?
+            };
+            Ok(Some((file, probe)))
+        })
+        .await;
+        let (file, probe) = match res {
+            Ok(Ok(Some(v))) => v,
+            Ok(Ok(None)) => return,
+            Ok(Err(e)) => {
+                if let Some(t) = self.files.get(&key) {
+                    tracing::warn!(file = %t.path.display(), error = %e, "cannot open file; retried when it changes");
+                }
+                return;
+            }
+            Err(_) => return,
+        };
+        let Some(t) = self.files.get_mut(&key) else { return };
+        let Probe::Ready { fp, start, len } = probe else {
+            // No complete first line yet: looked at again when it changes.
+            return;
+        };
+        if let Some(old) = t.fp {
+            if old != fp {
+                tracing::info!(file = %t.path.display(), "different content at a known inode (inode reused or rewritten): a new file");
+            }
+        }
+        t.fp = Some(fp);
+        let gz = crate::watch::is_gz(&t.path);
+        self.start(key, fp, file, if gz { (0, 0) } else { (start, len) }, startup).await;
+    }
+
+    /// Starts the reader of a fingerprinted file, or defers it while
+    /// another file with the same fingerprint is being read.
+    async fn start(&mut self, key: Key, fp: Fingerprint, file: File, fp_range: (u64, u64), startup: bool) {
+        let info = self.fps.entry(fp).or_default();
+        if let Some(other) = info.active {
+            if other != key {
+                if let Some(t) = self.files.get_mut(&key) {
+                    t.deferred = true;
+                    tracing::debug!(file = %t.path.display(), "same content as a file being read; continues after it");
+                }
+                if let Some(ctl) = self.files.get(&other).and_then(|t| t.reader.as_ref()) {
+                    ctl.superseded.store(true, Ordering::Release);
+                    ctl.wake.notify_one();
+                }
+                return;
+            }
+            return;
+        }
+        let Some(t) = self.files.get_mut(&key) else { return };
+        t.deferred = false;
+        let gz = crate::watch::is_gz(&t.path);
+        let path_str: Arc<str> = t.path.to_string_lossy().into();
+        let offset = match (info.offset, self.shared.checkpoints.offset(fp)) {
+            (Some(o), c) => o.max(c.unwrap_or(0)),
+            (None, Some(c)) => c,
+            (None, None) => {
+                let o = if startup && self.cfg.read_from == ReadFrom::End && !gz {
+                    let size = t.size;
+                    let f = match file.try_clone() {
+                        Ok(f) => f,
+                        Err(_) => return,
+                    };
+                    tokio::task::spawn_blocking(move || end_of_last_line(&f, size)).await.unwrap_or(0)
+                } else {
+                    0
+                };
+                let now = crate::time::now_ms();
+                self.shared.checkpoints.seen(fp, &path_str, key.0, key.1, now);
+                self.shared.checkpoints.start_at(fp, o);
+                o
+            }
+        };
+        info.active = Some(key);
+        info.offset = Some(offset);
+        let ctl = Arc::new(Control::default());
+        t.reader = Some(ctl.clone());
+        let stats = self.telemetry.file(&path_str);
+        tracing::debug!(file = %path_str, fingerprint = %fp, offset, "reading");
+        let spec = Spec { key, path: path_str, file, gz, fp, fp_range, offset };
+        let shared = self.shared.clone();
+        let tx = self.exit_tx.clone();
+        self.readers.spawn(async move {
+            let fin = reader::run(spec, shared, ctl, stats).await;
+            let _ = tx.send(fin);
+        });
+    }
+
+    fn note_offset(&mut self, fin: &Finished) {
+        let info = self.fps.entry(fin.fp).or_default();
+        info.offset = Some(info.offset.unwrap_or(0).max(fin.offset));
+        if info.active == Some(fin.key) {
+            info.active = None;
+        }
+    }
+
+    /// A reader stopped.
+    async fn finished(&mut self, fin: Finished) {
+        self.note_offset(&fin);
+        // Reap finished tasks so the set does not grow.
+        while self.readers.try_join_next().is_some() {}
+        let mut restat = None;
+        if let Some(t) = self.files.get_mut(&fin.key) {
+            t.reader = None;
+            if !crate::watch::is_gz(&t.path) && fin.size > 0 {
+                t.size = fin.size;
+            }
+            match fin.exit {
+                Exit::Gone => {
+                    tracing::debug!(file = %t.path.display(), offset = fin.offset, "finished a file that is gone");
+                    let p = t.path.to_string_lossy().into_owned();
+                    self.telemetry.remove_file(&p);
+                    self.forget(fin.key);
+                }
+                Exit::Truncated => {
+                    restat = Some(t.path.clone());
+                    self.forget(fin.key);
+                }
+                Exit::Complete | Exit::Idle | Exit::Failed | Exit::Shutdown => {}
+            }
+        }
+        if self.shared.shutdown.is_cancelled() {
+            return;
+        }
+        // A file waiting for this fingerprint continues now.
+        let waiting: Vec<Key> = self.files.iter().filter(|(_, t)| t.deferred && t.fp == Some(fin.fp)).map(|(k, _)| *k).collect();
+        for key in waiting {
+            if let Some(t) = self.files.get_mut(&key) {
+                t.deferred = false;
+            }
+            self.open(key, false).await;
+        }
+        if let Some(p) = restat {
+            if let Some(s) = tokio::task::spawn_blocking(move || Watcher::stat(&p)).await.ok().flatten() {
+                self.seen(s, false).await;
+            }
+        }
+    }
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn next_change(events: &mut Option<Events>) -> Change {
+    match events {
+        Some(e) => e.next().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The offset just after the last newline at or before `size`: where
+/// `read_from = "end"` starts, so no half line is read.
+fn end_of_last_line(f: &File, size: u64) -> u64 {
+    let from = size.saturating_sub(64 * 1024);
+    let mut buf = vec![0u8; (size - from) as usize];
+    match f.read_exact_at(&mut buf, from) {
+        Ok(()) => memchr::memrchr(b'\n', &buf).map(|i| from + i as u64 + 1).unwrap_or(size),
+        Err(_) => size,
+    }
+}

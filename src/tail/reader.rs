@@ -1,0 +1,505 @@
+//! One file's reader: reads complete lines from an offset, parses and
+//! enriches them, and sends them as acknowledged batches.
+//!
+//! Invariants:
+//! - Offsets count bytes of the file's content (decompressed for `.gz`);
+//!   the reader's offset is always just after a complete line, so a
+//!   checkpoint never points into the middle of a line.
+//! - A partial last line (no newline yet) is held, not emitted, until its
+//!   newline arrives; it is emitted (and logged as partial) only when the
+//!   file has been deleted or rotated away and read to its end, or when a
+//!   `.gz` (which never grows) ends without a newline.
+//! - A file that shrank below the offset was truncated (copytruncate): the
+//!   reader stops and the tailer treats the content as a new file.
+//! - Blocking reads happen on the blocking pool (`spawn_blocking`), one
+//!   chunk at a time; the runtime never waits on the disk.
+
+use std::fs::File;
+use std::io::{self, Read};
+use std::os::unix::fs::FileExt;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use flate2::read::MultiGzDecoder;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use super::fingerprint::{checksum, Fingerprint};
+use crate::checkpoint::Checkpointer;
+use crate::enrich::Enricher;
+use crate::parse::{Format, LineKind, LineParser, Reject};
+use crate::pipeline::{Batch, Fanout};
+use crate::record::Record;
+use crate::telemetry::FileStats;
+
+/// Bytes read per chunk (one batch at most per chunk).
+pub const CHUNK_BYTES: usize = 256 * 1024;
+
+/// A reader at the end of its file closes the file after this long without
+/// new data; the tailer reopens it if it grows. Bounds open descriptors
+/// when thousands of rotated files stay matched by the globs.
+pub const IDLE_CLOSE: Duration = Duration::from_secs(30);
+
+/// Signals from the tailer to a running reader.
+#[derive(Default)]
+pub struct Control {
+    /// New data may be there (or a flag below changed).
+    pub wake: Notify,
+    /// The file is no longer at any watched path (deleted, or moved where
+    /// the globs do not match): read to the end, then stop.
+    pub gone: AtomicBool,
+    /// The file was renamed (rotated): once read to the end, its partial
+    /// last line is complete.
+    pub rotated: AtomicBool,
+    /// Another file with the same fingerprint waits to continue this one
+    /// (sync-tool replace, gzip of a rotated file): hand the partial last
+    /// line over to it instead of emitting it.
+    pub superseded: AtomicBool,
+}
+
+/// Why a reader stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    /// Gone and read to the end.
+    Gone,
+    /// The file shrank below the offset (copytruncate).
+    Truncated,
+    /// A `.gz` read to the end.
+    Complete,
+    /// At the end and idle for [`IDLE_CLOSE`].
+    Idle,
+    /// The bridge is stopping.
+    Shutdown,
+    /// A read error (logged); the tailer retries when the file changes.
+    Failed,
+}
+
+/// What a reader reports when it stops.
+#[derive(Debug)]
+pub struct Finished {
+    /// Device and inode of the file.
+    pub key: (u64, u64),
+    /// The file's fingerprint.
+    pub fp: Fingerprint,
+    /// Offset after the last line sent.
+    pub offset: u64,
+    /// Size of the file when it stopped (compressed size for `.gz`).
+    pub size: u64,
+    /// Why.
+    pub exit: Exit,
+}
+
+/// What every reader of a source shares.
+#[derive(Clone)]
+pub struct Shared {
+    /// The source's configured format.
+    pub format: Format,
+    /// Lines longer than this are rejected.
+    pub max_line_bytes: usize,
+    /// Sends batches to the sinks.
+    pub fanout: Fanout,
+    /// Durable offsets.
+    pub checkpoints: Checkpointer,
+    /// Lookups and masking.
+    pub enricher: Arc<Enricher>,
+    /// Stops reading.
+    pub shutdown: CancellationToken,
+    /// Where rejected lines are written (file, offset, why, the line).
+    pub rejects: Option<RejectSink>,
+}
+
+/// Receives rejected lines: file, offset, why, and the line itself.
+pub type RejectSink = Arc<dyn Fn(&str, u64, &Reject, &str) + Send + Sync>;
+
+/// One file to read.
+pub struct Spec {
+    /// Device and inode.
+    pub key: (u64, u64),
+    /// The path it was opened at (for logs, stats and the rejects file).
+    pub path: Arc<str>,
+    /// The open file.
+    pub file: File,
+    /// gzip-compressed.
+    pub gz: bool,
+    /// Fingerprint and its line's byte range, to detect content replaced
+    /// in place.
+    pub fp: Fingerprint,
+    /// Start and length of the fingerprinted line (plain files).
+    pub fp_range: (u64, u64),
+    /// Offset to start at.
+    pub offset: u64,
+}
+
+/// Reading state moved in and out of the blocking pool.
+struct State {
+    file: File,
+    gz: Option<MultiGzDecoder<File>>,
+    /// Bytes of content consumed (plain: file position).
+    pos: u64,
+    /// Bytes after the last newline (a partial line).
+    carry: Vec<u8>,
+    /// Skipping the rest of a line that was too long.
+    skipping: bool,
+    parser: LineParser,
+    fp: Fingerprint,
+    fp_range: (u64, u64),
+    enricher: Arc<Enricher>,
+    max_line_bytes: usize,
+    /// Reusable read buffer.
+    buf: Vec<u8>,
+}
+
+/// A line that did not parse, with where it came from.
+pub struct Rejected {
+    /// Offset of the line in the file.
+    pub offset: u64,
+    /// Why.
+    pub reject: Reject,
+    /// The line (lossy UTF-8, for the rejects file).
+    pub line: String,
+}
+
+/// One chunk's outcome.
+struct Chunk {
+    records: Vec<Record<'static>>,
+    rejects: Vec<Rejected>,
+    /// Observed time of the chunk's records.
+    observed_ms: i64,
+    /// Offset after the last complete line.
+    offset: u64,
+    /// File size (plain) when read.
+    size: u64,
+    status: Status,
+    /// A partial line was emitted.
+    partial: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Status {
+    /// More data may follow right away.
+    More,
+    /// At the end of the data.
+    End,
+    /// The file shrank or its first line changed.
+    Truncated,
+}
+
+impl State {
+    fn offset(&self) -> u64 {
+        self.pos - self.carry.len() as u64
+    }
+
+    /// Reads one chunk and turns its complete lines into records. With
+    /// `flush_partial`, a partial last line at the end of the data is
+    /// emitted as a line.
+    fn read_chunk(&mut self, flush_partial: bool) -> io::Result<Chunk> {
+        let mut size = 0;
+        let n = if let Some(gz) = &mut self.gz {
+            self.buf.resize(CHUNK_BYTES, 0);
+            loop {
+                match gz.read(&mut self.buf) {
+                    Ok(n) => break n,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => return Err(e),
+                }
+            }
+        } else {
+            size = self.file.metadata()?.len();
+            if size < self.pos || !self.same_identity()? {
+                return Ok(self.chunk_status(Status::Truncated, size));
+            }
+            let want = (size - self.pos).min(CHUNK_BYTES as u64) as usize;
+            self.buf.resize(want, 0);
+            let mut got = 0;
+            while got < want {
+                match self.file.read_at(&mut self.buf[got..], self.pos + got as u64) {
+                    Ok(0) => break,
+                    Ok(n) => got += n,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            got
+        };
+        self.pos += n as u64;
+        let observed_ms = crate::time::now_ms();
+        let mut records = Vec::new();
+        let mut rejects = Vec::new();
+        let tables = self.enricher.tables();
+        let noop = self.enricher.is_noop();
+        let mut partial = false;
+
+        // Lines: carry + new data.
+        let data: &[u8] = &self.buf[..n];
+        let mut line_off = self.pos - n as u64 - self.carry.len() as u64;
+        let mut rest = data;
+        let mut out: Vec<Record<'_>> = Vec::new();
+        while let Some(nl) = memchr::memchr(b'\n', rest) {
+            let (head, tail) = rest.split_at(nl);
+            rest = &tail[1..];
+            let line_len;
+            if self.skipping {
+                // The tail of an over-long line, already rejected.
+                self.skipping = false;
+                line_len = self.carry.len() + head.len() + 1;
+                self.carry.clear();
+            } else if self.carry.is_empty() {
+                line_len = head.len() + 1;
+                parse_one(&mut self.parser, head, line_off, observed_ms, &tables, &self.enricher, noop, &mut out, &mut rejects);
+            } else {
+                self.carry.extend_from_slice(head);
+                line_len = self.carry.len() + 1;
+                let mut line = std::mem::take(&mut self.carry);
+                let mut own = Vec::new();
+                parse_one(&mut self.parser, &line, line_off, observed_ms, &tables, &self.enricher, noop, &mut own, &mut rejects);
+                records.extend(own.into_iter().map(Record::into_owned));
+                line.clear();
+                self.carry = line;
+            }
+            line_off += line_len as u64;
+        }
+        records.extend(out.drain(..).map(Record::into_owned));
+        // The partial last line.
+        if !self.skipping {
+            self.carry.extend_from_slice(rest);
+            if self.carry.len() > self.max_line_bytes {
+                rejects.push(Rejected {
+                    offset: line_off,
+                    reject: Reject::new(
+                        crate::parse::RejectReason::TooLong,
+                        format!("line longer than max_line_bytes {}", self.max_line_bytes),
+                    ),
+                    line: String::from_utf8_lossy(&self.carry[..256]).into_owned(),
+                });
+                self.skipping = true;
+                self.carry.clear();
+            }
+        } else {
+            // Still inside an over-long line: its bytes are consumed.
+            self.carry.clear();
+        }
+        let at_end = n == 0 || (self.gz.is_none() && self.pos >= size);
+        if at_end && flush_partial && !self.carry.is_empty() {
+            let line = std::mem::take(&mut self.carry);
+            let mut own = Vec::new();
+            parse_one(&mut self.parser, &line, line_off, observed_ms, &tables, &self.enricher, noop, &mut own, &mut rejects);
+            records.extend(own.into_iter().map(Record::into_owned));
+            partial = true;
+        }
+        if self.skipping && at_end && flush_partial {
+            self.skipping = false;
+        }
+        Ok(Chunk {
+            records,
+            rejects,
+            observed_ms,
+            offset: self.offset(),
+            size: if self.gz.is_some() { self.pos } else { size },
+            status: if at_end { Status::End } else { Status::More },
+            partial,
+        })
+    }
+
+    fn chunk_status(&self, status: Status, size: u64) -> Chunk {
+        Chunk { records: vec![], rejects: vec![], observed_ms: 0, offset: self.offset(), size, status, partial: false }
+    }
+
+    /// Checks that the fingerprinted line is still the file's: content
+    /// replaced in place (truncated and rewritten past our offset before we
+    /// looked) is a new file.
+    fn same_identity(&self) -> io::Result<bool> {
+        let (start, len) = self.fp_range;
+        if len == 0 || self.pos < start + len {
+            return Ok(true);
+        }
+        let mut b = vec![0u8; len as usize];
+        let mut got = 0;
+        while got < b.len() {
+            match self.file.read_at(&mut b[got..], start + got as u64)? {
+                0 => return Ok(false),
+                n => got += n,
+            }
+        }
+        Ok(checksum(&b) == self.fp)
+    }
+}
+
+/// Parses one line; records are stamped and enriched, rejects collected.
+#[allow(clippy::too_many_arguments)]
+fn parse_one<'a>(
+    parser: &mut LineParser,
+    line: &'a [u8],
+    offset: u64,
+    observed_ms: i64,
+    tables: &'a crate::enrich::Lookups,
+    enricher: &Enricher,
+    noop: bool,
+    out: &mut Vec<Record<'a>>,
+    rejects: &mut Vec<Rejected>,
+) {
+    let first = out.len();
+    match parser.parse_line(line, out) {
+        Ok(LineKind::Records(_)) => {
+            for rec in &mut out[first..] {
+                rec.stamp_observed(observed_ms);
+                if !noop {
+                    enricher.enrich(tables, rec);
+                }
+            }
+        }
+        Ok(LineKind::Header | LineKind::Blank) => {}
+        Err(reject) => {
+            out.truncate(first);
+            let shown = &line[..line.len().min(4096)];
+            rejects.push(Rejected { offset, reject, line: String::from_utf8_lossy(shown).into_owned() });
+        }
+    }
+}
+
+/// Opens the decompressor and skips `offset` bytes of content.
+fn open_gz(file: &File, offset: u64) -> io::Result<(MultiGzDecoder<File>, u64)> {
+    let mut f = file.try_clone()?;
+    // The clone shares the position the fingerprint probe moved.
+    io::Seek::seek(&mut f, io::SeekFrom::Start(0))?;
+    let mut dec = MultiGzDecoder::new(f);
+    let skipped = io::copy(&mut (&mut dec).take(offset), &mut io::sink())?;
+    Ok((dec, skipped))
+}
+
+/// Runs a reader until it stops; returns why and where.
+pub async fn run(spec: Spec, shared: Shared, ctl: Arc<Control>, stats: FileStats) -> Finished {
+    let key = spec.key;
+    let fp = spec.fp;
+    let path = spec.path.clone();
+    let mut st = State {
+        gz: None,
+        pos: spec.offset,
+        carry: Vec::new(),
+        skipping: false,
+        parser: LineParser::new(shared.format, shared.max_line_bytes),
+        fp,
+        fp_range: spec.fp_range,
+        enricher: shared.enricher.clone(),
+        max_line_bytes: shared.max_line_bytes,
+        buf: Vec::new(),
+        file: spec.file,
+    };
+    let done = |offset, size, exit| Finished { key, fp, offset, size, exit };
+    if spec.gz {
+        let file = match st.file.try_clone() {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::warn!(file = %path, error = %e, "cannot read gzip file");
+                return done(spec.offset, 0, Exit::Failed);
+            }
+        };
+        let offset = spec.offset;
+        let res = tokio::task::spawn_blocking(move || open_gz(&file, offset)).await;
+        match res {
+            Ok(Ok((dec, skipped))) => {
+                st.gz = Some(dec);
+                st.pos = skipped;
+                if skipped < offset {
+                    return done(skipped, 0, Exit::Complete);
+                }
+            }
+            Ok(Err(e)) => {
+                tracing::debug!(file = %path, error = %e, "gzip file not readable yet (still being written?)");
+                return done(spec.offset, 0, Exit::Failed);
+            }
+            Err(_) => return done(spec.offset, 0, Exit::Failed),
+        }
+    }
+    let mut size = 0;
+    let mut last_sent = st.offset();
+    loop {
+        if shared.shutdown.is_cancelled() {
+            return done(st.offset(), size, Exit::Shutdown);
+        }
+        let gone = ctl.gone.load(Ordering::Acquire) || ctl.rotated.load(Ordering::Acquire);
+        let flush_partial = st.gz.is_some() || (gone && !ctl.superseded.load(Ordering::Acquire));
+        let res = tokio::task::spawn_blocking(move || {
+            let r = st.read_chunk(flush_partial);
+            (st, r)
+        })
+        .await;
+        let chunk = match res {
+            Ok((s, r)) => {
+                st = s;
+                match r {
+                    Ok(c) => c,
+                    Err(e) => {
+                        let exit = if st.gz.is_some() { "gzip file incomplete or corrupt; retried when it changes" } else { "read error" };
+                        tracing::warn!(file = %path, offset = st.offset(), error = %e, "{exit}");
+                        return done(st.offset(), size, Exit::Failed);
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::error!(file = %path, error = %e, "reader task failed");
+                return Finished { key, fp, offset: 0, size: 0, exit: Exit::Failed };
+            }
+        };
+        size = chunk.size;
+        stats.set_position(chunk.size, chunk.offset);
+        if chunk.status == Status::Truncated {
+            tracing::info!(file = %path, offset = chunk.offset, size = chunk.size, "file truncated or replaced in place; reading its new content as a new file");
+            return done(chunk.offset, size, Exit::Truncated);
+        }
+        if chunk.partial {
+            tracing::info!(file = %path, offset = chunk.offset, "emitted a partial last line (no newline) of a file rotated away or deleted");
+        }
+        for r in &chunk.rejects {
+            stats.rejected();
+            tracing::warn!(file = %path, offset = r.offset, reason = %r.reject.reason, detail = %r.reject.detail, "rejected line");
+            if let Some(w) = &shared.rejects {
+                w(&path, r.offset, &r.reject, &r.line);
+            }
+        }
+        if chunk.offset > last_sent || chunk.partial {
+            last_sent = chunk.offset;
+            stats.observed(chunk.observed_ms, chunk.records.iter().map(|r| r.request_time_ms));
+            let ticket = shared.checkpoints.register(fp, chunk.offset);
+            let ck = shared.checkpoints.clone();
+            let st2 = stats.clone();
+            let on_acked: crate::pipeline::OnAcked = Box::new(move || {
+                if let Some(off) = ck.ack(ticket) {
+                    st2.set_committed(off);
+                }
+            });
+            let batch = Batch::new(path.clone(), chunk.records, chunk.observed_ms, Some(on_acked));
+            if shared.fanout.send(batch).await.is_err() {
+                return done(st.offset(), size, Exit::Shutdown);
+            }
+        }
+        if chunk.status == Status::More {
+            continue;
+        }
+        // At the end of the data.
+        if st.gz.is_some() {
+            return done(st.offset(), size, Exit::Complete);
+        }
+        let superseded = ctl.superseded.load(Ordering::Acquire);
+        let needs_flush = !st.carry.is_empty() && !superseded && !flush_partial;
+        if ctl.gone.load(Ordering::Acquire) {
+            if needs_flush {
+                // Noticed during this read: one more pass emits the partial line.
+                continue;
+            }
+            return done(st.offset(), size, Exit::Gone);
+        }
+        if ctl.rotated.load(Ordering::Acquire) && needs_flush {
+            continue;
+        }
+        tokio::select! {
+            _ = ctl.wake.notified() => {}
+            _ = shared.shutdown.cancelled() => return done(st.offset(), size, Exit::Shutdown),
+            _ = tokio::time::sleep(IDLE_CLOSE) => {
+                if st.carry.is_empty() {
+                    return done(st.offset(), size, Exit::Idle);
+                }
+            }
+        }
+    }
+}
