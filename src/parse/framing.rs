@@ -30,6 +30,19 @@ impl JsonDepth {
         Self::default()
     }
 
+    /// Open braces / brackets not yet closed.
+    pub fn depth(&self) -> u64 {
+        self.depth
+    }
+
+    /// True when a line starting with `{` cannot continue the document:
+    /// directly inside the top-level object (where only a `"key"` or `}`
+    /// may come) and not inside a string. The reader uses it to give up on
+    /// a lone `{` that was not the start of a document.
+    pub fn rejects_object_start(&self) -> bool {
+        self.depth == 1 && !self.in_string
+    }
+
     /// Feeds the next piece; returns true when the document that was open
     /// has closed (depth back to 0).
     pub fn feed(&mut self, piece: &[u8]) -> bool {
