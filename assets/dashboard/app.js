@@ -92,6 +92,8 @@
     const n = typeof v === 'number' ? v : Number(v);
     return isFinite(n) ? n : null;
   }
+  /** A field's value, or null when absent (`-` or empty, as Local Edition writes it). */
+  function val(v) { return v == null || v === '' || v === '-' ? null : String(v); }
   /** Sets textContent only when it changed (no needless layout work). */
   function setText(el, text) { if (el && el.textContent !== text) el.textContent = text; }
 
@@ -130,8 +132,10 @@
     gaps: 0,
     /** Records the channel said it no longer had when we asked for them. */
     lost: 0,
-    /** Records dropped because their request_uuid was seen already. */
+    /** Records dropped because their request_uuid was seen already (at-least-once re-delivery). */
     duplicates: 0,
+    /** Records dropped because their sequence number was not past the last one (should stay 0). */
+    seqRepeats: 0,
     /** Frames that were not JSON record messages. */
     badFrames: 0,
     /** The latest /status document. */
@@ -149,7 +153,7 @@
   let dirty = true;
 
   function seen(uuid) {
-    if (!uuid || uuid === '-') return false;
+    if (!uuid) return false;
     if (dedupe.set.has(uuid)) return true;
     const old = dedupe.ring[dedupe.pos];
     if (old !== undefined) dedupe.set.delete(old);
@@ -190,15 +194,15 @@
   }
 
   function ingest(rec, seq, t) {
-    if (seen(rec.request_uuid)) { agg.duplicates++; return; }
+    if (seen(val(rec.request_uuid))) { agg.duplicates++; return; }
     agg.calls++;
     countRate(t);
     const code = num(rec.http_status_code);
     const cls = code != null && code >= 200 && code < 600 ? Math.floor(code / 100) + 'xx' : 'other';
     agg.statusMix[cls] = (agg.statusMix[cls] || 0) + 1;
     if (code != null && code >= 400) agg.errors[errorSource(rec.response_string)]++;
-    bump(top.services, rec.service_name || rec.service_id || '(none)');
-    bump(top.endpoints, rec.endpoint_name || rec.service_definition_endpoint_uuid || '(none)');
+    bump(top.services, val(rec.service_name) || val(rec.service_id) || '(none)');
+    bump(top.endpoints, val(rec.endpoint_name) || val(rec.service_definition_endpoint_uuid) || '(none)');
     const exec = num(rec.total_request_exec_time);
     if (exec != null) latency.push(exec);
     const sd = num(rec.sync_delay_ms);
@@ -208,19 +212,27 @@
 
   /**
    * One channel message: `{"data":[...],"seq":N}` where N is the sequence
-   * number of the first record in `data` (records are numbered one by one).
-   * A message without `data` may report records the channel no longer had
-   * (`lost`) when a `since` asked for too much.
+   * number of the last record in `data` (records are numbered one by one,
+   * and the numbering continues across bridge restarts). When a `since`
+   * asked for records the channel no longer holds, it first sends
+   * `{"data":[],"lost":N,"since":S,"first_available":F}`.
    */
   function onMessage(msg) {
     const t = now();
-    if (msg && typeof msg.lost !== 'undefined') agg.lost += num(msg.lost) || 0;
-    if (!msg || !Array.isArray(msg.data)) return;
-    const first = num(msg.seq);
+    if (!msg || typeof msg !== 'object') { agg.badFrames++; return; }
+    if (msg.lost != null) {
+      agg.lost += num(msg.lost) || 0;
+      const f = num(msg.first_available);
+      // The skipped numbers are accounted for as lost, not as a gap.
+      if (f != null && (agg.lastSeq == null || f - 1 > agg.lastSeq)) agg.lastSeq = f - 1;
+    }
+    if (!Array.isArray(msg.data)) { agg.badFrames++; return; }
+    const last = num(msg.seq);
+    const first = last == null ? null : last - msg.data.length + 1;
     for (let i = 0; i < msg.data.length; i++) {
       const seq = first == null ? null : first + i;
       if (seq != null && agg.lastSeq != null) {
-        if (seq <= agg.lastSeq) { agg.duplicates++; continue; } // replayed twice: already counted
+        if (seq <= agg.lastSeq) { agg.seqRepeats++; continue; } // sent twice: already counted
         if (seq > agg.lastSeq + 1) agg.gaps += seq - agg.lastSeq - 1;
       }
       if (seq != null) agg.lastSeq = seq;
@@ -336,9 +348,10 @@
     }
   }
 
+  /** A file's windowed sync delay from /status (`sync_delay_ms`: {p50, p95, max, min, samples}, null when idle). */
   function fileDelay(f) {
-    const d = f.sync_delay || f.sync_delay_ms || {};
-    return { p50: num(d.p50_ms != null ? d.p50_ms : d.p50), p95: num(d.p95_ms != null ? d.p95_ms : d.p95), max: num(d.max_ms != null ? d.max_ms : d.max) };
+    const d = f.sync_delay_ms || {};
+    return { p50: num(d.p50), p95: num(d.p95), max: num(d.max) };
   }
 
   function recordFiles(st, t) {
@@ -454,12 +467,12 @@
     const rs = rows($('sinks').tBodies[0], sinks.length, 7);
     sinks.forEach((s, i) => {
       const c = rs[i].cells;
-      const d = s.delivery_delay || s.delivery_delay_ms || {};
+      const d = s.delivery_delay_ms || {};
       setText(c[0], s.name || '-');
-      setText(c[1], fmtInt(num(s.queued_records != null ? s.queued_records : s.queue_depth)));
+      setText(c[1], fmtInt(num(s.queue_depth)));
       setText(c[2], fmtInt(num(s.delivered_records)));
-      setText(c[3], fmtMs(num(d.p95_ms != null ? d.p95_ms : d.p95)));
-      setText(c[4], fmtMs(num(s.oldest_pending_age_ms)));
+      setText(c[3], fmtMs(num(d.p95)));
+      setText(c[4], fmtMs(num(s.oldest_undelivered_age_ms)));
       setText(c[5], fmtInt(num(s.retries)));
       setText(c[6], fmtInt(num(s.dropped_records)));
       for (let k = 1; k < 7; k++) c[k].className = 'num';
@@ -513,7 +526,7 @@
       c[2].className = 's' + String(r.http_status_code || '').charAt(0);
       setText(c[3], r.response_string || '');
       setText(c[4], r.http_method || '');
-      setText(c[5], r.service_name || r.service_id || '');
+      setText(c[5], val(r.service_name) || val(r.service_id) || '');
       setText(c[6], r.endpoint_name || '');
       setText(c[7], r.uri || '');
       c[7].title = r.uri || '';
@@ -669,7 +682,7 @@
       return {
         calls: agg.calls, statusMix: Object.assign({}, agg.statusMix), errors: Object.assign({}, agg.errors),
         lastSeq: agg.lastSeq, connection: agg.connection, connects: agg.connects, gaps: agg.gaps, lost: agg.lost,
-        duplicates: agg.duplicates, badFrames: agg.badFrames, statusState: agg.statusState, channelUrl: channelBase,
+        duplicates: agg.duplicates, seqRepeats: agg.seqRepeats, badFrames: agg.badFrames, statusState: agg.statusState, channelUrl: channelBase,
         latencyMs: { p50: secToMs(quantile(lat, 0.5)), p95: secToMs(quantile(lat, 0.95)), p99: secToMs(quantile(lat, 0.99)) },
         syncDelayMs: { p50: quantile(sd, 0.5), p95: quantile(sd, 0.95), max: sd.length ? sd[sd.length - 1] : null, samples: sd.length },
         files: (agg.status && agg.status.files || []).map((f) => Object.assign({ path: f.path, state: f.state, bytes_behind: num(f.bytes_behind) }, { delay: fileDelay(f) })),

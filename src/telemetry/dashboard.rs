@@ -98,7 +98,21 @@ mod tests {
 
     #[test]
     fn page_has_the_ids_tests_and_operators_rely_on() {
-        for id in ["conn-state", "calls-total", "calls-per-sec", "status-2xx", "status-4xx", "status-5xx", "errors-mashery", "errors-api", "last-seq", "files", "sync-chart", "tail", "tail-filter"] {
+        for id in [
+            "conn-state",
+            "calls-total",
+            "calls-per-sec",
+            "status-2xx",
+            "status-4xx",
+            "status-5xx",
+            "errors-mashery",
+            "errors-api",
+            "last-seq",
+            "files",
+            "sync-chart",
+            "tail",
+            "tail-filter",
+        ] {
             assert!(INDEX_HTML.contains(&format!(r#"id="{id}""#)), "missing #{id}");
         }
     }

@@ -7,6 +7,8 @@
 //! observed with their request time, deliveries); every derived figure
 //! (delays, percentiles, file state) is computed when status is read.
 
+pub mod dashboard;
+
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};

@@ -199,6 +199,7 @@ async function expectPageMatches(page, written, label) {
   assert.deepEqual(s.errors, written.errors, `${label}: errors by source`);
   assert.equal(s.gaps, 0, `${label}: sequence gaps`);
   assert.equal(s.lost, 0, `${label}: records the channel no longer had`);
+  assert.equal(s.seqRepeats, 0, `${label}: records sent twice by sequence number`);
   assert.equal(s.badFrames, 0, `${label}: unreadable frames`);
   // The DOM shows the same numbers (rendered a few times per second).
   await waitFor(`${label}: the DOM to show ${written.lines} calls`, async () => (await domNumber(page, 'calls-total')) === written.lines);

@@ -6,3 +6,4 @@ mod support;
 mod service;
 mod support_upstream;
 mod upstream;
+mod dashboard;
