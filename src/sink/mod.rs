@@ -5,6 +5,7 @@
 //! tailers have stopped) after draining what it holds, or when `shutdown`
 //! is cancelled after the grace period.
 
+pub mod channel;
 pub mod file;
 
 use std::path::PathBuf;
@@ -46,12 +47,36 @@ pub fn queue() -> (mpsc::Sender<Arc<Batch>>, mpsc::Receiver<Arc<Batch>>) {
     mpsc::channel(SINK_QUEUE_BATCHES)
 }
 
+/// Handles to control running sinks (config reload, shutdown).
+#[derive(Clone, Default)]
+pub struct SinkControls {
+    /// The channel, when `[channel]` is configured: its bound address,
+    /// [`channel::ChannelHandle::set_token`] for a reload, and
+    /// [`channel::ChannelHandle::shutdown`].
+    pub channel: Option<channel::ChannelHandle>,
+}
+
 /// Starts every sink the config names and registers its queue on `fanout`.
 pub async fn start_all(cfg: &Config, ctx: &SinkContext, fanout: &mut Fanout) -> anyhow::Result<Vec<SinkHandle>> {
+    Ok(start_all_with_controls(cfg, ctx, fanout).await?.0)
+}
+
+/// [`start_all`], also returning the handles that control running sinks.
+pub async fn start_all_with_controls(
+    cfg: &Config,
+    ctx: &SinkContext,
+    fanout: &mut Fanout,
+) -> anyhow::Result<(Vec<SinkHandle>, SinkControls)> {
     let mut handles = Vec::new();
+    let mut controls = SinkControls::default();
     // Each sink module adds its start call here:
     if let Some(c) = &cfg.file_output {
         handles.push(file::start(c, ctx, fanout).await?);
     }
-    Ok(handles)
+    if let Some(c) = &cfg.channel {
+        let (h, ch) = channel::start(c, ctx, fanout).await?;
+        handles.push(h);
+        controls.channel = Some(ch);
+    }
+    Ok((handles, controls))
 }

@@ -1,0 +1,558 @@
+//! One client connection: the handshake (path, token, limits), then a
+//! writer that reads the replay ring from the connection's cursor and a
+//! reader that answers the client's text frames and notes that it is alive.
+//!
+//! Invariant: nothing here ever makes the sink wait. The sink only appends
+//! to the ring and compares each connection's unsent bytes with the bound
+//! (see [`super::Shared::check_slow_consumers`]); a connection that is too
+//! far behind is cancelled and closes itself.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use futures_util::stream::{SplitSink, SplitStream};
+use futures_util::{SinkExt, StreamExt};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::{mpsc, OwnedSemaphorePermit};
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
+use tokio_tungstenite::tungstenite::http::{self, StatusCode};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use super::request::{self, Filter, Paths, Refusal, Subscription};
+use super::ring::Entry;
+use super::stats::ChannelStats;
+use super::Shared;
+use crate::time::now_ms;
+
+/// A handshake (TLS included) that takes longer than this is dropped, so a
+/// client that opens a socket and says nothing holds nothing for long.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Client messages are timestamps and such: anything larger is refused by
+/// the WebSocket layer (it closes the connection) rather than buffered.
+const MAX_CLIENT_MESSAGE_BYTES: usize = 64 << 10;
+
+/// Frames the server itself queues (`Response To` answers, pings):
+/// capacity of the control queue between the reader and the writer. When a
+/// client floods text frames faster than it reads the answers, the reader
+/// waits here, which is TCP backpressure on that client only.
+const CONTROL_QUEUE_FRAMES: usize = 64;
+
+/// The writer takes at most this many records from the ring per round
+/// before flushing, so control frames and slow-consumer checks interleave.
+const READ_CHUNK_RECORDS: usize = 1024;
+
+/// ... and at most about this many bytes.
+const READ_CHUNK_BYTES: usize = 512 << 10;
+
+/// With `records_per_message` > 1, a partly filled message waits at most
+/// this long for more records ("batches within a few milliseconds").
+pub const MESSAGE_LINGER: Duration = Duration::from_millis(5);
+
+/// How long a closing connection may take to write its close frame.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Why a connection ended; decides the close code and reason sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    /// The bridge is shutting down: 1001 going away.
+    GoingAway,
+    /// Unsent bytes exceeded `send_queue_bytes`, or the client fell out of
+    /// the ring: 1013 (try again later), reason `slow consumer`.
+    SlowConsumer,
+    /// No frame (pong or other) from the client for two ping intervals:
+    /// 1008, reason `ping timeout`.
+    PingTimeout,
+    /// The channel's token changed (config reload): 1008, reason
+    /// `token changed`.
+    TokenChanged,
+    /// The client closed or the socket failed: nothing more to send.
+    ClientGone,
+}
+
+impl CloseReason {
+    fn frame(self) -> Option<CloseFrame> {
+        let (code, reason) = match self {
+            CloseReason::GoingAway => (CloseCode::Away, "going away: the bridge is shutting down"),
+            CloseReason::SlowConsumer => (CloseCode::Again, "slow consumer"),
+            CloseReason::PingTimeout => (CloseCode::Policy, "ping timeout"),
+            CloseReason::TokenChanged => (CloseCode::Policy, "token changed"),
+            CloseReason::ClientGone => return None,
+        };
+        Some(CloseFrame { code, reason: reason.into() })
+    }
+}
+
+/// The part of a connection the sink and the handle can see.
+pub struct ConnState {
+    /// The client's address (logged; never the query string).
+    pub peer: SocketAddr,
+    /// Ring bytes (`cum_start` units) written to the socket so far.
+    pub sent_cum: AtomicU64,
+    /// Ring bytes at the moment the connection went live: what a `since`
+    /// replay covers before that is not counted against the send queue.
+    pub live_from_cum: u64,
+    /// Cancelled to close the connection; [`ConnState::reason`] says why.
+    pub close: CancellationToken,
+    /// Why the connection is being closed from outside.
+    pub reason: OnceLock<CloseReason>,
+    /// Epoch ms of the last frame received from the client.
+    pub last_seen_ms: AtomicI64,
+}
+
+impl ConnState {
+    /// Closes the connection for `reason` (the first reason wins).
+    pub fn close_for(&self, reason: CloseReason) {
+        let _ = self.reason.set(reason);
+        self.close.cancel();
+    }
+
+    /// Unsent live bytes given the ring's head.
+    pub fn pending_bytes(&self, head_cum: u64) -> u64 {
+        head_cum.saturating_sub(self.sent_cum.load(Ordering::Relaxed).max(self.live_from_cum))
+    }
+}
+
+/// What the handshake callback decided.
+enum Decision {
+    /// Admitted, holding a connection slot.
+    Admitted(Subscription, OwnedSemaphorePermit),
+    /// Refused with this HTTP status.
+    Refused(u16),
+}
+
+/// Serves one accepted socket (plain or TLS) until it closes.
+/// `handshake_slot` is held until the handshake is done.
+pub async fn serve<S>(shared: Arc<Shared>, stream: S, peer: SocketAddr, handshake_slot: OwnedSemaphorePermit)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let mut decision: Option<Decision> = None;
+    let mut path_logged = String::new();
+    let token = shared.current_token();
+    let callback = |req: &Request, resp: Response| -> Result<Response, ErrorResponse> {
+        path_logged = req.uri().path().to_string();
+        let paths = Paths { channel_id: &shared.settings.channel_id, area: &shared.settings.area };
+        let result = request::admit(&paths, req.uri().path(), req.uri().query(), token.secret.expose());
+        match result {
+            Ok(sub) => match shared.permits.clone().try_acquire_owned() {
+                Ok(permit) => {
+                    decision = Some(Decision::Admitted(sub, permit));
+                    Ok(resp)
+                }
+                Err(_) => {
+                    decision = Some(Decision::Refused(503));
+                    let max = shared.settings.max_connections;
+                    Err(refusal_response(&Refusal {
+                        status: 503,
+                        reason: format!("too many connections: this channel allows at most {max}; retry later"),
+                    }))
+                }
+            },
+            Err(r) => {
+                decision = Some(Decision::Refused(r.status));
+                Err(refusal_response(&r))
+            }
+        }
+    };
+    let ws_config = WebSocketConfig::default()
+        .max_message_size(Some(MAX_CLIENT_MESSAGE_BYTES))
+        .max_frame_size(Some(MAX_CLIENT_MESSAGE_BYTES))
+        .write_buffer_size(128 << 10);
+    let handshake = tokio_tungstenite::accept_hdr_async_with_config(stream, callback, Some(ws_config));
+    let ws = match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
+        Ok(Ok(ws)) => Some(ws),
+        Ok(Err(e)) => {
+            debug!(%peer, error = %e, "channel: handshake failed");
+            None
+        }
+        Err(_) => {
+            debug!(%peer, "channel: handshake timed out");
+            None
+        }
+    };
+    drop(handshake_slot);
+    let stats = &shared.stats;
+    let (sub, ws, _permit) = match (decision, ws) {
+        // The permit lives as long as the connection: it is the slot.
+        (Some(Decision::Admitted(sub, permit)), Some(ws)) => (sub, ws, permit),
+        (Some(Decision::Refused(status)), _) => {
+            let counter = match status {
+                401 => &stats.refused_unauthorized,
+                404 => &stats.refused_not_found,
+                503 => &stats.refused_full,
+                _ => &stats.refused_bad_request,
+            };
+            ChannelStats::bump(counter);
+            // The client address and the path, never the query (the token).
+            info!(%peer, path = %path_logged, status, "channel: subscription refused");
+            return;
+        }
+        _ => return,
+    };
+    run_connection(shared.clone(), ws, peer, sub, token.revoked.clone(), path_logged).await;
+}
+
+fn refusal_response(r: &Refusal) -> ErrorResponse {
+    let mut resp = http::Response::new(Some(format!("{}\n", r.reason)));
+    *resp.status_mut() = StatusCode::from_u16(r.status).unwrap_or(StatusCode::BAD_REQUEST);
+    resp.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("text/plain; charset=utf-8"));
+    if r.status == 503 {
+        resp.headers_mut().insert(http::header::RETRY_AFTER, http::HeaderValue::from_static("5"));
+    }
+    if r.status == 401 {
+        resp.headers_mut().insert(http::header::WWW_AUTHENTICATE, http::HeaderValue::from_static("key"));
+    }
+    resp
+}
+
+/// Registers the connection, works out where its cursor starts, runs the
+/// writer, reader and liveness check until one ends, then closes.
+async fn run_connection<S>(
+    shared: Arc<Shared>,
+    ws: WebSocketStream<S>,
+    peer: SocketAddr,
+    sub: Subscription,
+    revoked: CancellationToken,
+    path: String,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let stats = shared.stats.clone();
+    let (mut sink, mut stream) = ws.split();
+
+    // Register and pick the start under the ring lock, so that no record
+    // appended meanwhile is missed or sent twice.
+    let (conn_id, conn, cursor, lost) = shared.register(peer, sub.since);
+    stats.connections_accepted.fetch_add(1, Ordering::Relaxed);
+    stats.connections_active.fetch_add(1, Ordering::Relaxed);
+    info!(%peer, %path, since = ?sub.since, filtered = !sub.filter.is_empty(), "channel: client connected");
+
+    let (ctrl_tx, mut ctrl_rx) = mpsc::channel::<Message>(CONTROL_QUEUE_FRAMES);
+    let mut reason = CloseReason::ClientGone;
+    let mut ok = true;
+    if let Some(lost) = lost {
+        ChannelStats::bump(&stats.lost_notices);
+        let msg = format!(r#"{{"data":[],"lost":{},"since":{},"first_available":{}}}"#, lost.lost, lost.since, lost.first_available);
+        ok = sink.send(Message::text(msg)).await.is_ok();
+    }
+    if ok {
+        reason = tokio::select! {
+            r = write_loop(&shared, &conn, &mut sink, &mut ctrl_rx, cursor, &sub.filter) => r,
+            r = read_loop(&conn, &mut stream, &ctrl_tx) => r,
+            r = liveness(&shared, &conn, &ctrl_tx) => r,
+            _ = conn.close.cancelled() => conn.reason.get().copied().unwrap_or(CloseReason::GoingAway),
+            _ = revoked.cancelled() => CloseReason::TokenChanged,
+            _ = shared.stop.cancelled() => CloseReason::GoingAway,
+        };
+    }
+    match reason {
+        CloseReason::SlowConsumer => ChannelStats::bump(&stats.closed_slow_consumer),
+        CloseReason::PingTimeout => ChannelStats::bump(&stats.closed_ping_timeout),
+        CloseReason::TokenChanged => ChannelStats::bump(&stats.closed_token_changed),
+        _ => {}
+    }
+    match reason {
+        CloseReason::SlowConsumer | CloseReason::PingTimeout | CloseReason::TokenChanged => {
+            warn!(%peer, reason = ?reason, "channel: closing connection");
+        }
+        _ => debug!(%peer, reason = ?reason, "channel: closing connection"),
+    }
+    shared.unregister(conn_id);
+    if let Some(frame) = reason.frame() {
+        // A stalled client may never take the close frame: bounded wait.
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, sink.send(Message::Close(Some(frame)))).await;
+    } else {
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, sink.close()).await;
+    }
+    stats.connections_active.fetch_sub(1, Ordering::Relaxed);
+    info!(%peer, reason = ?reason, "channel: client disconnected");
+}
+
+/// Sends records from the ring, from `cursor` on, as they arrive; also
+/// sends the control frames the reader and the liveness check queue.
+/// Returns only for a reason to close.
+async fn write_loop<S>(
+    shared: &Shared,
+    conn: &ConnState,
+    sink: &mut SplitSink<WebSocketStream<S>, Message>,
+    ctrl_rx: &mut mpsc::Receiver<Message>,
+    mut cursor: u64,
+    filter: &Filter,
+) -> CloseReason
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let per_message = shared.settings.records_per_message;
+    let mut head_rx = shared.head.subscribe();
+    let mut chunk: Vec<Entry> = Vec::with_capacity(READ_CHUNK_RECORDS);
+    let mut linger_until: Option<Instant> = None;
+    let mut draining = false;
+    loop {
+        // Control frames first: they are small and clients wait on them.
+        let mut wrote = false;
+        while let Ok(m) = ctrl_rx.try_recv() {
+            if sink.feed(m).await.is_err() {
+                return CloseReason::ClientGone;
+            }
+            wrote = true;
+        }
+        let head = *head_rx.borrow_and_update();
+        let available = head.saturating_sub(cursor);
+        let partial_wait = available > 0 && (available as usize) < per_message && !draining && {
+            let until = *linger_until.get_or_insert_with(|| Instant::now() + MESSAGE_LINGER);
+            Instant::now() < until
+        };
+        if available > 0 && !partial_wait {
+            chunk.clear();
+            let max_records = READ_CHUNK_RECORDS.max(per_message);
+            let read = shared.read_ring(cursor, max_records, READ_CHUNK_BYTES, &mut chunk);
+            if read.is_err() {
+                // The records this client still needed were evicted.
+                return CloseReason::SlowConsumer;
+            }
+            let Some(last) = chunk.last() else { continue };
+            let (next_cursor, new_sent_cum, newest_observed) = (last.seq + 1, last.cum_end(), last.item.observed_ms);
+            let replayed = chunk.iter().filter(|e| e.cum_start < conn.live_from_cum).count();
+            let mut msgs = 0usize;
+            let mut records = 0usize;
+            let mut batch: Vec<&Entry> = Vec::with_capacity(per_message);
+            for e in chunk.iter().filter(|e| filter.matches(&e.item)) {
+                batch.push(e);
+                if batch.len() == per_message {
+                    records += batch.len();
+                    msgs += 1;
+                    if sink.feed(Message::text(message(&batch))).await.is_err() {
+                        return CloseReason::ClientGone;
+                    }
+                    batch.clear();
+                }
+            }
+            if !batch.is_empty() {
+                records += batch.len();
+                msgs += 1;
+                if sink.feed(Message::text(message(&batch))).await.is_err() {
+                    return CloseReason::ClientGone;
+                }
+            }
+            if sink.flush().await.is_err() {
+                return CloseReason::ClientGone;
+            }
+            cursor = next_cursor;
+            conn.sent_cum.store(new_sent_cum, Ordering::Relaxed);
+            linger_until = None;
+            if msgs > 0 {
+                let now = now_ms();
+                let stats = &shared.stats;
+                stats.frames_written(msgs, records, newest_observed, now);
+                if replayed > 0 {
+                    stats.records_replayed.fetch_add(replayed as u64, Ordering::Relaxed);
+                }
+            }
+            continue;
+        }
+        if wrote && sink.flush().await.is_err() {
+            return CloseReason::ClientGone;
+        }
+        if draining && cursor >= head {
+            return CloseReason::GoingAway;
+        }
+        // Nothing to send now: wait for records, a control frame, the end of
+        // a linger, or the sink draining at shutdown.
+        let linger = async {
+            match (partial_wait, linger_until) {
+                (true, Some(t)) => tokio::time::sleep_until(t).await,
+                _ => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            r = head_rx.changed() => {
+                if r.is_err() {
+                    draining = true;
+                }
+            }
+            m = ctrl_rx.recv() => match m {
+                Some(m) => {
+                    if sink.send(m).await.is_err() {
+                        return CloseReason::ClientGone;
+                    }
+                }
+                None => return CloseReason::ClientGone,
+            },
+            _ = linger => {}
+            _ = shared.draining.cancelled(), if !draining => draining = true,
+        }
+    }
+}
+
+/// One `{"data":[...],"seq":N}` message; `seq` is the sequence number of
+/// the last record in it.
+fn message(batch: &[&Entry]) -> String {
+    let bytes: usize = batch.iter().map(|e| e.item.json.len() + 1).sum();
+    let mut s = String::with_capacity(bytes + 40);
+    s.push_str("{\"data\":[");
+    for (i, e) in batch.iter().enumerate() {
+        if i > 0 {
+            s.push(',');
+        }
+        s.push_str(&e.item.json);
+    }
+    s.push_str("],\"seq\":");
+    let seq = batch.last().map_or(0, |e| e.seq);
+    s.push_str(&seq.to_string());
+    s.push('}');
+    s
+}
+
+/// Reads client frames: text frames get a `Response To ...` answer
+/// (clients that send a timestamp every second expect it); every frame
+/// counts as a sign of life. Pings are answered by the WebSocket layer.
+async fn read_loop<S>(conn: &ConnState, stream: &mut SplitStream<WebSocketStream<S>>, ctrl_tx: &mpsc::Sender<Message>) -> CloseReason
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    loop {
+        match stream.next().await {
+            Some(Ok(msg)) => {
+                conn.last_seen_ms.store(now_ms(), Ordering::Relaxed);
+                match msg {
+                    Message::Text(t) => {
+                        let answer = format!("Response To {}", t.as_str());
+                        if ctrl_tx.send(Message::text(answer)).await.is_err() {
+                            return CloseReason::ClientGone;
+                        }
+                    }
+                    Message::Close(_) => return CloseReason::ClientGone,
+                    _ => {}
+                }
+            }
+            Some(Err(e)) => {
+                debug!(peer = %conn.peer, error = %e, "channel: read failed");
+                return CloseReason::ClientGone;
+            }
+            None => return CloseReason::ClientGone,
+        }
+    }
+}
+
+/// Sends a ping every `ping_interval`; ends the connection when nothing at
+/// all was received from the client for two intervals.
+async fn liveness(shared: &Shared, conn: &ConnState, ctrl_tx: &mpsc::Sender<Message>) -> CloseReason {
+    let interval = shared.settings.ping_interval;
+    let mut tick = tokio::time::interval_at(Instant::now() + interval, interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let silent_ms = now_ms() - conn.last_seen_ms.load(Ordering::Relaxed);
+        if silent_ms > 2 * interval.as_millis() as i64 {
+            return CloseReason::PingTimeout;
+        }
+        // A full control queue already holds frames the client must
+        // answer; skipping one ping is harmless.
+        let _ = ctrl_tx.try_send(Message::Ping(now_ms().to_string().into()));
+    }
+}
+
+/// Where a new connection starts and what it lost.
+pub struct Start {
+    /// The connection's first sequence number.
+    pub cursor: u64,
+    /// Set when `since` asked for evicted records.
+    pub lost: Option<Lost>,
+}
+
+/// The `{"lost":N,"since":S,"first_available":F}` notice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Lost {
+    /// Sequence numbers skipped: `first_available - since`.
+    pub lost: u64,
+    /// What the client asked for.
+    pub since: u64,
+    /// The oldest record still held; replay starts there.
+    pub first_available: u64,
+}
+
+/// Decides where a connection starts given the ring's bounds
+/// (`first_seq..next_seq`) and the client's `since`.
+///
+/// - no `since`: live from `next_seq`;
+/// - `since` within the ring: from `since`;
+/// - `since` before the ring: from `first_seq`, with a lost notice
+///   (`since = 0` counts from 1: sequence numbers start at 1);
+/// - `since` after `next_seq` (numbers from another bridge or a wiped state
+///   directory): live from `next_seq`.
+pub fn start_for(since: Option<u64>, first_seq: u64, next_seq: u64) -> Start {
+    match since {
+        None => Start { cursor: next_seq, lost: None },
+        Some(s) if s > next_seq => Start { cursor: next_seq, lost: None },
+        Some(s) if s >= first_seq => Start { cursor: s, lost: None },
+        Some(s) => {
+            let from = s.max(1);
+            let lost = (from < first_seq).then(|| Lost { lost: first_seq - from, since: s, first_available: first_seq });
+            Start { cursor: first_seq, lost }
+        }
+    }
+}
+
+/// A fresh [`ConnState`].
+pub fn new_state(peer: SocketAddr, live_from_cum: u64, sent_cum: u64) -> Arc<ConnState> {
+    Arc::new(ConnState {
+        peer,
+        sent_cum: AtomicU64::new(sent_cum),
+        live_from_cum,
+        close: CancellationToken::new(),
+        reason: OnceLock::new(),
+        last_seen_ms: AtomicI64::new(now_ms()),
+    })
+}
+
+/// Connections by id.
+pub type Registry = Mutex<std::collections::HashMap<u64, Arc<ConnState>>>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn start_positions() {
+        // Ring holds 101..=200, next is 201.
+        let s = |since| {
+            let st = start_for(since, 101, 201);
+            (st.cursor, st.lost.map(|l| (l.lost, l.since, l.first_available)))
+        };
+        assert_eq!(s(None), (201, None));
+        assert_eq!(s(Some(150)), (150, None));
+        assert_eq!(s(Some(101)), (101, None));
+        assert_eq!(s(Some(201)), (201, None));
+        assert_eq!(s(Some(5000)), (201, None));
+        assert_eq!(s(Some(100)), (101, Some((1, 100, 101))));
+        assert_eq!(s(Some(1)), (101, Some((100, 1, 101))));
+        assert_eq!(s(Some(0)), (101, Some((100, 0, 101))));
+        // Nothing evicted yet: since=0 loses nothing.
+        let st = start_for(Some(0), 1, 10);
+        assert_eq!((st.cursor, st.lost), (1, None));
+    }
+
+    #[test]
+    fn message_framing_carries_the_last_seq() {
+        use super::super::ring::Item;
+        let e = |seq, json: &str| Entry {
+            seq,
+            cum_start: 0,
+            item: Arc::new(Item { json: json.into(), service_id: "".into(), api_key: "".into(), status: 0, observed_ms: 0 }),
+        };
+        let (a, b) = (e(7, r#"{"a":"1"}"#), e(9, r#"{"b":"2"}"#));
+        let m = message(&[&a, &b]);
+        assert_eq!(m, r#"{"data":[{"a":"1"},{"b":"2"}],"seq":9}"#);
+        let v: serde_json::Value = serde_json::from_str(&m).unwrap();
+        assert_eq!(v["seq"], 9);
+    }
+}

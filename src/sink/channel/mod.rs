@@ -1,0 +1,596 @@
+//! The channel sink: a local Call Log Stream that existing stream clients
+//! use unchanged, over WebSocket (`ws://`, or `wss://` with `tls_cert` /
+//! `tls_key`).
+//!
+//! # Wire protocol
+//!
+//! - URL: `ws://HOST:PORT/ecls/subscribe/<channel_id>/<area>?key=<token>`
+//!   (the hosted stream's form) or `ws://HOST:PORT/stream?key=<token>`.
+//!   Wrong path: HTTP 404. Missing or wrong token: HTTP 401, nothing is
+//!   upgraded. Bad `since` / `status`: HTTP 400. More than
+//!   `max_connections` open: HTTP 503 with `Retry-After: 5` and the reason
+//!   in the body (`too many connections: ...`). Every refusal has a
+//!   one-line plain-text body.
+//! - Each server message is a text frame `{"data":[record,...],"seq":N}`:
+//!   records in the `ecls` shape (every value a JSON string), at most
+//!   `records_per_message` of them (default 1, the compatibility mode; with
+//!   more, a partly filled message waits at most 5 ms for more records).
+//!   `seq` (a JSON number) is the sequence number of the last record in the
+//!   message. Sequence numbers increase by one per record the channel
+//!   receives, and keep increasing across restarts (`<state_dir>/channel.seq`).
+//! - `?since=S`: replay from record S (inclusive), then live, with no gap
+//!   and no duplicate. If S is older than the oldest record held, the first
+//!   message is `{"data":[],"lost":N,"since":S,"first_available":F}` with
+//!   `N = F - S` records skipped, and the replay starts at F. (After a crash
+//!   of the bridge, sequence numbers jump ahead by up to one reservation
+//!   block, so N may count numbers that were never used.) A client
+//!   reconnects with `since = <last seq> + 1`.
+//! - Filters: `service_id=a,b`, `api_key=k1,k2`, `status=200,4xx,5xx`. A
+//!   filtered client's `seq` still refers to the channel's numbering.
+//! - Client text frames are answered with a text frame
+//!   `Response To <their text>`; binary frames are ignored. Pings are
+//!   answered; the server pings every `ping_interval_secs` and closes a
+//!   connection from which nothing arrived for two intervals
+//!   (1008 `ping timeout`).
+//! - Close codes: 1001 on shutdown; 1013 `slow consumer` when a client's
+//!   unsent bytes exceed `send_queue_bytes`; 1008 `token changed` when
+//!   [`ChannelHandle::set_token`] replaces the token.
+//!
+//! # Shape
+//!
+//! The sink task receives `Arc<Batch>`, serialises each record once
+//! (masked with `mask_keep`), appends it to the replay [`ring`], wakes the
+//! connections, and acknowledges the batch at once: it never waits for a
+//! client. Each connection ([`conn`]) reads the ring from its own cursor;
+//! one that falls more than `send_queue_bytes` behind is closed and counted,
+//! so a stalled client costs no memory beyond the ring and slows nothing.
+//! When `listen` has port 0, the bound address is logged and written to
+//! `<state_dir>/channel.addr`.
+
+mod conn;
+mod request;
+mod ring;
+pub mod stats;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch, Semaphore};
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, error, info, warn};
+
+use crate::config::{ChannelConfig, Secret};
+use crate::pipeline::{Batch, Fanout};
+use crate::record::{Field, Record, Shape};
+use crate::telemetry::SinkStats;
+use crate::time::now_ms;
+
+use conn::{ConnState, Lost, Registry};
+use ring::{Entry, Evicted, Item, Ring};
+pub use stats::ChannelStats;
+
+use super::{SinkContext, SinkHandle};
+
+/// The sink's name in statistics and logs.
+pub const NAME: &str = "channel";
+
+/// File in the state directory holding the channel's bound address.
+pub const ADDR_FILE: &str = "channel.addr";
+
+/// File in the state directory holding the next sequence number to use.
+pub const SEQ_FILE: &str = "channel.seq";
+
+/// Sequence numbers reserved on disk at a time: the file is rewritten
+/// (fsynced) once per block, and a crash skips at most one block.
+const SEQ_BLOCK: u64 = 1_000_000;
+
+/// Handshakes (TCP accepted, not yet upgraded or refused) in progress at
+/// once; more are dropped at accept. Bounds what unauthenticated clients
+/// can hold; admitted connections are bounded by `max_connections`.
+const MAX_PENDING_HANDSHAKES: usize = 64;
+
+/// At shutdown, connections may take this long to send what they have
+/// not sent yet before they are closed with 1001.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The channel's settings, from [`ChannelConfig`].
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// `channel_id` in the subscribe path.
+    pub channel_id: String,
+    /// `area` in the subscribe path.
+    pub area: String,
+    /// Connections allowed at once.
+    pub max_connections: usize,
+    /// Ping every this long; close after two silent intervals.
+    pub ping_interval: Duration,
+    /// Records per message.
+    pub records_per_message: usize,
+    /// Records kept for replay.
+    pub replay_records: usize,
+    /// Unsent bytes allowed per connection.
+    pub send_queue_bytes: usize,
+    /// Mask `api_key` and `oauth_access_token`, keeping this many
+    /// characters at each end.
+    pub mask_keep: Option<usize>,
+}
+
+impl Settings {
+    /// Settings from the config section.
+    pub fn from_config(c: &ChannelConfig) -> Self {
+        Settings {
+            channel_id: c.channel_id.clone(),
+            area: c.area.clone(),
+            max_connections: c.max_connections,
+            ping_interval: Duration::from_secs(c.ping_interval_secs),
+            records_per_message: c.records_per_message,
+            replay_records: c.replay_records,
+            send_queue_bytes: c.send_queue_bytes,
+            mask_keep: c.mask_keep,
+        }
+    }
+}
+
+/// The current token and the signal that ends connections admitted with it.
+pub(crate) struct TokenEpoch {
+    /// The token clients must present.
+    pub secret: Secret,
+    /// Cancelled when the token is replaced.
+    pub revoked: CancellationToken,
+}
+
+/// State shared by the sink task, the listener and every connection.
+pub(crate) struct Shared {
+    /// Settings.
+    pub settings: Settings,
+    /// The replay ring (short critical sections only: append, copy Arcs).
+    ring: Mutex<Ring>,
+    /// The ring's `next_seq` after the latest append; connections wait on it.
+    pub head: watch::Sender<u64>,
+    /// Connection slots (`max_connections`).
+    pub permits: Arc<Semaphore>,
+    /// Open connections, for the slow-consumer check.
+    conns: Registry,
+    /// Id of the next connection.
+    next_conn_id: AtomicU64,
+    /// The current token.
+    token: RwLock<Arc<TokenEpoch>>,
+    /// Channel statistics.
+    pub stats: ChannelStats,
+    /// Cancelled at shutdown once no more records will come: connections
+    /// send what they have, then close with 1001.
+    pub draining: CancellationToken,
+    /// Cancelled to stop now: the listener stops and connections close
+    /// with 1001 at once.
+    pub stop: CancellationToken,
+}
+
+impl Shared {
+    pub(crate) fn current_token(&self) -> Arc<TokenEpoch> {
+        self.token.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn lock_ring(&self) -> std::sync::MutexGuard<'_, Ring> {
+        self.ring.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn lock_conns(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<u64, Arc<ConnState>>> {
+        self.conns.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Registers a connection and decides where it starts, atomically with
+    /// respect to appends (under the ring lock).
+    pub(crate) fn register(&self, peer: SocketAddr, since: Option<u64>) -> (u64, Arc<ConnState>, u64, Option<Lost>) {
+        let ring = self.lock_ring();
+        let start = conn::start_for(since, ring.first_seq(), ring.next_seq());
+        let sent_cum = ring.cum_at(start.cursor).unwrap_or_else(|_| ring.head_cum());
+        let state = conn::new_state(peer, ring.head_cum(), sent_cum);
+        let id = self.next_conn_id.fetch_add(1, Ordering::Relaxed);
+        self.lock_conns().insert(id, state.clone());
+        drop(ring);
+        (id, state, start.cursor, start.lost)
+    }
+
+    pub(crate) fn unregister(&self, id: u64) {
+        self.lock_conns().remove(&id);
+    }
+
+    pub(crate) fn read_ring(&self, from: u64, max_records: usize, max_bytes: usize, out: &mut Vec<Entry>) -> Result<(), Evicted> {
+        self.lock_ring().read(from, max_records, max_bytes, out)
+    }
+
+    /// Closes every connection whose unsent live bytes exceed the bound.
+    fn check_slow_consumers(&self, head_cum: u64) {
+        let limit = self.settings.send_queue_bytes as u64;
+        for c in self.lock_conns().values() {
+            if c.pending_bytes(head_cum) > limit && !c.close.is_cancelled() {
+                c.close_for(conn::CloseReason::SlowConsumer);
+            }
+        }
+    }
+
+    /// Appends records to the ring and wakes the connections.
+    fn append(&self, items: Vec<Arc<Item>>) {
+        if items.is_empty() {
+            return;
+        }
+        let (next, head_cum) = {
+            let mut ring = self.lock_ring();
+            for it in items {
+                ring.push(it);
+            }
+            self.stats.ring(ring.len(), ring.held_bytes(), ring.next_seq() - 1);
+            (ring.next_seq(), ring.head_cum())
+        };
+        self.head.send_replace(next);
+        self.check_slow_consumers(head_cum);
+    }
+}
+
+/// Control of a running channel: its address, token reload and shutdown.
+#[derive(Clone)]
+pub struct ChannelHandle {
+    /// Shared state.
+    shared: Arc<Shared>,
+    /// The address the listener is bound to.
+    local_addr: SocketAddr,
+}
+
+impl ChannelHandle {
+    /// The bound address (useful when `listen` has port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Replaces the token (config reload). Connections admitted with the
+    /// old token are closed (1008 `token changed`), as the hosted stream
+    /// allows one active token per channel. The same token again changes
+    /// nothing.
+    pub fn set_token(&self, token: Secret) {
+        let mut cur = self.shared.token.write().unwrap_or_else(|e| e.into_inner());
+        let same: bool = subtle::ConstantTimeEq::ct_eq(cur.secret.expose().as_bytes(), token.expose().as_bytes()).into();
+        if same {
+            return;
+        }
+        let old = std::mem::replace(&mut *cur, Arc::new(TokenEpoch { secret: token, revoked: CancellationToken::new() }));
+        drop(cur);
+        old.revoked.cancel();
+        info!("channel: token replaced; connections that used the old token are closed");
+    }
+
+    /// Stops now: no new connections; every connection is closed with 1001.
+    pub fn shutdown(&self) {
+        self.shared.stop.cancel();
+    }
+
+    /// Connections open now.
+    pub fn connections(&self) -> usize {
+        self.shared.lock_conns().len()
+    }
+
+    /// The channel's statistics.
+    pub fn stats(&self) -> ChannelStats {
+        self.shared.stats.clone()
+    }
+
+    /// The next sequence number the channel will assign.
+    pub fn next_seq(&self) -> u64 {
+        self.shared.lock_ring().next_seq()
+    }
+}
+
+/// Starts the channel: binds `listen`, writes `<state_dir>/channel.addr`,
+/// registers the sink's queue on `fanout`, and spawns the sink task.
+pub async fn start(cfg: &ChannelConfig, ctx: &SinkContext, fanout: &mut Fanout) -> anyhow::Result<(SinkHandle, ChannelHandle)> {
+    let (tx, rx) = super::queue();
+    let (handle, task) = spawn(cfg, ctx, rx).await?;
+    fanout.add(NAME, tx);
+    Ok((SinkHandle { name: NAME, task }, handle))
+}
+
+/// Like [`start`], but fed from the given queue (tests and benchmarks).
+pub async fn spawn(
+    cfg: &ChannelConfig,
+    ctx: &SinkContext,
+    rx: mpsc::Receiver<Arc<Batch>>,
+) -> anyhow::Result<(ChannelHandle, tokio::task::JoinHandle<anyhow::Result<()>>)> {
+    let settings = Settings::from_config(cfg);
+    let token = cfg.token().context("channel token")?;
+    let addr = cfg.listen_addr()?;
+    let tls = match (&cfg.tls_cert, &cfg.tls_key) {
+        (Some(c), Some(k)) => Some(TlsAcceptor::from(Arc::new(tls_config(c, k)?))),
+        _ => None,
+    };
+    let listener = TcpListener::bind(addr).await.with_context(|| format!("channel.listen: cannot listen on {addr}"))?;
+    let local_addr = listener.local_addr()?;
+    let scheme = if tls.is_some() { "wss" } else { "ws" };
+    info!("channel: listening on {scheme}://{local_addr}/ecls/subscribe/{}/{} (and /stream)", settings.channel_id, settings.area);
+    tokio::fs::create_dir_all(&ctx.state_dir).await.with_context(|| format!("cannot create state_dir {}", ctx.state_dir.display()))?;
+    write_atomic(&ctx.state_dir.join(ADDR_FILE), format!("{local_addr}\n")).await?;
+
+    let mut seqs = SeqFile::open(ctx.state_dir.join(SEQ_FILE)).await?;
+    let shared = Arc::new(Shared {
+        ring: Mutex::new(Ring::new(seqs.next, settings.replay_records, settings.send_queue_bytes)),
+        head: watch::Sender::new(seqs.next),
+        permits: Arc::new(Semaphore::new(settings.max_connections)),
+        conns: Mutex::new(Default::default()),
+        next_conn_id: AtomicU64::new(1),
+        token: RwLock::new(Arc::new(TokenEpoch { secret: token, revoked: CancellationToken::new() })),
+        stats: ChannelStats::default(),
+        draining: CancellationToken::new(),
+        stop: ctx.shutdown.child_token(),
+        settings,
+    });
+    let handle = ChannelHandle { shared: shared.clone(), local_addr };
+    let tracker = TaskTracker::new();
+    tracker.spawn(accept_loop(shared.clone(), listener, tls, tracker.clone()));
+    let sink_stats = ctx.telemetry.sink(NAME);
+    let hard_stop = ctx.shutdown.clone();
+    let task = tokio::spawn(async move {
+        let result = sink_loop(&shared, rx, &sink_stats, &mut seqs, &hard_stop).await;
+        // No more records: let connections send what they hold, then close.
+        shared.draining.cancel();
+        tracker.close();
+        if tokio::time::timeout(DRAIN_TIMEOUT, tracker.wait()).await.is_err() {
+            shared.stop.cancel();
+            tracker.wait().await;
+        }
+        shared.stop.cancel();
+        let next = shared.lock_ring().next_seq();
+        if let Err(e) = seqs.write_exact(next).await {
+            warn!(error = %format!("{e:#}"), "channel: cannot save the next sequence number");
+        }
+        result
+    });
+    Ok((handle, task))
+}
+
+/// Receives batches until the queue closes or `hard_stop` (the bridge's
+/// grace period is over). [`ChannelHandle::shutdown`] closes the clients
+/// but not this loop, so the tailers never wait on a stopped channel.
+async fn sink_loop(
+    shared: &Shared,
+    mut rx: mpsc::Receiver<Arc<Batch>>,
+    sink_stats: &SinkStats,
+    seqs: &mut SeqFile,
+    hard_stop: &CancellationToken,
+) -> anyhow::Result<()> {
+    let mut buf = Vec::with_capacity(4096);
+    loop {
+        let batch = tokio::select! {
+            b = rx.recv() => match b {
+                Some(b) => b,
+                None => return Ok(()),
+            },
+            _ = hard_stop.cancelled() => return Ok(()),
+        };
+        let n = batch.records.len();
+        sink_stats.enqueued(n);
+        let items: Vec<Arc<Item>> =
+            batch.records.iter().map(|r| Arc::new(item(r, shared.settings.mask_keep, batch.observed_ms, &mut buf))).collect();
+        let next = shared.lock_ring().next_seq();
+        if let Err(e) = seqs.reserve(next + n as u64).await {
+            // Without a durable reservation, numbers could repeat after a
+            // crash; the batch is not acknowledged and will be read again.
+            error!(error = %format!("{e:#}"), "channel: cannot reserve sequence numbers; stopping the channel");
+            return Err(e);
+        }
+        shared.append(items);
+        batch.ack();
+        sink_stats.delivered(n, batch.observed_ms, now_ms());
+    }
+}
+
+/// Serialises one record for the ring.
+fn item(r: &Record<'static>, mask_keep: Option<usize>, observed_ms: i64, buf: &mut Vec<u8>) -> Item {
+    buf.clear();
+    match mask_keep {
+        Some(keep) => {
+            let mut m = r.clone();
+            for f in [Field::ApiKey, Field::OauthAccessToken] {
+                let masked = mask(m.get(f), keep);
+                m.set(f, masked);
+            }
+            m.write_json(Shape::Ecls, buf);
+        }
+        None => r.write_json(Shape::Ecls, buf),
+    }
+    let json = String::from_utf8_lossy(buf).into_owned().into_boxed_str();
+    Item {
+        json,
+        service_id: r.get(Field::ServiceId).into(),
+        api_key: r.get(Field::ApiKey).into(),
+        status: r.get(Field::HttpStatusCode).trim().parse().unwrap_or(0),
+        observed_ms: r.ingestion_time.unwrap_or(observed_ms),
+    }
+}
+
+/// Masks a key, keeping `keep` characters at each end: `abcdefgh` with 2
+/// is `ab****gh`. Absent values (`""`, `-`) and `unknown` are kept as they
+/// are; a value too short to keep anything is masked whole.
+pub fn mask(v: &str, keep: usize) -> String {
+    if v.is_empty() || v == "-" || v == "unknown" {
+        return v.to_string();
+    }
+    let n = v.chars().count();
+    if n <= 2 * keep {
+        return "*".repeat(n);
+    }
+    let head: String = v.chars().take(keep).collect();
+    let tail: String = v.chars().skip(n - keep).collect();
+    format!("{head}{}{tail}", "*".repeat(n - 2 * keep))
+}
+
+/// Accepts sockets until stopped; each one is served on its own task.
+async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, tls: Option<TlsAcceptor>, tracker: TaskTracker) {
+    let pending = Arc::new(Semaphore::new(MAX_PENDING_HANDSHAKES));
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = shared.stop.cancelled() => return,
+            _ = shared.draining.cancelled() => return,
+        };
+        let (tcp, peer) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                // Out of file descriptors and the like: back off briefly.
+                warn!(error = %e, "channel: accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Ok(slot) = pending.clone().try_acquire_owned() else {
+            debug!(%peer, "channel: too many handshakes in progress; dropping the connection");
+            continue;
+        };
+        let _ = tcp.set_nodelay(true);
+        let shared = shared.clone();
+        let tls = tls.clone();
+        tracker.spawn(async move {
+            match tls {
+                Some(acceptor) => match tokio::time::timeout(conn::HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                    Ok(Ok(stream)) => conn::serve(shared, stream, peer, slot).await,
+                    Ok(Err(e)) => debug!(%peer, error = %e, "channel: TLS handshake failed"),
+                    Err(_) => debug!(%peer, "channel: TLS handshake timed out"),
+                },
+                None => conn::serve(shared, tcp, peer, slot).await,
+            }
+        });
+    }
+}
+
+/// The rustls server config from PEM files (ring provider).
+pub fn tls_config(cert: &Path, key: &Path) -> anyhow::Result<rustls::ServerConfig> {
+    let certs = {
+        let pem = std::fs::read(cert).with_context(|| format!("channel.tls_cert: cannot read {}", cert.display()))?;
+        rustls_pemfile::certs(&mut pem.as_slice())
+            .collect::<Result<Vec<_>, _>>()
+            .with_context(|| format!("channel.tls_cert: {} is not a PEM certificate chain", cert.display()))?
+    };
+    if certs.is_empty() {
+        anyhow::bail!("channel.tls_cert: no certificate in {}", cert.display());
+    }
+    let key = {
+        let pem = std::fs::read(key).with_context(|| format!("channel.tls_key: cannot read {}", key.display()))?;
+        rustls_pemfile::private_key(&mut pem.as_slice())
+            .with_context(|| format!("channel.tls_key: {} is not a PEM private key", key.display()))?
+            .with_context(|| format!("channel.tls_key: no private key in {}", key.display()))?
+    };
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .context("TLS protocol versions")?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .context("channel.tls_key: the key does not match the certificate")?;
+    Ok(config)
+}
+
+/// The durable sequence-number reservation (`<state_dir>/channel.seq`).
+///
+/// The file holds a number below which sequence numbers may have been
+/// used. Numbers are reserved a block at a time (the file is written and
+/// fsynced before any number of the block is used); a clean shutdown writes
+/// the exact next number, so numbering continues without a jump.
+struct SeqFile {
+    /// The file.
+    path: PathBuf,
+    /// The first number this run uses.
+    next: u64,
+    /// Numbers below this are reserved on disk.
+    reserved_until: u64,
+}
+
+impl SeqFile {
+    async fn open(path: PathBuf) -> anyhow::Result<SeqFile> {
+        let next = match tokio::fs::read_to_string(&path).await {
+            Ok(s) => s.trim().parse::<u64>().with_context(|| format!("{} does not hold a sequence number", path.display()))?.max(1),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => 1,
+            Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+        };
+        let mut f = SeqFile { path, next, reserved_until: next };
+        f.reserve(next + 1).await?;
+        Ok(f)
+    }
+
+    /// Makes sure numbers below `until` are reserved on disk.
+    async fn reserve(&mut self, until: u64) -> anyhow::Result<()> {
+        if until <= self.reserved_until {
+            return Ok(());
+        }
+        let new = until + SEQ_BLOCK;
+        write_durable(self.path.clone(), new).await?;
+        self.reserved_until = new;
+        Ok(())
+    }
+
+    /// Records the exact next number (clean shutdown).
+    async fn write_exact(&mut self, next: u64) -> anyhow::Result<()> {
+        write_durable(self.path.clone(), next).await?;
+        self.reserved_until = next;
+        Ok(())
+    }
+}
+
+/// Writes `value` to `path` via a temp file, fsync and rename, off the
+/// runtime.
+async fn write_durable(path: PathBuf, value: u64) -> anyhow::Result<()> {
+    tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+        use std::io::Write;
+        let tmp = path.with_extension("seq.tmp");
+        let mut f = std::fs::File::create(&tmp).with_context(|| format!("cannot write {}", tmp.display()))?;
+        writeln!(f, "{value}")?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, &path).with_context(|| format!("cannot rename {} to {}", tmp.display(), path.display()))?;
+        Ok(())
+    })
+    .await
+    .context("sequence file writer panicked")?
+}
+
+/// Writes a small file atomically (temp file + rename).
+async fn write_atomic(path: &Path, text: String) -> anyhow::Result<()> {
+    let tmp = path.with_extension("tmp");
+    tokio::fs::write(&tmp, text).await.with_context(|| format!("cannot write {}", tmp.display()))?;
+    tokio::fs::rename(&tmp, path).await.with_context(|| format!("cannot rename {} to {}", tmp.display(), path.display()))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn masking() {
+        assert_eq!(mask("abcdefgh", 2), "ab****gh");
+        assert_eq!(mask("abcd", 2), "****");
+        assert_eq!(mask("abc", 0), "***");
+        assert_eq!(mask("ééééé", 1), "é***é");
+        assert_eq!(mask("-", 2), "-");
+        assert_eq!(mask("", 2), "");
+        assert_eq!(mask("unknown", 2), "unknown");
+    }
+
+    #[tokio::test]
+    async fn sequence_numbers_continue_across_restarts() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(SEQ_FILE);
+        let mut f = SeqFile::open(path.clone()).await.unwrap();
+        assert_eq!(f.next, 1);
+        // A crash after using some numbers: the next run starts past the block.
+        f.reserve(10).await.unwrap();
+        let g = SeqFile::open(path.clone()).await.unwrap();
+        assert!(g.next >= 10, "{}", g.next);
+        // A clean shutdown: exact continuation.
+        let mut h = SeqFile::open(path.clone()).await.unwrap();
+        h.write_exact(1234).await.unwrap();
+        assert_eq!(SeqFile::open(path).await.unwrap().next, 1234);
+    }
+}

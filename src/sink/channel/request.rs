@@ -1,0 +1,299 @@
+//! What a subscription request asks for, and whether it is admitted.
+//!
+//! A client dials `/ecls/subscribe/<channel_id>/<area>?key=<token>` (the
+//! hosted stream's URL form) or `/stream?key=<token>`. The query may also
+//! carry `since=<seq>` (replay from that sequence number, inclusive) and
+//! the filters `service_id=`, `api_key=` and `status=` (each a
+//! comma-separated list; `status` takes codes such as `200` and classes
+//! such as `5xx`). Order of checks: path (404), token (401), then the
+//! other parameters (400); the connection limit is checked by the caller
+//! after these, so an unauthenticated client never holds a slot.
+//!
+//! Pure: no I/O. The token is compared in constant time and never appears
+//! in an error or a log line.
+
+use subtle::ConstantTimeEq;
+
+use super::ring::Item;
+
+/// Why a handshake is refused: the HTTP status and a one-line reason that
+/// is sent as the response body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    /// HTTP status code (401, 404, 400, 503).
+    pub status: u16,
+    /// Plain-text reason for the response body (never holds the token).
+    pub reason: String,
+}
+
+impl Refusal {
+    fn new(status: u16, reason: impl Into<String>) -> Self {
+        Refusal { status, reason: reason.into() }
+    }
+}
+
+/// An admitted subscription.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Subscription {
+    /// Replay from this sequence number (inclusive); `None` = live only.
+    pub since: Option<u64>,
+    /// Which records the client wants.
+    pub filter: Filter,
+}
+
+/// Record filters from the query string. Empty lists match everything.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Filter {
+    /// `service_id=a,b`: any of these service ids.
+    pub service_ids: Vec<String>,
+    /// `api_key=k1,k2`: any of these (unmasked) api keys.
+    pub api_keys: Vec<String>,
+    /// `status=200,5xx`: any of these codes or classes.
+    pub statuses: Vec<StatusMatch>,
+}
+
+/// One `status=` term.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StatusMatch {
+    /// `5xx`: the hundreds digit.
+    Class(u16),
+    /// `404`: exactly this code.
+    Exact(u16),
+}
+
+impl Filter {
+    /// True when no filter is set.
+    pub fn is_empty(&self) -> bool {
+        self.service_ids.is_empty() && self.api_keys.is_empty() && self.statuses.is_empty()
+    }
+
+    /// True when the record passes every filter that is set.
+    pub fn matches(&self, item: &Item) -> bool {
+        (self.service_ids.is_empty() || self.service_ids.iter().any(|s| **s == *item.service_id))
+            && (self.api_keys.is_empty() || self.api_keys.iter().any(|k| **k == *item.api_key))
+            && (self.statuses.is_empty()
+                || self.statuses.iter().any(|m| match *m {
+                    StatusMatch::Class(c) => item.status / 100 == c,
+                    StatusMatch::Exact(c) => item.status == c,
+                }))
+    }
+}
+
+/// The paths this channel answers.
+pub struct Paths<'a> {
+    /// `channel_id` from the config.
+    pub channel_id: &'a str,
+    /// `area` from the config.
+    pub area: &'a str,
+}
+
+impl Paths<'_> {
+    /// True for `/stream` and `/ecls/subscribe/<channel_id>/<area>`
+    /// (a trailing `/` is accepted).
+    pub fn accepts(&self, path: &str) -> bool {
+        let path = path.strip_suffix('/').unwrap_or(path);
+        if path == "/stream" {
+            return true;
+        }
+        let Some(rest) = path.strip_prefix("/ecls/subscribe/") else { return false };
+        let mut parts = rest.split('/');
+        let (Some(c), Some(a), None) = (parts.next(), parts.next(), parts.next()) else { return false };
+        percent_decode(c).as_deref() == Some(self.channel_id) && percent_decode(a).as_deref() == Some(self.area)
+    }
+}
+
+/// Decides on a handshake: `path` and `query` from the request URI,
+/// `token` the channel's current token.
+pub fn admit(paths: &Paths<'_>, path: &str, query: Option<&str>, token: &str) -> Result<Subscription, Refusal> {
+    if !paths.accepts(path) {
+        return Err(Refusal::new(404, "no such channel: use /ecls/subscribe/<channel_id>/<area>?key=<token> or /stream?key=<token>"));
+    }
+    let mut key: Option<String> = None;
+    let mut sub = Subscription::default();
+    let mut bad: Option<Refusal> = None;
+    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let Some(value) = percent_decode(value) else {
+            bad.get_or_insert(Refusal::new(400, format!("query parameter `{name}` is not valid percent-encoded UTF-8")));
+            continue;
+        };
+        match name {
+            "key" => key = Some(value),
+            "since" => match value.parse::<u64>() {
+                Ok(s) => sub.since = Some(s),
+                Err(_) => {
+                    bad.get_or_insert(Refusal::new(400, "`since` must be a sequence number (a non-negative integer)"));
+                }
+            },
+            "service_id" => sub.filter.service_ids.extend(list(&value)),
+            "api_key" => sub.filter.api_keys.extend(list(&value)),
+            "status" => {
+                for term in list(&value) {
+                    match parse_status(&term) {
+                        Some(m) => sub.filter.statuses.push(m),
+                        None => {
+                            bad.get_or_insert(Refusal::new(
+                                400,
+                                format!("`status` takes codes and classes such as 200,404,5xx; `{term}` is neither"),
+                            ));
+                        }
+                    }
+                }
+            }
+            // Unknown parameters are ignored: clients of the hosted stream
+            // may add their own.
+            _ => {}
+        }
+    }
+    // Authentication comes before any other complaint so that an
+    // unauthenticated client learns nothing about the parameters.
+    let authorised = match &key {
+        Some(k) => bool::from(k.as_bytes().ct_eq(token.as_bytes())),
+        None => false,
+    };
+    if !authorised {
+        let why = if key.is_none() { "missing token: add ?key=<token>" } else { "wrong token" };
+        return Err(Refusal::new(401, format!("unauthorized: {why}")));
+    }
+    match bad {
+        Some(r) => Err(r),
+        None => Ok(sub),
+    }
+}
+
+fn list(v: &str) -> impl Iterator<Item = String> + '_ {
+    v.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_string)
+}
+
+fn parse_status(term: &str) -> Option<StatusMatch> {
+    let b = term.as_bytes();
+    if b.len() != 3 || !(b'1'..=b'5').contains(&b[0]) {
+        return None;
+    }
+    if b[1..].eq_ignore_ascii_case(b"xx") {
+        return Some(StatusMatch::Class(u16::from(b[0] - b'0')));
+    }
+    term.parse::<u16>().ok().map(StatusMatch::Exact)
+}
+
+/// Decodes `%XX` escapes and `+` (as a space); `None` when the result is
+/// not UTF-8 or an escape is malformed.
+pub fn percent_decode(s: &str) -> Option<String> {
+    if !s.contains(['%', '+']) {
+        return Some(s.to_string());
+    }
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'%' => {
+                let hex = b.get(i + 1..i + 3)?;
+                let hi = (hex[0] as char).to_digit(16)?;
+                let lo = (hex[1] as char).to_digit(16)?;
+                out.push((hi * 16 + lo) as u8);
+                i += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            c => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PATHS: Paths<'static> = Paths { channel_id: "chan-1", area: "eu" };
+
+    fn check(path: &str, query: Option<&str>, expected: Result<Subscription, u16>) {
+        let got = admit(&PATHS, path, query, "s3cret").map_err(|r| r.status);
+        assert_eq!(got, expected, "{path}?{query:?}");
+    }
+
+    fn sub(since: Option<u64>, filter: Filter) -> Result<Subscription, u16> {
+        Ok(Subscription { since, filter })
+    }
+
+    #[test]
+    fn admission_table() {
+        check("/stream", Some("key=s3cret"), sub(None, Filter::default()));
+        check("/stream/", Some("key=s3cret"), sub(None, Filter::default()));
+        check("/ecls/subscribe/chan-1/eu", Some("key=s3cret"), sub(None, Filter::default()));
+        check("/ecls/subscribe/chan%2D1/eu", Some("key=s3cret"), sub(None, Filter::default()));
+        check("/ecls/subscribe/chan-2/eu", Some("key=s3cret"), Err(404));
+        check("/ecls/subscribe/chan-1/us", Some("key=s3cret"), Err(404));
+        check("/ecls/subscribe/chan-1/eu/x", Some("key=s3cret"), Err(404));
+        check("/", Some("key=s3cret"), Err(404));
+        // A wrong path is 404 even without a token.
+        check("/nope", None, Err(404));
+        check("/stream", None, Err(401));
+        check("/stream", Some("key="), Err(401));
+        check("/stream", Some("key=s3cre"), Err(401));
+        check("/stream", Some("key=s3cret2"), Err(401));
+        check("/stream", Some("key=S3CRET"), Err(401));
+        // A bad parameter from an unauthenticated client is still 401.
+        check("/stream", Some("since=x"), Err(401));
+        check("/stream", Some("key=s3cret&since=x"), Err(400));
+        check("/stream", Some("key=s3cret&since=-1"), Err(400));
+        check("/stream", Some("key=s3cret&since=42"), sub(Some(42), Filter::default()));
+        check("/stream", Some("key=s3cret&status=6xx"), Err(400));
+        check("/stream", Some("key=s3cret&status=20"), Err(400));
+        check(
+            "/stream",
+            Some("since=0&key=s3cret&status=5xx,404&service_id=a%2Cb&api_key=k1&api_key=k2&unknown=1"),
+            sub(
+                Some(0),
+                Filter {
+                    service_ids: vec!["a".into(), "b".into()],
+                    api_keys: vec!["k1".into(), "k2".into()],
+                    statuses: vec![StatusMatch::Class(5), StatusMatch::Exact(404)],
+                },
+            ),
+        );
+    }
+
+    #[test]
+    fn refusals_never_echo_the_token() {
+        for q in ["key=guess", "key=s3cret&since=x", "key=s3cret&status=xyz"] {
+            let r = admit(&PATHS, "/stream", Some(q), "s3cret").unwrap_err();
+            assert!(!r.reason.contains("s3cret") && !r.reason.contains("guess"), "{r:?}");
+        }
+    }
+
+    #[test]
+    fn percent_decoding() {
+        assert_eq!(percent_decode("a%20b+c").as_deref(), Some("a b c"));
+        assert_eq!(percent_decode("%e2%82%ac").as_deref(), Some("€"));
+        assert_eq!(percent_decode("%zz"), None);
+        assert_eq!(percent_decode("%4"), None);
+        assert_eq!(percent_decode("%ff"), None);
+    }
+
+    #[test]
+    fn filters_match() {
+        let item = |service: &str, key: &str, status: u16| Item {
+            json: "{}".into(),
+            service_id: service.into(),
+            api_key: key.into(),
+            status,
+            observed_ms: 0,
+        };
+        let f = Filter { service_ids: vec!["s1".into()], api_keys: vec![], statuses: vec![StatusMatch::Class(5), StatusMatch::Exact(429)] };
+        assert!(f.matches(&item("s1", "k", 503)));
+        assert!(f.matches(&item("s1", "k", 429)));
+        assert!(!f.matches(&item("s1", "k", 404)));
+        assert!(!f.matches(&item("s2", "k", 500)));
+        assert!(Filter::default().matches(&item("x", "y", 0)));
+        let k = Filter { api_keys: vec!["k".into()], ..Filter::default() };
+        assert!(k.matches(&item("x", "k", 200)));
+        assert!(!k.matches(&item("x", "kk", 200)));
+    }
+}
