@@ -1,9 +1,433 @@
-//! `calllog-bridge lag`.
+//! `calllog-bridge lag`: asks a running bridge for `/status` and prints the
+//! sync delay per file and the delivery figures per sink, in human units.
+//!
+//! Where to ask: `--status-url`, else `--config` (the bound address in
+//! `<state_dir>/status.addr` when the bridge wrote one, else
+//! `[status] listen`), else `http://127.0.0.1:8791`.
+//!
+//! Exit codes (for cron and monitoring checks):
+//! - 0: answered, and (with `--max-lag`) every delay is within the limit;
+//! - 1: the bridge answered something unexpected (HTTP error, bad JSON);
+//! - 2: `--max-lag` exceeded by any of: the windowed max sync delay of a
+//!   file that is not idle; the time a stalled file has had data waiting
+//!   without read progress; the age of a sink's oldest undelivered record;
+//! - 3: the bridge is not running (no answer at the URL);
+//! - 64: bad arguments (`--max-lag` not a duration, unreadable `--config`).
+
+use std::fmt::Write as _;
+use std::io::IsTerminal;
+use std::time::Duration;
+
+use anyhow::Context;
 
 use crate::cli::LagArgs;
+use crate::config::{Config, EXIT_CONFIG};
+use crate::telemetry::server::addr_file;
+use crate::telemetry::{FileState, Status};
+
+/// Exit code when `--max-lag` is exceeded.
+pub const EXIT_LAGGING: i32 = 2;
+/// Exit code when the bridge does not answer.
+pub const EXIT_NOT_RUNNING: i32 = 3;
+/// How long to wait for `/status`.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
+/// The default status URL (`[status] listen`'s default).
+pub const DEFAULT_URL: &str = "http://127.0.0.1:8791";
 
 /// Runs the command; returns the exit code.
 pub fn run(args: LagArgs) -> anyhow::Result<i32> {
-    let _ = args;
-    anyhow::bail!("`lag` is not implemented yet")
+    let max_lag_ms = match args.max_lag.as_deref().map(parse_duration_ms).transpose() {
+        Ok(v) => v,
+        Err(e) => {
+            eprintln!("calllog-bridge lag: --max-lag: {e}");
+            return Ok(EXIT_CONFIG);
+        }
+    };
+    let base = match status_base(&args) {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("calllog-bridge lag: {e:#}");
+            return Ok(EXIT_CONFIG);
+        }
+    };
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().context("cannot start the async runtime")?;
+    rt.block_on(run_async(&args, &base, max_lag_ms))
+}
+
+async fn run_async(args: &LagArgs, base: &str, max_lag_ms: Option<i64>) -> anyhow::Result<i32> {
+    let client = reqwest::Client::builder()
+        .timeout(REQUEST_TIMEOUT)
+        .connect_timeout(REQUEST_TIMEOUT)
+        // The status listener is local: never send it through a proxy.
+        .no_proxy()
+        .build()
+        .context("cannot build the HTTP client")?;
+    let Some(every) = args.watch else {
+        return once(&client, base, args.json, max_lag_ms).await;
+    };
+    let every = Duration::from_secs(every.max(1));
+    let clear = std::io::stdout().is_terminal();
+    loop {
+        if clear {
+            print!("\x1b[2J\x1b[H");
+        }
+        once(&client, base, args.json, max_lag_ms).await?;
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => return Ok(0),
+            _ = tokio::time::sleep(every) => {}
+        }
+    }
+}
+
+/// One fetch and print; returns the exit code.
+async fn once(client: &reqwest::Client, base: &str, json: bool, max_lag_ms: Option<i64>) -> anyhow::Result<i32> {
+    let (status, raw) = match fetch(client, base).await {
+        Ok(v) => v,
+        Err(FetchError::NotRunning) => {
+            eprintln!("bridge is not running (no answer at {base})");
+            return Ok(EXIT_NOT_RUNNING);
+        }
+        Err(FetchError::Other(e)) => {
+            eprintln!("calllog-bridge lag: {e:#}");
+            return Ok(1);
+        }
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&raw).unwrap_or_else(|_| raw.to_string()));
+    } else {
+        print!("{}", render_table(&status, base));
+    }
+    if let Some(limit) = max_lag_ms {
+        let over = over_limit(&status, limit);
+        if !over.is_empty() {
+            for o in &over {
+                eprintln!("lag above --max-lag {}: {o}", human_ms(limit));
+            }
+            return Ok(EXIT_LAGGING);
+        }
+    }
+    Ok(0)
+}
+
+enum FetchError {
+    /// Nothing answered (connection refused, timeout).
+    NotRunning,
+    /// Something answered, but not a status document.
+    Other(anyhow::Error),
+}
+
+async fn fetch(client: &reqwest::Client, base: &str) -> Result<(Status, serde_json::Value), FetchError> {
+    let url = format!("{base}/status");
+    let resp = match client.get(&url).send().await {
+        Ok(r) => r,
+        Err(e) if e.is_connect() || e.is_timeout() => return Err(FetchError::NotRunning),
+        Err(e) => return Err(FetchError::Other(anyhow::Error::new(e).context(format!("GET {url}")))),
+    };
+    if !resp.status().is_success() {
+        return Err(FetchError::Other(anyhow::anyhow!("GET {url}: HTTP {}", resp.status())));
+    }
+    let body = resp.bytes().await.map_err(|e| {
+        if e.is_timeout() {
+            FetchError::NotRunning
+        } else {
+            FetchError::Other(anyhow::Error::new(e).context(format!("reading {url}")))
+        }
+    })?;
+    let raw: serde_json::Value =
+        serde_json::from_slice(&body).map_err(|e| FetchError::Other(anyhow::anyhow!("{url} did not return JSON: {e}")))?;
+    let status: Status = serde_json::from_value(raw.clone())
+        .map_err(|e| FetchError::Other(anyhow::anyhow!("{url} returned JSON this version does not understand: {e}")))?;
+    Ok((status, raw))
+}
+
+/// The status base URL (without `/status`) from the arguments.
+fn status_base(args: &LagArgs) -> anyhow::Result<String> {
+    if let Some(u) = &args.status_url {
+        return Ok(normalise_url(u));
+    }
+    if let Some(path) = &args.config {
+        let cfg = Config::load(path)?;
+        if let Ok(addr) = std::fs::read_to_string(addr_file(&cfg.state_dir)) {
+            let addr = addr.trim();
+            if !addr.is_empty() {
+                return Ok(format!("http://{}", loopback_for_any(addr)));
+            }
+        }
+        return Ok(format!("http://{}", loopback_for_any(&cfg.status.listen.to_string())));
+    }
+    Ok(DEFAULT_URL.to_string())
+}
+
+/// `0.0.0.0:P` / `[::]:P` (listen on all) is reached on loopback.
+fn loopback_for_any(addr: &str) -> String {
+    if let Some(port) = addr.strip_prefix("0.0.0.0:") {
+        format!("127.0.0.1:{port}")
+    } else if let Some(port) = addr.strip_prefix("[::]:") {
+        format!("[::1]:{port}")
+    } else {
+        addr.to_string()
+    }
+}
+
+/// Accepts `host:port`, `http://host:port`, with or without `/status`.
+fn normalise_url(u: &str) -> String {
+    let u = u.trim().trim_end_matches('/');
+    let u = u.strip_suffix("/status").unwrap_or(u);
+    if u.contains("://") {
+        u.to_string()
+    } else {
+        format!("http://{u}")
+    }
+}
+
+/// Parses `500ms`, `30s`, `5m`, `1h`, `2d`, combinations (`1m30s`) and a
+/// bare number of seconds, into milliseconds.
+pub fn parse_duration_ms(s: &str) -> Result<i64, String> {
+    let t = s.trim();
+    if t.is_empty() {
+        return Err("empty duration (try 30s, 5m, 1h or 500ms)".into());
+    }
+    if let Ok(secs) = t.parse::<f64>() {
+        return if secs.is_finite() && secs >= 0.0 { Ok((secs * 1000.0).round() as i64) } else { Err(format!("`{s}` is not a duration")) };
+    }
+    let b = t.as_bytes();
+    let mut i = 0;
+    let mut total = 0f64;
+    while i < b.len() {
+        let start = i;
+        while i < b.len() && (b[i].is_ascii_digit() || b[i] == b'.') {
+            i += 1;
+        }
+        let n: f64 = t[start..i].parse().map_err(|_| format!("`{s}` is not a duration (try 30s, 5m, 1h or 500ms)"))?;
+        let ustart = i;
+        while i < b.len() && b[i].is_ascii_alphabetic() {
+            i += 1;
+        }
+        let unit_ms = match &t[ustart..i] {
+            "ms" => 1.0,
+            "s" | "sec" | "secs" => 1000.0,
+            "m" | "min" | "mins" => 60_000.0,
+            "h" | "hr" | "hrs" => 3_600_000.0,
+            "d" => 86_400_000.0,
+            u => return Err(format!("`{s}`: unknown unit `{u}` (use ms, s, m, h or d)")),
+        };
+        total += n * unit_ms;
+        while i < b.len() && b[i] == b' ' {
+            i += 1;
+        }
+    }
+    Ok(total.round() as i64)
+}
+
+/// A duration in human units: `350ms`, `1.2s`, `45s`, `3m 10s`, `2h 5m`,
+/// `3d 4h`; negative with a leading `-`.
+pub fn human_ms(ms: i64) -> String {
+    let sign = if ms < 0 { "-" } else { "" };
+    let a = ms.unsigned_abs();
+    let body = if a < 1000 {
+        format!("{a}ms")
+    } else if a < 10_000 {
+        format!("{:.1}s", a as f64 / 1000.0)
+    } else if a < 60_000 {
+        format!("{}s", (a + 500) / 1000)
+    } else {
+        let s = (a + 500) / 1000;
+        if s < 3600 {
+            format!("{}m {}s", s / 60, s % 60)
+        } else if s < 86_400 {
+            format!("{}h {}m", s / 3600, s % 3600 / 60)
+        } else {
+            format!("{}d {}h", s / 86_400, s % 86_400 / 3600)
+        }
+    };
+    format!("{sign}{body}")
+}
+
+/// A size in human units: `512 B`, `1.5 KiB`, `15.3 MiB`.
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["KiB", "MiB", "GiB", "TiB", "PiB"];
+    if n < 1024 {
+        return format!("{n} B");
+    }
+    let mut v = n as f64 / 1024.0;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    format!("{v:.1} {}", UNITS[u])
+}
+
+fn opt_ms(v: Option<i64>) -> String {
+    v.map_or_else(|| "-".to_string(), human_ms)
+}
+
+/// Renders rows as left-aligned columns separated by two spaces.
+fn columns(rows: &[Vec<String>]) -> String {
+    let n = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let widths: Vec<usize> = (0..n).map(|c| rows.iter().filter_map(|r| r.get(c)).map(|s| s.chars().count()).max().unwrap_or(0)).collect();
+    let mut out = String::new();
+    for r in rows {
+        let mut line = String::new();
+        for (c, cell) in r.iter().enumerate() {
+            if c + 1 == r.len() {
+                line.push_str(cell);
+            } else {
+                let _ = write!(line, "{cell:<w$}  ", w = widths[c]);
+            }
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+/// The human report: a header, a table per file, a table per sink, totals.
+pub fn render_table(st: &Status, base: &str) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "calllog-bridge {} at {base}: up {}, {}, delay window {}",
+        st.version,
+        human_ms((st.uptime_secs * 1000.0) as i64),
+        if st.ready { "ready" } else { "not ready" },
+        human_ms(st.settings.delay_window_secs as i64 * 1000),
+    );
+    out.push('\n');
+    if st.files.is_empty() {
+        out.push_str("no files followed yet\n");
+    } else {
+        let mut rows =
+            vec![["FILE", "STATE", "BEHIND", "SYNC p50", "SYNC p95", "SYNC max", "NEG", "RECORDS", "REJECTS", "WATERMARK", "LAST READ"]
+                .map(String::from)
+                .to_vec()];
+        for f in &st.files {
+            let d = f.sync_delay_ms;
+            let state = match f.state {
+                FileState::Stalled => format!("stalled {}", human_ms(f.no_progress_ms)),
+                s => s.to_string(),
+            };
+            rows.push(vec![
+                f.path.clone(),
+                state,
+                human_bytes(f.bytes_behind),
+                opt_ms(d.map(|d| d.p50)),
+                opt_ms(d.map(|d| d.p95)),
+                opt_ms(d.map(|d| d.max)),
+                f.negative_delays.to_string(),
+                f.records.to_string(),
+                f.rejects.to_string(),
+                f.watermark.clone().unwrap_or_else(|| "-".into()),
+                f.last_read_age_ms.map_or_else(|| "never".into(), |a| format!("{} ago", human_ms(a))),
+            ]);
+        }
+        out.push_str(&columns(&rows));
+    }
+    out.push('\n');
+    if st.sinks.is_empty() {
+        out.push_str("no sinks running\n");
+    } else {
+        let mut rows = vec![[
+            "SINK",
+            "QUEUE",
+            "OLDEST UNDELIVERED",
+            "DELIVERY p50",
+            "DELIVERY p95",
+            "DELIVERY max",
+            "DELIVERED",
+            "RETRIES",
+            "DROPS",
+            "DEAD",
+        ]
+        .map(String::from)
+        .to_vec()];
+        for k in &st.sinks {
+            let d = k.delivery_delay_ms;
+            rows.push(vec![
+                k.name.clone(),
+                k.queue_depth.to_string(),
+                opt_ms(k.oldest_undelivered_age_ms),
+                opt_ms(d.map(|d| d.p50)),
+                opt_ms(d.map(|d| d.p95)),
+                opt_ms(d.map(|d| d.max)),
+                k.delivered_records.to_string(),
+                k.retries.to_string(),
+                k.dropped_records.to_string(),
+                k.dead_lettered_records.to_string(),
+            ]);
+        }
+        out.push_str(&columns(&rows));
+    }
+    let t = &st.totals;
+    let states: Vec<String> = t.files_by_state.iter().map(|(s, n)| format!("{n} {s}")).collect();
+    let _ = writeln!(
+        out,
+        "\ntotal: {} file(s) ({}), {} records, {} rejects, {} negative delays, {} behind, max sync delay {}",
+        t.files,
+        if states.is_empty() { "none".to_string() } else { states.join(", ") },
+        t.records,
+        t.rejects,
+        t.negative_delays,
+        human_bytes(t.bytes_behind),
+        opt_ms(t.max_sync_delay_ms),
+    );
+    out
+}
+
+/// What exceeds `limit_ms`, one line each (empty when all is well).
+pub fn over_limit(st: &Status, limit_ms: i64) -> Vec<String> {
+    let mut over = Vec::new();
+    for f in &st.files {
+        if f.state != FileState::Idle {
+            if let Some(d) = f.sync_delay_ms.filter(|d| d.max > limit_ms) {
+                over.push(format!("{}: sync delay max {} ({})", f.path, human_ms(d.max), f.state));
+            }
+        }
+        if f.state == FileState::Stalled && f.no_progress_ms > limit_ms {
+            over.push(format!("{}: stalled, {} waiting unread for {}", f.path, human_bytes(f.bytes_behind), human_ms(f.no_progress_ms)));
+        }
+    }
+    for k in &st.sinks {
+        if let Some(a) = k.oldest_undelivered_age_ms.filter(|&a| a > limit_ms) {
+            over.push(format!("sink {}: oldest undelivered record is {} old", k.name, human_ms(a)));
+        }
+    }
+    over
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse() {
+        for (s, ms) in [("500ms", 500), ("30s", 30_000), ("5m", 300_000), ("1h", 3_600_000), ("1m30s", 90_000), ("2", 2000), ("1.5s", 1500)]
+        {
+            assert_eq!(parse_duration_ms(s), Ok(ms), "{s}");
+        }
+        for bad in ["", "fast", "5 parsecs", "-1", "1y"] {
+            assert!(parse_duration_ms(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn human_units() {
+        let cases =
+            [(0, "0ms"), (350, "350ms"), (1234, "1.2s"), (45_000, "45s"), (190_000, "3m 10s"), (7_500_000, "2h 5m"), (-1200, "-1.2s")];
+        for (ms, s) in cases {
+            assert_eq!(human_ms(ms), s);
+        }
+        assert_eq!(human_ms(3 * 86_400_000 + 4 * 3_600_000), "3d 4h");
+        assert_eq!(human_bytes(512), "512 B");
+        assert_eq!(human_bytes(1536), "1.5 KiB");
+        assert_eq!(human_bytes(16_043_212), "15.3 MiB");
+    }
+
+    #[test]
+    fn urls_normalise() {
+        assert_eq!(normalise_url("127.0.0.1:9"), "http://127.0.0.1:9");
+        assert_eq!(normalise_url("http://h:9/status/"), "http://h:9");
+        assert_eq!(loopback_for_any("0.0.0.0:8791"), "127.0.0.1:8791");
+        assert_eq!(loopback_for_any("[::]:8791"), "[::1]:8791");
+    }
 }

@@ -20,9 +20,14 @@ pub struct StatusConfig {
     /// Window over which per-file sync-delay percentiles are computed.
     #[serde(default = "default_window_secs")]
     pub delay_window_secs: u64,
-    /// A file with no new data for this long is `idle`.
+    /// A file with no new data for this long is `idle` (and shows no
+    /// current sync delay).
     #[serde(default = "default_idle_after_secs")]
     pub idle_after_secs: u64,
+    /// A file with data waiting (size > offset) and no read progress for
+    /// this long is `stalled`.
+    #[serde(default = "default_stalled_after_secs")]
+    pub stalled_after_secs: u64,
     /// Set to false to run without the status listener.
     #[serde(default = "default_true")]
     pub enabled: bool,
@@ -36,6 +41,9 @@ fn default_window_secs() -> u64 {
 }
 fn default_idle_after_secs() -> u64 {
     60
+}
+fn default_stalled_after_secs() -> u64 {
+    30
 }
 fn default_true() -> bool {
     true
@@ -53,6 +61,7 @@ impl Default for StatusConfig {
             per_file_metrics: false,
             delay_window_secs: default_window_secs(),
             idle_after_secs: default_idle_after_secs(),
+            stalled_after_secs: default_stalled_after_secs(),
             enabled: true,
         }
     }
@@ -62,6 +71,12 @@ impl StatusConfig {
     pub(super) fn validate(&self, key: &str) -> Result<(), ConfigError> {
         if self.delay_window_secs == 0 {
             return Err(ConfigError::invalid(format!("{key}.delay_window_secs"), "must be > 0"));
+        }
+        if self.idle_after_secs == 0 {
+            return Err(ConfigError::invalid(format!("{key}.idle_after_secs"), "must be > 0"));
+        }
+        if self.stalled_after_secs == 0 {
+            return Err(ConfigError::invalid(format!("{key}.stalled_after_secs"), "must be > 0"));
         }
         Ok(())
     }

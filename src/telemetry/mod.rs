@@ -1,47 +1,126 @@
 //! Telemetry: per-file and per-sink statistics that the rest of the bridge
 //! updates, and from which `/metrics`, `/status` and `lag` are built.
 //!
-//! The handles ([`FileStats`], [`SinkStats`]) are cheap to clone and update
-//! with atomics or a short uncontended lock, so the hot path pays little.
-//! Invariant: components only *record* facts here (bytes read, records
-//! observed with their request time, deliveries); every derived figure
-//! (delays, percentiles, file state) is computed when status is read.
+//! # Definitions
+//!
+//! - **request_time**: when the call reached the traffic manager (the
+//!   record's `request_time`, kept to the millisecond in
+//!   `Record::request_time_ms`).
+//! - **write time**: the line's own write time where the format has one
+//!   (LE 6 `log_ingestion`, the line's leading timestamp). Informational;
+//!   the delays below do not use it.
+//! - **observed**: when the bridge read the bytes of the line (the record's
+//!   `ingestion_time`, epoch ms).
+//! - **delivered**, per sink: upstream answered 2xx for the batch; the
+//!   WebSocket frame was written; the archive line was written.
+//! - **sync delay** = observed − request_time: how late Local Edition's
+//!   log reached the bridge. Negative when request_time lies in the future
+//!   (clock skew between the traffic manager and this host): such delays
+//!   are counted (`negative_delays`) and kept negative, never clamped.
+//! - **delivery delay** = delivered − observed: how long the bridge itself
+//!   took to hand the record to a sink.
+//!
+//! # Shape
+//!
+//! The handles ([`FileStats`], [`SinkStats`]) are cheap to clone and are
+//! updated with relaxed atomics only (no lock on the per-record path): see
+//! [`delay`]. Invariant: components only *record* facts here (positions,
+//! records observed with their request time, deliveries); every derived
+//! figure (percentiles over the window, file state, ages) is computed when
+//! status is read, from a `now_ms` the caller passes ([`status`]), so the
+//! logic is tested with injected times. [`metrics`] renders the Prometheus
+//! text format, [`server`] serves `/metrics`, `/status`, `/healthz` and
+//! `/readyz`.
 
 pub mod dashboard;
+pub mod delay;
+pub mod metrics;
+pub mod server;
+pub mod status;
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use delay::{DelayHistogram, HistogramSnapshot, SampleRing};
+
+pub use status::{ChannelInfo, FileState, FileStatus, SinkStatus, Status, StatusSettings, Totals};
+
 /// The bridge's statistics registry.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct Telemetry {
     inner: Arc<Inner>,
 }
 
-#[derive(Default)]
 struct Inner {
     /// Per-file statistics by path.
     files: Mutex<BTreeMap<String, FileStats>>,
     /// Per-sink statistics by name.
     sinks: Mutex<BTreeMap<&'static str, SinkStats>>,
+    /// Counters of files that were removed, so aggregate counters never go
+    /// backwards when a file is forgotten.
+    retired: Mutex<Retired>,
+    /// Epoch ms when the registry was created (the bridge's start).
+    started_ms: i64,
+    /// Set by the bridge once its sources and sinks are up (`/readyz`).
+    ready: AtomicBool,
+    /// The local channel's endpoint, shown in `/status` for the dashboard.
+    channel: Mutex<Option<ChannelInfo>>,
+}
+
+/// Totals carried over from removed files.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Retired {
+    /// Records read from removed files.
+    pub records: u64,
+    /// Lines rejected in removed files, by reason.
+    pub rejects: BTreeMap<&'static str, u64>,
+    /// Negative delays seen in removed files.
+    pub negative_delays: u64,
+    /// Sync-delay histogram of removed files.
+    pub sync_delay: HistogramSnapshot,
+}
+
+impl Default for Telemetry {
+    fn default() -> Self {
+        Telemetry::new()
+    }
 }
 
 impl Telemetry {
-    /// An empty registry.
+    /// An empty registry; its creation time is the bridge's start (uptime).
     pub fn new() -> Self {
-        Telemetry::default()
+        Telemetry {
+            inner: Arc::new(Inner {
+                files: Mutex::new(BTreeMap::new()),
+                sinks: Mutex::new(BTreeMap::new()),
+                retired: Mutex::new(Retired::default()),
+                started_ms: crate::time::now_ms(),
+                ready: AtomicBool::new(false),
+                channel: Mutex::new(None),
+            }),
+        }
     }
 
     /// The statistics of one followed file (created on first use).
     pub fn file(&self, path: &str) -> FileStats {
         let mut files = self.inner.files.lock().unwrap_or_else(|e| e.into_inner());
-        files.entry(path.to_string()).or_insert_with(|| FileStats(Arc::new(FileInner::new(path)))).clone()
+        files.entry(path.to_string()).or_insert_with(|| FileStats(Arc::new(FileInner::new(path, crate::time::now_ms())))).clone()
     }
 
-    /// Forgets a file that is gone for good.
+    /// Forgets a file that is gone for good. Its counters are kept in the
+    /// aggregate figures.
     pub fn remove_file(&self, path: &str) {
-        self.inner.files.lock().unwrap_or_else(|e| e.into_inner()).remove(path);
+        let removed = self.inner.files.lock().unwrap_or_else(|e| e.into_inner()).remove(path);
+        if let Some(f) = removed {
+            let mut r = self.inner.retired.lock().unwrap_or_else(|e| e.into_inner());
+            r.records += f.records.load(Ordering::Relaxed);
+            r.negative_delays += f.negative_delays.load(Ordering::Relaxed);
+            for (reason, n) in f.rejects_by_reason() {
+                *r.rejects.entry(reason).or_default() += n;
+            }
+            r.sync_delay.merge(&f.sync_hist.snapshot());
+        }
     }
 
     /// The statistics of one sink (created on first use).
@@ -50,14 +129,46 @@ impl Telemetry {
         sinks.entry(name).or_insert_with(|| SinkStats(Arc::new(SinkInner::new(name)))).clone()
     }
 
-    /// All files currently known.
+    /// All files currently known, by path.
     pub fn files(&self) -> Vec<FileStats> {
         self.inner.files.lock().unwrap_or_else(|e| e.into_inner()).values().cloned().collect()
     }
 
-    /// All sinks.
+    /// All sinks, by name.
     pub fn sinks(&self) -> Vec<SinkStats> {
         self.inner.sinks.lock().unwrap_or_else(|e| e.into_inner()).values().cloned().collect()
+    }
+
+    /// Marks the bridge ready (sources and sinks are up) or not; `/readyz`
+    /// answers 200 only while ready.
+    pub fn set_ready(&self, ready: bool) {
+        self.inner.ready.store(ready, Ordering::Relaxed);
+    }
+
+    /// True once [`Telemetry::set_ready`] said so.
+    pub fn is_ready(&self) -> bool {
+        self.inner.ready.load(Ordering::Relaxed)
+    }
+
+    /// Records where the local channel listens (called by the channel sink
+    /// once bound), so `/status` can tell the dashboard.
+    pub fn set_channel(&self, info: Option<ChannelInfo>) {
+        *self.inner.channel.lock().unwrap_or_else(|e| e.into_inner()) = info;
+    }
+
+    /// Where the local channel listens, if it runs.
+    pub fn channel(&self) -> Option<ChannelInfo> {
+        self.inner.channel.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Epoch ms when the registry (the bridge) started.
+    pub fn started_ms(&self) -> i64 {
+        self.inner.started_ms
+    }
+
+    /// Counters carried over from removed files.
+    pub(crate) fn retired(&self) -> Retired {
+        self.inner.retired.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 }
 
@@ -83,18 +194,32 @@ pub struct FileInner {
     pub negative_delays: AtomicU64,
     /// Newest request_time read (epoch ms), the watermark; 0 = none yet.
     pub watermark_ms: AtomicI64,
-    /// Epoch ms of the last read that returned data; 0 = never.
+    /// Epoch ms of the last read that returned records; 0 = never.
     pub last_read_ms: AtomicI64,
-    /// Recent (observed_ms, sync_delay_ms) samples for windowed percentiles.
-    pub recent_delays: Mutex<std::collections::VecDeque<(i64, i64)>>,
+    /// Epoch ms when the offset last moved; 0 = never.
+    last_progress_ms: AtomicI64,
+    /// Epoch ms of the first position report; 0 = none yet.
+    first_position_ms: AtomicI64,
+    /// Epoch ms when these statistics were created.
+    created_ms: i64,
+    /// Sync-delay histogram since start (Prometheus).
+    sync_hist: DelayHistogram,
+    /// Recent sync-delay samples (windowed percentiles in `/status`).
+    sync_ring: SampleRing,
+    /// Rejected lines by reason name (rare: a lock is fine here).
+    rejects_by_reason: Mutex<BTreeMap<&'static str, u64>>,
 }
 
 /// At most this many recent delay samples are kept per file; older samples
 /// fall out first. Bounds memory whatever the rate.
-pub const MAX_DELAY_SAMPLES: usize = 4096;
+pub const MAX_DELAY_SAMPLES: usize = delay::RING_SAMPLES;
+
+/// The reason name counted by [`FileStats::rejected`], which does not say
+/// why.
+pub const UNSPECIFIED_REASON: &str = "unspecified";
 
 impl FileInner {
-    fn new(path: &str) -> Self {
+    fn new(path: &str, now_ms: i64) -> Self {
         FileInner {
             path: path.to_string(),
             size: AtomicU64::new(0),
@@ -105,7 +230,12 @@ impl FileInner {
             negative_delays: AtomicU64::new(0),
             watermark_ms: AtomicI64::new(0),
             last_read_ms: AtomicI64::new(0),
-            recent_delays: Mutex::new(std::collections::VecDeque::new()),
+            last_progress_ms: AtomicI64::new(0),
+            first_position_ms: AtomicI64::new(0),
+            created_ms: now_ms,
+            sync_hist: DelayHistogram::default(),
+            sync_ring: SampleRing::default(),
+            rejects_by_reason: Mutex::new(BTreeMap::new()),
         }
     }
 }
@@ -118,10 +248,24 @@ impl std::ops::Deref for FileStats {
 }
 
 impl FileStats {
-    /// The file's size and the offset read up to, after a read.
+    /// The file's size and the offset read up to, after a read (or after
+    /// looking at the file's size).
     pub fn set_position(&self, size: u64, offset: u64) {
+        self.set_position_at(size, offset, crate::time::now_ms());
+    }
+
+    /// [`FileStats::set_position`] at an explicit time (tests, replays).
+    /// A change of offset (forward, or back to 0 after a truncation) is
+    /// read progress.
+    pub fn set_position_at(&self, size: u64, offset: u64, now_ms: i64) {
         self.0.size.store(size, Ordering::Relaxed);
-        self.0.offset.store(offset, Ordering::Relaxed);
+        let prev = self.0.offset.swap(offset, Ordering::Relaxed);
+        if prev != offset {
+            self.0.last_progress_ms.store(now_ms, Ordering::Relaxed);
+        }
+        if self.0.first_position_ms.load(Ordering::Relaxed) == 0 {
+            self.0.first_position_ms.store(now_ms, Ordering::Relaxed);
+        }
     }
 
     /// The offset now durably checkpointed.
@@ -131,41 +275,61 @@ impl FileStats {
 
     /// Records a batch of records observed at `observed_ms`, given each
     /// record's `request_time` in epoch ms (None when it had none).
+    ///
+    /// Hot path: relaxed atomics only, no lock, no allocation.
     pub fn observed(&self, observed_ms: i64, request_times_ms: impl IntoIterator<Item = Option<i64>>) {
+        let inner = &*self.0;
         let mut n = 0u64;
         let mut newest = i64::MIN;
         let mut negative = 0u64;
-        let mut samples = self.0.recent_delays.lock().unwrap_or_else(|e| e.into_inner());
+        let mut sum = 0i64;
         for rt in request_times_ms {
             n += 1;
             if let Some(rt) = rt {
                 newest = newest.max(rt);
                 let d = observed_ms - rt;
-                if d < 0 {
-                    negative += 1;
-                }
-                if samples.len() == MAX_DELAY_SAMPLES {
-                    samples.pop_front();
-                }
-                samples.push_back((observed_ms, d));
+                negative += (d < 0) as u64;
+                sum = sum.wrapping_add(d);
+                inner.sync_hist.observe_n(d, 1);
+                let seq = inner.sync_ring.reserve(1);
+                inner.sync_ring.write(seq, observed_ms, d);
             }
         }
-        drop(samples);
-        self.0.records.fetch_add(n, Ordering::Relaxed);
+        if n == 0 {
+            return;
+        }
+        inner.records.fetch_add(n, Ordering::Relaxed);
         if negative > 0 {
-            self.0.negative_delays.fetch_add(negative, Ordering::Relaxed);
+            inner.negative_delays.fetch_add(negative, Ordering::Relaxed);
         }
         if newest != i64::MIN {
-            self.0.watermark_ms.fetch_max(newest, Ordering::Relaxed);
+            inner.sync_hist.add_sum(sum);
+            inner.watermark_ms.fetch_max(newest, Ordering::Relaxed);
         }
-        if n > 0 {
-            self.0.last_read_ms.store(observed_ms, Ordering::Relaxed);
-        }
+        inner.last_read_ms.fetch_max(observed_ms, Ordering::Relaxed);
     }
 
-    /// Counts a rejected line.
+    /// Counts a rejected line whose reason is not known here (counted under
+    /// [`UNSPECIFIED_REASON`]); prefer [`FileStats::rejected_for`].
     pub fn rejected(&self) {
+        self.rejected_for(UNSPECIFIED_REASON);
+    }
+
+    /// Counts a rejected line with its reason (`RejectReason::name()`,
+    /// e.g. `column_count`), which becomes the `reason` metrics label.
+    pub fn rejected_for(&self, reason: &'static str) {
         self.0.rejects.fetch_add(1, Ordering::Relaxed);
+        *self.0.rejects_by_reason.lock().unwrap_or_else(|e| e.into_inner()).entry(reason).or_default() += 1;
+    }
+
+    /// Rejected lines by reason.
+    pub fn rejects_by_reason(&self) -> BTreeMap<&'static str, u64> {
+        self.0.rejects_by_reason.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// The sync-delay histogram since start.
+    pub fn sync_delay_histogram(&self) -> HistogramSnapshot {
+        self.0.sync_hist.snapshot()
     }
 }
 
@@ -194,8 +358,11 @@ pub struct SinkInner {
     pub oldest_pending_observed_ms: AtomicI64,
     /// Last delivery delay (delivered - observed) in ms.
     pub last_delivery_delay_ms: AtomicI64,
-    /// Recent (delivered_ms, delivery_delay_ms) samples.
-    pub recent_delays: Mutex<std::collections::VecDeque<(i64, i64)>>,
+    /// Delivery-delay histogram since start, one observation per record.
+    delivery_hist: DelayHistogram,
+    /// Recent (delivered_ms, delivery_delay_ms, records) samples, one per
+    /// delivered batch (a lock per batch, not per record).
+    recent_delays: Mutex<std::collections::VecDeque<(i64, i64, u64)>>,
 }
 
 impl std::ops::Deref for SinkStats {
@@ -217,6 +384,7 @@ impl SinkInner {
             dead_lettered_records: AtomicU64::new(0),
             oldest_pending_observed_ms: AtomicI64::new(0),
             last_delivery_delay_ms: AtomicI64::new(0),
+            delivery_hist: DelayHistogram::default(),
             recent_delays: Mutex::new(std::collections::VecDeque::new()),
         }
     }
@@ -241,11 +409,16 @@ impl SinkStats {
         self.0.delivered_batches.fetch_add(1, Ordering::Relaxed);
         let d = delivered_ms - observed_ms;
         self.0.last_delivery_delay_ms.store(d, Ordering::Relaxed);
+        if n == 0 {
+            return;
+        }
+        self.0.delivery_hist.observe_n(d, n as u64);
+        self.0.delivery_hist.add_sum(d.saturating_mul(n as i64));
         let mut s = self.0.recent_delays.lock().unwrap_or_else(|e| e.into_inner());
         if s.len() == MAX_DELAY_SAMPLES {
             s.pop_front();
         }
-        s.push_back((delivered_ms, d));
+        s.push_back((delivered_ms, d, n as u64));
     }
 
     /// One retried attempt.
@@ -263,5 +436,17 @@ impl SinkStats {
     pub fn dead_lettered(&self, n: usize) {
         self.0.queued_records.fetch_sub(n as i64, Ordering::Relaxed);
         self.0.dead_lettered_records.fetch_add(n as u64, Ordering::Relaxed);
+    }
+
+    /// The delivery-delay histogram since start.
+    pub fn delivery_delay_histogram(&self) -> HistogramSnapshot {
+        self.0.delivery_hist.snapshot()
+    }
+
+    /// Recent `(delivery_delay_ms, records)` samples delivered at or after
+    /// `since_ms`.
+    pub(crate) fn delays_since(&self, since_ms: i64) -> Vec<(i64, u64)> {
+        let s = self.0.recent_delays.lock().unwrap_or_else(|e| e.into_inner());
+        s.iter().filter(|(t, _, _)| *t >= since_ms).map(|&(_, d, n)| (d, n)).collect()
     }
 }

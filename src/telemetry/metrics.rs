@@ -1,0 +1,360 @@
+//! Prometheus exposition of the telemetry (text format 0.0.4, rendered by
+//! prometheus-client from a [`Collector`] that reads the atomics at scrape
+//! time).
+//!
+//! Invariant: label sets are bounded. Sinks are few (`sink` label); reject
+//! reasons are a fixed list (`reason`); file states are four (`state`).
+//! Per-file series (`file` label) appear only with
+//! `[status] per_file_metrics = true`; otherwise file figures are summed
+//! (counters, histograms, bytes behind) or merged (windowed delays) over
+//! all files, removed files included, so counters never go backwards.
+//!
+//! Metric names (all prefixed `calllog_bridge_`):
+//!
+//! | name | type | labels | what |
+//! |---|---|---|---|
+//! | `build_info` | gauge | version | always 1 |
+//! | `uptime_seconds` | gauge | | since start |
+//! | `ready` | gauge | | 1 once sources and sinks are up |
+//! | `files` | gauge | state | files per state |
+//! | `records_total` | counter | [file] | records read |
+//! | `rejects_total` | counter | reason, [file] | lines rejected |
+//! | `negative_delays_total` | counter | [file] | records with request_time after observed (clock skew) |
+//! | `sync_delay_seconds` | histogram | [file] | observed − request_time, 5 ms … 4 h buckets |
+//! | `sync_delay_window_seconds` | gauge | stat, [file] | p50 / p95 / max over the window, files not idle |
+//! | `bytes_behind` | gauge | [file] | size − offset |
+//! | `watermark_timestamp_seconds` | gauge | file | newest request_time read (per-file mode only) |
+//! | `delivery_delay_seconds` | histogram | sink | delivered − observed |
+//! | `delivered_records_total`, `delivered_batches_total` | counter | sink | |
+//! | `retries_total`, `dropped_records_total`, `dead_lettered_records_total` | counter | sink | |
+//! | `queue_depth` | gauge | sink | records waiting in the sink |
+//! | `oldest_undelivered_age_seconds` | gauge | sink | 0 when nothing is pending |
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, NoLabelSet};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
+
+use super::delay::{DelaySummary, HistogramSnapshot};
+use super::status::{FileState, StatusSettings};
+use super::Telemetry;
+
+/// Content type of the exposition.
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// Renders every metric at `now_ms` in the Prometheus text format.
+pub fn render(telemetry: &Telemetry, settings: &StatusSettings, now_ms: i64) -> String {
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(TelemetryCollector { telemetry: telemetry.clone(), settings: *settings, now_ms }));
+    let mut out = String::with_capacity(8192);
+    // Writing into a String cannot fail; an encoder error would be a bug
+    // in a label value, and a partial page is still better than none.
+    if let Err(e) = prometheus_client::encoding::prometheus_text::encode(&mut out, &registry) {
+        tracing::warn!(error = %e, "metrics encoding failed");
+    }
+    out
+}
+
+/// Reads the telemetry on each scrape.
+struct TelemetryCollector {
+    /// The registry to read.
+    telemetry: Telemetry,
+    /// Window, idle and stall settings; per-file labels or not.
+    settings: StatusSettings,
+    /// The scrape time.
+    now_ms: i64,
+}
+
+impl fmt::Debug for TelemetryCollector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TelemetryCollector").field("now_ms", &self.now_ms).finish()
+    }
+}
+
+type Labels = Vec<(&'static str, String)>;
+
+fn secs(ms: i64) -> f64 {
+    ms as f64 / 1000.0
+}
+
+fn counter(enc: &mut DescriptorEncoder<'_>, name: &str, help: &str, series: &[(Labels, u64)]) -> fmt::Result {
+    let mut m = enc.encode_descriptor(name, help, None, MetricType::Counter)?;
+    for (labels, v) in series {
+        if labels.is_empty() {
+            m.encode_counter::<NoLabelSet, _, u64>(v, None)?;
+        } else {
+            m.encode_family(labels)?.encode_counter::<NoLabelSet, _, u64>(v, None)?;
+        }
+    }
+    Ok(())
+}
+
+fn gauge(enc: &mut DescriptorEncoder<'_>, name: &str, help: &str, series: &[(Labels, f64)]) -> fmt::Result {
+    let mut m = enc.encode_descriptor(name, help, None, MetricType::Gauge)?;
+    for (labels, v) in series {
+        if labels.is_empty() {
+            m.encode_gauge(v)?;
+        } else {
+            m.encode_family(labels)?.encode_gauge(v)?;
+        }
+    }
+    Ok(())
+}
+
+fn histogram(enc: &mut DescriptorEncoder<'_>, name: &str, help: &str, series: &[(Labels, HistogramSnapshot)]) -> fmt::Result {
+    let mut m = enc.encode_descriptor(name, help, None, MetricType::Histogram)?;
+    for (labels, h) in series {
+        let (sum, count, buckets) = (secs(h.sum_ms), h.count(), h.buckets_seconds());
+        if labels.is_empty() {
+            m.encode_histogram::<NoLabelSet>(sum, count, &buckets, None)?;
+        } else {
+            m.encode_family(labels)?.encode_histogram::<NoLabelSet>(sum, count, &buckets, None)?;
+        }
+    }
+    Ok(())
+}
+
+fn window_series(labels: &Labels, d: &DelaySummary, out: &mut Vec<(Labels, f64)>) {
+    for (stat, v) in [("p50", d.p50), ("p95", d.p95), ("max", d.max)] {
+        let mut l = labels.clone();
+        l.push(("stat", stat.to_string()));
+        out.push((l, secs(v)));
+    }
+}
+
+impl Collector for TelemetryCollector {
+    fn encode(&self, mut enc: DescriptorEncoder) -> fmt::Result {
+        let (tel, s, now) = (&self.telemetry, &self.settings, self.now_ms);
+        let none = Labels::new;
+
+        gauge(
+            &mut enc,
+            "calllog_bridge_build_info",
+            "The bridge's version (always 1)",
+            &[(vec![("version", env!("CARGO_PKG_VERSION").to_string())], 1.0)],
+        )?;
+        gauge(&mut enc, "calllog_bridge_uptime_seconds", "Seconds since the bridge started", &[(none(), secs(now - tel.started_ms()))])?;
+        gauge(&mut enc, "calllog_bridge_ready", "1 once sources and sinks are up", &[(none(), if tel.is_ready() { 1.0 } else { 0.0 })])?;
+
+        // Files.
+        let files = tel.files();
+        let retired = tel.retired();
+        let mut by_state: BTreeMap<FileState, f64> = FileState::ALL.iter().map(|&st| (st, 0.0)).collect();
+        let mut records = Vec::new();
+        let mut rejects = Vec::new();
+        let mut negative = Vec::new();
+        let mut hist = Vec::new();
+        let mut behind = Vec::new();
+        let mut window = Vec::new();
+        let mut watermark = Vec::new();
+        let mut agg_hist = retired.sync_delay.clone();
+        let mut agg_rejects = retired.rejects.clone();
+        let (mut agg_records, mut agg_negative, mut agg_behind) = (retired.records, retired.negative_delays, 0u64);
+        let mut agg_window = Vec::new();
+        for f in &files {
+            let st = f.status(now, s);
+            *by_state.entry(st.state).or_default() += 1.0;
+            let h = f.sync_delay_histogram();
+            let reasons = f.rejects_by_reason();
+            if s.per_file_metrics {
+                let l = vec![("file", f.path.clone())];
+                records.push((l.clone(), st.records));
+                negative.push((l.clone(), st.negative_delays));
+                for (reason, n) in reasons {
+                    rejects.push((vec![("file", f.path.clone()), ("reason", reason.to_string())], n));
+                }
+                hist.push((l.clone(), h));
+                behind.push((l.clone(), st.bytes_behind as f64));
+                if let Some(d) = &st.sync_delay_ms {
+                    window_series(&l, d, &mut window);
+                }
+                if let Some(w) = st.watermark_ms {
+                    watermark.push((l, secs(w)));
+                }
+            } else {
+                agg_records += st.records;
+                agg_negative += st.negative_delays;
+                agg_behind += st.bytes_behind;
+                for (reason, n) in reasons {
+                    *agg_rejects.entry(reason).or_default() += n;
+                }
+                agg_hist.merge(&h);
+                if st.state != FileState::Idle {
+                    f.sync_ring.delays_since(now - s.delay_window_ms, &mut agg_window);
+                }
+            }
+        }
+        if s.per_file_metrics {
+            // Removed files keep their totals under an empty `file` label.
+            if retired.records > 0 || retired.negative_delays > 0 || !retired.rejects.is_empty() {
+                let l = vec![("file", String::new())];
+                records.push((l.clone(), retired.records));
+                negative.push((l.clone(), retired.negative_delays));
+                for (reason, n) in &retired.rejects {
+                    rejects.push((vec![("file", String::new()), ("reason", reason.to_string())], *n));
+                }
+                hist.push((l, retired.sync_delay.clone()));
+            }
+        } else {
+            records.push((none(), agg_records));
+            negative.push((none(), agg_negative));
+            for (reason, n) in agg_rejects {
+                rejects.push((vec![("reason", reason.to_string())], n));
+            }
+            hist.push((none(), agg_hist));
+            behind.push((none(), agg_behind as f64));
+            if let Some(d) = DelaySummary::of(&mut agg_window) {
+                window_series(&none(), &d, &mut window);
+            }
+        }
+        let states: Vec<(Labels, f64)> = by_state.into_iter().map(|(st, n)| (vec![("state", st.name().to_string())], n)).collect();
+        gauge(&mut enc, "calllog_bridge_files", "Followed files per state (caught-up, behind, idle, stalled)", &states)?;
+        counter(&mut enc, "calllog_bridge_records", "Records read", &records)?;
+        counter(&mut enc, "calllog_bridge_rejects", "Lines rejected, by reason", &rejects)?;
+        counter(
+            &mut enc,
+            "calllog_bridge_negative_delays",
+            "Records whose request_time lies after the time they were observed (clock skew)",
+            &negative,
+        )?;
+        histogram(&mut enc, "calllog_bridge_sync_delay_seconds", "Sync delay: observed minus request_time", &hist)?;
+        gauge(
+            &mut enc,
+            "calllog_bridge_sync_delay_window_seconds",
+            "Sync delay p50, p95 and max over the recent window, files that are not idle",
+            &window,
+        )?;
+        gauge(&mut enc, "calllog_bridge_bytes_behind", "Bytes written but not read yet (size minus offset)", &behind)?;
+        if s.per_file_metrics {
+            gauge(&mut enc, "calllog_bridge_watermark_timestamp_seconds", "Newest request_time read (epoch seconds)", &watermark)?;
+        }
+
+        // Sinks.
+        let sinks = tel.sinks();
+        let mut delivered = Vec::new();
+        let mut batches = Vec::new();
+        let mut retries = Vec::new();
+        let mut dropped = Vec::new();
+        let mut dead = Vec::new();
+        let mut depth = Vec::new();
+        let mut oldest = Vec::new();
+        let mut dhist = Vec::new();
+        for k in &sinks {
+            let st = k.status(now, s);
+            let l = vec![("sink", st.name.clone())];
+            delivered.push((l.clone(), st.delivered_records));
+            batches.push((l.clone(), st.delivered_batches));
+            retries.push((l.clone(), st.retries));
+            dropped.push((l.clone(), st.dropped_records));
+            dead.push((l.clone(), st.dead_lettered_records));
+            depth.push((l.clone(), st.queue_depth as f64));
+            oldest.push((l.clone(), secs(st.oldest_undelivered_age_ms.unwrap_or(0))));
+            dhist.push((l, k.delivery_delay_histogram()));
+        }
+        histogram(&mut enc, "calllog_bridge_delivery_delay_seconds", "Delivery delay: delivered minus observed, per record", &dhist)?;
+        counter(&mut enc, "calllog_bridge_delivered_records", "Records delivered", &delivered)?;
+        counter(&mut enc, "calllog_bridge_delivered_batches", "Batches delivered", &batches)?;
+        counter(&mut enc, "calllog_bridge_retries", "Retried delivery attempts", &retries)?;
+        counter(&mut enc, "calllog_bridge_dropped_records", "Records dropped (each logged)", &dropped)?;
+        counter(&mut enc, "calllog_bridge_dead_lettered_records", "Records written to the dead-letter file", &dead)?;
+        gauge(&mut enc, "calllog_bridge_queue_depth", "Records waiting in the sink", &depth)?;
+        gauge(
+            &mut enc,
+            "calllog_bridge_oldest_undelivered_age_seconds",
+            "Age of the oldest record not yet delivered (0 when none)",
+            &oldest,
+        )?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const T0: i64 = 1_767_225_600_000;
+
+    fn parse(text: &str) -> prometheus_parse::Scrape {
+        prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string()))).expect("valid exposition")
+    }
+
+    fn value(scrape: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)]) -> Option<prometheus_parse::Value> {
+        scrape.samples.iter().find(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v))).map(|s| s.value.clone())
+    }
+
+    fn fixture() -> Telemetry {
+        let tel = Telemetry::new();
+        let a = tel.file("/le/a.log");
+        a.set_position_at(100, 100, T0);
+        a.observed(T0, [Some(T0 - 2000), Some(T0 - 2000), Some(T0 + 50)]);
+        a.rejected_for("column_count");
+        let b = tel.file("/le/b.log");
+        b.set_position_at(5000, 1000, T0);
+        b.observed(T0, [Some(T0 - 30)]);
+        let k = tel.sink("upstream");
+        k.enqueued(4);
+        k.delivered(4, T0, T0 + 120);
+        k.retried();
+        tel
+    }
+
+    #[test]
+    fn aggregate_metrics_have_no_file_label() {
+        let tel = fixture();
+        let s = StatusSettings { per_file_metrics: false, ..StatusSettings::default() };
+        let text = render(&tel, &s, T0 + 1000);
+        assert!(!text.contains("file=\""), "{text}");
+        let m = parse(&text);
+        use prometheus_parse::Value::*;
+        assert!(matches!(value(&m, "calllog_bridge_records_total", &[]), Some(Counter(v)) if v == 4.0));
+        assert!(matches!(value(&m, "calllog_bridge_negative_delays_total", &[]), Some(Counter(v)) if v == 1.0));
+        assert!(matches!(value(&m, "calllog_bridge_rejects_total", &[("reason", "column_count")]), Some(Counter(v)) if v == 1.0));
+        assert!(matches!(value(&m, "calllog_bridge_bytes_behind", &[]), Some(Gauge(v)) if v == 4000.0));
+        assert!(matches!(value(&m, "calllog_bridge_sync_delay_window_seconds", &[("stat", "max")]), Some(Gauge(v)) if v == 2.0));
+        assert!(matches!(value(&m, "calllog_bridge_files", &[("state", "caught-up")]), Some(Gauge(v)) if v == 1.0));
+        assert!(matches!(value(&m, "calllog_bridge_files", &[("state", "behind")]), Some(Gauge(v)) if v == 1.0));
+        match value(&m, "calllog_bridge_sync_delay_seconds", &[]) {
+            Some(Histogram(h)) => {
+                let le = |b: f64| h.iter().find(|x| x.less_than == b).map(|x| x.count);
+                // -50 ms and 30 ms are <= 0.05 s; 2 s twice is <= 2.5 s.
+                assert_eq!(le(0.005), Some(1.0));
+                assert_eq!(le(0.05), Some(2.0));
+                assert_eq!(le(2.5), Some(4.0));
+                assert_eq!(le(f64::INFINITY), Some(4.0));
+            }
+            other => panic!("no sync-delay histogram: {other:?}"),
+        }
+        match value(&m, "calllog_bridge_delivery_delay_seconds", &[("sink", "upstream")]) {
+            Some(Histogram(h)) => assert_eq!(h.iter().find(|x| x.less_than == 0.25).map(|x| x.count), Some(4.0)),
+            other => panic!("no delivery-delay histogram: {other:?}"),
+        }
+        assert!(matches!(value(&m, "calllog_bridge_retries_total", &[("sink", "upstream")]), Some(Counter(v)) if v == 1.0));
+    }
+
+    #[test]
+    fn per_file_metrics_label_each_file() {
+        let tel = fixture();
+        let s = StatusSettings { per_file_metrics: true, ..StatusSettings::default() };
+        let m = parse(&render(&tel, &s, T0 + 1000));
+        use prometheus_parse::Value::*;
+        assert!(matches!(value(&m, "calllog_bridge_records_total", &[("file", "/le/a.log")]), Some(Counter(v)) if v == 3.0));
+        assert!(matches!(value(&m, "calllog_bridge_bytes_behind", &[("file", "/le/b.log")]), Some(Gauge(v)) if v == 4000.0));
+        assert!(
+            matches!(value(&m, "calllog_bridge_watermark_timestamp_seconds", &[("file", "/le/a.log")]), Some(Gauge(v)) if v == secs(T0 + 50))
+        );
+    }
+
+    #[test]
+    fn removing_a_file_keeps_aggregate_counters() {
+        let tel = fixture();
+        let s = StatusSettings::default();
+        tel.remove_file("/le/a.log");
+        let m = parse(&render(&tel, &s, T0 + 1000));
+        use prometheus_parse::Value::*;
+        assert!(matches!(value(&m, "calllog_bridge_records_total", &[]), Some(Counter(v)) if v == 4.0));
+        assert!(matches!(value(&m, "calllog_bridge_rejects_total", &[("reason", "column_count")]), Some(Counter(v)) if v == 1.0));
+    }
+}

@@ -1,0 +1,571 @@
+//! The `/status` model: what `lag` and dashboards read, and the rules that
+//! turn recorded facts into per-file states and windowed delays.
+//!
+//! Invariant: every function here takes `now_ms` from its caller and does
+//! no I/O, so each state is tested with injected times. The JSON shape is
+//! decided here only (serde derives); `lag` deserialises the same types.
+//!
+//! File states (checked in this order):
+//! - `stalled`: data is waiting (size > offset) but the offset has not
+//!   moved for `stalled_after_secs`.
+//! - `behind`: data is waiting and reading progresses.
+//! - `caught-up`: everything read (offset >= size) and data arrived within
+//!   `idle_after_secs`.
+//! - `idle`: everything read and no new data for `idle_after_secs`. An idle
+//!   file shows no current sync delay (`sync_delay_ms` is `null`): an old
+//!   delay would look current.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+
+use super::delay::DelaySummary;
+use super::{FileStats, SinkStats, Telemetry};
+use crate::config::StatusConfig;
+use crate::time;
+
+/// The knobs of the derived figures (from `[status]`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StatusSettings {
+    /// Window of the sync- and delivery-delay percentiles, ms.
+    pub delay_window_ms: i64,
+    /// A file with no new data for this long is idle, ms.
+    pub idle_after_ms: i64,
+    /// A file with data waiting and no read progress for this long is
+    /// stalled, ms.
+    pub stalled_after_ms: i64,
+    /// Label file metrics per file (else aggregate them).
+    pub per_file_metrics: bool,
+}
+
+impl Default for StatusSettings {
+    fn default() -> Self {
+        StatusSettings::from(&StatusConfig::default())
+    }
+}
+
+impl From<&StatusConfig> for StatusSettings {
+    fn from(c: &StatusConfig) -> Self {
+        let ms = |s: u64| (s as i64).saturating_mul(1000);
+        StatusSettings {
+            delay_window_ms: ms(c.delay_window_secs),
+            idle_after_ms: ms(c.idle_after_secs),
+            stalled_after_ms: ms(c.stalled_after_secs),
+            per_file_metrics: c.per_file_metrics,
+        }
+    }
+}
+
+/// The state of one followed file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FileState {
+    /// Everything read, and data arrived recently.
+    CaughtUp,
+    /// Data waiting; reading progresses.
+    Behind,
+    /// Everything read; no new data for `idle_after_secs`.
+    Idle,
+    /// Data waiting; no read progress for `stalled_after_secs`.
+    Stalled,
+}
+
+impl FileState {
+    /// Every state, in display order.
+    pub const ALL: [FileState; 4] = [FileState::CaughtUp, FileState::Behind, FileState::Idle, FileState::Stalled];
+
+    /// The stable name (`caught-up`, `behind`, `idle`, `stalled`).
+    pub fn name(self) -> &'static str {
+        match self {
+            FileState::CaughtUp => "caught-up",
+            FileState::Behind => "behind",
+            FileState::Idle => "idle",
+            FileState::Stalled => "stalled",
+        }
+    }
+}
+
+impl std::fmt::Display for FileState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// `/status`: the whole picture at one instant.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Status {
+    /// The bridge's version.
+    pub version: String,
+    /// When this status was computed, epoch ms.
+    pub now_ms: i64,
+    /// When this status was computed, ISO 8601.
+    pub now: String,
+    /// Seconds since the bridge started.
+    pub uptime_secs: f64,
+    /// True once sources and sinks are up.
+    pub ready: bool,
+    /// The settings the figures were computed with.
+    pub settings: SettingsView,
+    /// One entry per followed file, by path.
+    pub files: Vec<FileStatus>,
+    /// One entry per sink, by name.
+    pub sinks: Vec<SinkStatus>,
+    /// Sums and maxima over files and sinks.
+    pub totals: Totals,
+    /// Where the local channel listens (for the dashboard); absent when no
+    /// channel runs. Never holds the token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub channel: Option<ChannelInfo>,
+}
+
+/// The local channel's endpoint, as set by the channel sink.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChannelInfo {
+    /// The bound address (`127.0.0.1:8790`).
+    pub listen: String,
+    /// True when the channel serves `wss://`.
+    pub tls: bool,
+    /// The subscribe path (`/ecls/subscribe/<channel_id>/<area>`).
+    pub path: String,
+}
+
+/// The settings, as shown in `/status`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SettingsView {
+    /// Window of the delay percentiles, seconds.
+    pub delay_window_secs: u64,
+    /// Idle after this many seconds without new data.
+    pub idle_after_secs: u64,
+    /// Stalled after this many seconds without read progress.
+    pub stalled_after_secs: u64,
+}
+
+/// One followed file.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FileStatus {
+    /// The file's path.
+    pub path: String,
+    /// `caught-up`, `behind`, `idle` or `stalled`.
+    pub state: FileState,
+    /// Size of the file when last looked at, bytes.
+    pub size_bytes: u64,
+    /// Offset read up to, bytes.
+    pub offset_bytes: u64,
+    /// Offset durably checkpointed (delivered everywhere), bytes.
+    pub committed_offset_bytes: u64,
+    /// `size - offset`: bytes written but not read yet.
+    pub bytes_behind: u64,
+    /// Records read since start.
+    pub records: u64,
+    /// Lines rejected since start.
+    pub rejects: u64,
+    /// Lines rejected, by reason.
+    pub rejects_by_reason: BTreeMap<String, u64>,
+    /// Records whose request_time was after the time they were observed
+    /// (clock skew), since start.
+    pub negative_delays: u64,
+    /// Newest request_time read (the watermark), epoch ms.
+    pub watermark_ms: Option<i64>,
+    /// The watermark, ISO 8601.
+    pub watermark: Option<String>,
+    /// When records were last read, epoch ms.
+    pub last_read_ms: Option<i64>,
+    /// Milliseconds since records were last read.
+    pub last_read_age_ms: Option<i64>,
+    /// Milliseconds since the offset last moved (since the file was first
+    /// seen if it never moved).
+    pub no_progress_ms: i64,
+    /// Sync delay (observed - request_time) over the recent window;
+    /// `null` when idle or when no record was read in the window.
+    pub sync_delay_ms: Option<DelaySummary>,
+}
+
+/// One sink.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SinkStatus {
+    /// The sink's name (`file`, `channel`, `upstream`).
+    pub name: String,
+    /// Records received and not yet delivered.
+    pub queue_depth: i64,
+    /// Age of the oldest undelivered record (now - its observed time), ms.
+    pub oldest_undelivered_age_ms: Option<i64>,
+    /// Records delivered since start.
+    pub delivered_records: u64,
+    /// Batches delivered since start.
+    pub delivered_batches: u64,
+    /// Retried attempts since start.
+    pub retries: u64,
+    /// Records dropped since start.
+    pub dropped_records: u64,
+    /// Records written to the dead-letter file since start.
+    pub dead_lettered_records: u64,
+    /// Delivery delay of the last delivered batch, ms.
+    pub last_delivery_delay_ms: Option<i64>,
+    /// Delivery delay (delivered - observed) over the recent window, by
+    /// record; `null` when nothing was delivered in the window.
+    pub delivery_delay_ms: Option<DelaySummary>,
+}
+
+/// Sums and maxima.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Totals {
+    /// Files followed.
+    pub files: u64,
+    /// Files per state.
+    pub files_by_state: BTreeMap<FileState, u64>,
+    /// Records read since start (removed files included).
+    pub records: u64,
+    /// Lines rejected since start (removed files included).
+    pub rejects: u64,
+    /// Negative delays since start (removed files included).
+    pub negative_delays: u64,
+    /// Bytes behind over all files.
+    pub bytes_behind: u64,
+    /// Largest windowed sync delay over files that are not idle, ms.
+    pub max_sync_delay_ms: Option<i64>,
+    /// Records waiting in sinks.
+    pub queue_depth: i64,
+    /// Oldest undelivered record's age over all sinks, ms.
+    pub max_oldest_undelivered_age_ms: Option<i64>,
+    /// Records delivered over all sinks.
+    pub delivered_records: u64,
+    /// Retries over all sinks.
+    pub retries: u64,
+    /// Dropped records over all sinks.
+    pub dropped_records: u64,
+    /// Dead-lettered records over all sinks.
+    pub dead_lettered_records: u64,
+}
+
+fn nonzero(v: i64) -> Option<i64> {
+    (v != 0).then_some(v)
+}
+
+impl FileStats {
+    /// The file's state at `now_ms`.
+    pub fn state(&self, now_ms: i64, s: &StatusSettings) -> FileState {
+        let size = self.size.load(Ordering::Relaxed);
+        let offset = self.offset.load(Ordering::Relaxed);
+        if size > offset {
+            if self.no_progress_ms(now_ms) > s.stalled_after_ms {
+                FileState::Stalled
+            } else {
+                FileState::Behind
+            }
+        } else {
+            let last_data = self.last_read_ms.load(Ordering::Relaxed).max(self.last_progress_ms.load(Ordering::Relaxed));
+            if last_data == 0 || now_ms - last_data > s.idle_after_ms {
+                FileState::Idle
+            } else {
+                FileState::CaughtUp
+            }
+        }
+    }
+
+    /// Milliseconds since the offset last moved (or since the file was
+    /// first seen, if it never moved).
+    fn no_progress_ms(&self, now_ms: i64) -> i64 {
+        let progress = self.last_progress_ms.load(Ordering::Relaxed);
+        let since = if progress != 0 {
+            progress
+        } else {
+            match self.first_position_ms.load(Ordering::Relaxed) {
+                0 => self.created_ms,
+                t => t,
+            }
+        };
+        (now_ms - since).max(0)
+    }
+
+    /// Windowed sync-delay percentiles at `now_ms` (ignoring idleness).
+    pub fn sync_delay_window(&self, now_ms: i64, s: &StatusSettings) -> Option<DelaySummary> {
+        let mut v = Vec::new();
+        self.sync_ring.delays_since(now_ms - s.delay_window_ms, &mut v);
+        DelaySummary::of(&mut v)
+    }
+
+    /// The file's status at `now_ms`.
+    pub fn status(&self, now_ms: i64, s: &StatusSettings) -> FileStatus {
+        let size = self.size.load(Ordering::Relaxed);
+        let offset = self.offset.load(Ordering::Relaxed);
+        let state = self.state(now_ms, s);
+        let watermark_ms = nonzero(self.watermark_ms.load(Ordering::Relaxed));
+        let last_read_ms = nonzero(self.last_read_ms.load(Ordering::Relaxed));
+        let sync_delay_ms = if state == FileState::Idle { None } else { self.sync_delay_window(now_ms, s) };
+        FileStatus {
+            path: self.path.clone(),
+            state,
+            size_bytes: size,
+            offset_bytes: offset,
+            committed_offset_bytes: self.committed_offset.load(Ordering::Relaxed),
+            bytes_behind: size.saturating_sub(offset),
+            records: self.records.load(Ordering::Relaxed),
+            rejects: self.rejects.load(Ordering::Relaxed),
+            rejects_by_reason: self.rejects_by_reason().into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
+            negative_delays: self.negative_delays.load(Ordering::Relaxed),
+            watermark_ms,
+            watermark: watermark_ms.map(time::format_iso_millis),
+            last_read_ms,
+            last_read_age_ms: last_read_ms.map(|t| now_ms - t),
+            no_progress_ms: self.no_progress_ms(now_ms),
+            sync_delay_ms,
+        }
+    }
+}
+
+impl SinkStats {
+    /// The sink's status at `now_ms`.
+    pub fn status(&self, now_ms: i64, s: &StatusSettings) -> SinkStatus {
+        let mut samples = self.delays_since(now_ms - s.delay_window_ms);
+        let batches = self.delivered_batches.load(Ordering::Relaxed);
+        SinkStatus {
+            name: self.name.to_string(),
+            queue_depth: self.queued_records.load(Ordering::Relaxed),
+            oldest_undelivered_age_ms: nonzero(self.oldest_pending_observed_ms.load(Ordering::Relaxed)).map(|t| now_ms - t),
+            delivered_records: self.delivered_records.load(Ordering::Relaxed),
+            delivered_batches: batches,
+            retries: self.retries.load(Ordering::Relaxed),
+            dropped_records: self.dropped_records.load(Ordering::Relaxed),
+            dead_lettered_records: self.dead_lettered_records.load(Ordering::Relaxed),
+            last_delivery_delay_ms: (batches > 0).then(|| self.last_delivery_delay_ms.load(Ordering::Relaxed)),
+            delivery_delay_ms: DelaySummary::of_weighted(&mut samples),
+        }
+    }
+}
+
+impl Telemetry {
+    /// The whole status at `now_ms`.
+    pub fn status(&self, now_ms: i64, s: &StatusSettings) -> Status {
+        let files: Vec<FileStatus> = self.files().iter().map(|f| f.status(now_ms, s)).collect();
+        let sinks: Vec<SinkStatus> = self.sinks().iter().map(|k| k.status(now_ms, s)).collect();
+        let retired = self.retired();
+        let mut t = Totals {
+            files: files.len() as u64,
+            records: retired.records,
+            rejects: retired.rejects.values().sum(),
+            negative_delays: retired.negative_delays,
+            ..Totals::default()
+        };
+        for f in &files {
+            *t.files_by_state.entry(f.state).or_default() += 1;
+            t.records += f.records;
+            t.rejects += f.rejects;
+            t.negative_delays += f.negative_delays;
+            t.bytes_behind += f.bytes_behind;
+            if let Some(d) = &f.sync_delay_ms {
+                t.max_sync_delay_ms = Some(t.max_sync_delay_ms.map_or(d.max, |m| m.max(d.max)));
+            }
+        }
+        for k in &sinks {
+            t.queue_depth += k.queue_depth;
+            t.delivered_records += k.delivered_records;
+            t.retries += k.retries;
+            t.dropped_records += k.dropped_records;
+            t.dead_lettered_records += k.dead_lettered_records;
+            if let Some(a) = k.oldest_undelivered_age_ms {
+                t.max_oldest_undelivered_age_ms = Some(t.max_oldest_undelivered_age_ms.map_or(a, |m| m.max(a)));
+            }
+        }
+        Status {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            now_ms,
+            now: time::format_iso_millis(now_ms),
+            uptime_secs: ((now_ms - self.started_ms()).max(0) as f64) / 1000.0,
+            ready: self.is_ready(),
+            settings: SettingsView {
+                delay_window_secs: (s.delay_window_ms / 1000) as u64,
+                idle_after_secs: (s.idle_after_ms / 1000) as u64,
+                stalled_after_secs: (s.stalled_after_ms / 1000) as u64,
+            },
+            files,
+            sinks,
+            totals: t,
+            channel: self.channel(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// 2026-01-01T00:00:00Z.
+    const T0: i64 = 1_767_225_600_000;
+
+    fn settings() -> StatusSettings {
+        StatusSettings { delay_window_ms: 300_000, idle_after_ms: 60_000, stalled_after_ms: 30_000, per_file_metrics: false }
+    }
+
+    /// A file that read 1000 bytes holding 10 records, each written
+    /// `delay_ms` before it was observed at `t`.
+    fn file_read_at(tel: &Telemetry, path: &str, t: i64, delay_ms: i64) -> FileStats {
+        let f = tel.file(path);
+        f.set_position_at(1000, 1000, t);
+        f.observed(t, (0..10).map(|_| Some(t - delay_ms)));
+        f
+    }
+
+    #[test]
+    fn caught_up_shows_the_current_delay() {
+        let tel = Telemetry::new();
+        let f = file_read_at(&tel, "/le/a.log", T0, 1500);
+        let st = f.status(T0 + 5_000, &settings());
+        assert_eq!(st.state, FileState::CaughtUp);
+        assert_eq!(st.bytes_behind, 0);
+        let d = st.sync_delay_ms.expect("a current delay");
+        assert_eq!((d.p50, d.p95, d.max, d.samples), (1500, 1500, 1500, 10));
+        assert_eq!(st.watermark_ms, Some(T0 - 1500));
+        assert_eq!(st.last_read_age_ms, Some(5_000));
+        assert_eq!(st.negative_delays, 0);
+    }
+
+    #[test]
+    fn behind_while_reading_progresses() {
+        let tel = Telemetry::new();
+        let f = file_read_at(&tel, "/le/a.log", T0, 100);
+        f.set_position_at(50_000, 1000, T0 + 1000);
+        // The offset moves on: still behind, never stalled.
+        for i in 1..=10 {
+            f.set_position_at(50_000, 1000 + i * 1000, T0 + i as i64 * 20_000);
+        }
+        let st = f.status(T0 + 210_000, &settings());
+        assert_eq!(st.state, FileState::Behind);
+        assert_eq!(st.bytes_behind, 39_000);
+    }
+
+    #[test]
+    fn stalled_when_data_waits_and_the_offset_does_not_move() {
+        let tel = Telemetry::new();
+        let f = file_read_at(&tel, "/le/a.log", T0, 100);
+        f.set_position_at(9000, 1000, T0 + 1000);
+        let s = settings();
+        assert_eq!(f.state(T0 + 30_000, &s), FileState::Behind);
+        let st = f.status(T0 + 30_001, &s);
+        assert_eq!(st.state, FileState::Stalled);
+        assert_eq!(st.bytes_behind, 8000);
+        assert_eq!(st.no_progress_ms, 30_001);
+        // Reading resumes: behind again.
+        f.set_position_at(9000, 5000, T0 + 40_000);
+        assert_eq!(f.state(T0 + 40_001, &s), FileState::Behind);
+    }
+
+    #[test]
+    fn a_file_that_never_moved_stalls_from_its_first_position() {
+        let tel = Telemetry::new();
+        let f = tel.file("/le/new.log");
+        f.set_position_at(4096, 0, T0);
+        let s = settings();
+        assert_eq!(f.state(T0 + 29_000, &s), FileState::Behind);
+        assert_eq!(f.state(T0 + 31_000, &s), FileState::Stalled);
+        assert_eq!(f.status(T0 + 31_000, &s).sync_delay_ms, None);
+    }
+
+    #[test]
+    fn idle_hides_the_old_delay() {
+        let tel = Telemetry::new();
+        let f = file_read_at(&tel, "/le/a.log", T0, 7_000);
+        let s = settings();
+        assert!(f.status(T0 + 60_000, &s).sync_delay_ms.is_some());
+        let st = f.status(T0 + 60_001, &s);
+        assert_eq!(st.state, FileState::Idle);
+        assert_eq!(st.sync_delay_ms, None, "an idle file must not show an old delay as current");
+        // The watermark and counters stay.
+        assert_eq!(st.records, 10);
+        assert_eq!(st.watermark_ms, Some(T0 - 7_000));
+        // A never-read file is idle too.
+        assert_eq!(tel.file("/le/empty.log").status(T0, &s).state, FileState::Idle);
+        // New data: caught up again, with the new delay only.
+        f.set_position_at(2000, 2000, T0 + 400_000);
+        f.observed(T0 + 400_000, [Some(T0 + 400_000 - 250)]);
+        let st = f.status(T0 + 400_001, &s);
+        assert_eq!(st.state, FileState::CaughtUp);
+        let d = st.sync_delay_ms.unwrap();
+        assert_eq!((d.max, d.samples), (250, 1), "samples older than the window are ignored");
+    }
+
+    #[test]
+    fn window_drops_old_samples_while_active() {
+        let tel = Telemetry::new();
+        let f = file_read_at(&tel, "/le/a.log", T0, 60_000);
+        let s = StatusSettings { idle_after_ms: 3_600_000, ..settings() };
+        f.observed(T0 + 200_000, [Some(T0 + 200_000 - 200)]);
+        let d = f.status(T0 + 250_000, &s).sync_delay_ms.unwrap();
+        assert_eq!((d.max, d.samples), (60_000, 11));
+        let d = f.status(T0 + 301_000, &s).sync_delay_ms.unwrap();
+        assert_eq!((d.p50, d.max, d.samples), (200, 200, 1));
+    }
+
+    #[test]
+    fn negative_delays_are_counted_and_shown() {
+        let tel = Telemetry::new();
+        let f = tel.file("/le/skew.log");
+        f.set_position_at(300, 300, T0);
+        // Three records from a traffic manager whose clock is 2 s ahead,
+        // one record on time, one without a request_time.
+        f.observed(T0, [Some(T0 + 2000), Some(T0 + 2000), Some(T0 + 2100), Some(T0 - 40), None]);
+        let st = f.status(T0 + 10, &settings());
+        assert_eq!(st.negative_delays, 3);
+        assert_eq!(st.records, 5);
+        let d = st.sync_delay_ms.unwrap();
+        assert_eq!((d.min, d.p50, d.max, d.samples), (-2100, -2000, 40, 4));
+        let h = f.sync_delay_histogram();
+        assert_eq!(h.count(), 4);
+        assert_eq!(h.sum_ms, -2000 - 2000 - 2100 + 40);
+        let all = tel.status(T0 + 10, &settings());
+        assert_eq!(all.totals.negative_delays, 3);
+        assert_eq!(all.totals.max_sync_delay_ms, Some(40));
+    }
+
+    #[test]
+    fn sink_delays_queue_and_oldest_pending() {
+        let tel = Telemetry::new();
+        let k = tel.sink("upstream");
+        k.enqueued(30);
+        k.set_oldest_pending(T0 - 4000);
+        k.delivered(10, T0 - 500, T0);
+        k.delivered(10, T0 - 100, T0 + 100);
+        k.retried();
+        k.dropped(2);
+        k.dead_lettered(3);
+        let st = k.status(T0 + 1000, &settings());
+        assert_eq!(st.queue_depth, 5);
+        assert_eq!(st.oldest_undelivered_age_ms, Some(5000));
+        assert_eq!((st.delivered_records, st.delivered_batches, st.retries), (20, 2, 1));
+        assert_eq!((st.dropped_records, st.dead_lettered_records), (2, 3));
+        let d = st.delivery_delay_ms.unwrap();
+        assert_eq!((d.p50, d.max, d.samples), (200, 500, 20));
+        k.set_oldest_pending(0);
+        assert_eq!(k.status(T0 + 1000, &settings()).oldest_undelivered_age_ms, None);
+        assert_eq!(k.status(T0 + 400_000, &settings()).delivery_delay_ms, None);
+    }
+
+    #[test]
+    fn totals_keep_removed_files() {
+        let tel = Telemetry::new();
+        file_read_at(&tel, "/le/a.log", T0, 100).rejected_for("column_count");
+        file_read_at(&tel, "/le/b.log", T0, 900);
+        let s = settings();
+        let st = tel.status(T0 + 1000, &s);
+        assert_eq!((st.totals.files, st.totals.records, st.totals.rejects), (2, 20, 1));
+        assert_eq!(st.totals.max_sync_delay_ms, Some(900));
+        assert_eq!(st.totals.files_by_state.get(&FileState::CaughtUp), Some(&2));
+        tel.remove_file("/le/a.log");
+        let st = tel.status(T0 + 1000, &s);
+        assert_eq!((st.totals.files, st.totals.records, st.totals.rejects), (1, 20, 1));
+    }
+
+    #[test]
+    fn status_json_round_trips() {
+        let tel = Telemetry::new();
+        file_read_at(&tel, "/le/a.log", T0, 100);
+        tel.sink("channel").delivered(1, T0, T0 + 3);
+        let st = tel.status(T0 + 1000, &settings());
+        let json = serde_json::to_value(&st).unwrap();
+        assert_eq!(json["files"][0]["state"], "caught-up");
+        assert_eq!(json["files"][0]["sync_delay_ms"]["p95"], 100);
+        assert_eq!(json["sinks"][0]["delivery_delay_ms"]["max"], 3);
+        assert_eq!(json["totals"]["files_by_state"]["caught-up"], 1);
+        let back: Status = serde_json::from_value(json).unwrap();
+        assert_eq!(back, st);
+    }
+}
