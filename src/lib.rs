@@ -10,6 +10,7 @@
 //! - [`rejects`]: the rejects file (lines that did not parse, as JSON lines).
 //! - [`pipeline`]: batches, acknowledgements and the fan-out to sinks.
 //! - [`cmd`]: one module per subcommand; [`cli`] holds the clap definitions.
+//! - [`simulate`]: simulated Local Edition traffic (generator and file writer).
 //! - [`sink`]: where batches go (file archive, channel, upstream).
 //! - [`service`]: systemd readiness, watchdog and journal-friendly logs.
 //! - [`telemetry`]: per-file and per-sink statistics, metrics, status.
@@ -28,6 +29,7 @@ pub mod pipeline;
 pub mod record;
 pub mod rejects;
 pub mod service;
+pub mod simulate;
 pub mod sink;
 pub mod tail;
 pub mod telemetry;
