@@ -221,10 +221,39 @@ async fn lookup_reloader(enricher: Arc<Enricher>, stop: CancellationToken) {
 }
 
 /// Runs the bridge until `shutdown` is cancelled, then stops it cleanly.
+///
+/// The status listener (`[status]`) starts first, so `/healthz` answers
+/// while the bridge starts; `/readyz` turns 200 once sources and sinks are
+/// up, and 503 again when shutdown begins. The listener keeps serving
+/// `/status` during the drain and stops last.
 pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let bridge = Bridge::start(&cfg, Telemetry::new()).await?;
+    let telemetry = Telemetry::new();
+    let stop_status = CancellationToken::new();
+    let status = if cfg.status.enabled {
+        let srv = crate::telemetry::server::start(&cfg.status, telemetry.clone(), stop_status.clone()).await?;
+        tracing::info!(addr = %srv.addr, "status listener: /metrics, /status, /healthz, /readyz");
+        Some(srv)
+    } else {
+        None
+    };
+    let bridge = Bridge::start(&cfg, telemetry.clone()).await?;
+    if let Some(srv) = &status {
+        // After Bridge::start, which creates the state directory.
+        if let Err(e) = crate::telemetry::server::write_addr_file(&cfg.state_dir, srv.addr).await {
+            tracing::warn!(error = %e, "cannot write {}", crate::telemetry::server::addr_file(&cfg.state_dir).display());
+        }
+    }
+    telemetry.set_ready(true);
     tracing::info!(sources = cfg.sources.len(), "bridge running");
     shutdown.cancelled().await;
+    telemetry.set_ready(false);
     tracing::info!("stopping: draining sinks");
-    bridge.stop().await
+    let res = bridge.stop().await;
+    stop_status.cancel();
+    if let Some(srv) = status {
+        if let Err(e) = srv.wait().await {
+            tracing::warn!(error = %format!("{e:#}"), "status listener");
+        }
+    }
+    res
 }
