@@ -12,6 +12,7 @@
 //! - [`cmd`]: one module per subcommand; [`cli`] holds the clap definitions.
 //! - [`simulate`]: simulated Local Edition traffic (generator and file writer).
 //! - [`sink`]: where batches go (file archive, channel, upstream).
+//! - [`reload`]: SIGHUP: re-read the config, apply it or refuse it whole.
 //! - [`service`]: systemd readiness, watchdog and journal-friendly logs.
 //! - [`telemetry`]: per-file and per-sink statistics, metrics, status.
 //! - [`time`]: time parsing and formatting.
@@ -28,6 +29,7 @@ pub mod parse;
 pub mod pipeline;
 pub mod record;
 pub mod rejects;
+pub mod reload;
 pub mod service;
 pub mod simulate;
 pub mod sink;

@@ -24,6 +24,7 @@
 //! priority prefix, so `journalctl -p warning` filters by level.
 
 use std::io::IsTerminal;
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use sd_notify::NotifyState;
@@ -155,32 +156,27 @@ pub fn parse_level(log_level: &str) -> Result<EnvFilter, ConfigError> {
     EnvFilter::try_new(log_level).map_err(|e| ConfigError::invalid("log_level", format!("`{log_level}` is not a log level ({e})")))
 }
 
-/// Changes the log level of the running process (SIGHUP applies a new
-/// `log_level`). `RUST_LOG`, when set, keeps priority.
-#[derive(Clone)]
-pub struct LogHandle {
-    /// The reloadable filter layer's handle; `None` when another subscriber
-    /// was already installed (tests), so levels cannot be changed.
-    handle: Option<reload::Handle<EnvFilter, Registry>>,
-}
+/// The installed filter's reload handle, set by [`init_logging`]; lets a
+/// SIGHUP apply a new `log_level` without threading a handle through the
+/// bridge.
+static LOG_FILTER: OnceLock<reload::Handle<EnvFilter, Registry>> = OnceLock::new();
 
-impl LogHandle {
-    /// Applies a new `log_level`. The caller has validated it with
-    /// [`parse_level`] (a reload refuses the whole config otherwise).
-    pub fn set_level(&self, log_level: &str) -> Result<(), ConfigError> {
-        let filter = log_filter(log_level)?;
-        if let Some(h) = &self.handle {
-            h.reload(filter).map_err(|e| ConfigError::invalid("log_level", format!("cannot apply: {e}")))?;
-        }
-        Ok(())
+/// Applies a new `log_level` to the running process (SIGHUP). `RUST_LOG`,
+/// when set, keeps priority. Does nothing when [`init_logging`] did not
+/// install the subscriber (another one was already set, as in tests).
+pub fn set_log_level(log_level: &str) -> Result<(), ConfigError> {
+    let filter = log_filter(log_level)?;
+    if let Some(h) = LOG_FILTER.get() {
+        h.reload(filter).map_err(|e| ConfigError::invalid("log_level", format!("cannot apply: {e}")))?;
     }
+    Ok(())
 }
 
 /// Installs the process-wide tracing subscriber writing to stderr.
 /// Journal-friendly when stderr is the journal (see the module doc);
 /// otherwise timestamps, and colour only on a terminal. Safe to call twice:
 /// the second call leaves the first subscriber in place.
-pub fn init_logging(log_level: &str) -> Result<LogHandle, ConfigError> {
+pub fn init_logging(log_level: &str) -> Result<(), ConfigError> {
     let filter = log_filter(log_level)?;
     let (filter, handle) = reload::Layer::new(filter);
     let journal = stderr_is_journal();
@@ -192,7 +188,11 @@ pub fn init_logging(log_level: &str) -> Result<LogHandle, ConfigError> {
         let layer = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_ansi(std::io::stderr().is_terminal());
         registry.with(layer).try_init().is_ok()
     };
-    Ok(LogHandle { handle: installed.then_some(handle) })
+    if installed {
+        // Only the first successful install sets it; a second call is a no-op.
+        let _ = LOG_FILTER.set(handle);
+    }
+    Ok(())
 }
 
 /// The syslog priority for a tracing level, as journald reads it from a

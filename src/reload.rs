@@ -1,0 +1,361 @@
+//! SIGHUP: re-read the config file and apply it to the running bridge.
+//!
+//! Invariant: a reload either applies a config that passed every check a
+//! start would make, or changes nothing. [`prepare`] does all the fallible
+//! work first (read, parse, validate, load the lookup tables, resolve the
+//! channel token, parse the log level); only then does [`apply`] touch the
+//! running bridge, and what it does there cannot be refused half-way. An
+//! invalid file is logged with the key it is about and the running config
+//! stays in force.
+//!
+//! What a reload applies, and how it keeps records neither lost nor repeated:
+//!
+//! - `[[source]]` sections and `[enrich]` (lookup paths, masking): the
+//!   reading side restarts. The tailers stop at a batch boundary (every
+//!   batch they read has reached the fan-out), and new tailers built from
+//!   the new sections and a new enricher resume each file where the old
+//!   ones stopped *reading* ([`crate::checkpoint::Checkpointer::resume_offset`]),
+//!   not at the durable offset, so batches still in flight are not read
+//!   twice; their acknowledgements still advance the durable offset. The
+//!   sinks, the channel's clients and the upstream spool are not touched.
+//! - the channel token (`token` / `token_file`, also when only the file's
+//!   content changed): replaced in place; connections that used the old
+//!   token are closed with 1008.
+//! - `log_level`: applied at once (`RUST_LOG`, when set, keeps priority).
+//! - everything else (`state_dir`, `[file_output]`, `[upstream]`, the
+//!   channel's listener and TLS settings, `[status]`) needs new listeners,
+//!   files or clients: the change is logged as needing a restart and the
+//!   running settings stay in force (and are reported again on the next
+//!   reload until the bridge restarts).
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::config::{ChannelConfig, Config, ConfigError, Secret, SourceConfig};
+use crate::enrich::{EnrichError, Enricher};
+
+/// Why a reload was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    /// The file is unreadable or invalid; the message names the key.
+    #[error("{0}")]
+    Config(#[from] ConfigError),
+    /// A lookup table named in `enrich.lookups` cannot be loaded.
+    #[error("invalid config key `enrich.lookups`: {0}")]
+    Lookups(#[from] EnrichError),
+    /// The blocking loader thread failed.
+    #[error("reload task failed: {0}")]
+    Task(String),
+}
+
+impl ReloadError {
+    /// The config key the error is about (for the log line's `key` field).
+    pub fn key(&self) -> &str {
+        match self {
+            ReloadError::Config(ConfigError::Invalid { key, .. }) => key,
+            ReloadError::Config(_) => "(file)",
+            ReloadError::Lookups(_) => "enrich.lookups",
+            ReloadError::Task(_) => "(none)",
+        }
+    }
+}
+
+/// A new config that passed every check, with what applying it needs
+/// already built.
+pub struct Prepared {
+    /// The new config as read.
+    pub config: Config,
+    /// A new enricher, when `[enrich]` changed (its tables are loaded).
+    pub enricher: Option<Arc<Enricher>>,
+    /// The channel token (from `token` or the current content of
+    /// `token_file`), when the new config has a channel.
+    pub channel_token: Option<Secret>,
+}
+
+/// What differs between the running config and a new one.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Changes {
+    /// `[[source]]` sections changed (added, removed or edited).
+    pub sources: bool,
+    /// `[enrich]` changed (lookup paths or masking).
+    pub enrich: bool,
+    /// `log_level` changed.
+    pub log_level: bool,
+    /// Sections or keys that changed but apply only after a restart.
+    pub restart_needed: Vec<&'static str>,
+}
+
+impl Changes {
+    /// True when the reading side must restart (new sources or enricher).
+    pub fn restart_sources(&self) -> bool {
+        self.sources || self.enrich
+    }
+}
+
+/// Compares two configs section by section.
+///
+/// The config structs are compared through their `Debug` form: it covers
+/// every field, is deterministic (maps are `BTreeMap`s) and needs no
+/// `PartialEq` on types owned by other modules. Secrets print as
+/// `<redacted>`, so inline tokens are never compared here: the channel token
+/// is always resolved and handed to the channel, which ignores an unchanged
+/// one.
+pub fn diff(old: &Config, new: &Config) -> Changes {
+    fn differs<T: std::fmt::Debug>(a: &T, b: &T) -> bool {
+        format!("{a:?}") != format!("{b:?}")
+    }
+    let mut c = Changes {
+        sources: differs(&old.sources, &new.sources),
+        enrich: differs(&old.enrich, &new.enrich),
+        log_level: old.log_level != new.log_level,
+        restart_needed: Vec::new(),
+    };
+    if old.state_dir != new.state_dir {
+        c.restart_needed.push("state_dir");
+    }
+    if differs(&old.file_output, &new.file_output) {
+        c.restart_needed.push("file_output");
+    }
+    if differs(&old.upstream, &new.upstream) {
+        c.restart_needed.push("upstream");
+    }
+    if differs(&old.channel.as_ref().map(without_token), &new.channel.as_ref().map(without_token)) {
+        c.restart_needed.push("channel");
+    }
+    if differs(&old.status, &new.status) {
+        c.restart_needed.push("status");
+    }
+    c
+}
+
+/// The channel section without its token keys (those apply live).
+fn without_token(c: &ChannelConfig) -> ChannelConfig {
+    ChannelConfig { token: None, token_file: None, ..c.clone() }
+}
+
+/// Reads and checks the config at `path` against the `running` one:
+/// validation, lookup tables (when `[enrich]` changed), channel token, log
+/// level. Blocking file I/O: runs on a blocking thread.
+pub async fn prepare(path: &Path, running: &Config) -> Result<Prepared, ReloadError> {
+    let path: PathBuf = path.to_path_buf();
+    let old_enrich = format!("{:?}", running.enrich);
+    tokio::task::spawn_blocking(move || prepare_blocking(&path, &old_enrich)).await.map_err(|e| ReloadError::Task(e.to_string()))?
+}
+
+fn prepare_blocking(path: &Path, old_enrich: &str) -> Result<Prepared, ReloadError> {
+    let config = Config::load(path)?;
+    crate::service::parse_level(&config.log_level)?;
+    let enricher = if format!("{:?}", config.enrich) != old_enrich { Some(Arc::new(Enricher::from_config(&config.enrich)?)) } else { None };
+    let channel_token = config.channel.as_ref().map(ChannelConfig::token).transpose()?;
+    Ok(Prepared { config, enricher, channel_token })
+}
+
+/// The parts of a running bridge a reload changes. Implemented by
+/// [`crate::bridge::Bridge`]; tests use a recording fake.
+pub trait Reloadable {
+    /// Replaces the channel's token (no-op when unchanged or no channel).
+    fn set_channel_token(&self, token: Secret);
+
+    /// Restarts the reading side with these sources and, when given, a new
+    /// enricher: stop the tailers at a batch boundary, start new ones that
+    /// resume where the old ones stopped reading.
+    fn restart_sources(
+        &mut self,
+        sources: &[SourceConfig],
+        enricher: Option<Arc<Enricher>>,
+    ) -> impl Future<Output = anyhow::Result<()>> + Send;
+}
+
+/// Applies a prepared config to the bridge and returns the config now in
+/// effect: the new one, except the sections that need a restart, which
+/// keep their running values.
+pub async fn apply<B: Reloadable>(bridge: &mut B, running: &Config, prepared: Prepared) -> anyhow::Result<(Config, Changes)> {
+    let Prepared { config: new, enricher, channel_token } = prepared;
+    let changes = diff(running, &new);
+    if changes.log_level {
+        // Validated in `prepare`; an error here would only mean the
+        // subscriber is not ours (tests).
+        if let Err(e) = crate::service::set_log_level(&new.log_level) {
+            tracing::warn!(error = %e, "cannot apply the new log level");
+        }
+    }
+    if let Some(token) = channel_token {
+        if running.channel.is_some() {
+            bridge.set_channel_token(token);
+        }
+    }
+    if changes.restart_sources() {
+        bridge.restart_sources(&new.sources, enricher).await?;
+    }
+    for key in &changes.restart_needed {
+        tracing::warn!(
+            key = *key,
+            "config change needs a restart to apply (systemctl restart calllog-bridge); the running settings stay in force"
+        );
+    }
+    // The config in effect: live-applied parts from `new`, the rest as running.
+    let mut effective = running.clone();
+    effective.sources = new.sources;
+    effective.enrich = new.enrich;
+    effective.log_level = new.log_level;
+    if let (Some(run_ch), Some(new_ch)) = (&mut effective.channel, &new.channel) {
+        run_ch.token = new_ch.token.clone();
+        run_ch.token_file = new_ch.token_file.clone();
+    }
+    Ok((effective, changes))
+}
+
+/// Handles one SIGHUP: tells systemd a reload is under way, prepares and
+/// applies the config at `path`, logs the outcome (an error names the key)
+/// and tells systemd the bridge is ready again. Returns the config in
+/// effect afterwards (the running one when the reload was refused).
+pub async fn on_hup<B: Reloadable>(bridge: &mut B, running: Config, path: &Path) -> Config {
+    crate::service::notify_reloading();
+    tracing::info!(config = %path.display(), "reloading the configuration (SIGHUP)");
+    let effective = match prepare(path, &running).await {
+        Err(e) => {
+            tracing::error!(key = e.key(), error = %e, "reload refused: the new config is invalid; the running config stays in force");
+            running
+        }
+        Ok(prepared) => match apply(bridge, &running, prepared).await {
+            Ok((effective, changes)) => {
+                tracing::info!(
+                    sources_restarted = changes.restart_sources(),
+                    log_level_changed = changes.log_level,
+                    needs_restart = ?changes.restart_needed,
+                    "configuration reloaded"
+                );
+                effective
+            }
+            Err(e) => {
+                tracing::error!(error = %format!("{e:#}"), "reload failed while applying; the sources keep their previous settings");
+                running
+            }
+        },
+    };
+    crate::service::notify_ready(&format!("running: {} source(s)", effective.sources.len()));
+    effective
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    const BASE: &str = r#"
+state_dir = "/tmp/state"
+[[source]]
+name = "a"
+paths = ["/logs/a/*.log"]
+[file_output]
+path = "/tmp/out.ndjson"
+[channel]
+token = "t1"
+"#;
+
+    fn cfg(text: &str) -> Config {
+        Config::from_toml(text, Path::new("/etc/calllog-bridge/config.toml")).unwrap()
+    }
+
+    #[derive(Default)]
+    struct Fake {
+        /// What was called, in order.
+        calls: Mutex<Vec<String>>,
+    }
+
+    impl Reloadable for Fake {
+        fn set_channel_token(&self, token: Secret) {
+            self.calls.lock().unwrap().push(format!("token {}", token.expose()));
+        }
+        async fn restart_sources(&mut self, sources: &[SourceConfig], enricher: Option<Arc<Enricher>>) -> anyhow::Result<()> {
+            let names: Vec<_> = sources.iter().map(|s| s.name.clone().unwrap_or_default()).collect();
+            self.calls.lock().unwrap().push(format!("sources {} enricher={}", names.join(","), enricher.is_some()));
+            Ok(())
+        }
+    }
+
+    fn check(new_text: &str, want: Changes) {
+        let got = diff(&cfg(BASE), &cfg(new_text));
+        assert_eq!(got, want, "for:\n{new_text}");
+    }
+
+    #[test]
+    fn diff_names_what_changed() {
+        check(BASE, Changes::default());
+        check(&BASE.replace("/logs/a/*.log", "/logs/b/*.log"), Changes { sources: true, ..Changes::default() });
+        check(&format!("{BASE}\n[[source]]\nname = \"b\"\npaths = [\"/logs/b/*.log\"]\n"), Changes { sources: true, ..Changes::default() });
+        check(&format!("log_level = \"debug\"\n{BASE}"), Changes { log_level: true, ..Changes::default() });
+        check(&format!("{BASE}\n[enrich]\nmask_api_key_keep = 4\n"), Changes { enrich: true, ..Changes::default() });
+        // A token change applies live; a listener change needs a restart.
+        check(&BASE.replace("t1", "t2"), Changes::default());
+        check(
+            &BASE.replace("token = \"t1\"", "token = \"t1\"\nlisten = \"127.0.0.1:9999\""),
+            Changes { restart_needed: vec!["channel"], ..Changes::default() },
+        );
+        check(&BASE.replace("/tmp/out.ndjson", "/tmp/other.ndjson"), Changes { restart_needed: vec!["file_output"], ..Changes::default() });
+        check(&BASE.replace("/tmp/state", "/tmp/state2"), Changes { restart_needed: vec!["state_dir"], ..Changes::default() });
+    }
+
+    #[tokio::test]
+    async fn apply_calls_only_what_changed_and_keeps_restart_sections() {
+        let running = cfg(BASE);
+        let new_text = format!("log_level = \"debug\"\n{}", BASE.replace("t1", "t2").replace("/tmp/out.ndjson", "/tmp/other.ndjson"))
+            + "\n[[source]]\nname = \"b\"\npaths = [\"/logs/b/*.log\"]\n";
+        let new = cfg(&new_text);
+        let prepared = Prepared { channel_token: Some(Secret::new("t2")), enricher: None, config: new };
+        let mut fake = Fake::default();
+        let (effective, changes) = apply(&mut fake, &running, prepared).await.unwrap();
+        assert_eq!(*fake.calls.lock().unwrap(), vec!["token t2", "sources a,b enricher=false"]);
+        assert_eq!(changes.restart_needed, vec!["file_output"]);
+        assert!(changes.log_level);
+        assert_eq!(effective.sources.len(), 2);
+        assert_eq!(effective.log_level, "debug");
+        // The archive keeps its running path until a restart; the next
+        // reload reports it again.
+        assert_eq!(effective.file_output.as_ref().unwrap().path, Path::new("/tmp/out.ndjson"));
+        assert_eq!(effective.channel.as_ref().unwrap().token.as_deref(), Some("t2"));
+        assert_eq!(diff(&effective, &cfg(&new_text)).restart_needed, vec!["file_output"]);
+    }
+
+    #[tokio::test]
+    async fn invalid_file_is_refused_naming_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.toml");
+        let running = cfg(BASE);
+
+        std::fs::write(&path, BASE.replace("paths = [\"/logs/a/*.log\"]", "paths = []")).unwrap();
+        let e = prepare(&path, &running).await.err().unwrap();
+        assert_eq!(e.key(), "source[0].paths", "{e}");
+
+        std::fs::write(&path, format!("log_level = \"verbose\"\n{BASE}")).unwrap();
+        let e = prepare(&path, &running).await.err().unwrap();
+        assert_eq!(e.key(), "log_level", "{e}");
+
+        std::fs::write(&path, format!("{BASE}\n[enrich]\nlookups = [\"missing.csv\"]\n")).unwrap();
+        let e = prepare(&path, &running).await.err().unwrap();
+        assert_eq!(e.key(), "enrich.lookups", "{e}");
+        assert!(e.to_string().contains("missing.csv"), "{e}");
+
+        std::fs::write(&path, BASE.replace("token = \"t1\"", "token_file = \"nope.token\"")).unwrap();
+        let e = prepare(&path, &running).await.err().unwrap();
+        assert_eq!(e.key(), "channel.token_file", "{e}");
+
+        std::fs::write(&path, BASE.replace("/logs/a/*.log", "/logs/c/*.log")).unwrap();
+        let p = prepare(&path, &running).await.unwrap();
+        assert!(p.enricher.is_none(), "unchanged [enrich] must not reload tables");
+        assert_eq!(p.channel_token.unwrap().expose(), "t1");
+    }
+
+    #[tokio::test]
+    async fn refused_reload_keeps_the_running_config() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.toml");
+        std::fs::write(&path, "this is not toml [").unwrap();
+        let running = cfg(BASE);
+        let mut fake = Fake::default();
+        let effective = on_hup(&mut fake, running.clone(), &path).await;
+        assert!(fake.calls.lock().unwrap().is_empty(), "nothing may be applied from an invalid file");
+        assert_eq!(format!("{:?}", effective.sources), format!("{:?}", running.sources));
+    }
+}
