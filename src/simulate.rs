@@ -1220,9 +1220,8 @@ pub fn run(opts: &SimOptions, stop: &AtomicBool) -> Result<SimSummary, SimError>
                 ((opts.rate * elapsed) as u64 + 1).min(total)
             }
         };
-        let now = time::now_ms();
         while written < due {
-            let line = gen.next_call(now, opts.lag_ms).render(opts.format);
+            let line = gen.next_call(time::now_ms(), opts.lag_ms).render(opts.format);
             out.push_line(&line)?;
             written += 1;
             if opts.burst && written % 4096 == 0 && stop.load(Ordering::Relaxed) {

@@ -7,3 +7,5 @@ mod service;
 mod support_upstream;
 mod upstream;
 mod dashboard;
+mod enrich;
+mod simulate;
