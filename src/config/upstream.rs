@@ -96,9 +96,15 @@ pub struct UpstreamConfig {
     /// Longest retry delay.
     #[serde(default = "default_retry_max_ms")]
     pub retry_max_ms: u64,
-    /// Disk spool bound during long outages (under `state_dir`).
+    /// Disk spool bound during long outages (under `state_dir`); 0 turns
+    /// the spool off (an outage then only pauses reading).
     #[serde(default = "default_spool_max_bytes")]
     pub spool_max_bytes: u64,
+    /// How long upstream must have been failing before requests go to the
+    /// spool (and are acknowledged) instead of waiting in memory while
+    /// reading pauses.
+    #[serde(default = "default_spool_after_ms")]
+    pub spool_after_ms: u64,
     /// Poison batches (4xx other than 408/413/429) are written here;
     /// default `<state_dir>/dead-letter.ndjson`.
     #[serde(default)]
@@ -156,6 +162,9 @@ fn default_retry_max_ms() -> u64 {
 }
 fn default_spool_max_bytes() -> u64 {
     1 << 30
+}
+fn default_spool_after_ms() -> u64 {
+    30_000
 }
 fn default_shutdown_grace_ms() -> u64 {
     5_000

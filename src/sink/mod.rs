@@ -7,6 +7,7 @@
 
 pub mod channel;
 pub mod file;
+pub mod upstream;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -72,6 +73,9 @@ pub async fn start_all_with_controls(
     // Each sink module adds its start call here:
     if let Some(c) = &cfg.file_output {
         handles.push(file::start(c, ctx, fanout).await?);
+    }
+    if let Some(c) = &cfg.upstream {
+        handles.push(upstream::start(c, ctx, fanout).await?);
     }
     if let Some(c) = &cfg.channel {
         let (h, ch) = channel::start(c, ctx, fanout).await?;

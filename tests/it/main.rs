@@ -7,5 +7,8 @@ mod service;
 mod support_upstream;
 mod upstream;
 mod dashboard;
+mod channel;
 mod enrich;
 mod simulate;
+mod tail_harness;
+mod tail_cases;

@@ -1,0 +1,762 @@
+//! The upstream sink: records re-batched into HTTP requests to a central
+//! collector (NDJSON, ECLS, Elasticsearch `_bulk`, Splunk HEC), delivered at
+//! least once.
+//!
+//! Data flow: pipeline [`Batch`]es arrive on the sink's bounded queue; each
+//! record is encoded once ([`encode`]) into the request being built, which
+//! is sent when it reaches `batch_max_records` or `batch_max_bytes`, or
+//! `flush_interval_ms` after its first record. A pipeline batch may span
+//! several requests and a request may hold several pipeline batches, so each
+//! pipeline batch carries a counter of its records not yet handled; it is
+//! acknowledged (its file's checkpoint may advance) when the counter reaches
+//! zero, i.e. when every one of its records was delivered (2xx),
+//! dead-lettered, or durably spooled.
+//!
+//! Sending: at most `max_in_flight` requests at once (a semaphore permit is
+//! taken before a request is sent and held until it is handled). Failures
+//! are classified in [`http`]: retried with exponential backoff and jitter
+//! for as long as it takes (honouring `Retry-After`), split in halves on 413,
+//! dead-lettered on other 4xx ([`dead_letter`]).
+//!
+//! Backpressure and outages: while all permits are held by retrying
+//! requests, the sink stops reading its queue, the queue fills, and the
+//! tailers wait: memory stays bounded. When upstream has been failing for
+//! `spool_after_ms`, requests go to the disk spool ([`spool`]) instead and
+//! are acknowledged once fsynced, so tailers read on and checkpoints advance
+//! even while Local Edition rotates and deletes files. Spooled data is thus
+//! acknowledged: its source file may be gone, and the spool is its only
+//! copy. The spool is drained first (new requests wait) as soon as upstream
+//! answers again, with all `max_in_flight` permits. If the spool reaches
+//! `spool_max_bytes`, its oldest files are deleted with an error log line and
+//! counted in `dropped`: never silently.
+//!
+//! Shutdown: when the queue closes, what is batched is sent and the sink
+//! waits up to `shutdown_grace_ms` for requests in flight; when the grace
+//! period ends (or the bridge cancels `shutdown`), requests still pending
+//! are spooled if the spool is enabled, otherwise left unacknowledged (their
+//! records are read again after a restart).
+
+mod dead_letter;
+pub mod encode;
+pub mod http;
+mod spool;
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use self::encode::{Encoder, Units};
+use self::http::Outcome;
+use self::spool::Spool;
+use super::{SinkContext, SinkHandle};
+use crate::config::{UpstreamConfig, UpstreamFormat};
+use crate::pipeline::{Batch, Fanout};
+use crate::telemetry::SinkStats;
+use crate::time::now_ms;
+
+/// The sink's name in metrics, logs and the fan-out.
+pub const NAME: &str = "upstream";
+
+/// How often waiting loops re-check conditions that have no signal of their
+/// own (the outage clock).
+const RECHECK: Duration = Duration::from_millis(50);
+
+/// Starts the upstream sink and registers its queue on `fanout`.
+pub async fn start(cfg: &UpstreamConfig, ctx: &SinkContext, fanout: &mut Fanout) -> anyhow::Result<SinkHandle> {
+    let (tx, rx) = super::queue();
+    let up = Upstream::new(cfg, ctx).await?;
+    fanout.add(NAME, tx);
+    let task = tokio::spawn(up.run(rx));
+    Ok(SinkHandle { name: NAME, task })
+}
+
+/// The name of a format in paths and the dead-letter file.
+fn format_name(f: UpstreamFormat) -> &'static str {
+    match f {
+        UpstreamFormat::Ndjson => "ndjson",
+        UpstreamFormat::Ecls => "ecls",
+        UpstreamFormat::Elasticsearch => "elasticsearch",
+        UpstreamFormat::SplunkHec => "splunk_hec",
+    }
+}
+
+/// A pipeline batch held by the sink, with its records not yet handled.
+struct Pending {
+    /// The batch (acknowledged when `remaining` reaches zero).
+    batch: Arc<Batch>,
+    /// Key in the pending set (oldest-pending statistic).
+    id: u64,
+    /// Records of the batch not yet delivered, dead-lettered or spooled.
+    remaining: AtomicUsize,
+}
+
+/// `count` consecutive records of a request that belong to one pipeline
+/// batch.
+struct Cover {
+    /// The pipeline batch.
+    pending: Arc<Pending>,
+    /// How many of its records.
+    count: usize,
+}
+
+/// Where a request's records come from.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Origin {
+    /// Pipeline batches in memory (acknowledged when handled).
+    Memory,
+    /// A spool file (already acknowledged; deleted when handled).
+    Spool(u64),
+}
+
+/// One upstream request's records.
+struct Request {
+    /// The encoded records.
+    units: Arc<Units>,
+    /// Which pipeline batches they belong to, in order (empty for spool).
+    covers: Vec<Cover>,
+    /// Observed time of the oldest record (delivery delay).
+    observed_ms: i64,
+    /// Memory or spool.
+    origin: Origin,
+}
+
+impl Request {
+    /// Splits in halves (413), keeping the covers aligned with the records.
+    fn split(self) -> (Request, Request) {
+        let at = self.units.len() / 2;
+        let (a, b) = self.units.split_at(at);
+        let (mut ca, mut cb) = (Vec::new(), Vec::new());
+        let mut seen = 0;
+        for c in self.covers {
+            if seen >= at {
+                cb.push(c);
+            } else if seen + c.count <= at {
+                seen += c.count;
+                ca.push(c);
+            } else {
+                let head = at - seen;
+                seen += c.count;
+                ca.push(Cover { pending: c.pending.clone(), count: head });
+                cb.push(Cover { pending: c.pending, count: c.count - head });
+            }
+        }
+        let obs = |cs: &[Cover], dflt| cs.iter().map(|c| c.pending.batch.observed_ms).min().unwrap_or(dflt);
+        let (oa, ob) = (obs(&ca, self.observed_ms), obs(&cb, self.observed_ms));
+        (
+            Request { units: Arc::new(a), covers: ca, observed_ms: oa, origin: self.origin },
+            Request { units: Arc::new(b), covers: cb, observed_ms: ob, origin: self.origin },
+        )
+    }
+}
+
+/// How a request's records were handled.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Handled {
+    /// 2xx.
+    Delivered,
+    /// Written to the dead-letter file.
+    DeadLettered,
+    /// Written to the spool (still to be delivered).
+    Spooled,
+}
+
+/// The request being built.
+#[derive(Default)]
+struct Builder {
+    /// Encoded records.
+    units: Units,
+    /// Their pipeline batches.
+    covers: Vec<Cover>,
+}
+
+impl Builder {
+    fn note(&mut self, p: &Arc<Pending>) {
+        match self.covers.last_mut() {
+            Some(c) if Arc::ptr_eq(&c.pending, p) => c.count += 1,
+            _ => self.covers.push(Cover { pending: p.clone(), count: 1 }),
+        }
+    }
+
+    fn unnote(&mut self) {
+        if let Some(c) = self.covers.last_mut() {
+            c.count -= 1;
+            if c.count == 0 {
+                self.covers.pop();
+            }
+        }
+    }
+
+    fn take(&mut self) -> Option<Request> {
+        if self.units.is_empty() {
+            return None;
+        }
+        let b = std::mem::take(self);
+        let observed_ms = b.covers.iter().map(|c| c.pending.batch.observed_ms).min().unwrap_or(0);
+        Some(Request { units: Arc::new(b.units), covers: b.covers, observed_ms, origin: Origin::Memory })
+    }
+}
+
+/// State shared by the batcher, the spool drainer and the senders.
+struct Shared {
+    /// The configuration.
+    cfg: UpstreamConfig,
+    /// The HTTP client (auth, TLS, headers).
+    client: reqwest::Client,
+    /// Body encoder.
+    encoder: Encoder,
+    /// Sink statistics.
+    stats: SinkStats,
+    /// Where poison batches go.
+    dead_letter_path: PathBuf,
+    /// The disk spool; `None` when `spool_max_bytes` is 0.
+    spool: Option<Mutex<Spool>>,
+    /// Signalled when the spool gains or loses a file.
+    spool_changed: Notify,
+    /// Epoch ms since which every attempt failed; 0 = upstream healthy.
+    failing_since_ms: AtomicI64,
+    /// (observed_ms, id) of every pipeline batch held, for oldest-pending.
+    pending: Mutex<BTreeSet<(i64, u64)>>,
+    /// Next pending id.
+    next_id: AtomicU64,
+    /// `max_in_flight` permits.
+    permits: Arc<Semaphore>,
+    /// Cancelled when requests still pending must be given up (spooled when
+    /// possible).
+    abandon: CancellationToken,
+    /// Owns every sender task.
+    tracker: TaskTracker,
+}
+
+/// The upstream sink.
+pub struct Upstream {
+    /// Shared state.
+    shared: Arc<Shared>,
+    /// Shutdown and state directory.
+    ctx: SinkContext,
+}
+
+impl Upstream {
+    /// Builds the client and opens the spool (indexing what a previous run
+    /// left there; it is sent first).
+    pub async fn new(cfg: &UpstreamConfig, ctx: &SinkContext) -> anyhow::Result<Upstream> {
+        let client = http::client(cfg)?;
+        let encoder = Encoder {
+            format: cfg.format,
+            compression: cfg.compression,
+            gzip_level: cfg.gzip_level,
+            elasticsearch_index: cfg.elasticsearch_index.clone(),
+            splunk_sourcetype: cfg.splunk_sourcetype.clone(),
+        };
+        let stats = ctx.telemetry.sink(NAME);
+        let spool = if cfg.spool_max_bytes > 0 {
+            let dir = ctx.state_dir.join("upstream-spool").join(format_name(cfg.format));
+            let max = cfg.spool_max_bytes;
+            let d = dir.clone();
+            let s = tokio::task::spawn_blocking(move || Spool::open(&d, max))
+                .await?
+                .map_err(|e| anyhow::anyhow!("upstream spool {}: {e}", dir.display()))?;
+            if s.records() > 0 {
+                tracing::info!(records = s.records(), bytes = s.bytes(), dir = %dir.display(), "upstream spool holds records from a previous run; sending them first");
+                stats.enqueued(s.records());
+            }
+            Some(Mutex::new(s))
+        } else {
+            None
+        };
+        let dead_letter_path = cfg.dead_letter_file.clone().unwrap_or_else(|| ctx.state_dir.join("dead-letter.ndjson"));
+        let shared = Arc::new(Shared {
+            cfg: cfg.clone(),
+            client,
+            encoder,
+            stats,
+            dead_letter_path,
+            spool,
+            spool_changed: Notify::new(),
+            failing_since_ms: AtomicI64::new(0),
+            pending: Mutex::new(BTreeSet::new()),
+            next_id: AtomicU64::new(0),
+            permits: Arc::new(Semaphore::new(cfg.max_in_flight)),
+            abandon: CancellationToken::new(),
+            tracker: TaskTracker::new(),
+        });
+        shared.update_oldest();
+        Ok(Upstream { shared, ctx: ctx.clone() })
+    }
+
+    /// Runs until the queue closes (then flushes within the grace period) or
+    /// `shutdown` is cancelled.
+    pub async fn run(self, mut rx: mpsc::Receiver<Arc<Batch>>) -> anyhow::Result<()> {
+        let sh = self.shared.clone();
+        let shutdown = self.ctx.shutdown.clone();
+        let stop_drain = CancellationToken::new();
+        let drainer = tokio::spawn(drain(sh.clone(), stop_drain.clone()));
+        let mut b = Builder::default();
+        let mut flush_at: Option<Instant> = None;
+        let far = || Instant::now() + Duration::from_secs(86_400);
+        let mut closed = false;
+        loop {
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => break,
+                _ = tokio::time::sleep_until(flush_at.unwrap_or_else(far)), if flush_at.is_some() => {
+                    flush_at = None;
+                    if let Some(req) = b.take() {
+                        if !sh.dispatch(req, &shutdown).await {
+                            break;
+                        }
+                    }
+                }
+                msg = rx.recv() => match msg {
+                    Some(batch) => {
+                        if !sh.add(batch, &mut b, &mut flush_at, &shutdown).await {
+                            break;
+                        }
+                    }
+                    None => {
+                        closed = true;
+                        break;
+                    }
+                },
+            }
+        }
+        let grace = Duration::from_millis(sh.cfg.shutdown_grace_ms);
+        let deadline = Instant::now() + grace;
+        if closed {
+            if let Some(req) = b.take() {
+                tokio::select! {
+                    _ = sh.dispatch(req, &shutdown) => {}
+                    _ = tokio::time::sleep_until(deadline) => {}
+                }
+            }
+            stop_drain.cancel();
+            sh.tracker.close();
+            tokio::select! {
+                _ = sh.tracker.wait() => {}
+                _ = tokio::time::sleep_until(deadline) => {
+                    tracing::warn!(grace_ms = sh.cfg.shutdown_grace_ms, "upstream: shutdown grace period over with requests still pending");
+                }
+                _ = shutdown.cancelled() => {}
+            }
+        } else if let Some(req) = b.take() {
+            // Stopped mid-batch: keep it if the spool can, else it is read again.
+            if let Err(req) = sh.spool_store(req).await {
+                drop(req);
+            }
+        }
+        stop_drain.cancel();
+        sh.abandon.cancel();
+        sh.tracker.close();
+        sh.tracker.wait().await;
+        if let Err(e) = drainer.await {
+            tracing::error!(error = %e, "upstream spool drainer failed");
+        }
+        sh.update_oldest();
+        Ok(())
+    }
+}
+
+impl Shared {
+    /// True when upstream has been failing for `spool_after_ms` and the
+    /// spool is enabled: requests go to disk rather than wait in memory.
+    fn in_outage(&self) -> bool {
+        let since = self.failing_since_ms.load(Ordering::Relaxed);
+        self.spool.is_some() && since != 0 && now_ms() - since >= self.cfg.spool_after_ms as i64
+    }
+
+    fn spool_has_untaken(&self) -> bool {
+        self.spool.as_ref().is_some_and(|s| lock(s).has_untaken())
+    }
+
+    /// An attempt failed: start the outage clock.
+    fn failing(&self, reason: &str) {
+        if self.failing_since_ms.compare_exchange(0, now_ms(), Ordering::Relaxed, Ordering::Relaxed).is_ok() {
+            tracing::warn!(url = %self.cfg.url, reason, "upstream: delivery failing; retrying with backoff");
+        }
+    }
+
+    /// Upstream answered: stop the outage clock.
+    fn healthy(&self) {
+        let since = self.failing_since_ms.swap(0, Ordering::Relaxed);
+        if since != 0 {
+            tracing::info!(url = %self.cfg.url, failing_ms = now_ms() - since, "upstream: answering again");
+        }
+    }
+
+    /// Publishes the observed time of the oldest record not yet delivered.
+    fn update_oldest(&self) {
+        let mem = lock(&self.pending).first().map(|&(o, _)| o);
+        let spooled = self.spool.as_ref().and_then(|s| lock(s).oldest_observed_ms());
+        let oldest = match (mem, spooled) {
+            (Some(a), Some(b)) => a.min(b),
+            (a, b) => a.or(b).unwrap_or(0),
+        };
+        self.stats.set_oldest_pending(oldest);
+    }
+
+    /// Takes one pipeline batch into the request being built, sending
+    /// requests as they fill. False when shutdown interrupted it.
+    async fn add(
+        self: &Arc<Self>,
+        batch: Arc<Batch>,
+        b: &mut Builder,
+        flush_at: &mut Option<Instant>,
+        shutdown: &CancellationToken,
+    ) -> bool {
+        let n = batch.records.len();
+        self.stats.enqueued(n);
+        if n == 0 {
+            batch.ack();
+            return true;
+        }
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        lock(&self.pending).insert((batch.observed_ms, id));
+        self.update_oldest();
+        let p = Arc::new(Pending { batch, id, remaining: AtomicUsize::new(n) });
+        let (max_records, max_bytes) = (self.cfg.batch_max_records, self.cfg.batch_max_bytes);
+        for r in &p.batch.records {
+            if b.units.is_empty() {
+                *flush_at = Some(Instant::now() + Duration::from_millis(self.cfg.flush_interval_ms));
+            }
+            self.encoder.push(r, &mut b.units);
+            b.note(&p);
+            let size = |u: &Units| u.buf.len() + self.encoder.framing_bytes(u.len());
+            if b.units.len() > 1 && size(&b.units) > max_bytes {
+                // This record overflows the request: send the others, and
+                // start the next request with it.
+                b.units.pop();
+                b.unnote();
+                if let Some(req) = b.take() {
+                    if !self.dispatch(req, shutdown).await {
+                        return false;
+                    }
+                }
+                *flush_at = Some(Instant::now() + Duration::from_millis(self.cfg.flush_interval_ms));
+                self.encoder.push(r, &mut b.units);
+                b.note(&p);
+            }
+            if b.units.len() >= max_records || size(&b.units) >= max_bytes {
+                *flush_at = None;
+                if let Some(req) = b.take() {
+                    if !self.dispatch(req, shutdown).await {
+                        return false;
+                    }
+                }
+            }
+        }
+        true
+    }
+
+    /// Hands a built request to a sender (waiting for a permit: this is the
+    /// backpressure) or, during an outage, to the spool. Waits while spooled
+    /// files are waiting, so the backlog goes first. False on shutdown.
+    async fn dispatch(self: &Arc<Self>, mut req: Request, shutdown: &CancellationToken) -> bool {
+        loop {
+            if self.in_outage() {
+                match self.spool_store(req).await {
+                    Ok(()) => return true,
+                    Err(r) => req = r,
+                }
+            } else if !self.spool_has_untaken() {
+                tokio::select! {
+                    p = self.permits.clone().acquire_owned() => {
+                        let Ok(permit) = p else { return false };
+                        let sh = self.clone();
+                        self.tracker.spawn(async move { sh.deliver(req, permit).await });
+                        return true;
+                    }
+                    _ = shutdown.cancelled() => return false,
+                    _ = tokio::time::sleep(RECHECK) => {}
+                }
+                continue;
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return false,
+                _ = self.spool_changed.notified() => {}
+                _ = tokio::time::sleep(RECHECK) => {}
+            }
+        }
+    }
+
+    /// Sends one request until all its records are handled (splitting on
+    /// 413), or until `abandon` (then spooled if possible, else dropped
+    /// unacknowledged).
+    async fn deliver(self: Arc<Self>, req: Request, _permit: OwnedSemaphorePermit) {
+        let origin = req.origin;
+        let mut stack = vec![req];
+        'requests: while let Some(mut r) = stack.pop() {
+            let mut attempt: u32 = 0;
+            let units = r.units.clone();
+            let enc = self.encoder.clone();
+            let body = match tokio::task::spawn_blocking(move || enc.body(&units)).await {
+                Ok(b) => bytes::Bytes::from(b),
+                Err(e) => {
+                    tracing::error!(error = %e, "upstream: encoding a request failed");
+                    return self.give_up(r, stack).await;
+                }
+            };
+            loop {
+                let outcome = tokio::select! {
+                    o = http::attempt(&self.client, &self.cfg.url, self.encoder.content_type(), self.encoder.content_encoding(), body.clone()) => o,
+                    _ = self.abandon.cancelled() => {
+                        stack.push(r);
+                        return self.give_up_all(stack).await;
+                    }
+                };
+                match outcome {
+                    Outcome::Delivered => {
+                        self.healthy();
+                        self.complete(r, Handled::Delivered);
+                        continue 'requests;
+                    }
+                    Outcome::TooLarge if r.units.len() > 1 => {
+                        self.healthy();
+                        tracing::warn!(
+                            records = r.units.len(),
+                            bytes = body.len(),
+                            "upstream: 413 payload too large; splitting the request"
+                        );
+                        let (a, b) = r.split();
+                        stack.push(b);
+                        stack.push(a);
+                        continue 'requests;
+                    }
+                    Outcome::TooLarge => {
+                        self.healthy();
+                        self.poison(r, 413, "413 Payload Too Large for a single record").await;
+                        continue 'requests;
+                    }
+                    Outcome::Poison { status, body } => {
+                        self.healthy();
+                        self.poison(r, status, &body).await;
+                        continue 'requests;
+                    }
+                    Outcome::Retry { reason, after } => {
+                        self.stats.retried();
+                        self.failing(&reason);
+                        if attempt == 0 || attempt.is_power_of_two() {
+                            tracing::warn!(url = %self.cfg.url, reason = %reason, attempt = attempt + 1, records = r.units.len(), "upstream: attempt failed; will retry");
+                        }
+                        if r.origin == Origin::Memory && self.in_outage() {
+                            match self.spool_store(r).await {
+                                Ok(()) => continue 'requests,
+                                Err(back) => r = back,
+                            }
+                        }
+                        let delay = after.unwrap_or_else(|| http::backoff(attempt, self.cfg.retry_initial_ms, self.cfg.retry_max_ms));
+                        attempt = attempt.saturating_add(1);
+                        tokio::select! {
+                            _ = tokio::time::sleep(delay) => {}
+                            _ = self.abandon.cancelled() => {
+                                stack.push(r);
+                                return self.give_up_all(stack).await;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        if let Origin::Spool(seq) = origin {
+            self.spool_delete(seq).await;
+        }
+    }
+
+    /// Gives up one request and the rest of its stack.
+    async fn give_up(&self, r: Request, mut stack: Vec<Request>) {
+        stack.push(r);
+        self.give_up_all(stack).await
+    }
+
+    /// Gives up pending requests at shutdown: memory requests are spooled
+    /// when possible (else left unacknowledged, read again after restart);
+    /// a spool file stays on disk for the next run.
+    async fn give_up_all(&self, stack: Vec<Request>) {
+        for r in stack {
+            match r.origin {
+                Origin::Memory => {
+                    let _ = self.spool_store(r).await;
+                }
+                Origin::Spool(seq) => {
+                    if let Some(s) = &self.spool {
+                        lock(s).release(seq);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Writes a poison request to the dead-letter file (retrying on disk
+    /// errors until it is written or the sink is abandoned).
+    async fn poison(&self, r: Request, status: u16, response: &str) {
+        tracing::error!(
+            url = %self.cfg.url, status, records = r.units.len(),
+            response = %response.chars().take(200).collect::<String>(),
+            file = %self.dead_letter_path.display(),
+            "upstream: batch rejected; written to the dead-letter file"
+        );
+        let mut attempt = 0;
+        loop {
+            let (path, url, units, resp) = (self.dead_letter_path.clone(), self.cfg.url.clone(), r.units.clone(), response.to_string());
+            let fmt = format_name(self.cfg.format);
+            let res = tokio::task::spawn_blocking(move || dead_letter::append(&path, &url, fmt, status, &resp, &units)).await;
+            match res {
+                Ok(Ok(())) => {
+                    self.complete(r, Handled::DeadLettered);
+                    return;
+                }
+                Ok(Err(e)) => {
+                    tracing::error!(file = %self.dead_letter_path.display(), error = %e, "upstream: cannot write the dead-letter file")
+                }
+                Err(e) => tracing::error!(error = %e, "upstream: dead-letter task failed"),
+            }
+            let delay = http::backoff(attempt, self.cfg.retry_initial_ms, self.cfg.retry_max_ms);
+            attempt += 1;
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = self.abandon.cancelled() => return,
+            }
+        }
+    }
+
+    /// Records how a request's records were handled and acknowledges the
+    /// pipeline batches that are now complete.
+    fn complete(&self, r: Request, how: Handled) {
+        let n = r.units.len();
+        match how {
+            Handled::Delivered => self.stats.delivered(n, r.observed_ms, now_ms()),
+            Handled::DeadLettered => self.stats.dead_lettered(n),
+            Handled::Spooled => {}
+        }
+        let mut done = Vec::new();
+        for c in r.covers {
+            if c.pending.remaining.fetch_sub(c.count, Ordering::AcqRel) == c.count {
+                done.push(c.pending);
+            }
+        }
+        if !done.is_empty() {
+            let mut set = lock(&self.pending);
+            for p in &done {
+                set.remove(&(p.batch.observed_ms, p.id));
+            }
+        }
+        for p in done {
+            p.batch.ack();
+        }
+        self.update_oldest();
+    }
+
+    /// Writes a memory request to the spool and acknowledges its records.
+    /// Gives the request back when the spool is disabled, full of files
+    /// being sent, or failing.
+    async fn spool_store(&self, r: Request) -> Result<(), Request> {
+        let Some(spool) = &self.spool else { return Err(r) };
+        let need = spool::file_size_estimate(&r.units);
+        let (seq, path, evicted) = {
+            let mut s = lock(spool);
+            let ev = s.make_room(need);
+            if !s.fits(need) {
+                drop(s);
+                self.report_evicted(&ev);
+                return Err(r);
+            }
+            let (seq, path) = s.reserve();
+            (seq, path, ev)
+        };
+        self.report_evicted(&evicted);
+        let (units, obs, p) = (r.units.clone(), r.observed_ms, path.clone());
+        match tokio::task::spawn_blocking(move || spool::write_file(&p, &units, obs)).await {
+            Ok(Ok(size)) => {
+                lock(spool).add(seq, size, r.units.len(), r.observed_ms);
+                tracing::debug!(seq, records = r.units.len(), "upstream: request spooled");
+                self.complete(r, Handled::Spooled);
+                self.spool_changed.notify_waiters();
+                Ok(())
+            }
+            Ok(Err(e)) => {
+                tracing::error!(file = %path.display(), error = %e, "upstream: cannot write to the spool; keeping the request in memory");
+                let _ = std::fs::remove_file(path.with_extension("tmp"));
+                Err(r)
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "upstream: spool task failed");
+                Err(r)
+            }
+        }
+    }
+
+    /// Logs and counts spool files deleted to make room.
+    fn report_evicted(&self, ev: &spool::Evicted) {
+        if ev.files > 0 {
+            tracing::error!(
+                files = ev.files,
+                records = ev.records,
+                spool_max_bytes = self.cfg.spool_max_bytes,
+                "upstream: spool full; DROPPED the oldest spooled records to make room (upstream has been unreachable too long)"
+            );
+            self.stats.dropped(ev.records);
+        }
+    }
+
+    /// Deletes a delivered spool file.
+    async fn spool_delete(&self, seq: u64) {
+        let Some(spool) = &self.spool else { return };
+        let path = lock(spool).remove(seq);
+        if let Err(e) = tokio::task::spawn_blocking(move || std::fs::remove_file(path)).await {
+            tracing::error!(error = %e, "upstream: spool delete task failed");
+        }
+        self.update_oldest();
+        self.spool_changed.notify_waiters();
+    }
+}
+
+/// The spool drainer: hands spooled files, oldest first, to senders as
+/// permits allow, until `stop`.
+async fn drain(sh: Arc<Shared>, stop: CancellationToken) {
+    let Some(spool) = &sh.spool else { return };
+    loop {
+        if !lock(spool).has_untaken() {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = sh.spool_changed.notified() => {}
+                _ = tokio::time::sleep(RECHECK * 4) => {}
+            }
+            continue;
+        }
+        let permit = tokio::select! {
+            _ = stop.cancelled() => return,
+            p = sh.permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
+        };
+        let Some((entry, path)) = lock(spool).take_oldest() else { continue };
+        let p = path.clone();
+        match tokio::task::spawn_blocking(move || spool::read_file(&p)).await {
+            Ok(Ok((units, observed_ms))) => {
+                let req = Request { units: Arc::new(units), covers: Vec::new(), observed_ms, origin: Origin::Spool(entry.seq) };
+                let s = sh.clone();
+                sh.tracker.spawn(async move { s.deliver(req, permit).await });
+            }
+            Ok(Err(e)) => {
+                tracing::error!(
+                    file = %path.display(), records = entry.records, error = %e,
+                    "upstream: spool file is damaged; DROPPED its records"
+                );
+                sh.stats.dropped(entry.records);
+                sh.spool_delete(entry.seq).await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "upstream: spool read task failed");
+                lock(spool).release(entry.seq);
+            }
+        }
+    }
+}
+
+/// Locks a mutex, recovering from poisoning (the data are plain indexes).
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}

@@ -1,0 +1,505 @@
+//! The upstream sink against a real HTTP collector on 127.0.0.1:0
+//! (`support_upstream`): component tests construct the sink in-process,
+//! feed it pipeline batches through a `Fanout`, and check what the collector
+//! received and which batches were acknowledged.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use calllog_bridge::config::UpstreamConfig;
+use calllog_bridge::pipeline::{Batch, Fanout};
+use calllog_bridge::record::{Field, Record};
+use calllog_bridge::sink::upstream;
+use calllog_bridge::sink::{SinkContext, SinkHandle};
+use calllog_bridge::telemetry::{SinkStats, Telemetry};
+use tokio_util::sync::CancellationToken;
+
+use crate::support_upstream::{documents, Collector, Fault, Format};
+
+/// A sink under test with its fan-out and acknowledgement log.
+struct Harness {
+    /// Sends batches to the sink.
+    fanout: Option<Fanout>,
+    /// The sink task.
+    handle: Option<SinkHandle>,
+    /// Ids of acknowledged pipeline batches, in ack order.
+    acked: Arc<Mutex<Vec<usize>>>,
+    /// Batches sent so far.
+    sent: usize,
+    /// The sink's statistics.
+    stats: SinkStats,
+    /// Cancelled to stop the sink at once.
+    shutdown: CancellationToken,
+}
+
+/// An upstream config with short test timings; `extra` (TOML) overrides.
+fn config(url: &str, extra: &str) -> UpstreamConfig {
+    let defaults = [
+        ("retry_initial_ms", "10"),
+        ("retry_max_ms", "80"),
+        ("flush_interval_ms", "20"),
+        ("request_timeout_ms", "2000"),
+        ("shutdown_grace_ms", "2000"),
+    ];
+    let mut text = format!("url = \"{url}\"\n");
+    for (k, v) in defaults {
+        if !extra.lines().any(|l| l.split('=').next().map(str::trim) == Some(k)) {
+            text.push_str(&format!("{k} = {v}\n"));
+        }
+    }
+    text.push_str(extra);
+    toml::from_str(&text).expect("upstream config")
+}
+
+fn record(i: usize) -> Record<'static> {
+    let mut r = Record::new_ml();
+    r.set(Field::RequestUuid, format!("u-{i:06}"));
+    r.set(Field::ApiKey, "k3y");
+    r.set(Field::Bytes, "113");
+    r.set(Field::HttpStatusCode, "200");
+    r.set(Field::Uri, format!("/v1/store/{i}?q=\"x\""));
+    r.set_request_time_ms(1_555_711_003_068 + i as i64);
+    r.stamp_observed(1_555_711_021_034 + i as i64);
+    r
+}
+
+impl Harness {
+    async fn start(cfg: &UpstreamConfig, state_dir: &std::path::Path) -> Harness {
+        let telemetry = Telemetry::new();
+        let shutdown = CancellationToken::new();
+        let ctx = SinkContext { state_dir: state_dir.to_path_buf(), shutdown: shutdown.clone(), telemetry: telemetry.clone() };
+        let mut fanout = Fanout::new();
+        let handle = upstream::start(cfg, &ctx, &mut fanout).await.expect("start upstream sink");
+        Harness {
+            fanout: Some(fanout),
+            handle: Some(handle),
+            acked: Arc::new(Mutex::new(Vec::new())),
+            sent: 0,
+            stats: telemetry.sink(upstream::NAME),
+            shutdown,
+        }
+    }
+
+    /// Sends records `range` as pipeline batches of `per_batch`.
+    async fn send(&mut self, range: std::ops::Range<usize>, per_batch: usize) {
+        let ids: Vec<usize> = range.collect();
+        for chunk in ids.chunks(per_batch) {
+            let id = self.sent;
+            self.sent += 1;
+            let acked = self.acked.clone();
+            let b = Batch::new(
+                "f.log".into(),
+                chunk.iter().map(|&i| record(i)).collect(),
+                calllog_bridge::time::now_ms(),
+                Some(Box::new(move || acked.lock().unwrap().push(id))),
+            );
+            self.fanout.as_ref().unwrap().send(b).await.expect("sink running");
+        }
+    }
+
+    fn acked(&self) -> usize {
+        self.acked.lock().unwrap().len()
+    }
+
+    async fn wait_acked(&self, n: usize, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while self.acked() < n {
+            assert!(Instant::now() < deadline, "timed out: {} of {n} batches acknowledged", self.acked());
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Closes the queue and waits for the sink to end.
+    async fn close(&mut self) {
+        self.fanout = None;
+        let h = self.handle.take().unwrap();
+        tokio::time::timeout(Duration::from_secs(20), h.task).await.expect("sink ends").expect("join").expect("sink result");
+    }
+}
+
+async fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+fn expect_all(c: &Collector, n: usize) {
+    let got = c.delivered_set();
+    let missing: Vec<String> = (0..n).map(|i| format!("u-{i:06}")).filter(|u| !got.contains(u)).collect();
+    assert!(missing.is_empty(), "{} records never arrived, e.g. {:?}", missing.len(), &missing[..missing.len().min(5)]);
+}
+
+#[tokio::test]
+async fn ndjson_gzip_with_auth_and_headers_delivers_everything() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = Collector::start(Format::Ndjson);
+    let cfg = config(&c.url("/ingest"), "bearer_token = \"s3cret\"\nbatch_max_records = 50\n[headers]\nX-Tenant = \"acme\"\n");
+    let mut h = Harness::start(&cfg, dir.path()).await;
+    h.send(0..1000, 37).await;
+    h.wait_acked(h.sent, Duration::from_secs(20)).await;
+    expect_all(&c, 1000);
+    let rx = c.received();
+    for r in &rx {
+        assert_eq!(r.path, "/ingest");
+        assert_eq!(r.headers.get("content-encoding").map(String::as_str), Some("gzip"));
+        assert_eq!(r.headers.get("content-type").map(String::as_str), Some("application/x-ndjson"));
+        assert_eq!(r.headers.get("authorization").map(String::as_str), Some("Bearer s3cret"));
+        assert_eq!(r.headers.get("x-tenant").map(String::as_str), Some("acme"));
+        assert!(documents(Format::Ndjson, &r.body).len() <= 50);
+    }
+    let doc = &documents(Format::Ndjson, &rx[0].body)[0];
+    assert_eq!(doc["bytes"], 113);
+    assert_eq!(doc["request_time"], "2019-04-19T21:56:43Z");
+    assert_eq!(h.stats.delivered_records.load(Ordering::Relaxed), 1000);
+    assert_eq!(h.stats.queued_records.load(Ordering::Relaxed), 0);
+    assert_eq!(h.stats.oldest_pending_observed_ms.load(Ordering::Relaxed), 0);
+    h.close().await;
+}
+
+#[tokio::test]
+async fn basic_auth_and_uncompressed_bodies() {
+    let dir = tempfile::tempdir().unwrap();
+    let pw = dir.path().join("pw");
+    std::fs::write(&pw, "pa:ss\n").unwrap();
+    let c = Collector::start(Format::Ndjson);
+    let cfg =
+        config(&c.url("/"), &format!("compression = \"none\"\nbasic_user = \"bridge\"\nbasic_password_file = \"{}\"\n", pw.display()));
+    let mut h = Harness::start(&cfg, dir.path()).await;
+    h.send(0..10, 10).await;
+    h.wait_acked(1, Duration::from_secs(10)).await;
+    let r = &c.received()[0];
+    assert!(!r.headers.contains_key("content-encoding"));
+    // base64("bridge:pa:ss")
+    assert_eq!(r.headers.get("authorization").map(String::as_str), Some("Basic YnJpZGdlOnBhOnNz"));
+    expect_all(&c, 10);
+    h.close().await;
+}
+
+#[tokio::test]
+async fn retries_through_503_429_resets_timeouts_without_loss() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = Collector::start(Format::Ndjson);
+    c.script([
+        Fault::Status(503, "unavailable".into()),
+        Fault::RetryAfter("1".into()),
+        Fault::Reset,
+        Fault::Slow(Duration::from_millis(1500)),
+        Fault::Status(500, "oops".into()),
+        Fault::Status(408, "".into()),
+        Fault::Reset,
+        Fault::Status(502, "".into()),
+    ]);
+    let cfg = config(&c.url("/"), "request_timeout_ms = 400\nbatch_max_records = 100\nmax_in_flight = 2\n");
+    let mut h = Harness::start(&cfg, dir.path()).await;
+    h.send(0..500, 20).await;
+    h.wait_acked(h.sent, Duration::from_secs(30)).await;
+    expect_all(&c, 500);
+    assert!(h.stats.retries.load(Ordering::Relaxed) >= 8, "retries = {}", h.stats.retries.load(Ordering::Relaxed));
+    assert_eq!(h.stats.delivered_records.load(Ordering::Relaxed), 500);
+    // Retry-After: 1 was honoured: the 429's request was not retried sooner.
+    let rx = c.received();
+    let i = rx.iter().position(|r| r.status == 429).unwrap();
+    let first = documents(Format::Ndjson, &rx[i].body)[0]["request_uuid"].clone();
+    let again = rx[i + 1..]
+        .iter()
+        .find(|r| documents(Format::Ndjson, &r.body).first().map(|d| d["request_uuid"].clone()) == Some(first.clone()))
+        .unwrap();
+    assert!(again.at - rx[i].at >= Duration::from_millis(950), "retried after {:?}", again.at - rx[i].at);
+    h.close().await;
+}
+
+#[tokio::test]
+async fn too_large_splits_in_halves() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = Collector::start(Format::Ndjson);
+    c.set_max_records(7);
+    let cfg = config(&c.url("/"), "batch_max_records = 64\n");
+    let mut h = Harness::start(&cfg, dir.path()).await;
+    h.send(0..300, 50).await;
+    h.wait_acked(h.sent, Duration::from_secs(20)).await;
+    expect_all(&c, 300);
+    let rx = c.received();
+    assert!(rx.iter().any(|r| r.status == 413));
+    assert!(rx.iter().filter(|r| r.status == 200).all(|r| documents(Format::Ndjson, &r.body).len() <= 7));
+    assert_eq!(c.delivered_uuids().len(), 300, "split halves are not sent twice");
+    assert_eq!(h.stats.dead_lettered_records.load(Ordering::Relaxed), 0);
+    h.close().await;
+}
+
+#[tokio::test]
+async fn a_single_record_still_too_large_is_dead_lettered() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = Collector::start(Format::Ndjson);
+    c.script([Fault::Status(413, "".into()), Fault::Status(413, "".into()), Fault::Status(413, "".into())]);
+    let cfg = config(&c.url("/"), "batch_max_records = 2\n");
+    let mut h = Harness::start(&cfg, dir.path()).await;
+    h.send(0..2, 2).await;
+    h.wait_acked(1, Duration::from_secs(10)).await;
+    // [u0,u1] -> 413, [u0] -> 413 (poison), [u1] -> 413 (poison).
+    assert_eq!(h.stats.dead_lettered_records.load(Ordering::Relaxed), 2);
+    let dl = std::fs::read_to_string(dir.path().join("dead-letter.ndjson")).unwrap();
+    assert_eq!(dl.lines().count(), 2);
+    assert!(dl.lines().all(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["status"] == 413));
+    h.close().await;
+}
+
+#[tokio::test]
+async fn poison_batch_goes_to_the_dead_letter_file_and_the_stream_moves_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let dl_path = dir.path().join("dl/poison.ndjson");
+    let c = Collector::start(Format::Ndjson);
+    c.set_poison("u-000017");
+    let cfg = config(&c.url("/"), &format!("batch_max_records = 10\nmax_in_flight = 1\ndead_letter_file = \"{}\"\n", dl_path.display()));
+    let mut h = Harness::start(&cfg, dir.path()).await;
+    h.send(0..100, 10).await;
+    h.wait_acked(h.sent, Duration::from_secs(20)).await;
+    let got = c.delivered_set();
+    for i in 0..100 {
+        let u = format!("u-{i:06}");
+        assert_eq!(got.contains(&u), !(10..20).contains(&i), "{u}");
+    }
+    let dl = std::fs::read_to_string(&dl_path).unwrap();
+    let lines: Vec<serde_json::Value> = dl.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 1);
+    assert_eq!(lines[0]["status"], 400);
+    assert!(lines[0]["response"].as_str().unwrap().contains("mapper_parsing_exception"));
+    let ids: Vec<&str> = lines[0]["records"].as_array().unwrap().iter().map(|r| r["request_uuid"].as_str().unwrap()).collect();
+    assert_eq!(ids, (10..20).map(|i| format!("u-{i:06}")).collect::<Vec<_>>());
+    assert_eq!(h.stats.dead_lettered_records.load(Ordering::Relaxed), 10);
+    assert_eq!(h.stats.delivered_records.load(Ordering::Relaxed), 90);
+    h.close().await;
+}
+
+#[tokio::test]
+async fn elasticsearch_bulk_bodies_pair_actions_and_documents() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = Collector::start(Format::Bulk);
+    let cfg = config(&c.url("/_bulk"), "format = \"elasticsearch\"\nelasticsearch_index = \"calllogs\"\n");
+    let mut h = Harness::start(&cfg, dir.path()).await;
+    h.send(0..120, 40).await;
+    h.wait_acked(h.sent, Duration::from_secs(10)).await;
+    expect_all(&c, 120);
+    for r in c.received() {
+        assert_eq!(r.headers.get("content-type").map(String::as_str), Some("application/x-ndjson"));
+        assert_eq!(r.headers.get("content-encoding").map(String::as_str), Some("gzip"));
+        let text = String::from_utf8(r.body.clone()).unwrap();
+        for (i, line) in text.lines().enumerate() {
+            let v: serde_json::Value = serde_json::from_str(line).unwrap();
+            if i % 2 == 0 {
+                assert_eq!(v["index"]["_index"], "calllogs");
+                assert!(v["index"]["_id"].as_str().unwrap().starts_with("u-"));
+            }
+        }
+    }
+    h.close().await;
+}
+
+#[tokio::test]
+async fn splunk_hec_events_carry_time_and_sourcetype() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = Collector::start(Format::Hec);
+    let cfg =
+        config(&c.url("/services/collector/event"), "format = \"splunk_hec\"\nsplunk_sourcetype = \"calllog\"\ncompression = \"none\"\n");
+    let mut h = Harness::start(&cfg, dir.path()).await;
+    h.send(0..30, 30).await;
+    h.wait_acked(1, Duration::from_secs(10)).await;
+    expect_all(&c, 30);
+    let r = &c.received()[0];
+    assert_eq!(r.headers.get("content-type").map(String::as_str), Some("application/json"));
+    let text = std::str::from_utf8(&r.body).unwrap();
+    let events: Vec<serde_json::Value> = serde_json::Deserializer::from_str(text).into_iter().map(Result::unwrap).collect();
+    assert_eq!(events.len(), 30);
+    for (i, e) in events.iter().enumerate() {
+        assert_eq!(e["sourcetype"], "calllog");
+        let want = (1_555_711_003_068 + i as i64) as f64 / 1000.0;
+        assert!((e["time"].as_f64().unwrap() - want).abs() < 1e-6, "{e}");
+        assert_eq!(e["event"]["request_uuid"], format!("u-{i:06}"));
+    }
+    h.close().await;
+}
+
+#[tokio::test]
+async fn ecls_bodies_are_data_arrays_of_strings() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = Collector::start(Format::Ecls);
+    let cfg = config(&c.url("/"), "format = \"ecls\"\nbatch_max_records = 25\n");
+    let mut h = Harness::start(&cfg, dir.path()).await;
+    h.send(0..100, 100).await;
+    h.wait_acked(1, Duration::from_secs(10)).await;
+    expect_all(&c, 100);
+    for r in c.received() {
+        assert_eq!(r.headers.get("content-type").map(String::as_str), Some("application/json"));
+        let docs = documents(Format::Ecls, &r.body);
+        assert_eq!(docs.len(), 25);
+        assert_eq!(docs[0]["bytes"], "113");
+        assert_eq!(docs[0]["log_type"], "ML");
+    }
+    h.close().await;
+}
+
+#[tokio::test]
+async fn byte_limit_bounds_requests() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = Collector::start(Format::Ndjson);
+    let cfg = config(&c.url("/"), "batch_max_bytes = 4096\ncompression = \"none\"\n");
+    let mut h = Harness::start(&cfg, dir.path()).await;
+    h.send(0..200, 50).await;
+    h.wait_acked(h.sent, Duration::from_secs(10)).await;
+    expect_all(&c, 200);
+    assert!(c.received().len() > 10);
+    assert!(c.received().iter().all(|r| r.body.len() <= 4096), "a request exceeded batch_max_bytes");
+    h.close().await;
+}
+
+#[tokio::test]
+async fn outage_without_spool_pauses_reading_then_delivers_everything() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = Collector::start(Format::Ndjson);
+    c.set_down(true);
+    let cfg = config(&c.url("/"), "spool_max_bytes = 0\nbatch_max_records = 10\nmax_in_flight = 2\n");
+    let mut h = Harness::start(&cfg, dir.path()).await;
+    // Bounded memory: the queue fills and `send` waits.
+    let mut blocked = false;
+    for i in 0..200 {
+        let fut = h.send(i * 10..(i + 1) * 10, 10);
+        if tokio::time::timeout(Duration::from_millis(500), fut).await.is_err() {
+            blocked = true;
+            break;
+        }
+    }
+    assert!(blocked, "the sink kept taking batches while upstream was down");
+    assert_eq!(h.acked(), 0);
+    let sent_records = (h.sent - 1) * 10; // the last send was cut short
+    c.set_down(false);
+    wait_for("everything sent so far to arrive", Duration::from_secs(20), || {
+        let got = c.delivered_set();
+        (0..sent_records).all(|i| got.contains(&format!("u-{i:06}")))
+    })
+    .await;
+    assert!(h.stats.retries.load(Ordering::Relaxed) > 0);
+    h.close().await;
+}
+
+#[tokio::test]
+async fn long_outage_spools_acknowledges_and_drains_after_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = Collector::start(Format::Ndjson);
+    c.set_down(true);
+    let cfg = config(&c.url("/"), "spool_after_ms = 200\nbatch_max_records = 50\nmax_in_flight = 2\n");
+    let mut h = Harness::start(&cfg, dir.path()).await;
+    h.send(0..2000, 100).await;
+    // While upstream is down every batch is acknowledged: durably spooled.
+    h.wait_acked(h.sent, Duration::from_secs(20)).await;
+    assert_eq!(c.delivered_uuids().len(), 0);
+    let spool = dir.path().join("upstream-spool/ndjson");
+    let files = std::fs::read_dir(&spool).unwrap().count();
+    assert!(files >= 30, "{files} spool files");
+    assert_eq!(h.stats.queued_records.load(Ordering::Relaxed), 2000, "spooled records are still pending delivery");
+    assert!(h.stats.oldest_pending_observed_ms.load(Ordering::Relaxed) > 0);
+    // Stop while still down; a new sink on the same state dir drains the spool.
+    h.close().await;
+    c.set_down(false);
+    let mut h2 = Harness::start(&cfg, dir.path()).await;
+    wait_for("the spool to drain", Duration::from_secs(20), || c.delivered_set().len() == 2000).await;
+    expect_all(&c, 2000);
+    wait_for("spool files to be deleted", Duration::from_secs(5), || std::fs::read_dir(&spool).unwrap().count() == 0).await;
+    assert_eq!(h2.stats.delivered_records.load(Ordering::Relaxed), 2000);
+    // New data flows after the backlog.
+    h2.send(2000..2100, 50).await;
+    h2.wait_acked(2, Duration::from_secs(10)).await;
+    expect_all(&c, 2100);
+    h2.close().await;
+}
+
+#[tokio::test]
+async fn full_spool_drops_the_oldest_and_counts_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = Collector::start(Format::Ndjson);
+    c.set_down(true);
+    // About 30 KB per 50-record request: room for a handful.
+    let cfg = config(&c.url("/"), "spool_after_ms = 100\nspool_max_bytes = 150000\nbatch_max_records = 50\nmax_in_flight = 1\n");
+    let mut h = Harness::start(&cfg, dir.path()).await;
+    h.send(0..2000, 100).await;
+    h.wait_acked(h.sent, Duration::from_secs(20)).await;
+    let dropped = h.stats.dropped_records.load(Ordering::Relaxed) as usize;
+    assert!(dropped >= 1000, "dropped {dropped}");
+    c.set_down(false);
+    wait_for("the surviving spool to drain", Duration::from_secs(20), || h.stats.queued_records.load(Ordering::Relaxed) == 0).await;
+    let got = c.delivered_set();
+    assert_eq!(got.len() + dropped, 2000, "every record is either delivered or counted as dropped");
+    // The newest records survive.
+    assert!(got.contains("u-001999"));
+    h.close().await;
+}
+
+#[tokio::test]
+async fn shutdown_flushes_what_is_batched_within_the_grace_period() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = Collector::start(Format::Ndjson);
+    // A long flush interval: only shutdown sends this batch.
+    let cfg = config(&c.url("/"), "flush_interval_ms = 600000\nbatch_max_records = 1000\n");
+    let mut h = Harness::start(&cfg, dir.path()).await;
+    h.send(0..10, 10).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(c.received().len(), 0);
+    h.close().await;
+    assert_eq!(h.acked(), 1);
+    expect_all(&c, 10);
+}
+
+#[tokio::test]
+async fn shutdown_gives_up_after_the_grace_period_without_acknowledging() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = Collector::start(Format::Ndjson);
+    c.set_down(true);
+    let cfg = config(&c.url("/"), "spool_max_bytes = 0\nshutdown_grace_ms = 300\n");
+    let mut h = Harness::start(&cfg, dir.path()).await;
+    h.send(0..10, 5).await;
+    let t = Instant::now();
+    h.close().await;
+    assert!(t.elapsed() < Duration::from_secs(3), "took {:?}", t.elapsed());
+    assert_eq!(h.acked(), 0, "undelivered batches must not be acknowledged");
+}
+
+#[tokio::test]
+async fn cancelled_shutdown_spools_pending_requests() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = Collector::start(Format::Ndjson);
+    c.set_down(true);
+    let cfg = config(&c.url("/"), "spool_after_ms = 600000\n");
+    let mut h = Harness::start(&cfg, dir.path()).await;
+    h.send(0..10, 5).await;
+    wait_for("a failed attempt", Duration::from_secs(5), || h.stats.retries.load(Ordering::Relaxed) > 0).await;
+    h.shutdown.cancel();
+    h.close().await;
+    assert_eq!(h.acked(), 2, "pending requests are spooled (and so acknowledged) at shutdown");
+    c.set_down(false);
+    let mut h2 = Harness::start(&cfg, dir.path()).await;
+    wait_for("the spool to drain", Duration::from_secs(10), || c.delivered_set().len() == 10).await;
+    h2.close().await;
+}
+
+#[tokio::test]
+async fn empty_batches_are_acknowledged_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = Collector::start(Format::Ndjson);
+    let cfg = config(&c.url("/"), "");
+    let mut h = Harness::start(&cfg, dir.path()).await;
+    let acked = Arc::new(AtomicUsize::new(0));
+    let a = acked.clone();
+    let b = Batch::new(
+        "f".into(),
+        vec![],
+        0,
+        Some(Box::new(move || {
+            a.fetch_add(1, Ordering::SeqCst);
+        })),
+    );
+    h.fanout.as_ref().unwrap().send(b).await.unwrap();
+    wait_for("ack", Duration::from_secs(5), || acked.load(Ordering::SeqCst) == 1).await;
+    assert_eq!(c.received().len(), 0);
+    h.close().await;
+}
