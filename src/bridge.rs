@@ -229,10 +229,19 @@ async fn lookup_reloader(enricher: Arc<Enricher>, stop: CancellationToken) {
 pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
     let telemetry = Telemetry::new();
     let stop_status = CancellationToken::new();
+    // A status port already in use must not stop the records: the bridge
+    // runs on without /status and says so loudly.
     let status = if cfg.status.enabled {
-        let srv = crate::telemetry::server::start(&cfg.status, telemetry.clone(), stop_status.clone()).await?;
-        tracing::info!(addr = %srv.addr, "status listener: /metrics, /status, /healthz, /readyz");
-        Some(srv)
+        match crate::telemetry::server::start(&cfg.status, telemetry.clone(), stop_status.clone()).await {
+            Ok(srv) => {
+                tracing::info!(addr = %srv.addr, "status listener: /metrics, /status, /healthz, /readyz");
+                Some(srv)
+            }
+            Err(e) => {
+                tracing::error!(error = %format!("{e:#}"), "status listener NOT running; records still flow");
+                None
+            }
+        }
     } else {
         None
     };
