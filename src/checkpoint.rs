@@ -160,6 +160,22 @@ impl Checkpointer {
         self.lock().entries.get(&fp).map(|e| e.offset)
     }
 
+    /// Where a reader of the file should start: the end of the last batch
+    /// registered (read and handed to the sinks, perhaps not yet
+    /// acknowledged), or the durable offset when nothing is in flight.
+    /// Equal to [`Checkpointer::offset`] at start-up; after a reload
+    /// restarts the tailers it keeps batches still in flight from being
+    /// read twice (their acknowledgements still advance the durable offset).
+    pub fn resume_offset(&self, fp: Fingerprint) -> Option<u64> {
+        let st = self.lock();
+        let durable = st.entries.get(&fp).map(|e| e.offset);
+        let in_flight = st.trackers.get(&fp).and_then(|t| t.in_flight.back()).map(|&(_, end, _)| end);
+        match (durable, in_flight) {
+            (Some(d), Some(f)) => Some(d.max(f)),
+            (d, f) => d.or(f),
+        }
+    }
+
     /// Notes that a scan saw the file (keeps its entry from being pruned).
     /// Creates an entry at offset 0 for a file seen for the first time.
     pub fn seen(&self, fp: Fingerprint, path: &str, dev: u64, ino: u64, now_ms: i64) {
@@ -309,6 +325,22 @@ mod tests {
 
     fn fp(n: u64) -> Fingerprint {
         Fingerprint(n)
+    }
+
+    #[test]
+    fn resume_offset_is_past_batches_in_flight() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = Checkpointer::load(dir.path()).unwrap();
+        assert_eq!(c.resume_offset(fp(1)), None);
+        c.seen(fp(1), "/a", 1, 2, 0);
+        assert_eq!(c.resume_offset(fp(1)), Some(0));
+        let t1 = c.register(fp(1), 10);
+        let t2 = c.register(fp(1), 20);
+        assert_eq!((c.offset(fp(1)), c.resume_offset(fp(1))), (Some(0), Some(20)));
+        c.ack(t1);
+        assert_eq!((c.offset(fp(1)), c.resume_offset(fp(1))), (Some(10), Some(20)));
+        c.ack(t2);
+        assert_eq!((c.offset(fp(1)), c.resume_offset(fp(1))), (Some(20), Some(20)));
     }
 
     #[test]

@@ -370,7 +370,9 @@ impl Tailer {
         t.deferred = false;
         let gz = crate::watch::is_gz(&t.path);
         let path_str: Arc<str> = t.path.to_string_lossy().into();
-        let offset = match (info.offset, self.shared.checkpoints.offset(fp)) {
+        // resume_offset, not offset: after a reload restarted the tailers,
+        // batches still in flight must not be read again.
+        let offset = match (info.offset, self.shared.checkpoints.resume_offset(fp)) {
             (Some(o), c) => o.max(c.unwrap_or(0)),
             (None, Some(c)) => c,
             (None, None) => {
