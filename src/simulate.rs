@@ -873,8 +873,8 @@ impl SimCall {
     ///   for a call without key;
     /// - `le-json`: raw lines: every name, `plan_uuid`, `package_uuid` and
     ///   organization field empty;
-    /// - `ecle-csv`, `ecls`: like `le6` with `api_key` = `unknown`, and
-    ///   `request_time_ms` whole seconds (the ISO `request_time` they carry).
+    /// - `ecle-csv`, `ecls`: like `le6` with `api_key` = `unknown`;
+    ///   `request_time_ms` keeps the milliseconds of the `request_id` epoch.
     pub fn expected(&self, format: Format) -> Record<'static> {
         let json = format == Format::LeJson;
         let secs = |ms: u32| if json { secs_json(ms) } else { secs3(ms) };
@@ -921,10 +921,7 @@ impl SimCall {
             };
             set(f, v.to_string());
         }
-        match format {
-            Format::EcleCsv | Format::Ecls => r.set_request_time_ms(self.request_ms.div_euclid(1000) * 1000),
-            _ => r.set_request_time_ms(self.request_ms),
-        }
+        r.set_request_time_ms(self.request_ms);
         r
     }
 }
@@ -1415,6 +1412,28 @@ mod tests {
         let s = e.stats();
         for k in TableKind::ALL {
             assert_eq!(s.table(k).misses, 0, "{k}");
+        }
+    }
+
+    /// Every rendered line parses (with the crate's parsers) to exactly the
+    /// record `expected` promises, in every format.
+    #[test]
+    fn rendered_lines_parse_to_the_expected_record() {
+        use crate::parse::{LineKind, LineParser};
+        for f in [Format::Le6, Format::Le5Csv, Format::LeJson, Format::EcleCsv, Format::Ecls] {
+            let mut g = Generator::new(21);
+            let mut p = LineParser::new(f, 1 << 20);
+            if f == Format::Le5Csv {
+                assert_eq!(p.parse_line(le5_csv_header().as_bytes(), &mut Vec::new()).unwrap(), LineKind::Header);
+            }
+            for _ in 0..2000 {
+                let c = g.next_call(1_700_000_000_123, 250);
+                let line = c.render(f);
+                let mut out = Vec::new();
+                let kind = p.parse_line(line.as_bytes(), &mut out).unwrap_or_else(|e| panic!("{f}: {e}: {line}"));
+                assert_eq!(kind, LineKind::Records(1), "{f}: {line}");
+                assert_eq!(out[0], c.expected(f), "{f}: {line}");
+            }
         }
     }
 }
