@@ -24,6 +24,7 @@ pub mod checkpoint;
 pub mod cli;
 pub mod cmd;
 pub mod config;
+pub mod demo;
 pub mod enrich;
 pub mod parse;
 pub mod pipeline;
