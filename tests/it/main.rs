@@ -12,3 +12,5 @@ mod enrich;
 mod simulate;
 mod tail_harness;
 mod tail_cases;
+mod lag;
+mod status;

@@ -1,0 +1,291 @@
+//! The status listener: `/metrics` parsed with a real Prometheus
+//! text-format parser (prometheus-parse), `/status` fields, `/healthz` and
+//! `/readyz`, first against an in-process server, then end to end: the
+//! real bridge follows `simulate --lag-ms X` traffic and every record,
+//! `/metrics`, `/status` and `lag` report a sync delay of about X.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::time::Duration;
+
+use calllog_bridge::config::StatusConfig;
+use prometheus_parse::{Scrape, Value};
+
+use crate::lag::{fixture, get, InProcess};
+use crate::support;
+
+/// How long the end-to-end test waits for anything.
+const DEADLINE: Duration = Duration::from_secs(30);
+
+fn scrape(text: &str) -> Scrape {
+    Scrape::parse(text.lines().map(|l| Ok(l.to_string()))).expect("valid Prometheus text format")
+}
+
+/// The value of the sample `name` whose labels include `labels`.
+fn sample<'a>(s: &'a Scrape, name: &str, labels: &[(&str, &str)]) -> Option<&'a Value> {
+    s.samples.iter().find(|x| x.metric == name && labels.iter().all(|(k, v)| x.labels.get(k) == Some(*v))).map(|x| &x.value)
+}
+
+fn num(v: Option<&Value>) -> f64 {
+    match v {
+        Some(Value::Counter(x)) | Some(Value::Gauge(x)) | Some(Value::Untyped(x)) => *x,
+        other => panic!("not a number: {other:?}"),
+    }
+}
+
+/// `(le, cumulative count)` of a histogram sample.
+fn buckets(v: Option<&Value>) -> Vec<(f64, f64)> {
+    match v {
+        Some(Value::Histogram(h)) => h.iter().map(|b| (b.less_than, b.count)).collect(),
+        other => panic!("not a histogram: {other:?}"),
+    }
+}
+
+#[test]
+fn metrics_parse_and_aggregate_without_file_labels() {
+    let srv = InProcess::start(fixture(), StatusConfig::default());
+    let (code, text) = srv.get("/metrics");
+    assert_eq!(code, 200);
+    assert!(!text.contains("file=\""), "per-file labels are off by default:\n{text}");
+    let m = scrape(&text);
+    assert_eq!(num(sample(&m, "calllog_bridge_records_total", &[])), 16.0);
+    assert_eq!(num(sample(&m, "calllog_bridge_negative_delays_total", &[])), 1.0);
+    assert_eq!(num(sample(&m, "calllog_bridge_bytes_behind", &[])), 1_572_864.0);
+    assert_eq!(num(sample(&m, "calllog_bridge_files", &[("state", "stalled")])), 1.0);
+    assert_eq!(num(sample(&m, "calllog_bridge_files", &[("state", "idle")])), 1.0);
+    assert_eq!(num(sample(&m, "calllog_bridge_queue_depth", &[("sink", "upstream")])), 4.0);
+    assert!(num(sample(&m, "calllog_bridge_oldest_undelivered_age_seconds", &[("sink", "upstream")])) >= 20.0);
+    assert_eq!(num(sample(&m, "calllog_bridge_ready", &[])), 1.0);
+    // The window covers files that are not idle: a's 45 s, not b's 12 min.
+    assert_eq!(num(sample(&m, "calllog_bridge_sync_delay_window_seconds", &[("stat", "max")])), 45.0);
+    // The histogram since start has every record, b's included; the
+    // negative delay is in the first bucket.
+    let h = buckets(sample(&m, "calllog_bridge_sync_delay_seconds", &[]));
+    let at = |le: f64| h.iter().find(|b| b.0 == le).map(|b| b.1).unwrap();
+    assert_eq!(at(0.005), 1.0);
+    assert_eq!(at(60.0), 11.0);
+    assert_eq!(at(300.0), 11.0);
+    // b's delay is exactly 10 minutes: bucket bounds are inclusive.
+    assert_eq!(at(600.0), 16.0);
+    assert_eq!(at(f64::INFINITY), 16.0);
+}
+
+#[test]
+fn metrics_label_files_when_asked() {
+    let srv = InProcess::start(fixture(), StatusConfig { per_file_metrics: true, ..StatusConfig::default() });
+    let m = scrape(&srv.get("/metrics").1);
+    assert_eq!(num(sample(&m, "calllog_bridge_records_total", &[("file", "/le/a.log")])), 11.0);
+    assert_eq!(num(sample(&m, "calllog_bridge_bytes_behind", &[("file", "/le/c.log")])), 1_572_864.0);
+    assert_eq!(buckets(sample(&m, "calllog_bridge_sync_delay_seconds", &[("file", "/le/b.log")])).last().unwrap().1, 5.0);
+    assert!(sample(&m, "calllog_bridge_sync_delay_window_seconds", &[("file", "/le/b.log")]).is_none(), "idle: no current delay");
+}
+
+#[test]
+fn health_readiness_and_status_fields() {
+    let tel = fixture();
+    tel.set_ready(false);
+    let srv = InProcess::start(tel, StatusConfig::default());
+    assert_eq!(srv.get("/healthz").0, 200);
+    assert_eq!(srv.get("/readyz").0, 503);
+    srv.telemetry.set_ready(true);
+    assert_eq!(srv.get("/readyz").0, 200);
+    let (code, body) = srv.get("/status");
+    assert_eq!(code, 200);
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["version"], env!("CARGO_PKG_VERSION"));
+    assert!(v["uptime_secs"].as_f64().unwrap() >= 0.0);
+    assert_eq!(v["ready"], true);
+    let a = v["files"].as_array().unwrap().iter().find(|f| f["path"] == "/le/a.log").unwrap().clone();
+    for key in [
+        "state",
+        "size_bytes",
+        "offset_bytes",
+        "bytes_behind",
+        "records",
+        "rejects",
+        "negative_delays",
+        "watermark",
+        "watermark_ms",
+        "last_read_ms",
+        "last_read_age_ms",
+        "sync_delay_ms",
+    ] {
+        assert!(a.get(key).is_some(), "files[].{key} missing: {a}");
+    }
+    for key in ["p50", "p95", "max", "min", "samples"] {
+        assert!(a["sync_delay_ms"].get(key).is_some(), "sync_delay_ms.{key}");
+    }
+    let k = &v["sinks"][0];
+    for key in [
+        "name",
+        "queue_depth",
+        "oldest_undelivered_age_ms",
+        "delivered_records",
+        "retries",
+        "dropped_records",
+        "dead_lettered_records",
+        "delivery_delay_ms",
+    ] {
+        assert!(k.get(key).is_some(), "sinks[].{key} missing: {k}");
+    }
+    assert_eq!(v["totals"]["files_by_state"]["stalled"], 1);
+    assert_eq!(v["totals"]["max_sync_delay_ms"], 45_000);
+}
+
+/// A bridge run over a scratch directory, stopped (SIGTERM) on drop.
+struct Bridge {
+    /// Keeps the directory alive.
+    dir: tempfile::TempDir,
+    /// The running bridge.
+    child: Option<Child>,
+}
+
+impl Bridge {
+    fn start() -> Bridge {
+        let dir = tempfile::tempdir().unwrap();
+        let p = |s: &str| dir.path().join(s).to_string_lossy().into_owned();
+        std::fs::create_dir_all(dir.path().join("logs")).unwrap();
+        let config = format!(
+            "state_dir = {state:?}\nlog_level = \"info\"\n\n[[source]]\npaths = [{glob:?}]\nformat = \"le6\"\nread_from = \"beginning\"\n\n\
+             [file_output]\npath = {out:?}\nfsync_interval_ms = 20\n\n[status]\nlisten = \"127.0.0.1:0\"\n",
+            state = p("state"),
+            glob = p("logs/*.log"),
+            out = p("out/out.ndjson"),
+        );
+        std::fs::write(dir.path().join("bridge.toml"), config).unwrap();
+        let log = std::fs::File::create(dir.path().join("bridge.log")).unwrap();
+        let child = support::cmd()
+            .args(["run", "--config"])
+            .arg(dir.path().join("bridge.toml"))
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        Bridge { dir, child: Some(child) }
+    }
+
+    fn path(&self, s: &str) -> PathBuf {
+        self.dir.path().join(s)
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.path("bridge.log")).unwrap_or_default()
+    }
+
+    /// The status URL, once the bridge wrote `status.addr`.
+    fn url(&self) -> String {
+        let f = self.path("state/status.addr");
+        let addr = support::poll_until(DEADLINE, "state/status.addr", || {
+            std::fs::read_to_string(&f).ok().map(|s| s.trim().to_string()).filter(|s| !s.is_empty())
+        });
+        format!("http://{addr}")
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            std::process::Command::new("kill").args(["-TERM", &c.id().to_string()]).status().unwrap();
+            let st = support::poll_until(DEADLINE, "bridge to exit", || c.try_wait().unwrap());
+            assert!(st.success(), "bridge exited with {st}:\n{}", self.log());
+        }
+    }
+}
+
+impl Drop for Bridge {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn ndjson(p: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(p).unwrap_or_default().lines().filter(|l| !l.is_empty()).map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+#[test]
+fn end_to_end_simulated_lag_is_reported_everywhere() {
+    const LAG_MS: i64 = 3000;
+    // The simulator stamps request_time when it renders a line and writes
+    // it at once; the bridge reads it within milliseconds (inotify). Allow
+    // for write pacing and a loaded machine.
+    const TOLERANCE_MS: i64 = 250;
+    let mut bridge = Bridge::start();
+    let url = bridge.url();
+    support::poll_until(DEADLINE, "/readyz 200", || (get(&format!("{url}/readyz")).0 == 200).then_some(()));
+
+    let out = support::cmd()
+        .args(["simulate", "--format", "le6", "--rate", "40", "--duration", "2", "--seed", "7", "--lag-ms", &LAG_MS.to_string(), "--dir"])
+        .arg(bridge.path("logs"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "simulate: {}", String::from_utf8_lossy(&out.stderr));
+    let lines = std::fs::read_to_string(bridge.path("logs/access.log")).unwrap().lines().count();
+    assert!(lines >= 40, "simulate wrote {lines} lines");
+
+    // Per record: every archived record carries ingestion_time and a
+    // sync_delay_ms of about X.
+    let out_file = bridge.path("out/out.ndjson");
+    let records = support::poll_until(DEADLINE, "every record in the archive", || {
+        let r = ndjson(&out_file);
+        (r.len() >= lines).then_some(r)
+    });
+    assert_eq!(records.len(), lines);
+    for r in &records {
+        assert!(r["ingestion_time"].is_string(), "{r}");
+        let d = r["sync_delay_ms"].as_i64().unwrap_or_else(|| panic!("no sync_delay_ms: {r}"));
+        assert!((d - LAG_MS).abs() <= TOLERANCE_MS, "sync_delay_ms {d} not within {TOLERANCE_MS} ms of {LAG_MS}: {r}");
+    }
+
+    // /status: the file, its state and its windowed delay.
+    let (code, body) = get(&format!("{url}/status"));
+    assert_eq!(code, 200);
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let f = &v["files"].as_array().unwrap().iter().find(|f| f["path"].as_str().unwrap().ends_with("access.log")).expect("the file").clone();
+    assert_eq!(f["records"], lines as u64);
+    assert_eq!(f["bytes_behind"], 0);
+    assert_eq!(f["state"], "caught-up", "{f}");
+    for k in ["p50", "p95", "max"] {
+        let d = f["sync_delay_ms"][k].as_i64().unwrap();
+        assert!((d - LAG_MS).abs() <= TOLERANCE_MS, "/status sync_delay_ms.{k} = {d}");
+    }
+    assert_eq!(f["negative_delays"], 0);
+    let sinks: HashMap<String, serde_json::Value> =
+        v["sinks"].as_array().unwrap().iter().map(|s| (s["name"].as_str().unwrap().to_string(), s.clone())).collect();
+    let file_sink = sinks.values().next().expect("a sink in /status");
+    assert_eq!(file_sink["delivered_records"], lines as u64, "{file_sink}");
+
+    // /metrics: counters, the histogram (all records in the 2.5-5 s bucket)
+    // and the window gauges.
+    let (code, text) = get(&format!("{url}/metrics"));
+    assert_eq!(code, 200);
+    let m = scrape(&text);
+    assert_eq!(num(sample(&m, "calllog_bridge_records_total", &[])), lines as f64);
+    let h = buckets(sample(&m, "calllog_bridge_sync_delay_seconds", &[]));
+    let at = |le: f64| h.iter().find(|b| b.0 == le).map(|b| b.1).unwrap();
+    assert_eq!((at(2.5), at(5.0), at(f64::INFINITY)), (0.0, lines as f64, lines as f64), "{h:?}");
+    let p50 = num(sample(&m, "calllog_bridge_sync_delay_window_seconds", &[("stat", "p50")]));
+    assert!((p50 * 1000.0 - LAG_MS as f64).abs() <= TOLERANCE_MS as f64, "p50 {p50}");
+    assert_eq!(num(sample(&m, "calllog_bridge_ready", &[])), 1.0);
+
+    // lag, reading the bound address through --config.
+    let cfg = bridge.path("bridge.toml");
+    let out = support::cmd().args(["lag", "--config"]).arg(&cfg).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(out.status.code(), Some(0), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    let row = stdout.lines().find(|l| l.contains("access.log")).unwrap_or_else(|| panic!("no file row:\n{stdout}"));
+    assert!(row.contains("caught-up") && (row.contains("2.") || row.contains("3.")), "{row}");
+    let out = support::cmd().args(["lag", "--max-lag", "1s", "--config"]).arg(&cfg).output().unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = support::cmd().args(["lag", "--max-lag", "1m", "--config"]).arg(&cfg).output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+
+    // Stopped: lag says so.
+    bridge.stop();
+    let out = support::cmd().args(["lag", "--config"]).arg(&cfg).output().unwrap();
+    assert_eq!(out.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("bridge is not running (no answer at http://127.0.0.1:"));
+}
