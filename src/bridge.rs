@@ -102,7 +102,7 @@ impl Bridge {
             background.push(tokio::spawn(lookup_reloader(enricher.clone(), stop_background.clone())));
         }
 
-        let rejects: Option<crate::tail::reader::RejectSink> = None;
+        let rejects = rejects_file(&state_dir).await?;
         let mut sources = Vec::new();
         for (i, s) in cfg.sources.iter().enumerate() {
             let name = s.name.clone().unwrap_or_else(|| format!("source{i}"));
@@ -181,6 +181,27 @@ impl Bridge {
         tracing::info!("stopped; checkpoints written");
         Ok(())
     }
+}
+
+/// Name of the rejects file inside `state_dir`.
+pub const REJECTS_FILE: &str = "rejects.ndjson";
+
+/// Opens `<state_dir>/rejects.ndjson` for appending; lines that do not
+/// parse are written there (file, line, offset, reason, raw line).
+async fn rejects_file(state_dir: &std::path::Path) -> anyhow::Result<Option<crate::tail::reader::RejectSink>> {
+    let path = state_dir.join(REJECTS_FILE);
+    let p = path.clone();
+    let file = tokio::task::spawn_blocking(move || std::fs::OpenOptions::new().create(true).append(true).open(&p))
+        .await?
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    let writer = std::sync::Mutex::new(crate::rejects::RejectsWriter::new(file));
+    let sink: crate::tail::reader::RejectSink = Arc::new(move |entry: &crate::rejects::RejectEntry<'_>| {
+        let mut w = writer.lock().unwrap_or_else(|e| e.into_inner());
+        if let Err(e) = w.write(entry) {
+            tracing::warn!(error = %e, file = %path.display(), "cannot write to the rejects file");
+        }
+    });
+    Ok(Some(sink))
 }
 
 /// Writes changed checkpoints every [`CHECKPOINT_INTERVAL`].

@@ -60,13 +60,28 @@ impl Archive {
         Ok(Archive { path: cfg.path.clone(), file, size, rotate_bytes: cfg.rotate_bytes, keep_files: cfg.keep_files })
     }
 
-    /// Appends bytes, rotating first when the file is full.
-    fn write(&mut self, bytes: &[u8]) -> std::io::Result<()> {
-        if self.rotate_bytes > 0 && self.size > 0 && self.size + bytes.len() as u64 > self.rotate_bytes {
-            self.rotate()?;
+    /// Appends whole lines, rotating whenever the file would pass
+    /// `rotate_bytes` (a line never straddles two files).
+    fn write(&mut self, mut bytes: &[u8]) -> std::io::Result<()> {
+        while !bytes.is_empty() {
+            let room = if self.rotate_bytes == 0 { u64::MAX } else { self.rotate_bytes.saturating_sub(self.size) };
+            let take = if bytes.len() as u64 <= room {
+                bytes.len()
+            } else {
+                match memchr::memrchr(b'\n', &bytes[..room as usize]) {
+                    Some(i) => i + 1,
+                    None if self.size == 0 => memchr::memchr(b'\n', bytes).map_or(bytes.len(), |i| i + 1),
+                    None => 0,
+                }
+            };
+            if take == 0 {
+                self.rotate()?;
+                continue;
+            }
+            self.file.write_all(&bytes[..take])?;
+            self.size += take as u64;
+            bytes = &bytes[take..];
         }
-        self.file.write_all(bytes)?;
-        self.size += bytes.len() as u64;
         Ok(())
     }
 

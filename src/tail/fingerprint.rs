@@ -147,7 +147,11 @@ mod tests {
 
     #[test]
     fn crlf_and_blank_lines() {
-        assert_eq!(p("\n\nabc1\r\n"), p("abc1\n"));
+        let fp = |s: &str| match p(s) {
+            Probe::Ready { fp, .. } => fp,
+            Probe::NotYet => panic!("not ready"),
+        };
+        assert_eq!(fp("\n\nabc1\r\n"), fp("abc1\n"));
     }
 
     #[test]

@@ -109,8 +109,8 @@ pub struct Shared {
     pub rejects: Option<RejectSink>,
 }
 
-/// Receives rejected lines: file, offset, why, and the line itself.
-pub type RejectSink = Arc<dyn Fn(&str, u64, &Reject, &str) + Send + Sync>;
+/// Receives rejected lines (called on the blocking pool).
+pub type RejectSink = Arc<dyn Fn(&crate::rejects::RejectEntry<'_>) + Send + Sync>;
 
 /// One file to read.
 pub struct Spec {
@@ -148,6 +148,9 @@ struct State {
     max_line_bytes: usize,
     /// Reusable read buffer.
     buf: Vec<u8>,
+    /// Lines seen so far (line numbers are known only when reading started
+    /// at offset 0).
+    lines: Option<u64>,
 }
 
 /// A line that did not parse, with where it came from.
@@ -156,8 +159,11 @@ pub struct Rejected {
     pub offset: u64,
     /// Why.
     pub reject: Reject,
-    /// The line (lossy UTF-8, for the rejects file).
-    pub line: String,
+    /// 1-based line number, when the reader started at the file's start
+    /// (0 = unknown).
+    pub line_no: u64,
+    /// The line (its first [`crate::rejects::DEFAULT_MAX_RAW_BYTES`]).
+    pub raw: Vec<u8>,
 }
 
 /// One chunk's outcome.
@@ -258,6 +264,14 @@ impl State {
                 self.carry = line;
             }
             line_off += line_len as u64;
+            if let Some(n) = &mut self.lines {
+                *n += 1;
+                if let Some(r) = rejects.last_mut() {
+                    if r.line_no == 0 && r.offset == line_off - line_len as u64 {
+                        r.line_no = *n;
+                    }
+                }
+            }
         }
         records.extend(out.drain(..).map(Record::into_owned));
         // The partial last line.
@@ -270,7 +284,8 @@ impl State {
                         crate::parse::RejectReason::TooLong,
                         format!("line longer than max_line_bytes {}", self.max_line_bytes),
                     ),
-                    line: String::from_utf8_lossy(&self.carry[..256]).into_owned(),
+                    line_no: 0,
+                    raw: self.carry[..256].to_vec(),
                 });
                 self.skipping = true;
                 self.carry.clear();
@@ -351,8 +366,8 @@ fn parse_one<'a>(
         Ok(LineKind::Header | LineKind::Blank) => {}
         Err(reject) => {
             out.truncate(first);
-            let shown = &line[..line.len().min(4096)];
-            rejects.push(Rejected { offset, reject, line: String::from_utf8_lossy(shown).into_owned() });
+            let shown = &line[..line.len().min(crate::rejects::DEFAULT_MAX_RAW_BYTES)];
+            rejects.push(Rejected { offset, reject, line_no: 0, raw: shown.to_vec() });
         }
     }
 }
@@ -383,6 +398,7 @@ pub async fn run(spec: Spec, shared: Shared, ctl: Arc<Control>, stats: FileStats
         enricher: shared.enricher.clone(),
         max_line_bytes: shared.max_line_bytes,
         buf: Vec::new(),
+        lines: (spec.offset == 0).then_some(0),
         file: spec.file,
     };
     let done = |offset, size, exit| Finished { key, fp, offset, size, exit };
@@ -419,8 +435,23 @@ pub async fn run(spec: Spec, shared: Shared, ctl: Arc<Control>, stats: FileStats
         }
         let gone = ctl.gone.load(Ordering::Acquire) || ctl.rotated.load(Ordering::Acquire);
         let flush_partial = st.gz.is_some() || (gone && !ctl.superseded.load(Ordering::Acquire));
+        let sink = shared.rejects.clone();
+        let p = path.clone();
         let res = tokio::task::spawn_blocking(move || {
             let r = st.read_chunk(flush_partial);
+            if let (Ok(c), Some(sink)) = (&r, sink) {
+                for rj in &c.rejects {
+                    sink(&crate::rejects::RejectEntry {
+                        file: &p,
+                        line: rj.line_no,
+                        offset: rj.offset,
+                        reason: rj.reject.reason,
+                        detail: &rj.reject.detail,
+                        raw: &rj.raw,
+                        observed_ms: Some(c.observed_ms),
+                    });
+                }
+            }
             (st, r)
         })
         .await;
@@ -453,9 +484,6 @@ pub async fn run(spec: Spec, shared: Shared, ctl: Arc<Control>, stats: FileStats
         for r in &chunk.rejects {
             stats.rejected();
             tracing::warn!(file = %path, offset = r.offset, reason = %r.reject.reason, detail = %r.reject.detail, "rejected line");
-            if let Some(w) = &shared.rejects {
-                w(&path, r.offset, &r.reject, &r.line);
-            }
         }
         if chunk.offset > last_sent || chunk.partial {
             last_sent = chunk.offset;

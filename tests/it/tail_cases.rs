@@ -1,0 +1,278 @@
+//! The file cases that break other tailers, one test each, against the
+//! real binary: every written record must come out of the `[file_output]`
+//! archive exactly once (checked by `request_uuid`).
+
+use std::fs;
+use std::io::Write;
+
+use crate::tail_harness::{gzip, lines, uuids, Env};
+
+#[test]
+fn rename_rotation_finishes_the_old_file_then_the_new_one() {
+    let mut env = Env::new("access*.log*", "");
+    env.start();
+    let a = uuids("a", 200);
+    env.append("access.log", &lines(&a));
+    env.wait_any();
+    fs::rename(env.path("access.log"), env.path("access.log.1")).unwrap();
+    // The writer still holds the old file for a moment.
+    let late = uuids("late", 20);
+    env.append("access.log.1", &lines(&late));
+    let b = uuids("b", 100);
+    env.append("access.log", &lines(&b));
+    env.expect_exactly(&[a, late, b].concat());
+    env.stop();
+}
+
+#[test]
+fn rename_rotation_out_of_the_globs_reads_the_old_file_to_its_end() {
+    let mut env = Env::new("access.log", "");
+    env.start();
+    let a = uuids("a", 100);
+    env.append("access.log", &lines(&a));
+    env.wait_any();
+    fs::rename(env.path("access.log"), env.path("access.log.1")).unwrap();
+    let late = uuids("late", 30);
+    env.append("access.log.1", &lines(&late));
+    let b = uuids("b", 50);
+    env.append("access.log", &lines(&b));
+    env.expect_exactly(&[a, late, b].concat());
+    env.stop();
+}
+
+#[test]
+fn copytruncate_restarts_at_the_new_content() {
+    let mut env = Env::new("access*.log*", "");
+    env.start();
+    let a = uuids("a", 200);
+    env.append("access.log", &lines(&a));
+    env.wait_for(&a);
+    // Lines written just before the copy may not have been read yet.
+    let b = uuids("b", 50);
+    env.append("access.log", &lines(&b));
+    fs::copy(env.path("access.log"), env.path("access.log.1")).unwrap();
+    fs::OpenOptions::new().write(true).open(env.path("access.log")).unwrap().set_len(0).unwrap();
+    let c = uuids("c", 30);
+    env.append("access.log", &lines(&c));
+    env.expect_exactly(&[a, b, c].concat());
+    env.stop();
+}
+
+#[test]
+fn copytruncate_without_a_matching_copy_reads_the_new_content_once() {
+    let mut env = Env::new("access.log", "");
+    env.start();
+    let a = uuids("a", 100);
+    env.append("access.log", &lines(&a));
+    env.wait_for(&a);
+    fs::OpenOptions::new().write(true).open(env.path("access.log")).unwrap().set_len(0).unwrap();
+    // Fewer bytes than before: the file shrinks below the offset.
+    let c = uuids("c", 10);
+    env.append("access.log", &lines(&c));
+    env.expect_exactly(&[a, c].concat());
+    env.stop();
+}
+
+#[test]
+fn rsync_style_replace_continues_from_the_offset() {
+    let mut env = Env::new("access.log", "");
+    env.start();
+    let a = uuids("a", 150);
+    env.append("access.log", &lines(&a));
+    env.wait_for(&a);
+    // A sync tool writes the whole file to a temp name and renames it over.
+    let b = uuids("b", 80);
+    let tmp = env.path(".access.log.tmp");
+    fs::write(&tmp, lines(&a) + &lines(&b)).unwrap();
+    fs::rename(&tmp, env.path("access.log")).unwrap();
+    env.expect_exactly(&[a.clone(), b.clone()].concat());
+    // And again, with a half line synced the first time.
+    let c = uuids("c", 40);
+    let full = lines(&a) + &lines(&b) + &lines(&c);
+    let half = &full[..full.len() - 20];
+    fs::write(&tmp, half).unwrap();
+    fs::rename(&tmp, env.path("access.log")).unwrap();
+    fs::write(&tmp, &full).unwrap();
+    fs::rename(&tmp, env.path("access.log")).unwrap();
+    env.expect_exactly(&[a, b, c].concat());
+    env.stop();
+}
+
+#[test]
+fn rotated_file_compressed_later_is_not_read_twice() {
+    let mut env = Env::new("access*.log*", "");
+    env.start();
+    let a = uuids("a", 300);
+    env.append("access.log", &lines(&a));
+    env.wait_for(&a);
+    fs::rename(env.path("access.log"), env.path("access.log.1")).unwrap();
+    let b = uuids("b", 50);
+    env.append("access.log", &lines(&b));
+    env.wait_for(&b);
+    gzip(&env.path("access.log.1"), &env.path("access.log.1.gz"));
+    // A .gz never seen before is read once.
+    let old = uuids("old", 70);
+    let tmp = env.dir.path().join("old.log");
+    fs::write(&tmp, lines(&old)).unwrap();
+    gzip(&tmp, &env.path("access-old.log.gz"));
+    env.expect_exactly(&[a, b, old].concat());
+    // After a restart the .gz files are still known.
+    env.stop();
+    env.start();
+    let c = uuids("c", 10);
+    env.append("access.log", &lines(&c));
+    env.expect_exactly(&[uuids("a", 300), uuids("b", 50), uuids("old", 70), c].concat());
+    env.stop();
+}
+
+#[test]
+fn deleted_file_is_read_to_its_end_through_the_open_descriptor() {
+    let mut env = Env::new("access*.log", "");
+    env.start();
+    let a = uuids("a", 60_000);
+    let text = lines(&a);
+    // Written in pieces so the bridge opens the file early.
+    let mut f = fs::File::create(env.path("access.log")).unwrap();
+    f.write_all(&text.as_bytes()[..4096 * 8]).unwrap();
+    env.wait_any();
+    f.write_all(&text.as_bytes()[4096 * 8..]).unwrap();
+    drop(f);
+    fs::remove_file(env.path("access.log")).unwrap();
+    env.expect_exactly(&a);
+    env.stop();
+}
+
+#[test]
+fn inode_reuse_and_rewrite_in_place_are_new_files() {
+    let mut env = Env::new("access*.log", "");
+    env.start();
+    let a = uuids("a", 100);
+    env.append("access.log", &lines(&a));
+    env.wait_for(&a);
+    // Delete and create: the file system may hand out the same inode.
+    fs::remove_file(env.path("access.log")).unwrap();
+    let b = uuids("b", 120);
+    env.append("access.log", &lines(&b));
+    env.wait_for(&b);
+    // Rewritten in place with longer content (same inode, new first line,
+    // larger than the old offset).
+    let c = uuids("c", 300);
+    fs::write(env.path("access.log"), lines(&c)).unwrap();
+    env.expect_exactly(&[a, b, c].concat());
+    env.stop();
+}
+
+#[test]
+fn burst_files_small_files_and_files_without_a_newline() {
+    let mut env = Env::new("*.log", "");
+    env.start();
+    // A whole file appearing at once (synced in by rename).
+    let burst = uuids("burst", 5000);
+    let tmp = env.dir.path().join("burst.tmp");
+    fs::write(&tmp, lines(&burst)).unwrap();
+    fs::rename(&tmp, env.path("burst.log")).unwrap();
+    // Many very small files.
+    let mut small = Vec::new();
+    for i in 0..30 {
+        let id = uuids(&format!("small{i}"), 1);
+        env.append(&format!("small{i}.log"), &lines(&id));
+        small.extend(id);
+    }
+    // A file whose only line has no newline yet.
+    let nl = uuids("nonl", 1);
+    let text = lines(&nl);
+    env.append("nonl.log", text.trim_end());
+    env.wait_for(&[burst.clone(), small.clone()].concat());
+    env.settle();
+    assert!(!env.delivered().contains_key(&nl[0]), "a line without its newline came out");
+    env.append("nonl.log", "\n");
+    env.expect_exactly(&[burst, small, nl].concat());
+    env.stop();
+}
+
+#[test]
+fn partial_last_line_is_held_until_its_newline_or_the_file_goes() {
+    let mut env = Env::new("access*.log", "");
+    env.start();
+    let a = uuids("a", 20);
+    let p1 = uuids("p1", 1);
+    let p1_text = lines(&p1);
+    env.append("access.log", &(lines(&a) + &p1_text[..40]));
+    env.wait_for(&a);
+    env.settle();
+    assert!(!env.delivered().contains_key(&p1[0]), "partial line emitted early");
+    env.append("access.log", &p1_text[40..]);
+    env.wait_for(&p1);
+    // Another partial line, then the file is deleted: it is emitted.
+    let p2 = uuids("p2", 1);
+    env.append("access.log", lines(&p2).trim_end());
+    env.settle();
+    assert!(!env.delivered().contains_key(&p2[0]), "partial line emitted early");
+    fs::remove_file(env.path("access.log")).unwrap();
+    env.expect_exactly(&[a, p1, p2].concat());
+    assert!(env.log_text().contains("partial last line"), "partial line not reported");
+    env.stop();
+}
+
+#[test]
+fn restart_resumes_exactly() {
+    let mut env = Env::new("*.log", "");
+    env.start();
+    let a = uuids("a", 500);
+    env.append("access.log", &lines(&a));
+    env.wait_for(&a);
+    env.stop();
+    let b = uuids("b", 300);
+    env.append("access.log", &lines(&b));
+    env.append("other.log", &lines(&uuids("o", 10)));
+    env.start();
+    env.expect_exactly(&[a, b, uuids("o", 10)].concat());
+    env.stop();
+    let ck = fs::read_to_string(env.state.join("checkpoints.json")).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&ck).unwrap();
+    assert_eq!(v["version"], 1);
+    assert_eq!(v["files"].as_array().unwrap().len(), 2, "{ck}");
+}
+
+#[test]
+fn polling_mode_handles_rotation_without_inotify() {
+    let mut env = Env::new("access*.log*", "poll_interval_ms = 50");
+    env.start();
+    let a = uuids("a", 100);
+    env.append("access.log", &lines(&a));
+    env.wait_any();
+    fs::rename(env.path("access.log"), env.path("access.log.1")).unwrap();
+    let b = uuids("b", 100);
+    env.append("access.log", &lines(&b));
+    env.wait_for(&b);
+    gzip(&env.path("access.log.1"), &env.path("access.log.1.gz"));
+    let c = uuids("c", 10);
+    env.append("access.log", &lines(&c));
+    env.expect_exactly(&[a, b, c].concat());
+    env.stop();
+}
+
+#[test]
+fn rejected_lines_are_counted_and_written_to_the_rejects_file() {
+    let mut env = Env::new("access.log", "");
+    env.start();
+    let a = uuids("a", 3);
+    env.append("access.log", &format!("{}not json at all\n{}", crate::tail_harness::line(&a[0]), lines(&a[1..])));
+    env.expect_exactly(&a);
+    env.stop();
+    let rejects = fs::read_to_string(env.state.join("rejects.ndjson")).unwrap();
+    let v: serde_json::Value = serde_json::from_str(rejects.lines().next().unwrap()).unwrap();
+    assert!(v["file"].as_str().unwrap().ends_with("access.log"), "{v}");
+    assert_eq!(v["line"], 2);
+    assert_eq!(v["raw"], "not json at all");
+    assert!(env.log_text().contains("rejected line"));
+}
+
+#[test]
+fn bad_config_exits_64_naming_the_key() {
+    let env = Env::new("access.log", "poll_interval_ms = 0");
+    let out = crate::support::cmd().args(["run", "--config"]).arg(&env.config).output().unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("poll_interval_ms"), "{err}");
+}
