@@ -330,11 +330,14 @@
       agg.status = st;
       agg.statusState = 'ok';
       recordFiles(st, now());
+      setText($('bridge-version'), st.version ? 'v' + st.version + ', up ' + fmtMs(num(st.uptime_secs) * 1000) : '');
       if (!settings.wsOverride) {
         const base = channelFromStatus(st);
         if (base && base !== channelBase) {
           channelBase = base;
           if (ws) ws.close(); else if (!retryTimer) connect();
+        } else if (!base && !ws) {
+          setConnection('no-channel', 'no [channel] configured; files and sinks only');
         }
       }
       // The bridge is answering again: do not wait out a long back-off.
