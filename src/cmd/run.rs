@@ -3,8 +3,8 @@
 //!
 //! A config error exits with [`EXIT_CONFIG`] and a message naming the key.
 //! Signals are turned into a [`CancellationToken`] so the bridge itself
-//! (see [`crate::bridge::run`]) never deals with signals; SIGHUP (reload)
-//! can be added here the same way.
+//! (see [`crate::bridge::run`]) never deals with signals; SIGHUP becomes
+//! a reload request ([`crate::reload::Requests::on_sighup`]).
 
 use anyhow::Context;
 use tokio_util::sync::CancellationToken;
@@ -14,57 +14,61 @@ use crate::config::{Config, EXIT_CONFIG};
 
 /// Runs the command; returns the exit code.
 pub fn run(args: RunArgs) -> anyhow::Result<i32> {
-    // The demo (simulator + generated config) lives as long as the run.
-    let (path, _demo) = match (args.config, args.demo) {
-        (Some(path), false) => (path, None),
-        (None, true) => {
-            let demo = crate::demo::Demo::start()?;
-            (demo.config_path.clone(), Some(demo))
-        }
-        (Some(_), true) => anyhow::bail!("give either --config FILE or --demo, not both"),
-        (None, false) => anyhow::bail!("give --config FILE (or --demo)"),
+    let Some(path) = args.config else {
+        anyhow::bail!("`run --demo` is not available in this build; give --config FILE");
     };
-    let cfg = match Config::load(&path) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("calllog-bridge: {e}");
-            return Ok(EXIT_CONFIG);
-        }
-    };
-    if let Err(e) = crate::service::init_logging(&cfg.log_level) {
-        eprintln!("calllog-bridge: {e}");
-        return Ok(EXIT_CONFIG);
-    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("calllog-bridge")
         .build()
         .context("cannot start the runtime")?;
     rt.block_on(async move {
+        // Signals first: a SIGTERM during start-up must drain, not kill.
         let shutdown = CancellationToken::new();
-        let signals = tokio::spawn(wait_for_signal(shutdown.clone()));
+        let signals = Signals::install()?;
+        let cfg = match Config::load(&path) {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("calllog-bridge: {e}");
+                return Ok(EXIT_CONFIG);
+            }
+        };
+        if let Err(e) = crate::service::init_logging(&cfg.log_level) {
+            eprintln!("calllog-bridge: {e}");
+            return Ok(EXIT_CONFIG);
+        }
+        let waiter = tokio::spawn(signals.wait(shutdown.clone()));
         let res = crate::bridge::run(cfg, shutdown.clone()).await;
-        signals.abort();
-        res
-    })?;
-    Ok(0)
+        waiter.abort();
+        res.map(|()| 0)
+    })
 }
 
-/// Cancels `shutdown` on the first SIGTERM or SIGINT.
-async fn wait_for_signal(shutdown: CancellationToken) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (mut term, mut int) = match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
-        (Ok(t), Ok(i)) => (t, i),
-        _ => {
-            tracing::error!("cannot install signal handlers");
-            return;
-        }
-    };
-    let which = tokio::select! {
-        _ = term.recv() => "SIGTERM",
-        _ = int.recv() => "SIGINT",
-    };
-    tracing::info!(signal = which, "shutdown requested");
-    crate::service::notify_stopping();
-    shutdown.cancel();
+/// The signals that stop the bridge.
+struct Signals {
+    /// SIGTERM (systemd stop).
+    term: tokio::signal::unix::Signal,
+    /// SIGINT (Ctrl-C).
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> anyhow::Result<Signals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Signals {
+            term: signal(SignalKind::terminate()).context("cannot handle SIGTERM")?,
+            int: signal(SignalKind::interrupt()).context("cannot handle SIGINT")?,
+        })
+    }
+
+    /// Cancels `shutdown` on the first SIGTERM or SIGINT.
+    async fn wait(mut self, shutdown: CancellationToken) {
+        let which = tokio::select! {
+            _ = self.term.recv() => "SIGTERM",
+            _ = self.int.recv() => "SIGINT",
+        };
+        tracing::info!(signal = which, "shutdown requested");
+        crate::service::notify_stopping();
+        shutdown.cancel();
+    }
 }

@@ -79,9 +79,11 @@ impl Env {
         self.logs.join(name)
     }
 
-    /// Starts the bridge.
+    /// Starts the bridge and waits until it runs.
     pub fn start(&mut self) {
         assert!(self.child.is_none(), "already running");
+        let running = |s: &str| s.matches("bridge running").count();
+        let before = running(&self.log_text());
         let err = OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
         let child = support::cmd()
             .args(["run", "--config"])
@@ -93,6 +95,7 @@ impl Env {
             .spawn()
             .expect("start bridge");
         self.child = Some(child);
+        support::poll_until(DEADLINE, "bridge to start", || (running(&self.log_text()) > before).then_some(()));
     }
 
     /// Stops the bridge with SIGTERM and waits for a clean exit.
