@@ -12,5 +12,7 @@ mod enrich;
 mod simulate;
 mod tail_harness;
 mod tail_cases;
+mod tail_random;
+mod tail_kill;
 mod lag;
 mod status;
