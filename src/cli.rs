@@ -141,6 +141,10 @@ pub struct TailArgs {
     /// Do not reconnect; exit when the connection ends.
     #[arg(long)]
     pub no_reconnect: bool,
+    /// For `wss://`: also trust the certificates in this PEM file (a
+    /// bridge's own CA or self-signed certificate).
+    #[arg(long, value_name = "PEM")]
+    pub ca_file: Option<PathBuf>,
 }
 
 /// `lag` arguments.

@@ -106,6 +106,9 @@ pub struct ConnState {
     pub reason: OnceLock<CloseReason>,
     /// Epoch ms of the last frame received from the client.
     pub last_seen_ms: AtomicI64,
+    /// Epoch ms since when the unsent bytes have been over the bound
+    /// (0 = not over).
+    pub over_since_ms: AtomicI64,
 }
 
 impl ConnState {
@@ -118,6 +121,22 @@ impl ConnState {
     /// Unsent live bytes given the ring's head.
     pub fn pending_bytes(&self, head_cum: u64) -> u64 {
         head_cum.saturating_sub(self.sent_cum.load(Ordering::Relaxed).max(self.live_from_cum))
+    }
+
+    /// True when the connection is a slow consumer at `now_ms`: its unsent
+    /// bytes have stayed above `limit` for `grace_ms` (a burst that the
+    /// client absorbs within the grace is tolerated).
+    pub fn is_slow(&self, head_cum: u64, limit: u64, now_ms: i64, grace_ms: i64) -> bool {
+        if self.pending_bytes(head_cum) <= limit {
+            self.over_since_ms.store(0, Ordering::Relaxed);
+            return false;
+        }
+        let since = self.over_since_ms.load(Ordering::Relaxed);
+        if since == 0 {
+            self.over_since_ms.store(now_ms, Ordering::Relaxed);
+            return grace_ms == 0;
+        }
+        now_ms - since >= grace_ms
     }
 }
 
@@ -511,6 +530,7 @@ pub fn new_state(peer: SocketAddr, live_from_cum: u64, sent_cum: u64) -> Arc<Con
         close: CancellationToken::new(),
         reason: OnceLock::new(),
         last_seen_ms: AtomicI64::new(now_ms()),
+        over_since_ms: AtomicI64::new(0),
     })
 }
 

@@ -33,7 +33,8 @@
 //!   connection from which nothing arrived for two intervals
 //!   (1008 `ping timeout`).
 //! - Close codes: 1001 on shutdown; 1013 `slow consumer` when a client's
-//!   unsent bytes exceed `send_queue_bytes`; 1008 `token changed` when
+//!   unsent bytes stay above `send_queue_bytes` for more than a second, or
+//!   it falls out of the replay ring; 1008 `token changed` when
 //!   [`ChannelHandle::set_token`] replaces the token.
 //!
 //! # Shape
@@ -73,6 +74,7 @@ use crate::telemetry::SinkStats;
 use crate::time::now_ms;
 
 use conn::{ConnState, Lost, Registry};
+pub use request::percent_decode;
 use ring::{Entry, Evicted, Item, Ring};
 pub use stats::ChannelStats;
 
@@ -95,6 +97,16 @@ const SEQ_BLOCK: u64 = 1_000_000;
 /// once; more are dropped at accept. Bounds what unauthenticated clients
 /// can hold; admitted connections are bounded by `max_connections`.
 const MAX_PENDING_HANDSHAKES: usize = 64;
+
+/// A connection whose unsent bytes stay above `send_queue_bytes` this
+/// long is a slow consumer. The grace absorbs bursts (a tailer catching up
+/// hands over many batches at once) for clients that keep up on average;
+/// memory does not depend on it (connections read the ring, and the ring
+/// is bounded on its own).
+pub const SLOW_CONSUMER_GRACE_MS: i64 = 1000;
+
+/// How often the slow-consumer check also runs without traffic.
+const SLOW_CHECK_INTERVAL: Duration = Duration::from_millis(250);
 
 /// At shutdown, connections may take this long to send what they have
 /// not sent yet before they are closed with 1001.
@@ -206,14 +218,23 @@ impl Shared {
         self.lock_ring().read(from, max_records, max_bytes, out)
     }
 
-    /// Closes every connection whose unsent live bytes exceed the bound.
+    /// Closes every connection whose unsent live bytes have stayed above
+    /// the bound for [`SLOW_CONSUMER_GRACE_MS`].
     fn check_slow_consumers(&self, head_cum: u64) {
         let limit = self.settings.send_queue_bytes as u64;
+        let now = now_ms();
         for c in self.lock_conns().values() {
-            if c.pending_bytes(head_cum) > limit && !c.close.is_cancelled() {
+            if !c.close.is_cancelled() && c.is_slow(head_cum, limit, now, SLOW_CONSUMER_GRACE_MS) {
                 c.close_for(conn::CloseReason::SlowConsumer);
             }
         }
+    }
+
+    /// The slow-consumer check without an append (a stalled client is
+    /// closed even when traffic stops).
+    fn check_slow_consumers_now(&self) {
+        let head_cum = self.lock_ring().head_cum();
+        self.check_slow_consumers(head_cum);
     }
 
     /// Appends records to the ring and wakes the connections.
@@ -314,6 +335,8 @@ pub async fn spawn(
     info!("channel: listening on {scheme}://{local_addr}/ecls/subscribe/{}/{} (and /stream)", settings.channel_id, settings.area);
     tokio::fs::create_dir_all(&ctx.state_dir).await.with_context(|| format!("cannot create state_dir {}", ctx.state_dir.display()))?;
     write_atomic(&ctx.state_dir.join(ADDR_FILE), format!("{local_addr}\n")).await?;
+    // Where the dashboard (via /status) subscribes; never the token.
+    ctx.telemetry.set_channel(Some(crate::telemetry::ChannelInfo { listen: local_addr.to_string(), tls: tls.is_some(), path: "/stream".into() }));
 
     let mut seqs = SeqFile::open(ctx.state_dir.join(SEQ_FILE)).await?;
     let shared = Arc::new(Shared {
@@ -363,12 +386,18 @@ async fn sink_loop(
     hard_stop: &CancellationToken,
 ) -> anyhow::Result<()> {
     let mut buf = Vec::with_capacity(4096);
+    let mut slow_check = tokio::time::interval(SLOW_CHECK_INTERVAL);
+    slow_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let batch = tokio::select! {
             b = rx.recv() => match b {
                 Some(b) => b,
                 None => return Ok(()),
             },
+            _ = slow_check.tick() => {
+                shared.check_slow_consumers_now();
+                continue;
+            }
             _ = hard_stop.cancelled() => return Ok(()),
         };
         let n = batch.records.len();
