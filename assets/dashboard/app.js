@@ -292,6 +292,8 @@
       if (ws !== sock) return;
       ws = null;
       if (!opened) failuresBeforeOpen++;
+      // Refused again and again while /status answers: the token is likely wrong.
+      if (failuresBeforeOpen >= 3) $('token-form').hidden = false;
       const why = opened ? (ev.reason || 'closed ' + ev.code)
         : 'handshake refused or bridge down' + (failuresBeforeOpen > 2 ? ' (check the token)' : '');
       setConnection('reconnecting', why);
@@ -655,6 +657,7 @@
     const v = $('token-input').value.trim();
     if (!v) return;
     settings.token = v;
+    failuresBeforeOpen = 0;
     $('token-input').value = '';
     try { sessionStorage.setItem(TOKEN_KEY, v); } catch (e) { /* memory only */ }
     if (ws) ws.close();
