@@ -13,8 +13,9 @@
 //! 3. the final checkpoint is written with every acknowledged offset.
 //!
 //! [`run`] is the whole lifetime for `calllog-bridge run`: start, wait for
-//! the shutdown token, stop. A reload (SIGHUP) can be built as stop +
-//! start with the new config, or by adding sources to a running bridge.
+//! the shutdown token, stop. [`run_with_reload`] also applies reload
+//! requests (SIGHUP, see [`crate::reload`]): the reading side restarts with
+//! the new sources and enricher while the sinks keep running.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,11 +25,11 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::checkpoint::Checkpointer;
-use crate::config::Config;
+use crate::config::{Config, Secret, SourceConfig};
 use crate::enrich::Enricher;
 use crate::pipeline::Fanout;
-use crate::sink::{self, SinkContext, SinkHandle};
-use crate::tail::reader::Shared;
+use crate::sink::{self, SinkContext, SinkControls, SinkHandle};
+use crate::tail::reader::{RejectSink, Shared};
 use crate::tail::Tailer;
 use crate::telemetry::Telemetry;
 
@@ -66,6 +67,12 @@ pub struct Bridge {
     fanout: Option<Fanout>,
     /// Periodic checkpoint writes and lookup reloads.
     background: Vec<JoinHandle<()>>,
+    /// Where rejected lines go (shared by every tailer).
+    rejects: Option<RejectSink>,
+    /// Live controls of the sinks (the channel's token, for a reload).
+    controls: SinkControls,
+    /// Stops the current enricher's lookup reloader (replaced on reload).
+    stop_lookups: CancellationToken,
 }
 
 impl Bridge {
@@ -87,7 +94,7 @@ impl Bridge {
         let stop_sinks = CancellationToken::new();
         let ctx = SinkContext { state_dir: state_dir.clone(), shutdown: stop_sinks.clone(), telemetry: telemetry.clone() };
         let mut fanout = Fanout::new();
-        let sinks = sink::start_all(cfg, &ctx, &mut fanout).await?;
+        let (sinks, controls) = sink::start_all_with_controls(cfg, &ctx, &mut fanout).await?;
 
         let checkpoints = {
             let d = state_dir.clone();
@@ -96,40 +103,64 @@ impl Bridge {
 
         let stop_reading = CancellationToken::new();
         let stop_background = CancellationToken::new();
+        let stop_lookups = stop_background.child_token();
         let mut background = Vec::new();
         background.push(tokio::spawn(checkpoint_writer(checkpoints.clone(), stop_background.clone())));
         if !cfg.enrich.lookups.is_empty() {
-            background.push(tokio::spawn(lookup_reloader(enricher.clone(), stop_background.clone())));
+            background.push(tokio::spawn(lookup_reloader(enricher.clone(), stop_lookups.clone())));
         }
 
         let rejects = rejects_file(&state_dir).await?;
-        let mut sources = Vec::new();
-        for (i, s) in cfg.sources.iter().enumerate() {
-            let name = s.name.clone().unwrap_or_else(|| format!("source{i}"));
-            let shared = Shared {
-                format: s.format,
-                max_line_bytes: s.max_line_bytes,
-                fanout: fanout.clone(),
-                checkpoints: checkpoints.clone(),
-                enricher: enricher.clone(),
-                shutdown: stop_reading.clone(),
-                rejects: rejects.clone(),
-            };
-            let tailer = Tailer::new(s.clone(), name.clone(), shared, telemetry.clone())?;
-            sources.push((name, tokio::spawn(tailer.run())));
-        }
-        Ok(Bridge {
+        let mut bridge = Bridge {
             telemetry,
             enricher,
             checkpoints,
             stop_reading,
             stop_sinks,
             stop_background,
-            sources,
+            sources: Vec::new(),
             sinks,
             fanout: Some(fanout),
             background,
-        })
+            rejects,
+            controls,
+            stop_lookups,
+        };
+        bridge.sources = bridge.spawn_sources(&cfg.sources)?;
+        Ok(bridge)
+    }
+
+    /// Starts one [`Tailer`] per `[[source]]`, stopped by `stop_reading`.
+    fn spawn_sources(&self, sources: &[SourceConfig]) -> anyhow::Result<Vec<(String, JoinHandle<anyhow::Result<()>>)>> {
+        let fanout = self.fanout.as_ref().context("the bridge is stopping")?;
+        let mut tasks = Vec::new();
+        for (i, s) in sources.iter().enumerate() {
+            let name = s.name.clone().unwrap_or_else(|| format!("source{i}"));
+            let shared = Shared {
+                format: s.format,
+                max_line_bytes: s.max_line_bytes,
+                fanout: fanout.clone(),
+                checkpoints: self.checkpoints.clone(),
+                enricher: self.enricher.clone(),
+                shutdown: self.stop_reading.clone(),
+                rejects: self.rejects.clone(),
+            };
+            let tailer = Tailer::new(s.clone(), name.clone(), shared, self.telemetry.clone())?;
+            tasks.push((name, tokio::spawn(tailer.run())));
+        }
+        Ok(tasks)
+    }
+
+    /// Stops every tailer at a batch boundary and waits for them.
+    async fn stop_sources(&mut self) {
+        self.stop_reading.cancel();
+        for (name, task) in self.sources.drain(..) {
+            match task.await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::error!(source = %name, error = %e, "source failed"),
+                Err(e) => tracing::error!(source = %name, error = %e, "source task panicked"),
+            }
+        }
     }
 
     /// The statistics registry.
@@ -144,14 +175,7 @@ impl Bridge {
 
     /// Stops reading, drains the sinks, writes the final checkpoint.
     pub async fn stop(mut self) -> anyhow::Result<()> {
-        self.stop_reading.cancel();
-        for (name, task) in self.sources.drain(..) {
-            match task.await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => tracing::error!(source = %name, error = %e, "source failed"),
-                Err(e) => tracing::error!(source = %name, error = %e, "source task panicked"),
-            }
-        }
+        self.stop_sources().await;
         // Every reader has stopped: closing the fan-out closes the sink
         // queues once they are drained.
         drop(self.fanout.take());
@@ -179,6 +203,35 @@ impl Bridge {
         }
         self.checkpoints.write_async(true).await.context("cannot write the final checkpoint")?;
         tracing::info!("stopped; checkpoints written");
+        Ok(())
+    }
+}
+
+/// A reload (see [`crate::reload`]) changes the channel token in place and
+/// restarts the reading side; the sinks keep running throughout.
+impl crate::reload::Reloadable for Bridge {
+    fn set_channel_token(&self, token: Secret) {
+        if let Some(ch) = &self.controls.channel {
+            ch.set_token(token);
+        }
+    }
+
+    async fn restart_sources(&mut self, sources: &[SourceConfig], enricher: Option<Arc<Enricher>>) -> anyhow::Result<()> {
+        // Every batch the old tailers read has reached the fan-out when they
+        // return; the new ones resume at `Checkpointer::resume_offset`, so
+        // batches still in flight are neither lost nor read again.
+        self.stop_sources().await;
+        self.stop_reading = CancellationToken::new();
+        if let Some(e) = enricher {
+            self.stop_lookups.cancel();
+            self.stop_lookups = self.stop_background.child_token();
+            if !e.files().is_empty() {
+                self.background.push(tokio::spawn(lookup_reloader(e.clone(), self.stop_lookups.clone())));
+            }
+            self.enricher = e;
+        }
+        self.sources = self.spawn_sources(sources)?;
+        tracing::info!(sources = self.sources.len(), "sources restarted with the reloaded config");
         Ok(())
     }
 }
@@ -242,12 +295,19 @@ async fn lookup_reloader(enricher: Arc<Enricher>, stop: CancellationToken) {
 }
 
 /// Runs the bridge until `shutdown` is cancelled, then stops it cleanly.
+/// No reloads: see [`run_with_reload`].
+pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    run_with_reload(cfg, shutdown, None).await
+}
+
+/// Runs the bridge until `shutdown` is cancelled, applying each reload
+/// request (SIGHUP) on the way, then stops it cleanly.
 ///
 /// The status listener (`[status]`) starts first, so `/healthz` answers
 /// while the bridge starts; `/readyz` turns 200 once sources and sinks are
 /// up, and 503 again when shutdown begins. The listener keeps serving
 /// `/status` during the drain and stops last.
-pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+pub async fn run_with_reload(cfg: Config, shutdown: CancellationToken, mut reloads: Option<crate::reload::Requests>) -> anyhow::Result<()> {
     let telemetry = Telemetry::new();
     let stop_status = CancellationToken::new();
     // A status port already in use must not stop the records: the bridge
@@ -266,7 +326,7 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
     } else {
         None
     };
-    let bridge = Bridge::start(&cfg, telemetry.clone()).await?;
+    let mut bridge = Bridge::start(&cfg, telemetry.clone()).await?;
     if let Some(srv) = &status {
         // After Bridge::start, which creates the state directory.
         if let Err(e) = crate::telemetry::server::write_addr_file(&cfg.state_dir, srv.addr).await {
@@ -275,7 +335,20 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
     }
     telemetry.set_ready(true);
     tracing::info!(sources = cfg.sources.len(), "bridge running");
-    shutdown.cancelled().await;
+    crate::service::notify_ready(&format!("running: {} source(s)", cfg.sources.len()));
+    let watchdog = crate::service::spawn_watchdog(shutdown.clone());
+    let mut cfg = cfg;
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            path = crate::reload::Requests::next(&mut reloads) => {
+                cfg = crate::reload::on_hup(&mut bridge, cfg, &path).await;
+            }
+        }
+    }
+    if let Some(w) = watchdog {
+        let _ = w.await;
+    }
     telemetry.set_ready(false);
     tracing::info!("stopping: draining sinks");
     let res = bridge.stop().await;

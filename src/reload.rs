@@ -206,6 +206,65 @@ pub async fn apply<B: Reloadable>(bridge: &mut B, running: &Config, prepared: Pr
     Ok((effective, changes))
 }
 
+/// Reload requests for a running bridge: each one asks for the config at
+/// [`Requests::path`] to be re-read. Requests that arrive while a reload
+/// runs coalesce into one more reload.
+pub struct Requests {
+    /// The config file to re-read.
+    pub path: PathBuf,
+    /// One message per pending request; capacity 1 (coalescing).
+    rx: tokio::sync::mpsc::Receiver<()>,
+    /// Keeps the SIGHUP listener alive as long as the requests are.
+    _listener: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Requests {
+    /// Requests sent through the returned sender (embedding, tests).
+    pub fn channel(path: PathBuf) -> (tokio::sync::mpsc::Sender<()>, Requests) {
+        // Capacity 1: a burst of requests during a reload becomes one more.
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        (tx, Requests { path, rx, _listener: None })
+    }
+
+    /// One request per SIGHUP. Installs the handler at once (call it before
+    /// the bridge starts: SIGHUP's default action would end the process).
+    /// Must be called inside the runtime.
+    pub fn on_sighup(path: PathBuf) -> std::io::Result<Requests> {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut hup = signal(SignalKind::hangup())?;
+        let (tx, mut req) = Requests::channel(path);
+        req._listener = Some(tokio::spawn(async move {
+            while hup.recv().await.is_some() {
+                // Full = a reload is already pending: this one joins it.
+                if let Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) = tx.try_send(()) {
+                    return;
+                }
+            }
+        }));
+        Ok(req)
+    }
+
+    /// Waits for the next request; pending forever when there is none (so
+    /// it can sit in a `select!` next to the shutdown signal).
+    pub async fn next(requests: &mut Option<Requests>) -> PathBuf {
+        match requests {
+            Some(r) => match r.rx.recv().await {
+                Some(()) => r.path.clone(),
+                None => std::future::pending().await,
+            },
+            None => std::future::pending().await,
+        }
+    }
+}
+
+impl Drop for Requests {
+    fn drop(&mut self) {
+        if let Some(l) = &self._listener {
+            l.abort();
+        }
+    }
+}
+
 /// Handles one SIGHUP: tells systemd a reload is under way, prepares and
 /// applies the config at `path`, logs the outcome (an error names the key)
 /// and tells systemd the bridge is ready again. Returns the config in

@@ -26,6 +26,9 @@ pub fn run(args: RunArgs) -> anyhow::Result<i32> {
         // Signals first: a SIGTERM during start-up must drain, not kill.
         let shutdown = CancellationToken::new();
         let signals = Signals::install()?;
+        // SIGHUP re-reads the config (see crate::reload); installed before
+        // start-up too, since its default action would end the process.
+        let reloads = crate::reload::Requests::on_sighup(path.clone()).context("cannot handle SIGHUP")?;
         let cfg = match Config::load(&path) {
             Ok(c) => c,
             Err(e) => {
@@ -38,7 +41,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<i32> {
             return Ok(EXIT_CONFIG);
         }
         let waiter = tokio::spawn(signals.wait(shutdown.clone()));
-        let res = crate::bridge::run(cfg, shutdown.clone()).await;
+        let res = crate::bridge::run_with_reload(cfg, shutdown.clone(), Some(reloads)).await;
         waiter.abort();
         res.map(|()| 0)
     })

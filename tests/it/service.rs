@@ -4,7 +4,9 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::Duration;
 
+use calllog_bridge::bridge::DRAIN_GRACE;
 use calllog_bridge::config::{Config, EXIT_CONFIG};
 
 use crate::support;
@@ -73,9 +75,12 @@ fn unit_stop_timeout_exceeds_the_drain_grace() {
         Path::new("/etc/calllog-bridge/config.toml"),
     )
     .expect("config with upstream defaults");
-    let grace_ms = cfg.upstream.expect("upstream").shutdown_grace_ms;
-    let stop = span_secs(&unit_value("TimeoutStopSec").expect("TimeoutStopSec="));
-    assert!(stop * 1000 >= 3 * grace_ms, "TimeoutStopSec={stop}s must leave room for the {grace_ms} ms drain grace");
+    let upstream_grace = Duration::from_millis(cfg.upstream.expect("upstream").shutdown_grace_ms);
+    let stop = Duration::from_secs(span_secs(&unit_value("TimeoutStopSec").expect("TimeoutStopSec=")));
+    // The drain (DRAIN_GRACE for the sinks, the upstream's own grace inside
+    // it) plus time for the final checkpoint must fit before systemd kills.
+    let need = DRAIN_GRACE.max(upstream_grace) + Duration::from_secs(10);
+    assert!(stop >= need, "TimeoutStopSec={stop:?} must be at least {need:?} (drain grace {DRAIN_GRACE:?} + margin)");
     let watchdog = span_secs(&unit_value("WatchdogSec").expect("WatchdogSec="));
     assert!(watchdog >= 10, "a WatchdogSec of {watchdog}s is too tight for a busy host");
 }
@@ -124,4 +129,342 @@ fn unit_verifies_and_rates_at_most_2_0() {
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("no exposure figure in:\n{text}"));
     assert!(exposure <= 2.0, "exposure {exposure} > 2.0:\n{text}");
+}
+
+// ---------------------------------------------------------------------------
+// The running binary: sd_notify, journal logs, SIGHUP, SIGTERM.
+// ---------------------------------------------------------------------------
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::os::unix::net::UnixDatagram;
+use std::process::{Child, Stdio};
+use std::sync::mpsc;
+
+/// A scratch installation: log directories, state, output, config.
+struct Site {
+    /// Holds everything; removed on drop.
+    dir: tempfile::TempDir,
+}
+
+impl Site {
+    fn new() -> Site {
+        Site { dir: tempfile::tempdir().expect("tempdir") }
+    }
+
+    fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    /// Appends `lines` simulated LE 6 lines (seeded) to `<sub>/access.log`.
+    fn simulate(&self, sub: &str, lines: u32, seed: u64) {
+        let out = support::run(&[
+            "simulate",
+            "--dir",
+            self.path(sub).to_str().expect("utf-8"),
+            "--rate",
+            &lines.to_string(),
+            "--duration",
+            "1",
+            "--burst",
+            "--seed",
+            &seed.to_string(),
+        ]);
+        assert!(out.status.success(), "simulate: {}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    /// The request_uuids in the LE files under `subs`, parsed by the binary
+    /// itself (`parse`), i.e. what the bridge must deliver.
+    fn expected(&self, subs: &[&str]) -> BTreeSet<String> {
+        let mut all = BTreeSet::new();
+        for sub in subs {
+            let file = self.path(sub).join("access.log");
+            let out = support::run(&["parse", "--no-progress", file.to_str().expect("utf-8")]);
+            assert!(out.status.success(), "parse: {}", String::from_utf8_lossy(&out.stderr));
+            let n_before = all.len();
+            for line in String::from_utf8_lossy(&out.stdout).lines() {
+                all.insert(uuid_of(line));
+            }
+            assert!(all.len() > n_before, "no records parsed from {}", file.display());
+        }
+        all
+    }
+
+    /// Writes the config with these sources (sub-directories).
+    fn write_config(&self, subs: &[&str]) -> PathBuf {
+        let mut text = format!(
+            "state_dir = {:?}\nlog_level = \"info\"\n\n[file_output]\npath = {:?}\nfsync_interval_ms = 50\n\n[status]\nenabled = false\n",
+            self.path("state"),
+            self.path("out.ndjson"),
+        );
+        for sub in subs {
+            text += &format!("\n[[source]]\nname = {sub:?}\npaths = [{:?}]\nformat = \"le6\"\n", self.path(sub).join("*.log"));
+        }
+        let p = self.path("config.toml");
+        std::fs::write(&p, text).expect("write config");
+        p
+    }
+
+    /// Every delivered request_uuid with how often it was delivered.
+    fn delivered(&self) -> BTreeMap<String, usize> {
+        let mut counts = BTreeMap::new();
+        let text = std::fs::read_to_string(self.path("out.ndjson")).unwrap_or_default();
+        // Only complete lines: the sink may be mid-write.
+        let complete = text.rfind('\n').map_or("", |i| &text[..i]);
+        for line in complete.lines().filter(|l| !l.is_empty()) {
+            *counts.entry(uuid_of(line)).or_insert(0) += 1;
+        }
+        counts
+    }
+
+    /// Waits until every uuid in `want` has been delivered.
+    fn wait_delivered(&self, want: &BTreeSet<String>, what: &str) {
+        support::poll_until(Duration::from_secs(30), what, || {
+            let got = self.delivered();
+            want.iter().all(|u| got.contains_key(u)).then_some(())
+        });
+    }
+
+    fn stderr(&self) -> String {
+        std::fs::read_to_string(self.path("stderr.log")).unwrap_or_default()
+    }
+}
+
+fn uuid_of(ndjson_line: &str) -> String {
+    let v: serde_json::Value = serde_json::from_str(ndjson_line).unwrap_or_else(|e| panic!("bad record line {ndjson_line:?}: {e}"));
+    v["request_uuid"].as_str().unwrap_or_else(|| panic!("no request_uuid in {ndjson_line}")).to_string()
+}
+
+/// `run --config` with stderr to `<site>/stderr.log` (appended), the
+/// environment cleaned of variables that change logging or notification.
+fn start(site: &Site, config: &Path, env: &[(&str, &str)]) -> Child {
+    let stderr = std::fs::OpenOptions::new().create(true).append(true).open(site.path("stderr.log")).expect("stderr file");
+    let mut cmd = support::cmd();
+    cmd.args(["run", "--config", config.to_str().expect("utf-8")])
+        .env_remove("RUST_LOG")
+        .env_remove("NOTIFY_SOCKET")
+        .env_remove("JOURNAL_STREAM")
+        .env_remove("WATCHDOG_USEC")
+        .env_remove("WATCHDOG_PID")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(stderr);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.spawn().expect("start calllog-bridge run")
+}
+
+/// Sends a signal with the `kill` command (the crate forbids unsafe code,
+/// so no `libc::kill`).
+fn signal(child: &Child, sig: &str) {
+    let st = Command::new("kill").arg(format!("-{sig}")).arg(child.id().to_string()).status().expect("run kill");
+    assert!(st.success(), "kill -{sig} {} failed", child.id());
+}
+
+/// Waits for the process to exit and returns its exit code.
+fn wait_exit(child: &mut Child, within: Duration) -> i32 {
+    let status = support::poll_until(within, "the bridge to exit", || child.try_wait().expect("try_wait"));
+    status.code().unwrap_or_else(|| panic!("killed by a signal: {status:?}"))
+}
+
+/// A stand-in for systemd's notification socket: collects the datagrams.
+struct NotifySocket {
+    /// `NOTIFY_SOCKET` for the child.
+    path: PathBuf,
+    /// Each datagram as text.
+    rx: mpsc::Receiver<String>,
+    /// Everything received so far.
+    seen: Vec<String>,
+}
+
+impl NotifySocket {
+    fn bind(site: &Site) -> NotifySocket {
+        let path = site.path("notify.sock");
+        let sock = UnixDatagram::bind(&path).expect("bind notify socket");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut buf = vec![0u8; 4096];
+            while let Ok(n) = sock.recv(&mut buf) {
+                if tx.send(String::from_utf8_lossy(&buf[..n]).into_owned()).is_err() {
+                    break;
+                }
+            }
+        });
+        NotifySocket { path, rx, seen: Vec::new() }
+    }
+
+    /// Waits for a datagram containing the line `want` (e.g. `READY=1`);
+    /// returns that datagram.
+    fn wait_for(&mut self, want: &str, within: Duration) -> String {
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.rx.recv_timeout(left) {
+                Ok(msg) => {
+                    self.seen.push(msg.clone());
+                    if msg.lines().any(|l| l == want) {
+                        return msg;
+                    }
+                }
+                Err(_) => panic!("no {want} within {within:?}; received {:?}", self.seen),
+            }
+        }
+    }
+}
+
+#[test]
+fn sighup_applies_a_valid_config_and_refuses_an_invalid_one() {
+    let site = Site::new();
+    site.simulate("a", 40, 1);
+    site.simulate("b", 40, 2);
+    let config = site.write_config(&["a"]);
+    let mut notify = NotifySocket::bind(&site);
+    let mut child = start(&site, &config, &[("NOTIFY_SOCKET", notify.path.to_str().expect("utf-8"))]);
+    notify.wait_for("READY=1", Duration::from_secs(30));
+    site.wait_delivered(&site.expected(&["a"]), "source a delivered");
+
+    // A valid new config: a second source. Applied live, announced to systemd.
+    site.write_config(&["a", "b"]);
+    signal(&child, "HUP");
+    notify.wait_for("RELOADING=1", Duration::from_secs(10));
+    notify.wait_for("READY=1", Duration::from_secs(30));
+    site.simulate("a", 20, 3);
+    site.wait_delivered(&site.expected(&["a", "b"]), "sources a and b delivered after the reload");
+    assert!(site.stderr().contains("configuration reloaded"), "{}", site.stderr());
+
+    // An invalid config: refused with the key named, the old one keeps running.
+    std::fs::write(&config, std::fs::read_to_string(&config).expect("read").replace("format = \"le6\"", "format = \"le7\""))
+        .expect("write");
+    signal(&child, "HUP");
+    notify.wait_for("RELOADING=1", Duration::from_secs(10));
+    notify.wait_for("READY=1", Duration::from_secs(10));
+    support::poll_until(Duration::from_secs(10), "the refusal in the log", || site.stderr().contains("reload refused").then_some(()));
+    let log = site.stderr();
+    assert!(log.contains("format"), "the refusal must name the key: {log}");
+    assert!(child.try_wait().expect("try_wait").is_none(), "an invalid reload must not stop the bridge");
+    site.simulate("b", 20, 4);
+    site.wait_delivered(&site.expected(&["a", "b"]), "source b still followed after the refused reload");
+
+    signal(&child, "TERM");
+    notify.wait_for("STOPPING=1", Duration::from_secs(10));
+    assert_eq!(wait_exit(&mut child, Duration::from_secs(40)), 0, "{}", site.stderr());
+
+    let delivered = site.delivered();
+    let repeated: Vec<_> = delivered.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(repeated.is_empty(), "records delivered more than once: {repeated:?}");
+    assert_eq!(delivered.keys().cloned().collect::<BTreeSet<_>>(), site.expected(&["a", "b"]), "lost or unexpected records");
+}
+
+#[test]
+fn sigterm_drains_and_a_restart_loses_and_repeats_nothing() {
+    let site = Site::new();
+    site.simulate("a", 3000, 11);
+    let config = site.write_config(&["a"]);
+    let mut child = start(&site, &config, &[]);
+    // Stop while records are still flowing.
+    support::poll_until(Duration::from_secs(30), "the first records", || (!site.delivered().is_empty()).then_some(()));
+    signal(&child, "TERM");
+    assert_eq!(wait_exit(&mut child, Duration::from_secs(40)), 0, "{}", site.stderr());
+
+    let first = site.delivered();
+    let checkpoints = std::fs::read_to_string(site.path("state/checkpoints.json")).expect("final checkpoint written");
+    let doc: serde_json::Value = serde_json::from_str(&checkpoints).expect("checkpoint JSON");
+    let offset = doc["files"][0]["offset"].as_u64().expect("an offset");
+    assert!(offset > 0, "the final checkpoint must cover what was delivered: {checkpoints}");
+
+    // Restart, with more lines written while it was down.
+    site.simulate("a", 200, 12);
+    let mut child = start(&site, &config, &[]);
+    let all = site.expected(&["a"]);
+    site.wait_delivered(&all, "everything after the restart");
+    signal(&child, "TERM");
+    assert_eq!(wait_exit(&mut child, Duration::from_secs(40)), 0, "{}", site.stderr());
+
+    let delivered = site.delivered();
+    let repeated: Vec<_> = delivered.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(repeated.is_empty(), "{} records delivered twice across the restart (first run delivered {})", repeated.len(), first.len());
+    assert_eq!(delivered.keys().cloned().collect::<BTreeSet<_>>(), all, "lost or unexpected records");
+}
+
+#[test]
+fn pings_the_watchdog_when_systemd_asks() {
+    let site = Site::new();
+    site.simulate("a", 5, 21);
+    let config = site.write_config(&["a"]);
+    let mut notify = NotifySocket::bind(&site);
+    // WATCHDOG_PID must be the bridge's own pid: a shell exports its pid and
+    // execs the binary, which keeps it.
+    let stderr = std::fs::File::create(site.path("stderr.log")).expect("stderr file");
+    let mut child = Command::new("sh")
+        .args(["-c", "WATCHDOG_PID=$$ WATCHDOG_USEC=200000 exec \"$0\" run --config \"$1\""])
+        .arg(support::bin())
+        .arg(&config)
+        .env("NOTIFY_SOCKET", &notify.path)
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(stderr)
+        .spawn()
+        .expect("start");
+    let ready = notify.wait_for("READY=1", Duration::from_secs(30));
+    assert!(ready.lines().any(|l| l.starts_with("STATUS=")), "READY=1 should carry a STATUS= line: {ready:?}");
+    // 200 ms watchdog: pings every 100 ms; three arrive well within 5 s.
+    for _ in 0..3 {
+        notify.wait_for("WATCHDOG=1", Duration::from_secs(5));
+    }
+    signal(&child, "TERM");
+    notify.wait_for("STOPPING=1", Duration::from_secs(10));
+    assert_eq!(wait_exit(&mut child, Duration::from_secs(40)), 0, "{}", site.stderr());
+}
+
+#[test]
+fn logs_for_the_journal_when_stderr_is_the_journal() {
+    use std::os::unix::fs::MetadataExt;
+    let site = Site::new();
+    site.simulate("a", 5, 31);
+    let config = site.write_config(&["a"]);
+
+    // JOURNAL_STREAM names the stream stderr is connected to: here a file.
+    std::fs::File::create(site.path("stderr.log")).expect("create");
+    let meta = std::fs::metadata(site.path("stderr.log")).expect("stat");
+    let stream = format!("{}:{}", meta.dev(), meta.ino());
+    let mut child = start(&site, &config, &[("JOURNAL_STREAM", &stream)]);
+    site.wait_delivered(&site.expected(&["a"]), "records");
+    signal(&child, "TERM");
+    assert_eq!(wait_exit(&mut child, Duration::from_secs(40)), 0, "{}", site.stderr());
+
+    let log = site.stderr();
+    let lines: Vec<&str> = log.lines().collect();
+    assert!(lines.len() >= 2, "expected start and stop lines: {log}");
+    for l in &lines {
+        let prio = l.strip_prefix('<').and_then(|r| r.split_once('>')).map(|(p, _)| p);
+        assert!(matches!(prio, Some("3" | "4" | "5" | "6" | "7")), "no syslog priority prefix: {l:?}");
+        assert!(!l.contains('\x1b'), "colour in {l:?}");
+        assert!(!looks_timestamped(l), "timestamp in a journal line: {l:?}");
+    }
+
+    // Not the journal (JOURNAL_STREAM names another stream): timestamps, no prefix.
+    let site2 = Site::new();
+    site2.simulate("a", 5, 32);
+    let config2 = site2.write_config(&["a"]);
+    let mut child = start(&site2, &config2, &[("JOURNAL_STREAM", "1:1")]);
+    site2.wait_delivered(&site2.expected(&["a"]), "records");
+    signal(&child, "TERM");
+    assert_eq!(wait_exit(&mut child, Duration::from_secs(40)), 0, "{}", site2.stderr());
+    let log = site2.stderr();
+    let first = log.lines().next().expect("a log line");
+    assert!(looks_timestamped(first) && !first.starts_with('<'), "terminal-style line expected: {first:?}");
+}
+
+/// True when the line holds an RFC 3339 date (`2026-11-25T...`).
+fn looks_timestamped(line: &str) -> bool {
+    let b = line.as_bytes();
+    b.windows(11).any(|w| {
+        w[..4].iter().all(u8::is_ascii_digit)
+            && w[4] == b'-'
+            && w[5..7].iter().all(u8::is_ascii_digit)
+            && w[7] == b'-'
+            && w[8..10].iter().all(u8::is_ascii_digit)
+            && w[10] == b'T'
+    })
 }
