@@ -257,7 +257,14 @@ mod tests {
         let acked = Arc::new(AtomicUsize::new(0));
         for i in 0..20 {
             let a = acked.clone();
-            let b = Batch::new("f".into(), vec![rec(&format!("u{i}"))], 0, Some(Box::new(move || drop(a.fetch_add(1, Ordering::SeqCst)))));
+            let b = Batch::new(
+                "f".into(),
+                vec![rec(&format!("u{i}"))],
+                0,
+                Some(Box::new(move || {
+                    a.fetch_add(1, Ordering::SeqCst);
+                })),
+            );
             fanout.send(b).await.unwrap();
         }
         drop(fanout);

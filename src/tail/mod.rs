@@ -66,6 +66,9 @@ struct Tracked {
     deferred: bool,
     /// Older than `ignore_older_secs` when found: not read unless it changes.
     ignored: bool,
+    /// A file without a complete first line yet, held open so that its
+    /// content can still be read if it is deleted before the newline comes.
+    pending: Option<File>,
 }
 
 /// What the tailer knows about one fingerprint.
@@ -238,7 +241,10 @@ impl Tailer {
                     }
                     ctl.wake.notify_one();
                 }
-                None => self.forget(key),
+                None => match self.files.get_mut(&key).and_then(|t| t.pending.take()) {
+                    Some(file) => self.pending_gone(key, file).await,
+                    None => self.forget(key),
+                },
             }
         }
         self.shared.checkpoints.prune(now);
@@ -292,7 +298,16 @@ impl Tailer {
                 self.by_path.insert(s.path.clone(), key);
                 self.files.insert(
                     key,
-                    Tracked { path: s.path, fp: None, size: s.size, mtime_ms: s.mtime_ms, reader: None, deferred: false, ignored: older },
+                    Tracked {
+                        path: s.path,
+                        fp: None,
+                        size: s.size,
+                        mtime_ms: s.mtime_ms,
+                        reader: None,
+                        deferred: false,
+                        ignored: older,
+                        pending: None,
+                    },
                 );
                 if !older {
                     self.open(key, startup).await;
@@ -336,8 +351,12 @@ impl Tailer {
         let Some(t) = self.files.get_mut(&key) else { return };
         let Probe::Ready { fp, start, len } = probe else {
             // No complete first line yet: looked at again when it changes.
+            if t.size > 0 && !crate::watch::is_gz(&t.path) {
+                t.pending = Some(file);
+            }
             return;
         };
+        t.pending = None;
         if let Some(old) = t.fp {
             if old != fp {
                 tracing::info!(file = %t.path.display(), "different content at a known inode (inode reused or rewritten): a new file");
@@ -345,12 +364,12 @@ impl Tailer {
         }
         t.fp = Some(fp);
         let gz = crate::watch::is_gz(&t.path);
-        self.start(key, fp, file, if gz { (0, 0) } else { (start, len) }, startup).await;
+        self.start(key, fp, file, if gz { (0, 0) } else { (start, len) }, startup, false).await;
     }
 
     /// Starts the reader of a fingerprinted file, or defers it while
     /// another file with the same fingerprint is being read.
-    async fn start(&mut self, key: Key, fp: Fingerprint, file: File, fp_range: (u64, u64), startup: bool) {
+    async fn start(&mut self, key: Key, fp: Fingerprint, file: File, fp_range: (u64, u64), startup: bool, gone: bool) {
         let info = self.fps.entry(fp).or_default();
         if let Some(other) = info.active {
             if other != key {
@@ -395,6 +414,7 @@ impl Tailer {
         info.active = Some(key);
         info.offset = Some(offset);
         let ctl = Arc::new(Control::default());
+        ctl.gone.store(gone, Ordering::Release);
         t.reader = Some(ctl.clone());
         let stats = self.telemetry.file(&path_str);
         tracing::debug!(file = %path_str, fingerprint = %fp, offset, "reading");
@@ -405,6 +425,34 @@ impl Tailer {
             let fin = reader::run(spec, shared, ctl, stats).await;
             let _ = tx.send(fin);
         });
+    }
+
+    /// A file deleted before its first line was complete: its content (one
+    /// partial line) is read through the descriptor held open and emitted.
+    async fn pending_gone(&mut self, key: Key, file: File) {
+        let max = self.cfg.max_line_bytes;
+        let res = tokio::task::spawn_blocking(move || {
+            let len = file.metadata()?.len().min(max as u64) as usize;
+            let mut buf = vec![0u8; len];
+            let n = file.read_at(&mut buf, 0)?;
+            buf.truncate(n);
+            Ok::<_, std::io::Error>((file, buf))
+        })
+        .await;
+        let Ok(Ok((file, content))) = res else {
+            self.forget(key);
+            return;
+        };
+        let line = content.strip_suffix(b"\r").unwrap_or(&content);
+        if line.iter().all(u8::is_ascii_whitespace) {
+            self.forget(key);
+            return;
+        }
+        let fp = fingerprint::checksum(line);
+        if let Some(t) = self.files.get_mut(&key) {
+            t.fp = Some(fp);
+        }
+        self.start(key, fp, file, (0, 0), false, true).await;
     }
 
     fn note_offset(&mut self, fin: &Finished) {

@@ -208,8 +208,14 @@ fn partial_last_line_is_held_until_its_newline_or_the_file_goes() {
     env.append("access.log", lines(&p2).trim_end());
     env.settle();
     assert!(!env.delivered().contains_key(&p2[0]), "partial line emitted early");
+    // A file whose only content never got its newline.
+    let p3 = uuids("p3", 1);
+    env.append("access-lonely.log", lines(&p3).trim_end());
+    env.settle();
+    assert!(!env.delivered().contains_key(&p3[0]), "partial line emitted early");
     fs::remove_file(env.path("access.log")).unwrap();
-    env.expect_exactly(&[a, p1, p2].concat());
+    fs::remove_file(env.path("access-lonely.log")).unwrap();
+    env.expect_exactly(&[a, p1, p2, p3].concat());
     assert!(env.log_text().contains("partial last line"), "partial line not reported");
     env.stop();
 }
