@@ -282,3 +282,19 @@ fn bad_config_exits_64_naming_the_key() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("poll_interval_ms"), "{err}");
 }
+
+#[test]
+fn example_config_is_valid() {
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("token");
+    fs::write(&token, "t0ken\n").unwrap();
+    let example = fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/bridge.toml")).unwrap();
+    // The secrets it names live under /etc on a real host.
+    let text = example
+        .replace("/etc/calllog-bridge/channel.token", &token.to_string_lossy())
+        .replace("/etc/calllog-bridge/upstream.token", &token.to_string_lossy());
+    let cfg = dir.path().join("bridge.toml");
+    fs::write(&cfg, text).unwrap();
+    let out = crate::support::cmd().args(["check-config", "--config"]).arg(&cfg).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
