@@ -146,6 +146,10 @@
   const rate = { base: 0, counts: new Uint32Array(RATE_SECONDS) }; // per-second counts, index = second % RATE_SECONDS
   const latency = new NumRing(SAMPLE_KEEP); // total_request_exec_time, seconds
   const syncDelay = new NumRing(SAMPLE_KEEP); // sync_delay_ms per record
+  /** sync_delay_ms of the records received since the last /status poll (sampled when there are more). */
+  const syncSince = { values: new Float64Array(SAMPLE_KEEP), len: 0, seen: 0 };
+  /** Median sync delay of the records between two polls: the live line of the chart. */
+  const liveSeries = { color: '#e6edf3', points: new Ring(SYNC_POINTS) };
   const tail = new Ring(TAIL_KEEP);
   const dedupe = { set: new Set(), ring: new Array(DEDUPE_KEEP), pos: 0 };
   const top = { services: new Map(), endpoints: new Map() };
@@ -206,7 +210,16 @@
     const exec = num(rec.total_request_exec_time);
     if (exec != null) latency.push(exec);
     const sd = num(rec.sync_delay_ms);
-    if (sd != null) syncDelay.push(sd);
+    if (sd != null) {
+      syncDelay.push(sd);
+      // Reservoir sampling keeps the per-poll sample bounded and unbiased.
+      syncSince.seen++;
+      if (syncSince.len < syncSince.values.length) syncSince.values[syncSince.len++] = sd;
+      else {
+        const j = Math.floor(Math.random() * syncSince.seen);
+        if (j < syncSince.values.length) syncSince.values[j] = sd;
+      }
+    }
     tail.push({ seq: seq, rec: rec });
   }
 
@@ -360,6 +373,12 @@
   }
 
   function recordFiles(st, t) {
+    const sorted = syncSince.values.slice(0, syncSince.len).sort();
+    liveSeries.points.push({ t: t, p50: quantile(sorted, 0.5), p95: null });
+    syncSince.len = 0;
+    syncSince.seen = 0;
+    const win = st.settings && num(st.settings.delay_window_secs);
+    if (win != null) setText($('delay-window'), fmtMs(win * 1000));
     const files = Array.isArray(st.files) ? st.files : [];
     for (const f of files) {
       let s = fileSeries.get(f.path);
@@ -578,7 +597,7 @@
 
   function drawRate(t) {
     const { ctx, w, h } = prepCanvas($('rate-chart'));
-    const left = 56, bottom = 4;
+    const left = 56, bottom = 8;
     const sec = Math.floor(t / 1000);
     let max = 0;
     for (let i = 1; i < RATE_SECONDS; i++) max = Math.max(max, rate.counts[(sec - i) % RATE_SECONDS]);
@@ -598,6 +617,7 @@
     const { ctx, w, h } = prepCanvas($('sync-chart'));
     const left = 56, bottom = 18;
     const series = [...fileSeries.values()].slice(0, CHART_FILES_MAX);
+    series.push(liveSeries);
     // The time axis grows with the history held: 2 minutes up to SYNC_POINTS samples.
     let oldest = t;
     let max = 0;
@@ -605,6 +625,7 @@
       s.points.eachNewest((p) => {
         oldest = Math.min(oldest, p.t);
         if (p.p95 != null) max = Math.max(max, p.p95);
+        if (p.p50 != null) max = Math.max(max, p.p50);
       });
     }
     const spanMs = Math.min(SYNC_POINTS * STATUS_EVERY_MS, Math.max(120000, t - oldest));
@@ -620,9 +641,10 @@
     }
     // p95 solid, p50 dashed; an idle file or a missing figure leaves a gap.
     for (const [key, dash, width] of [['p95', [], 1.8], ['p50', [4, 3], 1]]) {
-      ctx.setLineDash(dash);
-      ctx.lineWidth = width;
       for (const s of series) {
+        // The live line (records' median) is drawn solid whatever the key.
+        ctx.setLineDash(s === liveSeries ? [] : dash);
+        ctx.lineWidth = s === liveSeries ? 1.5 : width;
         ctx.strokeStyle = s.color;
         ctx.beginPath();
         let pen = false;
@@ -636,7 +658,7 @@
       }
     }
     ctx.setLineDash([]);
-    if (!series.length) { ctx.fillStyle = '#8593a3'; ctx.fillText('no files reported by /status yet', left + 10, h / 2); }
+    if (series.length === 1) { ctx.fillStyle = '#8593a3'; ctx.fillText('no files reported by /status yet', left + 10, h / 2); }
   }
 
   // Render a few times per second at most, and only when something changed
