@@ -124,6 +124,10 @@ else
     if command -v cargo-generate-rpm >/dev/null; then
         say "cargo generate-rpm"
         rm -rf target/generate-rpm
+        # cargo-generate-rpm packages the binary as it is: strip it first, as
+        # its documentation says (the .deb above already took its debug
+        # symbols into the -dbgsym .ddeb).
+        strip -s target/release/$NAME
         cargo generate-rpm
         rpm_file=$(ls target/generate-rpm/$NAME-*.rpm)
         [ -f "$rpm_file" ] || fail "no .rpm in target/generate-rpm"
@@ -143,6 +147,9 @@ fi
 # --- 7. Sizes ------------------------------------------------------------------------
 installed_kib=$(dpkg-deb -f "$deb" Installed-Size)
 say "deb: $deb $(stat -c %s "$deb") bytes (installed size ${installed_kib} KiB)"
+for ddeb in target/debian/$NAME-dbgsym_*.ddeb; do
+    [ -f "$ddeb" ] && say "debug symbols: $ddeb $(stat -c %s "$ddeb") bytes"
+done
 if [ -n "$rpm_file" ]; then
     say "rpm: $rpm_file $(stat -c %s "$rpm_file") bytes"
 fi
