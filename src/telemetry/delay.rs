@@ -60,6 +60,17 @@ impl DelayHistogram {
         self.buckets[bucket_index(delay_ms)].fetch_add(n, Ordering::Relaxed);
     }
 
+    /// Adds per-bucket counts gathered by the caller (one atomic per
+    /// non-empty bucket).
+    #[inline]
+    pub fn add_counts(&self, counts: &[u64; BUCKETS]) {
+        for (b, &c) in self.buckets.iter().zip(counts.iter()) {
+            if c != 0 {
+                b.fetch_add(c, Ordering::Relaxed);
+            }
+        }
+    }
+
     /// Adds to the sum of observed delays.
     #[inline]
     pub fn add_sum(&self, sum_ms: i64) {
@@ -118,8 +129,10 @@ const RING_EPOCH_S: i64 = 1_577_836_800;
 pub struct SampleRing {
     /// Number of samples ever written; the next slot is `head % len`.
     head: AtomicU64,
-    /// The samples.
+    /// The samples; the length is a power of two.
     slots: Box<[AtomicU64]>,
+    /// `slots.len() - 1`: the slot of sequence `s` is `s & mask`.
+    mask: u64,
 }
 
 impl Default for SampleRing {
@@ -156,9 +169,10 @@ fn encode_time(observed_ms: i64) -> u64 {
 }
 
 impl SampleRing {
-    /// A ring of `n` samples.
+    /// A ring of `n` samples (rounded up to a power of two).
     pub fn with_capacity(n: usize) -> Self {
-        SampleRing { head: AtomicU64::new(0), slots: (0..n.max(1)).map(|_| AtomicU64::new(0)).collect() }
+        let n = n.max(1).next_power_of_two();
+        SampleRing { head: AtomicU64::new(0), slots: (0..n).map(|_| AtomicU64::new(0)).collect(), mask: n as u64 - 1 }
     }
 
     /// Reserves `n` consecutive slots; returns the first sequence number.
@@ -171,8 +185,35 @@ impl SampleRing {
     /// [`SampleRing::reserve`]).
     #[inline]
     pub fn write(&self, seq: u64, observed_ms: i64, delay_ms: i64) {
-        let slot = &self.slots[(seq % self.slots.len() as u64) as usize];
+        let slot = &self.slots[(seq & self.mask) as usize];
         slot.store((encode_time(observed_ms) << 32) | encode_delay(delay_ms) as u64, Ordering::Relaxed);
+    }
+
+    /// The next sequence number (for [`SampleRing::write_coded`] followed
+    /// by [`SampleRing::advance`]: one writer claims slots without an
+    /// atomic read-modify-write per sample).
+    #[inline]
+    pub fn head(&self) -> u64 {
+        self.head.load(Ordering::Relaxed)
+    }
+
+    /// Moves the head past `n` samples written with `write_coded`.
+    #[inline]
+    pub fn advance(&self, n: u64) {
+        self.head.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// The stored form of an observed time (see [`SampleRing::write_coded`]).
+    #[inline]
+    pub fn time_code(observed_ms: i64) -> u64 {
+        encode_time(observed_ms)
+    }
+
+    /// Writes a sample whose time is already coded.
+    #[inline]
+    pub fn write_coded(&self, seq: u64, time_code: u64, delay_ms: i64) {
+        let slot = &self.slots[(seq & self.mask) as usize];
+        slot.store((time_code << 32) | encode_delay(delay_ms) as u64, Ordering::Relaxed);
     }
 
     /// The delays of the samples observed at or after `since_ms`, unsorted.

@@ -276,13 +276,23 @@ impl FileStats {
     /// Records a batch of records observed at `observed_ms`, given each
     /// record's `request_time` in epoch ms (None when it had none).
     ///
-    /// Hot path: relaxed atomics only, no lock, no allocation.
+    /// Hot path: no lock, no allocation; per record a bucket search and one
+    /// plain store, per call a handful of relaxed atomic adds. One tailer
+    /// reports a file; if two threads ever reported the same file at once,
+    /// some ring samples could overwrite each other (counters stay exact).
     pub fn observed(&self, observed_ms: i64, request_times_ms: impl IntoIterator<Item = Option<i64>>) {
         let inner = &*self.0;
         let mut n = 0u64;
         let mut newest = i64::MIN;
         let mut negative = 0u64;
         let mut sum = 0i64;
+        // Bucket counts are gathered locally and added once per call; ring
+        // slots are written with plain stores and claimed with one add.
+        let mut counts = [0u64; delay::BUCKETS];
+        let ring = &inner.sync_ring;
+        let head = ring.head();
+        let time_code = delay::SampleRing::time_code(observed_ms);
+        let mut samples = 0u64;
         for rt in request_times_ms {
             n += 1;
             if let Some(rt) = rt {
@@ -290,9 +300,9 @@ impl FileStats {
                 let d = observed_ms - rt;
                 negative += (d < 0) as u64;
                 sum = sum.wrapping_add(d);
-                inner.sync_hist.observe_n(d, 1);
-                let seq = inner.sync_ring.reserve(1);
-                inner.sync_ring.write(seq, observed_ms, d);
+                counts[delay::bucket_index(d)] += 1;
+                ring.write_coded(head.wrapping_add(samples), time_code, d);
+                samples += 1;
             }
         }
         if n == 0 {
@@ -302,7 +312,9 @@ impl FileStats {
         if negative > 0 {
             inner.negative_delays.fetch_add(negative, Ordering::Relaxed);
         }
-        if newest != i64::MIN {
+        if samples > 0 {
+            ring.advance(samples);
+            inner.sync_hist.add_counts(&counts);
             inner.sync_hist.add_sum(sum);
             inner.watermark_ms.fetch_max(newest, Ordering::Relaxed);
         }
