@@ -232,7 +232,34 @@ struct Table {
     /// for tables that exist).
     present: bool,
     /// The rows by id.
-    rows: HashMap<Box<str>, Box<[Box<str>]>>,
+    rows: HashMap<Box<str>, Box<[Box<str>]>, IdHash>,
+}
+
+/// FNV-1a: ids are short, and hashing them runs for every raw line. An
+/// unkeyed hash is safe here: the tables hold only operator-provided ids, so
+/// ids chosen by callers cannot lengthen a bucket chain.
+#[derive(Clone, Copy, Debug, Default)]
+struct IdHash;
+
+impl std::hash::BuildHasher for IdHash {
+    type Hasher = Fnv;
+    fn build_hasher(&self) -> Fnv {
+        Fnv(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+/// The FNV-1a state.
+struct Fnv(u64);
+
+impl std::hash::Hasher for Fnv {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
 }
 
 /// A loaded set of lookup tables. Immutable; [`Enricher::tables`] hands out
