@@ -468,3 +468,59 @@ fn looks_timestamped(line: &str) -> bool {
             && w[10] == b'T'
     })
 }
+
+/// The HTTP status a WebSocket upgrade request for `/stream?key=KEY` gets.
+fn upgrade_status(addr: &str, key: &str) -> u16 {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).expect("connect to the channel");
+    s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    let req = format!(
+        "GET /stream?key={key} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    );
+    s.write_all(req.as_bytes()).expect("send upgrade request");
+    let mut buf = [0u8; 64];
+    let mut got = Vec::new();
+    while !got.windows(2).any(|w| w == b"\r\n") {
+        let n = s.read(&mut buf).expect("read the status line");
+        assert!(n > 0, "connection closed before a status line: {:?}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+    }
+    let line = String::from_utf8_lossy(&got).into_owned();
+    line.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or_else(|| panic!("bad status line {line:?}"))
+}
+
+#[test]
+fn sighup_applies_a_new_channel_token_from_its_file() {
+    let site = Site::new();
+    site.simulate("a", 5, 41);
+    let config = site.write_config(&["a"]);
+    let token_file = site.path("channel.token");
+    std::fs::write(&token_file, "old-token-0123456789\n").expect("write token");
+    let mut text = std::fs::read_to_string(&config).expect("read config");
+    text += &format!("\n[channel]\nlisten = \"127.0.0.1:0\"\ntoken_file = {token_file:?}\n");
+    std::fs::write(&config, text).expect("write config");
+
+    let mut notify = NotifySocket::bind(&site);
+    let mut child = start(&site, &config, &[("NOTIFY_SOCKET", notify.path.to_str().expect("utf-8"))]);
+    notify.wait_for("READY=1", Duration::from_secs(30));
+    let addr = support::poll_until(Duration::from_secs(10), "the channel's address in the log", || {
+        let log = site.stderr();
+        let rest = log.split("listening on ws://").nth(1)?;
+        Some(rest.split('/').next()?.to_string())
+    });
+    assert_eq!(upgrade_status(&addr, "old-token-0123456789"), 101);
+    assert_eq!(upgrade_status(&addr, "new-token-9876543210"), 401);
+
+    // Only the token file changes: a reload picks up its new content.
+    std::fs::write(&token_file, "new-token-9876543210\n").expect("write token");
+    signal(&child, "HUP");
+    notify.wait_for("RELOADING=1", Duration::from_secs(10));
+    notify.wait_for("READY=1", Duration::from_secs(30));
+    assert_eq!(upgrade_status(&addr, "new-token-9876543210"), 101);
+    assert_eq!(upgrade_status(&addr, "old-token-0123456789"), 401);
+    assert!(!site.stderr().contains("token-0123456789") && !site.stderr().contains("token-9876543210"), "a token was logged");
+
+    signal(&child, "TERM");
+    assert_eq!(wait_exit(&mut child, Duration::from_secs(40)), 0, "{}", site.stderr());
+}
