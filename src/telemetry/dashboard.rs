@@ -8,6 +8,16 @@
 //! fragment, which never reaches a server log); it aggregates records in the
 //! page with bounded buffers and renders a few times per second.
 //!
+//! Use: open `http://<status listen>/#token=<channel token>` (the token
+//! then stays in the tab's session storage and leaves the address bar).
+//! The channel URL comes from `/status` (`channel.listen`, `channel.path`);
+//! `#ws=ws://host:port/stream` overrides it (a channel behind a proxy), and
+//! `#since=<seq>` replays from that sequence number on first connect. On a
+//! reconnect the page asks for `since=<last seq + 1>`, so a bridge restart
+//! loses nothing; records re-delivered after a crash are dropped by
+//! `request_uuid`. Aggregates are on `window.__dashboard` (see
+//! `snapshot()`) for tests and the browser console.
+//!
 //! Invariant: this module only serves static bytes. It never sees the
 //! channel token and holds no state; everything live comes from `/status`
 //! and the channel, which do their own authorisation.
