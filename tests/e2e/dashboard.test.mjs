@@ -276,6 +276,11 @@ test('dashboard shows what was simulated and resumes after a bridge restart', { 
   }
   const fileRows = await page.$$eval('#files tbody tr', (trs) => trs.map((tr) => [...tr.cells].map((c) => c.textContent)));
   assert.ok(fileRows.length >= 1 && fileRows.some((r) => /caught-up|behind|idle|stalled/.test(r[2])), `files table: ${JSON.stringify(fileRows)}`);
+  // The table shows the p50 in human units ("2.50 s"); it agrees with --lag-ms too.
+  const shownP50 = fileRows.map((r) => r[4]).filter((v) => /^[\d.]+ s$/.test(v)).map((v) => parseFloat(v) * 1000);
+  assert.ok(shownP50.length && shownP50.every((v) => Math.abs(v - LAG_MS) <= LAG_TOLERANCE_MS), `files table p50: ${JSON.stringify(fileRows)}`);
+  // Bounded memory: the live tail keeps a fixed number of records, whatever was received.
+  assert.ok(s1.calls > 1000 && s1.tailKept === 1000, `tail kept ${s1.tailKept} of ${s1.calls} records`);
 
   // The tail filter narrows the live tail to matching records.
   await page.fill('#tail-filter', 'status=5xx');
