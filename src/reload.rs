@@ -54,7 +54,8 @@ impl ReloadError {
     pub fn key(&self) -> &str {
         match self {
             ReloadError::Config(ConfigError::Invalid { key, .. }) => key,
-            ReloadError::Config(_) => "(file)",
+            ReloadError::Config(ConfigError::Syntax { .. }) => "(syntax: see the message)",
+            ReloadError::Config(ConfigError::Read { .. }) => "(the file)",
             ReloadError::Lookups(_) => "enrich.lookups",
             ReloadError::Task(_) => "(none)",
         }
@@ -274,7 +275,9 @@ pub async fn on_hup<B: Reloadable>(bridge: &mut B, running: Config, path: &Path)
     tracing::info!(config = %path.display(), "reloading the configuration (SIGHUP)");
     let effective = match prepare(path, &running).await {
         Err(e) => {
-            tracing::error!(key = e.key(), error = %e, "reload refused: the new config is invalid; the running config stays in force");
+            // One line, so the journal keeps it as one entry at error priority.
+            let message: Vec<String> = e.to_string().lines().map(|l| l.trim().to_string()).filter(|l| !l.is_empty() && l != "|").collect();
+            tracing::error!(key = e.key(), error = %message.join(" "), "reload refused: the new config is invalid; the running config stays in force");
             running
         }
         Ok(prepared) => match apply(bridge, &running, prepared).await {

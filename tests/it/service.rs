@@ -340,7 +340,8 @@ fn sighup_applies_a_valid_config_and_refuses_an_invalid_one() {
     notify.wait_for("READY=1", Duration::from_secs(10));
     support::poll_until(Duration::from_secs(10), "the refusal in the log", || site.stderr().contains("reload refused").then_some(()));
     let log = site.stderr();
-    assert!(log.contains("format"), "the refusal must name the key: {log}");
+    let refusal = log.lines().find(|l| l.contains("reload refused")).expect("refusal line");
+    assert!(refusal.contains("format") && refusal.contains("le7"), "the refusal must name the key and value on one line: {refusal}");
     assert!(child.try_wait().expect("try_wait").is_none(), "an invalid reload must not stop the bridge");
     site.simulate("b", 20, 4);
     site.wait_delivered(&site.expected(&["a", "b"]), "source b still followed after the refused reload");
