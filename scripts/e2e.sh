@@ -14,7 +14,7 @@ if [ ! -x "$CHROMIUM" ]; then
     SUDO=""
     if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
     $SUDO apt-get update -qq
-    $SUDO apt-get install -y -qq --no-install-recommends chromium >/dev/null
+    $SUDO apt-get install -y -qq --no-install-recommends chromium fonts-liberation fonts-dejavu-core >/dev/null
 fi
 
 if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
