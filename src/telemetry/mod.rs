@@ -309,8 +309,14 @@ impl FileStats {
             return;
         }
         inner.records.fetch_add(n, Ordering::Relaxed);
-        if negative > 0 {
-            inner.negative_delays.fetch_add(negative, Ordering::Relaxed);
+        if negative > 0 && inner.negative_delays.fetch_add(negative, Ordering::Relaxed) == 0 {
+            // Once per file: the counter and /status show the rest.
+            tracing::warn!(
+                file = %inner.path,
+                ahead_ms = newest - observed_ms,
+                "request_time lies after the time the line was read: the traffic manager's clock is ahead of this host's \
+                 (negative sync delays are counted in negative_delays, not clamped)"
+            );
         }
         if samples > 0 {
             ring.advance(samples);
