@@ -13,6 +13,10 @@
 //!   without read progress; the age of a sink's oldest undelivered record;
 //! - 3: the bridge is not running (no answer at the URL);
 //! - 64: bad arguments (`--max-lag` not a duration, unreadable `--config`).
+//!
+//! With `--watch [SECS]` (default 2) the report is redrawn until SIGINT
+//! (exit 0); "not running" and `--max-lag` findings are printed on stderr
+//! at each refresh instead of ending the command.
 
 use std::fmt::Write as _;
 use std::io::IsTerminal;
