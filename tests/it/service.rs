@@ -525,3 +525,73 @@ fn sighup_applies_a_new_channel_token_from_its_file() {
     signal(&child, "TERM");
     assert_eq!(wait_exit(&mut child, Duration::from_secs(40)), 0, "{}", site.stderr());
 }
+
+#[test]
+fn sighup_applies_new_lookup_tables_to_records_read_after_it() {
+    let site = Site::new();
+    let raw = site.path("raw");
+    let simulate_raw = |seed: u64| {
+        let out = support::run(&[
+            "simulate",
+            "--format",
+            "le-json",
+            "--dir",
+            raw.to_str().expect("utf-8"),
+            "--rate",
+            "10",
+            "--duration",
+            "1",
+            "--burst",
+            "--seed",
+            &seed.to_string(),
+        ]);
+        assert!(out.status.success(), "simulate: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    // Raw LE 5 JSON lines carry ids but no names: only lookups fill them.
+    simulate_raw(51);
+    let services = repo().join("examples/lookups/services.csv");
+    let base = format!(
+        "state_dir = {:?}\n[file_output]\npath = {:?}\nfsync_interval_ms = 50\n[status]\nenabled = false\n\
+         [[source]]\nname = \"raw\"\npaths = [{:?}]\nformat = \"le-json\"\n",
+        site.path("state"),
+        site.path("out.ndjson"),
+        raw.join("*.log"),
+    );
+    let config = site.path("config.toml");
+    std::fs::write(&config, &base).expect("write config");
+
+    let records = || -> Vec<serde_json::Value> {
+        let text = std::fs::read_to_string(site.path("out.ndjson")).unwrap_or_default();
+        let complete = text.rfind('\n').map_or("", |i| &text[..i]);
+        complete.lines().map(|l| serde_json::from_str(l).expect("record JSON")).collect()
+    };
+    let mut notify = NotifySocket::bind(&site);
+    let mut child = start(&site, &config, &[("NOTIFY_SOCKET", notify.path.to_str().expect("utf-8"))]);
+    notify.wait_for("READY=1", Duration::from_secs(30));
+    let before = support::poll_until(Duration::from_secs(30), "the first 10 records", || {
+        let r = records();
+        (r.len() >= 10).then_some(r)
+    });
+    assert!(before.iter().all(|r| r["service_name"] == ""), "no lookups yet, so no names: {:?}", before[0]);
+
+    std::fs::write(&config, format!("{base}[enrich]\nlookups = [{services:?}]\n")).expect("write config");
+    signal(&child, "HUP");
+    notify.wait_for("RELOADING=1", Duration::from_secs(10));
+    notify.wait_for("READY=1", Duration::from_secs(30));
+    simulate_raw(52);
+    let after = support::poll_until(Duration::from_secs(30), "10 more records", || {
+        let r = records();
+        (r.len() >= 20).then_some(r)
+    });
+    signal(&child, "TERM");
+    assert_eq!(wait_exit(&mut child, Duration::from_secs(40)), 0, "{}", site.stderr());
+
+    assert_eq!(records().len(), 20, "records repeated or lost across the reload");
+    let old: BTreeSet<_> = before.iter().map(|r| r["request_uuid"].clone().to_string()).collect();
+    let new: Vec<_> = after.iter().filter(|r| !old.contains(&r["request_uuid"].to_string())).collect();
+    assert_eq!(new.len(), 10);
+    for r in new {
+        let name = r["service_name"].as_str().unwrap_or("");
+        assert!(!name.is_empty(), "a record read after the reload lacks its service name: {r}");
+    }
+}
