@@ -10,7 +10,7 @@
 
 use std::borrow::Cow;
 
-use memchr::{memchr, memchr2};
+use memchr::memchr;
 
 use crate::parse::normalize::{self, clip};
 use crate::parse::{LineKind, Reject, RejectReason};
@@ -134,17 +134,17 @@ fn tokenize(line: &str) -> Result<Toks, Reject> {
                 let start = i + 1;
                 let mut j = start;
                 let mut escaped = false;
+                // Quoted values are short: a plain loop beats a SIMD search
+                // call per field.
                 let end = loop {
-                    match memchr2(b'"', b'\\', &b[j..]) {
+                    match b.get(j) {
                         None => return Err(Reject::new(RejectReason::Quoting, format!("unterminated quote in field {}", toks.n + 1))),
-                        Some(k) if b[j + k] == b'\\' => {
+                        Some(b'"') => break j,
+                        Some(b'\\') => {
                             escaped = true;
-                            j += k + 2;
-                            if j > b.len() {
-                                return Err(Reject::new(RejectReason::Quoting, format!("unterminated quote in field {}", toks.n + 1)));
-                            }
+                            j += 2;
                         }
-                        Some(k) => break j + k,
+                        Some(_) => j += 1,
                     }
                 };
                 (Tok { start: start as u32, end: end as u32, escaped }, end + 1)
@@ -154,7 +154,10 @@ fn tokenize(line: &str) -> Result<Toks, Reject> {
                 Some(k) => (Tok { start: (i + 1) as u32, end: (i + k) as u32, escaped: false }, i + k + 1),
             },
             _ => {
-                let end = memchr(b' ', &b[i..]).map_or(b.len(), |k| i + k);
+                let mut end = i + 1;
+                while end < b.len() && b[end] != b' ' {
+                    end += 1;
+                }
                 (Tok { start: i as u32, end: end as u32, escaped: false }, end)
             }
         };
@@ -286,7 +289,7 @@ pub fn parse<'a>(line: &'a str, out: &mut Vec<Record<'a>>) -> Result<LineKind, R
 /// Splits the request field into method, uri and version. A field without
 /// spaces is all uri.
 fn split_request(r: &str) -> (&str, &str, &str) {
-    match (r.find(' '), r.rfind(' ')) {
+    match (r.bytes().position(|c| c == b' '), r.bytes().rposition(|c| c == b' ')) {
         (Some(a), Some(z)) if a < z => (&r[..a], &r[a + 1..z], &r[z + 1..]),
         (Some(a), Some(_)) => (&r[..a], &r[a + 1..], ""),
         _ => ("", r, ""),

@@ -51,7 +51,8 @@ pub struct RequestIdParts<'a> {
 /// between (api keys do not normally contain `_`, but if one does it stays
 /// whole). `None` when the id does not start with an epoch.
 pub fn split_request_id(id: &str) -> Option<RequestIdParts<'_>> {
-    let first = id.find('_');
+    // Byte loops: these ids are short, a SIMD search call costs more.
+    let first = id.bytes().position(|c| c == b'_');
     let epoch = match first {
         Some(i) => &id[..i],
         None => id,
@@ -62,7 +63,7 @@ pub fn split_request_id(id: &str) -> Option<RequestIdParts<'_>> {
     let (api_key, service_id) = match first {
         Some(i) => {
             let rest = &id[i + 1..];
-            match rest.rfind('_') {
+            match rest.bytes().rposition(|c| c == b'_') {
                 Some(j) => (Some(&rest[..j]), Some(&rest[j + 1..])),
                 None => (None, None),
             }
@@ -121,6 +122,15 @@ struct StackBuf {
 }
 
 impl StackBuf {
+    fn push_byte(&mut self, c: u8) -> bool {
+        if self.len == self.buf.len() {
+            return false;
+        }
+        self.buf[self.len] = c;
+        self.len += 1;
+        true
+    }
+
     fn push(&mut self, s: &str) -> bool {
         let end = self.len + s.len();
         if end > self.buf.len() {
@@ -146,18 +156,39 @@ pub fn response_string(v: Cow<'_, str>) -> Cow<'_, str> {
         }
         return Cow::Owned(s.to_owned());
     }
+    // The common case, in one pass on the stack: separators become a single
+    // `_`, and a leading `200OK` gets its `_` between code and word.
     let mut sb = StackBuf { buf: [0; 80], len: 0 };
     let mut fits = true;
-    for (i, w) in words(s).enumerate() {
-        if i > 0 {
+    let mut pending = false;
+    let mut first_word = true;
+    let mut all_digits = true;
+    for &c in s.as_bytes() {
+        if matches!(c, b' ' | b'(' | b')' | b'_' | b'\t') {
+            if sb.len > 0 {
+                pending = true;
+                first_word = false;
+            }
+            continue;
+        }
+        if pending {
+            fits &= sb.push("_");
+            pending = false;
+        } else if first_word && all_digits && sb.len > 0 && !c.is_ascii_digit() {
             fits &= sb.push("_");
         }
-        fits &= sb.push(w);
+        if !c.is_ascii_digit() {
+            all_digits = false;
+        }
+        fits &= sb.push_byte(c);
     }
     if fits {
         let built = &sb.buf[..sb.len];
         if let Some(k) = KNOWN_RESPONSES.iter().find(|k| k.as_bytes() == built) {
             return Cow::Borrowed(k);
+        }
+        if let Ok(t) = std::str::from_utf8(built) {
+            return Cow::Owned(t.to_owned());
         }
     }
     let mut out = String::with_capacity(s.len());

@@ -1,0 +1,125 @@
+//! Parse + enrich + serialise throughput on one thread, per input format.
+//!
+//! `cargo bench --bench parse` generates a few hundred thousand varied lines
+//! in memory with the simulator (services, keys, statuses and timings vary;
+//! a share of lines lack names, so enrichment has work to do), then times
+//! the hot path the bridge runs for every line:
+//! `LineParser::parse_line` → `Enricher::enrich` (the shipped example
+//! lookups) → `Record::write_json` (`ndjson`) into a reused buffer.
+//! It prints lines/s and MB/s for `le6` and `le5-csv` (and, for reference,
+//! `le-json`), plus parse-only figures so the stages compare as ratios
+//! within one run. Each figure is the best of several rounds (the machine
+//! is shared). `LINES=n` changes the number of lines per format, `FORMATS=le6,le5-csv`
+//! picks formats.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use calllog_bridge::enrich::{Enricher, Lookups};
+use calllog_bridge::parse::{Format, LineKind, LineParser};
+use calllog_bridge::record::{Record, Shape};
+use calllog_bridge::simulate::{le5_csv_header, Generator};
+
+/// Rounds per figure; the best is reported.
+const ROUNDS: usize = 5;
+
+fn main() {
+    let n: usize = std::env::var("LINES").ok().and_then(|v| v.parse().ok()).unwrap_or(300_000);
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let lookups: Vec<PathBuf> = ["keys.csv", "services.csv", "endpoints.csv", "plans.json"]
+        .iter()
+        .map(|f| root.join("examples/lookups").join(f))
+        .filter(|p| p.exists())
+        .collect();
+    let enricher = match Enricher::new(&lookups, None, None) {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!("cannot load the example lookups: {e}");
+            std::process::exit(1);
+        }
+    };
+    let tables = enricher.tables();
+    println!("parse bench: {n} lines per format, one thread, best of {ROUNDS} rounds, {} lookup files", lookups.len());
+    println!("{:<9} {:>16} {:>10} {:>16} {:>12}", "format", "full lines/s", "MB/s", "parse-only l/s", "ns/line");
+    let only = std::env::var("FORMATS").unwrap_or_default();
+    for format in [Format::Le6, Format::Le5Csv, Format::LeJson] {
+        if !only.is_empty() && !only.split(',').any(|f| f == format.name()) {
+            continue;
+        }
+        let lines = generate(format, n);
+        let bytes = lines.len();
+        let full = best(|| run(format, &lines, Some((&enricher, &tables))));
+        let parse_only = best(|| run(format, &lines, None));
+        let per_s = n as f64 / full.as_secs_f64();
+        println!(
+            "{:<9} {:>16.0} {:>10.1} {:>16.0} {:>12.0}",
+            format.name(),
+            per_s,
+            bytes as f64 / full.as_secs_f64() / 1e6,
+            n as f64 / parse_only.as_secs_f64(),
+            full.as_nanos() as f64 / n as f64
+        );
+    }
+}
+
+/// `n` lines of `format` (a header first for CSV), each a different call,
+/// as one newline-separated buffer: the bytes a file of them holds, read
+/// front to back as the bridge reads a file.
+fn generate(format: Format, n: usize) -> Vec<u8> {
+    let mut g = Generator::new(42);
+    let start_ms = 1_700_000_000_000;
+    let mut out = Vec::with_capacity(n * 800);
+    if format == Format::Le5Csv {
+        out.extend_from_slice(le5_csv_header().as_bytes());
+        out.push(b'\n');
+    }
+    for i in 0..n {
+        out.extend_from_slice(g.next_call(start_ms + i as i64 * 3, 0).render(format).as_bytes());
+        out.push(b'\n');
+    }
+    out
+}
+
+fn best(mut f: impl FnMut() -> Duration) -> Duration {
+    (0..ROUNDS).map(|_| f()).min().unwrap_or_default()
+}
+
+/// One pass over the lines; returns the elapsed time. Panics if a line is
+/// rejected: the generated lines are all valid, a reject is a bug.
+fn run(format: Format, text: &[u8], enrich: Option<(&Enricher, &Lookups)>) -> Duration {
+    let mut parser = LineParser::new(format, 1 << 20);
+    let mut out_buf: Vec<u8> = Vec::with_capacity(1 << 20);
+    let mut spare: Vec<Record<'static>> = Vec::with_capacity(4);
+    let mut written = 0usize;
+    let t = Instant::now();
+    let mut start = 0;
+    for end in memchr::memchr_iter(b'\n', text) {
+        let line = &text[start..end];
+        start = end + 1;
+        let mut recs: Vec<Record<'_>> = recycle(std::mem::take(&mut spare));
+        match parser.parse_line(line, &mut recs) {
+            Ok(LineKind::Records(_)) | Ok(LineKind::Header) | Ok(LineKind::Blank) => {}
+            Err(r) => panic!("generated {format} line rejected: {r}: {}", String::from_utf8_lossy(line)),
+        }
+        if let Some((e, tables)) = enrich {
+            for rec in recs.iter_mut() {
+                e.enrich(tables, rec);
+                rec.write_json(Shape::Ndjson, &mut out_buf);
+                out_buf.push(b'\n');
+            }
+            if out_buf.len() > (1 << 20) - 4096 {
+                written += out_buf.len();
+                out_buf.clear();
+            }
+        }
+        spare = recycle(recs);
+    }
+    let el = t.elapsed();
+    std::hint::black_box((written, out_buf.len()));
+    el
+}
+
+fn recycle<'b>(mut v: Vec<Record<'_>>) -> Vec<Record<'b>> {
+    v.clear();
+    v.into_iter().filter_map(|_| None).collect()
+}
