@@ -341,8 +341,11 @@ impl Tailer {
             Ok(Ok(Some(v))) => v,
             Ok(Ok(None)) => return,
             Ok(Err(e)) => {
-                if let Some(t) = self.files.get(&key) {
-                    tracing::warn!(file = %t.path.display(), error = %e, "cannot open file; retried when it changes");
+                if let Some(t) = self.files.get_mut(&key) {
+                    tracing::warn!(file = %t.path.display(), error = %e, "cannot open file; retried at the next scan");
+                    // Not a size any file has: the next scan sees a change
+                    // and tries again (e.g. after EMFILE or EACCES is fixed).
+                    t.size = u64::MAX;
                 }
                 return;
             }

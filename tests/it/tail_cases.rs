@@ -298,3 +298,17 @@ fn example_config_is_valid() {
     let out = crate::support::cmd().args(["check-config", "--config"]).arg(&cfg).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
+
+#[test]
+fn read_from_end_skips_what_was_there_at_start_only() {
+    let mut env = Env::new("*.log", "read_from = \"end\"");
+    env.append("access.log", &lines(&uuids("before", 50)));
+    env.start();
+    let a = uuids("a", 20);
+    env.append("access.log", &lines(&a));
+    // A file appearing later is read from its beginning.
+    let b = uuids("b", 10);
+    env.append("new.log", &lines(&b));
+    env.expect_exactly(&[a, b].concat());
+    env.stop();
+}
