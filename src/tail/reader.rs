@@ -508,6 +508,7 @@ pub async fn run(spec: Spec, shared: Shared, ctl: Arc<Control>, stats: FileStats
             tracing::warn!(file = %path, offset = r.offset, reason = %r.reject.reason, detail = %r.reject.detail, "rejected line");
         }
         if chunk.offset > last_sent || chunk.partial {
+            let chunk_start = last_sent;
             last_sent = chunk.offset;
             stats.observed(chunk.observed_ms, chunk.records.iter().map(|r| r.request_time_ms));
             let ticket = shared.checkpoints.register(fp, chunk.offset);
@@ -519,8 +520,16 @@ pub async fn run(spec: Spec, shared: Shared, ctl: Arc<Control>, stats: FileStats
                 }
             });
             let batch = Batch::new(path.clone(), chunk.records, chunk.observed_ms, Some(on_acked));
-            if shared.fanout.send(batch).await.is_err() {
-                return done(st.offset(), size, Exit::Shutdown);
+            // A sink that cannot take more (upstream down) must not hold up
+            // shutdown: a batch abandoned here is never acknowledged, so its
+            // records are read again after the restart.
+            tokio::select! {
+                r = shared.fanout.send(batch) => {
+                    if r.is_err() {
+                        return done(st.offset(), size, Exit::Shutdown);
+                    }
+                }
+                _ = shared.shutdown.cancelled() => return done(chunk_start, size, Exit::Shutdown),
             }
         }
         if chunk.status == Status::More {
