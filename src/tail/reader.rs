@@ -501,10 +501,11 @@ pub async fn run(spec: Spec, shared: Shared, ctl: Arc<Control>, stats: FileStats
             return done(chunk.offset, size, Exit::Truncated);
         }
         if chunk.partial {
+            stats.partial_line();
             tracing::info!(file = %path, offset = chunk.offset, "emitted a partial last line (no newline) of a file rotated away or deleted");
         }
         for r in &chunk.rejects {
-            stats.rejected();
+            stats.rejected_for(r.reject.reason.name());
             tracing::warn!(file = %path, offset = r.offset, reason = %r.reject.reason, detail = %r.reject.detail, "rejected line");
         }
         if chunk.offset > last_sent || chunk.partial {

@@ -190,6 +190,9 @@ pub struct FileInner {
     pub records: AtomicU64,
     /// Lines rejected.
     pub rejects: AtomicU64,
+    /// Partial last lines (no newline) emitted because their file was
+    /// rotated away or deleted.
+    pub partial_lines: AtomicU64,
     /// Records whose request_time lies after the time they were observed.
     pub negative_delays: AtomicU64,
     /// Newest request_time read (epoch ms), the watermark; 0 = none yet.
@@ -227,6 +230,7 @@ impl FileInner {
             committed_offset: AtomicU64::new(0),
             records: AtomicU64::new(0),
             rejects: AtomicU64::new(0),
+            partial_lines: AtomicU64::new(0),
             negative_delays: AtomicU64::new(0),
             watermark_ms: AtomicI64::new(0),
             last_read_ms: AtomicI64::new(0),
@@ -325,6 +329,12 @@ impl FileStats {
             inner.watermark_ms.fetch_max(newest, Ordering::Relaxed);
         }
         inner.last_read_ms.fetch_max(observed_ms, Ordering::Relaxed);
+    }
+
+    /// Counts a partial last line emitted (its file was rotated away or
+    /// deleted before the newline came).
+    pub fn partial_line(&self) {
+        self.0.partial_lines.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Counts a rejected line whose reason is not known here (counted under
