@@ -291,8 +291,8 @@ pub fn parse<'a>(line: &'a str, out: &mut Vec<Record<'a>>) -> Result<LineKind, R
 fn split_request(r: &str) -> (&str, &str, &str) {
     match (r.bytes().position(|c| c == b' '), r.bytes().rposition(|c| c == b' ')) {
         (Some(a), Some(z)) if a < z => (&r[..a], &r[a + 1..z], &r[z + 1..]),
-        (Some(a), Some(_)) => (&r[..a], &r[a + 1..], ""),
-        _ => ("", r, ""),
+        (Some(a), Some(_)) => (&r[..a], &r[a + 1..], &r[r.len()..]),
+        _ => (&r[..0], r, &r[r.len()..]),
     }
 }
 
@@ -366,5 +366,8 @@ mod tests {
         check("", Err(RejectReason::ColumnCount));
         check("\\", Err(RejectReason::ColumnCount));
         check("\"\\", Err(RejectReason::Quoting));
+        // A request field without spaces is all uri.
+        let bare = SAMPLE.replace("\"GET /test3?api_key=XXXXX HTTP/1.1\"", "\"-\"");
+        check(&bare, Ok(&[(Field::Uri, "-"), (Field::HttpMethod, ""), (Field::HttpVersion, "")]));
     }
 }

@@ -240,3 +240,93 @@ impl LineParser {
         r
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::simulate::{le5_csv_header, Generator};
+    use rand::rngs::StdRng;
+    use rand::{Rng, SeedableRng};
+
+    /// Parses `line` and checks the contract: on success the records pushed
+    /// match the count returned; on a reject nothing is pushed.
+    fn parse_checked(p: &mut LineParser, line: &[u8]) -> Result<LineKind, Reject> {
+        let mut out = vec![Record::default()];
+        let r = p.parse_line(line, &mut out);
+        match &r {
+            Ok(LineKind::Records(n)) => assert_eq!(out.len(), 1 + n),
+            _ => assert_eq!(out.len(), 1, "nothing pushed for {r:?}"),
+        }
+        r
+    }
+
+    #[test]
+    fn random_mutations_never_panic_and_keep_the_contract() {
+        let mut rng = StdRng::seed_from_u64(42);
+        for format in [Format::Le6, Format::Le5Csv, Format::LeJson, Format::EcleCsv, Format::Ecls, Format::Auto] {
+            let mut g = Generator::new(3);
+            let mut p = LineParser::new(format, 4096);
+            if format == Format::Le5Csv {
+                assert_eq!(parse_checked(&mut p, le5_csv_header().as_bytes()), Ok(LineKind::Header));
+            }
+            let (mut ok, mut rejected) = (0, 0);
+            for _ in 0..3000 {
+                let mut l = g.next_call(1_732_000_000_000, 0).render(format).into_bytes();
+                let valid = match rng.random_range(0..5) {
+                    0 => true,
+                    1 => {
+                        l = (0..rng.random_range(0..300)).map(|_| rng.random::<u8>()).collect();
+                        false
+                    }
+                    2 => {
+                        for _ in 0..rng.random_range(1..6) {
+                            let i = rng.random_range(0..l.len());
+                            l[i] = *[b'"', b',', b' ', b'[', b']', b'\\', b'{', b'}', b'_', 0xc3, b'\r']
+                                .get(rng.random_range(0..11))
+                                .unwrap_or(&b'x');
+                        }
+                        false
+                    }
+                    3 => {
+                        l.truncate(rng.random_range(0..l.len()));
+                        false
+                    }
+                    _ => {
+                        let i = rng.random_range(0..l.len());
+                        let j = rng.random_range(i..l.len());
+                        l.drain(i..j);
+                        false
+                    }
+                };
+                match parse_checked(&mut p, &l) {
+                    Ok(_) => ok += 1,
+                    Err(r) => {
+                        assert!(!valid, "{format}: a valid line was rejected: {r}");
+                        assert!(!r.detail.is_empty());
+                        rejected += 1;
+                    }
+                }
+            }
+            assert_eq!(ok + rejected, 3000);
+            assert!(ok > 500 && rejected > 500, "{format}: {ok} ok, {rejected} rejected");
+        }
+    }
+
+    #[test]
+    fn every_line_level_reason() {
+        let mut p = LineParser::new(Format::Le6, 10);
+        assert_eq!(parse_checked(&mut p, b"0123456789ab").unwrap_err().reason, RejectReason::TooLong);
+        assert_eq!(
+            parse_checked(&mut p, b"0123456789\r"),
+            Err(Reject::new(RejectReason::ColumnCount, "expected 71 fields (72 with class), found 1"))
+        );
+        assert_eq!(parse_checked(&mut p, b"ab\xffcd").unwrap_err().reason, RejectReason::InvalidUtf8);
+        assert_eq!(parse_checked(&mut p, b"  \r"), Ok(LineKind::Blank));
+        let mut a = LineParser::new(Format::Auto, 100);
+        assert_eq!(parse_checked(&mut a, b"hello").unwrap_err().reason, RejectReason::UnknownFormat);
+        assert_eq!(a.format(), Format::Auto);
+        assert_eq!(parse_checked(&mut a, b"\xef\xbb\xbfrequest_uuid,request_time"), Ok(LineKind::Header));
+        assert_eq!(a.format(), Format::Le5Csv);
+        assert_eq!(parse_checked(&mut a, b"u1,1542643298.014"), Ok(LineKind::Records(1)));
+    }
+}

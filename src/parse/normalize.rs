@@ -281,16 +281,23 @@ pub fn finish<'a>(rec: &mut Record<'a>, how: Finish) -> Result<(), Reject> {
 }
 
 /// A sub-slice of a Cow as a Cow with the same lifetime: borrowed when
-/// the parent is borrowed, copied otherwise.
+/// the parent is borrowed and `part` lies inside it, copied otherwise.
 pub fn sub_cow<'a>(parent: &Cow<'a, str>, part: &str) -> Cow<'a, str> {
-    match parent {
-        Cow::Borrowed(p) => {
-            // `part` points inside `p`: re-slice `p` so the result has 'a.
-            let start = part.as_ptr() as usize - p.as_ptr() as usize;
-            Cow::Borrowed(&p[start..start + part.len()])
-        }
-        Cow::Owned(_) => Cow::Owned(part.to_owned()),
+    if part.is_empty() {
+        return Cow::Borrowed("");
     }
+    if let Cow::Borrowed(p) = parent {
+        // Re-slice `p` so the result has its lifetime 'a.
+        let base = p.as_ptr() as usize;
+        let at = part.as_ptr() as usize;
+        if at >= base && at + part.len() <= base + p.len() {
+            let start = at - base;
+            if let Some(sub) = p.get(start..start + part.len()) {
+                return Cow::Borrowed(sub);
+            }
+        }
+    }
+    Cow::Owned(part.to_owned())
 }
 
 /// At most `n` bytes of `s` (on a char boundary), for reject details.

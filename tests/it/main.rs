@@ -16,3 +16,4 @@ mod tail_random;
 mod tail_kill;
 mod lag;
 mod status;
+mod parse;
