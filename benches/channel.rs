@@ -294,7 +294,8 @@ async fn throughput(label: &str, n: u64, per_message: usize, rate: Option<u64>, 
     let min = rates.iter().cloned().fold(f64::INFINITY, f64::min);
     let max = rates.iter().cloned().fold(0.0, f64::max);
     println!(
-        "   {label}: {n} records; producer {:.0} records/s; per client {:.0} .. {:.0} records/s; slow consumers closed {}; {}",
+        "   [load average {}] {label}: {n} records; producer {:.0} records/s; per client {:.0} .. {:.0} records/s; slow consumers closed {}; {}",
+        loadavg(),
         n as f64 / produce_time.as_secs_f64(),
         min,
         max,
@@ -383,4 +384,10 @@ fn rss_kib() -> u64 {
 
 fn num_cpus() -> usize {
     std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+}
+
+/// The 1-minute load average (the machine is shared: a figure taken while
+/// other work runs is lower).
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg").ok().and_then(|s| s.split_whitespace().next().map(str::to_string)).unwrap_or_default()
 }

@@ -197,7 +197,7 @@ async fn tail(args: TailArgs) -> anyhow::Result<i32> {
         let since = progress.last_seq.map(|s| s + 1).or(args.since);
         let url = target.url(&key, since);
         let ended = match dial(&target, &url, tls.as_ref()).await {
-            Ok(Conn::Plain(ws)) => session(ws, &mut out, &mut progress, args.count).await,
+            Ok(Conn::Plain(ws)) => session(*ws, &mut out, &mut progress, args.count).await,
             Ok(Conn::Tls(ws)) => session(*ws, &mut out, &mut progress, args.count).await,
             Err(DialError::Auth) => {
                 eprintln!("calllog-bridge: authentication failed: the channel refused the token ({})", target.display());
@@ -239,7 +239,7 @@ async fn tail(args: TailArgs) -> anyhow::Result<i32> {
 /// A connected client, plain or TLS.
 enum Conn {
     /// `ws://`.
-    Plain(WebSocketStream<TcpStream>),
+    Plain(Box<WebSocketStream<TcpStream>>),
     /// `wss://`.
     Tls(Box<WebSocketStream<tokio_rustls::client::TlsStream<TcpStream>>>),
 }
@@ -248,7 +248,7 @@ async fn dial(target: &Target, url: &str, tls: Option<&tokio_rustls::TlsConnecto
     let tcp = TcpStream::connect((target.host.as_str(), target.port)).await.map_err(|e| DialError::Retry(e.to_string()))?;
     let _ = tcp.set_nodelay(true);
     match tls {
-        None => tokio_tungstenite::client_async(url, tcp).await.map(|(ws, _)| Conn::Plain(ws)).map_err(classify),
+        None => tokio_tungstenite::client_async(url, tcp).await.map(|(ws, _)| Conn::Plain(Box::new(ws))).map_err(classify),
         Some(connector) => {
             let name = rustls::pki_types::ServerName::try_from(target.host.clone())
                 .map_err(|e| DialError::Refused(format!("bad host name for TLS: {e}")))?;

@@ -35,11 +35,15 @@ pub struct ChannelConfig {
     /// Records per `{"data":[...]}` message (1 = compatibility mode).
     #[serde(default = "default_records_per_message")]
     pub records_per_message: usize,
-    /// Records kept for `?since=` replay.
+    /// Records kept for `?since=` replay (the ring also keeps what is
+    /// within `send_queue_bytes` of the newest record). Memory is about
+    /// this many times the record size (~1.3 KB in the `ecls` shape),
+    /// whatever the number or speed of clients.
     #[serde(default = "default_replay_records")]
     pub replay_records: usize,
-    /// Per-connection send queue bound; a client past it is closed as a
-    /// slow consumer.
+    /// Per-connection send queue bound: a client whose unsent bytes stay
+    /// above it for more than a second is closed (1013 `slow consumer`)
+    /// and counted; it never slows the tailers or the other clients.
     #[serde(default = "default_send_queue_bytes")]
     pub send_queue_bytes: usize,
     /// Mask `api_key` / `oauth_access_token` on this channel, keeping this
@@ -120,6 +124,27 @@ impl ChannelConfig {
         if self.tls_cert.is_some() != self.tls_key.is_some() {
             return Err(ConfigError::invalid(format!("{key}.tls_cert"), "`tls_cert` and `tls_key` go together"));
         }
+        if let (Some(cert), Some(tls_key)) = (&self.tls_cert, &self.tls_key) {
+            check_pem(&format!("{key}.tls_cert"), cert, false)?;
+            check_pem(&format!("{key}.tls_key"), tls_key, true)?;
+        }
         Ok(())
+    }
+}
+
+/// Checks that `path` holds a PEM certificate (or, with `private_key`, a
+/// PEM private key), naming `key` when it does not.
+fn check_pem(key: &str, path: &Path, private_key: bool) -> Result<(), ConfigError> {
+    let pem = std::fs::read(path).map_err(|e| ConfigError::invalid(key, format!("cannot read {}: {e}", path.display())))?;
+    let found = if private_key {
+        matches!(rustls_pemfile::private_key(&mut pem.as_slice()), Ok(Some(_)))
+    } else {
+        rustls_pemfile::certs(&mut pem.as_slice()).next().is_some_and(|c| c.is_ok())
+    };
+    if found {
+        Ok(())
+    } else {
+        let what = if private_key { "a PEM private key" } else { "a PEM certificate" };
+        Err(ConfigError::invalid(key, format!("{} does not hold {what}", path.display())))
     }
 }

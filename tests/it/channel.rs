@@ -737,3 +737,23 @@ async fn end_to_end_tail_exits_non_zero_on_a_bad_token() {
     assert!(err.contains("authentication failed: the channel refused the token"), "{err}");
     assert!(!err.contains("wrong-token"), "the token is not printed: {err}");
 }
+
+#[test]
+fn a_bad_tls_file_is_a_config_error_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/it/data");
+    let cfg = dir.path().join("config.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "state_dir = \"{state}\"\n[[source]]\npaths = [\"{state}/*.log\"]\n[channel]\ntoken = \"t\"\ntls_cert = \"{key}\"\ntls_key = \"{key}\"\n",
+            state = dir.path().display(),
+            key = data.join("channel-key.pem").display()
+        ),
+    )
+    .unwrap();
+    let out = support::cmd().arg("check-config").arg("--config").arg(&cfg).output().unwrap();
+    assert_eq!(out.status.code(), Some(64), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("channel.tls_cert"), "{err}");
+}

@@ -150,6 +150,8 @@ enum Decision {
 
 /// Serves one accepted socket (plain or TLS) until it closes.
 /// `handshake_slot` is held until the handshake is done.
+// The callback's error type (an HTTP response) is tungstenite's.
+#[allow(clippy::result_large_err)]
 pub async fn serve<S>(shared: Arc<Shared>, stream: S, peer: SocketAddr, handshake_slot: OwnedSemaphorePermit)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
