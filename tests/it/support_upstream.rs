@@ -79,6 +79,8 @@ pub struct State {
     pub requests: AtomicU64,
     /// The body format (to count records).
     pub format: Format,
+    /// Delay before every unscripted answer, in ms.
+    pub delay_ms: AtomicU64,
 }
 
 /// A running collector.
@@ -113,6 +115,7 @@ impl Collector {
             bytes: AtomicU64::new(0),
             requests: AtomicU64::new(0),
             format,
+            delay_ms: AtomicU64::new(0),
         });
         let std_listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind collector");
         std_listener.set_nonblocking(true).expect("nonblocking");
@@ -151,6 +154,11 @@ impl Collector {
     /// Resets every connection while `down`.
     pub fn set_down(&self, down: bool) {
         self.state.down.store(down, Ordering::SeqCst);
+    }
+
+    /// Waits this long before every unscripted answer.
+    pub fn set_delay(&self, d: Duration) {
+        self.state.delay_ms.store(d.as_millis() as u64, Ordering::SeqCst);
     }
 
     /// 413 above this many records per request.
@@ -282,6 +290,10 @@ async fn serve(mut sock: TcpStream, st: Arc<State>) -> std::io::Result<()> {
                 (200, String::new(), "{}".into())
             }
             None => {
+                let delay = st.delay_ms.load(Ordering::SeqCst);
+                if delay > 0 {
+                    tokio::time::sleep(Duration::from_millis(delay)).await;
+                }
                 let ids = n_records();
                 let max = st.max_records.load(Ordering::SeqCst);
                 let poison = st.poison_uuid.lock().unwrap().clone();

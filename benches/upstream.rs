@@ -1,0 +1,246 @@
+//! Upstream sink throughput: file → parse → upstream (gzip NDJSON) into a
+//! local collector that discards, and catch-up from the disk spool.
+//!
+//! `cargo bench --bench upstream` writes a file of generated LE 6 enriched
+//! access-log lines (the simulator's varied calls), then times the path the
+//! bridge runs for a backlog: read the file line by line, parse, own and
+//! stamp each record, group them into pipeline batches of 500, and push them
+//! through the real upstream sink (default settings: gzip level 6, 1000
+//! records per request, 4 in flight) over HTTP to a collector on 127.0.0.1
+//! that counts bytes and answers 200. It prints records/s, MB/s of source
+//! file, CPU seconds per million records (process CPU time from
+//! `/proc/self/stat`, collector included), and the time a 1 GB backlog of
+//! such files would take, extrapolated from the measured rate.
+//! The second part fills the spool during a simulated outage and times its
+//! drain once the collector answers; it extrapolates the drain of 1 GB of
+//! spool the same way.
+//!
+//! "One core": run it as `taskset -c 0 cargo bench --bench upstream` (the
+//! sink runs on a current-thread runtime, but gzip and file I/O use tokio's
+//! blocking pool; `taskset` keeps all of them, and the collector, on one
+//! CPU). The allowed CPUs are printed. `RECORDS=n` changes the record count,
+//! `GZIP_LEVEL=n` the gzip level.
+
+#[path = "../tests/it/support_upstream.rs"]
+mod support_upstream;
+
+use std::io::{BufRead, BufReader, Write};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use calllog_bridge::config::UpstreamConfig;
+use calllog_bridge::parse::{Format, LineParser};
+use calllog_bridge::pipeline::{Batch, Fanout};
+use calllog_bridge::record::Record;
+use calllog_bridge::simulate::Generator;
+use calllog_bridge::sink::upstream;
+use calllog_bridge::sink::SinkContext;
+use calllog_bridge::telemetry::Telemetry;
+use support_upstream::Collector;
+use tokio_util::sync::CancellationToken;
+
+/// Records per pipeline batch (what a tailer hands over per read).
+const PIPELINE_BATCH: usize = 500;
+
+fn main() {
+    let n: usize = std::env::var("RECORDS").ok().and_then(|v| v.parse().ok()).unwrap_or(400_000);
+    let level: u32 = std::env::var("GZIP_LEVEL").ok().and_then(|v| v.parse().ok()).unwrap_or(6);
+    let cpus = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("Cpus_allowed_list")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string()))
+        .unwrap_or_default();
+    println!("upstream bench: {n} records, gzip level {level}, allowed CPUs: {cpus}");
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("access.log");
+    let file_bytes = write_lines(&file, n);
+    println!("source file: {:.1} MB of LE 6 lines, {:.0} bytes/line", file_bytes as f64 / 1e6, file_bytes as f64 / n as f64);
+
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    rt.block_on(async {
+        // 1. file → upstream.
+        let c = Collector::start_discarding(support_upstream::Format::Ndjson);
+        let cfg = config(&c.url("/"), level, "");
+        let (elapsed, cpu) = file_to_upstream(&cfg, &file, dir.path(), n).await;
+        let rate = n as f64 / elapsed.as_secs_f64();
+        let wire = c.state.bytes.load(Ordering::Relaxed);
+        println!(
+            "file -> upstream (gzip ndjson): {:.0} records/s, {:.1} MB/s of source file, {:.2} CPU s per million records, {:.1} MB on the wire ({} requests)",
+            rate,
+            file_bytes as f64 / elapsed.as_secs_f64() / 1e6,
+            cpu / n as f64 * 1e6,
+            wire as f64 / 1e6,
+            c.state.requests.load(Ordering::Relaxed),
+        );
+        let per_gb = 1e9 / (file_bytes as f64 / n as f64);
+        println!(
+            "1 GB backlog of such files: {:.0} records, catch-up {:.0} s at the measured rate (extrapolated from {:.0} MB)",
+            per_gb,
+            per_gb / rate,
+            file_bytes as f64 / 1e6
+        );
+
+        // 2. spool drain.
+        let spool_n = (n / 2).max(1000);
+        let c2 = Collector::start_discarding(support_upstream::Format::Ndjson);
+        let state = dir.path().join("state");
+        let cfg2 = config(&c2.url("/"), level, "spool_after_ms = 0\n");
+        c2.set_down(true);
+        let spool_bytes = fill_spool(&cfg2, &file, &state, spool_n).await;
+        c2.set_down(false);
+        let (drain, cpu2) = drain_spool(&cfg2, &state, spool_n).await;
+        let drate = spool_n as f64 / drain.as_secs_f64();
+        println!(
+            "spool drain: {spool_n} records ({:.1} MB of spool) in {:.2} s: {:.0} records/s, {:.2} CPU s per million records",
+            spool_bytes as f64 / 1e6,
+            drain.as_secs_f64(),
+            drate,
+            cpu2 / spool_n as f64 * 1e6
+        );
+        println!(
+            "1 GB of spool: catch-up {:.0} s (extrapolated from {:.1} MB)",
+            1e9 / (spool_bytes as f64 / drain.as_secs_f64()),
+            spool_bytes as f64 / 1e6
+        );
+    });
+}
+
+fn config(url: &str, level: u32, extra: &str) -> UpstreamConfig {
+    toml::from_str(&format!("url = \"{url}\"\ngzip_level = {level}\n{extra}")).expect("config")
+}
+
+/// Writes `n` generated LE 6 lines; returns the file size.
+fn write_lines(path: &std::path::Path, n: usize) -> u64 {
+    let mut g = Generator::new(7);
+    let mut f = std::io::BufWriter::new(std::fs::File::create(path).expect("create"));
+    for i in 0..n {
+        let line = g.next_call(1_700_000_000_000 + i as i64 * 3, 0).render(Format::Le6);
+        f.write_all(line.as_bytes()).expect("write");
+        f.write_all(b"\n").expect("write");
+    }
+    f.flush().expect("flush");
+    std::fs::metadata(path).expect("stat").len()
+}
+
+/// Process CPU time (user + system) in seconds.
+fn cpu_seconds() -> f64 {
+    let tck: f64 = std::process::Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(100.0);
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the parenthesised command name; utime and stime are 14 and 15.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i - 3).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (ticks(14) + ticks(15)) / tck
+}
+
+/// Reads, parses and sends the first `n` records of `file` through a fresh
+/// upstream sink; returns (wall time until every batch is acknowledged,
+/// CPU seconds).
+async fn file_to_upstream(cfg: &UpstreamConfig, file: &std::path::Path, state: &std::path::Path, n: usize) -> (Duration, f64) {
+    let (mut fanout, task, acked, _tel) = start(cfg, state).await;
+    let cpu0 = cpu_seconds();
+    let t = Instant::now();
+    let batches = feed(&mut fanout, file, n, &acked).await;
+    wait(&acked, batches).await;
+    let el = t.elapsed();
+    let cpu = cpu_seconds() - cpu0;
+    drop(fanout);
+    let _ = task.await;
+    (el, cpu)
+}
+
+async fn start(
+    cfg: &UpstreamConfig,
+    state: &std::path::Path,
+) -> (Fanout, tokio::task::JoinHandle<anyhow::Result<()>>, Arc<std::sync::atomic::AtomicUsize>, Telemetry) {
+    let tel = Telemetry::new();
+    let ctx = SinkContext { state_dir: state.to_path_buf(), shutdown: CancellationToken::new(), telemetry: tel.clone() };
+    let mut fanout = Fanout::new();
+    let h = upstream::start(cfg, &ctx, &mut fanout).await.expect("start sink");
+    (fanout, h.task, Arc::new(std::sync::atomic::AtomicUsize::new(0)), tel)
+}
+
+/// The tailer's part: lines → records → pipeline batches. Returns the
+/// number of batches sent.
+async fn feed(fanout: &mut Fanout, file: &std::path::Path, n: usize, acked: &Arc<std::sync::atomic::AtomicUsize>) -> usize {
+    let mut r = BufReader::with_capacity(1 << 20, std::fs::File::open(file).expect("open"));
+    let mut parser = LineParser::new(Format::Le6, 1 << 20);
+    let mut line = Vec::with_capacity(4096);
+    let mut batch: Vec<Record<'static>> = Vec::with_capacity(PIPELINE_BATCH);
+    let mut sent = 0;
+    let mut count = 0;
+    while count < n {
+        line.clear();
+        if r.read_until(b'\n', &mut line).expect("read") == 0 {
+            break;
+        }
+        let observed = calllog_bridge::time::now_ms();
+        let mut recs: Vec<Record<'_>> = Vec::with_capacity(1);
+        parser.parse_line(line.strip_suffix(b"\n").unwrap_or(&line), &mut recs).expect("generated line parses");
+        for rec in recs.drain(..) {
+            let mut rec = rec.into_owned();
+            rec.stamp_observed(observed);
+            batch.push(rec);
+            count += 1;
+        }
+        if batch.len() >= PIPELINE_BATCH || count >= n {
+            let a = acked.clone();
+            let b = Batch::new(
+                "access.log".into(),
+                std::mem::take(&mut batch),
+                observed,
+                Some(Box::new(move || {
+                    a.fetch_add(1, Ordering::Relaxed);
+                })),
+            );
+            fanout.send(b).await.expect("sink running");
+            sent += 1;
+        }
+    }
+    sent
+}
+
+async fn wait(acked: &std::sync::atomic::AtomicUsize, n: usize) {
+    while acked.load(Ordering::Relaxed) < n {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+/// Sends `n` records while the collector is down: they all go to the spool.
+/// Returns the spool's size on disk.
+async fn fill_spool(cfg: &UpstreamConfig, file: &std::path::Path, state: &std::path::Path, n: usize) -> u64 {
+    let (mut fanout, task, acked, _tel) = start(cfg, state).await;
+    let batches = feed(&mut fanout, file, n, &acked).await;
+    wait(&acked, batches).await;
+    drop(fanout);
+    let _ = task.await;
+    walkdir::WalkDir::new(state.join("upstream-spool"))
+        .into_iter()
+        .filter_map(Result::ok)
+        .filter_map(|e| e.metadata().ok())
+        .map(|m| m.len())
+        .sum()
+}
+
+/// Starts a sink on the spooled state and times the drain.
+async fn drain_spool(cfg: &UpstreamConfig, state: &std::path::Path, n: usize) -> (Duration, f64) {
+    let cpu0 = cpu_seconds();
+    let t = Instant::now();
+    let (fanout, task, _acked, tel) = start(cfg, state).await;
+    let stats = tel.sink(upstream::NAME);
+    while (stats.delivered_records.load(Ordering::Relaxed) as usize) < n {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let el = t.elapsed();
+    let cpu = cpu_seconds() - cpu0;
+    drop(fanout);
+    let _ = task.await;
+    (el, cpu)
+}
