@@ -656,7 +656,7 @@ fn uuids(prefix: &str, n: usize) -> Vec<String> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn end_to_end_run_serves_the_channel_and_tail_prints_and_reconnects() {
+async fn end_to_end_run_serves_the_channel_and_tail_prints_and_replays() {
     let mut bridge = Bridge::start();
     let mut ws = connect(&bridge.url(TOKEN)).await;
     let first = uuids("e2e-a", 20);
@@ -756,4 +756,76 @@ fn a_bad_tls_file_is_a_config_error_naming_the_key() {
     assert_eq!(out.status.code(), Some(64), "{out:?}");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("channel.tls_cert"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn end_to_end_a_reload_with_a_new_token_ends_old_connections() {
+    let bridge = Bridge::start();
+    let mut ws = connect(&bridge.url(TOKEN)).await;
+    bridge.append(&uuids("reload-a", 1));
+    read_records(&mut ws, 1).await;
+    std::fs::write(bridge.dir.path().join("token"), "rotated-token\n").unwrap();
+    let pid = bridge.child.id().to_string();
+    assert!(std::process::Command::new("kill").args(["-HUP", &pid]).status().unwrap().success());
+    let closed = loop {
+        match next_event(&mut ws).await {
+            Event::Closed(c) => break c,
+            _ => continue,
+        }
+    };
+    assert_eq!(closed, Some((CloseCode::Policy, "token changed".to_string())));
+    assert_eq!(refused(&bridge.url(TOKEN)).await.0, 401);
+    let mut new = connect(&bridge.url("rotated-token")).await;
+    let ids = uuids("reload-b", 2);
+    bridge.append(&ids);
+    let (_, got) = read_records(&mut new, 2).await;
+    assert_eq!(got, ids);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tail_reconnects_with_since_and_prints_nothing_twice() {
+    use std::io::BufRead;
+    let mut ch = Chan::start("").await;
+    let url = ch.url(&format!("/stream?key={TOKEN}"));
+    let mut child = support::cmd()
+        .args(["tail", &url, "--count", "30"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (line_tx, mut lines) = mpsc::unbounded_channel::<String>();
+    std::thread::spawn(move || {
+        for l in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            if line_tx.send(l).is_err() {
+                break;
+            }
+        }
+    });
+    let mut printed = Vec::new();
+    async fn take(lines: &mut mpsc::UnboundedReceiver<String>, printed: &mut Vec<String>, n: usize) {
+        while printed.len() < n {
+            let l = tokio::time::timeout(DEADLINE, lines.recv()).await.expect("tail prints").expect("tail running");
+            let v: Value = serde_json::from_str(&l).unwrap();
+            printed.push(v["request_uuid"].as_str().unwrap().to_string());
+        }
+    }
+    poll("tail connected", || (ch.handle.connections() == 1).then_some(())).await;
+    let mut sent = ch.send(10).await;
+    take(&mut lines, &mut printed, 10).await;
+    // Drop tail's connection (a token change and back), then send while it
+    // is away: it must come back with since=<last seq + 1>.
+    ch.handle.set_token(Secret::new("interim"));
+    ch.handle.set_token(Secret::new(TOKEN));
+    poll("tail disconnected", || (ch.handle.connections() == 0).then_some(())).await;
+    sent.extend(ch.send(10).await);
+    poll("tail reconnected", || (ch.handle.connections() == 1).then_some(())).await;
+    sent.extend(ch.send(10).await);
+    take(&mut lines, &mut printed, 30).await;
+    assert_eq!(printed, sent, "every record once, in order, across the reconnect");
+    let status = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap()).await.unwrap();
+    assert!(status.status.success(), "{status:?}");
+    let err = String::from_utf8_lossy(&status.stderr);
+    assert!(err.contains("reconnecting"), "{err}");
+    assert!(!err.contains(TOKEN), "the token is never printed: {err}");
 }
