@@ -119,6 +119,9 @@ fn run(format: Format, text: &[u8], enrich: Option<(&Enricher, &Lookups)>) -> Du
     el
 }
 
+// `filter_map` (not `filter`) because it changes the item type; the
+// in-place collect reuses the allocation since the layouts are equal.
+#[allow(clippy::unnecessary_filter_map)]
 fn recycle<'b>(mut v: Vec<Record<'_>>) -> Vec<Record<'b>> {
     v.clear();
     v.into_iter().filter_map(|_| None).collect()

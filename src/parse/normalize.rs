@@ -205,7 +205,7 @@ pub fn response_string(v: Cow<'_, str>) -> Cow<'_, str> {
 /// underscores, with a leading `200OK` split into `200` and `OK` (LE 5
 /// writes the code and the first reason word together).
 fn words(s: &str) -> impl Iterator<Item = &str> + '_ {
-    s.split(|c: char| c == ' ' || c == '(' || c == ')' || c == '_' || c == '\t').filter(|p| !p.is_empty()).enumerate().flat_map(|(i, p)| {
+    s.split([' ', '(', ')', '_', '\t']).filter(|p| !p.is_empty()).enumerate().flat_map(|(i, p)| {
         let digits = p.bytes().take_while(u8::is_ascii_digit).count();
         let (a, b) = if i == 0 && digits > 0 && digits < p.len() { (&p[..digits], &p[digits..]) } else { (p, "") };
         [a, b].into_iter().filter(|w| !w.is_empty())

@@ -502,7 +502,7 @@ fn bad_json_and_bad_field() {
     let v: Value = serde_json::from_str(&line).unwrap();
     let uuid = v["request_uuid"].as_str().unwrap().to_string();
     let no_uuid = line.replace(&uuid, "").into_bytes();
-    let lines = vec![json_line(1), line[..line.len() / 2].as_bytes().to_vec(), json_line(3), no_uuid, b"   ".to_vec(), json_line(4)];
+    let lines = vec![json_line(1), line.as_bytes()[..line.len() / 2].to_vec(), json_line(3), no_uuid, b"   ".to_vec(), json_line(4)];
     check_rejects("j.ndjson", &["--format", "le-json"], &lines, 3, &[(2, "bad_json"), (4, "bad_field")]);
 }
 
