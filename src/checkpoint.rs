@@ -123,6 +123,8 @@ pub struct Checkpointer {
     path: Arc<PathBuf>,
     /// Offsets and trackers.
     state: Arc<Mutex<State>>,
+    /// Signalled when an offset advanced, so the writer writes promptly.
+    changed: Arc<tokio::sync::Notify>,
 }
 
 impl Checkpointer {
@@ -148,7 +150,7 @@ impl Checkpointer {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(source) => return Err(CheckpointError::Io { path, source }),
         }
-        Ok(Checkpointer { path: Arc::new(path), state: Arc::new(Mutex::new(state)) })
+        Ok(Checkpointer { path: Arc::new(path), state: Arc::new(Mutex::new(state)), changed: Arc::new(tokio::sync::Notify::new()) })
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -251,8 +253,14 @@ impl Checkpointer {
         if end > e.offset {
             e.offset = end;
             st.dirty = true;
+            self.changed.notify_one();
         }
         Some(end)
+    }
+
+    /// Waits until an offset advanced since the last call.
+    pub async fn changed(&self) {
+        self.changed.notified().await
     }
 
     /// Drops entries not seen since `now_ms - PRUNE_AFTER_MS`.

@@ -170,7 +170,7 @@ impl Env {
             missing.len(),
             ids.len(),
             &missing[..missing.len().min(5)],
-            tail(&self.log_text(), 60)
+            tail(&self.log_text(), 400)
         );
     }
 

@@ -49,6 +49,7 @@ fn run_seed(seed: u64, steps: usize) {
     env.start();
     for _ in 0..steps {
         let op = rng.random_range(0..16);
+        eprintln!("seed {seed}: op {op} (next uuid batch r{}, files {:?})", m.seq + 1, m.rotated(false));
         match op {
             0..=5 => {
                 let ids = m.fresh(rng.random_range(1..300));
