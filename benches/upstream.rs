@@ -5,7 +5,7 @@
 //! access-log lines (the simulator's varied calls), then times the path the
 //! bridge runs for a backlog: read the file line by line, parse, own and
 //! stamp each record, group them into pipeline batches of 500, and push them
-//! through the real upstream sink (default settings: gzip level 6, 1000
+//! through the real upstream sink (default settings: gzip level 1, 1000
 //! records per request, 4 in flight) over HTTP to a collector on 127.0.0.1
 //! that counts bytes and answers 200. It prints records/s, MB/s of source
 //! file, CPU seconds per million records (process CPU time from
@@ -45,7 +45,9 @@ const PIPELINE_BATCH: usize = 500;
 
 fn main() {
     let n: usize = std::env::var("RECORDS").ok().and_then(|v| v.parse().ok()).unwrap_or(400_000);
-    let level: u32 = std::env::var("GZIP_LEVEL").ok().and_then(|v| v.parse().ok()).unwrap_or(6);
+    // The config's default level unless GZIP_LEVEL says otherwise.
+    let level: u32 =
+        std::env::var("GZIP_LEVEL").ok().and_then(|v| v.parse().ok()).unwrap_or_else(|| config("http://x/", None, "").gzip_level);
     let cpus = std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| s.lines().find(|l| l.starts_with("Cpus_allowed_list")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string()))
@@ -61,7 +63,7 @@ fn main() {
     rt.block_on(async {
         // 1. file → upstream.
         let c = Collector::start_discarding(support_upstream::Format::Ndjson);
-        let cfg = config(&c.url("/"), level, "");
+        let cfg = config(&c.url("/"), Some(level), "");
         let (elapsed, cpu) = file_to_upstream(&cfg, &file, dir.path(), n).await;
         let rate = n as f64 / elapsed.as_secs_f64();
         let wire = c.state.bytes.load(Ordering::Relaxed);
@@ -72,6 +74,18 @@ fn main() {
             cpu / n as f64 * 1e6,
             wire as f64 / 1e6,
             c.state.requests.load(Ordering::Relaxed),
+        );
+        // The tailer's share, for the ratio: read + parse + own, no sink.
+        let cpu0 = cpu_seconds();
+        let t = Instant::now();
+        let parsed = parse_only(&file, n);
+        let (pel, pcpu) = (t.elapsed(), cpu_seconds() - cpu0);
+        println!(
+            "  of which read + parse + own (no sink): {:.0} records/s, {:.2} CPU s per million; the sink's share: {:.2} CPU s per million records (sink alone ~{:.0} records/s)",
+            parsed as f64 / pel.as_secs_f64(),
+            pcpu / parsed as f64 * 1e6,
+            (cpu - pcpu) / n as f64 * 1e6,
+            n as f64 / (cpu - pcpu).max(1e-9),
         );
         let per_gb = 1e9 / (file_bytes as f64 / n as f64);
         println!(
@@ -85,7 +99,7 @@ fn main() {
         let spool_n = (n / 2).max(1000);
         let c2 = Collector::start_discarding(support_upstream::Format::Ndjson);
         let state = dir.path().join("state");
-        let cfg2 = config(&c2.url("/"), level, "spool_after_ms = 0\n");
+        let cfg2 = config(&c2.url("/"), Some(level), "spool_after_ms = 0\n");
         c2.set_down(true);
         let spool_bytes = fill_spool(&cfg2, &file, &state, spool_n).await;
         c2.set_down(false);
@@ -106,8 +120,9 @@ fn main() {
     });
 }
 
-fn config(url: &str, level: u32, extra: &str) -> UpstreamConfig {
-    toml::from_str(&format!("url = \"{url}\"\ngzip_level = {level}\n{extra}")).expect("config")
+fn config(url: &str, level: Option<u32>, extra: &str) -> UpstreamConfig {
+    let level = level.map(|l| format!("gzip_level = {l}\n")).unwrap_or_default();
+    toml::from_str(&format!("url = \"{url}\"\n{level}{extra}")).expect("config")
 }
 
 /// Writes `n` generated LE 6 lines; returns the file size.
@@ -205,6 +220,34 @@ async fn feed(fanout: &mut Fanout, file: &std::path::Path, n: usize, acked: &Arc
         }
     }
     sent
+}
+
+/// The tailer's work alone: read, parse, own and stamp `n` records.
+fn parse_only(file: &std::path::Path, n: usize) -> usize {
+    let mut r = BufReader::with_capacity(1 << 20, std::fs::File::open(file).expect("open"));
+    let mut parser = LineParser::new(Format::Le6, 1 << 20);
+    let mut line = Vec::with_capacity(4096);
+    let mut batch: Vec<Record<'static>> = Vec::with_capacity(PIPELINE_BATCH);
+    let mut count = 0;
+    while count < n {
+        line.clear();
+        if r.read_until(b'\n', &mut line).expect("read") == 0 {
+            break;
+        }
+        let observed = calllog_bridge::time::now_ms();
+        let mut recs: Vec<Record<'_>> = Vec::with_capacity(1);
+        parser.parse_line(line.strip_suffix(b"\n").unwrap_or(&line), &mut recs).expect("generated line parses");
+        for rec in recs.drain(..) {
+            let mut rec = rec.into_owned();
+            rec.stamp_observed(observed);
+            batch.push(rec);
+            count += 1;
+        }
+        if batch.len() >= PIPELINE_BATCH {
+            std::hint::black_box(std::mem::take(&mut batch));
+        }
+    }
+    count
 }
 
 async fn wait(acked: &std::sync::atomic::AtomicUsize, n: usize) {

@@ -504,13 +504,22 @@ async fn empty_batches_are_acknowledged_at_once() {
     h.close().await;
 }
 
+#[test]
+fn the_example_upstream_section_is_valid() {
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/upstream.toml")).unwrap();
+    let v: toml::Value = toml::from_str(&text).unwrap();
+    let cfg: UpstreamConfig = v["upstream"].clone().try_into().expect("examples/upstream.toml [upstream]");
+    assert_eq!(cfg.gzip_level, 1);
+    assert_eq!(cfg.spool_after_ms, 30_000);
+}
+
 /// End-to-end: the real `calllog-bridge run` binary tailing real files into
 /// the collector.
 mod e2e {
     use std::collections::HashMap;
     use std::fs::{self, OpenOptions};
     use std::io::Write;
-    use std::path::{Path, PathBuf};
+    use std::path::PathBuf;
     use std::process::{Child, Stdio};
     use std::time::Duration;
 
@@ -522,7 +531,7 @@ mod e2e {
     /// A scratch directory with logs, state and a bridge config.
     struct Env {
         /// Keeps the directory alive.
-        dir: tempfile::TempDir,
+        _dir: tempfile::TempDir,
         /// The log directory the bridge follows.
         logs: PathBuf,
         /// The bridge's state_dir.
@@ -561,7 +570,7 @@ mod e2e {
             );
             fs::write(&config, text).unwrap();
             let log = dir.path().join("bridge.log");
-            Env { dir, logs, state, config, log, child: None }
+            Env { _dir: dir, logs, state, config, log, child: None }
         }
 
         fn start(&mut self) {
@@ -619,10 +628,6 @@ mod e2e {
 
         fn path(&self, name: &str) -> PathBuf {
             self.logs.join(name)
-        }
-
-        fn _dir(&self) -> &Path {
-            self.dir.path()
         }
     }
 

@@ -197,7 +197,10 @@ impl Builder {
         if self.units.is_empty() {
             return None;
         }
+        // The next request will likely be as large: allocate once.
+        let cap = self.units.buf.len();
         let b = std::mem::take(self);
+        self.units.buf.reserve(cap);
         let observed_ms = b.covers.iter().map(|c| c.pending.batch.observed_ms).min().unwrap_or(0);
         Some(Request { units: Arc::new(b.units), covers: b.covers, observed_ms, origin: Origin::Memory })
     }
