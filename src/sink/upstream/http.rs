@@ -100,7 +100,8 @@ pub async fn attempt(client: &reqwest::Client, url: &str, content_type: &str, en
     }
     let resp = match req.send().await {
         Ok(r) => r,
-        Err(e) => return Outcome::Retry { reason: describe(&e), after: None },
+        // The URL is left out: it is logged redacted by the caller.
+        Err(e) => return Outcome::Retry { reason: describe(&e.without_url()), after: None },
     };
     let status = resp.status();
     if status.is_success() {
@@ -134,8 +135,7 @@ async fn snippet(mut resp: reqwest::Response) -> String {
     String::from_utf8_lossy(&buf).into_owned()
 }
 
-/// A short description of a transport error (no URL credentials: the URL
-/// is the configured one, which holds none).
+/// A short description of a transport error (without the URL).
 fn describe(e: &reqwest::Error) -> String {
     let kind = if e.is_timeout() {
         "timeout"
@@ -152,6 +152,17 @@ fn describe(e: &reqwest::Error) -> String {
         src = s.source();
     }
     msg
+}
+
+/// The URL without user info and query (they may hold credentials), for
+/// logs.
+pub fn redact_url(url: &str) -> String {
+    let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, path) = rest.split_at(end);
+    let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let path = path.split(['?', '#']).next().unwrap_or("");
+    format!("{scheme}://{host}{path}")
 }
 
 /// `Retry-After` as a delay: delta seconds, or an HTTP date (IMF-fixdate,
@@ -227,6 +238,13 @@ mod tests {
         assert_eq!(parse_retry_after("Sun, 06 Nov 1994 08:49:37 GMT", now + 60_000), Some(Duration::ZERO));
         assert_eq!(parse_retry_after("soon", 0), None);
         assert_eq!(parse_retry_after("Sun, 06 Foo 1994 08:49:37 GMT", 0), None);
+    }
+
+    #[test]
+    fn urls_in_logs_lose_credentials() {
+        assert_eq!(redact_url("https://u:p@h.example:9200/_bulk?token=x"), "https://h.example:9200/_bulk");
+        assert_eq!(redact_url("http://127.0.0.1:1/"), "http://127.0.0.1:1/");
+        assert_eq!(redact_url("http://h?x=1"), "http://h");
     }
 
     #[test]

@@ -212,6 +212,9 @@ struct Shared {
     cfg: UpstreamConfig,
     /// The HTTP client (auth, TLS, headers).
     client: reqwest::Client,
+    /// The URL as logs show it (no user info, no query: they may hold
+    /// credentials).
+    log_url: String,
     /// Body encoder.
     encoder: Encoder,
     /// Sink statistics.
@@ -277,6 +280,7 @@ impl Upstream {
         let shared = Arc::new(Shared {
             cfg: cfg.clone(),
             client,
+            log_url: http::redact_url(&cfg.url),
             encoder,
             stats,
             dead_letter_path,
@@ -380,7 +384,7 @@ impl Shared {
     /// An attempt failed: start the outage clock.
     fn failing(&self, reason: &str) {
         if self.failing_since_ms.compare_exchange(0, now_ms(), Ordering::Relaxed, Ordering::Relaxed).is_ok() {
-            tracing::warn!(url = %self.cfg.url, reason, "upstream: delivery failing; retrying with backoff");
+            tracing::warn!(url = %self.log_url, reason, "upstream: delivery failing; retrying with backoff");
         }
     }
 
@@ -388,7 +392,7 @@ impl Shared {
     fn healthy(&self) {
         let since = self.failing_since_ms.swap(0, Ordering::Relaxed);
         if since != 0 {
-            tracing::info!(url = %self.cfg.url, failing_ms = now_ms() - since, "upstream: answering again");
+            tracing::info!(url = %self.log_url, failing_ms = now_ms() - since, "upstream: answering again");
         }
     }
 
@@ -532,19 +536,23 @@ impl Shared {
                     }
                     Outcome::TooLarge => {
                         self.healthy();
-                        self.poison(r, 413, "413 Payload Too Large for a single record").await;
+                        if !self.poison(r, 413, "413 Payload Too Large for a single record").await {
+                            return self.give_up_all(stack).await;
+                        }
                         continue 'requests;
                     }
                     Outcome::Poison { status, body } => {
                         self.healthy();
-                        self.poison(r, status, &body).await;
+                        if !self.poison(r, status, &body).await {
+                            return self.give_up_all(stack).await;
+                        }
                         continue 'requests;
                     }
                     Outcome::Retry { reason, after } => {
                         self.stats.retried();
                         self.failing(&reason);
                         if attempt == 0 || attempt.is_power_of_two() {
-                            tracing::warn!(url = %self.cfg.url, reason = %reason, attempt = attempt + 1, records = r.units.len(), "upstream: attempt failed; will retry");
+                            tracing::warn!(url = %self.log_url, reason = %reason, attempt = attempt + 1, records = r.units.len(), "upstream: attempt failed; will retry");
                         }
                         if r.origin == Origin::Memory && self.in_outage() {
                             match self.spool_store(r).await {
@@ -595,23 +603,24 @@ impl Shared {
     }
 
     /// Writes a poison request to the dead-letter file (retrying on disk
-    /// errors until it is written or the sink is abandoned).
-    async fn poison(&self, r: Request, status: u16, response: &str) {
+    /// errors until it is written or the sink is abandoned). False when
+    /// abandoned before it could be written (the records stay unhandled).
+    async fn poison(&self, r: Request, status: u16, response: &str) -> bool {
         tracing::error!(
-            url = %self.cfg.url, status, records = r.units.len(),
+            url = %self.log_url, status, records = r.units.len(),
             response = %response.chars().take(200).collect::<String>(),
             file = %self.dead_letter_path.display(),
             "upstream: batch rejected; written to the dead-letter file"
         );
         let mut attempt = 0;
         loop {
-            let (path, url, units, resp) = (self.dead_letter_path.clone(), self.cfg.url.clone(), r.units.clone(), response.to_string());
+            let (path, url, units, resp) = (self.dead_letter_path.clone(), self.log_url.clone(), r.units.clone(), response.to_string());
             let fmt = format_name(self.cfg.format);
             let res = tokio::task::spawn_blocking(move || dead_letter::append(&path, &url, fmt, status, &resp, &units)).await;
             match res {
                 Ok(Ok(())) => {
                     self.complete(r, Handled::DeadLettered);
-                    return;
+                    return true;
                 }
                 Ok(Err(e)) => {
                     tracing::error!(file = %self.dead_letter_path.display(), error = %e, "upstream: cannot write the dead-letter file")
@@ -622,7 +631,15 @@ impl Shared {
             attempt += 1;
             tokio::select! {
                 _ = tokio::time::sleep(delay) => {}
-                _ = self.abandon.cancelled() => return,
+                _ = self.abandon.cancelled() => {
+                    // A spool file keeps it; memory records stay unacknowledged.
+                    if let Origin::Spool(seq) = r.origin {
+                        if let Some(s) = &self.spool {
+                            lock(s).release(seq);
+                        }
+                    }
+                    return false;
+                }
             }
         }
     }
