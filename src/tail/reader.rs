@@ -213,7 +213,7 @@ impl State {
             }
         } else {
             size = self.file.metadata()?.len();
-            if size < self.pos || !self.same_identity()? {
+            if size < self.pos || !self.same_identity(size)? {
                 return Ok(self.chunk_status(Status::Truncated, size));
             }
             let want = (size - self.pos).min(CHUNK_BYTES as u64) as usize;
@@ -324,9 +324,19 @@ impl State {
     /// Checks that the fingerprinted line is still the file's: content
     /// replaced in place (truncated and rewritten past our offset before we
     /// looked) is a new file.
-    fn same_identity(&self) -> io::Result<bool> {
+    fn same_identity(&self, size: u64) -> io::Result<bool> {
         let (start, len) = self.fp_range;
-        if len == 0 || self.pos < start + len {
+        if len == 0 {
+            return Ok(true);
+        }
+        // The file held its identifying line and newline when it was
+        // fingerprinted: shorter now means truncated, even when the offset
+        // is still before that line (copytruncate of a file not read yet).
+        if size < start + len + 1 {
+            return Ok(false);
+        }
+        if size == self.pos {
+            // Nothing new to read: no need to look.
             return Ok(true);
         }
         let mut b = vec![0u8; len as usize];
