@@ -46,6 +46,7 @@ fn run_seed(seed: u64, steps: usize) {
     let mut env = Env::new("access.log*", "");
     let mut m = Model { files: HashMap::new(), written: Vec::new(), next: 1, seq: 0, kills: 0 };
     m.files.insert("access.log".into(), Vec::new());
+    env.append("access.log", "");
     env.start();
     for _ in 0..steps {
         let op = rng.random_range(0..16);
@@ -160,4 +161,20 @@ fn random_file_activity_loses_nothing_seed_7() {
 #[test]
 fn random_file_activity_loses_nothing_seed_42() {
     run_seed(42, 60);
+}
+
+#[test]
+fn random_file_activity_loses_nothing_seed_2024() {
+    run_seed(2024, 80);
+}
+
+/// A longer soak over many seeds: `TAIL_RANDOM_SEEDS=100 cargo test --test it
+/// tail_random::soak -- --ignored` runs seeds 1..=100.
+#[test]
+#[ignore]
+fn soak() {
+    let n: u64 = std::env::var("TAIL_RANDOM_SEEDS").ok().and_then(|v| v.parse().ok()).unwrap_or(30);
+    for seed in 1..=n {
+        run_seed(1000 + seed, 60);
+    }
 }
