@@ -829,3 +829,17 @@ async fn tail_reconnects_with_since_and_prints_nothing_twice() {
     assert!(err.contains("reconnecting"), "{err}");
     assert!(!err.contains(TOKEN), "the token is never printed: {err}");
 }
+
+#[tokio::test]
+async fn a_client_offering_permessage_deflate_is_served_uncompressed() {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut ch = Chan::start("").await;
+    let mut req = ch.url(&format!("/stream?key={TOKEN}")).into_client_request().unwrap();
+    req.headers_mut().insert("Sec-WebSocket-Extensions", "permessage-deflate; client_max_window_bits".parse().unwrap());
+    let (mut ws, resp) = tokio_tungstenite::connect_async(req).await.expect("upgrade");
+    assert!(resp.headers().get("sec-websocket-extensions").is_none(), "the extension is declined");
+    poll("connection registered", || (ch.handle.connections() == 1).then_some(())).await;
+    let ids = ch.send(2).await;
+    let (_, got) = read_records(&mut ws, 2).await;
+    assert_eq!(got, ids);
+}
