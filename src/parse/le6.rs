@@ -134,17 +134,15 @@ fn tokenize(line: &str) -> Result<Toks, Reject> {
                 let start = i + 1;
                 let mut j = start;
                 let mut escaped = false;
-                // Quoted values are short: a plain loop beats a SIMD search
-                // call per field.
                 let end = loop {
-                    match b.get(j) {
+                    let k = find2(b, j, b'"', b'\\');
+                    match b.get(k) {
                         None => return Err(Reject::new(RejectReason::Quoting, format!("unterminated quote in field {}", toks.n + 1))),
-                        Some(b'"') => break j,
-                        Some(b'\\') => {
+                        Some(b'"') => break k,
+                        Some(_) => {
                             escaped = true;
-                            j += 2;
+                            j = k + 2;
                         }
-                        Some(_) => j += 1,
                     }
                 };
                 (Tok { start: start as u32, end: end as u32, escaped }, end + 1)
@@ -154,10 +152,7 @@ fn tokenize(line: &str) -> Result<Toks, Reject> {
                 Some(k) => (Tok { start: (i + 1) as u32, end: (i + k) as u32, escaped: false }, i + k + 1),
             },
             _ => {
-                let mut end = i + 1;
-                while end < b.len() && b[end] != b' ' {
-                    end += 1;
-                }
+                let end = find1(b, i + 1, b' ');
                 (Tok { start: i as u32, end: end as u32, escaped: false }, end)
             }
         };
@@ -178,6 +173,56 @@ fn tokenize(line: &str) -> Result<Toks, Reject> {
         toks.n += 1;
         i = next;
     }
+}
+
+const LO: u64 = 0x0101_0101_0101_0101;
+const HI: u64 = 0x8080_8080_8080_8080;
+
+/// Bits set at the bytes of `w` equal to `c` (exact for the lowest one,
+/// which is all the callers use).
+#[inline(always)]
+fn eq_mask(w: u64, c: u8) -> u64 {
+    let x = w ^ (LO * c as u64);
+    x.wrapping_sub(LO) & !x & HI
+}
+
+/// Index of the first `c` in `b` at or after `i`, or `b.len()`. Eight
+/// bytes at a time: fields are short, so one word usually settles it and a
+/// field costs one unpredictable branch instead of one per byte.
+#[inline]
+fn find1(b: &[u8], mut i: usize, c: u8) -> usize {
+    while let Some(chunk) = b.get(i..i + 8) {
+        let mut a = [0u8; 8];
+        a.copy_from_slice(chunk);
+        let m = eq_mask(u64::from_le_bytes(a), c);
+        if m != 0 {
+            return i + (m.trailing_zeros() / 8) as usize;
+        }
+        i += 8;
+    }
+    while i < b.len() && b[i] != c {
+        i += 1;
+    }
+    i.min(b.len())
+}
+
+/// Index of the first `c1` or `c2` in `b` at or after `i`, or `b.len()`.
+#[inline]
+fn find2(b: &[u8], mut i: usize, c1: u8, c2: u8) -> usize {
+    while let Some(chunk) = b.get(i..i + 8) {
+        let mut a = [0u8; 8];
+        a.copy_from_slice(chunk);
+        let w = u64::from_le_bytes(a);
+        let m = eq_mask(w, c1) | eq_mask(w, c2);
+        if m != 0 {
+            return i + (m.trailing_zeros() / 8) as usize;
+        }
+        i += 8;
+    }
+    while i < b.len() && b[i] != c1 && b[i] != c2 {
+        i += 1;
+    }
+    i.min(b.len())
 }
 
 /// Undoes `\"` and `\\`; other backslashes are kept as written.
@@ -317,6 +362,23 @@ mod tests {
                 assert!(out.is_empty());
             }
             (g, e) => panic!("{input:?}: got {g:?}, expected {e:?}"),
+        }
+    }
+
+    #[test]
+    fn word_search_agrees_with_a_plain_search() {
+        let hay = b"ab \"cd\\ef gh\"  ij klmnopqrstuvwxyz \"";
+        for i in 0..=hay.len() + 2 {
+            let plain1 = (i..hay.len()).find(|&k| hay[k] == b' ').unwrap_or(hay.len()).max(i.min(hay.len()));
+            assert_eq!(find1(hay, i, b' '), if i >= hay.len() { hay.len() } else { plain1 }, "find1 from {i}");
+            let plain2 = (i..hay.len()).find(|&k| hay[k] == b'"' || hay[k] == b'\\').unwrap_or(hay.len());
+            assert_eq!(find2(hay, i, b'"', b'\\'), if i >= hay.len() { hay.len() } else { plain2 }, "find2 from {i}");
+        }
+        for c in 0..=255u8 {
+            let mut w = [b'x'; 8];
+            w[5] = c;
+            w[6] = b' ';
+            assert_eq!(find1(&w, 0, b' '), if c == b' ' { 5 } else { 6 });
         }
     }
 
