@@ -326,7 +326,7 @@ pub fn parse<'a>(line: &'a str, out: &mut Vec<Record<'a>>) -> Result<LineKind, R
             ));
         }
     }
-    normalize::finish(&mut rec, normalize::FINISH_LE)?;
+    normalize::finish(&mut rec, normalize::FINISH_LE6)?;
     out.push(rec);
     Ok(LineKind::Records(1))
 }

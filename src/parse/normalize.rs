@@ -222,6 +222,10 @@ pub struct Finish {
     pub force_ml: bool,
 }
 
+/// LE 6, whose parser has already taken the ids and the time from
+/// `request_id`: only the checks and `log_type` = `ML`.
+pub const FINISH_LE6: Finish = Finish { ids_from_request_id: false, force_ml: true };
+
 /// Local Edition formats: ids derived, `log_type` = `ML`.
 pub const FINISH_LE: Finish = Finish { ids_from_request_id: true, force_ml: true };
 
@@ -240,6 +244,10 @@ pub fn finish<'a>(rec: &mut Record<'a>, how: Finish) -> Result<(), Reject> {
     let rs = std::mem::take(&mut rec.fields[Field::ResponseString.index()]);
     rec.fields[Field::ResponseString.index()] = response_string(rs);
 
+    let need_time = rec.request_time_ms.is_none();
+    if !how.ids_from_request_id && !need_time {
+        return Ok(());
+    }
     let id = std::mem::take(&mut rec.fields[Field::RequestId.index()]);
     let id_epoch_ms = {
         let parts = split_request_id(&id);
@@ -257,7 +265,11 @@ pub fn finish<'a>(rec: &mut Record<'a>, how: Finish) -> Result<(), Reject> {
                 }
             }
         }
-        parts.and_then(|p| time::parse_epoch_seconds(p.epoch))
+        if need_time {
+            parts.and_then(|p| time::parse_epoch_seconds(p.epoch))
+        } else {
+            None
+        }
     };
     rec.fields[Field::RequestId.index()] = id;
 
