@@ -611,3 +611,34 @@ fn randomized_lines_each_give_one_record_or_one_reject() {
         assert!(p.stderr.contains(&format!("{} lines, {} records, {rejects} rejects", lines.len(), p.records.len())), "{}", p.stderr);
     }
 }
+
+/// Multi-line JSON documents: a lone `{` that opens nothing is one reject
+/// and the next line is read on its own; a document cut off by the end of
+/// the file is one reject at its first line; complete documents parse.
+#[test]
+fn multi_line_documents_and_their_failures() {
+    let dir = tempfile::tempdir().unwrap();
+    let msg = std::fs::read(support::sample("ecls-message.json")).unwrap();
+    let msg_lines: Vec<Vec<u8>> = msg.split(|&c| c == b'\n').filter(|l| !l.is_empty()).map(<[u8]>::to_vec).collect();
+    let mut lines = vec![b"{".to_vec(), json_line(1)];
+    lines.extend(msg_lines.iter().cloned());
+    lines.extend(msg_lines[..20].iter().cloned());
+    let f = write_file(dir.path(), "docs.json", &lines);
+    let rej = dir.path().join("rej");
+    let p = parse(&["--format", "le-json", "--rejects", s(&rej), s(&f)]);
+    assert_eq!(p.code, 0, "{}", p.stderr);
+    // json_line(1) parses; the ecls message parsed as le-json has no request_uuid.
+    assert_eq!(p.records.len(), 1, "{}", p.stderr);
+    let got: Vec<Value> = std::fs::read_to_string(&rej).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let summary: Vec<(u64, &str)> = got.iter().map(|g| (g["line"].as_u64().unwrap(), g["reason"].as_str().unwrap())).collect();
+    let first_cut = 3 + msg_lines.len() as u64;
+    assert_eq!(summary, vec![(1, "bad_json"), (3, "bad_field"), (first_cut, "bad_json")]);
+    assert_eq!(got[0]["raw"], "{");
+
+    // The same documents in an ecls file: the complete one gives its record.
+    let p = parse(&["--format", "ecls", s(&f)]);
+    assert_eq!(p.code, 0);
+    assert_eq!(p.records.len(), 1);
+    assert_eq!(p.records[0]["request_uuid"], "132da36d-37b7-41e4-9d03-5e9f900f13c4");
+    assert!(p.stderr.contains("3 rejects (bad_json 3)"), "{}", p.stderr);
+}
