@@ -268,6 +268,14 @@ fn progress_bar(name: &str, len: u64) -> indicatif::ProgressBar {
     bar
 }
 
+/// A message on stderr that a progress bar, if shown, does not overwrite.
+fn announce(bar: Option<&indicatif::ProgressBar>, msg: &str) {
+    match bar {
+        Some(b) => b.println(msg),
+        None => eprintln!("{msg}"),
+    }
+}
+
 /// One line as read.
 struct LineRead {
     /// Bytes consumed from the input (terminator included).
@@ -412,7 +420,7 @@ impl<W: Write> Run<'_, W> {
             self.handle(name, &mut parser, &buf, read.len, line_no, line_offset, tables, st)?;
             if !announced && parser.format() != Format::Auto {
                 announced = true;
-                eprintln!("file {name}: format auto → {}", parser.format());
+                announce(bar, &format!("file {name}: format auto → {}", parser.format()));
             }
         };
         if let Some(d) = doc.take() {
@@ -421,7 +429,7 @@ impl<W: Write> Run<'_, W> {
             self.handle(name, &mut parser, &d.buf, d.len, d.line, d.offset, tables, st)?;
         }
         if !announced && parser.format() != Format::Auto {
-            eprintln!("file {name}: format auto → {}", parser.format());
+            announce(bar, &format!("file {name}: format auto → {}", parser.format()));
         }
         st.format = Some(parser.format());
         result
