@@ -266,7 +266,8 @@ impl Tailer {
         let key = s.key();
         match self.files.get_mut(&key) {
             Some(t) => {
-                if t.path != s.path {
+                let moved = t.path != s.path;
+                if moved {
                     if self.by_path.get(&t.path) == Some(&key) {
                         self.by_path.remove(&t.path);
                     }
@@ -278,7 +279,9 @@ impl Tailer {
                     t.path = s.path.clone();
                 }
                 self.by_path.insert(s.path.clone(), key);
-                let changed = t.size != s.size || t.mtime_ms != s.mtime_ms;
+                // A file not fingerprinted yet is looked at again when it
+                // moves, too (it may never have been opened).
+                let changed = t.size != s.size || t.mtime_ms != s.mtime_ms || (t.fp.is_none() && moved && !t.ignored);
                 t.size = s.size;
                 t.mtime_ms = s.mtime_ms;
                 if let Some(ctl) = &t.reader {
@@ -339,7 +342,15 @@ impl Tailer {
         .await;
         let (file, probe) = match res {
             Ok(Ok(Some(v))) => v,
-            Ok(Ok(None)) => return,
+            Ok(Ok(None)) => {
+                // The path now names another file (renamed between the stat
+                // and the open): look at this one again at the next scan,
+                // wherever it is then.
+                if let Some(t) = self.files.get_mut(&key) {
+                    t.size = u64::MAX;
+                }
+                return;
+            }
             Ok(Err(e)) => {
                 if let Some(t) = self.files.get_mut(&key) {
                     tracing::warn!(file = %t.path.display(), error = %e, "cannot open file; retried at the next scan");
