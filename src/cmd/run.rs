@@ -14,8 +14,15 @@ use crate::config::{Config, EXIT_CONFIG};
 
 /// Runs the command; returns the exit code.
 pub fn run(args: RunArgs) -> anyhow::Result<i32> {
-    let Some(path) = args.config else {
-        anyhow::bail!("`run --demo` is not available in this build; give --config FILE");
+    // The demo (simulator + generated config) lives as long as the run.
+    let (path, _demo) = match (args.config, args.demo) {
+        (Some(path), false) => (path, None),
+        (None, true) => {
+            let demo = crate::demo::Demo::start()?;
+            (demo.config_path.clone(), Some(demo))
+        }
+        (Some(_), true) => anyhow::bail!("give either --config FILE or --demo, not both"),
+        (None, false) => anyhow::bail!("give --config FILE (or --demo)"),
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
