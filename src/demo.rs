@@ -142,8 +142,10 @@ fn banner(dir: &Path, status: &str, channel: &str) -> String {
 /// Listens on the default loopback ports when they are free, else on
 /// ports the system picks (the banner prints them).
 fn demo_config(dir: &Path) -> String {
+    // CALLLOG_BRIDGE_DEMO_LISTEN=any always lets the system pick (tests).
+    let any = std::env::var("CALLLOG_BRIDGE_DEMO_LISTEN").is_ok_and(|v| v == "any");
     let port_or_any = |port: u16| {
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+        if !any && std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
             format!("127.0.0.1:{port}")
         } else {
             "127.0.0.1:0".to_string()

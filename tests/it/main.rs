@@ -2,6 +2,7 @@
 //! Each module tests one part against the real binary, real files and real
 //! sockets on loopback.
 
+mod demo;
 mod support;
 mod service;
 mod support_upstream;
