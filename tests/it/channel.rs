@@ -593,6 +593,8 @@ poll_interval_ms = 50
 [channel]
 listen = "127.0.0.1:0"
 token_file = "{token}"
+[status]
+listen = "127.0.0.1:0"
 "#,
             state = dir.path().join("state").display(),
             logs = logs.display(),
