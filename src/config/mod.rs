@@ -263,6 +263,13 @@ path = "/tmp/out.ndjson"
     }
 
     #[test]
+    fn relative_globs_follow_the_config_file_but_leading_wildcards_match_anywhere() {
+        let c = load("[[source]]\npaths = [\"logs/*.log\"]\nexclude = [\"*.tmp\", \"logs/old*\"]\n[file_output]\npath = \"o\"\n").unwrap();
+        assert_eq!(c.sources[0].paths, ["/etc/calllog-bridge/logs/*.log"]);
+        assert_eq!(c.sources[0].exclude, ["*.tmp", "/etc/calllog-bridge/logs/old*"]);
+    }
+
+    #[test]
     fn secret_debug_is_redacted() {
         assert_eq!(format!("{:?}", Secret::new("hunter2")), "<redacted>");
     }

@@ -28,7 +28,8 @@ pub struct SourceConfig {
     /// Glob patterns of files to follow
     /// (`/mnt/data/trafficmanager/enriched/access/access*.log`).
     pub paths: Vec<String>,
-    /// Glob patterns of files to skip even when `paths` matches them.
+    /// Glob patterns of files to skip even when `paths` matches them. A
+    /// pattern starting with `*` (`*.tmp`) matches in any directory.
     #[serde(default)]
     pub exclude: Vec<String>,
     /// The files' format (`auto` decides per file).
@@ -65,7 +66,9 @@ pub fn default_max_line_bytes() -> usize {
 impl SourceConfig {
     pub(super) fn resolve_paths(&mut self, base: &Path) {
         for p in self.paths.iter_mut().chain(self.exclude.iter_mut()) {
-            if Path::new(p.as_str()).is_relative() && !base.as_os_str().is_empty() {
+            // A pattern that starts with a wildcard (`*.tmp`) matches
+            // anywhere and stays as written.
+            if Path::new(p.as_str()).is_relative() && !p.starts_with('*') && !base.as_os_str().is_empty() {
                 *p = base.join(&*p).to_string_lossy().into_owned();
             }
         }
