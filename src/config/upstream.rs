@@ -246,11 +246,46 @@ impl UpstreamConfig {
         if self.client_cert.is_some() != self.client_key.is_some() {
             return Err(ConfigError::invalid(format!("{key}.client_cert"), "`client_cert` and `client_key` go together"));
         }
+        // The TLS files are read here, not only when the client is built, so
+        // that `check-config` (and `run` at start-up) refuse a missing or
+        // non-PEM file with exit 64 naming the key.
         if let Some(p) = &self.ca_file {
-            if !p.exists() {
-                return Err(ConfigError::invalid(format!("{key}.ca_file"), format!("{} does not exist", p.display())));
-            }
+            pem_certificates(p, &format!("{key}.ca_file"))?;
+        }
+        if let (Some(cert), Some(k)) = (&self.client_cert, &self.client_key) {
+            pem_certificates(cert, &format!("{key}.client_cert"))?;
+            pem_private_key(k, &format!("{key}.client_key"))?;
         }
         Ok(())
+    }
+}
+
+/// Reads `path`, naming `key` if it cannot be read.
+fn read_pem(path: &Path, key: &str) -> Result<Vec<u8>, ConfigError> {
+    std::fs::read(path).map_err(|e| ConfigError::invalid(key, format!("cannot read {}: {e}", path.display())))
+}
+
+/// Checks that `path` holds at least one PEM certificate and nothing that
+/// fails to decode.
+fn pem_certificates(path: &Path, key: &str) -> Result<(), ConfigError> {
+    let pem = read_pem(path, key)?;
+    let mut n = 0;
+    for c in rustls_pemfile::certs(&mut &pem[..]) {
+        c.map_err(|e| ConfigError::invalid(key, format!("{} is not valid PEM: {e}", path.display())))?;
+        n += 1;
+    }
+    if n == 0 {
+        return Err(ConfigError::invalid(key, format!("{} holds no PEM certificate (`-----BEGIN CERTIFICATE-----`)", path.display())));
+    }
+    Ok(())
+}
+
+/// Checks that `path` holds a PEM private key (PKCS#8, PKCS#1 or SEC1).
+fn pem_private_key(path: &Path, key: &str) -> Result<(), ConfigError> {
+    let pem = read_pem(path, key)?;
+    match rustls_pemfile::private_key(&mut &pem[..]) {
+        Ok(Some(_)) => Ok(()),
+        Ok(None) => Err(ConfigError::invalid(key, format!("{} holds no PEM private key", path.display()))),
+        Err(e) => Err(ConfigError::invalid(key, format!("{} is not valid PEM: {e}", path.display()))),
     }
 }

@@ -18,3 +18,4 @@ mod tail_kill;
 mod lag;
 mod status;
 mod parse;
+mod upstream_tls;

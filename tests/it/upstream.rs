@@ -17,8 +17,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::support_upstream::{documents, Collector, Fault, Format};
 
-/// A sink under test with its fan-out and acknowledgement log.
-struct Harness {
+/// A sink under test with its fan-out and acknowledgement log (also used
+/// by `upstream_tls`).
+pub(crate) struct Harness {
     /// Sends batches to the sink.
     fanout: Option<Fanout>,
     /// The sink task.
@@ -26,15 +27,15 @@ struct Harness {
     /// Ids of acknowledged pipeline batches, in ack order.
     acked: Arc<Mutex<Vec<usize>>>,
     /// Batches sent so far.
-    sent: usize,
+    pub(crate) sent: usize,
     /// The sink's statistics.
-    stats: SinkStats,
+    pub(crate) stats: SinkStats,
     /// Cancelled to stop the sink at once.
-    shutdown: CancellationToken,
+    pub(crate) shutdown: CancellationToken,
 }
 
 /// An upstream config with short test timings; `extra` (TOML) overrides.
-fn config(url: &str, extra: &str) -> UpstreamConfig {
+pub(crate) fn config(url: &str, extra: &str) -> UpstreamConfig {
     let defaults = [
         ("retry_initial_ms", "10"),
         ("retry_max_ms", "80"),
@@ -65,7 +66,7 @@ fn record(i: usize) -> Record<'static> {
 }
 
 impl Harness {
-    async fn start(cfg: &UpstreamConfig, state_dir: &std::path::Path) -> Harness {
+    pub(crate) async fn start(cfg: &UpstreamConfig, state_dir: &std::path::Path) -> Harness {
         let telemetry = Telemetry::new();
         let shutdown = CancellationToken::new();
         let ctx = SinkContext { state_dir: state_dir.to_path_buf(), shutdown: shutdown.clone(), telemetry: telemetry.clone() };
@@ -82,7 +83,7 @@ impl Harness {
     }
 
     /// Sends records `range` as pipeline batches of `per_batch`.
-    async fn send(&mut self, range: std::ops::Range<usize>, per_batch: usize) {
+    pub(crate) async fn send(&mut self, range: std::ops::Range<usize>, per_batch: usize) {
         let ids: Vec<usize> = range.collect();
         for chunk in ids.chunks(per_batch) {
             let id = self.sent;
@@ -98,11 +99,11 @@ impl Harness {
         }
     }
 
-    fn acked(&self) -> usize {
+    pub(crate) fn acked(&self) -> usize {
         self.acked.lock().unwrap().len()
     }
 
-    async fn wait_acked(&self, n: usize, timeout: Duration) {
+    pub(crate) async fn wait_acked(&self, n: usize, timeout: Duration) {
         let deadline = Instant::now() + timeout;
         while self.acked() < n {
             assert!(Instant::now() < deadline, "timed out: {} of {n} batches acknowledged", self.acked());
@@ -111,14 +112,14 @@ impl Harness {
     }
 
     /// Closes the queue and waits for the sink to end.
-    async fn close(&mut self) {
+    pub(crate) async fn close(&mut self) {
         self.fanout = None;
         let h = self.handle.take().unwrap();
         tokio::time::timeout(Duration::from_secs(20), h.task).await.expect("sink ends").expect("join").expect("sink result");
     }
 }
 
-async fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+pub(crate) async fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
     while !f() {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
@@ -126,7 +127,7 @@ async fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
     }
 }
 
-fn expect_all(c: &Collector, n: usize) {
+pub(crate) fn expect_all(c: &Collector, n: usize) {
     let got = c.delivered_set();
     let missing: Vec<String> = (0..n).map(|i| format!("u-{i:06}")).filter(|u| !got.contains(u)).collect();
     assert!(missing.is_empty(), "{} records never arrived, e.g. {:?}", missing.len(), &missing[..missing.len().min(5)]);
