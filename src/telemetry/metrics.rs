@@ -20,15 +20,29 @@
 //! | `records_total` | counter | [file] | records read |
 //! | `rejects_total` | counter | reason, [file] | lines rejected |
 //! | `negative_delays_total` | counter | [file] | records with request_time after observed (clock skew) |
+//! | `partial_lines_total` | counter | [file] | partial last lines emitted (file rotated away or deleted before the newline) |
 //! | `sync_delay_seconds` | histogram | [file] | observed − request_time, 5 ms … 4 h buckets |
 //! | `sync_delay_window_seconds` | gauge | stat, [file] | p50 / p95 / max over the window, files not idle |
 //! | `bytes_behind` | gauge | [file] | size − offset |
 //! | `watermark_timestamp_seconds` | gauge | file | newest request_time read (per-file mode only) |
-//! | `delivery_delay_seconds` | histogram | sink | delivered − observed |
+//! | `delivery_delay_seconds` | histogram | sink | delivered − observed; for `channel`, per record written to a client |
 //! | `delivered_records_total`, `delivered_batches_total` | counter | sink | |
 //! | `retries_total`, `dropped_records_total`, `dead_lettered_records_total` | counter | sink | |
 //! | `queue_depth` | gauge | sink | records waiting in the sink |
 //! | `oldest_undelivered_age_seconds` | gauge | sink | 0 when nothing is pending |
+//! | `channel_connections` | gauge | | WebSocket connections open now |
+//! | `channel_connections_accepted_total` | counter | | connections upgraded |
+//! | `channel_refused_total` | counter | reason | handshakes refused: `unauthorized` (401), `not_found` (404), `bad_request` (400), `too_many_connections` (503) |
+//! | `channel_closed_total` | counter | reason | connections closed by the bridge: `slow_consumer`, `ping_timeout`, `token_changed` |
+//! | `channel_messages_sent_total`, `channel_records_sent_total`, `channel_records_replayed_total`, `channel_lost_notices_total` | counter | | frames written to clients |
+//! | `channel_ring_records`, `channel_ring_bytes` | gauge | | what the replay ring holds |
+//! | `enrich_lookups_total` | counter | table, result (`hit`, `miss`) | lookups of loaded tables |
+//! | `enrich_table_entries` | gauge | table | ids a loaded table holds |
+//! | `enrich_reloads_total` | counter | | successful lookup reloads |
+//! | `enrich_reload_failing` | gauge | | 1 while the last reload failed (old tables in use) |
+//!
+//! The channel series appear only with a `[channel]`, the enrich series
+//! only with `[enrich] lookups`.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -39,8 +53,10 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
 use super::delay::{DelaySummary, HistogramSnapshot};
-use super::status::{FileState, StatusSettings};
+use super::status::{channel_closes, channel_refusals, FileState, StatusSettings};
 use super::Telemetry;
+use crate::enrich::EnrichStats;
+use crate::sink::channel::ChannelStats;
 
 /// Content type of the exposition.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -146,6 +162,7 @@ impl Collector for TelemetryCollector {
         let mut records = Vec::new();
         let mut rejects = Vec::new();
         let mut negative = Vec::new();
+        let mut partial = Vec::new();
         let mut hist = Vec::new();
         let mut behind = Vec::new();
         let mut window = Vec::new();
@@ -153,6 +170,7 @@ impl Collector for TelemetryCollector {
         let mut agg_hist = retired.sync_delay.clone();
         let mut agg_rejects = retired.rejects.clone();
         let (mut agg_records, mut agg_negative, mut agg_behind) = (retired.records, retired.negative_delays, 0u64);
+        let mut agg_partial = retired.partial_lines;
         let mut agg_window = Vec::new();
         for f in &files {
             let st = f.status(now, s);
@@ -163,6 +181,7 @@ impl Collector for TelemetryCollector {
                 let l = vec![("file", f.path.clone())];
                 records.push((l.clone(), st.records));
                 negative.push((l.clone(), st.negative_delays));
+                partial.push((l.clone(), st.partial_lines));
                 for (reason, n) in reasons {
                     rejects.push((vec![("file", f.path.clone()), ("reason", reason.to_string())], n));
                 }
@@ -177,6 +196,7 @@ impl Collector for TelemetryCollector {
             } else {
                 agg_records += st.records;
                 agg_negative += st.negative_delays;
+                agg_partial += st.partial_lines;
                 agg_behind += st.bytes_behind;
                 for (reason, n) in reasons {
                     *agg_rejects.entry(reason).or_default() += n;
@@ -189,10 +209,11 @@ impl Collector for TelemetryCollector {
         }
         if s.per_file_metrics {
             // Removed files keep their totals under an empty `file` label.
-            if retired.records > 0 || retired.negative_delays > 0 || !retired.rejects.is_empty() {
+            if retired.records > 0 || retired.negative_delays > 0 || retired.partial_lines > 0 || !retired.rejects.is_empty() {
                 let l = vec![("file", String::new())];
                 records.push((l.clone(), retired.records));
                 negative.push((l.clone(), retired.negative_delays));
+                partial.push((l.clone(), retired.partial_lines));
                 for (reason, n) in &retired.rejects {
                     rejects.push((vec![("file", String::new()), ("reason", reason.to_string())], *n));
                 }
@@ -201,6 +222,7 @@ impl Collector for TelemetryCollector {
         } else {
             records.push((none(), agg_records));
             negative.push((none(), agg_negative));
+            partial.push((none(), agg_partial));
             for (reason, n) in agg_rejects {
                 rejects.push((vec![("reason", reason.to_string())], n));
             }
@@ -220,6 +242,12 @@ impl Collector for TelemetryCollector {
             "Records whose request_time lies after the time they were observed (clock skew)",
             &negative,
         )?;
+        counter(
+            &mut enc,
+            "calllog_bridge_partial_lines",
+            "Partial last lines (no newline) emitted because their file was rotated away or deleted",
+            &partial,
+        )?;
         histogram(&mut enc, "calllog_bridge_sync_delay_seconds", "Sync delay: observed minus request_time", &hist)?;
         gauge(
             &mut enc,
@@ -234,6 +262,7 @@ impl Collector for TelemetryCollector {
 
         // Sinks.
         let sinks = tel.sinks();
+        let channel = tel.channel_stats();
         let mut delivered = Vec::new();
         let mut batches = Vec::new();
         let mut retries = Vec::new();
@@ -252,7 +281,12 @@ impl Collector for TelemetryCollector {
             dead.push((l.clone(), st.dead_lettered_records));
             depth.push((l.clone(), st.queue_depth as f64));
             oldest.push((l.clone(), secs(st.oldest_undelivered_age_ms.unwrap_or(0))));
-            dhist.push((l, k.delivery_delay_histogram()));
+            // The channel delivers when a frame is written to a client.
+            let h = match &channel {
+                Some(ch) if st.name == crate::sink::channel::NAME => ch.frame_delay_histogram(),
+                _ => k.delivery_delay_histogram(),
+            };
+            dhist.push((l, h));
         }
         histogram(&mut enc, "calllog_bridge_delivery_delay_seconds", "Delivery delay: delivered minus observed, per record", &dhist)?;
         counter(&mut enc, "calllog_bridge_delivered_records", "Records delivered", &delivered)?;
@@ -267,8 +301,108 @@ impl Collector for TelemetryCollector {
             "Age of the oldest record not yet delivered (0 when none)",
             &oldest,
         )?;
+
+        if let Some(ch) = &channel {
+            encode_channel(&mut enc, ch)?;
+        }
+        if let Some((_, es)) = tel.enrich_stats().filter(|(files, _)| !files.is_empty()) {
+            encode_enrich(&mut enc, &es)?;
+        }
         Ok(())
     }
+}
+
+/// The channel's connection, refusal, close and frame counters.
+fn encode_channel(enc: &mut DescriptorEncoder<'_>, ch: &ChannelStats) -> fmt::Result {
+    use std::sync::atomic::Ordering::Relaxed;
+    let none = Labels::new;
+    let by_reason = |pairs: &[(&'static str, u64)]| -> Vec<(Labels, u64)> {
+        pairs.iter().map(|&(r, n)| (vec![("reason", r.to_string())], n)).collect()
+    };
+    gauge(
+        enc,
+        "calllog_bridge_channel_connections",
+        "WebSocket connections open now",
+        &[(none(), ch.connections_active.load(Relaxed).max(0) as f64)],
+    )?;
+    counter(
+        enc,
+        "calllog_bridge_channel_connections_accepted",
+        "WebSocket connections upgraded",
+        &[(none(), ch.connections_accepted.load(Relaxed))],
+    )?;
+    counter(
+        enc,
+        "calllog_bridge_channel_refused",
+        "Handshakes refused, by reason (unauthorized 401, not_found 404, bad_request 400, too_many_connections 503)",
+        &by_reason(&channel_refusals(ch)),
+    )?;
+    counter(
+        enc,
+        "calllog_bridge_channel_closed",
+        "Connections closed by the bridge, by reason (slow_consumer, ping_timeout, token_changed)",
+        &by_reason(&channel_closes(ch)),
+    )?;
+    counter(enc, "calllog_bridge_channel_messages_sent", "Messages written to clients", &[(none(), ch.messages_sent.load(Relaxed))])?;
+    counter(
+        enc,
+        "calllog_bridge_channel_records_sent",
+        "Records written to clients (once per client)",
+        &[(none(), ch.records_sent.load(Relaxed))],
+    )?;
+    counter(
+        enc,
+        "calllog_bridge_channel_records_replayed",
+        "Records written as since= replay",
+        &[(none(), ch.records_replayed.load(Relaxed))],
+    )?;
+    counter(
+        enc,
+        "calllog_bridge_channel_lost_notices",
+        "Notices sent to clients asking for records no longer held",
+        &[(none(), ch.lost_notices.load(Relaxed))],
+    )?;
+    gauge(
+        enc,
+        "calllog_bridge_channel_ring_records",
+        "Records held in the replay ring",
+        &[(none(), ch.ring_records.load(Relaxed) as f64)],
+    )?;
+    gauge(
+        enc,
+        "calllog_bridge_channel_ring_bytes",
+        "Bytes of JSON held in the replay ring",
+        &[(none(), ch.ring_bytes.load(Relaxed) as f64)],
+    )?;
+    Ok(())
+}
+
+/// Lookup hits and misses per loaded table, reloads, a failing reload.
+fn encode_enrich(enc: &mut DescriptorEncoder<'_>, es: &EnrichStats) -> fmt::Result {
+    let none = Labels::new;
+    let mut lookups = Vec::new();
+    let mut entries = Vec::new();
+    for t in es.tables.iter().filter(|t| t.loaded || t.hits > 0 || t.misses > 0) {
+        let table = t.table.name().to_string();
+        lookups.push((vec![("table", table.clone()), ("result", "hit".to_string())], t.hits));
+        lookups.push((vec![("table", table.clone()), ("result", "miss".to_string())], t.misses));
+        entries.push((vec![("table", table)], t.entries as f64));
+    }
+    counter(
+        enc,
+        "calllog_bridge_enrich_lookups",
+        "Lookups by table and result (hit: id found; miss: id not in the loaded table)",
+        &lookups,
+    )?;
+    gauge(enc, "calllog_bridge_enrich_table_entries", "Ids each loaded lookup table holds", &entries)?;
+    counter(enc, "calllog_bridge_enrich_reloads", "Successful lookup-table reloads", &[(none(), es.reloads)])?;
+    gauge(
+        enc,
+        "calllog_bridge_enrich_reload_failing",
+        "1 while the last lookup reload failed (the previous tables stay in use)",
+        &[(none(), if es.last_reload_error.is_some() { 1.0 } else { 0.0 })],
+    )?;
+    Ok(())
 }
 
 #[cfg(test)]
@@ -356,5 +490,67 @@ mod tests {
         use prometheus_parse::Value::*;
         assert!(matches!(value(&m, "calllog_bridge_records_total", &[]), Some(Counter(v)) if v == 4.0));
         assert!(matches!(value(&m, "calllog_bridge_rejects_total", &[("reason", "column_count")]), Some(Counter(v)) if v == 1.0));
+    }
+
+    #[test]
+    fn channel_enrich_and_partial_line_series() {
+        use prometheus_parse::Value::*;
+        use std::sync::atomic::Ordering::Relaxed;
+        let tel = fixture();
+        tel.file("/le/a.log").partial_line();
+        // Without a channel or lookups, none of their series.
+        let text = render(&tel, &StatusSettings::default(), T0 + 1000);
+        assert!(!text.contains("calllog_bridge_channel_") && !text.contains("calllog_bridge_enrich_"), "{text}");
+        assert!(matches!(value(&parse(&text), "calllog_bridge_partial_lines_total", &[]), Some(Counter(v)) if v == 1.0));
+
+        let ch = ChannelStats::default();
+        ch.connections_active.fetch_add(1, Relaxed);
+        ch.connections_accepted.fetch_add(2, Relaxed);
+        ChannelStats::bump(&ch.refused_unauthorized);
+        ChannelStats::bump(&ch.closed_slow_consumer);
+        ch.frames_written(1, 3, T0, T0 + 7);
+        let k = tel.sink("channel");
+        k.enqueued(3);
+        k.delivered(3, T0, T0 + 1);
+        tel.set_channel_stats(Some(ch));
+        let dir = tempfile::tempdir().unwrap();
+        let services = dir.path().join("services.csv");
+        std::fs::write(&services, "service_id,service_name\nsvc1,Orders\n").unwrap();
+        let e = std::sync::Arc::new(crate::enrich::Enricher::new(std::slice::from_ref(&services), None, None).unwrap());
+        let mut r = crate::record::Record::new_ml();
+        r.set(crate::record::Field::ServiceId, "nope");
+        e.enrich(&e.tables(), &mut r);
+        tel.set_enricher(e.clone());
+
+        let m = parse(&render(&tel, &StatusSettings::default(), T0 + 1000));
+        let v = |name: &str, labels: &[(&str, &str)]| match value(&m, name, labels) {
+            Some(Counter(v)) | Some(Gauge(v)) => v,
+            other => panic!("{name} {labels:?}: {other:?}"),
+        };
+        assert_eq!(v("calllog_bridge_channel_connections", &[]), 1.0);
+        assert_eq!(v("calllog_bridge_channel_connections_accepted_total", &[]), 2.0);
+        assert_eq!(v("calllog_bridge_channel_refused_total", &[("reason", "unauthorized")]), 1.0);
+        assert_eq!(v("calllog_bridge_channel_refused_total", &[("reason", "too_many_connections")]), 0.0);
+        assert_eq!(v("calllog_bridge_channel_closed_total", &[("reason", "slow_consumer")]), 1.0);
+        assert_eq!(v("calllog_bridge_channel_records_sent_total", &[]), 3.0);
+        // The channel's delivery delay is the frame-written delay (7 ms), not
+        // the ring append (1 ms).
+        match value(&m, "calllog_bridge_delivery_delay_seconds", &[("sink", "channel")]) {
+            Some(Histogram(h)) => {
+                assert_eq!(h.iter().find(|x| x.less_than == 0.005).map(|x| x.count), Some(0.0));
+                assert_eq!(h.iter().find(|x| x.less_than == 0.01).map(|x| x.count), Some(3.0));
+            }
+            other => panic!("no channel delivery histogram: {other:?}"),
+        }
+        assert_eq!(v("calllog_bridge_enrich_lookups_total", &[("table", "services"), ("result", "miss")]), 1.0);
+        assert_eq!(v("calllog_bridge_enrich_lookups_total", &[("table", "services"), ("result", "hit")]), 0.0);
+        assert!(value(&m, "calllog_bridge_enrich_lookups_total", &[("table", "keys")]).is_none(), "tables not loaded have no series");
+        assert_eq!(v("calllog_bridge_enrich_table_entries", &[("table", "services")]), 1.0);
+        assert_eq!(v("calllog_bridge_enrich_reloads_total", &[]), 0.0);
+        assert_eq!(v("calllog_bridge_enrich_reload_failing", &[]), 0.0);
+        std::fs::write(&services, "service_id,colour\nsvc1,red\n").unwrap();
+        assert!(e.reload_if_changed().is_err());
+        let m = parse(&render(&tel, &StatusSettings::default(), T0 + 1000));
+        assert!(matches!(value(&m, "calllog_bridge_enrich_reload_failing", &[]), Some(Gauge(v)) if v == 1.0));
     }
 }

@@ -42,9 +42,16 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use std::path::PathBuf;
+
 use delay::{DelayHistogram, HistogramSnapshot, SampleRing};
 
-pub use status::{ChannelInfo, FileState, FileStatus, SinkStatus, Status, StatusSettings, Totals};
+use crate::enrich::{EnrichStats, Enricher};
+use crate::sink::channel::ChannelStats;
+
+pub use status::{
+    ChannelInfo, ChannelStatus, EnrichStatus, EnrichTableStatus, FileState, FileStatus, SinkStatus, Status, StatusSettings, Totals,
+};
 
 /// The bridge's statistics registry.
 #[derive(Clone)]
@@ -66,6 +73,25 @@ struct Inner {
     ready: AtomicBool,
     /// The local channel's endpoint, shown in `/status` for the dashboard.
     channel: Mutex<Option<ChannelInfo>>,
+    /// The local channel's connection and frame statistics, once it runs.
+    channel_stats: Mutex<Option<ChannelStats>>,
+    /// The enricher whose lookup statistics `/status` and `/metrics` show
+    /// (replaced when a reload brings a new one).
+    enricher: Mutex<Option<Arc<Enricher>>>,
+    /// Counters of enrichers replaced by a reload, so enrichment counters
+    /// never go backwards.
+    enrich_retired: Mutex<EnrichRetired>,
+}
+
+/// Enrichment counters carried over from replaced enrichers.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct EnrichRetired {
+    /// Hits per table, by table (`TableKind as usize`).
+    pub hits: [u64; 4],
+    /// Misses per table, by table (`TableKind as usize`).
+    pub misses: [u64; 4],
+    /// Successful reloads.
+    pub reloads: u64,
 }
 
 /// Totals carried over from removed files.
@@ -77,6 +103,8 @@ pub(crate) struct Retired {
     pub rejects: BTreeMap<&'static str, u64>,
     /// Negative delays seen in removed files.
     pub negative_delays: u64,
+    /// Partial last lines emitted from removed files.
+    pub partial_lines: u64,
     /// Sync-delay histogram of removed files.
     pub sync_delay: HistogramSnapshot,
 }
@@ -98,6 +126,9 @@ impl Telemetry {
                 started_ms: crate::time::now_ms(),
                 ready: AtomicBool::new(false),
                 channel: Mutex::new(None),
+                channel_stats: Mutex::new(None),
+                enricher: Mutex::new(None),
+                enrich_retired: Mutex::new(EnrichRetired::default()),
             }),
         }
     }
@@ -116,6 +147,7 @@ impl Telemetry {
             let mut r = self.inner.retired.lock().unwrap_or_else(|e| e.into_inner());
             r.records += f.records.load(Ordering::Relaxed);
             r.negative_delays += f.negative_delays.load(Ordering::Relaxed);
+            r.partial_lines += f.partial_lines.load(Ordering::Relaxed);
             for (reason, n) in f.rejects_by_reason() {
                 *r.rejects.entry(reason).or_default() += n;
             }
@@ -159,6 +191,53 @@ impl Telemetry {
     /// Where the local channel listens, if it runs.
     pub fn channel(&self) -> Option<ChannelInfo> {
         self.inner.channel.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Registers the local channel's statistics (connections, refusals,
+    /// closes, frames written), shown in `/status` and `/metrics`. The
+    /// frames-written delay becomes the `channel` sink's delivery delay.
+    pub fn set_channel_stats(&self, stats: Option<ChannelStats>) {
+        *self.inner.channel_stats.lock().unwrap_or_else(|e| e.into_inner()) = stats;
+    }
+
+    /// The local channel's statistics, if it runs.
+    pub fn channel_stats(&self) -> Option<ChannelStats> {
+        self.inner.channel_stats.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Registers the enricher whose lookup statistics are reported. A
+    /// different enricher (after a reload) replaces the previous one; the
+    /// previous one's counters are kept in the totals. Call it once the
+    /// previous enricher is no longer used, so its counters are final.
+    pub fn set_enricher(&self, enricher: Arc<Enricher>) {
+        let mut cur = self.inner.enricher.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(old) = cur.as_ref() {
+            if Arc::ptr_eq(old, &enricher) {
+                return;
+            }
+            let s = old.stats();
+            let mut r = self.inner.enrich_retired.lock().unwrap_or_else(|e| e.into_inner());
+            for t in &s.tables {
+                r.hits[t.table as usize] += t.hits;
+                r.misses[t.table as usize] += t.misses;
+            }
+            r.reloads += s.reloads;
+        }
+        *cur = Some(enricher);
+    }
+
+    /// The enricher's statistics with the counters of replaced enrichers
+    /// added; `None` when no enricher is registered.
+    pub fn enrich_stats(&self) -> Option<(Vec<PathBuf>, EnrichStats)> {
+        let e = self.inner.enricher.lock().unwrap_or_else(|e| e.into_inner()).clone()?;
+        let mut s = e.stats();
+        let r = self.inner.enrich_retired.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        for t in &mut s.tables {
+            t.hits += r.hits[t.table as usize];
+            t.misses += r.misses[t.table as usize];
+        }
+        s.reloads += r.reloads;
+        Some((e.files().to_vec(), s))
     }
 
     /// Epoch ms when the registry (the bridge) started.

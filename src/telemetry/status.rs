@@ -17,11 +17,14 @@
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 
 use super::delay::DelaySummary;
 use super::{FileStats, SinkStats, Telemetry};
 use crate::config::StatusConfig;
+use crate::enrich::EnrichStats;
+use crate::sink::channel::ChannelStats;
 use crate::time;
 
 /// The knobs of the derived figures (from `[status]`).
@@ -112,10 +115,178 @@ pub struct Status {
     pub sinks: Vec<SinkStatus>,
     /// Sums and maxima over files and sinks.
     pub totals: Totals,
-    /// Where the local channel listens (for the dashboard); absent when no
-    /// channel runs. Never holds the token.
+    /// Where the local channel listens (for the dashboard) and its
+    /// connection figures; absent when no channel runs. Never holds the
+    /// token.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub channel: Option<ChannelInfo>,
+    pub channel: Option<ChannelStatus>,
+    /// Lookup-table figures (hits, misses, reloads); absent when no
+    /// `[enrich] lookups` are configured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enrich: Option<EnrichStatus>,
+}
+
+/// The local channel in `/status`: its endpoint (`listen`, `tls`, `path`,
+/// at the top level of the object as before) and its statistics.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChannelStatus {
+    /// Where the channel listens.
+    #[serde(flatten)]
+    pub endpoint: ChannelInfo,
+    /// Connections open now.
+    #[serde(default)]
+    pub connections: u64,
+    /// Connections upgraded since start.
+    #[serde(default)]
+    pub connections_accepted: u64,
+    /// Handshakes refused since start, by reason: `unauthorized` (401),
+    /// `not_found` (404), `bad_request` (400), `too_many_connections` (503).
+    #[serde(default)]
+    pub refused: BTreeMap<String, u64>,
+    /// Connections the bridge closed since start, by reason:
+    /// `slow_consumer`, `ping_timeout`, `token_changed`. (Closes by the
+    /// client and at shutdown are not counted by reason.)
+    #[serde(default)]
+    pub closed: BTreeMap<String, u64>,
+    /// `{"data":...}` messages written since start.
+    #[serde(default)]
+    pub messages_sent: u64,
+    /// Records written to clients since start (a record sent to three
+    /// clients counts three).
+    #[serde(default)]
+    pub records_sent: u64,
+    /// Records written as `?since=` replay since start.
+    #[serde(default)]
+    pub records_replayed: u64,
+    /// `{"lost":...}` notices sent since start.
+    #[serde(default)]
+    pub lost_notices: u64,
+    /// Records held in the replay ring.
+    #[serde(default)]
+    pub ring_records: u64,
+    /// Bytes of JSON held in the replay ring.
+    #[serde(default)]
+    pub ring_bytes: u64,
+    /// The newest sequence number assigned (0 = none yet).
+    #[serde(default)]
+    pub last_seq: u64,
+}
+
+/// The refusal reasons of the channel, with the counter of each (bounded:
+/// the `reason` label of `calllog_bridge_channel_refused_total`).
+pub fn channel_refusals(s: &ChannelStats) -> [(&'static str, u64); 4] {
+    [
+        ("unauthorized", s.refused_unauthorized.load(Ordering::Relaxed)),
+        ("not_found", s.refused_not_found.load(Ordering::Relaxed)),
+        ("bad_request", s.refused_bad_request.load(Ordering::Relaxed)),
+        ("too_many_connections", s.refused_full.load(Ordering::Relaxed)),
+    ]
+}
+
+/// The close reasons the channel counts, with the counter of each
+/// (bounded: the `reason` label of `calllog_bridge_channel_closed_total`).
+pub fn channel_closes(s: &ChannelStats) -> [(&'static str, u64); 3] {
+    [
+        ("slow_consumer", s.closed_slow_consumer.load(Ordering::Relaxed)),
+        ("ping_timeout", s.closed_ping_timeout.load(Ordering::Relaxed)),
+        ("token_changed", s.closed_token_changed.load(Ordering::Relaxed)),
+    ]
+}
+
+impl ChannelStatus {
+    /// The endpoint with the figures of `stats` (zeros when the channel's
+    /// statistics are not registered).
+    pub fn of(endpoint: ChannelInfo, stats: Option<&ChannelStats>) -> ChannelStatus {
+        let Some(s) = stats else {
+            return ChannelStatus {
+                endpoint,
+                connections: 0,
+                connections_accepted: 0,
+                refused: BTreeMap::new(),
+                closed: BTreeMap::new(),
+                messages_sent: 0,
+                records_sent: 0,
+                records_replayed: 0,
+                lost_notices: 0,
+                ring_records: 0,
+                ring_bytes: 0,
+                last_seq: 0,
+            };
+        };
+        let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+        ChannelStatus {
+            endpoint,
+            connections: s.connections_active.load(Ordering::Relaxed).max(0) as u64,
+            connections_accepted: load(&s.connections_accepted),
+            refused: channel_refusals(s).iter().map(|&(k, v)| (k.to_string(), v)).collect(),
+            closed: channel_closes(s).iter().map(|&(k, v)| (k.to_string(), v)).collect(),
+            messages_sent: load(&s.messages_sent),
+            records_sent: load(&s.records_sent),
+            records_replayed: load(&s.records_replayed),
+            lost_notices: load(&s.lost_notices),
+            ring_records: load(&s.ring_records),
+            ring_bytes: load(&s.ring_bytes),
+            last_seq: load(&s.last_seq),
+        }
+    }
+}
+
+/// Lookup tables in `/status`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EnrichStatus {
+    /// The lookup files, in load order.
+    pub files: Vec<String>,
+    /// One entry per table (`keys`, `services`, `endpoints`, `plans`).
+    pub tables: Vec<EnrichTableStatus>,
+    /// Lookups that found their id, over all tables, since start.
+    pub hits: u64,
+    /// Lookups of an id a loaded table lacks, over all tables, since start.
+    pub misses: u64,
+    /// Successful reloads since start.
+    pub reloads: u64,
+    /// Why the last reload failed (file and place); `null` once a reload
+    /// succeeds. The previous tables stay in use meanwhile.
+    pub last_reload_error: Option<String>,
+}
+
+/// One lookup table in `/status`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EnrichTableStatus {
+    /// The table's name.
+    pub table: String,
+    /// Whether a lookup file provides it.
+    pub loaded: bool,
+    /// Ids it holds now.
+    pub entries: u64,
+    /// Lookups that found the id, since start.
+    pub hits: u64,
+    /// Lookups of an id the table lacks, since start.
+    pub misses: u64,
+}
+
+impl EnrichStatus {
+    /// The status of lookup files `files` with statistics `s`.
+    pub fn of(files: &[PathBuf], s: &EnrichStats) -> EnrichStatus {
+        let tables: Vec<EnrichTableStatus> = s
+            .tables
+            .iter()
+            .map(|t| EnrichTableStatus {
+                table: t.table.name().to_string(),
+                loaded: t.loaded,
+                entries: t.entries as u64,
+                hits: t.hits,
+                misses: t.misses,
+            })
+            .collect();
+        EnrichStatus {
+            files: files.iter().map(|p| p.display().to_string()).collect(),
+            hits: tables.iter().map(|t| t.hits).sum(),
+            misses: tables.iter().map(|t| t.misses).sum(),
+            tables,
+            reloads: s.reloads,
+            last_reload_error: s.last_reload_error.clone(),
+        }
+    }
 }
 
 /// The local channel's endpoint, as set by the channel sink.
@@ -161,6 +332,10 @@ pub struct FileStatus {
     pub rejects: u64,
     /// Lines rejected, by reason.
     pub rejects_by_reason: BTreeMap<String, u64>,
+    /// Partial last lines (no newline) emitted because the file was
+    /// rotated away or deleted before the newline came, since start.
+    #[serde(default)]
+    pub partial_lines: u64,
     /// Records whose request_time was after the time they were observed
     /// (clock skew), since start.
     pub negative_delays: u64,
@@ -219,6 +394,9 @@ pub struct Totals {
     pub rejects: u64,
     /// Negative delays since start (removed files included).
     pub negative_delays: u64,
+    /// Partial last lines emitted since start (removed files included).
+    #[serde(default)]
+    pub partial_lines: u64,
     /// Bytes behind over all files.
     pub bytes_behind: u64,
     /// Largest windowed sync delay over files that are not idle, ms.
@@ -302,6 +480,7 @@ impl FileStats {
             records: self.records.load(Ordering::Relaxed),
             rejects: self.rejects.load(Ordering::Relaxed),
             rejects_by_reason: self.rejects_by_reason().into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
+            partial_lines: self.partial_lines.load(Ordering::Relaxed),
             negative_delays: self.negative_delays.load(Ordering::Relaxed),
             watermark_ms,
             watermark: watermark_ms.map(time::format_iso_millis),
@@ -333,17 +512,34 @@ impl SinkStats {
     }
 }
 
+/// The channel's delivery delay over the window: written − observed of the
+/// frames written to clients (one sample per flush; `null` when no client
+/// received anything in the window).
+pub fn channel_delivery_window(ch: &ChannelStats, now_ms: i64, s: &StatusSettings) -> Option<DelaySummary> {
+    DelaySummary::of(&mut ch.frame_delays_since(now_ms - s.delay_window_ms))
+}
+
 impl Telemetry {
     /// The whole status at `now_ms`.
     pub fn status(&self, now_ms: i64, s: &StatusSettings) -> Status {
         let files: Vec<FileStatus> = self.files().iter().map(|f| f.status(now_ms, s)).collect();
-        let sinks: Vec<SinkStatus> = self.sinks().iter().map(|k| k.status(now_ms, s)).collect();
+        let mut sinks: Vec<SinkStatus> = self.sinks().iter().map(|k| k.status(now_ms, s)).collect();
+        let channel_stats = self.channel_stats();
+        if let Some(ch) = &channel_stats {
+            // The channel's records are delivered when their frame is
+            // written to a client, not when the sink hands them to the ring.
+            if let Some(k) = sinks.iter_mut().find(|k| k.name == crate::sink::channel::NAME) {
+                k.delivery_delay_ms = channel_delivery_window(ch, now_ms, s);
+                k.last_delivery_delay_ms = ch.last_frame_delay_ms();
+            }
+        }
         let retired = self.retired();
         let mut t = Totals {
             files: files.len() as u64,
             records: retired.records,
             rejects: retired.rejects.values().sum(),
             negative_delays: retired.negative_delays,
+            partial_lines: retired.partial_lines,
             ..Totals::default()
         };
         for f in &files {
@@ -351,6 +547,7 @@ impl Telemetry {
             t.records += f.records;
             t.rejects += f.rejects;
             t.negative_delays += f.negative_delays;
+            t.partial_lines += f.partial_lines;
             t.bytes_behind += f.bytes_behind;
             if let Some(d) = &f.sync_delay_ms {
                 t.max_sync_delay_ms = Some(t.max_sync_delay_ms.map_or(d.max, |m| m.max(d.max)));
@@ -380,7 +577,8 @@ impl Telemetry {
             files,
             sinks,
             totals: t,
-            channel: self.channel(),
+            channel: self.channel().map(|c| ChannelStatus::of(c, channel_stats.as_ref())),
+            enrich: self.enrich_stats().filter(|(files, _)| !files.is_empty()).map(|(files, st)| EnrichStatus::of(&files, &st)),
         }
     }
 }
@@ -567,5 +765,117 @@ mod tests {
         assert_eq!(json["totals"]["files_by_state"]["caught-up"], 1);
         let back: Status = serde_json::from_value(json).unwrap();
         assert_eq!(back, st);
+    }
+
+    #[test]
+    fn channel_figures_extend_the_endpoint_and_feed_the_sink_delay() {
+        let tel = Telemetry::new();
+        let info = ChannelInfo { listen: "127.0.0.1:8790".into(), tls: false, path: "/stream".into() };
+        tel.set_channel(Some(info.clone()));
+        // Without registered statistics: the endpoint with zero figures.
+        let st = tel.status(T0, &settings());
+        assert_eq!(st.channel.as_ref().map(|c| (&c.endpoint, c.connections)), Some((&info, 0)));
+
+        let ch = ChannelStats::default();
+        ch.connections_accepted.fetch_add(3, Ordering::Relaxed);
+        ch.connections_active.fetch_add(2, Ordering::Relaxed);
+        ChannelStats::bump(&ch.refused_unauthorized);
+        ChannelStats::bump(&ch.refused_full);
+        ChannelStats::bump(&ch.closed_slow_consumer);
+        // The sink handed 10 records to the ring 1 ms after reading them;
+        // clients got their frames 40 and 90 ms after.
+        let k = tel.sink("channel");
+        k.enqueued(10);
+        k.delivered(10, T0, T0 + 1);
+        ch.frames_written(1, 4, T0, T0 + 40);
+        ch.frames_written(2, 6, T0, T0 + 90);
+        tel.set_channel_stats(Some(ch));
+
+        let st = tel.status(T0 + 100, &settings());
+        let c = st.channel.clone().unwrap();
+        assert_eq!((c.connections, c.connections_accepted, c.messages_sent, c.records_sent), (2, 3, 3, 10));
+        assert_eq!(c.refused.get("unauthorized"), Some(&1));
+        assert_eq!(c.refused.get("too_many_connections"), Some(&1));
+        assert_eq!(c.refused.get("not_found"), Some(&0));
+        assert_eq!(c.closed.get("slow_consumer"), Some(&1));
+        assert_eq!(c.closed.get("ping_timeout"), Some(&0));
+        let sink = &st.sinks[0];
+        assert_eq!(sink.delivered_records, 10, "records handed over are still counted by the sink");
+        let d = sink.delivery_delay_ms.unwrap();
+        assert_eq!((d.min, d.max, d.samples), (40, 90, 2), "delivered = frame written");
+        assert_eq!(sink.last_delivery_delay_ms, Some(90));
+
+        // The JSON keeps listen/tls/path at the top of `channel`, never a token.
+        let json = serde_json::to_value(&st).unwrap();
+        assert_eq!(json["channel"]["listen"], "127.0.0.1:8790");
+        assert_eq!(json["channel"]["tls"], false);
+        assert_eq!(json["channel"]["refused"]["unauthorized"], 1);
+        assert!(json["channel"].get("token").is_none());
+        let back: Status = serde_json::from_value(json).unwrap();
+        assert_eq!(back, st);
+        // A status from a bridge without these figures still reads.
+        let old = serde_json::json!({"listen": "127.0.0.1:1", "tls": true, "path": "/stream"});
+        let c: ChannelStatus = serde_json::from_value(old).unwrap();
+        assert_eq!((c.endpoint.tls, c.connections, c.refused.len()), (true, 0, 0));
+    }
+
+    #[test]
+    fn enrich_figures_survive_a_replaced_enricher() {
+        use crate::enrich::Enricher;
+        use crate::record::{Field, Record};
+        let dir = tempfile::tempdir().unwrap();
+        let services = dir.path().join("services.csv");
+        std::fs::write(&services, "service_id,service_name\nsvc1,Orders\n").unwrap();
+        let lookup = |e: &Enricher, id: &'static str| {
+            let tables = e.tables();
+            let mut r = Record::new_ml();
+            r.set(Field::ServiceId, id);
+            e.enrich(&tables, &mut r);
+        };
+        let tel = Telemetry::new();
+        // Masking only: no lookup files, no `enrich` object.
+        tel.set_enricher(std::sync::Arc::new(Enricher::new(&[], Some(2), None).unwrap()));
+        assert_eq!(tel.status(T0, &settings()).enrich, None);
+
+        let e1 = std::sync::Arc::new(Enricher::new(std::slice::from_ref(&services), None, None).unwrap());
+        tel.set_enricher(e1.clone());
+        lookup(&e1, "svc1");
+        lookup(&e1, "svc1");
+        lookup(&e1, "nope");
+        let en = tel.status(T0, &settings()).enrich.unwrap();
+        assert_eq!((en.hits, en.misses, en.reloads, en.last_reload_error.as_deref()), (2, 1, 0, None));
+        let svc = en.tables.iter().find(|t| t.table == "services").unwrap();
+        assert_eq!((svc.loaded, svc.entries, svc.hits, svc.misses), (true, 1, 2, 1));
+        assert!(!en.tables.iter().find(|t| t.table == "keys").unwrap().loaded);
+        assert_eq!(en.files, vec![services.display().to_string()]);
+
+        // A reload brings a new enricher: counters carry on.
+        let e2 = std::sync::Arc::new(Enricher::new(std::slice::from_ref(&services), None, None).unwrap());
+        tel.set_enricher(e2.clone());
+        tel.set_enricher(e2.clone()); // the same one again changes nothing
+        lookup(&e2, "other");
+        let en = tel.status(T0, &settings()).enrich.unwrap();
+        assert_eq!((en.hits, en.misses), (2, 2));
+
+        // A broken file: the error is shown, the old tables stay.
+        std::fs::write(&services, "service_id,colour\nsvc1,red\n").unwrap();
+        assert!(e2.reload_if_changed().is_err());
+        let en = tel.status(T0, &settings()).enrich.unwrap();
+        assert!(en.last_reload_error.as_deref().unwrap_or("").contains("services.csv"), "{en:?}");
+        assert_eq!(en.tables.iter().find(|t| t.table == "services").unwrap().entries, 1);
+    }
+
+    #[test]
+    fn partial_lines_per_file_and_in_totals() {
+        let tel = Telemetry::new();
+        let a = file_read_at(&tel, "/le/a.log", T0, 100);
+        a.partial_line();
+        a.partial_line();
+        file_read_at(&tel, "/le/b.log", T0, 100).partial_line();
+        let st = tel.status(T0 + 10, &settings());
+        assert_eq!(st.files.iter().map(|f| f.partial_lines).collect::<Vec<_>>(), vec![2, 1]);
+        assert_eq!(st.totals.partial_lines, 3);
+        tel.remove_file("/le/a.log");
+        assert_eq!(tel.status(T0 + 10, &settings()).totals.partial_lines, 3, "removed files keep counting");
     }
 }

@@ -9,6 +9,8 @@ use std::collections::VecDeque;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use crate::telemetry::delay::{DelayHistogram, HistogramSnapshot};
+
 /// At most this many recent frame-delay samples are kept; older ones fall
 /// out first, so memory is bounded whatever the rate.
 pub const MAX_DELAY_SAMPLES: usize = 4096;
@@ -55,6 +57,9 @@ pub struct ChannelInner {
     /// Recent (written_ms, written_ms - observed_ms) samples: how long
     /// after the bridge read a record its frame was written to a client.
     pub recent_frame_delays: Mutex<VecDeque<(i64, i64)>>,
+    /// Frame delays (written - observed) since start, one observation per
+    /// record written (the channel sink's delivery delay in `/metrics`).
+    pub frame_delay_hist: DelayHistogram,
 }
 
 impl std::ops::Deref for ChannelStats {
@@ -75,11 +80,26 @@ impl ChannelStats {
     pub fn frames_written(&self, messages: usize, records: usize, observed_ms: i64, written_ms: i64) {
         self.0.messages_sent.fetch_add(messages as u64, Ordering::Relaxed);
         self.0.records_sent.fetch_add(records as u64, Ordering::Relaxed);
+        let d = written_ms - observed_ms;
+        if records > 0 {
+            self.0.frame_delay_hist.observe_n(d, records as u64);
+            self.0.frame_delay_hist.add_sum(d.saturating_mul(records as i64));
+        }
         let mut s = self.0.recent_frame_delays.lock().unwrap_or_else(|e| e.into_inner());
         if s.len() == MAX_DELAY_SAMPLES {
             s.pop_front();
         }
-        s.push_back((written_ms, written_ms - observed_ms));
+        s.push_back((written_ms, d));
+    }
+
+    /// The frame-delay histogram since start (per record written).
+    pub fn frame_delay_histogram(&self) -> HistogramSnapshot {
+        self.0.frame_delay_hist.snapshot()
+    }
+
+    /// The delay of the last frame written, if any.
+    pub fn last_frame_delay_ms(&self) -> Option<i64> {
+        self.0.recent_frame_delays.lock().unwrap_or_else(|e| e.into_inner()).back().map(|&(_, d)| d)
     }
 
     /// Recent frame delays (written - observed, ms) of frames written at or
