@@ -544,50 +544,6 @@ pub fn le5_csv_header() -> &'static str {
      traffic_manager_error_code,uri,user_agent"
 }
 
-/// The ECLE "natural" column order (FORMATS.md §3), 39 columns with the
-/// organization fields.
-const ECLE_COLUMNS: [Field; 39] = [
-    Field::RequestHostName,
-    Field::SrcIp,
-    Field::RequestUuid,
-    Field::HttpMethod,
-    Field::Uri,
-    Field::HttpVersion,
-    Field::Bytes,
-    Field::HttpStatusCode,
-    Field::Referrer,
-    Field::UserAgent,
-    Field::RequestId,
-    Field::RequestTime,
-    Field::ApiKey,
-    Field::ServiceId,
-    Field::TrafficManager,
-    Field::ApiMethodName,
-    Field::CacheHit,
-    Field::TrafficManagerErrorCode,
-    Field::TotalRequestExecTime,
-    Field::RemoteTotalTime,
-    Field::ConnectTime,
-    Field::PreTransferTime,
-    Field::OauthAccessToken,
-    Field::SslEnabled,
-    Field::QuotaValue,
-    Field::QpsThrottleValue,
-    Field::ClientTransferTime,
-    Field::ServiceName,
-    Field::ResponseString,
-    Field::PlanName,
-    Field::PlanUuid,
-    Field::EndpointName,
-    Field::PackageName,
-    Field::PackageUuid,
-    Field::ServiceDefinitionEndpointUuid,
-    Field::OrgUuid,
-    Field::OrgName,
-    Field::SubOrgUuid,
-    Field::SubOrgName,
-];
-
 /// Seconds with three decimals, as the enriched logs write timings.
 fn secs3(ms: u32) -> String {
     format!("{}.{:03}", ms / 1000, ms % 1000)
@@ -698,7 +654,8 @@ impl SimCall {
             Format::EcleCsv => {
                 let r = self.expected(Format::EcleCsv);
                 let mut out = String::with_capacity(768);
-                for (i, f) in ECLE_COLUMNS.iter().enumerate() {
+                // The 39-column export order, as the ecle-csv parser reads it.
+                for (i, f) in crate::parse::ecle_csv::NATURAL.iter().enumerate() {
                     if i > 0 {
                         out.push(',');
                     }
