@@ -362,16 +362,44 @@ pub fn render_table(st: &Status, base: &str) -> String {
         }
         out.push_str(&columns(&rows));
     }
+    if let Some(c) = &st.channel {
+        let refused: u64 = c.refused.values().sum();
+        let reasons: Vec<String> = c.refused.iter().filter(|(_, n)| **n > 0).map(|(r, n)| format!("{n} {}", r.replace('_', " "))).collect();
+        let slow = c.closed.get("slow_consumer").copied().unwrap_or(0);
+        let scheme = if c.endpoint.tls { "wss" } else { "ws" };
+        let _ = writeln!(
+            out,
+            "\nchannel {scheme}://{}{}: {} connected ({} since start), {} refused{}, {} closed as slow consumer{}",
+            c.endpoint.listen,
+            c.endpoint.path,
+            c.connections,
+            c.connections_accepted,
+            refused,
+            if reasons.is_empty() { String::new() } else { format!(" ({})", reasons.join(", ")) },
+            slow,
+            if slow == 1 { "" } else { "s" },
+        );
+    }
+    if let Some(e) = &st.enrich {
+        if e.misses > 0 {
+            let by_table: Vec<String> = e.tables.iter().filter(|t| t.misses > 0).map(|t| format!("{} {}", t.table, t.misses)).collect();
+            let _ = writeln!(out, "enrich: {} lookup misses of {} ({})", e.misses, e.hits + e.misses, by_table.join(", "));
+        }
+        if let Some(err) = &e.last_reload_error {
+            let _ = writeln!(out, "enrich: last lookup reload failed, previous tables in use: {err}");
+        }
+    }
     let t = &st.totals;
     let states: Vec<String> = t.files_by_state.iter().map(|(s, n)| format!("{n} {s}")).collect();
     let _ = writeln!(
         out,
-        "\ntotal: {} file(s) ({}), {} records, {} rejects, {} negative delays, {} behind, max sync delay {}",
+        "\ntotal: {} file(s) ({}), {} records, {} rejects, {} negative delays,{} {} behind, max sync delay {}",
         t.files,
         if states.is_empty() { "none".to_string() } else { states.join(", ") },
         t.records,
         t.rejects,
         t.negative_delays,
+        if t.partial_lines > 0 { format!(" {} partial lines,", t.partial_lines) } else { String::new() },
         human_bytes(t.bytes_behind),
         opt_ms(t.max_sync_delay_ms),
     );

@@ -234,3 +234,67 @@ fn watch_refreshes_until_interrupted() {
     assert_eq!(status.code(), Some(0));
     reader.join().unwrap();
 }
+
+/// The fixture plus a channel (one client, two refusals, one slow-consumer
+/// close) and a services lookup table with `misses` misses.
+fn fixture_with_channel_and_lookups(dir: &std::path::Path, misses: usize) -> Telemetry {
+    use calllog_bridge::enrich::Enricher;
+    use calllog_bridge::record::{Field, Record};
+    use calllog_bridge::sink::channel::ChannelStats;
+    use std::sync::atomic::Ordering::Relaxed;
+    let tel = fixture();
+    tel.set_channel(Some(calllog_bridge::telemetry::ChannelInfo { listen: "127.0.0.1:8790".into(), tls: false, path: "/stream".into() }));
+    let ch = ChannelStats::default();
+    ch.connections_accepted.fetch_add(4, Relaxed);
+    ch.connections_active.fetch_add(1, Relaxed);
+    ChannelStats::bump(&ch.refused_unauthorized);
+    ChannelStats::bump(&ch.refused_full);
+    ChannelStats::bump(&ch.closed_slow_consumer);
+    tel.set_channel_stats(Some(ch));
+    let services = dir.join("services.csv");
+    std::fs::write(&services, "service_id,service_name\nsvc1,Orders\n").unwrap();
+    let e = Arc::new(Enricher::new(&[services], None, None).unwrap());
+    for id in std::iter::repeat_n("nope", misses).chain(["svc1"]) {
+        let mut r = Record::new_ml();
+        r.set(Field::ServiceId, id);
+        e.enrich(&e.tables(), &mut r);
+    }
+    tel.set_enricher(e);
+    tel
+}
+
+#[test]
+fn channel_and_lookup_misses_get_a_line_each() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = InProcess::start(fixture_with_channel_and_lookups(dir.path(), 3), StatusConfig::default());
+    let out = lag(&["--status-url", &srv.url()]);
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}{}", text(&out.stderr));
+    let line =
+        |start: &str| stdout.lines().find(|l| l.starts_with(start)).unwrap_or_else(|| panic!("no `{start}` line:\n{stdout}")).to_string();
+    let ch = line("channel ws://127.0.0.1:8790/stream:");
+    assert!(
+        ch.contains("1 connected (4 since start)")
+            && ch.contains("2 refused (1 too many connections, 1 unauthorized)")
+            && ch.contains("1 closed as slow consumer"),
+        "{ch}"
+    );
+    let en = line("enrich:");
+    assert!(en.contains("3 lookup misses of 4 (services 3)"), "{en}");
+    // --json stays the raw status document, with the new objects.
+    let out = lag(&["--status-url", &srv.url(), "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON on stdout");
+    assert_eq!(v["channel"]["refused"]["unauthorized"], 1);
+    assert_eq!(v["channel"]["connections"], 1);
+    assert_eq!(v["enrich"]["misses"], 3);
+    assert_eq!(v["enrich"]["tables"].as_array().unwrap().iter().find(|t| t["table"] == "services").unwrap()["hits"], 1);
+}
+
+#[test]
+fn no_enrich_line_without_misses() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = InProcess::start(fixture_with_channel_and_lookups(dir.path(), 0), StatusConfig::default());
+    let stdout = text(&lag(&["--status-url", &srv.url()]).stdout);
+    assert!(stdout.contains("\nchannel ws://"), "{stdout}");
+    assert!(!stdout.contains("enrich:"), "{stdout}");
+}
