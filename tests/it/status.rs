@@ -142,18 +142,26 @@ struct Bridge {
 }
 
 impl Bridge {
+    /// The bridge following `logs/*.log` as le6 into `out/out.ndjson`.
     fn start() -> Bridge {
+        Bridge::start_with(|dir| {
+            let p = |s: &str| dir.join(s).to_string_lossy().into_owned();
+            format!(
+                "state_dir = {state:?}\nlog_level = \"info\"\n\n[[source]]\npaths = [{glob:?}]\nformat = \"le6\"\n\
+                 read_from = \"beginning\"\n\n[file_output]\npath = {out:?}\nfsync_interval_ms = 20\n\n\
+                 [status]\nlisten = \"127.0.0.1:0\"\n",
+                state = p("state"),
+                glob = p("logs/*.log"),
+                out = p("out/out.ndjson"),
+            )
+        })
+    }
+
+    /// The bridge with the config `config(dir)` returns (`logs/` exists).
+    fn start_with(config: impl FnOnce(&Path) -> String) -> Bridge {
         let dir = tempfile::tempdir().unwrap();
-        let p = |s: &str| dir.path().join(s).to_string_lossy().into_owned();
         std::fs::create_dir_all(dir.path().join("logs")).unwrap();
-        let config = format!(
-            "state_dir = {state:?}\nlog_level = \"info\"\n\n[[source]]\npaths = [{glob:?}]\nformat = \"le6\"\nread_from = \"beginning\"\n\n\
-             [file_output]\npath = {out:?}\nfsync_interval_ms = 20\n\n[status]\nlisten = \"127.0.0.1:0\"\n",
-            state = p("state"),
-            glob = p("logs/*.log"),
-            out = p("out/out.ndjson"),
-        );
-        std::fs::write(dir.path().join("bridge.toml"), config).unwrap();
+        std::fs::write(dir.path().join("bridge.toml"), config(dir.path())).unwrap();
         let log = std::fs::File::create(dir.path().join("bridge.log")).unwrap();
         let child = support::cmd()
             .args(["run", "--config"])
@@ -288,4 +296,201 @@ fn end_to_end_simulated_lag_is_reported_everywhere() {
     let out = support::cmd().args(["lag", "--config"]).arg(&cfg).output().unwrap();
     assert_eq!(out.status.code(), Some(3));
     assert!(String::from_utf8_lossy(&out.stderr).contains("bridge is not running (no answer at http://127.0.0.1:"));
+}
+
+/// The token of the end-to-end channel.
+const TOKEN: &str = "status-e2e-token-4d7c";
+
+/// The Orders service of the simulated estate: the only entry of the
+/// services table below, so the other services are lookup misses.
+const ORDERS_ID: &str = "r2xk9fy4wq8bnc7tz6dd5ev3";
+
+/// `/status` as JSON.
+fn status_json(url: &str) -> serde_json::Value {
+    let (code, body) = get(&format!("{url}/status"));
+    assert_eq!(code, 200, "{body}");
+    serde_json::from_str(&body).unwrap()
+}
+
+fn sink_named<'a>(v: &'a serde_json::Value, name: &str) -> Option<&'a serde_json::Value> {
+    v["sinks"].as_array()?.iter().find(|s| s["name"] == name)
+}
+
+/// A WebSocket client of the bridge's channel.
+type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// Reads channel messages until `want` records have arrived; returns them.
+async fn receive_records(ws: &mut Ws, want: usize) -> Vec<serde_json::Value> {
+    use futures_util::StreamExt;
+    let mut got = Vec::new();
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while got.len() < want {
+        let msg = tokio::time::timeout_at(deadline, ws.next())
+            .await
+            .unwrap_or_else(|_| panic!("timed out with {} of {want} records", got.len()))
+            .expect("the channel closed the connection")
+            .expect("a WebSocket message");
+        if let tokio_tungstenite::tungstenite::Message::Text(t) = msg {
+            let v: serde_json::Value = serde_json::from_str(t.as_str()).unwrap();
+            got.extend(v["data"].as_array().cloned().unwrap_or_default());
+        }
+    }
+    got
+}
+
+#[test]
+fn end_to_end_channel_and_lookup_figures() {
+    const LINES: usize = 200;
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/lookups");
+    let mut bridge = Bridge::start_with(|dir| {
+        let p = |s: &str| dir.join(s).to_string_lossy().into_owned();
+        std::fs::write(dir.join("channel.token"), format!("{TOKEN}\n")).unwrap();
+        std::fs::write(dir.join("services.csv"), format!("service_id,service_name\n{ORDERS_ID},Orders\n")).unwrap();
+        let lookups = [
+            examples.join("keys.csv").to_string_lossy().into_owned(),
+            examples.join("endpoints.csv").to_string_lossy().into_owned(),
+            examples.join("plans.json").to_string_lossy().into_owned(),
+            p("services.csv"),
+        ];
+        format!(
+            "state_dir = {state:?}\nlog_level = \"info\"\n\n[[source]]\npaths = [{glob:?}]\nformat = \"le-json\"\n\
+             read_from = \"beginning\"\n\n[enrich]\nlookups = {lookups:?}\n\n[channel]\nlisten = \"127.0.0.1:0\"\n\
+             token_file = {token:?}\nrecords_per_message = 20\n\n[file_output]\npath = {out:?}\nfsync_interval_ms = 20\n\n\
+             [status]\nlisten = \"127.0.0.1:0\"\n",
+            state = p("state"),
+            glob = p("logs/*.log"),
+            token = p("channel.token"),
+            out = p("out/out.ndjson"),
+        )
+    });
+    let url = bridge.url();
+    support::poll_until(DEADLINE, "/readyz 200", || (get(&format!("{url}/readyz")).0 == 200).then_some(()));
+    let chan_file = bridge.path("state/channel.addr");
+    let chan = support::poll_until(DEADLINE, "state/channel.addr", || {
+        std::fs::read_to_string(&chan_file).ok().map(|s| s.trim().to_string()).filter(|s| !s.is_empty())
+    });
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+
+    // Before any client: the endpoint and zero figures, never the token.
+    let v = status_json(&url);
+    assert_eq!(v["channel"]["listen"], chan.as_str());
+    assert_eq!(v["channel"]["connections"], 0);
+    assert!(!serde_json::to_string(&v).unwrap().contains(TOKEN), "the token must not appear in /status");
+
+    // A wrong token: refused with 401 and counted.
+    let bad = rt.block_on(tokio_tungstenite::connect_async(format!("ws://{chan}/stream?key=not-the-token")));
+    match bad {
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => assert_eq!(resp.status().as_u16(), 401),
+        Err(e) => panic!("expected an HTTP 401 refusal, got {e}"),
+        Ok(_) => panic!("a wrong token was upgraded"),
+    }
+    support::poll_until(DEADLINE, "the refusal in /status", || {
+        (status_json(&url)["channel"]["refused"]["unauthorized"] == 1).then_some(())
+    });
+
+    // The right token: one connection.
+    let (mut ws, resp) = rt.block_on(tokio_tungstenite::connect_async(format!("ws://{chan}/stream?key={TOKEN}"))).expect("upgrade");
+    assert_eq!(resp.status().as_u16(), 101);
+    let v = support::poll_until(DEADLINE, "one connection in /status", || {
+        let v = status_json(&url);
+        (v["channel"]["connections"] == 1).then_some(v)
+    });
+    assert_eq!(v["channel"]["connections_accepted"], 1);
+    assert_eq!(v["channel"]["refused"]["too_many_connections"], 0);
+    assert_eq!(v["channel"]["closed"]["slow_consumer"], 0);
+
+    // Simulated raw Local Edition traffic: the client receives every record.
+    let out = support::cmd()
+        .args(["simulate", "--format", "le-json", "--burst", "--rate", &LINES.to_string(), "--duration", "1", "--seed", "11", "--dir"])
+        .arg(bridge.path("logs"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "simulate: {}", String::from_utf8_lossy(&out.stderr));
+    let received = rt.block_on(receive_records(&mut ws, LINES));
+    assert_eq!(received.len(), LINES);
+    let out_file = bridge.path("out/out.ndjson");
+    let archived = support::poll_until(DEADLINE, "every record in the archive", || {
+        let r = ndjson(&out_file);
+        (r.len() >= LINES).then_some(r)
+    });
+    assert_eq!(archived.len(), LINES);
+
+    // Lookups: a hit per Orders record, a miss per other service whose
+    // line had no name (the table lacks it).
+    let absent = |x: &serde_json::Value| matches!(x.as_str(), None | Some("") | Some("-"));
+    let hits = archived.iter().filter(|r| r["service_id"] == ORDERS_ID).count() as u64;
+    let misses = archived.iter().filter(|r| !absent(&r["service_id"]) && absent(&r["service_name"])).count() as u64;
+    assert!(hits > 0 && misses > 0, "the simulated traffic has Orders and other services: {hits} hits, {misses} misses");
+    assert!(archived.iter().filter(|r| r["service_id"] == ORDERS_ID).all(|r| r["service_name"] == "Orders"));
+
+    let v = support::poll_until(DEADLINE, "the channel sink's deliveries in /status", || {
+        let v = status_json(&url);
+        let k = sink_named(&v, "channel")?;
+        (k["delivered_records"] == LINES as u64 && v["channel"]["records_sent"] == LINES as u64).then_some(v)
+    });
+    let c = &v["channel"];
+    assert!(c["messages_sent"].as_u64().unwrap() >= (LINES / 20) as u64, "{c}");
+    assert_eq!(c["ring_records"], LINES as u64);
+    assert!(c["last_seq"].as_u64().unwrap() >= LINES as u64, "{c}");
+    // Delivered = frame written: the channel sink's delivery delay is that of
+    // the frames the client received.
+    let d = &sink_named(&v, "channel").unwrap()["delivery_delay_ms"];
+    assert!(d["samples"].as_u64().unwrap() >= 1 && d["max"].as_i64().unwrap() >= 0, "{d}");
+    let e = &v["enrich"];
+    assert_eq!(e["files"].as_array().unwrap().len(), 4, "{e}");
+    let table = |name: &str| e["tables"].as_array().unwrap().iter().find(|t| t["table"] == name).cloned().unwrap();
+    let services = table("services");
+    assert_eq!((services["loaded"].as_bool(), services["entries"].as_u64()), (Some(true), Some(1)));
+    assert_eq!((services["hits"].as_u64(), services["misses"].as_u64()), (Some(hits), Some(misses)), "{e}");
+    assert_eq!(e["reloads"], 0);
+    assert!(e["last_reload_error"].is_null());
+    let f = v["files"].as_array().unwrap().iter().find(|f| f["path"].as_str().unwrap().ends_with("access_worker0.log")).unwrap().clone();
+    assert_eq!((f["records"].as_u64(), f["partial_lines"].as_u64()), (Some(LINES as u64), Some(0)), "{f}");
+
+    // /metrics: the same figures, with bounded labels.
+    let (code, text) = get(&format!("{url}/metrics"));
+    assert_eq!(code, 200);
+    assert!(!text.contains(TOKEN));
+    let m = scrape(&text);
+    assert_eq!(num(sample(&m, "calllog_bridge_channel_connections", &[])), 1.0);
+    assert_eq!(num(sample(&m, "calllog_bridge_channel_connections_accepted_total", &[])), 1.0);
+    assert_eq!(num(sample(&m, "calllog_bridge_channel_refused_total", &[("reason", "unauthorized")])), 1.0);
+    assert_eq!(num(sample(&m, "calllog_bridge_channel_refused_total", &[("reason", "not_found")])), 0.0);
+    assert_eq!(num(sample(&m, "calllog_bridge_channel_closed_total", &[("reason", "slow_consumer")])), 0.0);
+    assert_eq!(num(sample(&m, "calllog_bridge_channel_records_sent_total", &[])), LINES as f64);
+    let h = buckets(sample(&m, "calllog_bridge_delivery_delay_seconds", &[("sink", "channel")]));
+    assert_eq!(h.last().unwrap().1, LINES as f64, "one frame-delay observation per record written: {h:?}");
+    let lookups =
+        |table: &str, result: &str| num(sample(&m, "calllog_bridge_enrich_lookups_total", &[("table", table), ("result", result)]));
+    assert_eq!((lookups("services", "hit"), lookups("services", "miss")), (hits as f64, misses as f64));
+    assert_eq!(num(sample(&m, "calllog_bridge_enrich_table_entries", &[("table", "services")])), 1.0);
+    assert_eq!(num(sample(&m, "calllog_bridge_enrich_reloads_total", &[])), 0.0);
+    assert_eq!(num(sample(&m, "calllog_bridge_enrich_reload_failing", &[])), 0.0);
+    assert_eq!(num(sample(&m, "calllog_bridge_partial_lines_total", &[])), 0.0);
+    let labels: std::collections::BTreeSet<&str> = m
+        .samples
+        .iter()
+        .filter(|s| s.metric.starts_with("calllog_bridge_channel_"))
+        .flat_map(|s| s.labels.keys().map(String::as_str))
+        .collect();
+    assert!(labels.iter().all(|l| *l == "reason"), "channel series carry only the reason label: {labels:?}");
+
+    // lag: a line for the channel and one for the misses.
+    let out = support::cmd().args(["lag", "--config"]).arg(bridge.path("bridge.toml")).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    let ch = stdout.lines().find(|l| l.starts_with("channel ws://")).unwrap_or_else(|| panic!("no channel line:\n{stdout}"));
+    assert!(ch.contains("1 connected (1 since start), 1 refused (1 unauthorized), 0 closed as slow consumers"), "{ch}");
+    let (all_hits, all_misses) = (e["hits"].as_u64().unwrap(), e["misses"].as_u64().unwrap());
+    assert!(all_misses >= misses && all_hits >= hits, "{e}");
+    assert!(stdout.contains(&format!("enrich: {all_misses} lookup misses of {}", all_hits + all_misses)), "{stdout}");
+
+    // The client leaves: no connection left.
+    rt.block_on(async {
+        use futures_util::SinkExt;
+        let _ = ws.close(None).await;
+    });
+    drop(ws);
+    support::poll_until(DEADLINE, "no connection in /status", || (status_json(&url)["channel"]["connections"] == 0).then_some(()));
+    bridge.stop();
 }
