@@ -12,7 +12,8 @@
 //! time of the bench thread (the machine is shared). `LINES=n` changes the number of lines per format, `FORMATS=le6,le5-csv`
 //! picks formats.
 
-use std::path::PathBuf;
+mod common;
+
 use std::time::{Duration, Instant};
 
 use calllog_bridge::enrich::{Enricher, Lookups};
@@ -25,21 +26,9 @@ const ROUNDS: usize = 5;
 
 fn main() {
     let n: usize = std::env::var("LINES").ok().and_then(|v| v.parse().ok()).unwrap_or(300_000);
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let lookups: Vec<PathBuf> = ["keys.csv", "services.csv", "endpoints.csv", "plans.json"]
-        .iter()
-        .map(|f| root.join("examples/lookups").join(f))
-        .filter(|p| p.exists())
-        .collect();
-    let enricher = match Enricher::new(&lookups, None, None) {
-        Ok(e) => e,
-        Err(e) => {
-            eprintln!("cannot load the example lookups: {e}");
-            std::process::exit(1);
-        }
-    };
+    let (enricher, lookup_files) = common::example_enricher();
     let tables = enricher.tables();
-    println!("parse bench: {n} lines per format, one thread, best of {ROUNDS} rounds, {} lookup files", lookups.len());
+    println!("parse bench: {n} lines per format, one thread, best of {ROUNDS} rounds, {lookup_files} lookup files");
     let clock = if thread_cpu_ns().is_some() { "per CPU-second of the bench thread" } else { "per wall-clock second" };
     println!("figures are {clock}; full = parse + enrich + ndjson");
     println!("{:<9} {:>16} {:>10} {:>16} {:>12}", "format", "full lines/s", "MB/s", "parse-only l/s", "ns/line");

@@ -17,7 +17,8 @@
 //! a percentage of the matching path. Rounds are interleaved and the best
 //! of [`ROUNDS`] is kept. `LINES=n` changes the number of lines.
 
-use std::path::PathBuf;
+mod common;
+
 use std::time::{Duration, Instant};
 
 use calllog_bridge::enrich::{Enricher, Lookups};
@@ -43,19 +44,7 @@ struct Mode {
 
 fn main() {
     let n: usize = std::env::var("LINES").ok().and_then(|v| v.parse().ok()).unwrap_or(200_000);
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let lookups: Vec<PathBuf> = ["keys.csv", "services.csv", "endpoints.csv", "plans.json"]
-        .iter()
-        .map(|f| root.join("examples/lookups").join(f))
-        .filter(|p| p.exists())
-        .collect();
-    let enricher = match Enricher::new(&lookups, None, None) {
-        Ok(e) => e,
-        Err(e) => {
-            eprintln!("cannot load the example lookups: {e}");
-            std::process::exit(1);
-        }
-    };
+    let (enricher, _) = common::example_enricher();
     let tables = enricher.tables();
     let lines = generate(n);
     let telemetry = Telemetry::new();
