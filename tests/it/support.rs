@@ -2,7 +2,7 @@
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
 
 /// Path of the binary under test.
@@ -38,4 +38,27 @@ pub fn poll_until<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Optio
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// Starts `calllog-bridge run --config CONFIG` with its stderr appended to
+/// `log` (stdin and stdout null; `RUST_LOG` unset so the config's
+/// `log_level` applies).
+pub fn spawn_bridge(config: &Path, log: &Path) -> Child {
+    let err = std::fs::OpenOptions::new().create(true).append(true).open(log).expect("open bridge log");
+    cmd()
+        .args(["run", "--config"])
+        .arg(config)
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(err)
+        .spawn()
+        .expect("start bridge")
+}
+
+/// Sends SIGTERM to `child` and waits (up to `timeout`) for it to exit.
+pub fn terminate(child: &mut Child, timeout: Duration) -> ExitStatus {
+    let st = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().expect("run kill");
+    assert!(st.success(), "kill -TERM {} failed", child.id());
+    poll_until(timeout, "bridge to exit after SIGTERM", || child.try_wait().expect("wait for bridge"))
 }

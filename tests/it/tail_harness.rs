@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::fs::{self, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
+use std::process::Child;
 use std::time::Duration;
 
 use crate::support;
@@ -84,26 +84,14 @@ impl Env {
         assert!(self.child.is_none(), "already running");
         let running = |s: &str| s.matches("bridge running").count();
         let before = running(&self.log_text());
-        let err = OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
-        let child = support::cmd()
-            .args(["run", "--config"])
-            .arg(&self.config)
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(err)
-            .spawn()
-            .expect("start bridge");
-        self.child = Some(child);
+        self.child = Some(support::spawn_bridge(&self.config, &self.log));
         support::poll_until(DEADLINE, "bridge to start", || (running(&self.log_text()) > before).then_some(()));
     }
 
     /// Stops the bridge with SIGTERM and waits for a clean exit.
     pub fn stop(&mut self) {
         let mut child = self.child.take().expect("running");
-        let st = std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
-        assert!(st.success());
-        let status = support::poll_until(DEADLINE, "bridge to exit after SIGTERM", || child.try_wait().unwrap());
+        let status = support::terminate(&mut child, DEADLINE);
         assert!(status.success(), "bridge exited with {status}; log:\n{}", self.log_text());
     }
 

@@ -521,7 +521,7 @@ mod e2e {
     use std::fs::{self, OpenOptions};
     use std::io::Write;
     use std::path::PathBuf;
-    use std::process::{Child, Stdio};
+    use std::process::Child;
     use std::time::Duration;
 
     use crate::support;
@@ -575,17 +575,7 @@ mod e2e {
         }
 
         fn start(&mut self) {
-            let err = OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
-            let child = support::cmd()
-                .args(["run", "--config"])
-                .arg(&self.config)
-                .env_remove("RUST_LOG")
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(err)
-                .spawn()
-                .expect("start bridge");
-            self.child = Some(child);
+            self.child = Some(support::spawn_bridge(&self.config, &self.log));
         }
 
         fn kill9(&mut self) {
@@ -596,9 +586,7 @@ mod e2e {
 
         fn stop(&mut self) {
             let mut child = self.child.take().expect("running");
-            let st = std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
-            assert!(st.success());
-            let status = support::poll_until(DEADLINE, "bridge to exit after SIGTERM", || child.try_wait().unwrap());
+            let status = support::terminate(&mut child, DEADLINE);
             assert!(status.success(), "bridge exited with {status}; log:\n{}", self.log_text());
         }
 
