@@ -487,7 +487,6 @@ fn end_to_end_channel_and_lookup_figures() {
 
     // The client leaves: no connection left.
     rt.block_on(async {
-        use futures_util::SinkExt;
         let _ = ws.close(None).await;
     });
     drop(ws);
