@@ -181,20 +181,17 @@ impl FileStats {
             (_, Some(f)) => f.to_string(),
             _ => "-".to_string(),
         };
-        format!(
-            "file {name}: format {format}: {} lines, {} records, {} rejects{}, {} headers, {} blank",
-            self.lines,
-            self.records,
-            self.rejected(),
-            self.reasons(),
-            self.headers,
-            self.blank
-        )
+        format!("file {name}: format {format}: {}", self.counts())
     }
 
     fn total_line(&self, files: usize) -> String {
+        format!("total: {files} files, {}", self.counts())
+    }
+
+    /// The counts both summary lines end with.
+    fn counts(&self) -> String {
         format!(
-            "total: {files} files, {} lines, {} records, {} rejects{}, {} headers, {} blank",
+            "{} lines, {} records, {} rejects{}, {} headers, {} blank",
             self.lines,
             self.records,
             self.rejected(),
