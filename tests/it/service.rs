@@ -157,8 +157,15 @@ impl Site {
 
     /// Appends `lines` simulated LE 6 lines (seeded) to `<sub>/access.log`.
     fn simulate(&self, sub: &str, lines: u32, seed: u64) {
+        self.simulate_format(sub, "le6", lines, seed);
+    }
+
+    /// Appends `lines` simulated lines of `format` (seeded) under `<sub>`.
+    fn simulate_format(&self, sub: &str, format: &str, lines: u32, seed: u64) {
         let out = support::run(&[
             "simulate",
+            "--format",
+            format,
             "--dir",
             self.path(sub).to_str().expect("utf-8"),
             "--rate",
@@ -530,23 +537,7 @@ fn sighup_applies_a_new_channel_token_from_its_file() {
 fn sighup_applies_new_lookup_tables_to_records_read_after_it() {
     let site = Site::new();
     let raw = site.path("raw");
-    let simulate_raw = |seed: u64| {
-        let out = support::run(&[
-            "simulate",
-            "--format",
-            "le-json",
-            "--dir",
-            raw.to_str().expect("utf-8"),
-            "--rate",
-            "10",
-            "--duration",
-            "1",
-            "--burst",
-            "--seed",
-            &seed.to_string(),
-        ]);
-        assert!(out.status.success(), "simulate: {}", String::from_utf8_lossy(&out.stderr));
-    };
+    let simulate_raw = |seed: u64| site.simulate_format("raw", "le-json", 10, seed);
     // Raw LE 5 JSON lines carry ids but no names: only lookups fill them.
     simulate_raw(51);
     let services = repo().join("examples/lookups/services.csv");
