@@ -177,22 +177,76 @@ impl TlsFront {
     }
 }
 
+/// One test's scratch directory with the PEM files, the collector and the
+/// TLS server in front of it.
+struct Site {
+    /// Scratch directory (the sink's state_dir too).
+    dir: tempfile::TempDir,
+    /// The certificates.
+    pki: Pki,
+    /// The CA certificate file.
+    ca: PathBuf,
+    /// The client certificate file.
+    cert: PathBuf,
+    /// The client key file.
+    key: PathBuf,
+    /// The plain-HTTP collector behind the TLS server.
+    collector: Collector,
+    /// The TLS server.
+    front: TlsFront,
+}
+
+impl Site {
+    /// A fresh PKI and servers; with `require_client_cert` the server
+    /// demands a client certificate signed by the CA.
+    fn start(require_client_cert: bool) -> Site {
+        let dir = tempfile::tempdir().unwrap();
+        let pki = Pki::generate();
+        let (ca, cert, key) = pki.write(dir.path());
+        let collector = Collector::start(Format::Ndjson);
+        let front = TlsFront::start(pki.server_config(require_client_cert), collector.addr);
+        Site { dir, pki, ca, cert, key, collector, front }
+    }
+
+    /// `ca_file = ...` (and, with `client`, the client certificate and key)
+    /// as upstream config lines.
+    fn tls_keys(&self, client: bool) -> String {
+        let mut text = format!("ca_file = {:?}\n", self.ca.to_string_lossy());
+        if client {
+            text.push_str(&format!("client_cert = {:?}\nclient_key = {:?}\n", self.cert.to_string_lossy(), self.key.to_string_lossy()));
+        }
+        text
+    }
+
+    /// Waits until the server has refused `n` handshakes and the sink has
+    /// retried `n` times; then checks that nothing arrived and nothing was
+    /// dead-lettered (a TLS failure is a transport error, not a poison
+    /// batch).
+    async fn expect_refused_and_retried(&self, h: &Harness, n: usize) {
+        wait_for("refused handshakes and retries", Duration::from_secs(10), || {
+            self.front.failed.load(Ordering::SeqCst) >= n && h.stats.retries.load(Ordering::Relaxed) >= n as u64
+        })
+        .await;
+        assert_eq!(self.front.handshakes.load(Ordering::SeqCst), 0, "a handshake the server should refuse succeeded");
+        assert_eq!(self.collector.received().len(), 0);
+        assert_eq!(h.acked(), 0, "nothing is acknowledged before it is delivered");
+        assert_eq!(h.stats.dead_lettered_records.load(Ordering::Relaxed), 0);
+        assert!(!self.dir.path().join("dead-letter.ndjson").exists(), "a TLS failure is not a poison batch");
+    }
+}
+
 /// `ca_file` set to the test CA: records arrive over https.
 #[tokio::test]
 async fn records_arrive_over_https_with_a_custom_ca() {
-    let dir = tempfile::tempdir().unwrap();
-    let pki = Pki::generate();
-    let (ca, _, _) = pki.write(dir.path());
-    let c = Collector::start(Format::Ndjson);
-    let front = TlsFront::start(pki.server_config(false), c.addr);
-    let cfg = config(&front.url("/ingest"), &format!("ca_file = {:?}\nbatch_max_records = 50\n", ca.to_string_lossy()));
-    let mut h = Harness::start(&cfg, dir.path()).await;
+    let s = Site::start(false);
+    let cfg = config(&s.front.url("/ingest"), &format!("{}batch_max_records = 50\n", s.tls_keys(false)));
+    let mut h = Harness::start(&cfg, s.dir.path()).await;
     h.send(0..300, 40).await;
     h.wait_acked(h.sent, Duration::from_secs(20)).await;
-    expect_all(&c, 300);
-    assert!(front.handshakes.load(Ordering::SeqCst) >= 1);
-    assert_eq!(front.failed.load(Ordering::SeqCst), 0);
-    assert!(c.received().iter().all(|r| r.path == "/ingest" && r.status == 200));
+    expect_all(&s.collector, 300);
+    assert!(s.front.handshakes.load(Ordering::SeqCst) >= 1);
+    assert_eq!(s.front.failed.load(Ordering::SeqCst), 0);
+    assert!(s.collector.received().iter().all(|r| r.path == "/ingest" && r.status == 200));
     assert_eq!(h.stats.delivered_records.load(Ordering::Relaxed), 300);
     h.close().await;
 }
@@ -202,33 +256,20 @@ async fn records_arrive_over_https_with_a_custom_ca() {
 /// After a restart with the CA configured everything arrives.
 #[tokio::test]
 async fn an_untrusted_server_certificate_is_retried_not_dead_lettered() {
-    let dir = tempfile::tempdir().unwrap();
-    let pki = Pki::generate();
-    let (ca, _, _) = pki.write(dir.path());
-    let c = Collector::start(Format::Ndjson);
-    let front = TlsFront::start(pki.server_config(false), c.addr);
+    let s = Site::start(false);
     // No spooling while it fails: batches wait in memory, unacknowledged.
-    let cfg = config(&front.url("/"), "spool_after_ms = 600000\nbatch_max_records = 50\n");
-    let mut h = Harness::start(&cfg, dir.path()).await;
+    let cfg = config(&s.front.url("/"), "spool_after_ms = 600000\nbatch_max_records = 50\n");
+    let mut h = Harness::start(&cfg, s.dir.path()).await;
     h.send(0..100, 50).await;
-    wait_for("several refused handshakes and retries", Duration::from_secs(10), || {
-        front.failed.load(Ordering::SeqCst) >= 3 && h.stats.retries.load(Ordering::Relaxed) >= 3
-    })
-    .await;
-    assert_eq!(front.handshakes.load(Ordering::SeqCst), 0, "the bridge trusted a certificate from an unknown CA");
-    assert_eq!(h.acked(), 0, "nothing is acknowledged before it is delivered");
-    assert_eq!(c.received().len(), 0);
-    assert_eq!(h.stats.dead_lettered_records.load(Ordering::Relaxed), 0);
-    assert!(!dir.path().join("dead-letter.ndjson").exists(), "a TLS failure is not a poison batch");
+    s.expect_refused_and_retried(&h, 3).await;
     // Stopping at once spools the pending requests (acknowledging them);
     // a sink that trusts the CA drains the spool: nothing was lost.
     h.shutdown.cancel();
     h.close().await;
     assert_eq!(h.acked(), 2);
-    let cfg = config(&front.url("/"), &format!("ca_file = {:?}\n", ca.to_string_lossy()));
-    let mut h2 = Harness::start(&cfg, dir.path()).await;
-    wait_for("the spool to drain over https", Duration::from_secs(20), || c.delivered_set().len() == 100).await;
-    expect_all(&c, 100);
+    let mut h2 = Harness::start(&config(&s.front.url("/"), &s.tls_keys(false)), s.dir.path()).await;
+    wait_for("the spool to drain over https", Duration::from_secs(20), || s.collector.delivered_set().len() == 100).await;
+    expect_all(&s.collector, 100);
     h2.close().await;
 }
 
@@ -236,25 +277,16 @@ async fn an_untrusted_server_certificate_is_retried_not_dead_lettered() {
 /// `client_key` the bridge presents its certificate and records arrive.
 #[tokio::test]
 async fn mutual_tls_presents_the_client_certificate() {
-    let dir = tempfile::tempdir().unwrap();
-    let pki = Pki::generate();
-    let (ca, cert, key) = pki.write(dir.path());
-    let c = Collector::start(Format::Ndjson);
-    let front = TlsFront::start(pki.server_config(true), c.addr);
-    let extra = format!(
-        "ca_file = {:?}\nclient_cert = {:?}\nclient_key = {:?}\nbatch_max_records = 50\n",
-        ca.to_string_lossy(),
-        cert.to_string_lossy(),
-        key.to_string_lossy()
-    );
-    let mut h = Harness::start(&config(&front.url("/"), &extra), dir.path()).await;
+    let s = Site::start(true);
+    let cfg = config(&s.front.url("/"), &format!("{}batch_max_records = 50\n", s.tls_keys(true)));
+    let mut h = Harness::start(&cfg, s.dir.path()).await;
     h.send(0..200, 50).await;
     h.wait_acked(h.sent, Duration::from_secs(20)).await;
-    expect_all(&c, 200);
-    assert_eq!(front.failed.load(Ordering::SeqCst), 0);
-    let presented = front.client_certs.lock().unwrap().clone();
+    expect_all(&s.collector, 200);
+    assert_eq!(s.front.failed.load(Ordering::SeqCst), 0);
+    let presented = s.front.client_certs.lock().unwrap().clone();
     assert!(!presented.is_empty());
-    assert!(presented.iter().all(|c| *c == pki.client.der), "the bridge presented another certificate");
+    assert!(presented.iter().all(|c| *c == s.pki.client.der), "the bridge presented another certificate");
     h.close().await;
 }
 
@@ -263,23 +295,13 @@ async fn mutual_tls_presents_the_client_certificate() {
 /// nothing.
 #[tokio::test]
 async fn mutual_tls_without_a_client_certificate_is_retried() {
-    let dir = tempfile::tempdir().unwrap();
-    let pki = Pki::generate();
-    let (ca, _, _) = pki.write(dir.path());
-    let c = Collector::start(Format::Ndjson);
-    let front = TlsFront::start(pki.server_config(true), c.addr);
-    let cfg = config(&front.url("/"), &format!("ca_file = {:?}\nspool_max_bytes = 0\nshutdown_grace_ms = 300\n", ca.to_string_lossy()));
-    let mut h = Harness::start(&cfg, dir.path()).await;
+    let s = Site::start(true);
+    let cfg = config(&s.front.url("/"), &format!("{}spool_max_bytes = 0\nshutdown_grace_ms = 300\n", s.tls_keys(false)));
+    let mut h = Harness::start(&cfg, s.dir.path()).await;
     h.send(0..20, 10).await;
-    wait_for("refused handshakes and retries", Duration::from_secs(10), || {
-        front.failed.load(Ordering::SeqCst) >= 2 && h.stats.retries.load(Ordering::Relaxed) >= 2
-    })
-    .await;
-    assert_eq!(c.received().len(), 0);
-    assert_eq!(h.stats.dead_lettered_records.load(Ordering::Relaxed), 0);
+    s.expect_refused_and_retried(&h, 2).await;
     h.close().await;
     assert_eq!(h.acked(), 0, "undelivered batches must not be acknowledged");
-    assert!(!dir.path().join("dead-letter.ndjson").exists());
 }
 
 /// A config with an `[upstream]` section whose extra keys are `upstream`.
