@@ -248,10 +248,12 @@ fn end_to_end_simulated_lag_is_reported_everywhere() {
         assert!((d - LAG_MS).abs() <= TOLERANCE_MS, "sync_delay_ms {d} not within {TOLERANCE_MS} ms of {LAG_MS}: {r}");
     }
 
-    // /status: the file, its state and its windowed delay.
-    let (code, body) = get(&format!("{url}/status"));
-    assert_eq!(code, 200);
-    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    // /status: the file, its state and its windowed delay. The archive
+    // line is visible before the fsync that acknowledges it: wait for that.
+    let v = support::poll_until(DEADLINE, "the archive's deliveries in /status", || {
+        let v = status_json(&url);
+        (sink_named(&v, "file")?["delivered_records"] == lines as u64).then_some(v)
+    });
     let f = &v["files"].as_array().unwrap().iter().find(|f| f["path"].as_str().unwrap().ends_with("access.log")).expect("the file").clone();
     assert_eq!(f["records"], lines as u64);
     assert_eq!(f["bytes_behind"], 0);
@@ -491,5 +493,43 @@ fn end_to_end_channel_and_lookup_figures() {
     });
     drop(ws);
     support::poll_until(DEADLINE, "no connection in /status", || (status_json(&url)["channel"]["connections"] == 0).then_some(()));
+    bridge.stop();
+}
+
+#[test]
+fn a_partial_last_line_is_counted_when_its_file_rotates_away() {
+    let mut bridge = Bridge::start();
+    let url = bridge.url();
+    support::poll_until(DEADLINE, "/readyz 200", || (get(&format!("{url}/readyz")).0 == 200).then_some(()));
+    // Two real LE 6 lines; the second is written without its newline.
+    let sim = tempfile::tempdir().unwrap();
+    let out = support::cmd()
+        .args(["simulate", "--format", "le6", "--burst", "--rate", "2", "--duration", "1", "--seed", "3", "--dir"])
+        .arg(sim.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "simulate: {}", String::from_utf8_lossy(&out.stderr));
+    let text = std::fs::read_to_string(sim.path().join("access.log")).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 2);
+    let live = bridge.path("logs/partial.log");
+    std::fs::write(&live, format!("{}\n{}", lines[0], lines[1])).unwrap();
+    let out_file = bridge.path("out/out.ndjson");
+    support::poll_until(DEADLINE, "the complete line archived", || (ndjson(&out_file).len() == 1).then_some(()));
+    let v = status_json(&url);
+    let f = v["files"].as_array().unwrap().iter().find(|f| f["path"].as_str().unwrap().ends_with("partial.log")).unwrap().clone();
+    assert_eq!(f["partial_lines"], 0, "a line without its newline is held: {f}");
+    // Rotated out of the followed names: the held line is emitted and counted.
+    std::fs::rename(&live, bridge.path("logs/partial.log.1")).unwrap();
+    support::poll_until(DEADLINE, "the partial line archived", || (ndjson(&out_file).len() == 2).then_some(()));
+    let v = support::poll_until(DEADLINE, "partial_lines in /status", || {
+        let v = status_json(&url);
+        (v["totals"]["partial_lines"] == 1).then_some(v)
+    });
+    if let Some(f) = v["files"].as_array().unwrap().iter().find(|f| f["path"].as_str().unwrap().ends_with("partial.log")) {
+        assert_eq!(f["partial_lines"], 1, "{f}");
+    }
+    let m = scrape(&get(&format!("{url}/metrics")).1);
+    assert_eq!(num(sample(&m, "calllog_bridge_partial_lines_total", &[])), 1.0);
     bridge.stop();
 }
