@@ -31,6 +31,16 @@
 //! logic is tested with injected times. [`metrics`] renders the Prometheus
 //! text format, [`server`] serves `/metrics`, `/status`, `/healthz` and
 //! `/readyz`.
+//!
+//! Two components keep their own statistics and are registered here by the
+//! bridge so that `/status` and `/metrics` show them: the channel's
+//! [`ChannelStats`] (connections, refusals and closes by reason, frames
+//! written; [`Telemetry::set_channel_stats`]) and the [`Enricher`]'s lookup
+//! hits and misses per table, reloads and last reload error
+//! ([`Telemetry::set_enricher`], which carries the counters of an enricher
+//! replaced by a reload over, so they never go backwards). The channel's
+//! delivery delay is taken from its frames written to clients (delivered =
+//! frame written), not from the hand-over to its replay ring.
 
 pub mod dashboard;
 pub mod delay;

@@ -14,6 +14,13 @@
 //! - `idle`: everything read and no new data for `idle_after_secs`. An idle
 //!   file shows no current sync delay (`sync_delay_ms` is `null`): an old
 //!   delay would look current.
+//!
+//! Beside files, sinks and totals: `channel` (the endpoint the dashboard
+//! subscribes to, `listen` / `tls` / `path`, plus connections, refusals
+//! and closes by reason, frames and ring figures; never the token) and
+//! `enrich` (lookup files, hits and misses per table, reloads, the last
+//! reload error), each absent when not configured. Fields added later carry
+//! `#[serde(default)]` so `lag` still reads a status from an older bridge.
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;

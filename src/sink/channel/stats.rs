@@ -77,6 +77,8 @@ impl ChannelStats {
 
     /// `messages` messages holding `records` records, the newest observed
     /// at `observed_ms`, were written (flushed) at `written_ms`.
+    /// The delay (written − observed) is that of the newest record of the
+    /// flush, so for a replay or a burst it is a lower bound.
     pub fn frames_written(&self, messages: usize, records: usize, observed_ms: i64, written_ms: i64) {
         self.0.messages_sent.fetch_add(messages as u64, Ordering::Relaxed);
         self.0.records_sent.fetch_add(records as u64, Ordering::Relaxed);
