@@ -533,3 +533,70 @@ fn a_partial_last_line_is_counted_when_its_file_rotates_away() {
     assert_eq!(num(sample(&m, "calllog_bridge_partial_lines_total", &[])), 1.0);
     bridge.stop();
 }
+
+#[test]
+fn lookup_counters_carry_over_a_reload_with_new_tables() {
+    const LINES: usize = 100;
+    let config = |dir: &Path, extra: &str| {
+        let p = |s: &str| dir.join(s).to_string_lossy().into_owned();
+        format!(
+            "state_dir = {state:?}\nlog_level = \"info\"\n\n[[source]]\npaths = [{glob:?}]\nformat = \"le-json\"\n\
+             read_from = \"beginning\"\n\n[enrich]\nlookups = [{services:?}]\n{extra}\n\n[file_output]\npath = {out:?}\n\
+             fsync_interval_ms = 20\n\n[status]\nlisten = \"127.0.0.1:0\"\n",
+            state = p("state"),
+            glob = p("logs/*.log"),
+            services = p("services.csv"),
+            out = p("out/out.ndjson"),
+        )
+    };
+    let mut bridge = Bridge::start_with(|dir| {
+        std::fs::write(dir.join("services.csv"), format!("service_id,service_name\n{ORDERS_ID},Orders\n")).unwrap();
+        config(dir, "")
+    });
+    let url = bridge.url();
+    support::poll_until(DEADLINE, "/readyz 200", || (get(&format!("{url}/readyz")).0 == 200).then_some(()));
+    let out_file = bridge.path("out/out.ndjson");
+    // Simulated traffic in a new followed file; returns every archived record.
+    let traffic = |seed: &str, name: &str, total: usize| {
+        let sim = tempfile::tempdir().unwrap();
+        let out = support::cmd()
+            .args(["simulate", "--format", "le-json", "--burst", "--rate", &LINES.to_string(), "--duration", "1", "--seed", seed, "--dir"])
+            .arg(sim.path())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "simulate: {}", String::from_utf8_lossy(&out.stderr));
+        std::fs::copy(sim.path().join("access_worker0.log"), bridge.path(&format!("logs/{name}"))).unwrap();
+        support::poll_until(DEADLINE, "the records archived", || {
+            let r = ndjson(&out_file);
+            (r.len() >= total).then_some(r)
+        })
+    };
+    let orders = |records: &[serde_json::Value]| records.iter().filter(|r| r["service_id"] == ORDERS_ID).count() as u64;
+    let services_hits = || {
+        let v = status_json(&url);
+        v["enrich"]["tables"].as_array().unwrap().iter().find(|t| t["table"] == "services").unwrap()["hits"].as_u64().unwrap()
+    };
+    let first = traffic("21", "a.log", LINES);
+    let h1 = orders(&first);
+    assert!(h1 > 0);
+    assert_eq!(services_hits(), h1);
+
+    // A new [enrich] section: the reload builds a new enricher.
+    std::fs::write(bridge.path("bridge.toml"), config(bridge.dir.path(), "mask_api_key_keep = 4")).unwrap();
+    let pid = bridge.child.as_ref().unwrap().id().to_string();
+    assert!(std::process::Command::new("kill").args(["-HUP", &pid]).status().unwrap().success());
+    support::poll_until(DEADLINE, "the reload applied", || {
+        bridge.log().contains("sources restarted with the reloaded config").then_some(())
+    });
+
+    let all = traffic("22", "b.log", 2 * LINES);
+    assert_eq!(all.len(), 2 * LINES);
+    let h = orders(&all);
+    assert!(h > h1, "the second burst has Orders calls too");
+    let masked = |r: &serde_json::Value| r["api_key"].as_str().is_some_and(|k| k.contains('*'));
+    assert!(all[LINES..].iter().any(masked) && !all[..LINES].iter().any(masked), "the new enricher (masking) is in use");
+    assert_eq!(services_hits(), h, "hits of the replaced enricher are kept");
+    let m = scrape(&get(&format!("{url}/metrics")).1);
+    assert_eq!(num(sample(&m, "calllog_bridge_enrich_lookups_total", &[("table", "services"), ("result", "hit")])), h as f64);
+    bridge.stop();
+}
