@@ -52,18 +52,20 @@ pub struct UpstreamConfig {
     /// Extra request headers.
     #[serde(default)]
     pub headers: BTreeMap<String, String>,
-    /// Bearer token (prefer `bearer_token_file`).
-    #[serde(default)]
-    pub bearer_token: Option<String>,
+    /// Bearer token (prefer `bearer_token_file`); redacted in `Debug`
+    /// (what `check-config` prints).
+    #[serde(default, deserialize_with = "inline_secret")]
+    pub bearer_token: Option<Secret>,
     /// File holding the bearer token.
     #[serde(default)]
     pub bearer_token_file: Option<PathBuf>,
     /// Basic-auth user.
     #[serde(default)]
     pub basic_user: Option<String>,
-    /// Basic-auth password (prefer `basic_password_file`).
-    #[serde(default)]
-    pub basic_password: Option<String>,
+    /// Basic-auth password (prefer `basic_password_file`); redacted in
+    /// `Debug`.
+    #[serde(default, deserialize_with = "inline_secret")]
+    pub basic_password: Option<Secret>,
     /// File holding the basic-auth password.
     #[serde(default)]
     pub basic_password_file: Option<PathBuf>,
@@ -137,6 +139,12 @@ pub enum UpstreamAuth {
     },
 }
 
+/// An inline secret key: kept as a [`Secret`] so that printing the config
+/// does not show it.
+fn inline_secret<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Secret>, D::Error> {
+    Ok(Option::<String>::deserialize(d)?.map(Secret::new))
+}
+
 fn default_gzip_level() -> u32 {
     // Level 1 (Filebeat's default too): about half the CPU of level 6 for
     // about twice the bytes; catch-up after an outage is CPU-bound
@@ -196,13 +204,13 @@ impl UpstreamConfig {
     /// The credentials from the inline or file keys.
     pub fn auth(&self) -> Result<UpstreamAuth, ConfigError> {
         let bearer = Secret::resolve(
-            self.bearer_token.as_deref(),
+            self.bearer_token.as_ref().map(Secret::expose),
             self.bearer_token_file.as_deref(),
             "upstream.bearer_token",
             "upstream.bearer_token_file",
         )?;
         let password = Secret::resolve(
-            self.basic_password.as_deref(),
+            self.basic_password.as_ref().map(Secret::expose),
             self.basic_password_file.as_deref(),
             "upstream.basic_password",
             "upstream.basic_password_file",
@@ -287,5 +295,23 @@ fn pem_private_key(path: &Path, key: &str) -> Result<(), ConfigError> {
         Ok(Some(_)) => Ok(()),
         Ok(None) => Err(ConfigError::invalid(key, format!("{} holds no PEM private key", path.display()))),
         Err(e) => Err(ConfigError::invalid(key, format!("{} is not valid PEM: {e}", path.display()))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn inline_secrets_are_used_but_never_printed() {
+        let bearer: UpstreamConfig = toml::from_str("url = \"https://c.example/\"\nbearer_token = \"t0ps3cret\"\n").unwrap();
+        assert!(!format!("{bearer:?}").contains("t0ps3cret"), "{bearer:?}");
+        assert!(matches!(bearer.auth().unwrap(), UpstreamAuth::Bearer(t) if t.expose() == "t0ps3cret"));
+        let basic: UpstreamConfig =
+            toml::from_str("url = \"https://c.example/\"\nbasic_user = \"bridge\"\nbasic_password = \"pa55word\"\n").unwrap();
+        assert!(!format!("{basic:?}").contains("pa55word"), "{basic:?}");
+        assert!(
+            matches!(basic.auth().unwrap(), UpstreamAuth::Basic { user, password } if user == "bridge" && password.expose() == "pa55word")
+        );
     }
 }
