@@ -515,8 +515,8 @@ fn the_example_upstream_section_is_valid() {
 }
 
 /// End-to-end: the real `calllog-bridge run` binary tailing real files into
-/// the collector.
-mod e2e {
+/// the collector (`Env` is also used by `upstream_tls`).
+pub(crate) mod e2e {
     use std::collections::HashMap;
     use std::fs::{self, OpenOptions};
     use std::io::Write;
@@ -530,15 +530,15 @@ mod e2e {
     const DEADLINE: Duration = Duration::from_secs(60);
 
     /// A scratch directory with logs, state and a bridge config.
-    struct Env {
+    pub(crate) struct Env {
         /// Keeps the directory alive.
         _dir: tempfile::TempDir,
         /// The log directory the bridge follows.
         logs: PathBuf,
         /// The bridge's state_dir.
-        state: PathBuf,
+        pub(crate) state: PathBuf,
         /// The config file.
-        config: PathBuf,
+        pub(crate) config: PathBuf,
         /// The bridge's stderr.
         log: PathBuf,
         /// The running bridge.
@@ -551,12 +551,12 @@ mod e2e {
         )
     }
 
-    fn ids(prefix: &str, range: std::ops::Range<usize>) -> Vec<String> {
+    pub(crate) fn ids(prefix: &str, range: std::ops::Range<usize>) -> Vec<String> {
         range.map(|i| format!("{prefix}-{i:06}")).collect()
     }
 
     impl Env {
-        fn new(url: &str, upstream_extra: &str) -> Env {
+        pub(crate) fn new(url: &str, upstream_extra: &str) -> Env {
             let dir = tempfile::tempdir().unwrap();
             let logs = dir.path().join("logs");
             let state = dir.path().join("state");
@@ -574,7 +574,7 @@ mod e2e {
             Env { _dir: dir, logs, state, config, log, child: None }
         }
 
-        fn start(&mut self) {
+        pub(crate) fn start(&mut self) {
             self.child = Some(support::spawn_bridge(&self.config, &self.log));
         }
 
@@ -584,18 +584,18 @@ mod e2e {
             c.wait().unwrap();
         }
 
-        fn stop(&mut self) {
+        pub(crate) fn stop(&mut self) {
             let mut child = self.child.take().expect("running");
             let status = support::terminate(&mut child, DEADLINE);
             assert!(status.success(), "bridge exited with {status}; log:\n{}", self.log_text());
         }
 
-        fn append(&self, name: &str, ids: &[String]) {
+        pub(crate) fn append(&self, name: &str, ids: &[String]) {
             let mut f = OpenOptions::new().create(true).append(true).open(self.logs.join(name)).unwrap();
             f.write_all(ids.iter().map(|u| line(u)).collect::<String>().as_bytes()).unwrap();
         }
 
-        fn log_text(&self) -> String {
+        pub(crate) fn log_text(&self) -> String {
             let t = fs::read_to_string(&self.log).unwrap_or_default();
             let lines: Vec<&str> = t.lines().collect();
             lines[lines.len().saturating_sub(40)..].join("\n")
@@ -637,7 +637,7 @@ mod e2e {
         m
     }
 
-    fn wait_all(c: &Collector, env: &Env, want: &[String]) -> HashMap<String, usize> {
+    pub(crate) fn wait_all(c: &Collector, env: &Env, want: &[String]) -> HashMap<String, usize> {
         let deadline = std::time::Instant::now() + DEADLINE;
         loop {
             let got = counts(c);

@@ -21,6 +21,7 @@ use tokio::net::{TcpListener, TcpStream};
 
 use crate::support;
 use crate::support_upstream::{Collector, Format};
+use crate::upstream::e2e::{ids, wait_all, Env};
 use crate::upstream::{config, expect_all, wait_for, Harness};
 
 /// A certificate with its key, as DER (for the server) and PEM (for the
@@ -302,6 +303,31 @@ async fn mutual_tls_without_a_client_certificate_is_retried() {
     s.expect_refused_and_retried(&h, 2).await;
     h.close().await;
     assert_eq!(h.acked(), 0, "undelivered batches must not be acknowledged");
+}
+
+/// The real binary against a server it does not trust: its log says why
+/// (the certificate), nothing arrives and nothing is dead-lettered; run
+/// again with `ca_file`, it delivers every record (nothing was lost).
+#[test]
+fn the_bridge_logs_an_untrusted_certificate_and_delivers_once_the_ca_is_configured() {
+    let s = Site::start(false);
+    let all = ids("t", 0..300);
+    let mut env = Env::new(&s.front.url("/"), "spool_after_ms = 600000\nshutdown_grace_ms = 300\n");
+    env.append("access.log", &all);
+    env.start();
+    support::poll_until(Duration::from_secs(30), "a refused handshake and a retry in the log", || {
+        (s.front.failed.load(Ordering::SeqCst) >= 2 && env.log_text().contains("will retry")).then_some(())
+    });
+    let log = env.log_text();
+    assert!(log.to_lowercase().contains("certificate"), "the log does not say the certificate is the problem:\n{log}");
+    env.stop();
+    assert_eq!(s.collector.received().len(), 0);
+    assert!(!env.state.join("dead-letter.ndjson").exists(), "a TLS failure is not a poison batch");
+    let text = std::fs::read_to_string(&env.config).unwrap();
+    std::fs::write(&env.config, text.replace("[upstream]\n", &format!("[upstream]\n{}", s.tls_keys(false)))).unwrap();
+    env.start();
+    wait_all(&s.collector, &env, &all);
+    env.stop();
 }
 
 /// A config with an `[upstream]` section whose extra keys are `upstream`.
