@@ -21,8 +21,8 @@ pub struct ChannelConfig {
     #[serde(default = "default_area")]
     pub area: String,
     /// The access token (`?key=`). Prefer `token_file`.
-    #[serde(default)]
-    pub token: Option<String>,
+    #[serde(default, deserialize_with = "super::inline_secret")]
+    pub token: Option<Secret>,
     /// A file holding the access token.
     #[serde(default)]
     pub token_file: Option<PathBuf>,
@@ -99,7 +99,7 @@ impl ChannelConfig {
 
     /// The token from `token` or `token_file`.
     pub fn token(&self) -> Result<Secret, ConfigError> {
-        Secret::resolve(self.token.as_deref(), self.token_file.as_deref(), "channel.token", "channel.token_file")?
+        Secret::resolve(self.token.as_ref().map(Secret::expose), self.token_file.as_deref(), "channel.token", "channel.token_file")?
             .ok_or_else(|| ConfigError::invalid("channel.token", "a token is required: set `token_file` (or `token`)"))
     }
 

@@ -214,6 +214,12 @@ impl Secret {
     }
 }
 
+/// Deserializes an inline secret key (`token`, `bearer_token`, ...) as a
+/// [`Secret`], so that printing the config (`check-config`) does not show it.
+pub(crate) fn inline_secret<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Secret>, D::Error> {
+    Ok(Option::<String>::deserialize(d)?.map(Secret::new))
+}
+
 impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("<redacted>")

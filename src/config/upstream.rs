@@ -54,7 +54,7 @@ pub struct UpstreamConfig {
     pub headers: BTreeMap<String, String>,
     /// Bearer token (prefer `bearer_token_file`); redacted in `Debug`
     /// (what `check-config` prints).
-    #[serde(default, deserialize_with = "inline_secret")]
+    #[serde(default, deserialize_with = "super::inline_secret")]
     pub bearer_token: Option<Secret>,
     /// File holding the bearer token.
     #[serde(default)]
@@ -64,7 +64,7 @@ pub struct UpstreamConfig {
     pub basic_user: Option<String>,
     /// Basic-auth password (prefer `basic_password_file`); redacted in
     /// `Debug`.
-    #[serde(default, deserialize_with = "inline_secret")]
+    #[serde(default, deserialize_with = "super::inline_secret")]
     pub basic_password: Option<Secret>,
     /// File holding the basic-auth password.
     #[serde(default)]
@@ -137,12 +137,6 @@ pub enum UpstreamAuth {
         /// Password.
         password: Secret,
     },
-}
-
-/// An inline secret key: kept as a [`Secret`] so that printing the config
-/// does not show it.
-fn inline_secret<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Secret>, D::Error> {
-    Ok(Option::<String>::deserialize(d)?.map(Secret::new))
 }
 
 fn default_gzip_level() -> u32 {

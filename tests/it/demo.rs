@@ -1,4 +1,5 @@
-//! `run --demo`: the README's run command works with no Local Edition.
+//! The README's commands for a new user: `run --demo` works with no Local
+//! Edition, and `check-config` shows what was understood without secrets.
 
 use std::io::Read;
 use std::process::Stdio;
@@ -53,4 +54,23 @@ fn http_get(addr: &str, path: &str) -> String {
     let mut out = String::new();
     s.read_to_string(&mut out).unwrap();
     out
+}
+
+#[test]
+fn check_config_prints_no_secret() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("c.toml");
+    std::fs::write(
+        &cfg,
+        "[[source]]\npaths = [\"/x/*.log\"]\n[channel]\ntoken = \"chan-s3cret\"\n\
+         [upstream]\nurl = \"https://user:url-s3cret@collector.example/in?key=q-s3cret\"\n\
+         bearer_token = \"bearer-s3cret\"\nheaders = { \"X-Api-Key\" = \"hdr-s3cret\" }\n",
+    )
+    .unwrap();
+    let out = cmd().args(["check-config", "--config"]).arg(&cfg).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("collector.example"), "{text}");
+    assert!(text.contains("X-Api-Key"), "{text}");
+    assert!(!text.contains("s3cret"), "{text}");
 }
