@@ -376,7 +376,7 @@ token = "t1"
         // The archive keeps its running path until a restart; the next
         // reload reports it again.
         assert_eq!(effective.file_output.as_ref().unwrap().path, Path::new("/tmp/out.ndjson"));
-        assert_eq!(effective.channel.as_ref().unwrap().token.as_deref(), Some("t2"));
+        assert_eq!(effective.channel.as_ref().unwrap().token.as_ref().map(Secret::expose), Some("t2"));
         assert_eq!(diff(&effective, &cfg(&new_text)).restart_needed, vec!["file_output"]);
     }
 
