@@ -46,6 +46,12 @@ macro_rules! fields {
             pub const fn kind(self) -> Kind {
                 match self { $( Field::$variant => Kind::$kind ),+ }
             }
+
+            /// The field's JSON key as the serialisers write it after a
+            /// previous member: `,"name":` (one copy instead of four pushes).
+            const fn json_key(self) -> &'static str {
+                match self { $( Field::$variant => concat!(",\"", $name, "\":") ),+ }
+            }
         }
     };
 }
@@ -181,9 +187,21 @@ impl<'a> Record<'a> {
     }
 
     /// Detaches the record from the line buffer it borrows from.
+    ///
+    /// Empty and very common values (`-`, `0`, `0.0`, `GET`, `HTTP/1.1`,
+    /// `200`, ...) become shared `'static` strings instead of copies: the
+    /// ~40 small allocations per record are most of what owning costs, and
+    /// on typical traffic about a third of the values are such constants.
+    /// Values that are already owned keep their buffer.
     pub fn into_owned(self) -> Record<'static> {
         Record {
-            fields: self.fields.map(|c| Cow::Owned(c.into_owned())),
+            fields: self.fields.map(|c| match c {
+                Cow::Borrowed(v) => match shared_static(v) {
+                    Some(k) => Cow::Borrowed(k),
+                    None => Cow::Owned(v.to_owned()),
+                },
+                Cow::Owned(v) => Cow::Owned(v),
+            }),
             request_time_ms: self.request_time_ms,
             ingestion_time: self.ingestion_time,
             sync_delay_ms: self.sync_delay_ms,
@@ -202,26 +220,23 @@ impl<'a> Record<'a> {
     /// sends it.
     fn write_ecls(&self, out: &mut Vec<u8>) {
         out.push(b'{');
-        let mut first = true;
         for &f in Field::ALL {
             if f == Field::LogType {
                 // The stream places ingestion_time just before log_type.
-                key(out, &mut first, "ingestion_time");
                 match self.ingestion_time {
                     Some(ms) => {
-                        out.push(b'"');
+                        out.extend_from_slice(b",\"ingestion_time\":\"");
                         push_i64(out, ms);
                         out.push(b'"');
                     }
-                    None => out.extend_from_slice(b"\"\""),
+                    None => out.extend_from_slice(b",\"ingestion_time\":\"\""),
                 }
             }
-            key(out, &mut first, f.name());
+            push_key(out, f);
             write_json_str(out, self.get(f));
         }
         if let Some(d) = self.sync_delay_ms {
-            key(out, &mut first, "sync_delay_ms");
-            out.push(b'"');
+            out.extend_from_slice(b",\"sync_delay_ms\":\"");
             push_i64(out, d);
             out.push(b'"');
         }
@@ -232,20 +247,18 @@ impl<'a> Record<'a> {
     /// times as ISO 8601.
     fn write_ndjson(&self, out: &mut Vec<u8>) {
         out.push(b'{');
-        let mut first = true;
         for &f in Field::ALL {
             if f == Field::LogType {
-                key(out, &mut first, "ingestion_time");
                 match self.ingestion_time {
                     Some(ms) => {
-                        out.push(b'"');
-                        out.extend_from_slice(time::format_iso_millis(ms).as_bytes());
+                        out.extend_from_slice(b",\"ingestion_time\":\"");
+                        push_iso_millis(out, ms);
                         out.push(b'"');
                     }
-                    None => out.extend_from_slice(b"null"),
+                    None => out.extend_from_slice(b",\"ingestion_time\":null"),
                 }
             }
-            key(out, &mut first, f.name());
+            push_key(out, f);
             let v = self.get(f);
             match f.kind() {
                 Kind::Str => write_json_str(out, v),
@@ -261,10 +274,12 @@ impl<'a> Record<'a> {
                 }
             }
         }
-        key(out, &mut first, "sync_delay_ms");
         match self.sync_delay_ms {
-            Some(d) => push_i64(out, d),
-            None => out.extend_from_slice(b"null"),
+            Some(d) => {
+                out.extend_from_slice(b",\"sync_delay_ms\":");
+                push_i64(out, d);
+            }
+            None => out.extend_from_slice(b",\"sync_delay_ms\":null"),
         }
         out.push(b'}');
     }
@@ -309,26 +324,19 @@ pub fn is_absent(v: &str) -> bool {
     v.is_empty() || v == "-"
 }
 
+/// Appends a field's key; the first field of the object (`api_key`, right
+/// after the `{`) has no leading comma.
 #[inline]
-fn key(out: &mut Vec<u8>, first: &mut bool, name: &str) {
-    if !*first {
-        out.push(b',');
-    }
-    *first = false;
-    out.push(b'"');
-    out.extend_from_slice(name.as_bytes());
-    out.extend_from_slice(b"\":");
+fn push_key(out: &mut Vec<u8>, f: Field) {
+    let k = f.json_key().as_bytes();
+    out.extend_from_slice(if f.index() == 0 { &k[1..] } else { k });
 }
 
+/// Appends the decimal digits of `v` (no allocation: digits go through a
+/// stack buffer).
 fn push_i64(out: &mut Vec<u8>, v: i64) {
-    let mut buf = itoa_buf(v);
-    out.append(&mut buf);
-}
-
-fn itoa_buf(v: i64) -> Vec<u8> {
-    // Small and allocation-light enough for the few integers per record.
+    // u64::MAX has 20 digits.
     let mut tmp = [0u8; 20];
-    let neg = v < 0;
     let mut n = v.unsigned_abs();
     let mut i = tmp.len();
     loop {
@@ -339,12 +347,88 @@ fn itoa_buf(v: i64) -> Vec<u8> {
             break;
         }
     }
-    let mut v = Vec::with_capacity(21);
-    if neg {
-        v.push(b'-');
+    if v < 0 {
+        out.push(b'-');
     }
-    v.extend_from_slice(&tmp[i..]);
-    v
+    out.extend_from_slice(&tmp[i..]);
+}
+
+/// Appends `2019-04-19T21:56:43.068Z` for epoch milliseconds, as
+/// [`time::format_iso_millis`] spells it, without allocating.
+fn push_iso_millis(out: &mut Vec<u8>, ms: i64) {
+    let secs = ms.div_euclid(1000);
+    let frac = ms.rem_euclid(1000) as u32;
+    let sod = secs.rem_euclid(86_400) as u32;
+    let (y, m, d) = time::civil_from_days(secs.div_euclid(86_400));
+    if !(0..=9999).contains(&y) {
+        // Years the fixed layout below cannot hold: the general formatter.
+        out.extend_from_slice(time::format_iso_millis(ms).as_bytes());
+        return;
+    }
+    let y = y as u32;
+    let dig = |v: u32| b'0' + (v % 10) as u8;
+    let (h, mi, s) = (sod / 3600, sod / 60 % 60, sod % 60);
+    out.extend_from_slice(&[
+        dig(y / 1000),
+        dig(y / 100),
+        dig(y / 10),
+        dig(y),
+        b'-',
+        dig(m / 10),
+        dig(m),
+        b'-',
+        dig(d / 10),
+        dig(d),
+        b'T',
+        dig(h / 10),
+        dig(h),
+        b':',
+        dig(mi / 10),
+        dig(mi),
+        b':',
+        dig(s / 10),
+        dig(s),
+        b'.',
+        dig(frac / 100),
+        dig(frac / 10),
+        dig(frac),
+        b'Z',
+    ]);
+}
+
+/// Values so common in Local Edition traffic that [`Record::into_owned`]
+/// shares a `'static` copy instead of allocating one per record.
+#[inline]
+fn shared_static(v: &str) -> Option<&'static str> {
+    // A `match` on strings compares the length first, so a value that is
+    // none of these costs a few integer compares.
+    Some(match v {
+        "" => "",
+        "-" => "-",
+        "0" => "0",
+        "1" => "1",
+        "0.0" => "0.0",
+        "0.001" => "0.001",
+        "0.002" => "0.002",
+        "0.003" => "0.003",
+        "ML" => "ML",
+        "GET" => "GET",
+        "POST" => "POST",
+        "PUT" => "PUT",
+        "DELETE" => "DELETE",
+        "HTTP/1.1" => "HTTP/1.1",
+        "HTTP/1.0" => "HTTP/1.0",
+        "HTTP/2.0" => "HTTP/2.0",
+        "200" => "200",
+        "201" => "201",
+        "204" => "204",
+        "404" => "404",
+        "200_OK_API" => "200_OK_API",
+        "201_Created_API" => "201_Created_API",
+        "204_No_Content_API" => "204_No_Content_API",
+        "unknown" => "unknown",
+        _ => return None,
+    })
 }
 
 /// True when `v` is a valid JSON number literal (so it can be written raw).
@@ -388,29 +472,73 @@ pub fn is_json_number(v: &str) -> bool {
     i == b.len()
 }
 
+/// Bytes JSON requires escaped inside a string: `"`, `\\` and controls.
+const NEEDS_ESCAPE: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut i = 0;
+    while i < 0x20 {
+        t[i] = true;
+        i += 1;
+    }
+    t[b'"' as usize] = true;
+    t[b'\\' as usize] = true;
+    t
+};
+
+/// `0x01` in every byte of a word.
+const ONES: u64 = u64::from_ne_bytes([1; 8]);
+/// `0x80` in every byte of a word.
+const HIGHS: u64 = ONES * 0x80;
+
+/// True when one of the 8 bytes of `w` needs escaping (SWAR: the classic
+/// "has a byte less than n" and "has a zero byte" tests, exact as a
+/// yes/no answer for the whole word).
+#[inline]
+fn word_needs_escape(w: u64) -> bool {
+    let ctrl = w.wrapping_sub(ONES * 0x20) & !w;
+    let q = w ^ (ONES * b'"' as u64);
+    let quote = q.wrapping_sub(ONES) & !q;
+    let b = w ^ (ONES * b'\\' as u64);
+    let backslash = b.wrapping_sub(ONES) & !b;
+    (ctrl | quote | backslash) & HIGHS != 0
+}
+
+/// Index of the first byte at or after `from` that needs escaping: clean
+/// 8-byte words are skipped whole, the rest is looked up byte by byte.
+#[inline]
+fn find_escape(b: &[u8], mut from: usize) -> Option<usize> {
+    while let Some(chunk) = b.get(from..from + 8) {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(chunk);
+        if word_needs_escape(u64::from_ne_bytes(word)) {
+            break;
+        }
+        from += 8;
+    }
+    b[from..].iter().position(|&c| NEEDS_ESCAPE[c as usize]).map(|p| from + p)
+}
+
 /// Appends `s` as a JSON string literal, escaping what JSON requires.
+/// Runs of bytes that need no escape (nearly every value) are copied whole.
 pub fn write_json_str(out: &mut Vec<u8>, s: &str) {
-    out.push(b'"');
     let bytes = s.as_bytes();
+    out.reserve(bytes.len() + 2);
+    out.push(b'"');
     let mut start = 0;
-    for (i, &c) in bytes.iter().enumerate() {
-        let esc: &[u8] = match c {
-            b'"' => b"\\\"",
-            b'\\' => b"\\\\",
-            b'\n' => b"\\n",
-            b'\r' => b"\\r",
-            b'\t' => b"\\t",
-            0..=0x1f => {
-                out.extend_from_slice(&bytes[start..i]);
+    while let Some(i) = find_escape(bytes, start) {
+        out.extend_from_slice(&bytes[start..i]);
+        let c = bytes[i];
+        match c {
+            b'"' => out.extend_from_slice(b"\\\""),
+            b'\\' => out.extend_from_slice(b"\\\\"),
+            b'\n' => out.extend_from_slice(b"\\n"),
+            b'\r' => out.extend_from_slice(b"\\r"),
+            b'\t' => out.extend_from_slice(b"\\t"),
+            _ => {
                 const HEX: &[u8; 16] = b"0123456789abcdef";
                 out.extend_from_slice(&[b'\\', b'u', b'0', b'0', HEX[(c >> 4) as usize], HEX[(c & 0xf) as usize]]);
-                start = i + 1;
-                continue;
             }
-            _ => continue,
-        };
-        out.extend_from_slice(&bytes[start..i]);
-        out.extend_from_slice(esc);
+        }
         start = i + 1;
     }
     out.extend_from_slice(&bytes[start..]);
@@ -481,5 +609,133 @@ mod tests {
         let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(v["data"].as_array().unwrap().len(), 2);
         assert_eq!(v["data"][0]["log_type"], "ML");
+    }
+
+    /// The escaping every path must agree with: the plain byte-by-byte
+    /// definition, checked against the fast path and against serde_json.
+    fn reference_escape(s: &str) -> String {
+        let mut out = String::from("\"");
+        for c in s.chars() {
+            match c {
+                '"' => out.push_str("\\\""),
+                '\\' => out.push_str("\\\\"),
+                '\n' => out.push_str("\\n"),
+                '\r' => out.push_str("\\r"),
+                '\t' => out.push_str("\\t"),
+                '\u{0}'..='\u{1f}' => out.push_str(&format!("\\u{:04x}", c as u32)),
+                _ => out.push(c),
+            }
+        }
+        out.push('"');
+        out
+    }
+
+    fn check_escape(s: &str, expected: &str) {
+        let mut out = b"prefix".to_vec();
+        write_json_str(&mut out, s);
+        assert_eq!(std::str::from_utf8(&out[6..]).unwrap(), expected, "{s:?}");
+        assert_eq!(std::str::from_utf8(&out[6..]).unwrap(), reference_escape(s), "{s:?}");
+        let back: String = serde_json::from_slice(&out[6..]).unwrap();
+        assert_eq!(back, s);
+    }
+
+    #[test]
+    fn escaping_table() {
+        check_escape("", r#""""#);
+        check_escape("plain", r#""plain""#);
+        check_escape("exactly8", r#""exactly8""#);
+        check_escape("a \"quoted\" value", r#""a \"quoted\" value""#);
+        check_escape("C:\\path\\to", r#""C:\\path\\to""#);
+        check_escape("tab\there\nnew\rret", r#""tab\there\nnew\rret""#);
+        check_escape("\u{0}\u{1}\u{1f}\u{7f}", "\"\\u0000\\u0001\\u001f\u{7f}\"");
+        check_escape("\"", r#""\"""#);
+        check_escape("\\", r#""\\""#);
+        check_escape("0123456\"89abcdef\\", r#""0123456\"89abcdef\\""#);
+        // Multi-byte UTF-8 (bytes >= 0x80) passes through unchanged.
+        check_escape("Zürich – 東京 🚀", "\"Zürich – 東京 🚀\"");
+        check_escape("ééééé\"ééééé", "\"ééééé\\\"ééééé\"");
+    }
+
+    #[test]
+    fn escaping_at_every_position_of_long_clean_runs() {
+        // A long clean run (many whole words), with each special byte put at
+        // every offset, so word boundaries and the byte-wise tail are covered.
+        let clean: String = "Mozilla/5.0 (X11; Linux x86_64) é東".chars().cycle().take(70).collect();
+        check_escape(&clean, &reference_escape(&clean));
+        for special in ['"', '\\', '\n', '\u{0}', '\u{1f}', ' ', '\u{7f}', 'é'] {
+            for at in 0..=24 {
+                let mut s: String = clean.chars().take(at).collect();
+                s.push(special);
+                s.extend(clean.chars().take(30));
+                s.push(special);
+                check_escape(&s, &reference_escape(&s));
+            }
+        }
+        // Every ASCII byte value, in one string.
+        let all: String = (0u8..0x80).map(char::from).collect();
+        check_escape(&all, &reference_escape(&all));
+    }
+
+    #[test]
+    fn integers_and_iso_millis_without_allocation() {
+        for v in [0, 7, -7, 10, 1_555_711_021_034, i64::MAX, i64::MIN, -1_000] {
+            let mut out = Vec::new();
+            push_i64(&mut out, v);
+            assert_eq!(out, v.to_string().as_bytes());
+        }
+        for ms in [0, 1, 999, 1_555_711_003_068, -1, -86_400_001, 253_402_300_799_999, 253_402_300_800_000, -62_167_219_200_001] {
+            let mut out = Vec::new();
+            push_iso_millis(&mut out, ms);
+            assert_eq!(std::str::from_utf8(&out).unwrap(), time::format_iso_millis(ms), "{ms}");
+        }
+    }
+
+    #[test]
+    fn into_owned_keeps_every_value() {
+        let line = String::from("k7q2 GET 0 0.0 200 Orders V2 HTTP/1.1 -");
+        let mut r = Record::new_ml();
+        for (f, v) in Field::ALL.iter().zip(line.split(' ').cycle()) {
+            r.set(*f, v);
+        }
+        r.set(Field::Uri, String::from("/owned?x=1"));
+        r.set(Field::HttpMethod, &line[5..8]);
+        r.set_request_time_ms(1_555_711_003_068);
+        r.stamp_observed(1_555_711_021_034);
+        let expected_ecls = r.to_value(Shape::Ecls);
+        let expected_ndjson = r.to_value(Shape::Ndjson);
+        let expected: Vec<String> = r.fields.iter().map(|v| v.to_string()).collect();
+        let owned: Record<'static> = r.into_owned();
+        drop(line);
+        assert_eq!(owned.fields.iter().map(|v| v.to_string()).collect::<Vec<_>>(), expected);
+        assert_eq!(owned.get(Field::Uri), "/owned?x=1");
+        // Common values are shared constants; the rest are owned copies.
+        for f in Field::ALL {
+            match &owned.fields[f.index()] {
+                Cow::Borrowed(v) => assert!(shared_static(v).is_some(), "{f:?} {v}"),
+                Cow::Owned(v) => assert!(shared_static(v).is_none() || *f == Field::RequestTime, "{f:?} {v}"),
+            }
+        }
+        assert!(matches!(owned.fields[Field::HttpMethod.index()], Cow::Borrowed("GET")));
+        assert_eq!(owned.to_value(Shape::Ecls), expected_ecls);
+        assert_eq!(owned.to_value(Shape::Ndjson), expected_ndjson);
+    }
+
+    #[test]
+    fn ndjson_ingestion_time_is_iso_millis() {
+        let mut r = Record::new_ml();
+        r.set_request_time_ms(1_555_711_003_068);
+        r.stamp_observed(1_555_711_021_034);
+        let v = r.to_value(Shape::Ndjson);
+        assert_eq!(v["ingestion_time"], "2019-04-19T21:57:01.034Z");
+        assert_eq!(v["sync_delay_ms"], 17966);
+        assert_eq!(v.as_object().unwrap().len(), 42);
+        // Member order as the stream writes it (serde_json's map sorts keys,
+        // so look at the bytes).
+        let mut out = Vec::new();
+        r.write_json(Shape::Ndjson, &mut out);
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.starts_with(r#"{"api_key":"","api_method_name":"","bytes":null,"#), "{text}");
+        assert!(text.contains(r#","ingestion_time":"2019-04-19T21:57:01.034Z","log_type":"ML","#), "{text}");
+        assert!(text.ends_with(r#","sub_org_uuid":"","sync_delay_ms":17966}"#), "{text}");
     }
 }

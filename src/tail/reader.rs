@@ -14,7 +14,6 @@
 //! - Blocking reads happen on the blocking pool (`spawn_blocking`), one
 //!   chunk at a time; the runtime never waits on the disk.
 
-use std::borrow::Cow;
 use std::fs::File;
 use std::io::{self, Read};
 use std::os::unix::fs::FileExt;
@@ -260,7 +259,7 @@ impl State {
                 let mut line = std::mem::take(&mut self.carry);
                 let mut own = Vec::new();
                 parse_one(&mut self.parser, &line, line_off, observed_ms, &tables, &self.enricher, noop, &mut own, &mut rejects);
-                records.extend(own.into_iter().map(detach));
+                records.extend(own.into_iter().map(Record::into_owned));
                 line.clear();
                 self.carry = line;
             }
@@ -274,7 +273,7 @@ impl State {
                 }
             }
         }
-        records.extend(out.drain(..).map(detach));
+        records.extend(out.drain(..).map(Record::into_owned));
         // The partial last line.
         if !self.skipping {
             self.carry.extend_from_slice(rest);
@@ -300,7 +299,7 @@ impl State {
             let line = std::mem::take(&mut self.carry);
             let mut own = Vec::new();
             parse_one(&mut self.parser, &line, line_off, observed_ms, &tables, &self.enricher, noop, &mut own, &mut rejects);
-            records.extend(own.into_iter().map(detach));
+            records.extend(own.into_iter().map(Record::into_owned));
             partial = true;
         }
         if self.skipping && at_end && flush_partial {
@@ -348,27 +347,6 @@ impl State {
             }
         }
         Ok(checksum(&b) == self.fp)
-    }
-}
-
-/// Values so common that they are shared instead of copied.
-const COMMON: &[&str] = &["", "-", "0", "1", "ML", "GET", "POST", "PUT", "DELETE", "HTTP/1.1", "HTTP/1.0", "200", "unknown"];
-
-/// Detaches a record from the line buffer ([`Record::into_owned`]) without
-/// allocating for empty and very common values: most of a record's cost
-/// on the hot path is its 40 small allocations.
-fn detach(rec: Record<'_>) -> Record<'static> {
-    Record {
-        fields: rec.fields.map(|c| {
-            let v: &str = &c;
-            match COMMON.iter().find(|k| **k == v) {
-                Some(k) => Cow::Borrowed(*k),
-                None => Cow::Owned(c.into_owned()),
-            }
-        }),
-        request_time_ms: rec.request_time_ms,
-        ingestion_time: rec.ingestion_time,
-        sync_delay_ms: rec.sync_delay_ms,
     }
 }
 
