@@ -33,7 +33,7 @@
 //! | `channel_connections` | gauge | | WebSocket connections open now |
 //! | `channel_connections_accepted_total` | counter | | connections upgraded |
 //! | `channel_refused_total` | counter | reason | handshakes refused: `unauthorized` (401), `not_found` (404), `bad_request` (400), `too_many_connections` (503) |
-//! | `channel_closed_total` | counter | reason | connections closed by the bridge: `slow_consumer`, `ping_timeout`, `token_changed` |
+//! | `channel_closed_total` | counter | reason | connections closed: `slow_consumer`, `ping_timeout`, `token_changed`, `shutdown`, `client` (by the client) |
 //! | `channel_messages_sent_total`, `channel_records_sent_total`, `channel_records_replayed_total`, `channel_lost_notices_total` | counter | | frames written to clients |
 //! | `channel_ring_records`, `channel_ring_bytes` | gauge | | what the replay ring holds |
 //! | `enrich_lookups_total` | counter | table, result (`hit`, `miss`) | lookups of loaded tables |
@@ -340,7 +340,7 @@ fn encode_channel(enc: &mut DescriptorEncoder<'_>, ch: &ChannelStats) -> fmt::Re
     counter(
         enc,
         "calllog_bridge_channel_closed",
-        "Connections closed by the bridge, by reason (slow_consumer, ping_timeout, token_changed)",
+        "Connections closed, by reason (slow_consumer, ping_timeout, token_changed, shutdown; client: by the client)",
         &by_reason(&channel_closes(ch)),
     )?;
     counter(enc, "calllog_bridge_channel_messages_sent", "Messages written to clients", &[(none(), ch.messages_sent.load(Relaxed))])?;

@@ -150,9 +150,9 @@ pub struct ChannelStatus {
     /// `not_found` (404), `bad_request` (400), `too_many_connections` (503).
     #[serde(default)]
     pub refused: BTreeMap<String, u64>,
-    /// Connections the bridge closed since start, by reason:
-    /// `slow_consumer`, `ping_timeout`, `token_changed`. (Closes by the
-    /// client and at shutdown are not counted by reason.)
+    /// Connections closed since start, by reason: `slow_consumer`,
+    /// `ping_timeout`, `token_changed`, `shutdown` (by the bridge) and
+    /// `client` (closed or dropped by the client).
     #[serde(default)]
     pub closed: BTreeMap<String, u64>,
     /// `{"data":...}` messages written since start.
@@ -192,11 +192,13 @@ pub fn channel_refusals(s: &ChannelStats) -> [(&'static str, u64); 4] {
 
 /// The close reasons the channel counts, with the counter of each
 /// (bounded: the `reason` label of `calllog_bridge_channel_closed_total`).
-pub fn channel_closes(s: &ChannelStats) -> [(&'static str, u64); 3] {
+pub fn channel_closes(s: &ChannelStats) -> [(&'static str, u64); 5] {
     [
         ("slow_consumer", s.closed_slow_consumer.load(Ordering::Relaxed)),
         ("ping_timeout", s.closed_ping_timeout.load(Ordering::Relaxed)),
         ("token_changed", s.closed_token_changed.load(Ordering::Relaxed)),
+        ("shutdown", s.closed_shutdown.load(Ordering::Relaxed)),
+        ("client", s.closed_by_client.load(Ordering::Relaxed)),
     ]
 }
 

@@ -492,7 +492,12 @@ fn end_to_end_channel_and_lookup_figures() {
         let _ = ws.close(None).await;
     });
     drop(ws);
-    support::poll_until(DEADLINE, "no connection in /status", || (status_json(&url)["channel"]["connections"] == 0).then_some(()));
+    let v = support::poll_until(DEADLINE, "no connection in /status", || {
+        let v = status_json(&url);
+        (v["channel"]["connections"] == 0).then_some(v)
+    });
+    assert_eq!(v["channel"]["closed"]["client"], 1, "{}", v["channel"]);
+    assert_eq!(v["channel"]["closed"]["shutdown"], 0, "{}", v["channel"]);
     bridge.stop();
 }
 

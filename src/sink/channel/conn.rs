@@ -279,7 +279,8 @@ async fn run_connection<S>(
         CloseReason::SlowConsumer => ChannelStats::bump(&stats.closed_slow_consumer),
         CloseReason::PingTimeout => ChannelStats::bump(&stats.closed_ping_timeout),
         CloseReason::TokenChanged => ChannelStats::bump(&stats.closed_token_changed),
-        _ => {}
+        CloseReason::GoingAway => ChannelStats::bump(&stats.closed_shutdown),
+        CloseReason::ClientGone => ChannelStats::bump(&stats.closed_by_client),
     }
     match reason {
         CloseReason::SlowConsumer | CloseReason::PingTimeout | CloseReason::TokenChanged => {

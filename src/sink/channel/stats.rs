@@ -40,6 +40,10 @@ pub struct ChannelInner {
     pub closed_ping_timeout: AtomicU64,
     /// Connections closed because the token changed.
     pub closed_token_changed: AtomicU64,
+    /// Connections closed with 1001 because the bridge shut down.
+    pub closed_shutdown: AtomicU64,
+    /// Connections the client closed (or dropped).
+    pub closed_by_client: AtomicU64,
     /// `{"data":...}` messages written.
     pub messages_sent: AtomicU64,
     /// Records written to clients (a record sent to 3 clients counts 3).
