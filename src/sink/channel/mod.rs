@@ -336,7 +336,11 @@ pub async fn spawn(
     tokio::fs::create_dir_all(&ctx.state_dir).await.with_context(|| format!("cannot create state_dir {}", ctx.state_dir.display()))?;
     write_atomic(&ctx.state_dir.join(ADDR_FILE), format!("{local_addr}\n")).await?;
     // Where the dashboard (via /status) subscribes; never the token.
-    ctx.telemetry.set_channel(Some(crate::telemetry::ChannelInfo { listen: local_addr.to_string(), tls: tls.is_some(), path: "/stream".into() }));
+    ctx.telemetry.set_channel(Some(crate::telemetry::ChannelInfo {
+        listen: local_addr.to_string(),
+        tls: tls.is_some(),
+        path: "/stream".into(),
+    }));
 
     let mut seqs = SeqFile::open(ctx.state_dir.join(SEQ_FILE)).await?;
     let shared = Arc::new(Shared {
