@@ -2,20 +2,20 @@
 //! Each module tests one part against the real binary, real files and real
 //! sockets on loopback.
 
-mod demo;
-mod support;
-mod service;
-mod support_upstream;
-mod upstream;
-mod dashboard;
 mod channel;
+mod dashboard;
+mod demo;
 mod enrich;
-mod simulate;
-mod tail_harness;
-mod tail_cases;
-mod tail_random;
-mod tail_kill;
 mod lag;
-mod status;
 mod parse;
+mod service;
+mod simulate;
+mod status;
+mod support;
+mod support_upstream;
+mod tail_cases;
+mod tail_harness;
+mod tail_kill;
+mod tail_random;
+mod upstream;
 mod upstream_tls;
