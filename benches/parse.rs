@@ -8,7 +8,10 @@
 //! lookups) → `Record::write_json` (`ndjson`) into a reused buffer.
 //! It prints lines/s and MB/s for `le6` and `le5-csv` (and, for reference,
 //! `le-json`), plus parse-only figures so the stages compare as ratios
-//! within one run. Each figure is the best of several rounds, timed in CPU
+//! within one run. "owned" is the path the running bridge takes: parse +
+//! enrich, `Record::into_owned` into pipeline-sized batches (500 records),
+//! then ndjson and drop, so the cost of owning records shows as the
+//! difference from "full". Each figure is the best of several rounds, timed in CPU
 //! time of the bench thread (the machine is shared). `LINES=n` changes the number of lines per format, `FORMATS=le6,le5-csv`
 //! picks formats.
 
@@ -31,7 +34,10 @@ fn main() {
     println!("parse bench: {n} lines per format, one thread, best of {ROUNDS} rounds, {lookup_files} lookup files");
     let clock = if thread_cpu_ns().is_some() { "per CPU-second of the bench thread" } else { "per wall-clock second" };
     println!("figures are {clock}; full = parse + enrich + ndjson");
-    println!("{:<9} {:>16} {:>10} {:>16} {:>12}", "format", "full lines/s", "MB/s", "parse-only l/s", "ns/line");
+    println!(
+        "{:<9} {:>16} {:>10} {:>16} {:>12} {:>14} {:>12}",
+        "format", "full lines/s", "MB/s", "parse-only l/s", "ns/line", "owned l/s", "own ns/line"
+    );
     let only = std::env::var("FORMATS").unwrap_or_default();
     for format in [Format::Le6, Format::Le5Csv, Format::LeJson] {
         if !only.is_empty() && !only.split(',').any(|f| f == format.name()) {
@@ -39,16 +45,19 @@ fn main() {
         }
         let lines = generate(format, n);
         let bytes = lines.len();
-        let full = best(|| run(format, &lines, Some((&enricher, &tables))));
-        let parse_only = best(|| run(format, &lines, None));
+        let full = best(|| run(format, &lines, Some((&enricher, &tables)), false));
+        let parse_only = best(|| run(format, &lines, None, false));
+        let owned = best(|| run(format, &lines, Some((&enricher, &tables)), true));
         let per_s = n as f64 / full.as_secs_f64();
         println!(
-            "{:<9} {:>16.0} {:>10.1} {:>16.0} {:>12.0}",
+            "{:<9} {:>16.0} {:>10.1} {:>16.0} {:>12.0} {:>14.0} {:>12.0}",
             format.name(),
             per_s,
             bytes as f64 / full.as_secs_f64() / 1e6,
             n as f64 / parse_only.as_secs_f64(),
-            full.as_nanos() as f64 / n as f64
+            full.as_nanos() as f64 / n as f64,
+            n as f64 / owned.as_secs_f64(),
+            (owned.as_nanos() as f64 - full.as_nanos() as f64) / n as f64
         );
     }
 }
@@ -80,13 +89,20 @@ fn best(mut f: impl FnMut() -> Duration) -> Duration {
     (0..ROUNDS).map(|_| f()).min().unwrap_or_default()
 }
 
+/// Records per batch in the "owned" mode (about what one read chunk of a
+/// file holds).
+const BATCH: usize = 500;
+
 /// One pass over the lines; returns the elapsed time. Panics if a line is
-/// rejected: the generated lines are all valid, a reject is a bug.
-fn run(format: Format, text: &[u8], enrich: Option<(&Enricher, &Lookups)>) -> Duration {
+/// rejected: the generated lines are all valid, a reject is a bug. With
+/// `own`, enriched records are owned into batches of [`BATCH`], serialised
+/// from there and dropped with their batch, as the running bridge does.
+fn run(format: Format, text: &[u8], enrich: Option<(&Enricher, &Lookups)>, own: bool) -> Duration {
     let mut parser = LineParser::new(format, 1 << 20);
     let mut out_buf: Vec<u8> = Vec::with_capacity(1 << 20);
     let mut spare: Vec<Record<'static>> = Vec::with_capacity(4);
     let mut written = 0usize;
+    let mut batch: Vec<Record<'static>> = Vec::with_capacity(BATCH);
     let t = Instant::now();
     let cpu0 = thread_cpu_ns();
     let mut start = 0;
@@ -98,7 +114,24 @@ fn run(format: Format, text: &[u8], enrich: Option<(&Enricher, &Lookups)>) -> Du
             Ok(LineKind::Records(_)) | Ok(LineKind::Header) | Ok(LineKind::Blank) => {}
             Err(r) => panic!("generated {format} line rejected: {r}: {}", String::from_utf8_lossy(line)),
         }
-        if let Some((e, tables)) = enrich {
+        if let (Some((e, tables)), true) = (enrich, own) {
+            for mut rec in recs.drain(..) {
+                e.enrich(tables, &mut rec);
+                batch.push(rec.into_owned());
+            }
+            if batch.len() >= BATCH {
+                for rec in &batch {
+                    rec.write_json(Shape::Ndjson, &mut out_buf);
+                    out_buf.push(b'\n');
+                    if out_buf.len() > (1 << 20) - 4096 {
+                        written += out_buf.len();
+                        out_buf.clear();
+                    }
+                }
+                // A fresh vector per batch, as each pipeline batch owns its own.
+                drop(std::mem::replace(&mut batch, Vec::with_capacity(BATCH)));
+            }
+        } else if let Some((e, tables)) = enrich {
             for rec in recs.iter_mut() {
                 e.enrich(tables, rec);
                 rec.write_json(Shape::Ndjson, &mut out_buf);
@@ -111,6 +144,11 @@ fn run(format: Format, text: &[u8], enrich: Option<(&Enricher, &Lookups)>) -> Du
         }
         spare = recycle(recs);
     }
+    // The last, partial batch.
+    for rec in &batch {
+        rec.write_json(Shape::Ndjson, &mut out_buf);
+    }
+    drop(batch);
     let wall = t.elapsed();
     // On a shared machine the thread's CPU time is the fair "per core"
     // figure; without /proc it falls back to wall time.
