@@ -291,7 +291,20 @@ async fn run_connection<S>(
     shared.unregister(conn_id);
     if let Some(frame) = reason.frame() {
         // A stalled client may never take the close frame: bounded wait.
-        let _ = tokio::time::timeout(CLOSE_TIMEOUT, sink.send(Message::Close(Some(frame)))).await;
+        // Then the closing handshake: read (and drop) what the client still
+        // sends until its close reply. Closing the socket at once would
+        // answer a late pong with a reset, which can destroy the close
+        // frame, and its reason, before the client reads it.
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
+            if sink.send(Message::Close(Some(frame))).await.is_ok() {
+                while let Some(Ok(m)) = stream.next().await {
+                    if m.is_close() {
+                        break;
+                    }
+                }
+            }
+        })
+        .await;
     } else {
         let _ = tokio::time::timeout(CLOSE_TIMEOUT, sink.close()).await;
     }
