@@ -8,19 +8,22 @@
 //! lookups) → `Record::write_json` (`ndjson`) into a reused buffer.
 //! It prints lines/s and MB/s for `le6` and `le5-csv` (and, for reference,
 //! `le-json`), plus parse-only figures so the stages compare as ratios
-//! within one run. "owned" is the path the running bridge takes: parse +
-//! enrich, `Record::into_owned` into pipeline-sized batches (500 records),
-//! then ndjson and drop, so the cost of owning records shows as the
-//! difference from "full". Each figure is the best of several rounds, timed in CPU
+//! within one run. "batch" is the path the running bridge takes: the text
+//! in read-sized chunks (256 KiB, each copied into a fresh buffer as a read
+//! fills one), parsed and enriched into a pipeline `Records` that borrows
+//! from its chunk, then ndjson and drop, so the cost of building batches
+//! shows as the difference from "full". Each figure is the best of several rounds, timed in CPU
 //! time of the bench thread (the machine is shared). `LINES=n` changes the number of lines per format, `FORMATS=le6,le5-csv`
 //! picks formats.
 
 mod common;
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use calllog_bridge::enrich::{Enricher, Lookups};
 use calllog_bridge::parse::{Format, LineKind, LineParser};
+use calllog_bridge::pipeline::{RecordSource, Records};
 use calllog_bridge::record::{Record, Shape};
 use calllog_bridge::simulate::{le5_csv_header, Generator};
 
@@ -36,7 +39,7 @@ fn main() {
     println!("figures are {clock}; full = parse + enrich + ndjson");
     println!(
         "{:<9} {:>16} {:>10} {:>16} {:>12} {:>14} {:>12}",
-        "format", "full lines/s", "MB/s", "parse-only l/s", "ns/line", "owned l/s", "own ns/line"
+        "format", "full lines/s", "MB/s", "parse-only l/s", "ns/line", "batch l/s", "batch ns/line"
     );
     let only = std::env::var("FORMATS").unwrap_or_default();
     for format in [Format::Le6, Format::Le5Csv, Format::LeJson] {
@@ -45,9 +48,9 @@ fn main() {
         }
         let lines = generate(format, n);
         let bytes = lines.len();
-        let full = best(|| run(format, &lines, Some((&enricher, &tables)), false));
-        let parse_only = best(|| run(format, &lines, None, false));
-        let owned = best(|| run(format, &lines, Some((&enricher, &tables)), true));
+        let full = best(|| run(format, &lines, Some((&enricher, &tables))));
+        let parse_only = best(|| run(format, &lines, None));
+        let owned = best(|| run_batched(format, &lines, &enricher, &tables));
         let per_s = n as f64 / full.as_secs_f64();
         println!(
             "{:<9} {:>16.0} {:>10.1} {:>16.0} {:>12.0} {:>14.0} {:>12.0}",
@@ -89,22 +92,14 @@ fn best(mut f: impl FnMut() -> Duration) -> Duration {
     (0..ROUNDS).map(|_| f()).min().unwrap_or_default()
 }
 
-/// Records per batch in the "owned" mode (about what one read chunk of a
-/// file holds).
-const BATCH: usize = 500;
-
 /// One pass over the lines; returns the elapsed time. Panics if a line is
-/// rejected: the generated lines are all valid, a reject is a bug. With
-/// `own`, enriched records are owned into batches of [`BATCH`], serialised
-/// from there and dropped with their batch, as the running bridge does.
-fn run(format: Format, text: &[u8], enrich: Option<(&Enricher, &Lookups)>, own: bool) -> Duration {
+/// rejected: the generated lines are all valid, a reject is a bug.
+fn run(format: Format, text: &[u8], enrich: Option<(&Enricher, &Lookups)>) -> Duration {
     let mut parser = LineParser::new(format, 1 << 20);
     let mut out_buf: Vec<u8> = Vec::with_capacity(1 << 20);
     let mut spare: Vec<Record<'static>> = Vec::with_capacity(4);
     let mut written = 0usize;
-    let mut batch: Vec<Record<'static>> = Vec::with_capacity(BATCH);
-    let t = Instant::now();
-    let cpu0 = thread_cpu_ns();
+    let clock = Clock::start();
     let mut start = 0;
     for end in memchr::memchr_iter(b'\n', text) {
         let line = &text[start..end];
@@ -114,24 +109,7 @@ fn run(format: Format, text: &[u8], enrich: Option<(&Enricher, &Lookups)>, own: 
             Ok(LineKind::Records(_)) | Ok(LineKind::Header) | Ok(LineKind::Blank) => {}
             Err(r) => panic!("generated {format} line rejected: {r}: {}", String::from_utf8_lossy(line)),
         }
-        if let (Some((e, tables)), true) = (enrich, own) {
-            for mut rec in recs.drain(..) {
-                e.enrich(tables, &mut rec);
-                batch.push(rec.into_owned());
-            }
-            if batch.len() >= BATCH {
-                for rec in &batch {
-                    rec.write_json(Shape::Ndjson, &mut out_buf);
-                    out_buf.push(b'\n');
-                    if out_buf.len() > (1 << 20) - 4096 {
-                        written += out_buf.len();
-                        out_buf.clear();
-                    }
-                }
-                // A fresh vector per batch, as each pipeline batch owns its own.
-                drop(std::mem::replace(&mut batch, Vec::with_capacity(BATCH)));
-            }
-        } else if let Some((e, tables)) = enrich {
+        if let Some((e, tables)) = enrich {
             for rec in recs.iter_mut() {
                 e.enrich(tables, rec);
                 rec.write_json(Shape::Ndjson, &mut out_buf);
@@ -144,20 +122,73 @@ fn run(format: Format, text: &[u8], enrich: Option<(&Enricher, &Lookups)>, own: 
         }
         spare = recycle(recs);
     }
-    // The last, partial batch.
-    for rec in &batch {
-        rec.write_json(Shape::Ndjson, &mut out_buf);
-    }
-    drop(batch);
-    let wall = t.elapsed();
-    // On a shared machine the thread's CPU time is the fair "per core"
-    // figure; without /proc it falls back to wall time.
-    let el = match (cpu0, thread_cpu_ns()) {
-        (Some(a), Some(b)) if b > a => Duration::from_nanos(b - a),
-        _ => wall,
-    };
     std::hint::black_box((written, out_buf.len()));
-    el
+    clock.elapsed()
+}
+
+/// Bytes per chunk in the "batch" mode (the tail reader's read size).
+const CHUNK: usize = 256 * 1024;
+
+/// As the running bridge does: chunks of whole lines, each copied into a
+/// fresh buffer, parsed and enriched into a [`Records`] borrowing from it,
+/// serialised from there and dropped with their batch.
+fn run_batched(format: Format, text: &[u8], e: &Enricher, tables: &Arc<Lookups>) -> Duration {
+    let mut parser = LineParser::new(format, 1 << 20);
+    let mut out_buf: Vec<u8> = Vec::with_capacity(1 << 20);
+    let mut written = 0usize;
+    let clock = Clock::start();
+    let mut rest = text;
+    while !rest.is_empty() {
+        let cut = memchr::memrchr(b'\n', &rest[..rest.len().min(CHUNK)]).map_or(rest.len(), |i| i + 1);
+        let (chunk, tail) = rest.split_at(cut);
+        rest = tail;
+        let source = RecordSource { data: chunk.to_vec(), tables: tables.clone() };
+        let records = Records::borrowing(source, |src| {
+            let mut out = Vec::new();
+            for line in src.data.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+                let first = out.len();
+                match parser.parse_line(line, &mut out) {
+                    Ok(_) => {}
+                    Err(r) => panic!("generated {format} line rejected: {r}: {}", String::from_utf8_lossy(line)),
+                }
+                for rec in &mut out[first..] {
+                    e.enrich(&src.tables, rec);
+                }
+            }
+            out
+        });
+        for rec in records.iter() {
+            rec.write_json(Shape::Ndjson, &mut out_buf);
+            out_buf.push(b'\n');
+            if out_buf.len() > (1 << 20) - 4096 {
+                written += out_buf.len();
+                out_buf.clear();
+            }
+        }
+        drop(records);
+    }
+    std::hint::black_box((written, out_buf.len()));
+    clock.elapsed()
+}
+
+/// CPU time of the bench thread where the system tells it (the machine is
+/// shared, so that is the fair "per core" figure), else wall time.
+struct Clock {
+    wall: Instant,
+    cpu: Option<u64>,
+}
+
+impl Clock {
+    fn start() -> Clock {
+        Clock { wall: Instant::now(), cpu: thread_cpu_ns() }
+    }
+
+    fn elapsed(&self) -> Duration {
+        match (self.cpu, thread_cpu_ns()) {
+            (Some(a), Some(b)) if b > a => Duration::from_nanos(b - a),
+            _ => self.wall.elapsed(),
+        }
+    }
 }
 
 // `filter_map` (not `filter`) because it changes the item type; the

@@ -90,6 +90,7 @@ impl Bridge {
 
 fn throughput() {
     let lines: usize = std::env::var("LINES").ok().and_then(|v| v.parse().ok()).unwrap_or(200_000);
+    let rounds: usize = std::env::var("ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(5);
     let dir = tempfile::tempdir().unwrap();
     let mut gen = Generator::new(1);
     let now = calllog_bridge::time::now_ms();
@@ -101,17 +102,31 @@ fn throughput() {
     }
     drop(f);
     let size = fs::metadata(dir.path().join("access.log")).unwrap().len();
-    let t0 = Instant::now();
-    let b = Bridge::start(dir.path(), "access*.log", 200);
-    b.wait_committed(size, 1, Duration::from_secs(300));
-    let wall = t0.elapsed().as_secs_f64();
-    let cpu = b.cpu_secs();
-    b.stop();
+    // Each round is a fresh bridge (new state and archive) on the same file;
+    // the machine is shared, so the best round is the figure, with the
+    // median beside it.
+    let mut runs: Vec<(f64, f64)> = Vec::new();
+    for _ in 0..rounds {
+        let _ = fs::remove_dir_all(dir.path().join("state"));
+        let _ = fs::remove_dir_all(dir.path().join("out"));
+        let t0 = Instant::now();
+        let b = Bridge::start(dir.path(), "access*.log", 200);
+        b.wait_committed(size, 1, Duration::from_secs(300));
+        let wall = t0.elapsed().as_secs_f64();
+        let cpu = b.cpu_secs();
+        b.stop();
+        runs.push((wall, cpu));
+    }
+    let best = |i: usize| runs.iter().map(|r| if i == 0 { r.0 } else { r.1 }).fold(f64::MAX, f64::min);
+    let mut cpus: Vec<f64> = runs.iter().map(|r| r.1).collect();
+    cpus.sort_by(f64::total_cmp);
+    let (wall, cpu, median) = (best(0), best(1), cpus[cpus.len() / 2]);
     println!(
-        "throughput le6 -> file_output: {lines} lines ({:.0} MB) in {wall:.2} s wall = {:.0} lines/s; CPU {cpu:.2} s = {:.0} lines per CPU-second (one core)",
+        "throughput le6 -> file_output: {lines} lines ({:.0} MB), best of {rounds}: {wall:.2} s wall = {:.0} lines/s; CPU {cpu:.2} s = {:.0} lines per CPU-second (one core; median {:.0})",
         size as f64 / 1e6,
         lines as f64 / wall,
-        lines as f64 / cpu.max(0.01)
+        lines as f64 / cpu.max(0.01),
+        lines as f64 / median.max(0.01)
     );
 }
 
@@ -178,7 +193,7 @@ fn idle_cpu() {
 
 fn main() {
     let only = std::env::args().nth(1).filter(|a| !a.starts_with('-'));
-    let run = |name: &str| only.as_deref().map_or(true, |o| name.contains(o));
+    let run = |name: &str| only.as_deref().is_none_or(|o| name.contains(o));
     if run("throughput") {
         throughput();
     }

@@ -16,7 +16,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::mpsc;
+use yoke::{Yoke, Yokeable};
 
+use crate::enrich::Lookups;
 use crate::record::Record;
 
 /// Called once when every sink has acknowledged a batch.
@@ -27,7 +29,7 @@ pub struct Batch {
     /// The file the records came from (for per-file stats and logs).
     pub source: Arc<str>,
     /// The records, in the order they appear in the file.
-    pub records: Vec<Record<'static>>,
+    pub records: Records,
     /// Epoch ms when the first record of the batch was read (delivery delay).
     pub observed_ms: i64,
     /// Sinks that still have to acknowledge, and what to do when none remain.
@@ -44,8 +46,13 @@ struct AckState {
 impl Batch {
     /// A batch whose completion runs `on_acked` (e.g. "advance the
     /// checkpoint of file F to offset O").
-    pub fn new(source: Arc<str>, records: Vec<Record<'static>>, observed_ms: i64, on_acked: Option<OnAcked>) -> Self {
-        Batch { source, records, observed_ms, ack: AckState { pending: AtomicUsize::new(0), on_acked: Mutex::new(on_acked) } }
+    pub fn new(source: Arc<str>, records: impl Into<Records>, observed_ms: i64, on_acked: Option<OnAcked>) -> Self {
+        Batch {
+            source,
+            records: records.into(),
+            observed_ms,
+            ack: AckState { pending: AtomicUsize::new(0), on_acked: Mutex::new(on_acked) },
+        }
     }
 
     /// Records that one sink has delivered (or definitively handled) this
@@ -61,6 +68,67 @@ impl Batch {
         if let Some(cb) = cb {
             cb();
         }
+    }
+}
+
+/// What the records of a batch borrow from: the bytes read from the file
+/// and the lookup tables that enriched them.
+pub struct RecordSource {
+    /// Whole lines as read (the carried-over partial line, then the chunk).
+    pub data: Vec<u8>,
+    /// The lookup tables in force when the lines were enriched.
+    pub tables: Arc<Lookups>,
+}
+
+/// The records list a [`Records`] holds.
+#[derive(Yokeable)]
+pub struct RecordList<'a>(pub Vec<Record<'a>>);
+
+/// A batch's records, either owned or borrowing from their
+/// [`RecordSource`] which they carry along.
+///
+/// Borrowing is what makes the read path cheap: a record's values stay
+/// slices of the chunk that was read (and of the lookup tables), instead of
+/// some forty small strings copied and freed per record on different
+/// threads. The chunk is freed when the last sink has let go of the batch.
+pub struct Records(Yoke<RecordList<'static>, Option<Box<RecordSource>>>);
+
+impl Records {
+    /// Parses records out of `source`; they may borrow from it.
+    pub fn borrowing(source: RecordSource, parse: impl for<'a> FnOnce(&'a RecordSource) -> Vec<Record<'a>>) -> Self {
+        Records(Yoke::attach_to_cart(Box::new(source), |s| RecordList(parse(s))).wrap_cart_in_option())
+    }
+
+    /// The records, in file order.
+    pub fn as_slice(&self) -> &[Record<'_>] {
+        &self.0.get().0
+    }
+
+    /// Iterates over the records in file order.
+    pub fn iter(&self) -> std::slice::Iter<'_, Record<'_>> {
+        self.as_slice().iter()
+    }
+
+    /// Number of records.
+    pub fn len(&self) -> usize {
+        self.as_slice().len()
+    }
+
+    /// True when there are none.
+    pub fn is_empty(&self) -> bool {
+        self.as_slice().is_empty()
+    }
+}
+
+impl From<Vec<Record<'static>>> for Records {
+    fn from(v: Vec<Record<'static>>) -> Self {
+        Records(Yoke::new_owned(RecordList(v)))
+    }
+}
+
+impl Default for Records {
+    fn default() -> Self {
+        Vec::new().into()
     }
 }
 

@@ -176,7 +176,7 @@ async fn run(
         };
         let Some(batch) = got else { break };
         stats.enqueued(batch.records.len());
-        for rec in &batch.records {
+        for rec in batch.records.iter() {
             match shape {
                 Shape::Ndjson => rec.write_json(Shape::Ndjson, &mut buf),
                 Shape::Ecls => crate::record::write_ecls_message(std::iter::once(rec), &mut buf),

@@ -29,7 +29,7 @@ use super::fingerprint::{checksum, Fingerprint};
 use crate::checkpoint::Checkpointer;
 use crate::enrich::Enricher;
 use crate::parse::{Format, LineKind, LineParser, Reject};
-use crate::pipeline::{Batch, Fanout};
+use crate::pipeline::{Batch, Fanout, RecordSource, Records};
 use crate::record::Record;
 use crate::telemetry::FileStats;
 
@@ -146,8 +146,8 @@ struct State {
     fp_range: (u64, u64),
     enricher: Arc<Enricher>,
     max_line_bytes: usize,
-    /// Reusable read buffer.
-    buf: Vec<u8>,
+    /// Records in the last chunk (capacity hint for the next).
+    last_records: usize,
     /// Lines seen so far (line numbers are known only when reading started
     /// at offset 0).
     lines: Option<u64>,
@@ -168,7 +168,7 @@ pub struct Rejected {
 
 /// One chunk's outcome.
 struct Chunk {
-    records: Vec<Record<'static>>,
+    records: Records,
     rejects: Vec<Rejected>,
     /// Observed time of the chunk's records.
     observed_ms: i64,
@@ -199,112 +199,93 @@ impl State {
     /// Reads one chunk and turns its complete lines into records. With
     /// `flush_partial`, a partial last line at the end of the data is
     /// emitted as a line.
+    ///
+    /// The chunk's bytes (the carried-over partial line, then what was
+    /// read) become the records' [`RecordSource`]: records borrow from
+    /// them instead of copying every value.
     fn read_chunk(&mut self, flush_partial: bool) -> io::Result<Chunk> {
+        let mut data = std::mem::take(&mut self.carry);
+        let carry_len = data.len();
         let mut size = 0;
-        let n = if let Some(gz) = &mut self.gz {
-            self.buf.resize(CHUNK_BYTES, 0);
-            loop {
-                match gz.read(&mut self.buf) {
-                    Ok(n) => break n,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    Err(e) => return Err(e),
-                }
-            }
-        } else {
-            size = self.file.metadata()?.len();
-            if size < self.pos || !self.same_identity(size)? {
+        let n = match self.read_more(&mut data, &mut size) {
+            Ok(Some(n)) => n,
+            Ok(None) => {
+                data.truncate(carry_len);
+                self.carry = data;
                 return Ok(self.chunk_status(Status::Truncated, size));
             }
-            let want = (size - self.pos).min(CHUNK_BYTES as u64) as usize;
-            self.buf.resize(want, 0);
-            let mut got = 0;
-            while got < want {
-                match self.file.read_at(&mut self.buf[got..], self.pos + got as u64) {
-                    Ok(0) => break,
-                    Ok(n) => got += n,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Err(e) => return Err(e),
-                }
+            Err(e) => {
+                data.truncate(carry_len);
+                self.carry = data;
+                return Err(e);
             }
-            got
         };
         self.pos += n as u64;
         let observed_ms = crate::time::now_ms();
-        let mut records = Vec::new();
-        let mut rejects = Vec::new();
-        let tables = self.enricher.tables();
+        let at_end = n == 0 || (self.gz.is_none() && self.pos >= size);
+        let flush = at_end && flush_partial;
         let noop = self.enricher.is_noop();
+        let first_off = self.pos - data.len() as u64;
+        let (parser, enricher, lines, skipping) = (&mut self.parser, &*self.enricher, &mut self.lines, &mut self.skipping);
+        let (max_line_bytes, capacity) = (self.max_line_bytes, self.last_records);
+        let mut rejects = Vec::new();
         let mut partial = false;
-
-        // Lines: carry + new data.
-        let data: &[u8] = &self.buf[..n];
-        let mut line_off = self.pos - n as u64 - self.carry.len() as u64;
-        let mut rest = data;
-        let mut out: Vec<Record<'_>> = Vec::new();
-        while let Some(nl) = memchr::memchr(b'\n', rest) {
-            let (head, tail) = rest.split_at(nl);
-            rest = &tail[1..];
-            let line_len;
-            if self.skipping {
-                // The tail of an over-long line, already rejected.
-                self.skipping = false;
-                line_len = self.carry.len() + head.len() + 1;
-                self.carry.clear();
-            } else if self.carry.is_empty() {
-                line_len = head.len() + 1;
-                parse_one(&mut self.parser, head, line_off, observed_ms, &tables, &self.enricher, noop, &mut out, &mut rejects);
-            } else {
-                self.carry.extend_from_slice(head);
-                line_len = self.carry.len() + 1;
-                let mut line = std::mem::take(&mut self.carry);
-                let mut own = Vec::new();
-                parse_one(&mut self.parser, &line, line_off, observed_ms, &tables, &self.enricher, noop, &mut own, &mut rejects);
-                records.extend(own.into_iter().map(Record::into_owned));
-                line.clear();
-                self.carry = line;
-            }
-            line_off += line_len as u64;
-            if let Some(n) = &mut self.lines {
-                *n += 1;
-                if let Some(r) = rejects.last_mut() {
-                    if r.line_no == 0 && r.offset == line_off - line_len as u64 {
-                        r.line_no = *n;
+        let mut carry = Vec::new();
+        let source = RecordSource { data, tables: enricher.tables() };
+        let records = Records::borrowing(source, |src| {
+            let (data, tables) = (&src.data[..], &*src.tables);
+            let mut out = Vec::with_capacity(capacity);
+            let mut start = 0;
+            let mut line_off = first_off;
+            // The carried bytes hold no newline.
+            for nl in memchr::memchr_iter(b'\n', &data[carry_len..]) {
+                let end = carry_len + nl;
+                if *skipping {
+                    // The tail of an over-long line, already rejected.
+                    *skipping = false;
+                } else {
+                    parse_one(parser, &data[start..end], line_off, observed_ms, tables, enricher, noop, &mut out, &mut rejects);
+                }
+                let line_len = (end + 1 - start) as u64;
+                line_off += line_len;
+                start = end + 1;
+                if let Some(n) = lines.as_mut() {
+                    *n += 1;
+                    if let Some(r) = rejects.last_mut() {
+                        if r.line_no == 0 && r.offset == line_off - line_len {
+                            r.line_no = *n;
+                        }
                     }
                 }
             }
-        }
-        records.extend(out.drain(..).map(Record::into_owned));
-        // The partial last line.
-        if !self.skipping {
-            self.carry.extend_from_slice(rest);
-            if self.carry.len() > self.max_line_bytes {
-                rejects.push(Rejected {
-                    offset: line_off,
-                    reject: Reject::new(
-                        crate::parse::RejectReason::TooLong,
-                        format!("line longer than max_line_bytes {}", self.max_line_bytes),
-                    ),
-                    line_no: 0,
-                    raw: self.carry[..256].to_vec(),
-                });
-                self.skipping = true;
-                self.carry.clear();
+            // The partial last line; while skipping, its bytes are consumed.
+            let rest = &data[start..];
+            if !*skipping {
+                if rest.len() > max_line_bytes {
+                    rejects.push(Rejected {
+                        offset: line_off,
+                        reject: Reject::new(
+                            crate::parse::RejectReason::TooLong,
+                            format!("line longer than max_line_bytes {max_line_bytes}"),
+                        ),
+                        line_no: 0,
+                        raw: rest[..rest.len().min(crate::rejects::DEFAULT_MAX_RAW_BYTES)].to_vec(),
+                    });
+                    *skipping = true;
+                } else if flush && !rest.is_empty() {
+                    parse_one(parser, rest, line_off, observed_ms, tables, enricher, noop, &mut out, &mut rejects);
+                    partial = true;
+                } else {
+                    carry.extend_from_slice(rest);
+                }
             }
-        } else {
-            // Still inside an over-long line: its bytes are consumed.
-            self.carry.clear();
-        }
-        let at_end = n == 0 || (self.gz.is_none() && self.pos >= size);
-        if at_end && flush_partial && !self.carry.is_empty() {
-            let line = std::mem::take(&mut self.carry);
-            let mut own = Vec::new();
-            parse_one(&mut self.parser, &line, line_off, observed_ms, &tables, &self.enricher, noop, &mut own, &mut rejects);
-            records.extend(own.into_iter().map(Record::into_owned));
-            partial = true;
-        }
-        if self.skipping && at_end && flush_partial {
-            self.skipping = false;
-        }
+            if *skipping && flush {
+                *skipping = false;
+            }
+            out
+        });
+        self.carry = carry;
+        self.last_records = records.len();
         Ok(Chunk {
             records,
             rejects,
@@ -316,8 +297,44 @@ impl State {
         })
     }
 
+    /// Appends the next bytes of content to `data`: how many, or `None`
+    /// when the file was truncated or replaced in place. Sets `size` to
+    /// the file's size (plain files).
+    fn read_more(&mut self, data: &mut Vec<u8>, size: &mut u64) -> io::Result<Option<usize>> {
+        let base = data.len();
+        if let Some(gz) = &mut self.gz {
+            data.resize(base + CHUNK_BYTES, 0);
+            let n = loop {
+                match gz.read(&mut data[base..]) {
+                    Ok(n) => break n,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => return Err(e),
+                }
+            };
+            data.truncate(base + n);
+            return Ok(Some(n));
+        }
+        *size = self.file.metadata()?.len();
+        if *size < self.pos || !self.same_identity(*size)? {
+            return Ok(None);
+        }
+        let want = (*size - self.pos).min(CHUNK_BYTES as u64) as usize;
+        data.resize(base + want, 0);
+        let mut got = 0;
+        while got < want {
+            match self.file.read_at(&mut data[base + got..], self.pos + got as u64) {
+                Ok(0) => break,
+                Ok(n) => got += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        data.truncate(base + got);
+        Ok(Some(got))
+    }
+
     fn chunk_status(&self, status: Status, size: u64) -> Chunk {
-        Chunk { records: vec![], rejects: vec![], observed_ms: 0, offset: self.offset(), size, status, partial: false }
+        Chunk { records: Records::default(), rejects: vec![], observed_ms: 0, offset: self.offset(), size, status, partial: false }
     }
 
     /// Checks that the fingerprinted line is still the file's: content
@@ -407,7 +424,7 @@ pub async fn run(spec: Spec, shared: Shared, ctl: Arc<Control>, stats: FileStats
         fp_range: spec.fp_range,
         enricher: shared.enricher.clone(),
         max_line_bytes: shared.max_line_bytes,
-        buf: Vec::new(),
+        last_records: 0,
         lines: (spec.offset == 0).then_some(0),
         file: spec.file,
     };

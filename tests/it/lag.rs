@@ -254,7 +254,7 @@ fn fixture_with_channel_and_lookups(dir: &std::path::Path, misses: usize) -> Tel
     let services = dir.join("services.csv");
     std::fs::write(&services, "service_id,service_name\nsvc1,Orders\n").unwrap();
     let e = Arc::new(Enricher::new(&[services], None, None).unwrap());
-    for id in std::iter::repeat("nope").take(misses).chain(["svc1"]) {
+    for id in std::iter::repeat_n("nope", misses).chain(["svc1"]) {
         let mut r = Record::new_ml();
         r.set(Field::ServiceId, id);
         e.enrich(&e.tables(), &mut r);

@@ -91,7 +91,7 @@ impl Harness {
             let acked = self.acked.clone();
             let b = Batch::new(
                 "f.log".into(),
-                chunk.iter().map(|&i| record(i)).collect(),
+                chunk.iter().map(|&i| record(i)).collect::<Vec<_>>(),
                 calllog_bridge::time::now_ms(),
                 Some(Box::new(move || acked.lock().unwrap().push(id))),
             );

@@ -422,7 +422,7 @@ async fn sink_loop(
 }
 
 /// Serialises one record for the ring.
-fn item(r: &Record<'static>, mask_keep: Option<usize>, observed_ms: i64, buf: &mut Vec<u8>) -> Item {
+fn item(r: &Record<'_>, mask_keep: Option<usize>, observed_ms: i64, buf: &mut Vec<u8>) -> Item {
     buf.clear();
     match mask_keep {
         Some(keep) => {

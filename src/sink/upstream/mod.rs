@@ -427,7 +427,7 @@ impl Shared {
         self.update_oldest();
         let p = Arc::new(Pending { batch, id, remaining: AtomicUsize::new(n) });
         let (max_records, max_bytes) = (self.cfg.batch_max_records, self.cfg.batch_max_bytes);
-        for r in &p.batch.records {
+        for r in p.batch.records.iter() {
             if b.units.is_empty() {
                 *flush_at = Some(Instant::now() + Duration::from_millis(self.cfg.flush_interval_ms));
             }
