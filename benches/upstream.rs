@@ -178,7 +178,7 @@ async fn start(
     let tel = Telemetry::new();
     let ctx = SinkContext { state_dir: state.to_path_buf(), shutdown: CancellationToken::new(), telemetry: tel.clone() };
     let mut fanout = Fanout::new();
-    let h = upstream::start(cfg, &ctx, &mut fanout).await.expect("start sink");
+    let (h, _control) = upstream::start(cfg, &ctx, &mut fanout).await.expect("start sink");
     (fanout, h.task, Arc::new(std::sync::atomic::AtomicUsize::new(0)), tel)
 }
 

@@ -211,12 +211,19 @@ impl Bridge {
     }
 }
 
-/// A reload (see [`crate::reload`]) changes the channel token in place and
-/// restarts the reading side; the sinks keep running throughout.
+/// A reload (see [`crate::reload`]) changes the channel token and the
+/// upstream settings in place and restarts the reading side; the sinks keep
+/// running throughout.
 impl crate::reload::Reloadable for Bridge {
     fn set_channel_token(&self, token: Secret) {
         if let Some(ch) = &self.controls.channel {
             ch.set_token(token);
+        }
+    }
+
+    fn set_upstream(&self, live: crate::sink::upstream::Live) {
+        if let Some(up) = &self.controls.upstream {
+            up.reconfigure(live);
         }
     }
 

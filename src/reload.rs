@@ -22,11 +22,20 @@
 //!   content changed): replaced in place; connections that used the old
 //!   token are closed with 1008.
 //! - `log_level`: applied at once (`RUST_LOG`, when set, keeps priority).
-//! - everything else (`state_dir`, `[file_output]`, `[upstream]`, the
-//!   channel's listener and TLS settings, `[status]`) needs new listeners,
-//!   files or clients: the change is logged as needing a restart and the
-//!   running settings stay in force (and are reported again on the next
-//!   reload until the bridge restarts).
+//! - `[upstream]`: a new HTTP client is built from the new section (URL,
+//!   headers, credentials re-read from their files even when only a file's
+//!   content changed, TLS files, timeouts, batch limits, compression,
+//!   backoff) and replaces the running one; requests already built keep
+//!   their records and switch to the new settings at their next attempt,
+//!   so nothing is lost or sent twice. The keys that shape what is already
+//!   batched or spooled (`format`, `max_in_flight`, `spool_max_bytes`,
+//!   `dead_letter_file`) need a restart
+//!   ([`crate::sink::upstream::restart_keys`]).
+//! - everything else (`state_dir`, `[file_output]`, adding or removing
+//!   `[upstream]`, the channel's listener and TLS settings, `[status]`)
+//!   needs new listeners, files or clients: the change is logged as needing
+//!   a restart and the running settings stay in force (and are reported
+//!   again on the next reload until the bridge restarts).
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -34,6 +43,7 @@ use std::sync::Arc;
 
 use crate::config::{ChannelConfig, Config, ConfigError, Secret, SourceConfig};
 use crate::enrich::{EnrichError, Enricher};
+use crate::sink::upstream::{self, Live as UpstreamLive};
 
 /// Why a reload was refused.
 #[derive(Debug, thiserror::Error)]
@@ -44,6 +54,11 @@ pub enum ReloadError {
     /// A lookup table named in `enrich.lookups` cannot be loaded.
     #[error("invalid config key `enrich.lookups`: {0}")]
     Lookups(#[from] EnrichError),
+    /// The new `[upstream]` section cannot be put in force (a credential,
+    /// CA or certificate file unreadable or invalid); the message names the
+    /// key.
+    #[error("{0}")]
+    Upstream(String),
     /// The blocking loader thread failed.
     #[error("reload task failed: {0}")]
     Task(String),
@@ -57,6 +72,7 @@ impl ReloadError {
             ReloadError::Config(ConfigError::Syntax { .. }) => "(syntax: see the message)",
             ReloadError::Config(ConfigError::Read { .. }) => "(the file)",
             ReloadError::Lookups(_) => "enrich.lookups",
+            ReloadError::Upstream(_) => "upstream",
             ReloadError::Task(_) => "(none)",
         }
     }
@@ -72,6 +88,9 @@ pub struct Prepared {
     /// The channel token (from `token` or the current content of
     /// `token_file`), when the new config has a channel.
     pub channel_token: Option<Secret>,
+    /// The upstream sink's new settings (client built, files read), when
+    /// the new config has `[upstream]`.
+    pub upstream: Option<UpstreamLive>,
 }
 
 /// What differs between the running config and a new one.
@@ -118,8 +137,10 @@ pub fn diff(old: &Config, new: &Config) -> Changes {
     if differs(&old.file_output, &new.file_output) {
         c.restart_needed.push("file_output");
     }
-    if differs(&old.upstream, &new.upstream) {
-        c.restart_needed.push("upstream");
+    match (&old.upstream, &new.upstream) {
+        (Some(a), Some(b)) => c.restart_needed.extend(upstream::restart_keys(a, b)),
+        (None, None) => {}
+        _ => c.restart_needed.push("upstream"),
     }
     if differs(&old.channel.as_ref().map(without_token), &new.channel.as_ref().map(without_token)) {
         c.restart_needed.push("channel");
@@ -149,7 +170,8 @@ fn prepare_blocking(path: &Path, old_enrich: &str) -> Result<Prepared, ReloadErr
     crate::service::parse_level(&config.log_level)?;
     let enricher = if format!("{:?}", config.enrich) != old_enrich { Some(Arc::new(Enricher::from_config(&config.enrich)?)) } else { None };
     let channel_token = config.channel.as_ref().map(ChannelConfig::token).transpose()?;
-    Ok(Prepared { config, enricher, channel_token })
+    let upstream = config.upstream.as_ref().map(UpstreamLive::build).transpose().map_err(|e| ReloadError::Upstream(format!("{e:#}")))?;
+    Ok(Prepared { config, enricher, channel_token, upstream })
 }
 
 /// The parts of a running bridge a reload changes. Implemented by
@@ -157,6 +179,9 @@ fn prepare_blocking(path: &Path, old_enrich: &str) -> Result<Prepared, ReloadErr
 pub trait Reloadable {
     /// Replaces the channel's token (no-op when unchanged or no channel).
     fn set_channel_token(&self, token: Secret);
+
+    /// Puts new settings in force in the upstream sink (no-op without one).
+    fn set_upstream(&self, live: UpstreamLive);
 
     /// Restarts the reading side with these sources and, when given, a new
     /// enricher: stop the tailers at a batch boundary, start new ones that
@@ -172,7 +197,7 @@ pub trait Reloadable {
 /// effect: the new one, except the sections that need a restart, which
 /// keep their running values.
 pub async fn apply<B: Reloadable>(bridge: &mut B, running: &Config, prepared: Prepared) -> anyhow::Result<(Config, Changes)> {
-    let Prepared { config: new, enricher, channel_token } = prepared;
+    let Prepared { config: new, enricher, channel_token, upstream: upstream_live } = prepared;
     let changes = diff(running, &new);
     if changes.log_level {
         // Validated in `prepare`; an error here would only mean the
@@ -185,6 +210,9 @@ pub async fn apply<B: Reloadable>(bridge: &mut B, running: &Config, prepared: Pr
         if running.channel.is_some() {
             bridge.set_channel_token(token);
         }
+    }
+    if let (Some(live), Some(_)) = (upstream_live, &running.upstream) {
+        bridge.set_upstream(live);
     }
     if changes.restart_sources() {
         bridge.restart_sources(&new.sources, enricher).await?;
@@ -200,6 +228,9 @@ pub async fn apply<B: Reloadable>(bridge: &mut B, running: &Config, prepared: Pr
     effective.sources = new.sources;
     effective.enrich = new.enrich;
     effective.log_level = new.log_level;
+    if let (Some(run_up), Some(new_up)) = (&mut effective.upstream, &new.upstream) {
+        *run_up = upstream::live_config(run_up, new_up);
+    }
     if let (Some(run_ch), Some(new_ch)) = (&mut effective.channel, &new.channel) {
         run_ch.token = new_ch.token.clone();
         run_ch.token_file = new_ch.token_file.clone();
@@ -284,6 +315,7 @@ pub async fn on_hup<B: Reloadable>(bridge: &mut B, running: Config, path: &Path)
             Ok((effective, changes)) => {
                 tracing::info!(
                     sources_restarted = changes.restart_sources(),
+                    upstream_reloaded = effective.upstream.is_some(),
                     log_level_changed = changes.log_level,
                     needs_restart = ?changes.restart_needed,
                     "configuration reloaded"
@@ -330,6 +362,9 @@ token = "t1"
         fn set_channel_token(&self, token: Secret) {
             self.calls.lock().unwrap().push(format!("token {}", token.expose()));
         }
+        fn set_upstream(&self, live: UpstreamLive) {
+            self.calls.lock().unwrap().push(format!("upstream {}", live.url_for_logs()));
+        }
         async fn restart_sources(&mut self, sources: &[SourceConfig], enricher: Option<Arc<Enricher>>) -> anyhow::Result<()> {
             let names: Vec<_> = sources.iter().map(|s| s.name.clone().unwrap_or_default()).collect();
             self.calls.lock().unwrap().push(format!("sources {} enricher={}", names.join(","), enricher.is_some()));
@@ -365,7 +400,7 @@ token = "t1"
         let new_text = format!("log_level = \"debug\"\n{}", BASE.replace("t1", "t2").replace("/tmp/out.ndjson", "/tmp/other.ndjson"))
             + "\n[[source]]\nname = \"b\"\npaths = [\"/logs/b/*.log\"]\n";
         let new = cfg(&new_text);
-        let prepared = Prepared { channel_token: Some(Secret::new("t2")), enricher: None, config: new };
+        let prepared = Prepared { channel_token: Some(Secret::new("t2")), enricher: None, config: new, upstream: None };
         let mut fake = Fake::default();
         let (effective, changes) = apply(&mut fake, &running, prepared).await.unwrap();
         assert_eq!(*fake.calls.lock().unwrap(), vec!["token t2", "sources a,b enricher=false"]);
@@ -378,6 +413,31 @@ token = "t1"
         assert_eq!(effective.file_output.as_ref().unwrap().path, Path::new("/tmp/out.ndjson"));
         assert_eq!(effective.channel.as_ref().unwrap().token.as_ref().map(Secret::expose), Some("t2"));
         assert_eq!(diff(&effective, &cfg(&new_text)).restart_needed, vec!["file_output"]);
+    }
+
+    #[tokio::test]
+    async fn upstream_settings_apply_live_except_the_fixed_keys() {
+        let up = "\n[upstream]\nurl = \"http://127.0.0.1:9/a\"\nbatch_max_records = 100\n";
+        let running = cfg(&format!("{BASE}{up}"));
+        let changed = up.replace("/a", "/b").replace("100", "200");
+        assert_eq!(diff(&running, &cfg(&format!("{BASE}{changed}"))), Changes::default());
+        let fixed = format!("{BASE}{changed}format = \"ecls\"\nmax_in_flight = 9\n");
+        assert_eq!(diff(&running, &cfg(&fixed)).restart_needed, vec!["upstream.format", "upstream.max_in_flight"]);
+        assert_eq!(diff(&cfg(BASE), &running).restart_needed, vec!["upstream"], "adding [upstream] needs a restart");
+
+        let new = cfg(&fixed);
+        let live = UpstreamLive::build(new.upstream.as_ref().unwrap()).unwrap();
+        let prepared = Prepared { channel_token: None, enricher: None, config: new, upstream: Some(live) };
+        let mut fake = Fake::default();
+        let (effective, changes) = apply(&mut fake, &running, prepared).await.unwrap();
+        assert_eq!(*fake.calls.lock().unwrap(), vec!["upstream http://127.0.0.1:9/b"]);
+        assert_eq!(changes.restart_needed, vec!["upstream.format", "upstream.max_in_flight"]);
+        let u = effective.upstream.unwrap();
+        assert_eq!((u.url.as_str(), u.batch_max_records), ("http://127.0.0.1:9/b", 200), "live keys from the new file");
+        assert_eq!(
+            (u.format, u.max_in_flight),
+            (running.upstream.as_ref().unwrap().format, running.upstream.as_ref().unwrap().max_in_flight)
+        );
     }
 
     #[tokio::test]
@@ -402,6 +462,15 @@ token = "t1"
         std::fs::write(&path, BASE.replace("token = \"t1\"", "token_file = \"nope.token\"")).unwrap();
         let e = prepare(&path, &running).await.err().unwrap();
         assert_eq!(e.key(), "channel.token_file", "{e}");
+
+        std::fs::write(&path, format!("{BASE}\n[upstream]\nurl = \"http://127.0.0.1:9/\"\nbearer_token_file = \"nope.token\"\n")).unwrap();
+        let e = prepare(&path, &running).await.err().unwrap();
+        assert_eq!(e.key(), "upstream.bearer_token_file", "{e}");
+        // A CA file that is there but holds no certificate.
+        std::fs::write(dir.path().join("ca.pem"), "not a certificate\n").unwrap();
+        std::fs::write(&path, format!("{BASE}\n[upstream]\nurl = \"https://127.0.0.1:9/\"\nca_file = \"ca.pem\"\n")).unwrap();
+        let e = prepare(&path, &running).await.err().unwrap();
+        assert_eq!(e.key(), "upstream.ca_file", "{e}");
 
         std::fs::write(&path, BASE.replace("/logs/a/*.log", "/logs/c/*.log")).unwrap();
         let p = prepare(&path, &running).await.unwrap();

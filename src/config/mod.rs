@@ -23,7 +23,7 @@ pub use enrich::EnrichConfig;
 pub use output::FileOutputConfig;
 pub use source::{ReadFrom, SourceConfig};
 pub use status::StatusConfig;
-pub use upstream::{Compression, UpstreamAuth, UpstreamConfig, UpstreamFormat};
+pub use upstream::{AuthFailures, Compression, UpstreamAuth, UpstreamConfig, UpstreamFormat};
 
 /// Exit code for an invalid configuration (EX_USAGE, as linkerd2-proxy).
 /// systemd's `RestartPreventExitStatus=` names it so a bad config is not

@@ -33,6 +33,20 @@ pub enum Compression {
     None,
 }
 
+/// What a 401 or 403 answer does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuthFailures {
+    /// Retried with backoff like an outage (spooled after `spool_after_ms`):
+    /// refused credentials are a configuration problem, not a bad batch, so
+    /// nothing is set aside while the token is fixed (then `systemctl
+    /// reload`).
+    #[default]
+    Retry,
+    /// Dead-lettered like any other 4xx.
+    DeadLetter,
+}
+
 /// The `[upstream]` section.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -108,7 +122,11 @@ pub struct UpstreamConfig {
     /// reading pauses.
     #[serde(default = "default_spool_after_ms")]
     pub spool_after_ms: u64,
-    /// Poison batches (4xx other than 408/413/429) are written here;
+    /// 401/403 answers: `retry` (default) or `dead_letter`.
+    #[serde(default)]
+    pub auth_failures: AuthFailures,
+    /// Poison batches (4xx other than 408/413/429, and 401/403 with
+    /// `auth_failures = "dead_letter"`) are written here;
     /// default `<state_dir>/dead-letter.ndjson`.
     #[serde(default)]
     pub dead_letter_file: Option<PathBuf>,

@@ -55,6 +55,9 @@ pub struct SinkControls {
     /// [`channel::ChannelHandle::set_token`] for a reload, and
     /// [`channel::ChannelHandle::shutdown`].
     pub channel: Option<channel::ChannelHandle>,
+    /// The upstream sink, when `[upstream]` is configured:
+    /// [`upstream::UpstreamHandle::reconfigure`] for a reload.
+    pub upstream: Option<upstream::UpstreamHandle>,
 }
 
 /// Starts every sink the config names and registers its queue on `fanout`.
@@ -75,7 +78,9 @@ pub async fn start_all_with_controls(
         handles.push(file::start(c, ctx, fanout).await?);
     }
     if let Some(c) = &cfg.upstream {
-        handles.push(upstream::start(c, ctx, fanout).await?);
+        let (h, up) = upstream::start(c, ctx, fanout).await?;
+        handles.push(h);
+        controls.upstream = Some(up);
     }
     if let Some(c) = &cfg.channel {
         let (h, ch) = channel::start(c, ctx, fanout).await?;

@@ -586,3 +586,60 @@ fn sighup_applies_new_lookup_tables_to_records_read_after_it() {
         assert!(!name.is_empty(), "a record read after the reload lacks its service name: {r}");
     }
 }
+
+#[test]
+fn sighup_switches_upstream_url_and_credentials_losing_and_repeating_nothing() {
+    use crate::support_upstream::{Collector, Format};
+    let site = Site::new();
+    let (first_collector, second_collector) = (Collector::start(Format::Ndjson), Collector::start(Format::Ndjson));
+    site.simulate("a", 30, 51);
+    let config = site.write_config(&["a"]);
+    let base = std::fs::read_to_string(&config).expect("read config");
+    let token_file = site.path("upstream.token");
+    let with_upstream = |url: &str| {
+        format!("{base}\n[upstream]\nurl = {url:?}\nbearer_token_file = {token_file:?}\nflush_interval_ms = 20\ncompression = \"none\"\n")
+    };
+    std::fs::write(&token_file, "first-secret-1111\n").expect("write token");
+    std::fs::write(&config, with_upstream(&first_collector.url("/in"))).expect("write config");
+
+    let mut notify = NotifySocket::bind(&site);
+    let mut child = start(&site, &config, &[("NOTIFY_SOCKET", notify.path.to_str().expect("utf-8"))]);
+    notify.wait_for("READY=1", Duration::from_secs(30));
+    let first = site.expected(&["a"]);
+    support::poll_until(Duration::from_secs(30), "the first records upstream", || {
+        let got = first_collector.delivered_set();
+        first.iter().all(|u| got.contains(u)).then_some(())
+    });
+
+    // A new collector URL, and a new token (only the token file's content).
+    std::fs::write(&token_file, "second-secret-2222\n").expect("write token");
+    std::fs::write(&config, with_upstream(&second_collector.url("/in"))).expect("write config");
+    signal(&child, "HUP");
+    notify.wait_for("RELOADING=1", Duration::from_secs(10));
+    notify.wait_for("READY=1", Duration::from_secs(30));
+    site.simulate("a", 30, 52);
+    let all = site.expected(&["a"]);
+    let second: BTreeSet<String> = all.difference(&first).cloned().collect();
+    assert!(!second.is_empty());
+    support::poll_until(Duration::from_secs(30), "the later records at the new URL", || {
+        let got = second_collector.delivered_set();
+        second.iter().all(|u| got.contains(u)).then_some(())
+    });
+    signal(&child, "TERM");
+    assert_eq!(wait_exit(&mut child, Duration::from_secs(40)), 0, "{}", site.stderr());
+
+    for (c, want) in [(&first_collector, "Bearer first-secret-1111"), (&second_collector, "Bearer second-secret-2222")] {
+        for r in c.received() {
+            assert_eq!(r.headers.get("authorization").map(String::as_str), Some(want), "credentials of a request to {}", r.path);
+        }
+    }
+    let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+    for u in first_collector.delivered_uuids().into_iter().chain(second_collector.delivered_uuids()) {
+        *counts.entry(u).or_insert(0) += 1;
+    }
+    assert_eq!(counts.keys().cloned().collect::<BTreeSet<_>>(), all, "every record upstream, nothing else");
+    assert!(counts.values().all(|&n| n == 1), "a record was sent twice: {:?}", counts.iter().filter(|(_, &n)| n > 1).collect::<Vec<_>>());
+    let log = site.stderr();
+    assert!(log.contains("upstream: settings reloaded"), "{log}");
+    assert!(!log.contains("first-secret") && !log.contains("second-secret"), "a token was logged");
+}

@@ -24,6 +24,8 @@ pub(crate) struct Harness {
     fanout: Option<Fanout>,
     /// The sink task.
     handle: Option<SinkHandle>,
+    /// Reconfigures the running sink (as a reload does).
+    pub(crate) control: upstream::UpstreamHandle,
     /// Ids of acknowledged pipeline batches, in ack order.
     acked: Arc<Mutex<Vec<usize>>>,
     /// Batches sent so far.
@@ -71,10 +73,11 @@ impl Harness {
         let shutdown = CancellationToken::new();
         let ctx = SinkContext { state_dir: state_dir.to_path_buf(), shutdown: shutdown.clone(), telemetry: telemetry.clone() };
         let mut fanout = Fanout::new();
-        let handle = upstream::start(cfg, &ctx, &mut fanout).await.expect("start upstream sink");
+        let (handle, control) = upstream::start(cfg, &ctx, &mut fanout).await.expect("start upstream sink");
         Harness {
             fanout: Some(fanout),
             handle: Some(handle),
+            control,
             acked: Arc::new(Mutex::new(Vec::new())),
             sent: 0,
             stats: telemetry.sink(upstream::NAME),
@@ -157,6 +160,39 @@ async fn ndjson_gzip_with_auth_and_headers_delivers_everything() {
     assert_eq!(h.stats.delivered_records.load(Ordering::Relaxed), 1000);
     assert_eq!(h.stats.queued_records.load(Ordering::Relaxed), 0);
     assert_eq!(h.stats.oldest_pending_observed_ms.load(Ordering::Relaxed), 0);
+    h.close().await;
+}
+
+#[tokio::test]
+async fn new_settings_take_over_a_request_being_retried() {
+    let dir = tempfile::tempdir().unwrap();
+    let (old, new) = (Collector::start(Format::Ndjson), Collector::start(Format::Ndjson));
+    old.set_down(true);
+    let cfg = config(&old.url("/old"), "bearer_token = \"old-t\"\nbatch_max_records = 40\nspool_max_bytes = 0\n");
+    let mut h = Harness::start(&cfg, dir.path()).await;
+    h.send(0..100, 25).await;
+    wait_for("retries against the unreachable collector", Duration::from_secs(10), || h.stats.retries.load(Ordering::Relaxed) >= 2).await;
+    assert_eq!(h.acked(), 0);
+    // As a reload does: the new URL, token, compression and batch size.
+    let next = config(&new.url("/new"), "bearer_token = \"new-t\"\ncompression = \"none\"\nbatch_max_records = 7\nspool_max_bytes = 0\n");
+    h.control.reconfigure(upstream::Live::build(&next).unwrap());
+    h.send(100..150, 25).await;
+    h.wait_acked(h.sent, Duration::from_secs(20)).await;
+    expect_all(&new, 150);
+    assert!(old.delivered_uuids().is_empty());
+    let uuids = new.delivered_uuids();
+    assert_eq!(uuids.len(), 150, "nothing sent twice");
+    for r in new.received() {
+        assert_eq!(r.path, "/new");
+        assert_eq!(r.headers.get("authorization").map(String::as_str), Some("Bearer new-t"));
+        // Requests built before the reload keep their records (40 at
+        // most) and the body they were encoded to (with its headers).
+        assert!(documents(Format::Ndjson, &r.body).len() <= 40);
+    }
+    let after: Vec<_> =
+        new.received().into_iter().filter(|r| documents(Format::Ndjson, &r.body).iter().any(|d| d["request_uuid"] == "u-000149")).collect();
+    assert!(documents(Format::Ndjson, &after[0].body).len() <= 7, "batches built after the reload use the new batch size");
+    assert!(!after[0].headers.contains_key("content-encoding"), "and the new compression");
     h.close().await;
 }
 
@@ -271,6 +307,36 @@ async fn poison_batch_goes_to_the_dead_letter_file_and_the_stream_moves_on() {
     assert_eq!(ids, (10..20).map(|i| format!("u-{i:06}")).collect::<Vec<_>>());
     assert_eq!(h.stats.dead_lettered_records.load(Ordering::Relaxed), 10);
     assert_eq!(h.stats.delivered_records.load(Ordering::Relaxed), 90);
+    h.close().await;
+}
+
+#[tokio::test]
+async fn refused_credentials_are_retried_not_dead_lettered_by_default() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = Collector::start(Format::Ndjson);
+    c.script([Fault::Status(401, "token expired".into()), Fault::Status(403, "forbidden".into())]);
+    let cfg = config(&c.url("/"), "batch_max_records = 10\nmax_in_flight = 1\n");
+    let mut h = Harness::start(&cfg, dir.path()).await;
+    h.send(0..30, 10).await;
+    h.wait_acked(h.sent, Duration::from_secs(20)).await;
+    expect_all(&c, 30);
+    assert_eq!(h.stats.dead_lettered_records.load(Ordering::Relaxed), 0);
+    assert_eq!(h.stats.retries.load(Ordering::Relaxed), 2);
+    assert!(!dir.path().join("dead-letter.ndjson").exists());
+    h.close().await;
+
+    // `auth_failures = "dead_letter"`: like any other 4xx.
+    let dir = tempfile::tempdir().unwrap();
+    let c = Collector::start(Format::Ndjson);
+    c.script([Fault::Status(401, "token expired".into())]);
+    let cfg = config(&c.url("/"), "batch_max_records = 10\nmax_in_flight = 1\nauth_failures = \"dead_letter\"\n");
+    let mut h = Harness::start(&cfg, dir.path()).await;
+    h.send(0..30, 10).await;
+    h.wait_acked(h.sent, Duration::from_secs(20)).await;
+    assert_eq!(h.stats.dead_lettered_records.load(Ordering::Relaxed), 10);
+    assert_eq!(c.delivered_set().len(), 20);
+    let dl = std::fs::read_to_string(dir.path().join("dead-letter.ndjson")).unwrap();
+    assert!(dl.contains("\"status\":401"), "{dl}");
     h.close().await;
 }
 

@@ -11,7 +11,7 @@ use std::time::Duration;
 use anyhow::Context;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue, AUTHORIZATION, CONTENT_ENCODING, CONTENT_TYPE, RETRY_AFTER};
 
-use crate::config::{UpstreamAuth, UpstreamConfig};
+use crate::config::{AuthFailures, UpstreamAuth, UpstreamConfig};
 
 /// How much of an error response body is kept for logs and the dead-letter
 /// file.
@@ -93,7 +93,14 @@ pub fn client(cfg: &UpstreamConfig) -> anyhow::Result<reqwest::Client> {
 }
 
 /// Sends one body and classifies the answer.
-pub async fn attempt(client: &reqwest::Client, url: &str, content_type: &str, encoding: Option<&str>, body: bytes::Bytes) -> Outcome {
+pub async fn attempt(
+    client: &reqwest::Client,
+    url: &str,
+    content_type: &str,
+    encoding: Option<&str>,
+    body: bytes::Bytes,
+    auth_failures: AuthFailures,
+) -> Outcome {
     let mut req = client.post(url).header(CONTENT_TYPE, content_type).body(body);
     if let Some(e) = encoding {
         req = req.header(CONTENT_ENCODING, e);
@@ -116,6 +123,10 @@ pub async fn attempt(client: &reqwest::Client, url: &str, content_type: &str, en
     match code {
         413 => Outcome::TooLarge,
         408 | 429 => Outcome::Retry { reason: format!("HTTP {code}"), after },
+        401 | 403 if auth_failures == AuthFailures::Retry => Outcome::Retry {
+            reason: format!("HTTP {code}: the collector refuses the credentials (fix them, then `systemctl reload`)"),
+            after,
+        },
         400..=499 => Outcome::Poison { status: code, body },
         // 5xx, and 1xx/3xx which a POST to a collector should never get.
         _ => Outcome::Retry { reason: format!("HTTP {code}: {}", body.chars().take(200).collect::<String>()), after },

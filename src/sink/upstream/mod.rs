@@ -44,7 +44,7 @@ mod spool;
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit, Semaphore};
@@ -69,12 +69,13 @@ pub const NAME: &str = "upstream";
 const RECHECK: Duration = Duration::from_millis(50);
 
 /// Starts the upstream sink and registers its queue on `fanout`.
-pub async fn start(cfg: &UpstreamConfig, ctx: &SinkContext, fanout: &mut Fanout) -> anyhow::Result<SinkHandle> {
+pub async fn start(cfg: &UpstreamConfig, ctx: &SinkContext, fanout: &mut Fanout) -> anyhow::Result<(SinkHandle, UpstreamHandle)> {
     let (tx, rx) = super::queue();
     let up = Upstream::new(cfg, ctx).await?;
+    let handle = UpstreamHandle { shared: up.shared.clone() };
     fanout.add(NAME, tx);
     let task = tokio::spawn(up.run(rx));
-    Ok(SinkHandle { name: NAME, task })
+    Ok((SinkHandle { name: NAME, task }, handle))
 }
 
 /// The name of a format in paths and the dead-letter file.
@@ -208,15 +209,8 @@ impl Builder {
 
 /// State shared by the batcher, the spool drainer and the senders.
 struct Shared {
-    /// The configuration.
-    cfg: UpstreamConfig,
-    /// The HTTP client (auth, TLS, headers).
-    client: reqwest::Client,
-    /// The URL as logs show it (no user info, no query: they may hold
-    /// credentials).
-    log_url: String,
-    /// Body encoder.
-    encoder: Encoder,
+    /// The settings in force; a reload replaces them ([`UpstreamHandle`]).
+    live: RwLock<Arc<Live>>,
     /// Sink statistics.
     stats: SinkStats,
     /// Where poison batches go.
@@ -240,6 +234,97 @@ struct Shared {
     tracker: TaskTracker,
 }
 
+/// The settings of a running upstream sink that a reload replaces: the
+/// configuration with the HTTP client built from it (URL, headers,
+/// credentials read from their files, TLS) and the body encoder. Requests
+/// use the settings in force when they are built (batch limits, encoding)
+/// or sent (URL, client, timeouts, backoff): a request being retried
+/// switches to the new URL and credentials at its next attempt.
+pub struct Live {
+    /// The configuration.
+    cfg: UpstreamConfig,
+    /// The HTTP client (auth, TLS, headers).
+    client: reqwest::Client,
+    /// The URL as logs show it (no user info, no query: they may hold
+    /// credentials).
+    log_url: String,
+    /// Body encoder.
+    encoder: Encoder,
+}
+
+impl Live {
+    /// Builds the client and encoder for `cfg`: reads the CA, client
+    /// certificate and credential files (blocking file I/O). The error
+    /// names the key.
+    pub fn build(cfg: &UpstreamConfig) -> anyhow::Result<Live> {
+        let client = http::client(cfg)?;
+        let encoder = Encoder {
+            format: cfg.format,
+            compression: cfg.compression,
+            gzip_level: cfg.gzip_level,
+            elasticsearch_index: cfg.elasticsearch_index.clone(),
+            splunk_sourcetype: cfg.splunk_sourcetype.clone(),
+        };
+        Ok(Live { cfg: cfg.clone(), client, log_url: http::redact_url(&cfg.url), encoder })
+    }
+
+    /// The URL as logs show it (no credentials).
+    pub fn url_for_logs(&self) -> &str {
+        &self.log_url
+    }
+}
+
+/// Keys of `[upstream]` that are fixed while the sink runs (the spool's
+/// directory and bound, the dead-letter file, the sender permits, the
+/// encoding of records already batched or spooled): a change applies only
+/// after a restart. Everything else a reload applies live.
+pub fn restart_keys(old: &UpstreamConfig, new: &UpstreamConfig) -> Vec<&'static str> {
+    let mut keys = Vec::new();
+    if old.format != new.format {
+        keys.push("upstream.format");
+    }
+    if old.max_in_flight != new.max_in_flight {
+        keys.push("upstream.max_in_flight");
+    }
+    if old.spool_max_bytes != new.spool_max_bytes {
+        keys.push("upstream.spool_max_bytes");
+    }
+    if old.dead_letter_file != new.dead_letter_file {
+        keys.push("upstream.dead_letter_file");
+    }
+    keys
+}
+
+/// `new` with the keys of [`restart_keys`] taken from `running`: the
+/// configuration a reload puts in force.
+pub fn live_config(running: &UpstreamConfig, new: &UpstreamConfig) -> UpstreamConfig {
+    UpstreamConfig {
+        format: running.format,
+        max_in_flight: running.max_in_flight,
+        spool_max_bytes: running.spool_max_bytes,
+        dead_letter_file: running.dead_letter_file.clone(),
+        ..new.clone()
+    }
+}
+
+/// Controls a running upstream sink (reload).
+#[derive(Clone)]
+pub struct UpstreamHandle {
+    shared: Arc<Shared>,
+}
+
+impl UpstreamHandle {
+    /// Puts new settings in force (see [`Live`]); the keys of
+    /// [`restart_keys`] keep their running values.
+    pub fn reconfigure(&self, new: Live) {
+        let mut slot = self.shared.live.write().unwrap_or_else(|e| e.into_inner());
+        let cfg = live_config(&slot.cfg, &new.cfg);
+        let encoder = Encoder { format: cfg.format, ..new.encoder };
+        tracing::info!(url = %new.log_url, "upstream: settings reloaded; requests use them from their next attempt");
+        *slot = Arc::new(Live { cfg, encoder, ..new });
+    }
+}
+
 /// The upstream sink.
 pub struct Upstream {
     /// Shared state.
@@ -252,13 +337,9 @@ impl Upstream {
     /// Builds the client and opens the spool (indexing what a previous run
     /// left there; it is sent first).
     pub async fn new(cfg: &UpstreamConfig, ctx: &SinkContext) -> anyhow::Result<Upstream> {
-        let client = http::client(cfg)?;
-        let encoder = Encoder {
-            format: cfg.format,
-            compression: cfg.compression,
-            gzip_level: cfg.gzip_level,
-            elasticsearch_index: cfg.elasticsearch_index.clone(),
-            splunk_sourcetype: cfg.splunk_sourcetype.clone(),
+        let live = {
+            let c = cfg.clone();
+            tokio::task::spawn_blocking(move || Live::build(&c)).await??
         };
         let stats = ctx.telemetry.sink(NAME);
         let spool = if cfg.spool_max_bytes > 0 {
@@ -278,10 +359,7 @@ impl Upstream {
         };
         let dead_letter_path = cfg.dead_letter_file.clone().unwrap_or_else(|| ctx.state_dir.join("dead-letter.ndjson"));
         let shared = Arc::new(Shared {
-            cfg: cfg.clone(),
-            client,
-            log_url: http::redact_url(&cfg.url),
-            encoder,
+            live: RwLock::new(Arc::new(live)),
             stats,
             dead_letter_path,
             spool,
@@ -333,7 +411,8 @@ impl Upstream {
                 },
             }
         }
-        let grace = Duration::from_millis(sh.cfg.shutdown_grace_ms);
+        let grace_ms = sh.live().cfg.shutdown_grace_ms;
+        let grace = Duration::from_millis(grace_ms);
         let deadline = Instant::now() + grace;
         if closed {
             if let Some(req) = b.take() {
@@ -347,7 +426,7 @@ impl Upstream {
             tokio::select! {
                 _ = sh.tracker.wait() => {}
                 _ = tokio::time::sleep_until(deadline) => {
-                    tracing::warn!(grace_ms = sh.cfg.shutdown_grace_ms, "upstream: shutdown grace period over with requests still pending");
+                    tracing::warn!(grace_ms, "upstream: shutdown grace period over with requests still pending");
                 }
                 _ = shutdown.cancelled() => {}
             }
@@ -370,11 +449,16 @@ impl Upstream {
 }
 
 impl Shared {
+    /// The settings in force.
+    fn live(&self) -> Arc<Live> {
+        self.live.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
     /// True when upstream has been failing for `spool_after_ms` and the
     /// spool is enabled: requests go to disk rather than wait in memory.
     fn in_outage(&self) -> bool {
         let since = self.failing_since_ms.load(Ordering::Relaxed);
-        self.spool.is_some() && since != 0 && now_ms() - since >= self.cfg.spool_after_ms as i64
+        self.spool.is_some() && since != 0 && now_ms() - since >= self.live().cfg.spool_after_ms as i64
     }
 
     fn spool_has_untaken(&self) -> bool {
@@ -384,7 +468,7 @@ impl Shared {
     /// An attempt failed: start the outage clock.
     fn failing(&self, reason: &str) {
         if self.failing_since_ms.compare_exchange(0, now_ms(), Ordering::Relaxed, Ordering::Relaxed).is_ok() {
-            tracing::warn!(url = %self.log_url, reason, "upstream: delivery failing; retrying with backoff");
+            tracing::warn!(url = %self.live().log_url, reason, "upstream: delivery failing; retrying with backoff");
         }
     }
 
@@ -392,7 +476,7 @@ impl Shared {
     fn healthy(&self) {
         let since = self.failing_since_ms.swap(0, Ordering::Relaxed);
         if since != 0 {
-            tracing::info!(url = %self.log_url, failing_ms = now_ms() - since, "upstream: answering again");
+            tracing::info!(url = %self.live().log_url, failing_ms = now_ms() - since, "upstream: answering again");
         }
     }
 
@@ -426,14 +510,16 @@ impl Shared {
         lock(&self.pending).insert((batch.observed_ms, id));
         self.update_oldest();
         let p = Arc::new(Pending { batch, id, remaining: AtomicUsize::new(n) });
-        let (max_records, max_bytes) = (self.cfg.batch_max_records, self.cfg.batch_max_bytes);
+        let live = self.live();
+        let (cfg, encoder) = (&live.cfg, &live.encoder);
+        let (max_records, max_bytes) = (cfg.batch_max_records, cfg.batch_max_bytes);
         for r in p.batch.records.iter() {
             if b.units.is_empty() {
-                *flush_at = Some(Instant::now() + Duration::from_millis(self.cfg.flush_interval_ms));
+                *flush_at = Some(Instant::now() + Duration::from_millis(cfg.flush_interval_ms));
             }
-            self.encoder.push(r, &mut b.units);
+            encoder.push(r, &mut b.units);
             b.note(&p);
-            let size = |u: &Units| u.buf.len() + self.encoder.framing_bytes(u.len());
+            let size = |u: &Units| u.buf.len() + encoder.framing_bytes(u.len());
             if b.units.len() > 1 && size(&b.units) > max_bytes {
                 // This record overflows the request: send the others, and
                 // start the next request with it.
@@ -444,8 +530,8 @@ impl Shared {
                         return false;
                     }
                 }
-                *flush_at = Some(Instant::now() + Duration::from_millis(self.cfg.flush_interval_ms));
-                self.encoder.push(r, &mut b.units);
+                *flush_at = Some(Instant::now() + Duration::from_millis(cfg.flush_interval_ms));
+                encoder.push(r, &mut b.units);
                 b.note(&p);
             }
             if b.units.len() >= max_records || size(&b.units) >= max_bytes {
@@ -500,7 +586,9 @@ impl Shared {
         'requests: while let Some(mut r) = stack.pop() {
             let mut attempt: u32 = 0;
             let units = r.units.clone();
-            let enc = self.encoder.clone();
+            // The encoder in force now encodes the body; its headers go with it.
+            let enc = self.live().encoder.clone();
+            let (content_type, content_encoding) = (enc.content_type(), enc.content_encoding());
             let body = match tokio::task::spawn_blocking(move || enc.body(&units)).await {
                 Ok(b) => bytes::Bytes::from(b),
                 Err(e) => {
@@ -509,8 +597,9 @@ impl Shared {
                 }
             };
             loop {
+                let live = self.live();
                 let outcome = tokio::select! {
-                    o = http::attempt(&self.client, &self.cfg.url, self.encoder.content_type(), self.encoder.content_encoding(), body.clone()) => o,
+                    o = http::attempt(&live.client, &live.cfg.url, content_type, content_encoding, body.clone(), live.cfg.auth_failures) => o,
                     _ = self.abandon.cancelled() => {
                         stack.push(r);
                         return self.give_up_all(stack).await;
@@ -552,7 +641,7 @@ impl Shared {
                         self.stats.retried();
                         self.failing(&reason);
                         if attempt == 0 || attempt.is_power_of_two() {
-                            tracing::warn!(url = %self.log_url, reason = %reason, attempt = attempt + 1, records = r.units.len(), "upstream: attempt failed; will retry");
+                            tracing::warn!(url = %live.log_url, reason = %reason, attempt = attempt + 1, records = r.units.len(), "upstream: attempt failed; will retry");
                         }
                         if r.origin == Origin::Memory && self.in_outage() {
                             match self.spool_store(r).await {
@@ -560,7 +649,7 @@ impl Shared {
                                 Err(back) => r = back,
                             }
                         }
-                        let delay = after.unwrap_or_else(|| http::backoff(attempt, self.cfg.retry_initial_ms, self.cfg.retry_max_ms));
+                        let delay = after.unwrap_or_else(|| http::backoff(attempt, live.cfg.retry_initial_ms, live.cfg.retry_max_ms));
                         attempt = attempt.saturating_add(1);
                         tokio::select! {
                             _ = tokio::time::sleep(delay) => {}
@@ -607,15 +696,16 @@ impl Shared {
     /// abandoned before it could be written (the records stay unhandled).
     async fn poison(&self, r: Request, status: u16, response: &str) -> bool {
         tracing::error!(
-            url = %self.log_url, status, records = r.units.len(),
+            url = %self.live().log_url, status, records = r.units.len(),
             response = %response.chars().take(200).collect::<String>(),
             file = %self.dead_letter_path.display(),
             "upstream: batch rejected; written to the dead-letter file"
         );
         let mut attempt = 0;
         loop {
-            let (path, url, units, resp) = (self.dead_letter_path.clone(), self.log_url.clone(), r.units.clone(), response.to_string());
-            let fmt = format_name(self.cfg.format);
+            let live = self.live();
+            let (path, url, units, resp) = (self.dead_letter_path.clone(), live.log_url.clone(), r.units.clone(), response.to_string());
+            let fmt = format_name(live.cfg.format);
             let res = tokio::task::spawn_blocking(move || dead_letter::append(&path, &url, fmt, status, &resp, &units)).await;
             match res {
                 Ok(Ok(())) => {
@@ -627,7 +717,7 @@ impl Shared {
                 }
                 Err(e) => tracing::error!(error = %e, "upstream: dead-letter task failed"),
             }
-            let delay = http::backoff(attempt, self.cfg.retry_initial_ms, self.cfg.retry_max_ms);
+            let delay = http::backoff(attempt, live.cfg.retry_initial_ms, live.cfg.retry_max_ms);
             attempt += 1;
             tokio::select! {
                 _ = tokio::time::sleep(delay) => {}
@@ -716,7 +806,7 @@ impl Shared {
             tracing::error!(
                 files = ev.files,
                 records = ev.records,
-                spool_max_bytes = self.cfg.spool_max_bytes,
+                spool_max_bytes = self.live().cfg.spool_max_bytes,
                 "upstream: spool full; DROPPED the oldest spooled records to make room (upstream has been unreachable too long)"
             );
             self.stats.dropped(ev.records);
