@@ -91,6 +91,11 @@ pub struct SimulateArgs {
     /// `request_time` = now minus this many milliseconds (simulated sync lag).
     #[arg(long, default_value_t = 0)]
     pub lag_ms: i64,
+    /// LE 6: Local Edition writes each line this many milliseconds after
+    /// its call ended (`log_ingestion`); the rest of `--lag-ms` is the
+    /// sync's (the transfer delay that `lag` reports).
+    #[arg(long, default_value_t = 0)]
+    pub write_delay_ms: i64,
     /// Random seed (same seed, same traffic).
     #[arg(long)]
     pub seed: Option<u64>,

@@ -148,11 +148,23 @@ pub struct Record<'a> {
     /// `ingestion_time - request_time_ms`, filled in by the running bridge.
     /// Negative when `request_time` lies in the future (clock skew).
     pub sync_delay_ms: Option<i64>,
+    /// When Local Edition wrote the line (epoch ms), where the format says
+    /// (LE 6 `log_ingestion`). Not part of the record's JSON: the running
+    /// bridge reports `ingestion_time - write_time_ms` per file as the
+    /// transfer delay (the part of the sync delay after the line was
+    /// written).
+    pub write_time_ms: Option<i64>,
 }
 
 impl Default for Record<'_> {
     fn default() -> Self {
-        Record { fields: std::array::from_fn(|_| Cow::Borrowed("")), request_time_ms: None, ingestion_time: None, sync_delay_ms: None }
+        Record {
+            fields: std::array::from_fn(|_| Cow::Borrowed("")),
+            request_time_ms: None,
+            ingestion_time: None,
+            sync_delay_ms: None,
+            write_time_ms: None,
+        }
     }
 }
 
@@ -215,6 +227,7 @@ impl<'a> Record<'a> {
             request_time_ms: self.request_time_ms,
             ingestion_time: self.ingestion_time,
             sync_delay_ms: self.sync_delay_ms,
+            write_time_ms: self.write_time_ms,
         }
     }
 

@@ -315,6 +315,9 @@ static OUTCOMES: &[(u32, Outcome)] = &[
 pub struct SimCall {
     /// When the call reached the traffic manager (epoch ms).
     request_ms: i64,
+    /// When Local Edition wrote its line (epoch ms): the call's end plus
+    /// the generator's write delay, at the latest the time it was made.
+    written_ms: i64,
     /// Unique id (UUID v4 from the seeded generator).
     request_uuid: String,
     /// The service called.
@@ -379,6 +382,9 @@ pub struct Generator {
     rng: StdRng,
     /// Quota counter per key (index into [`KEYS`]).
     quota: Vec<u32>,
+    /// How long after a call ends Local Edition writes its line (LE 6
+    /// `log_ingestion`), ms.
+    write_delay_ms: i64,
 }
 
 /// Picks an index by weight.
@@ -397,7 +403,15 @@ fn pick_weighted(rng: &mut StdRng, weights: impl Iterator<Item = u32> + Clone) -
 impl Generator {
     /// A generator; the same seed gives the same sequence of calls.
     pub fn new(seed: u64) -> Generator {
-        Generator { rng: StdRng::seed_from_u64(seed), quota: vec![0; KEYS.len()] }
+        Generator { rng: StdRng::seed_from_u64(seed), quota: vec![0; KEYS.len()], write_delay_ms: 0 }
+    }
+
+    /// Local Edition writes each line this long after the call ended (the
+    /// line's write time, LE 6 `log_ingestion`; never later than the
+    /// `now_ms` of [`Generator::next_call`]). The rest of the lag is the
+    /// sync's (the transfer delay).
+    pub fn set_write_delay_ms(&mut self, ms: i64) {
+        self.write_delay_ms = ms;
     }
 
     fn uuid_v4(&mut self) -> String {
@@ -502,8 +516,10 @@ impl Generator {
         let ssl = u8::from(rng.random_bool(0.9));
         let names_missing = rng.random_bool(0.05);
         let request_uuid = self.uuid_v4();
+        let request_ms = now_ms - lag_ms;
         SimCall {
-            request_ms: now_ms - lag_ms,
+            request_ms,
+            written_ms: (request_ms + exec_ms as i64 + self.write_delay_ms).min(now_ms),
             request_uuid,
             service,
             endpoint,
@@ -672,7 +688,7 @@ impl SimCall {
     }
 
     fn render_le6(&self) -> String {
-        let written_ms = self.request_ms + self.exec_ms as i64;
+        let written_ms = self.written_ms;
         let (y, mo, d, h, mi, s, ms) = civil(written_ms);
         let (ry, rmo, rd, rh, rmi, rs, _) = civil(self.request_ms);
         let names = self.enriched_names();
@@ -826,6 +842,7 @@ impl SimCall {
     /// ecle-csv / ecls, `0.09` in le-json). Per format:
     /// - `le6`: api key and service id from `request_id` (key empty for a
     ///   call without key); names as written (`-` where absent);
+    ///   `write_time_ms` from `log_ingestion`;
     /// - `le5-csv`: no organization columns (empty); `api_key` = `unknown`
     ///   for a call without key;
     /// - `le-json`: raw lines: every name, `plan_uuid`, `package_uuid` and
@@ -879,6 +896,9 @@ impl SimCall {
             set(f, v.to_string());
         }
         r.set_request_time_ms(self.request_ms);
+        if format == Format::Le6 {
+            r.write_time_ms = Some(self.written_ms);
+        }
         r
     }
 }
@@ -900,6 +920,9 @@ pub struct SimOptions {
     pub gzip_rotated: bool,
     /// `request_time` = now minus this.
     pub lag_ms: i64,
+    /// Local Edition writes a line this long after its call ended (the
+    /// LE 6 write time); the rest of `lag_ms` is the sync's.
+    pub write_delay_ms: i64,
     /// Random seed.
     pub seed: u64,
     /// Write `rate × duration` lines as fast as possible.
@@ -919,6 +942,7 @@ impl SimOptions {
             rotate_bytes: None,
             gzip_rotated: false,
             lag_ms: 0,
+            write_delay_ms: 0,
             seed: 1,
             burst: false,
             keep_rotated: 10,
@@ -1158,6 +1182,7 @@ pub fn run(opts: &SimOptions, stop: &AtomicBool) -> Result<SimSummary, SimError>
     let header = (opts.format == Format::Le5Csv).then(le5_csv_header);
     let mut out = Output::open(opts.dir.join(name), header, opts)?;
     let mut gen = Generator::new(opts.seed);
+    gen.set_write_delay_ms(opts.write_delay_ms);
     let bounded = opts.duration_secs > 0.0;
     let total = if bounded { (opts.rate * opts.duration_secs).round() as u64 } else { u64::MAX };
     let mut written = 0u64;

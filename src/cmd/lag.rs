@@ -305,6 +305,11 @@ pub fn render_table(st: &Status, base: &str) -> String {
             vec![["FILE", "STATE", "BEHIND", "SYNC p50", "SYNC p95", "SYNC max", "NEG", "RECORDS", "REJECTS", "WATERMARK", "LAST READ"]
                 .map(String::from)
                 .to_vec()];
+        // Where lines carry their write time (LE 6): the sync's own share.
+        let transfer = st.files.iter().any(|f| f.transfer_delay_ms.is_some());
+        if transfer {
+            rows[0].insert(6, "TRANSFER p95".into());
+        }
         for f in &st.files {
             let d = f.sync_delay_ms;
             let state = match f.state {
@@ -324,6 +329,9 @@ pub fn render_table(st: &Status, base: &str) -> String {
                 f.watermark.clone().unwrap_or_else(|| "-".into()),
                 f.last_read_age_ms.map_or_else(|| "never".into(), |a| format!("{} ago", human_ms(a))),
             ]);
+            if transfer {
+                rows.last_mut().expect("a row was just pushed").insert(6, opt_ms(f.transfer_delay_ms.map(|d| d.p95)));
+            }
         }
         out.push_str(&columns(&rows));
     }

@@ -24,6 +24,7 @@ pub fn run(args: SimulateArgs) -> anyhow::Result<i32> {
         rotate_bytes: args.rotate_bytes,
         gzip_rotated: args.gzip_rotated,
         lag_ms: args.lag_ms,
+        write_delay_ms: args.write_delay_ms,
         seed: args.seed.unwrap_or_else(|| crate::time::now_ms() as u64),
         burst: args.burst,
         keep_rotated: 10,

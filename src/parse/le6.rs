@@ -47,6 +47,7 @@ const SSL_ENABLED: usize = 30;
 const QUOTA_VALUE: usize = 33;
 const THROTTLE_VALUE: usize = 36;
 const CLIENT_TRANSFER_TIME: usize = 46;
+const LOG_INGESTION: usize = 49;
 const SERVICE_NAME: usize = 52;
 const SERVICE_DEFINITION_ENDPOINT_UUID: usize = 53;
 const ENDPOINT_NAME: usize = 54;
@@ -326,6 +327,9 @@ pub fn parse<'a>(line: &'a str, out: &mut Vec<Record<'a>>) -> Result<LineKind, R
             ));
         }
     }
+    // The line's own write time; informational, so a value that is not a
+    // plausible epoch in ms (older builds write `-` or 0) is left out.
+    rec.write_time_ms = toks.str(line, LOG_INGESTION).parse::<i64>().ok().filter(|&t| t > 1_000_000_000_000);
     normalize::finish(&mut rec, normalize::FINISH_LE6)?;
     out.push(rec);
     Ok(LineKind::Records(1))
@@ -363,6 +367,18 @@ mod tests {
             }
             (g, e) => panic!("{input:?}: got {g:?}, expected {e:?}"),
         }
+    }
+
+    #[test]
+    fn log_ingestion_is_the_write_time() {
+        let mut out = Vec::new();
+        parse(SAMPLE, &mut out).unwrap();
+        assert_eq!(out[0].write_time_ms, Some(1_707_986_837_388));
+        assert_eq!(out[0].request_time_ms, Some(1_707_986_837_343));
+        let zero = SAMPLE.replace(" local 1707986837388 ", " local 0 ");
+        let mut out = Vec::new();
+        parse(&zero, &mut out).unwrap();
+        assert_eq!(out[0].write_time_ms, None, "no plausible write time: left out, not a reject");
     }
 
     #[test]

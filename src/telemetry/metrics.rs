@@ -23,6 +23,8 @@
 //! | `partial_lines_total` | counter | [file] | partial last lines emitted (file rotated away or deleted before the newline) |
 //! | `sync_delay_seconds` | histogram | [file] | observed − request_time, 5 ms … 4 h buckets |
 //! | `sync_delay_window_seconds` | gauge | stat, [file] | p50 / p95 / max over the window, files not idle |
+//! | `transfer_delay_seconds` | histogram | [file] | observed − the line's write time (LE 6), same buckets |
+//! | `transfer_delay_window_seconds` | gauge | stat, [file] | p50 / p95 / max over the window, files not idle |
 //! | `bytes_behind` | gauge | [file] | size − offset |
 //! | `watermark_timestamp_seconds` | gauge | file | newest request_time read (per-file mode only) |
 //! | `delivery_delay_seconds` | histogram | sink | delivered − observed; for `channel`, per record written to a client |
@@ -164,10 +166,14 @@ impl Collector for TelemetryCollector {
         let mut negative = Vec::new();
         let mut partial = Vec::new();
         let mut hist = Vec::new();
+        let mut thist = Vec::new();
+        let mut twindow = Vec::new();
         let mut behind = Vec::new();
         let mut window = Vec::new();
         let mut watermark = Vec::new();
         let mut agg_hist = retired.sync_delay.clone();
+        let mut agg_thist = retired.transfer_delay.clone();
+        let mut agg_twindow = Vec::new();
         let mut agg_rejects = retired.rejects.clone();
         let (mut agg_records, mut agg_negative, mut agg_behind) = (retired.records, retired.negative_delays, 0u64);
         let mut agg_partial = retired.partial_lines;
@@ -176,6 +182,7 @@ impl Collector for TelemetryCollector {
             let st = f.status(now, s);
             *by_state.entry(st.state).or_default() += 1.0;
             let h = f.sync_delay_histogram();
+            let th = f.transfer_delay_histogram();
             let reasons = f.rejects_by_reason();
             if s.per_file_metrics {
                 let l = vec![("file", f.path.clone())];
@@ -186,9 +193,13 @@ impl Collector for TelemetryCollector {
                     rejects.push((vec![("file", f.path.clone()), ("reason", reason.to_string())], n));
                 }
                 hist.push((l.clone(), h));
+                thist.push((l.clone(), th));
                 behind.push((l.clone(), st.bytes_behind as f64));
                 if let Some(d) = &st.sync_delay_ms {
                     window_series(&l, d, &mut window);
+                }
+                if let Some(d) = &st.transfer_delay_ms {
+                    window_series(&l, d, &mut twindow);
                 }
                 if let Some(w) = st.watermark_ms {
                     watermark.push((l, secs(w)));
@@ -202,8 +213,12 @@ impl Collector for TelemetryCollector {
                     *agg_rejects.entry(reason).or_default() += n;
                 }
                 agg_hist.merge(&h);
+                agg_thist.merge(&th);
                 if st.state != FileState::Idle {
                     f.sync_ring.delays_since(now - s.delay_window_ms, &mut agg_window);
+                    if let Some(r) = f.transfer_ring.get() {
+                        r.delays_since(now - s.delay_window_ms, &mut agg_twindow);
+                    }
                 }
             }
         }
@@ -217,7 +232,8 @@ impl Collector for TelemetryCollector {
                 for (reason, n) in &retired.rejects {
                     rejects.push((vec![("file", String::new()), ("reason", reason.to_string())], *n));
                 }
-                hist.push((l, retired.sync_delay.clone()));
+                hist.push((l.clone(), retired.sync_delay.clone()));
+                thist.push((l, retired.transfer_delay.clone()));
             }
         } else {
             records.push((none(), agg_records));
@@ -227,9 +243,13 @@ impl Collector for TelemetryCollector {
                 rejects.push((vec![("reason", reason.to_string())], n));
             }
             hist.push((none(), agg_hist));
+            thist.push((none(), agg_thist));
             behind.push((none(), agg_behind as f64));
             if let Some(d) = DelaySummary::of(&mut agg_window) {
                 window_series(&none(), &d, &mut window);
+            }
+            if let Some(d) = DelaySummary::of(&mut agg_twindow) {
+                window_series(&none(), &d, &mut twindow);
             }
         }
         let states: Vec<(Labels, f64)> = by_state.into_iter().map(|(st, n)| (vec![("state", st.name().to_string())], n)).collect();
@@ -254,6 +274,18 @@ impl Collector for TelemetryCollector {
             "calllog_bridge_sync_delay_window_seconds",
             "Sync delay p50, p95 and max over the recent window, files that are not idle",
             &window,
+        )?;
+        histogram(
+            &mut enc,
+            "calllog_bridge_transfer_delay_seconds",
+            "Transfer delay: observed minus the line's write time (LE 6 log_ingestion); the sync's share of the sync delay",
+            &thist,
+        )?;
+        gauge(
+            &mut enc,
+            "calllog_bridge_transfer_delay_window_seconds",
+            "Transfer delay p50, p95 and max over the recent window, files that are not idle",
+            &twindow,
         )?;
         gauge(&mut enc, "calllog_bridge_bytes_behind", "Bytes written but not read yet (size minus offset)", &behind)?;
         if s.per_file_metrics {
@@ -424,6 +456,8 @@ mod tests {
         let a = tel.file("/le/a.log");
         a.set_position_at(100, 100, T0);
         a.observed(T0, [Some(T0 - 2000), Some(T0 - 2000), Some(T0 + 50)]);
+        // Written 1.5 s after the calls: 0.5 s of the 2 s is the transfer.
+        a.written(T0, [Some(T0 - 500), Some(T0 - 500), None]);
         a.rejected_for("column_count");
         let b = tel.file("/le/b.log");
         b.set_position_at(5000, 1000, T0);
@@ -466,6 +500,16 @@ mod tests {
             other => panic!("no delivery-delay histogram: {other:?}"),
         }
         assert!(matches!(value(&m, "calllog_bridge_retries_total", &[("sink", "upstream")]), Some(Counter(v)) if v == 1.0));
+        match value(&m, "calllog_bridge_transfer_delay_seconds", &[]) {
+            Some(Histogram(h)) => {
+                let le = |b: f64| h.iter().find(|x| x.less_than == b).map(|x| x.count);
+                assert_eq!(le(0.25), Some(0.0));
+                assert_eq!(le(0.5), Some(2.0));
+                assert_eq!(le(f64::INFINITY), Some(2.0), "records without a write time are not counted");
+            }
+            other => panic!("no transfer-delay histogram: {other:?}"),
+        }
+        assert!(matches!(value(&m, "calllog_bridge_transfer_delay_window_seconds", &[("stat", "p95")]), Some(Gauge(v)) if v == 0.5));
     }
 
     #[test]

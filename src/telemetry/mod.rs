@@ -7,8 +7,7 @@
 //!   record's `request_time`, kept to the millisecond in
 //!   `Record::request_time_ms`).
 //! - **write time**: the line's own write time where the format has one
-//!   (LE 6 `log_ingestion`, the line's leading timestamp). Informational;
-//!   the delays below do not use it.
+//!   (LE 6 `log_ingestion`; `Record::write_time_ms`).
 //! - **observed**: when the bridge read the bytes of the line (the record's
 //!   `ingestion_time`, epoch ms).
 //! - **delivered**, per sink: upstream answered 2xx for the batch; the
@@ -17,6 +16,10 @@
 //!   log reached the bridge. Negative when request_time lies in the future
 //!   (clock skew between the traffic manager and this host): such delays
 //!   are counted (`negative_delays`) and kept negative, never clamped.
+//! - **transfer delay** = observed − write time (LE 6 only): the part of
+//!   the sync delay after Local Edition wrote the line, i.e. the log sync
+//!   itself; sync delay − transfer delay is how late Local Edition wrote
+//!   the line.
 //! - **delivery delay** = delivered − observed: how long the bridge itself
 //!   took to hand the record to a sink.
 //!
@@ -117,6 +120,8 @@ pub(crate) struct Retired {
     pub partial_lines: u64,
     /// Sync-delay histogram of removed files.
     pub sync_delay: HistogramSnapshot,
+    /// Transfer-delay histogram of removed files.
+    pub transfer_delay: HistogramSnapshot,
 }
 
 impl Default for Telemetry {
@@ -162,6 +167,7 @@ impl Telemetry {
                 *r.rejects.entry(reason).or_default() += n;
             }
             r.sync_delay.merge(&f.sync_hist.snapshot());
+            r.transfer_delay.merge(&f.transfer_hist.snapshot());
         }
     }
 
@@ -298,6 +304,11 @@ pub struct FileInner {
     sync_hist: DelayHistogram,
     /// Recent sync-delay samples (windowed percentiles in `/status`).
     sync_ring: SampleRing,
+    /// Transfer-delay histogram since start (records with a write time).
+    transfer_hist: DelayHistogram,
+    /// Recent transfer-delay samples; allocated when the first record with
+    /// a write time arrives (formats without one pay nothing).
+    transfer_ring: std::sync::OnceLock<SampleRing>,
     /// Rejected lines by reason name (rare: a lock is fine here).
     rejects_by_reason: Mutex<BTreeMap<&'static str, u64>>,
 }
@@ -305,6 +316,45 @@ pub struct FileInner {
 /// At most this many recent delay samples are kept per file; older samples
 /// fall out first. Bounds memory whatever the rate.
 pub const MAX_DELAY_SAMPLES: usize = delay::RING_SAMPLES;
+
+/// Transfer delays of one batch, gathered as [`FileStats::observed`]
+/// gathers sync delays: local bucket counts, ring slots claimed once.
+struct Transfer {
+    counts: [u64; delay::BUCKETS],
+    /// The ring's head when the first sample came; `None` = no sample yet.
+    head: Option<u64>,
+    samples: u64,
+    sum: i64,
+}
+
+impl Default for Transfer {
+    fn default() -> Self {
+        Transfer { counts: [0; delay::BUCKETS], head: None, samples: 0, sum: 0 }
+    }
+}
+
+impl Transfer {
+    #[inline]
+    fn add(&mut self, inner: &FileInner, time_code: u64, d: i64) {
+        let ring = inner.transfer_ring.get_or_init(|| SampleRing::with_capacity(MAX_TRANSFER_SAMPLES));
+        let head = *self.head.get_or_insert_with(|| ring.head());
+        self.counts[delay::bucket_index(d)] += 1;
+        ring.write_coded(head.wrapping_add(self.samples), time_code, d);
+        self.samples += 1;
+        self.sum = self.sum.wrapping_add(d);
+    }
+
+    fn finish(self, inner: &FileInner) {
+        if let (Some(_), Some(ring)) = (self.head, inner.transfer_ring.get()) {
+            ring.advance(self.samples);
+            inner.transfer_hist.add_counts(&self.counts);
+            inner.transfer_hist.add_sum(self.sum);
+        }
+    }
+}
+
+/// Recent transfer-delay samples kept per file (8 KiB).
+pub const MAX_TRANSFER_SAMPLES: usize = 1024;
 
 /// The reason name counted by [`FileStats::rejected`], which does not say
 /// why.
@@ -328,6 +378,8 @@ impl FileInner {
             created_ms: now_ms,
             sync_hist: DelayHistogram::default(),
             sync_ring: SampleRing::default(),
+            transfer_hist: DelayHistogram::default(),
+            transfer_ring: std::sync::OnceLock::new(),
             rejects_by_reason: Mutex::new(BTreeMap::new()),
         }
     }
@@ -420,6 +472,32 @@ impl FileStats {
         inner.last_read_ms.fetch_max(observed_ms, Ordering::Relaxed);
     }
 
+    /// [`FileStats::observed`] and [`FileStats::written`] for a batch of
+    /// records: `(request_time, write time)` of each. Two tight passes over
+    /// the records cost less than one loop doing both.
+    pub fn observed_written<I>(&self, observed_ms: i64, times_ms: I)
+    where
+        I: IntoIterator<Item = (Option<i64>, Option<i64>)>,
+        I::IntoIter: Clone,
+    {
+        let times_ms = times_ms.into_iter();
+        self.written(observed_ms, times_ms.clone().map(|(_, wt)| wt));
+        self.observed(observed_ms, times_ms.map(|(rt, _)| rt));
+    }
+
+    /// Records the transfer delays (`observed_ms` − write time) of a batch
+    /// of records, given each record's write time (None when the line has
+    /// none). Same cost model as [`FileStats::observed`].
+    pub fn written(&self, observed_ms: i64, write_times_ms: impl IntoIterator<Item = Option<i64>>) {
+        let inner = &*self.0;
+        let time_code = delay::SampleRing::time_code(observed_ms);
+        let mut transfer = Transfer::default();
+        for wt in write_times_ms.into_iter().flatten() {
+            transfer.add(inner, time_code, observed_ms - wt);
+        }
+        transfer.finish(inner);
+    }
+
     /// Counts a partial last line emitted (its file was rotated away or
     /// deleted before the newline came).
     pub fn partial_line(&self) {
@@ -447,6 +525,11 @@ impl FileStats {
     /// The sync-delay histogram since start.
     pub fn sync_delay_histogram(&self) -> HistogramSnapshot {
         self.0.sync_hist.snapshot()
+    }
+
+    /// The transfer-delay histogram since start.
+    pub fn transfer_delay_histogram(&self) -> HistogramSnapshot {
+        self.0.transfer_hist.snapshot()
     }
 }
 

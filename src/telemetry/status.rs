@@ -362,6 +362,12 @@ pub struct FileStatus {
     /// Sync delay (observed - request_time) over the recent window;
     /// `null` when idle or when no record was read in the window.
     pub sync_delay_ms: Option<DelaySummary>,
+    /// Transfer delay (observed - the line's write time) over the recent
+    /// window: the part of the sync delay after Local Edition wrote the
+    /// line. `null` when idle, or when the format has no write time (only
+    /// LE 6 lines carry one).
+    #[serde(default)]
+    pub transfer_delay_ms: Option<DelaySummary>,
 }
 
 /// One sink.
@@ -471,6 +477,13 @@ impl FileStats {
         DelaySummary::of(&mut v)
     }
 
+    /// Windowed transfer-delay percentiles at `now_ms` (ignoring idleness).
+    pub fn transfer_delay_window(&self, now_ms: i64, s: &StatusSettings) -> Option<DelaySummary> {
+        let mut v = Vec::new();
+        self.transfer_ring.get()?.delays_since(now_ms - s.delay_window_ms, &mut v);
+        DelaySummary::of(&mut v)
+    }
+
     /// The file's status at `now_ms`.
     pub fn status(&self, now_ms: i64, s: &StatusSettings) -> FileStatus {
         let size = self.size.load(Ordering::Relaxed);
@@ -479,6 +492,7 @@ impl FileStats {
         let watermark_ms = nonzero(self.watermark_ms.load(Ordering::Relaxed));
         let last_read_ms = nonzero(self.last_read_ms.load(Ordering::Relaxed));
         let sync_delay_ms = if state == FileState::Idle { None } else { self.sync_delay_window(now_ms, s) };
+        let transfer_delay_ms = if state == FileState::Idle { None } else { self.transfer_delay_window(now_ms, s) };
         FileStatus {
             path: self.path.clone(),
             state,
@@ -497,6 +511,7 @@ impl FileStats {
             last_read_age_ms: last_read_ms.map(|t| now_ms - t),
             no_progress_ms: self.no_progress_ms(now_ms),
             sync_delay_ms,
+            transfer_delay_ms,
         }
     }
 }
@@ -688,6 +703,22 @@ mod tests {
         assert_eq!(st.state, FileState::CaughtUp);
         let d = st.sync_delay_ms.unwrap();
         assert_eq!((d.max, d.samples), (250, 1), "samples older than the window are ignored");
+    }
+
+    #[test]
+    fn transfer_delay_splits_the_sync_delay_where_lines_carry_a_write_time() {
+        let tel = Telemetry::new();
+        let f = file_read_at(&tel, "/le/a.log", T0, 9_000);
+        let s = settings();
+        assert_eq!(f.status(T0 + 1, &s).transfer_delay_ms, None, "no write times: no transfer delay");
+        // Local Edition wrote the lines 1 s after the calls; the sync took 8 s.
+        f.written(T0, (0..10).map(|_| Some(T0 - 8_000)));
+        let st = f.status(T0 + 1, &s);
+        let (sync, transfer) = (st.sync_delay_ms.unwrap(), st.transfer_delay_ms.unwrap());
+        assert_eq!((sync.p95, transfer.p95, transfer.samples), (9_000, 8_000, 10));
+        assert_eq!(f.status(T0 + 60_001, &s).transfer_delay_ms, None, "idle: no old delay shown as current");
+        let json = serde_json::to_value(&st).unwrap();
+        assert_eq!(json["transfer_delay_ms"]["p95"], 8_000);
     }
 
     #[test]

@@ -77,6 +77,8 @@ pub fn fixture() -> Telemetry {
     let a = tel.file("/le/a.log");
     a.set_position_at(2048, 2048, now);
     a.observed(now, (0..10).map(|_| Some(now - 45_000)).chain([Some(now + 1500)]));
+    // Written 15 s after the calls: 30 s of the 45 s is the sync's.
+    a.written(now, (0..10).map(|_| Some(now - 30_000)));
     let b = tel.file("/le/b.log");
     b.set_position_at(4096, 4096, now - 120_000);
     b.observed(now - 120_000, (0..5).map(|_| Some(now - 720_000)));
@@ -107,7 +109,8 @@ fn table_shows_each_file_and_sink_in_human_units() {
     let row =
         |path: &str| stdout.lines().find(|l| l.starts_with(path)).unwrap_or_else(|| panic!("no row for {path}:\n{stdout}")).to_string();
     let a = row("/le/a.log");
-    assert!(a.contains("caught-up") && a.contains("45s") && a.contains("0 B"), "{a}");
+    assert!(a.contains("caught-up") && a.contains("45s") && a.contains("0 B") && a.contains("30s"), "{a}");
+    assert!(stdout.contains("TRANSFER p95"), "{stdout}");
     let b = row("/le/b.log");
     assert!(b.contains("idle") && !b.contains("10m"), "an idle file shows no delay: {b}");
     let c = row("/le/c.log");

@@ -221,12 +221,16 @@ fn end_to_end_simulated_lag_is_reported_everywhere() {
     // it at once; the bridge reads it within milliseconds (inotify). Allow
     // for write pacing and a loaded machine.
     const TOLERANCE_MS: i64 = 250;
+    // Local Edition writes each line 1 s after its call ended (LE 6
+    // log_ingestion): the transfer delay is at most LAG - WRITE_DELAY.
+    const WRITE_DELAY_MS: i64 = 1000;
     let mut bridge = Bridge::start();
     let url = bridge.url();
     support::poll_until(DEADLINE, "/readyz 200", || (get(&format!("{url}/readyz")).0 == 200).then_some(()));
 
     let out = support::cmd()
-        .args(["simulate", "--format", "le6", "--rate", "40", "--duration", "2", "--seed", "7", "--lag-ms", &LAG_MS.to_string(), "--dir"])
+        .args(["simulate", "--format", "le6", "--rate", "40", "--duration", "2", "--seed", "7", "--lag-ms", &LAG_MS.to_string()])
+        .args(["--write-delay-ms", &WRITE_DELAY_MS.to_string(), "--dir"])
         .arg(bridge.path("logs"))
         .output()
         .unwrap();
@@ -263,6 +267,11 @@ fn end_to_end_simulated_lag_is_reported_everywhere() {
         assert!((d - LAG_MS).abs() <= TOLERANCE_MS, "/status sync_delay_ms.{k} = {d}");
     }
     assert_eq!(f["negative_delays"], 0);
+    // The sync's share: the lag minus the write delay minus the call's own
+    // duration (mostly well under a second in simulated traffic).
+    let transfer = |k: &str| f["transfer_delay_ms"][k].as_i64().unwrap_or_else(|| panic!("no transfer_delay_ms.{k}: {f}"));
+    assert!(transfer("max") <= LAG_MS - WRITE_DELAY_MS + TOLERANCE_MS, "{f}");
+    assert!(transfer("p50") >= LAG_MS - WRITE_DELAY_MS - 1000, "{f}");
     let sinks: HashMap<String, serde_json::Value> =
         v["sinks"].as_array().unwrap().iter().map(|s| (s["name"].as_str().unwrap().to_string(), s.clone())).collect();
     let file_sink = sinks.values().next().expect("a sink in /status");
@@ -288,6 +297,7 @@ fn end_to_end_simulated_lag_is_reported_everywhere() {
     assert_eq!(out.status.code(), Some(0), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
     let row = stdout.lines().find(|l| l.contains("access.log")).unwrap_or_else(|| panic!("no file row:\n{stdout}"));
     assert!(row.contains("caught-up") && (row.contains("2.") || row.contains("3.")), "{row}");
+    assert!(stdout.contains("TRANSFER p95"), "LE 6 lines carry their write time:\n{stdout}");
     let out = support::cmd().args(["lag", "--max-lag", "1s", "--config"]).arg(&cfg).output().unwrap();
     assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
     let out = support::cmd().args(["lag", "--max-lag", "1m", "--config"]).arg(&cfg).output().unwrap();
