@@ -29,6 +29,10 @@ const DEMO_RATE: f64 = 50.0;
 /// The simulated sync lag: `request_time` is this far behind the write.
 const DEMO_LAG_MS: i64 = 1_500;
 
+/// Of that lag, Local Edition writes each line this long after its call
+/// (LE 6 `log_ingestion`); the rest is the sync's (the transfer delay).
+const DEMO_WRITE_DELAY_MS: i64 = 400;
+
 /// The example lookup tables, embedded so the demo needs no checkout.
 const LOOKUPS: &[(&str, &str)] = &[
     ("services.csv", include_str!("../examples/lookups/services.csv")),
@@ -73,6 +77,7 @@ impl Demo {
         opts.rotate_bytes = Some(256 * 1024);
         opts.gzip_rotated = true;
         opts.lag_ms = DEMO_LAG_MS;
+        opts.write_delay_ms = DEMO_WRITE_DELAY_MS;
         opts.seed = std::process::id() as u64;
         opts.keep_rotated = 5;
         let s = stop.clone();
@@ -125,7 +130,7 @@ fn banner(dir: &Path, status: &str, channel: &str) -> String {
     format!(
         "\n\
          calllog-bridge demo is running (Ctrl-C to stop). Simulated LE 6 traffic: {DEMO_RATE} calls/s, \
-         sync lag {DEMO_LAG_MS} ms.\n\
+         sync lag {DEMO_LAG_MS} ms, of which Local Edition writes lines {DEMO_WRITE_DELAY_MS} ms after the call.\n\
          \n  dashboard  http://{status}/#token={DEMO_TOKEN}\n\
          \x20 status     http://{status}/status   metrics http://{status}/metrics\n\
          \x20 channel    ws://{channel}/ecls/subscribe/local/local?key={DEMO_TOKEN}\n\

@@ -366,10 +366,14 @@
     }
   }
 
-  /** A file's windowed sync delay from /status (`sync_delay_ms`: {p50, p95, max, min, samples}, null when idle). */
+  /**
+   * A file's windowed sync delay from /status (`sync_delay_ms`: {p50, p95, max, min, samples}, null when idle),
+   * and the p95 of its transfer delay (`transfer_delay_ms`, LE 6 files only).
+   */
   function fileDelay(f) {
     const d = f.sync_delay_ms || {};
-    return { p50: num(d.p50), p95: num(d.p95), max: num(d.max) };
+    const t = f.transfer_delay_ms || {};
+    return { p50: num(d.p50), p95: num(d.p95), max: num(d.max), transferP95: num(t.p95) };
   }
 
   function recordFiles(st, t) {
@@ -465,7 +469,7 @@
 
   function renderFiles() {
     const files = agg.status && Array.isArray(agg.status.files) ? agg.status.files : [];
-    const rs = rows($('files').tBodies[0], files.length, 8);
+    const rs = rows($('files').tBodies[0], files.length, 9);
     files.forEach((f, i) => {
       const c = rs[i].cells;
       const s = fileSeries.get(f.path);
@@ -481,8 +485,9 @@
       setText(c[4], fmtMs(d.p50));
       setText(c[5], fmtMs(d.p95));
       setText(c[6], fmtMs(d.max));
-      setText(c[7], fmtInt(num(f.records)));
-      for (let k = 3; k < 8; k++) c[k].className = 'num';
+      setText(c[7], fmtMs(d.transferP95));
+      setText(c[8], fmtInt(num(f.records)));
+      for (let k = 3; k < 9; k++) c[k].className = 'num';
     });
   }
 

@@ -28,6 +28,8 @@ const OUT = path.resolve(process.env.E2E_OUT || path.join(root, 'target', 'e2e')
 /** Simulated sync lag (request_time = now - LAG_MS), and how far off the page may be. */
 const LAG_MS = 2500;
 const LAG_TOLERANCE_MS = 1500;
+/** Local Edition writes each simulated line this long after its call (LE 6 log_ingestion). */
+const WRITE_DELAY_MS = 1000;
 /** Every wait in this test polls with this deadline. */
 const WAIT_MS = 30000;
 
@@ -160,7 +162,7 @@ function countWritten(dir) {
 }
 
 function simulate(logs, { seed, rate, duration, burst = false }) {
-  const args = ['simulate', '--format', 'le6', '--dir', logs, '--rate', String(rate), '--duration', String(duration), '--lag-ms', String(LAG_MS), '--seed', String(seed)];
+  const args = ['simulate', '--format', 'le6', '--dir', logs, '--rate', String(rate), '--duration', String(duration), '--lag-ms', String(LAG_MS), '--write-delay-ms', String(WRITE_DELAY_MS), '--seed', String(seed)];
   if (burst) args.push('--burst');
   return runBin(args, `simulate-${seed}.log`);
 }
@@ -279,6 +281,11 @@ test('dashboard shows what was simulated and resumes after a bridge restart', { 
   // The table shows the p50 in human units ("2.50 s"); it agrees with --lag-ms too.
   const shownP50 = fileRows.map((r) => r[4]).filter((v) => /^[\d.]+ s$/.test(v)).map((v) => parseFloat(v) * 1000);
   assert.ok(shownP50.length && shownP50.every((v) => Math.abs(v - LAG_MS) <= LAG_TOLERANCE_MS), `files table p50: ${JSON.stringify(fileRows)}`);
+  // The transfer delay (the sync's share) is at most the lag minus Local Edition's write delay.
+  for (const f of withDelay) {
+    assert.ok(f.delay.transferP95 != null && f.delay.transferP95 <= LAG_MS - WRITE_DELAY_MS + 250, `file ${f.path}: transfer p95 ${f.delay.transferP95} ms`);
+  }
+  assert.ok(fileRows.some((r) => /^[\d.]+ (s|ms)$/.test(r[7])), `files table transfer p95: ${JSON.stringify(fileRows)}`);
   // Bounded memory: the live tail keeps a fixed number of records, whatever was received.
   assert.ok(s1.calls > 1000 && s1.tailKept === 1000, `tail kept ${s1.tailKept} of ${s1.calls} records`);
 

@@ -83,6 +83,7 @@ async fn status_carries_every_field_the_page_reads() {
     let file = tel.file("/var/log/le/access.log");
     file.set_position(2000, 1000);
     file.observed(now, [Some(now - 2500), Some(now - 2400)]);
+    file.written(now, [Some(now - 1500), Some(now - 1400)]);
     let sink = tel.sink("channel");
     sink.enqueued(2);
     sink.delivered(2, now, now + 3);
@@ -103,6 +104,7 @@ async fn status_carries_every_field_the_page_reads() {
         assert!(f["sync_delay_ms"][k].is_i64(), "files[].sync_delay_ms.{k}: {f}");
     }
     assert!((2400..=2600).contains(&f["sync_delay_ms"]["p50"].as_i64().unwrap()), "{f}");
+    assert!((1400..=1500).contains(&f["transfer_delay_ms"]["p95"].as_i64().unwrap()), "files[].transfer_delay_ms.p95: {f}");
     // renderSinks().
     let s = &st["sinks"][0];
     assert_eq!(s["name"], "channel");
