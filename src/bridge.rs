@@ -6,7 +6,9 @@
 //! them down in the reverse order, which is what makes shutdown lose
 //! nothing:
 //!
-//! 1. the tailers stop reading at a batch boundary (no half batch);
+//! 1. the tailers stop reading at a batch boundary (no half batch; a batch
+//!    still waiting for room in a full sink queue reached no sink and is
+//!    taken back, to be read again);
 //! 2. the fan-out is dropped, so each sink's queue closes and the sink
 //!    drains what it holds (within [`DRAIN_GRACE`], after which sinks are
 //!    told to stop now);

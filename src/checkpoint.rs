@@ -227,6 +227,29 @@ impl Checkpointer {
         Ticket { fp, seq }
     }
 
+    /// Takes back the newest registered batch of its file, which was never
+    /// handed to a sink (its send was cancelled): it will be read again, so
+    /// [`Checkpointer::resume_offset`] no longer counts it and it no longer
+    /// holds back later acknowledgements. Only the newest batch can be
+    /// taken back; for any other ticket this does nothing and returns false.
+    /// A withdrawn ticket must not be acknowledged (its batch, with the
+    /// callback that would, is dropped).
+    pub fn withdraw(&self, ticket: Ticket) -> bool {
+        let mut st = self.lock();
+        let Some(t) = st.trackers.get_mut(&ticket.fp) else { return false };
+        match t.in_flight.back() {
+            Some(&(seq, _, false)) if seq == ticket.seq => {
+                t.in_flight.pop_back();
+                // Sequence numbers in flight stay contiguous (`ack` indexes
+                // by them); the withdrawn batch's ack callback was dropped
+                // with it, so its number is never acknowledged.
+                t.next_seq -= 1;
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// Acknowledges a registered batch. Returns the file's new durable
     /// offset when it advanced.
     pub fn ack(&self, ticket: Ticket) -> Option<u64> {
@@ -349,6 +372,22 @@ mod tests {
         assert_eq!((c.offset(fp(1)), c.resume_offset(fp(1))), (Some(10), Some(20)));
         c.ack(t2);
         assert_eq!((c.offset(fp(1)), c.resume_offset(fp(1))), (Some(20), Some(20)));
+    }
+
+    #[test]
+    fn a_withdrawn_batch_is_read_again_and_holds_nothing_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = Checkpointer::load(dir.path()).unwrap();
+        c.seen(fp(1), "/a", 1, 2, 0);
+        let t1 = c.register(fp(1), 10);
+        let t2 = c.register(fp(1), 20);
+        assert!(!c.withdraw(t1), "only the newest batch can be taken back");
+        assert!(c.withdraw(t2));
+        assert_eq!(c.resume_offset(fp(1)), Some(10), "read again from the end of the batch before");
+        let t3 = c.register(fp(1), 20);
+        assert_eq!(c.ack(t3), None, "waits for the batch before");
+        assert_eq!(c.ack(t1), Some(20));
+        assert_eq!(c.offset(fp(1)), Some(20));
     }
 
     #[test]

@@ -167,15 +167,25 @@ impl Fanout {
 
     /// Sends the batch to every sink, waiting while a sink's queue is full.
     /// With no sinks the batch is acknowledged at once.
+    ///
+    /// All or nothing: a place is reserved in every sink's queue first, and
+    /// only then is the batch handed to all of them. So a send that is
+    /// cancelled while it waits (a reload or shutdown while a sink is
+    /// backed up) has given the batch to no sink, and its records can be
+    /// read again without reaching any sink twice.
     pub async fn send(&self, batch: Batch) -> Result<(), SinkClosed> {
         batch.ack.pending.store(self.sinks.len(), Ordering::Release);
         if self.sinks.is_empty() {
             batch.complete();
             return Ok(());
         }
-        let batch = Arc::new(batch);
+        let mut permits = Vec::with_capacity(self.sinks.len());
         for (name, tx) in &self.sinks {
-            tx.send(batch.clone()).await.map_err(|_| SinkClosed(name))?;
+            permits.push(tx.reserve().await.map_err(|_| SinkClosed(name))?);
+        }
+        let batch = Arc::new(batch);
+        for p in permits {
+            p.send(batch.clone());
         }
         Ok(())
     }
@@ -202,6 +212,23 @@ mod tests {
         assert!(!done.load(Ordering::SeqCst));
         b2.ack();
         assert!(done.load(Ordering::SeqCst));
+    }
+
+    #[tokio::test]
+    async fn a_cancelled_send_reaches_no_sink() {
+        let (tx1, mut rx1) = mpsc::channel(4);
+        let (tx2, mut rx2) = mpsc::channel(1);
+        let mut f = Fanout::new();
+        f.add("a", tx1);
+        f.add("b", tx2);
+        f.send(Batch::new("f".into(), vec![], 0, None)).await.unwrap();
+        // `b` is full now: the next send waits, and is given up.
+        let waiting = f.send(Batch::new("f".into(), vec![], 0, None));
+        assert!(tokio::time::timeout(std::time::Duration::from_millis(50), waiting).await.is_err());
+        assert!(rx1.recv().await.is_some());
+        assert!(rx1.try_recv().is_err(), "the cancelled batch must not reach `a`");
+        assert!(rx2.recv().await.is_some());
+        assert!(rx2.try_recv().is_err());
     }
 
     #[tokio::test]

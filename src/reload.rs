@@ -11,8 +11,11 @@
 //! What a reload applies, and how it keeps records neither lost nor repeated:
 //!
 //! - `[[source]]` sections and `[enrich]` (lookup paths, masking): the
-//!   reading side restarts. The tailers stop at a batch boundary (every
-//!   batch they read has reached the fan-out), and new tailers built from
+//!   reading side restarts. The tailers stop at a batch boundary: every
+//!   batch they read has reached every sink, or, if it was still waiting
+//!   for room in a full sink queue (upstream down), none, and it is taken
+//!   back ([`crate::checkpoint::Checkpointer::withdraw`]) so that a reload
+//!   never waits on a backed-up sink. New tailers built from
 //!   the new sections and a new enricher resume each file where the old
 //!   ones stopped *reading* ([`crate::checkpoint::Checkpointer::resume_offset`]),
 //!   not at the durable offset, so batches still in flight are not read

@@ -527,15 +527,20 @@ pub async fn run(spec: Spec, shared: Shared, ctl: Arc<Control>, stats: FileStats
             });
             let batch = Batch::new(path.clone(), chunk.records, chunk.observed_ms, Some(on_acked));
             // A sink that cannot take more (upstream down) must not hold up
-            // shutdown: a batch abandoned here is never acknowledged, so its
-            // records are read again after the restart.
+            // a shutdown or a reload: a send given up here reached no sink
+            // (Fanout::send is all or nothing), so the batch is taken back
+            // and the next reader of the file (after a reload, or after the
+            // restart) reads it again from `chunk_start`.
             tokio::select! {
                 r = shared.fanout.send(batch) => {
                     if r.is_err() {
                         return done(st.offset(), size, Exit::Shutdown);
                     }
                 }
-                _ = shared.shutdown.cancelled() => return done(chunk_start, size, Exit::Shutdown),
+                _ = shared.shutdown.cancelled() => {
+                    shared.checkpoints.withdraw(ticket);
+                    return done(chunk_start, size, Exit::Shutdown);
+                }
             }
         }
         if chunk.status == Status::More {

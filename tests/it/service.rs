@@ -643,3 +643,72 @@ fn sighup_switches_upstream_url_and_credentials_losing_and_repeating_nothing() {
     assert!(log.contains("upstream: settings reloaded"), "{log}");
     assert!(!log.contains("first-secret") && !log.contains("second-secret"), "a token was logged");
 }
+
+#[test]
+fn sighup_while_reading_waits_on_a_full_sink_queue_loses_and_repeats_nothing() {
+    use crate::support_upstream::{Collector, Format};
+    let site = Site::new();
+    let collector = Collector::start(Format::Ndjson);
+    // Upstream down, no spool, one request at a time: the sink stops taking
+    // batches, its queue fills and the reader waits to hand over a batch.
+    collector.set_down(true);
+    site.simulate("a", 8000, 61);
+    let want = site.expected(&["a"]);
+    let config = site.path("config.toml");
+    let text = |sources: &[&str]| {
+        let mut t = format!(
+            "state_dir = {:?}\nlog_level = \"info\"\n\n[status]\nlisten = \"127.0.0.1:0\"\nstalled_after_secs = 1\n\n\
+             [upstream]\nurl = {:?}\nspool_max_bytes = 0\nmax_in_flight = 1\nbatch_max_records = 50\nflush_interval_ms = 20\n\
+             retry_initial_ms = 20\nretry_max_ms = 100\ncompression = \"none\"\n",
+            site.path("state"),
+            collector.url("/in"),
+        );
+        for sub in sources {
+            t += &format!("\n[[source]]\nname = {sub:?}\npaths = [{:?}]\nformat = \"le6\"\n", site.path(sub).join("*.log"));
+        }
+        t
+    };
+    std::fs::write(&config, text(&["a"])).expect("write config");
+    let mut notify = NotifySocket::bind(&site);
+    let mut child = start(&site, &config, &[("NOTIFY_SOCKET", notify.path.to_str().expect("utf-8"))]);
+    notify.wait_for("READY=1", Duration::from_secs(30));
+    let addr_file = site.path("state/status.addr");
+    let addr = support::poll_until(Duration::from_secs(10), "status.addr", || {
+        std::fs::read_to_string(&addr_file).ok().map(|s| s.trim().to_string()).filter(|s| !s.is_empty())
+    });
+    // Wait until reading has stopped with data left: the reader is parked
+    // on the full queue.
+    support::poll_until(Duration::from_secs(30), "the reader to wait on the full queue", || {
+        let (_, body) = crate::lag::get(&format!("http://{addr}/status"));
+        let v: serde_json::Value = serde_json::from_str(&body).ok()?;
+        let f = v["files"].as_array()?.iter().find(|f| f["path"].as_str().is_some_and(|p| p.ends_with("access.log")))?.clone();
+        (f["state"] == "stalled" && f["bytes_behind"].as_u64()? > 0).then_some(())
+    });
+
+    // A reload that restarts the reading side (a new source) meanwhile.
+    site.simulate("b", 5, 62);
+    std::fs::write(&config, text(&["a", "b"])).expect("write config");
+    signal(&child, "HUP");
+    notify.wait_for("RELOADING=1", Duration::from_secs(10));
+    notify.wait_for("READY=1", Duration::from_secs(30));
+
+    collector.set_down(false);
+    let all: BTreeSet<String> = want.union(&site.expected(&["b"])).cloned().collect();
+    support::poll_until(Duration::from_secs(60), "every record upstream", || {
+        let got = collector.delivered_set();
+        all.iter().all(|u| got.contains(u)).then_some(())
+    });
+    signal(&child, "TERM");
+    assert_eq!(wait_exit(&mut child, Duration::from_secs(40)), 0, "{}", site.stderr());
+    let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+    for u in collector.delivered_uuids() {
+        *counts.entry(u).or_insert(0) += 1;
+    }
+    assert_eq!(counts.keys().cloned().collect::<BTreeSet<_>>(), all);
+    let repeated: Vec<_> = counts.iter().filter(|(_, &n)| n > 1).collect();
+    assert!(repeated.is_empty(), "{} records sent twice, e.g. {:?}", repeated.len(), &repeated[..repeated.len().min(3)]);
+    // The durable offset reached the end of the file.
+    let ck: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(site.path("state/checkpoints.json")).unwrap()).unwrap();
+    let size = std::fs::metadata(site.path("a/access.log")).unwrap().len();
+    assert!(ck["files"].as_array().unwrap().iter().any(|f| f["offset"] == size), "checkpoint short of {size}: {ck}");
+}
