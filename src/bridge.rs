@@ -223,6 +223,12 @@ impl crate::reload::Reloadable for Bridge {
         }
     }
 
+    fn set_file_output(&self, cfg: crate::config::FileOutputConfig) {
+        if let Some(f) = &self.controls.file {
+            f.reconfigure(cfg);
+        }
+    }
+
     fn set_upstream(&self, live: crate::sink::upstream::Live) {
         if let Some(up) = &self.controls.upstream {
             up.reconfigure(live);

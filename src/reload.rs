@@ -34,7 +34,10 @@
 //!   batched or spooled (`format`, `max_in_flight`, `spool_max_bytes`,
 //!   `dead_letter_file`) need a restart
 //!   ([`crate::sink::upstream::restart_keys`]).
-//! - everything else (`state_dir`, `[file_output]`, adding or removing
+//! - `[file_output]`: what is buffered is written, synced and acknowledged
+//!   under the old settings, then the new ones apply (a new `path` starts a
+//!   new archive there).
+//! - everything else (`state_dir`, adding or removing `[file_output]` or
 //!   `[upstream]`, the channel's listener and TLS settings, `[status]`)
 //!   needs new listeners, files or clients: the change is logged as needing
 //!   a restart and the running settings stay in force (and are reported
@@ -44,7 +47,7 @@ use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::config::{ChannelConfig, Config, ConfigError, Secret, SourceConfig};
+use crate::config::{ChannelConfig, Config, ConfigError, FileOutputConfig, Secret, SourceConfig};
 use crate::enrich::{EnrichError, Enricher};
 use crate::sink::upstream::{self, Live as UpstreamLive};
 
@@ -137,7 +140,8 @@ pub fn diff(old: &Config, new: &Config) -> Changes {
     if old.state_dir != new.state_dir {
         c.restart_needed.push("state_dir");
     }
-    if differs(&old.file_output, &new.file_output) {
+    // Both present: applied live (FileHandle::reconfigure).
+    if old.file_output.is_some() != new.file_output.is_some() {
         c.restart_needed.push("file_output");
     }
     match (&old.upstream, &new.upstream) {
@@ -186,6 +190,9 @@ pub trait Reloadable {
     /// Puts new settings in force in the upstream sink (no-op without one).
     fn set_upstream(&self, live: UpstreamLive);
 
+    /// Puts new settings in force in the file sink (no-op without one).
+    fn set_file_output(&self, cfg: FileOutputConfig);
+
     /// Restarts the reading side with these sources and, when given, a new
     /// enricher: stop the tailers at a batch boundary, start new ones that
     /// resume where the old ones stopped reading.
@@ -217,6 +224,11 @@ pub async fn apply<B: Reloadable>(bridge: &mut B, running: &Config, prepared: Pr
     if let (Some(live), Some(_)) = (upstream_live, &running.upstream) {
         bridge.set_upstream(live);
     }
+    if let (Some(old), Some(new_file)) = (&running.file_output, &new.file_output) {
+        if format!("{old:?}") != format!("{new_file:?}") {
+            bridge.set_file_output(new_file.clone());
+        }
+    }
     if changes.restart_sources() {
         bridge.restart_sources(&new.sources, enricher).await?;
     }
@@ -231,6 +243,9 @@ pub async fn apply<B: Reloadable>(bridge: &mut B, running: &Config, prepared: Pr
     effective.sources = new.sources;
     effective.enrich = new.enrich;
     effective.log_level = new.log_level;
+    if let (Some(run_file), Some(new_file)) = (&mut effective.file_output, &new.file_output) {
+        *run_file = new_file.clone();
+    }
     if let (Some(run_up), Some(new_up)) = (&mut effective.upstream, &new.upstream) {
         *run_up = upstream::live_config(run_up, new_up);
     }
@@ -368,6 +383,9 @@ token = "t1"
         fn set_upstream(&self, live: UpstreamLive) {
             self.calls.lock().unwrap().push(format!("upstream {}", live.url_for_logs()));
         }
+        fn set_file_output(&self, cfg: FileOutputConfig) {
+            self.calls.lock().unwrap().push(format!("file_output {}", cfg.path.display()));
+        }
         async fn restart_sources(&mut self, sources: &[SourceConfig], enricher: Option<Arc<Enricher>>) -> anyhow::Result<()> {
             let names: Vec<_> = sources.iter().map(|s| s.name.clone().unwrap_or_default()).collect();
             self.calls.lock().unwrap().push(format!("sources {} enricher={}", names.join(","), enricher.is_some()));
@@ -393,29 +411,39 @@ token = "t1"
             &BASE.replace("token = \"t1\"", "token = \"t1\"\nlisten = \"127.0.0.1:9999\""),
             Changes { restart_needed: vec!["channel"], ..Changes::default() },
         );
-        check(&BASE.replace("/tmp/out.ndjson", "/tmp/other.ndjson"), Changes { restart_needed: vec!["file_output"], ..Changes::default() });
+        // The archive's settings apply live; removing it needs a restart.
+        check(&BASE.replace("/tmp/out.ndjson", "/tmp/other.ndjson"), Changes::default());
+        check(
+            &BASE.replace("[file_output]\npath = \"/tmp/out.ndjson\"\n", ""),
+            Changes { restart_needed: vec!["file_output"], ..Changes::default() },
+        );
         check(&BASE.replace("/tmp/state", "/tmp/state2"), Changes { restart_needed: vec!["state_dir"], ..Changes::default() });
     }
 
     #[tokio::test]
     async fn apply_calls_only_what_changed_and_keeps_restart_sections() {
         let running = cfg(BASE);
-        let new_text = format!("log_level = \"debug\"\n{}", BASE.replace("t1", "t2").replace("/tmp/out.ndjson", "/tmp/other.ndjson"))
-            + "\n[[source]]\nname = \"b\"\npaths = [\"/logs/b/*.log\"]\n";
+        let new_text = format!(
+            "log_level = \"debug\"\n{}",
+            BASE.replace("t1", "t2")
+                .replace("/tmp/out.ndjson", "/tmp/other.ndjson")
+                .replace("token = \"t2\"", "token = \"t2\"\nlisten = \"127.0.0.1:9999\"")
+        ) + "\n[[source]]\nname = \"b\"\npaths = [\"/logs/b/*.log\"]\n";
         let new = cfg(&new_text);
         let prepared = Prepared { channel_token: Some(Secret::new("t2")), enricher: None, config: new, upstream: None };
         let mut fake = Fake::default();
         let (effective, changes) = apply(&mut fake, &running, prepared).await.unwrap();
-        assert_eq!(*fake.calls.lock().unwrap(), vec!["token t2", "sources a,b enricher=false"]);
-        assert_eq!(changes.restart_needed, vec!["file_output"]);
+        assert_eq!(*fake.calls.lock().unwrap(), vec!["token t2", "file_output /tmp/other.ndjson", "sources a,b enricher=false"]);
+        assert_eq!(changes.restart_needed, vec!["channel"]);
         assert!(changes.log_level);
         assert_eq!(effective.sources.len(), 2);
         assert_eq!(effective.log_level, "debug");
-        // The archive keeps its running path until a restart; the next
+        assert_eq!(effective.file_output.as_ref().unwrap().path, Path::new("/tmp/other.ndjson"), "applied live");
+        // The channel keeps its running listener until a restart; the next
         // reload reports it again.
-        assert_eq!(effective.file_output.as_ref().unwrap().path, Path::new("/tmp/out.ndjson"));
+        assert_eq!(effective.channel.as_ref().unwrap().listen, "127.0.0.1:8790");
         assert_eq!(effective.channel.as_ref().unwrap().token.as_ref().map(Secret::expose), Some("t2"));
-        assert_eq!(diff(&effective, &cfg(&new_text)).restart_needed, vec!["file_output"]);
+        assert_eq!(diff(&effective, &cfg(&new_text)).restart_needed, vec!["channel"]);
     }
 
     #[tokio::test]

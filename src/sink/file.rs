@@ -122,8 +122,25 @@ pub fn rotated_path(path: &Path, n: usize) -> PathBuf {
     PathBuf::from(s)
 }
 
+/// Controls a running file sink (reload).
+#[derive(Clone)]
+pub struct FileHandle {
+    tx: tokio::sync::watch::Sender<FileOutputConfig>,
+}
+
+impl FileHandle {
+    /// Puts new settings in force: what was written under the old ones is
+    /// synced and acknowledged first; then the shape, rotation size, kept
+    /// files and fsync interval apply to what follows, and a new `path`
+    /// starts a new archive there (if it cannot be opened, the error is
+    /// logged and the archive stays where it was).
+    pub fn reconfigure(&self, cfg: FileOutputConfig) {
+        self.tx.send_replace(cfg);
+    }
+}
+
 /// Starts the file sink and registers its queue on the fan-out.
-pub async fn start(cfg: &FileOutputConfig, ctx: &SinkContext, fanout: &mut Fanout) -> anyhow::Result<SinkHandle> {
+pub async fn start(cfg: &FileOutputConfig, ctx: &SinkContext, fanout: &mut Fanout) -> anyhow::Result<(SinkHandle, FileHandle)> {
     let c = cfg.clone();
     let archive = tokio::task::spawn_blocking(move || Archive::open(&c))
         .await?
@@ -131,8 +148,9 @@ pub async fn start(cfg: &FileOutputConfig, ctx: &SinkContext, fanout: &mut Fanou
     let (tx, rx) = super::queue();
     fanout.add("file", tx);
     let stats = ctx.telemetry.sink("file");
-    let task = tokio::spawn(run(archive, cfg.shape, Duration::from_millis(cfg.fsync_interval_ms), rx, stats));
-    Ok(SinkHandle { name: "file", task })
+    let (cfg_tx, cfg_rx) = tokio::sync::watch::channel(cfg.clone());
+    let task = tokio::spawn(run(archive, cfg_rx, rx, stats));
+    Ok((SinkHandle { name: "file", task }, FileHandle { tx: cfg_tx }))
 }
 
 /// Writes and syncs on the blocking pool; returns the archive.
@@ -151,11 +169,14 @@ async fn flush(mut archive: Archive, buf: Vec<u8>, sync: bool) -> anyhow::Result
 
 async fn run(
     mut archive: Archive,
-    shape: Shape,
-    interval: Duration,
+    mut cfg_rx: tokio::sync::watch::Receiver<FileOutputConfig>,
     mut rx: mpsc::Receiver<Arc<Batch>>,
     stats: SinkStats,
 ) -> anyhow::Result<()> {
+    let (mut shape, mut interval) = {
+        let c = cfg_rx.borrow_and_update();
+        (c.shape, Duration::from_millis(c.fsync_interval_ms))
+    };
     let mut buf: Vec<u8> = Vec::with_capacity(WRITE_BUFFER_BYTES + 64 * 1024);
     // Batches written (or buffered) but not yet synced.
     let mut pending: Vec<Arc<Batch>> = Vec::new();
@@ -171,6 +192,20 @@ async fn run(
                 unsynced = 0;
                 sync_at = None;
                 ack_all(&mut pending, &stats);
+                continue;
+            }
+            Ok(()) = cfg_rx.changed() => {
+                // Everything written under the old settings first: synced
+                // and acknowledged, in the old place.
+                let (a, b) = flush(archive, std::mem::take(&mut buf), true).await?;
+                buf = b;
+                unsynced = 0;
+                sync_at = None;
+                ack_all(&mut pending, &stats);
+                let c = cfg_rx.borrow_and_update().clone();
+                archive = reconfigure(a, &c).await;
+                shape = c.shape;
+                interval = Duration::from_millis(c.fsync_interval_ms);
                 continue;
             }
         };
@@ -205,6 +240,32 @@ async fn run(
     let (_archive, _) = flush(archive, buf, true).await?;
     ack_all(&mut pending, &stats);
     Ok(())
+}
+
+/// The archive under new settings: the same file with the new rotation
+/// limits, or a new file at a new path (the old one stays as it is).
+async fn reconfigure(mut archive: Archive, c: &FileOutputConfig) -> Archive {
+    archive.rotate_bytes = c.rotate_bytes;
+    archive.keep_files = c.keep_files;
+    if c.path == archive.path {
+        tracing::info!(path = %c.path.display(), "file_output: settings reloaded");
+        return archive;
+    }
+    let cfg = c.clone();
+    match tokio::task::spawn_blocking(move || Archive::open(&cfg)).await {
+        Ok(Ok(new)) => {
+            tracing::info!(from = %archive.path.display(), to = %new.path.display(), "file_output: settings reloaded; archiving to the new path");
+            new
+        }
+        Ok(Err(e)) => {
+            tracing::error!(key = "file_output.path", path = %c.path.display(), error = %e, "file_output: cannot open the new path; archiving stays at the old one");
+            archive
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "file_output: reopening failed; archiving stays at the old path");
+            archive
+        }
+    }
 }
 
 fn ack_all(pending: &mut Vec<Arc<Batch>>, stats: &SinkStats) {
@@ -253,7 +314,7 @@ mod tests {
             telemetry: crate::telemetry::Telemetry::new(),
         };
         let mut fanout = Fanout::new();
-        let h = start(&c, &ctx, &mut fanout).await.unwrap();
+        let (h, _control) = start(&c, &ctx, &mut fanout).await.unwrap();
         let acked = Arc::new(AtomicUsize::new(0));
         for i in 0..20 {
             let a = acked.clone();

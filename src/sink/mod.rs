@@ -55,6 +55,9 @@ pub struct SinkControls {
     /// [`channel::ChannelHandle::set_token`] for a reload, and
     /// [`channel::ChannelHandle::shutdown`].
     pub channel: Option<channel::ChannelHandle>,
+    /// The file sink, when `[file_output]` is configured:
+    /// [`file::FileHandle::reconfigure`] for a reload.
+    pub file: Option<file::FileHandle>,
     /// The upstream sink, when `[upstream]` is configured:
     /// [`upstream::UpstreamHandle::reconfigure`] for a reload.
     pub upstream: Option<upstream::UpstreamHandle>,
@@ -75,7 +78,9 @@ pub async fn start_all_with_controls(
     let mut controls = SinkControls::default();
     // Each sink module adds its start call here:
     if let Some(c) = &cfg.file_output {
-        handles.push(file::start(c, ctx, fanout).await?);
+        let (h, f) = file::start(c, ctx, fanout).await?;
+        handles.push(h);
+        controls.file = Some(f);
     }
     if let Some(c) = &cfg.upstream {
         let (h, up) = upstream::start(c, ctx, fanout).await?;

@@ -712,3 +712,53 @@ fn sighup_while_reading_waits_on_a_full_sink_queue_loses_and_repeats_nothing() {
     let size = std::fs::metadata(site.path("a/access.log")).unwrap().len();
     assert!(ck["files"].as_array().unwrap().iter().any(|f| f["offset"] == size), "checkpoint short of {size}: {ck}");
 }
+
+#[test]
+fn sighup_moves_the_archive_and_changes_its_shape_losing_and_repeating_nothing() {
+    let site = Site::new();
+    site.simulate("a", 40, 71);
+    let config = site.write_config(&["a"]);
+    let mut notify = NotifySocket::bind(&site);
+    let mut child = start(&site, &config, &[("NOTIFY_SOCKET", notify.path.to_str().expect("utf-8"))]);
+    notify.wait_for("READY=1", Duration::from_secs(30));
+    let first = site.expected(&["a"]);
+    site.wait_delivered(&first, "the first records in the archive");
+
+    let text = std::fs::read_to_string(&config).expect("read config");
+    let moved = site.path("archive2/out.json");
+    let text = text.replace(&format!("path = {:?}", site.path("out.ndjson")), &format!("path = {moved:?}\nshape = \"ecls\""));
+    assert!(text.contains("archive2"), "{text}");
+    std::fs::write(&config, text).expect("write config");
+    signal(&child, "HUP");
+    notify.wait_for("RELOADING=1", Duration::from_secs(10));
+    notify.wait_for("READY=1", Duration::from_secs(30));
+    site.simulate("a", 40, 72);
+    let all = site.expected(&["a"]);
+    let second: BTreeSet<String> = all.difference(&first).cloned().collect();
+    let moved_uuids = || -> Vec<String> {
+        let text = std::fs::read_to_string(&moved).unwrap_or_default();
+        let complete = text.rfind('\n').map_or("", |i| &text[..i]);
+        complete
+            .lines()
+            .map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}"));
+                assert_eq!(v["data"].as_array().map(Vec::len), Some(1), "ecls shape: {l}");
+                v["data"][0]["request_uuid"].as_str().expect("request_uuid").to_string()
+            })
+            .collect()
+    };
+    support::poll_until(Duration::from_secs(30), "the later records in the moved archive", || {
+        let got: BTreeSet<String> = moved_uuids().into_iter().collect();
+        second.iter().all(|u| got.contains(u)).then_some(())
+    });
+    signal(&child, "TERM");
+    assert_eq!(wait_exit(&mut child, Duration::from_secs(40)), 0, "{}", site.stderr());
+
+    let old = site.delivered();
+    assert_eq!(old.keys().cloned().collect::<BTreeSet<_>>(), first, "the old archive holds exactly the records before the reload");
+    assert!(old.values().all(|&n| n == 1));
+    let new = moved_uuids();
+    assert_eq!(new.len(), second.len(), "nothing twice in the new archive");
+    assert_eq!(new.into_iter().collect::<BTreeSet<_>>(), second);
+    assert!(site.stderr().contains("archiving to the new path"), "{}", site.stderr());
+}
