@@ -37,6 +37,8 @@
   /** Reconnect back-off bounds. */
   const RECONNECT_MIN_MS = 250;
   const RECONNECT_MAX_MS = 5000;
+  /** Records per WebSocket message this page asks the channel for (`records_per_message` in the fragment overrides). */
+  const DEFAULT_RECORDS_PER_MESSAGE = 50;
   const TOKEN_KEY = 'calllog-bridge.channel-token';
   const COLORS = ['#58a6ff', '#3fb950', '#d29922', '#f85149', '#bc8cff', '#39c5cf', '#ff9bce', '#e3b341'];
 
@@ -97,11 +99,15 @@
   /** Sets textContent only when it changed (no needless layout work). */
   function setText(el, text) { if (el && el.textContent !== text) el.textContent = text; }
 
-  // ---- settings from the URL fragment: #token=...&ws=...&since=... ----
+  // ---- settings from the URL fragment: #token=...&ws=...&since=...&records_per_message=... ----
   const frag = new URLSearchParams(location.hash.replace(/^#/, ''));
   const settings = {
     wsOverride: frag.get('ws'),
     since: frag.has('since') ? num(frag.get('since')) : null,
+    // Asked of the channel for this page only: a browser handles a few
+    // thousand messages a second, so at high rates records come batched
+    // (the channel waits a few ms at most to fill a message).
+    perMessage: frag.has('records_per_message') ? num(frag.get('records_per_message')) : DEFAULT_RECORDS_PER_MESSAGE,
   };
   if (frag.has('token')) {
     try { sessionStorage.setItem(TOKEN_KEY, frag.get('token')); } catch (e) { /* storage disabled: keep in memory */ }
@@ -280,6 +286,7 @@
     if (u.protocol === 'https:') u.protocol = 'wss:';
     setText($('channel-url'), u.toString());
     u.searchParams.set('key', settings.token);
+    if (settings.perMessage) u.searchParams.set('records_per_message', String(settings.perMessage));
     const since = agg.lastSeq != null ? agg.lastSeq + 1 : settings.since;
     if (since != null) u.searchParams.set('since', String(since));
     setConnection(agg.connects ? 'reconnecting' : 'connecting');

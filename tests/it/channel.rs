@@ -223,6 +223,30 @@ async fn records_per_message_batches_and_short_path_works() {
 }
 
 #[tokio::test]
+async fn a_client_may_ask_for_its_own_records_per_message() {
+    // The channel sends one record per message; this client asks for 25.
+    let mut ch = Chan::start("").await;
+    let mut batched = connect(&ch.url("/stream?key=test-token-5f3a&records_per_message=25")).await;
+    let mut plain = connect(&ch.url("/stream?key=test-token-5f3a")).await;
+    poll("connections registered", || (ch.handle.connections() == 2).then_some(())).await;
+    let ids = ch.send(100).await;
+    let mut sizes = Vec::new();
+    let mut got = Vec::new();
+    while got.len() < 100 {
+        let Event::Data(v) = next_event(&mut batched).await else { panic!("expected data") };
+        let data = v["data"].as_array().unwrap();
+        sizes.push(data.len());
+        got.extend(data.iter().map(|r| r["request_uuid"].as_str().unwrap().to_string()));
+    }
+    assert_eq!(got, ids, "in order, each once");
+    assert!(sizes.iter().all(|&n| n <= 25) && sizes.len() <= 8, "{sizes:?}");
+    let (_, plain_ids) = read_records(&mut plain, 100).await;
+    assert_eq!(plain_ids, ids, "the other client keeps one record per message");
+    assert_eq!(refused(&ch.url("/stream?key=test-token-5f3a&records_per_message=0")).await.0, 400);
+    assert_eq!(refused(&ch.url("/stream?key=test-token-5f3a&records_per_message=5000")).await.0, 400);
+}
+
+#[tokio::test]
 async fn client_text_frames_get_response_to_answers() {
     let mut ch = Chan::start("").await;
     let mut ws = connect(&ch.url("/stream?key=test-token-5f3a")).await;

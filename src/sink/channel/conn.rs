@@ -26,7 +26,7 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::request::{self, Filter, Paths, Refusal, Subscription};
+use super::request::{self, Paths, Refusal, Subscription};
 use super::ring::Entry;
 use super::stats::ChannelStats;
 use super::Shared;
@@ -267,7 +267,7 @@ async fn run_connection<S>(
     }
     if ok {
         reason = tokio::select! {
-            r = write_loop(&shared, &conn, &mut sink, &mut ctrl_rx, cursor, &sub.filter) => r,
+            r = write_loop(&shared, &conn, &mut sink, &mut ctrl_rx, cursor, &sub) => r,
             r = read_loop(&conn, &mut stream, &ctrl_tx) => r,
             r = liveness(&shared, &conn, &ctrl_tx) => r,
             _ = conn.close.cancelled() => conn.reason.get().copied().unwrap_or(CloseReason::GoingAway),
@@ -321,12 +321,13 @@ async fn write_loop<S>(
     sink: &mut SplitSink<WebSocketStream<S>, Message>,
     ctrl_rx: &mut mpsc::Receiver<Message>,
     mut cursor: u64,
-    filter: &Filter,
+    sub: &Subscription,
 ) -> CloseReason
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let per_message = shared.settings.records_per_message;
+    let filter = &sub.filter;
+    let per_message = sub.records_per_message.unwrap_or(shared.settings.records_per_message);
     let mut head_rx = shared.head.subscribe();
     let mut chunk: Vec<Entry> = Vec::with_capacity(READ_CHUNK_RECORDS);
     let mut linger_until: Option<Instant> = None;

@@ -39,7 +39,14 @@ pub struct Subscription {
     pub since: Option<u64>,
     /// Which records the client wants.
     pub filter: Filter,
+    /// `records_per_message=N`: this connection's batching instead of the
+    /// channel's (a dashboard asks for more records per message than a
+    /// client that reads only `data[0]` can take).
+    pub records_per_message: Option<usize>,
 }
+
+/// The largest `records_per_message` a client may ask for.
+pub const MAX_RECORDS_PER_MESSAGE: usize = 1000;
 
 /// Record filters from the query string. Empty lists match everything.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -123,6 +130,15 @@ pub fn admit(paths: &Paths<'_>, path: &str, query: Option<&str>, token: &str) ->
                 Ok(s) => sub.since = Some(s),
                 Err(_) => {
                     bad.get_or_insert(Refusal::new(400, "`since` must be a sequence number (a non-negative integer)"));
+                }
+            },
+            "records_per_message" => match value.parse::<usize>() {
+                Ok(n) if (1..=MAX_RECORDS_PER_MESSAGE).contains(&n) => sub.records_per_message = Some(n),
+                _ => {
+                    bad.get_or_insert(Refusal::new(
+                        400,
+                        format!("`records_per_message` must be a whole number from 1 to {MAX_RECORDS_PER_MESSAGE}"),
+                    ));
                 }
             },
             "service_id" => sub.filter.service_ids.extend(list(&value)),
