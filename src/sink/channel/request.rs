@@ -235,11 +235,20 @@ mod tests {
     }
 
     fn sub(since: Option<u64>, filter: Filter) -> Result<Subscription, u16> {
-        Ok(Subscription { since, filter })
+        Ok(Subscription { since, filter, records_per_message: None })
     }
 
     #[test]
     fn admission_table() {
+        check(
+            "/stream",
+            Some("key=s3cret&records_per_message=50"),
+            Ok(Subscription { since: None, filter: Filter::default(), records_per_message: Some(50) }),
+        );
+        check("/stream", Some("key=s3cret&records_per_message=0"), Err(400));
+        check("/stream", Some("key=s3cret&records_per_message=1001"), Err(400));
+        check("/stream", Some("key=s3cret&records_per_message=x"), Err(400));
+        check("/stream", Some("records_per_message=0"), Err(401));
         check("/stream", Some("key=s3cret"), sub(None, Filter::default()));
         check("/stream/", Some("key=s3cret"), sub(None, Filter::default()));
         check("/ecls/subscribe/chan-1/eu", Some("key=s3cret"), sub(None, Filter::default()));
