@@ -223,6 +223,12 @@ impl crate::reload::Reloadable for Bridge {
         }
     }
 
+    fn set_channel(&self, cfg: &crate::config::ChannelConfig) {
+        if let Some(ch) = &self.controls.channel {
+            ch.reconfigure(cfg);
+        }
+    }
+
     fn set_file_output(&self, cfg: crate::config::FileOutputConfig) {
         if let Some(f) = &self.controls.file {
             f.reconfigure(cfg);

@@ -23,7 +23,11 @@
 //!   sinks, the channel's clients and the upstream spool are not touched.
 //! - the channel token (`token` / `token_file`, also when only the file's
 //!   content changed): replaced in place; connections that used the old
-//!   token are closed with 1008.
+//!   token are closed with 1008. The channel's `records_per_message`,
+//!   `ping_interval_secs` (connections opened after the reload) and
+//!   `mask_keep` (records appended after it) apply too; its listener,
+//!   paths, TLS, slots and ring need a restart
+//!   ([`crate::sink::channel::restart_keys`]).
 //! - `log_level`: applied at once (`RUST_LOG`, when set, keeps priority).
 //! - `[upstream]`: a new HTTP client is built from the new section (URL,
 //!   headers, credentials re-read from their files even when only a file's
@@ -149,18 +153,15 @@ pub fn diff(old: &Config, new: &Config) -> Changes {
         (None, None) => {}
         _ => c.restart_needed.push("upstream"),
     }
-    if differs(&old.channel.as_ref().map(without_token), &new.channel.as_ref().map(without_token)) {
-        c.restart_needed.push("channel");
+    match (&old.channel, &new.channel) {
+        (Some(a), Some(b)) => c.restart_needed.extend(crate::sink::channel::restart_keys(a, b)),
+        (None, None) => {}
+        _ => c.restart_needed.push("channel"),
     }
     if differs(&old.status, &new.status) {
         c.restart_needed.push("status");
     }
     c
-}
-
-/// The channel section without its token keys (those apply live).
-fn without_token(c: &ChannelConfig) -> ChannelConfig {
-    ChannelConfig { token: None, token_file: None, ..c.clone() }
 }
 
 /// Reads and checks the config at `path` against the `running` one:
@@ -186,6 +187,10 @@ fn prepare_blocking(path: &Path, old_enrich: &str) -> Result<Prepared, ReloadErr
 pub trait Reloadable {
     /// Replaces the channel's token (no-op when unchanged or no channel).
     fn set_channel_token(&self, token: Secret);
+
+    /// Puts a reloaded `[channel]` section's live keys in force (no-op
+    /// without a channel).
+    fn set_channel(&self, cfg: &ChannelConfig);
 
     /// Puts new settings in force in the upstream sink (no-op without one).
     fn set_upstream(&self, live: UpstreamLive);
@@ -221,6 +226,13 @@ pub async fn apply<B: Reloadable>(bridge: &mut B, running: &Config, prepared: Pr
             bridge.set_channel_token(token);
         }
     }
+    if let (Some(old), Some(new_ch)) = (&running.channel, &new.channel) {
+        let live = crate::sink::channel::live_config(old, new_ch);
+        let key = |c: &ChannelConfig| (c.records_per_message, c.mask_keep, c.ping_interval_secs);
+        if key(old) != key(&live) {
+            bridge.set_channel(&live);
+        }
+    }
     if let (Some(live), Some(_)) = (upstream_live, &running.upstream) {
         bridge.set_upstream(live);
     }
@@ -250,8 +262,7 @@ pub async fn apply<B: Reloadable>(bridge: &mut B, running: &Config, prepared: Pr
         *run_up = upstream::live_config(run_up, new_up);
     }
     if let (Some(run_ch), Some(new_ch)) = (&mut effective.channel, &new.channel) {
-        run_ch.token = new_ch.token.clone();
-        run_ch.token_file = new_ch.token_file.clone();
+        *run_ch = crate::sink::channel::live_config(run_ch, new_ch);
     }
     Ok((effective, changes))
 }
@@ -383,6 +394,9 @@ token = "t1"
         fn set_upstream(&self, live: UpstreamLive) {
             self.calls.lock().unwrap().push(format!("upstream {}", live.url_for_logs()));
         }
+        fn set_channel(&self, cfg: &ChannelConfig) {
+            self.calls.lock().unwrap().push(format!("channel records_per_message={}", cfg.records_per_message));
+        }
         fn set_file_output(&self, cfg: FileOutputConfig) {
             self.calls.lock().unwrap().push(format!("file_output {}", cfg.path.display()));
         }
@@ -409,8 +423,10 @@ token = "t1"
         check(&BASE.replace("t1", "t2"), Changes::default());
         check(
             &BASE.replace("token = \"t1\"", "token = \"t1\"\nlisten = \"127.0.0.1:9999\""),
-            Changes { restart_needed: vec!["channel"], ..Changes::default() },
+            Changes { restart_needed: vec!["channel.listen"], ..Changes::default() },
         );
+        // Batching, pings and masking apply live.
+        check(&BASE.replace("token = \"t1\"", "token = \"t1\"\nrecords_per_message = 20\nmask_keep = 4"), Changes::default());
         // The archive's settings apply live; removing it needs a restart.
         check(&BASE.replace("/tmp/out.ndjson", "/tmp/other.ndjson"), Changes::default());
         check(
@@ -434,7 +450,7 @@ token = "t1"
         let mut fake = Fake::default();
         let (effective, changes) = apply(&mut fake, &running, prepared).await.unwrap();
         assert_eq!(*fake.calls.lock().unwrap(), vec!["token t2", "file_output /tmp/other.ndjson", "sources a,b enricher=false"]);
-        assert_eq!(changes.restart_needed, vec!["channel"]);
+        assert_eq!(changes.restart_needed, vec!["channel.listen"]);
         assert!(changes.log_level);
         assert_eq!(effective.sources.len(), 2);
         assert_eq!(effective.log_level, "debug");
@@ -443,7 +459,7 @@ token = "t1"
         // reload reports it again.
         assert_eq!(effective.channel.as_ref().unwrap().listen, "127.0.0.1:8790");
         assert_eq!(effective.channel.as_ref().unwrap().token.as_ref().map(Secret::expose), Some("t2"));
-        assert_eq!(diff(&effective, &cfg(&new_text)).restart_needed, vec!["channel"]);
+        assert_eq!(diff(&effective, &cfg(&new_text)).restart_needed, vec!["channel.listen"]);
     }
 
     #[tokio::test]

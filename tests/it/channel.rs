@@ -247,6 +247,36 @@ async fn a_client_may_ask_for_its_own_records_per_message() {
 }
 
 #[tokio::test]
+async fn reloaded_batching_and_masking_apply_to_new_connections_and_records() {
+    let mut ch = Chan::start("").await;
+    let mut before = connect(&ch.url("/stream?key=test-token-5f3a")).await;
+    poll("connection registered", || (ch.handle.connections() == 1).then_some(())).await;
+    let toml = format!(
+        "listen = \"127.0.0.1:0\"\ntoken = \"{TOKEN}\"\nchannel_id = \"chan-1\"\narea = \"eu\"\nrecords_per_message = 10\nmask_keep = 2\n"
+    );
+    ch.handle.reconfigure(&toml::from_str::<ChannelConfig>(&toml).unwrap());
+    let mut after = connect(&ch.url("/stream?key=test-token-5f3a")).await;
+    poll("connections registered", || (ch.handle.connections() == 2).then_some(())).await;
+    let ids = ch.send(30).await;
+    let mut sizes = Vec::new();
+    let mut got = Vec::new();
+    while got.len() < 30 {
+        let Event::Data(v) = next_event(&mut after).await else { panic!("expected data") };
+        let data = v["data"].as_array().unwrap();
+        sizes.push(data.len());
+        for r in data {
+            assert_eq!(r["api_key"], "k7********************a6", "masked after the reload");
+            got.push(r["request_uuid"].as_str().unwrap().to_string());
+        }
+    }
+    assert_eq!(got, ids);
+    assert!(sizes.len() < 30 && sizes.iter().all(|&n| n <= 10), "batched by the new setting: {sizes:?}");
+    // The connection opened before keeps its one record per message.
+    let Event::Data(v) = next_event(&mut before).await else { panic!("expected data") };
+    assert_eq!(v["data"].as_array().unwrap().len(), 1);
+}
+
+#[tokio::test]
 async fn client_text_frames_get_response_to_answers() {
     let mut ch = Chan::start("").await;
     let mut ws = connect(&ch.url("/stream?key=test-token-5f3a")).await;

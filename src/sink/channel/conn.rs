@@ -327,7 +327,7 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let filter = &sub.filter;
-    let per_message = sub.records_per_message.unwrap_or(shared.settings.records_per_message);
+    let per_message = sub.records_per_message.unwrap_or_else(|| shared.live.records_per_message());
     let mut head_rx = shared.head.subscribe();
     let mut chunk: Vec<Entry> = Vec::with_capacity(READ_CHUNK_RECORDS);
     let mut linger_until: Option<Instant> = None;
@@ -482,7 +482,7 @@ where
 /// Sends a ping every `ping_interval`; ends the connection when nothing at
 /// all was received from the client for two intervals.
 async fn liveness(shared: &Shared, conn: &ConnState, ctrl_tx: &mpsc::Sender<Message>) -> CloseReason {
-    let interval = shared.settings.ping_interval;
+    let interval = shared.live.ping_interval();
     let mut tick = tokio::time::interval_at(Instant::now() + interval, interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {

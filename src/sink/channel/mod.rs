@@ -55,7 +55,7 @@ pub mod stats;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -112,6 +112,43 @@ const SLOW_CHECK_INTERVAL: Duration = Duration::from_millis(250);
 /// not sent yet before they are closed with 1001.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Keys of `[channel]` fixed while the channel runs (its listener, paths,
+/// TLS, connection slots, replay ring and send queues): a change needs a
+/// restart. `token`/`token_file`, `records_per_message`, `mask_keep` and
+/// `ping_interval_secs` apply on reload.
+pub fn restart_keys(old: &ChannelConfig, new: &ChannelConfig) -> Vec<&'static str> {
+    let mut keys = Vec::new();
+    let mut check = |name: &'static str, differs: bool| {
+        if differs {
+            keys.push(name);
+        }
+    };
+    check("channel.listen", old.listen != new.listen);
+    check("channel.channel_id", old.channel_id != new.channel_id);
+    check("channel.area", old.area != new.area);
+    check("channel.tls_cert", old.tls_cert != new.tls_cert || old.tls_key != new.tls_key);
+    check("channel.max_connections", old.max_connections != new.max_connections);
+    check("channel.replay_records", old.replay_records != new.replay_records);
+    check("channel.send_queue_bytes", old.send_queue_bytes != new.send_queue_bytes);
+    keys
+}
+
+/// `new` with the keys of [`restart_keys`] taken from `running`: the
+/// section a reload puts in force.
+pub fn live_config(running: &ChannelConfig, new: &ChannelConfig) -> ChannelConfig {
+    ChannelConfig {
+        listen: running.listen.clone(),
+        channel_id: running.channel_id.clone(),
+        area: running.area.clone(),
+        tls_cert: running.tls_cert.clone(),
+        tls_key: running.tls_key.clone(),
+        max_connections: running.max_connections,
+        replay_records: running.replay_records,
+        send_queue_bytes: running.send_queue_bytes,
+        ..new.clone()
+    }
+}
+
 /// The channel's settings, from [`ChannelConfig`].
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -150,6 +187,47 @@ impl Settings {
     }
 }
 
+/// The settings a reload changes on a running channel
+/// ([`ChannelHandle::reconfigure`]); read where they are used, so they
+/// apply to connections opened (batching, pings) and records appended
+/// (masking) after the reload.
+pub(crate) struct LiveSettings {
+    records_per_message: AtomicUsize,
+    /// `usize::MAX` = no masking.
+    mask_keep: AtomicUsize,
+    ping_interval_ms: AtomicU64,
+}
+
+impl LiveSettings {
+    fn new(s: &Settings) -> Self {
+        let live =
+            LiveSettings { records_per_message: AtomicUsize::new(0), mask_keep: AtomicUsize::new(0), ping_interval_ms: AtomicU64::new(0) };
+        live.set(s);
+        live
+    }
+
+    fn set(&self, s: &Settings) {
+        self.records_per_message.store(s.records_per_message, Ordering::Relaxed);
+        self.mask_keep.store(s.mask_keep.unwrap_or(usize::MAX), Ordering::Relaxed);
+        self.ping_interval_ms.store(s.ping_interval.as_millis() as u64, Ordering::Relaxed);
+    }
+
+    /// Records per message, for clients that ask for none of their own.
+    pub fn records_per_message(&self) -> usize {
+        self.records_per_message.load(Ordering::Relaxed)
+    }
+
+    /// Characters kept at each end of masked keys; `None` = no masking.
+    pub fn mask_keep(&self) -> Option<usize> {
+        Some(self.mask_keep.load(Ordering::Relaxed)).filter(|&k| k != usize::MAX)
+    }
+
+    /// Ping interval.
+    pub fn ping_interval(&self) -> Duration {
+        Duration::from_millis(self.ping_interval_ms.load(Ordering::Relaxed))
+    }
+}
+
 /// The current token and the signal that ends connections admitted with it.
 pub(crate) struct TokenEpoch {
     /// The token clients must present.
@@ -160,8 +238,10 @@ pub(crate) struct TokenEpoch {
 
 /// State shared by the sink task, the listener and every connection.
 pub(crate) struct Shared {
-    /// Settings.
+    /// Settings as started (the fixed ones: paths, limits, ring size).
     pub settings: Settings,
+    /// Settings a reload changes.
+    pub live: LiveSettings,
     /// The replay ring (short critical sections only: append, copy Arcs).
     ring: Mutex<Ring>,
     /// The ring's `next_seq` after the latest append; connections wait on it.
@@ -286,6 +366,17 @@ impl ChannelHandle {
         info!("channel: token replaced; connections that used the old token are closed");
     }
 
+    /// Applies a reloaded `[channel]` section: `records_per_message` and
+    /// `ping_interval_secs` for connections opened from now on,
+    /// `mask_keep` for records appended from now on (records already in
+    /// the replay ring keep the masking they were stored with). The token
+    /// is [`ChannelHandle::set_token`]; the other keys need a restart
+    /// ([`restart_keys`]).
+    pub fn reconfigure(&self, c: &ChannelConfig) {
+        self.shared.live.set(&Settings::from_config(c));
+        info!(records_per_message = c.records_per_message, mask_keep = ?c.mask_keep, ping_interval_secs = c.ping_interval_secs, "channel: settings reloaded");
+    }
+
     /// Stops now: no new connections; every connection is closed with 1001.
     pub fn shutdown(&self) {
         self.shared.stop.cancel();
@@ -353,6 +444,7 @@ pub async fn spawn(
         stats: ChannelStats::default(),
         draining: CancellationToken::new(),
         stop: ctx.shutdown.child_token(),
+        live: LiveSettings::new(&settings),
         settings,
     });
     let handle = ChannelHandle { shared: shared.clone(), local_addr };
@@ -406,8 +498,8 @@ async fn sink_loop(
         };
         let n = batch.records.len();
         sink_stats.enqueued(n);
-        let items: Vec<Arc<Item>> =
-            batch.records.iter().map(|r| Arc::new(item(r, shared.settings.mask_keep, batch.observed_ms, &mut buf))).collect();
+        let mask_keep = shared.live.mask_keep();
+        let items: Vec<Arc<Item>> = batch.records.iter().map(|r| Arc::new(item(r, mask_keep, batch.observed_ms, &mut buf))).collect();
         let next = shared.lock_ring().next_seq();
         if let Err(e) = seqs.reserve(next + n as u64).await {
             // Without a durable reservation, numbers could repeat after a
