@@ -775,25 +775,27 @@ impl Shared {
                 self.report_evicted(&ev);
                 return Err(r);
             }
-            let (seq, path) = s.reserve();
+            let (seq, path) = s.reserve(need);
             (seq, path, ev)
         };
         self.report_evicted(&evicted);
         let (units, obs, p) = (r.units.clone(), r.observed_ms, path.clone());
         match tokio::task::spawn_blocking(move || spool::write_file(&p, &units, obs)).await {
             Ok(Ok(size)) => {
-                lock(spool).add(seq, size, r.units.len(), r.observed_ms);
+                lock(spool).add(seq, size, r.units.len(), r.observed_ms, need);
                 tracing::debug!(seq, records = r.units.len(), "upstream: request spooled");
                 self.complete(r, Handled::Spooled);
                 self.spool_changed.notify_waiters();
                 Ok(())
             }
             Ok(Err(e)) => {
+                lock(spool).unreserve(need);
                 tracing::error!(file = %path.display(), error = %e, "upstream: cannot write to the spool; keeping the request in memory");
                 let _ = std::fs::remove_file(path.with_extension("tmp"));
                 Err(r)
             }
             Err(e) => {
+                lock(spool).unreserve(need);
                 tracing::error!(error = %e, "upstream: spool task failed");
                 Err(r)
             }

@@ -71,6 +71,9 @@ pub struct Spool {
     entries: VecDeque<Entry>,
     /// Total size of `entries`.
     bytes: u64,
+    /// Bytes reserved for files being written (counted against
+    /// `max_bytes`, so concurrent writers cannot overshoot it together).
+    reserved: u64,
     /// Next sequence number.
     next_seq: u64,
 }
@@ -101,7 +104,7 @@ impl Spool {
         entries.sort_by_key(|e| e.seq);
         let bytes = entries.iter().map(|e| e.bytes).sum();
         let next_seq = entries.last().map_or(1, |e| e.seq + 1);
-        Ok(Spool { dir: dir.to_path_buf(), max_bytes, entries: entries.into(), bytes, next_seq })
+        Ok(Spool { dir: dir.to_path_buf(), max_bytes, entries: entries.into(), bytes, reserved: 0, next_seq })
     }
 
     /// Bytes spooled.
@@ -129,17 +132,25 @@ impl Spool {
     }
 
     /// Reserves a sequence number and returns the path to write to.
-    pub fn reserve(&mut self) -> (u64, PathBuf) {
+    /// `need` bytes count against `max_bytes` until [`Spool::add`] or
+    /// [`Spool::unreserve`].
+    pub fn reserve(&mut self, need: u64) -> (u64, PathBuf) {
         let seq = self.next_seq;
         self.next_seq += 1;
+        self.reserved += need;
         (seq, self.path(seq))
+    }
+
+    /// Gives back a reservation whose file was not written.
+    pub fn unreserve(&mut self, need: u64) {
+        self.reserved = self.reserved.saturating_sub(need);
     }
 
     /// Makes room for `need` more bytes by deleting the oldest files not
     /// being sent. Returns what was deleted; the caller logs and counts it.
     pub fn make_room(&mut self, need: u64) -> Evicted {
         let mut ev = Evicted::default();
-        while self.bytes + need > self.max_bytes {
+        while self.bytes + self.reserved + need > self.max_bytes {
             let Some(i) = self.entries.iter().position(|e| !e.taken) else { break };
             let Some(e) = self.entries.remove(i) else { break };
             let _ = fs::remove_file(self.path(e.seq));
@@ -152,11 +163,13 @@ impl Spool {
 
     /// True when `need` more bytes fit.
     pub fn fits(&self, need: u64) -> bool {
-        self.bytes + need <= self.max_bytes
+        self.bytes + self.reserved + need <= self.max_bytes
     }
 
-    /// Registers a file written by [`write_file`].
-    pub fn add(&mut self, seq: u64, bytes: u64, records: usize, observed_ms: i64) {
+    /// Registers a file written by [`write_file`] for a reservation of
+    /// `reserved` bytes.
+    pub fn add(&mut self, seq: u64, bytes: u64, records: usize, observed_ms: i64, reserved: u64) {
+        self.unreserve(reserved);
         // Keep sequence order even if writes finished out of order.
         let at = self.entries.iter().position(|e| e.seq > seq).unwrap_or(self.entries.len());
         self.entries.insert(at, Entry { seq, bytes, records, observed_ms, taken: false });
@@ -271,10 +284,10 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let mut s = Spool::open(d.path(), 1 << 20).unwrap();
         for i in 0..3 {
-            let (seq, p) = s.reserve();
+            let (seq, p) = s.reserve(0);
             let u = units(i + 1, 10);
             let n = write_file(&p, &u, 100 + i as i64).unwrap();
-            s.add(seq, n, u.len(), 100 + i as i64);
+            s.add(seq, n, u.len(), 100 + i as i64, 0);
         }
         assert_eq!(s.records(), 6);
         let again = Spool::open(d.path(), 1 << 20).unwrap();
@@ -295,9 +308,9 @@ mod tests {
         let mut s = Spool::open(d.path(), 0).unwrap();
         let mut size = 0;
         for _ in 0..3 {
-            let (seq, p) = s.reserve();
+            let (seq, p) = s.reserve(0);
             size = write_file(&p, &units(2, 100), 1).unwrap();
-            s.add(seq, size, 2, 1);
+            s.add(seq, size, 2, 1, 0);
         }
         s.max_bytes = 3 * size;
         let (taken, _) = s.take_oldest().unwrap();
@@ -307,6 +320,22 @@ mod tests {
         assert_eq!(s.entries.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![taken.seq, taken.seq + 2]);
         assert!(s.fits(size));
         assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 2);
+    }
+
+    #[test]
+    fn reservations_count_against_the_bound() {
+        let d = tempfile::tempdir().unwrap();
+        let mut s = Spool::open(d.path(), 1000).unwrap();
+        // Two writers reserve before either has written: the second does
+        // not fit, so together they cannot pass the bound.
+        assert!(s.fits(600));
+        let (a, _) = s.reserve(600);
+        assert!(!s.fits(600), "the first reservation counts");
+        s.add(a, 550, 1, 1, 600);
+        assert_eq!((s.bytes(), s.reserved), (550, 0));
+        let (_, _) = s.reserve(400);
+        s.unreserve(400);
+        assert!(s.fits(450));
     }
 
     #[test]
