@@ -145,6 +145,7 @@ impl Bridge {
             let shared = Shared {
                 format: s.format,
                 max_line_bytes: s.max_line_bytes,
+                partial_grace: Duration::from_millis(s.partial_grace_ms),
                 fanout: fanout.clone(),
                 checkpoints: self.checkpoints.clone(),
                 enricher: self.enricher.clone(),

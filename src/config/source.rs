@@ -52,10 +52,19 @@ pub struct SourceConfig {
     /// Lines longer than this are rejected (`too_long`).
     #[serde(default = "default_max_line_bytes")]
     pub max_line_bytes: usize,
+    /// A partial last line (no newline) of a file rotated away or deleted
+    /// is emitted only after the file has not grown for this long since
+    /// then: a writer still holding the file open may complete it.
+    #[serde(default = "default_partial_grace_ms")]
+    pub partial_grace_ms: u64,
 }
 
 fn default_rescan_interval_ms() -> u64 {
     10_000
+}
+
+fn default_partial_grace_ms() -> u64 {
+    500
 }
 
 /// 1 MiB: far above any real access-log line (LE truncates URIs at 2 KiB).

@@ -97,6 +97,11 @@ pub struct Shared {
     pub format: Format,
     /// Lines longer than this are rejected.
     pub max_line_bytes: usize,
+    /// A partial last line of a file rotated away or deleted is emitted
+    /// only once the file has not grown for this long since it went: a
+    /// writer that still holds the file open (a logger finishing its last
+    /// write, a sync tool writing in pieces) may complete the line first.
+    pub partial_grace: Duration,
     /// Sends batches to the sinks.
     pub fanout: Fanout,
     /// Durable offsets.
@@ -456,12 +461,23 @@ pub async fn run(spec: Spec, shared: Shared, ctl: Arc<Control>, stats: FileStats
     }
     let mut size = 0;
     let mut last_sent = st.offset();
+    // When the file last gave new bytes, or was first seen rotated away or
+    // deleted, whichever is later: the partial-line grace period runs from
+    // there.
+    let mut last_growth = tokio::time::Instant::now();
+    let mut went_away = false;
     loop {
         if shared.shutdown.is_cancelled() {
             return done(st.offset(), size, Exit::Shutdown);
         }
         let gone = ctl.gone.load(Ordering::Acquire) || ctl.rotated.load(Ordering::Acquire);
-        let flush_partial = st.gz.is_some() || (gone && !ctl.superseded.load(Ordering::Acquire));
+        if gone && !went_away {
+            went_away = true;
+            last_growth = tokio::time::Instant::now();
+        }
+        let settled = last_growth.elapsed() >= shared.partial_grace;
+        let flush_partial = st.gz.is_some() || (gone && settled && !ctl.superseded.load(Ordering::Acquire));
+        let pos_before = st.pos;
         let sink = shared.rejects.clone();
         let p = path.clone();
         let res = tokio::task::spawn_blocking(move || {
@@ -485,6 +501,9 @@ pub async fn run(spec: Spec, shared: Shared, ctl: Arc<Control>, stats: FileStats
         let chunk = match res {
             Ok((s, r)) => {
                 st = s;
+                if st.pos > pos_before {
+                    last_growth = tokio::time::Instant::now();
+                }
                 match r {
                     Ok(c) => c,
                     Err(e) => {
@@ -552,15 +571,20 @@ pub async fn run(spec: Spec, shared: Shared, ctl: Arc<Control>, stats: FileStats
         }
         let superseded = ctl.superseded.load(Ordering::Acquire);
         let needs_flush = !st.carry.is_empty() && !superseded && !flush_partial;
-        if ctl.gone.load(Ordering::Acquire) {
-            if needs_flush {
-                // Noticed during this read: one more pass emits the partial line.
-                continue;
+        let away = ctl.gone.load(Ordering::Acquire) || ctl.rotated.load(Ordering::Acquire);
+        if away && needs_flush {
+            // Rotated away or deleted with a partial last line: once the
+            // grace period passes without growth, one more pass emits it;
+            // new bytes meanwhile may complete it.
+            tokio::select! {
+                _ = tokio::time::sleep_until(last_growth + shared.partial_grace) => {}
+                _ = ctl.wake.notified() => {}
+                _ = shared.shutdown.cancelled() => return done(st.offset(), size, Exit::Shutdown),
             }
-            return done(st.offset(), size, Exit::Gone);
-        }
-        if ctl.rotated.load(Ordering::Acquire) && needs_flush {
             continue;
+        }
+        if ctl.gone.load(Ordering::Acquire) {
+            return done(st.offset(), size, Exit::Gone);
         }
         tokio::select! {
             _ = ctl.wake.notified() => {}

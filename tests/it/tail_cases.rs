@@ -5,7 +5,7 @@
 use std::fs;
 use std::io::Write;
 
-use crate::tail_harness::{gzip, lines, uuids, Env};
+use crate::tail_harness::{gzip, lines, uuids, Env, DEADLINE};
 
 #[test]
 fn rename_rotation_finishes_the_old_file_then_the_new_one() {
@@ -221,6 +221,26 @@ fn partial_last_line_is_held_until_its_newline_or_the_file_goes() {
 }
 
 #[test]
+fn a_line_completed_just_after_its_file_was_rotated_comes_out_whole() {
+    // A long grace, so that a loaded machine cannot make the test late.
+    let mut env = Env::new("access*.log", "partial_grace_ms = 5000");
+    env.start();
+    let a = uuids("a", 20);
+    let p = uuids("p", 1);
+    let p_text = lines(&p);
+    env.append("access.log", &(lines(&a) + &p_text[..40]));
+    env.wait_for(&a);
+    // The logger rotates, then finishes its last write through the file
+    // it still holds open: within the grace period, so the line is whole.
+    fs::rename(env.path("access.log"), env.path("access.log.1")).unwrap();
+    crate::support::poll_until(DEADLINE, "the rotation noticed", || env.log_text().contains("file gone from the watched paths").then_some(()));
+    env.append("access.log.1", &p_text[40..]);
+    env.expect_exactly(&[a, p].concat());
+    assert!(!env.log_text().contains("rejected line"), "{}", env.log_text());
+    env.stop();
+}
+
+#[test]
 fn restart_resumes_exactly() {
     let mut env = Env::new("*.log", "");
     env.start();
@@ -304,6 +324,11 @@ fn read_from_end_skips_what_was_there_at_start_only() {
     let mut env = Env::new("*.log", "read_from = \"end\"");
     env.append("access.log", &lines(&uuids("before", 50)));
     env.start();
+    // Lines appended before the bridge first looks at the file are "what
+    // was there at start": wait until it has opened the file at its end.
+    crate::support::poll_until(DEADLINE, "access.log opened at its end", || {
+        env.log_text().lines().any(|l| l.contains("reading") && l.contains("access.log") && !l.contains("offset=0")).then_some(())
+    });
     let a = uuids("a", 20);
     env.append("access.log", &lines(&a));
     // A file appearing later is read from its beginning.
