@@ -233,7 +233,9 @@ fn a_line_completed_just_after_its_file_was_rotated_comes_out_whole() {
     // The logger rotates, then finishes its last write through the file
     // it still holds open: within the grace period, so the line is whole.
     fs::rename(env.path("access.log"), env.path("access.log.1")).unwrap();
-    crate::support::poll_until(DEADLINE, "the rotation noticed", || env.log_text().contains("file gone from the watched paths").then_some(()));
+    crate::support::poll_until(DEADLINE, "the rotation noticed", || {
+        env.log_text().contains("file gone from the watched paths").then_some(())
+    });
     env.append("access.log.1", &p_text[40..]);
     env.expect_exactly(&[a, p].concat());
     assert!(!env.log_text().contains("rejected line"), "{}", env.log_text());
