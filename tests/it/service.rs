@@ -268,6 +268,13 @@ fn signal(child: &Child, sig: &str) {
     assert!(st.success(), "kill -{sig} {} failed", child.id());
 }
 
+/// SIGHUP, then waits until the bridge says it is reloading and ready again.
+fn reload(child: &Child, notify: &mut NotifySocket) {
+    signal(child, "HUP");
+    notify.wait_for("RELOADING=1", Duration::from_secs(10));
+    notify.wait_for("READY=1", Duration::from_secs(30));
+}
+
 /// Waits for the process to exit and returns its exit code.
 fn wait_exit(child: &mut Child, within: Duration) -> i32 {
     let status = support::poll_until(within, "the bridge to exit", || child.try_wait().expect("try_wait"));
@@ -332,9 +339,7 @@ fn sighup_applies_a_valid_config_and_refuses_an_invalid_one() {
 
     // A valid new config: a second source. Applied live, announced to systemd.
     site.write_config(&["a", "b"]);
-    signal(&child, "HUP");
-    notify.wait_for("RELOADING=1", Duration::from_secs(10));
-    notify.wait_for("READY=1", Duration::from_secs(30));
+    reload(&child, &mut notify);
     site.simulate("a", 20, 3);
     site.wait_delivered(&site.expected(&["a", "b"]), "sources a and b delivered after the reload");
     assert!(site.stderr().contains("configuration reloaded"), "{}", site.stderr());
@@ -342,9 +347,7 @@ fn sighup_applies_a_valid_config_and_refuses_an_invalid_one() {
     // An invalid config: refused with the key named, the old one keeps running.
     std::fs::write(&config, std::fs::read_to_string(&config).expect("read").replace("format = \"le6\"", "format = \"le7\""))
         .expect("write");
-    signal(&child, "HUP");
-    notify.wait_for("RELOADING=1", Duration::from_secs(10));
-    notify.wait_for("READY=1", Duration::from_secs(10));
+    reload(&child, &mut notify);
     support::poll_until(Duration::from_secs(10), "the refusal in the log", || site.stderr().contains("reload refused").then_some(()));
     let log = site.stderr();
     let refusal = log.lines().find(|l| l.contains("reload refused")).expect("refusal line");
@@ -522,9 +525,7 @@ fn sighup_applies_a_new_channel_token_from_its_file() {
 
     // Only the token file changes: a reload picks up its new content.
     std::fs::write(&token_file, "new-token-9876543210\n").expect("write token");
-    signal(&child, "HUP");
-    notify.wait_for("RELOADING=1", Duration::from_secs(10));
-    notify.wait_for("READY=1", Duration::from_secs(30));
+    reload(&child, &mut notify);
     assert_eq!(upgrade_status(&addr, "new-token-9876543210"), 101);
     assert_eq!(upgrade_status(&addr, "old-token-0123456789"), 401);
     assert!(!site.stderr().contains("token-0123456789") && !site.stderr().contains("token-9876543210"), "a token was logged");
@@ -566,9 +567,7 @@ fn sighup_applies_new_lookup_tables_to_records_read_after_it() {
     assert!(before.iter().all(|r| r["service_name"] == ""), "no lookups yet, so no names: {:?}", before[0]);
 
     std::fs::write(&config, format!("{base}[enrich]\nlookups = [{services:?}]\n")).expect("write config");
-    signal(&child, "HUP");
-    notify.wait_for("RELOADING=1", Duration::from_secs(10));
-    notify.wait_for("READY=1", Duration::from_secs(30));
+    reload(&child, &mut notify);
     simulate_raw(52);
     let after = support::poll_until(Duration::from_secs(30), "10 more records", || {
         let r = records();
@@ -614,9 +613,7 @@ fn sighup_switches_upstream_url_and_credentials_losing_and_repeating_nothing() {
     // A new collector URL, and a new token (only the token file's content).
     std::fs::write(&token_file, "second-secret-2222\n").expect("write token");
     std::fs::write(&config, with_upstream(&second_collector.url("/in"))).expect("write config");
-    signal(&child, "HUP");
-    notify.wait_for("RELOADING=1", Duration::from_secs(10));
-    notify.wait_for("READY=1", Duration::from_secs(30));
+    reload(&child, &mut notify);
     site.simulate("a", 30, 52);
     let all = site.expected(&["a"]);
     let second: BTreeSet<String> = all.difference(&first).cloned().collect();
@@ -688,9 +685,7 @@ fn sighup_while_reading_waits_on_a_full_sink_queue_loses_and_repeats_nothing() {
     // A reload that restarts the reading side (a new source) meanwhile.
     site.simulate("b", 5, 62);
     std::fs::write(&config, text(&["a", "b"])).expect("write config");
-    signal(&child, "HUP");
-    notify.wait_for("RELOADING=1", Duration::from_secs(10));
-    notify.wait_for("READY=1", Duration::from_secs(30));
+    reload(&child, &mut notify);
 
     collector.set_down(false);
     let all: BTreeSet<String> = want.union(&site.expected(&["b"])).cloned().collect();
@@ -729,9 +724,7 @@ fn sighup_moves_the_archive_and_changes_its_shape_losing_and_repeating_nothing()
     let text = text.replace(&format!("path = {:?}", site.path("out.ndjson")), &format!("path = {moved:?}\nshape = \"ecls\""));
     assert!(text.contains("archive2"), "{text}");
     std::fs::write(&config, text).expect("write config");
-    signal(&child, "HUP");
-    notify.wait_for("RELOADING=1", Duration::from_secs(10));
-    notify.wait_for("READY=1", Duration::from_secs(30));
+    reload(&child, &mut notify);
     site.simulate("a", 40, 72);
     let all = site.expected(&["a"]);
     let second: BTreeSet<String> = all.difference(&first).cloned().collect();
