@@ -54,6 +54,21 @@ pub struct Entry {
     pub ino: u64,
     /// Epoch ms when a scan last saw the file; drives pruning.
     pub last_seen_ms: i64,
+    /// For a `.gz` read to its end: its compressed size then and the
+    /// content offset of its end. A restart that finds the same `.gz` (same
+    /// fingerprint and size) with `offset` at that end does not decompress
+    /// it again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gz_complete: Option<GzComplete>,
+}
+
+/// See [`Entry::gz_complete`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GzComplete {
+    /// Compressed size of the file, bytes.
+    pub size: u64,
+    /// Offset of the end of its content.
+    pub end: u64,
 }
 
 /// The stored document.
@@ -189,6 +204,7 @@ impl Checkpointer {
             dev: 0,
             ino: 0,
             last_seen_ms: 0,
+            gz_complete: None,
         });
         let changed = e.path != path || e.dev != dev || e.ino != ino;
         e.path.clear();
@@ -213,6 +229,28 @@ impl Checkpointer {
                 st.dirty = true;
             }
         }
+    }
+
+    /// Notes that a `.gz` of `size` compressed bytes was read to its end at
+    /// content offset `end` (see [`Entry::gz_complete`]).
+    pub fn mark_gz_complete(&self, fp: Fingerprint, size: u64, end: u64) {
+        let mut st = self.lock();
+        if let Some(e) = st.entries.get_mut(&fp) {
+            let mark = Some(GzComplete { size, end });
+            if e.gz_complete != mark {
+                e.gz_complete = mark;
+                st.dirty = true;
+            }
+        }
+    }
+
+    /// True when the `.gz` with this fingerprint and compressed size was
+    /// read to its end and everything up to that end is delivered: there is
+    /// nothing to read in it.
+    pub fn gz_done(&self, fp: Fingerprint, size: u64) -> bool {
+        let st = self.lock();
+        let in_flight = st.trackers.get(&fp).is_some_and(|t| !t.in_flight.is_empty());
+        st.entries.get(&fp).is_some_and(|e| !in_flight && e.gz_complete.is_some_and(|g| g.size == size && e.offset >= g.end))
     }
 
     /// Registers a batch that ends at `end_offset`, in read order. Its
@@ -272,6 +310,7 @@ impl Checkpointer {
             dev: 0,
             ino: 0,
             last_seen_ms: crate::time::now_ms(),
+            gz_complete: None,
         });
         if end > e.offset {
             e.offset = end;
@@ -388,6 +427,23 @@ mod tests {
         assert_eq!(c.ack(t3), None, "waits for the batch before");
         assert_eq!(c.ack(t1), Some(20));
         assert_eq!(c.offset(fp(1)), Some(20));
+    }
+
+    #[test]
+    fn a_gz_read_to_its_end_is_done_once_delivered_and_survives_a_reload() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = Checkpointer::load(dir.path()).unwrap();
+        c.seen(fp(7), "/a.gz", 1, 2, 0);
+        let t = c.register(fp(7), 500);
+        c.mark_gz_complete(fp(7), 120, 500);
+        assert!(!c.gz_done(fp(7), 120), "not delivered yet");
+        c.ack(t);
+        assert!(c.gz_done(fp(7), 120));
+        assert!(!c.gz_done(fp(7), 121), "another size is another file");
+        assert!(!c.gz_done(fp(8), 120));
+        c.write(true).unwrap();
+        let again = Checkpointer::load(dir.path()).unwrap();
+        assert!(again.gz_done(fp(7), 120));
     }
 
     #[test]

@@ -402,6 +402,10 @@ impl Tailer {
         let Some(t) = self.files.get_mut(&key) else { return };
         t.deferred = false;
         let gz = crate::watch::is_gz(&t.path);
+        if gz && self.shared.checkpoints.gz_done(fp, t.size) {
+            tracing::debug!(file = %t.path.display(), "gzip file already read to its end; not decompressed again");
+            return;
+        }
         let path_str: Arc<str> = t.path.to_string_lossy().into();
         // resume_offset, not offset: after a reload restarted the tailers,
         // batches still in flight must not be read again.
@@ -499,7 +503,12 @@ impl Tailer {
                     restat = Some(t.path.clone());
                     self.forget(fin.key);
                 }
-                Exit::Complete | Exit::Idle | Exit::Failed | Exit::Shutdown => {}
+                Exit::Complete => {
+                    if crate::watch::is_gz(&t.path) {
+                        self.shared.checkpoints.mark_gz_complete(fin.fp, t.size, fin.offset);
+                    }
+                }
+                Exit::Idle | Exit::Failed | Exit::Shutdown => {}
             }
         }
         if self.shared.shutdown.is_cancelled() {

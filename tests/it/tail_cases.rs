@@ -116,12 +116,16 @@ fn rotated_file_compressed_later_is_not_read_twice() {
     fs::write(&tmp, lines(&old)).unwrap();
     gzip(&tmp, &env.path("access-old.log.gz"));
     env.expect_exactly(&[a, b, old].concat());
-    // After a restart the .gz files are still known.
+    // After a restart the .gz files are still known, and not even
+    // decompressed again: both were read to their end.
     env.stop();
+    let skipped = |env: &Env| env.log_text().matches("not decompressed again").count();
+    let before = skipped(&env);
     env.start();
     let c = uuids("c", 10);
     env.append("access.log", &lines(&c));
     env.expect_exactly(&[uuids("a", 300), uuids("b", 50), uuids("old", 70), c].concat());
+    assert_eq!(skipped(&env) - before, 2, "{}", env.log_text());
     env.stop();
 }
 
