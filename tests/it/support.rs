@@ -20,10 +20,10 @@ pub fn run(args: &[&str]) -> Output {
     cmd().args(args).output().expect("run calllog-bridge")
 }
 
-/// The shared reference samples (`../shared/reference/samples/NAME`).
+/// The reference samples of each Local Edition format
+/// (`tests/fixtures/samples/NAME`, copies of the format reference's).
 pub fn sample(name: &str) -> PathBuf {
-    let here = Path::new(env!("CARGO_MANIFEST_DIR"));
-    here.join("../shared/reference/samples").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/samples").join(name)
 }
 
 /// Polls `f` until it returns `Some`, or panics with `what` after `timeout`.
