@@ -55,8 +55,8 @@ impl Archive {
                 fs::create_dir_all(dir)?;
             }
         }
-        let file = OpenOptions::new().create(true).append(true).open(&cfg.path)?;
-        let size = file.metadata()?.len();
+        let file = OpenOptions::new().create(true).read(true).append(true).open(&cfg.path)?;
+        let size = drop_torn_tail(&file, &cfg.path)?;
         Ok(Archive { path: cfg.path.clone(), file, size, rotate_bytes: cfg.rotate_bytes, keep_files: cfg.keep_files })
     }
 
@@ -113,6 +113,38 @@ impl Archive {
         }
         Ok(())
     }
+}
+
+/// Removes a partial last line, which only an unclean stop (`kill -9`,
+/// power loss) leaves: appended to, it would merge with the next record
+/// into one broken line. Its batch was never acknowledged (that needs the
+/// fsync after the whole batch), so its records are read again and
+/// written whole. Returns the file's size after.
+fn drop_torn_tail(file: &File, path: &Path) -> std::io::Result<u64> {
+    use std::os::unix::fs::FileExt;
+    let size = file.metadata()?.len();
+    let mut end = size;
+    let mut buf = vec![0u8; 64 * 1024];
+    while end > 0 {
+        let start = end.saturating_sub(buf.len() as u64);
+        let chunk = &mut buf[..(end - start) as usize];
+        file.read_exact_at(chunk, start)?;
+        if let Some(i) = memchr::memrchr(b'\n', chunk) {
+            end = start + i as u64 + 1;
+            break;
+        }
+        end = start;
+    }
+    if end < size {
+        tracing::warn!(
+            file = %path.display(),
+            bytes = size - end,
+            "archive ended with a partial line (an unclean stop); removed it: its records are read again and written whole"
+        );
+        file.set_len(end)?;
+        file.sync_data()?;
+    }
+    Ok(end)
 }
 
 /// `<path>.<n>`.
@@ -302,6 +334,21 @@ mod tests {
         let mut r = Record::new_ml();
         r.set(Field::RequestUuid, uuid.to_string());
         r
+    }
+
+    #[test]
+    fn a_torn_last_line_is_removed_when_the_archive_is_opened() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = cfg(dir.path(), 0);
+        fs::write(&c.path, "{\"a\":1}\n{\"b\":2}\n{\"c\":").unwrap();
+        let a = Archive::open(&c).unwrap();
+        assert_eq!(fs::read_to_string(&c.path).unwrap(), "{\"a\":1}\n{\"b\":2}\n");
+        assert_eq!(a.size, 16);
+        drop(a);
+        // Whole lines are kept as they are; a file of only a torn line is emptied.
+        assert_eq!(Archive::open(&c).unwrap().size, 16);
+        fs::write(&c.path, "{\"c\":").unwrap();
+        assert_eq!(Archive::open(&c).unwrap().size, 0);
     }
 
     #[tokio::test]
