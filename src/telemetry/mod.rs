@@ -317,39 +317,40 @@ pub struct FileInner {
 /// fall out first. Bounds memory whatever the rate.
 pub const MAX_DELAY_SAMPLES: usize = delay::RING_SAMPLES;
 
-/// Transfer delays of one batch, gathered as [`FileStats::observed`]
-/// gathers sync delays: local bucket counts, ring slots claimed once.
-struct Transfer {
+/// The delays of one batch, gathered locally and published once: bucket
+/// counts and the sum are added to the histogram at the end, ring slots are
+/// written with plain stores and claimed with one add. Used for the sync
+/// and the transfer delay alike.
+struct DelayBatch {
     counts: [u64; delay::BUCKETS],
-    /// The ring's head when the first sample came; `None` = no sample yet.
-    head: Option<u64>,
+    /// The ring's head when the batch started.
+    head: u64,
     samples: u64,
     sum: i64,
 }
 
-impl Default for Transfer {
-    fn default() -> Self {
-        Transfer { counts: [0; delay::BUCKETS], head: None, samples: 0, sum: 0 }
+impl DelayBatch {
+    fn new(ring: &SampleRing) -> Self {
+        DelayBatch { counts: [0; delay::BUCKETS], head: ring.head(), samples: 0, sum: 0 }
     }
-}
 
-impl Transfer {
     #[inline]
-    fn add(&mut self, inner: &FileInner, time_code: u64, d: i64) {
-        let ring = inner.transfer_ring.get_or_init(|| SampleRing::with_capacity(MAX_TRANSFER_SAMPLES));
-        let head = *self.head.get_or_insert_with(|| ring.head());
+    fn add(&mut self, ring: &SampleRing, time_code: u64, d: i64) {
         self.counts[delay::bucket_index(d)] += 1;
-        ring.write_coded(head.wrapping_add(self.samples), time_code, d);
+        ring.write_coded(self.head.wrapping_add(self.samples), time_code, d);
         self.samples += 1;
         self.sum = self.sum.wrapping_add(d);
     }
 
-    fn finish(self, inner: &FileInner) {
-        if let (Some(_), Some(ring)) = (self.head, inner.transfer_ring.get()) {
-            ring.advance(self.samples);
-            inner.transfer_hist.add_counts(&self.counts);
-            inner.transfer_hist.add_sum(self.sum);
+    /// Publishes the batch; false when it holds no sample.
+    fn finish(&self, ring: &SampleRing, hist: &DelayHistogram) -> bool {
+        if self.samples == 0 {
+            return false;
         }
+        ring.advance(self.samples);
+        hist.add_counts(&self.counts);
+        hist.add_sum(self.sum);
+        true
     }
 }
 
@@ -430,24 +431,16 @@ impl FileStats {
         let mut n = 0u64;
         let mut newest = i64::MIN;
         let mut negative = 0u64;
-        let mut sum = 0i64;
-        // Bucket counts are gathered locally and added once per call; ring
-        // slots are written with plain stores and claimed with one add.
-        let mut counts = [0u64; delay::BUCKETS];
         let ring = &inner.sync_ring;
-        let head = ring.head();
+        let mut batch = DelayBatch::new(ring);
         let time_code = delay::SampleRing::time_code(observed_ms);
-        let mut samples = 0u64;
         for rt in request_times_ms {
             n += 1;
             if let Some(rt) = rt {
                 newest = newest.max(rt);
                 let d = observed_ms - rt;
                 negative += (d < 0) as u64;
-                sum = sum.wrapping_add(d);
-                counts[delay::bucket_index(d)] += 1;
-                ring.write_coded(head.wrapping_add(samples), time_code, d);
-                samples += 1;
+                batch.add(ring, time_code, d);
             }
         }
         if n == 0 {
@@ -463,10 +456,7 @@ impl FileStats {
                  (negative sync delays are counted in negative_delays, not clamped)"
             );
         }
-        if samples > 0 {
-            ring.advance(samples);
-            inner.sync_hist.add_counts(&counts);
-            inner.sync_hist.add_sum(sum);
+        if batch.finish(ring, &inner.sync_hist) {
             inner.watermark_ms.fetch_max(newest, Ordering::Relaxed);
         }
         inner.last_read_ms.fetch_max(observed_ms, Ordering::Relaxed);
@@ -490,12 +480,17 @@ impl FileStats {
     /// none). Same cost model as [`FileStats::observed`].
     pub fn written(&self, observed_ms: i64, write_times_ms: impl IntoIterator<Item = Option<i64>>) {
         let inner = &*self.0;
-        let time_code = delay::SampleRing::time_code(observed_ms);
-        let mut transfer = Transfer::default();
-        for wt in write_times_ms.into_iter().flatten() {
-            transfer.add(inner, time_code, observed_ms - wt);
+        let mut write_times = write_times_ms.into_iter().flatten().peekable();
+        if write_times.peek().is_none() {
+            return;
         }
-        transfer.finish(inner);
+        let ring = inner.transfer_ring.get_or_init(|| SampleRing::with_capacity(MAX_TRANSFER_SAMPLES));
+        let mut batch = DelayBatch::new(ring);
+        let time_code = delay::SampleRing::time_code(observed_ms);
+        for wt in write_times {
+            batch.add(ring, time_code, observed_ms - wt);
+        }
+        batch.finish(ring, &inner.transfer_hist);
     }
 
     /// Counts a partial last line emitted (its file was rotated away or
