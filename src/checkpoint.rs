@@ -62,6 +62,13 @@ pub struct Entry {
     pub gz_complete: Option<GzComplete>,
 }
 
+impl Entry {
+    /// A file not read yet: offset 0, location unknown.
+    fn new(fingerprint: Fingerprint, last_seen_ms: i64) -> Entry {
+        Entry { fingerprint, offset: 0, path: String::new(), dev: 0, ino: 0, last_seen_ms, gz_complete: None }
+    }
+}
+
 /// See [`Entry::gz_complete`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GzComplete {
@@ -197,15 +204,7 @@ impl Checkpointer {
     /// Creates an entry at offset 0 for a file seen for the first time.
     pub fn seen(&self, fp: Fingerprint, path: &str, dev: u64, ino: u64, now_ms: i64) {
         let mut st = self.lock();
-        let e = st.entries.entry(fp).or_insert_with(|| Entry {
-            fingerprint: fp,
-            offset: 0,
-            path: String::new(),
-            dev: 0,
-            ino: 0,
-            last_seen_ms: 0,
-            gz_complete: None,
-        });
+        let e = st.entries.entry(fp).or_insert_with(|| Entry::new(fp, 0));
         let changed = e.path != path || e.dev != dev || e.ino != ino;
         e.path.clear();
         e.path.push_str(path);
@@ -303,15 +302,7 @@ impl Checkpointer {
             advanced = Some(end);
         }
         let end = advanced?;
-        let e = st.entries.entry(ticket.fp).or_insert_with(|| Entry {
-            fingerprint: ticket.fp,
-            offset: 0,
-            path: String::new(),
-            dev: 0,
-            ino: 0,
-            last_seen_ms: crate::time::now_ms(),
-            gz_complete: None,
-        });
+        let e = st.entries.entry(ticket.fp).or_insert_with(|| Entry::new(ticket.fp, crate::time::now_ms()));
         if end > e.offset {
             e.offset = end;
             st.dirty = true;

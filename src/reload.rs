@@ -123,6 +123,12 @@ impl Changes {
     }
 }
 
+/// True when two config values differ, compared through their `Debug`
+/// form (see [`diff`]).
+fn differs<T: std::fmt::Debug>(a: &T, b: &T) -> bool {
+    format!("{a:?}") != format!("{b:?}")
+}
+
 /// Compares two configs section by section.
 ///
 /// The config structs are compared through their `Debug` form: it covers
@@ -132,9 +138,6 @@ impl Changes {
 /// is always resolved and handed to the channel, which ignores an unchanged
 /// one.
 pub fn diff(old: &Config, new: &Config) -> Changes {
-    fn differs<T: std::fmt::Debug>(a: &T, b: &T) -> bool {
-        format!("{a:?}") != format!("{b:?}")
-    }
     let mut c = Changes {
         sources: differs(&old.sources, &new.sources),
         enrich: differs(&old.enrich, &new.enrich),
@@ -237,7 +240,7 @@ pub async fn apply<B: Reloadable>(bridge: &mut B, running: &Config, prepared: Pr
         bridge.set_upstream(live);
     }
     if let (Some(old), Some(new_file)) = (&running.file_output, &new.file_output) {
-        if format!("{old:?}") != format!("{new_file:?}") {
+        if differs(old, new_file) {
             bridge.set_file_output(new_file.clone());
         }
     }
