@@ -158,17 +158,10 @@ pub struct Settings {
     pub area: String,
     /// Connections allowed at once.
     pub max_connections: usize,
-    /// Ping every this long; close after two silent intervals.
-    pub ping_interval: Duration,
-    /// Records per message.
-    pub records_per_message: usize,
     /// Records kept for replay.
     pub replay_records: usize,
     /// Unsent bytes allowed per connection.
     pub send_queue_bytes: usize,
-    /// Mask `api_key` and `oauth_access_token`, keeping this many
-    /// characters at each end.
-    pub mask_keep: Option<usize>,
 }
 
 impl Settings {
@@ -178,11 +171,8 @@ impl Settings {
             channel_id: c.channel_id.clone(),
             area: c.area.clone(),
             max_connections: c.max_connections,
-            ping_interval: Duration::from_secs(c.ping_interval_secs),
-            records_per_message: c.records_per_message,
             replay_records: c.replay_records,
             send_queue_bytes: c.send_queue_bytes,
-            mask_keep: c.mask_keep,
         }
     }
 }
@@ -192,24 +182,27 @@ impl Settings {
 /// apply to connections opened (batching, pings) and records appended
 /// (masking) after the reload.
 pub(crate) struct LiveSettings {
+    /// Records per message, for clients that ask for none of their own.
     records_per_message: AtomicUsize,
-    /// `usize::MAX` = no masking.
+    /// Characters kept at each end of a masked `api_key` and
+    /// `oauth_access_token`; `usize::MAX` = no masking.
     mask_keep: AtomicUsize,
+    /// Ping every this long; a client silent for two intervals is closed.
     ping_interval_ms: AtomicU64,
 }
 
 impl LiveSettings {
-    fn new(s: &Settings) -> Self {
+    fn new(c: &ChannelConfig) -> Self {
         let live =
             LiveSettings { records_per_message: AtomicUsize::new(0), mask_keep: AtomicUsize::new(0), ping_interval_ms: AtomicU64::new(0) };
-        live.set(s);
+        live.set(c);
         live
     }
 
-    fn set(&self, s: &Settings) {
-        self.records_per_message.store(s.records_per_message, Ordering::Relaxed);
-        self.mask_keep.store(s.mask_keep.unwrap_or(usize::MAX), Ordering::Relaxed);
-        self.ping_interval_ms.store(s.ping_interval.as_millis() as u64, Ordering::Relaxed);
+    fn set(&self, c: &ChannelConfig) {
+        self.records_per_message.store(c.records_per_message, Ordering::Relaxed);
+        self.mask_keep.store(c.mask_keep.unwrap_or(usize::MAX), Ordering::Relaxed);
+        self.ping_interval_ms.store(c.ping_interval_secs.saturating_mul(1000), Ordering::Relaxed);
     }
 
     /// Records per message, for clients that ask for none of their own.
@@ -373,7 +366,7 @@ impl ChannelHandle {
     /// is [`ChannelHandle::set_token`]; the other keys need a restart
     /// ([`restart_keys`]).
     pub fn reconfigure(&self, c: &ChannelConfig) {
-        self.shared.live.set(&Settings::from_config(c));
+        self.shared.live.set(c);
         info!(records_per_message = c.records_per_message, mask_keep = ?c.mask_keep, ping_interval_secs = c.ping_interval_secs, "channel: settings reloaded");
     }
 
@@ -444,7 +437,7 @@ pub async fn spawn(
         stats: ChannelStats::default(),
         draining: CancellationToken::new(),
         stop: ctx.shutdown.child_token(),
-        live: LiveSettings::new(&settings),
+        live: LiveSettings::new(cfg),
         settings,
     });
     let handle = ChannelHandle { shared: shared.clone(), local_addr };
