@@ -218,24 +218,19 @@ async fn run(
         let got = tokio::select! {
             b = rx.recv() => b,
             _ = sleep_until(sync_at), if sync_at.is_some() => {
-                let (a, b) = flush(archive, std::mem::take(&mut buf), true).await?;
-                archive = a;
-                buf = b;
+                archive = sync_and_ack(archive, &mut buf, &mut pending, &stats).await?;
                 unsynced = 0;
                 sync_at = None;
-                ack_all(&mut pending, &stats);
                 continue;
             }
             Ok(()) = cfg_rx.changed() => {
                 // Everything written under the old settings first: synced
                 // and acknowledged, in the old place.
-                let (a, b) = flush(archive, std::mem::take(&mut buf), true).await?;
-                buf = b;
+                let synced = sync_and_ack(archive, &mut buf, &mut pending, &stats).await?;
                 unsynced = 0;
                 sync_at = None;
-                ack_all(&mut pending, &stats);
                 let c = cfg_rx.borrow_and_update().clone();
-                archive = reconfigure(a, &c).await;
+                archive = reconfigure(synced, &c).await;
                 shape = c.shape;
                 interval = Duration::from_millis(c.fsync_interval_ms);
                 continue;
@@ -269,9 +264,16 @@ async fn run(
         }
     }
     // The queue closed: the tailers stopped. Write and sync what is left.
-    let (_archive, _) = flush(archive, buf, true).await?;
-    ack_all(&mut pending, &stats);
+    sync_and_ack(archive, &mut buf, &mut pending, &stats).await?;
     Ok(())
+}
+
+/// Writes what is buffered, fsyncs, and acknowledges every pending batch.
+async fn sync_and_ack(archive: Archive, buf: &mut Vec<u8>, pending: &mut Vec<Arc<Batch>>, stats: &SinkStats) -> anyhow::Result<Archive> {
+    let (archive, b) = flush(archive, std::mem::take(buf), true).await?;
+    *buf = b;
+    ack_all(pending, stats);
+    Ok(archive)
 }
 
 /// The archive under new settings: the same file with the new rotation
