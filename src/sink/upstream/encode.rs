@@ -11,7 +11,7 @@
 
 use std::io::Write;
 
-use crate::config::{Compression, UpstreamFormat};
+use crate::config::{Compression, UpstreamConfig, UpstreamFormat};
 use crate::record::{write_json_str, Field, Record, Shape};
 
 /// Where one record's bytes lie in [`Units::buf`].
@@ -105,6 +105,17 @@ pub struct Encoder {
 }
 
 impl Encoder {
+    /// The encoder `[upstream]` asks for.
+    pub fn for_config(cfg: &UpstreamConfig) -> Encoder {
+        Encoder {
+            format: cfg.format,
+            compression: cfg.compression,
+            gzip_level: cfg.gzip_level,
+            elasticsearch_index: cfg.elasticsearch_index.clone(),
+            splunk_sourcetype: cfg.splunk_sourcetype.clone(),
+        }
+    }
+
     /// Appends one record's unit.
     pub fn push(&self, r: &Record<'_>, units: &mut Units) {
         let out = &mut units.buf;

@@ -258,14 +258,7 @@ impl Live {
     /// names the key.
     pub fn build(cfg: &UpstreamConfig) -> anyhow::Result<Live> {
         let client = http::client(cfg)?;
-        let encoder = Encoder {
-            format: cfg.format,
-            compression: cfg.compression,
-            gzip_level: cfg.gzip_level,
-            elasticsearch_index: cfg.elasticsearch_index.clone(),
-            splunk_sourcetype: cfg.splunk_sourcetype.clone(),
-        };
-        Ok(Live { cfg: cfg.clone(), client, log_url: http::redact_url(&cfg.url), encoder })
+        Ok(Live { cfg: cfg.clone(), client, log_url: http::redact_url(&cfg.url), encoder: Encoder::for_config(cfg) })
     }
 
     /// The URL as logs show it (no credentials).
@@ -319,9 +312,8 @@ impl UpstreamHandle {
     pub fn reconfigure(&self, new: Live) {
         let mut slot = self.shared.live.write().unwrap_or_else(|e| e.into_inner());
         let cfg = live_config(&slot.cfg, &new.cfg);
-        let encoder = Encoder { format: cfg.format, ..new.encoder };
         tracing::info!(url = %new.log_url, "upstream: settings reloaded; requests use them from their next attempt");
-        *slot = Arc::new(Live { cfg, encoder, ..new });
+        *slot = Arc::new(Live { encoder: Encoder::for_config(&cfg), cfg, ..new });
     }
 }
 
