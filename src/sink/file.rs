@@ -5,7 +5,10 @@
 //! records have been written *and fsynced*; so a checkpoint never gets
 //! ahead of what is durably in the archive. fsync runs at most every
 //! `fsync_interval_ms` (sooner when much is pending), and every write,
-//! fsync and rotation runs on the blocking pool.
+//! fsync and rotation runs on the blocking pool. Until its fsync a batch is
+//! held as a [`Receipt`] only: its records are serialised at once, so the
+//! chunk they were read from is freed before the fsync, and what waits for
+//! it is bounded by [`SYNC_EARLY_BYTES`] of output.
 //!
 //! Rotation: when the file reaches `rotate_bytes` it is synced, renamed to
 //! `<path>.1` (older ones shift to `.2`, ...; beyond `keep_files` they are
@@ -23,7 +26,7 @@ use tokio::time::Instant;
 
 use super::{SinkContext, SinkHandle};
 use crate::config::FileOutputConfig;
-use crate::pipeline::{Batch, Fanout};
+use crate::pipeline::{Batch, Fanout, Receipt};
 use crate::record::Shape;
 use crate::telemetry::SinkStats;
 
@@ -31,7 +34,8 @@ use crate::telemetry::SinkStats;
 const WRITE_BUFFER_BYTES: usize = 1 << 20;
 
 /// Bytes written but not yet synced that trigger an early fsync: bounds
-/// the batches (and their records) held waiting for their acknowledgement.
+/// the receipts held waiting for their acknowledgement (a batch of the
+/// archive has at least one record, so at least one line of output).
 const SYNC_EARLY_BYTES: u64 = 32 << 20;
 
 /// The archive file being written.
@@ -211,7 +215,7 @@ async fn run(
     };
     let mut buf: Vec<u8> = Vec::with_capacity(WRITE_BUFFER_BYTES + 64 * 1024);
     // Batches written (or buffered) but not yet synced.
-    let mut pending: Vec<Arc<Batch>> = Vec::new();
+    let mut pending: Vec<Receipt> = Vec::new();
     let mut unsynced: u64 = 0;
     let mut sync_at: Option<Instant> = None;
     loop {
@@ -248,7 +252,10 @@ async fn run(
         if pending.is_empty() {
             stats.set_oldest_pending(batch.observed_ms);
         }
-        pending.push(batch);
+        // The records are in `buf` now: keep the acknowledgement only, so
+        // the chunk they borrow is freed before the fsync.
+        pending.push(batch.receipt());
+        drop(batch);
         sync_at.get_or_insert(Instant::now() + interval);
         if buf.len() >= WRITE_BUFFER_BYTES {
             unsynced += buf.len() as u64;
@@ -269,7 +276,7 @@ async fn run(
 }
 
 /// Writes what is buffered, fsyncs, and acknowledges every pending batch.
-async fn sync_and_ack(archive: Archive, buf: &mut Vec<u8>, pending: &mut Vec<Arc<Batch>>, stats: &SinkStats) -> anyhow::Result<Archive> {
+async fn sync_and_ack(archive: Archive, buf: &mut Vec<u8>, pending: &mut Vec<Receipt>, stats: &SinkStats) -> anyhow::Result<Archive> {
     let (archive, b) = flush(archive, std::mem::take(buf), true).await?;
     *buf = b;
     ack_all(pending, stats);
@@ -302,10 +309,10 @@ async fn reconfigure(mut archive: Archive, c: &FileOutputConfig) -> Archive {
     }
 }
 
-fn ack_all(pending: &mut Vec<Arc<Batch>>, stats: &SinkStats) {
+fn ack_all(pending: &mut Vec<Receipt>, stats: &SinkStats) {
     let now = crate::time::now_ms();
     for b in pending.drain(..) {
-        stats.delivered(b.records.len(), b.observed_ms, now);
+        stats.delivered(b.records, b.observed_ms, now);
         b.ack();
     }
     stats.set_oldest_pending(0);

@@ -4,7 +4,12 @@
 //! Invariants:
 //! - Offsets count bytes of the file's content (decompressed for `.gz`);
 //!   the reader's offset is always just after a complete line, so a
-//!   checkpoint never points into the middle of a line.
+//!   checkpoint never points into the middle of a line. While the rest of
+//!   a line over `max_line_bytes` is skipped, the offset stays at that
+//!   line's start: skipping sends nothing.
+//! - Only records go to the sinks: a chunk that holds none (rejected lines
+//!   only) frees its bytes at once and its offset is acknowledged directly,
+//!   in order with the batches before it.
 //! - A partial last line (no newline yet) is held, not emitted, until its
 //!   newline arrives; it is emitted (and logged as partial) only when the
 //!   file has been deleted or rotated away and read to its end, or when a
@@ -142,10 +147,12 @@ struct State {
     gz: Option<MultiGzDecoder<File>>,
     /// Bytes of content consumed (plain: file position).
     pos: u64,
-    /// Bytes after the last newline (a partial line).
+    /// Bytes after the last newline (a partial line). Its capacity may be
+    /// a whole chunk kept for reuse (see [`State::release_buffer`]).
     carry: Vec<u8>,
-    /// Skipping the rest of a line that was too long.
-    skipping: bool,
+    /// Skipping the rest of a line that was too long: the offset of its
+    /// start (where the reader's offset stays until the line ends).
+    skipping: Option<u64>,
     parser: LineParser,
     fp: Fingerprint,
     fp_range: (u64, u64),
@@ -198,7 +205,7 @@ enum Status {
 
 impl State {
     fn offset(&self) -> u64 {
-        self.pos - self.carry.len() as u64
+        self.skipping.unwrap_or(self.pos - self.carry.len() as u64)
     }
 
     /// Reads one chunk and turns its complete lines into records. With
@@ -235,7 +242,9 @@ impl State {
         let (max_line_bytes, capacity) = (self.max_line_bytes, self.last_records);
         let mut rejects = Vec::new();
         let mut partial = false;
-        let mut carry = Vec::new();
+        // Where the partial last line starts in `data`, when it is carried
+        // over to the next chunk.
+        let mut carry_from = None;
         let source = RecordSource { data, tables: enricher.tables() };
         let records = Records::borrowing(source, |src| {
             let (data, tables) = (&src.data[..], &*src.tables);
@@ -245,9 +254,9 @@ impl State {
             // The carried bytes hold no newline.
             for nl in memchr::memchr_iter(b'\n', &data[carry_len..]) {
                 let end = carry_len + nl;
-                if *skipping {
+                if skipping.is_some() {
                     // The tail of an over-long line, already rejected.
-                    *skipping = false;
+                    *skipping = None;
                 } else {
                     parse_one(parser, &data[start..end], line_off, observed_ms, tables, enricher, noop, &mut out, &mut rejects);
                 }
@@ -265,7 +274,7 @@ impl State {
             }
             // The partial last line; while skipping, its bytes are consumed.
             let rest = &data[start..];
-            if !*skipping {
+            if skipping.is_none() {
                 if rest.len() > max_line_bytes {
                     rejects.push(Rejected {
                         offset: line_off,
@@ -276,20 +285,40 @@ impl State {
                         line_no: 0,
                         raw: rest[..rest.len().min(crate::rejects::DEFAULT_MAX_RAW_BYTES)].to_vec(),
                     });
-                    *skipping = true;
+                    *skipping = Some(line_off);
                 } else if flush && !rest.is_empty() {
                     parse_one(parser, rest, line_off, observed_ms, tables, enricher, noop, &mut out, &mut rejects);
                     partial = true;
-                } else {
-                    carry.extend_from_slice(rest);
+                } else if !rest.is_empty() {
+                    carry_from = Some(start);
                 }
             }
-            if *skipping && flush {
-                *skipping = false;
+            if skipping.is_some() && flush {
+                *skipping = None;
             }
             out
         });
-        self.carry = carry;
+        let records = if records.is_empty() {
+            // Nothing borrows the bytes (rejected lines only, or the middle
+            // of an over-long line): no batch keeps them alive, and the
+            // buffer is kept for the next chunk, so skipping hostile input
+            // allocates nothing per chunk.
+            let mut data = records.into_source_data().unwrap_or_default();
+            match carry_from {
+                Some(i) => {
+                    data.drain(..i);
+                }
+                None => data.clear(),
+            }
+            self.carry = data;
+            Records::default()
+        } else {
+            self.carry = match (carry_from, records.source_data()) {
+                (Some(i), Some(d)) => d[i..].to_vec(),
+                _ => Vec::new(),
+            };
+            records
+        };
         self.last_records = records.len();
         Ok(Chunk {
             records,
@@ -336,6 +365,12 @@ impl State {
         }
         data.truncate(base + got);
         Ok(Some(got))
+    }
+
+    /// At the end of the data, waiting: a buffer kept for reuse is given
+    /// back, so an idle reader holds no more than its partial line.
+    fn release_buffer(&mut self) {
+        self.carry.shrink_to_fit();
     }
 
     fn chunk_status(&self, status: Status, size: u64) -> Chunk {
@@ -423,7 +458,7 @@ pub async fn run(spec: Spec, shared: Shared, ctl: Arc<Control>, stats: FileStats
         gz: None,
         pos: spec.offset,
         carry: Vec::new(),
-        skipping: false,
+        skipping: None,
         parser: LineParser::new(shared.format, shared.max_line_bytes),
         fp,
         fp_range: spec.fp_range,
@@ -544,21 +579,28 @@ pub async fn run(spec: Spec, shared: Shared, ctl: Arc<Control>, stats: FileStats
                     st2.set_committed(off);
                 }
             });
-            let batch = Batch::new(path.clone(), chunk.records, chunk.observed_ms, Some(on_acked));
-            // A sink that cannot take more (upstream down) must not hold up
-            // a shutdown or a reload: a send given up here reached no sink
-            // (Fanout::send is all or nothing), so the batch is taken back
-            // and the next reader of the file (after a reload, or after the
-            // restart) reads it again from `chunk_start`.
-            tokio::select! {
-                r = shared.fanout.send(batch) => {
-                    if r.is_err() {
-                        return done(st.offset(), size, Exit::Shutdown);
+            if chunk.records.is_empty() {
+                // Nothing for the sinks (rejected lines only): the offset
+                // still advances past them, once the batches before are
+                // acknowledged too.
+                on_acked();
+            } else {
+                let batch = Batch::new(path.clone(), chunk.records, chunk.observed_ms, Some(on_acked));
+                // A sink that cannot take more (upstream down) must not hold up
+                // a shutdown or a reload: a send given up here reached no sink
+                // (Fanout::send is all or nothing), so the batch is taken back
+                // and the next reader of the file (after a reload, or after the
+                // restart) reads it again from `chunk_start`.
+                tokio::select! {
+                    r = shared.fanout.send(batch) => {
+                        if r.is_err() {
+                            return done(st.offset(), size, Exit::Shutdown);
+                        }
                     }
-                }
-                _ = shared.shutdown.cancelled() => {
-                    shared.checkpoints.withdraw(ticket);
-                    return done(chunk_start, size, Exit::Shutdown);
+                    _ = shared.shutdown.cancelled() => {
+                        shared.checkpoints.withdraw(ticket);
+                        return done(chunk_start, size, Exit::Shutdown);
+                    }
                 }
             }
         }
@@ -569,6 +611,7 @@ pub async fn run(spec: Spec, shared: Shared, ctl: Arc<Control>, stats: FileStats
         if st.gz.is_some() {
             return done(st.offset(), size, Exit::Complete);
         }
+        st.release_buffer();
         let superseded = ctl.superseded.load(Ordering::Acquire);
         let needs_flush = !st.carry.is_empty() && !superseded && !flush_partial;
         let away = ctl.gone.load(Ordering::Acquire) || ctl.rotated.load(Ordering::Acquire);
@@ -595,5 +638,69 @@ pub async fn run(spec: Spec, shared: Shared, ctl: Arc<Control>, stats: FileStats
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line(uuid: &str) -> String {
+        format!("{{\"request_uuid\":\"{uuid}\",\"request_time\":\"2024-01-01T00:00:00Z\",\"status\":\"200\"}}\n")
+    }
+
+    fn state(file: File, max_line_bytes: usize) -> State {
+        State {
+            file,
+            gz: None,
+            pos: 0,
+            carry: Vec::new(),
+            skipping: None,
+            parser: LineParser::new(Format::LeJson, max_line_bytes),
+            fp: Fingerprint(0),
+            fp_range: (0, 0),
+            enricher: Arc::new(Enricher::new(&[], None, None).unwrap()),
+            max_line_bytes,
+            last_records: 0,
+            lines: Some(0),
+        }
+    }
+
+    #[test]
+    fn skipping_an_over_long_line_keeps_the_offset_at_its_start_and_sends_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("f.log");
+        let a = line("a");
+        let long = "x".repeat(CHUNK_BYTES * 2);
+        std::fs::write(&p, format!("{a}{long}\n{}", line("b"))).unwrap();
+        let mut st = state(File::open(&p).unwrap(), 1000);
+        let c = st.read_chunk(false).unwrap();
+        assert_eq!(c.records.len(), 1);
+        assert_eq!(c.rejects.len(), 1);
+        assert_eq!((c.rejects[0].offset, c.rejects[0].reject.reason), (a.len() as u64, crate::parse::RejectReason::TooLong));
+        assert_eq!(c.offset, a.len() as u64, "the offset stays before the over-long line");
+        let c = st.read_chunk(false).unwrap();
+        assert!(c.records.is_empty() && c.rejects.is_empty());
+        assert!(c.records.source_data().is_none(), "a chunk without records holds no bytes");
+        assert_eq!(c.offset, a.len() as u64, "still skipping");
+        let c = st.read_chunk(false).unwrap();
+        assert_eq!(c.records.len(), 1);
+        assert_eq!(c.records.as_slice()[0].get(crate::record::Field::RequestUuid), "b");
+        assert_eq!(c.offset, (a.len() + long.len() + 1 + line("b").len()) as u64);
+        assert_eq!(c.status, Status::End);
+    }
+
+    #[test]
+    fn a_chunk_of_rejects_only_keeps_its_buffer_for_reuse_and_its_partial_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("f.log");
+        std::fs::write(&p, "junk\nmore junk\n{\"request_uuid\":").unwrap();
+        let mut st = state(File::open(&p).unwrap(), 1000);
+        let c = st.read_chunk(false).unwrap();
+        assert_eq!((c.records.len(), c.rejects.len(), c.offset), (0, 2, 15));
+        assert_eq!(st.carry, b"{\"request_uuid\":");
+        assert!(st.carry.capacity() > st.carry.len(), "the chunk's buffer is reused, not copied");
+        st.release_buffer();
+        assert_eq!(st.carry.capacity(), st.carry.len());
     }
 }

@@ -57,7 +57,7 @@ use self::http::Outcome;
 use self::spool::Spool;
 use super::{SinkContext, SinkHandle};
 use crate::config::{UpstreamConfig, UpstreamFormat};
-use crate::pipeline::{Batch, Fanout};
+use crate::pipeline::{Batch, Fanout, Receipt};
 use crate::telemetry::SinkStats;
 use crate::time::now_ms;
 
@@ -89,9 +89,11 @@ fn format_name(f: UpstreamFormat) -> &'static str {
 }
 
 /// A pipeline batch held by the sink, with its records not yet handled.
+/// Its records are encoded when it arrives; only its [`Receipt`] is kept,
+/// so the chunk they were read from is not pinned while requests retry.
 struct Pending {
-    /// The batch (acknowledged when `remaining` reaches zero).
-    batch: Arc<Batch>,
+    /// The batch's acknowledgement (when `remaining` reaches zero).
+    batch: Receipt,
     /// Key in the pending set (oldest-pending statistic).
     id: u64,
     /// Records of the batch not yet delivered, dead-lettered or spooled.
@@ -501,11 +503,11 @@ impl Shared {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         lock(&self.pending).insert((batch.observed_ms, id));
         self.update_oldest();
-        let p = Arc::new(Pending { batch, id, remaining: AtomicUsize::new(n) });
+        let p = Arc::new(Pending { batch: batch.receipt(), id, remaining: AtomicUsize::new(n) });
         let live = self.live();
         let (cfg, encoder) = (&live.cfg, &live.encoder);
         let (max_records, max_bytes) = (cfg.batch_max_records, cfg.batch_max_bytes);
-        for r in p.batch.records.iter() {
+        for r in batch.records.iter() {
             if b.units.is_empty() {
                 *flush_at = Some(Instant::now() + Duration::from_millis(cfg.flush_interval_ms));
             }
