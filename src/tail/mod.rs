@@ -16,7 +16,12 @@
 //!   a second file with a fingerprint already being read waits until the
 //!   first is finished, then continues from where it ended;
 //! - deletion: the file is read to its end through the open descriptor;
-//! - inode reuse: a known inode with a different fingerprint is a new file.
+//! - inode reuse: a known inode with a different fingerprint is a new file;
+//! - a shorter copy of a file already read further (an older partial copy,
+//!   a file replaced by an older version of itself): it holds nothing new,
+//!   so no reader starts; this is decided and logged once per file, and
+//!   looked at again only when the file grows (past the offset, it is read
+//!   from there).
 //!
 //! Invariant: at most one reader per fingerprint at a time, and a reader
 //! for a fingerprint starts where the previous one ended (in memory) or at
@@ -69,6 +74,9 @@ struct Tracked {
     /// A file without a complete first line yet, held open so that its
     /// content can still be read if it is deleted before the newline comes.
     pending: Option<File>,
+    /// Shorter than the offset already read for its fingerprint (a shorter
+    /// copy): not read, and already logged.
+    shorter: bool,
 }
 
 /// What the tailer knows about one fingerprint.
@@ -310,6 +318,7 @@ impl Tailer {
                         deferred: false,
                         ignored: older,
                         pending: None,
+                        shorter: false,
                     },
                 );
                 if !older {
@@ -324,7 +333,7 @@ impl Tailer {
         let Some(t) = self.files.get(&key) else { return };
         let path = t.path.clone();
         let max = self.cfg.max_line_bytes;
-        let res = tokio::task::spawn_blocking(move || -> std::io::Result<Option<(File, Probe)>> {
+        let res = tokio::task::spawn_blocking(move || -> std::io::Result<Option<(File, Probe, u64)>> {
             let file = File::open(&path)?;
             let m = file.metadata()?;
             if (m.dev(), m.ino()) != key {
@@ -337,10 +346,10 @@ impl Tailer {
             } else {
                 fingerprint::probe(&file, max)?
             };
-            Ok(Some((file, probe)))
+            Ok(Some((file, probe, m.len())))
         })
         .await;
-        let (file, probe) = match res {
+        let (file, probe, size) = match res {
             Ok(Ok(Some(v))) => v,
             Ok(Ok(None)) => {
                 // The path now names another file (renamed between the stat
@@ -363,6 +372,9 @@ impl Tailer {
             Err(_) => return,
         };
         let Some(t) = self.files.get_mut(&key) else { return };
+        // The size as opened is what the reader would find (the scan's
+        // may be older).
+        t.size = size;
         let Probe::Ready { fp, start, len } = probe else {
             // No complete first line yet: looked at again when it changes.
             if t.size > 0 && !crate::watch::is_gz(&t.path) {
@@ -429,6 +441,21 @@ impl Tailer {
                 o
             }
         };
+        if !gz && offset > t.size {
+            // Content already read further through another file with the
+            // same first line: a reader would find the file "truncated",
+            // stop, and be started again, for ever. Nothing here is new
+            // until it grows past the offset; a growth brings it back here.
+            if !t.shorter {
+                t.shorter = true;
+                tracing::info!(
+                    file = %path_str, offset, size = t.size,
+                    "a shorter copy of a file already read further (same first line): nothing new in it; read from the offset if it grows past it"
+                );
+            }
+            return;
+        }
+        t.shorter = false;
         info.active = Some(key);
         info.offset = Some(offset);
         let ctl = Arc::new(Control::default());

@@ -7,6 +7,7 @@ use std::io::Write;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use crate::support;
 use crate::tail_harness::{lines, uuids, Env};
 
 /// The peak resident memory (VmHWM) the bridge may reach while it reads a
@@ -24,6 +25,17 @@ fn proc_status_bytes(pid: u32, field: &str) -> u64 {
     let line = text.lines().find(|l| l.starts_with(&format!("{field}:"))).unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"));
     let kb: u64 = line.split_whitespace().nth(1).and_then(|v| v.parse().ok()).expect("a number of kB");
     kb * 1024
+}
+
+/// CPU time (user + system) the process has used so far.
+fn cpu_time(pid: u32) -> Duration {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).expect("read /proc/<pid>/stat");
+    // Fields after the command name (which may hold spaces) in parentheses.
+    let rest = &stat[stat.rfind(')').expect("stat format") + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap();
+    // USER_HZ is 100 on every Linux this runs on.
+    Duration::from_millis(ticks * 10)
 }
 
 /// One gzip member holding `data` (members concatenate into one stream,
@@ -91,4 +103,51 @@ fn a_gzip_bomb_is_read_in_bounded_memory() {
     env.stop();
     assert!(peak <= PEAK_RSS_BOUND_BYTES, "peak RSS {} MiB over the bound", peak >> 20);
     eprintln!("gzip bomb ({compressed} bytes, 160 MiB of content): peak RSS {} MiB", peak >> 20);
+}
+
+/// A shorter copy of a file already read further (an older partial copy,
+/// here `backup.log`, waiting while the live file is read, then left alone
+/// when the live file rotates away) holds nothing new: it is recognised
+/// once and logged once, costs no CPU while it stays shorter, and what is
+/// appended to it past the offset already read comes out exactly once.
+#[test]
+fn a_shorter_copy_of_a_file_read_further_is_decided_once() {
+    let mut env = Env::new("*.log", "");
+    env.start();
+    let a = uuids("a", 200);
+    env.append("access.log", &lines(&a));
+    env.wait_for(&a);
+    env.append("backup.log", &lines(&a[..50]));
+    // The live file rotates out of the globs; a new one starts.
+    fs::rename(env.path("access.log"), env.path("access.log.1")).unwrap();
+    let c = uuids("c", 30);
+    env.append("access.log", &lines(&c));
+    env.wait_for(&c);
+    // Let the old file finish and the copy be looked at.
+    support::poll_until(Duration::from_secs(30), "the rotated file to be finished", || {
+        env.log_text().contains("finished a file that is gone").then_some(())
+    });
+    env.settle();
+    let pid = env.child.as_ref().unwrap().id();
+    let (log_before, cpu_before, t0) = (env.log_text().lines().count(), cpu_time(pid), Instant::now());
+    std::thread::sleep(Duration::from_secs(3));
+    let (log_after, cpu_after) = (env.log_text().lines().count(), cpu_time(pid));
+    let cpu = cpu_after - cpu_before;
+    assert!(
+        log_after - log_before <= 2,
+        "{} log lines in {:?}:\n{}",
+        log_after - log_before,
+        t0.elapsed(),
+        crate::tail_harness::tail(&env.log_text(), 20)
+    );
+    assert!(cpu < Duration::from_millis(600), "the bridge used {cpu:?} of CPU in {:?} with nothing to read", t0.elapsed());
+    let about_copy = env.log_text().lines().filter(|l| l.contains("backup.log") && l.contains("INFO")).count();
+    assert!(about_copy <= 1, "the copy was logged {about_copy} times at info");
+    // The copy catches up with the original and grows past it: only the
+    // new lines are new.
+    env.append("backup.log", &lines(&a[50..]));
+    let d = uuids("d", 20);
+    env.append("backup.log", &lines(&d));
+    env.expect_exactly(&[a, c, d].concat());
+    env.stop();
 }
