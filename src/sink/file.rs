@@ -95,26 +95,10 @@ impl Archive {
 
     fn rotate(&mut self) -> std::io::Result<()> {
         self.file.sync_data()?;
-        let name = |n: usize| rotated_path(&self.path, n);
-        if self.keep_files == 0 {
-            fs::remove_file(&self.path)?;
-        } else {
-            let _ = fs::remove_file(name(self.keep_files));
-            for n in (1..self.keep_files).rev() {
-                let from = name(n);
-                if from.exists() {
-                    fs::rename(&from, name(n + 1))?;
-                }
-            }
-            fs::rename(&self.path, name(1))?;
-        }
+        crate::rotating::shift(&self.path, self.keep_files)?;
         self.file = OpenOptions::new().create(true).append(true).open(&self.path)?;
         self.size = 0;
-        if let Some(dir) = self.path.parent() {
-            if let Ok(d) = File::open(dir) {
-                let _ = d.sync_all();
-            }
-        }
+        crate::rotating::sync_dir(&self.path);
         Ok(())
     }
 }
@@ -151,12 +135,7 @@ fn drop_torn_tail(file: &File, path: &Path) -> std::io::Result<u64> {
     Ok(end)
 }
 
-/// `<path>.<n>`.
-pub fn rotated_path(path: &Path, n: usize) -> PathBuf {
-    let mut s = path.as_os_str().to_owned();
-    s.push(format!(".{n}"));
-    PathBuf::from(s)
-}
+pub use crate::rotating::rotated_path;
 
 /// Controls a running file sink (reload).
 #[derive(Clone)]

@@ -158,7 +158,10 @@ impl Tailer {
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
-                _ = tick.tick() => self.full_scan(false, events.as_mut()).await,
+                _ = tick.tick() => {
+                    self.full_scan(false, events.as_mut()).await;
+                    reader::log_reject_summary(&self.shared.reject_log, false);
+                }
                 _ = sleep_until(rescan_at), if rescan_at.is_some() => {
                     rescan_at = None;
                     self.full_scan(false, events.as_mut()).await;
@@ -185,6 +188,7 @@ impl Tailer {
         while let Ok(fin) = self.exit_rx.try_recv() {
             self.note_offset(&fin);
         }
+        reader::log_reject_summary(&self.shared.reject_log, true);
         Ok(())
     }
 

@@ -23,7 +23,7 @@ use std::fs::File;
 use std::io::{self, Read};
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use flate2::read::MultiGzDecoder;
@@ -36,6 +36,7 @@ use crate::enrich::Enricher;
 use crate::parse::{Format, LineKind, LineParser, Reject};
 use crate::pipeline::{Batch, Fanout, RecordSource, Records};
 use crate::record::Record;
+use crate::telemetry::log_limit::LogLimit;
 use crate::telemetry::FileStats;
 
 /// Bytes read per chunk (one batch at most per chunk).
@@ -117,10 +118,26 @@ pub struct Shared {
     pub shutdown: CancellationToken,
     /// Where rejected lines are written (file, offset, why, the line).
     pub rejects: Option<RejectSink>,
+    /// Limits the "rejected line" log lines of the source's readers (a
+    /// file of junk would otherwise log one line per line it holds).
+    pub reject_log: Arc<Mutex<LogLimit>>,
 }
 
-/// Receives rejected lines (called on the blocking pool).
-pub type RejectSink = Arc<dyn Fn(&crate::rejects::RejectEntry<'_>) + Send + Sync>;
+/// Logs the summary of "rejected line" log lines not written, when the
+/// window is over (or at once with `force`).
+pub fn log_reject_summary(limit: &Mutex<LogLimit>, force: bool) {
+    let mut l = limit.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(s) = l.summary(std::time::Instant::now(), force) {
+        tracing::warn!(
+            suppressed = s.total, by_reason = %s.by_label,
+            "rejected lines: {} similar log lines suppressed in the last {} s (every reject is counted in /metrics and written to the rejects file)",
+            s.total, l.window().as_secs()
+        );
+    }
+}
+
+/// Where rejected lines are written (on the blocking pool).
+pub type RejectSink = Arc<crate::rejects::RejectsFile>;
 
 /// One file to read.
 pub struct Spec {
@@ -518,17 +535,15 @@ pub async fn run(spec: Spec, shared: Shared, ctl: Arc<Control>, stats: FileStats
         let res = tokio::task::spawn_blocking(move || {
             let r = st.read_chunk(flush_partial);
             if let (Ok(c), Some(sink)) = (&r, sink) {
-                for rj in &c.rejects {
-                    sink(&crate::rejects::RejectEntry {
-                        file: &p,
-                        line: rj.line_no,
-                        offset: rj.offset,
-                        reason: rj.reject.reason,
-                        detail: &rj.reject.detail,
-                        raw: &rj.raw,
-                        observed_ms: Some(c.observed_ms),
-                    });
-                }
+                sink.write_all(c.rejects.iter().map(|rj| crate::rejects::RejectEntry {
+                    file: &p,
+                    line: rj.line_no,
+                    offset: rj.offset,
+                    reason: rj.reject.reason,
+                    detail: &rj.reject.detail,
+                    raw: &rj.raw,
+                    observed_ms: Some(c.observed_ms),
+                }));
             }
             (st, r)
         })
@@ -563,9 +578,17 @@ pub async fn run(spec: Spec, shared: Shared, ctl: Arc<Control>, stats: FileStats
             stats.partial_line();
             tracing::info!(file = %path, offset = chunk.offset, "emitted a partial last line (no newline) of a file rotated away or deleted");
         }
-        for r in &chunk.rejects {
-            stats.rejected_for(r.reject.reason.name());
-            tracing::warn!(file = %path, offset = r.offset, reason = %r.reject.reason, detail = %r.reject.detail, "rejected line");
+        if !chunk.rejects.is_empty() {
+            let now = std::time::Instant::now();
+            let mut limit = shared.reject_log.lock().unwrap_or_else(|e| e.into_inner());
+            for r in &chunk.rejects {
+                stats.rejected_for(r.reject.reason.name());
+                if limit.allow(now, r.reject.reason.name()) {
+                    tracing::warn!(file = %path, offset = r.offset, reason = %r.reject.reason, detail = %r.reject.detail, "rejected line");
+                }
+            }
+            drop(limit);
+            log_reject_summary(&shared.reject_log, false);
         }
         if chunk.offset > last_sent || chunk.partial {
             let chunk_start = last_sent;

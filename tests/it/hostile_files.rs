@@ -151,3 +151,118 @@ fn a_shorter_copy_of_a_file_read_further_is_decided_once() {
     env.expect_exactly(&[a, c, d].concat());
     env.stop();
 }
+
+/// The default bound of the rejects file: `[rejects] rotate_bytes` and
+/// `keep_files` (README, examples/bridge.toml).
+const REJECTS_ROTATE_BYTES: u64 = 16 << 20;
+const REJECTS_KEEP_FILES: usize = 3;
+
+/// The value of a Prometheus sample `name{labels}` in `/metrics` text.
+fn metric(text: &str, name: &str, labels: &str) -> Option<f64> {
+    let want = format!("{name}{{{labels}}} ");
+    text.lines().find_map(|l| l.strip_prefix(&want)).and_then(|v| v.trim().parse().ok())
+}
+
+/// A 4 KB `.gz` of 500,000 junk lines: the rejects file stays within its
+/// bound on disk and the bridge's log stays small (a few "rejected line"
+/// lines, then a "suppressed N similar" summary), while every reject is
+/// still counted in `/metrics` and the good records around the junk come
+/// out.
+#[test]
+fn a_small_gz_of_junk_keeps_the_rejects_file_and_the_log_bounded() {
+    const JUNK_LINES: usize = 500_000;
+    let mut env = Env::new("*.log.gz", "");
+    let (before, after) = (uuids("before", 10), uuids("after", 10));
+    let gz = env.path("junk.log.gz");
+    let junk = gz_member("junk\n".repeat(JUNK_LINES).as_bytes());
+    assert!(junk.len() <= 4096, "the junk is {} bytes compressed", junk.len());
+    let mut f = fs::File::create(&gz).unwrap();
+    for part in [gz_member(lines(&before).as_bytes()), junk, gz_member(lines(&after).as_bytes())] {
+        f.write_all(&part).unwrap();
+    }
+    f.sync_all().unwrap();
+    drop(f);
+    env.start();
+    let addr = support::poll_until(Duration::from_secs(30), "status.addr", || {
+        fs::read_to_string(env.state.join("status.addr")).ok().map(|s| s.trim().to_string()).filter(|s| !s.is_empty())
+    });
+    let counted = support::poll_until(BOMB_DEADLINE, "every reject counted in /metrics", || {
+        let (_, text) = crate::lag::get(&format!("http://{addr}/metrics"));
+        metric(&text, "calllog_bridge_rejects_total", "reason=\"bad_json\"").filter(|n| *n >= JUNK_LINES as f64)
+    });
+    assert_eq!(counted, JUNK_LINES as f64);
+    env.expect_exactly(&[before, after].concat());
+    env.stop();
+
+    let rejects = env.state.join("rejects.ndjson");
+    let mut on_disk = 0;
+    let mut files = 0;
+    for entry in fs::read_dir(&env.state).unwrap() {
+        let entry = entry.unwrap();
+        if entry.file_name().to_string_lossy().starts_with("rejects.ndjson") {
+            on_disk += entry.metadata().unwrap().len();
+            files += 1;
+        }
+    }
+    assert!(files <= REJECTS_KEEP_FILES + 1, "{files} rejects files");
+    assert!(on_disk <= (REJECTS_KEEP_FILES as u64 + 1) * REJECTS_ROTATE_BYTES, "{on_disk} bytes of rejects on disk");
+    // The newest entries are all there, as JSON lines naming their file.
+    let last: serde_json::Value = serde_json::from_str(fs::read_to_string(&rejects).unwrap().lines().last().unwrap()).unwrap();
+    assert_eq!((last["reason"].as_str(), last["raw"].as_str()), (Some("bad_json"), Some("junk")));
+    let log = env.log_text();
+    assert!(log.len() < 64 << 10, "the bridge's log is {} bytes:\n{}", log.len(), crate::tail_harness::tail(&log, 30));
+    let logged = log.lines().filter(|l| l.contains("rejected line")).count();
+    assert!(logged <= 20, "{logged} rejected lines logged one by one");
+    assert!(log.contains("similar log lines suppressed"), "no summary of the suppressed lines:\n{}", crate::tail_harness::tail(&log, 30));
+}
+
+/// A collector that refuses every batch (400) cannot fill the disk through
+/// the dead-letter file: it rotates at `dead_letter_rotate_bytes` and keeps
+/// `dead_letter_keep_files`, the deletion of an old one is logged as an
+/// error, and every dead-lettered record is counted in `/metrics`.
+#[test]
+fn the_dead_letter_file_is_bounded() {
+    use crate::support_upstream::{Collector, Fault, Format};
+    const RECORDS: usize = 600;
+    const ROTATE: u64 = 8192;
+    let c = Collector::start(Format::Ndjson);
+    c.script((0..RECORDS).map(|_| Fault::Status(400, "refused".into())));
+    let mut env = Env::new("*.log", "");
+    let mut text = fs::read_to_string(&env.config).unwrap();
+    text.push_str(&format!(
+        "\n[upstream]\nurl = {:?}\ncompression = \"none\"\nbatch_max_records = 10\nflush_interval_ms = 20\n\
+         dead_letter_rotate_bytes = {ROTATE}\ndead_letter_keep_files = 2\n",
+        c.url("/")
+    ));
+    fs::write(&env.config, text).unwrap();
+    env.start();
+    let ids = uuids("p", RECORDS);
+    env.append("access.log", &lines(&ids));
+    let addr = support::poll_until(Duration::from_secs(30), "status.addr", || {
+        fs::read_to_string(env.state.join("status.addr")).ok().map(|s| s.trim().to_string()).filter(|s| !s.is_empty())
+    });
+    support::poll_until(Duration::from_secs(60), "every record dead-lettered", || {
+        let (_, text) = crate::lag::get(&format!("http://{addr}/metrics"));
+        metric(&text, "calllog_bridge_dead_lettered_records_total", "sink=\"upstream\"").filter(|n| *n >= RECORDS as f64)
+    });
+    env.stop();
+    let mut on_disk = 0;
+    let mut files = Vec::new();
+    for entry in fs::read_dir(&env.state).unwrap() {
+        let entry = entry.unwrap();
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with("dead-letter.ndjson") {
+            on_disk += entry.metadata().unwrap().len();
+            for l in fs::read_to_string(entry.path()).unwrap().lines() {
+                let v: serde_json::Value = serde_json::from_str(l).unwrap();
+                assert_eq!(v["status"], 400);
+            }
+            files.push(name);
+        }
+    }
+    files.sort();
+    assert_eq!(files, ["dead-letter.ndjson", "dead-letter.ndjson.1", "dead-letter.ndjson.2"]);
+    // Each file holds at most what passed rotate_bytes by one line (10 records).
+    assert!(on_disk <= 3 * 2 * ROTATE, "{on_disk} bytes of dead letters on disk");
+    assert!(env.log_text().contains("DELETED the oldest rotated file"), "the deletion is not logged");
+}

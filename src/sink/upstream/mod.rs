@@ -42,7 +42,6 @@ pub mod http;
 mod spool;
 
 use std::collections::BTreeSet;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
@@ -216,7 +215,7 @@ struct Shared {
     /// Sink statistics.
     stats: SinkStats,
     /// Where poison batches go.
-    dead_letter_path: PathBuf,
+    dead_letter: Arc<dead_letter::DeadLetter>,
     /// The disk spool; `None` when `spool_max_bytes` is 0.
     spool: Option<Mutex<Spool>>,
     /// Signalled when the spool gains or loses a file.
@@ -352,10 +351,11 @@ impl Upstream {
             None
         };
         let dead_letter_path = cfg.dead_letter_file.clone().unwrap_or_else(|| ctx.state_dir.join("dead-letter.ndjson"));
+        let dead_letter = Arc::new(dead_letter::DeadLetter::new(dead_letter_path));
         let shared = Arc::new(Shared {
             live: RwLock::new(Arc::new(live)),
             stats,
-            dead_letter_path,
+            dead_letter,
             spool,
             spool_changed: Notify::new(),
             failing_since_ms: AtomicI64::new(0),
@@ -692,22 +692,29 @@ impl Shared {
         tracing::error!(
             url = %self.live().log_url, status, records = r.units.len(),
             response = %response.chars().take(200).collect::<String>(),
-            file = %self.dead_letter_path.display(),
+            file = %self.dead_letter.path().display(),
             "upstream: batch rejected; written to the dead-letter file"
         );
         let mut attempt = 0;
         loop {
             let live = self.live();
-            let (path, url, units, resp) = (self.dead_letter_path.clone(), live.log_url.clone(), r.units.clone(), response.to_string());
-            let fmt = format_name(live.cfg.format);
-            let res = tokio::task::spawn_blocking(move || dead_letter::append(&path, &url, fmt, status, &resp, &units)).await;
+            let (dl, url, units, resp) = (self.dead_letter.clone(), live.log_url.clone(), r.units.clone(), response.to_string());
+            let (fmt, rotation) = (format_name(live.cfg.format), live.cfg.dead_letter_rotation());
+            let res = tokio::task::spawn_blocking(move || dl.append(rotation, &url, fmt, status, &resp, &units)).await;
             match res {
-                Ok(Ok(())) => {
+                Ok(Ok(appended)) => {
+                    if appended.deleted_bytes > 0 {
+                        tracing::error!(
+                            file = %self.dead_letter.path().display(), deleted_bytes = appended.deleted_bytes,
+                            keep_files = rotation.keep_files,
+                            "upstream: dead-letter file rotated; DELETED the oldest rotated file to stay within dead_letter_rotate_bytes x dead_letter_keep_files"
+                        );
+                    }
                     self.complete(r, Handled::DeadLettered);
                     return true;
                 }
                 Ok(Err(e)) => {
-                    tracing::error!(file = %self.dead_letter_path.display(), error = %e, "upstream: cannot write the dead-letter file")
+                    tracing::error!(file = %self.dead_letter.path().display(), error = %e, "upstream: cannot write the dead-letter file")
                 }
                 Err(e) => tracing::error!(error = %e, "upstream: dead-letter task failed"),
             }
