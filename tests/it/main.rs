@@ -6,6 +6,7 @@ mod channel;
 mod dashboard;
 mod demo;
 mod enrich;
+mod fuzz;
 mod hostile_files;
 mod lag;
 mod parse;

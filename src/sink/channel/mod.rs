@@ -49,7 +49,7 @@
 //! `<state_dir>/channel.addr`.
 
 mod conn;
-mod request;
+pub mod request;
 mod ring;
 pub mod stats;
 

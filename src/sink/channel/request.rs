@@ -150,7 +150,9 @@ pub fn admit(paths: &Paths<'_>, path: &str, query: Option<&str>, token: &str) ->
                         None => {
                             bad.get_or_insert(Refusal::new(
                                 400,
-                                format!("`status` takes codes and classes such as 200,404,5xx; `{term}` is neither"),
+                                // The term is decoded peer text: escaped, so the
+                                // reason stays one line of plain text.
+                                format!("`status` takes codes and classes such as 200,404,5xx; `{}` is neither", term.escape_debug()),
                             ));
                         }
                     }
@@ -283,6 +285,15 @@ mod tests {
                 },
             ),
         );
+    }
+
+    #[test]
+    fn a_refusal_is_one_line_whatever_the_query_decodes_to() {
+        // Found by the fuzzer: a decoded `%0A` in a status term made the
+        // refusal (the response body) several lines.
+        let r = admit(&PATHS, "/stream", Some("key=s3cret&status=%0D%0Ax%1b[31m"), "s3cret").unwrap_err();
+        assert_eq!(r.status, 400);
+        assert!(!r.reason.chars().any(char::is_control), "{:?}", r.reason);
     }
 
     #[test]
