@@ -146,13 +146,15 @@ struct RejectsInner {
     file: RotatingFile,
     rotation: Rotation,
     buf: Vec<u8>,
-    errors: LogLimit,
+    /// Limits the rotation and write-error log lines (junk input rotates
+    /// the file every `rotate_bytes`).
+    notes: LogLimit,
 }
 
 impl RejectsFile {
     /// The rejects file at `path` (created on the first reject).
     pub fn new(path: PathBuf, rotation: Rotation) -> RejectsFile {
-        let inner = RejectsInner { file: RotatingFile::new(path.clone()), rotation, buf: Vec::new(), errors: LogLimit::default() };
+        let inner = RejectsInner { file: RotatingFile::new(path.clone()), rotation, buf: Vec::new(), notes: LogLimit::default() };
         RejectsFile { inner: Mutex::new(inner), path }
     }
 
@@ -181,19 +183,23 @@ impl RejectsFile {
         }
         let now = Instant::now();
         match res {
-            Ok(a) if a.deleted_bytes > 0 => tracing::info!(
-                file = %self.path.display(), deleted_bytes = a.deleted_bytes, keep_files = inner.rotation.keep_files,
-                "rejects file rotated; the oldest rotated file was deleted ([rejects] rotate_bytes, keep_files)"
-            ),
+            Ok(a) if a.deleted_bytes > 0 => {
+                if inner.notes.allow(now, "rotated") {
+                    tracing::info!(
+                        file = %self.path.display(), deleted_bytes = a.deleted_bytes, keep_files = inner.rotation.keep_files,
+                        "rejects file rotated; the oldest rotated file was deleted ([rejects] rotate_bytes, keep_files)"
+                    );
+                }
+            }
             Ok(_) => {}
             Err(e) => {
-                if inner.errors.allow(now, "write") {
+                if inner.notes.allow(now, "write_error") {
                     tracing::warn!(file = %self.path.display(), error = %e, "cannot write to the rejects file (the rejects are still counted)");
                 }
             }
         }
-        if let Some(s) = inner.errors.summary(now, false) {
-            tracing::warn!(file = %self.path.display(), suppressed = s.total, "cannot write to the rejects file: {} similar log lines suppressed", s.total);
+        if let Some(s) = inner.notes.summary(now, false) {
+            tracing::warn!(file = %self.path.display(), suppressed = s.total, by_kind = %s.by_label, "rejects file: {} similar log lines suppressed", s.total);
         }
     }
 }

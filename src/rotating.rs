@@ -99,26 +99,46 @@ impl RotatingFile {
         &self.path
     }
 
-    /// Appends whole lines (`lines` ends with a newline), rotating first
-    /// when they would take the file past `rotation.rotate_bytes`.
-    pub fn append(&mut self, lines: &[u8], rotation: Rotation) -> io::Result<Appended> {
+    /// Appends whole lines (`lines` ends with a newline), rotating whenever
+    /// the next line would take the file past `rotation.rotate_bytes` (a
+    /// line longer than that gets a file of its own).
+    pub fn append(&mut self, mut lines: &[u8], rotation: Rotation) -> io::Result<Appended> {
         let mut done = Appended::default();
         let (mut file, mut size) = match self.file.take() {
             Some(f) => f,
             None => self.open()?,
         };
-        if size > 0 && size + lines.len() as u64 > rotation.rotate_bytes {
-            drop(file);
-            done.deleted_bytes = shift(&self.path, rotation.keep_files)?;
-            done.rotated = true;
-            (file, size) = self.open()?;
-            sync_dir(&self.path);
+        while !lines.is_empty() {
+            let room = rotation.rotate_bytes.saturating_sub(size);
+            // The whole lines that fit; at least one line into an empty file.
+            let take = if lines.len() as u64 <= room {
+                lines.len()
+            } else {
+                match memchr::memrchr(b'\n', &lines[..room as usize]) {
+                    Some(i) => i + 1,
+                    None if size == 0 => memchr::memchr(b'\n', lines).map_or(lines.len(), |i| i + 1),
+                    None => 0,
+                }
+            };
+            if take == 0 {
+                drop(file);
+                done.deleted_bytes += shift(&self.path, rotation.keep_files)?;
+                done.rotated = true;
+                (file, size) = self.open()?;
+                sync_dir(&self.path);
+                continue;
+            }
+            if let Err(e) = file.write_all(&lines[..take]) {
+                // What was written counts (a short write).
+                let written = file.metadata().map(|m| m.len()).unwrap_or(size);
+                self.file = Some((file, written));
+                return Err(e);
+            }
+            size += take as u64;
+            lines = &lines[take..];
         }
-        let res = file.write_all(lines);
-        // What was written counts even after an error (a short write).
-        let written = file.metadata().map(|m| m.len()).unwrap_or(size + lines.len() as u64);
-        self.file = Some((file, written));
-        res.map(|()| done)
+        self.file = Some((file, size));
+        Ok(done)
     }
 
     /// Flushes what was appended to disk (fdatasync).
@@ -175,6 +195,11 @@ mod tests {
         assert!(f.append(&long, rot).unwrap().rotated);
         assert!(f.append(&line, rot).unwrap().rotated);
         assert_eq!(sizes(&path, 2), vec![40, 151, 80, 0]);
+        // Many lines in one append are split between files at line ends.
+        let many: Vec<u8> = line.iter().copied().cycle().take(40 * 7).collect();
+        let a = f.append(&many, rot).unwrap();
+        assert!(a.rotated);
+        assert_eq!(sizes(&path, 2), vec![80, 80, 80, 0]);
     }
 
     #[test]

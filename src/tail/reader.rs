@@ -195,10 +195,88 @@ pub struct Rejected {
     pub raw: Vec<u8>,
 }
 
+/// Rejected lines in memory at most before they are written out: a chunk
+/// of 256 KB can hold a hundred thousand one-byte junk lines, and each
+/// held reject costs far more than its line.
+const REJECT_BATCH: usize = 1024;
+
+/// Rejects of a chunk kept for the log (the first ones).
+const REJECT_SAMPLES: usize = 16;
+
+/// Where a chunk's rejected lines go while it is read: written to the
+/// rejects file every [`REJECT_BATCH`], counted by reason, the first few
+/// kept for the log. So a chunk's rejects cost bounded memory.
+struct RejectOut {
+    /// The rejects file.
+    sink: Option<RejectSink>,
+    /// The file being read (for the entries).
+    file: Arc<str>,
+    /// Not written yet.
+    pending: Vec<Rejected>,
+    /// What the chunk rejected so far.
+    done: ChunkRejects,
+}
+
+/// What a chunk rejected.
+#[derive(Default)]
+struct ChunkRejects {
+    /// Rejected lines by reason.
+    counts: Vec<(crate::parse::RejectReason, u64)>,
+    /// The first ones, for the log.
+    samples: Vec<Rejected>,
+}
+
+impl ChunkRejects {
+    #[cfg(test)]
+    fn total(&self) -> u64 {
+        self.counts.iter().map(|(_, n)| n).sum()
+    }
+}
+
+impl RejectOut {
+    fn new(sink: Option<RejectSink>, file: Arc<str>) -> RejectOut {
+        RejectOut { sink, file, pending: Vec::new(), done: ChunkRejects::default() }
+    }
+
+    /// Writes out, counts and samples what is pending.
+    fn flush(&mut self, observed_ms: i64) {
+        if self.pending.is_empty() {
+            return;
+        }
+        if let Some(sink) = &self.sink {
+            let file = &*self.file;
+            sink.write_all(self.pending.iter().map(|rj| crate::rejects::RejectEntry {
+                file,
+                line: rj.line_no,
+                offset: rj.offset,
+                reason: rj.reject.reason,
+                detail: &rj.reject.detail,
+                raw: &rj.raw,
+                observed_ms: Some(observed_ms),
+            }));
+        }
+        for rj in self.pending.drain(..) {
+            match self.done.counts.iter_mut().find(|(r, _)| *r == rj.reject.reason) {
+                Some((_, n)) => *n += 1,
+                None => self.done.counts.push((rj.reject.reason, 1)),
+            }
+            if self.done.samples.len() < REJECT_SAMPLES {
+                self.done.samples.push(rj);
+            }
+        }
+    }
+
+    /// The chunk's rejects, everything written.
+    fn finish(&mut self, observed_ms: i64) -> ChunkRejects {
+        self.flush(observed_ms);
+        std::mem::take(&mut self.done)
+    }
+}
+
 /// One chunk's outcome.
 struct Chunk {
     records: Records,
-    rejects: Vec<Rejected>,
+    rejects: ChunkRejects,
     /// Observed time of the chunk's records.
     observed_ms: i64,
     /// Offset after the last complete line.
@@ -232,7 +310,7 @@ impl State {
     /// The chunk's bytes (the carried-over partial line, then what was
     /// read) become the records' [`RecordSource`]: records borrow from
     /// them instead of copying every value.
-    fn read_chunk(&mut self, flush_partial: bool) -> io::Result<Chunk> {
+    fn read_chunk(&mut self, flush_partial: bool, out_rejects: &mut RejectOut) -> io::Result<Chunk> {
         let mut data = std::mem::take(&mut self.carry);
         let carry_len = data.len();
         let mut size = 0;
@@ -257,7 +335,6 @@ impl State {
         let first_off = self.pos - data.len() as u64;
         let (parser, enricher, lines, skipping) = (&mut self.parser, &*self.enricher, &mut self.lines, &mut self.skipping);
         let (max_line_bytes, capacity) = (self.max_line_bytes, self.last_records);
-        let mut rejects = Vec::new();
         let mut partial = false;
         // Where the partial last line starts in `data`, when it is carried
         // over to the next chunk.
@@ -275,25 +352,28 @@ impl State {
                     // The tail of an over-long line, already rejected.
                     *skipping = None;
                 } else {
-                    parse_one(parser, &data[start..end], line_off, observed_ms, tables, enricher, noop, &mut out, &mut rejects);
+                    parse_one(parser, &data[start..end], line_off, observed_ms, tables, enricher, noop, &mut out, &mut out_rejects.pending);
                 }
                 let line_len = (end + 1 - start) as u64;
                 line_off += line_len;
                 start = end + 1;
                 if let Some(n) = lines.as_mut() {
                     *n += 1;
-                    if let Some(r) = rejects.last_mut() {
+                    if let Some(r) = out_rejects.pending.last_mut() {
                         if r.line_no == 0 && r.offset == line_off - line_len {
                             r.line_no = *n;
                         }
                     }
+                }
+                if out_rejects.pending.len() >= REJECT_BATCH {
+                    out_rejects.flush(observed_ms);
                 }
             }
             // The partial last line; while skipping, its bytes are consumed.
             let rest = &data[start..];
             if skipping.is_none() {
                 if rest.len() > max_line_bytes {
-                    rejects.push(Rejected {
+                    out_rejects.pending.push(Rejected {
                         offset: line_off,
                         reject: Reject::new(
                             crate::parse::RejectReason::TooLong,
@@ -304,7 +384,7 @@ impl State {
                     });
                     *skipping = Some(line_off);
                 } else if flush && !rest.is_empty() {
-                    parse_one(parser, rest, line_off, observed_ms, tables, enricher, noop, &mut out, &mut rejects);
+                    parse_one(parser, rest, line_off, observed_ms, tables, enricher, noop, &mut out, &mut out_rejects.pending);
                     partial = true;
                 } else if !rest.is_empty() {
                     carry_from = Some(start);
@@ -339,7 +419,7 @@ impl State {
         self.last_records = records.len();
         Ok(Chunk {
             records,
-            rejects,
+            rejects: out_rejects.finish(observed_ms),
             observed_ms,
             offset: self.offset(),
             size: if self.gz.is_some() { self.pos } else { size },
@@ -391,7 +471,15 @@ impl State {
     }
 
     fn chunk_status(&self, status: Status, size: u64) -> Chunk {
-        Chunk { records: Records::default(), rejects: vec![], observed_ms: 0, offset: self.offset(), size, status, partial: false }
+        Chunk {
+            records: Records::default(),
+            rejects: ChunkRejects::default(),
+            observed_ms: 0,
+            offset: self.offset(),
+            size,
+            status,
+            partial: false,
+        }
     }
 
     /// Checks that the fingerprinted line is still the file's: content
@@ -530,21 +618,9 @@ pub async fn run(spec: Spec, shared: Shared, ctl: Arc<Control>, stats: FileStats
         let settled = last_growth.elapsed() >= shared.partial_grace;
         let flush_partial = st.gz.is_some() || (gone && settled && !ctl.superseded.load(Ordering::Acquire));
         let pos_before = st.pos;
-        let sink = shared.rejects.clone();
-        let p = path.clone();
+        let mut rejects_out = RejectOut::new(shared.rejects.clone(), path.clone());
         let res = tokio::task::spawn_blocking(move || {
-            let r = st.read_chunk(flush_partial);
-            if let (Ok(c), Some(sink)) = (&r, sink) {
-                sink.write_all(c.rejects.iter().map(|rj| crate::rejects::RejectEntry {
-                    file: &p,
-                    line: rj.line_no,
-                    offset: rj.offset,
-                    reason: rj.reject.reason,
-                    detail: &rj.reject.detail,
-                    raw: &rj.raw,
-                    observed_ms: Some(c.observed_ms),
-                }));
-            }
+            let r = st.read_chunk(flush_partial, &mut rejects_out);
             (st, r)
         })
         .await;
@@ -578,14 +654,23 @@ pub async fn run(spec: Spec, shared: Shared, ctl: Arc<Control>, stats: FileStats
             stats.partial_line();
             tracing::info!(file = %path, offset = chunk.offset, "emitted a partial last line (no newline) of a file rotated away or deleted");
         }
-        if !chunk.rejects.is_empty() {
+        if !chunk.rejects.counts.is_empty() {
             let now = std::time::Instant::now();
             let mut limit = shared.reject_log.lock().unwrap_or_else(|e| e.into_inner());
-            for r in &chunk.rejects {
-                stats.rejected_for(r.reject.reason.name());
+            let mut logged = Vec::new();
+            for r in &chunk.rejects.samples {
                 if limit.allow(now, r.reject.reason.name()) {
                     tracing::warn!(file = %path, offset = r.offset, reason = %r.reject.reason, detail = %r.reject.detail, "rejected line");
                 }
+                logged.push(r.reject.reason);
+            }
+            for &(reason, n) in &chunk.rejects.counts {
+                for _ in 0..n {
+                    stats.rejected_for(reason.name());
+                }
+                // The rejects beyond the samples are not logged one by one.
+                let sampled = logged.iter().filter(|r| **r == reason).count() as u64;
+                limit.suppressed(now, reason.name(), n - sampled);
             }
             drop(limit);
             log_reject_summary(&shared.reject_log, false);
@@ -697,16 +782,18 @@ mod tests {
         let long = "x".repeat(CHUNK_BYTES * 2);
         std::fs::write(&p, format!("{a}{long}\n{}", line("b"))).unwrap();
         let mut st = state(File::open(&p).unwrap(), 1000);
-        let c = st.read_chunk(false).unwrap();
+        let mut out = RejectOut::new(None, "f.log".into());
+        let c = st.read_chunk(false, &mut out).unwrap();
         assert_eq!(c.records.len(), 1);
-        assert_eq!(c.rejects.len(), 1);
-        assert_eq!((c.rejects[0].offset, c.rejects[0].reject.reason), (a.len() as u64, crate::parse::RejectReason::TooLong));
+        assert_eq!(c.rejects.total(), 1);
+        let r = &c.rejects.samples[0];
+        assert_eq!((r.offset, r.reject.reason), (a.len() as u64, crate::parse::RejectReason::TooLong));
         assert_eq!(c.offset, a.len() as u64, "the offset stays before the over-long line");
-        let c = st.read_chunk(false).unwrap();
-        assert!(c.records.is_empty() && c.rejects.is_empty());
+        let c = st.read_chunk(false, &mut out).unwrap();
+        assert!(c.records.is_empty() && c.rejects.total() == 0);
         assert!(c.records.source_data().is_none(), "a chunk without records holds no bytes");
         assert_eq!(c.offset, a.len() as u64, "still skipping");
-        let c = st.read_chunk(false).unwrap();
+        let c = st.read_chunk(false, &mut out).unwrap();
         assert_eq!(c.records.len(), 1);
         assert_eq!(c.records.as_slice()[0].get(crate::record::Field::RequestUuid), "b");
         assert_eq!(c.offset, (a.len() + long.len() + 1 + line("b").len()) as u64);
@@ -719,11 +806,32 @@ mod tests {
         let p = dir.path().join("f.log");
         std::fs::write(&p, "junk\nmore junk\n{\"request_uuid\":").unwrap();
         let mut st = state(File::open(&p).unwrap(), 1000);
-        let c = st.read_chunk(false).unwrap();
-        assert_eq!((c.records.len(), c.rejects.len(), c.offset), (0, 2, 15));
+        let c = st.read_chunk(false, &mut RejectOut::new(None, "f.log".into())).unwrap();
+        assert_eq!((c.records.len(), c.rejects.total(), c.offset), (0, 2, 15));
         assert_eq!(st.carry, b"{\"request_uuid\":");
         assert!(st.carry.capacity() > st.carry.len(), "the chunk's buffer is reused, not copied");
         st.release_buffer();
         assert_eq!(st.carry.capacity(), st.carry.len());
+    }
+
+    #[test]
+    fn a_chunk_of_many_rejects_writes_them_in_batches_and_keeps_a_few() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("f.log");
+        std::fs::write(&p, "x\n".repeat(100_000)).unwrap();
+        let file = Arc::new(crate::rejects::RejectsFile::new(
+            dir.path().join("rejects.ndjson"),
+            crate::rotating::Rotation { rotate_bytes: 1 << 30, keep_files: 1 },
+        ));
+        let mut st = state(File::open(&p).unwrap(), 1000);
+        let mut out = RejectOut::new(Some(file), "f.log".into());
+        let c = st.read_chunk(false, &mut out).unwrap();
+        assert_eq!(c.rejects.total(), 100_000);
+        assert_eq!(c.rejects.samples.len(), REJECT_SAMPLES);
+        assert!(out.pending.capacity() <= 2 * REJECT_BATCH, "{} rejects were held at once", out.pending.capacity());
+        let written = std::fs::read_to_string(dir.path().join("rejects.ndjson")).unwrap();
+        assert_eq!(written.lines().count(), 100_000);
+        let last: serde_json::Value = serde_json::from_str(written.lines().last().unwrap()).unwrap();
+        assert_eq!((last["line"].as_u64(), last["offset"].as_u64()), (Some(100_000), Some(199_998)));
     }
 }

@@ -76,6 +76,17 @@ impl LogLimit {
         false
     }
 
+    /// Counts `n` occurrences under `label` that the caller does not log
+    /// one by one (they are in the next summary).
+    pub fn suppressed(&mut self, now: Instant, label: &'static str, n: u64) {
+        if n > 0 {
+            if self.started.is_none() {
+                self.started = Some(now);
+            }
+            *self.suppressed.entry(label).or_default() += n;
+        }
+    }
+
     /// The summary of suppressed lines once their window is over (or at
     /// once with `force`, e.g. when the caller stops); `None` when there is
     /// nothing to report yet. Starts a new window.
@@ -129,6 +140,9 @@ mod tests {
         // A new window: a new burst.
         assert!(l.allow(t0 + Duration::from_secs(12), "a"));
         assert_eq!(l.summary_due(), None);
+        // Counted in bulk (what a caller does not log one by one).
+        l.suppressed(t0 + Duration::from_secs(13), "c", 5000);
+        assert_eq!(l.summary(t0 + Duration::from_secs(23), false).map(|s| s.by_label), Some("c=5000".to_string()));
     }
 
     #[test]
