@@ -43,6 +43,7 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use crate::config::{ReadFrom, SourceConfig};
+use crate::telemetry::log_limit::LogLimit;
 use crate::telemetry::Telemetry;
 use crate::watch::{Change, Events, Seen, Watcher};
 use fingerprint::{Fingerprint, Probe};
@@ -54,6 +55,11 @@ type Key = (u64, u64);
 /// After a file appeared, vanished or moved, a full rescan follows this
 /// soon (to find where a renamed file went, or that it is gone).
 const RESCAN_AFTER_MOVE: Duration = Duration::from_millis(50);
+
+/// Files without a complete first line held open at most (so that their
+/// content can be read if they are deleted before the newline comes): a
+/// directory of such files must not use up the process's descriptors.
+const MAX_PENDING_OPEN: usize = 256;
 
 /// A file the tailer knows about.
 struct Tracked {
@@ -113,6 +119,9 @@ pub struct Tailer {
     exit_rx: mpsc::UnboundedReceiver<Finished>,
     /// The reader tasks.
     readers: JoinSet<()>,
+    /// Limits log lines a directory's content can repeat at every scan
+    /// (files that cannot be opened, files not held open).
+    file_notes: LogLimit,
 }
 
 impl Tailer {
@@ -132,6 +141,7 @@ impl Tailer {
             exit_tx,
             exit_rx,
             readers: JoinSet::new(),
+            file_notes: LogLimit::default(),
         })
     }
 
@@ -161,6 +171,7 @@ impl Tailer {
                 _ = tick.tick() => {
                     self.full_scan(false, events.as_mut()).await;
                     reader::log_reject_summary(&self.shared.reject_log, false);
+                    self.log_file_notes_summary();
                 }
                 _ = sleep_until(rescan_at), if rescan_at.is_some() => {
                     rescan_at = None;
@@ -366,7 +377,9 @@ impl Tailer {
             }
             Ok(Err(e)) => {
                 if let Some(t) = self.files.get_mut(&key) {
-                    tracing::warn!(file = %t.path.display(), error = %e, "cannot open file; retried at the next scan");
+                    if self.file_notes.allow(std::time::Instant::now(), "cannot_open") {
+                        tracing::warn!(file = %t.path.display(), error = %e, "cannot open file; retried at the next scan");
+                    }
                     // Not a size any file has: the next scan sees a change
                     // and tries again (e.g. after EMFILE or EACCES is fixed).
                     t.size = u64::MAX;
@@ -375,14 +388,25 @@ impl Tailer {
             }
             Err(_) => return,
         };
+        let held = match probe {
+            Probe::NotYet => self.files.values().filter(|t| t.pending.is_some()).count(),
+            Probe::Ready { .. } => 0,
+        };
         let Some(t) = self.files.get_mut(&key) else { return };
         // The size as opened is what the reader would find (the scan's
         // may be older).
         t.size = size;
         let Probe::Ready { fp, start, len } = probe else {
             // No complete first line yet: looked at again when it changes.
-            if t.size > 0 && !crate::watch::is_gz(&t.path) {
-                t.pending = Some(file);
+            if t.size > 0 && !crate::watch::is_gz(&t.path) && t.pending.is_none() {
+                if held < MAX_PENDING_OPEN {
+                    t.pending = Some(file);
+                } else if self.file_notes.allow(std::time::Instant::now(), "not_held_open") {
+                    tracing::warn!(
+                        file = %t.path.display(), held,
+                        "too many files without a complete first line are held open; this one is not (if it is deleted before its first newline, its partial line is not read)"
+                    );
+                }
             }
             return;
         };
@@ -557,6 +581,15 @@ impl Tailer {
             if let Some(s) = tokio::task::spawn_blocking(move || Watcher::stat(&p)).await.ok().flatten() {
                 self.seen(s, false).await;
             }
+        }
+    }
+}
+
+impl Tailer {
+    /// Logs how many file notes the limit kept out of the log, once due.
+    fn log_file_notes_summary(&mut self) {
+        if let Some(s) = self.file_notes.summary(std::time::Instant::now(), false) {
+            tracing::warn!(source = %self.name, suppressed = s.total, by_kind = %s.by_label, "files: {} similar log lines suppressed", s.total);
         }
     }
 }

@@ -272,3 +272,41 @@ fn the_dead_letter_file_is_bounded() {
     assert!(on_disk <= 3 * 2 * ROTATE, "{on_disk} bytes of dead letters on disk");
     assert!(env.log_text().contains("DELETED the oldest rotated file"), "the deletion is not logged");
 }
+
+/// Descriptors the bridge has open.
+fn open_fds(pid: u32) -> usize {
+    fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count()).unwrap_or(0)
+}
+
+/// Hundreds of files without a complete first line (a writer that never
+/// ends its lines, or a directory filled on purpose): the bridge holds a
+/// bounded number of them open (it holds one so that its line can still be
+/// read if the file is deleted before the newline), says so once, and
+/// still reads every file once its lines complete.
+#[test]
+fn files_without_a_first_newline_hold_a_bounded_number_of_descriptors() {
+    const FILES: usize = 400;
+    const HELD_MAX: usize = 256;
+    let mut env = Env::new("*.log", "");
+    env.start();
+    let pid = env.child.as_ref().unwrap().id();
+    let before = open_fds(pid);
+    let ids = uuids("p", FILES);
+    for (i, id) in ids.iter().enumerate() {
+        let l = crate::tail_harness::line(id);
+        env.append(&format!("f{i:03}.log"), l.trim_end());
+    }
+    support::poll_until(Duration::from_secs(30), "the bridge to stop holding more files open", || {
+        env.log_text().contains("too many files without a complete first line are held open").then_some(())
+    });
+    env.settle();
+    let held = open_fds(pid).saturating_sub(before);
+    assert!(held <= HELD_MAX + 8, "{held} more descriptors open for {FILES} files without a newline");
+    let about = env.log_text().lines().filter(|l| l.contains("too many files without a complete first line")).count();
+    assert!(about <= 10, "logged {about} times");
+    for i in 0..FILES {
+        env.append(&format!("f{i:03}.log"), "\n");
+    }
+    env.expect_exactly(&ids);
+    env.stop();
+}
