@@ -657,19 +657,18 @@ pub async fn run(spec: Spec, shared: Shared, ctl: Arc<Control>, stats: FileStats
         if !chunk.rejects.counts.is_empty() {
             let now = std::time::Instant::now();
             let mut limit = shared.reject_log.lock().unwrap_or_else(|e| e.into_inner());
-            let mut logged = Vec::new();
-            for r in &chunk.rejects.samples {
+            let samples = &chunk.rejects.samples;
+            for r in samples {
                 if limit.allow(now, r.reject.reason.name()) {
                     tracing::warn!(file = %path, offset = r.offset, reason = %r.reject.reason, detail = %r.reject.detail, "rejected line");
                 }
-                logged.push(r.reject.reason);
             }
             for &(reason, n) in &chunk.rejects.counts {
                 for _ in 0..n {
                     stats.rejected_for(reason.name());
                 }
                 // The rejects beyond the samples are not logged one by one.
-                let sampled = logged.iter().filter(|r| **r == reason).count() as u64;
+                let sampled = samples.iter().filter(|r| r.reject.reason == reason).count() as u64;
                 limit.suppressed(now, reason.name(), n - sampled);
             }
             drop(limit);
