@@ -64,7 +64,7 @@ impl Chan {
             let i = self.next_record;
             self.next_record += 1;
             let status = if i % 10 == 9 { "503" } else { "200" };
-            let r = record(i, status, if i % 2 == 0 { "svc-even" } else { "svc-odd" });
+            let r = record(i, status, if i.is_multiple_of(2) { "svc-even" } else { "svc-odd" });
             ids.push(r.get(Field::RequestUuid).to_string());
             records.push(r);
         }
