@@ -78,7 +78,7 @@ impl ReloadError {
     /// The config key the error is about (for the log line's `key` field).
     pub fn key(&self) -> &str {
         match self {
-            ReloadError::Config(ConfigError::Invalid { key, .. }) => key,
+            ReloadError::Config(ConfigError::Invalid { key, .. } | ConfigError::Unusable { key, .. }) => key,
             ReloadError::Config(ConfigError::Syntax { .. }) => "(syntax: see the message)",
             ReloadError::Config(ConfigError::Read { .. }) => "(the file)",
             ReloadError::Lookups(_) => "enrich.lookups",

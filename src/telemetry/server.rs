@@ -124,7 +124,20 @@ impl StatusServer {
 
 /// Binds `[status] listen` and serves until `shutdown` is cancelled.
 pub async fn start(cfg: &StatusConfig, telemetry: Telemetry, shutdown: CancellationToken) -> anyhow::Result<StatusServer> {
-    let listener = TcpListener::bind(cfg.listen).await.with_context(|| format!("cannot listen on status.listen = {}", cfg.listen))?;
+    let listener = crate::preflight::listen("status.listen", cfg.listen)?;
+    start_on(listener, cfg, telemetry, shutdown)
+}
+
+/// Serves on `listener`, bound beforehand ([`crate::preflight`] binds every
+/// listener before the bridge starts), until `shutdown` is cancelled.
+pub fn start_on(
+    listener: std::net::TcpListener,
+    cfg: &StatusConfig,
+    telemetry: Telemetry,
+    shutdown: CancellationToken,
+) -> anyhow::Result<StatusServer> {
+    listener.set_nonblocking(true).context("status listener")?;
+    let listener = TcpListener::from_std(listener).context("status listener")?;
     let addr = listener.local_addr().context("status listener address")?;
     let settings = StatusSettings::from(cfg);
     let task = tokio::spawn(serve(listener, telemetry, settings, async move { shutdown.cancelled().await }));

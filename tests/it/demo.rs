@@ -60,11 +60,12 @@ fn http_get(addr: &str, path: &str) -> String {
 fn check_config_prints_no_secret() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("c.toml");
+    std::fs::create_dir(dir.path().join("logs")).unwrap();
     std::fs::write(
         &cfg,
-        "[[source]]\npaths = [\"/x/*.log\"]\n[channel]\ntoken = \"chan-s3cret\"\n\
+        "state_dir = \"state\"\n[[source]]\npaths = [\"logs/*.log\"]\n[channel]\nlisten = \"127.0.0.1:0\"\ntoken = \"chan-s3cret\"\n\
          [upstream]\nurl = \"https://user:url-s3cret@collector.example/in?key=q-s3cret\"\n\
-         bearer_token = \"bearer-s3cret\"\nheaders = { \"X-Api-Key\" = \"hdr-s3cret\" }\n",
+         bearer_token = \"bearer-s3cret\"\nheaders = { \"X-Api-Key\" = \"hdr-s3cret\" }\n[status]\nlisten = \"127.0.0.1:0\"\n",
     )
     .unwrap();
     let out = cmd().args(["check-config", "--config"]).arg(&cfg).output().unwrap();
