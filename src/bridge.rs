@@ -131,16 +131,31 @@ impl Bridge {
             controls,
             stop_lookups,
         };
-        bridge.sources = bridge.spawn_sources(&cfg.sources)?;
+        let scans_from_ms = crate::time::now_ms();
+        let mut first_scans = Vec::new();
+        bridge.sources = bridge.spawn_sources(&cfg.sources, Some(&mut first_scans))?;
+        bridge.background.push(tokio::spawn(report_left_unread(
+            bridge.checkpoints.clone(),
+            cfg.sources.clone(),
+            bridge.telemetry.clone(),
+            first_scans,
+            scans_from_ms,
+        )));
         Ok(bridge)
     }
 
-    /// Starts one [`Tailer`] per `[[source]]`, stopped by `stop_reading`.
-    fn spawn_sources(&self, sources: &[SourceConfig]) -> anyhow::Result<Vec<(String, JoinHandle<anyhow::Result<()>>)>> {
+    /// Starts one [`Tailer`] per `[[source]]`, stopped by `stop_reading`;
+    /// with `first_scans`, each tailer's first scan is reported there.
+    fn spawn_sources(
+        &self,
+        sources: &[SourceConfig],
+        mut first_scans: Option<&mut Vec<tokio::sync::oneshot::Receiver<()>>>,
+    ) -> anyhow::Result<Vec<(String, JoinHandle<anyhow::Result<()>>)>> {
         let fanout = self.fanout.as_ref().context("the bridge is stopping")?;
+        self.telemetry.retain_sources(&sources.iter().enumerate().map(|(i, s)| source_name(s, i)).collect::<Vec<_>>());
         let mut tasks = Vec::new();
         for (i, s) in sources.iter().enumerate() {
-            let name = s.name.clone().unwrap_or_else(|| format!("source{i}"));
+            let name = source_name(s, i);
             let shared = Shared {
                 format: s.format,
                 max_line_bytes: s.max_line_bytes,
@@ -151,7 +166,12 @@ impl Bridge {
                 shutdown: self.stop_reading.clone(),
                 rejects: self.rejects.clone(),
             };
-            let tailer = Tailer::new(s.clone(), name.clone(), shared, self.telemetry.clone())?;
+            let mut tailer = Tailer::new(s.clone(), name.clone(), shared, self.telemetry.clone())?;
+            if let Some(v) = first_scans.as_deref_mut() {
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                tailer.on_first_scan(tx);
+                v.push(rx);
+            }
             tasks.push((name, tokio::spawn(tailer.run())));
         }
         Ok(tasks)
@@ -198,7 +218,7 @@ impl Bridge {
             };
             match res {
                 Ok(Ok(())) => {}
-                Ok(Err(e)) => tracing::error!(sink = h.name, error = %format!("{e:#}"), "sink failed"),
+                Ok(Err(e)) => tracing::error!(sink = h.name, error = %crate::cmd::describe(&e), "sink failed"),
                 Err(e) => tracing::error!(sink = h.name, error = %e, "sink task panicked"),
             }
         }
@@ -257,9 +277,44 @@ impl crate::reload::Reloadable for Bridge {
             }
             self.enricher = e;
         }
-        self.sources = self.spawn_sources(sources)?;
+        self.sources = self.spawn_sources(sources, None)?;
         tracing::info!(sources = self.sources.len(), "sources restarted with the reloaded config");
         Ok(())
+    }
+}
+
+/// The name of the `i`th source (`source<i>` unless it has one).
+fn source_name(s: &SourceConfig, i: usize) -> String {
+    s.name.clone().unwrap_or_else(|| format!("source{i}"))
+}
+
+/// Once every source has scanned its files once at start-up, looks for the
+/// files with a checkpoint that no scan saw and that still had unread
+/// bytes (gone, or rotated where no glob matches: see
+/// [`crate::tail::left_unread`]); each is logged loudly and counted on its
+/// source.
+async fn report_left_unread(
+    checkpoints: Checkpointer,
+    sources: Vec<SourceConfig>,
+    telemetry: Telemetry,
+    first_scans: Vec<tokio::sync::oneshot::Receiver<()>>,
+    scans_from_ms: i64,
+) {
+    for rx in first_scans {
+        if rx.await.is_err() {
+            // A source stopped before its first scan (shutdown): no verdict.
+            return;
+        }
+    }
+    let entries = checkpoints.entries();
+    let srcs = sources.clone();
+    let now = crate::time::now_ms();
+    let found =
+        tokio::task::spawn_blocking(move || crate::tail::left_unread::find(&entries, &srcs, scans_from_ms, now)).await.unwrap_or_default();
+    for (i, l) in found {
+        let name = sources.get(i).map(|s| source_name(s, i)).unwrap_or_default();
+        tracing::warn!(source = %name, file = %l.path, "{}", crate::tail::left_unread::message(&name, &l));
+        telemetry.source(&name).left_unread(l);
     }
 }
 
@@ -388,7 +443,7 @@ pub async fn run_with_reload(
     stop_status.cancel();
     if let Some(srv) = status {
         if let Err(e) = srv.wait().await {
-            tracing::warn!(error = %format!("{e:#}"), "status listener");
+            tracing::warn!(error = %crate::cmd::describe(&e), "status listener");
         }
     }
     res

@@ -26,7 +26,7 @@ fn main() {
     match result {
         Ok(code) => std::process::exit(code),
         Err(e) => {
-            eprintln!("calllog-bridge: {e:#}");
+            eprintln!("calllog-bridge: {}", cmd::describe(&e));
             std::process::exit(1);
         }
     }

@@ -181,7 +181,8 @@ fn prepare_blocking(path: &Path, old_enrich: &str) -> Result<Prepared, ReloadErr
     crate::service::parse_level(&config.log_level)?;
     let enricher = if format!("{:?}", config.enrich) != old_enrich { Some(Arc::new(Enricher::from_config(&config.enrich)?)) } else { None };
     let channel_token = config.channel.as_ref().map(ChannelConfig::token).transpose()?;
-    let upstream = config.upstream.as_ref().map(UpstreamLive::build).transpose().map_err(|e| ReloadError::Upstream(format!("{e:#}")))?;
+    let upstream =
+        config.upstream.as_ref().map(UpstreamLive::build).transpose().map_err(|e| ReloadError::Upstream(crate::cmd::describe(&e)))?;
     Ok(Prepared { config, enricher, channel_token, upstream })
 }
 
@@ -355,7 +356,7 @@ pub async fn on_hup<B: Reloadable>(bridge: &mut B, running: Config, path: &Path)
                 effective
             }
             Err(e) => {
-                tracing::error!(error = %format!("{e:#}"), "reload failed while applying; the sources keep their previous settings");
+                tracing::error!(error = %crate::cmd::describe(&e), "reload failed while applying; the sources keep their previous settings");
                 running
             }
         },

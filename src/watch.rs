@@ -143,10 +143,31 @@ impl Watcher {
     /// Lists every matching file now (blocking: run it off the runtime).
     /// A path seen twice (hard link) is reported once.
     pub fn scan(&self) -> Vec<Seen> {
+        self.scan_reporting().0
+    }
+
+    /// [`Watcher::scan`], also returning the directories that exist but
+    /// cannot be listed (permission denied), with why: their files are
+    /// invisible, which an operator must hear about. A directory that does
+    /// not exist is not an error here (its files may come later).
+    pub fn scan_reporting(&self) -> (Vec<Seen>, Vec<(PathBuf, String)>) {
         let mut out = Vec::new();
+        let mut errors = Vec::new();
         let mut keys = HashSet::new();
         for (dir, depth) in &self.roots {
-            for entry in walkdir::WalkDir::new(dir).min_depth(1).max_depth(*depth).follow_links(true).into_iter().flatten() {
+            for entry in walkdir::WalkDir::new(dir).min_depth(1).max_depth(*depth).follow_links(true) {
+                let entry = match entry {
+                    Ok(e) => e,
+                    Err(e) => {
+                        let missing = e.io_error().is_some_and(|io| io.kind() == std::io::ErrorKind::NotFound);
+                        if !missing {
+                            let at = e.path().map(Path::to_path_buf).unwrap_or_else(|| dir.clone());
+                            let why = e.io_error().map_or_else(|| e.to_string(), ToString::to_string);
+                            errors.push((at, why));
+                        }
+                        continue;
+                    }
+                };
                 if !entry.file_type().is_file() || !self.matches(entry.path()) {
                     continue;
                 }
@@ -157,7 +178,7 @@ impl Watcher {
                 }
             }
         }
-        out
+        (out, errors)
     }
 
     /// Subscribes to notify events for the source's directories. Directories

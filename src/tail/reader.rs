@@ -562,6 +562,11 @@ pub async fn run(spec: Spec, shared: Shared, ctl: Arc<Control>, stats: FileStats
                 }
             }
         }
+        // Rotated away (renamed or deleted) and read to its end: no longer
+        // part of the current sync delay (a `.gz` is marked by the tailer
+        // once complete).
+        let rotated_away = ctl.gone.load(Ordering::Acquire) || ctl.rotated.load(Ordering::Acquire);
+        stats.set_finished(chunk.status == Status::End && st.gz.is_none() && rotated_away && st.carry.is_empty());
         if chunk.status == Status::More {
             continue;
         }

@@ -5,7 +5,9 @@
 //! - `GET /status`: the JSON [`super::Status`] that `lag` reads;
 //! - `GET /healthz`: 200 while the process runs;
 //! - `GET /readyz`: 200 once the bridge called `Telemetry::set_ready(true)`,
-//!   503 before (and after `set_ready(false)` at shutdown);
+//!   503 before (and after `set_ready(false)` at shutdown), and 503 with one
+//!   line per problem while a source matches no file (beyond
+//!   `no_files_after_secs`) or cannot read one;
 //! - `GET /`: the live dashboard ([`super::dashboard`]).
 //!
 //! Shutdown is a parameter ([`serve`] takes a future, [`start`] a
@@ -89,10 +91,16 @@ async fn healthz() -> &'static str {
 }
 
 async fn readyz(State(st): State<AppState>) -> Response {
-    if st.telemetry.is_ready() {
+    if !st.telemetry.is_ready() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "not ready\n").into_response();
+    }
+    // Up, but a source that matches nothing or cannot read a file is not
+    // doing its job: say so rather than answer 200.
+    let problems = st.telemetry.source_problems(time::now_ms(), &st.settings);
+    if problems.is_empty() {
         (StatusCode::OK, "ready\n").into_response()
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n").into_response()
+        (StatusCode::SERVICE_UNAVAILABLE, format!("not ready:\n{}\n", problems.join("\n"))).into_response()
     }
 }
 
