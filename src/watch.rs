@@ -96,7 +96,11 @@ impl Watcher {
         let mut cfg = cfg.clone();
         if let Ok(cwd) = std::env::current_dir() {
             for g in cfg.paths.iter_mut().chain(cfg.exclude.iter_mut()) {
-                if Path::new(g.as_str()).is_relative() {
+                if g.starts_with('*') && !g.starts_with("**/") {
+                    // `*.tmp` matches in any directory (see
+                    // `SourceConfig::exclude`); `*` alone never crosses a `/`.
+                    *g = format!("**/{g}");
+                } else if Path::new(g.as_str()).is_relative() {
                     *g = cwd.join(&*g).to_string_lossy().into_owned();
                 }
             }
@@ -299,6 +303,19 @@ mod tests {
         let mut names: Vec<String> = w.scan().iter().map(|s| s.path.file_name().unwrap().to_string_lossy().into_owned()).collect();
         names.sort();
         assert_eq!(names, ["access.log", "access.log.1"]);
+    }
+
+    #[test]
+    fn an_exclude_starting_with_a_wildcard_matches_in_any_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        std::fs::write(d.join("access.log.1"), "x").unwrap();
+        std::fs::write(d.join("access.log.1.gz.tmp"), "x").unwrap();
+        let g = format!("{}/access*.log*", d.display());
+        let w = Watcher::new(&source(&[&g], &["*.tmp"])).unwrap();
+        let names: Vec<String> = w.scan().iter().map(|s| s.path.file_name().unwrap().to_string_lossy().into_owned()).collect();
+        assert_eq!(names, ["access.log.1"]);
+        assert!(!w.matches(&d.join("access.log.2.gz.tmp")));
     }
 
     #[test]

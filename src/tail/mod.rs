@@ -463,6 +463,16 @@ impl Tailer {
                 }
                 return;
             }
+            Ok(Err(e)) if e.kind() == std::io::ErrorKind::NotFound => {
+                // Renamed or deleted between the scan and the open (a
+                // rotation in progress): routine; the next scan sees where
+                // it went.
+                if let Some(t) = self.files.get_mut(&key) {
+                    tracing::debug!(file = %t.path.display(), "file gone before it could be opened");
+                    t.size = u64::MAX;
+                }
+                return;
+            }
             Ok(Err(e)) => {
                 if let Some(t) = self.files.get_mut(&key) {
                     // Shown per source in /status, /metrics and `lag`; logged

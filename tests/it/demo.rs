@@ -38,13 +38,32 @@ fn demo_runs_the_whole_bridge_on_localhost() {
     // The status page answers on the address the demo wrote.
     let body = http_get(status.trim(), "/status");
     assert!(body.contains("\"files\""), "{body}");
-    // SIGTERM stops it cleanly.
+    // The banner's commands work from where the user stands (here, like
+    // after `cargo run`, the binary is not on PATH).
+    let mut stderr = child.stderr.take().unwrap();
+    let err = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let reader = {
+        let err = err.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n @ 1..) = stderr.read(&mut buf) {
+                err.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        })
+    };
+    let lag_cmd = poll_until(Duration::from_secs(30), "the banner", || {
+        err.lock().unwrap().lines().find(|l| l.contains(" lag --status-url ")).map(|l| l.trim().to_string())
+    });
+    let out = std::process::Command::new("sh").arg("-c").arg(&lag_cmd).env("PATH", "/usr/bin:/bin").output().unwrap();
+    assert!(out.status.success(), "the banner's `{lag_cmd}` failed: {}", String::from_utf8_lossy(&out.stderr));
+    // SIGTERM stops it cleanly, and it removes its directory.
     std::process::Command::new("kill").arg("-TERM").arg(child.id().to_string()).status().unwrap();
     let code = poll_until(Duration::from_secs(30), "the demo to exit", || child.try_wait().unwrap());
-    let mut err = String::new();
-    child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    reader.join().unwrap();
+    let err = err.lock().unwrap().clone();
     assert!(code.success(), "{code:?}\n{err}");
     assert!(err.contains("demo is running"), "{err}");
+    assert!(!dir.exists(), "the demo left {} behind", dir.display());
 }
 
 fn http_get(addr: &str, path: &str) -> String {
