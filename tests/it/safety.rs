@@ -418,3 +418,76 @@ fn file_rows_follow_their_file_through_rotation_and_gzip_with_counters_that_neve
     env.expect_exactly(&[old, fresh].concat());
     env.stop();
 }
+
+// ---------------------------------------------------------------- item 7
+
+#[test]
+fn routine_rotation_and_gzip_log_nothing_above_debug() {
+    let mut env = Env::new("access*.log*", "exclude = [\"*.tmp\"]");
+    let text = fs::read_to_string(&env.config).unwrap().replace("log_level = \"debug\"", "log_level = \"info\"");
+    fs::write(&env.config, text).unwrap();
+    env.start();
+    // Local Edition's rotation, many times over: rename to .1, .2, ...,
+    // gzip through a temporary file, delete beyond 10 kept.
+    let out = support::run(&[
+        "simulate",
+        "--format",
+        "le-json",
+        "--dir",
+        env.logs.to_str().unwrap(),
+        "--rate",
+        "400",
+        "--duration",
+        "3",
+        "--rotate-bytes",
+        "30000",
+        "--gzip-rotated",
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    support::poll_until(DEADLINE, "records", || (!env.delivered().is_empty()).then_some(()));
+    env.settle();
+    env.stop();
+    // Start-up and shutdown say what they do; nothing in between.
+    let expected = [
+        "matches no file yet",
+        "following files",
+        "status listener",
+        "bridge running",
+        "shutdown requested",
+        "stopping: draining sinks",
+        "stopped; checkpoints written",
+    ];
+    let log = env.log_text();
+    let loud: Vec<&str> = log
+        .lines()
+        .filter(|l| !l.contains(" DEBUG ") && !l.contains(" TRACE "))
+        .filter(|l| !expected.iter().any(|e| l.contains(e)))
+        .collect();
+    assert!(loud.is_empty(), "routine rotation logged above DEBUG:\n{}", loud.join("\n"));
+}
+
+// ---------------------------------------------------------------- item 8
+
+#[test]
+fn getting_started_commands_say_the_right_thing() {
+    // simulate --help lists only the formats it writes.
+    let help = String::from_utf8_lossy(&support::run(&["simulate", "--help"]).stdout).into_owned();
+    for f in ["le6", "le5-csv", "le-json"] {
+        assert!(help.contains(f), "{help}");
+    }
+    for f in ["ecls", "ecle-csv", "auto"] {
+        assert!(!help.contains(f), "simulate does not write {f}:\n{help}");
+    }
+    // A bad --token-file is an argument problem, said once, naming the option.
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("no-token");
+    let out = support::run(&["tail", "ws://127.0.0.1:9/stream", "--token-file", missing.to_str().unwrap(), "--no-reconnect"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("--token-file") && err.contains(&missing.display().to_string()), "{err}");
+    assert!(!err.contains("config key"), "not a config key: {err}");
+    assert_eq!(err.matches("No such file or directory").count(), 1, "{err}");
+    // A mistyped option is a usage error (64), never lag's "over the limit" (2).
+    let out = support::run(&["lag", "--max-lagg", "5m"]);
+    assert_eq!(out.status.code(), Some(64), "{}", String::from_utf8_lossy(&out.stderr));
+}
