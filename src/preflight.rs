@@ -118,6 +118,28 @@ pub fn check(cfg: &Config, bind: Bind) -> Checked {
             out.errors.push(e);
         }
     }
+    // What an earlier run left in state_dir must be writable too: a manual
+    // run as root leaves files the service user cannot append to.
+    let rejects = cfg.state_dir.join(crate::bridge::REJECTS_FILE);
+    if rejects.exists() {
+        if let Err(e) = OpenOptions::new().append(true).open(&rejects) {
+            out.errors.push(ConfigError::unusable(
+                "state_dir",
+                format!("cannot write {} (left by a run as another user?): {e}", rejects.display()),
+            ));
+        }
+    }
+    for spool in std::fs::read_dir(cfg.state_dir.join("upstream-spool")).into_iter().flatten().flatten() {
+        let dir = spool.path();
+        if dir.is_dir() {
+            if let Err(e) = writable(&dir) {
+                out.errors.push(ConfigError::unusable(
+                    "state_dir",
+                    format!("cannot write in {} (left by a run as another user?): {e}", dir.display()),
+                ));
+            }
+        }
+    }
     if let Some(o) = &cfg.file_output {
         if o.path.exists() {
             if let Err(e) = OpenOptions::new().append(true).open(&o.path) {
