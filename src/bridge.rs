@@ -404,7 +404,10 @@ pub async fn run_with_reload(
     shutdown: CancellationToken,
     mut reloads: Option<crate::reload::Requests>,
 ) -> anyhow::Result<()> {
-    let crate::preflight::Prepared { lock: _lock, listeners, enricher, warnings: _ } = prepared;
+    let crate::preflight::Prepared { lock: _lock, listeners, enricher, warnings } = prepared;
+    for w in &warnings {
+        tracing::warn!("{w}");
+    }
     let telemetry = Telemetry::new();
     let stop_status = CancellationToken::new();
     let status = match listeners.status {

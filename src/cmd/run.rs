@@ -63,9 +63,6 @@ pub fn run(args: RunArgs) -> anyhow::Result<i32> {
                 return Ok(EXIT_CONFIG);
             }
         };
-        for w in &prepared.warnings {
-            tracing::warn!("{w}");
-        }
         let waiter = tokio::spawn(signals.wait(shutdown.clone()));
         let res = crate::bridge::run_with_reload(cfg, prepared, shutdown.clone(), Some(reloads)).await;
         waiter.abort();

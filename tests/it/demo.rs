@@ -10,14 +10,17 @@ use crate::support::{cmd, poll_until};
 #[test]
 fn demo_runs_the_whole_bridge_on_localhost() {
     let tmp = tempfile::tempdir().unwrap();
-    let mut child = cmd()
-        .args(["run", "--demo"])
-        .env("TMPDIR", tmp.path())
-        .env("CALLLOG_BRIDGE_DEMO_LISTEN", "any")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut guard = KillOnDrop(
+        cmd()
+            .args(["run", "--demo"])
+            .env("TMPDIR", tmp.path())
+            .env("CALLLOG_BRIDGE_DEMO_LISTEN", "any")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let child = &mut guard.0;
     let dir = poll_until(Duration::from_secs(20), "the demo directory", || {
         std::fs::read_dir(tmp.path()).ok()?.flatten().map(|e| e.path()).find(|p| p.join("config.toml").exists())
     });
@@ -64,6 +67,19 @@ fn demo_runs_the_whole_bridge_on_localhost() {
     assert!(code.success(), "{code:?}\n{err}");
     assert!(err.contains("demo is running"), "{err}");
     assert!(!dir.exists(), "the demo left {} behind", dir.display());
+}
+
+/// The demo process, killed if the test fails before stopping it (a
+/// failed test must not leave a demo running).
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if self.0.try_wait().ok().flatten().is_none() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
 }
 
 fn http_get(addr: &str, path: &str) -> String {
