@@ -109,6 +109,29 @@
     // (the channel waits a few ms at most to fill a message).
     perMessage: frag.has('records_per_message') ? num(frag.get('records_per_message')) : DEFAULT_RECORDS_PER_MESSAGE,
   };
+  // Where the token may go: this page's own origin (a proxy serving the
+  // channel too), the channel /status names, and the origins the operator
+  // listed in `[status] dashboard_channel_origins` (written into the page by
+  // the bridge). A `#ws=` elsewhere is refused: a crafted link must not
+  // make the page hand the token to another host. The page's CSP
+  // (connect-src) enforces the same list.
+  const allowedOrigins = ((document.querySelector('meta[name="channel-origins"]') || {}).content || '')
+    .split(/\s+/).filter((o) => /^wss?:\/\//.test(o));
+  const pageWsOrigin = (location.protocol === 'https:' ? 'wss:' : 'ws:') + '//' + location.host;
+  /** `ws(s)://host[:port]` of a WebSocket URL, `http(s)` mapped as connect() does; null when unparsable. */
+  function wsOrigin(url) {
+    try {
+      const u = new URL(url, location.href);
+      const scheme = u.protocol === 'http:' ? 'ws:' : u.protocol === 'https:' ? 'wss:' : u.protocol;
+      return scheme + '//' + u.host;
+    } catch (e) { return null; }
+  }
+  /** True when the page may send the token to `url` (see allowedOrigins). */
+  function mayConnect(url, fromStatus) {
+    const o = wsOrigin(url);
+    return o != null && (fromStatus || o === pageWsOrigin || allowedOrigins.includes(o));
+  }
+
   if (frag.has('token')) {
     try { sessionStorage.setItem(TOKEN_KEY, frag.get('token')); } catch (e) { /* storage disabled: keep in memory */ }
     settings.token = frag.get('token');
@@ -285,6 +308,12 @@
     if (u.protocol === 'http:') u.protocol = 'ws:';
     if (u.protocol === 'https:') u.protocol = 'wss:';
     setText($('channel-url'), u.toString());
+    if (!mayConnect(u.toString(), !settings.wsOverride)) {
+      // Final: no retry, and the token never leaves the page.
+      setConnection('refused', '#ws= names ' + wsOrigin(u.toString()) + ', which is not this bridge\'s channel; '
+        + 'the token is not sent there (list it in status.dashboard_channel_origins to allow it)');
+      return;
+    }
     u.searchParams.set('key', settings.token);
     if (settings.perMessage) u.searchParams.set('records_per_message', String(settings.perMessage));
     const since = agg.lastSeq != null ? agg.lastSeq + 1 : settings.since;

@@ -65,9 +65,10 @@ use tokio::sync::{mpsc, watch, Semaphore};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{debug, error, info, warn};
+use tracing::{error, info, warn};
 
 use crate::config::{ChannelConfig, Secret};
+use crate::listener::Gate;
 use crate::pipeline::{Batch, Fanout};
 use crate::record::{Field, Record, Shape};
 use crate::telemetry::SinkStats;
@@ -75,6 +76,7 @@ use crate::time::now_ms;
 
 use conn::{ConnState, Lost, Registry};
 pub use request::percent_decode;
+use request::TokenDigest;
 use ring::{Entry, Evicted, Item, Ring};
 pub use stats::ChannelStats;
 
@@ -94,9 +96,12 @@ pub const SEQ_FILE: &str = "channel.seq";
 const SEQ_BLOCK: u64 = 1_000_000;
 
 /// Handshakes (TCP accepted, not yet upgraded or refused) in progress at
-/// once; more are dropped at accept. Bounds what unauthenticated clients
-/// can hold; admitted connections are bounded by `max_connections`.
-const MAX_PENDING_HANDSHAKES: usize = 64;
+/// once, besides the `max_connections` subscribers: the listener holds at
+/// most this many sockets more. When they are all taken, the one pending
+/// longest is closed to admit the newest connection, so sockets that never
+/// complete a handshake cannot lock legitimate clients out (a real client
+/// finishes its handshake in milliseconds).
+pub const MAX_PENDING_HANDSHAKES: usize = 64;
 
 /// A connection whose unsent bytes stay above `send_queue_bytes` this
 /// long is a slow consumer. The grace absorbs bursts (a tailer catching up
@@ -223,10 +228,17 @@ impl LiveSettings {
 
 /// The current token and the signal that ends connections admitted with it.
 pub(crate) struct TokenEpoch {
-    /// The token clients must present.
-    pub secret: Secret,
+    /// The digest of the token clients must present (the token itself is
+    /// not kept).
+    pub digest: TokenDigest,
     /// Cancelled when the token is replaced.
     pub revoked: CancellationToken,
+}
+
+impl TokenEpoch {
+    fn new(token: &Secret) -> TokenEpoch {
+        TokenEpoch { digest: TokenDigest::of(token.expose()), revoked: CancellationToken::new() }
+    }
 }
 
 /// State shared by the sink task, the listener and every connection.
@@ -349,11 +361,10 @@ impl ChannelHandle {
     /// nothing.
     pub fn set_token(&self, token: Secret) {
         let mut cur = self.shared.token.write().unwrap_or_else(|e| e.into_inner());
-        let same: bool = subtle::ConstantTimeEq::ct_eq(cur.secret.expose().as_bytes(), token.expose().as_bytes()).into();
-        if same {
+        if cur.digest.matches(token.expose()) {
             return;
         }
-        let old = std::mem::replace(&mut *cur, Arc::new(TokenEpoch { secret: token, revoked: CancellationToken::new() }));
+        let old = std::mem::replace(&mut *cur, Arc::new(TokenEpoch::new(&token)));
         drop(cur);
         old.revoked.cancel();
         info!("channel: token replaced; connections that used the old token are closed");
@@ -433,7 +444,7 @@ pub async fn spawn(
         permits: Arc::new(Semaphore::new(settings.max_connections)),
         conns: Mutex::new(Default::default()),
         next_conn_id: AtomicU64::new(1),
-        token: RwLock::new(Arc::new(TokenEpoch { secret: token, revoked: CancellationToken::new() })),
+        token: RwLock::new(Arc::new(TokenEpoch::new(&token))),
         stats: ChannelStats::default(),
         draining: CancellationToken::new(),
         stop: ctx.shutdown.child_token(),
@@ -547,9 +558,17 @@ pub fn mask(v: &str, keep: usize) -> String {
 }
 
 /// Accepts sockets until stopped; each one is served on its own task.
+/// A slot of the listener's [`Gate`] is taken before each `accept`
+/// (mini-redis): the listener holds at most `max_connections` subscribers
+/// plus [`MAX_PENDING_HANDSHAKES`] sockets in their handshake.
 async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, tls: Option<TlsAcceptor>, tracker: TaskTracker) {
-    let pending = Arc::new(Semaphore::new(MAX_PENDING_HANDSHAKES));
+    let gate = Gate::new(NAME, shared.settings.max_connections + MAX_PENDING_HANDSHAKES);
     loop {
+        let slot = tokio::select! {
+            s = gate.acquire() => s,
+            _ = shared.stop.cancelled() => return,
+            _ = shared.draining.cancelled() => return,
+        };
         let accepted = tokio::select! {
             a = listener.accept() => a,
             _ = shared.stop.cancelled() => return,
@@ -564,23 +583,8 @@ async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, tls: Option<Tls
                 continue;
             }
         };
-        let Ok(slot) = pending.clone().try_acquire_owned() else {
-            debug!(%peer, "channel: too many handshakes in progress; dropping the connection");
-            continue;
-        };
         let _ = tcp.set_nodelay(true);
-        let shared = shared.clone();
-        let tls = tls.clone();
-        tracker.spawn(async move {
-            match tls {
-                Some(acceptor) => match tokio::time::timeout(conn::HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                    Ok(Ok(stream)) => conn::serve(shared, stream, peer, slot).await,
-                    Ok(Err(e)) => debug!(%peer, error = %e, "channel: TLS handshake failed"),
-                    Err(_) => debug!(%peer, "channel: TLS handshake timed out"),
-                },
-                None => conn::serve(shared, tcp, peer, slot).await,
-            }
-        });
+        tracker.spawn(conn::serve(shared.clone(), tcp, peer, tls.clone(), slot));
     }
 }
 
