@@ -544,3 +544,70 @@ async fn tail_counts_lost_records_once_across_back_to_back_notices() {
     assert!(err.contains("200 lost in total"), "{err}");
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), r#"{"request_uuid":"u-201"}"#);
 }
+
+// ---------------------------------------------------------------- the same class elsewhere
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_head_trickled_a_byte_at_a_time_is_cut_off_on_both_listeners() {
+    let bridge = Bridge::start("", None);
+    let mut status = TcpStream::connect(bridge.addr("status")).await.unwrap();
+    let mut chan = TcpStream::connect(bridge.addr("channel")).await.unwrap();
+    let started = Instant::now();
+    let head = b"GET /healthz HTTP/1.1\r\nHost: h\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+    // One byte a second (slowloris): each byte keeps any per-read timeout
+    // from firing; the head never completes.
+    let mut closed = [None, None];
+    for &b in head.iter().cycle().take(40) {
+        for (i, s) in [&mut status, &mut chan].into_iter().enumerate() {
+            if closed[i].is_none() && s.write_all(&[b]).await.is_err() {
+                closed[i] = Some(started.elapsed());
+            }
+            // A close shows on read as EOF, a reset, or a last answer.
+            let mut buf = [0u8; 512];
+            if closed[i].is_none() && tokio::time::timeout(Duration::from_millis(1), s.read(&mut buf)).await.is_ok() {
+                closed[i] = Some(started.elapsed());
+            }
+        }
+        if closed.iter().all(Option::is_some) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    for (name, c) in ["status", "channel"].iter().zip(closed) {
+        let c = c.unwrap_or_else(|| panic!("{name}: a head trickled for 40 s was never cut off"));
+        assert!(c < Duration::from_secs(15), "{name}: cut off after {c:?}");
+    }
+    assert_eq!(bridge.status_json()["channel"]["refused"]["handshake_timeout"], 1);
+}
+
+/// A server at the `--status-url` that answers 200 and sends `total`
+/// bytes of JSON-ish body, then holds the connection.
+async fn endless_status(listener: tokio::net::TcpListener, total: usize) {
+    let (mut s, _) = listener.accept().await.unwrap();
+    let mut req = [0u8; 1024];
+    let _ = s.read(&mut req).await;
+    let _ = s
+        .write_all(format!("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n[", total + 10).as_bytes())
+        .await;
+    let chunk = vec![b' '; 1 << 20];
+    let mut sent = 0;
+    while sent < total {
+        if s.write_all(&chunk).await.is_err() {
+            return;
+        }
+        sent += chunk.len();
+    }
+    tokio::time::sleep(Duration::from_secs(10)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lag_reads_a_bounded_status_document_whatever_answers() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let server = tokio::spawn(endless_status(listener, 100 << 20));
+    let out = tokio::task::spawn_blocking(move || support::cmd().args(["lag", "--status-url", &url]).output().unwrap()).await.unwrap();
+    server.abort();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("sent more than 64 MiB"), "{err}");
+}
