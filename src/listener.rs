@@ -143,17 +143,17 @@ impl Gate {
     /// one chosen earlier is still closing (its slot is about to be free).
     fn evict_longest_idle(&self) {
         let conns = self.0.lock();
-        if conns.values().any(|s| s.evicting.load(Ordering::Relaxed)) {
+        if conns.values().any(|s| s.evicting.load(Ordering::SeqCst)) {
             return;
         }
         let victim = conns
             .iter()
-            .filter(|(_, s)| s.busy.load(Ordering::Relaxed) == 0)
+            .filter(|(_, s)| s.busy.load(Ordering::SeqCst) == 0 && !s.evict.is_cancelled())
             .min_by_key(|(id, s)| (s.idle_since_ms.load(Ordering::Relaxed), **id))
             .map(|(_, s)| s.clone());
         drop(conns);
         let Some(victim) = victim else { return };
-        victim.evicting.store(true, Ordering::Relaxed);
+        victim.evicting.store(true, Ordering::SeqCst);
         victim.evict.cancel();
         self.0.evicted.fetch_add(1, Ordering::Relaxed);
         let now = crate::time::now_ms();
@@ -194,7 +194,12 @@ impl Slot {
     /// Marks the connection busy (never closed to make room) until the
     /// guard is dropped; it is idle again from then on.
     pub fn busy(&self) -> Busy {
-        self.state.busy.fetch_add(1, Ordering::Relaxed);
+        self.state.busy.fetch_add(1, Ordering::SeqCst);
+        // Chosen to make room just as it turned busy (a handshake that
+        // completed meanwhile): it may not be watching for that any more,
+        // so it must not hold up the gate, which picks another on its next
+        // look.
+        self.state.evicting.store(false, Ordering::SeqCst);
         Busy(self.state.clone())
     }
 
@@ -300,6 +305,22 @@ mod tests {
         tokio::time::timeout(Duration::from_secs(1), a.evicted()).await.expect("a is chosen once idle");
         drop(a);
         waiting.await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_chosen_as_it_turns_busy_does_not_hold_up_the_gate() {
+        let gate = Gate::new("test", 2);
+        let a = gate.acquire().await;
+        let b = gate.acquire().await;
+        let gate2 = gate.clone();
+        let waiting = tokio::spawn(async move { gate2.acquire().await });
+        tokio::time::timeout(Duration::from_secs(1), a.evicted()).await.expect("a is chosen");
+        // `a` finished its handshake meanwhile and stays: the gate takes `b`.
+        let _busy = a.busy();
+        tokio::time::timeout(Duration::from_secs(1), b.evicted()).await.expect("b is chosen next");
+        drop(b);
+        tokio::time::timeout(Duration::from_secs(1), waiting).await.expect("a slot is had").unwrap();
+        assert_eq!(gate.evicted(), 2);
     }
 
     #[tokio::test(start_paused = true)]
