@@ -6,11 +6,17 @@
 //!
 //! - URL: `ws://HOST:PORT/ecls/subscribe/<channel_id>/<area>?key=<token>`
 //!   (the hosted stream's form) or `ws://HOST:PORT/stream?key=<token>`.
-//!   Wrong path: HTTP 404. Missing or wrong token: HTTP 401, nothing is
-//!   upgraded. Bad `since` / `status`: HTTP 400. More than
-//!   `max_connections` open: HTTP 503 with `Retry-After: 5` and the reason
-//!   in the body (`too many connections: ...`). Every refusal has a
-//!   one-line plain-text body.
+//!   A request that is not a WebSocket upgrade (a browser, `curl`): HTTP
+//!   426 with a line saying how to subscribe (405 for a method other than
+//!   GET). Wrong path: HTTP 404. Missing or wrong token: HTTP 401, nothing
+//!   is upgraded. Bad `since` / `status`: HTTP 400. A request head over
+//!   16 KiB or 32 headers: HTTP 431. More than `max_connections` open:
+//!   HTTP 503 with `Retry-After: 5` and the reason in the body (`too many
+//!   connections: ...`). Every refusal has a one-line plain-text body.
+//! - A handshake must complete within 10 s; besides the subscribers, at
+//!   most [`MAX_PENDING_HANDSHAKES`] sockets may be in their handshake,
+//!   and when they are all taken the one pending longest is closed for the
+//!   newest connection ([`crate::listener`]).
 //! - Each server message is a text frame `{"data":[record,...],"seq":N}`:
 //!   records in the `ecls` shape (every value a JSON string), at most
 //!   `records_per_message` of them (default 1, the compatibility mode; with
@@ -35,7 +41,10 @@
 //! - Close codes: 1001 on shutdown; 1013 `slow consumer` when a client's
 //!   unsent bytes stay above `send_queue_bytes` for more than a second, or
 //!   it falls out of the replay ring; 1008 `token changed` when
-//!   [`ChannelHandle::set_token`] replaces the token.
+//!   [`ChannelHandle::set_token`] replaces the token; for a client's
+//!   protocol violation (RFC 6455) 1002 (unmasked frame, reserved bits, bad
+//!   opcode), 1007 (text that is not UTF-8), 1009 (a frame or message over
+//!   64 KiB).
 //!
 //! # Shape
 //!
