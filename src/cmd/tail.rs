@@ -11,7 +11,7 @@
 //! resume, so back-to-back notices never count the same records twice.
 //!
 //! The server is a peer like any other: connecting and the handshake are
-//! bounded by [`DIAL_TIMEOUT`], a message by [`MAX_MESSAGE_BYTES`], and
+//! bounded by `DIAL_TIMEOUT` (10 s), a message by `MAX_MESSAGE_BYTES` (16 MiB), and
 //! text from the server that reaches the terminal outside the JSON records
 //! (close reasons, refusal bodies, `--table` cells) has its control
 //! characters escaped.
