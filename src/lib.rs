@@ -18,6 +18,8 @@
 //! - [`reload`]: SIGHUP: re-read the config, apply it or refuse it whole.
 //! - [`service`]: systemd readiness, watchdog and journal-friendly logs.
 //! - [`telemetry`]: per-file and per-sink statistics, metrics, status.
+//! - [`listener`]: what bounds every listener (socket cap, idle eviction,
+//!   file-descriptor limit).
 //! - [`time`]: time parsing and formatting.
 
 #![forbid(unsafe_code)]
@@ -29,6 +31,7 @@ pub mod cmd;
 pub mod config;
 pub mod demo;
 pub mod enrich;
+pub mod listener;
 pub mod parse;
 pub mod pipeline;
 pub mod preflight;

@@ -50,6 +50,8 @@ pub fn run(args: RunArgs) -> anyhow::Result<i32> {
             eprintln!("calllog-bridge: {e}");
             return Ok(EXIT_CONFIG);
         }
+        // Before any listener or file is opened.
+        crate::listener::raise_fd_limit();
         // What check-config checks, the same way: lock state_dir, bind the
         // listeners, load the lookups; any failure is exit 64 (systemd
         // does not restart it), with one line per problem.

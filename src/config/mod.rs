@@ -18,11 +18,11 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-pub use channel::ChannelConfig;
+pub use channel::{check_token, ChannelConfig, MIN_TOKEN_BYTES};
 pub use enrich::EnrichConfig;
 pub use output::FileOutputConfig;
 pub use source::{ReadFrom, SourceConfig};
-pub use status::StatusConfig;
+pub use status::{ws_origin, StatusConfig};
 pub use upstream::{AuthFailures, Compression, UpstreamAuth, UpstreamConfig, UpstreamFormat};
 
 /// Exit code for an invalid configuration (EX_USAGE, as linkerd2-proxy).
@@ -297,7 +297,7 @@ path = "/tmp/out.ndjson"
 
     #[test]
     fn localhost_is_accepted_in_every_listen_key() {
-        let c = load(&format!("{MINIMAL}\n[status]\nlisten = \"localhost:9100\"\n[channel]\nlisten = \"localhost:9101\"\ntoken = \"t\"\n"))
+        let c = load(&format!("{MINIMAL}\n[status]\nlisten = \"localhost:9100\"\n[channel]\nlisten = \"localhost:9101\"\ntoken = \"token-0123456789abcdef\"\n"))
             .unwrap();
         assert_eq!(c.status.listen.to_string(), "127.0.0.1:9100");
         assert_eq!(c.channel.unwrap().listen_addr().unwrap().to_string(), "127.0.0.1:9101");

@@ -98,7 +98,7 @@ fn check_config_prints_no_secret() {
     std::fs::create_dir(dir.path().join("logs")).unwrap();
     std::fs::write(
         &cfg,
-        "state_dir = \"state\"\n[[source]]\npaths = [\"logs/*.log\"]\n[channel]\nlisten = \"127.0.0.1:0\"\ntoken = \"chan-s3cret\"\n\
+        "state_dir = \"state\"\n[[source]]\npaths = [\"logs/*.log\"]\n[channel]\nlisten = \"127.0.0.1:0\"\ntoken = \"chan-s3cret-0123456789\"\n\
          [upstream]\nurl = \"https://user:url-s3cret@collector.example/in?key=q-s3cret\"\n\
          bearer_token = \"bearer-s3cret\"\nheaders = { \"X-Api-Key\" = \"hdr-s3cret\" }\n[status]\nlisten = \"127.0.0.1:0\"\n",
     )

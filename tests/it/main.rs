@@ -6,6 +6,7 @@ mod channel;
 mod dashboard;
 mod demo;
 mod enrich;
+mod hostile_net;
 mod lag;
 mod parse;
 mod safety;

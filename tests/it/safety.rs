@@ -109,7 +109,7 @@ fn a_listen_address_in_use_is_refused_before_anything_is_read() {
         let text = fs::read_to_string(&env.config).unwrap();
         let text = match key {
             "status.listen" => text.replace("listen = \"127.0.0.1:0\"", &format!("listen = \"{addr}\"")),
-            _ => format!("{text}\n[channel]\nlisten = \"{addr}\"\ntoken = \"t\"\n"),
+            _ => format!("{text}\n[channel]\nlisten = \"{addr}\"\ntoken = \"token-0123456789abcdef\"\n"),
         };
         fs::write(&env.config, text).unwrap();
         let (code, err) = ended(&mut run_cmd(&env.config), "a bridge with a busy port");
@@ -450,6 +450,7 @@ fn routine_rotation_and_gzip_log_nothing_above_debug() {
     // Start-up and shutdown say what they do; nothing in between.
     let expected = [
         "matches no file yet",
+        "file descriptor limit",
         "following files",
         "status listener",
         "bridge running",

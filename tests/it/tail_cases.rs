@@ -323,7 +323,7 @@ fn example_config_is_valid() {
     }
     fs::write(root.join("mnt/data/trafficmanager/access/access_worker1.log"), "").unwrap();
     for t in ["channel.token", "upstream.token"] {
-        fs::write(root.join("etc/calllog-bridge").join(t), "t0ken\n").unwrap();
+        fs::write(root.join("etc/calllog-bridge").join(t), "example-t0ken-0123456789\n").unwrap();
     }
     let lookups = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/lookups"));
     for e in fs::read_dir(lookups).unwrap().flatten() {
