@@ -10,7 +10,8 @@
 //!
 //! - `steady`: the simulator writes LE 6 lines at `STEADY_RATE` (5,000)
 //!   lines/s in 10 ms bursts; the bridge runs with `[channel]` (no client
-//!   connected), `[file_output]` and `[status]` for `STEADY_SECS` (40: the
+//!   connected), `[file_output]` and `[status]` (`STEADY_SINKS`, default
+//!   `archive+channel`) for `STEADY_SECS` (40: the
 //!   channel's default replay ring of 100,000 records is full after 20 s).
 //!   Steady RSS is the median of the samples (every 250 ms) over the last
 //!   quarter; VmHWM is the peak.
@@ -34,6 +35,9 @@
 //!   (futex = wake-ups; counted under strace, which slows the process).
 //!   Without `/usr/bin/strace` the last two are printed as skipped.
 //!
+//! `FOOTPRINT_BIN` runs another build of the bridge (before / after);
+//! `ARCHIVE_EXTRA`, `CHANNEL_EXTRA` and `UPSTREAM_EXTRA` add settings to
+//! those sections (`CHANNEL_EXTRA="replay_records = 1000"`).
 //! All durations are environment variables (seconds); `ROUNDS` (1) repeats
 //! the backlog runs (best and median printed). Defaults take about three
 //! minutes on a 2-core machine. Variables the bridge reads (`MIMALLOC_*`)
@@ -56,6 +60,12 @@ use calllog_bridge::simulate::{self, Generator, SimOptions};
 const TOKEN: &str = "footprint-bench-token-0123456789";
 const STRACE: &str = "/usr/bin/strace";
 const MIB: f64 = 1024.0 * 1024.0;
+
+/// The bridge binary: this build's, or `FOOTPRINT_BIN` (another build, to
+/// compare two versions with the same scenarios).
+fn bin() -> PathBuf {
+    std::env::var_os("FOOTPRINT_BIN").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_calllog-bridge")))
+}
 
 fn env_f64(name: &str, default: f64) -> f64 {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
@@ -126,7 +136,7 @@ impl Sinks {
                 "channel" => k.channel = true,
                 "" | "status" => {}
                 other => {
-                    eprintln!("unknown sink `{other}` in TRICKLE_SINKS (archive, channel)");
+                    eprintln!("unknown sink `{other}` in STEADY_SINKS / TRICKLE_SINKS (archive, channel)");
                     std::process::exit(2);
                 }
             }
@@ -182,7 +192,7 @@ impl Bridge {
         }
         let path = dir.join("bridge.toml");
         fs::write(&path, cfg).expect("write the bridge config");
-        let child = Command::new(env!("CARGO_BIN_EXE_calllog-bridge"))
+        let child = Command::new(bin())
             .args(["run", "--config"])
             .arg(&path)
             .env_remove("RUST_LOG")
@@ -296,7 +306,8 @@ struct Row {
 fn steady(rows: &mut Vec<Row>) {
     let rate = env_f64("STEADY_RATE", 5000.0);
     let secs = env_f64("STEADY_SECS", 40.0);
-    let sinks = Sinks { archive: true, channel: true, upstream: false };
+    // `STEADY_SINKS=archive` (or `channel`) leaves one out, to see its share.
+    let sinks = Sinks::parse(&env_str("STEADY_SINKS", "archive+channel"));
     println!("== steady: {rate:.0} lines/s for {secs:.0} s, {}, no client", sinks.name());
     let dir = tempfile::tempdir().expect("temp dir");
     // The live file exists before the bridge starts (read from its start).
@@ -359,7 +370,7 @@ fn steady(rows: &mut Vec<Row>) {
         behind
     );
     rows.push(Row {
-        measured: format!("RSS, steady, {rate:.0} lines/s, channel + archive + status, no client"),
+        measured: format!("RSS, steady, {rate:.0} lines/s, {}, no client", sinks.name()),
         value: format!("{} (VmHWM {})", mib(steady as u64), mib(hwm)),
         goal: "≤ 32 MiB",
     });
@@ -766,7 +777,7 @@ fn main() {
         "footprint bench: {} CPUs (load {}), bridge {}",
         std::thread::available_parallelism().map_or(0, |n| n.get()),
         fs::read_to_string("/proc/loadavg").unwrap_or_default().split_whitespace().take(3).collect::<Vec<_>>().join(" "),
-        env!("CARGO_BIN_EXE_calllog-bridge")
+        bin().display()
     );
     let mut rows = Vec::new();
     if want("steady") {
