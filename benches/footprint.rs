@@ -39,9 +39,10 @@
 //! `ARCHIVE_EXTRA`, `CHANNEL_EXTRA` and `UPSTREAM_EXTRA` add settings to
 //! those sections (`CHANNEL_EXTRA="replay_records = 1000"`).
 //! All durations are environment variables (seconds); `ROUNDS` (1) repeats
-//! the backlog runs (best and median printed). Defaults take about three
-//! minutes on a 2-core machine. Variables the bridge reads (`MIMALLOC_*`)
-//! pass through to it.
+//! the backlog runs (each run and the median printed). Defaults take about
+//! three minutes on a 2-core machine. Variables the bridge reads pass
+//! through to it (`MIMALLOC_ALLOW_THP=0` shows what transparent huge pages
+//! cost, `MIMALLOC_SHOW_STATS=1` prints the allocator's figures at exit).
 
 #[path = "../tests/it/support_upstream.rs"]
 mod support_upstream;
@@ -359,7 +360,7 @@ fn steady(rows: &mut Vec<Row>) {
         mib(hwm)
     );
     println!(
-        "  {} lines written ({:.0} lines/s); CPU {:.2} s user + {:.2} s system = {:.1}% of a core, {:.1} µs per line; {:.0} minor faults/s; {} bytes behind at the end",
+        "  {} lines written ({:.0} lines/s); CPU {:.2} s user + {:.2} s system = {:.1}% of a core, {:.1} µs per line; {:.0} minor faults/s; checkpoint {} bytes behind the file at the end",
         summary.lines,
         summary.lines as f64 / wall,
         cpu.user,
