@@ -11,11 +11,16 @@
 //! - [`rotating`]: size-rotated append-only files (rejects, dead letters).
 //! - [`pipeline`]: batches, acknowledgements and the fan-out to sinks.
 //! - [`cmd`]: one module per subcommand; [`cli`] holds the clap definitions.
+//! - [`preflight`]: what `run` needs from the host (files, directories,
+//!   listeners), checked the same way by `check-config` and `run`;
+//!   [`state_lock`]: one bridge per `state_dir`.
 //! - [`simulate`]: simulated Local Edition traffic (generator and file writer).
 //! - [`sink`]: where batches go (file archive, channel, upstream).
 //! - [`reload`]: SIGHUP: re-read the config, apply it or refuse it whole.
 //! - [`service`]: systemd readiness, watchdog and journal-friendly logs.
 //! - [`telemetry`]: per-file and per-sink statistics, metrics, status.
+//! - [`listener`]: what bounds every listener (socket cap, idle eviction,
+//!   file-descriptor limit).
 //! - [`time`]: time parsing and formatting.
 
 #![forbid(unsafe_code)]
@@ -27,8 +32,10 @@ pub mod cmd;
 pub mod config;
 pub mod demo;
 pub mod enrich;
+pub mod listener;
 pub mod parse;
 pub mod pipeline;
+pub mod preflight;
 pub mod record;
 pub mod rejects;
 pub mod reload;
@@ -36,6 +43,7 @@ pub mod rotating;
 pub mod service;
 pub mod simulate;
 pub mod sink;
+pub mod state_lock;
 pub mod tail;
 pub mod telemetry;
 pub mod time;

@@ -2,7 +2,9 @@
 // Edition traffic, the page in headless Chromium (Debian's package, driven
 // by playwright-core), and the numbers on the page compared with what the
 // simulator wrote. Then the bridge is restarted and the page must resume
-// from where it was (`since=<last seq + 1>`) with no gap.
+// from where it was (`since=<last seq + 1>`) with no gap. A second test
+// checks that a crafted `#ws=` cannot make the page send the token to
+// another host.
 //
 // Run by scripts/e2e.sh. Environment:
 //   BRIDGE_BIN  the calllog-bridge binary (default: target/debug/calllog-bridge)
@@ -14,6 +16,7 @@ import { spawn } from 'node:child_process';
 import { once } from 'node:events';
 import { randomBytes } from 'node:crypto';
 import fs from 'node:fs';
+import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -286,6 +289,17 @@ test('dashboard shows what was simulated and resumes after a bridge restart', { 
     assert.ok(f.delay.transferP95 != null && f.delay.transferP95 <= LAG_MS - WRITE_DELAY_MS + 250, `file ${f.path}: transfer p95 ${f.delay.transferP95} ms`);
   }
   assert.ok(fileRows.some((r) => /^[\d.]+ (s|ms)$/.test(r[7])), `files table transfer p95: ${JSON.stringify(fileRows)}`);
+  // Chart axes have round ticks: evenly spaced from 0, a round step (a
+  // clock's for the sync delay: ms, s, min, h; 1, 2 or 5 x 10^k calls).
+  const ticks = await waitFor('both charts drawn', async () => {
+    const s = await snap(page);
+    return s.ticks.rate.length > 1 && s.ticks.sync.length > 1 ? s.ticks : null;
+  });
+  const roundDurations = [1, 2, 5, 10, 20, 50, 100, 200, 250, 500, 1000, 2000, 5000, 10000, 15000, 30000, 60000, 120000, 300000, 600000, 900000, 1800000, 3600000];
+  const evenlyFromZero = (v) => v[0] === 0 && v.every((x, i) => x === i * v[1]);
+  assert.ok(evenlyFromZero(ticks.sync) && roundDurations.includes(ticks.sync[1]) && ticks.sync.length <= 6, `sync-delay axis ticks ${JSON.stringify(ticks.sync)}`);
+  assert.ok(ticks.syncLabels.every((l) => /^(0|\d+(\.\d)? (ms|s|min|h))$/.test(l)), `sync-delay axis labels ${JSON.stringify(ticks.syncLabels)}`);
+  assert.ok(evenlyFromZero(ticks.rate) && /^[125]0*$/.test(String(ticks.rate[1])) && ticks.rate.length <= 6, `rate axis ticks ${JSON.stringify(ticks.rate)}`);
   // Bounded memory: the live tail keeps a fixed number of records, whatever was received.
   assert.ok(s1.calls > 1000 && s1.tailKept === 1000, `tail kept ${s1.tailKept} of ${s1.calls} records`);
 
@@ -305,10 +319,12 @@ test('dashboard shows what was simulated and resumes after a bridge restart', { 
   await waitFor('the token form', async () => (await snap(page2))?.connection === 'no-token' && page2.isVisible('#token-input'));
   await page2.fill('#token-input', 'not-the-token');
   await page2.press('#token-input', 'Enter');
-  await waitFor('the wrong token to be refused', async () => {
+  // The page says why: the channel refused the token (401), not "down".
+  const refused = await waitFor('the wrong token to be refused', async () => {
     const s = await snap(page2);
-    return s.connection === 'reconnecting' && s.connects === 0 && (await page2.isVisible('#token-input'));
+    return s.connection === 'wrong-token' && s.connects === 0 && (await page2.isVisible('#token-input')) ? s : null;
   });
+  assert.match(refused.connectionText, /wrong token/, `the page says the token is wrong: ${refused.connectionText}`);
   await page2.fill('#token-input', token);
   await page2.press('#token-input', 'Enter');
   await waitFor('the right token to connect', async () => (await snap(page2)).connection === 'open');
@@ -317,7 +333,12 @@ test('dashboard shows what was simulated and resumes after a bridge restart', { 
   // Phase 2: restart. Traffic written while the bridge is down must arrive
   // after it comes back, and the page must resume at last seq + 1.
   await bridge.stop();
-  await waitFor('the page to notice the bridge is gone', async () => (await snap(page)).connection === 'reconnecting');
+  // The page tells a bridge that does not answer from a refused token.
+  const gone = await waitFor('the page to notice the bridge is gone', async () => {
+    const s = await snap(page);
+    return s.connection === 'unreachable' ? s : null;
+  });
+  assert.match(gone.connectionText, /bridge unreachable/, `the page says the bridge is unreachable: ${gone.connectionText}`);
   await simulate(logs, { seed: 12, rate: 300, duration: 1, burst: true });
   // Same ports as before: the page keeps its address.
   writeConfig(config, { stateDir, logs, tokenFile, channelListen: channelAddr, statusListen: statusAddr });
@@ -337,4 +358,68 @@ test('dashboard shows what was simulated and resumes after a bridge restart', { 
   await page.screenshot({ path: shot, fullPage: true });
   console.log(`# screenshot: ${shot}`);
   console.log(`# calls ${s2.calls}, last seq ${s2.lastSeq}, duplicates dropped ${s2.duplicates}, connects ${s2.connects}`);
+});
+
+test('a #ws= naming another host is not followed and the token is not sent there', { timeout: 60000 }, async (t) => {
+  fs.mkdirSync(OUT, { recursive: true });
+  const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'calllog-e2e-ws-'));
+  const logs = path.join(tmp, 'logs');
+  const stateDir = path.join(tmp, 'state');
+  fs.mkdirSync(logs);
+  fs.mkdirSync(stateDir);
+  const token = randomBytes(16).toString('hex');
+  const tokenFile = path.join(tmp, 'channel.token');
+  fs.writeFileSync(tokenFile, token + '\n', { mode: 0o600 });
+  const config = path.join(tmp, 'config.toml');
+  writeConfig(config, { stateDir, logs, tokenFile, channelListen: '127.0.0.1:0', statusListen: '127.0.0.1:0' });
+
+  // "elsewhere": a listener on another port that records every byte it gets.
+  const trapped = [];
+  const trap = net.createServer((sock) => {
+    trapped.push('');
+    sock.on('data', (d) => { trapped[trapped.length - 1] += d.toString('latin1'); });
+    sock.on('error', () => {});
+  });
+  await new Promise((r) => trap.listen(0, '127.0.0.1', r));
+  const elsewhere = `ws://127.0.0.1:${trap.address().port}/stream`;
+
+  const bridge = new Bridge(config, stateDir, 'bridge-ws.log');
+  const browser = await chromium.launch({ executablePath: CHROMIUM, args: ['--headless', '--no-sandbox', '--disable-gpu', '--no-first-run', '--disable-dev-shm-usage'] });
+  t.after(async () => {
+    bridge.kill();
+    await browser.close().catch(() => {});
+    trap.close();
+    fs.rmSync(tmp, { recursive: true, force: true });
+  });
+  const statusAddr = await bridge.addr('status');
+  const channelAddr = await bridge.addr('channel');
+
+  // The crafted link: the page refuses it, for good, without connecting.
+  const page = await browser.newPage();
+  let statusPolls = 0;
+  page.on('request', (r) => { if (new URL(r.url()).pathname === '/status') statusPolls++; });
+  const response = await page.goto(`http://${statusAddr}/#token=${token}&ws=${encodeURIComponent(elsewhere)}`);
+  const csp = response.headers()['content-security-policy'];
+  const connectSrc = csp.split(';').map((d) => d.trim()).find((d) => d.startsWith('connect-src '));
+  assert.equal(connectSrc, `connect-src 'self' ws://${channelAddr}`, 'the policy allows only this bridge\'s channel');
+  await waitFor('the page to refuse the #ws= target', async () => (await snap(page))?.connection === 'refused');
+  // Two /status polls later it still has not tried (no retry loop).
+  const polled = statusPolls;
+  await waitFor('two more /status polls', async () => statusPolls >= polled + 2);
+  assert.equal((await snap(page)).connection, 'refused');
+  assert.match(await page.textContent('#conn-state'), /not this bridge's channel/);
+  // Should the page's own check ever be bypassed, the browser blocks the connection (CSP).
+  const blocked = await page.evaluate((url) => new Promise((resolve) => {
+    document.addEventListener('securitypolicyviolation', (e) => resolve(e.violatedDirective), { once: true });
+    try { new WebSocket(url + '?key=probe'); } catch (e) { resolve('threw: ' + e.name); }
+  }), elsewhere);
+  assert.match(blocked, /connect-src|SecurityError/, 'the policy blocks other WebSocket origins');
+  await new Promise((r) => setTimeout(r, 500));
+  assert.deepEqual(trapped, [], 'nothing reached the other host, so neither did the token');
+
+  // The same parameter naming this bridge's own channel is followed.
+  const page2 = await browser.newPage();
+  await page2.goto(`http://${statusAddr}/#token=${token}&ws=${encodeURIComponent(`ws://${channelAddr}/stream`)}`);
+  await waitFor('the page to connect to the channel named by #ws=', async () => (await snap(page2))?.connection === 'open');
+  assert.deepEqual(trapped, []);
 });

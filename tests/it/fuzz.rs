@@ -1,7 +1,8 @@
 //! Fuzzing, kept: a seeded mutation fuzzer for every parser (`le6`,
 //! `le5-csv`, `le-json`, `ecle-csv`, `ecls`, `auto` detection, multi-line
 //! JSON framing, time spellings), the `parse` command end to end, the
-//! rejects file's JSON and the channel's request parsing. Stable Rust, no
+//! rejects file's JSON and the channel's request parsing (the raw HTTP
+//! handshake and the admission of its target). Stable Rust, no
 //! extra crate: inputs from the corpus are mutated (bytes, tokens of the
 //! format, splices) with a seeded PRNG; an input that reaches a new outcome
 //! joins the pool, a crude but cheap stand-in for coverage feedback.
@@ -12,8 +13,9 @@
 //! record serialises to valid JSON in both shapes, with every field once;
 //! a record written as an ecls message parses back to the same record; a
 //! reject entry is valid JSON that keeps the raw bytes; JSON framing does
-//! not depend on where a document is split; an admitted subscription
-//! carries the right token and a refusal never echoes it.
+//! not depend on where a document is split; a handshake head parses the
+//! same whatever follows it; an admitted subscription carries the right
+//! token and a refusal never echoes it.
 //!
 //! - Corpus: `tests/fuzz/corpus/<target>/` (kept in the repository) plus
 //!   the shipped samples (`tests/fixtures/samples`) and simulator output.
@@ -39,7 +41,7 @@ use calllog_bridge::parse::{Format, LineKind, LineParser};
 use calllog_bridge::record::{write_ecls_message, Record, Shape, FIELD_COUNT};
 use calllog_bridge::rejects::RejectEntry;
 use calllog_bridge::simulate::{le5_csv_header, Generator};
-use calllog_bridge::sink::channel::request::{admit, percent_decode, Paths};
+use calllog_bridge::sink::channel::request::{admit, parse_handshake, percent_decode, Paths, TokenDigest, MAX_REQUEST_HEAD_BYTES};
 use serde_json::Value;
 
 /// How long each target runs in a normal test run (CI): the whole harness
@@ -830,71 +832,150 @@ fn fuzz_rejects_entry() {
     run(Target { name: "rejects_entry", seeds, tokens: vec![], check: Box::new(check) });
 }
 
-/// The channel's handshake: the input is `path?query`.
+/// The token of the channel under test.
+const TOKEN: &str = "s3cret-T0ken-for-fuzzing";
+
+/// Admission properties for one request target: an admitted subscription
+/// carries the token (the last `key=`), a refusal is 400, 401 or 404 (404
+/// exactly when the path is not served), one line of text, and never shows
+/// the token unless the client wrote it elsewhere in the query itself.
+fn check_admit(path: &str, query: Option<&str>) -> Signature {
+    let paths = Paths { channel_id: "chan-1", area: "eu" };
+    let digest = TokenDigest::of(TOKEN);
+    let r = admit(&paths, path, query, &digest);
+    assert_eq!(r, admit(&paths, path, query, &digest), "not deterministic");
+    match &r {
+        Ok(sub) => {
+            assert!(paths.accepts(path), "admitted on a path it does not serve");
+            let last_key = query
+                .unwrap_or("")
+                .split('&')
+                .filter_map(|p| p.split_once('=').or(Some((p, ""))))
+                .rfind(|(n, _)| *n == "key")
+                .and_then(|(_, v)| percent_decode(v));
+            assert_eq!(last_key.as_deref(), Some(TOKEN), "admitted without the token");
+            if let Some(n) = sub.records_per_message {
+                assert!((1..=1000).contains(&n), "records_per_message {n}");
+            }
+        }
+        Err(refusal) => {
+            assert!([400, 401, 404].contains(&refusal.status), "status {}", refusal.status);
+            assert_eq!(refusal.status == 404, !paths.accepts(path), "404 exactly when the path is not served");
+            let elsewhere = query
+                .unwrap_or("")
+                .split('&')
+                .filter(|p| !p.starts_with("key=") && *p != "key")
+                .any(|p| percent_decode(p).unwrap_or_else(|| p.to_string()).contains(TOKEN) || p.contains(TOKEN));
+            assert!(elsewhere || !refusal.reason.contains(TOKEN), "a refusal echoes the token");
+            assert!(!refusal.reason.chars().any(char::is_control), "a refusal is one line of text: {:?}", refusal.reason);
+        }
+    }
+    match r {
+        Ok(s) => fnv(format!("ok{}{}{}", s.since.is_some(), s.filter.is_empty(), s.records_per_message.is_some()).as_bytes()),
+        Err(e) => u64::from(e.status) * 7 + fnv(e.reason.get(..12).unwrap_or("").as_bytes()),
+    }
+}
+
+/// The channel's admission: the input is `path?query`.
 #[test]
 fn fuzz_channel_request() {
-    const TOKEN: &str = "s3cret-T0ken";
-    let paths = Paths { channel_id: "chan-1", area: "eu" };
-    let check = move |input: &[u8]| -> Signature {
+    let check = |input: &[u8]| -> Signature {
         // A request target holds no control characters or spaces (the
         // HTTP parser refuses them); decoded values may.
         let Ok(s) = std::str::from_utf8(input) else { return 0 };
         if s.bytes().any(|b| b <= b' ' || b == 0x7f) {
             return 0;
         }
-        let (path, query) = match s.split_once('?') {
-            Some((p, q)) => (p, Some(q)),
-            None => (s, None),
-        };
-        let r = admit(&paths, path, query, TOKEN);
-        assert_eq!(r, admit(&paths, path, query, TOKEN), "not deterministic");
-        match &r {
-            Ok(sub) => {
-                assert!(paths.accepts(path), "admitted on a path it does not serve");
-                let last_key = query
-                    .unwrap_or("")
-                    .split('&')
-                    .filter_map(|p| p.split_once('=').or(Some((p, ""))))
-                    .rfind(|(n, _)| *n == "key")
-                    .and_then(|(_, v)| percent_decode(v));
-                assert_eq!(last_key.as_deref(), Some(TOKEN), "admitted without the token");
-                if let Some(n) = sub.records_per_message {
-                    assert!((1..=1000).contains(&n), "records_per_message {n}");
-                }
-            }
-            Err(refusal) => {
-                assert!([400, 401, 404].contains(&refusal.status), "status {}", refusal.status);
-                assert_eq!(refusal.status == 404, !paths.accepts(path), "404 exactly when the path is not served");
-                // Unless the client wrote the token elsewhere in the query
-                // itself, a refusal never shows it.
-                let elsewhere = query
-                    .unwrap_or("")
-                    .split('&')
-                    .filter(|p| !p.starts_with("key=") && *p != "key")
-                    .any(|p| percent_decode(p).unwrap_or_else(|| p.to_string()).contains(TOKEN) || p.contains(TOKEN));
-                assert!(elsewhere || !refusal.reason.contains(TOKEN), "a refusal echoes the token");
-                assert!(!refusal.reason.chars().any(char::is_control), "a refusal is one line of text: {:?}", refusal.reason);
-            }
-        }
-        match r {
-            Ok(s) => fnv(format!("ok{}{}{}", s.since.is_some(), s.filter.is_empty(), s.records_per_message.is_some()).as_bytes()),
-            Err(e) => u64::from(e.status) * 7 + fnv(e.reason.get(..12).unwrap_or("").as_bytes()),
+        match s.split_once('?') {
+            Some((p, q)) => check_admit(p, Some(q)),
+            None => check_admit(s, None),
         }
     };
     let seeds = [
-        "/stream?key=s3cret-T0ken",
-        "/stream/?key=s3cret%2DT0ken&since=42&records_per_message=50",
-        "/ecls/subscribe/chan-1/eu?key=s3cret-T0ken&status=5xx,404&service_id=a%2Cb&api_key=k1&api_key=k2&unknown=1",
-        "/ecls/subscribe/chan%2D1/eu?since=0&key=s3cret-T0ken",
+        "/stream?key=s3cret-T0ken-for-fuzzing",
+        "/stream/?key=s3cret%2DT0ken-for-fuzzing&since=42&records_per_message=50",
+        "/ecls/subscribe/chan-1/eu?key=s3cret-T0ken-for-fuzzing&status=5xx,404&service_id=a%2Cb&api_key=k1&api_key=k2&unknown=1",
+        "/ecls/subscribe/chan%2D1/eu?since=0&key=s3cret-T0ken-for-fuzzing",
         "/stream?key=wrong&since=x",
         "/nope",
     ]
     .map(|s| s.as_bytes().to_vec())
     .to_vec();
-    let tokens = ["?", "&", "=", "%", "%2", "%zz", "%ff", "%e2%82%ac", "+", "key=s3cret-T0ken", "key=", "since=", "status=", "xx", "/"]
-        .map(String::from)
-        .to_vec();
+    let tokens =
+        ["?", "&", "=", "%", "%2", "%zz", "%ff", "%e2%82%ac", "+", "key=s3cret-T0ken-for-fuzzing", "key=", "since=", "status=", "xx", "/"]
+            .map(String::from)
+            .to_vec();
     run(Target { name: "channel_request", seeds, tokens, check: Box::new(check) });
+}
+
+/// The channel's handshake from raw bytes (the channel parses the HTTP
+/// request head itself): it needs more bytes, or gives a head whose length
+/// is within the input and which parses the same from the head's bytes
+/// alone (and not from any shorter prefix), or refuses with 400, 405, 426
+/// or 431 in one line of text; an admitted head then goes through
+/// [`check_admit`].
+#[test]
+fn fuzz_channel_handshake() {
+    let check = |input: &[u8]| -> Signature {
+        let r = parse_handshake(input);
+        match &r {
+            Ok(None) => assert!(input.len() < MAX_REQUEST_HEAD_BYTES, "waits for more than {MAX_REQUEST_HEAD_BYTES} bytes"),
+            Ok(Some((len, head))) => {
+                assert!(*len <= input.len(), "head length {len} past the input");
+                assert_eq!(parse_handshake(&input[..*len]), r, "the bytes after the head change it");
+                for cut in [*len / 2, len.saturating_sub(1)] {
+                    assert!(matches!(parse_handshake(&input[..cut]), Ok(None) | Err(_)), "a prefix of {cut} bytes is already a head");
+                }
+                assert!(head.path.starts_with('/'), "path {:?}", head.path);
+                assert_eq!(head.key.len(), 24);
+                return 1 + check_admit(&head.path, head.query.as_deref());
+            }
+            Err(refusal) => {
+                assert!([400, 405, 426, 431].contains(&refusal.status), "status {}", refusal.status);
+                assert!(!refusal.reason.chars().any(char::is_control), "a refusal is one line of text: {:?}", refusal.reason);
+            }
+        }
+        match r {
+            Ok(None) => 2,
+            Ok(Some(_)) => 3,
+            Err(e) => u64::from(e.status),
+        }
+    };
+    let head = |target: &str, extra: &str| {
+        format!(
+            "GET {target} HTTP/1.1\r\nHost: 127.0.0.1:8790\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{extra}\r\n"
+        )
+        .into_bytes()
+    };
+    let seeds = vec![
+        head("/stream?key=s3cret-T0ken-for-fuzzing&since=3", ""),
+        head(
+            "/ecls/subscribe/chan-1/eu?key=s3cret-T0ken-for-fuzzing&status=5xx",
+            "Origin: http://127.0.0.1\r\nConnection: keep-alive, Upgrade\r\n",
+        ),
+        head("ws://127.0.0.1:8790/stream?key=x", ""),
+        [head("/stream", ""), b"\x81\x85\x37\xfa\x21\x3d\x7f\x9f\x4d\x51\x58".to_vec()].concat(),
+        b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(),
+        b"POST /stream HTTP/1.0\r\n\r\n".to_vec(),
+    ];
+    let tokens = [
+        "\r\n",
+        ": ",
+        "Upgrade",
+        "websocket",
+        "Connection",
+        "Sec-WebSocket-Key",
+        "Sec-WebSocket-Version",
+        "13",
+        "HTTP/1.1",
+        "GET ",
+        "?key=",
+        "%",
+    ]
+    .map(String::from)
+    .to_vec();
+    run(Target { name: "channel_handshake", seeds, tokens, check: Box::new(check) });
 }
 
 /// `calllog-bridge parse` end to end on a fuzzed file (framing of

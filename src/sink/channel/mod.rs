@@ -6,11 +6,17 @@
 //!
 //! - URL: `ws://HOST:PORT/ecls/subscribe/<channel_id>/<area>?key=<token>`
 //!   (the hosted stream's form) or `ws://HOST:PORT/stream?key=<token>`.
-//!   Wrong path: HTTP 404. Missing or wrong token: HTTP 401, nothing is
-//!   upgraded. Bad `since` / `status`: HTTP 400. More than
-//!   `max_connections` open: HTTP 503 with `Retry-After: 5` and the reason
-//!   in the body (`too many connections: ...`). Every refusal has a
-//!   one-line plain-text body.
+//!   A request that is not a WebSocket upgrade (a browser, `curl`): HTTP
+//!   426 with a line saying how to subscribe (405 for a method other than
+//!   GET). Wrong path: HTTP 404. Missing or wrong token: HTTP 401, nothing
+//!   is upgraded. Bad `since` / `status`: HTTP 400. A request head over
+//!   16 KiB or 32 headers: HTTP 431. More than `max_connections` open:
+//!   HTTP 503 with `Retry-After: 5` and the reason in the body (`too many
+//!   connections: ...`). Every refusal has a one-line plain-text body.
+//! - A handshake must complete within 10 s; besides the subscribers, at
+//!   most [`MAX_PENDING_HANDSHAKES`] sockets may be in their handshake,
+//!   and when they are all taken the one pending longest is closed for the
+//!   newest connection ([`crate::listener`]).
 //! - Each server message is a text frame `{"data":[record,...],"seq":N}`:
 //!   records in the `ecls` shape (every value a JSON string), at most
 //!   `records_per_message` of them (default 1, the compatibility mode; with
@@ -35,7 +41,10 @@
 //! - Close codes: 1001 on shutdown; 1013 `slow consumer` when a client's
 //!   unsent bytes stay above `send_queue_bytes` for more than a second, or
 //!   it falls out of the replay ring; 1008 `token changed` when
-//!   [`ChannelHandle::set_token`] replaces the token.
+//!   [`ChannelHandle::set_token`] replaces the token; for a client's
+//!   protocol violation (RFC 6455) 1002 (unmasked frame, reserved bits, bad
+//!   opcode), 1007 (text that is not UTF-8), 1009 (a frame or message over
+//!   64 KiB).
 //!
 //! # Shape
 //!
@@ -65,9 +74,10 @@ use tokio::sync::{mpsc, watch, Semaphore};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{debug, error, info, warn};
+use tracing::{error, info, warn};
 
 use crate::config::{ChannelConfig, Secret};
+use crate::listener::Gate;
 use crate::pipeline::{Batch, Fanout};
 use crate::record::{Field, Record, Shape};
 use crate::telemetry::SinkStats;
@@ -75,6 +85,7 @@ use crate::time::now_ms;
 
 use conn::{ConnState, Lost, Registry};
 pub use request::percent_decode;
+use request::TokenDigest;
 use ring::{Entry, Evicted, Item, Ring};
 pub use stats::ChannelStats;
 
@@ -94,9 +105,12 @@ pub const SEQ_FILE: &str = "channel.seq";
 const SEQ_BLOCK: u64 = 1_000_000;
 
 /// Handshakes (TCP accepted, not yet upgraded or refused) in progress at
-/// once; more are dropped at accept. Bounds what unauthenticated clients
-/// can hold; admitted connections are bounded by `max_connections`.
-const MAX_PENDING_HANDSHAKES: usize = 64;
+/// once, besides the `max_connections` subscribers: the listener holds at
+/// most this many sockets more. When they are all taken, the one pending
+/// longest is closed to admit the newest connection, so sockets that never
+/// complete a handshake cannot lock legitimate clients out (a real client
+/// finishes its handshake in milliseconds).
+pub const MAX_PENDING_HANDSHAKES: usize = 64;
 
 /// A connection whose unsent bytes stay above `send_queue_bytes` this
 /// long is a slow consumer. The grace absorbs bursts (a tailer catching up
@@ -223,10 +237,17 @@ impl LiveSettings {
 
 /// The current token and the signal that ends connections admitted with it.
 pub(crate) struct TokenEpoch {
-    /// The token clients must present.
-    pub secret: Secret,
+    /// The digest of the token clients must present (the token itself is
+    /// not kept).
+    pub digest: TokenDigest,
     /// Cancelled when the token is replaced.
     pub revoked: CancellationToken,
+}
+
+impl TokenEpoch {
+    fn new(token: &Secret) -> TokenEpoch {
+        TokenEpoch { digest: TokenDigest::of(token.expose()), revoked: CancellationToken::new() }
+    }
 }
 
 /// State shared by the sink task, the listener and every connection.
@@ -349,11 +370,10 @@ impl ChannelHandle {
     /// nothing.
     pub fn set_token(&self, token: Secret) {
         let mut cur = self.shared.token.write().unwrap_or_else(|e| e.into_inner());
-        let same: bool = subtle::ConstantTimeEq::ct_eq(cur.secret.expose().as_bytes(), token.expose().as_bytes()).into();
-        if same {
+        if cur.digest.matches(token.expose()) {
             return;
         }
-        let old = std::mem::replace(&mut *cur, Arc::new(TokenEpoch { secret: token, revoked: CancellationToken::new() }));
+        let old = std::mem::replace(&mut *cur, Arc::new(TokenEpoch::new(&token)));
         drop(cur);
         old.revoked.cancel();
         info!("channel: token replaced; connections that used the old token are closed");
@@ -393,9 +413,14 @@ impl ChannelHandle {
 
 /// Starts the channel: binds `listen`, writes `<state_dir>/channel.addr`,
 /// registers the sink's queue on `fanout`, and spawns the sink task.
-pub async fn start(cfg: &ChannelConfig, ctx: &SinkContext, fanout: &mut Fanout) -> anyhow::Result<(SinkHandle, ChannelHandle)> {
+pub async fn start(
+    cfg: &ChannelConfig,
+    ctx: &SinkContext,
+    fanout: &mut Fanout,
+    listener: Option<std::net::TcpListener>,
+) -> anyhow::Result<(SinkHandle, ChannelHandle)> {
     let (tx, rx) = super::queue();
-    let (handle, task) = spawn(cfg, ctx, rx).await?;
+    let (handle, task) = spawn_on(cfg, ctx, rx, listener).await?;
     fanout.add(NAME, tx);
     Ok((SinkHandle { name: NAME, task }, handle))
 }
@@ -406,14 +431,29 @@ pub async fn spawn(
     ctx: &SinkContext,
     rx: mpsc::Receiver<Arc<Batch>>,
 ) -> anyhow::Result<(ChannelHandle, tokio::task::JoinHandle<anyhow::Result<()>>)> {
+    spawn_on(cfg, ctx, rx, None).await
+}
+
+/// [`spawn`] on a listener bound beforehand ([`crate::preflight`] binds
+/// every listener before the bridge starts); `None` binds `listen` here.
+pub async fn spawn_on(
+    cfg: &ChannelConfig,
+    ctx: &SinkContext,
+    rx: mpsc::Receiver<Arc<Batch>>,
+    listener: Option<std::net::TcpListener>,
+) -> anyhow::Result<(ChannelHandle, tokio::task::JoinHandle<anyhow::Result<()>>)> {
     let settings = Settings::from_config(cfg);
     let token = cfg.token().context("channel token")?;
-    let addr = cfg.listen_addr()?;
     let tls = match (&cfg.tls_cert, &cfg.tls_key) {
         (Some(c), Some(k)) => Some(TlsAcceptor::from(Arc::new(tls_config(c, k)?))),
         _ => None,
     };
-    let listener = TcpListener::bind(addr).await.with_context(|| format!("channel.listen: cannot listen on {addr}"))?;
+    let listener = match listener {
+        Some(l) => l,
+        None => crate::preflight::listen("channel.listen", cfg.listen_addr()?)?,
+    };
+    listener.set_nonblocking(true)?;
+    let listener = TcpListener::from_std(listener)?;
     let local_addr = listener.local_addr()?;
     let scheme = if tls.is_some() { "wss" } else { "ws" };
     info!("channel: listening on {scheme}://{local_addr}/ecls/subscribe/{}/{} (and /stream)", settings.channel_id, settings.area);
@@ -433,7 +473,7 @@ pub async fn spawn(
         permits: Arc::new(Semaphore::new(settings.max_connections)),
         conns: Mutex::new(Default::default()),
         next_conn_id: AtomicU64::new(1),
-        token: RwLock::new(Arc::new(TokenEpoch { secret: token, revoked: CancellationToken::new() })),
+        token: RwLock::new(Arc::new(TokenEpoch::new(&token))),
         stats: ChannelStats::default(),
         draining: CancellationToken::new(),
         stop: ctx.shutdown.child_token(),
@@ -547,9 +587,17 @@ pub fn mask(v: &str, keep: usize) -> String {
 }
 
 /// Accepts sockets until stopped; each one is served on its own task.
+/// A slot of the listener's [`Gate`] is taken before each `accept`
+/// (mini-redis): the listener holds at most `max_connections` subscribers
+/// plus [`MAX_PENDING_HANDSHAKES`] sockets in their handshake.
 async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, tls: Option<TlsAcceptor>, tracker: TaskTracker) {
-    let pending = Arc::new(Semaphore::new(MAX_PENDING_HANDSHAKES));
+    let gate = Gate::new(NAME, shared.settings.max_connections + MAX_PENDING_HANDSHAKES);
     loop {
+        let slot = tokio::select! {
+            s = gate.acquire() => s,
+            _ = shared.stop.cancelled() => return,
+            _ = shared.draining.cancelled() => return,
+        };
         let accepted = tokio::select! {
             a = listener.accept() => a,
             _ = shared.stop.cancelled() => return,
@@ -564,23 +612,8 @@ async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, tls: Option<Tls
                 continue;
             }
         };
-        let Ok(slot) = pending.clone().try_acquire_owned() else {
-            debug!(%peer, "channel: too many handshakes in progress; dropping the connection");
-            continue;
-        };
         let _ = tcp.set_nodelay(true);
-        let shared = shared.clone();
-        let tls = tls.clone();
-        tracker.spawn(async move {
-            match tls {
-                Some(acceptor) => match tokio::time::timeout(conn::HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                    Ok(Ok(stream)) => conn::serve(shared, stream, peer, slot).await,
-                    Ok(Err(e)) => debug!(%peer, error = %e, "channel: TLS handshake failed"),
-                    Err(_) => debug!(%peer, "channel: TLS handshake timed out"),
-                },
-                None => conn::serve(shared, tcp, peer, slot).await,
-            }
-        });
+        tracker.spawn(conn::serve(shared.clone(), tcp, peer, tls.clone(), slot));
     }
 }
 
