@@ -225,7 +225,8 @@ fn a_small_gz_of_junk_keeps_the_rejects_file_and_the_log_bounded() {
 /// A collector that refuses every batch (400) cannot fill the disk through
 /// the dead-letter file: it rotates at `dead_letter_rotate_bytes` and keeps
 /// `dead_letter_keep_files`, the deletion of an old one is logged as an
-/// error, and every dead-lettered record is counted in `/metrics`.
+/// error, and every dead-lettered record is counted in `/metrics`; nor the
+/// journal: the error lines are rate limited with a summary.
 #[test]
 fn the_dead_letter_file_is_bounded() {
     use crate::support_upstream::{Collector, Fault, Format};
@@ -270,7 +271,13 @@ fn the_dead_letter_file_is_bounded() {
     assert_eq!(files, ["dead-letter.ndjson", "dead-letter.ndjson.1", "dead-letter.ndjson.2"]);
     // Each file holds at most what passed rotate_bytes by one line (10 records).
     assert!(on_disk <= 3 * 2 * ROTATE, "{on_disk} bytes of dead letters on disk");
-    assert!(env.log_text().contains("DELETED the oldest rotated file"), "the deletion is not logged");
+    let log = env.log_text();
+    assert!(log.contains("DELETED the oldest rotated file"), "the deletion is not logged");
+    // One error line per refused request would be 60 here: a few, then a
+    // summary (written at the latest when the sink stops).
+    let one_by_one = log.lines().filter(|l| l.contains("batch rejected; written to the dead-letter file")).count();
+    assert!(one_by_one <= 10, "{one_by_one} dead-letter error lines");
+    assert!(log.contains("similar dead-letter log lines suppressed"), "no summary:\n{}", crate::tail_harness::tail(&log, 20));
 }
 
 /// Descriptors the bridge has open.

@@ -57,6 +57,7 @@ use self::spool::Spool;
 use super::{SinkContext, SinkHandle};
 use crate::config::{UpstreamConfig, UpstreamFormat};
 use crate::pipeline::{Batch, Fanout, Receipt};
+use crate::telemetry::log_limit::LogLimit;
 use crate::telemetry::SinkStats;
 use crate::time::now_ms;
 
@@ -233,6 +234,9 @@ struct Shared {
     abandon: CancellationToken,
     /// Owns every sender task.
     tracker: TaskTracker,
+    /// Limits the dead-letter log lines: a collector that refuses every
+    /// batch would otherwise write one error line per request.
+    dead_letter_log: Mutex<LogLimit>,
 }
 
 /// The settings of a running upstream sink that a reload replaces: the
@@ -364,6 +368,7 @@ impl Upstream {
             permits: Arc::new(Semaphore::new(cfg.max_in_flight)),
             abandon: CancellationToken::new(),
             tracker: TaskTracker::new(),
+            dead_letter_log: Mutex::new(LogLimit::default()),
         });
         shared.update_oldest();
         Ok(Upstream { shared, ctx: ctx.clone() })
@@ -438,6 +443,7 @@ impl Upstream {
             tracing::error!(error = %e, "upstream spool drainer failed");
         }
         sh.update_oldest();
+        sh.log_dead_letter_summary(true);
         Ok(())
     }
 }
@@ -689,12 +695,15 @@ impl Shared {
     /// errors until it is written or the sink is abandoned). False when
     /// abandoned before it could be written (the records stay unhandled).
     async fn poison(&self, r: Request, status: u16, response: &str) -> bool {
-        tracing::error!(
-            url = %self.live().log_url, status, records = r.units.len(),
-            response = %response.chars().take(200).collect::<String>(),
-            file = %self.dead_letter.path().display(),
-            "upstream: batch rejected; written to the dead-letter file"
-        );
+        if lock(&self.dead_letter_log).allow(std::time::Instant::now(), "rejected") {
+            tracing::error!(
+                url = %self.live().log_url, status, records = r.units.len(),
+                response = %response.chars().take(200).collect::<String>(),
+                file = %self.dead_letter.path().display(),
+                "upstream: batch rejected; written to the dead-letter file"
+            );
+        }
+        self.log_dead_letter_summary(false);
         let mut attempt = 0;
         loop {
             let live = self.live();
@@ -703,7 +712,7 @@ impl Shared {
             let res = tokio::task::spawn_blocking(move || dl.append(rotation, &url, fmt, status, &resp, &units)).await;
             match res {
                 Ok(Ok(appended)) => {
-                    if appended.deleted_bytes > 0 {
+                    if appended.deleted_bytes > 0 && lock(&self.dead_letter_log).allow(std::time::Instant::now(), "deleted") {
                         tracing::error!(
                             file = %self.dead_letter.path().display(), deleted_bytes = appended.deleted_bytes,
                             keep_files = rotation.keep_files,
@@ -732,6 +741,17 @@ impl Shared {
                     return false;
                 }
             }
+        }
+    }
+
+    /// Logs how many dead-letter log lines the limit kept out, once due (or
+    /// at once with `force`).
+    fn log_dead_letter_summary(&self, force: bool) {
+        if let Some(s) = lock(&self.dead_letter_log).summary(std::time::Instant::now(), force) {
+            tracing::error!(
+                suppressed = s.total, by_kind = %s.by_label, file = %self.dead_letter.path().display(),
+                "upstream: {} similar dead-letter log lines suppressed (dead-lettered records are counted in /metrics)", s.total
+            );
         }
     }
 
