@@ -1,4 +1,5 @@
-//! What flows between the stages: [`Batch`]es of records with an [`Ack`].
+//! What flows between the stages: [`Batch`]es of records with their
+//! acknowledgement ([`Batch::ack`], [`Receipt`]).
 //!
 //! A tailer reads records from one file into a `Batch` and hands it to the
 //! [`Fanout`], which sends the same `Arc<Batch>` to every configured sink

@@ -8,7 +8,7 @@
 //! fsync and rotation runs on the blocking pool. Until its fsync a batch is
 //! held as a [`Receipt`] only: its records are serialised at once, so the
 //! chunk they were read from is freed before the fsync, and what waits for
-//! it is bounded by [`SYNC_EARLY_BYTES`] of output.
+//! it is bounded by `SYNC_EARLY_BYTES` of output.
 //!
 //! Rotation: when the file reaches `rotate_bytes` it is synced, renamed to
 //! `<path>.1` (older ones shift to `.2`, ...; beyond `keep_files` they are
