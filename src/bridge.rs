@@ -26,7 +26,7 @@ use anyhow::Context;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::checkpoint::Checkpointer;
+use crate::checkpoint::{CheckpointError, Checkpointer, DamagedState};
 use crate::config::{Config, Secret, SourceConfig};
 use crate::enrich::Enricher;
 use crate::pipeline::Fanout;
@@ -104,7 +104,13 @@ impl Bridge {
 
         let checkpoints = {
             let d = state_dir.clone();
-            tokio::task::spawn_blocking(move || Checkpointer::load(&d)).await??
+            match tokio::task::spawn_blocking(move || Checkpointer::load(&d)).await? {
+                Ok(c) => c,
+                // Not a guess about where to resume: the operator decides
+                // (exit EXIT_DAMAGED_STATE, `reset-state`).
+                Err(CheckpointError::Invalid { path, message }) => return Err(DamagedState { path, problem: message }.into()),
+                Err(e) => return Err(e.into()),
+            }
         };
 
         let stop_reading = CancellationToken::new();

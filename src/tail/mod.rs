@@ -546,7 +546,7 @@ async fn next_change(events: &mut Option<Events>) -> Change {
 
 /// The offset just after the last newline at or before `size`: where
 /// `read_from = "end"` starts, so no half line is read.
-fn end_of_last_line(f: &File, size: u64) -> u64 {
+pub fn end_of_last_line(f: &File, size: u64) -> u64 {
     let from = size.saturating_sub(64 * 1024);
     let mut buf = vec![0u8; (size - from) as usize];
     match f.read_exact_at(&mut buf, from) {

@@ -8,6 +8,7 @@ mod demo;
 mod enrich;
 mod lag;
 mod parse;
+mod recovery;
 mod service;
 mod simulate;
 mod status;

@@ -67,6 +67,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, error, info, warn};
 
+use crate::checkpoint::DamagedState;
 use crate::config::{ChannelConfig, Secret};
 use crate::pipeline::{Batch, Fanout};
 use crate::record::{Field, Record, Shape};
@@ -628,8 +629,13 @@ struct SeqFile {
 
 impl SeqFile {
     async fn open(path: PathBuf) -> anyhow::Result<SeqFile> {
-        let next = match tokio::fs::read_to_string(&path).await {
-            Ok(s) => s.trim().parse::<u64>().with_context(|| format!("{} does not hold a sequence number", path.display()))?.max(1),
+        let next = match tokio::fs::read(&path).await {
+            Ok(bytes) => match parse_seq(&bytes) {
+                Ok(n) => n,
+                // Numbering again from a guess could repeat numbers clients
+                // have seen: the operator decides (`reset-state`).
+                Err(problem) => return Err(DamagedState { path, problem }.into()),
+            },
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => 1,
             Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
         };
@@ -654,6 +660,15 @@ impl SeqFile {
         write_durable(self.path.clone(), next).await?;
         self.reserved_until = next;
         Ok(())
+    }
+}
+
+/// The next sequence number a `channel.seq` holds, or what is wrong with it.
+pub fn parse_seq(bytes: &[u8]) -> Result<u64, String> {
+    let text = std::str::from_utf8(bytes).map_err(|_| "it does not hold a sequence number (not UTF-8)".to_string())?;
+    match text.trim().parse::<u64>() {
+        Ok(n) => Ok(n.max(1)),
+        Err(e) => Err(format!("it does not hold a sequence number ({e}): {:?}", crate::parse::normalize::clip(text.trim(), 40))),
     }
 }
 
