@@ -14,6 +14,8 @@
 //! - [`sink`]: where batches go (file archive, channel, upstream).
 //! - [`reload`]: SIGHUP: re-read the config, apply it or refuse it whole.
 //! - [`service`]: systemd readiness, watchdog and journal-friendly logs.
+//! - [`logsafe`]: peer-supplied text (file names, collector answers)
+//!   escaped for log lines.
 //! - [`telemetry`]: per-file and per-sink statistics, metrics, status.
 //! - [`time`]: time parsing and formatting.
 
@@ -26,6 +28,7 @@ pub mod cmd;
 pub mod config;
 pub mod demo;
 pub mod enrich;
+pub mod logsafe;
 pub mod parse;
 pub mod pipeline;
 pub mod record;

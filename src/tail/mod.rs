@@ -38,6 +38,7 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use crate::config::{ReadFrom, SourceConfig};
+use crate::logsafe::Escaped;
 use crate::telemetry::Telemetry;
 use crate::watch::{Change, Events, Seen, Watcher};
 use fingerprint::{Fingerprint, Probe};
@@ -237,7 +238,7 @@ impl Tailer {
             match &t.reader {
                 Some(ctl) => {
                     if !ctl.gone.swap(true, Ordering::AcqRel) {
-                        tracing::debug!(file = %t.path.display(), "file gone from the watched paths; reading it to the end");
+                        tracing::debug!(file = %Escaped::path(&t.path), "file gone from the watched paths; reading it to the end");
                     }
                     ctl.wake.notify_one();
                 }
@@ -272,7 +273,7 @@ impl Tailer {
                         self.by_path.remove(&t.path);
                     }
                     if let Some(ctl) = &t.reader {
-                        tracing::debug!(from = %t.path.display(), to = %s.path.display(), "file rotated (renamed)");
+                        tracing::debug!(from = %Escaped::path(&t.path), to = %Escaped::path(&s.path), "file rotated (renamed)");
                         ctl.rotated.store(true, Ordering::Release);
                         ctl.wake.notify_one();
                     }
@@ -353,7 +354,7 @@ impl Tailer {
             }
             Ok(Err(e)) => {
                 if let Some(t) = self.files.get_mut(&key) {
-                    tracing::warn!(file = %t.path.display(), error = %e, "cannot open file; retried at the next scan");
+                    tracing::warn!(file = %Escaped::path(&t.path), error = %e, "cannot open file; retried at the next scan");
                     // Not a size any file has: the next scan sees a change
                     // and tries again (e.g. after EMFILE or EACCES is fixed).
                     t.size = u64::MAX;
@@ -373,7 +374,7 @@ impl Tailer {
         t.pending = None;
         if let Some(old) = t.fp {
             if old != fp {
-                tracing::info!(file = %t.path.display(), "different content at a known inode (inode reused or rewritten): a new file");
+                tracing::info!(file = %Escaped::path(&t.path), "different content at a known inode (inode reused or rewritten): a new file");
             }
         }
         t.fp = Some(fp);
@@ -389,7 +390,7 @@ impl Tailer {
             if other != key {
                 if let Some(t) = self.files.get_mut(&key) {
                     t.deferred = true;
-                    tracing::debug!(file = %t.path.display(), "same content as a file being read; continues after it");
+                    tracing::debug!(file = %Escaped::path(&t.path), "same content as a file being read; continues after it");
                 }
                 if let Some(ctl) = self.files.get(&other).and_then(|t| t.reader.as_ref()) {
                     ctl.superseded.store(true, Ordering::Release);
@@ -403,7 +404,7 @@ impl Tailer {
         t.deferred = false;
         let gz = crate::watch::is_gz(&t.path);
         if gz && self.shared.checkpoints.gz_done(fp, t.size) {
-            tracing::debug!(file = %t.path.display(), "gzip file already read to its end; not decompressed again");
+            tracing::debug!(file = %Escaped::path(&t.path), "gzip file already read to its end; not decompressed again");
             return;
         }
         let path_str: Arc<str> = t.path.to_string_lossy().into();
@@ -435,7 +436,7 @@ impl Tailer {
         ctl.gone.store(gone, Ordering::Release);
         t.reader = Some(ctl.clone());
         let stats = self.telemetry.file(&path_str);
-        tracing::debug!(file = %path_str, fingerprint = %fp, offset, "reading");
+        tracing::debug!(file = %Escaped(&path_str), fingerprint = %fp, offset, "reading");
         let spec = Spec { key, path: path_str, file, gz, fp, fp_range, offset };
         let shared = self.shared.clone();
         let tx = self.exit_tx.clone();
@@ -494,7 +495,7 @@ impl Tailer {
             }
             match fin.exit {
                 Exit::Gone => {
-                    tracing::debug!(file = %t.path.display(), offset = fin.offset, "finished a file that is gone");
+                    tracing::debug!(file = %Escaped::path(&t.path), offset = fin.offset, "finished a file that is gone");
                     let p = t.path.to_string_lossy().into_owned();
                     self.telemetry.remove_file(&p);
                     self.forget(fin.key);

@@ -28,6 +28,7 @@ use tokio_util::sync::CancellationToken;
 use super::fingerprint::{checksum, Fingerprint};
 use crate::checkpoint::Checkpointer;
 use crate::enrich::Enricher;
+use crate::logsafe::Escaped;
 use crate::parse::{Format, LineKind, LineParser, Reject};
 use crate::pipeline::{Batch, Fanout, RecordSource, Records};
 use crate::record::Record;
@@ -438,7 +439,7 @@ pub async fn run(spec: Spec, shared: Shared, ctl: Arc<Control>, stats: FileStats
         let file = match st.file.try_clone() {
             Ok(f) => f,
             Err(e) => {
-                tracing::warn!(file = %path, error = %e, "cannot read gzip file");
+                tracing::warn!(file = %Escaped(&path), error = %e, "cannot read gzip file");
                 return done(spec.offset, 0, Exit::Failed);
             }
         };
@@ -453,7 +454,7 @@ pub async fn run(spec: Spec, shared: Shared, ctl: Arc<Control>, stats: FileStats
                 }
             }
             Ok(Err(e)) => {
-                tracing::debug!(file = %path, error = %e, "gzip file not readable yet (still being written?)");
+                tracing::debug!(file = %Escaped(&path), error = %e, "gzip file not readable yet (still being written?)");
                 return done(spec.offset, 0, Exit::Failed);
             }
             Err(_) => return done(spec.offset, 0, Exit::Failed),
@@ -508,29 +509,29 @@ pub async fn run(spec: Spec, shared: Shared, ctl: Arc<Control>, stats: FileStats
                     Ok(c) => c,
                     Err(e) => {
                         let exit = if st.gz.is_some() { "gzip file incomplete or corrupt; retried when it changes" } else { "read error" };
-                        tracing::warn!(file = %path, offset = st.offset(), error = %e, "{exit}");
+                        tracing::warn!(file = %Escaped(&path), offset = st.offset(), error = %e, "{exit}");
                         return done(st.offset(), size, Exit::Failed);
                     }
                 }
             }
             Err(e) => {
-                tracing::error!(file = %path, error = %e, "reader task failed");
+                tracing::error!(file = %Escaped(&path), error = %e, "reader task failed");
                 return Finished { key, fp, offset: 0, size: 0, exit: Exit::Failed };
             }
         };
         size = chunk.size;
         stats.set_position(chunk.size, chunk.offset);
         if chunk.status == Status::Truncated {
-            tracing::info!(file = %path, offset = chunk.offset, size = chunk.size, "file truncated or replaced in place; reading its new content as a new file");
+            tracing::info!(file = %Escaped(&path), offset = chunk.offset, size = chunk.size, "file truncated or replaced in place; reading its new content as a new file");
             return done(chunk.offset, size, Exit::Truncated);
         }
         if chunk.partial {
             stats.partial_line();
-            tracing::info!(file = %path, offset = chunk.offset, "emitted a partial last line (no newline) of a file rotated away or deleted");
+            tracing::info!(file = %Escaped(&path), offset = chunk.offset, "emitted a partial last line (no newline) of a file rotated away or deleted");
         }
         for r in &chunk.rejects {
             stats.rejected_for(r.reject.reason.name());
-            tracing::warn!(file = %path, offset = r.offset, reason = %r.reject.reason, detail = %r.reject.detail, "rejected line");
+            tracing::warn!(file = %Escaped(&path), offset = r.offset, reason = %r.reject.reason, detail = %Escaped(&r.reject.detail), "rejected line");
         }
         if chunk.offset > last_sent || chunk.partial {
             let chunk_start = last_sent;

@@ -4,8 +4,9 @@
 //! - `GET /metrics`: Prometheus text format ([`super::metrics`]);
 //! - `GET /status`: the JSON [`super::Status`] that `lag` reads;
 //! - `GET /healthz`: 200 while the process runs;
-//! - `GET /readyz`: 200 once the bridge called `Telemetry::set_ready(true)`,
-//!   503 before (and after `set_ready(false)` at shutdown);
+//! - `GET /readyz`: 200 once the bridge called `Telemetry::set_ready(true)`
+//!   and while no component has a fault (a full disk), 503 otherwise (the
+//!   body names the faults);
 //! - `GET /`: the live dashboard ([`super::dashboard`]).
 //!
 //! Shutdown is a parameter ([`serve`] takes a future, [`start`] a
@@ -90,10 +91,13 @@ async fn healthz() -> &'static str {
 
 async fn readyz(State(st): State<AppState>) -> Response {
     if st.telemetry.is_ready() {
-        (StatusCode::OK, "ready\n").into_response()
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n").into_response()
+        return (StatusCode::OK, "ready\n").into_response();
     }
+    let mut body = String::from("not ready\n");
+    for f in st.telemetry.faults() {
+        body.push_str(&format!("{} cannot write since {}: {}\n", f.component, f.since, crate::logsafe::Escaped(&f.error)));
+    }
+    (StatusCode::SERVICE_UNAVAILABLE, body).into_response()
 }
 
 /// Serves the endpoints on `listener` until `shutdown` completes, then

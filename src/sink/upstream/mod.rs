@@ -57,6 +57,7 @@ use self::http::Outcome;
 use self::spool::Spool;
 use super::{SinkContext, SinkHandle};
 use crate::config::{UpstreamConfig, UpstreamFormat};
+use crate::logsafe::{self, Escaped};
 use crate::pipeline::{Batch, Fanout};
 use crate::telemetry::SinkStats;
 use crate::time::now_ms;
@@ -129,6 +130,49 @@ struct Request {
 }
 
 impl Request {
+    /// The records at `indices` (ascending) as a request of their own, with
+    /// their covers.
+    fn subset(&self, indices: &[usize]) -> Request {
+        let units = self.units.select(indices);
+        let mut covers: Vec<Cover> = Vec::new();
+        let (mut ci, mut cover_end) = (0, self.covers.first().map_or(0, |c| c.count));
+        for &i in indices {
+            while ci < self.covers.len() && i >= cover_end {
+                ci += 1;
+                cover_end += self.covers.get(ci).map_or(0, |c| c.count);
+            }
+            if let Some(c) = self.covers.get(ci) {
+                match covers.last_mut() {
+                    Some(l) if Arc::ptr_eq(&l.pending, &c.pending) => l.count += 1,
+                    _ => covers.push(Cover { pending: c.pending.clone(), count: 1 }),
+                }
+            }
+        }
+        let observed_ms = covers.iter().map(|c| c.pending.batch.observed_ms).min().unwrap_or(self.observed_ms);
+        Request { units: Arc::new(units), covers, observed_ms, origin: self.origin }
+    }
+
+    /// Splits by what the collector did with each record: taken, to send
+    /// again, refused (with each refused record's status and error).
+    #[allow(clippy::type_complexity)]
+    fn partition(self, items: &[http::Item]) -> (Option<Request>, Option<Request>, Option<(Request, Vec<(u16, String)>)>) {
+        let (mut done, mut retry, mut refused, mut errors) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for i in 0..self.units.len() {
+            match items.get(i) {
+                Some(http::Item::Done) => done.push(i),
+                Some(http::Item::Rejected { status, error }) => {
+                    refused.push(i);
+                    errors.push((*status, error.clone()));
+                }
+                // A record the answer does not mention is sent again.
+                Some(http::Item::Retry) | None => retry.push(i),
+            }
+        }
+        let part = |ix: &[usize]| (!ix.is_empty()).then(|| self.subset(ix));
+        let refused = part(&refused).map(|r| (r, errors));
+        (part(&done), part(&retry), refused)
+    }
+
     /// Splits in halves (413), keeping the covers aligned with the records.
     fn split(self) -> (Request, Request) {
         let at = self.units.len() / 2;
@@ -155,6 +199,20 @@ impl Request {
             Request { units: Arc::new(b), covers: cb, observed_ms: ob, origin: self.origin },
         )
     }
+}
+
+/// Why records go to the dead-letter file.
+enum Rejection<'a> {
+    /// The whole request, with the answer's status and body.
+    Whole {
+        /// The HTTP status.
+        status: u16,
+        /// The start of the answer.
+        response: &'a str,
+    },
+    /// Records refused one by one: each record's status and error, in
+    /// order.
+    PerRecord(Vec<(u16, String)>),
 }
 
 /// How a request's records were handled.
@@ -460,7 +518,7 @@ impl Shared {
     /// An attempt failed: start the outage clock.
     fn failing(&self, reason: &str) {
         if self.failing_since_ms.compare_exchange(0, now_ms(), Ordering::Relaxed, Ordering::Relaxed).is_ok() {
-            tracing::warn!(url = %self.live().log_url, reason, "upstream: delivery failing; retrying with backoff");
+            tracing::warn!(url = %self.live().log_url, reason = %Escaped(reason), "upstream: delivery failing; retrying with backoff");
         }
     }
 
@@ -570,34 +628,32 @@ impl Shared {
     }
 
     /// Sends one request until all its records are handled (splitting on
-    /// 413), or until `abandon` (then spooled if possible, else dropped
+    /// 413, sending again only the records a collector did not take), or
+    /// until `abandon` (then spooled if possible, else dropped
     /// unacknowledged).
     async fn deliver(self: Arc<Self>, req: Request, _permit: OwnedSemaphorePermit) {
         let origin = req.origin;
         let mut stack = vec![req];
         'requests: while let Some(mut r) = stack.pop() {
             let mut attempt: u32 = 0;
-            let units = r.units.clone();
-            // The encoder in force now encodes the body; its headers go with it.
-            let enc = self.live().encoder.clone();
-            let (content_type, content_encoding) = (enc.content_type(), enc.content_encoding());
-            let body = match tokio::task::spawn_blocking(move || enc.body(&units)).await {
-                Ok(b) => bytes::Bytes::from(b),
-                Err(e) => {
-                    tracing::error!(error = %e, "upstream: encoding a request failed");
-                    return self.give_up(r, stack).await;
-                }
-            };
+            let mut body: Option<http::Body> = None;
             loop {
+                let body_now = match &body {
+                    Some(b) => b.clone(),
+                    None => match self.encode(&r).await {
+                        Some(b) => body.insert(b).clone(),
+                        None => return self.give_up(r, stack).await,
+                    },
+                };
                 let live = self.live();
                 let outcome = tokio::select! {
-                    o = http::attempt(&live.client, &live.cfg.url, content_type, content_encoding, body.clone(), live.cfg.auth_failures) => o,
+                    o = http::attempt(&live.client, &live.cfg.url, &body_now, live.cfg.auth_failures) => o,
                     _ = self.abandon.cancelled() => {
                         stack.push(r);
                         return self.give_up_all(stack).await;
                     }
                 };
-                match outcome {
+                let (reason, after) = match outcome {
                     Outcome::Delivered => {
                         self.healthy();
                         self.complete(r, Handled::Delivered);
@@ -607,7 +663,7 @@ impl Shared {
                         self.healthy();
                         tracing::warn!(
                             records = r.units.len(),
-                            bytes = body.len(),
+                            bytes = body_now.bytes.len(),
                             "upstream: 413 payload too large; splitting the request"
                         );
                         let (a, b) = r.split();
@@ -617,45 +673,91 @@ impl Shared {
                     }
                     Outcome::TooLarge => {
                         self.healthy();
-                        if !self.poison(r, 413, "413 Payload Too Large for a single record").await {
+                        let why = Rejection::Whole { status: 413, response: "413 Payload Too Large for a single record" };
+                        if !self.poison(r, why).await {
                             return self.give_up_all(stack).await;
                         }
                         continue 'requests;
                     }
                     Outcome::Poison { status, body } => {
                         self.healthy();
-                        if !self.poison(r, status, &body).await {
+                        if !self.poison(r, Rejection::Whole { status, response: &body }).await {
                             return self.give_up_all(stack).await;
                         }
                         continue 'requests;
                     }
-                    Outcome::Retry { reason, after } => {
-                        self.stats.retried();
-                        self.failing(&reason);
-                        if attempt == 0 || attempt.is_power_of_two() {
-                            tracing::warn!(url = %live.log_url, reason = %reason, attempt = attempt + 1, records = r.units.len(), "upstream: attempt failed; will retry");
+                    Outcome::Partial { items, reason } => {
+                        // The collector answered and took some records: it
+                        // is up. What it took is acknowledged, what it
+                        // refused for good is dead-lettered, the rest is
+                        // sent again after a backoff.
+                        self.healthy();
+                        let (done, retry, refused) = r.partition(&items);
+                        if let Some(d) = done {
+                            self.complete(d, Handled::Delivered);
                         }
-                        if r.origin == Origin::Memory && self.in_outage() {
-                            match self.spool_store(r).await {
-                                Ok(()) => continue 'requests,
-                                Err(back) => r = back,
-                            }
-                        }
-                        let delay = after.unwrap_or_else(|| http::backoff(attempt, live.cfg.retry_initial_ms, live.cfg.retry_max_ms));
-                        attempt = attempt.saturating_add(1);
-                        tokio::select! {
-                            _ = tokio::time::sleep(delay) => {}
-                            _ = self.abandon.cancelled() => {
-                                stack.push(r);
+                        if let Some((rq, errors)) = refused {
+                            if !self.poison(rq, Rejection::PerRecord(errors)).await {
+                                stack.extend(retry);
                                 return self.give_up_all(stack).await;
                             }
                         }
+                        let Some(rest) = retry else { continue 'requests };
+                        r = rest;
+                        body = None;
+                        (reason, None)
+                    }
+                    Outcome::Retry { reason, after } => {
+                        self.failing(&reason);
+                        (reason, after)
+                    }
+                };
+                self.stats.retried();
+                if attempt == 0 || attempt.is_power_of_two() {
+                    tracing::warn!(url = %live.log_url, reason = %Escaped(&reason), attempt = attempt + 1, records = r.units.len(), "upstream: attempt failed; will retry");
+                }
+                if r.origin == Origin::Memory && self.in_outage() {
+                    match self.spool_store(r).await {
+                        Ok(()) => continue 'requests,
+                        Err(back) => r = back,
+                    }
+                }
+                let (delay, capped) = http::retry_delay(after, attempt, live.cfg.retry_initial_ms, live.cfg.retry_max_ms);
+                if capped {
+                    self.stats.retry_after_capped();
+                    tracing::warn!(
+                        retry_after_secs = after.map_or(0, |a| a.as_secs()),
+                        retry_max_ms = live.cfg.retry_max_ms,
+                        "upstream: the collector asked to wait longer than retry_max_ms; retrying after retry_max_ms"
+                    );
+                }
+                attempt = attempt.saturating_add(1);
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = self.abandon.cancelled() => {
+                        stack.push(r);
+                        return self.give_up_all(stack).await;
                     }
                 }
             }
         }
         if let Origin::Spool(seq) = origin {
             self.spool_delete(seq).await;
+        }
+    }
+
+    /// The body of a request, encoded off the runtime by the encoder in
+    /// force now (its headers go with it); `None` when encoding failed.
+    async fn encode(&self, r: &Request) -> Option<http::Body> {
+        let units = r.units.clone();
+        let enc = self.live().encoder.clone();
+        let (content_type, content_encoding, format, records) = (enc.content_type(), enc.content_encoding(), enc.format, units.len());
+        match tokio::task::spawn_blocking(move || enc.body(&units)).await {
+            Ok(b) => Some(http::Body { bytes: bytes::Bytes::from(b), content_type, content_encoding, format, records }),
+            Err(e) => {
+                tracing::error!(error = %e, "upstream: encoding a request failed");
+                None
+            }
         }
     }
 
@@ -686,26 +788,44 @@ impl Shared {
     /// Writes a poison request to the dead-letter file (retrying on disk
     /// errors until it is written or the sink is abandoned). False when
     /// abandoned before it could be written (the records stay unhandled).
-    async fn poison(&self, r: Request, status: u16, response: &str) -> bool {
-        tracing::error!(
-            url = %self.live().log_url, status, records = r.units.len(),
-            response = %response.chars().take(200).collect::<String>(),
-            file = %self.dead_letter_path.display(),
-            "upstream: batch rejected; written to the dead-letter file"
-        );
+    async fn poison(&self, r: Request, why: Rejection<'_>) -> bool {
+        match &why {
+            Rejection::Whole { status, response } => tracing::error!(
+                url = %self.live().log_url, status, records = r.units.len(),
+                response = %logsafe::clip(response, 200),
+                file = %Escaped::path(&self.dead_letter_path),
+                "upstream: batch rejected; written to the dead-letter file"
+            ),
+            Rejection::PerRecord(errors) => tracing::error!(
+                url = %self.live().log_url, records = r.units.len(),
+                first_status = errors.first().map_or(0, |e| e.0),
+                first_error = %logsafe::clip(errors.first().map_or("", |e| e.1.as_str()), 200),
+                file = %Escaped::path(&self.dead_letter_path),
+                "upstream: records refused one by one by the collector; written to the dead-letter file"
+            ),
+        }
+        let owned = match why {
+            Rejection::Whole { status, response } => Err((status, response.to_string())),
+            Rejection::PerRecord(errors) => Ok(errors),
+        };
+        let owned = Arc::new(owned);
         let mut attempt = 0;
         loop {
             let live = self.live();
-            let (path, url, units, resp) = (self.dead_letter_path.clone(), live.log_url.clone(), r.units.clone(), response.to_string());
+            let (path, url, units, why) = (self.dead_letter_path.clone(), live.log_url.clone(), r.units.clone(), owned.clone());
             let fmt = format_name(live.cfg.format);
-            let res = tokio::task::spawn_blocking(move || dead_letter::append(&path, &url, fmt, status, &resp, &units)).await;
+            let res = tokio::task::spawn_blocking(move || match &*why {
+                Err((status, resp)) => dead_letter::append(&path, &url, fmt, *status, resp, &units),
+                Ok(errors) => dead_letter::append_each(&path, &url, fmt, errors, &units),
+            })
+            .await;
             match res {
                 Ok(Ok(())) => {
                     self.complete(r, Handled::DeadLettered);
                     return true;
                 }
                 Ok(Err(e)) => {
-                    tracing::error!(file = %self.dead_letter_path.display(), error = %e, "upstream: cannot write the dead-letter file")
+                    tracing::error!(file = %Escaped::path(&self.dead_letter_path), error = %e, "upstream: cannot write the dead-letter file")
                 }
                 Err(e) => tracing::error!(error = %e, "upstream: dead-letter task failed"),
             }
