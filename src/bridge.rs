@@ -117,7 +117,7 @@ impl Bridge {
         let stop_background = CancellationToken::new();
         let stop_lookups = stop_background.child_token();
         let mut background = Vec::new();
-        background.push(tokio::spawn(checkpoint_writer(checkpoints.clone(), stop_background.clone())));
+        background.push(tokio::spawn(checkpoint_writer(checkpoints.clone(), stop_background.clone(), telemetry.fault("checkpoints"))));
         if !cfg.enrich.lookups.is_empty() {
             background.push(tokio::spawn(lookup_reloader(enricher.clone(), stop_lookups.clone())));
         }
@@ -294,16 +294,26 @@ async fn rejects_file(state_dir: &std::path::Path) -> anyhow::Result<Option<crat
 /// Writes checkpoints as soon as an offset advanced, at most once per
 /// [`CHECKPOINT_INTERVAL`]: after a `kill -9` the records read again are
 /// those acknowledged since the last write (about one sink flush), plus
-/// the batches not yet acknowledged.
-async fn checkpoint_writer(checkpoints: Checkpointer, stop: CancellationToken) {
+/// the batches not yet acknowledged. A failed write (a full state_dir) is
+/// retried on a timer until it works, whether or not new data arrives, and
+/// reported as the `checkpoints` fault meanwhile.
+async fn checkpoint_writer(checkpoints: Checkpointer, stop: CancellationToken, fault: crate::telemetry::Fault) {
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
-            _ = checkpoints.changed() => {
-                if let Err(e) = checkpoints.write_async(false).await {
-                    tracing::error!(error = %e, "cannot write checkpoints; retrying");
-                }
+            _ = checkpoints.changed() => {}
+        }
+        let mut failed = false;
+        while let Err(e) = checkpoints.write_async(false).await {
+            failed = true;
+            let delay = fault.failed(&e.to_string());
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(delay) => {}
             }
+        }
+        if failed {
+            fault.recovered();
         }
         tokio::select! {
             _ = stop.cancelled() => return,

@@ -10,6 +10,17 @@
 //! Rotation: when the file reaches `rotate_bytes` it is synced, renamed to
 //! `<path>.1` (older ones shift to `.2`, ...; beyond `keep_files` they are
 //! deleted) and a new file is started.
+//!
+//! Write failures (a full disk): nothing is acknowledged and nothing is
+//! lost. The file is cut back to what was last synced (a failed write or
+//! fsync leaves its tail untrusted), the batches not yet synced are
+//! written again whole, on a timer with backoff, until it works; the
+//! fault is logged once, then periodically, and shown in `/status`,
+//! `/metrics` and `/readyz` (component `file`). Meanwhile the sink reads no
+//! more batches: its queue fills and reading waits (a full disk is a
+//! local fault every sink shares). If a rotation happened since the last
+//! sync, records of those batches may appear in both files (at least
+//! once).
 
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
@@ -42,6 +53,12 @@ struct Archive {
     file: File,
     /// Its current size.
     size: u64,
+    /// Its size when last synced: what is known to be durable. After a
+    /// failed write or sync the file is cut back to this.
+    synced: u64,
+    /// The file was renamed away by a rotation whose new file could not be
+    /// created yet: the next rotation only creates it.
+    rotated_away: bool,
     /// Rotate at this size (0 = never).
     rotate_bytes: u64,
     /// Rotated files kept.
@@ -57,7 +74,26 @@ impl Archive {
         }
         let file = OpenOptions::new().create(true).read(true).append(true).open(&cfg.path)?;
         let size = drop_torn_tail(&file, &cfg.path)?;
-        Ok(Archive { path: cfg.path.clone(), file, size, rotate_bytes: cfg.rotate_bytes, keep_files: cfg.keep_files })
+        Ok(Archive {
+            path: cfg.path.clone(),
+            file,
+            size,
+            synced: size,
+            rotated_away: false,
+            rotate_bytes: cfg.rotate_bytes,
+            keep_files: cfg.keep_files,
+        })
+    }
+
+    /// After a failed write or sync: cuts the file back to what was last
+    /// synced, so the batches written since are written again whole (no
+    /// torn or doubled line).
+    fn repair(&mut self) -> std::io::Result<()> {
+        // Unconditional: a write that failed half way left bytes that
+        // `size` does not count.
+        self.file.set_len(self.synced)?;
+        self.size = self.synced;
+        Ok(())
     }
 
     /// Appends whole lines, rotating whenever the file would pass
@@ -86,26 +122,33 @@ impl Archive {
     }
 
     fn sync(&mut self) -> std::io::Result<()> {
-        self.file.sync_data()
+        self.file.sync_data()?;
+        self.synced = self.size;
+        Ok(())
     }
 
     fn rotate(&mut self) -> std::io::Result<()> {
-        self.file.sync_data()?;
-        let name = |n: usize| rotated_path(&self.path, n);
-        if self.keep_files == 0 {
-            fs::remove_file(&self.path)?;
-        } else {
-            let _ = fs::remove_file(name(self.keep_files));
-            for n in (1..self.keep_files).rev() {
-                let from = name(n);
-                if from.exists() {
-                    fs::rename(&from, name(n + 1))?;
+        if !self.rotated_away {
+            self.sync()?;
+            let name = |n: usize| rotated_path(&self.path, n);
+            if self.keep_files == 0 {
+                fs::remove_file(&self.path)?;
+            } else {
+                let _ = fs::remove_file(name(self.keep_files));
+                for n in (1..self.keep_files).rev() {
+                    let from = name(n);
+                    if from.exists() {
+                        fs::rename(&from, name(n + 1))?;
+                    }
                 }
+                fs::rename(&self.path, name(1))?;
             }
-            fs::rename(&self.path, name(1))?;
+            self.rotated_away = true;
         }
         self.file = OpenOptions::new().create(true).append(true).open(&self.path)?;
+        self.rotated_away = false;
         self.size = 0;
+        self.synced = 0;
         if let Some(dir) = self.path.parent() {
             if let Ok(d) = File::open(dir) {
                 let _ = d.sync_all();
@@ -181,30 +224,98 @@ pub async fn start(cfg: &FileOutputConfig, ctx: &SinkContext, fanout: &mut Fanou
     fanout.add("file", tx);
     let stats = ctx.telemetry.sink("file");
     let (cfg_tx, cfg_rx) = tokio::sync::watch::channel(cfg.clone());
-    let task = tokio::spawn(run(archive, cfg_rx, rx, stats));
+    let guard = Guard { fault: ctx.telemetry.fault("file"), shutdown: ctx.shutdown.clone() };
+    let task = tokio::spawn(run(archive, cfg_rx, rx, stats, guard));
     Ok((SinkHandle { name: "file", task }, FileHandle { tx: cfg_tx }))
 }
 
-/// Writes and syncs on the blocking pool; returns the archive.
-async fn flush(mut archive: Archive, buf: Vec<u8>, sync: bool) -> anyhow::Result<(Archive, Vec<u8>)> {
-    let (archive, mut buf) = tokio::task::spawn_blocking(move || -> anyhow::Result<(Archive, Vec<u8>)> {
-        archive.write(&buf).with_context(|| format!("cannot write {}", archive.path.display()))?;
-        if sync {
-            archive.sync().with_context(|| format!("cannot fsync {}", archive.path.display()))?;
+/// What a write failure needs: the fault to report and the signal to
+/// give up (the bridge's grace period is over).
+struct Guard {
+    /// Reports the failure (logs, `/status`, `/metrics`, `/readyz`).
+    fault: crate::telemetry::Fault,
+    /// Cancelled when the sink must stop now: batches not yet synced stay
+    /// unacknowledged and are read again after the restart.
+    shutdown: tokio_util::sync::CancellationToken,
+}
+
+/// Writes `buf` (and syncs when `sync`) on the blocking pool; on failure,
+/// retries until it works: the file is cut back to its last sync and every
+/// batch of `pending` is written again, on a timer with backoff. `Ok(false)`
+/// when the sink must stop (`guard.shutdown`) before it worked; an error
+/// only when the blocking pool is gone (the runtime is shutting down).
+async fn write_out(
+    archive: &mut Option<Archive>,
+    buf: &mut Vec<u8>,
+    sync: bool,
+    pending: &[Arc<Batch>],
+    shape: Shape,
+    guard: &Guard,
+) -> anyhow::Result<bool> {
+    let Some(mut a) = archive.take() else { return Ok(false) };
+    let mut attempt = std::mem::take(buf);
+    let mut repair = false;
+    loop {
+        let (a2, b2, res) = tokio::task::spawn_blocking(move || {
+            let r = (if repair { a.repair() } else { Ok(()) }).and_then(|()| a.write(&attempt)).and_then(|()| {
+                if sync || repair {
+                    a.sync()
+                } else {
+                    Ok(())
+                }
+            });
+            (a, attempt, r)
+        })
+        .await
+        .context("file_output: the write task failed")?;
+        a = a2;
+        attempt = b2;
+        attempt.clear();
+        let Err(e) = res else {
+            if repair {
+                guard.fault.recovered();
+            }
+            *buf = attempt;
+            *archive = Some(a);
+            return Ok(true);
+        };
+        let delay = guard.fault.failed(&format!("cannot write the archive {}: {e}", a.path.display()));
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = guard.shutdown.cancelled() => {
+                *buf = attempt;
+                *archive = Some(a);
+                return Ok(false);
+            }
         }
-        Ok((archive, buf))
-    })
-    .await??;
-    buf.clear();
-    Ok((archive, buf))
+        // What is not synced is untrusted: cut back to the last sync and
+        // write every batch not yet acknowledged again.
+        repair = true;
+        for b in pending {
+            serialize(b, shape, &mut attempt);
+        }
+    }
+}
+
+/// One batch's lines in the archive's shape.
+fn serialize(batch: &Batch, shape: Shape, buf: &mut Vec<u8>) {
+    for rec in batch.records.iter() {
+        match shape {
+            Shape::Ndjson => rec.write_json(Shape::Ndjson, buf),
+            Shape::Ecls => crate::record::write_ecls_message(std::iter::once(rec), buf),
+        }
+        buf.push(b'\n');
+    }
 }
 
 async fn run(
-    mut archive: Archive,
+    archive: Archive,
     mut cfg_rx: tokio::sync::watch::Receiver<FileOutputConfig>,
     mut rx: mpsc::Receiver<Arc<Batch>>,
     stats: SinkStats,
+    guard: Guard,
 ) -> anyhow::Result<()> {
+    let mut archive = Some(archive);
     let (mut shape, mut interval) = {
         let c = cfg_rx.borrow_and_update();
         (c.shape, Duration::from_millis(c.fsync_interval_ms))
@@ -218,7 +329,9 @@ async fn run(
         let got = tokio::select! {
             b = rx.recv() => b,
             _ = sleep_until(sync_at), if sync_at.is_some() => {
-                archive = sync_and_ack(archive, &mut buf, &mut pending, &stats).await?;
+                if !sync_and_ack(&mut archive, &mut buf, &mut pending, shape, &stats, &guard).await? {
+                    return Ok(());
+                }
                 unsynced = 0;
                 sync_at = None;
                 continue;
@@ -226,11 +339,15 @@ async fn run(
             Ok(()) = cfg_rx.changed() => {
                 // Everything written under the old settings first: synced
                 // and acknowledged, in the old place.
-                let synced = sync_and_ack(archive, &mut buf, &mut pending, &stats).await?;
+                if !sync_and_ack(&mut archive, &mut buf, &mut pending, shape, &stats, &guard).await? {
+                    return Ok(());
+                }
                 unsynced = 0;
                 sync_at = None;
                 let c = cfg_rx.borrow_and_update().clone();
-                archive = reconfigure(synced, &c).await;
+                if let Some(a) = archive.take() {
+                    archive = Some(reconfigure(a, &c).await);
+                }
                 shape = c.shape;
                 interval = Duration::from_millis(c.fsync_interval_ms);
                 continue;
@@ -238,13 +355,7 @@ async fn run(
         };
         let Some(batch) = got else { break };
         stats.enqueued(batch.records.len());
-        for rec in batch.records.iter() {
-            match shape {
-                Shape::Ndjson => rec.write_json(Shape::Ndjson, &mut buf),
-                Shape::Ecls => crate::record::write_ecls_message(std::iter::once(rec), &mut buf),
-            }
-            buf.push(b'\n');
-        }
+        serialize(&batch, shape, &mut buf);
         if pending.is_empty() {
             stats.set_oldest_pending(batch.observed_ms);
         }
@@ -253,9 +364,9 @@ async fn run(
         if buf.len() >= WRITE_BUFFER_BYTES {
             unsynced += buf.len() as u64;
             let early = unsynced >= SYNC_EARLY_BYTES;
-            let (a, b) = flush(archive, std::mem::take(&mut buf), early).await?;
-            archive = a;
-            buf = b;
+            if !write_out(&mut archive, &mut buf, early, &pending, shape, &guard).await? {
+                return Ok(());
+            }
             if early {
                 unsynced = 0;
                 sync_at = None;
@@ -264,16 +375,26 @@ async fn run(
         }
     }
     // The queue closed: the tailers stopped. Write and sync what is left.
-    sync_and_ack(archive, &mut buf, &mut pending, &stats).await?;
+    sync_and_ack(&mut archive, &mut buf, &mut pending, shape, &stats, &guard).await?;
     Ok(())
 }
 
-/// Writes what is buffered, fsyncs, and acknowledges every pending batch.
-async fn sync_and_ack(archive: Archive, buf: &mut Vec<u8>, pending: &mut Vec<Arc<Batch>>, stats: &SinkStats) -> anyhow::Result<Archive> {
-    let (archive, b) = flush(archive, std::mem::take(buf), true).await?;
-    *buf = b;
+/// Writes what is buffered, fsyncs, and acknowledges every pending batch
+/// (retrying a failed write until it works). False when the sink must
+/// stop first.
+async fn sync_and_ack(
+    archive: &mut Option<Archive>,
+    buf: &mut Vec<u8>,
+    pending: &mut Vec<Arc<Batch>>,
+    shape: Shape,
+    stats: &SinkStats,
+    guard: &Guard,
+) -> anyhow::Result<bool> {
+    if !write_out(archive, buf, true, pending, shape, guard).await? {
+        return Ok(false);
+    }
     ack_all(pending, stats);
-    Ok(archive)
+    Ok(true)
 }
 
 /// The archive under new settings: the same file with the new rotation
@@ -351,6 +472,26 @@ mod tests {
         assert_eq!(Archive::open(&c).unwrap().size, 16);
         fs::write(&c.path, "{\"c\":").unwrap();
         assert_eq!(Archive::open(&c).unwrap().size, 0);
+    }
+
+    #[test]
+    fn repair_cuts_back_to_the_last_sync() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = cfg(dir.path(), 0);
+        let mut a = Archive::open(&c).unwrap();
+        a.write(b"{\"a\":1}\n").unwrap();
+        a.sync().unwrap();
+        // Written but not synced when a later write or sync failed: untrusted.
+        a.write(b"{\"b\":2}\n{\"c\":").unwrap();
+        a.repair().unwrap();
+        assert_eq!(fs::read_to_string(&c.path).unwrap(), "{\"a\":1}\n");
+        // A write that failed half way: bytes on disk that `size` does not count.
+        a.file.write_all(b"{\"torn\":").unwrap();
+        a.repair().unwrap();
+        assert_eq!(fs::read_to_string(&c.path).unwrap(), "{\"a\":1}\n");
+        a.write(b"{\"b\":2}\n").unwrap();
+        a.sync().unwrap();
+        assert_eq!(fs::read_to_string(&c.path).unwrap(), "{\"a\":1}\n{\"b\":2}\n");
     }
 
     #[tokio::test]

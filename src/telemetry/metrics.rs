@@ -16,7 +16,7 @@
 //! | `build_info` | gauge | version | always 1 |
 //! | `uptime_seconds` | gauge | | since start |
 //! | `ready` | gauge | | 1 once sources and sinks are up and no component has a fault |
-//! | `fault` | gauge | component | 1 while `file`, `channel` or `checkpoints` cannot write (full disk), 0 after |
+//! | `fault` | gauge | component | 1 while `file`, `channel`, `checkpoints`, `upstream_spool` or `dead_letter` cannot write (full disk), 0 after |
 //! | `faults_total` | counter | component | fault episodes since start |
 //! | `files` | gauge | state | files per state |
 //! | `records_total` | counter | [file] | records read |

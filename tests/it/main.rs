@@ -6,6 +6,7 @@ mod channel;
 mod dashboard;
 mod demo;
 mod enrich;
+mod faults;
 mod lag;
 mod parse;
 mod recovery;

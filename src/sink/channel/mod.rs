@@ -65,7 +65,7 @@ use tokio::sync::{mpsc, watch, Semaphore};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{debug, error, info, warn};
+use tracing::{debug, info, warn};
 
 use crate::checkpoint::DamagedState;
 use crate::config::{ChannelConfig, Secret};
@@ -90,9 +90,14 @@ pub const ADDR_FILE: &str = "channel.addr";
 /// File in the state directory holding the next sequence number to use.
 pub const SEQ_FILE: &str = "channel.seq";
 
-/// Sequence numbers reserved on disk at a time: the file is rewritten
-/// (fsynced) once per block, and a crash skips at most one block.
+/// Sequence numbers reserved on disk at a time, at most: the file is
+/// rewritten (fsynced) once per block, and a crash skips at most one block.
 const SEQ_BLOCK: u64 = 1_000_000;
+
+/// The first block of a run; each next one is twice as large, up to
+/// [`SEQ_BLOCK`]: a crash soon after a start skips few numbers, and a busy
+/// channel still writes the file rarely (about ten extra writes per run).
+const SEQ_FIRST_BLOCK: u64 = 1024;
 
 /// Handshakes (TCP accepted, not yet upgraded or refused) in progress at
 /// once; more are dropped at accept. Bounds what unauthenticated clients
@@ -446,8 +451,9 @@ pub async fn spawn(
     tracker.spawn(accept_loop(shared.clone(), listener, tls, tracker.clone()));
     let sink_stats = ctx.telemetry.sink(NAME);
     let hard_stop = ctx.shutdown.clone();
+    let fault = ctx.telemetry.fault(NAME);
     let task = tokio::spawn(async move {
-        let result = sink_loop(&shared, rx, &sink_stats, &mut seqs, &hard_stop).await;
+        let result = sink_loop(&shared, rx, &sink_stats, &mut seqs, &hard_stop, &fault).await;
         // No more records: let connections send what they hold, then close.
         shared.draining.cancel();
         tracker.close();
@@ -474,6 +480,7 @@ async fn sink_loop(
     sink_stats: &SinkStats,
     seqs: &mut SeqFile,
     hard_stop: &CancellationToken,
+    fault: &crate::telemetry::Fault,
 ) -> anyhow::Result<()> {
     let mut buf = Vec::with_capacity(4096);
     let mut slow_check = tokio::time::interval(SLOW_CHECK_INTERVAL);
@@ -495,11 +502,27 @@ async fn sink_loop(
         let mask_keep = shared.live.mask_keep();
         let items: Vec<Arc<Item>> = batch.records.iter().map(|r| Arc::new(item(r, mask_keep, batch.observed_ms, &mut buf))).collect();
         let next = shared.lock_ring().next_seq();
-        if let Err(e) = seqs.reserve(next + n as u64).await {
-            // Without a durable reservation, numbers could repeat after a
-            // crash; the batch is not acknowledged and will be read again.
-            error!(error = %format!("{e:#}"), "channel: cannot reserve sequence numbers; stopping the channel");
-            return Err(e);
+        // Without a durable reservation, numbers could repeat after a
+        // crash: the batch waits (unacknowledged) until the reservation is
+        // written, retried on a timer (a full state_dir), and the fault is
+        // shown. The bridge's hard stop leaves it unacknowledged (read
+        // again after the restart).
+        let mut failed = false;
+        loop {
+            match seqs.reserve(next + n as u64).await {
+                Ok(()) => break,
+                Err(e) => {
+                    failed = true;
+                    let delay = fault.failed(&format!("cannot reserve sequence numbers: {e:#}"));
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = hard_stop.cancelled() => return Ok(()),
+                    }
+                }
+            }
+        }
+        if failed {
+            fault.recovered();
         }
         shared.append(items);
         batch.ack();
@@ -625,6 +648,8 @@ struct SeqFile {
     next: u64,
     /// Numbers below this are reserved on disk.
     reserved_until: u64,
+    /// The size of the next block reserved.
+    block: u64,
 }
 
 impl SeqFile {
@@ -639,7 +664,7 @@ impl SeqFile {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => 1,
             Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
         };
-        let mut f = SeqFile { path, next, reserved_until: next };
+        let mut f = SeqFile { path, next, reserved_until: next, block: SEQ_FIRST_BLOCK };
         f.reserve(next + 1).await?;
         Ok(f)
     }
@@ -649,9 +674,10 @@ impl SeqFile {
         if until <= self.reserved_until {
             return Ok(());
         }
-        let new = until + SEQ_BLOCK;
+        let new = until + self.block;
         write_durable(self.path.clone(), new).await?;
         self.reserved_until = new;
+        self.block = (self.block * 2).min(SEQ_BLOCK);
         Ok(())
     }
 
@@ -682,6 +708,10 @@ async fn write_durable(path: PathBuf, value: u64) -> anyhow::Result<()> {
         writeln!(f, "{value}")?;
         f.sync_all()?;
         std::fs::rename(&tmp, &path).with_context(|| format!("cannot rename {} to {}", tmp.display(), path.display()))?;
+        // The rename is durable only once the directory is synced.
+        if let Some(dir) = path.parent() {
+            std::fs::File::open(dir).and_then(|d| d.sync_all()).with_context(|| format!("cannot sync {}", dir.display()))?;
+        }
         Ok(())
     })
     .await
@@ -721,6 +751,18 @@ mod tests {
         f.reserve(10).await.unwrap();
         let g = SeqFile::open(path.clone()).await.unwrap();
         assert!(g.next >= 10, "{}", g.next);
+        // Blocks grow from SEQ_FIRST_BLOCK to SEQ_BLOCK: a crash right after
+        // a start skips few numbers.
+        assert!(g.next <= 10 + 2 * SEQ_FIRST_BLOCK + 2, "{}", g.next);
+        let mut b = SeqFile::open(path.clone()).await.unwrap();
+        let mut sizes = Vec::new();
+        for _ in 0..14 {
+            let before = b.reserved_until;
+            b.reserve(before + 1).await.unwrap();
+            sizes.push(b.reserved_until - before - 1);
+        }
+        assert_eq!(sizes[0], 2 * SEQ_FIRST_BLOCK);
+        assert_eq!(*sizes.last().unwrap(), SEQ_BLOCK);
         // A clean shutdown: exact continuation.
         let mut h = SeqFile::open(path.clone()).await.unwrap();
         h.write_exact(1234).await.unwrap();

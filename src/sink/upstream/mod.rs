@@ -290,6 +290,10 @@ struct Shared {
     abandon: CancellationToken,
     /// Owns every sender task.
     tracker: TaskTracker,
+    /// Reports a spool that cannot be written (a full state_dir).
+    spool_fault: crate::telemetry::Fault,
+    /// Reports a dead-letter file that cannot be written.
+    dead_letter_fault: crate::telemetry::Fault,
 }
 
 /// The settings of a running upstream sink that a reload replaces: the
@@ -420,6 +424,8 @@ impl Upstream {
             permits: Arc::new(Semaphore::new(cfg.max_in_flight)),
             abandon: CancellationToken::new(),
             tracker: TaskTracker::new(),
+            spool_fault: ctx.telemetry.fault("upstream_spool"),
+            dead_letter_fault: ctx.telemetry.fault("dead_letter"),
         });
         shared.update_oldest();
         Ok(Upstream { shared, ctx: ctx.clone() })
@@ -819,17 +825,19 @@ impl Shared {
                 Ok(errors) => dead_letter::append_each(&path, &url, fmt, errors, &units),
             })
             .await;
-            match res {
+            let err = match res {
                 Ok(Ok(())) => {
+                    if attempt > 0 {
+                        self.dead_letter_fault.recovered();
+                    }
                     self.complete(r, Handled::DeadLettered);
                     return true;
                 }
-                Ok(Err(e)) => {
-                    tracing::error!(file = %Escaped::path(&self.dead_letter_path), error = %e, "upstream: cannot write the dead-letter file")
-                }
-                Err(e) => tracing::error!(error = %e, "upstream: dead-letter task failed"),
-            }
-            let delay = http::backoff(attempt, live.cfg.retry_initial_ms, live.cfg.retry_max_ms);
+                Ok(Err(e)) => format!("cannot write the dead-letter file {}: {e}", self.dead_letter_path.display()),
+                Err(e) => format!("the dead-letter task failed: {e}"),
+            };
+            // Logged once, then periodically; shown in /status and /readyz.
+            let delay = self.dead_letter_fault.failed(&err);
             attempt += 1;
             tokio::select! {
                 _ = tokio::time::sleep(delay) => {}
@@ -896,13 +904,16 @@ impl Shared {
             Ok(Ok(size)) => {
                 lock(spool).add(seq, size, r.units.len(), r.observed_ms, need);
                 tracing::debug!(seq, records = r.units.len(), "upstream: request spooled");
+                self.spool_fault.recovered();
                 self.complete(r, Handled::Spooled);
                 self.spool_changed.notify_waiters();
                 Ok(())
             }
             Ok(Err(e)) => {
                 lock(spool).unreserve(need);
-                tracing::error!(file = %path.display(), error = %e, "upstream: cannot write to the spool; keeping the request in memory");
+                // Logged once, then periodically; the request stays in
+                // memory (unacknowledged) and is spooled or sent later.
+                self.spool_fault.failed(&format!("cannot write to the spool {}: {e}; keeping the request in memory", path.display()));
                 let _ = std::fs::remove_file(path.with_extension("tmp"));
                 Err(r)
             }
