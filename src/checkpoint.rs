@@ -298,6 +298,12 @@ impl Checkpointer {
         st.entries.get(&fp).is_some_and(|e| !in_flight && e.gz_complete.is_some_and(|g| g.size == size && e.offset >= g.end))
     }
 
+    /// True while some batch of the file is registered and not yet
+    /// acknowledged (its records exist only in the file and in memory).
+    pub fn in_flight(&self, fp: Fingerprint) -> bool {
+        self.lock().trackers.get(&fp).is_some_and(|t| !t.in_flight.is_empty())
+    }
+
     /// Registers a batch that ends at `end_offset`, in read order. Its
     /// offset becomes durable once it and every earlier batch of the same
     /// file are acknowledged.

@@ -415,6 +415,31 @@ fn open_gz(file: &File, offset: u64) -> io::Result<(MultiGzDecoder<File>, u64)> 
     Ok((dec, skipped))
 }
 
+/// How often a reader holding a file re-checks its acknowledgements.
+const HOLD_POLL: Duration = Duration::from_millis(20);
+
+/// Before the last handle on a file is released: waits, holding it open,
+/// until none of its batches is unacknowledged. While the file is gone
+/// (deleted, or rotated out of the globs) it demands durability
+/// ([`crate::pipeline::Durability`]), so the sinks that hold its records in
+/// memory spool them at once instead of waiting for their peer: a
+/// `kill -9` then loses nothing. False when the bridge stops first (the
+/// sinks then spool what they hold at shutdown).
+async fn hold_until_acked(shared: &Shared, ctl: &Control, fp: Fingerprint, path: &str) -> bool {
+    let mut demand = None;
+    while shared.checkpoints.in_flight(fp) {
+        if demand.is_none() && ctl.gone.load(Ordering::Acquire) {
+            tracing::debug!(file = %Escaped(path), "file gone with records not yet acknowledged: making them durable before letting it go");
+            demand = Some(shared.fanout.durability().demand());
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(HOLD_POLL) => {}
+            _ = shared.shutdown.cancelled() => return false,
+        }
+    }
+    true
+}
+
 /// Runs a reader until it stops; returns why and where.
 pub async fn run(spec: Spec, shared: Shared, ctl: Arc<Control>, stats: FileStats) -> Finished {
     let key = spec.key;
@@ -568,6 +593,9 @@ pub async fn run(spec: Spec, shared: Shared, ctl: Arc<Control>, stats: FileStats
         }
         // At the end of the data.
         if st.gz.is_some() {
+            if !hold_until_acked(&shared, &ctl, fp, &path).await {
+                return done(st.offset(), size, Exit::Shutdown);
+            }
             return done(st.offset(), size, Exit::Complete);
         }
         let superseded = ctl.superseded.load(Ordering::Acquire);
@@ -585,13 +613,18 @@ pub async fn run(spec: Spec, shared: Shared, ctl: Arc<Control>, stats: FileStats
             continue;
         }
         if ctl.gone.load(Ordering::Acquire) {
+            if !hold_until_acked(&shared, &ctl, fp, &path).await {
+                return done(st.offset(), size, Exit::Shutdown);
+            }
             return done(st.offset(), size, Exit::Gone);
         }
         tokio::select! {
             _ = ctl.wake.notified() => {}
             _ = shared.shutdown.cancelled() => return done(st.offset(), size, Exit::Shutdown),
             _ = tokio::time::sleep(IDLE_CLOSE) => {
-                if st.carry.is_empty() {
+                // Not while some of its batches are unacknowledged: the
+                // open descriptor is their copy if the file is deleted.
+                if st.carry.is_empty() && !shared.checkpoints.in_flight(fp) {
                     return done(st.offset(), size, Exit::Idle);
                 }
             }

@@ -15,7 +15,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::io::Read;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -95,6 +95,11 @@ pub struct State {
     pub hec_invalid: Mutex<HashMap<String, usize>>,
     /// request_uuids the collector took (indexed), with repeats.
     pub indexed: Mutex<Vec<String>>,
+    /// Answer every unscripted request with this status (0 = normally).
+    pub fail_with: AtomicU16,
+    /// 1: read requests and never answer; 2: answer 200 and drip the body
+    /// a byte every 100 ms; 0: answer normally.
+    pub stall: AtomicU8,
 }
 
 /// A running collector.
@@ -133,6 +138,8 @@ impl Collector {
             item_statuses: Mutex::new(HashMap::new()),
             hec_invalid: Mutex::new(HashMap::new()),
             indexed: Mutex::new(Vec::new()),
+            fail_with: AtomicU16::new(0),
+            stall: AtomicU8::new(0),
         });
         let std_listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind collector");
         std_listener.set_nonblocking(true).expect("nonblocking");
@@ -171,6 +178,17 @@ impl Collector {
     /// Resets every connection while `down`.
     pub fn set_down(&self, down: bool) {
         self.state.down.store(down, Ordering::SeqCst);
+    }
+
+    /// Answers every unscripted request with `status` (`None`: normally).
+    pub fn fail_with(&self, status: Option<u16>) {
+        self.state.fail_with.store(status.unwrap_or(0), Ordering::SeqCst);
+    }
+
+    /// Never answers (`1`), drips a 200 answer a byte every 100 ms (`2`),
+    /// or answers normally (`0`), from the next request on.
+    pub fn set_stall(&self, mode: u8) {
+        self.state.stall.store(mode, Ordering::SeqCst);
     }
 
     /// Waits this long before every unscripted answer.
@@ -315,6 +333,23 @@ async fn serve(mut sock: TcpStream, st: Arc<State>) -> std::io::Result<()> {
         } else {
             raw
         };
+        match st.stall.load(Ordering::SeqCst) {
+            1 => {
+                // Hold the connection, never answer.
+                let mut sink = [0u8; 4096];
+                while sock.read(&mut sink).await? > 0 {}
+                return Ok(());
+            }
+            2 => {
+                st.received.lock().unwrap().push(Received { path, headers, body, status: 200, at });
+                sock.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 100000\r\n\r\n").await?;
+                loop {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    sock.write_all(b"x").await?;
+                }
+            }
+            _ => {}
+        }
         let fault = st.script.lock().unwrap().pop_front();
         let n_records = || uuids(st.format, &body);
         let (status, extra, text): (u16, String, String) = match fault {
@@ -340,6 +375,7 @@ async fn serve(mut sock: TcpStream, st: Arc<State>) -> std::io::Result<()> {
                 st.indexed.lock().unwrap().extend(n_records());
                 (200, String::new(), "{}".into())
             }
+            None if st.fail_with.load(Ordering::SeqCst) != 0 => (st.fail_with.load(Ordering::SeqCst), String::new(), "unavailable".into()),
             None => {
                 let delay = st.delay_ms.load(Ordering::SeqCst);
                 if delay > 0 {

@@ -784,9 +784,16 @@ pub(crate) mod e2e {
 
     impl Env {
         /// The value of one `/metrics` sample line (`name{labels}`), 0 when absent.
+        /// (0 also while the bridge is not listening yet.)
         pub(crate) fn metric(&self, sample: &str) -> f64 {
+            use std::io::{Read, Write};
             let addr = fs::read_to_string(self.state.join("status.addr")).unwrap_or_default();
-            let (_, text) = crate::lag::get(&format!("http://{}/metrics", addr.trim()));
+            let Ok(mut sock) = std::net::TcpStream::connect(addr.trim()) else { return 0.0 };
+            let _ = sock.set_read_timeout(Some(Duration::from_secs(5)));
+            let mut text = String::new();
+            if sock.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").is_err() || sock.read_to_string(&mut text).is_err() {
+                return 0.0;
+            }
             text.lines().find_map(|l| l.strip_prefix(sample).and_then(|v| v.trim().parse().ok())).unwrap_or(0.0)
         }
     }
@@ -1015,5 +1022,128 @@ pub(crate) mod e2e {
         }
         assert!(!log.contains('\u{1b}') && !log.contains('\u{7}'), "a terminal escape sequence reached the log");
         assert!(log.contains("busy\\n2026-01-01"), "escaped, still readable: {log}");
+    }
+
+    /// The records the collector must hold after an outage during which
+    /// Local Edition rotated and deleted files: `kill -9` (before
+    /// `spool_after_ms`) then a restart with a healthy collector delivers
+    /// every record at least once, because a file's records are made
+    /// durable before its last handle is released.
+    #[test]
+    fn outage_then_files_deleted_then_kill9_delivers_every_record() {
+        let c = Collector::start(Format::Ndjson);
+        c.fail_with(Some(503));
+        // spool_after_ms far away: only the rule about files that go away
+        // can put the records somewhere durable in time.
+        let mut env = Env::new(&c.url("/"), "spool_after_ms = 600000\nbatch_max_records = 500\n");
+        env.start();
+        let records = |env: &Env| env.metric("calllog_bridge_records_total");
+        let a = ids("del-a", 0..3000);
+        env.append("access.log", &a);
+        support::poll_until(DEADLINE, "the first file read", || (records(&env) >= 3000.0).then_some(()));
+        // Rotation within the globs, then more traffic.
+        fs::rename(env.path("access.log"), env.path("access.log.1")).unwrap();
+        let b = ids("del-b", 0..3000);
+        env.append("access.log", &b);
+        support::poll_until(DEADLINE, "the second file read", || (records(&env) >= 6000.0).then_some(()));
+        assert!(c.delivered_uuids().is_empty());
+        // One file deleted, the other rotated out of the globs and deleted.
+        fs::remove_file(env.path("access.log.1")).unwrap();
+        let out = env.logs.join("old-rotated");
+        fs::rename(env.path("access.log"), &out).unwrap();
+        fs::remove_file(&out).unwrap();
+        // Killed once they are durable, or after 10 s (well before
+        // spool_after_ms) if they never become so.
+        let until = std::time::Instant::now() + Duration::from_secs(10);
+        while env.spooled_records() < 6000 && std::time::Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        env.kill9();
+        c.fail_with(None);
+        env.start();
+        let mut all = a;
+        all.extend(b);
+        wait_all(&c, &env, &all);
+        env.stop();
+    }
+
+    /// SIGTERM while the collector fails: what is held goes to the spool
+    /// at once (not after the grace period), and is delivered after the
+    /// restart.
+    #[test]
+    fn sigterm_during_an_outage_spools_at_once() {
+        let c = Collector::start(Format::Ndjson);
+        c.fail_with(Some(503));
+        let mut env = Env::new(&c.url("/"), "spool_after_ms = 600000\nbatch_max_records = 500\nshutdown_grace_ms = 30000\n");
+        env.start();
+        let a = ids("term", 0..3000);
+        env.append("access.log", &a);
+        support::poll_until(DEADLINE, "the file read", || (env.metric("calllog_bridge_records_total") >= 3000.0).then_some(()));
+        support::poll_until(DEADLINE, "failed attempts", || {
+            (env.metric("calllog_bridge_retries_total{sink=\"upstream\"}") >= 2.0).then_some(())
+        });
+        let t = std::time::Instant::now();
+        env.stop();
+        assert!(
+            t.elapsed() < Duration::from_secs(8),
+            "the stop took {:?}: it waited for a failing collector; log:\n{}",
+            t.elapsed(),
+            env.log_text()
+        );
+        assert_eq!(env.spooled_records(), 3000, "everything undelivered is in the spool");
+        c.fail_with(None);
+        env.start();
+        wait_all(&c, &env, &a);
+        env.stop();
+    }
+
+    /// Adds `[file_output]` (archive under the state dir) and `[channel]`
+    /// to the config; returns the archive path.
+    fn with_archive_and_channel(env: &Env) -> PathBuf {
+        let out = env.state.join("archive.ndjson");
+        let mut text = fs::read_to_string(&env.config).unwrap();
+        text.push_str(&format!(
+            "\n[file_output]\npath = {:?}\nfsync_interval_ms = 50\n\n[channel]\nlisten = \"127.0.0.1:0\"\ntoken = \"a-long-enough-test-token\"\n",
+            out.to_string_lossy()
+        ));
+        fs::write(&env.config, text).unwrap();
+        out
+    }
+
+    fn archived(out: &std::path::Path) -> usize {
+        fs::read_to_string(out).map(|t| t.lines().filter(|l| l.ends_with('}')).count()).unwrap_or(0)
+    }
+
+    /// A collector that stalls (never answers, or drips its answer) must
+    /// not hold back the archive and the channel: the upstream spools what
+    /// its full queue cannot take, and delivers it when the collector is
+    /// back.
+    fn a_stalled_collector_does_not_stall_the_others(mode: u8) {
+        let c = Collector::start(Format::Ndjson);
+        c.set_stall(mode);
+        let mut env = Env::new(&c.url("/"), "request_timeout_ms = 10000\nspool_after_ms = 30000\n");
+        let out = with_archive_and_channel(&env);
+        env.start();
+        let all = ids("stall", 0..40_000);
+        env.append("access.log", &all);
+        let t = std::time::Instant::now();
+        support::poll_until(Duration::from_secs(25), "the archive to take every record", || (archived(&out) >= all.len()).then_some(()));
+        eprintln!("stalled collector (mode {mode}): archive complete after {:?}", t.elapsed());
+        support::poll_until(DEADLINE, "the channel to take every record", || {
+            (env.metric("calllog_bridge_delivered_records_total{sink=\"channel\"}") >= all.len() as f64).then_some(())
+        });
+        c.set_stall(0);
+        wait_all(&c, &env, &all);
+        env.stop();
+    }
+
+    #[test]
+    fn a_collector_that_never_answers_does_not_stall_the_archive_or_the_channel() {
+        a_stalled_collector_does_not_stall_the_others(1);
+    }
+
+    #[test]
+    fn a_collector_that_drips_its_answer_does_not_stall_the_archive_or_the_channel() {
+        a_stalled_collector_does_not_stall_the_others(2);
     }
 }
