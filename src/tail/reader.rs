@@ -418,6 +418,11 @@ fn open_gz(file: &File, offset: u64) -> io::Result<(MultiGzDecoder<File>, u64)> 
 /// How often a reader holding a file re-checks its acknowledgements.
 const HOLD_POLL: Duration = Duration::from_millis(20);
 
+/// When the bridge stops or reloads, a reader of a file that is gone (it
+/// cannot be read again) gets this long to hand its last batch over and to
+/// see its records made durable, before it lets the file go.
+const STOP_GRACE: Duration = Duration::from_secs(2);
+
 /// Before the last handle on a file is released: waits, holding it open,
 /// until none of its batches is unacknowledged. While the file is gone
 /// (deleted, or rotated out of the globs) it demands durability
@@ -427,14 +432,27 @@ const HOLD_POLL: Duration = Duration::from_millis(20);
 /// sinks then spool what they hold at shutdown).
 async fn hold_until_acked(shared: &Shared, ctl: &Control, fp: Fingerprint, path: &str) -> bool {
     let mut demand = None;
+    let mut stop_by = None;
     while shared.checkpoints.in_flight(fp) {
-        if demand.is_none() && ctl.gone.load(Ordering::Acquire) {
+        let gone = ctl.gone.load(Ordering::Acquire);
+        if demand.is_none() && gone {
             tracing::debug!(file = %Escaped(path), "file gone with records not yet acknowledged: making them durable before letting it go");
             demand = Some(shared.fanout.durability().demand());
         }
+        if shared.shutdown.is_cancelled() {
+            // Stopping or reloading: a file that is gone gets a short while
+            // for its records to become durable; one that is not is read
+            // again by the next reader.
+            let by = *stop_by.get_or_insert_with(|| tokio::time::Instant::now() + STOP_GRACE);
+            if !gone || tokio::time::Instant::now() >= by {
+                return false;
+            }
+            tokio::time::sleep(HOLD_POLL).await;
+            continue;
+        }
         tokio::select! {
             _ = tokio::time::sleep(HOLD_POLL) => {}
-            _ = shared.shutdown.cancelled() => return false,
+            _ = shared.shutdown.cancelled() => {}
         }
     }
     true
@@ -575,14 +593,23 @@ pub async fn run(spec: Spec, shared: Shared, ctl: Arc<Control>, stats: FileStats
             // a shutdown or a reload: a send given up here reached no sink
             // (Fanout::send is all or nothing), so the batch is taken back
             // and the next reader of the file (after a reload, or after the
-            // restart) reads it again from `chunk_start`.
-            tokio::select! {
-                r = shared.fanout.send(batch) => {
-                    if r.is_err() {
-                        return done(st.offset(), size, Exit::Shutdown);
-                    }
-                }
-                _ = shared.shutdown.cancelled() => {
+            // restart) reads it again from `chunk_start`. A file that is
+            // gone cannot be read again: its send gets [`STOP_GRACE`] more.
+            let send = shared.fanout.send(batch);
+            tokio::pin!(send);
+            let sent = tokio::select! {
+                r = &mut send => Some(r),
+                _ = shared.shutdown.cancelled() => None,
+            };
+            let sent = match sent {
+                Some(r) => Some(r),
+                None if ctl.gone.load(Ordering::Acquire) => tokio::time::timeout(STOP_GRACE, &mut send).await.ok(),
+                None => None,
+            };
+            match sent {
+                Some(Ok(())) => {}
+                Some(Err(_)) => return done(st.offset(), size, Exit::Shutdown),
+                None => {
                     shared.checkpoints.withdraw(ticket);
                     return done(chunk_start, size, Exit::Shutdown);
                 }
