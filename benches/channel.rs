@@ -37,7 +37,7 @@ use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 
-const TOKEN: &str = "bench-token";
+const TOKEN: &str = "bench-token-0123456789";
 
 fn main() {
     let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {

@@ -21,7 +21,7 @@ use crate::parse::Format;
 use crate::simulate::{self, SimOptions};
 
 /// The token the demo channel accepts.
-pub const DEMO_TOKEN: &str = "demo-token";
+pub const DEMO_TOKEN: &str = "demo-token-not-a-secret";
 
 /// Lines per second the demo simulator writes.
 const DEMO_RATE: f64 = 50.0;
@@ -194,7 +194,7 @@ mod tests {
     #[test]
     fn demo_config_is_valid() {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("token"), "t\n").unwrap();
+        std::fs::write(dir.path().join("token"), format!("{DEMO_TOKEN}\n")).unwrap();
         let text = demo_config(dir.path());
         let cfg = crate::config::Config::from_toml(&text, &dir.path().join("config.toml")).unwrap();
         assert_eq!(cfg.sources.len(), 1);

@@ -17,6 +17,8 @@
 //! - [`logsafe`]: peer-supplied text (file names, collector answers)
 //!   escaped for log lines.
 //! - [`telemetry`]: per-file and per-sink statistics, metrics, status.
+//! - [`listener`]: what bounds every listener (socket cap, idle eviction,
+//!   file-descriptor limit).
 //! - [`time`]: time parsing and formatting.
 
 #![forbid(unsafe_code)]
@@ -28,6 +30,7 @@ pub mod cmd;
 pub mod config;
 pub mod demo;
 pub mod enrich;
+pub mod listener;
 pub mod logsafe;
 pub mod parse;
 pub mod pipeline;

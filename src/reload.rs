@@ -377,7 +377,7 @@ paths = ["/logs/a/*.log"]
 [file_output]
 path = "/tmp/out.ndjson"
 [channel]
-token = "t1"
+token = "token-one-0123456789"
 "#;
 
     fn cfg(text: &str) -> Config {
@@ -423,13 +423,16 @@ token = "t1"
         check(&format!("log_level = \"debug\"\n{BASE}"), Changes { log_level: true, ..Changes::default() });
         check(&format!("{BASE}\n[enrich]\nmask_api_key_keep = 4\n"), Changes { enrich: true, ..Changes::default() });
         // A token change applies live; a listener change needs a restart.
-        check(&BASE.replace("t1", "t2"), Changes::default());
+        check(&BASE.replace("token-one-0123456789", "token-two-0123456789"), Changes::default());
         check(
-            &BASE.replace("token = \"t1\"", "token = \"t1\"\nlisten = \"127.0.0.1:9999\""),
+            &BASE.replace("token = \"token-one-0123456789\"", "token = \"token-one-0123456789\"\nlisten = \"127.0.0.1:9999\""),
             Changes { restart_needed: vec!["channel.listen"], ..Changes::default() },
         );
         // Batching, pings and masking apply live.
-        check(&BASE.replace("token = \"t1\"", "token = \"t1\"\nrecords_per_message = 20\nmask_keep = 4"), Changes::default());
+        check(
+            &BASE.replace("token = \"token-one-0123456789\"", "token = \"token-one-0123456789\"\nrecords_per_message = 20\nmask_keep = 4"),
+            Changes::default(),
+        );
         // The archive's settings apply live; removing it needs a restart.
         check(&BASE.replace("/tmp/out.ndjson", "/tmp/other.ndjson"), Changes::default());
         check(
@@ -444,15 +447,18 @@ token = "t1"
         let running = cfg(BASE);
         let new_text = format!(
             "log_level = \"debug\"\n{}",
-            BASE.replace("t1", "t2")
+            BASE.replace("token-one-0123456789", "token-two-0123456789")
                 .replace("/tmp/out.ndjson", "/tmp/other.ndjson")
-                .replace("token = \"t2\"", "token = \"t2\"\nlisten = \"127.0.0.1:9999\"")
+                .replace("token = \"token-two-0123456789\"", "token = \"token-two-0123456789\"\nlisten = \"127.0.0.1:9999\"")
         ) + "\n[[source]]\nname = \"b\"\npaths = [\"/logs/b/*.log\"]\n";
         let new = cfg(&new_text);
-        let prepared = Prepared { channel_token: Some(Secret::new("t2")), enricher: None, config: new, upstream: None };
+        let prepared = Prepared { channel_token: Some(Secret::new("token-two-0123456789")), enricher: None, config: new, upstream: None };
         let mut fake = Fake::default();
         let (effective, changes) = apply(&mut fake, &running, prepared).await.unwrap();
-        assert_eq!(*fake.calls.lock().unwrap(), vec!["token t2", "file_output /tmp/other.ndjson", "sources a,b enricher=false"]);
+        assert_eq!(
+            *fake.calls.lock().unwrap(),
+            vec!["token token-two-0123456789", "file_output /tmp/other.ndjson", "sources a,b enricher=false"]
+        );
         assert_eq!(changes.restart_needed, vec!["channel.listen"]);
         assert!(changes.log_level);
         assert_eq!(effective.sources.len(), 2);
@@ -461,7 +467,7 @@ token = "t1"
         // The channel keeps its running listener until a restart; the next
         // reload reports it again.
         assert_eq!(effective.channel.as_ref().unwrap().listen, "127.0.0.1:8790");
-        assert_eq!(effective.channel.as_ref().unwrap().token.as_ref().map(Secret::expose), Some("t2"));
+        assert_eq!(effective.channel.as_ref().unwrap().token.as_ref().map(Secret::expose), Some("token-two-0123456789"));
         assert_eq!(diff(&effective, &cfg(&new_text)).restart_needed, vec!["channel.listen"]);
     }
 
@@ -509,7 +515,7 @@ token = "t1"
         assert_eq!(e.key(), "enrich.lookups", "{e}");
         assert!(e.to_string().contains("missing.csv"), "{e}");
 
-        std::fs::write(&path, BASE.replace("token = \"t1\"", "token_file = \"nope.token\"")).unwrap();
+        std::fs::write(&path, BASE.replace("token = \"token-one-0123456789\"", "token_file = \"nope.token\"")).unwrap();
         let e = prepare(&path, &running).await.err().unwrap();
         assert_eq!(e.key(), "channel.token_file", "{e}");
 
@@ -525,7 +531,7 @@ token = "t1"
         std::fs::write(&path, BASE.replace("/logs/a/*.log", "/logs/c/*.log")).unwrap();
         let p = prepare(&path, &running).await.unwrap();
         assert!(p.enricher.is_none(), "unchanged [enrich] must not reload tables");
-        assert_eq!(p.channel_token.unwrap().expose(), "t1");
+        assert_eq!(p.channel_token.unwrap().expose(), "token-one-0123456789");
     }
 
     #[tokio::test]

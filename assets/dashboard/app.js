@@ -109,6 +109,32 @@
     // (the channel waits a few ms at most to fill a message).
     perMessage: frag.has('records_per_message') ? num(frag.get('records_per_message')) : DEFAULT_RECORDS_PER_MESSAGE,
   };
+  // Where the token may go: the channel /status names, this page's own
+  // origin (a proxy serving the channel too), and the origins the operator
+  // listed in `[status] dashboard_channel_origins` (written into the page by
+  // the bridge). A `#ws=` elsewhere is refused: a crafted link must not
+  // make the page hand the token to another host. The page's CSP
+  // (connect-src) enforces the same list.
+  const allowedOrigins = ((document.querySelector('meta[name="channel-origins"]') || {}).content || '')
+    .split(/\s+/).filter((o) => /^wss?:\/\//.test(o));
+  const pageWsOrigin = (location.protocol === 'https:' ? 'wss:' : 'ws:') + '//' + location.host;
+  /** `ws(s)://host[:port]` of a WebSocket URL, `http(s)` mapped as connect() does; null when unparsable. */
+  function wsOrigin(url) {
+    try {
+      const u = new URL(url, location.href);
+      const scheme = u.protocol === 'http:' ? 'ws:' : u.protocol === 'https:' ? 'wss:' : u.protocol;
+      return scheme + '//' + u.host;
+    } catch (e) { return null; }
+  }
+  /** True when the page may send the token to `url` (see allowedOrigins); `status` is the latest /status. */
+  function mayConnect(url, fromStatus, status) {
+    const o = wsOrigin(url);
+    if (o == null) return false;
+    if (fromStatus || o === pageWsOrigin || allowedOrigins.includes(o)) return true;
+    const own = status && channelFromStatus(status);
+    return !!own && o === wsOrigin(own);
+  }
+
   if (frag.has('token')) {
     try { sessionStorage.setItem(TOKEN_KEY, frag.get('token')); } catch (e) { /* storage disabled: keep in memory */ }
     settings.token = frag.get('token');
@@ -285,6 +311,14 @@
     if (u.protocol === 'http:') u.protocol = 'ws:';
     if (u.protocol === 'https:') u.protocol = 'wss:';
     setText($('channel-url'), u.toString());
+    if (!mayConnect(u.toString(), !settings.wsOverride, agg.status)) {
+      // A #ws= may name this bridge's own channel: /status tells.
+      if (!agg.status) { setConnection('connecting', 'waiting for /status'); return; }
+      // Final: no retry, and the token never leaves the page.
+      setConnection('refused', '#ws= names ' + wsOrigin(u.toString()) + ', which is not this bridge\'s channel; '
+        + 'the token is not sent there (list it in status.dashboard_channel_origins to allow it)');
+      return;
+    }
     u.searchParams.set('key', settings.token);
     if (settings.perMessage) u.searchParams.set('records_per_message', String(settings.perMessage));
     const since = agg.lastSeq != null ? agg.lastSeq + 1 : settings.since;
@@ -361,6 +395,9 @@
         } else if (!base && !ws) {
           setConnection('no-channel', 'no [channel] configured; files and sinks only');
         }
+      } else if (!ws && !retryTimer && agg.connection === 'connecting') {
+        // A #ws= that waited for /status to be checked.
+        connect();
       }
       // The bridge is answering again: do not wait out a long back-off.
       if (!ws && retryTimer && retryMs > RECONNECT_MIN_MS * 4) { clearTimeout(retryTimer); retryTimer = null; connect(); }

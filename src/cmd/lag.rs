@@ -38,6 +38,9 @@ pub const EXIT_NOT_RUNNING: i32 = 3;
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
 /// The default status URL (`[status] listen`'s default).
 pub const DEFAULT_URL: &str = "http://127.0.0.1:8791";
+/// The largest `/status` document read. Thousands of files make a few MB;
+/// whatever answers at the URL cannot make `lag` hold more.
+const MAX_STATUS_BYTES: usize = 64 << 20;
 
 /// Runs the command; returns the exit code.
 pub fn run(args: LagArgs) -> anyhow::Result<i32> {
@@ -131,13 +134,25 @@ async fn fetch(client: &reqwest::Client, base: &str) -> Result<(Status, serde_js
     if !resp.status().is_success() {
         return Err(FetchError::Other(anyhow::anyhow!("GET {url}: HTTP {}", resp.status())));
     }
-    let body = resp.bytes().await.map_err(|e| {
-        if e.is_timeout() {
-            FetchError::NotRunning
-        } else {
-            FetchError::Other(anyhow::Error::new(e).context(format!("reading {url}")))
+    let mut resp = resp;
+    let mut body = Vec::new();
+    loop {
+        let chunk = resp.chunk().await.map_err(|e| {
+            if e.is_timeout() {
+                FetchError::NotRunning
+            } else {
+                FetchError::Other(anyhow::Error::new(e).context(format!("reading {url}")))
+            }
+        })?;
+        let Some(chunk) = chunk else { break };
+        if body.len() + chunk.len() > MAX_STATUS_BYTES {
+            return Err(FetchError::Other(anyhow::anyhow!(
+                "{url} sent more than {} MiB: not a bridge's status document",
+                MAX_STATUS_BYTES >> 20
+            )));
         }
-    })?;
+        body.extend_from_slice(&chunk);
+    }
     let raw: serde_json::Value =
         serde_json::from_slice(&body).map_err(|e| FetchError::Other(anyhow::anyhow!("{url} did not return JSON: {e}")))?;
     let status: Status = serde_json::from_value(raw.clone())

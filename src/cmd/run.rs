@@ -49,6 +49,8 @@ pub fn run(args: RunArgs) -> anyhow::Result<i32> {
             eprintln!("calllog-bridge: {e}");
             return Ok(EXIT_CONFIG);
         }
+        // Before any listener or file is opened.
+        crate::listener::raise_fd_limit();
         let waiter = tokio::spawn(signals.wait(shutdown.clone()));
         let res = crate::bridge::run_with_reload(cfg, shutdown.clone(), Some(reloads)).await;
         waiter.abort();

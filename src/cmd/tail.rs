@@ -6,7 +6,15 @@
 //! (time, status, method, service, uri, total time, sync delay). On a
 //! dropped connection it reconnects with backoff and `since=<last seq + 1>`,
 //! so nothing is printed twice and nothing the bridge still holds is
-//! missed; a `{"lost":...}` notice is reported on stderr.
+//! missed; a `{"lost":...}` notice is reported on stderr (with the running
+//! total), and the next reconnect asks from where the notice said records
+//! resume, so back-to-back notices never count the same records twice.
+//!
+//! The server is a peer like any other: connecting and the handshake are
+//! bounded by `DIAL_TIMEOUT` (10 s), a message by `MAX_MESSAGE_BYTES` (16 MiB), and
+//! text from the server that reaches the terminal outside the JSON records
+//! (close reasons, refusal bodies, `--table` cells) has its control
+//! characters escaped.
 //!
 //! Exit codes: 0 after `--count` records (or, with `--no-reconnect`, when
 //! the server closes the connection); [`EXIT_AUTH`] when the channel refuses
@@ -24,6 +32,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::WebSocketStream;
 
@@ -38,6 +47,15 @@ const MIN_BACKOFF: Duration = Duration::from_millis(500);
 
 /// Longest wait between reconnect attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// Connecting (TCP, TLS, WebSocket handshake) takes at most this long; a
+/// server that accepts and says nothing is retried, not waited on forever.
+const DIAL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The largest server message read (1,000 records per message, the most a
+/// client may ask of the bridge, are a few MB); a larger one ends the
+/// connection rather than the client's memory.
+const MAX_MESSAGE_BYTES: usize = 16 << 20;
 
 /// Runs the command; returns the exit code.
 pub fn run(args: TailArgs) -> anyhow::Result<i32> {
@@ -171,10 +189,14 @@ enum DialError {
 
 /// What the client keeps across reconnects.
 struct Progress {
-    /// `seq` of the last message received.
+    /// `seq` of the last message received, or the sequence number before
+    /// the `first_available` of the last lost notice: the next connection
+    /// asks from the one after.
     last_seq: Option<u64>,
     /// Records printed so far.
     printed: u64,
+    /// Records reported lost so far, over every notice.
+    lost: u64,
 }
 
 async fn tail(args: TailArgs) -> anyhow::Result<i32> {
@@ -191,7 +213,7 @@ async fn tail(args: TailArgs) -> anyhow::Result<i32> {
     let tls = if target.tls { Some(tls_connector(args.ca_file.as_deref())?) } else { None };
     let stdout = std::io::stdout();
     let mut out = Output { w: std::io::BufWriter::new(stdout.lock()), table: args.table, header_done: false };
-    let mut progress = Progress { last_seq: None, printed: 0 };
+    let mut progress = Progress { last_seq: None, printed: 0, lost: 0 };
     let mut backoff = MIN_BACKOFF;
     loop {
         let since = progress.last_seq.map(|s| s + 1).or(args.since);
@@ -245,15 +267,25 @@ enum Conn {
 }
 
 async fn dial(target: &Target, url: &str, tls: Option<&tokio_rustls::TlsConnector>) -> Result<Conn, DialError> {
+    match tokio::time::timeout(DIAL_TIMEOUT, dial_once(target, url, tls)).await {
+        Ok(r) => r,
+        Err(_) => Err(DialError::Retry(format!("no answer within {}s", DIAL_TIMEOUT.as_secs()))),
+    }
+}
+
+async fn dial_once(target: &Target, url: &str, tls: Option<&tokio_rustls::TlsConnector>) -> Result<Conn, DialError> {
     let tcp = TcpStream::connect((target.host.as_str(), target.port)).await.map_err(|e| DialError::Retry(e.to_string()))?;
     let _ = tcp.set_nodelay(true);
+    let config = Some(WebSocketConfig::default().max_message_size(Some(MAX_MESSAGE_BYTES)).max_frame_size(Some(MAX_MESSAGE_BYTES)));
     match tls {
-        None => tokio_tungstenite::client_async(url, tcp).await.map(|(ws, _)| Conn::Plain(Box::new(ws))).map_err(classify),
+        None => {
+            tokio_tungstenite::client_async_with_config(url, tcp, config).await.map(|(ws, _)| Conn::Plain(Box::new(ws))).map_err(classify)
+        }
         Some(connector) => {
             let name = rustls::pki_types::ServerName::try_from(target.host.clone())
                 .map_err(|e| DialError::Refused(format!("bad host name for TLS: {e}")))?;
             let stream = connector.connect(name, tcp).await.map_err(|e| DialError::Retry(format!("TLS: {e}")))?;
-            tokio_tungstenite::client_async(url, stream).await.map(|(ws, _)| Conn::Tls(Box::new(ws))).map_err(classify)
+            tokio_tungstenite::client_async_with_config(url, stream, config).await.map(|(ws, _)| Conn::Tls(Box::new(ws))).map_err(classify)
         }
     }
 }
@@ -261,7 +293,7 @@ async fn dial(target: &Target, url: &str, tls: Option<&tokio_rustls::TlsConnecto
 fn classify(e: tungstenite::Error) -> DialError {
     match e {
         tungstenite::Error::Http(resp) => {
-            let body = resp.body().as_ref().map(|b| String::from_utf8_lossy(b).trim().to_string()).unwrap_or_default();
+            let body = resp.body().as_ref().map(|b| printable(String::from_utf8_lossy(b).trim())).unwrap_or_default();
             let status = resp.status().as_u16();
             match status {
                 401 | 403 => DialError::Auth,
@@ -309,7 +341,7 @@ where
             },
             Message::Close(f) => {
                 let why = match f {
-                    Some(f) => format!("closed by the server ({}: {})", u16::from(f.code), f.reason),
+                    Some(f) => format!("closed by the server ({}: {})", u16::from(f.code), printable(&f.reason)),
                     None => "closed by the server".into(),
                 };
                 return Ended::Disconnected { why, progress: got_any };
@@ -328,11 +360,19 @@ where
         };
         got_any = true;
         if let Some(lost) = m.lost {
+            progress.lost = progress.lost.saturating_add(lost);
             eprintln!(
-                "calllog-bridge: warning: {lost} records are no longer available (asked from {}, resuming at {})",
+                "calllog-bridge: warning: {lost} records are no longer available (asked from {}, resuming at {}; {} lost in total)",
                 m.since.map_or("?".into(), |s| s.to_string()),
-                m.first_available.map_or("?".into(), |s| s.to_string())
+                m.first_available.map_or("?".into(), |s| s.to_string()),
+                progress.lost
             );
+            // Should the connection end before a record arrives, the next
+            // one asks from where this notice said records resume, so the
+            // next notice counts only what was lost since.
+            if let Some(f) = m.first_available.filter(|&f| f > 0) {
+                progress.last_seq = Some(f - 1);
+            }
         }
         for r in &m.data {
             if out.record(r).is_err() {
@@ -392,9 +432,10 @@ fn table_header() -> String {
 /// One compact line: time, status, method, service, uri, total time,
 /// sync delay.
 fn table_row(f: &std::collections::HashMap<&str, serde_json::Value>) -> String {
+    // Values are the server's: escaped, so a record cannot drive the terminal.
     let s = |k: &str| -> String {
         match f.get(k) {
-            Some(serde_json::Value::String(v)) => v.clone(),
+            Some(serde_json::Value::String(v)) => printable(v),
             Some(serde_json::Value::Null) | None => String::new(),
             Some(v) => v.to_string(),
         }
@@ -421,6 +462,14 @@ fn table_row(f: &std::collections::HashMap<&str, serde_json::Value>) -> String {
         total,
         delay
     )
+}
+
+/// `v` with control characters (ESC, CR, C1 controls, ...) escaped
+/// ([`crate::logsafe::Escaped`], the one helper for peer text): server text
+/// printed on a terminal cannot move the cursor, recolour or retitle it, or
+/// forge a line.
+fn printable(v: &str) -> String {
+    crate::logsafe::Escaped(v).to_string()
 }
 
 fn human_ms(ms: i64) -> String {
@@ -504,5 +553,15 @@ mod tests {
         assert_eq!(human_ms(-250), "-250ms");
         assert_eq!(human_ms(90_000), "1.5m");
         assert_eq!(clip("abcdef", 4), "abc…");
+    }
+
+    #[test]
+    fn server_text_is_printed_without_control_characters() {
+        assert_eq!(printable("plain é"), "plain é");
+        assert_eq!(printable("a\u{1b}[2Jb\r\nc\u{9b}d"), "a\\u{1b}[2Jb\\r\\nc\\u{9b}d");
+        let json = r#"{"uri":"/x\u001b]0;pwned\u0007","http_status_code":"200"}"#;
+        let f: std::collections::HashMap<&str, serde_json::Value> = serde_json::from_str(json).unwrap();
+        let row = table_row(&f);
+        assert!(!row.chars().any(char::is_control), "{row:?}");
     }
 }

@@ -97,10 +97,15 @@ impl ChannelConfig {
         parse_listen("channel.listen", &self.listen)
     }
 
-    /// The token from `token` or `token_file`.
+    /// The token from `token` or `token_file`, refused when weak
+    /// ([`check_token`]).
     pub fn token(&self) -> Result<Secret, ConfigError> {
-        Secret::resolve(self.token.as_ref().map(Secret::expose), self.token_file.as_deref(), "channel.token", "channel.token_file")?
-            .ok_or_else(|| ConfigError::invalid("channel.token", "a token is required: set `token_file` (or `token`)"))
+        let token =
+            Secret::resolve(self.token.as_ref().map(Secret::expose), self.token_file.as_deref(), "channel.token", "channel.token_file")?
+                .ok_or_else(|| ConfigError::invalid("channel.token", "a token is required: set `token_file` (or `token`)"))?;
+        let key = if self.token.is_some() { "channel.token" } else { "channel.token_file" };
+        check_token(key, &token)?;
+        Ok(token)
     }
 
     pub(super) fn validate(&self, key: &str) -> Result<(), ConfigError> {
@@ -132,6 +137,30 @@ impl ChannelConfig {
     }
 }
 
+/// The shortest token the bridge accepts from its clients, in bytes:
+/// 128 bits when the token is random (`openssl rand -hex 16` gives 32
+/// characters), too long to guess over a socket.
+pub const MIN_TOKEN_BYTES: usize = 16;
+
+/// Refuses a token the bridge would check that is empty, shorter than
+/// [`MIN_TOKEN_BYTES`], or holds whitespace or control characters (a
+/// token of one space, a stray blank from a copy and paste: none of it
+/// survives a URL's `?key=` intact). `key` names the config key in the
+/// error; the token itself never appears in it.
+pub fn check_token(key: &str, token: &Secret) -> Result<(), ConfigError> {
+    let t = token.expose();
+    if t.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(ConfigError::invalid(key, "the token contains whitespace or control characters; use printable characters only"));
+    }
+    if t.len() < MIN_TOKEN_BYTES {
+        return Err(ConfigError::invalid(
+            key,
+            format!("the token is {} bytes; at least {MIN_TOKEN_BYTES} are required (for example `openssl rand -hex 16`)", t.len()),
+        ));
+    }
+    Ok(())
+}
+
 /// Checks that `path` holds a PEM certificate (or, with `private_key`, a
 /// PEM private key), naming `key` when it does not.
 fn check_pem(key: &str, path: &Path, private_key: bool) -> Result<(), ConfigError> {
@@ -146,5 +175,44 @@ fn check_pem(key: &str, path: &Path, private_key: bool) -> Result<(), ConfigErro
     } else {
         let what = if private_key { "a PEM private key" } else { "a PEM certificate" };
         Err(ConfigError::invalid(key, format!("{} does not hold {what}", path.display())))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn weak_tokens_are_refused_naming_the_key_never_the_token() {
+        let check = |t: &str, ok: bool| {
+            let r = check_token("channel.token", &Secret::new(t));
+            assert_eq!(r.is_ok(), ok, "{t:?}: {r:?}");
+            if let Err(e) = r {
+                let msg = e.to_string();
+                assert!(msg.contains("channel.token"), "{msg}");
+                assert!(t.trim().is_empty() || !msg.contains(t), "the token is not echoed: {msg}");
+            }
+        };
+        check("", false);
+        check(" ", false);
+        check("                ", false);
+        check("short-token", false);
+        check("0123456789abcde", false);
+        check("0123456789abcdef", true);
+        check("0123456789abcdef ", false);
+        check("01234567 89abcdef", false);
+        check("0123456789abcdef\t", false);
+        check("0123456789abcdef\u{7f}", false);
+        check("ünïcödé-tökén-ok", true);
+    }
+
+    #[test]
+    fn the_token_file_is_named_when_it_holds_the_weak_token() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("channel.token");
+        std::fs::write(&f, "tiny\n").unwrap();
+        let c: ChannelConfig = toml::from_str(&format!("token_file = {:?}", f.display().to_string())).unwrap();
+        let e = c.token().unwrap_err().to_string();
+        assert!(e.contains("channel.token_file") && e.contains("4 bytes"), "{e}");
     }
 }

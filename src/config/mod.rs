@@ -18,11 +18,11 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-pub use channel::ChannelConfig;
+pub use channel::{check_token, ChannelConfig, MIN_TOKEN_BYTES};
 pub use enrich::EnrichConfig;
 pub use output::FileOutputConfig;
 pub use source::{ReadFrom, SourceConfig};
-pub use status::StatusConfig;
+pub use status::{ws_origin, StatusConfig};
 pub use upstream::{AuthFailures, Compression, UpstreamAuth, UpstreamConfig, UpstreamFormat};
 
 /// Exit code for an invalid configuration (EX_USAGE, as linkerd2-proxy).

@@ -31,6 +31,13 @@ pub struct StatusConfig {
     /// Set to false to run without the status listener.
     #[serde(default = "default_true")]
     pub enabled: bool,
+    /// WebSocket origins (`wss://host[:port]`) the dashboard may subscribe
+    /// to besides the bridge's own channel and the page's own origin: a
+    /// channel behind a reverse proxy, named with `#ws=` in the page's URL.
+    /// The page sends the channel token nowhere else, and its
+    /// Content-Security-Policy allows no other WebSocket origin.
+    #[serde(default)]
+    pub dashboard_channel_origins: Vec<String>,
 }
 
 fn default_listen() -> SocketAddr {
@@ -63,6 +70,7 @@ impl Default for StatusConfig {
             idle_after_secs: default_idle_after_secs(),
             stalled_after_secs: default_stalled_after_secs(),
             enabled: true,
+            dashboard_channel_origins: Vec::new(),
         }
     }
 }
@@ -78,6 +86,84 @@ impl StatusConfig {
         if self.stalled_after_secs == 0 {
             return Err(ConfigError::invalid(format!("{key}.stalled_after_secs"), "must be > 0"));
         }
+        for o in &self.dashboard_channel_origins {
+            if ws_origin(o).is_none() {
+                return Err(ConfigError::invalid(
+                    format!("{key}.dashboard_channel_origins"),
+                    format!("`{o}` is not a WebSocket origin: write ws://HOST[:PORT] or wss://HOST[:PORT], with no path"),
+                ));
+            }
+        }
         Ok(())
+    }
+}
+
+/// A WebSocket origin, normalised as browsers write origins (`scheme://host`
+/// or `scheme://host:port`, lower case, the scheme's default port left
+/// out); `None` unless `v` is `ws://` or `wss://` and a host name, IPv4 or
+/// bracketed IPv6 address, with an optional port and nothing else (it goes
+/// into a Content-Security-Policy and an HTML attribute).
+pub fn ws_origin(v: &str) -> Option<String> {
+    let v = v.trim().to_ascii_lowercase();
+    let (scheme, rest) = v.split_once("://")?;
+    let default_port = match scheme {
+        "ws" => 80,
+        "wss" => 443,
+        _ => return None,
+    };
+    let rest = rest.strip_suffix('/').unwrap_or(rest);
+    let (host, port) = match rest.strip_prefix('[') {
+        Some(r) => {
+            let (inner, after) = r.split_once(']')?;
+            if inner.is_empty() || !inner.bytes().all(|b| b.is_ascii_hexdigit() || b == b':' || b == b'.') {
+                return None;
+            }
+            (format!("[{inner}]"), after)
+        }
+        None => {
+            let end = rest.find(':').unwrap_or(rest.len());
+            let host = &rest[..end];
+            if host.is_empty() || !host.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-') {
+                return None;
+            }
+            (host.to_string(), &rest[end..])
+        }
+    };
+    let port = match port {
+        "" => None,
+        p => Some(p.strip_prefix(':')?.parse::<u16>().ok()?),
+    };
+    Some(match port {
+        Some(p) if p != default_port => format!("{scheme}://{host}:{p}"),
+        _ => format!("{scheme}://{host}"),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn websocket_origins() {
+        let check = |v: &str, want: Option<&str>| assert_eq!(ws_origin(v).as_deref(), want, "{v}");
+        check("wss://Bridge.Example.com", Some("wss://bridge.example.com"));
+        check("wss://bridge.example.com:443/", Some("wss://bridge.example.com"));
+        check("ws://10.0.0.5:8790", Some("ws://10.0.0.5:8790"));
+        check("ws://[::1]:8790", Some("ws://[::1]:8790"));
+        check("ws://h:80", Some("ws://h"));
+        for bad in [
+            "https://h",
+            "ws://",
+            "ws://h/stream",
+            "ws://h:x",
+            "ws://h:99999",
+            "ws://h; connect-src *",
+            "ws://*",
+            "ws://h\"x",
+            "wss://[zz]:1",
+            "h:1",
+        ] {
+            check(bad, None);
+        }
     }
 }

@@ -18,14 +18,30 @@
 //! `request_uuid`. Aggregates are on `window.__dashboard` (see
 //! `snapshot()`) for tests and the browser console.
 //!
-//! Invariant: this module only serves static bytes. It never sees the
-//! channel token and holds no state; everything live comes from `/status`
-//! and the channel, which do their own authorisation.
+//! The token goes only where this bridge says: the page subscribes to the
+//! channel that `/status` names, to its own origin, or to an origin listed
+//! in `[status] dashboard_channel_origins` ([`Policy`]); a `#ws=` naming any
+//! other origin is refused in the page, and the Content-Security-Policy's
+//! `connect-src` allows exactly those origins, so a crafted link cannot
+//! make the browser send the token elsewhere.
+//!
+//! Invariant: this module serves fixed bytes (the allow-list is written
+//! into the page's `channel-origins` meta tag) with a policy computed per
+//! request. It never sees the channel token and holds no state; everything
+//! live comes from `/status` and the channel, which do their own
+//! authorisation.
 
-use axum::http::header::{HeaderName, CACHE_CONTROL, CONTENT_SECURITY_POLICY, CONTENT_TYPE, X_CONTENT_TYPE_OPTIONS, X_FRAME_OPTIONS};
-use axum::response::IntoResponse;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use axum::http::header::{HeaderName, CACHE_CONTROL, CONTENT_SECURITY_POLICY, CONTENT_TYPE, HOST, X_CONTENT_TYPE_OPTIONS, X_FRAME_OPTIONS};
+use axum::http::{HeaderMap, HeaderValue};
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
+
+use super::{ChannelInfo, Telemetry};
+use crate::config::StatusConfig;
 
 /// The page.
 pub const INDEX_HTML: &str = include_str!("../../assets/dashboard/index.html");
@@ -42,46 +58,123 @@ pub const APP_JS_PATH: &str = "/dashboard/app.js";
 /// Path of the style sheet.
 pub const STYLE_CSS_PATH: &str = "/dashboard/style.css";
 
-/// Everything from this origin only; the channel is another port, so
-/// `connect-src` also allows WebSocket URLs. No inline script, no eval.
-const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
-                   connect-src 'self' ws: wss:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
+/// In `index.html`, replaced by the allow-list (space-separated origins).
+const ORIGINS_PLACEHOLDER: &str = "{{channel_origins}}";
+
+/// Where the page may subscribe besides its own origin and the channel
+/// `/status` names.
+#[derive(Clone, Debug, Default)]
+pub struct Policy {
+    /// WebSocket origins from `[status] dashboard_channel_origins`,
+    /// normalised (`wss://host[:port]`, lower case, default port left out).
+    pub channel_origins: Arc<[String]>,
+}
+
+impl From<&StatusConfig> for Policy {
+    fn from(c: &StatusConfig) -> Self {
+        // The config validated them; an entry that does not normalise is skipped.
+        Policy { channel_origins: c.dashboard_channel_origins.iter().filter_map(|o| crate::config::ws_origin(o)).collect() }
+    }
+}
 
 /// The dashboard's routes, to merge into the status router:
-/// `router.merge(dashboard::routes())`.
-pub fn routes<S: Clone + Send + Sync + 'static>() -> Router<S> {
-    Router::new().route(INDEX_PATH, get(index)).route(APP_JS_PATH, get(app_js)).route(STYLE_CSS_PATH, get(style_css))
+/// `router.merge(dashboard::routes(policy, telemetry))`.
+pub fn routes<S: Clone + Send + Sync + 'static>(policy: Policy, telemetry: Telemetry) -> Router<S> {
+    let page = Page(Arc::new((policy, telemetry)));
+    let (p1, p2, p3) = (page.clone(), page.clone(), page);
+    Router::new()
+        .route(INDEX_PATH, get(move |h: HeaderMap| async move { p1.serve(&h, "text/html; charset=utf-8", &p1.index_html()) }))
+        .route(APP_JS_PATH, get(move |h: HeaderMap| async move { p2.serve(&h, "text/javascript; charset=utf-8", APP_JS) }))
+        .route(STYLE_CSS_PATH, get(move |h: HeaderMap| async move { p3.serve(&h, "text/css; charset=utf-8", STYLE_CSS) }))
 }
 
-/// `GET /`: the page.
-pub async fn index() -> impl IntoResponse {
-    asset("text/html; charset=utf-8", INDEX_HTML)
+/// What the handlers need: the allow-list and where the channel listens.
+#[derive(Clone)]
+struct Page(Arc<(Policy, Telemetry)>);
+
+impl Page {
+    /// The page with the allow-list in its `channel-origins` meta tag.
+    fn index_html(&self) -> String {
+        INDEX_HTML.replace(ORIGINS_PLACEHOLDER, &self.0 .0.channel_origins.join(" "))
+    }
+
+    fn serve(&self, headers: &HeaderMap, content_type: &'static str, body: &str) -> Response {
+        let host = headers.get(HOST).and_then(|h| h.to_str().ok());
+        let policy = csp(self.0 .1.channel().as_ref(), host, &self.0 .0.channel_origins);
+        // Every part of the policy is validated ASCII; fall back to the
+        // strictest policy should that ever not hold.
+        let policy = HeaderValue::from_str(&policy).unwrap_or(HeaderValue::from_static("default-src 'none'"));
+        (
+            [
+                (CONTENT_TYPE, HeaderValue::from_static(content_type)),
+                // Small and versioned with the binary: revalidate, never serve a
+                // stale page after an upgrade.
+                (CACHE_CONTROL, HeaderValue::from_static("no-cache")),
+                (CONTENT_SECURITY_POLICY, policy),
+                (X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff")),
+                (X_FRAME_OPTIONS, HeaderValue::from_static("DENY")),
+                (HeaderName::from_static("referrer-policy"), HeaderValue::from_static("no-referrer")),
+            ],
+            body.to_string(),
+        )
+            .into_response()
+    }
 }
 
-/// `GET /dashboard/app.js`.
-pub async fn app_js() -> impl IntoResponse {
-    asset("text/javascript; charset=utf-8", APP_JS)
-}
-
-/// `GET /dashboard/style.css`.
-pub async fn style_css() -> impl IntoResponse {
-    asset("text/css; charset=utf-8", STYLE_CSS)
-}
-
-fn asset(content_type: &'static str, body: &'static str) -> impl IntoResponse {
-    (
-        [
-            (CONTENT_TYPE, content_type),
-            // Small and versioned with the binary: revalidate, never serve a
-            // stale page after an upgrade.
-            (CACHE_CONTROL, "no-cache"),
-            (CONTENT_SECURITY_POLICY, CSP),
-            (X_CONTENT_TYPE_OPTIONS, "nosniff"),
-            (X_FRAME_OPTIONS, "DENY"),
-            (HeaderName::from_static("referrer-policy"), "no-referrer"),
-        ],
-        body,
+/// The Content-Security-Policy: everything from this origin only, no
+/// inline script, no eval; `connect-src` allows this origin (`/status`,
+/// and a channel served under the same origin by a proxy), the bridge's
+/// channel (`channel`, as the page reaches it from `host`, the request's
+/// `Host`), and the allow-list. No other WebSocket origin.
+pub fn csp(channel: Option<&ChannelInfo>, host: Option<&str>, allowed: &[String]) -> String {
+    let mut connect = String::from("'self'");
+    if let Some(origin) = channel.and_then(|c| channel_origin(c, host)) {
+        connect.push(' ');
+        connect.push_str(&origin);
+    }
+    for o in allowed {
+        connect.push(' ');
+        connect.push_str(o);
+    }
+    format!(
+        "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src {connect}; \
+         base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
     )
+}
+
+/// The channel's WebSocket origin as the page computes it from `/status`
+/// (`channelFromStatus` in app.js): its listen address, or the page's host
+/// when the channel listens on every address. `None` when `host` is needed
+/// and is not a plain host name or address.
+pub fn channel_origin(channel: &ChannelInfo, host: Option<&str>) -> Option<String> {
+    let addr: SocketAddr = channel.listen.parse().ok()?;
+    let scheme = if channel.tls { "wss" } else { "ws" };
+    let name = match addr.ip() {
+        ip if ip.is_unspecified() => hostname(host?)?,
+        IpAddr::V4(ip) => ip.to_string(),
+        IpAddr::V6(ip) => format!("[{ip}]"),
+    };
+    Some(format!("{scheme}://{name}:{}", addr.port()))
+}
+
+/// The host name of a `Host` header value (`name[:port]`, `[v6][:port]`),
+/// lower case; `None` unless it is made of host-name characters only (it
+/// goes into a header).
+fn hostname(host: &str) -> Option<String> {
+    let name = match host.strip_prefix('[') {
+        Some(rest) => {
+            let (inner, _) = rest.split_once(']')?;
+            if inner.is_empty() || !inner.bytes().all(|b| b.is_ascii_hexdigit() || b == b':' || b == b'.') {
+                return None;
+            }
+            return Some(format!("[{}]", inner.to_ascii_lowercase()));
+        }
+        None => host.split(':').next().unwrap_or(""),
+    };
+    if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-') {
+        return None;
+    }
+    Some(name.to_ascii_lowercase())
 }
 
 #[cfg(test)]

@@ -37,8 +37,8 @@
 //! | `oldest_undelivered_age_seconds` | gauge | sink | 0 when nothing is pending |
 //! | `channel_connections` | gauge | | WebSocket connections open now |
 //! | `channel_connections_accepted_total` | counter | | connections upgraded |
-//! | `channel_refused_total` | counter | reason | handshakes refused: `unauthorized` (401), `not_found` (404), `bad_request` (400), `too_many_connections` (503) |
-//! | `channel_closed_total` | counter | reason | connections closed: `slow_consumer`, `ping_timeout`, `token_changed`, `shutdown`, `client` (by the client) |
+//! | `channel_refused_total` | counter | reason | handshakes refused: `unauthorized` (401), `not_found` (404), `bad_request` (400, 431), `too_many_connections` (503), `not_websocket` (426, 405), `handshake_timeout`, `handshake_evicted` (a pending handshake closed to admit a newer connection) |
+//! | `channel_closed_total` | counter | reason | connections closed: `slow_consumer`, `ping_timeout`, `token_changed`, `shutdown`, `protocol_error` (1002, 1007, 1009), `client` (by the client) |
 //! | `channel_messages_sent_total`, `channel_records_sent_total`, `channel_records_replayed_total`, `channel_lost_notices_total` | counter | | frames written to clients |
 //! | `channel_ring_records`, `channel_ring_bytes` | gauge | | what the replay ring holds |
 //! | `enrich_lookups_total` | counter | table, result (`hit`, `miss`) | lookups of loaded tables |
@@ -393,13 +393,13 @@ fn encode_channel(enc: &mut DescriptorEncoder<'_>, ch: &ChannelStats) -> fmt::Re
     counter(
         enc,
         "calllog_bridge_channel_refused",
-        "Handshakes refused, by reason (unauthorized 401, not_found 404, bad_request 400, too_many_connections 503)",
+        "Handshakes refused, by reason (unauthorized 401, not_found 404, bad_request 400/431, too_many_connections 503, not_websocket 426/405, handshake_timeout, handshake_evicted)",
         &by_reason(&channel_refusals(ch)),
     )?;
     counter(
         enc,
         "calllog_bridge_channel_closed",
-        "Connections closed, by reason (slow_consumer, ping_timeout, token_changed, shutdown; client: by the client)",
+        "Connections closed, by reason (slow_consumer, ping_timeout, token_changed, shutdown, protocol_error; client: by the client)",
         &by_reason(&channel_closes(ch)),
     )?;
     counter(enc, "calllog_bridge_channel_messages_sent", "Messages written to clients", &[(none(), ch.messages_sent.load(Relaxed))])?;

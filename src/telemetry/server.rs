@@ -13,11 +13,21 @@
 //! `CancellationToken`), so tests and the bridge stop it the same way.
 //! At most [`MAX_CONCURRENT_REQUESTS`] requests are served at once; more
 //! get 503 rather than queueing without bound.
+//!
+//! Every peer is bounded: at most [`MAX_CONNECTIONS`] sockets are open
+//! (a slot is taken before `accept`; when all are taken, the longest-idle
+//! connection is closed to admit the new one, see [`crate::listener`]), a
+//! connection with no request in flight for [`IDLE_TIMEOUT`] is closed
+//! (this also ends a request head trickled byte by byte), and a request
+//! head is at most [`MAX_REQUEST_HEAD_BYTES`] and [`MAX_HEADERS`] headers
+//! (431 beyond). HTTP/1.1 only: the clients are a scraper, `lag` and a
+//! browser.
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use axum::extract::{Request, State};
@@ -26,21 +36,53 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use tokio::net::TcpListener;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, warn};
 
 use super::status::StatusSettings;
 use super::Telemetry;
 use super::{dashboard, metrics};
 use crate::config::StatusConfig;
+use crate::listener::{Gate, Slot};
 use crate::time;
 
 /// Requests served concurrently; the status page is for a scraper and a
 /// few operators, so a small bound keeps a misbehaving client from
 /// using the bridge's CPU.
 pub const MAX_CONCURRENT_REQUESTS: usize = 32;
+
+/// Sockets open at once. A scraper, `lag` and a few browser tabs need a
+/// handful; the cap keeps idle or hostile peers from using up the
+/// process's file descriptors (the status listener shares them with the
+/// followed files and the channel).
+pub const MAX_CONNECTIONS: usize = 128;
+
+/// A connection with no request in flight for this long is closed: a
+/// keep-alive client reconnects for its next request; a peer that sends
+/// nothing, or a request head a byte at a time, holds its socket no longer.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A request head must be complete within this long after its first byte
+/// (hyper's own check; [`IDLE_TIMEOUT`] covers a connection that sends
+/// nothing at all).
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The largest request head (request line and headers) read; more is
+/// answered with 431. The endpoints take short URLs and no body. (hyper's
+/// smallest allowed buffer is 8 KiB.)
+pub const MAX_REQUEST_HEAD_BYTES: usize = 16 << 10;
+
+/// The most headers a request may carry (431 beyond).
+pub const MAX_HEADERS: usize = 32;
+
+/// At shutdown, requests in flight get this long to finish.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 /// Name of the file in the state directory that holds the bound address
 /// (useful with `listen = "127.0.0.1:0"`; `lag --config` reads it).
@@ -57,14 +99,15 @@ struct AppState {
 }
 
 /// The router with every endpoint (no listener).
-pub fn router(telemetry: Telemetry, settings: StatusSettings) -> Router {
+pub fn router(telemetry: Telemetry, settings: StatusSettings, dashboard: dashboard::Policy) -> Router {
+    let page = dashboard::routes(dashboard, telemetry.clone());
     let state = AppState { telemetry, settings, permits: Arc::new(Semaphore::new(MAX_CONCURRENT_REQUESTS)) };
     Router::new()
         .route("/metrics", get(get_metrics))
         .route("/status", get(get_status))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .merge(dashboard::routes())
+        .merge(page)
         .layer(axum::middleware::from_fn_with_state(state.clone(), limit))
         .with_state(state)
 }
@@ -101,14 +144,89 @@ async fn readyz(State(st): State<AppState>) -> Response {
 }
 
 /// Serves the endpoints on `listener` until `shutdown` completes, then
-/// finishes the requests in flight.
+/// finishes the requests in flight (idle connections close at once).
 pub async fn serve(
     listener: TcpListener,
     telemetry: Telemetry,
     settings: StatusSettings,
+    dashboard: dashboard::Policy,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(telemetry, settings)).with_graceful_shutdown(shutdown).await
+    let router = router(telemetry, settings, dashboard);
+    let gate = Gate::new("status", MAX_CONNECTIONS);
+    let tracker = TaskTracker::new();
+    let stop = CancellationToken::new();
+    tokio::pin!(shutdown);
+    loop {
+        // The slot first (mini-redis): a full listener makes room before
+        // it accepts, so it never holds more than MAX_CONNECTIONS sockets.
+        let slot = tokio::select! {
+            s = gate.acquire() => s,
+            _ = &mut shutdown => break,
+        };
+        let (tcp, peer) = tokio::select! {
+            a = listener.accept() => match a {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off briefly.
+                    warn!(error = %e, "status listener: accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            _ = &mut shutdown => break,
+        };
+        tracker.spawn(serve_connection(tcp, peer, slot, router.clone(), stop.clone()));
+    }
+    drop(listener);
+    stop.cancel();
+    tracker.close();
+    tracker.wait().await;
+    Ok(())
+}
+
+/// Serves one connection (HTTP/1.1, keep-alive) until the client closes
+/// it, it stays idle for [`IDLE_TIMEOUT`], the gate needs its slot, or
+/// `stop` (then in-flight requests get [`SHUTDOWN_GRACE`]).
+async fn serve_connection(tcp: TcpStream, peer: SocketAddr, slot: Slot, router: Router, stop: CancellationToken) {
+    let _ = tcp.set_nodelay(true);
+    let slot = Arc::new(slot);
+    let in_service = slot.clone();
+    let inner = TowerToHyperService::new(router);
+    // A request in flight marks the connection busy: never closed to make
+    // room, and its idle time starts when the response is handed over.
+    let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+        let busy = in_service.busy();
+        let response = hyper::service::Service::call(&inner, req);
+        async move {
+            let r = response.await;
+            drop(busy);
+            r
+        }
+    });
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT).max_buf_size(MAX_REQUEST_HEAD_BYTES).max_headers(MAX_HEADERS);
+    let conn = http.serve_connection(TokioIo::new(tcp), service);
+    tokio::pin!(conn);
+    tokio::select! {
+        r = conn.as_mut() => {
+            if let Err(e) = r {
+                debug!(%peer, error = %e, "status listener: connection ended with an error");
+            }
+            return;
+        }
+        _ = slot.evicted() => {
+            debug!(%peer, "status listener: idle connection closed to make room");
+            return;
+        }
+        _ = slot.idle_for(IDLE_TIMEOUT) => {
+            debug!(%peer, "status listener: idle connection closed");
+            return;
+        }
+        _ = stop.cancelled() => {}
+    }
+    conn.as_mut().graceful_shutdown();
+    let _ = tokio::time::timeout(SHUTDOWN_GRACE, conn).await;
 }
 
 /// A running status listener.
@@ -131,7 +249,8 @@ pub async fn start(cfg: &StatusConfig, telemetry: Telemetry, shutdown: Cancellat
     let listener = TcpListener::bind(cfg.listen).await.with_context(|| format!("cannot listen on status.listen = {}", cfg.listen))?;
     let addr = listener.local_addr().context("status listener address")?;
     let settings = StatusSettings::from(cfg);
-    let task = tokio::spawn(serve(listener, telemetry, settings, async move { shutdown.cancelled().await }));
+    let dashboard = dashboard::Policy::from(cfg);
+    let task = tokio::spawn(serve(listener, telemetry, settings, dashboard, async move { shutdown.cancelled().await }));
     Ok(StatusServer { addr, task })
 }
 

@@ -186,23 +186,27 @@ pub struct ChannelStatus {
 
 /// The refusal reasons of the channel, with the counter of each (bounded:
 /// the `reason` label of `calllog_bridge_channel_refused_total`).
-pub fn channel_refusals(s: &ChannelStats) -> [(&'static str, u64); 4] {
+pub fn channel_refusals(s: &ChannelStats) -> [(&'static str, u64); 7] {
     [
         ("unauthorized", s.refused_unauthorized.load(Ordering::Relaxed)),
         ("not_found", s.refused_not_found.load(Ordering::Relaxed)),
         ("bad_request", s.refused_bad_request.load(Ordering::Relaxed)),
         ("too_many_connections", s.refused_full.load(Ordering::Relaxed)),
+        ("not_websocket", s.refused_not_websocket.load(Ordering::Relaxed)),
+        ("handshake_timeout", s.handshake_timeout.load(Ordering::Relaxed)),
+        ("handshake_evicted", s.handshake_evicted.load(Ordering::Relaxed)),
     ]
 }
 
 /// The close reasons the channel counts, with the counter of each
 /// (bounded: the `reason` label of `calllog_bridge_channel_closed_total`).
-pub fn channel_closes(s: &ChannelStats) -> [(&'static str, u64); 5] {
+pub fn channel_closes(s: &ChannelStats) -> [(&'static str, u64); 6] {
     [
         ("slow_consumer", s.closed_slow_consumer.load(Ordering::Relaxed)),
         ("ping_timeout", s.closed_ping_timeout.load(Ordering::Relaxed)),
         ("token_changed", s.closed_token_changed.load(Ordering::Relaxed)),
         ("shutdown", s.closed_shutdown.load(Ordering::Relaxed)),
+        ("protocol_error", s.closed_protocol_error.load(Ordering::Relaxed)),
         ("client", s.closed_by_client.load(Ordering::Relaxed)),
     ]
 }

@@ -2,7 +2,9 @@
 // Edition traffic, the page in headless Chromium (Debian's package, driven
 // by playwright-core), and the numbers on the page compared with what the
 // simulator wrote. Then the bridge is restarted and the page must resume
-// from where it was (`since=<last seq + 1>`) with no gap.
+// from where it was (`since=<last seq + 1>`) with no gap. A second test
+// checks that a crafted `#ws=` cannot make the page send the token to
+// another host.
 //
 // Run by scripts/e2e.sh. Environment:
 //   BRIDGE_BIN  the calllog-bridge binary (default: target/debug/calllog-bridge)
@@ -14,6 +16,7 @@ import { spawn } from 'node:child_process';
 import { once } from 'node:events';
 import { randomBytes } from 'node:crypto';
 import fs from 'node:fs';
+import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -337,4 +340,68 @@ test('dashboard shows what was simulated and resumes after a bridge restart', { 
   await page.screenshot({ path: shot, fullPage: true });
   console.log(`# screenshot: ${shot}`);
   console.log(`# calls ${s2.calls}, last seq ${s2.lastSeq}, duplicates dropped ${s2.duplicates}, connects ${s2.connects}`);
+});
+
+test('a #ws= naming another host is not followed and the token is not sent there', { timeout: 60000 }, async (t) => {
+  fs.mkdirSync(OUT, { recursive: true });
+  const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'calllog-e2e-ws-'));
+  const logs = path.join(tmp, 'logs');
+  const stateDir = path.join(tmp, 'state');
+  fs.mkdirSync(logs);
+  fs.mkdirSync(stateDir);
+  const token = randomBytes(16).toString('hex');
+  const tokenFile = path.join(tmp, 'channel.token');
+  fs.writeFileSync(tokenFile, token + '\n', { mode: 0o600 });
+  const config = path.join(tmp, 'config.toml');
+  writeConfig(config, { stateDir, logs, tokenFile, channelListen: '127.0.0.1:0', statusListen: '127.0.0.1:0' });
+
+  // "elsewhere": a listener on another port that records every byte it gets.
+  const trapped = [];
+  const trap = net.createServer((sock) => {
+    trapped.push('');
+    sock.on('data', (d) => { trapped[trapped.length - 1] += d.toString('latin1'); });
+    sock.on('error', () => {});
+  });
+  await new Promise((r) => trap.listen(0, '127.0.0.1', r));
+  const elsewhere = `ws://127.0.0.1:${trap.address().port}/stream`;
+
+  const bridge = new Bridge(config, stateDir, 'bridge-ws.log');
+  const browser = await chromium.launch({ executablePath: CHROMIUM, args: ['--headless', '--no-sandbox', '--disable-gpu', '--no-first-run', '--disable-dev-shm-usage'] });
+  t.after(async () => {
+    bridge.kill();
+    await browser.close().catch(() => {});
+    trap.close();
+    fs.rmSync(tmp, { recursive: true, force: true });
+  });
+  const statusAddr = await bridge.addr('status');
+  const channelAddr = await bridge.addr('channel');
+
+  // The crafted link: the page refuses it, for good, without connecting.
+  const page = await browser.newPage();
+  let statusPolls = 0;
+  page.on('request', (r) => { if (new URL(r.url()).pathname === '/status') statusPolls++; });
+  const response = await page.goto(`http://${statusAddr}/#token=${token}&ws=${encodeURIComponent(elsewhere)}`);
+  const csp = response.headers()['content-security-policy'];
+  const connectSrc = csp.split(';').map((d) => d.trim()).find((d) => d.startsWith('connect-src '));
+  assert.equal(connectSrc, `connect-src 'self' ws://${channelAddr}`, 'the policy allows only this bridge\'s channel');
+  await waitFor('the page to refuse the #ws= target', async () => (await snap(page))?.connection === 'refused');
+  // Two /status polls later it still has not tried (no retry loop).
+  const polled = statusPolls;
+  await waitFor('two more /status polls', async () => statusPolls >= polled + 2);
+  assert.equal((await snap(page)).connection, 'refused');
+  assert.match(await page.textContent('#conn-state'), /not this bridge's channel/);
+  // Should the page's own check ever be bypassed, the browser blocks the connection (CSP).
+  const blocked = await page.evaluate((url) => new Promise((resolve) => {
+    document.addEventListener('securitypolicyviolation', (e) => resolve(e.violatedDirective), { once: true });
+    try { new WebSocket(url + '?key=probe'); } catch (e) { resolve('threw: ' + e.name); }
+  }), elsewhere);
+  assert.match(blocked, /connect-src|SecurityError/, 'the policy blocks other WebSocket origins');
+  await new Promise((r) => setTimeout(r, 500));
+  assert.deepEqual(trapped, [], 'nothing reached the other host, so neither did the token');
+
+  // The same parameter naming this bridge's own channel is followed.
+  const page2 = await browser.newPage();
+  await page2.goto(`http://${statusAddr}/#token=${token}&ws=${encodeURIComponent(`ws://${channelAddr}/stream`)}`);
+  await waitFor('the page to connect to the channel named by #ws=', async () => (await snap(page2))?.connection === 'open');
+  assert.deepEqual(trapped, []);
 });

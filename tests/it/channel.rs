@@ -25,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::support;
 
-const TOKEN: &str = "test-token-5f3a";
+const TOKEN: &str = "test-token-5f3a9c";
 /// Generous bound for anything that should happen "at once".
 const DEADLINE: Duration = Duration::from_secs(10);
 
@@ -179,7 +179,7 @@ async fn poll<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
 #[tokio::test]
 async fn records_arrive_in_the_ecls_shape_one_per_message() {
     let mut ch = Chan::start("").await;
-    let mut ws = connect(&ch.url("/ecls/subscribe/chan-1/eu?key=test-token-5f3a")).await;
+    let mut ws = connect(&ch.url("/ecls/subscribe/chan-1/eu?key=test-token-5f3a9c")).await;
     poll("connection registered", || (ch.handle.connections() == 1).then_some(())).await;
     let ids = ch.send(3).await;
     let mut got = Vec::new();
@@ -206,7 +206,7 @@ async fn records_arrive_in_the_ecls_shape_one_per_message() {
 #[tokio::test]
 async fn records_per_message_batches_and_short_path_works() {
     let mut ch = Chan::start("records_per_message = 50").await;
-    let mut ws = connect(&ch.url("/stream?key=test-token-5f3a")).await;
+    let mut ws = connect(&ch.url("/stream?key=test-token-5f3a9c")).await;
     poll("connection registered", || (ch.handle.connections() == 1).then_some(())).await;
     ch.send(120).await;
     let mut sizes = Vec::new();
@@ -226,8 +226,8 @@ async fn records_per_message_batches_and_short_path_works() {
 async fn a_client_may_ask_for_its_own_records_per_message() {
     // The channel sends one record per message; this client asks for 25.
     let mut ch = Chan::start("").await;
-    let mut batched = connect(&ch.url("/stream?key=test-token-5f3a&records_per_message=25")).await;
-    let mut plain = connect(&ch.url("/stream?key=test-token-5f3a")).await;
+    let mut batched = connect(&ch.url("/stream?key=test-token-5f3a9c&records_per_message=25")).await;
+    let mut plain = connect(&ch.url("/stream?key=test-token-5f3a9c")).await;
     poll("connections registered", || (ch.handle.connections() == 2).then_some(())).await;
     let ids = ch.send(100).await;
     let mut sizes = Vec::new();
@@ -242,20 +242,20 @@ async fn a_client_may_ask_for_its_own_records_per_message() {
     assert!(sizes.iter().all(|&n| n <= 25) && sizes.len() <= 8, "{sizes:?}");
     let (_, plain_ids) = read_records(&mut plain, 100).await;
     assert_eq!(plain_ids, ids, "the other client keeps one record per message");
-    assert_eq!(refused(&ch.url("/stream?key=test-token-5f3a&records_per_message=0")).await.0, 400);
-    assert_eq!(refused(&ch.url("/stream?key=test-token-5f3a&records_per_message=5000")).await.0, 400);
+    assert_eq!(refused(&ch.url("/stream?key=test-token-5f3a9c&records_per_message=0")).await.0, 400);
+    assert_eq!(refused(&ch.url("/stream?key=test-token-5f3a9c&records_per_message=5000")).await.0, 400);
 }
 
 #[tokio::test]
 async fn reloaded_batching_and_masking_apply_to_new_connections_and_records() {
     let mut ch = Chan::start("").await;
-    let mut before = connect(&ch.url("/stream?key=test-token-5f3a")).await;
+    let mut before = connect(&ch.url("/stream?key=test-token-5f3a9c")).await;
     poll("connection registered", || (ch.handle.connections() == 1).then_some(())).await;
     let toml = format!(
         "listen = \"127.0.0.1:0\"\ntoken = \"{TOKEN}\"\nchannel_id = \"chan-1\"\narea = \"eu\"\nrecords_per_message = 10\nmask_keep = 2\n"
     );
     ch.handle.reconfigure(&toml::from_str::<ChannelConfig>(&toml).unwrap());
-    let mut after = connect(&ch.url("/stream?key=test-token-5f3a")).await;
+    let mut after = connect(&ch.url("/stream?key=test-token-5f3a9c")).await;
     poll("connections registered", || (ch.handle.connections() == 2).then_some(())).await;
     let ids = ch.send(30).await;
     let mut sizes = Vec::new();
@@ -279,7 +279,7 @@ async fn reloaded_batching_and_masking_apply_to_new_connections_and_records() {
 #[tokio::test]
 async fn client_text_frames_get_response_to_answers() {
     let mut ch = Chan::start("").await;
-    let mut ws = connect(&ch.url("/stream?key=test-token-5f3a")).await;
+    let mut ws = connect(&ch.url("/stream?key=test-token-5f3a9c")).await;
     poll("connection registered", || (ch.handle.connections() == 1).then_some(())).await;
     ws.send(Message::text("1700000000123")).await.unwrap();
     ch.send(1).await;
@@ -310,10 +310,10 @@ async fn bad_token_wrong_path_and_bad_parameters_are_refused_before_upgrade() {
     assert!(!body.contains("guess-1234"), "the token is not echoed: {body}");
     assert_eq!(refused(&ch.url("/stream")).await.0, 401);
     assert_eq!(refused(&ch.url("/ecls/subscribe/chan-1/eu")).await.0, 401);
-    assert_eq!(refused(&ch.url("/ecls/subscribe/other/eu?key=test-token-5f3a")).await.0, 404);
-    assert_eq!(refused(&ch.url("/elsewhere?key=test-token-5f3a")).await.0, 404);
-    assert_eq!(refused(&ch.url("/stream?key=test-token-5f3a&since=abc")).await.0, 400);
-    assert_eq!(refused(&ch.url("/stream?key=test-token-5f3a&status=9xx")).await.0, 400);
+    assert_eq!(refused(&ch.url("/ecls/subscribe/other/eu?key=test-token-5f3a9c")).await.0, 404);
+    assert_eq!(refused(&ch.url("/elsewhere?key=test-token-5f3a9c")).await.0, 404);
+    assert_eq!(refused(&ch.url("/stream?key=test-token-5f3a9c&since=abc")).await.0, 400);
+    assert_eq!(refused(&ch.url("/stream?key=test-token-5f3a9c&status=9xx")).await.0, 400);
     let st = ch.handle.stats();
     assert_eq!(st.refused_unauthorized.load(Ordering::Relaxed), 3);
     assert_eq!(st.refused_not_found.load(Ordering::Relaxed), 2);
@@ -324,7 +324,7 @@ async fn bad_token_wrong_path_and_bad_parameters_are_refused_before_upgrade() {
 #[tokio::test]
 async fn the_sixth_connection_is_refused_with_a_reason() {
     let mut ch = Chan::start("").await;
-    let url = ch.url("/stream?key=test-token-5f3a");
+    let url = ch.url("/stream?key=test-token-5f3a9c");
     let mut clients = Vec::new();
     for _ in 0..5 {
         clients.push(connect(&url).await);
@@ -399,7 +399,7 @@ async fn a_stalled_client_is_closed_while_the_others_get_everything() {
     // average are never cut off by eviction; the stalled one goes over
     // its 4 MiB send-queue bound and stays there.
     let mut ch = Chan::start("send_queue_bytes = 4194304\nrecords_per_message = 20").await;
-    let url = ch.url("/stream?key=test-token-5f3a");
+    let url = ch.url("/stream?key=test-token-5f3a9c");
     // The stalled client never reads.
     let mut stalled = connect_small_buffer(&url, ch.handle.local_addr()).await;
     let mut readers = Vec::new();
@@ -448,7 +448,7 @@ async fn a_stalled_client_is_closed_while_the_others_get_everything() {
 #[tokio::test]
 async fn since_replays_with_no_gap_and_no_duplicate() {
     let mut ch = Chan::start("records_per_message = 7").await;
-    let url = ch.url("/stream?key=test-token-5f3a");
+    let url = ch.url("/stream?key=test-token-5f3a9c");
     let mut ws = connect(&url).await;
     poll("connection registered", || (ch.handle.connections() == 1).then_some(())).await;
     let first = ch.send(100).await;
@@ -475,7 +475,7 @@ async fn since_replays_with_no_gap_and_no_duplicate() {
 async fn since_older_than_the_ring_is_told_how_many_were_lost() {
     let mut ch = Chan::start("replay_records = 50\nsend_queue_bytes = 1").await;
     let sent = ch.send(200).await;
-    let mut ws = connect(&ch.url("/stream?key=test-token-5f3a&since=1")).await;
+    let mut ws = connect(&ch.url("/stream?key=test-token-5f3a9c&since=1")).await;
     let Event::Data(notice) = next_event(&mut ws).await else { panic!("expected the lost notice") };
     assert_eq!(notice["lost"], 150, "{notice}");
     assert_eq!(notice["since"], 1);
@@ -489,8 +489,8 @@ async fn since_older_than_the_ring_is_told_how_many_were_lost() {
 #[tokio::test]
 async fn filters_and_masking() {
     let mut ch = Chan::start("mask_keep = 2").await;
-    let mut errors = connect(&ch.url("/stream?key=test-token-5f3a&status=5xx")).await;
-    let mut odd = connect(&ch.url("/stream?key=test-token-5f3a&service_id=svc-odd&api_key=k7q2mzp4rb9d3hxw8cyn5ta6")).await;
+    let mut errors = connect(&ch.url("/stream?key=test-token-5f3a9c&status=5xx")).await;
+    let mut odd = connect(&ch.url("/stream?key=test-token-5f3a9c&service_id=svc-odd&api_key=k7q2mzp4rb9d3hxw8cyn5ta6")).await;
     poll("connections registered", || (ch.handle.connections() == 2).then_some(())).await;
     let ids = ch.send(40).await;
     let (_, got) = read_records(&mut errors, 4).await;
@@ -507,7 +507,7 @@ async fn filters_and_masking() {
 #[tokio::test]
 async fn server_pings_and_a_silent_client_is_closed() {
     let mut ch = Chan::start("ping_interval_secs = 1").await;
-    let url = ch.url("/stream?key=test-token-5f3a");
+    let url = ch.url("/stream?key=test-token-5f3a9c");
     let mut alive = connect(&url).await;
     // This client never reads, so it never answers a ping.
     let mut silent = connect(&url).await;
@@ -539,12 +539,12 @@ async fn server_pings_and_a_silent_client_is_closed() {
 #[tokio::test]
 async fn a_new_token_ends_connections_that_used_the_old_one() {
     let mut ch = Chan::start("").await;
-    let mut old = connect(&ch.url("/stream?key=test-token-5f3a")).await;
+    let mut old = connect(&ch.url("/stream?key=test-token-5f3a9c")).await;
     poll("connection registered", || (ch.handle.connections() == 1).then_some(())).await;
     ch.handle.set_token(Secret::new(TOKEN));
     ch.send(1).await;
     read_records(&mut old, 1).await;
-    ch.handle.set_token(Secret::new("rotated-token"));
+    ch.handle.set_token(Secret::new("rotated-token-0123"));
     let closed = loop {
         match next_event(&mut old).await {
             Event::Closed(c) => break c,
@@ -552,8 +552,8 @@ async fn a_new_token_ends_connections_that_used_the_old_one() {
         }
     };
     assert_eq!(closed, Some((CloseCode::Policy, "token changed".to_string())));
-    assert_eq!(refused(&ch.url("/stream?key=test-token-5f3a")).await.0, 401);
-    let mut new = connect(&ch.url("/stream?key=rotated-token")).await;
+    assert_eq!(refused(&ch.url("/stream?key=test-token-5f3a9c")).await.0, 401);
+    let mut new = connect(&ch.url("/stream?key=rotated-token-0123")).await;
     poll("connection registered", || (ch.handle.connections() == 1).then_some(())).await;
     ch.send(1).await;
     read_records(&mut new, 1).await;
@@ -562,7 +562,7 @@ async fn a_new_token_ends_connections_that_used_the_old_one() {
 #[tokio::test]
 async fn shutdown_closes_with_going_away_after_sending_what_is_pending() {
     let mut ch = Chan::start("").await;
-    let mut ws = connect(&ch.url("/stream?key=test-token-5f3a")).await;
+    let mut ws = connect(&ch.url("/stream?key=test-token-5f3a9c")).await;
     poll("connection registered", || (ch.handle.connections() == 1).then_some(())).await;
     let ids = ch.send(5).await;
     // The queue closes (the tailers stopped): the sink drains and closes.
@@ -802,7 +802,7 @@ fn a_bad_tls_file_is_a_config_error_naming_the_key() {
     std::fs::write(
         &cfg,
         format!(
-            "state_dir = \"{state}\"\n[[source]]\npaths = [\"{state}/*.log\"]\n[channel]\ntoken = \"t\"\ntls_cert = \"{key}\"\ntls_key = \"{key}\"\n",
+            "state_dir = \"{state}\"\n[[source]]\npaths = [\"{state}/*.log\"]\n[channel]\ntoken = \"tls-test-token-0123\"\ntls_cert = \"{key}\"\ntls_key = \"{key}\"\n",
             state = dir.path().display(),
             key = data.join("channel-key.pem").display()
         ),
@@ -820,7 +820,7 @@ async fn end_to_end_a_reload_with_a_new_token_ends_old_connections() {
     let mut ws = connect(&bridge.url(TOKEN)).await;
     bridge.append(&uuids("reload-a", 1));
     read_records(&mut ws, 1).await;
-    std::fs::write(bridge.dir.path().join("token"), "rotated-token\n").unwrap();
+    std::fs::write(bridge.dir.path().join("token"), "rotated-token-0123\n").unwrap();
     let pid = bridge.child.id().to_string();
     assert!(std::process::Command::new("kill").args(["-HUP", &pid]).status().unwrap().success());
     let closed = loop {
@@ -831,7 +831,7 @@ async fn end_to_end_a_reload_with_a_new_token_ends_old_connections() {
     };
     assert_eq!(closed, Some((CloseCode::Policy, "token changed".to_string())));
     assert_eq!(refused(&bridge.url(TOKEN)).await.0, 401);
-    let mut new = connect(&bridge.url("rotated-token")).await;
+    let mut new = connect(&bridge.url("rotated-token-0123")).await;
     let ids = uuids("reload-b", 2);
     bridge.append(&ids);
     let (_, got) = read_records(&mut new, 2).await;
@@ -871,7 +871,7 @@ async fn tail_reconnects_with_since_and_prints_nothing_twice() {
     take(&mut lines, &mut printed, 10).await;
     // Drop tail's connection (a token change and back), then send while it
     // is away: it must come back with since=<last seq + 1>.
-    ch.handle.set_token(Secret::new("interim"));
+    ch.handle.set_token(Secret::new("interim-token-0123"));
     ch.handle.set_token(Secret::new(TOKEN));
     poll("tail disconnected", || (ch.handle.connections() == 0).then_some(())).await;
     sent.extend(ch.send(10).await);

@@ -48,9 +48,41 @@ async fn page_and_assets_are_served_with_their_types_and_a_strict_policy() {
         assert_eq!(header(&r, "x-content-type-options"), "nosniff", "{path}");
         let csp = header(&r, "content-security-policy").to_string();
         assert!(csp.contains("script-src 'self'") && !csp.contains("unsafe"), "{path}: {csp}");
-        assert!(csp.contains("connect-src 'self' ws: wss:"), "the page must be allowed to reach the channel: {csp}");
-        assert_eq!(r.text().await.unwrap(), body, "{path}");
+        // No channel registered: this origin only; never any ws:/wss: host.
+        assert!(csp.contains("connect-src 'self';"), "{path}: {csp}");
+        assert!(!csp.contains(" ws:") && !csp.contains(" wss:"), "no wildcard WebSocket origins: {csp}");
+        let text = r.text().await.unwrap();
+        if path == "/" {
+            assert_eq!(text, body.replace("{{channel_origins}}", ""), "{path}");
+        } else {
+            assert_eq!(text, body, "{path}");
+        }
     }
+    l.stop().await;
+}
+
+#[tokio::test]
+async fn the_policy_allows_the_channel_as_the_page_reaches_it() {
+    let tel = Telemetry::new();
+    let l = start(tel.clone()).await;
+    let http = reqwest::Client::new();
+    let connect_src = |csp: &str| csp.split(';').map(str::trim).find_map(|d| d.strip_prefix("connect-src ")).unwrap().to_string();
+    let policy = |host: &'static str| {
+        let http = http.clone();
+        let url = format!("{}/", l.base);
+        async move {
+            let r = http.get(url).header("host", host).send().await.unwrap();
+            header(&r, "content-security-policy").to_string()
+        }
+    };
+    tel.set_channel(Some(ChannelInfo { listen: "127.0.0.1:8790".into(), tls: false, path: "/stream".into() }));
+    assert_eq!(connect_src(&policy("localhost:8791").await), "'self' ws://127.0.0.1:8790");
+    // A channel on every address is reached at the page's host.
+    tel.set_channel(Some(ChannelInfo { listen: "0.0.0.0:8790".into(), tls: true, path: "/stream".into() }));
+    assert_eq!(connect_src(&policy("Gateway-7.example:8791").await), "'self' wss://gateway-7.example:8790");
+    assert_eq!(connect_src(&policy("[fd00::7]:8791").await), "'self' wss://[fd00::7]:8790");
+    // A Host that is not a host name adds nothing.
+    assert_eq!(connect_src(&policy("evil;script-src").await), "'self'");
     l.stop().await;
 }
 

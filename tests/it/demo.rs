@@ -62,7 +62,7 @@ fn check_config_prints_no_secret() {
     let cfg = dir.path().join("c.toml");
     std::fs::write(
         &cfg,
-        "[[source]]\npaths = [\"/x/*.log\"]\n[channel]\ntoken = \"chan-s3cret\"\n\
+        "[[source]]\npaths = [\"/x/*.log\"]\n[channel]\ntoken = \"chan-s3cret-0123456789\"\n\
          [upstream]\nurl = \"https://user:url-s3cret@collector.example/in?key=q-s3cret\"\n\
          bearer_token = \"bearer-s3cret\"\nheaders = { \"X-Api-Key\" = \"hdr-s3cret\" }\n",
     )

@@ -7,6 +7,7 @@ mod dashboard;
 mod demo;
 mod enrich;
 mod faults;
+mod hostile_net;
 mod lag;
 mod parse;
 mod recovery;

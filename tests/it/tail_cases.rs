@@ -313,7 +313,7 @@ fn bad_config_exits_64_naming_the_key() {
 fn example_config_is_valid() {
     let dir = tempfile::tempdir().unwrap();
     let token = dir.path().join("token");
-    fs::write(&token, "t0ken\n").unwrap();
+    fs::write(&token, "example-t0ken-0123456789\n").unwrap();
     let example = fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/bridge.toml")).unwrap();
     // The secrets it names live under /etc on a real host.
     let text = example

@@ -1,6 +1,9 @@
-//! One client connection: the handshake (path, token, limits), then a
-//! writer that reads the replay ring from the connection's cursor and a
-//! reader that answers the client's text frames and notes that it is alive.
+//! One client connection: the handshake (read and answered here, with
+//! bounds: [`HANDSHAKE_TIMEOUT`], the request head limits of
+//! [`request::parse_handshake`], and the listener's [`Slot`], which the
+//! gate may reclaim while the handshake is pending), then a writer that
+//! reads the replay ring from the connection's cursor and a reader that
+//! answers the client's text frames and notes that it is alive.
 //!
 //! Invariant: nothing here ever makes the sink wait. The sink only appends
 //! to the ring and compares each connection's unsent bytes with the bound
@@ -14,14 +17,16 @@ use std::time::Duration;
 
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
 use tokio::sync::{mpsc, OwnedSemaphorePermit};
 use tokio::time::Instant;
-use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
-use tokio_tungstenite::tungstenite::http::{self, StatusCode};
+use tokio_rustls::TlsAcceptor;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::http::StatusCode;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
-use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -30,15 +35,18 @@ use super::request::{self, Paths, Refusal, Subscription};
 use super::ring::Entry;
 use super::stats::ChannelStats;
 use super::Shared;
+use crate::listener::Slot;
 use crate::time::now_ms;
 
 /// A handshake (TLS included) that takes longer than this is dropped, so a
-/// client that opens a socket and says nothing holds nothing for long.
+/// client that opens a socket and says nothing holds nothing for long
+/// (and while it is pending, a newer client may take its slot).
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Client messages are timestamps and such: anything larger is refused by
-/// the WebSocket layer (it closes the connection) rather than buffered.
-const MAX_CLIENT_MESSAGE_BYTES: usize = 64 << 10;
+/// the WebSocket layer and the connection closed with 1009, rather than
+/// buffered.
+pub const MAX_CLIENT_MESSAGE_BYTES: usize = 64 << 10;
 
 /// Frames the server itself queues (`Response To` answers, pings):
 /// capacity of the control queue between the reader and the writer. When a
@@ -74,6 +82,13 @@ pub enum CloseReason {
     /// The channel's token changed (config reload): 1008, reason
     /// `token changed`.
     TokenChanged,
+    /// The client broke the WebSocket protocol (an unmasked frame, reserved
+    /// bits, a bad opcode or control frame): 1002.
+    ProtocolError,
+    /// A text frame (or a close reason) that is not UTF-8: 1007.
+    InvalidUtf8,
+    /// A frame or message over [`MAX_CLIENT_MESSAGE_BYTES`]: 1009.
+    TooBig,
     /// The client closed or the socket failed: nothing more to send.
     ClientGone,
 }
@@ -85,9 +100,25 @@ impl CloseReason {
             CloseReason::SlowConsumer => (CloseCode::Again, "slow consumer"),
             CloseReason::PingTimeout => (CloseCode::Policy, "ping timeout"),
             CloseReason::TokenChanged => (CloseCode::Policy, "token changed"),
+            CloseReason::ProtocolError => (CloseCode::Protocol, "protocol error"),
+            CloseReason::InvalidUtf8 => (CloseCode::Invalid, "invalid UTF-8 in a text frame"),
+            CloseReason::TooBig => (CloseCode::Size, "message too big: at most 65536 bytes"),
             CloseReason::ClientGone => return None,
         };
         Some(CloseFrame { code, reason: reason.into() })
+    }
+
+    /// The close for a read error: a protocol violation gets its RFC 6455
+    /// code; a broken or reset socket has no one to tell.
+    fn of_read_error(e: &tungstenite::Error) -> CloseReason {
+        use tungstenite::error::ProtocolError as P;
+        match e {
+            tungstenite::Error::Capacity(_) => CloseReason::TooBig,
+            tungstenite::Error::Utf8(_) => CloseReason::InvalidUtf8,
+            tungstenite::Error::Protocol(P::ResetWithoutClosingHandshake) => CloseReason::ClientGone,
+            tungstenite::Error::Protocol(_) => CloseReason::ProtocolError,
+            _ => CloseReason::ClientGone,
+        }
     }
 }
 
@@ -140,99 +171,182 @@ impl ConnState {
     }
 }
 
-/// What the handshake callback decided.
-enum Decision {
-    /// Admitted, holding a connection slot.
-    Admitted(Subscription, OwnedSemaphorePermit),
-    /// Refused with this HTTP status.
-    Refused(u16),
+/// How a handshake ended.
+enum Handshake {
+    /// Admitted: the 101 answer is sent; the client holds a connection slot.
+    Admitted {
+        /// What the client asked for.
+        sub: Subscription,
+        /// The connection slot (`max_connections`), held until it closes.
+        permit: OwnedSemaphorePermit,
+        /// Bytes the client sent after its request head (early frames).
+        early: Vec<u8>,
+        /// The request path, for logs.
+        path: String,
+        /// Cancelled when the token the client used is replaced.
+        revoked: CancellationToken,
+    },
+    /// Refused with this HTTP status (the answer is sent).
+    Refused {
+        /// HTTP status.
+        status: u16,
+        /// The request path, for logs (empty when the head did not parse).
+        path: String,
+    },
+    /// The client went away or the socket failed.
+    Gone,
 }
 
-/// Serves one accepted socket (plain or TLS) until it closes.
-/// `handshake_slot` is held until the handshake is done.
-// The callback's error type (an HTTP response) is tungstenite's.
-#[allow(clippy::result_large_err)]
-pub async fn serve<S>(shared: Arc<Shared>, stream: S, peer: SocketAddr, handshake_slot: OwnedSemaphorePermit)
+/// Serves one accepted socket until it closes: the TLS handshake (with
+/// `tls`) and the WebSocket handshake within [`HANDSHAKE_TIMEOUT`] and as
+/// long as the listener's gate leaves `slot` alone, then the subscription
+/// (marked busy in the gate, so it is never closed to make room).
+pub async fn serve(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, tls: Option<TlsAcceptor>, slot: Slot) {
+    let deadline = Instant::now() + HANDSHAKE_TIMEOUT;
+    match tls {
+        None => serve_stream(shared, tcp, peer, slot, deadline).await,
+        Some(acceptor) => {
+            let accepted = tokio::select! {
+                r = tokio::time::timeout_at(deadline, acceptor.accept(tcp)) => r,
+                _ = slot.evicted() => {
+                    ChannelStats::bump(&shared.stats.handshake_evicted);
+                    debug!(%peer, "channel: pending TLS handshake closed to make room");
+                    return;
+                }
+            };
+            match accepted {
+                Ok(Ok(stream)) => serve_stream(shared, stream, peer, slot, deadline).await,
+                Ok(Err(e)) => debug!(%peer, error = %e, "channel: TLS handshake failed"),
+                Err(_) => {
+                    ChannelStats::bump(&shared.stats.handshake_timeout);
+                    debug!(%peer, "channel: TLS handshake timed out");
+                }
+            }
+        }
+    }
+}
+
+async fn serve_stream<S>(shared: Arc<Shared>, mut stream: S, peer: SocketAddr, slot: Slot, deadline: Instant)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let mut decision: Option<Decision> = None;
-    let mut path_logged = String::new();
-    let token = shared.current_token();
-    let callback = |req: &Request, resp: Response| -> Result<Response, ErrorResponse> {
-        path_logged = req.uri().path().to_string();
-        let paths = Paths { channel_id: &shared.settings.channel_id, area: &shared.settings.area };
-        let result = request::admit(&paths, req.uri().path(), req.uri().query(), token.secret.expose());
-        match result {
-            Ok(sub) => match shared.permits.clone().try_acquire_owned() {
-                Ok(permit) => {
-                    decision = Some(Decision::Admitted(sub, permit));
-                    Ok(resp)
-                }
-                Err(_) => {
-                    decision = Some(Decision::Refused(503));
-                    let max = shared.settings.max_connections;
-                    Err(refusal_response(&Refusal {
-                        status: 503,
-                        reason: format!("too many connections: this channel allows at most {max}; retry later"),
-                    }))
-                }
-            },
-            Err(r) => {
-                decision = Some(Decision::Refused(r.status));
-                Err(refusal_response(&r))
-            }
-        }
-    };
-    let ws_config = WebSocketConfig::default()
-        .max_message_size(Some(MAX_CLIENT_MESSAGE_BYTES))
-        .max_frame_size(Some(MAX_CLIENT_MESSAGE_BYTES))
-        .write_buffer_size(128 << 10);
-    let handshake = tokio_tungstenite::accept_hdr_async_with_config(stream, callback, Some(ws_config));
-    let ws = match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
-        Ok(Ok(ws)) => Some(ws),
-        Ok(Err(e)) => {
-            debug!(%peer, error = %e, "channel: handshake failed");
-            None
-        }
-        Err(_) => {
-            debug!(%peer, "channel: handshake timed out");
-            None
-        }
-    };
-    drop(handshake_slot);
     let stats = &shared.stats;
-    let (sub, ws, _permit) = match (decision, ws) {
-        // The permit lives as long as the connection: it is the slot.
-        (Some(Decision::Admitted(sub, permit)), Some(ws)) => (sub, ws, permit),
-        (Some(Decision::Refused(status)), _) => {
+    let outcome = tokio::select! {
+        r = tokio::time::timeout_at(deadline, handshake(&shared, &mut stream)) => r,
+        _ = slot.evicted() => {
+            ChannelStats::bump(&stats.handshake_evicted);
+            debug!(%peer, "channel: pending handshake closed to make room");
+            return;
+        }
+    };
+    let (sub, permit, early, path, revoked) = match outcome {
+        Err(_) => {
+            ChannelStats::bump(&stats.handshake_timeout);
+            debug!(%peer, "channel: handshake timed out");
+            return;
+        }
+        Ok(Handshake::Gone) => return,
+        Ok(Handshake::Refused { status, path }) => {
             let counter = match status {
                 401 => &stats.refused_unauthorized,
                 404 => &stats.refused_not_found,
                 503 => &stats.refused_full,
+                405 | 426 => &stats.refused_not_websocket,
                 _ => &stats.refused_bad_request,
             };
             ChannelStats::bump(counter);
-            // The client address and the path, never the query (the token).
-            info!(%peer, path = %crate::logsafe::Escaped(&path_logged), status, "channel: subscription refused");
+            // The client address and the path (escaped), never the query
+            // (the token).
+            info!(%peer, path = %crate::logsafe::Escaped(&path), status, "channel: subscription refused");
             return;
         }
-        _ => return,
+        Ok(Handshake::Admitted { sub, permit, early, path, revoked }) => (sub, permit, early, path, revoked),
     };
-    run_connection(shared.clone(), ws, peer, sub, token.revoked.clone(), path_logged).await;
+    // A subscriber is at work: the gate never closes it to make room (the
+    // ping timeout and the slow-consumer check bound it instead).
+    let _busy = slot.busy();
+    let ws_config = WebSocketConfig::default()
+        .max_message_size(Some(MAX_CLIENT_MESSAGE_BYTES))
+        .max_frame_size(Some(MAX_CLIENT_MESSAGE_BYTES))
+        .write_buffer_size(128 << 10);
+    let ws = WebSocketStream::from_partially_read(stream, early, Role::Server, Some(ws_config)).await;
+    // The permit lives as long as the connection: it is the slot.
+    let _permit = permit;
+    run_connection(shared.clone(), ws, peer, sub, revoked, path).await;
 }
 
-fn refusal_response(r: &Refusal) -> ErrorResponse {
-    let mut resp = http::Response::new(Some(format!("{}\n", r.reason)));
-    *resp.status_mut() = StatusCode::from_u16(r.status).unwrap_or(StatusCode::BAD_REQUEST);
-    resp.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("text/plain; charset=utf-8"));
-    if r.status == 503 {
-        resp.headers_mut().insert(http::header::RETRY_AFTER, http::HeaderValue::from_static("5"));
+/// Reads the request head (bounded), decides, and answers: 101, or the
+/// refusal with its one-line reason.
+async fn handshake<S>(shared: &Shared, stream: &mut S) -> Handshake
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut buf: Vec<u8> = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 4096];
+    let (len, head) = loop {
+        match request::parse_handshake(&buf) {
+            Ok(Some(h)) => break h,
+            Ok(None) => {}
+            Err(r) => return refuse(stream, &r, String::new()).await,
+        }
+        // parse_handshake refuses a head that reaches the limit, so there
+        // is always room here.
+        let room = request::MAX_REQUEST_HEAD_BYTES.saturating_sub(buf.len()).clamp(1, chunk.len());
+        match stream.read(&mut chunk[..room]).await {
+            Ok(0) | Err(_) => return Handshake::Gone,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    };
+    let early = buf.split_off(len);
+    let token = shared.current_token();
+    let paths = Paths { channel_id: &shared.settings.channel_id, area: &shared.settings.area };
+    let sub = match request::admit(&paths, &head.path, head.query.as_deref(), &token.digest) {
+        Ok(sub) => sub,
+        Err(r) => return refuse(stream, &r, head.path).await,
+    };
+    let Ok(permit) = shared.permits.clone().try_acquire_owned() else {
+        let max = shared.settings.max_connections;
+        let r = Refusal { status: 503, reason: format!("too many connections: this channel allows at most {max}; retry later") };
+        return refuse(stream, &r, head.path).await;
+    };
+    let answer = format!(
+        "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Accept: {}\r\n\r\n",
+        derive_accept_key(head.key.as_bytes())
+    );
+    if stream.write_all(answer.as_bytes()).await.is_err() || stream.flush().await.is_err() {
+        return Handshake::Gone;
     }
-    if r.status == 401 {
-        resp.headers_mut().insert(http::header::WWW_AUTHENTICATE, http::HeaderValue::from_static("key"));
-    }
-    resp
+    Handshake::Admitted { sub, permit, early, path: head.path, revoked: token.revoked.clone() }
+}
+
+/// Sends the refusal (status, the headers its status calls for, the
+/// one-line reason) and closes the connection.
+async fn refuse<S>(stream: &mut S, r: &Refusal, path: String) -> Handshake
+where
+    S: AsyncWrite + Unpin,
+{
+    let _ = stream.write_all(refusal_response(r).as_bytes()).await;
+    let _ = stream.shutdown().await;
+    Handshake::Refused { status: r.status, path }
+}
+
+/// The HTTP answer for a refusal.
+fn refusal_response(r: &Refusal) -> String {
+    let status = StatusCode::from_u16(r.status).unwrap_or(StatusCode::BAD_REQUEST);
+    let body = format!("{}\n", r.reason);
+    let extra = match status.as_u16() {
+        401 => "WWW-Authenticate: key\r\n",
+        405 => "Allow: GET\r\n",
+        426 => "Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n",
+        503 => "Retry-After: 5\r\n",
+        _ => "",
+    };
+    format!(
+        "HTTP/1.1 {} {}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n{extra}\r\n{body}",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or(""),
+        body.len()
+    )
 }
 
 /// Registers the connection, works out where its cursor starts, runs the
@@ -280,10 +394,16 @@ async fn run_connection<S>(
         CloseReason::PingTimeout => ChannelStats::bump(&stats.closed_ping_timeout),
         CloseReason::TokenChanged => ChannelStats::bump(&stats.closed_token_changed),
         CloseReason::GoingAway => ChannelStats::bump(&stats.closed_shutdown),
+        CloseReason::ProtocolError | CloseReason::InvalidUtf8 | CloseReason::TooBig => ChannelStats::bump(&stats.closed_protocol_error),
         CloseReason::ClientGone => ChannelStats::bump(&stats.closed_by_client),
     }
     match reason {
-        CloseReason::SlowConsumer | CloseReason::PingTimeout | CloseReason::TokenChanged => {
+        CloseReason::SlowConsumer
+        | CloseReason::PingTimeout
+        | CloseReason::TokenChanged
+        | CloseReason::ProtocolError
+        | CloseReason::InvalidUtf8
+        | CloseReason::TooBig => {
             warn!(%peer, reason = ?reason, "channel: closing connection");
         }
         _ => debug!(%peer, reason = ?reason, "channel: closing connection"),
@@ -472,7 +592,7 @@ where
             }
             Some(Err(e)) => {
                 debug!(peer = %conn.peer, error = %e, "channel: read failed");
-                return CloseReason::ClientGone;
+                return CloseReason::of_read_error(&e);
             }
             None => return CloseReason::ClientGone,
         }

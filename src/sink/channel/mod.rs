@@ -6,11 +6,17 @@
 //!
 //! - URL: `ws://HOST:PORT/ecls/subscribe/<channel_id>/<area>?key=<token>`
 //!   (the hosted stream's form) or `ws://HOST:PORT/stream?key=<token>`.
-//!   Wrong path: HTTP 404. Missing or wrong token: HTTP 401, nothing is
-//!   upgraded. Bad `since` / `status`: HTTP 400. More than
-//!   `max_connections` open: HTTP 503 with `Retry-After: 5` and the reason
-//!   in the body (`too many connections: ...`). Every refusal has a
-//!   one-line plain-text body.
+//!   A request that is not a WebSocket upgrade (a browser, `curl`): HTTP
+//!   426 with a line saying how to subscribe (405 for a method other than
+//!   GET). Wrong path: HTTP 404. Missing or wrong token: HTTP 401, nothing
+//!   is upgraded. Bad `since` / `status`: HTTP 400. A request head over
+//!   16 KiB or 32 headers: HTTP 431. More than `max_connections` open:
+//!   HTTP 503 with `Retry-After: 5` and the reason in the body (`too many
+//!   connections: ...`). Every refusal has a one-line plain-text body.
+//! - A handshake must complete within 10 s; besides the subscribers, at
+//!   most [`MAX_PENDING_HANDSHAKES`] sockets may be in their handshake,
+//!   and when they are all taken the one pending longest is closed for the
+//!   newest connection ([`crate::listener`]).
 //! - Each server message is a text frame `{"data":[record,...],"seq":N}`:
 //!   records in the `ecls` shape (every value a JSON string), at most
 //!   `records_per_message` of them (default 1, the compatibility mode; with
@@ -35,7 +41,10 @@
 //! - Close codes: 1001 on shutdown; 1013 `slow consumer` when a client's
 //!   unsent bytes stay above `send_queue_bytes` for more than a second, or
 //!   it falls out of the replay ring; 1008 `token changed` when
-//!   [`ChannelHandle::set_token`] replaces the token.
+//!   [`ChannelHandle::set_token`] replaces the token; for a client's
+//!   protocol violation (RFC 6455) 1002 (unmasked frame, reserved bits, bad
+//!   opcode), 1007 (text that is not UTF-8), 1009 (a frame or message over
+//!   64 KiB).
 //!
 //! # Shape
 //!
@@ -65,10 +74,11 @@ use tokio::sync::{mpsc, watch, Semaphore};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
 use crate::checkpoint::DamagedState;
 use crate::config::{ChannelConfig, Secret};
+use crate::listener::Gate;
 use crate::pipeline::{Batch, Fanout};
 use crate::record::{Field, Record, Shape};
 use crate::telemetry::SinkStats;
@@ -76,6 +86,7 @@ use crate::time::now_ms;
 
 use conn::{ConnState, Lost, Registry};
 pub use request::percent_decode;
+use request::TokenDigest;
 use ring::{Entry, Evicted, Item, Ring};
 pub use stats::ChannelStats;
 
@@ -100,9 +111,12 @@ const SEQ_BLOCK: u64 = 1_000_000;
 const SEQ_FIRST_BLOCK: u64 = 1024;
 
 /// Handshakes (TCP accepted, not yet upgraded or refused) in progress at
-/// once; more are dropped at accept. Bounds what unauthenticated clients
-/// can hold; admitted connections are bounded by `max_connections`.
-const MAX_PENDING_HANDSHAKES: usize = 64;
+/// once, besides the `max_connections` subscribers: the listener holds at
+/// most this many sockets more. When they are all taken, the one pending
+/// longest is closed to admit the newest connection, so sockets that never
+/// complete a handshake cannot lock legitimate clients out (a real client
+/// finishes its handshake in milliseconds).
+pub const MAX_PENDING_HANDSHAKES: usize = 64;
 
 /// A connection whose unsent bytes stay above `send_queue_bytes` this
 /// long is a slow consumer. The grace absorbs bursts (a tailer catching up
@@ -229,10 +243,17 @@ impl LiveSettings {
 
 /// The current token and the signal that ends connections admitted with it.
 pub(crate) struct TokenEpoch {
-    /// The token clients must present.
-    pub secret: Secret,
+    /// The digest of the token clients must present (the token itself is
+    /// not kept).
+    pub digest: TokenDigest,
     /// Cancelled when the token is replaced.
     pub revoked: CancellationToken,
+}
+
+impl TokenEpoch {
+    fn new(token: &Secret) -> TokenEpoch {
+        TokenEpoch { digest: TokenDigest::of(token.expose()), revoked: CancellationToken::new() }
+    }
 }
 
 /// State shared by the sink task, the listener and every connection.
@@ -355,11 +376,10 @@ impl ChannelHandle {
     /// nothing.
     pub fn set_token(&self, token: Secret) {
         let mut cur = self.shared.token.write().unwrap_or_else(|e| e.into_inner());
-        let same: bool = subtle::ConstantTimeEq::ct_eq(cur.secret.expose().as_bytes(), token.expose().as_bytes()).into();
-        if same {
+        if cur.digest.matches(token.expose()) {
             return;
         }
-        let old = std::mem::replace(&mut *cur, Arc::new(TokenEpoch { secret: token, revoked: CancellationToken::new() }));
+        let old = std::mem::replace(&mut *cur, Arc::new(TokenEpoch::new(&token)));
         drop(cur);
         old.revoked.cancel();
         info!("channel: token replaced; connections that used the old token are closed");
@@ -439,7 +459,7 @@ pub async fn spawn(
         permits: Arc::new(Semaphore::new(settings.max_connections)),
         conns: Mutex::new(Default::default()),
         next_conn_id: AtomicU64::new(1),
-        token: RwLock::new(Arc::new(TokenEpoch { secret: token, revoked: CancellationToken::new() })),
+        token: RwLock::new(Arc::new(TokenEpoch::new(&token))),
         stats: ChannelStats::default(),
         draining: CancellationToken::new(),
         stop: ctx.shutdown.child_token(),
@@ -571,9 +591,17 @@ pub fn mask(v: &str, keep: usize) -> String {
 }
 
 /// Accepts sockets until stopped; each one is served on its own task.
+/// A slot of the listener's [`Gate`] is taken before each `accept`
+/// (mini-redis): the listener holds at most `max_connections` subscribers
+/// plus [`MAX_PENDING_HANDSHAKES`] sockets in their handshake.
 async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, tls: Option<TlsAcceptor>, tracker: TaskTracker) {
-    let pending = Arc::new(Semaphore::new(MAX_PENDING_HANDSHAKES));
+    let gate = Gate::new(NAME, shared.settings.max_connections + MAX_PENDING_HANDSHAKES);
     loop {
+        let slot = tokio::select! {
+            s = gate.acquire() => s,
+            _ = shared.stop.cancelled() => return,
+            _ = shared.draining.cancelled() => return,
+        };
         let accepted = tokio::select! {
             a = listener.accept() => a,
             _ = shared.stop.cancelled() => return,
@@ -588,23 +616,8 @@ async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, tls: Option<Tls
                 continue;
             }
         };
-        let Ok(slot) = pending.clone().try_acquire_owned() else {
-            debug!(%peer, "channel: too many handshakes in progress; dropping the connection");
-            continue;
-        };
         let _ = tcp.set_nodelay(true);
-        let shared = shared.clone();
-        let tls = tls.clone();
-        tracker.spawn(async move {
-            match tls {
-                Some(acceptor) => match tokio::time::timeout(conn::HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                    Ok(Ok(stream)) => conn::serve(shared, stream, peer, slot).await,
-                    Ok(Err(e)) => debug!(%peer, error = %e, "channel: TLS handshake failed"),
-                    Err(_) => debug!(%peer, "channel: TLS handshake timed out"),
-                },
-                None => conn::serve(shared, tcp, peer, slot).await,
-            }
-        });
+        tracker.spawn(conn::serve(shared.clone(), tcp, peer, tls.clone(), slot));
     }
 }
 

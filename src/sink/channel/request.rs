@@ -9,8 +9,10 @@
 //! other parameters (400); the connection limit is checked by the caller
 //! after these, so an unauthenticated client never holds a slot.
 //!
-//! Pure: no I/O. The token is compared in constant time and never appears
-//! in an error or a log line.
+//! Pure: no I/O. The token is compared in constant time over SHA-256
+//! digests ([`TokenDigest`]: equal lengths whatever the client sends, so
+//! neither the token's bytes nor its length leak through timing) and never
+//! appears in an error or a log line.
 
 use subtle::ConstantTimeEq;
 
@@ -109,9 +111,119 @@ impl Paths<'_> {
     }
 }
 
+/// The most bytes of a handshake's request head (request line and
+/// headers); a longer head is refused with 431 rather than buffered. A
+/// subscription URL with filter lists fits many times over.
+pub const MAX_REQUEST_HEAD_BYTES: usize = 16 << 10;
+
+/// The most headers a handshake request may carry (431 beyond).
+pub const MAX_HEADERS: usize = 32;
+
+/// How to subscribe, for a client that did not ask for a WebSocket.
+pub const HOW_TO_SUBSCRIBE: &str = "this is a WebSocket channel: subscribe with a WebSocket client to \
+     /stream?key=<token> or /ecls/subscribe/<channel_id>/<area>?key=<token>, \
+     for example: calllog-bridge tail 'ws://HOST:PORT/stream?key=<token>'";
+
+/// What the channel needs of a WebSocket handshake request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Head {
+    /// The path of the request target (percent-encoded, as sent).
+    pub path: String,
+    /// The query of the request target, without `?`.
+    pub query: Option<String>,
+    /// `Sec-WebSocket-Key`, for the `Sec-WebSocket-Accept` answer.
+    pub key: String,
+}
+
+/// Parses the request head at the start of `buf`: `Ok(None)` when more
+/// bytes are needed, `Ok(Some((head_len, head)))` for a WebSocket
+/// handshake, or the refusal for anything else: 426 for a request that
+/// is not an upgrade (a browser or curl: the body says how to subscribe)
+/// or asks for another WebSocket version, 405 for a method other than
+/// GET, 431 for a head over [`MAX_REQUEST_HEAD_BYTES`] or
+/// [`MAX_HEADERS`], 400 for the rest. Bytes after the head (a client
+/// that sends frames before the answer) are the caller's.
+pub fn parse_handshake(buf: &[u8]) -> Result<Option<(usize, Head)>, Refusal> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    let len = match req.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) if buf.len() >= MAX_REQUEST_HEAD_BYTES => {
+            return Err(Refusal::new(431, format!("request head too large: at most {MAX_REQUEST_HEAD_BYTES} bytes")));
+        }
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(httparse::Error::TooManyHeaders) => return Err(Refusal::new(431, format!("too many headers: at most {MAX_HEADERS}"))),
+        Err(_) => return Err(Refusal::new(400, "malformed HTTP request")),
+    };
+    let has = |name: &str, token: &str| {
+        req.headers
+            .iter()
+            .filter(|h| h.name.eq_ignore_ascii_case(name))
+            .flat_map(|h| h.value.split(|&b| b == b','))
+            .any(|v| v.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
+    };
+    let value = |name: &str| req.headers.iter().find(|h| h.name.eq_ignore_ascii_case(name)).map(|h| h.value.trim_ascii());
+    if req.method != Some("GET") {
+        return Err(Refusal::new(405, format!("method not allowed: {HOW_TO_SUBSCRIBE}")));
+    }
+    if !has("upgrade", "websocket") || !has("connection", "upgrade") {
+        return Err(Refusal::new(426, format!("upgrade required: {HOW_TO_SUBSCRIBE}")));
+    }
+    if req.version != Some(1) {
+        return Err(Refusal::new(400, "a WebSocket handshake needs HTTP/1.1"));
+    }
+    if value("sec-websocket-version") != Some(b"13") {
+        return Err(Refusal::new(426, "unsupported WebSocket version: this channel speaks version 13 (RFC 6455)"));
+    }
+    let key = match value("sec-websocket-key") {
+        Some(k) if is_websocket_key(k) => String::from_utf8_lossy(k).into_owned(),
+        _ => return Err(Refusal::new(400, "missing or malformed Sec-WebSocket-Key")),
+    };
+    let target = req.path.unwrap_or("");
+    // The origin form (`/path?query`); the absolute form some proxies send
+    // (`ws://host/path?query`) is reduced to it.
+    let target = match target.split_once("://") {
+        Some((_, rest)) if !target.starts_with('/') => rest.find('/').map_or("/", |i| &rest[i..]),
+        _ => target,
+    };
+    if !target.starts_with('/') {
+        return Err(Refusal::new(400, "malformed request target"));
+    }
+    let (path, query) = match target.split_once('?') {
+        Some((p, q)) => (p.to_string(), Some(q.to_string())),
+        None => (target.to_string(), None),
+    };
+    Ok(Some((len, Head { path, query, key })))
+}
+
+/// A `Sec-WebSocket-Key`: 16 bytes in base64, 24 characters.
+fn is_websocket_key(k: &[u8]) -> bool {
+    k.len() == 24 && k.ends_with(b"==") && k[..22].iter().all(|&b| b.is_ascii_alphanumeric() || b == b'+' || b == b'/')
+}
+
+/// The SHA-256 digest of a token: what a presented token is compared with.
+#[derive(Clone)]
+pub struct TokenDigest([u8; 32]);
+
+impl TokenDigest {
+    /// The digest of `token`.
+    pub fn of(token: &str) -> TokenDigest {
+        let d = ring::digest::digest(&ring::digest::SHA256, token.as_bytes());
+        let mut out = [0u8; 32];
+        out.copy_from_slice(d.as_ref());
+        TokenDigest(out)
+    }
+
+    /// True when `given` is the token, in time independent of where or
+    /// whether they differ, and of `given`'s length beyond hashing it.
+    pub fn matches(&self, given: &str) -> bool {
+        bool::from(TokenDigest::of(given).0.ct_eq(&self.0))
+    }
+}
+
 /// Decides on a handshake: `path` and `query` from the request URI,
-/// `token` the channel's current token.
-pub fn admit(paths: &Paths<'_>, path: &str, query: Option<&str>, token: &str) -> Result<Subscription, Refusal> {
+/// `token` the digest of the channel's current token.
+pub fn admit(paths: &Paths<'_>, path: &str, query: Option<&str>, token: &TokenDigest) -> Result<Subscription, Refusal> {
     if !paths.accepts(path) {
         return Err(Refusal::new(404, "no such channel: use /ecls/subscribe/<channel_id>/<area>?key=<token> or /stream?key=<token>"));
     }
@@ -164,7 +276,7 @@ pub fn admit(paths: &Paths<'_>, path: &str, query: Option<&str>, token: &str) ->
     // Authentication comes before any other complaint so that an
     // unauthenticated client learns nothing about the parameters.
     let authorised = match &key {
-        Some(k) => bool::from(k.as_bytes().ct_eq(token.as_bytes())),
+        Some(k) => token.matches(k),
         None => false,
     };
     if !authorised {
@@ -230,7 +342,7 @@ mod tests {
     const PATHS: Paths<'static> = Paths { channel_id: "chan-1", area: "eu" };
 
     fn check(path: &str, query: Option<&str>, expected: Result<Subscription, u16>) {
-        let got = admit(&PATHS, path, query, "s3cret").map_err(|r| r.status);
+        let got = admit(&PATHS, path, query, &TokenDigest::of("s3cret")).map_err(|r| r.status);
         assert_eq!(got, expected, "{path}?{query:?}");
     }
 
@@ -285,10 +397,87 @@ mod tests {
         );
     }
 
+    const KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
+
+    fn head(request_line: &str, headers: &[&str]) -> Vec<u8> {
+        let mut s = format!("{request_line}\r\n");
+        for h in headers {
+            s.push_str(h);
+            s.push_str("\r\n");
+        }
+        s.push_str("\r\n");
+        s.into_bytes()
+    }
+
+    const UPGRADE: [&str; 4] = [
+        "Upgrade: websocket",
+        "Connection: keep-alive, Upgrade",
+        "Sec-WebSocket-Version: 13",
+        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
+    ];
+
+    #[test]
+    fn handshake_heads() {
+        let status = |buf: &[u8]| parse_handshake(buf).map(|h| h.map(|(_, h)| h)).map_err(|r| r.status);
+        let ok = head("GET /stream?key=k&since=3 HTTP/1.1", &UPGRADE);
+        let (len, h) = parse_handshake(&ok).unwrap().unwrap();
+        assert_eq!(len, ok.len());
+        assert_eq!(h, Head { path: "/stream".into(), query: Some("key=k&since=3".into()), key: KEY.into() });
+        // Frames sent before the answer stay the caller's.
+        let mut early = ok.clone();
+        early.extend_from_slice(b"\x81\x80");
+        assert_eq!(parse_handshake(&early).unwrap().unwrap().0, ok.len());
+        // Incomplete: more bytes needed.
+        assert_eq!(status(&ok[..ok.len() - 2]), Ok(None));
+        assert_eq!(status(b""), Ok(None));
+        // Absolute form.
+        let abs = head("GET ws://h:1/ecls/subscribe/c/a?key=k HTTP/1.1", &UPGRADE);
+        assert_eq!(status(&abs).unwrap().unwrap().path, "/ecls/subscribe/c/a");
+        // Not a WebSocket handshake: 426 with how to subscribe.
+        let plain = head("GET /stream HTTP/1.1", &["Host: h"]);
+        let r = parse_handshake(&plain).unwrap_err();
+        assert_eq!(r.status, 426);
+        assert!(r.reason.contains("/stream?key=<token>"), "{}", r.reason);
+        assert_eq!(status(&head("GET / HTTP/1.0", &[])), Err(426));
+        assert_eq!(status(&head("GET /stream HTTP/1.1", &["Upgrade: websocket", "Connection: close"])), Err(426));
+        assert_eq!(
+            status(&head(
+                "GET /stream HTTP/1.1",
+                &UPGRADE[..2].iter().chain(&["Sec-WebSocket-Version: 8", UPGRADE[3]]).copied().collect::<Vec<_>>()
+            )),
+            Err(426)
+        );
+        assert_eq!(status(&head("POST /stream HTTP/1.1", &UPGRADE)), Err(405));
+        assert_eq!(status(&head("GET /stream HTTP/1.0", &UPGRADE)), Err(400));
+        assert_eq!(status(&head("GET /stream HTTP/1.1", &UPGRADE[..3])), Err(400));
+        assert_eq!(
+            status(&head("GET /stream HTTP/1.1", &UPGRADE[..3].iter().chain(&["Sec-WebSocket-Key: short"]).copied().collect::<Vec<_>>())),
+            Err(400)
+        );
+        assert_eq!(status(&head("GET stream HTTP/1.1", &UPGRADE)), Err(400));
+        assert_eq!(status(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03"), Err(400), "TLS on the plain port");
+        // Limits.
+        let many: Vec<String> = (0..MAX_HEADERS + 1).map(|i| format!("X-{i}: v")).collect();
+        let many: Vec<&str> = many.iter().map(String::as_str).collect();
+        assert_eq!(status(&head("GET /stream HTTP/1.1", &many)), Err(431));
+        let mut endless = b"GET /stream HTTP/1.1\r\nX-Long: ".to_vec();
+        endless.resize(MAX_REQUEST_HEAD_BYTES, b'a');
+        assert_eq!(status(&endless), Err(431));
+    }
+
+    #[test]
+    fn token_digests_compare_whole_tokens() {
+        let d = TokenDigest::of("0123456789abcdef");
+        assert!(d.matches("0123456789abcdef"));
+        for other in ["", "0123456789abcde", "0123456789abcdef0", "0123456789ABCDEF", "x"] {
+            assert!(!d.matches(other), "{other}");
+        }
+    }
+
     #[test]
     fn refusals_never_echo_the_token() {
         for q in ["key=guess", "key=s3cret&since=x", "key=s3cret&status=xyz"] {
-            let r = admit(&PATHS, "/stream", Some(q), "s3cret").unwrap_err();
+            let r = admit(&PATHS, "/stream", Some(q), &TokenDigest::of("s3cret")).unwrap_err();
             assert!(!r.reason.contains("s3cret") && !r.reason.contains("guess"), "{r:?}");
         }
     }

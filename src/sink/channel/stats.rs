@@ -34,6 +34,13 @@ pub struct ChannelInner {
     pub refused_bad_request: AtomicU64,
     /// Handshakes refused because `max_connections` were open (HTTP 503).
     pub refused_full: AtomicU64,
+    /// Requests that were not a WebSocket handshake (HTTP 426 or 405).
+    pub refused_not_websocket: AtomicU64,
+    /// Handshakes not done within the handshake timeout (TLS included).
+    pub handshake_timeout: AtomicU64,
+    /// Pending handshakes closed to make room for a newer connection (the
+    /// listener was full of sockets that said nothing).
+    pub handshake_evicted: AtomicU64,
     /// Connections closed because they could not keep up.
     pub closed_slow_consumer: AtomicU64,
     /// Connections closed because they stopped answering pings.
@@ -42,6 +49,8 @@ pub struct ChannelInner {
     pub closed_token_changed: AtomicU64,
     /// Connections closed with 1001 because the bridge shut down.
     pub closed_shutdown: AtomicU64,
+    /// Connections closed for a protocol violation (1002, 1007, 1009).
+    pub closed_protocol_error: AtomicU64,
     /// Connections the client closed (or dropped).
     pub closed_by_client: AtomicU64,
     /// `{"data":...}` messages written.

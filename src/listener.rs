@@ -1,0 +1,336 @@
+//! What every listener does to stay bounded (the channel and the status
+//! listener): a cap on open sockets, room made by closing the longest-idle
+//! one, an idle deadline, and enough file descriptors for all of it.
+//!
+//! A [`Gate`] holds one permit per socket a listener may have open. The
+//! accept loop takes a [`Slot`] *before* `accept` and moves it into the
+//! connection's task (mini-redis), so a listener never holds more sockets
+//! than its cap, whatever its peers do. When every slot is taken, the gate
+//! closes the connection that has been idle longest (a handshake not yet
+//! done, a keep-alive connection between requests) to make room: sockets
+//! that connect and say nothing cannot lock out a client that connects
+//! after them, which is admitted at once. A connection that is doing work
+//! (a request in flight, an admitted subscriber) is never chosen; it holds
+//! a [`Busy`] guard.
+//!
+//! [`raise_fd_limit`] raises the soft `RLIMIT_NOFILE` to the hard limit at
+//! start, so the caps, not the default 1,024 descriptors, are what bound
+//! the listeners (followed files need descriptors too).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+/// A full listener says so in the log at most this often.
+const FULL_WARNING_EVERY_MS: i64 = 60_000;
+
+/// While every slot is held by busy connections, the gate looks for an
+/// idle one to close again this often.
+const RETRY_EVICTION_EVERY: Duration = Duration::from_millis(100);
+
+/// The socket cap of one listener. Cheap to clone.
+#[derive(Clone)]
+pub struct Gate(Arc<GateInner>);
+
+/// The state behind a [`Gate`].
+struct GateInner {
+    /// The listener's name in logs (`channel`, `status`).
+    name: &'static str,
+    /// Sockets allowed open at once.
+    capacity: usize,
+    /// One permit per socket; a [`Slot`] holds one.
+    slots: Arc<Semaphore>,
+    /// Open connections by id; ids grow, so they also order by age.
+    conns: Mutex<HashMap<u64, Arc<SlotState>>>,
+    /// Id of the next slot.
+    next_id: AtomicU64,
+    /// Connections closed to make room, since start.
+    evicted: AtomicU64,
+    /// Epoch ms of the last "listener full" warning (0 = never).
+    last_full_warning_ms: AtomicI64,
+    /// When the gate was made: idle times are kept as ms since then.
+    origin: Instant,
+}
+
+/// What the gate knows of one connection.
+struct SlotState {
+    /// [`Busy`] guards alive (0 = idle, may be closed to make room).
+    busy: AtomicUsize,
+    /// Ms since the gate's origin at which the connection last became idle
+    /// (or opened).
+    idle_since_ms: AtomicU64,
+    /// Cancelled when the gate closes this connection to make room.
+    evict: CancellationToken,
+    /// Set once the gate chose this connection (its permit is on its way
+    /// back).
+    evicting: AtomicBool,
+    /// The gate's origin (a copy, so a [`Busy`] guard needs no gate).
+    origin: Instant,
+}
+
+impl SlotState {
+    fn now_ms(&self) -> u64 {
+        self.origin.elapsed().as_millis() as u64
+    }
+}
+
+impl Gate {
+    /// A gate for `capacity` sockets of the listener `name`.
+    pub fn new(name: &'static str, capacity: usize) -> Gate {
+        Gate(Arc::new(GateInner {
+            name,
+            capacity,
+            slots: Arc::new(Semaphore::new(capacity)),
+            conns: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(1),
+            evicted: AtomicU64::new(0),
+            last_full_warning_ms: AtomicI64::new(0),
+            origin: Instant::now(),
+        }))
+    }
+
+    /// Sockets allowed open at once.
+    pub fn capacity(&self) -> usize {
+        self.0.capacity
+    }
+
+    /// Connections open now.
+    pub fn open(&self) -> usize {
+        self.0.capacity - self.0.slots.available_permits()
+    }
+
+    /// Connections closed to make room since start.
+    pub fn evicted(&self) -> u64 {
+        self.0.evicted.load(Ordering::Relaxed)
+    }
+
+    /// Waits for a free slot. When none is free, closes the connection that
+    /// has been idle longest and takes its slot; when every connection is
+    /// busy, waits for one to end or turn idle.
+    pub async fn acquire(&self) -> Slot {
+        let permit = match self.0.slots.clone().try_acquire_owned() {
+            Ok(p) => p,
+            Err(_) => loop {
+                self.evict_longest_idle();
+                match tokio::time::timeout(RETRY_EVICTION_EVERY, self.0.slots.clone().acquire_owned()).await {
+                    Ok(Ok(p)) => break p,
+                    // The semaphore is never closed; a closed one has no slot to give.
+                    Ok(Err(_)) => std::future::pending::<()>().await,
+                    Err(_) => continue,
+                }
+            },
+        };
+        let id = self.0.next_id.fetch_add(1, Ordering::Relaxed);
+        let state = Arc::new(SlotState {
+            busy: AtomicUsize::new(0),
+            idle_since_ms: AtomicU64::new(0),
+            evict: CancellationToken::new(),
+            evicting: AtomicBool::new(false),
+            origin: self.0.origin,
+        });
+        state.idle_since_ms.store(state.now_ms(), Ordering::Relaxed);
+        self.0.lock().insert(id, state.clone());
+        Slot { gate: self.0.clone(), id, state, _permit: permit }
+    }
+
+    /// Chooses the connection idle longest and tells it to close, unless
+    /// one chosen earlier is still closing (its slot is about to be free).
+    fn evict_longest_idle(&self) {
+        let conns = self.0.lock();
+        if conns.values().any(|s| s.evicting.load(Ordering::SeqCst)) {
+            return;
+        }
+        let victim = conns
+            .iter()
+            .filter(|(_, s)| s.busy.load(Ordering::SeqCst) == 0 && !s.evict.is_cancelled())
+            .min_by_key(|(id, s)| (s.idle_since_ms.load(Ordering::Relaxed), **id))
+            .map(|(_, s)| s.clone());
+        drop(conns);
+        let Some(victim) = victim else { return };
+        victim.evicting.store(true, Ordering::SeqCst);
+        victim.evict.cancel();
+        self.0.evicted.fetch_add(1, Ordering::Relaxed);
+        let now = crate::time::now_ms();
+        let last = self.0.last_full_warning_ms.load(Ordering::Relaxed);
+        if now - last >= FULL_WARNING_EVERY_MS
+            && self.0.last_full_warning_ms.compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed).is_ok()
+        {
+            warn!(
+                listener = self.0.name,
+                capacity = self.0.capacity,
+                evicted_total = self.evicted(),
+                "listener full: closing the longest-idle connection to admit a new one (many idle or stalled clients)"
+            );
+        }
+    }
+}
+
+impl GateInner {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<SlotState>>> {
+        self.conns.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// One socket's place in a [`Gate`]; the slot is free again when this is
+/// dropped (with the socket).
+pub struct Slot {
+    /// The gate, to leave it on drop.
+    gate: Arc<GateInner>,
+    /// This slot's id in the gate.
+    id: u64,
+    /// What the gate sees of the connection.
+    state: Arc<SlotState>,
+    /// The permit: the place itself.
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Slot {
+    /// Marks the connection busy (never closed to make room) until the
+    /// guard is dropped; it is idle again from then on.
+    pub fn busy(&self) -> Busy {
+        self.state.busy.fetch_add(1, Ordering::SeqCst);
+        // Chosen to make room just as it turned busy (a handshake that
+        // completed meanwhile): it may not be watching for that any more,
+        // so it must not hold up the gate, which picks another on its next
+        // look.
+        self.state.evicting.store(false, Ordering::SeqCst);
+        Busy(self.state.clone())
+    }
+
+    /// Completes when the gate closes this connection to make room.
+    pub async fn evicted(&self) {
+        self.state.evict.cancelled().await
+    }
+
+    /// Completes once the connection has been idle (no [`Busy`] guard) for
+    /// `limit` without a break.
+    pub async fn idle_for(&self, limit: Duration) {
+        loop {
+            let since = self.state.idle_since_ms.load(Ordering::Relaxed);
+            if self.state.busy.load(Ordering::Relaxed) > 0 {
+                // Busy now: it cannot time out before `limit` after it
+                // turns idle, so look again then.
+                tokio::time::sleep(limit).await;
+                continue;
+            }
+            let deadline = self.state.origin + Duration::from_millis(since) + limit;
+            tokio::time::sleep_until(deadline).await;
+            if self.state.busy.load(Ordering::Relaxed) == 0 && self.state.idle_since_ms.load(Ordering::Relaxed) == since {
+                return;
+            }
+        }
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.gate.lock().remove(&self.id);
+    }
+}
+
+/// A connection at work: while this lives, its slot is not closed to make
+/// room.
+pub struct Busy(Arc<SlotState>);
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0.idle_since_ms.store(self.0.now_ms(), Ordering::Relaxed);
+        self.0.busy.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Raises the soft limit on open files to the hard limit (what systemd's
+/// `LimitNOFILE=` or the shell's `ulimit -Hn` allows), so the listeners'
+/// caps and the followed files, not the historical soft default of 1,024,
+/// bound the descriptors. Failure is logged and harmless: the caps still
+/// hold.
+pub fn raise_fd_limit() {
+    // `rlimit` wraps getrlimit/setrlimit safely (the crate forbids unsafe
+    // code); on macOS it also respects the kernel's per-process maximum.
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(n) => info!(open_files = n, "file descriptor limit"),
+        Err(e) => warn!(error = %e, "cannot raise the soft limit on open files; keeping the current one"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_full_gate_closes_the_longest_idle_connection_never_a_busy_one() {
+        let gate = Gate::new("test", 3);
+        let a = gate.acquire().await;
+        tokio::time::advance(Duration::from_millis(10)).await;
+        let b = gate.acquire().await;
+        tokio::time::advance(Duration::from_millis(10)).await;
+        let c = gate.acquire().await;
+        // `a` is the oldest but busy: `b` goes.
+        let busy_a = a.busy();
+        let gate2 = gate.clone();
+        let d = tokio::spawn(async move { gate2.acquire().await });
+        tokio::time::timeout(Duration::from_secs(1), b.evicted()).await.expect("b is chosen");
+        assert!(!a.state.evict.is_cancelled() && !c.state.evict.is_cancelled());
+        drop(b);
+        let d = d.await.unwrap();
+        assert_eq!((gate.open(), gate.evicted()), (3, 1));
+        // `a` turns idle after `c` and `d` opened: `c` is now idle longest.
+        tokio::time::advance(Duration::from_millis(10)).await;
+        drop(busy_a);
+        let gate2 = gate.clone();
+        let e = tokio::spawn(async move { gate2.acquire().await });
+        tokio::time::timeout(Duration::from_secs(1), c.evicted()).await.expect("c is chosen");
+        drop(c);
+        let _e = e.await.unwrap();
+        assert!(!a.state.evict.is_cancelled() && !d.state.evict.is_cancelled());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn when_every_connection_is_busy_a_new_one_waits() {
+        let gate = Gate::new("test", 1);
+        let a = gate.acquire().await;
+        let busy = a.busy();
+        let gate2 = gate.clone();
+        let waiting = tokio::spawn(async move { gate2.acquire().await });
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert!(!waiting.is_finished() && !a.state.evict.is_cancelled());
+        // Idle again: the next look closes it.
+        drop(busy);
+        tokio::time::timeout(Duration::from_secs(1), a.evicted()).await.expect("a is chosen once idle");
+        drop(a);
+        waiting.await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_chosen_as_it_turns_busy_does_not_hold_up_the_gate() {
+        let gate = Gate::new("test", 2);
+        let a = gate.acquire().await;
+        let b = gate.acquire().await;
+        let gate2 = gate.clone();
+        let waiting = tokio::spawn(async move { gate2.acquire().await });
+        tokio::time::timeout(Duration::from_secs(1), a.evicted()).await.expect("a is chosen");
+        // `a` finished its handshake meanwhile and stays: the gate takes `b`.
+        let _busy = a.busy();
+        tokio::time::timeout(Duration::from_secs(1), b.evicted()).await.expect("b is chosen next");
+        drop(b);
+        tokio::time::timeout(Duration::from_secs(1), waiting).await.expect("a slot is had").unwrap();
+        assert_eq!(gate.evicted(), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn idle_deadline_restarts_after_each_busy_period() {
+        let gate = Gate::new("test", 1);
+        let slot = gate.acquire().await;
+        let start = Instant::now();
+        tokio::time::advance(Duration::from_secs(20)).await;
+        drop(slot.busy());
+        slot.idle_for(Duration::from_secs(30)).await;
+        assert_eq!(start.elapsed().as_secs(), 50, "30 s after the last request, not after the connection opened");
+    }
+}
