@@ -71,9 +71,20 @@ impl Drop for Tmpfs {
     }
 }
 
-/// The bridge's status base URL.
+/// The bridge's status base URL (from `status.addr`, or from the log line
+/// when the state directory was too full to write it).
 fn base(env: &Env) -> String {
-    format!("http://{}", fs::read_to_string(env.state.join("status.addr")).unwrap().trim())
+    if let Ok(a) = fs::read_to_string(env.state.join("status.addr")) {
+        if !a.trim().is_empty() {
+            return format!("http://{}", a.trim());
+        }
+    }
+    let log = env.log_text();
+    let addr = log
+        .lines()
+        .find_map(|l| l.contains("status listener:").then(|| l.rsplit("addr=").next()).flatten())
+        .expect("status address in the log");
+    format!("http://{}", addr.trim())
 }
 
 fn status(env: &Env) -> serde_json::Value {
@@ -196,5 +207,32 @@ fn a_failed_checkpoint_write_is_retried_on_a_timer_until_it_works() {
     });
     support::poll_until(DEADLINE, "the fault to clear", || faulty(&env).is_empty().then_some(()));
     assert_eq!(get(&format!("{}/readyz", base(&env))).0, 200);
+    env.stop();
+}
+
+/// A bridge started on a full state_dir starts anyway (the channel's
+/// first reservation waits, as a fault) and catches up once space is freed.
+#[test]
+fn a_bridge_started_on_a_full_disk_starts_and_catches_up() {
+    let root = tempfile::tempdir().unwrap();
+    let Some(disk) = Tmpfs::mount(&root.path().join("disk"), "2m", "a_bridge_started_on_a_full_disk") else { return };
+    let mut env = Env::new("access*.log", "");
+    on_disk(&mut env, &disk, true);
+    let mut text = fs::read_to_string(&env.config).unwrap();
+    text.push_str("\n[channel]\nlisten = \"127.0.0.1:0\"\ntoken = \"a-long-enough-test-token\"\n");
+    fs::write(&env.config, text).unwrap();
+    fs::create_dir_all(disk.dir.join("state")).unwrap();
+    fs::create_dir_all(disk.dir.join("out")).unwrap();
+    disk.fill();
+    env.start();
+    let a = uuids("a", 500);
+    env.append("access.log", &lines(&a));
+    support::poll_until(DEADLINE, "the faults in /status", || {
+        let f = faulty(&env);
+        (f.contains(&"file".to_string()) && f.contains(&"channel".to_string())).then_some(())
+    });
+    disk.free();
+    env.expect_exactly(&a);
+    support::poll_until(DEADLINE, "the faults to clear", || faulty(&env).is_empty().then_some(()));
     env.stop();
 }
