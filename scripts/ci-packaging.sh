@@ -7,7 +7,9 @@
 #      (a conffile, root:calllog-bridge 0640), state directory, enabled unit
 #      and system user are in place, and the service user can read the config;
 #   4. reinstalling (an upgrade) keeps a locally changed config;
-#   5. `dpkg -P` removes it again;
+#   5. `dpkg -P` removes it again, and the system user and group the package
+#      created are deleted (Debian policy keeps them on a real host; a test
+#      host must be left as it was found);
 #   6. `cargo generate-rpm` builds the .rpm (skipped with a note when the tool
 #      cannot be installed; CALLLOG_SKIP_RPM=1 skips it);
 #   7. prints the package sizes.
@@ -74,7 +76,26 @@ if dpkg-query -W -f='${Status}' "$NAME" 2>/dev/null | grep -q installed; then
     say "removing a $NAME package left by an earlier run"
     dpkg -P "$NAME" >/dev/null
 fi
-cleanup() { dpkg -P "$NAME" >/dev/null 2>&1 || true; }
+# What this run creates on the host, removed again whatever happens: the
+# package's system user and group (unless they were there before), and the
+# Local Edition log directory the shipped config points at (check-config
+# needs it to match a file; unless it was there before).
+user_existed=; getent passwd "$NAME" >/dev/null && user_existed=1
+group_existed=; getent group "$NAME" >/dev/null && group_existed=1
+le_dir=/mnt/data/trafficmanager/enriched/access
+le_created=
+remove_user() {
+    if [ -z "$user_existed" ] && getent passwd "$NAME" >/dev/null; then userdel "$NAME" >/dev/null 2>&1 || true; fi
+    if [ -z "$group_existed" ] && getent group "$NAME" >/dev/null; then groupdel "$NAME" >/dev/null 2>&1 || true; fi
+}
+remove_le_dir() {
+    if [ -n "$le_created" ]; then rm -rf "$le_created"; fi
+}
+cleanup() {
+    dpkg -P "$NAME" >/dev/null 2>&1 || true
+    remove_user
+    remove_le_dir
+}
 trap cleanup EXIT
 
 say "dpkg -i $deb"
@@ -96,7 +117,23 @@ cfg=/etc/$NAME/config.toml
 [ "$(stat -c '%U:%G %a' /var/lib/$NAME)" = "$NAME:$NAME 750" ] || fail "/var/lib/$NAME is $(stat -c '%U:%G %a' /var/lib/$NAME)"
 dpkg-query -W -f='${Conffiles}\n' $NAME | grep -q "^ $cfg " || fail "$cfg is not a conffile"
 [ -L /etc/systemd/system/multi-user.target.wants/$NAME.service ] || fail "unit not enabled"
-runuser -u $NAME -- /usr/bin/$NAME check-config -c "$cfg" >/dev/null || fail "the service user cannot load $cfg"
+# check-config checks what `run` needs, as the service user: a readable log
+# file where the shipped paths point (created for the check when this host
+# has no Local Edition), the state directory writable, the ports free.
+if [ ! -d "$le_dir" ]; then
+    le_created=$le_dir
+    while [ ! -e "$(dirname "$le_created")" ]; do le_created=$(dirname "$le_created"); done
+    mkdir -p "$le_dir"
+    : >"$le_dir/access.log"
+    chmod -R a+rX "$le_created"
+fi
+out=$(runuser -u $NAME -- /usr/bin/$NAME check-config -c "$cfg" 2>&1) || {
+    printf '%s\n' "$out"
+    fail "check-config as the service user refuses $cfg"
+}
+printf '%s\n' "$out" | grep -q "access.log" || fail "check-config does not list the log file it found: $out"
+remove_le_dir
+le_created=
 
 # --- 4. Upgrade keeps a changed config ---------------------------------------
 printf '\n# changed by ci-packaging\n' >>"$cfg"
@@ -108,12 +145,16 @@ grep -q 'changed by ci-packaging' "$cfg" || fail "reinstall replaced the changed
 # --- 5. Purge --------------------------------------------------------------------
 say "dpkg -P"
 dpkg -P $NAME >/dev/null
+remove_user
 trap - EXIT
 [ ! -e /usr/bin/$NAME ] || fail "binary left after purge"
 [ ! -e /usr/lib/systemd/system/$NAME.service ] || fail "unit left after purge"
 [ ! -e /etc/$NAME ] || fail "/etc/$NAME left after purge"
 [ ! -e /var/lib/$NAME ] || fail "/var/lib/$NAME left after purge"
 [ ! -e /etc/systemd/system/multi-user.target.wants/$NAME.service ] || fail "enable symlink left after purge"
+if [ -z "$user_existed" ]; then ! getent passwd $NAME >/dev/null || fail "user $NAME left after the test"; fi
+if [ -z "$group_existed" ]; then ! getent group $NAME >/dev/null || fail "group $NAME left after the test"; fi
+[ -z "$le_created" ] || [ ! -e "$le_created" ] || fail "$le_created left after the test"
 
 # --- 6. The .rpm -------------------------------------------------------------------
 rpm_file=

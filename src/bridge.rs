@@ -1,8 +1,10 @@
 //! The running bridge: sources -> fan-out -> sinks, with checkpoints.
 //!
-//! [`Bridge::start`] builds the pieces in dependency order: state
-//! directory, telemetry, enricher, sinks (via [`crate::sink::start_all`]),
-//! checkpoints, then one [`Tailer`] per `[[source]]`. [`Bridge::stop`] takes
+//! [`crate::preflight::prepare`] first checks what the config points at,
+//! locks `state_dir`, binds the listeners and loads the lookup tables;
+//! [`Bridge::start`] then builds the pieces in dependency order: sinks
+//! (via [`crate::sink::start_all`]), checkpoints, then one [`Tailer`] per
+//! `[[source]]`. [`Bridge::stop`] takes
 //! them down in the reverse order, which is what makes shutdown lose
 //! nothing:
 //!
@@ -78,25 +80,22 @@ pub struct Bridge {
 }
 
 impl Bridge {
-    /// Starts everything the config names.
-    pub async fn start(cfg: &Config, telemetry: Telemetry) -> anyhow::Result<Bridge> {
+    /// Starts everything the config names, with the lookup tables and the
+    /// channel's listener that [`crate::preflight::prepare`] made ready
+    /// (`state_dir` exists and is locked).
+    pub async fn start(
+        cfg: &Config,
+        telemetry: Telemetry,
+        enricher: Enricher,
+        channel_listener: Option<std::net::TcpListener>,
+    ) -> anyhow::Result<Bridge> {
         let state_dir = cfg.state_dir.clone();
-        tokio::task::spawn_blocking({
-            let d = state_dir.clone();
-            move || std::fs::create_dir_all(&d)
-        })
-        .await?
-        .with_context(|| format!("cannot create state_dir {}", state_dir.display()))?;
-
-        let enricher = {
-            let c = cfg.enrich.clone();
-            Arc::new(tokio::task::spawn_blocking(move || Enricher::from_config(&c)).await?.context("cannot load [enrich] lookups")?)
-        };
+        let enricher = Arc::new(enricher);
 
         let stop_sinks = CancellationToken::new();
         let ctx = SinkContext { state_dir: state_dir.clone(), shutdown: stop_sinks.clone(), telemetry: telemetry.clone() };
         let mut fanout = Fanout::new();
-        let (sinks, controls) = sink::start_all_with_controls(cfg, &ctx, &mut fanout).await?;
+        let (sinks, controls) = sink::start_all_with_controls(cfg, &ctx, &mut fanout, channel_listener).await?;
         // /status and /metrics read the channel's connection figures and the
         // enricher's lookup counters from here.
         telemetry.set_channel_stats(controls.channel.as_ref().map(|ch| ch.stats()));
@@ -138,16 +137,31 @@ impl Bridge {
             controls,
             stop_lookups,
         };
-        bridge.sources = bridge.spawn_sources(&cfg.sources)?;
+        let scans_from_ms = crate::time::now_ms();
+        let mut first_scans = Vec::new();
+        bridge.sources = bridge.spawn_sources(&cfg.sources, Some(&mut first_scans))?;
+        bridge.background.push(tokio::spawn(report_left_unread(
+            bridge.checkpoints.clone(),
+            cfg.sources.clone(),
+            bridge.telemetry.clone(),
+            first_scans,
+            scans_from_ms,
+        )));
         Ok(bridge)
     }
 
-    /// Starts one [`Tailer`] per `[[source]]`, stopped by `stop_reading`.
-    fn spawn_sources(&self, sources: &[SourceConfig]) -> anyhow::Result<Vec<(String, JoinHandle<anyhow::Result<()>>)>> {
+    /// Starts one [`Tailer`] per `[[source]]`, stopped by `stop_reading`;
+    /// with `first_scans`, each tailer's first scan is reported there.
+    fn spawn_sources(
+        &self,
+        sources: &[SourceConfig],
+        mut first_scans: Option<&mut Vec<tokio::sync::oneshot::Receiver<()>>>,
+    ) -> anyhow::Result<Vec<(String, JoinHandle<anyhow::Result<()>>)>> {
         let fanout = self.fanout.as_ref().context("the bridge is stopping")?;
+        self.telemetry.retain_sources(&sources.iter().enumerate().map(|(i, s)| source_name(s, i)).collect::<Vec<_>>());
         let mut tasks = Vec::new();
         for (i, s) in sources.iter().enumerate() {
-            let name = s.name.clone().unwrap_or_else(|| format!("source{i}"));
+            let name = source_name(s, i);
             let shared = Shared {
                 format: s.format,
                 max_line_bytes: s.max_line_bytes,
@@ -158,7 +172,12 @@ impl Bridge {
                 shutdown: self.stop_reading.clone(),
                 rejects: self.rejects.clone(),
             };
-            let tailer = Tailer::new(s.clone(), name.clone(), shared, self.telemetry.clone())?;
+            let mut tailer = Tailer::new(s.clone(), name.clone(), shared, self.telemetry.clone())?;
+            if let Some(v) = first_scans.as_deref_mut() {
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                tailer.on_first_scan(tx);
+                v.push(rx);
+            }
             tasks.push((name, tokio::spawn(tailer.run())));
         }
         Ok(tasks)
@@ -205,7 +224,7 @@ impl Bridge {
             };
             match res {
                 Ok(Ok(())) => {}
-                Ok(Err(e)) => tracing::error!(sink = h.name, error = %format!("{e:#}"), "sink failed"),
+                Ok(Err(e)) => tracing::error!(sink = h.name, error = %crate::cmd::describe(&e), "sink failed"),
                 Err(e) => tracing::error!(sink = h.name, error = %e, "sink task panicked"),
             }
         }
@@ -264,9 +283,44 @@ impl crate::reload::Reloadable for Bridge {
             }
             self.enricher = e;
         }
-        self.sources = self.spawn_sources(sources)?;
+        self.sources = self.spawn_sources(sources, None)?;
         tracing::info!(sources = self.sources.len(), "sources restarted with the reloaded config");
         Ok(())
+    }
+}
+
+/// The name of the `i`th source (`source<i>` unless it has one).
+fn source_name(s: &SourceConfig, i: usize) -> String {
+    s.name.clone().unwrap_or_else(|| format!("source{i}"))
+}
+
+/// Once every source has scanned its files once at start-up, looks for the
+/// files with a checkpoint that no scan saw and that still had unread
+/// bytes (gone, or rotated where no glob matches: see
+/// [`crate::tail::left_unread`]); each is logged loudly and counted on its
+/// source.
+async fn report_left_unread(
+    checkpoints: Checkpointer,
+    sources: Vec<SourceConfig>,
+    telemetry: Telemetry,
+    first_scans: Vec<tokio::sync::oneshot::Receiver<()>>,
+    scans_from_ms: i64,
+) {
+    for rx in first_scans {
+        if rx.await.is_err() {
+            // A source stopped before its first scan (shutdown): no verdict.
+            return;
+        }
+    }
+    let entries = checkpoints.entries();
+    let srcs = sources.clone();
+    let now = crate::time::now_ms();
+    let found =
+        tokio::task::spawn_blocking(move || crate::tail::left_unread::find(&entries, &srcs, scans_from_ms, now)).await.unwrap_or_default();
+    for (i, l) in found {
+        let name = sources.get(i).map(|s| source_name(s, i)).unwrap_or_default();
+        tracing::warn!(source = %name, file = %crate::logsafe::Escaped(&l.path), "{}", crate::logsafe::Escaped(&crate::tail::left_unread::message(&name, &l)));
+        telemetry.source(&name).left_unread(l);
     }
 }
 
@@ -346,38 +400,42 @@ async fn lookup_reloader(enricher: Arc<Enricher>, stop: CancellationToken) {
 /// Runs the bridge until `shutdown` is cancelled, then stops it cleanly.
 /// No reloads: see [`run_with_reload`].
 pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
-    run_with_reload(cfg, shutdown, None).await
+    let c = cfg.clone();
+    let prepared = tokio::task::spawn_blocking(move || crate::preflight::prepare(&c)).await??;
+    run_with_reload(cfg, prepared, shutdown, None).await
 }
 
 /// Runs the bridge until `shutdown` is cancelled, applying each reload
 /// request (SIGHUP) on the way, then stops it cleanly.
 ///
-/// The status listener (`[status]`) starts first, so `/healthz` answers
-/// while the bridge starts; `/readyz` turns 200 once sources and sinks are
-/// up, and 503 again when shutdown begins. The listener keeps serving
-/// `/status` during the drain and stops last.
-pub async fn run_with_reload(cfg: Config, shutdown: CancellationToken, mut reloads: Option<crate::reload::Requests>) -> anyhow::Result<()> {
+/// `prepared` ([`crate::preflight::prepare`]) holds the `state_dir` lock
+/// (released when this returns) and every listener, already bound: a port
+/// in use was refused before anything started. The status listener serves
+/// first, so `/healthz` answers while the bridge starts; `/readyz` turns
+/// 200 once sources and sinks are up, and 503 again when shutdown begins.
+/// The listener keeps serving `/status` during the drain and stops last.
+pub async fn run_with_reload(
+    cfg: Config,
+    prepared: crate::preflight::Prepared,
+    shutdown: CancellationToken,
+    mut reloads: Option<crate::reload::Requests>,
+) -> anyhow::Result<()> {
+    let crate::preflight::Prepared { lock: _lock, listeners, enricher, warnings } = prepared;
+    for w in &warnings {
+        tracing::warn!("{w}");
+    }
     let telemetry = Telemetry::new();
     let stop_status = CancellationToken::new();
-    // A status port already in use must not stop the records: the bridge
-    // runs on without /status and says so loudly.
-    let status = if cfg.status.enabled {
-        match crate::telemetry::server::start(&cfg.status, telemetry.clone(), stop_status.clone()).await {
-            Ok(srv) => {
-                tracing::info!(addr = %srv.addr, "status listener: /metrics, /status, /healthz, /readyz");
-                Some(srv)
-            }
-            Err(e) => {
-                tracing::error!(error = %format!("{e:#}"), "status listener NOT running; records still flow");
-                None
-            }
+    let status = match listeners.status {
+        Some(l) => {
+            let srv = crate::telemetry::server::start_on(l, &cfg.status, telemetry.clone(), stop_status.clone())?;
+            tracing::info!(addr = %srv.addr, "status listener: /metrics, /status, /healthz, /readyz");
+            Some(srv)
         }
-    } else {
-        None
+        None => None,
     };
-    let mut bridge = Bridge::start(&cfg, telemetry.clone()).await?;
+    let mut bridge = Bridge::start(&cfg, telemetry.clone(), enricher, listeners.channel).await?;
     if let Some(srv) = &status {
-        // After Bridge::start, which creates the state directory.
         if let Err(e) = crate::telemetry::server::write_addr_file(&cfg.state_dir, srv.addr).await {
             tracing::warn!(error = %e, "cannot write {}", crate::telemetry::server::addr_file(&cfg.state_dir).display());
         }
@@ -404,7 +462,7 @@ pub async fn run_with_reload(cfg: Config, shutdown: CancellationToken, mut reloa
     stop_status.cancel();
     if let Some(srv) = status {
         if let Err(e) = srv.wait().await {
-            tracing::warn!(error = %format!("{e:#}"), "status listener");
+            tracing::warn!(error = %crate::cmd::describe(&e), "status listener");
         }
     }
     res

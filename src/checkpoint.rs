@@ -54,6 +54,11 @@ pub struct Entry {
     pub ino: u64,
     /// Epoch ms when a scan last saw the file; drives pruning.
     pub last_seen_ms: i64,
+    /// The file's size when last seen (compressed size for a `.gz`): with
+    /// `offset`, how much was left unread if the file is gone at the next
+    /// start (see [`crate::tail::left_unread`]).
+    #[serde(default)]
+    pub size: u64,
     /// For a `.gz` read to its end: its compressed size then and the
     /// content offset of its end. A restart that finds the same `.gz` (same
     /// fingerprint and size) with `offset` at that end does not decompress
@@ -65,7 +70,7 @@ pub struct Entry {
 impl Entry {
     /// A file not read yet: offset 0, location unknown.
     fn new(fingerprint: Fingerprint, last_seen_ms: i64) -> Entry {
-        Entry { fingerprint, offset: 0, path: String::new(), dev: 0, ino: 0, last_seen_ms, gz_complete: None }
+        Entry { fingerprint, offset: 0, path: String::new(), dev: 0, ino: 0, last_seen_ms, size: 0, gz_complete: None }
     }
 }
 
@@ -246,9 +251,10 @@ impl Checkpointer {
         }
     }
 
-    /// Notes that a scan saw the file (keeps its entry from being pruned).
-    /// Creates an entry at offset 0 for a file seen for the first time.
-    pub fn seen(&self, fp: Fingerprint, path: &str, dev: u64, ino: u64, now_ms: i64) {
+    /// Notes that a scan saw the file, `size` bytes long (keeps its entry
+    /// from being pruned). Creates an entry at offset 0 for a file seen for
+    /// the first time.
+    pub fn seen(&self, fp: Fingerprint, path: &str, dev: u64, ino: u64, size: u64, now_ms: i64) {
         let mut st = self.lock();
         let e = st.entries.entry(fp).or_insert_with(|| Entry::new(fp, 0));
         let changed = e.path != path || e.dev != dev || e.ino != ino;
@@ -256,6 +262,8 @@ impl Checkpointer {
         e.path.push_str(path);
         e.dev = dev;
         e.ino = ino;
+        // Written with the next change (an offset advancing), not on its own.
+        e.size = size;
         // Only a move of the file makes the document dirty; last_seen alone
         // is refreshed whenever something else is written.
         e.last_seen_ms = now_ms;
@@ -363,6 +371,11 @@ impl Checkpointer {
         Some(end)
     }
 
+    /// A copy of every entry (the start-up check for files left unread).
+    pub fn entries(&self) -> Vec<Entry> {
+        self.lock().entries.values().cloned().collect()
+    }
+
     /// Waits until an offset advanced since the last call.
     pub async fn changed(&self) {
         self.changed.notified().await
@@ -445,7 +458,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let c = Checkpointer::load(dir.path()).unwrap();
         assert_eq!(c.resume_offset(fp(1)), None);
-        c.seen(fp(1), "/a", 1, 2, 0);
+        c.seen(fp(1), "/a", 1, 2, 0, 0);
         assert_eq!(c.resume_offset(fp(1)), Some(0));
         let t1 = c.register(fp(1), 10);
         let t2 = c.register(fp(1), 20);
@@ -460,7 +473,7 @@ mod tests {
     fn a_withdrawn_batch_is_read_again_and_holds_nothing_back() {
         let dir = tempfile::tempdir().unwrap();
         let c = Checkpointer::load(dir.path()).unwrap();
-        c.seen(fp(1), "/a", 1, 2, 0);
+        c.seen(fp(1), "/a", 1, 2, 0, 0);
         let t1 = c.register(fp(1), 10);
         let t2 = c.register(fp(1), 20);
         assert!(!c.withdraw(t1), "only the newest batch can be taken back");
@@ -476,7 +489,7 @@ mod tests {
     fn a_gz_read_to_its_end_is_done_once_delivered_and_survives_a_reload() {
         let dir = tempfile::tempdir().unwrap();
         let c = Checkpointer::load(dir.path()).unwrap();
-        c.seen(fp(7), "/a.gz", 1, 2, 0);
+        c.seen(fp(7), "/a.gz", 1, 2, 0, 0);
         let t = c.register(fp(7), 500);
         c.mark_gz_complete(fp(7), 120, 500);
         assert!(!c.gz_done(fp(7), 120), "not delivered yet");
@@ -493,7 +506,7 @@ mod tests {
     fn advances_in_order_when_acks_come_out_of_order() {
         let dir = tempfile::tempdir().unwrap();
         let c = Checkpointer::load(dir.path()).unwrap();
-        c.seen(fp(1), "/a", 1, 2, 0);
+        c.seen(fp(1), "/a", 1, 2, 0, 0);
         let t1 = c.register(fp(1), 10);
         let t2 = c.register(fp(1), 20);
         let t3 = c.register(fp(1), 30);
@@ -509,7 +522,7 @@ mod tests {
     fn survives_a_reload() {
         let dir = tempfile::tempdir().unwrap();
         let c = Checkpointer::load(dir.path()).unwrap();
-        c.seen(fp(7), "/a", 1, 2, crate::time::now_ms());
+        c.seen(fp(7), "/a", 1, 2, 0, crate::time::now_ms());
         c.ack(c.register(fp(7), 42));
         assert!(c.write(false).unwrap());
         assert!(!c.write(false).unwrap(), "nothing changed");
@@ -531,8 +544,8 @@ mod tests {
     fn prunes_files_gone_for_good() {
         let dir = tempfile::tempdir().unwrap();
         let c = Checkpointer::load(dir.path()).unwrap();
-        c.seen(fp(1), "/old", 1, 1, 0);
-        c.seen(fp(2), "/new", 1, 2, PRUNE_AFTER_MS + 10);
+        c.seen(fp(1), "/old", 1, 1, 0, 0);
+        c.seen(fp(2), "/new", 1, 2, 0, PRUNE_AFTER_MS + 10);
         c.prune(PRUNE_AFTER_MS + 20);
         assert_eq!(c.offset(fp(1)), None);
         assert_eq!(c.offset(fp(2)), Some(0));

@@ -71,12 +71,36 @@ pub struct ParseArgs {
     pub files: Vec<PathBuf>,
 }
 
+/// The formats `simulate` writes: Local Edition's own log formats (the
+/// export and stream formats `parse` also reads are not written as logs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SimFormat {
+    /// LE 6 enriched access log (`access.log`).
+    Le6,
+    /// LE 5 enriched access CSV (`access.csv`).
+    #[value(name = "le5-csv")]
+    Le5Csv,
+    /// LE 5 raw access log, JSON lines (`access_worker0.log`).
+    #[value(name = "le-json")]
+    LeJson,
+}
+
+impl From<SimFormat> for Format {
+    fn from(f: SimFormat) -> Format {
+        match f {
+            SimFormat::Le6 => Format::Le6,
+            SimFormat::Le5Csv => Format::Le5Csv,
+            SimFormat::LeJson => Format::LeJson,
+        }
+    }
+}
+
 /// `simulate` arguments.
 #[derive(Debug, clap::Args)]
 pub struct SimulateArgs {
     /// Format to write.
-    #[arg(long, value_enum, default_value_t = Format::Le6)]
-    pub format: Format,
+    #[arg(long, value_enum, default_value_t = SimFormat::Le6)]
+    pub format: SimFormat,
     /// Directory to write into (created if missing).
     #[arg(long)]
     pub dir: PathBuf,

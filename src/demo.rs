@@ -3,7 +3,8 @@
 //!
 //! The demo writes a config, a token file and the example lookup tables
 //! (embedded in the binary) into a fresh directory under the system temp
-//! directory, and starts the simulator in a thread: LE 6 traffic at a
+//! directory (removed again when the demo stops), and starts the simulator
+//! in a thread: LE 6 traffic at a
 //! steady rate with a simulated sync lag, rotated by size and gzipped the
 //! way Local Edition rotates. The bridge then runs on that config exactly
 //! as it would on a real one: the channel, the status page (dashboard,
@@ -117,11 +118,43 @@ impl Demo {
 }
 
 impl Drop for Demo {
+    /// Stops the simulator and removes the demo's directory (logs, state,
+    /// archive): the bridge has stopped by then, and a demo leaves nothing
+    /// behind.
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
         if let Some(t) = self.simulator.take() {
             let _ = t.join();
         }
+        if let Err(e) = std::fs::remove_dir_all(&self.dir) {
+            eprintln!("calllog-bridge: cannot remove the demo directory {}: {e}", self.dir.display());
+        }
+    }
+}
+
+/// How to run this binary from where the user stands: `calllog-bridge`
+/// when that name on `PATH` is this binary (installed), else its path
+/// (relative to the working directory when inside it, as after `cargo run`).
+fn invocation() -> String {
+    let Ok(exe) = std::env::current_exe().and_then(|p| p.canonicalize()) else {
+        return "calllog-bridge".to_string();
+    };
+    let on_path = std::env::var_os("PATH")
+        .map(|paths| std::env::split_paths(&paths).map(|d| d.join("calllog-bridge")).collect::<Vec<_>>())
+        .unwrap_or_default()
+        .into_iter()
+        .find(|p| p.is_file());
+    if on_path.and_then(|p| p.canonicalize().ok()).as_ref() == Some(&exe) {
+        return "calllog-bridge".to_string();
+    }
+    let shown = match std::env::current_dir().ok().and_then(|cwd| exe.strip_prefix(cwd).ok().map(Path::to_path_buf)) {
+        Some(rel) => format!("./{}", rel.display()),
+        None => exe.display().to_string(),
+    };
+    if shown.contains([' ', '\'', '"']) {
+        format!("'{}'", shown.replace('\'', "'\\''"))
+    } else {
+        shown
     }
 }
 
@@ -136,10 +169,12 @@ fn banner(dir: &Path, status: &str, channel: &str) -> String {
          \x20 channel    ws://{channel}/ecls/subscribe/local/local?key={DEMO_TOKEN}\n\
          \x20 archive    {archive}\n\
          \x20 LE logs    {logs}\n\
-         \n  try:  calllog-bridge tail 'ws://{channel}/stream?key={DEMO_TOKEN}' --table\n\
-         \x20       calllog-bridge lag --status-url http://{status}\n",
+         \n  try:  {bin} tail 'ws://{channel}/stream?key={DEMO_TOKEN}' --table\n\
+         \x20       {bin} lag --status-url http://{status}\n\
+         \n  The demo directory is removed when the demo stops.\n",
         archive = dir.join("archive.ndjson").display(),
         logs = dir.join("le-logs").display(),
+        bin = invocation(),
     )
 }
 

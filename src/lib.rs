@@ -10,6 +10,9 @@
 //! - [`rejects`]: the rejects file (lines that did not parse, as JSON lines).
 //! - [`pipeline`]: batches, acknowledgements and the fan-out to sinks.
 //! - [`cmd`]: one module per subcommand; [`cli`] holds the clap definitions.
+//! - [`preflight`]: what `run` needs from the host (files, directories,
+//!   listeners), checked the same way by `check-config` and `run`;
+//!   [`state_lock`]: one bridge per `state_dir`.
 //! - [`simulate`]: simulated Local Edition traffic (generator and file writer).
 //! - [`sink`]: where batches go (file archive, channel, upstream).
 //! - [`reload`]: SIGHUP: re-read the config, apply it or refuse it whole.
@@ -34,12 +37,14 @@ pub mod listener;
 pub mod logsafe;
 pub mod parse;
 pub mod pipeline;
+pub mod preflight;
 pub mod record;
 pub mod rejects;
 pub mod reload;
 pub mod service;
 pub mod simulate;
 pub mod sink;
+pub mod state_lock;
 pub mod tail;
 pub mod telemetry;
 pub mod time;

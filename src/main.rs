@@ -14,7 +14,16 @@ use calllog_bridge::cmd;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() {
-    let cli = Cli::parse();
+    // A usage error exits 64 (EX_USAGE) like a bad config, not clap's 2:
+    // `lag` uses 2 for "over --max-lag", and a mistyped option in a
+    // monitoring check must not read as lag.
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            std::process::exit(if e.use_stderr() { calllog_bridge::config::EXIT_CONFIG } else { 0 });
+        }
+    };
     let result = match cli.command {
         Command::Parse(a) => cmd::parse::run(a),
         Command::Simulate(a) => cmd::simulate::run(a),
@@ -27,7 +36,7 @@ fn main() {
     match result {
         Ok(code) => std::process::exit(code),
         Err(e) => {
-            eprintln!("calllog-bridge: {e:#}");
+            eprintln!("calllog-bridge: {}", cmd::describe(&e));
             std::process::exit(1);
         }
     }

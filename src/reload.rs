@@ -1,7 +1,8 @@
 //! SIGHUP: re-read the config file and apply it to the running bridge.
 //!
 //! Invariant: a reload either applies a config that passed every check a
-//! start would make, or changes nothing. [`prepare`] does all the fallible
+//! start would make ([`crate::preflight::check`], the listeners aside), or
+//! changes nothing. [`prepare`] does all the fallible
 //! work first (read, parse, validate, load the lookup tables, resolve the
 //! channel token, parse the log level); only then does [`apply`] touch the
 //! running bridge, and what it does there cannot be refused half-way. An
@@ -78,7 +79,7 @@ impl ReloadError {
     /// The config key the error is about (for the log line's `key` field).
     pub fn key(&self) -> &str {
         match self {
-            ReloadError::Config(ConfigError::Invalid { key, .. }) => key,
+            ReloadError::Config(ConfigError::Invalid { key, .. } | ConfigError::Unusable { key, .. }) => key,
             ReloadError::Config(ConfigError::Syntax { .. }) => "(syntax: see the message)",
             ReloadError::Config(ConfigError::Read { .. }) => "(the file)",
             ReloadError::Lookups(_) => "enrich.lookups",
@@ -179,9 +180,23 @@ pub async fn prepare(path: &Path, running: &Config) -> Result<Prepared, ReloadEr
 fn prepare_blocking(path: &Path, old_enrich: &str) -> Result<Prepared, ReloadError> {
     let config = Config::load(path)?;
     crate::service::parse_level(&config.log_level)?;
-    let enricher = if format!("{:?}", config.enrich) != old_enrich { Some(Arc::new(Enricher::from_config(&config.enrich)?)) } else { None };
+    // What a start would refuse, a reload refuses too (the listeners are
+    // the running bridge's and are not probed).
+    let checked = crate::preflight::check(&config, crate::preflight::Bind::Skip);
+    if let Some(e) = checked.errors.into_iter().next() {
+        return Err(e.into());
+    }
+    for w in &checked.warnings {
+        tracing::warn!("{w}");
+    }
+    let enricher = match (format!("{:?}", config.enrich) != old_enrich, checked.enricher) {
+        (true, Some(e)) => Some(Arc::new(e)),
+        (true, None) => Some(Arc::new(Enricher::from_config(&config.enrich)?)),
+        (false, _) => None,
+    };
     let channel_token = config.channel.as_ref().map(ChannelConfig::token).transpose()?;
-    let upstream = config.upstream.as_ref().map(UpstreamLive::build).transpose().map_err(|e| ReloadError::Upstream(format!("{e:#}")))?;
+    let upstream =
+        config.upstream.as_ref().map(UpstreamLive::build).transpose().map_err(|e| ReloadError::Upstream(crate::cmd::describe(&e)))?;
     Ok(Prepared { config, enricher, channel_token, upstream })
 }
 
@@ -355,7 +370,7 @@ pub async fn on_hup<B: Reloadable>(bridge: &mut B, running: Config, path: &Path)
                 effective
             }
             Err(e) => {
-                tracing::error!(error = %format!("{e:#}"), "reload failed while applying; the sources keep their previous settings");
+                tracing::error!(error = %crate::cmd::describe(&e), "reload failed while applying; the sources keep their previous settings");
                 running
             }
         },
@@ -501,34 +516,44 @@ token = "token-one-0123456789"
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("config.toml");
         let running = cfg(BASE);
+        // What a start would refuse is refused: a glob whose directory is missing.
+        std::fs::write(&path, BASE).unwrap();
+        let e = prepare(&path, &running).await.err().unwrap();
+        assert_eq!(e.key(), "source[0].paths", "{e}");
+        // The other cases, on a host where the paths exist.
+        let root = dir.path().display().to_string();
+        for d in ["logs/a", "logs/c"] {
+            std::fs::create_dir_all(dir.path().join(d)).unwrap();
+        }
+        let base = BASE.replace("/logs/", &format!("{root}/logs/")).replace("/tmp/state", &format!("{root}/state"));
 
-        std::fs::write(&path, BASE.replace("paths = [\"/logs/a/*.log\"]", "paths = []")).unwrap();
+        std::fs::write(&path, base.replace(&format!("paths = [\"{root}/logs/a/*.log\"]"), "paths = []")).unwrap();
         let e = prepare(&path, &running).await.err().unwrap();
         assert_eq!(e.key(), "source[0].paths", "{e}");
 
-        std::fs::write(&path, format!("log_level = \"verbose\"\n{BASE}")).unwrap();
+        std::fs::write(&path, format!("log_level = \"verbose\"\n{base}")).unwrap();
         let e = prepare(&path, &running).await.err().unwrap();
         assert_eq!(e.key(), "log_level", "{e}");
 
-        std::fs::write(&path, format!("{BASE}\n[enrich]\nlookups = [\"missing.csv\"]\n")).unwrap();
+        std::fs::write(&path, format!("{base}\n[enrich]\nlookups = [\"missing.csv\"]\n")).unwrap();
         let e = prepare(&path, &running).await.err().unwrap();
         assert_eq!(e.key(), "enrich.lookups", "{e}");
         assert!(e.to_string().contains("missing.csv"), "{e}");
 
-        std::fs::write(&path, BASE.replace("token = \"token-one-0123456789\"", "token_file = \"nope.token\"")).unwrap();
+        std::fs::write(&path, base.replace("token = \"token-one-0123456789\"", "token_file = \"nope.token\"")).unwrap();
         let e = prepare(&path, &running).await.err().unwrap();
         assert_eq!(e.key(), "channel.token_file", "{e}");
 
-        std::fs::write(&path, format!("{BASE}\n[upstream]\nurl = \"http://127.0.0.1:9/\"\nbearer_token_file = \"nope.token\"\n")).unwrap();
+        std::fs::write(&path, format!("{base}\n[upstream]\nurl = \"http://127.0.0.1:9/\"\nbearer_token_file = \"nope.token\"\n")).unwrap();
         let e = prepare(&path, &running).await.err().unwrap();
         assert_eq!(e.key(), "upstream.bearer_token_file", "{e}");
         // A CA file that is there but holds no certificate.
         std::fs::write(dir.path().join("ca.pem"), "not a certificate\n").unwrap();
-        std::fs::write(&path, format!("{BASE}\n[upstream]\nurl = \"https://127.0.0.1:9/\"\nca_file = \"ca.pem\"\n")).unwrap();
+        std::fs::write(&path, format!("{base}\n[upstream]\nurl = \"https://127.0.0.1:9/\"\nca_file = \"ca.pem\"\n")).unwrap();
         let e = prepare(&path, &running).await.err().unwrap();
         assert_eq!(e.key(), "upstream.ca_file", "{e}");
 
-        std::fs::write(&path, BASE.replace("/logs/a/*.log", "/logs/c/*.log")).unwrap();
+        std::fs::write(&path, base.replace("/logs/a/*.log", "/logs/c/*.log")).unwrap();
         let p = prepare(&path, &running).await.unwrap();
         assert!(p.enricher.is_none(), "unchanged [enrich] must not reload tables");
         assert_eq!(p.channel_token.unwrap().expose(), "token-one-0123456789");

@@ -1204,7 +1204,7 @@ pub fn run(opts: &SimOptions, stop: &AtomicBool) -> Result<SimSummary, SimError>
             let line = gen.next_call(time::now_ms(), opts.lag_ms).render(opts.format);
             out.push_line(&line)?;
             written += 1;
-            if opts.burst && written % 4096 == 0 && stop.load(Ordering::Relaxed) {
+            if opts.burst && written.is_multiple_of(4096) && stop.load(Ordering::Relaxed) {
                 break;
             }
         }

@@ -96,7 +96,11 @@ impl Watcher {
         let mut cfg = cfg.clone();
         if let Ok(cwd) = std::env::current_dir() {
             for g in cfg.paths.iter_mut().chain(cfg.exclude.iter_mut()) {
-                if Path::new(g.as_str()).is_relative() {
+                if g.starts_with('*') && !g.starts_with("**/") {
+                    // `*.tmp` matches in any directory (see
+                    // `SourceConfig::exclude`); `*` alone never crosses a `/`.
+                    *g = format!("**/{g}");
+                } else if Path::new(g.as_str()).is_relative() {
                     *g = cwd.join(&*g).to_string_lossy().into_owned();
                 }
             }
@@ -143,10 +147,31 @@ impl Watcher {
     /// Lists every matching file now (blocking: run it off the runtime).
     /// A path seen twice (hard link) is reported once.
     pub fn scan(&self) -> Vec<Seen> {
+        self.scan_reporting().0
+    }
+
+    /// [`Watcher::scan`], also returning the directories that exist but
+    /// cannot be listed (permission denied), with why: their files are
+    /// invisible, which an operator must hear about. A directory that does
+    /// not exist is not an error here (its files may come later).
+    pub fn scan_reporting(&self) -> (Vec<Seen>, Vec<(PathBuf, String)>) {
         let mut out = Vec::new();
+        let mut errors = Vec::new();
         let mut keys = HashSet::new();
         for (dir, depth) in &self.roots {
-            for entry in walkdir::WalkDir::new(dir).min_depth(1).max_depth(*depth).follow_links(true).into_iter().flatten() {
+            for entry in walkdir::WalkDir::new(dir).min_depth(1).max_depth(*depth).follow_links(true) {
+                let entry = match entry {
+                    Ok(e) => e,
+                    Err(e) => {
+                        let missing = e.io_error().is_some_and(|io| io.kind() == std::io::ErrorKind::NotFound);
+                        if !missing {
+                            let at = e.path().map(Path::to_path_buf).unwrap_or_else(|| dir.clone());
+                            let why = e.io_error().map_or_else(|| e.to_string(), ToString::to_string);
+                            errors.push((at, why));
+                        }
+                        continue;
+                    }
+                };
                 if !entry.file_type().is_file() || !self.matches(entry.path()) {
                     continue;
                 }
@@ -157,7 +182,7 @@ impl Watcher {
                 }
             }
         }
-        out
+        (out, errors)
     }
 
     /// Subscribes to notify events for the source's directories. Directories
@@ -280,6 +305,19 @@ mod tests {
         let mut names: Vec<String> = w.scan().iter().map(|s| s.path.file_name().unwrap().to_string_lossy().into_owned()).collect();
         names.sort();
         assert_eq!(names, ["access.log", "access.log.1"]);
+    }
+
+    #[test]
+    fn an_exclude_starting_with_a_wildcard_matches_in_any_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        std::fs::write(d.join("access.log.1"), "x").unwrap();
+        std::fs::write(d.join("access.log.1.gz.tmp"), "x").unwrap();
+        let g = format!("{}/access*.log*", d.display());
+        let w = Watcher::new(&source(&[&g], &["*.tmp"])).unwrap();
+        let names: Vec<String> = w.scan().iter().map(|s| s.path.file_name().unwrap().to_string_lossy().into_owned()).collect();
+        assert_eq!(names, ["access.log.1"]);
+        assert!(!w.matches(&d.join("access.log.2.gz.tmp")));
     }
 
     #[test]

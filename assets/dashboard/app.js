@@ -156,7 +156,7 @@
     errors: { mashery: 0, api: 0, other: 0 },
     /** Highest channel sequence number received. */
     lastSeq: null,
-    /** WebSocket state: no-token, connecting, open, reconnecting, closed. */
+    /** WebSocket state: no-token, connecting, open, reconnecting, refused (a #ws= the token may not go to), wrong-token (401: waits for a new token), unreachable (the bridge does not answer). */
     connection: 'idle',
     /** Successful (re)connections. */
     connects: 0,
@@ -185,7 +185,7 @@
   const tail = new Ring(TAIL_KEEP);
   const dedupe = { set: new Set(), ring: new Array(DEDUPE_KEEP), pos: 0 };
   const top = { services: new Map(), endpoints: new Map() };
-  const fileSeries = new Map(); // path -> { color, points: Ring of {t, p50, p95, max} }
+  const fileSeries = new Map(); // file identity -> { color, points: Ring of {t, p50, p95, max} }
   let dirty = true;
 
   function seen(uuid) {
@@ -324,6 +324,9 @@
     const since = agg.lastSeq != null ? agg.lastSeq + 1 : settings.since;
     if (since != null) u.searchParams.set('since', String(since));
     setConnection(agg.connects ? 'reconnecting' : 'connecting');
+    // The browser does not tell a refused handshake from a dead bridge; the
+    // channel's refusal counters in /status do (see handshakeFailed).
+    const refusedBefore = refusals(agg.status);
     let opened = false;
     const sock = new WebSocket(u.toString());
     sock.binaryType = 'arraybuffer';
@@ -345,15 +348,52 @@
     sock.onclose = (ev) => {
       if (ws !== sock) return;
       ws = null;
-      if (!opened) failuresBeforeOpen++;
-      // Refused again and again while /status answers: the token is likely wrong.
-      if (failuresBeforeOpen >= 3) $('token-form').hidden = false;
-      const why = opened ? (ev.reason || 'closed ' + ev.code)
-        : 'handshake refused or bridge down' + (failuresBeforeOpen > 2 ? ' (check the token)' : '');
-      setConnection('reconnecting', why);
-      scheduleReconnect();
+      if (opened) {
+        setConnection('reconnecting', ev.reason || 'closed ' + ev.code);
+        scheduleReconnect();
+        return;
+      }
+      failuresBeforeOpen++;
+      handshakeFailed(refusedBefore);
     };
     sock.onerror = () => { /* onclose follows and reconnects */ };
+  }
+
+  /** The channel's refusal counters in a /status document (zeros when absent). */
+  function refusals(st) {
+    const r = (st && st.channel && st.channel.refused) || {};
+    return { unauthorized: num(r.unauthorized) || 0, full: num(r.too_many_connections) || 0 };
+  }
+
+  /**
+   * A handshake failed before the socket opened. /status (same origin as
+   * this page) says why: no answer = the bridge is unreachable; one more
+   * `unauthorized` refusal = the token is wrong (401), so stop retrying and
+   * ask for it; one more `too_many_connections` = the channel is full.
+   */
+  async function handshakeFailed(before) {
+    let st = null;
+    try {
+      const r = await fetch('status', { cache: 'no-store' });
+      if (r.ok) st = await r.json();
+    } catch (e) { st = null; }
+    if (ws || retryTimer) return; // a new attempt started meanwhile
+    if (!st) {
+      agg.statusState = 'error';
+      setConnection('unreachable', 'bridge unreachable: no answer from ' + location.host);
+      scheduleReconnect();
+      return;
+    }
+    agg.status = st;
+    const after = refusals(st);
+    if (after.unauthorized > before.unauthorized) {
+      setConnection('wrong-token', 'wrong token: the channel refused it (401); enter the channel token');
+      $('token-form').hidden = false;
+      return; // retried when a token is entered
+    }
+    if (after.full > before.full) setConnection('reconnecting', 'channel full: too many connections (503)');
+    else setConnection('reconnecting', 'channel handshake failed (channel down?)');
+    scheduleReconnect();
   }
 
   function scheduleReconnect() {
@@ -403,6 +443,7 @@
       if (!ws && retryTimer && retryMs > RECONNECT_MIN_MS * 4) { clearTimeout(retryTimer); retryTimer = null; connect(); }
     } catch (e) {
       agg.statusState = 'error';
+      if (!ws && !['wrong-token', 'no-token', 'refused'].includes(agg.connection)) setConnection('unreachable', 'bridge unreachable: no answer from ' + location.host);
     } finally {
       clearTimeout(timer);
       dirty = true;
@@ -420,6 +461,9 @@
     return { p50: num(d.p50), p95: num(d.p95), max: num(d.max), transferP95: num(t.p95) };
   }
 
+  /** A file's series key: its identity (the same file renamed or gzipped keeps it), else its path (older bridges). */
+  function fileKey(f) { return f.id || f.path; }
+
   function recordFiles(st, t) {
     const sorted = syncSince.values.slice(0, syncSince.len).sort();
     liveSeries.points.push({ t: t, p50: quantile(sorted, 0.5), p95: null });
@@ -429,10 +473,10 @@
     if (win != null) setText($('delay-window'), fmtMs(win * 1000));
     const files = Array.isArray(st.files) ? st.files : [];
     for (const f of files) {
-      let s = fileSeries.get(f.path);
+      let s = fileSeries.get(fileKey(f));
       if (!s) {
         s = { color: COLORS[fileSeries.size % COLORS.length], points: new Ring(SYNC_POINTS) };
-        fileSeries.set(f.path, s);
+        fileSeries.set(fileKey(f), s);
       }
       const d = fileDelay(f);
       // An idle file has no current delay: plot a gap, not an old figure.
@@ -516,7 +560,7 @@
     const rs = rows($('files').tBodies[0], files.length, 9);
     files.forEach((f, i) => {
       const c = rs[i].cells;
-      const s = fileSeries.get(f.path);
+      const s = fileSeries.get(fileKey(f));
       const d = fileDelay(f);
       rs[i].dataset.path = f.path;
       if (!c[0].firstChild) c[0].appendChild(document.createElement('span')).className = 'swatch';
@@ -626,21 +670,48 @@
     return { ctx, w, h };
   }
 
-  function niceMax(v) {
-    if (!(v > 0)) return 1;
-    const p = Math.pow(10, Math.floor(Math.log10(v)));
-    for (const m of [1, 2, 2.5, 5, 10]) if (v <= m * p) return m * p;
-    return 10 * p;
+  /** At most this many intervals between gridlines on a value axis. */
+  const MAX_TICKS = 5;
+  /** Round steps for a count axis: 1, 2, 5 times a power of ten (whole numbers). */
+  function countSteps(max) {
+    const out = [];
+    for (let p = 1; p <= Math.max(10, max * 10); p *= 10) for (const m of [1, 2, 5]) out.push(m * p);
+    return out;
   }
+  /** Round steps for a duration axis, in ms: what a clock reads (15 s, 30 s, 1 min, 5 min, 1 h...). */
+  const DURATION_STEPS = [1, 2, 5, 10, 20, 50, 100, 200, 250, 500, 1000, 2000, 5000, 10000, 15000, 30000,
+    60000, 120000, 300000, 600000, 900000, 1800000, 3600000, 7200000, 10800000, 21600000, 43200000, 86400000];
+  /** Gridline values 0, step, 2 step, ... covering `max`, with the smallest round step that needs at most MAX_TICKS intervals. */
+  function niceTicks(max, steps) {
+    const m = max > 0 ? max : 0;
+    let step = steps[steps.length - 1];
+    for (const s of steps) if (Math.ceil(m / s) <= MAX_TICKS) { step = s; break; }
+    const n = Math.max(1, Math.ceil(m / step));
+    const ticks = [];
+    for (let i = 0; i <= n; i++) ticks.push(i * step);
+    return ticks;
+  }
+  /** A tick label for a duration: 0, 250 ms, 1.5 s, 30 s, 2 min, 6 h (no needless decimals). */
+  function fmtTickMs(ms) {
+    const r = (x) => String(Number(x.toFixed(2)));
+    if (ms === 0) return '0';
+    if (ms < 1000) return r(ms) + ' ms';
+    if (ms < 60000) return r(ms / 1000) + ' s';
+    if (ms < 3600000) return r(ms / 60000) + ' min';
+    return r(ms / 3600000) + ' h';
+  }
+  /** The gridlines drawn last, per chart (for tests: `snapshot().ticks`). */
+  const drawnTicks = { rate: [], sync: [] };
 
-  function axes(ctx, w, h, left, bottom, yMax, fmt) {
+  function axes(ctx, w, h, left, bottom, ticks, fmt) {
     ctx.strokeStyle = '#26303b';
     ctx.fillStyle = '#8593a3';
     ctx.lineWidth = 1;
-    for (let i = 0; i <= 4; i++) {
-      const y = Math.round(8 + (h - bottom - 8) * (1 - i / 4)) + 0.5;
+    const top = ticks[ticks.length - 1];
+    for (const v of ticks) {
+      const y = Math.round(8 + (h - bottom - 8) * (1 - v / top)) + 0.5;
       ctx.beginPath(); ctx.moveTo(left, y); ctx.lineTo(w, y); ctx.stroke();
-      ctx.fillText(fmt(yMax * i / 4), 2, y + 4);
+      ctx.fillText(fmt(v), 2, y + 4);
     }
   }
 
@@ -650,8 +721,10 @@
     const sec = Math.floor(t / 1000);
     let max = 0;
     for (let i = 1; i < RATE_SECONDS; i++) max = Math.max(max, rate.counts[(sec - i) % RATE_SECONDS]);
-    const yMax = niceMax(max);
-    axes(ctx, w, h, left, bottom, yMax, (v) => fmtInt(v));
+    const ticks = niceTicks(max, countSteps(max));
+    drawnTicks.rate = ticks;
+    const yMax = ticks[ticks.length - 1];
+    axes(ctx, w, h, left, bottom, ticks, (v) => fmtInt(v));
     const bw = (w - left) / (RATE_SECONDS - 1);
     ctx.fillStyle = '#58a6ff';
     for (let i = 1; i < RATE_SECONDS; i++) {
@@ -678,8 +751,10 @@
       });
     }
     const spanMs = Math.min(SYNC_POINTS * STATUS_EVERY_MS, Math.max(120000, t - oldest));
-    const yMax = niceMax(max);
-    axes(ctx, w, h, left, bottom, yMax, fmtMs);
+    const ticks = niceTicks(max, DURATION_STEPS);
+    drawnTicks.sync = ticks;
+    const yMax = ticks[ticks.length - 1];
+    axes(ctx, w, h, left, bottom, ticks, fmtTickMs);
     const x = (pt) => left + (w - left) * (1 - (t - pt) / spanMs);
     const y = (v) => 8 + (h - bottom - 8) * (1 - Math.max(0, v) / yMax);
     ctx.fillStyle = '#8593a3';
@@ -764,6 +839,8 @@
         syncDelayMs: { p50: quantile(sd, 0.5), p95: quantile(sd, 0.95), max: sd.length ? sd[sd.length - 1] : null, samples: sd.length },
         files: (agg.status && agg.status.files || []).map((f) => Object.assign({ path: f.path, state: f.state, bytes_behind: num(f.bytes_behind) }, { delay: fileDelay(f) })),
         tailKept: tail.len,
+        ticks: { rate: drawnTicks.rate.slice(), sync: drawnTicks.sync.slice(), syncLabels: drawnTicks.sync.map(fmtTickMs) },
+        connectionText: $('conn-state').textContent,
       };
     },
   });

@@ -11,6 +11,9 @@
 //! - 2: `--max-lag` exceeded by any of: the windowed max sync delay of a
 //!   file that is not idle; the time a stalled file has had data waiting
 //!   without read progress; the age of a sink's oldest undelivered record;
+//!   or a source is not doing its job: its paths have matched no file for
+//!   longer than `[status] no_files_after_secs`, or a file it matches
+//!   cannot be read;
 //! - 3: the bridge is not running (no answer at the URL);
 //! - 64: bad arguments (`--max-lag` not a duration, unreadable `--config`).
 //!
@@ -28,7 +31,7 @@ use crate::cli::LagArgs;
 use crate::config::{Config, EXIT_CONFIG};
 use crate::logsafe::Escaped;
 use crate::telemetry::server::addr_file;
-use crate::telemetry::{FileState, Status};
+use crate::telemetry::{FileState, SourceState, Status};
 
 /// Exit code when `--max-lag` is exceeded.
 pub const EXIT_LAGGING: i32 = 2;
@@ -54,7 +57,7 @@ pub fn run(args: LagArgs) -> anyhow::Result<i32> {
     let base = match status_base(&args) {
         Ok(b) => b,
         Err(e) => {
-            eprintln!("calllog-bridge lag: {e:#}");
+            eprintln!("calllog-bridge lag: {}", crate::cmd::describe(&e));
             return Ok(EXIT_CONFIG);
         }
     };
@@ -96,7 +99,7 @@ async fn once(client: &reqwest::Client, base: &str, json: bool, max_lag_ms: Opti
             return Ok(EXIT_NOT_RUNNING);
         }
         Err(FetchError::Other(e)) => {
-            eprintln!("calllog-bridge lag: {e:#}");
+            eprintln!("calllog-bridge lag: {}", crate::cmd::describe(&e));
             return Ok(1);
         }
     };
@@ -314,6 +317,33 @@ pub fn render_table(st: &Status, base: &str) -> String {
         human_ms(st.settings.delay_window_secs as i64 * 1000),
     );
     out.push('\n');
+    if !st.sources.is_empty() {
+        let mut rows = vec![["SOURCE", "STATE", "FILES", "UNREADABLE", "LEFT UNREAD"].map(String::from).to_vec()];
+        for s in &st.sources {
+            let state = match (s.state, s.no_files_for_ms) {
+                (SourceState::NoFiles, Some(ms)) => format!("no-files {}", human_ms(ms)),
+                (state, _) => state.to_string(),
+            };
+            let left = if s.files_left_unread == 0 {
+                "0".to_string()
+            } else {
+                format!("{} file(s), {}", s.files_left_unread, human_bytes(s.bytes_left_unread))
+            };
+            rows.push(vec![s.name.clone(), state, s.files_matched.to_string(), s.files_unreadable.to_string(), left]);
+        }
+        out.push_str(&columns(&rows));
+        for s in &st.sources {
+            for u in &s.unreadable {
+                let _ = writeln!(out, "  {}: cannot read {}: {}", s.name, u.path, u.error);
+            }
+            for l in &s.left_unread {
+                let bytes = l.unread_bytes.map_or_else(|| "unknown bytes".to_string(), human_bytes);
+                let now = l.now_at.as_deref().map(|a| format!(", now {a}")).unwrap_or_default();
+                let _ = writeln!(out, "  {}: RECORDS LOST: {} left with {bytes} unread ({}{now})", s.name, l.path, l.reason);
+            }
+        }
+        out.push('\n');
+    }
     if st.files.is_empty() {
         out.push_str("no files followed yet\n");
     } else {
@@ -443,7 +473,7 @@ pub fn render_table(st: &Status, base: &str) -> String {
 
 /// What exceeds `limit_ms`, one line each (empty when all is well).
 pub fn over_limit(st: &Status, limit_ms: i64) -> Vec<String> {
-    let mut over = Vec::new();
+    let mut over: Vec<String> = st.sources.iter().flat_map(|s| s.problems()).collect();
     for f in &st.files {
         if f.state != FileState::Idle {
             if let Some(d) = f.sync_delay_ms.filter(|d| d.max > limit_ms) {

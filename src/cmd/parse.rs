@@ -381,7 +381,7 @@ impl<W: Write> Run<'_, W> {
             let line_no = st.lines;
             let line_offset = offset;
             offset += read.consumed;
-            if let (Some(b), true) = (bar, line_no % PROGRESS_EVERY_LINES == 0) {
+            if let (Some(b), true) = (bar, line_no.is_multiple_of(PROGRESS_EVERY_LINES)) {
                 b.set_position(input.read.get());
             }
 

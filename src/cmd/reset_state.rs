@@ -8,7 +8,8 @@
 //! match now, at its start or at its end as the operator chose; a new
 //! `channel.seq` starts above any number a bridge can have used, so a
 //! client never sees a sequence number twice. Files that are not damaged
-//! are left alone unless `--force`. The bridge must be stopped.
+//! are left alone unless `--force`. The bridge must be stopped: the command
+//! takes the state directory's lock, as `run` does.
 
 use std::fs::File;
 use std::io::{self, Read};
@@ -35,6 +36,18 @@ pub fn run(args: ResetStateArgs) -> anyhow::Result<i32> {
     };
     let state_dir = cfg.state_dir.clone();
     let stamp = file_stamp(crate::time::now_ms());
+    // A running bridge would write its own state over ours: one at a time.
+    let _lock = if state_dir.is_dir() {
+        match crate::state_lock::StateLock::acquire(&state_dir) {
+            Ok(l) => Some(l),
+            Err(e) => {
+                eprintln!("calllog-bridge: {e}");
+                return Ok(1);
+            }
+        }
+    } else {
+        None
+    };
 
     let ckpt_path = state_dir.join(crate::checkpoint::FILE_NAME);
     let ckpt_damaged = match Checkpointer::load(&state_dir) {
@@ -121,7 +134,7 @@ fn checkpoint_file(ck: &Checkpointer, seen: &watch::Seen, max_line_bytes: usize,
         fingerprint::probe(&file, max_line_bytes)?
     };
     let Probe::Ready { fp, .. } = probe else { return Ok(None) };
-    ck.seen(fp, &seen.path.to_string_lossy(), m.dev(), m.ino(), crate::time::now_ms());
+    ck.seen(fp, &seen.path.to_string_lossy(), m.dev(), m.ino(), m.len(), crate::time::now_ms());
     let offset = match (from, gz) {
         (ResumeFrom::Beginning, _) => 0,
         (ResumeFrom::End, false) => crate::tail::end_of_last_line(&file, m.len()),

@@ -1,8 +1,11 @@
 //! `calllog-bridge run --config FILE`: load the config, set up logging and
 //! the runtime, run the bridge until SIGTERM or SIGINT, then drain.
 //!
-//! A config error exits with [`EXIT_CONFIG`] and a message naming the key;
-//! a damaged state file with [`EXIT_DAMAGED_STATE`] and how to recover.
+//! A config error, or a host problem [`crate::preflight`] finds (a glob
+//! matching nothing, a lookup file that does not load, an unwritable
+//! directory, a port in use, another bridge on the same `state_dir`),
+//! exits with [`EXIT_CONFIG`] and a message naming the key; a damaged
+//! state file exits with [`EXIT_DAMAGED_STATE`] and how to recover.
 //! Signals are turned into a [`CancellationToken`] so the bridge itself
 //! (see [`crate::bridge::run`]) never deals with signals; SIGHUP becomes
 //! a reload request ([`crate::reload::Requests::on_sighup`]).
@@ -51,8 +54,21 @@ pub fn run(args: RunArgs) -> anyhow::Result<i32> {
         }
         // Before any listener or file is opened.
         crate::listener::raise_fd_limit();
+        // What check-config checks, the same way: lock state_dir, bind the
+        // listeners, load the lookups; any failure is exit 64 (systemd
+        // does not restart it), with one line per problem.
+        let c = cfg.clone();
+        let prepared = match tokio::task::spawn_blocking(move || crate::preflight::prepare(&c)).await? {
+            Ok(p) => p,
+            Err(e) => {
+                for line in e.to_string().lines() {
+                    eprintln!("calllog-bridge: {line}");
+                }
+                return Ok(EXIT_CONFIG);
+            }
+        };
         let waiter = tokio::spawn(signals.wait(shutdown.clone()));
-        let res = crate::bridge::run_with_reload(cfg, shutdown.clone(), Some(reloads)).await;
+        let res = crate::bridge::run_with_reload(cfg, prepared, shutdown.clone(), Some(reloads)).await;
         waiter.abort();
         match res {
             Ok(()) => Ok(0),

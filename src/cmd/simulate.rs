@@ -17,7 +17,7 @@ const EXIT_USAGE: i32 = 64;
 /// Runs the command; returns the exit code.
 pub fn run(args: SimulateArgs) -> anyhow::Result<i32> {
     let opts = SimOptions {
-        format: args.format,
+        format: args.format.into(),
         dir: args.dir,
         rate: args.rate,
         duration_secs: args.duration,

@@ -37,7 +37,6 @@ use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::WebSocketStream;
 
 use crate::cli::TailArgs;
-use crate::config::Secret;
 
 /// Exit code when the channel refuses the token (EX_NOPERM).
 pub const EXIT_AUTH: i32 = 77;
@@ -187,6 +186,18 @@ enum DialError {
     Retry(String),
 }
 
+/// The token in `--token-file` (trailing newline trimmed). Its errors
+/// name the option and the file: this is a command-line argument, not a
+/// config key.
+fn read_token_file(f: &Path) -> anyhow::Result<String> {
+    let text = std::fs::read_to_string(f).map_err(|e| anyhow::anyhow!("--token-file {}: cannot read it: {e}", f.display()))?;
+    let token = text.trim_end_matches(['\n', '\r']);
+    if token.is_empty() {
+        anyhow::bail!("--token-file {}: the file is empty", f.display());
+    }
+    Ok(token.to_string())
+}
+
 /// What the client keeps across reconnects.
 struct Progress {
     /// `seq` of the last message received, or the sequence number before
@@ -202,9 +213,7 @@ struct Progress {
 async fn tail(args: TailArgs) -> anyhow::Result<i32> {
     let target = Target::parse(&args.url)?;
     let key = match &args.token_file {
-        Some(f) => {
-            Secret::resolve(None, Some(f), "token", "--token-file").map_err(|e| anyhow::anyhow!("{e}"))?.map(|s| s.expose().to_string())
-        }
+        Some(f) => Some(read_token_file(f)?),
         None => target.key.clone(),
     };
     let Some(key) = key else {

@@ -94,12 +94,37 @@ pub enum ConfigError {
         /// What is wrong with it.
         message: String,
     },
+    /// A well-formed value that does not work on this host: a glob whose
+    /// directory does not exist, a lookup file that does not load, a
+    /// directory that is not writable, a listen address in use (see
+    /// [`crate::preflight`]).
+    #[error("config key `{key}`: {message}")]
+    Unusable {
+        /// The key, as a dotted path.
+        key: String,
+        /// What does not work, said once.
+        message: String,
+    },
 }
 
 impl ConfigError {
     /// A validation error for `key`.
     pub fn invalid(key: impl Into<String>, message: impl fmt::Display) -> Self {
         ConfigError::Invalid { key: key.into(), message: message.to_string() }
+    }
+
+    /// A value that is well-formed but does not work on this host (a
+    /// directory that does not exist, a port in use), for `key`.
+    pub fn unusable(key: impl Into<String>, message: impl fmt::Display) -> Self {
+        ConfigError::Unusable { key: key.into(), message: message.to_string() }
+    }
+
+    /// The key the error is about, when it names one.
+    pub fn key(&self) -> Option<&str> {
+        match self {
+            ConfigError::Invalid { key, .. } | ConfigError::Unusable { key, .. } => Some(key),
+            ConfigError::Read { .. } | ConfigError::Syntax { .. } => None,
+        }
     }
 }
 
@@ -172,9 +197,17 @@ impl Config {
     }
 }
 
-/// Parses a listen address, naming the key on error.
+/// Parses a listen address (`127.0.0.1:8791`, `[::1]:8791`, `0.0.0.0:8791`,
+/// or `localhost:8791`, which means 127.0.0.1), naming the key on error.
+/// No other host name is resolved: a listener binds an address.
 pub(crate) fn parse_listen(key: &str, v: &str) -> Result<std::net::SocketAddr, ConfigError> {
-    v.parse().map_err(|e| ConfigError::invalid(key, format!("`{v}` is not an address:port ({e})")))
+    if let Some(port) = v.strip_prefix("localhost:") {
+        return port
+            .parse::<u16>()
+            .map(|p| std::net::SocketAddr::from(([127, 0, 0, 1], p)))
+            .map_err(|e| ConfigError::invalid(key, format!("`{v}`: bad port ({e})")));
+    }
+    v.parse().map_err(|_| ConfigError::invalid(key, format!("`{v}` is not an address:port (e.g. 127.0.0.1:8791 or localhost:8791)")))
 }
 
 /// A secret given inline or read from a file (`token` / `token_file`).
@@ -260,6 +293,16 @@ path = "/tmp/out.ndjson"
     fn invalid_value_names_the_key() {
         let e = load(&format!("{MINIMAL}\n[status]\nlisten = \"nowhere\"\n")).unwrap_err().to_string();
         assert!(e.contains("status.listen"), "{e}");
+    }
+
+    #[test]
+    fn localhost_is_accepted_in_every_listen_key() {
+        let c = load(&format!("{MINIMAL}\n[status]\nlisten = \"localhost:9100\"\n[channel]\nlisten = \"localhost:9101\"\ntoken = \"token-0123456789abcdef\"\n"))
+            .unwrap();
+        assert_eq!(c.status.listen.to_string(), "127.0.0.1:9100");
+        assert_eq!(c.channel.unwrap().listen_addr().unwrap().to_string(), "127.0.0.1:9101");
+        let e = load(&format!("{MINIMAL}\n[status]\nlisten = \"localhost:http\"\n")).unwrap_err().to_string();
+        assert!(e.contains("status.listen") && e.contains("bad port"), "{e}");
     }
 
     #[test]

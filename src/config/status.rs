@@ -28,6 +28,11 @@ pub struct StatusConfig {
     /// this long is `stalled`.
     #[serde(default = "default_stalled_after_secs")]
     pub stalled_after_secs: u64,
+    /// A source whose globs have matched no file for this long is reported
+    /// (`no-files` in `/status` and `lag`; `/readyz` answers 503 and
+    /// `lag --max-lag` fails), so a wrong path never looks healthy.
+    #[serde(default = "default_no_files_after_secs")]
+    pub no_files_after_secs: u64,
     /// Set to false to run without the status listener.
     #[serde(default = "default_true")]
     pub enabled: bool,
@@ -52,6 +57,9 @@ fn default_idle_after_secs() -> u64 {
 fn default_stalled_after_secs() -> u64 {
     30
 }
+fn default_no_files_after_secs() -> u64 {
+    60
+}
 fn default_true() -> bool {
     true
 }
@@ -69,6 +77,7 @@ impl Default for StatusConfig {
             delay_window_secs: default_window_secs(),
             idle_after_secs: default_idle_after_secs(),
             stalled_after_secs: default_stalled_after_secs(),
+            no_files_after_secs: default_no_files_after_secs(),
             enabled: true,
             dashboard_channel_origins: Vec::new(),
         }

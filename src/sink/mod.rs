@@ -65,14 +65,17 @@ pub struct SinkControls {
 
 /// Starts every sink the config names and registers its queue on `fanout`.
 pub async fn start_all(cfg: &Config, ctx: &SinkContext, fanout: &mut Fanout) -> anyhow::Result<Vec<SinkHandle>> {
-    Ok(start_all_with_controls(cfg, ctx, fanout).await?.0)
+    Ok(start_all_with_controls(cfg, ctx, fanout, None).await?.0)
 }
 
 /// [`start_all`], also returning the handles that control running sinks.
+/// `channel_listener` is the channel's listener when it was bound
+/// beforehand ([`crate::preflight`]); `None` binds `channel.listen` here.
 pub async fn start_all_with_controls(
     cfg: &Config,
     ctx: &SinkContext,
     fanout: &mut Fanout,
+    channel_listener: Option<std::net::TcpListener>,
 ) -> anyhow::Result<(Vec<SinkHandle>, SinkControls)> {
     let mut handles = Vec::new();
     let mut controls = SinkControls::default();
@@ -88,7 +91,7 @@ pub async fn start_all_with_controls(
         controls.upstream = Some(up);
     }
     if let Some(c) = &cfg.channel {
-        let (h, ch) = channel::start(c, ctx, fanout).await?;
+        let (h, ch) = channel::start(c, ctx, fanout, channel_listener).await?;
         handles.push(h);
         controls.channel = Some(ch);
     }

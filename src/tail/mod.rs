@@ -23,6 +23,7 @@
 //! the durable checkpoint (after a restart).
 
 pub mod fingerprint;
+pub mod left_unread;
 pub mod reader;
 
 use std::collections::{HashMap, HashSet};
@@ -39,7 +40,7 @@ use tokio::time::Instant;
 
 use crate::config::{ReadFrom, SourceConfig};
 use crate::logsafe::Escaped;
-use crate::telemetry::Telemetry;
+use crate::telemetry::{LeftUnread, SourceStats, Telemetry};
 use crate::watch::{Change, Events, Seen, Watcher};
 use fingerprint::{Fingerprint, Probe};
 use reader::{Control, Exit, Finished, Shared, Spec};
@@ -106,6 +107,15 @@ pub struct Tailer {
     exit_rx: mpsc::UnboundedReceiver<Finished>,
     /// The reader tasks.
     readers: JoinSet<()>,
+    /// The source's statistics: files matched, unreadable, left unread.
+    source: SourceStats,
+    /// Directories the last scan could not list (reported as unreadable).
+    dir_errors: HashSet<PathBuf>,
+    /// Told once the first scan is done (see [`Tailer::on_first_scan`]).
+    first_scan: Option<tokio::sync::oneshot::Sender<()>>,
+    /// The per-file statistics rows, by content: a file keeps its row when
+    /// it is renamed, rotated or compressed (a `.gz` continues it).
+    rows: HashMap<Fingerprint, crate::telemetry::FileStats>,
 }
 
 impl Tailer {
@@ -113,7 +123,12 @@ impl Tailer {
     pub fn new(cfg: SourceConfig, name: String, shared: Shared, telemetry: Telemetry) -> anyhow::Result<Tailer> {
         let watcher = Arc::new(Watcher::new(&cfg)?);
         let (exit_tx, exit_rx) = mpsc::unbounded_channel();
+        let source = telemetry.source(&name);
         Ok(Tailer {
+            source,
+            dir_errors: HashSet::new(),
+            first_scan: None,
+            rows: HashMap::new(),
             cfg,
             name,
             watcher,
@@ -126,6 +141,13 @@ impl Tailer {
             exit_rx,
             readers: JoinSet::new(),
         })
+    }
+
+    /// Has `tx` told once the first scan is done: every file matched then
+    /// is known and fingerprinted (the start-up check for files left
+    /// unread waits for every source's).
+    pub fn on_first_scan(&mut self, tx: tokio::sync::oneshot::Sender<()>) {
+        self.first_scan = Some(tx);
     }
 
     /// Follows the source until `shared.shutdown` is cancelled, then waits
@@ -145,6 +167,9 @@ impl Tailer {
         let every = Duration::from_millis(self.cfg.poll_interval_ms.unwrap_or(self.cfg.rescan_interval_ms));
         tracing::info!(source = %self.name, paths = ?self.cfg.paths, polling = self.cfg.poll_interval_ms.is_some(), "following files");
         self.full_scan(true, events.as_mut()).await;
+        if let Some(tx) = self.first_scan.take() {
+            let _ = tx.send(());
+        }
         let mut tick = tokio::time::interval_at(Instant::now() + every, every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut rescan_at: Option<Instant> = None;
@@ -222,14 +247,16 @@ impl Tailer {
     /// gone from every watched path.
     async fn full_scan(&mut self, startup: bool, events: Option<&mut Events>) {
         let w = self.watcher.clone();
-        let seen = tokio::task::spawn_blocking(move || w.scan()).await.unwrap_or_default();
+        let (seen, dir_errors) = tokio::task::spawn_blocking(move || w.scan_reporting()).await.unwrap_or_default();
         let present: HashSet<Key> = seen.iter().map(Seen::key).collect();
         let now = crate::time::now_ms();
+        self.source.scanned(present.len(), now);
+        self.note_dir_errors(dir_errors);
         for s in seen {
-            let (key, path) = (s.key(), s.path.to_string_lossy().into_owned());
+            let (key, path, size) = (s.key(), s.path.to_string_lossy().into_owned(), s.size);
             self.seen(s, startup).await;
             if let Some(fp) = self.files.get(&key).and_then(|t| t.fp) {
-                self.shared.checkpoints.seen(fp, &path, key.0, key.1, now);
+                self.shared.checkpoints.seen(fp, &path, key.0, key.1, size, now);
             }
         }
         let missing: Vec<Key> = self.files.keys().filter(|k| !present.contains(k)).copied().collect();
@@ -244,10 +271,14 @@ impl Tailer {
                 }
                 None => match self.files.get_mut(&key).and_then(|t| t.pending.take()) {
                     Some(file) => self.pending_gone(key, file).await,
-                    None => self.forget(key),
+                    None => {
+                        self.left_unread_now(key, now).await;
+                        self.forget(key);
+                    }
                 },
             }
         }
+        self.drop_orphan_rows();
         self.shared.checkpoints.prune(now);
         if let Some(ev) = events {
             ev.rewatch(&self.watcher);
@@ -256,10 +287,80 @@ impl Tailer {
 
     fn forget(&mut self, key: Key) {
         if let Some(t) = self.files.remove(&key) {
+            self.source.forget(&t.path.to_string_lossy());
             if self.by_path.get(&t.path) == Some(&key) {
                 self.by_path.remove(&t.path);
             }
         }
+    }
+
+    /// The statistics row of the content `fp`, created at `path` on first
+    /// use (an existing row keeps its path: the caller moves it).
+    fn row(&mut self, fp: Fingerprint, path: &str) -> crate::telemetry::FileStats {
+        if let Some(r) = self.rows.get(&fp) {
+            return r.clone();
+        }
+        let r = self.telemetry.file_with_id(&format!("{}/{fp}", self.name), path);
+        self.rows.insert(fp, r.clone());
+        r
+    }
+
+    /// Removes the rows of contents no file holds any more (deleted, or
+    /// gone from the globs); their counters stay in the totals.
+    fn drop_orphan_rows(&mut self) {
+        let held: HashSet<Fingerprint> = self.files.values().filter_map(|t| t.fp).collect();
+        let orphans: Vec<Fingerprint> = self.rows.keys().filter(|fp| !held.contains(fp)).copied().collect();
+        for fp in orphans {
+            if let Some(r) = self.rows.remove(&fp) {
+                self.telemetry.remove_file(&r.id);
+            }
+        }
+    }
+
+    /// Directories the scan could not list are unreadable (until a scan
+    /// lists them again).
+    fn note_dir_errors(&mut self, errors: Vec<(PathBuf, String)>) {
+        let now: HashSet<PathBuf> = errors.iter().map(|(p, _)| p.clone()).collect();
+        for gone in self.dir_errors.difference(&now) {
+            self.source.set_unreadable(&gone.to_string_lossy(), None);
+        }
+        for (dir, why) in errors {
+            if self.source.set_unreadable(&dir.to_string_lossy(), Some(why.clone())) {
+                tracing::warn!(source = %self.name, dir = %Escaped::path(&dir), error = %why, "cannot list a directory of the source's paths: its files are not followed");
+            }
+        }
+        self.dir_errors = now;
+    }
+
+    /// A fingerprinted file with no reader left the globs: if it had bytes
+    /// not read yet (appended after its reader went idle, then rotated
+    /// where no glob matches), they are lost; say so and count it.
+    async fn left_unread_now(&mut self, key: Key, now_ms: i64) {
+        let Some(t) = self.files.get(&key) else { return };
+        let (Some(fp), false) = (t.fp, crate::watch::is_gz(&t.path)) else { return };
+        let offset = self.fps.get(&fp).and_then(|i| i.offset).or_else(|| self.shared.checkpoints.resume_offset(fp)).unwrap_or(0);
+        let (path, known) = (t.path.clone(), t.size);
+        let entry = crate::checkpoint::Entry {
+            fingerprint: fp,
+            offset,
+            path: path.to_string_lossy().into_owned(),
+            dev: key.0,
+            ino: key.1,
+            last_seen_ms: 0,
+            size: if known == u64::MAX { 0 } else { known },
+            gz_complete: None,
+        };
+        let sources = [self.cfg.clone()];
+        let found = tokio::task::spawn_blocking(move || left_unread::find(&[entry], &sources, 1, now_ms)).await.unwrap_or_default();
+        for (_, l) in found {
+            self.report_left_unread(l);
+        }
+    }
+
+    /// Logs (loudly) and counts a file left unread.
+    pub(crate) fn report_left_unread(&self, l: LeftUnread) {
+        tracing::warn!(source = %self.name, file = %Escaped(&l.path), "{}", Escaped(&left_unread::message(&self.name, &l)));
+        self.source.left_unread(l);
     }
 
     /// A file as a scan or stat saw it.
@@ -269,6 +370,7 @@ impl Tailer {
             Some(t) => {
                 let moved = t.path != s.path;
                 if moved {
+                    self.source.forget(&t.path.to_string_lossy());
                     if self.by_path.get(&t.path) == Some(&key) {
                         self.by_path.remove(&t.path);
                     }
@@ -278,6 +380,16 @@ impl Tailer {
                         ctl.wake.notify_one();
                     }
                     t.path = s.path.clone();
+                    // The row shows where its content is now, unless another
+                    // file of the same content is the one being read.
+                    if let Some(fp) = t.fp {
+                        let active = self.fps.get(&fp).and_then(|i| i.active);
+                        if active.is_none() || active == Some(key) {
+                            if let Some(r) = self.rows.get(&fp) {
+                                r.set_path(&s.path.to_string_lossy());
+                            }
+                        }
+                    }
                 }
                 self.by_path.insert(s.path.clone(), key);
                 // A file not fingerprinted yet is looked at again when it
@@ -352,9 +464,25 @@ impl Tailer {
                 }
                 return;
             }
+            Ok(Err(e)) if e.kind() == std::io::ErrorKind::NotFound => {
+                // Renamed or deleted between the scan and the open (a
+                // rotation in progress): routine; the next scan sees where
+                // it went.
+                if let Some(t) = self.files.get_mut(&key) {
+                    tracing::debug!(file = %Escaped::path(&t.path), "file gone before it could be opened");
+                    t.size = u64::MAX;
+                }
+                return;
+            }
             Ok(Err(e)) => {
                 if let Some(t) = self.files.get_mut(&key) {
-                    tracing::warn!(file = %Escaped::path(&t.path), error = %e, "cannot open file; retried at the next scan");
+                    // Shown per source in /status, /metrics and `lag`; logged
+                    // when it starts (or its cause changes), not at every retry.
+                    if self.source.set_unreadable(&t.path.to_string_lossy(), Some(e.to_string())) {
+                        tracing::warn!(source = %self.name, file = %Escaped::path(&t.path), error = %e, "cannot open file; retried at each scan");
+                    } else {
+                        tracing::debug!(file = %Escaped::path(&t.path), error = %e, "cannot open file yet");
+                    }
                     // Not a size any file has: the next scan sees a change
                     // and tries again (e.g. after EMFILE or EACCES is fixed).
                     t.size = u64::MAX;
@@ -364,6 +492,9 @@ impl Tailer {
             Err(_) => return,
         };
         let Some(t) = self.files.get_mut(&key) else { return };
+        if self.source.set_unreadable(&t.path.to_string_lossy(), None) {
+            tracing::info!(source = %self.name, file = %Escaped::path(&t.path), "file readable again");
+        }
         let Probe::Ready { fp, start, len } = probe else {
             // No complete first line yet: looked at again when it changes.
             if t.size > 0 && !crate::watch::is_gz(&t.path) {
@@ -374,7 +505,9 @@ impl Tailer {
         t.pending = None;
         if let Some(old) = t.fp {
             if old != fp {
-                tracing::info!(file = %Escaped::path(&t.path), "different content at a known inode (inode reused or rewritten): a new file");
+                // Routine: every rotation that reuses an inode, and every
+                // truncate-and-rewrite, lands here.
+                tracing::debug!(file = %Escaped::path(&t.path), "different content at a known inode (inode reused or rewritten): a new file");
             }
         }
         t.fp = Some(fp);
@@ -405,6 +538,12 @@ impl Tailer {
         let gz = crate::watch::is_gz(&t.path);
         if gz && self.shared.checkpoints.gz_done(fp, t.size) {
             tracing::debug!(file = %Escaped::path(&t.path), "gzip file already read to its end; not decompressed again");
+            // Shown all the same: a file on disk, read to its end.
+            let (path, end) = (t.path.to_string_lossy().into_owned(), self.shared.checkpoints.offset(fp).unwrap_or(0));
+            let row = self.row(fp, &path);
+            row.set_path(&path);
+            row.set_position(end, end);
+            row.set_finished(true);
             return;
         }
         let path_str: Arc<str> = t.path.to_string_lossy().into();
@@ -425,7 +564,7 @@ impl Tailer {
                     0
                 };
                 let now = crate::time::now_ms();
-                self.shared.checkpoints.seen(fp, &path_str, key.0, key.1, now);
+                self.shared.checkpoints.seen(fp, &path_str, key.0, key.1, t.size, now);
                 self.shared.checkpoints.start_at(fp, o);
                 o
             }
@@ -435,7 +574,9 @@ impl Tailer {
         let ctl = Arc::new(Control::default());
         ctl.gone.store(gone, Ordering::Release);
         t.reader = Some(ctl.clone());
-        let stats = self.telemetry.file(&path_str);
+        let stats = self.row(fp, &path_str);
+        stats.set_path(&path_str);
+        stats.set_finished(false);
         tracing::debug!(file = %Escaped(&path_str), fingerprint = %fp, offset, "reading");
         let spec = Spec { key, path: path_str, file, gz, fp, fp_range, offset };
         let shared = self.shared.clone();
@@ -496,9 +637,8 @@ impl Tailer {
             match fin.exit {
                 Exit::Gone => {
                     tracing::debug!(file = %Escaped::path(&t.path), offset = fin.offset, "finished a file that is gone");
-                    let p = t.path.to_string_lossy().into_owned();
-                    self.telemetry.remove_file(&p);
                     self.forget(fin.key);
+                    self.drop_orphan_rows();
                 }
                 Exit::Truncated => {
                     restat = Some(t.path.clone());
@@ -507,6 +647,9 @@ impl Tailer {
                 Exit::Complete => {
                     if crate::watch::is_gz(&t.path) {
                         self.shared.checkpoints.mark_gz_complete(fin.fp, t.size, fin.offset);
+                        if let Some(row) = self.rows.get(&fin.fp) {
+                            row.set_finished(true);
+                        }
                     }
                 }
                 Exit::Idle | Exit::Failed | Exit::Shutdown => {}

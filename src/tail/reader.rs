@@ -42,6 +42,10 @@ pub const CHUNK_BYTES: usize = 256 * 1024;
 /// when thousands of rotated files stay matched by the globs.
 pub const IDLE_CLOSE: Duration = Duration::from_secs(30);
 
+/// A `.gz` that fails to decompress and was modified less than this long
+/// ago is taken to be still being written (logged at DEBUG, not WARN).
+pub const GZ_SETTLE: Duration = Duration::from_secs(60);
+
 /// Signals from the tailer to a running reader.
 #[derive(Default)]
 pub struct Control {
@@ -551,8 +555,24 @@ pub async fn run(spec: Spec, shared: Shared, ctl: Arc<Control>, stats: FileStats
                 match r {
                     Ok(c) => c,
                     Err(e) => {
-                        let exit = if st.gz.is_some() { "gzip file incomplete or corrupt; retried when it changes" } else { "read error" };
-                        tracing::warn!(file = %Escaped(&path), offset = st.offset(), error = %e, "{exit}");
+                        // A .gz still being written (logrotate compressing
+                        // it) ends early: routine while it changes. One that
+                        // stays broken needs an operator.
+                        let being_written = st.gz.is_some()
+                            && st
+                                .file
+                                .metadata()
+                                .ok()
+                                .and_then(|m| m.modified().ok())
+                                .and_then(|t| t.elapsed().ok())
+                                .is_some_and(|a| a < GZ_SETTLE);
+                        if being_written {
+                            tracing::debug!(file = %Escaped(&path), offset = st.offset(), error = %e, "gzip file not complete yet; retried when it changes");
+                        } else {
+                            let exit =
+                                if st.gz.is_some() { "gzip file incomplete or corrupt; retried when it changes" } else { "read error" };
+                            tracing::warn!(file = %Escaped(&path), offset = st.offset(), error = %e, "{exit}");
+                        }
                         return done(st.offset(), size, Exit::Failed);
                     }
                 }
@@ -615,6 +635,11 @@ pub async fn run(spec: Spec, shared: Shared, ctl: Arc<Control>, stats: FileStats
                 }
             }
         }
+        // Rotated away (renamed or deleted) and read to its end: no longer
+        // part of the current sync delay (a `.gz` is marked by the tailer
+        // once complete).
+        let rotated_away = ctl.gone.load(Ordering::Acquire) || ctl.rotated.load(Ordering::Acquire);
+        stats.set_finished(chunk.status == Status::End && st.gz.is_none() && rotated_away && st.carry.is_empty());
         if chunk.status == Status::More {
             continue;
         }

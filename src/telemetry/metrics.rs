@@ -2,7 +2,8 @@
 //! prometheus-client from a [`Collector`] that reads the atomics at scrape
 //! time).
 //!
-//! Invariant: label sets are bounded. Sinks are few (`sink` label); reject
+//! Invariant: label sets are bounded. Sinks and sources are few (`sink`,
+//! `source` labels: the config's); reject
 //! reasons are a fixed list (`reason`); file states are four (`state`).
 //! Per-file series (`file` label) appear only with
 //! `[status] per_file_metrics = true`; otherwise file figures are summed
@@ -35,6 +36,10 @@
 //! | `retry_after_capped_total` | counter | sink | `Retry-After` answers longer than `retry_max_ms`, waited for only that long |
 //! | `queue_depth` | gauge | sink | records waiting in the sink |
 //! | `oldest_undelivered_age_seconds` | gauge | sink | 0 when nothing is pending |
+//! | `source_files` | gauge | source | files the source's paths matched at the last scan |
+//! | `source_files_unreadable` | gauge | source | matched files (or directories) that cannot be read |
+//! | `source_no_files_seconds` | gauge | source | how long the paths have matched no file |
+//! | `source_files_left_unread_total`, `source_bytes_left_unread_total` | counter | source | checkpointed files gone or no longer matched with unread bytes (records lost) |
 //! | `channel_connections` | gauge | | WebSocket connections open now |
 //! | `channel_connections_accepted_total` | counter | | connections upgraded |
 //! | `channel_refused_total` | counter | reason | handshakes refused: `unauthorized` (401), `not_found` (404), `bad_request` (400, 431), `too_many_connections` (503), `not_websocket` (426, 405), `handshake_timeout`, `handshake_evicted` (a pending handshake closed to admit a newer connection) |
@@ -204,12 +209,16 @@ impl Collector for TelemetryCollector {
             let th = f.transfer_delay_histogram();
             let reasons = f.rejects_by_reason();
             if s.per_file_metrics {
-                let l = vec![("file", f.path.clone())];
+                // `file_id` keeps two rows unique while a rotation moves a
+                // path from one file to the next.
+                let l = vec![("file", st.path.clone()), ("file_id", st.id.clone())];
                 records.push((l.clone(), st.records));
                 negative.push((l.clone(), st.negative_delays));
                 partial.push((l.clone(), st.partial_lines));
                 for (reason, n) in reasons {
-                    rejects.push((vec![("file", f.path.clone()), ("reason", reason.to_string())], n));
+                    let mut lr = l.clone();
+                    lr.push(("reason", reason.to_string()));
+                    rejects.push((lr, n));
                 }
                 hist.push((l.clone(), h));
                 thist.push((l.clone(), th));
@@ -361,6 +370,7 @@ impl Collector for TelemetryCollector {
             &oldest,
         )?;
 
+        encode_sources(&mut enc, tel, s, now)?;
         if let Some(ch) = &channel {
             encode_channel(&mut enc, ch)?;
         }
@@ -369,6 +379,39 @@ impl Collector for TelemetryCollector {
         }
         Ok(())
     }
+}
+
+/// Per `[[source]]` (a bounded label set: the sources of the config):
+/// files matched, files that cannot be read, files left unread.
+fn encode_sources(enc: &mut DescriptorEncoder<'_>, tel: &Telemetry, s: &StatusSettings, now: i64) -> fmt::Result {
+    let sources = tel.sources();
+    let label = |name: &str| vec![("source", name.to_string())];
+    let (mut matched, mut unreadable, mut no_files, mut left, mut left_bytes) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for src in &sources {
+        let st = src.status(now, s);
+        matched.push((label(&st.name), st.files_matched as f64));
+        unreadable.push((label(&st.name), st.files_unreadable as f64));
+        no_files.push((label(&st.name), secs(st.no_files_for_ms.unwrap_or(0))));
+        left.push((label(&st.name), st.files_left_unread));
+        left_bytes.push((label(&st.name), st.bytes_left_unread));
+    }
+    gauge(enc, "calllog_bridge_source_files", "Files the source's paths matched at the last scan", &matched)?;
+    gauge(enc, "calllog_bridge_source_files_unreadable", "Matched files (or directories) the bridge cannot read", &unreadable)?;
+    gauge(
+        enc,
+        "calllog_bridge_source_no_files_seconds",
+        "How long the source's paths have matched no file (0 while they match some)",
+        &no_files,
+    )?;
+    counter(
+        enc,
+        "calllog_bridge_source_files_left_unread",
+        "Files with a checkpoint that were gone or no longer matched while they still had unread bytes (records lost)",
+        &left,
+    )?;
+    counter(enc, "calllog_bridge_source_bytes_left_unread", "Bytes known to be left unread in those files", &left_bytes)?;
+    Ok(())
 }
 
 /// The channel's connection, refusal, close and frame counters.

@@ -50,6 +50,7 @@ pub mod delay;
 pub mod fault;
 pub mod metrics;
 pub mod server;
+pub mod source;
 pub mod status;
 
 use std::collections::BTreeMap;
@@ -64,6 +65,7 @@ pub use fault::{Fault, FaultStatus};
 use crate::enrich::{EnrichStats, Enricher};
 use crate::sink::channel::ChannelStats;
 
+pub use source::{LeftUnread, SourceState, SourceStats, SourceStatus};
 pub use status::{
     ChannelInfo, ChannelStatus, EnrichStatus, EnrichTableStatus, FileState, FileStatus, SinkStatus, Status, StatusSettings, Totals,
 };
@@ -79,6 +81,8 @@ struct Inner {
     files: Mutex<BTreeMap<String, FileStats>>,
     /// Per-sink statistics by name.
     sinks: Mutex<BTreeMap<&'static str, SinkStats>>,
+    /// Per-source statistics by name, in config order.
+    sources: Mutex<Vec<SourceStats>>,
     /// Counters of files that were removed, so aggregate counters never go
     /// backwards when a file is forgotten.
     retired: Mutex<Retired>,
@@ -141,6 +145,7 @@ impl Telemetry {
             inner: Arc::new(Inner {
                 files: Mutex::new(BTreeMap::new()),
                 sinks: Mutex::new(BTreeMap::new()),
+                sources: Mutex::new(Vec::new()),
                 retired: Mutex::new(Retired::default()),
                 started_ms: crate::time::now_ms(),
                 ready: AtomicBool::new(false),
@@ -153,16 +158,28 @@ impl Telemetry {
         }
     }
 
-    /// The statistics of one followed file (created on first use).
+    /// The statistics of the file whose identity is its path (created on
+    /// first use): for tests and tools that have no other identity; the
+    /// tailer keys files by content ([`Telemetry::file_with_id`]).
     pub fn file(&self, path: &str) -> FileStats {
-        let mut files = self.inner.files.lock().unwrap_or_else(|e| e.into_inner());
-        files.entry(path.to_string()).or_insert_with(|| FileStats(Arc::new(FileInner::new(path, crate::time::now_ms())))).clone()
+        self.file_with_id(path, path)
     }
 
-    /// Forgets a file that is gone for good. Its counters are kept in the
-    /// aggregate figures.
-    pub fn remove_file(&self, path: &str) {
-        let removed = self.inner.files.lock().unwrap_or_else(|e| e.into_inner()).remove(path);
+    /// The statistics of the file with identity `id` (the tailer's
+    /// `<source>/<fingerprint>`), now at `path` (created on first use; an
+    /// existing row takes the new path). A row follows its file through
+    /// renames, rotation and compression, so its counters never go back.
+    pub fn file_with_id(&self, id: &str, path: &str) -> FileStats {
+        let mut files = self.inner.files.lock().unwrap_or_else(|e| e.into_inner());
+        let f = files.entry(id.to_string()).or_insert_with(|| FileStats(Arc::new(FileInner::new(id, path, crate::time::now_ms())))).clone();
+        f.set_path(path);
+        f
+    }
+
+    /// Forgets a file that is gone for good (by identity: its path for
+    /// [`Telemetry::file`]). Its counters are kept in the aggregate figures.
+    pub fn remove_file(&self, id: &str) {
+        let removed = self.inner.files.lock().unwrap_or_else(|e| e.into_inner()).remove(id);
         if let Some(f) = removed {
             let mut r = self.inner.retired.lock().unwrap_or_else(|e| e.into_inner());
             r.records += f.records.load(Ordering::Relaxed);
@@ -182,9 +199,36 @@ impl Telemetry {
         sinks.entry(name).or_insert_with(|| SinkStats(Arc::new(SinkInner::new(name)))).clone()
     }
 
-    /// All files currently known, by path.
+    /// The statistics of one `[[source]]` (created on first use).
+    pub fn source(&self, name: &str) -> SourceStats {
+        let mut sources = self.inner.sources.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(s) = sources.iter().find(|s| s.name() == name) {
+            return s.clone();
+        }
+        let s = SourceStats::new(name);
+        sources.push(s.clone());
+        s
+    }
+
+    /// Keeps the statistics of the sources named `names` only, in that
+    /// order (a reload that removes or renames a source).
+    pub fn retain_sources(&self, names: &[String]) {
+        let mut sources = self.inner.sources.lock().unwrap_or_else(|e| e.into_inner());
+        let kept: Vec<SourceStats> = names.iter().filter_map(|n| sources.iter().find(|s| s.name() == n).cloned()).collect();
+        *sources = kept;
+    }
+
+    /// All sources, in config order.
+    pub fn sources(&self) -> Vec<SourceStats> {
+        self.inner.sources.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// All files currently known, by current path.
     pub fn files(&self) -> Vec<FileStats> {
-        self.inner.files.lock().unwrap_or_else(|e| e.into_inner()).values().cloned().collect()
+        let mut v: Vec<(String, FileStats)> =
+            self.inner.files.lock().unwrap_or_else(|e| e.into_inner()).values().map(|f| (f.path(), f.clone())).collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.id.cmp(&b.1.id)));
+        v.into_iter().map(|(_, f)| f).collect()
     }
 
     /// All sinks, by name.
@@ -294,8 +338,14 @@ pub struct FileStats(Arc<FileInner>);
 
 /// The shared state behind [`FileStats`].
 pub struct FileInner {
-    /// The file's path.
-    pub path: String,
+    /// The file's identity: `<source>/<fingerprint>` for the tailer's
+    /// files (a rotated, renamed or compressed file keeps it).
+    pub id: String,
+    /// Where the file is now (changes when it is renamed or compressed).
+    path: Mutex<Arc<str>>,
+    /// Rotated away (renamed, deleted or compressed) and read to its end:
+    /// it is not part of the current sync delay any more.
+    finished: AtomicBool,
     /// Size of the file when last looked at.
     pub size: AtomicU64,
     /// Offset read up to.
@@ -383,9 +433,11 @@ pub const MAX_TRANSFER_SAMPLES: usize = 1024;
 pub const UNSPECIFIED_REASON: &str = "unspecified";
 
 impl FileInner {
-    fn new(path: &str, now_ms: i64) -> Self {
+    fn new(id: &str, path: &str, now_ms: i64) -> Self {
         FileInner {
-            path: path.to_string(),
+            id: id.to_string(),
+            path: Mutex::new(Arc::from(path)),
+            finished: AtomicBool::new(false),
             size: AtomicU64::new(0),
             offset: AtomicU64::new(0),
             committed_offset: AtomicU64::new(0),
@@ -415,6 +467,31 @@ impl std::ops::Deref for FileStats {
 }
 
 impl FileStats {
+    /// Where the file is now.
+    pub fn path(&self) -> String {
+        self.0.path.lock().unwrap_or_else(|e| e.into_inner()).to_string()
+    }
+
+    /// The file is now at `path` (renamed, or continued by its `.gz`).
+    pub fn set_path(&self, path: &str) {
+        let mut p = self.0.path.lock().unwrap_or_else(|e| e.into_inner());
+        if &**p != path {
+            *p = Arc::from(path);
+        }
+    }
+
+    /// The file was rotated away and read to its end (`true`), or is being
+    /// read again (`false`): a finished file is `idle` whatever its last
+    /// read, so its old delays never count as current.
+    pub fn set_finished(&self, finished: bool) {
+        self.0.finished.store(finished, Ordering::Relaxed);
+    }
+
+    /// See [`FileStats::set_finished`].
+    pub fn is_finished(&self) -> bool {
+        self.0.finished.load(Ordering::Relaxed)
+    }
+
     /// The file's size and the offset read up to, after a read (or after
     /// looking at the file's size).
     pub fn set_position(&self, size: u64, offset: u64) {
@@ -471,7 +548,7 @@ impl FileStats {
         if negative > 0 && inner.negative_delays.fetch_add(negative, Ordering::Relaxed) == 0 {
             // Once per file: the counter and /status show the rest.
             tracing::warn!(
-                file = %crate::logsafe::Escaped(&inner.path),
+                file = %crate::logsafe::Escaped(&self.path()),
                 ahead_ms = newest - observed_ms,
                 "request_time lies after the time the line was read: the traffic manager's clock is ahead of this host's \
                  (negative sync delays are counted in negative_delays, not clamped)"

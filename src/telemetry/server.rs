@@ -4,9 +4,11 @@
 //! - `GET /metrics`: Prometheus text format ([`super::metrics`]);
 //! - `GET /status`: the JSON [`super::Status`] that `lag` reads;
 //! - `GET /healthz`: 200 while the process runs;
-//! - `GET /readyz`: 200 once the bridge called `Telemetry::set_ready(true)`
-//!   and while no component has a fault (a full disk), 503 otherwise (the
-//!   body names the faults);
+//! - `GET /readyz`: 200 once the bridge called `Telemetry::set_ready(true)`,
+//!   503 before (and after `set_ready(false)` at shutdown), and 503 with one
+//!   line per problem while a component cannot write (a full disk: see
+//!   [`super::fault`]), or a source matches no file (beyond
+//!   `no_files_after_secs`) or cannot read one;
 //! - `GET /`: the live dashboard ([`super::dashboard`]).
 //!
 //! Shutdown is a parameter ([`serve`] takes a future, [`start`] a
@@ -133,14 +135,21 @@ async fn healthz() -> &'static str {
 }
 
 async fn readyz(State(st): State<AppState>) -> Response {
-    if st.telemetry.is_ready() {
-        return (StatusCode::OK, "ready\n").into_response();
+    let faults = st.telemetry.faults();
+    if !st.telemetry.is_ready() && faults.is_empty() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "not ready\n").into_response();
     }
-    let mut body = String::from("not ready\n");
-    for f in st.telemetry.faults() {
-        body.push_str(&format!("{} cannot write since {}: {}\n", f.component, f.since, crate::logsafe::Escaped(&f.error)));
+    // Up, but a component that cannot write, or a source that matches
+    // nothing or cannot read a file, is not doing its job: say so rather
+    // than answer 200.
+    let mut problems: Vec<String> =
+        faults.iter().map(|f| format!("{} cannot write since {}: {}", f.component, f.since, crate::logsafe::Escaped(&f.error))).collect();
+    problems.extend(st.telemetry.source_problems(time::now_ms(), &st.settings).iter().map(|p| crate::logsafe::Escaped(p).to_string()));
+    if problems.is_empty() {
+        (StatusCode::OK, "ready\n").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, format!("not ready:\n{}\n", problems.join("\n"))).into_response()
     }
-    (StatusCode::SERVICE_UNAVAILABLE, body).into_response()
 }
 
 /// Serves the endpoints on `listener` until `shutdown` completes, then
@@ -246,7 +255,20 @@ impl StatusServer {
 
 /// Binds `[status] listen` and serves until `shutdown` is cancelled.
 pub async fn start(cfg: &StatusConfig, telemetry: Telemetry, shutdown: CancellationToken) -> anyhow::Result<StatusServer> {
-    let listener = TcpListener::bind(cfg.listen).await.with_context(|| format!("cannot listen on status.listen = {}", cfg.listen))?;
+    let listener = crate::preflight::listen("status.listen", cfg.listen)?;
+    start_on(listener, cfg, telemetry, shutdown)
+}
+
+/// Serves on `listener`, bound beforehand ([`crate::preflight`] binds every
+/// listener before the bridge starts), until `shutdown` is cancelled.
+pub fn start_on(
+    listener: std::net::TcpListener,
+    cfg: &StatusConfig,
+    telemetry: Telemetry,
+    shutdown: CancellationToken,
+) -> anyhow::Result<StatusServer> {
+    listener.set_nonblocking(true).context("status listener")?;
+    let listener = TcpListener::from_std(listener).context("status listener")?;
     let addr = listener.local_addr().context("status listener address")?;
     let settings = StatusSettings::from(cfg);
     let dashboard = dashboard::Policy::from(cfg);

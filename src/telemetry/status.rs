@@ -11,9 +11,15 @@
 //! - `behind`: data is waiting and reading progresses.
 //! - `caught-up`: everything read (offset >= size) and data arrived within
 //!   `idle_after_secs`.
-//! - `idle`: everything read and no new data for `idle_after_secs`. An idle
-//!   file shows no current sync delay (`sync_delay_ms` is `null`): an old
-//!   delay would look current.
+//! - `idle`: everything read and no new data for `idle_after_secs`, or the
+//!   file was rotated away (renamed, deleted, compressed) and read to its
+//!   end (`finished`). An idle file shows no current sync delay
+//!   (`sync_delay_ms` is `null`): an old delay would look current.
+//!
+//! Files are keyed by identity (`id`: the tailer's source and content
+//! fingerprint), not by path: a row follows its file through renames,
+//! rotation and compression, shows where it is now, and its counters never
+//! go back.
 //!
 //! Beside files, sinks and totals: `channel` (the endpoint the dashboard
 //! subscribes to, `listen` / `tls` / `path`, plus connections, refusals
@@ -28,6 +34,7 @@ use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 
 use super::delay::DelaySummary;
+use super::source::SourceStatus;
 use super::{FileStats, SinkStats, Telemetry};
 use crate::config::StatusConfig;
 use crate::enrich::EnrichStats;
@@ -46,6 +53,8 @@ pub struct StatusSettings {
     pub stalled_after_ms: i64,
     /// Label file metrics per file (else aggregate them).
     pub per_file_metrics: bool,
+    /// A source matching no file for this long is `no-files`, ms.
+    pub no_files_after_ms: i64,
 }
 
 impl Default for StatusSettings {
@@ -62,6 +71,7 @@ impl From<&StatusConfig> for StatusSettings {
             idle_after_ms: ms(c.idle_after_secs),
             stalled_after_ms: ms(c.stalled_after_secs),
             per_file_metrics: c.per_file_metrics,
+            no_files_after_ms: ms(c.no_files_after_secs),
         }
     }
 }
@@ -121,6 +131,10 @@ pub struct Status {
     pub faults: Vec<super::FaultStatus>,
     /// The settings the figures were computed with.
     pub settings: SettingsView,
+    /// One entry per `[[source]]`: files matched, files that cannot be
+    /// read, files left unread (absent from an older bridge's status).
+    #[serde(default)]
+    pub sources: Vec<SourceStatus>,
     /// One entry per followed file, by path.
     pub files: Vec<FileStatus>,
     /// One entry per sink, by name.
@@ -327,13 +341,24 @@ pub struct SettingsView {
     pub idle_after_secs: u64,
     /// Stalled after this many seconds without read progress.
     pub stalled_after_secs: u64,
+    /// A source is `no-files` after its globs matched nothing this long.
+    #[serde(default)]
+    pub no_files_after_secs: u64,
 }
 
-/// One followed file.
+/// One followed file, keyed by its identity (content), not its path.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct FileStatus {
-    /// The file's path.
+    /// The file's identity (`<source>/<fingerprint>`): the same file
+    /// renamed, rotated or compressed keeps it, so its counters go on.
+    #[serde(default)]
+    pub id: String,
+    /// Where the file is now.
     pub path: String,
+    /// Rotated away and read to its end: `idle`, and no longer part of the
+    /// current sync delay.
+    #[serde(default)]
+    pub finished: bool,
     /// `caught-up`, `behind`, `idle` or `stalled`.
     pub state: FileState,
     /// Size of the file when last looked at, bytes.
@@ -460,7 +485,7 @@ impl FileStats {
             }
         } else {
             let last_data = self.last_read_ms.load(Ordering::Relaxed).max(self.last_progress_ms.load(Ordering::Relaxed));
-            if last_data == 0 || now_ms - last_data > s.idle_after_ms {
+            if self.is_finished() || last_data == 0 || now_ms - last_data > s.idle_after_ms {
                 FileState::Idle
             } else {
                 FileState::CaughtUp
@@ -507,7 +532,9 @@ impl FileStats {
         let sync_delay_ms = if state == FileState::Idle { None } else { self.sync_delay_window(now_ms, s) };
         let transfer_delay_ms = if state == FileState::Idle { None } else { self.transfer_delay_window(now_ms, s) };
         FileStatus {
-            path: self.path.clone(),
+            id: self.id.clone(),
+            path: self.path(),
+            finished: self.is_finished(),
             state,
             size_bytes: size,
             offset_bytes: offset,
@@ -558,6 +585,12 @@ pub fn channel_delivery_window(ch: &ChannelStats, now_ms: i64, s: &StatusSetting
 }
 
 impl Telemetry {
+    /// What is wrong with the sources at `now_ms`, one line each: paths
+    /// matching no file beyond the grace period, files that cannot be read.
+    pub fn source_problems(&self, now_ms: i64, s: &StatusSettings) -> Vec<String> {
+        self.sources().iter().flat_map(|x| x.status(now_ms, s).problems()).collect()
+    }
+
     /// The whole status at `now_ms`.
     pub fn status(&self, now_ms: i64, s: &StatusSettings) -> Status {
         let files: Vec<FileStatus> = self.files().iter().map(|f| f.status(now_ms, s)).collect();
@@ -612,7 +645,9 @@ impl Telemetry {
                 delay_window_secs: (s.delay_window_ms / 1000) as u64,
                 idle_after_secs: (s.idle_after_ms / 1000) as u64,
                 stalled_after_secs: (s.stalled_after_ms / 1000) as u64,
+                no_files_after_secs: (s.no_files_after_ms / 1000) as u64,
             },
+            sources: self.sources().iter().map(|x| x.status(now_ms, s)).collect(),
             files,
             sinks,
             totals: t,
@@ -630,7 +665,13 @@ mod tests {
     const T0: i64 = 1_767_225_600_000;
 
     fn settings() -> StatusSettings {
-        StatusSettings { delay_window_ms: 300_000, idle_after_ms: 60_000, stalled_after_ms: 30_000, per_file_metrics: false }
+        StatusSettings {
+            delay_window_ms: 300_000,
+            idle_after_ms: 60_000,
+            stalled_after_ms: 30_000,
+            per_file_metrics: false,
+            no_files_after_ms: 60_000,
+        }
     }
 
     /// A file that read 1000 bytes holding 10 records, each written

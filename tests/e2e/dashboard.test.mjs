@@ -289,6 +289,17 @@ test('dashboard shows what was simulated and resumes after a bridge restart', { 
     assert.ok(f.delay.transferP95 != null && f.delay.transferP95 <= LAG_MS - WRITE_DELAY_MS + 250, `file ${f.path}: transfer p95 ${f.delay.transferP95} ms`);
   }
   assert.ok(fileRows.some((r) => /^[\d.]+ (s|ms)$/.test(r[7])), `files table transfer p95: ${JSON.stringify(fileRows)}`);
+  // Chart axes have round ticks: evenly spaced from 0, a round step (a
+  // clock's for the sync delay: ms, s, min, h; 1, 2 or 5 x 10^k calls).
+  const ticks = await waitFor('both charts drawn', async () => {
+    const s = await snap(page);
+    return s.ticks.rate.length > 1 && s.ticks.sync.length > 1 ? s.ticks : null;
+  });
+  const roundDurations = [1, 2, 5, 10, 20, 50, 100, 200, 250, 500, 1000, 2000, 5000, 10000, 15000, 30000, 60000, 120000, 300000, 600000, 900000, 1800000, 3600000];
+  const evenlyFromZero = (v) => v[0] === 0 && v.every((x, i) => x === i * v[1]);
+  assert.ok(evenlyFromZero(ticks.sync) && roundDurations.includes(ticks.sync[1]) && ticks.sync.length <= 6, `sync-delay axis ticks ${JSON.stringify(ticks.sync)}`);
+  assert.ok(ticks.syncLabels.every((l) => /^(0|\d+(\.\d)? (ms|s|min|h))$/.test(l)), `sync-delay axis labels ${JSON.stringify(ticks.syncLabels)}`);
+  assert.ok(evenlyFromZero(ticks.rate) && /^[125]0*$/.test(String(ticks.rate[1])) && ticks.rate.length <= 6, `rate axis ticks ${JSON.stringify(ticks.rate)}`);
   // Bounded memory: the live tail keeps a fixed number of records, whatever was received.
   assert.ok(s1.calls > 1000 && s1.tailKept === 1000, `tail kept ${s1.tailKept} of ${s1.calls} records`);
 
@@ -308,10 +319,12 @@ test('dashboard shows what was simulated and resumes after a bridge restart', { 
   await waitFor('the token form', async () => (await snap(page2))?.connection === 'no-token' && page2.isVisible('#token-input'));
   await page2.fill('#token-input', 'not-the-token');
   await page2.press('#token-input', 'Enter');
-  await waitFor('the wrong token to be refused', async () => {
+  // The page says why: the channel refused the token (401), not "down".
+  const refused = await waitFor('the wrong token to be refused', async () => {
     const s = await snap(page2);
-    return s.connection === 'reconnecting' && s.connects === 0 && (await page2.isVisible('#token-input'));
+    return s.connection === 'wrong-token' && s.connects === 0 && (await page2.isVisible('#token-input')) ? s : null;
   });
+  assert.match(refused.connectionText, /wrong token/, `the page says the token is wrong: ${refused.connectionText}`);
   await page2.fill('#token-input', token);
   await page2.press('#token-input', 'Enter');
   await waitFor('the right token to connect', async () => (await snap(page2)).connection === 'open');
@@ -320,7 +333,12 @@ test('dashboard shows what was simulated and resumes after a bridge restart', { 
   // Phase 2: restart. Traffic written while the bridge is down must arrive
   // after it comes back, and the page must resume at last seq + 1.
   await bridge.stop();
-  await waitFor('the page to notice the bridge is gone', async () => (await snap(page)).connection === 'reconnecting');
+  // The page tells a bridge that does not answer from a refused token.
+  const gone = await waitFor('the page to notice the bridge is gone', async () => {
+    const s = await snap(page);
+    return s.connection === 'unreachable' ? s : null;
+  });
+  assert.match(gone.connectionText, /bridge unreachable/, `the page says the bridge is unreachable: ${gone.connectionText}`);
   await simulate(logs, { seed: 12, rate: 300, duration: 1, burst: true });
   // Same ports as before: the page keeps its address.
   writeConfig(config, { stateDir, logs, tokenFile, channelListen: channelAddr, statusListen: statusAddr });

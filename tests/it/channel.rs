@@ -38,7 +38,38 @@ struct Chan {
     task: tokio::task::JoinHandle<anyhow::Result<()>>,
     acked: Arc<AtomicUsize>,
     next_record: u64,
-    _dir: tempfile::TempDir,
+    /// The state directory; removed once the sink task has ended (see Drop).
+    dir: Option<tempfile::TempDir>,
+}
+
+impl Drop for Chan {
+    /// The sink task writes `channel.seq` when its queue closes: the state
+    /// directory is removed only once the task has ended, or the file may
+    /// land in it while it is being removed and leave it behind in /tmp.
+    fn drop(&mut self) {
+        self.tx.take();
+        let dir = self.dir.take();
+        if self.task.is_finished() {
+            return;
+        }
+        let rt = tokio::runtime::Handle::current();
+        if rt.runtime_flavor() == tokio::runtime::RuntimeFlavor::CurrentThread {
+            // Nothing runs the sink task while this thread is here: remove
+            // the directory once it has ended, if the test goes on (when the
+            // test ends here, the task is never polled again).
+            let task = std::mem::replace(&mut self.task, tokio::spawn(async { Ok(()) }));
+            tokio::spawn(async move {
+                let _ = task.await;
+                drop(dir);
+            });
+        } else {
+            // Worker threads run it now: wait for it here.
+            let task = &mut self.task;
+            tokio::task::block_in_place(|| {
+                let _ = rt.block_on(tokio::time::timeout(DEADLINE, task));
+            });
+        }
+    }
 }
 
 impl Chan {
@@ -49,7 +80,7 @@ impl Chan {
         let ctx = SinkContext { state_dir: dir.path().to_path_buf(), shutdown: CancellationToken::new(), telemetry: Telemetry::new() };
         let (tx, rx) = mpsc::channel(16);
         let (handle, task) = channel::spawn(&cfg, &ctx, rx).await.unwrap();
-        Chan { handle, tx: Some(tx), task, acked: Arc::new(AtomicUsize::new(0)), next_record: 0, _dir: dir }
+        Chan { handle, tx: Some(tx), task, acked: Arc::new(AtomicUsize::new(0)), next_record: 0, dir: Some(dir) }
     }
 
     fn url(&self, path_and_query: &str) -> String {
@@ -64,7 +95,7 @@ impl Chan {
             let i = self.next_record;
             self.next_record += 1;
             let status = if i % 10 == 9 { "503" } else { "200" };
-            let r = record(i, status, if i % 2 == 0 { "svc-even" } else { "svc-odd" });
+            let r = record(i, status, if i.is_multiple_of(2) { "svc-even" } else { "svc-odd" });
             ids.push(r.get(Field::RequestUuid).to_string());
             records.push(r);
         }

@@ -399,14 +399,18 @@ fn a_plain_http_get_on_the_channel_is_told_how_to_subscribe() {
 #[test]
 fn weak_tokens_are_refused_at_start_naming_the_key() {
     let dir = tempfile::tempdir().unwrap();
+    // An existing log directory: check-config also checks that the globs
+    // match (an empty directory is only a warning).
+    std::fs::create_dir(dir.path().join("logs")).unwrap();
     let cfg = |channel: &str| -> PathBuf {
         let p = dir.path().join("c.toml");
         std::fs::write(
             &p,
             format!(
-                "state_dir = {:?}\n[[source]]\npaths = [\"/nonexistent/*.log\"]\n[channel]\nlisten = \"127.0.0.1:0\"\n{channel}\n\
+                "state_dir = {:?}\n[[source]]\npaths = [{:?}]\n[channel]\nlisten = \"127.0.0.1:0\"\n{channel}\n\
                  [status]\nenabled = false\n",
-                dir.path().join("state").display().to_string()
+                dir.path().join("state").display().to_string(),
+                dir.path().join("logs/*.log").display().to_string()
             ),
         )
         .unwrap();

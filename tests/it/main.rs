@@ -11,6 +11,7 @@ mod hostile_net;
 mod lag;
 mod parse;
 mod recovery;
+mod safety;
 mod service;
 mod simulate;
 mod status;

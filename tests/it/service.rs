@@ -91,7 +91,17 @@ fn unit_stop_timeout_exceeds_the_drain_grace() {
 #[test]
 fn packaged_config_is_valid() {
     let path = repo().join("packaging/config.toml");
-    let out = support::run(&["check-config", "-c", path.to_str().expect("utf-8 path")]);
+    // On a host laid out as the package leaves it (here under a scratch
+    // root): the state directory, and Local Edition's log directory.
+    let root = tempfile::tempdir().expect("tempdir");
+    let text = std::fs::read_to_string(&path).expect("read packaging/config.toml");
+    let moved = root.path().join("config.toml");
+    std::fs::write(&moved, support::relocate_config(&text, root.path())).expect("write config");
+    std::fs::create_dir_all(root.path().join("var/lib/calllog-bridge")).expect("state dir");
+    let logs = root.path().join("mnt/data/trafficmanager/enriched/access");
+    std::fs::create_dir_all(&logs).expect("log dir");
+    std::fs::write(logs.join("access.log"), "").expect("log file");
+    let out = support::run(&["check-config", "-c", moved.to_str().expect("utf-8 path")]);
     assert!(out.status.success(), "check-config failed: {}", String::from_utf8_lossy(&out.stderr));
     let cfg = Config::load(&path).expect("load");
     assert_eq!(cfg.state_dir, Path::new("/var/lib/calllog-bridge"), "state_dir must be the unit's StateDirectory=");

@@ -258,7 +258,7 @@ pub fn documents(format: Format, body: &[u8]) -> Vec<serde_json::Value> {
         }
         Format::Bulk => {
             let lines: Vec<&str> = text.split_terminator('\n').collect();
-            assert!(lines.len() % 2 == 0, "_bulk body has an odd number of lines");
+            assert!(lines.len().is_multiple_of(2), "_bulk body has an odd number of lines");
             assert!(text.ends_with('\n'), "_bulk body must end with a newline");
             lines
                 .chunks(2)

@@ -4,6 +4,7 @@
 
 use std::fs;
 use std::io::Write;
+use std::path::Path;
 
 use crate::tail_harness::{gzip, lines, uuids, Env, DEADLINE};
 
@@ -312,17 +313,33 @@ fn bad_config_exits_64_naming_the_key() {
 #[test]
 fn example_config_is_valid() {
     let dir = tempfile::tempdir().unwrap();
-    let token = dir.path().join("token");
-    fs::write(&token, "example-t0ken-0123456789\n").unwrap();
+    let root = dir.path();
     let example = fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/bridge.toml")).unwrap();
-    // The secrets it names live under /etc on a real host.
-    let text = example
-        .replace("/etc/calllog-bridge/channel.token", &token.to_string_lossy())
-        .replace("/etc/calllog-bridge/upstream.token", &token.to_string_lossy());
-    let cfg = dir.path().join("bridge.toml");
-    fs::write(&cfg, text).unwrap();
+    let cfg = root.join("bridge.toml");
+    // On a host laid out as it expects (here under a scratch root).
+    fs::write(&cfg, crate::support::relocate_config(&example, root)).unwrap();
+    for d in ["mnt/data/trafficmanager/access", "var/lib/calllog-bridge", "etc/calllog-bridge", "lookups"] {
+        fs::create_dir_all(root.join(d)).unwrap();
+    }
+    fs::write(root.join("mnt/data/trafficmanager/access/access_worker1.log"), "").unwrap();
+    for t in ["channel.token", "upstream.token"] {
+        fs::write(root.join("etc/calllog-bridge").join(t), "example-t0ken-0123456789\n").unwrap();
+    }
+    let lookups = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/lookups"));
+    for e in fs::read_dir(lookups).unwrap().flatten() {
+        fs::copy(e.path(), root.join("lookups").join(e.file_name())).unwrap();
+    }
+    // Without Local Edition's directory, check-config says so, naming the
+    // key, as `run` would.
+    let out = crate::support::cmd().args(["check-config", "--config"]).arg(&cfg).output().unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("`source[0].paths`"), "{}", String::from_utf8_lossy(&out.stderr));
+    fs::create_dir_all(root.join("mnt/data/trafficmanager/enriched/access")).unwrap();
+    fs::write(root.join("mnt/data/trafficmanager/enriched/access/access.log"), "").unwrap();
     let out = crate::support::cmd().args(["check-config", "--config"]).arg(&cfg).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let summary = String::from_utf8_lossy(&out.stdout);
+    assert!(summary.contains("access.log") && summary.contains("access_worker1.log"), "the files found are listed:\n{summary}");
 }
 
 #[test]

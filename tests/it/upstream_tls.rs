@@ -334,10 +334,11 @@ fn the_bridge_logs_an_untrusted_certificate_and_delivers_once_the_ca_is_configur
 fn bridge_config(dir: &Path, upstream: &str) -> PathBuf {
     let path = dir.join("bridge.toml");
     let text = format!(
-        "state_dir = {state:?}\n\n[[source]]\npaths = [{logs:?}]\n\n[upstream]\nurl = \"https://127.0.0.1:9/ingest\"\n{upstream}\n",
+        "state_dir = {state:?}\n\n[[source]]\npaths = [{logs:?}]\n\n[status]\nenabled = false\n\n[upstream]\nurl = \"https://127.0.0.1:9/ingest\"\n{upstream}\n",
         state = dir.join("state").to_string_lossy(),
         logs = dir.join("logs/access*.log").to_string_lossy(),
     );
+    std::fs::create_dir_all(dir.join("logs")).unwrap();
     std::fs::write(&path, text).unwrap();
     path
 }

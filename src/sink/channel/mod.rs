@@ -419,9 +419,14 @@ impl ChannelHandle {
 
 /// Starts the channel: binds `listen`, writes `<state_dir>/channel.addr`,
 /// registers the sink's queue on `fanout`, and spawns the sink task.
-pub async fn start(cfg: &ChannelConfig, ctx: &SinkContext, fanout: &mut Fanout) -> anyhow::Result<(SinkHandle, ChannelHandle)> {
+pub async fn start(
+    cfg: &ChannelConfig,
+    ctx: &SinkContext,
+    fanout: &mut Fanout,
+    listener: Option<std::net::TcpListener>,
+) -> anyhow::Result<(SinkHandle, ChannelHandle)> {
     let (tx, rx) = super::queue();
-    let (handle, task) = spawn(cfg, ctx, rx).await?;
+    let (handle, task) = spawn_on(cfg, ctx, rx, listener).await?;
     fanout.add(NAME, tx);
     Ok((SinkHandle { name: NAME, task }, handle))
 }
@@ -432,14 +437,29 @@ pub async fn spawn(
     ctx: &SinkContext,
     rx: mpsc::Receiver<Arc<Batch>>,
 ) -> anyhow::Result<(ChannelHandle, tokio::task::JoinHandle<anyhow::Result<()>>)> {
+    spawn_on(cfg, ctx, rx, None).await
+}
+
+/// [`spawn`] on a listener bound beforehand ([`crate::preflight`] binds
+/// every listener before the bridge starts); `None` binds `listen` here.
+pub async fn spawn_on(
+    cfg: &ChannelConfig,
+    ctx: &SinkContext,
+    rx: mpsc::Receiver<Arc<Batch>>,
+    listener: Option<std::net::TcpListener>,
+) -> anyhow::Result<(ChannelHandle, tokio::task::JoinHandle<anyhow::Result<()>>)> {
     let settings = Settings::from_config(cfg);
     let token = cfg.token().context("channel token")?;
-    let addr = cfg.listen_addr()?;
     let tls = match (&cfg.tls_cert, &cfg.tls_key) {
         (Some(c), Some(k)) => Some(TlsAcceptor::from(Arc::new(tls_config(c, k)?))),
         _ => None,
     };
-    let listener = TcpListener::bind(addr).await.with_context(|| format!("channel.listen: cannot listen on {addr}"))?;
+    let listener = match listener {
+        Some(l) => l,
+        None => crate::preflight::listen("channel.listen", cfg.listen_addr()?)?,
+    };
+    listener.set_nonblocking(true)?;
+    let listener = TcpListener::from_std(listener)?;
     let local_addr = listener.local_addr()?;
     let scheme = if tls.is_some() { "wss" } else { "ws" };
     info!("channel: listening on {scheme}://{local_addr}/ecls/subscribe/{}/{} (and /stream)", settings.channel_id, settings.area);

@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# Installs the real services some tests talk to, once, into a cache outside
+# the repository, and prints where they are:
+#
+#   tansu     a Kafka-protocol broker (crates.io, Apache-2.0), built with
+#             its in-memory/S3 (`dynostore`) and SQLite (`libsql`) storage
+#             engines. About 15 minutes of CPU to build on 2 cores: cached.
+#   s3s-fs    an S3-compatible server over a directory (crates.io).
+#   python    a virtualenv with kafka-python (an independent Kafka client)
+#             and boto3 (an independent S3 client), from PyPI.
+#
+# The cache is $CALLLOG_TOOLS_DIR (default ~/.cache/calllog-bridge-tools);
+# each tool is rebuilt only when its binary is missing. Usage:
+#
+#   scripts/test-tools.sh            install what is missing, print the env
+#   eval "$(scripts/test-tools.sh)"  ... and export it
+#
+# The tests find the tools through CALLLOG_TANSU, CALLLOG_S3S_FS and
+# CALLLOG_TOOLS_PYTHON (or the default cache paths); a test whose tool is
+# missing says so and is skipped, unless CALLLOG_REQUIRE_TOOLS=1 (CI), where
+# it fails.
+set -euo pipefail
+
+dir="${CALLLOG_TOOLS_DIR:-$HOME/.cache/calllog-bridge-tools}"
+mkdir -p "$dir"
+log="$dir/install.log"
+
+TANSU_VERSION=0.6.0
+S3S_FS_VERSION=0.14.1
+
+say() { echo "test-tools: $*" >&2; }
+
+install_crate() { # name version features bin
+    local name=$1 version=$2 features=$3 bin=$4
+    local root="$dir/$name-$version"
+    if [ -x "$root/bin/$bin" ]; then
+        return 0
+    fi
+    say "building $name $version from crates.io (once; cached in $root) ..."
+    local start=$SECONDS
+    if ! cargo install "$name@$version" --locked --features "$features" --root "$root" \
+        --target-dir "$dir/build/$name" >>"$log" 2>&1; then
+        say "FAILED to build $name (see $log)"
+        return 1
+    fi
+    rm -rf "$dir/build/$name"
+    say "built $name in $((SECONDS - start)) s"
+}
+
+install_python() {
+    local venv="$dir/python"
+    if [ -x "$venv/bin/python" ] && "$venv/bin/python" -c 'import kafka, boto3' 2>/dev/null; then
+        return 0
+    fi
+    say "installing kafka-python and boto3 from PyPI into $venv ..."
+    python3 -m venv "$venv" >>"$log" 2>&1
+    "$venv/bin/pip" install --quiet 'kafka-python==2.0.2' 'boto3>=1.34,<2' >>"$log" 2>&1
+}
+
+ok=1
+install_crate tansu "$TANSU_VERSION" dynostore,libsql tansu || ok=0
+install_crate s3s-fs "$S3S_FS_VERSION" binary s3s-fs || ok=0
+install_python || { say "FAILED to install the Python clients (see $log)"; ok=0; }
+
+[ -x "$dir/tansu-$TANSU_VERSION/bin/tansu" ] && echo "export CALLLOG_TANSU=$dir/tansu-$TANSU_VERSION/bin/tansu"
+[ -x "$dir/s3s-fs-$S3S_FS_VERSION/bin/s3s-fs" ] && echo "export CALLLOG_S3S_FS=$dir/s3s-fs-$S3S_FS_VERSION/bin/s3s-fs"
+[ -x "$dir/python/bin/python" ] && echo "export CALLLOG_TOOLS_PYTHON=$dir/python/bin/python"
+[ "$ok" = 1 ]

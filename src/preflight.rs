@@ -1,0 +1,473 @@
+//! What `run` needs from this host, checked before anything starts.
+//!
+//! [`Config::load`] checks the file itself (syntax, values, secret and TLS
+//! files). This module checks what the config points at, the way `run`
+//! will use it:
+//!
+//! - every `[[source]]` glob matches at least one readable file (a glob
+//!   whose directory exists but holds no file yet is a warning: the files
+//!   may come later; a missing directory, or files none of which match, is
+//!   an error);
+//! - the lookup files load;
+//! - `state_dir`, the archive's directory and the dead-letter file's
+//!   directory exist (or only their last component is missing, which `run`
+//!   creates: a typo such as `/nonexistent/dir` is never created) and are
+//!   writable by this user (probed by creating and removing a file, so
+//!   read-only mounts and ACLs count);
+//! - the listen addresses (`channel.listen`, `status.listen`) can be bound.
+//!
+//! Invariant: `check-config` and `run` call the same [`check`], so they
+//! never disagree. `run` keeps what the check built (the bound listeners,
+//! the loaded lookup tables) instead of doing the work twice; any error
+//! is an exit 64 (a config problem, which systemd does not restart), and
+//! each names its key and says its cause once.
+
+use std::fs::{File, OpenOptions};
+use std::io::ErrorKind;
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+
+use crate::config::{Config, ConfigError, SourceConfig};
+use crate::enrich::Enricher;
+use crate::state_lock::{LockError, StateLock};
+use crate::watch::Watcher;
+
+/// Listeners bound before anything else starts, handed to the status
+/// server and the channel.
+#[derive(Debug, Default)]
+pub struct Listeners {
+    /// `[status] listen`, unless the status listener is disabled.
+    pub status: Option<TcpListener>,
+    /// `[channel] listen`, when a channel is configured.
+    pub channel: Option<TcpListener>,
+}
+
+/// Whether [`check`] binds the listen addresses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Bind {
+    /// Bind them and keep them (`run`).
+    Keep,
+    /// Bind them and let them go (`check-config`: are they free?).
+    Probe,
+    /// Do not bind (`check-config` while a bridge runs on this state_dir
+    /// and holds them).
+    Skip,
+}
+
+/// One glob and the files it matches now.
+#[derive(Debug, Clone)]
+pub struct GlobFound {
+    /// The glob, as resolved.
+    pub glob: String,
+    /// Readable files it matches.
+    pub files: Vec<PathBuf>,
+    /// Files it matches that cannot be opened, with why.
+    pub unreadable: Vec<(PathBuf, String)>,
+}
+
+/// One `[[source]]` and its files.
+#[derive(Debug, Clone)]
+pub struct SourceFound {
+    /// The source's name (`source<N>` by default).
+    pub name: String,
+    /// Its globs.
+    pub globs: Vec<GlobFound>,
+}
+
+/// One listen address and what binding it said.
+#[derive(Debug, Clone)]
+pub struct ListenerFound {
+    /// `channel.listen` or `status.listen`.
+    pub key: &'static str,
+    /// The configured address.
+    pub addr: SocketAddr,
+    /// Bound (and, for `check-config`, released again).
+    pub bound: bool,
+}
+
+/// What [`check`] found.
+#[derive(Debug, Default)]
+pub struct Checked {
+    /// Problems that stop `run` (exit 64), each naming its key.
+    pub errors: Vec<ConfigError>,
+    /// Things an operator should know that do not stop `run`, each naming
+    /// its key.
+    pub warnings: Vec<String>,
+    /// Sources and the files each glob matches.
+    pub sources: Vec<SourceFound>,
+    /// The listen addresses.
+    pub listeners: Vec<ListenerFound>,
+    /// The listeners, bound (with [`Bind::Keep`]).
+    pub bound: Listeners,
+    /// The lookup tables, loaded.
+    pub enricher: Option<Enricher>,
+}
+
+impl Checked {
+    /// True when `run` may start.
+    pub fn ok(&self) -> bool {
+        self.errors.is_empty()
+    }
+}
+
+/// Runs every check of this module on `cfg`.
+pub fn check(cfg: &Config, bind: Bind) -> Checked {
+    let mut out = Checked::default();
+    for (key, dir, create) in dirs(cfg) {
+        if let Err(e) = usable_dir(&key, &dir, create) {
+            out.errors.push(e);
+        }
+    }
+    // What an earlier run left in state_dir must be writable too: a manual
+    // run as root leaves files the service user cannot append to.
+    let rejects = cfg.state_dir.join(crate::bridge::REJECTS_FILE);
+    if rejects.exists() {
+        if let Err(e) = OpenOptions::new().append(true).open(&rejects) {
+            out.errors.push(ConfigError::unusable(
+                "state_dir",
+                format!("cannot write {} (left by a run as another user?): {e}", rejects.display()),
+            ));
+        }
+    }
+    for spool in std::fs::read_dir(cfg.state_dir.join("upstream-spool")).into_iter().flatten().flatten() {
+        let dir = spool.path();
+        if dir.is_dir() {
+            if let Err(e) = writable(&dir) {
+                out.errors.push(ConfigError::unusable(
+                    "state_dir",
+                    format!("cannot write in {} (left by a run as another user?): {e}", dir.display()),
+                ));
+            }
+        }
+    }
+    if let Some(o) = &cfg.file_output {
+        if o.path.exists() {
+            if let Err(e) = OpenOptions::new().append(true).open(&o.path) {
+                out.errors.push(ConfigError::unusable("file_output.path", format!("cannot write {}: {e}", o.path.display())));
+            }
+        }
+    }
+    for (i, s) in cfg.sources.iter().enumerate() {
+        let found = source(&format!("source[{i}].paths"), i, s, &mut out.errors, &mut out.warnings);
+        out.sources.push(found);
+    }
+    match Enricher::from_config(&cfg.enrich) {
+        Ok(e) => out.enricher = Some(e),
+        Err(e) => out.errors.push(ConfigError::unusable("enrich.lookups", e)),
+    }
+    let mut want: Vec<(&'static str, SocketAddr)> = Vec::new();
+    if let Some(c) = &cfg.channel {
+        match c.listen_addr() {
+            Ok(a) => want.push(("channel.listen", a)),
+            Err(e) => out.errors.push(e),
+        }
+    }
+    if cfg.status.enabled {
+        want.push(("status.listen", cfg.status.listen));
+    }
+    for (key, addr) in want {
+        let bound = match bind {
+            Bind::Skip => None,
+            Bind::Keep | Bind::Probe => match listen(key, addr) {
+                Ok(l) => Some(l),
+                Err(e) => {
+                    out.errors.push(e);
+                    out.listeners.push(ListenerFound { key, addr, bound: false });
+                    continue;
+                }
+            },
+        };
+        out.listeners.push(ListenerFound { key, addr, bound: bound.is_some() });
+        if bind == Bind::Keep {
+            match key {
+                "channel.listen" => out.bound.channel = bound,
+                _ => out.bound.status = bound,
+            }
+        }
+    }
+    out
+}
+
+/// What `run` holds once [`prepare`] succeeded: nothing has read a file or
+/// accepted a connection yet.
+#[derive(Debug)]
+pub struct Prepared {
+    /// The exclusive lock on `state_dir`, held until the bridge ends.
+    pub lock: StateLock,
+    /// The listeners, bound.
+    pub listeners: Listeners,
+    /// The lookup tables, loaded.
+    pub enricher: Enricher,
+    /// What the checks warned about (logged by the caller).
+    pub warnings: Vec<String>,
+}
+
+/// Why `run` must not start (exit 64: a config or host problem that a
+/// restart cannot fix).
+#[derive(Debug, thiserror::Error)]
+pub enum PrepareError {
+    /// Checks failed; each error names its key.
+    #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
+    Config(Vec<ConfigError>),
+    /// Another bridge runs on this `state_dir`, or its lock file is unusable.
+    #[error(transparent)]
+    Lock(#[from] LockError),
+}
+
+/// Everything `run` does before it starts, in this order: `state_dir` is
+/// checked (and its last component created), its lock taken (so a second
+/// bridge is refused before it binds or reads anything), then [`check`]
+/// with the listeners bound and kept. Blocking.
+pub fn prepare(cfg: &Config) -> Result<Prepared, PrepareError> {
+    create_state_dir(cfg).map_err(|e| PrepareError::Config(vec![e]))?;
+    let lock = StateLock::acquire(&cfg.state_dir)?;
+    let checked = check(cfg, Bind::Keep);
+    if !checked.ok() {
+        return Err(PrepareError::Config(checked.errors));
+    }
+    let enricher = checked.enricher.ok_or_else(|| PrepareError::Config(vec![ConfigError::unusable("enrich.lookups", "not loaded")]))?;
+    Ok(Prepared { lock, listeners: checked.bound, enricher, warnings: checked.warnings })
+}
+
+/// Creates `state_dir` when only its last component is missing (checked by
+/// [`check`]), so that the lock can be taken in it.
+pub fn create_state_dir(cfg: &Config) -> Result<(), ConfigError> {
+    usable_dir("state_dir", &cfg.state_dir, true)?;
+    match std::fs::create_dir(&cfg.state_dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(ConfigError::unusable("state_dir", format!("cannot create {}: {e}", cfg.state_dir.display()))),
+    }
+}
+
+/// Binds `addr` for `key`, naming both when it fails.
+pub fn listen(key: &str, addr: SocketAddr) -> Result<TcpListener, ConfigError> {
+    TcpListener::bind(addr).map_err(|e| ConfigError::unusable(key, format!("cannot listen on {addr}: {e}")))
+}
+
+/// The directories the bridge writes to: (key, directory, may its last
+/// component be created).
+fn dirs(cfg: &Config) -> Vec<(String, PathBuf, bool)> {
+    let mut v = vec![("state_dir".to_string(), cfg.state_dir.clone(), true)];
+    let parent = |p: &Path| match p.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    if let Some(o) = &cfg.file_output {
+        v.push(("file_output.path".to_string(), parent(&o.path), true));
+    }
+    if let Some(u) = &cfg.upstream {
+        if let Some(d) = &u.dead_letter_file {
+            v.push(("upstream.dead_letter_file".to_string(), parent(d), false));
+        }
+    }
+    v
+}
+
+/// Checks that `dir` exists (or, with `create`, that only its last
+/// component is missing) and that this user can create files in it.
+fn usable_dir(key: &str, dir: &Path, create: bool) -> Result<(), ConfigError> {
+    match std::fs::metadata(dir) {
+        Ok(m) if m.is_dir() => {
+            writable(dir).map_err(|e| ConfigError::unusable(key, format!("{} is not writable by this user: {e}", dir.display())))
+        }
+        Ok(_) => Err(ConfigError::unusable(key, format!("{} is not a directory", dir.display()))),
+        Err(e) if e.kind() == ErrorKind::NotFound => {
+            let parent = dir.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+            if !create {
+                return Err(ConfigError::unusable(key, format!("directory {} does not exist", dir.display())));
+            }
+            match std::fs::metadata(parent) {
+                Ok(m) if m.is_dir() => writable(parent).map_err(|e| {
+                    ConfigError::unusable(
+                        key,
+                        format!(
+                            "{} does not exist and cannot be created: {} is not writable by this user: {e}",
+                            dir.display(),
+                            parent.display()
+                        ),
+                    )
+                }),
+                _ => Err(ConfigError::unusable(
+                    key,
+                    format!(
+                        "{} does not exist, nor does its parent {} (only a missing last directory is created)",
+                        dir.display(),
+                        parent.display()
+                    ),
+                )),
+            }
+        }
+        Err(e) => Err(ConfigError::unusable(key, format!("cannot use {}: {e}", dir.display()))),
+    }
+}
+
+/// Creates and removes a file in `dir`: the only test that counts
+/// permissions, ACLs and read-only mounts alike.
+fn writable(dir: &Path) -> std::io::Result<()> {
+    let pid = std::process::id();
+    for n in 0..100u32 {
+        let probe = dir.join(format!(".calllog-bridge-write-check-{pid}-{n}"));
+        match OpenOptions::new().write(true).create_new(true).open(&probe) {
+            Ok(f) => {
+                drop(f);
+                return std::fs::remove_file(&probe);
+            }
+            Err(e) if e.kind() == ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(std::io::Error::other("cannot find a free probe file name"))
+}
+
+/// The files of one source, glob by glob, with errors and warnings.
+fn source(key: &str, index: usize, s: &SourceConfig, errors: &mut Vec<ConfigError>, warnings: &mut Vec<String>) -> SourceFound {
+    let name = s.name.clone().unwrap_or_else(|| format!("source{index}"));
+    let mut globs = Vec::new();
+    for (glob, dir) in s.paths.iter().zip(s.watch_dirs()) {
+        let one = SourceConfig { paths: vec![glob.clone()], ..s.clone() };
+        let matched = match Watcher::new(&one) {
+            Ok(w) => w.scan(),
+            Err(e) => {
+                errors.push(ConfigError::invalid(key, format!("bad glob `{glob}`: {e}")));
+                continue;
+            }
+        };
+        let mut found = GlobFound { glob: glob.clone(), files: Vec::new(), unreadable: Vec::new() };
+        for m in matched {
+            match File::open(&m.path) {
+                Ok(_) => found.files.push(m.path),
+                Err(e) => found.unreadable.push((m.path, e.to_string())),
+            }
+        }
+        found.files.sort();
+        found.unreadable.sort();
+        if found.files.is_empty() && found.unreadable.is_empty() {
+            match std::fs::read_dir(&dir) {
+                Err(e) if e.kind() == ErrorKind::NotFound => {
+                    errors
+                        .push(ConfigError::unusable(key, format!("`{glob}` matches nothing: directory {} does not exist", dir.display())));
+                }
+                Err(e) => errors.push(ConfigError::unusable(key, format!("`{glob}`: cannot list {}: {e}", dir.display()))),
+                Ok(entries) => {
+                    let mut others: Vec<String> =
+                        entries.flatten().filter(|e| e.path().is_file()).map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+                    others.sort();
+                    if others.is_empty() {
+                        warnings.push(format!(
+                            "config key `{key}`: `{glob}` matches no file yet: {} holds none (files written there later are followed)",
+                            dir.display()
+                        ));
+                    } else {
+                        let shown = others.iter().take(5).cloned().collect::<Vec<_>>().join(", ");
+                        let more = if others.len() > 5 { format!(" and {} more", others.len() - 5) } else { String::new() };
+                        errors.push(ConfigError::unusable(
+                            key,
+                            format!("`{glob}` matches none of the files in {} ({shown}{more})", dir.display()),
+                        ));
+                    }
+                }
+            }
+        } else if found.files.is_empty() {
+            let (p, e) = &found.unreadable[0];
+            errors.push(ConfigError::unusable(
+                key,
+                format!("`{glob}` matches {} file(s), none readable by this user: {}: {e}", found.unreadable.len(), p.display()),
+            ));
+        } else {
+            for (p, e) in &found.unreadable {
+                warnings.push(format!("config key `{key}`: cannot read {}: {e} (it is skipped until its permissions change)", p.display()));
+            }
+        }
+        globs.push(found);
+    }
+    SourceFound { name, globs }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(dir: &Path, extra: &str) -> Config {
+        let text = format!(
+            "state_dir = {:?}\n[[source]]\npaths = [{:?}]\n[file_output]\npath = {:?}\n[status]\nlisten = \"127.0.0.1:0\"\n{extra}",
+            dir.join("state"),
+            dir.join("logs/access*.log*"),
+            dir.join("out/archive.ndjson"),
+        );
+        Config::from_toml(&text, &dir.join("config.toml")).unwrap()
+    }
+
+    fn messages(c: &Checked) -> String {
+        c.errors.iter().map(|e| e.to_string()).chain(c.warnings.iter().cloned()).collect::<Vec<_>>().join("\n")
+    }
+
+    #[test]
+    fn globs_missing_directory_is_an_error_an_empty_one_a_warning() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = config(dir.path(), "");
+        let c = check(&cfg, Bind::Probe);
+        assert_eq!(c.errors.len(), 1, "{}", messages(&c));
+        assert!(
+            c.errors[0].to_string().contains("source[0].paths") && c.errors[0].to_string().contains("does not exist"),
+            "{}",
+            messages(&c)
+        );
+
+        std::fs::create_dir(dir.path().join("logs")).unwrap();
+        let c = check(&cfg, Bind::Probe);
+        assert!(c.ok(), "{}", messages(&c));
+        assert!(c.warnings.iter().any(|w| w.contains("source[0].paths") && w.contains("no file yet")), "{:?}", c.warnings);
+
+        std::fs::write(dir.path().join("logs/error.log"), "x\n").unwrap();
+        let c = check(&cfg, Bind::Probe);
+        assert!(messages(&c).contains("matches none of the files") && messages(&c).contains("error.log"), "{}", messages(&c));
+
+        std::fs::write(dir.path().join("logs/access.log"), "x\n").unwrap();
+        let c = check(&cfg, Bind::Probe);
+        assert!(c.ok() && c.warnings.is_empty(), "{}", messages(&c));
+        assert_eq!(c.sources[0].globs[0].files, vec![dir.path().join("logs/access.log")]);
+    }
+
+    #[test]
+    fn only_a_missing_last_directory_is_accepted_and_created() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("logs")).unwrap();
+        let mut cfg = config(dir.path(), "");
+        assert!(check(&cfg, Bind::Probe).ok());
+        create_state_dir(&cfg).unwrap();
+        assert!(dir.path().join("state").is_dir());
+        cfg.state_dir = dir.path().join("no/such/dir");
+        let e = create_state_dir(&cfg).unwrap_err().to_string();
+        assert!(e.contains("`state_dir`") && e.contains("nor does its parent"), "{e}");
+        assert!(!dir.path().join("no").exists(), "nothing created");
+    }
+
+    #[test]
+    fn a_lookup_file_that_does_not_load_names_the_key_and_its_cause_once() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("logs")).unwrap();
+        let cfg = config(dir.path(), "[enrich]\nlookups = [\"missing.csv\"]\n");
+        let c = check(&cfg, Bind::Probe);
+        let e = messages(&c);
+        assert!(e.contains("`enrich.lookups`") && e.contains("missing.csv"), "{e}");
+        assert_eq!(e.matches("No such file or directory").count(), 1, "{e}");
+    }
+
+    #[test]
+    fn a_busy_listen_address_names_the_key_and_the_address() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("logs")).unwrap();
+        let busy = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = busy.local_addr().unwrap();
+        let cfg = config(dir.path(), "").clone();
+        let cfg = Config { status: crate::config::StatusConfig { listen: addr, ..cfg.status.clone() }, ..cfg };
+        let c = check(&cfg, Bind::Probe);
+        let e = messages(&c);
+        assert!(e.contains("`status.listen`") && e.contains(&addr.to_string()), "{e}");
+        assert!(check(&cfg, Bind::Skip).ok(), "not bound while a bridge holds them");
+        drop(busy);
+        let c = check(&cfg, Bind::Keep);
+        assert!(c.ok() && c.bound.status.is_some());
+    }
+}
