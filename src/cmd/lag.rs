@@ -334,12 +334,12 @@ pub fn render_table(st: &Status, base: &str) -> String {
         out.push_str(&columns(&rows));
         for s in &st.sources {
             for u in &s.unreadable {
-                let _ = writeln!(out, "  {}: cannot read {}: {}", s.name, u.path, u.error);
+                let _ = writeln!(out, "  {}: cannot read {}: {}", s.name, Escaped(&u.path), Escaped(&u.error));
             }
             for l in &s.left_unread {
                 let bytes = l.unread_bytes.map_or_else(|| "unknown bytes".to_string(), human_bytes);
-                let now = l.now_at.as_deref().map(|a| format!(", now {a}")).unwrap_or_default();
-                let _ = writeln!(out, "  {}: RECORDS LOST: {} left with {bytes} unread ({}{now})", s.name, l.path, l.reason);
+                let now = l.now_at.as_deref().map(|a| format!(", now {}", Escaped(a))).unwrap_or_default();
+                let _ = writeln!(out, "  {}: RECORDS LOST: {} left with {bytes} unread ({}{now})", s.name, Escaped(&l.path), l.reason);
             }
         }
         out.push('\n');
