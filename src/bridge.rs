@@ -28,7 +28,7 @@ use anyhow::Context;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::checkpoint::Checkpointer;
+use crate::checkpoint::{CheckpointError, Checkpointer, DamagedState};
 use crate::config::{Config, Secret, SourceConfig};
 use crate::enrich::Enricher;
 use crate::pipeline::Fanout;
@@ -103,14 +103,20 @@ impl Bridge {
 
         let checkpoints = {
             let d = state_dir.clone();
-            tokio::task::spawn_blocking(move || Checkpointer::load(&d)).await??
+            match tokio::task::spawn_blocking(move || Checkpointer::load(&d)).await? {
+                Ok(c) => c,
+                // Not a guess about where to resume: the operator decides
+                // (exit EXIT_DAMAGED_STATE, `reset-state`).
+                Err(CheckpointError::Invalid { path, message }) => return Err(DamagedState { path, problem: message }.into()),
+                Err(e) => return Err(e.into()),
+            }
         };
 
         let stop_reading = CancellationToken::new();
         let stop_background = CancellationToken::new();
         let stop_lookups = stop_background.child_token();
         let mut background = Vec::new();
-        background.push(tokio::spawn(checkpoint_writer(checkpoints.clone(), stop_background.clone())));
+        background.push(tokio::spawn(checkpoint_writer(checkpoints.clone(), stop_background.clone(), telemetry.fault("checkpoints"))));
         if !cfg.enrich.lookups.is_empty() {
             background.push(tokio::spawn(lookup_reloader(enricher.clone(), stop_lookups.clone())));
         }
@@ -314,7 +320,7 @@ async fn report_left_unread(
         tokio::task::spawn_blocking(move || crate::tail::left_unread::find(&entries, &srcs, scans_from_ms, now)).await.unwrap_or_default();
     for (i, l) in found {
         let name = sources.get(i).map(|s| source_name(s, i)).unwrap_or_default();
-        tracing::warn!(source = %name, file = %l.path, "{}", crate::tail::left_unread::message(&name, &l));
+        tracing::warn!(source = %name, file = %crate::logsafe::Escaped(&l.path), "{}", crate::logsafe::Escaped(&crate::tail::left_unread::message(&name, &l)));
         telemetry.source(&name).left_unread(l);
     }
 }
@@ -337,16 +343,26 @@ async fn rejects_file(state_dir: &std::path::Path, cfg: &crate::config::RejectsC
 /// Writes checkpoints as soon as an offset advanced, at most once per
 /// [`CHECKPOINT_INTERVAL`]: after a `kill -9` the records read again are
 /// those acknowledged since the last write (about one sink flush), plus
-/// the batches not yet acknowledged.
-async fn checkpoint_writer(checkpoints: Checkpointer, stop: CancellationToken) {
+/// the batches not yet acknowledged. A failed write (a full state_dir) is
+/// retried on a timer until it works, whether or not new data arrives, and
+/// reported as the `checkpoints` fault meanwhile.
+async fn checkpoint_writer(checkpoints: Checkpointer, stop: CancellationToken, fault: crate::telemetry::Fault) {
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
-            _ = checkpoints.changed() => {
-                if let Err(e) = checkpoints.write_async(false).await {
-                    tracing::error!(error = %e, "cannot write checkpoints; retrying");
-                }
+            _ = checkpoints.changed() => {}
+        }
+        let mut failed = false;
+        while let Err(e) = checkpoints.write_async(false).await {
+            failed = true;
+            let delay = fault.failed(&e.to_string());
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(delay) => {}
             }
+        }
+        if failed {
+            fault.recovered();
         }
         tokio::select! {
             _ = stop.cancelled() => return,

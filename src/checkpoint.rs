@@ -113,6 +113,42 @@ pub enum CheckpointError {
     },
 }
 
+/// Exit code when a state file under `state_dir` is damaged (EX_DATAERR):
+/// restarting cannot help, the operator decides where reading resumes
+/// (`calllog-bridge reset-state`). The systemd unit names it in
+/// `RestartPreventExitStatus=`.
+pub const EXIT_DAMAGED_STATE: i32 = 65;
+
+/// A state file (`checkpoints.json`, `channel.seq`) that exists but cannot
+/// be understood. The bridge does not guess where to resume: it stops with
+/// [`EXIT_DAMAGED_STATE`] and says how to recover.
+#[derive(Debug, thiserror::Error)]
+#[error("{} is damaged: {problem}", path.display())]
+pub struct DamagedState {
+    /// The file.
+    pub path: PathBuf,
+    /// What is wrong with it.
+    pub problem: String,
+}
+
+impl DamagedState {
+    /// The recovery instructions for the operator, naming the config file.
+    pub fn recovery(&self, config: &Path) -> String {
+        let c = config.display();
+        format!(
+            "The bridge does not guess where to resume and will not start until this is decided (exit code {EXIT_DAMAGED_STATE}: \
+             systemd does not restart it). The file is left as it is. To recover, keep it aside and choose where reading resumes:\n  \
+             calllog-bridge reset-state --config {c} --read-from end\n      \
+             every file resumes at its current end: nothing is sent twice; records written while the bridge was stopped, \
+             and any not yet delivered, are skipped\n  \
+             calllog-bridge reset-state --config {c} --read-from beginning\n      \
+             every file is read again from its start: nothing is skipped; records already delivered are sent again \
+             (de-duplicate on request_uuid)\n\
+             then start the bridge again."
+        )
+    }
+}
+
 /// A place in the acknowledgement order of one file: returned by
 /// [`Checkpointer::register`], handed back to [`Checkpointer::ack`].
 #[derive(Clone, Copy, Debug)]
@@ -178,6 +214,16 @@ impl Checkpointer {
             Err(source) => return Err(CheckpointError::Io { path, source }),
         }
         Ok(Checkpointer { path: Arc::new(path), state: Arc::new(Mutex::new(state)), changed: Arc::new(tokio::sync::Notify::new()) })
+    }
+
+    /// An empty registry for `<state_dir>/checkpoints.json` that ignores
+    /// what the file holds (`reset-state` builds a new one).
+    pub fn empty(state_dir: &Path) -> Checkpointer {
+        Checkpointer {
+            path: Arc::new(state_dir.join(FILE_NAME)),
+            state: Arc::new(Mutex::new(State::default())),
+            changed: Arc::new(tokio::sync::Notify::new()),
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -258,6 +304,12 @@ impl Checkpointer {
         let st = self.lock();
         let in_flight = st.trackers.get(&fp).is_some_and(|t| !t.in_flight.is_empty());
         st.entries.get(&fp).is_some_and(|e| !in_flight && e.gz_complete.is_some_and(|g| g.size == size && e.offset >= g.end))
+    }
+
+    /// True while some batch of the file is registered and not yet
+    /// acknowledged (its records exist only in the file and in memory).
+    pub fn in_flight(&self, fp: Fingerprint) -> bool {
+        self.lock().trackers.get(&fp).is_some_and(|t| !t.in_flight.is_empty())
     }
 
     /// Registers a batch that ends at `end_offset`, in read order. Its

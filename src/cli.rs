@@ -33,6 +33,10 @@ pub enum Command {
     Tail(TailArgs),
     /// Show the sync delay per file and per sink of a running bridge.
     Lag(LagArgs),
+    /// Recover from a damaged checkpoints.json or channel.seq (the bridge
+    /// exits 65 and says so): keep the damaged file aside and choose where
+    /// reading resumes. The bridge must be stopped.
+    ResetState(ResetStateArgs),
 }
 
 /// `parse` arguments.
@@ -194,4 +198,33 @@ pub struct LagArgs {
     /// Exit non-zero when any delay is above this (e.g. `30s`, `5m`, `1h`).
     #[arg(long, value_name = "DURATION")]
     pub max_lag: Option<String>,
+}
+
+/// Where every file resumes after `reset-state`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ResumeFrom {
+    /// From its start: nothing is skipped; what was delivered is sent again.
+    Beginning,
+    /// From its current end (the files' current state): nothing is sent
+    /// twice; what was not delivered yet is skipped.
+    End,
+}
+
+/// `reset-state` arguments.
+#[derive(Debug, clap::Args)]
+pub struct ResetStateArgs {
+    /// The config file (its `state_dir` and sources).
+    #[arg(long, short)]
+    pub config: PathBuf,
+    /// Where every file the sources match now resumes.
+    #[arg(long, value_enum)]
+    pub read_from: ResumeFrom,
+    /// The channel's next sequence number when `channel.seq` is replaced
+    /// (default: the current time in microseconds, above any number a
+    /// bridge can have used, so clients never see a number twice).
+    #[arg(long, value_name = "N")]
+    pub channel_seq: Option<u64>,
+    /// Replace the files even when they are not damaged.
+    #[arg(long)]
+    pub force: bool,
 }

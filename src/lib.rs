@@ -18,6 +18,8 @@
 //! - [`sink`]: where batches go (file archive, channel, upstream).
 //! - [`reload`]: SIGHUP: re-read the config, apply it or refuse it whole.
 //! - [`service`]: systemd readiness, watchdog and journal-friendly logs.
+//! - [`logsafe`]: peer-supplied text (file names, collector answers)
+//!   escaped for log lines.
 //! - [`telemetry`]: per-file and per-sink statistics, metrics, status.
 //! - [`listener`]: what bounds every listener (socket cap, idle eviction,
 //!   file-descriptor limit).
@@ -33,6 +35,7 @@ pub mod config;
 pub mod demo;
 pub mod enrich;
 pub mod listener;
+pub mod logsafe;
 pub mod parse;
 pub mod pipeline;
 pub mod preflight;

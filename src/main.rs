@@ -31,6 +31,7 @@ fn main() {
         Command::Run(a) => cmd::run::run(a),
         Command::Tail(a) => cmd::tail::run(a),
         Command::Lag(a) => cmd::lag::run(a),
+        Command::ResetState(a) => cmd::reset_state::run(a),
     };
     match result {
         Ok(code) => std::process::exit(code),

@@ -14,11 +14,13 @@
 //! restart (at-least-once).
 //!
 //! A batch's records borrow the chunk they were read from, so holding a
-//! batch pins that whole chunk. A sink that acknowledges only after a later
-//! event (the archive's fsync, the collector's 2xx) turns the records into
-//! its own bytes first and then keeps only a [`Receipt`], never the batch:
-//! what it holds is bounded by its own output, whatever the input looked
-//! like (a hostile file can make a 256 KB chunk hold a single record).
+//! batch pins that whole chunk, and a hostile file can make a 256 KB chunk
+//! hold a single record. A sink that acknowledges only after a later event
+//! bounds what it holds by that memory, not only by its output: upstream
+//! (until the collector's 2xx) turns the records into its own bytes at once
+//! and keeps only a [`Receipt`]; the archive, which keeps its batches until
+//! their fsync to write them again after a failed write, syncs early once
+//! they pin `SYNC_EARLY_PINNED_BYTES` ([`Records::pinned_bytes`]).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -166,6 +168,12 @@ impl Records {
         self.0.backing_cart().as_deref().map(|s| &s.data[..])
     }
 
+    /// Memory the records keep alive besides themselves: the capacity of
+    /// the bytes they borrow from (0 for owned records).
+    pub fn pinned_bytes(&self) -> usize {
+        self.0.backing_cart().as_deref().map_or(0, |s| s.data.capacity())
+    }
+
     /// Drops the records and gives back the bytes they borrowed from, so a
     /// reader can reuse the buffer (`None` for owned records).
     pub fn into_source_data(self) -> Option<Vec<u8>> {
@@ -190,6 +198,60 @@ impl Default for Records {
 pub struct Fanout {
     /// One queue per sink.
     sinks: Vec<(&'static str, mpsc::Sender<Arc<Batch>>)>,
+    /// Demands that sinks make what they hold durable now (see
+    /// [`Durability`]); shared by every clone.
+    durability: Arc<Durability>,
+}
+
+/// The rule that keeps a file's records when the file goes away: before
+/// the last handle on a source file is released while some of its records
+/// are not acknowledged (the file was deleted or rotated out of the globs,
+/// or the bridge stops with records undelivered), those records are made
+/// durable. A reader in that situation holds a [`Demand`] until its
+/// batches are acknowledged; while any demand is held, sinks that keep
+/// batches in memory for long (upstream during an outage) write them to
+/// durable storage (the spool) at once and acknowledge them, instead of
+/// waiting for their peer. Sinks that acknowledge on their own soon (the
+/// archive after its fsync, the channel on append) need not look.
+#[derive(Debug)]
+pub struct Durability {
+    /// Demands held now.
+    demands: tokio::sync::watch::Sender<usize>,
+}
+
+impl Default for Durability {
+    fn default() -> Self {
+        Durability { demands: tokio::sync::watch::Sender::new(0) }
+    }
+}
+
+impl Durability {
+    /// Demands durability until the returned [`Demand`] is dropped.
+    pub fn demand(self: &Arc<Self>) -> Demand {
+        self.demands.send_modify(|n| *n += 1);
+        Demand(self.clone())
+    }
+
+    /// True while some demand is held.
+    pub fn is_demanded(&self) -> bool {
+        *self.demands.borrow() > 0
+    }
+
+    /// Resolves once some demand is held (at once if one is).
+    pub async fn demanded(&self) {
+        let mut rx = self.demands.subscribe();
+        let _ = rx.wait_for(|n| *n > 0).await;
+    }
+}
+
+/// A held durability demand (see [`Durability`]); released when dropped.
+#[derive(Debug)]
+pub struct Demand(Arc<Durability>);
+
+impl Drop for Demand {
+    fn drop(&mut self) {
+        self.0.demands.send_modify(|n| *n = n.saturating_sub(1));
+    }
 }
 
 /// The error when a sink's queue is closed (the sink task ended).
@@ -206,6 +268,11 @@ impl Fanout {
     /// Adds a sink queue. `name` is used in errors and metrics.
     pub fn add(&mut self, name: &'static str, tx: mpsc::Sender<Arc<Batch>>) {
         self.sinks.push((name, tx));
+    }
+
+    /// The durability demands shared by this fan-out's readers and sinks.
+    pub fn durability(&self) -> Arc<Durability> {
+        self.durability.clone()
     }
 
     /// Number of sinks.
@@ -305,6 +372,24 @@ mod tests {
         assert!(rx1.try_recv().is_err(), "the cancelled batch must not reach `a`");
         assert!(rx2.recv().await.is_some());
         assert!(rx2.try_recv().is_err());
+    }
+
+    #[tokio::test]
+    async fn durability_demands_are_counted_and_awaited() {
+        let f = Fanout::new();
+        let d = f.durability();
+        assert!(!d.is_demanded());
+        let waiting = tokio::spawn({
+            let d = d.clone();
+            async move { d.demanded().await }
+        });
+        let a = f.clone().durability().demand();
+        let b = d.demand();
+        tokio::time::timeout(std::time::Duration::from_secs(5), waiting).await.unwrap().unwrap();
+        drop(a);
+        assert!(d.is_demanded(), "one demand is still held");
+        drop(b);
+        assert!(!d.is_demanded());
     }
 
     #[tokio::test]

@@ -754,7 +754,8 @@ impl SimCall {
             }
             match col {
                 "request_time" => out.push_str(&epoch3(self.request_ms)),
-                "response_string" => out.push_str(&format!("{}{} ({})", self.status, self.reason, self.source.name())),
+                // LE 5 squashes the reason phrase: `404NotFound (API)`.
+                "response_string" => out.push_str(&format!("{}{} ({})", self.status, self.reason.replace(' ', ""), self.source.name())),
                 _ => {
                     if let Some(f) = Field::from_name(col) {
                         csv_cell(&mut out, r.get(f));

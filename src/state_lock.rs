@@ -88,7 +88,12 @@ impl StateLock {
             f.rewind()?;
             f.write_all(format!("{pid}\n").as_bytes())
         };
-        write(&mut file).map_err(io)?;
+        // The PID is for the message a second bridge prints; the lock is
+        // held either way. A full disk must not stop the start (the
+        // components that write there retry and report it themselves).
+        if let Err(e) = write(&mut file) {
+            tracing::warn!(file = %path.display(), error = %e, "cannot write the PID into the lock file; the lock is held");
+        }
         Ok(StateLock { _file: file, path })
     }
 }

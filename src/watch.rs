@@ -255,7 +255,9 @@ impl Events {
                 Ok(()) => {
                     self.watched.insert(dir.clone());
                 }
-                Err(e) => tracing::debug!(dir = %dir.display(), error = %e, "cannot watch directory yet; rescans will find its files"),
+                Err(e) => {
+                    tracing::debug!(dir = %crate::logsafe::Escaped::path(dir), error = %e, "cannot watch directory yet; rescans will find its files")
+                }
             }
         }
     }

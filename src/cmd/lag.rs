@@ -29,6 +29,7 @@ use anyhow::Context;
 
 use crate::cli::LagArgs;
 use crate::config::{Config, EXIT_CONFIG};
+use crate::logsafe::Escaped;
 use crate::telemetry::server::addr_file;
 use crate::telemetry::{FileState, SourceState, Status};
 
@@ -333,12 +334,12 @@ pub fn render_table(st: &Status, base: &str) -> String {
         out.push_str(&columns(&rows));
         for s in &st.sources {
             for u in &s.unreadable {
-                let _ = writeln!(out, "  {}: cannot read {}: {}", s.name, u.path, u.error);
+                let _ = writeln!(out, "  {}: cannot read {}: {}", s.name, Escaped(&u.path), Escaped(&u.error));
             }
             for l in &s.left_unread {
                 let bytes = l.unread_bytes.map_or_else(|| "unknown bytes".to_string(), human_bytes);
-                let now = l.now_at.as_deref().map(|a| format!(", now {a}")).unwrap_or_default();
-                let _ = writeln!(out, "  {}: RECORDS LOST: {} left with {bytes} unread ({}{now})", s.name, l.path, l.reason);
+                let now = l.now_at.as_deref().map(|a| format!(", now {}", Escaped(a))).unwrap_or_default();
+                let _ = writeln!(out, "  {}: RECORDS LOST: {} left with {bytes} unread ({}{now})", s.name, Escaped(&l.path), l.reason);
             }
         }
         out.push('\n');
@@ -362,7 +363,8 @@ pub fn render_table(st: &Status, base: &str) -> String {
                 s => s.to_string(),
             };
             rows.push(vec![
-                f.path.clone(),
+                // A file name is peer-supplied text on a terminal.
+                Escaped(&f.path).to_string(),
                 state,
                 human_bytes(f.bytes_behind),
                 opt_ms(d.map(|d| d.p50)),
@@ -442,6 +444,16 @@ pub fn render_table(st: &Status, base: &str) -> String {
             let _ = writeln!(out, "enrich: last lookup reload failed, previous tables in use: {err}");
         }
     }
+    for f in &st.faults {
+        let _ = writeln!(
+            out,
+            "\nFAULT {} cannot write since {} ({} attempts), keeping its data and retrying: {}",
+            f.component,
+            f.since,
+            f.attempts,
+            Escaped(&f.error)
+        );
+    }
     let t = &st.totals;
     let states: Vec<String> = t.files_by_state.iter().map(|(s, n)| format!("{n} {s}")).collect();
     let _ = writeln!(
@@ -465,11 +477,16 @@ pub fn over_limit(st: &Status, limit_ms: i64) -> Vec<String> {
     for f in &st.files {
         if f.state != FileState::Idle {
             if let Some(d) = f.sync_delay_ms.filter(|d| d.max > limit_ms) {
-                over.push(format!("{}: sync delay max {} ({})", f.path, human_ms(d.max), f.state));
+                over.push(format!("{}: sync delay max {} ({})", Escaped(&f.path), human_ms(d.max), f.state));
             }
         }
         if f.state == FileState::Stalled && f.no_progress_ms > limit_ms {
-            over.push(format!("{}: stalled, {} waiting unread for {}", f.path, human_bytes(f.bytes_behind), human_ms(f.no_progress_ms)));
+            over.push(format!(
+                "{}: stalled, {} waiting unread for {}",
+                Escaped(&f.path),
+                human_bytes(f.bytes_behind),
+                human_ms(f.no_progress_ms)
+            ));
         }
     }
     for k in &st.sinks {

@@ -4,6 +4,7 @@
 pub mod check_config;
 pub mod lag;
 pub mod parse;
+pub mod reset_state;
 pub mod run;
 pub mod simulate;
 pub mod tail;

@@ -4,7 +4,8 @@
 //! A config error, or a host problem [`crate::preflight`] finds (a glob
 //! matching nothing, a lookup file that does not load, an unwritable
 //! directory, a port in use, another bridge on the same `state_dir`),
-//! exits with [`EXIT_CONFIG`] and a message naming the key.
+//! exits with [`EXIT_CONFIG`] and a message naming the key; a damaged
+//! state file exits with [`EXIT_DAMAGED_STATE`] and how to recover.
 //! Signals are turned into a [`CancellationToken`] so the bridge itself
 //! (see [`crate::bridge::run`]) never deals with signals; SIGHUP becomes
 //! a reload request ([`crate::reload::Requests::on_sighup`]).
@@ -12,6 +13,7 @@
 use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 
+use crate::checkpoint::{DamagedState, EXIT_DAMAGED_STATE};
 use crate::cli::RunArgs;
 use crate::config::{Config, EXIT_CONFIG};
 
@@ -68,7 +70,17 @@ pub fn run(args: RunArgs) -> anyhow::Result<i32> {
         let waiter = tokio::spawn(signals.wait(shutdown.clone()));
         let res = crate::bridge::run_with_reload(cfg, prepared, shutdown.clone(), Some(reloads)).await;
         waiter.abort();
-        res.map(|()| 0)
+        match res {
+            Ok(()) => Ok(0),
+            Err(e) => match e.chain().find_map(|c| c.downcast_ref::<DamagedState>()) {
+                Some(d) => {
+                    tracing::error!(file = %d.path.display(), problem = %d.problem, "state file damaged; not starting");
+                    eprintln!("calllog-bridge: {d}\n{}", d.recovery(&path));
+                    Ok(EXIT_DAMAGED_STATE)
+                }
+                None => Err(e),
+            },
+        }
     })
 }
 

@@ -473,14 +473,12 @@ fn table_row(f: &std::collections::HashMap<&str, serde_json::Value>) -> String {
     )
 }
 
-/// `v` with control characters (ESC, CR, C1 controls, ...) escaped as
-/// `\u{..}`: server text printed on a terminal cannot move the cursor,
-/// recolour or retitle it, or forge a line.
+/// `v` with control characters (ESC, CR, C1 controls, ...) escaped
+/// ([`crate::logsafe::Escaped`], the one helper for peer text): server text
+/// printed on a terminal cannot move the cursor, recolour or retitle it, or
+/// forge a line.
 fn printable(v: &str) -> String {
-    if !v.chars().any(char::is_control) {
-        return v.to_string();
-    }
-    v.chars().map(|c| if c.is_control() { c.escape_unicode().to_string() } else { c.to_string() }).collect()
+    crate::logsafe::Escaped(v).to_string()
 }
 
 fn human_ms(ms: i64) -> String {
@@ -569,7 +567,7 @@ mod tests {
     #[test]
     fn server_text_is_printed_without_control_characters() {
         assert_eq!(printable("plain é"), "plain é");
-        assert_eq!(printable("a\u{1b}[2Jb\r\nc\u{9b}d"), "a\\u{1b}[2Jb\\u{d}\\u{a}c\\u{9b}d");
+        assert_eq!(printable("a\u{1b}[2Jb\r\nc\u{9b}d"), "a\\u{1b}[2Jb\\r\\nc\\u{9b}d");
         let json = r#"{"uri":"/x\u001b]0;pwned\u0007","http_status_code":"200"}"#;
         let f: std::collections::HashMap<&str, serde_json::Value> = serde_json::from_str(json).unwrap();
         let row = table_row(&f);

@@ -145,7 +145,9 @@ impl StackBuf {
 /// Rewrites a `response_string` in the stream spelling
 /// `<code>_<reason words joined by _>_<source>`: `200 OK (API)`,
 /// `200OK (API)` and `200_OK_API` all become `200_OK_API`;
-/// `403 Forbidden (Mashery)` becomes `403_Forbidden_Mashery`. Values with
+/// `403 Forbidden (Mashery)` becomes `403_Forbidden_Mashery`; LE 5's
+/// squashed `404NotFound (API)` becomes `404_Not_Found_API` (the words of
+/// the code's registered reason phrase, see [`restore_reason`]). Values with
 /// neither a space nor a parenthesis (already the stream spelling, `-`,
 /// empty) are returned unchanged.
 pub fn response_string(v: Cow<'_, str>) -> Cow<'_, str> {
@@ -188,7 +190,7 @@ pub fn response_string(v: Cow<'_, str>) -> Cow<'_, str> {
             return Cow::Borrowed(k);
         }
         if let Ok(t) = std::str::from_utf8(built) {
-            return Cow::Owned(t.to_owned());
+            return known_or_owned(restore_reason(t).unwrap_or_else(|| t.to_owned()));
         }
     }
     let mut out = String::with_capacity(s.len());
@@ -198,7 +200,126 @@ pub fn response_string(v: Cow<'_, str>) -> Cow<'_, str> {
         }
         out.push_str(w);
     }
-    Cow::Owned(out)
+    known_or_owned(restore_reason(&out).unwrap_or(out))
+}
+
+/// The common spelling borrowed from [`KNOWN_RESPONSES`] when it is one.
+fn known_or_owned(s: String) -> Cow<'static, str> {
+    match KNOWN_RESPONSES.iter().find(|k| **k == s) {
+        Some(k) => Cow::Borrowed(k),
+        None => Cow::Owned(s),
+    }
+}
+
+/// Registered reason phrases (the IANA HTTP status code registry, with the
+/// older RFC 2616 / 7231 names that servers still send, and Mashery's 596),
+/// by status code.
+static REASON_PHRASES: &[(u16, &str)] = &[
+    (100, "Continue"),
+    (101, "Switching Protocols"),
+    (102, "Processing"),
+    (103, "Early Hints"),
+    (200, "OK"),
+    (201, "Created"),
+    (202, "Accepted"),
+    (203, "Non-Authoritative Information"),
+    (204, "No Content"),
+    (205, "Reset Content"),
+    (206, "Partial Content"),
+    (207, "Multi-Status"),
+    (208, "Already Reported"),
+    (226, "IM Used"),
+    (300, "Multiple Choices"),
+    (301, "Moved Permanently"),
+    (302, "Found"),
+    (303, "See Other"),
+    (304, "Not Modified"),
+    (305, "Use Proxy"),
+    (307, "Temporary Redirect"),
+    (308, "Permanent Redirect"),
+    (400, "Bad Request"),
+    (401, "Unauthorized"),
+    (402, "Payment Required"),
+    (403, "Forbidden"),
+    (404, "Not Found"),
+    (405, "Method Not Allowed"),
+    (406, "Not Acceptable"),
+    (407, "Proxy Authentication Required"),
+    (408, "Request Timeout"),
+    (408, "Request Time-out"),
+    (409, "Conflict"),
+    (410, "Gone"),
+    (411, "Length Required"),
+    (412, "Precondition Failed"),
+    (413, "Content Too Large"),
+    (413, "Payload Too Large"),
+    (413, "Request Entity Too Large"),
+    (414, "URI Too Long"),
+    (414, "Request-URI Too Long"),
+    (415, "Unsupported Media Type"),
+    (416, "Range Not Satisfiable"),
+    (416, "Requested Range Not Satisfiable"),
+    (417, "Expectation Failed"),
+    (418, "I'm a teapot"),
+    (421, "Misdirected Request"),
+    (422, "Unprocessable Content"),
+    (422, "Unprocessable Entity"),
+    (423, "Locked"),
+    (424, "Failed Dependency"),
+    (425, "Too Early"),
+    (426, "Upgrade Required"),
+    (428, "Precondition Required"),
+    (429, "Too Many Requests"),
+    (431, "Request Header Fields Too Large"),
+    (451, "Unavailable For Legal Reasons"),
+    (500, "Internal Server Error"),
+    (501, "Not Implemented"),
+    (502, "Bad Gateway"),
+    (503, "Service Unavailable"),
+    (504, "Gateway Timeout"),
+    (504, "Gateway Time-out"),
+    (505, "HTTP Version Not Supported"),
+    (506, "Variant Also Negotiates"),
+    (507, "Insufficient Storage"),
+    (508, "Loop Detected"),
+    (510, "Not Extended"),
+    (511, "Network Authentication Required"),
+    (596, "Service Not Found"),
+];
+
+/// LE 5 writes the reason phrase without its spaces (`404NotFound (API)`),
+/// which the word split alone turns into `404_NotFound_API`. When the
+/// words after the status code, joined, are a registered reason phrase of
+/// that code without its spaces, they are replaced by the phrase's words:
+/// `404_NotFound_API` → `404_Not_Found_API`. `None` when nothing changes
+/// (another spelling is kept as written).
+fn restore_reason(built: &str) -> Option<String> {
+    let parts: Vec<&str> = built.split('_').collect();
+    let code: u16 = parts.first().filter(|c| c.len() == 3 && c.bytes().all(|b| b.is_ascii_digit()))?.parse().ok()?;
+    for &(_, phrase) in REASON_PHRASES.iter().filter(|(c, _)| *c == code) {
+        let squashed: String = phrase.split(' ').collect();
+        let mut joined = String::new();
+        for k in 1..parts.len() {
+            joined.push_str(parts[k]);
+            if joined.len() > squashed.len() {
+                break;
+            }
+            if joined == squashed {
+                let words: Vec<&str> = phrase.split(' ').collect();
+                if parts[1..=k] == words[..] {
+                    return None;
+                }
+                let mut out = String::with_capacity(built.len() + words.len());
+                out.push_str(parts[0]);
+                for w in words.iter().chain(&parts[k + 1..]) {
+                    out.push('_');
+                    out.push_str(w);
+                }
+                return Some(out);
+            }
+        }
+    }
+    None
 }
 
 /// The words of a `response_string`: split at spaces, parentheses and
@@ -344,6 +465,18 @@ mod tests {
         check_rs("403Forbidden (Mashery)", "403_Forbidden_Mashery", true);
         check_rs("404 Not Found (API)", "404_Not_Found_API", true);
         check_rs("418 I'm a teapot (API)", "418_I'm_a_teapot_API", false);
+        // LE 5 squashes the reason phrase: the words come back from the
+        // registered phrase of the code.
+        check_rs("404NotFound (API)", "404_Not_Found_API", true);
+        check_rs("429TooManyRequests (Mashery)", "429_Too_Many_Requests_Mashery", true);
+        check_rs("500InternalServerError (API)", "500_Internal_Server_Error_API", true);
+        check_rs("414Request-URITooLong (API)", "414_Request-URI_Too_Long_API", true);
+        check_rs("413ContentTooLarge (API)", "413_Content_Too_Large_API", false);
+        check_rs("418I'mateapot (API)", "418_I'm_a_teapot_API", false);
+        // Not the phrase of that code: kept as written.
+        check_rs("404NotHere (API)", "404_NotHere_API", false);
+        check_rs("200NotFound (API)", "200_NotFound_API", false);
+        check_rs("404notfound (API)", "404_notfound_API", false);
         check_rs("-", "-", true);
         check_rs("", "", true);
         check_rs("a b c d e f g h i j k l m n (API)", "a_b_c_d_e_f_g_h_i_j_k_l_m_n_API", false);

@@ -4,15 +4,25 @@
 //! Invariant: a batch is acknowledged only after the bytes of all its
 //! records have been written *and fsynced*; so a checkpoint never gets
 //! ahead of what is durably in the archive. fsync runs at most every
-//! `fsync_interval_ms` (sooner when much is pending), and every write,
-//! fsync and rotation runs on the blocking pool. Until its fsync a batch is
-//! held as a [`Receipt`] only: its records are serialised at once, so the
-//! chunk they were read from is freed before the fsync, and what waits for
-//! it is bounded by `SYNC_EARLY_BYTES` of output.
+//! `fsync_interval_ms` (sooner when much is pending: `SYNC_EARLY_BYTES` of
+//! output, or `SYNC_EARLY_PINNED_BYTES` of chunks pinned by the batches
+//! waiting, which input controls), and every write, fsync and rotation runs
+//! on the blocking pool.
 //!
 //! Rotation: when the file reaches `rotate_bytes` it is synced, renamed to
 //! `<path>.1` (older ones shift to `.2`, ...; beyond `keep_files` they are
 //! deleted) and a new file is started.
+//!
+//! Write failures (a full disk): nothing is acknowledged and nothing is
+//! lost. The file is cut back to what was last synced (a failed write or
+//! fsync leaves its tail untrusted), the batches not yet synced are
+//! written again whole, on a timer with backoff, until it works; the
+//! fault is logged once, then periodically, and shown in `/status`,
+//! `/metrics` and `/readyz` (component `file`). Meanwhile the sink reads no
+//! more batches: its queue fills and reading waits (a full disk is a
+//! local fault every sink shares). If a rotation happened since the last
+//! sync, records of those batches may appear in both files (at least
+//! once).
 
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
@@ -26,7 +36,7 @@ use tokio::time::Instant;
 
 use super::{SinkContext, SinkHandle};
 use crate::config::FileOutputConfig;
-use crate::pipeline::{Batch, Fanout, Receipt};
+use crate::pipeline::{Batch, Fanout};
 use crate::record::Shape;
 use crate::telemetry::SinkStats;
 
@@ -34,9 +44,14 @@ use crate::telemetry::SinkStats;
 const WRITE_BUFFER_BYTES: usize = 1 << 20;
 
 /// Bytes written but not yet synced that trigger an early fsync: bounds
-/// the receipts held waiting for their acknowledgement (a batch of the
-/// archive has at least one record, so at least one line of output).
+/// the batches (and their records) held waiting for their acknowledgement.
 const SYNC_EARLY_BYTES: u64 = 32 << 20;
+
+/// Memory the batches waiting for their fsync may pin (the chunks their
+/// records borrow from, kept to rewrite them after a failed write) before
+/// an early fsync: a hostile file can make a 256 KB chunk hold a single
+/// record, so output bytes alone do not bound it.
+const SYNC_EARLY_PINNED_BYTES: usize = 16 << 20;
 
 /// The archive file being written.
 struct Archive {
@@ -46,6 +61,12 @@ struct Archive {
     file: File,
     /// Its current size.
     size: u64,
+    /// Its size when last synced: what is known to be durable. After a
+    /// failed write or sync the file is cut back to this.
+    synced: u64,
+    /// The file was renamed away by a rotation whose new file could not be
+    /// created yet: the next rotation only creates it.
+    rotated_away: bool,
     /// Rotate at this size (0 = never).
     rotate_bytes: u64,
     /// Rotated files kept.
@@ -61,7 +82,26 @@ impl Archive {
         }
         let file = OpenOptions::new().create(true).read(true).append(true).open(&cfg.path)?;
         let size = drop_torn_tail(&file, &cfg.path)?;
-        Ok(Archive { path: cfg.path.clone(), file, size, rotate_bytes: cfg.rotate_bytes, keep_files: cfg.keep_files })
+        Ok(Archive {
+            path: cfg.path.clone(),
+            file,
+            size,
+            synced: size,
+            rotated_away: false,
+            rotate_bytes: cfg.rotate_bytes,
+            keep_files: cfg.keep_files,
+        })
+    }
+
+    /// After a failed write or sync: cuts the file back to what was last
+    /// synced, so the batches written since are written again whole (no
+    /// torn or doubled line).
+    fn repair(&mut self) -> std::io::Result<()> {
+        // Unconditional: a write that failed half way left bytes that
+        // `size` does not count.
+        self.file.set_len(self.synced)?;
+        self.size = self.synced;
+        Ok(())
     }
 
     /// Appends whole lines, rotating whenever the file would pass
@@ -90,14 +130,21 @@ impl Archive {
     }
 
     fn sync(&mut self) -> std::io::Result<()> {
-        self.file.sync_data()
+        self.file.sync_data()?;
+        self.synced = self.size;
+        Ok(())
     }
 
     fn rotate(&mut self) -> std::io::Result<()> {
-        self.file.sync_data()?;
-        crate::rotating::shift(&self.path, self.keep_files)?;
+        if !self.rotated_away {
+            self.sync()?;
+            crate::rotating::shift(&self.path, self.keep_files)?;
+            self.rotated_away = true;
+        }
         self.file = OpenOptions::new().create(true).append(true).open(&self.path)?;
+        self.rotated_away = false;
         self.size = 0;
+        self.synced = 0;
         crate::rotating::sync_dir(&self.path);
         Ok(())
     }
@@ -164,56 +211,134 @@ pub async fn start(cfg: &FileOutputConfig, ctx: &SinkContext, fanout: &mut Fanou
     fanout.add("file", tx);
     let stats = ctx.telemetry.sink("file");
     let (cfg_tx, cfg_rx) = tokio::sync::watch::channel(cfg.clone());
-    let task = tokio::spawn(run(archive, cfg_rx, rx, stats));
+    let guard = Guard { fault: ctx.telemetry.fault("file"), shutdown: ctx.shutdown.clone() };
+    let task = tokio::spawn(run(archive, cfg_rx, rx, stats, guard));
     Ok((SinkHandle { name: "file", task }, FileHandle { tx: cfg_tx }))
 }
 
-/// Writes and syncs on the blocking pool; returns the archive.
-async fn flush(mut archive: Archive, buf: Vec<u8>, sync: bool) -> anyhow::Result<(Archive, Vec<u8>)> {
-    let (archive, mut buf) = tokio::task::spawn_blocking(move || -> anyhow::Result<(Archive, Vec<u8>)> {
-        archive.write(&buf).with_context(|| format!("cannot write {}", archive.path.display()))?;
-        if sync {
-            archive.sync().with_context(|| format!("cannot fsync {}", archive.path.display()))?;
+/// What a write failure needs: the fault to report and the signal to
+/// give up (the bridge's grace period is over).
+struct Guard {
+    /// Reports the failure (logs, `/status`, `/metrics`, `/readyz`).
+    fault: crate::telemetry::Fault,
+    /// Cancelled when the sink must stop now: batches not yet synced stay
+    /// unacknowledged and are read again after the restart.
+    shutdown: tokio_util::sync::CancellationToken,
+}
+
+/// Writes `buf` (and syncs when `sync`) on the blocking pool; on failure,
+/// retries until it works: the file is cut back to its last sync and every
+/// batch of `pending` is written again, on a timer with backoff. `Ok(false)`
+/// when the sink must stop (`guard.shutdown`) before it worked; an error
+/// only when the blocking pool is gone (the runtime is shutting down).
+async fn write_out(
+    archive: &mut Option<Archive>,
+    buf: &mut Vec<u8>,
+    sync: bool,
+    pending: &[Arc<Batch>],
+    shape: Shape,
+    guard: &Guard,
+) -> anyhow::Result<bool> {
+    let Some(mut a) = archive.take() else { return Ok(false) };
+    let mut attempt = std::mem::take(buf);
+    let mut repair = false;
+    loop {
+        let (a2, b2, res) = tokio::task::spawn_blocking(move || {
+            let r = (if repair { a.repair() } else { Ok(()) }).and_then(|()| a.write(&attempt)).and_then(|()| {
+                if sync || repair {
+                    a.sync()
+                } else {
+                    Ok(())
+                }
+            });
+            (a, attempt, r)
+        })
+        .await
+        .context("file_output: the write task failed")?;
+        a = a2;
+        attempt = b2;
+        attempt.clear();
+        let Err(e) = res else {
+            if repair {
+                guard.fault.recovered();
+            }
+            *buf = attempt;
+            *archive = Some(a);
+            return Ok(true);
+        };
+        let delay = guard.fault.failed(&format!("cannot write the archive {}: {e}", a.path.display()));
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = guard.shutdown.cancelled() => {
+                *buf = attempt;
+                *archive = Some(a);
+                return Ok(false);
+            }
         }
-        Ok((archive, buf))
-    })
-    .await??;
-    buf.clear();
-    Ok((archive, buf))
+        // What is not synced is untrusted: cut back to the last sync and
+        // write every batch not yet acknowledged again.
+        repair = true;
+        for b in pending {
+            serialize(b, shape, &mut attempt);
+        }
+    }
+}
+
+/// One batch's lines in the archive's shape.
+fn serialize(batch: &Batch, shape: Shape, buf: &mut Vec<u8>) {
+    for rec in batch.records.iter() {
+        match shape {
+            Shape::Ndjson => rec.write_json(Shape::Ndjson, buf),
+            Shape::Ecls => crate::record::write_ecls_message(std::iter::once(rec), buf),
+        }
+        buf.push(b'\n');
+    }
 }
 
 async fn run(
-    mut archive: Archive,
+    archive: Archive,
     mut cfg_rx: tokio::sync::watch::Receiver<FileOutputConfig>,
     mut rx: mpsc::Receiver<Arc<Batch>>,
     stats: SinkStats,
+    guard: Guard,
 ) -> anyhow::Result<()> {
+    let mut archive = Some(archive);
     let (mut shape, mut interval) = {
         let c = cfg_rx.borrow_and_update();
         (c.shape, Duration::from_millis(c.fsync_interval_ms))
     };
     let mut buf: Vec<u8> = Vec::with_capacity(WRITE_BUFFER_BYTES + 64 * 1024);
     // Batches written (or buffered) but not yet synced.
-    let mut pending: Vec<Receipt> = Vec::new();
+    let mut pending: Vec<Arc<Batch>> = Vec::new();
+    // Bytes of the chunks `pending` keeps alive.
+    let mut pinned: usize = 0;
     let mut unsynced: u64 = 0;
     let mut sync_at: Option<Instant> = None;
     loop {
         let got = tokio::select! {
             b = rx.recv() => b,
             _ = sleep_until(sync_at), if sync_at.is_some() => {
-                archive = sync_and_ack(archive, &mut buf, &mut pending, &stats).await?;
+                if !sync_and_ack(&mut archive, &mut buf, &mut pending, shape, &stats, &guard).await? {
+                    return Ok(());
+                }
                 unsynced = 0;
+                pinned = 0;
                 sync_at = None;
                 continue;
             }
             Ok(()) = cfg_rx.changed() => {
                 // Everything written under the old settings first: synced
                 // and acknowledged, in the old place.
-                let synced = sync_and_ack(archive, &mut buf, &mut pending, &stats).await?;
+                if !sync_and_ack(&mut archive, &mut buf, &mut pending, shape, &stats, &guard).await? {
+                    return Ok(());
+                }
                 unsynced = 0;
+                pinned = 0;
                 sync_at = None;
                 let c = cfg_rx.borrow_and_update().clone();
-                archive = reconfigure(synced, &c).await;
+                if let Some(a) = archive.take() {
+                    archive = Some(reconfigure(a, &c).await);
+                }
                 shape = c.shape;
                 interval = Duration::from_millis(c.fsync_interval_ms);
                 continue;
@@ -221,45 +346,48 @@ async fn run(
         };
         let Some(batch) = got else { break };
         stats.enqueued(batch.records.len());
-        for rec in batch.records.iter() {
-            match shape {
-                Shape::Ndjson => rec.write_json(Shape::Ndjson, &mut buf),
-                Shape::Ecls => crate::record::write_ecls_message(std::iter::once(rec), &mut buf),
-            }
-            buf.push(b'\n');
-        }
+        serialize(&batch, shape, &mut buf);
         if pending.is_empty() {
             stats.set_oldest_pending(batch.observed_ms);
         }
-        // The records are in `buf` now: keep the acknowledgement only, so
-        // the chunk they borrow is freed before the fsync.
-        pending.push(batch.receipt());
-        drop(batch);
+        pinned += batch.records.pinned_bytes();
+        pending.push(batch);
         sync_at.get_or_insert(Instant::now() + interval);
-        if buf.len() >= WRITE_BUFFER_BYTES {
+        if buf.len() >= WRITE_BUFFER_BYTES || pinned >= SYNC_EARLY_PINNED_BYTES {
             unsynced += buf.len() as u64;
-            let early = unsynced >= SYNC_EARLY_BYTES;
-            let (a, b) = flush(archive, std::mem::take(&mut buf), early).await?;
-            archive = a;
-            buf = b;
+            let early = unsynced >= SYNC_EARLY_BYTES || pinned >= SYNC_EARLY_PINNED_BYTES;
+            if !write_out(&mut archive, &mut buf, early, &pending, shape, &guard).await? {
+                return Ok(());
+            }
             if early {
                 unsynced = 0;
+                pinned = 0;
                 sync_at = None;
                 ack_all(&mut pending, &stats);
             }
         }
     }
     // The queue closed: the tailers stopped. Write and sync what is left.
-    sync_and_ack(archive, &mut buf, &mut pending, &stats).await?;
+    sync_and_ack(&mut archive, &mut buf, &mut pending, shape, &stats, &guard).await?;
     Ok(())
 }
 
-/// Writes what is buffered, fsyncs, and acknowledges every pending batch.
-async fn sync_and_ack(archive: Archive, buf: &mut Vec<u8>, pending: &mut Vec<Receipt>, stats: &SinkStats) -> anyhow::Result<Archive> {
-    let (archive, b) = flush(archive, std::mem::take(buf), true).await?;
-    *buf = b;
+/// Writes what is buffered, fsyncs, and acknowledges every pending batch
+/// (retrying a failed write until it works). False when the sink must
+/// stop first.
+async fn sync_and_ack(
+    archive: &mut Option<Archive>,
+    buf: &mut Vec<u8>,
+    pending: &mut Vec<Arc<Batch>>,
+    shape: Shape,
+    stats: &SinkStats,
+    guard: &Guard,
+) -> anyhow::Result<bool> {
+    if !write_out(archive, buf, true, pending, shape, guard).await? {
+        return Ok(false);
+    }
     ack_all(pending, stats);
-    Ok(archive)
+    Ok(true)
 }
 
 /// The archive under new settings: the same file with the new rotation
@@ -288,10 +416,10 @@ async fn reconfigure(mut archive: Archive, c: &FileOutputConfig) -> Archive {
     }
 }
 
-fn ack_all(pending: &mut Vec<Receipt>, stats: &SinkStats) {
+fn ack_all(pending: &mut Vec<Arc<Batch>>, stats: &SinkStats) {
     let now = crate::time::now_ms();
     for b in pending.drain(..) {
-        stats.delivered(b.records, b.observed_ms, now);
+        stats.delivered(b.records.len(), b.observed_ms, now);
         b.ack();
     }
     stats.set_oldest_pending(0);
@@ -337,6 +465,63 @@ mod tests {
         assert_eq!(Archive::open(&c).unwrap().size, 16);
         fs::write(&c.path, "{\"c\":").unwrap();
         assert_eq!(Archive::open(&c).unwrap().size, 0);
+    }
+
+    #[test]
+    fn repair_cuts_back_to_the_last_sync() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = cfg(dir.path(), 0);
+        let mut a = Archive::open(&c).unwrap();
+        a.write(b"{\"a\":1}\n").unwrap();
+        a.sync().unwrap();
+        // Written but not synced when a later write or sync failed: untrusted.
+        a.write(b"{\"b\":2}\n{\"c\":").unwrap();
+        a.repair().unwrap();
+        assert_eq!(fs::read_to_string(&c.path).unwrap(), "{\"a\":1}\n");
+        // A write that failed half way: bytes on disk that `size` does not count.
+        a.file.write_all(b"{\"torn\":").unwrap();
+        a.repair().unwrap();
+        assert_eq!(fs::read_to_string(&c.path).unwrap(), "{\"a\":1}\n");
+        a.write(b"{\"b\":2}\n").unwrap();
+        a.sync().unwrap();
+        assert_eq!(fs::read_to_string(&c.path).unwrap(), "{\"a\":1}\n{\"b\":2}\n");
+    }
+
+    #[tokio::test]
+    async fn batches_that_pin_large_chunks_are_synced_early() {
+        // One record per 1 MiB chunk (a hostile file's shape): the output is
+        // tiny, but what the held batches pin is not; they are synced and
+        // acknowledged long before the (one hour) fsync interval.
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = cfg(dir.path(), 0);
+        c.fsync_interval_ms = 3_600_000;
+        let ctx = SinkContext {
+            state_dir: dir.path().to_path_buf(),
+            shutdown: tokio_util::sync::CancellationToken::new(),
+            telemetry: crate::telemetry::Telemetry::new(),
+        };
+        let mut fanout = Fanout::new();
+        let (h, _control) = start(&c, &ctx, &mut fanout).await.unwrap();
+        let acked = Arc::new(AtomicUsize::new(0));
+        let batches = 2 * SYNC_EARLY_PINNED_BYTES / (1 << 20);
+        for i in 0..batches {
+            let a = acked.clone();
+            let source = crate::pipeline::RecordSource { data: vec![b'x'; 1 << 20], tables: Arc::default() };
+            let records = crate::pipeline::Records::borrowing(source, |_| vec![rec(&format!("u{i}"))]);
+            assert!(records.pinned_bytes() >= 1 << 20);
+            let on_acked: crate::pipeline::OnAcked = Box::new(move || {
+                a.fetch_add(1, Ordering::SeqCst);
+            });
+            fanout.send(Batch::new("f".into(), records, 0, Some(on_acked))).await.unwrap();
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while acked.load(Ordering::SeqCst) < SYNC_EARLY_PINNED_BYTES / (1 << 20) {
+            assert!(std::time::Instant::now() < deadline, "{} of {batches} acknowledged", acked.load(Ordering::SeqCst));
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        drop(fanout);
+        h.task.await.unwrap().unwrap();
+        assert_eq!(acked.load(Ordering::SeqCst), batches);
     }
 
     #[tokio::test]

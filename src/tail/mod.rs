@@ -44,6 +44,7 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use crate::config::{ReadFrom, SourceConfig};
+use crate::logsafe::Escaped;
 use crate::telemetry::log_limit::LogLimit;
 use crate::telemetry::{LeftUnread, SourceStats, Telemetry};
 use crate::watch::{Change, Events, Seen, Watcher};
@@ -287,7 +288,7 @@ impl Tailer {
             match &t.reader {
                 Some(ctl) => {
                     if !ctl.gone.swap(true, Ordering::AcqRel) {
-                        tracing::debug!(file = %t.path.display(), "file gone from the watched paths; reading it to the end");
+                        tracing::debug!(file = %Escaped::path(&t.path), "file gone from the watched paths; reading it to the end");
                     }
                     ctl.wake.notify_one();
                 }
@@ -348,7 +349,7 @@ impl Tailer {
         }
         for (dir, why) in errors {
             if self.source.set_unreadable(&dir.to_string_lossy(), Some(why.clone())) {
-                tracing::warn!(source = %self.name, dir = %dir.display(), error = %why, "cannot list a directory of the source's paths: its files are not followed");
+                tracing::warn!(source = %self.name, dir = %Escaped::path(&dir), error = %why, "cannot list a directory of the source's paths: its files are not followed");
             }
         }
         self.dir_errors = now;
@@ -381,7 +382,7 @@ impl Tailer {
 
     /// Logs (loudly) and counts a file left unread.
     pub(crate) fn report_left_unread(&self, l: LeftUnread) {
-        tracing::warn!(source = %self.name, file = %l.path, "{}", left_unread::message(&self.name, &l));
+        tracing::warn!(source = %self.name, file = %Escaped(&l.path), "{}", Escaped(&left_unread::message(&self.name, &l)));
         self.source.left_unread(l);
     }
 
@@ -397,7 +398,7 @@ impl Tailer {
                         self.by_path.remove(&t.path);
                     }
                     if let Some(ctl) = &t.reader {
-                        tracing::debug!(from = %t.path.display(), to = %s.path.display(), "file rotated (renamed)");
+                        tracing::debug!(from = %Escaped::path(&t.path), to = %Escaped::path(&s.path), "file rotated (renamed)");
                         ctl.rotated.store(true, Ordering::Release);
                         ctl.wake.notify_one();
                     }
@@ -492,7 +493,7 @@ impl Tailer {
                 // rotation in progress): routine; the next scan sees where
                 // it went.
                 if let Some(t) = self.files.get_mut(&key) {
-                    tracing::debug!(file = %t.path.display(), "file gone before it could be opened");
+                    tracing::debug!(file = %Escaped::path(&t.path), "file gone before it could be opened");
                     t.size = u64::MAX;
                 }
                 return;
@@ -502,9 +503,9 @@ impl Tailer {
                     // Shown per source in /status, /metrics and `lag`; logged
                     // when it starts (or its cause changes), not at every retry.
                     if self.source.set_unreadable(&t.path.to_string_lossy(), Some(e.to_string())) {
-                        tracing::warn!(source = %self.name, file = %t.path.display(), error = %e, "cannot open file; retried at each scan");
+                        tracing::warn!(source = %self.name, file = %Escaped::path(&t.path), error = %e, "cannot open file; retried at each scan");
                     } else {
-                        tracing::debug!(file = %t.path.display(), error = %e, "cannot open file yet");
+                        tracing::debug!(file = %Escaped::path(&t.path), error = %e, "cannot open file yet");
                     }
                     // Not a size any file has: the next scan sees a change
                     // and tries again (e.g. after EMFILE or EACCES is fixed).
@@ -523,7 +524,7 @@ impl Tailer {
         // may be older).
         t.size = size;
         if self.source.set_unreadable(&t.path.to_string_lossy(), None) {
-            tracing::info!(source = %self.name, file = %t.path.display(), "file readable again");
+            tracing::info!(source = %self.name, file = %Escaped::path(&t.path), "file readable again");
         }
         let Probe::Ready { fp, start, len } = probe else {
             // No complete first line yet: looked at again when it changes.
@@ -544,7 +545,7 @@ impl Tailer {
             if old != fp {
                 // Routine: every rotation that reuses an inode, and every
                 // truncate-and-rewrite, lands here.
-                tracing::debug!(file = %t.path.display(), "different content at a known inode (inode reused or rewritten): a new file");
+                tracing::debug!(file = %Escaped::path(&t.path), "different content at a known inode (inode reused or rewritten): a new file");
             }
         }
         t.fp = Some(fp);
@@ -560,7 +561,7 @@ impl Tailer {
             if other != key {
                 if let Some(t) = self.files.get_mut(&key) {
                     t.deferred = true;
-                    tracing::debug!(file = %t.path.display(), "same content as a file being read; continues after it");
+                    tracing::debug!(file = %Escaped::path(&t.path), "same content as a file being read; continues after it");
                 }
                 if let Some(ctl) = self.files.get(&other).and_then(|t| t.reader.as_ref()) {
                     ctl.superseded.store(true, Ordering::Release);
@@ -574,7 +575,7 @@ impl Tailer {
         t.deferred = false;
         let gz = crate::watch::is_gz(&t.path);
         if gz && self.shared.checkpoints.gz_done(fp, t.size) {
-            tracing::debug!(file = %t.path.display(), "gzip file already read to its end; not decompressed again");
+            tracing::debug!(file = %Escaped::path(&t.path), "gzip file already read to its end; not decompressed again");
             // Shown all the same: a file on disk, read to its end.
             let (path, end) = (t.path.to_string_lossy().into_owned(), self.shared.checkpoints.offset(fp).unwrap_or(0));
             let row = self.row(fp, &path);
@@ -629,7 +630,7 @@ impl Tailer {
         let stats = self.row(fp, &path_str);
         stats.set_path(&path_str);
         stats.set_finished(false);
-        tracing::debug!(file = %path_str, fingerprint = %fp, offset, "reading");
+        tracing::debug!(file = %Escaped(&path_str), fingerprint = %fp, offset, "reading");
         let spec = Spec { key, path: path_str, file, gz, fp, fp_range, offset };
         let shared = self.shared.clone();
         let tx = self.exit_tx.clone();
@@ -688,7 +689,7 @@ impl Tailer {
             }
             match fin.exit {
                 Exit::Gone => {
-                    tracing::debug!(file = %t.path.display(), offset = fin.offset, "finished a file that is gone");
+                    tracing::debug!(file = %Escaped::path(&t.path), offset = fin.offset, "finished a file that is gone");
                     self.forget(fin.key);
                     self.drop_orphan_rows();
                 }
@@ -751,7 +752,7 @@ async fn next_change(events: &mut Option<Events>) -> Change {
 
 /// The offset just after the last newline at or before `size`: where
 /// `read_from = "end"` starts, so no half line is read.
-fn end_of_last_line(f: &File, size: u64) -> u64 {
+pub fn end_of_last_line(f: &File, size: u64) -> u64 {
     let from = size.saturating_sub(64 * 1024);
     let mut buf = vec![0u8; (size - from) as usize];
     match f.read_exact_at(&mut buf, from) {

@@ -33,6 +33,7 @@ use tokio_util::sync::CancellationToken;
 use super::fingerprint::{checksum, Fingerprint};
 use crate::checkpoint::Checkpointer;
 use crate::enrich::Enricher;
+use crate::logsafe::Escaped;
 use crate::parse::{Format, LineKind, LineParser, Reject};
 use crate::pipeline::{Batch, Fanout, RecordSource, Records};
 use crate::record::Record;
@@ -558,6 +559,49 @@ fn open_gz(file: &File, offset: u64) -> io::Result<(MultiGzDecoder<File>, u64)> 
     Ok((dec, skipped))
 }
 
+/// How often a reader holding a file re-checks its acknowledgements.
+const HOLD_POLL: Duration = Duration::from_millis(20);
+
+/// When the bridge stops or reloads, a reader of a file that is gone (it
+/// cannot be read again) gets this long to hand its last batch over and to
+/// see its records made durable, before it lets the file go.
+const STOP_GRACE: Duration = Duration::from_secs(2);
+
+/// Before the last handle on a file is released: waits, holding it open,
+/// until none of its batches is unacknowledged. While the file is gone
+/// (deleted, or rotated out of the globs) it demands durability
+/// ([`crate::pipeline::Durability`]), so the sinks that hold its records in
+/// memory spool them at once instead of waiting for their peer: a
+/// `kill -9` then loses nothing. False when the bridge stops first (the
+/// sinks then spool what they hold at shutdown).
+async fn hold_until_acked(shared: &Shared, ctl: &Control, fp: Fingerprint, path: &str) -> bool {
+    let mut demand = None;
+    let mut stop_by = None;
+    while shared.checkpoints.in_flight(fp) {
+        let gone = ctl.gone.load(Ordering::Acquire);
+        if demand.is_none() && gone {
+            tracing::debug!(file = %Escaped(path), "file gone with records not yet acknowledged: making them durable before letting it go");
+            demand = Some(shared.fanout.durability().demand());
+        }
+        if shared.shutdown.is_cancelled() {
+            // Stopping or reloading: a file that is gone gets a short while
+            // for its records to become durable; one that is not is read
+            // again by the next reader.
+            let by = *stop_by.get_or_insert_with(|| tokio::time::Instant::now() + STOP_GRACE);
+            if !gone || tokio::time::Instant::now() >= by {
+                return false;
+            }
+            tokio::time::sleep(HOLD_POLL).await;
+            continue;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(HOLD_POLL) => {}
+            _ = shared.shutdown.cancelled() => {}
+        }
+    }
+    true
+}
+
 /// Runs a reader until it stops; returns why and where.
 pub async fn run(spec: Spec, shared: Shared, ctl: Arc<Control>, stats: FileStats) -> Finished {
     let key = spec.key;
@@ -582,7 +626,7 @@ pub async fn run(spec: Spec, shared: Shared, ctl: Arc<Control>, stats: FileStats
         let file = match st.file.try_clone() {
             Ok(f) => f,
             Err(e) => {
-                tracing::warn!(file = %path, error = %e, "cannot read gzip file");
+                tracing::warn!(file = %Escaped(&path), error = %e, "cannot read gzip file");
                 return done(spec.offset, 0, Exit::Failed);
             }
         };
@@ -597,7 +641,7 @@ pub async fn run(spec: Spec, shared: Shared, ctl: Arc<Control>, stats: FileStats
                 }
             }
             Ok(Err(e)) => {
-                tracing::debug!(file = %path, error = %e, "gzip file not readable yet (still being written?)");
+                tracing::debug!(file = %Escaped(&path), error = %e, "gzip file not readable yet (still being written?)");
                 return done(spec.offset, 0, Exit::Failed);
             }
             Err(_) => return done(spec.offset, 0, Exit::Failed),
@@ -649,30 +693,30 @@ pub async fn run(spec: Spec, shared: Shared, ctl: Arc<Control>, stats: FileStats
                                 .and_then(|t| t.elapsed().ok())
                                 .is_some_and(|a| a < GZ_SETTLE);
                         if being_written {
-                            tracing::debug!(file = %path, offset = st.offset(), error = %e, "gzip file not complete yet; retried when it changes");
+                            tracing::debug!(file = %Escaped(&path), offset = st.offset(), error = %e, "gzip file not complete yet; retried when it changes");
                         } else {
                             let exit =
                                 if st.gz.is_some() { "gzip file incomplete or corrupt; retried when it changes" } else { "read error" };
-                            tracing::warn!(file = %path, offset = st.offset(), error = %e, "{exit}");
+                            tracing::warn!(file = %Escaped(&path), offset = st.offset(), error = %e, "{exit}");
                         }
                         return done(st.offset(), size, Exit::Failed);
                     }
                 }
             }
             Err(e) => {
-                tracing::error!(file = %path, error = %e, "reader task failed");
+                tracing::error!(file = %Escaped(&path), error = %e, "reader task failed");
                 return Finished { key, fp, offset: 0, size: 0, exit: Exit::Failed };
             }
         };
         size = chunk.size;
         stats.set_position(chunk.size, chunk.offset);
         if chunk.status == Status::Truncated {
-            tracing::info!(file = %path, offset = chunk.offset, size = chunk.size, "file truncated or replaced in place; reading its new content as a new file");
+            tracing::info!(file = %Escaped(&path), offset = chunk.offset, size = chunk.size, "file truncated or replaced in place; reading its new content as a new file");
             return done(chunk.offset, size, Exit::Truncated);
         }
         if chunk.partial {
             stats.partial_line();
-            tracing::info!(file = %path, offset = chunk.offset, "emitted a partial last line (no newline) of a file rotated away or deleted");
+            tracing::info!(file = %Escaped(&path), offset = chunk.offset, "emitted a partial last line (no newline) of a file rotated away or deleted");
         }
         if !chunk.rejects.counts.is_empty() {
             let now = std::time::Instant::now();
@@ -680,7 +724,7 @@ pub async fn run(spec: Spec, shared: Shared, ctl: Arc<Control>, stats: FileStats
             let samples = &chunk.rejects.samples;
             for r in samples {
                 if limit.allow(now, r.reject.reason.name()) {
-                    tracing::warn!(file = %path, offset = r.offset, reason = %r.reject.reason, detail = %r.reject.detail, "rejected line");
+                    tracing::warn!(file = %Escaped(&path), offset = r.offset, reason = %r.reject.reason, detail = %Escaped(&r.reject.detail), "rejected line");
                 }
             }
             for &(reason, n) in &chunk.rejects.counts {
@@ -717,14 +761,23 @@ pub async fn run(spec: Spec, shared: Shared, ctl: Arc<Control>, stats: FileStats
                 // a shutdown or a reload: a send given up here reached no sink
                 // (Fanout::send is all or nothing), so the batch is taken back
                 // and the next reader of the file (after a reload, or after the
-                // restart) reads it again from `chunk_start`.
-                tokio::select! {
-                    r = shared.fanout.send(batch) => {
-                        if r.is_err() {
-                            return done(st.offset(), size, Exit::Shutdown);
-                        }
-                    }
-                    _ = shared.shutdown.cancelled() => {
+                // restart) reads it again from `chunk_start`. A file that is
+                // gone cannot be read again: its send gets [`STOP_GRACE`] more.
+                let send = shared.fanout.send(batch);
+                tokio::pin!(send);
+                let sent = tokio::select! {
+                    r = &mut send => Some(r),
+                    _ = shared.shutdown.cancelled() => None,
+                };
+                let sent = match sent {
+                    Some(r) => Some(r),
+                    None if ctl.gone.load(Ordering::Acquire) => tokio::time::timeout(STOP_GRACE, &mut send).await.ok(),
+                    None => None,
+                };
+                match sent {
+                    Some(Ok(())) => {}
+                    Some(Err(_)) => return done(st.offset(), size, Exit::Shutdown),
+                    None => {
                         shared.checkpoints.withdraw(ticket);
                         return done(chunk_start, size, Exit::Shutdown);
                     }
@@ -741,6 +794,9 @@ pub async fn run(spec: Spec, shared: Shared, ctl: Arc<Control>, stats: FileStats
         }
         // At the end of the data.
         if st.gz.is_some() {
+            if !hold_until_acked(&shared, &ctl, fp, &path).await {
+                return done(st.offset(), size, Exit::Shutdown);
+            }
             return done(st.offset(), size, Exit::Complete);
         }
         st.release_buffer();
@@ -759,13 +815,18 @@ pub async fn run(spec: Spec, shared: Shared, ctl: Arc<Control>, stats: FileStats
             continue;
         }
         if ctl.gone.load(Ordering::Acquire) {
+            if !hold_until_acked(&shared, &ctl, fp, &path).await {
+                return done(st.offset(), size, Exit::Shutdown);
+            }
             return done(st.offset(), size, Exit::Gone);
         }
         tokio::select! {
             _ = ctl.wake.notified() => {}
             _ = shared.shutdown.cancelled() => return done(st.offset(), size, Exit::Shutdown),
             _ = tokio::time::sleep(IDLE_CLOSE) => {
-                if st.carry.is_empty() {
+                // Not while some of its batches are unacknowledged: the
+                // open descriptor is their copy if the file is deleted.
+                if st.carry.is_empty() && !shared.checkpoints.in_flight(fp) {
                     return done(st.offset(), size, Exit::Idle);
                 }
             }

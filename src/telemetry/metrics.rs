@@ -16,7 +16,9 @@
 //! |---|---|---|---|
 //! | `build_info` | gauge | version | always 1 |
 //! | `uptime_seconds` | gauge | | since start |
-//! | `ready` | gauge | | 1 once sources and sinks are up |
+//! | `ready` | gauge | | 1 once sources and sinks are up and no component has a fault |
+//! | `fault` | gauge | component | 1 while `file`, `channel`, `checkpoints`, `upstream_spool` or `dead_letter` cannot write (full disk), 0 after |
+//! | `faults_total` | counter | component | fault episodes since start |
 //! | `files` | gauge | state | files per state |
 //! | `records_total` | counter | [file] | records read |
 //! | `rejects_total` | counter | reason, [file] | lines rejected |
@@ -31,6 +33,7 @@
 //! | `delivery_delay_seconds` | histogram | sink | delivered − observed; for `channel`, per record written to a client |
 //! | `delivered_records_total`, `delivered_batches_total` | counter | sink | |
 //! | `retries_total`, `dropped_records_total`, `dead_lettered_records_total` | counter | sink | |
+//! | `retry_after_capped_total` | counter | sink | `Retry-After` answers longer than `retry_max_ms`, waited for only that long |
 //! | `queue_depth` | gauge | sink | records waiting in the sink |
 //! | `oldest_undelivered_age_seconds` | gauge | sink | 0 when nothing is pending |
 //! | `source_files` | gauge | source | files the source's paths matched at the last scan |
@@ -160,7 +163,23 @@ impl Collector for TelemetryCollector {
             &[(vec![("version", env!("CARGO_PKG_VERSION").to_string())], 1.0)],
         )?;
         gauge(&mut enc, "calllog_bridge_uptime_seconds", "Seconds since the bridge started", &[(none(), secs(now - tel.started_ms()))])?;
-        gauge(&mut enc, "calllog_bridge_ready", "1 once sources and sinks are up", &[(none(), if tel.is_ready() { 1.0 } else { 0.0 })])?;
+        gauge(
+            &mut enc,
+            "calllog_bridge_ready",
+            "1 once sources and sinks are up and no component has a fault",
+            &[(none(), if tel.is_ready() { 1.0 } else { 0.0 })],
+        )?;
+        let faults = tel.fault_summary();
+        let fault_now: Vec<(Labels, f64)> =
+            faults.iter().map(|&(c, open, _)| (vec![("component", c.to_string())], if open { 1.0 } else { 0.0 })).collect();
+        let fault_total: Vec<(Labels, u64)> = faults.iter().map(|&(c, _, n)| (vec![("component", c.to_string())], n)).collect();
+        gauge(
+            &mut enc,
+            "calllog_bridge_fault",
+            "1 while the component cannot write (e.g. a full disk); it keeps its data and retries",
+            &fault_now,
+        )?;
+        counter(&mut enc, "calllog_bridge_faults", "Fault episodes since start", &fault_total)?;
 
         // Files.
         let files = tel.files();
@@ -309,6 +328,7 @@ impl Collector for TelemetryCollector {
         let mut retries = Vec::new();
         let mut dropped = Vec::new();
         let mut dead = Vec::new();
+        let mut capped = Vec::new();
         let mut depth = Vec::new();
         let mut oldest = Vec::new();
         let mut dhist = Vec::new();
@@ -320,6 +340,7 @@ impl Collector for TelemetryCollector {
             retries.push((l.clone(), st.retries));
             dropped.push((l.clone(), st.dropped_records));
             dead.push((l.clone(), st.dead_lettered_records));
+            capped.push((l.clone(), st.retry_after_capped));
             depth.push((l.clone(), st.queue_depth as f64));
             oldest.push((l.clone(), secs(st.oldest_undelivered_age_ms.unwrap_or(0))));
             // The channel delivers when a frame is written to a client.
@@ -335,6 +356,12 @@ impl Collector for TelemetryCollector {
         counter(&mut enc, "calllog_bridge_retries", "Retried delivery attempts", &retries)?;
         counter(&mut enc, "calllog_bridge_dropped_records", "Records dropped (each logged)", &dropped)?;
         counter(&mut enc, "calllog_bridge_dead_lettered_records", "Records written to the dead-letter file", &dead)?;
+        counter(
+            &mut enc,
+            "calllog_bridge_retry_after_capped",
+            "Retry-After answers asking for longer than retry_max_ms, waited for only that long",
+            &capped,
+        )?;
         gauge(&mut enc, "calllog_bridge_queue_depth", "Records waiting in the sink", &depth)?;
         gauge(
             &mut enc,

@@ -50,6 +50,7 @@
 
 pub mod dashboard;
 pub mod delay;
+pub mod fault;
 pub mod log_limit;
 pub mod metrics;
 pub mod server;
@@ -63,6 +64,7 @@ use std::sync::{Arc, Mutex};
 use std::path::PathBuf;
 
 use delay::{DelayHistogram, HistogramSnapshot, SampleRing};
+pub use fault::{Fault, FaultStatus};
 
 use crate::enrich::{EnrichStats, Enricher};
 use crate::sink::channel::ChannelStats;
@@ -102,6 +104,8 @@ struct Inner {
     /// Counters of enrichers replaced by a reload, so enrichment counters
     /// never go backwards.
     enrich_retired: Mutex<EnrichRetired>,
+    /// Components that cannot write (a full disk): see [`fault`].
+    faults: fault::Registry,
 }
 
 /// Enrichment counters carried over from replaced enrichers.
@@ -153,6 +157,7 @@ impl Telemetry {
                 channel_stats: Mutex::new(None),
                 enricher: Mutex::new(None),
                 enrich_retired: Mutex::new(EnrichRetired::default()),
+                faults: fault::Registry::default(),
             }),
         }
     }
@@ -241,9 +246,25 @@ impl Telemetry {
         self.inner.ready.store(ready, Ordering::Relaxed);
     }
 
-    /// True once [`Telemetry::set_ready`] said so.
+    /// True once [`Telemetry::set_ready`] said so and while no component
+    /// has an open [`Fault`] (a full disk makes the bridge not ready).
     pub fn is_ready(&self) -> bool {
-        self.inner.ready.load(Ordering::Relaxed)
+        self.inner.ready.load(Ordering::Relaxed) && self.faults().is_empty()
+    }
+
+    /// The fault handle of a component (`file`, `channel`, `checkpoints`).
+    pub fn fault(&self, component: &'static str) -> Fault {
+        Fault::new(self.inner.faults.clone(), component)
+    }
+
+    /// The open faults, by component.
+    pub fn faults(&self) -> Vec<FaultStatus> {
+        fault::open(&self.inner.faults)
+    }
+
+    /// Per component that ever failed: (failing now, episodes since start).
+    pub fn fault_summary(&self) -> Vec<(&'static str, bool, u64)> {
+        fault::summary(&self.inner.faults)
     }
 
     /// Records where the local channel listens (called by the channel sink
@@ -531,7 +552,7 @@ impl FileStats {
         if negative > 0 && inner.negative_delays.fetch_add(negative, Ordering::Relaxed) == 0 {
             // Once per file: the counter and /status show the rest.
             tracing::warn!(
-                file = %self.path(),
+                file = %crate::logsafe::Escaped(&self.path()),
                 ahead_ms = newest - observed_ms,
                 "request_time lies after the time the line was read: the traffic manager's clock is ahead of this host's \
                  (negative sync delays are counted in negative_delays, not clamped)"
@@ -629,6 +650,9 @@ pub struct SinkInner {
     pub dropped_records: AtomicU64,
     /// Records written to a dead-letter file.
     pub dead_lettered_records: AtomicU64,
+    /// `Retry-After` answers asking for longer than `retry_max_ms`, which
+    /// were waited for only that long.
+    pub retry_after_capped: AtomicU64,
     /// Observed time (epoch ms) of the oldest record not yet delivered;
     /// 0 = none pending.
     pub oldest_pending_observed_ms: AtomicI64,
@@ -658,6 +682,7 @@ impl SinkInner {
             retries: AtomicU64::new(0),
             dropped_records: AtomicU64::new(0),
             dead_lettered_records: AtomicU64::new(0),
+            retry_after_capped: AtomicU64::new(0),
             oldest_pending_observed_ms: AtomicI64::new(0),
             last_delivery_delay_ms: AtomicI64::new(0),
             delivery_hist: DelayHistogram::default(),
@@ -700,6 +725,11 @@ impl SinkStats {
     /// One retried attempt.
     pub fn retried(&self) {
         self.0.retries.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// One `Retry-After` cut down to `retry_max_ms`.
+    pub fn retry_after_capped(&self) {
+        self.0.retry_after_capped.fetch_add(1, Ordering::Relaxed);
     }
 
     /// `n` records dropped (after a loud log line).

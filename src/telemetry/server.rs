@@ -6,7 +6,8 @@
 //! - `GET /healthz`: 200 while the process runs;
 //! - `GET /readyz`: 200 once the bridge called `Telemetry::set_ready(true)`,
 //!   503 before (and after `set_ready(false)` at shutdown), and 503 with one
-//!   line per problem while a source matches no file (beyond
+//!   line per problem while a component cannot write (a full disk: see
+//!   [`super::fault`]), or a source matches no file (beyond
 //!   `no_files_after_secs`) or cannot read one;
 //! - `GET /`: the live dashboard ([`super::dashboard`]).
 //!
@@ -134,12 +135,16 @@ async fn healthz() -> &'static str {
 }
 
 async fn readyz(State(st): State<AppState>) -> Response {
-    if !st.telemetry.is_ready() {
+    let faults = st.telemetry.faults();
+    if !st.telemetry.is_ready() && faults.is_empty() {
         return (StatusCode::SERVICE_UNAVAILABLE, "not ready\n").into_response();
     }
-    // Up, but a source that matches nothing or cannot read a file is not
-    // doing its job: say so rather than answer 200.
-    let problems = st.telemetry.source_problems(time::now_ms(), &st.settings);
+    // Up, but a component that cannot write, or a source that matches
+    // nothing or cannot read a file, is not doing its job: say so rather
+    // than answer 200.
+    let mut problems: Vec<String> =
+        faults.iter().map(|f| format!("{} cannot write since {}: {}", f.component, f.since, crate::logsafe::Escaped(&f.error))).collect();
+    problems.extend(st.telemetry.source_problems(time::now_ms(), &st.settings).iter().map(|p| crate::logsafe::Escaped(p).to_string()));
     if problems.is_empty() {
         (StatusCode::OK, "ready\n").into_response()
     } else {

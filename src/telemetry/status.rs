@@ -122,8 +122,13 @@ pub struct Status {
     pub now: String,
     /// Seconds since the bridge started.
     pub uptime_secs: f64,
-    /// True once sources and sinks are up.
+    /// True once sources and sinks are up, and while nothing is in
+    /// `faults`.
     pub ready: bool,
+    /// Components that cannot write (a full disk): they keep their data
+    /// and retry; empty when all is well.
+    #[serde(default)]
+    pub faults: Vec<super::FaultStatus>,
     /// The settings the figures were computed with.
     pub settings: SettingsView,
     /// One entry per `[[source]]`: files matched, files that cannot be
@@ -418,6 +423,10 @@ pub struct SinkStatus {
     pub dropped_records: u64,
     /// Records written to the dead-letter file since start.
     pub dead_lettered_records: u64,
+    /// `Retry-After` answers asking for longer than `retry_max_ms` (waited
+    /// for only that long) since start.
+    #[serde(default)]
+    pub retry_after_capped: u64,
     /// Delivery delay of the last delivered batch, ms.
     pub last_delivery_delay_ms: Option<i64>,
     /// Delivery delay (delivered - observed) over the recent window, by
@@ -561,6 +570,7 @@ impl SinkStats {
             retries: self.retries.load(Ordering::Relaxed),
             dropped_records: self.dropped_records.load(Ordering::Relaxed),
             dead_lettered_records: self.dead_lettered_records.load(Ordering::Relaxed),
+            retry_after_capped: self.retry_after_capped.load(Ordering::Relaxed),
             last_delivery_delay_ms: (batches > 0).then(|| self.last_delivery_delay_ms.load(Ordering::Relaxed)),
             delivery_delay_ms: DelaySummary::of_weighted(&mut samples),
         }
@@ -630,6 +640,7 @@ impl Telemetry {
             now: time::format_iso_millis(now_ms),
             uptime_secs: ((now_ms - self.started_ms()).max(0) as f64) / 1000.0,
             ready: self.is_ready(),
+            faults: self.faults(),
             settings: SettingsView {
                 delay_window_secs: (s.delay_window_ms / 1000) as u64,
                 idle_after_secs: (s.idle_after_ms / 1000) as u64,

@@ -53,8 +53,8 @@ fn set_config(env: &Env, from: &str, to: &str) {
     fs::write(&env.config, text.replacen(from, to, 1)).unwrap();
 }
 
-/// Writes `<logs>/<name>`: `before` records, `long_lines` lines of 3 MiB
-/// each, one endless line of `endless_mib` MiB, then `after` records.
+/// Writes a gzip bomb: `before` records, `long_lines` lines of 3 MiB each,
+/// one endless line of `endless_mib` MiB, then `after` records.
 fn write_bomb(path: &Path, before: &[String], long_lines: usize, endless_mib: usize, after: &[String]) -> u64 {
     let mut f = fs::File::create(path).unwrap();
     f.write_all(&gz_member(lines(before).as_bytes())).unwrap();

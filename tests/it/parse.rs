@@ -191,6 +191,43 @@ fn golden_le5_csv_sample() {
     check_ecls_agrees(&f, &p.records);
 }
 
+/// LE 5 writes the reason phrase without spaces (`404NotFound (API)`);
+/// the stream spelling a consumer filters on is `404_Not_Found_API`. Rows
+/// built from the shipped sample's first row, with only `response_string`
+/// changed.
+#[test]
+fn le5_squashed_response_strings_get_their_word_breaks_back() {
+    let sample = std::fs::read_to_string(support::sample("le5-enriched-access.csv")).unwrap();
+    let mut lines = sample.lines();
+    let header = lines.next().unwrap();
+    let row = lines.next().unwrap();
+    let cases = [
+        ("404NotFound (API)", "404_Not_Found_API"),
+        ("429TooManyRequests (Mashery)", "429_Too_Many_Requests_Mashery"),
+        ("503ServiceUnavailable (API)", "503_Service_Unavailable_API"),
+        ("504GatewayTimeout (Mashery)", "504_Gateway_Timeout_Mashery"),
+        ("413RequestEntityTooLarge (API)", "413_Request_Entity_Too_Large_API"),
+        ("200OK (API)", "200_OK_API"),
+        // Not the registered phrase of the code: kept as written.
+        ("404Gone (API)", "404_Gone_API"),
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("le5.csv");
+    let mut text = format!("{header}\n");
+    for (i, (written, _)) in cases.iter().enumerate() {
+        let r = row.replace("200OK (API)", written).replace("e7ef2b0f-8a32-4fd2-a0bd-85bb155c5d9e", &format!("uuid-{i}"));
+        text.push_str(&r);
+        text.push('\n');
+    }
+    std::fs::write(&f, text).unwrap();
+    let p = parse(&["--format", "le5-csv", s(&f)]);
+    assert_eq!(p.code, 0, "{}", p.stderr);
+    assert_eq!(p.records.len(), cases.len(), "{}", p.stderr);
+    for (rec, (written, want)) in p.records.iter().zip(cases) {
+        assert_eq!(rec["response_string"], want, "LE 5 wrote {written:?}");
+    }
+}
+
 #[test]
 fn golden_le_json_sample() {
     let f = support::sample("le-access.ndjson");

@@ -60,9 +60,12 @@ fn span_secs(v: &str) -> u64 {
 }
 
 #[test]
-fn unit_does_not_restart_on_a_config_error() {
+fn unit_does_not_restart_on_a_config_error_or_damaged_state() {
     let v = unit_value("RestartPreventExitStatus").expect("RestartPreventExitStatus=");
-    assert_eq!(v, EXIT_CONFIG.to_string(), "the unit must name the config-error exit code");
+    let codes: Vec<&str> = v.split_whitespace().collect();
+    assert!(codes.contains(&EXIT_CONFIG.to_string().as_str()), "the unit must name the config-error exit code: {v}");
+    let damaged = calllog_bridge::checkpoint::EXIT_DAMAGED_STATE.to_string();
+    assert!(codes.contains(&damaged.as_str()), "the unit must name the damaged-state exit code: {v}");
     assert_eq!(unit_value("Restart").as_deref(), Some("on-failure"));
     assert_eq!(unit_value("Type").as_deref(), Some("notify"));
     assert_eq!(unit_value("ExecReload").as_deref(), Some("/bin/kill -HUP $MAINPID"));

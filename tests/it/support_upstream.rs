@@ -2,8 +2,12 @@
 //! HTTP/1.1 server (keep-alive, `Content-Length` bodies, gzip decoding)
 //! that records every request and can inject failures: scripted statuses
 //! (503, 429 with `Retry-After`, 400, ...), slow answers, connection
-//! resets, 413 above a record limit, a poison record that gets 400, and a
-//! "down" switch that resets every connection.
+//! resets, 413 above a record limit, a poison record that gets 400, a
+//! "down" switch that resets every connection, and collectors that judge
+//! records one by one: Elasticsearch `_bulk` item statuses (429, 503, 400
+//! per record, for a number of attempts) and Splunk HEC invalid events
+//! (400 with `invalid-event-number`). `indexed_*` tell which records a
+//! collector actually took.
 //!
 //! Also used by `benches/upstream.rs` (discard mode: count bytes only).
 #![allow(dead_code)]
@@ -11,7 +15,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::io::Read;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -29,6 +33,9 @@ pub enum Fault {
     Slow(Duration),
     /// Reset the connection without answering.
     Reset,
+    /// Answer this status with a body that never ends (chunks of 64 KiB
+    /// until the client goes away).
+    Endless(u16),
 }
 
 /// One request as received (body decoded).
@@ -81,6 +88,18 @@ pub struct State {
     pub format: Format,
     /// Delay before every unscripted answer, in ms.
     pub delay_ms: AtomicU64,
+    /// `_bulk` item statuses per request_uuid, one per attempt (then 201).
+    pub item_statuses: Mutex<HashMap<String, VecDeque<u16>>>,
+    /// HEC events (by request_uuid) refused as invalid, and how many more
+    /// times.
+    pub hec_invalid: Mutex<HashMap<String, usize>>,
+    /// request_uuids the collector took (indexed), with repeats.
+    pub indexed: Mutex<Vec<String>>,
+    /// Answer every unscripted request with this status (0 = normally).
+    pub fail_with: AtomicU16,
+    /// 1: read requests and never answer; 2: answer 200 and drip the body
+    /// a byte every 100 ms; 0: answer normally.
+    pub stall: AtomicU8,
 }
 
 /// A running collector.
@@ -116,6 +135,11 @@ impl Collector {
             requests: AtomicU64::new(0),
             format,
             delay_ms: AtomicU64::new(0),
+            item_statuses: Mutex::new(HashMap::new()),
+            hec_invalid: Mutex::new(HashMap::new()),
+            indexed: Mutex::new(Vec::new()),
+            fail_with: AtomicU16::new(0),
+            stall: AtomicU8::new(0),
         });
         let std_listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind collector");
         std_listener.set_nonblocking(true).expect("nonblocking");
@@ -156,6 +180,17 @@ impl Collector {
         self.state.down.store(down, Ordering::SeqCst);
     }
 
+    /// Answers every unscripted request with `status` (`None`: normally).
+    pub fn fail_with(&self, status: Option<u16>) {
+        self.state.fail_with.store(status.unwrap_or(0), Ordering::SeqCst);
+    }
+
+    /// Never answers (`1`), drips a 200 answer a byte every 100 ms (`2`),
+    /// or answers normally (`0`), from the next request on.
+    pub fn set_stall(&self, mode: u8) {
+        self.state.stall.store(mode, Ordering::SeqCst);
+    }
+
     /// Waits this long before every unscripted answer.
     pub fn set_delay(&self, d: Duration) {
         self.state.delay_ms.store(d.as_millis() as u64, Ordering::SeqCst);
@@ -169,6 +204,29 @@ impl Collector {
     /// 400 for requests holding this request_uuid.
     pub fn set_poison(&self, uuid: &str) {
         *self.state.poison_uuid.lock().unwrap() = Some(uuid.to_string());
+    }
+
+    /// `_bulk`: answer these item statuses for the record `uuid`, one per
+    /// attempt, then 201.
+    pub fn item_statuses(&self, uuid: &str, statuses: &[u16]) {
+        self.state.item_statuses.lock().unwrap().insert(uuid.to_string(), statuses.iter().copied().collect());
+    }
+
+    /// HEC: refuse the event `uuid` as invalid this many times (400 with
+    /// `invalid-event-number`; the events before it are indexed, as HEC
+    /// does).
+    pub fn hec_invalid(&self, uuid: &str, times: usize) {
+        self.state.hec_invalid.lock().unwrap().insert(uuid.to_string(), times);
+    }
+
+    /// request_uuids the collector took, with repeats.
+    pub fn indexed_uuids(&self) -> Vec<String> {
+        self.state.indexed.lock().unwrap().clone()
+    }
+
+    /// Distinct request_uuids the collector took.
+    pub fn indexed_set(&self) -> std::collections::HashSet<String> {
+        self.indexed_uuids().into_iter().collect()
     }
 
     /// All requests so far.
@@ -275,6 +333,23 @@ async fn serve(mut sock: TcpStream, st: Arc<State>) -> std::io::Result<()> {
         } else {
             raw
         };
+        match st.stall.load(Ordering::SeqCst) {
+            1 => {
+                // Hold the connection, never answer.
+                let mut sink = [0u8; 4096];
+                while sock.read(&mut sink).await? > 0 {}
+                return Ok(());
+            }
+            2 => {
+                st.received.lock().unwrap().push(Received { path, headers, body, status: 200, at });
+                sock.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 100000\r\n\r\n").await?;
+                loop {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    sock.write_all(b"x").await?;
+                }
+            }
+            _ => {}
+        }
         let fault = st.script.lock().unwrap().pop_front();
         let n_records = || uuids(st.format, &body);
         let (status, extra, text): (u16, String, String) = match fault {
@@ -284,11 +359,23 @@ async fn serve(mut sock: TcpStream, st: Arc<State>) -> std::io::Result<()> {
                 return Ok(());
             }
             Some(Fault::Status(s, t)) => (s, String::new(), t),
+            Some(Fault::Endless(s)) => {
+                st.received.lock().unwrap().push(Received { path, headers, body, status: s, at });
+                sock.write_all(format!("HTTP/1.1 {s} X\r\ntransfer-encoding: chunked\r\n\r\n").as_bytes()).await?;
+                let mut chunk = format!("{:x}\r\n", 64 * 1024).into_bytes();
+                chunk.extend(std::iter::repeat_n(b'x', 64 * 1024));
+                chunk.extend_from_slice(b"\r\n");
+                loop {
+                    sock.write_all(&chunk).await?;
+                }
+            }
             Some(Fault::RetryAfter(v)) => (429, format!("retry-after: {v}\r\n"), "slow down".into()),
             Some(Fault::Slow(d)) => {
                 tokio::time::sleep(d).await;
+                st.indexed.lock().unwrap().extend(n_records());
                 (200, String::new(), "{}".into())
             }
+            None if st.fail_with.load(Ordering::SeqCst) != 0 => (st.fail_with.load(Ordering::SeqCst), String::new(), "unavailable".into()),
             None => {
                 let delay = st.delay_ms.load(Ordering::SeqCst);
                 if delay > 0 {
@@ -301,7 +388,13 @@ async fn serve(mut sock: TcpStream, st: Arc<State>) -> std::io::Result<()> {
                     (413, String::new(), "request entity too large".into())
                 } else if poison.is_some_and(|p| ids.contains(&p)) {
                     (400, String::new(), "{\"error\":\"mapper_parsing_exception: failed to parse field [bytes]\"}".into())
+                } else if st.format == Format::Bulk {
+                    (200, String::new(), bulk_answer(&st, &ids))
+                } else if let Some(n) = hec_refusal(&st, &ids) {
+                    st.indexed.lock().unwrap().extend(ids[..n].iter().cloned());
+                    (400, String::new(), format!("{{\"text\":\"Invalid data format\",\"code\":6,\"invalid-event-number\":{n}}}"))
                 } else {
+                    st.indexed.lock().unwrap().extend(ids);
                     (200, String::new(), "{\"errors\":false}".into())
                 }
             }
@@ -310,4 +403,42 @@ async fn serve(mut sock: TcpStream, st: Arc<State>) -> std::io::Result<()> {
         let resp = format!("HTTP/1.1 {status} X\r\ncontent-length: {}\r\n{extra}\r\n{text}", text.len());
         sock.write_all(resp.as_bytes()).await?;
     }
+}
+
+/// A `_bulk` answer with one item per record: the record's next scripted
+/// status, else 201; records answered 2xx are indexed.
+fn bulk_answer(st: &State, ids: &[String]) -> String {
+    let mut scripted = st.item_statuses.lock().unwrap();
+    let mut indexed = st.indexed.lock().unwrap();
+    let mut errors = false;
+    let items: Vec<String> = ids
+        .iter()
+        .map(|id| {
+            let status = scripted.get_mut(id).and_then(VecDeque::pop_front).unwrap_or(201);
+            if (200..300).contains(&status) {
+                indexed.push(id.clone());
+                format!("{{\"index\":{{\"_index\":\"calllogs\",\"_id\":\"{id}\",\"result\":\"created\",\"status\":{status}}}}}")
+            } else {
+                errors = true;
+                let kind = if status == 429 { "es_rejected_execution_exception" } else { "mapper_parsing_exception" };
+                format!(
+                    "{{\"index\":{{\"_index\":\"calllogs\",\"_id\":\"{id}\",\"status\":{status},\"error\":{{\"type\":\"{kind}\",\"reason\":\"item {id} refused\"}}}}}}"
+                )
+            }
+        })
+        .collect();
+    format!("{{\"took\":3,\"errors\":{errors},\"items\":[{}]}}", items.join(","))
+}
+
+/// HEC: the index of the first event still to be refused as invalid.
+fn hec_refusal(st: &State, ids: &[String]) -> Option<usize> {
+    if st.format != Format::Hec {
+        return None;
+    }
+    let mut invalid = st.hec_invalid.lock().unwrap();
+    let n = ids.iter().position(|id| invalid.get(id).is_some_and(|&t| t > 0))?;
+    if let Some(t) = invalid.get_mut(&ids[n]) {
+        *t -= 1;
+    }
+    Some(n)
 }

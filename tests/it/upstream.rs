@@ -229,7 +229,8 @@ async fn retries_through_503_429_resets_timeouts_without_loss() {
         Fault::Reset,
         Fault::Status(502, "".into()),
     ]);
-    let cfg = config(&c.url("/"), "request_timeout_ms = 400\nbatch_max_records = 100\nmax_in_flight = 2\n");
+    // retry_max_ms above the Retry-After: 1 asked for (it caps Retry-After).
+    let cfg = config(&c.url("/"), "request_timeout_ms = 400\nbatch_max_records = 100\nmax_in_flight = 2\nretry_max_ms = 2000\n");
     let mut h = Harness::start(&cfg, dir.path()).await;
     h.send(0..500, 20).await;
     h.wait_acked(h.sent, Duration::from_secs(30)).await;
@@ -591,7 +592,7 @@ pub(crate) mod e2e {
     use std::time::Duration;
 
     use crate::support;
-    use crate::support_upstream::{Collector, Format};
+    use crate::support_upstream::{documents, Collector, Fault, Format};
 
     const DEADLINE: Duration = Duration::from_secs(60);
 
@@ -628,9 +629,17 @@ pub(crate) mod e2e {
             let state = dir.path().join("state");
             fs::create_dir_all(&logs).unwrap();
             let config = dir.path().join("bridge.toml");
+            // Test timings, unless `upstream_extra` sets them.
+            let mut upstream = String::new();
+            for (k, v) in [("flush_interval_ms", "20"), ("retry_initial_ms", "20"), ("retry_max_ms", "200"), ("request_timeout_ms", "2000")]
+            {
+                if !upstream_extra.lines().any(|l| l.split('=').next().map(str::trim) == Some(k)) {
+                    upstream.push_str(&format!("{k} = {v}\n"));
+                }
+            }
             let text = format!(
                 "state_dir = {state:?}\nlog_level = \"info\"\n\n[[source]]\npaths = [{glob:?}]\nformat = \"le-json\"\nrescan_interval_ms = 200\n\n\
-                 [upstream]\nurl = {url:?}\nflush_interval_ms = 20\nretry_initial_ms = 20\nretry_max_ms = 200\nrequest_timeout_ms = 2000\n{upstream_extra}\n\n\
+                 [upstream]\nurl = {url:?}\n{upstream}{upstream_extra}\n\n\
                  [status]\nlisten = \"127.0.0.1:0\"\n",
                 state = state.to_string_lossy(),
                 glob = logs.join("access*.log*").to_string_lossy(),
@@ -771,5 +780,370 @@ pub(crate) mod e2e {
         env.append("access.log", &more);
         wait_all(&c, &env, &more);
         env.stop();
+    }
+
+    impl Env {
+        /// The value of one `/metrics` sample line (`name{labels}`), 0 when absent.
+        /// (0 also while the bridge is not listening yet.)
+        pub(crate) fn metric(&self, sample: &str) -> f64 {
+            use std::io::{Read, Write};
+            let addr = fs::read_to_string(self.state.join("status.addr")).unwrap_or_default();
+            let Ok(mut sock) = std::net::TcpStream::connect(addr.trim()) else { return 0.0 };
+            let _ = sock.set_read_timeout(Some(Duration::from_secs(5)));
+            let mut text = String::new();
+            if sock.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").is_err() || sock.read_to_string(&mut text).is_err() {
+                return 0.0;
+            }
+            text.lines().find_map(|l| l.strip_prefix(sample).and_then(|v| v.trim().parse().ok())).unwrap_or(0.0)
+        }
+    }
+
+    /// Waits until every one of `want` was indexed by the collector.
+    fn wait_indexed(c: &Collector, env: &Env, want: &[String]) {
+        let deadline = std::time::Instant::now() + DEADLINE;
+        loop {
+            let got = c.indexed_set();
+            let missing: Vec<&String> = want.iter().filter(|u| !got.contains(*u)).collect();
+            if missing.is_empty() {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{} of {} records never indexed (first: {:?}); log:\n{}",
+                missing.len(),
+                want.len(),
+                missing.first(),
+                env.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+
+    fn dead_letters(env: &Env) -> Vec<serde_json::Value> {
+        fs::read_to_string(env.state.join("dead-letter.ndjson"))
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    /// An Elasticsearch that refuses some items of each request (429 and
+    /// 503, a few times each) answers 200 with `"errors": true`: only the
+    /// refused items are sent again, and every record ends up indexed.
+    #[test]
+    fn elasticsearch_item_errors_are_retried_until_every_record_is_indexed() {
+        let c = Collector::start(Format::Bulk);
+        let all = ids("es", 0..300);
+        for (i, u) in all.iter().enumerate() {
+            match i % 10 {
+                0 => c.item_statuses(u, &[429]),
+                3 => c.item_statuses(u, &[503, 429]),
+                7 => c.item_statuses(u, &[500, 503, 429]),
+                _ => {}
+            }
+        }
+        let mut env = Env::new(&c.url("/_bulk"), "format = \"elasticsearch\"\nbatch_max_records = 50\n");
+        env.append("access.log", &all);
+        env.start();
+        wait_indexed(&c, &env, &all);
+        assert!(dead_letters(&env).is_empty(), "nothing is refused for good");
+        // Only refused items were sent again: 300 records, +30 +60 +90 repeats.
+        let sent: usize = c.received().iter().map(|r| documents(Format::Bulk, &r.body).len()).sum();
+        assert_eq!(sent, 300 + 30 + 60 + 90, "records sent again besides the refused ones");
+        assert_eq!(c.indexed_uuids().len(), 300, "every record indexed once");
+        env.stop();
+    }
+
+    /// Items refused for good (400) are dead-lettered with their own item
+    /// error; items never taken are not acknowledged, so after `kill -9`
+    /// the restarted bridge reads and delivers them again.
+    #[test]
+    fn elasticsearch_item_errors_acknowledge_only_what_was_indexed() {
+        let c = Collector::start(Format::Bulk);
+        let all = ids("ek", 0..200);
+        let refused: Vec<String> = all[100..105].to_vec();
+        for u in &refused {
+            c.item_statuses(u, &[400]);
+        }
+        // Never taken while the first bridge runs.
+        let stuck: Vec<String> = all[150..170].to_vec();
+        for u in &stuck {
+            c.item_statuses(u, &[429; 100_000]);
+        }
+        let mut env = Env::new(&c.url("/_bulk"), "format = \"elasticsearch\"\nbatch_max_records = 40\n");
+        env.append("access.log", &all);
+        env.start();
+        let taken: Vec<String> = all.iter().filter(|u| !refused.contains(u) && !stuck.contains(u)).cloned().collect();
+        wait_indexed(&c, &env, &taken);
+        support::poll_until(DEADLINE, "the refused items in the dead-letter file", || (dead_letters(&env).len() == 5).then_some(()));
+        let dl = dead_letters(&env);
+        for (line, u) in dl.iter().zip(&refused) {
+            assert_eq!(line["status"], 400, "{line}");
+            assert_eq!(line["count"], 1);
+            assert_eq!(line["records"][0]["request_uuid"], u.as_str());
+            assert!(line["response"].as_str().unwrap().contains("mapper_parsing_exception"), "{line}");
+        }
+        // The stuck items are retried, never acknowledged: let a checkpoint
+        // write pass, then kill.
+        support::poll_until(DEADLINE, "retries of the stuck items", || {
+            (env.metric("calllog_bridge_retries_total{sink=\"upstream\"}") >= 3.0).then_some(())
+        });
+        std::thread::sleep(Duration::from_millis(300));
+        env.kill9();
+        assert!(stuck.iter().all(|u| !c.indexed_set().contains(u)));
+        c.state.item_statuses.lock().unwrap().clear();
+        env.start();
+        // The stuck records' batch was not acknowledged: it is read again
+        // (its dead-lettered records with it: at least once).
+        wait_indexed(&c, &env, &stuck);
+        env.stop();
+    }
+
+    /// Splunk HEC: a 200 whose `code` is not 0 (server busy) delivered
+    /// nothing and is retried; a 400 naming an invalid event dead-letters
+    /// that event and sends the others again.
+    #[test]
+    fn splunk_hec_codes_and_invalid_events_are_honoured() {
+        let c = Collector::start(Format::Hec);
+        c.script([Fault::Status(200, "{\"text\":\"Server is busy\",\"code\":9}".into())]);
+        let all = ids("hec", 0..100);
+        c.hec_invalid(&all[42], usize::MAX);
+        let mut env = Env::new(&c.url("/services/collector/event"), "format = \"splunk_hec\"\nbatch_max_records = 50\nmax_in_flight = 1\n");
+        env.append("access.log", &all);
+        env.start();
+        let good: Vec<String> = all.iter().filter(|u| **u != all[42]).cloned().collect();
+        wait_indexed(&c, &env, &good);
+        support::poll_until(DEADLINE, "the invalid event in the dead-letter file", || (dead_letters(&env).len() == 1).then_some(()));
+        let dl = dead_letters(&env);
+        assert_eq!(dl[0]["status"], 400);
+        assert_eq!(dl[0]["records"][0]["request_uuid"], all[42].as_str());
+        assert!(dl[0]["response"].as_str().unwrap().contains("invalid-event-number"), "{}", dl[0]);
+        assert!(!c.indexed_set().contains(&all[42]));
+        let busy = c.received().iter().position(|r| r.status == 200).unwrap();
+        assert!(c.received().len() > busy + 1, "the busy answer was retried");
+        env.stop();
+    }
+
+    /// `Retry-After: 3600` parks a request for `retry_max_ms` at most, and
+    /// is counted.
+    #[test]
+    fn retry_after_is_capped_by_retry_max_and_counted() {
+        let c = Collector::start(Format::Ndjson);
+        c.script([Fault::RetryAfter("3600".into())]);
+        let all = ids("ra", 0..50);
+        // retry_max_ms = 200 in the Env's config.
+        let mut env = Env::new(&c.url("/"), "");
+        env.append("access.log", &all);
+        env.start();
+        let t = std::time::Instant::now();
+        wait_all(&c, &env, &all);
+        assert!(t.elapsed() < Duration::from_secs(20), "took {:?}", t.elapsed());
+        support::poll_until(DEADLINE, "the capped Retry-After in /metrics", || {
+            (env.metric("calllog_bridge_retry_after_capped_total{sink=\"upstream\"}") == 1.0).then_some(())
+        });
+        let rx = c.received();
+        let i = rx.iter().position(|r| r.status == 429).unwrap();
+        let waited = rx[i + 1].at - rx[i].at;
+        assert!(waited < Duration::from_secs(5), "waited {waited:?} after Retry-After: 3600");
+        env.stop();
+    }
+
+    /// Resident memory of a process, bytes (Linux).
+    pub(crate) fn rss_bytes(pid: u32) -> u64 {
+        let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .unwrap_or(0)
+            * 1024
+    }
+
+    /// A collector answering with a body that never ends (200, then 503)
+    /// costs the bridge a few KB per answer, not the body: memory stays
+    /// bounded and the records arrive.
+    #[test]
+    fn an_endless_answer_body_does_not_grow_memory() {
+        const BOUND: u64 = 250 << 20;
+        let c = Collector::start(Format::Ndjson);
+        c.script([Fault::Endless(200), Fault::Endless(503), Fault::Endless(200)]);
+        let mut env = Env::new(&c.url("/"), "request_timeout_ms = 4000\nbatch_max_records = 20\nmax_in_flight = 2\n");
+        let all = ids("endless", 0..200);
+        env.append("access.log", &all);
+        env.start();
+        let pid = env.child.as_ref().unwrap().id();
+        let mut peak = 0;
+        let deadline = std::time::Instant::now() + DEADLINE;
+        loop {
+            let rss = rss_bytes(pid);
+            peak = peak.max(rss);
+            if rss > BOUND {
+                // Stop it before it takes the machine down.
+                env.kill9();
+                panic!("the bridge's memory grew to {} MB reading an endless answer", rss >> 20);
+            }
+            let got = c.delivered_set();
+            if all.iter().all(|u| got.contains(u)) {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "records never arrived; log:\n{}", env.log_text());
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(c.received().iter().filter(|r| r.status == 0 || r.status >= 200).count() >= 3);
+        eprintln!("endless answers: peak RSS {} MB", peak >> 20);
+        env.stop();
+    }
+
+    /// A collector's answer and a file name in the watched directory are
+    /// peer-supplied: they reach the log escaped, never as a forged line
+    /// or a terminal escape sequence.
+    #[test]
+    fn peer_text_cannot_forge_log_lines() {
+        let forged = "2026-01-01T00:00:00.000000Z  INFO calllog_bridge: FORGED all records delivered";
+        let c = Collector::start(Format::Ndjson);
+        c.script([Fault::Status(500, format!("busy\n{forged}\u{1b}[2J\u{1b}]0;owned\u{7}"))]);
+        let mut env = Env::new(&c.url("/"), "");
+        let all = ids("inj", 0..20);
+        env.append("access.log", &all);
+        // A rejected line in a file whose name carries a newline: logged
+        // with the file name.
+        let name = format!("access-\n{forged}.log");
+        fs::write(env.logs.join(&name), "not json 2026\n").unwrap();
+        env.start();
+        wait_all(&c, &env, &all);
+        support::poll_until(DEADLINE, "the rejected line's log line", || {
+            fs::read_to_string(&env.log).unwrap_or_default().contains("rejected line").then_some(())
+        });
+        env.stop();
+        let log = fs::read_to_string(&env.log).unwrap();
+        assert!(log.contains("FORGED"), "the answer and the file name are logged: {log}");
+        for line in log.lines() {
+            assert!(!line.starts_with("2026-01-01T00:00:00.000000Z"), "a forged log line: {line:?}");
+        }
+        assert!(!log.contains('\u{1b}') && !log.contains('\u{7}'), "a terminal escape sequence reached the log");
+        assert!(log.contains("busy\\n2026-01-01"), "escaped, still readable: {log}");
+    }
+
+    /// The records the collector must hold after an outage during which
+    /// Local Edition rotated and deleted files: `kill -9` (before
+    /// `spool_after_ms`) then a restart with a healthy collector delivers
+    /// every record at least once, because a file's records are made
+    /// durable before its last handle is released.
+    #[test]
+    fn outage_then_files_deleted_then_kill9_delivers_every_record() {
+        let c = Collector::start(Format::Ndjson);
+        c.fail_with(Some(503));
+        // spool_after_ms far away: only the rule about files that go away
+        // can put the records somewhere durable in time.
+        let mut env = Env::new(&c.url("/"), "spool_after_ms = 600000\nbatch_max_records = 500\n");
+        env.start();
+        let records = |env: &Env| env.metric("calllog_bridge_records_total");
+        let a = ids("del-a", 0..3000);
+        env.append("access.log", &a);
+        support::poll_until(DEADLINE, "the first file read", || (records(&env) >= 3000.0).then_some(()));
+        // Rotation within the globs, then more traffic.
+        fs::rename(env.path("access.log"), env.path("access.log.1")).unwrap();
+        let b = ids("del-b", 0..3000);
+        env.append("access.log", &b);
+        support::poll_until(DEADLINE, "the second file read", || (records(&env) >= 6000.0).then_some(()));
+        assert!(c.delivered_uuids().is_empty());
+        // One file deleted, the other rotated out of the globs and deleted.
+        fs::remove_file(env.path("access.log.1")).unwrap();
+        let out = env.logs.join("old-rotated");
+        fs::rename(env.path("access.log"), &out).unwrap();
+        fs::remove_file(&out).unwrap();
+        // Killed once they are durable, or after 10 s (well before
+        // spool_after_ms) if they never become so.
+        let until = std::time::Instant::now() + Duration::from_secs(10);
+        while env.spooled_records() < 6000 && std::time::Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        env.kill9();
+        c.fail_with(None);
+        env.start();
+        let mut all = a;
+        all.extend(b);
+        wait_all(&c, &env, &all);
+        env.stop();
+    }
+
+    /// SIGTERM while the collector fails: what is held goes to the spool
+    /// at once (not after the grace period), and is delivered after the
+    /// restart.
+    #[test]
+    fn sigterm_during_an_outage_spools_at_once() {
+        let c = Collector::start(Format::Ndjson);
+        c.fail_with(Some(503));
+        let mut env = Env::new(&c.url("/"), "spool_after_ms = 600000\nbatch_max_records = 500\nshutdown_grace_ms = 30000\n");
+        env.start();
+        let a = ids("term", 0..3000);
+        env.append("access.log", &a);
+        support::poll_until(DEADLINE, "the file read", || (env.metric("calllog_bridge_records_total") >= 3000.0).then_some(()));
+        support::poll_until(DEADLINE, "failed attempts", || {
+            (env.metric("calllog_bridge_retries_total{sink=\"upstream\"}") >= 2.0).then_some(())
+        });
+        let t = std::time::Instant::now();
+        env.stop();
+        assert!(
+            t.elapsed() < Duration::from_secs(8),
+            "the stop took {:?}: it waited for a failing collector; log:\n{}",
+            t.elapsed(),
+            env.log_text()
+        );
+        assert_eq!(env.spooled_records(), 3000, "everything undelivered is in the spool");
+        c.fail_with(None);
+        env.start();
+        wait_all(&c, &env, &a);
+        env.stop();
+    }
+
+    /// Adds `[file_output]` (archive under the state dir) and `[channel]`
+    /// to the config; returns the archive path.
+    fn with_archive_and_channel(env: &Env) -> PathBuf {
+        let out = env.state.join("archive.ndjson");
+        let mut text = fs::read_to_string(&env.config).unwrap();
+        text.push_str(&format!(
+            "\n[file_output]\npath = {:?}\nfsync_interval_ms = 50\n\n[channel]\nlisten = \"127.0.0.1:0\"\ntoken = \"a-long-enough-test-token\"\n",
+            out.to_string_lossy()
+        ));
+        fs::write(&env.config, text).unwrap();
+        out
+    }
+
+    fn archived(out: &std::path::Path) -> usize {
+        fs::read_to_string(out).map(|t| t.lines().filter(|l| l.ends_with('}')).count()).unwrap_or(0)
+    }
+
+    /// A collector that stalls (never answers, or drips its answer) must
+    /// not hold back the archive and the channel: the upstream spools what
+    /// its full queue cannot take, and delivers it when the collector is
+    /// back.
+    fn a_stalled_collector_does_not_stall_the_others(mode: u8) {
+        let c = Collector::start(Format::Ndjson);
+        c.set_stall(mode);
+        let mut env = Env::new(&c.url("/"), "request_timeout_ms = 10000\nspool_after_ms = 30000\n");
+        let out = with_archive_and_channel(&env);
+        env.start();
+        let all = ids("stall", 0..40_000);
+        env.append("access.log", &all);
+        let t = std::time::Instant::now();
+        support::poll_until(Duration::from_secs(25), "the archive to take every record", || (archived(&out) >= all.len()).then_some(()));
+        eprintln!("stalled collector (mode {mode}): archive complete after {:?}", t.elapsed());
+        support::poll_until(DEADLINE, "the channel to take every record", || {
+            (env.metric("calllog_bridge_delivered_records_total{sink=\"channel\"}") >= all.len() as f64).then_some(())
+        });
+        c.set_stall(0);
+        wait_all(&c, &env, &all);
+        env.stop();
+    }
+
+    #[test]
+    fn a_collector_that_never_answers_does_not_stall_the_archive_or_the_channel() {
+        a_stalled_collector_does_not_stall_the_others(1);
+    }
+
+    #[test]
+    fn a_collector_that_drips_its_answer_does_not_stall_the_archive_or_the_channel() {
+        a_stalled_collector_does_not_stall_the_others(2);
     }
 }

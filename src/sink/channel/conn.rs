@@ -257,7 +257,7 @@ where
             ChannelStats::bump(counter);
             // The client address and the path (escaped), never the query
             // (the token).
-            info!(%peer, path = ?path, status, "channel: subscription refused");
+            info!(%peer, path = %crate::logsafe::Escaped(&path), status, "channel: subscription refused");
             return;
         }
         Ok(Handshake::Admitted { sub, permit, early, path, revoked }) => (sub, permit, early, path, revoked),
@@ -369,7 +369,7 @@ async fn run_connection<S>(
     let (conn_id, conn, cursor, lost) = shared.register(peer, sub.since);
     stats.connections_accepted.fetch_add(1, Ordering::Relaxed);
     stats.connections_active.fetch_add(1, Ordering::Relaxed);
-    info!(%peer, %path, since = ?sub.since, filtered = !sub.filter.is_empty(), "channel: client connected");
+    info!(%peer, path = %crate::logsafe::Escaped(&path), since = ?sub.since, filtered = !sub.filter.is_empty(), "channel: client connected");
 
     let (ctrl_tx, mut ctrl_rx) = mpsc::channel::<Message>(CONTROL_QUEUE_FRAMES);
     let mut reason = CloseReason::ClientGone;

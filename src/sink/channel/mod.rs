@@ -74,8 +74,9 @@ use tokio::sync::{mpsc, watch, Semaphore};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{error, info, warn};
+use tracing::{info, warn};
 
+use crate::checkpoint::DamagedState;
 use crate::config::{ChannelConfig, Secret};
 use crate::listener::Gate;
 use crate::pipeline::{Batch, Fanout};
@@ -100,9 +101,14 @@ pub const ADDR_FILE: &str = "channel.addr";
 /// File in the state directory holding the next sequence number to use.
 pub const SEQ_FILE: &str = "channel.seq";
 
-/// Sequence numbers reserved on disk at a time: the file is rewritten
-/// (fsynced) once per block, and a crash skips at most one block.
+/// Sequence numbers reserved on disk at a time, at most: the file is
+/// rewritten (fsynced) once per block, and a crash skips at most one block.
 const SEQ_BLOCK: u64 = 1_000_000;
+
+/// The first block of a run; each next one is twice as large, up to
+/// [`SEQ_BLOCK`]: a crash soon after a start skips few numbers, and a busy
+/// channel still writes the file rarely (about ten extra writes per run).
+const SEQ_FIRST_BLOCK: u64 = 1024;
 
 /// Handshakes (TCP accepted, not yet upgraded or refused) in progress at
 /// once, besides the `max_connections` subscribers: the listener holds at
@@ -458,7 +464,11 @@ pub async fn spawn_on(
     let scheme = if tls.is_some() { "wss" } else { "ws" };
     info!("channel: listening on {scheme}://{local_addr}/ecls/subscribe/{}/{} (and /stream)", settings.channel_id, settings.area);
     tokio::fs::create_dir_all(&ctx.state_dir).await.with_context(|| format!("cannot create state_dir {}", ctx.state_dir.display()))?;
-    write_atomic(&ctx.state_dir.join(ADDR_FILE), format!("{local_addr}\n")).await?;
+    // Informational (for tests and tools): a full state_dir must not stop
+    // the channel from starting.
+    if let Err(e) = write_atomic(&ctx.state_dir.join(ADDR_FILE), format!("{local_addr}\n")).await {
+        warn!(error = %format!("{e:#}"), "channel: cannot write {ADDR_FILE}");
+    }
     // Where the dashboard (via /status) subscribes; never the token.
     ctx.telemetry.set_channel(Some(crate::telemetry::ChannelInfo {
         listen: local_addr.to_string(),
@@ -485,8 +495,9 @@ pub async fn spawn_on(
     tracker.spawn(accept_loop(shared.clone(), listener, tls, tracker.clone()));
     let sink_stats = ctx.telemetry.sink(NAME);
     let hard_stop = ctx.shutdown.clone();
+    let fault = ctx.telemetry.fault(NAME);
     let task = tokio::spawn(async move {
-        let result = sink_loop(&shared, rx, &sink_stats, &mut seqs, &hard_stop).await;
+        let result = sink_loop(&shared, rx, &sink_stats, &mut seqs, &hard_stop, &fault).await;
         // No more records: let connections send what they hold, then close.
         shared.draining.cancel();
         tracker.close();
@@ -513,6 +524,7 @@ async fn sink_loop(
     sink_stats: &SinkStats,
     seqs: &mut SeqFile,
     hard_stop: &CancellationToken,
+    fault: &crate::telemetry::Fault,
 ) -> anyhow::Result<()> {
     let mut buf = Vec::with_capacity(4096);
     let mut slow_check = tokio::time::interval(SLOW_CHECK_INTERVAL);
@@ -534,11 +546,27 @@ async fn sink_loop(
         let mask_keep = shared.live.mask_keep();
         let items: Vec<Arc<Item>> = batch.records.iter().map(|r| Arc::new(item(r, mask_keep, batch.observed_ms, &mut buf))).collect();
         let next = shared.lock_ring().next_seq();
-        if let Err(e) = seqs.reserve(next + n as u64).await {
-            // Without a durable reservation, numbers could repeat after a
-            // crash; the batch is not acknowledged and will be read again.
-            error!(error = %format!("{e:#}"), "channel: cannot reserve sequence numbers; stopping the channel");
-            return Err(e);
+        // Without a durable reservation, numbers could repeat after a
+        // crash: the batch waits (unacknowledged) until the reservation is
+        // written, retried on a timer (a full state_dir), and the fault is
+        // shown. The bridge's hard stop leaves it unacknowledged (read
+        // again after the restart).
+        let mut failed = false;
+        loop {
+            match seqs.reserve(next + n as u64).await {
+                Ok(()) => break,
+                Err(e) => {
+                    failed = true;
+                    let delay = fault.failed(&format!("cannot reserve sequence numbers: {e:#}"));
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = hard_stop.cancelled() => return Ok(()),
+                    }
+                }
+            }
+        }
+        if failed {
+            fault.recovered();
         }
         shared.append(items);
         batch.ack();
@@ -657,17 +685,29 @@ struct SeqFile {
     next: u64,
     /// Numbers below this are reserved on disk.
     reserved_until: u64,
+    /// The size of the next block reserved.
+    block: u64,
 }
 
 impl SeqFile {
     async fn open(path: PathBuf) -> anyhow::Result<SeqFile> {
-        let next = match tokio::fs::read_to_string(&path).await {
-            Ok(s) => s.trim().parse::<u64>().with_context(|| format!("{} does not hold a sequence number", path.display()))?.max(1),
+        let next = match tokio::fs::read(&path).await {
+            Ok(bytes) => match parse_seq(&bytes) {
+                Ok(n) => n,
+                // Numbering again from a guess could repeat numbers clients
+                // have seen: the operator decides (`reset-state`).
+                Err(problem) => return Err(DamagedState { path, problem }.into()),
+            },
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => 1,
             Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
         };
-        let mut f = SeqFile { path, next, reserved_until: next };
-        f.reserve(next + 1).await?;
+        let mut f = SeqFile { path, next, reserved_until: next, block: SEQ_FIRST_BLOCK };
+        // A full state_dir must not stop the start: nothing is numbered
+        // before a reservation is written, and the sink retries it (a
+        // fault meanwhile) before its first record.
+        if let Err(e) = f.reserve(next + 1).await {
+            warn!(error = %format!("{e:#}"), "channel: cannot reserve sequence numbers yet; retried before the first record");
+        }
         Ok(f)
     }
 
@@ -676,9 +716,10 @@ impl SeqFile {
         if until <= self.reserved_until {
             return Ok(());
         }
-        let new = until + SEQ_BLOCK;
+        let new = until + self.block;
         write_durable(self.path.clone(), new).await?;
         self.reserved_until = new;
+        self.block = (self.block * 2).min(SEQ_BLOCK);
         Ok(())
     }
 
@@ -687,6 +728,15 @@ impl SeqFile {
         write_durable(self.path.clone(), next).await?;
         self.reserved_until = next;
         Ok(())
+    }
+}
+
+/// The next sequence number a `channel.seq` holds, or what is wrong with it.
+pub fn parse_seq(bytes: &[u8]) -> Result<u64, String> {
+    let text = std::str::from_utf8(bytes).map_err(|_| "it does not hold a sequence number (not UTF-8)".to_string())?;
+    match text.trim().parse::<u64>() {
+        Ok(n) => Ok(n.max(1)),
+        Err(e) => Err(format!("it does not hold a sequence number ({e}): {:?}", crate::parse::normalize::clip(text.trim(), 40))),
     }
 }
 
@@ -700,6 +750,10 @@ async fn write_durable(path: PathBuf, value: u64) -> anyhow::Result<()> {
         writeln!(f, "{value}")?;
         f.sync_all()?;
         std::fs::rename(&tmp, &path).with_context(|| format!("cannot rename {} to {}", tmp.display(), path.display()))?;
+        // The rename is durable only once the directory is synced.
+        if let Some(dir) = path.parent() {
+            std::fs::File::open(dir).and_then(|d| d.sync_all()).with_context(|| format!("cannot sync {}", dir.display()))?;
+        }
         Ok(())
     })
     .await
@@ -739,6 +793,18 @@ mod tests {
         f.reserve(10).await.unwrap();
         let g = SeqFile::open(path.clone()).await.unwrap();
         assert!(g.next >= 10, "{}", g.next);
+        // Blocks grow from SEQ_FIRST_BLOCK to SEQ_BLOCK: a crash right after
+        // a start skips few numbers.
+        assert!(g.next <= 10 + 2 * SEQ_FIRST_BLOCK + 2, "{}", g.next);
+        let mut b = SeqFile::open(path.clone()).await.unwrap();
+        let mut sizes = Vec::new();
+        for _ in 0..14 {
+            let before = b.reserved_until;
+            b.reserve(before + 1).await.unwrap();
+            sizes.push(b.reserved_until - before - 1);
+        }
+        assert_eq!(sizes[0], 2 * SEQ_FIRST_BLOCK);
+        assert_eq!(*sizes.last().unwrap(), SEQ_BLOCK);
         // A clean shutdown: exact continuation.
         let mut h = SeqFile::open(path.clone()).await.unwrap();
         h.write_exact(1234).await.unwrap();

@@ -1,6 +1,8 @@
 //! The dead-letter file: poison batches (a 4xx other than 408/413/429, or a
 //! single record still too large) are appended here as one JSON line each
-//! and then acknowledged, so they never block the stream.
+//! and then acknowledged, so they never block the stream; records a
+//! collector refused one by one (`_bulk` item errors, a HEC invalid event)
+//! get a line each, with their own status and error.
 //!
 //! A line: `{"time":..., "url":..., "status":400, "response":"<start of the
 //! body>", "format":"ndjson", "count":N, "records":[<document>, ...]}` where
@@ -48,37 +50,66 @@ impl DeadLetter {
         response: &str,
         units: &Units,
     ) -> std::io::Result<Appended> {
-        let line = line(url, format, status, response, units)?;
+        let mut line = Vec::with_capacity(units.buf.len() + 512);
+        push_line(&mut line, url, format, status, response, units, 0..units.len())?;
+        self.write(&line, rotation)
+    }
+
+    /// Appends records refused one by one (a `_bulk` item error, a HEC
+    /// invalid event): one line per record with its own status and error,
+    /// in the same layout (`count` 1), and one fsync for all.
+    pub fn append_each(
+        &self,
+        rotation: Rotation,
+        url: &str,
+        format: &str,
+        errors: &[(u16, String)],
+        units: &Units,
+    ) -> std::io::Result<Appended> {
+        let mut lines = Vec::with_capacity(units.buf.len() + 512 * units.len());
+        for (i, (status, response)) in errors.iter().enumerate().take(units.len()) {
+            push_line(&mut lines, url, format, *status, response, units, i..i + 1)?;
+        }
+        self.write(&lines, rotation)
+    }
+
+    fn write(&self, lines: &[u8], rotation: Rotation) -> std::io::Result<Appended> {
         let mut f = self.file.lock().unwrap_or_else(|e| e.into_inner());
-        let done = f.append(&line, rotation)?;
+        let done = f.append(lines, rotation)?;
         f.sync()?;
         Ok(done)
     }
 }
 
-/// One poison batch as a JSON line (with its newline).
-fn line(url: &str, format: &str, status: u16, response: &str, units: &Units) -> std::io::Result<Vec<u8>> {
-    let mut line = Vec::with_capacity(units.buf.len() + 512);
+fn push_line(
+    line: &mut Vec<u8>,
+    url: &str,
+    format: &str,
+    status: u16,
+    response: &str,
+    units: &Units,
+    records: std::ops::Range<usize>,
+) -> std::io::Result<()> {
     let head = serde_json::json!({
         "time": crate::time::format_iso_millis(crate::time::now_ms()),
         "url": url,
         "status": status,
         "response": response,
         "format": format,
-        "count": units.len(),
+        "count": records.len(),
     });
     let head = serde_json::to_vec(&head).map_err(std::io::Error::other)?;
     // Re-open the object to append the records as raw JSON documents.
     line.extend_from_slice(&head[..head.len() - 1]);
     line.extend_from_slice(b",\"records\":[");
-    for i in 0..units.len() {
-        if i > 0 {
+    for (n, i) in records.enumerate() {
+        if n > 0 {
             line.push(b',');
         }
         line.extend_from_slice(units.doc(i));
     }
     line.extend_from_slice(b"]}\n");
-    Ok(line)
+    Ok(())
 }
 
 #[cfg(test)]
@@ -117,6 +148,15 @@ mod tests {
         assert_eq!(lines[0]["count"], 2);
         assert_eq!(lines[0]["records"][1]["request_uuid"], "b");
         assert_eq!(lines[1]["status"], 422);
+        dl.append_each(rot, "http://x/_bulk", "elasticsearch", &[(400, "{\"type\":\"mapper\"}".into()), (409, "conflict".into())], &u)
+            .unwrap();
+        let text = std::fs::read_to_string(&p).unwrap();
+        let lines: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        assert_eq!(lines.len(), 4);
+        assert_eq!((lines[2]["status"].as_u64(), lines[2]["count"].as_u64()), (Some(400), Some(1)));
+        assert_eq!(lines[2]["records"][0]["request_uuid"], "a");
+        assert_eq!((lines[3]["status"].as_u64(), lines[3]["response"].as_str()), (Some(409), Some("conflict")));
+        assert_eq!(lines[3]["records"][0]["request_uuid"], "b");
         // Bounded: past rotate_bytes the file rotates, and beyond
         // keep_files the oldest is deleted (reported to the caller).
         let small = Rotation { rotate_bytes: 1, keep_files: 1 };

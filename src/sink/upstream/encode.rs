@@ -73,6 +73,22 @@ impl Units {
         }
     }
 
+    /// The records at `indices` (ascending), as units of their own.
+    pub fn select(&self, indices: &[usize]) -> Units {
+        let mut out = Units::default();
+        for &i in indices {
+            let (start, s) = (self.start(i), self.spans[i]);
+            let base = out.buf.len();
+            out.buf.extend_from_slice(&self.buf[start..s.end]);
+            out.spans.push(Span {
+                end: base + (s.end - start),
+                doc_start: base + (s.doc_start - start),
+                doc_end: base + (s.doc_end - start),
+            });
+        }
+        out
+    }
+
     /// Splits into records `[0, at)` and `[at, len)`.
     pub fn split_at(&self, at: usize) -> (Units, Units) {
         let cut = self.start(at);
@@ -342,6 +358,10 @@ mod tests {
             assert_eq!(b.doc(0), whole.doc(2));
             assert_eq!(b.unit(2), whole.unit(4));
             assert_eq!(a.unit(1), whole.unit(1));
+            let picked = whole.select(&[1, 3, 4]);
+            assert_eq!(picked.len(), 3);
+            assert_eq!((picked.unit(0), picked.unit(1), picked.unit(2)), (whole.unit(1), whole.unit(3), whole.unit(4)));
+            assert_eq!((picked.doc(0), picked.doc(2)), (whole.doc(1), whole.doc(4)));
             u.pop();
             assert_eq!(u.len(), 4);
             assert_eq!(u.buf.len(), whole.spans[3].end);

@@ -15,26 +15,41 @@
 //! Sending: at most `max_in_flight` requests at once (a semaphore permit is
 //! taken before a request is sent and held until it is handled). Failures
 //! are classified in [`http`]: retried with exponential backoff and jitter
-//! for as long as it takes (honouring `Retry-After`), split in halves on 413,
-//! dead-lettered on other 4xx ([`dead_letter`]).
+//! for as long as it takes (honouring `Retry-After` up to `retry_max_ms`),
+//! split in halves on 413, dead-lettered on other 4xx ([`dead_letter`]).
+//! A collector that judges records one by one (`_bulk` item errors, HEC
+//! codes) gets only the records it did not take sent again; those it
+//! refused for good are dead-lettered each with its own error.
 //!
-//! Backpressure and outages: while all permits are held by retrying
-//! requests, the sink stops reading its queue, the queue fills, and the
-//! tailers wait: memory stays bounded. When upstream has been failing for
-//! `spool_after_ms`, requests go to the disk spool ([`spool`]) instead and
-//! are acknowledged once fsynced, so tailers read on and checkpoints advance
-//! even while Local Edition rotates and deletes files. Spooled data is thus
-//! acknowledged: its source file may be gone, and the spool is its only
-//! copy. The spool is drained first (new requests wait) as soon as upstream
-//! answers again, with all `max_in_flight` permits. If the spool reaches
-//! `spool_max_bytes`, its oldest files are deleted with an error log line and
-//! counted in `dropped`: never silently.
+//! Backpressure and outages: one collector must not hold back the archive
+//! and the channel, which share the tailers with this sink. While all
+//! permits are held (a collector failing, slow or silent), built requests
+//! wait for one, unless this sink's queue is full (the tailers would wait
+//! on it): then they spill to the disk spool ([`spool`]) and are
+//! acknowledged once fsynced, so reading goes on. A spill never deletes
+//! spooled records; with a full spool, requests wait as without one. When
+//! upstream has been failing for `spool_after_ms`, every request goes to the
+//! spool, and the oldest spool files are deleted to make room if needed
+//! (with an error log line, counted in `dropped`: never silently). Spooled
+//! data is acknowledged: its source file may be gone, and the spool is its
+//! only copy. The spool is drained first (new requests wait) whenever
+//! upstream answers, with all `max_in_flight` permits.
+//!
+//! Files that go away: while a reader holds a durability demand (its file
+//! was deleted or rotated out of the globs with records not yet
+//! acknowledged, [`crate::pipeline::Durability`]), everything this sink
+//! holds in memory is written to the spool at once and acknowledged: the
+//! request being built, requests waiting for a permit, and requests being
+//! sent or waiting to retry (those stay with their sender, which goes on
+//! sending the spool file and deletes it once delivered).
 //!
 //! Shutdown: when the queue closes, what is batched is sent and the sink
-//! waits up to `shutdown_grace_ms` for requests in flight; when the grace
-//! period ends (or the bridge cancels `shutdown`), requests still pending
-//! are spooled if the spool is enabled, otherwise left unacknowledged (their
-//! records are read again after a restart).
+//! waits up to `shutdown_grace_ms` for requests in flight. If the collector
+//! is failing then, what is held goes to the spool at once instead, and the
+//! sink stops as soon as everything is acknowledged. When the grace period
+//! ends (or the bridge cancels `shutdown`), requests still pending, and
+//! batches still queued, are spooled if the spool is enabled, otherwise
+//! left unacknowledged (their records are read again after a restart).
 
 mod dead_letter;
 pub mod encode;
@@ -56,7 +71,8 @@ use self::http::Outcome;
 use self::spool::Spool;
 use super::{SinkContext, SinkHandle};
 use crate::config::{UpstreamConfig, UpstreamFormat};
-use crate::pipeline::{Batch, Fanout, Receipt};
+use crate::logsafe::{self, Escaped};
+use crate::pipeline::{Batch, Durability, Fanout, Receipt};
 use crate::telemetry::log_limit::LogLimit;
 use crate::telemetry::SinkStats;
 use crate::time::now_ms;
@@ -71,7 +87,7 @@ const RECHECK: Duration = Duration::from_millis(50);
 /// Starts the upstream sink and registers its queue on `fanout`.
 pub async fn start(cfg: &UpstreamConfig, ctx: &SinkContext, fanout: &mut Fanout) -> anyhow::Result<(SinkHandle, UpstreamHandle)> {
     let (tx, rx) = super::queue();
-    let up = Upstream::new(cfg, ctx).await?;
+    let up = Upstream::new(cfg, ctx, fanout.durability(), tx.downgrade()).await?;
     let handle = UpstreamHandle { shared: up.shared.clone() };
     fanout.add(NAME, tx);
     let task = tokio::spawn(up.run(rx));
@@ -131,6 +147,49 @@ struct Request {
 }
 
 impl Request {
+    /// The records at `indices` (ascending) as a request of their own, with
+    /// their covers.
+    fn subset(&self, indices: &[usize]) -> Request {
+        let units = self.units.select(indices);
+        let mut covers: Vec<Cover> = Vec::new();
+        let (mut ci, mut cover_end) = (0, self.covers.first().map_or(0, |c| c.count));
+        for &i in indices {
+            while ci < self.covers.len() && i >= cover_end {
+                ci += 1;
+                cover_end += self.covers.get(ci).map_or(0, |c| c.count);
+            }
+            if let Some(c) = self.covers.get(ci) {
+                match covers.last_mut() {
+                    Some(l) if Arc::ptr_eq(&l.pending, &c.pending) => l.count += 1,
+                    _ => covers.push(Cover { pending: c.pending.clone(), count: 1 }),
+                }
+            }
+        }
+        let observed_ms = covers.iter().map(|c| c.pending.batch.observed_ms).min().unwrap_or(self.observed_ms);
+        Request { units: Arc::new(units), covers, observed_ms, origin: self.origin }
+    }
+
+    /// Splits by what the collector did with each record: taken, to send
+    /// again, refused (with each refused record's status and error).
+    #[allow(clippy::type_complexity)]
+    fn partition(self, items: &[http::Item]) -> (Option<Request>, Option<Request>, Option<(Request, Vec<(u16, String)>)>) {
+        let (mut done, mut retry, mut refused, mut errors) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for i in 0..self.units.len() {
+            match items.get(i) {
+                Some(http::Item::Done) => done.push(i),
+                Some(http::Item::Rejected { status, error }) => {
+                    refused.push(i);
+                    errors.push((*status, error.clone()));
+                }
+                // A record the answer does not mention is sent again.
+                Some(http::Item::Retry) | None => retry.push(i),
+            }
+        }
+        let part = |ix: &[usize]| (!ix.is_empty()).then(|| self.subset(ix));
+        let refused = part(&refused).map(|r| (r, errors));
+        (part(&done), part(&retry), refused)
+    }
+
     /// Splits in halves (413), keeping the covers aligned with the records.
     fn split(self) -> (Request, Request) {
         let at = self.units.len() / 2;
@@ -157,6 +216,32 @@ impl Request {
             Request { units: Arc::new(b), covers: cb, observed_ms: ob, origin: self.origin },
         )
     }
+}
+
+/// Whether a spool write may delete the oldest spooled records to make
+/// room.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Evict {
+    /// Yes: upstream has been failing for `spool_after_ms` (or the sink is
+    /// stopping), the spool is the only place left.
+    Oldest,
+    /// No: without room the request waits in memory (a spill because the
+    /// queue is full, or a durability demand, never costs older records).
+    No,
+}
+
+/// Why records go to the dead-letter file.
+enum Rejection<'a> {
+    /// The whole request, with the answer's status and body.
+    Whole {
+        /// The HTTP status.
+        status: u16,
+        /// The start of the answer.
+        response: &'a str,
+    },
+    /// Records refused one by one: each record's status and error, in
+    /// order.
+    PerRecord(Vec<(u16, String)>),
 }
 
 /// How a request's records were handled.
@@ -234,9 +319,19 @@ struct Shared {
     abandon: CancellationToken,
     /// Owns every sender task.
     tracker: TaskTracker,
+    /// Reports a spool that cannot be written (a full state_dir).
+    spool_fault: crate::telemetry::Fault,
+    /// Reports a dead-letter file that cannot be written.
+    dead_letter_fault: crate::telemetry::Fault,
     /// Limits the dead-letter log lines: a collector that refuses every
     /// batch would otherwise write one error line per request.
     dead_letter_log: Mutex<LogLimit>,
+    /// Demands to make what is held in memory durable now (a file gone
+    /// with records not yet acknowledged; see [`Durability`]).
+    durability: Arc<Durability>,
+    /// The sink's own queue (weak: it does not keep the queue open), to
+    /// see when it is full: then the tailers wait on this sink.
+    queue: mpsc::WeakSender<Arc<Batch>>,
 }
 
 /// The settings of a running upstream sink that a reload replaces: the
@@ -333,7 +428,12 @@ pub struct Upstream {
 impl Upstream {
     /// Builds the client and opens the spool (indexing what a previous run
     /// left there; it is sent first).
-    pub async fn new(cfg: &UpstreamConfig, ctx: &SinkContext) -> anyhow::Result<Upstream> {
+    pub async fn new(
+        cfg: &UpstreamConfig,
+        ctx: &SinkContext,
+        durability: Arc<Durability>,
+        queue: mpsc::WeakSender<Arc<Batch>>,
+    ) -> anyhow::Result<Upstream> {
         let live = {
             let c = cfg.clone();
             tokio::task::spawn_blocking(move || Live::build(&c)).await??
@@ -368,7 +468,11 @@ impl Upstream {
             permits: Arc::new(Semaphore::new(cfg.max_in_flight)),
             abandon: CancellationToken::new(),
             tracker: TaskTracker::new(),
+            spool_fault: ctx.telemetry.fault("upstream_spool"),
+            dead_letter_fault: ctx.telemetry.fault("dead_letter"),
             dead_letter_log: Mutex::new(LogLimit::default()),
+            durability,
+            queue,
         });
         shared.update_oldest();
         Ok(Upstream { shared, ctx: ctx.clone() })
@@ -397,6 +501,15 @@ impl Upstream {
                         }
                     }
                 }
+                // A file went away with records batched here: spool them now.
+                _ = sh.durability.demanded(), if sh.spool.is_some() && !b.units.is_empty() => {
+                    flush_at = None;
+                    if let Some(req) = b.take() {
+                        if !sh.dispatch(req, &shutdown).await {
+                            break;
+                        }
+                    }
+                }
                 msg = rx.recv() => match msg {
                     Some(batch) => {
                         if !sh.add(batch, &mut b, &mut flush_at, &shutdown).await {
@@ -413,6 +526,10 @@ impl Upstream {
         let grace_ms = sh.live().cfg.shutdown_grace_ms;
         let grace = Duration::from_millis(grace_ms);
         let deadline = Instant::now() + grace;
+        // Stopping while the collector fails: what is held goes to the
+        // spool at once rather than after the grace period, so a kill
+        // during the drain loses nothing.
+        let _urgent = (sh.spool.is_some() && sh.failing_since_ms.load(Ordering::Relaxed) != 0).then(|| sh.durability.demand());
         if closed {
             if let Some(req) = b.take() {
                 tokio::select! {
@@ -424,15 +541,32 @@ impl Upstream {
             sh.tracker.close();
             tokio::select! {
                 _ = sh.tracker.wait() => {}
+                // Every batch held is in the spool: nothing is gained by
+                // waiting for a failing collector.
+                _ = sh.all_acknowledged(), if _urgent.is_some() => {
+                    tracing::info!("upstream: stopping while the collector fails; what was not delivered is in the spool");
+                }
                 _ = tokio::time::sleep_until(deadline) => {
                     tracing::warn!(grace_ms, "upstream: shutdown grace period over with requests still pending");
                 }
                 _ = shutdown.cancelled() => {}
             }
-        } else if let Some(req) = b.take() {
-            // Stopped mid-batch: keep it if the spool can, else it is read again.
-            if let Err(req) = sh.spool_store(req).await {
-                drop(req);
+        } else {
+            // Stopped now: what is batched or still queued goes to the spool
+            // if it can (else it is unacknowledged and read again).
+            let live = sh.live();
+            while let Ok(batch) = rx.try_recv() {
+                sh.stats.enqueued(batch.records.len());
+                let p = sh.hold(&batch);
+                for r in batch.records.iter() {
+                    live.encoder.push(r, &mut b.units);
+                    b.note(&p);
+                }
+            }
+            if let Some(req) = b.take() {
+                if let Err(req) = sh.spool_store(req, Evict::No).await {
+                    drop(req);
+                }
             }
         }
         stop_drain.cancel();
@@ -468,7 +602,7 @@ impl Shared {
     /// An attempt failed: start the outage clock.
     fn failing(&self, reason: &str) {
         if self.failing_since_ms.compare_exchange(0, now_ms(), Ordering::Relaxed, Ordering::Relaxed).is_ok() {
-            tracing::warn!(url = %self.live().log_url, reason, "upstream: delivery failing; retrying with backoff");
+            tracing::warn!(url = %self.live().log_url, reason = %Escaped(reason), "upstream: delivery failing; retrying with backoff");
         }
     }
 
@@ -506,10 +640,7 @@ impl Shared {
             batch.ack();
             return true;
         }
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        lock(&self.pending).insert((batch.observed_ms, id));
-        self.update_oldest();
-        let p = Arc::new(Pending { batch: batch.receipt(), id, remaining: AtomicUsize::new(n) });
+        let p = self.hold(&batch);
         let live = self.live();
         let (cfg, encoder) = (&live.cfg, &live.encoder);
         let (max_records, max_bytes) = (cfg.batch_max_records, cfg.batch_max_bytes);
@@ -543,79 +674,156 @@ impl Shared {
                 }
             }
         }
+        if self.spool.is_some() && self.durability.is_demanded() {
+            // A file went away with records not yet acknowledged: nothing
+            // waits for the flush interval.
+            *flush_at = None;
+            if let Some(req) = b.take() {
+                return self.dispatch(req, shutdown).await;
+            }
+        }
         true
+    }
+
+    /// Resolves once every pipeline batch taken was acknowledged
+    /// (delivered, dead-lettered or spooled).
+    async fn all_acknowledged(&self) {
+        while !lock(&self.pending).is_empty() {
+            tokio::time::sleep(RECHECK).await;
+        }
+    }
+
+    /// Takes a non-empty pipeline batch into the pending set.
+    /// The caller encodes its records right away; only the receipt is kept.
+    fn hold(&self, batch: &Batch) -> Arc<Pending> {
+        let n = batch.records.len();
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        lock(&self.pending).insert((batch.observed_ms, id));
+        self.update_oldest();
+        Arc::new(Pending { batch: batch.receipt(), id, remaining: AtomicUsize::new(n) })
+    }
+
+    /// True when requests should go to the spool instead of waiting for a
+    /// sender: a file went away with records not yet acknowledged (a
+    /// durability demand), or this sink's queue is full, so the tailers,
+    /// and with them the archive and the channel, would wait on this one
+    /// collector.
+    fn must_spill(&self) -> bool {
+        if self.spool.is_none() {
+            return false;
+        }
+        match self.queue.upgrade() {
+            Some(tx) => self.durability.is_demanded() || tx.capacity() == 0,
+            // Nothing can send any more: the bridge is stopping. While the
+            // collector fails, what is held goes to the spool at once.
+            None => self.durability.is_demanded() || self.failing_since_ms.load(Ordering::Relaxed) != 0,
+        }
     }
 
     /// Hands a built request to a sender (waiting for a permit: this is the
     /// backpressure) or, during an outage, to the spool. Waits while spooled
-    /// files are waiting, so the backlog goes first. False on shutdown.
+    /// files are waiting, so the backlog goes first. Spills to the spool
+    /// instead of waiting when [`Shared::must_spill`] (never evicting: a
+    /// full spool means waiting, as without one). False on shutdown.
     async fn dispatch(self: &Arc<Self>, mut req: Request, shutdown: &CancellationToken) -> bool {
         loop {
             if self.in_outage() {
-                match self.spool_store(req).await {
+                match self.spool_store(req, Evict::Oldest).await {
                     Ok(()) => return true,
                     Err(r) => req = r,
                 }
-            } else if !self.spool_has_untaken() {
-                tokio::select! {
-                    p = self.permits.clone().acquire_owned() => {
-                        let Ok(permit) = p else { return false };
-                        let sh = self.clone();
-                        self.tracker.spawn(async move { sh.deliver(req, permit).await });
+            } else {
+                if !self.spool_has_untaken() {
+                    if let Ok(permit) = self.permits.clone().try_acquire_owned() {
+                        self.send(req, permit);
                         return true;
                     }
-                    _ = shutdown.cancelled() => return false,
-                    _ = tokio::time::sleep(RECHECK) => {}
                 }
-                continue;
+                if self.must_spill() {
+                    match self.spool_store(req, Evict::No).await {
+                        Ok(()) => return true,
+                        Err(r) => req = r,
+                    }
+                }
+                if !self.spool_has_untaken() {
+                    tokio::select! {
+                        p = self.permits.clone().acquire_owned() => {
+                            let Ok(permit) = p else { return false };
+                            self.send(req, permit);
+                            return true;
+                        }
+                        _ = shutdown.cancelled() => return false,
+                        _ = self.durability.demanded(), if self.spool.is_some() && !self.durability.is_demanded() => {}
+                        _ = tokio::time::sleep(RECHECK) => {}
+                    }
+                    continue;
+                }
             }
             tokio::select! {
                 _ = shutdown.cancelled() => return false,
                 _ = self.spool_changed.notified() => {}
+                _ = self.durability.demanded(), if self.spool.is_some() && !self.durability.is_demanded() => {}
                 _ = tokio::time::sleep(RECHECK) => {}
             }
         }
     }
 
+    /// Starts a sender for a request.
+    fn send(self: &Arc<Self>, req: Request, permit: OwnedSemaphorePermit) {
+        let sh = self.clone();
+        self.tracker.spawn(async move { sh.deliver(req, permit).await });
+    }
+
     /// Sends one request until all its records are handled (splitting on
-    /// 413), or until `abandon` (then spooled if possible, else dropped
-    /// unacknowledged).
+    /// 413, sending again only the records a collector did not take), or
+    /// until `abandon` (then spooled if possible, else dropped
+    /// unacknowledged). While a durability demand is held, the records it
+    /// holds in memory are spooled at once (the spool file stays with this
+    /// sender, which goes on sending it) and acknowledged.
     async fn deliver(self: Arc<Self>, req: Request, _permit: OwnedSemaphorePermit) {
-        let origin = req.origin;
         let mut stack = vec![req];
+        // A spool write failed for a demand: wait a little before the next.
+        let mut durable_failed = false;
         'requests: while let Some(mut r) = stack.pop() {
             let mut attempt: u32 = 0;
-            let units = r.units.clone();
-            // The encoder in force now encodes the body; its headers go with it.
-            let enc = self.live().encoder.clone();
-            let (content_type, content_encoding) = (enc.content_type(), enc.content_encoding());
-            let body = match tokio::task::spawn_blocking(move || enc.body(&units)).await {
-                Ok(b) => bytes::Bytes::from(b),
-                Err(e) => {
-                    tracing::error!(error = %e, "upstream: encoding a request failed");
-                    return self.give_up(r, stack).await;
-                }
-            };
+            let mut body: Option<http::Body> = None;
             loop {
+                let body_now = match &body {
+                    Some(b) => b.clone(),
+                    None => match self.encode(&r).await {
+                        Some(b) => body.insert(b).clone(),
+                        None => return self.give_up(r, stack).await,
+                    },
+                };
                 let live = self.live();
-                let outcome = tokio::select! {
-                    o = http::attempt(&live.client, &live.cfg.url, content_type, content_encoding, body.clone(), live.cfg.auth_failures) => o,
-                    _ = self.abandon.cancelled() => {
-                        stack.push(r);
-                        return self.give_up_all(stack).await;
+                let send = http::attempt(&live.client, &live.cfg.url, &body_now, live.cfg.auth_failures);
+                tokio::pin!(send);
+                let outcome = loop {
+                    let in_memory = r.origin == Origin::Memory || stack.iter().any(|q| q.origin == Origin::Memory);
+                    tokio::select! {
+                        o = &mut send => break o,
+                        _ = self.abandon.cancelled() => {
+                            stack.push(r);
+                            return self.give_up_all(stack).await;
+                        }
+                        _ = self.durable_wanted(durable_failed), if in_memory && self.spool.is_some() => {
+                            durable_failed = !self.make_durable(&mut r, &mut stack).await;
+                        }
                     }
                 };
-                match outcome {
+                let (reason, after) = match outcome {
                     Outcome::Delivered => {
                         self.healthy();
+                        let origin = r.origin;
                         self.complete(r, Handled::Delivered);
+                        self.piece_done(origin, &stack).await;
                         continue 'requests;
                     }
                     Outcome::TooLarge if r.units.len() > 1 => {
                         self.healthy();
                         tracing::warn!(
                             records = r.units.len(),
-                            bytes = body.len(),
+                            bytes = body_now.bytes.len(),
                             "upstream: 413 payload too large; splitting the request"
                         );
                         let (a, b) = r.split();
@@ -625,45 +833,150 @@ impl Shared {
                     }
                     Outcome::TooLarge => {
                         self.healthy();
-                        if !self.poison(r, 413, "413 Payload Too Large for a single record").await {
+                        let origin = r.origin;
+                        let why = Rejection::Whole { status: 413, response: "413 Payload Too Large for a single record" };
+                        if !self.poison(r, why).await {
                             return self.give_up_all(stack).await;
                         }
+                        self.piece_done(origin, &stack).await;
                         continue 'requests;
                     }
                     Outcome::Poison { status, body } => {
                         self.healthy();
-                        if !self.poison(r, status, &body).await {
+                        let origin = r.origin;
+                        if !self.poison(r, Rejection::Whole { status, response: &body }).await {
                             return self.give_up_all(stack).await;
                         }
+                        self.piece_done(origin, &stack).await;
                         continue 'requests;
                     }
-                    Outcome::Retry { reason, after } => {
-                        self.stats.retried();
-                        self.failing(&reason);
-                        if attempt == 0 || attempt.is_power_of_two() {
-                            tracing::warn!(url = %live.log_url, reason = %reason, attempt = attempt + 1, records = r.units.len(), "upstream: attempt failed; will retry");
+                    Outcome::Partial { items, reason } => {
+                        // The collector answered and took some records: it
+                        // is up. What it took is acknowledged, what it
+                        // refused for good is dead-lettered, the rest is
+                        // sent again after a backoff.
+                        self.healthy();
+                        let origin = r.origin;
+                        let (done, retry, refused) = r.partition(&items);
+                        if let Some(d) = done {
+                            self.complete(d, Handled::Delivered);
                         }
-                        if r.origin == Origin::Memory && self.in_outage() {
-                            match self.spool_store(r).await {
-                                Ok(()) => continue 'requests,
-                                Err(back) => r = back,
-                            }
-                        }
-                        let delay = after.unwrap_or_else(|| http::backoff(attempt, live.cfg.retry_initial_ms, live.cfg.retry_max_ms));
-                        attempt = attempt.saturating_add(1);
-                        tokio::select! {
-                            _ = tokio::time::sleep(delay) => {}
-                            _ = self.abandon.cancelled() => {
-                                stack.push(r);
+                        if let Some((rq, errors)) = refused {
+                            if !self.poison(rq, Rejection::PerRecord(errors)).await {
+                                stack.extend(retry);
                                 return self.give_up_all(stack).await;
                             }
+                        }
+                        let Some(rest) = retry else {
+                            self.piece_done(origin, &stack).await;
+                            continue 'requests;
+                        };
+                        r = rest;
+                        body = None;
+                        (reason, None)
+                    }
+                    Outcome::Retry { reason, after } => {
+                        self.failing(&reason);
+                        (reason, after)
+                    }
+                };
+                self.stats.retried();
+                if attempt == 0 || attempt.is_power_of_two() {
+                    tracing::warn!(url = %live.log_url, reason = %Escaped(&reason), attempt = attempt + 1, records = r.units.len(), "upstream: attempt failed; will retry");
+                }
+                if r.origin == Origin::Memory && self.in_outage() {
+                    match self.spool_store(r, Evict::Oldest).await {
+                        Ok(()) => continue 'requests,
+                        Err(back) => r = back,
+                    }
+                }
+                let (delay, capped) = http::retry_delay(after, attempt, live.cfg.retry_initial_ms, live.cfg.retry_max_ms);
+                if capped {
+                    self.stats.retry_after_capped();
+                    tracing::warn!(
+                        retry_after_secs = after.map_or(0, |a| a.as_secs()),
+                        retry_max_ms = live.cfg.retry_max_ms,
+                        "upstream: the collector asked to wait longer than retry_max_ms; retrying after retry_max_ms"
+                    );
+                }
+                attempt = attempt.saturating_add(1);
+                let wake = Instant::now() + delay;
+                loop {
+                    let in_memory = r.origin == Origin::Memory || stack.iter().any(|q| q.origin == Origin::Memory);
+                    tokio::select! {
+                        _ = tokio::time::sleep_until(wake) => break,
+                        _ = self.abandon.cancelled() => {
+                            stack.push(r);
+                            return self.give_up_all(stack).await;
+                        }
+                        _ = self.durable_wanted(durable_failed), if in_memory && self.spool.is_some() => {
+                            durable_failed = !self.make_durable(&mut r, &mut stack).await;
                         }
                     }
                 }
             }
         }
+    }
+
+    /// Resolves when a durability demand is held; after a failed attempt
+    /// to meet one, not before [`RECHECK`] has passed.
+    async fn durable_wanted(&self, failed_before: bool) {
+        if failed_before {
+            tokio::time::sleep(RECHECK).await;
+        }
+        self.durability.demanded().await
+    }
+
+    /// Writes the memory requests of a sender (the one being sent and those
+    /// waiting on its stack) to the spool, acknowledges their records, and
+    /// keeps them: they are sent on as spool files this sender owns. False
+    /// when one could not be written (it stays in memory).
+    async fn make_durable(&self, r: &mut Request, stack: &mut [Request]) -> bool {
+        let mut ok = true;
+        for q in std::iter::once(r).chain(stack.iter_mut()) {
+            if q.origin != Origin::Memory {
+                continue;
+            }
+            match self.write_spool(&q.units, q.observed_ms, Evict::No, true).await {
+                Some(seq) => {
+                    let acked = Request {
+                        units: q.units.clone(),
+                        covers: std::mem::take(&mut q.covers),
+                        observed_ms: q.observed_ms,
+                        origin: Origin::Spool(seq),
+                    };
+                    self.complete(acked, Handled::Spooled);
+                    q.origin = Origin::Spool(seq);
+                    tracing::debug!(seq, records = q.units.len(), "upstream: records of a file gone made durable in the spool");
+                }
+                None => ok = false,
+            }
+        }
+        ok
+    }
+
+    /// A piece of a request is handled: its spool file goes when no other
+    /// piece of this sender still needs it.
+    async fn piece_done(&self, origin: Origin, stack: &[Request]) {
         if let Origin::Spool(seq) = origin {
-            self.spool_delete(seq).await;
+            if !stack.iter().any(|q| q.origin == origin) {
+                self.spool_delete(seq).await;
+            }
+        }
+    }
+
+    /// The body of a request, encoded off the runtime by the encoder in
+    /// force now (its headers go with it); `None` when encoding failed.
+    async fn encode(&self, r: &Request) -> Option<http::Body> {
+        let units = r.units.clone();
+        let enc = self.live().encoder.clone();
+        let (content_type, content_encoding, format, records) = (enc.content_type(), enc.content_encoding(), enc.format, units.len());
+        match tokio::task::spawn_blocking(move || enc.body(&units)).await {
+            Ok(b) => Some(http::Body { bytes: bytes::Bytes::from(b), content_type, content_encoding, format, records }),
+            Err(e) => {
+                tracing::error!(error = %e, "upstream: encoding a request failed");
+                None
+            }
         }
     }
 
@@ -680,7 +993,7 @@ impl Shared {
         for r in stack {
             match r.origin {
                 Origin::Memory => {
-                    let _ = self.spool_store(r).await;
+                    let _ = self.spool_store(r, Evict::Oldest).await;
                 }
                 Origin::Spool(seq) => {
                     if let Some(s) = &self.spool {
@@ -694,27 +1007,48 @@ impl Shared {
     /// Writes a poison request to the dead-letter file (retrying on disk
     /// errors until it is written or the sink is abandoned). False when
     /// abandoned before it could be written (the records stay unhandled).
-    async fn poison(&self, r: Request, status: u16, response: &str) -> bool {
-        if lock(&self.dead_letter_log).allow(std::time::Instant::now(), "rejected") {
-            tracing::error!(
+    async fn poison(&self, r: Request, why: Rejection<'_>) -> bool {
+        let log = lock(&self.dead_letter_log).allow(std::time::Instant::now(), "rejected");
+        match &why {
+            Rejection::Whole { status, response } if log => tracing::error!(
                 url = %self.live().log_url, status, records = r.units.len(),
-                response = %response.chars().take(200).collect::<String>(),
-                file = %self.dead_letter.path().display(),
+                response = %logsafe::clip(response, 200),
+                file = %Escaped::path(self.dead_letter.path()),
                 "upstream: batch rejected; written to the dead-letter file"
-            );
+            ),
+            Rejection::PerRecord(errors) if log => tracing::error!(
+                url = %self.live().log_url, records = r.units.len(),
+                first_status = errors.first().map_or(0, |e| e.0),
+                first_error = %logsafe::clip(errors.first().map_or("", |e| e.1.as_str()), 200),
+                file = %Escaped::path(self.dead_letter.path()),
+                "upstream: records refused one by one by the collector; written to the dead-letter file"
+            ),
+            _ => {}
         }
         self.log_dead_letter_summary(false);
+        let owned = match why {
+            Rejection::Whole { status, response } => Err((status, response.to_string())),
+            Rejection::PerRecord(errors) => Ok(errors),
+        };
+        let owned = Arc::new(owned);
         let mut attempt = 0;
         loop {
             let live = self.live();
-            let (dl, url, units, resp) = (self.dead_letter.clone(), live.log_url.clone(), r.units.clone(), response.to_string());
+            let (dl, url, units, why) = (self.dead_letter.clone(), live.log_url.clone(), r.units.clone(), owned.clone());
             let (fmt, rotation) = (format_name(live.cfg.format), live.cfg.dead_letter_rotation());
-            let res = tokio::task::spawn_blocking(move || dl.append(rotation, &url, fmt, status, &resp, &units)).await;
-            match res {
+            let res = tokio::task::spawn_blocking(move || match &*why {
+                Err((status, resp)) => dl.append(rotation, &url, fmt, *status, resp, &units),
+                Ok(errors) => dl.append_each(rotation, &url, fmt, errors, &units),
+            })
+            .await;
+            let err = match res {
                 Ok(Ok(appended)) => {
+                    if attempt > 0 {
+                        self.dead_letter_fault.recovered();
+                    }
                     if appended.deleted_bytes > 0 && lock(&self.dead_letter_log).allow(std::time::Instant::now(), "deleted") {
                         tracing::error!(
-                            file = %self.dead_letter.path().display(), deleted_bytes = appended.deleted_bytes,
+                            file = %Escaped::path(self.dead_letter.path()), deleted_bytes = appended.deleted_bytes,
                             keep_files = rotation.keep_files,
                             "upstream: dead-letter file rotated; DELETED the oldest rotated file to stay within dead_letter_rotate_bytes x dead_letter_keep_files"
                         );
@@ -722,12 +1056,11 @@ impl Shared {
                     self.complete(r, Handled::DeadLettered);
                     return true;
                 }
-                Ok(Err(e)) => {
-                    tracing::error!(file = %self.dead_letter.path().display(), error = %e, "upstream: cannot write the dead-letter file")
-                }
-                Err(e) => tracing::error!(error = %e, "upstream: dead-letter task failed"),
-            }
-            let delay = http::backoff(attempt, live.cfg.retry_initial_ms, live.cfg.retry_max_ms);
+                Ok(Err(e)) => format!("cannot write the dead-letter file {}: {e}", self.dead_letter.path().display()),
+                Err(e) => format!("the dead-letter task failed: {e}"),
+            };
+            // Logged once, then periodically; shown in /status and /readyz.
+            let delay = self.dead_letter_fault.failed(&err);
             attempt += 1;
             tokio::select! {
                 _ = tokio::time::sleep(delay) => {}
@@ -749,7 +1082,7 @@ impl Shared {
     fn log_dead_letter_summary(&self, force: bool) {
         if let Some(s) = lock(&self.dead_letter_log).summary(std::time::Instant::now(), force) {
             tracing::error!(
-                suppressed = s.total, by_kind = %s.by_label, file = %self.dead_letter.path().display(),
+                suppressed = s.total, by_kind = %s.by_label, file = %Escaped::path(self.dead_letter.path()),
                 "upstream: {} similar dead-letter log lines suppressed (dead-lettered records are counted in /metrics)", s.total
             );
         }
@@ -783,42 +1116,57 @@ impl Shared {
     }
 
     /// Writes a memory request to the spool and acknowledges its records.
-    /// Gives the request back when the spool is disabled, full of files
-    /// being sent, or failing.
-    async fn spool_store(&self, r: Request) -> Result<(), Request> {
-        let Some(spool) = &self.spool else { return Err(r) };
-        let need = spool::file_size_estimate(&r.units);
-        let (seq, path, evicted) = {
-            let mut s = lock(spool);
-            let ev = s.make_room(need);
-            if !s.fits(need) {
-                drop(s);
-                self.report_evicted(&ev);
-                return Err(r);
-            }
-            let (seq, path) = s.reserve(need);
-            (seq, path, ev)
-        };
-        self.report_evicted(&evicted);
-        let (units, obs, p) = (r.units.clone(), r.observed_ms, path.clone());
-        match tokio::task::spawn_blocking(move || spool::write_file(&p, &units, obs)).await {
-            Ok(Ok(size)) => {
-                lock(spool).add(seq, size, r.units.len(), r.observed_ms, need);
+    /// Gives the request back when the spool is disabled, full (of files
+    /// being sent, or at all with [`Evict::No`]), or failing.
+    async fn spool_store(&self, r: Request, evict: Evict) -> Result<(), Request> {
+        match self.write_spool(&r.units, r.observed_ms, evict, false).await {
+            Some(seq) => {
                 tracing::debug!(seq, records = r.units.len(), "upstream: request spooled");
                 self.complete(r, Handled::Spooled);
                 self.spool_changed.notify_waiters();
                 Ok(())
             }
+            None => Err(r),
+        }
+    }
+
+    /// Writes units durably to a new spool file and registers it (`taken`:
+    /// the caller goes on sending it). `None` when the spool is disabled,
+    /// has no room, or the write failed.
+    async fn write_spool(&self, units: &Arc<Units>, observed_ms: i64, evict: Evict, taken: bool) -> Option<u64> {
+        let spool = self.spool.as_ref()?;
+        let need = spool::file_size_estimate(units);
+        let (seq, path, evicted) = {
+            let mut s = lock(spool);
+            let ev = if evict == Evict::Oldest { s.make_room(need) } else { spool::Evicted::default() };
+            if !s.fits(need) {
+                drop(s);
+                self.report_evicted(&ev);
+                return None;
+            }
+            let (seq, path) = s.reserve(need);
+            (seq, path, ev)
+        };
+        self.report_evicted(&evicted);
+        let (u, p) = (units.clone(), path.clone());
+        match tokio::task::spawn_blocking(move || spool::write_file(&p, &u, observed_ms)).await {
+            Ok(Ok(size)) => {
+                lock(spool).add(seq, size, units.len(), observed_ms, need, taken);
+                self.spool_fault.recovered();
+                Some(seq)
+            }
             Ok(Err(e)) => {
                 lock(spool).unreserve(need);
-                tracing::error!(file = %path.display(), error = %e, "upstream: cannot write to the spool; keeping the request in memory");
+                // Logged once, then periodically; the request stays in
+                // memory (unacknowledged) and is spooled or sent later.
+                self.spool_fault.failed(&format!("cannot write to the spool {}: {e}; keeping the request in memory", path.display()));
                 let _ = std::fs::remove_file(path.with_extension("tmp"));
-                Err(r)
+                None
             }
             Err(e) => {
                 lock(spool).unreserve(need);
                 tracing::error!(error = %e, "upstream: spool task failed");
-                Err(r)
+                None
             }
         }
     }

@@ -167,12 +167,12 @@ impl Spool {
     }
 
     /// Registers a file written by [`write_file`] for a reservation of
-    /// `reserved` bytes.
-    pub fn add(&mut self, seq: u64, bytes: u64, records: usize, observed_ms: i64, reserved: u64) {
+    /// `reserved` bytes; `taken` when its writer goes on sending it.
+    pub fn add(&mut self, seq: u64, bytes: u64, records: usize, observed_ms: i64, reserved: u64, taken: bool) {
         self.unreserve(reserved);
         // Keep sequence order even if writes finished out of order.
         let at = self.entries.iter().position(|e| e.seq > seq).unwrap_or(self.entries.len());
-        self.entries.insert(at, Entry { seq, bytes, records, observed_ms, taken: false });
+        self.entries.insert(at, Entry { seq, bytes, records, observed_ms, taken });
         self.bytes += bytes;
     }
 
@@ -287,7 +287,7 @@ mod tests {
             let (seq, p) = s.reserve(0);
             let u = units(i + 1, 10);
             let n = write_file(&p, &u, 100 + i as i64).unwrap();
-            s.add(seq, n, u.len(), 100 + i as i64, 0);
+            s.add(seq, n, u.len(), 100 + i as i64, 0, false);
         }
         assert_eq!(s.records(), 6);
         let again = Spool::open(d.path(), 1 << 20).unwrap();
@@ -310,7 +310,7 @@ mod tests {
         for _ in 0..3 {
             let (seq, p) = s.reserve(0);
             size = write_file(&p, &units(2, 100), 1).unwrap();
-            s.add(seq, size, 2, 1, 0);
+            s.add(seq, size, 2, 1, 0, false);
         }
         s.max_bytes = 3 * size;
         let (taken, _) = s.take_oldest().unwrap();
@@ -331,7 +331,7 @@ mod tests {
         assert!(s.fits(600));
         let (a, _) = s.reserve(600);
         assert!(!s.fits(600), "the first reservation counts");
-        s.add(a, 550, 1, 1, 600);
+        s.add(a, 550, 1, 1, 600, false);
         assert_eq!((s.bytes(), s.reserved), (550, 0));
         let (_, _) = s.reserve(400);
         s.unreserve(400);

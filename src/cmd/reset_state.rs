@@ -1,0 +1,196 @@
+//! `calllog-bridge reset-state --config FILE --read-from end|beginning`:
+//! the recovery from a damaged `checkpoints.json` or `channel.seq` (the
+//! bridge refuses to start on one, with
+//! [`crate::checkpoint::EXIT_DAMAGED_STATE`]).
+//!
+//! The damaged file is kept aside (renamed `<name>.damaged-<UTC time>`),
+//! never deleted. New checkpoints are written for every file the sources
+//! match now, at its start or at its end as the operator chose; a new
+//! `channel.seq` starts above any number a bridge can have used, so a
+//! client never sees a sequence number twice. Files that are not damaged
+//! are left alone unless `--force`. The bridge must be stopped: the command
+//! takes the state directory's lock, as `run` does.
+
+use std::fs::File;
+use std::io::{self, Read};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+
+use crate::checkpoint::{CheckpointError, Checkpointer};
+use crate::cli::{ResetStateArgs, ResumeFrom};
+use crate::config::{Config, EXIT_CONFIG};
+use crate::sink::channel;
+use crate::tail::fingerprint::{self, Probe};
+use crate::watch::{self, Watcher};
+
+/// Runs the command; returns the exit code.
+pub fn run(args: ResetStateArgs) -> anyhow::Result<i32> {
+    let cfg = match Config::load(&args.config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("calllog-bridge: {e}");
+            return Ok(EXIT_CONFIG);
+        }
+    };
+    let state_dir = cfg.state_dir.clone();
+    let stamp = file_stamp(crate::time::now_ms());
+    // A running bridge would write its own state over ours: one at a time.
+    let _lock = if state_dir.is_dir() {
+        match crate::state_lock::StateLock::acquire(&state_dir) {
+            Ok(l) => Some(l),
+            Err(e) => {
+                eprintln!("calllog-bridge: {e}");
+                return Ok(1);
+            }
+        }
+    } else {
+        None
+    };
+
+    let ckpt_path = state_dir.join(crate::checkpoint::FILE_NAME);
+    let ckpt_damaged = match Checkpointer::load(&state_dir) {
+        Ok(_) => None,
+        Err(CheckpointError::Invalid { message, .. }) => Some(message),
+        Err(e) => return Err(e).context("cannot read the checkpoints"),
+    };
+    let seq_path = state_dir.join(channel::SEQ_FILE);
+    let seq_damaged = match std::fs::read(&seq_path) {
+        Ok(bytes) => channel::parse_seq(&bytes).err(),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", seq_path.display())),
+    };
+    if ckpt_damaged.is_none() && seq_damaged.is_none() && !args.force {
+        println!(
+            "nothing is damaged in {}: {} and {} are readable; nothing changed (--force replaces them anyway)",
+            state_dir.display(),
+            crate::checkpoint::FILE_NAME,
+            channel::SEQ_FILE
+        );
+        return Ok(0);
+    }
+
+    if ckpt_damaged.is_some() || args.force {
+        if let Some(problem) = &ckpt_damaged {
+            println!("{} is damaged: {problem}", ckpt_path.display());
+        }
+        if let Some(aside) = keep_aside(&ckpt_path, &stamp)? {
+            println!("kept it aside as {}", aside.display());
+        }
+        let ck = Checkpointer::empty(&state_dir);
+        let mut files = 0;
+        for (i, source) in cfg.sources.iter().enumerate() {
+            let w = Watcher::new(source).with_context(|| format!("source[{i}].paths"))?;
+            for seen in w.scan() {
+                match checkpoint_file(&ck, &seen, source.max_line_bytes, args.read_from) {
+                    Ok(Some(offset)) => {
+                        files += 1;
+                        println!("  {} resumes at {offset}", seen.path.display());
+                    }
+                    Ok(None) => println!("  {} has no complete first line yet: read from its start", seen.path.display()),
+                    Err(e) => println!("  {}: cannot read it ({e}): it follows read_from when the bridge starts", seen.path.display()),
+                }
+            }
+        }
+        ck.write(true).with_context(|| format!("cannot write {}", ckpt_path.display()))?;
+        let from = match args.read_from {
+            ResumeFrom::Beginning => "their start",
+            ResumeFrom::End => "their current end",
+        };
+        println!("wrote {} with {files} file(s) resuming at {from}", ckpt_path.display());
+    }
+
+    if seq_damaged.is_some() || args.force {
+        if let Some(problem) = &seq_damaged {
+            println!("{} is damaged: {problem}", seq_path.display());
+        }
+        if let Some(aside) = keep_aside(&seq_path, &stamp)? {
+            println!("kept it aside as {}", aside.display());
+        }
+        // Microseconds since 1970: a bridge would have had to send more
+        // than a million records a second since then to have used it.
+        let next = args.channel_seq.unwrap_or_else(|| (crate::time::now_ms().max(1) as u64).saturating_mul(1000)).max(1);
+        write_durable(&seq_path, format!("{next}\n").as_bytes()).with_context(|| format!("cannot write {}", seq_path.display()))?;
+        println!(
+            "wrote {}: the channel numbers records from {next} (clients that resume with ?since= get a `lost` notice \
+             for the numbers skipped)",
+            seq_path.display()
+        );
+    }
+    println!("done: start the bridge again");
+    Ok(0)
+}
+
+/// Checkpoints one file at its start or end; `None` when it has no
+/// complete first line (no fingerprint yet).
+fn checkpoint_file(ck: &Checkpointer, seen: &watch::Seen, max_line_bytes: usize, from: ResumeFrom) -> io::Result<Option<u64>> {
+    let file = File::open(&seen.path)?;
+    let m = file.metadata()?;
+    let gz = watch::is_gz(&seen.path);
+    let probe = if gz {
+        fingerprint::probe(flate2::read::MultiGzDecoder::new(&file), max_line_bytes)?
+    } else {
+        fingerprint::probe(&file, max_line_bytes)?
+    };
+    let Probe::Ready { fp, .. } = probe else { return Ok(None) };
+    ck.seen(fp, &seen.path.to_string_lossy(), m.dev(), m.ino(), m.len(), crate::time::now_ms());
+    let offset = match (from, gz) {
+        (ResumeFrom::Beginning, _) => 0,
+        (ResumeFrom::End, false) => crate::tail::end_of_last_line(&file, m.len()),
+        (ResumeFrom::End, true) => {
+            // A `.gz` never grows: its end is the end of its content, and it
+            // is marked complete so the bridge does not decompress it again.
+            let mut dec = flate2::read::MultiGzDecoder::new(File::open(&seen.path)?);
+            let end = io::copy(&mut (&mut dec as &mut dyn Read), &mut io::sink())?;
+            ck.mark_gz_complete(fp, m.len(), end);
+            end
+        }
+    };
+    ck.start_at(fp, offset);
+    Ok(Some(offset))
+}
+
+/// Renames `path` to `<path>.damaged-<stamp>`; `None` when it does not
+/// exist.
+fn keep_aside(path: &Path, stamp: &str) -> anyhow::Result<Option<PathBuf>> {
+    let mut name = path.as_os_str().to_owned();
+    name.push(format!(".damaged-{stamp}"));
+    let aside = PathBuf::from(name);
+    match std::fs::rename(path, &aside) {
+        Ok(()) => Ok(Some(aside)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("cannot rename {} to {}", path.display(), aside.display())),
+    }
+}
+
+/// `20260101T000000Z` for a file name.
+fn file_stamp(now_ms: i64) -> String {
+    let iso = crate::time::format_iso_millis(now_ms);
+    let secs = iso.split('.').next().unwrap_or(&iso);
+    secs.chars().filter(|c| c.is_ascii_alphanumeric()).collect::<String>() + "Z"
+}
+
+/// Writes a small file durably: temp file, fsync, rename, directory fsync.
+fn write_durable(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    use std::io::Write;
+    let tmp = path.with_extension("reset.tmp");
+    let mut f = File::create(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent() {
+        File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stamps_are_file_name_friendly() {
+        assert_eq!(file_stamp(1_767_225_600_123), "20260101T000000Z");
+    }
+}
