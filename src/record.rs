@@ -1,4 +1,4 @@
-//! The call-log record and its JSON shapes.
+//! The call-log record, its JSON shapes and its CSV row.
 //!
 //! [`Record`] is the 41-field call-log schema (FORMATS.md §1) plus the
 //! bridge's own `sync_delay_ms`. Values borrow from the line buffer
@@ -7,7 +7,11 @@
 //! before they cross a task boundary.
 //!
 //! Invariant: only this module decides the JSON shape of a record
-//! ([`Shape::Ecls`] or [`Shape::Ndjson`]).
+//! ([`Shape::Ecls`] or [`Shape::Ndjson`]) and how a record is written as a
+//! CSV row ([`Record::write_csv_row`], the Call Log Export's shape: every
+//! value as its text, RFC 4180 quoting). Which columns, in which order, is
+//! the caller's (the export's order is `parse::ecle_csv::NATURAL`, shared
+//! by the reader and the writer).
 
 use std::borrow::Cow;
 
@@ -309,6 +313,22 @@ impl<'a> Record<'a> {
         }
     }
 
+    /// Appends the record as one CSV row of `columns`, terminated by CRLF
+    /// (RFC 4180). Every value is written as its text, as the `ecls` shape
+    /// does (numbers as the source spelled them, `-` kept, a missing value
+    /// empty); a value holding a comma, a quote, CR or LF is quoted, with
+    /// quotes doubled. `ingestion_time` and `sync_delay_ms` are not columns
+    /// of the export.
+    pub fn write_csv_row(&self, columns: &[Field], out: &mut Vec<u8>) {
+        for (i, &f) in columns.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            write_csv_value(out, self.get(f));
+        }
+        out.extend_from_slice(b"\r\n");
+    }
+
     /// The record as a `serde_json::Value` in the given shape (tests, tools).
     pub fn to_value(&self, shape: Shape) -> serde_json::Value {
         let mut buf = Vec::with_capacity(1024);
@@ -341,6 +361,39 @@ pub fn write_ecls_message<'r, 'a: 'r>(records: impl IntoIterator<Item = &'r Reco
         r.write_ecls(out);
     }
     out.extend_from_slice(b"]}");
+}
+
+/// Appends the header row naming `columns` (schema names), terminated by
+/// CRLF: the row [`Record::write_csv_row`] writes under.
+pub fn write_csv_header(columns: &[Field], out: &mut Vec<u8>) {
+    for (i, f) in columns.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(f.name().as_bytes());
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Appends one CSV value: as it is, or quoted (quotes doubled) when it
+/// holds a delimiter, a quote or a line break (RFC 4180 section 2).
+fn write_csv_value(out: &mut Vec<u8>, v: &str) {
+    let b = v.as_bytes();
+    // Two vectorised scans; nearly every value needs no quoting.
+    if memchr::memchr3(b',', b'"', b'\n', b).is_none() && memchr::memchr(b'\r', b).is_none() {
+        out.extend_from_slice(b);
+        return;
+    }
+    out.reserve(b.len() + 4);
+    out.push(b'"');
+    let mut start = 0;
+    while let Some(i) = memchr::memchr(b'"', &b[start..]) {
+        out.extend_from_slice(&b[start..start + i + 1]);
+        out.push(b'"');
+        start += i + 1;
+    }
+    out.extend_from_slice(&b[start..]);
+    out.push(b'"');
 }
 
 /// True for the spellings of "no value": empty or `-`.
@@ -633,6 +686,43 @@ mod tests {
         }
         // Long integers and fractions stay numbers (readers round them).
         assert!(is_json_number("18446744073709551616") && is_json_number("0.000000000000000000001"));
+    }
+
+    #[test]
+    fn csv_values_quoted_only_when_needed() {
+        fn check(v: &str, expected: &str) {
+            let mut out = Vec::new();
+            write_csv_value(&mut out, v);
+            assert_eq!(std::str::from_utf8(&out).unwrap(), expected, "{v:?}");
+        }
+        check("", "");
+        check("-", "-");
+        check("plain text", "plain text");
+        check("Zürich – 東京", "Zürich – 東京");
+        check("a,b", "\"a,b\"");
+        check("say \"hi\"", "\"say \"\"hi\"\"\"");
+        check("\"", "\"\"\"\"");
+        check("two\nlines", "\"two\nlines\"");
+        check("cr\r", "\"cr\r\"");
+        check("a\"b,\r\n\"", "\"a\"\"b,\r\n\"\"\"");
+    }
+
+    #[test]
+    fn csv_row_in_the_given_columns_with_crlf() {
+        let mut r = Record::new_ml();
+        r.set(Field::RequestUuid, "u1");
+        r.set(Field::Bytes, "113");
+        r.set(Field::UserAgent, "ua, \"x\"");
+        r.set_request_time_ms(1_555_711_003_068);
+        r.stamp_observed(1_555_711_021_034);
+        let cols = [Field::RequestUuid, Field::Bytes, Field::UserAgent, Field::RequestTime, Field::OrgName];
+        let mut out = Vec::new();
+        write_csv_header(&cols, &mut out);
+        r.write_csv_row(&cols, &mut out);
+        assert_eq!(
+            std::str::from_utf8(&out).unwrap(),
+            "request_uuid,bytes,user_agent,request_time,org_name\r\nu1,113,\"ua, \"\"x\"\"\",2019-04-19T21:56:43Z,\r\n"
+        );
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! is cancelled after the grace period.
 
 pub mod channel;
+pub mod export;
 pub mod file;
 pub mod upstream;
 

@@ -1,0 +1,25 @@
+//! The `[export]` sink: the Call Log Export's CSV files, written locally
+//! minutes after each slice ends (the hosted export takes hours), and
+//! optionally uploaded to S3-compatible object storage.
+//!
+//! - [`slice`]: which slice a record falls in; file names (pure).
+//! - [`slice_file`]: one file being written (gzip stream, sync, publish by
+//!   rename) and reading files back (recovery, dedup sets).
+//! - [`exporter`]: the rules (open, late files, close, dedup), without
+//!   tasks or timers; shared with the offline `export` command.
+//! - [`dedup`]: `request_uuid` sets.
+//! - [`stats`]: per-slice figures for `/status`, `/metrics`, the dashboard.
+//! - [`config`]: `[export]` and `[export.s3]`.
+//!
+//! Delivery: a batch is acknowledged once its records are durably in a
+//! slice file (gzip sync flush and `fdatasync`, at most every
+//! `fsync_interval_ms`). Open slices are `.partial` files that survive a
+//! restart; see [`exporter`] for how records read again after an unclean
+//! stop are kept out of a slice that has them.
+
+pub mod config;
+pub mod dedup;
+pub mod exporter;
+pub mod slice;
+pub mod slice_file;
+pub mod stats;
