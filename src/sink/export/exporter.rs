@@ -463,7 +463,9 @@ impl Exporter {
         };
         let name = o.file.name();
         let unsynced = std::mem::take(&mut o.unsynced);
-        let path = match o.file.publish() {
+        // The upload marker first: a file is never published unmarked.
+        let published = if self.uploading { super::s3::mark_pending(&self.dir, &name) } else { Ok(()) };
+        let path = match published.and_then(|()| o.file.publish()) {
             Ok(p) => p,
             Err(e) => {
                 // The file stays a `.partial` on disk; take it up again from

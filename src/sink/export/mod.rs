@@ -20,6 +20,7 @@
 pub mod config;
 pub mod dedup;
 pub mod exporter;
+pub mod s3;
 pub mod slice;
 pub mod slice_file;
 pub mod stats;
