@@ -96,10 +96,8 @@ impl Bridge {
         let ctx = SinkContext { state_dir: state_dir.clone(), shutdown: stop_sinks.clone(), telemetry: telemetry.clone() };
         let mut fanout = Fanout::new();
         let (sinks, controls) = sink::start_all_with_controls(cfg, &ctx, &mut fanout, channel_listener).await?;
-        // /status and /metrics read the channel's connection figures and the
-        // enricher's lookup counters from here.
-        telemetry.set_channel_stats(controls.channel.as_ref().map(|ch| ch.stats()));
-        telemetry.set_enricher(enricher.clone());
+        // /status and /metrics show the enricher's lookup counters.
+        telemetry.set_lookups(enricher.lookup_stats());
 
         let checkpoints = {
             let d = state_dir.clone();
@@ -277,7 +275,7 @@ impl crate::reload::Reloadable for Bridge {
             self.stop_lookups.cancel();
             self.stop_lookups = self.stop_background.child_token();
             // The old tailers are stopped, so the old enricher's counters are final.
-            self.telemetry.set_enricher(e.clone());
+            self.telemetry.set_lookups(e.lookup_stats());
             if !e.files().is_empty() {
                 self.background.push(tokio::spawn(lookup_reloader(e.clone(), self.stop_lookups.clone())));
             }

@@ -470,11 +470,8 @@ pub async fn spawn_on(
         warn!(error = %format!("{e:#}"), "channel: cannot write {ADDR_FILE}");
     }
     // Where the dashboard (via /status) subscribes; never the token.
-    ctx.telemetry.set_channel(Some(crate::telemetry::ChannelInfo {
-        listen: local_addr.to_string(),
-        tls: tls.is_some(),
-        path: "/stream".into(),
-    }));
+    let stats = ChannelStats::new(&ctx.telemetry);
+    stats.set_endpoint(crate::telemetry::ChannelInfo { listen: local_addr.to_string(), tls: tls.is_some(), path: "/stream".into() });
 
     let mut seqs = SeqFile::open(ctx.state_dir.join(SEQ_FILE)).await?;
     let shared = Arc::new(Shared {
@@ -484,7 +481,7 @@ pub async fn spawn_on(
         conns: Mutex::new(Default::default()),
         next_conn_id: AtomicU64::new(1),
         token: RwLock::new(Arc::new(TokenEpoch::new(&token))),
-        stats: ChannelStats::default(),
+        stats,
         draining: CancellationToken::new(),
         stop: ctx.shutdown.child_token(),
         live: LiveSettings::new(cfg),
@@ -570,7 +567,8 @@ async fn sink_loop(
         }
         shared.append(items);
         batch.ack();
-        sink_stats.delivered(n, batch.observed_ms, now_ms());
+        // Delivered when a frame reaches a client (`frames_written`).
+        sink_stats.handed_over(n);
     }
 }
 
