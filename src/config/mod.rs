@@ -9,6 +9,7 @@
 mod channel;
 mod enrich;
 mod output;
+mod rejects;
 mod source;
 mod status;
 mod upstream;
@@ -21,6 +22,7 @@ use serde::Deserialize;
 pub use channel::{check_token, ChannelConfig, MIN_TOKEN_BYTES};
 pub use enrich::EnrichConfig;
 pub use output::FileOutputConfig;
+pub use rejects::RejectsConfig;
 pub use source::{ReadFrom, SourceConfig};
 pub use status::{ws_origin, StatusConfig};
 pub use upstream::{AuthFailures, Compression, UpstreamAuth, UpstreamConfig, UpstreamFormat};
@@ -56,6 +58,9 @@ pub struct Config {
     /// Metrics, status, health and the dashboard.
     #[serde(default)]
     pub status: StatusConfig,
+    /// The bound of the rejects file on disk.
+    #[serde(default)]
+    pub rejects: RejectsConfig,
 }
 
 fn default_state_dir() -> PathBuf {
@@ -187,6 +192,7 @@ impl Config {
             u.validate("upstream")?;
         }
         self.status.validate("status")?;
+        self.rejects.validate("rejects")?;
         if self.file_output.is_none() && self.channel.is_none() && self.upstream.is_none() {
             return Err(ConfigError::invalid(
                 "file_output",
@@ -316,6 +322,18 @@ path = "/tmp/out.ndjson"
         let c = load("[[source]]\npaths = [\"logs/*.log\"]\nexclude = [\"*.tmp\", \"logs/old*\"]\n[file_output]\npath = \"o\"\n").unwrap();
         assert_eq!(c.sources[0].paths, ["/etc/calllog-bridge/logs/*.log"]);
         assert_eq!(c.sources[0].exclude, ["*.tmp", "/etc/calllog-bridge/logs/old*"]);
+    }
+
+    #[test]
+    fn rejects_bound_defaults_and_checks() {
+        let c = load(MINIMAL).unwrap();
+        assert_eq!(c.rejects.rotation(), crate::rotating::Rotation { rotate_bytes: 16 << 20, keep_files: 3 });
+        let c = load(&format!("{MINIMAL}\n[rejects]\nrotate_bytes = 65536\nkeep_files = 0\n")).unwrap();
+        assert_eq!((c.rejects.rotate_bytes, c.rejects.keep_files), (65536, 0));
+        let e = load(&format!("{MINIMAL}\n[rejects]\nrotate_bytes = 0\n")).unwrap_err().to_string();
+        assert!(e.contains("rejects.rotate_bytes"), "{e}");
+        let e = load(&format!("{MINIMAL}\n[upstream]\nurl = \"http://c/\"\ndead_letter_rotate_bytes = 10\n")).unwrap_err().to_string();
+        assert!(e.contains("upstream.dead_letter_rotate_bytes"), "{e}");
     }
 
     #[test]

@@ -130,6 +130,14 @@ pub struct UpstreamConfig {
     /// default `<state_dir>/dead-letter.ndjson`.
     #[serde(default)]
     pub dead_letter_file: Option<PathBuf>,
+    /// Rotate the dead-letter file before it would pass this size (a
+    /// collector that refuses every batch must not fill the disk).
+    #[serde(default = "default_dead_letter_rotate_bytes")]
+    pub dead_letter_rotate_bytes: u64,
+    /// Rotated dead-letter files kept (`.1` ...); older ones are deleted
+    /// (logged as an error with their size).
+    #[serde(default = "default_dead_letter_keep_files")]
+    pub dead_letter_keep_files: usize,
     /// Splunk HEC `sourcetype`.
     #[serde(default)]
     pub splunk_sourcetype: Option<String>,
@@ -193,8 +201,19 @@ fn default_spool_after_ms() -> u64 {
 fn default_shutdown_grace_ms() -> u64 {
     5_000
 }
+fn default_dead_letter_rotate_bytes() -> u64 {
+    64 << 20
+}
+fn default_dead_letter_keep_files() -> usize {
+    4
+}
 
 impl UpstreamConfig {
+    /// The dead-letter file's bound on disk.
+    pub fn dead_letter_rotation(&self) -> crate::rotating::Rotation {
+        crate::rotating::Rotation { rotate_bytes: self.dead_letter_rotate_bytes, keep_files: self.dead_letter_keep_files }
+    }
+
     pub(super) fn resolve_paths(&mut self, base: &Path) {
         for p in [
             &mut self.bearer_token_file,
@@ -260,6 +279,7 @@ impl UpstreamConfig {
                 return Err(ConfigError::invalid(format!("{key}.{name}"), format!("must be at least {v}")));
             }
         }
+        super::rejects::check_rotate_bytes(&format!("{key}.dead_letter_rotate_bytes"), self.dead_letter_rotate_bytes)?;
         if self.retry_max_ms < self.retry_initial_ms {
             return Err(ConfigError::invalid(format!("{key}.retry_max_ms"), "must be >= retry_initial_ms"));
         }

@@ -48,11 +48,15 @@
 //! lookups into [`LookupStats`] ([`Telemetry::set_lookups`], which carries
 //! the counters of a block replaced by a reload over, so they never go
 //! backwards).
+//!
+//! [`log_limit`] keeps log lines that input can repeat (a rejected line, a
+//! failed write) to a few per window with a "suppressed N" summary.
 
 pub mod dashboard;
 pub mod delay;
 pub mod fault;
 pub mod figures;
+pub mod log_limit;
 pub mod lookup;
 pub mod metrics;
 pub mod server;

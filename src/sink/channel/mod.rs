@@ -58,7 +58,7 @@
 //! `<state_dir>/channel.addr`.
 
 mod conn;
-mod request;
+pub mod request;
 mod ring;
 pub mod stats;
 
