@@ -1,10 +1,11 @@
 //! Prometheus exposition of the telemetry (text format 0.0.4, rendered by
-//! prometheus-client from a [`Collector`] that reads the atomics at scrape
-//! time).
+//! prometheus-client from a [`Collector`] over a [`Snapshot`] taken at
+//! scrape time, the same kind `/status` is made of; nothing else is read).
 //!
 //! Invariant: label sets are bounded. Sinks and sources are few (`sink`,
 //! `source` labels: the config's); reject
-//! reasons are a fixed list (`reason`); file states are four (`state`).
+//! reasons are a fixed list (`reason`); file states are four (`state`); a
+//! component's families have the label values it declared.
 //! Per-file series (`file` label) appear only with
 //! `[status] per_file_metrics = true`; otherwise file figures are summed
 //! (counters, histograms, bytes behind) or merged (windowed delays) over
@@ -51,8 +52,11 @@
 //! | `enrich_reloads_total` | counter | | successful lookup reloads |
 //! | `enrich_reload_failing` | gauge | | 1 while the last reload failed (old tables in use) |
 //!
-//! The channel series appear only with a `[channel]`, the enrich series
-//! only with `[enrich] lookups`.
+//! The channel series are the channel's section of figures
+//! ([`super::figures`]: every component's figures become
+//! `calllog_bridge_<component>_<figure>`, with the help text it declared)
+//! and appear only with a `[channel]`; the enrich series only with
+//! `[enrich] lookups`.
 
 use std::collections::BTreeMap;
 use std::fmt;
