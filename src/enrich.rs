@@ -42,8 +42,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::SystemTime;
 
-use crate::config::EnrichConfig;
 use crate::record::{is_absent, Field, Record};
+use crate::settings::EnrichConfig;
 
 /// A problem with a lookup file, naming the file and where in it.
 #[derive(Debug, thiserror::Error)]

@@ -38,7 +38,7 @@ use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{reload, EnvFilter, Registry};
 
-use crate::config::ConfigError;
+use crate::settings::ConfigError;
 
 /// Sends `states` to the service manager; logs (and otherwise ignores) a
 /// failure, since a missing notification must not stop the bridge.
