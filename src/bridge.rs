@@ -117,7 +117,7 @@ impl Bridge {
             background.push(tokio::spawn(lookup_reloader(enricher.clone(), stop_lookups.clone())));
         }
 
-        let rejects = rejects_file(&state_dir).await?;
+        let rejects = rejects_file(&state_dir, &cfg.rejects).await?;
         let mut bridge = Bridge {
             telemetry,
             enricher,
@@ -247,22 +247,16 @@ impl crate::reload::Reloadable for Bridge {
 /// Name of the rejects file inside `state_dir`.
 pub const REJECTS_FILE: &str = "rejects.ndjson";
 
-/// Opens `<state_dir>/rejects.ndjson` for appending; lines that do not
-/// parse are written there (file, line, offset, reason, raw line).
-async fn rejects_file(state_dir: &std::path::Path) -> anyhow::Result<Option<crate::tail::reader::RejectSink>> {
+/// `<state_dir>/rejects.ndjson`, bounded by `[rejects]`; lines that do not
+/// parse are written there (file, line, offset, reason, raw line). Opened
+/// once here, so an unwritable state directory stops the start.
+async fn rejects_file(state_dir: &std::path::Path, cfg: &crate::config::RejectsConfig) -> anyhow::Result<Option<RejectSink>> {
     let path = state_dir.join(REJECTS_FILE);
     let p = path.clone();
-    let file = tokio::task::spawn_blocking(move || std::fs::OpenOptions::new().create(true).append(true).open(&p))
+    tokio::task::spawn_blocking(move || std::fs::OpenOptions::new().create(true).append(true).open(&p))
         .await?
         .with_context(|| format!("cannot open {}", path.display()))?;
-    let writer = std::sync::Mutex::new(crate::rejects::RejectsWriter::new(file));
-    let sink: crate::tail::reader::RejectSink = Arc::new(move |entry: &crate::rejects::RejectEntry<'_>| {
-        let mut w = writer.lock().unwrap_or_else(|e| e.into_inner());
-        if let Err(e) = w.write(entry) {
-            tracing::warn!(error = %e, file = %path.display(), "cannot write to the rejects file");
-        }
-    });
-    Ok(Some(sink))
+    Ok(Some(Arc::new(crate::rejects::RejectsFile::new(path, cfg.rotation()))))
 }
 
 /// Writes checkpoints as soon as an offset advanced, at most once per

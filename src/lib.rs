@@ -13,6 +13,7 @@
 //! - [`enrich`]: lookup tables, masking; pure apart from (re)loading tables.
 //! - [`record`]: the call-log record and its two JSON shapes.
 //! - [`rejects`]: the rejects file (lines that did not parse, as JSON lines).
+//! - [`rotating`]: size-rotated append-only files (rejects, dead letters).
 //! - [`pipeline`]: batches, acknowledgements and the fan-out to sinks.
 //! - [`cmd`]: one module per subcommand; [`cli`] holds the clap definitions.
 //! - [`preflight`]: what `run` needs from the host (files, directories,
@@ -48,6 +49,7 @@ pub mod preflight;
 pub mod record;
 pub mod rejects;
 pub mod reload;
+pub mod rotating;
 pub mod service;
 pub mod settings;
 pub mod simulate;

@@ -1,4 +1,5 @@
-//! What flows between the stages: [`Batch`]es of records with an [`Ack`].
+//! What flows between the stages: [`Batch`]es of records with their
+//! acknowledgement ([`Batch::ack`], [`Receipt`]).
 //!
 //! A tailer reads records from one file into a `Batch` and hands it to the
 //! [`Fanout`], which sends the same `Arc<Batch>` to every configured sink
@@ -11,6 +12,15 @@
 //! checkpoint. A batch that is dropped without every sink acknowledging
 //! never advances the checkpoint: its records are read again after a
 //! restart (at-least-once).
+//!
+//! A batch's records borrow the chunk they were read from, so holding a
+//! batch pins that whole chunk, and a hostile file can make a 256 KB chunk
+//! hold a single record. A sink that acknowledges only after a later event
+//! bounds what it holds by that memory, not only by its output: upstream
+//! (until the collector's 2xx) turns the records into its own bytes at once
+//! and keeps only a [`Receipt`]; the archive, which keeps its batches until
+//! their fsync to write them again after a failed write, syncs early once
+//! they pin `SYNC_EARLY_PINNED_BYTES` ([`Records::pinned_bytes`]).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -32,8 +42,9 @@ pub struct Batch {
     pub records: Records,
     /// Epoch ms when the first record of the batch was read (delivery delay).
     pub observed_ms: i64,
-    /// Sinks that still have to acknowledge, and what to do when none remain.
-    ack: AckState,
+    /// Sinks that still have to acknowledge, and what to do when none remain
+    /// (shared with the batch's [`Receipt`]s).
+    ack: Arc<AckState>,
 }
 
 struct AckState {
@@ -51,23 +62,56 @@ impl Batch {
             source,
             records: records.into(),
             observed_ms,
-            ack: AckState { pending: AtomicUsize::new(0), on_acked: Mutex::new(on_acked) },
+            ack: Arc::new(AckState { pending: AtomicUsize::new(0), on_acked: Mutex::new(on_acked) }),
         }
     }
 
     /// Records that one sink has delivered (or definitively handled) this
-    /// batch. Each sink calls this exactly once per batch it receives.
+    /// batch. Each sink calls this, or [`Receipt::ack`] on the batch's
+    /// receipt, exactly once per batch it receives.
     pub fn ack(&self) {
-        if self.ack.pending.fetch_sub(1, Ordering::AcqRel) == 1 {
+        self.ack.ack();
+    }
+
+    /// What a sink keeps instead of the batch when it acknowledges later:
+    /// the acknowledgement, the record count and the observed time, without
+    /// the records and the chunk they borrow from.
+    pub fn receipt(&self) -> Receipt {
+        Receipt { ack: self.ack.clone(), records: self.records.len(), observed_ms: self.observed_ms }
+    }
+}
+
+impl AckState {
+    fn ack(&self) {
+        if self.pending.fetch_sub(1, Ordering::AcqRel) == 1 {
             self.complete();
         }
     }
 
     fn complete(&self) {
-        let cb = self.ack.on_acked.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let cb = self.on_acked.lock().unwrap_or_else(|e| e.into_inner()).take();
         if let Some(cb) = cb {
             cb();
         }
+    }
+}
+
+/// A sink's hold on a batch it will acknowledge later (see
+/// [`Batch::receipt`]): small, and it keeps no record memory alive.
+pub struct Receipt {
+    /// The batch's acknowledgement state.
+    ack: Arc<AckState>,
+    /// How many records the batch held.
+    pub records: usize,
+    /// The batch's observed time (epoch ms).
+    pub observed_ms: i64,
+}
+
+impl Receipt {
+    /// Acknowledges the batch for this sink; stands for [`Batch::ack`], so
+    /// a sink calls one or the other, once.
+    pub fn ack(&self) {
+        self.ack.ack();
     }
 }
 
@@ -117,6 +161,23 @@ impl Records {
     /// True when there are none.
     pub fn is_empty(&self) -> bool {
         self.as_slice().is_empty()
+    }
+
+    /// The bytes the records borrow from (`None` for owned records).
+    pub fn source_data(&self) -> Option<&[u8]> {
+        self.0.backing_cart().as_deref().map(|s| &s.data[..])
+    }
+
+    /// Memory the records keep alive besides themselves: the capacity of
+    /// the bytes they borrow from (0 for owned records).
+    pub fn pinned_bytes(&self) -> usize {
+        self.0.backing_cart().as_deref().map_or(0, |s| s.data.capacity())
+    }
+
+    /// Drops the records and gives back the bytes they borrowed from, so a
+    /// reader can reuse the buffer (`None` for owned records).
+    pub fn into_source_data(self) -> Option<Vec<u8>> {
+        self.0.into_backing_cart().map(|s| s.data)
     }
 }
 
@@ -235,7 +296,7 @@ impl Fanout {
     pub async fn send(&self, batch: Batch) -> Result<(), SinkClosed> {
         batch.ack.pending.store(self.sinks.len(), Ordering::Release);
         if self.sinks.is_empty() {
-            batch.complete();
+            batch.ack.complete();
             return Ok(());
         }
         let mut permits = Vec::with_capacity(self.sinks.len());
@@ -270,6 +331,29 @@ mod tests {
         b1.ack();
         assert!(!done.load(Ordering::SeqCst));
         b2.ack();
+        assert!(done.load(Ordering::SeqCst));
+    }
+
+    #[tokio::test]
+    async fn a_receipt_acknowledges_without_holding_the_records() {
+        let done = Arc::new(AtomicBool::new(false));
+        let d = done.clone();
+        let (tx1, mut rx1) = mpsc::channel(4);
+        let (tx2, mut rx2) = mpsc::channel(4);
+        let mut f = Fanout::new();
+        f.add("a", tx1);
+        f.add("b", tx2);
+        let records = Records::borrowing(RecordSource { data: vec![0; 1 << 20], tables: Arc::default() }, |_| vec![Record::default()]);
+        f.send(Batch::new("f".into(), records, 7, Some(Box::new(move || d.store(true, Ordering::SeqCst))))).await.unwrap();
+        let (b1, b2) = (rx1.recv().await.unwrap(), rx2.recv().await.unwrap());
+        let receipt = b1.receipt();
+        assert_eq!((receipt.records, receipt.observed_ms), (1, 7));
+        b2.ack();
+        let weak = Arc::downgrade(&b1);
+        drop((b1, b2));
+        assert!(weak.upgrade().is_none(), "the batch and its chunk are freed while the receipt is held");
+        assert!(!done.load(Ordering::SeqCst));
+        receipt.ack();
         assert!(done.load(Ordering::SeqCst));
     }
 

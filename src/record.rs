@@ -448,8 +448,17 @@ fn shared_static(v: &str) -> Option<&'static str> {
     })
 }
 
-/// True when `v` is a valid JSON number literal (so it can be written raw).
+/// True when `v` is a valid JSON number literal that JSON readers can hold
+/// (so it can be written raw): a literal such as `4031e308`, or an integer
+/// of 310 digits, is valid grammar but beyond a double, and parsers refuse
+/// it (serde_json) or turn it into infinity (JavaScript); such a value is
+/// written as a string. (Short literals without an exponent always fit.)
 pub fn is_json_number(v: &str) -> bool {
+    is_json_number_literal(v) && ((v.len() <= 32 && !v.contains(['e', 'E'])) || v.parse::<f64>().is_ok_and(f64::is_finite))
+}
+
+/// The JSON number grammar (RFC 8259 section 6).
+fn is_json_number_literal(v: &str) -> bool {
     let b = v.as_bytes();
     let mut i = 0;
     if b.first() == Some(&b'-') {
@@ -618,9 +627,12 @@ mod tests {
         for ok in ["0", "-1", "0.000", "16.388", "1e5", "1.5E-3"] {
             assert!(is_json_number(ok), "{ok}");
         }
-        for bad in ["", "-", "01", "1.", ".5", "1e", "NaN", "0x10", "1 "] {
+        let huge = "3".repeat(310);
+        for bad in ["", "-", "01", "1.", ".5", "1e", "NaN", "0x10", "1 ", "4e308", "0.1e380", "-1E309", &huge] {
             assert!(!is_json_number(bad), "{bad}");
         }
+        // Long integers and fractions stay numbers (readers round them).
+        assert!(is_json_number("18446744073709551616") && is_json_number("0.000000000000000000001"));
     }
 
     #[test]

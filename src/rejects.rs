@@ -10,12 +10,19 @@
 //! line is not valid UTF-8 `raw_hex` also holds its exact bytes in hex.
 //! Lines longer than the writer's `max_raw_bytes` are cut, with
 //! `raw_truncated: true` and `raw_len` the full length. Used by `parse`
-//! and by the running bridge; the writer only formats and writes.
+//! (through [`RejectsWriter`]) and by the running bridge (through
+//! [`RejectsFile`], which bounds the file on disk: `[rejects]`
+//! `rotate_bytes` and `keep_files`).
 
 use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::Instant;
 
 use crate::parse::RejectReason;
 use crate::record::write_json_str;
+use crate::rotating::{RotatingFile, Rotation};
+use crate::telemetry::log_limit::LogLimit;
 
 /// The default cap on the bytes of a raw line copied into the rejects file.
 pub const DEFAULT_MAX_RAW_BYTES: usize = 64 * 1024;
@@ -123,6 +130,80 @@ impl<W: Write> RejectsWriter<W> {
     }
 }
 
+/// The running bridge's rejects file (`<state_dir>/rejects.ndjson`),
+/// shared by every reader: rotated by size, keeping `keep_files` old files,
+/// so that input cannot fill the disk through it (every reject is still
+/// counted in `/metrics`). A write error is logged (rate limited) and
+/// never stops reading.
+pub struct RejectsFile {
+    /// The file, its bound, a scratch buffer and the error-log limit.
+    inner: Mutex<RejectsInner>,
+    /// The file's path (for logs).
+    path: PathBuf,
+}
+
+struct RejectsInner {
+    file: RotatingFile,
+    rotation: Rotation,
+    buf: Vec<u8>,
+    /// Limits the rotation and write-error log lines (junk input rotates
+    /// the file every `rotate_bytes`).
+    notes: LogLimit,
+}
+
+impl RejectsFile {
+    /// The rejects file at `path` (created on the first reject).
+    pub fn new(path: PathBuf, rotation: Rotation) -> RejectsFile {
+        let inner = RejectsInner { file: RotatingFile::new(path.clone()), rotation, buf: Vec::new(), notes: LogLimit::default() };
+        RejectsFile { inner: Mutex::new(inner), path }
+    }
+
+    /// The current file's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Appends the entries in one write (blocking I/O: call from the
+    /// blocking pool).
+    pub fn write_all<'a>(&self, entries: impl IntoIterator<Item = RejectEntry<'a>>) {
+        let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let inner = &mut *g;
+        inner.buf.clear();
+        for e in entries {
+            e.write_json(DEFAULT_MAX_RAW_BYTES, &mut inner.buf);
+            inner.buf.push(b'\n');
+        }
+        if inner.buf.is_empty() {
+            return;
+        }
+        let res = inner.file.append(&inner.buf, inner.rotation);
+        // A chunk of rejects can be large; do not keep its buffer.
+        if inner.buf.capacity() > 1 << 20 {
+            inner.buf = Vec::new();
+        }
+        let now = Instant::now();
+        match res {
+            Ok(a) if a.deleted_bytes > 0 => {
+                if inner.notes.allow(now, "rotated") {
+                    tracing::info!(
+                        file = %self.path.display(), deleted_bytes = a.deleted_bytes, keep_files = inner.rotation.keep_files,
+                        "rejects file rotated; the oldest rotated file was deleted ([rejects] rotate_bytes, keep_files)"
+                    );
+                }
+            }
+            Ok(_) => {}
+            Err(e) => {
+                if inner.notes.allow(now, "write_error") {
+                    tracing::warn!(file = %self.path.display(), error = %e, "cannot write to the rejects file (the rejects are still counted)");
+                }
+            }
+        }
+        if let Some(s) = inner.notes.summary(now, false) {
+            tracing::warn!(file = %self.path.display(), suppressed = s.total, by_kind = %s.by_label, "rejects file: {} similar log lines suppressed", s.total);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -158,5 +239,28 @@ mod tests {
         assert_eq!(v["raw"], "0123");
         assert_eq!(v["raw_truncated"], true);
         assert_eq!(v["raw_len"], 10);
+    }
+}
+
+#[cfg(test)]
+mod file_tests {
+    use super::*;
+
+    #[test]
+    fn the_rejects_file_is_bounded_on_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("rejects.ndjson");
+        let f = RejectsFile::new(path.clone(), Rotation { rotate_bytes: 4096, keep_files: 2 });
+        let e = RejectEntry { file: "f", line: 1, offset: 0, reason: RejectReason::BadJson, detail: "d", raw: b"junk", observed_ms: None };
+        for _ in 0..1000 {
+            f.write_all(std::iter::repeat_n(e, 10));
+        }
+        let total: u64 = std::fs::read_dir(dir.path()).unwrap().map(|d| d.unwrap().metadata().unwrap().len()).sum();
+        assert!(total <= 3 * 4096, "{total} bytes on disk");
+        assert!(crate::rotating::rotated_path(&path, 2).exists());
+        assert!(!crate::rotating::rotated_path(&path, 3).exists());
+        for l in std::fs::read_to_string(&path).unwrap().lines() {
+            serde_json::from_str::<serde_json::Value>(l).unwrap();
+        }
     }
 }

@@ -45,7 +45,7 @@
 //!   under the old settings, then the new ones apply (a new `path` starts a
 //!   new archive there).
 //! - everything else (`state_dir`, adding or removing a sink section, the
-//!   channel's listener and TLS settings, `[status]`)
+//!   channel's listener and TLS settings, `[status]`, `[rejects]`)
 //!   needs new listeners, files or clients: the change is logged as needing
 //!   a restart and the running settings stay in force (and are reported
 //!   again on the next reload until the bridge restarts).
@@ -146,6 +146,9 @@ pub fn diff(old: &Config, new: &Config) -> Changes {
     c.restart_needed.extend(sinks.restart_needed);
     if old.status != new.status {
         c.restart_needed.push("status");
+    }
+    if old.rejects != new.rejects {
+        c.restart_needed.push("rejects");
     }
     c
 }

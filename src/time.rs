@@ -145,6 +145,19 @@ impl<'a> Cur<'a> {
     }
 }
 
+/// The earliest time accepted: 0000-01-01T00:00:00.000Z.
+const MIN_MS: i64 = -62_167_219_200_000;
+
+/// The latest time accepted: 9999-12-31T23:59:59.999Z.
+const MAX_MS: i64 = 253_402_300_799_999;
+
+/// A parsed time within the years ISO 8601 writes with four digits, so
+/// that what is parsed formats back into a spelling that parses again
+/// (the fuzzer found `992542643298`, epoch seconds in the year 33422).
+fn in_range(ms: i64) -> Option<i64> {
+    (MIN_MS..=MAX_MS).contains(&ms).then_some(ms)
+}
+
 fn valid_date(m: u32, d: u32, h: u32, mi: u32, s: u32) -> bool {
     (1..=12).contains(&m) && (1..=31).contains(&d) && h <= 23 && mi <= 59 && s <= 60
 }
@@ -183,7 +196,7 @@ pub fn parse_iso(s: &str) -> Option<i64> {
     if !c.done() || !valid_date(m, d, h, mi, sec) {
         return None;
     }
-    Some(to_ms(y as i64, m, d, h, mi, sec, frac, offset))
+    in_range(to_ms(y as i64, m, d, h, mi, sec, frac, offset))
 }
 
 /// `Z`, `+hh:mm`, `+hhmm`, `+hh` or nothing (UTC), as seconds east of UTC.
@@ -228,7 +241,7 @@ pub fn parse_epoch_seconds(s: &str) -> Option<i64> {
     if !c.done() {
         return None;
     }
-    Some(secs * 1000 + frac)
+    in_range(secs * 1000 + frac)
 }
 
 const MONTHS: [&[u8; 3]; 12] = [b"Jan", b"Feb", b"Mar", b"Apr", b"May", b"Jun", b"Jul", b"Aug", b"Sep", b"Oct", b"Nov", b"Dec"];
@@ -268,7 +281,7 @@ pub fn parse_clf(s: &str) -> Option<i64> {
     if !c.done() || !valid_date(m, d, h, mi, sec) {
         return None;
     }
-    Some(to_ms(y as i64, m, d, h, mi, sec, frac, offset))
+    in_range(to_ms(y as i64, m, d, h, mi, sec, frac, offset))
 }
 
 /// Parses the LE 6 line prefix `15-02-2024 08:47:17.389` (day first, UTC).
@@ -300,7 +313,7 @@ pub fn parse_le6_prefix(date: &str, clock: &str) -> Option<i64> {
     if !c.done() || !valid_date(m, d, h, mi, sec) {
         return None;
     }
-    Some(to_ms(y as i64, m, d, h, mi, sec, frac, 0))
+    in_range(to_ms(y as i64, m, d, h, mi, sec, frac, 0))
 }
 
 /// Parses any `request_time` spelling Local Edition uses (ISO 8601, epoch
@@ -351,6 +364,11 @@ mod tests {
             "1e9",
             "12.",
             "2019-04-19T21:56:43Zjunk",
+            // Outside the four-digit years (found by the fuzzer).
+            "992542643298",
+            "9999-12-31T23:59:59-00:01",
+            "0000-01-01T00:00:00+00:01",
+            "[31/Dec/9999:23:59:59 -0100]",
         ] {
             assert!(parse_any(bad).is_none(), "{bad:?}");
         }

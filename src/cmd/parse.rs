@@ -400,6 +400,7 @@ impl<W: Write> Run<'_, W> {
                         d.buf.extend_from_slice(&buf[..buf.len().min(room)]);
                     }
                     d.len += 1 + read.len;
+                    d.depth.line_end();
                     if d.depth.feed(&buf) {
                         if let Some(d) = doc.take() {
                             self.handle(name, &mut parser, &d.buf, d.len, d.line, d.offset, tables, st)?;

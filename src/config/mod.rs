@@ -4,7 +4,7 @@
 //! parsed once; each `[[source]]` goes to the source kind its `kind` names
 //! ([`crate::source::KINDS`]), each sink section to the sink that declares
 //! it ([`crate::sink::REGISTRY`]), the rest (`state_dir`, `log_level`,
-//! `[enrich]`, `[status]`) to [`crate::settings`]. Unknown keys are
+//! `[enrich]`, `[status]`, `[rejects]`) to [`crate::settings`]. Unknown keys are
 //! refused by serde with the key's line; a value that is not acceptable is
 //! a [`ConfigError::Invalid`] naming its key (`channel.listen`). Relative
 //! paths are resolved against the config file's directory. A config error
@@ -18,7 +18,8 @@ use toml::de::{DeTable, DeValue, ValueDeserializer};
 use toml::Spanned;
 
 pub use crate::settings::{
-    check_token, ws_origin, ConfigError, EnrichConfig, ReadFrom, Secret, SourceConfig, StatusConfig, EXIT_CONFIG, MIN_TOKEN_BYTES,
+    check_token, ws_origin, ConfigError, EnrichConfig, ReadFrom, RejectsConfig, Secret, SourceConfig, StatusConfig, EXIT_CONFIG,
+    MIN_TOKEN_BYTES,
 };
 use crate::settings::{SectionError, StatusSection};
 use crate::sink::Sinks;
@@ -41,6 +42,8 @@ pub struct Config {
     pub sinks: Sinks,
     /// Metrics, status, health and the dashboard.
     pub status: StatusConfig,
+    /// The bound of the rejects file on disk.
+    pub rejects: RejectsConfig,
 }
 
 /// The top-level keys that are not a source or a sink, as written.
@@ -55,11 +58,13 @@ struct Top {
     enrich: EnrichConfig,
     #[serde(default)]
     status: StatusSection,
+    #[serde(default)]
+    rejects: RejectsConfig,
 }
 
 /// [`Top`]'s keys, and where `[[source]]` and the sink sections go in
 /// the list of keys an unknown one is compared with.
-const TOP_KEYS: [&str; 4] = ["state_dir", "log_level", "enrich", "status"];
+const TOP_KEYS: [&str; 5] = ["state_dir", "log_level", "enrich", "status", "rejects"];
 
 /// The `[[source]]` array.
 const SOURCE: &str = "source";
@@ -128,6 +133,8 @@ impl Config {
         )
         .map_err(section_error)?;
         let status = StatusConfig::from_section(top.status, "status")?;
+        let rejects = top.rejects;
+        rejects.validate("rejects")?;
         if sinks.is_empty() {
             let names: Vec<String> = crate::sink::REGISTRY.iter().map(|k| format!("[{}]", k.section())).collect();
             return Err(ConfigError::invalid(
@@ -135,7 +142,7 @@ impl Config {
                 format!("no output configured: add at least one of {}", names.join(", ")),
             ));
         }
-        Ok(Config { state_dir, log_level: top.log_level, sources, enrich, sinks, status })
+        Ok(Config { state_dir, log_level: top.log_level, sources, enrich, sinks, status, rejects })
     }
 }
 
@@ -192,6 +199,7 @@ fn top_level_keys() -> &'static [&'static str] {
         let mut keys = vec!["state_dir", "log_level", SOURCE, "enrich"];
         keys.extend(crate::sink::REGISTRY.iter().map(|k| k.section()));
         keys.push("status");
+        keys.push("rejects");
         keys
     })
 }
@@ -339,6 +347,18 @@ path = "/tmp/out.ndjson"
         assert_eq!(s.partial_grace, std::time::Duration::from_millis(500));
         assert_eq!(c.status.delay_window, std::time::Duration::from_secs(300));
         assert_eq!(c.status, StatusConfig::default());
+    }
+
+    #[test]
+    fn rejects_bound_defaults_and_checks() {
+        let c = load(MINIMAL).unwrap();
+        assert_eq!(c.rejects.rotation(), crate::rotating::Rotation { rotate_bytes: 16 << 20, keep_files: 3 });
+        let c = load(&format!("{MINIMAL}\n[rejects]\nrotate_bytes = 65536\nkeep_files = 0\n")).unwrap();
+        assert_eq!((c.rejects.rotate_bytes, c.rejects.keep_files), (65536, 0));
+        let e = load(&format!("{MINIMAL}\n[rejects]\nrotate_bytes = 0\n")).unwrap_err().to_string();
+        assert!(e.contains("rejects.rotate_bytes"), "{e}");
+        let e = load(&format!("{MINIMAL}\n[upstream]\nurl = \"http://c/\"\ndead_letter_rotate_bytes = 10\n")).unwrap_err().to_string();
+        assert!(e.contains("upstream.dead_letter_rotate_bytes"), "{e}");
     }
 
     #[test]

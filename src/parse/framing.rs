@@ -6,6 +6,11 @@
 //!
 //! Invariant: pure; a document starts with a line that is a lone `{` and
 //! ends when its braces balance (braces inside JSON strings do not count).
+//! A JSON string never spans lines (a raw newline cannot be in one), so the
+//! end of a line ends any string left open: a broken line cannot make the
+//! rest of the document look like string content. Whether a document is fed
+//! whole or line by line (with [`JsonDepth::line_end`] between lines), the
+//! outcome is the same.
 
 /// True when the line (terminator stripped) opens a multi-line document:
 /// it is `{` alone, surrounding whitespace aside.
@@ -48,6 +53,10 @@ impl JsonDepth {
     pub fn feed(&mut self, piece: &[u8]) -> bool {
         let mut closed = false;
         for &c in piece {
+            if c == b'\n' {
+                self.line_end();
+                continue;
+            }
             if self.in_string {
                 if self.escape {
                     self.escape = false;
@@ -70,6 +79,13 @@ impl JsonDepth {
         }
         closed && self.depth == 0
     }
+
+    /// The end of a line (the reader feeds lines without their newline):
+    /// a string left open there was broken.
+    pub fn line_end(&mut self) {
+        self.in_string = false;
+        self.escape = false;
+    }
 }
 
 #[cfg(test)]
@@ -86,5 +102,23 @@ mod tests {
         assert!(!d.feed(b"  {}"));
         assert!(!d.feed(b"  ]"));
         assert!(d.feed(b"}"));
+    }
+
+    #[test]
+    fn a_string_never_spans_lines() {
+        // Found by the fuzzer: a backslash at the end of a broken line
+        // escaped the first byte of the next line when lines were fed one
+        // by one, but the newline when the document was fed whole.
+        let mut whole = JsonDepth::new();
+        whole.feed(b"{\n\"a\\\n\"}\n}");
+        let mut lines = JsonDepth::new();
+        for (i, l) in [&b"{"[..], b"\"a\\", b"\"}", b"}"].iter().enumerate() {
+            if i > 0 {
+                lines.line_end();
+            }
+            lines.feed(l);
+        }
+        assert_eq!(whole, lines);
+        assert_eq!(whole.depth(), 0, "the broken string ends with its line");
     }
 }

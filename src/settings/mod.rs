@@ -2,7 +2,7 @@
 //! config problem is ([`ConfigError`], always naming its key), secrets
 //! ([`Secret`]), listen addresses, durations from `*_ms` / `*_secs` keys,
 //! relative paths; and the sections of the parts every bridge has
-//! (`[status]`, `[enrich]`, the file `[[source]]`).
+//! (`[status]`, `[enrich]`, `[rejects]`, the file `[[source]]`).
 //!
 //! Invariant: a leaf. Components (sinks, sources, telemetry, enrich) take
 //! their settings from here or declare their own section next to their
@@ -13,6 +13,7 @@
 //! with an error naming the key. Tasks never see `*_ms: u64`.
 
 mod enrich;
+mod rejects;
 mod source;
 mod status;
 
@@ -24,6 +25,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 pub use enrich::EnrichConfig;
+pub use rejects::{check_rotate_bytes, RejectsConfig, MIN_ROTATE_BYTES};
 pub use source::{default_max_line_bytes, ReadFrom, SourceConfig, SourceSection};
 pub use status::{ws_origin, StatusConfig, StatusSection};
 

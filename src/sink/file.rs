@@ -4,8 +4,10 @@
 //! Invariant: a batch is acknowledged only after the bytes of all its
 //! records have been written *and fsynced*; so a checkpoint never gets
 //! ahead of what is durably in the archive. fsync runs at most every
-//! `fsync_interval_ms` (sooner when much is pending), and every write,
-//! fsync and rotation runs on the blocking pool.
+//! `fsync_interval_ms` (sooner when much is pending: `SYNC_EARLY_BYTES` of
+//! output, or `SYNC_EARLY_PINNED_BYTES` of chunks pinned by the batches
+//! waiting, which input controls), and every write, fsync and rotation runs
+//! on the blocking pool.
 //!
 //! Rotation: when the file reaches `rotate_bytes` it is synced, renamed to
 //! `<path>.1` (older ones shift to `.2`, ...; beyond `keep_files` they are
@@ -190,6 +192,12 @@ const WRITE_BUFFER_BYTES: usize = 1 << 20;
 /// the batches (and their records) held waiting for their acknowledgement.
 const SYNC_EARLY_BYTES: u64 = 32 << 20;
 
+/// Memory the batches waiting for their fsync may pin (the chunks their
+/// records borrow from, kept to rewrite them after a failed write) before
+/// an early fsync: a hostile file can make a 256 KB chunk hold a single
+/// record, so output bytes alone do not bound it.
+const SYNC_EARLY_PINNED_BYTES: usize = 16 << 20;
+
 /// The archive file being written.
 struct Archive {
     /// The configured path.
@@ -275,30 +283,14 @@ impl Archive {
     fn rotate(&mut self) -> std::io::Result<()> {
         if !self.rotated_away {
             self.sync()?;
-            let name = |n: usize| rotated_path(&self.path, n);
-            if self.keep_files == 0 {
-                fs::remove_file(&self.path)?;
-            } else {
-                let _ = fs::remove_file(name(self.keep_files));
-                for n in (1..self.keep_files).rev() {
-                    let from = name(n);
-                    if from.exists() {
-                        fs::rename(&from, name(n + 1))?;
-                    }
-                }
-                fs::rename(&self.path, name(1))?;
-            }
+            crate::rotating::shift(&self.path, self.keep_files)?;
             self.rotated_away = true;
         }
         self.file = OpenOptions::new().create(true).append(true).open(&self.path)?;
         self.rotated_away = false;
         self.size = 0;
         self.synced = 0;
-        if let Some(dir) = self.path.parent() {
-            if let Ok(d) = File::open(dir) {
-                let _ = d.sync_all();
-            }
-        }
+        crate::rotating::sync_dir(&self.path);
         Ok(())
     }
 }
@@ -335,12 +327,7 @@ fn drop_torn_tail(file: &File, path: &Path) -> std::io::Result<u64> {
     Ok(end)
 }
 
-/// `<path>.<n>`.
-pub fn rotated_path(path: &Path, n: usize) -> PathBuf {
-    let mut s = path.as_os_str().to_owned();
-    s.push(format!(".{n}"));
-    PathBuf::from(s)
-}
+pub use crate::rotating::rotated_path;
 
 /// Controls a running file sink (reload).
 #[derive(Clone)]
@@ -468,6 +455,8 @@ async fn run(
     let mut buf: Vec<u8> = Vec::with_capacity(WRITE_BUFFER_BYTES + 64 * 1024);
     // Batches written (or buffered) but not yet synced.
     let mut pending: Vec<Arc<Batch>> = Vec::new();
+    // Bytes of the chunks `pending` keeps alive.
+    let mut pinned: usize = 0;
     let mut unsynced: u64 = 0;
     let mut sync_at: Option<Instant> = None;
     loop {
@@ -478,6 +467,7 @@ async fn run(
                     return Ok(());
                 }
                 unsynced = 0;
+                pinned = 0;
                 sync_at = None;
                 continue;
             }
@@ -488,6 +478,7 @@ async fn run(
                     return Ok(());
                 }
                 unsynced = 0;
+                pinned = 0;
                 sync_at = None;
                 let c = cfg_rx.borrow_and_update().clone();
                 if let Some(a) = archive.take() {
@@ -504,16 +495,18 @@ async fn run(
         if pending.is_empty() {
             stats.set_oldest_pending(batch.observed_ms);
         }
+        pinned += batch.records.pinned_bytes();
         pending.push(batch);
         sync_at.get_or_insert(Instant::now() + interval);
-        if buf.len() >= WRITE_BUFFER_BYTES {
+        if buf.len() >= WRITE_BUFFER_BYTES || pinned >= SYNC_EARLY_PINNED_BYTES {
             unsynced += buf.len() as u64;
-            let early = unsynced >= SYNC_EARLY_BYTES;
+            let early = unsynced >= SYNC_EARLY_BYTES || pinned >= SYNC_EARLY_PINNED_BYTES;
             if !write_out(&mut archive, &mut buf, early, &pending, shape, &guard).await? {
                 return Ok(());
             }
             if early {
                 unsynced = 0;
+                pinned = 0;
                 sync_at = None;
                 ack_all(&mut pending, &stats);
             }
@@ -637,6 +630,43 @@ mod tests {
         a.write(b"{\"b\":2}\n").unwrap();
         a.sync().unwrap();
         assert_eq!(fs::read_to_string(&c.path).unwrap(), "{\"a\":1}\n{\"b\":2}\n");
+    }
+
+    #[tokio::test]
+    async fn batches_that_pin_large_chunks_are_synced_early() {
+        // One record per 1 MiB chunk (a hostile file's shape): the output is
+        // tiny, but what the held batches pin is not; they are synced and
+        // acknowledged long before the (one hour) fsync interval.
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = cfg(dir.path(), 0);
+        c.fsync_interval = Duration::from_millis(3_600_000);
+        let ctx = SinkContext {
+            state_dir: dir.path().to_path_buf(),
+            shutdown: tokio_util::sync::CancellationToken::new(),
+            telemetry: crate::telemetry::Telemetry::new(),
+        };
+        let mut fanout = Fanout::new();
+        let (h, _control) = start(&c, &ctx, &mut fanout).await.unwrap();
+        let acked = Arc::new(AtomicUsize::new(0));
+        let batches = 2 * SYNC_EARLY_PINNED_BYTES / (1 << 20);
+        for i in 0..batches {
+            let a = acked.clone();
+            let source = crate::pipeline::RecordSource { data: vec![b'x'; 1 << 20], tables: Arc::default() };
+            let records = crate::pipeline::Records::borrowing(source, |_| vec![rec(&format!("u{i}"))]);
+            assert!(records.pinned_bytes() >= 1 << 20);
+            let on_acked: crate::pipeline::OnAcked = Box::new(move || {
+                a.fetch_add(1, Ordering::SeqCst);
+            });
+            fanout.send(Batch::new("f".into(), records, 0, Some(on_acked))).await.unwrap();
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while acked.load(Ordering::SeqCst) < SYNC_EARLY_PINNED_BYTES / (1 << 20) {
+            assert!(std::time::Instant::now() < deadline, "{} of {batches} acknowledged", acked.load(Ordering::SeqCst));
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        drop(fanout);
+        h.task.await.unwrap().unwrap();
+        assert_eq!(acked.load(Ordering::SeqCst), batches);
     }
 
     #[tokio::test]

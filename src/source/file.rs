@@ -76,6 +76,7 @@ impl super::Source for FileSource {
                 enricher: ctx.enricher.clone(),
                 shutdown: ctx.stop.clone(),
                 rejects: ctx.rejects.clone(),
+                reject_log: Default::default(),
             };
             let mut tailer = Tailer::new(s.clone(), name.clone(), shared, ctx.telemetry.clone())?;
             if ctx.startup {

@@ -16,7 +16,12 @@
 //!   a second file with a fingerprint already being read waits until the
 //!   first is finished, then continues from where it ended;
 //! - deletion: the file is read to its end through the open descriptor;
-//! - inode reuse: a known inode with a different fingerprint is a new file.
+//! - inode reuse: a known inode with a different fingerprint is a new file;
+//! - a shorter copy of a file already read further (an older partial copy,
+//!   a file replaced by an older version of itself): it holds nothing new,
+//!   so no reader starts; this is decided and logged once per file, and
+//!   looked at again only when the file grows (past the offset, it is read
+//!   from there).
 //!
 //! Invariant: at most one reader per fingerprint at a time, and a reader
 //! for a fingerprint starts where the previous one ended (in memory) or at
@@ -40,6 +45,7 @@ use tokio::time::Instant;
 
 use crate::logsafe::Escaped;
 use crate::settings::{ReadFrom, SourceConfig};
+use crate::telemetry::log_limit::LogLimit;
 use crate::telemetry::{LeftUnread, SourceStats, Telemetry};
 use crate::watch::{Change, Events, Seen, Watcher};
 use fingerprint::{Fingerprint, Probe};
@@ -51,6 +57,11 @@ type Key = (u64, u64);
 /// After a file appeared, vanished or moved, a full rescan follows this
 /// soon (to find where a renamed file went, or that it is gone).
 const RESCAN_AFTER_MOVE: Duration = Duration::from_millis(50);
+
+/// Files without a complete first line held open at most (so that their
+/// content can be read if they are deleted before the newline comes): a
+/// directory of such files must not use up the process's descriptors.
+const MAX_PENDING_OPEN: usize = 256;
 
 /// A file the tailer knows about.
 struct Tracked {
@@ -71,6 +82,9 @@ struct Tracked {
     /// A file without a complete first line yet, held open so that its
     /// content can still be read if it is deleted before the newline comes.
     pending: Option<File>,
+    /// Shorter than the offset already read for its fingerprint (a shorter
+    /// copy): not read, and already logged.
+    shorter: bool,
 }
 
 /// What the tailer knows about one fingerprint.
@@ -116,6 +130,9 @@ pub struct Tailer {
     /// The per-file statistics rows, by content: a file keeps its row when
     /// it is renamed, rotated or compressed (a `.gz` continues it).
     rows: HashMap<Fingerprint, crate::telemetry::FileStats>,
+    /// Limits log lines a directory's content can repeat at every scan
+    /// (files not held open).
+    file_notes: LogLimit,
 }
 
 impl Tailer {
@@ -140,6 +157,7 @@ impl Tailer {
             exit_tx,
             exit_rx,
             readers: JoinSet::new(),
+            file_notes: LogLimit::default(),
         })
     }
 
@@ -176,7 +194,11 @@ impl Tailer {
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
-                _ = tick.tick() => self.full_scan(false, events.as_mut()).await,
+                _ = tick.tick() => {
+                    self.full_scan(false, events.as_mut()).await;
+                    reader::log_reject_summary(&self.shared.reject_log, false);
+                    self.log_file_notes_summary();
+                }
                 _ = sleep_until(rescan_at), if rescan_at.is_some() => {
                     rescan_at = None;
                     self.full_scan(false, events.as_mut()).await;
@@ -203,6 +225,7 @@ impl Tailer {
         while let Ok(fin) = self.exit_rx.try_recv() {
             self.note_offset(&fin);
         }
+        reader::log_reject_summary(&self.shared.reject_log, true);
         Ok(())
     }
 
@@ -423,6 +446,7 @@ impl Tailer {
                         deferred: false,
                         ignored: older,
                         pending: None,
+                        shorter: false,
                     },
                 );
                 if !older {
@@ -437,7 +461,7 @@ impl Tailer {
         let Some(t) = self.files.get(&key) else { return };
         let path = t.path.clone();
         let max = self.cfg.max_line_bytes;
-        let res = tokio::task::spawn_blocking(move || -> std::io::Result<Option<(File, Probe)>> {
+        let res = tokio::task::spawn_blocking(move || -> std::io::Result<Option<(File, Probe, u64)>> {
             let file = File::open(&path)?;
             let m = file.metadata()?;
             if (m.dev(), m.ino()) != key {
@@ -450,10 +474,10 @@ impl Tailer {
             } else {
                 fingerprint::probe(&file, max)?
             };
-            Ok(Some((file, probe)))
+            Ok(Some((file, probe, m.len())))
         })
         .await;
-        let (file, probe) = match res {
+        let (file, probe, size) = match res {
             Ok(Ok(Some(v))) => v,
             Ok(Ok(None)) => {
                 // The path now names another file (renamed between the stat
@@ -491,14 +515,28 @@ impl Tailer {
             }
             Err(_) => return,
         };
+        let held = match probe {
+            Probe::NotYet => self.files.values().filter(|t| t.pending.is_some()).count(),
+            Probe::Ready { .. } => 0,
+        };
         let Some(t) = self.files.get_mut(&key) else { return };
+        // The size as opened is what the reader would find (the scan's
+        // may be older).
+        t.size = size;
         if self.source.set_unreadable(&t.path.to_string_lossy(), None) {
             tracing::info!(source = %self.name, file = %Escaped::path(&t.path), "file readable again");
         }
         let Probe::Ready { fp, start, len } = probe else {
             // No complete first line yet: looked at again when it changes.
-            if t.size > 0 && !crate::watch::is_gz(&t.path) {
-                t.pending = Some(file);
+            if t.size > 0 && !crate::watch::is_gz(&t.path) && t.pending.is_none() {
+                if held < MAX_PENDING_OPEN {
+                    t.pending = Some(file);
+                } else if self.file_notes.allow(std::time::Instant::now(), "not_held_open") {
+                    tracing::warn!(
+                        file = %t.path.display(), held,
+                        "too many files without a complete first line are held open; this one is not (if it is deleted before its first newline, its partial line is not read)"
+                    );
+                }
             }
             return;
         };
@@ -569,6 +607,21 @@ impl Tailer {
                 o
             }
         };
+        if !gz && offset > t.size {
+            // Content already read further through another file with the
+            // same first line: a reader would find the file "truncated",
+            // stop, and be started again, for ever. Nothing here is new
+            // until it grows past the offset; a growth brings it back here.
+            if !t.shorter {
+                t.shorter = true;
+                tracing::info!(
+                    file = %path_str, offset, size = t.size,
+                    "a shorter copy of a file already read further (same first line): nothing new in it; read from the offset if it grows past it"
+                );
+            }
+            return;
+        }
+        t.shorter = false;
         info.active = Some(key);
         info.offset = Some(offset);
         let ctl = Arc::new(Control::default());
@@ -670,6 +723,15 @@ impl Tailer {
             if let Some(s) = tokio::task::spawn_blocking(move || Watcher::stat(&p)).await.ok().flatten() {
                 self.seen(s, false).await;
             }
+        }
+    }
+}
+
+impl Tailer {
+    /// Logs how many file notes the limit kept out of the log, once due.
+    fn log_file_notes_summary(&mut self) {
+        if let Some(s) = self.file_notes.summary(std::time::Instant::now(), false) {
+            tracing::warn!(source = %self.name, suppressed = s.total, by_kind = %s.by_label, "files: {} similar log lines suppressed", s.total);
         }
     }
 }

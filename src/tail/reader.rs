@@ -4,7 +4,12 @@
 //! Invariants:
 //! - Offsets count bytes of the file's content (decompressed for `.gz`);
 //!   the reader's offset is always just after a complete line, so a
-//!   checkpoint never points into the middle of a line.
+//!   checkpoint never points into the middle of a line. While the rest of
+//!   a line over `max_line_bytes` is skipped, the offset stays at that
+//!   line's start: skipping sends nothing.
+//! - Only records go to the sinks: a chunk that holds none (rejected lines
+//!   only) frees its bytes at once and its offset is acknowledged directly,
+//!   in order with the batches before it.
 //! - A partial last line (no newline yet) is held, not emitted, until its
 //!   newline arrives; it is emitted (and logged as partial) only when the
 //!   file has been deleted or rotated away and read to its end, or when a
@@ -18,7 +23,7 @@ use std::fs::File;
 use std::io::{self, Read};
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use flate2::read::MultiGzDecoder;
@@ -32,6 +37,7 @@ use crate::logsafe::Escaped;
 use crate::parse::{Format, LineKind, LineParser, Reject};
 use crate::pipeline::{Batch, Fanout, RecordSource, Records};
 use crate::record::Record;
+use crate::telemetry::log_limit::LogLimit;
 use crate::telemetry::FileStats;
 
 /// Bytes read per chunk (one batch at most per chunk).
@@ -117,10 +123,26 @@ pub struct Shared {
     pub shutdown: CancellationToken,
     /// Where rejected lines are written (file, offset, why, the line).
     pub rejects: Option<RejectSink>,
+    /// Limits the "rejected line" log lines of the source's readers (a
+    /// file of junk would otherwise log one line per line it holds).
+    pub reject_log: Arc<Mutex<LogLimit>>,
 }
 
-/// Receives rejected lines (called on the blocking pool).
-pub type RejectSink = Arc<dyn Fn(&crate::rejects::RejectEntry<'_>) + Send + Sync>;
+/// Logs the summary of "rejected line" log lines not written, when the
+/// window is over (or at once with `force`).
+pub fn log_reject_summary(limit: &Mutex<LogLimit>, force: bool) {
+    let mut l = limit.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(s) = l.summary(std::time::Instant::now(), force) {
+        tracing::warn!(
+            suppressed = s.total, by_reason = %s.by_label,
+            "rejected lines: {} similar log lines suppressed in the last {} s (every reject is counted in /metrics and written to the rejects file)",
+            s.total, l.window().as_secs()
+        );
+    }
+}
+
+/// Where rejected lines are written (on the blocking pool).
+pub type RejectSink = Arc<crate::rejects::RejectsFile>;
 
 /// One file to read.
 pub struct Spec {
@@ -147,10 +169,12 @@ struct State {
     gz: Option<MultiGzDecoder<File>>,
     /// Bytes of content consumed (plain: file position).
     pos: u64,
-    /// Bytes after the last newline (a partial line).
+    /// Bytes after the last newline (a partial line). Its capacity may be
+    /// a whole chunk kept for reuse (see [`State::release_buffer`]).
     carry: Vec<u8>,
-    /// Skipping the rest of a line that was too long.
-    skipping: bool,
+    /// Skipping the rest of a line that was too long: the offset of its
+    /// start (where the reader's offset stays until the line ends).
+    skipping: Option<u64>,
     parser: LineParser,
     fp: Fingerprint,
     fp_range: (u64, u64),
@@ -176,10 +200,88 @@ pub struct Rejected {
     pub raw: Vec<u8>,
 }
 
+/// Rejected lines in memory at most before they are written out: a chunk
+/// of 256 KB can hold a hundred thousand one-byte junk lines, and each
+/// held reject costs far more than its line.
+const REJECT_BATCH: usize = 1024;
+
+/// Rejects of a chunk kept for the log (the first ones).
+const REJECT_SAMPLES: usize = 16;
+
+/// Where a chunk's rejected lines go while it is read: written to the
+/// rejects file every [`REJECT_BATCH`], counted by reason, the first few
+/// kept for the log. So a chunk's rejects cost bounded memory.
+struct RejectOut {
+    /// The rejects file.
+    sink: Option<RejectSink>,
+    /// The file being read (for the entries).
+    file: Arc<str>,
+    /// Not written yet.
+    pending: Vec<Rejected>,
+    /// What the chunk rejected so far.
+    done: ChunkRejects,
+}
+
+/// What a chunk rejected.
+#[derive(Default)]
+struct ChunkRejects {
+    /// Rejected lines by reason.
+    counts: Vec<(crate::parse::RejectReason, u64)>,
+    /// The first ones, for the log.
+    samples: Vec<Rejected>,
+}
+
+impl ChunkRejects {
+    #[cfg(test)]
+    fn total(&self) -> u64 {
+        self.counts.iter().map(|(_, n)| n).sum()
+    }
+}
+
+impl RejectOut {
+    fn new(sink: Option<RejectSink>, file: Arc<str>) -> RejectOut {
+        RejectOut { sink, file, pending: Vec::new(), done: ChunkRejects::default() }
+    }
+
+    /// Writes out, counts and samples what is pending.
+    fn flush(&mut self, observed_ms: i64) {
+        if self.pending.is_empty() {
+            return;
+        }
+        if let Some(sink) = &self.sink {
+            let file = &*self.file;
+            sink.write_all(self.pending.iter().map(|rj| crate::rejects::RejectEntry {
+                file,
+                line: rj.line_no,
+                offset: rj.offset,
+                reason: rj.reject.reason,
+                detail: &rj.reject.detail,
+                raw: &rj.raw,
+                observed_ms: Some(observed_ms),
+            }));
+        }
+        for rj in self.pending.drain(..) {
+            match self.done.counts.iter_mut().find(|(r, _)| *r == rj.reject.reason) {
+                Some((_, n)) => *n += 1,
+                None => self.done.counts.push((rj.reject.reason, 1)),
+            }
+            if self.done.samples.len() < REJECT_SAMPLES {
+                self.done.samples.push(rj);
+            }
+        }
+    }
+
+    /// The chunk's rejects, everything written.
+    fn finish(&mut self, observed_ms: i64) -> ChunkRejects {
+        self.flush(observed_ms);
+        std::mem::take(&mut self.done)
+    }
+}
+
 /// One chunk's outcome.
 struct Chunk {
     records: Records,
-    rejects: Vec<Rejected>,
+    rejects: ChunkRejects,
     /// Observed time of the chunk's records.
     observed_ms: i64,
     /// Offset after the last complete line.
@@ -203,7 +305,7 @@ enum Status {
 
 impl State {
     fn offset(&self) -> u64 {
-        self.pos - self.carry.len() as u64
+        self.skipping.unwrap_or(self.pos - self.carry.len() as u64)
     }
 
     /// Reads one chunk and turns its complete lines into records. With
@@ -213,7 +315,7 @@ impl State {
     /// The chunk's bytes (the carried-over partial line, then what was
     /// read) become the records' [`RecordSource`]: records borrow from
     /// them instead of copying every value.
-    fn read_chunk(&mut self, flush_partial: bool) -> io::Result<Chunk> {
+    fn read_chunk(&mut self, flush_partial: bool, out_rejects: &mut RejectOut) -> io::Result<Chunk> {
         let mut data = std::mem::take(&mut self.carry);
         let carry_len = data.len();
         let mut size = 0;
@@ -238,9 +340,10 @@ impl State {
         let first_off = self.pos - data.len() as u64;
         let (parser, enricher, lines, skipping) = (&mut self.parser, &*self.enricher, &mut self.lines, &mut self.skipping);
         let (max_line_bytes, capacity) = (self.max_line_bytes, self.last_records);
-        let mut rejects = Vec::new();
         let mut partial = false;
-        let mut carry = Vec::new();
+        // Where the partial last line starts in `data`, when it is carried
+        // over to the next chunk.
+        let mut carry_from = None;
         let source = RecordSource { data, tables: enricher.tables() };
         let records = Records::borrowing(source, |src| {
             let (data, tables) = (&src.data[..], &*src.tables);
@@ -250,29 +353,32 @@ impl State {
             // The carried bytes hold no newline.
             for nl in memchr::memchr_iter(b'\n', &data[carry_len..]) {
                 let end = carry_len + nl;
-                if *skipping {
+                if skipping.is_some() {
                     // The tail of an over-long line, already rejected.
-                    *skipping = false;
+                    *skipping = None;
                 } else {
-                    parse_one(parser, &data[start..end], line_off, observed_ms, tables, enricher, noop, &mut out, &mut rejects);
+                    parse_one(parser, &data[start..end], line_off, observed_ms, tables, enricher, noop, &mut out, &mut out_rejects.pending);
                 }
                 let line_len = (end + 1 - start) as u64;
                 line_off += line_len;
                 start = end + 1;
                 if let Some(n) = lines.as_mut() {
                     *n += 1;
-                    if let Some(r) = rejects.last_mut() {
+                    if let Some(r) = out_rejects.pending.last_mut() {
                         if r.line_no == 0 && r.offset == line_off - line_len {
                             r.line_no = *n;
                         }
                     }
                 }
+                if out_rejects.pending.len() >= REJECT_BATCH {
+                    out_rejects.flush(observed_ms);
+                }
             }
             // The partial last line; while skipping, its bytes are consumed.
             let rest = &data[start..];
-            if !*skipping {
+            if skipping.is_none() {
                 if rest.len() > max_line_bytes {
-                    rejects.push(Rejected {
+                    out_rejects.pending.push(Rejected {
                         offset: line_off,
                         reject: Reject::new(
                             crate::parse::RejectReason::TooLong,
@@ -281,24 +387,44 @@ impl State {
                         line_no: 0,
                         raw: rest[..rest.len().min(crate::rejects::DEFAULT_MAX_RAW_BYTES)].to_vec(),
                     });
-                    *skipping = true;
+                    *skipping = Some(line_off);
                 } else if flush && !rest.is_empty() {
-                    parse_one(parser, rest, line_off, observed_ms, tables, enricher, noop, &mut out, &mut rejects);
+                    parse_one(parser, rest, line_off, observed_ms, tables, enricher, noop, &mut out, &mut out_rejects.pending);
                     partial = true;
-                } else {
-                    carry.extend_from_slice(rest);
+                } else if !rest.is_empty() {
+                    carry_from = Some(start);
                 }
             }
-            if *skipping && flush {
-                *skipping = false;
+            if skipping.is_some() && flush {
+                *skipping = None;
             }
             out
         });
-        self.carry = carry;
+        let records = if records.is_empty() {
+            // Nothing borrows the bytes (rejected lines only, or the middle
+            // of an over-long line): no batch keeps them alive, and the
+            // buffer is kept for the next chunk, so skipping hostile input
+            // allocates nothing per chunk.
+            let mut data = records.into_source_data().unwrap_or_default();
+            match carry_from {
+                Some(i) => {
+                    data.drain(..i);
+                }
+                None => data.clear(),
+            }
+            self.carry = data;
+            Records::default()
+        } else {
+            self.carry = match (carry_from, records.source_data()) {
+                (Some(i), Some(d)) => d[i..].to_vec(),
+                _ => Vec::new(),
+            };
+            records
+        };
         self.last_records = records.len();
         Ok(Chunk {
             records,
-            rejects,
+            rejects: out_rejects.finish(observed_ms),
             observed_ms,
             offset: self.offset(),
             size: if self.gz.is_some() { self.pos } else { size },
@@ -343,8 +469,22 @@ impl State {
         Ok(Some(got))
     }
 
+    /// At the end of the data, waiting: a buffer kept for reuse is given
+    /// back, so an idle reader holds no more than its partial line.
+    fn release_buffer(&mut self) {
+        self.carry.shrink_to_fit();
+    }
+
     fn chunk_status(&self, status: Status, size: u64) -> Chunk {
-        Chunk { records: Records::default(), rejects: vec![], observed_ms: 0, offset: self.offset(), size, status, partial: false }
+        Chunk {
+            records: Records::default(),
+            rejects: ChunkRejects::default(),
+            observed_ms: 0,
+            offset: self.offset(),
+            size,
+            status,
+            partial: false,
+        }
     }
 
     /// Checks that the fingerprinted line is still the file's: content
@@ -471,7 +611,7 @@ pub async fn run(spec: Spec, shared: Shared, ctl: Arc<Control>, stats: FileStats
         gz: None,
         pos: spec.offset,
         carry: Vec::new(),
-        skipping: false,
+        skipping: None,
         parser: LineParser::new(shared.format, shared.max_line_bytes),
         fp,
         fp_range: spec.fp_range,
@@ -526,23 +666,9 @@ pub async fn run(spec: Spec, shared: Shared, ctl: Arc<Control>, stats: FileStats
         let settled = last_growth.elapsed() >= shared.partial_grace;
         let flush_partial = st.gz.is_some() || (gone && settled && !ctl.superseded.load(Ordering::Acquire));
         let pos_before = st.pos;
-        let sink = shared.rejects.clone();
-        let p = path.clone();
+        let mut rejects_out = RejectOut::new(shared.rejects.clone(), path.clone());
         let res = tokio::task::spawn_blocking(move || {
-            let r = st.read_chunk(flush_partial);
-            if let (Ok(c), Some(sink)) = (&r, sink) {
-                for rj in &c.rejects {
-                    sink(&crate::rejects::RejectEntry {
-                        file: &p,
-                        line: rj.line_no,
-                        offset: rj.offset,
-                        reason: rj.reject.reason,
-                        detail: &rj.reject.detail,
-                        raw: &rj.raw,
-                        observed_ms: Some(c.observed_ms),
-                    });
-                }
-            }
+            let r = st.read_chunk(flush_partial, &mut rejects_out);
             (st, r)
         })
         .await;
@@ -592,9 +718,25 @@ pub async fn run(spec: Spec, shared: Shared, ctl: Arc<Control>, stats: FileStats
             stats.partial_line();
             tracing::info!(file = %Escaped(&path), offset = chunk.offset, "emitted a partial last line (no newline) of a file rotated away or deleted");
         }
-        for r in &chunk.rejects {
-            stats.rejected_for(r.reject.reason.name());
-            tracing::warn!(file = %Escaped(&path), offset = r.offset, reason = %r.reject.reason, detail = %Escaped(&r.reject.detail), "rejected line");
+        if !chunk.rejects.counts.is_empty() {
+            let now = std::time::Instant::now();
+            let mut limit = shared.reject_log.lock().unwrap_or_else(|e| e.into_inner());
+            let samples = &chunk.rejects.samples;
+            for r in samples {
+                if limit.allow(now, r.reject.reason.name()) {
+                    tracing::warn!(file = %Escaped(&path), offset = r.offset, reason = %r.reject.reason, detail = %Escaped(&r.reject.detail), "rejected line");
+                }
+            }
+            for &(reason, n) in &chunk.rejects.counts {
+                for _ in 0..n {
+                    stats.rejected_for(reason.name());
+                }
+                // The rejects beyond the samples are not logged one by one.
+                let sampled = samples.iter().filter(|r| r.reject.reason == reason).count() as u64;
+                limit.suppressed(now, reason.name(), n - sampled);
+            }
+            drop(limit);
+            log_reject_summary(&shared.reject_log, false);
         }
         if chunk.offset > last_sent || chunk.partial {
             let chunk_start = last_sent;
@@ -608,30 +750,37 @@ pub async fn run(spec: Spec, shared: Shared, ctl: Arc<Control>, stats: FileStats
                     st2.set_committed(off);
                 }
             });
-            let batch = Batch::new(path.clone(), chunk.records, chunk.observed_ms, Some(on_acked));
-            // A sink that cannot take more (upstream down) must not hold up
-            // a shutdown or a reload: a send given up here reached no sink
-            // (Fanout::send is all or nothing), so the batch is taken back
-            // and the next reader of the file (after a reload, or after the
-            // restart) reads it again from `chunk_start`. A file that is
-            // gone cannot be read again: its send gets [`STOP_GRACE`] more.
-            let send = shared.fanout.send(batch);
-            tokio::pin!(send);
-            let sent = tokio::select! {
-                r = &mut send => Some(r),
-                _ = shared.shutdown.cancelled() => None,
-            };
-            let sent = match sent {
-                Some(r) => Some(r),
-                None if ctl.gone.load(Ordering::Acquire) => tokio::time::timeout(STOP_GRACE, &mut send).await.ok(),
-                None => None,
-            };
-            match sent {
-                Some(Ok(())) => {}
-                Some(Err(_)) => return done(st.offset(), size, Exit::Shutdown),
-                None => {
-                    shared.checkpoints.withdraw(ticket);
-                    return done(chunk_start, size, Exit::Shutdown);
+            if chunk.records.is_empty() {
+                // Nothing for the sinks (rejected lines only): the offset
+                // still advances past them, once the batches before are
+                // acknowledged too.
+                on_acked();
+            } else {
+                let batch = Batch::new(path.clone(), chunk.records, chunk.observed_ms, Some(on_acked));
+                // A sink that cannot take more (upstream down) must not hold up
+                // a shutdown or a reload: a send given up here reached no sink
+                // (Fanout::send is all or nothing), so the batch is taken back
+                // and the next reader of the file (after a reload, or after the
+                // restart) reads it again from `chunk_start`. A file that is
+                // gone cannot be read again: its send gets [`STOP_GRACE`] more.
+                let send = shared.fanout.send(batch);
+                tokio::pin!(send);
+                let sent = tokio::select! {
+                    r = &mut send => Some(r),
+                    _ = shared.shutdown.cancelled() => None,
+                };
+                let sent = match sent {
+                    Some(r) => Some(r),
+                    None if ctl.gone.load(Ordering::Acquire) => tokio::time::timeout(STOP_GRACE, &mut send).await.ok(),
+                    None => None,
+                };
+                match sent {
+                    Some(Ok(())) => {}
+                    Some(Err(_)) => return done(st.offset(), size, Exit::Shutdown),
+                    None => {
+                        shared.checkpoints.withdraw(ticket);
+                        return done(chunk_start, size, Exit::Shutdown);
+                    }
                 }
             }
         }
@@ -650,6 +799,7 @@ pub async fn run(spec: Spec, shared: Shared, ctl: Arc<Control>, stats: FileStats
             }
             return done(st.offset(), size, Exit::Complete);
         }
+        st.release_buffer();
         let superseded = ctl.superseded.load(Ordering::Acquire);
         let needs_flush = !st.carry.is_empty() && !superseded && !flush_partial;
         let away = ctl.gone.load(Ordering::Acquire) || ctl.rotated.load(Ordering::Acquire);
@@ -681,5 +831,92 @@ pub async fn run(spec: Spec, shared: Shared, ctl: Arc<Control>, stats: FileStats
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line(uuid: &str) -> String {
+        format!("{{\"request_uuid\":\"{uuid}\",\"request_time\":\"2024-01-01T00:00:00Z\",\"status\":\"200\"}}\n")
+    }
+
+    fn state(file: File, max_line_bytes: usize) -> State {
+        State {
+            file,
+            gz: None,
+            pos: 0,
+            carry: Vec::new(),
+            skipping: None,
+            parser: LineParser::new(Format::LeJson, max_line_bytes),
+            fp: Fingerprint(0),
+            fp_range: (0, 0),
+            enricher: Arc::new(Enricher::new(&[], None, None).unwrap()),
+            max_line_bytes,
+            last_records: 0,
+            lines: Some(0),
+        }
+    }
+
+    #[test]
+    fn skipping_an_over_long_line_keeps_the_offset_at_its_start_and_sends_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("f.log");
+        let a = line("a");
+        let long = "x".repeat(CHUNK_BYTES * 2);
+        std::fs::write(&p, format!("{a}{long}\n{}", line("b"))).unwrap();
+        let mut st = state(File::open(&p).unwrap(), 1000);
+        let mut out = RejectOut::new(None, "f.log".into());
+        let c = st.read_chunk(false, &mut out).unwrap();
+        assert_eq!(c.records.len(), 1);
+        assert_eq!(c.rejects.total(), 1);
+        let r = &c.rejects.samples[0];
+        assert_eq!((r.offset, r.reject.reason), (a.len() as u64, crate::parse::RejectReason::TooLong));
+        assert_eq!(c.offset, a.len() as u64, "the offset stays before the over-long line");
+        let c = st.read_chunk(false, &mut out).unwrap();
+        assert!(c.records.is_empty() && c.rejects.total() == 0);
+        assert!(c.records.source_data().is_none(), "a chunk without records holds no bytes");
+        assert_eq!(c.offset, a.len() as u64, "still skipping");
+        let c = st.read_chunk(false, &mut out).unwrap();
+        assert_eq!(c.records.len(), 1);
+        assert_eq!(c.records.as_slice()[0].get(crate::record::Field::RequestUuid), "b");
+        assert_eq!(c.offset, (a.len() + long.len() + 1 + line("b").len()) as u64);
+        assert_eq!(c.status, Status::End);
+    }
+
+    #[test]
+    fn a_chunk_of_rejects_only_keeps_its_buffer_for_reuse_and_its_partial_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("f.log");
+        std::fs::write(&p, "junk\nmore junk\n{\"request_uuid\":").unwrap();
+        let mut st = state(File::open(&p).unwrap(), 1000);
+        let c = st.read_chunk(false, &mut RejectOut::new(None, "f.log".into())).unwrap();
+        assert_eq!((c.records.len(), c.rejects.total(), c.offset), (0, 2, 15));
+        assert_eq!(st.carry, b"{\"request_uuid\":");
+        assert!(st.carry.capacity() > st.carry.len(), "the chunk's buffer is reused, not copied");
+        st.release_buffer();
+        assert_eq!(st.carry.capacity(), st.carry.len());
+    }
+
+    #[test]
+    fn a_chunk_of_many_rejects_writes_them_in_batches_and_keeps_a_few() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("f.log");
+        std::fs::write(&p, "x\n".repeat(100_000)).unwrap();
+        let file = Arc::new(crate::rejects::RejectsFile::new(
+            dir.path().join("rejects.ndjson"),
+            crate::rotating::Rotation { rotate_bytes: 1 << 30, keep_files: 1 },
+        ));
+        let mut st = state(File::open(&p).unwrap(), 1000);
+        let mut out = RejectOut::new(Some(file), "f.log".into());
+        let c = st.read_chunk(false, &mut out).unwrap();
+        assert_eq!(c.rejects.total(), 100_000);
+        assert_eq!(c.rejects.samples.len(), REJECT_SAMPLES);
+        assert!(out.pending.capacity() <= 2 * REJECT_BATCH, "{} rejects were held at once", out.pending.capacity());
+        let written = std::fs::read_to_string(dir.path().join("rejects.ndjson")).unwrap();
+        assert_eq!(written.lines().count(), 100_000);
+        let last: serde_json::Value = serde_json::from_str(written.lines().last().unwrap()).unwrap();
+        assert_eq!((last["line"].as_u64(), last["offset"].as_u64()), (Some(100_000), Some(199_998)));
     }
 }

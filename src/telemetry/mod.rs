@@ -44,10 +44,14 @@
 //! replaced by a reload over, so they never go backwards). The channel's
 //! delivery delay is taken from its frames written to clients (delivered =
 //! frame written), not from the hand-over to its replay ring.
+//!
+//! [`log_limit`] keeps log lines that input can repeat (a rejected line, a
+//! failed write) to a few per window with a "suppressed N" summary.
 
 pub mod dashboard;
 pub mod delay;
 pub mod fault;
+pub mod log_limit;
 pub mod metrics;
 pub mod server;
 pub mod source;

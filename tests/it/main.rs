@@ -7,6 +7,8 @@ mod dashboard;
 mod demo;
 mod enrich;
 mod faults;
+mod fuzz;
+mod hostile_files;
 mod hostile_net;
 mod lag;
 mod parse;

@@ -59,7 +59,7 @@
 
 mod config;
 mod conn;
-mod request;
+pub mod request;
 mod ring;
 pub mod stats;
 

@@ -262,7 +262,9 @@ pub fn admit(paths: &Paths<'_>, path: &str, query: Option<&str>, token: &TokenDi
                         None => {
                             bad.get_or_insert(Refusal::new(
                                 400,
-                                format!("`status` takes codes and classes such as 200,404,5xx; `{term}` is neither"),
+                                // The term is decoded peer text: escaped, so the
+                                // reason stays one line of plain text.
+                                format!("`status` takes codes and classes such as 200,404,5xx; `{}` is neither", term.escape_debug()),
                             ));
                         }
                     }
@@ -472,6 +474,15 @@ mod tests {
         for other in ["", "0123456789abcde", "0123456789abcdef0", "0123456789ABCDEF", "x"] {
             assert!(!d.matches(other), "{other}");
         }
+    }
+
+    #[test]
+    fn a_refusal_is_one_line_whatever_the_query_decodes_to() {
+        // Found by the fuzzer: a decoded `%0A` in a status term made the
+        // refusal (the response body) several lines.
+        let r = admit(&PATHS, "/stream", Some("key=s3cret&status=%0D%0Ax%1b[31m"), &TokenDigest::of("s3cret")).unwrap_err();
+        assert_eq!(r.status, 400);
+        assert!(!r.reason.chars().any(char::is_control), "{:?}", r.reason);
     }
 
     #[test]

@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::settings::{millis, read_pem, resolve, ConfigError, Secret};
+use crate::rotating::Rotation;
+use crate::settings::{check_rotate_bytes, millis, read_pem, resolve, ConfigError, Secret};
 
 /// Body format of upstream requests, as the `format` key names it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
@@ -196,6 +197,14 @@ pub struct UpstreamSection {
     /// default `<state_dir>/dead-letter.ndjson`.
     #[serde(default)]
     pub dead_letter_file: Option<PathBuf>,
+    /// Rotate the dead-letter file before it would pass this size (a
+    /// collector that refuses every batch must not fill the disk).
+    #[serde(default = "default_dead_letter_rotate_bytes")]
+    pub dead_letter_rotate_bytes: u64,
+    /// Rotated dead-letter files kept (`.1` ...); older ones are deleted
+    /// (logged as an error with their size).
+    #[serde(default = "default_dead_letter_keep_files")]
+    pub dead_letter_keep_files: usize,
     /// Splunk HEC `sourcetype`.
     #[serde(default)]
     pub splunk_sourcetype: Option<String>,
@@ -242,6 +251,12 @@ fn default_spool_after_ms() -> u64 {
 }
 fn default_shutdown_grace_ms() -> u64 {
     5_000
+}
+fn default_dead_letter_rotate_bytes() -> u64 {
+    64 << 20
+}
+fn default_dead_letter_keep_files() -> usize {
+    4
 }
 
 /// Upstream credentials: one of the three ways, never two.
@@ -321,6 +336,9 @@ pub struct UpstreamConfig {
     pub auth_failures: AuthFailures,
     /// Where poison batches go; `None`: `<state_dir>/dead-letter.ndjson`.
     pub dead_letter_file: Option<PathBuf>,
+    /// The dead-letter file's bound on disk (`dead_letter_rotate_bytes`,
+    /// `dead_letter_keep_files`).
+    pub dead_letter_rotation: Rotation,
     /// SIGTERM grace period to flush what is batched
     /// (`shutdown_grace_ms`).
     pub shutdown_grace: Duration,
@@ -374,6 +392,7 @@ impl UpstreamConfig {
                 return Err(ConfigError::invalid(format!("{key}.{name}"), format!("must be at least {v}")));
             }
         }
+        check_rotate_bytes(&format!("{key}.dead_letter_rotate_bytes"), s.dead_letter_rotate_bytes)?;
         if s.retry_max_ms < s.retry_initial_ms {
             return Err(ConfigError::invalid(format!("{key}.retry_max_ms"), "must be >= retry_initial_ms"));
         }
@@ -422,6 +441,7 @@ impl UpstreamConfig {
             spool_after: millis(s.spool_after_ms),
             auth_failures: s.auth_failures,
             dead_letter_file: s.dead_letter_file,
+            dead_letter_rotation: Rotation { rotate_bytes: s.dead_letter_rotate_bytes, keep_files: s.dead_letter_keep_files },
             shutdown_grace: millis(s.shutdown_grace_ms),
         })
     }

@@ -6,31 +6,79 @@
 //!
 //! A line: `{"time":..., "url":..., "status":400, "response":"<start of the
 //! body>", "format":"ndjson", "count":N, "records":[<document>, ...]}` where
-//! each document is the record as the upstream format encodes it. Blocking
-//! I/O (append + fsync): call with `spawn_blocking`.
+//! each document is the record as the upstream format encodes it.
+//!
+//! The file is bounded on disk like the rejects file (the same
+//! [`RotatingFile`]: `dead_letter_rotate_bytes`, `dead_letter_keep_files`),
+//! so a collector that refuses every batch cannot fill the disk; the caller
+//! logs the deletion of an old file as an error. Blocking I/O (append +
+//! fsync): call with `spawn_blocking`.
 
-use std::fs::OpenOptions;
-use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use super::encode::Units;
+use crate::rotating::{Appended, RotatingFile, Rotation};
 
-/// Appends one poison batch to `path` and fsyncs it.
-pub fn append(path: &Path, url: &str, format: &str, status: u16, response: &str, units: &Units) -> std::io::Result<()> {
-    let mut line = Vec::with_capacity(units.buf.len() + 512);
-    push_line(&mut line, url, format, status, response, units, 0..units.len())?;
-    write(path, &line)
+/// The dead-letter file of a running upstream sink.
+pub struct DeadLetter {
+    /// The file (opened on the first poison batch).
+    file: Mutex<RotatingFile>,
+    /// Its path (for logs).
+    path: PathBuf,
 }
 
-/// Appends records refused one by one (a `_bulk` item error, a HEC
-/// invalid event): one line per record with its own status and error, in
-/// the same layout (`count` 1), and one fsync for all.
-pub fn append_each(path: &Path, url: &str, format: &str, errors: &[(u16, String)], units: &Units) -> std::io::Result<()> {
-    let mut lines = Vec::with_capacity(units.buf.len() + 512 * units.len());
-    for (i, (status, response)) in errors.iter().enumerate().take(units.len()) {
-        push_line(&mut lines, url, format, *status, response, units, i..i + 1)?;
+impl DeadLetter {
+    /// The dead-letter file at `path` (created on the first poison batch).
+    pub fn new(path: PathBuf) -> DeadLetter {
+        DeadLetter { file: Mutex::new(RotatingFile::new(path.clone())), path }
     }
-    write(path, &lines)
+
+    /// The file's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Appends one poison batch and fsyncs it; rotates first when the line
+    /// would take the file past `rotation`.
+    pub fn append(
+        &self,
+        rotation: Rotation,
+        url: &str,
+        format: &str,
+        status: u16,
+        response: &str,
+        units: &Units,
+    ) -> std::io::Result<Appended> {
+        let mut line = Vec::with_capacity(units.buf.len() + 512);
+        push_line(&mut line, url, format, status, response, units, 0..units.len())?;
+        self.write(&line, rotation)
+    }
+
+    /// Appends records refused one by one (a `_bulk` item error, a HEC
+    /// invalid event): one line per record with its own status and error,
+    /// in the same layout (`count` 1), and one fsync for all.
+    pub fn append_each(
+        &self,
+        rotation: Rotation,
+        url: &str,
+        format: &str,
+        errors: &[(u16, String)],
+        units: &Units,
+    ) -> std::io::Result<Appended> {
+        let mut lines = Vec::with_capacity(units.buf.len() + 512 * units.len());
+        for (i, (status, response)) in errors.iter().enumerate().take(units.len()) {
+            push_line(&mut lines, url, format, *status, response, units, i..i + 1)?;
+        }
+        self.write(&lines, rotation)
+    }
+
+    fn write(&self, lines: &[u8], rotation: Rotation) -> std::io::Result<Appended> {
+        let mut f = self.file.lock().unwrap_or_else(|e| e.into_inner());
+        let done = f.append(lines, rotation)?;
+        f.sync()?;
+        Ok(done)
+    }
 }
 
 fn push_line(
@@ -64,15 +112,6 @@ fn push_line(
     Ok(())
 }
 
-fn write(path: &Path, line: &[u8]) -> std::io::Result<()> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    let mut f = OpenOptions::new().create(true).append(true).open(path)?;
-    f.write_all(line)?;
-    f.sync_data()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -91,8 +130,10 @@ mod tests {
             r.set(Field::RequestUuid, id);
             e.push(&r, &mut u);
         }
-        append(&p, "http://x/_bulk", "elasticsearch", 400, "bad \"doc\"", &u).unwrap();
-        append(&p, "http://x/_bulk", "elasticsearch", 422, "", &u).unwrap();
+        let dl = DeadLetter::new(p.clone());
+        let rot = Rotation { rotate_bytes: 1 << 20, keep_files: 1 };
+        dl.append(rot, "http://x/_bulk", "elasticsearch", 400, "bad \"doc\"", &u).unwrap();
+        dl.append(rot, "http://x/_bulk", "elasticsearch", 422, "", &u).unwrap();
         let text = std::fs::read_to_string(&p).unwrap();
         let lines: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
         assert_eq!(lines.len(), 2);
@@ -101,7 +142,8 @@ mod tests {
         assert_eq!(lines[0]["count"], 2);
         assert_eq!(lines[0]["records"][1]["request_uuid"], "b");
         assert_eq!(lines[1]["status"], 422);
-        append_each(&p, "http://x/_bulk", "elasticsearch", &[(400, "{\"type\":\"mapper\"}".into()), (409, "conflict".into())], &u).unwrap();
+        dl.append_each(rot, "http://x/_bulk", "elasticsearch", &[(400, "{\"type\":\"mapper\"}".into()), (409, "conflict".into())], &u)
+            .unwrap();
         let text = std::fs::read_to_string(&p).unwrap();
         let lines: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
         assert_eq!(lines.len(), 4);
@@ -109,5 +151,13 @@ mod tests {
         assert_eq!(lines[2]["records"][0]["request_uuid"], "a");
         assert_eq!((lines[3]["status"].as_u64(), lines[3]["response"].as_str()), (Some(409), Some("conflict")));
         assert_eq!(lines[3]["records"][0]["request_uuid"], "b");
+        // Bounded: past rotate_bytes the file rotates, and beyond
+        // keep_files the oldest is deleted (reported to the caller).
+        let small = Rotation { rotate_bytes: 1, keep_files: 1 };
+        let a = dl.append(small, "u", "ndjson", 400, "", &u).unwrap();
+        assert_eq!((a.rotated, a.deleted_bytes), (true, 0));
+        let b = dl.append(small, "u", "ndjson", 400, "", &u).unwrap();
+        assert_eq!((b.rotated, b.deleted_bytes), (true, text.len() as u64));
+        assert!(crate::rotating::rotated_path(&p, 1).exists() && !crate::rotating::rotated_path(&p, 2).exists());
     }
 }

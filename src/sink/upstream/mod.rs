@@ -58,7 +58,6 @@ pub mod http;
 mod spool;
 
 use std::collections::BTreeSet;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
@@ -74,8 +73,9 @@ use self::spool::Spool;
 use super::{Keys, Needs, SinkContext, SinkHandle};
 use crate::listener::Bound;
 use crate::logsafe::{self, Escaped};
-use crate::pipeline::{Batch, Durability, Fanout};
+use crate::pipeline::{Batch, Durability, Fanout, Receipt};
 use crate::settings::{parent_dir, ConfigError};
+use crate::telemetry::log_limit::LogLimit;
 use crate::telemetry::SinkStats;
 use crate::time::now_ms;
 
@@ -141,6 +141,7 @@ impl super::Sink for UpstreamSink {
             .live("upstream.retry_max_ms", |c| &mut c.retry_max)
             .live("upstream.spool_after_ms", |c| &mut c.spool_after)
             .live("upstream.auth_failures", |c| &mut c.auth_failures)
+            .live("upstream.dead_letter_rotate_bytes", |c| &mut c.dead_letter_rotation)
             .live("upstream.shutdown_grace_ms", |c| &mut c.shutdown_grace);
     }
 
@@ -187,9 +188,11 @@ impl super::Sink for UpstreamSink {
 }
 
 /// A pipeline batch held by the sink, with its records not yet handled.
+/// Its records are encoded when it arrives; only its [`Receipt`] is kept,
+/// so the chunk they were read from is not pinned while requests retry.
 struct Pending {
-    /// The batch (acknowledged when `remaining` reaches zero).
-    batch: Arc<Batch>,
+    /// The batch's acknowledgement (when `remaining` reaches zero).
+    batch: Receipt,
     /// Key in the pending set (oldest-pending statistic).
     id: u64,
     /// Records of the batch not yet delivered, dead-lettered or spooled.
@@ -381,7 +384,7 @@ struct Shared {
     /// Sink statistics.
     stats: SinkStats,
     /// Where poison batches go.
-    dead_letter_path: PathBuf,
+    dead_letter: Arc<dead_letter::DeadLetter>,
     /// The disk spool; `None` when `spool_max_bytes` is 0.
     spool: Option<Mutex<Spool>>,
     /// Signalled when the spool gains or loses a file.
@@ -403,6 +406,9 @@ struct Shared {
     spool_fault: crate::telemetry::Fault,
     /// Reports a dead-letter file that cannot be written.
     dead_letter_fault: crate::telemetry::Fault,
+    /// Limits the dead-letter log lines: a collector that refuses every
+    /// batch would otherwise write one error line per request.
+    dead_letter_log: Mutex<LogLimit>,
     /// Demands to make what is held in memory durable now (a file gone
     /// with records not yet acknowledged; see [`Durability`]).
     durability: Arc<Durability>,
@@ -500,10 +506,11 @@ impl Upstream {
             None
         };
         let dead_letter_path = cfg.dead_letter_file.clone().unwrap_or_else(|| ctx.state_dir.join("dead-letter.ndjson"));
+        let dead_letter = Arc::new(dead_letter::DeadLetter::new(dead_letter_path));
         let shared = Arc::new(Shared {
             live: RwLock::new(Arc::new(live)),
             stats,
-            dead_letter_path,
+            dead_letter,
             spool,
             spool_changed: Notify::new(),
             failing_since_ms: AtomicI64::new(0),
@@ -514,6 +521,7 @@ impl Upstream {
             tracker: TaskTracker::new(),
             spool_fault: ctx.telemetry.fault("upstream_spool"),
             dead_letter_fault: ctx.telemetry.fault("dead_letter"),
+            dead_letter_log: Mutex::new(LogLimit::default()),
             durability,
             queue,
         });
@@ -600,8 +608,8 @@ impl Upstream {
             let live = sh.live();
             while let Ok(batch) = rx.try_recv() {
                 sh.stats.enqueued(batch.records.len());
-                let p = sh.hold(batch);
-                for r in p.batch.records.iter() {
+                let p = sh.hold(&batch);
+                for r in batch.records.iter() {
                     live.encoder.push(r, &mut b.units);
                     b.note(&p);
                 }
@@ -620,6 +628,7 @@ impl Upstream {
             tracing::error!(error = %e, "upstream spool drainer failed");
         }
         sh.update_oldest();
+        sh.log_dead_letter_summary(true);
         Ok(())
     }
 }
@@ -682,11 +691,11 @@ impl Shared {
             batch.ack();
             return true;
         }
-        let p = self.hold(batch);
+        let p = self.hold(&batch);
         let live = self.live();
         let (cfg, encoder) = (&live.cfg, &live.encoder);
         let (max_records, max_bytes) = (cfg.batch_max_records, cfg.batch_max_bytes);
-        for r in p.batch.records.iter() {
+        for r in batch.records.iter() {
             if b.units.is_empty() {
                 *flush_at = Some(Instant::now() + cfg.flush_interval);
             }
@@ -736,12 +745,13 @@ impl Shared {
     }
 
     /// Takes a non-empty pipeline batch into the pending set.
-    fn hold(&self, batch: Arc<Batch>) -> Arc<Pending> {
+    /// The caller encodes its records right away; only the receipt is kept.
+    fn hold(&self, batch: &Batch) -> Arc<Pending> {
         let n = batch.records.len();
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         lock(&self.pending).insert((batch.observed_ms, id));
         self.update_oldest();
-        Arc::new(Pending { batch, id, remaining: AtomicUsize::new(n) })
+        Arc::new(Pending { batch: batch.receipt(), id, remaining: AtomicUsize::new(n) })
     }
 
     /// True when requests should go to the spool instead of waiting for a
@@ -1050,21 +1060,24 @@ impl Shared {
     /// errors until it is written or the sink is abandoned). False when
     /// abandoned before it could be written (the records stay unhandled).
     async fn poison(&self, r: Request, why: Rejection<'_>) -> bool {
+        let log = lock(&self.dead_letter_log).allow(std::time::Instant::now(), "rejected");
         match &why {
-            Rejection::Whole { status, response } => tracing::error!(
+            Rejection::Whole { status, response } if log => tracing::error!(
                 url = %self.live().log_url, status, records = r.units.len(),
                 response = %logsafe::clip(response, 200),
-                file = %Escaped::path(&self.dead_letter_path),
+                file = %Escaped::path(self.dead_letter.path()),
                 "upstream: batch rejected; written to the dead-letter file"
             ),
-            Rejection::PerRecord(errors) => tracing::error!(
+            Rejection::PerRecord(errors) if log => tracing::error!(
                 url = %self.live().log_url, records = r.units.len(),
                 first_status = errors.first().map_or(0, |e| e.0),
                 first_error = %logsafe::clip(errors.first().map_or("", |e| e.1.as_str()), 200),
-                file = %Escaped::path(&self.dead_letter_path),
+                file = %Escaped::path(self.dead_letter.path()),
                 "upstream: records refused one by one by the collector; written to the dead-letter file"
             ),
+            _ => {}
         }
+        self.log_dead_letter_summary(false);
         let owned = match why {
             Rejection::Whole { status, response } => Err((status, response.to_string())),
             Rejection::PerRecord(errors) => Ok(errors),
@@ -1073,22 +1086,29 @@ impl Shared {
         let mut attempt = 0;
         loop {
             let live = self.live();
-            let (path, url, units, why) = (self.dead_letter_path.clone(), live.log_url.clone(), r.units.clone(), owned.clone());
-            let fmt = live.cfg.format.kind().name();
+            let (dl, url, units, why) = (self.dead_letter.clone(), live.log_url.clone(), r.units.clone(), owned.clone());
+            let (fmt, rotation) = (live.cfg.format.kind().name(), live.cfg.dead_letter_rotation);
             let res = tokio::task::spawn_blocking(move || match &*why {
-                Err((status, resp)) => dead_letter::append(&path, &url, fmt, *status, resp, &units),
-                Ok(errors) => dead_letter::append_each(&path, &url, fmt, errors, &units),
+                Err((status, resp)) => dl.append(rotation, &url, fmt, *status, resp, &units),
+                Ok(errors) => dl.append_each(rotation, &url, fmt, errors, &units),
             })
             .await;
             let err = match res {
-                Ok(Ok(())) => {
+                Ok(Ok(appended)) => {
                     if attempt > 0 {
                         self.dead_letter_fault.recovered();
+                    }
+                    if appended.deleted_bytes > 0 && lock(&self.dead_letter_log).allow(std::time::Instant::now(), "deleted") {
+                        tracing::error!(
+                            file = %Escaped::path(self.dead_letter.path()), deleted_bytes = appended.deleted_bytes,
+                            keep_files = rotation.keep_files,
+                            "upstream: dead-letter file rotated; DELETED the oldest rotated file to stay within dead_letter_rotate_bytes x dead_letter_keep_files"
+                        );
                     }
                     self.complete(r, Handled::DeadLettered);
                     return true;
                 }
-                Ok(Err(e)) => format!("cannot write the dead-letter file {}: {e}", self.dead_letter_path.display()),
+                Ok(Err(e)) => format!("cannot write the dead-letter file {}: {e}", self.dead_letter.path().display()),
                 Err(e) => format!("the dead-letter task failed: {e}"),
             };
             // Logged once, then periodically; shown in /status and /readyz.
@@ -1106,6 +1126,17 @@ impl Shared {
                     return false;
                 }
             }
+        }
+    }
+
+    /// Logs how many dead-letter log lines the limit kept out, once due (or
+    /// at once with `force`).
+    fn log_dead_letter_summary(&self, force: bool) {
+        if let Some(s) = lock(&self.dead_letter_log).summary(std::time::Instant::now(), force) {
+            tracing::error!(
+                suppressed = s.total, by_kind = %s.by_label, file = %Escaped::path(self.dead_letter.path()),
+                "upstream: {} similar dead-letter log lines suppressed (dead-lettered records are counted in /metrics)", s.total
+            );
         }
     }
 

@@ -1,0 +1,1036 @@
+//! Fuzzing, kept: a seeded mutation fuzzer for every parser (`le6`,
+//! `le5-csv`, `le-json`, `ecle-csv`, `ecls`, `auto` detection, multi-line
+//! JSON framing, time spellings), the `parse` command end to end, the
+//! rejects file's JSON and the channel's request parsing (the raw HTTP
+//! handshake and the admission of its target). Stable Rust, no
+//! extra crate: inputs from the corpus are mutated (bytes, tokens of the
+//! format, splices) with a seeded PRNG; an input that reaches a new outcome
+//! joins the pool, a crude but cheap stand-in for coverage feedback.
+//!
+//! Each target checks properties, not only "no panic": a line gives N
+//! records or exactly one reject, and never disturbs its neighbours (a line
+//! that is not a header leaves how the next line parses unchanged); every
+//! record serialises to valid JSON in both shapes, with every field once;
+//! a record written as an ecls message parses back to the same record; a
+//! reject entry is valid JSON that keeps the raw bytes; JSON framing does
+//! not depend on where a document is split; a handshake head parses the
+//! same whatever follows it; an admitted subscription carries the right
+//! token and a refusal never echoes it.
+//!
+//! - Corpus: `tests/fuzz/corpus/<target>/` (kept in the repository) plus
+//!   the shipped samples (`tests/fixtures/samples`) and simulator output.
+//! - Findings: an input that fails is minimised and written to
+//!   `tests/fuzz/regressions/<target>/`; every file there is replayed
+//!   first on every run, so each crash ever found stays a regression test
+//!   (commit it with the fix).
+//! - Time: `FUZZ_DEFAULT_BUDGET` per target in a normal `cargo test`;
+//!   `scripts/fuzz.sh [SECONDS]` runs each target longer (release build,
+//!   `nice`, a random seed). `CALLLOG_FUZZ_SECS` and `CALLLOG_FUZZ_SEED`
+//!   set the budget and the seed.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashSet;
+use std::panic::{self, AssertUnwindSafe};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Once, OnceLock};
+use std::time::{Duration, Instant};
+
+use calllog_bridge::enrich::{Enricher, Lookups};
+use calllog_bridge::parse::framing::{opens_document, JsonDepth};
+use calllog_bridge::parse::{Format, LineKind, LineParser};
+use calllog_bridge::record::{write_ecls_message, Record, Shape, FIELD_COUNT};
+use calllog_bridge::rejects::RejectEntry;
+use calllog_bridge::simulate::{le5_csv_header, Generator};
+use calllog_bridge::sink::channel::request::{admit, parse_handshake, percent_decode, Paths, TokenDigest, MAX_REQUEST_HEAD_BYTES};
+use serde_json::Value;
+
+/// How long each target runs in a normal test run (CI): the whole harness
+/// stays within seconds.
+const FUZZ_DEFAULT_BUDGET: Duration = Duration::from_millis(1200);
+
+/// Inputs longer than this are cut (the interesting structure is short).
+const MAX_INPUT: usize = 16 * 1024;
+
+/// Lines of an input a parser target reads (each costs three parses).
+const MAX_LINES: usize = 64;
+
+/// `max_line_bytes` of the parsers under test (so `too_long` is reached).
+const MAX_LINE: usize = 4096;
+
+/// Inputs kept in the pool of a target.
+const POOL_MAX: usize = 2048;
+
+/// An input slower than this is a finding (quadratic behaviour, a loop).
+fn slow_limit() -> Duration {
+    if cfg!(debug_assertions) {
+        Duration::from_secs(2)
+    } else {
+        Duration::from_millis(250)
+    }
+}
+
+fn repo(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
+}
+
+// ---------------------------------------------------------------------------
+// The engine.
+// ---------------------------------------------------------------------------
+
+/// splitmix64: small, seedable, the same on every platform.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+    fn below(&mut self, n: usize) -> usize {
+        if n == 0 {
+            0
+        } else {
+            (self.next() % n as u64) as usize
+        }
+    }
+    fn chance(&mut self, one_in: usize) -> bool {
+        self.below(one_in) == 0
+    }
+}
+
+/// FNV-1a, for outcome signatures and finding names.
+fn fnv(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in bytes {
+        h = (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
+}
+
+/// Bytes that break parsers.
+const INTERESTING: &[u8] = b"\"',;:[]{}\\ \t\r\n-_0123456789xX%+.eE/\x00\x7f\x80\xbf\xc3\xe2\xef\xf0\xff";
+
+/// Tokens every target may splice in.
+const COMMON_TOKENS: &[&str] = &[
+    "\"",
+    "\\\"",
+    "\\u0000",
+    "\\ud800",
+    "\\uDFFF",
+    "\u{feff}",
+    "\r",
+    "-",
+    "",
+    "null",
+    "true",
+    "[]",
+    "{}",
+    "0",
+    "-1",
+    "18446744073709551616",
+    "9223372036854775807",
+    "-9223372036854775808",
+    "1e308",
+    "NaN",
+    "1542643298.014",
+    "99999999999.999999",
+    "2019-04-19T21:56:43Z",
+    "2019-02-29T24:60:60.9999999999+99:99",
+    "0000-00-00T00:00:00Z",
+    "[15/Feb/2024:08:47:17 +0000]",
+    "15/Feb/2024:08:47:17 -2400",
+    "200 OK (API)",
+    "403 ERR_403_DEVELOPER_INACTIVE (Mashery)",
+    "request_uuid",
+    "request_time",
+    "€",
+    "\u{10ffff}",
+];
+
+/// What a check returns: a signature of the outcome (inputs with a new
+/// one join the pool).
+type Signature = u64;
+
+/// Runs one input; panics when a property does not hold.
+type Check = Box<dyn Fn(&[u8]) -> Signature>;
+
+/// A fuzz target.
+struct Target {
+    /// Directory name under `tests/fuzz/{corpus,regressions}`.
+    name: &'static str,
+    /// Seeds besides the corpus directory.
+    seeds: Vec<Vec<u8>>,
+    /// Tokens of the format.
+    tokens: Vec<String>,
+    /// Runs one input; panics when a property does not hold.
+    check: Check,
+}
+
+thread_local! {
+    /// Set while this thread runs fuzz inputs: its panics are expected
+    /// and reported by the harness, not printed by the hook.
+    static FUZZING: Cell<bool> = const { Cell::new(false) };
+    /// Where and why the last caught panic happened.
+    static LAST_PANIC: RefCell<Option<(String, String)>> = const { RefCell::new(None) };
+    /// Time spent in the code under test during the current input, when a
+    /// check measures it (a check's own bookkeeping can cost more than the
+    /// code it checks).
+    static MEASURED: Cell<Option<Duration>> = const { Cell::new(None) };
+}
+
+/// Runs `f` as code under test: its time counts towards the slow limit.
+fn measured<T>(f: impl FnOnce() -> T) -> T {
+    let t = Instant::now();
+    let r = f();
+    let took = t.elapsed();
+    MEASURED.with(|m| m.set(Some(m.get().unwrap_or_default() + took)));
+    r
+}
+
+/// Installs (once) a panic hook that keeps quiet on fuzzing threads only;
+/// other tests of this binary keep the default hook's output.
+fn quiet_panics_on_fuzz_threads() {
+    static HOOK: Once = Once::new();
+    HOOK.call_once(|| {
+        let previous = panic::take_hook();
+        panic::set_hook(Box::new(move |info| {
+            if FUZZING.with(Cell::get) {
+                let at = info.location().map(|l| format!("{}:{}", l.file(), l.line())).unwrap_or_default();
+                let msg = info
+                    .payload()
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| info.payload().downcast_ref::<String>().cloned())
+                    .unwrap_or_default();
+                LAST_PANIC.with(|p| *p.borrow_mut() = Some((at, msg)));
+            } else {
+                previous(info);
+            }
+        }));
+    });
+}
+
+/// A failed input: where it panicked and the message.
+#[derive(Debug, Clone)]
+struct Failure {
+    at: String,
+    message: String,
+}
+
+/// Runs one input: its signature, or how it failed. An input is slow only
+/// when it is slow three times running (a loaded machine stalls threads).
+fn exec(t: &Target, input: &[u8]) -> Result<Signature, Failure> {
+    let mut fastest = Duration::MAX;
+    let mut result = None;
+    for _ in 0..3 {
+        let (r, took) = exec_once(t, input);
+        fastest = fastest.min(took);
+        let slow = took > slow_limit();
+        result = Some(r);
+        if !slow || result.as_ref().is_some_and(Result::is_err) {
+            break;
+        }
+    }
+    match result.unwrap_or(Ok(0)) {
+        Ok(_) if fastest > slow_limit() => Err(Failure { at: "slow".into(), message: format!("took {fastest:?}") }),
+        r => r,
+    }
+}
+
+fn exec_once(t: &Target, input: &[u8]) -> (Result<Signature, Failure>, Duration) {
+    FUZZING.with(|f| f.set(true));
+    MEASURED.with(|m| m.set(None));
+    let started = Instant::now();
+    let r = panic::catch_unwind(AssertUnwindSafe(|| (t.check)(input)));
+    let took = MEASURED.with(Cell::take).unwrap_or_else(|| started.elapsed());
+    FUZZING.with(|f| f.set(false));
+    let r = match r {
+        Ok(sig) => Ok(sig),
+        Err(_) => {
+            let (at, message) = LAST_PANIC.with(|p| p.borrow_mut().take()).unwrap_or_default();
+            Err(Failure { at, message })
+        }
+    };
+    (r, took)
+}
+
+fn mutate(rng: &mut Rng, t: &Target, pool: &[Vec<u8>], input: &[u8]) -> Vec<u8> {
+    let mut v = input.to_vec();
+    let rounds = 1 + rng.below(6);
+    for _ in 0..rounds {
+        let len = v.len();
+        match rng.below(14) {
+            0 if len > 0 => {
+                let i = rng.below(len);
+                v[i] ^= 1 << rng.below(8);
+            }
+            1 if len > 0 => {
+                let i = rng.below(len);
+                v[i] = INTERESTING[rng.below(INTERESTING.len())];
+            }
+            2 => {
+                let i = rng.below(len + 1);
+                v.insert(i, INTERESTING[rng.below(INTERESTING.len())]);
+            }
+            3 if len > 0 => {
+                let i = rng.below(len);
+                let n = 1 + rng.below((len - i).min(32));
+                v.drain(i..i + n);
+            }
+            4 if len > 0 => {
+                // Duplicate a range (repeated fields, columns, members).
+                let i = rng.below(len);
+                let n = 1 + rng.below((len - i).min(256));
+                let piece = v[i..i + n].to_vec();
+                let at = rng.below(len + 1);
+                v.splice(at..at, piece);
+            }
+            5 | 6 => {
+                let tok: &[u8] = if rng.chance(2) && !t.tokens.is_empty() {
+                    t.tokens[rng.below(t.tokens.len())].as_bytes()
+                } else {
+                    COMMON_TOKENS[rng.below(COMMON_TOKENS.len())].as_bytes()
+                };
+                let i = rng.below(len + 1);
+                if rng.chance(2) && i < len {
+                    // Replace the token-ish run at i.
+                    let end = v[i..].iter().position(|b| b" ,\"\t:[]{}".contains(b)).map_or(len, |p| i + p);
+                    v.splice(i..end, tok.iter().copied());
+                } else {
+                    v.splice(i..i, tok.iter().copied());
+                }
+            }
+            7 => {
+                v.truncate(rng.below(len + 1));
+            }
+            8 if !pool.is_empty() => {
+                // Splice with another input.
+                let other = &pool[rng.below(pool.len())];
+                let cut = rng.below(len + 1);
+                let from = rng.below(other.len() + 1);
+                v.truncate(cut);
+                v.extend_from_slice(&other[from..]);
+            }
+            9 if len > 0 => {
+                // A long run (over-long lines, deep nesting).
+                let i = rng.below(len);
+                let b = if rng.chance(2) { v[i] } else { INTERESTING[rng.below(INTERESTING.len())] };
+                let n = [8, 64, 1024, MAX_LINE + 1][rng.below(4)];
+                v.splice(i..i, std::iter::repeat_n(b, n));
+            }
+            10 if len > 1 => {
+                // Swap two bytes.
+                let (i, j) = (rng.below(len), rng.below(len));
+                v.swap(i, j);
+            }
+            11 if len > 0 => {
+                // Change a number: digits next to each other.
+                let i = rng.below(len);
+                if v[i].is_ascii_digit() {
+                    v[i] = b'0' + rng.below(10) as u8;
+                    if rng.chance(3) {
+                        v.insert(i, b'0' + rng.below(10) as u8);
+                    }
+                }
+            }
+            12 if len > 0 => {
+                // Line structure: split or join lines.
+                let i = rng.below(len);
+                if v[i] == b'\n' {
+                    v.remove(i);
+                } else {
+                    v.insert(i, b'\n');
+                }
+            }
+            _ => {
+                // Case flips (names, `xx` classes, hex).
+                if len > 0 {
+                    let i = rng.below(len);
+                    v[i] = if v[i].is_ascii_lowercase() { v[i].to_ascii_uppercase() } else { v[i].to_ascii_lowercase() };
+                }
+            }
+        }
+        v.truncate(MAX_INPUT);
+    }
+    v
+}
+
+/// Removes what is not needed for the input to fail the same way: whole
+/// lines first, then ever smaller byte ranges (bounded in tries and time).
+fn minimise(t: &Target, input: &[u8], failure: &Failure) -> Vec<u8> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let same = |cand: &[u8]| matches!(exec(t, cand), Err(f) if f.at == failure.at);
+    let mut cur = input.to_vec();
+    // Lines.
+    let mut i = 0;
+    loop {
+        let lines: Vec<&[u8]> = cur.split(|&b| b == b'\n').collect();
+        if i >= lines.len() || lines.len() < 2 || Instant::now() > deadline {
+            break;
+        }
+        let cand = lines.iter().enumerate().filter(|(j, _)| *j != i).map(|(_, l)| *l).collect::<Vec<_>>().join(&b'\n');
+        if same(&cand) {
+            cur = cand;
+        } else {
+            i += 1;
+        }
+    }
+    // Bytes.
+    let mut chunk = cur.len().div_ceil(2).max(1);
+    while Instant::now() < deadline {
+        let mut removed = false;
+        let mut i = 0;
+        while i < cur.len() && Instant::now() < deadline {
+            let end = (i + chunk).min(cur.len());
+            let cand: Vec<u8> = cur[..i].iter().chain(&cur[end..]).copied().collect();
+            if same(&cand) {
+                cur = cand;
+                removed = true;
+            } else {
+                i += chunk;
+            }
+        }
+        if !removed {
+            if chunk == 1 {
+                break;
+            }
+            chunk = chunk.div_ceil(2);
+        }
+    }
+    cur
+}
+
+fn files_in(dir: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> =
+        std::fs::read_dir(dir).map(|rd| rd.filter_map(|e| e.ok()).map(|e| e.path()).filter(|p| p.is_file()).collect()).unwrap_or_default();
+    v.sort();
+    v
+}
+
+fn env_seed(name: &str) -> u64 {
+    match std::env::var("CALLLOG_FUZZ_SEED").ok().and_then(|s| s.parse::<u64>().ok()) {
+        Some(s) => s ^ fnv(name.as_bytes()),
+        None => 0x5eed ^ fnv(name.as_bytes()),
+    }
+}
+
+fn env_budget() -> Duration {
+    std::env::var("CALLLOG_FUZZ_SECS").ok().and_then(|s| s.parse::<f64>().ok()).map_or(FUZZ_DEFAULT_BUDGET, Duration::from_secs_f64)
+}
+
+/// Replays the regressions and the corpus, then fuzzes for the budget.
+fn run(t: Target) {
+    quiet_panics_on_fuzz_threads();
+    let regressions = repo("tests/fuzz/regressions").join(t.name);
+    for f in files_in(&regressions) {
+        let input = std::fs::read(&f).unwrap();
+        if let Err(e) = exec(&t, &input) {
+            panic!("{}: regression {} fails again at {}: {}", t.name, f.display(), e.at, e.message);
+        }
+    }
+    let mut pool: Vec<Vec<u8>> = t.seeds.clone();
+    pool.extend(files_in(&repo("tests/fuzz/corpus").join(t.name)).iter().map(|f| std::fs::read(f).unwrap()));
+    let mut seen: HashSet<Signature> = HashSet::new();
+    for input in pool.clone() {
+        match exec(&t, &input) {
+            Ok(sig) => {
+                seen.insert(sig);
+            }
+            Err(e) => fail(&t, &input, e),
+        }
+    }
+    let seed = env_seed(t.name);
+    let mut rng = Rng(seed);
+    let budget = env_budget();
+    let started = Instant::now();
+    let mut execs = 0u64;
+    while started.elapsed() < budget {
+        let base = pool[rng.below(pool.len())].clone();
+        let input = mutate(&mut rng, &t, &pool, &base);
+        execs += 1;
+        match exec(&t, &input) {
+            Ok(sig) => {
+                if seen.insert(sig) {
+                    if pool.len() >= POOL_MAX {
+                        let i = t.seeds.len() + rng.below(pool.len() - t.seeds.len());
+                        pool.swap_remove(i);
+                    }
+                    pool.push(input);
+                }
+            }
+            Err(e) => fail(&t, &input, e),
+        }
+    }
+    eprintln!(
+        "fuzz {}: {execs} inputs in {:.1} s (seed {seed}), {} outcomes, pool {}",
+        t.name,
+        started.elapsed().as_secs_f64(),
+        seen.len(),
+        pool.len()
+    );
+}
+
+/// Minimises a failing input, keeps it as a regression, and fails.
+fn fail(t: &Target, input: &[u8], e: Failure) -> ! {
+    eprintln!("fuzz {}: an input fails at {}: {}; minimising", t.name, e.at, e.message);
+    let small = minimise(t, input, &e);
+    let dir = repo("tests/fuzz/regressions").join(t.name);
+    let _ = std::fs::create_dir_all(&dir);
+    let path = dir.join(format!("{:016x}", fnv(&small)));
+    let _ = std::fs::write(&path, &small);
+    panic!(
+        "{}: input fails at {}: {}\nminimised to {} bytes, kept as {} (commit it with the fix): {:?}",
+        t.name,
+        e.at,
+        e.message,
+        small.len(),
+        path.display(),
+        String::from_utf8_lossy(&small[..small.len().min(400)])
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Properties.
+// ---------------------------------------------------------------------------
+
+/// An enricher with the example lookup tables and masking, so enrichment
+/// and masking run on fuzzed values too.
+fn enricher() -> &'static (Enricher, Arc<Lookups>) {
+    static E: OnceLock<(Enricher, Arc<Lookups>)> = OnceLock::new();
+    E.get_or_init(|| {
+        let files: Vec<PathBuf> =
+            ["services.csv", "endpoints.csv", "keys.csv", "plans.json"].iter().map(|f| repo("examples/lookups").join(f)).collect();
+        let e = Enricher::new(&files, Some(4), Some(3)).expect("example lookups load");
+        let t = e.tables();
+        (e, t)
+    })
+}
+
+/// Every record serialises to valid JSON in both shapes with every field
+/// once, and written as an ecls message parses back to the same record.
+fn check_record(rec: &Record<'_>) {
+    let mut buf = Vec::new();
+    rec.write_json(Shape::Ndjson, &mut buf);
+    let v: Value =
+        serde_json::from_slice(&buf).unwrap_or_else(|e| panic!("ndjson record is not JSON ({e}): {}", String::from_utf8_lossy(&buf)));
+    let obj = v.as_object().expect("an ndjson record is an object");
+    assert_eq!(obj.len(), FIELD_COUNT + 2, "ndjson: every field once, plus ingestion_time and sync_delay_ms");
+    buf.clear();
+    rec.write_json(Shape::Ecls, &mut buf);
+    let e: Value =
+        serde_json::from_slice(&buf).unwrap_or_else(|e| panic!("ecls record is not JSON ({e}): {}", String::from_utf8_lossy(&buf)));
+    let eobj = e.as_object().expect("an ecls record is an object");
+    assert_eq!(eobj.len(), FIELD_COUNT + 1 + usize::from(rec.sync_delay_ms.is_some()), "ecls: every field once");
+    assert!(eobj.values().all(Value::is_string), "ecls: every value is a string: {e}");
+    buf.clear();
+    write_ecls_message([rec], &mut buf);
+    let mut back = Vec::new();
+    let mut p = LineParser::new(Format::Ecls, usize::MAX);
+    match p.parse_line(&buf, &mut back) {
+        Ok(LineKind::Records(1)) => {}
+        other => panic!("a record written as an ecls message does not parse back: {other:?}\n{}", String::from_utf8_lossy(&buf)),
+    }
+    let mut again = back[0].to_value(Shape::Ecls);
+    let mut first = e.clone();
+    // sync_delay_ms is derived by the bridge, not read back.
+    for v in [&mut again, &mut first] {
+        v.as_object_mut().expect("object").remove("sync_delay_ms");
+    }
+    assert_eq!(again, first, "an ecls record read back differs");
+}
+
+/// The outcome of one line, for signatures and comparisons.
+fn outcome(r: &Result<LineKind, calllog_bridge::parse::Reject>, records: &[Record<'_>]) -> String {
+    match r {
+        Ok(LineKind::Records(n)) => {
+            format!("records {n}: {}", records.iter().map(|r| r.to_value(Shape::Ecls).to_string()).collect::<Vec<_>>().join(","))
+        }
+        Ok(k) => format!("{k:?}"),
+        Err(rej) => format!("reject {}", rej.reason),
+    }
+}
+
+/// Parses one line with the contract's checks; returns a short signature
+/// of what happened.
+fn check_line(p: &mut LineParser, line: &[u8], observed_ms: i64) -> (String, Option<LineKind>) {
+    let sentinel = Record::new_ml();
+    let mut out = vec![sentinel.clone()];
+    let r = measured(|| p.parse_line(line, &mut out));
+    match &r {
+        Ok(LineKind::Records(n)) => assert_eq!(out.len(), 1 + n, "Records({n}) but {} pushed", out.len() - 1),
+        Ok(_) => assert_eq!(out.len(), 1, "a header or blank line pushed records"),
+        Err(rej) => {
+            assert_eq!(out.len(), 1, "a reject pushed records");
+            assert!(!rej.detail.is_empty(), "a reject without detail");
+        }
+    }
+    assert_eq!(out[0], sentinel, "a line changed the record before it");
+    let (e, tables) = enricher();
+    for rec in &mut out[1..] {
+        measured(|| {
+            rec.stamp_observed(observed_ms);
+            e.enrich(tables, rec);
+        });
+        check_record(rec);
+    }
+    let sig = match &r {
+        Ok(LineKind::Records(n)) => format!("r{n}"),
+        Ok(k) => format!("{k:?}"),
+        Err(rej) => format!("{}:{}", rej.reason, rej.detail.split(|c: char| c.is_ascii_digit() || c == '"').next().unwrap_or("")),
+    };
+    (sig, r.ok())
+}
+
+/// A parser target: the input is a file; each line is parsed in order by
+/// one parser. Between lines, a reference line of the format is parsed
+/// before and after each fuzzed line: unless the fuzzed line is a header,
+/// it must parse the same both times.
+fn parse_target(name: &'static str, format: Format, seeds: Vec<Vec<u8>>, reference: Option<String>) -> Target {
+    let tokens: Vec<String> = match format {
+        Format::Le6 => {
+            ["PROXY_ACCESS", "INFO", " ", "\"", "[", "]", "15-02-2024", "08:47:17.389", "(API)", "(Mashery)"].map(String::from).to_vec()
+        }
+        Format::Le5Csv | Format::EcleCsv => {
+            [",", "\"\"", "\"", ",\"a,b\",", "request_uuid", "request_host_name", "api_key", "request_time", "\r\n"]
+                .map(String::from)
+                .to_vec()
+        }
+        _ => [
+            "{",
+            "}",
+            "[",
+            "]",
+            ":",
+            ",",
+            "\"data\":",
+            "\"request_uuid\":",
+            "\"request_time\":",
+            "\"status\":",
+            "\"proxy\":",
+            "\"exec_time\":",
+            "\"spkey\":",
+        ]
+        .map(String::from)
+        .to_vec(),
+    };
+    let check = move |input: &[u8]| -> Signature {
+        let mut p = LineParser::new(format, MAX_LINE);
+        let mut sig = Vec::new();
+        for line in input.split(|&b| b == b'\n').take(MAX_LINES) {
+            let before = reference.as_ref().map(|r| {
+                let mut out = Vec::new();
+                let res = p.parse_line(r.as_bytes(), &mut out);
+                outcome(&res, &out)
+            });
+            let (s, kind) = check_line(&mut p, line, 1_700_000_000_000);
+            if let (Some(r), Some(before)) = (&reference, before) {
+                if kind != Some(LineKind::Header) {
+                    let mut out = Vec::new();
+                    let res = p.parse_line(r.as_bytes(), &mut out);
+                    assert_eq!(
+                        outcome(&res, &out),
+                        before,
+                        "the line {:?} changed how the next line parses",
+                        String::from_utf8_lossy(line)
+                    );
+                }
+            }
+            sig.extend_from_slice(s.as_bytes());
+            sig.push(b'|');
+        }
+        fnv(&sig)
+    };
+    Target { name, seeds, tokens, check: Box::new(check) }
+}
+
+fn sample(name: &str) -> Vec<u8> {
+    std::fs::read(repo("tests/fixtures/samples").join(name)).unwrap()
+}
+
+/// `n` simulator lines in `format`, one input each, and one input of all.
+fn simulated(format: Format, n: usize) -> Vec<Vec<u8>> {
+    let mut g = Generator::new(7);
+    let lines: Vec<String> = (0..n).map(|i| g.next_call(1_700_000_000_000 + i as i64 * 1000, 1500).render(format)).collect();
+    let mut v: Vec<Vec<u8>> = lines.iter().map(|l| l.clone().into_bytes()).collect();
+    v.push(lines.concat().into_bytes());
+    v
+}
+
+fn one_line(format: Format) -> String {
+    let l = Generator::new(11).next_call(1_700_000_000_000, 2000).render(format);
+    l.trim_end_matches('\n').to_string()
+}
+
+#[test]
+fn fuzz_le6() {
+    let mut seeds = vec![sample("le6-enriched-access.log")];
+    seeds.extend(simulated(Format::Le6, 20));
+    run(parse_target("le6", Format::Le6, seeds, Some(one_line(Format::Le6))));
+}
+
+#[test]
+fn fuzz_le5_csv() {
+    let header = le5_csv_header().trim_end().to_string();
+    let mut seeds = vec![sample("le5-enriched-access.csv")];
+    for s in simulated(Format::Le5Csv, 20) {
+        let mut v = format!("{header}\n").into_bytes();
+        v.extend(s);
+        seeds.push(v);
+    }
+    // The reference row after the sample's header maps the same columns.
+    run(parse_target("le5_csv", Format::Le5Csv, seeds, Some(one_line(Format::Le5Csv))));
+}
+
+#[test]
+fn fuzz_le_json() {
+    let mut seeds = vec![sample("le-access.ndjson")];
+    seeds.extend(simulated(Format::LeJson, 20));
+    run(parse_target("le_json", Format::LeJson, seeds, Some(one_line(Format::LeJson))));
+}
+
+#[test]
+fn fuzz_ecle_csv() {
+    let mut seeds = vec![sample("ecle-export.csv")];
+    seeds.extend(simulated(Format::EcleCsv, 20));
+    run(parse_target("ecle_csv", Format::EcleCsv, seeds, Some(one_line(Format::EcleCsv))));
+}
+
+#[test]
+fn fuzz_ecls() {
+    let compact: Value = serde_json::from_slice(&sample("ecls-message.json")).unwrap();
+    let mut seeds = vec![compact.to_string().into_bytes(), sample("ecls-message.json")];
+    let mut g = Generator::new(5);
+    let recs: Vec<Record<'static>> = (0..3).map(|i| g.next_call(1_700_000_000_000 + i, 100).expected(Format::LeJson)).collect();
+    let mut msg = Vec::new();
+    write_ecls_message(recs.iter(), &mut msg);
+    seeds.push(msg);
+    let reference = compact.to_string();
+    run(parse_target("ecls", Format::Ecls, seeds, Some(reference)));
+}
+
+#[test]
+fn fuzz_auto_detection() {
+    let mut seeds: Vec<Vec<u8>> =
+        ["le6-enriched-access.log", "le5-enriched-access.csv", "le-access.ndjson", "ecle-export.csv", "ecls-message.json"]
+            .map(sample)
+            .to_vec();
+    for f in [Format::Le6, Format::LeJson, Format::Le5Csv, Format::EcleCsv] {
+        seeds.extend(simulated(f, 3));
+    }
+    // `auto` decides on the first line: no reference line before it.
+    run(parse_target("auto", Format::Auto, seeds, None));
+}
+
+/// Multi-line JSON framing: the brace depth after a document does not
+/// depend on how it is cut into pieces; a document that serde_json reads
+/// as one object closes exactly at its end.
+#[test]
+fn fuzz_framing() {
+    let check = |input: &[u8]| -> Signature {
+        let mut whole = JsonDepth::new();
+        let closed_whole = whole.feed(input);
+        for cut in [1, input.len() / 3, input.len() / 2, input.len().saturating_sub(1)] {
+            let cut = cut.min(input.len());
+            let mut d = JsonDepth::new();
+            d.feed(&input[..cut]);
+            d.feed(&input[cut..]);
+            assert_eq!(d, whole, "the depth depends on the cut at {cut}");
+        }
+        let mut lines = JsonDepth::new();
+        let mut closed_at = None;
+        let parts: Vec<&[u8]> = input.split(|&b| b == b'\n').collect();
+        for (i, l) in parts.iter().enumerate() {
+            if i > 0 {
+                lines.line_end();
+            }
+            if lines.feed(l) && closed_at.is_none() {
+                closed_at = Some(i);
+            }
+        }
+        assert_eq!(lines, whole, "line by line differs from whole");
+        if let Ok(Value::Object(_)) = serde_json::from_slice::<Value>(input) {
+            assert!(closed_whole && whole.depth() == 0, "a JSON object does not close");
+            if opens_document(parts[0]) {
+                assert_eq!(closed_at, Some(parts.iter().rposition(|l| !l.trim_ascii().is_empty()).unwrap_or(0)), "closes before its end");
+            }
+        }
+        fnv(format!("{}{}{:?}", whole.depth().min(8), closed_whole, closed_at.map(|c| c.min(3))).as_bytes())
+    };
+    let seeds = vec![sample("ecls-message.json"), b"{\n  \"a\": \"}\\\"{\",\n  \"b\": [ {}, [] ]\n}".to_vec(), b"{\n{\"a\":1}\n".to_vec()];
+    run(Target {
+        name: "framing",
+        seeds,
+        tokens: ["{", "}", "[", "]", "\"", "\\", "\\\""].map(String::from).to_vec(),
+        check: Box::new(check),
+    });
+}
+
+/// Time spellings: what parses formats back to the same instant.
+#[test]
+fn fuzz_time() {
+    let check = |input: &[u8]| -> Signature {
+        let Ok(s) = std::str::from_utf8(input) else { return 0 };
+        match calllog_bridge::time::parse_any(s) {
+            Some(ms) => {
+                let iso = calllog_bridge::time::format_iso_millis(ms);
+                assert_eq!(calllog_bridge::time::parse_any(&iso), Some(ms), "{s:?} -> {ms} -> {iso:?} does not read back");
+                1
+            }
+            None => 2,
+        }
+    };
+    let seeds = [
+        "2019-04-19T21:56:43Z",
+        "2018-11-19T17:01:41.250+01:00",
+        "2018-11-19 16:01:41",
+        "1542643298.014",
+        "[15/Feb/2024:08:47:17 +0000]",
+        "15/Feb/2024:09:47:17 +0100",
+    ]
+    .map(|s| s.as_bytes().to_vec())
+    .to_vec();
+    run(Target { name: "time", seeds, tokens: ["T", "Z", "+", ":", ".", "/"].map(String::from).to_vec(), check: Box::new(check) });
+}
+
+/// A rejects-file entry is one JSON object that keeps the raw bytes
+/// (`raw_hex` when they are not UTF-8) and the file name and detail.
+#[test]
+fn fuzz_rejects_entry() {
+    let check = |input: &[u8]| -> Signature {
+        let (file, rest) = input.split_at(input.len().min(12));
+        let file = String::from_utf8_lossy(file);
+        let detail = String::from_utf8_lossy(&rest[..rest.len().min(40)]);
+        let e = RejectEntry {
+            file: &file,
+            line: 3,
+            offset: 9,
+            reason: calllog_bridge::parse::RejectReason::BadJson,
+            detail: &detail,
+            raw: rest,
+            observed_ms: Some(1),
+        };
+        let mut out = Vec::new();
+        e.write_json(256, &mut out);
+        let v: Value = serde_json::from_slice(&out)
+            .unwrap_or_else(|err| panic!("reject entry is not JSON ({err}): {}", String::from_utf8_lossy(&out)));
+        assert_eq!(v["file"].as_str(), Some(&*file));
+        assert_eq!(v["detail"].as_str(), Some(&*detail));
+        let kept = &rest[..rest.len().min(256)];
+        match v.get("raw_hex") {
+            Some(h) => {
+                let h = h.as_str().expect("hex string");
+                let bytes: Vec<u8> = (0..h.len()).step_by(2).map(|i| u8::from_str_radix(&h[i..i + 2], 16).expect("hex")).collect();
+                assert_eq!(bytes, kept, "raw_hex keeps the bytes");
+            }
+            None => assert_eq!(v["raw"].as_str().map(str::as_bytes), Some(kept), "raw keeps the line"),
+        }
+        u64::from(v.get("raw_hex").is_some()) + 2 * u64::from(v.get("raw_truncated").is_some())
+    };
+    let seeds = vec![b"access.log\n\"quoted\" \\ and \x00 control\t".to_vec(), b"f\xff\xfeinvalid \xc3(".to_vec(), vec![b'x'; 300]];
+    run(Target { name: "rejects_entry", seeds, tokens: vec![], check: Box::new(check) });
+}
+
+/// The token of the channel under test.
+const TOKEN: &str = "s3cret-T0ken-for-fuzzing";
+
+/// Admission properties for one request target: an admitted subscription
+/// carries the token (the last `key=`), a refusal is 400, 401 or 404 (404
+/// exactly when the path is not served), one line of text, and never shows
+/// the token unless the client wrote it elsewhere in the query itself.
+fn check_admit(path: &str, query: Option<&str>) -> Signature {
+    let paths = Paths { channel_id: "chan-1", area: "eu" };
+    let digest = TokenDigest::of(TOKEN);
+    let r = admit(&paths, path, query, &digest);
+    assert_eq!(r, admit(&paths, path, query, &digest), "not deterministic");
+    match &r {
+        Ok(sub) => {
+            assert!(paths.accepts(path), "admitted on a path it does not serve");
+            let last_key = query
+                .unwrap_or("")
+                .split('&')
+                .filter_map(|p| p.split_once('=').or(Some((p, ""))))
+                .rfind(|(n, _)| *n == "key")
+                .and_then(|(_, v)| percent_decode(v));
+            assert_eq!(last_key.as_deref(), Some(TOKEN), "admitted without the token");
+            if let Some(n) = sub.records_per_message {
+                assert!((1..=1000).contains(&n), "records_per_message {n}");
+            }
+        }
+        Err(refusal) => {
+            assert!([400, 401, 404].contains(&refusal.status), "status {}", refusal.status);
+            assert_eq!(refusal.status == 404, !paths.accepts(path), "404 exactly when the path is not served");
+            let elsewhere = query
+                .unwrap_or("")
+                .split('&')
+                .filter(|p| !p.starts_with("key=") && *p != "key")
+                .any(|p| percent_decode(p).unwrap_or_else(|| p.to_string()).contains(TOKEN) || p.contains(TOKEN));
+            assert!(elsewhere || !refusal.reason.contains(TOKEN), "a refusal echoes the token");
+            assert!(!refusal.reason.chars().any(char::is_control), "a refusal is one line of text: {:?}", refusal.reason);
+        }
+    }
+    match r {
+        Ok(s) => fnv(format!("ok{}{}{}", s.since.is_some(), s.filter.is_empty(), s.records_per_message.is_some()).as_bytes()),
+        Err(e) => u64::from(e.status) * 7 + fnv(e.reason.get(..12).unwrap_or("").as_bytes()),
+    }
+}
+
+/// The channel's admission: the input is `path?query`.
+#[test]
+fn fuzz_channel_request() {
+    let check = |input: &[u8]| -> Signature {
+        // A request target holds no control characters or spaces (the
+        // HTTP parser refuses them); decoded values may.
+        let Ok(s) = std::str::from_utf8(input) else { return 0 };
+        if s.bytes().any(|b| b <= b' ' || b == 0x7f) {
+            return 0;
+        }
+        match s.split_once('?') {
+            Some((p, q)) => check_admit(p, Some(q)),
+            None => check_admit(s, None),
+        }
+    };
+    let seeds = [
+        "/stream?key=s3cret-T0ken-for-fuzzing",
+        "/stream/?key=s3cret%2DT0ken-for-fuzzing&since=42&records_per_message=50",
+        "/ecls/subscribe/chan-1/eu?key=s3cret-T0ken-for-fuzzing&status=5xx,404&service_id=a%2Cb&api_key=k1&api_key=k2&unknown=1",
+        "/ecls/subscribe/chan%2D1/eu?since=0&key=s3cret-T0ken-for-fuzzing",
+        "/stream?key=wrong&since=x",
+        "/nope",
+    ]
+    .map(|s| s.as_bytes().to_vec())
+    .to_vec();
+    let tokens =
+        ["?", "&", "=", "%", "%2", "%zz", "%ff", "%e2%82%ac", "+", "key=s3cret-T0ken-for-fuzzing", "key=", "since=", "status=", "xx", "/"]
+            .map(String::from)
+            .to_vec();
+    run(Target { name: "channel_request", seeds, tokens, check: Box::new(check) });
+}
+
+/// The channel's handshake from raw bytes (the channel parses the HTTP
+/// request head itself): it needs more bytes, or gives a head whose length
+/// is within the input and which parses the same from the head's bytes
+/// alone (and not from any shorter prefix), or refuses with 400, 405, 426
+/// or 431 in one line of text; an admitted head then goes through
+/// [`check_admit`].
+#[test]
+fn fuzz_channel_handshake() {
+    let check = |input: &[u8]| -> Signature {
+        let r = parse_handshake(input);
+        match &r {
+            Ok(None) => assert!(input.len() < MAX_REQUEST_HEAD_BYTES, "waits for more than {MAX_REQUEST_HEAD_BYTES} bytes"),
+            Ok(Some((len, head))) => {
+                assert!(*len <= input.len(), "head length {len} past the input");
+                assert_eq!(parse_handshake(&input[..*len]), r, "the bytes after the head change it");
+                for cut in [*len / 2, len.saturating_sub(1)] {
+                    assert!(matches!(parse_handshake(&input[..cut]), Ok(None) | Err(_)), "a prefix of {cut} bytes is already a head");
+                }
+                assert!(head.path.starts_with('/'), "path {:?}", head.path);
+                assert_eq!(head.key.len(), 24);
+                return 1 + check_admit(&head.path, head.query.as_deref());
+            }
+            Err(refusal) => {
+                assert!([400, 405, 426, 431].contains(&refusal.status), "status {}", refusal.status);
+                assert!(!refusal.reason.chars().any(char::is_control), "a refusal is one line of text: {:?}", refusal.reason);
+            }
+        }
+        match r {
+            Ok(None) => 2,
+            Ok(Some(_)) => 3,
+            Err(e) => u64::from(e.status),
+        }
+    };
+    let head = |target: &str, extra: &str| {
+        format!(
+            "GET {target} HTTP/1.1\r\nHost: 127.0.0.1:8790\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{extra}\r\n"
+        )
+        .into_bytes()
+    };
+    let seeds = vec![
+        head("/stream?key=s3cret-T0ken-for-fuzzing&since=3", ""),
+        head(
+            "/ecls/subscribe/chan-1/eu?key=s3cret-T0ken-for-fuzzing&status=5xx",
+            "Origin: http://127.0.0.1\r\nConnection: keep-alive, Upgrade\r\n",
+        ),
+        head("ws://127.0.0.1:8790/stream?key=x", ""),
+        [head("/stream", ""), b"\x81\x85\x37\xfa\x21\x3d\x7f\x9f\x4d\x51\x58".to_vec()].concat(),
+        b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(),
+        b"POST /stream HTTP/1.0\r\n\r\n".to_vec(),
+    ];
+    let tokens = [
+        "\r\n",
+        ": ",
+        "Upgrade",
+        "websocket",
+        "Connection",
+        "Sec-WebSocket-Key",
+        "Sec-WebSocket-Version",
+        "13",
+        "HTTP/1.1",
+        "GET ",
+        "?key=",
+        "%",
+    ]
+    .map(String::from)
+    .to_vec();
+    run(Target { name: "channel_handshake", seeds, tokens, check: Box::new(check) });
+}
+
+/// `calllog-bridge parse` end to end on a fuzzed file (framing of
+/// multi-line documents, bounded line reading, gzip detection, the
+/// rejects file): it exits 0, every stdout line is a JSON record, every
+/// rejects-file line is JSON, and the summary's counts match.
+#[test]
+fn fuzz_parse_command() {
+    let dir = tempfile::tempdir().unwrap();
+    let input_path = dir.path().join("input.log");
+    let rejects_path = dir.path().join("rejects.ndjson");
+    let check = move |input: &[u8]| -> Signature {
+        std::fs::write(&input_path, input).unwrap();
+        let out = crate::support::cmd()
+            .args(["parse", "--format", "auto", "--max-line-bytes", "4096", "--no-progress", "--rejects"])
+            .arg(&rejects_path)
+            .arg(&input_path)
+            .output()
+            .expect("run parse");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        // 1: the file could not be read to its end (a broken gzip stream),
+        // which parse reports; anything else is a failure.
+        match out.status.code() {
+            Some(0) => {}
+            Some(1) if stderr.contains("error reading") => {}
+            other => panic!("parse exited with {other:?}: {stderr}"),
+        }
+        let stdout = String::from_utf8(out.stdout).expect("stdout is UTF-8");
+        let records = stdout.lines().inspect(|l| {
+            let v: Value = serde_json::from_str(l).unwrap_or_else(|e| panic!("stdout line is not JSON ({e}): {l}"));
+            assert!(v.is_object());
+        });
+        let n_records = records.count();
+        let rejects = std::fs::read_to_string(&rejects_path).unwrap_or_default();
+        for l in rejects.lines() {
+            serde_json::from_str::<Value>(l).unwrap_or_else(|e| panic!("rejects line is not JSON ({e}): {l}"));
+        }
+        let total = stderr.lines().last().unwrap_or("");
+        assert!(total.contains(&format!(" {n_records} records")), "summary {total:?} but {n_records} records on stdout\n{stderr}");
+        assert!(
+            total.contains(&format!(" {} rejects", rejects.lines().count())),
+            "summary {total:?} but {} rejects written",
+            rejects.lines().count()
+        );
+        fnv(format!("{}{}", n_records.min(4), rejects.lines().count().min(4)).as_bytes())
+    };
+    let mut seeds: Vec<Vec<u8>> =
+        ["le6-enriched-access.log", "le5-enriched-access.csv", "le-access.ndjson", "ecle-export.csv", "ecls-message.json"]
+            .map(sample)
+            .to_vec();
+    seeds.push([sample("ecls-message.json"), b"\n".to_vec(), sample("ecls-message.json")].concat());
+    run(Target {
+        name: "parse_command",
+        seeds,
+        tokens: ["{", "}", "\n{\n", "\n}\n", "\r\n"].map(String::from).to_vec(),
+        check: Box::new(check),
+    });
+}
