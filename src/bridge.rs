@@ -199,7 +199,7 @@ impl Bridge {
             };
             match res {
                 Ok(Ok(())) => {}
-                Ok(Err(e)) => tracing::error!(sink = h.name, error = %crate::cmd::describe(&e), "sink failed"),
+                Ok(Err(e)) => tracing::error!(sink = h.name, error = %crate::service::describe(&e), "sink failed"),
                 Err(e) => tracing::error!(sink = h.name, error = %e, "sink task panicked"),
             }
         }
@@ -245,7 +245,7 @@ impl crate::reload::Reloadable for Bridge {
 }
 
 /// Name of the rejects file inside `state_dir`.
-pub const REJECTS_FILE: &str = "rejects.ndjson";
+pub use crate::rejects::FILE_NAME as REJECTS_FILE;
 
 /// `<state_dir>/rejects.ndjson`, bounded by `[rejects]`; lines that do not
 /// parse are written there (file, line, offset, reason, raw line). Opened
@@ -376,7 +376,7 @@ pub async fn run_with_reload(
     stop_status.cancel();
     if let Some(srv) = status {
         if let Err(e) = srv.wait().await {
-            tracing::warn!(error = %crate::cmd::describe(&e), "status listener");
+            tracing::warn!(error = %crate::service::describe(&e), "status listener");
         }
     }
     res

@@ -99,7 +99,7 @@ pub fn check(cfg: &Config, bind: Bind) -> Checked {
     }
     // What an earlier run left in state_dir must be writable too: a manual
     // run as root leaves files the service user cannot append to.
-    let rejects = cfg.state_dir.join(crate::bridge::REJECTS_FILE);
+    let rejects = cfg.state_dir.join(crate::rejects::FILE_NAME);
     if rejects.exists() {
         if let Err(e) = OpenOptions::new().append(true).open(&rejects) {
             out.errors.push(ConfigError::unusable(

@@ -183,7 +183,7 @@ fn prepare_blocking(path: &Path, running: &Config) -> Result<Prepared, ReloadErr
     let mut sinks = Vec::new();
     for changed in running.sinks.diff(&config.sinks).changed {
         let section = changed.kind().section();
-        sinks.push(Update::prepare(changed).map_err(|e| ReloadError::Sink { section, message: crate::cmd::describe(&e) })?);
+        sinks.push(Update::prepare(changed).map_err(|e| ReloadError::Sink { section, message: crate::service::describe(&e) })?);
     }
     Ok(Prepared { config, enricher, sinks })
 }
@@ -325,7 +325,7 @@ pub async fn on_hup<B: Reloadable>(bridge: &mut B, running: Config, path: &Path)
                 effective
             }
             Err(e) => {
-                tracing::error!(error = %crate::cmd::describe(&e), "reload failed while applying; the sources keep their previous settings");
+                tracing::error!(error = %crate::service::describe(&e), "reload failed while applying; the sources keep their previous settings");
                 running
             }
         },

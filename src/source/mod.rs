@@ -165,7 +165,7 @@ impl<S: Source> SourceKind for Registered<S> {
     }
 }
 
-/// The settings of one source without their type ([`Typed`] for every
+/// The settings of one source without their type (implemented for every
 /// [`Source`]).
 pub trait Erased: Send + Sync {
     /// The source's kind.
