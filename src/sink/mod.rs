@@ -217,8 +217,11 @@ impl<C: Clone + PartialEq> Keys<C> {
 
 /// What a reload does to one sink.
 struct Reload<C> {
+    /// The settings to put in force.
     effective: C,
+    /// Keys that changed and need a restart.
     restart: Vec<&'static str>,
+    /// Live keys that changed.
     live: Vec<&'static str>,
 }
 
@@ -282,18 +285,27 @@ impl<S: Sink> SinkKind for Registered<S> {
 /// The settings of one sink, with what its kind does with them, without
 /// their type ([`Typed`] for every [`Sink`]).
 trait Erased: Send + Sync {
+    /// The sink's kind.
     fn kind(&self) -> &'static dyn SinkKind;
+    /// For downcasting to the sink's [`Sink::Config`].
     fn as_any(&self) -> &dyn Any;
+    /// A copy.
     fn clone_box(&self) -> Box<dyn Erased>;
+    /// Equal settings of the same sink.
     fn eq_dyn(&self, other: &dyn Erased) -> bool;
+    /// `Debug`, with the section.
     fn fmt_dyn(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result;
+    /// [`Sink::needs`].
     fn needs(&self, needs: &mut Needs);
+    /// [`Sink::summary`].
     fn summary(&self) -> String;
+    /// [`Sink::start`].
     fn start<'a>(&'a self, ctx: &'a SinkContext, fanout: &'a mut Fanout, listeners: &'a mut Bound) -> Starting<'a>;
     /// [`Sink::keys`] between these (running) settings and `new` (of the
     /// same kind): the settings to put in force, the restart keys and the
     /// live keys that changed.
     fn reload(&self, new: &dyn Erased) -> (Box<dyn Erased>, Vec<&'static str>, Vec<&'static str>);
+    /// [`Sink::prepare`].
     fn prepare(&self) -> anyhow::Result<Box<dyn Any + Send>>;
 }
 
