@@ -447,9 +447,9 @@ impl Sinks {
         self.0.is_empty()
     }
 
-    /// The sink of `kind`, when configured.
-    fn find(&self, kind: &dyn SinkKind) -> Option<&Configured> {
-        self.0.iter().find(|c| c.kind().section() == kind.section())
+    /// The sink of section `section`, when configured.
+    fn find(&self, section: &str) -> Option<&Configured> {
+        self.0.iter().find(|c| c.kind().section() == section)
     }
 
     /// What a reload from `self` (running) to `new` changes, sink by sink
@@ -457,8 +457,11 @@ impl Sinks {
     pub fn diff(&self, new: &Sinks) -> Diff {
         let mut d = Diff::default();
         let mut effective = Vec::new();
-        for kind in REGISTRY {
-            match (self.find(*kind), new.find(*kind)) {
+        // Both are in registry order: the running sinks, then those added.
+        let mut kinds: Vec<&'static dyn SinkKind> = self.0.iter().map(Configured::kind).collect();
+        kinds.extend(new.0.iter().map(Configured::kind).filter(|k| self.find(k.section()).is_none()));
+        for kind in kinds {
+            match (self.find(kind.section()), new.find(kind.section())) {
                 (Some(old), Some(new)) => {
                     let (cfg, restart, live) = old.0.reload(&*new.0);
                     let cfg = Configured(cfg);
@@ -573,6 +576,137 @@ mod tests {
                 assert_ne!(a.name(), b.name());
             }
         }
+    }
+
+    /// A sink outside the registry, to show that the machinery needs
+    /// nothing else: it counts what it receives and what it is told.
+    struct Probe;
+
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct ProbeSection {
+        listen: std::net::SocketAddr,
+        batch: usize,
+    }
+
+    #[derive(Clone, Debug, PartialEq)]
+    struct ProbeConfig {
+        listen: std::net::SocketAddr,
+        batch: usize,
+    }
+
+    #[derive(Default)]
+    struct ProbeHandle {
+        batches: std::sync::atomic::AtomicUsize,
+        batch: std::sync::atomic::AtomicUsize,
+        listener: std::sync::Mutex<Option<std::net::SocketAddr>>,
+    }
+
+    impl Sink for Probe {
+        const SECTION: &'static str = "probe";
+        const NAME: &'static str = "probe";
+        type Section = ProbeSection;
+        type Config = ProbeConfig;
+        type Handle = Arc<ProbeHandle>;
+        type Update = usize;
+
+        fn config(s: ProbeSection, _base: &Path) -> Result<ProbeConfig, ConfigError> {
+            if s.batch == 0 {
+                return Err(ConfigError::invalid("probe.batch", "must be > 0"));
+            }
+            Ok(ProbeConfig { listen: s.listen, batch: s.batch })
+        }
+
+        fn keys(k: &mut Keys<ProbeConfig>) {
+            k.restart("probe.listen", |c| &mut c.listen).live("probe.batch", |c| &mut c.batch);
+        }
+
+        fn needs(c: &ProbeConfig, n: &mut Needs) {
+            n.listeners.push(("probe.listen", c.listen));
+        }
+
+        fn summary(c: &ProbeConfig) -> String {
+            format!("batch {}", c.batch)
+        }
+
+        async fn start(
+            c: &ProbeConfig,
+            _ctx: &SinkContext,
+            fanout: &mut Fanout,
+            listeners: &mut Bound,
+        ) -> anyhow::Result<(SinkHandle, Arc<ProbeHandle>)> {
+            let h = Arc::new(ProbeHandle::default());
+            h.batch.store(c.batch, std::sync::atomic::Ordering::SeqCst);
+            *h.listener.lock().unwrap() = listeners.take("probe.listen").map(|l| l.local_addr().unwrap());
+            let (tx, mut rx) = queue();
+            fanout.add(Self::NAME, tx);
+            let h2 = h.clone();
+            let task = tokio::spawn(async move {
+                while let Some(b) = rx.recv().await {
+                    h2.batches.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    b.ack();
+                }
+                Ok(())
+            });
+            Ok((SinkHandle { name: Self::NAME, task }, h))
+        }
+
+        fn prepare(c: &ProbeConfig) -> anyhow::Result<usize> {
+            Ok(c.batch)
+        }
+
+        fn reconfigure(h: &Arc<ProbeHandle>, batch: usize) {
+            h.batch.store(batch, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    fn probe(text: &str) -> Result<Configured, SectionError> {
+        Registered::<Probe>::NEW.parse(toml::de::ValueDeserializer::parse(text).unwrap(), Path::new(""))
+    }
+
+    #[tokio::test]
+    async fn a_sink_is_read_checked_started_diffed_and_reconfigured_through_its_declaration_alone() {
+        let bound = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = bound.local_addr().unwrap();
+        let running = Sinks(vec![probe(&format!("{{ listen = \"{addr}\", batch = 1 }}")).unwrap()]);
+        assert!(
+            matches!(probe("{ listen = \"127.0.0.1:1\", batch = 0 }"), Err(SectionError::Invalid(e)) if e.key() == Some("probe.batch"))
+        );
+        assert!(matches!(probe("{ listen = \"127.0.0.1:1\", batch = 1, x = 1 }"), Err(SectionError::Toml(_))));
+        let c = running.iter().next().unwrap();
+        assert_eq!(c.needs().listeners, vec![("probe.listen", addr)]);
+        assert_eq!((c.kind().name(), c.summary()), ("probe", "batch 1".to_string()));
+        assert_eq!(running.get::<Probe>().map(|c| c.batch), Some(1));
+
+        let mut listeners = Bound::default();
+        listeners.insert("probe.listen", bound);
+        let ctx = SinkContext { state_dir: PathBuf::from("/nonexistent"), shutdown: CancellationToken::new(), telemetry: Telemetry::new() };
+        let mut fanout = Fanout::new();
+        let mut started = running.start(&ctx, &mut fanout, &mut listeners).await.unwrap();
+        let h = started.handle::<Probe>().unwrap().clone();
+        assert_eq!(*h.listener.lock().unwrap(), Some(addr), "the listener bound beforehand is handed over");
+        let acked = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let a = acked.clone();
+        let done = Box::new(move || a.store(true, std::sync::atomic::Ordering::SeqCst));
+        fanout.send(Batch::new("f".into(), Vec::new(), 0, Some(done))).await.unwrap();
+
+        // A live key changes: put in force; the fixed one changes: kept, reported.
+        let new = Sinks(vec![probe("{ listen = \"127.0.0.1:1\", batch = 5 }").unwrap()]);
+        let d = running.diff(&new);
+        assert_eq!((d.restart_needed.clone(), d.live.clone()), (vec!["probe.listen"], vec!["probe.batch"]));
+        assert_eq!(d.effective.get::<Probe>(), Some(&ProbeConfig { listen: addr, batch: 5 }));
+        for changed in d.changed {
+            started.reconfigure(Update::prepare(changed).unwrap());
+        }
+        assert_eq!(h.batch.load(std::sync::atomic::Ordering::SeqCst), 5);
+        assert_eq!(running.diff(&Sinks::default()).restart_needed, vec!["probe"], "removing it needs a restart");
+
+        drop(fanout);
+        for t in started.tasks.drain(..) {
+            t.task.await.unwrap().unwrap();
+        }
+        assert_eq!(h.batches.load(std::sync::atomic::Ordering::SeqCst), 1);
+        assert!(acked.load(std::sync::atomic::Ordering::SeqCst), "the batch was acknowledged");
     }
 
     #[derive(Clone, Debug, PartialEq)]
