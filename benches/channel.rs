@@ -26,9 +26,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use calllog_bridge::config::ChannelConfig;
 use calllog_bridge::pipeline::{Batch, Fanout};
 use calllog_bridge::record::{Field, Record};
+use calllog_bridge::sink::channel::ChannelConfig;
 use calllog_bridge::sink::channel::{self, ChannelHandle};
 use calllog_bridge::sink::SinkContext;
 use calllog_bridge::telemetry::Telemetry;

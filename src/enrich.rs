@@ -45,9 +45,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::SystemTime;
 
-use crate::config::EnrichConfig;
 use crate::record::{is_absent, Field, Record};
 use crate::telemetry::LookupStats;
+use crate::settings::EnrichConfig;
 
 /// A problem with a lookup file, naming the file and where in it.
 #[derive(Debug, thiserror::Error)]

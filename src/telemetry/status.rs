@@ -42,7 +42,7 @@ use super::lookup::LookupSnapshot;
 use super::snapshot::FileFigures;
 use super::source::SourceStatus;
 use super::{FileStats, SinkStats, Telemetry};
-use crate::config::StatusConfig;
+use crate::settings::StatusConfig;
 use crate::time;
 
 /// The knobs of the derived figures (from `[status]`).
@@ -69,13 +69,13 @@ impl Default for StatusSettings {
 
 impl From<&StatusConfig> for StatusSettings {
     fn from(c: &StatusConfig) -> Self {
-        let ms = |s: u64| (s as i64).saturating_mul(1000);
+        let ms = |d: std::time::Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
         StatusSettings {
-            delay_window_ms: ms(c.delay_window_secs),
-            idle_after_ms: ms(c.idle_after_secs),
-            stalled_after_ms: ms(c.stalled_after_secs),
+            delay_window_ms: ms(c.delay_window),
+            idle_after_ms: ms(c.idle_after),
+            stalled_after_ms: ms(c.stalled_after),
             per_file_metrics: c.per_file_metrics,
-            no_files_after_ms: ms(c.no_files_after_secs),
+            no_files_after_ms: ms(c.no_files_after),
         }
     }
 }

@@ -8,9 +8,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use calllog_bridge::config::{ChannelConfig, Secret};
+use calllog_bridge::config::Secret;
 use calllog_bridge::pipeline::Batch;
 use calllog_bridge::record::{Field, Record};
+use calllog_bridge::sink::channel::ChannelConfig;
 use calllog_bridge::sink::channel::{self, ChannelHandle};
 use calllog_bridge::sink::SinkContext;
 use calllog_bridge::telemetry::Telemetry;
