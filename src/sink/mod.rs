@@ -45,6 +45,7 @@ pub static REGISTRY: &[&dyn SinkKind] = &[
     &Registered::<file::FileSink>::NEW,
     &Registered::<channel::ChannelSink>::NEW,
     &Registered::<upstream::UpstreamSink>::NEW,
+    &Registered::<export::ExportSink>::NEW,
     // &Registered::<kafka::KafkaSink>::NEW,
 ];
 

@@ -257,6 +257,16 @@ impl Figures {
             .collect()
     }
 
+    /// Drops the series of family `name` whose label value `keep` refuses:
+    /// a family over a moving window (the export's most recent slices)
+    /// stays bounded. The series kept go on as they were.
+    pub fn retain_values(&self, name: &str, keep: impl Fn(&str) -> bool) {
+        let mut figures = self.0.figures.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(f) = figures.iter_mut().find(|f| f.name == name && f.label.is_some()) {
+            f.cells.retain(|(v, _)| keep(v));
+        }
+    }
+
     /// Shows where clients subscribe to the component (`None`: nowhere),
     /// first in its `/status` section; the dashboard subscribes there.
     pub fn set_endpoint(&self, endpoint: Option<ChannelInfo>) {
@@ -410,6 +420,13 @@ mod tests {
         assert_eq!(
             f.snapshot().figures[1].value,
             FigureValue::ByLabel { label: "partition", values: vec![("0".into(), 0), ("1".into(), 7)] }
+        );
+        // A moving window: the old value goes, the kept one keeps its level.
+        f.retain_values("lag", |v| v != "0");
+        f.gauge_family("lag", "Lag", "partition", &["1", "2"])[1].set(2);
+        assert_eq!(
+            f.snapshot().figures[1].value,
+            FigureValue::ByLabel { label: "partition", values: vec![("1".into(), 7), ("2".into(), 2)] }
         );
     }
 }

@@ -10,6 +10,9 @@
 //! - [`dedup`]: `request_uuid` sets.
 //! - [`stats`]: per-slice figures for `/status`, `/metrics`, the dashboard.
 //! - [`config`]: `[export]` and `[export.s3]`.
+//! - [`s3`]: uploads published files to S3-compatible storage.
+//! - [`sink`]: the sink's task (batches in, files synced, acknowledged,
+//!   published, queued for upload).
 //!
 //! Delivery: a batch is acknowledged once its records are durably in a
 //! slice file (gzip sync flush and `fdatasync`, at most every
@@ -21,6 +24,9 @@ pub mod config;
 pub mod dedup;
 pub mod exporter;
 pub mod s3;
+pub mod sink;
 pub mod slice;
 pub mod slice_file;
 pub mod stats;
+
+pub use sink::ExportSink;

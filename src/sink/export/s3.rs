@@ -188,7 +188,7 @@ async fn run(
                 backoff = BACKOFF_INITIAL;
             }
             Err(e) => {
-                let msg = crate::cmd::describe(&e);
+                let msg = crate::service::describe(&e);
                 stats.upload_failed(name.slice, &msg);
                 let now = tokio::time::Instant::now();
                 failing_since.get_or_insert(now);

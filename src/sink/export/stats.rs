@@ -4,7 +4,11 @@
 //! them through [`ExportStats::snapshot`].
 //!
 //! Figures change when files are synced, closed or uploaded (not per
-//! record), under one lock; the list is bounded to [`KEEP_SLICES`].
+//! record), under one lock; the list is bounded to [`KEEP_SLICES`]. Each
+//! change is copied to the telemetry section `export`
+//! ([`ExportStats::published_in`]): totals, and per slice gauge families
+//! labelled `slice` (the slice's start) that drop the slices the list
+//! drops, so `/metrics` stays bounded.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -12,6 +16,7 @@ use std::sync::{Arc, Mutex};
 use serde::Serialize;
 
 use super::slice::Slice;
+use crate::telemetry::{Counter, Figures, Gauge};
 
 /// Slices kept in the figures (the newest; an open slice is never dropped).
 pub const KEEP_SLICES: usize = 48;
@@ -93,7 +98,91 @@ pub struct Snapshot {
 
 /// The export's figures, shared by the sink, the uploader and telemetry.
 #[derive(Clone, Debug, Default)]
-pub struct ExportStats(Arc<Mutex<Snapshot>>);
+pub struct ExportStats(Arc<Mutex<State>>);
+
+/// The figures and where they are published.
+#[derive(Debug, Default)]
+struct State {
+    /// The figures.
+    snap: Snapshot,
+    /// The telemetry section they are copied to after every change.
+    out: Option<Out>,
+}
+
+/// The telemetry section `export` (`/status`, `/metrics`): totals as
+/// counters and gauges, per slice as gauge families labelled `slice`,
+/// over the same bounded list of slices as [`Snapshot::slices`].
+#[derive(Debug)]
+struct Out {
+    /// The section.
+    figures: Figures,
+    /// Counters, with the value last added up to.
+    counters: Vec<(Counter, u64)>,
+    /// `uploads_pending`, `open_files`.
+    gauges: [Gauge; 2],
+}
+
+/// The totals published as counters: (name, help, value).
+type TotalCounter = (&'static str, &'static str, fn(&Totals) -> u64);
+
+const TOTAL_COUNTERS: [TotalCounter; 7] = [
+    ("records", "Records written into export files (late ones included)", |t| t.records),
+    ("late_records", "Records written into late files", |t| t.late_records),
+    ("late_files", "Late files opened", |t| t.late_files),
+    ("files_published", "Export files published (main and late)", |t| t.files_published),
+    ("duplicates_skipped", "Records not written again because their slice had them", |t| t.duplicates_skipped),
+    ("files_uploaded", "Export files uploaded to object storage", |t| t.files_uploaded),
+    ("upload_failures", "Failed upload attempts", |t| t.upload_failures),
+];
+
+/// Per-slice figures: (name, help, value; `None`: not shown for it).
+type SliceGauge = (&'static str, &'static str, fn(&SliceFigures) -> Option<i64>);
+
+const SLICE_GAUGES: [SliceGauge; 7] = [
+    ("slice_open", "1 while a recent slice's own file is being written, 0 once it is published", |f| Some(i64::from(f.state == "open"))),
+    ("slice_records", "Records in a recent slice's own file", |f| Some(f.records as i64)),
+    ("slice_late_records", "Records in a recent slice's late files", |f| Some(f.late_records as i64)),
+    ("slice_late_files", "Late files of a recent slice", |f| Some(i64::from(f.late_files))),
+    ("slice_closed_at_seconds", "When a recent slice's own file was published (Unix seconds; 0 while open)", |f| {
+        Some(f.closed_at_ms.map_or(0, |ms| ms / 1000))
+    }),
+    ("slice_worst_sync_delay_ms", "The largest sync delay of a recent slice's records", |f| Some(f.worst_sync_delay_ms.unwrap_or(0))),
+    ("slice_uploads_pending", "Files of a recent slice waiting for upload", |f| {
+        Some(f.upload.as_ref().map_or(0, |u| i64::from(u.pending)))
+    }),
+];
+
+impl Out {
+    fn new(figures: Figures) -> Out {
+        let counters = TOTAL_COUNTERS.iter().map(|(name, help, _)| (figures.counter(name, help), 0)).collect();
+        let gauges = [
+            figures.gauge("uploads_pending", "Export files waiting for upload"),
+            figures.gauge("open_files", "Export files being written"),
+        ];
+        Out { figures, counters, gauges }
+    }
+
+    /// Copies the figures to the section (counters by what they grew).
+    fn publish(&mut self, s: &Snapshot) {
+        for ((c, last), (_, _, get)) in self.counters.iter_mut().zip(TOTAL_COUNTERS.iter()) {
+            let v = get(&s.totals);
+            if v > *last {
+                c.add(v - *last);
+                *last = v;
+            }
+        }
+        self.gauges[0].set(s.totals.uploads_pending as i64);
+        self.gauges[1].set(s.totals.open_files as i64);
+        let labels: Vec<&str> = s.slices.iter().map(|f| f.slice.as_str()).collect();
+        for (name, help, get) in SLICE_GAUGES {
+            self.figures.retain_values(name, |v| labels.contains(&v));
+            let cells = self.figures.gauge_family(name, help, "slice", &labels);
+            for (g, f) in cells.iter().zip(&s.slices) {
+                g.set(get(f).unwrap_or(0));
+            }
+        }
+    }
+}
 
 /// What one sync of one file adds.
 #[derive(Clone, Copy, Debug, Default)]
@@ -114,9 +203,25 @@ impl ExportStats {
         Self::default()
     }
 
+    /// Empty figures, published in `figures` (the telemetry section
+    /// `export`) whenever they change.
+    pub fn published_in(figures: Figures) -> Self {
+        let mut out = Out::new(figures);
+        let snap = Snapshot::default();
+        out.publish(&snap);
+        ExportStats(Arc::new(Mutex::new(State { snap, out: Some(out) })))
+    }
+
+    /// Changes the figures (files synced, published, uploaded: not per
+    /// record), then publishes them.
     fn with<R>(&self, f: impl FnOnce(&mut Snapshot) -> R) -> R {
         let mut g = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        f(&mut g)
+        let st = &mut *g;
+        let r = f(&mut st.snap);
+        if let Some(out) = st.out.as_mut() {
+            out.publish(&st.snap);
+        }
+        r
     }
 
     fn slice(s: &mut Snapshot, slice: Slice) -> &mut SliceFigures {
@@ -263,53 +368,7 @@ impl ExportStats {
 
     /// A copy of the figures.
     pub fn snapshot(&self) -> Snapshot {
-        self.with(|s| s.clone())
-    }
-
-    /// The figures as Prometheus text (`calllog_bridge_export_*`): totals,
-    /// and per slice (label `slice`, bounded: the same slices as
-    /// `/status`) records, late records and the worst sync delay.
-    pub fn encode_metrics(&self, out: &mut String) {
-        use std::fmt::Write;
-        let s = self.snapshot();
-        let t = &s.totals;
-        let mut counter = |name: &str, help: &str, v: u64| {
-            let _ = writeln!(out, "# HELP calllog_bridge_export_{name} {help}\n# TYPE calllog_bridge_export_{name} counter");
-            let _ = writeln!(out, "calllog_bridge_export_{name}_total {v}");
-        };
-        counter("records", "Records written into export files (late ones included).", t.records);
-        counter("late_records", "Records written into late files.", t.late_records);
-        counter("late_files", "Late files opened.", t.late_files);
-        counter("files_published", "Export files published (main and late).", t.files_published);
-        counter("duplicates_skipped", "Records not written again because their slice had them.", t.duplicates_skipped);
-        counter("files_uploaded", "Export files uploaded to object storage.", t.files_uploaded);
-        counter("upload_failures", "Failed upload attempts.", t.upload_failures);
-        let _ = writeln!(
-            out,
-            "# HELP calllog_bridge_export_uploads_pending Export files waiting for upload.\n# TYPE calllog_bridge_export_uploads_pending gauge\ncalllog_bridge_export_uploads_pending {}",
-            t.uploads_pending
-        );
-        let _ = writeln!(
-            out,
-            "# HELP calllog_bridge_export_open_files Export files being written.\n# TYPE calllog_bridge_export_open_files gauge\ncalllog_bridge_export_open_files {}",
-            t.open_files
-        );
-        type Get = fn(&SliceFigures) -> Option<i64>;
-        let per_slice: [(&str, &str, Get); 4] = [
-            ("slice_records", "Records in a recent slice's file.", |f| Some(f.records as i64)),
-            ("slice_late_records", "Records in a recent slice's late files.", |f| Some(f.late_records as i64)),
-            ("slice_closed_at_seconds", "When a recent slice was closed (Unix seconds).", |f| f.closed_at_ms.map(|ms| ms / 1000)),
-            ("slice_worst_sync_delay_seconds", "The largest sync delay in a recent slice.", |f| f.worst_sync_delay_ms),
-        ];
-        for (name, help, get) in per_slice {
-            let _ = writeln!(out, "# HELP calllog_bridge_export_{name} {help}\n# TYPE calllog_bridge_export_{name} gauge");
-            for f in &s.slices {
-                if let Some(v) = get(f) {
-                    let v = if name == "slice_worst_sync_delay_seconds" { format!("{}", v as f64 / 1000.0) } else { v.to_string() };
-                    let _ = writeln!(out, "calllog_bridge_export_{name}{{slice=\"{}\"}} {v}", f.slice);
-                }
-            }
-        }
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).snap.clone()
     }
 }
 
@@ -359,9 +418,26 @@ mod tests {
         // The open ones are kept, the oldest closed ones went first.
         assert!(snap.slice(99 * 1_800_000).is_some() && snap.slice(0).is_none());
         assert_eq!(snap.totals.records, 5 + 2 + 99);
-        let mut m = String::new();
-        st.encode_metrics(&mut m);
-        assert!(m.contains("calllog_bridge_export_records_total 106"), "{m}");
-        assert!(m.contains("calllog_bridge_export_slice_records{slice=\"1970-01-03T01:30:00Z\"} 1"), "{m}");
+    }
+
+    #[test]
+    fn figures_are_published_and_the_slice_families_stay_bounded() {
+        use crate::telemetry::figures::FigureValue;
+        let t = crate::telemetry::Telemetry::new();
+        let st = ExportStats::published_in(t.figures("export"));
+        for i in 0..100 {
+            let s = Slice { start_ms: i * 1_800_000 };
+            st.synced(s, Synced { records: 2, worst_sync_delay_ms: Some(i), ..Synced::default() });
+            st.published(s, true, (i + 1) * 1_800_000, false);
+        }
+        let snap = t.figures("export").snapshot();
+        let get = |name: &str| snap.figures.iter().find(|f| f.name == name).unwrap().value.clone();
+        assert_eq!(get("records"), FigureValue::One(200));
+        assert_eq!(get("files_published"), FigureValue::One(100));
+        let FigureValue::ByLabel { values, .. } = get("slice_records") else { panic!("a family") };
+        assert_eq!(values.len(), KEEP_SLICES);
+        assert_eq!(values.last().unwrap(), &(Slice { start_ms: 99 * 1_800_000 }.iso(), 2));
+        let FigureValue::ByLabel { values, .. } = get("slice_worst_sync_delay_ms") else { panic!("a family") };
+        assert_eq!(values.last().unwrap().1, 99);
     }
 }
