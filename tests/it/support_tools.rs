@@ -12,40 +12,49 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-/// A test tool: its variable and its path under the cache.
-pub struct Tool {
-    /// Its name in messages.
-    pub name: &'static str,
-    /// The variable that names its binary.
-    pub var: &'static str,
-    /// Its path under the cache directory.
-    pub cached: &'static str,
+/// The test tools: (name, variable naming its binary, path under the
+/// cache directory), as `scripts/test-tools.sh` installs them.
+const TOOLS: [(&str, &str, &str); 3] = [
+    ("s3s-fs", "CALLLOG_S3S_FS", "s3s-fs-0.14.1/bin/s3s-fs"),
+    ("tansu", "CALLLOG_TANSU", "tansu-0.6.0/bin/tansu"),
+    ("python", "CALLLOG_TOOLS_PYTHON", "python/bin/python"),
+];
+
+/// The cache directory: `$CALLLOG_TOOLS_DIR`, else
+/// `~/.cache/calllog-bridge-tools`.
+fn cache_dir() -> Option<PathBuf> {
+    std::env::var_os("CALLLOG_TOOLS_DIR")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/calllog-bridge-tools")))
 }
 
-/// s3s-fs 0.14.1.
-pub const S3S_FS: Tool = Tool { name: "s3s-fs", var: "CALLLOG_S3S_FS", cached: "s3s-fs-0.14.1/bin/s3s-fs" };
-/// The virtualenv's Python (kafka-python, boto3).
-pub const TOOLS_PYTHON: Tool = Tool { name: "python (tools venv)", var: "CALLLOG_TOOLS_PYTHON", cached: "python/bin/python" };
-
-/// Where the tool is, or `None` after printing the SKIPPED line (a panic
-/// when `CALLLOG_REQUIRE_TOOLS=1`).
-pub fn find(tool: &Tool) -> Option<PathBuf> {
-    let from_var = std::env::var_os(tool.var).map(PathBuf::from);
-    let cache = std::env::var_os("CALLLOG_TOOLS_DIR")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/calllog-bridge-tools")));
-    let path = from_var.or_else(|| cache.map(|c| c.join(tool.cached)));
+/// Where tool `name` (`s3s-fs`, `tansu`, `python`: the tools virtualenv's)
+/// is: its variable, else the cache path. `None` after printing the
+/// SKIPPED line, unless tools are required ([`tools_required`]), where it
+/// panics.
+pub fn find_tool(name: &str) -> Option<PathBuf> {
+    let (_, var, cached) = TOOLS.iter().find(|t| t.0 == name).unwrap_or_else(|| panic!("unknown test tool {name:?}"));
+    let path = std::env::var_os(var).map(PathBuf::from).or_else(|| cache_dir().map(|c| c.join(cached)));
     match path {
         Some(p) if p.is_file() => Some(p),
         _ => {
-            let msg = format!("SKIPPED: {} not installed (run scripts/test-tools.sh)", tool.name);
-            if std::env::var("CALLLOG_REQUIRE_TOOLS").as_deref() == Ok("1") {
-                panic!("{msg}; CALLLOG_REQUIRE_TOOLS=1");
-            }
-            eprintln!("{msg}");
+            skip_or_fail(&format!("{name} not installed (run scripts/test-tools.sh)"));
             None
         }
     }
+}
+
+/// `CALLLOG_REQUIRE_TOOLS=1` (CI): a missing tool fails the test.
+pub fn tools_required() -> bool {
+    std::env::var("CALLLOG_REQUIRE_TOOLS").as_deref() == Ok("1")
+}
+
+/// Prints `SKIPPED: <why>`, or panics when tools are required.
+pub fn skip_or_fail(why: &str) {
+    if tools_required() {
+        panic!("{why}; CALLLOG_REQUIRE_TOOLS=1 requires it");
+    }
+    eprintln!("SKIPPED: {why}");
 }
 
 /// A free port on loopback (bound, then released just before use).
@@ -70,9 +79,9 @@ pub struct S3sFs {
 
 impl S3sFs {
     /// Starts a server with one bucket; `None` when s3s-fs is not
-    /// installed (see [`find`]).
+    /// installed (see [`find_tool`]).
     pub fn start(bucket: &str) -> Option<S3sFs> {
-        let bin = find(&S3S_FS)?;
+        let bin = find_tool("s3s-fs")?;
         let root = tempfile::tempdir().unwrap();
         std::fs::create_dir(root.path().join(bucket)).unwrap();
         let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));

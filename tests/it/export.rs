@@ -1,0 +1,501 @@
+//! The `[export]` sink against the real binary: CSV slice files in the
+//! hosted Call Log Export's shape (columns, order, RFC 4180 quoting),
+//! published `close_after_secs` after their slice (or first record, for a
+//! slice already over), late files for records of published slices,
+//! nothing lost or doubled across SIGTERM and `kill -9` in the middle of a
+//! slice, the figures in `/status` and `/metrics`, uploads to a real
+//! S3-compatible server (s3s-fs) through an outage, and config mistakes
+//! refused with exit 64 naming the key.
+
+use std::collections::HashMap;
+use std::fs::{self, OpenOptions};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::Child;
+use std::time::{Duration, Instant};
+
+use crate::safety::http_get;
+use crate::support;
+use crate::support_tools::{find_tool, S3sFs};
+
+/// How long anything here may take.
+const DEADLINE: Duration = Duration::from_secs(60);
+
+/// The hosted export's 35 columns in their "natural" order (FORMATS.md,
+/// "ECLE natural column order").
+const COLUMNS: [&str; 35] = [
+    "request_host_name",
+    "src_ip",
+    "request_uuid",
+    "http_method",
+    "uri",
+    "http_version",
+    "bytes",
+    "http_status_code",
+    "referrer",
+    "user_agent",
+    "request_id",
+    "request_time",
+    "api_key",
+    "service_id",
+    "traffic_manager",
+    "api_method_name",
+    "cache_hit",
+    "traffic_manager_error_code",
+    "total_request_exec_time",
+    "remote_total_time",
+    "connect_time",
+    "pre_transfer_time",
+    "oauth_access_token",
+    "ssl_enabled",
+    "quota_value",
+    "qps_throttle_value",
+    "client_transfer_time",
+    "service_name",
+    "response_string",
+    "plan_name",
+    "plan_uuid",
+    "endpoint_name",
+    "package_name",
+    "package_uuid",
+    "service_definition_endpoint_uuid",
+];
+
+/// A value with a comma, quotes, a newline and a carriage return: what
+/// RFC 4180 quoting must carry.
+const USER_AGENT: &str = "Mozilla/5.0 (\"quoted\", with comma)\r\nsecond line";
+
+/// A raw Local Edition JSON line for `uuid` at `request_time` `iso`.
+fn line(uuid: &str, iso: &str) -> String {
+    let v = serde_json::json!({
+        "request_uuid": uuid,
+        "request_time": iso,
+        "api_key": "k1",
+        "method": "GET",
+        "uri": format!("/v1/items?id={uuid}&a=1,2"),
+        "status": "200",
+        "bytes": "113",
+        "exec_time": "0.012",
+        "user_agent": USER_AGENT,
+    });
+    format!("{v}\n")
+}
+
+/// `n` uuids `prefix-i` at `iso`.
+fn batch(prefix: &str, n: usize, iso: &str) -> Vec<(String, String)> {
+    (0..n).map(|i| (format!("{prefix}-{i:05}"), iso.to_string())).collect()
+}
+
+/// A scratch bridge with one file source and `[export]`.
+struct Ex {
+    dir: tempfile::TempDir,
+    state: PathBuf,
+    export: PathBuf,
+    config: PathBuf,
+    log: PathBuf,
+    child: Option<Child>,
+}
+
+impl Ex {
+    /// `export_extra` goes into `[export]` (and may open `[export.s3]`).
+    fn new(export_extra: &str) -> Ex {
+        let dir = tempfile::tempdir().unwrap();
+        fs::create_dir_all(dir.path().join("logs")).unwrap();
+        let ex = Ex {
+            state: dir.path().join("state"),
+            export: dir.path().join("export"),
+            config: dir.path().join("bridge.toml"),
+            log: dir.path().join("bridge.log"),
+            dir,
+            child: None,
+        };
+        ex.configure(export_extra);
+        ex
+    }
+
+    fn configure(&self, export_extra: &str) {
+        let text = format!(
+            "state_dir = {state:?}\nlog_level = \"debug\"\n\n[[source]]\npaths = [{glob:?}]\nformat = \"le-json\"\nrescan_interval_ms = 200\n\n[status]\nlisten = \"127.0.0.1:0\"\n\n[export]\ndir = \"export\"\nslice_minutes = 1\nfsync_interval_ms = 20\n{export_extra}\n",
+            state = self.state.to_string_lossy(),
+            glob = self.dir.path().join("logs/access*.log").to_string_lossy(),
+        );
+        fs::write(&self.config, text).unwrap();
+    }
+
+    fn append(&self, records: &[(String, String)]) {
+        let text: String = records.iter().map(|(u, t)| line(u, t)).collect();
+        let mut f = OpenOptions::new().create(true).append(true).open(self.dir.path().join("logs/access.log")).unwrap();
+        f.write_all(text.as_bytes()).unwrap();
+    }
+
+    fn log_text(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn start(&mut self) {
+        assert!(self.child.is_none(), "already running");
+        let _ = fs::remove_file(self.state.join("status.addr"));
+        let running = |s: &str| s.matches("bridge running").count();
+        let before = running(&self.log_text());
+        self.child = Some(support::spawn_bridge(&self.config, &self.log));
+        support::poll_until(DEADLINE, "the bridge to start", || {
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
+                panic!("the bridge exited with {status}:\n{}", self.log_text());
+            }
+            (running(&self.log_text()) > before).then_some(())
+        });
+    }
+
+    fn stop(&mut self) {
+        let mut child = self.child.take().expect("running");
+        let status = support::terminate(&mut child, DEADLINE);
+        assert!(status.success(), "bridge exited with {status}; log:\n{}", self.log_text());
+    }
+
+    fn kill9(&mut self) {
+        let mut child = self.child.take().expect("running");
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+
+    fn status_addr(&self) -> String {
+        support::poll_until(DEADLINE, "status.addr", || fs::read_to_string(self.state.join("status.addr")).ok()).trim().to_string()
+    }
+
+    /// `/status` as JSON.
+    fn status(&self) -> serde_json::Value {
+        let (code, body) = http_get(&self.status_addr(), "/status");
+        assert_eq!(code, 200, "{body}");
+        serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"))
+    }
+
+    /// A figure of the `export` section of `/status`.
+    fn figure(&self, name: &str) -> serde_json::Value {
+        self.status()["export"][name].clone()
+    }
+
+    /// Published file names (no `.partial`, no hidden files), sorted.
+    fn published(&self) -> Vec<String> {
+        let mut names: Vec<String> = match fs::read_dir(&self.export) {
+            Ok(d) => d.filter_map(Result::ok).map(|e| e.file_name().to_string_lossy().into_owned()).collect(),
+            Err(_) => Vec::new(),
+        };
+        names.retain(|n| n.starts_with("calllog-") && !n.ends_with(".partial"));
+        names.sort();
+        names
+    }
+
+    /// Files still being written.
+    fn partial(&self) -> Vec<String> {
+        let mut names: Vec<String> = match fs::read_dir(&self.export) {
+            Ok(d) => d.filter_map(Result::ok).map(|e| e.file_name().to_string_lossy().into_owned()).collect(),
+            Err(_) => Vec::new(),
+        };
+        names.retain(|n| n.ends_with(".partial"));
+        names.sort();
+        names
+    }
+
+    fn wait_published(&self, want: &[&str]) {
+        support::poll_until(DEADLINE, &format!("{want:?} published"), || {
+            let got = self.published();
+            want.iter().all(|w| got.iter().any(|g| g == w)).then_some(())
+        });
+    }
+
+    /// Every uuid in the published files: uuid -> files it is in.
+    fn uuids(&self) -> HashMap<String, Vec<String>> {
+        let mut out: HashMap<String, Vec<String>> = HashMap::new();
+        for name in self.published() {
+            let rows = read_csv(&self.export.join(&name));
+            for row in &rows[1..] {
+                out.entry(row[2].clone()).or_default().push(name.clone());
+            }
+        }
+        out
+    }
+}
+
+impl Drop for Ex {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// A gzipped CSV file's rows, read by an RFC 4180 reader written here
+/// (not the bridge's): quoted fields may hold commas, `""` and line
+/// breaks; records end with CRLF.
+fn read_csv(path: &Path) -> Vec<Vec<String>> {
+    let mut text = String::new();
+    flate2::read::MultiGzDecoder::new(fs::File::open(path).unwrap()).read_to_string(&mut text).unwrap();
+    parse_csv(&text)
+}
+
+fn parse_csv(text: &str) -> Vec<Vec<String>> {
+    let mut rows = Vec::new();
+    let (mut row, mut field) = (Vec::new(), String::new());
+    let mut chars = text.chars().peekable();
+    let mut quoted = false;
+    while let Some(c) = chars.next() {
+        match (quoted, c) {
+            (true, '"') if chars.peek() == Some(&'"') => {
+                chars.next();
+                field.push('"');
+            }
+            (true, '"') => quoted = false,
+            (true, c) => field.push(c),
+            (false, '"') if field.is_empty() => quoted = true,
+            (false, ',') => row.push(std::mem::take(&mut field)),
+            (false, '\r') if chars.peek() == Some(&'\n') => {
+                chars.next();
+                row.push(std::mem::take(&mut field));
+                rows.push(std::mem::take(&mut row));
+            }
+            (false, c) => {
+                assert!(c != '\n' && c != '"', "a bare {c:?} outside quotes (not RFC 4180): {text:?}");
+                field.push(c)
+            }
+        }
+    }
+    assert!(!quoted && field.is_empty() && row.is_empty(), "the file ends inside a record");
+    rows
+}
+
+/// Checks a file's header and that every row carries the values its line had.
+fn check_rows(path: &Path) -> Vec<String> {
+    let rows = read_csv(path);
+    assert_eq!(rows[0], COLUMNS, "the header row: the export's columns in its order");
+    let mut ids = Vec::new();
+    for row in &rows[1..] {
+        assert_eq!(row.len(), 35, "{row:?}");
+        let uuid = &row[2];
+        assert_eq!(row[3], "GET");
+        assert_eq!(row[4], format!("/v1/items?id={uuid}&a=1,2"));
+        assert_eq!(row[9], USER_AGENT, "quotes, comma and line breaks survive");
+        assert_eq!(row[12], "k1");
+        assert!(row[11].starts_with("2026-11-29T10:0") && row[11].ends_with('Z'), "{row:?}");
+        ids.push(uuid.clone());
+    }
+    ids
+}
+
+/// Python's `csv` module (a standard reader) reads every file: 35
+/// columns per row, the quoted value intact, the same number of rows.
+fn python_reads_the_same(files: &[PathBuf]) {
+    let Some(python) = find_tool("python") else { return };
+    let script = "import csv, gzip, os, sys\nua = os.environ['UA']\nfor p in sys.argv[1:]:\n    with gzip.open(p, 'rt', newline='') as f:\n        rows = list(csv.reader(f))\n    assert rows[0][2] == 'request_uuid', p\n    assert all(len(r) == 35 for r in rows), p\n    assert all(r[9] == ua for r in rows[1:]), p\n    print(len(rows) - 1)\n";
+    let out = std::process::Command::new(python).arg("-c").arg(script).args(files).env("UA", USER_AGENT).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let counts: Vec<usize> = String::from_utf8_lossy(&out.stdout).lines().map(|l| l.parse().unwrap()).collect();
+    let ours: Vec<usize> = files.iter().map(|f| read_csv(f).len() - 1).collect();
+    assert_eq!(counts, ours);
+}
+
+#[test]
+fn records_over_three_slices_with_late_ones_make_three_slice_files_and_numbered_late_files() {
+    let mut ex = Ex::new("close_after_secs = 2\n");
+    let a = batch("a", 40, "2026-11-29T10:00:05Z");
+    let b = batch("b", 30, "2026-11-29T10:01:59Z");
+    let c = batch("c", 20, "2026-11-29T10:02:00Z");
+    ex.start();
+    ex.append(&[a.clone(), b.clone(), c.clone()].concat());
+    // Written, not yet published: the slices ended long ago, so each stays
+    // open close_after_secs past its first record.
+    support::poll_until(DEADLINE, "three open slice files", || (ex.partial().len() == 3).then_some(()));
+    let opened = Instant::now();
+    assert!(ex.published().is_empty(), "published before close_after_secs: {:?}", ex.published());
+    let main = ["calllog-2026-11-29T10-00Z.csv.gz", "calllog-2026-11-29T10-01Z.csv.gz", "calllog-2026-11-29T10-02Z.csv.gz"];
+    ex.wait_published(&main);
+    assert!(opened.elapsed() >= Duration::from_millis(1500), "published {:?} after the files appeared", opened.elapsed());
+    assert!(ex.partial().is_empty());
+
+    // Late records for two published slices: late files, never the
+    // published file again.
+    let a_late = batch("a-late", 5, "2026-11-29T10:00:59Z");
+    let c_late = batch("c-late", 3, "2026-11-29T10:02:30Z");
+    let before: Vec<Vec<u8>> = main.iter().map(|m| fs::read(ex.export.join(m)).unwrap()).collect();
+    ex.append(&[a_late.clone(), c_late.clone()].concat());
+    ex.wait_published(&["calllog-2026-11-29T10-00Z.late-1.csv.gz", "calllog-2026-11-29T10-02Z.late-1.csv.gz"]);
+    let a_later = batch("a-later", 2, "2026-11-29T10:00:00Z");
+    ex.append(&a_later);
+    ex.wait_published(&["calllog-2026-11-29T10-00Z.late-2.csv.gz"]);
+    let after: Vec<Vec<u8>> = main.iter().map(|m| fs::read(ex.export.join(m)).unwrap()).collect();
+    assert_eq!(before, after, "a published file is never written again");
+
+    assert_eq!(
+        ex.published(),
+        [
+            "calllog-2026-11-29T10-00Z.csv.gz",
+            "calllog-2026-11-29T10-00Z.late-1.csv.gz",
+            "calllog-2026-11-29T10-00Z.late-2.csv.gz",
+            "calllog-2026-11-29T10-01Z.csv.gz",
+            "calllog-2026-11-29T10-02Z.csv.gz",
+            "calllog-2026-11-29T10-02Z.late-1.csv.gz",
+        ],
+        "a sorted listing is chronological"
+    );
+    let ids = |v: &[(String, String)]| v.iter().map(|(u, _)| u.clone()).collect::<Vec<_>>();
+    let file = |n: &str| check_rows(&ex.export.join(n));
+    assert_eq!(file("calllog-2026-11-29T10-00Z.csv.gz"), ids(&a), "in arrival order");
+    assert_eq!(file("calllog-2026-11-29T10-01Z.csv.gz"), ids(&b));
+    assert_eq!(file("calllog-2026-11-29T10-02Z.csv.gz"), ids(&c));
+    assert_eq!(file("calllog-2026-11-29T10-00Z.late-1.csv.gz"), ids(&a_late));
+    assert_eq!(file("calllog-2026-11-29T10-00Z.late-2.csv.gz"), ids(&a_later));
+    assert_eq!(file("calllog-2026-11-29T10-02Z.late-1.csv.gz"), ids(&c_late));
+    let all = ex.uuids();
+    assert_eq!(all.len(), 40 + 30 + 20 + 5 + 3 + 2);
+    assert!(all.values().all(|f| f.len() == 1), "every request_uuid exactly once");
+    python_reads_the_same(&ex.published().iter().map(|n| ex.export.join(n)).collect::<Vec<_>>());
+
+    // The figures, per slice and in total, in /status and /metrics.
+    let s = ex.status();
+    let e = &s["export"];
+    assert_eq!(e["records"], 100, "{e}");
+    assert_eq!(e["late_records"], 10, "{e}");
+    assert_eq!(e["late_files"], 3, "{e}");
+    assert_eq!(e["files_published"], 6, "{e}");
+    assert_eq!(e["open_files"], 0, "{e}");
+    let ten = "2026-11-29T10:00:00Z";
+    assert_eq!(e["slice_records"][ten], 40, "{e}");
+    assert_eq!(e["slice_late_records"][ten], 7, "{e}");
+    assert_eq!(e["slice_late_files"][ten], 2, "{e}");
+    assert_eq!(e["slice_open"][ten], 0, "{e}");
+    assert!(e["slice_closed_at_seconds"][ten].as_i64().unwrap() > 1_700_000_000, "{e}");
+    assert!(e["slice_worst_sync_delay_ms"][ten].as_i64().unwrap() > 0, "the records are from the past: {e}");
+    let (code, metrics) = http_get(&ex.status_addr(), "/metrics");
+    assert_eq!(code, 200);
+    for want in [
+        "calllog_bridge_export_records_total 100",
+        "calllog_bridge_export_late_files_total 3",
+        "calllog_bridge_export_slice_late_records{slice=\"2026-11-29T10:00:00Z\"} 7",
+        "calllog_bridge_export_slice_records{slice=\"2026-11-29T10:02:00Z\"} 20",
+    ] {
+        assert!(metrics.contains(want), "{want} missing from:\n{metrics}");
+    }
+    ex.stop();
+}
+
+#[test]
+fn nothing_is_lost_or_doubled_across_sigterm_and_kill_9_in_the_middle_of_slices() {
+    // Slices stay open (an hour) while the bridge is stopped twice.
+    let mut ex = Ex::new("close_after_secs = 3600\n");
+    let slices = ["2026-11-29T10:00:10Z", "2026-11-29T10:01:10Z", "2026-11-29T10:02:10Z"];
+    let mut all = Vec::new();
+    let mut round = |ex: &mut Ex, name: &str, stop: &dyn Fn(&mut Ex)| {
+        let recs: Vec<(String, String)> =
+            (0..6000).map(|i| (format!("{name}-{i:05}"), slices[i % slices.len()].to_string())).collect();
+        ex.start();
+        ex.append(&recs);
+        all.extend(recs.into_iter().map(|(u, _)| u));
+        // Stop while records flow: some synced, some read but not yet.
+        support::poll_until(DEADLINE, "the first records synced", || (ex.figure("records").as_u64() > Some(0)).then_some(()));
+        stop(ex);
+        assert_eq!(ex.published(), Vec::<String>::new(), "open slices are not published by a stop");
+    };
+    round(&mut ex, "kill", &|ex| ex.kill9());
+    round(&mut ex, "term", &|ex| ex.stop());
+    round(&mut ex, "kill2", &|ex| ex.kill9());
+    // Now close the slices soon: the files left open are taken up, the
+    // records read again are skipped, the files published.
+    ex.configure("close_after_secs = 1\n");
+    ex.start();
+    support::poll_until(DEADLINE, "every record in a published file", || (ex.uuids().len() == all.len()).then_some(()));
+    support::poll_until(DEADLINE, "no open file", || ex.partial().is_empty().then_some(()));
+    let got = ex.uuids();
+    let doubled: Vec<_> = got.iter().filter(|(_, f)| f.len() != 1).take(5).collect();
+    assert!(doubled.is_empty(), "records in more than one place: {doubled:?}");
+    assert!(all.iter().all(|u| got.contains_key(u)));
+    for n in ex.published() {
+        check_rows(&ex.export.join(n));
+    }
+    let log = ex.log_text();
+    assert!(log.contains("took up the slice files an earlier run left open"), "{log}");
+    ex.stop();
+}
+
+#[test]
+fn published_files_are_uploaded_to_s3_through_an_outage_and_a_restart() {
+    let Some(mut s3) = S3sFs::start("calllog") else { return };
+    let mut ex = Ex::new("");
+    let (ak, sk) = s3.credential_files(ex.dir.path());
+    let endpoint = s3.endpoint();
+    let extra = |keep: bool| {
+        format!(
+            "close_after_secs = 1\n\n[export.s3]\nbucket = \"calllog\"\nprefix = \"le/export\"\nendpoint = {:?}\naccess_key_id_file = {:?}\nsecret_access_key_file = {:?}\nkeep_local = {keep}\nrequest_timeout_ms = 3000\nmax_backoff_ms = 1000\n",
+            endpoint,
+            ak.to_string_lossy(),
+            sk.to_string_lossy()
+        )
+    };
+    ex.configure(&extra(true));
+    ex.start();
+    let a = batch("a", 50, "2026-11-29T10:00:05Z");
+    ex.append(&a);
+    let first = "calllog-2026-11-29T10-00Z.csv.gz";
+    ex.wait_published(&[first]);
+    let object = s3.object("calllog", &format!("le/export/{first}"));
+    support::poll_until(DEADLINE, "the upload", || object.exists().then_some(()));
+    support::poll_until(DEADLINE, "the upload counted", || (ex.figure("files_uploaded") == 1).then_some(()));
+    assert_eq!(fs::read(&object).unwrap(), fs::read(ex.export.join(first)).unwrap(), "the object is the file");
+
+    // The store goes down: files are published and kept, uploads retried.
+    s3.stop();
+    let b = batch("b", 30, "2026-11-29T10:01:05Z");
+    ex.append(&b);
+    let second = "calllog-2026-11-29T10-01Z.csv.gz";
+    ex.wait_published(&[second]);
+    support::poll_until(DEADLINE, "upload failures retried", || (ex.figure("upload_failures").as_u64() >= Some(2)).then_some(()));
+    assert_eq!(ex.figure("uploads_pending"), 1);
+    assert!(ex.log_text().contains("export: upload failed; the file stays on disk and is tried again"));
+    // Stopped during the outage: the next start uploads what waits.
+    ex.stop();
+    ex.configure(&extra(false));
+    s3.restart();
+    ex.start();
+    let object2 = s3.object("calllog", &format!("le/export/{second}"));
+    support::poll_until(DEADLINE, "the waiting file uploaded after the restart", || object2.exists().then_some(()));
+    assert_eq!(check_rows(&object2), b.iter().map(|(u, _)| u.clone()).collect::<Vec<_>>());
+    // keep_local = false: the local copy goes once the object is stored.
+    support::poll_until(DEADLINE, "the local copy removed", || (!ex.export.join(second).exists()).then_some(()));
+    assert!(ex.export.join(first).exists(), "uploaded under keep_local = true: kept");
+    let markers = fs::read_dir(ex.export.join(".upload-pending")).map(|d| d.count()).unwrap_or(0);
+    assert_eq!(markers, 0, "nothing left waiting");
+    ex.stop();
+}
+
+#[test]
+fn export_config_mistakes_exit_64_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    fs::write(dir.path().join("ak"), "AK\n").unwrap();
+    fs::write(dir.path().join("sk"), "SK\n").unwrap();
+    fs::write(dir.path().join("a-file"), "").unwrap();
+    let s3 = "[export.s3]\nbucket = \"calllog\"\naccess_key_id_file = \"ak\"\nsecret_access_key_file = \"sk\"\n";
+    let cases = [
+        ("dir = \"export\"\nslice_minutes = 45\n".to_string(), "export.slice_minutes"),
+        ("dir = \"export\"\ngzip_level = 12\n".to_string(), "export.gzip_level"),
+        ("dir = \"a-file\"\n".to_string(), "export.dir"),
+        (format!("dir = \"export\"\n{}", s3.replace("calllog", "Bad_Bucket")), "export.s3.bucket"),
+        (format!("dir = \"export\"\n{}", s3.replace("\"sk\"", "\"missing\"")), "export.s3.secret_access_key_file"),
+        (format!("dir = \"export\"\n{s3}endpoint = \"ftp://store\"\n"), "export.s3.endpoint"),
+    ];
+    for (section, key) in cases {
+        let config = dir.path().join("bridge.toml");
+        let text = format!(
+            "state_dir = {:?}\n\n[[source]]\npaths = [{:?}]\nformat = \"le-json\"\n\n[export]\n{section}",
+            dir.path().join("state").to_string_lossy(),
+            dir.path().join("logs/*.log").to_string_lossy()
+        );
+        fs::write(&config, text).unwrap();
+        for cmd in ["check-config", "run"] {
+            let mut c = support::cmd();
+            c.args([cmd, "--config"]).arg(&config);
+            let out = support::run_for(&mut c, Duration::from_secs(20)).unwrap_or_else(|| panic!("{cmd} did not exit"));
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(64), "{cmd} with {section:?}: {err}");
+            assert!(err.contains(key), "{cmd} names {key}: {err}");
+        }
+    }
+}
