@@ -37,6 +37,52 @@ pub enum Command {
     /// exits 65 and says so): keep the damaged file aside and choose where
     /// reading resumes. The bridge must be stopped.
     ResetState(ResetStateArgs),
+    /// Build the Call Log Export's CSV slice files offline for a time
+    /// range, from the archive or raw Local Edition logs (back-filling a
+    /// warehouse).
+    Export(ExportArgs),
+}
+
+/// `export` arguments.
+#[derive(Debug, clap::Args)]
+pub struct ExportArgs {
+    /// Start of the range (ISO 8601, inclusive): records whose
+    /// `request_time` is at or after it.
+    #[arg(long)]
+    pub from: String,
+    /// End of the range (ISO 8601, exclusive).
+    #[arg(long)]
+    pub to: String,
+    /// Directory the slice files are written in (created if missing).
+    #[arg(long)]
+    pub dir: PathBuf,
+    /// Slice length in minutes, aligned to the hour (UTC).
+    #[arg(long, default_value_t = 30)]
+    pub slice_minutes: u32,
+    /// Append the four organisation columns (39 instead of 35).
+    #[arg(long)]
+    pub include_org: bool,
+    /// No header row.
+    #[arg(long)]
+    pub no_header: bool,
+    /// Plain `.csv` files instead of `.csv.gz`.
+    #[arg(long)]
+    pub no_gzip: bool,
+    /// gzip level, 1 to 9.
+    #[arg(long, default_value_t = 6)]
+    pub gzip_level: u32,
+    /// Remove the files the range's slices already have first.
+    #[arg(long)]
+    pub replace: bool,
+    /// Input format (`auto` decides per file from its first line).
+    #[arg(long, short, value_enum, default_value_t = Format::Auto)]
+    pub format: Format,
+    /// Lookup tables (CSV or JSON) used to fill in names (raw logs).
+    #[arg(long = "lookups", value_name = "PATH")]
+    pub lookups: Vec<PathBuf>,
+    /// Inputs: the archive (rotated `.gz` too) or Local Edition logs.
+    #[arg(required = true, value_name = "FILE")]
+    pub files: Vec<PathBuf>,
 }
 
 /// `parse` arguments.

@@ -32,6 +32,7 @@ fn main() {
         Command::Tail(a) => cmd::tail::run(a),
         Command::Lag(a) => cmd::lag::run(a),
         Command::ResetState(a) => cmd::reset_state::run(a),
+        Command::Export(a) => cmd::export::run(a),
     };
     match result {
         Ok(code) => std::process::exit(code),

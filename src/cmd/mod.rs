@@ -2,6 +2,7 @@
 //! returning the process exit code.
 
 pub mod check_config;
+pub mod export;
 pub mod lag;
 pub mod parse;
 pub mod reset_state;
