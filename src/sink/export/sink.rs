@@ -171,11 +171,10 @@ struct Writer {
     uploads: Option<UploadQueue>,
 }
 
-/// What went wrong: an I/O error to retry, or the sink must stop.
-enum Stop {
-    /// The sink must stop now (shutdown), or the blocking pool is gone.
-    Now(anyhow::Result<()>),
-}
+/// The sink must stop now: `Ok` at shutdown (what is held stays
+/// unacknowledged, read again after the restart), an error when the
+/// blocking pool is gone.
+struct Stop(anyhow::Result<()>);
 
 impl Writer {
     /// Runs `f` on the exporter on the blocking pool.
@@ -211,7 +210,7 @@ impl Writer {
             let delay = self.fault.failed(&msg);
             tokio::select! {
                 _ = tokio::time::sleep(delay) => {}
-                _ = self.shutdown.cancelled() => return Err(Stop::Now(Ok(()))),
+                _ = self.shutdown.cancelled() => return Err(Stop(Ok(()))),
             }
             let batches = self.pending.clone();
             let r = self
@@ -226,7 +225,7 @@ impl Writer {
                     Ok(published)
                 })
                 .await
-                .map_err(|e| Stop::Now(Err(e)))?;
+                .map_err(|e| Stop(Err(e)))?;
             match r {
                 Ok(published) => {
                     self.fault.recovered();
@@ -249,7 +248,7 @@ impl Writer {
         let r = self
             .blocking(move |ex| ex.write(batch.records.iter(), batch.observed_ms, crate::time::now_ms()))
             .await
-            .map_err(|e| Stop::Now(Err(e)))?;
+            .map_err(|e| Stop(Err(e)))?;
         match r {
             Ok(published) => {
                 self.queue_uploads(published);
@@ -262,7 +261,7 @@ impl Writer {
     /// Syncs the open files and acknowledges the pending batches.
     async fn sync_and_ack(&mut self) -> Result<(), Stop> {
         if !self.pending.is_empty() {
-            let r = self.blocking(|ex| ex.sync()).await.map_err(|e| Stop::Now(Err(e)))?;
+            let r = self.blocking(|ex| ex.sync()).await.map_err(|e| Stop(Err(e)))?;
             if let Err(e) = r {
                 self.recover("cannot sync an export file", e).await?;
             }
@@ -281,7 +280,7 @@ impl Writer {
     /// a published file is complete).
     async fn close_due(&mut self) -> Result<(), Stop> {
         self.sync_and_ack().await?;
-        let r = self.blocking(|ex| ex.close_due(crate::time::now_ms())).await.map_err(|e| Stop::Now(Err(e)))?;
+        let r = self.blocking(|ex| ex.close_due(crate::time::now_ms())).await.map_err(|e| Stop(Err(e)))?;
         match r {
             Ok(published) => {
                 self.queue_uploads(published);
@@ -310,7 +309,7 @@ async fn run(mut w: Writer, mut rx: mpsc::Receiver<Arc<Batch>>, interval: Durati
     }
     match r {
         Ok(()) => Ok(()),
-        Err(Stop::Now(r)) => r,
+        Err(Stop(r)) => r,
     }
 }
 
