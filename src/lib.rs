@@ -18,6 +18,7 @@
 //! - [`cmd`]: one module per subcommand; [`cli`] holds the clap definitions.
 //! - [`preflight`]: what `run` needs from the host (files, directories,
 //!   listeners), checked the same way by `check-config` and `run`;
+//!   [`state_dir`]: every file in `state_dir` and the one atomic write;
 //!   [`state_lock`]: one bridge per `state_dir`.
 //! - [`simulate`]: simulated Local Edition traffic (generator and file writer).
 //! - [`sink`]: where batches go (file archive, channel, upstream), each a
@@ -31,6 +32,7 @@
 //! - [`listener`]: what bounds every listener (socket cap, idle eviction,
 //!   file-descriptor limit).
 //! - [`time`]: time parsing and formatting.
+//! - [`demo`]: the self-contained demo `run` starts with no config.
 
 #![forbid(unsafe_code)]
 
@@ -55,6 +57,7 @@ pub mod settings;
 pub mod simulate;
 pub mod sink;
 pub mod source;
+pub mod state_dir;
 pub mod state_lock;
 pub mod tail;
 pub mod telemetry;

@@ -8,7 +8,7 @@
 //!
 //! Modules: [`le6`], [`le5_csv`], [`le_json`], [`ecle_csv`], [`ecls`] (one
 //! per format), [`detect`] (`auto`), [`csv`] and [`json`] (shared
-//! machinery), [`normalize`] (FORMATS.md §4), [`framing`] (multi-line JSON
+//! machinery), [`normalize`] (docs/FORMATS.md §4), [`framing`] (multi-line JSON
 //! documents, for the reader).
 
 use std::fmt;

@@ -491,7 +491,7 @@ impl Upstream {
         };
         let stats = ctx.telemetry.sink(NAME);
         let spool = if cfg.spool_max_bytes > 0 {
-            let dir = ctx.state_dir.join("upstream-spool").join(cfg.format.kind().name());
+            let dir = crate::state_dir::StateDir::new(&ctx.state_dir).upstream_spool(cfg.format.kind().name());
             let max = cfg.spool_max_bytes;
             let d = dir.clone();
             let s = tokio::task::spawn_blocking(move || Spool::open(&d, max))
@@ -505,7 +505,8 @@ impl Upstream {
         } else {
             None
         };
-        let dead_letter_path = cfg.dead_letter_file.clone().unwrap_or_else(|| ctx.state_dir.join("dead-letter.ndjson"));
+        let dead_letter_path =
+            cfg.dead_letter_file.clone().unwrap_or_else(|| crate::state_dir::StateDir::new(&ctx.state_dir).dead_letter());
         let dead_letter = Arc::new(dead_letter::DeadLetter::new(dead_letter_path));
         let shared = Arc::new(Shared {
             live: RwLock::new(Arc::new(live)),
