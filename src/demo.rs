@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 
 use crate::parse::Format;
-use crate::simulate::{self, SimOptions};
+use crate::sim::{self, SimOptions};
 
 /// The token the demo channel accepts.
 pub const DEMO_TOKEN: &str = "demo-token-not-a-secret";
@@ -85,7 +85,7 @@ impl Demo {
         let simulator = std::thread::Builder::new()
             .name("demo-simulator".into())
             .spawn(move || {
-                if let Err(e) = simulate::run(&opts, &s) {
+                if let Err(e) = sim::run(&opts, &s) {
                     tracing::error!(error = %e, "demo simulator stopped");
                 }
             })

@@ -20,7 +20,7 @@
 //!   listeners), checked the same way by `check-config` and `run`;
 //!   [`state_dir`]: every file in `state_dir` and the one atomic write;
 //!   [`state_lock`]: one bridge per `state_dir`.
-//! - [`simulate`]: simulated Local Edition traffic (generator and file writer).
+//! - [`sim`]: simulated Local Edition traffic (generator and file writer).
 //! - [`sink`]: where batches go (file archive, channel, upstream), each a
 //!   [`sink::Sink`] in [`sink::REGISTRY`]; [`bridge`] starts and stops
 //!   sources and sinks.
@@ -54,7 +54,7 @@ pub mod reload;
 pub mod rotating;
 pub mod service;
 pub mod settings;
-pub mod simulate;
+pub mod sim;
 pub mod sink;
 pub mod source;
 pub mod state_dir;

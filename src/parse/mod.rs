@@ -244,7 +244,7 @@ impl LineParser {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::simulate::{le5_csv_header, Generator};
+    use crate::sim::{le5_csv_header, Generator};
     use rand::rngs::StdRng;
     use rand::{Rng, SeedableRng};
 
