@@ -31,7 +31,7 @@
 //! - [`telemetry`]: per-file and per-sink statistics, metrics, status.
 //! - [`listener`]: what bounds every listener (socket cap, idle eviction,
 //!   file-descriptor limit).
-//! - [`time`]: time parsing and formatting.
+//! - [`time`]: time parsing and formatting; [`url`]: URL text helpers.
 //! - [`demo`]: the self-contained demo `run` starts with no config.
 
 #![forbid(unsafe_code)]
@@ -62,4 +62,5 @@ pub mod state_lock;
 pub mod tail;
 pub mod telemetry;
 pub mod time;
+pub mod url;
 pub mod watch;

@@ -122,7 +122,7 @@ impl Target {
         for p in query.split('&').filter(|p| !p.is_empty()) {
             let (name, value) = p.split_once('=').unwrap_or((p, ""));
             match name {
-                "key" => key = Some(crate::sink::channel::percent_decode(value).context("the URL's key is not valid percent-encoding")?),
+                "key" => key = Some(crate::url::percent_decode(value).context("the URL's key is not valid percent-encoding")?),
                 "since" => {}
                 _ => params.push(p.to_string()),
             }

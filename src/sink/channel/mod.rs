@@ -87,7 +87,7 @@ use crate::time::now_ms;
 
 pub use config::{ChannelConfig, ChannelSection, TlsFiles};
 use conn::{ConnState, Lost, Registry};
-pub use request::percent_decode;
+
 use request::TokenDigest;
 use ring::{Entry, Evicted, Item, Ring};
 pub use stats::ChannelStats;

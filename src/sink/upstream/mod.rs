@@ -166,7 +166,7 @@ impl super::Sink for UpstreamSink {
         } else {
             format!(", headers {} (values not shown)", u.headers.keys().cloned().collect::<Vec<_>>().join(", "))
         };
-        format!("{} ({}, {compression}, {auth}{headers})", http::redact_url(&u.url), u.format.kind().name())
+        format!("{} ({}, {compression}, {auth}{headers})", crate::url::redact_url(&u.url), u.format.kind().name())
     }
 
     async fn start(
@@ -441,7 +441,7 @@ impl Live {
     /// names the key.
     pub fn build(cfg: &UpstreamConfig) -> anyhow::Result<Live> {
         let client = http::client(cfg)?;
-        Ok(Live { cfg: cfg.clone(), client, log_url: http::redact_url(&cfg.url), encoder: Encoder::for_config(cfg) })
+        Ok(Live { cfg: cfg.clone(), client, log_url: crate::url::redact_url(&cfg.url), encoder: Encoder::for_config(cfg) })
     }
 
     /// The URL as logs show it (no credentials).
