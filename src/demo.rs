@@ -169,7 +169,7 @@ fn banner(dir: &Path, status: &str, channel: &str) -> String {
          \x20 channel    ws://{channel}/ecls/subscribe/local/local?key={DEMO_TOKEN}\n\
          \x20 archive    {archive}\n\
          \x20 LE logs    {logs}\n\
-         \n  try:  {bin} tail 'ws://{channel}/stream?key={DEMO_TOKEN}' --table\n\
+         \n  try:  {bin} subscribe 'ws://{channel}/stream?key={DEMO_TOKEN}' --table\n\
          \x20       {bin} lag --status-url http://{status}\n\
          \n  The demo directory is removed when the demo stops.\n",
         archive = dir.join("archive.ndjson").display(),
