@@ -123,7 +123,7 @@ pub const MAX_HEADERS: usize = 32;
 /// How to subscribe, for a client that did not ask for a WebSocket.
 pub const HOW_TO_SUBSCRIBE: &str = "this is a WebSocket channel: subscribe with a WebSocket client to \
      /stream?key=<token> or /ecls/subscribe/<channel_id>/<area>?key=<token>, \
-     for example: calllog-bridge tail 'ws://HOST:PORT/stream?key=<token>'";
+     for example: calllog-bridge subscribe 'ws://HOST:PORT/stream?key=<token>'";
 
 /// What the channel needs of a WebSocket handshake request.
 #[derive(Debug, Clone, PartialEq, Eq)]
