@@ -16,7 +16,7 @@ use std::time::Instant;
 
 use calllog_bridge::parse::{Format, LineParser};
 use calllog_bridge::record::Record;
-use calllog_bridge::simulate::Generator;
+use calllog_bridge::sim::Generator;
 use calllog_bridge::sink::export::config::{ExportConfig, ExportSection};
 use calllog_bridge::sink::export::exporter::Exporter;
 use calllog_bridge::sink::export::stats::ExportStats;
