@@ -32,7 +32,7 @@ pub struct ExportSection {
     /// gzip the files (`.csv.gz`); otherwise plain `.csv`.
     #[serde(default = "yes")]
     pub gzip: bool,
-    /// gzip level, 1 (fastest) to 9 (smallest).
+    /// gzip level, 1 (fastest, the default) to 9 (smallest).
     #[serde(default = "default_gzip_level")]
     pub gzip_level: u32,
     /// fsync at most this often; a batch is acknowledged once synced.
@@ -93,8 +93,10 @@ fn default_slice_minutes() -> u32 {
 fn default_close_after_secs() -> u64 {
     300
 }
+/// Level 1: ~500,000 records per CPU-second into the export against
+/// ~230,000 at level 6, for files ~1.7 times larger (`benches/export.rs`).
 fn default_gzip_level() -> u32 {
-    6
+    1
 }
 fn default_fsync_interval_ms() -> u64 {
     1000
@@ -305,7 +307,7 @@ mod tests {
         assert_eq!(c.slice, Duration::from_secs(1800));
         assert_eq!(c.close_after, Duration::from_secs(300));
         assert!(c.header && !c.include_org);
-        assert_eq!(c.gzip, Some(6));
+        assert_eq!(c.gzip, Some(1));
         assert!(c.s3.is_none());
     }
 
