@@ -16,6 +16,7 @@
 //!   [`state_lock`]: one bridge per `state_dir`.
 //! - [`simulate`]: simulated Local Edition traffic (generator and file writer).
 //! - [`sink`]: where batches go (file archive, channel, upstream).
+//! - [`kafka`]: the Kafka protocol side of a fleet (edge sink, hub source).
 //! - [`reload`]: SIGHUP: re-read the config, apply it or refuse it whole.
 //! - [`service`]: systemd readiness, watchdog and journal-friendly logs.
 //! - [`logsafe`]: peer-supplied text (file names, collector answers)
@@ -34,6 +35,7 @@ pub mod cmd;
 pub mod config;
 pub mod demo;
 pub mod enrich;
+pub mod kafka;
 pub mod listener;
 pub mod logsafe;
 pub mod parse;
