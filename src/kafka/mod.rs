@@ -15,11 +15,16 @@
 //!   classified for the sink's retry / split / dead-letter machinery;
 //! - [`consume`]: one reader per partition, messages back into records,
 //!   batches into the pipeline;
+//! - [`hub`]: a Kafka source at work (connect, find partitions, one reader
+//!   each, positions written as they advance);
 //! - [`offsets`]: the hub's durable positions per partition, advanced only
-//!   when every sink acknowledged (the client has no consumer groups).
+//!   when every sink acknowledged (the client has no consumer groups);
+//! - [`settings`]: the `[kafka]` sink and `[[source]] kind = "kafka"` sections.
 
 pub mod client;
 pub mod consume;
+pub mod hub;
 pub mod message;
 pub mod offsets;
 pub mod produce;
+pub mod settings;

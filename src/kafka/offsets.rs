@@ -188,6 +188,11 @@ impl Offsets {
         }
     }
 
+    /// Batches registered and not yet acknowledged, over every partition.
+    pub fn in_flight(&self) -> usize {
+        self.lock().trackers.values().map(|t| t.in_flight.len()).sum()
+    }
+
     /// Resolves when a position may have advanced since the last write.
     pub async fn changed(&self) {
         self.changed.notified().await
