@@ -79,24 +79,45 @@ impl KeyField {
 }
 
 /// Encodes records into messages.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Encoder {
     /// The value's shape.
     pub format: Format,
     /// Where the key comes from.
     pub key_field: KeyField,
+    /// This bridge's `host`, for records that carry none (read from files
+    /// here rather than received from another bridge).
+    host: String,
+    /// `,"host":"<host>"`, escaped once.
+    host_member: Vec<u8>,
 }
 
 /// The prefix's marker of a message without a key.
 const NO_KEY: u32 = u32::MAX;
 
 impl Encoder {
+    /// An encoder writing `format`, keyed by `key_field`, that names
+    /// `host` on records that carry no host of their own.
+    pub fn new(format: Format, key_field: KeyField, host: &str) -> Encoder {
+        let host_member = if host.is_empty() {
+            Vec::new()
+        } else {
+            // A String always serializes.
+            format!(",\"host\":{}", serde_json::to_string(host).unwrap_or_else(|_| "\"\"".into())).into_bytes()
+        };
+        Encoder { format, key_field, host: host.to_string(), host_member }
+    }
+
     /// Appends the message of record `r`, read from `file`, as one unit.
     /// An empty key value gives a message without a key (spread over the
     /// partitions).
     pub fn push(&self, r: &Record<'_>, file: &str, units: &mut Units) {
         let out = &mut units.buf;
-        let key = self.key_field.value(r);
+        let own_host = r.host.is_empty();
+        let key = match self.key_field {
+            KeyField::Host if own_host => self.host.as_str(),
+            k => k.value(r),
+        };
         if key.is_empty() || key == "-" {
             out.extend_from_slice(&NO_KEY.to_le_bytes());
         } else {
@@ -104,7 +125,8 @@ impl Encoder {
         }
         let mut delay = [0u8; 20];
         let delay = r.sync_delay_ms.map(|d| format_i64(d, &mut delay));
-        let headers = [(HEADER_HOST, Some(r.host.as_bytes())), (HEADER_FILE, Some(file.as_bytes())), (HEADER_SYNC_DELAY, delay)];
+        let host = if own_host { self.host.as_bytes() } else { r.host.as_bytes() };
+        let headers = [(HEADER_HOST, Some(host)), (HEADER_FILE, Some(file.as_bytes())), (HEADER_SYNC_DELAY, delay)];
         let present = headers.iter().filter(|(_, v)| v.is_some_and(|v| !v.is_empty())).count();
         out.push(present as u8);
         for (name, v) in headers {
@@ -118,6 +140,20 @@ impl Encoder {
         match self.format {
             Format::Ndjson => r.write_json(Shape::Ndjson, out),
             Format::Ecls => write_ecls_message(std::iter::once(r), out),
+        }
+        if own_host && !self.host_member.is_empty() {
+            // The host goes last in both shapes (as `Record::write_json`
+            // puts it): before the record's closing brace, and for `ecls`
+            // before the `]}` that close the message.
+            let tail: &[u8] = match self.format {
+                Format::Ndjson => b"}",
+                Format::Ecls => b"}]}",
+            };
+            if out.ends_with(tail) {
+                out.truncate(out.len() - tail.len());
+                out.extend_from_slice(&self.host_member);
+                out.extend_from_slice(tail);
+            }
         }
         units.spans.push(Span { end: out.len(), doc_start, doc_end: out.len() });
     }
@@ -264,13 +300,13 @@ mod tests {
     #[test]
     fn a_unit_holds_key_headers_and_the_record() {
         let mut u = Units::default();
-        let e = Encoder { format: Format::Ndjson, key_field: KeyField::Field(Field::RequestUuid) };
+        let e = Encoder::new(Format::Ndjson, KeyField::Field(Field::RequestUuid), "");
         e.push(&record(), "/logs/access.log", &mut u);
         let mut r2 = record();
         r2.set(Field::RequestUuid, "");
         r2.sync_delay_ms = None;
         r2.host = Cow::Borrowed("");
-        Encoder { format: Format::Ecls, ..e }.push(&r2, "", &mut u);
+        Encoder::new(Format::Ecls, e.key_field, "").push(&r2, "", &mut u);
         let m = message(&u, 0).unwrap();
         assert_eq!(m.key, Some(&b"uuid-1"[..]));
         assert_eq!(m.headers, vec![("host", &b"edge-a"[..]), ("file", &b"/logs/access.log"[..]), ("sync_delay_ms", &b"1500"[..])]);
@@ -291,6 +327,25 @@ mod tests {
         let mut bad = u.clone();
         bad.buf[0] = 0xfe;
         assert_eq!(message(&bad, 0), Err(Malformed));
+    }
+
+    #[test]
+    fn records_without_a_host_carry_the_bridges() {
+        let mut r = record();
+        r.host = Cow::Borrowed("");
+        let mut u = Units::default();
+        Encoder::new(Format::Ndjson, KeyField::Host, "edge \"b\"").push(&r, "f", &mut u);
+        Encoder::new(Format::Ecls, KeyField::Host, "edge-b").push(&r, "f", &mut u);
+        Encoder::new(Format::Ndjson, KeyField::Host, "edge-b").push(&record(), "f", &mut u);
+        let m = message(&u, 0).unwrap();
+        assert_eq!((m.key, m.headers[0]), (Some(&b"edge \"b\""[..]), ("host", &b"edge \"b\""[..])));
+        let v: serde_json::Value = serde_json::from_slice(m.value).unwrap();
+        assert_eq!(v["host"], "edge \"b\"");
+        let v: serde_json::Value = serde_json::from_slice(message(&u, 1).unwrap().value).unwrap();
+        assert_eq!(v["data"][0]["host"], "edge-b");
+        let m = message(&u, 2).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(m.value).unwrap();
+        assert_eq!((m.key, v["host"].as_str()), (Some(&b"edge-a"[..]), Some("edge-a")), "a record's own host is kept");
     }
 
     #[test]

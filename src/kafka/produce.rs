@@ -319,6 +319,16 @@ fn to_record(m: super::message::Message<'_>) -> rskafka::record::Record {
         key: m.key.map(<[u8]>::to_vec),
         value: Some(m.value.to_vec()),
         headers: m.headers.iter().map(|(k, v)| ((*k).to_string(), v.to_vec())).collect::<BTreeMap<_, _>>(),
-        timestamp: rskafka::chrono::Utc::now(),
+        timestamp: now_timestamp(),
     }
+}
+
+/// The message timestamp (create time): now, from the system clock. Built
+/// from `SystemTime` because the chrono the client re-exports is compiled
+/// without its clock.
+fn now_timestamp() -> rskafka::chrono::DateTime<rskafka::chrono::Utc> {
+    let ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+    rskafka::chrono::DateTime::from_timestamp_millis(ms).unwrap_or_default()
 }

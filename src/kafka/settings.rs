@@ -50,13 +50,6 @@ pub struct SinkSection {
     /// Longest retry delay.
     #[serde(default = "default_retry_max_ms")]
     pub retry_max_ms: u64,
-    /// Disk spool bound during long outages; 0 turns it off.
-    #[serde(default = "default_spool_max_bytes")]
-    pub spool_max_bytes: u64,
-    /// How long the brokers must have been failing before requests go to
-    /// the spool.
-    #[serde(default = "default_spool_after_ms")]
-    pub spool_after_ms: u64,
     /// Messages the brokers refuse for good; default
     /// `<state_dir>/kafka-dead-letter.ndjson`.
     #[serde(default)]
@@ -73,6 +66,10 @@ pub struct SinkSection {
     /// The client id the brokers see.
     #[serde(default)]
     pub client_id: Option<String>,
+    /// The name of this bridge's host on its messages (`host` header and
+    /// field); default the machine's host name.
+    #[serde(default)]
+    pub host: Option<String>,
     /// Connect with TLS.
     #[serde(default)]
     pub tls: bool,
@@ -123,12 +120,6 @@ fn default_retry_initial_ms() -> u64 {
 fn default_retry_max_ms() -> u64 {
     30_000
 }
-fn default_spool_max_bytes() -> u64 {
-    1 << 30
-}
-fn default_spool_after_ms() -> u64 {
-    30_000
-}
 fn default_dead_letter_rotate_bytes() -> u64 {
     64 << 20
 }
@@ -164,16 +155,14 @@ pub struct SinkConfig {
     pub retry_initial: Duration,
     /// Longest retry delay (`retry_max_ms`).
     pub retry_max: Duration,
-    /// Spool bound; 0: no spool.
-    pub spool_max_bytes: u64,
-    /// Failing this long sends requests to the spool (`spool_after_ms`).
-    pub spool_after: Duration,
     /// Where refused messages go; `None`: `<state_dir>/kafka-dead-letter.ndjson`.
     pub dead_letter_file: Option<PathBuf>,
     /// The dead-letter file's bound on disk.
     pub dead_letter_rotation: Rotation,
     /// SIGTERM grace period (`shutdown_grace_ms`).
     pub shutdown_grace: Duration,
+    /// This bridge's name on its messages (`host`).
+    pub host: String,
 }
 
 /// The section name.
@@ -222,6 +211,13 @@ impl SinkConfig {
         if s.retry_max_ms < s.retry_initial_ms {
             return Err(ConfigError::invalid(key("retry_max_ms"), "must be >= retry_initial_ms"));
         }
+        let host = match s.host {
+            Some(h) if h.is_empty() || h.len() > 255 || h.chars().any(char::is_control) => {
+                return Err(ConfigError::invalid(key("host"), "must be 1 to 255 printable characters"));
+            }
+            Some(h) => h,
+            None => machine_host_name(),
+        };
         let dead_letter_file = s.dead_letter_file.map(|p| if p.is_relative() && !base.as_os_str().is_empty() { base.join(p) } else { p });
         Ok(SinkConfig {
             client,
@@ -235,13 +231,21 @@ impl SinkConfig {
             max_in_flight: s.max_in_flight,
             retry_initial: Duration::from_millis(s.retry_initial_ms),
             retry_max: Duration::from_millis(s.retry_max_ms),
-            spool_max_bytes: s.spool_max_bytes,
-            spool_after: Duration::from_millis(s.spool_after_ms),
             dead_letter_file,
             dead_letter_rotation: Rotation { rotate_bytes: s.dead_letter_rotate_bytes, keep_files: s.dead_letter_keep_files },
             shutdown_grace: Duration::from_millis(s.shutdown_grace_ms),
+            host,
         })
     }
+}
+
+/// The kernel's host name (`localhost` when it cannot be read).
+fn machine_host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".to_string())
 }
 
 /// Kafka's rule for topic names: 1 to 249 of `[a-zA-Z0-9._-]`, not `.` or `..`.
@@ -436,6 +440,8 @@ mod tests {
         assert_eq!(key(&format!("{b}topic = \"t\"\nbatch_max_bytes = 10")), Some("kafka.batch_max_bytes".into()));
         assert_eq!(key(&format!("{b}topic = \"t\"\nretry_max_ms = 1")), Some("kafka.retry_max_ms".into()));
         assert_eq!(key("brokers = []\ntopic = \"t\""), Some("kafka.brokers".into()));
+        assert_eq!(key(&format!("{b}topic = \"t\"\nhost = \"\"")), Some("kafka.host".into()));
+        assert!(!sink(&format!("{b}topic = \"t\"")).unwrap().host.is_empty(), "the host name is the machine's by default");
         assert!(toml::from_str::<SinkSection>(&format!("{b}topic = \"t\"\nacks = 1")).is_err(), "unknown keys are refused");
         assert!(toml::from_str::<SinkSection>(&format!("{b}topic = \"t\"\ncompression = \"brotli\"")).is_err());
     }

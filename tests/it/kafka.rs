@@ -63,7 +63,7 @@ fn produced_messages_carry_key_headers_and_the_record_for_an_independent_consume
     let Some(broker) = Broker::start(TEST) else { return };
     broker.create_topic("calls", 3);
     let rt = runtime();
-    let encoder = Encoder { format: Format::Ndjson, key_field: KeyField::Field(Field::RequestUuid) };
+    let encoder = Encoder::new(Format::Ndjson, KeyField::Field(Field::RequestUuid), "");
     let n = 300;
     // gzip: the codec kafka-python reads without extra packages.
     let p = Producer::new(plain(&broker), "calls".into(), Compression::Gzip);
@@ -72,7 +72,7 @@ fn produced_messages_carry_key_headers_and_the_record_for_an_independent_consume
     // The ecls shape on a second topic, keyed by service_id.
     broker.create_topic("calls-ecls", 3);
     let p2 = Producer::new(plain(&broker), "calls-ecls".into(), Compression::Gzip);
-    let ecls = Encoder { format: Format::Ecls, key_field: KeyField::Field(Field::ServiceId) };
+    let ecls = Encoder::new(Format::Ecls, KeyField::Field(Field::ServiceId), "");
     assert_eq!(rt.block_on(p2.attempt(&units(20, ecls))), Outcome::Delivered);
 
     let Some(got) = consume_with_kafka_python(TEST, &broker.addr(), "calls", n, Duration::from_secs(10)) else { return };
@@ -112,7 +112,7 @@ fn an_unreachable_broker_is_a_retry_and_delivery_resumes_when_it_is_back() {
     broker.create_topic("calls", 3);
     let rt = runtime();
     let p = Producer::new(plain(&broker), "calls".into(), Compression::Lz4);
-    let encoder = Encoder { format: Format::Ndjson, key_field: KeyField::Field(Field::RequestUuid) };
+    let encoder = Encoder::new(Format::Ndjson, KeyField::Field(Field::RequestUuid), "");
     assert_eq!(rt.block_on(p.attempt(&units(10, encoder))), Outcome::Delivered);
     broker.stop();
     let t = Instant::now();
@@ -153,7 +153,7 @@ fn sasl_scram_against_the_broker() {
         )
     };
     let rt = runtime();
-    let encoder = Encoder { format: Format::Ndjson, key_field: KeyField::Field(Field::RequestUuid) };
+    let encoder = Encoder::new(Format::Ndjson, KeyField::Field(Field::RequestUuid), "");
     let p = Producer::new(client("pw"), "secure".into(), Compression::Zstd);
     assert_eq!(rt.block_on(p.attempt(&units(5, encoder))), Outcome::Delivered, "SCRAM-SHA-512 with the right password");
     let bad = Producer::new(client("wrong"), "secure".into(), Compression::Zstd);
@@ -183,7 +183,7 @@ fn mutual_tls_to_the_broker() {
     let tls =
         |extra: &str| settings(&format!("brokers = [\"{}\"]\nrequest_timeout_ms = 3000\ntls = true\n{extra}", front.addr), dir.path());
     let rt = runtime();
-    let encoder = Encoder { format: Format::Ndjson, key_field: KeyField::Field(Field::RequestUuid) };
+    let encoder = Encoder::new(Format::Ndjson, KeyField::Field(Field::RequestUuid), "");
     let full = format!("ca_file = \"{}\"\nclient_cert = \"{}\"\nclient_key = \"{}\"", ca.display(), cert.display(), key.display());
     let p = Producer::new(tls(&full), "tls".into(), Compression::Snappy);
     assert_eq!(rt.block_on(p.attempt(&units(20, encoder))), Outcome::Delivered, "over TLS with a client certificate");
