@@ -31,6 +31,9 @@ use crate::pipeline::{Batch, Fanout, RecordSource, Records};
 use crate::record::Record;
 use crate::time::now_ms;
 
+/// The least a reader waits after an empty fetch before the next.
+const MIN_IDLE: Duration = Duration::from_millis(10);
+
 /// Records read through Kafka are taken as the edge wrote them: nothing
 /// re-derived, `log_type` kept.
 const FINISH_KAFKA: Finish = Finish { ids_from_request_id: false, force_ml: false };
@@ -140,6 +143,7 @@ pub async fn read_partition(
         };
         let wait_ms = settings.fetch_max_wait.as_millis().min(i32::MAX as u128) as i32;
         let fetch = pc.fetch_records(offset, 1..settings.fetch_max_bytes.max(2), wait_ms);
+        let asked = std::time::Instant::now();
         let fetched = tokio::select! {
             _ = stop.cancelled() => return,
             r = tokio::time::timeout(settings.request_timeout + settings.fetch_max_wait, fetch) => r,
@@ -199,7 +203,16 @@ pub async fn read_partition(
         // The broker may return messages before `offset` (a compressed
         // set is returned whole): those were read already.
         let fetched: Vec<_> = fetched.into_iter().filter(|r| r.offset >= offset).collect();
-        let Some(end) = fetched.last().map(|r| r.offset + 1) else { continue };
+        let Some(end) = fetched.last().map(|r| r.offset + 1) else {
+            // Nothing new. A broker that answers an empty fetch at once
+            // (one that does not hold it open for `fetch_max_wait_ms`)
+            // must not make this loop spin.
+            let idle = settings.fetch_max_wait.saturating_sub(asked.elapsed()).max(MIN_IDLE);
+            if sleep_or_stop(idle, &stop).await {
+                return;
+            }
+            continue;
+        };
         let observed_ms = now_ms();
         let mut data = Vec::with_capacity(fetched.iter().map(|r| r.record.value.as_ref().map_or(0, Vec::len)).sum());
         let mut spans = Vec::with_capacity(fetched.len());

@@ -157,6 +157,16 @@ impl Producer {
         }
     }
 
+    /// Drops the connection (the next attempt connects again): after a
+    /// request got no answer in time. A broker that is alive but stuck
+    /// would otherwise find every retry queued behind the first on the
+    /// same connection and append them all once it goes on: a new
+    /// connection cannot send before the broker answers its handshake,
+    /// so each message waits there at most once.
+    async fn disconnect(&self) {
+        *self.state.lock().await = None;
+    }
+
     /// Sends every message of `units` and says what became of each.
     pub async fn attempt(&self, units: &Units) -> Outcome {
         let partitions = match self.partitions().await {
@@ -179,17 +189,20 @@ impl Producer {
             .filter(|(_, ix)| !ix.is_empty())
             .map(|(p, ix)| produce(&partitions[p], units, ix, self.compression, self.settings.request_timeout));
         let mut reasons = Vec::new();
-        let mut stale = false;
+        let (mut stale, mut broken) = (false, false);
         for (answers, reason) in join_all(sends).await {
             for (i, item) in answers {
                 items[i] = item;
             }
             if let Some(r) = reason {
                 stale |= r.stale;
+                broken |= r.broken;
                 reasons.push(r.text);
             }
         }
-        if stale {
+        if broken {
+            self.disconnect().await;
+        } else if stale {
             self.forget().await;
         }
         let done = items.iter().filter(|i| **i == Item::Done).count();
@@ -213,6 +226,8 @@ struct Failure {
     /// The partition's leader or the topic may have changed: look the
     /// partitions up again.
     stale: bool,
+    /// The request got no answer: drop the connection.
+    broken: bool,
 }
 
 /// Produces the messages `ix` of `units` to one partition; splits a set
@@ -241,6 +256,7 @@ async fn produce(
                 failure.get_or_insert(Failure {
                     text: format!("partition {}: no acknowledgement within {timeout:?}", pc.partition()),
                     stale: false,
+                    broken: true,
                 });
                 continue;
             }
@@ -257,7 +273,7 @@ async fn produce(
             }
             Class::Retry { stale, hint } => {
                 out.extend(ix.iter().map(|&i| (i, Item::Retry)));
-                failure.get_or_insert(Failure { text: format!("partition {}: {err}{hint}", pc.partition()), stale });
+                failure.get_or_insert(Failure { text: format!("partition {}: {err}{hint}", pc.partition()), stale, broken: false });
             }
         }
     }
@@ -327,8 +343,7 @@ fn to_record(m: super::message::Message<'_>) -> rskafka::record::Record {
 /// from `SystemTime` because the chrono the client re-exports is compiled
 /// without its clock.
 fn now_timestamp() -> rskafka::chrono::DateTime<rskafka::chrono::Utc> {
-    let ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+    let ms =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
     rskafka::chrono::DateTime::from_timestamp_millis(ms).unwrap_or_default()
 }

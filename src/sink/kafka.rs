@@ -310,13 +310,7 @@ impl Shared {
         let errors: Vec<(u16, String)> = refused.iter().map(|r| (r.1, r.2.clone())).collect();
         let me = self.clone();
         let written = tokio::task::spawn_blocking(move || {
-            me.dead_letter.append_each(
-                me.cfg.dead_letter_rotation,
-                &me.producer.destination(),
-                me.cfg.format.name(),
-                &errors,
-                &units,
-            )
+            me.dead_letter.append_each(me.cfg.dead_letter_rotation, &me.producer.destination(), me.cfg.format.name(), &errors, &units)
         })
         .await;
         match written {
@@ -435,7 +429,13 @@ async fn run(sh: Arc<Shared>, mut rx: mpsc::Receiver<Arc<Batch>>, shutdown: Canc
 
 /// Sends `req` on a permit (waiting for one: backpressure); false when
 /// `shutdown` came first.
-async fn dispatch(sh: &Arc<Shared>, req: Request, tracker: &TaskTracker, abandon: &CancellationToken, shutdown: &CancellationToken) -> bool {
+async fn dispatch(
+    sh: &Arc<Shared>,
+    req: Request,
+    tracker: &TaskTracker,
+    abandon: &CancellationToken,
+    shutdown: &CancellationToken,
+) -> bool {
     let permit = tokio::select! {
         _ = shutdown.cancelled() => return false,
         p = sh.permits.clone().acquire_owned() => match p {

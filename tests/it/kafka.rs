@@ -45,7 +45,7 @@ fn record(i: usize) -> Record<'static> {
     r
 }
 
-fn units(n: usize, encoder: Encoder) -> Units {
+fn units(n: usize, encoder: &Encoder) -> Units {
     let mut u = Units::default();
     for i in 0..n {
         encoder.push(&record(i), "/logs/access.log", &mut u);
@@ -67,13 +67,13 @@ fn produced_messages_carry_key_headers_and_the_record_for_an_independent_consume
     let n = 300;
     // gzip: the codec kafka-python reads without extra packages.
     let p = Producer::new(plain(&broker), "calls".into(), Compression::Gzip);
-    let u = units(n, encoder);
+    let u = units(n, &encoder);
     assert_eq!(rt.block_on(p.attempt(&u)), Outcome::Delivered);
     // The ecls shape on a second topic, keyed by service_id.
     broker.create_topic("calls-ecls", 3);
     let p2 = Producer::new(plain(&broker), "calls-ecls".into(), Compression::Gzip);
     let ecls = Encoder::new(Format::Ecls, KeyField::Field(Field::ServiceId), "");
-    assert_eq!(rt.block_on(p2.attempt(&units(20, ecls))), Outcome::Delivered);
+    assert_eq!(rt.block_on(p2.attempt(&units(20, &ecls))), Outcome::Delivered);
 
     let Some(got) = consume_with_kafka_python(TEST, &broker.addr(), "calls", n, Duration::from_secs(10)) else { return };
     assert_eq!(got.len(), n, "every message is read back");
@@ -113,21 +113,21 @@ fn an_unreachable_broker_is_a_retry_and_delivery_resumes_when_it_is_back() {
     let rt = runtime();
     let p = Producer::new(plain(&broker), "calls".into(), Compression::Lz4);
     let encoder = Encoder::new(Format::Ndjson, KeyField::Field(Field::RequestUuid), "");
-    assert_eq!(rt.block_on(p.attempt(&units(10, encoder))), Outcome::Delivered);
+    assert_eq!(rt.block_on(p.attempt(&units(10, &encoder))), Outcome::Delivered);
     broker.stop();
     let t = Instant::now();
-    match rt.block_on(p.attempt(&units(10, encoder))) {
+    match rt.block_on(p.attempt(&units(10, &encoder))) {
         Outcome::Retry { reason, .. } => assert!(!reason.is_empty()),
         o => panic!("a stopped broker must be retried, got {o:?}"),
     }
     assert!(t.elapsed() < Duration::from_secs(15), "an outage is reported within the request timeout, not hidden: {:?}", t.elapsed());
     broker.start_again();
     crate::support::poll_until(Duration::from_secs(30), "delivery after the broker is back", || {
-        matches!(rt.block_on(p.attempt(&units(10, encoder))), Outcome::Delivered).then_some(())
+        matches!(rt.block_on(p.attempt(&units(10, &encoder))), Outcome::Delivered).then_some(())
     });
     // A topic that does not exist is a retry too (it may be created).
     let missing = Producer::new(plain(&broker), "no-such-topic".into(), Compression::None);
-    match rt.block_on(missing.attempt(&units(1, encoder))) {
+    match rt.block_on(missing.attempt(&units(1, &encoder))) {
         Outcome::Retry { reason, .. } => assert!(reason.contains("no-such-topic"), "{reason}"),
         o => panic!("{o:?}"),
     }
@@ -155,14 +155,14 @@ fn sasl_scram_against_the_broker() {
     let rt = runtime();
     let encoder = Encoder::new(Format::Ndjson, KeyField::Field(Field::RequestUuid), "");
     let p = Producer::new(client("pw"), "secure".into(), Compression::Zstd);
-    assert_eq!(rt.block_on(p.attempt(&units(5, encoder))), Outcome::Delivered, "SCRAM-SHA-512 with the right password");
+    assert_eq!(rt.block_on(p.attempt(&units(5, &encoder))), Outcome::Delivered, "SCRAM-SHA-512 with the right password");
     let bad = Producer::new(client("wrong"), "secure".into(), Compression::Zstd);
-    match rt.block_on(bad.attempt(&units(1, encoder))) {
+    match rt.block_on(bad.attempt(&units(1, &encoder))) {
         Outcome::Retry { reason, .. } => assert!(!reason.contains("not-the-password"), "the password never shows: {reason}"),
         o => panic!("refused credentials are retried, not dead-lettered: {o:?}"),
     }
     let anonymous = Producer::new(plain(&broker), "secure".into(), Compression::None);
-    assert!(matches!(rt.block_on(anonymous.attempt(&units(1, encoder))), Outcome::Retry { .. }));
+    assert!(matches!(rt.block_on(anonymous.attempt(&units(1, &encoder))), Outcome::Retry { .. }));
 }
 
 #[test]
@@ -175,7 +175,7 @@ fn mutual_tls_to_the_broker() {
     let pki = Pki::generate();
     let port = crate::support_tools::free_port();
     let front = TlsFront::start(pki.server_config(true), ([127, 0, 0, 1], port).into());
-    let opts = Options { port: Some(port), advertised_port: Some(front.addr.port()) };
+    let opts = Options { port: Some(port), advertised_port: Some(front.addr.port()), ..Options::default() };
     let Some(broker) = Broker::start_with(TEST, opts) else { return };
     broker.create_topic("tls", 2);
     let dir = tempfile::tempdir().unwrap();
@@ -186,11 +186,11 @@ fn mutual_tls_to_the_broker() {
     let encoder = Encoder::new(Format::Ndjson, KeyField::Field(Field::RequestUuid), "");
     let full = format!("ca_file = \"{}\"\nclient_cert = \"{}\"\nclient_key = \"{}\"", ca.display(), cert.display(), key.display());
     let p = Producer::new(tls(&full), "tls".into(), Compression::Snappy);
-    assert_eq!(rt.block_on(p.attempt(&units(20, encoder))), Outcome::Delivered, "over TLS with a client certificate");
+    assert_eq!(rt.block_on(p.attempt(&units(20, &encoder))), Outcome::Delivered, "over TLS with a client certificate");
     assert!(front.handshakes.load(std::sync::atomic::Ordering::SeqCst) >= 1);
     let failed_before = front.failed.load(std::sync::atomic::Ordering::SeqCst);
     let untrusted = Producer::new(tls(""), "tls".into(), Compression::None);
-    match rt.block_on(untrusted.attempt(&units(1, encoder))) {
+    match rt.block_on(untrusted.attempt(&units(1, &encoder))) {
         Outcome::Retry { reason, .. } => assert!(!reason.is_empty()),
         o => panic!("an untrusted server certificate is retried: {o:?}"),
     }

@@ -26,6 +26,8 @@ pub struct Broker {
     advertised_port: u16,
     /// `--authentication`: clients must authenticate with SASL.
     authentication: bool,
+    /// Kept in memory (lost when the broker stops) rather than SQLite.
+    memory: bool,
 }
 
 /// How to start a broker.
@@ -36,6 +38,11 @@ pub struct Options {
     /// Tell clients to connect to this port instead (a TLS server in
     /// front of the broker: tansu 0.6 does not serve TLS itself).
     pub advertised_port: Option<u16>,
+    /// Keep the messages in memory. tansu 0.6's SQLite storage stops
+    /// answering (for good, silently) when produce and fetch requests
+    /// meet under load; its memory storage does not. Messages survive
+    /// [`Broker::pause`], not a stop.
+    pub memory: bool,
 }
 
 impl Broker {
@@ -51,7 +58,7 @@ impl Broker {
         let dir = tempfile::tempdir().expect("tempdir");
         let port = opts.port.unwrap_or_else(free_port);
         let advertised_port = opts.advertised_port.unwrap_or(port);
-        let mut b = Broker { bin, dir, port, child: None, advertised_port, authentication: false };
+        let mut b = Broker { bin, dir, port, child: None, advertised_port, authentication: false, memory: opts.memory };
         b.start_again();
         Some(b)
     }
@@ -88,7 +95,7 @@ impl Broker {
         cmd.current_dir(self.dir.path())
             .args(["broker", "--listener-url", &self.url()])
             .args(["--advertised-listener-url", &format!("tcp://127.0.0.1:{}", self.advertised_port)])
-            .args(["--storage-engine", "sqlite://tansu.db"])
+            .args(["--storage-engine", if self.memory { "memory://tansu/" } else { "sqlite://tansu.db" }])
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))
@@ -131,6 +138,19 @@ impl Broker {
                 std::thread::sleep(Duration::from_millis(20));
             }
         }
+    }
+
+    /// Freezes the broker (SIGSTOP): it answers nothing, connections
+    /// stay open, until [`Broker::resume`].
+    pub fn pause(&self) {
+        let c = self.child.as_ref().expect("the broker runs");
+        assert!(Command::new("kill").args(["-STOP", &c.id().to_string()]).status().expect("kill").success());
+    }
+
+    /// Lets a paused broker go on (SIGCONT).
+    pub fn resume(&self) {
+        let c = self.child.as_ref().expect("the broker runs");
+        assert!(Command::new("kill").args(["-CONT", &c.id().to_string()]).status().expect("kill").success());
     }
 
     /// The broker's log so far.
