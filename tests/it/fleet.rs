@@ -20,6 +20,9 @@ use crate::tail_harness::{lines, uuids};
 /// How long a test waits for records before failing.
 const DEADLINE: Duration = Duration::from_secs(40);
 
+/// The hub channel's token.
+const CHANNEL_TOKEN: &str = "fleet-channel-token-7c1e";
+
 /// The topic of every test.
 const TOPIC: &str = "calls";
 
@@ -41,7 +44,8 @@ impl Node {
         let dir = tempfile::tempdir().expect("tempdir");
         let (state, out, logs) = (dir.path().join("state"), dir.path().join("out/out.ndjson"), dir.path().join("logs"));
         fs::create_dir_all(&logs).unwrap();
-        let body = body.replace("{logs}", &logs.to_string_lossy());
+        let body = body.replace("{logs}", &logs.to_string_lossy()).replace("{dir}", &dir.path().to_string_lossy());
+        fs::write(dir.path().join("token"), format!("{CHANNEL_TOKEN}\n")).unwrap();
         let text = format!(
             "state_dir = {state:?}\nlog_level = \"debug\"\n{body}\n[file_output]\npath = {out:?}\nfsync_interval_ms = 20\n\n[status]\nlisten = \"127.0.0.1:0\"\n",
             state = state.to_string_lossy(),
@@ -65,7 +69,8 @@ impl Node {
     fn hub(broker: &str) -> Node {
         Node::new(&format!(
             "[[source]]\nkind = \"kafka\"\nname = \"fleet\"\nbrokers = [\"{broker}\"]\ntopics = [\"{TOPIC}\"]\ngroup_id = \"hub\"\n\
-             fetch_max_wait_ms = 100\nmetadata_refresh_ms = 500\nretry_initial_ms = 50\nretry_max_ms = 500\nrequest_timeout_ms = 3000\n"
+             fetch_max_wait_ms = 100\nmetadata_refresh_ms = 500\nretry_initial_ms = 50\nretry_max_ms = 500\nrequest_timeout_ms = 3000\n\n\
+             [channel]\nlisten = \"127.0.0.1:0\"\ntoken_file = \"{{dir}}/token\"\n"
         ))
     }
 
@@ -225,6 +230,29 @@ fn two_edges_through_kafka_reach_the_hub_as_they_produced_them() {
     assert_eq!(edge_status["kafka"]["messages_produced"], 400, "{:#}", edge_status["kafka"]);
     let metrics = a.get("/metrics");
     assert!(metrics.contains("calllog_bridge_kafka_messages_produced_total 400"), "{metrics}");
+
+    // `lag` shows the hosts too.
+    let lag = support::run_for(support::cmd().args(["lag", "--config"]).arg(&hub.config), DEADLINE).expect("lag ends");
+    let lag_text = String::from_utf8_lossy(&lag.stdout);
+    assert!(lag.status.success() && lag_text.contains("kafka:edge-a") && lag_text.contains("kafka:edge-b"), "lag: {lag_text}");
+
+    // An unchanged channel client (`tail`) gets every record of the fleet
+    // from the hub's channel.
+    let addr = support::poll_until(DEADLINE, "channel.addr", || fs::read_to_string(hub.state.join("channel.addr")).ok());
+    // (`timeout` bounds it: run_for does not read a large stdout while it waits.)
+    let out = std::process::Command::new("timeout")
+        .arg(DEADLINE.as_secs().to_string())
+        .arg(support::bin())
+        .args(["tail", &format!("ws://{}/stream", addr.trim()), "--no-reconnect", "--since", "0", "--count", "700", "--token-file"])
+        .arg(hub.dir.path().join("token"))
+        .output()
+        .expect("tail");
+    assert!(out.status.success(), "tail: {}", String::from_utf8_lossy(&out.stderr));
+    let streamed: std::collections::BTreeSet<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap()["request_uuid"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(streamed, all.iter().cloned().collect(), "the channel streams every record of both edges");
 
     // An independent consumer finds every record with its key and headers.
     if let Some(msgs) = consume_with_kafka_python(test, &broker.addr(), TOPIC, 700, Duration::from_secs(5)) {
