@@ -367,9 +367,7 @@ async fn run(sh: Arc<Shared>, mut rx: mpsc::Receiver<Arc<Batch>>, shutdown: Canc
     let far = || Instant::now() + Duration::from_secs(86_400);
     let mut closed = false;
     loop {
-        let full = b.units.len() >= sh.cfg.batch_max_records || b.units.buf.len() >= sh.cfg.batch_max_bytes;
-        let due = flush_at.is_some_and(|t| t <= Instant::now());
-        if full || due {
+        if flush_at.is_some_and(|t| t <= Instant::now()) {
             flush_at = None;
             if let Some(req) = b.take() {
                 if !dispatch(&sh, req, &tracker, &abandon, &shutdown).await {
@@ -389,11 +387,26 @@ async fn run(sh: Arc<Shared>, mut rx: mpsc::Receiver<Arc<Batch>>, shutdown: Canc
                         continue;
                     }
                     let held = sh.hold(&batch);
+                    let mut stopped = false;
                     for r in batch.records.iter() {
                         sh.encoder.push(r, &batch.source, &mut b.units);
                         b.owners.push(held.clone());
+                        // A large pipeline batch becomes several requests
+                        // of the configured size.
+                        if b.units.len() >= sh.cfg.batch_max_records || b.units.buf.len() >= sh.cfg.batch_max_bytes {
+                            if let Some(req) = b.take() {
+                                if !dispatch(&sh, req, &tracker, &abandon, &shutdown).await {
+                                    stopped = true;
+                                    break;
+                                }
+                            }
+                            flush_at = None;
+                        }
                     }
-                    if flush_at.is_none() {
+                    if stopped {
+                        break;
+                    }
+                    if flush_at.is_none() && !b.units.is_empty() {
                         flush_at = Some(Instant::now() + sh.cfg.linger);
                     }
                 }
