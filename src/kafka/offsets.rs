@@ -14,8 +14,7 @@
 //! acknowledged prefix, as file checkpoints do.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::fs::{self, File};
-use std::io::Write;
+use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -88,9 +87,7 @@ pub struct Offsets {
 
 /// The file holding `group_id`'s positions under `state_dir`.
 pub fn file_path(state_dir: &Path, group_id: &str) -> PathBuf {
-    // A group id is the operator's text: keep the file name plain.
-    let safe: String = group_id.chars().map(|c| if c.is_ascii_alphanumeric() || "-_.".contains(c) { c } else { '_' }).collect();
-    state_dir.join(format!("kafka-offsets-{safe}.json"))
+    crate::state_dir::StateDir::new(state_dir).kafka_offsets(group_id)
 }
 
 impl Offsets {
@@ -211,17 +208,7 @@ impl Offsets {
             let doc = Document { version: VERSION, group_id: self.group_id.to_string(), positions };
             serde_json::to_vec_pretty(&doc).map_err(std::io::Error::other)?
         };
-        let tmp = self.path.with_extension("json.tmp");
-        let res = (|| {
-            let mut f = File::create(&tmp)?;
-            f.write_all(&bytes)?;
-            f.sync_all()?;
-            fs::rename(&tmp, &*self.path)?;
-            if let Some(dir) = self.path.parent() {
-                File::open(dir)?.sync_all()?;
-            }
-            Ok(())
-        })();
+        let res = crate::state_dir::write_atomic(&self.path, &bytes);
         if res.is_err() {
             // Written again next time.
             self.lock().dirty = true;

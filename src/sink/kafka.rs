@@ -165,7 +165,8 @@ impl Shared {
             in_flight: f.gauge("requests_in_flight", "Produce requests waiting for the brokers"),
             failing: f.gauge("brokers_failing", "1 while produce requests fail (brokers down, unknown topic, refused credentials)"),
         };
-        let dead_letter_path = cfg.dead_letter_file.clone().unwrap_or_else(|| ctx.state_dir.join("kafka-dead-letter.ndjson"));
+        let dead_letter_path =
+            cfg.dead_letter_file.clone().unwrap_or_else(|| crate::state_dir::StateDir::new(&ctx.state_dir).kafka_dead_letter());
         Shared {
             cfg: cfg.clone(),
             encoder: Encoder::new(cfg.format, cfg.key_field, &cfg.host),
