@@ -13,6 +13,7 @@ mod hostile_net;
 mod lag;
 mod parse;
 mod recovery;
+mod replay;
 mod safety;
 mod service;
 mod simulate;
