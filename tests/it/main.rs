@@ -15,6 +15,7 @@ mod kafka;
 mod lag;
 mod parse;
 mod recovery;
+mod replay;
 mod safety;
 mod service;
 mod simulate;
