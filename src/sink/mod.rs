@@ -19,6 +19,7 @@
 pub mod channel;
 pub mod export;
 pub mod file;
+pub mod kafka;
 pub mod upstream;
 
 use std::any::Any;
@@ -45,8 +46,8 @@ pub static REGISTRY: &[&dyn SinkKind] = &[
     &Registered::<file::FileSink>::NEW,
     &Registered::<channel::ChannelSink>::NEW,
     &Registered::<upstream::UpstreamSink>::NEW,
+    &Registered::<kafka::KafkaSink>::NEW,
     &Registered::<export::ExportSink>::NEW,
-    // &Registered::<kafka::KafkaSink>::NEW,
 ];
 
 /// Batches buffered between the fan-out and one sink. Small: backpressure

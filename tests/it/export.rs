@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use crate::safety::http_get;
 use crate::support;
-use crate::support_tools::{find_tool, S3sFs};
+use crate::support_tools::{tool, S3sFs, Tool};
 
 /// How long anything here may take.
 const DEADLINE: Duration = Duration::from_secs(60);
@@ -285,7 +285,7 @@ fn check_rows(path: &Path) -> Vec<String> {
 /// Python's `csv` module (a standard reader) reads every file: 35
 /// columns per row, the quoted value intact, the same number of rows.
 fn python_reads_the_same(files: &[PathBuf]) {
-    let Some(python) = find_tool("python") else { return };
+    let Some(python) = tool(Tool::Python, "export: python csv reader") else { return };
     let script = "import csv, gzip, os, sys\nua = os.environ['UA']\nfor p in sys.argv[1:]:\n    with gzip.open(p, 'rt', newline='') as f:\n        rows = list(csv.reader(f))\n    assert rows[0][2] == 'request_uuid', p\n    assert all(len(r) == 35 for r in rows), p\n    assert all(r[9] == ua for r in rows[1:]), p\n    print(len(rows) - 1)\n";
     let out = std::process::Command::new(python).arg("-c").arg(script).args(files).env("UA", USER_AGENT).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -417,7 +417,7 @@ fn nothing_is_lost_or_doubled_across_sigterm_and_kill_9_in_the_middle_of_slices(
 
 #[test]
 fn published_files_are_uploaded_to_s3_through_an_outage_and_a_restart() {
-    let Some(mut s3) = S3sFs::start("calllog") else { return };
+    let Some(mut s3) = S3sFs::start("calllog", "export::published_files_are_uploaded_to_s3_through_an_outage_and_a_restart") else { return };
     let mut ex = Ex::new("");
     let (ak, sk) = s3.credential_files(ex.dir.path());
     let endpoint = s3.endpoint();
