@@ -417,7 +417,9 @@ fn nothing_is_lost_or_doubled_across_sigterm_and_kill_9_in_the_middle_of_slices(
 
 #[test]
 fn published_files_are_uploaded_to_s3_through_an_outage_and_a_restart() {
-    let Some(mut s3) = S3sFs::start("calllog", "export::published_files_are_uploaded_to_s3_through_an_outage_and_a_restart") else { return };
+    let Some(mut s3) = S3sFs::start("calllog", "export::published_files_are_uploaded_to_s3_through_an_outage_and_a_restart") else {
+        return;
+    };
     let mut ex = Ex::new("");
     let (ak, sk) = s3.credential_files(ex.dir.path());
     let endpoint = s3.endpoint();
