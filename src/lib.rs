@@ -34,6 +34,7 @@ pub mod cmd;
 pub mod config;
 pub mod demo;
 pub mod enrich;
+pub mod ingest;
 pub mod listener;
 pub mod logsafe;
 pub mod parse;
