@@ -26,9 +26,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use calllog_bridge::config::ChannelConfig;
 use calllog_bridge::pipeline::{Batch, Fanout};
 use calllog_bridge::record::{Field, Record};
+use calllog_bridge::sink::channel::ChannelConfig;
 use calllog_bridge::sink::channel::{self, ChannelHandle};
 use calllog_bridge::sink::SinkContext;
 use calllog_bridge::telemetry::Telemetry;
@@ -299,7 +299,7 @@ async fn throughput(label: &str, n: u64, per_message: usize, rate: Option<u64>, 
         n as f64 / produce_time.as_secs_f64(),
         min,
         max,
-        st.closed_slow_consumer.load(Ordering::Relaxed),
+        st.closed_slow_consumer.get(),
         if problems.is_empty() { "no drops".to_string() } else { problems.join("; ") }
     );
     b.handle.shutdown();
@@ -365,9 +365,9 @@ async fn memory(n: u64) {
         rss_before / 1024,
         peak.load(Ordering::Relaxed) / 1024,
         rss_after / 1024,
-        st.ring_records.load(Ordering::Relaxed),
-        st.ring_bytes.load(Ordering::Relaxed) >> 20,
-        st.closed_slow_consumer.load(Ordering::Relaxed),
+        st.ring_records.get(),
+        st.ring_bytes.get() >> 20,
+        st.closed_slow_consumer.get(),
         seen.records,
         seen.gaps
     );

@@ -9,12 +9,12 @@
 //! - `full`: parse → `Enricher::enrich` → `Record::write_json` (ndjson), the
 //!   parse benchmark's path;
 //! - each again **with** `Record::stamp_observed` per record and
-//!   `FileStats::observed_written` per chunk (sync-delay histogram, sample
+//!   `FileStats::records_read` per chunk (sync-delay histogram, sample
 //!   ring, counters, watermark; the transfer-delay histogram and ring, LE 6
 //!   lines carrying their write time), and, in `full`, the serialisation of
 //!   the two extra fields.
 //!
-//! It also times stamping + `observed_written` alone over already-parsed
+//! It also times stamping + `records_read` alone over already-parsed
 //! records, each chunk in cache as a chunk the reader just parsed is,
 //! the figure least disturbed by a shared machine, and prints every cost as
 //! a percentage of the matching path. Rounds are interleaved and the best
@@ -76,7 +76,7 @@ fn main() {
     }
     let ns = |d: Duration| d.as_nanos() as f64 / n as f64;
     let alone_ns = alone.as_nanos() as f64 / records.len() as f64;
-    println!("stamp_observed + FileStats::observed_written alone: {alone_ns:.1} ns/record");
+    println!("stamp_observed + FileStats::records_read alone: {alone_ns:.1} ns/record");
     println!(
         "cost vs parse only:  {:.2}% (stamping alone), {:.2}% (difference of the two passes)",
         100.0 * alone_ns / ns(best[0]),
@@ -127,7 +127,7 @@ fn stamp_only(records: &[Record<'static>], stats: &FileStats) -> Duration {
         for r in chunk.iter_mut() {
             r.stamp_observed(observed_ms);
         }
-        stats.observed_written(observed_ms, chunk.iter().map(|r| (r.request_time_ms, r.write_time_ms)));
+        stats.records_read(observed_ms, chunk.iter().map(|r| (r.sync_delay_ms, r.write_time_ms)));
         total += t.elapsed();
         std::hint::black_box(&chunk);
     }
@@ -164,7 +164,7 @@ fn run(lines: &[Vec<u8>], mode: Mode, enricher: &Enricher, tables: &Lookups, sta
             }
         }
         if mode.stamp {
-            stats.observed_written(observed_ms, recs.iter().map(|r| (r.request_time_ms, r.write_time_ms)));
+            stats.records_read(observed_ms, recs.iter().map(|r| (r.sync_delay_ms, r.write_time_ms)));
         }
         std::hint::black_box(&recs);
     }

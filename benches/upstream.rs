@@ -30,12 +30,12 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use calllog_bridge::config::UpstreamConfig;
 use calllog_bridge::enrich::Lookups;
 use calllog_bridge::parse::{Format, LineParser};
 use calllog_bridge::pipeline::{Batch, Fanout, RecordSource, Records};
 use calllog_bridge::simulate::Generator;
 use calllog_bridge::sink::upstream;
+use calllog_bridge::sink::upstream::UpstreamConfig;
 use calllog_bridge::sink::SinkContext;
 use calllog_bridge::telemetry::Telemetry;
 use support_upstream::Collector;
@@ -48,7 +48,10 @@ fn main() {
     let n: usize = std::env::var("RECORDS").ok().and_then(|v| v.parse().ok()).unwrap_or(400_000);
     // The config's default level unless GZIP_LEVEL says otherwise.
     let level: u32 =
-        std::env::var("GZIP_LEVEL").ok().and_then(|v| v.parse().ok()).unwrap_or_else(|| config("http://x/", None, "").gzip_level);
+        std::env::var("GZIP_LEVEL").ok().and_then(|v| v.parse().ok()).unwrap_or_else(|| match config("http://x/", None, "").compression {
+            upstream::Compression::Gzip { level } => level,
+            upstream::Compression::None => 0,
+        });
     let cpus = std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| s.lines().find(|l| l.starts_with("Cpus_allowed_list")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string()))

@@ -3,8 +3,9 @@
 //! [`crate::preflight::prepare`] first checks what the config points at,
 //! locks `state_dir`, binds the listeners and loads the lookup tables;
 //! [`Bridge::start`] then builds the pieces in dependency order: sinks
-//! (via [`crate::sink::start_all`]), checkpoints, then one [`Tailer`] per
-//! `[[source]]`. [`Bridge::stop`] takes
+//! (every configured [`crate::sink::Sink`]), checkpoints, then the
+//! readers of every `[[source]]` ([`crate::source::Source`]: a
+//! [`crate::tail::Tailer`] per file source). [`Bridge::stop`] takes
 //! them down in the reverse order, which is what makes shutdown lose
 //! nothing:
 //!
@@ -29,12 +30,13 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::checkpoint::{CheckpointError, Checkpointer, DamagedState};
-use crate::config::{Config, Secret, SourceConfig};
+use crate::config::Config;
 use crate::enrich::Enricher;
+use crate::listener::Bound;
 use crate::pipeline::Fanout;
-use crate::sink::{self, SinkContext, SinkControls, SinkHandle};
-use crate::tail::reader::{RejectSink, Shared};
-use crate::tail::Tailer;
+use crate::sink::{self, SinkContext, SinkHandle};
+use crate::source::{SourceConfigured, SourceContext};
+use crate::tail::reader::RejectSink;
 use crate::telemetry::Telemetry;
 
 /// How long sinks may take to drain at shutdown before they are told to
@@ -73,8 +75,8 @@ pub struct Bridge {
     background: Vec<JoinHandle<()>>,
     /// Where rejected lines go (shared by every tailer).
     rejects: Option<RejectSink>,
-    /// Live controls of the sinks (the channel's token, for a reload).
-    controls: SinkControls,
+    /// The running sinks' controls (a reload's new settings).
+    controls: sink::Running,
     /// Stops the current enricher's lookup reloader (replaced on reload).
     stop_lookups: CancellationToken,
 }
@@ -83,23 +85,17 @@ impl Bridge {
     /// Starts everything the config names, with the lookup tables and the
     /// channel's listener that [`crate::preflight::prepare`] made ready
     /// (`state_dir` exists and is locked).
-    pub async fn start(
-        cfg: &Config,
-        telemetry: Telemetry,
-        enricher: Enricher,
-        channel_listener: Option<std::net::TcpListener>,
-    ) -> anyhow::Result<Bridge> {
+    pub async fn start(cfg: &Config, telemetry: Telemetry, enricher: Enricher, mut listeners: Bound) -> anyhow::Result<Bridge> {
         let state_dir = cfg.state_dir.clone();
         let enricher = Arc::new(enricher);
 
         let stop_sinks = CancellationToken::new();
         let ctx = SinkContext { state_dir: state_dir.clone(), shutdown: stop_sinks.clone(), telemetry: telemetry.clone() };
         let mut fanout = Fanout::new();
-        let (sinks, controls) = sink::start_all_with_controls(cfg, &ctx, &mut fanout, channel_listener).await?;
-        // /status and /metrics read the channel's connection figures and the
-        // enricher's lookup counters from here.
-        telemetry.set_channel_stats(controls.channel.as_ref().map(|ch| ch.stats()));
-        telemetry.set_enricher(enricher.clone());
+        let mut controls = cfg.sinks.start(&ctx, &mut fanout, &mut listeners).await?;
+        let sinks = std::mem::take(&mut controls.tasks);
+        // /status and /metrics show the enricher's lookup counters.
+        telemetry.set_lookups(enricher.lookup_stats());
 
         let checkpoints = {
             let d = state_dir.clone();
@@ -137,51 +133,29 @@ impl Bridge {
             controls,
             stop_lookups,
         };
-        let scans_from_ms = crate::time::now_ms();
-        let mut first_scans = Vec::new();
-        bridge.sources = bridge.spawn_sources(&cfg.sources, Some(&mut first_scans))?;
-        bridge.background.push(tokio::spawn(report_left_unread(
-            bridge.checkpoints.clone(),
-            cfg.sources.clone(),
-            bridge.telemetry.clone(),
-            first_scans,
-            scans_from_ms,
-        )));
+        bridge.spawn_sources(&cfg.sources, true)?;
         Ok(bridge)
     }
 
-    /// Starts one [`Tailer`] per `[[source]]`, stopped by `stop_reading`;
-    /// with `first_scans`, each tailer's first scan is reported there.
-    fn spawn_sources(
-        &self,
-        sources: &[SourceConfig],
-        mut first_scans: Option<&mut Vec<tokio::sync::oneshot::Receiver<()>>>,
-    ) -> anyhow::Result<Vec<(String, JoinHandle<anyhow::Result<()>>)>> {
+    /// Starts the readers of every source, stopped by `stop_reading`;
+    /// `startup`: the bridge is starting (sources run their start-up
+    /// checks), not a reload.
+    fn spawn_sources(&mut self, sources: &[SourceConfigured], startup: bool) -> anyhow::Result<()> {
         let fanout = self.fanout.as_ref().context("the bridge is stopping")?;
-        self.telemetry.retain_sources(&sources.iter().enumerate().map(|(i, s)| source_name(s, i)).collect::<Vec<_>>());
-        let mut tasks = Vec::new();
-        for (i, s) in sources.iter().enumerate() {
-            let name = source_name(s, i);
-            let shared = Shared {
-                format: s.format,
-                max_line_bytes: s.max_line_bytes,
-                partial_grace: Duration::from_millis(s.partial_grace_ms),
-                fanout: fanout.clone(),
-                checkpoints: self.checkpoints.clone(),
-                enricher: self.enricher.clone(),
-                shutdown: self.stop_reading.clone(),
-                rejects: self.rejects.clone(),
-                reject_log: Default::default(),
-            };
-            let mut tailer = Tailer::new(s.clone(), name.clone(), shared, self.telemetry.clone())?;
-            if let Some(v) = first_scans.as_deref_mut() {
-                let (tx, rx) = tokio::sync::oneshot::channel();
-                tailer.on_first_scan(tx);
-                v.push(rx);
-            }
-            tasks.push((name, tokio::spawn(tailer.run())));
-        }
-        Ok(tasks)
+        self.telemetry.retain_sources(&sources.iter().map(|s| s.name.clone()).collect::<Vec<_>>());
+        let ctx = SourceContext {
+            fanout: fanout.clone(),
+            checkpoints: self.checkpoints.clone(),
+            enricher: self.enricher.clone(),
+            stop: self.stop_reading.clone(),
+            rejects: self.rejects.clone(),
+            telemetry: self.telemetry.clone(),
+            startup,
+        };
+        let started = crate::source::start_all(sources, &ctx)?;
+        self.sources = started.readers;
+        self.background.extend(started.background);
+        Ok(())
     }
 
     /// Stops every tailer at a batch boundary and waits for them.
@@ -225,7 +199,7 @@ impl Bridge {
             };
             match res {
                 Ok(Ok(())) => {}
-                Ok(Err(e)) => tracing::error!(sink = h.name, error = %crate::cmd::describe(&e), "sink failed"),
+                Ok(Err(e)) => tracing::error!(sink = h.name, error = %crate::service::describe(&e), "sink failed"),
                 Err(e) => tracing::error!(sink = h.name, error = %e, "sink task panicked"),
             }
         }
@@ -240,35 +214,15 @@ impl Bridge {
     }
 }
 
-/// A reload (see [`crate::reload`]) changes the channel token and the
-/// upstream settings in place and restarts the reading side; the sinks keep
-/// running throughout.
+/// A reload (see [`crate::reload`]) puts the sinks' live settings in force
+/// in place and restarts the reading side; the sinks keep running
+/// throughout.
 impl crate::reload::Reloadable for Bridge {
-    fn set_channel_token(&self, token: Secret) {
-        if let Some(ch) = &self.controls.channel {
-            ch.set_token(token);
-        }
+    fn reconfigure_sink(&self, update: crate::sink::Update) {
+        self.controls.reconfigure(update);
     }
 
-    fn set_channel(&self, cfg: &crate::config::ChannelConfig) {
-        if let Some(ch) = &self.controls.channel {
-            ch.reconfigure(cfg);
-        }
-    }
-
-    fn set_file_output(&self, cfg: crate::config::FileOutputConfig) {
-        if let Some(f) = &self.controls.file {
-            f.reconfigure(cfg);
-        }
-    }
-
-    fn set_upstream(&self, live: crate::sink::upstream::Live) {
-        if let Some(up) = &self.controls.upstream {
-            up.reconfigure(live);
-        }
-    }
-
-    async fn restart_sources(&mut self, sources: &[SourceConfig], enricher: Option<Arc<Enricher>>) -> anyhow::Result<()> {
+    async fn restart_sources(&mut self, sources: &[SourceConfigured], enricher: Option<Arc<Enricher>>) -> anyhow::Result<()> {
         // Every batch the old tailers read has reached the fan-out when they
         // return; the new ones resume at `Checkpointer::resume_offset`, so
         // batches still in flight are neither lost nor read again.
@@ -278,55 +232,20 @@ impl crate::reload::Reloadable for Bridge {
             self.stop_lookups.cancel();
             self.stop_lookups = self.stop_background.child_token();
             // The old tailers are stopped, so the old enricher's counters are final.
-            self.telemetry.set_enricher(e.clone());
+            self.telemetry.set_lookups(e.lookup_stats());
             if !e.files().is_empty() {
                 self.background.push(tokio::spawn(lookup_reloader(e.clone(), self.stop_lookups.clone())));
             }
             self.enricher = e;
         }
-        self.sources = self.spawn_sources(sources, None)?;
+        self.spawn_sources(sources, false)?;
         tracing::info!(sources = self.sources.len(), "sources restarted with the reloaded config");
         Ok(())
     }
 }
 
-/// The name of the `i`th source (`source<i>` unless it has one).
-fn source_name(s: &SourceConfig, i: usize) -> String {
-    s.name.clone().unwrap_or_else(|| format!("source{i}"))
-}
-
-/// Once every source has scanned its files once at start-up, looks for the
-/// files with a checkpoint that no scan saw and that still had unread
-/// bytes (gone, or rotated where no glob matches: see
-/// [`crate::tail::left_unread`]); each is logged loudly and counted on its
-/// source.
-async fn report_left_unread(
-    checkpoints: Checkpointer,
-    sources: Vec<SourceConfig>,
-    telemetry: Telemetry,
-    first_scans: Vec<tokio::sync::oneshot::Receiver<()>>,
-    scans_from_ms: i64,
-) {
-    for rx in first_scans {
-        if rx.await.is_err() {
-            // A source stopped before its first scan (shutdown): no verdict.
-            return;
-        }
-    }
-    let entries = checkpoints.entries();
-    let srcs = sources.clone();
-    let now = crate::time::now_ms();
-    let found =
-        tokio::task::spawn_blocking(move || crate::tail::left_unread::find(&entries, &srcs, scans_from_ms, now)).await.unwrap_or_default();
-    for (i, l) in found {
-        let name = sources.get(i).map(|s| source_name(s, i)).unwrap_or_default();
-        tracing::warn!(source = %name, file = %crate::logsafe::Escaped(&l.path), "{}", crate::logsafe::Escaped(&crate::tail::left_unread::message(&name, &l)));
-        telemetry.source(&name).left_unread(l);
-    }
-}
-
 /// Name of the rejects file inside `state_dir`.
-pub const REJECTS_FILE: &str = "rejects.ndjson";
+pub use crate::rejects::FILE_NAME as REJECTS_FILE;
 
 /// `<state_dir>/rejects.ndjson`, bounded by `[rejects]`; lines that do not
 /// parse are written there (file, line, offset, reason, raw line). Opened
@@ -415,13 +334,13 @@ pub async fn run_with_reload(
     shutdown: CancellationToken,
     mut reloads: Option<crate::reload::Requests>,
 ) -> anyhow::Result<()> {
-    let crate::preflight::Prepared { lock: _lock, listeners, enricher, warnings } = prepared;
+    let crate::preflight::Prepared { lock: _lock, mut listeners, enricher, warnings } = prepared;
     for w in &warnings {
         tracing::warn!("{w}");
     }
     let telemetry = Telemetry::new();
     let stop_status = CancellationToken::new();
-    let status = match listeners.status {
+    let status = match listeners.take(crate::preflight::STATUS_LISTEN) {
         Some(l) => {
             let srv = crate::telemetry::server::start_on(l, &cfg.status, telemetry.clone(), stop_status.clone())?;
             tracing::info!(addr = %srv.addr, "status listener: /metrics, /status, /healthz, /readyz");
@@ -429,7 +348,7 @@ pub async fn run_with_reload(
         }
         None => None,
     };
-    let mut bridge = Bridge::start(&cfg, telemetry.clone(), enricher, listeners.channel).await?;
+    let mut bridge = Bridge::start(&cfg, telemetry.clone(), enricher, listeners).await?;
     if let Some(srv) = &status {
         if let Err(e) = crate::telemetry::server::write_addr_file(&cfg.state_dir, srv.addr).await {
             tracing::warn!(error = %e, "cannot write {}", crate::telemetry::server::addr_file(&cfg.state_dir).display());
@@ -457,7 +376,7 @@ pub async fn run_with_reload(
     stop_status.cancel();
     if let Some(srv) = status {
         if let Err(e) = srv.wait().await {
-            tracing::warn!(error = %crate::cmd::describe(&e), "status listener");
+            tracing::warn!(error = %crate::service::describe(&e), "status listener");
         }
     }
     res

@@ -233,7 +233,7 @@ mod tests {
         let text = demo_config(dir.path());
         let cfg = crate::config::Config::from_toml(&text, &dir.path().join("config.toml")).unwrap();
         assert_eq!(cfg.sources.len(), 1);
-        assert!(cfg.channel.is_some());
+        assert!(cfg.sinks.get::<crate::sink::channel::ChannelSink>().is_some());
         assert_eq!(cfg.enrich.lookups.len(), 4);
     }
 }

@@ -31,19 +31,23 @@
 //! A table is looked up only when the record has the id and lacks at least
 //! one of the fields that table fills (so already-enriched LE 6 lines cost
 //! nothing). A lookup that finds the id is a hit, one that does not is a
-//! miss; both are counted per table in [`EnrichStats`]. `api_key` =
-//! `unknown` (Local Edition's spelling for "no key") is not looked up.
+//! miss; both are counted per table in the enricher's
+//! [`crate::telemetry::LookupStats`] (with what each load brought and the
+//! last reload error), which `/status` and `/metrics` show once the bridge
+//! registers it ([`Enricher::lookup_stats`]); [`Enricher::stats`] reads
+//! them back by table. `api_key` = `unknown` (Local Edition's spelling for
+//! "no key") is not looked up.
 
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::SystemTime;
 
-use crate::config::EnrichConfig;
 use crate::record::{is_absent, Field, Record};
+use crate::settings::EnrichConfig;
+use crate::telemetry::LookupStats;
 
 /// A problem with a lookup file, naming the file and where in it.
 #[derive(Debug, thiserror::Error)]
@@ -535,15 +539,6 @@ fn stamp(path: &Path) -> Result<Stamp, EnrichError> {
     Ok(Stamp { mtime: m.modified().ok(), len: m.len(), ino })
 }
 
-/// Hit and miss counters of one table.
-#[derive(Debug, Default)]
-struct Counters {
-    /// Lookups that found the id.
-    hits: AtomicU64,
-    /// Lookups of an id the table does not have.
-    misses: AtomicU64,
-}
-
 /// Statistics of one table.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct TableStats {
@@ -592,12 +587,9 @@ pub struct Enricher {
     current: RwLock<Arc<Lookups>>,
     /// The file versions the last load attempt saw (index = `files`).
     stamps: Mutex<Vec<Stamp>>,
-    /// Hits and misses, indexed by [`TableKind::index`].
-    counters: [Counters; 4],
-    /// Successful reloads.
-    reloads: AtomicU64,
-    /// The last reload error, as displayed.
-    last_error: Mutex<Option<String>>,
+    /// Hits and misses (tables indexed by [`TableKind::index`]), what each
+    /// load brought, reloads and the last reload error.
+    stats: LookupStats,
 }
 
 impl Enricher {
@@ -606,15 +598,15 @@ impl Enricher {
     pub fn new(lookups: &[PathBuf], mask_api_key_keep: Option<usize>, mask_oauth_keep: Option<usize>) -> Result<Enricher, EnrichError> {
         let stamps = lookups.iter().map(|p| stamp(p)).collect::<Result<Vec<_>, _>>()?;
         let tables = Lookups::load(lookups)?;
+        let stats = LookupStats::new(lookups, &TableKind::ALL.map(TableKind::name));
+        loaded(&stats, &tables);
         Ok(Enricher {
             files: lookups.to_vec(),
             mask_api_key_keep,
             mask_oauth_keep,
             current: RwLock::new(Arc::new(tables)),
             stamps: Mutex::new(stamps),
-            counters: Default::default(),
-            reloads: AtomicU64::new(0),
-            last_error: Mutex::new(None),
+            stats,
         })
     }
 
@@ -657,10 +649,9 @@ impl Enricher {
             if is_absent(id) || (kind == TableKind::Keys && id == "unknown") {
                 continue;
             }
-            let counters = &self.counters[kind.index()];
             match table.rows.get(id) {
                 Some(row) => {
-                    counters.hits.fetch_add(1, Ordering::Relaxed);
+                    self.stats.hit(kind.index());
                     for (f, v) in targets.iter().zip(row.iter()) {
                         if !v.is_empty() && rec.is_missing(*f) {
                             rec.fields[f.index()] = Cow::Borrowed(&**v);
@@ -668,7 +659,7 @@ impl Enricher {
                     }
                 }
                 None => {
-                    counters.misses.fetch_add(1, Ordering::Relaxed);
+                    self.stats.miss(kind.index());
                 }
             }
         }
@@ -702,9 +693,9 @@ impl Enricher {
         *stamps = now;
         match Lookups::load(&self.files) {
             Ok(tables) => {
+                loaded(&self.stats, &tables);
                 *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(tables);
-                self.reloads.fetch_add(1, Ordering::Relaxed);
-                *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = None;
+                self.stats.reloaded();
                 Ok(true)
             }
             Err(e) => Err(self.note_error(e)),
@@ -712,27 +703,35 @@ impl Enricher {
     }
 
     fn note_error(&self, e: EnrichError) -> EnrichError {
-        *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(e.to_string());
+        self.stats.reload_failed(e.to_string());
         e
+    }
+
+    /// The figures this enricher counts into, for the bridge to register
+    /// with [`crate::telemetry::Telemetry::set_lookups`].
+    pub fn lookup_stats(&self) -> LookupStats {
+        self.stats.clone()
     }
 
     /// Hits and misses per table, reload count and the last reload error.
     pub fn stats(&self) -> EnrichStats {
-        let tables = self.tables();
+        let s = self.stats.snapshot();
         EnrichStats {
             tables: TableKind::ALL
                 .iter()
-                .map(|&k| TableStats {
-                    table: k,
-                    loaded: tables.has(k),
-                    entries: tables.len(k),
-                    hits: self.counters[k.index()].hits.load(Ordering::Relaxed),
-                    misses: self.counters[k.index()].misses.load(Ordering::Relaxed),
-                })
+                .zip(&s.tables)
+                .map(|(&k, t)| TableStats { table: k, loaded: t.loaded, entries: t.entries as usize, hits: t.hits, misses: t.misses })
                 .collect(),
-            reloads: self.reloads.load(Ordering::Relaxed),
-            last_reload_error: self.last_error.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+            reloads: s.reloads,
+            last_reload_error: s.last_reload_error,
         }
+    }
+}
+
+/// Tells `stats` what a load put in each table.
+fn loaded(stats: &LookupStats, tables: &Lookups) {
+    for k in TableKind::ALL {
+        stats.set_table(k.index(), tables.has(k), tables.len(k));
     }
 }
 
@@ -1002,5 +1001,92 @@ mod tests {
         assert_eq!(l.get(TableKind::Endpoints, "ep2", Field::EndpointName), Some("Two v2"));
         assert_eq!(l.get(TableKind::Endpoints, "ep3", Field::EndpointName), None);
         assert_eq!(l.len(TableKind::Endpoints), 3);
+    }
+
+    /// The lookup figures as `/status` and `/metrics` show them, once the
+    /// bridge registered the enricher's block with telemetry.
+    #[test]
+    fn enrich_figures_survive_a_replaced_enricher() {
+        use crate::telemetry::{StatusSettings, Telemetry};
+        const T0: i64 = 1_767_225_600_000;
+        let settings = StatusSettings::default();
+        let dir = tempfile::tempdir().unwrap();
+        let services = dir.path().join("services.csv");
+        std::fs::write(&services, "service_id,service_name\nsvc1,Orders\n").unwrap();
+        let lookup = |e: &Enricher, id: &'static str| {
+            let tables = e.tables();
+            let mut r = Record::new_ml();
+            r.set(Field::ServiceId, id);
+            e.enrich(&tables, &mut r);
+        };
+        let tel = Telemetry::new();
+        // Masking only: no lookup files, no `enrich` object.
+        tel.set_lookups(Enricher::new(&[], Some(2), None).unwrap().lookup_stats());
+        assert_eq!(tel.status(T0, &settings).enrich, None);
+
+        let e1 = Enricher::new(std::slice::from_ref(&services), None, None).unwrap();
+        tel.set_lookups(e1.lookup_stats());
+        lookup(&e1, "svc1");
+        lookup(&e1, "svc1");
+        lookup(&e1, "nope");
+        let en = tel.status(T0, &settings).enrich.unwrap();
+        assert_eq!((en.hits, en.misses, en.reloads, en.last_reload_error.as_deref()), (2, 1, 0, None));
+        let svc = en.tables.iter().find(|t| t.table == "services").unwrap();
+        assert_eq!((svc.loaded, svc.entries, svc.hits, svc.misses), (true, 1, 2, 1));
+        assert!(!en.tables.iter().find(|t| t.table == "keys").unwrap().loaded);
+        assert_eq!(en.files, vec![services.display().to_string()]);
+
+        // A reload brings a new enricher: counters carry on.
+        let e2 = Enricher::new(std::slice::from_ref(&services), None, None).unwrap();
+        tel.set_lookups(e2.lookup_stats());
+        tel.set_lookups(e2.lookup_stats()); // the same one again changes nothing
+        lookup(&e2, "other");
+        let en = tel.status(T0, &settings).enrich.unwrap();
+        assert_eq!((en.hits, en.misses), (2, 2));
+
+        // A broken file: the error is shown, the old tables stay.
+        std::fs::write(&services, "service_id,colour\nsvc1,red\n").unwrap();
+        assert!(e2.reload_if_changed().is_err());
+        let en = tel.status(T0, &settings).enrich.unwrap();
+        assert!(en.last_reload_error.as_deref().unwrap_or("").contains("services.csv"), "{en:?}");
+        assert_eq!(en.tables.iter().find(|t| t.table == "services").unwrap().entries, 1);
+    }
+
+    #[test]
+    fn enrich_series_in_metrics() {
+        use crate::telemetry::{metrics, StatusSettings, Telemetry};
+        use prometheus_parse::Value::*;
+        const T0: i64 = 1_767_225_600_000;
+        let tel = Telemetry::new();
+        let dir = tempfile::tempdir().unwrap();
+        let services = dir.path().join("services.csv");
+        std::fs::write(&services, "service_id,service_name\nsvc1,Orders\n").unwrap();
+        let e = Enricher::new(std::slice::from_ref(&services), None, None).unwrap();
+        let mut r = Record::new_ml();
+        r.set(Field::ServiceId, "nope");
+        e.enrich(&e.tables(), &mut r);
+        tel.set_lookups(e.lookup_stats());
+
+        let scrape = || {
+            let text = metrics::render(&tel, &StatusSettings::default(), T0 + 1000);
+            prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string()))).expect("valid exposition")
+        };
+        let value = |m: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)]| {
+            m.samples.iter().find(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v))).map(|s| s.value.clone())
+        };
+        let m = scrape();
+        let v = |name: &str, labels: &[(&str, &str)]| match value(&m, name, labels) {
+            Some(Counter(v)) | Some(Gauge(v)) => v,
+            other => panic!("{name} {labels:?}: {other:?}"),
+        };
+        assert_eq!(v("calllog_bridge_enrich_lookups_total", &[("table", "services"), ("result", "miss")]), 1.0);
+        assert_eq!(v("calllog_bridge_enrich_lookups_total", &[("table", "services"), ("result", "hit")]), 0.0);
+        assert!(value(&m, "calllog_bridge_enrich_lookups_total", &[("table", "keys")]).is_none(), "tables not loaded have no series");
+        assert_eq!(v("calllog_bridge_enrich_table_entries", &[("table", "services")]), 1.0);
+        assert_eq!(v("calllog_bridge_enrich_reloads_total", &[]), 0.0);
+        assert_eq!(v("calllog_bridge_enrich_reload_failing", &[]), 0.0);
+        std::fs::write(&services, "service_id,colour\nsvc1,red\n").unwrap();
+        assert!(e.reload_if_changed().is_err());
+        assert!(matches!(value(&scrape(), "calllog_bridge_enrich_reload_failing", &[]), Some(Gauge(v)) if v == 1.0));
     }
 }

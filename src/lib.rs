@@ -3,7 +3,15 @@
 //!
 //! Data flows through the modules in this order (see ARCHITECTURE.md):
 //!
-//! - [`config`]: TOML -> validated settings; the only code that sees raw TOML.
+//! - [`config`]: the config file -> the typed settings of the whole bridge;
+//!   the only code that sees TOML text. [`settings`]: the vocabulary of
+//!   typed settings (errors naming the key, secrets, durations, addresses)
+//!   and the sections every bridge has.
+//! - [`source`]: where records come from (`[[source]]` kinds: files via
+//!   [`watch`] and [`tail`], with [`checkpoint`]s of what every sink has,
+//!   keyed by the files' fingerprints).
+//! - [`ingest`]: the bytes of one file -> records or rejects (framing, line
+//!   numbers, offsets, stamping, enrichment), shared by `run` and `parse`.
 //! - [`parse`]: one module per Local Edition format; pure, no I/O.
 //! - [`enrich`]: lookup tables, masking; pure apart from (re)loading tables.
 //! - [`record`]: the call-log record and its two JSON shapes.
@@ -15,7 +23,9 @@
 //!   listeners), checked the same way by `check-config` and `run`;
 //!   [`state_lock`]: one bridge per `state_dir`.
 //! - [`simulate`]: simulated Local Edition traffic (generator and file writer).
-//! - [`sink`]: where batches go (file archive, channel, upstream).
+//! - [`sink`]: where batches go (file archive, channel, upstream), each a
+//!   [`sink::Sink`] in [`sink::REGISTRY`]; [`bridge`] starts and stops
+//!   sources and sinks.
 //! - [`reload`]: SIGHUP: re-read the config, apply it or refuse it whole.
 //! - [`service`]: systemd readiness, watchdog and journal-friendly logs.
 //! - [`logsafe`]: peer-supplied text (file names, collector answers)
@@ -45,8 +55,10 @@ pub mod rejects;
 pub mod reload;
 pub mod rotating;
 pub mod service;
+pub mod settings;
 pub mod simulate;
 pub mod sink;
+pub mod source;
 pub mod state_lock;
 pub mod tail;
 pub mod telemetry;

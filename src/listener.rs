@@ -16,6 +16,10 @@
 //! [`raise_fd_limit`] raises the soft `RLIMIT_NOFILE` to the hard limit at
 //! start, so the caps, not the default 1,024 descriptors, are what bound
 //! the listeners (followed files need descriptors too).
+//!
+//! [`bind`] binds a configured address, naming its key when it cannot;
+//! [`Bound`] holds the listeners [`crate::preflight`] bound before anything
+//! started, by key, until their component takes its own.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
@@ -242,6 +246,30 @@ impl Drop for Busy {
     fn drop(&mut self) {
         self.0.idle_since_ms.store(self.0.now_ms(), Ordering::Relaxed);
         self.0.busy.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Binds `addr` for the config key `key`, naming both when it fails.
+pub fn bind(key: &str, addr: std::net::SocketAddr) -> Result<std::net::TcpListener, crate::settings::ConfigError> {
+    std::net::TcpListener::bind(addr).map_err(|e| crate::settings::ConfigError::unusable(key, format!("cannot listen on {addr}: {e}")))
+}
+
+/// Listeners bound before anything starts, by the config key of their
+/// address (`status.listen`, `channel.listen`): a port in use is refused
+/// before anything reads. Each component takes its own when it starts.
+#[derive(Debug, Default)]
+pub struct Bound(Vec<(String, std::net::TcpListener)>);
+
+impl Bound {
+    /// Keeps `listener`, bound for `key`.
+    pub fn insert(&mut self, key: impl Into<String>, listener: std::net::TcpListener) {
+        self.0.push((key.into(), listener));
+    }
+
+    /// The listener bound for `key`, if any (taken: asked twice, `None`).
+    pub fn take(&mut self, key: &str) -> Option<std::net::TcpListener> {
+        let i = self.0.iter().position(|(k, _)| k == key)?;
+        Some(self.0.swap_remove(i).1)
     }
 }
 

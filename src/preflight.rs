@@ -4,17 +4,20 @@
 //! files). This module checks what the config points at, the way `run`
 //! will use it:
 //!
-//! - every `[[source]]` glob matches at least one readable file (a glob
-//!   whose directory exists but holds no file yet is a warning: the files
-//!   may come later; a missing directory, or files none of which match, is
-//!   an error);
+//! - what each source finds ([`crate::source::Source::check`]): every file
+//!   `[[source]]` glob matches at least one readable file (a glob whose
+//!   directory exists but holds no file yet is a warning: the files may
+//!   come later; a missing directory, or files none of which match, is an
+//!   error);
 //! - the lookup files load;
-//! - `state_dir`, the archive's directory and the dead-letter file's
-//!   directory exist (or only their last component is missing, which `run`
-//!   creates: a typo such as `/nonexistent/dir` is never created) and are
-//!   writable by this user (probed by creating and removing a file, so
-//!   read-only mounts and ACLs count);
-//! - the listen addresses (`channel.listen`, `status.listen`) can be bound.
+//! - `state_dir` and the directories the sinks write in
+//!   ([`crate::sink::Sink::needs`]: the archive's, the dead-letter file's)
+//!   exist (or only their last component is missing, where the sink allows
+//!   it and `run` creates it: a typo such as `/nonexistent/dir` is never
+//!   created) and are writable by this user (probed by creating and
+//!   removing a file, so read-only mounts and ACLs count);
+//! - the listen addresses (the sinks' such as `channel.listen`, and
+//!   `status.listen`) can be bound.
 //!
 //! Invariant: `check-config` and `run` call the same [`check`], so they
 //! never disagree. `run` keeps what the check built (the bound listeners,
@@ -22,25 +25,19 @@
 //! is an exit 64 (a config problem, which systemd does not restart), and
 //! each names its key and says its cause once.
 
-use std::fs::{File, OpenOptions};
+use std::fs::OpenOptions;
 use std::io::ErrorKind;
-use std::net::{SocketAddr, TcpListener};
-use std::path::{Path, PathBuf};
+use std::net::SocketAddr;
+use std::path::Path;
 
-use crate::config::{Config, ConfigError, SourceConfig};
+use crate::config::{Config, ConfigError};
 use crate::enrich::Enricher;
+use crate::listener::Bound;
+pub use crate::source::{GlobFound, SourceFound};
 use crate::state_lock::{LockError, StateLock};
-use crate::watch::Watcher;
 
-/// Listeners bound before anything else starts, handed to the status
-/// server and the channel.
-#[derive(Debug, Default)]
-pub struct Listeners {
-    /// `[status] listen`, unless the status listener is disabled.
-    pub status: Option<TcpListener>,
-    /// `[channel] listen`, when a channel is configured.
-    pub channel: Option<TcpListener>,
-}
+/// The config key of the status listener's address.
+pub const STATUS_LISTEN: &str = "status.listen";
 
 /// Whether [`check`] binds the listen addresses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,30 +51,10 @@ pub enum Bind {
     Skip,
 }
 
-/// One glob and the files it matches now.
-#[derive(Debug, Clone)]
-pub struct GlobFound {
-    /// The glob, as resolved.
-    pub glob: String,
-    /// Readable files it matches.
-    pub files: Vec<PathBuf>,
-    /// Files it matches that cannot be opened, with why.
-    pub unreadable: Vec<(PathBuf, String)>,
-}
-
-/// One `[[source]]` and its files.
-#[derive(Debug, Clone)]
-pub struct SourceFound {
-    /// The source's name (`source<N>` by default).
-    pub name: String,
-    /// Its globs.
-    pub globs: Vec<GlobFound>,
-}
-
 /// One listen address and what binding it said.
 #[derive(Debug, Clone)]
 pub struct ListenerFound {
-    /// `channel.listen` or `status.listen`.
+    /// `channel.listen`, `status.listen`.
     pub key: &'static str,
     /// The configured address.
     pub addr: SocketAddr,
@@ -97,8 +74,8 @@ pub struct Checked {
     pub sources: Vec<SourceFound>,
     /// The listen addresses.
     pub listeners: Vec<ListenerFound>,
-    /// The listeners, bound (with [`Bind::Keep`]).
-    pub bound: Listeners,
+    /// The listeners, bound (with [`Bind::Keep`]), by key.
+    pub bound: Bound,
     /// The lookup tables, loaded.
     pub enricher: Option<Enricher>,
 }
@@ -113,14 +90,16 @@ impl Checked {
 /// Runs every check of this module on `cfg`.
 pub fn check(cfg: &Config, bind: Bind) -> Checked {
     let mut out = Checked::default();
-    for (key, dir, create) in dirs(cfg) {
-        if let Err(e) = usable_dir(&key, &dir, create) {
+    let needs: Vec<crate::sink::Needs> = cfg.sinks.iter().map(|s| s.needs()).collect();
+    let dirs = std::iter::once(("state_dir", cfg.state_dir.clone(), true)).chain(needs.iter().flat_map(|n| n.dirs.iter().cloned()));
+    for (key, dir, create) in dirs {
+        if let Err(e) = usable_dir(key, &dir, create) {
             out.errors.push(e);
         }
     }
     // What an earlier run left in state_dir must be writable too: a manual
     // run as root leaves files the service user cannot append to.
-    let rejects = cfg.state_dir.join(crate::bridge::REJECTS_FILE);
+    let rejects = cfg.state_dir.join(crate::rejects::FILE_NAME);
     if rejects.exists() {
         if let Err(e) = OpenOptions::new().append(true).open(&rejects) {
             out.errors.push(ConfigError::unusable(
@@ -140,35 +119,31 @@ pub fn check(cfg: &Config, bind: Bind) -> Checked {
             }
         }
     }
-    if let Some(o) = &cfg.file_output {
-        if o.path.exists() {
-            if let Err(e) = OpenOptions::new().append(true).open(&o.path) {
-                out.errors.push(ConfigError::unusable("file_output.path", format!("cannot write {}: {e}", o.path.display())));
+    for (key, path) in needs.iter().flat_map(|n| n.files.iter()) {
+        if path.exists() {
+            if let Err(e) = OpenOptions::new().append(true).open(path) {
+                out.errors.push(ConfigError::unusable(*key, format!("cannot write {}: {e}", path.display())));
             }
         }
     }
     for (i, s) in cfg.sources.iter().enumerate() {
-        let found = source(&format!("source[{i}].paths"), i, s, &mut out.errors, &mut out.warnings);
-        out.sources.push(found);
+        let found = s.check(&format!("source[{i}]"));
+        out.errors.extend(found.errors);
+        out.warnings.extend(found.warnings);
+        out.sources.push(SourceFound { name: s.name.clone(), globs: found.globs });
     }
     match Enricher::from_config(&cfg.enrich) {
         Ok(e) => out.enricher = Some(e),
         Err(e) => out.errors.push(ConfigError::unusable("enrich.lookups", e)),
     }
-    let mut want: Vec<(&'static str, SocketAddr)> = Vec::new();
-    if let Some(c) = &cfg.channel {
-        match c.listen_addr() {
-            Ok(a) => want.push(("channel.listen", a)),
-            Err(e) => out.errors.push(e),
-        }
-    }
+    let mut want: Vec<(&'static str, SocketAddr)> = needs.iter().flat_map(|n| n.listeners.iter().cloned()).collect();
     if cfg.status.enabled {
-        want.push(("status.listen", cfg.status.listen));
+        want.push((STATUS_LISTEN, cfg.status.listen));
     }
     for (key, addr) in want {
         let bound = match bind {
             Bind::Skip => None,
-            Bind::Keep | Bind::Probe => match listen(key, addr) {
+            Bind::Keep | Bind::Probe => match crate::listener::bind(key, addr) {
                 Ok(l) => Some(l),
                 Err(e) => {
                     out.errors.push(e);
@@ -178,11 +153,8 @@ pub fn check(cfg: &Config, bind: Bind) -> Checked {
             },
         };
         out.listeners.push(ListenerFound { key, addr, bound: bound.is_some() });
-        if bind == Bind::Keep {
-            match key {
-                "channel.listen" => out.bound.channel = bound,
-                _ => out.bound.status = bound,
-            }
+        if let (Bind::Keep, Some(l)) = (bind, bound) {
+            out.bound.insert(key, l);
         }
     }
     out
@@ -194,8 +166,8 @@ pub fn check(cfg: &Config, bind: Bind) -> Checked {
 pub struct Prepared {
     /// The exclusive lock on `state_dir`, held until the bridge ends.
     pub lock: StateLock,
-    /// The listeners, bound.
-    pub listeners: Listeners,
+    /// The listeners, bound, by key.
+    pub listeners: Bound,
     /// The lookup tables, loaded.
     pub enricher: Enricher,
     /// What the checks warned about (logged by the caller).
@@ -238,30 +210,6 @@ pub fn create_state_dir(cfg: &Config) -> Result<(), ConfigError> {
         Err(e) if e.kind() == ErrorKind::AlreadyExists => Ok(()),
         Err(e) => Err(ConfigError::unusable("state_dir", format!("cannot create {}: {e}", cfg.state_dir.display()))),
     }
-}
-
-/// Binds `addr` for `key`, naming both when it fails.
-pub fn listen(key: &str, addr: SocketAddr) -> Result<TcpListener, ConfigError> {
-    TcpListener::bind(addr).map_err(|e| ConfigError::unusable(key, format!("cannot listen on {addr}: {e}")))
-}
-
-/// The directories the bridge writes to: (key, directory, may its last
-/// component be created).
-fn dirs(cfg: &Config) -> Vec<(String, PathBuf, bool)> {
-    let mut v = vec![("state_dir".to_string(), cfg.state_dir.clone(), true)];
-    let parent = |p: &Path| match p.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    if let Some(o) = &cfg.file_output {
-        v.push(("file_output.path".to_string(), parent(&o.path), true));
-    }
-    if let Some(u) = &cfg.upstream {
-        if let Some(d) = &u.dead_letter_file {
-            v.push(("upstream.dead_letter_file".to_string(), parent(d), false));
-        }
-    }
-    v
 }
 
 /// Checks that `dir` exists (or, with `create`, that only its last
@@ -318,70 +266,6 @@ fn writable(dir: &Path) -> std::io::Result<()> {
         }
     }
     Err(std::io::Error::other("cannot find a free probe file name"))
-}
-
-/// The files of one source, glob by glob, with errors and warnings.
-fn source(key: &str, index: usize, s: &SourceConfig, errors: &mut Vec<ConfigError>, warnings: &mut Vec<String>) -> SourceFound {
-    let name = s.name.clone().unwrap_or_else(|| format!("source{index}"));
-    let mut globs = Vec::new();
-    for (glob, dir) in s.paths.iter().zip(s.watch_dirs()) {
-        let one = SourceConfig { paths: vec![glob.clone()], ..s.clone() };
-        let matched = match Watcher::new(&one) {
-            Ok(w) => w.scan(),
-            Err(e) => {
-                errors.push(ConfigError::invalid(key, format!("bad glob `{glob}`: {e}")));
-                continue;
-            }
-        };
-        let mut found = GlobFound { glob: glob.clone(), files: Vec::new(), unreadable: Vec::new() };
-        for m in matched {
-            match File::open(&m.path) {
-                Ok(_) => found.files.push(m.path),
-                Err(e) => found.unreadable.push((m.path, e.to_string())),
-            }
-        }
-        found.files.sort();
-        found.unreadable.sort();
-        if found.files.is_empty() && found.unreadable.is_empty() {
-            match std::fs::read_dir(&dir) {
-                Err(e) if e.kind() == ErrorKind::NotFound => {
-                    errors
-                        .push(ConfigError::unusable(key, format!("`{glob}` matches nothing: directory {} does not exist", dir.display())));
-                }
-                Err(e) => errors.push(ConfigError::unusable(key, format!("`{glob}`: cannot list {}: {e}", dir.display()))),
-                Ok(entries) => {
-                    let mut others: Vec<String> =
-                        entries.flatten().filter(|e| e.path().is_file()).map(|e| e.file_name().to_string_lossy().into_owned()).collect();
-                    others.sort();
-                    if others.is_empty() {
-                        warnings.push(format!(
-                            "config key `{key}`: `{glob}` matches no file yet: {} holds none (files written there later are followed)",
-                            dir.display()
-                        ));
-                    } else {
-                        let shown = others.iter().take(5).cloned().collect::<Vec<_>>().join(", ");
-                        let more = if others.len() > 5 { format!(" and {} more", others.len() - 5) } else { String::new() };
-                        errors.push(ConfigError::unusable(
-                            key,
-                            format!("`{glob}` matches none of the files in {} ({shown}{more})", dir.display()),
-                        ));
-                    }
-                }
-            }
-        } else if found.files.is_empty() {
-            let (p, e) = &found.unreadable[0];
-            errors.push(ConfigError::unusable(
-                key,
-                format!("`{glob}` matches {} file(s), none readable by this user: {}: {e}", found.unreadable.len(), p.display()),
-            ));
-        } else {
-            for (p, e) in &found.unreadable {
-                warnings.push(format!("config key `{key}`: cannot read {}: {e} (it is skipped until its permissions change)", p.display()));
-            }
-        }
-        globs.push(found);
-    }
-    SourceFound { name, globs }
 }
 
 #[cfg(test)]
@@ -458,7 +342,7 @@ mod tests {
     fn a_busy_listen_address_names_the_key_and_the_address() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir(dir.path().join("logs")).unwrap();
-        let busy = TcpListener::bind("127.0.0.1:0").unwrap();
+        let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = busy.local_addr().unwrap();
         let cfg = config(dir.path(), "").clone();
         let cfg = Config { status: crate::config::StatusConfig { listen: addr, ..cfg.status.clone() }, ..cfg };
@@ -467,7 +351,7 @@ mod tests {
         assert!(e.contains("`status.listen`") && e.contains(&addr.to_string()), "{e}");
         assert!(check(&cfg, Bind::Skip).ok(), "not bound while a bridge holds them");
         drop(busy);
-        let c = check(&cfg, Bind::Keep);
-        assert!(c.ok() && c.bound.status.is_some());
+        let mut c = check(&cfg, Bind::Keep);
+        assert!(c.ok() && c.bound.take(STATUS_LISTEN).is_some());
     }
 }

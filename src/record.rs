@@ -202,7 +202,11 @@ impl<'a> Record<'a> {
     }
 
     /// Stamps the time the bridge observed the record and derives
-    /// `sync_delay_ms` from it.
+    /// `sync_delay_ms` from it: the one place the sync delay is computed.
+    /// The file's statistics take the stamped delays as they are
+    /// (`telemetry::FileStats::records_read`), so the record and
+    /// `/status` / `/metrics` never disagree (negative with clock skew,
+    /// never clamped).
     pub fn stamp_observed(&mut self, observed_ms: i64) {
         self.ingestion_time = Some(observed_ms);
         self.sync_delay_ms = self.request_time_ms.map(|rt| observed_ms - rt);

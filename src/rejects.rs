@@ -24,6 +24,9 @@ use crate::record::write_json_str;
 use crate::rotating::{RotatingFile, Rotation};
 use crate::telemetry::log_limit::LogLimit;
 
+/// Name of the running bridge's rejects file inside `state_dir`.
+pub const FILE_NAME: &str = "rejects.ndjson";
+
 /// The default cap on the bytes of a raw line copied into the rejects file.
 pub const DEFAULT_MAX_RAW_BYTES: usize = 64 * 1024;
 

@@ -2,12 +2,14 @@
 //!
 //! Invariant: a reload either applies a config that passed every check a
 //! start would make ([`crate::preflight::check`], the listeners aside), or
-//! changes nothing. [`prepare`] does all the fallible
-//! work first (read, parse, validate, load the lookup tables, resolve the
-//! channel token, parse the log level); only then does [`apply`] touch the
+//! changes nothing. [`prepare`] does all the fallible work first (read,
+//! parse and check the file, secrets and certificates included, load the
+//! lookup tables, parse the log level, build what each changed sink needs:
+//! [`crate::sink::Sink::prepare`]); only then does [`apply`] touch the
 //! running bridge, and what it does there cannot be refused half-way. An
 //! invalid file is logged with the key it is about and the running config
-//! stays in force.
+//! stays in force. Configs are compared by value (`PartialEq`); each sink
+//! declares which of its keys apply live ([`crate::sink::Sink::keys`]).
 //!
 //! What a reload applies, and how it keeps records neither lost nor repeated:
 //!
@@ -28,23 +30,22 @@
 //!   `ping_interval_secs` (connections opened after the reload) and
 //!   `mask_keep` (records appended after it) apply too; its listener,
 //!   paths, TLS, slots and ring need a restart
-//!   ([`crate::sink::channel::restart_keys`]).
+//!   ([`crate::sink::channel::ChannelSink`]'s keys).
 //! - `log_level`: applied at once (`RUST_LOG`, when set, keeps priority).
-//! - `[upstream]`: a new HTTP client is built from the new section (URL,
-//!   headers, credentials re-read from their files even when only a file's
-//!   content changed, TLS files, timeouts, batch limits, compression,
-//!   backoff) and replaces the running one; requests already built keep
-//!   their records and switch to the new settings at their next attempt,
-//!   so nothing is lost or sent twice. The keys that shape what is already
-//!   batched or spooled (`format`, `max_in_flight`, `spool_max_bytes`,
-//!   `dead_letter_file`) need a restart
-//!   ([`crate::sink::upstream::restart_keys`]).
+//! - `[upstream]`: when anything in it changed (credential and TLS files
+//!   are re-read, so a new content counts), a new HTTP client is built from
+//!   the new section (URL, headers, credentials, TLS files, timeouts, batch
+//!   limits, compression, backoff) and replaces the running one; requests
+//!   already built keep their records and switch to the new settings at
+//!   their next attempt, so nothing is lost or sent twice. The keys that
+//!   shape what is already batched or spooled (`format`, `max_in_flight`,
+//!   `spool_max_bytes`, `dead_letter_file`) need a restart
+//!   ([`crate::sink::upstream::UpstreamSink`]'s keys).
 //! - `[file_output]`: what is buffered is written, synced and acknowledged
 //!   under the old settings, then the new ones apply (a new `path` starts a
 //!   new archive there).
-//! - everything else (`state_dir`, adding or removing `[file_output]` or
-//!   `[upstream]`, the channel's listener and TLS settings, `[status]`,
-//!   `[rejects]`)
+//! - everything else (`state_dir`, adding or removing a sink section, the
+//!   channel's listener and TLS settings, `[status]`, `[rejects]`)
 //!   needs new listeners, files or clients: the change is logged as needing
 //!   a restart and the running settings stay in force (and are reported
 //!   again on the next reload until the bridge restarts).
@@ -53,9 +54,10 @@ use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::config::{ChannelConfig, Config, ConfigError, FileOutputConfig, Secret, SourceConfig};
+use crate::config::{Config, ConfigError};
 use crate::enrich::{EnrichError, Enricher};
-use crate::sink::upstream::{self, Live as UpstreamLive};
+use crate::sink::Update;
+use crate::source::SourceConfigured;
 
 /// Why a reload was refused.
 #[derive(Debug, thiserror::Error)]
@@ -66,11 +68,15 @@ pub enum ReloadError {
     /// A lookup table named in `enrich.lookups` cannot be loaded.
     #[error("invalid config key `enrich.lookups`: {0}")]
     Lookups(#[from] EnrichError),
-    /// The new `[upstream]` section cannot be put in force (a credential,
-    /// CA or certificate file unreadable or invalid); the message names the
-    /// key.
-    #[error("{0}")]
-    Upstream(String),
+    /// A sink's new settings cannot be put in force (a client that cannot
+    /// be built); the message names the key.
+    #[error("{message}")]
+    Sink {
+        /// The sink's section (`upstream`).
+        section: &'static str,
+        /// What went wrong.
+        message: String,
+    },
     /// The blocking loader thread failed.
     #[error("reload task failed: {0}")]
     Task(String),
@@ -84,7 +90,7 @@ impl ReloadError {
             ReloadError::Config(ConfigError::Syntax { .. }) => "(syntax: see the message)",
             ReloadError::Config(ConfigError::Read { .. }) => "(the file)",
             ReloadError::Lookups(_) => "enrich.lookups",
-            ReloadError::Upstream(_) => "upstream",
+            ReloadError::Sink { section, .. } => section,
             ReloadError::Task(_) => "(none)",
         }
     }
@@ -97,12 +103,9 @@ pub struct Prepared {
     pub config: Config,
     /// A new enricher, when `[enrich]` changed (its tables are loaded).
     pub enricher: Option<Arc<Enricher>>,
-    /// The channel token (from `token` or the current content of
-    /// `token_file`), when the new config has a channel.
-    pub channel_token: Option<Secret>,
-    /// The upstream sink's new settings (client built, files read), when
-    /// the new config has `[upstream]`.
-    pub upstream: Option<UpstreamLive>,
+    /// New settings for the running sinks whose live keys changed (clients
+    /// built, files read).
+    pub sinks: Vec<Update>,
 }
 
 /// What differs between the running config and a new one.
@@ -114,6 +117,8 @@ pub struct Changes {
     pub enrich: bool,
     /// `log_level` changed.
     pub log_level: bool,
+    /// Sinks' keys that changed and apply live.
+    pub live: Vec<&'static str>,
     /// Sections or keys that changed but apply only after a restart.
     pub restart_needed: Vec<&'static str>,
 }
@@ -125,45 +130,21 @@ impl Changes {
     }
 }
 
-/// True when two config values differ, compared through their `Debug`
-/// form (see [`diff`]).
-fn differs<T: std::fmt::Debug>(a: &T, b: &T) -> bool {
-    format!("{a:?}") != format!("{b:?}")
-}
-
-/// Compares two configs section by section.
-///
-/// The config structs are compared through their `Debug` form: it covers
-/// every field, is deterministic (maps are `BTreeMap`s) and needs no
-/// `PartialEq` on types owned by other modules. Secrets print as
-/// `<redacted>`, so inline tokens are never compared here: the channel token
-/// is always resolved and handed to the channel, which ignores an unchanged
-/// one.
+/// Compares two configs section by section, by value.
 pub fn diff(old: &Config, new: &Config) -> Changes {
+    let sinks = old.sinks.diff(&new.sinks);
     let mut c = Changes {
-        sources: differs(&old.sources, &new.sources),
-        enrich: differs(&old.enrich, &new.enrich),
+        sources: old.sources != new.sources,
+        enrich: old.enrich != new.enrich,
         log_level: old.log_level != new.log_level,
+        live: sinks.live,
         restart_needed: Vec::new(),
     };
     if old.state_dir != new.state_dir {
         c.restart_needed.push("state_dir");
     }
-    // Both present: applied live (FileHandle::reconfigure).
-    if old.file_output.is_some() != new.file_output.is_some() {
-        c.restart_needed.push("file_output");
-    }
-    match (&old.upstream, &new.upstream) {
-        (Some(a), Some(b)) => c.restart_needed.extend(upstream::restart_keys(a, b)),
-        (None, None) => {}
-        _ => c.restart_needed.push("upstream"),
-    }
-    match (&old.channel, &new.channel) {
-        (Some(a), Some(b)) => c.restart_needed.extend(crate::sink::channel::restart_keys(a, b)),
-        (None, None) => {}
-        _ => c.restart_needed.push("channel"),
-    }
-    if differs(&old.status, &new.status) {
+    c.restart_needed.extend(sinks.restart_needed);
+    if old.status != new.status {
         c.restart_needed.push("status");
     }
     if old.rejects != new.rejects {
@@ -173,15 +154,16 @@ pub fn diff(old: &Config, new: &Config) -> Changes {
 }
 
 /// Reads and checks the config at `path` against the `running` one:
-/// validation, lookup tables (when `[enrich]` changed), channel token, log
-/// level. Blocking file I/O: runs on a blocking thread.
+/// validation, lookup tables (when `[enrich]` changed), log level, and the
+/// new settings of each sink whose live keys changed. Blocking file I/O:
+/// runs on a blocking thread.
 pub async fn prepare(path: &Path, running: &Config) -> Result<Prepared, ReloadError> {
     let path: PathBuf = path.to_path_buf();
-    let old_enrich = format!("{:?}", running.enrich);
-    tokio::task::spawn_blocking(move || prepare_blocking(&path, &old_enrich)).await.map_err(|e| ReloadError::Task(e.to_string()))?
+    let running = running.clone();
+    tokio::task::spawn_blocking(move || prepare_blocking(&path, &running)).await.map_err(|e| ReloadError::Task(e.to_string()))?
 }
 
-fn prepare_blocking(path: &Path, old_enrich: &str) -> Result<Prepared, ReloadError> {
+fn prepare_blocking(path: &Path, running: &Config) -> Result<Prepared, ReloadError> {
     let config = Config::load(path)?;
     crate::service::parse_level(&config.log_level)?;
     // What a start would refuse, a reload refuses too (the listeners are
@@ -193,39 +175,32 @@ fn prepare_blocking(path: &Path, old_enrich: &str) -> Result<Prepared, ReloadErr
     for w in &checked.warnings {
         tracing::warn!("{w}");
     }
-    let enricher = match (format!("{:?}", config.enrich) != old_enrich, checked.enricher) {
+    let enricher = match (config.enrich != running.enrich, checked.enricher) {
         (true, Some(e)) => Some(Arc::new(e)),
         (true, None) => Some(Arc::new(Enricher::from_config(&config.enrich)?)),
         (false, _) => None,
     };
-    let channel_token = config.channel.as_ref().map(ChannelConfig::token).transpose()?;
-    let upstream =
-        config.upstream.as_ref().map(UpstreamLive::build).transpose().map_err(|e| ReloadError::Upstream(crate::cmd::describe(&e)))?;
-    Ok(Prepared { config, enricher, channel_token, upstream })
+    let mut sinks = Vec::new();
+    for changed in running.sinks.diff(&config.sinks).changed {
+        let section = changed.kind().section();
+        sinks.push(Update::prepare(changed).map_err(|e| ReloadError::Sink { section, message: crate::service::describe(&e) })?);
+    }
+    Ok(Prepared { config, enricher, sinks })
 }
 
 /// The parts of a running bridge a reload changes. Implemented by
 /// [`crate::bridge::Bridge`]; tests use a recording fake.
 pub trait Reloadable {
-    /// Replaces the channel's token (no-op when unchanged or no channel).
-    fn set_channel_token(&self, token: Secret);
-
-    /// Puts a reloaded `[channel]` section's live keys in force (no-op
-    /// without a channel).
-    fn set_channel(&self, cfg: &ChannelConfig);
-
-    /// Puts new settings in force in the upstream sink (no-op without one).
-    fn set_upstream(&self, live: UpstreamLive);
-
-    /// Puts new settings in force in the file sink (no-op without one).
-    fn set_file_output(&self, cfg: FileOutputConfig);
+    /// Puts a sink's new live settings in force (nothing when that sink
+    /// does not run).
+    fn reconfigure_sink(&self, update: Update);
 
     /// Restarts the reading side with these sources and, when given, a new
-    /// enricher: stop the tailers at a batch boundary, start new ones that
+    /// enricher: stop the readers at a batch boundary, start new ones that
     /// resume where the old ones stopped reading.
     fn restart_sources(
         &mut self,
-        sources: &[SourceConfig],
+        sources: &[SourceConfigured],
         enricher: Option<Arc<Enricher>>,
     ) -> impl Future<Output = anyhow::Result<()>> + Send;
 }
@@ -234,7 +209,8 @@ pub trait Reloadable {
 /// effect: the new one, except the sections that need a restart, which
 /// keep their running values.
 pub async fn apply<B: Reloadable>(bridge: &mut B, running: &Config, prepared: Prepared) -> anyhow::Result<(Config, Changes)> {
-    let Prepared { config: new, enricher, channel_token, upstream: upstream_live } = prepared;
+    let Prepared { config: new, enricher, sinks } = prepared;
+    let sink_diff = running.sinks.diff(&new.sinks);
     let changes = diff(running, &new);
     if changes.log_level {
         // Validated in `prepare`; an error here would only mean the
@@ -243,25 +219,8 @@ pub async fn apply<B: Reloadable>(bridge: &mut B, running: &Config, prepared: Pr
             tracing::warn!(error = %e, "cannot apply the new log level");
         }
     }
-    if let Some(token) = channel_token {
-        if running.channel.is_some() {
-            bridge.set_channel_token(token);
-        }
-    }
-    if let (Some(old), Some(new_ch)) = (&running.channel, &new.channel) {
-        let live = crate::sink::channel::live_config(old, new_ch);
-        let key = |c: &ChannelConfig| (c.records_per_message, c.mask_keep, c.ping_interval_secs);
-        if key(old) != key(&live) {
-            bridge.set_channel(&live);
-        }
-    }
-    if let (Some(live), Some(_)) = (upstream_live, &running.upstream) {
-        bridge.set_upstream(live);
-    }
-    if let (Some(old), Some(new_file)) = (&running.file_output, &new.file_output) {
-        if differs(old, new_file) {
-            bridge.set_file_output(new_file.clone());
-        }
+    for update in sinks {
+        bridge.reconfigure_sink(update);
     }
     if changes.restart_sources() {
         bridge.restart_sources(&new.sources, enricher).await?;
@@ -277,15 +236,7 @@ pub async fn apply<B: Reloadable>(bridge: &mut B, running: &Config, prepared: Pr
     effective.sources = new.sources;
     effective.enrich = new.enrich;
     effective.log_level = new.log_level;
-    if let (Some(run_file), Some(new_file)) = (&mut effective.file_output, &new.file_output) {
-        *run_file = new_file.clone();
-    }
-    if let (Some(run_up), Some(new_up)) = (&mut effective.upstream, &new.upstream) {
-        *run_up = upstream::live_config(run_up, new_up);
-    }
-    if let (Some(run_ch), Some(new_ch)) = (&mut effective.channel, &new.channel) {
-        *run_ch = crate::sink::channel::live_config(run_ch, new_ch);
-    }
+    effective.sinks = sink_diff.effective;
     Ok((effective, changes))
 }
 
@@ -366,7 +317,7 @@ pub async fn on_hup<B: Reloadable>(bridge: &mut B, running: Config, path: &Path)
             Ok((effective, changes)) => {
                 tracing::info!(
                     sources_restarted = changes.restart_sources(),
-                    upstream_reloaded = effective.upstream.is_some(),
+                    applied_live = ?changes.live,
                     log_level_changed = changes.log_level,
                     needs_restart = ?changes.restart_needed,
                     "configuration reloaded"
@@ -374,7 +325,7 @@ pub async fn on_hup<B: Reloadable>(bridge: &mut B, running: Config, path: &Path)
                 effective
             }
             Err(e) => {
-                tracing::error!(error = %crate::cmd::describe(&e), "reload failed while applying; the sources keep their previous settings");
+                tracing::error!(error = %crate::service::describe(&e), "reload failed while applying; the sources keep their previous settings");
                 running
             }
         },
@@ -386,6 +337,9 @@ pub async fn on_hup<B: Reloadable>(bridge: &mut B, running: Config, path: &Path)
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sink::channel::ChannelSink;
+    use crate::sink::file::FileSink;
+    use crate::sink::upstream::UpstreamSink;
     use std::sync::Mutex;
 
     const BASE: &str = r#"
@@ -403,6 +357,12 @@ token = "token-one-0123456789"
         Config::from_toml(text, Path::new("/etc/calllog-bridge/config.toml")).unwrap()
     }
 
+    /// What `prepare` builds, without its checks on the host.
+    fn prepared(running: &Config, new: Config) -> Prepared {
+        let sinks = running.sinks.diff(&new.sinks).changed.into_iter().map(|c| Update::prepare(c).unwrap()).collect();
+        Prepared { config: new, enricher: None, sinks }
+    }
+
     #[derive(Default)]
     struct Fake {
         /// What was called, in order.
@@ -410,20 +370,21 @@ token = "token-one-0123456789"
     }
 
     impl Reloadable for Fake {
-        fn set_channel_token(&self, token: Secret) {
-            self.calls.lock().unwrap().push(format!("token {}", token.expose()));
+        fn reconfigure_sink(&self, update: Update) {
+            let c = update.config();
+            let call = if let Some(ch) = c.get::<ChannelSink>() {
+                format!("channel token={} records_per_message={}", ch.token.expose(), ch.records_per_message)
+            } else if let Some(f) = c.get::<FileSink>() {
+                format!("file_output {}", f.path.display())
+            } else if let Some(u) = c.get::<UpstreamSink>() {
+                format!("upstream {}", u.url)
+            } else {
+                format!("{c:?}")
+            };
+            self.calls.lock().unwrap().push(call);
         }
-        fn set_upstream(&self, live: UpstreamLive) {
-            self.calls.lock().unwrap().push(format!("upstream {}", live.url_for_logs()));
-        }
-        fn set_channel(&self, cfg: &ChannelConfig) {
-            self.calls.lock().unwrap().push(format!("channel records_per_message={}", cfg.records_per_message));
-        }
-        fn set_file_output(&self, cfg: FileOutputConfig) {
-            self.calls.lock().unwrap().push(format!("file_output {}", cfg.path.display()));
-        }
-        async fn restart_sources(&mut self, sources: &[SourceConfig], enricher: Option<Arc<Enricher>>) -> anyhow::Result<()> {
-            let names: Vec<_> = sources.iter().map(|s| s.name.clone().unwrap_or_default()).collect();
+        async fn restart_sources(&mut self, sources: &[SourceConfigured], enricher: Option<Arc<Enricher>>) -> anyhow::Result<()> {
+            let names: Vec<_> = sources.iter().map(|s| s.name.clone()).collect();
             self.calls.lock().unwrap().push(format!("sources {} enricher={}", names.join(","), enricher.is_some()));
             Ok(())
         }
@@ -442,7 +403,7 @@ token = "token-one-0123456789"
         check(&format!("log_level = \"debug\"\n{BASE}"), Changes { log_level: true, ..Changes::default() });
         check(&format!("{BASE}\n[enrich]\nmask_api_key_keep = 4\n"), Changes { enrich: true, ..Changes::default() });
         // A token change applies live; a listener change needs a restart.
-        check(&BASE.replace("token-one-0123456789", "token-two-0123456789"), Changes::default());
+        check(&BASE.replace("token-one-0123456789", "token-two-0123456789"), Changes { live: vec!["channel.token"], ..Changes::default() });
         check(
             &BASE.replace("token = \"token-one-0123456789\"", "token = \"token-one-0123456789\"\nlisten = \"127.0.0.1:9999\""),
             Changes { restart_needed: vec!["channel.listen"], ..Changes::default() },
@@ -450,15 +411,16 @@ token = "token-one-0123456789"
         // Batching, pings and masking apply live.
         check(
             &BASE.replace("token = \"token-one-0123456789\"", "token = \"token-one-0123456789\"\nrecords_per_message = 20\nmask_keep = 4"),
-            Changes::default(),
+            Changes { live: vec!["channel.records_per_message", "channel.mask_keep"], ..Changes::default() },
         );
         // The archive's settings apply live; removing it needs a restart.
-        check(&BASE.replace("/tmp/out.ndjson", "/tmp/other.ndjson"), Changes::default());
+        check(&BASE.replace("/tmp/out.ndjson", "/tmp/other.ndjson"), Changes { live: vec!["file_output.path"], ..Changes::default() });
         check(
             &BASE.replace("[file_output]\npath = \"/tmp/out.ndjson\"\n", ""),
             Changes { restart_needed: vec!["file_output"], ..Changes::default() },
         );
         check(&BASE.replace("/tmp/state", "/tmp/state2"), Changes { restart_needed: vec!["state_dir"], ..Changes::default() });
+        check(&format!("{BASE}\n[status]\nidle_after_secs = 5\n"), Changes { restart_needed: vec!["status"], ..Changes::default() });
     }
 
     #[tokio::test]
@@ -471,22 +433,22 @@ token = "token-one-0123456789"
                 .replace("token = \"token-two-0123456789\"", "token = \"token-two-0123456789\"\nlisten = \"127.0.0.1:9999\"")
         ) + "\n[[source]]\nname = \"b\"\npaths = [\"/logs/b/*.log\"]\n";
         let new = cfg(&new_text);
-        let prepared = Prepared { channel_token: Some(Secret::new("token-two-0123456789")), enricher: None, config: new, upstream: None };
         let mut fake = Fake::default();
-        let (effective, changes) = apply(&mut fake, &running, prepared).await.unwrap();
+        let (effective, changes) = apply(&mut fake, &running, prepared(&running, new)).await.unwrap();
         assert_eq!(
             *fake.calls.lock().unwrap(),
-            vec!["token token-two-0123456789", "file_output /tmp/other.ndjson", "sources a,b enricher=false"]
+            vec!["file_output /tmp/other.ndjson", "channel token=token-two-0123456789 records_per_message=1", "sources a,b enricher=false"]
         );
         assert_eq!(changes.restart_needed, vec!["channel.listen"]);
         assert!(changes.log_level);
         assert_eq!(effective.sources.len(), 2);
         assert_eq!(effective.log_level, "debug");
-        assert_eq!(effective.file_output.as_ref().unwrap().path, Path::new("/tmp/other.ndjson"), "applied live");
+        assert_eq!(effective.sinks.get::<FileSink>().unwrap().path, Path::new("/tmp/other.ndjson"), "applied live");
         // The channel keeps its running listener until a restart; the next
         // reload reports it again.
-        assert_eq!(effective.channel.as_ref().unwrap().listen, "127.0.0.1:8790");
-        assert_eq!(effective.channel.as_ref().unwrap().token.as_ref().map(Secret::expose), Some("token-two-0123456789"));
+        let ch = effective.sinks.get::<ChannelSink>().unwrap();
+        assert_eq!(ch.listen.to_string(), "127.0.0.1:8790");
+        assert_eq!(ch.token.expose(), "token-two-0123456789");
         assert_eq!(diff(&effective, &cfg(&new_text)).restart_needed, vec!["channel.listen"]);
     }
 
@@ -495,24 +457,26 @@ token = "token-one-0123456789"
         let up = "\n[upstream]\nurl = \"http://127.0.0.1:9/a\"\nbatch_max_records = 100\n";
         let running = cfg(&format!("{BASE}{up}"));
         let changed = up.replace("/a", "/b").replace("100", "200");
-        assert_eq!(diff(&running, &cfg(&format!("{BASE}{changed}"))), Changes::default());
+        assert_eq!(
+            diff(&running, &cfg(&format!("{BASE}{changed}"))),
+            Changes { live: vec!["upstream.url", "upstream.batch_max_records"], ..Changes::default() }
+        );
         let fixed = format!("{BASE}{changed}format = \"ecls\"\nmax_in_flight = 9\n");
         assert_eq!(diff(&running, &cfg(&fixed)).restart_needed, vec!["upstream.format", "upstream.max_in_flight"]);
         assert_eq!(diff(&cfg(BASE), &running).restart_needed, vec!["upstream"], "adding [upstream] needs a restart");
+        // A format's own keys apply live; the format does not.
+        let es = |index: &str| cfg(&format!("{BASE}{up}format = \"elasticsearch\"\nelasticsearch_index = \"{index}\"\n"));
+        assert_eq!(diff(&es("a"), &es("b")), Changes { live: vec!["upstream.format"], ..Changes::default() });
 
         let new = cfg(&fixed);
-        let live = UpstreamLive::build(new.upstream.as_ref().unwrap()).unwrap();
-        let prepared = Prepared { channel_token: None, enricher: None, config: new, upstream: Some(live) };
         let mut fake = Fake::default();
-        let (effective, changes) = apply(&mut fake, &running, prepared).await.unwrap();
+        let (effective, changes) = apply(&mut fake, &running, prepared(&running, new)).await.unwrap();
         assert_eq!(*fake.calls.lock().unwrap(), vec!["upstream http://127.0.0.1:9/b"]);
         assert_eq!(changes.restart_needed, vec!["upstream.format", "upstream.max_in_flight"]);
-        let u = effective.upstream.unwrap();
+        let u = effective.sinks.get::<UpstreamSink>().unwrap();
+        let r = running.sinks.get::<UpstreamSink>().unwrap();
         assert_eq!((u.url.as_str(), u.batch_max_records), ("http://127.0.0.1:9/b", 200), "live keys from the new file");
-        assert_eq!(
-            (u.format, u.max_in_flight),
-            (running.upstream.as_ref().unwrap().format, running.upstream.as_ref().unwrap().max_in_flight)
-        );
+        assert_eq!((&u.format, u.max_in_flight), (&r.format, r.max_in_flight));
     }
 
     #[tokio::test]
@@ -560,7 +524,8 @@ token = "token-one-0123456789"
         std::fs::write(&path, base.replace("/logs/a/*.log", "/logs/c/*.log")).unwrap();
         let p = prepare(&path, &running).await.unwrap();
         assert!(p.enricher.is_none(), "unchanged [enrich] must not reload tables");
-        assert_eq!(p.channel_token.unwrap().expose(), "token-one-0123456789");
+        assert_eq!(p.config.sinks.get::<ChannelSink>().unwrap().token.expose(), "token-one-0123456789");
+        assert!(p.sinks.is_empty(), "unchanged sinks are left alone: {:?}", p.sinks);
     }
 
     #[tokio::test]
@@ -573,5 +538,6 @@ token = "token-one-0123456789"
         let effective = on_hup(&mut fake, running.clone(), &path).await;
         assert!(fake.calls.lock().unwrap().is_empty(), "nothing may be applied from an invalid file");
         assert_eq!(format!("{:?}", effective.sources), format!("{:?}", running.sources));
+        assert_eq!(effective, running);
     }
 }

@@ -38,7 +38,7 @@ use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{reload, EnvFilter, Registry};
 
-use crate::config::ConfigError;
+use crate::settings::ConfigError;
 
 /// Sends `states` to the service manager; logs (and otherwise ignores) a
 /// failure, since a missing notification must not stop the bridge.
@@ -228,6 +228,26 @@ where
         write!(writer, "<{}>", syslog_priority(event.metadata().level()))?;
         self.inner.format_event(ctx, writer, event)
     }
+}
+
+/// An error with its causes on one line, each cause said once: a cause
+/// whose text the message before it already holds (an error type that
+/// prints its source, wrapped by `anyhow` context) is not repeated, so an
+/// operator reads `cannot read x: No such file or directory (os error 2)`
+/// once, not twice.
+pub fn describe(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let c = cause.to_string();
+        if out.contains(&c) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&c);
+    }
+    out
 }
 
 #[cfg(test)]

@@ -21,7 +21,7 @@ use globset::{GlobSet, GlobSetBuilder};
 use notify::{EventKind, RecursiveMode, Watcher as _};
 use tokio::sync::mpsc;
 
-use crate::config::SourceConfig;
+use crate::settings::SourceConfig;
 
 /// Change hints buffered between the notify thread and the tailer. When it
 /// is full the notify thread asks for a full rescan instead of blocking.

@@ -12,10 +12,8 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 use crate::cli::CheckConfigArgs;
-use crate::config::{Compression, Config, ReadFrom, UpstreamAuth, UpstreamFormat, EXIT_CONFIG};
+use crate::config::{Config, EXIT_CONFIG};
 use crate::preflight::{self, Bind, Checked};
-use crate::record::Shape;
-use crate::sink::upstream::http::redact_url;
 
 /// Loads and checks the config; prints the summary and the problems.
 pub fn run(args: CheckConfigArgs) -> anyhow::Result<i32> {
@@ -35,9 +33,6 @@ pub fn run(args: CheckConfigArgs) -> anyhow::Result<i32> {
     Ok(if checked.ok() { 0 } else { EXIT_CONFIG })
 }
 
-/// At most this many file names per glob in the summary.
-const FILES_SHOWN: usize = 5;
-
 /// The human summary (stdout).
 fn summary(path: &Path, cfg: &Config, c: &Checked, running: Option<&str>) -> String {
     let mut o = String::new();
@@ -52,27 +47,7 @@ fn summary(path: &Path, cfg: &Config, c: &Checked, running: Option<&str>) -> Str
 
     let _ = writeln!(o, "\nsources");
     for (s, found) in cfg.sources.iter().zip(&c.sources) {
-        let from = match s.read_from {
-            ReadFrom::Beginning => "the beginning",
-            ReadFrom::End => "the end",
-        };
-        let _ = writeln!(o, "  {}  format {}, files without a checkpoint read from {from}", found.name, s.format);
-        for g in &found.globs {
-            let names: Vec<String> = g.files.iter().take(FILES_SHOWN).map(|p| file_name(p)).collect();
-            let more = g.files.len().saturating_sub(FILES_SHOWN);
-            let _ = writeln!(
-                o,
-                "    {}  -> {} file(s){}{}{}",
-                g.glob,
-                g.files.len(),
-                if names.is_empty() { String::new() } else { format!(": {}", names.join(", ")) },
-                if more > 0 { format!(" and {more} more") } else { String::new() },
-                if g.unreadable.is_empty() { String::new() } else { format!(", {} unreadable", g.unreadable.len()) },
-            );
-        }
-        if !s.exclude.is_empty() {
-            let _ = writeln!(o, "    excluding {}", s.exclude.join(", "));
-        }
+        let _ = write!(o, "  {}  {}", found.name, s.summary(found));
     }
 
     let _ = writeln!(o, "\nenrich");
@@ -94,52 +69,8 @@ fn summary(path: &Path, cfg: &Config, c: &Checked, running: Option<&str>) -> Str
     }
 
     let _ = writeln!(o, "\nsinks");
-    if let Some(f) = &cfg.file_output {
-        let rotate = if f.rotate_bytes == 0 {
-            "never rotated".to_string()
-        } else {
-            format!("rotated at {} bytes, {} kept", f.rotate_bytes, f.keep_files)
-        };
-        let shape = match f.shape {
-            Shape::Ndjson => "ndjson",
-            Shape::Ecls => "ecls",
-        };
-        let _ = writeln!(o, "  file_output  {} ({shape}, {rotate})", f.path.display());
-    }
-    if let Some(ch) = &cfg.channel {
-        let scheme = if ch.tls_cert.is_some() { "wss" } else { "ws" };
-        let token = match &ch.token_file {
-            Some(p) => format!("token from {}", p.display()),
-            None => "inline token".to_string(),
-        };
-        let _ = writeln!(
-            o,
-            "  channel      {scheme}://{}/ecls/subscribe/{}/{} (and /stream), {token}, at most {} connection(s)",
-            ch.listen, ch.channel_id, ch.area, ch.max_connections
-        );
-    }
-    if let Some(u) = &cfg.upstream {
-        let auth = match u.auth() {
-            Ok(UpstreamAuth::Bearer(_)) => "bearer token",
-            Ok(UpstreamAuth::Basic { .. }) => "basic auth",
-            Ok(UpstreamAuth::None) | Err(_) => "no credentials",
-        };
-        let format = match u.format {
-            UpstreamFormat::Ndjson => "ndjson",
-            UpstreamFormat::Ecls => "ecls",
-            UpstreamFormat::Elasticsearch => "elasticsearch",
-            UpstreamFormat::SplunkHec => "splunk_hec",
-        };
-        let compression = match u.compression {
-            Compression::Gzip => "gzip",
-            Compression::None => "uncompressed",
-        };
-        let headers = if u.headers.is_empty() {
-            String::new()
-        } else {
-            format!(", headers {} (values not shown)", u.headers.keys().cloned().collect::<Vec<_>>().join(", "))
-        };
-        let _ = writeln!(o, "  upstream     {} ({format}, {compression}, {auth}{headers})", redact_url(&u.url));
+    for sink in cfg.sinks.iter() {
+        let _ = writeln!(o, "  {:<13}{}", sink.kind().section(), sink.summary());
     }
 
     let _ = writeln!(o, "\nlisteners");
@@ -165,8 +96,4 @@ fn summary(path: &Path, cfg: &Config, c: &Checked, running: Option<&str>) -> Str
         }
     }
     o
-}
-
-fn file_name(p: &Path) -> String {
-    p.file_name().map_or_else(|| p.display().to_string(), |n| n.to_string_lossy().into_owned())
 }

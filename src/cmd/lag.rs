@@ -417,18 +417,20 @@ pub fn render_table(st: &Status, base: &str) -> String {
         }
         out.push_str(&columns(&rows));
     }
-    if let Some(c) = &st.channel {
-        let refused: u64 = c.refused.values().sum();
-        let reasons: Vec<String> = c.refused.iter().filter(|(_, n)| **n > 0).map(|(r, n)| format!("{n} {}", r.replace('_', " "))).collect();
-        let slow = c.closed.get("slow_consumer").copied().unwrap_or(0);
-        let scheme = if c.endpoint.tls { "wss" } else { "ws" };
+    if let Some((c, endpoint)) = st.sections.get("channel").and_then(|c| Some((c, c.endpoint()?))) {
+        let refused_by = c.by_label("refused");
+        let refused: i64 = refused_by.values().sum();
+        let reasons: Vec<String> =
+            refused_by.iter().filter(|(_, n)| **n > 0).map(|(r, n)| format!("{n} {}", r.replace('_', " "))).collect();
+        let slow = c.by_label("closed").get("slow_consumer").copied().unwrap_or(0);
+        let scheme = if endpoint.tls { "wss" } else { "ws" };
         let _ = writeln!(
             out,
             "\nchannel {scheme}://{}{}: {} connected ({} since start), {} refused{}, {} closed as slow consumer{}",
-            c.endpoint.listen,
-            c.endpoint.path,
-            c.connections,
-            c.connections_accepted,
+            endpoint.listen,
+            endpoint.path,
+            c.number("connections"),
+            c.number("connections_accepted"),
             refused,
             if reasons.is_empty() { String::new() } else { format!(" ({})", reasons.join(", ")) },
             slow,

@@ -9,25 +9,7 @@ pub mod run;
 pub mod simulate;
 pub mod tail;
 
-/// An error with its causes on one line, each cause said once: a cause
-/// whose text the message before it already holds (an error type that
-/// prints its source, wrapped by `anyhow` context) is not repeated, so an
-/// operator reads `cannot read x: No such file or directory (os error 2)`
-/// once, not twice.
-pub fn describe(e: &anyhow::Error) -> String {
-    let mut out = String::new();
-    for cause in e.chain() {
-        let c = cause.to_string();
-        if out.contains(&c) {
-            continue;
-        }
-        if !out.is_empty() {
-            out.push_str(": ");
-        }
-        out.push_str(&c);
-    }
-    out
-}
+pub use crate::service::describe;
 
 #[cfg(test)]
 mod tests {

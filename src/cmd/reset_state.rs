@@ -81,6 +81,8 @@ pub fn run(args: ResetStateArgs) -> anyhow::Result<i32> {
         let ck = Checkpointer::empty(&state_dir);
         let mut files = 0;
         for (i, source) in cfg.sources.iter().enumerate() {
+            // Checkpoints here are file offsets: file sources only.
+            let Some(source) = source.get::<crate::source::file::FileSource>() else { continue };
             let w = Watcher::new(source).with_context(|| format!("source[{i}].paths"))?;
             for seen in w.scan() {
                 match checkpoint_file(&ck, &seen, source.max_line_bytes, args.read_from) {

@@ -1,67 +1,73 @@
-//! TOML configuration -> validated, typed settings.
+//! The config file: TOML -> the typed settings of the whole bridge.
 //!
-//! Invariant: this is the only code that sees raw TOML. One typed struct per
-//! concern (one file per section under `config/`); unknown keys are
-//! rejected by serde with the key's name and line; [`Config::validate`]
-//! checks values and names the offending key (`channel.listen`, ...).
-//! A config error exits with [`EXIT_CONFIG`].
+//! Invariant: this is the only code that sees TOML text. The file is
+//! parsed once; each `[[source]]` goes to the source kind its `kind` names
+//! ([`crate::source::KINDS`]), each sink section to the sink that declares
+//! it ([`crate::sink::REGISTRY`]), the rest (`state_dir`, `log_level`,
+//! `[enrich]`, `[status]`, `[rejects]`) to [`crate::settings`]. Unknown keys are
+//! refused by serde with the key's line; a value that is not acceptable is
+//! a [`ConfigError::Invalid`] naming its key (`channel.listen`). Relative
+//! paths are resolved against the config file's directory. A config error
+//! exits with [`EXIT_CONFIG`].
 
-mod channel;
-mod enrich;
-mod output;
-mod rejects;
-mod source;
-mod status;
-mod upstream;
-
-use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 
 use serde::Deserialize;
+use toml::de::{DeTable, DeValue, ValueDeserializer};
+use toml::Spanned;
 
-pub use channel::{check_token, ChannelConfig, MIN_TOKEN_BYTES};
-pub use enrich::EnrichConfig;
-pub use output::FileOutputConfig;
-pub use rejects::RejectsConfig;
-pub use source::{ReadFrom, SourceConfig};
-pub use status::{ws_origin, StatusConfig};
-pub use upstream::{AuthFailures, Compression, UpstreamAuth, UpstreamConfig, UpstreamFormat};
+pub use crate::settings::{
+    check_token, ws_origin, ConfigError, EnrichConfig, ReadFrom, RejectsConfig, Secret, SourceConfig, StatusConfig, EXIT_CONFIG,
+    MIN_TOKEN_BYTES,
+};
+use crate::settings::{SectionError, StatusSection};
+use crate::sink::Sinks;
+use crate::source::SourceConfigured;
 
-/// Exit code for an invalid configuration (EX_USAGE, as linkerd2-proxy).
-/// systemd's `RestartPreventExitStatus=` names it so a bad config is not
-/// restarted in a loop.
-pub const EXIT_CONFIG: i32 = 64;
-
-/// The whole configuration file.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// The whole configuration file, typed and checked.
+#[derive(Debug, Clone, PartialEq)]
 pub struct Config {
     /// Where checkpoints, the rejects file and the upstream spool live.
-    #[serde(default = "default_state_dir")]
     pub state_dir: PathBuf,
     /// Log level (`error`, `warn`, `info`, `debug`, `trace` or an
     /// `EnvFilter` directive); `RUST_LOG` overrides it.
-    #[serde(default = "default_log_level")]
     pub log_level: String,
-    /// Files to follow. At least one.
-    #[serde(default, rename = "source")]
-    pub sources: Vec<SourceConfig>,
+    /// Where records come from (`[[source]]`). At least one.
+    pub sources: Vec<SourceConfigured>,
     /// Lookup tables and masking.
-    #[serde(default)]
     pub enrich: EnrichConfig,
-    /// Local archive of records (NDJSON or ECLS JSON).
-    pub file_output: Option<FileOutputConfig>,
-    /// The local Call Log Stream (WebSocket).
-    pub channel: Option<ChannelConfig>,
-    /// Batches over HTTP to a central collector.
-    pub upstream: Option<UpstreamConfig>,
+    /// Where records go (`[file_output]`, `[channel]`, `[upstream]`, ...).
+    /// At least one.
+    pub sinks: Sinks,
     /// Metrics, status, health and the dashboard.
-    #[serde(default)]
     pub status: StatusConfig,
     /// The bound of the rejects file on disk.
-    #[serde(default)]
     pub rejects: RejectsConfig,
 }
+
+/// The top-level keys that are not a source or a sink, as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Top {
+    #[serde(default = "default_state_dir")]
+    state_dir: PathBuf,
+    #[serde(default = "default_log_level")]
+    log_level: String,
+    #[serde(default)]
+    enrich: EnrichConfig,
+    #[serde(default)]
+    status: StatusSection,
+    #[serde(default)]
+    rejects: RejectsConfig,
+}
+
+/// [`Top`]'s keys, and where `[[source]]` and the sink sections go in
+/// the list of keys an unknown one is compared with.
+const TOP_KEYS: [&str; 5] = ["state_dir", "log_level", "enrich", "status", "rejects"];
+
+/// The `[[source]]` array.
+const SOURCE: &str = "source";
 
 fn default_state_dir() -> PathBuf {
     PathBuf::from("/var/lib/calllog-bridge")
@@ -69,68 +75,6 @@ fn default_state_dir() -> PathBuf {
 
 fn default_log_level() -> String {
     "info".to_string()
-}
-
-/// A configuration problem, naming the key it is about.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    /// The file could not be read.
-    #[error("cannot read config file {path}: {source}")]
-    Read {
-        /// The config file.
-        path: PathBuf,
-        /// The I/O error.
-        source: std::io::Error,
-    },
-    /// TOML syntax, a wrong type, or an unknown key (the message names the
-    /// key and its line).
-    #[error("invalid config file {path}: {message}")]
-    Syntax {
-        /// The config file.
-        path: PathBuf,
-        /// The parser's message, with line and column.
-        message: String,
-    },
-    /// A value that parses but is not acceptable.
-    #[error("invalid config key `{key}`: {message}")]
-    Invalid {
-        /// The key, as a dotted path (`source[0].paths`, `channel.listen`).
-        key: String,
-        /// What is wrong with it.
-        message: String,
-    },
-    /// A well-formed value that does not work on this host: a glob whose
-    /// directory does not exist, a lookup file that does not load, a
-    /// directory that is not writable, a listen address in use (see
-    /// [`crate::preflight`]).
-    #[error("config key `{key}`: {message}")]
-    Unusable {
-        /// The key, as a dotted path.
-        key: String,
-        /// What does not work, said once.
-        message: String,
-    },
-}
-
-impl ConfigError {
-    /// A validation error for `key`.
-    pub fn invalid(key: impl Into<String>, message: impl fmt::Display) -> Self {
-        ConfigError::Invalid { key: key.into(), message: message.to_string() }
-    }
-
-    /// A value that is well-formed but does not work on this host (a
-    /// directory that does not exist, a port in use), for `key`.
-    pub fn unusable(key: impl Into<String>, message: impl fmt::Display) -> Self {
-        ConfigError::Unusable { key: key.into(), message: message.to_string() }
-    }
-
-    /// The key the error is about, when it names one.
-    pub fn key(&self) -> Option<&str> {
-        match self {
-            ConfigError::Invalid { key, .. } | ConfigError::Unusable { key, .. } => Some(key),
-            ConfigError::Read { .. } | ConfigError::Syntax { .. } => None,
-        }
-    }
 }
 
 impl Config {
@@ -143,131 +87,147 @@ impl Config {
     /// Parses and validates config text; `path` is used in messages and
     /// to resolve relative paths (relative to the config file's directory).
     pub fn from_toml(text: &str, path: &Path) -> Result<Config, ConfigError> {
-        let mut cfg: Config = toml::from_str(text).map_err(|e| ConfigError::Syntax { path: path.to_path_buf(), message: e.to_string() })?;
-        let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
-        cfg.resolve_paths(&base);
-        cfg.validate()?;
-        Ok(cfg)
-    }
-
-    /// Makes relative paths relative to the config file's directory.
-    fn resolve_paths(&mut self, base: &Path) {
-        let fix = |p: &mut PathBuf| {
-            if p.is_relative() && !base.as_os_str().is_empty() {
-                *p = base.join(&*p);
-            }
+        let syntax = |mut e: toml::de::Error| {
+            e.set_input(Some(text));
+            ConfigError::Syntax { path: path.to_path_buf(), message: e.to_string() }
         };
-        fix(&mut self.state_dir);
-        for s in &mut self.sources {
-            s.resolve_paths(base);
-        }
-        self.enrich.resolve_paths(base);
-        if let Some(o) = &mut self.file_output {
-            fix(&mut o.path);
-        }
-        if let Some(c) = &mut self.channel {
-            c.resolve_paths(base);
-        }
-        if let Some(u) = &mut self.upstream {
-            u.resolve_paths(base);
-        }
-    }
+        let section_error = |e: SectionError| match e {
+            SectionError::Toml(e) => syntax(e),
+            SectionError::Invalid(e) => e,
+        };
+        let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
 
-    /// Checks values; the error names the key.
-    pub fn validate(&self) -> Result<(), ConfigError> {
-        if self.sources.is_empty() {
-            return Err(ConfigError::invalid("source", "at least one [[source]] section is required"));
+        let root = DeTable::parse(text).map_err(syntax)?;
+        let span = root.span();
+        let mut table = root.into_inner();
+        let sources = table.remove(SOURCE);
+        let mut sink_sections: Vec<(&'static str, Spanned<DeValue<'_>>)> = Vec::new();
+        for kind in crate::sink::REGISTRY {
+            if let Some(v) = table.remove(kind.section()) {
+                sink_sections.push((kind.section(), v));
+            }
         }
-        for (i, s) in self.sources.iter().enumerate() {
-            s.validate(&format!("source[{i}]"))?;
+        if let Some((key, _)) = table.iter().find(|(k, _)| !TOP_KEYS.contains(&k.get_ref().as_ref())) {
+            return Err(syntax(unknown_key(key)));
         }
-        self.enrich.validate("enrich")?;
-        if let Some(o) = &self.file_output {
-            o.validate("file_output")?;
+        let top = Top::deserialize(toml::de::Deserializer::from(Spanned::new(span, table))).map_err(syntax)?;
+
+        let mut state_dir = top.state_dir;
+        crate::settings::resolve(&base, &mut state_dir);
+        let sources = match sources {
+            Some(v) => read_sources(v, &base).map_err(section_error)?,
+            None => Vec::new(),
+        };
+        if sources.is_empty() {
+            return Err(ConfigError::invalid(SOURCE, "at least one [[source]] section is required"));
         }
-        if let Some(c) = &self.channel {
-            c.validate("channel")?;
-        }
-        if let Some(u) = &self.upstream {
-            u.validate("upstream")?;
-        }
-        self.status.validate("status")?;
-        self.rejects.validate("rejects")?;
-        if self.file_output.is_none() && self.channel.is_none() && self.upstream.is_none() {
+        let mut enrich = top.enrich;
+        enrich.resolve_paths(&base);
+        enrich.validate("enrich")?;
+        let sinks = Sinks::parse(
+            |section| {
+                let i = sink_sections.iter().position(|(s, _)| *s == section)?;
+                Some(ValueDeserializer::from(sink_sections.swap_remove(i).1))
+            },
+            &base,
+        )
+        .map_err(section_error)?;
+        let status = StatusConfig::from_section(top.status, "status")?;
+        let rejects = top.rejects;
+        rejects.validate("rejects")?;
+        if sinks.is_empty() {
+            let names: Vec<String> = crate::sink::REGISTRY.iter().map(|k| format!("[{}]", k.section())).collect();
             return Err(ConfigError::invalid(
-                "file_output",
-                "no output configured: add at least one of [file_output], [channel], [upstream]",
+                crate::sink::REGISTRY.first().map_or("sink", |k| k.section()),
+                format!("no output configured: add at least one of {}", names.join(", ")),
             ));
         }
-        Ok(())
+        Ok(Config { state_dir, log_level: top.log_level, sources, enrich, sinks, status, rejects })
     }
 }
 
-/// Parses a listen address (`127.0.0.1:8791`, `[::1]:8791`, `0.0.0.0:8791`,
-/// or `localhost:8791`, which means 127.0.0.1), naming the key on error.
-/// No other host name is resolved: a listener binds an address.
-pub(crate) fn parse_listen(key: &str, v: &str) -> Result<std::net::SocketAddr, ConfigError> {
-    if let Some(port) = v.strip_prefix("localhost:") {
-        return port
-            .parse::<u16>()
-            .map(|p| std::net::SocketAddr::from(([127, 0, 0, 1], p)))
-            .map_err(|e| ConfigError::invalid(key, format!("`{v}`: bad port ({e})")));
-    }
-    v.parse().map_err(|_| ConfigError::invalid(key, format!("`{v}` is not an address:port (e.g. 127.0.0.1:8791 or localhost:8791)")))
-}
-
-/// A secret given inline or read from a file (`token` / `token_file`).
-/// Never printed: `Debug` shows `<redacted>`.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    /// Wraps a value.
-    pub fn new(v: impl Into<String>) -> Self {
-        Secret(v.into())
-    }
-
-    /// The secret value. Callers compare it in constant time and never log it.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-
-    /// Resolves an inline value or a file (trailing newline trimmed);
-    /// `key` names the inline key, `file_key` the file key in errors.
-    pub fn resolve(inline: Option<&str>, file: Option<&Path>, key: &str, file_key: &str) -> Result<Option<Secret>, ConfigError> {
-        match (inline, file) {
-            (Some(_), Some(_)) => Err(ConfigError::invalid(key, format!("give either `{key}` or `{file_key}`, not both"))),
-            (Some(""), None) => Err(ConfigError::invalid(key, "is empty")),
-            (Some(v), None) => Ok(Some(Secret::new(v))),
-            (None, Some(p)) => {
-                let v =
-                    std::fs::read_to_string(p).map_err(|e| ConfigError::invalid(file_key, format!("cannot read {}: {e}", p.display())))?;
-                let v = v.trim_end_matches(['\n', '\r']);
-                if v.is_empty() {
-                    return Err(ConfigError::invalid(file_key, format!("{} is empty", p.display())));
-                }
-                Ok(Some(Secret::new(v)))
+/// Each `[[source]]`: its `kind` (the first of [`crate::source::KINDS`]
+/// when absent) reads it; `name` defaults to `source<N>`.
+fn read_sources(value: Spanned<DeValue<'_>>, base: &Path) -> Result<Vec<SourceConfigured>, SectionError> {
+    let span = value.span();
+    let items = match value.into_inner() {
+        DeValue::Array(items) => items,
+        // Not an array of tables: serde says so, with the line.
+        other => {
+            Vec::<serde::de::IgnoredAny>::deserialize(ValueDeserializer::from(Spanned::new(span, other))).map_err(SectionError::Toml)?;
+            return Ok(Vec::new());
+        }
+    };
+    let mut out = Vec::new();
+    for (i, item) in items.into_iter().enumerate() {
+        let key = format!("{SOURCE}[{i}]");
+        let span = item.span();
+        let (kind, name, item) = match item.into_inner() {
+            DeValue::Table(mut t) => {
+                let kind = t.remove("kind").map(string).transpose()?;
+                let name = t.remove("name").map(string).transpose()?;
+                (kind, name, DeValue::Table(t))
             }
-            (None, None) => Ok(None),
+            other => (None, None, other),
+        };
+        let Some(kind) = (match &kind {
+            Some(k) => crate::source::KINDS.iter().find(|s| s.kind() == k),
+            None => crate::source::KINDS.first(),
+        }) else {
+            let known: Vec<&str> = crate::source::KINDS.iter().map(|k| k.kind()).collect();
+            return Err(ConfigError::invalid(
+                format!("{key}.kind"),
+                format!("unknown source kind `{}`; known: {}", kind.unwrap_or_default(), known.join(", ")),
+            )
+            .into());
+        };
+        let config = kind.parse(ValueDeserializer::from(Spanned::new(span, item)), &key, base)?;
+        out.push(SourceConfigured::new(name.unwrap_or_else(|| format!("{SOURCE}{i}")), config));
+    }
+    Ok(out)
+}
+
+/// A string value (`kind`, `name`), or serde's error with its line.
+fn string(v: Spanned<DeValue<'_>>) -> Result<String, SectionError> {
+    String::deserialize(ValueDeserializer::from(v)).map_err(SectionError::Toml)
+}
+
+/// Every top-level key, in the order the file reference lists them.
+fn top_level_keys() -> &'static [&'static str] {
+    static KEYS: OnceLock<Vec<&'static str>> = OnceLock::new();
+    KEYS.get_or_init(|| {
+        let mut keys = vec!["state_dir", "log_level", SOURCE, "enrich"];
+        keys.extend(crate::sink::REGISTRY.iter().map(|k| k.section()));
+        keys.push("status");
+        keys.push("rejects");
+        keys
+    })
+}
+
+/// serde's "unknown field" error for a top-level key, placed at the key
+/// (so it is rendered with its line), listing every top-level key.
+fn unknown_key(key: &Spanned<std::borrow::Cow<'_, str>>) -> toml::de::Error {
+    struct Unknown;
+    impl<'de> serde::de::Visitor<'de> for Unknown {
+        type Value = ();
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a known key")
+        }
+        fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<(), E> {
+            Err(E::unknown_field(v, top_level_keys()))
         }
     }
-}
-
-/// Deserializes an inline secret key (`token`, `bearer_token`, ...) as a
-/// [`Secret`], so that printing the config (`check-config`) does not show it.
-pub(crate) fn inline_secret<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Secret>, D::Error> {
-    Ok(Option::<String>::deserialize(d)?.map(Secret::new))
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("<redacted>")
+    let value = ValueDeserializer::from(Spanned::new(key.span(), DeValue::String(key.get_ref().clone())));
+    match serde::Deserializer::deserialize_any(value, Unknown) {
+        Err(e) => e,
+        Ok(()) => <toml::de::Error as serde::de::Error>::unknown_field(key.get_ref(), top_level_keys()),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sink::channel::ChannelSink;
 
     fn load(text: &str) -> Result<Config, ConfigError> {
         Config::from_toml(text, Path::new("/etc/calllog-bridge/config.toml"))
@@ -280,6 +240,10 @@ paths = ["/var/log/le/access*.log"]
 [file_output]
 path = "/tmp/out.ndjson"
 "#;
+
+    fn file_source(c: &Config, i: usize) -> &SourceConfig {
+        c.sources[i].get::<crate::source::file::FileSource>().unwrap()
+    }
 
     #[test]
     fn minimal_config_loads() {
@@ -296,6 +260,49 @@ path = "/tmp/out.ndjson"
     }
 
     #[test]
+    fn unknown_keys_anywhere_are_named_with_their_line_and_what_is_known() {
+        let check = |extra: &str, line: usize, want: &[&str]| {
+            let text = format!("{MINIMAL}{extra}");
+            let e = load(&text).unwrap_err().to_string();
+            assert!(e.contains(&format!("line {line}")), "{extra}: {e}");
+            for w in want {
+                assert!(e.contains(w), "{extra}: no {w}: {e}");
+            }
+        };
+        let n = MINIMAL.lines().count();
+        check("[chanel]\nlisten = \"x\"\n", n + 1, &["unknown field `chanel`", "`channel`", "`upstream`", "`source`", "`status`"]);
+        // After MINIMAL's [file_output]: a key of that section.
+        check("verbose = true\n", n + 1, &["unknown field `verbose`", "`fsync_interval_ms`"]);
+        let e = load(&format!("verbose = true\n{MINIMAL}")).unwrap_err().to_string();
+        assert!(e.contains("line 1") && e.contains("unknown field `verbose`") && e.contains("`log_level`"), "{e}");
+        check("[channel]\ntoken = \"token-0123456789abcdef\"\nlisen = 1\n", n + 3, &["unknown field `lisen`", "`listen`"]);
+        check("[[source]]\npaths = [\"/x/*.log\"]\nformatt = \"le6\"\n", n + 3, &["unknown field `formatt`", "`format`"]);
+        check("[upstream]\nurl = 5\n", n + 2, &["invalid type"]);
+        check("[[source]]\nname = 3\npaths = [\"/x/*.log\"]\n", n + 2, &["invalid type"]);
+        let e = load("source = 5\n[file_output]\npath = \"/tmp/o\"\n").unwrap_err().to_string();
+        assert!(e.contains("line 1") && e.contains("invalid type"), "{e}");
+    }
+
+    #[test]
+    fn every_top_level_key_is_accepted() {
+        let c = load(&format!("log_level = \"debug\"\n{MINIMAL}[enrich]\n[status]\nenabled = false\n")).unwrap();
+        assert_eq!((c.log_level.as_str(), c.status.enabled), ("debug", false));
+        for k in TOP_KEYS {
+            assert!(top_level_keys().contains(&k), "{k}");
+        }
+    }
+
+    #[test]
+    fn a_source_kind_must_be_known() {
+        let c = load(&MINIMAL.replace("[[source]]\n", "[[source]]\nkind = \"file\"\nname = \"le\"\n")).unwrap();
+        assert_eq!(c.sources[0].name, "le");
+        assert_eq!(file_source(&c, 0).paths, ["/var/log/le/access*.log"]);
+        let e = load(&MINIMAL.replace("[[source]]\n", "[[source]]\nkind = \"carrier-pigeon\"\n")).unwrap_err();
+        assert_eq!(e.key(), Some("source[0].kind"), "{e}");
+        assert!(e.to_string().contains("known: file"), "{e}");
+    }
+
+    #[test]
     fn invalid_value_names_the_key() {
         let e = load(&format!("{MINIMAL}\n[status]\nlisten = \"nowhere\"\n")).unwrap_err().to_string();
         assert!(e.contains("status.listen"), "{e}");
@@ -306,7 +313,7 @@ path = "/tmp/out.ndjson"
         let c = load(&format!("{MINIMAL}\n[status]\nlisten = \"localhost:9100\"\n[channel]\nlisten = \"localhost:9101\"\ntoken = \"token-0123456789abcdef\"\n"))
             .unwrap();
         assert_eq!(c.status.listen.to_string(), "127.0.0.1:9100");
-        assert_eq!(c.channel.unwrap().listen_addr().unwrap().to_string(), "127.0.0.1:9101");
+        assert_eq!(c.sinks.get::<ChannelSink>().unwrap().listen.to_string(), "127.0.0.1:9101");
         let e = load(&format!("{MINIMAL}\n[status]\nlisten = \"localhost:http\"\n")).unwrap_err().to_string();
         assert!(e.contains("status.listen") && e.contains("bad port"), "{e}");
     }
@@ -318,10 +325,28 @@ path = "/tmp/out.ndjson"
     }
 
     #[test]
+    fn no_sink_is_an_error_naming_every_sink() {
+        let e = load("[[source]]\npaths = [\"/x/*.log\"]\n").unwrap_err().to_string();
+        assert!(e.contains("`file_output`") && e.contains("[file_output], [channel], [upstream]"), "{e}");
+    }
+
+    #[test]
     fn relative_globs_follow_the_config_file_but_leading_wildcards_match_anywhere() {
         let c = load("[[source]]\npaths = [\"logs/*.log\"]\nexclude = [\"*.tmp\", \"logs/old*\"]\n[file_output]\npath = \"o\"\n").unwrap();
-        assert_eq!(c.sources[0].paths, ["/etc/calllog-bridge/logs/*.log"]);
-        assert_eq!(c.sources[0].exclude, ["*.tmp", "/etc/calllog-bridge/logs/old*"]);
+        assert_eq!(file_source(&c, 0).paths, ["/etc/calllog-bridge/logs/*.log"]);
+        assert_eq!(file_source(&c, 0).exclude, ["*.tmp", "/etc/calllog-bridge/logs/old*"]);
+    }
+
+    #[test]
+    fn durations_are_typed_from_their_keys() {
+        let c = load(&MINIMAL.replace("[[source]]\n", "[[source]]\npoll_interval_ms = 250\nignore_older_secs = 60\n")).unwrap();
+        let s = file_source(&c, 0);
+        assert_eq!(s.poll_interval, Some(std::time::Duration::from_millis(250)));
+        assert_eq!(s.ignore_older, Some(std::time::Duration::from_secs(60)));
+        assert_eq!(s.rescan_interval, std::time::Duration::from_secs(10));
+        assert_eq!(s.partial_grace, std::time::Duration::from_millis(500));
+        assert_eq!(c.status.delay_window, std::time::Duration::from_secs(300));
+        assert_eq!(c.status, StatusConfig::default());
     }
 
     #[test]

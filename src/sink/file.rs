@@ -31,14 +31,159 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use serde::Deserialize;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use super::{SinkContext, SinkHandle};
-use crate::config::FileOutputConfig;
+use super::{Keys, Needs, SinkContext, SinkHandle};
+use crate::listener::Bound;
 use crate::pipeline::{Batch, Fanout};
 use crate::record::Shape;
+use crate::settings::{millis, parent_dir, resolve, ConfigError};
 use crate::telemetry::SinkStats;
+
+/// The config section.
+pub const SECTION: &str = "file_output";
+
+/// The sink's name in statistics, logs and the fan-out.
+pub const NAME: &str = "file";
+
+/// The `[file_output]` section as written.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileOutputSection {
+    /// The file records are appended to; rotated files get `.1`, `.2`, ...
+    pub path: PathBuf,
+    /// `ndjson` (default) or `ecls` (one `{"data":[record]}` per line).
+    #[serde(default)]
+    pub shape: Shape,
+    /// Rotate when the file reaches this size (0 = never).
+    #[serde(default = "default_rotate_bytes")]
+    pub rotate_bytes: u64,
+    /// How many rotated files to keep.
+    #[serde(default = "default_keep_files")]
+    pub keep_files: usize,
+    /// fsync at most this often; a batch is acknowledged once it is synced.
+    #[serde(default = "default_fsync_interval_ms")]
+    pub fsync_interval_ms: u64,
+}
+
+fn default_rotate_bytes() -> u64 {
+    100 << 20
+}
+fn default_keep_files() -> usize {
+    5
+}
+fn default_fsync_interval_ms() -> u64 {
+    1000
+}
+
+/// The archive's settings.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "FileOutputSection")]
+pub struct FileOutputConfig {
+    /// The file records are appended to.
+    pub path: PathBuf,
+    /// The JSON shape of each line.
+    pub shape: Shape,
+    /// Rotate when the file reaches this size (0 = never).
+    pub rotate_bytes: u64,
+    /// Rotated files kept.
+    pub keep_files: usize,
+    /// fsync at most this often (`fsync_interval_ms`).
+    pub fsync_interval: Duration,
+}
+
+/// `toml::from_str::<FileOutputConfig>` (tests): paths as written.
+impl TryFrom<FileOutputSection> for FileOutputConfig {
+    type Error = ConfigError;
+
+    fn try_from(s: FileOutputSection) -> Result<Self, Self::Error> {
+        FileOutputConfig::from_section(s, Path::new(""))
+    }
+}
+
+impl FileOutputConfig {
+    /// The settings of a `[file_output]` section, `path` resolved against
+    /// `base`; errors name the key.
+    pub fn from_section(mut s: FileOutputSection, base: &Path) -> Result<FileOutputConfig, ConfigError> {
+        resolve(base, &mut s.path);
+        if s.path.as_os_str().is_empty() {
+            return Err(ConfigError::invalid(format!("{SECTION}.path"), "is empty"));
+        }
+        if s.fsync_interval_ms == 0 {
+            return Err(ConfigError::invalid(format!("{SECTION}.fsync_interval_ms"), "must be > 0"));
+        }
+        Ok(FileOutputConfig {
+            path: s.path,
+            shape: s.shape,
+            rotate_bytes: s.rotate_bytes,
+            keep_files: s.keep_files,
+            fsync_interval: millis(s.fsync_interval_ms),
+        })
+    }
+}
+
+/// The archive as a [`super::Sink`].
+pub struct FileSink;
+
+impl super::Sink for FileSink {
+    const SECTION: &'static str = SECTION;
+    const NAME: &'static str = NAME;
+    type Section = FileOutputSection;
+    type Config = FileOutputConfig;
+    type Handle = FileHandle;
+    type Update = FileOutputConfig;
+
+    fn config(section: FileOutputSection, base: &Path) -> Result<FileOutputConfig, ConfigError> {
+        FileOutputConfig::from_section(section, base)
+    }
+
+    fn keys(k: &mut Keys<FileOutputConfig>) {
+        // Every setting applies live (FileHandle::reconfigure): what was
+        // written under the old ones is synced and acknowledged first.
+        k.live("file_output.path", |c| &mut c.path)
+            .live("file_output.shape", |c| &mut c.shape)
+            .live("file_output.rotate_bytes", |c| &mut c.rotate_bytes)
+            .live("file_output.keep_files", |c| &mut c.keep_files)
+            .live("file_output.fsync_interval_ms", |c| &mut c.fsync_interval);
+    }
+
+    fn needs(cfg: &FileOutputConfig, needs: &mut Needs) {
+        needs.dirs.push(("file_output.path", parent_dir(&cfg.path), true));
+        needs.files.push(("file_output.path", cfg.path.clone()));
+    }
+
+    fn summary(f: &FileOutputConfig) -> String {
+        let rotate = if f.rotate_bytes == 0 {
+            "never rotated".to_string()
+        } else {
+            format!("rotated at {} bytes, {} kept", f.rotate_bytes, f.keep_files)
+        };
+        let shape = match f.shape {
+            Shape::Ndjson => "ndjson",
+            Shape::Ecls => "ecls",
+        };
+        format!("{} ({shape}, {rotate})", f.path.display())
+    }
+
+    async fn start(
+        cfg: &FileOutputConfig,
+        ctx: &SinkContext,
+        fanout: &mut Fanout,
+        _listeners: &mut Bound,
+    ) -> anyhow::Result<(SinkHandle, FileHandle)> {
+        start(cfg, ctx, fanout).await
+    }
+
+    fn prepare(cfg: &FileOutputConfig) -> anyhow::Result<FileOutputConfig> {
+        Ok(cfg.clone())
+    }
+
+    fn reconfigure(handle: &FileHandle, cfg: FileOutputConfig) {
+        handle.reconfigure(cfg)
+    }
+}
 
 /// Serialised bytes held before they are written out.
 const WRITE_BUFFER_BYTES: usize = 1 << 20;
@@ -208,12 +353,12 @@ pub async fn start(cfg: &FileOutputConfig, ctx: &SinkContext, fanout: &mut Fanou
         .await?
         .with_context(|| format!("cannot open file_output.path {}", cfg.path.display()))?;
     let (tx, rx) = super::queue();
-    fanout.add("file", tx);
-    let stats = ctx.telemetry.sink("file");
+    fanout.add(NAME, tx);
+    let stats = ctx.telemetry.sink(NAME);
     let (cfg_tx, cfg_rx) = tokio::sync::watch::channel(cfg.clone());
-    let guard = Guard { fault: ctx.telemetry.fault("file"), shutdown: ctx.shutdown.clone() };
+    let guard = Guard { fault: ctx.telemetry.fault(NAME), shutdown: ctx.shutdown.clone() };
     let task = tokio::spawn(run(archive, cfg_rx, rx, stats, guard));
-    Ok((SinkHandle { name: "file", task }, FileHandle { tx: cfg_tx }))
+    Ok((SinkHandle { name: NAME, task }, FileHandle { tx: cfg_tx }))
 }
 
 /// What a write failure needs: the fault to report and the signal to
@@ -305,7 +450,7 @@ async fn run(
     let mut archive = Some(archive);
     let (mut shape, mut interval) = {
         let c = cfg_rx.borrow_and_update();
-        (c.shape, Duration::from_millis(c.fsync_interval_ms))
+        (c.shape, c.fsync_interval)
     };
     let mut buf: Vec<u8> = Vec::with_capacity(WRITE_BUFFER_BYTES + 64 * 1024);
     // Batches written (or buffered) but not yet synced.
@@ -340,7 +485,7 @@ async fn run(
                     archive = Some(reconfigure(a, &c).await);
                 }
                 shape = c.shape;
-                interval = Duration::from_millis(c.fsync_interval_ms);
+                interval = c.fsync_interval;
                 continue;
             }
         };
@@ -494,7 +639,7 @@ mod tests {
         // acknowledged long before the (one hour) fsync interval.
         let dir = tempfile::tempdir().unwrap();
         let mut c = cfg(dir.path(), 0);
-        c.fsync_interval_ms = 3_600_000;
+        c.fsync_interval = Duration::from_millis(3_600_000);
         let ctx = SinkContext {
             state_dir: dir.path().to_path_buf(),
             shutdown: tokio_util::sync::CancellationToken::new(),

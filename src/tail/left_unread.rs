@@ -17,7 +17,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use crate::checkpoint::Entry;
-use crate::config::SourceConfig;
+use crate::settings::SourceConfig;
 use crate::telemetry::LeftUnread;
 use crate::watch::{is_gz, Watcher};
 

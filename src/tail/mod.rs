@@ -44,8 +44,8 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use crate::checkpoint::fingerprint::{self, Fingerprint, Probe};
-use crate::config::{ReadFrom, SourceConfig};
 use crate::logsafe::Escaped;
+use crate::settings::{ReadFrom, SourceConfig};
 use crate::telemetry::log_limit::LogLimit;
 use crate::telemetry::{LeftUnread, SourceStats, Telemetry};
 use crate::watch::{Change, Events, Seen, Watcher};
@@ -172,7 +172,7 @@ impl Tailer {
     /// for its readers to stop at a batch boundary.
     pub async fn run(mut self) -> anyhow::Result<()> {
         let shutdown = self.shared.shutdown.clone();
-        let mut events: Option<Events> = match self.cfg.poll_interval_ms {
+        let mut events: Option<Events> = match self.cfg.poll_interval {
             Some(_) => None,
             None => match self.watcher.events() {
                 Ok(e) => Some(e),
@@ -182,8 +182,8 @@ impl Tailer {
                 }
             },
         };
-        let every = Duration::from_millis(self.cfg.poll_interval_ms.unwrap_or(self.cfg.rescan_interval_ms));
-        tracing::info!(source = %self.name, paths = ?self.cfg.paths, polling = self.cfg.poll_interval_ms.is_some(), "following files");
+        let every = self.cfg.poll_interval.unwrap_or(self.cfg.rescan_interval);
+        tracing::info!(source = %self.name, paths = ?self.cfg.paths, polling = self.cfg.poll_interval.is_some(), "following files");
         self.full_scan(true, events.as_mut()).await;
         if let Some(tx) = self.first_scan.take() {
             let _ = tx.send(());
@@ -433,7 +433,7 @@ impl Tailer {
                 self.open(key, startup).await;
             }
             None => {
-                let older = self.cfg.ignore_older_secs > 0 && crate::time::now_ms() - s.mtime_ms > self.cfg.ignore_older_secs as i64 * 1000;
+                let older = self.cfg.ignore_older.is_some_and(|d| crate::time::now_ms() - s.mtime_ms > d.as_millis() as i64);
                 self.by_path.insert(s.path.clone(), key);
                 self.files.insert(
                     key,

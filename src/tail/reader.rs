@@ -525,7 +525,7 @@ pub async fn run(spec: Spec, shared: Shared, ctl: Arc<Control>, stats: FileStats
         if chunk.offset > last_sent || chunk.partial {
             let chunk_start = last_sent;
             last_sent = chunk.offset;
-            stats.observed_written(chunk.observed_ms, chunk.records.iter().map(|r| (r.request_time_ms, r.write_time_ms)));
+            stats.records_read(chunk.observed_ms, chunk.records.iter().map(|r| (r.sync_delay_ms, r.write_time_ms)));
             let ticket = shared.checkpoints.register(fp, chunk.offset);
             let ck = shared.checkpoints.clone();
             let st2 = stats.clone();

@@ -41,7 +41,7 @@ use axum::routing::get;
 use axum::Router;
 
 use super::{ChannelInfo, Telemetry};
-use crate::config::StatusConfig;
+use crate::settings::StatusConfig;
 
 /// The page.
 pub const INDEX_HTML: &str = include_str!("../../assets/dashboard/index.html");
@@ -73,7 +73,7 @@ pub struct Policy {
 impl From<&StatusConfig> for Policy {
     fn from(c: &StatusConfig) -> Self {
         // The config validated them; an entry that does not normalise is skipped.
-        Policy { channel_origins: c.dashboard_channel_origins.iter().filter_map(|o| crate::config::ws_origin(o)).collect() }
+        Policy { channel_origins: c.dashboard_channel_origins.iter().filter_map(|o| crate::settings::ws_origin(o)).collect() }
     }
 }
 

@@ -1,6 +1,7 @@
 //! Lock-free delay bookkeeping for the hot path: a Prometheus-style
-//! histogram with a fixed array of atomic buckets, and a ring of recent
-//! samples for windowed percentiles.
+//! histogram with a fixed array of atomic buckets, a ring of recent
+//! samples for windowed percentiles, and [`DelayBatch`], which feeds both
+//! with a batch's delays at once.
 //!
 //! Invariant: recording a delay never takes a lock and never allocates
 //! (a few relaxed atomic operations per record); all sorting, windowing
@@ -190,28 +191,22 @@ impl SampleRing {
     }
 
     /// The next sequence number (for [`SampleRing::write_coded`] followed
-    /// by [`SampleRing::advance`]: one writer claims slots without an
-    /// atomic read-modify-write per sample).
+    /// by [`SampleRing::advance`]: one writer ([`DelayBatch`]) claims slots
+    /// without an atomic read-modify-write per sample).
     #[inline]
-    pub fn head(&self) -> u64 {
+    fn head(&self) -> u64 {
         self.head.load(Ordering::Relaxed)
     }
 
     /// Moves the head past `n` samples written with `write_coded`.
     #[inline]
-    pub fn advance(&self, n: u64) {
+    fn advance(&self, n: u64) {
         self.head.fetch_add(n, Ordering::Relaxed);
     }
 
-    /// The stored form of an observed time (see [`SampleRing::write_coded`]).
+    /// Writes a sample whose time is already coded ([`encode_time`]).
     #[inline]
-    pub fn time_code(observed_ms: i64) -> u64 {
-        encode_time(observed_ms)
-    }
-
-    /// Writes a sample whose time is already coded.
-    #[inline]
-    pub fn write_coded(&self, seq: u64, time_code: u64, delay_ms: i64) {
+    fn write_coded(&self, seq: u64, time_code: u64, delay_ms: i64) {
         let slot = &self.slots[(seq & self.mask) as usize];
         slot.store((time_code << 32) | encode_delay(delay_ms) as u64, Ordering::Relaxed);
     }
@@ -226,6 +221,59 @@ impl SampleRing {
                 out.push(decode_delay(v as u32));
             }
         }
+    }
+}
+
+/// The delays of one batch (records read together, one observed time),
+/// gathered locally and published once: a [`SampleRing`] and a
+/// [`DelayHistogram`] fed together. Bucket counts and the sum are added to
+/// the histogram at the end; ring slots are written with plain stores and
+/// claimed with one add.
+///
+/// One writer per ring: if two threads ever fed the same ring at once,
+/// some samples could overwrite each other (the histogram stays exact).
+pub struct DelayBatch<'r> {
+    /// The ring the samples go to.
+    ring: &'r SampleRing,
+    /// The observed time, as the ring stores it.
+    time_code: u64,
+    /// Samples per histogram bucket.
+    counts: [u64; BUCKETS],
+    /// The ring's head when the batch started.
+    head: u64,
+    /// Samples added.
+    samples: u64,
+    /// Sum of the delays added, ms.
+    sum: i64,
+}
+
+impl<'r> DelayBatch<'r> {
+    /// A batch of samples observed at `observed_ms`, for `ring`.
+    #[inline]
+    pub fn new(ring: &'r SampleRing, observed_ms: i64) -> Self {
+        DelayBatch { ring, time_code: encode_time(observed_ms), counts: [0; BUCKETS], head: ring.head(), samples: 0, sum: 0 }
+    }
+
+    /// Adds one delay.
+    #[inline]
+    pub fn add(&mut self, delay_ms: i64) {
+        self.counts[bucket_index(delay_ms)] += 1;
+        self.ring.write_coded(self.head.wrapping_add(self.samples), self.time_code, delay_ms);
+        self.samples += 1;
+        self.sum = self.sum.wrapping_add(delay_ms);
+    }
+
+    /// Publishes the batch into the ring and `hist`; false when it holds
+    /// no sample.
+    #[inline]
+    pub fn finish(self, hist: &DelayHistogram) -> bool {
+        if self.samples == 0 {
+            return false;
+        }
+        self.ring.advance(self.samples);
+        hist.add_counts(&self.counts);
+        hist.add_sum(self.sum);
+        true
     }
 }
 

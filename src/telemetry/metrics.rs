@@ -1,10 +1,11 @@
 //! Prometheus exposition of the telemetry (text format 0.0.4, rendered by
-//! prometheus-client from a [`Collector`] that reads the atomics at scrape
-//! time).
+//! prometheus-client from a [`Collector`] over a [`Snapshot`] taken at
+//! scrape time, the same kind `/status` is made of; nothing else is read).
 //!
 //! Invariant: label sets are bounded. Sinks and sources are few (`sink`,
 //! `source` labels: the config's); reject
-//! reasons are a fixed list (`reason`); file states are four (`state`).
+//! reasons are a fixed list (`reason`); file states are four (`state`); a
+//! component's families have the label values it declared.
 //! Per-file series (`file` label) appear only with
 //! `[status] per_file_metrics = true`; otherwise file figures are summed
 //! (counters, histograms, bytes behind) or merged (windowed delays) over
@@ -51,8 +52,11 @@
 //! | `enrich_reloads_total` | counter | | successful lookup reloads |
 //! | `enrich_reload_failing` | gauge | | 1 while the last reload failed (old tables in use) |
 //!
-//! The channel series appear only with a `[channel]`, the enrich series
-//! only with `[enrich] lookups`.
+//! The channel series are the channel's section of figures
+//! ([`super::figures`]: every component's figures become
+//! `calllog_bridge_<component>_<figure>`, with the help text it declared)
+//! and appear only with a `[channel]`; the enrich series only with
+//! `[enrich] lookups`.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -63,18 +67,24 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
 use super::delay::{DelaySummary, HistogramSnapshot};
-use super::status::{channel_closes, channel_refusals, FileState, StatusSettings};
+use super::figures::{FigureValue, Kind};
+use super::snapshot::Snapshot;
+use super::status::{EnrichStatus, FileState, StatusSettings};
 use super::Telemetry;
-use crate::enrich::EnrichStats;
-use crate::sink::channel::ChannelStats;
 
 /// Content type of the exposition.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// Renders every metric at `now_ms` in the Prometheus text format.
 pub fn render(telemetry: &Telemetry, settings: &StatusSettings, now_ms: i64) -> String {
+    encode(telemetry.snapshot(now_ms, settings), settings.per_file_metrics)
+}
+
+/// Renders a snapshot in the Prometheus text format; `per_file` labels
+/// file figures per file instead of aggregating them.
+pub fn encode(snapshot: Snapshot, per_file: bool) -> String {
     let mut registry = Registry::default();
-    registry.register_collector(Box::new(TelemetryCollector { telemetry: telemetry.clone(), settings: *settings, now_ms }));
+    registry.register_collector(Box::new(SnapshotCollector { snapshot, per_file }));
     let mut out = String::with_capacity(8192);
     // Writing into a String cannot fail; an encoder error would be a bug
     // in a label value, and a partial page is still better than none.
@@ -84,19 +94,17 @@ pub fn render(telemetry: &Telemetry, settings: &StatusSettings, now_ms: i64) -> 
     out
 }
 
-/// Reads the telemetry on each scrape.
-struct TelemetryCollector {
-    /// The registry to read.
-    telemetry: Telemetry,
-    /// Window, idle and stall settings; per-file labels or not.
-    settings: StatusSettings,
-    /// The scrape time.
-    now_ms: i64,
+/// Renders one snapshot (prometheus-client wants an owned collector).
+struct SnapshotCollector {
+    /// What to render.
+    snapshot: Snapshot,
+    /// Label file figures per file (else aggregate them).
+    per_file: bool,
 }
 
-impl fmt::Debug for TelemetryCollector {
+impl fmt::Debug for SnapshotCollector {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("TelemetryCollector").field("now_ms", &self.now_ms).finish()
+        f.debug_struct("SnapshotCollector").field("now_ms", &self.snapshot.status.now_ms).finish()
     }
 }
 
@@ -151,245 +159,258 @@ fn window_series(labels: &Labels, d: &DelaySummary, out: &mut Vec<(Labels, f64)>
     }
 }
 
-impl Collector for TelemetryCollector {
+impl Collector for SnapshotCollector {
     fn encode(&self, mut enc: DescriptorEncoder) -> fmt::Result {
-        let (tel, s, now) = (&self.telemetry, &self.settings, self.now_ms);
-        let none = Labels::new;
-
-        gauge(
-            &mut enc,
-            "calllog_bridge_build_info",
-            "The bridge's version (always 1)",
-            &[(vec![("version", env!("CARGO_PKG_VERSION").to_string())], 1.0)],
-        )?;
-        gauge(&mut enc, "calllog_bridge_uptime_seconds", "Seconds since the bridge started", &[(none(), secs(now - tel.started_ms()))])?;
-        gauge(
-            &mut enc,
-            "calllog_bridge_ready",
-            "1 once sources and sinks are up and no component has a fault",
-            &[(none(), if tel.is_ready() { 1.0 } else { 0.0 })],
-        )?;
-        let faults = tel.fault_summary();
-        let fault_now: Vec<(Labels, f64)> =
-            faults.iter().map(|&(c, open, _)| (vec![("component", c.to_string())], if open { 1.0 } else { 0.0 })).collect();
-        let fault_total: Vec<(Labels, u64)> = faults.iter().map(|&(c, _, n)| (vec![("component", c.to_string())], n)).collect();
-        gauge(
-            &mut enc,
-            "calllog_bridge_fault",
-            "1 while the component cannot write (e.g. a full disk); it keeps its data and retries",
-            &fault_now,
-        )?;
-        counter(&mut enc, "calllog_bridge_faults", "Fault episodes since start", &fault_total)?;
-
-        // Files.
-        let files = tel.files();
-        let retired = tel.retired();
-        let mut by_state: BTreeMap<FileState, f64> = FileState::ALL.iter().map(|&st| (st, 0.0)).collect();
-        let mut records = Vec::new();
-        let mut rejects = Vec::new();
-        let mut negative = Vec::new();
-        let mut partial = Vec::new();
-        let mut hist = Vec::new();
-        let mut thist = Vec::new();
-        let mut twindow = Vec::new();
-        let mut behind = Vec::new();
-        let mut window = Vec::new();
-        let mut watermark = Vec::new();
-        let mut agg_hist = retired.sync_delay.clone();
-        let mut agg_thist = retired.transfer_delay.clone();
-        let mut agg_twindow = Vec::new();
-        let mut agg_rejects = retired.rejects.clone();
-        let (mut agg_records, mut agg_negative, mut agg_behind) = (retired.records, retired.negative_delays, 0u64);
-        let mut agg_partial = retired.partial_lines;
-        let mut agg_window = Vec::new();
-        for f in &files {
-            let st = f.status(now, s);
-            *by_state.entry(st.state).or_default() += 1.0;
-            let h = f.sync_delay_histogram();
-            let th = f.transfer_delay_histogram();
-            let reasons = f.rejects_by_reason();
-            if s.per_file_metrics {
-                // `file_id` keeps two rows unique while a rotation moves a
-                // path from one file to the next.
-                let l = vec![("file", st.path.clone()), ("file_id", st.id.clone())];
-                records.push((l.clone(), st.records));
-                negative.push((l.clone(), st.negative_delays));
-                partial.push((l.clone(), st.partial_lines));
-                for (reason, n) in reasons {
-                    let mut lr = l.clone();
-                    lr.push(("reason", reason.to_string()));
-                    rejects.push((lr, n));
-                }
-                hist.push((l.clone(), h));
-                thist.push((l.clone(), th));
-                behind.push((l.clone(), st.bytes_behind as f64));
-                if let Some(d) = &st.sync_delay_ms {
-                    window_series(&l, d, &mut window);
-                }
-                if let Some(d) = &st.transfer_delay_ms {
-                    window_series(&l, d, &mut twindow);
-                }
-                if let Some(w) = st.watermark_ms {
-                    watermark.push((l, secs(w)));
-                }
-            } else {
-                agg_records += st.records;
-                agg_negative += st.negative_delays;
-                agg_partial += st.partial_lines;
-                agg_behind += st.bytes_behind;
-                for (reason, n) in reasons {
-                    *agg_rejects.entry(reason).or_default() += n;
-                }
-                agg_hist.merge(&h);
-                agg_thist.merge(&th);
-                if st.state != FileState::Idle {
-                    f.sync_ring.delays_since(now - s.delay_window_ms, &mut agg_window);
-                    if let Some(r) = f.transfer_ring.get() {
-                        r.delays_since(now - s.delay_window_ms, &mut agg_twindow);
-                    }
-                }
-            }
-        }
-        if s.per_file_metrics {
-            // Removed files keep their totals under an empty `file` label.
-            if retired.records > 0 || retired.negative_delays > 0 || retired.partial_lines > 0 || !retired.rejects.is_empty() {
-                let l = vec![("file", String::new())];
-                records.push((l.clone(), retired.records));
-                negative.push((l.clone(), retired.negative_delays));
-                partial.push((l.clone(), retired.partial_lines));
-                for (reason, n) in &retired.rejects {
-                    rejects.push((vec![("file", String::new()), ("reason", reason.to_string())], *n));
-                }
-                hist.push((l.clone(), retired.sync_delay.clone()));
-                thist.push((l, retired.transfer_delay.clone()));
-            }
-        } else {
-            records.push((none(), agg_records));
-            negative.push((none(), agg_negative));
-            partial.push((none(), agg_partial));
-            for (reason, n) in agg_rejects {
-                rejects.push((vec![("reason", reason.to_string())], n));
-            }
-            hist.push((none(), agg_hist));
-            thist.push((none(), agg_thist));
-            behind.push((none(), agg_behind as f64));
-            if let Some(d) = DelaySummary::of(&mut agg_window) {
-                window_series(&none(), &d, &mut window);
-            }
-            if let Some(d) = DelaySummary::of(&mut agg_twindow) {
-                window_series(&none(), &d, &mut twindow);
-            }
-        }
-        let states: Vec<(Labels, f64)> = by_state.into_iter().map(|(st, n)| (vec![("state", st.name().to_string())], n)).collect();
-        gauge(&mut enc, "calllog_bridge_files", "Followed files per state (caught-up, behind, idle, stalled)", &states)?;
-        counter(&mut enc, "calllog_bridge_records", "Records read", &records)?;
-        counter(&mut enc, "calllog_bridge_rejects", "Lines rejected, by reason", &rejects)?;
-        counter(
-            &mut enc,
-            "calllog_bridge_negative_delays",
-            "Records whose request_time lies after the time they were observed (clock skew)",
-            &negative,
-        )?;
-        counter(
-            &mut enc,
-            "calllog_bridge_partial_lines",
-            "Partial last lines (no newline) emitted because their file was rotated away or deleted",
-            &partial,
-        )?;
-        histogram(&mut enc, "calllog_bridge_sync_delay_seconds", "Sync delay: observed minus request_time", &hist)?;
-        gauge(
-            &mut enc,
-            "calllog_bridge_sync_delay_window_seconds",
-            "Sync delay p50, p95 and max over the recent window, files that are not idle",
-            &window,
-        )?;
-        histogram(
-            &mut enc,
-            "calllog_bridge_transfer_delay_seconds",
-            "Transfer delay: observed minus the line's write time (LE 6 log_ingestion); the sync's share of the sync delay",
-            &thist,
-        )?;
-        gauge(
-            &mut enc,
-            "calllog_bridge_transfer_delay_window_seconds",
-            "Transfer delay p50, p95 and max over the recent window, files that are not idle",
-            &twindow,
-        )?;
-        gauge(&mut enc, "calllog_bridge_bytes_behind", "Bytes written but not read yet (size minus offset)", &behind)?;
-        if s.per_file_metrics {
-            gauge(&mut enc, "calllog_bridge_watermark_timestamp_seconds", "Newest request_time read (epoch seconds)", &watermark)?;
-        }
-
-        // Sinks.
-        let sinks = tel.sinks();
-        let channel = tel.channel_stats();
-        let mut delivered = Vec::new();
-        let mut batches = Vec::new();
-        let mut retries = Vec::new();
-        let mut dropped = Vec::new();
-        let mut dead = Vec::new();
-        let mut capped = Vec::new();
-        let mut depth = Vec::new();
-        let mut oldest = Vec::new();
-        let mut dhist = Vec::new();
-        for k in &sinks {
-            let st = k.status(now, s);
-            let l = vec![("sink", st.name.clone())];
-            delivered.push((l.clone(), st.delivered_records));
-            batches.push((l.clone(), st.delivered_batches));
-            retries.push((l.clone(), st.retries));
-            dropped.push((l.clone(), st.dropped_records));
-            dead.push((l.clone(), st.dead_lettered_records));
-            capped.push((l.clone(), st.retry_after_capped));
-            depth.push((l.clone(), st.queue_depth as f64));
-            oldest.push((l.clone(), secs(st.oldest_undelivered_age_ms.unwrap_or(0))));
-            // The channel delivers when a frame is written to a client.
-            let h = match &channel {
-                Some(ch) if st.name == crate::sink::channel::NAME => ch.frame_delay_histogram(),
-                _ => k.delivery_delay_histogram(),
-            };
-            dhist.push((l, h));
-        }
-        histogram(&mut enc, "calllog_bridge_delivery_delay_seconds", "Delivery delay: delivered minus observed, per record", &dhist)?;
-        counter(&mut enc, "calllog_bridge_delivered_records", "Records delivered", &delivered)?;
-        counter(&mut enc, "calllog_bridge_delivered_batches", "Batches delivered", &batches)?;
-        counter(&mut enc, "calllog_bridge_retries", "Retried delivery attempts", &retries)?;
-        counter(&mut enc, "calllog_bridge_dropped_records", "Records dropped (each logged)", &dropped)?;
-        counter(&mut enc, "calllog_bridge_dead_lettered_records", "Records written to the dead-letter file", &dead)?;
-        counter(
-            &mut enc,
-            "calllog_bridge_retry_after_capped",
-            "Retry-After answers asking for longer than retry_max_ms, waited for only that long",
-            &capped,
-        )?;
-        gauge(&mut enc, "calllog_bridge_queue_depth", "Records waiting in the sink", &depth)?;
-        gauge(
-            &mut enc,
-            "calllog_bridge_oldest_undelivered_age_seconds",
-            "Age of the oldest record not yet delivered (0 when none)",
-            &oldest,
-        )?;
-
-        encode_sources(&mut enc, tel, s, now)?;
-        if let Some(ch) = &channel {
-            encode_channel(&mut enc, ch)?;
-        }
-        if let Some((_, es)) = tel.enrich_stats().filter(|(files, _)| !files.is_empty()) {
-            encode_enrich(&mut enc, &es)?;
+        let snap = &self.snapshot;
+        encode_process(&mut enc, snap)?;
+        let files = if self.per_file { FileSeries::per_file(snap) } else { FileSeries::aggregate(snap) };
+        files.encode(&mut enc)?;
+        encode_sinks(&mut enc, snap)?;
+        encode_sources(&mut enc, snap)?;
+        encode_sections(&mut enc, snap)?;
+        if let Some(e) = &snap.status.enrich {
+            encode_lookups(&mut enc, e)?;
         }
         Ok(())
     }
 }
 
+/// Build, uptime, readiness and faults.
+fn encode_process(enc: &mut DescriptorEncoder<'_>, snap: &Snapshot) -> fmt::Result {
+    let none = Labels::new;
+    gauge(enc, "calllog_bridge_build_info", "The bridge's version (always 1)", &[(vec![("version", snap.status.version.clone())], 1.0)])?;
+    gauge(
+        enc,
+        "calllog_bridge_uptime_seconds",
+        "Seconds since the bridge started",
+        &[(none(), secs(snap.status.now_ms - snap.started_ms))],
+    )?;
+    gauge(
+        enc,
+        "calllog_bridge_ready",
+        "1 once sources and sinks are up and no component has a fault",
+        &[(none(), if snap.status.ready { 1.0 } else { 0.0 })],
+    )?;
+    let faults = &snap.fault_summary;
+    let fault_now: Vec<(Labels, f64)> =
+        faults.iter().map(|&(c, open, _)| (vec![("component", c.to_string())], if open { 1.0 } else { 0.0 })).collect();
+    let fault_total: Vec<(Labels, u64)> = faults.iter().map(|&(c, _, n)| (vec![("component", c.to_string())], n)).collect();
+    gauge(enc, "calllog_bridge_fault", "1 while the component cannot write (e.g. a full disk); it keeps its data and retries", &fault_now)?;
+    counter(enc, "calllog_bridge_faults", "Fault episodes since start", &fault_total)
+}
+
+/// The file series: per file (with a `file` label) or aggregated.
+#[derive(Default)]
+struct FileSeries {
+    /// Files per state.
+    by_state: Vec<(Labels, f64)>,
+    /// Records read.
+    records: Vec<(Labels, u64)>,
+    /// Lines rejected, by reason.
+    rejects: Vec<(Labels, u64)>,
+    /// Negative sync delays.
+    negative: Vec<(Labels, u64)>,
+    /// Partial last lines emitted.
+    partial: Vec<(Labels, u64)>,
+    /// Sync-delay histograms.
+    sync_hist: Vec<(Labels, HistogramSnapshot)>,
+    /// Sync-delay window percentiles.
+    sync_window: Vec<(Labels, f64)>,
+    /// Transfer-delay histograms.
+    transfer_hist: Vec<(Labels, HistogramSnapshot)>,
+    /// Transfer-delay window percentiles.
+    transfer_window: Vec<(Labels, f64)>,
+    /// Bytes behind.
+    behind: Vec<(Labels, f64)>,
+    /// Watermarks (per-file mode only).
+    watermark: Option<Vec<(Labels, f64)>>,
+}
+
+impl FileSeries {
+    /// Files per state, every state present.
+    fn states(snap: &Snapshot) -> Vec<(Labels, f64)> {
+        let mut by_state: BTreeMap<FileState, f64> = FileState::ALL.iter().map(|&st| (st, 0.0)).collect();
+        for f in &snap.status.files {
+            *by_state.entry(f.state).or_default() += 1.0;
+        }
+        by_state.into_iter().map(|(st, n)| (vec![("state", st.name().to_string())], n)).collect()
+    }
+
+    /// One series per file; removed files keep their totals under an
+    /// empty `file` label.
+    fn per_file(snap: &Snapshot) -> FileSeries {
+        let mut x = FileSeries { by_state: Self::states(snap), watermark: Some(Vec::new()), ..FileSeries::default() };
+        for (st, fig) in snap.status.files.iter().zip(&snap.files) {
+            // `file_id` keeps two rows unique while a rotation moves a
+            // path from one file to the next.
+            let l = vec![("file", st.path.clone()), ("file_id", st.id.clone())];
+            x.records.push((l.clone(), st.records));
+            x.negative.push((l.clone(), st.negative_delays));
+            x.partial.push((l.clone(), st.partial_lines));
+            for (reason, n) in &st.rejects_by_reason {
+                let mut lr = l.clone();
+                lr.push(("reason", reason.clone()));
+                x.rejects.push((lr, *n));
+            }
+            x.sync_hist.push((l.clone(), fig.sync_delay.clone()));
+            x.transfer_hist.push((l.clone(), fig.transfer_delay.clone()));
+            x.behind.push((l.clone(), st.bytes_behind as f64));
+            if let Some(d) = &st.sync_delay_ms {
+                window_series(&l, d, &mut x.sync_window);
+            }
+            if let Some(d) = &st.transfer_delay_ms {
+                window_series(&l, d, &mut x.transfer_window);
+            }
+            if let (Some(w), Some(marks)) = (st.watermark_ms, x.watermark.as_mut()) {
+                marks.push((l, secs(w)));
+            }
+        }
+        let r = &snap.retired;
+        if r.records > 0 || r.negative_delays > 0 || r.partial_lines > 0 || !r.rejects.is_empty() {
+            let l = vec![("file", String::new())];
+            x.records.push((l.clone(), r.records));
+            x.negative.push((l.clone(), r.negative_delays));
+            x.partial.push((l.clone(), r.partial_lines));
+            for (reason, n) in &r.rejects {
+                x.rejects.push((vec![("file", String::new()), ("reason", reason.to_string())], *n));
+            }
+            x.sync_hist.push((l.clone(), r.sync_delay.clone()));
+            x.transfer_hist.push((l, r.transfer_delay.clone()));
+        }
+        x
+    }
+
+    /// One series over every file, removed files included (windows over
+    /// the files that are not idle).
+    fn aggregate(snap: &Snapshot) -> FileSeries {
+        let r = &snap.retired;
+        let (mut records, mut negative, mut partial, mut behind) = (r.records, r.negative_delays, r.partial_lines, 0u64);
+        let mut rejects: BTreeMap<String, u64> = r.rejects.iter().map(|(k, v)| (k.to_string(), *v)).collect();
+        let (mut sync_hist, mut transfer_hist) = (r.sync_delay.clone(), r.transfer_delay.clone());
+        let (mut sync_window, mut transfer_window) = (Vec::new(), Vec::new());
+        for (st, fig) in snap.status.files.iter().zip(&snap.files) {
+            records += st.records;
+            negative += st.negative_delays;
+            partial += st.partial_lines;
+            behind += st.bytes_behind;
+            for (reason, n) in &st.rejects_by_reason {
+                *rejects.entry(reason.clone()).or_default() += n;
+            }
+            sync_hist.merge(&fig.sync_delay);
+            transfer_hist.merge(&fig.transfer_delay);
+            sync_window.extend_from_slice(&fig.sync_window);
+            transfer_window.extend_from_slice(&fig.transfer_window);
+        }
+        let none = Labels::new;
+        let mut x = FileSeries {
+            by_state: Self::states(snap),
+            records: vec![(none(), records)],
+            rejects: rejects.into_iter().map(|(reason, n)| (vec![("reason", reason)], n)).collect(),
+            negative: vec![(none(), negative)],
+            partial: vec![(none(), partial)],
+            sync_hist: vec![(none(), sync_hist)],
+            transfer_hist: vec![(none(), transfer_hist)],
+            behind: vec![(none(), behind as f64)],
+            ..FileSeries::default()
+        };
+        if let Some(d) = DelaySummary::of(&mut sync_window) {
+            window_series(&none(), &d, &mut x.sync_window);
+        }
+        if let Some(d) = DelaySummary::of(&mut transfer_window) {
+            window_series(&none(), &d, &mut x.transfer_window);
+        }
+        x
+    }
+
+    fn encode(&self, enc: &mut DescriptorEncoder<'_>) -> fmt::Result {
+        gauge(enc, "calllog_bridge_files", "Followed files per state (caught-up, behind, idle, stalled)", &self.by_state)?;
+        counter(enc, "calllog_bridge_records", "Records read", &self.records)?;
+        counter(enc, "calllog_bridge_rejects", "Lines rejected, by reason", &self.rejects)?;
+        counter(
+            enc,
+            "calllog_bridge_negative_delays",
+            "Records whose request_time lies after the time they were observed (clock skew)",
+            &self.negative,
+        )?;
+        counter(
+            enc,
+            "calllog_bridge_partial_lines",
+            "Partial last lines (no newline) emitted because their file was rotated away or deleted",
+            &self.partial,
+        )?;
+        histogram(enc, "calllog_bridge_sync_delay_seconds", "Sync delay: observed minus request_time", &self.sync_hist)?;
+        gauge(
+            enc,
+            "calllog_bridge_sync_delay_window_seconds",
+            "Sync delay p50, p95 and max over the recent window, files that are not idle",
+            &self.sync_window,
+        )?;
+        histogram(
+            enc,
+            "calllog_bridge_transfer_delay_seconds",
+            "Transfer delay: observed minus the line's write time (LE 6 log_ingestion); the sync's share of the sync delay",
+            &self.transfer_hist,
+        )?;
+        gauge(
+            enc,
+            "calllog_bridge_transfer_delay_window_seconds",
+            "Transfer delay p50, p95 and max over the recent window, files that are not idle",
+            &self.transfer_window,
+        )?;
+        gauge(enc, "calllog_bridge_bytes_behind", "Bytes written but not read yet (size minus offset)", &self.behind)?;
+        if let Some(marks) = &self.watermark {
+            gauge(enc, "calllog_bridge_watermark_timestamp_seconds", "Newest request_time read (epoch seconds)", marks)?;
+        }
+        Ok(())
+    }
+}
+
+/// Per sink (a bounded label set: the configured sinks).
+fn encode_sinks(enc: &mut DescriptorEncoder<'_>, snap: &Snapshot) -> fmt::Result {
+    let mut delivered = Vec::new();
+    let mut batches = Vec::new();
+    let mut retries = Vec::new();
+    let mut dropped = Vec::new();
+    let mut dead = Vec::new();
+    let mut capped = Vec::new();
+    let mut depth = Vec::new();
+    let mut oldest = Vec::new();
+    let mut dhist = Vec::new();
+    for (st, h) in snap.status.sinks.iter().zip(&snap.sinks) {
+        let l = vec![("sink", st.name.clone())];
+        delivered.push((l.clone(), st.delivered_records));
+        batches.push((l.clone(), st.delivered_batches));
+        retries.push((l.clone(), st.retries));
+        dropped.push((l.clone(), st.dropped_records));
+        dead.push((l.clone(), st.dead_lettered_records));
+        capped.push((l.clone(), st.retry_after_capped));
+        depth.push((l.clone(), st.queue_depth as f64));
+        oldest.push((l.clone(), secs(st.oldest_undelivered_age_ms.unwrap_or(0))));
+        dhist.push((l, h.clone()));
+    }
+    histogram(enc, "calllog_bridge_delivery_delay_seconds", "Delivery delay: delivered minus observed, per record", &dhist)?;
+    counter(enc, "calllog_bridge_delivered_records", "Records delivered", &delivered)?;
+    counter(enc, "calllog_bridge_delivered_batches", "Batches delivered", &batches)?;
+    counter(enc, "calllog_bridge_retries", "Retried delivery attempts", &retries)?;
+    counter(enc, "calllog_bridge_dropped_records", "Records dropped (each logged)", &dropped)?;
+    counter(enc, "calllog_bridge_dead_lettered_records", "Records written to the dead-letter file", &dead)?;
+    counter(
+        enc,
+        "calllog_bridge_retry_after_capped",
+        "Retry-After answers asking for longer than retry_max_ms, waited for only that long",
+        &capped,
+    )?;
+    gauge(enc, "calllog_bridge_queue_depth", "Records waiting in the sink", &depth)?;
+    gauge(enc, "calllog_bridge_oldest_undelivered_age_seconds", "Age of the oldest record not yet delivered (0 when none)", &oldest)
+}
+
 /// Per `[[source]]` (a bounded label set: the sources of the config):
 /// files matched, files that cannot be read, files left unread.
-fn encode_sources(enc: &mut DescriptorEncoder<'_>, tel: &Telemetry, s: &StatusSettings, now: i64) -> fmt::Result {
-    let sources = tel.sources();
+fn encode_sources(enc: &mut DescriptorEncoder<'_>, snap: &Snapshot) -> fmt::Result {
     let label = |name: &str| vec![("source", name.to_string())];
     let (mut matched, mut unreadable, mut no_files, mut left, mut left_bytes) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    for src in &sources {
-        let st = src.status(now, s);
+    for st in &snap.status.sources {
         matched.push((label(&st.name), st.files_matched as f64));
         unreadable.push((label(&st.name), st.files_unreadable as f64));
         no_files.push((label(&st.name), secs(st.no_files_for_ms.unwrap_or(0))));
@@ -410,85 +431,45 @@ fn encode_sources(enc: &mut DescriptorEncoder<'_>, tel: &Telemetry, s: &StatusSe
         "Files with a checkpoint that were gone or no longer matched while they still had unread bytes (records lost)",
         &left,
     )?;
-    counter(enc, "calllog_bridge_source_bytes_left_unread", "Bytes known to be left unread in those files", &left_bytes)?;
-    Ok(())
+    counter(enc, "calllog_bridge_source_bytes_left_unread", "Bytes known to be left unread in those files", &left_bytes)
 }
 
-/// The channel's connection, refusal, close and frame counters.
-fn encode_channel(enc: &mut DescriptorEncoder<'_>, ch: &ChannelStats) -> fmt::Result {
-    use std::sync::atomic::Ordering::Relaxed;
-    let none = Labels::new;
-    let by_reason = |pairs: &[(&'static str, u64)]| -> Vec<(Labels, u64)> {
-        pairs.iter().map(|&(r, n)| (vec![("reason", r.to_string())], n)).collect()
-    };
-    gauge(
-        enc,
-        "calllog_bridge_channel_connections",
-        "WebSocket connections open now",
-        &[(none(), ch.connections_active.load(Relaxed).max(0) as f64)],
-    )?;
-    counter(
-        enc,
-        "calllog_bridge_channel_connections_accepted",
-        "WebSocket connections upgraded",
-        &[(none(), ch.connections_accepted.load(Relaxed))],
-    )?;
-    counter(
-        enc,
-        "calllog_bridge_channel_refused",
-        "Handshakes refused, by reason (unauthorized 401, not_found 404, bad_request 400/431, too_many_connections 503, not_websocket 426/405, handshake_timeout, handshake_evicted)",
-        &by_reason(&channel_refusals(ch)),
-    )?;
-    counter(
-        enc,
-        "calllog_bridge_channel_closed",
-        "Connections closed, by reason (slow_consumer, ping_timeout, token_changed, shutdown, protocol_error; client: by the client)",
-        &by_reason(&channel_closes(ch)),
-    )?;
-    counter(enc, "calllog_bridge_channel_messages_sent", "Messages written to clients", &[(none(), ch.messages_sent.load(Relaxed))])?;
-    counter(
-        enc,
-        "calllog_bridge_channel_records_sent",
-        "Records written to clients (once per client)",
-        &[(none(), ch.records_sent.load(Relaxed))],
-    )?;
-    counter(
-        enc,
-        "calllog_bridge_channel_records_replayed",
-        "Records written as since= replay",
-        &[(none(), ch.records_replayed.load(Relaxed))],
-    )?;
-    counter(
-        enc,
-        "calllog_bridge_channel_lost_notices",
-        "Notices sent to clients asking for records no longer held",
-        &[(none(), ch.lost_notices.load(Relaxed))],
-    )?;
-    gauge(
-        enc,
-        "calllog_bridge_channel_ring_records",
-        "Records held in the replay ring",
-        &[(none(), ch.ring_records.load(Relaxed) as f64)],
-    )?;
-    gauge(
-        enc,
-        "calllog_bridge_channel_ring_bytes",
-        "Bytes of JSON held in the replay ring",
-        &[(none(), ch.ring_bytes.load(Relaxed) as f64)],
-    )?;
+/// Components' own figures ([`super::figures`]):
+/// `calllog_bridge_<section>_<figure>`, a family with its label; figures
+/// declared for `/status` only are left out.
+fn encode_sections(enc: &mut DescriptorEncoder<'_>, snap: &Snapshot) -> fmt::Result {
+    for section in &snap.sections {
+        for f in &section.figures {
+            let Some(help) = f.help else { continue };
+            let name = format!("calllog_bridge_{}_{}", section.name, f.name);
+            let series: Vec<(Labels, i64)> = match &f.value {
+                FigureValue::One(v) => vec![(Labels::new(), *v)],
+                FigureValue::ByLabel { label, values } => values.iter().map(|(k, v)| (vec![(*label, k.clone())], *v)).collect(),
+            };
+            match f.kind {
+                Kind::Counter => {
+                    let series: Vec<(Labels, u64)> = series.into_iter().map(|(l, v)| (l, v.max(0) as u64)).collect();
+                    counter(enc, &name, help, &series)?;
+                }
+                Kind::Gauge => {
+                    let series: Vec<(Labels, f64)> = series.into_iter().map(|(l, v)| (l, v as f64)).collect();
+                    gauge(enc, &name, help, &series)?;
+                }
+            }
+        }
+    }
     Ok(())
 }
 
 /// Lookup hits and misses per loaded table, reloads, a failing reload.
-fn encode_enrich(enc: &mut DescriptorEncoder<'_>, es: &EnrichStats) -> fmt::Result {
+fn encode_lookups(enc: &mut DescriptorEncoder<'_>, e: &EnrichStatus) -> fmt::Result {
     let none = Labels::new;
     let mut lookups = Vec::new();
     let mut entries = Vec::new();
-    for t in es.tables.iter().filter(|t| t.loaded || t.hits > 0 || t.misses > 0) {
-        let table = t.table.name().to_string();
-        lookups.push((vec![("table", table.clone()), ("result", "hit".to_string())], t.hits));
-        lookups.push((vec![("table", table.clone()), ("result", "miss".to_string())], t.misses));
-        entries.push((vec![("table", table)], t.entries as f64));
+    for t in e.tables.iter().filter(|t| t.loaded || t.hits > 0 || t.misses > 0) {
+        lookups.push((vec![("table", t.table.clone()), ("result", "hit".to_string())], t.hits));
+        lookups.push((vec![("table", t.table.clone()), ("result", "miss".to_string())], t.misses));
+        entries.push((vec![("table", t.table.clone())], t.entries as f64));
     }
     counter(
         enc,
@@ -497,14 +478,13 @@ fn encode_enrich(enc: &mut DescriptorEncoder<'_>, es: &EnrichStats) -> fmt::Resu
         &lookups,
     )?;
     gauge(enc, "calllog_bridge_enrich_table_entries", "Ids each loaded lookup table holds", &entries)?;
-    counter(enc, "calllog_bridge_enrich_reloads", "Successful lookup-table reloads", &[(none(), es.reloads)])?;
+    counter(enc, "calllog_bridge_enrich_reloads", "Successful lookup-table reloads", &[(none(), e.reloads)])?;
     gauge(
         enc,
         "calllog_bridge_enrich_reload_failing",
         "1 while the last lookup reload failed (the previous tables stay in use)",
-        &[(none(), if es.last_reload_error.is_some() { 1.0 } else { 0.0 })],
-    )?;
-    Ok(())
+        &[(none(), if e.last_reload_error.is_some() { 1.0 } else { 0.0 })],
+    )
 }
 
 #[cfg(test)]
@@ -525,13 +505,14 @@ mod tests {
         let tel = Telemetry::new();
         let a = tel.file("/le/a.log");
         a.set_position_at(100, 100, T0);
-        a.observed(T0, [Some(T0 - 2000), Some(T0 - 2000), Some(T0 + 50)]);
+        // Read at T0, called 2 s, 2 s and -50 ms before (clock skew).
+        a.sync_delays(T0, [Some(2000), Some(2000), Some(-50)]);
         // Written 1.5 s after the calls: 0.5 s of the 2 s is the transfer.
         a.written(T0, [Some(T0 - 500), Some(T0 - 500), None]);
         a.rejected_for("column_count");
         let b = tel.file("/le/b.log");
         b.set_position_at(5000, 1000, T0);
-        b.observed(T0, [Some(T0 - 30)]);
+        b.sync_delays(T0, [Some(30)]);
         let k = tel.sink("upstream");
         k.enqueued(4);
         k.delivered(4, T0, T0 + 120);
@@ -607,64 +588,34 @@ mod tests {
     }
 
     #[test]
-    fn channel_enrich_and_partial_line_series() {
-        use prometheus_parse::Value::*;
-        use std::sync::atomic::Ordering::Relaxed;
+    fn partial_line_series_and_no_section_or_lookup_series_unless_registered() {
         let tel = fixture();
         tel.file("/le/a.log").partial_line();
-        // Without a channel or lookups, none of their series.
+        // Without a component's figures or lookups, none of their series.
         let text = render(&tel, &StatusSettings::default(), T0 + 1000);
         assert!(!text.contains("calllog_bridge_channel_") && !text.contains("calllog_bridge_enrich_"), "{text}");
-        assert!(matches!(value(&parse(&text), "calllog_bridge_partial_lines_total", &[]), Some(Counter(v)) if v == 1.0));
+        assert!(
+            matches!(value(&parse(&text), "calllog_bridge_partial_lines_total", &[]), Some(prometheus_parse::Value::Counter(v)) if v == 1.0)
+        );
+    }
 
-        let ch = ChannelStats::default();
-        ch.connections_active.fetch_add(1, Relaxed);
-        ch.connections_accepted.fetch_add(2, Relaxed);
-        ChannelStats::bump(&ch.refused_unauthorized);
-        ChannelStats::bump(&ch.closed_slow_consumer);
-        ch.frames_written(1, 3, T0, T0 + 7);
-        let k = tel.sink("channel");
-        k.enqueued(3);
-        k.delivered(3, T0, T0 + 1);
-        tel.set_channel_stats(Some(ch));
-        let dir = tempfile::tempdir().unwrap();
-        let services = dir.path().join("services.csv");
-        std::fs::write(&services, "service_id,service_name\nsvc1,Orders\n").unwrap();
-        let e = std::sync::Arc::new(crate::enrich::Enricher::new(std::slice::from_ref(&services), None, None).unwrap());
-        let mut r = crate::record::Record::new_ml();
-        r.set(crate::record::Field::ServiceId, "nope");
-        e.enrich(&e.tables(), &mut r);
-        tel.set_enricher(e.clone());
-
-        let m = parse(&render(&tel, &StatusSettings::default(), T0 + 1000));
-        let v = |name: &str, labels: &[(&str, &str)]| match value(&m, name, labels) {
-            Some(Counter(v)) | Some(Gauge(v)) => v,
-            other => panic!("{name} {labels:?}: {other:?}"),
-        };
-        assert_eq!(v("calllog_bridge_channel_connections", &[]), 1.0);
-        assert_eq!(v("calllog_bridge_channel_connections_accepted_total", &[]), 2.0);
-        assert_eq!(v("calllog_bridge_channel_refused_total", &[("reason", "unauthorized")]), 1.0);
-        assert_eq!(v("calllog_bridge_channel_refused_total", &[("reason", "too_many_connections")]), 0.0);
-        assert_eq!(v("calllog_bridge_channel_closed_total", &[("reason", "slow_consumer")]), 1.0);
-        assert_eq!(v("calllog_bridge_channel_records_sent_total", &[]), 3.0);
-        // The channel's delivery delay is the frame-written delay (7 ms), not
-        // the ring append (1 ms).
-        match value(&m, "calllog_bridge_delivery_delay_seconds", &[("sink", "channel")]) {
-            Some(Histogram(h)) => {
-                assert_eq!(h.iter().find(|x| x.less_than == 0.005).map(|x| x.count), Some(0.0));
-                assert_eq!(h.iter().find(|x| x.less_than == 0.01).map(|x| x.count), Some(3.0));
-            }
-            other => panic!("no channel delivery histogram: {other:?}"),
-        }
-        assert_eq!(v("calllog_bridge_enrich_lookups_total", &[("table", "services"), ("result", "miss")]), 1.0);
-        assert_eq!(v("calllog_bridge_enrich_lookups_total", &[("table", "services"), ("result", "hit")]), 0.0);
-        assert!(value(&m, "calllog_bridge_enrich_lookups_total", &[("table", "keys")]).is_none(), "tables not loaded have no series");
-        assert_eq!(v("calllog_bridge_enrich_table_entries", &[("table", "services")]), 1.0);
-        assert_eq!(v("calllog_bridge_enrich_reloads_total", &[]), 0.0);
-        assert_eq!(v("calllog_bridge_enrich_reload_failing", &[]), 0.0);
-        std::fs::write(&services, "service_id,colour\nsvc1,red\n").unwrap();
-        assert!(e.reload_if_changed().is_err());
-        let m = parse(&render(&tel, &StatusSettings::default(), T0 + 1000));
-        assert!(matches!(value(&m, "calllog_bridge_enrich_reload_failing", &[]), Some(Gauge(v)) if v == 1.0));
+    #[test]
+    fn a_section_becomes_series_with_its_help_and_label() {
+        use prometheus_parse::Value::*;
+        let tel = fixture();
+        let f = tel.figures("kafka");
+        f.counter("messages_produced", "Messages the brokers acknowledged").add(7);
+        let [timeout, _refused] = f.counters_by("errors", "Produce errors, by reason", "reason", ["timeout", "refused"]);
+        timeout.inc();
+        f.gauge("in_flight", "Requests waiting").set(2);
+        f.status_gauge("last_offset").set(99);
+        let text = render(&tel, &StatusSettings::default(), T0 + 1000);
+        assert!(text.contains("# HELP calllog_bridge_kafka_messages_produced_total Messages the brokers acknowledged"), "{text}");
+        assert!(!text.contains("last_offset"), "a /status-only figure has no series: {text}");
+        let m = parse(&text);
+        assert!(matches!(value(&m, "calllog_bridge_kafka_messages_produced_total", &[]), Some(Counter(v)) if v == 7.0));
+        assert!(matches!(value(&m, "calllog_bridge_kafka_errors_total", &[("reason", "timeout")]), Some(Counter(v)) if v == 1.0));
+        assert!(matches!(value(&m, "calllog_bridge_kafka_errors_total", &[("reason", "refused")]), Some(Counter(v)) if v == 0.0));
+        assert!(matches!(value(&m, "calllog_bridge_kafka_in_flight", &[]), Some(Gauge(v)) if v == 2.0));
     }
 }

@@ -25,25 +25,29 @@
 //!
 //! # Shape
 //!
-//! The handles ([`FileStats`], [`SinkStats`]) are cheap to clone and are
+//! The handles ([`FileStats`], [`SinkStats`], [`SourceStats`], the
+//! [`Figures`] of a component, [`LookupStats`]) are cheap to clone and are
 //! updated with relaxed atomics only (no lock on the per-record path): see
 //! [`delay`]. Invariant: components only *record* facts here (positions,
-//! records observed with their request time, deliveries); every derived
-//! figure (percentiles over the window, file state, ages) is computed when
-//! status is read, from a `now_ms` the caller passes ([`status`]), so the
-//! logic is tested with injected times. [`metrics`] renders the Prometheus
-//! text format, [`server`] serves `/metrics`, `/status`, `/healthz` and
-//! `/readyz`.
+//! records read with their sync delay, deliveries, their own counters);
+//! every derived figure (percentiles over the window, file state, ages,
+//! totals) is computed when a [`Snapshot`] is taken, from a `now_ms` the
+//! caller passes ([`snapshot`], rules in [`status`]), so the logic is
+//! tested with injected times. `/status` is the snapshot's [`Status`];
+//! [`metrics`] renders the same snapshot in the Prometheus text format;
+//! [`server`] serves `/metrics`, `/status`, `/healthz` and `/readyz`.
 //!
-//! Two components keep their own statistics and are registered here by the
-//! bridge so that `/status` and `/metrics` show them: the channel's
-//! [`ChannelStats`] (connections, refusals and closes by reason, frames
-//! written; [`Telemetry::set_channel_stats`]) and the [`Enricher`]'s lookup
-//! hits and misses per table, reloads and last reload error
-//! ([`Telemetry::set_enricher`], which carries the counters of an enricher
-//! replaced by a reload over, so they never go backwards). The channel's
-//! delivery delay is taken from its frames written to clients (delivered =
-//! frame written), not from the hand-over to its replay ring.
+//! Telemetry knows no component: it imports no sink and no enricher.
+//! Components push into telemetry types: every sink its [`SinkStats`]
+//! (a sink that acknowledges before its records reach their consumer, as
+//! the channel does on its ring append, reports the hand-over with
+//! [`SinkStats::handed_over`] and the delivery with
+//! [`SinkStats::reached_consumer`]); a component's own figures go into its
+//! [`Figures`] section ([`Telemetry::figures`], see [`figures`]), which
+//! `/status` and `/metrics` render without knowing it; the enricher counts
+//! lookups into [`LookupStats`] ([`Telemetry::set_lookups`], which carries
+//! the counters of a block replaced by a reload over, so they never go
+//! backwards).
 //!
 //! [`log_limit`] keeps log lines that input can repeat (a rejected line, a
 //! failed write) to a few per window with a "suppressed N" summary.
@@ -51,9 +55,12 @@
 pub mod dashboard;
 pub mod delay;
 pub mod fault;
+pub mod figures;
 pub mod log_limit;
+pub mod lookup;
 pub mod metrics;
 pub mod server;
+pub mod snapshot;
 pub mod source;
 pub mod status;
 
@@ -61,17 +68,16 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use std::path::PathBuf;
-
-use delay::{DelayHistogram, HistogramSnapshot, SampleRing};
+use delay::{DelayBatch, DelayHistogram, HistogramSnapshot, SampleRing};
 pub use fault::{Fault, FaultStatus};
-
-use crate::enrich::{EnrichStats, Enricher};
-use crate::sink::channel::ChannelStats;
+pub use figures::{Counter, Figures, Gauge};
+pub use lookup::{LookupSnapshot, LookupStats};
+pub use snapshot::Snapshot;
 
 pub use source::{LeftUnread, SourceState, SourceStats, SourceStatus};
 pub use status::{
-    ChannelInfo, ChannelStatus, EnrichStatus, EnrichTableStatus, FileState, FileStatus, SinkStatus, Status, StatusSettings, Totals,
+    ChannelInfo, EnrichStatus, EnrichTableStatus, FileState, FileStatus, SectionStatus, Sections, SinkStatus, Status, StatusSettings,
+    Totals,
 };
 
 /// The bridge's statistics registry.
@@ -94,34 +100,21 @@ struct Inner {
     started_ms: i64,
     /// Set by the bridge once its sources and sinks are up (`/readyz`).
     ready: AtomicBool,
-    /// The local channel's endpoint, shown in `/status` for the dashboard.
-    channel: Mutex<Option<ChannelInfo>>,
-    /// The local channel's connection and frame statistics, once it runs.
-    channel_stats: Mutex<Option<ChannelStats>>,
-    /// The enricher whose lookup statistics `/status` and `/metrics` show
-    /// (replaced when a reload brings a new one).
-    enricher: Mutex<Option<Arc<Enricher>>>,
-    /// Counters of enrichers replaced by a reload, so enrichment counters
+    /// Components' own figures, in registration order.
+    sections: Mutex<Vec<Figures>>,
+    /// The lookup figures `/status` and `/metrics` show (replaced when a
+    /// reload brings a new enricher).
+    lookups: Mutex<Option<LookupStats>>,
+    /// Counters of lookup blocks replaced by a reload, so lookup counters
     /// never go backwards.
-    enrich_retired: Mutex<EnrichRetired>,
+    lookups_retired: Mutex<LookupSnapshot>,
     /// Components that cannot write (a full disk): see [`fault`].
     faults: fault::Registry,
 }
 
-/// Enrichment counters carried over from replaced enrichers.
-#[derive(Clone, Debug, Default)]
-pub(crate) struct EnrichRetired {
-    /// Hits per table, by table (`TableKind as usize`).
-    pub hits: [u64; 4],
-    /// Misses per table, by table (`TableKind as usize`).
-    pub misses: [u64; 4],
-    /// Successful reloads.
-    pub reloads: u64,
-}
-
 /// Totals carried over from removed files.
 #[derive(Clone, Debug, Default)]
-pub(crate) struct Retired {
+pub struct Retired {
     /// Records read from removed files.
     pub records: u64,
     /// Lines rejected in removed files, by reason.
@@ -153,10 +146,9 @@ impl Telemetry {
                 retired: Mutex::new(Retired::default()),
                 started_ms: crate::time::now_ms(),
                 ready: AtomicBool::new(false),
-                channel: Mutex::new(None),
-                channel_stats: Mutex::new(None),
-                enricher: Mutex::new(None),
-                enrich_retired: Mutex::new(EnrichRetired::default()),
+                sections: Mutex::new(Vec::new()),
+                lookups: Mutex::new(None),
+                lookups_retired: Mutex::new(LookupSnapshot::default()),
                 faults: fault::Registry::default(),
             }),
         }
@@ -267,62 +259,52 @@ impl Telemetry {
         fault::summary(&self.inner.faults)
     }
 
-    /// Records where the local channel listens (called by the channel sink
-    /// once bound), so `/status` can tell the dashboard.
-    pub fn set_channel(&self, info: Option<ChannelInfo>) {
-        *self.inner.channel.lock().unwrap_or_else(|e| e.into_inner()) = info;
+    /// The section of a component's own figures (created on first use):
+    /// what it declares there is shown in `/status` under `name` and in
+    /// `/metrics` as `calllog_bridge_<name>_*` (see [`figures`]).
+    pub fn figures(&self, name: &'static str) -> Figures {
+        let mut sections = self.inner.sections.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(f) = sections.iter().find(|f| f.name() == name) {
+            return f.clone();
+        }
+        let f = Figures::new(name);
+        sections.push(f.clone());
+        f
     }
 
-    /// Where the local channel listens, if it runs.
+    /// Every component's section, in registration order.
+    pub fn sections(&self) -> Vec<Figures> {
+        self.inner.sections.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Where the dashboard subscribes: the endpoint a component set with
+    /// [`Figures::set_endpoint`] (the local channel), if any.
     pub fn channel(&self) -> Option<ChannelInfo> {
-        self.inner.channel.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.sections().iter().find_map(|f| f.endpoint())
     }
 
-    /// Registers the local channel's statistics (connections, refusals,
-    /// closes, frames written), shown in `/status` and `/metrics`. The
-    /// frames-written delay becomes the `channel` sink's delivery delay.
-    pub fn set_channel_stats(&self, stats: Option<ChannelStats>) {
-        *self.inner.channel_stats.lock().unwrap_or_else(|e| e.into_inner()) = stats;
-    }
-
-    /// The local channel's statistics, if it runs.
-    pub fn channel_stats(&self) -> Option<ChannelStats> {
-        self.inner.channel_stats.lock().unwrap_or_else(|e| e.into_inner()).clone()
-    }
-
-    /// Registers the enricher whose lookup statistics are reported. A
-    /// different enricher (after a reload) replaces the previous one; the
-    /// previous one's counters are kept in the totals. Call it once the
+    /// Registers the lookup figures `/status` and `/metrics` show. A
+    /// different block (a reload's new enricher) replaces the previous
+    /// one, whose counters are kept in the totals. Call it once the
     /// previous enricher is no longer used, so its counters are final.
-    pub fn set_enricher(&self, enricher: Arc<Enricher>) {
-        let mut cur = self.inner.enricher.lock().unwrap_or_else(|e| e.into_inner());
+    pub fn set_lookups(&self, stats: LookupStats) {
+        let mut cur = self.inner.lookups.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(old) = cur.as_ref() {
-            if Arc::ptr_eq(old, &enricher) {
+            if old.same(&stats) {
                 return;
             }
-            let s = old.stats();
-            let mut r = self.inner.enrich_retired.lock().unwrap_or_else(|e| e.into_inner());
-            for t in &s.tables {
-                r.hits[t.table as usize] += t.hits;
-                r.misses[t.table as usize] += t.misses;
-            }
-            r.reloads += s.reloads;
+            self.inner.lookups_retired.lock().unwrap_or_else(|e| e.into_inner()).add_counters(&old.snapshot());
         }
-        *cur = Some(enricher);
+        *cur = Some(stats);
     }
 
-    /// The enricher's statistics with the counters of replaced enrichers
-    /// added; `None` when no enricher is registered.
-    pub fn enrich_stats(&self) -> Option<(Vec<PathBuf>, EnrichStats)> {
-        let e = self.inner.enricher.lock().unwrap_or_else(|e| e.into_inner()).clone()?;
-        let mut s = e.stats();
-        let r = self.inner.enrich_retired.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        for t in &mut s.tables {
-            t.hits += r.hits[t.table as usize];
-            t.misses += r.misses[t.table as usize];
-        }
-        s.reloads += r.reloads;
-        Some((e.files().to_vec(), s))
+    /// The lookup figures with the counters of replaced blocks added;
+    /// `None` when none is registered.
+    pub fn lookups(&self) -> Option<LookupSnapshot> {
+        let cur = self.inner.lookups.lock().unwrap_or_else(|e| e.into_inner()).clone()?;
+        let mut s = cur.snapshot();
+        s.add_counters(&self.inner.lookups_retired.lock().unwrap_or_else(|e| e.into_inner()));
+        Some(s)
     }
 
     /// Epoch ms when the registry (the bridge) started.
@@ -331,7 +313,7 @@ impl Telemetry {
     }
 
     /// Counters carried over from removed files.
-    pub(crate) fn retired(&self) -> Retired {
+    pub fn retired(&self) -> Retired {
         self.inner.retired.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 }
@@ -391,43 +373,6 @@ pub struct FileInner {
 /// At most this many recent delay samples are kept per file; older samples
 /// fall out first. Bounds memory whatever the rate.
 pub const MAX_DELAY_SAMPLES: usize = delay::RING_SAMPLES;
-
-/// The delays of one batch, gathered locally and published once: bucket
-/// counts and the sum are added to the histogram at the end, ring slots are
-/// written with plain stores and claimed with one add. Used for the sync
-/// and the transfer delay alike.
-struct DelayBatch {
-    counts: [u64; delay::BUCKETS],
-    /// The ring's head when the batch started.
-    head: u64,
-    samples: u64,
-    sum: i64,
-}
-
-impl DelayBatch {
-    fn new(ring: &SampleRing) -> Self {
-        DelayBatch { counts: [0; delay::BUCKETS], head: ring.head(), samples: 0, sum: 0 }
-    }
-
-    #[inline]
-    fn add(&mut self, ring: &SampleRing, time_code: u64, d: i64) {
-        self.counts[delay::bucket_index(d)] += 1;
-        ring.write_coded(self.head.wrapping_add(self.samples), time_code, d);
-        self.samples += 1;
-        self.sum = self.sum.wrapping_add(d);
-    }
-
-    /// Publishes the batch; false when it holds no sample.
-    fn finish(&self, ring: &SampleRing, hist: &DelayHistogram) -> bool {
-        if self.samples == 0 {
-            return false;
-        }
-        ring.advance(self.samples);
-        hist.add_counts(&self.counts);
-        hist.add_sum(self.sum);
-        true
-    }
-}
 
 /// Recent transfer-delay samples kept per file (8 KiB).
 pub const MAX_TRANSFER_SAMPLES: usize = 1024;
@@ -521,28 +466,45 @@ impl FileStats {
         self.0.committed_offset.store(offset, Ordering::Relaxed);
     }
 
-    /// Records a batch of records observed at `observed_ms`, given each
-    /// record's `request_time` in epoch ms (None when it had none).
+    /// Records a batch of records read together at `observed_ms`: each
+    /// record's `(sync_delay_ms, write_time_ms)`, the sync delay as
+    /// [`crate::record::Record::stamp_observed`] stamped it with the same
+    /// `observed_ms` (the one place it is computed), `None` without a
+    /// request_time or a write time. Counts the records, feeds the sync-
+    /// and transfer-delay histograms and windows, moves the watermark.
     ///
     /// Hot path: no lock, no allocation; per record a bucket search and one
-    /// plain store, per call a handful of relaxed atomic adds. One tailer
-    /// reports a file; if two threads ever reported the same file at once,
-    /// some ring samples could overwrite each other (counters stay exact).
-    pub fn observed(&self, observed_ms: i64, request_times_ms: impl IntoIterator<Item = Option<i64>>) {
+    /// plain store per delay, per call a handful of relaxed atomic adds.
+    /// Two tight passes over the records cost less than one loop doing
+    /// both. One tailer reports a file; if two threads ever reported the
+    /// same file at once, some ring samples could overwrite each other
+    /// (counters stay exact).
+    pub fn records_read<I>(&self, observed_ms: i64, records: I)
+    where
+        I: IntoIterator<Item = (Option<i64>, Option<i64>)>,
+        I::IntoIter: Clone,
+    {
+        let records = records.into_iter();
+        self.written(observed_ms, records.clone().map(|(_, wt)| wt));
+        self.sync_delays(observed_ms, records.map(|(d, _)| d));
+    }
+
+    /// The sync-delay part of [`FileStats::records_read`]: each record's
+    /// sync delay (None when it had no request_time), all stamped at
+    /// `observed_ms`, so the newest request_time (the watermark) is
+    /// `observed_ms` minus the smallest delay.
+    pub fn sync_delays(&self, observed_ms: i64, sync_delays_ms: impl IntoIterator<Item = Option<i64>>) {
         let inner = &*self.0;
         let mut n = 0u64;
-        let mut newest = i64::MIN;
+        let mut smallest = i64::MAX;
         let mut negative = 0u64;
-        let ring = &inner.sync_ring;
-        let mut batch = DelayBatch::new(ring);
-        let time_code = delay::SampleRing::time_code(observed_ms);
-        for rt in request_times_ms {
+        let mut batch = DelayBatch::new(&inner.sync_ring, observed_ms);
+        for d in sync_delays_ms {
             n += 1;
-            if let Some(rt) = rt {
-                newest = newest.max(rt);
-                let d = observed_ms - rt;
+            if let Some(d) = d {
+                smallest = smallest.min(d);
                 negative += (d < 0) as u64;
-                batch.add(ring, time_code, d);
+                batch.add(d);
             }
         }
         if n == 0 {
@@ -553,33 +515,21 @@ impl FileStats {
             // Once per file: the counter and /status show the rest.
             tracing::warn!(
                 file = %crate::logsafe::Escaped(&self.path()),
-                ahead_ms = newest - observed_ms,
+                ahead_ms = -smallest,
                 "request_time lies after the time the line was read: the traffic manager's clock is ahead of this host's \
                  (negative sync delays are counted in negative_delays, not clamped)"
             );
         }
-        if batch.finish(ring, &inner.sync_hist) {
-            inner.watermark_ms.fetch_max(newest, Ordering::Relaxed);
+        if batch.finish(&inner.sync_hist) {
+            inner.watermark_ms.fetch_max(observed_ms.saturating_sub(smallest), Ordering::Relaxed);
         }
         inner.last_read_ms.fetch_max(observed_ms, Ordering::Relaxed);
     }
 
-    /// [`FileStats::observed`] and [`FileStats::written`] for a batch of
-    /// records: `(request_time, write time)` of each. Two tight passes over
-    /// the records cost less than one loop doing both.
-    pub fn observed_written<I>(&self, observed_ms: i64, times_ms: I)
-    where
-        I: IntoIterator<Item = (Option<i64>, Option<i64>)>,
-        I::IntoIter: Clone,
-    {
-        let times_ms = times_ms.into_iter();
-        self.written(observed_ms, times_ms.clone().map(|(_, wt)| wt));
-        self.observed(observed_ms, times_ms.map(|(rt, _)| rt));
-    }
-
     /// Records the transfer delays (`observed_ms` − write time) of a batch
     /// of records, given each record's write time (None when the line has
-    /// none). Same cost model as [`FileStats::observed`].
+    /// none): the only place the transfer delay is computed. Same cost
+    /// model as [`FileStats::records_read`].
     pub fn written(&self, observed_ms: i64, write_times_ms: impl IntoIterator<Item = Option<i64>>) {
         let inner = &*self.0;
         let mut write_times = write_times_ms.into_iter().flatten().peekable();
@@ -587,12 +537,11 @@ impl FileStats {
             return;
         }
         let ring = inner.transfer_ring.get_or_init(|| SampleRing::with_capacity(MAX_TRANSFER_SAMPLES));
-        let mut batch = DelayBatch::new(ring);
-        let time_code = delay::SampleRing::time_code(observed_ms);
+        let mut batch = DelayBatch::new(ring, observed_ms);
         for wt in write_times {
-            batch.add(ring, time_code, observed_ms - wt);
+            batch.add(observed_ms - wt);
         }
-        batch.finish(ring, &inner.transfer_hist);
+        batch.finish(&inner.transfer_hist);
     }
 
     /// Counts a partial last line emitted (its file was rotated away or
@@ -658,10 +607,14 @@ pub struct SinkInner {
     pub oldest_pending_observed_ms: AtomicI64,
     /// Last delivery delay (delivered - observed) in ms.
     pub last_delivery_delay_ms: AtomicI64,
+    /// A delivery delay was recorded (`last_delivery_delay_ms` means
+    /// something).
+    delay_seen: AtomicBool,
     /// Delivery-delay histogram since start, one observation per record.
     delivery_hist: DelayHistogram,
-    /// Recent (delivered_ms, delivery_delay_ms, records) samples, one per
-    /// delivered batch (a lock per batch, not per record).
+    /// Recent (delivered_ms, delivery_delay_ms, weight) samples, one per
+    /// delivered batch weighted by its records, or one per
+    /// [`SinkStats::reached_consumer`] (a lock per batch, not per record).
     recent_delays: Mutex<std::collections::VecDeque<(i64, i64, u64)>>,
 }
 
@@ -685,6 +638,7 @@ impl SinkInner {
             retry_after_capped: AtomicU64::new(0),
             oldest_pending_observed_ms: AtomicI64::new(0),
             last_delivery_delay_ms: AtomicI64::new(0),
+            delay_seen: AtomicBool::new(false),
             delivery_hist: DelayHistogram::default(),
             recent_delays: Mutex::new(std::collections::VecDeque::new()),
         }
@@ -703,23 +657,55 @@ impl SinkStats {
     }
 
     /// `n` records first observed at `observed_ms` were delivered at
-    /// `delivered_ms`.
+    /// `delivered_ms`: counted, and their delivery delay recorded (one
+    /// window sample weighted by `n`).
     pub fn delivered(&self, n: usize, observed_ms: i64, delivered_ms: i64) {
+        self.handed_over(n);
+        let d = delivered_ms - observed_ms;
+        self.delay(d, n, n as u64, delivered_ms);
+    }
+
+    /// `n` records left the sink's hands (acknowledged) but reach their
+    /// consumers later: counted as delivered, with no delivery delay. A
+    /// sink that acknowledges on hand-over (the channel, on its replay
+    /// ring's append) reports the delay with
+    /// [`SinkStats::reached_consumer`] when the records get there.
+    pub fn handed_over(&self, n: usize) {
         self.0.queued_records.fetch_sub(n as i64, Ordering::Relaxed);
         self.0.delivered_records.fetch_add(n as u64, Ordering::Relaxed);
         self.0.delivered_batches.fetch_add(1, Ordering::Relaxed);
-        let d = delivered_ms - observed_ms;
+    }
+
+    /// `records` records, the newest observed at `observed_ms`, reached a
+    /// consumer at `delivered_ms` (for the channel: one flush of frames to
+    /// one client). The sink's delivery delay: one observation per record
+    /// in the histogram, one sample per call in the window.
+    pub fn reached_consumer(&self, records: usize, observed_ms: i64, delivered_ms: i64) {
+        self.delay(delivered_ms - observed_ms, records, 1, delivered_ms);
+    }
+
+    /// Records delivery delay `d` of `records` records, with window weight
+    /// `weight`.
+    fn delay(&self, d: i64, records: usize, weight: u64, delivered_ms: i64) {
         self.0.last_delivery_delay_ms.store(d, Ordering::Relaxed);
-        if n == 0 {
+        self.0.delay_seen.store(true, Ordering::Relaxed);
+        if records > 0 {
+            self.0.delivery_hist.observe_n(d, records as u64);
+            self.0.delivery_hist.add_sum(d.saturating_mul(records as i64));
+        }
+        if weight == 0 {
             return;
         }
-        self.0.delivery_hist.observe_n(d, n as u64);
-        self.0.delivery_hist.add_sum(d.saturating_mul(n as i64));
         let mut s = self.0.recent_delays.lock().unwrap_or_else(|e| e.into_inner());
         if s.len() == MAX_DELAY_SAMPLES {
             s.pop_front();
         }
-        s.push_back((delivered_ms, d, n as u64));
+        s.push_back((delivered_ms, d, weight));
+    }
+
+    /// The last delivery delay, if one was recorded.
+    pub fn last_delivery_delay(&self) -> Option<i64> {
+        self.0.delay_seen.load(Ordering::Relaxed).then(|| self.0.last_delivery_delay_ms.load(Ordering::Relaxed))
     }
 
     /// One retried attempt.

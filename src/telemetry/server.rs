@@ -50,8 +50,8 @@ use tracing::{debug, warn};
 use super::status::StatusSettings;
 use super::Telemetry;
 use super::{dashboard, metrics};
-use crate::config::StatusConfig;
 use crate::listener::{Gate, Slot};
+use crate::settings::StatusConfig;
 use crate::time;
 
 /// Requests served concurrently; the status page is for a scraper and a
@@ -255,7 +255,7 @@ impl StatusServer {
 
 /// Binds `[status] listen` and serves until `shutdown` is cancelled.
 pub async fn start(cfg: &StatusConfig, telemetry: Telemetry, shutdown: CancellationToken) -> anyhow::Result<StatusServer> {
-    let listener = crate::preflight::listen("status.listen", cfg.listen)?;
+    let listener = crate::listener::bind("status.listen", cfg.listen)?;
     start_on(listener, cfg, telemetry, shutdown)
 }
 

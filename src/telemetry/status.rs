@@ -21,24 +21,28 @@
 //! rotation and compression, shows where it is now, and its counters never
 //! go back.
 //!
-//! Beside files, sinks and totals: `channel` (the endpoint the dashboard
-//! subscribes to, `listen` / `tls` / `path`, plus connections, refusals
-//! and closes by reason, frames and ring figures; never the token) and
-//! `enrich` (lookup files, hits and misses per table, reloads, the last
-//! reload error), each absent when not configured. Fields added later carry
-//! `#[serde(default)]` so `lag` still reads a status from an older bridge.
+//! Beside files, sinks and totals: one object per component section
+//! ([`super::figures`]; `channel` holds the endpoint the dashboard
+//! subscribes to, `listen` / `tls` / `path`, then the channel's figures:
+//! connections, refusals and closes by reason, frames and ring figures;
+//! never the token), and `enrich` (lookup files, hits and misses per
+//! table, reloads, the last reload error), each absent when not
+//! configured. Fields added later carry `#[serde(default)]` so `lag` still
+//! reads a status from an older bridge; a section reads leniently (values
+//! of an unknown shape are skipped), so `lag` also reads a newer one.
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::fmt;
 use std::sync::atomic::Ordering;
 
-use super::delay::DelaySummary;
+use super::delay::{DelaySummary, HistogramSnapshot};
+use super::figures::{FigureValue, SectionSnapshot};
+use super::lookup::LookupSnapshot;
+use super::snapshot::FileFigures;
 use super::source::SourceStatus;
 use super::{FileStats, SinkStats, Telemetry};
-use crate::config::StatusConfig;
-use crate::enrich::EnrichStats;
-use crate::sink::channel::ChannelStats;
+use crate::settings::StatusConfig;
 use crate::time;
 
 /// The knobs of the derived figures (from `[status]`).
@@ -65,13 +69,13 @@ impl Default for StatusSettings {
 
 impl From<&StatusConfig> for StatusSettings {
     fn from(c: &StatusConfig) -> Self {
-        let ms = |s: u64| (s as i64).saturating_mul(1000);
+        let ms = |d: std::time::Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
         StatusSettings {
-            delay_window_ms: ms(c.delay_window_secs),
-            idle_after_ms: ms(c.idle_after_secs),
-            stalled_after_ms: ms(c.stalled_after_secs),
+            delay_window_ms: ms(c.delay_window),
+            idle_after_ms: ms(c.idle_after),
+            stalled_after_ms: ms(c.stalled_after),
             per_file_metrics: c.per_file_metrics,
-            no_files_after_ms: ms(c.no_files_after_secs),
+            no_files_after_ms: ms(c.no_files_after),
         }
     }
 }
@@ -141,125 +145,227 @@ pub struct Status {
     pub sinks: Vec<SinkStatus>,
     /// Sums and maxima over files and sinks.
     pub totals: Totals,
-    /// Where the local channel listens (for the dashboard) and its
-    /// connection figures; absent when no channel runs. Never holds the
-    /// token.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub channel: Option<ChannelStatus>,
+    /// Components' own figures, each at the top level under its name
+    /// (`channel`: where the local channel listens, for the dashboard, and
+    /// its connection figures; never the token). Absent when no component
+    /// declared any.
+    #[serde(flatten)]
+    pub sections: Sections,
     /// Lookup-table figures (hits, misses, reloads); absent when no
     /// `[enrich] lookups` are configured.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub enrich: Option<EnrichStatus>,
 }
 
-/// The local channel in `/status`: its endpoint (`listen`, `tls`, `path`,
-/// at the top level of the object as before) and its statistics.
+/// Components' sections in `/status`, in registration order (see
+/// [`super::figures`]). Equal when they hold the same sections, in
+/// whatever order (as JSON objects).
+#[derive(Clone, Debug, Default, Eq)]
+pub struct Sections(pub Vec<(String, SectionStatus)>);
+
+impl PartialEq for Sections {
+    fn eq(&self, other: &Sections) -> bool {
+        self.0.len() == other.0.len() && self.0.iter().all(|(k, v)| other.get(k) == Some(v))
+    }
+}
+
+impl Sections {
+    /// The section of component `name`.
+    pub fn get(&self, name: &str) -> Option<&SectionStatus> {
+        self.0.iter().find(|(n, _)| n == name).map(|(_, s)| s)
+    }
+}
+
+/// One component's section in `/status`: its endpoint (if it serves
+/// clients), then its figures in declaration order. Two sections are equal
+/// when they hold the same values, in whatever order (as JSON objects).
+#[derive(Clone, Debug, Default, Eq)]
+pub struct SectionStatus(pub Vec<(String, SectionValue)>);
+
+impl PartialEq for SectionStatus {
+    fn eq(&self, other: &SectionStatus) -> bool {
+        self.0.len() == other.0.len() && self.0.iter().all(|(k, v)| other.get(k) == Some(v))
+    }
+}
+
+/// A value in a section.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ChannelStatus {
-    /// Where the channel listens.
-    #[serde(flatten)]
-    pub endpoint: ChannelInfo,
-    /// Connections open now.
-    #[serde(default)]
-    pub connections: u64,
-    /// Connections upgraded since start.
-    #[serde(default)]
-    pub connections_accepted: u64,
-    /// Handshakes refused since start, by reason: `unauthorized` (401),
-    /// `not_found` (404), `bad_request` (400), `too_many_connections` (503).
-    #[serde(default)]
-    pub refused: BTreeMap<String, u64>,
-    /// Connections closed since start, by reason: `slow_consumer`,
-    /// `ping_timeout`, `token_changed`, `shutdown` (by the bridge) and
-    /// `client` (closed or dropped by the client).
-    #[serde(default)]
-    pub closed: BTreeMap<String, u64>,
-    /// `{"data":...}` messages written since start.
-    #[serde(default)]
-    pub messages_sent: u64,
-    /// Records written to clients since start (a record sent to three
-    /// clients counts three).
-    #[serde(default)]
-    pub records_sent: u64,
-    /// Records written as `?since=` replay since start.
-    #[serde(default)]
-    pub records_replayed: u64,
-    /// `{"lost":...}` notices sent since start.
-    #[serde(default)]
-    pub lost_notices: u64,
-    /// Records held in the replay ring.
-    #[serde(default)]
-    pub ring_records: u64,
-    /// Bytes of JSON held in the replay ring.
-    #[serde(default)]
-    pub ring_bytes: u64,
-    /// The newest sequence number assigned (0 = none yet).
-    #[serde(default)]
-    pub last_seq: u64,
+#[serde(untagged)]
+pub enum SectionValue {
+    /// `tls` of an endpoint.
+    Flag(bool),
+    /// A counter or a gauge.
+    Number(i64),
+    /// `listen` and `path` of an endpoint.
+    Text(String),
+    /// A family: value by label value.
+    ByLabel(BTreeMap<String, i64>),
 }
 
-/// The refusal reasons of the channel, with the counter of each (bounded:
-/// the `reason` label of `calllog_bridge_channel_refused_total`).
-pub fn channel_refusals(s: &ChannelStats) -> [(&'static str, u64); 7] {
-    [
-        ("unauthorized", s.refused_unauthorized.load(Ordering::Relaxed)),
-        ("not_found", s.refused_not_found.load(Ordering::Relaxed)),
-        ("bad_request", s.refused_bad_request.load(Ordering::Relaxed)),
-        ("too_many_connections", s.refused_full.load(Ordering::Relaxed)),
-        ("not_websocket", s.refused_not_websocket.load(Ordering::Relaxed)),
-        ("handshake_timeout", s.handshake_timeout.load(Ordering::Relaxed)),
-        ("handshake_evicted", s.handshake_evicted.load(Ordering::Relaxed)),
-    ]
-}
-
-/// The close reasons the channel counts, with the counter of each
-/// (bounded: the `reason` label of `calllog_bridge_channel_closed_total`).
-pub fn channel_closes(s: &ChannelStats) -> [(&'static str, u64); 6] {
-    [
-        ("slow_consumer", s.closed_slow_consumer.load(Ordering::Relaxed)),
-        ("ping_timeout", s.closed_ping_timeout.load(Ordering::Relaxed)),
-        ("token_changed", s.closed_token_changed.load(Ordering::Relaxed)),
-        ("shutdown", s.closed_shutdown.load(Ordering::Relaxed)),
-        ("protocol_error", s.closed_protocol_error.load(Ordering::Relaxed)),
-        ("client", s.closed_by_client.load(Ordering::Relaxed)),
-    ]
-}
-
-impl ChannelStatus {
-    /// The endpoint with the figures of `stats` (zeros when the channel's
-    /// statistics are not registered).
-    pub fn of(endpoint: ChannelInfo, stats: Option<&ChannelStats>) -> ChannelStatus {
-        let Some(s) = stats else {
-            return ChannelStatus {
-                endpoint,
-                connections: 0,
-                connections_accepted: 0,
-                refused: BTreeMap::new(),
-                closed: BTreeMap::new(),
-                messages_sent: 0,
-                records_sent: 0,
-                records_replayed: 0,
-                lost_notices: 0,
-                ring_records: 0,
-                ring_bytes: 0,
-                last_seq: 0,
-            };
-        };
-        let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
-        ChannelStatus {
-            endpoint,
-            connections: s.connections_active.load(Ordering::Relaxed).max(0) as u64,
-            connections_accepted: load(&s.connections_accepted),
-            refused: channel_refusals(s).iter().map(|&(k, v)| (k.to_string(), v)).collect(),
-            closed: channel_closes(s).iter().map(|&(k, v)| (k.to_string(), v)).collect(),
-            messages_sent: load(&s.messages_sent),
-            records_sent: load(&s.records_sent),
-            records_replayed: load(&s.records_replayed),
-            lost_notices: load(&s.lost_notices),
-            ring_records: load(&s.ring_records),
-            ring_bytes: load(&s.ring_bytes),
-            last_seq: load(&s.last_seq),
+impl SectionStatus {
+    /// The section of a component's figures.
+    pub fn of(s: &SectionSnapshot) -> SectionStatus {
+        let mut v = Vec::with_capacity(s.figures.len() + 3);
+        if let Some(e) = &s.endpoint {
+            v.push(("listen".to_string(), SectionValue::Text(e.listen.clone())));
+            v.push(("tls".to_string(), SectionValue::Flag(e.tls)));
+            v.push(("path".to_string(), SectionValue::Text(e.path.clone())));
         }
+        for f in &s.figures {
+            let value = match &f.value {
+                FigureValue::One(n) => SectionValue::Number(*n),
+                FigureValue::ByLabel { values, .. } => SectionValue::ByLabel(values.iter().cloned().collect()),
+            };
+            v.push((f.name.to_string(), value));
+        }
+        SectionStatus(v)
+    }
+
+    /// The value named `name`.
+    pub fn get(&self, name: &str) -> Option<&SectionValue> {
+        self.0.iter().find(|(n, _)| n == name).map(|(_, v)| v)
+    }
+
+    /// The counter or gauge `name` (0 when absent: a status from an older
+    /// bridge).
+    pub fn number(&self, name: &str) -> i64 {
+        match self.get(name) {
+            Some(SectionValue::Number(n)) => *n,
+            _ => 0,
+        }
+    }
+
+    /// The family `name` by label value (empty when absent).
+    pub fn by_label(&self, name: &str) -> BTreeMap<String, i64> {
+        match self.get(name) {
+            Some(SectionValue::ByLabel(m)) => m.clone(),
+            _ => BTreeMap::new(),
+        }
+    }
+
+    /// Where clients subscribe, if the section says.
+    pub fn endpoint(&self) -> Option<ChannelInfo> {
+        match (self.get("listen"), self.get("tls"), self.get("path")) {
+            (Some(SectionValue::Text(listen)), Some(SectionValue::Flag(tls)), Some(SectionValue::Text(path))) => {
+                Some(ChannelInfo { listen: listen.clone(), tls: *tls, path: path.clone() })
+            }
+            _ => None,
+        }
+    }
+}
+
+impl Serialize for SectionStatus {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut m = serializer.serialize_map(Some(self.0.len()))?;
+        for (k, v) in &self.0 {
+            m.serialize_entry(k, v)?;
+        }
+        m.end()
+    }
+}
+
+impl Serialize for Sections {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut m = serializer.serialize_map(Some(self.0.len()))?;
+        for (k, v) in &self.0 {
+            m.serialize_entry(k, v)?;
+        }
+        m.end()
+    }
+}
+
+/// A section value as read: one of an unknown shape (a newer bridge) is
+/// kept as `None` and dropped.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum LenientValue {
+    /// A value this version knows.
+    Known(SectionValue),
+    /// Anything else.
+    Other(serde::de::IgnoredAny),
+}
+
+/// A top-level value that is a section (an object), or `None` for any
+/// other value (a top-level field this version does not know).
+struct MaybeSection(Option<SectionStatus>);
+
+impl<'de> Deserialize<'de> for MaybeSection {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = MaybeSection;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("any value")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<MaybeSection, A::Error> {
+                let mut v = Vec::new();
+                while let Some((k, val)) = map.next_entry::<String, LenientValue>()? {
+                    if let LenientValue::Known(val) = val {
+                        v.push((k, val));
+                    }
+                }
+                Ok(MaybeSection(Some(SectionStatus(v))))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<MaybeSection, A::Error> {
+                while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+                Ok(MaybeSection(None))
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<MaybeSection, E> {
+                Ok(MaybeSection(None))
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<MaybeSection, E> {
+                Ok(MaybeSection(None))
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<MaybeSection, E> {
+                Ok(MaybeSection(None))
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<MaybeSection, E> {
+                Ok(MaybeSection(None))
+            }
+            fn visit_str<E>(self, _: &str) -> Result<MaybeSection, E> {
+                Ok(MaybeSection(None))
+            }
+            fn visit_unit<E>(self) -> Result<MaybeSection, E> {
+                Ok(MaybeSection(None))
+            }
+            fn visit_none<E>(self) -> Result<MaybeSection, E> {
+                Ok(MaybeSection(None))
+            }
+            fn visit_some<D: serde::Deserializer<'de>>(self, d: D) -> Result<MaybeSection, D::Error> {
+                MaybeSection::deserialize(d)
+            }
+        }
+        deserializer.deserialize_any(V)
+    }
+}
+
+impl<'de> Deserialize<'de> for SectionStatus {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        Ok(MaybeSection::deserialize(deserializer)?.0.unwrap_or_default())
+    }
+}
+
+impl<'de> Deserialize<'de> for Sections {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Sections;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("component sections")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Sections, A::Error> {
+                let mut v = Vec::new();
+                while let Some((k, MaybeSection(s))) = map.next_entry::<String, MaybeSection>()? {
+                    if let Some(s) = s {
+                        v.push((k, s));
+                    }
+                }
+                Ok(Sections(v))
+            }
+        }
+        deserializer.deserialize_map(V)
     }
 }
 
@@ -297,21 +403,15 @@ pub struct EnrichTableStatus {
 }
 
 impl EnrichStatus {
-    /// The status of lookup files `files` with statistics `s`.
-    pub fn of(files: &[PathBuf], s: &EnrichStats) -> EnrichStatus {
+    /// The status of the lookup figures `s`.
+    pub fn of(s: &LookupSnapshot) -> EnrichStatus {
         let tables: Vec<EnrichTableStatus> = s
             .tables
             .iter()
-            .map(|t| EnrichTableStatus {
-                table: t.table.name().to_string(),
-                loaded: t.loaded,
-                entries: t.entries as u64,
-                hits: t.hits,
-                misses: t.misses,
-            })
+            .map(|t| EnrichTableStatus { table: t.name.to_string(), loaded: t.loaded, entries: t.entries, hits: t.hits, misses: t.misses })
             .collect();
         EnrichStatus {
-            files: files.iter().map(|p| p.display().to_string()).collect(),
+            files: s.files.clone(),
             hits: tables.iter().map(|t| t.hits).sum(),
             misses: tables.iter().map(|t| t.misses).sum(),
             tables,
@@ -321,7 +421,8 @@ impl EnrichStatus {
     }
 }
 
-/// The local channel's endpoint, as set by the channel sink.
+/// Where clients subscribe to a component (the local channel's endpoint,
+/// set with [`super::Figures::set_endpoint`]).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChannelInfo {
     /// The bound address (`127.0.0.1:8790`).
@@ -508,30 +609,42 @@ impl FileStats {
         (now_ms - since).max(0)
     }
 
-    /// Windowed sync-delay percentiles at `now_ms` (ignoring idleness).
-    pub fn sync_delay_window(&self, now_ms: i64, s: &StatusSettings) -> Option<DelaySummary> {
+    /// The sync delays sampled within the window at `now_ms`, unsorted.
+    fn sync_window_samples(&self, now_ms: i64, s: &StatusSettings) -> Vec<i64> {
         let mut v = Vec::new();
         self.sync_ring.delays_since(now_ms - s.delay_window_ms, &mut v);
-        DelaySummary::of(&mut v)
+        v
     }
 
-    /// Windowed transfer-delay percentiles at `now_ms` (ignoring idleness).
-    pub fn transfer_delay_window(&self, now_ms: i64, s: &StatusSettings) -> Option<DelaySummary> {
+    /// The transfer delays sampled within the window at `now_ms`, unsorted.
+    fn transfer_window_samples(&self, now_ms: i64, s: &StatusSettings) -> Vec<i64> {
         let mut v = Vec::new();
-        self.transfer_ring.get()?.delays_since(now_ms - s.delay_window_ms, &mut v);
-        DelaySummary::of(&mut v)
+        if let Some(r) = self.transfer_ring.get() {
+            r.delays_since(now_ms - s.delay_window_ms, &mut v);
+        }
+        v
     }
 
     /// The file's status at `now_ms`.
     pub fn status(&self, now_ms: i64, s: &StatusSettings) -> FileStatus {
+        self.read(now_ms, s).0
+    }
+
+    /// The file's status at `now_ms` and, read in the same pass, what
+    /// `/metrics` shows beyond it (histograms, the window's samples).
+    pub fn read(&self, now_ms: i64, s: &StatusSettings) -> (FileStatus, FileFigures) {
         let size = self.size.load(Ordering::Relaxed);
         let offset = self.offset.load(Ordering::Relaxed);
         let state = self.state(now_ms, s);
         let watermark_ms = nonzero(self.watermark_ms.load(Ordering::Relaxed));
         let last_read_ms = nonzero(self.last_read_ms.load(Ordering::Relaxed));
-        let sync_delay_ms = if state == FileState::Idle { None } else { self.sync_delay_window(now_ms, s) };
-        let transfer_delay_ms = if state == FileState::Idle { None } else { self.transfer_delay_window(now_ms, s) };
-        FileStatus {
+        // An idle file shows no current delay: its old samples are not read.
+        let (mut sync_window, mut transfer_window) = if state == FileState::Idle {
+            (Vec::new(), Vec::new())
+        } else {
+            (self.sync_window_samples(now_ms, s), self.transfer_window_samples(now_ms, s))
+        };
+        let status = FileStatus {
             id: self.id.clone(),
             path: self.path(),
             finished: self.is_finished(),
@@ -550,38 +663,44 @@ impl FileStats {
             last_read_ms,
             last_read_age_ms: last_read_ms.map(|t| now_ms - t),
             no_progress_ms: self.no_progress_ms(now_ms),
-            sync_delay_ms,
-            transfer_delay_ms,
-        }
+            sync_delay_ms: DelaySummary::of(&mut sync_window),
+            transfer_delay_ms: DelaySummary::of(&mut transfer_window),
+        };
+        let figures = FileFigures {
+            sync_delay: self.sync_delay_histogram(),
+            transfer_delay: self.transfer_delay_histogram(),
+            sync_window,
+            transfer_window,
+        };
+        (status, figures)
     }
 }
 
 impl SinkStats {
     /// The sink's status at `now_ms`.
     pub fn status(&self, now_ms: i64, s: &StatusSettings) -> SinkStatus {
+        self.read(now_ms, s).0
+    }
+
+    /// The sink's status at `now_ms` and, read in the same pass, its
+    /// delivery-delay histogram.
+    pub fn read(&self, now_ms: i64, s: &StatusSettings) -> (SinkStatus, HistogramSnapshot) {
         let mut samples = self.delays_since(now_ms - s.delay_window_ms);
-        let batches = self.delivered_batches.load(Ordering::Relaxed);
-        SinkStatus {
+        let status = SinkStatus {
             name: self.name.to_string(),
             queue_depth: self.queued_records.load(Ordering::Relaxed),
             oldest_undelivered_age_ms: nonzero(self.oldest_pending_observed_ms.load(Ordering::Relaxed)).map(|t| now_ms - t),
             delivered_records: self.delivered_records.load(Ordering::Relaxed),
-            delivered_batches: batches,
+            delivered_batches: self.delivered_batches.load(Ordering::Relaxed),
             retries: self.retries.load(Ordering::Relaxed),
             dropped_records: self.dropped_records.load(Ordering::Relaxed),
             dead_lettered_records: self.dead_lettered_records.load(Ordering::Relaxed),
             retry_after_capped: self.retry_after_capped.load(Ordering::Relaxed),
-            last_delivery_delay_ms: (batches > 0).then(|| self.last_delivery_delay_ms.load(Ordering::Relaxed)),
+            last_delivery_delay_ms: self.last_delivery_delay(),
             delivery_delay_ms: DelaySummary::of_weighted(&mut samples),
-        }
+        };
+        (status, self.delivery_delay_histogram())
     }
-}
-
-/// The channel's delivery delay over the window: written − observed of the
-/// frames written to clients (one sample per flush; `null` when no client
-/// received anything in the window).
-pub fn channel_delivery_window(ch: &ChannelStats, now_ms: i64, s: &StatusSettings) -> Option<DelaySummary> {
-    DelaySummary::of(&mut ch.frame_delays_since(now_ms - s.delay_window_ms))
 }
 
 impl Telemetry {
@@ -591,75 +710,16 @@ impl Telemetry {
         self.sources().iter().flat_map(|x| x.status(now_ms, s).problems()).collect()
     }
 
-    /// The whole status at `now_ms`.
+    /// The whole status at `now_ms` (the [`Telemetry::snapshot`]'s).
     pub fn status(&self, now_ms: i64, s: &StatusSettings) -> Status {
-        let files: Vec<FileStatus> = self.files().iter().map(|f| f.status(now_ms, s)).collect();
-        let mut sinks: Vec<SinkStatus> = self.sinks().iter().map(|k| k.status(now_ms, s)).collect();
-        let channel_stats = self.channel_stats();
-        if let Some(ch) = &channel_stats {
-            // The channel's records are delivered when their frame is
-            // written to a client, not when the sink hands them to the ring.
-            if let Some(k) = sinks.iter_mut().find(|k| k.name == crate::sink::channel::NAME) {
-                k.delivery_delay_ms = channel_delivery_window(ch, now_ms, s);
-                k.last_delivery_delay_ms = ch.last_frame_delay_ms();
-            }
-        }
-        let retired = self.retired();
-        let mut t = Totals {
-            files: files.len() as u64,
-            records: retired.records,
-            rejects: retired.rejects.values().sum(),
-            negative_delays: retired.negative_delays,
-            partial_lines: retired.partial_lines,
-            ..Totals::default()
-        };
-        for f in &files {
-            *t.files_by_state.entry(f.state).or_default() += 1;
-            t.records += f.records;
-            t.rejects += f.rejects;
-            t.negative_delays += f.negative_delays;
-            t.partial_lines += f.partial_lines;
-            t.bytes_behind += f.bytes_behind;
-            if let Some(d) = &f.sync_delay_ms {
-                t.max_sync_delay_ms = Some(t.max_sync_delay_ms.map_or(d.max, |m| m.max(d.max)));
-            }
-        }
-        for k in &sinks {
-            t.queue_depth += k.queue_depth;
-            t.delivered_records += k.delivered_records;
-            t.retries += k.retries;
-            t.dropped_records += k.dropped_records;
-            t.dead_lettered_records += k.dead_lettered_records;
-            if let Some(a) = k.oldest_undelivered_age_ms {
-                t.max_oldest_undelivered_age_ms = Some(t.max_oldest_undelivered_age_ms.map_or(a, |m| m.max(a)));
-            }
-        }
-        Status {
-            version: env!("CARGO_PKG_VERSION").to_string(),
-            now_ms,
-            now: time::format_iso_millis(now_ms),
-            uptime_secs: ((now_ms - self.started_ms()).max(0) as f64) / 1000.0,
-            ready: self.is_ready(),
-            faults: self.faults(),
-            settings: SettingsView {
-                delay_window_secs: (s.delay_window_ms / 1000) as u64,
-                idle_after_secs: (s.idle_after_ms / 1000) as u64,
-                stalled_after_secs: (s.stalled_after_ms / 1000) as u64,
-                no_files_after_secs: (s.no_files_after_ms / 1000) as u64,
-            },
-            sources: self.sources().iter().map(|x| x.status(now_ms, s)).collect(),
-            files,
-            sinks,
-            totals: t,
-            channel: self.channel().map(|c| ChannelStatus::of(c, channel_stats.as_ref())),
-            enrich: self.enrich_stats().filter(|(files, _)| !files.is_empty()).map(|(files, st)| EnrichStatus::of(&files, &st)),
-        }
+        self.snapshot(now_ms, s).status
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::telemetry::LookupStats;
 
     /// 2026-01-01T00:00:00Z.
     const T0: i64 = 1_767_225_600_000;
@@ -679,7 +739,7 @@ mod tests {
     fn file_read_at(tel: &Telemetry, path: &str, t: i64, delay_ms: i64) -> FileStats {
         let f = tel.file(path);
         f.set_position_at(1000, 1000, t);
-        f.observed(t, (0..10).map(|_| Some(t - delay_ms)));
+        f.sync_delays(t, (0..10).map(|_| Some(delay_ms)));
         f
     }
 
@@ -754,7 +814,7 @@ mod tests {
         assert_eq!(tel.file("/le/empty.log").status(T0, &s).state, FileState::Idle);
         // New data: caught up again, with the new delay only.
         f.set_position_at(2000, 2000, T0 + 400_000);
-        f.observed(T0 + 400_000, [Some(T0 + 400_000 - 250)]);
+        f.sync_delays(T0 + 400_000, [Some(250)]);
         let st = f.status(T0 + 400_001, &s);
         assert_eq!(st.state, FileState::CaughtUp);
         let d = st.sync_delay_ms.unwrap();
@@ -782,7 +842,7 @@ mod tests {
         let tel = Telemetry::new();
         let f = file_read_at(&tel, "/le/a.log", T0, 60_000);
         let s = StatusSettings { idle_after_ms: 3_600_000, ..settings() };
-        f.observed(T0 + 200_000, [Some(T0 + 200_000 - 200)]);
+        f.sync_delays(T0 + 200_000, [Some(200)]);
         let d = f.status(T0 + 250_000, &s).sync_delay_ms.unwrap();
         assert_eq!((d.max, d.samples), (60_000, 11));
         let d = f.status(T0 + 301_000, &s).sync_delay_ms.unwrap();
@@ -796,7 +856,7 @@ mod tests {
         f.set_position_at(300, 300, T0);
         // Three records from a traffic manager whose clock is 2 s ahead,
         // one record on time, one without a request_time.
-        f.observed(T0, [Some(T0 + 2000), Some(T0 + 2000), Some(T0 + 2100), Some(T0 - 40), None]);
+        f.sync_delays(T0, [Some(-2000), Some(-2000), Some(-2100), Some(40), None]);
         let st = f.status(T0 + 10, &settings());
         assert_eq!(st.negative_delays, 3);
         assert_eq!(st.records, 5);
@@ -864,101 +924,82 @@ mod tests {
     }
 
     #[test]
-    fn channel_figures_extend_the_endpoint_and_feed_the_sink_delay() {
+    fn a_section_shows_its_endpoint_then_its_figures_in_order() {
         let tel = Telemetry::new();
-        let info = ChannelInfo { listen: "127.0.0.1:8790".into(), tls: false, path: "/stream".into() };
-        tel.set_channel(Some(info.clone()));
-        // Without registered statistics: the endpoint with zero figures.
+        let f = tel.figures("kafka");
+        // Declared but not yet counting: shown with zeros.
+        let sent = f.counter("messages_produced", "Messages the brokers acknowledged");
+        let [timeout, _] = f.counters_by("errors", "Produce errors, by reason", "reason", ["timeout", "refused"]);
+        f.status_gauge("last_offset").set(-1);
+        sent.add(5);
+        timeout.inc();
         let st = tel.status(T0, &settings());
-        assert_eq!(st.channel.as_ref().map(|c| (&c.endpoint, c.connections)), Some((&info, 0)));
-
-        let ch = ChannelStats::default();
-        ch.connections_accepted.fetch_add(3, Ordering::Relaxed);
-        ch.connections_active.fetch_add(2, Ordering::Relaxed);
-        ChannelStats::bump(&ch.refused_unauthorized);
-        ChannelStats::bump(&ch.refused_full);
-        ChannelStats::bump(&ch.closed_slow_consumer);
-        // The sink handed 10 records to the ring 1 ms after reading them;
-        // clients got their frames 40 and 90 ms after.
-        let k = tel.sink("channel");
-        k.enqueued(10);
-        k.delivered(10, T0, T0 + 1);
-        ch.frames_written(1, 4, T0, T0 + 40);
-        ch.frames_written(2, 6, T0, T0 + 90);
-        tel.set_channel_stats(Some(ch));
-
-        let st = tel.status(T0 + 100, &settings());
-        let c = st.channel.clone().unwrap();
-        assert_eq!((c.connections, c.connections_accepted, c.messages_sent, c.records_sent), (2, 3, 3, 10));
-        assert_eq!(c.refused.get("unauthorized"), Some(&1));
-        assert_eq!(c.refused.get("too_many_connections"), Some(&1));
-        assert_eq!(c.refused.get("not_found"), Some(&0));
-        assert_eq!(c.closed.get("slow_consumer"), Some(&1));
-        assert_eq!(c.closed.get("ping_timeout"), Some(&0));
-        let sink = &st.sinks[0];
-        assert_eq!(sink.delivered_records, 10, "records handed over are still counted by the sink");
-        let d = sink.delivery_delay_ms.unwrap();
-        assert_eq!((d.min, d.max, d.samples), (40, 90, 2), "delivered = frame written");
-        assert_eq!(sink.last_delivery_delay_ms, Some(90));
-
-        // The JSON keeps listen/tls/path at the top of `channel`, never a token.
-        let json = serde_json::to_value(&st).unwrap();
-        assert_eq!(json["channel"]["listen"], "127.0.0.1:8790");
-        assert_eq!(json["channel"]["tls"], false);
-        assert_eq!(json["channel"]["refused"]["unauthorized"], 1);
-        assert!(json["channel"].get("token").is_none());
-        let back: Status = serde_json::from_value(json).unwrap();
+        let json = serde_json::to_string(&st).unwrap();
+        assert!(
+            json.contains(r#""totals":{"#)
+                && json.contains(r#""kafka":{"messages_produced":5,"errors":{"refused":0,"timeout":1},"last_offset":-1}"#),
+            "{json}"
+        );
+        let k = st.sections.get("kafka").unwrap();
+        assert_eq!((k.number("messages_produced"), k.by_label("errors").get("timeout").copied(), k.endpoint()), (5, Some(1), None));
+        let back: Status = serde_json::from_str(&json).unwrap();
         assert_eq!(back, st);
-        // A status from a bridge without these figures still reads.
-        let old = serde_json::json!({"listen": "127.0.0.1:1", "tls": true, "path": "/stream"});
-        let c: ChannelStatus = serde_json::from_value(old).unwrap();
-        assert_eq!((c.endpoint.tls, c.connections, c.refused.len()), (true, 0, 0));
+
+        // A section with an endpoint shows it first.
+        let ch = tel.figures("stream");
+        ch.set_endpoint(Some(ChannelInfo { listen: "127.0.0.1:1".into(), tls: true, path: "/s".into() }));
+        ch.gauge("connections", "Open").set(2);
+        let json = serde_json::to_string(&tel.status(T0, &settings())).unwrap();
+        assert!(json.contains(r#""stream":{"listen":"127.0.0.1:1","tls":true,"path":"/s","connections":2}"#), "{json}");
+        assert_eq!(tel.channel().map(|c| c.path), Some("/s".to_string()), "the dashboard's endpoint");
     }
 
     #[test]
-    fn enrich_figures_survive_a_replaced_enricher() {
-        use crate::enrich::Enricher;
-        use crate::record::{Field, Record};
-        let dir = tempfile::tempdir().unwrap();
-        let services = dir.path().join("services.csv");
-        std::fs::write(&services, "service_id,service_name\nsvc1,Orders\n").unwrap();
-        let lookup = |e: &Enricher, id: &'static str| {
-            let tables = e.tables();
-            let mut r = Record::new_ml();
-            r.set(Field::ServiceId, id);
-            e.enrich(&tables, &mut r);
-        };
+    fn a_status_with_unknown_fields_still_reads() {
         let tel = Telemetry::new();
-        // Masking only: no lookup files, no `enrich` object.
-        tel.set_enricher(std::sync::Arc::new(Enricher::new(&[], Some(2), None).unwrap()));
+        tel.figures("kafka").counter("sent", "Sent").add(3);
+        let mut json = serde_json::to_value(tel.status(T0, &settings())).unwrap();
+        // A newer bridge: a top-level field that is no section, a section
+        // value of a shape this version does not know.
+        json["state_dir"] = serde_json::json!("/var/lib/calllog-bridge");
+        json["kafka"]["ratio"] = serde_json::json!(0.5);
+        json["kafka"]["brokers"] = serde_json::json!(["a", "b"]);
+        let back: Status = serde_json::from_value(json).unwrap();
+        assert_eq!(back.sections.0.len(), 1, "{:?}", back.sections);
+        assert_eq!(back.sections.get("kafka").map(|k| k.number("sent")), Some(3));
+        // An older bridge's document has no sections at all.
+        let mut json = serde_json::to_value(Telemetry::new().status(T0, &settings())).unwrap();
+        json.as_object_mut().unwrap().remove("sources");
+        let back: Status = serde_json::from_value(json).unwrap();
+        assert!(back.sections.0.is_empty() && back.sources.is_empty());
+    }
+
+    #[test]
+    fn lookup_figures_carry_over_a_replaced_block() {
+        let tel = Telemetry::new();
+        let names = ["keys", "services"];
+        // Registered, but no lookup files (masking only): no `enrich` object.
+        tel.set_lookups(LookupStats::new(&[], &names));
         assert_eq!(tel.status(T0, &settings()).enrich, None);
-
-        let e1 = std::sync::Arc::new(Enricher::new(std::slice::from_ref(&services), None, None).unwrap());
-        tel.set_enricher(e1.clone());
-        lookup(&e1, "svc1");
-        lookup(&e1, "svc1");
-        lookup(&e1, "nope");
+        let files = [std::path::PathBuf::from("/etc/lookups/services.csv")];
+        let a = LookupStats::new(&files, &names);
+        a.set_table(1, true, 3);
+        tel.set_lookups(a.clone());
+        a.hit(1);
+        a.miss(1);
+        a.reloaded();
+        let b = LookupStats::new(&files, &names);
+        b.set_table(1, true, 4);
+        tel.set_lookups(b.clone());
+        tel.set_lookups(b.clone()); // the same one again changes nothing
+        b.miss(1);
+        b.reload_failed("services.csv line 2: no service_id".into());
         let en = tel.status(T0, &settings()).enrich.unwrap();
-        assert_eq!((en.hits, en.misses, en.reloads, en.last_reload_error.as_deref()), (2, 1, 0, None));
-        let svc = en.tables.iter().find(|t| t.table == "services").unwrap();
-        assert_eq!((svc.loaded, svc.entries, svc.hits, svc.misses), (true, 1, 2, 1));
-        assert!(!en.tables.iter().find(|t| t.table == "keys").unwrap().loaded);
-        assert_eq!(en.files, vec![services.display().to_string()]);
-
-        // A reload brings a new enricher: counters carry on.
-        let e2 = std::sync::Arc::new(Enricher::new(std::slice::from_ref(&services), None, None).unwrap());
-        tel.set_enricher(e2.clone());
-        tel.set_enricher(e2.clone()); // the same one again changes nothing
-        lookup(&e2, "other");
-        let en = tel.status(T0, &settings()).enrich.unwrap();
-        assert_eq!((en.hits, en.misses), (2, 2));
-
-        // A broken file: the error is shown, the old tables stay.
-        std::fs::write(&services, "service_id,colour\nsvc1,red\n").unwrap();
-        assert!(e2.reload_if_changed().is_err());
-        let en = tel.status(T0, &settings()).enrich.unwrap();
-        assert!(en.last_reload_error.as_deref().unwrap_or("").contains("services.csv"), "{en:?}");
-        assert_eq!(en.tables.iter().find(|t| t.table == "services").unwrap().entries, 1);
+        assert_eq!((en.hits, en.misses, en.reloads), (1, 2, 1));
+        assert_eq!(en.files, vec!["/etc/lookups/services.csv".to_string()]);
+        let svc = &en.tables[1];
+        assert_eq!((svc.table.as_str(), svc.loaded, svc.entries, svc.hits, svc.misses), ("services", true, 4, 1, 2));
+        assert!(en.last_reload_error.unwrap().contains("services.csv"));
     }
 
     #[test]

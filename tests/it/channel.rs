@@ -8,9 +8,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use calllog_bridge::config::{ChannelConfig, Secret};
+use calllog_bridge::config::Secret;
 use calllog_bridge::pipeline::Batch;
 use calllog_bridge::record::{Field, Record};
+use calllog_bridge::sink::channel::ChannelConfig;
 use calllog_bridge::sink::channel::{self, ChannelHandle};
 use calllog_bridge::sink::SinkContext;
 use calllog_bridge::telemetry::Telemetry;
@@ -346,10 +347,10 @@ async fn bad_token_wrong_path_and_bad_parameters_are_refused_before_upgrade() {
     assert_eq!(refused(&ch.url("/stream?key=test-token-5f3a9c&since=abc")).await.0, 400);
     assert_eq!(refused(&ch.url("/stream?key=test-token-5f3a9c&status=9xx")).await.0, 400);
     let st = ch.handle.stats();
-    assert_eq!(st.refused_unauthorized.load(Ordering::Relaxed), 3);
-    assert_eq!(st.refused_not_found.load(Ordering::Relaxed), 2);
-    assert_eq!(st.refused_bad_request.load(Ordering::Relaxed), 2);
-    assert_eq!(st.connections_accepted.load(Ordering::Relaxed), 0);
+    assert_eq!(st.refused_unauthorized.get(), 3);
+    assert_eq!(st.refused_not_found.get(), 2);
+    assert_eq!(st.refused_bad_request.get(), 2);
+    assert_eq!(st.connections_accepted.get(), 0);
 }
 
 #[tokio::test]
@@ -385,7 +386,7 @@ async fn the_sixth_connection_is_refused_with_a_reason() {
     };
     ch.send(1).await;
     read_records(&mut sixth, 1).await;
-    assert_eq!(ch.handle.stats().refused_full.load(Ordering::Relaxed), 1);
+    assert_eq!(ch.handle.stats().refused_full.get(), 1);
 }
 
 /// Connects with a tiny receive buffer, so that a client that stops
@@ -458,7 +459,7 @@ async fn a_stalled_client_is_closed_while_the_others_get_everything() {
         assert!(ids == sent, "a reading client gets every record, in order");
         open.push(ws);
     }
-    poll("slow consumer closed", || (ch.handle.stats().closed_slow_consumer.load(Ordering::Relaxed) == 1).then_some(())).await;
+    poll("slow consumer closed", || (ch.handle.stats().closed_slow_consumer.get() == 1).then_some(())).await;
     assert_eq!(ch.handle.connections(), 4);
     // The stalled client sees its stream end (after what the socket buffers held).
     let mut n = 0usize;
@@ -499,7 +500,7 @@ async fn since_replays_with_no_gap_and_no_duplicate() {
     assert!(seqs2.windows(2).all(|w| w[1] == w[0] + 1), "no gap, no duplicate");
     let unique: BTreeSet<_> = ids1.iter().chain(ids2.iter()).collect();
     assert_eq!(unique.len(), 500);
-    assert!(ch.handle.stats().records_replayed.load(Ordering::Relaxed) >= 250);
+    assert!(ch.handle.stats().records_replayed.get() >= 250);
 }
 
 #[tokio::test]
@@ -553,7 +554,7 @@ async fn server_pings_and_a_silent_client_is_closed() {
         }
     }
     assert!(started.elapsed() >= Duration::from_millis(2500));
-    poll("silent client closed", || (ch.handle.stats().closed_ping_timeout.load(Ordering::Relaxed) == 1).then_some(())).await;
+    poll("silent client closed", || (ch.handle.stats().closed_ping_timeout.get() == 1).then_some(())).await;
     // The silent client finds the pings and then the close frame.
     let closed = loop {
         match next_event(&mut silent).await {

@@ -75,10 +75,10 @@ async fn the_policy_allows_the_channel_as_the_page_reaches_it() {
             header(&r, "content-security-policy").to_string()
         }
     };
-    tel.set_channel(Some(ChannelInfo { listen: "127.0.0.1:8790".into(), tls: false, path: "/stream".into() }));
+    tel.figures("channel").set_endpoint(Some(ChannelInfo { listen: "127.0.0.1:8790".into(), tls: false, path: "/stream".into() }));
     assert_eq!(connect_src(&policy("localhost:8791").await), "'self' ws://127.0.0.1:8790");
     // A channel on every address is reached at the page's host.
-    tel.set_channel(Some(ChannelInfo { listen: "0.0.0.0:8790".into(), tls: true, path: "/stream".into() }));
+    tel.figures("channel").set_endpoint(Some(ChannelInfo { listen: "0.0.0.0:8790".into(), tls: true, path: "/stream".into() }));
     assert_eq!(connect_src(&policy("Gateway-7.example:8791").await), "'self' wss://gateway-7.example:8790");
     assert_eq!(connect_src(&policy("[fd00::7]:8791").await), "'self' wss://[fd00::7]:8790");
     // A Host that is not a host name adds nothing.
@@ -110,11 +110,15 @@ async fn every_asset_the_page_references_resolves() {
 #[tokio::test]
 async fn status_carries_every_field_the_page_reads() {
     let tel = Telemetry::new();
-    tel.set_channel(Some(ChannelInfo { listen: "127.0.0.1:8790".into(), tls: false, path: "/ecls/subscribe/local/local".into() }));
+    tel.figures("channel").set_endpoint(Some(ChannelInfo {
+        listen: "127.0.0.1:8790".into(),
+        tls: false,
+        path: "/ecls/subscribe/local/local".into(),
+    }));
     let now = now_ms();
     let file = tel.file("/var/log/le/access.log");
     file.set_position(2000, 1000);
-    file.observed(now, [Some(now - 2500), Some(now - 2400)]);
+    file.sync_delays(now, [Some(2500), Some(2400)]);
     file.written(now, [Some(now - 1500), Some(now - 1400)]);
     let sink = tel.sink("channel");
     sink.enqueued(2);

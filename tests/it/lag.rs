@@ -76,12 +76,12 @@ pub fn fixture() -> Telemetry {
     let tel = Telemetry::new();
     let a = tel.file("/le/a.log");
     a.set_position_at(2048, 2048, now);
-    a.observed(now, (0..10).map(|_| Some(now - 45_000)).chain([Some(now + 1500)]));
+    a.sync_delays(now, (0..10).map(|_| Some(45_000)).chain([Some(-1500)]));
     // Written 15 s after the calls: 30 s of the 45 s is the sync's.
     a.written(now, (0..10).map(|_| Some(now - 30_000)));
     let b = tel.file("/le/b.log");
     b.set_position_at(4096, 4096, now - 120_000);
-    b.observed(now - 120_000, (0..5).map(|_| Some(now - 720_000)));
+    b.sync_delays(now - 120_000, (0..5).map(|_| Some(600_000)));
     let c = tel.file("/le/c.log");
     c.set_position_at(1_572_864 + 100, 100, now - 90_000);
     let k = tel.sink("upstream");
@@ -244,16 +244,14 @@ fn fixture_with_channel_and_lookups(dir: &std::path::Path, misses: usize) -> Tel
     use calllog_bridge::enrich::Enricher;
     use calllog_bridge::record::{Field, Record};
     use calllog_bridge::sink::channel::ChannelStats;
-    use std::sync::atomic::Ordering::Relaxed;
     let tel = fixture();
-    tel.set_channel(Some(calllog_bridge::telemetry::ChannelInfo { listen: "127.0.0.1:8790".into(), tls: false, path: "/stream".into() }));
-    let ch = ChannelStats::default();
-    ch.connections_accepted.fetch_add(4, Relaxed);
-    ch.connections_active.fetch_add(1, Relaxed);
-    ChannelStats::bump(&ch.refused_unauthorized);
-    ChannelStats::bump(&ch.refused_full);
-    ChannelStats::bump(&ch.closed_slow_consumer);
-    tel.set_channel_stats(Some(ch));
+    let ch = ChannelStats::new(&tel);
+    ch.set_endpoint(calllog_bridge::telemetry::ChannelInfo { listen: "127.0.0.1:8790".into(), tls: false, path: "/stream".into() });
+    ch.connections_accepted.add(4);
+    ch.connections_active.inc();
+    ch.refused_unauthorized.inc();
+    ch.refused_full.inc();
+    ch.closed_slow_consumer.inc();
     let services = dir.join("services.csv");
     std::fs::write(&services, "service_id,service_name\nsvc1,Orders\n").unwrap();
     let e = Arc::new(Enricher::new(&[services], None, None).unwrap());
@@ -262,7 +260,7 @@ fn fixture_with_channel_and_lookups(dir: &std::path::Path, misses: usize) -> Tel
         r.set(Field::ServiceId, id);
         e.enrich(&e.tables(), &mut r);
     }
-    tel.set_enricher(e);
+    tel.set_lookups(e.lookup_stats());
     tel
 }
 

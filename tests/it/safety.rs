@@ -210,7 +210,7 @@ fn lag(env: &Env, limit: &str) -> (i32, String, String) {
 /// The glob's file-name part of the shipped config (`access*.log*`).
 fn shipped_pattern() -> String {
     let cfg = Config::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("packaging/config.toml")).expect("packaging/config.toml");
-    let glob = Path::new(&cfg.sources[0].paths[0]);
+    let glob = Path::new(&cfg.sources[0].get::<calllog_bridge::source::file::FileSource>().expect("a file source").paths[0]);
     glob.file_name().expect("a file-name pattern").to_string_lossy().into_owned()
 }
 

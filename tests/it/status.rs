@@ -615,3 +615,120 @@ fn lookup_counters_carry_over_a_reload_with_new_tables() {
     assert_eq!(num(sample(&m, "calllog_bridge_enrich_lookups_total", &[("table", "services"), ("result", "hit")])), h as f64);
     bridge.stop();
 }
+
+/// Every component's figures in one registry, as the bridge fills it: two
+/// files (one idle), a removed file, three sinks, the channel's figures,
+/// a source, a fault that came and went, lookup tables replaced by a
+/// reload. At 2026-01-01T00:00:01Z.
+fn everything() -> (calllog_bridge::telemetry::Telemetry, tempfile::TempDir) {
+    use calllog_bridge::enrich::Enricher;
+    use calllog_bridge::record::{Field, Record};
+    use calllog_bridge::sink::channel::ChannelStats;
+    use calllog_bridge::telemetry::{ChannelInfo, Telemetry};
+    const T0: i64 = 1_767_225_600_000;
+    let tel = Telemetry::new();
+    let a = tel.file_with_id("src/aaa", "/le/a.log");
+    a.set_position_at(1000, 900, T0);
+    a.sync_delays(T0, [Some(2000), Some(1500), Some(-50), None]);
+    a.written(T0, [Some(T0 - 500), None, Some(T0 - 100), None]);
+    a.rejected_for("column_count");
+    a.partial_line();
+    let b = tel.file_with_id("src/bbb", "/le/b.log");
+    b.set_position_at(5000, 5000, T0 - 400_000);
+    b.sync_delays(T0 - 400_000, [Some(100)]);
+    let c = tel.file_with_id("src/ccc", "/le/c.log");
+    c.set_position_at(10, 10, T0);
+    c.sync_delays(T0, [Some(30)]);
+    c.rejected_for("json");
+    tel.remove_file("src/ccc");
+    let up = tel.sink("upstream");
+    up.enqueued(10);
+    up.set_oldest_pending(T0 - 4000);
+    up.delivered(4, T0 - 500, T0);
+    up.retried();
+    up.dropped(1);
+    up.dead_lettered(1);
+    up.retry_after_capped();
+    let fi = tel.sink("file");
+    fi.enqueued(3);
+    fi.delivered(3, T0, T0 + 5);
+    let ch = ChannelStats::new(&tel);
+    ch.set_endpoint(ChannelInfo { listen: "127.0.0.1:8790".into(), tls: false, path: "/stream".into() });
+    ch.connections_accepted.add(4);
+    ch.connections_active.inc();
+    ch.connections_active.inc();
+    ch.refused_unauthorized.inc();
+    ch.refused_full.inc();
+    ch.handshake_evicted.inc();
+    ch.closed_slow_consumer.inc();
+    ch.closed_by_client.inc();
+    ch.lost_notices.inc();
+    ch.records_replayed.add(7);
+    ch.frames_written(2, 5, T0, T0 + 40);
+    ch.frames_written(1, 2, T0, T0 + 90);
+    ch.ring(5, 1234, 77);
+    let k = tel.sink("channel");
+    k.enqueued(5);
+    k.handed_over(5);
+    tel.source("src").scanned(2, T0);
+    let f = tel.fault("file");
+    f.failed("disk full");
+    f.recovered();
+    let dir = tempfile::tempdir().unwrap();
+    let services = dir.path().join("services.csv");
+    std::fs::write(&services, "service_id,service_name\nsvc1,Orders\n").unwrap();
+    let lookup = |e: &Enricher, id: &'static str| {
+        let mut r = Record::new_ml();
+        r.set(Field::ServiceId, id);
+        e.enrich(&e.tables(), &mut r);
+    };
+    let e = Enricher::new(std::slice::from_ref(&services), None, None).unwrap();
+    for id in ["svc1", "nope", "svc1"] {
+        lookup(&e, id);
+    }
+    tel.set_lookups(e.lookup_stats());
+    let e2 = Enricher::new(std::slice::from_ref(&services), None, None).unwrap();
+    tel.set_lookups(e2.lookup_stats());
+    lookup(&e2, "nope");
+    (tel, dir)
+}
+
+/// `/status` and `/metrics` are contracts (`lag`, the dashboard and
+/// operators' dashboards and alerts read them): the documents of
+/// [`everything`] are compared byte for byte with the ones recorded in
+/// `tests/fixtures/telemetry/` (uptime aside). A deliberate change
+/// re-records them: `UPDATE_TELEMETRY_FIXTURES=1 cargo test --test it
+/// status::documents`, and the diff is reviewed.
+#[test]
+fn documents_stay_as_recorded() {
+    use calllog_bridge::telemetry::{metrics, StatusSettings};
+    let (tel, dir) = everything();
+    let services = dir.path().join("services.csv").display().to_string();
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/telemetry");
+    let now = 1_767_225_601_000;
+    let uptime = |t: &str| {
+        t.lines()
+            .map(|l| match l.find("\"uptime_secs\":") {
+                Some(i) => format!("{}\"uptime_secs\":U{}", &l[..i], &l[i..].find(',').map_or("", |j| &l[i + j..])),
+                None if l.starts_with("calllog_bridge_uptime_seconds ") => "calllog_bridge_uptime_seconds U".to_string(),
+                None => l.to_string(),
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    for (file, per_file, text) in [("status.json", false, None), ("metrics.txt", false, Some(())), ("metrics-per-file.txt", true, Some(()))]
+    {
+        let st = StatusSettings { per_file_metrics: per_file, ..StatusSettings::default() };
+        let got = match text {
+            None => serde_json::to_string(&tel.status(now, &st)).unwrap(),
+            Some(()) => metrics::render(&tel, &st, now),
+        }
+        .replace(&services, "SERVICES");
+        let path = fixtures.join(file);
+        if std::env::var_os("UPDATE_TELEMETRY_FIXTURES").is_some() {
+            std::fs::write(&path, &got).unwrap();
+        }
+        let want = std::fs::read_to_string(&path).unwrap();
+        assert!(uptime(&got) == uptime(&want), "{file} changed:\n--- recorded\n{want}\n--- now\n{got}");
+    }
+}

@@ -33,7 +33,6 @@ use tracing::{debug, info, warn};
 
 use super::request::{self, Paths, Refusal, Subscription};
 use super::ring::Entry;
-use super::stats::ChannelStats;
 use super::Shared;
 use crate::listener::Slot;
 use crate::time::now_ms;
@@ -209,7 +208,7 @@ pub async fn serve(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, tls: O
             let accepted = tokio::select! {
                 r = tokio::time::timeout_at(deadline, acceptor.accept(tcp)) => r,
                 _ = slot.evicted() => {
-                    ChannelStats::bump(&shared.stats.handshake_evicted);
+                    shared.stats.handshake_evicted.inc();
                     debug!(%peer, "channel: pending TLS handshake closed to make room");
                     return;
                 }
@@ -218,7 +217,7 @@ pub async fn serve(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, tls: O
                 Ok(Ok(stream)) => serve_stream(shared, stream, peer, slot, deadline).await,
                 Ok(Err(e)) => debug!(%peer, error = %e, "channel: TLS handshake failed"),
                 Err(_) => {
-                    ChannelStats::bump(&shared.stats.handshake_timeout);
+                    shared.stats.handshake_timeout.inc();
                     debug!(%peer, "channel: TLS handshake timed out");
                 }
             }
@@ -234,14 +233,14 @@ where
     let outcome = tokio::select! {
         r = tokio::time::timeout_at(deadline, handshake(&shared, &mut stream)) => r,
         _ = slot.evicted() => {
-            ChannelStats::bump(&stats.handshake_evicted);
+            stats.handshake_evicted.inc();
             debug!(%peer, "channel: pending handshake closed to make room");
             return;
         }
     };
     let (sub, permit, early, path, revoked) = match outcome {
         Err(_) => {
-            ChannelStats::bump(&stats.handshake_timeout);
+            stats.handshake_timeout.inc();
             debug!(%peer, "channel: handshake timed out");
             return;
         }
@@ -254,7 +253,7 @@ where
                 405 | 426 => &stats.refused_not_websocket,
                 _ => &stats.refused_bad_request,
             };
-            ChannelStats::bump(counter);
+            counter.inc();
             // The client address and the path (escaped), never the query
             // (the token).
             info!(%peer, path = %crate::logsafe::Escaped(&path), status, "channel: subscription refused");
@@ -367,15 +366,15 @@ async fn run_connection<S>(
     // Register and pick the start under the ring lock, so that no record
     // appended meanwhile is missed or sent twice.
     let (conn_id, conn, cursor, lost) = shared.register(peer, sub.since);
-    stats.connections_accepted.fetch_add(1, Ordering::Relaxed);
-    stats.connections_active.fetch_add(1, Ordering::Relaxed);
+    stats.connections_accepted.inc();
+    stats.connections_active.inc();
     info!(%peer, path = %crate::logsafe::Escaped(&path), since = ?sub.since, filtered = !sub.filter.is_empty(), "channel: client connected");
 
     let (ctrl_tx, mut ctrl_rx) = mpsc::channel::<Message>(CONTROL_QUEUE_FRAMES);
     let mut reason = CloseReason::ClientGone;
     let mut ok = true;
     if let Some(lost) = lost {
-        ChannelStats::bump(&stats.lost_notices);
+        stats.lost_notices.inc();
         let msg = format!(r#"{{"data":[],"lost":{},"since":{},"first_available":{}}}"#, lost.lost, lost.since, lost.first_available);
         ok = sink.send(Message::text(msg)).await.is_ok();
     }
@@ -390,12 +389,12 @@ async fn run_connection<S>(
         };
     }
     match reason {
-        CloseReason::SlowConsumer => ChannelStats::bump(&stats.closed_slow_consumer),
-        CloseReason::PingTimeout => ChannelStats::bump(&stats.closed_ping_timeout),
-        CloseReason::TokenChanged => ChannelStats::bump(&stats.closed_token_changed),
-        CloseReason::GoingAway => ChannelStats::bump(&stats.closed_shutdown),
-        CloseReason::ProtocolError | CloseReason::InvalidUtf8 | CloseReason::TooBig => ChannelStats::bump(&stats.closed_protocol_error),
-        CloseReason::ClientGone => ChannelStats::bump(&stats.closed_by_client),
+        CloseReason::SlowConsumer => stats.closed_slow_consumer.inc(),
+        CloseReason::PingTimeout => stats.closed_ping_timeout.inc(),
+        CloseReason::TokenChanged => stats.closed_token_changed.inc(),
+        CloseReason::GoingAway => stats.closed_shutdown.inc(),
+        CloseReason::ProtocolError | CloseReason::InvalidUtf8 | CloseReason::TooBig => stats.closed_protocol_error.inc(),
+        CloseReason::ClientGone => stats.closed_by_client.inc(),
     }
     match reason {
         CloseReason::SlowConsumer
@@ -428,7 +427,7 @@ async fn run_connection<S>(
     } else {
         let _ = tokio::time::timeout(CLOSE_TIMEOUT, sink.close()).await;
     }
-    stats.connections_active.fetch_sub(1, Ordering::Relaxed);
+    stats.connections_active.dec();
     info!(%peer, reason = ?reason, "channel: client disconnected");
 }
 
@@ -510,7 +509,7 @@ where
                 let stats = &shared.stats;
                 stats.frames_written(msgs, records, newest_observed, now);
                 if replayed > 0 {
-                    stats.records_replayed.fetch_add(replayed as u64, Ordering::Relaxed);
+                    stats.records_replayed.add(replayed as u64);
                 }
             }
             continue;

@@ -57,6 +57,7 @@
 //! When `listen` has port 0, the bound address is logged and written to
 //! `<state_dir>/channel.addr`.
 
+mod config;
 mod conn;
 pub mod request;
 mod ring;
@@ -77,23 +78,30 @@ use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 use crate::checkpoint::DamagedState;
-use crate::config::{ChannelConfig, Secret};
-use crate::listener::Gate;
+use crate::listener::{Bound, Gate};
 use crate::pipeline::{Batch, Fanout};
 use crate::record::{Field, Record, Shape};
+use crate::settings::{ConfigError, Secret};
 use crate::telemetry::SinkStats;
 use crate::time::now_ms;
 
+pub use config::{ChannelConfig, ChannelSection, TlsFiles};
 use conn::{ConnState, Lost, Registry};
 pub use request::percent_decode;
 use request::TokenDigest;
 use ring::{Entry, Evicted, Item, Ring};
 pub use stats::ChannelStats;
 
-use super::{SinkContext, SinkHandle};
+use super::{Keys, Needs, SinkContext, SinkHandle};
+
+/// The config section.
+pub const SECTION: &str = "channel";
 
 /// The sink's name in statistics and logs.
 pub const NAME: &str = "channel";
+
+/// The config key of the listen address.
+const LISTEN_KEY: &str = "channel.listen";
 
 /// File in the state directory holding the channel's bound address.
 pub const ADDR_FILE: &str = "channel.addr";
@@ -132,68 +140,73 @@ const SLOW_CHECK_INTERVAL: Duration = Duration::from_millis(250);
 /// not sent yet before they are closed with 1001.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Keys of `[channel]` fixed while the channel runs (its listener, paths,
-/// TLS, connection slots, replay ring and send queues): a change needs a
-/// restart. `token`/`token_file`, `records_per_message`, `mask_keep` and
-/// `ping_interval_secs` apply on reload.
-pub fn restart_keys(old: &ChannelConfig, new: &ChannelConfig) -> Vec<&'static str> {
-    let mut keys = Vec::new();
-    let mut check = |name: &'static str, differs: bool| {
-        if differs {
-            keys.push(name);
-        }
-    };
-    check("channel.listen", old.listen != new.listen);
-    check("channel.channel_id", old.channel_id != new.channel_id);
-    check("channel.area", old.area != new.area);
-    check("channel.tls_cert", old.tls_cert != new.tls_cert || old.tls_key != new.tls_key);
-    check("channel.max_connections", old.max_connections != new.max_connections);
-    check("channel.replay_records", old.replay_records != new.replay_records);
-    check("channel.send_queue_bytes", old.send_queue_bytes != new.send_queue_bytes);
-    keys
-}
+/// The channel as a [`super::Sink`].
+pub struct ChannelSink;
 
-/// `new` with the keys of [`restart_keys`] taken from `running`: the
-/// section a reload puts in force.
-pub fn live_config(running: &ChannelConfig, new: &ChannelConfig) -> ChannelConfig {
-    ChannelConfig {
-        listen: running.listen.clone(),
-        channel_id: running.channel_id.clone(),
-        area: running.area.clone(),
-        tls_cert: running.tls_cert.clone(),
-        tls_key: running.tls_key.clone(),
-        max_connections: running.max_connections,
-        replay_records: running.replay_records,
-        send_queue_bytes: running.send_queue_bytes,
-        ..new.clone()
+impl super::Sink for ChannelSink {
+    const SECTION: &'static str = SECTION;
+    const NAME: &'static str = NAME;
+    type Section = ChannelSection;
+    type Config = ChannelConfig;
+    type Handle = ChannelHandle;
+    type Update = ChannelConfig;
+
+    fn config(section: ChannelSection, base: &Path) -> Result<ChannelConfig, ConfigError> {
+        ChannelConfig::from_section(section, base)
     }
-}
 
-/// The channel's settings, from [`ChannelConfig`].
-#[derive(Debug, Clone)]
-pub struct Settings {
-    /// `channel_id` in the subscribe path.
-    pub channel_id: String,
-    /// `area` in the subscribe path.
-    pub area: String,
-    /// Connections allowed at once.
-    pub max_connections: usize,
-    /// Records kept for replay.
-    pub replay_records: usize,
-    /// Unsent bytes allowed per connection.
-    pub send_queue_bytes: usize,
-}
+    fn keys(k: &mut Keys<ChannelConfig>) {
+        // Fixed while the channel runs: its listener, subscribe path, TLS,
+        // connection slots, replay ring and send queues.
+        k.restart(LISTEN_KEY, |c| &mut c.listen)
+            .restart("channel.channel_id", |c| &mut c.channel_id)
+            .restart("channel.area", |c| &mut c.area)
+            .restart("channel.tls_cert", |c| &mut c.tls)
+            .restart("channel.max_connections", |c| &mut c.max_connections)
+            .restart("channel.replay_records", |c| &mut c.replay_records)
+            .restart("channel.send_queue_bytes", |c| &mut c.send_queue_bytes);
+        // Applied by ChannelHandle::reconfigure: the token at once (clients
+        // of the old one are closed), batching and pings for connections
+        // opened after the reload, masking for records appended after it.
+        k.live("channel.token", |c| &mut c.token)
+            .live("channel.token_file", |c| &mut c.token_file)
+            .live("channel.records_per_message", |c| &mut c.records_per_message)
+            .live("channel.ping_interval_secs", |c| &mut c.ping_interval)
+            .live("channel.mask_keep", |c| &mut c.mask_keep);
+    }
 
-impl Settings {
-    /// Settings from the config section.
-    pub fn from_config(c: &ChannelConfig) -> Self {
-        Settings {
-            channel_id: c.channel_id.clone(),
-            area: c.area.clone(),
-            max_connections: c.max_connections,
-            replay_records: c.replay_records,
-            send_queue_bytes: c.send_queue_bytes,
-        }
+    fn needs(cfg: &ChannelConfig, needs: &mut Needs) {
+        needs.listeners.push((LISTEN_KEY, cfg.listen));
+    }
+
+    fn summary(ch: &ChannelConfig) -> String {
+        let scheme = if ch.tls.is_some() { "wss" } else { "ws" };
+        let token = match &ch.token_file {
+            Some(p) => format!("token from {}", p.display()),
+            None => "inline token".to_string(),
+        };
+        format!(
+            "{scheme}://{}/ecls/subscribe/{}/{} (and /stream), {token}, at most {} connection(s)",
+            ch.listen, ch.channel_id, ch.area, ch.max_connections
+        )
+    }
+
+    async fn start(
+        cfg: &ChannelConfig,
+        ctx: &SinkContext,
+        fanout: &mut Fanout,
+        listeners: &mut Bound,
+    ) -> anyhow::Result<(SinkHandle, ChannelHandle)> {
+        start(cfg, ctx, fanout, listeners.take(LISTEN_KEY)).await
+    }
+
+    fn prepare(cfg: &ChannelConfig) -> anyhow::Result<ChannelConfig> {
+        Ok(cfg.clone())
+    }
+
+    fn reconfigure(handle: &ChannelHandle, cfg: ChannelConfig) {
+        handle.set_token(cfg.token.clone());
+        handle.reconfigure(&cfg);
     }
 }
 
@@ -222,7 +235,7 @@ impl LiveSettings {
     fn set(&self, c: &ChannelConfig) {
         self.records_per_message.store(c.records_per_message, Ordering::Relaxed);
         self.mask_keep.store(c.mask_keep.unwrap_or(usize::MAX), Ordering::Relaxed);
-        self.ping_interval_ms.store(c.ping_interval_secs.saturating_mul(1000), Ordering::Relaxed);
+        self.ping_interval_ms.store(u64::try_from(c.ping_interval.as_millis()).unwrap_or(u64::MAX), Ordering::Relaxed);
     }
 
     /// Records per message, for clients that ask for none of their own.
@@ -258,8 +271,9 @@ impl TokenEpoch {
 
 /// State shared by the sink task, the listener and every connection.
 pub(crate) struct Shared {
-    /// Settings as started (the fixed ones: paths, limits, ring size).
-    pub settings: Settings,
+    /// Settings as started (the fixed ones: paths, limits, ring size; the
+    /// live ones are read from `live`).
+    pub settings: ChannelConfig,
     /// Settings a reload changes.
     pub live: LiveSettings,
     /// The replay ring (short critical sections only: append, copy Arcs).
@@ -390,10 +404,10 @@ impl ChannelHandle {
     /// `mask_keep` for records appended from now on (records already in
     /// the replay ring keep the masking they were stored with). The token
     /// is [`ChannelHandle::set_token`]; the other keys need a restart
-    /// ([`restart_keys`]).
+    /// ([`ChannelSink`]'s keys).
     pub fn reconfigure(&self, c: &ChannelConfig) {
         self.shared.live.set(c);
-        info!(records_per_message = c.records_per_message, mask_keep = ?c.mask_keep, ping_interval_secs = c.ping_interval_secs, "channel: settings reloaded");
+        info!(records_per_message = c.records_per_message, mask_keep = ?c.mask_keep, ping_interval_secs = c.ping_interval.as_secs(), "channel: settings reloaded");
     }
 
     /// Stops now: no new connections; every connection is closed with 1001.
@@ -448,15 +462,15 @@ pub async fn spawn_on(
     rx: mpsc::Receiver<Arc<Batch>>,
     listener: Option<std::net::TcpListener>,
 ) -> anyhow::Result<(ChannelHandle, tokio::task::JoinHandle<anyhow::Result<()>>)> {
-    let settings = Settings::from_config(cfg);
-    let token = cfg.token().context("channel token")?;
-    let tls = match (&cfg.tls_cert, &cfg.tls_key) {
-        (Some(c), Some(k)) => Some(TlsAcceptor::from(Arc::new(tls_config(c, k)?))),
-        _ => None,
+    let settings = cfg.clone();
+    let token = cfg.token.clone();
+    let tls = match &cfg.tls {
+        Some(t) => Some(TlsAcceptor::from(Arc::new(tls_config(&t.cert, &t.key)?))),
+        None => None,
     };
     let listener = match listener {
         Some(l) => l,
-        None => crate::preflight::listen("channel.listen", cfg.listen_addr()?)?,
+        None => crate::listener::bind(LISTEN_KEY, cfg.listen)?,
     };
     listener.set_nonblocking(true)?;
     let listener = TcpListener::from_std(listener)?;
@@ -470,11 +484,8 @@ pub async fn spawn_on(
         warn!(error = %format!("{e:#}"), "channel: cannot write {ADDR_FILE}");
     }
     // Where the dashboard (via /status) subscribes; never the token.
-    ctx.telemetry.set_channel(Some(crate::telemetry::ChannelInfo {
-        listen: local_addr.to_string(),
-        tls: tls.is_some(),
-        path: "/stream".into(),
-    }));
+    let stats = ChannelStats::new(&ctx.telemetry);
+    stats.set_endpoint(crate::telemetry::ChannelInfo { listen: local_addr.to_string(), tls: tls.is_some(), path: "/stream".into() });
 
     let mut seqs = SeqFile::open(ctx.state_dir.join(SEQ_FILE)).await?;
     let shared = Arc::new(Shared {
@@ -484,7 +495,7 @@ pub async fn spawn_on(
         conns: Mutex::new(Default::default()),
         next_conn_id: AtomicU64::new(1),
         token: RwLock::new(Arc::new(TokenEpoch::new(&token))),
-        stats: ChannelStats::default(),
+        stats,
         draining: CancellationToken::new(),
         stop: ctx.shutdown.child_token(),
         live: LiveSettings::new(cfg),
@@ -570,7 +581,8 @@ async fn sink_loop(
         }
         shared.append(items);
         batch.ack();
-        sink_stats.delivered(n, batch.observed_ms, now_ms());
+        // Delivered when a frame reaches a client (`frames_written`).
+        sink_stats.handed_over(n);
     }
 }
 

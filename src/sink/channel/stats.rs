@@ -1,78 +1,75 @@
-//! Statistics of the local Call Log Stream channel (WebSocket), beyond the
-//! generic [`crate::telemetry::SinkStats`]: connections, refusals, closes by reason,
-//! frames written and the append-to-frame-written delay per connection.
+//! Figures of the local Call Log Stream channel (WebSocket) beyond the
+//! generic [`SinkStats`]: connections, refusals and closes by reason,
+//! frames written, what the replay ring holds.
 //!
-//! Updated by `sink::channel` only; read by status and metrics through
-//! `ChannelHandle::stats`.
+//! They are declared in the channel's section of the telemetry figures
+//! ([`crate::telemetry::figures`]), so `/status` (`channel`, after the
+//! endpoint the dashboard subscribes to) and `/metrics`
+//! (`calllog_bridge_channel_*`) show them with no channel code in
+//! telemetry. The channel acknowledges a batch when it appends it to the
+//! ring ([`SinkStats::handed_over`]); its delivery delay is measured when
+//! a frame is written to a client ([`ChannelStats::frames_written`],
+//! [`SinkStats::reached_consumer`]). Updated by `sink::channel` only.
 
-use std::collections::VecDeque;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
-use crate::telemetry::delay::{DelayHistogram, HistogramSnapshot};
-
-/// At most this many recent frame-delay samples are kept; older ones fall
-/// out first, so memory is bounded whatever the rate.
-pub const MAX_DELAY_SAMPLES: usize = 4096;
+use crate::telemetry::{ChannelInfo, Counter, Figures, Gauge, SinkStats, Telemetry};
 
 /// Statistics of the channel. Cheap to clone.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct ChannelStats(Arc<ChannelInner>);
 
-/// The shared state behind [`ChannelStats`].
-#[derive(Default)]
+/// The figure handles behind [`ChannelStats`] (each one relaxed atomic).
 pub struct ChannelInner {
+    /// The channel's section of figures (its endpoint goes there too).
+    figures: Figures,
+    /// The channel sink's generic statistics (its delivery delay).
+    sink: SinkStats,
     /// Connections open now.
-    pub connections_active: AtomicI64,
+    pub connections_active: Gauge,
     /// Connections upgraded since start.
-    pub connections_accepted: AtomicU64,
+    pub connections_accepted: Counter,
     /// Handshakes refused for a missing or wrong token (HTTP 401).
-    pub refused_unauthorized: AtomicU64,
+    pub refused_unauthorized: Counter,
     /// Handshakes refused for an unknown path (HTTP 404).
-    pub refused_not_found: AtomicU64,
+    pub refused_not_found: Counter,
     /// Handshakes refused for bad query parameters (HTTP 400).
-    pub refused_bad_request: AtomicU64,
+    pub refused_bad_request: Counter,
     /// Handshakes refused because `max_connections` were open (HTTP 503).
-    pub refused_full: AtomicU64,
+    pub refused_full: Counter,
     /// Requests that were not a WebSocket handshake (HTTP 426 or 405).
-    pub refused_not_websocket: AtomicU64,
+    pub refused_not_websocket: Counter,
     /// Handshakes not done within the handshake timeout (TLS included).
-    pub handshake_timeout: AtomicU64,
+    pub handshake_timeout: Counter,
     /// Pending handshakes closed to make room for a newer connection (the
     /// listener was full of sockets that said nothing).
-    pub handshake_evicted: AtomicU64,
+    pub handshake_evicted: Counter,
     /// Connections closed because they could not keep up.
-    pub closed_slow_consumer: AtomicU64,
+    pub closed_slow_consumer: Counter,
     /// Connections closed because they stopped answering pings.
-    pub closed_ping_timeout: AtomicU64,
+    pub closed_ping_timeout: Counter,
     /// Connections closed because the token changed.
-    pub closed_token_changed: AtomicU64,
+    pub closed_token_changed: Counter,
     /// Connections closed with 1001 because the bridge shut down.
-    pub closed_shutdown: AtomicU64,
+    pub closed_shutdown: Counter,
     /// Connections closed for a protocol violation (1002, 1007, 1009).
-    pub closed_protocol_error: AtomicU64,
+    pub closed_protocol_error: Counter,
     /// Connections the client closed (or dropped).
-    pub closed_by_client: AtomicU64,
+    pub closed_by_client: Counter,
     /// `{"data":...}` messages written.
-    pub messages_sent: AtomicU64,
+    pub messages_sent: Counter,
     /// Records written to clients (a record sent to 3 clients counts 3).
-    pub records_sent: AtomicU64,
+    pub records_sent: Counter,
     /// Records written as `?since=` replay.
-    pub records_replayed: AtomicU64,
+    pub records_replayed: Counter,
     /// `{"lost":...}` notices sent to clients asking for evicted records.
-    pub lost_notices: AtomicU64,
+    pub lost_notices: Counter,
     /// Records held in the replay ring.
-    pub ring_records: AtomicU64,
+    pub ring_records: Gauge,
     /// Bytes of JSON held in the replay ring.
-    pub ring_bytes: AtomicU64,
+    pub ring_bytes: Gauge,
     /// The newest sequence number assigned (0 = none yet).
-    pub last_seq: AtomicU64,
-    /// Recent (written_ms, written_ms - observed_ms) samples: how long
-    /// after the bridge read a record its frame was written to a client.
-    pub recent_frame_delays: Mutex<VecDeque<(i64, i64)>>,
-    /// Frame delays (written - observed) since start, one observation per
-    /// record written (the channel sink's delivery delay in `/metrics`).
-    pub frame_delay_hist: DelayHistogram,
+    pub last_seq: Gauge,
 }
 
 impl std::ops::Deref for ChannelStats {
@@ -83,52 +80,204 @@ impl std::ops::Deref for ChannelStats {
 }
 
 impl ChannelStats {
-    /// Adds 1 to a counter.
-    pub fn bump(counter: &AtomicU64) {
-        counter.fetch_add(1, Ordering::Relaxed);
+    /// Declares the channel's figures in `telemetry` (section
+    /// [`super::NAME`]), in the order `/status` and `/metrics` show them.
+    pub fn new(telemetry: &Telemetry) -> ChannelStats {
+        let f = telemetry.figures(super::NAME);
+        let connections_active = f.gauge("connections", "WebSocket connections open now");
+        let connections_accepted = f.counter("connections_accepted", "WebSocket connections upgraded");
+        let [refused_unauthorized, refused_not_found, refused_bad_request, refused_full, refused_not_websocket, handshake_timeout, handshake_evicted] =
+            f.counters_by(
+                "refused",
+                "Handshakes refused, by reason (unauthorized 401, not_found 404, bad_request 400/431, too_many_connections 503, not_websocket 426/405, handshake_timeout, handshake_evicted)",
+                "reason",
+                ["unauthorized", "not_found", "bad_request", "too_many_connections", "not_websocket", "handshake_timeout", "handshake_evicted"],
+            );
+        let [closed_slow_consumer, closed_ping_timeout, closed_token_changed, closed_shutdown, closed_protocol_error, closed_by_client] = f
+            .counters_by(
+                "closed",
+                "Connections closed, by reason (slow_consumer, ping_timeout, token_changed, shutdown, protocol_error; client: by the client)",
+                "reason",
+                ["slow_consumer", "ping_timeout", "token_changed", "shutdown", "protocol_error", "client"],
+            );
+        let messages_sent = f.counter("messages_sent", "Messages written to clients");
+        let records_sent = f.counter("records_sent", "Records written to clients (once per client)");
+        let records_replayed = f.counter("records_replayed", "Records written as since= replay");
+        let lost_notices = f.counter("lost_notices", "Notices sent to clients asking for records no longer held");
+        let ring_records = f.gauge("ring_records", "Records held in the replay ring");
+        let ring_bytes = f.gauge("ring_bytes", "Bytes of JSON held in the replay ring");
+        let last_seq = f.status_gauge("last_seq");
+        ChannelStats(Arc::new(ChannelInner {
+            sink: telemetry.sink(super::NAME),
+            figures: f,
+            connections_active,
+            connections_accepted,
+            refused_unauthorized,
+            refused_not_found,
+            refused_bad_request,
+            refused_full,
+            refused_not_websocket,
+            handshake_timeout,
+            handshake_evicted,
+            closed_slow_consumer,
+            closed_ping_timeout,
+            closed_token_changed,
+            closed_shutdown,
+            closed_protocol_error,
+            closed_by_client,
+            messages_sent,
+            records_sent,
+            records_replayed,
+            lost_notices,
+            ring_records,
+            ring_bytes,
+            last_seq,
+        }))
+    }
+
+    /// Where the channel listens: shown first in its `/status` section,
+    /// where the dashboard finds it. Never the token.
+    pub fn set_endpoint(&self, endpoint: ChannelInfo) {
+        self.0.figures.set_endpoint(Some(endpoint));
     }
 
     /// `messages` messages holding `records` records, the newest observed
-    /// at `observed_ms`, were written (flushed) at `written_ms`.
-    /// The delay (written − observed) is that of the newest record of the
-    /// flush, so for a replay or a burst it is a lower bound.
+    /// at `observed_ms`, were written (flushed) to one client at
+    /// `written_ms`: the channel's delivery. The delay (written −
+    /// observed) is that of the newest record of the flush, so for a
+    /// replay or a burst it is a lower bound.
     pub fn frames_written(&self, messages: usize, records: usize, observed_ms: i64, written_ms: i64) {
-        self.0.messages_sent.fetch_add(messages as u64, Ordering::Relaxed);
-        self.0.records_sent.fetch_add(records as u64, Ordering::Relaxed);
-        let d = written_ms - observed_ms;
-        if records > 0 {
-            self.0.frame_delay_hist.observe_n(d, records as u64);
-            self.0.frame_delay_hist.add_sum(d.saturating_mul(records as i64));
-        }
-        let mut s = self.0.recent_frame_delays.lock().unwrap_or_else(|e| e.into_inner());
-        if s.len() == MAX_DELAY_SAMPLES {
-            s.pop_front();
-        }
-        s.push_back((written_ms, d));
-    }
-
-    /// The frame-delay histogram since start (per record written).
-    pub fn frame_delay_histogram(&self) -> HistogramSnapshot {
-        self.0.frame_delay_hist.snapshot()
-    }
-
-    /// The delay of the last frame written, if any.
-    pub fn last_frame_delay_ms(&self) -> Option<i64> {
-        self.0.recent_frame_delays.lock().unwrap_or_else(|e| e.into_inner()).back().map(|&(_, d)| d)
-    }
-
-    /// Recent frame delays (written - observed, ms) of frames written at or
-    /// after `since_ms`.
-    pub fn frame_delays_since(&self, since_ms: i64) -> Vec<i64> {
-        let s = self.0.recent_frame_delays.lock().unwrap_or_else(|e| e.into_inner());
-        s.iter().filter(|(t, _)| *t >= since_ms).map(|&(_, d)| d).collect()
+        self.0.messages_sent.add(messages as u64);
+        self.0.records_sent.add(records as u64);
+        self.0.sink.reached_consumer(records, observed_ms, written_ms);
     }
 
     /// The ring now holds `records` records of `bytes` bytes, the newest
     /// numbered `last_seq`.
     pub fn ring(&self, records: usize, bytes: u64, last_seq: u64) {
-        self.0.ring_records.store(records as u64, Ordering::Relaxed);
-        self.0.ring_bytes.store(bytes, Ordering::Relaxed);
-        self.0.last_seq.store(last_seq, Ordering::Relaxed);
+        self.0.ring_records.set(records as i64);
+        self.0.ring_bytes.set(bytes.min(i64::MAX as u64) as i64);
+        self.0.last_seq.set(last_seq.min(i64::MAX as u64) as i64);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::telemetry::{metrics, SectionStatus, Status, StatusSettings};
+
+    /// 2026-01-01T00:00:00Z.
+    const T0: i64 = 1_767_225_600_000;
+
+    #[test]
+    fn channel_figures_extend_the_endpoint_and_feed_the_sink_delay() {
+        let tel = Telemetry::new();
+        let settings = StatusSettings::default();
+        let info = ChannelInfo { listen: "127.0.0.1:8790".into(), tls: false, path: "/stream".into() };
+        let ch = ChannelStats::new(&tel);
+        ch.set_endpoint(info.clone());
+        // Nothing happened yet: the endpoint with zero figures.
+        let st = tel.status(T0, &settings);
+        assert_eq!(st.sections.get("channel").map(|c| (c.endpoint(), c.number("connections"))), Some((Some(info.clone()), 0)));
+        assert_eq!(tel.channel(), Some(info), "the dashboard's endpoint");
+
+        ch.connections_accepted.add(3);
+        ch.connections_active.inc();
+        ch.connections_active.inc();
+        ch.refused_unauthorized.inc();
+        ch.refused_full.inc();
+        ch.closed_slow_consumer.inc();
+        // The sink handed 10 records to the ring (acknowledged them);
+        // clients got their frames 40 and 90 ms after they were read.
+        let k = tel.sink("channel");
+        k.enqueued(10);
+        k.handed_over(10);
+        ch.frames_written(1, 4, T0, T0 + 40);
+        ch.frames_written(2, 6, T0, T0 + 90);
+
+        let st = tel.status(T0 + 100, &settings);
+        let c = st.sections.get("channel").unwrap().clone();
+        let n = |name: &str| c.number(name);
+        assert_eq!((n("connections"), n("connections_accepted"), n("messages_sent"), n("records_sent")), (2, 3, 3, 10));
+        let (refused, closed) = (c.by_label("refused"), c.by_label("closed"));
+        assert_eq!(refused.get("unauthorized"), Some(&1));
+        assert_eq!(refused.get("too_many_connections"), Some(&1));
+        assert_eq!(refused.get("not_found"), Some(&0));
+        assert_eq!(closed.get("slow_consumer"), Some(&1));
+        assert_eq!(closed.get("ping_timeout"), Some(&0));
+        let sink = &st.sinks[0];
+        assert_eq!(sink.delivered_records, 10, "records handed over are still counted by the sink");
+        let d = sink.delivery_delay_ms.unwrap();
+        assert_eq!((d.min, d.max, d.samples), (40, 90, 2), "delivered = frame written");
+        assert_eq!(sink.last_delivery_delay_ms, Some(90));
+
+        // The JSON keeps listen/tls/path at the top of `channel`, never a token.
+        let json = serde_json::to_value(&st).unwrap();
+        assert_eq!(json["channel"]["listen"], "127.0.0.1:8790");
+        assert_eq!(json["channel"]["tls"], false);
+        assert_eq!(json["channel"]["refused"]["unauthorized"], 1);
+        assert!(json["channel"].get("token").is_none());
+        let back: Status = serde_json::from_value(json).unwrap();
+        assert_eq!(back, st);
+        // A status from a bridge without these figures still reads.
+        let old = serde_json::json!({"listen": "127.0.0.1:1", "tls": true, "path": "/stream"});
+        let c: SectionStatus = serde_json::from_value(old).unwrap();
+        assert_eq!((c.endpoint().map(|e| e.tls), c.number("connections"), c.by_label("refused").len()), (Some(true), 0, 0));
+    }
+
+    #[test]
+    fn channel_json_keeps_its_keys_and_their_order() {
+        let tel = Telemetry::new();
+        let ch = ChannelStats::new(&tel);
+        ch.set_endpoint(ChannelInfo { listen: "127.0.0.1:8790".into(), tls: false, path: "/stream".into() });
+        ch.ring(3, 900, 41);
+        let json = serde_json::to_string(&tel.status(T0, &StatusSettings::default())).unwrap();
+        let want = concat!(
+            r#""channel":{"listen":"127.0.0.1:8790","tls":false,"path":"/stream","connections":0,"connections_accepted":0,"#,
+            r#""refused":{"bad_request":0,"handshake_evicted":0,"handshake_timeout":0,"not_found":0,"not_websocket":0,"too_many_connections":0,"unauthorized":0},"#,
+            r#""closed":{"client":0,"ping_timeout":0,"protocol_error":0,"shutdown":0,"slow_consumer":0,"token_changed":0},"#,
+            r#""messages_sent":0,"records_sent":0,"records_replayed":0,"lost_notices":0,"ring_records":3,"ring_bytes":900,"last_seq":41}"#
+        );
+        assert!(json.contains(want), "{json}");
+    }
+
+    #[test]
+    fn channel_series_in_metrics() {
+        use prometheus_parse::Value::*;
+        let tel = Telemetry::new();
+        let ch = ChannelStats::new(&tel);
+        ch.connections_active.inc();
+        ch.connections_accepted.add(2);
+        ch.refused_unauthorized.inc();
+        ch.closed_slow_consumer.inc();
+        ch.frames_written(1, 3, T0, T0 + 7);
+        let k = tel.sink("channel");
+        k.enqueued(3);
+        k.handed_over(3);
+        let text = metrics::render(&tel, &StatusSettings::default(), T0 + 1000);
+        let m = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string()))).expect("valid exposition");
+        let value = |name: &str, labels: &[(&str, &str)]| {
+            m.samples.iter().find(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v))).map(|s| s.value.clone())
+        };
+        let v = |name: &str, labels: &[(&str, &str)]| match value(name, labels) {
+            Some(Counter(v)) | Some(Gauge(v)) => v,
+            other => panic!("{name} {labels:?}: {other:?}"),
+        };
+        assert_eq!(v("calllog_bridge_channel_connections", &[]), 1.0);
+        assert_eq!(v("calllog_bridge_channel_connections_accepted_total", &[]), 2.0);
+        assert_eq!(v("calllog_bridge_channel_refused_total", &[("reason", "unauthorized")]), 1.0);
+        assert_eq!(v("calllog_bridge_channel_refused_total", &[("reason", "too_many_connections")]), 0.0);
+        assert_eq!(v("calllog_bridge_channel_closed_total", &[("reason", "slow_consumer")]), 1.0);
+        assert_eq!(v("calllog_bridge_channel_records_sent_total", &[]), 3.0);
+        assert!(value("calllog_bridge_channel_last_seq", &[]).is_none(), "last_seq is shown in /status only");
+        // The channel's delivery delay is the frame-written delay (7 ms), not
+        // the hand-over to the ring.
+        match value("calllog_bridge_delivery_delay_seconds", &[("sink", "channel")]) {
+            Some(Histogram(h)) => {
+                assert_eq!(h.iter().find(|x| x.less_than == 0.005).map(|x| x.count), Some(0.0));
+                assert_eq!(h.iter().find(|x| x.less_than == 0.01).map(|x| x.count), Some(3.0));
+            }
+            other => panic!("no channel delivery histogram: {other:?}"),
+        }
     }
 }

@@ -115,21 +115,15 @@ fn push_line(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{Compression, UpstreamFormat};
     use crate::record::{Field, Record};
+    use crate::sink::upstream::config::{Compression, Format};
     use crate::sink::upstream::encode::Encoder;
 
     #[test]
     fn line_holds_status_response_and_records() {
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("dl/dead.ndjson");
-        let e = Encoder {
-            format: UpstreamFormat::Elasticsearch,
-            compression: Compression::None,
-            gzip_level: 1,
-            elasticsearch_index: None,
-            splunk_sourcetype: None,
-        };
+        let e = Encoder { format: Format::Elasticsearch { index: None }, compression: Compression::None };
         let mut u = Units::default();
         for id in ["a", "b"] {
             let mut r = Record::new_ml();

@@ -11,7 +11,7 @@
 
 use std::io::Write;
 
-use crate::config::{Compression, UpstreamConfig, UpstreamFormat};
+use super::config::{Compression, Format, UpstreamConfig};
 use crate::record::{write_json_str, Field, Record, Shape};
 
 /// Where one record's bytes lie in [`Units::buf`].
@@ -107,50 +107,37 @@ impl Units {
 /// Encodes records and bodies for one upstream.
 #[derive(Debug, Clone)]
 pub struct Encoder {
-    /// The body format.
-    pub format: UpstreamFormat,
+    /// The body format, with its keys.
+    pub format: Format,
     /// Body compression.
     pub compression: Compression,
-    /// gzip level 0-9.
-    pub gzip_level: u32,
-    /// `_index` for `_bulk` actions; `None` leaves it to the URL
-    /// (`POST /<index>/_bulk`).
-    pub elasticsearch_index: Option<String>,
-    /// HEC `sourcetype`; `None` leaves it out.
-    pub splunk_sourcetype: Option<String>,
 }
 
 impl Encoder {
     /// The encoder `[upstream]` asks for.
     pub fn for_config(cfg: &UpstreamConfig) -> Encoder {
-        Encoder {
-            format: cfg.format,
-            compression: cfg.compression,
-            gzip_level: cfg.gzip_level,
-            elasticsearch_index: cfg.elasticsearch_index.clone(),
-            splunk_sourcetype: cfg.splunk_sourcetype.clone(),
-        }
+        Encoder { format: cfg.format.clone(), compression: cfg.compression }
     }
 
     /// Appends one record's unit.
     pub fn push(&self, r: &Record<'_>, units: &mut Units) {
         let out = &mut units.buf;
         let (doc_start, doc_end);
-        match self.format {
-            UpstreamFormat::Ndjson => {
+        match &self.format {
+            Format::Ndjson => {
                 doc_start = out.len();
                 r.write_json(Shape::Ndjson, out);
                 doc_end = out.len();
                 out.push(b'\n');
             }
-            UpstreamFormat::Ecls => {
+            Format::Ecls => {
                 doc_start = out.len();
                 r.write_json(Shape::Ecls, out);
                 doc_end = out.len();
             }
-            UpstreamFormat::Elasticsearch => {
+            Format::Elasticsearch { index } => {
                 out.extend_from_slice(b"{\"index\":{");
-                if let Some(ix) = &self.elasticsearch_index {
+                if let Some(ix) = index {
                     out.extend_from_slice(b"\"_index\":");
                     write_json_str(out, ix);
                     out.push(b',');
@@ -163,7 +150,7 @@ impl Encoder {
                 doc_end = out.len();
                 out.push(b'\n');
             }
-            UpstreamFormat::SplunkHec => {
+            Format::SplunkHec { sourcetype } => {
                 out.push(b'{');
                 if let Some(ms) = r.request_time_ms {
                     // Epoch seconds with a fraction, as HEC's `time` wants.
@@ -171,7 +158,7 @@ impl Encoder {
                     let (s, f) = (ms.div_euclid(1000), ms.rem_euclid(1000));
                     let _ = write!(out, "{s}.{f:03},");
                 }
-                if let Some(st) = &self.splunk_sourcetype {
+                if let Some(st) = sourcetype {
                     out.extend_from_slice(b"\"sourcetype\":");
                     write_json_str(out, st);
                     out.push(b',');
@@ -189,7 +176,7 @@ impl Encoder {
     /// Bytes the body adds around the units (the ECLS wrapper and commas).
     pub fn framing_bytes(&self, records: usize) -> usize {
         match self.format {
-            UpstreamFormat::Ecls => 11 + records.saturating_sub(1),
+            Format::Ecls => 11 + records.saturating_sub(1),
             _ => 0,
         }
     }
@@ -197,15 +184,15 @@ impl Encoder {
     /// `Content-Type` of the body.
     pub fn content_type(&self) -> &'static str {
         match self.format {
-            UpstreamFormat::Ndjson | UpstreamFormat::Elasticsearch => "application/x-ndjson",
-            UpstreamFormat::Ecls | UpstreamFormat::SplunkHec => "application/json",
+            Format::Ndjson | Format::Elasticsearch { .. } => "application/x-ndjson",
+            Format::Ecls | Format::SplunkHec { .. } => "application/json",
         }
     }
 
     /// `Content-Encoding` of the body, if any.
     pub fn content_encoding(&self) -> Option<&'static str> {
         match self.compression {
-            Compression::Gzip => Some("gzip"),
+            Compression::Gzip { .. } => Some("gzip"),
             Compression::None => None,
         }
     }
@@ -220,9 +207,9 @@ impl Encoder {
                 self.write_body(units, &mut out);
                 out
             }
-            Compression::Gzip => {
+            Compression::Gzip { level } => {
                 // Call logs compress about 8:1; start with room for that.
-                let mut gz = flate2::write::GzEncoder::new(Vec::with_capacity(raw_len / 6 + 64), flate2::Compression::new(self.gzip_level));
+                let mut gz = flate2::write::GzEncoder::new(Vec::with_capacity(raw_len / 6 + 64), flate2::Compression::new(level));
                 self.write_body(units, &mut gz);
                 // Writing into a Vec cannot fail.
                 gz.finish().unwrap_or_default()
@@ -233,7 +220,7 @@ impl Encoder {
     fn write_body(&self, units: &Units, out: &mut impl Write) {
         // Writes go to a Vec or a GzEncoder over a Vec: they cannot fail.
         match self.format {
-            UpstreamFormat::Ecls => {
+            Format::Ecls => {
                 let _ = out.write_all(b"{\"data\":[");
                 for i in 0..units.len() {
                     if i > 0 {
@@ -252,6 +239,7 @@ impl Encoder {
 
 #[cfg(test)]
 mod tests {
+    use super::super::config::UpstreamFormat;
     use super::*;
     use std::io::Read;
 
@@ -265,13 +253,13 @@ mod tests {
     }
 
     fn enc(format: UpstreamFormat) -> Encoder {
-        Encoder {
-            format,
-            compression: Compression::None,
-            gzip_level: 6,
-            elasticsearch_index: Some("calls".into()),
-            splunk_sourcetype: Some("calllog".into()),
-        }
+        let format = match format {
+            UpstreamFormat::Ndjson => Format::Ndjson,
+            UpstreamFormat::Ecls => Format::Ecls,
+            UpstreamFormat::Elasticsearch => Format::Elasticsearch { index: Some("calls".into()) },
+            UpstreamFormat::SplunkHec => Format::SplunkHec { sourcetype: Some("calllog".into()) },
+        };
+        Encoder { format, compression: Compression::None }
     }
 
     fn body(format: UpstreamFormat, n: usize) -> (Encoder, Units, String) {
@@ -314,7 +302,7 @@ mod tests {
         assert_eq!(lines[3]["request_uuid"], "u1");
         assert_eq!(serde_json::from_slice::<serde_json::Value>(u.doc(1)).unwrap()["request_uuid"], "u1");
         let mut no_index = enc(UpstreamFormat::Elasticsearch);
-        no_index.elasticsearch_index = None;
+        no_index.format = Format::Elasticsearch { index: None };
         let mut u = Units::default();
         no_index.push(&record("x", 0), &mut u);
         assert!(String::from_utf8(u.buf).unwrap().starts_with("{\"index\":{\"_id\":\"x\"}}\n"));
@@ -333,7 +321,7 @@ mod tests {
     #[test]
     fn gzip_round_trips() {
         let mut e = enc(UpstreamFormat::Ndjson);
-        e.compression = Compression::Gzip;
+        e.compression = Compression::Gzip { level: 6 };
         let mut u = Units::default();
         for i in 0..50 {
             e.push(&record(&format!("u{i}"), 0), &mut u);

@@ -20,7 +20,7 @@ use std::time::Duration;
 use anyhow::Context;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue, AUTHORIZATION, CONTENT_ENCODING, CONTENT_TYPE, RETRY_AFTER};
 
-use crate::config::{AuthFailures, UpstreamAuth, UpstreamConfig, UpstreamFormat};
+use super::config::{AuthFailures, UpstreamAuth, UpstreamConfig, UpstreamFormat};
 
 /// How much of an error response body is kept for logs and the dead-letter
 /// file.
@@ -114,8 +114,7 @@ pub fn client(cfg: &UpstreamConfig) -> anyhow::Result<reqwest::Client> {
         let value = HeaderValue::from_str(v).with_context(|| format!("upstream.headers.{k}: not a valid header value"))?;
         headers.insert(name, value);
     }
-    let auth = cfg.auth()?;
-    let auth_value = match &auth {
+    let auth_value = match &cfg.auth {
         UpstreamAuth::None => None,
         UpstreamAuth::Bearer(t) => Some(format!("Bearer {}", t.expose())),
         UpstreamAuth::Basic { user, password } => Some(format!("Basic {}", base64(format!("{user}:{}", password.expose()).as_bytes()))),
@@ -130,27 +129,27 @@ pub fn client(cfg: &UpstreamConfig) -> anyhow::Result<reqwest::Client> {
     let mut b = reqwest::Client::builder()
         .use_rustls_tls()
         .default_headers(headers)
-        .timeout(Duration::from_millis(cfg.request_timeout_ms))
-        .connect_timeout(Duration::from_millis(cfg.request_timeout_ms.min(10_000)))
+        .timeout(cfg.request_timeout)
+        .connect_timeout(cfg.request_timeout.min(Duration::from_secs(10)))
         .pool_max_idle_per_host(cfg.max_in_flight)
         // A redirect would turn the POST into a GET; report it instead.
         .redirect(reqwest::redirect::Policy::none())
         .user_agent(concat!("calllog-bridge/", env!("CARGO_PKG_VERSION")));
-    if let Some(ca) = &cfg.ca_file {
-        let pem = std::fs::read(ca).with_context(|| format!("upstream.ca_file: cannot read {}", ca.display()))?;
-        let certs =
-            reqwest::Certificate::from_pem_bundle(&pem).with_context(|| format!("upstream.ca_file: {} is not PEM", ca.display()))?;
+    // The PEM files were read with the config (a reload re-reads them).
+    if let Some(ca) = &cfg.ca {
+        let certs = reqwest::Certificate::from_pem_bundle(&ca.bytes)
+            .with_context(|| format!("upstream.ca_file: {} is not PEM", ca.path.display()))?;
         if certs.is_empty() {
-            anyhow::bail!("upstream.ca_file: {} holds no certificate", ca.display());
+            anyhow::bail!("upstream.ca_file: {} holds no certificate", ca.path.display());
         }
         for c in certs {
             b = b.add_root_certificate(c);
         }
     }
-    if let (Some(cert), Some(key)) = (&cfg.client_cert, &cfg.client_key) {
-        let mut pem = std::fs::read(cert).with_context(|| format!("upstream.client_cert: cannot read {}", cert.display()))?;
+    if let Some((cert, key)) = &cfg.client_identity {
+        let mut pem = cert.bytes.clone();
         pem.push(b'\n');
-        pem.extend(std::fs::read(key).with_context(|| format!("upstream.client_key: cannot read {}", key.display()))?);
+        pem.extend_from_slice(&key.bytes);
         let id = reqwest::Identity::from_pem(&pem).context("upstream.client_cert / client_key: not a PEM certificate and key")?;
         b = b.identity(id);
     }
@@ -437,20 +436,21 @@ fn base64(input: &[u8]) -> String {
 /// `Retry-After` when it gave one, but never more than `max_ms` (a collector
 /// asking for an hour must not park records for an hour when it may answer
 /// again at once), else [`backoff`]. True when a `Retry-After` was cut down.
-pub fn retry_delay(after: Option<Duration>, attempt: u32, initial_ms: u64, max_ms: u64) -> (Duration, bool) {
-    let max = Duration::from_millis(max_ms.max(1));
+pub fn retry_delay(after: Option<Duration>, attempt: u32, initial: Duration, max: Duration) -> (Duration, bool) {
+    let max = max.max(Duration::from_millis(1));
     match after {
         Some(a) if a > max => (max, true),
         Some(a) => (a, false),
-        None => (backoff(attempt, initial_ms, max_ms), false),
+        None => (backoff(attempt, initial, max), false),
     }
 }
 
 /// The delay before retry number `attempt` (0-based): exponential from
 /// `initial_ms`, capped at `max_ms`, with "equal jitter" (half fixed, half
 /// random) so that many bridges do not retry in lockstep.
-pub fn backoff(attempt: u32, initial_ms: u64, max_ms: u64) -> Duration {
-    let exp = initial_ms.saturating_mul(1u64 << attempt.min(32)).min(max_ms).max(1);
+pub fn backoff(attempt: u32, initial: Duration, max: Duration) -> Duration {
+    let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+    let exp = ms(initial).saturating_mul(1u64 << attempt.min(32)).min(ms(max)).max(1);
     let half = exp / 2;
     Duration::from_millis(half + rand::random_range(0..=exp - half))
 }
@@ -485,9 +485,15 @@ mod tests {
 
     #[test]
     fn retry_after_is_capped_by_retry_max() {
-        assert_eq!(retry_delay(Some(Duration::from_secs(3600)), 0, 100, 5_000), (Duration::from_secs(5), true));
-        assert_eq!(retry_delay(Some(Duration::from_secs(2)), 0, 100, 5_000), (Duration::from_secs(2), false));
-        let (d, capped) = retry_delay(None, 0, 100, 5_000);
+        assert_eq!(
+            retry_delay(Some(Duration::from_secs(3600)), 0, Duration::from_millis(100), Duration::from_millis(5_000)),
+            (Duration::from_secs(5), true)
+        );
+        assert_eq!(
+            retry_delay(Some(Duration::from_secs(2)), 0, Duration::from_millis(100), Duration::from_millis(5_000)),
+            (Duration::from_secs(2), false)
+        );
+        let (d, capped) = retry_delay(None, 0, Duration::from_millis(100), Duration::from_millis(5_000));
         assert!(!capped && d <= Duration::from_millis(100));
     }
 
@@ -544,7 +550,7 @@ mod tests {
     #[test]
     fn backoff_grows_caps_and_jitters() {
         for a in 0..40 {
-            let d = backoff(a, 100, 10_000).as_millis() as u64;
+            let d = backoff(a, Duration::from_millis(100), Duration::from_millis(10_000)).as_millis() as u64;
             let exp = (100u64 << a.min(32)).min(10_000);
             assert!(d >= exp / 2 && d <= exp, "attempt {a}: {d}");
         }

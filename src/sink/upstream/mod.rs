@@ -51,6 +51,7 @@
 //! batches still queued, are spooled if the spool is enabled, otherwise
 //! left unacknowledged (their records are read again after a restart).
 
+mod config;
 mod dead_letter;
 pub mod encode;
 pub mod http;
@@ -69,13 +70,19 @@ use tokio_util::task::TaskTracker;
 use self::encode::{Encoder, Units};
 use self::http::Outcome;
 use self::spool::Spool;
-use super::{SinkContext, SinkHandle};
-use crate::config::{UpstreamConfig, UpstreamFormat};
+use super::{Keys, Needs, SinkContext, SinkHandle};
+use crate::listener::Bound;
 use crate::logsafe::{self, Escaped};
 use crate::pipeline::{Batch, Durability, Fanout, Receipt};
+use crate::settings::{parent_dir, ConfigError};
 use crate::telemetry::log_limit::LogLimit;
 use crate::telemetry::SinkStats;
 use crate::time::now_ms;
+
+pub use config::{AuthFailures, Compression, CompressionName, Format, Pem, UpstreamAuth, UpstreamConfig, UpstreamFormat, UpstreamSection};
+
+/// The config section.
+pub const SECTION: &str = "upstream";
 
 /// The sink's name in metrics, logs and the fan-out.
 pub const NAME: &str = "upstream";
@@ -94,13 +101,89 @@ pub async fn start(cfg: &UpstreamConfig, ctx: &SinkContext, fanout: &mut Fanout)
     Ok((SinkHandle { name: NAME, task }, handle))
 }
 
-/// The name of a format in paths and the dead-letter file.
-fn format_name(f: UpstreamFormat) -> &'static str {
-    match f {
-        UpstreamFormat::Ndjson => "ndjson",
-        UpstreamFormat::Ecls => "ecls",
-        UpstreamFormat::Elasticsearch => "elasticsearch",
-        UpstreamFormat::SplunkHec => "splunk_hec",
+/// The upstream sink as a [`super::Sink`].
+pub struct UpstreamSink;
+
+impl super::Sink for UpstreamSink {
+    const SECTION: &'static str = SECTION;
+    const NAME: &'static str = NAME;
+    type Section = UpstreamSection;
+    type Config = UpstreamConfig;
+    type Handle = UpstreamHandle;
+    type Update = Live;
+
+    fn config(section: UpstreamSection, base: &std::path::Path) -> Result<UpstreamConfig, ConfigError> {
+        UpstreamConfig::from_section(section, base)
+    }
+
+    fn keys(k: &mut Keys<UpstreamConfig>) {
+        // Fixed while the sink runs: the encoding of records already
+        // batched or spooled (and the spool's directory), the spool's
+        // bound, the dead-letter file and the sender permits. A format's
+        // own keys (index, sourcetype) apply live.
+        k.restart_unless("upstream.format", |c| &mut c.format, Format::same_kind)
+            .restart("upstream.max_in_flight", |c| &mut c.max_in_flight)
+            .restart("upstream.spool_max_bytes", |c| &mut c.spool_max_bytes)
+            .restart("upstream.dead_letter_file", |c| &mut c.dead_letter_file);
+        // Applied by UpstreamHandle::reconfigure: a new client and encoder;
+        // requests already built switch to them at their next attempt.
+        k.live("upstream.url", |c| &mut c.url)
+            .live("upstream.compression", |c| &mut c.compression)
+            .live("upstream.headers", |c| &mut c.headers)
+            .live("upstream.credentials", |c| &mut c.auth)
+            .live("upstream.ca_file", |c| &mut c.ca)
+            .live("upstream.client_cert", |c| &mut c.client_identity)
+            .live("upstream.batch_max_records", |c| &mut c.batch_max_records)
+            .live("upstream.batch_max_bytes", |c| &mut c.batch_max_bytes)
+            .live("upstream.flush_interval_ms", |c| &mut c.flush_interval)
+            .live("upstream.request_timeout_ms", |c| &mut c.request_timeout)
+            .live("upstream.retry_initial_ms", |c| &mut c.retry_initial)
+            .live("upstream.retry_max_ms", |c| &mut c.retry_max)
+            .live("upstream.spool_after_ms", |c| &mut c.spool_after)
+            .live("upstream.auth_failures", |c| &mut c.auth_failures)
+            .live("upstream.dead_letter_rotate_bytes", |c| &mut c.dead_letter_rotation)
+            .live("upstream.shutdown_grace_ms", |c| &mut c.shutdown_grace);
+    }
+
+    fn needs(cfg: &UpstreamConfig, needs: &mut Needs) {
+        if let Some(d) = &cfg.dead_letter_file {
+            needs.dirs.push(("upstream.dead_letter_file", parent_dir(d), false));
+        }
+    }
+
+    fn summary(u: &UpstreamConfig) -> String {
+        let auth = match u.auth {
+            UpstreamAuth::Bearer(_) => "bearer token",
+            UpstreamAuth::Basic { .. } => "basic auth",
+            UpstreamAuth::None => "no credentials",
+        };
+        let compression = match u.compression {
+            Compression::Gzip { .. } => "gzip",
+            Compression::None => "uncompressed",
+        };
+        let headers = if u.headers.is_empty() {
+            String::new()
+        } else {
+            format!(", headers {} (values not shown)", u.headers.keys().cloned().collect::<Vec<_>>().join(", "))
+        };
+        format!("{} ({}, {compression}, {auth}{headers})", http::redact_url(&u.url), u.format.kind().name())
+    }
+
+    async fn start(
+        cfg: &UpstreamConfig,
+        ctx: &SinkContext,
+        fanout: &mut Fanout,
+        _listeners: &mut Bound,
+    ) -> anyhow::Result<(SinkHandle, UpstreamHandle)> {
+        start(cfg, ctx, fanout).await
+    }
+
+    fn prepare(cfg: &UpstreamConfig) -> anyhow::Result<Live> {
+        Live::build(cfg)
+    }
+
+    fn reconfigure(handle: &UpstreamHandle, live: Live) {
+        handle.reconfigure(live)
     }
 }
 
@@ -367,39 +450,6 @@ impl Live {
     }
 }
 
-/// Keys of `[upstream]` that are fixed while the sink runs (the spool's
-/// directory and bound, the dead-letter file, the sender permits, the
-/// encoding of records already batched or spooled): a change applies only
-/// after a restart. Everything else a reload applies live.
-pub fn restart_keys(old: &UpstreamConfig, new: &UpstreamConfig) -> Vec<&'static str> {
-    let mut keys = Vec::new();
-    if old.format != new.format {
-        keys.push("upstream.format");
-    }
-    if old.max_in_flight != new.max_in_flight {
-        keys.push("upstream.max_in_flight");
-    }
-    if old.spool_max_bytes != new.spool_max_bytes {
-        keys.push("upstream.spool_max_bytes");
-    }
-    if old.dead_letter_file != new.dead_letter_file {
-        keys.push("upstream.dead_letter_file");
-    }
-    keys
-}
-
-/// `new` with the keys of [`restart_keys`] taken from `running`: the
-/// configuration a reload puts in force.
-pub fn live_config(running: &UpstreamConfig, new: &UpstreamConfig) -> UpstreamConfig {
-    UpstreamConfig {
-        format: running.format,
-        max_in_flight: running.max_in_flight,
-        spool_max_bytes: running.spool_max_bytes,
-        dead_letter_file: running.dead_letter_file.clone(),
-        ..new.clone()
-    }
-}
-
 /// Controls a running upstream sink (reload).
 #[derive(Clone)]
 pub struct UpstreamHandle {
@@ -407,13 +457,14 @@ pub struct UpstreamHandle {
 }
 
 impl UpstreamHandle {
-    /// Puts new settings in force (see [`Live`]); the keys of
-    /// [`restart_keys`] keep their running values.
+    /// Puts new settings in force (see [`Live`]). The settings a running
+    /// sink cannot change ([`UpstreamSink`]'s restart keys: format,
+    /// `max_in_flight`, spool, dead-letter file) must be those it runs
+    /// with: a reload keeps their running values.
     pub fn reconfigure(&self, new: Live) {
         let mut slot = self.shared.live.write().unwrap_or_else(|e| e.into_inner());
-        let cfg = live_config(&slot.cfg, &new.cfg);
         tracing::info!(url = %new.log_url, "upstream: settings reloaded; requests use them from their next attempt");
-        *slot = Arc::new(Live { encoder: Encoder::for_config(&cfg), cfg, ..new });
+        *slot = Arc::new(new);
     }
 }
 
@@ -440,7 +491,7 @@ impl Upstream {
         };
         let stats = ctx.telemetry.sink(NAME);
         let spool = if cfg.spool_max_bytes > 0 {
-            let dir = ctx.state_dir.join("upstream-spool").join(format_name(cfg.format));
+            let dir = ctx.state_dir.join("upstream-spool").join(cfg.format.kind().name());
             let max = cfg.spool_max_bytes;
             let d = dir.clone();
             let s = tokio::task::spawn_blocking(move || Spool::open(&d, max))
@@ -523,8 +574,8 @@ impl Upstream {
                 },
             }
         }
-        let grace_ms = sh.live().cfg.shutdown_grace_ms;
-        let grace = Duration::from_millis(grace_ms);
+        let grace = sh.live().cfg.shutdown_grace;
+        let grace_ms = grace.as_millis();
         let deadline = Instant::now() + grace;
         // Stopping while the collector fails: what is held goes to the
         // spool at once rather than after the grace period, so a kill
@@ -592,7 +643,7 @@ impl Shared {
     /// spool is enabled: requests go to disk rather than wait in memory.
     fn in_outage(&self) -> bool {
         let since = self.failing_since_ms.load(Ordering::Relaxed);
-        self.spool.is_some() && since != 0 && now_ms() - since >= self.live().cfg.spool_after_ms as i64
+        self.spool.is_some() && since != 0 && now_ms() - since >= i64::try_from(self.live().cfg.spool_after.as_millis()).unwrap_or(i64::MAX)
     }
 
     fn spool_has_untaken(&self) -> bool {
@@ -646,7 +697,7 @@ impl Shared {
         let (max_records, max_bytes) = (cfg.batch_max_records, cfg.batch_max_bytes);
         for r in batch.records.iter() {
             if b.units.is_empty() {
-                *flush_at = Some(Instant::now() + Duration::from_millis(cfg.flush_interval_ms));
+                *flush_at = Some(Instant::now() + cfg.flush_interval);
             }
             encoder.push(r, &mut b.units);
             b.note(&p);
@@ -661,7 +712,7 @@ impl Shared {
                         return false;
                     }
                 }
-                *flush_at = Some(Instant::now() + Duration::from_millis(cfg.flush_interval_ms));
+                *flush_at = Some(Instant::now() + cfg.flush_interval);
                 encoder.push(r, &mut b.units);
                 b.note(&p);
             }
@@ -890,12 +941,12 @@ impl Shared {
                         Err(back) => r = back,
                     }
                 }
-                let (delay, capped) = http::retry_delay(after, attempt, live.cfg.retry_initial_ms, live.cfg.retry_max_ms);
+                let (delay, capped) = http::retry_delay(after, attempt, live.cfg.retry_initial, live.cfg.retry_max);
                 if capped {
                     self.stats.retry_after_capped();
                     tracing::warn!(
                         retry_after_secs = after.map_or(0, |a| a.as_secs()),
-                        retry_max_ms = live.cfg.retry_max_ms,
+                        retry_max_ms = live.cfg.retry_max.as_millis(),
                         "upstream: the collector asked to wait longer than retry_max_ms; retrying after retry_max_ms"
                     );
                 }
@@ -970,7 +1021,8 @@ impl Shared {
     async fn encode(&self, r: &Request) -> Option<http::Body> {
         let units = r.units.clone();
         let enc = self.live().encoder.clone();
-        let (content_type, content_encoding, format, records) = (enc.content_type(), enc.content_encoding(), enc.format, units.len());
+        let (content_type, content_encoding, format, records) =
+            (enc.content_type(), enc.content_encoding(), enc.format.kind(), units.len());
         match tokio::task::spawn_blocking(move || enc.body(&units)).await {
             Ok(b) => Some(http::Body { bytes: bytes::Bytes::from(b), content_type, content_encoding, format, records }),
             Err(e) => {
@@ -1035,7 +1087,7 @@ impl Shared {
         loop {
             let live = self.live();
             let (dl, url, units, why) = (self.dead_letter.clone(), live.log_url.clone(), r.units.clone(), owned.clone());
-            let (fmt, rotation) = (format_name(live.cfg.format), live.cfg.dead_letter_rotation());
+            let (fmt, rotation) = (live.cfg.format.kind().name(), live.cfg.dead_letter_rotation);
             let res = tokio::task::spawn_blocking(move || match &*why {
                 Err((status, resp)) => dl.append(rotation, &url, fmt, *status, resp, &units),
                 Ok(errors) => dl.append_each(rotation, &url, fmt, errors, &units),

@@ -1,15 +1,16 @@
 //! `[status]`: Prometheus metrics, `/status`, health and the dashboard.
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::{parse_listen, ConfigError};
+use super::{parse_listen, secs, ConfigError};
 
-/// The `[status]` section.
+/// The `[status]` section as written.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct StatusConfig {
+pub struct StatusSection {
     /// Address of the status listener (loopback by default).
     #[serde(default = "default_listen", deserialize_with = "de_listen")]
     pub listen: SocketAddr,
@@ -69,9 +70,35 @@ fn de_listen<'de, D: serde::Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Er
     parse_listen("status.listen", &s).map_err(serde::de::Error::custom)
 }
 
-impl Default for StatusConfig {
+/// Metrics, status, health and the dashboard: the `[status]` settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatusConfig {
+    /// Address of the status listener (loopback by default).
+    pub listen: SocketAddr,
+    /// Label file metrics per file (off by default: file names are an
+    /// unbounded label set).
+    pub per_file_metrics: bool,
+    /// Window over which per-file sync-delay percentiles are computed
+    /// (`delay_window_secs`).
+    pub delay_window: Duration,
+    /// A file with no new data for this long is `idle` (`idle_after_secs`).
+    pub idle_after: Duration,
+    /// A file with data waiting and no read progress for this long is
+    /// `stalled` (`stalled_after_secs`).
+    pub stalled_after: Duration,
+    /// A source whose globs have matched no file for this long is reported
+    /// (`no_files_after_secs`).
+    pub no_files_after: Duration,
+    /// False: no status listener.
+    pub enabled: bool,
+    /// WebSocket origins the dashboard may subscribe to besides the
+    /// bridge's own channel (as written; each is a valid origin).
+    pub dashboard_channel_origins: Vec<String>,
+}
+
+impl Default for StatusSection {
     fn default() -> Self {
-        StatusConfig {
+        StatusSection {
             listen: default_listen(),
             per_file_metrics: false,
             delay_window_secs: default_window_secs(),
@@ -84,18 +111,35 @@ impl Default for StatusConfig {
     }
 }
 
+impl Default for StatusConfig {
+    fn default() -> Self {
+        StatusConfig {
+            listen: default_listen(),
+            per_file_metrics: false,
+            delay_window: secs(default_window_secs()),
+            idle_after: secs(default_idle_after_secs()),
+            stalled_after: secs(default_stalled_after_secs()),
+            no_files_after: secs(default_no_files_after_secs()),
+            enabled: true,
+            dashboard_channel_origins: Vec::new(),
+        }
+    }
+}
+
 impl StatusConfig {
-    pub(super) fn validate(&self, key: &str) -> Result<(), ConfigError> {
-        if self.delay_window_secs == 0 {
+    /// The typed settings of a `[status]` section; errors name the key
+    /// under `key` (`status`).
+    pub fn from_section(s: StatusSection, key: &str) -> Result<StatusConfig, ConfigError> {
+        if s.delay_window_secs == 0 {
             return Err(ConfigError::invalid(format!("{key}.delay_window_secs"), "must be > 0"));
         }
-        if self.idle_after_secs == 0 {
+        if s.idle_after_secs == 0 {
             return Err(ConfigError::invalid(format!("{key}.idle_after_secs"), "must be > 0"));
         }
-        if self.stalled_after_secs == 0 {
+        if s.stalled_after_secs == 0 {
             return Err(ConfigError::invalid(format!("{key}.stalled_after_secs"), "must be > 0"));
         }
-        for o in &self.dashboard_channel_origins {
+        for o in &s.dashboard_channel_origins {
             if ws_origin(o).is_none() {
                 return Err(ConfigError::invalid(
                     format!("{key}.dashboard_channel_origins"),
@@ -103,7 +147,16 @@ impl StatusConfig {
                 ));
             }
         }
-        Ok(())
+        Ok(StatusConfig {
+            listen: s.listen,
+            per_file_metrics: s.per_file_metrics,
+            delay_window: secs(s.delay_window_secs),
+            idle_after: secs(s.idle_after_secs),
+            stalled_after: secs(s.stalled_after_secs),
+            no_files_after: secs(s.no_files_after_secs),
+            enabled: s.enabled,
+            dashboard_channel_origins: s.dashboard_channel_origins,
+        })
     }
 }
 

@@ -7,7 +7,7 @@ use serde::Deserialize;
 use super::ConfigError;
 
 /// The `[enrich]` section.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EnrichConfig {
     /// Lookup files (CSV or JSON; see README "Lookup tables"). Reloaded
@@ -24,15 +24,15 @@ pub struct EnrichConfig {
 }
 
 impl EnrichConfig {
-    pub(super) fn resolve_paths(&mut self, base: &Path) {
+    /// Makes the lookup paths relative to the config file's directory.
+    pub(crate) fn resolve_paths(&mut self, base: &Path) {
         for p in &mut self.lookups {
-            if p.is_relative() && !base.as_os_str().is_empty() {
-                *p = base.join(&*p);
-            }
+            super::resolve(base, p);
         }
     }
 
-    pub(super) fn validate(&self, key: &str) -> Result<(), ConfigError> {
+    /// Checks values; the error names the key under `key` (`enrich`).
+    pub(crate) fn validate(&self, key: &str) -> Result<(), ConfigError> {
         for p in &self.lookups {
             let ext = p.extension().and_then(|e| e.to_str()).unwrap_or("");
             if !matches!(ext, "csv" | "json") {

@@ -41,13 +41,14 @@ impl RejectsConfig {
         Rotation { rotate_bytes: self.rotate_bytes, keep_files: self.keep_files }
     }
 
-    pub(super) fn validate(&self, key: &str) -> Result<(), ConfigError> {
+    /// Checks values; the error names the key under `key` (`rejects`).
+    pub(crate) fn validate(&self, key: &str) -> Result<(), ConfigError> {
         check_rotate_bytes(&format!("{key}.rotate_bytes"), self.rotate_bytes)
     }
 }
 
 /// A `rotate_bytes` of a bounded file: at least [`MIN_ROTATE_BYTES`].
-pub(super) fn check_rotate_bytes(key: &str, v: u64) -> Result<(), ConfigError> {
+pub fn check_rotate_bytes(key: &str, v: u64) -> Result<(), ConfigError> {
     if v < MIN_ROTATE_BYTES {
         return Err(ConfigError::invalid(
             key,

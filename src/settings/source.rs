@@ -1,10 +1,12 @@
-//! `[[source]]`: which files to follow and how to read them.
+//! The file `[[source]]` (`kind = "file"`, the default): which files to
+//! follow and how to read them.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::ConfigError;
+use super::{millis, secs, ConfigError};
 use crate::parse::Format;
 
 /// Where to start in a file that has no checkpoint yet.
@@ -18,13 +20,11 @@ pub enum ReadFrom {
     End,
 }
 
-/// One `[[source]]` section.
+/// One file `[[source]]` section as written (`name` and `kind`, which
+/// every source has, are read by [`crate::config`]).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct SourceConfig {
-    /// A name for logs and metrics; defaults to `source<N>`.
-    #[serde(default)]
-    pub name: Option<String>,
+pub struct SourceSection {
     /// Glob patterns of files to follow
     /// (`/mnt/data/trafficmanager/enriched/access/access*.log`).
     pub paths: Vec<String>,
@@ -72,36 +72,86 @@ pub fn default_max_line_bytes() -> usize {
     1 << 20
 }
 
+/// The settings of one file source: globs, format, and how files are
+/// discovered and read.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "SourceSection")]
+pub struct SourceConfig {
+    /// Glob patterns of files to follow, relative ones resolved against
+    /// the config file's directory.
+    pub paths: Vec<String>,
+    /// Glob patterns of files to skip; one starting with `*` matches in
+    /// any directory.
+    pub exclude: Vec<String>,
+    /// The files' format (`auto` decides per file).
+    pub format: Format,
+    /// Where to start in a file with no checkpoint.
+    pub read_from: ReadFrom,
+    /// Files last modified longer ago than this are not read
+    /// (`ignore_older_secs`; `None`: no limit).
+    pub ignore_older: Option<Duration>,
+    /// Discover changes by polling this often instead of inotify
+    /// (`poll_interval_ms`).
+    pub poll_interval: Option<Duration>,
+    /// Full rescan of the globs this often (`rescan_interval_ms`).
+    pub rescan_interval: Duration,
+    /// Lines longer than this are rejected (`too_long`).
+    pub max_line_bytes: usize,
+    /// A partial last line of a file gone or rotated away is emitted once
+    /// the file has not grown for this long (`partial_grace_ms`).
+    pub partial_grace: Duration,
+}
+
+/// `toml::from_str::<SourceConfig>` (tests, embedding): the section's
+/// settings with paths as written, errors naming `source.<key>`.
+impl TryFrom<SourceSection> for SourceConfig {
+    type Error = ConfigError;
+
+    fn try_from(s: SourceSection) -> Result<Self, Self::Error> {
+        SourceConfig::from_section(s, "source", Path::new(""))
+    }
+}
+
 impl SourceConfig {
-    pub(super) fn resolve_paths(&mut self, base: &Path) {
-        for p in self.paths.iter_mut().chain(self.exclude.iter_mut()) {
+    /// The settings of a file `[[source]]` section: relative globs are
+    /// resolved against `base` (the config file's directory), errors
+    /// name the key under `key` (`source[0]`).
+    pub fn from_section(mut s: SourceSection, key: &str, base: &Path) -> Result<SourceConfig, ConfigError> {
+        for p in s.paths.iter_mut().chain(s.exclude.iter_mut()) {
             // A pattern that starts with a wildcard (`*.tmp`) matches
             // anywhere and stays as written.
             if Path::new(p.as_str()).is_relative() && !p.starts_with('*') && !base.as_os_str().is_empty() {
                 *p = base.join(&*p).to_string_lossy().into_owned();
             }
         }
-    }
-
-    pub(super) fn validate(&self, key: &str) -> Result<(), ConfigError> {
-        if self.paths.is_empty() {
+        if s.paths.is_empty() {
             return Err(ConfigError::invalid(format!("{key}.paths"), "needs at least one glob"));
         }
-        for (list, name) in [(&self.paths, "paths"), (&self.exclude, "exclude")] {
+        for (list, name) in [(&s.paths, "paths"), (&s.exclude, "exclude")] {
             for p in list.iter() {
                 globset::Glob::new(p).map_err(|e| ConfigError::invalid(format!("{key}.{name}"), format!("bad glob `{p}`: {e}")))?;
             }
         }
-        if self.poll_interval_ms == Some(0) {
+        if s.poll_interval_ms == Some(0) {
             return Err(ConfigError::invalid(format!("{key}.poll_interval_ms"), "must be > 0"));
         }
-        if self.rescan_interval_ms == 0 {
+        if s.rescan_interval_ms == 0 {
             return Err(ConfigError::invalid(format!("{key}.rescan_interval_ms"), "must be > 0"));
         }
-        if self.max_line_bytes < 256 {
+        if s.max_line_bytes < 256 {
             return Err(ConfigError::invalid(format!("{key}.max_line_bytes"), "must be at least 256"));
         }
-        Ok(())
+        Ok(SourceConfig {
+            paths: s.paths,
+            exclude: s.exclude,
+            format: s.format,
+            read_from: s.read_from,
+            ignore_older: (s.ignore_older_secs > 0).then(|| secs(s.ignore_older_secs)),
+            poll_interval: s.poll_interval_ms.map(millis),
+            rescan_interval: millis(s.rescan_interval_ms),
+            max_line_bytes: s.max_line_bytes,
+            partial_grace: millis(s.partial_grace_ms),
+        })
     }
 
     /// The directory part of each glob (the directory to watch).

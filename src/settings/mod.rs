@@ -1,0 +1,289 @@
+//! The vocabulary of typed settings that every component uses: what a
+//! config problem is ([`ConfigError`], always naming its key), secrets
+//! ([`Secret`]), listen addresses, durations from `*_ms` / `*_secs` keys,
+//! relative paths; and the sections of the parts every bridge has
+//! (`[status]`, `[enrich]`, `[rejects]`, the file `[[source]]`).
+//!
+//! Invariant: a leaf. Components (sinks, sources, telemetry, enrich) take
+//! their settings from here or declare their own section next to their
+//! code; [`crate::config`] puts the whole file together. Each section is
+//! read in two steps: the section as written (serde, unknown keys refused
+//! with their line), then its typed settings (`Duration`, `SocketAddr`,
+//! enums for exclusive options, secrets read from their files), checked
+//! with an error naming the key. Tasks never see `*_ms: u64`.
+
+mod enrich;
+mod rejects;
+mod source;
+mod status;
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+pub use enrich::EnrichConfig;
+pub use rejects::{check_rotate_bytes, RejectsConfig, MIN_ROTATE_BYTES};
+pub use source::{default_max_line_bytes, ReadFrom, SourceConfig, SourceSection};
+pub use status::{ws_origin, StatusConfig, StatusSection};
+
+/// Exit code for an invalid configuration (EX_USAGE, as linkerd2-proxy).
+/// systemd's `RestartPreventExitStatus=` names it so a bad config is not
+/// restarted in a loop.
+pub const EXIT_CONFIG: i32 = 64;
+
+/// A configuration problem, naming the key it is about.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The config file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// TOML syntax, a wrong type, or an unknown key (the message names the
+    /// key and its line).
+    #[error("invalid config file {path}: {message}")]
+    Syntax {
+        /// The config file.
+        path: PathBuf,
+        /// The parser's message, with line and column.
+        message: String,
+    },
+    /// A value that parses but is not acceptable.
+    #[error("invalid config key `{key}`: {message}")]
+    Invalid {
+        /// The key, as a dotted path (`source[0].paths`, `channel.listen`).
+        key: String,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// A well-formed value that does not work on this host: a glob whose
+    /// directory does not exist, a lookup file that does not load, a
+    /// directory that is not writable, a listen address in use (see
+    /// [`crate::preflight`]).
+    #[error("config key `{key}`: {message}")]
+    Unusable {
+        /// The key, as a dotted path.
+        key: String,
+        /// What does not work, said once.
+        message: String,
+    },
+}
+
+impl ConfigError {
+    /// A validation error for `key`.
+    pub fn invalid(key: impl Into<String>, message: impl fmt::Display) -> Self {
+        ConfigError::Invalid { key: key.into(), message: message.to_string() }
+    }
+
+    /// A value that is well-formed but does not work on this host (a
+    /// directory that does not exist, a port in use), for `key`.
+    pub fn unusable(key: impl Into<String>, message: impl fmt::Display) -> Self {
+        ConfigError::Unusable { key: key.into(), message: message.to_string() }
+    }
+
+    /// The key the error is about, when it names one.
+    pub fn key(&self) -> Option<&str> {
+        match self {
+            ConfigError::Invalid { key, .. } | ConfigError::Unusable { key, .. } => Some(key),
+            ConfigError::Read { .. } | ConfigError::Syntax { .. } => None,
+        }
+    }
+}
+
+/// Why a section could not be read.
+#[derive(Debug)]
+pub enum SectionError {
+    /// As written: a wrong type or an unknown key (the error has its
+    /// place in the file; [`crate::config`] renders it with the line).
+    Toml(toml::de::Error),
+    /// A value that is not acceptable (the error names its key).
+    Invalid(ConfigError),
+}
+
+impl From<ConfigError> for SectionError {
+    fn from(e: ConfigError) -> Self {
+        SectionError::Invalid(e)
+    }
+}
+
+/// Reads a section as written (serde; unknown keys are refused with
+/// their place in the file).
+pub fn section<T: serde::de::DeserializeOwned>(value: toml::de::ValueDeserializer<'_>) -> Result<T, SectionError> {
+    T::deserialize(value).map_err(SectionError::Toml)
+}
+
+/// Parses a listen address (`127.0.0.1:8791`, `[::1]:8791`, `0.0.0.0:8791`,
+/// or `localhost:8791`, which means 127.0.0.1), naming the key on error.
+/// No other host name is resolved: a listener binds an address.
+pub fn parse_listen(key: &str, v: &str) -> Result<SocketAddr, ConfigError> {
+    if let Some(port) = v.strip_prefix("localhost:") {
+        return port
+            .parse::<u16>()
+            .map(|p| SocketAddr::from(([127, 0, 0, 1], p)))
+            .map_err(|e| ConfigError::invalid(key, format!("`{v}`: bad port ({e})")));
+    }
+    v.parse().map_err(|_| ConfigError::invalid(key, format!("`{v}` is not an address:port (e.g. 127.0.0.1:8791 or localhost:8791)")))
+}
+
+/// A `*_ms` key's value.
+pub fn millis(ms: u64) -> Duration {
+    Duration::from_millis(ms)
+}
+
+/// A `*_secs` key's value.
+pub fn secs(s: u64) -> Duration {
+    Duration::from_secs(s)
+}
+
+/// Makes a relative path relative to `base` (the config file's
+/// directory); an empty `base` leaves it as written.
+pub fn resolve(base: &Path, p: &mut PathBuf) {
+    if p.is_relative() && !base.as_os_str().is_empty() {
+        *p = base.join(&*p);
+    }
+}
+
+/// The parent directory of a file the bridge writes (`.` for a bare
+/// file name).
+pub fn parent_dir(p: &Path) -> PathBuf {
+    match p.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
+}
+
+/// A secret given inline or read from a file (`token` / `token_file`).
+/// Never printed: `Debug` shows `<redacted>`. Two secrets compare equal
+/// in constant time (a reload compares the old token with the new one).
+#[derive(Clone)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a value.
+    pub fn new(v: impl Into<String>) -> Self {
+        Secret(v.into())
+    }
+
+    /// The secret value. Callers compare it in constant time and never log it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// Resolves an inline value or a file (trailing newline trimmed);
+    /// `key` names the inline key, `file_key` the file key in errors.
+    pub fn resolve(inline: Option<&str>, file: Option<&Path>, key: &str, file_key: &str) -> Result<Option<Secret>, ConfigError> {
+        match (inline, file) {
+            (Some(_), Some(_)) => Err(ConfigError::invalid(key, format!("give either `{key}` or `{file_key}`, not both"))),
+            (Some(""), None) => Err(ConfigError::invalid(key, "is empty")),
+            (Some(v), None) => Ok(Some(Secret::new(v))),
+            (None, Some(p)) => {
+                let v =
+                    std::fs::read_to_string(p).map_err(|e| ConfigError::invalid(file_key, format!("cannot read {}: {e}", p.display())))?;
+                let v = v.trim_end_matches(['\n', '\r']);
+                if v.is_empty() {
+                    return Err(ConfigError::invalid(file_key, format!("{} is empty", p.display())));
+                }
+                Ok(Some(Secret::new(v)))
+            }
+            (None, None) => Ok(None),
+        }
+    }
+}
+
+impl PartialEq for Secret {
+    fn eq(&self, other: &Self) -> bool {
+        use subtle::ConstantTimeEq;
+        self.0.as_bytes().ct_eq(other.0.as_bytes()).into()
+    }
+}
+
+impl Eq for Secret {}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// Deserializes an inline secret key (`token`, `bearer_token`, ...) as a
+/// [`Secret`], so that printing a section does not show it.
+pub fn inline_secret<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Secret>, D::Error> {
+    Ok(Option::<String>::deserialize(d)?.map(Secret::new))
+}
+
+/// The shortest token the bridge accepts from its clients, in bytes:
+/// 128 bits when the token is random (`openssl rand -hex 16` gives 32
+/// characters), too long to guess over a socket.
+pub const MIN_TOKEN_BYTES: usize = 16;
+
+/// Refuses a token the bridge would check that is empty, shorter than
+/// [`MIN_TOKEN_BYTES`], or holds whitespace or control characters (a
+/// token of one space, a stray blank from a copy and paste: none of it
+/// survives a URL's `?key=` intact). `key` names the config key in the
+/// error; the token itself never appears in it.
+pub fn check_token(key: &str, token: &Secret) -> Result<(), ConfigError> {
+    let t = token.expose();
+    if t.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(ConfigError::invalid(key, "the token contains whitespace or control characters; use printable characters only"));
+    }
+    if t.len() < MIN_TOKEN_BYTES {
+        return Err(ConfigError::invalid(
+            key,
+            format!("the token is {} bytes; at least {MIN_TOKEN_BYTES} are required (for example `openssl rand -hex 16`)", t.len()),
+        ));
+    }
+    Ok(())
+}
+
+/// Reads a PEM file named by `key`, so that `check-config` (and `run` at
+/// start-up) refuse a missing file with exit 64 naming the key.
+pub fn read_pem(path: &Path, key: &str) -> Result<Vec<u8>, ConfigError> {
+    std::fs::read(path).map_err(|e| ConfigError::invalid(key, format!("cannot read {}: {e}", path.display())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secret_debug_is_redacted() {
+        assert_eq!(format!("{:?}", Secret::new("hunter2")), "<redacted>");
+    }
+
+    #[test]
+    fn secrets_compare_by_value() {
+        assert_eq!(Secret::new("token-0123456789"), Secret::new("token-0123456789"));
+        assert_ne!(Secret::new("token-0123456789"), Secret::new("token-0123456780"));
+        assert_ne!(Secret::new("token"), Secret::new("token-longer"));
+    }
+
+    #[test]
+    fn weak_tokens_are_refused_naming_the_key_never_the_token() {
+        let check = |t: &str, ok: bool| {
+            let r = check_token("channel.token", &Secret::new(t));
+            assert_eq!(r.is_ok(), ok, "{t:?}: {r:?}");
+            if let Err(e) = r {
+                let msg = e.to_string();
+                assert!(msg.contains("channel.token"), "{msg}");
+                assert!(t.trim().is_empty() || !msg.contains(t), "the token is not echoed: {msg}");
+            }
+        };
+        check("", false);
+        check(" ", false);
+        check("                ", false);
+        check("short-token", false);
+        check("0123456789abcde", false);
+        check("0123456789abcdef", true);
+        check("0123456789abcdef ", false);
+        check("01234567 89abcdef", false);
+        check("0123456789abcdef\t", false);
+        check("0123456789abcdef\u{7f}", false);
+        check("ünïcödé-tökén-ok", true);
+    }
+}

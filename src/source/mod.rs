@@ -1,0 +1,307 @@
+//! Sources: where records come from, one per `[[source]]` section. The
+//! section's `kind` (`file`, the default) picks a [`Source`]; its module
+//! declares, once, its keys, what `check-config` and `run` check on the
+//! host, its lines in the `check-config` summary, and how its readers
+//! start. [`KINDS`] lists them; the config loader, preflight,
+//! `check-config` and the bridge know sources only through it. Adding a
+//! kind (a Kafka consumer) is one new module and one line in [`KINDS`].
+//!
+//! Invariant: a source hands records to the fan-out in batches whose
+//! acknowledgement ([`crate::pipeline::Batch`]) is what makes its
+//! position durable ([`crate::checkpoint`] for files): nothing is marked
+//! read before every sink has it. Readers stop at a batch boundary when
+//! [`SourceContext::stop`] is cancelled (shutdown, or a reload that
+//! restarts the reading side).
+
+pub mod file;
+
+use std::any::Any;
+use std::fmt;
+use std::marker::PhantomData;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::checkpoint::Checkpointer;
+use crate::enrich::Enricher;
+use crate::pipeline::Fanout;
+use crate::settings::{ConfigError, SectionError};
+use crate::tail::reader::RejectSink;
+use crate::telemetry::Telemetry;
+
+/// Every source kind the bridge knows; the first is the default (a
+/// `[[source]]` without `kind`). A new kind is one line here (and its
+/// `pub mod` above).
+pub static KINDS: &[&dyn SourceKind] = &[
+    &Registered::<file::FileSource>::NEW,
+    // &Registered::<kafka::KafkaSource>::NEW,
+];
+
+/// A kind of source, declared once by its module.
+pub trait Source: 'static {
+    /// The `kind` value (`file`).
+    const KIND: &'static str;
+    /// The section as written, without `kind` and `name` (serde,
+    /// `deny_unknown_fields`, defaults).
+    type Section: serde::de::DeserializeOwned;
+    /// The typed, checked settings of one source.
+    type Config: Clone + PartialEq + fmt::Debug + Send + Sync + 'static;
+
+    /// The settings of a section: relative paths resolved against `base`,
+    /// values checked; errors name the key under `key` (`source[0]`).
+    fn config(section: Self::Section, key: &str, base: &Path) -> Result<Self::Config, ConfigError>;
+
+    /// What the host offers this source now (files a glob matches, ...);
+    /// errors stop `run` (exit 64), warnings do not; both name the key
+    /// under `key`.
+    fn check(cfg: &Self::Config, key: &str) -> Check;
+
+    /// The source's lines in `check-config`'s summary, after its name on
+    /// the first line.
+    fn summary(cfg: &Self::Config, found: &SourceFound) -> String;
+
+    /// Starts a reader for each source of this kind (by name); with
+    /// [`SourceContext::startup`], also what the kind checks once at
+    /// start-up.
+    fn start(sources: Vec<(String, Self::Config)>, ctx: &SourceContext) -> anyhow::Result<Started>;
+}
+
+/// What every source gets when it starts.
+#[derive(Clone)]
+pub struct SourceContext {
+    /// Where batches go.
+    pub fanout: Fanout,
+    /// Durable positions, advanced when every sink acknowledged a batch.
+    pub checkpoints: Checkpointer,
+    /// Lookups and masking.
+    pub enricher: Arc<Enricher>,
+    /// Cancelled to stop reading at a batch boundary.
+    pub stop: CancellationToken,
+    /// Where rejected input goes.
+    pub rejects: Option<RejectSink>,
+    /// Statistics registry.
+    pub telemetry: Telemetry,
+    /// The bridge is starting (not a reload restarting the reading side).
+    pub startup: bool,
+}
+
+/// Readers started by [`Source::start`].
+#[derive(Default)]
+pub struct Started {
+    /// One task per source, by name; each ends after its source stopped
+    /// at a batch boundary.
+    pub readers: Vec<(String, JoinHandle<anyhow::Result<()>>)>,
+    /// Tasks of the kind as a whole (start-up checks); they end by
+    /// themselves or when reading stops.
+    pub background: Vec<JoinHandle<()>>,
+}
+
+/// One glob and the files it matches now.
+#[derive(Debug, Clone)]
+pub struct GlobFound {
+    /// The glob, as resolved.
+    pub glob: String,
+    /// Readable files it matches.
+    pub files: Vec<PathBuf>,
+    /// Files it matches that cannot be opened, with why.
+    pub unreadable: Vec<(PathBuf, String)>,
+}
+
+/// One `[[source]]` and what it finds on this host.
+#[derive(Debug, Clone)]
+pub struct SourceFound {
+    /// The source's name (`source<N>` by default).
+    pub name: String,
+    /// Its globs (file sources).
+    pub globs: Vec<GlobFound>,
+}
+
+/// What [`Source::check`] found.
+#[derive(Debug, Default)]
+pub struct Check {
+    /// Problems that stop `run`.
+    pub errors: Vec<ConfigError>,
+    /// What an operator should know.
+    pub warnings: Vec<String>,
+    /// The globs and their files.
+    pub globs: Vec<GlobFound>,
+}
+
+/// A registered source kind, without its types.
+pub trait SourceKind: Send + Sync {
+    /// [`Source::KIND`].
+    fn kind(&self) -> &'static str;
+    /// Reads a section (without `kind` and `name`) and its settings.
+    fn parse(&self, section: toml::de::ValueDeserializer<'_>, key: &str, base: &Path) -> Result<Box<dyn Erased>, SectionError>;
+    /// [`Source::start`] for the sources of this kind in `sources`.
+    fn start(&self, sources: &[&SourceConfigured], ctx: &SourceContext) -> anyhow::Result<Started>;
+}
+
+/// A [`Source`] as a [`SourceKind`] (an entry of [`KINDS`]).
+pub struct Registered<S>(PhantomData<fn() -> S>);
+
+impl<S> Registered<S> {
+    /// The entry for `S`.
+    pub const NEW: Registered<S> = Registered(PhantomData);
+}
+
+impl<S: Source> SourceKind for Registered<S> {
+    fn kind(&self) -> &'static str {
+        S::KIND
+    }
+
+    fn parse(&self, section: toml::de::ValueDeserializer<'_>, key: &str, base: &Path) -> Result<Box<dyn Erased>, SectionError> {
+        let s: S::Section = crate::settings::section(section)?;
+        Ok(Box::new(Typed::<S>(S::config(s, key, base)?)))
+    }
+
+    fn start(&self, sources: &[&SourceConfigured], ctx: &SourceContext) -> anyhow::Result<Started> {
+        let mut group = Vec::new();
+        for s in sources {
+            match s.get::<S>() {
+                Some(c) => group.push((s.name.clone(), c.clone())),
+                None => anyhow::bail!("source {} is not a `{}` source", s.name, S::KIND),
+            }
+        }
+        S::start(group, ctx)
+    }
+}
+
+/// The settings of one source without their type (implemented for every
+/// [`Source`]).
+pub trait Erased: Send + Sync {
+    /// The source's kind.
+    fn kind(&self) -> &'static dyn SourceKind;
+    /// For downcasting to the kind's settings.
+    fn as_any(&self) -> &dyn Any;
+    /// A copy.
+    fn clone_box(&self) -> Box<dyn Erased>;
+    /// Equal settings of the same kind.
+    fn eq_dyn(&self, other: &dyn Erased) -> bool;
+    /// `Debug`.
+    fn fmt_dyn(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result;
+    /// [`Source::check`].
+    fn check(&self, key: &str) -> Check;
+    /// [`Source::summary`].
+    fn summary(&self, found: &SourceFound) -> String;
+}
+
+/// A source `S`'s settings.
+struct Typed<S: Source>(S::Config);
+
+impl<S: Source> Erased for Typed<S> {
+    fn kind(&self) -> &'static dyn SourceKind {
+        &Registered::<S>::NEW
+    }
+
+    fn as_any(&self) -> &dyn Any {
+        &self.0
+    }
+
+    fn clone_box(&self) -> Box<dyn Erased> {
+        Box::new(Typed::<S>(self.0.clone()))
+    }
+
+    fn eq_dyn(&self, other: &dyn Erased) -> bool {
+        other.as_any().downcast_ref::<S::Config>() == Some(&self.0)
+    }
+
+    fn fmt_dyn(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {:?}", S::KIND, self.0)
+    }
+
+    fn check(&self, key: &str) -> Check {
+        S::check(&self.0, key)
+    }
+
+    fn summary(&self, found: &SourceFound) -> String {
+        S::summary(&self.0, found)
+    }
+}
+
+/// One configured `[[source]]`: its name and its kind's settings.
+pub struct SourceConfigured {
+    /// The name in logs, `/status` and metrics (`source<N>` by default).
+    pub name: String,
+    /// The settings.
+    config: Box<dyn Erased>,
+}
+
+impl SourceConfigured {
+    /// A source named `name` with `config` (from [`SourceKind::parse`]).
+    pub fn new(name: String, config: Box<dyn Erased>) -> SourceConfigured {
+        SourceConfigured { name, config }
+    }
+
+    /// The source's kind.
+    pub fn kind(&self) -> &'static dyn SourceKind {
+        self.config.kind()
+    }
+
+    /// The settings, if this is a source of kind `S`.
+    pub fn get<S: Source>(&self) -> Option<&S::Config> {
+        (self.kind().kind() == S::KIND).then(|| self.config.as_any().downcast_ref::<S::Config>()).flatten()
+    }
+
+    /// What the host offers it now ([`Source::check`]); `key` is
+    /// `source[<index>]`.
+    pub fn check(&self, key: &str) -> Check {
+        self.config.check(key)
+    }
+
+    /// Its lines in `check-config`.
+    pub fn summary(&self, found: &SourceFound) -> String {
+        self.config.summary(found)
+    }
+}
+
+impl Clone for SourceConfigured {
+    fn clone(&self) -> Self {
+        SourceConfigured { name: self.name.clone(), config: self.config.clone_box() }
+    }
+}
+
+impl PartialEq for SourceConfigured {
+    fn eq(&self, other: &Self) -> bool {
+        self.name == other.name && self.config.eq_dyn(&*other.config)
+    }
+}
+
+impl fmt::Debug for SourceConfigured {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: ", self.name)?;
+        self.config.fmt_dyn(f)
+    }
+}
+
+/// Starts a reader for every source, kind by kind.
+pub fn start_all(sources: &[SourceConfigured], ctx: &SourceContext) -> anyhow::Result<Started> {
+    let mut all = Started::default();
+    for kind in KINDS {
+        let group: Vec<&SourceConfigured> = sources.iter().filter(|s| s.kind().kind() == kind.kind()).collect();
+        if group.is_empty() {
+            continue;
+        }
+        let started = kind.start(&group, ctx)?;
+        all.readers.extend(started.readers);
+        all.background.extend(started.background);
+    }
+    Ok(all)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kinds_are_unique_and_file_is_the_default() {
+        assert_eq!(KINDS[0].kind(), "file");
+        for (i, a) in KINDS.iter().enumerate() {
+            for b in &KINDS[i + 1..] {
+                assert_ne!(a.kind(), b.kind());
+            }
+        }
+    }
+}
