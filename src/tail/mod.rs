@@ -760,3 +760,6 @@ pub fn end_of_last_line(f: &File, size: u64) -> u64 {
         Err(_) => size,
     }
 }
+
+#[cfg(test)]
+mod model_tests;
