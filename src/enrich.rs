@@ -46,8 +46,8 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::SystemTime;
 
 use crate::record::{is_absent, Field, Record};
-use crate::telemetry::LookupStats;
 use crate::settings::EnrichConfig;
+use crate::telemetry::LookupStats;
 
 /// A problem with a lookup file, naming the file and where in it.
 #[derive(Debug, thiserror::Error)]

@@ -52,6 +52,14 @@ pub const IDLE_CLOSE: Duration = Duration::from_secs(30);
 /// ago is taken to be still being written (logged at DEBUG, not WARN).
 pub const GZ_SETTLE: Duration = Duration::from_secs(60);
 
+/// The shortest time between two reads of a file that is being appended
+/// to: a file written one line per `write()` (1,000 lines/s) would
+/// otherwise be read, parsed and handed to every sink once per line. A
+/// change that follows a quiet spell is read at once; one that follows a
+/// read by less than this waits for the rest of it, so changes coalesce
+/// and a line waits at most this long.
+pub const READ_DELAY: Duration = Duration::from_millis(10);
+
 /// Signals from the tailer to a running reader.
 #[derive(Default)]
 pub struct Control {
@@ -180,8 +188,11 @@ struct State {
     fp_range: (u64, u64),
     enricher: Arc<Enricher>,
     max_line_bytes: usize,
-    /// Records in the last chunk (capacity hint for the next).
-    last_records: usize,
+    /// Bytes per record in the last chunk that had records (sizes the
+    /// next chunk's records list: sized by a count, a longer chunk would
+    /// double the list, and the copy and the spare half cost memory and
+    /// time on every chunk of a backlog).
+    bytes_per_record: usize,
     /// Lines seen so far (line numbers are known only when reading started
     /// at offset 0).
     lines: Option<u64>,
@@ -339,7 +350,12 @@ impl State {
         let noop = self.enricher.is_noop();
         let first_off = self.pos - data.len() as u64;
         let (parser, enricher, lines, skipping) = (&mut self.parser, &*self.enricher, &mut self.lines, &mut self.skipping);
-        let (max_line_bytes, capacity) = (self.max_line_bytes, self.last_records);
+        let capacity = match self.bytes_per_record {
+            0 => 0,
+            // A sixteenth more than expected: lines vary in length.
+            b => (data.len() / b) + (data.len() / b) / 16 + 1,
+        };
+        let max_line_bytes = self.max_line_bytes;
         let mut partial = false;
         // Where the partial last line starts in `data`, when it is carried
         // over to the next chunk.
@@ -421,7 +437,9 @@ impl State {
             };
             records
         };
-        self.last_records = records.len();
+        if !records.is_empty() {
+            self.bytes_per_record = (records.source_data().map_or(0, <[u8]>::len) / records.len()).max(1);
+        }
         Ok(Chunk {
             records,
             rejects: out_rejects.finish(observed_ms),
@@ -617,7 +635,7 @@ pub async fn run(spec: Spec, shared: Shared, ctl: Arc<Control>, stats: FileStats
         fp_range: spec.fp_range,
         enricher: shared.enricher.clone(),
         max_line_bytes: shared.max_line_bytes,
-        last_records: 0,
+        bytes_per_record: 0,
         lines: (spec.offset == 0).then_some(0),
         file: spec.file,
     };
@@ -654,9 +672,17 @@ pub async fn run(spec: Spec, shared: Shared, ctl: Arc<Control>, stats: FileStats
     // there.
     let mut last_growth = tokio::time::Instant::now();
     let mut went_away = false;
+    // When the last read that found new bytes began (see READ_DELAY).
+    let mut last_read: Option<tokio::time::Instant> = None;
     loop {
         if shared.shutdown.is_cancelled() {
             return done(st.offset(), size, Exit::Shutdown);
+        }
+        // Reading pauses while the memory budget is reached, as for a
+        // full sink queue: nothing more is read ahead.
+        tokio::select! {
+            _ = shared.fanout.budget().room() => {}
+            _ = shared.shutdown.cancelled() => return done(st.offset(), size, Exit::Shutdown),
         }
         let gone = ctl.gone.load(Ordering::Acquire) || ctl.rotated.load(Ordering::Acquire);
         if gone && !went_away {
@@ -666,6 +692,7 @@ pub async fn run(spec: Spec, shared: Shared, ctl: Arc<Control>, stats: FileStats
         let settled = last_growth.elapsed() >= shared.partial_grace;
         let flush_partial = st.gz.is_some() || (gone && settled && !ctl.superseded.load(Ordering::Acquire));
         let pos_before = st.pos;
+        let read_at = tokio::time::Instant::now();
         let mut rejects_out = RejectOut::new(shared.rejects.clone(), path.clone());
         let res = tokio::task::spawn_blocking(move || {
             let r = st.read_chunk(flush_partial, &mut rejects_out);
@@ -677,6 +704,7 @@ pub async fn run(spec: Spec, shared: Shared, ctl: Arc<Control>, stats: FileStats
                 st = s;
                 if st.pos > pos_before {
                     last_growth = tokio::time::Instant::now();
+                    last_read = Some(read_at);
                 }
                 match r {
                     Ok(c) => c,
@@ -821,7 +849,16 @@ pub async fn run(spec: Spec, shared: Shared, ctl: Arc<Control>, stats: FileStats
             return done(st.offset(), size, Exit::Gone);
         }
         tokio::select! {
-            _ = ctl.wake.notified() => {}
+            _ = ctl.wake.notified() => {
+                // Appended to again right after a read: let more lines
+                // arrive before reading (one read per READ_DELAY at most).
+                if let Some(at) = last_read.filter(|at| at.elapsed() < READ_DELAY) {
+                    tokio::select! {
+                        _ = tokio::time::sleep_until(at + READ_DELAY) => {}
+                        _ = shared.shutdown.cancelled() => return done(st.offset(), size, Exit::Shutdown),
+                    }
+                }
+            }
             _ = shared.shutdown.cancelled() => return done(st.offset(), size, Exit::Shutdown),
             _ = tokio::time::sleep(IDLE_CLOSE) => {
                 // Not while some of its batches are unacknowledged: the
@@ -854,7 +891,7 @@ mod tests {
             fp_range: (0, 0),
             enricher: Arc::new(Enricher::new(&[], None, None).unwrap()),
             max_line_bytes,
-            last_records: 0,
+            bytes_per_record: 0,
             lines: Some(0),
         }
     }

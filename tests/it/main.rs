@@ -7,6 +7,7 @@ mod dashboard;
 mod demo;
 mod enrich;
 mod faults;
+mod footprint;
 mod fuzz;
 mod hostile_files;
 mod hostile_net;
