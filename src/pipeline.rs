@@ -407,6 +407,30 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_send_waits_while_the_memory_budget_is_reached_and_charges_until_the_sinks_let_go() {
+        let telemetry = crate::telemetry::Telemetry::new();
+        let budget = MemoryBudget::new(4 << 20, &telemetry);
+        let (tx, mut rx) = mpsc::channel(16);
+        let mut f = Fanout::with_budget(budget.clone());
+        f.add("a", tx);
+        let chunk = || Records::borrowing(RecordSource { data: vec![0; 3 << 20], tables: Arc::default() }, |_| vec![Record::default()]);
+        f.send(Batch::new("f".into(), chunk(), 0, None)).await.unwrap();
+        assert!(budget.used() >= 3 << 20);
+        f.send(Batch::new("f".into(), chunk(), 0, None)).await.unwrap();
+        assert!(budget.exhausted());
+        // The queue has room, the budget has not: the third send waits.
+        let waiting = f.send(Batch::new("f".into(), chunk(), 0, None));
+        tokio::pin!(waiting);
+        assert!(tokio::time::timeout(std::time::Duration::from_millis(50), &mut waiting).await.is_err());
+        let first = rx.recv().await.unwrap();
+        first.ack();
+        drop(first);
+        tokio::time::timeout(std::time::Duration::from_secs(5), waiting).await.expect("room once a batch is dropped").unwrap();
+        drop(rx);
+        assert_eq!(budget.used(), 0, "dropped batches give their memory back");
+    }
+
+    #[tokio::test]
     async fn durability_demands_are_counted_and_awaited() {
         let f = Fanout::new();
         let d = f.durability();
