@@ -8,7 +8,10 @@
 //!   typed settings (errors naming the key, secrets, durations, addresses)
 //!   and the sections every bridge has.
 //! - [`source`]: where records come from (`[[source]]` kinds: files via
-//!   [`watch`] and [`tail`], with [`checkpoint`]s of what every sink has).
+//!   [`watch`] and [`tail`], with [`checkpoint`]s of what every sink has,
+//!   keyed by the files' fingerprints).
+//! - [`ingest`]: the bytes of one file -> records or rejects (framing, line
+//!   numbers, offsets, stamping, enrichment), shared by `run` and `parse`.
 //! - [`parse`]: one module per Local Edition format; pure, no I/O.
 //! - [`enrich`]: lookup tables, masking; pure apart from (re)loading tables.
 //! - [`record`]: the call-log record and its two JSON shapes.
@@ -43,6 +46,7 @@ pub mod cmd;
 pub mod config;
 pub mod demo;
 pub mod enrich;
+pub mod ingest;
 pub mod listener;
 pub mod logsafe;
 pub mod parse;

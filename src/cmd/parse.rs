@@ -1,13 +1,13 @@
 //! `calllog-bridge parse`: read log files offline and print call-log
 //! records.
 //!
-//! Each input (`-` = stdin) is read with a reusable line buffer; gzip input
-//! is recognised by its magic bytes and decompressed (multi-member, as
-//! rotated logs are). A pretty-printed JSON document (a line that is a lone
-//! `{` in an `ecls`, `le-json` or undecided `auto` file) is joined into one
-//! "line" by brace balance. Every line is parsed, enriched and written to
-//! stdout in the chosen shape; a line that does not parse is counted by file
-//! and reason and written to `--rejects`. A summary goes to stderr.
+//! Each input (`-` = stdin) is read in large buffers; gzip input is
+//! recognised by its magic bytes and decompressed (multi-member, as rotated
+//! logs are). The bytes go through the same [`Ingest`] stage as the running
+//! bridge's, so both frame lines and pretty-printed JSON documents, number
+//! lines and reject the same way. Records are written to stdout in the
+//! chosen shape; a line that does not parse is counted by file and reason
+//! and written to `--rejects`. A summary goes to stderr.
 //!
 //! Exit codes: 0 when every input was read (rejects or not), 1 when an input
 //! could not be opened or read (the others are still processed), 64 for a
@@ -20,25 +20,22 @@ use std::io::{self, BufRead, BufReader, BufWriter, IsTerminal, Read, Write};
 use std::path::Path;
 use std::rc::Rc;
 
-use anyhow::Context;
+use anyhow::Context as _;
 use flate2::bufread::MultiGzDecoder;
-use memchr::memchr;
 
 use crate::cli::ParseArgs;
 use crate::config::EXIT_CONFIG;
 use crate::enrich::{Enricher, Lookups};
-use crate::parse::framing::{self, JsonDepth};
-use crate::parse::{Format, LineKind, LineParser, Reject, RejectReason};
+use crate::ingest::{Context, Ingest, RejectOut, Rejected};
+use crate::parse::{Format, RejectReason};
 use crate::record::{write_ecls_message, Record, Shape};
-use crate::rejects::{RejectEntry, RejectsWriter};
+use crate::rejects::RejectsWriter;
 use crate::time;
 
 /// Read buffer size: large enough that bulk files are read in few syscalls.
 const READ_BUF_BYTES: usize = 256 * 1024;
 /// Inputs at least this large (in total) get a progress bar on a terminal.
 const PROGRESS_MIN_BYTES: u64 = 16 * 1024 * 1024;
-/// Lines between progress-bar updates.
-const PROGRESS_EVERY_LINES: u64 = 8192;
 
 /// Runs the command; returns the exit code.
 pub fn run(args: ParseArgs) -> anyhow::Result<i32> {
@@ -68,6 +65,7 @@ pub fn run(args: ParseArgs) -> anyhow::Result<i32> {
         scratch: Vec::with_capacity(4096),
         rejects,
         spare: Vec::new(),
+        buf: Vec::new(),
         output_closed: false,
     };
     let mut totals = FileStats::default();
@@ -204,8 +202,8 @@ impl FileStats {
 
 /// An opened input.
 struct Input {
-    /// Decompressed, buffered content.
-    reader: Box<dyn BufRead>,
+    /// Decompressed content.
+    reader: Box<dyn Read>,
     /// Size on disk (for the progress bar); `None` for stdin.
     size: Option<u64>,
     /// Bytes read from disk so far (compressed bytes for gzip).
@@ -250,8 +248,7 @@ fn open_input(path: &Path) -> io::Result<Input> {
             Err(e) => return Err(e),
         }
     };
-    let reader: Box<dyn BufRead> =
-        if gz { Box::new(BufReader::with_capacity(READ_BUF_BYTES, MultiGzDecoder::new(buffered))) } else { Box::new(buffered) };
+    let reader: Box<dyn Read> = if gz { Box::new(MultiGzDecoder::new(buffered)) } else { Box::new(buffered) };
     Ok(Input { reader, size, read })
 }
 
@@ -273,47 +270,9 @@ fn announce(bar: Option<&indicatif::ProgressBar>, msg: &str) {
     }
 }
 
-/// One line as read.
-struct LineRead {
-    /// Bytes consumed from the input (terminator included).
-    consumed: u64,
-    /// Length of the line without its `\n` (may exceed what was kept).
-    len: u64,
-}
-
-/// Reads the next line into `buf` (cleared; the `\n` not included), keeping
-/// at most `cap` bytes of it: a runaway line never takes more memory than
-/// that. `None` at end of input.
-fn read_line(r: &mut dyn BufRead, buf: &mut Vec<u8>, cap: usize) -> io::Result<Option<LineRead>> {
-    buf.clear();
-    let mut consumed = 0u64;
-    loop {
-        let avail = match r.fill_buf() {
-            Ok(b) => b,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        };
-        if avail.is_empty() {
-            return Ok(if consumed == 0 { None } else { Some(LineRead { consumed, len: consumed }) });
-        }
-        let (take, done) = match memchr(b'\n', avail) {
-            Some(i) => (i, true),
-            None => (avail.len(), false),
-        };
-        let room = cap.saturating_sub(buf.len());
-        buf.extend_from_slice(&avail[..take.min(room)]);
-        let used = if done { take + 1 } else { take };
-        r.consume(used);
-        consumed += used as u64;
-        if done {
-            return Ok(Some(LineRead { consumed, len: consumed - 1 }));
-        }
-    }
-}
-
 /// Turns a vector of records into an empty one of another lifetime,
-/// keeping its allocation (records borrow the line buffer, which changes
-/// every line).
+/// keeping its allocation (records borrow the read buffer, which changes
+/// every read).
 // `filter_map` (not `filter`) because it changes the item type; the
 // in-place collect reuses the allocation since the layouts are equal.
 #[allow(clippy::unnecessary_filter_map)]
@@ -322,18 +281,42 @@ fn recycle<'b>(mut v: Vec<Record<'_>>) -> Vec<Record<'b>> {
     v.into_iter().filter_map(|_| None).collect()
 }
 
-/// A multi-line JSON document being joined.
-struct Doc {
-    /// The lines so far, joined with `\n` (at most `max_line_bytes + 1`).
-    buf: Vec<u8>,
-    /// Its full length, even beyond what was kept.
-    len: u64,
-    /// Line number of its first line.
-    line: u64,
-    /// Offset of its first line.
-    offset: u64,
-    /// Brace balance.
-    depth: JsonDepth,
+/// Reads once into `buf` after its first `filled` bytes (growing it when
+/// full: an open document is carried); returns the bytes read, 0 at the
+/// end of the input.
+fn read_some(r: &mut dyn Read, buf: &mut Vec<u8>, filled: usize) -> io::Result<usize> {
+    if buf.len() < filled + READ_BUF_BYTES / 2 {
+        buf.resize(filled + READ_BUF_BYTES, 0);
+    }
+    loop {
+        match r.read(&mut buf[filled..]) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            r => return r,
+        }
+    }
+}
+
+/// Where the ingest's rejects go: counted, and written to `--rejects`.
+struct ParseRejects<'r, 'f> {
+    /// The input's name (as given).
+    name: &'f str,
+    /// The rejects file, if asked for.
+    writer: Option<&'r mut RejectsWriter<BufWriter<File>>>,
+    /// Counts by reason.
+    counts: &'r mut BTreeMap<RejectReason, u64>,
+    /// The first write error (reported once the buffer is done).
+    error: Option<io::Error>,
+}
+
+impl<'a> RejectOut<'a> for ParseRejects<'_, '_> {
+    fn reject(&mut self, r: Rejected<'a>) {
+        *self.counts.entry(r.reject.reason).or_default() += 1;
+        if let (Some(w), None) = (self.writer.as_deref_mut(), &self.error) {
+            if let Err(e) = w.write(&r.entry(self.name, None)) {
+                self.error = Some(e);
+            }
+        }
+    }
 }
 
 /// State shared by all inputs of one run.
@@ -348,8 +331,10 @@ struct Run<'r, W: Write> {
     scratch: Vec<u8>,
     /// The rejects file, if asked for.
     rejects: Option<RejectsWriter<BufWriter<File>>>,
-    /// The records vector's allocation, kept between lines.
+    /// The records vector's allocation, kept between reads.
     spare: Vec<Record<'static>>,
+    /// The read buffer, kept between inputs.
+    buf: Vec<u8>,
     /// stdout was closed by the reader (e.g. `| head`): stop quietly.
     output_closed: bool,
 }
@@ -364,149 +349,86 @@ impl<W: Write> Run<'_, W> {
         st: &mut FileStats,
         bar: Option<&indicatif::ProgressBar>,
     ) -> Result<(), FileError> {
-        let mut parser = LineParser::new(self.args.format, self.args.max_line_bytes);
-        st.requested = Some(parser.requested());
-        let cap = self.args.max_line_bytes.saturating_add(1);
-        let mut buf = Vec::with_capacity(4096);
-        let mut offset = 0u64;
-        let mut doc: Option<Doc> = None;
-        let mut announced = parser.format() != Format::Auto;
-        let result = loop {
-            let read = match read_line(&mut *input.reader, &mut buf, cap) {
-                Ok(Some(r)) => r,
-                Ok(None) => break Ok(()),
-                Err(e) => break Err(FileError::Read(e)),
+        let mut ingest = Ingest::new(self.args.format, self.args.max_line_bytes, 0);
+        st.requested = Some(ingest.parser().requested());
+        let mut announced = ingest.parser().format() != Format::Auto;
+        let mut buf = std::mem::take(&mut self.buf);
+        // buf[..filled]: what the ingest did not consume, then new bytes.
+        let mut filled = 0;
+        let mut result = Ok(());
+        loop {
+            let (n, last) = match read_some(&mut *input.reader, &mut buf, filled) {
+                Ok(0) => (0, true),
+                Ok(n) => (n, false),
+                // What was read is all there is: it is handled, then the
+                // error reported.
+                Err(e) => {
+                    result = Err(FileError::Read(e));
+                    (0, true)
+                }
             };
-            st.lines += 1;
-            let line_no = st.lines;
-            let line_offset = offset;
-            offset += read.consumed;
-            if let (Some(b), true) = (bar, line_no.is_multiple_of(PROGRESS_EVERY_LINES)) {
+            filled += n;
+            let consumed = self.ingest(name, &mut ingest, &buf[..filled], last, tables, st)?;
+            let c = ingest.counts();
+            (st.lines, st.headers, st.blank) = (c.lines, c.headers, c.blank);
+            buf.copy_within(consumed..filled, 0);
+            filled -= consumed;
+            if let Some(b) = bar {
                 b.set_position(input.read.get());
             }
-
-            if let Some(d) = doc.as_mut() {
-                if d.depth.rejects_object_start() && buf.trim_ascii_start().starts_with(b"{") {
-                    // The lone `{` did not open a document after all: reject
-                    // it and read this line on its own.
-                    if let Some(d) = doc.take() {
-                        let rej = Reject::new(RejectReason::BadJson, "a lone `{` not followed by a JSON document");
-                        self.reject(name, d.line, d.offset, rej, &d.buf, st)?;
-                    }
-                } else {
-                    if d.buf.len() < cap {
-                        let room = cap - d.buf.len() - 1;
-                        d.buf.push(b'\n');
-                        d.buf.extend_from_slice(&buf[..buf.len().min(room)]);
-                    }
-                    d.len += 1 + read.len;
-                    d.depth.line_end();
-                    if d.depth.feed(&buf) {
-                        if let Some(d) = doc.take() {
-                            self.handle(name, &mut parser, &d.buf, d.len, d.line, d.offset, tables, st)?;
-                        }
-                    }
-                    continue;
-                }
-            }
-            if parser.accepts_json_documents() && framing::opens_document(&buf) {
-                let mut depth = JsonDepth::new();
-                depth.feed(&buf);
-                doc = Some(Doc { buf: buf.clone(), len: read.len, line: line_no, offset: line_offset, depth });
-                continue;
-            }
-            self.handle(name, &mut parser, &buf, read.len, line_no, line_offset, tables, st)?;
-            if !announced && parser.format() != Format::Auto {
+            if !announced && ingest.parser().format() != Format::Auto {
                 announced = true;
-                announce(bar, &format!("file {name}: format auto → {}", parser.format()));
+                announce(bar, &format!("file {name}: format auto → {}", ingest.parser().format()));
             }
-        };
-        if let Some(d) = doc.take() {
-            // End of input inside a document: parse what there is (it will be
-            // reported as incomplete JSON).
-            self.handle(name, &mut parser, &d.buf, d.len, d.line, d.offset, tables, st)?;
+            if last {
+                break;
+            }
         }
-        if !announced && parser.format() != Format::Auto {
-            announce(bar, &format!("file {name}: format auto → {}", parser.format()));
-        }
-        st.format = Some(parser.format());
+        // A buffer grown for a long document is not kept.
+        buf.truncate(READ_BUF_BYTES);
+        buf.shrink_to(READ_BUF_BYTES);
+        self.buf = buf;
+        st.format = Some(ingest.parser().format());
         result
     }
 
-    /// Parses, enriches and writes one line (or joined document).
-    #[allow(clippy::too_many_arguments)]
-    fn handle(
+    /// Ingests one buffer: writes its records, counts and writes its
+    /// rejects; returns the bytes consumed.
+    fn ingest(
         &mut self,
         name: &str,
-        parser: &mut LineParser,
-        line: &[u8],
-        full_len: u64,
-        line_no: u64,
-        offset: u64,
+        ingest: &mut Ingest,
+        data: &[u8],
+        last: bool,
         tables: &Lookups,
         st: &mut FileStats,
-    ) -> Result<(), FileError> {
+    ) -> Result<usize, FileError> {
         let mut recs: Vec<Record<'_>> = recycle(std::mem::take(&mut self.spare));
-        let res = if full_len > line.len() as u64 {
-            Err(Reject::new(RejectReason::TooLong, format!("{full_len} bytes > max_line_bytes {}", self.args.max_line_bytes)))
-        } else {
-            parser.parse_line(line, &mut recs)
-        };
-        match res {
-            Ok(LineKind::Records(_)) => {
-                let observed = if self.args.stamp { Some(time::now_ms()) } else { None };
-                for rec in recs.iter_mut() {
-                    if let Some(e) = self.enricher {
-                        e.enrich(tables, rec);
-                    }
-                    if let Some(ms) = observed {
-                        rec.stamp_observed(ms);
-                    }
-                    self.scratch.clear();
-                    match self.args.output {
-                        Shape::Ndjson => rec.write_json(Shape::Ndjson, &mut self.scratch),
-                        Shape::Ecls => write_ecls_message([&*rec], &mut self.scratch),
-                    }
-                    self.scratch.push(b'\n');
-                    self.out.write_all(&self.scratch).map_err(FileError::Output)?;
-                    st.records += 1;
-                }
+        let observed_ms = if self.args.stamp { Some(time::now_ms()) } else { None };
+        let cx = Context { tables, enricher: self.enricher, observed_ms };
+        let mut rejects = ParseRejects { name, writer: self.rejects.as_mut(), counts: &mut st.rejects, error: None };
+        let fed = ingest.feed(data, last, &cx, &mut recs, &mut rejects);
+        if let Some(e) = rejects.error {
+            return Err(FileError::Rejects(e));
+        }
+        for rec in &recs {
+            self.scratch.clear();
+            match self.args.output {
+                Shape::Ndjson => rec.write_json(Shape::Ndjson, &mut self.scratch),
+                Shape::Ecls => write_ecls_message([rec], &mut self.scratch),
             }
-            Ok(LineKind::Header) => st.headers += 1,
-            Ok(LineKind::Blank) => st.blank += 1,
-            Err(rej) => self.reject(name, line_no, offset, rej, line, st)?,
+            self.scratch.push(b'\n');
+            self.out.write_all(&self.scratch).map_err(FileError::Output)?;
+            st.records += 1;
         }
         self.spare = recycle(recs);
-        Ok(())
-    }
-
-    fn reject(&mut self, name: &str, line_no: u64, offset: u64, rej: Reject, raw: &[u8], st: &mut FileStats) -> Result<(), FileError> {
-        *st.rejects.entry(rej.reason).or_default() += 1;
-        if let Some(w) = self.rejects.as_mut() {
-            let entry = RejectEntry { file: name, line: line_no, offset, reason: rej.reason, detail: &rej.detail, raw, observed_ms: None };
-            w.write(&entry).map_err(FileError::Rejects)?;
-        }
-        Ok(())
+        Ok(fed.consumed)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn bounded_lines() {
-        let data = b"short\nthis line is long\r\nlast";
-        let mut r: &[u8] = data;
-        let mut buf = Vec::new();
-        let a = read_line(&mut r, &mut buf, 8).unwrap().unwrap();
-        assert_eq!((buf.as_slice(), a.consumed, a.len), (&b"short"[..], 6, 5));
-        let b = read_line(&mut r, &mut buf, 8).unwrap().unwrap();
-        assert_eq!((buf.as_slice(), b.consumed, b.len), (&b"this lin"[..], 19, 18));
-        let c = read_line(&mut r, &mut buf, 8).unwrap().unwrap();
-        assert_eq!((buf.as_slice(), c.consumed, c.len), (&b"last"[..], 4, 4));
-        assert!(read_line(&mut r, &mut buf, 8).unwrap().is_none());
-    }
 
     #[test]
     fn recycle_keeps_the_allocation() {

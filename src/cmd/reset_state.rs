@@ -18,11 +18,11 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 
+use crate::checkpoint::fingerprint::{self, Probe};
 use crate::checkpoint::{CheckpointError, Checkpointer};
 use crate::cli::{ResetStateArgs, ResumeFrom};
 use crate::config::{Config, EXIT_CONFIG};
 use crate::sink::channel;
-use crate::tail::fingerprint::{self, Probe};
 use crate::watch::{self, Watcher};
 
 /// Runs the command; returns the exit code.

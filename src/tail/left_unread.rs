@@ -126,7 +126,7 @@ pub fn message(source: &str, l: &LeftUnread) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tail::fingerprint::Fingerprint;
+    use crate::checkpoint::fingerprint::Fingerprint;
 
     fn entry(path: &Path, offset: u64, size: u64, seen: i64) -> Entry {
         let m = std::fs::metadata(path).ok();

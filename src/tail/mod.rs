@@ -2,7 +2,8 @@
 //! one [`reader`] task per file being read.
 //!
 //! The [`Tailer`] of a `[[source]]` keeps every matching file it has seen,
-//! keyed by device and inode, with its content [`fingerprint`]. A file's
+//! keyed by device and inode, with its content [`fingerprint`] (owned by
+//! [`crate::checkpoint`], with the offsets it keys). A file's
 //! offset belongs to its fingerprint, not to its path or inode, which is
 //! what makes the hard cases come out right:
 //!
@@ -27,7 +28,6 @@
 //! for a fingerprint starts where the previous one ended (in memory) or at
 //! the durable checkpoint (after a restart).
 
-pub mod fingerprint;
 pub mod left_unread;
 pub mod reader;
 
@@ -43,12 +43,12 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
+use crate::checkpoint::fingerprint::{self, Fingerprint, Probe};
 use crate::logsafe::Escaped;
 use crate::settings::{ReadFrom, SourceConfig};
 use crate::telemetry::log_limit::LogLimit;
 use crate::telemetry::{LeftUnread, SourceStats, Telemetry};
 use crate::watch::{Change, Events, Seen, Watcher};
-use fingerprint::{Fingerprint, Probe};
 use reader::{Control, Exit, Finished, Shared, Spec};
 
 /// Device and inode.
@@ -196,7 +196,7 @@ impl Tailer {
                 _ = shutdown.cancelled() => break,
                 _ = tick.tick() => {
                     self.full_scan(false, events.as_mut()).await;
-                    reader::log_reject_summary(&self.shared.reject_log, false);
+                    crate::ingest::log_reject_summary(&self.shared.reject_log, false);
                     self.log_file_notes_summary();
                 }
                 _ = sleep_until(rescan_at), if rescan_at.is_some() => {
@@ -225,7 +225,7 @@ impl Tailer {
         while let Ok(fin) = self.exit_rx.try_recv() {
             self.note_offset(&fin);
         }
-        reader::log_reject_summary(&self.shared.reject_log, true);
+        crate::ingest::log_reject_summary(&self.shared.reject_log, true);
         Ok(())
     }
 
@@ -760,3 +760,6 @@ pub fn end_of_last_line(f: &File, size: u64) -> u64 {
         Err(_) => size,
     }
 }
+
+#[cfg(test)]
+mod model_tests;

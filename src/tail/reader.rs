@@ -1,19 +1,22 @@
-//! One file's reader: reads complete lines from an offset, parses and
-//! enriches them, and sends them as acknowledged batches.
+//! One file's reader: reads the file's content from an offset, chunk by
+//! chunk, hands each chunk to the file's [`Ingest`] (lines and documents
+//! become records or rejects there) and sends the records as an
+//! acknowledged batch. File mechanics only: what is read, from where, when
+//! to stop, and when the file may be let go.
 //!
 //! Invariants:
 //! - Offsets count bytes of the file's content (decompressed for `.gz`);
-//!   the reader's offset is always just after a complete line, so a
-//!   checkpoint never points into the middle of a line. While the rest of
-//!   a line over `max_line_bytes` is skipped, the offset stays at that
-//!   line's start: skipping sends nothing.
+//!   the offset a batch acknowledges is [`Ingest::offset`], never inside a
+//!   line or a multi-line document: a checkpoint never points into one.
+//!   While the rest of an over-long line is skipped, the offset stays at
+//!   that line's start: skipping sends nothing.
 //! - Only records go to the sinks: a chunk that holds none (rejected lines
 //!   only) frees its bytes at once and its offset is acknowledged directly,
 //!   in order with the batches before it.
-//! - A partial last line (no newline yet) is held, not emitted, until its
-//!   newline arrives; it is emitted (and logged as partial) only when the
-//!   file has been deleted or rotated away and read to its end, or when a
-//!   `.gz` (which never grows) ends without a newline.
+//! - What the ingest did not consume (a partial last line, an open
+//!   document) is carried into the next chunk; it is handled as complete
+//!   only when the file has been deleted or rotated away and read to its
+//!   end, or when a `.gz` (which never grows) ends.
 //! - A file that shrank below the offset was truncated (copytruncate): the
 //!   reader stops and the tailer treats the content as a new file.
 //! - Blocking reads happen on the blocking pool (`spawn_blocking`), one
@@ -30,13 +33,13 @@ use flate2::read::MultiGzDecoder;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use super::fingerprint::{checksum, Fingerprint};
+use crate::checkpoint::fingerprint::{checksum, Fingerprint};
 use crate::checkpoint::Checkpointer;
 use crate::enrich::Enricher;
+use crate::ingest::{Context, Ingest, RejectBatch, RejectTally};
 use crate::logsafe::Escaped;
-use crate::parse::{Format, LineKind, LineParser, Reject};
+use crate::parse::Format;
 use crate::pipeline::{Batch, Fanout, RecordSource, Records};
-use crate::record::Record;
 use crate::telemetry::log_limit::LogLimit;
 use crate::telemetry::FileStats;
 
@@ -136,19 +139,6 @@ pub struct Shared {
     pub reject_log: Arc<Mutex<LogLimit>>,
 }
 
-/// Logs the summary of "rejected line" log lines not written, when the
-/// window is over (or at once with `force`).
-pub fn log_reject_summary(limit: &Mutex<LogLimit>, force: bool) {
-    let mut l = limit.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some(s) = l.summary(std::time::Instant::now(), force) {
-        tracing::warn!(
-            suppressed = s.total, by_reason = %s.by_label,
-            "rejected lines: {} similar log lines suppressed in the last {} s (every reject is counted in /metrics and written to the rejects file)",
-            s.total, l.window().as_secs()
-        );
-    }
-}
-
 /// Where rejected lines are written (on the blocking pool).
 pub type RejectSink = Arc<crate::rejects::RejectsFile>;
 
@@ -175,132 +165,37 @@ pub struct Spec {
 struct State {
     file: File,
     gz: Option<MultiGzDecoder<File>>,
-    /// Bytes of content consumed (plain: file position).
+    /// Bytes of content read (plain: file position).
     pos: u64,
-    /// Bytes after the last newline (a partial line). Its capacity may be
-    /// a whole chunk kept for reuse (see [`State::release_buffer`]).
+    /// Bytes read that the ingest did not consume yet (a partial line, an
+    /// open document): the front of the next chunk. Its capacity may be a
+    /// whole chunk kept for reuse (see [`State::release_buffer`]).
     carry: Vec<u8>,
-    /// Skipping the rest of a line that was too long: the offset of its
-    /// start (where the reader's offset stays until the line ends).
-    skipping: Option<u64>,
-    parser: LineParser,
+    /// Lines and documents to records; `ingest.position()` is always
+    /// `pos - carry.len()`.
+    ingest: Ingest,
     fp: Fingerprint,
     fp_range: (u64, u64),
     enricher: Arc<Enricher>,
-    max_line_bytes: usize,
     /// Bytes per record in the last chunk that had records (sizes the
     /// next chunk's records list: sized by a count, a longer chunk would
     /// double the list, and the copy and the spare half cost memory and
     /// time on every chunk of a backlog).
     bytes_per_record: usize,
-    /// Lines seen so far (line numbers are known only when reading started
-    /// at offset 0).
-    lines: Option<u64>,
-}
-
-/// A line that did not parse, with where it came from.
-pub struct Rejected {
-    /// Offset of the line in the file.
-    pub offset: u64,
-    /// Why.
-    pub reject: Reject,
-    /// 1-based line number, when the reader started at the file's start
-    /// (0 = unknown).
-    pub line_no: u64,
-    /// The line (its first [`crate::rejects::DEFAULT_MAX_RAW_BYTES`]).
-    pub raw: Vec<u8>,
-}
-
-/// Rejected lines in memory at most before they are written out: a chunk
-/// of 256 KB can hold a hundred thousand one-byte junk lines, and each
-/// held reject costs far more than its line.
-const REJECT_BATCH: usize = 1024;
-
-/// Rejects of a chunk kept for the log (the first ones).
-const REJECT_SAMPLES: usize = 16;
-
-/// Where a chunk's rejected lines go while it is read: written to the
-/// rejects file every [`REJECT_BATCH`], counted by reason, the first few
-/// kept for the log. So a chunk's rejects cost bounded memory.
-struct RejectOut {
-    /// The rejects file.
-    sink: Option<RejectSink>,
-    /// The file being read (for the entries).
-    file: Arc<str>,
-    /// Not written yet.
-    pending: Vec<Rejected>,
-    /// What the chunk rejected so far.
-    done: ChunkRejects,
-}
-
-/// What a chunk rejected.
-#[derive(Default)]
-struct ChunkRejects {
-    /// Rejected lines by reason.
-    counts: Vec<(crate::parse::RejectReason, u64)>,
-    /// The first ones, for the log.
-    samples: Vec<Rejected>,
-}
-
-impl ChunkRejects {
-    #[cfg(test)]
-    fn total(&self) -> u64 {
-        self.counts.iter().map(|(_, n)| n).sum()
-    }
-}
-
-impl RejectOut {
-    fn new(sink: Option<RejectSink>, file: Arc<str>) -> RejectOut {
-        RejectOut { sink, file, pending: Vec::new(), done: ChunkRejects::default() }
-    }
-
-    /// Writes out, counts and samples what is pending.
-    fn flush(&mut self, observed_ms: i64) {
-        if self.pending.is_empty() {
-            return;
-        }
-        if let Some(sink) = &self.sink {
-            let file = &*self.file;
-            sink.write_all(self.pending.iter().map(|rj| crate::rejects::RejectEntry {
-                file,
-                line: rj.line_no,
-                offset: rj.offset,
-                reason: rj.reject.reason,
-                detail: &rj.reject.detail,
-                raw: &rj.raw,
-                observed_ms: Some(observed_ms),
-            }));
-        }
-        for rj in self.pending.drain(..) {
-            match self.done.counts.iter_mut().find(|(r, _)| *r == rj.reject.reason) {
-                Some((_, n)) => *n += 1,
-                None => self.done.counts.push((rj.reject.reason, 1)),
-            }
-            if self.done.samples.len() < REJECT_SAMPLES {
-                self.done.samples.push(rj);
-            }
-        }
-    }
-
-    /// The chunk's rejects, everything written.
-    fn finish(&mut self, observed_ms: i64) -> ChunkRejects {
-        self.flush(observed_ms);
-        std::mem::take(&mut self.done)
-    }
 }
 
 /// One chunk's outcome.
 struct Chunk {
     records: Records,
-    rejects: ChunkRejects,
+    rejects: RejectTally,
     /// Observed time of the chunk's records.
     observed_ms: i64,
-    /// Offset after the last complete line.
+    /// Offset after the last line or document handled.
     offset: u64,
     /// File size (plain) when read.
     size: u64,
     status: Status,
-    /// A partial line was emitted.
+    /// A partial line (or an unterminated document) was handled.
     partial: bool,
 }
 
@@ -316,17 +211,18 @@ enum Status {
 
 impl State {
     fn offset(&self) -> u64 {
-        self.skipping.unwrap_or(self.pos - self.carry.len() as u64)
+        self.ingest.offset()
     }
 
-    /// Reads one chunk and turns its complete lines into records. With
-    /// `flush_partial`, a partial last line at the end of the data is
-    /// emitted as a line.
+    /// Reads one chunk and ingests it. With `flush_partial`, what is left
+    /// at the end of the data (a partial last line, an open document) is
+    /// handled as complete.
     ///
-    /// The chunk's bytes (the carried-over partial line, then what was
-    /// read) become the records' [`RecordSource`]: records borrow from
-    /// them instead of copying every value.
-    fn read_chunk(&mut self, flush_partial: bool, out_rejects: &mut RejectOut) -> io::Result<Chunk> {
+    /// The chunk's bytes (the carried-over rest, then what was read)
+    /// become the records' [`RecordSource`]: records borrow from them
+    /// instead of copying every value. Rejects go to `rejects` (the rejects
+    /// file) in batches.
+    fn read_chunk(&mut self, flush_partial: bool, rejects: Option<&crate::rejects::RejectsFile>, file: &str) -> io::Result<Chunk> {
         let mut data = std::mem::take(&mut self.carry);
         let carry_len = data.len();
         let mut size = 0;
@@ -347,73 +243,23 @@ impl State {
         let observed_ms = crate::time::now_ms();
         let at_end = n == 0 || (self.gz.is_none() && self.pos >= size);
         let flush = at_end && flush_partial;
-        let noop = self.enricher.is_noop();
-        let first_off = self.pos - data.len() as u64;
-        let (parser, enricher, lines, skipping) = (&mut self.parser, &*self.enricher, &mut self.lines, &mut self.skipping);
+        let enricher = (!self.enricher.is_noop()).then_some(&*self.enricher);
+        let ingest = &mut self.ingest;
         let capacity = match self.bytes_per_record {
             0 => 0,
             // A sixteenth more than expected: lines vary in length.
             b => (data.len() / b) + (data.len() / b) / 16 + 1,
         };
-        let max_line_bytes = self.max_line_bytes;
+        let mut tally = RejectTally::default();
+        let mut consumed = 0;
         let mut partial = false;
-        // Where the partial last line starts in `data`, when it is carried
-        // over to the next chunk.
-        let mut carry_from = None;
-        let source = RecordSource { data, tables: enricher.tables() };
+        let source = RecordSource { data, tables: self.enricher.tables() };
         let records = Records::borrowing(source, |src| {
-            let (data, tables) = (&src.data[..], &*src.tables);
             let mut out = Vec::with_capacity(capacity);
-            let mut start = 0;
-            let mut line_off = first_off;
-            // The carried bytes hold no newline.
-            for nl in memchr::memchr_iter(b'\n', &data[carry_len..]) {
-                let end = carry_len + nl;
-                if skipping.is_some() {
-                    // The tail of an over-long line, already rejected.
-                    *skipping = None;
-                } else {
-                    parse_one(parser, &data[start..end], line_off, observed_ms, tables, enricher, noop, &mut out, &mut out_rejects.pending);
-                }
-                let line_len = (end + 1 - start) as u64;
-                line_off += line_len;
-                start = end + 1;
-                if let Some(n) = lines.as_mut() {
-                    *n += 1;
-                    if let Some(r) = out_rejects.pending.last_mut() {
-                        if r.line_no == 0 && r.offset == line_off - line_len {
-                            r.line_no = *n;
-                        }
-                    }
-                }
-                if out_rejects.pending.len() >= REJECT_BATCH {
-                    out_rejects.flush(observed_ms);
-                }
-            }
-            // The partial last line; while skipping, its bytes are consumed.
-            let rest = &data[start..];
-            if skipping.is_none() {
-                if rest.len() > max_line_bytes {
-                    out_rejects.pending.push(Rejected {
-                        offset: line_off,
-                        reject: Reject::new(
-                            crate::parse::RejectReason::TooLong,
-                            format!("line longer than max_line_bytes {max_line_bytes}"),
-                        ),
-                        line_no: 0,
-                        raw: rest[..rest.len().min(crate::rejects::DEFAULT_MAX_RAW_BYTES)].to_vec(),
-                    });
-                    *skipping = Some(line_off);
-                } else if flush && !rest.is_empty() {
-                    parse_one(parser, rest, line_off, observed_ms, tables, enricher, noop, &mut out, &mut out_rejects.pending);
-                    partial = true;
-                } else if !rest.is_empty() {
-                    carry_from = Some(start);
-                }
-            }
-            if skipping.is_some() && flush {
-                *skipping = None;
-            }
+            let cx = Context { tables: &src.tables, enricher, observed_ms: Some(observed_ms) };
+            let mut batch = RejectBatch::new(rejects, file, observed_ms, &mut tally);
+            let fed = ingest.feed(&src.data, flush, &cx, &mut out, &mut batch);
+            (consumed, partial) = (fed.consumed, fed.partial);
             out
         });
         let records = if records.is_empty() {
@@ -422,19 +268,11 @@ impl State {
             // buffer is kept for the next chunk, so skipping hostile input
             // allocates nothing per chunk.
             let mut data = records.into_source_data().unwrap_or_default();
-            match carry_from {
-                Some(i) => {
-                    data.drain(..i);
-                }
-                None => data.clear(),
-            }
+            data.drain(..consumed);
             self.carry = data;
             Records::default()
         } else {
-            self.carry = match (carry_from, records.source_data()) {
-                (Some(i), Some(d)) => d[i..].to_vec(),
-                _ => Vec::new(),
-            };
+            self.carry = records.source_data().map(|d| d[consumed..].to_vec()).unwrap_or_default();
             records
         };
         if !records.is_empty() {
@@ -442,7 +280,7 @@ impl State {
         }
         Ok(Chunk {
             records,
-            rejects: out_rejects.finish(observed_ms),
+            rejects: tally,
             observed_ms,
             offset: self.offset(),
             size: if self.gz.is_some() { self.pos } else { size },
@@ -496,7 +334,7 @@ impl State {
     fn chunk_status(&self, status: Status, size: u64) -> Chunk {
         Chunk {
             records: Records::default(),
-            rejects: ChunkRejects::default(),
+            rejects: RejectTally::default(),
             observed_ms: 0,
             offset: self.offset(),
             size,
@@ -532,38 +370,6 @@ impl State {
             }
         }
         Ok(checksum(&b) == self.fp)
-    }
-}
-
-/// Parses one line; records are stamped and enriched, rejects collected.
-#[allow(clippy::too_many_arguments)]
-fn parse_one<'a>(
-    parser: &mut LineParser,
-    line: &'a [u8],
-    offset: u64,
-    observed_ms: i64,
-    tables: &'a crate::enrich::Lookups,
-    enricher: &Enricher,
-    noop: bool,
-    out: &mut Vec<Record<'a>>,
-    rejects: &mut Vec<Rejected>,
-) {
-    let first = out.len();
-    match parser.parse_line(line, out) {
-        Ok(LineKind::Records(_)) => {
-            for rec in &mut out[first..] {
-                rec.stamp_observed(observed_ms);
-                if !noop {
-                    enricher.enrich(tables, rec);
-                }
-            }
-        }
-        Ok(LineKind::Header | LineKind::Blank) => {}
-        Err(reject) => {
-            out.truncate(first);
-            let shown = &line[..line.len().min(crate::rejects::DEFAULT_MAX_RAW_BYTES)];
-            rejects.push(Rejected { offset, reject, line_no: 0, raw: shown.to_vec() });
-        }
     }
 }
 
@@ -629,14 +435,11 @@ pub async fn run(spec: Spec, shared: Shared, ctl: Arc<Control>, stats: FileStats
         gz: None,
         pos: spec.offset,
         carry: Vec::new(),
-        skipping: None,
-        parser: LineParser::new(shared.format, shared.max_line_bytes),
+        ingest: Ingest::new(shared.format, shared.max_line_bytes, spec.offset),
         fp,
         fp_range: spec.fp_range,
         enricher: shared.enricher.clone(),
-        max_line_bytes: shared.max_line_bytes,
         bytes_per_record: 0,
-        lines: (spec.offset == 0).then_some(0),
         file: spec.file,
     };
     let done = |offset, size, exit| Finished { key, fp, offset, size, exit };
@@ -693,9 +496,9 @@ pub async fn run(spec: Spec, shared: Shared, ctl: Arc<Control>, stats: FileStats
         let flush_partial = st.gz.is_some() || (gone && settled && !ctl.superseded.load(Ordering::Acquire));
         let pos_before = st.pos;
         let read_at = tokio::time::Instant::now();
-        let mut rejects_out = RejectOut::new(shared.rejects.clone(), path.clone());
+        let (rejects, file) = (shared.rejects.clone(), path.clone());
         let res = tokio::task::spawn_blocking(move || {
-            let r = st.read_chunk(flush_partial, &mut rejects_out);
+            let r = st.read_chunk(flush_partial, rejects.as_deref(), &file);
             (st, r)
         })
         .await;
@@ -746,26 +549,7 @@ pub async fn run(spec: Spec, shared: Shared, ctl: Arc<Control>, stats: FileStats
             stats.partial_line();
             tracing::info!(file = %Escaped(&path), offset = chunk.offset, "emitted a partial last line (no newline) of a file rotated away or deleted");
         }
-        if !chunk.rejects.counts.is_empty() {
-            let now = std::time::Instant::now();
-            let mut limit = shared.reject_log.lock().unwrap_or_else(|e| e.into_inner());
-            let samples = &chunk.rejects.samples;
-            for r in samples {
-                if limit.allow(now, r.reject.reason.name()) {
-                    tracing::warn!(file = %Escaped(&path), offset = r.offset, reason = %r.reject.reason, detail = %Escaped(&r.reject.detail), "rejected line");
-                }
-            }
-            for &(reason, n) in &chunk.rejects.counts {
-                for _ in 0..n {
-                    stats.rejected_for(reason.name());
-                }
-                // The rejects beyond the samples are not logged one by one.
-                let sampled = samples.iter().filter(|r| r.reject.reason == reason).count() as u64;
-                limit.suppressed(now, reason.name(), n - sampled);
-            }
-            drop(limit);
-            log_reject_summary(&shared.reject_log, false);
-        }
+        chunk.rejects.report(&path, &stats, &shared.reject_log);
         if chunk.offset > last_sent || chunk.partial {
             let chunk_start = last_sent;
             last_sent = chunk.offset;
@@ -885,14 +669,11 @@ mod tests {
             gz: None,
             pos: 0,
             carry: Vec::new(),
-            skipping: None,
-            parser: LineParser::new(Format::LeJson, max_line_bytes),
+            ingest: Ingest::new(Format::LeJson, max_line_bytes, 0),
             fp: Fingerprint(0),
             fp_range: (0, 0),
             enricher: Arc::new(Enricher::new(&[], None, None).unwrap()),
-            max_line_bytes,
             bytes_per_record: 0,
-            lines: Some(0),
         }
     }
 
@@ -904,18 +685,17 @@ mod tests {
         let long = "x".repeat(CHUNK_BYTES * 2);
         std::fs::write(&p, format!("{a}{long}\n{}", line("b"))).unwrap();
         let mut st = state(File::open(&p).unwrap(), 1000);
-        let mut out = RejectOut::new(None, "f.log".into());
-        let c = st.read_chunk(false, &mut out).unwrap();
+        let c = st.read_chunk(false, None, "f.log").unwrap();
         assert_eq!(c.records.len(), 1);
         assert_eq!(c.rejects.total(), 1);
         let r = &c.rejects.samples[0];
         assert_eq!((r.offset, r.reject.reason), (a.len() as u64, crate::parse::RejectReason::TooLong));
         assert_eq!(c.offset, a.len() as u64, "the offset stays before the over-long line");
-        let c = st.read_chunk(false, &mut out).unwrap();
+        let c = st.read_chunk(false, None, "f.log").unwrap();
         assert!(c.records.is_empty() && c.rejects.total() == 0);
         assert!(c.records.source_data().is_none(), "a chunk without records holds no bytes");
         assert_eq!(c.offset, a.len() as u64, "still skipping");
-        let c = st.read_chunk(false, &mut out).unwrap();
+        let c = st.read_chunk(false, None, "f.log").unwrap();
         assert_eq!(c.records.len(), 1);
         assert_eq!(c.records.as_slice()[0].get(crate::record::Field::RequestUuid), "b");
         assert_eq!(c.offset, (a.len() + long.len() + 1 + line("b").len()) as u64);
@@ -928,7 +708,7 @@ mod tests {
         let p = dir.path().join("f.log");
         std::fs::write(&p, "junk\nmore junk\n{\"request_uuid\":").unwrap();
         let mut st = state(File::open(&p).unwrap(), 1000);
-        let c = st.read_chunk(false, &mut RejectOut::new(None, "f.log".into())).unwrap();
+        let c = st.read_chunk(false, None, "f.log").unwrap();
         assert_eq!((c.records.len(), c.rejects.total(), c.offset), (0, 2, 15));
         assert_eq!(st.carry, b"{\"request_uuid\":");
         assert!(st.carry.capacity() > st.carry.len(), "the chunk's buffer is reused, not copied");
@@ -941,19 +721,37 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("f.log");
         std::fs::write(&p, "x\n".repeat(100_000)).unwrap();
-        let file = Arc::new(crate::rejects::RejectsFile::new(
+        let file = crate::rejects::RejectsFile::new(
             dir.path().join("rejects.ndjson"),
             crate::rotating::Rotation { rotate_bytes: 1 << 30, keep_files: 1 },
-        ));
+        );
         let mut st = state(File::open(&p).unwrap(), 1000);
-        let mut out = RejectOut::new(Some(file), "f.log".into());
-        let c = st.read_chunk(false, &mut out).unwrap();
+        let c = st.read_chunk(false, Some(&file), "f.log").unwrap();
         assert_eq!(c.rejects.total(), 100_000);
-        assert_eq!(c.rejects.samples.len(), REJECT_SAMPLES);
-        assert!(out.pending.capacity() <= 2 * REJECT_BATCH, "{} rejects were held at once", out.pending.capacity());
+        assert_eq!(c.rejects.samples.len(), crate::ingest::rejects::REJECT_SAMPLES);
         let written = std::fs::read_to_string(dir.path().join("rejects.ndjson")).unwrap();
         assert_eq!(written.lines().count(), 100_000);
         let last: serde_json::Value = serde_json::from_str(written.lines().last().unwrap()).unwrap();
         assert_eq!((last["line"].as_u64(), last["offset"].as_u64()), (Some(100_000), Some(199_998)));
+    }
+
+    #[test]
+    fn a_pretty_printed_document_split_across_chunks_is_one_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("f.json");
+        let msg = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/samples/ecls-message.json")).unwrap();
+        // A first line that fills most of a chunk, so the document starts
+        // near its end and is carried over into the next.
+        let pad = format!("{}\n", " ".repeat(CHUNK_BYTES - 100));
+        std::fs::write(&p, [pad.as_bytes(), &msg].concat()).unwrap();
+        let mut st = state(File::open(&p).unwrap(), 1 << 20);
+        st.ingest = Ingest::new(Format::Ecls, 1 << 20, 0);
+        let c = st.read_chunk(false, None, "f.json").unwrap();
+        assert_eq!((c.records.len(), c.rejects.total(), c.status), (0, 0, Status::More));
+        assert_eq!(c.offset, pad.len() as u64, "the offset stays at the open document");
+        let c = st.read_chunk(false, None, "f.json").unwrap();
+        assert_eq!((c.records.len(), c.rejects.total(), c.status), (1, 0, Status::End));
+        assert_eq!(c.records.as_slice()[0].get(crate::record::Field::RequestUuid), "132da36d-37b7-41e4-9d03-5e9f900f13c4");
+        assert_eq!(c.offset, (pad.len() + msg.len()) as u64);
     }
 }

@@ -679,3 +679,100 @@ fn multi_line_documents_and_their_failures() {
     assert_eq!(p.records[0]["request_uuid"], "132da36d-37b7-41e4-9d03-5e9f900f13c4");
     assert!(p.stderr.contains("3 rejects (bad_json 3)"), "{}", p.stderr);
 }
+
+/// Issue 15 item 1: the running bridge and `parse` frame the same way. The
+/// same ECLS messages, pretty-printed (as captured, one document over many
+/// lines) and one per line, give the same records through `parse` and
+/// through `run` (the real binary, read back from its archive), with
+/// format `ecls` and with `auto`; nothing is rejected. Before the shared
+/// ingest stage, `run` rejected every line of the pretty-printed file.
+#[test]
+fn pretty_printed_and_one_line_ecls_give_the_same_records_through_run_and_parse() {
+    use crate::tail_harness::Env;
+
+    // The captured message, a copy with another uuid, and a message of two
+    // records.
+    let captured = std::fs::read(support::sample("ecls-message.json")).unwrap();
+    let msg: Value = serde_json::from_slice(&captured).unwrap();
+    let with_uuid = |u: &str| {
+        let mut rec = msg["data"][0].clone();
+        rec["request_uuid"] = Value::String(u.to_string());
+        rec
+    };
+    let second = serde_json::json!({ "data": [with_uuid("r1-second")] });
+    let pair = serde_json::json!({ "data": [with_uuid("r1-pair-a"), with_uuid("r1-pair-b")] });
+    let mut pretty = captured.clone();
+    if !pretty.ends_with(b"\n") {
+        pretty.push(b'\n');
+    }
+    for m in [&second, &pair] {
+        pretty.extend_from_slice(serde_json::to_string_pretty(m).unwrap().as_bytes());
+        pretty.push(b'\n');
+    }
+    let one_line: String = [&msg, &second, &pair].iter().map(|m| format!("{m}\n")).collect();
+    let uuids = ["132da36d-37b7-41e4-9d03-5e9f900f13c4", "r1-second", "r1-pair-a", "r1-pair-b"];
+
+    let unstamped = |r: &mut Value| {
+        let o = r.as_object_mut().unwrap();
+        o.remove("ingestion_time");
+        o.remove("sync_delay_ms");
+    };
+    for format in ["ecls", "auto"] {
+        // One bridge per format: the two pretty-printed files would share
+        // a fingerprint (their first line with a digit is the same), so the
+        // second would be taken for a copy of the first.
+        let mut env = Env::new("unused", "");
+        let text = format!(
+            "state_dir = {state:?}\nlog_level = \"debug\"\n\n\
+             [[source]]\npaths = [{glob:?}]\nformat = {format:?}\nrescan_interval_ms = 500\n\n\
+             [file_output]\npath = {out:?}\nfsync_interval_ms = 20\n\n[status]\nlisten = \"127.0.0.1:0\"\n",
+            state = s(&env.state),
+            glob = s(&env.logs.join("*.json")),
+            out = s(&env.out),
+        );
+        std::fs::write(&env.config, text).unwrap();
+
+        // Through `parse`: each file gives the four records, the same ones.
+        let mut expected = Vec::new();
+        for (name, content) in [("pretty.json", pretty.as_slice()), ("one-line.json", one_line.as_bytes())] {
+            let f = env.path(name);
+            std::fs::write(&f, content).unwrap();
+            let p = parse(&["--format", format, s(&f)]);
+            assert_eq!(p.code, 0, "{}", p.stderr);
+            assert!(p.stderr.contains("0 rejects"), "{format} {name}: {}", p.stderr);
+            let got: Vec<&str> = p.records.iter().map(|r| r["request_uuid"].as_str().unwrap()).collect();
+            assert_eq!(got, uuids, "{format} {name}");
+            expected.extend(p.records);
+        }
+        assert_eq!(expected[..4], expected[4..], "{format}: pretty-printed and one per line agree");
+
+        // Through `run`: every record once per file, the same records.
+        env.start();
+        env.wait_for(&uuids.map(String::from));
+        env.settle();
+        env.stop();
+        let delivered = env.delivered();
+        for u in uuids {
+            assert_eq!(delivered.get(u), Some(&2), "{format}: {u} once per file: {delivered:?}");
+        }
+        let mut archived: Vec<Value> = std::fs::read_to_string(&env.out)
+            .unwrap()
+            .lines()
+            .map(|l| {
+                let mut r: Value = serde_json::from_str(l).unwrap();
+                // Stamped when read (`parse` does not stamp: it keeps a
+                // captured message's own ingestion_time).
+                assert!(r["ingestion_time"].is_string() && r["sync_delay_ms"].is_i64(), "{r}");
+                unstamped(&mut r);
+                r
+            })
+            .collect();
+        expected.iter_mut().for_each(unstamped);
+        let key = |v: &Value| v.to_string();
+        archived.sort_by_key(key);
+        expected.sort_by_key(key);
+        assert_eq!(archived, expected, "{format}");
+        let rejects = std::fs::read_to_string(env.state.join("rejects.ndjson")).unwrap_or_default();
+        assert!(rejects.is_empty(), "{format}: nothing rejected: {rejects}");
+    }
+}

@@ -11,10 +11,14 @@
 //! then renamed over the old one (and the directory fsynced), so a crash
 //! leaves either the old or the new document, never a torn one.
 //!
-//! Entries are keyed by the file's content fingerprint (see
-//! [`crate::tail::fingerprint`]), not by path or inode: a renamed, copied,
-//! replaced or compressed file keeps its offset. Entries of files that have
-//! not been seen for [`PRUNE_AFTER_MS`] are pruned.
+//! Entries are keyed by the file's content [`fingerprint`], not by path or
+//! inode: a renamed, copied, replaced or compressed file keeps its offset.
+//! Entries of files that have not been seen for [`PRUNE_AFTER_MS`] are
+//! pruned.
+//!
+//! File identity and durable offsets live together (as in Vector's file
+//! source): the tailer asks this module what a file is and where to start,
+//! and this module knows nothing of the tailer (no import of `tail`).
 
 use std::collections::{HashMap, VecDeque};
 use std::fs::{self, File};
@@ -24,7 +28,9 @@ use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 
-use crate::tail::fingerprint::Fingerprint;
+pub mod fingerprint;
+
+use fingerprint::Fingerprint;
 
 /// The current version of the checkpoint document.
 pub const VERSION: u32 = 1;
@@ -56,7 +62,7 @@ pub struct Entry {
     pub last_seen_ms: i64,
     /// The file's size when last seen (compressed size for a `.gz`): with
     /// `offset`, how much was left unread if the file is gone at the next
-    /// start (see [`crate::tail::left_unread`]).
+    /// start (the tailer's start-up check for files left unread).
     #[serde(default)]
     pub size: u64,
     /// For a `.gz` read to its end: its compressed size then and the
