@@ -55,14 +55,6 @@ pub const IDLE_CLOSE: Duration = Duration::from_secs(30);
 /// ago is taken to be still being written (logged at DEBUG, not WARN).
 pub const GZ_SETTLE: Duration = Duration::from_secs(60);
 
-/// The shortest time between two reads of a file that is being appended
-/// to: a file written one line per `write()` (1,000 lines/s) would
-/// otherwise be read, parsed and handed to every sink once per line. A
-/// change that follows a quiet spell is read at once; one that follows a
-/// read by less than this waits for the rest of it, so changes coalesce
-/// and a line waits at most this long.
-pub const READ_DELAY: Duration = Duration::from_millis(10);
-
 /// Signals from the tailer to a running reader.
 #[derive(Default)]
 pub struct Control {
@@ -475,8 +467,6 @@ pub async fn run(spec: Spec, shared: Shared, ctl: Arc<Control>, stats: FileStats
     // there.
     let mut last_growth = tokio::time::Instant::now();
     let mut went_away = false;
-    // When the last read that found new bytes began (see READ_DELAY).
-    let mut last_read: Option<tokio::time::Instant> = None;
     loop {
         if shared.shutdown.is_cancelled() {
             return done(st.offset(), size, Exit::Shutdown);
@@ -495,7 +485,6 @@ pub async fn run(spec: Spec, shared: Shared, ctl: Arc<Control>, stats: FileStats
         let settled = last_growth.elapsed() >= shared.partial_grace;
         let flush_partial = st.gz.is_some() || (gone && settled && !ctl.superseded.load(Ordering::Acquire));
         let pos_before = st.pos;
-        let read_at = tokio::time::Instant::now();
         let (rejects, file) = (shared.rejects.clone(), path.clone());
         let res = tokio::task::spawn_blocking(move || {
             let r = st.read_chunk(flush_partial, rejects.as_deref(), &file);
@@ -507,7 +496,6 @@ pub async fn run(spec: Spec, shared: Shared, ctl: Arc<Control>, stats: FileStats
                 st = s;
                 if st.pos > pos_before {
                     last_growth = tokio::time::Instant::now();
-                    last_read = Some(read_at);
                 }
                 match r {
                     Ok(c) => c,
@@ -633,16 +621,7 @@ pub async fn run(spec: Spec, shared: Shared, ctl: Arc<Control>, stats: FileStats
             return done(st.offset(), size, Exit::Gone);
         }
         tokio::select! {
-            _ = ctl.wake.notified() => {
-                // Appended to again right after a read: let more lines
-                // arrive before reading (one read per READ_DELAY at most).
-                if let Some(at) = last_read.filter(|at| at.elapsed() < READ_DELAY) {
-                    tokio::select! {
-                        _ = tokio::time::sleep_until(at + READ_DELAY) => {}
-                        _ = shared.shutdown.cancelled() => return done(st.offset(), size, Exit::Shutdown),
-                    }
-                }
-            }
+            _ = ctl.wake.notified() => {}
             _ = shared.shutdown.cancelled() => return done(st.offset(), size, Exit::Shutdown),
             _ = tokio::time::sleep(IDLE_CLOSE) => {
                 // Not while some of its batches are unacknowledged: the
