@@ -56,7 +56,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use calllog_bridge::parse::Format;
-use calllog_bridge::simulate::{self, Generator, SimOptions};
+use calllog_bridge::sim::{self, Generator, SimOptions};
 
 const TOKEN: &str = "footprint-bench-token-0123456789";
 const STRACE: &str = "/usr/bin/strace";
@@ -322,7 +322,7 @@ fn steady(rows: &mut Vec<Row>) {
     opts.duration_secs = 0.0;
     let writer = {
         let stop = stop.clone();
-        std::thread::spawn(move || simulate::run(&opts, &stop))
+        std::thread::spawn(move || sim::run(&opts, &stop))
     };
     let t0 = Instant::now();
     let cpu0 = b.cpu();

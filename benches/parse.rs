@@ -25,7 +25,7 @@ use calllog_bridge::enrich::{Enricher, Lookups};
 use calllog_bridge::parse::{Format, LineKind, LineParser};
 use calllog_bridge::pipeline::{RecordSource, Records};
 use calllog_bridge::record::{Record, Shape};
-use calllog_bridge::simulate::{le5_csv_header, Generator};
+use calllog_bridge::sim::{le5_csv_header, Generator};
 
 /// Rounds per figure; the best is reported.
 const ROUNDS: usize = 5;

@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 use calllog_bridge::enrich::{Enricher, Lookups};
 use calllog_bridge::parse::{Format, LineParser};
 use calllog_bridge::record::{Record, Shape};
-use calllog_bridge::simulate::Generator;
+use calllog_bridge::sim::Generator;
 use calllog_bridge::telemetry::{FileStats, Telemetry};
 
 /// Rounds per figure; the best is reported.

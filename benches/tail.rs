@@ -20,7 +20,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use calllog_bridge::parse::Format;
-use calllog_bridge::simulate::Generator;
+use calllog_bridge::sim::Generator;
 
 fn bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_calllog-bridge"))

@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 use calllog_bridge::enrich::Lookups;
 use calllog_bridge::parse::{Format, LineParser};
 use calllog_bridge::pipeline::{Batch, Fanout, RecordSource, Records};
-use calllog_bridge::simulate::Generator;
+use calllog_bridge::sim::Generator;
 use calllog_bridge::sink::upstream;
 use calllog_bridge::sink::upstream::UpstreamConfig;
 use calllog_bridge::sink::SinkContext;

@@ -29,8 +29,10 @@ pub enum Command {
     CheckConfig(CheckConfigArgs),
     /// Run the bridge: follow files, serve the channel, forward upstream.
     Run(RunArgs),
-    /// Subscribe to a Call Log Stream channel and print records.
-    Tail(TailArgs),
+    /// Subscribe to a Call Log Stream channel and print records (also
+    /// `tail`, its earlier name).
+    #[command(alias = "tail")]
+    Subscribe(SubscribeArgs),
     /// Show the sync delay per file and per sink of a running bridge.
     Lag(LagArgs),
     /// Recover from a damaged checkpoints.json or channel.seq (the bridge
@@ -153,9 +155,9 @@ pub struct RunArgs {
     pub demo: bool,
 }
 
-/// `tail` arguments.
+/// `subscribe` arguments.
 #[derive(Debug, clap::Args)]
-pub struct TailArgs {
+pub struct SubscribeArgs {
     /// Channel URL: `ws://HOST:PORT/ecls/subscribe/<channel>/<area>?key=TOKEN`
     /// or `ws://HOST:PORT/stream?key=TOKEN`.
     pub url: String,

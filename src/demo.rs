@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 
 use crate::parse::Format;
-use crate::simulate::{self, SimOptions};
+use crate::sim::{self, SimOptions};
 
 /// The token the demo channel accepts.
 pub const DEMO_TOKEN: &str = "demo-token-not-a-secret";
@@ -85,7 +85,7 @@ impl Demo {
         let simulator = std::thread::Builder::new()
             .name("demo-simulator".into())
             .spawn(move || {
-                if let Err(e) = simulate::run(&opts, &s) {
+                if let Err(e) = sim::run(&opts, &s) {
                     tracing::error!(error = %e, "demo simulator stopped");
                 }
             })
@@ -169,7 +169,7 @@ fn banner(dir: &Path, status: &str, channel: &str) -> String {
          \x20 channel    ws://{channel}/ecls/subscribe/local/local?key={DEMO_TOKEN}\n\
          \x20 archive    {archive}\n\
          \x20 LE logs    {logs}\n\
-         \n  try:  {bin} tail 'ws://{channel}/stream?key={DEMO_TOKEN}' --table\n\
+         \n  try:  {bin} subscribe 'ws://{channel}/stream?key={DEMO_TOKEN}' --table\n\
          \x20       {bin} lag --status-url http://{status}\n\
          \n  The demo directory is removed when the demo stops.\n",
         archive = dir.join("archive.ndjson").display(),

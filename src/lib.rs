@@ -22,8 +22,9 @@
 //! - [`cmd`]: one module per subcommand; [`cli`] holds the clap definitions.
 //! - [`preflight`]: what `run` needs from the host (files, directories,
 //!   listeners), checked the same way by `check-config` and `run`;
+//!   [`state_dir`]: every file in `state_dir` and the one atomic write;
 //!   [`state_lock`]: one bridge per `state_dir`.
-//! - [`simulate`]: simulated Local Edition traffic (generator and file writer).
+//! - [`sim`]: simulated Local Edition traffic (generator and file writer).
 //! - [`sink`]: where batches go (file archive, channel, upstream), each a
 //!   [`sink::Sink`] in [`sink::REGISTRY`]; [`bridge`] starts and stops
 //!   sources and sinks.
@@ -34,7 +35,8 @@
 //! - [`telemetry`]: per-file and per-sink statistics, metrics, status.
 //! - [`listener`]: what bounds every listener (socket cap, idle eviction,
 //!   file-descriptor limit).
-//! - [`time`]: time parsing and formatting.
+//! - [`time`]: time parsing and formatting; [`url`]: URL text helpers.
+//! - [`demo`]: the self-contained demo `run` starts with no config.
 
 #![forbid(unsafe_code)]
 
@@ -58,11 +60,13 @@ pub mod reload;
 pub mod rotating;
 pub mod service;
 pub mod settings;
-pub mod simulate;
+pub mod sim;
 pub mod sink;
 pub mod source;
+pub mod state_dir;
 pub mod state_lock;
 pub mod tail;
 pub mod telemetry;
 pub mod time;
+pub mod url;
 pub mod watch;

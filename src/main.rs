@@ -31,7 +31,7 @@ fn main() {
         Command::Simulate(a) => cmd::simulate::run(a),
         Command::CheckConfig(a) => cmd::check_config::run(a),
         Command::Run(a) => cmd::run::run(a),
-        Command::Tail(a) => cmd::tail::run(a),
+        Command::Subscribe(a) => cmd::subscribe::run(a),
         Command::Lag(a) => cmd::lag::run(a),
         Command::ResetState(a) => cmd::reset_state::run(a),
     };

@@ -108,7 +108,7 @@ pub fn check(cfg: &Config, bind: Bind) -> Checked {
             ));
         }
     }
-    for spool in std::fs::read_dir(cfg.state_dir.join("upstream-spool")).into_iter().flatten().flatten() {
+    for spool in std::fs::read_dir(crate::state_dir::StateDir::new(&cfg.state_dir).upstream_spool_root()).into_iter().flatten().flatten() {
         let dir = spool.path();
         if dir.is_dir() {
             if let Err(e) = writable(&dir) {

@@ -1,10 +1,11 @@
 //! The call-log record and its JSON shapes.
 //!
-//! [`Record`] is the 41-field call-log schema (FORMATS.md §1) plus the
+//! [`Record`] is the 41-field call-log schema (docs/FORMATS.md §1) plus the
 //! bridge's own `sync_delay_ms`. Values borrow from the line buffer
-//! (`Cow::Borrowed`) while a line is parsed, enriched and serialised; the
-//! running bridge turns them into `Record<'static>` with [`Record::into_owned`]
-//! before they cross a task boundary.
+//! (`Cow::Borrowed`) while a line is parsed, enriched and serialised, and
+//! keep borrowing across tasks: a batch carries the chunk its records were
+//! read from (`pipeline::Records`). [`Record::into_owned`] detaches a
+//! record for callers that keep one beyond its chunk (tests, tools).
 //!
 //! Invariant: only this module decides the JSON shape of a record
 //! ([`Shape::Ecls`] or [`Shape::Ndjson`]).

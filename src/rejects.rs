@@ -25,7 +25,7 @@ use crate::rotating::{RotatingFile, Rotation};
 use crate::telemetry::log_limit::LogLimit;
 
 /// Name of the running bridge's rejects file inside `state_dir`.
-pub const FILE_NAME: &str = "rejects.ndjson";
+pub const FILE_NAME: &str = crate::state_dir::StateDir::REJECTS;
 
 /// The default cap on the bytes of a raw line copied into the rejects file.
 pub const DEFAULT_MAX_RAW_BYTES: usize = 64 * 1024;

@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 /// Name of the lock file inside `state_dir`.
-pub const LOCK_FILE: &str = "lock";
+pub const LOCK_FILE: &str = crate::state_dir::StateDir::LOCK;
 
 /// How long `run` retries a lock held by someone else before giving up:
 /// long enough to outwait a `check-config` looking at the lock, short
@@ -60,7 +60,7 @@ pub struct StateLock {
 
 /// Path of the lock file of `state_dir`.
 pub fn lock_path(state_dir: &Path) -> PathBuf {
-    state_dir.join(LOCK_FILE)
+    crate::state_dir::StateDir::new(state_dir).lock()
 }
 
 impl StateLock {

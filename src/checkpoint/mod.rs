@@ -21,8 +21,7 @@
 //! and this module knows nothing of the tailer (no import of `tail`).
 
 use std::collections::{HashMap, VecDeque};
-use std::fs::{self, File};
-use std::io::Write;
+use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -36,7 +35,7 @@ use fingerprint::Fingerprint;
 pub const VERSION: u32 = 1;
 
 /// Name of the checkpoint file inside `state_dir`.
-pub const FILE_NAME: &str = "checkpoints.json";
+pub const FILE_NAME: &str = crate::state_dir::StateDir::CHECKPOINTS;
 
 /// A checkpoint whose file has not been seen by any scan for this long is
 /// dropped: the file is gone for good (rotated out and deleted). Long
@@ -422,18 +421,7 @@ impl Checkpointer {
             return Ok(false);
         };
         let io = |source| CheckpointError::Io { path: self.path.to_path_buf(), source };
-        let tmp = self.path.with_extension("json.tmp");
-        let res = (|| {
-            let mut f = File::create(&tmp)?;
-            f.write_all(&bytes)?;
-            f.sync_all()?;
-            fs::rename(&tmp, &*self.path)?;
-            if let Some(dir) = self.path.parent() {
-                File::open(dir)?.sync_all()?;
-            }
-            Ok(())
-        })();
-        if let Err(e) = res {
+        if let Err(e) = crate::state_dir::write_atomic(&self.path, &bytes) {
             // Try again next time.
             self.lock().dirty = true;
             return Err(io(e));

@@ -7,7 +7,7 @@ pub mod parse;
 pub mod reset_state;
 pub mod run;
 pub mod simulate;
-pub mod tail;
+pub mod subscribe;
 
 pub use crate::service::describe;
 

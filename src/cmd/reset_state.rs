@@ -173,18 +173,9 @@ fn file_stamp(now_ms: i64) -> String {
     secs.chars().filter(|c| c.is_ascii_alphanumeric()).collect::<String>() + "Z"
 }
 
-/// Writes a small file durably: temp file, fsync, rename, directory fsync.
+/// Writes a small file durably (see [`crate::state_dir::write_atomic`]).
 fn write_durable(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    use std::io::Write;
-    let tmp = path.with_extension("reset.tmp");
-    let mut f = File::create(&tmp)?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)?;
-    if let Some(dir) = path.parent() {
-        File::open(dir)?.sync_all()?;
-    }
-    Ok(())
+    crate::state_dir::write_atomic(path, bytes)
 }
 
 #[cfg(test)]

@@ -1,5 +1,5 @@
 //! `calllog-bridge simulate`: writes simulated Local Edition traffic into a
-//! directory (see [`crate::simulate`]), paced at `--rate` or as fast as
+//! directory (see [`crate::sim`]), paced at `--rate` or as fast as
 //! possible with `--burst`, until `--duration` has passed or SIGINT /
 //! SIGTERM arrives; then prints a summary to stderr.
 
@@ -9,7 +9,7 @@ use std::sync::Arc;
 use anyhow::Context;
 
 use crate::cli::SimulateArgs;
-use crate::simulate::{self, SimError, SimOptions, SimSummary};
+use crate::sim::{self, SimError, SimOptions, SimSummary};
 
 /// Exit code for a usage error (EX_USAGE), as for a bad config.
 const EXIT_USAGE: i32 = 64;
@@ -29,7 +29,7 @@ pub fn run(args: SimulateArgs) -> anyhow::Result<i32> {
         burst: args.burst,
         keep_rotated: 10,
     };
-    if let Err(e) = simulate::live_file_name(opts.format) {
+    if let Err(e) = sim::live_file_name(opts.format) {
         eprintln!("calllog-bridge simulate: {e}");
         return Ok(EXIT_USAGE);
     }
@@ -43,7 +43,7 @@ pub fn run(args: SimulateArgs) -> anyhow::Result<i32> {
         std::thread::Builder::new()
             .name("simulate".into())
             .spawn(move || {
-                let _ = done_tx.send(simulate::run(&opts, &stop));
+                let _ = done_tx.send(sim::run(&opts, &stop));
             })
             .context("start the writer thread")?
     };

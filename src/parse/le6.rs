@@ -1,5 +1,5 @@
 //! `le6`: the LE 6.x enriched access log. One call per line, 71
-//! space-separated fields (FORMATS.md §3), some `"quoted"` (with `\"` and
+//! space-separated fields (docs/FORMATS.md §3), some `"quoted"` (with `\"` and
 //! `\\` escapes), one `[bracketed]`, optionally a trailing `class` field.
 //! The api key and service id come from `request_id`
 //! (`<epoch.frac>_<api_key>_<service_id>`) and `request_time` from its
@@ -22,7 +22,7 @@ pub const FIELDS: usize = 71;
 /// Fields in a line with the trailing `class`.
 pub const FIELDS_WITH_CLASS: usize = 72;
 
-// Positions of the fields the schema uses (FORMATS.md §3 order).
+// Positions of the fields the schema uses (docs/FORMATS.md §3 order).
 const LOG_TYPE: usize = 3;
 const REQUEST_HOST_NAME: usize = 5;
 const SRC_IP: usize = 6;

@@ -8,7 +8,7 @@
 //!
 //! Modules: [`le6`], [`le5_csv`], [`le_json`], [`ecle_csv`], [`ecls`] (one
 //! per format), [`detect`] (`auto`), [`csv`] and [`json`] (shared
-//! machinery), [`normalize`] (FORMATS.md §4), [`framing`] (multi-line JSON
+//! machinery), [`normalize`] (docs/FORMATS.md §4), [`framing`] (multi-line JSON
 //! documents, for the reader).
 
 use std::fmt;
@@ -244,7 +244,7 @@ impl LineParser {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::simulate::{le5_csv_header, Generator};
+    use crate::sim::{le5_csv_header, Generator};
     use rand::rngs::StdRng;
     use rand::{Rng, SeedableRng};
 

@@ -1,4 +1,4 @@
-//! Normalisation shared by every parser (FORMATS.md §4): Local Edition
+//! Normalisation shared by every parser (docs/FORMATS.md §4): Local Edition
 //! field names to schema names, `request_time` to ISO 8601 UTC,
 //! `response_string` to the stream spelling, api key / service id from
 //! `request_id`, and the checks that make a record acceptable.

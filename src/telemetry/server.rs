@@ -88,7 +88,7 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 /// Name of the file in the state directory that holds the bound address
 /// (useful with `listen = "127.0.0.1:0"`; `lag --config` reads it).
-pub const ADDR_FILE: &str = "status.addr";
+pub const ADDR_FILE: &str = crate::state_dir::StateDir::STATUS_ADDR;
 
 #[derive(Clone)]
 struct AppState {
@@ -278,16 +278,13 @@ pub fn start_on(
 
 /// Path of the address file in `state_dir`.
 pub fn addr_file(state_dir: &Path) -> PathBuf {
-    state_dir.join(ADDR_FILE)
+    crate::state_dir::StateDir::new(state_dir).status_addr()
 }
 
-/// Writes `addr` to `<state_dir>/status.addr` (temp file, then rename, so
-/// a reader never sees half an address).
+/// Writes `addr` to `<state_dir>/status.addr` (atomically, so a reader
+/// never sees half an address).
 pub async fn write_addr_file(state_dir: &Path, addr: SocketAddr) -> std::io::Result<()> {
-    let path = addr_file(state_dir);
-    let tmp = state_dir.join(format!(".{ADDR_FILE}.tmp"));
-    tokio::fs::write(&tmp, format!("{addr}\n")).await?;
-    tokio::fs::rename(&tmp, &path).await
+    crate::state_dir::write_atomic_async(addr_file(state_dir), format!("{addr}\n").into_bytes()).await
 }
 
 #[cfg(test)]

@@ -876,7 +876,7 @@ async fn tail_reconnects_with_since_and_prints_nothing_twice() {
     let mut ch = Chan::start("").await;
     let url = ch.url(&format!("/stream?key={TOKEN}"));
     let mut child = support::cmd()
-        .args(["tail", &url, "--count", "30"])
+        .args(["subscribe", &url, "--count", "30"])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()

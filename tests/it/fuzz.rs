@@ -40,8 +40,9 @@ use calllog_bridge::parse::framing::{opens_document, JsonDepth};
 use calllog_bridge::parse::{Format, LineKind, LineParser};
 use calllog_bridge::record::{write_ecls_message, Record, Shape, FIELD_COUNT};
 use calllog_bridge::rejects::RejectEntry;
-use calllog_bridge::simulate::{le5_csv_header, Generator};
-use calllog_bridge::sink::channel::request::{admit, parse_handshake, percent_decode, Paths, TokenDigest, MAX_REQUEST_HEAD_BYTES};
+use calllog_bridge::sim::{le5_csv_header, Generator};
+use calllog_bridge::sink::channel::request::{admit, parse_handshake, Paths, TokenDigest, MAX_REQUEST_HEAD_BYTES};
+use calllog_bridge::url::percent_decode;
 use serde_json::Value;
 
 /// How long each target runs in a normal test run (CI): the whole harness

@@ -13,7 +13,7 @@ use serde_json::Value;
 
 use calllog_bridge::parse::Format;
 use calllog_bridge::record::Shape;
-use calllog_bridge::simulate::{le5_csv_header, Generator};
+use calllog_bridge::sim::{le5_csv_header, Generator};
 
 use crate::support;
 

@@ -100,7 +100,7 @@ fn csv_files_each_start_with_the_header() {
     let all = files(dir.path(), "access.csv");
     assert!(all.len() >= 3, "{all:?}");
     assert!(all.iter().any(|p| p.ends_with("access.csv.1")));
-    let header = calllog_bridge::simulate::le5_csv_header();
+    let header = calllog_bridge::sim::le5_csv_header();
     let mut rows = 0;
     for p in &all {
         let text = read_text(p);

@@ -87,7 +87,7 @@ use crate::time::now_ms;
 
 pub use config::{ChannelConfig, ChannelSection, TlsFiles};
 use conn::{ConnState, Lost, Registry};
-pub use request::percent_decode;
+
 use request::TokenDigest;
 use ring::{Entry, Evicted, Item, Ring};
 pub use stats::ChannelStats;
@@ -104,10 +104,10 @@ pub const NAME: &str = "channel";
 const LISTEN_KEY: &str = "channel.listen";
 
 /// File in the state directory holding the channel's bound address.
-pub const ADDR_FILE: &str = "channel.addr";
+pub const ADDR_FILE: &str = crate::state_dir::StateDir::CHANNEL_ADDR;
 
 /// File in the state directory holding the next sequence number to use.
-pub const SEQ_FILE: &str = "channel.seq";
+pub const SEQ_FILE: &str = crate::state_dir::StateDir::CHANNEL_SEQ;
 
 /// Sequence numbers reserved on disk at a time, at most: the file is
 /// rewritten (fsynced) once per block, and a crash skips at most one block.
@@ -752,32 +752,19 @@ pub fn parse_seq(bytes: &[u8]) -> Result<u64, String> {
     }
 }
 
-/// Writes `value` to `path` via a temp file, fsync and rename, off the
-/// runtime.
+/// Writes `value` to `path` durably (the directory fsync included: a
+/// sequence number once promised is never handed out again, even after a
+/// power loss), off the runtime.
 async fn write_durable(path: PathBuf, value: u64) -> anyhow::Result<()> {
-    tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
-        use std::io::Write;
-        let tmp = path.with_extension("seq.tmp");
-        let mut f = std::fs::File::create(&tmp).with_context(|| format!("cannot write {}", tmp.display()))?;
-        writeln!(f, "{value}")?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, &path).with_context(|| format!("cannot rename {} to {}", tmp.display(), path.display()))?;
-        // The rename is durable only once the directory is synced.
-        if let Some(dir) = path.parent() {
-            std::fs::File::open(dir).and_then(|d| d.sync_all()).with_context(|| format!("cannot sync {}", dir.display()))?;
-        }
-        Ok(())
-    })
-    .await
-    .context("sequence file writer panicked")?
+    let display = path.display().to_string();
+    crate::state_dir::write_atomic_async(path, format!("{value}\n").into_bytes()).await.with_context(|| format!("cannot write {display}"))
 }
 
-/// Writes a small file atomically (temp file + rename).
+/// Writes a small file atomically.
 async fn write_atomic(path: &Path, text: String) -> anyhow::Result<()> {
-    let tmp = path.with_extension("tmp");
-    tokio::fs::write(&tmp, text).await.with_context(|| format!("cannot write {}", tmp.display()))?;
-    tokio::fs::rename(&tmp, path).await.with_context(|| format!("cannot rename {} to {}", tmp.display(), path.display()))?;
-    Ok(())
+    crate::state_dir::write_atomic_async(path.to_path_buf(), text.into_bytes())
+        .await
+        .with_context(|| format!("cannot write {}", path.display()))
 }
 
 #[cfg(test)]

@@ -166,7 +166,7 @@ impl super::Sink for UpstreamSink {
         } else {
             format!(", headers {} (values not shown)", u.headers.keys().cloned().collect::<Vec<_>>().join(", "))
         };
-        format!("{} ({}, {compression}, {auth}{headers})", http::redact_url(&u.url), u.format.kind().name())
+        format!("{} ({}, {compression}, {auth}{headers})", crate::url::redact_url(&u.url), u.format.kind().name())
     }
 
     async fn start(
@@ -449,7 +449,7 @@ impl Live {
     /// names the key.
     pub fn build(cfg: &UpstreamConfig) -> anyhow::Result<Live> {
         let client = http::client(cfg)?;
-        Ok(Live { cfg: cfg.clone(), client, log_url: http::redact_url(&cfg.url), encoder: Encoder::for_config(cfg) })
+        Ok(Live { cfg: cfg.clone(), client, log_url: crate::url::redact_url(&cfg.url), encoder: Encoder::for_config(cfg) })
     }
 
     /// The URL as logs show it (no credentials).
@@ -500,7 +500,7 @@ impl Upstream {
         };
         let stats = ctx.telemetry.sink(NAME);
         let spool = if cfg.spool_max_bytes > 0 {
-            let dir = ctx.state_dir.join("upstream-spool").join(cfg.format.kind().name());
+            let dir = crate::state_dir::StateDir::new(&ctx.state_dir).upstream_spool(cfg.format.kind().name());
             let max = cfg.spool_max_bytes;
             let d = dir.clone();
             let s = tokio::task::spawn_blocking(move || Spool::open(&d, max))
@@ -514,7 +514,8 @@ impl Upstream {
         } else {
             None
         };
-        let dead_letter_path = cfg.dead_letter_file.clone().unwrap_or_else(|| ctx.state_dir.join("dead-letter.ndjson"));
+        let dead_letter_path =
+            cfg.dead_letter_file.clone().unwrap_or_else(|| crate::state_dir::StateDir::new(&ctx.state_dir).dead_letter());
         let dead_letter = Arc::new(dead_letter::DeadLetter::new(dead_letter_path));
         let shared = Arc::new(Shared {
             live: RwLock::new(Arc::new(live)),

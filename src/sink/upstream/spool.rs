@@ -222,16 +222,10 @@ pub fn write_file(path: &Path, units: &Units, observed_ms: i64) -> std::io::Resu
     };
     let mut head = serde_json::to_vec(&h).map_err(std::io::Error::other)?;
     head.push(b'\n');
-    let tmp = path.with_extension("tmp");
-    let mut f = File::create(&tmp)?;
-    f.write_all(&head)?;
-    f.write_all(&units.buf)?;
-    f.sync_all()?;
-    drop(f);
-    fs::rename(&tmp, path)?;
-    if let Some(dir) = path.parent() {
-        File::open(dir)?.sync_all()?;
-    }
+    crate::state_dir::write_atomic_with(path, |f| {
+        f.write_all(&head)?;
+        f.write_all(&units.buf)
+    })?;
     Ok((head.len() + units.buf.len()) as u64)
 }
 

@@ -1,4 +1,5 @@
-//! `calllog-bridge tail URL`: a Call Log Stream client for support staff.
+//! `calllog-bridge subscribe URL` (alias `tail`): a Call Log Stream client
+//! for support staff. (`tail` the module is the file follower.)
 //!
 //! Subscribes to a channel (this bridge's, or any server speaking the
 //! stream protocol), prints each record as a JSON line (the record as
@@ -36,7 +37,7 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::WebSocketStream;
 
-use crate::cli::TailArgs;
+use crate::cli::SubscribeArgs;
 
 /// Exit code when the channel refuses the token (EX_NOPERM).
 pub const EXIT_AUTH: i32 = 77;
@@ -57,9 +58,9 @@ const DIAL_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_MESSAGE_BYTES: usize = 16 << 20;
 
 /// Runs the command; returns the exit code.
-pub fn run(args: TailArgs) -> anyhow::Result<i32> {
+pub fn run(args: SubscribeArgs) -> anyhow::Result<i32> {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().context("cannot start the runtime")?;
-    rt.block_on(tail(args))
+    rt.block_on(subscribe(args))
 }
 
 /// A parsed `ws://` / `wss://` URL.
@@ -121,7 +122,7 @@ impl Target {
         for p in query.split('&').filter(|p| !p.is_empty()) {
             let (name, value) = p.split_once('=').unwrap_or((p, ""));
             match name {
-                "key" => key = Some(crate::sink::channel::percent_decode(value).context("the URL's key is not valid percent-encoding")?),
+                "key" => key = Some(crate::url::percent_decode(value).context("the URL's key is not valid percent-encoding")?),
                 "since" => {}
                 _ => params.push(p.to_string()),
             }
@@ -210,7 +211,7 @@ struct Progress {
     lost: u64,
 }
 
-async fn tail(args: TailArgs) -> anyhow::Result<i32> {
+async fn subscribe(args: SubscribeArgs) -> anyhow::Result<i32> {
     let target = Target::parse(&args.url)?;
     let key = match &args.token_file {
         Some(f) => Some(read_token_file(f)?),
