@@ -11,7 +11,7 @@ use std::process::Child;
 use std::time::{Duration, Instant};
 
 use calllog_bridge::parse::Format;
-use calllog_bridge::simulate::Generator;
+use calllog_bridge::sim::Generator;
 
 use crate::support;
 
