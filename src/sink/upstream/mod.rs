@@ -24,8 +24,10 @@
 //! Backpressure and outages: one collector must not hold back the archive
 //! and the channel, which share the tailers with this sink. While all
 //! permits are held (a collector failing, slow or silent), built requests
-//! wait for one, unless this sink's queue is full (the tailers would wait
-//! on it): then they spill to the disk spool ([`spool`]) and are
+//! wait for one, unless this sink's queue is full or the memory budget is
+//! reached (the tailers would wait on it; what this sink holds of records
+//! not yet delivered is charged to the budget, [`crate::budget`]): then
+//! they spill to the disk spool ([`spool`]) and are
 //! acknowledged once fsynced, so reading goes on. A spill never deletes
 //! spooled records; with a full spool, requests wait as without one. When
 //! upstream has been failing for `spool_after_ms`, every request goes to the
@@ -774,7 +776,8 @@ impl Shared {
 
     /// True when requests should go to the spool instead of waiting for a
     /// sender: a file went away with records not yet acknowledged (a
-    /// durability demand), or this sink's queue is full, so the tailers,
+    /// durability demand), or this sink's queue is full or the memory
+    /// budget reached, so the tailers,
     /// and with them the archive and the channel, would wait on this one
     /// collector.
     fn must_spill(&self) -> bool {
