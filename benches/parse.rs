@@ -12,7 +12,12 @@
 //! in read-sized chunks (256 KiB, each copied into a fresh buffer as a read
 //! fills one), parsed and enriched into a pipeline `Records` that borrows
 //! from its chunk, then ndjson and drop, so the cost of building batches
-//! shows as the difference from "full". Each figure is the best of several rounds, timed in CPU
+//! shows as the difference from "full". "ingest" is the same through the
+//! [`Ingest`] stage the bridge and the `parse` command now share: raw
+//! 256 KiB reads (not cut at a newline: the stage frames lines and carries
+//! the partial last one), parsed and enriched into a `Records` (not
+//! stamped, as "batch"), so its difference from "batch" is the cost of the
+//! shared framing. Each figure is the best of several rounds, timed in CPU
 //! time of the bench thread (the machine is shared). `LINES=n` changes the number of lines per format, `FORMATS=le6,le5-csv`
 //! picks formats.
 
@@ -22,6 +27,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use calllog_bridge::enrich::{Enricher, Lookups};
+use calllog_bridge::ingest::{Context, Ingest, Rejected};
 use calllog_bridge::parse::{Format, LineKind, LineParser};
 use calllog_bridge::pipeline::{RecordSource, Records};
 use calllog_bridge::record::{Record, Shape};
@@ -38,8 +44,8 @@ fn main() {
     let clock = if thread_cpu_ns().is_some() { "per CPU-second of the bench thread" } else { "per wall-clock second" };
     println!("figures are {clock}; full = parse + enrich + ndjson");
     println!(
-        "{:<9} {:>16} {:>10} {:>16} {:>12} {:>14} {:>12}",
-        "format", "full lines/s", "MB/s", "parse-only l/s", "ns/line", "batch l/s", "batch ns/line"
+        "{:<9} {:>16} {:>10} {:>16} {:>12} {:>14} {:>12} {:>14} {:>14}",
+        "format", "full lines/s", "MB/s", "parse-only l/s", "ns/line", "batch l/s", "batch ns/line", "ingest l/s", "ingest ns/line"
     );
     let only = std::env::var("FORMATS").unwrap_or_default();
     for format in [Format::Le6, Format::Le5Csv, Format::LeJson] {
@@ -51,16 +57,19 @@ fn main() {
         let full = best(|| run(format, &lines, Some((&enricher, &tables))));
         let parse_only = best(|| run(format, &lines, None));
         let owned = best(|| run_batched(format, &lines, &enricher, &tables));
+        let ingest = best(|| run_ingest(format, &lines, &enricher, &tables));
         let per_s = n as f64 / full.as_secs_f64();
         println!(
-            "{:<9} {:>16.0} {:>10.1} {:>16.0} {:>12.0} {:>14.0} {:>12.0}",
+            "{:<9} {:>16.0} {:>10.1} {:>16.0} {:>12.0} {:>14.0} {:>12.0} {:>14.0} {:>14.0}",
             format.name(),
             per_s,
             bytes as f64 / full.as_secs_f64() / 1e6,
             n as f64 / parse_only.as_secs_f64(),
             full.as_nanos() as f64 / n as f64,
             n as f64 / owned.as_secs_f64(),
-            (owned.as_nanos() as f64 - full.as_nanos() as f64) / n as f64
+            (owned.as_nanos() as f64 - full.as_nanos() as f64) / n as f64,
+            n as f64 / ingest.as_secs_f64(),
+            (ingest.as_nanos() as f64 - full.as_nanos() as f64) / n as f64
         );
     }
 }
@@ -166,6 +175,53 @@ fn run_batched(format: Format, text: &[u8], e: &Enricher, tables: &Arc<Lookups>)
             }
         }
         drop(records);
+    }
+    std::hint::black_box((written, out_buf.len()));
+    clock.elapsed()
+}
+
+/// As the running bridge does since the shared ingest stage: raw reads of
+/// [`CHUNK`] bytes after the carried rest, fed to one [`Ingest`] into a
+/// [`Records`] borrowing from the buffer; the unconsumed rest is copied
+/// into the next buffer.
+fn run_ingest(format: Format, text: &[u8], e: &Enricher, tables: &Arc<Lookups>) -> Duration {
+    let mut ingest = Ingest::new(format, 1 << 20, 0);
+    let mut out_buf: Vec<u8> = Vec::with_capacity(1 << 20);
+    let mut written = 0usize;
+    let mut carry: Vec<u8> = Vec::new();
+    let clock = Clock::start();
+    let mut rest = text;
+    loop {
+        let (read, tail) = rest.split_at(rest.len().min(CHUNK));
+        rest = tail;
+        let last = rest.is_empty();
+        let mut data = std::mem::take(&mut carry);
+        data.extend_from_slice(read);
+        let mut consumed = 0;
+        let source = RecordSource { data, tables: tables.clone() };
+        let records = Records::borrowing(source, |src| {
+            let mut out = Vec::new();
+            let mut rejects: Vec<Rejected<'_>> = Vec::new();
+            let cx = Context { tables: &src.tables, enricher: Some(e), observed_ms: None };
+            consumed = ingest.feed(&src.data, last, &cx, &mut out, &mut rejects).consumed;
+            if let Some(r) = rejects.first() {
+                panic!("generated {format} line rejected: {}: {}", r.reject, String::from_utf8_lossy(r.raw));
+            }
+            out
+        });
+        carry = records.source_data().map(|d| d[consumed..].to_vec()).unwrap_or_default();
+        for rec in records.iter() {
+            rec.write_json(Shape::Ndjson, &mut out_buf);
+            out_buf.push(b'\n');
+            if out_buf.len() > (1 << 20) - 4096 {
+                written += out_buf.len();
+                out_buf.clear();
+            }
+        }
+        drop(records);
+        if last {
+            break;
+        }
     }
     std::hint::black_box((written, out_buf.len()));
     clock.elapsed()

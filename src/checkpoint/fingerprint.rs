@@ -6,7 +6,10 @@
 //! checksum names the file wherever it moves, whatever its inode, and also
 //! once it is compressed (the `.gz` is fingerprinted on its decompressed
 //! content). A first line without any ASCII digit is taken for a CSV header
-//! and skipped, so files that share a header do not collide.
+//! and skipped, so files that share a header do not collide. A file that
+//! starts with a pretty-printed JSON document (a lone `{`: a captured
+//! stream message) is fingerprinted on that whole first document: its
+//! second line (`"data": [`) is the same in every capture.
 //!
 //! A file that does not yet hold a complete identifying line has no
 //! fingerprint yet ([`Probe::NotYet`]): the tailer waits for it.
@@ -15,6 +18,8 @@ use std::fmt;
 use std::io::{self, Read};
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::parse::framing::{opens_document, JsonDepth};
 
 /// A file's identity: a 64-bit checksum of its first data line.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -74,13 +79,16 @@ fn is_header(line: &[u8]) -> bool {
 }
 
 /// Reads the start of a file (plain or decompressed) and fingerprints it.
-/// Reads at most `2 * (max_line_bytes + 1)` bytes; a first line longer than
-/// `max_line_bytes` is fingerprinted on its first `max_line_bytes` bytes.
+/// Reads at most `2 * (max_line_bytes + 1)` bytes; a first line (or first
+/// document) longer than `max_line_bytes` is fingerprinted on its first
+/// `max_line_bytes` bytes.
 pub fn probe(mut r: impl Read, max_line_bytes: usize) -> io::Result<Probe> {
     let limit = 2 * (max_line_bytes + 1);
     let mut buf = Vec::with_capacity(8192.min(limit));
     let mut chunk = [0u8; 8192];
     let mut line_start = 0usize;
+    // The first line opened a JSON document: its brace balance so far.
+    let mut doc: Option<JsonDepth> = None;
     loop {
         // Look for the identifying line in what we have.
         while let Some(nl) = memchr::memchr(b'\n', &buf[line_start..]) {
@@ -88,6 +96,22 @@ pub fn probe(mut r: impl Read, max_line_bytes: usize) -> io::Result<Probe> {
             let mut line = &buf[line_start..end];
             if line.last() == Some(&b'\r') {
                 line = &line[..line.len() - 1];
+            }
+            if let Some(depth) = &mut doc {
+                depth.line_end();
+                if depth.feed(line) {
+                    let len = (line_start + line.len()).min(max_line_bytes);
+                    return Ok(Probe::Ready { fp: checksum(&buf[..len]), start: 0, len: len as u64 });
+                }
+                line_start = end + 1;
+                continue;
+            }
+            if line_start == 0 && opens_document(line) {
+                let mut depth = JsonDepth::new();
+                depth.feed(line);
+                doc = Some(depth);
+                line_start = end + 1;
+                continue;
             }
             if line_start == 0 && is_header(line) {
                 line_start = end + 1;
@@ -98,6 +122,9 @@ pub fn probe(mut r: impl Read, max_line_bytes: usize) -> io::Result<Probe> {
                 continue;
             }
             return Ok(Probe::Ready { fp: checksum(line), start: line_start as u64, len: line.len() as u64 });
+        }
+        if doc.is_some() && buf.len() > max_line_bytes {
+            return Ok(Probe::Ready { fp: checksum(&buf[..max_line_bytes]), start: 0, len: max_line_bytes as u64 });
         }
         if buf.len() - line_start > max_line_bytes {
             let line = &buf[line_start..line_start + max_line_bytes];
@@ -164,6 +191,27 @@ mod tests {
         assert_eq!(got, p("abc1\n"));
         let half = probe(flate2::read::MultiGzDecoder::new(&gz[..gz.len() / 2]), 256).unwrap();
         assert_eq!(half, Probe::NotYet);
+    }
+
+    /// Captured stream messages, pretty-printed, all begin `{` then
+    /// `"data": [`: each is named by its whole first document, which holds
+    /// its uuid.
+    #[test]
+    fn a_pretty_printed_document_is_fingerprinted_whole() {
+        let msg =
+            |u: &str| format!("{{\n  \"data\": [\n    {{\n      \"api_key\": \"\",\n      \"request_uuid\": \"{u}\"\n    }}\n  ]\n}}\n");
+        let (a, b) = (msg("u-1"), msg("u-2"));
+        assert_ne!(p(&a), p(&b));
+        assert_eq!(p(&a), p(&format!("{a}{b}")), "only the first document counts");
+        assert!(matches!(p(&a), Probe::Ready { start: 0, len, .. } if len == a.len() as u64 - 1), "{:?}", p(&a));
+        assert_eq!(p(&a[..a.len() - 1]), Probe::NotYet, "not before the document's last newline");
+        assert_eq!(p(&a[..a.len() / 2]), Probe::NotYet);
+        // Longer than max_line_bytes (256 here): its first 256 bytes.
+        let long = msg(&"x".repeat(300));
+        assert!(matches!(p(&long), Probe::Ready { start: 0, len: 256, .. }), "{:?}", p(&long));
+        // A one-line JSON file is unchanged: its first line.
+        assert_eq!(p("{\"a\":1}\n"), p("{\"a\":1}\nmore2\n"));
+        assert!(matches!(p("{\"a\":1}\n"), Probe::Ready { start: 0, len: 7, .. }));
     }
 
     #[test]

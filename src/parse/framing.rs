@@ -1,8 +1,9 @@
 //! Framing of multi-line JSON documents. A captured stream message is
 //! sometimes pretty-printed over many lines (the shipped
-//! `ecls-message.json`); the reader joins such a document back into one
-//! "line" before handing it to the parser. This module only tracks brace
-//! depth; the reader owns the buffers.
+//! `ecls-message.json`); the ingest stage ([`crate::ingest`], for both
+//! `run` and `parse`) joins such a document back into one "line" before
+//! handing it to the parser. This module only tracks brace depth; the
+//! ingest stage owns the buffers.
 //!
 //! Invariant: pure; a document starts with a line that is a lone `{` and
 //! ends when its braces balance (braces inside JSON strings do not count).

@@ -191,7 +191,7 @@ impl LineParser {
     }
 
     /// True when the file may hold pretty-printed JSON documents spread over
-    /// several lines, which the reader joins (see [`framing`]): the format
+    /// several lines, which the ingest stage joins (see [`framing`]): the format
     /// is `ecls`, `le-json`, or `auto` not yet decided.
     pub fn accepts_json_documents(&self) -> bool {
         matches!(self.format, Format::Ecls | Format::LeJson | Format::Auto)

@@ -718,9 +718,8 @@ fn pretty_printed_and_one_line_ecls_give_the_same_records_through_run_and_parse(
         o.remove("sync_delay_ms");
     };
     for format in ["ecls", "auto"] {
-        // One bridge per format: the two pretty-printed files would share
-        // a fingerprint (their first line with a digit is the same), so the
-        // second would be taken for a copy of the first.
+        // One bridge per format: files of the same content are one file to
+        // the bridge (the same fingerprint: a copy is not read twice).
         let mut env = Env::new("unused", "");
         let text = format!(
             "state_dir = {state:?}\nlog_level = \"debug\"\n\n\
@@ -745,16 +744,25 @@ fn pretty_printed_and_one_line_ecls_give_the_same_records_through_run_and_parse(
             expected.extend(p.records);
         }
         assert_eq!(expected[..4], expected[4..], "{format}: pretty-printed and one per line agree");
+        // Another capture: every pretty-printed capture starts `{` then
+        // `"data": [`, yet it is another file (fingerprinted on its whole
+        // first document), not a copy of the first.
+        let other = serde_json::to_string_pretty(&serde_json::json!({ "data": [with_uuid("r1-other")] })).unwrap() + "\n";
+        std::fs::write(env.path("other.json"), &other).unwrap();
+        let p = parse(&["--format", format, s(&env.path("other.json"))]);
+        assert_eq!(p.records.len(), 1, "{}", p.stderr);
+        expected.extend(p.records);
 
         // Through `run`: every record once per file, the same records.
         env.start();
-        env.wait_for(&uuids.map(String::from));
+        env.wait_for(&uuids.iter().chain(&["r1-other"]).map(|u| u.to_string()).collect::<Vec<_>>());
         env.settle();
         env.stop();
         let delivered = env.delivered();
         for u in uuids {
             assert_eq!(delivered.get(u), Some(&2), "{format}: {u} once per file: {delivered:?}");
         }
+        assert_eq!(delivered.get("r1-other"), Some(&1), "{format}: {delivered:?}");
         let mut archived: Vec<Value> = std::fs::read_to_string(&env.out)
             .unwrap()
             .lines()
