@@ -28,6 +28,7 @@
 //! - [`sink`]: where batches go (file archive, channel, upstream), each a
 //!   [`sink::Sink`] in [`sink::REGISTRY`]; [`bridge`] starts and stops
 //!   sources and sinks.
+//! - [`kafka`]: the Kafka protocol side of a fleet (edge sink, hub source).
 //! - [`reload`]: SIGHUP: re-read the config, apply it or refuse it whole.
 //! - [`service`]: systemd readiness, watchdog and journal-friendly logs.
 //! - [`logsafe`]: peer-supplied text (file names, collector answers)
@@ -49,6 +50,7 @@ pub mod config;
 pub mod demo;
 pub mod enrich;
 pub mod ingest;
+pub mod kafka;
 pub mod listener;
 pub mod logsafe;
 pub mod parse;

@@ -155,6 +155,11 @@ pub struct Record<'a> {
     /// transfer delay (the part of the sync delay after the line was
     /// written).
     pub write_time_ms: Option<i64>,
+    /// The bridge that read the line (its `host` setting): a bridge field
+    /// like `ingestion_time`, written in both shapes after
+    /// `sync_delay_ms` when set (empty: not written). A hub keeps the
+    /// edge bridge's value from the Kafka message.
+    pub host: Cow<'a, str>,
 }
 
 impl Default for Record<'_> {
@@ -165,6 +170,7 @@ impl Default for Record<'_> {
             ingestion_time: None,
             sync_delay_ms: None,
             write_time_ms: None,
+            host: Cow::Borrowed(""),
         }
     }
 }
@@ -233,6 +239,7 @@ impl<'a> Record<'a> {
             ingestion_time: self.ingestion_time,
             sync_delay_ms: self.sync_delay_ms,
             write_time_ms: self.write_time_ms,
+            host: if self.host.is_empty() { Cow::Borrowed("") } else { Cow::Owned(self.host.into_owned()) },
         }
     }
 
@@ -256,7 +263,18 @@ impl<'a> Record<'a> {
             push_i64(out, d);
             out.push(b'"');
         }
+        self.write_host(out);
         out.push(b'}');
+    }
+
+    /// Appends `,"host":"..."` when the record carries a host.
+    #[inline]
+    fn write_host(&self, out: &mut Vec<u8>) {
+        if !self.host.is_empty() {
+            out.extend_from_slice(b",\"host\":\"");
+            write_json_str_body(out, &self.host);
+            out.push(b'"');
+        }
     }
 
     /// The `ndjson` shape: numbers as JSON numbers (`null` when absent),
@@ -272,6 +290,7 @@ impl<'a> Record<'a> {
             }
             None => out.extend_from_slice(b",\"sync_delay_ms\":null"),
         }
+        self.write_host(out);
         out.push(b'}');
     }
 

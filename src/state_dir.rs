@@ -13,6 +13,8 @@
 //! | `rejects.ndjson` (+ `.1`…) | [`crate::rejects`] | malformed lines |
 //! | `dead-letter.ndjson` (+ `.1`…) | the upstream sink | refused records |
 //! | `upstream-spool/<format>/` | the upstream sink | undelivered batches |
+//! | `kafka-dead-letter.ndjson` (+ `.1`…) | the Kafka sink | refused messages |
+//! | `kafka-offsets-<group_id>.json` | the Kafka source | acknowledged position per partition |
 //!
 //! Invariant: a file another process or a restart reads (`checkpoints.json`,
 //! `channel.seq`, the `*.addr` files) is only ever replaced through
@@ -50,6 +52,8 @@ impl StateDir {
     pub const DEAD_LETTER: &'static str = "dead-letter.ndjson";
     /// The upstream sink's spool directory's name.
     pub const UPSTREAM_SPOOL: &'static str = "upstream-spool";
+    /// The Kafka sink's default dead-letter file's name.
+    pub const KAFKA_DEAD_LETTER: &'static str = "kafka-dead-letter.ndjson";
 
     /// The state directory at `root`.
     pub fn new(root: impl Into<PathBuf>) -> StateDir {
@@ -100,6 +104,20 @@ impl StateDir {
     /// `<state_dir>/upstream-spool`, holding one directory per format.
     pub fn upstream_spool_root(&self) -> PathBuf {
         self.root.join(Self::UPSTREAM_SPOOL)
+    }
+
+    /// `<state_dir>/kafka-dead-letter.ndjson` (when
+    /// `kafka.dead_letter_file` is not set).
+    pub fn kafka_dead_letter(&self) -> PathBuf {
+        self.root.join(Self::KAFKA_DEAD_LETTER)
+    }
+
+    /// `<state_dir>/kafka-offsets-<group_id>.json`: a Kafka source's
+    /// positions. The group id is the operator's text: anything but
+    /// `[A-Za-z0-9._-]` becomes `_` in the name.
+    pub fn kafka_offsets(&self, group_id: &str) -> PathBuf {
+        let safe: String = group_id.chars().map(|c| if c.is_ascii_alphanumeric() || "-_.".contains(c) { c } else { '_' }).collect();
+        self.root.join(format!("kafka-offsets-{safe}.json"))
     }
 
     /// `<state_dir>/upstream-spool/<format>`.

@@ -235,6 +235,12 @@ impl Checkpointer {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// The state directory the registry lives in (where other sources
+    /// keep their positions: the Kafka source's offsets).
+    pub fn state_dir(&self) -> &Path {
+        self.path.parent().unwrap_or(Path::new("."))
+    }
+
     /// The durable offset of a file, if it has one.
     pub fn offset(&self, fp: Fingerprint) -> Option<u64> {
         self.lock().entries.get(&fp).map(|e| e.offset)

@@ -17,7 +17,7 @@ const FINISH_ECLS: Finish = Finish { ids_from_request_id: false, force_ml: false
 /// message (the caller discards whatever this pushed).
 pub fn parse<'a>(line: &'a str, out: &mut Vec<Record<'a>>) -> Result<LineKind, Reject> {
     let before = out.len();
-    json::deserialize_line(line, MessageSeed { out: &mut *out })?;
+    json::deserialize_line(line, MessageSeed { out: &mut *out, bridge: false })?;
     for (i, rec) in out[before..].iter_mut().enumerate() {
         normalize::finish(rec, FINISH_ECLS).map_err(|r| Reject::new(r.reason, format!("record {}: {}", i + 1, r.detail)))?;
     }

@@ -69,6 +69,10 @@ fn scalar<'de>(raw: &'de RawValue, f: Field) -> Result<Cow<'de, str>, String> {
 pub struct RecordSeed<'r, 'de> {
     /// Where the record goes.
     pub out: &'r mut Vec<Record<'de>>,
+    /// Also keep the bridge's own fields a bridge wrote (`sync_delay_ms`,
+    /// `host`, `ingestion_time` in either shape): a hub reading records an
+    /// edge bridge sent through Kafka. Files leave them to the stamping.
+    pub bridge: bool,
 }
 
 impl<'de> DeserializeSeed<'de> for RecordSeed<'_, 'de> {
@@ -102,6 +106,18 @@ impl<'de> Visitor<'de> for RecordSeed<'_, 'de> {
                     let raw: &'de RawValue = map.next_value()?;
                     let s = raw.get().trim_matches('"');
                     rec.ingestion_time = s.parse::<i64>().ok();
+                    if self.bridge && rec.ingestion_time.is_none() {
+                        // The ndjson shape spells it in ISO 8601.
+                        rec.ingestion_time = crate::time::parse_iso(s);
+                    }
+                }
+                None if self.bridge && name == "sync_delay_ms" => {
+                    let raw: &'de RawValue = map.next_value()?;
+                    rec.sync_delay_ms = raw.get().trim_matches('"').parse::<i64>().ok();
+                }
+                None if self.bridge && name == "host" => {
+                    let raw: &'de RawValue = map.next_value()?;
+                    rec.host = scalar(raw, Field::RequestHostName).map_err(de::Error::custom)?;
                 }
                 None => {
                     map.next_value::<IgnoredAny>()?;
@@ -117,6 +133,8 @@ impl<'de> Visitor<'de> for RecordSeed<'_, 'de> {
 pub struct MessageSeed<'r, 'de> {
     /// Where the records go.
     pub out: &'r mut Vec<Record<'de>>,
+    /// As [`RecordSeed::bridge`].
+    pub bridge: bool,
 }
 
 impl<'de> DeserializeSeed<'de> for MessageSeed<'_, 'de> {
@@ -139,7 +157,7 @@ impl<'de> Visitor<'de> for MessageSeed<'_, 'de> {
         while let Some(Key(name)) = map.next_key::<Key<'de>>()? {
             if name == "data" && !seen {
                 seen = true;
-                map.next_value_seed(DataSeed { out: &mut *out })?;
+                map.next_value_seed(DataSeed { out: &mut *out, bridge: self.bridge })?;
             } else {
                 map.next_value::<IgnoredAny>()?;
             }
@@ -155,6 +173,8 @@ impl<'de> Visitor<'de> for MessageSeed<'_, 'de> {
 struct DataSeed<'r, 'de> {
     /// Where the records go.
     out: &'r mut Vec<Record<'de>>,
+    /// As [`RecordSeed::bridge`].
+    bridge: bool,
 }
 
 impl<'de> DeserializeSeed<'de> for DataSeed<'_, 'de> {
@@ -172,8 +192,8 @@ impl<'de> Visitor<'de> for DataSeed<'_, 'de> {
     }
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
-        let out = self.out;
-        while seq.next_element_seed(RecordSeed { out: &mut *out })?.is_some() {}
+        let (out, bridge) = (self.out, self.bridge);
+        while seq.next_element_seed(RecordSeed { out: &mut *out, bridge })?.is_some() {}
         Ok(())
     }
 }

@@ -12,7 +12,7 @@ use crate::record::Record;
 /// Parses one line into one record.
 pub fn parse<'a>(line: &'a str, out: &mut Vec<Record<'a>>) -> Result<LineKind, Reject> {
     let before = out.len();
-    json::deserialize_line(line, RecordSeed { out: &mut *out })?;
+    json::deserialize_line(line, RecordSeed { out: &mut *out, bridge: false })?;
     for rec in &mut out[before..] {
         normalize::finish(rec, FINISH_LE)?;
     }

@@ -18,6 +18,7 @@
 
 pub mod channel;
 pub mod file;
+pub mod kafka;
 pub mod upstream;
 
 use std::any::Any;
@@ -44,7 +45,7 @@ pub static REGISTRY: &[&dyn SinkKind] = &[
     &Registered::<file::FileSink>::NEW,
     &Registered::<channel::ChannelSink>::NEW,
     &Registered::<upstream::UpstreamSink>::NEW,
-    // &Registered::<kafka::KafkaSink>::NEW,
+    &Registered::<kafka::KafkaSink>::NEW,
 ];
 
 /// Batches buffered between the fan-out and one sink. Small: backpressure

@@ -14,6 +14,7 @@
 //! restarts the reading side).
 
 pub mod file;
+pub mod kafka;
 
 use std::any::Any;
 use std::fmt;
@@ -34,10 +35,7 @@ use crate::telemetry::Telemetry;
 /// Every source kind the bridge knows; the first is the default (a
 /// `[[source]]` without `kind`). A new kind is one line here (and its
 /// `pub mod` above).
-pub static KINDS: &[&dyn SourceKind] = &[
-    &Registered::<file::FileSource>::NEW,
-    // &Registered::<kafka::KafkaSource>::NEW,
-];
+pub static KINDS: &[&dyn SourceKind] = &[&Registered::<file::FileSource>::NEW, &Registered::<kafka::KafkaSource>::NEW];
 
 /// A kind of source, declared once by its module.
 pub trait Source: 'static {

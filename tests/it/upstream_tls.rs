@@ -7,7 +7,8 @@
 //! ([`TlsFront`], tokio-rustls with the ring provider) terminates TLS and
 //! passes the plain HTTP on to the test collector (`support_upstream`), so
 //! the collector's record checks apply unchanged; it counts handshakes and
-//! keeps the client certificates it was shown.
+//! keeps the client certificates it was shown. The Kafka tests put the
+//! same server in front of the broker ([`crate::kafka`]).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -26,7 +27,7 @@ use crate::upstream::{config, expect_all, wait_for, Harness};
 
 /// A certificate with its key, as DER (for the server) and PEM (for the
 /// bridge's config).
-struct Issued {
+pub(crate) struct Issued {
     /// The certificate, DER.
     der: CertificateDer<'static>,
     /// The certificate, PEM.
@@ -39,9 +40,9 @@ struct Issued {
 
 /// A test PKI: one CA, a server certificate and a client certificate it
 /// signed.
-struct Pki {
+pub(crate) struct Pki {
     /// The CA (what `ca_file` trusts).
-    ca: Issued,
+    pub(crate) ca: Issued,
     /// The server's certificate, for `127.0.0.1` and `localhost`.
     server: Issued,
     /// The bridge's client certificate (mutual TLS).
@@ -49,7 +50,7 @@ struct Pki {
 }
 
 impl Pki {
-    fn generate() -> Pki {
+    pub(crate) fn generate() -> Pki {
         let ca_key = KeyPair::generate().expect("CA key");
         let mut p = CertificateParams::new(Vec::<String>::new()).expect("CA params");
         p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
@@ -77,7 +78,7 @@ impl Pki {
 
     /// Writes the CA certificate and the client certificate and key as PEM
     /// files under `dir`; returns (ca, client cert, client key).
-    fn write(&self, dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    pub(crate) fn write(&self, dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
         let files = [("ca.pem", &self.ca.cert_pem), ("client.pem", &self.client.cert_pem), ("client.key", &self.client.key_pem)];
         let paths: Vec<PathBuf> = files
             .iter()
@@ -93,7 +94,7 @@ impl Pki {
     /// A rustls server config presenting the server certificate; with
     /// `require_client_cert`, a client certificate signed by the CA is
     /// required.
-    fn server_config(&self, require_client_cert: bool) -> Arc<rustls::ServerConfig> {
+    pub(crate) fn server_config(&self, require_client_cert: bool) -> Arc<rustls::ServerConfig> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let builder =
             rustls::ServerConfig::builder_with_provider(provider.clone()).with_safe_default_protocol_versions().expect("versions");
@@ -114,13 +115,13 @@ impl Pki {
 
 /// A TLS server on 127.0.0.1:0 that forwards the decrypted bytes of each
 /// connection to a plain-HTTP backend (the test collector).
-struct TlsFront {
+pub(crate) struct TlsFront {
     /// Where it listens.
-    addr: SocketAddr,
+    pub(crate) addr: SocketAddr,
     /// Completed handshakes.
-    handshakes: Arc<AtomicUsize>,
+    pub(crate) handshakes: Arc<AtomicUsize>,
     /// Failed handshakes (untrusted certificate, missing client certificate).
-    failed: Arc<AtomicUsize>,
+    pub(crate) failed: Arc<AtomicUsize>,
     /// The first certificate of each client that presented one.
     client_certs: Arc<Mutex<Vec<CertificateDer<'static>>>>,
     /// Stops the server when dropped.
@@ -129,7 +130,7 @@ struct TlsFront {
 
 impl TlsFront {
     /// Starts the server on its own thread and runtime.
-    fn start(config: Arc<rustls::ServerConfig>, backend: SocketAddr) -> TlsFront {
+    pub(crate) fn start(config: Arc<rustls::ServerConfig>, backend: SocketAddr) -> TlsFront {
         let std_listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind TLS front");
         std_listener.set_nonblocking(true).expect("nonblocking");
         let addr = std_listener.local_addr().expect("addr");

@@ -54,7 +54,7 @@
 //! left unacknowledged (their records are read again after a restart).
 
 mod config;
-mod dead_letter;
+pub(crate) mod dead_letter;
 pub mod encode;
 pub mod http;
 mod spool;

@@ -1,0 +1,262 @@
+//! Durable consumer positions: for each topic partition a hub reads, the
+//! offset of the next message to read, advanced only when every sink has
+//! acknowledged the messages before it (at-least-once end to end).
+//!
+//! The client has no consumer-group coordination, so the group's positions
+//! live here, in `<state_dir>/kafka-offsets-<group_id>.json` (versioned
+//! JSON; temporary file, fsync, rename, directory fsync), not on the
+//! brokers: `group_id` names this namespace. Nothing is coordinated between
+//! two hubs; two hubs with the same `group_id` would each read every
+//! partition (each keeps its own file).
+//!
+//! Batches of a partition may be acknowledged out of order (sinks run
+//! independently); the offset advances only over a contiguous
+//! acknowledged prefix, as file checkpoints do.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use crate::checkpoint::DamagedState;
+
+/// Layout version of the file.
+const VERSION: u32 = 1;
+
+/// One partition's position in the file.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+struct Position {
+    /// The topic.
+    topic: String,
+    /// The partition.
+    partition: i32,
+    /// Offset of the next message to read.
+    next: i64,
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Document {
+    version: u32,
+    group_id: String,
+    positions: Vec<Position>,
+}
+
+/// A partition: topic and number.
+pub type Partition = (String, i32);
+
+/// Batches of one partition not yet acknowledged, in read order.
+#[derive(Default)]
+struct Tracker {
+    /// Sequence number of the next batch.
+    next_seq: u64,
+    /// (seq, offset after the batch, acknowledged?), oldest first.
+    in_flight: VecDeque<(u64, i64, bool)>,
+}
+
+#[derive(Default)]
+struct State {
+    /// Durable positions.
+    positions: BTreeMap<Partition, i64>,
+    /// Acknowledgement order per partition.
+    trackers: BTreeMap<Partition, Tracker>,
+    /// Changed since the last write.
+    dirty: bool,
+}
+
+/// A batch's place in its partition's acknowledgement order.
+#[derive(Debug, Clone)]
+pub struct Ticket {
+    /// The partition.
+    partition: Partition,
+    /// The batch's sequence number.
+    seq: u64,
+}
+
+/// The positions of one consumer group. Cheap to clone.
+#[derive(Clone)]
+pub struct Offsets {
+    /// The file.
+    path: Arc<PathBuf>,
+    /// The group.
+    group_id: Arc<str>,
+    /// Positions and trackers.
+    state: Arc<Mutex<State>>,
+    /// Signalled when a position advanced.
+    changed: Arc<tokio::sync::Notify>,
+}
+
+/// The file holding `group_id`'s positions under `state_dir`.
+pub fn file_path(state_dir: &Path, group_id: &str) -> PathBuf {
+    crate::state_dir::StateDir::new(state_dir).kafka_offsets(group_id)
+}
+
+impl Offsets {
+    /// Loads the group's positions (an absent file: none yet). A file that
+    /// exists but cannot be understood stops the bridge: where to resume
+    /// is the operator's decision.
+    pub fn load(state_dir: &Path, group_id: &str) -> Result<Offsets, DamagedState> {
+        let path = file_path(state_dir, group_id);
+        let mut state = State::default();
+        match fs::read(&path) {
+            Ok(bytes) => {
+                let doc: Document = serde_json::from_slice(&bytes)
+                    .map_err(|e| DamagedState { path: path.clone(), problem: format!("not a positions document: {e}") })?;
+                if doc.version != VERSION {
+                    return Err(DamagedState { path, problem: format!("unknown version {}", doc.version) });
+                }
+                for p in doc.positions {
+                    state.positions.insert((p.topic, p.partition), p.next);
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(DamagedState { path, problem: format!("cannot be read: {e}") }),
+        }
+        Ok(Offsets {
+            path: Arc::new(path),
+            group_id: group_id.into(),
+            state: Arc::new(Mutex::new(state)),
+            changed: Arc::new(tokio::sync::Notify::new()),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The durable position of `p`, if any.
+    pub fn position(&self, p: &Partition) -> Option<i64> {
+        self.lock().positions.get(p).copied()
+    }
+
+    /// Where reading `p` resumes: after the batches in flight, else the
+    /// durable position.
+    pub fn resume(&self, p: &Partition) -> Option<i64> {
+        let st = self.lock();
+        st.trackers.get(p).and_then(|t| t.in_flight.back().map(|b| b.1)).or_else(|| st.positions.get(p).copied())
+    }
+
+    /// Sets the first position of a partition read for the first time
+    /// (`read_from`); made durable with the next write.
+    pub fn start_at(&self, p: &Partition, next: i64) {
+        let mut st = self.lock();
+        if !st.positions.contains_key(p) {
+            st.positions.insert(p.clone(), next);
+            st.dirty = true;
+        }
+    }
+
+    /// Registers a batch of `p` that ends before offset `end` (the next
+    /// message's offset), in read order.
+    pub fn register(&self, p: &Partition, end: i64) -> Ticket {
+        let mut st = self.lock();
+        let t = st.trackers.entry(p.clone()).or_default();
+        let seq = t.next_seq;
+        t.next_seq += 1;
+        t.in_flight.push_back((seq, end, false));
+        Ticket { partition: p.clone(), seq }
+    }
+
+    /// Every sink acknowledged the batch: the position advances over the
+    /// acknowledged prefix. Returns the new position when it moved.
+    pub fn ack(&self, ticket: Ticket) -> Option<i64> {
+        let mut st = self.lock();
+        let t = st.trackers.get_mut(&ticket.partition)?;
+        if let Some(b) = t.in_flight.iter_mut().find(|b| b.0 == ticket.seq) {
+            b.2 = true;
+        }
+        let mut advanced = None;
+        while t.in_flight.front().is_some_and(|b| b.2) {
+            advanced = t.in_flight.pop_front().map(|b| b.1);
+        }
+        let next = advanced?;
+        st.positions.insert(ticket.partition, next);
+        st.dirty = true;
+        drop(st);
+        self.changed.notify_one();
+        Some(next)
+    }
+
+    /// Forgets a batch that was never handed to the sinks (reading
+    /// stopped before it was sent): its messages are read again.
+    pub fn withdraw(&self, ticket: Ticket) {
+        let mut st = self.lock();
+        if let Some(t) = st.trackers.get_mut(&ticket.partition) {
+            t.in_flight.retain(|b| b.0 != ticket.seq);
+        }
+    }
+
+    /// Batches registered and not yet acknowledged, over every partition.
+    pub fn in_flight(&self) -> usize {
+        self.lock().trackers.values().map(|t| t.in_flight.len()).sum()
+    }
+
+    /// Resolves when a position may have advanced since the last write.
+    pub async fn changed(&self) {
+        self.changed.notified().await
+    }
+
+    /// Writes the positions if they changed (always with `force`).
+    /// Blocking.
+    pub fn write(&self, force: bool) -> std::io::Result<bool> {
+        let bytes = {
+            let mut st = self.lock();
+            if !st.dirty && !force {
+                return Ok(false);
+            }
+            st.dirty = false;
+            let positions = st.positions.iter().map(|((t, p), n)| Position { topic: t.clone(), partition: *p, next: *n }).collect();
+            let doc = Document { version: VERSION, group_id: self.group_id.to_string(), positions };
+            serde_json::to_vec_pretty(&doc).map_err(std::io::Error::other)?
+        };
+        let res = crate::state_dir::write_atomic(&self.path, &bytes);
+        if res.is_err() {
+            // Written again next time.
+            self.lock().dirty = true;
+        }
+        res.map(|()| true)
+    }
+
+    /// [`Offsets::write`] from a blocking thread.
+    pub async fn write_async(&self, force: bool) -> std::io::Result<bool> {
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || this.write(force)).await.unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())))
+    }
+
+    /// The file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn positions_advance_over_the_acknowledged_prefix_and_survive_a_restart() {
+        let d = tempfile::tempdir().unwrap();
+        let o = Offsets::load(d.path(), "hub/1").unwrap();
+        assert!(o.path().ends_with("kafka-offsets-hub_1.json"));
+        let p: Partition = ("calls".into(), 2);
+        assert_eq!(o.resume(&p), None);
+        o.start_at(&p, 5);
+        assert_eq!(o.resume(&p), Some(5));
+        let a = o.register(&p, 10);
+        let b = o.register(&p, 20);
+        let c = o.register(&p, 30);
+        assert_eq!(o.resume(&p), Some(30), "reading resumes past the batches in flight");
+        assert_eq!(o.ack(b), None, "out of order: the first batch is still pending");
+        assert_eq!(o.position(&p), Some(5));
+        assert_eq!(o.ack(a), Some(20));
+        o.withdraw(c);
+        assert_eq!(o.resume(&p), Some(20), "a withdrawn batch is read again");
+        assert!(o.write(false).unwrap());
+        assert!(!o.write(false).unwrap(), "nothing changed since");
+        let again = Offsets::load(d.path(), "hub/1").unwrap();
+        assert_eq!(again.position(&p), Some(20));
+        assert_eq!(Offsets::load(d.path(), "other").unwrap().position(&p), None, "group ids are separate namespaces");
+        std::fs::write(o.path(), "{not json").unwrap();
+        let e = Offsets::load(d.path(), "hub/1").err().unwrap();
+        assert!(e.to_string().contains("kafka-offsets-hub_1.json"), "{e}");
+    }
+}
