@@ -16,8 +16,10 @@
 //!    record per batch; each record carries its append instant, the client
 //!    measures when its frame arrives: p50 / p99 / max.
 //! 3. Memory: one client that never reads and one that does, 1,000,000
-//!    records at full speed with the default ring (100,000 records) and
-//!    send queue (8 MiB): peak RSS, ring bytes, slow consumers closed.
+//!    records at full speed with the default replay log retention
+//!    (256 MiB on disk): peak RSS, replay log bytes and segments, slow
+//!    consumers closed (a stalled client reads from disk: none until it
+//!    falls out of the retention).
 //!
 //! `RECORDS=n` changes the record count of the throughput runs.
 
@@ -52,13 +54,13 @@ fn main() {
         println!("channel benchmark: {} CPUs, record size ~{} bytes (ecls JSON)", num_cpus(), record_json_len());
         // Memory first, in a fresh process, so RSS is not blurred by the
         // allocations of the other runs.
-        println!("3. memory with one stalled client (default ring 100,000 records, send queue 8 MiB)");
+        println!("3. memory with one stalled client (default replay log retention, 256 MiB on disk)");
         memory(1_000_000).await;
         println!();
         println!("1. throughput, 5 clients");
         throughput("paced 100,000 records/s, records_per_message=50, default limits", n, 50, Some(100_000), "").await;
-        throughput("unpaced, records_per_message=50", n, 50, None, "send_queue_bytes = 1073741824\nreplay_records = 2000000").await;
-        throughput("unpaced, records_per_message=1", n / 2, 1, None, "send_queue_bytes = 1073741824\nreplay_records = 2000000").await;
+        throughput("unpaced, records_per_message=50", n, 50, None, "replay_max_bytes = 4294967296").await;
+        throughput("unpaced, records_per_message=1", n / 2, 1, None, "replay_max_bytes = 4294967296").await;
         println!();
         println!("2. append-to-client latency, 5 clients, records_per_message=1, 1,000 records/s");
         latency(10_000).await;
@@ -360,13 +362,14 @@ async fn memory(n: u64) {
     let rss_after = rss_kib();
     let st = b.handle.stats();
     println!(
-        "   {n} records in {:.1} s; RSS before {} MiB, peak {} MiB, after {} MiB; ring {} records, {} MiB; slow consumers closed {}; reading client got {} records, {} missing",
+        "   {n} records in {:.1} s; RSS before {} MiB, peak {} MiB, after {} MiB; replay log {} records, {} MiB in {} segments; slow consumers closed {}; reading client got {} records, {} missing",
         t.as_secs_f64(),
         rss_before / 1024,
         peak.load(Ordering::Relaxed) / 1024,
         rss_after / 1024,
-        st.ring_records.get(),
-        st.ring_bytes.get() >> 20,
+        st.replay_records.get(),
+        st.replay_bytes.get() >> 20,
+        st.replay_segments.get(),
         st.closed_slow_consumer.get(),
         seen.records,
         seen.gaps

@@ -44,9 +44,11 @@
 //! | `channel_connections` | gauge | | WebSocket connections open now |
 //! | `channel_connections_accepted_total` | counter | | connections upgraded |
 //! | `channel_refused_total` | counter | reason | handshakes refused: `unauthorized` (401), `not_found` (404), `bad_request` (400, 431), `too_many_connections` (503), `not_websocket` (426, 405), `handshake_timeout`, `handshake_evicted` (a pending handshake closed to admit a newer connection) |
-//! | `channel_closed_total` | counter | reason | connections closed: `slow_consumer`, `ping_timeout`, `token_changed`, `shutdown`, `protocol_error` (1002, 1007, 1009), `client` (by the client) |
+//! | `channel_closed_total` | counter | reason | connections closed: `slow_consumer` (fell out of the replay log's retention), `ping_timeout`, `token_changed`, `shutdown`, `protocol_error` (1002, 1007, 1009), `client` (by the client), `replay_error` (1011: its replay log segment could not be read) |
 //! | `channel_messages_sent_total`, `channel_records_sent_total`, `channel_records_replayed_total`, `channel_lost_notices_total` | counter | | frames written to clients |
-//! | `channel_ring_records`, `channel_ring_bytes` | gauge | | what the replay ring holds |
+//! | `channel_replay_bytes`, `channel_replay_segments`, `channel_replay_records`, `channel_replay_oldest_age_secs` | gauge | | what the replay log (`<state_dir>/replay`) holds (`replay_first_seq`: in `/status` only) |
+//! | `channel_replay_hot_bytes` | gauge | | the replay log's newest records kept in memory |
+//! | `channel_replay_repaired_segments_total`, `channel_replay_repaired_bytes_total` | counter | | segments truncated to their last whole record at start (a torn or corrupt tail) and the bytes dropped |
 //! | `enrich_lookups_total` | counter | table, result (`hit`, `miss`) | lookups of loaded tables |
 //! | `enrich_table_entries` | gauge | table | ids a loaded table holds |
 //! | `enrich_reloads_total` | counter | | successful lookup reloads |

@@ -125,11 +125,13 @@ fn on_disk(env: &mut Env, disk: &Tmpfs, archive_too: bool) {
 fn a_full_disk_under_the_archive_and_the_channel_resumes_by_itself_and_loses_nothing() {
     // Dropped in reverse order: the bridge stops before the unmount.
     let root = tempfile::tempdir().unwrap();
-    let Some(disk) = Tmpfs::mount(&root.path().join("disk"), "4m", "a_full_disk_under_the_archive_and_the_channel") else { return };
+    // 3,200 records fill most of 4 MiB in the archive alone; the channel's
+    // replay log shares the disk (with a retention sized for it).
+    let Some(disk) = Tmpfs::mount(&root.path().join("disk"), "6m", "a_full_disk_under_the_archive_and_the_channel") else { return };
     let mut env = Env::new("access*.log", "");
     on_disk(&mut env, &disk, true);
     let mut text = fs::read_to_string(&env.config).unwrap();
-    text.push_str("\n[channel]\nlisten = \"127.0.0.1:0\"\ntoken = \"a-long-enough-test-token\"\n");
+    text.push_str("\n[channel]\nlisten = \"127.0.0.1:0\"\ntoken = \"a-long-enough-test-token\"\nreplay_max_bytes = 262144\n");
     fs::write(&env.config, text).unwrap();
     env.start();
     let a = uuids("a", 200);

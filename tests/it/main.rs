@@ -16,6 +16,7 @@ mod kafka;
 mod lag;
 mod parse;
 mod recovery;
+mod replay;
 mod safety;
 mod service;
 mod simulate;

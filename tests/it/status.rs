@@ -442,7 +442,8 @@ fn end_to_end_channel_and_lookup_figures() {
     });
     let c = &v["channel"];
     assert!(c["messages_sent"].as_u64().unwrap() >= (LINES / 20) as u64, "{c}");
-    assert_eq!(c["ring_records"], LINES as u64);
+    assert_eq!(c["replay_records"], LINES as u64);
+    assert!(c["replay_bytes"].as_u64().unwrap() > 0 && c["replay_segments"].as_u64().unwrap() >= 1, "{c}");
     assert!(c["last_seq"].as_u64().unwrap() >= LINES as u64, "{c}");
     // Delivered = frame written: the channel sink's delivery delay is that of
     // the frames the client received.
@@ -666,7 +667,15 @@ fn everything() -> (calllog_bridge::telemetry::Telemetry, tempfile::TempDir) {
     ch.records_replayed.add(7);
     ch.frames_written(2, 5, T0, T0 + 40);
     ch.frames_written(1, 2, T0, T0 + 90);
-    ch.ring(5, 1234, 77);
+    let replay = calllog_bridge::sink::channel::replay::Figures {
+        bytes: 123_456,
+        segments: 2,
+        records: 5,
+        first_seq: 73,
+        oldest_written_ms: Some(T0 - 60_000),
+        hot_bytes: 1234,
+    };
+    ch.replay(&replay, 77, T0);
     let k = tel.sink("channel");
     k.enqueued(5);
     k.handed_over(5);

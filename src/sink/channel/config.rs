@@ -36,17 +36,24 @@ pub struct ChannelSection {
     /// Records per `{"data":[...]}` message (1 = compatibility mode).
     #[serde(default = "default_records_per_message")]
     pub records_per_message: usize,
-    /// Records kept for `?since=` replay (the ring also keeps what is
-    /// within `send_queue_bytes` of the newest record). Memory is about
-    /// this many times the record size (~1.3 KB in the `ecls` shape),
-    /// whatever the number or speed of clients.
-    #[serde(default = "default_replay_records")]
-    pub replay_records: usize,
-    /// Per-connection send queue bound: a client whose unsent bytes stay
-    /// above it for more than a second is closed (1013 `slow consumer`)
-    /// and counted; it never slows the tailers or the other clients.
-    #[serde(default = "default_send_queue_bytes")]
-    pub send_queue_bytes: usize,
+    /// The replay log (`<state_dir>/replay`) keeps at most this many bytes
+    /// of records for `?since=` replay (whole segments are removed, oldest
+    /// first). Disk, not memory: only a small hot tail is in memory.
+    #[serde(default)]
+    pub replay_max_bytes: Option<u64>,
+    /// ... and no record written longer ago than this.
+    #[serde(default = "default_replay_max_age_secs")]
+    pub replay_max_age_secs: u64,
+    /// Deprecated (the replay ring's record count): mapped to
+    /// `replay_max_bytes` at [`REPLAY_BYTES_PER_RECORD`] bytes a record
+    /// when that is not set, with a warning.
+    #[serde(default)]
+    pub replay_records: Option<usize>,
+    /// Deprecated (the in-memory send queue's bound): accepted and ignored
+    /// with a warning; a client that falls behind reads from the replay
+    /// log and costs no memory.
+    #[serde(default)]
+    pub send_queue_bytes: Option<usize>,
     /// Mask `api_key` / `oauth_access_token` on this channel, keeping this
     /// many characters at each end.
     #[serde(default)]
@@ -77,12 +84,22 @@ fn default_ping_interval_secs() -> u64 {
 fn default_records_per_message() -> usize {
     1
 }
-fn default_replay_records() -> usize {
-    100_000
+fn default_replay_max_age_secs() -> u64 {
+    DEFAULT_REPLAY_MAX_AGE_SECS
 }
-fn default_send_queue_bytes() -> usize {
-    8 << 20
-}
+
+/// `replay_max_bytes` when not set: 256 MiB, about 200,000 records.
+pub const DEFAULT_REPLAY_MAX_BYTES: u64 = 256 << 20;
+
+/// `replay_max_age_secs` when not set: a day.
+pub const DEFAULT_REPLAY_MAX_AGE_SECS: u64 = 86_400;
+
+/// The smallest `replay_max_bytes` accepted.
+pub const MIN_REPLAY_MAX_BYTES: u64 = 64 << 10;
+
+/// The deprecated `replay_records` maps to `replay_max_bytes` at this many
+/// bytes a record (an `ecls` record is about 1.3 KB, plus its log header).
+pub const REPLAY_BYTES_PER_RECORD: u64 = 2048;
 
 /// The certificate and key for `wss://`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -115,10 +132,12 @@ pub struct ChannelConfig {
     pub ping_interval: Duration,
     /// Records per message, for clients that ask for none of their own.
     pub records_per_message: usize,
-    /// Records kept for replay.
-    pub replay_records: usize,
-    /// Unsent bytes allowed per connection.
-    pub send_queue_bytes: usize,
+    /// The replay log keeps at most this many bytes.
+    pub replay_max_bytes: u64,
+    /// ... and nothing written longer ago than this.
+    pub replay_max_age: Duration,
+    /// Warnings about deprecated keys, logged when the channel starts.
+    pub deprecated: Vec<String>,
     /// Characters kept at each end of masked keys; `None`: no masking.
     pub mask_keep: Option<usize>,
     /// `wss://` when set.
@@ -161,6 +180,10 @@ impl ChannelConfig {
         if s.area.is_empty() || s.area.contains('/') {
             return Err(ConfigError::invalid(format!("{key}.area"), "must be non-empty and contain no `/`"));
         }
+        let (replay_max_bytes, deprecated) = replay_bytes(&s)?;
+        if s.replay_max_age_secs == 0 {
+            return Err(ConfigError::invalid(format!("{key}.replay_max_age_secs"), "must be > 0"));
+        }
         let tls = match (s.tls_cert, s.tls_key) {
             (Some(cert), Some(tls_key)) => {
                 check_pem(&format!("{key}.tls_cert"), &cert, false)?;
@@ -179,12 +202,44 @@ impl ChannelConfig {
             max_connections: s.max_connections,
             ping_interval: secs(s.ping_interval_secs),
             records_per_message: s.records_per_message,
-            replay_records: s.replay_records,
-            send_queue_bytes: s.send_queue_bytes,
+            replay_max_bytes,
+            replay_max_age: secs(s.replay_max_age_secs),
+            deprecated,
             mask_keep: s.mask_keep,
             tls,
         })
     }
+}
+
+/// `replay_max_bytes` (or the deprecated `replay_records` mapped to it)
+/// and the warnings the deprecated keys call for.
+fn replay_bytes(s: &ChannelSection) -> Result<(u64, Vec<String>), ConfigError> {
+    let mut warnings = Vec::new();
+    let bytes = match (s.replay_max_bytes, s.replay_records) {
+        (Some(b), Some(_)) => {
+            warnings.push("channel.replay_records is deprecated and ignored: channel.replay_max_bytes is set".to_string());
+            b
+        }
+        (Some(b), None) => b,
+        (None, Some(r)) => {
+            let b = (r as u64).saturating_mul(REPLAY_BYTES_PER_RECORD).max(MIN_REPLAY_MAX_BYTES);
+            warnings.push(format!(
+                "channel.replay_records is deprecated: replay_records = {r} is read as replay_max_bytes = {b} ({REPLAY_BYTES_PER_RECORD} bytes a record); set channel.replay_max_bytes instead"
+            ));
+            b
+        }
+        (None, None) => DEFAULT_REPLAY_MAX_BYTES,
+    };
+    if bytes < MIN_REPLAY_MAX_BYTES {
+        return Err(ConfigError::invalid("channel.replay_max_bytes", format!("must be at least {MIN_REPLAY_MAX_BYTES}")));
+    }
+    if s.send_queue_bytes.is_some() {
+        warnings.push(
+            "channel.send_queue_bytes is deprecated and ignored: a client that falls behind reads from the replay log (no memory), and is closed only when it falls out of its retention"
+                .to_string(),
+        );
+    }
+    Ok((bytes, warnings))
 }
 
 /// The token from `token` or `token_file`, refused when weak
@@ -217,6 +272,32 @@ fn check_pem(key: &str, path: &Path, private_key: bool) -> Result<(), ConfigErro
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn section(extra: &str) -> Result<ChannelConfig, ConfigError> {
+        let c: ChannelSection = toml::from_str(&format!("token = \"0123456789abcdef0123\"\n{extra}")).unwrap();
+        ChannelConfig::from_section(c, Path::new(""))
+    }
+
+    #[test]
+    fn replay_retention_and_the_deprecated_keys() {
+        let c = section("").unwrap();
+        assert_eq!((c.replay_max_bytes, c.replay_max_age.as_secs()), (DEFAULT_REPLAY_MAX_BYTES, 86_400));
+        assert!(c.deprecated.is_empty());
+        let c = section("replay_max_bytes = 1048576\nreplay_max_age_secs = 60").unwrap();
+        assert_eq!((c.replay_max_bytes, c.replay_max_age.as_secs()), (1 << 20, 60));
+        // The old record count maps to bytes, said out loud.
+        let c = section("replay_records = 1000").unwrap();
+        assert_eq!(c.replay_max_bytes, 1000 * REPLAY_BYTES_PER_RECORD);
+        assert!(c.deprecated[0].contains("replay_records = 1000 is read as replay_max_bytes = 2048000"), "{:?}", c.deprecated);
+        let c = section("replay_records = 1000\nreplay_max_bytes = 1048576\nsend_queue_bytes = 1").unwrap();
+        assert_eq!(c.replay_max_bytes, 1 << 20);
+        assert_eq!(c.deprecated.len(), 2);
+        assert!(c.deprecated[1].contains("channel.send_queue_bytes is deprecated and ignored"));
+        let e = section("replay_max_bytes = 10").unwrap_err().to_string();
+        assert!(e.contains("channel.replay_max_bytes"), "{e}");
+        let e = section("replay_max_age_secs = 0").unwrap_err().to_string();
+        assert!(e.contains("channel.replay_max_age_secs"), "{e}");
+    }
 
     #[test]
     fn the_token_file_is_named_when_it_holds_the_weak_token() {

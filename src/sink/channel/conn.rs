@@ -2,13 +2,14 @@
 //! bounds: [`HANDSHAKE_TIMEOUT`], the request head limits of
 //! [`request::parse_handshake`], and the listener's [`Slot`], which the
 //! gate may reclaim while the handshake is pending), then a writer that
-//! reads the replay ring from the connection's cursor and a reader that
-//! answers the client's text frames and notes that it is alive.
+//! reads the replay log from the connection's cursor (the hot tail in
+//! memory, or the segment files off the runtime) and a reader that answers
+//! the client's text frames and notes that it is alive.
 //!
 //! Invariant: nothing here ever makes the sink wait. The sink only appends
-//! to the ring and compares each connection's unsent bytes with the bound
-//! (see [`super::Shared::check_slow_consumers`]); a connection that is too
-//! far behind is cancelled and closes itself.
+//! to the log and applies its retention (see [`super::Shared::retain`]); a
+//! connection whose cursor fell out of it is cancelled and closes itself.
+//! A connection holds at most one read chunk in memory, however far behind.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
@@ -31,8 +32,8 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use super::replay::{Entry, Plan};
 use super::request::{self, Paths, Refusal, Subscription};
-use super::ring::Entry;
 use super::Shared;
 use crate::listener::Slot;
 use crate::time::now_ms;
@@ -53,7 +54,7 @@ pub const MAX_CLIENT_MESSAGE_BYTES: usize = 64 << 10;
 /// waits here, which is TCP backpressure on that client only.
 const CONTROL_QUEUE_FRAMES: usize = 64;
 
-/// The writer takes at most this many records from the ring per round
+/// The writer takes at most this many records from the log per round
 /// before flushing, so control frames and slow-consumer checks interleave.
 const READ_CHUNK_RECORDS: usize = 1024;
 
@@ -72,9 +73,12 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 pub enum CloseReason {
     /// The bridge is shutting down: 1001 going away.
     GoingAway,
-    /// Unsent bytes exceeded `send_queue_bytes`, or the client fell out of
-    /// the ring: 1013 (try again later), reason `slow consumer`.
+    /// What the client still had to read fell out of the replay log's
+    /// retention: 1013 (try again later), reason `slow consumer`.
     SlowConsumer,
+    /// The replay log segment the client reads could not be read: 1011,
+    /// reason `replay log unreadable`.
+    ReplayError,
     /// No frame (pong or other) from the client for two ping intervals:
     /// 1008, reason `ping timeout`.
     PingTimeout,
@@ -97,6 +101,7 @@ impl CloseReason {
         let (code, reason) = match self {
             CloseReason::GoingAway => (CloseCode::Away, "going away: the bridge is shutting down"),
             CloseReason::SlowConsumer => (CloseCode::Again, "slow consumer"),
+            CloseReason::ReplayError => (CloseCode::Error, "replay log unreadable"),
             CloseReason::PingTimeout => (CloseCode::Policy, "ping timeout"),
             CloseReason::TokenChanged => (CloseCode::Policy, "token changed"),
             CloseReason::ProtocolError => (CloseCode::Protocol, "protocol error"),
@@ -125,20 +130,18 @@ impl CloseReason {
 pub struct ConnState {
     /// The client's address (logged; never the query string).
     pub peer: SocketAddr,
-    /// Ring bytes (`cum_start` units) written to the socket so far.
-    pub sent_cum: AtomicU64,
-    /// Ring bytes at the moment the connection went live: what a `since`
-    /// replay covers before that is not counted against the send queue.
-    pub live_from_cum: u64,
+    /// The next sequence number to send (the retention check closes the
+    /// connection when the log no longer holds it).
+    pub cursor: AtomicU64,
+    /// The log's next sequence number when the connection was admitted:
+    /// records before it are `since` replay.
+    pub live_from_seq: u64,
     /// Cancelled to close the connection; [`ConnState::reason`] says why.
     pub close: CancellationToken,
     /// Why the connection is being closed from outside.
     pub reason: OnceLock<CloseReason>,
     /// Epoch ms of the last frame received from the client.
     pub last_seen_ms: AtomicI64,
-    /// Epoch ms since when the unsent bytes have been over the bound
-    /// (0 = not over).
-    pub over_since_ms: AtomicI64,
 }
 
 impl ConnState {
@@ -146,27 +149,6 @@ impl ConnState {
     pub fn close_for(&self, reason: CloseReason) {
         let _ = self.reason.set(reason);
         self.close.cancel();
-    }
-
-    /// Unsent live bytes given the ring's head.
-    pub fn pending_bytes(&self, head_cum: u64) -> u64 {
-        head_cum.saturating_sub(self.sent_cum.load(Ordering::Relaxed).max(self.live_from_cum))
-    }
-
-    /// True when the connection is a slow consumer at `now_ms`: its unsent
-    /// bytes have stayed above `limit` for `grace_ms` (a burst that the
-    /// client absorbs within the grace is tolerated).
-    pub fn is_slow(&self, head_cum: u64, limit: u64, now_ms: i64, grace_ms: i64) -> bool {
-        if self.pending_bytes(head_cum) <= limit {
-            self.over_since_ms.store(0, Ordering::Relaxed);
-            return false;
-        }
-        let since = self.over_since_ms.load(Ordering::Relaxed);
-        if since == 0 {
-            self.over_since_ms.store(now_ms, Ordering::Relaxed);
-            return grace_ms == 0;
-        }
-        now_ms - since >= grace_ms
     }
 }
 
@@ -363,7 +345,7 @@ async fn run_connection<S>(
     let stats = shared.stats.clone();
     let (mut sink, mut stream) = ws.split();
 
-    // Register and pick the start under the ring lock, so that no record
+    // Register and pick the start under the log lock, so that no record
     // appended meanwhile is missed or sent twice.
     let (conn_id, conn, cursor, lost) = shared.register(peer, sub.since);
     stats.connections_accepted.inc();
@@ -393,11 +375,13 @@ async fn run_connection<S>(
         CloseReason::PingTimeout => stats.closed_ping_timeout.inc(),
         CloseReason::TokenChanged => stats.closed_token_changed.inc(),
         CloseReason::GoingAway => stats.closed_shutdown.inc(),
+        CloseReason::ReplayError => stats.closed_replay_error.inc(),
         CloseReason::ProtocolError | CloseReason::InvalidUtf8 | CloseReason::TooBig => stats.closed_protocol_error.inc(),
         CloseReason::ClientGone => stats.closed_by_client.inc(),
     }
     match reason {
         CloseReason::SlowConsumer
+        | CloseReason::ReplayError
         | CloseReason::PingTimeout
         | CloseReason::TokenChanged
         | CloseReason::ProtocolError
@@ -431,7 +415,7 @@ async fn run_connection<S>(
     info!(%peer, reason = ?reason, "channel: client disconnected");
 }
 
-/// Sends records from the ring, from `cursor` on, as they arrive; also
+/// Sends records from the log, from `cursor` on, as they arrive; also
 /// sends the control frames the reader and the liveness check queue.
 /// Returns only for a reason to close.
 async fn write_loop<S>(
@@ -469,14 +453,42 @@ where
         if available > 0 && !partial_wait {
             chunk.clear();
             let max_records = READ_CHUNK_RECORDS.max(per_message);
-            let read = shared.read_ring(cursor, max_records, READ_CHUNK_BYTES, &mut chunk);
-            if read.is_err() {
-                // The records this client still needed were evicted.
-                return CloseReason::SlowConsumer;
-            }
-            let Some(last) = chunk.last() else { continue };
-            let (next_cursor, new_sent_cum, newest_observed) = (last.seq + 1, last.cum_end(), last.item.observed_ms);
-            let replayed = chunk.iter().filter(|e| e.cum_start < conn.live_from_cum).count();
+            let skip_to = match shared.read_log(cursor, max_records, READ_CHUNK_BYTES, &mut chunk) {
+                // The records this client still needed were removed.
+                Err(_) => return CloseReason::SlowConsumer,
+                Ok(Plan::Hot { skip_to }) => skip_to,
+                Ok(Plan::Disk(plan)) => {
+                    // Behind the hot tail: read the segment off the runtime.
+                    let gap_to = plan.gap_to;
+                    let mut buf = std::mem::take(&mut chunk);
+                    let (r, buf) = match tokio::task::spawn_blocking(move || {
+                        let r = plan.run(&mut buf);
+                        (r, buf)
+                    })
+                    .await
+                    {
+                        Ok(done) => done,
+                        Err(_) => return CloseReason::ReplayError,
+                    };
+                    chunk = buf;
+                    match r {
+                        Ok(()) => gap_to,
+                        Err(_) if cursor < shared.first_seq() => return CloseReason::SlowConsumer,
+                        Err(e) => {
+                            warn!(peer = %conn.peer, error = %e, "channel: cannot read the replay log");
+                            return CloseReason::ReplayError;
+                        }
+                    }
+                }
+            };
+            let Some(last) = chunk.last() else {
+                // Numbers never used (a jump after a crash): move on.
+                cursor = skip_to.max(cursor + 1).min(head);
+                conn.cursor.store(cursor, Ordering::Relaxed);
+                continue;
+            };
+            let (next_cursor, newest_observed) = (last.seq + 1, last.item.observed_ms);
+            let replayed = chunk.iter().filter(|e| e.seq < conn.live_from_seq).count();
             let mut msgs = 0usize;
             let mut records = 0usize;
             let mut batch: Vec<&Entry> = Vec::with_capacity(per_message);
@@ -502,7 +514,11 @@ where
                 return CloseReason::ClientGone;
             }
             cursor = next_cursor;
-            conn.sent_cum.store(new_sent_cum, Ordering::Relaxed);
+            conn.cursor.store(cursor, Ordering::Relaxed);
+            // A chunk read from disk may be large: do not keep it.
+            if chunk.capacity() > READ_CHUNK_RECORDS.max(per_message) {
+                chunk = Vec::with_capacity(READ_CHUNK_RECORDS);
+            }
             linger_until = None;
             if msgs > 0 {
                 let now = now_ms();
@@ -635,12 +651,12 @@ pub struct Lost {
     pub first_available: u64,
 }
 
-/// Decides where a connection starts given the ring's bounds
+/// Decides where a connection starts given the log's bounds
 /// (`first_seq..next_seq`) and the client's `since`.
 ///
 /// - no `since`: live from `next_seq`;
-/// - `since` within the ring: from `since`;
-/// - `since` before the ring: from `first_seq`, with a lost notice
+/// - `since` within the log: from `since`;
+/// - `since` before the log: from `first_seq`, with a lost notice
 ///   (`since = 0` counts from 1: sequence numbers start at 1);
 /// - `since` after `next_seq` (numbers from another bridge or a wiped state
 ///   directory): live from `next_seq`.
@@ -658,15 +674,14 @@ pub fn start_for(since: Option<u64>, first_seq: u64, next_seq: u64) -> Start {
 }
 
 /// A fresh [`ConnState`].
-pub fn new_state(peer: SocketAddr, live_from_cum: u64, sent_cum: u64) -> Arc<ConnState> {
+pub fn new_state(peer: SocketAddr, live_from_seq: u64, cursor: u64) -> Arc<ConnState> {
     Arc::new(ConnState {
         peer,
-        sent_cum: AtomicU64::new(sent_cum),
-        live_from_cum,
+        cursor: AtomicU64::new(cursor),
+        live_from_seq,
         close: CancellationToken::new(),
         reason: OnceLock::new(),
         last_seen_ms: AtomicI64::new(now_ms()),
-        over_since_ms: AtomicI64::new(0),
     })
 }
 
@@ -699,11 +714,10 @@ mod tests {
 
     #[test]
     fn message_framing_carries_the_last_seq() {
-        use super::super::ring::Item;
+        use super::super::replay::Item;
         let e = |seq, json: &str| Entry {
             seq,
-            cum_start: 0,
-            item: Arc::new(Item { json: json.into(), service_id: "".into(), api_key: "".into(), status: 0, observed_ms: 0 }),
+            item: Arc::new(Item { json: json.into(), service_id: "".into(), key_digest: [0; 16], status: 0, observed_ms: 0 }),
         };
         let (a, b) = (e(7, r#"{"a":"1"}"#), e(9, r#"{"b":"2"}"#));
         let m = message(&[&a, &b]);

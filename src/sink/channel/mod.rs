@@ -25,7 +25,10 @@
 //!   message. Sequence numbers increase by one per record the channel
 //!   receives, and keep increasing across restarts (`<state_dir>/channel.seq`).
 //! - `?since=S`: replay from record S (inclusive), then live, with no gap
-//!   and no duplicate. If S is older than the oldest record held, the first
+//!   and no duplicate, also across restarts of the bridge: the records are
+//!   kept in the replay log on disk ([`replay`], `<state_dir>/replay`,
+//!   within `replay_max_bytes` and `replay_max_age_secs`). If S is older
+//!   than the oldest record held, the first
 //!   message is `{"data":[],"lost":N,"since":S,"first_available":F}` with
 //!   `N = F - S` records skipped, and the replay starts at F. (After a crash
 //!   of the bridge, sequence numbers jump ahead by up to one reservation
@@ -38,9 +41,11 @@
 //!   answered; the server pings every `ping_interval_secs` and closes a
 //!   connection from which nothing arrived for two intervals
 //!   (1008 `ping timeout`).
-//! - Close codes: 1001 on shutdown; 1013 `slow consumer` when a client's
-//!   unsent bytes stay above `send_queue_bytes` for more than a second, or
-//!   it falls out of the replay ring; 1008 `token changed` when
+//! - Close codes: 1001 on shutdown; 1013 `slow consumer` when the records a
+//!   client still has to read fall out of the replay log's retention (a
+//!   client that is merely behind reads from disk and is never closed for
+//!   it); 1011 `replay log unreadable` when its segment cannot be read;
+//!   1008 `token changed` when
 //!   [`ChannelHandle::set_token`] replaces the token; for a client's
 //!   protocol violation (RFC 6455) 1002 (unmasked frame, reserved bits, bad
 //!   opcode), 1007 (text that is not UTF-8), 1009 (a frame or message over
@@ -49,18 +54,20 @@
 //! # Shape
 //!
 //! The sink task receives `Arc<Batch>`, serialises each record once
-//! (masked with `mask_keep`), appends it to the replay [`ring`], wakes the
-//! connections, and acknowledges the batch at once: it never waits for a
-//! client. Each connection ([`conn`]) reads the ring from its own cursor;
-//! one that falls more than `send_queue_bytes` behind is closed and counted,
-//! so a stalled client costs no memory beyond the ring and slows nothing.
+//! (masked with `mask_keep`), appends it to the [`replay`] log (one
+//! `write()`; fsynced in groups about once a second), wakes the
+//! connections, and acknowledges the batch: it never waits for a client.
+//! A batch the log cannot take (a full disk) stays unacknowledged and is
+//! retried, shown as a fault. Each connection ([`conn`]) reads the log from
+//! its own cursor, from memory when it keeps up and from disk when it is
+//! behind, so a stalled client costs no memory and slows nothing.
 //! When `listen` has port 0, the bound address is logged and written to
 //! `<state_dir>/channel.addr`.
 
 mod config;
 mod conn;
+pub mod replay;
 pub mod request;
-mod ring;
 pub mod stats;
 
 use std::net::SocketAddr;
@@ -87,9 +94,8 @@ use crate::time::now_ms;
 
 pub use config::{ChannelConfig, ChannelSection, TlsFiles};
 use conn::{ConnState, Lost, Registry};
-
+use replay::{Entry, Evicted, Item, ReplayLog, Retention};
 use request::TokenDigest;
-use ring::{Entry, Evicted, Item, Ring};
 pub use stats::ChannelStats;
 
 use super::{Keys, Needs, SinkContext, SinkHandle};
@@ -126,15 +132,13 @@ const SEQ_FIRST_BLOCK: u64 = 1024;
 /// finishes its handshake in milliseconds).
 pub const MAX_PENDING_HANDSHAKES: usize = 64;
 
-/// A connection whose unsent bytes stay above `send_queue_bytes` this
-/// long is a slow consumer. The grace absorbs bursts (a tailer catching up
-/// hands over many batches at once) for clients that keep up on average;
-/// memory does not depend on it (connections read the ring, and the ring
-/// is bounded on its own).
-pub const SLOW_CONSUMER_GRACE_MS: i64 = 1000;
+/// How often the replay log's retention and figures are checked without
+/// traffic.
+const TICK_INTERVAL: Duration = Duration::from_millis(250);
 
-/// How often the slow-consumer check also runs without traffic.
-const SLOW_CHECK_INTERVAL: Duration = Duration::from_millis(250);
+/// The replay log is fsynced at most this often (and at every sealed
+/// segment and at shutdown), never per batch.
+const REPLAY_SYNC_INTERVAL: Duration = Duration::from_secs(1);
 
 /// At shutdown, connections may take this long to send what they have
 /// not sent yet before they are closed with 1001.
@@ -157,14 +161,14 @@ impl super::Sink for ChannelSink {
 
     fn keys(k: &mut Keys<ChannelConfig>) {
         // Fixed while the channel runs: its listener, subscribe path, TLS,
-        // connection slots, replay ring and send queues.
+        // connection slots and replay log retention.
         k.restart(LISTEN_KEY, |c| &mut c.listen)
             .restart("channel.channel_id", |c| &mut c.channel_id)
             .restart("channel.area", |c| &mut c.area)
             .restart("channel.tls_cert", |c| &mut c.tls)
             .restart("channel.max_connections", |c| &mut c.max_connections)
-            .restart("channel.replay_records", |c| &mut c.replay_records)
-            .restart("channel.send_queue_bytes", |c| &mut c.send_queue_bytes);
+            .restart("channel.replay_max_bytes", |c| &mut c.replay_max_bytes)
+            .restart("channel.replay_max_age_secs", |c| &mut c.replay_max_age);
         // Applied by ChannelHandle::reconfigure: the token at once (clients
         // of the old one are closed), batching and pings for connections
         // opened after the reload, masking for records appended after it.
@@ -271,18 +275,19 @@ impl TokenEpoch {
 
 /// State shared by the sink task, the listener and every connection.
 pub(crate) struct Shared {
-    /// Settings as started (the fixed ones: paths, limits, ring size; the
+    /// Settings as started (the fixed ones: paths, limits, retention; the
     /// live ones are read from `live`).
     pub settings: ChannelConfig,
     /// Settings a reload changes.
     pub live: LiveSettings,
-    /// The replay ring (short critical sections only: append, copy Arcs).
-    ring: Mutex<Ring>,
-    /// The ring's `next_seq` after the latest append; connections wait on it.
+    /// The replay log (short critical sections only: append with one
+    /// `write()`, plan a read, copy hot Arcs; disk reads run outside).
+    log: Mutex<ReplayLog>,
+    /// The log's `next_seq` after the latest append; connections wait on it.
     pub head: watch::Sender<u64>,
     /// Connection slots (`max_connections`).
     pub permits: Arc<Semaphore>,
-    /// Open connections, for the slow-consumer check.
+    /// Open connections, for the retention check.
     conns: Registry,
     /// Id of the next connection.
     next_conn_id: AtomicU64,
@@ -303,8 +308,8 @@ impl Shared {
         self.token.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
-    fn lock_ring(&self) -> std::sync::MutexGuard<'_, Ring> {
-        self.ring.lock().unwrap_or_else(|e| e.into_inner())
+    fn lock_log(&self) -> std::sync::MutexGuard<'_, ReplayLog> {
+        self.log.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn lock_conns(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<u64, Arc<ConnState>>> {
@@ -312,15 +317,14 @@ impl Shared {
     }
 
     /// Registers a connection and decides where it starts, atomically with
-    /// respect to appends (under the ring lock).
+    /// respect to appends (under the log lock).
     pub(crate) fn register(&self, peer: SocketAddr, since: Option<u64>) -> (u64, Arc<ConnState>, u64, Option<Lost>) {
-        let ring = self.lock_ring();
-        let start = conn::start_for(since, ring.first_seq(), ring.next_seq());
-        let sent_cum = ring.cum_at(start.cursor).unwrap_or_else(|_| ring.head_cum());
-        let state = conn::new_state(peer, ring.head_cum(), sent_cum);
+        let log = self.lock_log();
+        let start = conn::start_for(since, log.first_seq(), log.next_seq());
+        let state = conn::new_state(peer, log.next_seq(), start.cursor);
         let id = self.next_conn_id.fetch_add(1, Ordering::Relaxed);
         self.lock_conns().insert(id, state.clone());
-        drop(ring);
+        drop(log);
         (id, state, start.cursor, start.lost)
     }
 
@@ -328,44 +332,58 @@ impl Shared {
         self.lock_conns().remove(&id);
     }
 
-    pub(crate) fn read_ring(&self, from: u64, max_records: usize, max_bytes: usize, out: &mut Vec<Entry>) -> Result<(), Evicted> {
-        self.lock_ring().read(from, max_records, max_bytes, out)
+    /// Plans a read of records `from..` (see [`ReplayLog::read`]).
+    pub(crate) fn read_log(&self, from: u64, max_records: usize, max_bytes: usize, out: &mut Vec<Entry>) -> Result<replay::Plan, Evicted> {
+        self.lock_log().read(from, max_records, max_bytes, out)
     }
 
-    /// Closes every connection whose unsent live bytes have stayed above
-    /// the bound for [`SLOW_CONSUMER_GRACE_MS`].
-    fn check_slow_consumers(&self, head_cum: u64) {
-        let limit = self.settings.send_queue_bytes as u64;
-        let now = now_ms();
-        for c in self.lock_conns().values() {
-            if !c.close.is_cancelled() && c.is_slow(head_cum, limit, now, SLOW_CONSUMER_GRACE_MS) {
-                c.close_for(conn::CloseReason::SlowConsumer);
-            }
-        }
+    /// The oldest sequence number the log holds.
+    pub(crate) fn first_seq(&self) -> u64 {
+        self.lock_log().first_seq()
     }
 
-    /// The slow-consumer check without an append (a stalled client is
-    /// closed even when traffic stops).
-    fn check_slow_consumers_now(&self) {
-        let head_cum = self.lock_ring().head_cum();
-        self.check_slow_consumers(head_cum);
-    }
-
-    /// Appends records to the ring and wakes the connections.
-    fn append(&self, items: Vec<Arc<Item>>) {
-        if items.is_empty() {
-            return;
-        }
-        let (next, head_cum) = {
-            let mut ring = self.lock_ring();
-            for it in items {
-                ring.push(it);
-            }
-            self.stats.ring(ring.len(), ring.held_bytes(), ring.next_seq() - 1);
-            (ring.next_seq(), ring.head_cum())
+    /// Applies the retention; closes every connection whose next record
+    /// fell out of it (1013 `slow consumer`): it could not be served
+    /// without a gap.
+    fn retain(&self) {
+        let (removed, first) = {
+            let mut log = self.lock_log();
+            let removed = log.retain(now_ms());
+            self.stats.replay(&log.figures(), log.next_seq() - 1, now_ms());
+            (removed, log.first_seq())
         };
-        self.head.send_replace(next);
-        self.check_slow_consumers(head_cum);
+        if removed {
+            for c in self.lock_conns().values() {
+                if !c.close.is_cancelled() && c.cursor.load(Ordering::Relaxed) < first {
+                    c.close_for(conn::CloseReason::SlowConsumer);
+                }
+            }
+        }
+    }
+
+    /// Appends records to the log and wakes the connections; on an error,
+    /// `items` keeps the records not appended.
+    fn append(&self, items: &mut Vec<Arc<Item>>) -> std::io::Result<()> {
+        if items.is_empty() {
+            return Ok(());
+        }
+        let result = {
+            let mut log = self.lock_log();
+            let r = log.append(items, now_ms());
+            self.head.send_replace(log.next_seq());
+            r
+        };
+        match result {
+            Ok(_) => {
+                items.clear();
+                self.retain();
+                Ok(())
+            }
+            Err((done, e)) => {
+                items.drain(..done);
+                Err(e)
+            }
+        }
     }
 }
 
@@ -402,7 +420,7 @@ impl ChannelHandle {
     /// Applies a reloaded `[channel]` section: `records_per_message` and
     /// `ping_interval_secs` for connections opened from now on,
     /// `mask_keep` for records appended from now on (records already in
-    /// the replay ring keep the masking they were stored with). The token
+    /// the replay log keep the masking they were stored with). The token
     /// is [`ChannelHandle::set_token`]; the other keys need a restart
     /// ([`ChannelSink`]'s keys).
     pub fn reconfigure(&self, c: &ChannelConfig) {
@@ -427,7 +445,7 @@ impl ChannelHandle {
 
     /// The next sequence number the channel will assign.
     pub fn next_seq(&self) -> u64 {
-        self.shared.lock_ring().next_seq()
+        self.shared.lock_log().next_seq()
     }
 }
 
@@ -487,10 +505,17 @@ pub async fn spawn_on(
     let stats = ChannelStats::new(&ctx.telemetry);
     stats.set_endpoint(crate::telemetry::ChannelInfo { listen: local_addr.to_string(), tls: tls.is_some(), path: "/stream".into() });
 
+    for w in &settings.deprecated {
+        warn!("{w}");
+    }
     let mut seqs = SeqFile::open(ctx.state_dir.join(SEQ_FILE)).await?;
+    let log = open_log(&ctx.state_dir.join(replay::DIR), &settings, seqs.next, &stats).await?;
+    // Numbers below the log's next are used: never again, even when
+    // channel.seq was older than the log.
+    seqs.next = log.next_seq();
     let shared = Arc::new(Shared {
-        ring: Mutex::new(Ring::new(seqs.next, settings.replay_records, settings.send_queue_bytes)),
-        head: watch::Sender::new(seqs.next),
+        head: watch::Sender::new(log.next_seq()),
+        log: Mutex::new(log),
         permits: Arc::new(Semaphore::new(settings.max_connections)),
         conns: Mutex::new(Default::default()),
         next_conn_id: AtomicU64::new(1),
@@ -517,7 +542,12 @@ pub async fn spawn_on(
             tracker.wait().await;
         }
         shared.stop.cancel();
-        let next = shared.lock_ring().next_seq();
+        // The last records reach the disk before the next number is saved.
+        let job = shared.lock_log().take_sync();
+        if let Err(e) = run_sync(job).await {
+            warn!(error = %format!("{e:#}"), "channel: cannot fsync the replay log");
+        }
+        let next = shared.lock_log().next_seq();
         if let Err(e) = seqs.write_exact(next).await {
             warn!(error = %format!("{e:#}"), "channel: cannot save the next sequence number");
         }
@@ -538,16 +568,18 @@ async fn sink_loop(
     fault: &crate::telemetry::Fault,
 ) -> anyhow::Result<()> {
     let mut buf = Vec::with_capacity(4096);
-    let mut slow_check = tokio::time::interval(SLOW_CHECK_INTERVAL);
-    slow_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut tick = tokio::time::interval(TICK_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut sync = Syncer::default();
     loop {
         let batch = tokio::select! {
             b = rx.recv() => match b {
                 Some(b) => b,
                 None => return Ok(()),
             },
-            _ = slow_check.tick() => {
-                shared.check_slow_consumers_now();
+            _ = tick.tick() => {
+                shared.retain();
+                sync.maybe_start(shared);
                 continue;
             }
             _ = hard_stop.cancelled() => return Ok(()),
@@ -555,38 +587,116 @@ async fn sink_loop(
         let n = batch.records.len();
         sink_stats.enqueued(n);
         let mask_keep = shared.live.mask_keep();
-        let items: Vec<Arc<Item>> = batch.records.iter().map(|r| Arc::new(item(r, mask_keep, batch.observed_ms, &mut buf))).collect();
-        let next = shared.lock_ring().next_seq();
+        let mut items: Vec<Arc<Item>> = batch.records.iter().map(|r| Arc::new(item(r, mask_keep, batch.observed_ms, &mut buf))).collect();
         // Without a durable reservation, numbers could repeat after a
-        // crash: the batch waits (unacknowledged) until the reservation is
-        // written, retried on a timer (a full state_dir), and the fault is
-        // shown. The bridge's hard stop leaves it unacknowledged (read
-        // again after the restart).
+        // crash; without the records in the log, a `since` after a restart
+        // would miss them. Either failure (a full state_dir) leaves the
+        // batch unacknowledged, retried on a timer with the fault shown; the
+        // bridge's hard stop leaves it unacknowledged (read again after the
+        // restart).
         let mut failed = false;
-        loop {
-            match seqs.reserve(next + n as u64).await {
-                Ok(()) => break,
-                Err(e) => {
-                    failed = true;
-                    let delay = fault.failed(&format!("cannot reserve sequence numbers: {e:#}"));
-                    tokio::select! {
-                        _ = tokio::time::sleep(delay) => {}
-                        _ = hard_stop.cancelled() => return Ok(()),
-                    }
+        while !items.is_empty() {
+            let next = shared.lock_log().next_seq();
+            let step = match seqs.reserve(next + items.len() as u64).await {
+                Ok(()) => shared.append(&mut items).map_err(|e| anyhow::Error::new(e).context("cannot append to the replay log")),
+                Err(e) => Err(e.context("cannot reserve sequence numbers")),
+            };
+            if let Err(e) = step {
+                failed = true;
+                let delay = fault.failed(&format!("{e:#}"));
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = hard_stop.cancelled() => return Ok(()),
                 }
             }
         }
         if failed {
             fault.recovered();
         }
-        shared.append(items);
         batch.ack();
         // Delivered when a frame reaches a client (`frames_written`).
         sink_stats.handed_over(n);
     }
 }
 
-/// Serialises one record for the ring.
+/// Runs the replay log's group fsyncs off the runtime, one at a time, at
+/// most every [`REPLAY_SYNC_INTERVAL`].
+#[derive(Default)]
+struct Syncer {
+    /// The fsync in progress.
+    running: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+    /// When the last one started.
+    last: Option<std::time::Instant>,
+}
+
+impl Syncer {
+    fn maybe_start(&mut self, shared: &Shared) {
+        if let Some(h) = &self.running {
+            if !h.is_finished() {
+                return;
+            }
+            if let Some(Some(Ok(Err(e)))) = self.running.take().map(futures_util::FutureExt::now_or_never) {
+                warn!(error = %e, "channel: cannot fsync the replay log");
+            }
+        }
+        if self.last.is_some_and(|t| t.elapsed() < REPLAY_SYNC_INTERVAL) {
+            return;
+        }
+        match shared.lock_log().take_sync() {
+            Ok(Some(job)) => {
+                self.last = Some(std::time::Instant::now());
+                self.running = Some(tokio::task::spawn_blocking(move || job.run()));
+            }
+            Ok(None) => {}
+            Err(e) => warn!(error = %e, "channel: cannot fsync the replay log"),
+        }
+    }
+}
+
+/// Runs a final fsync (shutdown).
+async fn run_sync(job: std::io::Result<Option<replay::SyncJob>>) -> anyhow::Result<()> {
+    if let Some(job) = job? {
+        tokio::task::spawn_blocking(move || job.run()).await.context("replay log fsync panicked")??;
+    }
+    Ok(())
+}
+
+/// Opens the replay log, logging and counting what was repaired; a log
+/// that cannot be read at all stops the start, naming its directory.
+async fn open_log(dir: &Path, settings: &ChannelConfig, min_next: u64, stats: &ChannelStats) -> anyhow::Result<ReplayLog> {
+    let max_age_ms = i64::try_from(settings.replay_max_age.as_millis()).unwrap_or(i64::MAX);
+    let retention = Retention::new(settings.replay_max_bytes, max_age_ms);
+    let path = dir.to_path_buf();
+    let (mut log, repairs) = tokio::task::spawn_blocking(move || ReplayLog::open(&path, retention, min_next))
+        .await
+        .context("replay log scan panicked")?
+        .with_context(|| format!("channel: cannot open the replay log {}", dir.display()))?;
+    for r in &repairs {
+        warn!(
+            path = %r.path.display(),
+            offset = r.offset,
+            dropped_bytes = r.dropped_bytes,
+            problem = r.problem,
+            "channel: replay log segment truncated to its last whole record"
+        );
+        stats.replay_repaired_segments.inc();
+        stats.replay_repaired_bytes.add(r.dropped_bytes);
+    }
+    log.retain(now_ms());
+    let f = log.figures();
+    stats.replay(&f, log.next_seq() - 1, now_ms());
+    info!(
+        dir = %dir.display(),
+        segments = f.segments,
+        bytes = f.bytes,
+        first_seq = f.first_seq,
+        next_seq = log.next_seq(),
+        "channel: replay log opened"
+    );
+    Ok(log)
+}
+
+/// Serialises one record for the replay log.
 fn item(r: &Record<'_>, mask_keep: Option<usize>, observed_ms: i64, buf: &mut Vec<u8>) -> Item {
     buf.clear();
     match mask_keep {
@@ -604,7 +714,7 @@ fn item(r: &Record<'_>, mask_keep: Option<usize>, observed_ms: i64, buf: &mut Ve
     Item {
         json,
         service_id: r.get(Field::ServiceId).into(),
-        api_key: r.get(Field::ApiKey).into(),
+        key_digest: replay::key_digest(r.get(Field::ApiKey)),
         status: r.get(Field::HttpStatusCode).trim().parse().unwrap_or(0),
         observed_ms: r.ingestion_time.unwrap_or(observed_ms),
     }

@@ -16,7 +16,7 @@
 
 use subtle::ConstantTimeEq;
 
-use super::ring::Item;
+use super::replay::Item;
 use crate::url::percent_decode;
 
 /// Why a handshake is refused: the HTTP status and a one-line reason that
@@ -58,6 +58,8 @@ pub struct Filter {
     pub service_ids: Vec<String>,
     /// `api_key=k1,k2`: any of these (unmasked) api keys.
     pub api_keys: Vec<String>,
+    /// Their digests, which the replay log stores (computed on first use).
+    pub api_key_digests: std::sync::OnceLock<Vec<super::replay::KeyDigest>>,
     /// `status=200,5xx`: any of these codes or classes.
     pub statuses: Vec<StatusMatch>,
 }
@@ -80,7 +82,10 @@ impl Filter {
     /// True when the record passes every filter that is set.
     pub fn matches(&self, item: &Item) -> bool {
         (self.service_ids.is_empty() || self.service_ids.iter().any(|s| **s == *item.service_id))
-            && (self.api_keys.is_empty() || self.api_keys.iter().any(|k| **k == *item.api_key))
+            && (self.api_keys.is_empty() || {
+                let digests = self.api_key_digests.get_or_init(|| self.api_keys.iter().map(|k| super::replay::key_digest(k)).collect());
+                digests.contains(&item.key_digest)
+            })
             && (self.statuses.is_empty()
                 || self.statuses.iter().any(|m| match *m {
                     StatusMatch::Class(c) => item.status / 100 == c,
@@ -364,6 +369,7 @@ mod tests {
                     service_ids: vec!["a".into(), "b".into()],
                     api_keys: vec!["k1".into(), "k2".into()],
                     statuses: vec![StatusMatch::Class(5), StatusMatch::Exact(404)],
+                    ..Filter::default()
                 },
             ),
         );
@@ -471,11 +477,16 @@ mod tests {
         let item = |service: &str, key: &str, status: u16| Item {
             json: "{}".into(),
             service_id: service.into(),
-            api_key: key.into(),
+            key_digest: super::super::replay::key_digest(key),
             status,
             observed_ms: 0,
         };
-        let f = Filter { service_ids: vec!["s1".into()], api_keys: vec![], statuses: vec![StatusMatch::Class(5), StatusMatch::Exact(429)] };
+        let f = Filter {
+            service_ids: vec!["s1".into()],
+            api_keys: vec![],
+            statuses: vec![StatusMatch::Class(5), StatusMatch::Exact(429)],
+            ..Filter::default()
+        };
         assert!(f.matches(&item("s1", "k", 503)));
         assert!(f.matches(&item("s1", "k", 429)));
         assert!(!f.matches(&item("s1", "k", 404)));

@@ -1,18 +1,19 @@
 //! Figures of the local Call Log Stream channel (WebSocket) beyond the
 //! generic [`SinkStats`]: connections, refusals and closes by reason,
-//! frames written, what the replay ring holds.
+//! frames written, what the replay log holds.
 //!
 //! They are declared in the channel's section of the telemetry figures
 //! ([`crate::telemetry::figures`]), so `/status` (`channel`, after the
 //! endpoint the dashboard subscribes to) and `/metrics`
 //! (`calllog_bridge_channel_*`) show them with no channel code in
 //! telemetry. The channel acknowledges a batch when it appends it to the
-//! ring ([`SinkStats::handed_over`]); its delivery delay is measured when
+//! replay log ([`SinkStats::handed_over`]); its delivery delay is measured when
 //! a frame is written to a client ([`ChannelStats::frames_written`],
 //! [`SinkStats::reached_consumer`]). Updated by `sink::channel` only.
 
 use std::sync::Arc;
 
+use super::replay;
 use crate::telemetry::{ChannelInfo, Counter, Figures, Gauge, SinkStats, Telemetry};
 
 /// Statistics of the channel. Cheap to clone.
@@ -44,7 +45,8 @@ pub struct ChannelInner {
     /// Pending handshakes closed to make room for a newer connection (the
     /// listener was full of sockets that said nothing).
     pub handshake_evicted: Counter,
-    /// Connections closed because they could not keep up.
+    /// Connections closed because what they still had to read fell out of
+    /// the replay log's retention.
     pub closed_slow_consumer: Counter,
     /// Connections closed because they stopped answering pings.
     pub closed_ping_timeout: Counter,
@@ -56,6 +58,9 @@ pub struct ChannelInner {
     pub closed_protocol_error: Counter,
     /// Connections the client closed (or dropped).
     pub closed_by_client: Counter,
+    /// Connections closed because their replay log segment could not be
+    /// read (1011).
+    pub closed_replay_error: Counter,
     /// `{"data":...}` messages written.
     pub messages_sent: Counter,
     /// Records written to clients (a record sent to 3 clients counts 3).
@@ -64,10 +69,23 @@ pub struct ChannelInner {
     pub records_replayed: Counter,
     /// `{"lost":...}` notices sent to clients asking for evicted records.
     pub lost_notices: Counter,
-    /// Records held in the replay ring.
-    pub ring_records: Gauge,
-    /// Bytes of JSON held in the replay ring.
-    pub ring_bytes: Gauge,
+    /// Bytes of the replay log's segment files.
+    pub replay_bytes: Gauge,
+    /// Segment files of the replay log.
+    pub replay_segments: Gauge,
+    /// Records in the replay log.
+    pub replay_records: Gauge,
+    /// The oldest sequence number the replay log holds.
+    pub replay_first_seq: Gauge,
+    /// Age of the oldest record in the replay log, seconds (0 = empty).
+    pub replay_oldest_age_secs: Gauge,
+    /// Bytes of the replay log's hot tail in memory.
+    pub replay_hot_bytes: Gauge,
+    /// Segments truncated to their last whole record at start (torn or
+    /// corrupt tail).
+    pub replay_repaired_segments: Counter,
+    /// Bytes dropped doing so.
+    pub replay_repaired_bytes: Counter,
     /// The newest sequence number assigned (0 = none yet).
     pub last_seq: Gauge,
 }
@@ -93,19 +111,28 @@ impl ChannelStats {
                 "reason",
                 ["unauthorized", "not_found", "bad_request", "too_many_connections", "not_websocket", "handshake_timeout", "handshake_evicted"],
             );
-        let [closed_slow_consumer, closed_ping_timeout, closed_token_changed, closed_shutdown, closed_protocol_error, closed_by_client] = f
+        let [closed_slow_consumer, closed_ping_timeout, closed_token_changed, closed_shutdown, closed_protocol_error, closed_by_client, closed_replay_error] = f
             .counters_by(
                 "closed",
-                "Connections closed, by reason (slow_consumer, ping_timeout, token_changed, shutdown, protocol_error; client: by the client)",
+                "Connections closed, by reason (slow_consumer: fell out of the replay log's retention, ping_timeout, token_changed, shutdown, protocol_error, replay_error: replay log unreadable; client: by the client)",
                 "reason",
-                ["slow_consumer", "ping_timeout", "token_changed", "shutdown", "protocol_error", "client"],
+                ["slow_consumer", "ping_timeout", "token_changed", "shutdown", "protocol_error", "client", "replay_error"],
             );
         let messages_sent = f.counter("messages_sent", "Messages written to clients");
         let records_sent = f.counter("records_sent", "Records written to clients (once per client)");
         let records_replayed = f.counter("records_replayed", "Records written as since= replay");
         let lost_notices = f.counter("lost_notices", "Notices sent to clients asking for records no longer held");
-        let ring_records = f.gauge("ring_records", "Records held in the replay ring");
-        let ring_bytes = f.gauge("ring_bytes", "Bytes of JSON held in the replay ring");
+        let replay_bytes = f.gauge("replay_bytes", "Bytes of the replay log's segment files (state_dir/replay)");
+        let replay_segments = f.gauge("replay_segments", "Segment files of the replay log");
+        let replay_records = f.gauge("replay_records", "Records in the replay log");
+        let replay_first_seq = f.status_gauge("replay_first_seq");
+        let replay_oldest_age_secs = f.gauge("replay_oldest_age_secs", "Age of the oldest record in the replay log, seconds (0 = empty)");
+        let replay_hot_bytes = f.gauge("replay_hot_bytes", "Bytes of the replay log's newest records kept in memory");
+        let replay_repaired_segments = f.counter(
+            "replay_repaired_segments",
+            "Replay log segments truncated to their last whole record at start (torn or corrupt tail)",
+        );
+        let replay_repaired_bytes = f.counter("replay_repaired_bytes", "Bytes dropped truncating replay log segments at start");
         let last_seq = f.status_gauge("last_seq");
         ChannelStats(Arc::new(ChannelInner {
             sink: telemetry.sink(super::NAME),
@@ -125,12 +152,19 @@ impl ChannelStats {
             closed_shutdown,
             closed_protocol_error,
             closed_by_client,
+            closed_replay_error,
             messages_sent,
             records_sent,
             records_replayed,
             lost_notices,
-            ring_records,
-            ring_bytes,
+            replay_bytes,
+            replay_segments,
+            replay_records,
+            replay_first_seq,
+            replay_oldest_age_secs,
+            replay_hot_bytes,
+            replay_repaired_segments,
+            replay_repaired_bytes,
             last_seq,
         }))
     }
@@ -152,12 +186,17 @@ impl ChannelStats {
         self.0.sink.reached_consumer(records, observed_ms, written_ms);
     }
 
-    /// The ring now holds `records` records of `bytes` bytes, the newest
-    /// numbered `last_seq`.
-    pub fn ring(&self, records: usize, bytes: u64, last_seq: u64) {
-        self.0.ring_records.set(records as i64);
-        self.0.ring_bytes.set(bytes.min(i64::MAX as u64) as i64);
-        self.0.last_seq.set(last_seq.min(i64::MAX as u64) as i64);
+    /// The replay log now holds `f`, the newest record numbered
+    /// `last_seq` (0 = none yet), at `now_ms`.
+    pub fn replay(&self, f: &replay::Figures, last_seq: u64, now_ms: i64) {
+        let n = |v: u64| v.min(i64::MAX as u64) as i64;
+        self.0.replay_bytes.set(n(f.bytes));
+        self.0.replay_segments.set(n(f.segments));
+        self.0.replay_records.set(n(f.records));
+        self.0.replay_first_seq.set(n(f.first_seq));
+        self.0.replay_oldest_age_secs.set(f.oldest_written_ms.map_or(0, |t| (now_ms - t).max(0) / 1000));
+        self.0.replay_hot_bytes.set(n(f.hot_bytes));
+        self.0.last_seq.set(n(last_seq));
     }
 }
 
@@ -230,13 +269,15 @@ mod tests {
         let tel = Telemetry::new();
         let ch = ChannelStats::new(&tel);
         ch.set_endpoint(ChannelInfo { listen: "127.0.0.1:8790".into(), tls: false, path: "/stream".into() });
-        ch.ring(3, 900, 41);
+        let f = replay::Figures { bytes: 9000, segments: 2, records: 3, first_seq: 39, oldest_written_ms: Some(T0 - 5000), hot_bytes: 900 };
+        ch.replay(&f, 41, T0);
         let json = serde_json::to_string(&tel.status(T0, &StatusSettings::default())).unwrap();
         let want = concat!(
             r#""channel":{"listen":"127.0.0.1:8790","tls":false,"path":"/stream","connections":0,"connections_accepted":0,"#,
             r#""refused":{"bad_request":0,"handshake_evicted":0,"handshake_timeout":0,"not_found":0,"not_websocket":0,"too_many_connections":0,"unauthorized":0},"#,
-            r#""closed":{"client":0,"ping_timeout":0,"protocol_error":0,"shutdown":0,"slow_consumer":0,"token_changed":0},"#,
-            r#""messages_sent":0,"records_sent":0,"records_replayed":0,"lost_notices":0,"ring_records":3,"ring_bytes":900,"last_seq":41}"#
+            r#""closed":{"client":0,"ping_timeout":0,"protocol_error":0,"replay_error":0,"shutdown":0,"slow_consumer":0,"token_changed":0},"#,
+            r#""messages_sent":0,"records_sent":0,"records_replayed":0,"lost_notices":0,"replay_bytes":9000,"replay_segments":2,"replay_records":3,"#,
+            r#""replay_first_seq":39,"replay_oldest_age_secs":5,"replay_hot_bytes":900,"replay_repaired_segments":0,"replay_repaired_bytes":0,"last_seq":41}"#
         );
         assert!(json.contains(want), "{json}");
     }

@@ -1,0 +1,449 @@
+//! The channel's replay log on disk, through the real binary: `since`
+//! across a SIGTERM restart and a kill -9, a torn segment tail, a stalled
+//! client while 500,000 records flow (memory bound, closed only once it
+//! falls out of the retention), and retention by bytes and by age.
+
+use std::path::PathBuf;
+use std::process::Child;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use serde_json::Value;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::support;
+
+const TOKEN: &str = "replay-test-token-7c1e9a2b";
+const DEADLINE: Duration = Duration::from_secs(30);
+
+type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// A short LE JSON access-log line; `UUID` is replaced.
+const LINE: &str = r#"{"api_key":"k7q2mzp4rb9d3hxw8cyn5ta6","method":"GET","status":200,"request_time":"2018-11-19T16:01:41.250Z","request_uuid":"UUID","uri":"/v2/orders","src_ip":"203.0.113.7","exec_time":0.131}"#;
+
+/// `GET url` over a plain socket (the tests run inside a runtime).
+fn get(url: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let rest = url.strip_prefix("http://").unwrap();
+    let (host, path) = rest.split_at(rest.find('/').unwrap());
+    let mut s = std::net::TcpStream::connect(host).unwrap();
+    s.set_read_timeout(Some(DEADLINE)).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    let code = text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    (code, body)
+}
+
+/// A bridge (`run`) with a channel and `/status`, on a state directory that
+/// outlives its processes.
+struct Bridge {
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+    channel_extra: String,
+}
+
+impl Bridge {
+    fn new(channel_extra: &str) -> Bridge {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("logs")).unwrap();
+        Bridge { dir, child: None, channel_extra: channel_extra.to_string() }
+    }
+
+    fn state(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    fn replay_dir(&self) -> PathBuf {
+        self.state().join("replay")
+    }
+
+    fn stderr(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("bridge.log")).unwrap_or_default()
+    }
+
+    /// Starts `run` and waits for its listeners.
+    fn start(&mut self) {
+        let cfg = format!(
+            r#"state_dir = "{state}"
+[[source]]
+paths = ["{logs}/access*.log"]
+format = "le-json"
+poll_interval_ms = 50
+[channel]
+listen = "127.0.0.1:0"
+token = "{TOKEN}"
+records_per_message = 50
+{extra}
+[status]
+listen = "127.0.0.1:0"
+"#,
+            state = self.state().display(),
+            logs = self.dir.path().join("logs").display(),
+            extra = self.channel_extra,
+        );
+        let cfg_path = self.dir.path().join("config.toml");
+        std::fs::write(&cfg_path, cfg).unwrap();
+        for f in ["channel.addr", "status.addr"] {
+            let _ = std::fs::remove_file(self.state().join(f));
+        }
+        self.child = Some(support::spawn_bridge(&cfg_path, &self.dir.path().join("bridge.log")));
+        self.channel_addr();
+        self.status_url();
+    }
+
+    fn addr(&self, file: &str) -> String {
+        let path = self.state().join(file);
+        support::poll_until(DEADLINE, file, || std::fs::read_to_string(&path).ok().map(|s| s.trim().to_string()).filter(|s| !s.is_empty()))
+    }
+
+    fn channel_addr(&self) -> String {
+        self.addr("channel.addr")
+    }
+
+    fn status_url(&self) -> String {
+        format!("http://{}", self.addr("status.addr"))
+    }
+
+    fn url(&self, query: &str) -> String {
+        format!("ws://{}/stream?key={TOKEN}{query}", self.channel_addr())
+    }
+
+    fn channel_status(&self) -> Value {
+        let (code, body) = get(&format!("{}/status", self.status_url()));
+        assert_eq!(code, 200, "{body}");
+        let v: Value = serde_json::from_str(&body).unwrap();
+        v["channel"].clone()
+    }
+
+    /// Waits until the channel has numbered `last_seq`.
+    fn wait_for_seq(&self, last_seq: u64) -> Value {
+        support::poll_until(Duration::from_secs(120), &format!("channel last_seq {last_seq}"), || {
+            let c = self.channel_status();
+            (c["last_seq"].as_u64().unwrap_or(0) >= last_seq).then_some(c)
+        })
+    }
+
+    /// Appends records `prefix-<from>..<to>` to the log file.
+    fn append(&self, prefix: &str, range: std::ops::Range<usize>) {
+        use std::io::Write;
+        let path = self.dir.path().join("logs").join("access_worker1.log");
+        let f = std::fs::OpenOptions::new().create(true).append(true).open(path).unwrap();
+        let mut w = std::io::BufWriter::with_capacity(1 << 20, f);
+        for i in range {
+            writeln!(w, "{}", LINE.replace("UUID", &format!("{prefix}-{i:07}"))).unwrap();
+        }
+        w.flush().unwrap();
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).unwrap_or(0)
+    }
+
+    fn sigterm(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let st = support::terminate(&mut c, DEADLINE);
+            assert!(st.success(), "run exit: {st:?}\n{}", self.stderr());
+        }
+    }
+
+    fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.kill().unwrap();
+            c.wait().unwrap();
+        }
+    }
+
+    fn segments(&self) -> Vec<PathBuf> {
+        let mut v: Vec<PathBuf> = std::fs::read_dir(self.replay_dir()).unwrap().map(|e| e.unwrap().path()).collect();
+        v.sort();
+        v
+    }
+}
+
+impl Drop for Bridge {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+async fn connect(url: &str) -> Ws {
+    let (ws, resp) = tokio_tungstenite::connect_async(url).await.unwrap_or_else(|e| panic!("connect {url}: {e}"));
+    assert_eq!(resp.status(), 101);
+    ws
+}
+
+/// Reads `n` records: their seqs and request_uuids.
+async fn read_records(ws: &mut Ws, n: usize) -> (Vec<u64>, Vec<String>) {
+    let mut seqs = Vec::new();
+    let mut ids = Vec::new();
+    while ids.len() < n {
+        match tokio::time::timeout(DEADLINE, ws.next()).await.expect("records within the deadline") {
+            Some(Ok(Message::Text(t))) => {
+                let v: Value = serde_json::from_str(&t).unwrap();
+                if v.get("lost").is_some() {
+                    panic!("unexpected lost notice: {v}");
+                }
+                let data = v["data"].as_array().expect("data array");
+                let last = v["seq"].as_u64().expect("seq");
+                for (i, r) in data.iter().enumerate() {
+                    seqs.push(last - (data.len() - 1 - i) as u64);
+                    ids.push(r["request_uuid"].as_str().unwrap().to_string());
+                }
+            }
+            Some(Ok(Message::Close(f))) => panic!("closed after {} of {n} records: {f:?}", ids.len()),
+            Some(Ok(_)) => {}
+            Some(Err(e)) => panic!("read failed after {} of {n}: {e}", ids.len()),
+            None => panic!("ended after {} of {n}", ids.len()),
+        }
+    }
+    (seqs, ids)
+}
+
+/// Nothing more arrives for a moment (no duplicate after the last record).
+async fn nothing_more(ws: &mut Ws) {
+    let end = tokio::time::Instant::now() + Duration::from_millis(500);
+    loop {
+        match tokio::time::timeout_at(end, ws.next()).await {
+            Err(_) => return,
+            Ok(Some(Ok(Message::Text(t)))) => panic!("unexpected message: {t}"),
+            Ok(Some(Ok(_))) => {}
+            Ok(other) => panic!("stream ended: {other:?}"),
+        }
+    }
+}
+
+fn uuids(prefix: &str, range: std::ops::Range<usize>) -> Vec<String> {
+    range.map(|i| format!("{prefix}-{i:07}")).collect()
+}
+
+fn strictly_increasing(seqs: &[u64]) -> bool {
+    seqs.windows(2).all(|w| w[1] > w[0])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn since_survives_a_sigterm_restart_exactly_once_and_in_order() {
+    let mut b = Bridge::new("");
+    b.start();
+    b.append("a", 0..300);
+    b.wait_for_seq(300);
+    b.sigterm();
+    // The records of the first run are in the log on disk.
+    assert!(!b.segments().is_empty());
+    b.start();
+    b.append("b", 0..200);
+    b.wait_for_seq(500);
+    let mut ws = connect(&b.url("&since=1")).await;
+    let (seqs, ids) = read_records(&mut ws, 500).await;
+    let want: Vec<String> = uuids("a", 0..300).into_iter().chain(uuids("b", 0..200)).collect();
+    assert_eq!(ids, want, "every record from before and after the restart, once, in order");
+    // A clean shutdown continues the numbering without a jump.
+    assert_eq!(seqs, (1..=500).collect::<Vec<u64>>());
+    // Live records follow the replay.
+    b.append("c", 0..10);
+    let (seqs2, ids2) = read_records(&mut ws, 10).await;
+    assert_eq!(ids2, uuids("c", 0..10));
+    assert_eq!(seqs2.first(), Some(&501));
+    nothing_more(&mut ws).await;
+    let c = b.channel_status();
+    assert_eq!(c["replay_records"], 510, "{c}");
+    assert_eq!(c["replay_first_seq"], 1, "{c}");
+    assert!(c["replay_bytes"].as_u64().unwrap() > 510 * 300, "{c}");
+    // The reconnect from the middle gets the rest, once.
+    drop(ws);
+    let mut ws = connect(&b.url("&since=250")).await;
+    let (seqs, ids) = read_records(&mut ws, 261).await;
+    assert_eq!(seqs, (250..=510).collect::<Vec<u64>>());
+    assert_eq!(ids[..251], want[249..]);
+    assert_eq!(ids[251..], uuids("c", 0..10)[..]);
+    nothing_more(&mut ws).await;
+    b.sigterm();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn since_survives_a_kill_with_no_sequence_number_used_twice() {
+    let mut b = Bridge::new("");
+    b.start();
+    b.append("a", 0..400);
+    b.wait_for_seq(400);
+    b.kill9();
+    b.start();
+    b.append("b", 0..100);
+    let c = support::poll_until(DEADLINE, "the new records", || {
+        let c = b.channel_status();
+        (c["replay_records"].as_u64().unwrap_or(0) >= 500).then_some(c)
+    });
+    let mut ws = connect(&b.url("&since=1")).await;
+    // After a kill, the tailer may read records again whose checkpoint had
+    // not advanced (at-least-once): count what the log holds.
+    let n = c["replay_records"].as_u64().unwrap() as usize;
+    let (seqs, ids) = read_records(&mut ws, n).await;
+    assert!(strictly_increasing(&seqs), "no sequence number twice, in order");
+    assert_eq!(seqs[..400], (1..=400).collect::<Vec<u64>>()[..], "the first run's records, as numbered then");
+    assert_eq!(ids[..400], uuids("a", 0..400)[..]);
+    // The second run numbers after the first run's reservation.
+    assert!(seqs[400] > 400, "{}", seqs[400]);
+    let mut seen_b: Vec<&String> = ids.iter().filter(|i| i.starts_with("b-")).collect();
+    seen_b.dedup();
+    assert_eq!(seen_b.len(), 100, "every record of the second run");
+    nothing_more(&mut ws).await;
+    b.sigterm();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_torn_segment_tail_is_truncated_counted_and_logged() {
+    let mut b = Bridge::new("");
+    b.start();
+    b.append("a", 0..100);
+    b.wait_for_seq(100);
+    b.kill9();
+    // What a kill in the middle of a write leaves: half a record.
+    let seg = b.segments().pop().unwrap();
+    let whole = std::fs::metadata(&seg).unwrap().len();
+    {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new().append(true).open(&seg).unwrap();
+        f.write_all(&[200, 1, 0, 0, 1, 2, 3, 4, 9, 9, 9]).unwrap();
+    }
+    b.start();
+    let c = b.channel_status();
+    assert_eq!(c["replay_repaired_segments"], 1, "{c}");
+    assert_eq!(c["replay_repaired_bytes"], 11, "{c}");
+    assert_eq!(std::fs::metadata(&seg).unwrap().len(), whole);
+    let log = b.stderr();
+    assert!(log.contains("replay log segment truncated to its last whole record"), "{log}");
+    let mut ws = connect(&b.url("&since=1")).await;
+    let (seqs, ids) = read_records(&mut ws, 100).await;
+    assert_eq!(ids, uuids("a", 0..100));
+    assert_eq!(seqs, (1..=100).collect::<Vec<u64>>());
+    b.sigterm();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_by_bytes_and_by_age_removes_old_segments() {
+    // 256 KiB in 32 KiB segments.
+    let mut b = Bridge::new("replay_max_bytes = 262144\nreplay_max_age_secs = 2");
+    b.start();
+    b.append("a", 0..3000);
+    b.wait_for_seq(3000);
+    let c = b.channel_status();
+    let bytes = c["replay_bytes"].as_u64().unwrap();
+    assert!(bytes <= 262_144 + 32_768 && bytes > 100_000, "{c}");
+    let on_disk: u64 = b.segments().iter().map(|p| std::fs::metadata(p).unwrap().len()).sum();
+    assert_eq!(on_disk, bytes, "the figure is the files");
+    assert_eq!(c["replay_segments"].as_u64().unwrap(), b.segments().len() as u64);
+    let first = c["replay_first_seq"].as_u64().unwrap();
+    assert!(first > 1, "{c}");
+    // A client asking for what is gone is told, then gets the rest.
+    let mut ws = connect(&b.url("&since=1")).await;
+    let notice = match tokio::time::timeout(DEADLINE, ws.next()).await.unwrap() {
+        Some(Ok(Message::Text(t))) => serde_json::from_str::<Value>(&t).unwrap(),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(notice["first_available"], first, "{notice}");
+    assert_eq!(notice["lost"], first - 1, "{notice}");
+    let (seqs, _) = read_records(&mut ws, (3001 - first) as usize).await;
+    assert_eq!(seqs.first(), Some(&first));
+    drop(ws);
+    // By age: two seconds after the last record everything goes, the
+    // numbering goes on.
+    support::poll_until(DEADLINE, "segments aged out", || b.segments().is_empty().then_some(()));
+    let c = b.channel_status();
+    assert_eq!((c["replay_segments"].as_u64(), c["replay_bytes"].as_u64()), (Some(0), Some(0)), "{c}");
+    assert_eq!(c["replay_first_seq"], 3001, "{c}");
+    b.append("b", 0..5);
+    b.wait_for_seq(3005);
+    let mut ws = connect(&b.url("&since=3001")).await;
+    let (seqs, ids) = read_records(&mut ws, 5).await;
+    assert_eq!(seqs, (3001..=3005).collect::<Vec<u64>>());
+    assert_eq!(ids, uuids("b", 0..5));
+    b.sigterm();
+}
+
+/// `VmRSS` and `VmHWM` of a process, bytes.
+fn mem(pid: u32) -> (u64, u64) {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let kb = |key: &str| {
+        s.lines().find(|l| l.starts_with(key)).and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
+            * 1024
+    };
+    (kb("VmRSS:"), kb("VmHWM:"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_client_costs_no_memory_and_is_closed_only_out_of_retention() {
+    const TOTAL: usize = 500_000;
+    const CHUNK: usize = 10_000;
+    // 32 MiB of retention (4 MiB segments): about 100,000 short records.
+    let mut b = Bridge::new("replay_max_bytes = 33554432");
+    b.start();
+    let pid = b.pid();
+    // The stalled client: a small receive buffer, never reads.
+    let addr: std::net::SocketAddr = b.channel_addr().parse().unwrap();
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.set_recv_buffer_size(4096).unwrap();
+    let tcp = sock.connect(addr).await.unwrap();
+    let (mut stalled, _) = tokio_tungstenite::client_async(b.url(""), tcp).await.unwrap();
+    support::poll_until(DEADLINE, "the client registered", || (b.channel_status()["connections"] == 1).then_some(()));
+    // Paced in chunks the bridge keeps up with, so the figures are the
+    // channel's and not the tailer's read-ahead.
+    let mut written = 0usize;
+    let mut rss_within_retention = 0;
+    while written < TOTAL {
+        b.append("s", written..written + CHUNK);
+        written += CHUNK;
+        let c = b.wait_for_seq(written as u64);
+        let closed = c["closed"]["slow_consumer"].as_u64().unwrap();
+        let first = c["replay_first_seq"].as_u64().unwrap();
+        if first <= 2 {
+            // Everything the client has not read is still in the log: far
+            // behind (its socket buffers hold a few KB), but open.
+            assert_eq!(closed, 0, "closed while within the retention: {c}");
+            assert_eq!(c["connections"], 1, "{c}");
+            rss_within_retention = mem(pid).0;
+        }
+    }
+    assert!(rss_within_retention > 0, "the log held the first records for a while");
+    let c = support::poll_until(DEADLINE, "the stalled client closed", || {
+        let c = b.channel_status();
+        (c["closed"]["slow_consumer"] == 1).then_some(c)
+    });
+    assert_eq!(c["connections"], 0, "{c}");
+    assert!(c["replay_bytes"].as_u64().unwrap() <= 32 * 1024 * 1024 + 4 * 1024 * 1024, "{c}");
+    let (rss, hwm) = mem(pid);
+    eprintln!("stalled client, {TOTAL} records: RSS {} MiB, peak {} MiB, replay log {c}", rss >> 20, hwm >> 20);
+    // The bound: this debug build settles at 75-115 MiB for the whole
+    // pipeline at this rate (tailer, parser, telemetry windows), the same
+    // with or without the client; the old in-memory ring alone held
+    // 100,000 records (~100 MB more at this record size). Now the log is
+    // on disk and the stalled client costs at most one read chunk.
+    assert!(hwm < 144 << 20, "peak RSS {} MiB", hwm >> 20);
+    // The client finds what its socket held, then the documented close
+    // (the close frame itself only when it fitted behind the unread data
+    // within the close timeout: a stalled client may never take it; the
+    // reason is counted above either way).
+    let closed = loop {
+        match tokio::time::timeout(DEADLINE, stalled.next()).await.expect("stream ends") {
+            Some(Ok(Message::Close(f))) => break f,
+            Some(Ok(_)) => {}
+            Some(Err(_)) | None => break None,
+        }
+    };
+    if let Some(f) = closed {
+        assert_eq!((f.code, f.reason.as_str()), (CloseCode::Again, "slow consumer"));
+    }
+    b.sigterm();
+}
+
+/// The deprecated keys are accepted, and said so at start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_old_replay_keys_start_with_a_warning() {
+    let mut b = Bridge::new("replay_records = 1000\nsend_queue_bytes = 8388608");
+    b.start();
+    let log = b.stderr();
+    assert!(log.contains("channel.replay_records is deprecated: replay_records = 1000 is read as replay_max_bytes = 2048000"), "{log}");
+    assert!(log.contains("channel.send_queue_bytes is deprecated and ignored"), "{log}");
+    b.sigterm();
+}
