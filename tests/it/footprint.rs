@@ -183,17 +183,23 @@ fn a_backlog_into_upstream_stays_under_the_memory_goal() {
     assert!(peak <= PEAK_RSS_GOAL_BYTES, "peak RSS {} MiB over {} MiB", peak >> 20, PEAK_RSS_GOAL_BYTES >> 20);
 }
 
-/// A budget of 4 MiB (the minimum) with a backlog four times larger:
-/// reading pauses (counted in `/metrics`) and resumes as the archive
-/// delivers, what the budget holds stays within it (plus the chunk a
-/// reader had in hand), and every line is archived once.
+/// A budget of 4 MiB (the minimum), a backlog four times larger and a
+/// collector that answers each request only after 200 ms (one request in
+/// flight, no spool): reading pauses (counted in `/metrics`) and resumes
+/// as upstream delivers, what the budget holds stays within it (plus the
+/// chunk a reader had in hand), and every record is delivered.
 #[test]
 fn a_small_budget_pauses_reading_and_loses_nothing() {
+    use crate::support_upstream::{Collector, Format as UpFormat};
+    let c = Collector::start(UpFormat::Ndjson);
+    c.set_delay(Duration::from_millis(200));
     let mut env = Env::new();
     let size = write_backlog(&env.path("in/access.log"), 16 << 20);
     let lines = fs::read_to_string(env.path("in/access.log")).unwrap().lines().count();
-    let out = env.path("out/archive.ndjson");
-    env.start("memory_max_bytes = 4194304", &format!("[file_output]\npath = {out:?}\nfsync_interval_ms = 5000\n"));
+    env.start(
+        "memory_max_bytes = 4194304",
+        &format!("[upstream]\nurl = {:?}\ncompression = \"none\"\nmax_in_flight = 1\nspool_max_bytes = 0\n", c.url("/ingest")),
+    );
     let url = env.status_url();
     let mut used_max = 0f64;
     let deadline = Instant::now() + CATCH_UP;
@@ -209,10 +215,10 @@ fn a_small_budget_pauses_reading_and_loses_nothing() {
     let status: serde_json::Value = serde_json::from_str(&status).unwrap();
     env.stop();
     eprintln!("budget 4 MiB: used at most {:.1} MiB, {pauses} pauses", used_max / (1 << 20) as f64);
-    assert!(pauses >= 1.0, "reading never paused with a 4 MiB budget and a 16 MiB backlog");
+    assert!(pauses >= 1.0, "reading never paused with a 4 MiB budget, a 16 MiB backlog and a slow collector");
     assert_eq!(status["memory"]["budget_bytes"], 4194304, "{}", status["memory"]);
     assert!(used_max <= (5u64 << 20) as f64, "the budget held {used_max} bytes");
-    assert_eq!(fs::read_to_string(&out).unwrap().lines().count(), lines, "lines archived");
+    assert_eq!(c.delivered_set().len(), lines, "records delivered");
 }
 
 /// Lines appended one `write()` at a time (200 per second, the archive
