@@ -12,6 +12,9 @@
 //!    observed time minus the time it was appended: p50 / p99 / max.
 //! 3. Idle CPU: 1,000 files watched, all read, then 10 s with no writes:
 //!    CPU time used as a share of one core.
+//!
+//! `TAIL_BIN=path` runs another build of the binary (before/after figures
+//! taken in one session).
 
 use std::fs;
 use std::io::Write;
@@ -22,8 +25,10 @@ use std::time::{Duration, Instant};
 use calllog_bridge::parse::Format;
 use calllog_bridge::sim::Generator;
 
+/// The bridge binary: this build's, or `TAIL_BIN` (to compare builds in
+/// one session, on the same load).
 fn bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_calllog-bridge"))
+    std::env::var_os("TAIL_BIN").map_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_calllog-bridge")), PathBuf::from)
 }
 
 struct Bridge {
