@@ -44,9 +44,9 @@ use crate::telemetry::Telemetry;
 /// the unit's own).
 pub const DRAIN_GRACE: Duration = Duration::from_secs(20);
 
-/// Acknowledged offsets are written to disk as soon as they advance, but
-/// at most this often (each write is an fsync of the file and directory).
-pub const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(20);
+/// The `/status` section and `/metrics` prefix of the checkpoint writer's
+/// figures.
+pub const CHECKPOINT_FIGURES: &str = "checkpoints";
 
 /// How often lookup files are checked for changes.
 pub const LOOKUP_RELOAD_INTERVAL: Duration = Duration::from_secs(5);
@@ -79,6 +79,8 @@ pub struct Bridge {
     controls: sink::Running,
     /// Stops the current enricher's lookup reloader (replaced on reload).
     stop_lookups: CancellationToken,
+    /// Checkpoint documents written (each a file and a directory fsync).
+    checkpoint_writes: crate::telemetry::Counter,
 }
 
 impl Bridge {
@@ -91,7 +93,8 @@ impl Bridge {
 
         let stop_sinks = CancellationToken::new();
         let ctx = SinkContext { state_dir: state_dir.clone(), shutdown: stop_sinks.clone(), telemetry: telemetry.clone() };
-        let mut fanout = Fanout::new();
+        // One budget for what every reader reads ahead and every sink holds.
+        let mut fanout = Fanout::with_budget(crate::budget::MemoryBudget::new(cfg.memory_max_bytes, &telemetry));
         let mut controls = cfg.sinks.start(&ctx, &mut fanout, &mut listeners).await?;
         let sinks = std::mem::take(&mut controls.tasks);
         // /status and /metrics show the enricher's lookup counters.
@@ -112,7 +115,15 @@ impl Bridge {
         let stop_background = CancellationToken::new();
         let stop_lookups = stop_background.child_token();
         let mut background = Vec::new();
-        background.push(tokio::spawn(checkpoint_writer(checkpoints.clone(), stop_background.clone(), telemetry.fault("checkpoints"))));
+        let checkpoint_writes =
+            telemetry.figures(CHECKPOINT_FIGURES).counter("writes", "Checkpoint documents written (each a file and a directory fsync)");
+        background.push(tokio::spawn(checkpoint_writer(
+            checkpoints.clone(),
+            cfg.checkpoint_interval,
+            checkpoint_writes.clone(),
+            stop_background.clone(),
+            telemetry.fault("checkpoints"),
+        )));
         if !cfg.enrich.lookups.is_empty() {
             background.push(tokio::spawn(lookup_reloader(enricher.clone(), stop_lookups.clone())));
         }
@@ -132,6 +143,7 @@ impl Bridge {
             rejects,
             controls,
             stop_lookups,
+            checkpoint_writes,
         };
         bridge.spawn_sources(&cfg.sources, true)?;
         Ok(bridge)
@@ -209,6 +221,7 @@ impl Bridge {
             let _ = t.await;
         }
         self.checkpoints.write_async(true).await.context("cannot write the final checkpoint")?;
+        self.checkpoint_writes.inc();
         tracing::info!("stopped; checkpoints written");
         Ok(())
     }
@@ -227,6 +240,14 @@ impl crate::reload::Reloadable for Bridge {
         // return; the new ones resume at `Checkpointer::resume_offset`, so
         // batches still in flight are neither lost nor read again.
         self.stop_sources().await;
+        // The state the old tailers leave is on disk before new ones start,
+        // whatever the checkpoint interval (a failure is retried by the
+        // writer, and shown as its fault meanwhile).
+        match self.checkpoints.write_async(false).await {
+            Ok(true) => self.checkpoint_writes.inc(),
+            Ok(false) => {}
+            Err(e) => tracing::warn!(error = %e, "cannot write checkpoints at the reload; retried"),
+        }
         self.stop_reading = CancellationToken::new();
         if let Some(e) = enricher {
             self.stop_lookups.cancel();
@@ -260,19 +281,36 @@ async fn rejects_file(state_dir: &std::path::Path, cfg: &crate::config::RejectsC
 }
 
 /// Writes checkpoints as soon as an offset advanced, at most once per
-/// [`CHECKPOINT_INTERVAL`]: after a `kill -9` the records read again are
-/// those acknowledged since the last write (about one sink flush), plus
-/// the batches not yet acknowledged. A failed write (a full state_dir) is
-/// retried on a timer until it works, whether or not new data arrives, and
-/// reported as the `checkpoints` fault meanwhile.
-async fn checkpoint_writer(checkpoints: Checkpointer, stop: CancellationToken, fault: crate::telemetry::Fault) {
+/// `interval` (`checkpoint_interval_ms`): after a `kill -9` the records
+/// read again are those acknowledged since the last write (at most one
+/// interval's worth), plus the batches not yet acknowledged. At-least-once
+/// does not depend on it: an offset on disk never passes what every sink
+/// acknowledged. A failed write (a full state_dir) is retried on a timer
+/// until it works, whether or not new data arrives, and reported as the
+/// `checkpoints` fault meanwhile.
+async fn checkpoint_writer(
+    checkpoints: Checkpointer,
+    interval: Duration,
+    writes: crate::telemetry::Counter,
+    stop: CancellationToken,
+    fault: crate::telemetry::Fault,
+) {
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = checkpoints.changed() => {}
         }
         let mut failed = false;
-        while let Err(e) = checkpoints.write_async(false).await {
+        loop {
+            let e = match checkpoints.write_async(false).await {
+                Ok(written) => {
+                    if written {
+                        writes.inc();
+                    }
+                    break;
+                }
+                Err(e) => e,
+            };
             failed = true;
             let delay = fault.failed(&e.to_string());
             tokio::select! {
@@ -285,7 +323,7 @@ async fn checkpoint_writer(checkpoints: Checkpointer, stop: CancellationToken, f
         }
         tokio::select! {
             _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(CHECKPOINT_INTERVAL) => {}
+            _ = tokio::time::sleep(interval) => {}
         }
     }
 }

@@ -17,7 +17,8 @@
 //! - [`record`]: the call-log record and its two JSON shapes.
 //! - [`rejects`]: the rejects file (lines that did not parse, as JSON lines).
 //! - [`rotating`]: size-rotated append-only files (rejects, dead letters).
-//! - [`pipeline`]: batches, acknowledgements and the fan-out to sinks.
+//! - [`pipeline`]: batches, acknowledgements and the fan-out to sinks;
+//!   [`budget`]: the memory budget that bounds what they hold.
 //! - [`cmd`]: one module per subcommand; [`cli`] holds the clap definitions.
 //! - [`preflight`]: what `run` needs from the host (files, directories,
 //!   listeners), checked the same way by `check-config` and `run`;
@@ -41,6 +42,7 @@
 #![forbid(unsafe_code)]
 
 pub mod bridge;
+pub mod budget;
 pub mod checkpoint;
 pub mod cli;
 pub mod cmd;

@@ -9,7 +9,9 @@ use calllog_bridge::cmd;
 /// mimalloc instead of the system allocator: an owned record is a few
 /// dozen small strings allocated on a reader thread and freed on a sink
 /// thread, the pattern glibc malloc handles worst (a quarter of the
-/// bridge's CPU on the tail benchmark went to malloc/free).
+/// bridge's CPU on the tail benchmark went to malloc/free). Built with
+/// `no_thp`: transparent huge pages made a backlog zero 2 MiB pages in
+/// the kernel (more system than user time) and kept them resident.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -21,6 +21,10 @@
 //! and keeps only a [`Receipt`]; the archive, which keeps its batches until
 //! their fsync to write them again after a failed write, syncs early once
 //! they pin `SYNC_EARLY_PINNED_BYTES` ([`Records::pinned_bytes`]).
+//!
+//! Every batch the fan-out takes is charged to the memory budget
+//! ([`crate::budget`], `memory_max_bytes`) until the last sink drops it:
+//! [`Fanout::send`] waits for room first, as for a full queue.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -28,6 +32,7 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::mpsc;
 use yoke::{Yoke, Yokeable};
 
+use crate::budget::{Charge, MemoryBudget};
 use crate::enrich::Lookups;
 use crate::record::Record;
 
@@ -45,6 +50,9 @@ pub struct Batch {
     /// Sinks that still have to acknowledge, and what to do when none remain
     /// (shared with the batch's [`Receipt`]s).
     ack: Arc<AckState>,
+    /// The batch's memory, charged to the budget by [`Fanout::send`] and
+    /// given back when the last sink drops the batch.
+    charge: Option<Charge>,
 }
 
 struct AckState {
@@ -63,6 +71,7 @@ impl Batch {
             records: records.into(),
             observed_ms,
             ack: Arc::new(AckState { pending: AtomicUsize::new(0), on_acked: Mutex::new(on_acked) }),
+            charge: None,
         }
     }
 
@@ -174,6 +183,12 @@ impl Records {
         self.0.backing_cart().as_deref().map_or(0, |s| s.data.capacity())
     }
 
+    /// Memory the records hold: the bytes they borrow from and the
+    /// records themselves (what the batch is charged to the budget).
+    pub fn footprint(&self) -> usize {
+        self.pinned_bytes() + self.0.get().0.capacity() * std::mem::size_of::<Record<'static>>()
+    }
+
     /// Drops the records and gives back the bytes they borrowed from, so a
     /// reader can reuse the buffer (`None` for owned records).
     pub fn into_source_data(self) -> Option<Vec<u8>> {
@@ -201,6 +216,8 @@ pub struct Fanout {
     /// Demands that sinks make what they hold durable now (see
     /// [`Durability`]); shared by every clone.
     durability: Arc<Durability>,
+    /// What every batch is charged to until the sinks let go of it.
+    budget: Arc<MemoryBudget>,
 }
 
 /// The rule that keeps a file's records when the file goes away: before
@@ -260,9 +277,21 @@ impl Drop for Demand {
 pub struct SinkClosed(pub &'static str);
 
 impl Fanout {
-    /// An empty fan-out; add sinks with [`Fanout::add`].
+    /// An empty fan-out without a memory bound; add sinks with
+    /// [`Fanout::add`].
     pub fn new() -> Self {
         Fanout::default()
+    }
+
+    /// An empty fan-out whose batches are charged to `budget`.
+    pub fn with_budget(budget: Arc<MemoryBudget>) -> Self {
+        Fanout { budget, ..Fanout::default() }
+    }
+
+    /// The memory budget its batches are charged to (readers wait for
+    /// room before reading; sinks look whether it is exhausted).
+    pub fn budget(&self) -> &Arc<MemoryBudget> {
+        &self.budget
     }
 
     /// Adds a sink queue. `name` is used in errors and metrics.
@@ -285,20 +314,23 @@ impl Fanout {
         self.sinks.is_empty()
     }
 
-    /// Sends the batch to every sink, waiting while a sink's queue is full.
-    /// With no sinks the batch is acknowledged at once.
+    /// Sends the batch to every sink, waiting while the memory budget is
+    /// exhausted or a sink's queue is full. With no sinks the batch is
+    /// acknowledged at once.
     ///
     /// All or nothing: a place is reserved in every sink's queue first, and
     /// only then is the batch handed to all of them. So a send that is
     /// cancelled while it waits (a reload or shutdown while a sink is
     /// backed up) has given the batch to no sink, and its records can be
     /// read again without reaching any sink twice.
-    pub async fn send(&self, batch: Batch) -> Result<(), SinkClosed> {
+    pub async fn send(&self, mut batch: Batch) -> Result<(), SinkClosed> {
         batch.ack.pending.store(self.sinks.len(), Ordering::Release);
         if self.sinks.is_empty() {
             batch.ack.complete();
             return Ok(());
         }
+        self.budget.room().await;
+        batch.charge = Some(self.budget.charge(batch.records.footprint()));
         let mut permits = Vec::with_capacity(self.sinks.len());
         for (name, tx) in &self.sinks {
             permits.push(tx.reserve().await.map_err(|_| SinkClosed(name))?);
@@ -372,6 +404,30 @@ mod tests {
         assert!(rx1.try_recv().is_err(), "the cancelled batch must not reach `a`");
         assert!(rx2.recv().await.is_some());
         assert!(rx2.try_recv().is_err());
+    }
+
+    #[tokio::test]
+    async fn a_send_waits_while_the_memory_budget_is_reached_and_charges_until_the_sinks_let_go() {
+        let telemetry = crate::telemetry::Telemetry::new();
+        let budget = MemoryBudget::new(4 << 20, &telemetry);
+        let (tx, mut rx) = mpsc::channel(16);
+        let mut f = Fanout::with_budget(budget.clone());
+        f.add("a", tx);
+        let chunk = || Records::borrowing(RecordSource { data: vec![0; 3 << 20], tables: Arc::default() }, |_| vec![Record::default()]);
+        f.send(Batch::new("f".into(), chunk(), 0, None)).await.unwrap();
+        assert!(budget.used() >= 3 << 20);
+        f.send(Batch::new("f".into(), chunk(), 0, None)).await.unwrap();
+        assert!(budget.exhausted());
+        // The queue has room, the budget has not: the third send waits.
+        let waiting = f.send(Batch::new("f".into(), chunk(), 0, None));
+        tokio::pin!(waiting);
+        assert!(tokio::time::timeout(std::time::Duration::from_millis(50), &mut waiting).await.is_err());
+        let first = rx.recv().await.unwrap();
+        first.ack();
+        drop(first);
+        tokio::time::timeout(std::time::Duration::from_secs(5), waiting).await.expect("room once a batch is dropped").unwrap();
+        drop(rx);
+        assert_eq!(budget.used(), 0, "dropped batches give their memory back");
     }
 
     #[tokio::test]

@@ -44,7 +44,8 @@
 //! - `[file_output]`: what is buffered is written, synced and acknowledged
 //!   under the old settings, then the new ones apply (a new `path` starts a
 //!   new archive there).
-//! - everything else (`state_dir`, adding or removing a sink section, the
+//! - everything else (`state_dir`, `memory_max_bytes`,
+//!   `checkpoint_interval_ms`, adding or removing a sink section, the
 //!   channel's listener and TLS settings, `[status]`, `[rejects]`)
 //!   needs new listeners, files or clients: the change is logged as needing
 //!   a restart and the running settings stay in force (and are reported
@@ -142,6 +143,12 @@ pub fn diff(old: &Config, new: &Config) -> Changes {
     };
     if old.state_dir != new.state_dir {
         c.restart_needed.push("state_dir");
+    }
+    if old.memory_max_bytes != new.memory_max_bytes {
+        c.restart_needed.push("memory_max_bytes");
+    }
+    if old.checkpoint_interval != new.checkpoint_interval {
+        c.restart_needed.push("checkpoint_interval_ms");
     }
     c.restart_needed.extend(sinks.restart_needed);
     if old.status != new.status {

@@ -21,7 +21,7 @@ pub use crate::settings::{
     check_token, ws_origin, ConfigError, EnrichConfig, ReadFrom, RejectsConfig, Secret, SourceConfig, StatusConfig, EXIT_CONFIG,
     MIN_TOKEN_BYTES,
 };
-use crate::settings::{SectionError, StatusSection};
+use crate::settings::{footprint, SectionError, StatusSection};
 use crate::sink::Sinks;
 use crate::source::SourceConfigured;
 
@@ -44,6 +44,12 @@ pub struct Config {
     pub status: StatusConfig,
     /// The bound of the rejects file on disk.
     pub rejects: RejectsConfig,
+    /// `memory_max_bytes`: the memory budget of records read and not yet
+    /// delivered (see [`crate::budget`]).
+    pub memory_max_bytes: usize,
+    /// `checkpoint_interval_ms`: how often acknowledged offsets are
+    /// written (shutdown and reload write the final state too).
+    pub checkpoint_interval: std::time::Duration,
 }
 
 /// The top-level keys that are not a source or a sink, as written.
@@ -60,11 +66,15 @@ struct Top {
     status: StatusSection,
     #[serde(default)]
     rejects: RejectsConfig,
+    #[serde(default = "footprint::default_memory_max_bytes")]
+    memory_max_bytes: usize,
+    #[serde(default = "footprint::default_checkpoint_interval_ms")]
+    checkpoint_interval_ms: u64,
 }
 
 /// [`Top`]'s keys, and where `[[source]]` and the sink sections go in
 /// the list of keys an unknown one is compared with.
-const TOP_KEYS: [&str; 5] = ["state_dir", "log_level", "enrich", "status", "rejects"];
+const TOP_KEYS: [&str; 7] = ["state_dir", "log_level", "memory_max_bytes", "checkpoint_interval_ms", "enrich", "status", "rejects"];
 
 /// The `[[source]]` array.
 const SOURCE: &str = "source";
@@ -142,7 +152,9 @@ impl Config {
                 format!("no output configured: add at least one of {}", names.join(", ")),
             ));
         }
-        Ok(Config { state_dir, log_level: top.log_level, sources, enrich, sinks, status, rejects })
+        let memory_max_bytes = footprint::memory_max_bytes(top.memory_max_bytes, "memory_max_bytes")?;
+        let checkpoint_interval = footprint::checkpoint_interval(top.checkpoint_interval_ms, "checkpoint_interval_ms")?;
+        Ok(Config { state_dir, log_level: top.log_level, sources, enrich, sinks, status, rejects, memory_max_bytes, checkpoint_interval })
     }
 }
 
@@ -196,7 +208,7 @@ fn string(v: Spanned<DeValue<'_>>) -> Result<String, SectionError> {
 fn top_level_keys() -> &'static [&'static str] {
     static KEYS: OnceLock<Vec<&'static str>> = OnceLock::new();
     KEYS.get_or_init(|| {
-        let mut keys = vec!["state_dir", "log_level", SOURCE, "enrich"];
+        let mut keys = vec!["state_dir", "log_level", "memory_max_bytes", "checkpoint_interval_ms", SOURCE, "enrich"];
         keys.extend(crate::sink::REGISTRY.iter().map(|k| k.section()));
         keys.push("status");
         keys.push("rejects");
@@ -359,6 +371,18 @@ path = "/tmp/out.ndjson"
         assert!(e.contains("rejects.rotate_bytes"), "{e}");
         let e = load(&format!("{MINIMAL}\n[upstream]\nurl = \"http://c/\"\ndead_letter_rotate_bytes = 10\n")).unwrap_err().to_string();
         assert!(e.contains("upstream.dead_letter_rotate_bytes"), "{e}");
+    }
+
+    #[test]
+    fn footprint_bounds_default_and_are_checked_by_key() {
+        let c = load(MINIMAL).unwrap();
+        assert_eq!((c.memory_max_bytes, c.checkpoint_interval), (24 << 20, std::time::Duration::from_secs(1)));
+        let c = load(&format!("memory_max_bytes = 16777216\ncheckpoint_interval_ms = 250\n{MINIMAL}")).unwrap();
+        assert_eq!((c.memory_max_bytes, c.checkpoint_interval), (16 << 20, std::time::Duration::from_millis(250)));
+        let e = load(&format!("memory_max_bytes = 1000\n{MINIMAL}")).unwrap_err();
+        assert_eq!(e.key(), Some("memory_max_bytes"), "{e}");
+        let e = load(&format!("checkpoint_interval_ms = 0\n{MINIMAL}")).unwrap_err();
+        assert_eq!(e.key(), Some("checkpoint_interval_ms"), "{e}");
     }
 
     #[test]

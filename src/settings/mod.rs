@@ -2,7 +2,8 @@
 //! config problem is ([`ConfigError`], always naming its key), secrets
 //! ([`Secret`]), listen addresses, durations from `*_ms` / `*_secs` keys,
 //! relative paths; and the sections of the parts every bridge has
-//! (`[status]`, `[enrich]`, `[rejects]`, the file `[[source]]`).
+//! (`[status]`, `[enrich]`, `[rejects]`, the file `[[source]]`) and the
+//! top-level bounds of the bridge's own cost ([`footprint`]).
 //!
 //! Invariant: a leaf. Components (sinks, sources, telemetry, enrich) take
 //! their settings from here or declare their own section next to their
@@ -13,6 +14,7 @@
 //! with an error naming the key. Tasks never see `*_ms: u64`.
 
 mod enrich;
+pub mod footprint;
 mod rejects;
 mod source;
 mod status;

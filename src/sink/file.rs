@@ -5,9 +5,10 @@
 //! records have been written *and fsynced*; so a checkpoint never gets
 //! ahead of what is durably in the archive. fsync runs at most every
 //! `fsync_interval_ms` (sooner when much is pending: `SYNC_EARLY_BYTES` of
-//! output, or `SYNC_EARLY_PINNED_BYTES` of chunks pinned by the batches
-//! waiting, which input controls), and every write, fsync and rotation runs
-//! on the blocking pool.
+//! output, or `SYNC_EARLY_PINNED_BYTES`, at most half the memory budget, of
+//! chunks and records held by the batches waiting, which input controls;
+//! sooner still when the budget is reached), and every write, fsync and
+//! rotation runs on the blocking pool.
 //!
 //! Rotation: when the file reaches `rotate_bytes` it is synced, renamed to
 //! `<path>.1` (older ones shift to `.2`, ...; beyond `keep_files` they are
@@ -192,10 +193,14 @@ const WRITE_BUFFER_BYTES: usize = 1 << 20;
 /// the batches (and their records) held waiting for their acknowledgement.
 const SYNC_EARLY_BYTES: u64 = 32 << 20;
 
-/// Memory the batches waiting for their fsync may pin (the chunks their
-/// records borrow from, kept to rewrite them after a failed write) before
-/// an early fsync: a hostile file can make a 256 KB chunk hold a single
-/// record, so output bytes alone do not bound it.
+/// Memory the batches waiting for their fsync may hold (the chunks their
+/// records borrow from and the records, kept to rewrite them after a
+/// failed write) before an early fsync: a hostile file can make a 256 KB
+/// chunk hold a single record, so output bytes alone do not bound it.
+/// Never more than half the memory budget (the other half is for the
+/// queues and the other sinks); and when the budget is reached, a
+/// quarter of that is enough to sync, so reading never waits on the
+/// archive's timer.
 const SYNC_EARLY_PINNED_BYTES: usize = 16 << 20;
 
 /// The archive file being written.
@@ -357,7 +362,8 @@ pub async fn start(cfg: &FileOutputConfig, ctx: &SinkContext, fanout: &mut Fanou
     let stats = ctx.telemetry.sink(NAME);
     let (cfg_tx, cfg_rx) = tokio::sync::watch::channel(cfg.clone());
     let guard = Guard { fault: ctx.telemetry.fault(NAME), shutdown: ctx.shutdown.clone() };
-    let task = tokio::spawn(run(archive, cfg_rx, rx, stats, guard));
+    let budget = fanout.budget().clone();
+    let task = tokio::spawn(run(archive, cfg_rx, rx, stats, guard, budget));
     Ok((SinkHandle { name: NAME, task }, FileHandle { tx: cfg_tx }))
 }
 
@@ -446,8 +452,10 @@ async fn run(
     mut rx: mpsc::Receiver<Arc<Batch>>,
     stats: SinkStats,
     guard: Guard,
+    budget: Arc<crate::budget::MemoryBudget>,
 ) -> anyhow::Result<()> {
     let mut archive = Some(archive);
+    let sync_early_held = SYNC_EARLY_PINNED_BYTES.min(budget.max() / 2);
     let (mut shape, mut interval) = {
         let c = cfg_rx.borrow_and_update();
         (c.shape, c.fsync_interval)
@@ -455,7 +463,7 @@ async fn run(
     let mut buf: Vec<u8> = Vec::with_capacity(WRITE_BUFFER_BYTES + 64 * 1024);
     // Batches written (or buffered) but not yet synced.
     let mut pending: Vec<Arc<Batch>> = Vec::new();
-    // Bytes of the chunks `pending` keeps alive.
+    // Memory `pending` keeps alive (chunks and records).
     let mut pinned: usize = 0;
     let mut unsynced: u64 = 0;
     let mut sync_at: Option<Instant> = None;
@@ -495,12 +503,13 @@ async fn run(
         if pending.is_empty() {
             stats.set_oldest_pending(batch.observed_ms);
         }
-        pinned += batch.records.pinned_bytes();
+        pinned += batch.records.footprint();
         pending.push(batch);
         sync_at.get_or_insert(Instant::now() + interval);
-        if buf.len() >= WRITE_BUFFER_BYTES || pinned >= SYNC_EARLY_PINNED_BYTES {
+        let held_too_much = pinned >= sync_early_held || (budget.exhausted() && pinned >= sync_early_held / 4);
+        if buf.len() >= WRITE_BUFFER_BYTES || held_too_much {
             unsynced += buf.len() as u64;
-            let early = unsynced >= SYNC_EARLY_BYTES || pinned >= SYNC_EARLY_PINNED_BYTES;
+            let early = unsynced >= SYNC_EARLY_BYTES || held_too_much;
             if !write_out(&mut archive, &mut buf, early, &pending, shape, &guard).await? {
                 return Ok(());
             }
@@ -667,6 +676,39 @@ mod tests {
         drop(fanout);
         h.task.await.unwrap().unwrap();
         assert_eq!(acked.load(Ordering::SeqCst), batches);
+    }
+
+    #[tokio::test]
+    async fn held_batches_never_outlast_the_memory_budget() {
+        // A budget of 8 MiB and 1 MiB chunks, fsync every hour: the archive
+        // syncs early at half the budget, so the sender never waits for
+        // the timer (it would wait an hour).
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = cfg(dir.path(), 0);
+        c.fsync_interval = Duration::from_millis(3_600_000);
+        let telemetry = crate::telemetry::Telemetry::new();
+        let ctx = SinkContext { state_dir: dir.path().to_path_buf(), shutdown: tokio_util::sync::CancellationToken::new(), telemetry };
+        let budget = crate::budget::MemoryBudget::new(8 << 20, &ctx.telemetry);
+        let mut fanout = Fanout::with_budget(budget.clone());
+        let (h, _control) = start(&c, &ctx, &mut fanout).await.unwrap();
+        let acked = Arc::new(AtomicUsize::new(0));
+        let send_all = async {
+            for i in 0..40 {
+                let a = acked.clone();
+                let source = crate::pipeline::RecordSource { data: vec![b'x'; 1 << 20], tables: Arc::default() };
+                let records = crate::pipeline::Records::borrowing(source, |_| vec![rec(&format!("u{i}"))]);
+                let on_acked: crate::pipeline::OnAcked = Box::new(move || {
+                    a.fetch_add(1, Ordering::SeqCst);
+                });
+                fanout.send(Batch::new("f".into(), records, 0, Some(on_acked))).await.unwrap();
+                assert!(budget.used() <= (8 << 20) + (2 << 20), "{} bytes held", budget.used());
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(20), send_all).await.expect("the sender waited on the archive's timer");
+        drop(fanout);
+        h.task.await.unwrap().unwrap();
+        assert_eq!(acked.load(Ordering::SeqCst), 40);
+        assert_eq!(budget.used(), 0, "every batch's memory given back");
     }
 
     #[tokio::test]

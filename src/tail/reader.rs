@@ -169,8 +169,11 @@ struct State {
     fp: Fingerprint,
     fp_range: (u64, u64),
     enricher: Arc<Enricher>,
-    /// Records in the last chunk (capacity hint for the next).
-    last_records: usize,
+    /// Bytes per record in the last chunk that had records (sizes the
+    /// next chunk's records list: sized by a count, a longer chunk would
+    /// double the list, and the copy and the spare half cost memory and
+    /// time on every chunk of a backlog).
+    bytes_per_record: usize,
 }
 
 /// One chunk's outcome.
@@ -233,7 +236,12 @@ impl State {
         let at_end = n == 0 || (self.gz.is_none() && self.pos >= size);
         let flush = at_end && flush_partial;
         let enricher = (!self.enricher.is_noop()).then_some(&*self.enricher);
-        let (ingest, capacity) = (&mut self.ingest, self.last_records);
+        let ingest = &mut self.ingest;
+        let capacity = match self.bytes_per_record {
+            0 => 0,
+            // A sixteenth more than expected: lines vary in length.
+            b => (data.len() / b) + (data.len() / b) / 16 + 1,
+        };
         let mut tally = RejectTally::default();
         let mut consumed = 0;
         let mut partial = false;
@@ -259,7 +267,9 @@ impl State {
             self.carry = records.source_data().map(|d| d[consumed..].to_vec()).unwrap_or_default();
             records
         };
-        self.last_records = records.len();
+        if !records.is_empty() {
+            self.bytes_per_record = (records.source_data().map_or(0, <[u8]>::len) / records.len()).max(1);
+        }
         Ok(Chunk {
             records,
             rejects: tally,
@@ -421,7 +431,7 @@ pub async fn run(spec: Spec, shared: Shared, ctl: Arc<Control>, stats: FileStats
         fp,
         fp_range: spec.fp_range,
         enricher: shared.enricher.clone(),
-        last_records: 0,
+        bytes_per_record: 0,
         file: spec.file,
     };
     let done = |offset, size, exit| Finished { key, fp, offset, size, exit };
@@ -460,6 +470,12 @@ pub async fn run(spec: Spec, shared: Shared, ctl: Arc<Control>, stats: FileStats
     loop {
         if shared.shutdown.is_cancelled() {
             return done(st.offset(), size, Exit::Shutdown);
+        }
+        // Reading pauses while the memory budget is reached, as for a
+        // full sink queue: nothing more is read ahead.
+        tokio::select! {
+            _ = shared.fanout.budget().room() => {}
+            _ = shared.shutdown.cancelled() => return done(st.offset(), size, Exit::Shutdown),
         }
         let gone = ctl.gone.load(Ordering::Acquire) || ctl.rotated.load(Ordering::Acquire);
         if gone && !went_away {
@@ -636,7 +652,7 @@ mod tests {
             fp: Fingerprint(0),
             fp_range: (0, 0),
             enricher: Arc::new(Enricher::new(&[], None, None).unwrap()),
-            last_records: 0,
+            bytes_per_record: 0,
         }
     }
 

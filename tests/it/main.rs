@@ -9,6 +9,7 @@ mod enrich;
 mod export;
 mod faults;
 mod fleet;
+mod footprint;
 mod fuzz;
 mod hostile_files;
 mod hostile_net;

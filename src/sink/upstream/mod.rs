@@ -24,8 +24,10 @@
 //! Backpressure and outages: one collector must not hold back the archive
 //! and the channel, which share the tailers with this sink. While all
 //! permits are held (a collector failing, slow or silent), built requests
-//! wait for one, unless this sink's queue is full (the tailers would wait
-//! on it): then they spill to the disk spool ([`spool`]) and are
+//! wait for one, unless this sink's queue is full or the memory budget is
+//! reached (the tailers would wait on it; what this sink holds of records
+//! not yet delivered is charged to the budget, [`crate::budget`]): then
+//! they spill to the disk spool ([`spool`]) and are
 //! acknowledged once fsynced, so reading goes on. A spill never deletes
 //! spooled records; with a full spool, requests wait as without one. When
 //! upstream has been failing for `spool_after_ms`, every request goes to the
@@ -94,7 +96,7 @@ const RECHECK: Duration = Duration::from_millis(50);
 /// Starts the upstream sink and registers its queue on `fanout`.
 pub async fn start(cfg: &UpstreamConfig, ctx: &SinkContext, fanout: &mut Fanout) -> anyhow::Result<(SinkHandle, UpstreamHandle)> {
     let (tx, rx) = super::queue();
-    let up = Upstream::new(cfg, ctx, fanout.durability(), tx.downgrade()).await?;
+    let up = Upstream::new(cfg, ctx, fanout.durability(), fanout.budget().clone(), tx.downgrade()).await?;
     let handle = UpstreamHandle { shared: up.shared.clone() };
     fanout.add(NAME, tx);
     let task = tokio::spawn(up.run(rx));
@@ -197,6 +199,10 @@ struct Pending {
     id: u64,
     /// Records of the batch not yet delivered, dead-lettered or spooled.
     remaining: AtomicUsize,
+    /// The memory its encoded records hold (in requests being built, sent
+    /// or retried), charged to the memory budget until the last request
+    /// covering the batch is handled.
+    charge: std::sync::OnceLock<crate::budget::Charge>,
 }
 
 /// `count` consecutive records of a request that belong to one pipeline
@@ -412,6 +418,10 @@ struct Shared {
     /// Demands to make what is held in memory durable now (a file gone
     /// with records not yet acknowledged; see [`Durability`]).
     durability: Arc<Durability>,
+    /// The memory budget: what this sink holds of the records it has not
+    /// delivered yet is charged there, and when it is reached requests
+    /// spill to the spool as for a full queue.
+    budget: Arc<crate::budget::MemoryBudget>,
     /// The sink's own queue (weak: it does not keep the queue open), to
     /// see when it is full: then the tailers wait on this sink.
     queue: mpsc::WeakSender<Arc<Batch>>,
@@ -483,6 +493,7 @@ impl Upstream {
         cfg: &UpstreamConfig,
         ctx: &SinkContext,
         durability: Arc<Durability>,
+        budget: Arc<crate::budget::MemoryBudget>,
         queue: mpsc::WeakSender<Arc<Batch>>,
     ) -> anyhow::Result<Upstream> {
         let live = {
@@ -524,6 +535,7 @@ impl Upstream {
             dead_letter_fault: ctx.telemetry.fault("dead_letter"),
             dead_letter_log: Mutex::new(LogLimit::default()),
             durability,
+            budget,
             queue,
         });
         shared.update_oldest();
@@ -696,11 +708,16 @@ impl Shared {
         let live = self.live();
         let (cfg, encoder) = (&live.cfg, &live.encoder);
         let (max_records, max_bytes) = (cfg.batch_max_records, cfg.batch_max_bytes);
+        // The bytes this batch's records take once encoded (what the sink
+        // holds of them until they are delivered).
+        let mut encoded = 0;
         for r in batch.records.iter() {
             if b.units.is_empty() {
                 *flush_at = Some(Instant::now() + cfg.flush_interval);
             }
+            let before = b.units.buf.len();
             encoder.push(r, &mut b.units);
+            encoded += b.units.buf.len() - before;
             b.note(&p);
             let size = |u: &Units| u.buf.len() + encoder.framing_bytes(u.len());
             if b.units.len() > 1 && size(&b.units) > max_bytes {
@@ -726,6 +743,8 @@ impl Shared {
                 }
             }
         }
+        let _ = p.charge.set(self.budget.charge(encoded + n * std::mem::size_of::<encode::Span>()));
+        drop(batch);
         if self.spool.is_some() && self.durability.is_demanded() {
             // A file went away with records not yet acknowledged: nothing
             // waits for the flush interval.
@@ -752,12 +771,13 @@ impl Shared {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         lock(&self.pending).insert((batch.observed_ms, id));
         self.update_oldest();
-        Arc::new(Pending { batch: batch.receipt(), id, remaining: AtomicUsize::new(n) })
+        Arc::new(Pending { batch: batch.receipt(), id, remaining: AtomicUsize::new(n), charge: std::sync::OnceLock::new() })
     }
 
     /// True when requests should go to the spool instead of waiting for a
     /// sender: a file went away with records not yet acknowledged (a
-    /// durability demand), or this sink's queue is full, so the tailers,
+    /// durability demand), or this sink's queue is full or the memory
+    /// budget reached, so the tailers,
     /// and with them the archive and the channel, would wait on this one
     /// collector.
     fn must_spill(&self) -> bool {
@@ -765,7 +785,9 @@ impl Shared {
             return false;
         }
         match self.queue.upgrade() {
-            Some(tx) => self.durability.is_demanded() || tx.capacity() == 0,
+            // The memory budget reached counts as a full queue: the
+            // tailers wait on it just the same.
+            Some(tx) => self.durability.is_demanded() || tx.capacity() == 0 || self.budget.exhausted(),
             // Nothing can send any more: the bridge is stopping. While the
             // collector fails, what is held goes to the spool at once.
             None => self.durability.is_demanded() || self.failing_since_ms.load(Ordering::Relaxed) != 0,
