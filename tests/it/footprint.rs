@@ -101,14 +101,6 @@ impl Drop for Env {
     }
 }
 
-/// `/proc/<pid>/status` field in bytes (`VmHWM`, `VmRSS`).
-fn proc_status_bytes(pid: u32, field: &str) -> u64 {
-    let text = fs::read_to_string(format!("/proc/{pid}/status")).expect("read /proc/<pid>/status");
-    let line = text.lines().find(|l| l.starts_with(&format!("{field}:"))).unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"));
-    let kb: u64 = line.split_whitespace().nth(1).and_then(|v| v.parse().ok()).expect("a number of kB");
-    kb * 1024
-}
-
 /// A metric's value in a `/metrics` text (no labels).
 fn metric(text: &str, name: &str) -> Option<f64> {
     let want = format!("{name} ");
@@ -150,7 +142,7 @@ fn catch_up(sinks: &str) -> (u64, f64) {
         used_max = used_max.max(metric(&text, "calllog_bridge_memory_used_bytes").unwrap_or(0.0));
         std::thread::sleep(Duration::from_millis(100));
     }
-    let (hwm, file) = (proc_status_bytes(env.pid(), "VmHWM"), proc_status_bytes(env.pid(), "RssFile"));
+    let (hwm, file) = (support::proc_status_bytes(env.pid(), "VmHWM"), support::proc_status_bytes(env.pid(), "RssFile"));
     env.stop();
     eprintln!("VmHWM {} MiB, RssFile {} MiB", hwm >> 20, file >> 20);
     (hwm.saturating_sub(file), used_max)

@@ -163,3 +163,18 @@ pub fn run_for(cmd: &mut Command, timeout: Duration) -> Option<Output> {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// A `/proc/<pid>/status` field in bytes (`VmHWM`, `VmRSS`, `RssFile`).
+pub fn proc_status_bytes(pid: u32, field: &str) -> u64 {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read /proc/<pid>/status");
+    let line = text.lines().find(|l| l.starts_with(&format!("{field}:"))).unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"));
+    let kb: u64 = line.split_whitespace().nth(1).and_then(|v| v.parse().ok()).expect("a number of kB");
+    kb * 1024
+}
+
+/// The process's peak resident memory (VmHWM) less its file-backed
+/// resident pages (RssFile: the binary's code, a debug build's ~24 MiB),
+/// i.e. what it allocated at its peak.
+pub fn peak_memory_bytes(pid: u32) -> u64 {
+    proc_status_bytes(pid, "VmHWM").saturating_sub(proc_status_bytes(pid, "RssFile"))
+}
