@@ -349,9 +349,11 @@ async fn retention_by_bytes_and_by_age_removes_old_segments() {
     drop(ws);
     // By age: two seconds after the last record everything goes, the
     // numbering goes on.
-    support::poll_until(DEADLINE, "segments aged out", || b.segments().is_empty().then_some(()));
-    let c = b.channel_status();
-    assert_eq!((c["replay_segments"].as_u64(), c["replay_bytes"].as_u64()), (Some(0), Some(0)), "{c}");
+    // The figures are published after the files go: wait for both.
+    let c = support::poll_until(DEADLINE, "segments aged out, on disk and in /status", || {
+        let c = b.channel_status();
+        (b.segments().is_empty() && (c["replay_segments"].as_u64(), c["replay_bytes"].as_u64()) == (Some(0), Some(0))).then_some(c)
+    });
     assert_eq!(c["replay_first_seq"], 3001, "{c}");
     b.append("b", 0..5);
     b.wait_for_seq(3005);
