@@ -516,6 +516,7 @@
     renderTop($('top-endpoints'), top.endpoints);
     renderFiles();
     renderSinks();
+    renderExport();
     renderTail();
     drawRate(t);
     drawSync(t);
@@ -593,6 +594,64 @@
       setText(c[5], fmtInt(num(s.retries)));
       setText(c[6], fmtInt(num(s.dropped_records)));
       for (let k = 1; k < 7; k++) c[k].className = 'num';
+    });
+  }
+
+  /**
+   * The export's recent slices from /status (`export`: per-slice gauge
+   * families keyed by the slice's start, see src/sink/export/stats.rs),
+   * newest first; null when the bridge has no `[export]`.
+   */
+  function exportSlices(st) {
+    const e = st && st.export;
+    if (!e || typeof e !== 'object') return null;
+    const fam = (name) => (e[name] && typeof e[name] === 'object' ? e[name] : {});
+    const open = fam('slice_open'), records = fam('slice_records'), late = fam('slice_late_records');
+    const lateFiles = fam('slice_late_files'), closed = fam('slice_closed_at_seconds');
+    const worst = fam('slice_worst_sync_delay_ms'), pending = fam('slice_uploads_pending');
+    const starts = [...new Set([...Object.keys(open), ...Object.keys(records)])].sort().reverse();
+    return starts.map((k) => {
+      const closedS = num(closed[k]);
+      const recs = num(records[k]), lateRecs = num(late[k]);
+      return {
+        slice: k,
+        state: num(open[k]) === 1 ? 'open' : 'closed',
+        records: recs,
+        lateRecords: lateRecs,
+        lateFiles: num(lateFiles[k]),
+        // 0 while open (the gauge has no "none").
+        closedAtMs: closedS ? closedS * 1000 : null,
+        // 0 until the slice has a record.
+        worstSyncDelayMs: (recs || 0) + (lateRecs || 0) > 0 ? num(worst[k]) : null,
+        uploadsPending: num(pending[k]),
+      };
+    });
+  }
+  function fmtIso(ms) { return ms == null ? '-' : new Date(ms).toISOString().replace(/\.\d{3}Z$/, 'Z'); }
+
+  function renderExport() {
+    const slices = exportSlices(agg.status);
+    const panel = $('export-panel');
+    if (panel.hidden !== !slices) panel.hidden = !slices;
+    if (!slices) return;
+    const e = agg.status.export;
+    setText($('export-totals'), 'in total: ' + fmtInt(num(e.records)) + ' records, ' + fmtInt(num(e.late_records)) + ' late in '
+      + fmtInt(num(e.late_files)) + ' late files, ' + fmtInt(num(e.files_published)) + ' files published, '
+      + fmtInt(num(e.uploads_pending)) + ' waiting for upload, ' + fmtInt(num(e.upload_failures)) + ' upload failures');
+    const rs = rows($('export-slices').tBodies[0], slices.length, 8);
+    slices.forEach((x, i) => {
+      const c = rs[i].cells;
+      rs[i].dataset.slice = x.slice;
+      setText(c[0], x.slice);
+      setText(c[1], x.state);
+      c[1].className = 'state state-' + x.state;
+      setText(c[2], fmtInt(x.records));
+      setText(c[3], fmtInt(x.lateRecords));
+      setText(c[4], fmtInt(x.lateFiles));
+      setText(c[5], fmtIso(x.closedAtMs));
+      setText(c[6], fmtMs(x.worstSyncDelayMs));
+      setText(c[7], fmtInt(x.uploadsPending));
+      for (const k of [2, 3, 4, 6, 7]) c[k].className = 'num';
     });
   }
 
@@ -839,6 +898,7 @@
         syncDelayMs: { p50: quantile(sd, 0.5), p95: quantile(sd, 0.95), max: sd.length ? sd[sd.length - 1] : null, samples: sd.length },
         files: (agg.status && agg.status.files || []).map((f) => Object.assign({ path: f.path, state: f.state, bytes_behind: num(f.bytes_behind) }, { delay: fileDelay(f) })),
         tailKept: tail.len,
+        exportSlices: exportSlices(agg.status),
         ticks: { rate: drawnTicks.rate.slice(), sync: drawnTicks.sync.slice(), syncLabels: drawnTicks.sync.map(fmtTickMs) },
         connectionText: $('conn-state').textContent,
       };

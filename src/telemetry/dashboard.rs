@@ -215,6 +215,8 @@ mod tests {
             "sync-chart",
             "tail",
             "tail-filter",
+            "export-panel",
+            "export-slices",
         ] {
             assert!(INDEX_HTML.contains(&format!(r#"id="{id}""#)), "missing #{id}");
         }

@@ -4,7 +4,9 @@
 // simulator wrote. Then the bridge is restarted and the page must resume
 // from where it was (`since=<last seq + 1>`) with no gap. A second test
 // checks that a crafted `#ws=` cannot make the page send the token to
-// another host.
+// another host. A third runs a bridge with `[export]` and checks the
+// export panel's figures for a slice (the first bridge has no `[export]`:
+// no panel).
 //
 // Run by scripts/e2e.sh. Environment:
 //   BRIDGE_BIN  the calllog-bridge binary (default: target/debug/calllog-bridge)
@@ -260,6 +262,10 @@ test('dashboard shows what was simulated and resumes after a bridge restart', { 
   const first = await snap(page);
   assert.match(first.channelUrl, new RegExp(channelAddr.replace(/[.[\]]/g, '\\$&')), 'channel URL derived from /status');
   assert.equal(await page.getAttribute('#conn-state', 'data-state'), 'open');
+  // No `[export]`: no export panel, once /status has been read.
+  await waitFor('a /status poll', async () => (await snap(page))?.statusState === 'ok');
+  assert.equal((await snap(page)).exportSlices, null, 'no export figures without [export]');
+  assert.ok(await page.isHidden('#export-panel'), 'no export panel without [export]');
 
   // Phase 1: live traffic with a known lag.
   await simulate(logs, { seed: 11, rate: 400, duration: 3 });
@@ -422,4 +428,111 @@ test('a #ws= naming another host is not followed and the token is not sent there
   await page2.goto(`http://${statusAddr}/#token=${token}&ws=${encodeURIComponent(`ws://${channelAddr}/stream`)}`);
   await waitFor('the page to connect to the channel named by #ws=', async () => (await snap(page2))?.connection === 'open');
   assert.deepEqual(trapped, []);
+});
+
+/** A Local Edition JSON access-log line (format `le-json`). */
+function leJsonLine(uuid, requestTimeMs) {
+  return JSON.stringify({
+    request_uuid: uuid, request_time: isoSeconds(requestTimeMs), api_key: 'k1', method: 'GET',
+    uri: `/v1/items?id=${uuid}`, status: '200', bytes: '113', exec_time: '0.012',
+  }) + '\n';
+}
+/** `2026-11-29T10:00:05Z`: ISO 8601 UTC to the second, as /status names slices. */
+const isoSeconds = (ms) => new Date(ms).toISOString().replace(/\.\d{3}Z$/, 'Z');
+
+test('a bridge with [export] shows its slices in the export panel', { timeout: 90000 }, async (t) => {
+  fs.mkdirSync(OUT, { recursive: true });
+  const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'calllog-e2e-export-'));
+  const logs = path.join(tmp, 'logs');
+  const stateDir = path.join(tmp, 'state');
+  fs.mkdirSync(logs);
+  fs.mkdirSync(stateDir);
+  const config = path.join(tmp, 'config.toml');
+  fs.writeFileSync(config, `# written by tests/e2e/dashboard.test.mjs
+state_dir = ${JSON.stringify(stateDir)}
+log_level = "info"
+
+[[source]]
+paths = [${JSON.stringify(path.join(logs, '*.log'))}]
+format = "le-json"
+rescan_interval_ms = 200
+
+[status]
+listen = "127.0.0.1:0"
+
+[export]
+dir = ${JSON.stringify(path.join(tmp, 'export'))}
+slice_minutes = 1
+close_after_secs = 1
+fsync_interval_ms = 20
+`);
+  const bridge = new Bridge(config, stateDir, 'bridge-export.log');
+  const browser = await chromium.launch({ executablePath: CHROMIUM, args: ['--headless', '--no-sandbox', '--disable-gpu', '--no-first-run', '--disable-dev-shm-usage'] });
+  t.after(async () => {
+    bridge.kill();
+    await browser.close().catch(() => {});
+    fs.rmSync(tmp, { recursive: true, force: true });
+  });
+  const statusAddr = await bridge.addr('status');
+  const page = await browser.newPage({ viewport: { width: 1440, height: 1100 } });
+  const pageErrors = [];
+  page.on('pageerror', (e) => pageErrors.push(String(e)));
+  await page.goto(`http://${statusAddr}/`);
+  // The panel is there from the first /status, before any record.
+  await waitFor('the export panel', async () => page.isVisible('#export-panel'));
+
+  // A slice ten minutes ago (ended long since): 40 records, published
+  // close_after_secs after they arrive; then 5 late ones, in a late file.
+  const start = Math.floor((Date.now() - 10 * 60000) / 60000) * 60000;
+  const slice = isoSeconds(start);
+  const source = path.join(logs, 'access.log');
+  const appended = Date.now();
+  fs.writeFileSync(source, Array.from({ length: 40 }, (_, i) => leJsonLine(`on-time-${i}`, start + 5000)).join(''));
+  const row = (s) => (s?.exportSlices || []).find((x) => x.slice === slice);
+  const closed = await waitFor(`slice ${slice} closed with 40 records`, async () => {
+    const x = row(await snap(page));
+    return x && x.state === 'closed' && x.records === 40 ? x : null;
+  });
+  fs.appendFileSync(source, Array.from({ length: 5 }, (_, i) => leJsonLine(`late-${i}`, start + 59000)).join(''));
+  const x = await waitFor(`slice ${slice}: 5 late records in 1 late file`, async () => {
+    const x = row(await snap(page));
+    return x && x.lateRecords === 5 && x.lateFiles === 1 ? x : null;
+  });
+  const checked = Date.now();
+  assert.deepEqual((await snap(page)).exportSlices.map((s) => s.slice), [slice], 'one slice');
+  assert.equal(x.records, 40);
+  assert.equal(x.uploadsPending, 0, 'no [export.s3]: nothing to upload');
+  assert.equal(x.closedAtMs, closed.closedAtMs, 'a late file does not reopen or re-close the slice');
+  assert.ok(x.closedAtMs >= Math.floor(appended / 1000) * 1000 && x.closedAtMs <= checked, `closed at ${x.closedAtMs}, records appended at ${appended}`);
+  // The oldest record waited at least from its request_time to its append, at most until now.
+  assert.ok(x.worstSyncDelayMs >= appended - (start + 5000) - 1000 && x.worstSyncDelayMs <= checked - (start + 5000),
+    `worst sync delay ${x.worstSyncDelayMs} ms; the records were appended ${appended - start - 5000} ms after their request_time`);
+
+  // What the page shows is what /status holds, and the DOM row says the same.
+  const status = await (await fetch(`http://${statusAddr}/status`)).json();
+  const e = status.export;
+  assert.equal(e.slice_records[slice], 40, JSON.stringify(e));
+  assert.equal(e.slice_late_records[slice], 5, JSON.stringify(e));
+  assert.equal(e.slice_late_files[slice], 1, JSON.stringify(e));
+  assert.equal(e.slice_open[slice], 0, JSON.stringify(e));
+  assert.equal(e.slice_closed_at_seconds[slice] * 1000, x.closedAtMs, JSON.stringify(e));
+  assert.equal(e.slice_worst_sync_delay_ms[slice], x.worstSyncDelayMs, JSON.stringify(e));
+  const cells = await waitFor('the DOM row', async () => {
+    const c = await page.$$eval(`#export-slices tbody tr[data-slice="${slice}"] td`, (tds) => tds.map((td) => td.textContent));
+    return c.length === 8 && c[3] === '5' ? c : null;
+  });
+  assert.deepEqual(cells.slice(0, 5), [slice, 'closed', '40', '5', '1'], `row ${JSON.stringify(cells)}`);
+  assert.equal(cells[5], isoSeconds(x.closedAtMs), `closed at ${JSON.stringify(cells)}`);
+  assert.match(cells[6], /^\d+(\.\d+)? min$/, `worst sync delay (about ten minutes) ${JSON.stringify(cells)}`);
+  assert.ok(Math.abs(parseFloat(cells[6]) * 60000 - x.worstSyncDelayMs) <= 3000, `worst sync delay ${JSON.stringify(cells)} vs ${x.worstSyncDelayMs} ms`);
+  assert.equal(cells[7], '0', `uploads pending ${JSON.stringify(cells)}`);
+  // The late file is published close_after_secs after its records.
+  const totals = await waitFor('both files published', async () => {
+    const text = await page.textContent('#export-totals');
+    return /2 files published/.test(text) ? text : null;
+  });
+  assert.match(totals, /^in total: 45 records, 5 late in 1 late files, 2 files published, 0 waiting for upload, 0 upload failures$/);
+  assert.deepEqual(pageErrors, [], 'no errors in the page');
+  await page.screenshot({ path: path.join(OUT, 'dashboard-export.png'), fullPage: true });
+  await bridge.stop();
 });

@@ -156,3 +156,52 @@ async fn status_carries_every_field_the_page_reads() {
     }
     l.stop().await;
 }
+
+#[tokio::test]
+async fn status_carries_the_export_figures_the_page_reads() {
+    use calllog_bridge::sink::export::slice::Slice;
+    use calllog_bridge::sink::export::stats::{ExportStats, Synced};
+
+    let tel = Telemetry::new();
+    let l = start(tel.clone()).await;
+    // No `[export]`: no `export` section, so the page shows no panel.
+    let st: serde_json::Value = reqwest::get(format!("{}/status", l.base)).await.unwrap().json().await.unwrap();
+    assert!(st.get("export").is_none(), "{st}");
+
+    let stats = ExportStats::published_in(tel.figures("export"));
+    let s = Slice { start_ms: 1_795_946_400_000 };
+    stats.synced(s, Synced { records: 40, worst_sync_delay_ms: Some(61_000), ..Synced::default() });
+    stats.published(s, true, 1_795_946_465_000, false);
+    stats.late_file_opened(s, 1);
+    stats.synced(s, Synced { records: 5, late: true, worst_sync_delay_ms: Some(2_000), ..Synced::default() });
+    let st: serde_json::Value = reqwest::get(format!("{}/status", l.base)).await.unwrap().json().await.unwrap();
+    // app.js exportSlices() / renderExport(): per-slice families keyed by
+    // the slice's start, and the totals.
+    let e = &st["export"];
+    let k = "2026-11-29T10:00:00Z";
+    assert_eq!(e["slice_open"][k], 0, "{e}");
+    assert_eq!(e["slice_records"][k], 40, "{e}");
+    assert_eq!(e["slice_late_records"][k], 5, "{e}");
+    assert_eq!(e["slice_late_files"][k], 1, "{e}");
+    assert_eq!(e["slice_closed_at_seconds"][k], 1_795_946_465, "{e}");
+    assert_eq!(e["slice_worst_sync_delay_ms"][k], 61_000, "{e}");
+    assert_eq!(e["slice_uploads_pending"][k], 0, "{e}");
+    for total in ["records", "late_records", "late_files", "files_published", "uploads_pending", "upload_failures"] {
+        assert!(e[total].is_number(), "export.{total}: {e}");
+    }
+    // The page reads these names; a rename in /status must fail here.
+    for name in [
+        "slice_open",
+        "slice_records",
+        "slice_late_records",
+        "slice_late_files",
+        "slice_closed_at_seconds",
+        "slice_worst_sync_delay_ms",
+        "slice_uploads_pending",
+        "files_published",
+        "upload_failures",
+    ] {
+        assert!(dashboard::APP_JS.contains(name), "app.js no longer reads {name}");
+    }
+    l.stop().await;
+}
