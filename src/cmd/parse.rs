@@ -68,7 +68,7 @@ pub fn run(args: ParseArgs) -> anyhow::Result<i32> {
         buf: Vec::new(),
         output_closed: false,
     };
-    let mut totals = FileStats::default();
+    let mut totals = FileTally::default();
     let mut failed = 0usize;
     let mut files = 0usize;
     for path in &args.files {
@@ -83,7 +83,7 @@ pub fn run(args: ParseArgs) -> anyhow::Result<i32> {
         };
         files += 1;
         let bar = if progress && input.size.is_some() { Some(progress_bar(&name, input.size.unwrap_or(0))) } else { None };
-        let mut stats = FileStats::default();
+        let mut stats = FileTally::default();
         let result = run.file(&name, input, &tables, &mut stats, bar.as_ref());
         if let Some(b) = bar {
             b.finish_and_clear();
@@ -132,7 +132,7 @@ enum FileError {
 
 /// Counts for one file (or the total).
 #[derive(Debug, Default)]
-struct FileStats {
+struct FileTally {
     /// Lines read (a multi-line document counts each of its lines).
     lines: u64,
     /// Records written.
@@ -149,12 +149,12 @@ struct FileStats {
     requested: Option<Format>,
 }
 
-impl FileStats {
+impl FileTally {
     fn rejected(&self) -> u64 {
         self.rejects.values().sum()
     }
 
-    fn add(&mut self, o: &FileStats) {
+    fn add(&mut self, o: &FileTally) {
         self.lines += o.lines;
         self.records += o.records;
         self.headers += o.headers;
@@ -346,7 +346,7 @@ impl<W: Write> Run<'_, W> {
         name: &str,
         mut input: Input,
         tables: &Lookups,
-        st: &mut FileStats,
+        st: &mut FileTally,
         bar: Option<&indicatif::ProgressBar>,
     ) -> Result<(), FileError> {
         let mut ingest = Ingest::new(self.args.format, self.args.max_line_bytes, 0);
@@ -401,7 +401,7 @@ impl<W: Write> Run<'_, W> {
         data: &[u8],
         last: bool,
         tables: &Lookups,
-        st: &mut FileStats,
+        st: &mut FileTally,
     ) -> Result<usize, FileError> {
         let mut recs: Vec<Record<'_>> = recycle(std::mem::take(&mut self.spare));
         let observed_ms = if self.args.stamp { Some(time::now_ms()) } else { None };

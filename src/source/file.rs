@@ -12,7 +12,7 @@ use std::path::Path;
 use super::{Check, GlobFound, SourceContext, SourceFound, Started};
 use crate::checkpoint::Checkpointer;
 use crate::settings::{ConfigError, ReadFrom, SourceConfig, SourceSection};
-use crate::tail::reader::Shared;
+use crate::tail::reader::ReaderShared;
 use crate::tail::Tailer;
 use crate::telemetry::Telemetry;
 use crate::watch::Watcher;
@@ -67,7 +67,7 @@ impl super::Source for FileSource {
         let mut started = Started::default();
         let mut first_scans = Vec::new();
         for (name, s) in &sources {
-            let shared = Shared {
+            let shared = ReaderShared {
                 format: s.format,
                 max_line_bytes: s.max_line_bytes,
                 partial_grace: s.partial_grace,

@@ -42,6 +42,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
+use tracing::Instrument;
 
 use crate::checkpoint::fingerprint::{self, Fingerprint, Probe};
 use crate::logsafe::Escaped;
@@ -49,7 +50,7 @@ use crate::settings::{ReadFrom, SourceConfig};
 use crate::telemetry::log_limit::LogLimit;
 use crate::telemetry::{LeftUnread, SourceStats, Telemetry};
 use crate::watch::{Change, Events, Seen, Watcher};
-use reader::{Control, Exit, Finished, Shared, Spec};
+use reader::{Control, Exit, Finished, ReaderShared, Spec};
 
 /// The shortest time between two rounds of change hints: a file written
 /// one line per `write()` (1,000 lines/s) gives one inotify event per
@@ -114,7 +115,7 @@ pub struct Tailer {
     /// Globs and scans.
     watcher: Arc<Watcher>,
     /// What readers share.
-    shared: Shared,
+    shared: ReaderShared,
     /// Per-file statistics.
     telemetry: Telemetry,
     /// Files by device and inode.
@@ -146,7 +147,7 @@ pub struct Tailer {
 
 impl Tailer {
     /// A tailer for one source.
-    pub fn new(cfg: SourceConfig, name: String, shared: Shared, telemetry: Telemetry) -> anyhow::Result<Tailer> {
+    pub fn new(cfg: SourceConfig, name: String, shared: ReaderShared, telemetry: Telemetry) -> anyhow::Result<Tailer> {
         let watcher = Arc::new(Watcher::new(&cfg)?);
         let (exit_tx, exit_rx) = mpsc::unbounded_channel();
         let source = telemetry.source(&name);
@@ -654,10 +655,16 @@ impl Tailer {
         let spec = Spec { key, path: path_str, file, gz, fp, fp_range, offset };
         let shared = self.shared.clone();
         let tx = self.exit_tx.clone();
-        self.readers.spawn(async move {
-            let fin = reader::run(spec, shared, ctl, stats).await;
-            let _ = tx.send(fin);
-        });
+        // Everything the reader logs is about this file: one span says so
+        // (`file{path=...}`) instead of a field on every line.
+        let span = tracing::info_span!("file", path = %Escaped(&spec.path));
+        self.readers.spawn(
+            async move {
+                let fin = reader::run(spec, shared, ctl, stats).await;
+                let _ = tx.send(fin);
+            }
+            .instrument(span),
+        );
     }
 
     /// A file deleted before its first line was complete: its content (one

@@ -30,7 +30,7 @@ use rand::{Rng, SeedableRng};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::reader::{self, Shared};
+use super::reader::{self, ReaderShared};
 use super::Tailer;
 use crate::checkpoint::Checkpointer;
 use crate::enrich::Enricher;
@@ -172,7 +172,7 @@ impl Harness {
         let mut fanout = Fanout::new();
         fanout.add("model", tx);
         let stop = CancellationToken::new();
-        let shared = Shared {
+        let shared = ReaderShared {
             format: self.cfg.format,
             max_line_bytes: self.cfg.max_line_bytes,
             partial_grace: self.cfg.partial_grace,

@@ -37,7 +37,6 @@ use crate::checkpoint::fingerprint::{checksum, Fingerprint};
 use crate::checkpoint::Checkpointer;
 use crate::enrich::Enricher;
 use crate::ingest::{Context, Ingest, RejectBatch, RejectTally};
-use crate::logsafe::Escaped;
 use crate::parse::Format;
 use crate::pipeline::{Batch, Fanout, RecordSource, Records};
 use crate::telemetry::log_limit::LogLimit;
@@ -106,7 +105,7 @@ pub struct Finished {
 
 /// What every reader of a source shares.
 #[derive(Clone)]
-pub struct Shared {
+pub struct ReaderShared {
     /// The source's configured format.
     pub format: Format,
     /// Lines longer than this are rejected.
@@ -390,13 +389,13 @@ const STOP_GRACE: Duration = Duration::from_secs(2);
 /// memory spool them at once instead of waiting for their peer: a
 /// `kill -9` then loses nothing. False when the bridge stops first (the
 /// sinks then spool what they hold at shutdown).
-async fn hold_until_acked(shared: &Shared, ctl: &Control, fp: Fingerprint, path: &str) -> bool {
+async fn hold_until_acked(shared: &ReaderShared, ctl: &Control, fp: Fingerprint) -> bool {
     let mut demand = None;
     let mut stop_by = None;
     while shared.checkpoints.in_flight(fp) {
         let gone = ctl.gone.load(Ordering::Acquire);
         if demand.is_none() && gone {
-            tracing::debug!(file = %Escaped(path), "file gone with records not yet acknowledged: making them durable before letting it go");
+            tracing::debug!("file gone with records not yet acknowledged: making them durable before letting it go");
             demand = Some(shared.fanout.durability().demand());
         }
         if shared.shutdown.is_cancelled() {
@@ -419,7 +418,7 @@ async fn hold_until_acked(shared: &Shared, ctl: &Control, fp: Fingerprint, path:
 }
 
 /// Runs a reader until it stops; returns why and where.
-pub async fn run(spec: Spec, shared: Shared, ctl: Arc<Control>, stats: FileStats) -> Finished {
+pub async fn run(spec: Spec, shared: ReaderShared, ctl: Arc<Control>, stats: FileStats) -> Finished {
     let key = spec.key;
     let fp = spec.fp;
     let path = spec.path.clone();
@@ -439,7 +438,7 @@ pub async fn run(spec: Spec, shared: Shared, ctl: Arc<Control>, stats: FileStats
         let file = match st.file.try_clone() {
             Ok(f) => f,
             Err(e) => {
-                tracing::warn!(file = %Escaped(&path), error = %e, "cannot read gzip file");
+                tracing::warn!(error = %e, "cannot read gzip file");
                 return done(spec.offset, 0, Exit::Failed);
             }
         };
@@ -454,7 +453,7 @@ pub async fn run(spec: Spec, shared: Shared, ctl: Arc<Control>, stats: FileStats
                 }
             }
             Ok(Err(e)) => {
-                tracing::debug!(file = %Escaped(&path), error = %e, "gzip file not readable yet (still being written?)");
+                tracing::debug!(error = %e, "gzip file not readable yet (still being written?)");
                 return done(spec.offset, 0, Exit::Failed);
             }
             Err(_) => return done(spec.offset, 0, Exit::Failed),
@@ -512,30 +511,34 @@ pub async fn run(spec: Spec, shared: Shared, ctl: Arc<Control>, stats: FileStats
                                 .and_then(|t| t.elapsed().ok())
                                 .is_some_and(|a| a < GZ_SETTLE);
                         if being_written {
-                            tracing::debug!(file = %Escaped(&path), offset = st.offset(), error = %e, "gzip file not complete yet; retried when it changes");
+                            tracing::debug!(offset = st.offset(), error = %e, "gzip file not complete yet; retried when it changes");
                         } else {
                             let exit =
                                 if st.gz.is_some() { "gzip file incomplete or corrupt; retried when it changes" } else { "read error" };
-                            tracing::warn!(file = %Escaped(&path), offset = st.offset(), error = %e, "{exit}");
+                            tracing::warn!(offset = st.offset(), error = %e, "{exit}");
                         }
                         return done(st.offset(), size, Exit::Failed);
                     }
                 }
             }
             Err(e) => {
-                tracing::error!(file = %Escaped(&path), error = %e, "reader task failed");
+                tracing::error!(error = %e, "reader task failed");
                 return Finished { key, fp, offset: 0, size: 0, exit: Exit::Failed };
             }
         };
         size = chunk.size;
         stats.set_position(chunk.size, chunk.offset);
         if chunk.status == Status::Truncated {
-            tracing::info!(file = %Escaped(&path), offset = chunk.offset, size = chunk.size, "file truncated or replaced in place; reading its new content as a new file");
+            tracing::info!(
+                offset = chunk.offset,
+                size = chunk.size,
+                "file truncated or replaced in place; reading its new content as a new file"
+            );
             return done(chunk.offset, size, Exit::Truncated);
         }
         if chunk.partial {
             stats.partial_line();
-            tracing::info!(file = %Escaped(&path), offset = chunk.offset, "emitted a partial last line (no newline) of a file rotated away or deleted");
+            tracing::info!(offset = chunk.offset, "emitted a partial last line (no newline) of a file rotated away or deleted");
         }
         chunk.rejects.report(&path, &stats, &shared.reject_log);
         if chunk.offset > last_sent || chunk.partial {
@@ -594,7 +597,7 @@ pub async fn run(spec: Spec, shared: Shared, ctl: Arc<Control>, stats: FileStats
         }
         // At the end of the data.
         if st.gz.is_some() {
-            if !hold_until_acked(&shared, &ctl, fp, &path).await {
+            if !hold_until_acked(&shared, &ctl, fp).await {
                 return done(st.offset(), size, Exit::Shutdown);
             }
             return done(st.offset(), size, Exit::Complete);
@@ -615,7 +618,7 @@ pub async fn run(spec: Spec, shared: Shared, ctl: Arc<Control>, stats: FileStats
             continue;
         }
         if ctl.gone.load(Ordering::Acquire) {
-            if !hold_until_acked(&shared, &ctl, fp, &path).await {
+            if !hold_until_acked(&shared, &ctl, fp).await {
                 return done(st.offset(), size, Exit::Shutdown);
             }
             return done(st.offset(), size, Exit::Gone);

@@ -7,7 +7,7 @@
 //! the client's text frames and notes that it is alive.
 //!
 //! Invariant: nothing here ever makes the sink wait. The sink only appends
-//! to the log and applies its retention (see [`super::Shared::retain`]); a
+//! to the log and applies its retention (see [`super::ChannelShared::retain`]); a
 //! connection whose cursor fell out of it is cancelled and closes itself.
 //! A connection holds at most one read chunk in memory, however far behind.
 
@@ -34,7 +34,7 @@ use tracing::{debug, info, warn};
 
 use super::replay::{Entry, Plan};
 use super::request::{self, Paths, Refusal, Subscription};
-use super::Shared;
+use super::ChannelShared;
 use crate::listener::Slot;
 use crate::time::now_ms;
 
@@ -182,7 +182,7 @@ enum Handshake {
 /// `tls`) and the WebSocket handshake within [`HANDSHAKE_TIMEOUT`] and as
 /// long as the listener's gate leaves `slot` alone, then the subscription
 /// (marked busy in the gate, so it is never closed to make room).
-pub async fn serve(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, tls: Option<TlsAcceptor>, slot: Slot) {
+pub async fn serve(shared: Arc<ChannelShared>, tcp: TcpStream, peer: SocketAddr, tls: Option<TlsAcceptor>, slot: Slot) {
     let deadline = Instant::now() + HANDSHAKE_TIMEOUT;
     match tls {
         None => serve_stream(shared, tcp, peer, slot, deadline).await,
@@ -207,7 +207,7 @@ pub async fn serve(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, tls: O
     }
 }
 
-async fn serve_stream<S>(shared: Arc<Shared>, mut stream: S, peer: SocketAddr, slot: Slot, deadline: Instant)
+async fn serve_stream<S>(shared: Arc<ChannelShared>, mut stream: S, peer: SocketAddr, slot: Slot, deadline: Instant)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -258,7 +258,7 @@ where
 
 /// Reads the request head (bounded), decides, and answers: 101, or the
 /// refusal with its one-line reason.
-async fn handshake<S>(shared: &Shared, stream: &mut S) -> Handshake
+async fn handshake<S>(shared: &ChannelShared, stream: &mut S) -> Handshake
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -333,7 +333,7 @@ fn refusal_response(r: &Refusal) -> String {
 /// Registers the connection, works out where its cursor starts, runs the
 /// writer, reader and liveness check until one ends, then closes.
 async fn run_connection<S>(
-    shared: Arc<Shared>,
+    shared: Arc<ChannelShared>,
     ws: WebSocketStream<S>,
     peer: SocketAddr,
     sub: Subscription,
@@ -419,7 +419,7 @@ async fn run_connection<S>(
 /// sends the control frames the reader and the liveness check queue.
 /// Returns only for a reason to close.
 async fn write_loop<S>(
-    shared: &Shared,
+    shared: &ChannelShared,
     conn: &ConnState,
     sink: &mut SplitSink<WebSocketStream<S>, Message>,
     ctrl_rx: &mut mpsc::Receiver<Message>,
@@ -616,7 +616,7 @@ where
 
 /// Sends a ping every `ping_interval`; ends the connection when nothing at
 /// all was received from the client for two intervals.
-async fn liveness(shared: &Shared, conn: &ConnState, ctrl_tx: &mpsc::Sender<Message>) -> CloseReason {
+async fn liveness(shared: &ChannelShared, conn: &ConnState, ctrl_tx: &mpsc::Sender<Message>) -> CloseReason {
     let interval = shared.live.ping_interval();
     let mut tick = tokio::time::interval_at(Instant::now() + interval, interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -274,7 +274,7 @@ impl TokenEpoch {
 }
 
 /// State shared by the sink task, the listener and every connection.
-pub(crate) struct Shared {
+pub(crate) struct ChannelShared {
     /// Settings as started (the fixed ones: paths, limits, retention; the
     /// live ones are read from `live`).
     pub settings: ChannelConfig,
@@ -303,7 +303,7 @@ pub(crate) struct Shared {
     pub stop: CancellationToken,
 }
 
-impl Shared {
+impl ChannelShared {
     pub(crate) fn current_token(&self) -> Arc<TokenEpoch> {
         self.token.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
@@ -390,8 +390,8 @@ impl Shared {
 /// Control of a running channel: its address, token reload and shutdown.
 #[derive(Clone)]
 pub struct ChannelHandle {
-    /// Shared state.
-    shared: Arc<Shared>,
+    /// ChannelShared state.
+    shared: Arc<ChannelShared>,
     /// The address the listener is bound to.
     local_addr: SocketAddr,
 }
@@ -513,7 +513,7 @@ pub async fn spawn_on(
     // Numbers below the log's next are used: never again, even when
     // channel.seq was older than the log.
     seqs.next = log.next_seq();
-    let shared = Arc::new(Shared {
+    let shared = Arc::new(ChannelShared {
         head: watch::Sender::new(log.next_seq()),
         log: Mutex::new(log),
         permits: Arc::new(Semaphore::new(settings.max_connections)),
@@ -560,7 +560,7 @@ pub async fn spawn_on(
 /// grace period is over). [`ChannelHandle::shutdown`] closes the clients
 /// but not this loop, so the tailers never wait on a stopped channel.
 async fn sink_loop(
-    shared: &Shared,
+    shared: &ChannelShared,
     mut rx: mpsc::Receiver<Arc<Batch>>,
     sink_stats: &SinkStats,
     seqs: &mut SeqFile,
@@ -630,7 +630,7 @@ struct Syncer {
 }
 
 impl Syncer {
-    fn maybe_start(&mut self, shared: &Shared) {
+    fn maybe_start(&mut self, shared: &ChannelShared) {
         if let Some(h) = &self.running {
             if !h.is_finished() {
                 return;
@@ -740,7 +740,7 @@ pub fn mask(v: &str, keep: usize) -> String {
 /// A slot of the listener's [`Gate`] is taken before each `accept`
 /// (mini-redis): the listener holds at most `max_connections` subscribers
 /// plus [`MAX_PENDING_HANDSHAKES`] sockets in their handshake.
-async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, tls: Option<TlsAcceptor>, tracker: TaskTracker) {
+async fn accept_loop(shared: Arc<ChannelShared>, listener: TcpListener, tls: Option<TlsAcceptor>, tracker: TaskTracker) {
     let gate = Gate::new(NAME, shared.settings.max_connections + MAX_PENDING_HANDSHAKES);
     loop {
         let slot = tokio::select! {
