@@ -478,6 +478,24 @@ fn a_broker_frozen_past_spool_after_ms_spools_and_nothing_is_lost_even_with_kill
     // checkpointed at the kill is read again.
     assert!(max <= 2, "a record came out {max} times");
     eprintln!("fleet: {} records through the kafka spool, {} duplicates", all.len(), got.values().map(|n| n - 1).sum::<usize>());
+
+    // SIGTERM with records the frozen broker never acknowledged (before
+    // spool_after_ms): after the grace period they go to the spool, the
+    // bridge exits, and the restart sends them.
+    broker.pause();
+    let late = uuids("s3", 25);
+    edge.append(&late);
+    support::poll_until(DEADLINE, "the edge to archive the last records", || {
+        let got = edge.counts();
+        late.iter().all(|u| got.contains_key(u)).then_some(())
+    });
+    all.extend(late);
+    edge.stop();
+    assert!(spool_files(&edge) > 0, "SIGTERM while the brokers fail spools what is held; log:\n{}", tail(&edge.log_text()));
+    broker.resume();
+    edge.start();
+    hub.wait_for(&all, &[&edge]);
+    support::poll_until(DEADLINE, "the kafka spool to drain after SIGTERM", || (spool_files(&edge) == 0).then_some(()));
     hub.stop();
     edge.stop();
 }
