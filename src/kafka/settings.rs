@@ -452,6 +452,9 @@ mod tests {
         let c = sink("brokers = [\"k:9092\"]\ntopic = \"calls\"").unwrap();
         assert_eq!((c.format, c.key_field, c.compression), (Format::Ndjson, KeyField::Field(Field::RequestUuid), Compression::Lz4));
         assert_eq!((c.linger, c.client.request_timeout), (Duration::from_millis(50), Duration::from_secs(30)));
+        assert_eq!((c.spool_max_bytes, c.spool_after), (1 << 30, Duration::from_secs(30)), "the spool is on by default, as upstream's");
+        let c = sink("brokers = [\"k:9092\"]\ntopic = \"calls\"\nspool_max_bytes = 0\nspool_after_ms = 1500").unwrap();
+        assert_eq!((c.spool_max_bytes, c.spool_after), (0, Duration::from_millis(1500)));
         let c = sink("brokers = [\"k:9092\"]\ntopic = \"calls\"\nkey_field = \"service_id\"\nformat = \"ecls\"\ncompression = \"zstd\"")
             .unwrap();
         assert_eq!((c.format, c.key_field, c.compression), (Format::Ecls, KeyField::Field(Field::ServiceId), Compression::Zstd));
