@@ -13,6 +13,7 @@
 //! | `rejects.ndjson` (+ `.1`…) | [`crate::rejects`] | malformed lines |
 //! | `dead-letter.ndjson` (+ `.1`…) | the upstream sink | refused records |
 //! | `upstream-spool/<format>/` | the upstream sink | undelivered batches |
+//! | `kafka-spool/` | the Kafka sink | undelivered messages |
 //! | `kafka-dead-letter.ndjson` (+ `.1`…) | the Kafka sink | refused messages |
 //! | `kafka-offsets-<group_id>.json` | the Kafka source | acknowledged position per partition |
 //!
@@ -52,6 +53,8 @@ impl StateDir {
     pub const DEAD_LETTER: &'static str = "dead-letter.ndjson";
     /// The upstream sink's spool directory's name.
     pub const UPSTREAM_SPOOL: &'static str = "upstream-spool";
+    /// The Kafka sink's spool directory's name.
+    pub const KAFKA_SPOOL: &'static str = "kafka-spool";
     /// The Kafka sink's default dead-letter file's name.
     pub const KAFKA_DEAD_LETTER: &'static str = "kafka-dead-letter.ndjson";
 
@@ -110,6 +113,12 @@ impl StateDir {
     /// `kafka.dead_letter_file` is not set).
     pub fn kafka_dead_letter(&self) -> PathBuf {
         self.root.join(Self::KAFKA_DEAD_LETTER)
+    }
+
+    /// `<state_dir>/kafka-spool`: the Kafka sink's spool (encoded
+    /// messages, so one directory whatever `kafka.format`).
+    pub fn kafka_spool(&self) -> PathBuf {
+        self.root.join(Self::KAFKA_SPOOL)
     }
 
     /// `<state_dir>/kafka-offsets-<group_id>.json`: a Kafka source's

@@ -63,6 +63,15 @@ pub struct SinkSection {
     /// SIGTERM grace period to send what is batched.
     #[serde(default = "default_shutdown_grace_ms")]
     pub shutdown_grace_ms: u64,
+    /// Disk spool bound during long outages (`<state_dir>/kafka-spool/`);
+    /// 0 turns the spool off (an outage then only pauses reading).
+    #[serde(default = "default_spool_max_bytes")]
+    pub spool_max_bytes: u64,
+    /// How long the brokers must have been failing before requests go to
+    /// the spool (and are acknowledged) instead of waiting in memory while
+    /// reading pauses.
+    #[serde(default = "default_spool_after_ms")]
+    pub spool_after_ms: u64,
     /// The client id the brokers see.
     #[serde(default)]
     pub client_id: Option<String>,
@@ -129,6 +138,12 @@ fn default_dead_letter_keep_files() -> usize {
 fn default_shutdown_grace_ms() -> u64 {
     5_000
 }
+fn default_spool_max_bytes() -> u64 {
+    1 << 30
+}
+fn default_spool_after_ms() -> u64 {
+    30_000
+}
 
 /// The `[kafka]` sink's settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -161,6 +176,11 @@ pub struct SinkConfig {
     pub dead_letter_rotation: Rotation,
     /// SIGTERM grace period (`shutdown_grace_ms`).
     pub shutdown_grace: Duration,
+    /// Disk spool bound (`spool_max_bytes`); 0 turns the spool off.
+    pub spool_max_bytes: u64,
+    /// How long the brokers fail before requests go to the spool
+    /// (`spool_after_ms`).
+    pub spool_after: Duration,
     /// This bridge's name on its messages (`host`).
     pub host: String,
 }
@@ -234,6 +254,8 @@ impl SinkConfig {
             dead_letter_file,
             dead_letter_rotation: Rotation { rotate_bytes: s.dead_letter_rotate_bytes, keep_files: s.dead_letter_keep_files },
             shutdown_grace: Duration::from_millis(s.shutdown_grace_ms),
+            spool_max_bytes: s.spool_max_bytes,
+            spool_after: Duration::from_millis(s.spool_after_ms),
             host,
         })
     }
@@ -430,6 +452,9 @@ mod tests {
         let c = sink("brokers = [\"k:9092\"]\ntopic = \"calls\"").unwrap();
         assert_eq!((c.format, c.key_field, c.compression), (Format::Ndjson, KeyField::Field(Field::RequestUuid), Compression::Lz4));
         assert_eq!((c.linger, c.client.request_timeout), (Duration::from_millis(50), Duration::from_secs(30)));
+        assert_eq!((c.spool_max_bytes, c.spool_after), (1 << 30, Duration::from_secs(30)), "the spool is on by default, as upstream's");
+        let c = sink("brokers = [\"k:9092\"]\ntopic = \"calls\"\nspool_max_bytes = 0\nspool_after_ms = 1500").unwrap();
+        assert_eq!((c.spool_max_bytes, c.spool_after), (0, Duration::from_millis(1500)));
         let c = sink("brokers = [\"k:9092\"]\ntopic = \"calls\"\nkey_field = \"service_id\"\nformat = \"ecls\"\ncompression = \"zstd\"")
             .unwrap();
         assert_eq!((c.format, c.key_field, c.compression), (Format::Ecls, KeyField::Field(Field::ServiceId), Compression::Zstd));

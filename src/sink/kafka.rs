@@ -16,22 +16,44 @@
 //! Failures (brokers down, leader changes, an unknown topic, refused
 //! credentials, timeouts) are retried with exponential backoff and jitter
 //! for as long as it takes; only the messages not acknowledged are sent
-//! again. Shutdown: when the queue closes, what is batched is sent and the
-//! sink waits up to `shutdown_grace_ms`; what is then still unacknowledged
-//! is read again after the restart (at-least-once; the topic may then hold
-//! those messages twice: the client has no idempotent producer).
+//! again.
+//!
+//! Long outages: the disk spool works as for upstream (the same module,
+//! [`super::upstream::spool`], under `<state_dir>/kafka-spool/`; its units
+//! are whole encoded messages). While the brokers fail and every
+//! `max_in_flight` permit is held, new requests spill to the spool if they
+//! fit; once the brokers have been failing for `spool_after_ms`, every
+//! request goes to the spool, including those senders hold in memory, and
+//! the oldest spool files are deleted to make room if needed (logged,
+//! counted as `records_spool_dropped`). A spooled request's batches are
+//! acknowledged once the file is durable (written through
+//! [`crate::state_dir::write_atomic_with`]): the tailers keep reading and
+//! the other sinks are not held up by Kafka. One drainer sends the spool
+//! oldest first (it is also what finds the brokers back); new requests
+//! wait while spooled files do, so the backlog goes first, in order.
+//! Spooled files survive a crash and are sent after the restart.
+//!
+//! Shutdown: when the queue closes, what is batched is sent and the sink
+//! waits up to `shutdown_grace_ms`. If the brokers are failing then (or
+//! still after the grace period), what is held in memory goes to the spool
+//! at once and is acknowledged. Without a spool, what is still
+//! unacknowledged is read again after the restart (at-least-once; the topic
+//! may then hold those messages twice: the client has no idempotent
+//! producer).
 //!
 //! Figures (`/status` `kafka`, `/metrics` `calllog_bridge_kafka_*`):
 //! messages produced, messages dead-lettered, produce retries, requests in
-//! flight, and whether the brokers are failing now.
+//! flight, whether the brokers are failing now, and the spool (records,
+//! bytes and files held; records spooled, records dropped from a full
+//! spool).
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::{mpsc, Notify, Semaphore};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -39,6 +61,7 @@ use tokio_util::task::TaskTracker;
 use super::upstream::dead_letter::DeadLetter;
 use super::upstream::encode::Units;
 use super::upstream::http::{backoff, Item, Outcome};
+use super::upstream::spool::{self, Spool};
 use super::{Keys, Needs, SinkContext, SinkHandle};
 use crate::kafka::message::Encoder;
 use crate::kafka::produce::Producer;
@@ -95,7 +118,20 @@ impl super::Sink for KafkaSink {
 
     async fn start(cfg: &SinkConfig, ctx: &SinkContext, fanout: &mut Fanout, _listeners: &mut Bound) -> anyhow::Result<(SinkHandle, ())> {
         let (tx, rx) = super::queue();
-        let shared = Arc::new(Shared::new(cfg, ctx));
+        let spool = if cfg.spool_max_bytes > 0 {
+            let dir = crate::state_dir::StateDir::new(&ctx.state_dir).kafka_spool();
+            let (max, d) = (cfg.spool_max_bytes, dir.clone());
+            let s = tokio::task::spawn_blocking(move || Spool::open(&d, max))
+                .await?
+                .map_err(|e| anyhow::anyhow!("kafka spool {}: {e}", dir.display()))?;
+            if s.records() > 0 {
+                tracing::info!(records = s.records(), bytes = s.bytes(), dir = %dir.display(), "kafka spool holds messages from a previous run; sending them first");
+            }
+            Some(s)
+        } else {
+            None
+        };
+        let shared = Arc::new(Shared::new(cfg, ctx, spool));
         fanout.add(NAME, tx);
         let task = tokio::spawn(run(shared, rx, ctx.shutdown.clone()));
         Ok((SinkHandle { name: NAME, task }, ()))
@@ -114,11 +150,15 @@ struct Held {
     receipt: Receipt,
     /// Key in the pending set.
     id: u64,
-    /// Messages not yet acknowledged by the brokers or dead-lettered.
+    /// Messages not yet acknowledged by the brokers, dead-lettered or
+    /// spooled.
     remaining: AtomicUsize,
+    /// Messages spooled (delivered later: not counted as delivered now).
+    spooled: AtomicUsize,
 }
 
-/// A request: messages and, for each, the batch it belongs to.
+/// A request: messages and, for each, the batch it belongs to (none for
+/// a request read back from the spool: its batches were acknowledged).
 struct Request {
     units: Units,
     owners: Vec<Arc<Held>>,
@@ -131,6 +171,11 @@ struct Figures {
     retries: Counter,
     in_flight: Gauge,
     failing: Gauge,
+    spool_records: Gauge,
+    spool_bytes: Gauge,
+    spool_files: Gauge,
+    spooled: Counter,
+    spool_dropped: Counter,
 }
 
 /// What the batcher and the senders share.
@@ -150,13 +195,22 @@ struct Shared {
     /// Observed time of each batch held, for the oldest-pending figure.
     pending: Mutex<BTreeMap<(i64, u64), ()>>,
     next_id: AtomicU64,
-    /// Requests failing now (for the log: one line when the brokers start
-    /// failing, one when they take messages again).
-    failing: AtomicUsize,
+    /// Since when (epoch ms) the brokers fail; 0 while they take messages
+    /// (one log line when they start failing, one when they are back).
+    failing_since_ms: AtomicI64,
+    /// The disk spool; `None` when `spool_max_bytes` is 0.
+    spool: Option<Mutex<Spool>>,
+    /// Signalled when the spool gains or loses a file.
+    spool_changed: Notify,
+    /// Reports a spool that cannot be written (a full state_dir).
+    spool_fault: Fault,
+    /// Cancelled when what is held in memory must go to the spool at once
+    /// (stopping while the brokers fail).
+    spool_now: CancellationToken,
 }
 
 impl Shared {
-    fn new(cfg: &SinkConfig, ctx: &SinkContext) -> Shared {
+    fn new(cfg: &SinkConfig, ctx: &SinkContext, spool: Option<Spool>) -> Shared {
         let f = ctx.telemetry.figures(NAME);
         let figures = Figures {
             produced: f.counter("messages_produced", "Messages the brokers acknowledged (acks = all)"),
@@ -164,10 +218,19 @@ impl Shared {
             retries: f.counter("produce_retries", "Produce attempts that failed and are retried"),
             in_flight: f.gauge("requests_in_flight", "Produce requests waiting for the brokers"),
             failing: f.gauge("brokers_failing", "1 while produce requests fail (brokers down, unknown topic, refused credentials)"),
+            spool_records: f.gauge("spool_records", "Messages in the disk spool (acknowledged, to be produced)"),
+            spool_bytes: f.gauge("spool_bytes", "Size of the disk spool"),
+            spool_files: f.gauge("spool_files", "Files in the disk spool"),
+            spooled: f.counter("messages_spooled", "Messages written to the disk spool during an outage"),
+            spool_dropped: f.counter("records_spool_dropped", "Spooled messages deleted to make room in a full spool"),
         };
+        if let Some(s) = &spool {
+            // Held from a previous run: pending for this sink again.
+            ctx.telemetry.sink(NAME).enqueued(s.records());
+        }
         let dead_letter_path =
             cfg.dead_letter_file.clone().unwrap_or_else(|| crate::state_dir::StateDir::new(&ctx.state_dir).kafka_dead_letter());
-        Shared {
+        let sh = Shared {
             cfg: cfg.clone(),
             encoder: Encoder::new(cfg.format, cfg.key_field, &cfg.host),
             producer: Producer::new(cfg.client.clone(), cfg.topic.clone(), cfg.compression),
@@ -179,8 +242,14 @@ impl Shared {
             permits: Arc::new(Semaphore::new(cfg.max_in_flight)),
             pending: Mutex::new(BTreeMap::new()),
             next_id: AtomicU64::new(0),
-            failing: AtomicUsize::new(0),
-        }
+            failing_since_ms: AtomicI64::new(0),
+            spool: spool.map(Mutex::new),
+            spool_changed: Notify::new(),
+            spool_fault: ctx.telemetry.fault("kafka_spool"),
+            spool_now: CancellationToken::new(),
+        };
+        sh.spool_figures();
+        sh
     }
 
     fn hold(&self, batch: &Batch) -> Arc<Held> {
@@ -188,7 +257,7 @@ impl Shared {
         let receipt = batch.receipt();
         lock(&self.pending).insert((receipt.observed_ms, id), ());
         self.update_oldest();
-        Arc::new(Held { remaining: AtomicUsize::new(batch.records.len()), receipt, id })
+        Arc::new(Held { remaining: AtomicUsize::new(batch.records.len()), spooled: AtomicUsize::new(0), receipt, id })
     }
 
     /// `n` messages of `h` are handled; acknowledges the batch when none
@@ -196,7 +265,10 @@ impl Shared {
     fn handled(&self, h: &Held, n: usize) {
         if h.remaining.fetch_sub(n, Ordering::AcqRel) == n {
             h.receipt.ack();
-            self.stats.delivered(h.receipt.records, h.receipt.observed_ms, now_ms());
+            let now = h.receipt.records.saturating_sub(h.spooled.load(Ordering::Acquire));
+            if now > 0 {
+                self.stats.delivered(now, h.receipt.observed_ms, now_ms());
+            }
             lock(&self.pending).remove(&(h.receipt.observed_ms, h.id));
             self.update_oldest();
         }
@@ -204,6 +276,10 @@ impl Shared {
 
     /// The messages at `ix` of `req` are handled.
     fn handled_each(&self, req: &Request, ix: impl Iterator<Item = usize>) {
+        if req.owners.is_empty() {
+            // From the spool: acknowledged when it was spooled.
+            return;
+        }
         // Runs of the same batch are counted at once (a request is built
         // from whole batches in order).
         let mut run: Option<(usize, usize)> = None;
@@ -223,29 +299,161 @@ impl Shared {
     }
 
     fn update_oldest(&self) {
-        let oldest = lock(&self.pending).keys().next().map_or(0, |(o, _)| *o);
+        let mem = lock(&self.pending).keys().next().map(|(o, _)| *o);
+        let spooled = self.spool.as_ref().and_then(|s| lock(s).oldest_observed_ms());
+        let oldest = match (mem, spooled) {
+            (Some(a), Some(b)) => a.min(b),
+            (a, b) => a.or(b).unwrap_or(0),
+        };
         self.stats.set_oldest_pending(oldest);
     }
 
-    /// Sends `req` until every message is acknowledged or dead-lettered,
-    /// or `stop` is cancelled (what is left stays unacknowledged).
-    async fn send(self: Arc<Self>, mut req: Request, stop: CancellationToken) {
+    /// Publishes the spool's size.
+    fn spool_figures(&self) {
+        if let Some(s) = &self.spool {
+            let s = lock(s);
+            self.figures.spool_records.set(i64::try_from(s.records()).unwrap_or(i64::MAX));
+            self.figures.spool_bytes.set(i64::try_from(s.bytes()).unwrap_or(i64::MAX));
+            self.figures.spool_files.set(i64::try_from(s.files()).unwrap_or(i64::MAX));
+        }
+    }
+
+    /// True when the brokers have been failing for `spool_after_ms` (or
+    /// the sink is stopping while they fail) and the spool is enabled:
+    /// requests go to disk rather than wait in memory.
+    fn spooling(&self) -> bool {
+        if self.spool.is_none() {
+            return false;
+        }
+        if self.spool_now.is_cancelled() {
+            return true;
+        }
+        let since = self.failing_since_ms.load(Ordering::Acquire);
+        since != 0 && now_ms() - since >= i64::try_from(self.cfg.spool_after.as_millis()).unwrap_or(i64::MAX)
+    }
+
+    fn spool_has_untaken(&self) -> bool {
+        self.spool.as_ref().is_some_and(|s| lock(s).has_untaken())
+    }
+
+    /// A produce attempt failed: the brokers fail (since now, if they did
+    /// not already).
+    fn brokers_failed(&self, reason: &str) {
+        if self.failing_since_ms.compare_exchange(0, now_ms().max(1), Ordering::AcqRel, Ordering::Acquire).is_ok() {
+            self.figures.failing.set(1);
+            tracing::warn!(destination = %self.producer.destination(), reason = %Escaped(reason), "kafka: the brokers do not take the messages; retrying with backoff for as long as it takes");
+        }
+        self.brokers_fault.failed(reason);
+    }
+
+    /// The brokers acknowledged messages.
+    fn brokers_ok(&self) {
+        if self.failing_since_ms.swap(0, Ordering::AcqRel) != 0 {
+            self.figures.failing.set(0);
+            self.brokers_fault.recovered();
+            tracing::info!(destination = %self.producer.destination(), "kafka: the brokers take messages again");
+        }
+    }
+
+    /// Writes the messages of `req` durably to the spool and acknowledges
+    /// their batches; false when the spool is off, full (after deleting
+    /// the oldest files when `evict`) or cannot be written: the caller
+    /// keeps them.
+    async fn spool_store(self: &Arc<Self>, req: &Request, evict: bool) -> bool {
+        let Some(spool) = &self.spool else { return false };
+        if req.owners.is_empty() || req.units.is_empty() {
+            return false;
+        }
+        let need = spool::file_size_estimate(&req.units);
+        let observed_ms = req.owners.iter().map(|h| h.receipt.observed_ms).min().unwrap_or_else(now_ms);
+        let (seq, path) = {
+            let mut s = lock(spool);
+            if evict {
+                let ev = s.make_room(need);
+                if ev.files > 0 {
+                    tracing::error!(
+                        files = ev.files,
+                        records = ev.records,
+                        "kafka: spool full; DROPPED the oldest spooled messages to make room (the brokers have been unreachable too long)"
+                    );
+                    self.figures.spool_dropped.add(ev.records as u64);
+                    self.stats.dropped(ev.records);
+                }
+            }
+            if !s.fits(need) {
+                return false;
+            }
+            s.reserve(need)
+        };
+        let units = req.units.clone();
+        let n = units.len();
+        let written = tokio::task::spawn_blocking(move || spool::write_file(&path, &units, observed_ms)).await;
+        let bytes = match written {
+            Ok(Ok(b)) => b,
+            Ok(Err(e)) => {
+                lock(spool).unreserve(need);
+                self.spool_fault.failed(&e.to_string());
+                return false;
+            }
+            Err(e) => {
+                lock(spool).unreserve(need);
+                self.spool_fault.failed(&e.to_string());
+                return false;
+            }
+        };
+        lock(spool).add(seq, bytes, n, observed_ms, need, false);
+        self.spool_fault.recovered();
+        self.figures.spooled.add(n as u64);
+        self.spool_figures();
+        tracing::debug!(seq, messages = n, "kafka: request spooled");
+        for h in &req.owners {
+            h.spooled.fetch_add(1, Ordering::AcqRel);
+        }
+        self.handled_each(req, 0..n);
+        self.update_oldest();
+        self.spool_changed.notify_waiters();
+        true
+    }
+
+    /// Sends `req` until every message is acknowledged, dead-lettered or
+    /// (a request held in memory, once the outage lasts) spooled; true
+    /// then. False when `stop` is cancelled first (what is left stays
+    /// unacknowledged).
+    async fn send(self: Arc<Self>, mut req: Request, stop: CancellationToken) -> bool {
         let mut attempt = 0u32;
-        let mut failing = false;
-        let mut done = false;
-        while !done {
+        let in_memory = !req.owners.is_empty();
+        let spool_now = self.spool_now.clone();
+        loop {
+            if in_memory && self.spooling() && self.spool_store(&req, true).await {
+                return true;
+            }
             let outcome = tokio::select! {
-                _ = stop.cancelled() => break,
+                _ = stop.cancelled() => return false,
+                _ = spool_now.cancelled(), if in_memory && self.spool.is_some() => {
+                    // Stopping while the brokers fail: to disk at once
+                    // (an answer lost here may mean a duplicate).
+                    if self.spool_store(&req, true).await {
+                        return true;
+                    }
+                    tokio::select! {
+                        _ = stop.cancelled() => return false,
+                        o = self.producer.attempt(&req.units) => o,
+                    }
+                }
                 o = self.producer.attempt(&req.units) => o,
             };
             let (keep, reason) = match outcome {
                 Outcome::Delivered => {
+                    self.brokers_ok();
                     self.figures.produced.add(req.units.len() as u64);
                     self.handled_each(&req, 0..req.units.len());
                     (Vec::new(), String::new())
                 }
                 Outcome::Partial { items, reason } => {
                     let done: Vec<usize> = (0..items.len()).filter(|&i| items[i] == Item::Done).collect();
+                    if !done.is_empty() {
+                        self.brokers_ok();
+                    }
                     self.figures.produced.add(done.len() as u64);
                     self.handled_each(&req, done.into_iter());
                     let refused: Vec<(usize, u16, String)> = items
@@ -273,33 +481,28 @@ impl Shared {
                 Outcome::TooLarge | Outcome::Poison { .. } => ((0..req.units.len()).collect(), "unexpected answer".to_string()),
             };
             if keep.is_empty() {
-                done = true;
-                break;
+                return true;
             }
             if keep.len() != req.units.len() {
                 req = Request { units: req.units.select(&keep), owners: keep.iter().map(|&i| req.owners[i].clone()).collect() };
             }
             self.figures.retries.inc();
             self.stats.retried();
-            if !failing {
-                failing = true;
-                if self.failing.fetch_add(1, Ordering::AcqRel) == 0 {
-                    self.figures.failing.set(1);
-                    tracing::warn!(destination = %self.producer.destination(), reason = %Escaped(&reason), "kafka: the brokers do not take the messages; retrying with backoff for as long as it takes");
-                }
-            }
-            self.brokers_fault.failed(&reason);
+            self.brokers_failed(&reason);
             let wait = backoff(attempt, self.cfg.retry_initial, self.cfg.retry_max);
             attempt = attempt.saturating_add(1);
-            tokio::select! {
-                _ = stop.cancelled() => break,
-                _ = tokio::time::sleep(wait) => {}
+            // Wake up early when the outage reaches `spool_after_ms`.
+            let check = if in_memory && self.spool.is_some() { Duration::from_millis(200).min(wait) } else { wait };
+            let until = Instant::now() + wait;
+            while Instant::now() < until {
+                tokio::select! {
+                    _ = stop.cancelled() => return false,
+                    _ = tokio::time::sleep(check.min(until - Instant::now())) => {}
+                }
+                if in_memory && self.spooling() {
+                    break;
+                }
             }
-        }
-        if failing && self.failing.fetch_sub(1, Ordering::AcqRel) == 1 && done {
-            self.figures.failing.set(0);
-            self.brokers_fault.recovered();
-            tracing::info!(destination = %self.producer.destination(), "kafka: the brokers take messages again");
         }
     }
 
@@ -363,6 +566,7 @@ async fn run(sh: Arc<Shared>, mut rx: mpsc::Receiver<Arc<Batch>>, shutdown: Canc
     // Cancelled when senders must give up (shutdown, or the grace period
     // is over): what they hold stays unacknowledged.
     let abandon = shutdown.child_token();
+    let drainer = sh.spool.is_some().then(|| tokio::spawn(drain(sh.clone(), abandon.clone())));
     let mut b = Builder::default();
     let mut flush_at: Option<Instant> = None;
     let far = || Instant::now() + Duration::from_secs(86_400);
@@ -420,6 +624,12 @@ async fn run(sh: Arc<Shared>, mut rx: mpsc::Receiver<Arc<Batch>>, shutdown: Canc
     }
     if closed {
         let deadline = Instant::now() + sh.cfg.shutdown_grace;
+        if sh.spool.is_some() && sh.failing_since_ms.load(Ordering::Acquire) != 0 {
+            // Waiting out the grace period gains nothing while the brokers
+            // fail, and a kill during it would cost a re-read: to disk now.
+            tracing::info!("kafka: stopping while the brokers fail; what is held goes to the spool");
+            sh.spool_now.cancel();
+        }
         if let Some(req) = b.take() {
             tokio::select! {
                 _ = dispatch(&sh, req, &tracker, &abandon, &shutdown) => {}
@@ -430,7 +640,17 @@ async fn run(sh: Arc<Shared>, mut rx: mpsc::Receiver<Arc<Batch>>, shutdown: Canc
         tokio::select! {
             _ = tracker.wait() => {}
             _ = tokio::time::sleep_until(deadline) => {
-                tracing::warn!(grace_ms = sh.cfg.shutdown_grace.as_millis() as u64, "kafka: shutdown grace period over with messages not acknowledged by the brokers; they are read again after the restart");
+                if sh.spool.is_some() {
+                    tracing::warn!(grace_ms = sh.cfg.shutdown_grace.as_millis() as u64, "kafka: shutdown grace period over with messages not acknowledged by the brokers; they go to the spool");
+                    sh.spool_now.cancel();
+                    tokio::select! {
+                        _ = tracker.wait() => {}
+                        _ = tokio::time::sleep(sh.cfg.shutdown_grace) => {}
+                        _ = shutdown.cancelled() => {}
+                    }
+                } else {
+                    tracing::warn!(grace_ms = sh.cfg.shutdown_grace.as_millis() as u64, "kafka: shutdown grace period over with messages not acknowledged by the brokers; they are read again after the restart");
+                }
             }
             _ = shutdown.cancelled() => {}
         }
@@ -438,7 +658,60 @@ async fn run(sh: Arc<Shared>, mut rx: mpsc::Receiver<Arc<Batch>>, shutdown: Canc
     abandon.cancel();
     tracker.close();
     tracker.wait().await;
+    if let Some(d) = drainer {
+        if let Err(e) = d.await {
+            tracing::error!(error = %e, "kafka spool drainer failed");
+        }
+    }
     Ok(())
+}
+
+/// The spool drainer: sends spooled files, oldest first, one at a time,
+/// and deletes each once the brokers acknowledged all of it. Stops at
+/// `stop` (the file being sent stays, sent again after the restart).
+async fn drain(sh: Arc<Shared>, stop: CancellationToken) {
+    let Some(spool) = &sh.spool else { return };
+    loop {
+        // Registered before looking, so a file added meanwhile wakes us.
+        let changed = sh.spool_changed.notified();
+        let next = lock(spool).take_oldest();
+        let Some((entry, path)) = next else {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = changed => {}
+                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            }
+            continue;
+        };
+        let read = tokio::task::spawn_blocking(move || spool::read_file(&path)).await;
+        let units = match read {
+            Ok(Ok((units, _))) => units,
+            Ok(Err(e)) => {
+                // Left in place for the operator; forgotten here.
+                let p = lock(spool).remove(entry.seq);
+                tracing::error!(file = %Escaped::path(&p), error = %e, records = entry.records, "kafka: spool file cannot be read; left in place, its messages are NOT sent");
+                sh.stats.dropped(entry.records);
+                sh.spool_figures();
+                continue;
+            }
+            Err(e) => {
+                lock(spool).release(entry.seq);
+                tracing::error!(error = %e, "kafka: reading a spool file failed");
+                return;
+            }
+        };
+        let n = units.len();
+        if !sh.clone().send(Request { units, owners: Vec::new() }, stop.clone()).await {
+            lock(spool).release(entry.seq);
+            return;
+        }
+        let p = lock(spool).remove(entry.seq);
+        let _ = tokio::task::spawn_blocking(move || std::fs::remove_file(p)).await;
+        sh.stats.delivered(n, entry.observed_ms, now_ms());
+        sh.spool_figures();
+        sh.update_oldest();
+        sh.spool_changed.notify_waiters();
+    }
 }
 
 /// Sends `req` on a permit (waiting for one: backpressure); false when
@@ -450,17 +723,45 @@ async fn dispatch(
     abandon: &CancellationToken,
     shutdown: &CancellationToken,
 ) -> bool {
-    let permit = tokio::select! {
-        _ = shutdown.cancelled() => return false,
-        p = sh.permits.clone().acquire_owned() => match p {
-            Ok(p) => p,
-            Err(_) => return false,
-        },
+    let permit = loop {
+        if sh.spool.is_some() {
+            let changed = sh.spool_changed.notified();
+            let full = sh.permits.available_permits() == 0;
+            let failing = sh.failing_since_ms.load(Ordering::Acquire) != 0;
+            if sh.spooling() {
+                // The outage lasts: to disk, deleting the oldest if need be.
+                if sh.spool_store(&req, true).await {
+                    return true;
+                }
+            } else if failing && full {
+                // The queue is full during an outage: spill if it fits.
+                if sh.spool_store(&req, false).await {
+                    return true;
+                }
+            } else if sh.spool_has_untaken() {
+                // The backlog goes first, in order.
+                tokio::select! {
+                    _ = shutdown.cancelled() => return false,
+                    _ = changed => {}
+                    _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                }
+                continue;
+            }
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return false,
+            p = sh.permits.clone().acquire_owned() => match p {
+                Ok(p) => break p,
+                Err(_) => return false,
+            },
+            // Look again: the outage may now call for the spool.
+            _ = tokio::time::sleep(Duration::from_millis(200)), if sh.spool.is_some() => {}
+        }
     };
     let (sh, stop) = (sh.clone(), abandon.clone());
     tracker.spawn(async move {
         sh.figures.in_flight.inc();
-        sh.clone().send(req, stop).await;
+        let _ = sh.clone().send(req, stop).await;
         sh.figures.in_flight.dec();
         drop(permit);
     });

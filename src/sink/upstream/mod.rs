@@ -57,7 +57,7 @@ mod config;
 pub(crate) mod dead_letter;
 pub mod encode;
 pub mod http;
-mod spool;
+pub(crate) mod spool;
 
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};

@@ -1,7 +1,9 @@
 //! The disk spool: requests that could not be delivered during a long
-//! outage, stored under `<state_dir>/upstream-spool/<format>/` so that the
-//! tailers can keep reading (and acknowledging) while Local Edition rotates
-//! and deletes its files.
+//! outage, stored under `<state_dir>/upstream-spool/<format>/` (the
+//! upstream sink) or `<state_dir>/kafka-spool/` (the Kafka sink: its units
+//! are whole messages, key and headers included) so that the tailers can
+//! keep reading (and acknowledging) while Local Edition rotates and deletes
+//! its files.
 //!
 //! One file per request, `<seq>.spool`: a JSON header line (records,
 //! observed time, CRC of the units, their spans) then the encoded units.
@@ -97,7 +99,7 @@ impl Spool {
             match read_header(&e.path()) {
                 Ok((h, bytes)) => entries.push(Entry { seq, bytes, records: h.records, observed_ms: h.observed_ms, taken: false }),
                 Err(err) => {
-                    tracing::error!(file = %e.path().display(), error = %err, "upstream spool: unreadable spool file left in place")
+                    tracing::error!(file = %e.path().display(), error = %err, "spool: unreadable spool file left in place")
                 }
             }
         }
@@ -115,6 +117,11 @@ impl Spool {
     /// Records spooled.
     pub fn records(&self) -> usize {
         self.entries.iter().map(|e| e.records).sum()
+    }
+
+    /// Files spooled.
+    pub fn files(&self) -> usize {
+        self.entries.len()
     }
 
     /// True when some file waits to be sent.
