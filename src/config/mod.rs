@@ -322,6 +322,17 @@ path = "/tmp/out.ndjson"
     }
 
     #[test]
+    fn host_is_a_top_level_key_defaulting_to_the_machine_name() {
+        assert_eq!(load(&format!("host = \"tm-dc1-07\"\n{MINIMAL}")).unwrap().host, "tm-dc1-07");
+        assert_eq!(load(MINIMAL).unwrap().host, crate::settings::machine_host_name());
+        assert!(!load(MINIMAL).unwrap().host.is_empty());
+        for bad in [r#""""#, r#""a\u0007b""#] {
+            let e = load(&format!("host = {bad}\n{MINIMAL}")).unwrap_err();
+            assert_eq!(e.key(), Some("host"), "{e}");
+        }
+    }
+
+    #[test]
     fn a_source_kind_must_be_known() {
         let c = load(&MINIMAL.replace("[[source]]\n", "[[source]]\nkind = \"file\"\nname = \"le\"\n")).unwrap();
         assert_eq!(c.sources[0].name, "le");

@@ -369,6 +369,8 @@ fn kafka_config_mistakes_exit_64_naming_the_key() {
         ("[kafka]\nbrokers = [\"127.0.0.1:9\"]\ntopic = \"bad topic\"\n", "kafka.topic"),
         ("[kafka]\nbrokers = [\"127.0.0.1:9\"]\ntopic = \"t\"\nkey_field = \"nope\"\n", "kafka.key_field"),
         ("[kafka]\nbrokers = [\"127.0.0.1:9\"]\ntopic = \"t\"\nsasl_mechanism = \"plain\"\n", "kafka.sasl"),
+        // `host` moved to the top level: the old place is refused, saying where.
+        ("[kafka]\nbrokers = [\"127.0.0.1:9\"]\ntopic = \"t\"\nhost = \"edge-a\"\n", "`kafka.host`: moved: set the top-level `host`"),
         ("[[source]]\nkind = \"kafka\"\nbrokers = [\"127.0.0.1:9\"]\ntopics = []\ngroup_id = \"g\"\n", "source[1].topics"),
         ("[[source]]\nkind = \"kafka\"\nbrokers = [\"127.0.0.1:9\"]\ntopics = [\"t\"]\n", "group_id"),
         ("[[source]]\nkind = \"kafka\"\nbrokers = [\"127.0.0.1:9\"]\ntopics = [\"a b\"]\ngroup_id = \"g\"\n", "source[1].topics"),
