@@ -126,7 +126,7 @@ fn main() {
         d,
         "edge",
         &format!(
-            "[[source]]\npaths = [{:?}]\nformat = \"le6\"\n[kafka]\nbrokers = [\"127.0.0.1:{port}\"]\ntopic = \"calls\"\nhost = \"edge-1\"\n",
+            "host = \"edge-1\"\n[[source]]\npaths = [{:?}]\nformat = \"le6\"\n[kafka]\nbrokers = [\"127.0.0.1:{port}\"]\ntopic = \"calls\"\n",
             d.join("logs/access*.log").to_string_lossy()
         ),
     );

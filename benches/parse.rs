@@ -151,7 +151,7 @@ fn run_batched(format: Format, text: &[u8], e: &Enricher, tables: &Arc<Lookups>)
         let cut = memchr::memrchr(b'\n', &rest[..rest.len().min(CHUNK)]).map_or(rest.len(), |i| i + 1);
         let (chunk, tail) = rest.split_at(cut);
         rest = tail;
-        let source = RecordSource { data: chunk.to_vec(), tables: tables.clone() };
+        let source = RecordSource { data: chunk.to_vec(), tables: tables.clone(), host: std::sync::Arc::from("bench-host") };
         let records = Records::borrowing(source, |src| {
             let mut out = Vec::new();
             for line in src.data.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
@@ -198,11 +198,11 @@ fn run_ingest(format: Format, text: &[u8], e: &Enricher, tables: &Arc<Lookups>) 
         let mut data = std::mem::take(&mut carry);
         data.extend_from_slice(read);
         let mut consumed = 0;
-        let source = RecordSource { data, tables: tables.clone() };
+        let source = RecordSource { data, tables: tables.clone(), host: std::sync::Arc::from("bench-host") };
         let records = Records::borrowing(source, |src| {
             let mut out = Vec::new();
             let mut rejects: Vec<Rejected<'_>> = Vec::new();
-            let cx = Context { tables: &src.tables, enricher: Some(e), observed_ms: None };
+            let cx = Context { tables: &src.tables, enricher: Some(e), observed_ms: None, host: &src.host };
             consumed = ingest.feed(&src.data, last, &cx, &mut out, &mut rejects).consumed;
             if let Some(r) = rejects.first() {
                 panic!("generated {format} line rejected: {}: {}", r.reject, String::from_utf8_lossy(r.raw));

@@ -215,7 +215,7 @@ impl BatchReader {
         }
         let observed = calllog_bridge::time::now_ms();
         let parser = &mut self.parser;
-        let records = Records::borrowing(RecordSource { data, tables: self.tables.clone() }, |src| {
+        let records = Records::borrowing(RecordSource { data, tables: self.tables.clone(), host: std::sync::Arc::default() }, |src| {
             let mut out = Vec::with_capacity(lines);
             for line in src.data.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
                 let first = out.len();

@@ -81,6 +81,9 @@ pub struct Bridge {
     stop_lookups: CancellationToken,
     /// Checkpoint documents written (each a file and a directory fsync).
     checkpoint_writes: crate::telemetry::Counter,
+    /// The top-level `host` the bridge started with (a change needs a
+    /// restart).
+    host: Arc<str>,
 }
 
 impl Bridge {
@@ -144,6 +147,7 @@ impl Bridge {
             controls,
             stop_lookups,
             checkpoint_writes,
+            host: Arc::from(cfg.host.as_str()),
         };
         bridge.spawn_sources(&cfg.sources, true)?;
         Ok(bridge)
@@ -163,6 +167,7 @@ impl Bridge {
             rejects: self.rejects.clone(),
             telemetry: self.telemetry.clone(),
             startup,
+            host: self.host.clone(),
         };
         let started = crate::source::start_all(sources, &ctx)?;
         self.sources = started.readers;

@@ -131,6 +131,8 @@ pub struct RecordSource {
     pub data: Vec<u8>,
     /// The lookup tables in force when the lines were enriched.
     pub tables: Arc<Lookups>,
+    /// The `host` the records were stamped with (they borrow it).
+    pub host: Arc<str>,
 }
 
 /// The records list a [`Records`] holds.
@@ -375,7 +377,9 @@ mod tests {
         let mut f = Fanout::new();
         f.add("a", tx1);
         f.add("b", tx2);
-        let records = Records::borrowing(RecordSource { data: vec![0; 1 << 20], tables: Arc::default() }, |_| vec![Record::default()]);
+        let records = Records::borrowing(RecordSource { data: vec![0; 1 << 20], tables: Arc::default(), host: Arc::default() }, |_| {
+            vec![Record::default()]
+        });
         f.send(Batch::new("f".into(), records, 7, Some(Box::new(move || d.store(true, Ordering::SeqCst))))).await.unwrap();
         let (b1, b2) = (rx1.recv().await.unwrap(), rx2.recv().await.unwrap());
         let receipt = b1.receipt();
@@ -413,7 +417,11 @@ mod tests {
         let (tx, mut rx) = mpsc::channel(16);
         let mut f = Fanout::with_budget(budget.clone());
         f.add("a", tx);
-        let chunk = || Records::borrowing(RecordSource { data: vec![0; 3 << 20], tables: Arc::default() }, |_| vec![Record::default()]);
+        let chunk = || {
+            Records::borrowing(RecordSource { data: vec![0; 3 << 20], tables: Arc::default(), host: Arc::default() }, |_| {
+                vec![Record::default()]
+            })
+        };
         f.send(Batch::new("f".into(), chunk(), 0, None)).await.unwrap();
         assert!(budget.used() >= 3 << 20);
         f.send(Batch::new("f".into(), chunk(), 0, None)).await.unwrap();

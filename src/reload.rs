@@ -44,7 +44,7 @@
 //! - `[file_output]`: what is buffered is written, synced and acknowledged
 //!   under the old settings, then the new ones apply (a new `path` starts a
 //!   new archive there).
-//! - everything else (`state_dir`, `memory_max_bytes`,
+//! - everything else (`host`, `state_dir`, `memory_max_bytes`,
 //!   `checkpoint_interval_ms`, adding or removing a sink section, the
 //!   channel's listener and TLS settings, `[status]`, `[rejects]`)
 //!   needs new listeners, files or clients: the change is logged as needing
@@ -141,6 +141,9 @@ pub fn diff(old: &Config, new: &Config) -> Changes {
         live: sinks.live,
         restart_needed: Vec::new(),
     };
+    if old.host != new.host {
+        c.restart_needed.push("host");
+    }
     if old.state_dir != new.state_dir {
         c.restart_needed.push("state_dir");
     }

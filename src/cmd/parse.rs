@@ -405,7 +405,9 @@ impl<W: Write> Run<'_, W> {
     ) -> Result<usize, FileError> {
         let mut recs: Vec<Record<'_>> = recycle(std::mem::take(&mut self.spare));
         let observed_ms = if self.args.stamp { Some(time::now_ms()) } else { None };
-        let cx = Context { tables, enricher: self.enricher, observed_ms };
+        // Offline: no host unless asked, as no `ingestion_time` (the
+        // output stays what the file says).
+        let cx = Context { tables, enricher: self.enricher, observed_ms, host: "" };
         let mut rejects = ParseRejects { name, writer: self.rejects.as_mut(), counts: &mut st.rejects, error: None };
         let fed = ingest.feed(data, last, &cx, &mut recs, &mut rejects);
         if let Some(e) = rejects.error {

@@ -3,7 +3,7 @@
 //! Invariant: this is the only code that sees TOML text. The file is
 //! parsed once; each `[[source]]` goes to the source kind its `kind` names
 //! ([`crate::source::KINDS`]), each sink section to the sink that declares
-//! it ([`crate::sink::REGISTRY`]), the rest (`state_dir`, `log_level`,
+//! it ([`crate::sink::REGISTRY`]), the rest (`host`, `state_dir`, `log_level`,
 //! `[enrich]`, `[status]`, `[rejects]`) to [`crate::settings`]. Unknown keys are
 //! refused by serde with the key's line; a value that is not acceptable is
 //! a [`ConfigError::Invalid`] naming its key (`channel.listen`). Relative
@@ -50,6 +50,9 @@ pub struct Config {
     /// `checkpoint_interval_ms`: how often acknowledged offsets are
     /// written (shutdown and reload write the final state too).
     pub checkpoint_interval: std::time::Duration,
+    /// `host`: the name stamped on every record read from files (default
+    /// the machine's host name; see [`crate::settings::host`]).
+    pub host: String,
 }
 
 /// The top-level keys that are not a source or a sink, as written.
@@ -70,11 +73,13 @@ struct Top {
     memory_max_bytes: usize,
     #[serde(default = "footprint::default_checkpoint_interval_ms")]
     checkpoint_interval_ms: u64,
+    #[serde(default)]
+    host: Option<String>,
 }
 
 /// [`Top`]'s keys, and where `[[source]]` and the sink sections go in
 /// the list of keys an unknown one is compared with.
-const TOP_KEYS: [&str; 7] = ["state_dir", "log_level", "memory_max_bytes", "checkpoint_interval_ms", "enrich", "status", "rejects"];
+const TOP_KEYS: [&str; 8] = ["host", "state_dir", "log_level", "memory_max_bytes", "checkpoint_interval_ms", "enrich", "status", "rejects"];
 
 /// The `[[source]]` array.
 const SOURCE: &str = "source";
@@ -154,7 +159,19 @@ impl Config {
         }
         let memory_max_bytes = footprint::memory_max_bytes(top.memory_max_bytes, "memory_max_bytes")?;
         let checkpoint_interval = footprint::checkpoint_interval(top.checkpoint_interval_ms, "checkpoint_interval_ms")?;
-        Ok(Config { state_dir, log_level: top.log_level, sources, enrich, sinks, status, rejects, memory_max_bytes, checkpoint_interval })
+        let host = crate::settings::host("host", top.host)?;
+        Ok(Config {
+            state_dir,
+            log_level: top.log_level,
+            sources,
+            enrich,
+            sinks,
+            status,
+            rejects,
+            memory_max_bytes,
+            checkpoint_interval,
+            host,
+        })
     }
 }
 
@@ -208,7 +225,7 @@ fn string(v: Spanned<DeValue<'_>>) -> Result<String, SectionError> {
 fn top_level_keys() -> &'static [&'static str] {
     static KEYS: OnceLock<Vec<&'static str>> = OnceLock::new();
     KEYS.get_or_init(|| {
-        let mut keys = vec!["state_dir", "log_level", "memory_max_bytes", "checkpoint_interval_ms", SOURCE, "enrich"];
+        let mut keys = vec!["host", "state_dir", "log_level", "memory_max_bytes", "checkpoint_interval_ms", SOURCE, "enrich"];
         keys.extend(crate::sink::REGISTRY.iter().map(|k| k.section()));
         keys.push("status");
         keys.push("rejects");
@@ -301,6 +318,17 @@ path = "/tmp/out.ndjson"
         assert_eq!((c.log_level.as_str(), c.status.enabled), ("debug", false));
         for k in TOP_KEYS {
             assert!(top_level_keys().contains(&k), "{k}");
+        }
+    }
+
+    #[test]
+    fn host_is_a_top_level_key_defaulting_to_the_machine_name() {
+        assert_eq!(load(&format!("host = \"tm-dc1-07\"\n{MINIMAL}")).unwrap().host, "tm-dc1-07");
+        assert_eq!(load(MINIMAL).unwrap().host, crate::settings::machine_host_name());
+        assert!(!load(MINIMAL).unwrap().host.is_empty());
+        for bad in [r#""""#, r#""a\u0007b""#] {
+            let e = load(&format!("host = {bad}\n{MINIMAL}")).unwrap_err();
+            assert_eq!(e.key(), Some("host"), "{e}");
         }
     }
 

@@ -9,7 +9,8 @@
 //!   into one "line" by brace balance ([`crate::parse::framing`]);
 //! - numbers lines and keeps offsets, so every reject says where it was;
 //! - parses ([`LineParser`]), stamps (`ingestion_time`, `sync_delay_ms`,
-//!   through [`Record::stamp_observed`]) and enriches;
+//!   through [`Record::stamp_observed`], and the bridge's `host`) and
+//!   enriches;
 //! - hands rejects to the caller ([`RejectOut`]), in file order.
 //!
 //! Each call says how many bytes it consumed: whole lines and whole
@@ -52,6 +53,10 @@ pub struct Context<'a, 'e> {
     /// When the bytes were read (epoch ms): stamped on every record as
     /// `ingestion_time` (and `sync_delay_ms`); `None` stamps nothing.
     pub observed_ms: Option<i64>,
+    /// The bridge's `host`, stamped on every record that carries none
+    /// (a record's own host is never overwritten); empty stamps nothing
+    /// (offline `parse`).
+    pub host: &'a str,
 }
 
 /// What one call did.
@@ -446,6 +451,9 @@ impl Ingest {
                 for rec in &mut s.out[first..] {
                     if let Some(ms) = s.cx.observed_ms {
                         rec.stamp_observed(ms);
+                    }
+                    if rec.host.is_empty() && !s.cx.host.is_empty() {
+                        rec.host = std::borrow::Cow::Borrowed(s.cx.host);
                     }
                     if let Some(e) = s.cx.enricher {
                         e.enrich(s.cx.tables, rec);

@@ -37,7 +37,7 @@ const OBSERVED_MS: i64 = 1_704_067_200_000;
 /// outcome, the ingest and what it did not consume.
 fn run_cuts(format: Format, max: usize, start: u64, input: &[u8], cuts: &[usize], last: bool) -> (Outcome, Ingest, Vec<u8>) {
     let tables = Lookups::default();
-    let cx = Context { tables: &tables, enricher: None, observed_ms: Some(OBSERVED_MS) };
+    let cx = Context { tables: &tables, enricher: None, observed_ms: Some(OBSERVED_MS), host: "" };
     let mut ing = Ingest::new(format, max, start);
     let mut o = Outcome::default();
     let mut carry: Vec<u8> = Vec::new();
@@ -270,7 +270,7 @@ fn rejects_are_written_in_batches_and_tallied() {
     );
     let input = "x\n".repeat(100_000);
     let tables = Lookups::default();
-    let cx = Context { tables: &tables, enricher: None, observed_ms: Some(1) };
+    let cx = Context { tables: &tables, enricher: None, observed_ms: Some(1), host: "" };
     let mut ing = Ingest::new(Format::LeJson, 1000, 0);
     let mut tally = RejectTally::default();
     let mut batch = RejectBatch::new(Some(&file), "f.log", 1, &mut tally);
@@ -282,6 +282,25 @@ fn rejects_are_written_in_batches_and_tallied() {
     assert_eq!(tally.samples.len(), rejects::REJECT_SAMPLES);
     let written = std::fs::read_to_string(dir.path().join("rejects.ndjson")).unwrap();
     assert_eq!(written.lines().count(), 100_000);
+}
+
+#[test]
+fn the_bridge_host_is_stamped_on_every_record_and_only_when_given() {
+    let tables = Lookups::default();
+    let input = b"{\"request_uuid\":\"u1\",\"request_time\":\"2024-01-01T00:00:00Z\"}\n{\"request_uuid\":\"u2\",\"request_time\":\"2024-01-01T00:00:01Z\"}\n";
+    for (host, want) in [("tm-dc1-07", Some("tm-dc1-07")), ("", None)] {
+        let cx = Context { tables: &tables, enricher: None, observed_ms: Some(OBSERVED_MS), host };
+        let mut ing = Ingest::new(Format::LeJson, 1000, 0);
+        let (mut out, mut rej) = (Vec::new(), Vec::<Rejected<'_>>::new());
+        ing.feed(input, true, &cx, &mut out, &mut rej);
+        assert_eq!(out.len(), 2);
+        for r in &out {
+            let mut b = Vec::new();
+            r.write_json(Shape::Ndjson, &mut b);
+            let v: serde_json::Value = serde_json::from_slice(&b).unwrap();
+            assert_eq!(v.get("host").and_then(|h| h.as_str()), want, "{v}");
+        }
+    }
 }
 
 /// Random inputs made of the pieces that matter: records, pretty-printed

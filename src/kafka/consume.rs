@@ -222,7 +222,7 @@ pub async fn read_partition(
             spans.push((r.offset, start, data.len()));
         }
         let mut rejects = Vec::new();
-        let records = Records::borrowing(RecordSource { data, tables: Arc::default() }, |s| {
+        let records = Records::borrowing(RecordSource { data, tables: Arc::default(), host: Arc::default() }, |s| {
             let mut out = Vec::with_capacity(spans.len());
             for &(offset, a, b) in &spans {
                 if let Err(r) = decode(&s.data[a..b], &mut out) {

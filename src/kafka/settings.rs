@@ -75,8 +75,9 @@ pub struct SinkSection {
     /// The client id the brokers see.
     #[serde(default)]
     pub client_id: Option<String>,
-    /// The name of this bridge's host on its messages (`host` header and
-    /// field); default the machine's host name.
+    /// No longer a key of this section: read only to refuse it with a
+    /// message saying where it went (the top-level `host`, which names the
+    /// bridge on every record, not only on Kafka messages).
     #[serde(default)]
     pub host: Option<String>,
     /// Connect with TLS.
@@ -181,8 +182,6 @@ pub struct SinkConfig {
     /// How long the brokers fail before requests go to the spool
     /// (`spool_after_ms`).
     pub spool_after: Duration,
-    /// This bridge's name on its messages (`host`).
-    pub host: String,
 }
 
 /// The section name.
@@ -231,13 +230,12 @@ impl SinkConfig {
         if s.retry_max_ms < s.retry_initial_ms {
             return Err(ConfigError::invalid(key("retry_max_ms"), "must be >= retry_initial_ms"));
         }
-        let host = match s.host {
-            Some(h) if h.is_empty() || h.len() > 255 || h.chars().any(char::is_control) => {
-                return Err(ConfigError::invalid(key("host"), "must be 1 to 255 printable characters"));
-            }
-            Some(h) => h,
-            None => machine_host_name(),
-        };
+        if s.host.is_some() {
+            return Err(ConfigError::invalid(
+                key("host"),
+                "moved: set the top-level `host` instead (before the first [section]); it names the bridge on every record it reads, not only on Kafka messages",
+            ));
+        }
         let dead_letter_file = s.dead_letter_file.map(|p| if p.is_relative() && !base.as_os_str().is_empty() { base.join(p) } else { p });
         Ok(SinkConfig {
             client,
@@ -256,18 +254,8 @@ impl SinkConfig {
             shutdown_grace: Duration::from_millis(s.shutdown_grace_ms),
             spool_max_bytes: s.spool_max_bytes,
             spool_after: Duration::from_millis(s.spool_after_ms),
-            host,
         })
     }
-}
-
-/// The kernel's host name (`localhost` when it cannot be read).
-fn machine_host_name() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .ok()
-        .map(|h| h.trim().to_string())
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "localhost".to_string())
 }
 
 /// Kafka's rule for topic names: 1 to 249 of `[a-zA-Z0-9._-]`, not `.` or `..`.
@@ -465,8 +453,11 @@ mod tests {
         assert_eq!(key(&format!("{b}topic = \"t\"\nbatch_max_bytes = 10")), Some("kafka.batch_max_bytes".into()));
         assert_eq!(key(&format!("{b}topic = \"t\"\nretry_max_ms = 1")), Some("kafka.retry_max_ms".into()));
         assert_eq!(key("brokers = []\ntopic = \"t\""), Some("kafka.brokers".into()));
-        assert_eq!(key(&format!("{b}topic = \"t\"\nhost = \"\"")), Some("kafka.host".into()));
-        assert!(!sink(&format!("{b}topic = \"t\"")).unwrap().host.is_empty(), "the host name is the machine's by default");
+        // `host` moved to the top level: refused here, naming the key and
+        // where it went.
+        let e = sink(&format!("{b}topic = \"t\"\nhost = \"edge-a\"")).unwrap_err();
+        assert_eq!(e.key(), Some("kafka.host"));
+        assert!(e.to_string().contains("top-level `host`"), "{e}");
         assert!(toml::from_str::<SinkSection>(&format!("{b}topic = \"t\"\nacks = 1")).is_err(), "unknown keys are refused");
         assert!(toml::from_str::<SinkSection>(&format!("{b}topic = \"t\"\ncompression = \"brotli\"")).is_err());
     }

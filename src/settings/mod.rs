@@ -249,6 +249,32 @@ pub fn read_pem(path: &Path, key: &str) -> Result<Vec<u8>, ConfigError> {
     std::fs::read(path).map_err(|e| ConfigError::invalid(key, format!("cannot read {}: {e}", path.display())))
 }
 
+/// The bridge's `host` setting: the name it stamps on every record it
+/// reads (the `host` member after `sync_delay_ms`), so a hub and anyone
+/// downstream can tell the records of a fleet's bridges apart. Default:
+/// the machine's host name. 1 to 255 printable characters.
+pub fn host(key: &str, written: Option<String>) -> Result<String, ConfigError> {
+    match written {
+        Some(h) if h.is_empty() || h.len() > 255 || h.chars().any(char::is_control) => {
+            Err(ConfigError::invalid(key, "must be 1 to 255 printable characters"))
+        }
+        Some(h) => Ok(h),
+        None => Ok(machine_host_name()),
+    }
+}
+
+/// The kernel's host name (`localhost` when it cannot be read). Read from
+/// /proc/sys/kernel/hostname (what gethostname(2) returns on Linux, the
+/// only platform the bridge ships for) rather than through a crate: one
+/// file read at start, no unsafe and no dependency.
+pub fn machine_host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

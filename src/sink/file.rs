@@ -660,7 +660,7 @@ mod tests {
         let batches = 2 * SYNC_EARLY_PINNED_BYTES / (1 << 20);
         for i in 0..batches {
             let a = acked.clone();
-            let source = crate::pipeline::RecordSource { data: vec![b'x'; 1 << 20], tables: Arc::default() };
+            let source = crate::pipeline::RecordSource { data: vec![b'x'; 1 << 20], tables: Arc::default(), host: Arc::default() };
             let records = crate::pipeline::Records::borrowing(source, |_| vec![rec(&format!("u{i}"))]);
             assert!(records.pinned_bytes() >= 1 << 20);
             let on_acked: crate::pipeline::OnAcked = Box::new(move || {
@@ -695,7 +695,7 @@ mod tests {
         let send_all = async {
             for i in 0..40 {
                 let a = acked.clone();
-                let source = crate::pipeline::RecordSource { data: vec![b'x'; 1 << 20], tables: Arc::default() };
+                let source = crate::pipeline::RecordSource { data: vec![b'x'; 1 << 20], tables: Arc::default(), host: Arc::default() };
                 let records = crate::pipeline::Records::borrowing(source, |_| vec![rec(&format!("u{i}"))]);
                 let on_acked: crate::pipeline::OnAcked = Box::new(move || {
                     a.fetch_add(1, Ordering::SeqCst);

@@ -105,15 +105,7 @@ impl super::Sink for KafkaSink {
     }
 
     fn summary(c: &SinkConfig) -> String {
-        format!(
-            "{} topic {} ({}, key {}, {}, host {})",
-            c.client.for_logs(),
-            c.topic,
-            c.format.name(),
-            c.key_field.name(),
-            c.compression.name(),
-            Escaped(&c.host)
-        )
+        format!("{} topic {} ({}, key {}, {})", c.client.for_logs(), c.topic, c.format.name(), c.key_field.name(), c.compression.name(),)
     }
 
     async fn start(cfg: &SinkConfig, ctx: &SinkContext, fanout: &mut Fanout, _listeners: &mut Bound) -> anyhow::Result<(SinkHandle, ())> {
@@ -232,7 +224,10 @@ impl Shared {
             cfg.dead_letter_file.clone().unwrap_or_else(|| crate::state_dir::StateDir::new(&ctx.state_dir).kafka_dead_letter());
         let sh = Shared {
             cfg: cfg.clone(),
-            encoder: Encoder::new(cfg.format, cfg.key_field, &cfg.host),
+            // Every record carries its host: the ingest stage stamps the
+            // top-level `host` on what is read from files, and a hub keeps
+            // the edge's from the message. No fallback name here.
+            encoder: Encoder::new(cfg.format, cfg.key_field, ""),
             producer: Producer::new(cfg.client.clone(), cfg.topic.clone(), cfg.compression),
             stats: ctx.telemetry.sink(NAME),
             figures,

@@ -77,6 +77,7 @@ impl super::Source for FileSource {
                 shutdown: ctx.stop.clone(),
                 rejects: ctx.rejects.clone(),
                 reject_log: Default::default(),
+                host: ctx.host.clone(),
             };
             let mut tailer = Tailer::new(s.clone(), name.clone(), shared, ctx.telemetry.clone())?;
             if ctx.startup {

@@ -83,6 +83,8 @@ pub struct SourceContext {
     pub telemetry: Telemetry,
     /// The bridge is starting (not a reload restarting the reading side).
     pub startup: bool,
+    /// The top-level `host`: stamped on every record that carries none.
+    pub host: Arc<str>,
 }
 
 /// Readers started by [`Source::start`].

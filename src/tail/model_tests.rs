@@ -182,6 +182,7 @@ impl Harness {
             shutdown: stop.clone(),
             rejects: None,
             reject_log: Default::default(),
+            host: Arc::from("model-host"),
         };
         let tailer = Tailer::new(self.cfg.clone(), "model".into(), shared, Telemetry::new()).unwrap();
         let delivered = self.delivered.clone();

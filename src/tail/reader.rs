@@ -121,6 +121,8 @@ pub struct ReaderShared {
     pub checkpoints: Checkpointer,
     /// Lookups and masking.
     pub enricher: Arc<Enricher>,
+    /// The top-level `host`, stamped on every record.
+    pub host: Arc<str>,
     /// Stops reading.
     pub shutdown: CancellationToken,
     /// Where rejected lines are written (file, offset, why, the line).
@@ -168,6 +170,8 @@ struct State {
     fp: Fingerprint,
     fp_range: (u64, u64),
     enricher: Arc<Enricher>,
+    /// The top-level `host`.
+    host: Arc<str>,
     /// Bytes per record in the last chunk that had records (sizes the
     /// next chunk's records list: sized by a count, a longer chunk would
     /// double the list, and the copy and the spare half cost memory and
@@ -244,10 +248,10 @@ impl State {
         let mut tally = RejectTally::default();
         let mut consumed = 0;
         let mut partial = false;
-        let source = RecordSource { data, tables: self.enricher.tables() };
+        let source = RecordSource { data, tables: self.enricher.tables(), host: self.host.clone() };
         let records = Records::borrowing(source, |src| {
             let mut out = Vec::with_capacity(capacity);
-            let cx = Context { tables: &src.tables, enricher, observed_ms: Some(observed_ms) };
+            let cx = Context { tables: &src.tables, enricher, observed_ms: Some(observed_ms), host: &src.host };
             let mut batch = RejectBatch::new(rejects, file, observed_ms, &mut tally);
             let fed = ingest.feed(&src.data, flush, &cx, &mut out, &mut batch);
             (consumed, partial) = (fed.consumed, fed.partial);
@@ -430,6 +434,7 @@ pub async fn run(spec: Spec, shared: ReaderShared, ctl: Arc<Control>, stats: Fil
         fp,
         fp_range: spec.fp_range,
         enricher: shared.enricher.clone(),
+        host: shared.host.clone(),
         bytes_per_record: 0,
         file: spec.file,
     };
@@ -655,6 +660,7 @@ mod tests {
             fp: Fingerprint(0),
             fp_range: (0, 0),
             enricher: Arc::new(Enricher::new(&[], None, None).unwrap()),
+            host: Arc::from("test-host"),
             bytes_per_record: 0,
         }
     }

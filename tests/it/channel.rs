@@ -665,12 +665,19 @@ struct Bridge {
 
 impl Bridge {
     fn start() -> Bridge {
+        Bridge::start_with("", "")
+    }
+
+    /// A bridge with these top-level keys and these extra sections
+    /// (`{dir}` in them is its scratch directory).
+    fn start_with(top: &str, sections: &str) -> Bridge {
         let dir = tempfile::tempdir().unwrap();
         let logs = dir.path().join("logs");
         std::fs::create_dir_all(&logs).unwrap();
         std::fs::write(dir.path().join("token"), format!("{TOKEN}\n")).unwrap();
         let cfg = format!(
-            r#"state_dir = "{state}"
+            r#"{top}
+state_dir = "{state}"
 [[source]]
 paths = ["{logs}/access*.log"]
 format = "le-json"
@@ -680,7 +687,9 @@ listen = "127.0.0.1:0"
 token_file = "{token}"
 [status]
 listen = "127.0.0.1:0"
+{sections}
 "#,
+            sections = sections.replace("{dir}", &dir.path().to_string_lossy()),
             state = dir.path().join("state").display(),
             logs = logs.display(),
             token = dir.path().join("token").display(),
@@ -929,4 +938,40 @@ async fn a_client_offering_permessage_deflate_is_served_uncompressed() {
     let ids = ch.send(2).await;
     let (_, got) = read_records(&mut ws, 2).await;
     assert_eq!(got, ids);
+}
+
+/// Every record of the channel and the archive carries the bridge's
+/// top-level `host`: the configured one, and the machine's host name by
+/// default.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_channel_and_archived_record_carries_the_bridge_host() {
+    let machine = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap().trim().to_string();
+    let archive = "[file_output]\npath = \"{dir}/out.ndjson\"\nfsync_interval_ms = 20\n";
+    for (top, host) in [("host = \"tm-dc1-07\"", "tm-dc1-07"), ("", machine.as_str())] {
+        let mut bridge = Bridge::start_with(top, archive);
+        let mut ws = connect(&bridge.url(TOKEN)).await;
+        let ids = uuids("host", 30);
+        bridge.append(&ids);
+        let mut seen = Vec::new();
+        while seen.len() < ids.len() {
+            if let Event::Data(v) = next_event(&mut ws).await {
+                for r in v["data"].as_array().expect("data array") {
+                    assert_eq!(r["host"], host, "channel record {r}");
+                    seen.push(r["request_uuid"].as_str().unwrap().to_string());
+                }
+            }
+        }
+        assert_eq!(seen, ids);
+        let out = bridge.dir.path().join("out.ndjson");
+        let archived: Vec<Value> = poll("every record archived", || {
+            let text = std::fs::read_to_string(&out).ok()?;
+            let v: Vec<Value> = text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+            (v.len() >= ids.len()).then_some(v)
+        })
+        .await;
+        for r in &archived {
+            assert_eq!(r["host"], host, "archived record {r}");
+        }
+        assert!(bridge.terminate().success());
+    }
 }

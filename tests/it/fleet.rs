@@ -65,8 +65,8 @@ impl Node {
     /// An edge bridge with `extra` keys in its `[kafka]` section.
     fn edge_with(broker: &str, host: &str, extra: &str) -> Node {
         Node::new(&format!(
-            "[[source]]\npaths = [\"{{logs}}/access*.log\"]\nformat = \"le-json\"\npoll_interval_ms = 50\nrescan_interval_ms = 500\n\n\
-             [kafka]\nbrokers = [\"{broker}\"]\ntopic = \"{TOPIC}\"\nhost = \"{host}\"\ncompression = \"gzip\"\nlinger_ms = 10\nretry_initial_ms = 50\nretry_max_ms = 500\nrequest_timeout_ms = 3000\nshutdown_grace_ms = 2000\n{extra}"
+            "host = \"{host}\"\n\n[[source]]\npaths = [\"{{logs}}/access*.log\"]\nformat = \"le-json\"\npoll_interval_ms = 50\nrescan_interval_ms = 500\n\n\
+             [kafka]\nbrokers = [\"{broker}\"]\ntopic = \"{TOPIC}\"\ncompression = \"gzip\"\nlinger_ms = 10\nretry_initial_ms = 50\nretry_max_ms = 500\nrequest_timeout_ms = 3000\nshutdown_grace_ms = 2000\n{extra}"
         ))
     }
 
@@ -208,16 +208,17 @@ fn two_edges_through_kafka_reach_the_hub_as_they_produced_them() {
     assert_eq!(dups, 0, "no failure happened: every record comes out once");
 
     // Each record at the hub is the edge's, field for field (sync delay
-    // included), plus the edge's host.
+    // and the edge's top-level `host` included: the edge stamps it on
+    // every record it reads, its own archive too, and the hub keeps it).
     let at_hub = by_uuid(hub.archived());
     for (edge, host, ids) in [(&a, "edge-a", &ids_a), (&b, "edge-b", &ids_b)] {
         edge.wait_for(ids, &[]);
         let at_edge = by_uuid(edge.archived());
         for u in ids.iter() {
-            let mut h = at_hub[u].clone();
+            let h = &at_hub[u];
+            assert_eq!(at_edge[u]["host"], host, "{u}: the edge's own archive carries its host");
             assert_eq!(h["host"], host, "{u}");
-            h.as_object_mut().unwrap().remove("host");
-            assert_eq!(h, at_edge[u], "{u}: the hub's record differs from the edge's");
+            assert_eq!(*h, at_edge[u], "{u}: the hub's record differs from the edge's");
             assert!(h["sync_delay_ms"].as_i64().is_some_and(|d| d > 0), "{u}: the edge's sync delay is carried");
         }
     }
@@ -373,6 +374,8 @@ fn kafka_config_mistakes_exit_64_naming_the_key() {
         ("[kafka]\nbrokers = [\"127.0.0.1:9\"]\ntopic = \"bad topic\"\n", "kafka.topic"),
         ("[kafka]\nbrokers = [\"127.0.0.1:9\"]\ntopic = \"t\"\nkey_field = \"nope\"\n", "kafka.key_field"),
         ("[kafka]\nbrokers = [\"127.0.0.1:9\"]\ntopic = \"t\"\nsasl_mechanism = \"plain\"\n", "kafka.sasl"),
+        // `host` moved to the top level: the old place is refused, saying where.
+        ("[kafka]\nbrokers = [\"127.0.0.1:9\"]\ntopic = \"t\"\nhost = \"edge-a\"\n", "`kafka.host`: moved: set the top-level `host`"),
         ("[[source]]\nkind = \"kafka\"\nbrokers = [\"127.0.0.1:9\"]\ntopics = []\ngroup_id = \"g\"\n", "source[1].topics"),
         ("[[source]]\nkind = \"kafka\"\nbrokers = [\"127.0.0.1:9\"]\ntopics = [\"t\"]\n", "group_id"),
         ("[[source]]\nkind = \"kafka\"\nbrokers = [\"127.0.0.1:9\"]\ntopics = [\"a b\"]\ngroup_id = \"g\"\n", "source[1].topics"),

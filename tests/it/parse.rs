@@ -722,7 +722,7 @@ fn pretty_printed_and_one_line_ecls_give_the_same_records_through_run_and_parse(
         // the bridge (the same fingerprint: a copy is not read twice).
         let mut env = Env::new("unused", "");
         let text = format!(
-            "state_dir = {state:?}\nlog_level = \"debug\"\n\n\
+            "host = \"edge-parse\"\nstate_dir = {state:?}\nlog_level = \"debug\"\n\n\
              [[source]]\npaths = [{glob:?}]\nformat = {format:?}\nrescan_interval_ms = 500\n\n\
              [file_output]\npath = {out:?}\nfsync_interval_ms = 20\n\n[status]\nlisten = \"127.0.0.1:0\"\n",
             state = s(&env.state),
@@ -771,10 +771,14 @@ fn pretty_printed_and_one_line_ecls_give_the_same_records_through_run_and_parse(
                 // Stamped when read (`parse` does not stamp: it keeps a
                 // captured message's own ingestion_time).
                 assert!(r["ingestion_time"].is_string() && r["sync_delay_ms"].is_i64(), "{r}");
+                // ... and with the bridge's `host` (`parse` stamps none).
+                assert_eq!(r["host"], "edge-parse", "{r}");
+                r.as_object_mut().unwrap().remove("host");
                 unstamped(&mut r);
                 r
             })
             .collect();
+        assert!(expected.iter().all(|r| r.get("host").is_none()), "{format}: `parse` stamps no host");
         expected.iter_mut().for_each(unstamped);
         let key = |v: &Value| v.to_string();
         archived.sort_by_key(key);
