@@ -15,6 +15,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::config::{ConfigError, Secret};
+use crate::settings::{pem_certificates, pem_private_key, Pem};
 
 /// The default `client_id`: what the broker's logs and quotas see.
 pub const DEFAULT_CLIENT_ID: &str = "calllog-bridge";
@@ -89,29 +90,13 @@ impl SaslMechanism {
     }
 }
 
-/// A PEM file named in the config, read when the config was read.
-/// `Debug` shows the path only (a client key is a secret).
-#[derive(Clone, PartialEq, Eq)]
-pub struct PemFile {
-    /// The file.
-    pub path: PathBuf,
-    /// Its content.
-    pub bytes: Vec<u8>,
-}
-
-impl std::fmt::Debug for PemFile {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "PemFile({}, {} bytes)", self.path.display(), self.bytes.len())
-    }
-}
-
 /// TLS settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TlsSettings {
     /// Extra CA certificates.
-    pub ca: Option<PemFile>,
+    pub ca: Option<Pem>,
     /// Client certificate chain and key.
-    pub identity: Option<(PemFile, PemFile)>,
+    pub identity: Option<(Pem, Pem)>,
 }
 
 /// SASL settings.
@@ -227,30 +212,6 @@ fn check_broker(b: &str) -> Result<(), &'static str> {
     match port.parse::<u16>() {
         Ok(p) if p > 0 => Ok(()),
         _ => Err("the port is not a number from 1 to 65535"),
-    }
-}
-
-/// Reads `path`, checking that it holds at least one PEM certificate.
-fn pem_certificates(path: PathBuf, key: &str) -> Result<PemFile, ConfigError> {
-    let pem = std::fs::read(&path).map_err(|e| ConfigError::invalid(key, format!("cannot read {}: {e}", path.display())))?;
-    let mut n = 0;
-    for c in rustls_pemfile::certs(&mut &pem[..]) {
-        c.map_err(|e| ConfigError::invalid(key, format!("{} is not valid PEM: {e}", path.display())))?;
-        n += 1;
-    }
-    if n == 0 {
-        return Err(ConfigError::invalid(key, format!("{} holds no PEM certificate (`-----BEGIN CERTIFICATE-----`)", path.display())));
-    }
-    Ok(PemFile { path, bytes: pem })
-}
-
-/// Reads `path`, checking that it holds a PEM private key.
-fn pem_private_key(path: PathBuf, key: &str) -> Result<PemFile, ConfigError> {
-    let pem = std::fs::read(&path).map_err(|e| ConfigError::invalid(key, format!("cannot read {}: {e}", path.display())))?;
-    match rustls_pemfile::private_key(&mut &pem[..]) {
-        Ok(Some(_)) => Ok(PemFile { path, bytes: pem }),
-        Ok(None) => Err(ConfigError::invalid(key, format!("{} holds no PEM private key", path.display()))),
-        Err(e) => Err(ConfigError::invalid(key, format!("{} is not valid PEM: {e}", path.display()))),
     }
 }
 

@@ -249,6 +249,49 @@ pub fn read_pem(path: &Path, key: &str) -> Result<Vec<u8>, ConfigError> {
     std::fs::read(path).map_err(|e| ConfigError::invalid(key, format!("cannot read {}: {e}", path.display())))
 }
 
+/// A PEM file named in the config, with its content as read when the
+/// config was read (a reload that finds new content is a change).
+/// `Debug` shows the path only: a client key is a secret.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Pem {
+    /// The file.
+    pub path: PathBuf,
+    /// Its content.
+    pub bytes: Vec<u8>,
+}
+
+impl std::fmt::Debug for Pem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Pem({}, {} bytes)", self.path.display(), self.bytes.len())
+    }
+}
+
+/// Reads `path`, checking that it holds at least one PEM certificate and
+/// nothing that fails to decode.
+pub fn pem_certificates(path: PathBuf, key: &str) -> Result<Pem, ConfigError> {
+    let pem = read_pem(&path, key)?;
+    let mut n = 0;
+    for c in rustls_pemfile::certs(&mut &pem[..]) {
+        c.map_err(|e| ConfigError::invalid(key, format!("{} is not valid PEM: {e}", path.display())))?;
+        n += 1;
+    }
+    if n == 0 {
+        return Err(ConfigError::invalid(key, format!("{} holds no PEM certificate (`-----BEGIN CERTIFICATE-----`)", path.display())));
+    }
+    Ok(Pem { path, bytes: pem })
+}
+
+/// Reads `path`, checking that it holds a PEM private key (PKCS#8,
+/// PKCS#1 or SEC1).
+pub fn pem_private_key(path: PathBuf, key: &str) -> Result<Pem, ConfigError> {
+    let pem = read_pem(&path, key)?;
+    match rustls_pemfile::private_key(&mut &pem[..]) {
+        Ok(Some(_)) => Ok(Pem { path, bytes: pem }),
+        Ok(None) => Err(ConfigError::invalid(key, format!("{} holds no PEM private key", path.display()))),
+        Err(e) => Err(ConfigError::invalid(key, format!("{} is not valid PEM: {e}", path.display()))),
+    }
+}
+
 /// The bridge's `host` setting: the name it stamps on every record it
 /// reads (the `host` member after `sync_delay_ms`), so a hub and anyone
 /// downstream can tell the records of a fleet's bridges apart. Default:

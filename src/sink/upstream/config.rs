@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::rotating::Rotation;
-use crate::settings::{check_rotate_bytes, millis, read_pem, resolve, ConfigError, Secret};
+use crate::settings::{check_rotate_bytes, millis, pem_certificates, pem_private_key, resolve, ConfigError, Pem, Secret};
 
 /// Body format of upstream requests, as the `format` key names it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
@@ -276,23 +276,6 @@ pub enum UpstreamAuth {
     },
 }
 
-/// A PEM file named in the config, with its content as read when the
-/// config was read (a reload that finds new content is a change).
-/// `Debug` shows the path only: a client key is a secret.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Pem {
-    /// The file.
-    pub path: PathBuf,
-    /// Its content.
-    pub bytes: Vec<u8>,
-}
-
-impl std::fmt::Debug for Pem {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Pem({}, {} bytes)", self.path.display(), self.bytes.len())
-    }
-}
-
 /// The upstream sink's settings.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(try_from = "UpstreamSection")]
@@ -478,32 +461,6 @@ fn auth(s: &UpstreamSection) -> Result<UpstreamAuth, ConfigError> {
         (None, Some(b)) => b,
         (None, None) => UpstreamAuth::None,
     })
-}
-
-/// Reads `path`, checking that it holds at least one PEM certificate and
-/// nothing that fails to decode.
-fn pem_certificates(path: PathBuf, key: &str) -> Result<Pem, ConfigError> {
-    let pem = read_pem(&path, key)?;
-    let mut n = 0;
-    for c in rustls_pemfile::certs(&mut &pem[..]) {
-        c.map_err(|e| ConfigError::invalid(key, format!("{} is not valid PEM: {e}", path.display())))?;
-        n += 1;
-    }
-    if n == 0 {
-        return Err(ConfigError::invalid(key, format!("{} holds no PEM certificate (`-----BEGIN CERTIFICATE-----`)", path.display())));
-    }
-    Ok(Pem { path, bytes: pem })
-}
-
-/// Reads `path`, checking that it holds a PEM private key (PKCS#8,
-/// PKCS#1 or SEC1).
-fn pem_private_key(path: PathBuf, key: &str) -> Result<Pem, ConfigError> {
-    let pem = read_pem(&path, key)?;
-    match rustls_pemfile::private_key(&mut &pem[..]) {
-        Ok(Some(_)) => Ok(Pem { path, bytes: pem }),
-        Ok(None) => Err(ConfigError::invalid(key, format!("{} holds no PEM private key", path.display()))),
-        Err(e) => Err(ConfigError::invalid(key, format!("{} is not valid PEM: {e}", path.display()))),
-    }
 }
 
 #[cfg(test)]

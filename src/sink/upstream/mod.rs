@@ -81,7 +81,7 @@ use crate::telemetry::log_limit::LogLimit;
 use crate::telemetry::SinkStats;
 use crate::time::now_ms;
 
-pub use config::{AuthFailures, Compression, CompressionName, Format, Pem, UpstreamAuth, UpstreamConfig, UpstreamFormat, UpstreamSection};
+pub use config::{AuthFailures, Compression, CompressionName, Format, UpstreamAuth, UpstreamConfig, UpstreamFormat, UpstreamSection};
 
 /// The config section.
 pub const SECTION: &str = "upstream";
