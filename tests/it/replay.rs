@@ -364,16 +364,6 @@ async fn retention_by_bytes_and_by_age_removes_old_segments() {
     b.sigterm();
 }
 
-/// `VmRSS` and `VmHWM` of a process, bytes.
-fn mem(pid: u32) -> (u64, u64) {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let kb = |key: &str| {
-        s.lines().find(|l| l.starts_with(key)).and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
-            * 1024
-    };
-    (kb("VmRSS:"), kb("VmHWM:"))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_client_costs_no_memory_and_is_closed_only_out_of_retention() {
     const TOTAL: usize = 500_000;
@@ -404,7 +394,7 @@ async fn a_stalled_client_costs_no_memory_and_is_closed_only_out_of_retention() 
             // behind (its socket buffers hold a few KB), but open.
             assert_eq!(closed, 0, "closed while within the retention: {c}");
             assert_eq!(c["connections"], 1, "{c}");
-            rss_within_retention = mem(pid).0;
+            rss_within_retention = support::proc_status_bytes(pid, "VmRSS");
         }
     }
     assert!(rss_within_retention > 0, "the log held the first records for a while");
@@ -414,7 +404,7 @@ async fn a_stalled_client_costs_no_memory_and_is_closed_only_out_of_retention() 
     });
     assert_eq!(c["connections"], 0, "{c}");
     assert!(c["replay_bytes"].as_u64().unwrap() <= 32 * 1024 * 1024 + 4 * 1024 * 1024, "{c}");
-    let (rss, hwm) = mem(pid);
+    let (rss, hwm) = (support::proc_status_bytes(pid, "VmRSS"), support::proc_status_bytes(pid, "VmHWM"));
     eprintln!("stalled client, {TOTAL} records: RSS {} MiB, peak {} MiB, replay log {c}", rss >> 20, hwm >> 20);
     // The bound: this debug build settles at 75-115 MiB for the whole
     // pipeline at this rate (tailer, parser, telemetry windows), the same
