@@ -111,6 +111,17 @@ pub async fn read_partition(
         *delay = (*delay * 2).min(settings.retry_max);
         d
     };
+    // A failed step: counted and logged by `fail`, then the loop starts
+    // over after the backoff (or the reader ends on `stop`).
+    macro_rules! retry_later {
+        ($reason:expr) => {{
+            let d = fail(&mut failing, &mut delay, $reason);
+            if sleep_or_stop(d, &stop).await {
+                return;
+            }
+            continue;
+        }};
+    }
     loop {
         let offset = match offsets.resume(&p) {
             Some(o) => o,
@@ -124,20 +135,8 @@ pub async fn read_partition(
                         offsets.start_at(&p, o);
                         o
                     }
-                    Ok(Err(e)) => {
-                        let d = fail(&mut failing, &mut delay, &e.to_string());
-                        if sleep_or_stop(d, &stop).await {
-                            return;
-                        }
-                        continue;
-                    }
-                    Err(_) => {
-                        let d = fail(&mut failing, &mut delay, "no answer to the offset lookup");
-                        if sleep_or_stop(d, &stop).await {
-                            return;
-                        }
-                        continue;
-                    }
+                    Ok(Err(e)) => retry_later!(&e.to_string()),
+                    Err(_) => retry_later!("no answer to the offset lookup"),
                 }
             }
         };
@@ -170,29 +169,12 @@ pub async fn read_partition(
                         );
                         skip(&offsets, &p, earliest);
                     }
-                    _ => {
-                        let d = fail(&mut failing, &mut delay, "offset out of range, and no answer to the offset lookup");
-                        if sleep_or_stop(d, &stop).await {
-                            return;
-                        }
-                    }
+                    _ => retry_later!("offset out of range, and no answer to the offset lookup"),
                 }
                 continue;
             }
-            Ok(Err(e)) => {
-                let d = fail(&mut failing, &mut delay, &e.to_string());
-                if sleep_or_stop(d, &stop).await {
-                    return;
-                }
-                continue;
-            }
-            Err(_) => {
-                let d = fail(&mut failing, &mut delay, "no answer to the fetch");
-                if sleep_or_stop(d, &stop).await {
-                    return;
-                }
-                continue;
-            }
+            Ok(Err(e)) => retry_later!(&e.to_string()),
+            Err(_) => retry_later!("no answer to the fetch"),
         };
         if failing {
             tracing::info!(topic = %Escaped(&p.0), partition = p.1, "kafka source: fetching works again");
