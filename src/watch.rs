@@ -16,6 +16,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use globset::{GlobSet, GlobSetBuilder};
 use notify::{EventKind, RecursiveMode, Watcher as _};
@@ -26,6 +27,59 @@ use crate::settings::SourceConfig;
 /// Change hints buffered between the notify thread and the tailer. When it
 /// is full the notify thread asks for a full rescan instead of blocking.
 pub const CHANGE_QUEUE: usize = 4096;
+
+// The notify thread pauses for the source's `read_delay` after it passed
+// on a content change, before it reads further events. While nobody reads
+// them, the kernel merges repeated `IN_MODIFY` events of one file into
+// one, so a file written one line per `write()` costs one read of the
+// inotify descriptor and one wake-up per `read_delay` instead of per line:
+// this is what makes a trickle of lines cheap. The tailer waits as long
+// between two rounds of hints anyway, so nothing arrives later. Other
+// events queue up in the kernel meanwhile (up to
+// `fs.inotify.max_queued_events`; an overflow becomes a rescan).
+
+/// Events handled within this time after a pause are the ones that queued
+/// up during it (or were read with the event that started it): they are
+/// passed on without pausing again, so a burst of changes to many files
+/// costs one pause, not one per file. The one exception is the change that
+/// follows a pause at once and is to the same file as the change that
+/// started it: that file is still being written, and pausing again is what
+/// keeps it at one wake-up per pause.
+const PACE_BURST: Duration = Duration::from_millis(1);
+
+/// When the notify thread pauses (see above).
+struct Pacer {
+    /// How long (the source's `read_delay`; zero: never).
+    pause: Duration,
+    /// When the last pause ended.
+    ended: Option<Instant>,
+    /// The file whose change started it.
+    trigger: Option<PathBuf>,
+    /// Whether any event was handled since it ended.
+    handled_since: bool,
+}
+
+impl Pacer {
+    /// Called after an event was passed on; `modified` holds its paths
+    /// when it was a content change. Sleeps when the thread should pause.
+    fn after(&mut self, modified: Option<&[PathBuf]>) {
+        let first_after = !std::mem::replace(&mut self.handled_since, true);
+        let Some(paths) = modified else { return };
+        if self.pause.is_zero() {
+            return;
+        }
+        let pause = match self.ended {
+            None => true,
+            Some(end) => end.elapsed() > PACE_BURST || (first_after && self.trigger.as_ref().is_some_and(|t| paths.contains(t))),
+        };
+        if pause {
+            std::thread::sleep(self.pause);
+            self.ended = Some(Instant::now());
+            self.trigger = paths.first().cloned();
+            self.handled_since = false;
+        }
+    }
+}
 
 /// A file as a scan or a stat saw it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -78,6 +132,9 @@ pub struct Watcher {
     exclude: GlobSet,
     /// Directories to list, with how deep to go.
     roots: Vec<(PathBuf, usize)>,
+    /// The source's `read_delay`: how long the notify thread pauses after
+    /// a content change.
+    read_delay: Duration,
 }
 
 fn build(globs: &[String]) -> Result<GlobSet, globset::Error> {
@@ -116,7 +173,7 @@ impl Watcher {
                 None => roots.push((dir, depth)),
             }
         }
-        Ok(Watcher { include: build(&cfg.paths)?, exclude: build(&cfg.exclude)?, roots })
+        Ok(Watcher { include: build(&cfg.paths)?, exclude: build(&cfg.exclude)?, roots, read_delay: cfg.read_delay })
     }
 
     /// True when the path is one of the source's files.
@@ -195,6 +252,7 @@ impl Watcher {
         let this = self.clone();
         let lost2 = lost.clone();
         let tx2 = tx.clone();
+        let mut pacer = Pacer { pause: self.read_delay, ended: None, trigger: None, handled_since: false };
         let watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
             let change = match res {
                 Ok(ev) => {
@@ -219,9 +277,16 @@ impl Watcher {
                 }
                 Err(_) => Change::Rescan,
             };
+            let modified = match &change {
+                Change::Modified(paths) => Some(paths.clone()),
+                _ => None,
+            };
             if tx2.try_send(change).is_err() {
                 lost2.store(true, Ordering::Release);
             }
+            // This runs on notify's own thread: pausing it leaves the next
+            // events in the kernel, which merges a file's repeated changes.
+            pacer.after(modified.as_deref());
         })?;
         let mut ev = Events { watcher, rx, lost, watched: HashSet::new(), _tx: tx };
         ev.rewatch(self);

@@ -70,6 +70,7 @@ impl super::Source for FileSource {
             let shared = ReaderShared {
                 format: s.format,
                 max_line_bytes: s.max_line_bytes,
+                inline_reads: s.poll_interval.is_none(),
                 partial_grace: s.partial_grace,
                 fanout: ctx.fanout.clone(),
                 checkpoints: ctx.checkpoints.clone(),

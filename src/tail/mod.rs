@@ -52,15 +52,6 @@ use crate::telemetry::{LeftUnread, SourceStats, Telemetry};
 use crate::watch::{Change, Events, Seen, Watcher};
 use reader::{Control, Exit, Finished, ReaderShared, Spec};
 
-/// The shortest time between two rounds of change hints: a file written
-/// one line per `write()` (1,000 lines/s) gives one inotify event per
-/// line, and each would wake this task and the file's reader, and send
-/// one batch per line through every sink. Hints that follow a quiet spell
-/// are handled at once; those that follow a round by less than this wait
-/// for the rest of it and are handled together, so a line waits at most
-/// this long (polling and rescans are not delayed).
-pub const READ_DELAY: Duration = Duration::from_millis(10);
-
 /// Device and inode.
 type Key = (u64, u64);
 
@@ -201,9 +192,17 @@ impl Tailer {
         let mut tick = tokio::time::interval_at(Instant::now() + every, every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut rescan_at: Option<Instant> = None;
-        // When hints were last handled: hints that follow within
-        // READ_DELAY wait for the rest of it and are handled together (a
-        // file written one line per write() gives one hint per line).
+        // When hints were last handled. The shortest time between two
+        // rounds of change hints is the source's `read_delay`: a file
+        // written one line per write() gives one inotify event per line,
+        // and each would wake this task and the file's reader, and send
+        // one batch per line through every sink. Hints that follow a quiet
+        // spell are handled at once; those that follow a round by less
+        // than `read_delay` wait for the rest of it and are handled
+        // together, so a line waits at most that long (polling and rescans
+        // are not delayed). The watcher paces its own reads of inotify
+        // events the same way (crate::watch::Pacer).
+        let read_delay = self.cfg.read_delay;
         let mut last_hints: Option<Instant> = None;
         loop {
             tokio::select! {
@@ -219,9 +218,9 @@ impl Tailer {
                 }
                 Some(fin) = self.exit_rx.recv() => self.finished(fin).await,
                 change = next_change(&mut events), if events.is_some() => {
-                    if let Some(at) = last_hints.filter(|at| at.elapsed() < READ_DELAY) {
+                    if let Some(at) = last_hints.filter(|at| at.elapsed() < read_delay) {
                         tokio::select! {
-                            _ = sleep_until(Some(at + READ_DELAY)) => {}
+                            _ = sleep_until(Some(at + read_delay)) => {}
                             _ = shutdown.cancelled() => break,
                         }
                     }

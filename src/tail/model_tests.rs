@@ -150,6 +150,7 @@ impl Harness {
             ignore_older: None,
             poll_interval: Some(POLL),
             rescan_interval: Duration::from_millis(500),
+            read_delay: Duration::from_millis(crate::settings::DEFAULT_READ_DELAY_MS),
             max_line_bytes: 64 * 1024,
             partial_grace: GRACE,
         };
@@ -175,6 +176,7 @@ impl Harness {
         let shared = ReaderShared {
             format: self.cfg.format,
             max_line_bytes: self.cfg.max_line_bytes,
+            inline_reads: self.cfg.poll_interval.is_none(),
             partial_grace: self.cfg.partial_grace,
             fanout,
             checkpoints: self.checkpoints.clone(),

@@ -19,8 +19,14 @@
 //!   end, or when a `.gz` (which never grows) ends.
 //! - A file that shrank below the offset was truncated (copytruncate): the
 //!   reader stops and the tailer treats the content as a new file.
-//! - Blocking reads happen on the blocking pool (`spawn_blocking`), one
-//!   chunk at a time; the runtime never waits on the disk.
+//! - Reads happen on the blocking pool (`spawn_blocking`), one chunk at a
+//!   time, so the runtime does not wait on the disk. The one exception is
+//!   a file being trickled: when the last read of a plain file followed
+//!   through inotify (a local filesystem) found at most
+//!   [`INLINE_READ_BYTES`], the next read of at most that much happens in
+//!   place, from the page cache, in microseconds. Handing it to another
+//!   thread and back would cost more than the read (two thread wake-ups
+//!   per read, the main CPU cost of a file written a line at a time).
 
 use std::fs::File;
 use std::io::{self, Read};
@@ -44,6 +50,10 @@ use crate::telemetry::FileStats;
 
 /// Bytes read per chunk (one batch at most per chunk).
 pub const CHUNK_BYTES: usize = 256 * 1024;
+
+/// The most a read in place reads (see the module docs): a few dozen
+/// lines, parsed in well under a millisecond.
+pub const INLINE_READ_BYTES: usize = 64 * 1024;
 
 /// A reader at the end of its file closes the file after this long without
 /// new data; the tailer reopens it if it grows. Bounds open descriptors
@@ -110,6 +120,10 @@ pub struct ReaderShared {
     pub format: Format,
     /// Lines longer than this are rejected.
     pub max_line_bytes: usize,
+    /// Small reads may happen in place (files found through inotify, on a
+    /// local filesystem; not when polling, as for NFS): see the module
+    /// docs.
+    pub inline_reads: bool,
     /// A partial last line of a file rotated away or deleted is emitted
     /// only once the file has not grown for this long since it went: a
     /// writer that still holds the file open (a logger finishing its last
@@ -217,11 +231,17 @@ impl State {
     /// become the records' [`RecordSource`]: records borrow from them
     /// instead of copying every value. Rejects go to `rejects` (the rejects
     /// file) in batches.
-    fn read_chunk(&mut self, flush_partial: bool, rejects: Option<&crate::rejects::RejectsFile>, file: &str) -> io::Result<Chunk> {
+    fn read_chunk(
+        &mut self,
+        max: usize,
+        flush_partial: bool,
+        rejects: Option<&crate::rejects::RejectsFile>,
+        file: &str,
+    ) -> io::Result<Chunk> {
         let mut data = std::mem::take(&mut self.carry);
         let carry_len = data.len();
         let mut size = 0;
-        let n = match self.read_more(&mut data, &mut size) {
+        let n = match self.read_more(&mut data, &mut size, max) {
             Ok(Some(n)) => n,
             Ok(None) => {
                 data.truncate(carry_len);
@@ -287,10 +307,10 @@ impl State {
     /// Appends the next bytes of content to `data`: how many, or `None`
     /// when the file was truncated or replaced in place. Sets `size` to
     /// the file's size (plain files).
-    fn read_more(&mut self, data: &mut Vec<u8>, size: &mut u64) -> io::Result<Option<usize>> {
+    fn read_more(&mut self, data: &mut Vec<u8>, size: &mut u64, max: usize) -> io::Result<Option<usize>> {
         let base = data.len();
         if let Some(gz) = &mut self.gz {
-            data.resize(base + CHUNK_BYTES, 0);
+            data.resize(base + max, 0);
             let n = loop {
                 match gz.read(&mut data[base..]) {
                     Ok(n) => break n,
@@ -305,7 +325,7 @@ impl State {
         if *size < self.pos || !self.same_identity(*size)? {
             return Ok(None);
         }
-        let want = (*size - self.pos).min(CHUNK_BYTES as u64) as usize;
+        let want = (*size - self.pos).min(max as u64) as usize;
         data.resize(base + want, 0);
         let mut got = 0;
         while got < want {
@@ -471,6 +491,9 @@ pub async fn run(spec: Spec, shared: ReaderShared, ctl: Arc<Control>, stats: Fil
     // there.
     let mut last_growth = tokio::time::Instant::now();
     let mut went_away = false;
+    // Bytes the last read found (the first read of a file goes to the
+    // blocking pool: it may have a backlog).
+    let mut last_read = u64::MAX;
     loop {
         if shared.shutdown.is_cancelled() {
             return done(st.offset(), size, Exit::Shutdown);
@@ -490,14 +513,20 @@ pub async fn run(spec: Spec, shared: ReaderShared, ctl: Arc<Control>, stats: Fil
         let flush_partial = st.gz.is_some() || (gone && settled && !ctl.superseded.load(Ordering::Acquire));
         let pos_before = st.pos;
         let (rejects, file) = (shared.rejects.clone(), path.clone());
-        let res = tokio::task::spawn_blocking(move || {
-            let r = st.read_chunk(flush_partial, rejects.as_deref(), &file);
-            (st, r)
-        })
-        .await;
+        let res = if shared.inline_reads && st.gz.is_none() && last_read <= INLINE_READ_BYTES as u64 {
+            let r = st.read_chunk(INLINE_READ_BYTES, flush_partial, rejects.as_deref(), &file);
+            Ok((st, r))
+        } else {
+            tokio::task::spawn_blocking(move || {
+                let r = st.read_chunk(CHUNK_BYTES, flush_partial, rejects.as_deref(), &file);
+                (st, r)
+            })
+            .await
+        };
         let chunk = match res {
             Ok((s, r)) => {
                 st = s;
+                last_read = st.pos.saturating_sub(pos_before);
                 if st.pos > pos_before {
                     last_growth = tokio::time::Instant::now();
                 }
@@ -673,17 +702,17 @@ mod tests {
         let long = "x".repeat(CHUNK_BYTES * 2);
         std::fs::write(&p, format!("{a}{long}\n{}", line("b"))).unwrap();
         let mut st = state(File::open(&p).unwrap(), 1000);
-        let c = st.read_chunk(false, None, "f.log").unwrap();
+        let c = st.read_chunk(CHUNK_BYTES, false, None, "f.log").unwrap();
         assert_eq!(c.records.len(), 1);
         assert_eq!(c.rejects.total(), 1);
         let r = &c.rejects.samples[0];
         assert_eq!((r.offset, r.reject.reason), (a.len() as u64, crate::parse::RejectReason::TooLong));
         assert_eq!(c.offset, a.len() as u64, "the offset stays before the over-long line");
-        let c = st.read_chunk(false, None, "f.log").unwrap();
+        let c = st.read_chunk(CHUNK_BYTES, false, None, "f.log").unwrap();
         assert!(c.records.is_empty() && c.rejects.total() == 0);
         assert!(c.records.source_data().is_none(), "a chunk without records holds no bytes");
         assert_eq!(c.offset, a.len() as u64, "still skipping");
-        let c = st.read_chunk(false, None, "f.log").unwrap();
+        let c = st.read_chunk(CHUNK_BYTES, false, None, "f.log").unwrap();
         assert_eq!(c.records.len(), 1);
         assert_eq!(c.records.as_slice()[0].get(crate::record::Field::RequestUuid), "b");
         assert_eq!(c.offset, (a.len() + long.len() + 1 + line("b").len()) as u64);
@@ -696,7 +725,7 @@ mod tests {
         let p = dir.path().join("f.log");
         std::fs::write(&p, "junk\nmore junk\n{\"request_uuid\":").unwrap();
         let mut st = state(File::open(&p).unwrap(), 1000);
-        let c = st.read_chunk(false, None, "f.log").unwrap();
+        let c = st.read_chunk(CHUNK_BYTES, false, None, "f.log").unwrap();
         assert_eq!((c.records.len(), c.rejects.total(), c.offset), (0, 2, 15));
         assert_eq!(st.carry, b"{\"request_uuid\":");
         assert!(st.carry.capacity() > st.carry.len(), "the chunk's buffer is reused, not copied");
@@ -714,7 +743,7 @@ mod tests {
             crate::rotating::Rotation { rotate_bytes: 1 << 30, keep_files: 1 },
         );
         let mut st = state(File::open(&p).unwrap(), 1000);
-        let c = st.read_chunk(false, Some(&file), "f.log").unwrap();
+        let c = st.read_chunk(CHUNK_BYTES, false, Some(&file), "f.log").unwrap();
         assert_eq!(c.rejects.total(), 100_000);
         assert_eq!(c.rejects.samples.len(), crate::ingest::rejects::REJECT_SAMPLES);
         let written = std::fs::read_to_string(dir.path().join("rejects.ndjson")).unwrap();
@@ -734,10 +763,10 @@ mod tests {
         std::fs::write(&p, [pad.as_bytes(), &msg].concat()).unwrap();
         let mut st = state(File::open(&p).unwrap(), 1 << 20);
         st.ingest = Ingest::new(Format::Ecls, 1 << 20, 0);
-        let c = st.read_chunk(false, None, "f.json").unwrap();
+        let c = st.read_chunk(CHUNK_BYTES, false, None, "f.json").unwrap();
         assert_eq!((c.records.len(), c.rejects.total(), c.status), (0, 0, Status::More));
         assert_eq!(c.offset, pad.len() as u64, "the offset stays at the open document");
-        let c = st.read_chunk(false, None, "f.json").unwrap();
+        let c = st.read_chunk(CHUNK_BYTES, false, None, "f.json").unwrap();
         assert_eq!((c.records.len(), c.rejects.total(), c.status), (1, 0, Status::End));
         assert_eq!(c.records.as_slice()[0].get(crate::record::Field::RequestUuid), "132da36d-37b7-41e4-9d03-5e9f900f13c4");
         assert_eq!(c.offset, (pad.len() + msg.len()) as u64);

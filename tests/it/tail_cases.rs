@@ -360,3 +360,45 @@ fn read_from_end_skips_what_was_there_at_start_only() {
     env.expect_exactly(&[a, b].concat());
     env.stop();
 }
+
+/// A file written one line per `write()` is read in rounds of
+/// `read_delay_ms`, not once per line: every line comes out exactly once,
+/// and the lines of 1.5 s at 100 lines/s arrive in a handful of reads (each
+/// read stamps its records with one `ingestion_time`). Without the pacing
+/// (inotify events read one by one, one read per event) they would arrive
+/// in about as many reads as lines.
+#[test]
+fn a_trickle_of_lines_is_read_in_rounds_of_read_delay() {
+    let mut env = Env::new("access.log", "read_delay_ms = 200");
+    env.append("access.log", "");
+    env.start();
+    let ids = uuids("trickle", 150);
+    let mut f = fs::OpenOptions::new().append(true).open(env.path("access.log")).unwrap();
+    let start = std::time::Instant::now();
+    for (i, id) in ids.iter().enumerate() {
+        let due = start + std::time::Duration::from_millis(10 * i as u64);
+        if let Some(d) = due.checked_duration_since(std::time::Instant::now()) {
+            std::thread::sleep(d);
+        }
+        f.write_all(crate::tail_harness::line(id).as_bytes()).unwrap();
+    }
+    env.expect_exactly(&ids);
+    let text = fs::read_to_string(&env.out).unwrap();
+    let mut reads = std::collections::BTreeSet::new();
+    for l in text.lines() {
+        let v: serde_json::Value = serde_json::from_str(l).unwrap();
+        reads.insert(v["ingestion_time"].as_str().expect("ingestion_time stamped").to_string());
+    }
+    // 1.5 s / 200 ms = 8 rounds (a loaded machine only makes them fewer).
+    assert!(reads.len() <= 20, "150 lines written one per write() came out in {} reads", reads.len());
+    env.stop();
+}
+
+#[test]
+fn read_delay_is_bounded() {
+    let env = Env::new("access.log", "read_delay_ms = 5000");
+    let out = crate::support::cmd().args(["run", "--config"]).arg(&env.config).output().unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("read_delay_ms") && err.contains("at most 1000"), "{err}");
+}
