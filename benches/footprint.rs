@@ -36,8 +36,8 @@
 //!   Without `/usr/bin/strace` the last two are printed as skipped.
 //!
 //! `FOOTPRINT_BIN` runs another build of the bridge (before / after);
-//! `ARCHIVE_EXTRA`, `CHANNEL_EXTRA` and `UPSTREAM_EXTRA` add settings to
-//! those sections (`CHANNEL_EXTRA="replay_records = 1000"`).
+//! `SOURCE_EXTRA`, `ARCHIVE_EXTRA`, `CHANNEL_EXTRA` and `UPSTREAM_EXTRA`
+//! add settings to those sections (`SOURCE_EXTRA="read_delay_ms = 10"`).
 //! All durations are environment variables (seconds); `ROUNDS` (1) repeats
 //! the backlog runs (each run and the median printed). Defaults take about
 //! three minutes on a 2-core machine. Variables the bridge reads pass
@@ -174,14 +174,15 @@ impl Bridge {
     fn start(dir: &Path, sinks: &Sinks, upstream_url: Option<&str>) -> Bridge {
         assert_eq!(sinks.upstream, upstream_url.is_some(), "[upstream] needs a URL");
         let state = dir.join("state");
-        let mut cfg = format!(
-            "state_dir = {:?}\nlog_level = \"warn\"\n[[source]]\npaths = [{:?}]\nformat = \"le6\"\n[status]\nlisten = \"127.0.0.1:0\"\n",
-            state.to_string_lossy(),
-            dir.join("access*.log").to_string_lossy()
-        );
         // `*_EXTRA` variables add settings to a section (to try a setting
         // without editing the bench), e.g. `CHANNEL_EXTRA="replay_records = 1000"`.
         let extra = |name: &str| env_str(name, "").replace("\\n", "\n");
+        let mut cfg = format!(
+            "state_dir = {:?}\nlog_level = \"warn\"\n[[source]]\npaths = [{:?}]\nformat = \"le6\"\n{}\n[status]\nlisten = \"127.0.0.1:0\"\n",
+            state.to_string_lossy(),
+            dir.join("access*.log").to_string_lossy(),
+            extra("SOURCE_EXTRA")
+        );
         if sinks.archive {
             cfg += &format!("[file_output]\npath = {:?}\n{}\n", dir.join("out/out.ndjson").to_string_lossy(), extra("ARCHIVE_EXTRA"));
         }

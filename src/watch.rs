@@ -60,24 +60,43 @@ struct Pacer {
 }
 
 impl Pacer {
-    /// Called after an event was passed on; `modified` holds its paths
-    /// when it was a content change. Sleeps when the thread should pause.
-    fn after(&mut self, modified: Option<&[PathBuf]>) {
+    fn new(pause: Duration) -> Pacer {
+        Pacer { pause, ended: None, trigger: None, handled_since: false }
+    }
+
+    /// Called for every event notify hands over, ours or not; `modified`
+    /// holds its paths when it is a content change of our files. True when
+    /// the thread should pause once the change is passed on.
+    fn decide(&mut self, modified: Option<&[PathBuf]>) -> bool {
+        self.decide_at(modified, Instant::now())
+    }
+
+    fn decide_at(&mut self, modified: Option<&[PathBuf]>, now: Instant) -> bool {
+        // Any event counts: after a pause, a file opened, written and
+        // closed per line (events that do not merge) is not "still hot"
+        // because its write comes second.
         let first_after = !std::mem::replace(&mut self.handled_since, true);
-        let Some(paths) = modified else { return };
+        let Some(paths) = modified else { return false };
         if self.pause.is_zero() {
-            return;
+            return false;
         }
         let pause = match self.ended {
             None => true,
-            Some(end) => end.elapsed() > PACE_BURST || (first_after && self.trigger.as_ref().is_some_and(|t| paths.contains(t))),
+            Some(end) => {
+                now.saturating_duration_since(end) > PACE_BURST || (first_after && self.trigger.as_ref().is_some_and(|t| paths.contains(t)))
+            }
         };
         if pause {
-            std::thread::sleep(self.pause);
-            self.ended = Some(Instant::now());
             self.trigger = paths.first().cloned();
-            self.handled_since = false;
         }
+        pause
+    }
+
+    /// Pauses (after the change was passed on).
+    fn pause(&mut self) {
+        std::thread::sleep(self.pause);
+        self.ended = Some(Instant::now());
+        self.handled_since = false;
     }
 }
 
@@ -252,19 +271,23 @@ impl Watcher {
         let this = self.clone();
         let lost2 = lost.clone();
         let tx2 = tx.clone();
-        let mut pacer = Pacer { pause: self.read_delay, ended: None, trigger: None, handled_since: false };
+        let mut pacer = Pacer::new(self.read_delay);
         let watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
             let change = match res {
                 Ok(ev) => {
                     let need_rescan = ev.need_rescan();
                     let paths: Vec<PathBuf> = ev.paths.into_iter().filter(|p| this.matches(p)).collect();
                     match ev.kind {
-                        // Our own opens and reads: not a change.
-                        EventKind::Access(_) => return,
+                        // Opens and closes (ours too): not a change.
+                        EventKind::Access(_) => {
+                            pacer.decide(None);
+                            return;
+                        }
                         _ if paths.is_empty() => {
                             if need_rescan {
                                 Change::Rescan
                             } else {
+                                pacer.decide(None);
                                 return;
                             }
                         }
@@ -277,16 +300,18 @@ impl Watcher {
                 }
                 Err(_) => Change::Rescan,
             };
-            let modified = match &change {
-                Change::Modified(paths) => Some(paths.clone()),
+            let pause = pacer.decide(match &change {
+                Change::Modified(paths) => Some(paths),
                 _ => None,
-            };
+            });
             if tx2.try_send(change).is_err() {
                 lost2.store(true, Ordering::Release);
             }
             // This runs on notify's own thread: pausing it leaves the next
             // events in the kernel, which merges a file's repeated changes.
-            pacer.after(modified.as_deref());
+            if pause {
+                pacer.pause();
+            }
         })?;
         let mut ev = Events { watcher, rx, lost, watched: HashSet::new(), _tx: tx };
         ev.rewatch(self);
@@ -352,6 +377,56 @@ mod tests {
         let mut t = format!("paths = {paths:?}\n");
         t.push_str(&format!("exclude = {exclude:?}\n"));
         toml::from_str(&t).unwrap()
+    }
+
+    #[test]
+    fn the_notify_thread_pauses_once_per_round_of_a_hot_file() {
+        let (a, b) = (PathBuf::from("/l/a.log"), PathBuf::from("/l/b.log"));
+        let ms = Duration::from_millis;
+        let mut p = Pacer::new(ms(50));
+        let t0 = Instant::now();
+        // A change after a quiet spell: passed on, then a pause.
+        assert!(p.decide_at(Some(std::slice::from_ref(&a)), t0));
+        p.ended = Some(t0 + ms(50));
+        p.handled_since = false;
+        // The merged change of the same file read right after: still being
+        // written, so one more pause (one read per round).
+        assert!(p.decide_at(Some(std::slice::from_ref(&a)), t0 + ms(50)));
+        p.ended = Some(t0 + ms(100));
+        p.handled_since = false;
+        // What queued up during a pause for other files (or for this one,
+        // behind other events): handled at once, no pause per event.
+        assert!(!p.decide_at(Some(std::slice::from_ref(&b)), t0 + ms(100)));
+        assert!(!p.decide_at(Some(std::slice::from_ref(&a)), t0 + ms(100)));
+        assert!(!p.decide_at(None, t0 + ms(100)));
+        assert!(!p.decide_at(Some(std::slice::from_ref(&b)), t0 + ms(100)));
+        // A change arriving later, in real time: a pause again.
+        assert!(p.decide_at(Some(std::slice::from_ref(&b)), t0 + ms(110)));
+        // Other events never pause.
+        assert!(!p.decide_at(None, t0 + ms(500)));
+    }
+
+    #[test]
+    fn a_file_opened_written_and_closed_per_line_does_not_pause_per_event() {
+        // Its events (open, modify, close) do not merge: after a pause the
+        // queue holds many, read in one go.
+        let a = PathBuf::from("/l/a.log");
+        let mut p = Pacer::new(Duration::from_millis(50));
+        let t0 = Instant::now();
+        assert!(p.decide_at(Some(std::slice::from_ref(&a)), t0));
+        p.ended = Some(t0);
+        p.handled_since = false;
+        for _ in 0..100 {
+            assert!(!p.decide_at(None, t0)); // open
+            assert!(!p.decide_at(Some(std::slice::from_ref(&a)), t0)); // modify
+            assert!(!p.decide_at(None, t0)); // close
+        }
+    }
+
+    #[test]
+    fn a_zero_read_delay_never_pauses() {
+        let mut p = Pacer::new(Duration::ZERO);
+        assert!(!p.decide_at(Some(&[PathBuf::from("/l/a.log")]), Instant::now()));
     }
 
     #[test]

@@ -420,14 +420,23 @@ impl Checkpointer {
     }
 
     /// Writes the document if it changed (or always with `force`): temp
-    /// file, fsync, rename, fsync of the directory. Blocking: call it from a
-    /// blocking thread.
+    /// file, fsync, rename. A forced write (the final one at shutdown,
+    /// `reset-state`) also fsyncs the directory; the periodic ones do not
+    /// (one fsync per write instead of two): after a power loss the
+    /// previous document may be the one found, which reads some records
+    /// again and loses none, since offsets only move forward. Blocking:
+    /// call it from a blocking thread.
     pub fn write(&self, force: bool) -> Result<bool, CheckpointError> {
         let Some(bytes) = self.snapshot(force) else {
             return Ok(false);
         };
         let io = |source| CheckpointError::Io { path: self.path.to_path_buf(), source };
-        if let Err(e) = crate::state_dir::write_atomic(&self.path, &bytes) {
+        let written = if force {
+            crate::state_dir::write_atomic(&self.path, &bytes)
+        } else {
+            crate::state_dir::write_atomic_lazy_dir(&self.path, &bytes)
+        };
+        if let Err(e) = written {
             // Try again next time.
             self.lock().dirty = true;
             return Err(io(e));

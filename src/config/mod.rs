@@ -385,7 +385,7 @@ path = "/tmp/out.ndjson"
         assert_eq!(s.ignore_older, Some(std::time::Duration::from_secs(60)));
         assert_eq!(s.rescan_interval, std::time::Duration::from_secs(10));
         assert_eq!(s.partial_grace, std::time::Duration::from_millis(500));
-        assert_eq!(s.read_delay, std::time::Duration::from_millis(25));
+        assert_eq!(s.read_delay, std::time::Duration::from_millis(50));
         assert_eq!(c.status.delay_window, std::time::Duration::from_secs(300));
         assert_eq!(c.status, StatusConfig::default());
     }

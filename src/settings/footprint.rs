@@ -17,8 +17,8 @@ pub const DEFAULT_MEMORY_MAX_BYTES: usize = 24 << 20;
 /// would pause after every chunk.
 pub const MIN_MEMORY_MAX_BYTES: usize = 4 << 20;
 
-/// Default `checkpoint_interval_ms`: at most one checkpoint write (a file
-/// and a directory fsync) per second; after a `kill -9` the records read
+/// Default `checkpoint_interval_ms`: at most one checkpoint write (one
+/// fsync; the directory's only at a stop) per second; after a `kill -9` the records read
 /// again are those acknowledged in the last second at most.
 pub const DEFAULT_CHECKPOINT_INTERVAL_MS: u64 = 1000;
 
