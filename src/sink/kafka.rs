@@ -8,7 +8,8 @@
 //! `batch_max_records` or `batch_max_bytes`, or `linger_ms` after its first
 //! record. At most `max_in_flight` requests are sent at once: while every
 //! permit is held, the queue fills and the readers wait (backpressure, no
-//! memory growth). A pipeline batch is acknowledged only when every one of
+//! memory growth; the encoded messages held are charged to the memory
+//! budget, [`crate::budget`]). A pipeline batch is acknowledged only when every one of
 //! its messages was acknowledged by the brokers or written to the
 //! dead-letter file (a message the brokers refuse for good: too large, or
 //! refused by policy).
@@ -123,7 +124,7 @@ impl super::Sink for KafkaSink {
         } else {
             None
         };
-        let shared = Arc::new(Shared::new(cfg, ctx, spool));
+        let shared = Arc::new(Shared::new(cfg, ctx, spool, fanout.budget().clone()));
         fanout.add(NAME, tx);
         let task = tokio::spawn(run(shared, rx, ctx.shutdown.clone()));
         Ok((SinkHandle { name: NAME, task }, ()))
@@ -154,6 +155,19 @@ struct Held {
 struct Request {
     units: Units,
     owners: Vec<Arc<Held>>,
+    /// The encoded messages' memory, charged to the memory budget until
+    /// the request is acknowledged, spooled or dead-lettered (the pipeline
+    /// batches themselves are let go once encoded).
+    _charge: crate::budget::Charge,
+}
+
+impl Request {
+    fn new(units: Units, owners: Vec<Arc<Held>>, budget: &Arc<crate::budget::MemoryBudget>) -> Request {
+        let bytes = units.buf.capacity()
+            + units.spans.capacity() * std::mem::size_of::<super::upstream::encode::Span>()
+            + owners.capacity() * std::mem::size_of::<Arc<Held>>();
+        Request { units, owners, _charge: budget.charge(bytes) }
+    }
 }
 
 /// The sink's figures.
@@ -184,6 +198,8 @@ struct Shared {
     brokers_fault: Fault,
     /// `max_in_flight` permits.
     permits: Arc<Semaphore>,
+    /// The memory budget, charged with the encoded messages held.
+    budget: Arc<crate::budget::MemoryBudget>,
     /// Observed time of each batch held, for the oldest-pending figure.
     pending: Mutex<BTreeMap<(i64, u64), ()>>,
     next_id: AtomicU64,
@@ -202,7 +218,7 @@ struct Shared {
 }
 
 impl Shared {
-    fn new(cfg: &SinkConfig, ctx: &SinkContext, spool: Option<Spool>) -> Shared {
+    fn new(cfg: &SinkConfig, ctx: &SinkContext, spool: Option<Spool>, budget: Arc<crate::budget::MemoryBudget>) -> Shared {
         let f = ctx.telemetry.figures(NAME);
         let figures = Figures {
             produced: f.counter("messages_produced", "Messages the brokers acknowledged (acks = all)"),
@@ -235,6 +251,7 @@ impl Shared {
             dead_letter_fault: ctx.telemetry.fault("kafka_dead_letter"),
             brokers_fault: ctx.telemetry.fault("kafka"),
             permits: Arc::new(Semaphore::new(cfg.max_in_flight)),
+            budget,
             pending: Mutex::new(BTreeMap::new()),
             next_id: AtomicU64::new(0),
             failing_since_ms: AtomicI64::new(0),
@@ -479,7 +496,8 @@ impl Shared {
                 return true;
             }
             if keep.len() != req.units.len() {
-                req = Request { units: req.units.select(&keep), owners: keep.iter().map(|&i| req.owners[i].clone()).collect() };
+                let owners = keep.iter().map(|&i| req.owners[i].clone()).collect();
+                req = Request::new(req.units.select(&keep), owners, &self.budget);
             }
             self.figures.retries.inc();
             self.stats.retried();
@@ -545,12 +563,12 @@ struct Builder {
 }
 
 impl Builder {
-    fn take(&mut self) -> Option<Request> {
+    fn take(&mut self, budget: &Arc<crate::budget::MemoryBudget>) -> Option<Request> {
         if self.units.is_empty() {
             return None;
         }
         let b = std::mem::take(self);
-        Some(Request { units: b.units, owners: b.owners })
+        Some(Request::new(b.units, b.owners, budget))
     }
 }
 
@@ -569,7 +587,7 @@ async fn run(sh: Arc<Shared>, mut rx: mpsc::Receiver<Arc<Batch>>, shutdown: Canc
     loop {
         if flush_at.is_some_and(|t| t <= Instant::now()) {
             flush_at = None;
-            if let Some(req) = b.take() {
+            if let Some(req) = b.take(&sh.budget) {
                 if !dispatch(&sh, req, &tracker, &abandon, &shutdown).await {
                     break;
                 }
@@ -594,7 +612,7 @@ async fn run(sh: Arc<Shared>, mut rx: mpsc::Receiver<Arc<Batch>>, shutdown: Canc
                         // A large pipeline batch becomes several requests
                         // of the configured size.
                         if b.units.len() >= sh.cfg.batch_max_records || b.units.buf.len() >= sh.cfg.batch_max_bytes {
-                            if let Some(req) = b.take() {
+                            if let Some(req) = b.take(&sh.budget) {
                                 if !dispatch(&sh, req, &tracker, &abandon, &shutdown).await {
                                     stopped = true;
                                     break;
@@ -625,7 +643,7 @@ async fn run(sh: Arc<Shared>, mut rx: mpsc::Receiver<Arc<Batch>>, shutdown: Canc
             tracing::info!("kafka: stopping while the brokers fail; what is held goes to the spool");
             sh.spool_now.cancel();
         }
-        if let Some(req) = b.take() {
+        if let Some(req) = b.take(&sh.budget) {
             tokio::select! {
                 _ = dispatch(&sh, req, &tracker, &abandon, &shutdown) => {}
                 _ = tokio::time::sleep_until(deadline) => {}
@@ -696,7 +714,8 @@ async fn drain(sh: Arc<Shared>, stop: CancellationToken) {
             }
         };
         let n = units.len();
-        if !sh.clone().send(Request { units, owners: Vec::new() }, stop.clone()).await {
+        let req = Request::new(units, Vec::new(), &sh.budget);
+        if !sh.clone().send(req, stop.clone()).await {
             lock(spool).release(entry.seq);
             return;
         }
@@ -765,4 +784,20 @@ async fn dispatch(
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_request_holds_its_encoded_messages_against_the_memory_budget_until_dropped() {
+        let budget = crate::budget::MemoryBudget::new(1 << 20, &crate::telemetry::Telemetry::new());
+        let mut units = Units::default();
+        units.buf.extend_from_slice(&[b'x'; 4096]);
+        let req = Request::new(units, Vec::new(), &budget);
+        assert!(budget.used() >= 4096, "charged {}", budget.used());
+        drop(req);
+        assert_eq!(budget.used(), 0);
+    }
 }
