@@ -5,7 +5,7 @@
 //! fan-out takes it until the last sink lets go of it (the chunk its
 //! records borrow from and the records themselves, queued, or held by the
 //! archive until its fsync), and what a sink keeps of its own instead of
-//! the batch while it waits to deliver it (upstream's encoded requests).
+//! the batch while it waits to deliver it (upstream's encoded requests, the Kafka sink's encoded messages).
 //! Readers wait for room before they read a chunk and before they hand a
 //! batch on ([`MemoryBudget::room`]), exactly as they wait for a full sink
 //! queue; sinks never wait to charge what they already hold
