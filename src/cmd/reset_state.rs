@@ -7,7 +7,11 @@
 //! never deleted. New checkpoints are written for every file the sources
 //! match now, at its start or at its end as the operator chose; a new
 //! `channel.seq` starts above any number a bridge can have used, so a
-//! client never sees a sequence number twice. Files that are not damaged
+//! client never sees a sequence number twice. A Kafka source's damaged
+//! positions (`kafka-offsets-<group_id>.json`) are kept aside and not
+//! replaced: each partition then starts at the source's own `read_from`
+//! (`--read-from` chooses for files only; it cannot name broker offsets
+//! without the brokers). Files that are not damaged
 //! are left alone unless `--force`. The bridge must be stopped: the command
 //! takes the state directory's lock, as `run` does.
 
@@ -61,12 +65,23 @@ pub fn run(args: ResetStateArgs) -> anyhow::Result<i32> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => None,
         Err(e) => return Err(e).with_context(|| format!("cannot read {}", seq_path.display())),
     };
-    if ckpt_damaged.is_none() && seq_damaged.is_none() && !args.force {
+    // Kafka sources keep their positions per group, in
+    // kafka-offsets-<group_id>.json.
+    let mut kafka = Vec::new();
+    for source in &cfg.sources {
+        let Some(k) = source.get::<crate::source::kafka::KafkaSource>() else { continue };
+        let path = crate::state_dir::StateDir::new(&state_dir).kafka_offsets(&k.group_id);
+        let damaged = crate::kafka::hub::load_offsets(&state_dir, k).err().map(|d| d.problem);
+        kafka.push((path, damaged, k));
+    }
+    let kafka_damaged = kafka.iter().any(|(_, d, _)| d.is_some());
+    if ckpt_damaged.is_none() && seq_damaged.is_none() && !kafka_damaged && !args.force {
         println!(
-            "nothing is damaged in {}: {} and {} are readable; nothing changed (--force replaces them anyway)",
+            "nothing is damaged in {}: {}, {}{} are readable; nothing changed (--force replaces them anyway)",
             state_dir.display(),
             crate::checkpoint::FILE_NAME,
-            channel::SEQ_FILE
+            channel::SEQ_FILE,
+            if kafka.is_empty() { "" } else { " and the Kafka sources' positions" }
         );
         return Ok(0);
     }
@@ -119,6 +134,25 @@ pub fn run(args: ResetStateArgs) -> anyhow::Result<i32> {
              for the numbers skipped)",
             seq_path.display()
         );
+    }
+    for (path, damaged, k) in &kafka {
+        if damaged.is_none() && !args.force {
+            continue;
+        }
+        if let Some(problem) = damaged {
+            println!("{} is damaged: {problem}", path.display());
+        }
+        if let Some(aside) = keep_aside(path, &stamp)? {
+            println!("kept it aside as {}", aside.display());
+        }
+        // Positions are the brokers' offsets, which this command does not
+        // ask for: with no saved position each partition starts where the
+        // source's own setting says.
+        let from = match k.read_from {
+            crate::settings::ReadFrom::Beginning => "beginning: the earliest message the brokers keep (records may be sent again)",
+            crate::settings::ReadFrom::End => "end: the next message produced (messages produced meanwhile are skipped)",
+        };
+        println!("the Kafka source of group `{}` has no saved positions now: each partition starts at its read_from = {from}", k.group_id);
     }
     println!("done: start the bridge again");
     Ok(0)

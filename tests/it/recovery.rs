@@ -128,3 +128,50 @@ fn a_damaged_channel_sequence_file_stops_for_good_and_reset_state_numbers_above_
     env.start();
     env.stop();
 }
+
+/// A Kafka source's damaged positions stop the bridge like a damaged
+/// checkpoint file, and `reset-state` recovers them too: the file is kept
+/// aside and the partitions start at the source's `read_from`.
+#[test]
+fn damaged_kafka_positions_stop_the_bridge_and_reset_state_recovers_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    fs::create_dir_all(&state).unwrap();
+    let config = dir.path().join("hub.toml");
+    let log = dir.path().join("hub.log");
+    // No broker is needed: the positions are read before any connection.
+    fs::write(
+        &config,
+        format!(
+            "state_dir = {state:?}\n\n[[source]]\nkind = \"kafka\"\nname = \"fleet\"\nbrokers = [\"127.0.0.1:9\"]\ntopics = [\"calls\"]\n\
+             group_id = \"hub\"\n\n[file_output]\npath = {:?}\n\n[status]\nlisten = \"127.0.0.1:0\"\n",
+            dir.path().join("out/out.ndjson")
+        ),
+    )
+    .unwrap();
+    let offsets = state.join("kafka-offsets-hub.json");
+    fs::write(&offsets, "{\"version\":1,\"partitions\":[").unwrap();
+
+    let mut child = support::spawn_bridge(&config, &log);
+    let status = support::poll_until(DEADLINE, "the bridge to exit", || child.try_wait().expect("wait"));
+    let text = fs::read_to_string(&log).unwrap_or_default();
+    assert_eq!(status.code(), Some(EXIT_DAMAGED_STATE), "log:\n{text}");
+    assert!(text.contains("kafka-offsets-hub.json") && text.contains("reset-state --config"), "{text}");
+
+    let (code, out) = reset_state(&config, &["--read-from", "end"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("kafka-offsets-hub.json is damaged") && out.contains("read_from = beginning"), "{out}");
+    assert_eq!(named(&state, "kafka-offsets-hub.json.damaged-").len(), 1, "{out}");
+    assert!(!offsets.exists(), "{out}");
+
+    // Starts now (and keeps trying the broker): its status page answers.
+    let _ = fs::remove_file(state.join("status.addr"));
+    let mut child = support::spawn_bridge(&config, &log);
+    support::poll_until(DEADLINE, "the status page of the restarted bridge", || {
+        assert!(child.try_wait().unwrap().is_none(), "the bridge exited: {}", fs::read_to_string(&log).unwrap_or_default());
+        let addr = fs::read_to_string(state.join("status.addr")).ok()?;
+        std::net::TcpStream::connect(addr.trim().trim_start_matches("http://")).ok()
+    });
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
