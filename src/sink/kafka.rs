@@ -34,6 +34,14 @@
 //! wait while spooled files do, so the backlog goes first, in order.
 //! Spooled files survive a crash and are sent after the restart.
 //!
+//! Files that go away: while a reader holds a durability demand (its file
+//! was deleted or rotated out of the globs with records not yet
+//! acknowledged, [`crate::pipeline::Durability`]), what this sink holds in
+//! memory goes to the spool at once and is acknowledged, as upstream's
+//! does: the request being built (without waiting for `linger_ms`),
+//! requests waiting for a permit, and requests being sent or waiting to
+//! retry. Older spooled messages are never deleted for them.
+//!
 //! Shutdown: when the queue closes, what is batched is sent and the sink
 //! waits up to `shutdown_grace_ms`. If the brokers are failing then (or
 //! still after the grace period), what is held in memory goes to the spool
@@ -124,7 +132,7 @@ impl super::Sink for KafkaSink {
         } else {
             None
         };
-        let shared = Arc::new(Shared::new(cfg, ctx, spool, fanout.budget().clone()));
+        let shared = Arc::new(Shared::new(cfg, ctx, spool, fanout.budget().clone(), fanout.durability()));
         fanout.add(NAME, tx);
         let task = tokio::spawn(run(shared, rx, ctx.shutdown.clone()));
         Ok((SinkHandle { name: NAME, task }, ()))
@@ -200,6 +208,9 @@ struct Shared {
     permits: Arc<Semaphore>,
     /// The memory budget, charged with the encoded messages held.
     budget: Arc<crate::budget::MemoryBudget>,
+    /// Demands that what is held in memory be made durable now (a file
+    /// went away with records not yet acknowledged).
+    durability: Arc<crate::pipeline::Durability>,
     /// Observed time of each batch held, for the oldest-pending figure.
     pending: Mutex<BTreeMap<(i64, u64), ()>>,
     next_id: AtomicU64,
@@ -218,7 +229,13 @@ struct Shared {
 }
 
 impl Shared {
-    fn new(cfg: &SinkConfig, ctx: &SinkContext, spool: Option<Spool>, budget: Arc<crate::budget::MemoryBudget>) -> Shared {
+    fn new(
+        cfg: &SinkConfig,
+        ctx: &SinkContext,
+        spool: Option<Spool>,
+        budget: Arc<crate::budget::MemoryBudget>,
+        durability: Arc<crate::pipeline::Durability>,
+    ) -> Shared {
         let f = ctx.telemetry.figures(NAME);
         let figures = Figures {
             produced: f.counter("messages_produced", "Messages the brokers acknowledged (acks = all)"),
@@ -252,6 +269,7 @@ impl Shared {
             brokers_fault: ctx.telemetry.fault("kafka"),
             permits: Arc::new(Semaphore::new(cfg.max_in_flight)),
             budget,
+            durability,
             pending: Mutex::new(BTreeMap::new()),
             next_id: AtomicU64::new(0),
             failing_since_ms: AtomicI64::new(0),
@@ -342,6 +360,15 @@ impl Shared {
         }
         let since = self.failing_since_ms.load(Ordering::Acquire);
         since != 0 && now_ms() - since >= i64::try_from(self.cfg.spool_after.as_millis()).unwrap_or(i64::MAX)
+    }
+
+    /// True while a file went away with records not yet acknowledged (a
+    /// durability demand, [`crate::pipeline::Durability`]) and the spool is
+    /// enabled: what is held in memory goes to the spool at once (never
+    /// evicting older spooled messages), so a crash cannot lose records
+    /// whose file is gone.
+    fn must_spill(&self) -> bool {
+        self.spool.is_some() && self.durability.is_demanded()
     }
 
     fn spool_has_untaken(&self) -> bool {
@@ -435,12 +462,34 @@ impl Shared {
         let mut attempt = 0u32;
         let in_memory = !req.owners.is_empty();
         let spool_now = self.spool_now.clone();
+        // A durability spill found no room in the spool.
+        let mut spill_failed = false;
         loop {
             if in_memory && self.spooling() && self.spool_store(&req, true).await {
                 return true;
             }
+            if in_memory && !spill_failed && self.must_spill() {
+                if self.spool_store(&req, false).await {
+                    return true;
+                }
+                spill_failed = true;
+            }
             let outcome = tokio::select! {
                 _ = stop.cancelled() => return false,
+                _ = self.durability.demanded(), if in_memory && self.spool.is_some() && !spill_failed => {
+                    // A file gone with records held here: to disk at once
+                    // (an answer lost here may mean a duplicate), never
+                    // deleting older spooled messages for it. A spool
+                    // without room is not tried again for this request.
+                    if self.spool_store(&req, false).await {
+                        return true;
+                    }
+                    spill_failed = true;
+                    tokio::select! {
+                        _ = stop.cancelled() => return false,
+                        o = self.producer.attempt(&req.units) => o,
+                    }
+                }
                 _ = spool_now.cancelled(), if in_memory && self.spool.is_some() => {
                     // Stopping while the brokers fail: to disk at once
                     // (an answer lost here may mean a duplicate).
@@ -512,7 +561,7 @@ impl Shared {
                     _ = stop.cancelled() => return false,
                     _ = tokio::time::sleep(check.min(until - Instant::now())) => {}
                 }
-                if in_memory && self.spooling() {
+                if in_memory && (self.spooling() || (!spill_failed && self.must_spill())) {
                     break;
                 }
             }
@@ -597,6 +646,11 @@ async fn run(sh: Arc<Shared>, mut rx: mpsc::Receiver<Arc<Batch>>, shutdown: Canc
             biased;
             _ = shutdown.cancelled() => break,
             _ = tokio::time::sleep_until(flush_at.unwrap_or_else(far)), if flush_at.is_some() => {}
+            // A file went away with records not yet acknowledged: what is
+            // being built does not wait for linger_ms.
+            _ = sh.durability.demanded(), if sh.spool.is_some() && !b.units.is_empty() && flush_at.is_some_and(|t| t > Instant::now()) => {
+                flush_at = Some(Instant::now());
+            }
             msg = rx.recv() => match msg {
                 Some(batch) => {
                     sh.stats.enqueued(batch.records.len());
@@ -747,7 +801,7 @@ async fn dispatch(
                 if sh.spool_store(&req, true).await {
                     return true;
                 }
-            } else if failing && full {
+            } else if sh.must_spill() || (failing && full) {
                 // The queue is full during an outage: spill if it fits.
                 if sh.spool_store(&req, false).await {
                     return true;

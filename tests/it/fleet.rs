@@ -502,3 +502,43 @@ fn a_broker_frozen_past_spool_after_ms_spools_and_nothing_is_lost_even_with_kill
     hub.stop();
     edge.stop();
 }
+
+/// Issue 13's rule for the Kafka sink: a file deleted while the brokers do
+/// not answer, its records read (and archived) but held by the Kafka sink,
+/// long before `spool_after_ms`: those records go to the spool at once, so
+/// a `kill -9` right after loses none of them.
+#[test]
+fn a_file_deleted_while_the_broker_is_frozen_is_spooled_at_once_and_survives_kill_9() {
+    let test = "fleet::a_file_deleted_while_the_broker_is_frozen_is_spooled_at_once_and_survives_kill_9";
+    let Some(broker) = broker(test) else { return };
+    let mut hub = Node::hub(&broker.addr());
+    // Only the deleted file can make this edge spool.
+    let mut edge = Node::edge_with(&broker.addr(), "edge-d", "spool_after_ms = 600000\n");
+    hub.start();
+    edge.start();
+    let mut all = uuids("d0", 20);
+    edge.append(&all);
+    hub.wait_for(&all, &[&edge]);
+
+    broker.pause();
+    let gone = uuids("d1", 200);
+    edge.append(&gone);
+    support::poll_until(DEADLINE, "the edge to archive the records", || {
+        let got = edge.counts();
+        gone.iter().all(|u| got.contains_key(u)).then_some(())
+    });
+    assert_eq!(spool_files(&edge), 0, "nothing spooled before the file went away");
+    // Local Edition rotates the file away and deletes it.
+    fs::remove_file(edge.dir.path().join("logs/access.log")).unwrap();
+    support::poll_until(DEADLINE, "the deleted file's records in the kafka spool", || {
+        (metric(&edge, "calllog_bridge_kafka_spool_records") >= gone.len() as f64).then_some(())
+    });
+    edge.kill9();
+    broker.resume();
+    all.extend(gone);
+    edge.start();
+    hub.wait_for(&all, &[&edge]);
+    support::poll_until(DEADLINE, "the kafka spool to drain after the restart", || (spool_files(&edge) == 0).then_some(()));
+    hub.stop();
+    edge.stop();
+}
