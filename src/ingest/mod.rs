@@ -301,12 +301,7 @@ impl Ingest {
             if doc.depth.rejects_object_start() && starts_object(line, self.max_line_bytes) {
                 // The lone `{` did not open a document after all: it is
                 // rejected, and this line is read on its own.
-                let reject = Reject::new(RejectReason::BadJson, "a lone `{` not followed by a JSON document");
-                let raw = &data[doc_start..at.saturating_sub(1).max(doc_start)];
-                let r = Rejected { offset: self.pos + doc_start as u64, line: doc.line, reject, raw };
-                self.doc = None;
-                s.rejects.reject(r);
-                *consumed = at;
+                self.reject_lone_open(s, doc_start, at, consumed);
             } else {
                 doc.depth.line_end();
                 if doc.depth.feed(line) {
@@ -386,12 +381,7 @@ impl Ingest {
                 return;
             }
             if doc.depth.rejects_object_start() && starts_object(rest, self.max_line_bytes) {
-                let reject = Reject::new(RejectReason::BadJson, "a lone `{` not followed by a JSON document");
-                let raw = &data[doc_start..at.saturating_sub(1).max(doc_start)];
-                let r = Rejected { offset: self.pos + doc_start as u64, line: doc.line, reject, raw };
-                self.doc = None;
-                s.rejects.reject(r);
-                *consumed = at;
+                self.reject_lone_open(s, doc_start, at, consumed);
             } else {
                 // An over-long line inside the document: the document is
                 // too long.
@@ -431,6 +421,18 @@ impl Ingest {
 
     /// Parses one line or joined document, `data[from..to]`, and stamps
     /// and enriches its records, or rejects it.
+    /// The lone `{` that opened `self.doc` (at `doc_start`) did not open a
+    /// document after all, since a new object starts at `at` where the
+    /// document cannot continue: it is rejected, and reading goes on at
+    /// `at`.
+    fn reject_lone_open<'a>(&mut self, s: &mut Step<'a, '_>, doc_start: usize, at: usize, consumed: &mut usize) {
+        let Some(doc) = self.doc.take() else { return };
+        let reject = Reject::new(RejectReason::BadJson, "a lone `{` not followed by a JSON document");
+        let raw = &s.data[doc_start..at.saturating_sub(1).max(doc_start)];
+        s.rejects.reject(Rejected { offset: self.pos + doc_start as u64, line: doc.line, reject, raw });
+        *consumed = at;
+    }
+
     fn handle<'a>(&mut self, s: &mut Step<'a, '_>, from: usize, to: usize, line_no: u64, doc: bool) {
         let text = &s.data[from..to];
         let offset = self.pos + from as u64;
