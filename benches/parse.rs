@@ -135,6 +135,34 @@ fn run(format: Format, text: &[u8], enrich: Option<(&Enricher, &Lookups)>) -> Du
     clock.elapsed()
 }
 
+/// The records serialised as the archive does, into a 1 MiB buffer that is
+/// counted and cleared when nearly full (no I/O).
+struct Ndjson {
+    buf: Vec<u8>,
+    written: usize,
+}
+
+impl Ndjson {
+    fn new() -> Ndjson {
+        Ndjson { buf: Vec::with_capacity(1 << 20), written: 0 }
+    }
+
+    fn write(&mut self, records: &Records) {
+        for rec in records.iter() {
+            rec.write_json(Shape::Ndjson, &mut self.buf);
+            self.buf.push(b'\n');
+            if self.buf.len() > (1 << 20) - 4096 {
+                self.written += self.buf.len();
+                self.buf.clear();
+            }
+        }
+    }
+
+    fn finish(self) {
+        std::hint::black_box((self.written, self.buf.len()));
+    }
+}
+
 /// Bytes per chunk in the "batch" mode (the tail reader's read size).
 const CHUNK: usize = 256 * 1024;
 
@@ -143,8 +171,7 @@ const CHUNK: usize = 256 * 1024;
 /// serialised from there and dropped with their batch.
 fn run_batched(format: Format, text: &[u8], e: &Enricher, tables: &Arc<Lookups>) -> Duration {
     let mut parser = LineParser::new(format, 1 << 20);
-    let mut out_buf: Vec<u8> = Vec::with_capacity(1 << 20);
-    let mut written = 0usize;
+    let mut out = Ndjson::new();
     let clock = Clock::start();
     let mut rest = text;
     while !rest.is_empty() {
@@ -166,17 +193,10 @@ fn run_batched(format: Format, text: &[u8], e: &Enricher, tables: &Arc<Lookups>)
             }
             out
         });
-        for rec in records.iter() {
-            rec.write_json(Shape::Ndjson, &mut out_buf);
-            out_buf.push(b'\n');
-            if out_buf.len() > (1 << 20) - 4096 {
-                written += out_buf.len();
-                out_buf.clear();
-            }
-        }
+        out.write(&records);
         drop(records);
     }
-    std::hint::black_box((written, out_buf.len()));
+    out.finish();
     clock.elapsed()
 }
 
@@ -186,8 +206,7 @@ fn run_batched(format: Format, text: &[u8], e: &Enricher, tables: &Arc<Lookups>)
 /// into the next buffer.
 fn run_ingest(format: Format, text: &[u8], e: &Enricher, tables: &Arc<Lookups>) -> Duration {
     let mut ingest = Ingest::new(format, 1 << 20, 0);
-    let mut out_buf: Vec<u8> = Vec::with_capacity(1 << 20);
-    let mut written = 0usize;
+    let mut out = Ndjson::new();
     let mut carry: Vec<u8> = Vec::new();
     let clock = Clock::start();
     let mut rest = text;
@@ -210,20 +229,13 @@ fn run_ingest(format: Format, text: &[u8], e: &Enricher, tables: &Arc<Lookups>) 
             out
         });
         carry = records.source_data().map(|d| d[consumed..].to_vec()).unwrap_or_default();
-        for rec in records.iter() {
-            rec.write_json(Shape::Ndjson, &mut out_buf);
-            out_buf.push(b'\n');
-            if out_buf.len() > (1 << 20) - 4096 {
-                written += out_buf.len();
-                out_buf.clear();
-            }
-        }
+        out.write(&records);
         drop(records);
         if last {
             break;
         }
     }
-    std::hint::black_box((written, out_buf.len()));
+    out.finish();
     clock.elapsed()
 }
 
