@@ -371,6 +371,16 @@ impl Shared {
         self.spool.is_some() && self.durability.is_demanded()
     }
 
+    /// Resolves when what a sender holds must go to the spool at once: the
+    /// sink stops while the brokers fail (`spool_now`), or, with
+    /// `file_gone`, a durability demand is held.
+    async fn urgent(&self, spool_now: &CancellationToken, file_gone: bool) {
+        tokio::select! {
+            _ = spool_now.cancelled() => {}
+            _ = self.durability.demanded(), if file_gone => {}
+        }
+    }
+
     fn spool_has_untaken(&self) -> bool {
         self.spool.as_ref().is_some_and(|s| lock(s).has_untaken())
     }
@@ -476,26 +486,18 @@ impl Shared {
             }
             let outcome = tokio::select! {
                 _ = stop.cancelled() => return false,
-                _ = self.durability.demanded(), if in_memory && self.spool.is_some() && !spill_failed => {
-                    // A file gone with records held here: to disk at once
-                    // (an answer lost here may mean a duplicate), never
-                    // deleting older spooled messages for it. A spool
-                    // without room is not tried again for this request.
-                    if self.spool_store(&req, false).await {
+                _ = self.urgent(&spool_now, !spill_failed), if in_memory && self.spool.is_some() => {
+                    // Stopping while the brokers fail, or a file gone with
+                    // records held here: to disk at once (an answer lost
+                    // here may mean a duplicate). Older spooled messages
+                    // are deleted for room only when stopping; a file gone
+                    // does not try a spool without room again for this
+                    // request.
+                    let stopping = spool_now.is_cancelled();
+                    if self.spool_store(&req, stopping).await {
                         return true;
                     }
-                    spill_failed = true;
-                    tokio::select! {
-                        _ = stop.cancelled() => return false,
-                        o = self.producer.attempt(&req.units) => o,
-                    }
-                }
-                _ = spool_now.cancelled(), if in_memory && self.spool.is_some() => {
-                    // Stopping while the brokers fail: to disk at once
-                    // (an answer lost here may mean a duplicate).
-                    if self.spool_store(&req, true).await {
-                        return true;
-                    }
+                    spill_failed |= !stopping;
                     tokio::select! {
                         _ = stop.cancelled() => return false,
                         o = self.producer.attempt(&req.units) => o,
