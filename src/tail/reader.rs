@@ -512,11 +512,11 @@ pub async fn run(spec: Spec, shared: ReaderShared, ctl: Arc<Control>, stats: Fil
         let settled = last_growth.elapsed() >= shared.partial_grace;
         let flush_partial = st.gz.is_some() || (gone && settled && !ctl.superseded.load(Ordering::Acquire));
         let pos_before = st.pos;
-        let (rejects, file) = (shared.rejects.clone(), path.clone());
         let res = if shared.inline_reads && st.gz.is_none() && last_read <= INLINE_READ_BYTES as u64 {
-            let r = st.read_chunk(INLINE_READ_BYTES, flush_partial, rejects.as_deref(), &file);
+            let r = st.read_chunk(INLINE_READ_BYTES, flush_partial, shared.rejects.as_deref(), &path);
             Ok((st, r))
         } else {
+            let (rejects, file) = (shared.rejects.clone(), path.clone());
             tokio::task::spawn_blocking(move || {
                 let r = st.read_chunk(CHUNK_BYTES, flush_partial, rejects.as_deref(), &file);
                 (st, r)
