@@ -13,6 +13,26 @@
 //!
 //! Records borrow from the fetched values, copied once into one buffer per
 //! batch (the [`RecordSource`] the records of a batch borrow from).
+//!
+//! A `host` longer than an edge may have ([`MAX_HOST_BYTES`]) is cut to
+//! that length (counted and logged by the observer): one hostile producer
+//! cannot make the hub keep (and show) megabytes per record.
+//!
+//! **Resets.** The brokers number a partition's messages; a topic deleted
+//! and created again, or brokers that lost their log, number new messages
+//! from 0 again, below the hub's saved position. Reading on from the saved
+//! position would skip every new message until the offsets passed it. So
+//! the reader checks that the log still holds what it read
+//! ([`check_log`]): when it starts, after every failed request (an outage
+//! is when logs are lost) and whenever the log's end is below its
+//! position. The check compares the log end with the position and the
+//! message before the position with the checksum kept with it
+//! ([`message_crc`]). A reset is logged as `TOPIC RESET`, reported to the
+//! observer (`/status`, `lag`), and the partition is read again from
+//! `read_from` of the new log (the earliest message by default, so nothing
+//! produced after the reset is skipped). Not detectable: a partition
+//! re-created and refilled past the position while its last message read
+//! has been deleted by retention (nothing is left to compare).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,7 +41,7 @@ use rskafka::client::error::{Error as KafkaError, ProtocolError};
 use rskafka::client::partition::{OffsetAt, PartitionClient};
 use tokio_util::sync::CancellationToken;
 
-use super::offsets::{Offsets, Partition};
+use super::offsets::{message_crc, Offsets, Partition, Resume};
 use crate::config::ReadFrom;
 use crate::logsafe::Escaped;
 use crate::parse::json::{self, MessageSeed, RecordSeed};
@@ -29,6 +49,7 @@ use crate::parse::normalize::{self, Finish};
 use crate::parse::{Reject, RejectReason};
 use crate::pipeline::{Batch, Fanout, RecordSource, Records};
 use crate::record::Record;
+pub use crate::settings::MAX_HOST_BYTES;
 use crate::time::now_ms;
 
 /// The least a reader waits after an empty fetch before the next.
@@ -38,9 +59,19 @@ const MIN_IDLE: Duration = Duration::from_millis(10);
 /// re-derived, `log_type` kept.
 const FINISH_KAFKA: Finish = Finish { ids_from_request_id: false, force_ml: false };
 
+/// What [`decode`] found in one message value.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Decoded {
+    /// Records pushed.
+    pub records: usize,
+    /// Of these, records whose `host` was cut to [`MAX_HOST_BYTES`].
+    pub hosts_cut: usize,
+}
+
 /// Parses one message value into its records (one for the `ndjson` shape,
-/// those of `data` for an `ecls` message), keeping the bridge's fields.
-pub fn decode<'a>(value: &'a [u8], out: &mut Vec<Record<'a>>) -> Result<(), Reject> {
+/// those of `data` for an `ecls` message), keeping the bridge's fields; a
+/// `host` over [`MAX_HOST_BYTES`] is cut to that length.
+pub fn decode<'a>(value: &'a [u8], out: &mut Vec<Record<'a>>) -> Result<Decoded, Reject> {
     let text = std::str::from_utf8(value).map_err(|e| Reject::new(RejectReason::InvalidUtf8, e.to_string()))?;
     let before = out.len();
     let res = if json::looks_like_message(text) {
@@ -49,10 +80,29 @@ pub fn decode<'a>(value: &'a [u8], out: &mut Vec<Record<'a>>) -> Result<(), Reje
         json::deserialize_line(text, RecordSeed { out: &mut *out, bridge: true })
     };
     let res = res.and_then(|()| out[before..].iter_mut().try_for_each(|r| normalize::finish(r, FINISH_KAFKA)));
-    if res.is_err() {
+    if let Err(e) = res {
         out.truncate(before);
+        return Err(e);
     }
-    res
+    let hosts_cut = out[before..].iter_mut().map(|r| cap_host(&mut r.host)).filter(|&cut| cut).count();
+    Ok(Decoded { records: out.len() - before, hosts_cut })
+}
+
+/// Cuts `host` to at most [`MAX_HOST_BYTES`] (at a character boundary);
+/// true when it was longer.
+fn cap_host(host: &mut std::borrow::Cow<'_, str>) -> bool {
+    if host.len() <= MAX_HOST_BYTES {
+        return false;
+    }
+    let mut end = MAX_HOST_BYTES;
+    while !host.is_char_boundary(end) {
+        end -= 1;
+    }
+    match host {
+        std::borrow::Cow::Borrowed(s) => *host = std::borrow::Cow::Borrowed(&s[..end]),
+        std::borrow::Cow::Owned(s) => s.truncate(end),
+    }
+    true
 }
 
 /// What one partition reader needs.
@@ -65,12 +115,26 @@ pub struct ReaderSettings {
     pub fetch_max_wait: Duration,
     /// One request's time limit.
     pub request_timeout: Duration,
-    /// Where a partition with no position starts.
+    /// Where a partition with no position starts, and where a reset
+    /// partition starts again.
     pub read_from: ReadFrom,
     /// First retry delay after a failed fetch; doubles up to `retry_max`.
     pub retry_initial: Duration,
     /// Longest retry delay.
     pub retry_max: Duration,
+}
+
+/// A partition's log that no longer holds what the hub read there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reset {
+    /// The hub's position in the old log.
+    pub position: i64,
+    /// The new log's end (the offset of its next message).
+    pub log_end: i64,
+    /// Where reading starts again (`read_from` of the new log).
+    pub restart_at: i64,
+    /// What showed it, for the log.
+    pub why: String,
 }
 
 /// What a reader reports besides its batches (telemetry is wired by the
@@ -80,15 +144,93 @@ pub trait Observer: Send + Sync + 'static {
     fn read(&self, records: &[Record<'_>], observed_ms: i64);
     /// A message that is not a record.
     fn rejected(&self, partition: &Partition, offset: i64, reject: &Reject);
+    /// `n` records of the message at `offset` had a `host` longer than
+    /// [`MAX_HOST_BYTES`], cut to that length.
+    fn hosts_cut(&self, partition: &Partition, offset: i64, n: usize);
     /// A fetch failed (`None`: fetching works again).
     fn failing(&self, partition: &Partition, error: Option<&str>);
     /// Messages were gone before they were read (retention deleted them).
     fn lost(&self, partition: &Partition, from: i64, to: i64);
+    /// The partition's log was reset (logged by the reader): it is read
+    /// again from `reset.restart_at`.
+    fn reset(&self, partition: &Partition, reset: &Reset);
+}
+
+/// Whether a partition's log still holds what was read from it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LogCheck {
+    /// It does (or nothing is left to compare).
+    Holds,
+    /// It was reset: the log ends at `log_end`, and `why`.
+    Reset {
+        /// The log's end now.
+        log_end: i64,
+        /// What showed it.
+        why: String,
+    },
+}
+
+/// Asks the brokers whether `pc`'s log still holds what was read before
+/// `at`: its end must not be below `at.next`, and the message at
+/// `at.next - 1` must be the one read there (same [`message_crc`]). A
+/// message deleted by retention (or compaction) leaves nothing to compare:
+/// that is not a reset.
+pub async fn check_log(pc: &PartitionClient, at: Resume, settings: &ReaderSettings) -> Result<LogCheck, String> {
+    let timeout = settings.request_timeout;
+    let log_end = match tokio::time::timeout(timeout, pc.get_offset(OffsetAt::Latest)).await {
+        Ok(Ok(o)) => o,
+        Ok(Err(e)) => return Err(e.to_string()),
+        Err(_) => return Err("no answer to the offset lookup".into()),
+    };
+    if log_end < at.next {
+        return Ok(LogCheck::Reset { log_end, why: format!("the log ends at offset {log_end}, below the saved position {}", at.next) });
+    }
+    let Some(crc) = at.last_crc.filter(|_| at.next > 0) else { return Ok(LogCheck::Holds) };
+    let before = at.next - 1;
+    let fetched = tokio::time::timeout(timeout, pc.fetch_records(before, 1..settings.fetch_max_bytes.max(2), 0)).await;
+    match fetched {
+        Ok(Ok((records, _))) => match records.iter().find(|r| r.offset == before) {
+            Some(r) => {
+                let now = message_crc(r.record.key.as_deref(), r.record.value.as_deref(), r.record.timestamp.timestamp_millis());
+                if now == crc {
+                    Ok(LogCheck::Holds)
+                } else {
+                    Ok(LogCheck::Reset { log_end, why: format!("the message at offset {before} is not the one read there") })
+                }
+            }
+            None => Ok(LogCheck::Holds),
+        },
+        Ok(Err(KafkaError::ServerError { protocol_error: ProtocolError::OffsetOutOfRange, .. })) => Ok(LogCheck::Holds),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err("no answer to the fetch".into()),
+    }
+}
+
+/// `read_from` as the config spells it.
+fn read_from_name(r: ReadFrom) -> &'static str {
+    match r {
+        ReadFrom::Beginning => "beginning",
+        ReadFrom::End => "end",
+    }
+}
+
+/// Looks up the offset `read_from` names in the partition's log.
+async fn first_offset(pc: &PartitionClient, settings: &ReaderSettings) -> Result<i64, String> {
+    let at = match settings.read_from {
+        ReadFrom::Beginning => OffsetAt::Earliest,
+        ReadFrom::End => OffsetAt::Latest,
+    };
+    match tokio::time::timeout(settings.request_timeout, pc.get_offset(at)).await {
+        Ok(Ok(o)) => Ok(o),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err("no answer to the offset lookup".into()),
+    }
 }
 
 /// Reads one partition until `stop`: fetch, decode, send to the pipeline
 /// (waiting while a sink's queue is full), resume after the last batch
-/// sent. Failures are retried with backoff for as long as it takes.
+/// sent. Failures are retried with backoff for as long as it takes; a
+/// reset log is read again from `read_from` (see the module doc).
 pub async fn read_partition(
     pc: Arc<PartitionClient>,
     offsets: Offsets,
@@ -101,6 +243,10 @@ pub async fn read_partition(
     let p: Partition = (pc.topic().to_string(), pc.partition());
     let mut delay = settings.retry_initial;
     let mut failing = false;
+    // Whether the log must be checked before the next fetch: at the start
+    // (the topic may have been re-created while the hub was down), after a
+    // failure, and when the log's end went below the position.
+    let mut check = true;
     let fail = |failing: &mut bool, delay: &mut Duration, e: &str| {
         if !*failing {
             tracing::warn!(topic = %Escaped(&p.0), partition = p.1, error = %Escaped(e), "kafka source: fetching fails; retrying with backoff");
@@ -112,10 +258,12 @@ pub async fn read_partition(
         d
     };
     // A failed step: counted and logged by `fail`, then the loop starts
-    // over after the backoff (or the reader ends on `stop`).
+    // over after the backoff (or the reader ends on `stop`), checking the
+    // log first.
     macro_rules! retry_later {
         ($reason:expr) => {{
             let d = fail(&mut failing, &mut delay, $reason);
+            check = true;
             if sleep_or_stop(d, &stop).await {
                 return;
             }
@@ -123,23 +271,43 @@ pub async fn read_partition(
         }};
     }
     loop {
-        let offset = match offsets.resume(&p) {
-            Some(o) => o,
-            None => {
-                let at = match settings.read_from {
-                    ReadFrom::Beginning => OffsetAt::Earliest,
-                    ReadFrom::End => OffsetAt::Latest,
-                };
-                match tokio::time::timeout(settings.request_timeout, pc.get_offset(at)).await {
-                    Ok(Ok(o)) => {
-                        offsets.start_at(&p, o);
-                        o
-                    }
-                    Ok(Err(e)) => retry_later!(&e.to_string()),
-                    Err(_) => retry_later!("no answer to the offset lookup"),
+        let at = match offsets.resume_at(&p) {
+            Some(at) => at,
+            None => match first_offset(&pc, &settings).await {
+                Ok(o) => {
+                    offsets.start_at(&p, o);
+                    Resume { next: o, last_crc: None }
                 }
-            }
+                Err(e) => retry_later!(&e),
+            },
         };
+        if check {
+            let checked = tokio::select! {
+                _ = stop.cancelled() => return,
+                c = check_log(&pc, at, &settings) => c,
+            };
+            match checked {
+                Ok(LogCheck::Holds) => check = false,
+                Ok(LogCheck::Reset { log_end, why }) => {
+                    let restart_at = match first_offset(&pc, &settings).await {
+                        Ok(o) => o,
+                        Err(e) => retry_later!(&e),
+                    };
+                    let reset = Reset { position: at.next, log_end, restart_at, why };
+                    tracing::error!(
+                        topic = %Escaped(&p.0), partition = p.1, position = reset.position, log_end, restart_at, read_from = read_from_name(settings.read_from),
+                        why = %reset.why,
+                        "kafka source: TOPIC RESET: the partition's log no longer holds what the hub read (the topic was re-created, or the brokers lost their log); reading it again from read_from; messages of the old log the hub had not read yet are lost"
+                    );
+                    observer.reset(&p, &reset);
+                    offsets.reset(&p, restart_at);
+                    check = false;
+                    continue;
+                }
+                Err(e) => retry_later!(&e),
+            }
+        }
+        let offset = at.next;
         let wait_ms = settings.fetch_max_wait.as_millis().min(i32::MAX as u128) as i32;
         let fetch = pc.fetch_records(offset, 1..settings.fetch_max_bytes.max(2), wait_ms);
         let asked = std::time::Instant::now();
@@ -147,12 +315,12 @@ pub async fn read_partition(
             _ = stop.cancelled() => return,
             r = tokio::time::timeout(settings.request_timeout + settings.fetch_max_wait, fetch) => r,
         };
-        let fetched = match fetched {
-            Ok(Ok((records, _high_watermark))) => records,
+        let (fetched, high_watermark) = match fetched {
+            Ok(Ok(r)) => r,
             Ok(Err(KafkaError::ServerError { protocol_error: ProtocolError::OffsetOutOfRange, .. })) => {
                 // The broker no longer has `offset` (retention deleted it
-                // before it was read) or never had it: go on from the
-                // earliest message kept, loudly.
+                // before it was read), or never had it (a reset log that
+                // ends below it: the check finds out).
                 match tokio::time::timeout(settings.request_timeout, pc.get_offset(OffsetAt::Earliest)).await {
                     Ok(Ok(earliest)) if earliest > offset => {
                         tracing::error!(
@@ -162,13 +330,7 @@ pub async fn read_partition(
                         observer.lost(&p, offset, earliest);
                         skip(&offsets, &p, earliest);
                     }
-                    Ok(Ok(earliest)) => {
-                        tracing::error!(
-                            topic = %Escaped(&p.0), partition = p.1, position = offset, earliest,
-                            "kafka source: the saved position is beyond what the brokers hold (was the topic re-created?); reading from the earliest message"
-                        );
-                        skip(&offsets, &p, earliest);
-                    }
+                    Ok(Ok(_)) => check = true,
                     _ => retry_later!("offset out of range, and no answer to the offset lookup"),
                 }
                 continue;
@@ -185,7 +347,12 @@ pub async fn read_partition(
         // The broker may return messages before `offset` (a compressed
         // set is returned whole): those were read already.
         let fetched: Vec<_> = fetched.into_iter().filter(|r| r.offset >= offset).collect();
-        let Some(end) = fetched.last().map(|r| r.offset + 1) else {
+        let Some(last) = fetched.last() else {
+            if high_watermark < offset {
+                // The log ends below the position: check it (at once).
+                check = true;
+                continue;
+            }
             // Nothing new. A broker that answers an empty fetch at once
             // (one that does not hold it open for `fetch_max_wait_ms`)
             // must not make this loop spin.
@@ -195,6 +362,10 @@ pub async fn read_partition(
             }
             continue;
         };
+        let end = Resume {
+            next: last.offset + 1,
+            last_crc: Some(message_crc(last.record.key.as_deref(), last.record.value.as_deref(), last.record.timestamp.timestamp_millis())),
+        };
         let observed_ms = now_ms();
         let mut data = Vec::with_capacity(fetched.iter().map(|r| r.record.value.as_ref().map_or(0, Vec::len)).sum());
         let mut spans = Vec::with_capacity(fetched.len());
@@ -203,18 +374,25 @@ pub async fn read_partition(
             data.extend_from_slice(r.record.value.as_deref().unwrap_or_default());
             spans.push((r.offset, start, data.len()));
         }
+        drop(fetched);
         let mut rejects = Vec::new();
+        let mut cut = Vec::new();
         let records = Records::borrowing(RecordSource { data, tables: Arc::default(), host: Arc::default() }, |s| {
             let mut out = Vec::with_capacity(spans.len());
             for &(offset, a, b) in &spans {
-                if let Err(r) = decode(&s.data[a..b], &mut out) {
-                    rejects.push((offset, r));
+                match decode(&s.data[a..b], &mut out) {
+                    Ok(d) if d.hosts_cut > 0 => cut.push((offset, d.hosts_cut)),
+                    Ok(_) => {}
+                    Err(r) => rejects.push((offset, r)),
                 }
             }
             out
         });
         for (o, r) in &rejects {
             observer.rejected(&p, *o, r);
+        }
+        for (o, n) in cut {
+            observer.hosts_cut(&p, o, n);
         }
         observer.read(records.as_slice(), observed_ms);
         let ticket = offsets.register(&p, end);
@@ -248,7 +426,7 @@ pub async fn read_partition(
 /// Moves a partition's position forward to `to` (messages before it are
 /// gone), through an acknowledged empty batch so it is written.
 fn skip(offsets: &Offsets, p: &Partition, to: i64) {
-    let t = offsets.register(p, to);
+    let t = offsets.register(p, Resume { next: to, last_crc: None });
     offsets.ack(t);
 }
 
@@ -282,7 +460,7 @@ mod tests {
         crate::record::write_ecls_message([&r], &mut ecls);
         for value in [&nd, &ecls] {
             let mut out = Vec::new();
-            decode(value, &mut out).unwrap();
+            assert_eq!(decode(value, &mut out).unwrap(), Decoded { records: 1, hosts_cut: 0 });
             assert_eq!(out.len(), 1);
             let d = &out[0];
             assert_eq!(d.get(Field::RequestUuid), "u-1");
@@ -297,5 +475,23 @@ mod tests {
         assert_eq!(decode(b"\xff", &mut out).unwrap_err().reason, RejectReason::InvalidUtf8);
         assert_eq!(decode(b"{\"request_time\":\"2019-04-19T21:56:43Z\"}", &mut out).unwrap_err().reason, RejectReason::BadField);
         assert!(out.is_empty(), "a rejected value leaves nothing behind");
+    }
+
+    #[test]
+    fn a_host_longer_than_an_edge_may_have_is_cut() {
+        let long = "é".repeat(200);
+        let t = "\"request_time\":\"2019-04-19T21:56:43Z\"";
+        let value =
+            format!("{{\"data\":[{{{t},\"request_uuid\":\"u\",\"host\":\"{long}\"}},{{{t},\"request_uuid\":\"v\",\"host\":\"edge\"}}]}}");
+        let mut out = Vec::new();
+        assert_eq!(decode(value.as_bytes(), &mut out).unwrap(), Decoded { records: 2, hosts_cut: 1 });
+        assert_eq!(out[0].host.len(), 254, "cut at a character boundary at most {MAX_HOST_BYTES} bytes");
+        assert!(long.starts_with(&*out[0].host));
+        assert_eq!(out[1].host, "edge");
+        // An escaped host (owned) is cut too.
+        let value = format!("{{{t},\"request_uuid\":\"u\",\"host\":\"\\u0041{}\"}}", "x".repeat(70_000));
+        let mut out = Vec::new();
+        assert_eq!(decode(value.as_bytes(), &mut out).unwrap().hosts_cut, 1);
+        assert_eq!((out[0].host.len(), &out[0].host[..2]), (MAX_HOST_BYTES, "Ax"));
     }
 }

@@ -13,15 +13,27 @@
 //! transfer delay, the broker hop (the hub's read time minus the edge's
 //! `ingestion_time`). Figures (`/status` `kafka_source`, `/metrics`
 //! `calllog_bridge_kafka_source_*`): messages read, rejected values,
-//! records lost to retention, partitions failing.
+//! records lost to retention, partition resets (a re-created topic, brokers
+//! that lost their log: see [`crate::kafka::consume`]), partitions
+//! failing, and the source hosts tracked.
+//!
+//! Source hosts are peer data: any producer to the topic names them. The
+//! hub tracks at most `max_hosts` of them (each costs its statistics,
+//! about 40 KiB, and a row in `/status`); a host that has sent nothing for
+//! `host_idle_expiry_ms` makes room (its counters go to the totals), and
+//! records of a host that finds no room are counted under one entry,
+//! `kafka:(other hosts)`, and in `records_from_untracked_hosts`, with a
+//! rate-limited warning. So memory and `/status` stay bounded whatever the
+//! topic holds.
 
-use std::collections::BTreeMap;
+use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use super::{Check, SourceContext, SourceFound, Started};
-use crate::kafka::consume::Observer;
+use crate::kafka::consume::{Observer, Reset};
 use crate::kafka::hub;
 use crate::kafka::offsets::Partition;
 use crate::kafka::settings::{SourceConfig, SourceSection};
@@ -30,6 +42,7 @@ use crate::parse::Reject;
 use crate::record::Record;
 use crate::settings::ConfigError;
 use crate::telemetry::figures::{Counter, Gauge};
+use crate::telemetry::log_limit::LogLimit;
 use crate::telemetry::{FileStats, Telemetry};
 
 /// The figures section of the Kafka sources.
@@ -39,6 +52,16 @@ pub const FIGURES: &str = "kafka_source";
 pub fn host_entry(host: &str) -> String {
     format!("kafka:{}", if host.is_empty() { "(unknown host)" } else { host })
 }
+
+/// The entry of the records whose host found no room among `max_hosts`.
+pub const OTHER_HOSTS: &str = "kafka:(other hosts)";
+
+/// The identity of [`OTHER_HOSTS`]'s entry (a host of that name keeps its
+/// own).
+const OTHER_HOSTS_ID: &str = "kafka:\u{0}other-hosts";
+
+/// How often idle hosts are looked for besides when the table is full.
+const SWEEP_EVERY_MS: i64 = 60_000;
 
 /// Kafka topics as a [`super::Source`].
 pub struct KafkaSource;
@@ -79,7 +102,7 @@ impl super::Source for KafkaSource {
                 anyhow::bail!("two kafka sources share group_id `{}`: give each its own (they keep separate positions)", cfg.group_id);
             }
             let offsets = hub::load_offsets(ctx.checkpoints.state_dir(), &cfg)?;
-            let observer: Arc<dyn Observer> = Arc::new(HubObserver::new(&ctx.telemetry, &name));
+            let observer: Arc<dyn Observer> = Arc::new(HubObserver::new(&ctx.telemetry, &name, &cfg));
             let source: Arc<str> = format!("kafka:{name}").into();
             let (fanout, stop) = (ctx.fanout.clone(), ctx.stop.clone());
             started.readers.push((
@@ -99,39 +122,120 @@ struct HubObserver {
     telemetry: Telemetry,
     /// The source's name (logs).
     name: String,
-    /// Each source host's entry.
-    hosts: Mutex<BTreeMap<String, FileStats>>,
+    /// The source hosts tracked.
+    hosts: Mutex<Hosts>,
+    /// At most this many hosts tracked (`max_hosts`).
+    max_hosts: usize,
+    /// A host idle this long makes room (`host_idle_expiry_ms`).
+    host_idle_expiry_ms: i64,
     messages: Counter,
     rejected: Counter,
     lost: Counter,
+    resets: Counter,
     failing: Gauge,
+    hosts_tracked: Gauge,
+    hosts_expired: Counter,
+    untracked: Counter,
+    hosts_cut: Counter,
     /// Partitions failing now.
     failing_partitions: Mutex<std::collections::BTreeSet<Partition>>,
+    /// Warnings about hosts cut to length.
+    cut_log: Mutex<LogLimit>,
+}
+
+/// The source hosts a hub tracks.
+#[derive(Default)]
+struct Hosts {
+    /// Each tracked host's entry and when it last sent records (epoch ms).
+    tracked: HashMap<String, (FileStats, i64)>,
+    /// The entry of records whose host found no room (made on first use).
+    others: Option<FileStats>,
+    /// When idle hosts were last looked for (epoch ms).
+    swept_ms: i64,
+    /// Warnings about hosts that found no room.
+    full_log: LogLimit,
 }
 
 impl HubObserver {
-    fn new(telemetry: &Telemetry, name: &str) -> HubObserver {
+    fn new(telemetry: &Telemetry, name: &str, cfg: &SourceConfig) -> HubObserver {
         let f = telemetry.figures(FIGURES);
         HubObserver {
             telemetry: telemetry.clone(),
             name: name.to_string(),
-            hosts: Mutex::new(BTreeMap::new()),
+            hosts: Mutex::new(Hosts::default()),
+            max_hosts: cfg.max_hosts,
+            host_idle_expiry_ms: i64::try_from(cfg.host_idle_expiry.as_millis()).unwrap_or(i64::MAX),
             messages: f.counter("records_read", "Records read from the topics"),
             rejected: f.counter("values_rejected", "Message values that are not records (logged with topic, partition and offset)"),
             lost: f.counter("messages_lost", "Messages the brokers deleted before they were read (retention)"),
+            resets: f.counter(
+                "partition_resets",
+                "Partitions whose log no longer held what the hub read (a re-created topic, brokers that lost their log), read again from read_from",
+            ),
             failing: f.gauge("partitions_failing", "Partitions whose fetches fail now"),
+            hosts_tracked: f.gauge("hosts_tracked", "Source hosts with their own entry (at most max_hosts)"),
+            hosts_expired: f.counter("hosts_expired", "Source hosts dropped after host_idle_expiry_ms without records (counters kept in the totals)"),
+            untracked: f.counter(
+                "records_from_untracked_hosts",
+                "Records whose host found no room among max_hosts tracked hosts (counted under kafka:(other hosts))",
+            ),
+            hosts_cut: f.counter("hosts_cut", "Records whose host was longer than 255 bytes, cut to that length"),
             failing_partitions: Mutex::new(Default::default()),
+            cut_log: Mutex::new(LogLimit::default()),
         }
     }
 
-    fn host(&self, host: &str) -> FileStats {
+    /// The entry of `host`'s records read at `now_ms` (`n` of them).
+    fn host(&self, host: &str, now_ms: i64, n: usize) -> FileStats {
         let mut hosts = self.hosts.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(s) = hosts.get(host) {
+        if let Some((s, seen)) = hosts.tracked.get_mut(host) {
+            *seen = (*seen).max(now_ms);
             return s.clone();
         }
-        let s = self.telemetry.file(&host_entry(host));
-        hosts.insert(host.to_string(), s.clone());
-        s
+        if hosts.tracked.len() >= self.max_hosts || now_ms - hosts.swept_ms >= SWEEP_EVERY_MS {
+            self.sweep(&mut hosts, now_ms);
+        }
+        if hosts.tracked.len() < self.max_hosts {
+            let s = self.telemetry.file(&host_entry(host));
+            hosts.tracked.insert(host.to_string(), (s.clone(), now_ms));
+            self.hosts_tracked.set(hosts.tracked.len() as i64);
+            return s;
+        }
+        self.untracked.add(n as u64);
+        let now = Instant::now();
+        if hosts.full_log.allow(now, "no_room") {
+            tracing::warn!(
+                source = %Escaped(&self.name), host = %Escaped(host), max_hosts = self.max_hosts,
+                "kafka source: more source hosts than max_hosts; this host's records are delivered and counted under kafka:(other hosts) \
+                 (a producer naming random hosts? raise max_hosts for a larger fleet)"
+            );
+        } else if let Some(s) = hosts.full_log.summary(now, false) {
+            tracing::warn!(source = %Escaped(&self.name), suppressed = s.total, "kafka source: more hosts found no room (suppressed similar lines)");
+        }
+        let telemetry = &self.telemetry;
+        hosts.others.get_or_insert_with(|| telemetry.file_with_id(OTHER_HOSTS_ID, OTHER_HOSTS)).clone()
+    }
+
+    /// Drops the hosts idle for `host_idle_expiry_ms` (their counters go
+    /// to the totals).
+    fn sweep(&self, hosts: &mut Hosts, now_ms: i64) {
+        hosts.swept_ms = now_ms;
+        let expiry = self.host_idle_expiry_ms;
+        let before = hosts.tracked.len();
+        let telemetry = &self.telemetry;
+        hosts.tracked.retain(|h, (_, seen)| {
+            let keep = now_ms.saturating_sub(*seen) < expiry;
+            if !keep {
+                telemetry.remove_file(&host_entry(h));
+            }
+            keep
+        });
+        let expired = before - hosts.tracked.len();
+        if expired > 0 {
+            self.hosts_expired.add(expired as u64);
+            self.hosts_tracked.set(hosts.tracked.len() as i64);
+            tracing::info!(source = %Escaped(&self.name), hosts = expired, "kafka source: source hosts idle for host_idle_expiry_ms dropped from /status");
+        }
     }
 }
 
@@ -147,7 +251,7 @@ impl Observer for HubObserver {
             let run = &records[start..end];
             // The edge's sync delay, kept; the broker hop as the transfer
             // delay (the edge stamped ingestion_time when it read the line).
-            self.host(host).records_read(observed_ms, run.iter().map(|r| (r.sync_delay_ms, r.ingestion_time)));
+            self.host(host, observed_ms, run.len()).records_read(observed_ms, run.iter().map(|r| (r.sync_delay_ms, r.ingestion_time)));
             start = end;
         }
     }
@@ -155,6 +259,20 @@ impl Observer for HubObserver {
     fn rejected(&self, p: &Partition, offset: i64, reject: &Reject) {
         self.rejected.inc();
         tracing::warn!(source = %Escaped(&self.name), topic = %Escaped(&p.0), partition = p.1, offset, reason = %Escaped(&reject.to_string()), "kafka source: a message value is not a record; skipped");
+    }
+
+    fn hosts_cut(&self, p: &Partition, offset: i64, n: usize) {
+        self.hosts_cut.add(n as u64);
+        let mut log = self.cut_log.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        if log.allow(now, "host_cut") {
+            tracing::warn!(
+                source = %Escaped(&self.name), topic = %Escaped(&p.0), partition = p.1, offset, records = n,
+                "kafka source: a record's host is longer than 255 bytes (no edge bridge writes that); cut to 255"
+            );
+        } else if let Some(s) = log.summary(now, false) {
+            tracing::warn!(source = %Escaped(&self.name), suppressed = s.total, "kafka source: more hosts cut to 255 bytes (suppressed similar lines)");
+        }
     }
 
     fn failing(&self, p: &Partition, error: Option<&str>) {
@@ -168,5 +286,9 @@ impl Observer for HubObserver {
 
     fn lost(&self, _p: &Partition, from: i64, to: i64) {
         self.lost.add(to.saturating_sub(from).max(0) as u64);
+    }
+
+    fn reset(&self, _p: &Partition, _reset: &Reset) {
+        self.resets.inc();
     }
 }

@@ -208,8 +208,10 @@ impl Observer for Seen {
     fn rejected(&self, partition: &Partition, offset: i64, _reject: &Reject) {
         self.rejected.lock().unwrap().push((partition.clone(), offset));
     }
+    fn hosts_cut(&self, _partition: &Partition, _offset: i64, _n: usize) {}
     fn failing(&self, _partition: &Partition, _error: Option<&str>) {}
     fn lost(&self, _partition: &Partition, _from: i64, _to: i64) {}
+    fn reset(&self, _partition: &Partition, _reset: &calllog_bridge::kafka::consume::Reset) {}
 }
 
 #[test]
