@@ -24,8 +24,10 @@
 //! position would skip every new message until the offsets passed it. So
 //! the reader checks that the log still holds what it read
 //! ([`check_log`]): when it starts, after every failed request (an outage
-//! is when logs are lost) and whenever the log's end is below its
-//! position. The check compares the log end with the position and the
+//! is when logs are lost), whenever the log's end is below its position,
+//! and when data comes after an empty fetch (a topic re-created and
+//! refilled between two fetches; one extra request per quiet spell, none
+//! while data flows). The check compares the log end with the position and the
 //! message before the position with the checksum kept with it
 //! ([`message_crc`]). A reset is logged as `TOPIC RESET`, reported to the
 //! observer (`/status`, `lag`), and the partition is read again from
@@ -41,7 +43,7 @@ use rskafka::client::error::{Error as KafkaError, ProtocolError};
 use rskafka::client::partition::{OffsetAt, PartitionClient};
 use tokio_util::sync::CancellationToken;
 
-use super::offsets::{message_crc, Offsets, Partition, Resume};
+use super::offsets::{message_crc, Offsets, Partition, Resume, Witness};
 use crate::config::ReadFrom;
 use crate::logsafe::Escaped;
 use crate::parse::json::{self, MessageSeed, RecordSeed};
@@ -171,40 +173,67 @@ pub enum LogCheck {
 }
 
 /// Asks the brokers whether `pc`'s log still holds what was read before
-/// `at`: its end must not be below `at.next`, and the message at
-/// `at.next - 1` must be the one read there (same [`message_crc`]). A
-/// message deleted by retention (or compaction) leaves nothing to compare:
-/// that is not a reset.
+/// `at`: its end (the high watermark of a fetch: brokers answer offset
+/// lookups of the latest offset less reliably) must not be below
+/// `at.next`, and the witness message must be the one read at its offset
+/// (same [`message_crc`]). An end below the position (or the witness's
+/// offset) is looked at twice,
+/// [`CONFIRM_AFTER`] apart, before it counts (a new partition leader may
+/// answer with a stale end for a moment). A message deleted by retention
+/// (or compaction) leaves nothing to compare: that is not a reset.
 pub async fn check_log(pc: &PartitionClient, at: Resume, settings: &ReaderSettings) -> Result<LogCheck, String> {
-    let timeout = settings.request_timeout;
-    let log_end = match tokio::time::timeout(timeout, pc.get_offset(OffsetAt::Latest)).await {
-        Ok(Ok(o)) => o,
-        Ok(Err(e)) => return Err(e.to_string()),
-        Err(_) => return Err("no answer to the offset lookup".into()),
+    let probe = at.witness.map_or(at.next, |w| w.offset);
+    let fetch = |offset: i64| async move {
+        match tokio::time::timeout(settings.request_timeout, pc.fetch_records(offset, 1..settings.fetch_max_bytes.max(2), 0)).await {
+            Ok(r) => r,
+            Err(_) => Err(KafkaError::Timeout),
+        }
     };
-    if log_end < at.next {
-        return Ok(LogCheck::Reset { log_end, why: format!("the log ends at offset {log_end}, below the saved position {}", at.next) });
-    }
-    let Some(crc) = at.last_crc.filter(|_| at.next > 0) else { return Ok(LogCheck::Holds) };
-    let before = at.next - 1;
-    let fetched = tokio::time::timeout(timeout, pc.fetch_records(before, 1..settings.fetch_max_bytes.max(2), 0)).await;
-    match fetched {
-        Ok(Ok((records, _))) => match records.iter().find(|r| r.offset == before) {
-            Some(r) => {
-                let now = message_crc(r.record.key.as_deref(), r.record.value.as_deref(), r.record.timestamp.timestamp_millis());
-                if now == crc {
-                    Ok(LogCheck::Holds)
-                } else {
-                    Ok(LogCheck::Reset { log_end, why: format!("the message at offset {before} is not the one read there") })
+    let mut confirmed = false;
+    loop {
+        return match fetch(probe).await {
+            Ok((_, log_end)) if log_end < at.next => {
+                if !confirmed {
+                    confirmed = true;
+                    tokio::time::sleep(CONFIRM_AFTER).await;
+                    continue;
                 }
+                Ok(LogCheck::Reset { log_end, why: format!("the log ends at offset {log_end}, below the saved position {}", at.next) })
             }
-            None => Ok(LogCheck::Holds),
-        },
-        Ok(Err(KafkaError::ServerError { protocol_error: ProtocolError::OffsetOutOfRange, .. })) => Ok(LogCheck::Holds),
-        Ok(Err(e)) => Err(e.to_string()),
-        Err(_) => Err("no answer to the fetch".into()),
+            Ok((records, log_end)) => match (at.witness, records.iter().find(|r| r.offset == probe)) {
+                (Some(w), Some(r))
+                    if w.crc != message_crc(r.record.key.as_deref(), r.record.value.as_deref(), r.record.timestamp.timestamp_millis()) =>
+                {
+                    Ok(LogCheck::Reset { log_end, why: format!("the message at offset {probe} is not the one read there") })
+                }
+                _ => Ok(LogCheck::Holds),
+            },
+            Err(KafkaError::ServerError { protocol_error: ProtocolError::OffsetOutOfRange, .. }) => {
+                let earliest = match tokio::time::timeout(settings.request_timeout, pc.get_offset(OffsetAt::Earliest)).await {
+                    Ok(Ok(o)) => o,
+                    Ok(Err(e)) => return Err(e.to_string()),
+                    Err(_) => return Err("no answer to the offset lookup".into()),
+                };
+                if earliest > probe {
+                    // Deleted by retention: the reader reports the loss.
+                    return Ok(LogCheck::Holds);
+                }
+                if !confirmed {
+                    confirmed = true;
+                    tokio::time::sleep(CONFIRM_AFTER).await;
+                    continue;
+                }
+                let log_end = fetch(earliest).await.map_or(earliest, |(_, end)| end);
+                Ok(LogCheck::Reset { log_end, why: format!("offset {probe} is beyond the log's end ({log_end})") })
+            }
+            Err(e) => Err(e.to_string()),
+        };
     }
 }
+
+/// How long a log end below the position is given to come back before it
+/// counts as a reset.
+const CONFIRM_AFTER: Duration = Duration::from_millis(500);
 
 /// `read_from` as the config spells it.
 fn read_from_name(r: ReadFrom) -> &'static str {
@@ -247,6 +276,10 @@ pub async fn read_partition(
     // (the topic may have been re-created while the hub was down), after a
     // failure, and when the log's end went below the position.
     let mut check = true;
+    // Whether data after an empty fetch must be checked first: a topic
+    // re-created and refilled past the position between two fetches
+    // shows only there (the message before the position differs).
+    let mut verify_data = false;
     let fail = |failing: &mut bool, delay: &mut Duration, e: &str| {
         if !*failing {
             tracing::warn!(topic = %Escaped(&p.0), partition = p.1, error = %Escaped(e), "kafka source: fetching fails; retrying with backoff");
@@ -276,7 +309,7 @@ pub async fn read_partition(
             None => match first_offset(&pc, &settings).await {
                 Ok(o) => {
                     offsets.start_at(&p, o);
-                    Resume { next: o, last_crc: None }
+                    Resume { next: o, witness: None }
                 }
                 Err(e) => retry_later!(&e),
             },
@@ -287,25 +320,25 @@ pub async fn read_partition(
                 c = check_log(&pc, at, &settings) => c,
             };
             match checked {
-                Ok(LogCheck::Holds) => check = false,
-                Ok(LogCheck::Reset { log_end, why }) => {
-                    let restart_at = match first_offset(&pc, &settings).await {
-                        Ok(o) => o,
-                        Err(e) => retry_later!(&e),
-                    };
-                    let reset = Reset { position: at.next, log_end, restart_at, why };
-                    tracing::error!(
-                        topic = %Escaped(&p.0), partition = p.1, position = reset.position, log_end, restart_at, read_from = read_from_name(settings.read_from),
-                        why = %reset.why,
-                        "kafka source: TOPIC RESET: the partition's log no longer holds what the hub read (the topic was re-created, or the brokers lost their log); reading it again from read_from; messages of the old log the hub had not read yet are lost"
-                    );
-                    observer.reset(&p, &reset);
-                    offsets.reset(&p, restart_at);
+                Ok(LogCheck::Holds) => {
                     check = false;
-                    continue;
+                    verify_data = false;
                 }
+                Ok(LogCheck::Reset { log_end, why }) => match restart(&pc, &p, at, log_end, why, &settings, &offsets, &*observer).await {
+                    Ok(()) => {
+                        check = false;
+                        continue;
+                    }
+                    Err(e) => retry_later!(&e),
+                },
                 Err(e) => retry_later!(&e),
             }
+        }
+        // As a file reader: wait for room in the memory budget before
+        // reading more (records not yet delivered stay bounded).
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = fanout.budget().room() => {}
         }
         let offset = at.next;
         let wait_ms = settings.fetch_max_wait.as_millis().min(i32::MAX as u128) as i32;
@@ -356,15 +389,34 @@ pub async fn read_partition(
             // Nothing new. A broker that answers an empty fetch at once
             // (one that does not hold it open for `fetch_max_wait_ms`)
             // must not make this loop spin.
+            verify_data = true;
             let idle = settings.fetch_max_wait.saturating_sub(asked.elapsed()).max(MIN_IDLE);
             if sleep_or_stop(idle, &stop).await {
                 return;
             }
             continue;
         };
+        if verify_data {
+            let checked = tokio::select! {
+                _ = stop.cancelled() => return,
+                c = check_log(&pc, at, &settings) => c,
+            };
+            match checked {
+                Ok(LogCheck::Holds) => verify_data = false,
+                Ok(LogCheck::Reset { log_end, why }) => match restart(&pc, &p, at, log_end, why, &settings, &offsets, &*observer).await {
+                    Ok(()) => continue,
+                    Err(e) => retry_later!(&e),
+                },
+                Err(e) => retry_later!(&e),
+            }
+        }
+        let first = &fetched[0];
         let end = Resume {
             next: last.offset + 1,
-            last_crc: Some(message_crc(last.record.key.as_deref(), last.record.value.as_deref(), last.record.timestamp.timestamp_millis())),
+            witness: Some(Witness {
+                offset: first.offset,
+                crc: message_crc(first.record.key.as_deref(), first.record.value.as_deref(), first.record.timestamp.timestamp_millis()),
+            }),
         };
         let observed_ms = now_ms();
         let mut data = Vec::with_capacity(fetched.iter().map(|r| r.record.value.as_ref().map_or(0, Vec::len)).sum());
@@ -423,10 +475,39 @@ pub async fn read_partition(
     }
 }
 
+/// A reset found by [`check_log`] at `at`: logged loudly, reported, and
+/// the partition's position moved to `read_from` of the new log (`End`:
+/// its end). Fails when the earliest offset cannot be looked up.
+#[allow(clippy::too_many_arguments)]
+async fn restart(
+    pc: &PartitionClient,
+    p: &Partition,
+    at: Resume,
+    log_end: i64,
+    why: String,
+    settings: &ReaderSettings,
+    offsets: &Offsets,
+    observer: &dyn Observer,
+) -> Result<(), String> {
+    let restart_at = match settings.read_from {
+        ReadFrom::End => log_end,
+        ReadFrom::Beginning => first_offset(pc, settings).await?,
+    };
+    let reset = Reset { position: at.next, log_end, restart_at, why };
+    tracing::error!(
+        topic = %Escaped(&p.0), partition = p.1, position = reset.position, log_end, restart_at, read_from = read_from_name(settings.read_from),
+        why = %reset.why,
+        "kafka source: TOPIC RESET: the partition's log no longer holds what the hub read (the topic was re-created, or the brokers lost their log); reading it again from read_from; messages of the old log the hub had not read yet are lost"
+    );
+    observer.reset(p, &reset);
+    offsets.reset(p, restart_at);
+    Ok(())
+}
+
 /// Moves a partition's position forward to `to` (messages before it are
 /// gone), through an acknowledged empty batch so it is written.
 fn skip(offsets: &Offsets, p: &Partition, to: i64) {
-    let t = offsets.register(p, Resume { next: to, last_crc: None });
+    let t = offsets.register(p, Resume { next: to, witness: None });
     offsets.ack(t);
 }
 

@@ -13,9 +13,11 @@
 //! independently); the offset advances only over a contiguous
 //! acknowledged prefix, as file checkpoints do.
 //!
-//! Each position also keeps a checksum of the message just before it (the
-//! last one read: [`message_crc`]), so the reader can ask the brokers
-//! whether the log still holds that message at that offset. A topic that
+//! Each position also keeps a [`Witness`]: the offset and checksum
+//! ([`message_crc`]) of a message already read (the first of the last
+//! fetch, which every broker returns when asked for its offset), so the
+//! reader can ask the brokers whether the log still holds that message at
+//! that offset. A topic that
 //! was deleted and created again, or brokers that lost their log, number
 //! new messages from 0 again: without the check the hub would skip every
 //! new message until the offsets passed its old position. [`Offsets::reset`]
@@ -40,10 +42,19 @@ struct Position {
     partition: i32,
     /// Offset of the next message to read.
     next: i64,
-    /// [`message_crc`] of the message at `next - 1` (the last one read),
-    /// when known: checked against the brokers' log to find a reset.
+    /// A message read before `next`, when known: checked against the
+    /// brokers' log to find a reset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    last_crc: Option<u32>,
+    witness: Option<Witness>,
+}
+
+/// A message already read: its offset and [`message_crc`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Witness {
+    /// Its offset.
+    pub offset: i64,
+    /// Its checksum.
+    pub crc: u32,
 }
 
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -57,13 +68,13 @@ struct Document {
 pub type Partition = (String, i32);
 
 /// Where reading a partition goes on: the offset of the next message, and
-/// the checksum of the message before it when known.
+/// a message read before it when known.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Resume {
     /// Offset of the next message to read.
     pub next: i64,
-    /// [`message_crc`] of the message at `next - 1`.
-    pub last_crc: Option<u32>,
+    /// A message read before `next` (offset below `next`).
+    pub witness: Option<Witness>,
 }
 
 /// One batch in flight.
@@ -138,7 +149,9 @@ impl Offsets {
                     return Err(DamagedState { path, problem: format!("unknown version {}", doc.version) });
                 }
                 for p in doc.positions {
-                    state.positions.insert((p.topic, p.partition), Resume { next: p.next, last_crc: p.last_crc });
+                    state
+                        .positions
+                        .insert((p.topic, p.partition), Resume { next: p.next, witness: p.witness.filter(|w| w.offset < p.next) });
                 }
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -167,7 +180,7 @@ impl Offsets {
         self.resume_at(p).map(|r| r.next)
     }
 
-    /// [`Offsets::resume`] with the checksum of the message before it.
+    /// [`Offsets::resume`] with a message read before it.
     pub fn resume_at(&self, p: &Partition) -> Option<Resume> {
         let st = self.lock();
         st.trackers.get(p).and_then(|t| t.in_flight.back().map(|b| b.end)).or_else(|| st.positions.get(p).copied())
@@ -178,14 +191,13 @@ impl Offsets {
     pub fn start_at(&self, p: &Partition, next: i64) {
         let mut st = self.lock();
         if !st.positions.contains_key(p) {
-            st.positions.insert(p.clone(), Resume { next, last_crc: None });
+            st.positions.insert(p.clone(), Resume { next, witness: None });
             st.dirty = true;
         }
     }
 
     /// Registers a batch of `p` after which reading goes on at `end` (the
-    /// next message's offset, and the checksum of the batch's last
-    /// message), in read order.
+    /// next message's offset, and a message of the batch), in read order.
     pub fn register(&self, p: &Partition, end: Resume) -> Ticket {
         let mut st = self.lock();
         let t = st.trackers.entry(p.clone()).or_default();
@@ -234,7 +246,7 @@ impl Offsets {
         if let Some(t) = st.trackers.get_mut(p) {
             t.in_flight.clear();
         }
-        st.positions.insert(p.clone(), Resume { next, last_crc: None });
+        st.positions.insert(p.clone(), Resume { next, witness: None });
         st.dirty = true;
         drop(st);
         self.changed.notify_one();
@@ -262,7 +274,7 @@ impl Offsets {
             let positions = st
                 .positions
                 .iter()
-                .map(|((t, p), r)| Position { topic: t.clone(), partition: *p, next: r.next, last_crc: r.last_crc })
+                .map(|((t, p), r)| Position { topic: t.clone(), partition: *p, next: r.next, witness: r.witness })
                 .collect();
             let doc = Document { version: VERSION, group_id: self.group_id.to_string(), positions };
             serde_json::to_vec_pretty(&doc).map_err(std::io::Error::other)?
@@ -310,7 +322,7 @@ mod tests {
     use super::*;
 
     fn at(next: i64) -> Resume {
-        Resume { next, last_crc: Some(next as u32) }
+        Resume { next, witness: Some(Witness { offset: next - 1, crc: next as u32 }) }
     }
 
     #[test]
@@ -335,15 +347,15 @@ mod tests {
         assert!(!o.write(false).unwrap(), "nothing changed since");
         let again = Offsets::load(d.path(), "hub/1").unwrap();
         assert_eq!(again.position(&p), Some(20));
-        assert_eq!(again.resume_at(&p), Some(at(20)), "the checksum of the last message read is kept");
+        assert_eq!(again.resume_at(&p), Some(at(20)), "the witness is kept");
         assert_eq!(Offsets::load(d.path(), "other").unwrap().position(&p), None, "group ids are separate namespaces");
         std::fs::write(o.path(), "{not json").unwrap();
         let e = Offsets::load(d.path(), "hub/1").err().unwrap();
         assert!(e.to_string().contains("kafka-offsets-hub_1.json"), "{e}");
-        // A file without checksums (written before they were kept) loads.
+        // A file without witnesses (written before they were kept) loads.
         std::fs::write(o.path(), r#"{"version":1,"group_id":"hub/1","positions":[{"topic":"calls","partition":2,"next":7}]}"#).unwrap();
         let old = Offsets::load(d.path(), "hub/1").unwrap();
-        assert_eq!(old.resume_at(&p), Some(Resume { next: 7, last_crc: None }));
+        assert_eq!(old.resume_at(&p), Some(Resume { next: 7, witness: None }));
     }
 
     #[test]
@@ -357,7 +369,7 @@ mod tests {
         o.ack(a);
         assert_eq!(o.position(&p), Some(100));
         o.reset(&p, 0);
-        assert_eq!(o.resume_at(&p), Some(Resume { next: 0, last_crc: None }));
+        assert_eq!(o.resume_at(&p), Some(Resume { next: 0, witness: None }));
         assert_eq!(o.ack(b), None, "a batch of the old log acknowledged after the reset");
         assert_eq!(o.position(&p), Some(0));
         assert_eq!(o.in_flight(), 0);

@@ -284,7 +284,10 @@ pub struct SourceSection {
     /// nothing is lost) or `end`.
     #[serde(default)]
     pub read_from: ReadFrom,
-    /// Bytes asked for per fetch and partition.
+    /// Bytes asked for per fetch and partition. A fetch becomes one batch
+    /// in the pipeline, whose decoded records take about five times the
+    /// bytes of short messages: 256 KiB (about a file reader's chunk) keeps
+    /// what readers hold beside the memory budget small.
     #[serde(default = "default_fetch_max_bytes")]
     pub fetch_max_bytes: u32,
     /// How long the brokers may hold a fetch open waiting for data.
@@ -337,13 +340,13 @@ pub struct SourceSection {
 }
 
 fn default_max_hosts() -> usize {
-    500
+    256
 }
 fn default_host_idle_expiry_ms() -> u64 {
     24 * 3600 * 1000
 }
 fn default_fetch_max_bytes() -> u32 {
-    1 << 20
+    256 << 10
 }
 fn default_fetch_max_wait_ms() -> u64 {
     500
@@ -490,8 +493,8 @@ mod tests {
     #[test]
     fn source_defaults_and_checks_name_the_key() {
         let c = source("brokers = [\"k:9092\"]\ntopics = [\"calls\"]\ngroup_id = \"hub\"").unwrap();
-        assert_eq!((c.read_from, c.fetch_max_bytes, c.fetch_max_wait), (ReadFrom::Beginning, 1 << 20, Duration::from_millis(500)));
-        assert_eq!((c.max_hosts, c.host_idle_expiry), (500, Duration::from_secs(86_400)));
+        assert_eq!((c.read_from, c.fetch_max_bytes, c.fetch_max_wait), (ReadFrom::Beginning, 256 << 10, Duration::from_millis(500)));
+        assert_eq!((c.max_hosts, c.host_idle_expiry), (256, Duration::from_secs(86_400)));
         let key = |t: &str| source(t).unwrap_err().key().map(str::to_string);
         let b = "brokers = [\"k:9092\"]\n";
         assert_eq!(key(&format!("{b}topics = []\ngroup_id = \"g\"")), Some("source[1].topics".into()));
