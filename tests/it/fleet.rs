@@ -703,6 +703,7 @@ fn dependency_log_lines_stay_at_warn_and_repeated_ones_are_limited() {
         edge.stop();
         let log = edge.log_text();
         let rskafka_lines = log.lines().filter(|l| l.contains("rskafka")).count();
+        eprintln!("fleet: log_level {level:?}: {rskafka_lines} rskafka lines in 4 s, {} 'Establishing new connection'", connections(&edge));
         if asked {
             let n = connections(&edge);
             assert!((1..=10).contains(&n), "asked for, the client's line comes, at most 10 per 10 s: {n}\n{}", tail(&log));
