@@ -44,13 +44,13 @@ use rskafka::client::partition::{OffsetAt, PartitionClient};
 use tokio_util::sync::CancellationToken;
 
 use super::offsets::{message_crc, Offsets, Partition, Resume, Witness};
-use crate::config::ReadFrom;
 use crate::logsafe::Escaped;
 use crate::parse::json::{self, MessageSeed, RecordSeed};
 use crate::parse::normalize::{self, Finish};
 use crate::parse::{Reject, RejectReason};
 use crate::pipeline::{Batch, Fanout, RecordSource, Records};
 use crate::record::Record;
+use crate::settings::ReadFrom;
 pub use crate::settings::MAX_HOST_BYTES;
 use crate::time::now_ms;
 
