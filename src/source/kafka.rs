@@ -50,8 +50,11 @@ pub const FIGURES: &str = "kafka_source";
 
 /// The name of a source host's entry among the files in `/status`.
 pub fn host_entry(host: &str) -> String {
-    format!("kafka:{}", if host.is_empty() { "(unknown host)" } else { host })
+    format!("kafka:{}", if host.is_empty() { UNKNOWN_HOST } else { host })
 }
+
+/// The entry name of records without a host.
+const UNKNOWN_HOST: &str = "(unknown host)";
 
 /// The entry of the records whose host found no room among `max_hosts`.
 pub const OTHER_HOSTS: &str = "kafka:(other hosts)";
@@ -62,6 +65,9 @@ const OTHER_HOSTS_ID: &str = "kafka:\u{0}other-hosts";
 
 /// How often idle hosts are looked for besides when the table is full.
 const SWEEP_EVERY_MS: i64 = 60_000;
+
+/// How often idle hosts are looked for while the table is full.
+const SWEEP_FULL_EVERY_MS: i64 = 1000;
 
 /// Kafka topics as a [`super::Source`].
 pub struct KafkaSource;
@@ -156,13 +162,35 @@ struct Hosts {
     full_log: LogLimit,
 }
 
+impl Hosts {
+    /// The hosts whose entries are in `telemetry` already (the reading
+    /// side restarted by a reload): tracked again, so their entries still
+    /// count towards `max_hosts` and expire.
+    fn known(telemetry: &Telemetry) -> Hosts {
+        let now = crate::time::now_ms();
+        let mut tracked = HashMap::new();
+        for f in telemetry.files() {
+            let Some(host) = f.id.strip_prefix("kafka:") else { continue };
+            if f.id == OTHER_HOSTS_ID {
+                continue;
+            }
+            let host = if host == UNKNOWN_HOST { "" } else { host };
+            let seen = f.last_read_ms.load(std::sync::atomic::Ordering::Relaxed);
+            tracked.insert(host.to_string(), (f.clone(), if seen > 0 { seen } else { now }));
+        }
+        Hosts { tracked, ..Hosts::default() }
+    }
+}
+
 impl HubObserver {
     fn new(telemetry: &Telemetry, name: &str, cfg: &SourceConfig) -> HubObserver {
         let f = telemetry.figures(FIGURES);
-        HubObserver {
+        let hosts = Hosts::known(telemetry);
+        let known = hosts.tracked.len() as i64;
+        let observer = HubObserver {
             telemetry: telemetry.clone(),
             name: name.to_string(),
-            hosts: Mutex::new(Hosts::default()),
+            hosts: Mutex::new(hosts),
             max_hosts: cfg.max_hosts,
             host_idle_expiry_ms: i64::try_from(cfg.host_idle_expiry.as_millis()).unwrap_or(i64::MAX),
             messages: f.counter("records_read", "Records read from the topics"),
@@ -182,7 +210,9 @@ impl HubObserver {
             hosts_cut: f.counter("hosts_cut", "Records whose host was longer than 255 bytes, cut to that length"),
             failing_partitions: Mutex::new(Default::default()),
             cut_log: Mutex::new(LogLimit::default()),
-        }
+        };
+        observer.hosts_tracked.set(known);
+        observer
     }
 
     /// The entry of `host`'s records read at `now_ms` (`n` of them).
@@ -192,7 +222,10 @@ impl HubObserver {
             *seen = (*seen).max(now_ms);
             return s.clone();
         }
-        if hosts.tracked.len() >= self.max_hosts || now_ms - hosts.swept_ms >= SWEEP_EVERY_MS {
+        // Full: idle hosts are looked for at most once a second (a flood
+        // of new hosts does not scan the table per record).
+        let since = now_ms.saturating_sub(hosts.swept_ms);
+        if (hosts.tracked.len() >= self.max_hosts && since >= SWEEP_FULL_EVERY_MS) || since >= SWEEP_EVERY_MS {
             self.sweep(&mut hosts, now_ms);
         }
         if hosts.tracked.len() < self.max_hosts {
@@ -290,5 +323,57 @@ impl Observer for HubObserver {
 
     fn reset(&self, _p: &Partition, _reset: &Reset) {
         self.resets.inc();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kafka::settings::SourceSection;
+    use std::borrow::Cow;
+
+    fn config(max_hosts: usize) -> SourceConfig {
+        let s: SourceSection = toml::from_str(&format!(
+            "brokers = [\"k:9092\"]\ntopics = [\"calls\"]\ngroup_id = \"hub\"\nmax_hosts = {max_hosts}\nhost_idle_expiry_ms = 1000"
+        ))
+        .unwrap();
+        SourceConfig::from_section(s, "source[1]", Path::new("")).unwrap()
+    }
+
+    fn records(hosts: &[&'static str]) -> Vec<Record<'static>> {
+        hosts
+            .iter()
+            .map(|h| {
+                let mut r = Record::new_ml();
+                r.host = Cow::Borrowed(h);
+                r
+            })
+            .collect()
+    }
+
+    fn paths(t: &Telemetry) -> Vec<String> {
+        t.files().iter().map(|f| f.path()).collect()
+    }
+
+    #[test]
+    fn hosts_beyond_max_hosts_share_one_entry_and_idle_ones_make_room() {
+        let t = Telemetry::new();
+        let o = HubObserver::new(&t, "fleet", &config(2));
+        let t0 = 1_700_000_000_000;
+        o.read(&records(&["a", "a", "b", "c", "d", ""]), t0);
+        assert_eq!(paths(&t), ["kafka:(other hosts)", "kafka:a", "kafka:b"]);
+        assert_eq!((o.hosts_tracked.get(), o.untracked.get()), (2, 3), "c, d and the host-less record");
+        assert_eq!(t.files().iter().map(|f| f.records.load(std::sync::atomic::Ordering::Relaxed)).sum::<u64>(), 6, "every record counted");
+        // a stays busy, b goes idle past host_idle_expiry_ms: c takes its place.
+        o.read(&records(&["a"]), t0 + 900);
+        o.read(&records(&["c"]), t0 + 1500);
+        assert_eq!(paths(&t), ["kafka:(other hosts)", "kafka:a", "kafka:c"]);
+        assert_eq!((o.hosts_expired.get(), o.hosts_tracked.get()), (1, 2));
+        assert_eq!(t.retired().records, 1, "b's counters stay in the totals");
+        // The reading side restarted by a reload: the hosts are known.
+        let again = HubObserver::new(&t, "fleet", &config(2));
+        assert_eq!(again.hosts_tracked.get(), 2);
+        again.read(&records(&["e"]), t0 + 1600);
+        assert_eq!(paths(&t).len(), 3, "still at most max_hosts entries (and the shared one)");
     }
 }
