@@ -13,7 +13,10 @@
 //!    until its positions reach the end of every partition, i.e. every
 //!    record was decoded, handed to the channel and acknowledged; and its
 //!    peak memory (VmHWM). Twice: with the default `fetch_max_bytes`
-//!    (256 KiB) and with 1 MiB, to compare within one run.
+//!    (256 KiB) and with 1 MiB, to compare within one run. tansu holds
+//!    every fetch for about half of `fetch_max_wait_ms` even when it has
+//!    data, so wall time here grows with the number of fetches; CPU per
+//!    record is the bridge's figure.
 
 use std::fs;
 use std::io::Write;

@@ -12,7 +12,14 @@
 //! data, never a stop).
 //!
 //! Records borrow from the fetched values, copied once into one buffer per
-//! batch (the [`RecordSource`] the records of a batch borrow from).
+//! batch (the [`RecordSource`] the records of a batch borrow from). A
+//! fetch is decoded and sent in batches of at most 256 KiB of values, each
+//! sent (waiting for room in the memory budget) before the next is
+//! decoded, and the reader waits for room before it fetches: decoded
+//! records take about five times the bytes of short messages, so what a
+//! reader holds beside the budget stays about one file chunk's worth.
+//! Positions stay at fetch boundaries (the last batch of a fetch moves
+//! it), which every broker reads correctly.
 //!
 //! A `host` longer than an edge may have ([`MAX_HOST_BYTES`]) is cut to
 //! that length (counted and logged by the observer): one hostile producer
@@ -24,8 +31,9 @@
 //! position would skip every new message until the offsets passed it. So
 //! the reader checks that the log still holds what it read
 //! ([`check_log`]): when it starts, after every failed request (an outage
-//! is when logs are lost), whenever the log's end is below its position,
-//! and when data comes after an empty fetch (a topic re-created and
+//! is when logs are lost), whenever the log's end is below its position
+//! (or above it while a fetch returns nothing), and when data comes after
+//! an empty fetch (a topic re-created and
 //! refilled between two fetches; one extra request per quiet spell, none
 //! while data flows). The check compares the log end with the position and the
 //! message before the position with the checksum kept with it
@@ -41,6 +49,7 @@ use std::time::Duration;
 
 use rskafka::client::error::{Error as KafkaError, ProtocolError};
 use rskafka::client::partition::{OffsetAt, PartitionClient};
+use rskafka::record::RecordAndOffset;
 use tokio_util::sync::CancellationToken;
 
 use super::offsets::{message_crc, Offsets, Partition, Resume, Witness};
@@ -176,11 +185,12 @@ pub enum LogCheck {
 /// `at`: its end (the high watermark of a fetch: brokers answer offset
 /// lookups of the latest offset less reliably) must not be below
 /// `at.next`, and the witness message must be the one read at its offset
-/// (same [`message_crc`]). An end below the position (or the witness's
-/// offset) is looked at twice,
-/// [`CONFIRM_AFTER`] apart, before it counts (a new partition leader may
-/// answer with a stale end for a moment). A message deleted by retention
-/// (or compaction) leaves nothing to compare: that is not a reset.
+/// (same [`message_crc`]), and the log must give it back when asked for
+/// its offset. An end below the position (or the witness's offset) and a
+/// witness not given back are looked at twice, [`CONFIRM_AFTER`] apart,
+/// before they count (a new partition leader may answer with a stale
+/// state for a moment). A witness deleted by retention (its offset below
+/// the log's start) leaves nothing to compare: that is not a reset.
 pub async fn check_log(pc: &PartitionClient, at: Resume, settings: &ReaderSettings) -> Result<LogCheck, String> {
     let probe = at.witness.map_or(at.next, |w| w.offset);
     let fetch = |offset: i64| async move {
@@ -200,13 +210,34 @@ pub async fn check_log(pc: &PartitionClient, at: Resume, settings: &ReaderSettin
                 }
                 Ok(LogCheck::Reset { log_end, why: format!("the log ends at offset {log_end}, below the saved position {}", at.next) })
             }
-            Ok((records, log_end)) => match (at.witness, records.iter().find(|r| r.offset == probe)) {
-                (Some(w), Some(r))
-                    if w.crc != message_crc(r.record.key.as_deref(), r.record.value.as_deref(), r.record.timestamp.timestamp_millis()) =>
-                {
-                    Ok(LogCheck::Reset { log_end, why: format!("the message at offset {probe} is not the one read there") })
+            Ok((records, log_end)) => match (at.witness, records.first()) {
+                (None, _) => Ok(LogCheck::Holds),
+                (Some(w), Some(r)) if r.offset == probe => {
+                    if w.crc == message_crc(r.record.key.as_deref(), r.record.value.as_deref(), r.record.timestamp.timestamp_millis()) {
+                        Ok(LogCheck::Holds)
+                    } else {
+                        Ok(LogCheck::Reset { log_end, why: format!("the message at offset {probe} is not the one read there") })
+                    }
                 }
-                _ => Ok(LogCheck::Holds),
+                // The log goes on past the witness's offset (its end is at
+                // least the position) but does not give the witness back.
+                // An intact log returns it: the client drops what a broker
+                // sends before the offset asked for, and the witness was
+                // read at the start of what a fetch returned. So this is
+                // another log (tansu returns the next record batch for an
+                // offset inside one, or nothing when it is in the last).
+                // Looked at twice, as an end below the position is. A
+                // topic compacted or written with transactions could look
+                // the same: reading it again then repeats records, it never
+                // skips any.
+                (Some(_), _) => {
+                    if !confirmed {
+                        confirmed = true;
+                        tokio::time::sleep(CONFIRM_AFTER).await;
+                        continue;
+                    }
+                    Ok(LogCheck::Reset { log_end, why: format!("the log no longer holds the message read at offset {probe}") })
+                }
             },
             Err(KafkaError::ServerError { protocol_error: ProtocolError::OffsetOutOfRange, .. }) => {
                 let earliest = match tokio::time::timeout(settings.request_timeout, pc.get_offset(OffsetAt::Earliest)).await {
@@ -319,6 +350,7 @@ pub async fn read_partition(
                 _ = stop.cancelled() => return,
                 c = check_log(&pc, at, &settings) => c,
             };
+            tracing::debug!(topic = %Escaped(&p.0), partition = p.1, position = at.next, witness = ?at.witness, result = ?checked, "kafka source: log checked");
             match checked {
                 Ok(LogCheck::Holds) => {
                     check = false;
@@ -380,11 +412,18 @@ pub async fn read_partition(
         // The broker may return messages before `offset` (a compressed
         // set is returned whole): those were read already.
         let fetched: Vec<_> = fetched.into_iter().filter(|r| r.offset >= offset).collect();
-        let Some(last) = fetched.last() else {
+        if fetched.is_empty() {
             if high_watermark < offset {
                 // The log ends below the position: check it (at once).
                 check = true;
                 continue;
+            }
+            if high_watermark > offset {
+                // The log holds messages from the position on but gave
+                // none: the position may fall inside a record batch of
+                // another log (tansu then answers nothing at all). Check
+                // it before the next fetch (after the idle wait).
+                check = true;
             }
             // Nothing new. A broker that answers an empty fetch at once
             // (one that does not hold it open for `fetch_max_wait_ms`)
@@ -395,12 +434,13 @@ pub async fn read_partition(
                 return;
             }
             continue;
-        };
+        }
         if verify_data {
             let checked = tokio::select! {
                 _ = stop.cancelled() => return,
                 c = check_log(&pc, at, &settings) => c,
             };
+            tracing::debug!(topic = %Escaped(&p.0), partition = p.1, position = at.next, witness = ?at.witness, result = ?checked, "kafka source: log checked before new data");
             match checked {
                 Ok(LogCheck::Holds) => verify_data = false,
                 Ok(LogCheck::Reset { log_end, why }) => match restart(&pc, &p, at, log_end, why, &settings, &offsets, &*observer).await {
@@ -411,66 +451,112 @@ pub async fn read_partition(
             }
         }
         let first = &fetched[0];
-        let end = Resume {
-            next: last.offset + 1,
-            witness: Some(Witness {
-                offset: first.offset,
-                crc: message_crc(first.record.key.as_deref(), first.record.value.as_deref(), first.record.timestamp.timestamp_millis()),
-            }),
+        let witness = Witness {
+            offset: first.offset,
+            crc: message_crc(first.record.key.as_deref(), first.record.value.as_deref(), first.record.timestamp.timestamp_millis()),
         };
-        let observed_ms = now_ms();
-        let mut data = Vec::with_capacity(fetched.iter().map(|r| r.record.value.as_ref().map_or(0, Vec::len)).sum());
-        let mut spans = Vec::with_capacity(fetched.len());
-        for r in &fetched {
-            let start = data.len();
-            data.extend_from_slice(r.record.value.as_deref().unwrap_or_default());
-            spans.push((r.offset, start, data.len()));
-        }
-        drop(fetched);
-        let mut rejects = Vec::new();
-        let mut cut = Vec::new();
-        let records = Records::borrowing(RecordSource { data, tables: Arc::default(), host: Arc::default() }, |s| {
-            let mut out = Vec::with_capacity(spans.len());
-            for &(offset, a, b) in &spans {
-                match decode(&s.data[a..b], &mut out) {
-                    Ok(d) if d.hosts_cut > 0 => cut.push((offset, d.hosts_cut)),
-                    Ok(_) => {}
-                    Err(r) => rejects.push((offset, r)),
-                }
+        // One batch per [`BATCH_BYTES`] of values, each sent (waiting for
+        // room in the memory budget) before the next is decoded: decoded
+        // records take about five times the bytes of short messages, so a
+        // large fetch is never decoded whole at once. Only the last batch
+        // moves the position (to the fetch's end): a position inside a
+        // record batch is read wrongly by some brokers (tansu answers the
+        // next record batch, skipping the rest of that one), so after a
+        // stop between the batches of one fetch the whole fetch is read
+        // again (repeated, never skipped).
+        let fetch_end = Resume { next: fetched[fetched.len() - 1].offset + 1, witness: Some(witness) };
+        let mut rest = &fetched[..];
+        while !rest.is_empty() {
+            let mut bytes = 0;
+            let n = rest
+                .iter()
+                .position(|r| {
+                    bytes += r.record.value.as_ref().map_or(0, Vec::len);
+                    bytes > BATCH_BYTES
+                })
+                .map_or(rest.len(), |i| i.max(1));
+            let (group, tail) = rest.split_at(n);
+            rest = tail;
+            let end = if rest.is_empty() { fetch_end } else { at };
+            if !send_group(group, end, &p, &offsets, &fanout, &source, &*observer, &stop).await {
+                return;
             }
-            out
-        });
-        for (o, r) in &rejects {
-            observer.rejected(&p, *o, r);
         }
-        for (o, n) in cut {
-            observer.hosts_cut(&p, o, n);
+    }
+}
+
+/// The values of one pipeline batch at most (about a file reader's chunk).
+const BATCH_BYTES: usize = 256 << 10;
+
+/// Decodes `group` into a batch and sends it to the pipeline; its
+/// acknowledgement (with those of the batches before it) moves the
+/// position to `end`. False when reading must
+/// stop (`stop`, or the pipeline closed); the batch is then withdrawn.
+#[allow(clippy::too_many_arguments)]
+async fn send_group(
+    group: &[RecordAndOffset],
+    end: Resume,
+    p: &Partition,
+    offsets: &Offsets,
+    fanout: &Fanout,
+    source: &Arc<str>,
+    observer: &dyn Observer,
+    stop: &CancellationToken,
+) -> bool {
+    let observed_ms = now_ms();
+    let mut data = Vec::with_capacity(group.iter().map(|r| r.record.value.as_ref().map_or(0, Vec::len)).sum());
+    let mut spans = Vec::with_capacity(group.len());
+    for r in group {
+        let start = data.len();
+        data.extend_from_slice(r.record.value.as_deref().unwrap_or_default());
+        spans.push((r.offset, start, data.len()));
+    }
+    let mut rejects = Vec::new();
+    let mut cut = Vec::new();
+    let records = Records::borrowing(RecordSource { data, tables: Arc::default(), host: Arc::default() }, |s| {
+        let mut out = Vec::with_capacity(spans.len());
+        for &(offset, a, b) in &spans {
+            match decode(&s.data[a..b], &mut out) {
+                Ok(d) if d.hosts_cut > 0 => cut.push((offset, d.hosts_cut)),
+                Ok(_) => {}
+                Err(r) => rejects.push((offset, r)),
+            }
         }
-        observer.read(records.as_slice(), observed_ms);
-        let ticket = offsets.register(&p, end);
-        if records.is_empty() {
-            offsets.ack(ticket);
-            continue;
-        }
-        let acked = {
-            let (o, t) = (offsets.clone(), ticket.clone());
-            Box::new(move || {
-                o.ack(t);
-            })
-        };
-        let batch = Batch::new(source.clone(), records, observed_ms, Some(acked));
-        tokio::select! {
-            r = fanout.send(batch) => if let Err(e) = r {
+        out
+    });
+    for (o, r) in &rejects {
+        observer.rejected(p, *o, r);
+    }
+    for (o, n) in cut {
+        observer.hosts_cut(p, o, n);
+    }
+    observer.read(records.as_slice(), observed_ms);
+    let ticket = offsets.register(p, end);
+    if records.is_empty() {
+        offsets.ack(ticket);
+        return true;
+    }
+    let acked = {
+        let (o, t) = (offsets.clone(), ticket.clone());
+        Box::new(move || {
+            o.ack(t);
+        })
+    };
+    let batch = Batch::new(source.clone(), records, observed_ms, Some(acked));
+    tokio::select! {
+        r = fanout.send(batch) => match r {
+            Ok(()) => true,
+            Err(e) => {
                 tracing::error!(error = %e, "kafka source: the pipeline is closed; stopping");
                 offsets.withdraw(ticket);
-                return;
-            },
-            _ = stop.cancelled() => {
-                // No sink has the batch (the send is all or nothing): it
-                // is read again.
-                offsets.withdraw(ticket);
-                return;
+                false
             }
+        },
+        _ = stop.cancelled() => {
+            // No sink has the batch (the send is all or nothing): it
+            // is read again.
+            offsets.withdraw(ticket);
+            false
         }
     }
 }

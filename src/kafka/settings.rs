@@ -284,10 +284,11 @@ pub struct SourceSection {
     /// nothing is lost) or `end`.
     #[serde(default)]
     pub read_from: ReadFrom,
-    /// Bytes asked for per fetch and partition. A fetch becomes one batch
-    /// in the pipeline, whose decoded records take about five times the
-    /// bytes of short messages: 256 KiB (about a file reader's chunk) keeps
-    /// what readers hold beside the memory budget small.
+    /// Bytes asked for per fetch and partition. The client holds a fetch
+    /// decoded into one allocation per message, and the reader decodes
+    /// and sends it in batches of 256 KiB of values: 256 KiB (a file
+    /// reader's chunk) keeps what readers hold beside the memory budget
+    /// small. A larger value means fewer round trips.
     #[serde(default = "default_fetch_max_bytes")]
     pub fetch_max_bytes: u32,
     /// How long the brokers may hold a fetch open waiting for data.
