@@ -30,6 +30,11 @@ pub const FILE_NAME: &str = crate::state_dir::StateDir::REJECTS;
 /// The default cap on the bytes of a raw line copied into the rejects file.
 pub const DEFAULT_MAX_RAW_BYTES: usize = 64 * 1024;
 
+/// The cap on the raw bytes of a line whose format could not be detected
+/// (`unknown_format`): what it holds is not known to be a log line at all
+/// (a linked secret, a binary file), so only a short prefix is kept.
+pub const UNKNOWN_FORMAT_RAW_BYTES: usize = 256;
+
 /// One rejected line.
 #[derive(Clone, Copy, Debug)]
 pub struct RejectEntry<'a> {
@@ -62,6 +67,8 @@ impl RejectEntry<'_> {
         if let Some(ms) = self.observed_ms {
             out.extend_from_slice(format!(",\"observed_ms\":{ms}").as_bytes());
         }
+        let max_raw_bytes =
+            if self.reason == RejectReason::UnknownFormat { max_raw_bytes.min(UNKNOWN_FORMAT_RAW_BYTES) } else { max_raw_bytes };
         let truncated = self.raw.len() > max_raw_bytes;
         let raw = &self.raw[..self.raw.len().min(max_raw_bytes)];
         out.extend_from_slice(b",\"raw\":");
