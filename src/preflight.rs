@@ -425,6 +425,57 @@ mod tests {
     }
 
     #[test]
+    fn a_glob_that_matches_what_the_bridge_writes_is_refused_naming_both_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        std::fs::create_dir(d.join("logs")).unwrap();
+        let base = config(d, "");
+        assert!(outputs_not_read(&base).is_empty(), "the usual layout is fine");
+        let with = |glob: &str, extra: &str| {
+            let text = format!(
+                "state_dir = {:?}\n[[source]]\npaths = [{:?}]\n[file_output]\npath = {:?}\n{extra}",
+                d.join("state"),
+                d.join(glob),
+                d.join("out/archive.ndjson"),
+            );
+            let cfg = Config::from_toml(&text, &d.join("config.toml")).unwrap();
+            outputs_not_read(&cfg).iter().map(ToString::to_string).collect::<Vec<_>>()
+        };
+        // The archive (or its rotated file) among the logs.
+        let text = format!(
+            "state_dir = {:?}\n[[source]]\npaths = [{:?}]\n[file_output]\npath = {:?}\n",
+            d.join("state"),
+            d.join("logs/access*.log*"),
+            d.join("logs/access.log.archive"),
+        );
+        let e: Vec<String> =
+            outputs_not_read(&Config::from_toml(&text, &d.join("config.toml")).unwrap()).iter().map(ToString::to_string).collect();
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert!(e[0].contains("`source[0].paths`") && e[0].contains("`file_output.path`"), "{e:?}");
+        // state_dir (and the archive) under a `**` glob.
+        let e = with("**/*", "");
+        assert!(e.iter().any(|e| e.contains("`state_dir`")) && e.iter().any(|e| e.contains("`file_output.path`")), "{e:?}");
+        // A glob that cannot see into state_dir: `*` does not cross `/`.
+        assert!(with("*", "").iter().all(|e| !e.contains("`state_dir`")), "{:?}", with("*", ""));
+        // A directory a sink owns, by the names it writes there.
+        let export = format!("[export]\ndir = {:?}\n", d.join("logs/export"));
+        let e = with("logs/**/*.csv*", &export);
+        assert!(e.iter().any(|e| e.contains("`export.dir`")), "{e:?}");
+        assert!(with("logs/**/access*.log*", &export).is_empty(), "{:?}", with("logs/**/access*.log*", &export));
+        // An exclude takes it out.
+        let e = with("logs/**/*", &format!("{export}"));
+        assert!(!e.is_empty());
+        let text = format!(
+            "state_dir = {:?}\n[[source]]\npaths = [{:?}]\nexclude = [{:?}]\n[file_output]\npath = {:?}\n{export}",
+            d.join("state"),
+            d.join("logs/**/*"),
+            d.join("logs/export/**"),
+            d.join("out/archive.ndjson"),
+        );
+        assert!(outputs_not_read(&Config::from_toml(&text, &d.join("config.toml")).unwrap()).is_empty());
+    }
+
+    #[test]
     fn only_a_missing_last_directory_is_accepted_and_created() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir(dir.path().join("logs")).unwrap();

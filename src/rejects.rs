@@ -9,7 +9,9 @@
 //! `raw` is the line as UTF-8 (invalid bytes shown as U+FFFD); when the
 //! line is not valid UTF-8 `raw_hex` also holds its exact bytes in hex.
 //! Lines longer than the writer's `max_raw_bytes` are cut, with
-//! `raw_truncated: true` and `raw_len` the full length. Used by `parse`
+//! `raw_truncated: true` and `raw_len` the full length; a line whose format
+//! could not be detected (`unknown_format`: it may not be a log line at
+//! all, say a linked secret) keeps at most [`UNKNOWN_FORMAT_RAW_BYTES`]. Used by `parse`
 //! (through [`RejectsWriter`]) and by the running bridge (through
 //! [`RejectsFile`], which bounds the file on disk: `[rejects]`
 //! `rotate_bytes` and `keep_files`).
@@ -255,6 +257,18 @@ mod tests {
 #[cfg(test)]
 mod file_tests {
     use super::*;
+
+    #[test]
+    fn a_line_of_unknown_format_keeps_a_short_prefix() {
+        let raw = vec![b'r'; 1000];
+        let e =
+            RejectEntry { file: "f", line: 1, offset: 0, reason: RejectReason::UnknownFormat, detail: "d", raw: &raw, observed_ms: None };
+        let mut out = Vec::new();
+        e.write_json(DEFAULT_MAX_RAW_BYTES, &mut out);
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["raw"].as_str().unwrap().len(), UNKNOWN_FORMAT_RAW_BYTES);
+        assert_eq!((v["raw_truncated"].as_bool(), v["raw_len"].as_u64()), (Some(true), Some(1000)));
+    }
 
     #[test]
     fn the_rejects_file_is_bounded_on_disk() {

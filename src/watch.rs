@@ -623,4 +623,66 @@ mod tests {
         let w = Watcher::new(&source(&[&g], &[])).unwrap();
         assert_eq!(w.scan().len(), 1);
     }
+
+    fn names(scan: &Scan) -> Vec<String> {
+        let mut v: Vec<String> = scan.files.iter().map(|s| s.path.file_name().unwrap().to_string_lossy().into_owned()).collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn links_out_of_the_directories_are_reported_not_listed_and_linked_directories_not_descended() {
+        let dir = tempfile::tempdir().unwrap();
+        let (logs, secret) = (dir.path().join("logs"), dir.path().join("secret"));
+        std::fs::create_dir_all(logs.join("sub")).unwrap();
+        std::fs::create_dir_all(&secret).unwrap();
+        std::fs::write(secret.join("token"), "x\n").unwrap();
+        std::fs::write(secret.join("access.log"), "x\n").unwrap();
+        std::fs::write(logs.join("access.log.2024"), "x\n").unwrap();
+        std::fs::write(logs.join("sub/access.log"), "x\n").unwrap();
+        std::os::unix::fs::symlink(secret.join("token"), logs.join("access.log.9")).unwrap();
+        std::os::unix::fs::symlink(logs.join("access.log.2024"), logs.join("access.log")).unwrap();
+        std::os::unix::fs::symlink(&secret, logs.join("linked")).unwrap();
+        let g = format!("{}/**/access*", logs.display());
+        let w = Watcher::new(&source(&[&g], &[])).unwrap();
+        let scan = w.scan_until(None);
+        // The in-directory link and its target are one file, listed once.
+        assert_eq!(scan.files.len(), 2, "{:?}", scan.files);
+        assert!(names(&scan).contains(&"access.log".to_string()) || names(&scan).contains(&"access.log.2024".to_string()));
+        assert_eq!(scan.links.len(), 1, "{:?}", scan.links);
+        assert!(scan.links[0].0.ends_with("access.log.9") && scan.links[0].1.contains("outside the source's directories"));
+        assert_eq!(scan.linked_dirs, vec![logs.join("linked")]);
+        assert!(w.stat_as_source(&logs.join("access.log.9"), w.roots_now().as_deref()).is_none());
+        assert!(w.stat_as_source(&logs.join("access.log"), w.roots_now().as_deref()).is_some());
+
+        // Opted in: everything is followed.
+        let mut cfg = source(&[&g], &[]);
+        cfg.follow_symlinks = true;
+        let w = Watcher::new(&cfg).unwrap();
+        let scan = w.scan_until(None);
+        assert!(scan.links.is_empty() && scan.linked_dirs.is_empty());
+        assert_eq!(scan.files.len(), 4, "{:?}", scan.files);
+        assert!(w.roots_now().is_none());
+    }
+
+    #[test]
+    fn a_scan_stops_at_its_bound_or_when_asked_and_says_so() {
+        let dir = tempfile::tempdir().unwrap();
+        for i in 0..200 {
+            std::fs::write(dir.path().join(format!("f{i}.log")), "x\n").unwrap();
+        }
+        let g = format!("{}/*.log", dir.path().display());
+        let mut cfg = source(&[&g], &[]);
+        assert!(Watcher::new(&cfg).unwrap().scan_until(None).incomplete.is_none());
+        cfg.max_scan_entries = 100;
+        let scan = Watcher::new(&cfg).unwrap().scan_until(None);
+        let why = scan.incomplete.expect("stopped");
+        assert!(why.contains("max_scan_entries") && why.contains("100"), "{why}");
+        assert!(scan.files.len() <= 100);
+        cfg.max_scan_entries = 1000;
+        let stop = CancellationToken::new();
+        stop.cancel();
+        let scan = Watcher::new(&cfg).unwrap().scan_until(Some(&stop));
+        assert!(scan.incomplete.is_some() && scan.files.len() < 200);
+    }
 }

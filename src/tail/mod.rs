@@ -217,9 +217,13 @@ impl Tailer {
         };
         let every = self.cfg.poll_interval.unwrap_or(self.cfg.rescan_interval);
         tracing::info!(source = %self.name, paths = ?self.cfg.paths, polling = self.cfg.poll_interval.is_some(), "following files");
-        self.full_scan(true, events.as_mut()).await;
+        let complete = self.full_scan(true, events.as_mut()).await;
         if let Some(tx) = self.first_scan.take() {
-            let _ = tx.send(());
+            // A scan cut short (stopping, or past its bounds) cannot say
+            // which checkpointed files are gone: no verdict then.
+            if complete {
+                let _ = tx.send(());
+            }
         }
         let mut tick = tokio::time::interval_at(Instant::now() + every, every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -336,15 +340,17 @@ impl Tailer {
     /// Lists every file and reconciles: new files, changed files, files
     /// gone from every watched path. A file the scan could not see (its
     /// directory cannot be listed, or the scan stopped early) is unknown,
-    /// not gone: it keeps its reader and its row.
-    async fn full_scan(&mut self, startup: bool, events: Option<&mut Events>) {
+    /// not gone: it keeps its reader and its row. True when the scan was
+    /// not cut short.
+    async fn full_scan(&mut self, startup: bool, events: Option<&mut Events>) -> bool {
         let w = self.watcher.clone();
         let stop = self.shared.shutdown.clone();
         let scan = tokio::task::spawn_blocking(move || w.scan_until(Some(&stop))).await.unwrap_or_default();
         if self.shared.shutdown.is_cancelled() {
             // Stopping: a scan cut short says nothing about what is gone.
-            return;
+            return false;
         }
+        let complete = scan.incomplete.is_none();
         let present: HashSet<Key> = scan.files.iter().map(Seen::key).collect();
         let hidden = |p: &Path| scan.incomplete.is_some() || scan.dir_errors.iter().any(|(d, _)| p.starts_with(d));
         let unknown: HashSet<Key> = self.files.iter().filter(|(k, t)| !present.contains(k) && hidden(&t.path)).map(|(k, _)| *k).collect();
@@ -392,6 +398,7 @@ impl Tailer {
         if let Some(ev) = events {
             ev.rewatch(&self.watcher);
         }
+        complete
     }
 
     /// A file a full scan saw, with its checkpoint's last sighting.
@@ -1001,3 +1008,44 @@ pub fn end_of_last_line(f: &File, size: u64) -> u64 {
 
 #[cfg(test)]
 mod model_tests;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn open_file_reads_only_regular_files_inside_the_directories() {
+        let dir = tempfile::tempdir().unwrap();
+        let (logs, secret) = (dir.path().join("logs"), dir.path().join("secret"));
+        std::fs::create_dir_all(&logs).unwrap();
+        std::fs::create_dir_all(secret.join("sub")).unwrap();
+        std::fs::write(logs.join("a.log"), "x\n").unwrap();
+        std::fs::write(logs.join("b.log"), "x\n").unwrap();
+        std::fs::write(secret.join("token"), "s\n").unwrap();
+        std::fs::write(secret.join("sub/c.log"), "s\n").unwrap();
+        let roots = vec![std::fs::canonicalize(&logs).unwrap()];
+        let roots = Some(roots.as_slice());
+        assert!(open_file(&logs.join("a.log"), roots).is_ok());
+        // A link inside the directories is followed.
+        std::os::unix::fs::symlink(logs.join("b.log"), logs.join("current.log")).unwrap();
+        assert!(open_file(&logs.join("current.log"), roots).is_ok());
+        // A file swapped for a link to a secret after the scan.
+        std::fs::remove_file(logs.join("a.log")).unwrap();
+        std::os::unix::fs::symlink(secret.join("token"), logs.join("a.log")).unwrap();
+        let e = open_file(&logs.join("a.log"), roots).unwrap_err();
+        assert!(e.to_string().contains("outside the source's directories"), "{e}");
+        // A directory swapped for a link: the last component is no link,
+        // what was opened is checked all the same.
+        std::os::unix::fs::symlink(secret.join("sub"), logs.join("sub")).unwrap();
+        let e = open_file(&logs.join("sub/c.log"), roots).unwrap_err();
+        assert!(e.to_string().contains("outside the source's directories"), "{e}");
+        // Followed when the source says so.
+        assert!(open_file(&logs.join("a.log"), None).is_ok());
+        // A FIFO is refused at once, not waited on.
+        let fifo = logs.join("fifo.log");
+        if std::process::Command::new("mkfifo").arg(&fifo).status().is_ok_and(|s| s.success()) {
+            let e = open_file(&fifo, roots).unwrap_err();
+            assert!(e.to_string().contains("not a regular file"), "{e}");
+        }
+    }
+}

@@ -757,6 +757,7 @@ pub async fn run(spec: Spec, shared: ReaderShared, ctl: Arc<Control>, stats: Fil
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Write;
 
     fn line(uuid: &str) -> String {
         format!("{{\"request_uuid\":\"{uuid}\",\"request_time\":\"2024-01-01T00:00:00Z\",\"status\":\"200\"}}\n")
@@ -801,6 +802,31 @@ mod tests {
         assert_eq!(c.records.as_slice()[0].get(crate::record::Field::RequestUuid), "b");
         assert_eq!(c.offset, (a.len() + long.len() + 1 + line("b").len()) as u64);
         assert_eq!(c.status, Status::End);
+    }
+
+    #[test]
+    fn content_rewritten_in_place_and_grown_past_the_offset_is_not_read_on_from_its_middle() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("f.log");
+        let (a, b, c) = (line("a"), line("bb"), line("c"));
+        std::fs::write(&p, format!("{a}{b}")).unwrap();
+        let mut st = state(File::open(&p).unwrap(), 1000);
+        let chunk = st.read_chunk(CHUNK_BYTES, false, None, "f.log").unwrap();
+        assert_eq!(chunk.records.len(), 2);
+        assert_eq!(chunk.anchor, Some(Anchor::of(b.as_bytes())), "the anchor is the bytes before the offset");
+        // Appended: read on.
+        std::fs::OpenOptions::new().append(true).open(&p).unwrap().write_all(c.as_bytes()).unwrap();
+        assert_eq!(st.read_chunk(CHUNK_BYTES, false, None, "f.log").unwrap().records.len(), 1);
+        // Rewritten in place (same first line) and grown past the offset.
+        let new: String = (0..5).map(|i| line(&format!("n{i}"))).collect();
+        std::fs::write(&p, format!("{a}{new}")).unwrap();
+        assert_eq!(st.read_chunk(CHUNK_BYTES, false, None, "f.log").unwrap().status, Status::Truncated);
+        // A reader resuming with an anchor that does not match stops at once too.
+        let mut st = state(File::open(&p).unwrap(), 1000);
+        st.pos = (a.len() + b.len()) as u64;
+        st.ingest = Ingest::new(Format::LeJson, 1000, st.pos);
+        st.anchor = Some((st.pos, Anchor::of(b.as_bytes())));
+        assert_eq!(st.read_chunk(CHUNK_BYTES, false, None, "f.log").unwrap().status, Status::Truncated);
     }
 
     #[test]

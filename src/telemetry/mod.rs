@@ -798,3 +798,49 @@ impl SinkStats {
         s.iter().filter(|(t, _, _)| *t >= since_ms).map(|&(_, d, n)| (d, n)).collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_sort_naturally() {
+        let mut v = vec![
+            "access.log.10.gz",
+            "access.log.2.gz",
+            "access.log",
+            "access.log.1",
+            "access.log.002.gz",
+            "access.log.1.gz",
+            "b.log",
+            "access.log.9",
+        ];
+        v.sort_by(|a, b| natural_cmp(a, b));
+        assert_eq!(
+            v,
+            [
+                "access.log",
+                "access.log.1",
+                "access.log.1.gz",
+                "access.log.2.gz",
+                "access.log.002.gz",
+                "access.log.9",
+                "access.log.10.gz",
+                "b.log"
+            ]
+        );
+        assert_eq!(natural_cmp("a99999999999999999999999", "a100000000000000000000000"), std::cmp::Ordering::Less);
+    }
+
+    #[test]
+    fn rows_are_listed_in_natural_order_and_moved_together() {
+        let tel = Telemetry::new();
+        let a = tel.file_with_id("s/a", "/l/access.log.10");
+        let b = tel.file_with_id("s/b", "/l/access.log.2");
+        let paths = |t: &Telemetry| t.files().iter().map(|f| f.path()).collect::<Vec<_>>();
+        assert_eq!(paths(&tel), ["/l/access.log.2", "/l/access.log.10"]);
+        tel.place_files(&[(a.clone(), "/l/access.log.11".into(), false), (b.clone(), "/l/access.log.10".into(), true)]);
+        assert_eq!(paths(&tel), ["/l/access.log.10", "/l/access.log.11"]);
+        assert!(b.is_gone() && !a.is_gone());
+    }
+}
