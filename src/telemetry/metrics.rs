@@ -17,7 +17,7 @@
 //! |---|---|---|---|
 //! | `build_info` | gauge | version | always 1 |
 //! | `uptime_seconds` | gauge | | since start |
-//! | `ready` | gauge | | 1 once sources and sinks are up and no component has a fault |
+//! | `ready` | gauge | | 1 when /readyz answers 200: sources and sinks up, no component fault, no source problem |
 //! | `fault` | gauge | component | 1 while `file`, `channel`, `checkpoints`, `upstream_spool` or `dead_letter` cannot write (full disk), 0 after |
 //! | `faults_total` | counter | component | fault episodes since start |
 //! | `files` | gauge | state | files per state |
@@ -192,7 +192,7 @@ fn encode_process(enc: &mut DescriptorEncoder<'_>, snap: &Snapshot) -> fmt::Resu
     gauge(
         enc,
         "calllog_bridge_ready",
-        "1 once sources and sinks are up and no component has a fault",
+        "1 when /readyz answers 200: sources and sinks up, no component fault, no source problem",
         &[(none(), if snap.status.ready { 1.0 } else { 0.0 })],
     )?;
     let faults = &snap.fault_summary;

@@ -266,6 +266,27 @@ fn a_glob_over_a_huge_tree_is_refused_at_once() {
     assert!(t0.elapsed() < Duration::from_secs(20), "{:?}", t0.elapsed());
 }
 
+/// `paths = ["/**/*"]` with bounds raised far enough that the start-up
+/// scan walks the whole filesystem: SIGTERM during it ends the bridge at
+/// once (it used to be ignored until the walk ended, minutes later).
+#[test]
+fn a_stop_during_a_long_start_up_scan_is_not_waited_for() {
+    let mut env = Env::new("x", "max_scan_entries = 1000000000\nmax_scan_ms = 3600000");
+    let text = fs::read_to_string(&env.config).unwrap();
+    fs::write(&env.config, text.replace(&format!("{:?}", env.logs.join("x").display().to_string()), "\"/**/*\"")).unwrap();
+    assert!(fs::read_to_string(&env.config).unwrap().contains("\"/**/*\""));
+    let mut child = support::spawn_bridge(&env.config, &env.log);
+    support::poll_until(DEADLINE, "the start-up checks to begin", || env.log_text().contains("file descriptor limit").then_some(()));
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(child.try_wait().unwrap().is_none(), "still scanning the filesystem after 1.5 s; log:\n{}", env.log_text());
+    let t0 = Instant::now();
+    let status = support::terminate(&mut child, Duration::from_secs(10));
+    assert!(t0.elapsed() < Duration::from_secs(5), "took {:?} to stop", t0.elapsed());
+    assert!(status.success(), "{status}; log:\n{}", env.log_text());
+    assert!(env.log_text().contains("stopped during start-up"), "{}", env.log_text());
+    env.child = None;
+}
+
 // ------------------------------------------- a log directory unreadable for a while
 
 /// Makes `dir` unlistable for the bridge (run as [`support::unprivileged`]).
