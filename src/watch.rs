@@ -308,6 +308,14 @@ impl Watcher {
     /// globs' directories (`roots`, from [`Watcher::roots_now`]).
     pub fn stat_as_source(&self, p: &Path, roots: Option<&[PathBuf]>) -> Option<Seen> {
         let m = std::fs::symlink_metadata(p).ok()?;
+        if let Some(roots) = roots {
+            // A path through a linked directory (notify watches inside
+            // them) is not the source's.
+            let dir = std::fs::canonicalize(p.parent()?).ok()?;
+            if !roots.iter().any(|r| dir.starts_with(r)) {
+                return None;
+            }
+        }
         match roots {
             Some(roots) if m.file_type().is_symlink() => {
                 let target = Watcher::link_target(p, roots).ok()?;
@@ -425,7 +433,8 @@ impl Watcher {
         let lost2 = lost.clone();
         let tx2 = tx.clone();
         let mut pacer = Pacer::new(self.read_delay);
-        let watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+        let follow = self.follow_symlinks;
+        let handler = move |res: notify::Result<notify::Event>| {
             let change = match res {
                 Ok(ev) => {
                     let need_rescan = ev.need_rescan();
@@ -465,7 +474,10 @@ impl Watcher {
             if pause {
                 pacer.pause();
             }
-        })?;
+        };
+        // No watches inside linked directories unless the source follows
+        // links (their files are not the source's).
+        let watcher = notify::RecommendedWatcher::new(handler, notify::Config::default().with_follow_symlinks(follow))?;
         let mut ev = Events { watcher, rx, lost, watched: HashSet::new(), _tx: tx };
         ev.rewatch(self);
         Ok(ev)
@@ -654,6 +666,7 @@ mod tests {
         assert_eq!(scan.linked_dirs, vec![logs.join("linked")]);
         assert!(w.stat_as_source(&logs.join("access.log.9"), w.roots_now().as_deref()).is_none());
         assert!(w.stat_as_source(&logs.join("access.log"), w.roots_now().as_deref()).is_some());
+        assert!(w.stat_as_source(&logs.join("linked/access.log"), w.roots_now().as_deref()).is_none(), "not through a linked directory");
 
         // Opted in: everything is followed.
         let mut cfg = source(&[&g], &[]);
