@@ -463,7 +463,7 @@ mod tests {
         assert!(e.iter().any(|e| e.contains("`export.dir`")), "{e:?}");
         assert!(with("logs/**/access*.log*", &export).is_empty(), "{:?}", with("logs/**/access*.log*", &export));
         // An exclude takes it out.
-        let e = with("logs/**/*", &format!("{export}"));
+        let e = with("logs/**/*", &export);
         assert!(!e.is_empty());
         let text = format!(
             "state_dir = {:?}\n[[source]]\npaths = [{:?}]\nexclude = [{:?}]\n[file_output]\npath = {:?}\n{export}",
