@@ -334,7 +334,8 @@ pub fn render_table(st: &Status, base: &str) -> String {
         out.push_str(&columns(&rows));
         for s in &st.sources {
             for u in &s.unreadable {
-                let _ = writeln!(out, "  {}: cannot read {}: {}", s.name, Escaped(&u.path), Escaped(&u.error));
+                let what = if u.directory { "cannot list directory" } else { "cannot read" };
+                let _ = writeln!(out, "  {}: {what} {}: {}", s.name, Escaped(&u.path), Escaped(&u.error));
             }
             for l in &s.left_unread {
                 let bytes = l.unread_bytes.map_or_else(|| "unknown bytes".to_string(), human_bytes);
@@ -363,8 +364,9 @@ pub fn render_table(st: &Status, base: &str) -> String {
                 s => s.to_string(),
             };
             rows.push(vec![
-                // A file name is peer-supplied text on a terminal.
-                Escaped(&f.path).to_string(),
+                // A file name is peer-supplied text on a terminal. A gone
+                // file's name is where it was, not where it is.
+                format!("{}{}", Escaped(&f.path), if f.gone { " (gone)" } else { "" }),
                 state,
                 human_bytes(f.bytes_behind),
                 opt_ms(d.map(|d| d.p50)),

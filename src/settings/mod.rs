@@ -28,7 +28,10 @@ use serde::Deserialize;
 
 pub use enrich::EnrichConfig;
 pub use rejects::{check_rotate_bytes, RejectsConfig, MIN_ROTATE_BYTES};
-pub use source::{default_max_line_bytes, ReadFrom, SourceConfig, SourceSection, DEFAULT_READ_DELAY_MS, MAX_READ_DELAY_MS};
+pub use source::{
+    default_max_line_bytes, ReadFrom, SourceConfig, SourceSection, DEFAULT_MAX_SCAN_ENTRIES, DEFAULT_MAX_SCAN_MS, DEFAULT_READ_DELAY_MS,
+    MAX_READ_DELAY_MS,
+};
 pub use status::{ws_origin, StatusConfig, StatusSection};
 
 /// Exit code for an invalid configuration (EX_USAGE, as linkerd2-proxy).

@@ -110,6 +110,7 @@ impl super::Sink for KafkaSink {
     fn needs(cfg: &SinkConfig, needs: &mut Needs) {
         if let Some(d) = &cfg.dead_letter_file {
             needs.dirs.push(("kafka.dead_letter_file", parent_dir(d), false));
+            needs.files.push(("kafka.dead_letter_file", d.clone()));
         }
     }
 

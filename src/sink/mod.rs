@@ -233,7 +233,9 @@ struct Reload<C> {
 #[derive(Debug, Default)]
 pub struct Needs {
     /// Directories it writes in: (key, directory, may its last component
-    /// be created).
+    /// be created). One declared under a key that declares no file in
+    /// `files` is the sink's own: everything in it is its output (no
+    /// source may read it).
     pub dirs: Vec<(&'static str, PathBuf, bool)>,
     /// Files it appends to when they already exist: (key, file).
     pub files: Vec<(&'static str, PathBuf)>,

@@ -8,6 +8,7 @@ mod demo;
 mod enrich;
 mod export;
 mod faults;
+mod file_safety;
 mod fleet;
 mod footprint;
 mod fuzz;

@@ -150,6 +150,7 @@ impl super::Sink for UpstreamSink {
     fn needs(cfg: &UpstreamConfig, needs: &mut Needs) {
         if let Some(d) = &cfg.dead_letter_file {
             needs.dirs.push(("upstream.dead_letter_file", parent_dir(d), false));
+            needs.files.push(("upstream.dead_letter_file", d.clone()));
         }
     }
 
