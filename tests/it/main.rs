@@ -22,6 +22,7 @@ mod safety;
 mod service;
 mod simulate;
 mod status;
+mod status_listener;
 mod support;
 mod support_kafka;
 mod support_tools;
