@@ -224,11 +224,20 @@ pub fn inline_secret<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Se
 /// characters), too long to guess over a socket.
 pub const MIN_TOKEN_BYTES: usize = 16;
 
-/// Refuses a token the bridge would check that is empty, shorter than
-/// [`MIN_TOKEN_BYTES`], or holds whitespace or control characters (a
+/// The fewest different characters a token may hold. A random token has
+/// many (`openssl rand -hex 8`, the shortest accepted, has fewer than 6 in
+/// about 1 of 25,000 draws); a typed one of 16 identical characters, or two
+/// or three alternating, is guessed in a handful of tries.
+pub const MIN_TOKEN_DISTINCT_CHARS: usize = 6;
+
+/// The one token rule, for every token the bridge checks (the channel's,
+/// which the dashboard uses too): refuses a token that is empty, shorter
+/// than [`MIN_TOKEN_BYTES`], holds whitespace or control characters (a
 /// token of one space, a stray blank from a copy and paste: none of it
-/// survives a URL's `?key=` intact). `key` names the config key in the
-/// error; the token itself never appears in it.
+/// survives a URL's `?key=` intact), or has too little variety (fewer than
+/// [`MIN_TOKEN_DISTINCT_CHARS`] different characters, or one short piece
+/// repeated: `abcdabcdabcdabcd`). `key` names the config key in the error;
+/// the token itself never appears in it.
 pub fn check_token(key: &str, token: &Secret) -> Result<(), ConfigError> {
     let t = token.expose();
     if t.chars().any(|c| c.is_whitespace() || c.is_control()) {
@@ -240,7 +249,22 @@ pub fn check_token(key: &str, token: &Secret) -> Result<(), ConfigError> {
             format!("the token is {} bytes; at least {MIN_TOKEN_BYTES} are required (for example `openssl rand -hex 16`)", t.len()),
         ));
     }
-    Ok(())
+    let chars: Vec<char> = t.chars().collect();
+    let distinct = chars.iter().collect::<std::collections::HashSet<_>>().len();
+    let weakness = if distinct < MIN_TOKEN_DISTINCT_CHARS {
+        Some(format!("only {distinct} different character{}", if distinct == 1 { "" } else { "s" }))
+    } else {
+        (1..=chars.len() / 2)
+            .find(|&p| chars.iter().skip(p).zip(&chars).all(|(a, b)| a == b))
+            .map(|p| format!("one piece of {p} characters repeated"))
+    };
+    match weakness {
+        Some(w) => Err(ConfigError::invalid(
+            key,
+            format!("the token has too little variety ({w}); use a random one (for example `openssl rand -hex 16`)"),
+        )),
+        None => Ok(()),
+    }
 }
 
 /// Reads a PEM file named by `key`, so that `check-config` (and `run` at
@@ -356,5 +380,18 @@ mod tests {
         check("0123456789abcdef\t", false);
         check("0123456789abcdef\u{7f}", false);
         check("ünïcödé-tökén-ok", true);
+        // Too little variety, whatever the length.
+        check("aaaaaaaaaaaaaaaa", false);
+        check("abababababababababababababab", false);
+        check("abcdeabcdeabcdeabcde", false);
+        check("abcdefabcdefabcdef", false);
+        check("Xy3#Xy3#Xy3#Xy3#", false);
+        check("abcdefgh12abcdefgh12", false);
+        check("abcdefgh12abcdefgh1", true);
+        check("replace-with-openssl-rand-hex-16", true);
+        let e = check_token("channel.token", &Secret::new("aaaaaaaaaaaaaaaa")).unwrap_err().to_string();
+        assert!(e.contains("too little variety (only 1 different character)"), "{e}");
+        let e = check_token("channel.token", &Secret::new("abcdefabcdefabcdef")).unwrap_err().to_string();
+        assert!(e.contains("too little variety (one piece of 6 characters repeated)"), "{e}");
     }
 }
