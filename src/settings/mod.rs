@@ -47,12 +47,19 @@ pub enum ConfigError {
         /// The I/O error.
         source: std::io::Error,
     },
-    /// TOML syntax, a wrong type, or an unknown key (the message names the
-    /// key and its line).
-    #[error("invalid config file {path}: {message}")]
+    /// TOML syntax, a wrong type, or an unknown key (the message shows
+    /// its line).
+    #[error("{}", match key {
+        Some(key) => format!("invalid config key `{key}` in {}: {message}", path.display()),
+        None => format!("invalid config file {}: {message}", path.display()),
+    })]
     Syntax {
         /// The config file.
         path: PathBuf,
+        /// The key, as a dotted path, when the mistake is a key's (an
+        /// unknown key, a value of the wrong type); `None` for the TOML
+        /// syntax itself.
+        key: Option<String>,
         /// The parser's message, with line and column.
         message: String,
     },
@@ -93,8 +100,24 @@ impl ConfigError {
     pub fn key(&self) -> Option<&str> {
         match self {
             ConfigError::Invalid { key, .. } | ConfigError::Unusable { key, .. } => Some(key),
-            ConfigError::Read { .. } | ConfigError::Syntax { .. } => None,
+            ConfigError::Syntax { key, .. } => key.as_deref(),
+            ConfigError::Read { .. } => None,
         }
+    }
+
+    /// The error with `hint` (what was probably meant) on a line of its own
+    /// at the end, when there is one.
+    pub fn hint(mut self, hint: Option<String>) -> Self {
+        if let Some(h) = hint {
+            match &mut self {
+                ConfigError::Syntax { message, .. } | ConfigError::Invalid { message, .. } | ConfigError::Unusable { message, .. } => {
+                    message.push('\n');
+                    message.push_str(&h);
+                }
+                ConfigError::Read { .. } => {}
+            }
+        }
+        self
     }
 }
 
@@ -314,6 +337,43 @@ pub fn pem_private_key(path: PathBuf, key: &str) -> Result<Pem, ConfigError> {
         Ok(None) => Err(ConfigError::invalid(key, format!("{} holds no PEM private key", path.display()))),
         Err(e) => Err(ConfigError::invalid(key, format!("{} is not valid PEM: {e}", path.display()))),
     }
+}
+
+/// Why `path` cannot be used, said so that the operator can fix it: when
+/// the error is "permission denied" because a directory on the way cannot
+/// be searched (entered) by this user, that directory is named (a typo'd
+/// directory under `/opt/le`, which the user may not enter, is reported on
+/// `/opt/le`, not on the typo: whether the typo exists cannot be told);
+/// otherwise `path: error`.
+pub fn why_unreachable(path: &Path, e: &std::io::Error) -> String {
+    match (e.kind(), unsearchable_ancestor(path)) {
+        (std::io::ErrorKind::PermissionDenied, Some(dir)) => format!(
+            "{} cannot be reached: this user may not search (enter) {} (Permission denied; it needs the `x` permission)",
+            path.display(),
+            dir.display()
+        ),
+        _ => format!("{}: {e}", path.display()),
+    }
+}
+
+/// The first directory on the way to `path` that this user cannot search:
+/// the last ancestor before a `stat` of the next component fails with
+/// "permission denied". `None` when every step can be taken (the path
+/// itself may still be unreadable).
+pub fn unsearchable_ancestor(path: &Path) -> Option<PathBuf> {
+    let mut reached = PathBuf::new();
+    for part in path.components() {
+        let next = reached.join(part);
+        if !reached.as_os_str().is_empty() {
+            match std::fs::symlink_metadata(&next) {
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => return Some(reached),
+                Err(_) => return None,
+            }
+        }
+        reached = next;
+    }
+    None
 }
 
 /// The bridge's `host` setting: the name it stamps on every record it

@@ -111,6 +111,8 @@ impl super::Sink for KafkaSink {
         if let Some(d) = &cfg.dead_letter_file {
             needs.dirs.push(("kafka.dead_letter_file", parent_dir(d), false));
         }
+        let (client, topics) = (cfg.client.clone(), vec![cfg.topic.clone()]);
+        needs.peers.push(crate::probe::Peer::Kafka { key: "kafka.brokers".into(), client, topics });
     }
 
     fn summary(c: &SinkConfig) -> String {

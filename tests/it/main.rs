@@ -3,6 +3,7 @@
 //! sockets on loopback.
 
 mod channel;
+mod config_report;
 mod dashboard;
 mod demo;
 mod enrich;

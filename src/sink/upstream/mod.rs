@@ -151,6 +151,8 @@ impl super::Sink for UpstreamSink {
         if let Some(d) = &cfg.dead_letter_file {
             needs.dirs.push(("upstream.dead_letter_file", parent_dir(d), false));
         }
+        let (ca, identity) = (cfg.ca.clone(), cfg.client_identity.clone());
+        needs.peers.push(crate::probe::Peer::Http { key: "upstream.url".into(), url: cfg.url.clone(), ca, identity });
     }
 
     fn summary(u: &UpstreamConfig) -> String {
