@@ -21,6 +21,7 @@ mod recovery;
 mod replay;
 mod safety;
 mod service;
+mod service_ops;
 mod simulate;
 mod status;
 mod status_listener;
