@@ -19,7 +19,12 @@
 //! would see its connection reset). So sockets that connect and say nothing
 //! cannot lock out a client that connects after them, which is admitted at
 //! once, nor take a working client's connection while one of their own is
-//! there to close. A connection that is doing work
+//! there to close. The limit of any such rule: while more silent sockets
+//! than the cap keep arriving, a connection that has not sent its request
+//! yet cannot be told from them, and is closed once the cap's worth of
+//! newer ones arrived; a client that sends its request as it connects is
+//! answered, one that connects and waits (a browser's preconnect) may have
+//! to connect again. A connection that is doing work
 //! (a request in flight, an admitted subscriber) is never chosen; it holds
 //! a [`Busy`] guard.
 //!
