@@ -22,6 +22,8 @@
 //! - [`cmd`]: one module per subcommand; [`cli`] holds the clap definitions.
 //! - [`preflight`]: what `run` needs from the host (files, directories,
 //!   listeners), checked the same way by `check-config` and `run`;
+//!   [`probe`]: the peers a config names (upstream, Kafka), tried by
+//!   `check-config`;
 //!   [`state_dir`]: every file in `state_dir` and the one atomic write;
 //!   [`state_lock`]: one bridge per `state_dir`.
 //! - [`sim`]: simulated Local Edition traffic (generator and file writer).
@@ -56,6 +58,7 @@ pub mod logsafe;
 pub mod parse;
 pub mod pipeline;
 pub mod preflight;
+pub mod probe;
 pub mod record;
 pub mod rejects;
 pub mod reload;

@@ -88,7 +88,8 @@ impl ReloadError {
     pub fn key(&self) -> &str {
         match self {
             ReloadError::Config(ConfigError::Invalid { key, .. } | ConfigError::Unusable { key, .. }) => key,
-            ReloadError::Config(ConfigError::Syntax { .. }) => "(syntax: see the message)",
+            ReloadError::Config(ConfigError::Syntax { key: Some(key), .. }) => key,
+            ReloadError::Config(ConfigError::Syntax { key: None, .. }) => "(syntax: see the message)",
             ReloadError::Config(ConfigError::Read { .. }) => "(the file)",
             ReloadError::Lookups(_) => "enrich.lookups",
             ReloadError::Sink { section, .. } => section,

@@ -11,8 +11,8 @@ use serde::Deserialize;
 use super::client::{ClientSection, ClientSettings, SaslMechanism};
 use super::message::{Format, KeyField};
 use super::produce::Compression;
-use crate::config::{ConfigError, ReadFrom};
 use crate::rotating::Rotation;
+use crate::settings::{ConfigError, ReadFrom};
 
 /// The `[kafka]` section as written.
 #[derive(Debug, Clone, Deserialize)]

@@ -112,6 +112,8 @@ impl super::Sink for KafkaSink {
             needs.dirs.push(("kafka.dead_letter_file", parent_dir(d), false));
             needs.files.push(("kafka.dead_letter_file", d.clone()));
         }
+        let (client, topics) = (cfg.client.clone(), vec![cfg.topic.clone()]);
+        needs.peers.push(crate::probe::Peer::Kafka { key: "kafka.brokers".into(), client, topics });
     }
 
     fn summary(c: &SinkConfig) -> String {

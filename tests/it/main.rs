@@ -3,6 +3,7 @@
 //! sockets on loopback.
 
 mod channel;
+mod config_report;
 mod dashboard;
 mod demo;
 mod enrich;
@@ -21,8 +22,10 @@ mod recovery;
 mod replay;
 mod safety;
 mod service;
+mod service_ops;
 mod simulate;
 mod status;
+mod status_listener;
 mod support;
 mod support_kafka;
 mod support_tools;

@@ -737,13 +737,13 @@ pub fn mask(v: &str, keep: usize) -> String {
 }
 
 /// Accepts sockets until stopped; each one is served on its own task.
-/// A slot of the listener's [`Gate`] is taken before each `accept`
-/// (mini-redis): the listener holds at most `max_connections` subscribers
+/// A place in the listener's [`Gate`] is taken before each `accept`
+/// (mini-redis) and filled by the accepted socket: the listener holds at most `max_connections` subscribers
 /// plus [`MAX_PENDING_HANDSHAKES`] sockets in their handshake.
 async fn accept_loop(shared: Arc<ChannelShared>, listener: TcpListener, tls: Option<TlsAcceptor>, tracker: TaskTracker) {
     let gate = Gate::new(NAME, shared.settings.max_connections + MAX_PENDING_HANDSHAKES);
     loop {
-        let slot = tokio::select! {
+        let vacancy = tokio::select! {
             s = gate.acquire() => s,
             _ = shared.stop.cancelled() => return,
             _ = shared.draining.cancelled() => return,
@@ -763,7 +763,7 @@ async fn accept_loop(shared: Arc<ChannelShared>, listener: TcpListener, tls: Opt
             }
         };
         let _ = tcp.set_nodelay(true);
-        tracker.spawn(conn::serve(shared.clone(), tcp, peer, tls.clone(), slot));
+        tracker.spawn(conn::serve(shared.clone(), tcp, peer, tls.clone(), vacancy.fill()));
     }
 }
 

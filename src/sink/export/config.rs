@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::config::{ConfigError, Secret};
+use crate::settings::{ConfigError, Secret};
 
 /// The `[export]` section as written.
 #[derive(Debug, Clone, Deserialize)]

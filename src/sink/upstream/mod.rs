@@ -152,6 +152,8 @@ impl super::Sink for UpstreamSink {
             needs.dirs.push(("upstream.dead_letter_file", parent_dir(d), false));
             needs.files.push(("upstream.dead_letter_file", d.clone()));
         }
+        let (ca, identity) = (cfg.ca.clone(), cfg.client_identity.clone());
+        needs.peers.push(crate::probe::Peer::Http { key: "upstream.url".into(), url: cfg.url.clone(), ca, identity });
     }
 
     fn summary(u: &UpstreamConfig) -> String {
