@@ -34,7 +34,7 @@ fail() {
 command -v dpkg-deb >/dev/null || fail "needs a Debian-family machine"
 
 installed_version() {
-    dpkg-query -W -f='${Status} ${Version}\n' "$NAME" 2>/dev/null | sed -n 's/^install ok installed //p'
+    { dpkg-query -W -f='${Status} ${Version}\n' "$NAME" 2>/dev/null || true; } | sed -n 's/^install ok installed //p'
 }
 
 # What the check must not change. The stand-in's state directory is compared
@@ -56,7 +56,9 @@ snapshot() { # strict|loose
             echo "$p absent"
         fi
     done
-    stat -c '%n %U:%G %a' /var/lib/$NAME 2>/dev/null || echo "/var/lib/$NAME absent"
+    if [ "$1" = loose ]; then
+        stat -c '%n %U:%G %a' /var/lib/$NAME 2>/dev/null || echo "/var/lib/$NAME absent"
+    fi
 }
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/host-untouched.XXXXXX")
