@@ -231,8 +231,10 @@ elif cargo_tool cargo-generate-rpm "$CARGO_GENERATE_RPM_VERSION" \
     say "cargo generate-rpm"
     # cargo-generate-rpm packages the binary as it is: strip it first, as
     # its documentation says (cargo deb above stripped its own copy).
+    # gzip instead of the default zstd: a fifteenth of the CPU, as --fast
+    # for the .deb.
     strip -s "$stage/release/$NAME"
-    CARGO_TARGET_DIR="$stage" cargo generate-rpm
+    CARGO_TARGET_DIR="$stage" cargo generate-rpm --payload-compress gzip
     rpm_file=$(ls "$stage"/generate-rpm/$NAME-*.rpm)
     [ -f "$rpm_file" ] || fail "no .rpm in $stage/generate-rpm"
     if command -v rpm >/dev/null; then
