@@ -221,6 +221,10 @@ in_root dpkg -P $NAME >/dev/null || fail "dpkg -P"
 for f in /usr/bin/$NAME $UNIT /etc/$NAME /var/lib/$NAME /etc/systemd/system/multi-user.target.wants/$NAME.service; do
     [ ! -e "$root$f" ] && [ ! -L "$root$f" ] || fail "$f left after purge"
 done
+# The package created the system user and group: purge removes them (its
+# home, /var/lib/calllog-bridge, is gone with the state).
+! in_root getent passwd $NAME >/dev/null || fail "user $NAME left after purge (its home is gone)"
+! in_root getent group $NAME >/dev/null || fail "group $NAME left after purge"
 
 # --- 5. The .rpm -------------------------------------------------------------------
 rpm_file=
