@@ -73,6 +73,11 @@ pub struct ExportArgs {
     /// gzip level, 1 to 9.
     #[arg(long, default_value_t = 6)]
     pub gzip_level: u32,
+    /// Write every value as it is, also cells a spreadsheet would run as a
+    /// formula (by default they get a leading `'`, as `[export]
+    /// escape_formulas` does).
+    #[arg(long)]
+    pub no_escape_formulas: bool,
     /// Remove the files the range's slices already have first.
     #[arg(long)]
     pub replace: bool,

@@ -19,7 +19,7 @@ use flate2::bufread::MultiGzDecoder;
 use crate::cli::ExportArgs;
 use crate::enrich::Enricher;
 use crate::parse::{LineKind, LineParser};
-use crate::record::Record;
+use crate::record::{Formulas, Record};
 use crate::settings::EXIT_CONFIG;
 use crate::sink::export::config::{slice_minutes_valid, ExportConfig};
 use crate::sink::export::exporter::Exporter;
@@ -62,6 +62,7 @@ pub fn run(args: ExportArgs) -> anyhow::Result<i32> {
         gzip: (!args.no_gzip).then_some(args.gzip_level),
         fsync_interval: std::time::Duration::from_secs(1),
         max_open_files: 1024,
+        formulas: if args.no_escape_formulas { Formulas::Verbatim } else { Formulas::Neutralised },
         s3: None,
     };
     let mut ex = match Exporter::offline(&cfg, from, to, args.replace) {

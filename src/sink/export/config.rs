@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::config::{ConfigError, Secret};
+use crate::record::Formulas;
+use crate::settings::{ConfigError, Secret};
 
 /// The `[export]` section as written.
 #[derive(Debug, Clone, Deserialize)]
@@ -42,6 +43,10 @@ pub struct ExportSection {
     /// least recently is closed early.
     #[serde(default = "default_max_open_files")]
     pub max_open_files: usize,
+    /// Write cells a spreadsheet would run as a formula as text (a leading
+    /// `'`, quoted); `false` writes every value as it is.
+    #[serde(default = "yes")]
+    pub escape_formulas: bool,
     /// Optional delivery to S3-compatible object storage.
     #[serde(default)]
     pub s3: Option<S3Section>,
@@ -133,6 +138,8 @@ pub struct ExportConfig {
     pub fsync_interval: Duration,
     /// Files open at once.
     pub max_open_files: usize,
+    /// How cells a spreadsheet would run as a formula are written.
+    pub formulas: Formulas,
     /// Upload closed files.
     pub s3: Option<S3Config>,
 }
@@ -208,6 +215,7 @@ impl ExportConfig {
             gzip: s.gzip.then_some(s.gzip_level),
             fsync_interval: Duration::from_millis(s.fsync_interval_ms),
             max_open_files: s.max_open_files,
+            formulas: if s.escape_formulas { Formulas::Neutralised } else { Formulas::Verbatim },
             s3,
         })
     }
@@ -308,7 +316,10 @@ mod tests {
         assert_eq!(c.close_after, Duration::from_secs(300));
         assert!(c.header && !c.include_org);
         assert_eq!(c.gzip, Some(1));
+        assert_eq!(c.formulas, Formulas::Neutralised);
         assert!(c.s3.is_none());
+        let raw = load("dir = \"export\"\nescape_formulas = false\n", Path::new("/etc/cb")).unwrap();
+        assert_eq!(raw.formulas, Formulas::Verbatim);
     }
 
     #[test]

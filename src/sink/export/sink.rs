@@ -74,6 +74,7 @@ impl crate::sink::Sink for ExportSink {
             .restart("export.gzip", |c| &mut c.gzip)
             .restart("export.fsync_interval_ms", |c| &mut c.fsync_interval)
             .restart("export.max_open_files", |c| &mut c.max_open_files)
+            .restart("export.escape_formulas", |c| &mut c.formulas)
             .restart("export.s3", |c| &mut c.s3);
     }
 

@@ -26,7 +26,7 @@ use flate2::Compression;
 
 use super::slice::FileName;
 use crate::parse::{Format, LineKind, LineParser};
-use crate::record::{write_csv_header, Field, Record};
+use crate::record::{write_csv_header, Field, Formulas, Record};
 
 /// Rows buffered before they go to the compressor.
 const ROW_BUFFER_BYTES: usize = 256 * 1024;
@@ -85,6 +85,8 @@ pub struct FileFormat {
     pub header: bool,
     /// gzip level; `None` for plain CSV.
     pub gzip: Option<u32>,
+    /// How cells a spreadsheet would run as a formula are written.
+    pub formulas: Formulas,
 }
 
 /// A file of the export being written.
@@ -97,6 +99,8 @@ pub struct SliceFile {
     sink: Sink,
     /// Rows not yet handed to the stream.
     buf: Vec<u8>,
+    /// How formula cells are written.
+    formulas: Formulas,
     /// Rows written (header excluded), synced or not.
     rows: u64,
     /// Something was written since the last sync.
@@ -121,7 +125,7 @@ impl SliceFile {
         if fmt.header {
             write_csv_header(fmt.columns, &mut buf);
         }
-        SliceFile { name, dir: dir.to_path_buf(), sink, buf, rows: 0, dirty: true }
+        SliceFile { name, dir: dir.to_path_buf(), sink, buf, formulas: fmt.formulas, rows: 0, dirty: true }
     }
 
     /// Opens a `.partial` file left behind: its complete rows are written
@@ -161,7 +165,7 @@ impl SliceFile {
 
     /// Appends one record as a row.
     pub fn push(&mut self, r: &Record<'_>, columns: &[Field]) -> io::Result<()> {
-        r.write_csv_row(columns, &mut self.buf);
+        r.write_csv_row(columns, self.formulas, &mut self.buf);
         self.rows += 1;
         self.dirty = true;
         if self.buf.len() >= ROW_BUFFER_BYTES {
@@ -333,7 +337,7 @@ mod tests {
     use crate::sink::export::slice::{Part, Slice};
 
     fn fmt(gzip: Option<u32>) -> FileFormat {
-        FileFormat { columns: &NATURAL[..35], header: true, gzip }
+        FileFormat { columns: &NATURAL[..35], header: true, gzip, formulas: Formulas::Neutralised }
     }
 
     fn name(gzip: bool) -> FileName {
