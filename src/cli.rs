@@ -78,6 +78,13 @@ pub struct ExportArgs {
     /// escape_formulas` does).
     #[arg(long)]
     pub no_escape_formulas: bool,
+    /// Permission bits of the files written (octal, `0640`), whatever the
+    /// umask; by default the umask decides.
+    #[arg(long, value_name = "MODE")]
+    pub file_mode: Option<String>,
+    /// Group of the files written and of `--dir` (a name or a number).
+    #[arg(long, value_name = "GROUP")]
+    pub group: Option<String>,
     /// Remove the files the range's slices already have first.
     #[arg(long)]
     pub replace: bool,

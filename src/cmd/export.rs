@@ -20,7 +20,8 @@ use crate::cli::ExportArgs;
 use crate::enrich::Enricher;
 use crate::parse::{LineKind, LineParser};
 use crate::record::{Formulas, Record};
-use crate::settings::EXIT_CONFIG;
+use crate::settings::{ConfigError, EXIT_CONFIG};
+use crate::sink::export::access::FileAccess;
 use crate::sink::export::config::{slice_minutes_valid, ExportConfig};
 use crate::sink::export::exporter::Exporter;
 
@@ -53,6 +54,13 @@ pub fn run(args: ExportArgs) -> anyhow::Result<i32> {
         Err(e) => return bad("--lookups", e.to_string()),
     };
     let tables = enricher.tables();
+    let access = match FileAccess::parse(args.file_mode.as_deref(), args.group.as_deref(), "--file-mode", "--group")
+        .and_then(|a| a.check(&args.dir, "--group").map(|()| a))
+    {
+        Ok(a) => a,
+        Err(ConfigError::Invalid { key, message } | ConfigError::Unusable { key, message }) => return bad(&key, message),
+        Err(e) => return bad("--group", e.to_string()),
+    };
     let cfg = ExportConfig {
         dir: args.dir.clone(),
         slice: std::time::Duration::from_secs(u64::from(args.slice_minutes) * 60),
@@ -63,6 +71,7 @@ pub fn run(args: ExportArgs) -> anyhow::Result<i32> {
         fsync_interval: std::time::Duration::from_secs(1),
         max_open_files: 1024,
         formulas: if args.no_escape_formulas { Formulas::Verbatim } else { Formulas::Neutralised },
+        access,
         s3: None,
     };
     let mut ex = match Exporter::offline(&cfg, from, to, args.replace) {

@@ -10,8 +10,9 @@
 use std::collections::HashMap;
 use std::fs::{self, OpenOptions};
 use std::io::{Read, Write};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::Child;
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::safety::http_get;
@@ -645,4 +646,137 @@ fn spreadsheet_formulas_in_caller_text_are_neutralised_live_and_offline() {
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         assert_eq!(check_formula_rows(&to.join(name), neutralised), 5, "{flags:?}");
     }
+}
+
+/// A system group and a user in it, created for one test and removed when
+/// dropped (the test runs as root).
+struct Account {
+    user: String,
+    group: String,
+}
+
+impl Account {
+    /// `groupadd` and `useradd` (no home, no login shell, in the group).
+    fn create(tag: &str) -> Account {
+        let id = std::process::id() % 100_000;
+        let a = Account { user: format!("cb{tag}u{id}"), group: format!("cb{tag}g{id}") };
+        let ok = |c: &mut std::process::Command| assert!(c.status().unwrap().success(), "{c:?}");
+        ok(std::process::Command::new("groupadd").args(["--system", &a.group]));
+        ok(std::process::Command::new("useradd").args(["--system", "-M", "-N", "-s", "/usr/sbin/nologin", "-G", &a.group, &a.user]));
+        a
+    }
+
+    fn gid(&self) -> u32 {
+        let out = std::process::Command::new("getent").args(["group", &self.group]).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).split(':').nth(2).unwrap().trim().parse().unwrap()
+    }
+
+    /// Runs `args` as the user, with its groups (`with_groups`) or none.
+    fn run(&self, with_groups: bool, args: &[&str]) -> std::process::Output {
+        let groups = if with_groups { "--init-groups" } else { "--clear-groups" };
+        let mut c = std::process::Command::new("setpriv");
+        c.args([&format!("--reuid={}", self.user), "--regid=65534", groups, "--"]).args(args);
+        c.output().unwrap()
+    }
+}
+
+impl Drop for Account {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("userdel").arg(&self.user).status();
+        let _ = std::process::Command::new("groupdel").arg(&self.group).status();
+    }
+}
+
+/// `calllog-bridge ARGS` as the service would run it: an unprivileged user
+/// with no supplementary group, under the unit's `UMask=0077`.
+fn as_service(args: &[&str]) -> std::process::Command {
+    let mut c = std::process::Command::new("sh");
+    c.args(["-c", "umask 077; exec \"$0\" \"$@\""]).arg(support::bin()).args(args).env_remove("RUST_LOG");
+    support::unprivileged(&mut c);
+    c
+}
+
+#[test]
+fn an_account_in_the_export_group_reads_published_slices_and_others_do_not() {
+    if !support::is_root() {
+        eprintln!("SKIPPED: creating a user and a group needs root");
+        return;
+    }
+    let analyst = Account::create("exp");
+    let mut ex = Ex::new(&format!("close_after_secs = 1\nfile_mode = \"0640\"\ngroup = \"{}\"\n", analyst.group));
+    fs::create_dir_all(&ex.state).unwrap();
+    support::give_to_unprivileged(&ex.state);
+    // The export directory as an earlier run under the unit left it: the
+    // service's own, 0700.
+    fs::create_dir_all(&ex.export).unwrap();
+    support::give_to_unprivileged(&ex.export);
+    fs::set_permissions(&ex.export, fs::Permissions::from_mode(0o700)).unwrap();
+    let config = ex.config.to_str().unwrap().to_string();
+
+    // The service cannot give its files the group (it is not a member):
+    // refused before anything starts, naming the key and the fix.
+    for cmd in ["check-config", "run"] {
+        let out = support::run_for(&mut as_service(&[cmd, "--config", &config]), DEADLINE).expect("exits");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(64), "{cmd}: {err}");
+        assert!(err.contains("export.group") && err.contains("chmod 2750"), "{cmd}: {err}");
+    }
+
+    // The operator's step: the directory set-group-ID with the group.
+    std::os::unix::fs::chown(&ex.export, None, Some(analyst.gid())).unwrap();
+    fs::set_permissions(&ex.export, fs::Permissions::from_mode(0o2750)).unwrap();
+    let log = fs::OpenOptions::new().create(true).append(true).open(&ex.log).unwrap();
+    let child = as_service(&["run", "--config", &config]).stdin(Stdio::null()).stdout(Stdio::null()).stderr(log).spawn().unwrap();
+    ex.child = Some(child);
+    support::poll_until(DEADLINE, "the bridge to start", || {
+        if let Some(Ok(Some(status))) = ex.child.as_mut().map(|c| c.try_wait()) {
+            panic!("the bridge exited with {status}:\n{}", ex.log_text());
+        }
+        ex.log_text().contains("bridge running").then_some(())
+    });
+    ex.append(&batch("g", 20, "2026-11-29T10:00:05Z"));
+    let name = "calllog-2026-11-29T10-00Z.csv.gz";
+    ex.wait_published(&[name]);
+    let file = ex.export.join(name);
+    let meta = fs::metadata(&file).unwrap();
+    assert_eq!(meta.mode() & 0o7777, 0o640, "file_mode, whatever the umask");
+    assert_eq!(meta.gid(), analyst.gid(), "the export group");
+    assert_eq!(meta.uid(), support::UNPRIVILEGED_UID);
+
+    // The analyst lists the directory and reads the slice.
+    let path = file.to_str().unwrap();
+    let listed = analyst.run(true, &["ls", ex.export.to_str().unwrap()]);
+    assert!(listed.status.success(), "{}", String::from_utf8_lossy(&listed.stderr));
+    assert!(String::from_utf8_lossy(&listed.stdout).contains(name));
+    let read = analyst.run(true, &["cat", path]);
+    assert!(read.status.success(), "{}", String::from_utf8_lossy(&read.stderr));
+    assert_eq!(read.stdout, fs::read(&file).unwrap());
+    // The same account without the group: neither.
+    let denied = analyst.run(false, &["cat", path]);
+    assert!(!denied.status.success(), "read without the group");
+    assert!(String::from_utf8_lossy(&denied.stderr).contains("Permission denied"), "{}", String::from_utf8_lossy(&denied.stderr));
+    ex.stop();
+
+    // No group set: a directory the bridge creates under UMask=0077 (in
+    // its state directory, as the default `dir` is) is still 0750 and its
+    // files 0640 (the service's group reads).
+    let fresh = ex.state.join("export");
+    let text =
+        fs::read_to_string(&ex.config).unwrap().replace("dir = \"export\"", "dir = \"state/export\"").replace("group = ", "# group = ");
+    fs::write(&ex.config, text).unwrap();
+    let log = fs::OpenOptions::new().create(true).append(true).open(&ex.log).unwrap();
+    let before = ex.log_text().matches("bridge running").count();
+    ex.child = Some(as_service(&["run", "--config", &config]).stdin(Stdio::null()).stdout(Stdio::null()).stderr(log).spawn().unwrap());
+    support::poll_until(DEADLINE, "the bridge to start again", || {
+        if let Some(Ok(Some(status))) = ex.child.as_mut().map(|c| c.try_wait()) {
+            panic!("the bridge exited with {status}:\n{}", ex.log_text());
+        }
+        (ex.log_text().matches("bridge running").count() > before).then_some(())
+    });
+    ex.append(&batch("h", 5, "2026-11-29T10:01:05Z"));
+    let second = fresh.join("calllog-2026-11-29T10-01Z.csv.gz");
+    support::poll_until(DEADLINE, "the slice published", || second.exists().then_some(()));
+    assert_eq!(fs::metadata(&fresh).unwrap().mode() & 0o7777, 0o750, "the directory: the group may list it");
+    assert_eq!(fs::metadata(&second).unwrap().mode() & 0o7777, 0o640);
+    ex.stop();
 }

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use super::access::{FileAccess, DEFAULT_FILE_MODE};
 use crate::record::Formulas;
 use crate::settings::{ConfigError, Secret};
 
@@ -47,6 +48,13 @@ pub struct ExportSection {
     /// `'`, quoted); `false` writes every value as it is.
     #[serde(default = "yes")]
     pub escape_formulas: bool,
+    /// Permission bits of the files (octal, `"0640"`), whatever the umask.
+    #[serde(default = "default_file_mode")]
+    pub file_mode: String,
+    /// The group of the files and the directory (a name, or a number);
+    /// absent: the process's (or a set-group-ID directory's).
+    #[serde(default)]
+    pub group: Option<String>,
     /// Optional delivery to S3-compatible object storage.
     #[serde(default)]
     pub s3: Option<S3Section>,
@@ -109,6 +117,9 @@ fn default_fsync_interval_ms() -> u64 {
 fn default_max_open_files() -> usize {
     64
 }
+fn default_file_mode() -> String {
+    DEFAULT_FILE_MODE.into()
+}
 fn default_region() -> String {
     "us-east-1".into()
 }
@@ -140,6 +151,8 @@ pub struct ExportConfig {
     pub max_open_files: usize,
     /// How cells a spreadsheet would run as a formula are written.
     pub formulas: Formulas,
+    /// Mode and group of the files (and the directory's bits).
+    pub access: FileAccess,
     /// Upload closed files.
     pub s3: Option<S3Config>,
 }
@@ -206,8 +219,11 @@ impl ExportConfig {
             return Err(ConfigError::invalid("export.close_after_secs", "must be at most a week (604800)"));
         }
         let s3 = s.s3.map(|c| S3Config::from_section(c, base)).transpose()?;
+        let dir = base.join(&s.dir);
+        let access = FileAccess::parse(Some(&s.file_mode), s.group.as_deref(), "export.file_mode", "export.group")?;
+        access.check(&dir, "export.group")?;
         Ok(ExportConfig {
-            dir: base.join(&s.dir),
+            dir,
             slice: Duration::from_secs(u64::from(s.slice_minutes) * 60),
             close_after: Duration::from_secs(s.close_after_secs),
             include_org: s.include_org,
@@ -216,6 +232,7 @@ impl ExportConfig {
             fsync_interval: Duration::from_millis(s.fsync_interval_ms),
             max_open_files: s.max_open_files,
             formulas: if s.escape_formulas { Formulas::Neutralised } else { Formulas::Verbatim },
+            access,
             s3,
         })
     }
@@ -317,6 +334,7 @@ mod tests {
         assert!(c.header && !c.include_org);
         assert_eq!(c.gzip, Some(1));
         assert_eq!(c.formulas, Formulas::Neutralised);
+        assert_eq!(c.access, FileAccess { file_mode: Some(0o640), group: None });
         assert!(c.s3.is_none());
         let raw = load("dir = \"export\"\nescape_formulas = false\n", Path::new("/etc/cb")).unwrap();
         assert_eq!(raw.formulas, Formulas::Verbatim);

@@ -31,7 +31,7 @@
 //! writing the unacknowledged batches again gives each record once.
 
 use std::collections::HashMap;
-use std::fs;
+use std::fs::{self, File};
 use std::io;
 use std::path::{Path, PathBuf};
 
@@ -136,7 +136,7 @@ impl Exporter {
     /// error, unless `replace`, which removes them first.
     pub fn offline(cfg: &ExportConfig, from_ms: i64, to_ms: i64, replace: bool) -> io::Result<Exporter> {
         let e = Self::new(cfg, ExportStats::new(), true, (from_ms, to_ms));
-        fs::create_dir_all(&e.dir)?;
+        e.fmt.access.prepare_dir(&e.dir)?;
         let first = Slice::of(from_ms, e.slice_ms).start_ms;
         for entry in fs::read_dir(&e.dir)? {
             let entry = entry?;
@@ -158,7 +158,13 @@ impl Exporter {
     fn new(cfg: &ExportConfig, stats: ExportStats, offline: bool, range: (i64, i64)) -> Exporter {
         Exporter {
             dir: cfg.dir.clone(),
-            fmt: FileFormat { columns: columns(cfg.include_org), header: cfg.header, gzip: cfg.gzip, formulas: cfg.formulas },
+            fmt: FileFormat {
+                columns: columns(cfg.include_org),
+                header: cfg.header,
+                gzip: cfg.gzip,
+                formulas: cfg.formulas,
+                access: cfg.access.clone(),
+            },
             slice_ms: cfg.slice_ms(),
             close_after_ms: cfg.close_after.as_millis() as i64,
             max_open: if offline { cfg.max_open_files.max(1024) } else { cfg.max_open_files },
@@ -191,7 +197,7 @@ impl Exporter {
     /// Reads `dir`: published files make their slice known (closed, late
     /// numbers); `.partial` files are recovered and stay open.
     fn scan(&mut self, now_ms: i64) -> io::Result<Recovery> {
-        fs::create_dir_all(&self.dir)?;
+        self.fmt.access.prepare_dir(&self.dir)?;
         let mut partials = Vec::new();
         for entry in fs::read_dir(&self.dir)? {
             let entry = entry?;
@@ -203,6 +209,11 @@ impl Exporter {
                 continue;
             }
             let Some((name, partial)) = FileName::parse(s) else { continue };
+            // Files of an earlier run (or version, or setting) get the
+            // mode and group readers are told about.
+            if let Err(e) = File::open(entry.path()).and_then(|f| self.fmt.access.apply(&f)) {
+                tracing::warn!(file = %entry.path().display(), error = %e, "export: cannot give a file the configured file_mode and group");
+            }
             let k = self.known.entry(name.slice).or_default();
             k.before_start = true;
             match (name.part, partial) {

@@ -10,6 +10,7 @@
 //! - [`dedup`]: `request_uuid` sets.
 //! - [`stats`]: per-slice figures for `/status`, `/metrics`, the dashboard.
 //! - [`config`]: `[export]` and `[export.s3]`.
+//! - [`access`]: the files' mode and group (who may read them).
 //! - [`s3`]: uploads published files to S3-compatible storage.
 //! - [`sink`]: the sink's task (batches in, files synced, acknowledged,
 //!   published, queued for upload).
@@ -20,6 +21,7 @@
 //! restart; see [`exporter`] for how records read again after an unclean
 //! stop are kept out of a slice that has them.
 
+pub mod access;
 pub mod config;
 pub mod dedup;
 pub mod exporter;

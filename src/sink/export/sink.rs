@@ -75,6 +75,8 @@ impl crate::sink::Sink for ExportSink {
             .restart("export.fsync_interval_ms", |c| &mut c.fsync_interval)
             .restart("export.max_open_files", |c| &mut c.max_open_files)
             .restart("export.escape_formulas", |c| &mut c.formulas)
+            .restart("export.file_mode", |c| &mut c.access.file_mode)
+            .restart("export.group", |c| &mut c.access.group)
             .restart("export.s3", |c| &mut c.s3);
     }
 

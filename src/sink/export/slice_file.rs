@@ -24,6 +24,7 @@ use std::path::{Path, PathBuf};
 use flate2::write::GzEncoder;
 use flate2::Compression;
 
+use super::access::FileAccess;
 use super::slice::FileName;
 use crate::parse::{Format, LineKind, LineParser};
 use crate::record::{write_csv_header, Field, Formulas, Record};
@@ -87,6 +88,8 @@ pub struct FileFormat {
     pub gzip: Option<u32>,
     /// How cells a spreadsheet would run as a formula are written.
     pub formulas: Formulas,
+    /// The files' mode and group, given as each is created.
+    pub access: FileAccess,
 }
 
 /// A file of the export being written.
@@ -113,6 +116,7 @@ impl SliceFile {
     pub fn create(dir: &Path, name: FileName, fmt: &FileFormat) -> io::Result<SliceFile> {
         let path = dir.join(name.partial());
         let file = OpenOptions::new().write(true).create(true).truncate(true).open(&path)?;
+        fmt.access.apply(&file)?;
         Ok(Self::start(dir, name, fmt, file))
     }
 
@@ -142,6 +146,7 @@ impl SliceFile {
         let path = dir.join(name.partial());
         let rebuild = dir.join(format!("{}.rebuild", name.partial()));
         let file = OpenOptions::new().write(true).create(true).truncate(true).open(&rebuild)?;
+        fmt.access.apply(&file)?;
         let mut new = Self::start(dir, name, fmt, file);
         read_records(&path, name.gzip, limit, |r| {
             each(r);
@@ -337,7 +342,7 @@ mod tests {
     use crate::sink::export::slice::{Part, Slice};
 
     fn fmt(gzip: Option<u32>) -> FileFormat {
-        FileFormat { columns: &NATURAL[..35], header: true, gzip, formulas: Formulas::Neutralised }
+        FileFormat { columns: &NATURAL[..35], header: true, gzip, formulas: Formulas::Neutralised, access: FileAccess::default() }
     }
 
     fn name(gzip: bool) -> FileName {
