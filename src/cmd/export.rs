@@ -70,6 +70,9 @@ pub fn run(args: ExportArgs) -> anyhow::Result<i32> {
         gzip: (!args.no_gzip).then_some(args.gzip_level),
         fsync_interval: std::time::Duration::from_secs(1),
         max_open_files: 1024,
+        // Offline, --from and --to bound what is written.
+        max_past: std::time::Duration::MAX,
+        max_future: std::time::Duration::MAX,
         formulas: if args.no_escape_formulas { Formulas::Verbatim } else { Formulas::Neutralised },
         access,
         s3: None,

@@ -115,8 +115,11 @@ impl Ex {
     }
 
     fn configure(&self, export_extra: &str) {
+        // The records here are of fixed dates: within the window whenever
+        // the tests run, unless a test sets its own.
+        let window = if export_extra.contains("max_past_hours") { "" } else { "max_past_hours = 87600\n" };
         let text = format!(
-            "state_dir = {state:?}\nlog_level = \"debug\"\n\n[[source]]\npaths = [{glob:?}]\nformat = \"le-json\"\nrescan_interval_ms = 200\n\n[status]\nlisten = \"127.0.0.1:0\"\n\n[export]\ndir = \"export\"\nslice_minutes = 1\nfsync_interval_ms = 20\n{export_extra}\n",
+            "state_dir = {state:?}\nlog_level = \"debug\"\n\n[[source]]\npaths = [{glob:?}]\nformat = \"le-json\"\nrescan_interval_ms = 200\n\n[status]\nlisten = \"127.0.0.1:0\"\n\n[export]\ndir = \"export\"\nslice_minutes = 1\nfsync_interval_ms = 20\n{window}{export_extra}\n",
             state = self.state.to_string_lossy(),
             glob = self.dir.path().join("logs/access*.log").to_string_lossy(),
         );
@@ -779,4 +782,51 @@ fn an_account_in_the_export_group_reads_published_slices_and_others_do_not() {
     assert_eq!(fs::metadata(&fresh).unwrap().mode() & 0o7777, 0o750, "the directory: the group may list it");
     assert_eq!(fs::metadata(&second).unwrap().mode() & 0o7777, 0o640);
     ex.stop();
+}
+
+/// The rows of a file still being written (a `.partial`): everything
+/// synced decodes, the unfinished gzip stream's end does not.
+fn read_partial_csv(path: &Path) -> Vec<Vec<String>> {
+    let mut bytes = Vec::new();
+    let _ = flate2::read::MultiGzDecoder::new(fs::File::open(path).unwrap()).read_to_end(&mut bytes);
+    let text = String::from_utf8(bytes).unwrap();
+    let end = text.rfind("\r\n").map_or(0, |i| i + 2);
+    parse_csv(&text[..end])
+}
+
+#[test]
+fn records_far_in_the_past_or_future_go_to_one_counted_out_of_window_file() {
+    // The default window: a week back, an hour ahead.
+    let mut ex = Ex::new("close_after_secs = 1\nmax_past_hours = 168\n");
+    ex.start();
+    // 3,000 records with clocks from 1970 to 9999, each in a slice of its
+    // own, and 10 of now.
+    let far: Vec<(String, String)> = (0..3000)
+        .map(|i| {
+            let year = if i % 2 == 0 { 1970 + i / 60 } else { 2100 + i * 2 };
+            (format!("far-{i:04}"), format!("{year:04}-06-15T{:02}:{:02}:07Z", i % 24, i % 60))
+        })
+        .collect();
+    let now = calllog_bridge::time::now_ms();
+    let recent = batch("now", 10, &calllog_bridge::time::format_iso_seconds(now - 30_000));
+    ex.append(&[far.clone(), recent].concat());
+    support::poll_until(DEADLINE, "every record written", || {
+        let e = ex.status()["export"].clone();
+        (e["out_of_window"] == 3000 && e["records"] == 10).then_some(())
+    });
+    let (code, metrics) = http_get(&ex.status_addr(), "/metrics");
+    assert_eq!(code, 200);
+    assert!(metrics.contains("calllog_bridge_export_out_of_window_total 3000"), "{metrics}");
+    // One out-of-window file, not a file per record.
+    let names: Vec<String> = fs::read_dir(&ex.export).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    let outside: Vec<&String> = names.iter().filter(|n| n.contains("out-of-window-")).collect();
+    assert_eq!(outside.len(), 1, "{names:?}");
+    assert!(names.len() <= 4, "the slice of now (maybe two), the out-of-window file: {names:?}");
+    support::poll_until(DEADLINE, "the log line", || ex.log_text().contains("out-of-window file").then_some(()));
+    ex.stop();
+    // Every record is there, with its own request_time.
+    let rows = read_partial_csv(&ex.export.join(outside[0]));
+    assert_eq!(rows[0], COLUMNS);
+    let got: Vec<(String, String)> = rows[1..].iter().map(|r| (r[2].clone(), r[11].clone())).collect();
+    assert_eq!(got, far, "in arrival order, request_time as it was");
 }

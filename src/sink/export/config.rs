@@ -44,6 +44,13 @@ pub struct ExportSection {
     /// least recently is closed early.
     #[serde(default = "default_max_open_files")]
     pub max_open_files: usize,
+    /// Records whose `request_time` is more than this far in the past (of
+    /// the time they are written) go to an out-of-window file, not a slice.
+    #[serde(default = "default_max_past_hours")]
+    pub max_past_hours: u32,
+    /// The same for a `request_time` this far in the future.
+    #[serde(default = "default_max_future_minutes")]
+    pub max_future_minutes: u32,
     /// Write cells a spreadsheet would run as a formula as text (a leading
     /// `'`, quoted); `false` writes every value as it is.
     #[serde(default = "yes")]
@@ -117,6 +124,16 @@ fn default_fsync_interval_ms() -> u64 {
 fn default_max_open_files() -> usize {
     64
 }
+/// A week: a bridge that was stopped for days still puts its backlog in
+/// slices (336 of 30 minutes at most); a clock decades off does not make
+/// a file per record.
+fn default_max_past_hours() -> u32 {
+    168
+}
+/// An hour: more than any clock skew between synchronised hosts.
+fn default_max_future_minutes() -> u32 {
+    60
+}
 fn default_file_mode() -> String {
     DEFAULT_FILE_MODE.into()
 }
@@ -149,6 +166,12 @@ pub struct ExportConfig {
     pub fsync_interval: Duration,
     /// Files open at once.
     pub max_open_files: usize,
+    /// The accepted window of `request_time` around the time a record is
+    /// written: this far back (the running export; the offline command
+    /// takes a range instead)...
+    pub max_past: Duration,
+    /// ... and this far ahead.
+    pub max_future: Duration,
     /// How cells a spreadsheet would run as a formula are written.
     pub formulas: Formulas,
     /// Mode and group of the files (and the directory's bits).
@@ -184,6 +207,12 @@ pub struct S3Config {
     pub max_backoff: Duration,
 }
 
+/// The largest `max_past_hours`: ten years.
+const MAX_PAST_HOURS: u32 = 87_600;
+
+/// The largest `max_future_minutes`: a week.
+const MAX_FUTURE_MINUTES: u32 = 10_080;
+
 /// Slice lengths that tile the hour, or the day in whole hours, so that
 /// every slice starts on a boundary a reader expects (`10:00`, `10:30`).
 pub fn slice_minutes_valid(m: u32) -> bool {
@@ -218,6 +247,18 @@ impl ExportConfig {
         if s.close_after_secs > 7 * 86_400 {
             return Err(ConfigError::invalid("export.close_after_secs", "must be at most a week (604800)"));
         }
+        if !(1..=MAX_PAST_HOURS).contains(&s.max_past_hours) {
+            return Err(ConfigError::invalid(
+                "export.max_past_hours",
+                format!("{} is not 1 to {MAX_PAST_HOURS} (ten years)", s.max_past_hours),
+            ));
+        }
+        if s.max_future_minutes > MAX_FUTURE_MINUTES {
+            return Err(ConfigError::invalid(
+                "export.max_future_minutes",
+                format!("{} is more than a week ({MAX_FUTURE_MINUTES})", s.max_future_minutes),
+            ));
+        }
         let s3 = s.s3.map(|c| S3Config::from_section(c, base)).transpose()?;
         let dir = base.join(&s.dir);
         let access = FileAccess::parse(Some(&s.file_mode), s.group.as_deref(), "export.file_mode", "export.group")?;
@@ -231,6 +272,8 @@ impl ExportConfig {
             gzip: s.gzip.then_some(s.gzip_level),
             fsync_interval: Duration::from_millis(s.fsync_interval_ms),
             max_open_files: s.max_open_files,
+            max_past: Duration::from_secs(u64::from(s.max_past_hours) * 3600),
+            max_future: Duration::from_secs(u64::from(s.max_future_minutes) * 60),
             formulas: if s.escape_formulas { Formulas::Neutralised } else { Formulas::Verbatim },
             access,
             s3,
@@ -335,6 +378,7 @@ mod tests {
         assert_eq!(c.gzip, Some(1));
         assert_eq!(c.formulas, Formulas::Neutralised);
         assert_eq!(c.access, FileAccess { file_mode: Some(0o640), group: None });
+        assert_eq!((c.max_past, c.max_future), (Duration::from_secs(7 * 86_400), Duration::from_secs(3600)));
         assert!(c.s3.is_none());
         let raw = load("dir = \"export\"\nescape_formulas = false\n", Path::new("/etc/cb")).unwrap();
         assert_eq!(raw.formulas, Formulas::Verbatim);
@@ -350,6 +394,11 @@ mod tests {
         }
         let e = load("dir = \"x\"\nslice_minutes = 45\n", Path::new("/")).unwrap_err();
         assert_eq!(e.key(), Some("export.slice_minutes"));
+        for (extra, key) in
+            [("max_past_hours = 0\n", "export.max_past_hours"), ("max_future_minutes = 20000\n", "export.max_future_minutes")]
+        {
+            assert_eq!(load(&format!("dir = \"x\"\n{extra}"), Path::new("/")).unwrap_err().key(), Some(key), "{extra}");
+        }
     }
 
     #[test]

@@ -8,6 +8,8 @@
 //! - [`exporter`]: the rules (open, late files, close, dedup), without
 //!   tasks or timers; shared with the offline `export` command.
 //! - [`dedup`]: `request_uuid` sets.
+//! - [`out_of_window`]: records whose `request_time` is outside the
+//!   window, in out-of-window files instead of a slice each.
 //! - [`stats`]: per-slice figures for `/status`, `/metrics`, the dashboard.
 //! - [`config`]: `[export]` and `[export.s3]`.
 //! - [`access`]: the files' mode and group (who may read them).
@@ -25,6 +27,7 @@ pub mod access;
 pub mod config;
 pub mod dedup;
 pub mod exporter;
+pub mod out_of_window;
 pub mod s3;
 pub mod sink;
 pub mod slice;

@@ -74,6 +74,8 @@ impl crate::sink::Sink for ExportSink {
             .restart("export.gzip", |c| &mut c.gzip)
             .restart("export.fsync_interval_ms", |c| &mut c.fsync_interval)
             .restart("export.max_open_files", |c| &mut c.max_open_files)
+            .restart("export.max_past_hours", |c| &mut c.max_past)
+            .restart("export.max_future_minutes", |c| &mut c.max_future)
             .restart("export.escape_formulas", |c| &mut c.formulas)
             .restart("export.file_mode", |c| &mut c.access.file_mode)
             .restart("export.group", |c| &mut c.access.group)

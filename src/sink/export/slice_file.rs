@@ -25,7 +25,7 @@ use flate2::write::GzEncoder;
 use flate2::Compression;
 
 use super::access::FileAccess;
-use super::slice::FileName;
+use super::slice::{ExportFileName, FileName};
 use crate::parse::{Format, LineKind, LineParser};
 use crate::record::{write_csv_header, Field, Formulas, Record};
 
@@ -92,10 +92,11 @@ pub struct FileFormat {
     pub access: FileAccess,
 }
 
-/// A file of the export being written.
-pub struct SliceFile {
+/// A file of the export being written (a slice's, by default, or an
+/// out-of-window file).
+pub struct SliceFile<N = FileName> {
     /// Its name.
-    name: FileName,
+    name: N,
     /// The directory.
     dir: PathBuf,
     /// The stream into the `.partial` file.
@@ -110,17 +111,17 @@ pub struct SliceFile {
     dirty: bool,
 }
 
-impl SliceFile {
+impl<N: ExportFileName> SliceFile<N> {
     /// Starts a new `.partial` file (an old one of that name is replaced)
     /// with its header row.
-    pub fn create(dir: &Path, name: FileName, fmt: &FileFormat) -> io::Result<SliceFile> {
+    pub fn create(dir: &Path, name: N, fmt: &FileFormat) -> io::Result<SliceFile<N>> {
         let path = dir.join(name.partial());
         let file = OpenOptions::new().write(true).create(true).truncate(true).open(&path)?;
         fmt.access.apply(&file)?;
         Ok(Self::start(dir, name, fmt, file))
     }
 
-    fn start(dir: &Path, name: FileName, fmt: &FileFormat, file: File) -> SliceFile {
+    fn start(dir: &Path, name: N, fmt: &FileFormat, file: File) -> SliceFile<N> {
         let sink = match fmt.gzip {
             Some(level) => Sink::Gzip(Box::new(GzEncoder::new(file, Compression::new(level)))),
             None => Sink::Plain(file),
@@ -138,17 +139,17 @@ impl SliceFile {
     /// failed write). Calls `each` with every record recovered.
     pub fn recover(
         dir: &Path,
-        name: FileName,
+        name: N,
         fmt: &FileFormat,
         limit: Option<u64>,
         mut each: impl FnMut(&Record<'_>),
-    ) -> io::Result<SliceFile> {
+    ) -> io::Result<SliceFile<N>> {
         let path = dir.join(name.partial());
         let rebuild = dir.join(format!("{}.rebuild", name.partial()));
         let file = OpenOptions::new().write(true).create(true).truncate(true).open(&rebuild)?;
         fmt.access.apply(&file)?;
         let mut new = Self::start(dir, name, fmt, file);
-        read_records(&path, name.gzip, limit, |r| {
+        read_records(&path, name.gzip(), limit, |r| {
             each(r);
             new.push(r, fmt.columns)
         })?;
@@ -159,7 +160,7 @@ impl SliceFile {
     }
 
     /// The file's name.
-    pub fn name(&self) -> FileName {
+    pub fn name(&self) -> N {
         self.name
     }
 
