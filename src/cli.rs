@@ -94,7 +94,14 @@ pub struct ExportArgs {
     /// Lookup tables (CSV or JSON) used to fill in names (raw logs).
     #[arg(long = "lookups", value_name = "PATH")]
     pub lookups: Vec<PathBuf>,
-    /// Inputs: the archive (rotated `.gz` too) or Local Edition logs.
+    /// Write rejected lines here as JSON lines (as `parse --rejects`).
+    #[arg(long, value_name = "FILE")]
+    pub rejects: Option<PathBuf>,
+    /// Lines (and JSON documents) longer than this are rejected.
+    #[arg(long, default_value_t = 1 << 20)]
+    pub max_line_bytes: usize,
+    /// Inputs (`-` = stdin): the archive (rotated `.gz` too) or Local
+    /// Edition logs.
     #[arg(required = true, value_name = "FILE")]
     pub files: Vec<PathBuf>,
 }

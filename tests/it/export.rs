@@ -830,3 +830,134 @@ fn records_far_in_the_past_or_future_go_to_one_counted_out_of_window_file() {
     let got: Vec<(String, String)> = rows[1..].iter().map(|r| (r[2].clone(), r[11].clone())).collect();
     assert_eq!(got, far, "in arrival order, request_time as it was");
 }
+
+/// The peak memory of a running process (VmHWM less its file-backed
+/// pages), or `None` once it is gone.
+fn peak_memory(pid: u32) -> Option<u64> {
+    let text = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kb = |field: &str| -> Option<u64> { text.lines().find(|l| l.starts_with(field))?.split_whitespace().nth(1)?.parse().ok() };
+    Some(kb("VmHWM:")?.saturating_sub(kb("RssFile:")?) * 1024)
+}
+
+#[test]
+fn the_export_command_reads_pretty_printed_ecls_as_parse_does_and_bounds_long_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    let captured = fs::read(support::sample("ecls-message.json")).unwrap();
+    let msg: serde_json::Value = serde_json::from_slice(&captured).unwrap();
+    let with = |uuid: &str, ua: &str| {
+        let mut r = msg["data"][0].clone();
+        r["request_uuid"] = uuid.into();
+        r["user_agent"] = ua.into();
+        r
+    };
+    // The capture as it is (pretty-printed), a pretty-printed message of
+    // two, one on one line, a line longer than --max-line-bytes, and a
+    // pretty-printed message after it.
+    let mut text = String::from_utf8(captured.clone()).unwrap();
+    if !text.ends_with('\n') {
+        text.push('\n');
+    }
+    let pair = serde_json::json!({ "data": [with("pretty-a", "ua, \"a\""), with("pretty-b", "ua\nb")] });
+    text += &format!("{}\n", serde_json::to_string_pretty(&pair).unwrap());
+    text += &format!("{}\n", serde_json::json!({ "data": [with("one-line", "one")] }));
+    text += &format!("{}\n", serde_json::json!({ "data": [with("too-long", &"x".repeat(10_000))] }));
+    text += &format!("{}\n", serde_json::to_string_pretty(&serde_json::json!({ "data": [with("after", "after")] })).unwrap());
+    let input = dir.path().join("capture.json");
+    fs::write(&input, &text).unwrap();
+    let want = ["132da36d-37b7-41e4-9d03-5e9f900f13c4", "pretty-a", "pretty-b", "one-line", "after"];
+
+    // `parse` (the ecls shape: every value as its text).
+    let rej_parse = dir.path().join("parse-rejects.ndjson");
+    let p = support::run(&[
+        "parse",
+        "--format",
+        "ecls",
+        "--output",
+        "ecls",
+        "--max-line-bytes",
+        "4096",
+        "--rejects",
+        rej_parse.to_str().unwrap(),
+        input.to_str().unwrap(),
+    ]);
+    assert!(p.status.success(), "{}", String::from_utf8_lossy(&p.stderr));
+    let parsed: Vec<serde_json::Value> = String::from_utf8_lossy(&p.stdout)
+        .lines()
+        .flat_map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["data"].as_array().unwrap().clone())
+        .collect();
+    assert_eq!(parsed.iter().map(|r| r["request_uuid"].as_str().unwrap()).collect::<Vec<_>>(), want);
+
+    // `export`, all 39 columns, plain CSV, raw values (compared as they are).
+    let out = dir.path().join("export");
+    let rej_export = dir.path().join("export-rejects.ndjson");
+    let mut c = support::cmd();
+    c.args(["export", "--from", "2019-04-19T00:00:00Z", "--to", "2019-04-20T00:00:00Z", "--format", "ecls", "--max-line-bytes", "4096"])
+        .args(["--include-org", "--no-gzip", "--no-escape-formulas", "--rejects"])
+        .arg(&rej_export)
+        .arg("--dir")
+        .arg(&out)
+        .arg(&input);
+    let e = c.output().unwrap();
+    let err = String::from_utf8_lossy(&e.stderr);
+    assert!(e.status.success(), "{err}");
+    assert!(err.contains("too_long 1") && err.contains("1 rejects"), "{err}");
+    let rows = parse_csv(&fs::read_to_string(out.join("calllog-2019-04-19T21-30Z.csv")).unwrap());
+    let header = rows[0].clone();
+    assert_eq!(header.len(), 39);
+    assert_eq!(rows[1..].iter().map(|r| r[2].as_str()).collect::<Vec<_>>(), want, "the same records, in order");
+    for (row, rec) in rows[1..].iter().zip(&parsed) {
+        for (col, v) in header.iter().zip(row) {
+            assert_eq!(rec[col.as_str()].as_str(), Some(v.as_str()), "{col} of {}", row[2]);
+        }
+    }
+    // The same reject, with file, line and reason.
+    let rejects = |p: &Path| -> Vec<(u64, String)> {
+        fs::read_to_string(p)
+            .unwrap()
+            .lines()
+            .map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).unwrap();
+                (v["line"].as_u64().unwrap(), v["reason"].as_str().unwrap().to_string())
+            })
+            .collect()
+    };
+    assert_eq!(rejects(&rej_export), rejects(&rej_parse));
+    assert_eq!(rejects(&rej_export).len(), 1);
+    assert_eq!(rejects(&rej_export)[0].1, "too_long");
+
+    // A 64 MiB line (gzipped, so the file is small): rejected without
+    // being held; the records around it are exported.
+    let gz = dir.path().join("long.json.gz");
+    {
+        let mut w = flate2::write::GzEncoder::new(fs::File::create(&gz).unwrap(), flate2::Compression::fast());
+        writeln!(w, "{}", serde_json::json!({ "data": [with("before-long", "b")] })).unwrap();
+        let chunk = vec![b'y'; 1 << 20];
+        for _ in 0..64 {
+            w.write_all(&chunk).unwrap();
+        }
+        writeln!(w).unwrap();
+        writeln!(w, "{}", serde_json::json!({ "data": [with("after-long", "a")] })).unwrap();
+        w.finish().unwrap();
+    }
+    let out2 = dir.path().join("export-long");
+    let mut c = support::cmd();
+    c.args(["export", "--from", "2019-04-19T00:00:00Z", "--to", "2019-04-20T00:00:00Z", "--format", "ecls", "--dir"])
+        .arg(&out2)
+        .arg(&gz)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let mut child = c.spawn().unwrap();
+    let mut peak = 0;
+    while child.try_wait().unwrap().is_none() {
+        peak = peak.max(peak_memory(child.id()).unwrap_or(0));
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let done = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&done.stderr);
+    assert!(done.status.success(), "{err}");
+    assert!(err.contains("too_long 1"), "{err}");
+    eprintln!("export: peak memory {} KiB reading a 64 MiB line", peak >> 10);
+    assert!(peak < 32 << 20, "peak memory {} MiB reading a 64 MiB line with --max-line-bytes 1 MiB", peak >> 20);
+    let rows = read_csv(&out2.join("calllog-2019-04-19T21-30Z.csv.gz"));
+    assert_eq!(rows[1..].iter().map(|r| r[2].as_str()).collect::<Vec<_>>(), ["before-long", "after-long"]);
+}
