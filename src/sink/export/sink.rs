@@ -91,8 +91,13 @@ impl crate::sink::Sink for ExportSink {
             Some(s) => format!(", uploaded to s3://{}/{} at {}", s.bucket, s.prefix, s.endpoint.as_deref().unwrap_or("AWS")),
             None => String::new(),
         };
+        let readers = match (c.access.file_mode, &c.access.group) {
+            (Some(m), Some(g)) => format!(", files {m:04o} group {}", g.name),
+            (Some(m), None) => format!(", files {m:04o}"),
+            (None, _) => String::new(),
+        };
         format!(
-            "{} ({}-minute slices closed {} s after their end, {} columns, {}{upload})",
+            "{} ({}-minute slices closed {} s after their end, {} columns, {}{readers}{upload})",
             c.dir.display(),
             c.slice.as_secs() / 60,
             c.close_after.as_secs(),
