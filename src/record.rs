@@ -352,15 +352,10 @@ impl<'a> Record<'a> {
                 out.push(b',');
             }
             let v = self.get(f);
-            match formulas {
-                Formulas::Verbatim => write_csv_value(out, v),
-                Formulas::Neutralised if csv_cell_is_formula(f, v) => write_csv_quoted(out, b"'", v),
-                // Quoted when it holds a separator of another reader (`;`
-                // in many locales, a tab for TSV imports): such a reader
-                // would otherwise start a cell inside the value, where a
-                // formula character may follow.
-                Formulas::Neutralised if memchr::memchr2(b';', b'\t', v.as_bytes()).is_some() => write_csv_quoted(out, b"", v),
-                Formulas::Neutralised => write_csv_value(out, v),
+            if formulas == Formulas::Neutralised && csv_cell_is_formula(f, v) {
+                write_csv_quoted(out, b"'", v);
+            } else {
+                write_csv_value(out, v, formulas);
             }
         }
         out.extend_from_slice(b"\r\n");
@@ -454,11 +449,18 @@ pub fn csv_cell_is_formula(f: Field, v: &str) -> bool {
 }
 
 /// Appends one CSV value: as it is, or quoted (quotes doubled) when it
-/// holds a delimiter, a quote or a line break (RFC 4180 section 2).
-fn write_csv_value(out: &mut Vec<u8>, v: &str) {
+/// holds a delimiter, a quote or a line break (RFC 4180 section 2), and,
+/// with [`Formulas::Neutralised`], a separator of another reader (`;` in
+/// many locales, a tab for TSV imports): such a reader would otherwise
+/// start a cell inside the value, where a formula character may follow.
+fn write_csv_value(out: &mut Vec<u8>, v: &str, formulas: Formulas) {
     let b = v.as_bytes();
     // Two vectorised scans; nearly every value needs no quoting.
-    if memchr::memchr3(b',', b'"', b'\n', b).is_none() && memchr::memchr(b'\r', b).is_none() {
+    let more = match formulas {
+        Formulas::Neutralised => memchr::memchr3(b'\r', b';', b'\t', b),
+        Formulas::Verbatim => memchr::memchr(b'\r', b),
+    };
+    if more.is_none() && memchr::memchr3(b',', b'"', b'\n', b).is_none() {
         out.extend_from_slice(b);
         return;
     }
@@ -779,7 +781,7 @@ mod tests {
     fn csv_values_quoted_only_when_needed() {
         fn check(v: &str, expected: &str) {
             let mut out = Vec::new();
-            write_csv_value(&mut out, v);
+            write_csv_value(&mut out, v, Formulas::Verbatim);
             assert_eq!(std::str::from_utf8(&out).unwrap(), expected, "{v:?}");
         }
         check("", "");
