@@ -169,12 +169,17 @@ fn pct_decode(v: &str) -> String {
 /// plainly and percent-encoded: `n` of each of the five variants, their
 /// `request_uuid`s `mask-<i>`.
 pub(crate) fn secret_lines(n: usize) -> Vec<String> {
-    let base: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(support::sample("le-access.ndjson")).unwrap().lines().next().unwrap().to_string(),
-    )
-    .unwrap();
+    let base: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(support::sample("le-access.ndjson")).unwrap().lines().next().unwrap().to_string())
+            .unwrap();
     let variants: [(&str, &str, String, String, String); 5] = [
-        (KEY, "-", format!("/v2/orders?api_key={KEY}&page=2"), format!("https://shop.example.com/?key={KEY}"), format!("1542643301.250_{KEY}_svc")),
+        (
+            KEY,
+            "-",
+            format!("/v2/orders?api_key={KEY}&page=2"),
+            format!("https://shop.example.com/?key={KEY}"),
+            format!("1542643301.250_{KEY}_svc"),
+        ),
         (
             KEY_ENCODED,
             "-",
@@ -184,7 +189,13 @@ pub(crate) fn secret_lines(n: usize) -> Vec<String> {
         ),
         (KEY, "-", format!("/v2/orders?api_key={}", pct(KEY, true, true)), "-".into(), "1542643301.250__svc".into()),
         (KEY_SHORT, "-", format!("/v2/x?api_key={KEY_SHORT}"), "-".into(), format!("1542643301.250_{KEY_SHORT}_svc")),
-        (KEY, TOKEN_OAUTH, format!("/v2/orders?access_token={TOKEN_OAUTH}&api_key={KEY}"), format!("https://a.example/#t={TOKEN_OAUTH}"), "-".into()),
+        (
+            KEY,
+            TOKEN_OAUTH,
+            format!("/v2/orders?access_token={TOKEN_OAUTH}&api_key={KEY}"),
+            format!("https://a.example/#t={TOKEN_OAUTH}"),
+            "-".into(),
+        ),
     ];
     let mut lines = Vec::new();
     for i in 0..n {
@@ -267,9 +278,15 @@ fn enrich_masking_leaves_the_key_in_no_field_of_the_archive_or_upstream() {
         let v: Vec<serde_json::Value> = text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
         (v.len() >= lines.len()).then_some(v)
     });
-    support::poll_until(Duration::from_secs(60), "every record upstream", || (collector.delivered_set().len() >= lines.len()).then_some(()));
-    let sent: Vec<serde_json::Value> =
-        collector.received().iter().filter(|r| r.status / 100 == 2).flat_map(|r| crate::support_upstream::documents(Format::Ndjson, &r.body)).collect();
+    support::poll_until(Duration::from_secs(60), "every record upstream", || {
+        (collector.delivered_set().len() >= lines.len()).then_some(())
+    });
+    let sent: Vec<serde_json::Value> = collector
+        .received()
+        .iter()
+        .filter(|r| r.status / 100 == 2)
+        .flat_map(|r| crate::support_upstream::documents(Format::Ndjson, &r.body))
+        .collect();
     assert!(sent.len() >= lines.len());
     for r in archived.iter().chain(&sent) {
         assert_masked(r, 4);
