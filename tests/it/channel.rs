@@ -1032,22 +1032,6 @@ async fn raw_subscriber(addr: &str) -> TcpStream {
     s
 }
 
-/// A masked client frame.
-fn client_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
-    let mask = [0x37, 0xfa, 0x21, 0x3d];
-    let mut f = vec![0x80 | opcode];
-    match payload.len() {
-        n if n < 126 => f.push(0x80 | n as u8),
-        n => {
-            f.push(0x80 | 126);
-            f.extend_from_slice(&(n as u16).to_be_bytes());
-        }
-    }
-    f.extend_from_slice(&mask);
-    f.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
-    f
-}
-
 /// Clients with a valid token that flood the bridge and never read:
 /// masked pings (125 bytes, in blocks of 500 frames) and 60 KiB text
 /// frames (each answered with `Response To ...`). What each connection
@@ -1065,8 +1049,8 @@ async fn clients_flooding_pings_and_text_without_reading_stay_within_the_connect
     bridge.append(&uuids("before", 10));
     read_records(&mut ws, 10).await;
     let baseline = anon();
-    let pings: Vec<u8> = (0..500).flat_map(|_| client_frame(0x9, &[b'p'; 125])).collect();
-    let texts = client_frame(0x1, &vec![b't'; 60 << 10]);
+    let pings: Vec<u8> = (0..500).flat_map(|_| crate::hostile_net::masked(0x9, &[b'p'; 125])).collect();
+    let texts = crate::hostile_net::masked(0x1, &vec![b't'; 60 << 10]);
     let mut flooders = Vec::new();
     for block in [pings, texts] {
         let mut s = raw_subscriber(&bridge.addr).await;

@@ -170,8 +170,7 @@ fn pct_decode(v: &str) -> String {
 /// `request_uuid`s `mask-<i>`.
 pub(crate) fn secret_lines(n: usize) -> Vec<String> {
     let base: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(support::sample("le-access.ndjson")).unwrap().lines().next().unwrap().to_string())
-            .unwrap();
+        serde_json::from_str(std::fs::read_to_string(support::sample("le-access.ndjson")).unwrap().lines().next().unwrap()).unwrap();
     let variants: [(&str, &str, String, String, String); 5] = [
         (
             KEY,
@@ -243,6 +242,16 @@ pub(crate) fn assert_masked(record: &serde_json::Value, keep: usize) {
     }
 }
 
+/// A bridge process, killed if the test ends before it stops it.
+struct Running(std::process::Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// `[enrich]` masking applies to every output: the archive and upstream
 /// get no record with a secret in any field (the key in `uri`,
 /// `request_id` and `referrer`, percent-encoded too; a short key whole).
@@ -272,7 +281,7 @@ fn enrich_masking_leaves_the_key_in_no_field_of_the_archive_or_upstream() {
     .unwrap();
     let lines = secret_lines(60);
     std::fs::write(logs.join("access_worker1.log"), lines.join("\n") + "\n").unwrap();
-    let mut child = support::spawn_bridge(&cfg, &dir.path().join("bridge.log"));
+    let mut bridge = Running(support::spawn_bridge(&cfg, &dir.path().join("bridge.log")));
     let archived: Vec<serde_json::Value> = support::poll_until(Duration::from_secs(60), "every record archived", || {
         let text = std::fs::read_to_string(&archive).ok()?;
         let v: Vec<serde_json::Value> = text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
@@ -291,6 +300,6 @@ fn enrich_masking_leaves_the_key_in_no_field_of_the_archive_or_upstream() {
     for r in archived.iter().chain(&sent) {
         assert_masked(r, 4);
     }
-    let st = support::terminate(&mut child, Duration::from_secs(30));
+    let st = support::terminate(&mut bridge.0, Duration::from_secs(30));
     assert!(st.success(), "{st:?}");
 }

@@ -517,12 +517,24 @@ async fn subscribe(url: String, count: usize) -> (Option<i32>, Vec<String>, Stri
             std::io::Read::read_to_end(&mut stdout, &mut v).map(|_| v)
         });
         let err = std::thread::spawn(move || std::io::read_to_string(&mut stderr));
-        let ended = support::poll_until(DEADLINE * 2, "subscribe to end", || child.try_wait().unwrap());
+        let deadline = std::time::Instant::now() + DEADLINE * 2;
+        let ended = loop {
+            if let Some(st) = child.try_wait().unwrap() {
+                break Some(st);
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
         (ended, out.join().unwrap().unwrap(), err.join().unwrap().unwrap())
     })
     .await
     .unwrap();
-    let out = std::process::Output { status: out.0, stdout: out.1, stderr: out.2.into_bytes() };
+    let Some(status) = out.0 else { return (None, Vec::new(), format!("subscribe did not end: {}", out.2)) };
+    let out = std::process::Output { status, stdout: out.1, stderr: out.2.into_bytes() };
     let ids = String::from_utf8_lossy(&out.stdout)
         .lines()
         .map(|l| serde_json::from_str::<Value>(l).unwrap()["request_uuid"].as_str().unwrap().to_string())

@@ -24,27 +24,40 @@
 //!   `seq` (a JSON number) is the sequence number of the last record in the
 //!   message. Sequence numbers increase by one per record the channel
 //!   receives, and keep increasing across restarts (`<state_dir>/channel.seq`).
-//! - `?since=S`: replay from record S (inclusive), then live, with no gap
-//!   and no duplicate, also across restarts of the bridge: the records are
-//!   kept in the replay log on disk ([`replay`], `<state_dir>/replay`,
-//!   within `replay_max_bytes` and `replay_max_age_secs`). If S is older
-//!   than the oldest record held, the first
-//!   message is `{"data":[],"lost":N,"since":S,"first_available":F}` with
-//!   `N = F - S` records skipped, and the replay starts at F. (After a crash
-//!   of the bridge, sequence numbers jump ahead by up to one reservation
-//!   block, so N may count numbers that were never used.) A client
-//!   reconnects with `since = <last seq> + 1`.
+//! - Without `since`, a subscription starts at the live head (records
+//!   appended after it is admitted). `?since=S`: replay from record S
+//!   (inclusive), then live, with no gap and no duplicate, also across
+//!   restarts of the bridge: the records are kept in the replay log on disk
+//!   ([`replay`], `<state_dir>/replay`, within `replay_max_bytes` and
+//!   `replay_max_age_secs`). A client reconnects with `since = <last seq> +
+//!   1`.
+//! - Notices ([`Notice`]) are messages with an empty `data` and no `seq`,
+//!   with `since` (where the client asked to start, or had got to) and
+//!   `next` (where the stream goes on; a reconnect after a notice asks from
+//!   there). `{"data":[],"lost":N,"since":S,"first_available":F,"next":F}`:
+//!   records S to F−1 are gone, `N = F - S`: S is older than the oldest
+//!   record held, or damage in the replay log destroyed them (sent where
+//!   the stream reaches them). (After a crash of the bridge, sequence
+//!   numbers jump ahead by up to one reservation block, so N may count
+//!   numbers that were never used.) `{"data":[],"since":S,"next":N}`: S is
+//!   beyond the newest record, a number from another history (before a
+//!   `reset-state`, another bridge); the stream goes on live at N.
 //! - Filters: `service_id=a,b`, `api_key=k1,k2`, `status=200,4xx,5xx`. A
 //!   filtered client's `seq` still refers to the channel's numbering.
 //! - Client text frames are answered with a text frame
 //!   `Response To <their text>`; binary frames are ignored. Pings are
-//!   answered; the server pings every `ping_interval_secs` and closes a
-//!   connection from which nothing arrived for two intervals
-//!   (1008 `ping timeout`).
+//!   answered (the latest one, when the client does not read the answers:
+//!   a connection reads on after a ping only once its pong is written,
+//!   [`stall`]); the server pings every `ping_interval_secs` and closes a
+//!   connection from which nothing was read for two intervals
+//!   (1008 `ping timeout`). Whatever a client does, its connection holds
+//!   at most [`CONNECTION_MEMORY_BYTES`] plus three records, charged to
+//!   the memory budget while held.
 //! - Close codes: 1001 on shutdown; 1013 `slow consumer` when the records a
 //!   client still has to read fall out of the replay log's retention (a
 //!   client that is merely behind reads from disk and is never closed for
-//!   it); 1011 `replay log unreadable` when its segment cannot be read;
+//!   it); 1011 `replay log unreadable` when its segment cannot be read (an
+//!   I/O error: damage is skipped, with a `lost` notice);
 //!   1008 `token changed` when
 //!   [`ChannelHandle::set_token`] replaces the token; for a client's
 //!   protocol violation (RFC 6455) 1002 (unmasked frame, reserved bits, bad
@@ -54,7 +67,7 @@
 //! # Shape
 //!
 //! The sink task receives `Arc<Batch>`, serialises each record once
-//! (masked with `mask_keep`), appends it to the [`replay`] log (one
+//! (masked with `mask_keep`, by the one rule of [`crate::mask`]), appends it to the [`replay`] log (one
 //! `write()`; fsynced in groups about once a second), wakes the
 //! connections, and acknowledges the batch: it never waits for a client.
 //! A batch the log cannot take (a full disk) stays unacknowledged and is

@@ -33,12 +33,14 @@
 //! while running, [`SegmentReader`]) skips past them to the next good
 //! record: the next offset holding a plausible header, a body with the
 //! right checksum and a sequence number after the last good one (and,
-//! while running, not after the segment's last). Records never move, so
-//! what the damage destroyed is known by sequence numbers (within a
-//! segment they are consecutive): the first after the last good record to
-//! the one before the next good record, or, at a segment's end, to the
-//! one before the next segment's first (the log's next at the newest
-//! segment; after a crash these may include numbers never used). Readers
+//! while running, not after the segment's last). Within a segment
+//! sequence numbers follow one another (each run of the bridge starts a
+//! new segment), so what the damage destroyed is known by sequence
+//! numbers: the first after the last good record to the one before the
+//! next good record, or, at a segment's end, to the one before the next
+//! segment's first (the log's next at the newest segment; after a crash
+//! these may include numbers never used). Records removed whole from the
+//! middle of a segment show the same way (a number jumps). Readers
 //! report it ([`ReadOutcome`]), the log keeps it ([`ReplayLog::note_lost`],
 //! [`Plan::Lost`]) and the channel sends clients a `lost` notice for it.
 //! Damaged bytes stay in the file (a later start finds and reports the
@@ -46,6 +48,9 @@
 //! newest bytes and starts like the next record, what a kill in the middle
 //! of a `write()` leaves. That record was never acknowledged nor served:
 //! the file is cut back to its last whole record ([`Repair::truncated`]).
+//! Not detectable: a segment that lost its last records whole (cut at a
+//! record boundary, as a power loss can): the numbers after its last
+//! record look like those a crash skips, and pass without a notice.
 //!
 //! A directory removed while the bridge runs is made again
 //! ([`ReplayLog::check_dir`]): the records it held are gone (clients asking
@@ -466,6 +471,15 @@ impl<'f> SegmentReader<'f> {
         let at = self.pos;
         let (problem, torn) = match read_record(&mut self.r, &mut self.body, self.end - at, self.prev + 1)? {
             Ok(size) => match decode(&self.body) {
+                Ok(d) if d.seq > self.prev + 1 && d.seq <= self.max_seq => {
+                    // Within a segment numbers follow one another: the
+                    // records between were removed whole. Said first; the
+                    // record is read again next.
+                    let (after, seq) = (self.prev, d.seq);
+                    self.prev = seq - 1;
+                    self.r.seek(SeekFrom::Start(at))?;
+                    return Ok(Next::Damage { at, resume: at, after, next_seq: Some(seq), problem: "records missing", torn: false });
+                }
                 Ok(d) if d.seq > self.prev && d.seq <= self.max_seq => {
                     let (seq, written_ms) = (d.seq, d.written_ms);
                     self.pos += size;
@@ -480,7 +494,12 @@ impl<'f> SegmentReader<'f> {
         let (resume, next_seq) = self.resync(at + 1)?;
         self.pos = resume;
         self.r.seek(SeekFrom::Start(resume))?;
-        Ok(Next::Damage { at, resume, after: self.prev, next_seq, problem, torn: torn && next_seq.is_none() })
+        let after = self.prev;
+        if let Some(s) = next_seq {
+            // What lies between is reported here, once.
+            self.prev = s - 1;
+        }
+        Ok(Next::Damage { at, resume, after, next_seq, problem, torn: torn && next_seq.is_none() })
     }
 
     /// The current record (after [`Next::Record`]) as an entry.
@@ -775,8 +794,15 @@ impl ReplayLog {
                 *last = next_seq - 1;
             }
         }
-        let mut lost: Vec<(u64, u64)> = repairs.iter().filter_map(|r| r.lost).collect();
-        lost.sort_unstable();
+        let mut lost: Vec<(u64, u64)> = Vec::new();
+        let mut found: Vec<(u64, u64)> = repairs.iter().filter_map(|r| r.lost).collect();
+        found.sort_unstable();
+        for (a, b) in found {
+            match lost.last_mut() {
+                Some(m) if a <= m.1.saturating_add(1) => m.1 = m.1.max(b),
+                _ => lost.push((a, b)),
+            }
+        }
         let total_bytes = segments.iter().map(|s| s.len).sum();
         let total_records = segments.iter().map(|s| s.records).sum();
         let log = ReplayLog {
