@@ -81,7 +81,7 @@ const READ_BUFFER_BYTES: usize = 8 << 10;
 
 /// The WebSocket layer writes once this much is buffered (and at every
 /// flush).
-const WRITE_BUFFER_BYTES: usize = 64 << 10;
+const WRITE_BUFFER_BYTES: usize = 128 << 10;
 
 /// What one connection may hold, besides up to three of the largest
 /// records: the WebSocket layer's read buffer, a client frame and a

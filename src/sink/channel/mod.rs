@@ -396,20 +396,16 @@ impl ChannelShared {
         let (removed, first) = {
             let mut log = self.lock_log();
             let remade = match log.check_dir() {
-                Ok(Some((first, last))) => {
+                Some((first, last)) => {
                     let held = if first <= last {
                         format!("records {first}..={last} are no longer available for replay")
                     } else {
                         "it held no record".into()
                     };
-                    warn!(dir = %log.dir().display(), "channel: the replay log directory was removed; made again ({held})");
+                    warn!(dir = %log.dir().display(), "channel: replay log files were removed while running; new ones are written ({held})");
                     true
                 }
-                Ok(None) => false,
-                Err(e) => {
-                    warn!(dir = %log.dir().display(), error = %e, "channel: the replay log directory was removed and cannot be made again");
-                    false
-                }
+                None => false,
             };
             let removed = log.retain(now_ms()) || remade;
             self.stats.replay(&log.figures(), log.next_seq() - 1, now_ms());

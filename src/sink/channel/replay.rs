@@ -887,15 +887,26 @@ impl ReplayLog {
         })
     }
 
-    /// Makes the directory again when it was removed (or the segment being
-    /// written was): the log forgets what it held and the next append
-    /// starts a new segment. Returns the sequence numbers it held
-    /// (first, last) when it did.
-    pub fn check_dir(&mut self) -> std::io::Result<Option<(u64, u64)>> {
+    /// Notices files removed from outside: the segment being written (the
+    /// log forgets it, [`ReplayLog::segment_gone`]) or the whole directory
+    /// (made again; the log forgets everything). Either way the next append
+    /// starts a new segment. Returns the sequence numbers forgotten (first,
+    /// last), if any. A directory that cannot be made again shows as a
+    /// fault of the next append (which tries too).
+    pub fn check_dir(&mut self) -> Option<(u64, u64)> {
         use std::os::unix::fs::MetadataExt;
         let active_unlinked = self.active.as_ref().is_some_and(|f| f.metadata().is_ok_and(|m| m.nlink() == 0));
-        if self.dir.is_dir() && !active_unlinked {
-            return Ok(None);
+        let dir_there = self.dir.is_dir();
+        if dir_there && !active_unlinked {
+            return None;
+        }
+        if dir_there {
+            let newest = self.segments.back()?.path.clone();
+            return self.segment_gone(&newest);
+        }
+        let _ = std::fs::create_dir_all(&self.dir);
+        if self.segments.is_empty() && self.active.is_none() {
+            return None;
         }
         let held = (self.first_seq(), self.next_seq - 1);
         self.segments.clear();
@@ -907,9 +918,8 @@ impl ReplayLog {
         self.total_bytes = 0;
         self.total_records = 0;
         self.lost.clear();
-        std::fs::create_dir_all(&self.dir)?;
         self.dir_dirty = true;
-        Ok(Some(held))
+        Some(held)
     }
 
     /// The directory.
@@ -1439,10 +1449,11 @@ mod tests {
         for i in 0..100 {
             log.append(&[item(i, 400)], 1).unwrap();
         }
-        assert!(log.check_dir().unwrap().is_none());
+        assert!(log.check_dir().is_none());
         std::fs::remove_dir_all(&replay).unwrap();
-        assert_eq!(log.check_dir().unwrap(), Some((1, 100)));
+        assert_eq!(log.check_dir(), Some((1, 100)));
         assert!(replay.is_dir());
+        assert!(log.check_dir().is_none(), "said once");
         assert_eq!((log.first_seq(), log.next_seq(), log.figures().segments), (101, 101, 0));
         for i in 0..100 {
             log.append(&[item(i, 400)], 1).unwrap();
@@ -1463,5 +1474,19 @@ mod tests {
         let (all, lost) = read_all_lost(&log, log.first_seq());
         assert_eq!(lost, vec![(a, b)]);
         assert_eq!(all.len() as u64, 100 - (b - a + 1));
+        // The segment being written removed alone: it is forgotten, the
+        // others stay.
+        for i in 0..60 {
+            log.append(&[item(i, 400)], 1).unwrap();
+        }
+        let segments = log.figures().segments;
+        let newest = log.segments.back().map(|s| (s.path.clone(), s.first_seq, s.last_seq)).unwrap();
+        std::fs::remove_file(&newest.0).unwrap();
+        assert_eq!(log.check_dir(), Some((newest.1, newest.2)));
+        assert_eq!(log.figures().segments, segments - 1);
+        assert!(log.check_dir().is_none());
+        log.append(&[item(0, 400)], 1).unwrap();
+        assert_eq!(log.next_seq(), 262);
+        assert!(log.segments.back().unwrap().path.exists());
     }
 }
