@@ -14,6 +14,7 @@
 //!   numbers, offsets, stamping, enrichment), shared by `run` and `parse`.
 //! - [`parse`]: one module per Local Edition format; pure, no I/O.
 //! - [`enrich`]: lookup tables, masking; pure apart from (re)loading tables.
+//!   [`mask`]: the one masking rule (enrich and the channel both use it).
 //! - [`record`]: the call-log record and its two JSON shapes.
 //! - [`rejects`]: the rejects file (lines that did not parse, as JSON lines).
 //! - [`rotating`]: size-rotated append-only files (rejects, dead letters).
@@ -55,6 +56,7 @@ pub mod ingest;
 pub mod kafka;
 pub mod listener;
 pub mod logsafe;
+pub mod mask;
 pub mod parse;
 pub mod pipeline;
 pub mod preflight;

@@ -260,7 +260,8 @@
    * number of the last record in `data` (records are numbered one by one,
    * and the numbering continues across bridge restarts). When a `since`
    * asked for records the channel no longer holds, it first sends
-   * `{"data":[],"lost":N,"since":S,"first_available":F}`.
+   * `{"data":[],"lost":N,"since":S,"first_available":F,"next":F}`; when
+   * `since` is beyond its newest record, `{"data":[],"since":S,"next":N}`.
    */
   function onMessage(msg) {
     const t = now();
@@ -270,6 +271,11 @@
       const f = num(msg.first_available);
       // The skipped numbers are accounted for as lost, not as a gap.
       if (f != null && (agg.lastSeq == null || f - 1 > agg.lastSeq)) agg.lastSeq = f - 1;
+    } else if (msg.seq == null && msg.next != null) {
+      // `since` was beyond the channel's newest record (a number from
+      // another history): go on from the channel's numbering.
+      const n = num(msg.next);
+      if (n != null) agg.lastSeq = n - 1;
     }
     if (!Array.isArray(msg.data)) { agg.badFrames++; return; }
     const last = num(msg.seq);

@@ -323,7 +323,7 @@ async fn close_frame(s: &mut TcpStream) -> Option<(u16, String)> {
 }
 
 /// A masked client frame.
-fn masked(opcode: u8, payload: &[u8]) -> Vec<u8> {
+pub(crate) fn masked(opcode: u8, payload: &[u8]) -> Vec<u8> {
     let mask = [0x37, 0xfa, 0x21, 0x3d];
     let mut f = vec![0x80 | opcode];
     match payload.len() {
