@@ -13,8 +13,8 @@
 //! key is that record's. Headers: `host` (the bridge that read the line),
 //! `file` (the file it was read from), `sync_delay_ms`.
 
+use crate::delivery::{Span, Units};
 use crate::record::{write_ecls_message, Field, Record, Shape};
-use crate::sink::upstream::encode::{Span, Units};
 
 /// Header naming the bridge that read the record.
 pub const HEADER_HOST: &str = "host";

@@ -28,8 +28,7 @@ use rskafka::client::Client;
 
 use super::client::{connect, ClientSettings};
 use super::message::{message, partition_for};
-use crate::sink::upstream::encode::Units;
-use crate::sink::upstream::http::{Item, Outcome};
+use crate::delivery::{Item, Outcome, Units};
 
 /// How often the partition count is looked up again (partitions added to
 /// the topic are used from then on).

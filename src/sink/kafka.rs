@@ -67,11 +67,10 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::upstream::dead_letter::DeadLetter;
-use super::upstream::encode::Units;
-use super::upstream::http::{backoff, Item, Outcome};
-use super::upstream::spool::{self, Spool};
 use super::{Keys, Needs, SinkContext, SinkHandle};
+use crate::delivery::dead_letter::DeadLetter;
+use crate::delivery::spool::{self, Spool};
+use crate::delivery::{backoff, Item, Outcome, Units};
 use crate::kafka::message::Encoder;
 use crate::kafka::produce::Producer;
 use crate::kafka::settings::{SinkConfig, SinkSection, SINK_SECTION};
@@ -172,7 +171,7 @@ struct Request {
 impl Request {
     fn new(units: Units, owners: Vec<Arc<Held>>, budget: &Arc<crate::budget::MemoryBudget>) -> Request {
         let bytes = units.buf.capacity()
-            + units.spans.capacity() * std::mem::size_of::<super::upstream::encode::Span>()
+            + units.spans.capacity() * std::mem::size_of::<crate::delivery::Span>()
             + owners.capacity() * std::mem::size_of::<Arc<Held>>();
         Request { units, owners, _charge: budget.charge(bytes) }
     }
