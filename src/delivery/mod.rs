@@ -72,6 +72,9 @@ pub mod settings;
 pub mod spool;
 pub mod units;
 
+#[cfg(test)]
+mod tests;
+
 use std::future::Future;
 use std::sync::Arc;
 

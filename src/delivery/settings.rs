@@ -148,6 +148,27 @@ pub struct Knobs {
     pub dead_letter_keep_files: usize,
 }
 
+#[cfg(test)]
+impl Knobs {
+    /// The keys as `d` sets them (tests).
+    pub(crate) fn defaults(d: &Defaults) -> Knobs {
+        Knobs {
+            batch_max_records: d.batch_max_records,
+            batch_max_bytes: d.batch_max_bytes,
+            flush_interval_ms: d.flush_interval_ms,
+            max_in_flight: d.max_in_flight,
+            retry_initial_ms: d.retry_initial_ms,
+            retry_max_ms: d.retry_max_ms,
+            spool_max_bytes: d.spool_max_bytes,
+            spool_after_ms: d.spool_after_ms,
+            shutdown_grace_ms: d.shutdown_grace_ms,
+            dead_letter_file: None,
+            dead_letter_rotate_bytes: d.dead_letter_rotate_bytes,
+            dead_letter_keep_files: d.dead_letter_keep_files,
+        }
+    }
+}
+
 /// The delivery keys of a section `$s` (whose flush key is `$flush`:
 /// `flush_interval_ms`, or Kafka's `linger_ms`) as [`Knobs`].
 #[macro_export]
@@ -245,21 +266,7 @@ mod tests {
     use super::*;
 
     fn knobs() -> Knobs {
-        let d = DEFAULTS;
-        Knobs {
-            batch_max_records: d.batch_max_records,
-            batch_max_bytes: d.batch_max_bytes,
-            flush_interval_ms: d.flush_interval_ms,
-            max_in_flight: d.max_in_flight,
-            retry_initial_ms: d.retry_initial_ms,
-            retry_max_ms: d.retry_max_ms,
-            spool_max_bytes: d.spool_max_bytes,
-            spool_after_ms: d.spool_after_ms,
-            shutdown_grace_ms: d.shutdown_grace_ms,
-            dead_letter_file: Some("dl.ndjson".into()),
-            dead_letter_rotate_bytes: d.dead_letter_rotate_bytes,
-            dead_letter_keep_files: d.dead_letter_keep_files,
-        }
+        Knobs { dead_letter_file: Some("dl.ndjson".into()), ..Knobs::defaults(&DEFAULTS) }
     }
 
     #[test]
