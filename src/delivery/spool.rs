@@ -99,7 +99,7 @@ impl Spool {
             match read_header(&e.path()) {
                 Ok((h, bytes)) => entries.push(Entry { seq, bytes, records: h.records, observed_ms: h.observed_ms, taken: false }),
                 Err(err) => {
-                    tracing::error!(file = %e.path().display(), error = %err, "spool: unreadable spool file left in place")
+                    tracing::error!(file = %e.path().display(), error = %err, "an unreadable spool file is left in place")
                 }
             }
         }

@@ -164,7 +164,10 @@ impl UpstreamHandle {
     /// `max_in_flight`, spool, dead-letter file) must be those it runs
     /// with: a reload keeps their running values.
     pub fn reconfigure(&self, new: Live) {
-        tracing::info!(url = %new.url_for_logs(), "upstream: settings reloaded; requests use them from their next attempt");
+        // In the sink's span; the line's target (`...::sink::upstream`)
+        // names the sink before the message.
+        let _span = tracing::info_span!("sink", name = NAME).entered();
+        tracing::info!(url = %new.url_for_logs(), "settings reloaded; requests use them from their next attempt");
         self.control.reconfigure(new.parts);
     }
 }
