@@ -73,6 +73,18 @@ pub struct ExportArgs {
     /// gzip level, 1 to 9.
     #[arg(long, default_value_t = 6)]
     pub gzip_level: u32,
+    /// Write every value as it is, also cells a spreadsheet would run as a
+    /// formula (by default they get a leading `'`, as `[export]
+    /// escape_formulas` does).
+    #[arg(long)]
+    pub no_escape_formulas: bool,
+    /// Permission bits of the files written (octal, `0640`), whatever the
+    /// umask; by default the umask decides.
+    #[arg(long, value_name = "MODE")]
+    pub file_mode: Option<String>,
+    /// Group of the files written and of `--dir` (a name or a number).
+    #[arg(long, value_name = "GROUP")]
+    pub group: Option<String>,
     /// Remove the files the range's slices already have first.
     #[arg(long)]
     pub replace: bool,
@@ -82,7 +94,14 @@ pub struct ExportArgs {
     /// Lookup tables (CSV or JSON) used to fill in names (raw logs).
     #[arg(long = "lookups", value_name = "PATH")]
     pub lookups: Vec<PathBuf>,
-    /// Inputs: the archive (rotated `.gz` too) or Local Edition logs.
+    /// Write rejected lines here as JSON lines (as `parse --rejects`).
+    #[arg(long, value_name = "FILE")]
+    pub rejects: Option<PathBuf>,
+    /// Lines (and JSON documents) longer than this are rejected.
+    #[arg(long, default_value_t = 1 << 20)]
+    pub max_line_bytes: usize,
+    /// Inputs (`-` = stdin): the archive (rotated `.gz` too) or Local
+    /// Edition logs.
     #[arg(required = true, value_name = "FILE")]
     pub files: Vec<PathBuf>,
 }

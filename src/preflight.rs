@@ -17,7 +17,19 @@
 //!   created) and are writable by this user (probed by creating and
 //!   removing a file, so read-only mounts and ACLs count);
 //! - the listen addresses (the sinks' such as `channel.listen`, and
-//!   `status.listen`) can be bound.
+//!   `status.listen`) can be bound;
+//! - no source reads what the bridge writes ([`outputs_not_read`]):
+//!   `state_dir` (checkpoints, rejects, spools, the replay log), the
+//!   directories sinks own (`export.dir`) and the files they append to
+//!   (the archive, dead-letter files, with their rotated names) must not
+//!   be matched by a source's glob, or the bridge reads its own output
+//!   for ever.
+//!
+//! [`report`] puts the config file's problems ([`Config::read`]: syntax,
+//! then values) before what [`check`] finds for the parts read: the one
+//! list `check-config` prints, and `run` prints when it refuses. A
+//! directory on the way that this user may not enter is named as such
+//! ([`crate::settings::why_unreachable`]).
 //!
 //! Invariant: `check-config` and `run` call the same [`check`], so they
 //! never disagree. `run` keeps what the check built (the bound listeners,
@@ -78,6 +90,8 @@ pub struct Checked {
     pub bound: Bound,
     /// The lookup tables, loaded.
     pub enricher: Option<Enricher>,
+    /// The peers the sources and sinks name (probed by `check-config`).
+    pub peers: Vec<crate::probe::Peer>,
 }
 
 impl Checked {
@@ -126,16 +140,19 @@ pub fn check(cfg: &Config, bind: Bind) -> Checked {
             }
         }
     }
+    out.errors.extend(outputs_not_read(cfg));
     for (i, s) in cfg.sources.iter().enumerate() {
         let found = s.check(&format!("source[{i}]"));
         out.errors.extend(found.errors);
         out.warnings.extend(found.warnings);
+        out.peers.extend(found.peers);
         out.sources.push(SourceFound { name: s.name.clone(), globs: found.globs });
     }
     match Enricher::from_config(&cfg.enrich) {
         Ok(e) => out.enricher = Some(e),
         Err(e) => out.errors.push(ConfigError::unusable("enrich.lookups", e)),
     }
+    out.peers.extend(needs.iter().flat_map(|n| n.peers.iter().cloned()));
     let mut want: Vec<(&'static str, SocketAddr)> = needs.iter().flat_map(|n| n.listeners.iter().cloned()).collect();
     if cfg.status.enabled {
         want.push((STATUS_LISTEN, cfg.status.listen));
@@ -158,6 +175,152 @@ pub fn check(cfg: &Config, bind: Bind) -> Checked {
         }
     }
     out
+}
+
+/// Samples of what the bridge writes under `state_dir`: its state files,
+/// a rotated rejects file, and one file of each directory it keeps there
+/// (replay segments, spools).
+const STATE_DIR_SAMPLES: &[&str] = &[
+    crate::state_dir::StateDir::LOCK,
+    crate::state_dir::StateDir::CHECKPOINTS,
+    crate::state_dir::StateDir::CHANNEL_SEQ,
+    crate::state_dir::StateDir::CHANNEL_ADDR,
+    crate::state_dir::StateDir::STATUS_ADDR,
+    crate::state_dir::StateDir::REJECTS,
+    "rejects.ndjson.1",
+    crate::state_dir::StateDir::DEAD_LETTER,
+    crate::state_dir::StateDir::KAFKA_DEAD_LETTER,
+    "kafka-offsets-group.json",
+    "replay/00000000000000000001.seg",
+    "upstream-spool/ndjson/00000000000000000001.spool",
+    "kafka-spool/00000000000000000001.spool",
+];
+
+/// Samples of what a sink writes in a directory it owns (`export.dir`):
+/// any name, CSV slices, their partial files.
+const OWNED_DIR_SAMPLES: &[&str] = &["calllog", "calllog.csv", "calllog.csv.gz", "calllog.csv.partial", "calllog.csv.gz.partial"];
+
+/// Files already under an output directory that are looked at too (a
+/// bounded listing).
+const OUTPUT_FILES_LISTED: usize = 256;
+
+/// Refuses a source glob that matches what the bridge writes: the bridge
+/// would read its own output (the archive's records again, rejects of its
+/// rejects, ...) and grow it for ever. Each error names the source's
+/// `paths` key and the output's key. What the bridge writes: `state_dir`
+/// as a whole; per sink ([`crate::sink::Sink::needs`]) the files it
+/// appends to with their rotated names (`<file>.1`), and as a whole each
+/// directory it declares without a file (a directory it owns). Checked
+/// on the names the bridge writes there and on the files already there,
+/// as written and as their directories resolve (symbolic links), against
+/// each glob with its excludes.
+pub fn outputs_not_read(cfg: &Config) -> Vec<ConfigError> {
+    use crate::watch::Watcher;
+    use std::path::PathBuf;
+    let needs: Vec<crate::sink::Needs> = cfg.sinks.iter().map(|s| s.needs()).collect();
+    // (key, paths written or sampled)
+    let mut outputs: Vec<(&str, Vec<PathBuf>)> = Vec::new();
+    let tree = |dir: &Path, samples: &[&str]| -> Vec<PathBuf> {
+        let mut v: Vec<PathBuf> = samples.iter().map(|n| dir.join(n)).collect();
+        v.extend(
+            walkdir::WalkDir::new(dir)
+                .min_depth(1)
+                .into_iter()
+                .take(OUTPUT_FILES_LISTED)
+                .flatten()
+                .filter(|e| e.file_type().is_file())
+                .map(|e| e.into_path()),
+        );
+        v
+    };
+    outputs.push(("state_dir", tree(&cfg.state_dir, STATE_DIR_SAMPLES)));
+    for n in &needs {
+        for (key, file) in &n.files {
+            outputs.push((key, vec![file.clone(), crate::rotating::rotated_path(file, 1)]));
+        }
+        for (key, dir, _) in &n.dirs {
+            if !n.files.iter().any(|(k, _)| k == key) {
+                outputs.push((key, tree(dir, OWNED_DIR_SAMPLES)));
+            }
+        }
+    }
+    let mut errors = Vec::new();
+    for (i, s) in cfg.sources.iter().enumerate() {
+        let Some(src) = s.get::<crate::source::file::FileSource>() else { continue };
+        for glob in &src.paths {
+            let one = crate::settings::SourceConfig { paths: vec![glob.clone()], ..src.clone() };
+            let Ok(w) = Watcher::new(&one) else { continue };
+            // The glob's directory as written and as it resolves: an
+            // output named through another path to the same place counts.
+            let root = one.watch_dirs().into_iter().next().unwrap_or_default();
+            let real_root = std::fs::canonicalize(&root).ok();
+            let seen_as = |p: &Path| -> Vec<PathBuf> {
+                let mut v = vec![p.to_path_buf()];
+                let real = p.parent().and_then(|d| std::fs::canonicalize(d).ok()).map(|d| d.join(p.file_name().unwrap_or_default()));
+                if let (Some(real), Some(real_root)) = (real, &real_root) {
+                    if let Ok(rest) = real.strip_prefix(real_root) {
+                        v.push(root.join(rest));
+                    }
+                }
+                v
+            };
+            for (key, paths) in &outputs {
+                if let Some(hit) = paths.iter().flat_map(|p| seen_as(p)).find(|p| w.matches(p)) {
+                    errors.push(ConfigError::unusable(
+                        format!("source[{i}].paths"),
+                        format!(
+                            "`{glob}` matches {}, which the bridge writes (`{key}`): it would read its own output for ever; \
+                             move `{key}` out of the source's directories, or exclude it",
+                            hit.display()
+                        ),
+                    ));
+                }
+            }
+        }
+    }
+    errors
+}
+
+/// Every problem `run` would refuse to start for, in the order
+/// `check-config` and `run` show them: the config file's own (syntax first,
+/// then values: [`Config::read`]), then what [`check`] finds on the host
+/// for every part of it that could be read. One run names them all.
+#[derive(Debug)]
+pub struct Report {
+    /// The config as far as it could be read.
+    pub config: Option<Config>,
+    /// The config file's problems.
+    pub file_errors: Vec<ConfigError>,
+    /// What the host check found, when there was a config to check.
+    pub checked: Option<Checked>,
+    /// The bridge running on `state_dir`, if any (its listeners are not
+    /// probed).
+    pub running: Option<String>,
+}
+
+impl Report {
+    /// Every problem: the file's, then the host's.
+    pub fn problems(&self) -> impl Iterator<Item = &ConfigError> {
+        self.file_errors.iter().chain(self.checked.iter().flat_map(|c| c.errors.iter()))
+    }
+
+    /// True when `run` may start.
+    pub fn ok(&self) -> bool {
+        self.config.is_some() && self.problems().next().is_none()
+    }
+}
+
+/// [`Report`] of the config file at `path`. Blocking.
+pub fn report(path: &Path) -> Report {
+    report_of(Config::read(path))
+}
+
+/// [`Report`] of a config already read. Blocking.
+pub fn report_of(reading: crate::config::Reading) -> Report {
+    let running = reading.config.as_ref().and_then(|c| crate::state_lock::holder(&c.state_dir));
+    let bind = if running.is_some() { Bind::Skip } else { Bind::Probe };
+    let checked = reading.config.as_ref().map(|c| check(c, bind));
+    Report { config: reading.config, file_errors: reading.errors, checked, running }
 }
 
 /// What `run` holds once [`prepare`] succeeded: nothing has read a file or
@@ -246,7 +409,7 @@ fn usable_dir(key: &str, dir: &Path, create: bool) -> Result<(), ConfigError> {
                 )),
             }
         }
-        Err(e) => Err(ConfigError::unusable(key, format!("cannot use {}: {e}", dir.display()))),
+        Err(e) => Err(ConfigError::unusable(key, format!("cannot use {}", crate::settings::why_unreachable(dir, &e)))),
     }
 }
 
@@ -311,6 +474,57 @@ mod tests {
         let c = check(&cfg, Bind::Probe);
         assert!(c.ok() && c.warnings.is_empty(), "{}", messages(&c));
         assert_eq!(c.sources[0].globs[0].files, vec![dir.path().join("logs/access.log")]);
+    }
+
+    #[test]
+    fn a_glob_that_matches_what_the_bridge_writes_is_refused_naming_both_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        std::fs::create_dir(d.join("logs")).unwrap();
+        let base = config(d, "");
+        assert!(outputs_not_read(&base).is_empty(), "the usual layout is fine");
+        let with = |glob: &str, extra: &str| {
+            let text = format!(
+                "state_dir = {:?}\n[[source]]\npaths = [{:?}]\n[file_output]\npath = {:?}\n{extra}",
+                d.join("state"),
+                d.join(glob),
+                d.join("out/archive.ndjson"),
+            );
+            let cfg = Config::from_toml(&text, &d.join("config.toml")).unwrap();
+            outputs_not_read(&cfg).iter().map(ToString::to_string).collect::<Vec<_>>()
+        };
+        // The archive (or its rotated file) among the logs.
+        let text = format!(
+            "state_dir = {:?}\n[[source]]\npaths = [{:?}]\n[file_output]\npath = {:?}\n",
+            d.join("state"),
+            d.join("logs/access*.log*"),
+            d.join("logs/access.log.archive"),
+        );
+        let e: Vec<String> =
+            outputs_not_read(&Config::from_toml(&text, &d.join("config.toml")).unwrap()).iter().map(ToString::to_string).collect();
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert!(e[0].contains("`source[0].paths`") && e[0].contains("`file_output.path`"), "{e:?}");
+        // state_dir (and the archive) under a `**` glob.
+        let e = with("**/*", "");
+        assert!(e.iter().any(|e| e.contains("`state_dir`")) && e.iter().any(|e| e.contains("`file_output.path`")), "{e:?}");
+        // A glob that cannot see into state_dir: `*` does not cross `/`.
+        assert!(with("*", "").iter().all(|e| !e.contains("`state_dir`")), "{:?}", with("*", ""));
+        // A directory a sink owns, by the names it writes there.
+        let export = format!("[export]\ndir = {:?}\n", d.join("logs/export"));
+        let e = with("logs/**/*.csv*", &export);
+        assert!(e.iter().any(|e| e.contains("`export.dir`")), "{e:?}");
+        assert!(with("logs/**/access*.log*", &export).is_empty(), "{:?}", with("logs/**/access*.log*", &export));
+        // An exclude takes it out.
+        let e = with("logs/**/*", &export);
+        assert!(!e.is_empty());
+        let text = format!(
+            "state_dir = {:?}\n[[source]]\npaths = [{:?}]\nexclude = [{:?}]\n[file_output]\npath = {:?}\n{export}",
+            d.join("state"),
+            d.join("logs/**/*"),
+            d.join("logs/export/**"),
+            d.join("out/archive.ndjson"),
+        );
+        assert!(outputs_not_read(&Config::from_toml(&text, &d.join("config.toml")).unwrap()).is_empty());
     }
 
     #[test]

@@ -9,7 +9,9 @@
 //! `raw` is the line as UTF-8 (invalid bytes shown as U+FFFD); when the
 //! line is not valid UTF-8 `raw_hex` also holds its exact bytes in hex.
 //! Lines longer than the writer's `max_raw_bytes` are cut, with
-//! `raw_truncated: true` and `raw_len` the full length. Used by `parse`
+//! `raw_truncated: true` and `raw_len` the full length; a line whose format
+//! could not be detected (`unknown_format`: it may not be a log line at
+//! all, say a linked secret) keeps at most [`UNKNOWN_FORMAT_RAW_BYTES`]. Used by `parse`
 //! (through [`RejectsWriter`]) and by the running bridge (through
 //! [`RejectsFile`], which bounds the file on disk: `[rejects]`
 //! `rotate_bytes` and `keep_files`).
@@ -29,6 +31,11 @@ pub const FILE_NAME: &str = crate::state_dir::StateDir::REJECTS;
 
 /// The default cap on the bytes of a raw line copied into the rejects file.
 pub const DEFAULT_MAX_RAW_BYTES: usize = 64 * 1024;
+
+/// The cap on the raw bytes of a line whose format could not be detected
+/// (`unknown_format`): what it holds is not known to be a log line at all
+/// (a linked secret, a binary file), so only a short prefix is kept.
+pub const UNKNOWN_FORMAT_RAW_BYTES: usize = 256;
 
 /// One rejected line.
 #[derive(Clone, Copy, Debug)]
@@ -62,6 +69,8 @@ impl RejectEntry<'_> {
         if let Some(ms) = self.observed_ms {
             out.extend_from_slice(format!(",\"observed_ms\":{ms}").as_bytes());
         }
+        let max_raw_bytes =
+            if self.reason == RejectReason::UnknownFormat { max_raw_bytes.min(UNKNOWN_FORMAT_RAW_BYTES) } else { max_raw_bytes };
         let truncated = self.raw.len() > max_raw_bytes;
         let raw = &self.raw[..self.raw.len().min(max_raw_bytes)];
         out.extend_from_slice(b",\"raw\":");
@@ -248,6 +257,18 @@ mod tests {
 #[cfg(test)]
 mod file_tests {
     use super::*;
+
+    #[test]
+    fn a_line_of_unknown_format_keeps_a_short_prefix() {
+        let raw = vec![b'r'; 1000];
+        let e =
+            RejectEntry { file: "f", line: 1, offset: 0, reason: RejectReason::UnknownFormat, detail: "d", raw: &raw, observed_ms: None };
+        let mut out = Vec::new();
+        e.write_json(DEFAULT_MAX_RAW_BYTES, &mut out);
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["raw"].as_str().unwrap().len(), UNKNOWN_FORMAT_RAW_BYTES);
+        assert_eq!((v["raw_truncated"].as_bool(), v["raw_len"].as_u64()), (Some(true), Some(1000)));
+    }
 
     #[test]
     fn the_rejects_file_is_bounded_on_disk() {

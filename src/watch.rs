@@ -8,6 +8,19 @@
 //! into [`Change`]s: cheap hints that a path changed, which the tailer
 //! confirms with a `stat`.
 //!
+//! Symbolic links (anyone who can write in a log directory can plant one,
+//! say `access.log.9 -> /etc/shadow`): unless the source says
+//! `follow_symlinks`, a scan descends no linked directory, and a matched
+//! link is listed only when it leads to a regular file inside the globs'
+//! directories ([`Watcher::roots_now`]); the others are reported
+//! ([`Scan::links`]) and never read. The tailer opens files through
+//! [`crate::tail::open_file`], which checks what it opened, not the path.
+//!
+//! A scan is bounded: it stops after `max_scan_entries` entries or
+//! `max_scan_ms`, or when asked to stop, and says so
+//! ([`Scan::incomplete`]): a glob like `/**/*` never walks a whole
+//! filesystem for minutes, and a stop is never waited for.
+//!
 //! Invariant: nothing here opens a file for reading; identity (fingerprint)
 //! and offsets belong to [`crate::tail`].
 
@@ -21,6 +34,7 @@ use std::time::{Duration, Instant};
 use globset::{GlobSet, GlobSetBuilder};
 use notify::{EventKind, RecursiveMode, Watcher as _};
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
 use crate::settings::SourceConfig;
 
@@ -127,9 +141,43 @@ impl Seen {
     }
 }
 
+/// A [`Seen`] for `p` with metadata `m`, when it is a regular file.
+fn seen(p: &Path, m: std::fs::Metadata) -> Option<Seen> {
+    if !m.is_file() {
+        return None;
+    }
+    Some(Seen {
+        path: p.to_path_buf(),
+        dev: m.dev(),
+        ino: m.ino(),
+        size: m.size(),
+        mtime_ms: m.mtime() * 1000 + m.mtime_nsec() / 1_000_000,
+    })
+}
+
 /// True when the path names a gzip file.
 pub fn is_gz(p: &Path) -> bool {
     p.extension().is_some_and(|e| e == "gz")
+}
+
+/// What a scan found.
+#[derive(Debug, Default)]
+pub struct Scan {
+    /// Matching files (a file reached by two paths is listed once).
+    pub files: Vec<Seen>,
+    /// Directories that exist but cannot be listed (permission denied),
+    /// with why: their files are invisible, not gone.
+    pub dir_errors: Vec<(PathBuf, String)>,
+    /// Matched paths that are symbolic links the source does not follow
+    /// (they lead outside the globs' directories), with why.
+    pub links: Vec<(PathBuf, String)>,
+    /// Linked directories the scan did not descend (the globs could reach
+    /// files below them).
+    pub linked_dirs: Vec<PathBuf>,
+    /// Set when the scan stopped before its end (too many entries, too
+    /// long, asked to stop): why. What it did not reach is unknown, not
+    /// gone.
+    pub incomplete: Option<String>,
 }
 
 /// A hint from notify.
@@ -154,6 +202,14 @@ pub struct Watcher {
     /// The source's `read_delay`: how long the notify thread pauses after
     /// a content change.
     read_delay: Duration,
+    /// Follow symbolic links wherever they point.
+    follow_symlinks: bool,
+    /// A scan stops after this many entries.
+    max_entries: usize,
+    /// A scan stops after this long.
+    max_time: Duration,
+    /// The globs, for messages.
+    globs: Vec<String>,
 }
 
 fn build(globs: &[String]) -> Result<GlobSet, globset::Error> {
@@ -192,7 +248,43 @@ impl Watcher {
                 None => roots.push((dir, depth)),
             }
         }
-        Ok(Watcher { include: build(&cfg.paths)?, exclude: build(&cfg.exclude)?, roots, read_delay: cfg.read_delay })
+        Ok(Watcher {
+            include: build(&cfg.paths)?,
+            exclude: build(&cfg.exclude)?,
+            roots,
+            read_delay: cfg.read_delay,
+            follow_symlinks: cfg.follow_symlinks,
+            max_entries: cfg.max_scan_entries,
+            max_time: cfg.max_scan,
+            globs: cfg.paths.clone(),
+        })
+    }
+
+    /// The globs' directories as they resolve now (symbolic links in the
+    /// paths the operator wrote are followed), those that exist: where
+    /// files may be read from. `None` when the source follows links
+    /// wherever they point.
+    pub fn roots_now(&self) -> Option<Vec<PathBuf>> {
+        if self.follow_symlinks {
+            return None;
+        }
+        Some(self.roots.iter().filter_map(|(d, _)| std::fs::canonicalize(d).ok()).collect())
+    }
+
+    /// Where the link `p` leads when the source may read it: a regular
+    /// file inside `roots`. `Err` says why not.
+    fn link_target(p: &Path, roots: &[PathBuf]) -> Result<PathBuf, String> {
+        let target = std::fs::canonicalize(p).map_err(|e| format!("a symbolic link that does not resolve ({e})"))?;
+        if !roots.iter().any(|r| target.starts_with(r)) {
+            return Err(format!(
+                "a symbolic link to {}, outside the source's directories: not followed (follow_symlinks = true follows links)",
+                crate::logsafe::Escaped::path(&target)
+            ));
+        }
+        if !std::fs::metadata(&target).is_ok_and(|m| m.is_file()) {
+            return Err("a symbolic link to something other than a regular file: not followed".to_string());
+        }
+        Ok(target)
     }
 
     /// True when the path is one of the source's files.
@@ -205,37 +297,81 @@ impl Watcher {
         self.roots.iter().map(|(d, _)| d.as_path())
     }
 
-    /// Stats one path (None when it is missing or not a regular file).
+    /// Stats one path, following symbolic links (None when it is missing
+    /// or not a regular file).
     pub fn stat(p: &Path) -> Option<Seen> {
-        let m = std::fs::metadata(p).ok()?;
-        if !m.is_file() {
-            return None;
+        seen(p, std::fs::metadata(p).ok()?)
+    }
+
+    /// Stats one path as the source may read it: a symbolic link only when
+    /// the source follows links, or it leads to a regular file inside the
+    /// globs' directories (`roots`, from [`Watcher::roots_now`]).
+    pub fn stat_as_source(&self, p: &Path, roots: Option<&[PathBuf]>) -> Option<Seen> {
+        let m = std::fs::symlink_metadata(p).ok()?;
+        if let Some(roots) = roots {
+            // A path through a linked directory (notify watches inside
+            // them) is not the source's.
+            let dir = std::fs::canonicalize(p.parent()?).ok()?;
+            if !roots.iter().any(|r| dir.starts_with(r)) {
+                return None;
+            }
         }
-        Some(Seen {
-            path: p.to_path_buf(),
-            dev: m.dev(),
-            ino: m.ino(),
-            size: m.size(),
-            mtime_ms: m.mtime() * 1000 + m.mtime_nsec() / 1_000_000,
-        })
+        match roots {
+            Some(roots) if m.file_type().is_symlink() => {
+                let target = Watcher::link_target(p, roots).ok()?;
+                seen(p, std::fs::metadata(target).ok()?)
+            }
+            _ if m.file_type().is_symlink() => Watcher::stat(p),
+            _ => seen(p, m),
+        }
     }
 
-    /// Lists every matching file now (blocking: run it off the runtime).
-    /// A path seen twice (hard link) is reported once.
+    /// Lists every matching file now, within the scan's bounds and with no
+    /// way to stop it early (blocking: run it off the runtime).
     pub fn scan(&self) -> Vec<Seen> {
-        self.scan_reporting().0
+        self.scan_until(None).files
     }
 
-    /// [`Watcher::scan`], also returning the directories that exist but
-    /// cannot be listed (permission denied), with why: their files are
-    /// invisible, which an operator must hear about. A directory that does
-    /// not exist is not an error here (its files may come later).
-    pub fn scan_reporting(&self) -> (Vec<Seen>, Vec<(PathBuf, String)>) {
-        let mut out = Vec::new();
-        let mut errors = Vec::new();
+    /// Lists every matching file now (blocking: run it off the runtime),
+    /// with what an operator must hear about: directories that exist but
+    /// cannot be listed, links not followed, and whether the scan stopped
+    /// early (after `max_scan_entries` entries or `max_scan_ms`, or once
+    /// `stop` is cancelled). A directory that does not exist is not an
+    /// error here (its files may come later). A file reached by two paths
+    /// (a hard link, a link inside the directories) is listed once.
+    pub fn scan_until(&self, stop: Option<&CancellationToken>) -> Scan {
+        let mut out = Scan::default();
         let mut keys = HashSet::new();
-        for (dir, depth) in &self.roots {
-            for entry in walkdir::WalkDir::new(dir).min_depth(1).max_depth(*depth).follow_links(true) {
+        let roots = self.roots_now();
+        let started = Instant::now();
+        let mut entries = 0usize;
+        'roots: for (dir, depth) in &self.roots {
+            for entry in walkdir::WalkDir::new(dir).min_depth(1).max_depth(*depth).follow_links(self.follow_symlinks) {
+                entries += 1;
+                if entries > self.max_entries {
+                    out.incomplete = Some(format!(
+                        "scanning {} for `{}` stopped after {} entries (max_scan_entries): narrow the paths, or raise max_scan_entries",
+                        dir.display(),
+                        self.globs.join("`, `"),
+                        self.max_entries
+                    ));
+                    break 'roots;
+                }
+                if entries.is_multiple_of(64) {
+                    if started.elapsed() > self.max_time {
+                        out.incomplete = Some(format!(
+                            "scanning {} for `{}` took longer than {} ms (max_scan_ms; {entries} entries so far): narrow the paths, or raise max_scan_ms",
+                            dir.display(),
+                            self.globs.join("`, `"),
+                            self.max_time.as_millis()
+                        ));
+                        break 'roots;
+                    }
+                    if stop.is_some_and(CancellationToken::is_cancelled) {
+                        out.incomplete = Some("the scan was stopped".to_string());
+                        break 'roots;
+                    }
+                }
                 let entry = match entry {
                     Ok(e) => e,
                     Err(e) => {
@@ -243,22 +379,47 @@ impl Watcher {
                         if !missing {
                             let at = e.path().map(Path::to_path_buf).unwrap_or_else(|| dir.clone());
                             let why = e.io_error().map_or_else(|| e.to_string(), ToString::to_string);
-                            errors.push((at, why));
+                            out.dir_errors.push((at, why));
                         }
                         continue;
                     }
                 };
-                if !entry.file_type().is_file() || !self.matches(entry.path()) {
-                    continue;
-                }
-                if let Some(s) = Watcher::stat(entry.path()) {
+                let s = match (&roots, entry.file_type()) {
+                    (_, t) if t.is_file() => {
+                        if !self.matches(entry.path()) {
+                            continue;
+                        }
+                        entry.metadata().ok().and_then(|m| seen(entry.path(), m))
+                    }
+                    (Some(roots), t) if t.is_symlink() => {
+                        let is_dir = std::fs::metadata(entry.path()).is_ok_and(|m| m.is_dir());
+                        if is_dir {
+                            if entry.depth() < *depth {
+                                out.linked_dirs.push(entry.path().to_path_buf());
+                            }
+                            continue;
+                        }
+                        if !self.matches(entry.path()) {
+                            continue;
+                        }
+                        match Watcher::link_target(entry.path(), roots) {
+                            Ok(target) => std::fs::metadata(target).ok().and_then(|m| seen(entry.path(), m)),
+                            Err(why) => {
+                                out.links.push((entry.path().to_path_buf(), why));
+                                continue;
+                            }
+                        }
+                    }
+                    _ => continue,
+                };
+                if let Some(s) = s {
                     if keys.insert(s.key()) {
-                        out.push(s);
+                        out.files.push(s);
                     }
                 }
             }
         }
-        (out, errors)
+        out
     }
 
     /// Subscribes to notify events for the source's directories. Directories
@@ -272,7 +433,8 @@ impl Watcher {
         let lost2 = lost.clone();
         let tx2 = tx.clone();
         let mut pacer = Pacer::new(self.read_delay);
-        let watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+        let follow = self.follow_symlinks;
+        let handler = move |res: notify::Result<notify::Event>| {
             let change = match res {
                 Ok(ev) => {
                     let need_rescan = ev.need_rescan();
@@ -312,7 +474,10 @@ impl Watcher {
             if pause {
                 pacer.pause();
             }
-        })?;
+        };
+        // No watches inside linked directories unless the source follows
+        // links (their files are not the source's).
+        let watcher = notify::RecommendedWatcher::new(handler, notify::Config::default().with_follow_symlinks(follow))?;
         let mut ev = Events { watcher, rx, lost, watched: HashSet::new(), _tx: tx };
         ev.rewatch(self);
         Ok(ev)
@@ -469,5 +634,68 @@ mod tests {
         let g = format!("{}/**/*.log", d.display());
         let w = Watcher::new(&source(&[&g], &[])).unwrap();
         assert_eq!(w.scan().len(), 1);
+    }
+
+    fn names(scan: &Scan) -> Vec<String> {
+        let mut v: Vec<String> = scan.files.iter().map(|s| s.path.file_name().unwrap().to_string_lossy().into_owned()).collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn links_out_of_the_directories_are_reported_not_listed_and_linked_directories_not_descended() {
+        let dir = tempfile::tempdir().unwrap();
+        let (logs, secret) = (dir.path().join("logs"), dir.path().join("secret"));
+        std::fs::create_dir_all(logs.join("sub")).unwrap();
+        std::fs::create_dir_all(&secret).unwrap();
+        std::fs::write(secret.join("token"), "x\n").unwrap();
+        std::fs::write(secret.join("access.log"), "x\n").unwrap();
+        std::fs::write(logs.join("access.log.2024"), "x\n").unwrap();
+        std::fs::write(logs.join("sub/access.log"), "x\n").unwrap();
+        std::os::unix::fs::symlink(secret.join("token"), logs.join("access.log.9")).unwrap();
+        std::os::unix::fs::symlink(logs.join("access.log.2024"), logs.join("access.log")).unwrap();
+        std::os::unix::fs::symlink(&secret, logs.join("linked")).unwrap();
+        let g = format!("{}/**/access*", logs.display());
+        let w = Watcher::new(&source(&[&g], &[])).unwrap();
+        let scan = w.scan_until(None);
+        // The in-directory link and its target are one file, listed once.
+        assert_eq!(scan.files.len(), 2, "{:?}", scan.files);
+        assert!(names(&scan).contains(&"access.log".to_string()) || names(&scan).contains(&"access.log.2024".to_string()));
+        assert_eq!(scan.links.len(), 1, "{:?}", scan.links);
+        assert!(scan.links[0].0.ends_with("access.log.9") && scan.links[0].1.contains("outside the source's directories"));
+        assert_eq!(scan.linked_dirs, vec![logs.join("linked")]);
+        assert!(w.stat_as_source(&logs.join("access.log.9"), w.roots_now().as_deref()).is_none());
+        assert!(w.stat_as_source(&logs.join("access.log"), w.roots_now().as_deref()).is_some());
+        assert!(w.stat_as_source(&logs.join("linked/access.log"), w.roots_now().as_deref()).is_none(), "not through a linked directory");
+
+        // Opted in: everything is followed.
+        let mut cfg = source(&[&g], &[]);
+        cfg.follow_symlinks = true;
+        let w = Watcher::new(&cfg).unwrap();
+        let scan = w.scan_until(None);
+        assert!(scan.links.is_empty() && scan.linked_dirs.is_empty());
+        assert_eq!(scan.files.len(), 4, "{:?}", scan.files);
+        assert!(w.roots_now().is_none());
+    }
+
+    #[test]
+    fn a_scan_stops_at_its_bound_or_when_asked_and_says_so() {
+        let dir = tempfile::tempdir().unwrap();
+        for i in 0..200 {
+            std::fs::write(dir.path().join(format!("f{i}.log")), "x\n").unwrap();
+        }
+        let g = format!("{}/*.log", dir.path().display());
+        let mut cfg = source(&[&g], &[]);
+        assert!(Watcher::new(&cfg).unwrap().scan_until(None).incomplete.is_none());
+        cfg.max_scan_entries = 100;
+        let scan = Watcher::new(&cfg).unwrap().scan_until(None);
+        let why = scan.incomplete.expect("stopped");
+        assert!(why.contains("max_scan_entries") && why.contains("100"), "{why}");
+        assert!(scan.files.len() <= 100);
+        cfg.max_scan_entries = 1000;
+        let stop = CancellationToken::new();
+        stop.cancel();
+        let scan = Watcher::new(&cfg).unwrap().scan_until(Some(&stop));
+        assert!(scan.incomplete.is_some() && scan.files.len() < 200);
     }
 }

@@ -14,7 +14,10 @@
 //! Entries are keyed by the file's content [`fingerprint`], not by path or
 //! inode: a renamed, copied, replaced or compressed file keeps its offset.
 //! Entries of files that have not been seen for [`PRUNE_AFTER_MS`] are
-//! pruned.
+//! pruned. With its offset an entry keeps an [`Anchor`] (a checksum of
+//! the bytes just before it): a reader resuming there first checks that
+//! the file still holds them, so content rewritten in place (or a copy of
+//! another version) is never taken for a continuation of what was read.
 //!
 //! File identity and durable offsets live together (as in Vector's file
 //! source): the tailer asks this module what a file is and where to start,
@@ -70,12 +73,37 @@ pub struct Entry {
     /// it again.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gz_complete: Option<GzComplete>,
+    /// The bytes just before `offset`, by checksum (plain files).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub anchor: Option<Anchor>,
+}
+
+/// The last bytes before an offset (at most [`Anchor::MAX_BYTES`]), by
+/// checksum: the file that holds them there is the content that was read
+/// up to that offset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Anchor {
+    /// How many bytes (the offset's, when it is smaller than the maximum).
+    pub len: u32,
+    /// Their CRC-32.
+    pub crc32: u32,
+}
+
+impl Anchor {
+    /// Bytes an anchor covers at most.
+    pub const MAX_BYTES: usize = 64;
+
+    /// The anchor of `bytes` (the last ones before an offset).
+    pub fn of(bytes: &[u8]) -> Anchor {
+        let b = &bytes[bytes.len().saturating_sub(Anchor::MAX_BYTES)..];
+        Anchor { len: b.len() as u32, crc32: crc32fast::hash(b) }
+    }
 }
 
 impl Entry {
     /// A file not read yet: offset 0, location unknown.
     fn new(fingerprint: Fingerprint, last_seen_ms: i64) -> Entry {
-        Entry { fingerprint, offset: 0, path: String::new(), dev: 0, ino: 0, last_seen_ms, size: 0, gz_complete: None }
+        Entry { fingerprint, offset: 0, path: String::new(), dev: 0, ino: 0, last_seen_ms, size: 0, gz_complete: None, anchor: None }
     }
 }
 
@@ -169,9 +197,32 @@ pub struct Ticket {
 struct Tracker {
     /// Sequence number the next registered batch gets.
     next_seq: u64,
-    /// (seq, offset after the batch, acknowledged?) for batches in flight;
-    /// the front is the oldest.
-    in_flight: VecDeque<(u64, u64, bool)>,
+    /// Batches in flight; the front is the oldest.
+    in_flight: VecDeque<InFlight>,
+    /// Batches numbered below this belong to a reading given up by
+    /// [`Checkpointer::restart_at`]: they are still in flight (their
+    /// records still need their sinks), but their acknowledgements no
+    /// longer move the offset.
+    stale_below: u64,
+}
+
+/// A batch in flight.
+struct InFlight {
+    /// Its number in the file's acknowledgement order.
+    seq: u64,
+    /// The offset after it.
+    end: u64,
+    /// The anchor at `end`.
+    anchor: Option<Anchor>,
+    /// Acknowledged (it waits for the batches before it).
+    acked: bool,
+}
+
+impl Tracker {
+    /// The newest batch in flight of the current reading.
+    fn newest(&self) -> Option<&InFlight> {
+        self.in_flight.back().filter(|b| b.seq >= self.stale_below)
+    }
 }
 
 #[derive(Default)]
@@ -246,6 +297,11 @@ impl Checkpointer {
         self.lock().entries.get(&fp).map(|e| e.offset)
     }
 
+    /// Where the file was last seen (path, device, inode), if known.
+    pub fn location(&self, fp: Fingerprint) -> Option<(String, u64, u64)> {
+        self.lock().entries.get(&fp).filter(|e| !e.path.is_empty()).map(|e| (e.path.clone(), e.dev, e.ino))
+    }
+
     /// Where a reader of the file should start: the end of the last batch
     /// registered (read and handed to the sinks, perhaps not yet
     /// acknowledged), or the durable offset when nothing is in flight.
@@ -255,10 +311,23 @@ impl Checkpointer {
     pub fn resume_offset(&self, fp: Fingerprint) -> Option<u64> {
         let st = self.lock();
         let durable = st.entries.get(&fp).map(|e| e.offset);
-        let in_flight = st.trackers.get(&fp).and_then(|t| t.in_flight.back()).map(|&(_, end, _)| end);
+        let in_flight = st.trackers.get(&fp).and_then(Tracker::newest).map(|b| b.end);
         match (durable, in_flight) {
             (Some(d), Some(f)) => Some(d.max(f)),
             (d, f) => d.or(f),
+        }
+    }
+
+    /// The anchor at [`Checkpointer::resume_offset`], when known: what a
+    /// reader resuming there checks first.
+    pub fn resume_anchor(&self, fp: Fingerprint) -> Option<Anchor> {
+        let st = self.lock();
+        let durable = st.entries.get(&fp).map(|e| (e.offset, e.anchor));
+        match (durable, st.trackers.get(&fp).and_then(Tracker::newest)) {
+            (Some((d, a)), Some(b)) if d > b.end => a,
+            (_, Some(b)) => b.anchor,
+            (Some((_, a)), None) => a,
+            (None, None) => None,
         }
     }
 
@@ -290,9 +359,32 @@ impl Checkpointer {
         if let Some(e) = st.entries.get_mut(&fp) {
             if e.offset < offset {
                 e.offset = offset;
+                e.anchor = None;
                 st.dirty = true;
             }
         }
+    }
+
+    /// Reading of a file starts again at `offset`, below the offset it had
+    /// (a file shorter than what was read for its content: truncated and
+    /// rewritten, replaced by a shorter copy, or behind a restored state).
+    /// Batches of the previous reading still in flight stay tracked
+    /// ([`Checkpointer::in_flight`]) but no longer move the offset when
+    /// they are acknowledged, so it never jumps back past what the new
+    /// reading delivered.
+    pub fn restart_at(&self, fp: Fingerprint, offset: u64) {
+        let mut st = self.lock();
+        let now = crate::time::now_ms();
+        let e = st.entries.entry(fp).or_insert_with(|| Entry::new(fp, now));
+        e.offset = offset;
+        e.gz_complete = None;
+        e.anchor = None;
+        if let Some(t) = st.trackers.get_mut(&fp) {
+            t.stale_below = t.next_seq;
+        }
+        st.dirty = true;
+        drop(st);
+        self.changed.notify_one();
     }
 
     /// Notes that a `.gz` of `size` compressed bytes was read to its end at
@@ -323,15 +415,15 @@ impl Checkpointer {
         self.lock().trackers.get(&fp).is_some_and(|t| !t.in_flight.is_empty())
     }
 
-    /// Registers a batch that ends at `end_offset`, in read order. Its
-    /// offset becomes durable once it and every earlier batch of the same
-    /// file are acknowledged.
-    pub fn register(&self, fp: Fingerprint, end_offset: u64) -> Ticket {
+    /// Registers a batch that ends at `end_offset` (with the anchor
+    /// there, for plain files), in read order. Its offset becomes durable
+    /// once it and every earlier batch of the same file are acknowledged.
+    pub fn register(&self, fp: Fingerprint, end_offset: u64, anchor: Option<Anchor>) -> Ticket {
         let mut st = self.lock();
         let t = st.trackers.entry(fp).or_default();
         let seq = t.next_seq;
         t.next_seq += 1;
-        t.in_flight.push_back((seq, end_offset, false));
+        t.in_flight.push_back(InFlight { seq, end: end_offset, anchor, acked: false });
         Ticket { fp, seq }
     }
 
@@ -346,12 +438,13 @@ impl Checkpointer {
         let mut st = self.lock();
         let Some(t) = st.trackers.get_mut(&ticket.fp) else { return false };
         match t.in_flight.back() {
-            Some(&(seq, _, false)) if seq == ticket.seq => {
+            Some(b) if b.seq == ticket.seq && !b.acked => {
                 t.in_flight.pop_back();
                 // Sequence numbers in flight stay contiguous (`ack` indexes
                 // by them); the withdrawn batch's ack callback was dropped
                 // with it, so its number is never acknowledged.
                 t.next_seq -= 1;
+                t.stale_below = t.stale_below.min(t.next_seq);
                 true
             }
             _ => false,
@@ -363,19 +456,22 @@ impl Checkpointer {
     pub fn ack(&self, ticket: Ticket) -> Option<u64> {
         let mut st = self.lock();
         let t = st.trackers.get_mut(&ticket.fp)?;
-        let front = t.in_flight.front()?.0;
+        let front = t.in_flight.front()?.seq;
         let idx = usize::try_from(ticket.seq.checked_sub(front)?).ok()?;
         let slot = t.in_flight.get_mut(idx)?;
-        slot.2 = true;
+        slot.acked = true;
         let mut advanced = None;
-        while let Some(&(_, end, true)) = t.in_flight.front() {
-            t.in_flight.pop_front();
-            advanced = Some(end);
+        while t.in_flight.front().is_some_and(|b| b.acked) {
+            let Some(b) = t.in_flight.pop_front() else { break };
+            if b.seq >= t.stale_below {
+                advanced = Some((b.end, b.anchor));
+            }
         }
-        let end = advanced?;
+        let (end, anchor) = advanced?;
         let e = st.entries.entry(ticket.fp).or_insert_with(|| Entry::new(ticket.fp, crate::time::now_ms()));
         if end > e.offset {
             e.offset = end;
+            e.anchor = anchor;
             st.dirty = true;
             self.changed.notify_one();
         }
@@ -469,8 +565,8 @@ mod tests {
         assert_eq!(c.resume_offset(fp(1)), None);
         c.seen(fp(1), "/a", 1, 2, 0, 0);
         assert_eq!(c.resume_offset(fp(1)), Some(0));
-        let t1 = c.register(fp(1), 10);
-        let t2 = c.register(fp(1), 20);
+        let t1 = c.register(fp(1), 10, None);
+        let t2 = c.register(fp(1), 20, None);
         assert_eq!((c.offset(fp(1)), c.resume_offset(fp(1))), (Some(0), Some(20)));
         c.ack(t1);
         assert_eq!((c.offset(fp(1)), c.resume_offset(fp(1))), (Some(10), Some(20)));
@@ -479,16 +575,42 @@ mod tests {
     }
 
     #[test]
+    fn a_restart_below_the_offset_is_not_undone_by_batches_of_the_reading_before() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = Checkpointer::load(dir.path()).unwrap();
+        c.seen(fp(1), "/a", 1, 2, 0, 0);
+        let old1 = c.register(fp(1), 100, None);
+        let old2 = c.register(fp(1), 200, None);
+        c.ack(old1);
+        c.restart_at(fp(1), 0);
+        assert_eq!((c.offset(fp(1)), c.resume_offset(fp(1))), (Some(0), Some(0)));
+        assert!(c.in_flight(fp(1)), "the old batch still needs its sinks");
+        let new1 = c.register(fp(1), 30, None);
+        assert_eq!(c.resume_offset(fp(1)), Some(30));
+        assert_eq!(c.ack(new1), None, "waits behind the old batch");
+        assert_eq!(c.ack(old2), Some(30), "the old batch's end is not taken");
+        assert_eq!(c.offset(fp(1)), Some(30));
+        assert!(!c.in_flight(fp(1)));
+        // A withdrawn first batch of the new reading is numbered again.
+        c.restart_at(fp(1), 0);
+        let a = c.register(fp(1), 10, None);
+        assert!(c.withdraw(a));
+        let b = c.register(fp(1), 10, None);
+        assert_eq!(c.ack(b), Some(10));
+        assert_eq!(c.offset(fp(1)), Some(10));
+    }
+
+    #[test]
     fn a_withdrawn_batch_is_read_again_and_holds_nothing_back() {
         let dir = tempfile::tempdir().unwrap();
         let c = Checkpointer::load(dir.path()).unwrap();
         c.seen(fp(1), "/a", 1, 2, 0, 0);
-        let t1 = c.register(fp(1), 10);
-        let t2 = c.register(fp(1), 20);
+        let t1 = c.register(fp(1), 10, None);
+        let t2 = c.register(fp(1), 20, None);
         assert!(!c.withdraw(t1), "only the newest batch can be taken back");
         assert!(c.withdraw(t2));
         assert_eq!(c.resume_offset(fp(1)), Some(10), "read again from the end of the batch before");
-        let t3 = c.register(fp(1), 20);
+        let t3 = c.register(fp(1), 20, None);
         assert_eq!(c.ack(t3), None, "waits for the batch before");
         assert_eq!(c.ack(t1), Some(20));
         assert_eq!(c.offset(fp(1)), Some(20));
@@ -499,7 +621,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let c = Checkpointer::load(dir.path()).unwrap();
         c.seen(fp(7), "/a.gz", 1, 2, 0, 0);
-        let t = c.register(fp(7), 500);
+        let t = c.register(fp(7), 500, None);
         c.mark_gz_complete(fp(7), 120, 500);
         assert!(!c.gz_done(fp(7), 120), "not delivered yet");
         c.ack(t);
@@ -516,9 +638,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let c = Checkpointer::load(dir.path()).unwrap();
         c.seen(fp(1), "/a", 1, 2, 0, 0);
-        let t1 = c.register(fp(1), 10);
-        let t2 = c.register(fp(1), 20);
-        let t3 = c.register(fp(1), 30);
+        let t1 = c.register(fp(1), 10, None);
+        let t2 = c.register(fp(1), 20, None);
+        let t3 = c.register(fp(1), 30, None);
         assert_eq!(c.ack(t2), None);
         assert_eq!(c.offset(fp(1)), Some(0));
         assert_eq!(c.ack(t1), Some(20));
@@ -532,11 +654,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let c = Checkpointer::load(dir.path()).unwrap();
         c.seen(fp(7), "/a", 1, 2, 0, crate::time::now_ms());
-        c.ack(c.register(fp(7), 42));
+        c.ack(c.register(fp(7), 42, Some(Anchor::of(b"x\n"))));
         assert!(c.write(false).unwrap());
         assert!(!c.write(false).unwrap(), "nothing changed");
         let c2 = Checkpointer::load(dir.path()).unwrap();
         assert_eq!(c2.offset(fp(7)), Some(42));
+        assert_eq!(c2.resume_anchor(fp(7)), Some(Anchor::of(b"x\n")), "the anchor is kept with its offset");
         let text = fs::read_to_string(dir.path().join(FILE_NAME)).unwrap();
         assert!(text.contains("\"version\": 1"), "{text}");
     }

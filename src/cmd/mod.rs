@@ -3,6 +3,7 @@
 
 pub mod check_config;
 pub mod export;
+pub mod input;
 pub mod lag;
 pub mod parse;
 pub mod reset_state;

@@ -17,6 +17,10 @@ use crate::checkpoint::{DamagedState, EXIT_DAMAGED_STATE};
 use crate::cli::RunArgs;
 use crate::config::{Config, EXIT_CONFIG};
 
+/// What the run's body returns when a stop was asked before start-up
+/// finished (exit 0, without waiting for the start-up checks).
+const STOPPED_STARTING: i32 = -1;
+
 /// Runs the command; returns the exit code.
 pub fn run(args: RunArgs) -> anyhow::Result<i32> {
     // The demo (simulator + generated config) lives as long as the run.
@@ -34,14 +38,24 @@ pub fn run(args: RunArgs) -> anyhow::Result<i32> {
         .thread_name("calllog-bridge")
         .build()
         .context("cannot start the runtime")?;
-    rt.block_on(async move {
+    let code = rt.block_on(async move {
         // Signals first: a SIGTERM during start-up must drain, not kill.
         let shutdown = CancellationToken::new();
         let signals = Signals::install()?;
         // SIGHUP re-reads the config (see crate::reload); installed before
         // start-up too, since its default action would end the process.
         let reloads = crate::reload::Requests::on_sighup(path.clone()).context("cannot handle SIGHUP")?;
-        let cfg = match Config::load(&path) {
+        // A config with a problem: every problem, as `check-config` lists
+        // them (the file's, then what the host lacks for the rest).
+        let reading = Config::read(&path);
+        if !reading.errors.is_empty() {
+            let report = tokio::task::spawn_blocking(move || crate::preflight::report_of(reading)).await?;
+            for e in report.problems() {
+                eprintln!("calllog-bridge: {e}");
+            }
+            return Ok(EXIT_CONFIG);
+        }
+        let cfg = match reading.into_result() {
             Ok(c) => c,
             Err(e) => {
                 eprintln!("calllog-bridge: {e}");
@@ -54,11 +68,21 @@ pub fn run(args: RunArgs) -> anyhow::Result<i32> {
         }
         // Before any listener or file is opened.
         crate::listener::raise_fd_limit();
+        let waiter = tokio::spawn(signals.wait(shutdown.clone()));
         // What check-config checks, the same way: lock state_dir, bind the
         // listeners, load the lookups; any failure is exit 64 (systemd
-        // does not restart it), with one line per problem.
+        // does not restart it), with one line per problem. A stop asked
+        // meanwhile (a glob's scan of a large tree) is not waited for.
         let c = cfg.clone();
-        let prepared = match tokio::task::spawn_blocking(move || crate::preflight::prepare(&c)).await? {
+        let preparing = tokio::task::spawn_blocking(move || crate::preflight::prepare(&c));
+        let prepared = tokio::select! {
+            p = preparing => p?,
+            _ = shutdown.cancelled() => {
+                tracing::info!("stopped during start-up");
+                return Ok(STOPPED_STARTING);
+            }
+        };
+        let prepared = match prepared {
             Ok(p) => p,
             Err(e) => {
                 for line in e.to_string().lines() {
@@ -67,7 +91,6 @@ pub fn run(args: RunArgs) -> anyhow::Result<i32> {
                 return Ok(EXIT_CONFIG);
             }
         };
-        let waiter = tokio::spawn(signals.wait(shutdown.clone()));
         let res = crate::bridge::run_with_reload(cfg, prepared, shutdown.clone(), Some(reloads)).await;
         waiter.abort();
         match res {
@@ -81,7 +104,14 @@ pub fn run(args: RunArgs) -> anyhow::Result<i32> {
                 None => Err(e),
             },
         }
-    })
+    });
+    if matches!(code, Ok(STOPPED_STARTING)) {
+        // The start-up checks may still be scanning on a blocking thread:
+        // not waited for (their scan is bounded, but a stop is at once).
+        rt.shutdown_background();
+        return Ok(0);
+    }
+    code
 }
 
 /// The signals that stop the bridge.

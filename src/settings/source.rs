@@ -64,6 +64,37 @@ pub struct SourceSection {
     /// then: a writer still holding the file open may complete it.
     #[serde(default = "default_partial_grace_ms")]
     pub partial_grace_ms: u64,
+    /// Follow symbolic links among the files and directories the globs
+    /// reach, wherever they point. Off by default: a link to a file
+    /// outside the globs' directories is not read, and a linked directory
+    /// is not descended (anyone who can write in the log directory could
+    /// otherwise make the bridge read any file its user can read).
+    #[serde(default)]
+    pub follow_symlinks: bool,
+    /// A scan of the globs' directories stops after this many entries
+    /// (files and directories, matched or not), with an error naming the
+    /// key: a glob such as `/**/*` must not walk a whole filesystem.
+    #[serde(default = "default_max_scan_entries")]
+    pub max_scan_entries: usize,
+    /// A scan stops after this long, with the same error (a slow or hung
+    /// mount).
+    #[serde(default = "default_max_scan_ms")]
+    pub max_scan_ms: u64,
+}
+
+/// See [`SourceSection::max_scan_entries`]: far above a log directory's
+/// files (Local Edition keeps tens), far below a filesystem's.
+pub const DEFAULT_MAX_SCAN_ENTRIES: usize = 100_000;
+
+fn default_max_scan_entries() -> usize {
+    DEFAULT_MAX_SCAN_ENTRIES
+}
+
+/// See [`SourceSection::max_scan_ms`].
+pub const DEFAULT_MAX_SCAN_MS: u64 = 30_000;
+
+fn default_max_scan_ms() -> u64 {
+    DEFAULT_MAX_SCAN_MS
 }
 
 fn default_rescan_interval_ms() -> u64 {
@@ -125,6 +156,13 @@ pub struct SourceConfig {
     /// A partial last line of a file gone or rotated away is emitted once
     /// the file has not grown for this long (`partial_grace_ms`).
     pub partial_grace: Duration,
+    /// Follow symbolic links wherever they point (`follow_symlinks`);
+    /// else only links to files inside the globs' directories are read.
+    pub follow_symlinks: bool,
+    /// A scan stops (an error) after this many entries (`max_scan_entries`).
+    pub max_scan_entries: usize,
+    /// A scan stops (an error) after this long (`max_scan_ms`).
+    pub max_scan: Duration,
 }
 
 /// `toml::from_str::<SourceConfig>` (tests, embedding): the section's
@@ -169,6 +207,12 @@ impl SourceConfig {
         if s.max_line_bytes < 256 {
             return Err(ConfigError::invalid(format!("{key}.max_line_bytes"), "must be at least 256"));
         }
+        if s.max_scan_entries == 0 {
+            return Err(ConfigError::invalid(format!("{key}.max_scan_entries"), "must be > 0"));
+        }
+        if s.max_scan_ms == 0 {
+            return Err(ConfigError::invalid(format!("{key}.max_scan_ms"), "must be > 0"));
+        }
         Ok(SourceConfig {
             paths: s.paths,
             exclude: s.exclude,
@@ -180,6 +224,9 @@ impl SourceConfig {
             read_delay: millis(s.read_delay_ms),
             max_line_bytes: s.max_line_bytes,
             partial_grace: millis(s.partial_grace_ms),
+            follow_symlinks: s.follow_symlinks,
+            max_scan_entries: s.max_scan_entries,
+            max_scan: millis(s.max_scan_ms),
         })
     }
 

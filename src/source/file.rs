@@ -5,15 +5,15 @@
 //! summary lines, and the start-up report of files left unread.
 
 use std::fmt::Write as _;
-use std::fs::File;
 use std::io::ErrorKind;
 use std::path::Path;
 
 use super::{Check, GlobFound, SourceContext, SourceFound, Started};
 use crate::checkpoint::Checkpointer;
+use crate::logsafe::Escaped;
 use crate::settings::{ConfigError, ReadFrom, SourceConfig, SourceSection};
 use crate::tail::reader::ReaderShared;
-use crate::tail::Tailer;
+use crate::tail::{open_file, Tailer};
 use crate::telemetry::Telemetry;
 use crate::watch::Watcher;
 
@@ -132,34 +132,56 @@ async fn report_left_unread(
 }
 
 /// The files of one source, glob by glob, with errors and warnings; `key`
-/// is its `paths` key.
+/// is its `paths` key. The scan is the tailer's, with its bounds (an error
+/// when it stops early) and its rules for symbolic links (a warning for
+/// each link it does not follow); files are opened as the tailer opens
+/// them.
 fn check(key: &str, s: &SourceConfig) -> Check {
     let mut out = Check::default();
     for (glob, dir) in s.paths.iter().zip(s.watch_dirs()) {
+        if let Some(w) = single_file_warning(key, glob) {
+            out.warnings.push(w);
+        }
         let one = SourceConfig { paths: vec![glob.clone()], ..s.clone() };
-        let matched = match Watcher::new(&one) {
-            Ok(w) => w.scan(),
+        let (scan, roots) = match Watcher::new(&one) {
+            Ok(w) => (w.scan_until(None), w.roots_now()),
             Err(e) => {
                 out.errors.push(ConfigError::invalid(key, format!("bad glob `{glob}`: {e}")));
                 continue;
             }
         };
+        if let Some(why) = scan.incomplete {
+            out.errors.push(ConfigError::unusable(key, why));
+            continue;
+        }
+        for (link, why) in &scan.links {
+            out.warnings.push(format!("config key `{key}`: {} is {why}", Escaped::path(link)));
+        }
+        for d in &scan.linked_dirs {
+            out.warnings.push(format!(
+                "config key `{key}`: {} is a symbolic link to a directory: not descended (follow_symlinks = true descends it)",
+                Escaped::path(d)
+            ));
+        }
         let mut found = GlobFound { glob: glob.clone(), files: Vec::new(), unreadable: Vec::new() };
-        for m in matched {
-            match File::open(&m.path) {
+        for m in scan.files {
+            match open_file(&m.path, roots.as_deref()) {
                 Ok(_) => found.files.push(m.path),
                 Err(e) => found.unreadable.push((m.path, e.to_string())),
             }
         }
-        found.files.sort();
-        found.unreadable.sort();
+        let natural = |a: &Path, b: &Path| crate::telemetry::natural_cmp(&a.to_string_lossy(), &b.to_string_lossy());
+        found.files.sort_by(|a, b| natural(a, b));
+        found.unreadable.sort_by(|a, b| natural(&a.0, &b.0));
         if found.files.is_empty() && found.unreadable.is_empty() {
             match std::fs::read_dir(&dir) {
                 Err(e) if e.kind() == ErrorKind::NotFound => {
                     out.errors
                         .push(ConfigError::unusable(key, format!("`{glob}` matches nothing: directory {} does not exist", dir.display())));
                 }
-                Err(e) => out.errors.push(ConfigError::unusable(key, format!("`{glob}`: cannot list {}: {e}", dir.display()))),
+                Err(e) => out
+                    .errors
+                    .push(ConfigError::unusable(key, format!("`{glob}`: cannot list {}", crate::settings::why_unreachable(&dir, &e)))),
                 Ok(entries) => {
                     let mut others: Vec<String> =
                         entries.flatten().filter(|e| e.path().is_file()).map(|e| e.file_name().to_string_lossy().into_owned()).collect();
@@ -194,6 +216,20 @@ fn check(key: &str, s: &SourceConfig) -> Check {
         out.globs.push(found);
     }
     out
+}
+
+/// A glob whose file name has no wildcard follows one file: when Local
+/// Edition rotates it, the lines not read yet are in a rotated file the
+/// glob does not match (and after a stop, whatever was rotated meanwhile).
+fn single_file_warning(key: &str, glob: &str) -> Option<String> {
+    let name = glob.rsplit('/').next().unwrap_or(glob);
+    if name.is_empty() || name.contains(['*', '?', '[', '{']) {
+        return None;
+    }
+    Some(format!(
+        "config key `{key}`: `{glob}` names one file: the lines still unread when Local Edition rotates it go to `{name}.1` \
+         (or `{name}.1.gz`), which this glob does not follow, and are missed; end it with `*` (`{glob}*`) to follow the rotated files too"
+    ))
 }
 
 fn file_name(p: &Path) -> String {

@@ -139,6 +139,7 @@ mod tests {
             last_seen_ms: seen,
             size,
             gz_complete: None,
+            anchor: None,
         }
     }
 

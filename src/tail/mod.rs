@@ -18,11 +18,33 @@
 //!   first is finished, then continues from where it ended;
 //! - deletion: the file is read to its end through the open descriptor;
 //! - inode reuse: a known inode with a different fingerprint is a new file;
-//! - a shorter copy of a file already read further (an older partial copy,
-//!   a file replaced by an older version of itself): it holds nothing new,
-//!   so no reader starts; this is decided and logged once per file, and
-//!   looked at again only when the file grows (past the offset, it is read
-//!   from there).
+//! - a file shorter than the offset already read for its content is one of
+//!   two things, decided when it is found and logged once:
+//!   - a *copy* (another file, at another path, than the one that was
+//!     read up to the offset: a copy in progress, an older partial copy):
+//!     it holds nothing new, so no reader starts until it grows past the
+//!     offset, and it is read from there (nothing twice);
+//!   - the file that was read, *truncated and rewritten* or *replaced* at
+//!     its path (by a shorter copy, or a restored state whose offset lies
+//!     past its end): its content is read again from its start (nothing
+//!     appended is lost; what it held may be delivered twice), counted per
+//!     source. A reader that finds the bytes before its offset changed
+//!     (rewritten in place and grown past the offset before it looked)
+//!     ends the same way.
+//!
+//!   Where the content was read is the tailer's (the file and path of its
+//!   last reader) or, after a restart, the checkpoint's.
+//!
+//! Each content has one statistics row, named by the file that holds it
+//! now (the one being read, else the one that took its path last) and
+//! placed with every other row moved by the same change at once
+//! ([`crate::telemetry::Telemetry::place_files`]): a rotation never shows
+//! two rows under one name. A file in a directory that cannot be listed
+//! for a while is unknown, not gone: it keeps its row and its reader.
+//!
+//! Files are opened with [`open_file`]: unless the source follows
+//! symbolic links, what was opened must lie inside the globs'
+//! directories, whatever the path looked like when it was scanned.
 //!
 //! Invariant: at most one reader per fingerprint at a time, and a reader
 //! for a fingerprint starts where the previous one ended (in memory) or at
@@ -33,8 +55,9 @@ pub mod reader;
 
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
+use std::io;
 use std::os::unix::fs::{FileExt, MetadataExt};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -83,9 +106,11 @@ struct Tracked {
     /// A file without a complete first line yet, held open so that its
     /// content can still be read if it is deleted before the newline comes.
     pending: Option<File>,
-    /// Shorter than the offset already read for its fingerprint (a shorter
-    /// copy): not read, and already logged.
-    shorter: bool,
+    /// A shorter copy's wait was logged.
+    shorter_logged: bool,
+    /// When it took its current path (epoch ms): of two files holding one
+    /// content, neither read now, the row shows the newer name.
+    since_ms: i64,
 }
 
 /// What the tailer knows about one fingerprint.
@@ -95,6 +120,12 @@ struct FpInfo {
     offset: Option<u64>,
     /// The file being read for it now.
     active: Option<Key>,
+    /// The file (device and inode) whose reader found it truncated or
+    /// rewritten in place: opened again with this content, it is read
+    /// again from its start.
+    truncated: Option<Key>,
+    /// The file its last reader read, and where that file is now.
+    read_at: Option<(Key, PathBuf)>,
 }
 
 /// Follows the files of one `[[source]]`.
@@ -124,8 +155,9 @@ pub struct Tailer {
     readers: JoinSet<()>,
     /// The source's statistics: files matched, unreadable, left unread.
     source: SourceStats,
-    /// Directories the last scan could not list (reported as unreadable).
-    dir_errors: HashSet<PathBuf>,
+    /// Directories the last scan could not list and links it did not
+    /// follow (reported as unreadable until a scan finds them fine).
+    scan_problems: HashSet<PathBuf>,
     /// Told once the first scan is done (see [`Tailer::on_first_scan`]).
     first_scan: Option<tokio::sync::oneshot::Sender<()>>,
     /// The per-file statistics rows, by content: a file keeps its row when
@@ -144,7 +176,7 @@ impl Tailer {
         let source = telemetry.source(&name);
         Ok(Tailer {
             source,
-            dir_errors: HashSet::new(),
+            scan_problems: HashSet::new(),
             first_scan: None,
             rows: HashMap::new(),
             cfg,
@@ -185,9 +217,13 @@ impl Tailer {
         };
         let every = self.cfg.poll_interval.unwrap_or(self.cfg.rescan_interval);
         tracing::info!(source = %self.name, paths = ?self.cfg.paths, polling = self.cfg.poll_interval.is_some(), "following files");
-        self.full_scan(true, events.as_mut()).await;
+        let complete = self.full_scan(true, events.as_mut()).await;
         if let Some(tx) = self.first_scan.take() {
-            let _ = tx.send(());
+            // A scan cut short (stopping, or past its bounds) cannot say
+            // which checkpointed files are gone: no verdict then.
+            if complete {
+                let _ = tx.send(());
+            }
         }
         let mut tick = tokio::time::interval_at(Instant::now() + every, every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -280,33 +316,57 @@ impl Tailer {
         to_stat.sort();
         to_stat.dedup();
         if !to_stat.is_empty() {
-            let seen = tokio::task::spawn_blocking(move || to_stat.iter().filter_map(|p| Watcher::stat(p)).collect::<Vec<_>>())
-                .await
-                .unwrap_or_default();
-            for s in seen {
+            let w = self.watcher.clone();
+            let seen = tokio::task::spawn_blocking(move || {
+                let roots = w.roots_now();
+                to_stat.iter().filter_map(|p| w.stat_as_source(p, roots.as_deref())).collect::<Vec<_>>()
+            })
+            .await
+            .unwrap_or_default();
+            let (known, new): (Vec<Seen>, Vec<Seen>) = seen.into_iter().partition(|s| self.files.contains_key(&s.key()));
+            for s in known {
                 self.seen(s, false).await;
             }
+            // Renamed files have their names before a new file takes one.
+            self.place_rows();
+            for s in new {
+                self.seen(s, false).await;
+            }
+            self.place_rows();
         }
         rescan
     }
 
     /// Lists every file and reconciles: new files, changed files, files
-    /// gone from every watched path.
-    async fn full_scan(&mut self, startup: bool, events: Option<&mut Events>) {
+    /// gone from every watched path. A file the scan could not see (its
+    /// directory cannot be listed, or the scan stopped early) is unknown,
+    /// not gone: it keeps its reader and its row. True when the scan was
+    /// not cut short.
+    async fn full_scan(&mut self, startup: bool, events: Option<&mut Events>) -> bool {
         let w = self.watcher.clone();
-        let (seen, dir_errors) = tokio::task::spawn_blocking(move || w.scan_reporting()).await.unwrap_or_default();
-        let present: HashSet<Key> = seen.iter().map(Seen::key).collect();
-        let now = crate::time::now_ms();
-        self.source.scanned(present.len(), now);
-        self.note_dir_errors(dir_errors);
-        for s in seen {
-            let (key, path, size) = (s.key(), s.path.to_string_lossy().into_owned(), s.size);
-            self.seen(s, startup).await;
-            if let Some(fp) = self.files.get(&key).and_then(|t| t.fp) {
-                self.shared.checkpoints.seen(fp, &path, key.0, key.1, size, now);
-            }
+        let stop = self.shared.shutdown.clone();
+        let scan = tokio::task::spawn_blocking(move || w.scan_until(Some(&stop))).await.unwrap_or_default();
+        if self.shared.shutdown.is_cancelled() {
+            // Stopping: a scan cut short says nothing about what is gone.
+            return false;
         }
-        let missing: Vec<Key> = self.files.keys().filter(|k| !present.contains(k)).copied().collect();
+        let complete = scan.incomplete.is_none();
+        let present: HashSet<Key> = scan.files.iter().map(Seen::key).collect();
+        let hidden = |p: &Path| scan.incomplete.is_some() || scan.dir_errors.iter().any(|(d, _)| p.starts_with(d));
+        let unknown: HashSet<Key> = self.files.iter().filter(|(k, t)| !present.contains(k) && hidden(&t.path)).map(|(k, _)| *k).collect();
+        let now = crate::time::now_ms();
+        self.source.scanned(present.len() + unknown.len(), now);
+        self.note_scan_problems(&scan);
+        let (known, new): (Vec<Seen>, Vec<Seen>) = scan.files.into_iter().partition(|s| self.files.contains_key(&s.key()));
+        for s in known {
+            self.seen_scanned(s, startup, now).await;
+        }
+        // Renamed files have their names before a new file takes one.
+        self.place_rows();
+        for s in new {
+            self.seen_scanned(s, startup, now).await;
+        }
+        let missing: Vec<Key> = self.files.keys().filter(|k| !present.contains(k) && !unknown.contains(k)).copied().collect();
         for key in missing {
             let Some(t) = self.files.get(&key) else { continue };
             match &t.reader {
@@ -325,10 +385,28 @@ impl Tailer {
                 },
             }
         }
+        // A file the scan could not see is still read as far as it grows
+        // (its reader holds it open).
+        for key in &unknown {
+            if let Some(ctl) = self.files.get(key).and_then(|t| t.reader.as_ref()) {
+                ctl.wake.notify_one();
+            }
+        }
         self.drop_orphan_rows();
+        self.place_rows();
         self.shared.checkpoints.prune(now);
         if let Some(ev) = events {
             ev.rewatch(&self.watcher);
+        }
+        complete
+    }
+
+    /// A file a full scan saw, with its checkpoint's last sighting.
+    async fn seen_scanned(&mut self, s: Seen, startup: bool, now_ms: i64) {
+        let (key, path, size) = (s.key(), s.path.to_string_lossy().into_owned(), s.size);
+        self.seen(s, startup).await;
+        if let Some(fp) = self.files.get(&key).and_then(|t| t.fp) {
+            self.shared.checkpoints.seen(fp, &path, key.0, key.1, size, now_ms);
         }
     }
 
@@ -342,7 +420,7 @@ impl Tailer {
     }
 
     /// The statistics row of the content `fp`, created at `path` on first
-    /// use (an existing row keeps its path: the caller moves it).
+    /// use (an existing row is placed by [`Tailer::place_rows`]).
     fn row(&mut self, fp: Fingerprint, path: &str) -> crate::telemetry::FileStats {
         if let Some(r) = self.rows.get(&fp) {
             return r.clone();
@@ -350,6 +428,45 @@ impl Tailer {
         let r = self.telemetry.file_with_id(&format!("{}/{fp}", self.name), path);
         self.rows.insert(fp, r.clone());
         r
+    }
+
+    /// Names every row by the file that holds its content now: the one
+    /// being read, else the one that took its path last; a content no
+    /// file holds at a watched path any more (deleted or moved out of the
+    /// globs while it is read to its end) is marked gone. All rows that
+    /// change move at once.
+    fn place_rows(&mut self) {
+        let mut best: HashMap<Fingerprint, (bool, i64, &PathBuf)> = HashMap::new();
+        for (k, t) in &self.files {
+            let Some(fp) = t.fp else { continue };
+            if self.by_path.get(&t.path) != Some(k) || t.reader.as_ref().is_some_and(|c| c.gone.load(Ordering::Acquire)) {
+                continue;
+            }
+            let active = self.fps.get(&fp).and_then(|i| i.active) == Some(*k);
+            let rank = (active, t.since_ms);
+            match best.get(&fp) {
+                Some(&(a, s, _)) if (a, s) >= rank => {}
+                _ => {
+                    best.insert(fp, (active, t.since_ms, &t.path));
+                }
+            }
+        }
+        let mut places = Vec::new();
+        for (fp, row) in &self.rows {
+            match best.get(fp) {
+                Some((_, _, path)) => {
+                    let path = path.to_string_lossy();
+                    if row.is_gone() || row.path() != path {
+                        places.push((row.clone(), path.into_owned(), false));
+                    }
+                }
+                None if !row.is_gone() => places.push((row.clone(), row.path(), true)),
+                None => {}
+            }
+        }
+        if !places.is_empty() {
+            self.telemetry.place_files(&places);
+        }
     }
 
     /// Removes the rows of contents no file holds any more (deleted, or
@@ -364,19 +481,35 @@ impl Tailer {
         }
     }
 
-    /// Directories the scan could not list are unreadable (until a scan
-    /// lists them again).
-    fn note_dir_errors(&mut self, errors: Vec<(PathBuf, String)>) {
-        let now: HashSet<PathBuf> = errors.iter().map(|(p, _)| p.clone()).collect();
-        for gone in self.dir_errors.difference(&now) {
-            self.source.set_unreadable(&gone.to_string_lossy(), None);
-        }
-        for (dir, why) in errors {
-            if self.source.set_unreadable(&dir.to_string_lossy(), Some(why.clone())) {
-                tracing::warn!(source = %self.name, dir = %Escaped::path(&dir), error = %why, "cannot list a directory of the source's paths: its files are not followed");
+    /// What the scan could not do is shown per source until a scan does
+    /// it: directories it could not list, links it did not follow, where
+    /// it stopped early.
+    fn note_scan_problems(&mut self, scan: &crate::watch::Scan) {
+        let mut now: HashSet<PathBuf> = HashSet::new();
+        for (dir, why) in &scan.dir_errors {
+            now.insert(dir.clone());
+            if self.source.set_unlistable(&dir.to_string_lossy(), Some(why.clone())) {
+                tracing::warn!(source = %self.name, dir = %Escaped::path(dir), error = %why, "cannot list a directory of the source's paths: its files are not followed until it can be (they are not taken for gone)");
             }
         }
-        self.dir_errors = now;
+        if let Some(why) = &scan.incomplete {
+            if let Some(dir) = self.watcher.dirs().next().map(Path::to_path_buf) {
+                now.insert(dir.clone());
+                if self.source.set_unlistable(&dir.to_string_lossy(), Some(why.clone())) {
+                    tracing::warn!(source = %self.name, error = %Escaped(why), "the scan of the source's paths stopped early: files beyond are not followed");
+                }
+            }
+        }
+        for (link, why) in &scan.links {
+            now.insert(link.clone());
+            if self.source.set_unreadable(&link.to_string_lossy(), Some(why.clone())) {
+                tracing::warn!(source = %self.name, file = %Escaped::path(link), "not reading {}: {}", Escaped::path(link), Escaped(why));
+            }
+        }
+        for gone in self.scan_problems.difference(&now) {
+            self.source.forget(&gone.to_string_lossy());
+        }
+        self.scan_problems = now;
     }
 
     /// A fingerprinted file with no reader left the globs: if it had bytes
@@ -396,6 +529,7 @@ impl Tailer {
             last_seen_ms: 0,
             size: if known == u64::MAX { 0 } else { known },
             gz_complete: None,
+            anchor: None,
         };
         let sources = [self.cfg.clone()];
         let found = tokio::task::spawn_blocking(move || left_unread::find(&[entry], &sources, 1, now_ms)).await.unwrap_or_default();
@@ -427,16 +561,15 @@ impl Tailer {
                         ctl.wake.notify_one();
                     }
                     t.path = s.path.clone();
-                    // The row shows where its content is now, unless another
-                    // file of the same content is the one being read.
-                    if let Some(fp) = t.fp {
-                        let active = self.fps.get(&fp).and_then(|i| i.active);
-                        if active.is_none() || active == Some(key) {
-                            if let Some(r) = self.rows.get(&fp) {
-                                r.set_path(&s.path.to_string_lossy());
+                    t.since_ms = crate::time::now_ms();
+                    if let Some(info) = t.fp.and_then(|fp| self.fps.get_mut(&fp)) {
+                        if let Some((k, p)) = &mut info.read_at {
+                            if *k == key {
+                                p.clone_from(&s.path);
                             }
                         }
                     }
+                    // Its row follows (Tailer::place_rows).
                 }
                 self.by_path.insert(s.path.clone(), key);
                 // A file not fingerprinted yet is looked at again when it
@@ -470,7 +603,8 @@ impl Tailer {
                         deferred: false,
                         ignored: older,
                         pending: None,
-                        shorter: false,
+                        shorter_logged: false,
+                        since_ms: crate::time::now_ms(),
                     },
                 );
                 if !older {
@@ -485,8 +619,9 @@ impl Tailer {
         let Some(t) = self.files.get(&key) else { return };
         let path = t.path.clone();
         let max = self.cfg.max_line_bytes;
+        let w = self.watcher.clone();
         let res = tokio::task::spawn_blocking(move || -> std::io::Result<Option<(File, Probe, u64)>> {
-            let file = File::open(&path)?;
+            let file = open_file(&path, w.roots_now().as_deref())?;
             let m = file.metadata()?;
             if (m.dev(), m.ino()) != key {
                 // Replaced between stat and open: the next event or scan
@@ -578,7 +713,9 @@ impl Tailer {
     }
 
     /// Starts the reader of a fingerprinted file, or defers it while
-    /// another file with the same fingerprint is being read.
+    /// another file with the same fingerprint is being read, or decides
+    /// what a file shorter than the offset read for its content is (see
+    /// the module docs).
     async fn start(&mut self, key: Key, fp: Fingerprint, file: File, fp_range: (u64, u64), startup: bool, gone: bool) {
         let info = self.fps.entry(fp).or_default();
         if let Some(other) = info.active {
@@ -603,7 +740,6 @@ impl Tailer {
             // Shown all the same: a file on disk, read to its end.
             let (path, end) = (t.path.to_string_lossy().into_owned(), self.shared.checkpoints.offset(fp).unwrap_or(0));
             let row = self.row(fp, &path);
-            row.set_path(&path);
             row.set_position(end, end);
             row.set_finished(true);
             return;
@@ -611,7 +747,7 @@ impl Tailer {
         let path_str: Arc<str> = t.path.to_string_lossy().into();
         // resume_offset, not offset: after a reload restarted the tailers,
         // batches still in flight must not be read again.
-        let offset = match (info.offset, self.shared.checkpoints.resume_offset(fp)) {
+        let mut offset = match (info.offset, self.shared.checkpoints.resume_offset(fp)) {
             (Some(o), c) => o.max(c.unwrap_or(0)),
             (None, Some(c)) => c,
             (None, None) => {
@@ -631,31 +767,59 @@ impl Tailer {
                 o
             }
         };
-        if !gz && offset > t.size {
-            // Content already read further through another file with the
-            // same first line: a reader would find the file "truncated",
-            // stop, and be started again, for ever. Nothing here is new
-            // until it grows past the offset; a growth brings it back here.
-            if !t.shorter {
-                t.shorter = true;
-                tracing::info!(
-                    file = %path_str, offset, size = t.size,
-                    "a shorter copy of a file already read further (same first line): nothing new in it; read from the offset if it grows past it"
-                );
+        let rewritten = info.truncated == Some(key);
+        if !gz && (offset > t.size || rewritten) {
+            // Where the content was read: this tailer's last reader, or the
+            // checkpoint's last sighting (after a restart).
+            let read_at = info
+                .read_at
+                .clone()
+                .or_else(|| self.shared.checkpoints.location(fp).map(|(path, dev, ino)| ((dev, ino), PathBuf::from(path))));
+            let replaced = rewritten || read_at.is_none_or(|(k, p)| k == key || p == t.path);
+            if !replaced {
+                // A copy, elsewhere, of a file read further (a copy in
+                // progress, an older partial copy): nothing in it is new
+                // until it grows past the offset; a growth brings it back
+                // here.
+                if !t.shorter_logged {
+                    t.shorter_logged = true;
+                    tracing::info!(
+                        file = %path_str, offset, size = t.size,
+                        "a shorter copy of a file already read further (same first line): nothing new in it; read from the offset if it grows past it"
+                    );
+                }
+                return;
             }
-            return;
+            // The file itself no longer holds what was read: truncated and
+            // rewritten, replaced in place by a shorter copy, or a restored
+            // state. What it holds now is read again from its start, so
+            // nothing appended to it is lost.
+            tracing::warn!(
+                file = %path_str, offset, size = t.size,
+                "file shorter than the offset already read for its content, or rewritten in place (truncated and rewritten, replaced by \
+                 a shorter copy, or a restored state): reading it again from its start; records already delivered may come twice"
+            );
+            self.source.truncated(t.size);
+            self.shared.checkpoints.restart_at(fp, 0);
+            offset = 0;
         }
-        t.shorter = false;
+        t.shorter_logged = false;
+        info.truncated = None;
+        info.read_at = Some((key, t.path.clone()));
         info.active = Some(key);
         info.offset = Some(offset);
         let ctl = Arc::new(Control::default());
         ctl.gone.store(gone, Ordering::Release);
         t.reader = Some(ctl.clone());
         let stats = self.row(fp, &path_str);
-        stats.set_path(&path_str);
         stats.set_finished(false);
         tracing::debug!(file = %Escaped(&path_str), fingerprint = %fp, offset, "reading");
-        let spec = Spec { key, path: path_str, file, gz, fp, fp_range, offset };
+        // Resuming where the last reader (or run) stopped: the file must
+        // still hold what was read before that offset.
+        let anchor = (offset > 0 && self.shared.checkpoints.resume_offset(fp) == Some(offset))
+            .then(|| self.shared.checkpoints.resume_anchor(fp))
+            .flatten();
+        let spec = Spec { key, path: path_str, file, gz, fp, fp_range, offset, anchor };
         let shared = self.shared.clone();
         let tx = self.exit_tx.clone();
         // Everything the reader logs is about this file: one span says so
@@ -724,6 +888,9 @@ impl Tailer {
                     self.drop_orphan_rows();
                 }
                 Exit::Truncated => {
+                    // Opened again with the same content, it is read again
+                    // from its start (see the module docs).
+                    self.fps.entry(fin.fp).or_default().truncated = Some(fin.key);
                     restat = Some(t.path.clone());
                     self.forget(fin.key);
                 }
@@ -750,10 +917,12 @@ impl Tailer {
             self.open(key, false).await;
         }
         if let Some(p) = restat {
-            if let Some(s) = tokio::task::spawn_blocking(move || Watcher::stat(&p)).await.ok().flatten() {
+            let w = self.watcher.clone();
+            if let Some(s) = tokio::task::spawn_blocking(move || w.stat_as_source(&p, w.roots_now().as_deref())).await.ok().flatten() {
                 self.seen(s, false).await;
             }
         }
+        self.place_rows();
     }
 }
 
@@ -780,6 +949,52 @@ async fn next_change(events: &mut Option<Events>) -> Change {
     }
 }
 
+/// Opens a source file for reading. With `roots` (the globs' directories
+/// as they resolve now: the source does not follow symbolic links
+/// wherever they point), what was opened must lie inside them: the check
+/// is made on the open descriptor (`/proc/self/fd`), not on the path, so
+/// a file swapped for a link, or a directory for a linked one, between
+/// the scan and the open is refused all the same. The path's last
+/// component is opened with `O_NOFOLLOW`; a link there is followed only
+/// when that check can be made. A FIFO or a device is refused without
+/// blocking (`O_NONBLOCK`; only regular files are read).
+pub fn open_file(path: &Path, roots: Option<&[PathBuf]>) -> io::Result<File> {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::OpenOptionsExt;
+    let open = |flags| std::fs::OpenOptions::new().read(true).custom_flags(flags).open(path);
+    let descriptors = Path::new("/proc/self/fd");
+    let file = match roots {
+        None => open(libc::O_NONBLOCK)?,
+        Some(_) => match open(libc::O_NONBLOCK | libc::O_NOFOLLOW) {
+            Err(e) if e.raw_os_error() == Some(libc::ELOOP) && descriptors.is_dir() => open(libc::O_NONBLOCK)?,
+            Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::PermissionDenied,
+                    "a symbolic link: not followed (follow_symlinks = true follows links)",
+                ))
+            }
+            r => r?,
+        },
+    };
+    if !file.metadata()?.is_file() {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "not a regular file"));
+    }
+    if let Some(roots) = roots {
+        if let Ok(real) = std::fs::read_link(descriptors.join(file.as_raw_fd().to_string())) {
+            if !roots.iter().any(|r| real.starts_with(r)) {
+                return Err(io::Error::new(
+                    io::ErrorKind::PermissionDenied,
+                    format!(
+                        "it leads to {} (through a symbolic link), outside the source's directories: not read (follow_symlinks = true follows links)",
+                        Escaped::path(&real)
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(file)
+}
+
 /// The offset just after the last newline at or before `size`: where
 /// `read_from = "end"` starts, so no half line is read.
 pub fn end_of_last_line(f: &File, size: u64) -> u64 {
@@ -793,3 +1008,44 @@ pub fn end_of_last_line(f: &File, size: u64) -> u64 {
 
 #[cfg(test)]
 mod model_tests;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn open_file_reads_only_regular_files_inside_the_directories() {
+        let dir = tempfile::tempdir().unwrap();
+        let (logs, secret) = (dir.path().join("logs"), dir.path().join("secret"));
+        std::fs::create_dir_all(&logs).unwrap();
+        std::fs::create_dir_all(secret.join("sub")).unwrap();
+        std::fs::write(logs.join("a.log"), "x\n").unwrap();
+        std::fs::write(logs.join("b.log"), "x\n").unwrap();
+        std::fs::write(secret.join("token"), "s\n").unwrap();
+        std::fs::write(secret.join("sub/c.log"), "s\n").unwrap();
+        let roots = vec![std::fs::canonicalize(&logs).unwrap()];
+        let roots = Some(roots.as_slice());
+        assert!(open_file(&logs.join("a.log"), roots).is_ok());
+        // A link inside the directories is followed.
+        std::os::unix::fs::symlink(logs.join("b.log"), logs.join("current.log")).unwrap();
+        assert!(open_file(&logs.join("current.log"), roots).is_ok());
+        // A file swapped for a link to a secret after the scan.
+        std::fs::remove_file(logs.join("a.log")).unwrap();
+        std::os::unix::fs::symlink(secret.join("token"), logs.join("a.log")).unwrap();
+        let e = open_file(&logs.join("a.log"), roots).unwrap_err();
+        assert!(e.to_string().contains("outside the source's directories"), "{e}");
+        // A directory swapped for a link: the last component is no link,
+        // what was opened is checked all the same.
+        std::os::unix::fs::symlink(secret.join("sub"), logs.join("sub")).unwrap();
+        let e = open_file(&logs.join("sub/c.log"), roots).unwrap_err();
+        assert!(e.to_string().contains("outside the source's directories"), "{e}");
+        // Followed when the source says so.
+        assert!(open_file(&logs.join("a.log"), None).is_ok());
+        // A FIFO is refused at once, not waited on.
+        let fifo = logs.join("fifo.log");
+        if std::process::Command::new("mkfifo").arg(&fifo).status().is_ok_and(|s| s.success()) {
+            let e = open_file(&fifo, roots).unwrap_err();
+            assert!(e.to_string().contains("not a regular file"), "{e}");
+        }
+    }
+}

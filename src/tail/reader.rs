@@ -18,7 +18,12 @@
 //!   only when the file has been deleted or rotated away and read to its
 //!   end, or when a `.gz` (which never grows) ends.
 //! - A file that shrank below the offset was truncated (copytruncate): the
-//!   reader stops and the tailer treats the content as a new file.
+//!   reader stops and the tailer treats the content as a new file. So is
+//!   one that no longer holds the bytes just before the offset (its
+//!   [`Anchor`], checked before each read of new data, and first of all
+//!   when a reader resumes where another one, or the last run, stopped):
+//!   content rewritten in place and grown past the offset, or a copy of
+//!   another version, is never read on from the middle.
 //! - Reads happen on the blocking pool (`spawn_blocking`), one chunk at a
 //!   time, so the runtime does not wait on the disk. The one exception is
 //!   a file being trickled: when the last read of a plain file followed
@@ -40,7 +45,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::checkpoint::fingerprint::{checksum, Fingerprint};
-use crate::checkpoint::Checkpointer;
+use crate::checkpoint::{Anchor, Checkpointer};
 use crate::enrich::Enricher;
 use crate::ingest::{Context, Ingest, RejectBatch, RejectTally};
 use crate::parse::Format;
@@ -166,6 +171,9 @@ pub struct Spec {
     pub fp_range: (u64, u64),
     /// Offset to start at.
     pub offset: u64,
+    /// The bytes before `offset` as they were read (plain files), when
+    /// known: checked before anything is read.
+    pub anchor: Option<Anchor>,
 }
 
 /// Reading state moved in and out of the blocking pool.
@@ -183,6 +191,9 @@ struct State {
     ingest: Ingest,
     fp: Fingerprint,
     fp_range: (u64, u64),
+    /// The anchor at an offset (plain files): the bytes before it as
+    /// read, checked before new data is read. Moves with the offset.
+    anchor: Option<(u64, Anchor)>,
     enricher: Arc<Enricher>,
     /// The top-level `host`.
     host: Arc<str>,
@@ -201,6 +212,8 @@ struct Chunk {
     observed_ms: i64,
     /// Offset after the last line or document handled.
     offset: u64,
+    /// The anchor at `offset` (plain files).
+    anchor: Option<Anchor>,
     /// File size (plain) when read.
     size: u64,
     status: Status,
@@ -283,6 +296,7 @@ impl State {
             // buffer is kept for the next chunk, so skipping hostile input
             // allocates nothing per chunk.
             let mut data = records.into_source_data().unwrap_or_default();
+            self.anchor_at(self.ingest.offset(), Some(&data), self.pos - n as u64 - carry_len as u64);
             data.drain(..consumed);
             self.carry = data;
             Records::default()
@@ -293,10 +307,12 @@ impl State {
         if !records.is_empty() {
             self.bytes_per_record = (records.source_data().map_or(0, <[u8]>::len) / records.len()).max(1);
         }
+        let anchor = self.anchor_at(self.offset(), records.source_data(), self.pos - n as u64 - carry_len as u64);
         Ok(Chunk {
             records,
             rejects: tally,
             observed_ms,
+            anchor,
             offset: self.offset(),
             size: if self.gz.is_some() { self.pos } else { size },
             status: if at_end { Status::End } else { Status::More },
@@ -322,7 +338,7 @@ impl State {
             return Ok(Some(n));
         }
         *size = self.file.metadata()?.len();
-        if *size < self.pos || !self.same_identity(*size)? {
+        if *size < self.pos || !self.same_identity(*size)? || !self.same_anchor(*size)? {
             return Ok(None);
         }
         let want = (*size - self.pos).min(max as u64) as usize;
@@ -340,6 +356,71 @@ impl State {
         Ok(Some(got))
     }
 
+    /// The bytes of the file before `at` (at most [`Anchor::MAX_BYTES`]).
+    fn bytes_before(&self, at: u64) -> io::Result<Vec<u8>> {
+        let k = at.min(Anchor::MAX_BYTES as u64);
+        let mut b = vec![0u8; k as usize];
+        let mut got = 0;
+        while got < b.len() {
+            match self.file.read_at(&mut b[got..], at - k + got as u64)? {
+                0 => break,
+                n => got += n,
+            }
+        }
+        b.truncate(got);
+        Ok(b)
+    }
+
+    /// Checks, when there is new data to read, that the file still holds
+    /// the bytes before the anchored offset as they were read (plain
+    /// files): content rewritten in place and grown past the offset, or a
+    /// copy of another version, is a new file, not a continuation. Without
+    /// an anchor (a reader resuming where none is known), what is there now
+    /// becomes the reference.
+    fn same_anchor(&mut self, size: u64) -> io::Result<bool> {
+        if size <= self.pos {
+            return Ok(true);
+        }
+        match self.anchor {
+            Some((at, want)) => {
+                let b = self.bytes_before(at)?;
+                Ok(b.len() == want.len as usize && Anchor::of(&b) == want)
+            }
+            None => {
+                let at = self.offset();
+                if at > 0 {
+                    self.anchor = Some((at, Anchor::of(&self.bytes_before(at)?)));
+                }
+                Ok(true)
+            }
+        }
+    }
+
+    /// Moves the anchor to the offset `at` (plain files) after a chunk:
+    /// from the chunk's bytes (`data`, which start at file offset `start`)
+    /// when they hold the bytes before it, else read from the file.
+    /// Returns it.
+    fn anchor_at(&mut self, at: u64, data: Option<&[u8]>, start: u64) -> Option<Anchor> {
+        if self.gz.is_some() || at == 0 {
+            return None;
+        }
+        if let Some((a, anchor)) = self.anchor {
+            if a == at {
+                return Some(anchor);
+            }
+        }
+        let k = at.min(Anchor::MAX_BYTES as u64);
+        let from_chunk = data
+            .filter(|d| at - k >= start && at <= start + d.len() as u64)
+            .map(|d| Anchor::of(&d[(at - k - start) as usize..(at - start) as usize]));
+        let anchor = match from_chunk {
+            Some(a) => Some(a),
+            None => self.bytes_before(at).ok().filter(|b| b.len() as u64 == k).map(|b| Anchor::of(&b)),
+        };
+        self.anchor = anchor.map(|a| (at, a));
+        anchor
+    }
+
     /// At the end of the data, waiting: a buffer kept for reuse is given
     /// back, so an idle reader holds no more than its partial line.
     fn release_buffer(&mut self) {
@@ -352,6 +433,7 @@ impl State {
             rejects: RejectTally::default(),
             observed_ms: 0,
             offset: self.offset(),
+            anchor: None,
             size,
             status,
             partial: false,
@@ -453,6 +535,7 @@ pub async fn run(spec: Spec, shared: ReaderShared, ctl: Arc<Control>, stats: Fil
         ingest: Ingest::new(shared.format, shared.max_line_bytes, spec.offset),
         fp,
         fp_range: spec.fp_range,
+        anchor: spec.anchor.filter(|_| !spec.gz && spec.offset > 0).map(|a| (spec.offset, a)),
         enricher: shared.enricher.clone(),
         host: shared.host.clone(),
         bytes_per_record: 0,
@@ -579,7 +662,7 @@ pub async fn run(spec: Spec, shared: ReaderShared, ctl: Arc<Control>, stats: Fil
             let chunk_start = last_sent;
             last_sent = chunk.offset;
             stats.records_read(chunk.observed_ms, chunk.records.iter().map(|r| (r.sync_delay_ms, r.write_time_ms)));
-            let ticket = shared.checkpoints.register(fp, chunk.offset);
+            let ticket = shared.checkpoints.register(fp, chunk.offset, chunk.anchor);
             let ck = shared.checkpoints.clone();
             let st2 = stats.clone();
             let on_acked: crate::pipeline::OnAcked = Box::new(move || {
@@ -674,6 +757,7 @@ pub async fn run(spec: Spec, shared: ReaderShared, ctl: Arc<Control>, stats: Fil
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Write;
 
     fn line(uuid: &str) -> String {
         format!("{{\"request_uuid\":\"{uuid}\",\"request_time\":\"2024-01-01T00:00:00Z\",\"status\":\"200\"}}\n")
@@ -688,6 +772,7 @@ mod tests {
             ingest: Ingest::new(Format::LeJson, max_line_bytes, 0),
             fp: Fingerprint(0),
             fp_range: (0, 0),
+            anchor: None,
             enricher: Arc::new(Enricher::new(&[], None, None).unwrap()),
             host: Arc::from("test-host"),
             bytes_per_record: 0,
@@ -717,6 +802,31 @@ mod tests {
         assert_eq!(c.records.as_slice()[0].get(crate::record::Field::RequestUuid), "b");
         assert_eq!(c.offset, (a.len() + long.len() + 1 + line("b").len()) as u64);
         assert_eq!(c.status, Status::End);
+    }
+
+    #[test]
+    fn content_rewritten_in_place_and_grown_past_the_offset_is_not_read_on_from_its_middle() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("f.log");
+        let (a, b, c) = (line("a"), line("bb"), line("c"));
+        std::fs::write(&p, format!("{a}{b}")).unwrap();
+        let mut st = state(File::open(&p).unwrap(), 1000);
+        let chunk = st.read_chunk(CHUNK_BYTES, false, None, "f.log").unwrap();
+        assert_eq!(chunk.records.len(), 2);
+        assert_eq!(chunk.anchor, Some(Anchor::of(b.as_bytes())), "the anchor is the bytes before the offset");
+        // Appended: read on.
+        std::fs::OpenOptions::new().append(true).open(&p).unwrap().write_all(c.as_bytes()).unwrap();
+        assert_eq!(st.read_chunk(CHUNK_BYTES, false, None, "f.log").unwrap().records.len(), 1);
+        // Rewritten in place (same first line) and grown past the offset.
+        let new: String = (0..5).map(|i| line(&format!("n{i}"))).collect();
+        std::fs::write(&p, format!("{a}{new}")).unwrap();
+        assert_eq!(st.read_chunk(CHUNK_BYTES, false, None, "f.log").unwrap().status, Status::Truncated);
+        // A reader resuming with an anchor that does not match stops at once too.
+        let mut st = state(File::open(&p).unwrap(), 1000);
+        st.pos = (a.len() + b.len()) as u64;
+        st.ingest = Ingest::new(Format::LeJson, 1000, st.pos);
+        st.anchor = Some((st.pos, Anchor::of(b.as_bytes())));
+        assert_eq!(st.read_chunk(CHUNK_BYTES, false, None, "f.log").unwrap().status, Status::Truncated);
     }
 
     #[test]

@@ -17,7 +17,7 @@
 //! |---|---|---|---|
 //! | `build_info` | gauge | version | always 1 |
 //! | `uptime_seconds` | gauge | | since start |
-//! | `ready` | gauge | | 1 once sources and sinks are up and no component has a fault |
+//! | `ready` | gauge | | 1 when /readyz answers 200: sources and sinks up, no component fault, no source problem |
 //! | `fault` | gauge | component | 1 while `file`, `channel`, `checkpoints`, `upstream_spool` or `dead_letter` cannot write (full disk), 0 after |
 //! | `faults_total` | counter | component | fault episodes since start |
 //! | `files` | gauge | state | files per state |
@@ -38,9 +38,11 @@
 //! | `queue_depth` | gauge | sink | records waiting in the sink |
 //! | `oldest_undelivered_age_seconds` | gauge | sink | 0 when nothing is pending |
 //! | `source_files` | gauge | source | files the source's paths matched at the last scan |
-//! | `source_files_unreadable` | gauge | source | matched files (or directories) that cannot be read |
+//! | `source_files_unreadable` | gauge | source | matched files that cannot be read |
+//! | `source_dirs_unreadable` | gauge | source | directories of the paths that cannot be listed |
 //! | `source_no_files_seconds` | gauge | source | how long the paths have matched no file |
 //! | `source_files_left_unread_total`, `source_bytes_left_unread_total` | counter | source | checkpointed files gone or no longer matched with unread bytes (records lost) |
+//! | `source_files_truncated_total`, `source_bytes_reread_total` | counter | source | files found shorter than the offset read for their content, read again from their start |
 //! | `channel_connections` | gauge | | WebSocket connections open now |
 //! | `channel_connections_accepted_total` | counter | | connections upgraded |
 //! | `channel_refused_total` | counter | reason | handshakes refused: `unauthorized` (401), `not_found` (404), `bad_request` (400, 431), `too_many_connections` (503), `not_websocket` (426, 405), `handshake_timeout`, `handshake_evicted` (a pending handshake closed to admit a newer connection) |
@@ -190,7 +192,7 @@ fn encode_process(enc: &mut DescriptorEncoder<'_>, snap: &Snapshot) -> fmt::Resu
     gauge(
         enc,
         "calllog_bridge_ready",
-        "1 once sources and sinks are up and no component has a fault",
+        "1 when /readyz answers 200: sources and sinks up, no component fault, no source problem",
         &[(none(), if snap.status.ready { 1.0 } else { 0.0 })],
     )?;
     let faults = &snap.fault_summary;
@@ -410,17 +412,27 @@ fn encode_sinks(enc: &mut DescriptorEncoder<'_>, snap: &Snapshot) -> fmt::Result
 /// files matched, files that cannot be read, files left unread.
 fn encode_sources(enc: &mut DescriptorEncoder<'_>, snap: &Snapshot) -> fmt::Result {
     let label = |name: &str| vec![("source", name.to_string())];
-    let (mut matched, mut unreadable, mut no_files, mut left, mut left_bytes) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut matched, mut unreadable, mut unlistable, mut no_files, mut left, mut left_bytes) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut truncated, mut reread) = (Vec::new(), Vec::new());
     for st in &snap.status.sources {
         matched.push((label(&st.name), st.files_matched as f64));
         unreadable.push((label(&st.name), st.files_unreadable as f64));
+        unlistable.push((label(&st.name), st.dirs_unreadable as f64));
+        truncated.push((label(&st.name), st.files_truncated));
+        reread.push((label(&st.name), st.bytes_reread));
         no_files.push((label(&st.name), secs(st.no_files_for_ms.unwrap_or(0))));
         left.push((label(&st.name), st.files_left_unread));
         left_bytes.push((label(&st.name), st.bytes_left_unread));
     }
     gauge(enc, "calllog_bridge_source_files", "Files the source's paths matched at the last scan", &matched)?;
-    gauge(enc, "calllog_bridge_source_files_unreadable", "Matched files (or directories) the bridge cannot read", &unreadable)?;
+    gauge(enc, "calllog_bridge_source_files_unreadable", "Matched files the bridge cannot read", &unreadable)?;
+    gauge(
+        enc,
+        "calllog_bridge_source_dirs_unreadable",
+        "Directories of the source's paths the bridge cannot list (their files are not followed meanwhile)",
+        &unlistable,
+    )?;
     gauge(
         enc,
         "calllog_bridge_source_no_files_seconds",
@@ -433,7 +445,14 @@ fn encode_sources(enc: &mut DescriptorEncoder<'_>, snap: &Snapshot) -> fmt::Resu
         "Files with a checkpoint that were gone or no longer matched while they still had unread bytes (records lost)",
         &left,
     )?;
-    counter(enc, "calllog_bridge_source_bytes_left_unread", "Bytes known to be left unread in those files", &left_bytes)
+    counter(enc, "calllog_bridge_source_bytes_left_unread", "Bytes known to be left unread in those files", &left_bytes)?;
+    counter(
+        enc,
+        "calllog_bridge_source_files_truncated",
+        "Files found shorter than the offset already read for their content (truncated, replaced by a shorter copy, or a restored state), read again from their start",
+        &truncated,
+    )?;
+    counter(enc, "calllog_bridge_source_bytes_reread", "Bytes those files held when found, read again (records may come twice)", &reread)
 }
 
 /// Components' own figures ([`super::figures`]):

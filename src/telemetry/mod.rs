@@ -74,7 +74,7 @@ pub use figures::{Counter, Figures, Gauge};
 pub use lookup::{LookupSnapshot, LookupStats};
 pub use snapshot::Snapshot;
 
-pub use source::{LeftUnread, SourceState, SourceStats, SourceStatus};
+pub use source::{LeftUnread, SourceState, SourceStats, SourceStatus, UnreadableFile};
 pub use status::{
     ChannelInfo, EnrichStatus, EnrichTableStatus, FileState, FileStatus, SectionStatus, Sections, SinkStatus, Status, StatusSettings,
     Totals,
@@ -219,12 +219,27 @@ impl Telemetry {
         self.inner.sources.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
-    /// All files currently known, by current path.
+    /// All files currently known, by current path in natural order
+    /// (`access.log.2.gz` before `access.log.10.gz`). The paths are read
+    /// under the registry's lock, so a [`Telemetry::place_files`] is seen
+    /// whole or not at all.
     pub fn files(&self) -> Vec<FileStats> {
         let mut v: Vec<(String, FileStats)> =
             self.inner.files.lock().unwrap_or_else(|e| e.into_inner()).values().map(|f| (f.path(), f.clone())).collect();
-        v.sort_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.id.cmp(&b.1.id)));
+        v.sort_by(|a, b| natural_cmp(&a.0, &b.0).then_with(|| a.1.id.cmp(&b.1.id)));
         v.into_iter().map(|(_, f)| f).collect()
+    }
+
+    /// Moves several rows at once (a rotation renames many files in one
+    /// go): each row takes its path and whether its file is gone from the
+    /// watched paths, under the registry's lock, so `/status` never shows
+    /// a row at a name another row just left (or two rows at one name).
+    pub fn place_files(&self, places: &[(FileStats, String, bool)]) {
+        let _registry = self.inner.files.lock().unwrap_or_else(|e| e.into_inner());
+        for (f, path, gone) in places {
+            f.set_path(path);
+            f.0.gone.store(*gone, Ordering::Relaxed);
+        }
     }
 
     /// All sinks, by name.
@@ -318,6 +333,36 @@ impl Telemetry {
     }
 }
 
+/// Compares two names in natural order: runs of digits by their value,
+/// the rest byte by byte (`access.log.2.gz` < `access.log.10.gz`).
+pub fn natural_cmp(a: &str, b: &str) -> std::cmp::Ordering {
+    use std::cmp::Ordering;
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    let (mut i, mut j) = (0, 0);
+    while i < a.len() && j < b.len() {
+        if a[i].is_ascii_digit() && b[j].is_ascii_digit() {
+            let run = |s: &[u8], k: usize| k + s[k..].iter().take_while(|c| c.is_ascii_digit()).count();
+            let (ie, je) = (run(a, i), run(b, j));
+            let trim = |s: &[u8]| -> usize { s.iter().take_while(|c| **c == b'0').count().min(s.len().saturating_sub(1)) };
+            let (x, y) = (&a[i + trim(&a[i..ie])..ie], &b[j + trim(&b[j..je])..je]);
+            // Value first (a longer run without leading zeros is larger),
+            // then fewer leading zeros first.
+            let o = x.len().cmp(&y.len()).then_with(|| x.cmp(y)).then_with(|| (ie - i).cmp(&(je - j)));
+            if o != Ordering::Equal {
+                return o;
+            }
+            (i, j) = (ie, je);
+        } else {
+            if a[i] != b[j] {
+                return a[i].cmp(&b[j]);
+            }
+            i += 1;
+            j += 1;
+        }
+    }
+    (a.len() - i).cmp(&(b.len() - j))
+}
+
 /// Statistics of one followed file.
 #[derive(Clone)]
 pub struct FileStats(Arc<FileInner>);
@@ -332,6 +377,10 @@ pub struct FileInner {
     /// Rotated away (renamed, deleted or compressed) and read to its end:
     /// it is not part of the current sync delay any more.
     finished: AtomicBool,
+    /// No file of this content is at a watched path any more (deleted, or
+    /// moved where no glob matches) while it is still read to its end:
+    /// its path is where it was, not a name it has now.
+    gone: AtomicBool,
     /// Size of the file when last looked at.
     pub size: AtomicU64,
     /// Offset read up to.
@@ -387,6 +436,7 @@ impl FileInner {
             id: id.to_string(),
             path: Mutex::new(Arc::from(path)),
             finished: AtomicBool::new(false),
+            gone: AtomicBool::new(false),
             size: AtomicU64::new(0),
             offset: AtomicU64::new(0),
             committed_offset: AtomicU64::new(0),
@@ -439,6 +489,12 @@ impl FileStats {
     /// See [`FileStats::set_finished`].
     pub fn is_finished(&self) -> bool {
         self.0.finished.load(Ordering::Relaxed)
+    }
+
+    /// True while no file of this content is at a watched path (see
+    /// [`Telemetry::place_files`]).
+    pub fn is_gone(&self) -> bool {
+        self.0.gone.load(Ordering::Relaxed)
     }
 
     /// The file's size and the offset read up to, after a read (or after
@@ -740,5 +796,51 @@ impl SinkStats {
     pub(crate) fn delays_since(&self, since_ms: i64) -> Vec<(i64, u64)> {
         let s = self.0.recent_delays.lock().unwrap_or_else(|e| e.into_inner());
         s.iter().filter(|(t, _, _)| *t >= since_ms).map(|&(_, d, n)| (d, n)).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_sort_naturally() {
+        let mut v = vec![
+            "access.log.10.gz",
+            "access.log.2.gz",
+            "access.log",
+            "access.log.1",
+            "access.log.002.gz",
+            "access.log.1.gz",
+            "b.log",
+            "access.log.9",
+        ];
+        v.sort_by(|a, b| natural_cmp(a, b));
+        assert_eq!(
+            v,
+            [
+                "access.log",
+                "access.log.1",
+                "access.log.1.gz",
+                "access.log.2.gz",
+                "access.log.002.gz",
+                "access.log.9",
+                "access.log.10.gz",
+                "b.log"
+            ]
+        );
+        assert_eq!(natural_cmp("a99999999999999999999999", "a100000000000000000000000"), std::cmp::Ordering::Less);
+    }
+
+    #[test]
+    fn rows_are_listed_in_natural_order_and_moved_together() {
+        let tel = Telemetry::new();
+        let a = tel.file_with_id("s/a", "/l/access.log.10");
+        let b = tel.file_with_id("s/b", "/l/access.log.2");
+        let paths = |t: &Telemetry| t.files().iter().map(|f| f.path()).collect::<Vec<_>>();
+        assert_eq!(paths(&tel), ["/l/access.log.2", "/l/access.log.10"]);
+        tel.place_files(&[(a.clone(), "/l/access.log.11".into(), false), (b.clone(), "/l/access.log.10".into(), true)]);
+        assert_eq!(paths(&tel), ["/l/access.log.10", "/l/access.log.11"]);
+        assert!(b.is_gone() && !a.is_gone());
     }
 }

@@ -17,9 +17,10 @@
 //! get 503 rather than queueing without bound.
 //!
 //! Every peer is bounded: at most [`MAX_CONNECTIONS`] sockets are open
-//! (a slot is taken before `accept`; when all are taken, the longest-idle
+//! (a place is taken before `accept`; when all are taken, the longest-idle
 //! connection is closed to admit the new one, see [`crate::listener`]), a
-//! connection with no request in flight for [`IDLE_TIMEOUT`] is closed
+//! connection with no request in flight for [`IDLE_TIMEOUT`] since its
+//! accept or its last response is closed
 //! (this also ends a request head trickled byte by byte), and a request
 //! head is at most [`MAX_REQUEST_HEAD_BYTES`] and [`MAX_HEADERS`] headers
 //! (431 beyond). HTTP/1.1 only: the clients are a scraper, `lag` and a
@@ -167,9 +168,10 @@ pub async fn serve(
     let stop = CancellationToken::new();
     tokio::pin!(shutdown);
     loop {
-        // The slot first (mini-redis): a full listener makes room before
+        // The place first (mini-redis): a full listener makes room before
         // it accepts, so it never holds more than MAX_CONNECTIONS sockets.
-        let slot = tokio::select! {
+        // The connection's idle clock starts at the accept (`fill`).
+        let vacancy = tokio::select! {
             s = gate.acquire() => s,
             _ = &mut shutdown => break,
         };
@@ -185,7 +187,7 @@ pub async fn serve(
             },
             _ = &mut shutdown => break,
         };
-        tracker.spawn(serve_connection(tcp, peer, slot, router.clone(), stop.clone()));
+        tracker.spawn(serve_connection(tcp, peer, vacancy.fill(), router.clone(), stop.clone()));
     }
     drop(listener);
     stop.cancel();

@@ -56,12 +56,17 @@ impl Telemetry {
             self.sections().iter().map(|f| f.snapshot()).filter(|s| !s.figures.is_empty() || s.endpoint.is_some()).collect();
         let retired = self.retired();
         let totals = totals(&files, &sinks, &retired);
+        let sources: Vec<_> = self.sources().iter().map(|x| x.status(now_ms, s)).collect();
+        // What /readyz answers, from the same facts: up, no fault, and no
+        // source problem (a directory that cannot be listed, a file that
+        // cannot be read, paths that match nothing).
+        let ready = self.is_ready() && sources.iter().all(|x| x.problems().is_empty());
         let status = Status {
             version: env!("CARGO_PKG_VERSION").to_string(),
             now_ms,
             now: time::format_iso_millis(now_ms),
             uptime_secs: ((now_ms - self.started_ms()).max(0) as f64) / 1000.0,
-            ready: self.is_ready(),
+            ready,
             faults: self.faults(),
             settings: SettingsView {
                 delay_window_secs: (s.delay_window_ms / 1000) as u64,
@@ -69,7 +74,7 @@ impl Telemetry {
                 stalled_after_secs: (s.stalled_after_ms / 1000) as u64,
                 no_files_after_secs: (s.no_files_after_ms / 1000) as u64,
             },
-            sources: self.sources().iter().map(|x| x.status(now_ms, s)).collect(),
+            sources,
             files,
             sinks,
             totals,

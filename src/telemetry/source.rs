@@ -3,7 +3,12 @@
 //!
 //! - files matched by the globs at the last scan, and since when they
 //!   match none (a glob that matches nothing is otherwise invisible);
-//! - matched files that cannot be opened (permission denied), with why;
+//! - matched files that cannot be opened (permission denied, or a link
+//!   the source does not follow), with why, and directories of its paths
+//!   that cannot be listed (their files are invisible, not gone);
+//! - files found shorter than the offset already read for their content
+//!   (truncated and rewritten, replaced by a shorter copy, or behind a
+//!   restored state), which are read again from their start;
 //! - files left unread: a file with a checkpoint that is gone, or no
 //!   longer matched by the globs, while it still had bytes the bridge had
 //!   not read (at start-up, after a rotation while the bridge was stopped
@@ -40,14 +45,28 @@ pub struct SourceInner {
     files_matched: AtomicI64,
     /// Epoch ms since when the globs match no file; 0 while they match some.
     empty_since_ms: AtomicI64,
-    /// Matched files that cannot be opened: path -> why (bounded).
-    unreadable: Mutex<BTreeMap<String, String>>,
+    /// Matched files that cannot be opened and directories that cannot
+    /// be listed: path -> why.
+    unreadable: Mutex<BTreeMap<String, Unreadable>>,
+    /// Files found shorter than the offset read for their content.
+    files_truncated: AtomicU64,
+    /// Bytes those files held when found (read again).
+    bytes_reread: AtomicU64,
     /// Files left unread since start.
     files_left_unread: AtomicU64,
     /// Bytes known to be left unread since start.
     bytes_left_unread: AtomicU64,
     /// The latest files left unread (bounded).
     left_unread: Mutex<VecDeque<LeftUnread>>,
+}
+
+/// Why a path of the source cannot be read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Unreadable {
+    /// The operating system's words, or the policy that refuses it.
+    why: String,
+    /// A directory that cannot be listed (else a file).
+    directory: bool,
 }
 
 /// A file left with unread bytes.
@@ -99,13 +118,19 @@ impl std::fmt::Display for SourceState {
     }
 }
 
-/// A matched file that cannot be opened.
+/// A matched file that cannot be opened, or a directory of the source's
+/// paths that cannot be listed.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UnreadableFile {
-    /// The file.
+    /// The file or directory.
     pub path: String,
-    /// Why (the operating system's words: `Permission denied (os error 13)`).
+    /// Why (the operating system's words: `Permission denied (os error 13)`,
+    /// or why a symbolic link is not followed).
     pub error: String,
+    /// A directory that cannot be listed: the files in it are not
+    /// followed (and not taken for gone) until it can be again.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub directory: bool,
 }
 
 /// One source in `/status`.
@@ -119,7 +144,11 @@ pub struct SourceStatus {
     pub files_matched: u64,
     /// Matched files that cannot be opened.
     pub files_unreadable: u64,
-    /// Those files (at most [`MAX_UNREADABLE_SHOWN`]), with why.
+    /// Directories of its paths that cannot be listed.
+    #[serde(default)]
+    pub dirs_unreadable: u64,
+    /// Those files and directories (at most [`MAX_UNREADABLE_SHOWN`]),
+    /// with why.
     #[serde(default)]
     pub unreadable: Vec<UnreadableFile>,
     /// How long its globs have matched no file, ms (`null` while they
@@ -134,6 +163,15 @@ pub struct SourceStatus {
     /// The latest of those files (at most [`MAX_LEFT_UNREAD_SHOWN`]).
     #[serde(default)]
     pub left_unread: Vec<LeftUnread>,
+    /// Files found shorter than the offset already read for their content
+    /// (truncated and rewritten, replaced by a shorter copy, or behind a
+    /// restored state), since start: each was read again from its start.
+    #[serde(default)]
+    pub files_truncated: u64,
+    /// Bytes those files held when found: read again, so records among
+    /// them may have been delivered twice.
+    #[serde(default)]
+    pub bytes_reread: u64,
 }
 
 impl SourceStatus {
@@ -146,8 +184,18 @@ impl SourceStatus {
                 v.push(format!("source {}: its paths have matched no file for {}s", self.name, self.no_files_for_ms.unwrap_or(0) / 1000))
             }
             SourceState::Unreadable => {
-                let first = self.unreadable.first().map(|u| format!(" ({}: {})", u.path, u.error)).unwrap_or_default();
-                v.push(format!("source {}: {} file(s) cannot be read{first}", self.name, self.files_unreadable));
+                for d in self.unreadable.iter().filter(|u| u.directory) {
+                    v.push(format!(
+                        "source {}: directory {} cannot be listed ({}): the files in it are not followed",
+                        self.name, d.path, d.error
+                    ));
+                }
+                if self.files_unreadable > 0 {
+                    let first =
+                        self.unreadable.iter().find(|u| !u.directory).map(|u| format!(" ({}: {})", u.path, u.error)).unwrap_or_default();
+                    let files = if self.files_unreadable == 1 { "file" } else { "files" };
+                    v.push(format!("source {}: {} {files} cannot be read{first}", self.name, self.files_unreadable));
+                }
             }
         }
         v
@@ -162,6 +210,8 @@ impl SourceStats {
             files_matched: AtomicI64::new(-1),
             empty_since_ms: AtomicI64::new(0),
             unreadable: Mutex::new(BTreeMap::new()),
+            files_truncated: AtomicU64::new(0),
+            bytes_reread: AtomicU64::new(0),
             files_left_unread: AtomicU64::new(0),
             bytes_left_unread: AtomicU64::new(0),
             left_unread: Mutex::new(VecDeque::new()),
@@ -186,11 +236,32 @@ impl SourceStats {
     /// The matched file `path` cannot be opened (`why`), or can again
     /// (`None`). Returns true when this changes what is known (to log once).
     pub fn set_unreadable(&self, path: &str, why: Option<String>) -> bool {
+        self.set(path, why, false)
+    }
+
+    /// The directory `path` of the source's paths cannot be listed
+    /// (`why`), or can again (`None`). Returns true when this changes what
+    /// is known (to log once).
+    pub fn set_unlistable(&self, path: &str, why: Option<String>) -> bool {
+        self.set(path, why, true)
+    }
+
+    fn set(&self, path: &str, why: Option<String>, directory: bool) -> bool {
         let mut u = self.0.unreadable.lock().unwrap_or_else(|e| e.into_inner());
         match why {
-            Some(w) => u.insert(path.to_string(), w.clone()).as_ref() != Some(&w),
+            Some(why) => {
+                let new = Unreadable { why, directory };
+                u.insert(path.to_string(), new.clone()).as_ref() != Some(&new)
+            }
             None => u.remove(path).is_some(),
         }
+    }
+
+    /// Counts a file found shorter than the offset read for its content,
+    /// read again from its start (`bytes` long then).
+    pub fn truncated(&self, bytes: u64) {
+        self.0.files_truncated.fetch_add(1, Ordering::Relaxed);
+        self.0.bytes_reread.fetch_add(bytes, Ordering::Relaxed);
     }
 
     /// The file `path` is no longer matched or gone: it is not unreadable
@@ -215,11 +286,6 @@ impl SourceStats {
         self.0.files_matched.load(Ordering::Relaxed).max(0) as u64
     }
 
-    /// Matched files that cannot be opened.
-    pub fn files_unreadable(&self) -> u64 {
-        self.0.unreadable.lock().unwrap_or_else(|e| e.into_inner()).len() as u64
-    }
-
     /// Files left unread since start.
     pub fn files_left_unread(&self) -> u64 {
         self.0.files_left_unread.load(Ordering::Relaxed)
@@ -232,18 +298,21 @@ impl SourceStats {
 
     /// The source's status at `now_ms`.
     pub fn status(&self, now_ms: i64, s: &StatusSettings) -> SourceStatus {
-        let unreadable: Vec<UnreadableFile> = self
+        let mut unreadable: Vec<UnreadableFile> = self
             .0
             .unreadable
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .iter()
-            .map(|(p, e)| UnreadableFile { path: p.clone(), error: e.clone() })
+            .map(|(p, u)| UnreadableFile { path: p.clone(), error: u.why.clone(), directory: u.directory })
             .collect();
-        let files_unreadable = unreadable.len() as u64;
+        // Directories first: what they hide matters more than one file.
+        unreadable.sort_by_key(|u| !u.directory);
+        let dirs_unreadable = unreadable.iter().filter(|u| u.directory).count() as u64;
+        let files_unreadable = unreadable.len() as u64 - dirs_unreadable;
         let empty_since = self.0.empty_since_ms.load(Ordering::Relaxed);
         let no_files_for_ms = (empty_since > 0).then(|| (now_ms - empty_since).max(0));
-        let state = if files_unreadable > 0 {
+        let state = if files_unreadable + dirs_unreadable > 0 {
             SourceState::Unreadable
         } else if no_files_for_ms.is_some_and(|ms| ms > s.no_files_after_ms) {
             SourceState::NoFiles
@@ -255,11 +324,14 @@ impl SourceStats {
             state,
             files_matched: self.files_matched(),
             files_unreadable,
+            dirs_unreadable,
             unreadable: unreadable.into_iter().take(MAX_UNREADABLE_SHOWN).collect(),
             no_files_for_ms,
             files_left_unread: self.files_left_unread(),
             bytes_left_unread: self.bytes_left_unread(),
             left_unread: self.0.left_unread.lock().unwrap_or_else(|e| e.into_inner()).iter().cloned().collect(),
+            files_truncated: self.0.files_truncated.load(Ordering::Relaxed),
+            bytes_reread: self.0.bytes_reread.load(Ordering::Relaxed),
         }
     }
 }
@@ -294,6 +366,26 @@ mod tests {
         assert!(st.problems()[0].contains("/le/a.log"), "{:?}", st.problems());
         s.set_unreadable("/le/a.log", None);
         assert_eq!(s.status(T0 + 70_003, &settings()).state, SourceState::Ok);
+    }
+
+    #[test]
+    fn a_directory_that_cannot_be_listed_is_named_as_a_directory() {
+        let s = SourceStats::new("le");
+        s.scanned(3, T0);
+        assert!(s.set_unlistable("/le", Some("Permission denied (os error 13)".into())));
+        let st = s.status(T0, &settings());
+        assert_eq!((st.state, st.files_unreadable, st.dirs_unreadable), (SourceState::Unreadable, 0, 1));
+        assert!(st.unreadable[0].directory);
+        let p = st.problems();
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert!(p[0].contains("directory /le cannot be listed") && !p[0].contains("file(s)"), "{p:?}");
+        s.set_unreadable("/le/x.log", Some("Permission denied (os error 13)".into()));
+        let p = s.status(T0, &settings()).problems();
+        assert_eq!(p.len(), 2, "{p:?}");
+        assert!(p[1].contains("1 file cannot be read (/le/x.log"), "{p:?}");
+        s.set_unlistable("/le", None);
+        s.set_unreadable("/le/x.log", None);
+        assert_eq!(s.status(T0, &settings()).state, SourceState::Ok);
     }
 
     #[test]

@@ -126,8 +126,9 @@ pub struct Status {
     pub now: String,
     /// Seconds since the bridge started.
     pub uptime_secs: f64,
-    /// True once sources and sinks are up, and while nothing is in
-    /// `faults`.
+    /// True once sources and sinks are up, while nothing is in `faults`
+    /// and no source has a problem (`sources[].state` not `ok`): exactly
+    /// when `/readyz` answers 200.
     pub ready: bool,
     /// Components that cannot write (a full disk): they keep their data
     /// and retry; empty when all is well.
@@ -454,8 +455,14 @@ pub struct FileStatus {
     /// renamed, rotated or compressed keeps it, so its counters go on.
     #[serde(default)]
     pub id: String,
-    /// Where the file is now.
+    /// Where the file is now (its current name: a rotated file shows its
+    /// new name at once).
     pub path: String,
+    /// No file of this content is at a watched path any more (deleted, or
+    /// moved where no glob matches) while it is read to its end: `path` is
+    /// where it was.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub gone: bool,
     /// Rotated away and read to its end: `idle`, and no longer part of the
     /// current sync delay.
     #[serde(default)]
@@ -647,6 +654,7 @@ impl FileStats {
         let status = FileStatus {
             id: self.id.clone(),
             path: self.path(),
+            gone: self.is_gone(),
             finished: self.is_finished(),
             state,
             size_bytes: size,

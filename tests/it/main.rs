@@ -3,11 +3,13 @@
 //! sockets on loopback.
 
 mod channel;
+mod config_report;
 mod dashboard;
 mod demo;
 mod enrich;
 mod export;
 mod faults;
+mod file_safety;
 mod fleet;
 mod footprint;
 mod fuzz;
@@ -15,13 +17,16 @@ mod hostile_files;
 mod hostile_net;
 mod kafka;
 mod lag;
+mod otlp;
 mod parse;
 mod recovery;
 mod replay;
 mod safety;
 mod service;
+mod service_ops;
 mod simulate;
 mod status;
+mod status_listener;
 mod support;
 mod support_kafka;
 mod support_tools;

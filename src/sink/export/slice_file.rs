@@ -24,9 +24,10 @@ use std::path::{Path, PathBuf};
 use flate2::write::GzEncoder;
 use flate2::Compression;
 
-use super::slice::FileName;
+use super::access::FileAccess;
+use super::slice::{ExportFileName, FileName};
 use crate::parse::{Format, LineKind, LineParser};
-use crate::record::{write_csv_header, Field, Record};
+use crate::record::{write_csv_header, Field, Formulas, Record};
 
 /// Rows buffered before they go to the compressor.
 const ROW_BUFFER_BYTES: usize = 256 * 1024;
@@ -85,34 +86,42 @@ pub struct FileFormat {
     pub header: bool,
     /// gzip level; `None` for plain CSV.
     pub gzip: Option<u32>,
+    /// How cells a spreadsheet would run as a formula are written.
+    pub formulas: Formulas,
+    /// The files' mode and group, given as each is created.
+    pub access: FileAccess,
 }
 
-/// A file of the export being written.
-pub struct SliceFile {
+/// A file of the export being written (a slice's, by default, or an
+/// out-of-window file).
+pub struct SliceFile<N = FileName> {
     /// Its name.
-    name: FileName,
+    name: N,
     /// The directory.
     dir: PathBuf,
     /// The stream into the `.partial` file.
     sink: Sink,
     /// Rows not yet handed to the stream.
     buf: Vec<u8>,
+    /// How formula cells are written.
+    formulas: Formulas,
     /// Rows written (header excluded), synced or not.
     rows: u64,
     /// Something was written since the last sync.
     dirty: bool,
 }
 
-impl SliceFile {
+impl<N: ExportFileName> SliceFile<N> {
     /// Starts a new `.partial` file (an old one of that name is replaced)
     /// with its header row.
-    pub fn create(dir: &Path, name: FileName, fmt: &FileFormat) -> io::Result<SliceFile> {
+    pub fn create(dir: &Path, name: N, fmt: &FileFormat) -> io::Result<SliceFile<N>> {
         let path = dir.join(name.partial());
         let file = OpenOptions::new().write(true).create(true).truncate(true).open(&path)?;
+        fmt.access.apply(&file)?;
         Ok(Self::start(dir, name, fmt, file))
     }
 
-    fn start(dir: &Path, name: FileName, fmt: &FileFormat, file: File) -> SliceFile {
+    fn start(dir: &Path, name: N, fmt: &FileFormat, file: File) -> SliceFile<N> {
         let sink = match fmt.gzip {
             Some(level) => Sink::Gzip(Box::new(GzEncoder::new(file, Compression::new(level)))),
             None => Sink::Plain(file),
@@ -121,7 +130,7 @@ impl SliceFile {
         if fmt.header {
             write_csv_header(fmt.columns, &mut buf);
         }
-        SliceFile { name, dir: dir.to_path_buf(), sink, buf, rows: 0, dirty: true }
+        SliceFile { name, dir: dir.to_path_buf(), sink, buf, formulas: fmt.formulas, rows: 0, dirty: true }
     }
 
     /// Opens a `.partial` file left behind: its complete rows are written
@@ -130,16 +139,17 @@ impl SliceFile {
     /// failed write). Calls `each` with every record recovered.
     pub fn recover(
         dir: &Path,
-        name: FileName,
+        name: N,
         fmt: &FileFormat,
         limit: Option<u64>,
         mut each: impl FnMut(&Record<'_>),
-    ) -> io::Result<SliceFile> {
+    ) -> io::Result<SliceFile<N>> {
         let path = dir.join(name.partial());
         let rebuild = dir.join(format!("{}.rebuild", name.partial()));
         let file = OpenOptions::new().write(true).create(true).truncate(true).open(&rebuild)?;
+        fmt.access.apply(&file)?;
         let mut new = Self::start(dir, name, fmt, file);
-        read_records(&path, name.gzip, limit, |r| {
+        read_records(&path, name.gzip(), limit, |r| {
             each(r);
             new.push(r, fmt.columns)
         })?;
@@ -150,7 +160,7 @@ impl SliceFile {
     }
 
     /// The file's name.
-    pub fn name(&self) -> FileName {
+    pub fn name(&self) -> N {
         self.name
     }
 
@@ -161,7 +171,7 @@ impl SliceFile {
 
     /// Appends one record as a row.
     pub fn push(&mut self, r: &Record<'_>, columns: &[Field]) -> io::Result<()> {
-        r.write_csv_row(columns, &mut self.buf);
+        r.write_csv_row(columns, self.formulas, &mut self.buf);
         self.rows += 1;
         self.dirty = true;
         if self.buf.len() >= ROW_BUFFER_BYTES {
@@ -333,7 +343,7 @@ mod tests {
     use crate::sink::export::slice::{Part, Slice};
 
     fn fmt(gzip: Option<u32>) -> FileFormat {
-        FileFormat { columns: &NATURAL[..35], header: true, gzip }
+        FileFormat { columns: &NATURAL[..35], header: true, gzip, formulas: Formulas::Neutralised, access: FileAccess::default() }
     }
 
     fn name(gzip: bool) -> FileName {
