@@ -25,6 +25,11 @@
 //! that length (counted and logged by the observer): one hostile producer
 //! cannot make the hub keep (and show) megabytes per record.
 //!
+//! Decoded records go through the hub's `[enrich]` (lookups, then the one
+//! masking rule of [`crate::mask`]) as records read from files do, before
+//! any sink or the telemetry sees them: an edge that does not mask cannot
+//! make a masking hub show a secret.
+//!
 //! **Resets.** The brokers number a partition's messages; a topic deleted
 //! and created again, or brokers that lost their log, number new messages
 //! from 0 again, below the hub's saved position. Reading on from the saved
@@ -53,6 +58,7 @@ use rskafka::record::RecordAndOffset;
 use tokio_util::sync::CancellationToken;
 
 use super::offsets::{message_crc, Offsets, Partition, Resume, Witness};
+use crate::enrich::Enricher;
 use crate::logsafe::Escaped;
 use crate::parse::json::{self, MessageSeed, RecordSeed};
 use crate::parse::normalize::{self, Finish};
@@ -133,6 +139,10 @@ pub struct ReaderSettings {
     pub retry_initial: Duration,
     /// Longest retry delay.
     pub retry_max: Duration,
+    /// The bridge's `[enrich]` (lookups, and masking of `api_key` and
+    /// `oauth_access_token`), applied to every decoded record as file
+    /// readers apply it: `None` when it changes nothing.
+    pub enricher: Option<Arc<Enricher>>,
 }
 
 /// A partition's log that no longer holds what the hub read there.
@@ -478,7 +488,7 @@ pub async fn read_partition(
             let (group, tail) = rest.split_at(n);
             rest = tail;
             let end = if rest.is_empty() { fetch_end } else { at };
-            if !send_group(group, end, &p, &offsets, &fanout, &source, &*observer, &stop).await {
+            if !send_group(group, end, &p, &settings, &offsets, &fanout, &source, &*observer, &stop).await {
                 return;
             }
         }
@@ -497,6 +507,7 @@ async fn send_group(
     group: &[RecordAndOffset],
     end: Resume,
     p: &Partition,
+    settings: &ReaderSettings,
     offsets: &Offsets,
     fanout: &Fanout,
     source: &Arc<str>,
@@ -513,10 +524,21 @@ async fn send_group(
     }
     let mut rejects = Vec::new();
     let mut cut = Vec::new();
-    let records = Records::borrowing(RecordSource { data, tables: Arc::default(), host: Arc::default() }, |s| {
+    let enricher = settings.enricher.as_deref();
+    let tables = enricher.map(Enricher::tables).unwrap_or_default();
+    let records = Records::borrowing(RecordSource { data, tables, host: Arc::default() }, |s| {
         let mut out = Vec::with_capacity(spans.len());
         for &(offset, a, b) in &spans {
-            match decode(&s.data[a..b], &mut out) {
+            let first = out.len();
+            let decoded = decode(&s.data[a..b], &mut out);
+            if let Some(e) = enricher {
+                // What the edge sent is masked here as a file record is
+                // when read: no output of the hub sees the secret.
+                for rec in &mut out[first..] {
+                    e.enrich(&s.tables, rec);
+                }
+            }
+            match decoded {
                 Ok(d) if d.hosts_cut > 0 => cut.push((offset, d.hosts_cut)),
                 Ok(_) => {}
                 Err(r) => rejects.push((offset, r)),

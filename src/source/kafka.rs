@@ -111,11 +111,11 @@ impl super::Source for KafkaSource {
             let offsets = hub::load_offsets(ctx.checkpoints.state_dir(), &cfg)?;
             let observer: Arc<dyn Observer> = Arc::new(HubObserver::new(&ctx.telemetry, &name, &cfg));
             let source: Arc<str> = format!("kafka:{name}").into();
-            let (fanout, stop) = (ctx.fanout.clone(), ctx.stop.clone());
+            let (fanout, stop, enricher) = (ctx.fanout.clone(), ctx.stop.clone(), ctx.enricher.clone());
             started.readers.push((
                 name,
                 tokio::spawn(async move {
-                    hub::run(cfg, offsets, fanout, source, observer, stop).await;
+                    hub::run(cfg, offsets, fanout, source, observer, enricher, stop).await;
                     Ok(())
                 }),
             ));

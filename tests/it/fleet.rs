@@ -894,3 +894,59 @@ fn the_readme_fleet_trial_runs_as_written() {
         }
     }
 }
+
+/// Issue 24: a hub whose `[enrich]` masks applies the same rule to what it
+/// reads from Kafka as a bridge does to what it reads from files: an edge
+/// that does not mask sends the secrets (its archive keeps them), and no
+/// record the hub archives or streams on its channel carries them in any
+/// field (`api_key`, `oauth_access_token`, and the key in `uri`,
+/// `request_id`, `referrer`, percent-encoded too).
+#[test]
+fn a_masking_hub_masks_what_it_reads_from_kafka_in_every_output() {
+    use crate::enrich::{assert_masked, secret_lines, KEY};
+    let test = "fleet::a_masking_hub_masks_what_it_reads_from_kafka_in_every_output";
+    let Some(broker) = broker(test) else { return };
+    let mut edge = Node::edge(&broker.addr(), "edge-m");
+    let mut hub = Node::new(&format!(
+        "[[source]]\nkind = \"kafka\"\nname = \"fleet\"\nbrokers = [\"{}\"]\ntopics = [\"{TOPIC}\"]\ngroup_id = \"hub\"\n\
+         fetch_max_wait_ms = 100\nmetadata_refresh_ms = 500\nretry_initial_ms = 50\nretry_max_ms = 500\nrequest_timeout_ms = 3000\n\n\
+         [enrich]\nmask_api_key_keep = 4\nmask_oauth_token_keep = 4\n\n\
+         [channel]\nlisten = \"127.0.0.1:0\"\ntoken_file = \"{{dir}}/token\"\n",
+        broker.addr()
+    ));
+    hub.start();
+    edge.start();
+    let lines = secret_lines(20);
+    {
+        use std::io::Write;
+        let mut f = fs::OpenOptions::new().create(true).append(true).open(edge.dir.path().join("logs/access.log")).unwrap();
+        f.write_all((lines.join("\n") + "\n").as_bytes()).unwrap();
+    }
+    let ids: Vec<String> = (0..lines.len()).map(|i| format!("mask-{i:05}")).collect();
+    edge.wait_for(&ids, &[]);
+    assert!(edge.archived().iter().any(|r| r["api_key"] == KEY), "the edge does not mask: Kafka carries the key");
+    hub.wait_for(&ids, &[&edge]);
+    let archived = hub.archived();
+    assert_eq!(archived.len(), lines.len());
+    for r in &archived {
+        assert_masked(r, 4);
+    }
+    let addr = support::poll_until(DEADLINE, "channel.addr", || fs::read_to_string(hub.state.join("channel.addr")).ok());
+    let out = std::process::Command::new("timeout")
+        .arg(DEADLINE.as_secs().to_string())
+        .arg(support::bin())
+        .args(["tail", &format!("ws://{}/stream", addr.trim()), "--no-reconnect", "--since", "0", "--count"])
+        .arg(lines.len().to_string())
+        .arg("--token-file")
+        .arg(hub.dir.path().join("token"))
+        .output()
+        .expect("tail");
+    assert!(out.status.success(), "tail: {}", String::from_utf8_lossy(&out.stderr));
+    let streamed: Vec<Value> = String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(streamed.len(), lines.len());
+    for r in &streamed {
+        assert_masked(r, 4);
+    }
+    hub.stop();
+    edge.stop();
+}

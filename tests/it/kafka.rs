@@ -240,6 +240,7 @@ fn partitions_are_read_into_batches_and_positions_advance_only_when_acknowledged
         read_from: ReadFrom::Beginning,
         retry_initial: Duration::from_millis(50),
         retry_max: Duration::from_millis(500),
+        enricher: None,
     };
     let p: Partition = ("fleet".into(), 0);
     let run = |ack: bool| {
