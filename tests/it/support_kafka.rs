@@ -298,7 +298,18 @@ pub fn produce_with_kafka_python(test: &str, broker: &str, topic: &str, values: 
 /// its `partitions` in turn, with the project's own client (fast: for
 /// thousands of messages where kafka-python would take long).
 pub fn produce_values(broker: &str, topic: &str, partitions: i32, values: &[String]) {
-    use rskafka::client::partition::{Compression, UnknownTopicHandling};
+    produce_values_with(broker, topic, partitions, values, rskafka::client::partition::Compression::NoCompression);
+}
+
+/// [`produce_values`] with `compression` (lz4, as edges produce by default).
+pub fn produce_values_with(
+    broker: &str,
+    topic: &str,
+    partitions: i32,
+    values: &[String],
+    compression: rskafka::client::partition::Compression,
+) {
+    use rskafka::client::partition::UnknownTopicHandling;
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
     rt.block_on(async {
         let section: calllog_bridge::kafka::client::ClientSection =
@@ -321,7 +332,7 @@ pub fn produce_values(broker: &str, topic: &str, partitions: i32, values: &[Stri
                     timestamp: now,
                 })
                 .collect();
-            clients[i % clients.len()].produce(records, Compression::NoCompression).await.expect("produce");
+            clients[i % clients.len()].produce(records, compression).await.expect("produce");
         }
     });
 }
