@@ -401,7 +401,7 @@ pub fn write_csv_header(columns: &[Field], out: &mut Vec<u8>) {
 
 /// Appends one CSV value: as it is, or quoted (quotes doubled) when it
 /// holds a delimiter, a quote or a line break (RFC 4180 section 2).
-fn write_csv_value(out: &mut Vec<u8>, v: &str) {
+pub fn write_csv_value(out: &mut Vec<u8>, v: &str) {
     let b = v.as_bytes();
     // Two vectorised scans; nearly every value needs no quoting.
     if memchr::memchr3(b',', b'"', b'\n', b).is_none() && memchr::memchr(b'\r', b).is_none() {

@@ -13,27 +13,22 @@
 //! could not be opened or read (the others are still processed), 64 for a
 //! lookup file that does not load.
 
-use std::cell::Cell;
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::io::{self, BufRead, BufReader, BufWriter, IsTerminal, Read, Write};
-use std::path::Path;
-use std::rc::Rc;
+use std::io::{self, BufWriter, IsTerminal, Write};
 
 use anyhow::Context as _;
-use flate2::bufread::MultiGzDecoder;
 
 use crate::cli::ParseArgs;
 use crate::config::EXIT_CONFIG;
 use crate::enrich::{Enricher, Lookups};
+use crate::ingest::read::{open_input, read_through, recycle, Input, READ_BUF_BYTES};
 use crate::ingest::{Context, Ingest, RejectOut, Rejected};
 use crate::parse::{Format, RejectReason};
 use crate::record::{write_ecls_message, Record, Shape};
 use crate::rejects::RejectsWriter;
 use crate::time;
 
-/// Read buffer size: large enough that bulk files are read in few syscalls.
-const READ_BUF_BYTES: usize = 256 * 1024;
 /// Inputs at least this large (in total) get a progress bar on a terminal.
 const PROGRESS_MIN_BYTES: u64 = 16 * 1024 * 1024;
 
@@ -200,58 +195,6 @@ impl FileTally {
     }
 }
 
-/// An opened input.
-struct Input {
-    /// Decompressed content.
-    reader: Box<dyn Read>,
-    /// Size on disk (for the progress bar); `None` for stdin.
-    size: Option<u64>,
-    /// Bytes read from disk so far (compressed bytes for gzip).
-    read: Rc<Cell<u64>>,
-}
-
-/// Counts the bytes read through it (for the progress bar).
-struct Counting<R> {
-    /// The source.
-    inner: R,
-    /// Shared running total.
-    read: Rc<Cell<u64>>,
-}
-
-impl<R: Read> Read for Counting<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.read.set(self.read.get() + n as u64);
-        Ok(n)
-    }
-}
-
-/// Opens a file (`-` = stdin), decompressing gzip (recognised by its magic
-/// bytes, whatever the name).
-fn open_input(path: &Path) -> io::Result<Input> {
-    let read = Rc::new(Cell::new(0));
-    let (raw, size): (Box<dyn Read>, Option<u64>) = if path.as_os_str() == "-" {
-        (Box::new(io::stdin().lock()), None)
-    } else {
-        let f = File::open(path)?;
-        let meta = f.metadata()?;
-        if meta.is_dir() {
-            return Err(io::Error::other("is a directory"));
-        }
-        (Box::new(f), Some(meta.len()))
-    };
-    let mut buffered = BufReader::with_capacity(READ_BUF_BYTES, Counting { inner: raw, read: read.clone() });
-    let gz = loop {
-        match buffered.fill_buf() {
-            Ok(b) => break b.len() >= 2 && b[0] == 0x1f && b[1] == 0x8b,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        }
-    };
-    let reader: Box<dyn Read> = if gz { Box::new(MultiGzDecoder::new(buffered)) } else { Box::new(buffered) };
-    Ok(Input { reader, size, read })
-}
-
 fn progress_bar(name: &str, len: u64) -> indicatif::ProgressBar {
     let bar = indicatif::ProgressBar::new(len);
     let style = indicatif::ProgressStyle::with_template("{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
@@ -267,32 +210,6 @@ fn announce(bar: Option<&indicatif::ProgressBar>, msg: &str) {
     match bar {
         Some(b) => b.println(msg),
         None => eprintln!("{msg}"),
-    }
-}
-
-/// Turns a vector of records into an empty one of another lifetime,
-/// keeping its allocation (records borrow the read buffer, which changes
-/// every read).
-// `filter_map` (not `filter`) because it changes the item type; the
-// in-place collect reuses the allocation since the layouts are equal.
-#[allow(clippy::unnecessary_filter_map)]
-fn recycle<'b>(mut v: Vec<Record<'_>>) -> Vec<Record<'b>> {
-    v.clear();
-    v.into_iter().filter_map(|_| None).collect()
-}
-
-/// Reads once into `buf` after its first `filled` bytes (growing it when
-/// full: an open document is carried); returns the bytes read, 0 at the
-/// end of the input.
-fn read_some(r: &mut dyn Read, buf: &mut Vec<u8>, filled: usize) -> io::Result<usize> {
-    if buf.len() < filled + READ_BUF_BYTES / 2 {
-        buf.resize(filled + READ_BUF_BYTES, 0);
-    }
-    loop {
-        match r.read(&mut buf[filled..]) {
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            r => return r,
-        }
     }
 }
 
@@ -353,26 +270,10 @@ impl<W: Write> Run<'_, W> {
         st.requested = Some(ingest.parser().requested());
         let mut announced = ingest.parser().format() != Format::Auto;
         let mut buf = std::mem::take(&mut self.buf);
-        // buf[..filled]: what the ingest did not consume, then new bytes.
-        let mut filled = 0;
-        let mut result = Ok(());
-        loop {
-            let (n, last) = match read_some(&mut *input.reader, &mut buf, filled) {
-                Ok(0) => (0, true),
-                Ok(n) => (n, false),
-                // What was read is all there is: it is handled, then the
-                // error reported.
-                Err(e) => {
-                    result = Err(FileError::Read(e));
-                    (0, true)
-                }
-            };
-            filled += n;
-            let consumed = self.ingest(name, &mut ingest, &buf[..filled], last, tables, st)?;
+        let result = read_through(&mut *input.reader, &mut buf, |data, last| {
+            let consumed = self.ingest(name, &mut ingest, data, last, tables, st)?;
             let c = ingest.counts();
             (st.lines, st.headers, st.blank) = (c.lines, c.headers, c.blank);
-            buf.copy_within(consumed..filled, 0);
-            filled -= consumed;
             if let Some(b) = bar {
                 b.set_position(input.read.get());
             }
@@ -380,16 +281,16 @@ impl<W: Write> Run<'_, W> {
                 announced = true;
                 announce(bar, &format!("file {name}: format auto → {}", ingest.parser().format()));
             }
-            if last {
-                break;
-            }
-        }
-        // A buffer grown for a long document is not kept.
-        buf.truncate(READ_BUF_BYTES);
-        buf.shrink_to(READ_BUF_BYTES);
+            Ok(consumed)
+        });
         self.buf = buf;
         st.format = Some(ingest.parser().format());
-        result
+        match result? {
+            // What was read is all there is: it was handled, then the
+            // error is reported.
+            Some(e) => Err(FileError::Read(e)),
+            None => Ok(()),
+        }
     }
 
     /// Ingests one buffer: writes its records, counts and writes its
@@ -425,20 +326,5 @@ impl<W: Write> Run<'_, W> {
         }
         self.spare = recycle(recs);
         Ok(fed.consumed)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn recycle_keeps_the_allocation() {
-        let mut v: Vec<Record<'static>> = Vec::with_capacity(16);
-        v.push(Record::default());
-        let cap = v.capacity();
-        let w: Vec<Record<'_>> = recycle(v);
-        assert!(w.is_empty());
-        assert_eq!(w.capacity(), cap);
     }
 }

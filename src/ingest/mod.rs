@@ -33,6 +33,7 @@
 //! - A line or document gives N records, or exactly one reject, and never
 //!   disturbs its neighbours.
 
+pub mod read;
 pub mod rejects;
 
 use memchr::memchr;
@@ -167,6 +168,13 @@ impl Ingest {
             searched: 0,
             counts: Counts::default(),
         }
+    }
+
+    /// The same ingest, keeping the fields a bridge wrote in the records it
+    /// reads (see [`LineParser::keep_bridge_fields`]).
+    pub fn keep_bridge_fields(mut self) -> Ingest {
+        self.parser.keep_bridge_fields();
+        self
     }
 
     /// Where reading must resume to handle everything not handled yet,

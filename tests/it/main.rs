@@ -15,6 +15,7 @@ mod hostile_files;
 mod hostile_net;
 mod kafka;
 mod lag;
+mod lag_report;
 mod parse;
 mod recovery;
 mod replay;

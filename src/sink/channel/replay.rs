@@ -291,6 +291,33 @@ impl DiskRead {
     }
 }
 
+/// Reads a segment file from its start, for tools that read the log
+/// offline (`lag report`): each whole record's observed time (epoch ms)
+/// and JSON go to `visit`. Returns the records read and, when the segment
+/// ends in a torn or corrupt record, what was wrong there (nothing after
+/// it is read; the file is not changed).
+pub fn read_segment(path: &Path, mut visit: impl FnMut(i64, &str)) -> std::io::Result<(u64, Option<&'static str>)> {
+    let mut r = BufReader::with_capacity(256 << 10, File::open(path)?);
+    let mut body = Vec::new();
+    let mut n = 0u64;
+    loop {
+        match read_record(&mut r, &mut body)? {
+            None => return Ok((n, None)),
+            Some(Err(problem)) => return Ok((n, Some(problem))),
+            Some(Ok(rec)) => {
+                n += 1;
+                visit(rec.observed_ms, rec.json);
+            }
+        }
+    }
+}
+
+/// True when `path` is named like a segment file (`<20 digits>.seg`).
+pub fn is_segment_name(path: &Path) -> bool {
+    path.extension().and_then(|x| x.to_str()) == Some(EXT)
+        && path.file_stem().and_then(|s| s.to_str()).is_some_and(|s| s.len() == 20 && s.bytes().all(|b| b.is_ascii_digit()))
+}
+
 /// A record as read back.
 struct Decoded<'a> {
     seq: u64,
