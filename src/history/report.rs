@@ -200,6 +200,24 @@ impl Collector {
         let mut windows = Vec::new();
         let mut episodes = Vec::new();
         let mut totals = Vec::new();
+        // Per host over its files, per window (the chart's series).
+        let mut by_host: BTreeMap<(String, i64), DelayHist> = BTreeMap::new();
+        for (key, w) in &series {
+            for (i, h) in &w.by_window {
+                by_host.entry((key.host.clone(), *i)).or_default().merge(h);
+            }
+        }
+        let mut hosts: Vec<HostWindows> = Vec::new();
+        for ((host, i), h) in by_host {
+            let Some(p) = h.percentiles() else { continue };
+            if hosts.last().is_none_or(|l| l.host != host) {
+                hosts.push(HostWindows { host: host.clone(), windows: Vec::new() });
+            }
+            let (start, end) = st.bounds(i);
+            if let Some(l) = hosts.last_mut() {
+                l.windows.push((start, end, p));
+            }
+        }
         for (key, w) in &series {
             let mut total = DelayHist::new();
             let mut records_total = 0u64;
@@ -258,7 +276,7 @@ impl Collector {
         let mut worst: Vec<Window> = windows.iter().filter(|w| w.delay.is_some()).cloned().collect();
         worst.sort_by_key(|w| std::cmp::Reverse(w.delay.map_or(i64::MIN, |p| st.statistic.of(&p))));
         worst.truncate(st.worst);
-        Report { settings: st, windows, worst, episodes, totals, skipped: self.skipped }
+        Report { settings: st, windows, worst, episodes, totals, hosts, skipped: self.skipped }
     }
 }
 
@@ -317,6 +335,15 @@ pub struct Total {
     pub delay: Option<Percentiles>,
 }
 
+/// One host's windows, its files together.
+#[derive(Clone, Debug, PartialEq)]
+pub struct HostWindows {
+    /// The host.
+    pub host: String,
+    /// `(start, end, percentiles)` of each window with a delay, in order.
+    pub windows: Vec<(i64, i64, Percentiles)>,
+}
+
 /// What the report found.
 #[derive(Clone, Debug)]
 pub struct Report {
@@ -330,6 +357,9 @@ pub struct Report {
     pub episodes: Vec<Episode>,
     /// Per series over the range.
     pub totals: Vec<Total>,
+    /// Per host (its files together), the windows with a delay: what the
+    /// chart draws.
+    pub hosts: Vec<HostWindows>,
     /// Records not counted.
     pub skipped: Skipped,
 }
@@ -381,6 +411,8 @@ mod tests {
         assert!(r.worst.iter().all(|w| w.series.host == "b" && w.above));
         let totals: Vec<u64> = r.totals.iter().map(|t| t.records).collect();
         assert_eq!(totals, vec![3600, 3600]);
+        let hosts: Vec<(&str, usize)> = r.hosts.iter().map(|h| (h.host.as_str(), h.windows.len())).collect();
+        assert_eq!(hosts, vec![("a", 60), ("b", 60)]);
     }
 
     #[test]

@@ -207,3 +207,67 @@ fn bad_arguments_exit_64_naming_the_flag() {
     let out = run(&["lag", "--status-url", "http://127.0.0.1:1", "--json"]);
     assert_eq!(out.status.code(), Some(3), "{}", String::from_utf8_lossy(&out.stderr));
 }
+
+#[test]
+fn the_chart_has_axes_a_series_per_host_and_statistic_the_threshold_and_the_episode_shaded() {
+    let dir = tempfile::tempdir().unwrap();
+    let (inputs, _) = write_day(dir.path());
+    let (svg, png) = (dir.path().join("lag.svg"), dir.path().join("lag.png"));
+    let mut a: Vec<String> = ["lag", "report", "--from", "2026-12-06T00:00:00Z", "--to", "2026-12-07T00:00:00Z", "--every", "5m", "--json"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    a.extend(["--svg".into(), svg.display().to_string(), "--png".into(), png.display().to_string()]);
+    a.extend(inputs.iter().map(|p| p.display().to_string()));
+    let out = run(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+
+    let text = std::fs::read_to_string(&svg).unwrap();
+    let doc = roxmltree::Document::parse(&text).expect("well-formed SVG");
+    let by_id = |id: &str| doc.descendants().find(|n| n.attribute("id") == Some(id)).unwrap_or_else(|| panic!("#{id} in the SVG"));
+    let texts = |id: &str| -> Vec<String> {
+        by_id(id).descendants().filter(|n| n.has_tag_name("text")).filter_map(|n| n.text()).map(String::from).collect()
+    };
+    // Axes: labels with units, round ticks.
+    assert_eq!(by_id("y-label").text(), Some("sync delay (min)"));
+    assert!(by_id("x-label").text().unwrap().starts_with("request time (UTC"));
+    let x_ticks = texts("x-axis");
+    assert!(x_ticks.iter().any(|t| t == "12:00") && x_ticks.iter().any(|t| t == "14:00"), "{x_ticks:?}");
+    let y_ticks: Vec<f64> = texts("y-axis").iter().filter_map(|t| t.parse().ok()).collect();
+    assert!(y_ticks.len() >= 4 && y_ticks[0] == 0.0, "{y_ticks:?}");
+    assert!(y_ticks.last().copied().unwrap() >= 10.0, "the axis reaches the episode's ten minutes: {y_ticks:?}");
+    let step = y_ticks[1] - y_ticks[0];
+    assert!([1.0, 2.0, 5.0, 10.0].contains(&step), "a round step: {y_ticks:?}");
+    // A p50 and a p95 series per host, each a path through the windows.
+    let series: Vec<(String, String, usize)> = doc
+        .descendants()
+        .filter(|n| n.attribute("class") == Some("series"))
+        .map(|n| {
+            (
+                n.attribute("data-host").unwrap().to_string(),
+                n.attribute("data-stat").unwrap().to_string(),
+                n.attribute("d").unwrap().matches('L').count(),
+            )
+        })
+        .collect();
+    let names: Vec<(&str, &str)> = series.iter().map(|(h, s, _)| (h.as_str(), s.as_str())).collect();
+    assert_eq!(names, vec![("edge-a", "p95"), ("edge-a", "p50"), ("edge-b", "p95"), ("edge-b", "p50")]);
+    assert!(series.iter().all(|s| s.2 >= 280), "a point per 5-minute window: {series:?}");
+    // The threshold at 60 s, and the episode's windows shaded.
+    assert_eq!(by_id("threshold").attribute("data-ms"), Some("60000"));
+    let shaded: Vec<(i64, i64)> = doc
+        .descendants()
+        .filter(|n| n.attribute("class") == Some("above"))
+        .map(|n| (ms(&Value::from(n.attribute("data-start").unwrap())), ms(&Value::from(n.attribute("data-end").unwrap()))))
+        .collect();
+    assert_eq!(shaded, vec![(EPISODE_START, EPISODE_END)]);
+    if let Ok(keep) = std::env::var("LAG_REPORT_KEEP_CHART") {
+        std::fs::copy(&png, Path::new(&keep).join("lag.png")).unwrap();
+        std::fs::copy(&svg, Path::new(&keep).join("lag.svg")).unwrap();
+    }
+    // The PNG is an image of the chart's size.
+    let png = std::fs::read(&png).unwrap();
+    assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
+    let (w, h) = (u32::from_be_bytes(png[16..20].try_into().unwrap()), u32::from_be_bytes(png[20..24].try_into().unwrap()));
+    assert_eq!((w, h), (1000, 520));
+}
