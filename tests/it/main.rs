@@ -17,6 +17,7 @@ mod kafka;
 mod lag;
 mod lag_report;
 mod parse;
+mod prometheus;
 mod recovery;
 mod replay;
 mod safety;
