@@ -45,7 +45,7 @@ use serde_json::{json, Value};
 use crate::cli::LagReportArgs;
 use crate::cmd::lag::{human_ms, parse_duration_ms};
 use crate::enrich::Lookups;
-use crate::history::report::{Collector, Episode, Report, Settings, Window};
+use crate::history::report::{Collector, Report, Settings, Window};
 use crate::history::{chart, Percentiles};
 use crate::ingest::read::{open_input, read_through, recycle};
 use crate::ingest::{Context, Ingest, RejectOut, Rejected};
@@ -230,12 +230,7 @@ pub fn series_file(path: &Path) -> String {
             .parent()
             .map_or_else(|| ".".to_string(), |d| if d.as_os_str().is_empty() { ".".into() } else { d.display().to_string() });
     }
-    let full = path.display().to_string();
-    let s = full.strip_suffix(".gz").unwrap_or(&full);
-    match s.rsplit_once('.') {
-        Some((stem, n)) if !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) && !stem.ends_with('/') => stem.to_string(),
-        _ => s.to_string(),
-    }
+    crate::history::strip_rotation(&path.display().to_string()).to_string()
 }
 
 /// Counts rejects by reason.
@@ -374,65 +369,9 @@ fn iso(ms: i64) -> String {
     time::format_iso_seconds(ms)
 }
 
-fn delay_json(p: Option<Percentiles>) -> [(&'static str, Value); 5] {
-    let f = |v: Option<i64>| v.map_or(Value::Null, Value::from);
-    [
-        ("p50_ms", f(p.map(|p| p.p50))),
-        ("p95_ms", f(p.map(|p| p.p95))),
-        ("p99_ms", f(p.map(|p| p.p99))),
-        ("max_ms", f(p.map(|p| p.max))),
-        ("min_ms", f(p.map(|p| p.min))),
-    ]
-}
-
-fn window_json(w: &Window) -> Value {
-    let mut m = serde_json::Map::new();
-    m.insert("start".into(), iso(w.start_ms).into());
-    m.insert("end".into(), iso(w.end_ms).into());
-    m.insert("host".into(), w.series.host.clone().into());
-    m.insert("file".into(), w.series.file.clone().into());
-    m.insert("records".into(), w.records.into());
-    for (k, v) in delay_json(w.delay) {
-        m.insert(k.into(), v);
-    }
-    m.insert("records_without_delay".into(), w.without_delay.into());
-    m.insert("above_threshold".into(), w.above.into());
-    Value::Object(m)
-}
-
-fn episode_json(e: &Episode) -> Value {
-    json!({
-        "host": e.series.host,
-        "file": e.series.file,
-        "start": iso(e.start_ms),
-        "end": iso(e.end_ms),
-        "max_ms": e.delay.max,
-        "p50_ms": e.delay.p50,
-        "p95_ms": e.delay.p95,
-        "p99_ms": e.delay.p99,
-        "records": e.delay.count,
-        "windows": e.windows,
-        "recovered": e.recovered,
-    })
-}
-
-/// The `--json` document.
+/// The `--json` document: the report's shape, and what was read.
 fn to_json(r: &Report, sources: &[Source]) -> Value {
-    let st = &r.settings;
-    let totals: Vec<Value> = r
-        .totals
-        .iter()
-        .map(|t| {
-            let mut m = serde_json::Map::new();
-            m.insert("host".into(), t.series.host.clone().into());
-            m.insert("file".into(), t.series.file.clone().into());
-            m.insert("records".into(), t.records.into());
-            for (k, v) in delay_json(t.delay) {
-                m.insert(k.into(), v);
-            }
-            Value::Object(m)
-        })
-        .collect();
+    let mut m = r.to_json();
     let sources: Vec<Value> = sources
         .iter()
         .map(|s| {
@@ -447,19 +386,8 @@ fn to_json(r: &Report, sources: &[Source]) -> Value {
             })
         })
         .collect();
-    json!({
-        "from": iso(st.from_ms),
-        "to": iso(st.to_ms),
-        "every_ms": st.every_ms,
-        "threshold_ms": st.threshold_ms,
-        "threshold_on": st.statistic.name(),
-        "windows": r.windows.iter().map(window_json).collect::<Vec<_>>(),
-        "worst": r.worst.iter().map(window_json).collect::<Vec<_>>(),
-        "episodes": r.episodes.iter().map(episode_json).collect::<Vec<_>>(),
-        "totals": totals,
-        "sources": sources,
-        "skipped": r.skipped,
-    })
+    m.insert("sources".into(), sources.into());
+    Value::Object(m)
 }
 
 /// The `--csv` rows: one per window (RFC 4180, as the export writes).

@@ -169,10 +169,49 @@ impl DelayHist {
         Some(Percentiles { count: self.count(), p50, p95, p99, max: self.max, min: self.min })
     }
 
+    /// The histogram in a compact form: its non-empty buckets only (for
+    /// the bridge's per-minute history), with the exact smallest and
+    /// largest delay.
+    pub fn compact(&self) -> Compact {
+        Compact { runs: self.buckets().collect(), min: self.min, max: self.max }
+    }
+
     /// Heap bytes this histogram holds (for the bridge's memory figures).
     pub fn heap_bytes(&self) -> usize {
         let h = |h: &Histogram<u64>| h.distinct_values() * std::mem::size_of::<u64>();
         h(&self.pos) + self.neg.as_ref().map_or(0, |n| h(n) + std::mem::size_of::<Histogram<u64>>())
+    }
+}
+
+/// A [`DelayHist`] at rest: `(value, count)` runs of its non-empty
+/// buckets, ascending, and the exact extremes. [`Compact::expand`] gives
+/// back the same percentiles.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Compact {
+    /// The buckets' values (upper ends) and counts.
+    runs: Box<[(i64, u64)]>,
+    /// Smallest delay.
+    min: i64,
+    /// Largest delay.
+    max: i64,
+}
+
+impl Compact {
+    /// The histogram again.
+    pub fn expand(&self) -> DelayHist {
+        let mut h = DelayHist::new();
+        for &(v, n) in self.runs.iter() {
+            h.record_n(v, n);
+        }
+        if !h.is_empty() {
+            (h.min, h.max) = (self.min, self.max);
+        }
+        h
+    }
+
+    /// Heap bytes held.
+    pub fn heap_bytes(&self) -> usize {
+        self.runs.len() * std::mem::size_of::<(i64, u64)>()
     }
 }
 
@@ -231,6 +270,7 @@ mod tests {
         a.merge(&b);
         assert_eq!(a.percentiles(), both.percentiles());
         assert_eq!(a.buckets().collect::<Vec<_>>(), both.buckets().collect::<Vec<_>>());
+        assert_eq!(a.compact().expand().percentiles(), a.percentiles(), "compacting keeps the percentiles and extremes");
         let mut empty = DelayHist::new();
         empty.merge(&DelayHist::new());
         assert_eq!(empty.percentiles(), None);

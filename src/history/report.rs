@@ -192,6 +192,21 @@ impl Collector {
         true
     }
 
+    /// Adds the delays of `h`, records at `at_ms` (a minute of the bridge's
+    /// history): as many records as it holds. False outside the range.
+    pub fn add_hist(&mut self, host: &str, file: &str, at_ms: i64, h: &DelayHist) -> bool {
+        let Some(w) = self.settings.window_of(at_ms) else {
+            self.skipped.outside_range += h.count();
+            return false;
+        };
+        if h.is_empty() {
+            return true;
+        }
+        let i = self.series_index(host, file);
+        self.series[i].1.by_window.entry(w).or_default().merge(h);
+        true
+    }
+
     /// The report.
     pub fn finish(self) -> Report {
         let st = self.settings;
@@ -362,6 +377,88 @@ pub struct Report {
     pub hosts: Vec<HostWindows>,
     /// Records not counted.
     pub skipped: Skipped,
+}
+
+/// RFC 3339 UTC.
+fn iso(ms: i64) -> String {
+    crate::time::format_iso_seconds(ms)
+}
+
+/// The delay members of a window, a total or an episode.
+fn delay_members(m: &mut serde_json::Map<String, serde_json::Value>, p: Option<Percentiles>) {
+    let f = |v: Option<i64>| v.map_or(serde_json::Value::Null, serde_json::Value::from);
+    m.insert("p50_ms".into(), f(p.map(|p| p.p50)));
+    m.insert("p95_ms".into(), f(p.map(|p| p.p95)));
+    m.insert("p99_ms".into(), f(p.map(|p| p.p99)));
+    m.insert("max_ms".into(), f(p.map(|p| p.max)));
+    m.insert("min_ms".into(), f(p.map(|p| p.min)));
+}
+
+impl Window {
+    /// `{"start","end","host","file","records","p50_ms","p95_ms","p99_ms","max_ms","min_ms",...}`.
+    pub fn to_json(&self) -> serde_json::Value {
+        let mut m = serde_json::Map::new();
+        m.insert("start".into(), iso(self.start_ms).into());
+        m.insert("end".into(), iso(self.end_ms).into());
+        m.insert("host".into(), self.series.host.clone().into());
+        m.insert("file".into(), self.series.file.clone().into());
+        m.insert("records".into(), self.records.into());
+        delay_members(&mut m, self.delay);
+        m.insert("records_without_delay".into(), self.without_delay.into());
+        m.insert("above_threshold".into(), self.above.into());
+        m.into()
+    }
+}
+
+impl Episode {
+    /// `{"host","file","start","end","max_ms","p50_ms","p95_ms",...}`.
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "host": self.series.host,
+            "file": self.series.file,
+            "start": iso(self.start_ms),
+            "end": iso(self.end_ms),
+            "max_ms": self.delay.max,
+            "p50_ms": self.delay.p50,
+            "p95_ms": self.delay.p95,
+            "p99_ms": self.delay.p99,
+            "records": self.delay.count,
+            "windows": self.windows,
+            "recovered": self.recovered,
+        })
+    }
+}
+
+impl Report {
+    /// The report as JSON: the one shape `lag report --json` prints and
+    /// the status listener's `/history` serves (times in RFC 3339 UTC).
+    pub fn to_json(&self) -> serde_json::Map<String, serde_json::Value> {
+        let st = &self.settings;
+        let totals: Vec<serde_json::Value> = self
+            .totals
+            .iter()
+            .map(|t| {
+                let mut m = serde_json::Map::new();
+                m.insert("host".into(), t.series.host.clone().into());
+                m.insert("file".into(), t.series.file.clone().into());
+                m.insert("records".into(), t.records.into());
+                delay_members(&mut m, t.delay);
+                m.into()
+            })
+            .collect();
+        let mut m = serde_json::Map::new();
+        m.insert("from".into(), iso(st.from_ms).into());
+        m.insert("to".into(), iso(st.to_ms).into());
+        m.insert("every_ms".into(), st.every_ms.into());
+        m.insert("threshold_ms".into(), st.threshold_ms.into());
+        m.insert("threshold_on".into(), st.statistic.name().into());
+        m.insert("windows".into(), self.windows.iter().map(Window::to_json).collect());
+        m.insert("worst".into(), self.worst.iter().map(Window::to_json).collect());
+        m.insert("episodes".into(), self.episodes.iter().map(Episode::to_json).collect());
+        m.insert("totals".into(), totals.into());
+        m.insert("skipped".into(), serde_json::to_value(self.skipped).unwrap_or_default());
+        m
+    }
 }
 
 #[cfg(test)]

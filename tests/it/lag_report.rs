@@ -271,3 +271,74 @@ fn the_chart_has_axes_a_series_per_host_and_statistic_the_threshold_and_the_epis
     let (w, h) = (u32::from_be_bytes(png[16..20].try_into().unwrap()), u32::from_be_bytes(png[20..24].try_into().unwrap()));
     assert_eq!((w, h), (1000, 520));
 }
+
+#[test]
+fn the_running_bridge_keeps_per_minute_history_for_history_and_its_chart() {
+    use std::time::Duration;
+    let dir = tempfile::tempdir().unwrap();
+    let p = |s: &str| dir.path().join(s);
+    std::fs::create_dir_all(p("logs")).unwrap();
+    // 600 calls, written at once, each 90 s late.
+    let out = run(&[
+        "simulate",
+        "--format",
+        "le6",
+        "--burst",
+        "--rate",
+        "600",
+        "--duration",
+        "1",
+        "--lag-ms",
+        "90000",
+        "--dir",
+        p("logs").to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let config = |minutes: u32| {
+        format!(
+            "host = \"edge-h\"\nstate_dir = {state:?}\n\n[[source]]\npaths = [{glob:?}]\nformat = \"le6\"\nread_from = \"beginning\"\n\n\
+             [file_output]\npath = {out:?}\n\n[status]\nlisten = \"127.0.0.1:0\"\nhistory_minutes = {minutes}\n",
+            state = p(&format!("state{minutes}")).display().to_string(),
+            glob = p("logs/access*.log*").display().to_string(),
+            out = p(&format!("out{minutes}/calls.ndjson")).display().to_string(),
+        )
+    };
+    for minutes in [120u32, 0] {
+        std::fs::write(p("bridge.toml"), config(minutes)).unwrap();
+        let mut bridge = crate::support::spawn_bridge(&p("bridge.toml"), &p("bridge.log"));
+        let addr = crate::support::poll_until(Duration::from_secs(30), "status.addr", || {
+            std::fs::read_to_string(p(&format!("state{minutes}/status.addr"))).ok().map(|s| s.trim().to_string()).filter(|s| !s.is_empty())
+        });
+        let url = format!("http://{addr}");
+        crate::support::poll_until(Duration::from_secs(30), "600 records read", || {
+            let (_, body) = crate::lag::get(&format!("{url}/status"));
+            let v: Value = serde_json::from_str(&body).ok()?;
+            (v["totals"]["records"].as_u64() == Some(600)).then_some(())
+        });
+        let (code, body) = crate::lag::get(&format!("{url}/history?every_minutes=1&threshold_secs=60"));
+        assert_eq!(code, 200, "{body}");
+        let h: Value = serde_json::from_str(&body).unwrap();
+        let records: u64 = h["windows"].as_array().unwrap().iter().map(|w| w["records"].as_u64().unwrap()).sum();
+        if minutes == 0 {
+            assert_eq!(records, 0, "history_minutes = 0 keeps none: {h}");
+            assert!(h["episodes"].as_array().unwrap().is_empty());
+        } else {
+            assert_eq!(records, 600, "{h}");
+            assert_eq!((ms(&h["to"]) - ms(&h["from"])) / MIN, 120);
+            let e = &h["episodes"].as_array().unwrap()[0];
+            assert_eq!(e["host"], "edge-h");
+            assert!(e["file"].as_str().unwrap().ends_with("logs/access.log"), "{e}");
+            let p95 = e["p95_ms"].as_i64().unwrap();
+            assert!((90_000..100_000).contains(&p95), "the simulated 90 s: {p95}");
+            let (code, svg) = crate::lag::get(&format!("{url}/history.svg?every_minutes=1"));
+            assert_eq!(code, 200);
+            let doc = roxmltree::Document::parse(&svg).expect("SVG");
+            assert!(doc.descendants().any(|n| n.attribute("data-host") == Some("edge-h")));
+            assert!(doc.descendants().any(|n| n.attribute("id") == Some("threshold")));
+            let (code, body) = crate::lag::get(&format!("{url}/history?on=p42"));
+            assert_eq!(code, 400);
+            assert!(body.contains("on:"), "{body}");
+        }
+        crate::support::terminate(&mut bridge, Duration::from_secs(30));
+    }
+}
