@@ -65,8 +65,12 @@ pub struct ExportArgs {
     #[arg(long)]
     pub include_org: bool,
     /// No header row.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "bridge_columns")]
     pub no_header: bool,
+    /// Append the bridge's columns (`ingestion_time`, `sync_delay_ms`,
+    /// `host`) from the archive, as `[export] bridge_columns` does.
+    #[arg(long)]
+    pub bridge_columns: bool,
     /// Plain `.csv` files instead of `.csv.gz`.
     #[arg(long)]
     pub no_gzip: bool,

@@ -344,11 +344,31 @@ impl<'a> Record<'a> {
     /// quotes doubled. `ingestion_time` and `sync_delay_ms` are not columns
     /// of the export.
     pub fn write_csv_row(&self, columns: &[Field], out: &mut Vec<u8>) {
+        self.write_csv_row_with(columns, false, out);
+    }
+
+    /// The same row, with the bridge's own columns after `columns` when
+    /// `bridge` ([`CSV_BRIDGE_COLUMNS`]: `ingestion_time` in epoch ms as
+    /// the `ecls` shape writes it, `sync_delay_ms`, `host`; empty where
+    /// the record has none).
+    pub fn write_csv_row_with(&self, columns: &[Field], bridge: bool, out: &mut Vec<u8>) {
         for (i, &f) in columns.iter().enumerate() {
             if i > 0 {
                 out.push(b',');
             }
             write_csv_value(out, self.get(f));
+        }
+        if bridge {
+            out.push(b',');
+            if let Some(t) = self.ingestion_time {
+                push_i64(out, t);
+            }
+            out.push(b',');
+            if let Some(d) = self.sync_delay_ms {
+                push_i64(out, d);
+            }
+            out.push(b',');
+            write_csv_value(out, &self.host);
         }
         out.extend_from_slice(b"\r\n");
     }
@@ -387,14 +407,25 @@ pub fn write_ecls_message<'r, 'a: 'r>(records: impl IntoIterator<Item = &'r Reco
     out.extend_from_slice(b"]}");
 }
 
+/// The bridge's own columns a CSV row may carry after the export's
+/// ([`Record::write_csv_row_with`]), by header name.
+pub const CSV_BRIDGE_COLUMNS: [&str; 3] = ["ingestion_time", "sync_delay_ms", "host"];
+
 /// Appends the header row naming `columns` (schema names), terminated by
 /// CRLF: the row [`Record::write_csv_row`] writes under.
 pub fn write_csv_header(columns: &[Field], out: &mut Vec<u8>) {
-    for (i, f) in columns.iter().enumerate() {
+    write_csv_header_with(columns, false, out);
+}
+
+/// The same header, naming the bridge's columns after `columns` when
+/// `bridge`.
+pub fn write_csv_header_with(columns: &[Field], bridge: bool, out: &mut Vec<u8>) {
+    let bridge_names: &[&str] = if bridge { &CSV_BRIDGE_COLUMNS } else { &[] };
+    for (i, name) in columns.iter().map(|f| f.name()).chain(bridge_names.iter().copied()).enumerate() {
         if i > 0 {
             out.push(b',');
         }
-        out.extend_from_slice(f.name().as_bytes());
+        out.extend_from_slice(name.as_bytes());
     }
     out.extend_from_slice(b"\r\n");
 }
@@ -747,6 +778,28 @@ mod tests {
             std::str::from_utf8(&out).unwrap(),
             "request_uuid,bytes,user_agent,request_time,org_name\r\nu1,113,\"ua, \"\"x\"\"\",2019-04-19T21:56:43Z,\r\n"
         );
+        // With the bridge's columns, read back by the export's reader.
+        r.host = Cow::Borrowed("edge, 1");
+        let cols = &crate::parse::ecle_csv::NATURAL[..35];
+        let mut out = Vec::new();
+        write_csv_header_with(cols, true, &mut out);
+        r.write_csv_row_with(cols, true, &mut out);
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.lines().nth(1).unwrap().ends_with(",1555711021034,17966,\"edge, 1\""), "{text}");
+        let mut p = crate::parse::LineParser::new(crate::parse::Format::Auto, 1 << 20);
+        p.keep_bridge_fields();
+        let mut got = Vec::new();
+        for line in text.lines() {
+            p.parse_line(line.as_bytes(), &mut got).unwrap();
+        }
+        assert_eq!((got[0].ingestion_time, got[0].sync_delay_ms, &*got[0].host), (Some(1_555_711_021_034), Some(17_966), "edge, 1"));
+        // Without keeping them, the export's reader ignores them.
+        let mut p = crate::parse::LineParser::new(crate::parse::Format::Auto, 1 << 20);
+        let mut got = Vec::new();
+        for line in text.lines() {
+            p.parse_line(line.as_bytes(), &mut got).unwrap();
+        }
+        assert_eq!((got[0].ingestion_time, got[0].sync_delay_ms, &*got[0].host), (None, None, ""));
     }
 
     #[test]

@@ -59,6 +59,7 @@ pub fn run(args: ExportArgs) -> anyhow::Result<i32> {
         close_after: std::time::Duration::ZERO,
         include_org: args.include_org,
         header: !args.no_header,
+        bridge_columns: args.bridge_columns,
         gzip: (!args.no_gzip).then_some(args.gzip_level),
         fsync_interval: std::time::Duration::from_secs(1),
         max_open_files: 1024,
@@ -125,6 +126,10 @@ fn export_file(
     let gz = r.fill_buf().map_err(FileError::Read)?.starts_with(&[0x1f, 0x8b]);
     let mut input: Box<dyn BufRead> = if gz { Box::new(BufReader::with_capacity(256 * 1024, MultiGzDecoder::new(r))) } else { Box::new(r) };
     let mut parser = LineParser::new(args.format, 1 << 20);
+    if args.bridge_columns {
+        // The archive's own fields go into the bridge's columns.
+        parser.keep_bridge_fields();
+    }
     let mut line = Vec::with_capacity(4096);
     let (mut records, mut rejects) = (0u64, 0u64);
     loop {

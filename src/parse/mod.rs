@@ -178,8 +178,8 @@ impl LineParser {
     }
 
     /// Keeps the fields a bridge wrote (`ingestion_time` in either
-    /// spelling, `sync_delay_ms`, `host`) in `ecls` and JSON records, as
-    /// they are: for reading the bridge's archive or replay log (`lag
+    /// spelling, `sync_delay_ms`, `host`) in `ecls` and JSON records and in
+    /// export CSV files with the bridge's columns, as they are: for reading the bridge's archive or replay log (`lag
     /// report`). Files read by the bridge leave them to the stamping.
     pub fn keep_bridge_fields(&mut self) {
         self.bridge_fields = true;
@@ -240,7 +240,7 @@ impl LineParser {
         let r = match self.format {
             Format::Le6 => le6::parse(s, out),
             Format::Le5Csv => le5_csv::parse(s, &mut self.csv, out),
-            Format::EcleCsv => ecle_csv::parse(s, &mut self.csv, out),
+            Format::EcleCsv => ecle_csv::parse_with(s, &mut self.csv, self.bridge_fields, out),
             Format::LeJson => le_json::parse_with(s, self.bridge_fields, out),
             Format::Ecls => ecls::parse_with(s, self.bridge_fields, out),
             Format::Auto => Err(Reject::new(RejectReason::UnknownFormat, "format not decided")),

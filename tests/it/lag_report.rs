@@ -342,3 +342,50 @@ fn the_running_bridge_keeps_per_minute_history_for_history_and_its_chart() {
         crate::support::terminate(&mut bridge, Duration::from_secs(30));
     }
 }
+
+#[test]
+fn a_day_of_export_slices_with_the_bridge_columns_finds_the_same_episode() {
+    let dir = tempfile::tempdir().unwrap();
+    let (inputs, truth) = write_day(dir.path());
+    let export = |name: &str, extra: &[&str]| {
+        let out_dir = dir.path().join(name);
+        let mut a: Vec<String> = ["export", "--from", "2026-12-06T00:00:00Z", "--to", "2026-12-07T00:00:00Z", "--gzip-level", "1", "--dir"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        a.push(out_dir.display().to_string());
+        a.extend(extra.iter().map(|s| s.to_string()));
+        a.extend(inputs.iter().map(|p| p.display().to_string()));
+        let out = run(&a.iter().map(String::as_str).collect::<Vec<_>>());
+        assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+        out_dir
+    };
+    // The slices with the bridge's columns: the same episode, host, and p95.
+    let slices = export("export", &["--bridge-columns"]);
+    let first = std::fs::read_dir(&slices)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .find(|p| p.to_string_lossy().ends_with(".csv.gz"))
+        .unwrap();
+    let mut header = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(flate2::read::GzDecoder::new(std::fs::File::open(&first).unwrap())),
+        &mut header,
+    )
+    .unwrap();
+    assert!(header.starts_with("request_host_name,") && header.trim_end().ends_with(",ingestion_time,sync_delay_ms,host"), "{header}");
+    let r = report(&["--every", "1m", "--threshold", "60s"], std::slice::from_ref(&slices));
+    check_episode(&r, &truth, &slices.display().to_string());
+    let records: u64 = r["windows"].as_array().unwrap().iter().map(|w| w["records"].as_u64().unwrap()).sum();
+    assert_eq!(records, truth.len() as u64);
+
+    // The hosted export's columns only: counted, but no delay to tell.
+    let plain = export("plain", &[]);
+    let r = report(&["--every", "1h"], std::slice::from_ref(&plain));
+    let windows = r["windows"].as_array().unwrap();
+    assert_eq!(windows.iter().map(|w| w["records_without_delay"].as_u64().unwrap()).sum::<u64>(), truth.len() as u64);
+    assert!(windows.iter().all(|w| w["p95_ms"].is_null() && w["host"] == "-"));
+    assert!(r["episodes"].as_array().unwrap().is_empty());
+    assert_eq!(r["sources"][0]["observed"]["none"], 360, "a 30-minute slice of both hosts: {}", r["sources"][0]);
+}

@@ -158,7 +158,7 @@ impl Exporter {
     fn new(cfg: &ExportConfig, stats: ExportStats, offline: bool, range: (i64, i64)) -> Exporter {
         Exporter {
             dir: cfg.dir.clone(),
-            fmt: FileFormat { columns: columns(cfg.include_org), header: cfg.header, gzip: cfg.gzip },
+            fmt: FileFormat { columns: columns(cfg.include_org), header: cfg.header, gzip: cfg.gzip, bridge_columns: cfg.bridge_columns },
             slice_ms: cfg.slice_ms(),
             close_after_ms: cfg.close_after.as_millis() as i64,
             max_open: if offline { cfg.max_open_files.max(1024) } else { cfg.max_open_files },
