@@ -264,6 +264,9 @@ fn the_chart_has_axes_a_series_per_host_and_statistic_the_threshold_and_the_epis
     if let Ok(keep) = std::env::var("LAG_REPORT_KEEP_CHART") {
         std::fs::copy(&png, Path::new(&keep).join("lag.png")).unwrap();
         std::fs::copy(&svg, Path::new(&keep).join("lag.svg")).unwrap();
+        for i in &inputs {
+            std::fs::copy(i, Path::new(&keep).join(i.file_name().unwrap())).unwrap();
+        }
     }
     // The PNG is an image of the chart's size.
     let png = std::fs::read(&png).unwrap();
