@@ -300,7 +300,8 @@ fn the_running_bridge_keeps_per_minute_history_for_history_and_its_chart() {
     let config = |minutes: u32| {
         format!(
             "host = \"edge-h\"\nstate_dir = {state:?}\n\n[[source]]\npaths = [{glob:?}]\nformat = \"le6\"\nread_from = \"beginning\"\n\n\
-             [file_output]\npath = {out:?}\n\n[status]\nlisten = \"127.0.0.1:0\"\nhistory_minutes = {minutes}\n",
+             [file_output]\npath = {out:?}\n\n[channel]\nlisten = \"127.0.0.1:0\"\ntoken = \"lag-report-test-token\"\n\n\
+             [status]\nlisten = \"127.0.0.1:0\"\nhistory_minutes = {minutes}\n",
             state = p(&format!("state{minutes}")).display().to_string(),
             glob = p("logs/access*.log*").display().to_string(),
             out = p(&format!("out{minutes}/calls.ndjson")).display().to_string(),
@@ -344,6 +345,18 @@ fn the_running_bridge_keeps_per_minute_history_for_history_and_its_chart() {
         }
         crate::support::terminate(&mut bridge, Duration::from_secs(30));
     }
+    // The replay log the channel kept: the same records, host and delays.
+    let now = calllog_bridge::time::now_ms();
+    let (from, to) =
+        (calllog_bridge::time::format_iso_seconds(now - 86_400_000), calllog_bridge::time::format_iso_seconds(now + 86_400_000));
+    let out = run(&["lag", "report", "--from", &from, "--to", &to, "--every", "1h", "--json", p("state120/replay").to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let t = &r["totals"][0];
+    assert_eq!((t["host"].as_str(), t["records"].as_u64()), (Some("edge-h"), Some(600)), "{r}");
+    assert!(t["file"].as_str().unwrap().ends_with("state120/replay"), "{t}");
+    assert!((90_000..100_000).contains(&t["p95_ms"].as_i64().unwrap()), "{t}");
+    assert_eq!(r["sources"][0]["format"], "replay");
 }
 
 #[test]
