@@ -147,18 +147,13 @@ pub fn run(args: LagReportArgs) -> anyhow::Result<i32> {
         } else {
             read_text(&path, file, &args, &mut collector, &mut buf)
         };
-        match result {
-            Ok(s) => {
-                eprintln!("{}", summary_line(&s));
-                sources.push(s);
-            }
-            Err((s, e)) => {
-                eprintln!("{}", summary_line(&s));
-                eprintln!("calllog-bridge: lag report: cannot read {}: {e}", path.display());
-                sources.push(s);
-                failed += 1;
-            }
+        let (s, error) = result;
+        eprintln!("{}", summary_line(&s));
+        if let Some(e) = error {
+            eprintln!("calllog-bridge: lag report: cannot read {}: {e}", path.display());
+            failed += 1;
         }
+        sources.push(s);
     }
     let report = collector.finish();
     if sources.iter().any(|s| s.observed.contains_key(Observed::FileMtime.name())) {
@@ -264,8 +259,9 @@ fn collect(records: &[Record<'_>], file: &str, format: Format, mtime_ms: Option<
     }
 }
 
-/// Reads an archive, export slice or raw log through the ingest stage.
-fn read_text(path: &Path, file: String, args: &LagReportArgs, c: &mut Collector, buf: &mut Vec<u8>) -> Result<Source, (Source, io::Error)> {
+/// Reads an archive, export slice or raw log through the ingest stage;
+/// what was read, and the error that ended it early.
+fn read_text(path: &Path, file: String, args: &LagReportArgs, c: &mut Collector, buf: &mut Vec<u8>) -> (Source, Option<io::Error>) {
     let mut s = Source {
         path: path.to_path_buf(),
         file,
@@ -277,7 +273,7 @@ fn read_text(path: &Path, file: String, args: &LagReportArgs, c: &mut Collector,
     };
     let mut input = match open_input(path) {
         Ok(i) => i,
-        Err(e) => return Err((s, e)),
+        Err(e) => return (s, Some(e)),
     };
     let tables = Lookups::default();
     let mut ingest = Ingest::new(args.format, args.max_line_bytes, 0).keep_bridge_fields();
@@ -295,14 +291,15 @@ fn read_text(path: &Path, file: String, args: &LagReportArgs, c: &mut Collector,
     s.rejects = rejects;
     s.format = ingest.parser().format().to_string();
     match failed {
-        Ok(Some(e)) | Err(e) => Err((s, e)),
-        Ok(None) => Ok(s),
+        Ok(Some(e)) | Err(e) => (s, Some(e)),
+        Ok(None) => (s, None),
     }
 }
 
 /// Reads a replay log segment: its records as the channel sent them
-/// (`ecls` shape, one JSON record each), through the ingest stage.
-fn read_segment(path: &Path, file: String, args: &LagReportArgs, c: &mut Collector) -> Result<Source, (Source, io::Error)> {
+/// (`ecls` shape, one JSON record each), through the ingest stage; what
+/// was read, and the error that ended it early.
+fn read_segment(path: &Path, file: String, args: &LagReportArgs, c: &mut Collector) -> (Source, Option<io::Error>) {
     let mut s = Source {
         path: path.to_path_buf(),
         file,
@@ -338,9 +335,9 @@ fn read_segment(path: &Path, file: String, args: &LagReportArgs, c: &mut Collect
     match read {
         Ok((_, damaged)) => {
             s.damaged = damaged;
-            Ok(s)
+            (s, None)
         }
-        Err(e) => Err((s, e)),
+        Err(e) => (s, Some(e)),
     }
 }
 
