@@ -6,8 +6,10 @@
 #             its in-memory/S3 (`dynostore`) and SQLite (`libsql`) storage
 #             engines. About 15 minutes of CPU to build on 2 cores: cached.
 #   s3s-fs    an S3-compatible server over a directory (crates.io).
-#   python    a virtualenv with kafka-python (an independent Kafka client)
-#             and boto3 (an independent S3 client), from PyPI.
+#   python    a virtualenv with kafka-python (an independent Kafka client),
+#             boto3 (an independent S3 client) and opentelemetry-proto (the
+#             official OTLP definitions, for the test OTLP collector), from
+#             PyPI.
 #   prometheus  Debian's `prometheus` package (prometheus and promtool, for
 #             the alert-rule tests): downloaded with `apt-get download` and
 #             unpacked with `dpkg-deb -x` into the cache, never installed
@@ -54,12 +56,12 @@ install_crate() { # name version features bin
 
 install_python() {
     local venv="$dir/python"
-    if [ -x "$venv/bin/python" ] && "$venv/bin/python" -c 'import kafka, boto3' 2>/dev/null; then
+    if [ -x "$venv/bin/python" ] && "$venv/bin/python" -c 'import kafka, boto3, opentelemetry.proto' 2>/dev/null; then
         return 0
     fi
-    say "installing kafka-python and boto3 from PyPI into $venv ..."
+    say "installing kafka-python, boto3 and opentelemetry-proto from PyPI into $venv ..."
     python3 -m venv "$venv" >>"$log" 2>&1
-    "$venv/bin/pip" install --quiet 'kafka-python==2.0.2' 'boto3>=1.34,<2' >>"$log" 2>&1
+    "$venv/bin/pip" install --quiet 'kafka-python==2.0.2' 'boto3>=1.34,<2' 'opentelemetry-proto>=1.27,<2' >>"$log" 2>&1
 }
 
 install_prometheus() {

@@ -30,7 +30,8 @@
 //! - [`sim`]: simulated Local Edition traffic (generator and file writer).
 //! - [`sink`]: where batches go (file archive, channel, upstream), each a
 //!   [`sink::Sink`] in [`sink::REGISTRY`]; [`bridge`] starts and stops
-//!   sources and sinks.
+//!   sources and sinks. [`delivery`]: the reliable-delivery engine the
+//!   sinks that send records away run on (retries, spool, dead letter).
 //! - [`kafka`]: the Kafka protocol side of a fleet (edge sink, hub source).
 //! - [`reload`]: SIGHUP: re-read the config, apply it or refuse it whole.
 //! - [`service`]: systemd readiness, watchdog and journal-friendly logs.
@@ -52,6 +53,7 @@ pub mod checkpoint;
 pub mod cli;
 pub mod cmd;
 pub mod config;
+pub mod delivery;
 pub mod demo;
 pub mod enrich;
 pub mod history;

@@ -22,7 +22,7 @@ pub enum Tool {
     Tansu,
     /// s3s-fs, an S3 server over a directory.
     S3sFs,
-    /// Python with kafka-python and boto3.
+    /// Python with kafka-python, boto3 and opentelemetry-proto.
     Python,
     /// Prometheus (Debian's package, unpacked into the cache).
     Prometheus,
@@ -55,7 +55,7 @@ impl Tool {
         match self {
             Tool::Tansu => "tansu",
             Tool::S3sFs => "s3s-fs",
-            Tool::Python => "python (kafka-python, boto3)",
+            Tool::Python => "python (kafka-python, boto3, opentelemetry-proto)",
             Tool::Prometheus => "prometheus",
             Tool::Promtool => "promtool",
         }
