@@ -547,7 +547,13 @@ fn backlog(rows: &mut Vec<Row>, archive: bool, upstream: bool) {
 /// counts the lines in `written`.
 /// With `sent`, each line's `request_uuid` and the instant just before its
 /// `write()` are recorded there.
-fn trickle_writer(path: PathBuf, rate: f64, stop: Arc<AtomicBool>, written: Arc<AtomicU64>, sent: Option<Sent>) -> std::thread::JoinHandle<()> {
+fn trickle_writer(
+    path: PathBuf,
+    rate: f64,
+    stop: Arc<AtomicBool>,
+    written: Arc<AtomicU64>,
+    sent: Option<Sent>,
+) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
         let mut f = fs::OpenOptions::new().append(true).open(&path).expect("open the live file");
         let mut gen = Generator::new(4);
@@ -875,7 +881,11 @@ fn latency(rows: &mut Vec<Row>) {
             .iter()
             .filter_map(|(uuid, at)| {
                 let r = got.get(uuid)?;
-                Some(format!("{:.4} {:.3}\n", at.saturating_duration_since(t0).as_secs_f64(), r.saturating_duration_since(*at).as_secs_f64() * 1e3))
+                Some(format!(
+                    "{:.4} {:.3}\n",
+                    at.saturating_duration_since(t0).as_secs_f64(),
+                    r.saturating_duration_since(*at).as_secs_f64() * 1e3
+                ))
             })
             .collect();
         fs::write(&path, dump).expect("write LATENCY_DUMP");
