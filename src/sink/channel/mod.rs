@@ -710,7 +710,13 @@ fn item(r: &Record<'_>, mask_keep: Option<usize>, observed_ms: i64, buf: &mut Ve
         }
         None => r.write_json(Shape::Ecls, buf),
     }
-    let json = String::from_utf8_lossy(buf).into_owned().into_boxed_str();
+    // The JSON writer writes UTF-8 only: validated at the fast path's
+    // speed (`from_utf8_lossy` checks chunk by chunk, as much CPU as
+    // writing the JSON).
+    let json = match std::str::from_utf8(buf) {
+        Ok(s) => Box::from(s),
+        Err(_) => String::from_utf8_lossy(buf).into_owned().into_boxed_str(),
+    };
     Item {
         json,
         service_id: r.get(Field::ServiceId).into(),
