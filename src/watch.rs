@@ -608,6 +608,40 @@ impl Events {
         self.queue.pop_front()
     }
 
+    /// Every change read or queued in the kernel now, without waiting
+    /// (at most `max`): what a round handles. While paused, a read that
+    /// left room for more took all there was: no read more to find out.
+    pub fn drain(&mut self, changes: &mut Vec<Change>, max: usize) {
+        let mut read_all = false;
+        while changes.len() < max {
+            if let Some(c) = self.queue.pop_front() {
+                changes.push(c);
+                continue;
+            }
+            if read_all {
+                return;
+            }
+            let Registration::Paused(inotify) = &mut self.fd else {
+                match self.try_next() {
+                    Some(c) => changes.push(c),
+                    None => return,
+                }
+                continue;
+            };
+            match read_raw(inotify, &mut self.buf, &mut self.raw) {
+                Ok(all) => {
+                    read_all = all;
+                    self.decode();
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
+                Err(_) => {
+                    changes.push(Change::Rescan);
+                    return;
+                }
+            }
+        }
+    }
+
     /// Turns the events read into changes: paths the globs match, watches
     /// added for new subdirectories the globs can reach and dropped for
     /// directories gone.

@@ -943,15 +943,10 @@ async fn sleep_until(at: Option<Instant>) {
     }
 }
 
-/// `first` and the changes queued behind it (at most 1,024 at a time).
+/// `changes` and the changes queued behind them (at most 1,024 at a time).
 fn queued_changes(events: Option<&mut Events>, mut changes: Vec<Change>) -> Vec<Change> {
     if let Some(ev) = events {
-        while changes.len() < 1024 {
-            match ev.try_next() {
-                Some(c) => changes.push(c),
-                None => break,
-            }
-        }
+        ev.drain(&mut changes, 1024);
     }
     changes
 }
