@@ -368,6 +368,7 @@ impl Watcher {
             watched: HashMap::new(),
             queue: VecDeque::new(),
             watcher: self.clone(),
+            last_file: None,
         };
         ev.rewatch(self);
         Ok(ev)
@@ -463,6 +464,19 @@ pub struct Events {
     queue: VecDeque<Change>,
     /// The source's globs.
     watcher: Arc<Watcher>,
+    /// The last file an event named, and whether the globs match it: a
+    /// file written line by line is named by every round's event, and
+    /// matching its path against the globs each time cost as much as the
+    /// rest of reading the event.
+    last_file: Option<LastFile>,
+}
+
+/// A file named by an event (its directory's watch and its name), with
+/// its path when the globs match it.
+struct LastFile {
+    wd: i32,
+    name: std::ffi::OsString,
+    path: Option<PathBuf>,
 }
 
 impl Events {
@@ -512,6 +526,8 @@ impl Events {
             // The same directory by another path (a link): one watch.
             Some(d) => d.below = d.below.max(below),
             None => {
+                // A watch descriptor may be one used before.
+                self.last_file = None;
                 self.dirs.insert(id, WatchedDir { path: dir.to_path_buf(), wd, below });
                 self.watched.insert(dir.to_path_buf(), id);
             }
@@ -522,6 +538,7 @@ impl Events {
     /// Forgets the watches of `dir` and of every directory under it
     /// (removing them from inotify unless the kernel did: `gone`).
     fn unwatch_tree(&mut self, dir: &Path, gone: bool) {
+        self.last_file = None;
         let ids: Vec<i32> = self.dirs.iter().filter(|(_, d)| d.path.starts_with(dir)).map(|(id, _)| *id).collect();
         for id in ids {
             if let Some(d) = self.dirs.remove(&id) {
@@ -668,8 +685,8 @@ impl Events {
                 }
                 continue;
             };
-            let path = dir.path.join(name);
             if ev.mask.contains(EventMask::ISDIR) {
+                let path = dir.path.join(name);
                 let below = dir.below;
                 if ev.mask.intersects(EventMask::CREATE | EventMask::MOVED_TO) && below > 0 {
                     // Files may have been created in it before its watch:
@@ -681,9 +698,16 @@ impl Events {
                 }
                 continue;
             }
-            if !self.watcher.matches(&path) {
-                continue;
-            }
+            let path = match &self.last_file {
+                Some(last) if last.wd == ev.wd && last.name == *name => last.path.clone(),
+                _ => {
+                    let path = dir.path.join(name);
+                    let path = self.watcher.matches(&path).then_some(path);
+                    self.last_file = Some(LastFile { wd: ev.wd, name: name.clone(), path: path.clone() });
+                    path
+                }
+            };
+            let Some(path) = path else { continue };
             if ev.mask.intersects(EventMask::MODIFY | EventMask::ATTRIB) {
                 // A file written line by line: one change per path.
                 if let Some(Change::Modified(paths)) = self.queue.back_mut() {
@@ -791,6 +815,46 @@ mod tests {
         assert!(matches!(c, Change::Moved(_)) && paths(&c) == ["a.log"], "{c:?}");
         std::fs::remove_file(d.join("a.log.1")).unwrap();
         assert!(ev.try_next().is_none(), "a.log.1 is not the source's");
+    }
+
+    #[tokio::test]
+    async fn files_written_in_turn_each_get_their_own_verdict_from_the_globs() {
+        use std::io::Write;
+        let dir = tempfile::tempdir().unwrap();
+        let d = std::fs::canonicalize(dir.path()).unwrap();
+        let w = Arc::new(Watcher::new(&source(&[&format!("{}/*.log", d.display())], &[&format!("{}/skip.log", d.display())])).unwrap());
+        let open = |name: &str| std::fs::OpenOptions::new().create(true).append(true).open(d.join(name)).unwrap();
+        let (mut a, mut other, mut skip, mut b) = (open("a.log"), open("other.txt"), open("skip.log"), open("b.log"));
+        let mut ev = w.events().unwrap();
+        // Each in turn, twice over: the verdict and path remembered for
+        // the last file named are never taken for another one.
+        for _ in 0..2 {
+            for f in [&mut a, &mut other, &mut skip, &mut b] {
+                f.write_all(b"x\n").unwrap();
+            }
+        }
+        let mut seen: Vec<String> = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !seen.iter().any(|p| p == "b.log") && Instant::now() < deadline {
+            seen.extend(paths(&next(&mut ev).await));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        while let Some(c) = ev.try_next() {
+            seen.extend(paths(&c));
+        }
+        seen.sort();
+        seen.dedup();
+        assert_eq!(seen, ["a.log", "b.log"]);
+        // A file that goes and comes back under the same name is matched
+        // again (a new watch may reuse a descriptor number).
+        drop(a);
+        std::fs::remove_file(d.join("a.log")).unwrap();
+        let mut b = open("a.log");
+        b.write_all(b"y\n").unwrap();
+        let mut names = Vec::new();
+        while !names.iter().any(|n: &String| n == "a.log") {
+            names.extend(paths(&next(&mut ev).await));
+        }
     }
 
     #[tokio::test]
