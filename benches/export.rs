@@ -7,7 +7,9 @@
 //! `[export]` sink does per batch: [`Exporter::write`] (the slice of each
 //! record, the CSV row, the gzip stream) and [`Exporter::sync`] (gzip sync
 //! flush and `fdatasync`) every [`BATCH`] records, in a temporary
-//! directory, with gzip level 1 (the default), level 6 and plain CSV. The CPU time
+//! directory, with gzip level 1 (the default), level 6 and plain CSV, and
+//! level 1 with `escape_formulas = false` (what neutralising spreadsheet
+//! formulas costs, as a ratio within one run). The CPU time
 //! is the thread's own (`/proc/thread-self/schedstat`, nanoseconds on a
 //! CPU), so waiting for the disk is not counted; the wall time is printed
 //! too. Best of [`ROUNDS`]. `RECORDS=n` changes the number of records.
@@ -51,10 +53,14 @@ fn records(n: usize) -> Vec<Record<'static>> {
 }
 
 /// One pass: (wall seconds, CPU seconds, bytes written).
-fn pass(recs: &[Record<'static>], gzip: Option<u32>) -> (f64, f64, u64) {
+fn pass(recs: &[Record<'static>], gzip: Option<u32>, escape_formulas: bool) -> (f64, f64, u64) {
     let dir = tempfile::tempdir().expect("tempdir");
     let level = gzip.map_or(String::new(), |l| format!("gzip_level = {l}\n"));
-    let text = format!("dir = {:?}\ngzip = {}\n{level}close_after_secs = 3600\n", dir.path().to_string_lossy(), gzip.is_some());
+    let text = format!(
+        "dir = {:?}\ngzip = {}\n{level}close_after_secs = 3600\nescape_formulas = {escape_formulas}\n",
+        dir.path().to_string_lossy(),
+        gzip.is_some()
+    );
     let section: ExportSection = toml::from_str(&text).expect("section");
     let cfg = ExportConfig::from_section(section, dir.path()).expect("config");
     let now = calllog_bridge::time::now_ms();
@@ -72,18 +78,19 @@ fn pass(recs: &[Record<'static>], gzip: Option<u32>) -> (f64, f64, u64) {
 fn main() {
     let n: usize = std::env::var("RECORDS").ok().and_then(|v| v.parse().ok()).unwrap_or(400_000);
     let recs = records(n);
-    for gzip in [Some(1), Some(6), None] {
+    for (gzip, escape_formulas) in [(Some(1), true), (Some(1), false), (Some(6), true), (None, true)] {
         let mut best = (f64::MAX, f64::MAX, 0);
         for _ in 0..ROUNDS {
-            let r = pass(&recs, gzip);
+            let r = pass(&recs, gzip, escape_formulas);
             if r.1 < best.1 {
                 best = r;
             }
         }
         let (wall, cpu, bytes) = best;
         println!(
-            "export ({}): {n} records in {BATCH}-record batches, best of {ROUNDS}: CPU {cpu:.2} s = {:.0} records per CPU-second (one core); wall {wall:.2} s = {:.0} records/s; {:.1} MB written ({:.0} bytes/record)",
+            "export ({}{}): {n} records in {BATCH}-record batches, best of {ROUNDS}: CPU {cpu:.2} s = {:.0} records per CPU-second (one core); wall {wall:.2} s = {:.0} records/s; {:.1} MB written ({:.0} bytes/record)",
             gzip.map_or("plain CSV".to_string(), |l| format!("gzip level {l}")),
+            if escape_formulas { "" } else { ", escape_formulas = false" },
             n as f64 / cpu.max(1e-9),
             n as f64 / wall.max(1e-9),
             bytes as f64 / 1e6,

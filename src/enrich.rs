@@ -1,5 +1,8 @@
 //! Enrichment: lookup tables fill the names raw Local Edition lines lack,
-//! then optional masking of `api_key` and `oauth_access_token`.
+//! then optional masking of `api_key` and `oauth_access_token`
+//! ([`crate::mask`]: the one rule, also used by the channel's `mask_keep`;
+//! a secret is masked in its own field and wherever it appears in `uri`,
+//! `request_id` and `referrer`, percent-encoded or not).
 //!
 //! Invariant: [`Enricher::enrich`] is pure and does not allocate for a
 //! lookup hit (filled values borrow from the [`Lookups`] snapshot); the only
@@ -45,6 +48,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::SystemTime;
 
+use crate::mask::Masking;
 use crate::record::{is_absent, Field, Record};
 use crate::settings::EnrichConfig;
 use crate::telemetry::LookupStats;
@@ -579,10 +583,9 @@ impl EnrichStats {
 pub struct Enricher {
     /// The lookup files, in load order.
     files: Vec<PathBuf>,
-    /// Characters of `api_key` kept at each end when masking; `None` = no masking.
-    mask_api_key_keep: Option<usize>,
-    /// The same for `oauth_access_token`.
-    mask_oauth_keep: Option<usize>,
+    /// What masking applies (`[enrich] mask_api_key_keep`,
+    /// `mask_oauth_token_keep`).
+    masking: Masking,
     /// The current tables; readers clone the `Arc`.
     current: RwLock<Arc<Lookups>>,
     /// The file versions the last load attempt saw (index = `files`).
@@ -602,8 +605,7 @@ impl Enricher {
         loaded(&stats, &tables);
         Ok(Enricher {
             files: lookups.to_vec(),
-            mask_api_key_keep,
-            mask_oauth_keep,
+            masking: Masking { api_key_keep: mask_api_key_keep, oauth_token_keep: mask_oauth_keep },
             current: RwLock::new(Arc::new(tables)),
             stamps: Mutex::new(stamps),
             stats,
@@ -629,12 +631,13 @@ impl Enricher {
     /// True when `enrich` can change nothing (no tables, no masking):
     /// callers may skip it.
     pub fn is_noop(&self) -> bool {
-        self.mask_api_key_keep.is_none() && self.mask_oauth_keep.is_none() && self.files.is_empty()
+        self.masking.is_off() && self.files.is_empty()
     }
 
     /// Fills the record's empty fields from `tables` (borrowing, no
     /// allocation per hit) and then masks `api_key` / `oauth_access_token`
-    /// when configured. Never overwrites a value the record has.
+    /// when configured ([`Masking::apply`]). Never overwrites a value the
+    /// record has.
     pub fn enrich<'a>(&self, tables: &'a Lookups, rec: &mut Record<'a>) {
         for kind in TableKind::ALL {
             let table = &tables.tables[kind.index()];
@@ -663,14 +666,7 @@ impl Enricher {
                 }
             }
         }
-        if let Some(keep) = self.mask_api_key_keep {
-            mask_api_key(rec, keep);
-        }
-        if let Some(keep) = self.mask_oauth_keep {
-            if let Some(m) = mask(rec.get(Field::OauthAccessToken), keep) {
-                rec.set(Field::OauthAccessToken, m);
-            }
-        }
+        self.masking.apply(rec);
     }
 
     /// Re-stats the lookup files; if any changed (mtime, size or inode),
@@ -733,42 +729,6 @@ fn loaded(stats: &LookupStats, tables: &Lookups) {
     for k in TableKind::ALL {
         stats.set_table(k.index(), tables.has(k), tables.len(k));
     }
-}
-
-/// Masks `api_key`, and the same key where it appears verbatim in
-/// `request_id` and `uri` (a masked key that still shows in the request id
-/// would defeat the point).
-fn mask_api_key(rec: &mut Record<'_>, keep: usize) {
-    let Some(masked) = mask(rec.get(Field::ApiKey), keep) else {
-        return;
-    };
-    let key = rec.get(Field::ApiKey).to_string();
-    for f in [Field::RequestId, Field::Uri] {
-        let v = rec.get(f);
-        if v.contains(key.as_str()) {
-            let replaced = v.replace(key.as_str(), &masked);
-            rec.set(f, replaced);
-        }
-    }
-    rec.set(Field::ApiKey, masked);
-}
-
-/// Masks a secret as the hosted export does: keeps `keep` characters at each
-/// end and replaces the middle with `*` (same length). Returns `None` (leave
-/// as is) for `-`, `unknown`, empty, and values shorter than `2 * keep + 1`.
-pub fn mask(value: &str, keep: usize) -> Option<String> {
-    if is_absent(value) || value == "unknown" {
-        return None;
-    }
-    let n = value.chars().count();
-    if n < 2 * keep + 1 {
-        return None;
-    }
-    let mut out = String::with_capacity(value.len());
-    for (i, c) in value.chars().enumerate() {
-        out.push(if i < keep || i >= n - keep { c } else { '*' });
-    }
-    Some(out)
 }
 
 #[cfg(test)]
@@ -880,22 +840,6 @@ mod tests {
     }
 
     #[test]
-    fn masking_table() {
-        for (value, keep, expected) in [
-            ("k7q2mzp4rb9d3hxw8cyn5ta6", 4, Some("k7q2****************5ta6")),
-            ("abcdefghi", 4, Some("abcd*fghi")),
-            ("abcdefgh", 4, None),
-            ("abc", 0, Some("***")),
-            ("-", 2, None),
-            ("unknown", 1, None),
-            ("", 0, None),
-            ("ééééé", 2, Some("éé*éé")),
-        ] {
-            assert_eq!(mask(value, keep).as_deref(), expected, "{value} keep {keep}");
-        }
-    }
-
-    #[test]
     fn masks_key_everywhere_and_token() {
         let e = Enricher::new(&[], Some(2), Some(3)).unwrap();
         let tables = e.tables();
@@ -903,13 +847,19 @@ mod tests {
             (Field::ApiKey, "abcdefgh"),
             (Field::RequestId, "1542643301.250_abcdefgh_svc"),
             (Field::Uri, "/v2?api_key=abcdefgh"),
-            (Field::OauthAccessToken, "tok-1234567"),
+            (Field::OauthAccessToken, "tok-12345678"),
+            (Field::Referrer, "https://a.example/?k=abcdefgh"),
         ]);
         e.enrich(&tables, &mut r);
         assert_eq!(r.get(Field::ApiKey), "ab****gh");
         assert_eq!(r.get(Field::RequestId), "1542643301.250_ab****gh_svc");
         assert_eq!(r.get(Field::Uri), "/v2?api_key=ab****gh");
-        assert_eq!(r.get(Field::OauthAccessToken), "tok*****567");
+        assert_eq!(r.get(Field::Referrer), "https://a.example/?k=ab****gh");
+        assert_eq!(r.get(Field::OauthAccessToken), "tok******678");
+        // A token too short to keep 3 at each end is masked whole.
+        let mut r = rec(&[(Field::OauthAccessToken, "tok-1234567")]);
+        e.enrich(&tables, &mut r);
+        assert_eq!(r.get(Field::OauthAccessToken), "***********");
         let mut r = rec(&[(Field::OauthAccessToken, "-"), (Field::ApiKey, "unknown")]);
         e.enrich(&tables, &mut r);
         assert_eq!((r.get(Field::OauthAccessToken), r.get(Field::ApiKey)), ("-", "unknown"));

@@ -14,6 +14,7 @@
 //!   numbers, offsets, stamping, enrichment), shared by `run` and `parse`.
 //! - [`parse`]: one module per Local Edition format; pure, no I/O.
 //! - [`enrich`]: lookup tables, masking; pure apart from (re)loading tables.
+//!   [`mask`]: the one masking rule (enrich and the channel both use it).
 //! - [`record`]: the call-log record and its two JSON shapes.
 //! - [`rejects`]: the rejects file (lines that did not parse, as JSON lines).
 //! - [`rotating`]: size-rotated append-only files (rejects, dead letters).
@@ -22,18 +23,23 @@
 //! - [`cmd`]: one module per subcommand; [`cli`] holds the clap definitions.
 //! - [`preflight`]: what `run` needs from the host (files, directories,
 //!   listeners), checked the same way by `check-config` and `run`;
+//!   [`probe`]: the peers a config names (upstream, Kafka), tried by
+//!   `check-config`;
 //!   [`state_dir`]: every file in `state_dir` and the one atomic write;
 //!   [`state_lock`]: one bridge per `state_dir`.
 //! - [`sim`]: simulated Local Edition traffic (generator and file writer).
 //! - [`sink`]: where batches go (file archive, channel, upstream), each a
 //!   [`sink::Sink`] in [`sink::REGISTRY`]; [`bridge`] starts and stops
-//!   sources and sinks.
+//!   sources and sinks. [`delivery`]: the reliable-delivery engine the
+//!   sinks that send records away run on (retries, spool, dead letter).
 //! - [`kafka`]: the Kafka protocol side of a fleet (edge sink, hub source).
 //! - [`reload`]: SIGHUP: re-read the config, apply it or refuse it whole.
 //! - [`service`]: systemd readiness, watchdog and journal-friendly logs.
 //! - [`logsafe`]: peer-supplied text (file names, collector answers)
 //!   escaped for log lines.
 //! - [`telemetry`]: per-file and per-sink statistics, metrics, status.
+//! - [`history`]: sync-delay history over time (percentile histograms,
+//!   windows and episodes, the chart), for `lag report` and `/history`.
 //! - [`listener`]: what bounds every listener (socket cap, idle eviction,
 //!   file-descriptor limit).
 //! - [`time`]: time parsing and formatting; [`url`]: URL text helpers.
@@ -47,15 +53,19 @@ pub mod checkpoint;
 pub mod cli;
 pub mod cmd;
 pub mod config;
+pub mod delivery;
 pub mod demo;
 pub mod enrich;
+pub mod history;
 pub mod ingest;
 pub mod kafka;
 pub mod listener;
 pub mod logsafe;
+pub mod mask;
 pub mod parse;
 pub mod pipeline;
 pub mod preflight;
+pub mod probe;
 pub mod record;
 pub mod rejects;
 pub mod reload;

@@ -5,8 +5,11 @@
 //!
 //! Invariant: every string a peer controls reaches a log line through
 //! [`Escaped`] (`tracing::warn!(file = %Escaped(&path), ...)`); control
-//! characters (C0, DEL, C1) and the Unicode line and paragraph separators
-//! are written as `\n`, `\r`, `\t` or `\u{XX}`. Printable text, non-ASCII
+//! characters (C0, DEL, C1), the Unicode line and paragraph separators and
+//! the bidirectional controls (embeddings, overrides, isolates and marks:
+//! a right-to-left override makes `gol.exe` read `exe.log` on a terminal,
+//! and can make the rest of a line read backwards) are written as `\n`,
+//! `\r`, `\t` or `\u{XX}`. Printable text, non-ASCII
 //! letters included, is kept as it is, so ordinary names stay readable.
 //! No allocation: the escaping happens while the line is formatted.
 
@@ -30,7 +33,14 @@ pub struct EscapedPath<'a>(pub &'a Path);
 
 /// True for the characters written escaped.
 fn needs_escape(c: char) -> bool {
-    c.is_control() || c == '\u{2028}' || c == '\u{2029}'
+    c.is_control() || matches!(c, '\u{2028}' | '\u{2029}') || is_bidi_control(c)
+}
+
+/// The Unicode bidirectional formatting characters (`Bidi_Control`): the
+/// marks LRM, RLM and ALM, the embeddings and overrides LRE, RLE, PDF, LRO
+/// and RLO, and the isolates LRI, RLI, FSI and PDI.
+fn is_bidi_control(c: char) -> bool {
+    matches!(c, '\u{061c}' | '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
 }
 
 /// Writes `s` with its control characters escaped.
@@ -109,6 +119,11 @@ mod tests {
         check("x\u{7f}y\u{85}z\u{9b}", "x\\u{7f}y\\u{85}z\\u{9b}");
         check("line\u{2028}sep\u{2029}", "line\\u{2028}sep\\u{2029}");
         check("\u{0}", "\\u{0}");
+        // Bidirectional controls: an override cannot turn the text around.
+        check("error: \u{202e}gol.exe", "error: \\u{202e}gol.exe");
+        check("a\u{2066}b\u{2069}c\u{200f}d\u{61c}e\u{202a}", "a\\u{2066}b\\u{2069}c\\u{200f}d\\u{61c}e\\u{202a}");
+        // Right-to-left text itself stays readable.
+        check("שלום مرحبا", "שלום مرحبا");
         // A forged log line stays on one line.
         let forged = "oops\n2026-01-01T00:00:00Z  INFO calllog_bridge: all good";
         assert!(!Escaped(forged).to_string().contains('\n'));

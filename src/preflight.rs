@@ -25,6 +25,12 @@
 //!   be matched by a source's glob, or the bridge reads its own output
 //!   for ever.
 //!
+//! [`report`] puts the config file's problems ([`Config::read`]: syntax,
+//! then values) before what [`check`] finds for the parts read: the one
+//! list `check-config` prints, and `run` prints when it refuses. A
+//! directory on the way that this user may not enter is named as such
+//! ([`crate::settings::why_unreachable`]).
+//!
 //! Invariant: `check-config` and `run` call the same [`check`], so they
 //! never disagree. `run` keeps what the check built (the bound listeners,
 //! the loaded lookup tables) instead of doing the work twice; any error
@@ -84,6 +90,8 @@ pub struct Checked {
     pub bound: Bound,
     /// The lookup tables, loaded.
     pub enricher: Option<Enricher>,
+    /// The peers the sources and sinks name (probed by `check-config`).
+    pub peers: Vec<crate::probe::Peer>,
 }
 
 impl Checked {
@@ -137,12 +145,14 @@ pub fn check(cfg: &Config, bind: Bind) -> Checked {
         let found = s.check(&format!("source[{i}]"));
         out.errors.extend(found.errors);
         out.warnings.extend(found.warnings);
+        out.peers.extend(found.peers);
         out.sources.push(SourceFound { name: s.name.clone(), globs: found.globs });
     }
     match Enricher::from_config(&cfg.enrich) {
         Ok(e) => out.enricher = Some(e),
         Err(e) => out.errors.push(ConfigError::unusable("enrich.lookups", e)),
     }
+    out.peers.extend(needs.iter().flat_map(|n| n.peers.iter().cloned()));
     let mut want: Vec<(&'static str, SocketAddr)> = needs.iter().flat_map(|n| n.listeners.iter().cloned()).collect();
     if cfg.status.enabled {
         want.push((STATUS_LISTEN, cfg.status.listen));
@@ -271,6 +281,48 @@ pub fn outputs_not_read(cfg: &Config) -> Vec<ConfigError> {
     errors
 }
 
+/// Every problem `run` would refuse to start for, in the order
+/// `check-config` and `run` show them: the config file's own (syntax first,
+/// then values: [`Config::read`]), then what [`check`] finds on the host
+/// for every part of it that could be read. One run names them all.
+#[derive(Debug)]
+pub struct Report {
+    /// The config as far as it could be read.
+    pub config: Option<Config>,
+    /// The config file's problems.
+    pub file_errors: Vec<ConfigError>,
+    /// What the host check found, when there was a config to check.
+    pub checked: Option<Checked>,
+    /// The bridge running on `state_dir`, if any (its listeners are not
+    /// probed).
+    pub running: Option<String>,
+}
+
+impl Report {
+    /// Every problem: the file's, then the host's.
+    pub fn problems(&self) -> impl Iterator<Item = &ConfigError> {
+        self.file_errors.iter().chain(self.checked.iter().flat_map(|c| c.errors.iter()))
+    }
+
+    /// True when `run` may start.
+    pub fn ok(&self) -> bool {
+        self.config.is_some() && self.problems().next().is_none()
+    }
+}
+
+/// [`Report`] of the config file at `path`. Blocking.
+pub fn report(path: &Path) -> Report {
+    report_of(Config::read(path))
+}
+
+/// [`Report`] of a config already read. Blocking.
+pub fn report_of(reading: crate::config::Reading) -> Report {
+    let running = reading.config.as_ref().and_then(|c| crate::state_lock::holder(&c.state_dir));
+    let bind = if running.is_some() { Bind::Skip } else { Bind::Probe };
+    let checked = reading.config.as_ref().map(|c| check(c, bind));
+    Report { config: reading.config, file_errors: reading.errors, checked, running }
+}
+
 /// What `run` holds once [`prepare`] succeeded: nothing has read a file or
 /// accepted a connection yet.
 #[derive(Debug)]
@@ -357,7 +409,7 @@ fn usable_dir(key: &str, dir: &Path, create: bool) -> Result<(), ConfigError> {
                 )),
             }
         }
-        Err(e) => Err(ConfigError::unusable(key, format!("cannot use {}: {e}", dir.display()))),
+        Err(e) => Err(ConfigError::unusable(key, format!("cannot use {}", crate::settings::why_unreachable(dir, &e)))),
     }
 }
 

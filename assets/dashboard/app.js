@@ -260,7 +260,8 @@
    * number of the last record in `data` (records are numbered one by one,
    * and the numbering continues across bridge restarts). When a `since`
    * asked for records the channel no longer holds, it first sends
-   * `{"data":[],"lost":N,"since":S,"first_available":F}`.
+   * `{"data":[],"lost":N,"since":S,"first_available":F,"next":F}`; when
+   * `since` is beyond its newest record, `{"data":[],"since":S,"next":N}`.
    */
   function onMessage(msg) {
     const t = now();
@@ -270,6 +271,11 @@
       const f = num(msg.first_available);
       // The skipped numbers are accounted for as lost, not as a gap.
       if (f != null && (agg.lastSeq == null || f - 1 > agg.lastSeq)) agg.lastSeq = f - 1;
+    } else if (msg.seq == null && msg.next != null) {
+      // `since` was beyond the channel's newest record (a number from
+      // another history): go on from the channel's numbering.
+      const n = num(msg.next);
+      if (n != null) agg.lastSeq = n - 1;
     }
     if (!Array.isArray(msg.data)) { agg.badFrames++; return; }
     const last = num(msg.seq);
@@ -656,7 +662,9 @@
   }
 
   // Live tail filter: plain text matches anywhere in the record's main fields;
-  // `field=value` matches a field (substring); `status=5xx` a status class.
+  // `field=value` matches a field (substring; `service`, `endpoint`, `status`
+  // and `method` are short for their record fields); `status=5xx` a status
+  // class; `host=` the bridge that read the record (a hub's edges).
   let filterText = '';
   let filterChanged = false;
   let filterFn = () => true;
@@ -668,10 +676,10 @@
       if (eq > 0) {
         const k = term.slice(0, eq), v = term.slice(eq + 1);
         if (k === 'status' && /^[1-5]xx$/.test(v)) return (r) => String(r.http_status_code || '').charAt(0) === v.charAt(0);
-        const field = k === 'status' ? 'http_status_code' : k === 'service' ? 'service_name' : k === 'endpoint' ? 'endpoint_name' : k;
+        const field = { status: 'http_status_code', service: 'service_name', endpoint: 'endpoint_name', method: 'http_method' }[k] || k;
         return (r) => String(r[field] == null ? '' : r[field]).toLowerCase().includes(v);
       }
-      return (r) => [r.http_status_code, r.response_string, r.http_method, r.service_name, r.endpoint_name, r.uri, r.api_key, r.src_ip, r.request_uuid]
+      return (r) => [r.http_status_code, r.response_string, r.http_method, r.host, r.service_name, r.endpoint_name, r.uri, r.api_key, r.src_ip, r.request_uuid]
         .some((x) => x != null && String(x).toLowerCase().includes(term));
     });
     return (r) => tests.every((f) => f(r));
@@ -692,24 +700,26 @@
     if (tailShown === newest && !filterChanged) return;
     tailShown = newest;
     filterChanged = false;
-    const rs = rows($('tail').tBodies[0], shown.length, 10);
+    const rs = rows($('tail').tBodies[0], shown.length, 11);
     shown.forEach((e, i) => {
       const r = e.rec;
       const c = rs[i].cells;
+      // Text that may be cut by its column keeps its whole value in the title.
+      const cell = (k, v) => { setText(c[k], v); c[k].title = v; };
       setText(c[0], e.seq == null ? '' : String(e.seq));
-      setText(c[1], r.request_time || '');
+      cell(1, r.request_time || '');
       setText(c[2], String(r.http_status_code || ''));
       c[2].className = 's' + String(r.http_status_code || '').charAt(0);
-      setText(c[3], r.response_string || '');
+      cell(3, r.response_string || '');
       setText(c[4], r.http_method || '');
-      setText(c[5], val(r.service_name) || val(r.service_id) || '');
-      setText(c[6], r.endpoint_name || '');
-      setText(c[7], r.uri || '');
-      c[7].title = r.uri || '';
-      setText(c[8], r.total_request_exec_time || '');
-      c[8].className = 'num';
-      setText(c[9], r.sync_delay_ms == null ? '' : String(r.sync_delay_ms));
+      cell(5, r.host || '');
+      cell(6, val(r.service_name) || val(r.service_id) || '');
+      cell(7, r.endpoint_name || '');
+      cell(8, r.uri || '');
+      setText(c[9], r.total_request_exec_time || '');
       c[9].className = 'num';
+      setText(c[10], r.sync_delay_ms == null ? '' : String(r.sync_delay_ms));
+      c[10].className = 'num';
     });
     setText($('tail-count'), filterText ? shown.length + (shown.length === TAIL_SHOW ? '+' : '') + ' of the last ' + scanned + ' match' : '');
   }

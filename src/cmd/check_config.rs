@@ -1,7 +1,15 @@
 //! `calllog-bridge check-config`: validate a config the way `run` will use
-//! it ([`crate::preflight::check`], the same checks `run` makes before it
-//! starts) and print a summary: sources and the files each glob finds,
-//! sinks, listeners, then warnings and errors.
+//! it and print a summary: sources and the files each glob finds, sinks,
+//! listeners, the peers (upstream, Kafka) and what answered there, then
+//! warnings and every problem.
+//!
+//! One run names every problem ([`crate::preflight::report`], which `run`
+//! prints too when it refuses): the file's syntax errors first (each key
+//! with its line, a mistyped key with the key it probably meant), then
+//! every value refused, then what the host lacks for the parts that could
+//! be read ([`crate::preflight::check`], the same checks `run` makes).
+//! The peers are probed within a few seconds ([`crate::probe`]); what does
+//! not answer is a warning, as the bridge retries it.
 //!
 //! Exit codes: 0 when `run` would start, 64 when it would refuse (each
 //! problem on its own line on stderr, naming its key). While a bridge runs
@@ -11,33 +19,73 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
+use anyhow::Context;
+
 use crate::cli::CheckConfigArgs;
 use crate::config::{Config, EXIT_CONFIG};
-use crate::preflight::{self, Bind, Checked};
+use crate::preflight::{self, Checked, Report};
+use crate::probe::Probed;
 
 /// Loads and checks the config; prints the summary and the problems.
 pub fn run(args: CheckConfigArgs) -> anyhow::Result<i32> {
-    let cfg = match Config::load(&args.config) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("calllog-bridge: {e}");
-            return Ok(EXIT_CONFIG);
-        }
+    let report = preflight::report(&args.config);
+    let peers = report.checked.as_ref().map(|c| c.peers.as_slice()).unwrap_or_default();
+    let probed = if peers.is_empty() {
+        Vec::new()
+    } else {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().context("cannot start the async runtime")?;
+        rt.block_on(crate::probe::all(peers))
     };
-    let running = crate::state_lock::holder(&cfg.state_dir);
-    let checked = preflight::check(&cfg, if running.is_some() { Bind::Skip } else { Bind::Probe });
-    print!("{}", summary(&args.config, &cfg, &checked, running.as_deref()));
-    for e in &checked.errors {
+    print!("{}", summary(&args.config, &report, &probed));
+    for e in report.problems() {
         eprintln!("calllog-bridge: {e}");
     }
-    Ok(if checked.ok() { 0 } else { EXIT_CONFIG })
+    Ok(if report.ok() { 0 } else { EXIT_CONFIG })
 }
 
 /// The human summary (stdout).
-fn summary(path: &Path, cfg: &Config, c: &Checked, running: Option<&str>) -> String {
+fn summary(path: &Path, report: &Report, probed: &[Probed]) -> String {
     let mut o = String::new();
-    let verdict = if c.ok() { "OK".to_string() } else { format!("{} problem(s), `run` would refuse to start", c.errors.len()) };
+    let problems = report.problems().count();
+    let verdict = if report.ok() { "OK".to_string() } else { format!("{problems} problem(s), `run` would refuse to start") };
     let _ = writeln!(o, "{}: {verdict}\n", path.display());
+    let (Some(cfg), Some(c)) = (&report.config, &report.checked) else {
+        return o;
+    };
+    if !report.file_errors.is_empty() {
+        let _ = writeln!(o, "(the sections with a problem are left out below)\n");
+    }
+    config_summary(&mut o, cfg, c, report.running.as_deref());
+
+    if !probed.is_empty() {
+        let _ = writeln!(o, "\npeers (probed within {} s)", crate::probe::PROBE_TIMEOUT.as_secs());
+        for p in probed {
+            let state = match &p.problem {
+                None => format!("ok: {}", p.found),
+                Some(problem) if p.found.is_empty() => format!("NOT OK: {problem}"),
+                Some(problem) => format!("NOT OK: {problem} ({})", p.found),
+            };
+            let _ = writeln!(o, "  {:<15} {}  {state}", p.key, p.target);
+        }
+    }
+
+    let probe_warnings = probed.iter().filter_map(|p| {
+        p.problem
+            .as_ref()
+            .map(|problem| format!("config key `{}`: {}: {problem} (the bridge retries it; records wait meanwhile)", p.key, p.target))
+    });
+    let warnings: Vec<String> = c.warnings.iter().cloned().chain(probe_warnings).collect();
+    if !warnings.is_empty() {
+        let _ = writeln!(o, "\nwarnings");
+        for w in &warnings {
+            let _ = writeln!(o, "  {w}");
+        }
+    }
+    o
+}
+
+/// Sources, lookups, sinks and listeners as read and found.
+fn config_summary(o: &mut String, cfg: &Config, c: &Checked, running: Option<&str>) {
     let _ = writeln!(
         o,
         "state_dir  {}{}",
@@ -88,12 +136,4 @@ fn summary(path: &Path, cfg: &Config, c: &Checked, running: Option<&str>) -> Str
     if !cfg.status.enabled {
         let _ = writeln!(o, "  status listener disabled");
     }
-
-    if !c.warnings.is_empty() {
-        let _ = writeln!(o, "\nwarnings");
-        for w in &c.warnings {
-            let _ = writeln!(o, "  {w}");
-        }
-    }
-    o
 }

@@ -5,22 +5,27 @@
 //! names, columns, quoting, gzip), all published at the end; a record
 //! repeated in the input is written once per slice.
 //!
+//! Inputs are read as `parse` reads them ([`super::input`]: gzip, `-` for
+//! stdin, the [`crate::ingest`] stage the running bridge uses), so a
+//! pretty-printed JSON document gives the records it gives there, a line
+//! longer than `--max-line-bytes` is rejected without being held, and
+//! rejects are counted by reason and written to `--rejects`.
+//!
 //! Exit codes: 0 when every input was read, 1 when an input could not be
 //! read (the others are still exported) or a slice of the range already
 //! has files (unless `--replace`), 64 for a bad argument.
 
-use std::fs::File;
-use std::io::{self, BufRead, BufReader};
-use std::path::Path;
+use std::io;
 
-use anyhow::Context;
-use flate2::bufread::MultiGzDecoder;
+use anyhow::Context as _;
 
+use super::input::{create_rejects, open_input, read_through, recycle, FileTally, Input, Rejects, RejectsFile};
 use crate::cli::ExportArgs;
-use crate::enrich::Enricher;
-use crate::parse::{LineKind, LineParser};
-use crate::record::Record;
-use crate::settings::EXIT_CONFIG;
+use crate::enrich::{Enricher, Lookups};
+use crate::ingest::{Context, Ingest};
+use crate::record::{Formulas, Record};
+use crate::settings::{ConfigError, EXIT_CONFIG};
+use crate::sink::export::access::FileAccess;
 use crate::sink::export::config::{slice_minutes_valid, ExportConfig};
 use crate::sink::export::exporter::Exporter;
 
@@ -53,15 +58,28 @@ pub fn run(args: ExportArgs) -> anyhow::Result<i32> {
         Err(e) => return bad("--lookups", e.to_string()),
     };
     let tables = enricher.tables();
+    let access = match FileAccess::parse(args.file_mode.as_deref(), args.group.as_deref(), "--file-mode", "--group")
+        .and_then(|a| a.check(&args.dir, "--group").map(|()| a))
+    {
+        Ok(a) => a,
+        Err(ConfigError::Invalid { key, message } | ConfigError::Unusable { key, message }) => return bad(&key, message),
+        Err(e) => return bad("--group", e.to_string()),
+    };
     let cfg = ExportConfig {
         dir: args.dir.clone(),
         slice: std::time::Duration::from_secs(u64::from(args.slice_minutes) * 60),
         close_after: std::time::Duration::ZERO,
         include_org: args.include_org,
         header: !args.no_header,
+        bridge_columns: args.bridge_columns,
         gzip: (!args.no_gzip).then_some(args.gzip_level),
         fsync_interval: std::time::Duration::from_secs(1),
         max_open_files: 1024,
+        // Offline, --from and --to bound what is written.
+        max_past: std::time::Duration::MAX,
+        max_future: std::time::Duration::MAX,
+        formulas: if args.no_escape_formulas { Formulas::Verbatim } else { Formulas::Neutralised },
+        access,
         s3: None,
     };
     let mut ex = match Exporter::offline(&cfg, from, to, args.replace) {
@@ -72,21 +90,43 @@ pub fn run(args: ExportArgs) -> anyhow::Result<i32> {
         }
         Err(e) => return Err(e).with_context(|| format!("cannot write in {}", args.dir.display())),
     };
+    let mut rejects = create_rejects(args.rejects.as_deref())?;
+    let mut reader = Reader {
+        args: &args,
+        enricher: if enricher.is_noop() { None } else { Some(&enricher) },
+        tables: &tables,
+        rejects: rejects.as_mut(),
+        spare: Vec::new(),
+        buf: Vec::new(),
+    };
     let mut failed = 0usize;
-    let (mut records, mut rejects) = (0u64, 0u64);
+    let mut totals = FileTally::default();
     for path in &args.files {
-        match export_file(path, &args, &enricher, &tables, &mut ex) {
-            Ok((r, j)) => {
-                eprintln!("file {}: {r} records, {j} rejects", path.display());
-                records += r;
-                rejects += j;
+        let name = path.display().to_string();
+        let input = match open_input(path) {
+            Ok(i) => i,
+            Err(e) => {
+                eprintln!("calllog-bridge: cannot read {name}: {e}");
+                failed += 1;
+                continue;
             }
+        };
+        let mut st = FileTally::default();
+        let r = reader.file(&name, input, &mut ex, &mut st);
+        eprintln!("{}", st.summary_line(&name));
+        totals.add(&st);
+        match r {
+            Ok(()) => {}
             Err(FileError::Read(e)) => {
-                eprintln!("calllog-bridge: cannot read {}: {e}", path.display());
+                eprintln!("calllog-bridge: error reading {name} after line {}: {e}", st.lines);
                 failed += 1;
             }
             Err(FileError::Write(e)) => return Err(e).with_context(|| format!("writing the export files in {}", args.dir.display())),
+            Err(FileError::Rejects(e)) => return Err(e).context("writing the rejects file"),
         }
+    }
+    if let Some(r) = rejects.as_mut() {
+        r.flush().context("writing the rejects file")?;
     }
     let published = ex.close_all(0).with_context(|| format!("publishing the export files in {}", args.dir.display()))?;
     for p in &published {
@@ -94,12 +134,17 @@ pub fn run(args: ExportArgs) -> anyhow::Result<i32> {
     }
     let snap = ex.stats().snapshot();
     eprintln!(
-        "total: {records} records read, {} written into {} files, {} outside the range, {} repeated, {rejects} rejects",
+        "total: {} records read, {} written into {} files, {} outside the range, {} repeated, {} rejects",
+        totals.records,
         snap.totals.records,
         published.len(),
         ex.out_of_range,
-        snap.totals.duplicates_skipped
+        snap.totals.duplicates_skipped,
+        totals.rejected()
     );
+    if totals.rejected() > 0 && args.rejects.is_none() {
+        eprintln!("calllog-bridge: {} lines rejected; --rejects FILE writes them out with file, line and reason", totals.rejected());
+    }
     Ok(if failed > 0 { 1 } else { 0 })
 }
 
@@ -109,45 +154,59 @@ enum FileError {
     Read(io::Error),
     /// Writing the export (the run stops).
     Write(io::Error),
+    /// Writing the rejects file (the run stops).
+    Rejects(io::Error),
 }
 
-/// Reads one input (gzip recognised by its magic bytes) into the export:
-/// (records, rejected lines).
-fn export_file(
-    path: &Path,
-    args: &ExportArgs,
-    enricher: &Enricher,
-    tables: &crate::enrich::Lookups,
-    ex: &mut Exporter,
-) -> Result<(u64, u64), FileError> {
-    let f = File::open(path).map_err(FileError::Read)?;
-    let mut r = BufReader::with_capacity(256 * 1024, f);
-    let gz = r.fill_buf().map_err(FileError::Read)?.starts_with(&[0x1f, 0x8b]);
-    let mut input: Box<dyn BufRead> = if gz { Box::new(BufReader::with_capacity(256 * 1024, MultiGzDecoder::new(r))) } else { Box::new(r) };
-    let mut parser = LineParser::new(args.format, 1 << 20);
-    let mut line = Vec::with_capacity(4096);
-    let (mut records, mut rejects) = (0u64, 0u64);
-    loop {
-        line.clear();
-        if input.read_until(b'\n', &mut line).map_err(FileError::Read)? == 0 {
-            break;
+/// What every input of one run is read with.
+struct Reader<'r> {
+    /// The command line.
+    args: &'r ExportArgs,
+    /// Lookups; `None` when there is nothing to do.
+    enricher: Option<&'r Enricher>,
+    /// The lookup tables records borrow their names from.
+    tables: &'r Lookups,
+    /// The rejects file, if asked for.
+    rejects: Option<&'r mut RejectsFile>,
+    /// The records vector's allocation, kept between reads.
+    spare: Vec<Record<'static>>,
+    /// The read buffer, kept between inputs.
+    buf: Vec<u8>,
+}
+
+impl Reader<'_> {
+    /// Reads one input (gzip recognised by its magic bytes) into the
+    /// export, counting into `st`.
+    fn file(&mut self, name: &str, mut input: Input, ex: &mut Exporter, st: &mut FileTally) -> Result<(), FileError> {
+        let mut ingest = Ingest::new(self.args.format, self.args.max_line_bytes, 0);
+        if self.args.bridge_columns {
+            // The archive's own fields go into the bridge's columns.
+            ingest = ingest.keep_bridge_fields();
         }
-        let text = line.strip_suffix(b"\n").unwrap_or(&line);
-        let mut recs: Vec<Record<'_>> = Vec::new();
-        match parser.parse_line(text, &mut recs) {
-            Ok(LineKind::Records(_)) => {
-                if !enricher.is_noop() {
-                    for rec in recs.iter_mut() {
-                        enricher.enrich(tables, rec);
-                    }
-                }
-                records += recs.len() as u64;
-                // Records without a request_time fall outside any range.
-                ex.write(&recs, i64::MIN, 0).map_err(FileError::Write)?;
+        st.requested = Some(ingest.parser().requested());
+        let mut buf = std::mem::take(&mut self.buf);
+        let ended = read_through(&mut *input.reader, &mut buf, |data, last| {
+            let mut recs: Vec<Record<'_>> = recycle(std::mem::take(&mut self.spare));
+            // Offline: no `ingestion_time`, no host (the files say what
+            // the input says).
+            let cx = Context { tables: self.tables, enricher: self.enricher, observed_ms: None, host: "" };
+            let mut rejects = Rejects { name, writer: self.rejects.as_deref_mut(), counts: &mut st.rejects, error: None };
+            let fed = ingest.feed(data, last, &cx, &mut recs, &mut rejects);
+            if let Some(e) = rejects.error {
+                return Err(FileError::Rejects(e));
             }
-            Ok(_) => {}
-            Err(_) => rejects += 1,
+            st.records += recs.len() as u64;
+            st.counted(&ingest);
+            // Records without a request_time fall outside any range.
+            ex.write(&recs, i64::MIN, 0).map_err(FileError::Write)?;
+            self.spare = recycle(recs);
+            Ok(fed.consumed)
+        });
+        self.buf = buf;
+        st.format = Some(ingest.parser().format());
+        match ended? {
+            Some(e) => Err(FileError::Read(e)),
+            None => Ok(()),
         }
     }
-    Ok((records, rejects))
 }

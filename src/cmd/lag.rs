@@ -15,7 +15,8 @@
 //!   longer than `[status] no_files_after_secs`, or a file it matches
 //!   cannot be read;
 //! - 3: the bridge is not running (no answer at the URL);
-//! - 64: bad arguments (`--max-lag` not a duration, unreadable `--config`).
+//! - 64: bad arguments (`--max-lag` not a duration or a number without its
+//!   unit, unreadable `--config`).
 //!
 //! With `--watch [SECS]` (default 2) the report is redrawn until SIGINT
 //! (exit 0); "not running" and `--max-lag` findings are printed on stderr
@@ -127,39 +128,80 @@ enum FetchError {
     Other(anyhow::Error),
 }
 
+/// Pause before the one retry of a request whose connection failed.
+const RETRY_AFTER: Duration = Duration::from_millis(200);
+
+/// Fetches `/status`; a request whose connection failed before the whole
+/// answer arrived (refused, reset, closed without an answer) is tried once
+/// more before it is reported: a monitoring check built on `--max-lag`
+/// must not page someone for one lost connection. A timeout is not retried
+/// (the bridge is too busy or stopped; a retry would only double the wait).
 async fn fetch(client: &reqwest::Client, base: &str) -> Result<(Status, serde_json::Value), FetchError> {
+    match fetch_once(client, base).await {
+        Err(Attempt::Connection(_)) => {
+            tokio::time::sleep(RETRY_AFTER).await;
+            fetch_once(client, base).await.map_err(Attempt::into_error)
+        }
+        r => r.map_err(Attempt::into_error),
+    }
+}
+
+/// How one attempt failed.
+enum Attempt {
+    /// The connection failed before the whole answer arrived: worth one retry.
+    Connection(reqwest::Error),
+    /// Anything else, as reported.
+    Final(FetchError),
+}
+
+impl Attempt {
+    fn into_error(self) -> FetchError {
+        match self {
+            Attempt::Connection(e) if e.is_connect() => FetchError::NotRunning,
+            Attempt::Connection(e) => {
+                let url = e.url().map(|u| u.to_string()).unwrap_or_default();
+                FetchError::Other(anyhow::Error::new(e).context(format!("GET {url}")))
+            }
+            Attempt::Final(e) => e,
+        }
+    }
+}
+
+async fn fetch_once(client: &reqwest::Client, base: &str) -> Result<(Status, serde_json::Value), Attempt> {
     let url = format!("{base}/status");
     let resp = match client.get(&url).send().await {
         Ok(r) => r,
-        Err(e) if e.is_connect() || e.is_timeout() => return Err(FetchError::NotRunning),
-        Err(e) => return Err(FetchError::Other(anyhow::Error::new(e).context(format!("GET {url}")))),
+        Err(e) if e.is_timeout() => return Err(Attempt::Final(FetchError::NotRunning)),
+        Err(e) if e.is_connect() || e.is_request() => return Err(Attempt::Connection(e)),
+        Err(e) => return Err(Attempt::Final(FetchError::Other(anyhow::Error::new(e).context(format!("GET {url}"))))),
     };
     if !resp.status().is_success() {
-        return Err(FetchError::Other(anyhow::anyhow!("GET {url}: HTTP {}", resp.status())));
+        return Err(Attempt::Final(FetchError::Other(anyhow::anyhow!("GET {url}: HTTP {}", resp.status()))));
     }
     let mut resp = resp;
     let mut body = Vec::new();
     loop {
         let chunk = resp.chunk().await.map_err(|e| {
             if e.is_timeout() {
-                FetchError::NotRunning
+                Attempt::Final(FetchError::NotRunning)
             } else {
-                FetchError::Other(anyhow::Error::new(e).context(format!("reading {url}")))
+                // The connection broke in the middle of the answer.
+                Attempt::Connection(e)
             }
         })?;
         let Some(chunk) = chunk else { break };
         if body.len() + chunk.len() > MAX_STATUS_BYTES {
-            return Err(FetchError::Other(anyhow::anyhow!(
+            return Err(Attempt::Final(FetchError::Other(anyhow::anyhow!(
                 "{url} sent more than {} MiB: not a bridge's status document",
                 MAX_STATUS_BYTES >> 20
-            )));
+            ))));
         }
         body.extend_from_slice(&chunk);
     }
     let raw: serde_json::Value =
-        serde_json::from_slice(&body).map_err(|e| FetchError::Other(anyhow::anyhow!("{url} did not return JSON: {e}")))?;
+        serde_json::from_slice(&body).map_err(|e| Attempt::Final(FetchError::Other(anyhow::anyhow!("{url} did not return JSON: {e}"))))?;
     let status: Status = serde_json::from_value(raw.clone())
-        .map_err(|e| FetchError::Other(anyhow::anyhow!("{url} returned JSON this version does not understand: {e}")))?;
+        .map_err(|e| Attempt::Final(FetchError::Other(anyhow::anyhow!("{url} returned JSON this version does not understand: {e}"))))?;
     Ok((status, raw))
 }
 
@@ -203,15 +245,23 @@ fn normalise_url(u: &str) -> String {
     }
 }
 
-/// Parses `500ms`, `30s`, `5m`, `1h`, `2d`, combinations (`1m30s`) and a
-/// bare number of seconds, into milliseconds.
+/// Parses `500ms`, `30s`, `5m`, `1h`, `2d` and combinations (`1m30s`) into
+/// milliseconds. A number needs its unit (`5` could be meant as seconds or
+/// minutes; a monitoring threshold off by 60 times is worse than a refusal),
+/// except `0`.
 pub fn parse_duration_ms(s: &str) -> Result<i64, String> {
     let t = s.trim();
     if t.is_empty() {
         return Err("empty duration (try 30s, 5m, 1h or 500ms)".into());
     }
-    if let Ok(secs) = t.parse::<f64>() {
-        return if secs.is_finite() && secs >= 0.0 { Ok((secs * 1000.0).round() as i64) } else { Err(format!("`{s}` is not a duration")) };
+    if let Ok(n) = t.parse::<f64>() {
+        return if n == 0.0 {
+            Ok(0)
+        } else if n.is_finite() && n > 0.0 {
+            Err(format!("`{t}` has no unit: write `{t}s` for seconds (or `{t}m`, `{t}h`, `{t}ms`)"))
+        } else {
+            Err(format!("`{s}` is not a duration (try 30s, 5m, 1h or 500ms)"))
+        };
     }
     let b = t.as_bytes();
     let mut i = 0;
@@ -507,13 +557,13 @@ mod tests {
 
     #[test]
     fn durations_parse() {
-        for (s, ms) in [("500ms", 500), ("30s", 30_000), ("5m", 300_000), ("1h", 3_600_000), ("1m30s", 90_000), ("2", 2000), ("1.5s", 1500)]
-        {
+        for (s, ms) in [("500ms", 500), ("30s", 30_000), ("5m", 300_000), ("1h", 3_600_000), ("1m30s", 90_000), ("0", 0), ("1.5s", 1500)] {
             assert_eq!(parse_duration_ms(s), Ok(ms), "{s}");
         }
-        for bad in ["", "fast", "5 parsecs", "-1", "1y"] {
+        for bad in ["", "fast", "5 parsecs", "-1", "1y", "5", "2.5"] {
             assert!(parse_duration_ms(bad).is_err(), "{bad}");
         }
+        assert_eq!(parse_duration_ms("5").unwrap_err(), "`5` has no unit: write `5s` for seconds (or `5m`, `5h`, `5ms`)");
     }
 
     #[test]

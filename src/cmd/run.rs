@@ -45,7 +45,17 @@ pub fn run(args: RunArgs) -> anyhow::Result<i32> {
         // SIGHUP re-reads the config (see crate::reload); installed before
         // start-up too, since its default action would end the process.
         let reloads = crate::reload::Requests::on_sighup(path.clone()).context("cannot handle SIGHUP")?;
-        let cfg = match Config::load(&path) {
+        // A config with a problem: every problem, as `check-config` lists
+        // them (the file's, then what the host lacks for the rest).
+        let reading = Config::read(&path);
+        if !reading.errors.is_empty() {
+            let report = tokio::task::spawn_blocking(move || crate::preflight::report_of(reading)).await?;
+            for e in report.problems() {
+                eprintln!("calllog-bridge: {e}");
+            }
+            return Ok(EXIT_CONFIG);
+        }
+        let cfg = match reading.into_result() {
             Ok(c) => c,
             Err(e) => {
                 eprintln!("calllog-bridge: {e}");

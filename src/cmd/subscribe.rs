@@ -9,7 +9,12 @@
 //! so nothing is printed twice and nothing the bridge still holds is
 //! missed; a `{"lost":...}` notice is reported on stderr (with the running
 //! total), and the next reconnect asks from where the notice said records
-//! resume, so back-to-back notices never count the same records twice.
+//! resume, so back-to-back notices never count the same records twice. A
+//! notice that `since` is beyond the channel's newest record (a number from
+//! another history: a `reset-state`, another bridge) is reported too, and
+//! the client goes on from the channel's numbering. The first connection
+//! asks from `--since`, or else from a `since=` in the URL, or else starts
+//! at the live head.
 //!
 //! The server is a peer like any other: connecting and the handshake are
 //! bounded by `DIAL_TIMEOUT` (10 s), a message by `MAX_MESSAGE_BYTES` (16 MiB), and
@@ -78,6 +83,9 @@ struct Target {
     params: Vec<String>,
     /// The `key` parameter, decoded.
     key: Option<String>,
+    /// The `since` parameter: where the first connection starts (unless
+    /// `--since` says otherwise).
+    since: Option<u64>,
 }
 
 impl Target {
@@ -119,15 +127,22 @@ impl Target {
         }
         let mut params = Vec::new();
         let mut key = None;
+        let mut since = None;
         for p in query.split('&').filter(|p| !p.is_empty()) {
             let (name, value) = p.split_once('=').unwrap_or((p, ""));
             match name {
                 "key" => key = Some(crate::url::percent_decode(value).context("the URL's key is not valid percent-encoding")?),
-                "since" => {}
+                "since" => {
+                    since = Some(
+                        value
+                            .parse::<u64>()
+                            .map_err(|_| anyhow::anyhow!("the URL's since={} is not a sequence number", crate::logsafe::Escaped(value)))?,
+                    )
+                }
                 _ => params.push(p.to_string()),
             }
         }
-        Ok(Target { tls, host, port, path: path.to_string(), params, key })
+        Ok(Target { tls, host, port, path: path.to_string(), params, key, since })
     }
 
     /// The URL to dial, with the token and `since`.
@@ -226,7 +241,7 @@ async fn subscribe(args: SubscribeArgs) -> anyhow::Result<i32> {
     let mut progress = Progress { last_seq: None, printed: 0, lost: 0 };
     let mut backoff = MIN_BACKOFF;
     loop {
-        let since = progress.last_seq.map(|s| s + 1).or(args.since);
+        let since = progress.last_seq.map(|s| s + 1).or(args.since).or(target.since);
         let url = target.url(&key, since);
         let ended = match dial(&target, &url, tls.as_ref()).await {
             Ok(Conn::Plain(ws)) => session(*ws, &mut out, &mut progress, args.count).await,
@@ -330,6 +345,8 @@ struct ServerMessage<'a> {
     since: Option<u64>,
     /// Set on a lost notice: where the replay starts.
     first_available: Option<u64>,
+    /// Set on every notice: the sequence number the stream goes on from.
+    next: Option<u64>,
 }
 
 async fn session<S>(mut ws: WebSocketStream<S>, out: &mut Output<'_>, progress: &mut Progress, count: Option<u64>) -> Ended
@@ -383,6 +400,13 @@ where
             if let Some(f) = m.first_available.filter(|&f| f > 0) {
                 progress.last_seq = Some(f - 1);
             }
+        } else if let (None, Some(since), Some(next)) = (m.seq, m.since, m.next) {
+            // `since` is beyond the channel's newest record: a number from
+            // another history. Go on from the channel's numbering.
+            eprintln!(
+                "calllog-bridge: warning: the channel has no record {since} yet (its numbering restarted, or it is another bridge's); continuing from {next}"
+            );
+            progress.last_seq = next.checked_sub(1);
         }
         for r in &m.data {
             if out.record(r).is_err() {
@@ -541,6 +565,7 @@ mod tests {
         assert_eq!((t.tls, t.host.as_str(), t.port, t.path.as_str()), (false, "127.0.0.1", 8790, "/ecls/subscribe/c/a"));
         assert_eq!(t.key.as_deref(), Some("a+b"));
         assert_eq!(t.params, vec!["status=5xx".to_string()]);
+        assert_eq!(t.since, Some(4));
         assert_eq!(t.url("a+b", Some(10)), "ws://127.0.0.1:8790/ecls/subscribe/c/a?status=5xx&key=a%2Bb&since=10");
         assert_eq!(t.display(), "ws://127.0.0.1:8790/ecls/subscribe/c/a");
         let t = Target::parse("wss://bridge.example/stream").unwrap();
@@ -549,6 +574,8 @@ mod tests {
         assert_eq!((t.host.as_str(), t.port), ("::1", 9));
         assert_eq!(t.url("x", None), "ws://[::1]:9/stream?key=x");
         assert!(Target::parse("http://h/stream").is_err());
+        let e = Target::parse("ws://h/stream?key=x&since=soon").unwrap_err().to_string();
+        assert!(e.contains("since=soon"), "{e}");
         let e = Target::parse("http://h/stream?key=secret").unwrap_err().to_string();
         assert!(!e.contains("secret"), "{e}");
     }

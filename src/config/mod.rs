@@ -92,109 +92,358 @@ fn default_log_level() -> String {
     "info".to_string()
 }
 
+/// A config file read as far as it goes: every problem it has, and the
+/// settings of every part that has none.
+///
+/// One run names every mistake: a TOML syntax error does not hide the keys
+/// after it (the parser recovers), a key serde refuses (unknown, or of the
+/// wrong type) is reported and left out and the rest of its section read
+/// again, and a section whose values are refused leaves the others to be
+/// checked. The errors come syntax first (with their line), then values.
+#[derive(Debug)]
+pub struct Reading {
+    /// The settings, leaving out the sources and sinks whose section has a
+    /// problem (and the status listener, when `[status]` has one), so that
+    /// what the rest points at can still be checked on the host
+    /// ([`crate::preflight`]). `None` when the file cannot be read or
+    /// `state_dir` is unknown.
+    pub config: Option<Config>,
+    /// Every problem, each naming its key when it is known.
+    pub errors: Vec<ConfigError>,
+}
+
+impl Reading {
+    /// The config when it has no problem, else its first problem.
+    pub fn into_result(self) -> Result<Config, ConfigError> {
+        match (self.errors.into_iter().next(), self.config) {
+            (Some(e), _) => Err(e),
+            (None, Some(c)) => Ok(c),
+            (None, None) => Err(ConfigError::invalid("state_dir", "not read")),
+        }
+    }
+}
+
+/// Rounds of "leave the refused key out and read again" per section: more
+/// mistakes than this in one section are reported on the next run.
+const MAX_RECOVERIES: usize = 64;
+
 impl Config {
-    /// Reads, parses and validates a config file.
+    /// Reads, parses and validates a config file; its first problem, if
+    /// any ([`Config::read`] has them all).
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
-        Config::from_toml(&text, path)
+        Config::read(path).into_result()
     }
 
     /// Parses and validates config text; `path` is used in messages and
     /// to resolve relative paths (relative to the config file's directory).
     pub fn from_toml(text: &str, path: &Path) -> Result<Config, ConfigError> {
-        let syntax = |mut e: toml::de::Error| {
-            e.set_input(Some(text));
-            ConfigError::Syntax { path: path.to_path_buf(), message: e.to_string() }
-        };
-        let section_error = |e: SectionError| match e {
-            SectionError::Toml(e) => syntax(e),
-            SectionError::Invalid(e) => e,
-        };
-        let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        Config::read_toml(text, path).into_result()
+    }
 
-        let root = DeTable::parse(text).map_err(syntax)?;
+    /// Reads a config file with every problem it has.
+    pub fn read(path: &Path) -> Reading {
+        match std::fs::read_to_string(path) {
+            Ok(text) => Config::read_toml(&text, path),
+            Err(source) => Reading { config: None, errors: vec![ConfigError::Read { path: path.to_path_buf(), source }] },
+        }
+    }
+
+    /// [`Config::read`] of config text.
+    pub fn read_toml(text: &str, path: &Path) -> Reading {
+        let mut errors = Vec::new();
+        let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        let syntax = Syntax { text, path };
+
+        let (root, parse_errors) = DeTable::parse_recoverable(text);
+        errors.extend(parse_errors.into_iter().map(|e| syntax.error(e, None)));
         let span = root.span();
         let mut table = root.into_inner();
         let sources = table.remove(SOURCE);
-        let mut sink_sections: Vec<(&'static str, Spanned<DeValue<'_>>)> = Vec::new();
+        let mut sink_sections: Vec<(&'static dyn crate::sink::SinkKind, Spanned<DeValue<'_>>)> = Vec::new();
         for kind in crate::sink::REGISTRY {
             if let Some(v) = table.remove(kind.section()) {
-                sink_sections.push((kind.section(), v));
+                sink_sections.push((*kind, v));
             }
         }
-        if let Some((key, _)) = table.iter().find(|(k, _)| !TOP_KEYS.contains(&k.get_ref().as_ref())) {
-            return Err(syntax(unknown_key(key)));
+        let unknown: Vec<Spanned<std::borrow::Cow<'_, str>>> =
+            table.keys().filter(|k| !TOP_KEYS.contains(&k.get_ref().as_ref())).cloned().collect();
+        for key in unknown {
+            table.remove(&key);
+            let hint = suggestion(key.get_ref(), top_level_keys());
+            errors.push(syntax.error(unknown_key(&key), Some(key.get_ref().to_string())).hint(hint));
         }
-        let top = Top::deserialize(toml::de::Deserializer::from(Spanned::new(span, table))).map_err(syntax)?;
+        let top = recover(Spanned::new(span, DeValue::Table(table)), "", &syntax, &mut errors, |v| {
+            Top::deserialize(ValueDeserializer::from(v)).map_err(SectionError::Toml)
+        });
+        // A value refused under these is not checked on the host in its
+        // default's place: no status listener probed, no state_dir at all.
+        let defaulted = |section: &str| top.defaulted.iter().any(|k| k == section || k.starts_with(&format!("{section}.")));
+        let (status_defaulted, enrich_defaulted) = (defaulted("status"), defaulted("enrich"));
+        let top = top.value.filter(|_| !defaulted("state_dir"));
 
-        let mut state_dir = top.state_dir;
-        crate::settings::resolve(&base, &mut state_dir);
-        let sources = match sources {
-            Some(v) => read_sources(v, &base).map_err(section_error)?,
-            None => Vec::new(),
-        };
-        if sources.is_empty() {
-            return Err(ConfigError::invalid(SOURCE, "at least one [[source]] section is required"));
+        let mut sources_read = Vec::new();
+        match sources {
+            Some(v) => read_sources(v, &base, &syntax, &mut sources_read, &mut errors),
+            None => errors.push(ConfigError::invalid(SOURCE, "at least one [[source]] section is required")),
         }
-        let mut enrich = top.enrich;
-        enrich.resolve_paths(&base);
-        enrich.validate("enrich")?;
-        let sinks = Sinks::parse(
-            |section| {
-                let i = sink_sections.iter().position(|(s, _)| *s == section)?;
-                Some(ValueDeserializer::from(sink_sections.swap_remove(i).1))
-            },
-            &base,
-        )
-        .map_err(section_error)?;
-        let status = StatusConfig::from_section(top.status, "status")?;
-        let rejects = top.rejects;
-        rejects.validate("rejects")?;
-        if sinks.is_empty() {
+        let mut sinks = Vec::new();
+        let no_sink_section = sink_sections.is_empty();
+        for (kind, value) in sink_sections {
+            if let Some(c) = recover(value, kind.section(), &syntax, &mut errors, |v| kind.parse(ValueDeserializer::from(v), &base)).whole()
+            {
+                sinks.push(c);
+            }
+        }
+        if no_sink_section {
             let names: Vec<String> = crate::sink::REGISTRY.iter().map(|k| format!("[{}]", k.section())).collect();
-            return Err(ConfigError::invalid(
+            errors.push(ConfigError::invalid(
                 crate::sink::REGISTRY.first().map_or("sink", |k| k.section()),
                 format!("no output configured: add at least one of {}", names.join(", ")),
             ));
         }
-        let memory_max_bytes = footprint::memory_max_bytes(top.memory_max_bytes, "memory_max_bytes")?;
-        let checkpoint_interval = footprint::checkpoint_interval(top.checkpoint_interval_ms, "checkpoint_interval_ms")?;
-        let host = crate::settings::host("host", top.host)?;
-        Ok(Config {
-            state_dir,
-            log_level: top.log_level,
-            sources,
-            enrich,
-            sinks,
-            status,
-            rejects,
-            memory_max_bytes,
-            checkpoint_interval,
-            host,
-        })
+        let config = top.map(|top| {
+            let mut state_dir = top.state_dir;
+            crate::settings::resolve(&base, &mut state_dir);
+            let mut enrich = top.enrich;
+            enrich.resolve_paths(&base);
+            let enrich = keep(enrich.validate("enrich").map(|()| enrich), &mut errors).filter(|_| !enrich_defaulted).unwrap_or_default();
+            let status = keep(StatusConfig::from_section(top.status, "status"), &mut errors)
+                .filter(|_| !status_defaulted)
+                .unwrap_or_else(|| StatusConfig { enabled: false, ..StatusConfig::default() });
+            let rejects = top.rejects;
+            let rejects = keep(rejects.validate("rejects").map(|()| rejects), &mut errors).unwrap_or_default();
+            let memory_max_bytes = keep(footprint::memory_max_bytes(top.memory_max_bytes, "memory_max_bytes"), &mut errors)
+                .unwrap_or_else(footprint::default_memory_max_bytes);
+            let checkpoint_interval =
+                keep(footprint::checkpoint_interval(top.checkpoint_interval_ms, "checkpoint_interval_ms"), &mut errors)
+                    .unwrap_or_else(|| crate::settings::millis(footprint::default_checkpoint_interval_ms()));
+            let host = keep(crate::settings::host("host", top.host), &mut errors).unwrap_or_else(crate::settings::machine_host_name);
+            Config {
+                state_dir,
+                log_level: top.log_level,
+                sources: sources_read,
+                enrich,
+                sinks: sinks.into_iter().collect(),
+                status,
+                rejects,
+                memory_max_bytes,
+                checkpoint_interval,
+                host,
+            }
+        });
+        // Syntax first, then values (a stable sort: each in file order).
+        errors.sort_by_key(|e| !matches!(e, ConfigError::Syntax { .. } | ConfigError::Read { .. }));
+        Reading { config, errors }
     }
 }
 
+/// Renders toml's errors with the file's text and path.
+struct Syntax<'a> {
+    /// The config text.
+    text: &'a str,
+    /// The config file.
+    path: &'a Path,
+}
+
+impl Syntax<'_> {
+    /// The error `e`, rendered with its line, about `key` when known.
+    fn error(&self, mut e: toml::de::Error, key: Option<String>) -> ConfigError {
+        e.set_input(Some(self.text));
+        ConfigError::Syntax { path: self.path.to_path_buf(), key, message: e.to_string().trim_end().to_string() }
+    }
+}
+
+/// The value, or `None` with its error kept.
+fn keep<T>(r: Result<T, ConfigError>, errors: &mut Vec<ConfigError>) -> Option<T> {
+    r.map_err(|e| errors.push(e)).ok()
+}
+
+/// What [`recover`] read.
+struct Recovered<T> {
+    /// The section, when it could be read.
+    value: Option<T>,
+    /// The keys left out for a value of theirs (not unknown keys, which
+    /// never had an effect): the section read has a default in their place,
+    /// which the host checks must not take for what the file says.
+    defaulted: Vec<String>,
+}
+
+impl<T> Recovered<T> {
+    /// The section, when read with every value the file gives it.
+    fn whole(self) -> Option<T> {
+        self.value.filter(|_| self.defaulted.is_empty())
+    }
+}
+
+/// Reads `value` with `parse`. A key serde refuses (unknown, or of the
+/// wrong type) is reported, left out, and the rest read again, so that
+/// every such key of the section is named in one run and its values are
+/// checked too; a value refused after that ends the section (its error
+/// kept). `prefix` is the section's key (`channel`, `source[0]`; empty at
+/// the top level).
+fn recover<'i, T>(
+    mut value: Spanned<DeValue<'i>>,
+    prefix: &str,
+    syntax: &Syntax<'_>,
+    errors: &mut Vec<ConfigError>,
+    mut parse: impl FnMut(Spanned<DeValue<'i>>) -> Result<T, SectionError>,
+) -> Recovered<T> {
+    let section = || Some(prefix.to_string()).filter(|p| !p.is_empty());
+    let mut left_out: Vec<String> = Vec::new();
+    let mut defaulted: Vec<String> = Vec::new();
+    let value = loop {
+        if left_out.len() > MAX_RECOVERIES {
+            break None;
+        }
+        let e = match parse(value.clone()) {
+            Ok(t) => break Some(t),
+            Err(SectionError::Invalid(e)) => {
+                errors.push(e);
+                break None;
+            }
+            Err(SectionError::Toml(e)) => e,
+        };
+        // A required key left out for its own mistake: said already.
+        if missing_field(e.message()).is_some_and(|f| left_out.iter().any(|k| k.rsplit('.').next() == Some(f))) {
+            break None;
+        }
+        let found = match (e.span(), value.get_mut()) {
+            (Some(span), DeValue::Table(table)) => leave_out(table, &span, prefix),
+            _ => None,
+        };
+        let Some((key, name)) = found else {
+            errors.push(syntax.error(e, section()));
+            break None;
+        };
+        if !e.message().starts_with("unknown field") {
+            defaulted.push(key.clone());
+        }
+        let hint = suggestion(&name, &expected_fields(e.message()));
+        errors.push(syntax.error(e, Some(key.clone())).hint(hint));
+        left_out.push(key);
+    };
+    Recovered { value, defaulted }
+}
+
+/// Removes from `table` the entry that `span` (an error's place) points
+/// at, the deepest one: the key itself (an unknown key) or its value (a
+/// wrong type). Returns its dotted key under `prefix` and its name.
+fn leave_out(table: &mut DeTable<'_>, span: &std::ops::Range<usize>, prefix: &str) -> Option<(String, String)> {
+    let dotted = |k: &str| if prefix.is_empty() { k.to_string() } else { format!("{prefix}.{k}") };
+    let mut hit = None;
+    for (k, v) in table.iter_mut() {
+        let key = dotted(k.get_ref());
+        let vs = v.span();
+        let deeper = match v.get_mut() {
+            DeValue::Table(t) => leave_out(t, span, &key),
+            DeValue::Array(items) => items.iter_mut().enumerate().find_map(|(i, item)| match item.get_mut() {
+                DeValue::Table(t) => leave_out(t, span, &format!("{key}[{i}]")),
+                _ => None,
+            }),
+            _ => None,
+        };
+        if deeper.is_some() {
+            return deeper;
+        }
+        if k.span() == *span || (vs.start <= span.start && span.end <= vs.end) {
+            hit = Some((k.clone(), key));
+            break;
+        }
+    }
+    let (k, key) = hit?;
+    table.remove(&k);
+    Some((key, k.get_ref().to_string()))
+}
+
+/// The field of serde's "missing field `x`".
+fn missing_field(message: &str) -> Option<&str> {
+    message.strip_prefix("missing field `")?.split('`').next()
+}
+
+/// The keys serde's "unknown field `x`, expected one of `a`, `b`" lists.
+fn expected_fields(message: &str) -> Vec<&str> {
+    let Some((_, expected)) = message.split_once("expected") else { return Vec::new() };
+    expected.split('`').skip(1).step_by(2).collect()
+}
+
+/// "did you mean `records_per_message`?" for a mistyped key, when one of
+/// `known` is close enough to be what was meant.
+fn suggestion(typed: &str, known: &[&str]) -> Option<String> {
+    let norm = |s: &str| s.to_ascii_lowercase().replace('-', "_");
+    let t = norm(typed);
+    let (best, d) = known.iter().map(|k| (*k, edit_distance(&t, &norm(k)))).min_by_key(|(_, d)| *d)?;
+    let allowed = match t.chars().count() {
+        0..=4 => 1,
+        5..=10 => 2,
+        _ => 3,
+    };
+    (d <= allowed && best != typed).then(|| format!("did you mean `{best}`?"))
+}
+
+/// Optimal string alignment distance: inserting, deleting or replacing a
+/// character, or swapping two neighbours, costs one.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let (a, b): (Vec<char>, Vec<char>) = (a.chars().collect(), b.chars().collect());
+    let mut d = vec![vec![0usize; b.len() + 1]; a.len() + 1];
+    for (i, row) in d.iter_mut().enumerate() {
+        row[0] = i;
+    }
+    for (j, cell) in d[0].iter_mut().enumerate() {
+        *cell = j;
+    }
+    for i in 1..=a.len() {
+        for j in 1..=b.len() {
+            let cost = usize::from(a[i - 1] != b[j - 1]);
+            let mut v = (d[i - 1][j] + 1).min(d[i][j - 1] + 1).min(d[i - 1][j - 1] + cost);
+            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
+                v = v.min(d[i - 2][j - 2] + 1);
+            }
+            d[i][j] = v;
+        }
+    }
+    d[a.len()][b.len()]
+}
+
 /// Each `[[source]]`: its `kind` (the first of [`crate::source::KINDS`]
-/// when absent) reads it; `name` defaults to `source<N>`.
-fn read_sources(value: Spanned<DeValue<'_>>, base: &Path) -> Result<Vec<SourceConfigured>, SectionError> {
+/// when absent) reads it; `name` defaults to `source<N>`. A section with a
+/// problem is left out, its problems kept.
+fn read_sources(
+    value: Spanned<DeValue<'_>>,
+    base: &Path,
+    syntax: &Syntax<'_>,
+    out: &mut Vec<SourceConfigured>,
+    errors: &mut Vec<ConfigError>,
+) {
     let span = value.span();
     let items = match value.into_inner() {
         DeValue::Array(items) => items,
         // Not an array of tables: serde says so, with the line.
         other => {
-            Vec::<serde::de::IgnoredAny>::deserialize(ValueDeserializer::from(Spanned::new(span, other))).map_err(SectionError::Toml)?;
-            return Ok(Vec::new());
+            if let Err(e) = Vec::<serde::de::IgnoredAny>::deserialize(ValueDeserializer::from(Spanned::new(span, other))) {
+                errors.push(syntax.error(e, Some(SOURCE.to_string())));
+            }
+            return;
         }
     };
-    let mut out = Vec::new();
     for (i, item) in items.into_iter().enumerate() {
         let key = format!("{SOURCE}[{i}]");
         let span = item.span();
         let (kind, name, item) = match item.into_inner() {
             DeValue::Table(mut t) => {
-                let kind = t.remove("kind").map(string).transpose()?;
-                let name = t.remove("name").map(string).transpose()?;
+                let kind = match t.remove("kind").map(string).transpose() {
+                    Ok(k) => k,
+                    Err(e) => {
+                        errors.push(syntax.error(e, Some(format!("{key}.kind"))));
+                        continue;
+                    }
+                };
+                let name = match t.remove("name").map(string).transpose() {
+                    Ok(n) => n,
+                    Err(e) => {
+                        errors.push(syntax.error(e, Some(format!("{key}.name"))));
+                        continue;
+                    }
+                };
                 (kind, name, DeValue::Table(t))
             }
             other => (None, None, other),
@@ -204,21 +453,22 @@ fn read_sources(value: Spanned<DeValue<'_>>, base: &Path) -> Result<Vec<SourceCo
             None => crate::source::KINDS.first(),
         }) else {
             let known: Vec<&str> = crate::source::KINDS.iter().map(|k| k.kind()).collect();
-            return Err(ConfigError::invalid(
+            errors.push(ConfigError::invalid(
                 format!("{key}.kind"),
                 format!("unknown source kind `{}`; known: {}", kind.unwrap_or_default(), known.join(", ")),
-            )
-            .into());
+            ));
+            continue;
         };
-        let config = kind.parse(ValueDeserializer::from(Spanned::new(span, item)), &key, base)?;
-        out.push(SourceConfigured::new(name.unwrap_or_else(|| format!("{SOURCE}{i}")), config));
+        let config = recover(Spanned::new(span, item), &key, syntax, errors, |v| kind.parse(ValueDeserializer::from(v), &key, base));
+        if let Some(config) = config.whole() {
+            out.push(SourceConfigured::new(name.unwrap_or_else(|| format!("{SOURCE}{i}")), config));
+        }
     }
-    Ok(out)
 }
 
 /// A string value (`kind`, `name`), or serde's error with its line.
-fn string(v: Spanned<DeValue<'_>>) -> Result<String, SectionError> {
-    String::deserialize(ValueDeserializer::from(v)).map_err(SectionError::Toml)
+fn string(v: Spanned<DeValue<'_>>) -> Result<String, toml::de::Error> {
+    String::deserialize(ValueDeserializer::from(v))
 }
 
 /// Every top-level key, in the order the file reference lists them.
@@ -417,5 +667,94 @@ path = "/tmp/out.ndjson"
     #[test]
     fn secret_debug_is_redacted() {
         assert_eq!(format!("{:?}", Secret::new("hunter2")), "<redacted>");
+    }
+
+    /// Every mistake of a file is named in one reading, syntax first, each
+    /// with its key; the parts without one are still read (and checked on
+    /// the host).
+    #[test]
+    fn every_mistake_is_named_in_one_reading() {
+        let text = r#"
+state_dir = "/tmp/x"
+memory_max_bytes = 1000
+lgo_level = "debug"
+[[source]]
+paths = ["/var/log/le/access*.log"]
+formatt = "le6"
+[[source]]
+paths = "not-a-list"
+[file_output]
+path = 5
+[channel]
+token = "aaaaaaaaaaaaaaaa"
+records_per_mesage = 10
+[upstream]
+url = "http://collector:9000/ingest"
+[status]
+listen = "nowhere"
+"#;
+        let r = Config::read_toml(text, Path::new("/etc/c.toml"));
+        let keys: Vec<Option<&str>> = r.errors.iter().map(ConfigError::key).collect();
+        assert_eq!(
+            keys,
+            [
+                Some("lgo_level"),
+                Some("status.listen"),
+                Some("source[0].formatt"),
+                Some("source[1].paths"),
+                Some("file_output.path"),
+                Some("channel.records_per_mesage"),
+                Some("channel.token"),
+                Some("memory_max_bytes"),
+            ],
+            "{:#?}",
+            r.errors
+        );
+        let text_of = |k: &str| r.errors.iter().find(|e| e.key() == Some(k)).unwrap().to_string();
+        assert!(text_of("lgo_level").ends_with("did you mean `log_level`?"), "{}", text_of("lgo_level"));
+        assert!(text_of("source[0].formatt").contains("line 7") && text_of("source[0].formatt").ends_with("did you mean `format`?"));
+        assert!(text_of("channel.records_per_mesage").ends_with("did you mean `records_per_message`?"));
+        assert!(text_of("channel.token").contains("too little variety"));
+        // `path = 5` is one mistake, not also a missing `path`.
+        assert!(!r.errors.iter().any(|e| e.to_string().contains("missing field")), "{:#?}", r.errors);
+        // What has no problem is read: the first source, the upstream; the
+        // status listener, whose address was refused, is not probed in its
+        // default's place.
+        let c = r.config.unwrap();
+        assert_eq!(c.sources.len(), 1);
+        assert_eq!(c.sinks.iter().map(|s| s.kind().section()).collect::<Vec<_>>(), ["upstream"]);
+        assert!(!c.status.enabled);
+    }
+
+    #[test]
+    fn a_syntax_error_does_not_hide_the_mistakes_after_it() {
+        let text = format!("{MINIMAL}[status]\nlisten = \"127.0.0.1:0\nper_file_metric = true\n");
+        let r = Config::read_toml(&text, Path::new("/etc/c.toml"));
+        assert!(matches!(r.errors[0], ConfigError::Syntax { key: None, .. }), "{:#?}", r.errors);
+        assert!(r.errors[0].to_string().contains("line 8"), "{}", r.errors[0]);
+        let typo = r.errors.iter().find(|e| e.key() == Some("status.per_file_metric")).expect("the typo after it");
+        assert!(typo.to_string().ends_with("did you mean `per_file_metrics`?"), "{typo}");
+        // A value of the wrong type at the top: no state_dir to check.
+        let r = Config::read_toml(&MINIMAL.replace("state_dir = \"/tmp/x\"", "state_dir = 7"), Path::new("/etc/c.toml"));
+        assert_eq!(r.errors[0].key(), Some("state_dir"));
+        assert!(r.config.is_none());
+    }
+
+    #[test]
+    fn suggestions_are_the_nearest_known_key_only_when_near() {
+        let known = ["records_per_message", "replay_max_bytes", "listen", "token_file", "max_connections"];
+        let s = |typed: &str| suggestion(typed, &known);
+        assert_eq!(s("records_per_mesage").as_deref(), Some("did you mean `records_per_message`?"));
+        assert_eq!(s("records-per-message").as_deref(), Some("did you mean `records_per_message`?"));
+        assert_eq!(s("lisetn").as_deref(), Some("did you mean `listen`?"));
+        assert_eq!(s("tokenfile").as_deref(), Some("did you mean `token_file`?"));
+        assert_eq!(s("Listen").as_deref(), Some("did you mean `listen`?"));
+        assert_eq!(s("colour"), None);
+        assert_eq!(s("max_lag"), None);
+        assert_eq!(edit_distance("kitten", "sitting"), 3);
+        assert_eq!(edit_distance("ab", "ba"), 1);
+        assert_eq!(expected_fields("unknown field `x`, expected one of `a`, `b_c`"), ["a", "b_c"]);
+        assert_eq!(expected_fields("unknown field `x`, expected `a` or `b`"), ["a", "b"]);
+        assert_eq!(missing_field("missing field `path`"), Some("path"));
     }
 }

@@ -14,8 +14,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::config::{ConfigError, Secret};
 use crate::settings::{pem_certificates, pem_private_key, Pem};
+use crate::settings::{ConfigError, Secret};
 
 /// The default `client_id`: what the broker's logs and quotas see.
 pub const DEFAULT_CLIENT_ID: &str = "calllog-bridge";

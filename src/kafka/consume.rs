@@ -22,13 +22,13 @@ use rskafka::client::partition::{OffsetAt, PartitionClient};
 use tokio_util::sync::CancellationToken;
 
 use super::offsets::{Offsets, Partition};
-use crate::config::ReadFrom;
 use crate::logsafe::Escaped;
 use crate::parse::json::{self, MessageSeed, RecordSeed};
 use crate::parse::normalize::{self, Finish};
 use crate::parse::{Reject, RejectReason};
 use crate::pipeline::{Batch, Fanout, RecordSource, Records};
 use crate::record::Record;
+use crate::settings::ReadFrom;
 use crate::time::now_ms;
 
 /// The least a reader waits after an empty fetch before the next.

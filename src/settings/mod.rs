@@ -50,12 +50,19 @@ pub enum ConfigError {
         /// The I/O error.
         source: std::io::Error,
     },
-    /// TOML syntax, a wrong type, or an unknown key (the message names the
-    /// key and its line).
-    #[error("invalid config file {path}: {message}")]
+    /// TOML syntax, a wrong type, or an unknown key (the message shows
+    /// its line).
+    #[error("{}", match key {
+        Some(key) => format!("invalid config key `{key}` in {}: {message}", path.display()),
+        None => format!("invalid config file {}: {message}", path.display()),
+    })]
     Syntax {
         /// The config file.
         path: PathBuf,
+        /// The key, as a dotted path, when the mistake is a key's (an
+        /// unknown key, a value of the wrong type); `None` for the TOML
+        /// syntax itself.
+        key: Option<String>,
         /// The parser's message, with line and column.
         message: String,
     },
@@ -96,8 +103,24 @@ impl ConfigError {
     pub fn key(&self) -> Option<&str> {
         match self {
             ConfigError::Invalid { key, .. } | ConfigError::Unusable { key, .. } => Some(key),
-            ConfigError::Read { .. } | ConfigError::Syntax { .. } => None,
+            ConfigError::Syntax { key, .. } => key.as_deref(),
+            ConfigError::Read { .. } => None,
         }
+    }
+
+    /// The error with `hint` (what was probably meant) on a line of its own
+    /// at the end, when there is one.
+    pub fn hint(mut self, hint: Option<String>) -> Self {
+        if let Some(h) = hint {
+            match &mut self {
+                ConfigError::Syntax { message, .. } | ConfigError::Invalid { message, .. } | ConfigError::Unusable { message, .. } => {
+                    message.push('\n');
+                    message.push_str(&h);
+                }
+                ConfigError::Read { .. } => {}
+            }
+        }
+        self
     }
 }
 
@@ -227,11 +250,20 @@ pub fn inline_secret<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Se
 /// characters), too long to guess over a socket.
 pub const MIN_TOKEN_BYTES: usize = 16;
 
-/// Refuses a token the bridge would check that is empty, shorter than
-/// [`MIN_TOKEN_BYTES`], or holds whitespace or control characters (a
+/// The fewest different characters a token may hold. A random token has
+/// many (`openssl rand -hex 8`, the shortest accepted, has fewer than 6 in
+/// about 1 of 25,000 draws); a typed one of 16 identical characters, or two
+/// or three alternating, is guessed in a handful of tries.
+pub const MIN_TOKEN_DISTINCT_CHARS: usize = 6;
+
+/// The one token rule, for every token the bridge checks (the channel's,
+/// which the dashboard uses too): refuses a token that is empty, shorter
+/// than [`MIN_TOKEN_BYTES`], holds whitespace or control characters (a
 /// token of one space, a stray blank from a copy and paste: none of it
-/// survives a URL's `?key=` intact). `key` names the config key in the
-/// error; the token itself never appears in it.
+/// survives a URL's `?key=` intact), or has too little variety (fewer than
+/// [`MIN_TOKEN_DISTINCT_CHARS`] different characters, or one short piece
+/// repeated: `abcdabcdabcdabcd`). `key` names the config key in the error;
+/// the token itself never appears in it.
 pub fn check_token(key: &str, token: &Secret) -> Result<(), ConfigError> {
     let t = token.expose();
     if t.chars().any(|c| c.is_whitespace() || c.is_control()) {
@@ -243,7 +275,22 @@ pub fn check_token(key: &str, token: &Secret) -> Result<(), ConfigError> {
             format!("the token is {} bytes; at least {MIN_TOKEN_BYTES} are required (for example `openssl rand -hex 16`)", t.len()),
         ));
     }
-    Ok(())
+    let chars: Vec<char> = t.chars().collect();
+    let distinct = chars.iter().collect::<std::collections::HashSet<_>>().len();
+    let weakness = if distinct < MIN_TOKEN_DISTINCT_CHARS {
+        Some(format!("only {distinct} different character{}", if distinct == 1 { "" } else { "s" }))
+    } else {
+        (1..=chars.len() / 2)
+            .find(|&p| chars.iter().skip(p).zip(&chars).all(|(a, b)| a == b))
+            .map(|p| format!("one piece of {p} characters repeated"))
+    };
+    match weakness {
+        Some(w) => Err(ConfigError::invalid(
+            key,
+            format!("the token has too little variety ({w}); use a random one (for example `openssl rand -hex 16`)"),
+        )),
+        None => Ok(()),
+    }
 }
 
 /// Reads a PEM file named by `key`, so that `check-config` (and `run` at
@@ -293,6 +340,43 @@ pub fn pem_private_key(path: PathBuf, key: &str) -> Result<Pem, ConfigError> {
         Ok(None) => Err(ConfigError::invalid(key, format!("{} holds no PEM private key", path.display()))),
         Err(e) => Err(ConfigError::invalid(key, format!("{} is not valid PEM: {e}", path.display()))),
     }
+}
+
+/// Why `path` cannot be used, said so that the operator can fix it: when
+/// the error is "permission denied" because a directory on the way cannot
+/// be searched (entered) by this user, that directory is named (a typo'd
+/// directory under `/opt/le`, which the user may not enter, is reported on
+/// `/opt/le`, not on the typo: whether the typo exists cannot be told);
+/// otherwise `path: error`.
+pub fn why_unreachable(path: &Path, e: &std::io::Error) -> String {
+    match (e.kind(), unsearchable_ancestor(path)) {
+        (std::io::ErrorKind::PermissionDenied, Some(dir)) => format!(
+            "{} cannot be reached: this user may not search (enter) {} (Permission denied; it needs the `x` permission)",
+            path.display(),
+            dir.display()
+        ),
+        _ => format!("{}: {e}", path.display()),
+    }
+}
+
+/// The first directory on the way to `path` that this user cannot search:
+/// the last ancestor before a `stat` of the next component fails with
+/// "permission denied". `None` when every step can be taken (the path
+/// itself may still be unreadable).
+pub fn unsearchable_ancestor(path: &Path) -> Option<PathBuf> {
+    let mut reached = PathBuf::new();
+    for part in path.components() {
+        let next = reached.join(part);
+        if !reached.as_os_str().is_empty() {
+            match std::fs::symlink_metadata(&next) {
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => return Some(reached),
+                Err(_) => return None,
+            }
+        }
+        reached = next;
+    }
+    None
 }
 
 /// The bridge's `host` setting: the name it stamps on every record it
@@ -359,5 +443,18 @@ mod tests {
         check("0123456789abcdef\t", false);
         check("0123456789abcdef\u{7f}", false);
         check("ünïcödé-tökén-ok", true);
+        // Too little variety, whatever the length.
+        check("aaaaaaaaaaaaaaaa", false);
+        check("abababababababababababababab", false);
+        check("abcdeabcdeabcdeabcde", false);
+        check("abcdefabcdefabcdef", false);
+        check("Xy3#Xy3#Xy3#Xy3#", false);
+        check("abcdefgh12abcdefgh12", false);
+        check("abcdefgh12abcdefgh1", true);
+        check("replace-with-openssl-rand-hex-16", true);
+        let e = check_token("channel.token", &Secret::new("aaaaaaaaaaaaaaaa")).unwrap_err().to_string();
+        assert!(e.contains("too little variety (only 1 different character)"), "{e}");
+        let e = check_token("channel.token", &Secret::new("abcdefabcdefabcdef")).unwrap_err().to_string();
+        assert!(e.contains("too little variety (one piece of 6 characters repeated)"), "{e}");
     }
 }

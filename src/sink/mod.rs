@@ -20,6 +20,7 @@ pub mod channel;
 pub mod export;
 pub mod file;
 pub mod kafka;
+pub mod otlp;
 pub mod upstream;
 
 use std::any::Any;
@@ -47,6 +48,7 @@ pub static REGISTRY: &[&dyn SinkKind] = &[
     &Registered::<channel::ChannelSink>::NEW,
     &Registered::<upstream::UpstreamSink>::NEW,
     &Registered::<kafka::KafkaSink>::NEW,
+    &Registered::<otlp::OtlpSink>::NEW,
     &Registered::<export::ExportSink>::NEW,
 ];
 
@@ -242,6 +244,8 @@ pub struct Needs {
     /// Addresses it listens on: (key, address). They are bound before
     /// anything starts and handed to [`Sink::start`] in [`Bound`].
     pub listeners: Vec<(&'static str, SocketAddr)>,
+    /// Peers it sends to, probed by `check-config` (warnings only).
+    pub peers: Vec<crate::probe::Peer>,
 }
 
 /// A registered sink kind, without its types: what the config loader and
@@ -421,22 +425,15 @@ impl fmt::Debug for Configured {
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Sinks(Vec<Configured>);
 
-impl Sinks {
-    /// Reads every registered section that `take` finds (by section name),
-    /// in registry order.
-    pub fn parse<'i>(
-        mut take: impl FnMut(&'static str) -> Option<toml::de::ValueDeserializer<'i>>,
-        base: &Path,
-    ) -> Result<Sinks, SectionError> {
-        let mut out = Vec::new();
-        for kind in REGISTRY {
-            if let Some(section) = take(kind.section()) {
-                out.push(kind.parse(section, base)?);
-            }
-        }
-        Ok(Sinks(out))
+/// The sinks read one section at a time (the config loader reads each on
+/// its own, so that one section's mistakes do not hide another's).
+impl FromIterator<Configured> for Sinks {
+    fn from_iter<I: IntoIterator<Item = Configured>>(iter: I) -> Self {
+        Sinks(iter.into_iter().collect())
     }
+}
 
+impl Sinks {
     /// The settings of sink `S`, when configured.
     pub fn get<S: Sink>(&self) -> Option<&S::Config> {
         self.0.iter().find_map(Configured::get::<S>)

@@ -139,6 +139,9 @@ async fn report_left_unread(
 fn check(key: &str, s: &SourceConfig) -> Check {
     let mut out = Check::default();
     for (glob, dir) in s.paths.iter().zip(s.watch_dirs()) {
+        if let Some(w) = single_file_warning(key, glob) {
+            out.warnings.push(w);
+        }
         let one = SourceConfig { paths: vec![glob.clone()], ..s.clone() };
         let (scan, roots) = match Watcher::new(&one) {
             Ok(w) => (w.scan_until(None), w.roots_now()),
@@ -176,7 +179,9 @@ fn check(key: &str, s: &SourceConfig) -> Check {
                     out.errors
                         .push(ConfigError::unusable(key, format!("`{glob}` matches nothing: directory {} does not exist", dir.display())));
                 }
-                Err(e) => out.errors.push(ConfigError::unusable(key, format!("`{glob}`: cannot list {}: {e}", dir.display()))),
+                Err(e) => out
+                    .errors
+                    .push(ConfigError::unusable(key, format!("`{glob}`: cannot list {}", crate::settings::why_unreachable(&dir, &e)))),
                 Ok(entries) => {
                     let mut others: Vec<String> =
                         entries.flatten().filter(|e| e.path().is_file()).map(|e| e.file_name().to_string_lossy().into_owned()).collect();
@@ -211,6 +216,20 @@ fn check(key: &str, s: &SourceConfig) -> Check {
         out.globs.push(found);
     }
     out
+}
+
+/// A glob whose file name has no wildcard follows one file: when Local
+/// Edition rotates it, the lines not read yet are in a rotated file the
+/// glob does not match (and after a stop, whatever was rotated meanwhile).
+fn single_file_warning(key: &str, glob: &str) -> Option<String> {
+    let name = glob.rsplit('/').next().unwrap_or(glob);
+    if name.is_empty() || name.contains(['*', '?', '[', '{']) {
+        return None;
+    }
+    Some(format!(
+        "config key `{key}`: `{glob}` names one file: the lines still unread when Local Edition rotates it go to `{name}.1` \
+         (or `{name}.1.gz`), which this glob does not follow, and are missed; end it with `*` (`{glob}*`) to follow the rotated files too"
+    ))
 }
 
 fn file_name(p: &Path) -> String {

@@ -52,11 +52,12 @@ impl super::Source for KafkaSource {
         SourceConfig::from_section(section, key, base)
     }
 
-    fn check(_cfg: &SourceConfig, _key: &str) -> Check {
-        // Brokers are not reached by `check-config`: an outage at start is
-        // retried for as long as it takes (and shown in /status), never a
-        // refusal to start.
-        Check::default()
+    fn check(cfg: &SourceConfig, key: &str) -> Check {
+        // The brokers are only probed (by `check-config`, a warning): an
+        // outage at start is retried for as long as it takes (and shown in
+        // /status), never a refusal to start.
+        let peer = crate::probe::Peer::Kafka { key: format!("{key}.brokers"), client: cfg.client.clone(), topics: cfg.topics.clone() };
+        Check { peers: vec![peer], ..Check::default() }
     }
 
     fn summary(c: &SourceConfig, _found: &SourceFound) -> String {

@@ -127,6 +127,8 @@ pub struct Check {
     pub warnings: Vec<String>,
     /// The globs and their files.
     pub globs: Vec<GlobFound>,
+    /// Peers it reads from, probed by `check-config` (warnings only).
+    pub peers: Vec<crate::probe::Peer>,
 }
 
 /// A registered source kind, without its types.

@@ -17,9 +17,10 @@
 //! get 503 rather than queueing without bound.
 //!
 //! Every peer is bounded: at most [`MAX_CONNECTIONS`] sockets are open
-//! (a slot is taken before `accept`; when all are taken, the longest-idle
+//! (a place is taken before `accept`; when all are taken, the longest-idle
 //! connection is closed to admit the new one, see [`crate::listener`]), a
-//! connection with no request in flight for [`IDLE_TIMEOUT`] is closed
+//! connection with no request in flight for [`IDLE_TIMEOUT`] since its
+//! accept or its last response is closed
 //! (this also ends a request head trickled byte by byte), and a request
 //! head is at most [`MAX_REQUEST_HEAD_BYTES`] and [`MAX_HEADERS`] headers
 //! (431 beyond). HTTP/1.1 only: the clients are a scraper, `lag` and a
@@ -109,6 +110,8 @@ pub fn router(telemetry: Telemetry, settings: StatusSettings, dashboard: dashboa
         .route("/status", get(get_status))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/history", get(get_history))
+        .route("/history.svg", get(get_history_svg))
         .merge(page)
         .layer(axum::middleware::from_fn_with_state(state.clone(), limit))
         .with_state(state)
@@ -128,6 +131,22 @@ async fn get_metrics(State(st): State<AppState>) -> Response {
 
 async fn get_status(State(st): State<AppState>) -> Response {
     Json(st.telemetry.status(time::now_ms(), &st.settings)).into_response()
+}
+
+async fn get_history(State(st): State<AppState>, q: axum::extract::Query<super::history::Query>) -> Response {
+    match super::history::report_for(&st.telemetry, &q, time::now_ms()) {
+        Ok(r) => Json(r.to_json()).into_response(),
+        Err(e) => (StatusCode::BAD_REQUEST, e).into_response(),
+    }
+}
+
+async fn get_history_svg(State(st): State<AppState>, q: axum::extract::Query<super::history::Query>) -> Response {
+    match super::history::report_for(&st.telemetry, &q, time::now_ms()) {
+        Ok(r) => {
+            ([(header::CONTENT_TYPE, "image/svg+xml"), (header::CACHE_CONTROL, "no-cache")], crate::history::chart::svg(&r)).into_response()
+        }
+        Err(e) => (StatusCode::BAD_REQUEST, e).into_response(),
+    }
 }
 
 async fn healthz() -> &'static str {
@@ -167,9 +186,10 @@ pub async fn serve(
     let stop = CancellationToken::new();
     tokio::pin!(shutdown);
     loop {
-        // The slot first (mini-redis): a full listener makes room before
+        // The place first (mini-redis): a full listener makes room before
         // it accepts, so it never holds more than MAX_CONNECTIONS sockets.
-        let slot = tokio::select! {
+        // The connection's idle clock starts at the accept (`fill`).
+        let vacancy = tokio::select! {
             s = gate.acquire() => s,
             _ = &mut shutdown => break,
         };
@@ -185,7 +205,7 @@ pub async fn serve(
             },
             _ = &mut shutdown => break,
         };
-        tracker.spawn(serve_connection(tcp, peer, slot, router.clone(), stop.clone()));
+        tracker.spawn(serve_connection(tcp, peer, vacancy.fill(), router.clone(), stop.clone()));
     }
     drop(listener);
     stop.cancel();

@@ -37,6 +37,8 @@ const LAG_TOLERANCE_MS = 1500;
 const WRITE_DELAY_MS = 1000;
 /** Every wait in this test polls with this deadline. */
 const WAIT_MS = 30000;
+/** The bridge's `host` setting, stamped on every record (a hub shows its edges' names). */
+const HOST = 'e2e-edge-7';
 
 // ---------------------------------------------------------------- helpers
 
@@ -176,6 +178,7 @@ function writeConfig(file, { stateDir, logs, tokenFile, channelListen, statusLis
   fs.writeFileSync(file, `# written by tests/e2e/dashboard.test.mjs
 state_dir = ${JSON.stringify(stateDir)}
 log_level = "info"
+host = ${JSON.stringify(HOST)}
 
 [[source]]
 paths = [${JSON.stringify(path.join(logs, '*.log'))}]
@@ -318,6 +321,42 @@ test('dashboard shows what was simulated and resumes after a bridge restart', { 
   assert.ok(tailStatuses.length > 0);
   await page.fill('#tail-filter', '');
 
+  // The live tail has a host column (on a hub: the edge each record came
+  // from), and the filter box says it takes `host=`.
+  const headers = await page.$$eval('#tail thead th', (ths) => ths.map((th) => th.textContent));
+  assert.equal(headers[5], 'host', `tail columns ${JSON.stringify(headers)}`);
+  assert.match(await page.getAttribute('#tail-filter', 'placeholder'), /host=/);
+  const hosts = await waitFor('the tail rows', async () => {
+    const h = await page.$$eval('#tail tbody tr', (trs) => trs.map((tr) => tr.cells[5].textContent));
+    return h.length ? h : null;
+  });
+  assert.ok(hosts.every((h) => h === HOST), `host cells ${JSON.stringify(hosts.slice(0, 5))}`);
+  await page.fill('#tail-filter', `host=${HOST}`);
+  await waitFor('host= keeps the records of that host', async () => (await page.$$eval('#tail tbody tr', (trs) => trs.length)) > 0);
+  await page.fill('#tail-filter', 'host=some-other-edge');
+  await waitFor('host= leaves out the other hosts', async () => (await page.$$eval('#tail tbody tr', (trs) => trs.length)) === 0);
+  await page.fill('#tail-filter', '');
+
+  // No column of the live tail is cut, at 1400 px or narrower: the table
+  // fits its panel and the right-most cells show their whole value.
+  for (const width of [1400, 1100]) {
+    await page.setViewportSize({ width, height: 1100 });
+    const fit = await waitFor(`the tail laid out at ${width} px`, () => page.evaluate(() => {
+      const table = document.querySelector('#tail');
+      const box = table.parentElement.getBoundingClientRect();
+      const last = table.querySelector('thead th:last-child').getBoundingClientRect();
+      const lastCells = [...table.querySelectorAll('tbody td:last-child')];
+      return lastCells.length ? {
+        overflow: table.parentElement.scrollWidth - table.parentElement.clientWidth,
+        lastRight: last.right,
+        boxRight: box.right,
+        cutCells: lastCells.filter((td) => td.scrollWidth > td.clientWidth).length,
+      } : null;
+    }));
+    assert.ok(fit.overflow <= 0 && fit.lastRight <= fit.boxRight + 0.5 && fit.cutCells === 0, `live tail at ${width} px: ${JSON.stringify(fit)}`);
+  }
+  await page.setViewportSize({ width: 1440, height: 1100 });
+
   // A second tab without the token: the form asks for it; a wrong token is
   // refused (the form comes back), the right one connects.
   const page2 = await browser.newPage({ viewport: { width: 1200, height: 800 } });
@@ -451,6 +490,7 @@ test('a bridge with [export] shows its slices in the export panel', { timeout: 9
   fs.writeFileSync(config, `# written by tests/e2e/dashboard.test.mjs
 state_dir = ${JSON.stringify(stateDir)}
 log_level = "info"
+host = ${JSON.stringify(HOST)}
 
 [[source]]
 paths = [${JSON.stringify(path.join(logs, '*.log'))}]

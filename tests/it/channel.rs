@@ -671,6 +671,11 @@ impl Bridge {
     /// A bridge with these top-level keys and these extra sections
     /// (`{dir}` in them is its scratch directory).
     fn start_with(top: &str, sections: &str) -> Bridge {
+        Bridge::start_full(top, "", sections)
+    }
+
+    /// [`Bridge::start_with`], with `channel_extra` in `[channel]`.
+    fn start_full(top: &str, channel_extra: &str, sections: &str) -> Bridge {
         let dir = tempfile::tempdir().unwrap();
         let logs = dir.path().join("logs");
         std::fs::create_dir_all(&logs).unwrap();
@@ -685,6 +690,7 @@ poll_interval_ms = 50
 [channel]
 listen = "127.0.0.1:0"
 token_file = "{token}"
+{channel_extra}
 [status]
 listen = "127.0.0.1:0"
 {sections}
@@ -974,4 +980,113 @@ async fn every_channel_and_archived_record_carries_the_bridge_host() {
         }
         assert!(bridge.terminate().success());
     }
+}
+
+/// `[channel] mask_keep` masks every field a secret appears in (`uri`,
+/// `request_id`, `referrer`, percent-encoded too), under the same rule as
+/// `[enrich]`'s keys: no channel record carries a key or a token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mask_keep_leaves_the_key_in_no_field_of_any_channel_record() {
+    let bridge = Bridge::start_full("", "mask_keep = 2", "");
+    let mut ws = connect(&bridge.url(TOKEN)).await;
+    let lines = crate::enrich::secret_lines(60);
+    {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new().create(true).append(true).open(bridge.log()).unwrap();
+        f.write_all((lines.join("\n") + "\n").as_bytes()).unwrap();
+    }
+    let mut seen = 0;
+    while seen < lines.len() {
+        match next_event(&mut ws).await {
+            Event::Data(v) => {
+                for r in v["data"].as_array().expect("data array") {
+                    crate::enrich::assert_masked(r, 2);
+                    seen += 1;
+                }
+            }
+            Event::Text(_) | Event::Ping => {}
+            Event::Closed(c) => panic!("closed after {seen} records: {c:?}"),
+        }
+    }
+}
+
+/// A subscription upgraded by hand on a socket with a small receive
+/// buffer (a client that does not read fills it at once).
+async fn raw_subscriber(addr: &str) -> TcpStream {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.set_recv_buffer_size(4096).unwrap();
+    let mut s = sock.connect(addr.parse().unwrap()).await.unwrap();
+    let req = format!(
+        "GET /stream?key={TOKEN} HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut b = [0u8; 1];
+        assert_eq!(s.read(&mut b).await.unwrap(), 1, "the server closed during the handshake");
+        head.push(b[0]);
+    }
+    assert!(head.starts_with(b"HTTP/1.1 101"), "{}", String::from_utf8_lossy(&head));
+    s
+}
+
+/// Clients with a valid token that flood the bridge and never read:
+/// masked pings (125 bytes, in blocks of 500 frames) and 60 KiB text
+/// frames (each answered with `Response To ...`). What each connection
+/// holds stays within the channel's stated per-connection bound
+/// (`CONNECTION_MEMORY_BYTES`): the bridge answers only the latest ping
+/// and stops reading from a client whose answers are not drained; and it
+/// goes on serving the other clients meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_flooding_pings_and_text_without_reading_stay_within_the_connection_bound() {
+    use tokio::io::AsyncWriteExt;
+    let bridge = Bridge::start_with("memory_max_bytes = 4194304", "");
+    let pid = bridge.child.id();
+    let anon = || support::proc_status_bytes(pid, "VmRSS").saturating_sub(support::proc_status_bytes(pid, "RssFile"));
+    let mut ws = connect(&bridge.url(TOKEN)).await;
+    bridge.append(&uuids("before", 10));
+    read_records(&mut ws, 10).await;
+    let baseline = anon();
+    let pings: Vec<u8> = (0..500).flat_map(|_| crate::hostile_net::masked(0x9, &[b'p'; 125])).collect();
+    let texts = crate::hostile_net::masked(0x1, &vec![b't'; 60 << 10]);
+    let mut flooders = Vec::new();
+    for block in [pings, texts] {
+        let mut s = raw_subscriber(&bridge.addr).await;
+        flooders.push(tokio::spawn(async move {
+            let mut sent = 0usize;
+            while s.write_all(&block).await.is_ok() {
+                sent += block.len();
+            }
+            sent
+        }));
+    }
+    // Budget (4 MiB) aside, two connections may hold their bound each;
+    // the allocator keeps a little more than what is live.
+    let bound = 2 * channel::CONNECTION_MEMORY_BYTES as u64 + (4 << 20);
+    let started = Instant::now();
+    let mut peak = 0;
+    let mut served = false;
+    while started.elapsed() < Duration::from_secs(8) {
+        let grown = anon().saturating_sub(baseline);
+        peak = peak.max(grown);
+        if grown > bound + (256 << 20) {
+            break;
+        }
+        if !served && started.elapsed() > Duration::from_secs(2) {
+            // The others are served meanwhile.
+            let ids = uuids("during", 10);
+            bridge.append(&ids);
+            assert_eq!(read_records(&mut ws, 10).await.1, ids);
+            served = true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for f in &flooders {
+        f.abort();
+    }
+    eprintln!("flood: the bridge's memory grew by {} KiB at most (bound {} KiB)", peak >> 10, bound >> 10);
+    assert!(peak <= bound, "the bridge's memory grew by {} MiB under the flood (bound {} MiB)", peak >> 20, bound >> 20);
+    assert!(served, "the other client was served during the flood");
 }

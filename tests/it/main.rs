@@ -3,6 +3,7 @@
 //! sockets on loopback.
 
 mod channel;
+mod config_report;
 mod dashboard;
 mod demo;
 mod enrich;
@@ -16,13 +17,18 @@ mod hostile_files;
 mod hostile_net;
 mod kafka;
 mod lag;
+mod lag_report;
+mod otlp;
 mod parse;
+mod prometheus;
 mod recovery;
 mod replay;
 mod safety;
 mod service;
+mod service_ops;
 mod simulate;
 mod status;
+mod status_listener;
 mod support;
 mod support_kafka;
 mod support_tools;

@@ -451,3 +451,235 @@ async fn the_old_replay_keys_start_with_a_warning() {
     assert!(log.contains("channel.send_queue_bytes is deprecated and ignored"), "{log}");
     b.sigterm();
 }
+
+/// The records of a segment file as written: (offset, end, seq), read
+/// with the layout of `sink/channel/replay.rs` (len, crc, then a body
+/// starting with the seq).
+fn segment_records(path: &std::path::Path) -> Vec<(u64, u64, u64)> {
+    let bytes = std::fs::read(path).unwrap();
+    let mut out = Vec::new();
+    let mut off = 0usize;
+    while off + 16 <= bytes.len() {
+        let len = u32::from_le_bytes(bytes[off..off + 4].try_into().unwrap()) as usize;
+        let seq = u64::from_le_bytes(bytes[off + 8..off + 16].try_into().unwrap());
+        out.push((off as u64, (off + 8 + len) as u64, seq));
+        off += 8 + len;
+    }
+    out
+}
+
+/// Reads messages until `n` records came; returns (seq, request_uuid) of
+/// each record and every notice (a message without `seq`).
+async fn read_with_notices(ws: &mut Ws, n: usize) -> (Vec<(u64, String)>, Vec<Value>) {
+    let mut records = Vec::new();
+    let mut notices = Vec::new();
+    while records.len() < n {
+        match tokio::time::timeout(DEADLINE, ws.next()).await.expect("a message within the deadline") {
+            Some(Ok(Message::Text(t))) => {
+                let v: Value = serde_json::from_str(&t).unwrap();
+                let data = v["data"].as_array().expect("data array").clone();
+                match v["seq"].as_u64() {
+                    None => {
+                        assert!(data.is_empty(), "a notice has no records: {v}");
+                        notices.push(v);
+                    }
+                    Some(last) => {
+                        for (i, r) in data.iter().enumerate() {
+                            records.push((last - (data.len() - 1 - i) as u64, r["request_uuid"].as_str().unwrap().to_string()));
+                        }
+                    }
+                }
+            }
+            Some(Ok(Message::Close(f))) => panic!("closed after {} of {n} records: {f:?}; notices {notices:?}", records.len()),
+            Some(Ok(_)) => {}
+            Some(Err(e)) => panic!("read failed after {} of {n}: {e}", records.len()),
+            None => panic!("ended after {} of {n}", records.len()),
+        }
+    }
+    (records, notices)
+}
+
+/// `subscribe` from `since` for `count` records, without reconnecting:
+/// (exit code, printed request_uuids, stderr).
+async fn subscribe(url: String, count: usize) -> (Option<i32>, Vec<String>, String) {
+    let out = tokio::task::spawn_blocking(move || {
+        let mut child = support::cmd()
+            .args(["subscribe", &url, "--no-reconnect", "--count", &count.to_string()])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Its output is larger than a pipe holds: read it meanwhile.
+        let (mut stdout, mut stderr) = (child.stdout.take().unwrap(), child.stderr.take().unwrap());
+        let out = std::thread::spawn(move || {
+            let mut v = Vec::new();
+            std::io::Read::read_to_end(&mut stdout, &mut v).map(|_| v)
+        });
+        let err = std::thread::spawn(move || std::io::read_to_string(&mut stderr));
+        let deadline = std::time::Instant::now() + DEADLINE * 2;
+        let ended = loop {
+            if let Some(st) = child.try_wait().unwrap() {
+                break Some(st);
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        (ended, out.join().unwrap().unwrap(), err.join().unwrap().unwrap())
+    })
+    .await
+    .unwrap();
+    let Some(status) = out.0 else { return (None, Vec::new(), format!("subscribe did not end: {}", out.2)) };
+    let out = std::process::Output { status, stdout: out.1, stderr: out.2.into_bytes() };
+    let ids = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap()["request_uuid"].as_str().unwrap().to_string())
+        .collect();
+    (out.status.code(), ids, String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+/// 4 KB of garbage in the middle of a segment, on disk only (behind the
+/// hot tail): every client gets every good record, in order, and one
+/// exact `lost` notice for the records the garbage destroyed, while the
+/// bridge runs (it skips past the bad bytes to the next good record) and
+/// after a restart (the repair knows the gap by sequence numbers); the
+/// `subscribe` client gets there too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupt_segment_gives_every_good_record_and_an_exact_lost_notice_before_and_after_a_restart() {
+    const N: usize = 5000;
+    let mut b = Bridge::new("");
+    b.start();
+    b.append("a", 0..N);
+    b.wait_for_seq(N as u64);
+    let seg = b.segments().pop().unwrap();
+    let records = segment_records(&seg);
+    assert_eq!(records.len(), N);
+    // A quarter in: older than the 2 MiB kept in memory.
+    let at = std::fs::metadata(&seg).unwrap().len() / 4;
+    {
+        use std::io::{Seek, Write};
+        let mut f = std::fs::OpenOptions::new().write(true).open(&seg).unwrap();
+        f.seek(std::io::SeekFrom::Start(at)).unwrap();
+        let mut x: u32 = 0x9e37_79b9;
+        let garbage: Vec<u8> = (0..4096)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 17;
+                x ^= x << 5;
+                x as u8
+            })
+            .collect();
+        f.write_all(&garbage).unwrap();
+    }
+    let damaged: Vec<u64> = records.iter().filter(|(o, e, _)| *e > at && *o < at + 4096).map(|r| r.2).collect();
+    let (first, last) = (damaged[0], *damaged.last().unwrap());
+    assert_eq!(damaged, (first..=last).collect::<Vec<u64>>());
+    let lost = last - first + 1;
+    let good: Vec<(u64, String)> = (1..=N as u64).filter(|s| !damaged.contains(s)).map(|s| (s, format!("a-{:07}", s - 1))).collect();
+    let expected_notice = |since: u64| serde_json::json!({"data": [], "lost": last + 1 - since, "since": since, "first_available": last + 1, "next": last + 1});
+
+    for run in ["running", "after a restart"] {
+        // From the start: everything but the damaged records, and the notice where they were.
+        let mut ws = connect(&b.url("&since=1")).await;
+        let (got, notices) = read_with_notices(&mut ws, good.len()).await;
+        assert_eq!(got, good, "{run}: every good record, once, in order");
+        assert_eq!(notices, vec![expected_notice(first)], "{run}");
+        nothing_more(&mut ws).await;
+        // From inside the damage: the notice first.
+        let mut ws = connect(&b.url(&format!("&since={}", first + 1))).await;
+        let (got, notices) = read_with_notices(&mut ws, 10).await;
+        assert_eq!(notices, vec![expected_notice(first + 1)], "{run}");
+        assert_eq!(got[..10], good[first as usize - 1..first as usize + 9], "{run}");
+        // `subscribe` gets every good record and says how many were lost.
+        let (code, ids, err) = subscribe(b.url("&since=1"), good.len()).await;
+        assert_eq!(code, Some(0), "{run}: {err}");
+        assert_eq!(ids, good.iter().map(|g| g.1.clone()).collect::<Vec<_>>(), "{run}: {err}");
+        assert!(err.contains(&format!("{lost} records are no longer available")), "{run}: {err}");
+        let c = b.channel_status();
+        assert_eq!(c["closed"]["replay_error"], 0, "{run}: {c}");
+        assert_eq!(c["replay_damaged_records"], lost, "{run}: {c}");
+        if run == "running" {
+            b.sigterm();
+            b.start();
+        }
+    }
+    let log = b.stderr();
+    assert!(log.contains(&format!("records {first}..={last}")), "{log}");
+    b.sigterm();
+}
+
+/// The replay directory removed while the bridge runs: it is made again,
+/// the channel's fault (if any) clears by itself, and a client asking from
+/// the start is told exactly what went with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_directory_deleted_while_running_is_made_again_and_no_fault_stays() {
+    // 128 KiB segments: new ones every ~140 records.
+    let mut b = Bridge::new("replay_max_bytes = 1048576");
+    b.start();
+    b.append("a", 0..200);
+    b.wait_for_seq(200);
+    std::fs::remove_dir_all(b.replay_dir()).unwrap();
+    support::poll_until(DEADLINE, "the replay directory made again", || b.replay_dir().is_dir().then_some(()));
+    b.append("b", 0..300);
+    let deadline = std::time::Instant::now() + DEADLINE;
+    loop {
+        let st = {
+            let (code, body) = get(&format!("{}/status", b.status_url()));
+            assert_eq!(code, 200);
+            serde_json::from_str::<Value>(&body).unwrap()
+        };
+        if st["channel"]["last_seq"] == 500 && st["faults"].as_array().is_some_and(Vec::is_empty) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the channel did not recover: {}\n{}", st["faults"], b.stderr());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(!b.segments().is_empty(), "new segments in the new directory");
+    let mut ws = connect(&b.url("&since=1")).await;
+    let (got, notices) = read_with_notices(&mut ws, 300).await;
+    assert_eq!(notices, vec![serde_json::json!({"data": [], "lost": 200, "since": 1, "first_available": 201, "next": 201})]);
+    assert_eq!(got, (0..300).map(|i| (201 + i as u64, format!("b-{i:07}"))).collect::<Vec<_>>());
+    nothing_more(&mut ws).await;
+    b.sigterm();
+}
+
+/// A subscription without `since` starts at the live head; one with a
+/// `since` above the newest sequence number (a number from another
+/// history: before a `reset-state`, another bridge) is told so first, then
+/// gets the live records; `subscribe` honours a `since=` in its URL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_since_from_another_history_gets_a_notice_and_subscribe_honours_since_in_its_url() {
+    let mut b = Bridge::new("");
+    b.start();
+    b.append("a", 0..10);
+    b.wait_for_seq(10);
+    let mut ahead = connect(&b.url("&since=5000")).await;
+    let mut live = connect(&b.url("")).await;
+    support::poll_until(DEADLINE, "both registered", || (b.channel_status()["connections"] == 2).then_some(()));
+    b.append("b", 0..3);
+    let (got, notices) = read_with_notices(&mut ahead, 3).await;
+    assert_eq!(notices, vec![serde_json::json!({"data": [], "since": 5000, "next": 11})]);
+    assert_eq!(got, (0..3).map(|i| (11 + i as u64, format!("b-{i:07}"))).collect::<Vec<_>>());
+    let (got, notices) = read_with_notices(&mut live, 3).await;
+    assert!(notices.is_empty(), "{notices:?}");
+    assert_eq!(got[0].0, 11, "live starts at the head");
+    // `since=` in the URL.
+    let (code, ids, err) = subscribe(b.url("&since=4"), 5).await;
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(ids, (3..8).map(|i| format!("a-{i:07}")).collect::<Vec<_>>(), "{err}");
+    // A since from another history is reported, and the live records follow.
+    let url = b.url("&since=9000");
+    let child = tokio::task::spawn_blocking(move || support::run_for(support::cmd().args(["subscribe", &url, "--count", "2"]), DEADLINE));
+    support::poll_until(DEADLINE, "subscribe connected", || (b.channel_status()["connections"] == 3).then_some(()));
+    b.append("c", 0..2);
+    let out = child.await.unwrap().expect("subscribe ends after 2 records");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("9000") && err.contains("continuing from 14"), "{err}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 2);
+    b.sigterm();
+}

@@ -124,9 +124,18 @@ impl Harness {
 
 pub(crate) async fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
-    while !f() {
+    loop {
+        // These tests run the sink on the test's own single-threaded
+        // runtime: a check that decodes every body received so far grows
+        // with the test, and polled every 10 ms it would starve the sink
+        // it waits for. Sleep at least three times what the check took.
+        let t = Instant::now();
+        if f() {
+            return;
+        }
+        let took = t.elapsed();
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
+        tokio::time::sleep(Duration::from_millis(10).max(took * 3)).await;
     }
 }
 
@@ -1002,7 +1011,7 @@ pub(crate) mod e2e {
     fn peer_text_cannot_forge_log_lines() {
         let forged = "2026-01-01T00:00:00.000000Z  INFO calllog_bridge: FORGED all records delivered";
         let c = Collector::start(Format::Ndjson);
-        c.script([Fault::Status(500, format!("busy\n{forged}\u{1b}[2J\u{1b}]0;owned\u{7}"))]);
+        c.script([Fault::Status(500, format!("busy\n{forged}\u{1b}[2J\u{1b}]0;owned\u{7} \u{202e}gol.exe"))]);
         let mut env = Env::new(&c.url("/"), "");
         let all = ids("inj", 0..20);
         env.append("access.log", &all);
@@ -1022,6 +1031,8 @@ pub(crate) mod e2e {
             assert!(!line.starts_with("2026-01-01T00:00:00.000000Z"), "a forged log line: {line:?}");
         }
         assert!(!log.contains('\u{1b}') && !log.contains('\u{7}'), "a terminal escape sequence reached the log");
+        // A right-to-left override would show the rest of the line reversed.
+        assert!(!log.contains('\u{202e}') && log.contains("\\u{202e}gol.exe"), "a bidirectional control reached the log raw");
         assert!(log.contains("busy\\n2026-01-01"), "escaped, still readable: {log}");
     }
 

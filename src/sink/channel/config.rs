@@ -55,7 +55,8 @@ pub struct ChannelSection {
     #[serde(default)]
     pub send_queue_bytes: Option<usize>,
     /// Mask `api_key` / `oauth_access_token` on this channel, keeping this
-    /// many characters at each end.
+    /// many characters at each end ([`crate::mask`]: the rule of
+    /// `[enrich]`'s mask keys, in every field the secrets appear in).
     #[serde(default)]
     pub mask_keep: Option<usize>,
     /// PEM certificate chain for `wss://`.

@@ -9,7 +9,19 @@
 //! Invariant: nothing here ever makes the sink wait. The sink only appends
 //! to the log and applies its retention (see [`super::ChannelShared::retain`]); a
 //! connection whose cursor fell out of it is cancelled and closes itself.
-//! A connection holds at most one read chunk in memory, however far behind.
+//!
+//! Invariant: a connection holds at most [`CONNECTION_MEMORY_BYTES`] (plus
+//! three of the largest records), whatever the client does: one read chunk
+//! from the log and the messages made of it, at most
+//! [`CONTROL_QUEUE_FRAMES`] answers, and the WebSocket layer's buffers. The
+//! client's frames are read on after a ping only once its pong is written
+//! ([`super::stall`]), and `Response To` answers wait in a queue of
+//! [`CONTROL_QUEUE_FRAMES`]: a client that floods pings or text and never
+//! reads gets at most two pongs and that queue held for it (RFC 6455
+//! allows answering only the latest ping), and what it sends waits in its
+//! own socket. The chunk, its messages and the queued
+//! answers are charged to the memory budget ([`crate::budget`]) while
+//! held; the closing handshake is bounded by [`CLOSE_TIMEOUT`].
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
@@ -34,7 +46,9 @@ use tracing::{debug, info, warn};
 
 use super::replay::{Entry, Plan};
 use super::request::{self, Paths, Refusal, Subscription};
+use super::stall::{Stall, Watched};
 use super::ChannelShared;
+use crate::budget::Charge;
 use crate::listener::Slot;
 use crate::time::now_ms;
 
@@ -52,14 +66,34 @@ pub const MAX_CLIENT_MESSAGE_BYTES: usize = 64 << 10;
 /// capacity of the control queue between the reader and the writer. When a
 /// client floods text frames faster than it reads the answers, the reader
 /// waits here, which is TCP backpressure on that client only.
-const CONTROL_QUEUE_FRAMES: usize = 64;
+pub const CONTROL_QUEUE_FRAMES: usize = 4;
 
 /// The writer takes at most this many records from the log per round
 /// before flushing, so control frames and slow-consumer checks interleave.
 const READ_CHUNK_RECORDS: usize = 1024;
 
-/// ... and at most about this many bytes.
-const READ_CHUNK_BYTES: usize = 512 << 10;
+/// ... and at most about this many bytes (plus one record).
+const READ_CHUNK_BYTES: usize = 256 << 10;
+
+/// The WebSocket layer's read buffer (client frames are small; a larger
+/// one grows to the frame being read).
+const READ_BUFFER_BYTES: usize = 8 << 10;
+
+/// The WebSocket layer writes once this much is buffered (and at every
+/// flush).
+const WRITE_BUFFER_BYTES: usize = 128 << 10;
+
+/// What one connection may hold, besides up to three of the largest
+/// records: the WebSocket layer's read buffer, a client frame and a
+/// fragmented message being put together; the queued answers and the one
+/// in hand; the write buffer; a read chunk, the message being made of it
+/// and its copy in the write buffer. About 1.3 MiB; the channel holds at
+/// most `max_connections` times this.
+pub const CONNECTION_MEMORY_BYTES: usize = READ_BUFFER_BYTES
+    + 2 * MAX_CLIENT_MESSAGE_BYTES
+    + (CONTROL_QUEUE_FRAMES + 1) * (MAX_CLIENT_MESSAGE_BYTES + 16)
+    + WRITE_BUFFER_BYTES
+    + 3 * READ_CHUNK_BYTES;
 
 /// With `records_per_message` > 1, a partly filled message waits at most
 /// this long for more records ("batches within a few milliseconds").
@@ -249,11 +283,13 @@ where
     let ws_config = WebSocketConfig::default()
         .max_message_size(Some(MAX_CLIENT_MESSAGE_BYTES))
         .max_frame_size(Some(MAX_CLIENT_MESSAGE_BYTES))
-        .write_buffer_size(128 << 10);
-    let ws = WebSocketStream::from_partially_read(stream, early, Role::Server, Some(ws_config)).await;
+        .read_buffer_size(READ_BUFFER_BYTES)
+        .write_buffer_size(WRITE_BUFFER_BYTES);
+    let stall = Arc::new(Stall::default());
+    let ws = WebSocketStream::from_partially_read(Watched::new(stream, stall.clone()), early, Role::Server, Some(ws_config)).await;
     // The permit lives as long as the connection: it is the slot.
     let _permit = permit;
-    run_connection(shared.clone(), ws, peer, sub, revoked, path).await;
+    run_connection(shared.clone(), ws, &stall, peer, sub, revoked, path).await;
 }
 
 /// Reads the request head (bounded), decides, and answers: 101, or the
@@ -335,6 +371,7 @@ fn refusal_response(r: &Refusal) -> String {
 async fn run_connection<S>(
     shared: Arc<ChannelShared>,
     ws: WebSocketStream<S>,
+    stall: &Stall,
     peer: SocketAddr,
     sub: Subscription,
     revoked: CancellationToken,
@@ -347,23 +384,27 @@ async fn run_connection<S>(
 
     // Register and pick the start under the log lock, so that no record
     // appended meanwhile is missed or sent twice.
-    let (conn_id, conn, cursor, lost) = shared.register(peer, sub.since);
+    let (conn_id, conn, start) = shared.register(peer, sub.since);
     stats.connections_accepted.inc();
     stats.connections_active.inc();
     info!(%peer, path = %crate::logsafe::Escaped(&path), since = ?sub.since, filtered = !sub.filter.is_empty(), "channel: client connected");
 
-    let (ctrl_tx, mut ctrl_rx) = mpsc::channel::<Message>(CONTROL_QUEUE_FRAMES);
+    let (ctrl_tx, mut ctrl_rx) = mpsc::channel::<Control>(CONTROL_QUEUE_FRAMES);
     let mut reason = CloseReason::ClientGone;
     let mut ok = true;
-    if let Some(lost) = lost {
-        stats.lost_notices.inc();
-        let msg = format!(r#"{{"data":[],"lost":{},"since":{},"first_available":{}}}"#, lost.lost, lost.since, lost.first_available);
-        ok = sink.send(Message::text(msg)).await.is_ok();
+    if let Some(notice) = start.notice {
+        if let Notice::Ahead { since, next } = notice {
+            stats.since_ahead_notices.inc();
+            info!(%peer, since, next, "channel: a client asked from a sequence number this channel has not reached (another history); it starts at the live head");
+        } else {
+            stats.lost_notices.inc();
+        }
+        ok = sink.send(Message::text(notice.json())).await.is_ok();
     }
     if ok {
         reason = tokio::select! {
-            r = write_loop(&shared, &conn, &mut sink, &mut ctrl_rx, cursor, &sub) => r,
-            r = read_loop(&conn, &mut stream, &ctrl_tx) => r,
+            r = write_loop(&shared, &conn, &mut sink, stall, &mut ctrl_rx, start.cursor, &sub) => r,
+            r = read_loop(&shared, &conn, &mut stream, stall, &ctrl_tx) => r,
             r = liveness(&shared, &conn, &ctrl_tx) => r,
             _ = conn.close.cancelled() => conn.reason.get().copied().unwrap_or(CloseReason::GoingAway),
             _ = revoked.cancelled() => CloseReason::TokenChanged,
@@ -415,14 +456,21 @@ async fn run_connection<S>(
     info!(%peer, reason = ?reason, "channel: client disconnected");
 }
 
-/// Sends records from the log, from `cursor` on, as they arrive; also
-/// sends the control frames the reader and the liveness check queue.
-/// Returns only for a reason to close.
+/// A frame the reader or the liveness check queues for the writer, with
+/// its charge to the memory budget.
+type Control = (Message, Option<Charge>);
+
+/// Sends records from the log, from `cursor` on, as they arrive, and
+/// `lost` notices where damage destroyed some; also sends the control
+/// frames the reader and the liveness check queue, and flushes whenever
+/// an answer of the reader's got stuck. Returns only for a reason to
+/// close.
 async fn write_loop<S>(
     shared: &ChannelShared,
     conn: &ConnState,
     sink: &mut SplitSink<WebSocketStream<S>, Message>,
-    ctrl_rx: &mut mpsc::Receiver<Message>,
+    stall: &Stall,
+    ctrl_rx: &mut mpsc::Receiver<Control>,
     mut cursor: u64,
     sub: &Subscription,
 ) -> CloseReason
@@ -435,13 +483,17 @@ where
     let mut chunk: Vec<Entry> = Vec::with_capacity(READ_CHUNK_RECORDS);
     let mut linger_until: Option<Instant> = None;
     let mut draining = false;
+    // Answers fed to the WebSocket layer and not yet flushed: their
+    // charges go once they are.
+    let mut fed: Vec<Charge> = Vec::new();
     loop {
         // Control frames first: they are small and clients wait on them.
         let mut wrote = false;
-        while let Ok(m) = ctrl_rx.try_recv() {
+        while let Ok((m, charge)) = ctrl_rx.try_recv() {
             if sink.feed(m).await.is_err() {
                 return CloseReason::ClientGone;
             }
+            fed.extend(charge);
             wrote = true;
         }
         let head = *head_rx.borrow_and_update();
@@ -453,17 +505,22 @@ where
         if available > 0 && !partial_wait {
             chunk.clear();
             let max_records = READ_CHUNK_RECORDS.max(per_message);
-            let skip_to = match shared.read_log(cursor, max_records, READ_CHUNK_BYTES, &mut chunk) {
+            let mut lost = None;
+            let (skip_to, from_disk) = match shared.read_log(cursor, max_records, READ_CHUNK_BYTES, &mut chunk) {
                 // The records this client still needed were removed.
                 Err(_) => return CloseReason::SlowConsumer,
-                Ok(Plan::Hot { skip_to }) => skip_to,
+                Ok(Plan::Hot { skip_to }) => (skip_to, false),
+                Ok(Plan::Lost { first, last }) => {
+                    lost = Some((first, last));
+                    (last + 1, false)
+                }
                 Ok(Plan::Disk(plan)) => {
                     // Behind the hot tail: read the segment off the runtime.
                     let gap_to = plan.gap_to;
                     let mut buf = std::mem::take(&mut chunk);
-                    let (r, buf) = match tokio::task::spawn_blocking(move || {
+                    let (r, buf, plan) = match tokio::task::spawn_blocking(move || {
                         let r = plan.run(&mut buf);
-                        (r, buf)
+                        (r, buf, plan)
                     })
                     .await
                     {
@@ -472,8 +529,19 @@ where
                     };
                     chunk = buf;
                     match r {
-                        Ok(()) => gap_to,
+                        Ok(outcome) => {
+                            if let Some(d) = &outcome.damage {
+                                shared.note_damage(d);
+                            }
+                            lost = outcome.lost;
+                            (lost.filter(|_| chunk.is_empty()).map_or(gap_to, |(_, last)| last + 1), true)
+                        }
                         Err(_) if cursor < shared.first_seq() => return CloseReason::SlowConsumer,
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                            // Removed by someone else: its records are lost (a notice on the next round).
+                            shared.segment_gone(plan.path());
+                            continue;
+                        }
                         Err(e) => {
                             warn!(peer = %conn.peer, error = %e, "channel: cannot read the replay log");
                             return CloseReason::ReplayError;
@@ -481,12 +549,28 @@ where
                     }
                 }
             };
+            if let Some((first, last)) = lost {
+                shared.stats.lost_notices.inc();
+                let notice = Notice::Lost { since: first, first_available: last + 1 };
+                if sink.feed(Message::text(notice.json())).await.is_err() {
+                    return CloseReason::ClientGone;
+                }
+                wrote = true;
+            }
             let Some(last) = chunk.last() else {
-                // Numbers never used (a jump after a crash): move on.
-                cursor = skip_to.max(cursor + 1).min(head);
+                // Numbers never used (a jump after a crash), or lost: move on.
+                cursor = skip_to.max(cursor + 1).min(head.max(skip_to));
                 conn.cursor.store(cursor, Ordering::Relaxed);
+                if wrote && sink.flush().await.is_err() {
+                    return CloseReason::ClientGone;
+                }
                 continue;
             };
+            // What this round holds until it is written: the messages (and
+            // the chunk itself when it was read from disk; the hot tail's
+            // records are shared).
+            let json: usize = chunk.iter().map(|e| e.item.json.len() + 16).sum();
+            let _charge = shared.budget.charge(if from_disk { 2 * json } else { json });
             let (next_cursor, newest_observed) = (last.seq + 1, last.item.observed_ms);
             let replayed = chunk.iter().filter(|e| e.seq < conn.live_from_seq).count();
             let mut msgs = 0usize;
@@ -513,6 +597,8 @@ where
             if sink.flush().await.is_err() {
                 return CloseReason::ClientGone;
             }
+            stall.flushed();
+            fed.clear();
             cursor = next_cursor;
             conn.cursor.store(cursor, Ordering::Relaxed);
             // A chunk read from disk may be large: do not keep it.
@@ -530,14 +616,19 @@ where
             }
             continue;
         }
-        if wrote && sink.flush().await.is_err() {
-            return CloseReason::ClientGone;
+        if wrote {
+            if sink.flush().await.is_err() {
+                return CloseReason::ClientGone;
+            }
+            stall.flushed();
+            fed.clear();
         }
         if draining && cursor >= head {
             return CloseReason::GoingAway;
         }
-        // Nothing to send now: wait for records, a control frame, the end of
-        // a linger, or the sink draining at shutdown.
+        // Nothing to send now: wait for records, a control frame, an
+        // answer the reader could not write, the end of a linger, or the
+        // sink draining at shutdown.
         let linger = async {
             match (partial_wait, linger_until) {
                 (true, Some(t)) => tokio::time::sleep_until(t).await,
@@ -551,13 +642,23 @@ where
                 }
             }
             m = ctrl_rx.recv() => match m {
-                Some(m) => {
+                Some((m, _charge)) => {
                     if sink.send(m).await.is_err() {
                         return CloseReason::ClientGone;
                     }
+                    stall.flushed();
                 }
                 None => return CloseReason::ClientGone,
             },
+            _ = stall.stuck() => {
+                // The reader's automatic answer (a pong) is stuck: push it
+                // out, waiting for the client to read; the reader waits
+                // meanwhile.
+                if sink.flush().await.is_err() {
+                    return CloseReason::ClientGone;
+                }
+                stall.flushed();
+            }
             _ = linger => {}
             _ = shared.draining.cancelled(), if !draining => draining = true,
         }
@@ -585,8 +686,16 @@ fn message(batch: &[&Entry]) -> String {
 
 /// Reads client frames: text frames get a `Response To ...` answer
 /// (clients that send a timestamp every second expect it); every frame
-/// counts as a sign of life. Pings are answered by the WebSocket layer.
-async fn read_loop<S>(conn: &ConnState, stream: &mut SplitStream<WebSocketStream<S>>, ctrl_tx: &mpsc::Sender<Message>) -> CloseReason
+/// counts as a sign of life. Pings are answered by the WebSocket layer;
+/// after one, the next frame is read only once its answer is written
+/// ([`Stall::answered`]).
+async fn read_loop<S>(
+    shared: &ChannelShared,
+    conn: &ConnState,
+    stream: &mut SplitStream<WebSocketStream<S>>,
+    stall: &Stall,
+    ctrl_tx: &mpsc::Sender<Control>,
+) -> CloseReason
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -595,9 +704,11 @@ where
             Some(Ok(msg)) => {
                 conn.last_seen_ms.store(now_ms(), Ordering::Relaxed);
                 match msg {
+                    Message::Ping(_) => stall.answered(stall.flushes()).await,
                     Message::Text(t) => {
                         let answer = format!("Response To {}", t.as_str());
-                        if ctrl_tx.send(Message::text(answer)).await.is_err() {
+                        let charge = shared.budget.charge(answer.len());
+                        if ctrl_tx.send((Message::text(answer), Some(charge))).await.is_err() {
                             return CloseReason::ClientGone;
                         }
                     }
@@ -616,7 +727,7 @@ where
 
 /// Sends a ping every `ping_interval`; ends the connection when nothing at
 /// all was received from the client for two intervals.
-async fn liveness(shared: &ChannelShared, conn: &ConnState, ctrl_tx: &mpsc::Sender<Message>) -> CloseReason {
+async fn liveness(shared: &ChannelShared, conn: &ConnState, ctrl_tx: &mpsc::Sender<Control>) -> CloseReason {
     let interval = shared.live.ping_interval();
     let mut tick = tokio::time::interval_at(Instant::now() + interval, interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -628,27 +739,57 @@ async fn liveness(shared: &ChannelShared, conn: &ConnState, ctrl_tx: &mpsc::Send
         }
         // A full control queue already holds frames the client must
         // answer; skipping one ping is harmless.
-        let _ = ctrl_tx.try_send(Message::Ping(now_ms().to_string().into()));
+        let _ = ctrl_tx.try_send((Message::Ping(now_ms().to_string().into()), None));
     }
 }
 
-/// Where a new connection starts and what it lost.
+/// Where a new connection starts, and the notice it gets first.
 pub struct Start {
     /// The connection's first sequence number.
     pub cursor: u64,
-    /// Set when `since` asked for evicted records.
-    pub lost: Option<Lost>,
+    /// Set when `since` asked for records the log does not hold.
+    pub notice: Option<Notice>,
 }
 
-/// The `{"lost":N,"since":S,"first_available":F}` notice.
+/// A message without records that tells a client where its stream goes on
+/// and why not where it asked: `{"data":[],"since":S,"next":N,...}`.
+/// Every notice has an empty `data` (clients that loop over `data` see
+/// nothing) and no `seq`; `since` is where the client asked to start (or
+/// had got to), `next` the sequence number the stream goes on from (a
+/// client reconnecting after a notice asks from there).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Lost {
-    /// Sequence numbers skipped: `first_available - since`.
-    pub lost: u64,
-    /// What the client asked for.
-    pub since: u64,
-    /// The oldest record still held; replay starts there.
-    pub first_available: u64,
+pub enum Notice {
+    /// Records `since..first_available` are gone: evicted by the
+    /// retention, or destroyed by damage. `{"data":[],"lost":N,"since":S,
+    /// "first_available":F,"next":F}` with `N = F - S`.
+    Lost {
+        /// The first record missing.
+        since: u64,
+        /// The oldest record still held after them; the stream goes on there.
+        first_available: u64,
+    },
+    /// `since` is beyond the newest record: a number from another history
+    /// (before a `reset-state`, or another bridge). `{"data":[],
+    /// "since":S,"next":N}`; the stream goes on live at N.
+    Ahead {
+        /// What the client asked for.
+        since: u64,
+        /// The sequence number the next record gets.
+        next: u64,
+    },
+}
+
+impl Notice {
+    /// The notice as sent.
+    pub fn json(&self) -> String {
+        match *self {
+            Notice::Lost { since, first_available } => format!(
+                r#"{{"data":[],"lost":{},"since":{since},"first_available":{first_available},"next":{first_available}}}"#,
+                first_available.saturating_sub(since.max(1))
+            ),
+            Notice::Ahead { since, next } => format!(r#"{{"data":[],"since":{since},"next":{next}}}"#),
+        }
+    }
 }
 
 /// Decides where a connection starts given the log's bounds
@@ -659,16 +800,15 @@ pub struct Lost {
 /// - `since` before the log: from `first_seq`, with a lost notice
 ///   (`since = 0` counts from 1: sequence numbers start at 1);
 /// - `since` after `next_seq` (numbers from another bridge or a wiped state
-///   directory): live from `next_seq`.
+///   directory): live from `next_seq`, with a notice saying so.
 pub fn start_for(since: Option<u64>, first_seq: u64, next_seq: u64) -> Start {
     match since {
-        None => Start { cursor: next_seq, lost: None },
-        Some(s) if s > next_seq => Start { cursor: next_seq, lost: None },
-        Some(s) if s >= first_seq => Start { cursor: s, lost: None },
+        None => Start { cursor: next_seq, notice: None },
+        Some(s) if s > next_seq => Start { cursor: next_seq, notice: Some(Notice::Ahead { since: s, next: next_seq }) },
+        Some(s) if s >= first_seq => Start { cursor: s, notice: None },
         Some(s) => {
-            let from = s.max(1);
-            let lost = (from < first_seq).then(|| Lost { lost: first_seq - from, since: s, first_available: first_seq });
-            Start { cursor: first_seq, lost }
+            let notice = (s.max(1) < first_seq).then_some(Notice::Lost { since: s, first_available: first_seq });
+            Start { cursor: first_seq, notice }
         }
     }
 }
@@ -697,19 +837,19 @@ mod tests {
         // Ring holds 101..=200, next is 201.
         let s = |since| {
             let st = start_for(since, 101, 201);
-            (st.cursor, st.lost.map(|l| (l.lost, l.since, l.first_available)))
+            (st.cursor, st.notice.map(|n| n.json()))
         };
         assert_eq!(s(None), (201, None));
         assert_eq!(s(Some(150)), (150, None));
         assert_eq!(s(Some(101)), (101, None));
         assert_eq!(s(Some(201)), (201, None));
-        assert_eq!(s(Some(5000)), (201, None));
-        assert_eq!(s(Some(100)), (101, Some((1, 100, 101))));
-        assert_eq!(s(Some(1)), (101, Some((100, 1, 101))));
-        assert_eq!(s(Some(0)), (101, Some((100, 0, 101))));
+        assert_eq!(s(Some(5000)), (201, Some(r#"{"data":[],"since":5000,"next":201}"#.into())));
+        assert_eq!(s(Some(100)), (101, Some(r#"{"data":[],"lost":1,"since":100,"first_available":101,"next":101}"#.into())));
+        assert_eq!(s(Some(1)), (101, Some(r#"{"data":[],"lost":100,"since":1,"first_available":101,"next":101}"#.into())));
+        assert_eq!(s(Some(0)), (101, Some(r#"{"data":[],"lost":100,"since":0,"first_available":101,"next":101}"#.into())));
         // Nothing evicted yet: since=0 loses nothing.
         let st = start_for(Some(0), 1, 10);
-        assert_eq!((st.cursor, st.lost), (1, None));
+        assert_eq!((st.cursor, st.notice), (1, None));
     }
 
     #[test]

@@ -24,27 +24,40 @@
 //!   `seq` (a JSON number) is the sequence number of the last record in the
 //!   message. Sequence numbers increase by one per record the channel
 //!   receives, and keep increasing across restarts (`<state_dir>/channel.seq`).
-//! - `?since=S`: replay from record S (inclusive), then live, with no gap
-//!   and no duplicate, also across restarts of the bridge: the records are
-//!   kept in the replay log on disk ([`replay`], `<state_dir>/replay`,
-//!   within `replay_max_bytes` and `replay_max_age_secs`). If S is older
-//!   than the oldest record held, the first
-//!   message is `{"data":[],"lost":N,"since":S,"first_available":F}` with
-//!   `N = F - S` records skipped, and the replay starts at F. (After a crash
-//!   of the bridge, sequence numbers jump ahead by up to one reservation
-//!   block, so N may count numbers that were never used.) A client
-//!   reconnects with `since = <last seq> + 1`.
+//! - Without `since`, a subscription starts at the live head (records
+//!   appended after it is admitted). `?since=S`: replay from record S
+//!   (inclusive), then live, with no gap and no duplicate, also across
+//!   restarts of the bridge: the records are kept in the replay log on disk
+//!   ([`replay`], `<state_dir>/replay`, within `replay_max_bytes` and
+//!   `replay_max_age_secs`). A client reconnects with `since = <last seq> +
+//!   1`.
+//! - Notices ([`Notice`]) are messages with an empty `data` and no `seq`,
+//!   with `since` (where the client asked to start, or had got to) and
+//!   `next` (where the stream goes on; a reconnect after a notice asks from
+//!   there). `{"data":[],"lost":N,"since":S,"first_available":F,"next":F}`:
+//!   records S to F−1 are gone, `N = F - S`: S is older than the oldest
+//!   record held, or damage in the replay log destroyed them (sent where
+//!   the stream reaches them). (After a crash of the bridge, sequence
+//!   numbers jump ahead by up to one reservation block, so N may count
+//!   numbers that were never used.) `{"data":[],"since":S,"next":N}`: S is
+//!   beyond the newest record, a number from another history (before a
+//!   `reset-state`, another bridge); the stream goes on live at N.
 //! - Filters: `service_id=a,b`, `api_key=k1,k2`, `status=200,4xx,5xx`. A
 //!   filtered client's `seq` still refers to the channel's numbering.
 //! - Client text frames are answered with a text frame
 //!   `Response To <their text>`; binary frames are ignored. Pings are
-//!   answered; the server pings every `ping_interval_secs` and closes a
-//!   connection from which nothing arrived for two intervals
-//!   (1008 `ping timeout`).
+//!   answered (the latest one, when the client does not read the answers:
+//!   a connection reads on after a ping only once its pong is written,
+//!   [`stall`]); the server pings every `ping_interval_secs` and closes a
+//!   connection from which nothing was read for two intervals
+//!   (1008 `ping timeout`). Whatever a client does, its connection holds
+//!   at most [`CONNECTION_MEMORY_BYTES`] plus three records, charged to
+//!   the memory budget while held.
 //! - Close codes: 1001 on shutdown; 1013 `slow consumer` when the records a
 //!   client still has to read fall out of the replay log's retention (a
 //!   client that is merely behind reads from disk and is never closed for
-//!   it); 1011 `replay log unreadable` when its segment cannot be read;
+//!   it); 1011 `replay log unreadable` when its segment cannot be read (an
+//!   I/O error: damage is skipped, with a `lost` notice);
 //!   1008 `token changed` when
 //!   [`ChannelHandle::set_token`] replaces the token; for a client's
 //!   protocol violation (RFC 6455) 1002 (unmasked frame, reserved bits, bad
@@ -54,7 +67,7 @@
 //! # Shape
 //!
 //! The sink task receives `Arc<Batch>`, serialises each record once
-//! (masked with `mask_keep`), appends it to the [`replay`] log (one
+//! (masked with `mask_keep`, by the one rule of [`crate::mask`]), appends it to the [`replay`] log (one
 //! `write()`; fsynced in groups about once a second), wakes the
 //! connections, and acknowledges the batch: it never waits for a client.
 //! A batch the log cannot take (a full disk) stays unacknowledged and is
@@ -68,6 +81,7 @@ mod config;
 mod conn;
 pub mod replay;
 pub mod request;
+mod stall;
 pub mod stats;
 
 use std::net::SocketAddr;
@@ -84,8 +98,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
+use crate::budget::MemoryBudget;
 use crate::checkpoint::DamagedState;
 use crate::listener::{Bound, Gate};
+use crate::mask::Masking;
 use crate::pipeline::{Batch, Fanout};
 use crate::record::{Field, Record, Shape};
 use crate::settings::{ConfigError, Secret};
@@ -93,8 +109,9 @@ use crate::telemetry::SinkStats;
 use crate::time::now_ms;
 
 pub use config::{ChannelConfig, ChannelSection, TlsFiles};
-use conn::{ConnState, Lost, Registry};
-use replay::{Entry, Evicted, Item, ReplayLog, Retention};
+use conn::{ConnState, Registry, Start};
+pub use conn::{Notice, CONNECTION_MEMORY_BYTES};
+use replay::{Damage, Entry, Evicted, Item, ReplayLog, Retention};
 use request::TokenDigest;
 pub use stats::ChannelStats;
 
@@ -295,6 +312,8 @@ pub(crate) struct ChannelShared {
     token: RwLock<Arc<TokenEpoch>>,
     /// Channel statistics.
     pub stats: ChannelStats,
+    /// The memory budget: what connections hold is charged to it.
+    pub budget: Arc<MemoryBudget>,
     /// Cancelled at shutdown once no more records will come: connections
     /// send what they have, then close with 1001.
     pub draining: CancellationToken,
@@ -318,14 +337,42 @@ impl ChannelShared {
 
     /// Registers a connection and decides where it starts, atomically with
     /// respect to appends (under the log lock).
-    pub(crate) fn register(&self, peer: SocketAddr, since: Option<u64>) -> (u64, Arc<ConnState>, u64, Option<Lost>) {
+    pub(crate) fn register(&self, peer: SocketAddr, since: Option<u64>) -> (u64, Arc<ConnState>, Start) {
         let log = self.lock_log();
         let start = conn::start_for(since, log.first_seq(), log.next_seq());
         let state = conn::new_state(peer, log.next_seq(), start.cursor);
         let id = self.next_conn_id.fetch_add(1, Ordering::Relaxed);
         self.lock_conns().insert(id, state.clone());
         drop(log);
-        (id, state, start.cursor, start.lost)
+        (id, state, start)
+    }
+
+    /// Damage a connection's read met: kept by the log (later readers are
+    /// told at once), logged and counted the first time.
+    pub(crate) fn note_damage(&self, d: &Damage) {
+        let new = self.lock_log().note_lost(d.lost.0, d.lost.1);
+        if new > 0 {
+            self.stats.replay_damaged_records.add(new);
+            warn!(
+                path = %d.path.display(),
+                offset = d.offset,
+                bytes = d.bytes,
+                problem = d.problem,
+                "channel: replay log damaged: records {}..={} lost, skipped to the next good record; clients get a lost notice",
+                d.lost.0,
+                d.lost.1
+            );
+        }
+    }
+
+    /// A segment file a connection found missing: its records are lost
+    /// (clients get a lost notice), logged and counted.
+    pub(crate) fn segment_gone(&self, path: &Path) {
+        let gone = self.lock_log().segment_gone(path);
+        if let Some((first, last)) = gone {
+            self.stats.replay_damaged_records.add(last - first + 1);
+            warn!(path = %path.display(), "channel: replay log segment removed from outside: records {first}..={last} lost; clients get a lost notice");
+        }
     }
 
     pub(crate) fn unregister(&self, id: u64) {
@@ -348,7 +395,19 @@ impl ChannelShared {
     fn retain(&self) {
         let (removed, first) = {
             let mut log = self.lock_log();
-            let removed = log.retain(now_ms());
+            let remade = match log.check_dir() {
+                Some((first, last)) => {
+                    let held = if first <= last {
+                        format!("records {first}..={last} are no longer available for replay")
+                    } else {
+                        "it held no record".into()
+                    };
+                    warn!(dir = %log.dir().display(), "channel: replay log files were removed while running; new ones are written ({held})");
+                    true
+                }
+                None => false,
+            };
+            let removed = log.retain(now_ms()) || remade;
             self.stats.replay(&log.figures(), log.next_seq() - 1, now_ms());
             (removed, log.first_seq())
         };
@@ -458,7 +517,7 @@ pub async fn start(
     listener: Option<std::net::TcpListener>,
 ) -> anyhow::Result<(SinkHandle, ChannelHandle)> {
     let (tx, rx) = super::queue();
-    let (handle, task) = spawn_on(cfg, ctx, rx, listener).await?;
+    let (handle, task) = spawn_on(cfg, ctx, rx, listener, fanout.budget().clone()).await?;
     fanout.add(NAME, tx);
     Ok((SinkHandle { name: NAME, task }, handle))
 }
@@ -469,16 +528,18 @@ pub async fn spawn(
     ctx: &SinkContext,
     rx: mpsc::Receiver<Arc<Batch>>,
 ) -> anyhow::Result<(ChannelHandle, tokio::task::JoinHandle<anyhow::Result<()>>)> {
-    spawn_on(cfg, ctx, rx, None).await
+    spawn_on(cfg, ctx, rx, None, Arc::new(MemoryBudget::unbounded())).await
 }
 
 /// [`spawn`] on a listener bound beforehand ([`crate::preflight`] binds
 /// every listener before the bridge starts); `None` binds `listen` here.
+/// What connections hold is charged to `budget`.
 pub async fn spawn_on(
     cfg: &ChannelConfig,
     ctx: &SinkContext,
     rx: mpsc::Receiver<Arc<Batch>>,
     listener: Option<std::net::TcpListener>,
+    budget: Arc<MemoryBudget>,
 ) -> anyhow::Result<(ChannelHandle, tokio::task::JoinHandle<anyhow::Result<()>>)> {
     let settings = cfg.clone();
     let token = cfg.token.clone();
@@ -521,6 +582,7 @@ pub async fn spawn_on(
         next_conn_id: AtomicU64::new(1),
         token: RwLock::new(Arc::new(TokenEpoch::new(&token))),
         stats,
+        budget,
         draining: CancellationToken::new(),
         stop: ctx.shutdown.child_token(),
         live: LiveSettings::new(cfg),
@@ -586,8 +648,8 @@ async fn sink_loop(
         };
         let n = batch.records.len();
         sink_stats.enqueued(n);
-        let mask_keep = shared.live.mask_keep();
-        let mut items: Vec<Arc<Item>> = batch.records.iter().map(|r| Arc::new(item(r, mask_keep, batch.observed_ms, &mut buf))).collect();
+        let masking = Masking::both(shared.live.mask_keep());
+        let mut items: Vec<Arc<Item>> = batch.records.iter().map(|r| Arc::new(item(r, masking, batch.observed_ms, &mut buf))).collect();
         // Without a durable reservation, numbers could repeat after a
         // crash; without the records in the log, a `since` after a restart
         // would miss them. Either failure (a full state_dir) leaves the
@@ -672,15 +734,27 @@ async fn open_log(dir: &Path, settings: &ChannelConfig, min_next: u64, stats: &C
         .context("replay log scan panicked")?
         .with_context(|| format!("channel: cannot open the replay log {}", dir.display()))?;
     for r in &repairs {
-        warn!(
-            path = %r.path.display(),
-            offset = r.offset,
-            dropped_bytes = r.dropped_bytes,
-            problem = r.problem,
-            "channel: replay log segment truncated to its last whole record"
-        );
-        stats.replay_repaired_segments.inc();
-        stats.replay_repaired_bytes.add(r.dropped_bytes);
+        if r.truncated {
+            // A write cut short by a kill: never acknowledged nor served.
+            warn!(
+                path = %r.path.display(),
+                offset = r.offset,
+                dropped_bytes = r.bytes,
+                problem = r.problem,
+                "channel: replay log segment truncated to its last whole record"
+            );
+            stats.replay_repaired_segments.inc();
+            stats.replay_repaired_bytes.add(r.bytes);
+        } else if let Some((first, last)) = r.lost {
+            warn!(
+                path = %r.path.display(),
+                offset = r.offset,
+                bytes = r.bytes,
+                problem = r.problem,
+                "channel: replay log damaged: records {first}..={last} lost, skipped to the next good record; clients get a lost notice"
+            );
+            stats.replay_damaged_records.add(last - first + 1);
+        }
     }
     log.retain(now_ms());
     let f = log.figures();
@@ -696,19 +770,16 @@ async fn open_log(dir: &Path, settings: &ChannelConfig, min_next: u64, stats: &C
     Ok(log)
 }
 
-/// Serialises one record for the replay log.
-fn item(r: &Record<'_>, mask_keep: Option<usize>, observed_ms: i64, buf: &mut Vec<u8>) -> Item {
+/// Serialises one record for the replay log, masked with `masking` (the
+/// `api_key=` filter's digest is of the key as the channel received it).
+fn item(r: &Record<'_>, masking: Masking, observed_ms: i64, buf: &mut Vec<u8>) -> Item {
     buf.clear();
-    match mask_keep {
-        Some(keep) => {
-            let mut m = r.clone();
-            for f in [Field::ApiKey, Field::OauthAccessToken] {
-                let masked = mask(m.get(f), keep);
-                m.set(f, masked);
-            }
-            m.write_json(Shape::Ecls, buf);
-        }
-        None => r.write_json(Shape::Ecls, buf),
+    if masking.is_off() {
+        r.write_json(Shape::Ecls, buf);
+    } else {
+        let mut m = r.clone();
+        masking.apply(&mut m);
+        m.write_json(Shape::Ecls, buf);
     }
     // The JSON writer writes UTF-8 only: validated at the fast path's
     // speed (`from_utf8_lossy` checks chunk by chunk, as much CPU as
@@ -726,30 +797,14 @@ fn item(r: &Record<'_>, mask_keep: Option<usize>, observed_ms: i64, buf: &mut Ve
     }
 }
 
-/// Masks a key, keeping `keep` characters at each end: `abcdefgh` with 2
-/// is `ab****gh`. Absent values (`""`, `-`) and `unknown` are kept as they
-/// are; a value too short to keep anything is masked whole.
-pub fn mask(v: &str, keep: usize) -> String {
-    if v.is_empty() || v == "-" || v == "unknown" {
-        return v.to_string();
-    }
-    let n = v.chars().count();
-    if n <= 2 * keep {
-        return "*".repeat(n);
-    }
-    let head: String = v.chars().take(keep).collect();
-    let tail: String = v.chars().skip(n - keep).collect();
-    format!("{head}{}{tail}", "*".repeat(n - 2 * keep))
-}
-
 /// Accepts sockets until stopped; each one is served on its own task.
-/// A slot of the listener's [`Gate`] is taken before each `accept`
-/// (mini-redis): the listener holds at most `max_connections` subscribers
+/// A place in the listener's [`Gate`] is taken before each `accept`
+/// (mini-redis) and filled by the accepted socket: the listener holds at most `max_connections` subscribers
 /// plus [`MAX_PENDING_HANDSHAKES`] sockets in their handshake.
 async fn accept_loop(shared: Arc<ChannelShared>, listener: TcpListener, tls: Option<TlsAcceptor>, tracker: TaskTracker) {
     let gate = Gate::new(NAME, shared.settings.max_connections + MAX_PENDING_HANDSHAKES);
     loop {
-        let slot = tokio::select! {
+        let vacancy = tokio::select! {
             s = gate.acquire() => s,
             _ = shared.stop.cancelled() => return,
             _ = shared.draining.cancelled() => return,
@@ -769,7 +824,7 @@ async fn accept_loop(shared: Arc<ChannelShared>, listener: TcpListener, tls: Opt
             }
         };
         let _ = tcp.set_nodelay(true);
-        tracker.spawn(conn::serve(shared.clone(), tcp, peer, tls.clone(), slot));
+        tracker.spawn(conn::serve(shared.clone(), tcp, peer, tls.clone(), vacancy.fill()));
     }
 }
 
@@ -886,17 +941,6 @@ async fn write_atomic(path: &Path, text: String) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn masking() {
-        assert_eq!(mask("abcdefgh", 2), "ab****gh");
-        assert_eq!(mask("abcd", 2), "****");
-        assert_eq!(mask("abc", 0), "***");
-        assert_eq!(mask("ééééé", 1), "é***é");
-        assert_eq!(mask("-", 2), "-");
-        assert_eq!(mask("", 2), "");
-        assert_eq!(mask("unknown", 2), "unknown");
-    }
 
     #[tokio::test]
     async fn sequence_numbers_continue_across_restarts() {

@@ -21,11 +21,41 @@
 //! it. Sequence numbers increase strictly within and across segments (they
 //! may jump after a crash: see `channel.seq`).
 //!
-//! Opening the log scans every segment: a record that is torn (the tail
-//! after a kill or a crash) or fails its checksum ends the segment there;
-//! the file is truncated to its last whole record, and the bytes dropped
-//! are counted and logged ([`Repair`]). In memory each segment keeps a
-//! sparse index (a `(seq, offset)` pair every [`INDEX_EVERY_BYTES`]).
+//! In memory each segment keeps a sparse index (a `(seq, offset)` pair
+//! every [`INDEX_EVERY_BYTES`]).
+//!
+//! # Damage
+//!
+//! A segment may hold bytes that are not a good record (a disk error, a
+//! tool that wrote into the file, a power loss): one whose length is
+//! impossible, whose checksum fails, whose body does not decode or whose
+//! sequence number does not follow the one before. Reading (at start and
+//! while running, [`SegmentReader`]) skips past them to the next good
+//! record: the next offset holding a plausible header, a body with the
+//! right checksum and a sequence number after the last good one (and,
+//! while running, not after the segment's last). Within a segment
+//! sequence numbers follow one another (each run of the bridge starts a
+//! new segment), so what the damage destroyed is known by sequence
+//! numbers: the first after the last good record to the one before the
+//! next good record, or, at a segment's end, to the one before the next
+//! segment's first (the log's next at the newest segment; after a crash
+//! these may include numbers never used). Records removed whole from the
+//! middle of a segment show the same way (a number jumps). Readers
+//! report it ([`ReadOutcome`]), the log keeps it ([`ReplayLog::note_lost`],
+//! [`Plan::Lost`]) and the channel sends clients a `lost` notice for it.
+//! Damaged bytes stay in the file (a later start finds and reports the
+//! same loss), except a torn tail: a record that runs past the end of the
+//! newest bytes and starts like the next record, what a kill in the middle
+//! of a `write()` leaves. That record was never acknowledged nor served:
+//! the file is cut back to its last whole record ([`Repair::truncated`]).
+//! Not detectable: a segment that lost its last records whole (cut at a
+//! record boundary, as a power loss can): the numbers after its last
+//! record look like those a crash skips, and pass without a notice.
+//!
+//! A directory removed while the bridge runs is made again
+//! ([`ReplayLog::check_dir`]): the records it held are gone (clients asking
+//! for them get the `lost` notice of evicted records), new ones go to new
+//! segments.
 //!
 //! # Retention
 //!
@@ -142,17 +172,49 @@ impl Retention {
     }
 }
 
-/// A segment truncated when the log was opened.
+/// Damage found in a segment when the log was opened.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Repair {
     /// The segment file.
     pub path: PathBuf,
-    /// Where its last whole record ends (its new length).
+    /// Where the bad bytes start.
     pub offset: u64,
-    /// Bytes dropped after it.
-    pub dropped_bytes: u64,
+    /// How many there are (up to the next good record, or the end).
+    pub bytes: u64,
+    /// True for a torn tail: the file was cut back to `offset`, and no
+    /// record was lost.
+    pub truncated: bool,
+    /// The first and last sequence numbers whose records the damage
+    /// destroyed (`None`: a torn tail).
+    pub lost: Option<(u64, u64)>,
     /// What was wrong there.
     pub problem: &'static str,
+}
+
+/// Damage a reader met and skipped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Damage {
+    /// The segment file.
+    pub path: PathBuf,
+    /// Where the bad bytes start.
+    pub offset: u64,
+    /// How many there are.
+    pub bytes: u64,
+    /// The first and last sequence numbers whose records it destroyed.
+    pub lost: (u64, u64),
+    /// What was wrong there.
+    pub problem: &'static str,
+}
+
+/// What a [`DiskRead`] met besides its records.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReadOutcome {
+    /// Sequence numbers at or after the read's start that were lost to
+    /// damage, just before the records read (first, last): the reader is
+    /// owed a `lost` notice before them.
+    pub lost: Option<(u64, u64)>,
+    /// The damage met, whole (for the log to keep and count).
+    pub damage: Option<Damage>,
 }
 
 /// What the log holds, for `/status` and `/metrics`.
@@ -200,6 +262,13 @@ impl Segment {
         Segment { path, first_seq, last_seq: 0, records: 0, len: 0, index: Vec::new(), since_index: 0, oldest_ms: 0, newest_ms: 0 }
     }
 
+    /// Notes damaged bytes at the end (kept in the file, never read as a
+    /// record).
+    fn skip(&mut self, bytes: u64) {
+        self.len += bytes;
+        self.since_index += bytes;
+    }
+
     /// Notes a record of `bytes` bytes at the end.
     fn note(&mut self, seq: u64, bytes: u64, written_ms: i64) {
         if self.records == 0 {
@@ -217,13 +286,14 @@ impl Segment {
         self.newest_ms = written_ms;
     }
 
-    /// Offset of the indexed record at or before `seq`.
-    fn offset_for(&self, seq: u64) -> u64 {
+    /// The indexed record at or before `seq`: its sequence number and
+    /// offset.
+    fn index_for(&self, seq: u64) -> (u64, u64) {
         let i = self.index.partition_point(|&(s, _)| s <= seq);
         if i == 0 {
-            0
+            (self.first_seq, 0)
         } else {
-            self.index[i - 1].1
+            self.index[i - 1]
         }
     }
 }
@@ -235,8 +305,13 @@ pub struct DiskRead {
     path: PathBuf,
     /// Where to start reading (an indexed record at or before `from`).
     offset: u64,
+    /// The sequence number of the record at `offset`.
+    offset_seq: u64,
     /// Read no further (the segment's length when planned).
     end: u64,
+    /// The segment's last good record when planned: nothing after it is
+    /// a record of this read.
+    last_seq: u64,
     /// The first sequence number wanted.
     from: u64,
     /// At most this many records.
@@ -259,36 +334,290 @@ pub enum Plan {
     },
     /// From a segment file: run [`DiskRead::run`] off the async runtime.
     Disk(DiskRead),
+    /// The records `first..=last` were lost to damage (known from an
+    /// earlier read or the start): the reader is owed a `lost` notice, and
+    /// goes on at `last + 1`.
+    Lost {
+        /// The reader's cursor.
+        first: u64,
+        /// The last sequence number lost.
+        last: u64,
+    },
 }
 
 impl DiskRead {
-    /// Reads the planned records into `out`. `NotFound`: retention removed
-    /// the segment meanwhile.
-    pub fn run(&self, out: &mut Vec<Entry>) -> std::io::Result<()> {
-        let mut f = File::open(&self.path)?;
-        f.seek(SeekFrom::Start(self.offset))?;
-        let mut r = BufReader::with_capacity(64 << 10, f.take(self.end.saturating_sub(self.offset)));
-        let mut body = Vec::new();
+    /// The segment file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Reads the planned records into `out`, skipping past damage
+    /// ([`ReadOutcome`]: a read that met damage after some records stops
+    /// there, so that a `lost` notice always comes before the records
+    /// after the damage). `NotFound`: the segment file is gone (retention
+    /// removed it meanwhile, or someone else did).
+    pub fn run(&self, out: &mut Vec<Entry>) -> std::io::Result<ReadOutcome> {
+        let file = File::open(&self.path)?;
+        let end = self.end.min(file.metadata()?.len());
+        let mut r = SegmentReader::new(&file, self.offset, end, self.offset_seq.saturating_sub(1), self.last_seq)?;
+        let mut outcome = ReadOutcome::default();
         let mut bytes = 0usize;
-        let mut n = 0usize;
-        while n < self.max_records && bytes < self.max_bytes {
-            match read_record(&mut r, &mut body)? {
-                None => break,
-                Some(Err(problem)) => {
-                    return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, format!("{}: {problem}", self.path.display())))
-                }
-                Some(Ok(rec)) => {
-                    if rec.seq < self.from {
+        while out.len() < self.max_records && bytes < self.max_bytes {
+            match r.next()? {
+                Next::End => break,
+                Next::Record { seq, .. } => {
+                    if seq < self.from {
                         continue;
                     }
-                    bytes += rec.json.len();
-                    n += 1;
-                    out.push(rec.into_entry());
+                    if let Some(e) = r.entry() {
+                        bytes += e.item.json.len();
+                        out.push(e);
+                    }
+                }
+                Next::Damage { at, resume, after, next_seq, problem, .. } => {
+                    let last = next_seq.map_or(self.last_seq, |s| s - 1);
+                    if last <= after {
+                        // Nothing numbered was in the bad bytes (a
+                        // record copied twice, a tail past the last).
+                        continue;
+                    }
+                    let first = (after + 1).max(self.from);
+                    if first > last {
+                        continue;
+                    }
+                    if !out.is_empty() || outcome.lost.is_some() {
+                        break;
+                    }
+                    outcome.lost = Some((first, last));
+                    outcome.damage =
+                        Some(Damage { path: self.path.clone(), offset: at, bytes: resume - at, lost: (after + 1, last), problem });
                 }
             }
         }
-        Ok(())
+        Ok(outcome)
     }
+}
+
+/// What [`SegmentReader::next`] met.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Next {
+    /// A good record ([`SegmentReader::entry`] has it).
+    Record {
+        /// Its sequence number.
+        seq: u64,
+        /// When it was written (epoch ms).
+        written_ms: i64,
+        /// Its size in the file.
+        size: u64,
+    },
+    /// Bytes from `at` to `resume` are not a record.
+    Damage {
+        /// Where they start.
+        at: u64,
+        /// Where the next good record starts (or the end).
+        resume: u64,
+        /// The last good record's sequence number before them.
+        after: u64,
+        /// The next good record's (`None`: none before the end).
+        next_seq: Option<u64>,
+        /// What was wrong at `at`.
+        problem: &'static str,
+        /// A torn tail: a record that runs past the end and starts like
+        /// the record after `after` (a write cut short), with nothing good
+        /// after it.
+        torn: bool,
+    },
+    /// The end.
+    End,
+}
+
+/// Reads one segment file's records in order from an offset, skipping
+/// past damage to the next good record (see the module docs). Bounded:
+/// each byte is looked at a fixed number of times; a candidate record's
+/// checksum is computed only when its header, sequence number and layout
+/// are plausible.
+struct SegmentReader<'f> {
+    /// The file.
+    file: &'f File,
+    /// Buffered reads of it, at `pos`.
+    r: BufReader<&'f File>,
+    /// Where the next record starts.
+    pos: u64,
+    /// Read no further.
+    end: u64,
+    /// The last good record's sequence number: the next must be above.
+    prev: u64,
+    /// No record of this segment is numbered above this.
+    max_seq: u64,
+    /// The current record's body.
+    body: Vec<u8>,
+}
+
+/// Bytes the search for the next good record looks at per read.
+const RESYNC_WINDOW: usize = 64 << 10;
+
+impl<'f> SegmentReader<'f> {
+    fn new(file: &'f File, pos: u64, end: u64, prev: u64, max_seq: u64) -> std::io::Result<SegmentReader<'f>> {
+        let mut r = BufReader::with_capacity(64 << 10, file);
+        r.seek(SeekFrom::Start(pos))?;
+        Ok(SegmentReader { file, r, pos, end, prev, max_seq, body: Vec::new() })
+    }
+
+    /// The next record, damage, or the end.
+    fn next(&mut self) -> std::io::Result<Next> {
+        if self.pos >= self.end {
+            return Ok(Next::End);
+        }
+        let at = self.pos;
+        let (problem, torn) = match read_record(&mut self.r, &mut self.body, self.end - at, self.prev + 1)? {
+            Ok(size) => match decode(&self.body) {
+                Ok(d) if d.seq > self.prev + 1 && d.seq <= self.max_seq => {
+                    // Within a segment numbers follow one another: the
+                    // records between were removed whole. Said first; the
+                    // record is read again next.
+                    let (after, seq) = (self.prev, d.seq);
+                    self.prev = seq - 1;
+                    self.r.seek(SeekFrom::Start(at))?;
+                    return Ok(Next::Damage { at, resume: at, after, next_seq: Some(seq), problem: "records missing", torn: false });
+                }
+                Ok(d) if d.seq > self.prev && d.seq <= self.max_seq => {
+                    let (seq, written_ms) = (d.seq, d.written_ms);
+                    self.pos += size;
+                    self.prev = seq;
+                    return Ok(Next::Record { seq, written_ms, size });
+                }
+                Ok(_) => ("sequence numbers do not increase", false),
+                Err(p) => (p, false),
+            },
+            Err(bad) => bad,
+        };
+        let (resume, next_seq) = self.resync(at + 1)?;
+        self.pos = resume;
+        self.r.seek(SeekFrom::Start(resume))?;
+        let after = self.prev;
+        if let Some(s) = next_seq {
+            // What lies between is reported here, once.
+            self.prev = s - 1;
+        }
+        Ok(Next::Damage { at, resume, after, next_seq, problem, torn: torn && next_seq.is_none() })
+    }
+
+    /// The current record (after [`Next::Record`]) as an entry.
+    fn entry(&self) -> Option<Entry> {
+        decode(&self.body).ok().map(Decoded::into_entry)
+    }
+
+    /// The offset of the next good record at or after `from` and its
+    /// sequence number; `(end, None)` when there is none.
+    fn resync(&mut self, from: u64) -> std::io::Result<(u64, Option<u64>)> {
+        use std::os::unix::fs::FileExt;
+        let mut window = vec![0u8; RESYNC_WINDOW];
+        let mut base = from;
+        while base < self.end {
+            let want = (self.end - base).min(RESYNC_WINDOW as u64) as usize;
+            let mut got = 0;
+            while got < want {
+                match self.file.read_at(&mut window[got..want], base + got as u64) {
+                    Ok(0) => break,
+                    Ok(n) => got += n,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            if got < want {
+                // The file is shorter than planned (cut meanwhile).
+                self.end = base + got as u64;
+            }
+            let at_end = base + got as u64 >= self.end;
+            // A candidate needs its fixed part in the window; those too
+            // close to its end are looked at from the next window.
+            let last_start = if at_end { got } else { got.saturating_sub(HEAD + FIXED).max(1) };
+            for i in 0..last_start {
+                if let Some(seq) = self.plausible(&window[i..got], base + i as u64) {
+                    if self.verify(base + i as u64, seq)? {
+                        return Ok((base + i as u64, Some(seq)));
+                    }
+                }
+            }
+            base += last_start as u64;
+        }
+        Ok((self.end, None))
+    }
+
+    /// The sequence number of a record that could start at `offset`, whose
+    /// first bytes are `b`, judged without its checksum.
+    fn plausible(&self, b: &[u8], offset: u64) -> Option<u64> {
+        if b.len() < HEAD + FIXED {
+            return None;
+        }
+        let len = u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize;
+        if !(FIXED..=MAX_BODY).contains(&len) || offset + (HEAD + len) as u64 > self.end {
+            return None;
+        }
+        let body = &b[HEAD..];
+        let seq = u64::from_le_bytes(body[..8].try_into().ok()?);
+        if seq <= self.prev || seq > self.max_seq {
+            return None;
+        }
+        let svc_len = u16::from_le_bytes([body[42], body[43]]) as usize;
+        if FIXED + svc_len >= len {
+            return None;
+        }
+        // The JSON of a record is an object.
+        match body.get(FIXED + svc_len) {
+            Some(&c) if c != b'{' => None,
+            _ => Some(seq),
+        }
+    }
+
+    /// True when the record at `offset` numbered `seq` is whole and good.
+    fn verify(&mut self, offset: u64, seq: u64) -> std::io::Result<bool> {
+        use std::os::unix::fs::FileExt;
+        let mut head = [0u8; HEAD];
+        self.file.read_exact_at(&mut head, offset)?;
+        let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]) as usize;
+        self.body.resize(len, 0);
+        self.file.read_exact_at(&mut self.body, offset + HEAD as u64)?;
+        let crc = u32::from_le_bytes([head[4], head[5], head[6], head[7]]);
+        Ok(crc32fast::hash(&self.body) == crc && decode(&self.body).is_ok_and(|d| d.seq == seq))
+    }
+}
+
+/// Reads a segment file from its start, for tools that read the log
+/// offline (`lag report`): each good record's observed time (epoch ms)
+/// and JSON go to `visit`. Damage is skipped to the next good record as
+/// the channel skips it ([`SegmentReader`]; the file is not changed).
+/// Returns the records read and the damage met; a range lost at the
+/// segment's end runs to `u64::MAX` (the next segment's first record is
+/// not looked at).
+pub fn read_segment(path: &Path, mut visit: impl FnMut(i64, &str)) -> std::io::Result<(u64, Vec<Damage>)> {
+    let file = File::open(path)?;
+    let end = file.metadata()?.len();
+    // A segment is named after its first record's number.
+    let first_seq = path.file_stem().and_then(|s| s.to_str()).and_then(|s| s.parse::<u64>().ok()).unwrap_or(0);
+    let mut r = SegmentReader::new(&file, 0, end, first_seq.saturating_sub(1), u64::MAX)?;
+    let (mut n, mut damage) = (0u64, Vec::new());
+    loop {
+        match r.next()? {
+            Next::End => return Ok((n, damage)),
+            Next::Record { .. } => {
+                if let Ok(d) = decode(&r.body) {
+                    n += 1;
+                    visit(d.observed_ms, d.json);
+                }
+            }
+            Next::Damage { at, resume, after, next_seq, problem, .. } => {
+                let lost = (after + 1, next_seq.map_or(u64::MAX, |s| s - 1));
+                damage.push(Damage { path: path.to_path_buf(), offset: at, bytes: resume - at, lost, problem });
+            }
+        }
+    }
+}
+
+/// True when `path` is named like a segment file (`<20 digits>.seg`).
+pub fn is_segment_name(path: &Path) -> bool {
+    path.extension().and_then(|x| x.to_str()) == Some(EXT)
+        && path.file_stem().and_then(|s| s.to_str()).is_some_and(|s| s.len() == 20 && s.bytes().all(|b| b.is_ascii_digit()))
 }
 
 /// A record as read back.
@@ -317,28 +646,38 @@ impl Decoded<'_> {
     }
 }
 
-/// Reads one record: `None` at a clean end, `Some(Err)` for damage (a torn
-/// or corrupt record), I/O errors as such.
-fn read_record<'a, R: Read>(r: &mut R, body: &'a mut Vec<u8>) -> std::io::Result<Option<Result<Decoded<'a>, &'static str>>> {
+/// Reads one record of at most `remaining` bytes into `body`: its size
+/// in the file, or what is wrong with it and whether it is torn (it runs
+/// past `remaining` and starts like record `expected`: what a write cut
+/// short leaves).
+fn read_record<R: Read>(
+    r: &mut R,
+    body: &mut Vec<u8>,
+    remaining: u64,
+    expected: u64,
+) -> std::io::Result<Result<u64, (&'static str, bool)>> {
     let mut head = [0u8; HEAD];
-    match read_full(r, &mut head)? {
-        0 => return Ok(None),
-        n if n < HEAD => return Ok(Some(Err("torn record header"))),
-        _ => {}
+    let got = read_full(r, &mut head[..(remaining.min(HEAD as u64) as usize)])?;
+    if got < HEAD {
+        return Ok(Err(("torn record header", true)));
     }
     let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]) as usize;
     let crc = u32::from_le_bytes([head[4], head[5], head[6], head[7]]);
     if !(FIXED..=MAX_BODY).contains(&len) {
-        return Ok(Some(Err("bad record length")));
+        return Ok(Err(("bad record length", false)));
     }
-    body.resize(len, 0);
-    if read_full(r, body)? < len {
-        return Ok(Some(Err("torn record")));
+    let room = (remaining - HEAD as u64).min(len as u64) as usize;
+    body.resize(room, 0);
+    let got = read_full(r, body)?;
+    if got < len {
+        // Torn when what is there starts like the expected record.
+        let seq = body.get(..8.min(got)).filter(|b| b.len() == 8).and_then(|b| b.try_into().ok()).map(u64::from_le_bytes);
+        return Ok(Err(("torn record", seq.is_none_or(|s| s == expected))));
     }
     if crc32fast::hash(body) != crc {
-        return Ok(Some(Err("checksum mismatch")));
+        return Ok(Err(("checksum mismatch", false)));
     }
-    Ok(Some(decode(body)))
+    Ok(Ok((HEAD + len) as u64))
 }
 
 /// Reads until `buf` is full or the end; returns the bytes read.
@@ -444,12 +783,16 @@ pub struct ReplayLog {
     retention: Retention,
     /// Encoding buffer, reused.
     buf: Vec<u8>,
+    /// Sequence numbers whose records damage destroyed, known so far
+    /// (first, last; sorted, disjoint), at or after the oldest held.
+    lost: Vec<(u64, u64)>,
 }
 
 impl ReplayLog {
-    /// Opens (creating) `dir`, scanning and repairing its segments.
-    /// Numbering continues after the newest record, or at `min_next_seq`
-    /// when that is later.
+    /// Opens (creating) `dir`, scanning its segments: what they hold, and
+    /// the damage they have ([`Repair`]; see the module docs). Numbering
+    /// continues after the newest record, or at `min_next_seq` when that
+    /// is later.
     pub fn open(dir: &Path, retention: Retention, min_next_seq: u64) -> std::io::Result<(ReplayLog, Vec<Repair>)> {
         std::fs::create_dir_all(dir)?;
         let mut names: Vec<(u64, PathBuf)> = Vec::new();
@@ -466,15 +809,36 @@ impl ReplayLog {
         let mut segments = VecDeque::new();
         let mut repairs = Vec::new();
         let mut last_seq = 0u64;
-        for (first, path) in names {
-            let (seg, repair) = scan(&path, first, last_seq)?;
-            repairs.extend(repair);
+        for (i, (first, path)) in names.iter().enumerate() {
+            // No record of this segment is numbered at or after the next
+            // segment's first.
+            let max_seq = names.get(i + 1).map_or(u64::MAX, |(n, _)| n.saturating_sub(1));
+            let (seg, found) = scan(path, *first, last_seq, max_seq)?;
+            repairs.extend(found);
             if seg.records == 0 {
-                std::fs::remove_file(&path)?;
+                std::fs::remove_file(path)?;
                 continue;
             }
             last_seq = seg.last_seq;
             segments.push_back(seg);
+        }
+        // Damage at the newest segment's end had records numbered up to
+        // at least its start: never number them again.
+        let tail_lost = repairs.iter().filter_map(|r| r.lost).map(|(a, _)| a).max().unwrap_or(0);
+        let next_seq = (last_seq + 1).max(tail_lost + 1).max(min_next_seq).max(1);
+        for r in &mut repairs {
+            if let Some((_, last)) = r.lost.as_mut().filter(|(_, l)| *l == u64::MAX) {
+                *last = next_seq - 1;
+            }
+        }
+        let mut lost: Vec<(u64, u64)> = Vec::new();
+        let mut found: Vec<(u64, u64)> = repairs.iter().filter_map(|r| r.lost).collect();
+        found.sort_unstable();
+        for (a, b) in found {
+            match lost.last_mut() {
+                Some(m) if a <= m.1.saturating_add(1) => m.1 = m.1.max(b),
+                _ => lost.push((a, b)),
+            }
         }
         let total_bytes = segments.iter().map(|s| s.len).sum();
         let total_records = segments.iter().map(|s| s.records).sum();
@@ -487,13 +851,117 @@ impl ReplayLog {
             dir_dirty: !repairs.is_empty(),
             hot: VecDeque::new(),
             hot_bytes: 0,
-            next_seq: (last_seq + 1).max(min_next_seq).max(1),
+            next_seq,
             total_bytes,
             total_records,
             retention,
             buf: Vec::new(),
+            lost,
         };
         Ok((log, repairs))
+    }
+
+    /// Notes that damage destroyed the records `first..=last`; returns how
+    /// many of them were not known to be lost yet.
+    pub fn note_lost(&mut self, first: u64, last: u64) -> u64 {
+        let first = first.max(self.first_seq());
+        if first > last {
+            return 0;
+        }
+        // What of first..=last no known range covers.
+        let mut new = 0;
+        let mut at = first;
+        for &(a, b) in &self.lost {
+            if b < at {
+                continue;
+            }
+            if a > last {
+                break;
+            }
+            if a > at {
+                new += a - at;
+            }
+            at = b.saturating_add(1);
+            if at > last {
+                break;
+            }
+        }
+        if at <= last {
+            new += last - at + 1;
+        }
+        if new > 0 {
+            self.lost.push((first, last));
+            self.lost.sort_unstable();
+            let mut merged: Vec<(u64, u64)> = Vec::with_capacity(self.lost.len());
+            for &(a, b) in &self.lost {
+                match merged.last_mut() {
+                    Some(m) if a <= m.1.saturating_add(1) => m.1 = m.1.max(b),
+                    _ => merged.push((a, b)),
+                }
+            }
+            self.lost = merged;
+        }
+        new
+    }
+
+    /// A segment file found missing by a reader: its records are lost
+    /// (noted as such); returns them (first, last), or `None` when the log
+    /// no longer lists it (retention removed it).
+    pub fn segment_gone(&mut self, path: &Path) -> Option<(u64, u64)> {
+        let i = self.segments.iter().position(|s| s.path == path)?;
+        if i + 1 == self.segments.len() {
+            // The newest: start a new one at the next append.
+            self.active = None;
+            self.dirty = false;
+        }
+        let s = self.segments.remove(i)?;
+        self.total_bytes -= s.len;
+        self.total_records -= s.records;
+        self.hot_trim();
+        (s.records > 0).then(|| {
+            self.note_lost(s.first_seq, s.last_seq);
+            (s.first_seq, s.last_seq)
+        })
+    }
+
+    /// Notices files removed from outside: the segment being written (the
+    /// log forgets it, [`ReplayLog::segment_gone`]) or the whole directory
+    /// (made again; the log forgets everything). Either way the next append
+    /// starts a new segment. Returns the sequence numbers forgotten (first,
+    /// last), if any. A directory that cannot be made again shows as a
+    /// fault of the next append (which tries too).
+    pub fn check_dir(&mut self) -> Option<(u64, u64)> {
+        use std::os::unix::fs::MetadataExt;
+        let active_unlinked = self.active.as_ref().is_some_and(|f| f.metadata().is_ok_and(|m| m.nlink() == 0));
+        let dir_there = self.dir.is_dir();
+        if dir_there && !active_unlinked {
+            return None;
+        }
+        if dir_there {
+            let newest = self.segments.back()?.path.clone();
+            return self.segment_gone(&newest);
+        }
+        let _ = std::fs::create_dir_all(&self.dir);
+        if self.segments.is_empty() && self.active.is_none() {
+            return None;
+        }
+        let held = (self.first_seq(), self.next_seq - 1);
+        self.segments.clear();
+        self.active = None;
+        self.unsynced.clear();
+        self.dirty = false;
+        self.hot.clear();
+        self.hot_bytes = 0;
+        self.total_bytes = 0;
+        self.total_records = 0;
+        self.lost.clear();
+        self.dir_dirty = true;
+        Some(held)
+    }
+
+    /// The directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
     }
 
     /// The sequence number the next record gets.
@@ -572,6 +1040,8 @@ impl ReplayLog {
             }
             self.dirty = false;
         }
+        // The directory may have been removed meanwhile.
+        std::fs::create_dir_all(&self.dir)?;
         // An empty newest segment (its file was created, nothing written):
         // reuse its name.
         if self.segments.back().is_some_and(|s| s.records == 0) {
@@ -615,14 +1085,19 @@ impl ReplayLog {
             self.dir_dirty = true;
             removed = true;
         }
-        // The hot tail never holds records older than the log.
+        self.hot_trim();
+        removed
+    }
+
+    /// Keeps the hot tail and the lost ranges within what the log holds.
+    fn hot_trim(&mut self) {
         let first = self.first_seq();
         while self.hot.front().is_some_and(|e| e.seq < first) {
             if let Some(e) = self.hot.pop_front() {
                 self.hot_bytes -= e.item.json.len() as u64;
             }
         }
-        removed
+        self.lost.retain(|&(_, b)| b >= first);
     }
 
     /// Files to fsync now (`None`: nothing unsynced).
@@ -665,16 +1140,23 @@ impl ReplayLog {
             }
             return Ok(Plan::Hot { skip_to: self.next_seq });
         }
+        // Records damage destroyed (the hot tail is never damaged).
+        if let Some(&(_, last)) = self.lost.iter().find(|&&(a, b)| a <= from && from <= b) {
+            return Ok(Plan::Lost { first: from, last });
+        }
         // The first segment with a record at or after `from`.
         let i = self.segments.partition_point(|s| s.records > 0 && s.last_seq < from);
         let Some(seg) = self.segments.get(i).filter(|s| s.records > 0) else {
             return Ok(Plan::Hot { skip_to: self.hot.front().map_or(self.next_seq, |h| h.seq) });
         };
         let gap_to = self.segments.get(i + 1).filter(|s| s.records > 0).map_or(self.next_seq, |s| s.first_seq).max(from);
+        let (offset_seq, offset) = seg.index_for(from);
         Ok(Plan::Disk(DiskRead {
             path: seg.path.clone(),
-            offset: seg.offset_for(from),
+            offset,
+            offset_seq,
             end: seg.len,
+            last_seq: seg.last_seq,
             from,
             max_records,
             max_bytes,
@@ -695,49 +1177,37 @@ impl ReplayLog {
     }
 }
 
-/// Reads a segment, building its index; truncates it after its last whole
-/// record when the rest is torn or corrupt (or numbered at or below
-/// `after_seq`, the previous segment's last).
-fn scan(path: &Path, first_seq: u64, after_seq: u64) -> std::io::Result<(Segment, Option<Repair>)> {
+/// Reads a segment named `first_seq` whose records follow `after_seq`
+/// (the previous segment's last) and are numbered at most `max_seq`,
+/// building its index; notes damage ([`Repair`]; a lost range at the
+/// newest segment's end is up to `u64::MAX`, which [`ReplayLog::open`]
+/// narrows) and cuts a torn tail.
+fn scan(path: &Path, first_seq: u64, after_seq: u64, max_seq: u64) -> std::io::Result<(Segment, Vec<Repair>)> {
     let file = OpenOptions::new().read(true).write(true).open(path)?;
     let file_len = file.metadata()?.len();
     let mut seg = Segment::empty(path.to_path_buf(), first_seq);
-    let mut r = BufReader::with_capacity(64 << 10, &file);
-    let mut body = Vec::new();
-    let mut problem = None;
-    let mut prev = after_seq;
+    let mut repairs = Vec::new();
+    let mut r = SegmentReader::new(&file, 0, file_len, after_seq.max(first_seq.saturating_sub(1)), max_seq)?;
     loop {
-        match read_record(&mut r, &mut body)? {
-            None => break,
-            Some(Err(p)) => {
-                problem = Some(p);
-                break;
-            }
-            Some(Ok(rec)) => {
-                if rec.seq <= prev {
-                    problem = Some("sequence numbers do not increase");
-                    break;
+        match r.next()? {
+            Next::End => break,
+            Next::Record { seq, written_ms, size } => seg.note(seq, size, written_ms),
+            Next::Damage { at, resume, after, next_seq, problem, torn } => {
+                if torn {
+                    repairs.push(Repair { path: path.to_path_buf(), offset: at, bytes: resume - at, truncated: true, lost: None, problem });
+                    drop(r);
+                    file.set_len(at)?;
+                    file.sync_all()?;
+                    return Ok((seg, repairs));
                 }
-                prev = rec.seq;
-                let n = (HEAD + body_len(&rec)) as u64;
-                seg.note(rec.seq, n, rec.written_ms);
+                seg.skip(resume - at);
+                let last = next_seq.map_or(max_seq, |s| s - 1);
+                let lost = (last > after).then_some((after + 1, last));
+                repairs.push(Repair { path: path.to_path_buf(), offset: at, bytes: resume - at, truncated: false, lost, problem });
             }
         }
     }
-    drop(r);
-    let repair = match problem {
-        Some(problem) => {
-            file.set_len(seg.len)?;
-            file.sync_all()?;
-            Some(Repair { path: path.to_path_buf(), offset: seg.len, dropped_bytes: file_len - seg.len, problem })
-        }
-        None => None,
-    };
-    Ok((seg, repair))
-}
-
-fn body_len(d: &Decoded<'_>) -> usize {
-    FIXED + d.service_id.len() + d.json.len()
+    Ok((seg, repairs))
 }
 
 #[cfg(test)]
@@ -754,14 +1224,35 @@ mod tests {
     }
 
     /// Reads everything from `from` like a connection does.
-    fn read_all(log: &ReplayLog, mut from: u64) -> Vec<Entry> {
+    fn read_all(log: &ReplayLog, from: u64) -> Vec<Entry> {
+        let (all, lost) = read_all_lost(log, from);
+        assert!(lost.is_empty(), "{lost:?}");
+        all
+    }
+
+    /// [`read_all`], with the lost ranges reported on the way (as the
+    /// notices a connection sends, in order among the records).
+    fn read_all_lost(log: &ReplayLog, mut from: u64) -> (Vec<Entry>, Vec<(u64, u64)>) {
         let mut all = Vec::new();
+        let mut lost = Vec::new();
         while from < log.next_seq() {
             let mut out = Vec::new();
             let skip = match log.read(from, 100, 1 << 20, &mut out).unwrap() {
                 Plan::Hot { skip_to } => skip_to,
+                Plan::Lost { first, last } => {
+                    lost.push((first, last));
+                    last + 1
+                }
                 Plan::Disk(d) => {
-                    d.run(&mut out).unwrap();
+                    let outcome = d.run(&mut out).unwrap();
+                    if let Some((a, b)) = outcome.lost {
+                        assert!(out.first().is_none_or(|e| e.seq > b));
+                        lost.push((a, b));
+                        if out.is_empty() {
+                            from = b + 1;
+                            continue;
+                        }
+                    }
                     d.gap_to
                 }
             };
@@ -771,7 +1262,7 @@ mod tests {
             }
             all.extend(out);
         }
-        all
+        (all, lost)
     }
 
     #[test]
@@ -817,21 +1308,30 @@ mod tests {
         drop(f);
         let (log, repairs) = ReplayLog::open(dir.path(), ret, 1).unwrap();
         assert_eq!(repairs.len(), 1);
-        assert_eq!((repairs[0].offset, repairs[0].dropped_bytes, repairs[0].problem), (whole, (buf.len() / 2) as u64, "torn record"));
+        assert_eq!(
+            (repairs[0].offset, repairs[0].bytes, repairs[0].problem, repairs[0].truncated, repairs[0].lost),
+            (whole, (buf.len() / 2) as u64, "torn record", true, None)
+        );
         assert_eq!(std::fs::metadata(&seg).unwrap().len(), whole);
         assert_eq!(seqs(&read_all(&log, 1)), (1..=10).collect::<Vec<_>>());
         assert_eq!(log.next_seq(), 11);
-        // A flipped byte inside a record: the segment ends before it.
+        // A flipped byte inside the last record: that record is lost (and
+        // said so), its number is never used again, and the bytes stay
+        // (a later start says the same).
         drop(log);
         let mut bytes = std::fs::read(&seg).unwrap();
         let at = bytes.len() - 10;
         bytes[at] ^= 0xff;
         std::fs::write(&seg, &bytes).unwrap();
-        let (log, repairs) = ReplayLog::open(dir.path(), ret, 1).unwrap();
-        assert_eq!(repairs[0].problem, "checksum mismatch");
-        assert_eq!(seqs(&read_all(&log, 1)), (1..=9).collect::<Vec<_>>());
+        for _ in 0..2 {
+            let (log, repairs) = ReplayLog::open(dir.path(), ret, 1).unwrap();
+            assert_eq!((repairs[0].problem, repairs[0].truncated, repairs[0].lost), ("checksum mismatch", false, Some((10, 10))));
+            let (all, lost) = read_all_lost(&log, 1);
+            assert_eq!((seqs(&all), lost), ((1..=9).collect::<Vec<_>>(), vec![(10, 10)]));
+            assert_eq!(log.next_seq(), 11);
+            assert_eq!(std::fs::metadata(&seg).unwrap().len(), bytes.len() as u64);
+        }
         // Numbering never goes back: the caller's reservation wins.
-        assert_eq!(log.next_seq(), 10);
         let (log, _) = ReplayLog::open(dir.path(), ret, 500).unwrap();
         assert_eq!(log.next_seq(), 500);
     }
@@ -895,5 +1395,141 @@ mod tests {
         log.append(&[item(3, 10)], 1).unwrap();
         assert_eq!(seqs(&read_all(&log, 1)), vec![1, 2, 100]);
         assert_eq!(seqs(&read_all(&log, 50)), vec![100]);
+    }
+
+    /// Writes `garbage` over a log's only segment at `at`.
+    fn damage(dir: &Path, at: u64, garbage: &[u8]) -> (PathBuf, Vec<(u64, u64, u64)>) {
+        let seg = std::fs::read_dir(dir).unwrap().next().unwrap().unwrap().path();
+        let bytes = std::fs::read(&seg).unwrap();
+        // (offset, end, seq) of each record before the damage.
+        let mut records = Vec::new();
+        let mut off = 0usize;
+        while off + 16 <= bytes.len() {
+            let len = u32::from_le_bytes(bytes[off..off + 4].try_into().unwrap()) as usize;
+            records.push((off as u64, (off + HEAD + len) as u64, u64::from_le_bytes(bytes[off + 8..off + 16].try_into().unwrap())));
+            off += HEAD + len;
+        }
+        let f = OpenOptions::new().write(true).open(&seg).unwrap();
+        std::os::unix::fs::FileExt::write_all_at(&f, garbage, at).unwrap();
+        (seg, records)
+    }
+
+    #[test]
+    fn damage_in_the_middle_is_skipped_and_its_records_known_running_and_at_start() {
+        for garbage in [vec![0u8; 3000], (0..3000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect(), vec![0xff; 3000]] {
+            let dir = tempfile::tempdir().unwrap();
+            let ret = Retention::new(1 << 30, i64::MAX / 2);
+            let (mut log, _) = ReplayLog::open(dir.path(), ret, 1).unwrap();
+            let items: Vec<_> = (0..2000).map(|i| item(i, 300)).collect();
+            for chunk in items.chunks(100) {
+                log.append(chunk, 1000).unwrap();
+            }
+            // Behind the hot tail (2 MiB of the ~700 KB here is all of
+            // it): drop it, as after a restart, to read from the file.
+            log.hot.clear();
+            log.hot_bytes = 0;
+            let at = 100_000;
+            let (seg, records) = damage(dir.path(), at, &garbage);
+            let hit: Vec<u64> = records.iter().filter(|(o, e, _)| *e > at && *o < at + garbage.len() as u64).map(|r| r.2).collect();
+            let (first, last) = (hit[0], *hit.last().unwrap());
+            // The damage starts with the first record it touched.
+            let damaged_at = records.iter().find(|r| r.2 == first).unwrap().0;
+            let want: Vec<u64> = (1..=2000).filter(|s| !hit.contains(s)).collect();
+            // Running: the reader skips past it and says what it destroyed.
+            let (all, lost) = read_all_lost(&log, 1);
+            assert_eq!((seqs(&all), lost), (want.clone(), vec![(first, last)]));
+            let (all, lost) = read_all_lost(&log, first + 1);
+            assert_eq!(lost, vec![(first + 1, last)]);
+            assert_eq!(all[0].seq, last + 1);
+            assert_eq!(&*all[0].item.json, &*items[last as usize].json);
+            // Known once noted: a reader inside it is told at once.
+            assert_eq!(log.note_lost(first, last), last - first + 1);
+            assert_eq!(log.note_lost(first, last), 0);
+            let mut out = Vec::new();
+            assert!(
+                matches!(log.read(first + 1, 10, 1 << 20, &mut out), Ok(Plan::Lost { first: f, last: l }) if (f, l) == (first + 1, last))
+            );
+            drop(log);
+            // Offline (`lag report`): the same records and the same loss.
+            let mut jsons = Vec::new();
+            let (n, met) = read_segment(&seg, |_, json| jsons.push(json.to_string())).unwrap();
+            let want_json: Vec<String> = want.iter().map(|s| items[*s as usize - 1].json.to_string()).collect();
+            assert_eq!((n as usize, jsons), (want.len(), want_json));
+            assert_eq!(met.iter().map(|d| (d.offset, d.lost)).collect::<Vec<_>>(), vec![(damaged_at, (first, last))]);
+            // At start: the same, twice (the bytes stay).
+            for _ in 0..2 {
+                let (log, repairs) = ReplayLog::open(dir.path(), ret, 1).unwrap();
+                assert_eq!(repairs.len(), 1, "{repairs:?}");
+                assert_eq!((repairs[0].offset, repairs[0].truncated, repairs[0].lost), (damaged_at, false, Some((first, last))));
+                assert_eq!(log.next_seq(), 2001);
+                let (all, lost) = read_all_lost(&log, 1);
+                assert_eq!((seqs(&all), lost), (want.clone(), vec![(first, last)]));
+            }
+        }
+    }
+
+    #[test]
+    fn lost_ranges_count_each_number_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut log, _) = ReplayLog::open(dir.path(), Retention::new(1 << 30, i64::MAX / 2), 1).unwrap();
+        log.append(&(0..100).map(|i| item(i, 10)).collect::<Vec<_>>(), 1).unwrap();
+        assert_eq!(log.note_lost(10, 19), 10);
+        assert_eq!(log.note_lost(15, 24), 5);
+        assert_eq!(log.note_lost(5, 30), 11);
+        assert_eq!(log.note_lost(40, 40), 1);
+        // 1..=50 less 5..=30 and 40.
+        assert_eq!(log.note_lost(1, 50), 50 - 26 - 1);
+        assert_eq!(log.lost, vec![(1, 50)]);
+        assert_eq!(log.note_lost(60, 50), 0);
+    }
+
+    #[test]
+    fn a_removed_directory_or_segment_is_noticed_and_the_log_goes_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let replay = dir.path().join("replay");
+        let ret = Retention::new(64 << 10, i64::MAX / 2);
+        let (mut log, _) = ReplayLog::open(&replay, Retention { segment_bytes: MIN_SEGMENT_BYTES, ..ret }, 1).unwrap();
+        for i in 0..100 {
+            log.append(&[item(i, 400)], 1).unwrap();
+        }
+        assert!(log.check_dir().is_none());
+        std::fs::remove_dir_all(&replay).unwrap();
+        assert_eq!(log.check_dir(), Some((1, 100)));
+        assert!(replay.is_dir());
+        assert!(log.check_dir().is_none(), "said once");
+        assert_eq!((log.first_seq(), log.next_seq(), log.figures().segments), (101, 101, 0));
+        for i in 0..100 {
+            log.append(&[item(i, 400)], 1).unwrap();
+        }
+        assert_eq!(seqs(&read_all(&log, 101)), (101..=200).collect::<Vec<_>>());
+        assert!(std::fs::read_dir(&replay).unwrap().count() > 1);
+        // A sealed segment removed by hand: its records are lost, said so.
+        log.hot.clear();
+        log.hot_bytes = 0;
+        let second = log.segments[1].path.clone();
+        let (a, b) = (log.segments[1].first_seq, log.segments[1].last_seq);
+        std::fs::remove_file(&second).unwrap();
+        let mut out = Vec::new();
+        let Ok(Plan::Disk(d)) = log.read(a, 10, 1 << 20, &mut out) else { panic!("a disk read") };
+        assert_eq!(d.run(&mut out).unwrap_err().kind(), std::io::ErrorKind::NotFound);
+        assert_eq!(log.segment_gone(&second), Some((a, b)));
+        assert_eq!(log.segment_gone(&second), None);
+        let (all, lost) = read_all_lost(&log, log.first_seq());
+        assert_eq!(lost, vec![(a, b)]);
+        assert_eq!(all.len() as u64, 100 - (b - a + 1));
+        // The segment being written removed alone: it is forgotten, the
+        // others stay.
+        for i in 0..60 {
+            log.append(&[item(i, 400)], 1).unwrap();
+        }
+        let segments = log.figures().segments;
+        let newest = log.segments.back().map(|s| (s.path.clone(), s.first_seq, s.last_seq)).unwrap();
+        std::fs::remove_file(&newest.0).unwrap();
+        assert_eq!(log.check_dir(), Some((newest.1, newest.2)));
+        assert_eq!(log.figures().segments, segments - 1);
+        assert!(log.check_dir().is_none());
+        log.append(&[item(0, 400)], 1).unwrap();
+        assert_eq!(log.next_seq(), 262);
+        assert!(log.segments.back().unwrap().path.exists());
     }
 }

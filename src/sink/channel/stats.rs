@@ -67,8 +67,12 @@ pub struct ChannelInner {
     pub records_sent: Counter,
     /// Records written as `?since=` replay.
     pub records_replayed: Counter,
-    /// `{"lost":...}` notices sent to clients asking for evicted records.
+    /// `{"lost":...}` notices sent to clients (records evicted, or
+    /// destroyed by damage in the replay log).
     pub lost_notices: Counter,
+    /// Notices sent to clients asking from a sequence number beyond the
+    /// newest (another history).
+    pub since_ahead_notices: Counter,
     /// Bytes of the replay log's segment files.
     pub replay_bytes: Gauge,
     /// Segment files of the replay log.
@@ -86,6 +90,9 @@ pub struct ChannelInner {
     pub replay_repaired_segments: Counter,
     /// Bytes dropped doing so.
     pub replay_repaired_bytes: Counter,
+    /// Records found destroyed by damage in the replay log (skipped;
+    /// clients get a lost notice), each counted once.
+    pub replay_damaged_records: Counter,
     /// The newest sequence number assigned (0 = none yet).
     pub last_seq: Gauge,
 }
@@ -121,7 +128,9 @@ impl ChannelStats {
         let messages_sent = f.counter("messages_sent", "Messages written to clients");
         let records_sent = f.counter("records_sent", "Records written to clients (once per client)");
         let records_replayed = f.counter("records_replayed", "Records written as since= replay");
-        let lost_notices = f.counter("lost_notices", "Notices sent to clients asking for records no longer held");
+        let lost_notices = f.counter("lost_notices", "Notices sent to clients asking for records no longer held (evicted or damaged)");
+        let since_ahead_notices =
+            f.counter("since_ahead_notices", "Notices sent to clients asking from a sequence number beyond the newest (another history)");
         let replay_bytes = f.gauge("replay_bytes", "Bytes of the replay log's segment files (state_dir/replay)");
         let replay_segments = f.gauge("replay_segments", "Segment files of the replay log");
         let replay_records = f.gauge("replay_records", "Records in the replay log");
@@ -133,6 +142,8 @@ impl ChannelStats {
             "Replay log segments truncated to their last whole record at start (torn or corrupt tail)",
         );
         let replay_repaired_bytes = f.counter("replay_repaired_bytes", "Bytes dropped truncating replay log segments at start");
+        let replay_damaged_records =
+            f.counter("replay_damaged_records", "Records of the replay log destroyed by damage (skipped; clients get a lost notice)");
         let last_seq = f.status_gauge("last_seq");
         ChannelStats(Arc::new(ChannelInner {
             sink: telemetry.sink(super::NAME),
@@ -157,6 +168,7 @@ impl ChannelStats {
             records_sent,
             records_replayed,
             lost_notices,
+            since_ahead_notices,
             replay_bytes,
             replay_segments,
             replay_records,
@@ -165,6 +177,7 @@ impl ChannelStats {
             replay_hot_bytes,
             replay_repaired_segments,
             replay_repaired_bytes,
+            replay_damaged_records,
             last_seq,
         }))
     }
@@ -276,8 +289,8 @@ mod tests {
             r#""channel":{"listen":"127.0.0.1:8790","tls":false,"path":"/stream","connections":0,"connections_accepted":0,"#,
             r#""refused":{"bad_request":0,"handshake_evicted":0,"handshake_timeout":0,"not_found":0,"not_websocket":0,"too_many_connections":0,"unauthorized":0},"#,
             r#""closed":{"client":0,"ping_timeout":0,"protocol_error":0,"replay_error":0,"shutdown":0,"slow_consumer":0,"token_changed":0},"#,
-            r#""messages_sent":0,"records_sent":0,"records_replayed":0,"lost_notices":0,"replay_bytes":9000,"replay_segments":2,"replay_records":3,"#,
-            r#""replay_first_seq":39,"replay_oldest_age_secs":5,"replay_hot_bytes":900,"replay_repaired_segments":0,"replay_repaired_bytes":0,"last_seq":41}"#
+            r#""messages_sent":0,"records_sent":0,"records_replayed":0,"lost_notices":0,"since_ahead_notices":0,"replay_bytes":9000,"replay_segments":2,"replay_records":3,"#,
+            r#""replay_first_seq":39,"replay_oldest_age_secs":5,"replay_hot_bytes":900,"replay_repaired_segments":0,"replay_repaired_bytes":0,"replay_damaged_records":0,"last_seq":41}"#
         );
         assert!(json.contains(want), "{json}");
     }

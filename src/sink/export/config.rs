@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::config::{ConfigError, Secret};
+use super::access::{FileAccess, DEFAULT_FILE_MODE};
+use crate::record::Formulas;
+use crate::settings::{ConfigError, Secret};
 
 /// The `[export]` section as written.
 #[derive(Debug, Clone, Deserialize)]
@@ -29,6 +31,11 @@ pub struct ExportSection {
     /// Write a header row naming the columns.
     #[serde(default = "yes")]
     pub header: bool,
+    /// Append the bridge's own columns (`ingestion_time`, `sync_delay_ms`,
+    /// `host`), named in the header: what `lag report` needs to tell the
+    /// sync delay from the slices. Off: the hosted export's columns only.
+    #[serde(default)]
+    pub bridge_columns: bool,
     /// gzip the files (`.csv.gz`); otherwise plain `.csv`.
     #[serde(default = "yes")]
     pub gzip: bool,
@@ -42,6 +49,24 @@ pub struct ExportSection {
     /// least recently is closed early.
     #[serde(default = "default_max_open_files")]
     pub max_open_files: usize,
+    /// Records whose `request_time` is more than this far in the past (of
+    /// the time they are written) go to an out-of-window file, not a slice.
+    #[serde(default = "default_max_past_hours")]
+    pub max_past_hours: u32,
+    /// The same for a `request_time` this far in the future.
+    #[serde(default = "default_max_future_minutes")]
+    pub max_future_minutes: u32,
+    /// Write cells a spreadsheet would run as a formula as text (a leading
+    /// `'`, quoted); `false` writes every value as it is.
+    #[serde(default = "yes")]
+    pub escape_formulas: bool,
+    /// Permission bits of the files (octal, `"0640"`), whatever the umask.
+    #[serde(default = "default_file_mode")]
+    pub file_mode: String,
+    /// The group of the files and the directory (a name, or a number);
+    /// absent: the process's (or a set-group-ID directory's).
+    #[serde(default)]
+    pub group: Option<String>,
     /// Optional delivery to S3-compatible object storage.
     #[serde(default)]
     pub s3: Option<S3Section>,
@@ -104,6 +129,19 @@ fn default_fsync_interval_ms() -> u64 {
 fn default_max_open_files() -> usize {
     64
 }
+/// A week: a bridge that was stopped for days still puts its backlog in
+/// slices (336 of 30 minutes at most); a clock decades off does not make
+/// a file per record.
+fn default_max_past_hours() -> u32 {
+    168
+}
+/// An hour: more than any clock skew between synchronised hosts.
+fn default_max_future_minutes() -> u32 {
+    60
+}
+fn default_file_mode() -> String {
+    DEFAULT_FILE_MODE.into()
+}
 fn default_region() -> String {
     "us-east-1".into()
 }
@@ -127,12 +165,24 @@ pub struct ExportConfig {
     pub include_org: bool,
     /// A header row opens every file.
     pub header: bool,
+    /// The bridge's columns after the export's (needs the header).
+    pub bridge_columns: bool,
     /// gzip level, `None` for plain CSV.
     pub gzip: Option<u32>,
     /// How often open files are synced (and batches acknowledged).
     pub fsync_interval: Duration,
     /// Files open at once.
     pub max_open_files: usize,
+    /// The accepted window of `request_time` around the time a record is
+    /// written: this far back (the running export; the offline command
+    /// takes a range instead)...
+    pub max_past: Duration,
+    /// ... and this far ahead.
+    pub max_future: Duration,
+    /// How cells a spreadsheet would run as a formula are written.
+    pub formulas: Formulas,
+    /// Mode and group of the files (and the directory's bits).
+    pub access: FileAccess,
     /// Upload closed files.
     pub s3: Option<S3Config>,
 }
@@ -163,6 +213,12 @@ pub struct S3Config {
     /// Longest wait between attempts.
     pub max_backoff: Duration,
 }
+
+/// The largest `max_past_hours`: ten years.
+const MAX_PAST_HOURS: u32 = 87_600;
+
+/// The largest `max_future_minutes`: a week.
+const MAX_FUTURE_MINUTES: u32 = 10_080;
 
 /// Slice lengths that tile the hour, or the day in whole hours, so that
 /// every slice starts on a boundary a reader expects (`10:00`, `10:30`).
@@ -198,16 +254,39 @@ impl ExportConfig {
         if s.close_after_secs > 7 * 86_400 {
             return Err(ConfigError::invalid("export.close_after_secs", "must be at most a week (604800)"));
         }
+        if !(1..=MAX_PAST_HOURS).contains(&s.max_past_hours) {
+            return Err(ConfigError::invalid(
+                "export.max_past_hours",
+                format!("{} is not 1 to {MAX_PAST_HOURS} (ten years)", s.max_past_hours),
+            ));
+        }
+        if s.max_future_minutes > MAX_FUTURE_MINUTES {
+            return Err(ConfigError::invalid(
+                "export.max_future_minutes",
+                format!("{} is more than a week ({MAX_FUTURE_MINUTES})", s.max_future_minutes),
+            ));
+        }
+        if s.bridge_columns && !s.header {
+            return Err(ConfigError::invalid("export.bridge_columns", "needs `header = true`: readers find the bridge's columns by name"));
+        }
         let s3 = s.s3.map(|c| S3Config::from_section(c, base)).transpose()?;
+        let dir = base.join(&s.dir);
+        let access = FileAccess::parse(Some(&s.file_mode), s.group.as_deref(), "export.file_mode", "export.group")?;
+        access.check(&dir, "export.group")?;
         Ok(ExportConfig {
-            dir: base.join(&s.dir),
+            dir,
             slice: Duration::from_secs(u64::from(s.slice_minutes) * 60),
             close_after: Duration::from_secs(s.close_after_secs),
             include_org: s.include_org,
             header: s.header,
+            bridge_columns: s.bridge_columns,
             gzip: s.gzip.then_some(s.gzip_level),
             fsync_interval: Duration::from_millis(s.fsync_interval_ms),
             max_open_files: s.max_open_files,
+            max_past: Duration::from_secs(u64::from(s.max_past_hours) * 3600),
+            max_future: Duration::from_secs(u64::from(s.max_future_minutes) * 60),
+            formulas: if s.escape_formulas { Formulas::Neutralised } else { Formulas::Verbatim },
+            access,
             s3,
         })
     }
@@ -301,6 +380,14 @@ mod tests {
     }
 
     #[test]
+    fn bridge_columns_need_the_header() {
+        let dir = Path::new("/tmp");
+        assert!(load("dir = \"x\"\nbridge_columns = true\n", dir).unwrap().bridge_columns);
+        let e = load("dir = \"x\"\nbridge_columns = true\nheader = false\n", dir).unwrap_err();
+        assert!(e.to_string().contains("export.bridge_columns"), "{e}");
+    }
+
+    #[test]
     fn defaults() {
         let c = load("dir = \"export\"\n", Path::new("/etc/cb")).unwrap();
         assert_eq!(c.dir, Path::new("/etc/cb/export"));
@@ -308,7 +395,12 @@ mod tests {
         assert_eq!(c.close_after, Duration::from_secs(300));
         assert!(c.header && !c.include_org);
         assert_eq!(c.gzip, Some(1));
+        assert_eq!(c.formulas, Formulas::Neutralised);
+        assert_eq!(c.access, FileAccess { file_mode: Some(0o640), group: None });
+        assert_eq!((c.max_past, c.max_future), (Duration::from_secs(7 * 86_400), Duration::from_secs(3600)));
         assert!(c.s3.is_none());
+        let raw = load("dir = \"export\"\nescape_formulas = false\n", Path::new("/etc/cb")).unwrap();
+        assert_eq!(raw.formulas, Formulas::Verbatim);
     }
 
     #[test]
@@ -321,6 +413,11 @@ mod tests {
         }
         let e = load("dir = \"x\"\nslice_minutes = 45\n", Path::new("/")).unwrap_err();
         assert_eq!(e.key(), Some("export.slice_minutes"));
+        for (extra, key) in
+            [("max_past_hours = 0\n", "export.max_past_hours"), ("max_future_minutes = 20000\n", "export.max_future_minutes")]
+        {
+            assert_eq!(load(&format!("dir = \"x\"\n{extra}"), Path::new("/")).unwrap_err().key(), Some(key), "{extra}");
+        }
     }
 
     #[test]

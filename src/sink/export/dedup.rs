@@ -4,10 +4,15 @@
 //!
 //! A canonical UUID is kept as its 128 bits (exact); any other value as a
 //! 128-bit hash of its text, so one entry costs 16 bytes whatever the
-//! value's length.
+//! value's length. A value read back from a file in which it was
+//! neutralised as a spreadsheet formula (`'=...`, see
+//! [`crate::record::csv_cell_is_formula`]) counts as the value itself, so
+//! a record read again matches its row whatever `escape_formulas` was.
 
 use std::collections::HashSet;
 use std::hash::{BuildHasherDefault, Hash, Hasher};
+
+use crate::record::{csv_cell_is_formula, Field};
 
 /// `request_uuid`s as 128-bit keys.
 #[derive(Debug, Default)]
@@ -42,6 +47,10 @@ impl UuidSet {
 
 /// The 128-bit key of a `request_uuid`.
 fn key(v: &str) -> u128 {
+    let v = match v.strip_prefix('\'') {
+        Some(raw) if csv_cell_is_formula(Field::RequestUuid, raw) => raw,
+        _ => v,
+    };
     parse_uuid(v).unwrap_or_else(|| {
         // Two independent 64-bit SipHashes (different keys through a
         // different first byte): collisions are out of reach.
@@ -113,5 +122,10 @@ mod tests {
         assert!(s.insert("f0000000-0000-0000-0000-000000000000"));
         assert!(s.insert("70000000-0000-0000-0000-000000000000"));
         assert_eq!(s.len(), 6);
+        // As read back from a file with formulas neutralised.
+        assert!(s.insert("=cmd|x"));
+        assert!(!s.insert("'=cmd|x"));
+        assert!(s.insert("'plain") && !s.insert("'plain"));
+        assert!(s.insert("plain"), "only a neutralised formula loses its `'`");
     }
 }

@@ -5,7 +5,10 @@
 //! rules are tested with injected times.
 //!
 //! Rules:
-//! - A record goes to the slice of its `request_time` (UTC, aligned).
+//! - A record goes to the slice of its `request_time` (UTC, aligned), if
+//!   that is within the window (`max_past` before and `max_future` after
+//!   the time it is written); else to the out-of-window file
+//!   ([`super::out_of_window`]). Offline, the range decides instead.
 //! - A slice's own file is open from its first record until
 //!   `close_after` past the slice's end (or, for a slice whose first record
 //!   arrives later than that, a catch-up, `close_after` past that
@@ -31,17 +34,24 @@
 //! writing the unacknowledged batches again gives each record once.
 
 use std::collections::HashMap;
-use std::fs;
+use std::fs::{self, File};
 use std::io;
 use std::path::{Path, PathBuf};
 
 use super::config::ExportConfig;
 use super::dedup::UuidSet;
-use super::slice::{FileName, Part, Slice};
+use super::out_of_window::OutOfWindow;
+use super::slice::{FileName, OutOfWindowName, Part, Slice};
 use super::slice_file::{read_records, FileFormat, SliceFile};
 use super::stats::{ExportStats, Synced};
 use crate::parse::ecle_csv::NATURAL;
 use crate::record::{Field, Record};
+
+/// A duration in milliseconds, saturating (the offline command's window
+/// is unbounded).
+fn duration_ms(d: std::time::Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
 
 /// The export's columns: the 35 natural-order columns, or all 39 with the
 /// organisation columns.
@@ -110,6 +120,11 @@ pub struct Exporter {
     /// in `range` only.
     offline: bool,
     range: (i64, i64),
+    /// The running export's window: `request_time` from `now - .0` to
+    /// `now + .1` goes to slices.
+    window_ms: (i64, i64),
+    /// Records outside the window.
+    out_of_window: OutOfWindow,
     /// Upload is configured (published files are queued).
     uploading: bool,
     open: HashMap<Slice, Open>,
@@ -136,7 +151,7 @@ impl Exporter {
     /// error, unless `replace`, which removes them first.
     pub fn offline(cfg: &ExportConfig, from_ms: i64, to_ms: i64, replace: bool) -> io::Result<Exporter> {
         let e = Self::new(cfg, ExportStats::new(), true, (from_ms, to_ms));
-        fs::create_dir_all(&e.dir)?;
+        e.fmt.access.prepare_dir(&e.dir)?;
         let first = Slice::of(from_ms, e.slice_ms).start_ms;
         for entry in fs::read_dir(&e.dir)? {
             let entry = entry?;
@@ -158,12 +173,21 @@ impl Exporter {
     fn new(cfg: &ExportConfig, stats: ExportStats, offline: bool, range: (i64, i64)) -> Exporter {
         Exporter {
             dir: cfg.dir.clone(),
-            fmt: FileFormat { columns: columns(cfg.include_org), header: cfg.header, gzip: cfg.gzip },
+            fmt: FileFormat {
+                columns: columns(cfg.include_org),
+                header: cfg.header,
+                bridge_columns: cfg.bridge_columns,
+                gzip: cfg.gzip,
+                formulas: cfg.formulas,
+                access: cfg.access.clone(),
+            },
             slice_ms: cfg.slice_ms(),
             close_after_ms: cfg.close_after.as_millis() as i64,
             max_open: if offline { cfg.max_open_files.max(1024) } else { cfg.max_open_files },
             offline,
             range,
+            window_ms: (duration_ms(cfg.max_past), duration_ms(cfg.max_future)),
+            out_of_window: OutOfWindow::default(),
             uploading: cfg.s3.is_some() && !offline,
             open: HashMap::new(),
             known: HashMap::new(),
@@ -183,26 +207,41 @@ impl Exporter {
         &self.dir
     }
 
-    /// Files open now.
+    /// Files open now (the out-of-window file included).
     pub fn open_files(&self) -> usize {
-        self.open.len()
+        self.open.len() + usize::from(self.out_of_window.is_open())
     }
 
     /// Reads `dir`: published files make their slice known (closed, late
     /// numbers); `.partial` files are recovered and stay open.
     fn scan(&mut self, now_ms: i64) -> io::Result<Recovery> {
-        fs::create_dir_all(&self.dir)?;
+        self.fmt.access.prepare_dir(&self.dir)?;
         let mut partials = Vec::new();
         for entry in fs::read_dir(&self.dir)? {
             let entry = entry?;
             let fname = entry.file_name();
             let Some(s) = fname.to_str() else { continue };
-            if s.starts_with(".calllog-") && s.ends_with(".partial.rebuild") {
+            if (s.starts_with(".calllog-") || s.starts_with(".out-of-window-")) && s.ends_with(".partial.rebuild") {
                 // A recovery that did not finish: the `.partial` is intact.
                 fs::remove_file(entry.path())?;
                 continue;
             }
-            let Some((name, partial)) = FileName::parse(s) else { continue };
+            let parsed = FileName::parse(s);
+            let outside = OutOfWindowName::parse(s);
+            if parsed.is_none() && outside.is_none() {
+                continue;
+            }
+            // Files of an earlier run (or version, or setting) get the
+            // mode and group readers are told about.
+            if let Err(e) = File::open(entry.path()).and_then(|f| self.fmt.access.apply(&f)) {
+                tracing::warn!(file = %entry.path().display(), error = %e, "export: cannot give a file the configured file_mode and group");
+            }
+            let Some((name, partial)) = parsed else {
+                if let Some((name, partial)) = outside {
+                    self.out_of_window.found(name, partial);
+                }
+                continue;
+            };
             let k = self.known.entry(name.slice).or_default();
             k.before_start = true;
             match (name.part, partial) {
@@ -252,7 +291,13 @@ impl Exporter {
             self.writes += 1;
             self.open.insert(name.slice, Open { file, deadline_ms, last_write: self.writes, synced_len, unsynced: Synced::default() });
         }
-        self.stats.set_open_files(self.open.len());
+        let mut outside = std::mem::take(&mut self.out_of_window);
+        let taken = outside.take_up(&self.dir, &self.fmt, |arrival| self.main_deadline(arrival, now_ms));
+        self.out_of_window = outside;
+        let (files, records) = taken?;
+        rec.files += files;
+        rec.records += records;
+        self.stats.set_open_files(self.open_files());
         Ok(rec)
     }
 
@@ -284,6 +329,16 @@ impl Exporter {
             let t = r.request_time_ms.unwrap_or(fallback_ms);
             if t < self.range.0 || t >= self.range.1 {
                 self.out_of_range += 1;
+                continue;
+            }
+            if !self.offline && (t < now_ms.saturating_sub(self.window_ms.0) || t > now_ms.saturating_add(self.window_ms.1)) {
+                let arrival = Slice::of(now_ms, self.slice_ms);
+                let deadline_ms = self.main_deadline(arrival, now_ms);
+                let was_open = self.out_of_window.is_open();
+                self.out_of_window.write(r, &self.dir, &self.fmt, arrival, deadline_ms)?;
+                if !was_open {
+                    self.stats.set_open_files(self.open_files());
+                }
                 continue;
             }
             let slice = Slice::of(t, self.slice_ms);
@@ -349,7 +404,7 @@ impl Exporter {
         let name = FileName { slice, part, gzip: self.fmt.gzip.is_some() };
         let file = SliceFile::create(&self.dir, name, &self.fmt)?;
         self.open.insert(slice, Open { file, deadline_ms, last_write: self.writes, synced_len: 0, unsynced: Synced::default() });
-        self.stats.set_open_files(self.open.len());
+        self.stats.set_open_files(self.open_files());
         Ok(())
     }
 
@@ -392,13 +447,14 @@ impl Exporter {
             let d = std::mem::take(&mut o.unsynced);
             self.stats.synced(*slice, Synced { late: o.file.name().part != Part::Main, ..d });
         }
-        Ok(())
+        self.out_of_window.sync(&self.stats)
     }
 
     /// After a failed write, sync or publish: cuts every open file back to
     /// its last sync (rebuilding its stream) and forgets what was written
     /// since. The caller then writes its unacknowledged batches again.
     pub fn repair(&mut self) -> io::Result<()> {
+        self.out_of_window.repair(&self.dir, &self.fmt)?;
         let slices: Vec<Slice> = self.open.keys().copied().collect();
         for slice in slices {
             let Some(o) = self.open.get(&slice) else { continue };
@@ -430,7 +486,7 @@ impl Exporter {
 
     /// The earliest time a file is due to be published.
     pub fn next_deadline(&self) -> Option<i64> {
-        self.open.values().map(|o| o.deadline_ms).min()
+        self.open.values().map(|o| o.deadline_ms).chain(self.out_of_window.deadline()).min()
     }
 
     /// Publishes the files due at `now_ms` (call after a successful
@@ -441,6 +497,10 @@ impl Exporter {
         let mut out = Vec::new();
         for s in due {
             out.push(self.publish(s, now_ms)?);
+        }
+        if self.out_of_window.deadline().is_some_and(|d| d <= now_ms) {
+            self.out_of_window.publish_due(now_ms, &self.dir, &self.fmt)?;
+            self.stats.set_open_files(self.open_files());
         }
         Ok(out)
     }
@@ -485,7 +545,7 @@ impl Exporter {
             k.seen = None;
         }
         self.stats.published(slice, name.part == Part::Main, now_ms, self.uploading);
-        self.stats.set_open_files(self.open.len());
+        self.stats.set_open_files(self.open_files());
         Ok(Published { name, path })
     }
 }
@@ -633,6 +693,54 @@ mod tests {
         assert_eq!(p.len(), 1);
         assert_eq!(p[0].name.slice.iso(), "2026-11-29T09:00:00Z");
         assert_eq!(e.open_files(), 2);
+    }
+
+    #[test]
+    fn records_outside_the_window_go_to_one_out_of_window_file_read_again_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = cfg(dir.path());
+        let now = t("2026-11-29T10:10:00Z");
+        let (mut e, _) = Exporter::start(&c, ExportStats::new(), now).unwrap();
+        let far = [rec("old", "1970-01-01T00:00:00Z"), rec("week", "2026-11-22T10:09:59Z"), rec("ahead", "2026-11-29T11:10:01Z")];
+        let near = [rec("in", "2026-11-22T10:10:00Z"), rec("soon", "2026-11-29T11:10:00Z")];
+        e.write(far.iter().chain(&near), 0, now).unwrap();
+        e.sync().unwrap();
+        assert_eq!(e.stats().snapshot().totals.out_of_window, 3);
+        assert_eq!(e.stats().snapshot().totals.records, 2);
+        assert_eq!(e.open_files(), 3, "two slices and the out-of-window file");
+        // kill -9, then the same records read again: skipped.
+        drop(e);
+        let stats = ExportStats::new();
+        let (mut e, r) = Exporter::start(&c, stats.clone(), now + 1000).unwrap();
+        assert_eq!((r.files, r.records), (3, 5));
+        e.write(far.iter().chain([&rec("new", "1980-01-01T00:00:00Z")]), 0, now).unwrap();
+        e.sync().unwrap();
+        let totals = stats.snapshot().totals;
+        assert_eq!((totals.out_of_window, totals.duplicates_skipped), (1, 3));
+        // Published like the slice of its opening: close_after past its end.
+        let published = |d: &Path| d.join("out-of-window-2026-11-29T10-00Z.csv.gz").exists();
+        e.close_due(t("2026-11-29T10:34:59Z")).unwrap();
+        assert!(!published(dir.path()));
+        e.close_due(t("2026-11-29T10:35:00Z")).unwrap();
+        assert!(published(dir.path()));
+        e.close_due(t("2026-11-29T11:20:00Z")).unwrap();
+        let files = contents(dir.path());
+        let outside: Vec<_> = files.iter().filter(|(n, _)| n.starts_with("out-of-window-")).collect();
+        assert_eq!(outside.len(), 1, "{files:?}");
+        assert_eq!(outside[0].0, "out-of-window-2026-11-29T10-00Z.csv.gz");
+        let mut got = Vec::new();
+        read_records(&dir.path().join(&outside[0].0), true, None, |r| {
+            got.push(r.get(Field::RequestUuid).to_string());
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(got, ["old", "week", "ahead", "new"]);
+        // Later in the same slice of arrival: a second file of that name.
+        e.write(&[rec("later", "1990-01-01T00:00:00Z")], 0, t("2026-11-29T10:20:00Z")).unwrap();
+        e.sync().unwrap();
+        e.close_due(t("2026-11-29T12:00:00Z")).unwrap();
+        assert!(dir.path().join("out-of-window-2026-11-29T10-00Z.2.csv.gz").exists());
+        assert_eq!(e.open_files(), 0);
     }
 
     #[test]

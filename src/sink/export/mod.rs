@@ -8,8 +8,11 @@
 //! - [`exporter`]: the rules (open, late files, close, dedup), without
 //!   tasks or timers; shared with the offline `export` command.
 //! - [`dedup`]: `request_uuid` sets.
+//! - [`out_of_window`]: records whose `request_time` is outside the
+//!   window, in out-of-window files instead of a slice each.
 //! - [`stats`]: per-slice figures for `/status`, `/metrics`, the dashboard.
 //! - [`config`]: `[export]` and `[export.s3]`.
+//! - [`access`]: the files' mode and group (who may read them).
 //! - [`s3`]: uploads published files to S3-compatible storage.
 //! - [`sink`]: the sink's task (batches in, files synced, acknowledged,
 //!   published, queued for upload).
@@ -20,9 +23,11 @@
 //! restart; see [`exporter`] for how records read again after an unclean
 //! stop are kept out of a slice that has them.
 
+pub mod access;
 pub mod config;
 pub mod dedup;
 pub mod exporter;
+pub mod out_of_window;
 pub mod s3;
 pub mod sink;
 pub mod slice;

@@ -70,10 +70,16 @@ impl crate::sink::Sink for ExportSink {
             .restart("export.slice_minutes", |c| &mut c.slice)
             .restart("export.close_after_secs", |c| &mut c.close_after)
             .restart("export.include_org", |c| &mut c.include_org)
+            .restart("export.bridge_columns", |c| &mut c.bridge_columns)
             .restart("export.header", |c| &mut c.header)
             .restart("export.gzip", |c| &mut c.gzip)
             .restart("export.fsync_interval_ms", |c| &mut c.fsync_interval)
             .restart("export.max_open_files", |c| &mut c.max_open_files)
+            .restart("export.max_past_hours", |c| &mut c.max_past)
+            .restart("export.max_future_minutes", |c| &mut c.max_future)
+            .restart("export.escape_formulas", |c| &mut c.formulas)
+            .restart("export.file_mode", |c| &mut c.access.file_mode)
+            .restart("export.group", |c| &mut c.access.group)
             .restart("export.s3", |c| &mut c.s3);
     }
 
@@ -86,8 +92,13 @@ impl crate::sink::Sink for ExportSink {
             Some(s) => format!(", uploaded to s3://{}/{} at {}", s.bucket, s.prefix, s.endpoint.as_deref().unwrap_or("AWS")),
             None => String::new(),
         };
+        let readers = match (c.access.file_mode, &c.access.group) {
+            (Some(m), Some(g)) => format!(", files {m:04o} group {}", g.name),
+            (Some(m), None) => format!(", files {m:04o}"),
+            (None, _) => String::new(),
+        };
         format!(
-            "{} ({}-minute slices closed {} s after their end, {} columns, {}{upload})",
+            "{} ({}-minute slices closed {} s after their end, {} columns, {}{readers}{upload})",
             c.dir.display(),
             c.slice.as_secs() / 60,
             c.close_after.as_secs(),

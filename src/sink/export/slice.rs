@@ -3,6 +3,12 @@
 //! (`calllog-2026-11-29T10-00Z.csv.gz`, then its late files
 //! `calllog-2026-11-29T10-00Z.late-1.csv.gz`, ..., then the next slice).
 //!
+//! Records whose `request_time` is outside the export's window go to
+//! out-of-window files, one per slice of the time they were written
+//! (`out-of-window-2026-11-29T10-00Z.csv.gz`, then `...-00Z.2.csv.gz` if
+//! that name was taken): not a slice file, so a reader's `calllog-*` glob
+//! does not take them, and [`FileName::parse`] does not either.
+//!
 //! Invariant: pure. A file being written has the name of the file it will
 //! become with a leading `.` and a `.partial` suffix, so no glob a reader
 //! would use (`*.csv.gz`) matches it, and the rename that publishes it is
@@ -16,6 +22,49 @@ use crate::time;
 const PREFIX: &str = "calllog-";
 /// Suffix of a file being written.
 const PARTIAL: &str = ".partial";
+/// Prefix of every out-of-window file name.
+const OUT_OF_WINDOW: &str = "out-of-window-";
+
+/// The names of one file of the export: published, and while written.
+pub trait ExportFileName: Copy + fmt::Display {
+    /// The published name.
+    fn published(&self) -> String {
+        self.to_string()
+    }
+
+    /// The name while it is being written.
+    fn partial(&self) -> String {
+        format!(".{self}{PARTIAL}")
+    }
+
+    /// `.csv.gz` rather than `.csv`.
+    fn gzip(&self) -> bool;
+}
+
+/// `.partial` stripped (`Some((rest, true))`), or the name as it is.
+fn strip_partial(name: &str) -> Option<(&str, bool)> {
+    match name.strip_prefix('.') {
+        Some(r) => Some((r.strip_suffix(PARTIAL)?, true)),
+        None => Some((name, false)),
+    }
+}
+
+/// `.csv.gz` or `.csv` stripped, and which.
+fn strip_csv(name: &str) -> Option<(&str, bool)> {
+    match name.strip_suffix(".csv.gz") {
+        Some(r) => Some((r, true)),
+        None => Some((name.strip_suffix(".csv")?, false)),
+    }
+}
+
+/// A slice's start read back from its label (`2026-11-29T10-00Z`).
+fn parse_label(label: &str) -> Option<Slice> {
+    if label.len() != 17 || label.as_bytes()[13] != b'-' || !label.ends_with('Z') {
+        return None;
+    }
+    let iso = format!("{}:{}:00Z", label.get(..13)?, label.get(14..16)?);
+    Some(Slice { start_ms: time::parse_iso(&iso)? })
+}
 
 /// A slice: `[start_ms, start_ms + len)` in UTC, aligned to its length.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -70,50 +119,91 @@ pub struct FileName {
     pub gzip: bool,
 }
 
+impl ExportFileName for FileName {
+    fn gzip(&self) -> bool {
+        self.gzip
+    }
+}
+
 impl FileName {
     /// The published name.
     pub fn published(&self) -> String {
-        self.to_string()
+        ExportFileName::published(self)
     }
 
     /// The name while it is being written.
     pub fn partial(&self) -> String {
-        format!(".{self}{PARTIAL}")
+        ExportFileName::partial(self)
     }
 
     /// Reads a name back: `Some((name, partial))` for a file of the export
     /// (published, or being written), `None` for anything else.
     pub fn parse(name: &str) -> Option<(FileName, bool)> {
-        let (rest, partial) = match name.strip_prefix('.') {
-            Some(r) => (r.strip_suffix(PARTIAL)?, true),
-            None => (name, false),
-        };
-        let rest = rest.strip_prefix(PREFIX)?;
-        let (rest, gzip) = match rest.strip_suffix(".csv.gz") {
-            Some(r) => (r, true),
-            None => (rest.strip_suffix(".csv")?, false),
-        };
+        let (whole, partial) = strip_partial(name)?;
+        let rest = whole.strip_prefix(PREFIX)?;
+        let (rest, gzip) = strip_csv(rest)?;
         // `2026-11-29T10-00Z` is 17 bytes.
         let (label, part) = (rest.get(..17)?, rest.get(17..)?);
         let part = match part.strip_prefix(".late-") {
             None if part.is_empty() => Part::Main,
             None => return None,
-            Some(n) => {
-                let n: u32 = n.parse().ok().filter(|n| *n >= 1)?;
-                if n.to_string().len() != part.len() - 6 {
-                    return None; // `late-01`, `late-+1`: not a name we write
-                }
-                Part::Late(n)
-            }
+            Some(n) => Part::Late(parse_counter(n)?),
         };
-        let iso = format!("{}:{}:00Z", &label[..13], &label[14..16]);
-        if label.as_bytes()[13] != b'-' || !label.ends_with('Z') {
-            return None;
-        }
-        let start_ms = time::parse_iso(&iso)?;
-        let fname = FileName { slice: Slice { start_ms }, part, gzip };
+        let fname = FileName { slice: parse_label(label)?, part, gzip };
         // Only names this module writes (the round trip is exact).
-        (fname.to_string() == (if partial { &name[1..name.len() - PARTIAL.len()] } else { name })).then_some((fname, partial))
+        (fname.to_string() == whole).then_some((fname, partial))
+    }
+}
+
+/// `n` ≥ 1 as this module writes it (not `01`, not `+1`).
+fn parse_counter(n: &str) -> Option<u32> {
+    let v: u32 = n.parse().ok().filter(|v| *v >= 1)?;
+    (v.to_string() == n).then_some(v)
+}
+
+/// An out-of-window file: records written while `arrival` was the
+/// current slice whose own `request_time` was outside the window.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct OutOfWindowName {
+    /// The slice of the time its first record was written.
+    pub arrival: Slice,
+    /// 1, or more when a file of that arrival slice existed already.
+    pub n: u32,
+    /// `.csv.gz` rather than `.csv`.
+    pub gzip: bool,
+}
+
+impl ExportFileName for OutOfWindowName {
+    fn gzip(&self) -> bool {
+        self.gzip
+    }
+}
+
+impl OutOfWindowName {
+    /// Reads a name back: `Some((name, partial))` for an out-of-window
+    /// file, `None` for anything else.
+    pub fn parse(name: &str) -> Option<(OutOfWindowName, bool)> {
+        let (whole, partial) = strip_partial(name)?;
+        let (rest, gzip) = strip_csv(whole.strip_prefix(OUT_OF_WINDOW)?)?;
+        let (label, n) = (rest.get(..17)?, rest.get(17..)?);
+        let n = match n.strip_prefix('.') {
+            None if n.is_empty() => 1,
+            None => return None,
+            Some(n) => parse_counter(n).filter(|n| *n >= 2)?,
+        };
+        let fname = OutOfWindowName { arrival: parse_label(label)?, n, gzip };
+        (fname.to_string() == whole).then_some((fname, partial))
+    }
+}
+
+impl fmt::Display for OutOfWindowName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(OUT_OF_WINDOW)?;
+        f.write_str(&self.arrival.label())?;
+        if self.n > 1 {
+            write!(f, ".{}", self.n)?;
+        }
+        f.write_str(if self.gzip { ".csv.gz" } else { ".csv" })
     }
 }
 
@@ -173,6 +263,26 @@ mod tests {
             "calllog-",
         ] {
             assert_eq!(FileName::parse(other), None, "{other}");
+        }
+    }
+
+    #[test]
+    fn out_of_window_names_are_no_slice_names_and_parse_back() {
+        let arrival = Slice { start_ms: time::parse_iso("2026-11-29T10:30:00Z").unwrap() };
+        let a = OutOfWindowName { arrival, n: 1, gzip: true };
+        let a2 = OutOfWindowName { n: 2, ..a };
+        assert_eq!(a.published(), "out-of-window-2026-11-29T10-30Z.csv.gz");
+        assert_eq!(a2.published(), "out-of-window-2026-11-29T10-30Z.2.csv.gz");
+        assert_eq!(a.partial(), ".out-of-window-2026-11-29T10-30Z.csv.gz.partial");
+        for f in [a, a2, OutOfWindowName { gzip: false, ..a2 }] {
+            assert_eq!(OutOfWindowName::parse(&f.published()), Some((f, false)));
+            assert_eq!(OutOfWindowName::parse(&f.partial()), Some((f, true)));
+            assert_eq!(FileName::parse(&f.published()), None);
+        }
+        for other in
+            ["out-of-window-2026-11-29T10-30Z.1.csv.gz", "out-of-window-2026-11-29T10-30Z.02.csv.gz", "calllog-2026-11-29T10-30Z.csv.gz"]
+        {
+            assert_eq!(OutOfWindowName::parse(other), None, "{other}");
         }
     }
 }

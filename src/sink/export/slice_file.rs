@@ -24,9 +24,10 @@ use std::path::{Path, PathBuf};
 use flate2::write::GzEncoder;
 use flate2::Compression;
 
-use super::slice::FileName;
+use super::access::FileAccess;
+use super::slice::{ExportFileName, FileName};
 use crate::parse::{Format, LineKind, LineParser};
-use crate::record::{write_csv_header, Field, Record};
+use crate::record::{write_csv_header_with, Field, Formulas, Record};
 
 /// Rows buffered before they go to the compressor.
 const ROW_BUFFER_BYTES: usize = 256 * 1024;
@@ -83,45 +84,67 @@ pub struct FileFormat {
     pub columns: &'static [Field],
     /// A header row first.
     pub header: bool,
+    /// The bridge's own columns after the export's (`[export]
+    /// bridge_columns`: `ingestion_time`, `sync_delay_ms`, `host`).
+    pub bridge_columns: bool,
     /// gzip level; `None` for plain CSV.
     pub gzip: Option<u32>,
+    /// How cells a spreadsheet would run as a formula are written.
+    pub formulas: Formulas,
+    /// The files' mode and group, given as each is created.
+    pub access: FileAccess,
 }
 
-/// A file of the export being written.
-pub struct SliceFile {
+/// A file of the export being written (a slice's, by default, or an
+/// out-of-window file).
+pub struct SliceFile<N = FileName> {
     /// Its name.
-    name: FileName,
+    name: N,
     /// The directory.
     dir: PathBuf,
     /// The stream into the `.partial` file.
     sink: Sink,
     /// Rows not yet handed to the stream.
     buf: Vec<u8>,
+    /// How formula cells are written.
+    formulas: Formulas,
     /// Rows written (header excluded), synced or not.
     rows: u64,
     /// Something was written since the last sync.
     dirty: bool,
+    /// Rows carry the bridge's columns.
+    bridge_columns: bool,
 }
 
-impl SliceFile {
+impl<N: ExportFileName> SliceFile<N> {
     /// Starts a new `.partial` file (an old one of that name is replaced)
     /// with its header row.
-    pub fn create(dir: &Path, name: FileName, fmt: &FileFormat) -> io::Result<SliceFile> {
+    pub fn create(dir: &Path, name: N, fmt: &FileFormat) -> io::Result<SliceFile<N>> {
         let path = dir.join(name.partial());
         let file = OpenOptions::new().write(true).create(true).truncate(true).open(&path)?;
+        fmt.access.apply(&file)?;
         Ok(Self::start(dir, name, fmt, file))
     }
 
-    fn start(dir: &Path, name: FileName, fmt: &FileFormat, file: File) -> SliceFile {
+    fn start(dir: &Path, name: N, fmt: &FileFormat, file: File) -> SliceFile<N> {
         let sink = match fmt.gzip {
             Some(level) => Sink::Gzip(Box::new(GzEncoder::new(file, Compression::new(level)))),
             None => Sink::Plain(file),
         };
         let mut buf = Vec::with_capacity(ROW_BUFFER_BYTES + 8192);
         if fmt.header {
-            write_csv_header(fmt.columns, &mut buf);
+            write_csv_header_with(fmt.columns, fmt.bridge_columns, &mut buf);
         }
-        SliceFile { name, dir: dir.to_path_buf(), sink, buf, rows: 0, dirty: true }
+        SliceFile {
+            name,
+            dir: dir.to_path_buf(),
+            sink,
+            buf,
+            formulas: fmt.formulas,
+            rows: 0,
+            dirty: true,
+            bridge_columns: fmt.bridge_columns,
+        }
     }
 
     /// Opens a `.partial` file left behind: its complete rows are written
@@ -130,16 +153,17 @@ impl SliceFile {
     /// failed write). Calls `each` with every record recovered.
     pub fn recover(
         dir: &Path,
-        name: FileName,
+        name: N,
         fmt: &FileFormat,
         limit: Option<u64>,
         mut each: impl FnMut(&Record<'_>),
-    ) -> io::Result<SliceFile> {
+    ) -> io::Result<SliceFile<N>> {
         let path = dir.join(name.partial());
         let rebuild = dir.join(format!("{}.rebuild", name.partial()));
         let file = OpenOptions::new().write(true).create(true).truncate(true).open(&rebuild)?;
+        fmt.access.apply(&file)?;
         let mut new = Self::start(dir, name, fmt, file);
-        read_records(&path, name.gzip, limit, |r| {
+        read_records(&path, name.gzip(), limit, |r| {
             each(r);
             new.push(r, fmt.columns)
         })?;
@@ -150,7 +174,7 @@ impl SliceFile {
     }
 
     /// The file's name.
-    pub fn name(&self) -> FileName {
+    pub fn name(&self) -> N {
         self.name
     }
 
@@ -161,7 +185,7 @@ impl SliceFile {
 
     /// Appends one record as a row.
     pub fn push(&mut self, r: &Record<'_>, columns: &[Field]) -> io::Result<()> {
-        r.write_csv_row(columns, &mut self.buf);
+        r.write_csv_row(columns, self.bridge_columns, self.formulas, &mut self.buf);
         self.rows += 1;
         self.dirty = true;
         if self.buf.len() >= ROW_BUFFER_BYTES {
@@ -223,6 +247,8 @@ pub fn read_records(path: &Path, gzip: bool, limit: Option<u64>, mut each: impl 
     let mut input: Box<dyn Read> =
         if gzip { Box::new(flate2::read::MultiGzDecoder::new(BufReader::with_capacity(256 * 1024, raw))) } else { raw };
     let mut parser = LineParser::new(Format::EcleCsv, MAX_ROW_BYTES);
+    // A file with the bridge's columns is recovered with them.
+    parser.keep_bridge_fields();
     let mut skipped = 0u64;
     let mut spare: Vec<Record<'static>> = Vec::new();
     let mut rows = RowSplitter::default();
@@ -333,7 +359,14 @@ mod tests {
     use crate::sink::export::slice::{Part, Slice};
 
     fn fmt(gzip: Option<u32>) -> FileFormat {
-        FileFormat { columns: &NATURAL[..35], header: true, gzip }
+        FileFormat {
+            columns: &NATURAL[..35],
+            header: true,
+            bridge_columns: false,
+            gzip,
+            formulas: Formulas::Neutralised,
+            access: FileAccess::default(),
+        }
     }
 
     fn name(gzip: bool) -> FileName {

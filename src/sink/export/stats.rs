@@ -77,6 +77,9 @@ pub struct Totals {
     pub files_published: u64,
     /// Records skipped as already written.
     pub duplicates_skipped: u64,
+    /// Records written into out-of-window files (their `request_time`
+    /// outside `max_past_hours` .. `max_future_minutes`), not slices.
+    pub out_of_window: u64,
     /// Files uploaded.
     pub files_uploaded: u64,
     /// Failed upload attempts.
@@ -125,12 +128,17 @@ struct Out {
 /// The totals published as counters: (name, help, value).
 type TotalCounter = (&'static str, &'static str, fn(&Totals) -> u64);
 
-const TOTAL_COUNTERS: [TotalCounter; 7] = [
+const TOTAL_COUNTERS: [TotalCounter; 8] = [
     ("records", "Records written into export files (late ones included)", |t| t.records),
     ("late_records", "Records written into late files", |t| t.late_records),
     ("late_files", "Late files opened", |t| t.late_files),
     ("files_published", "Export files published (main and late)", |t| t.files_published),
     ("duplicates_skipped", "Records not written again because their slice had them", |t| t.duplicates_skipped),
+    (
+        "out_of_window",
+        "Records whose request_time was outside the accepted window, written to out-of-window files instead of slices",
+        |t| t.out_of_window,
+    ),
     ("files_uploaded", "Export files uploaded to object storage", |t| t.files_uploaded),
     ("upload_failures", "Failed upload attempts", |t| t.upload_failures),
 ];
@@ -267,6 +275,18 @@ impl ExportStats {
             f.duplicates_skipped += d.duplicates;
             f.worst_sync_delay_ms = f.worst_sync_delay_ms.max(d.worst_sync_delay_ms);
             Self::trim(s);
+        });
+    }
+
+    /// Records were synced into an out-of-window file (and `duplicates`
+    /// skipped as already in one).
+    pub fn out_of_window_synced(&self, records: u64, duplicates: u64) {
+        if records == 0 && duplicates == 0 {
+            return;
+        }
+        self.with(|s| {
+            s.totals.out_of_window += records;
+            s.totals.duplicates_skipped += duplicates;
         });
     }
 
