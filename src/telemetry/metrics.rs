@@ -466,6 +466,9 @@ fn encode_sections(enc: &mut DescriptorEncoder<'_>, snap: &Snapshot) -> fmt::Res
             let series: Vec<(Labels, i64)> = match &f.value {
                 FigureValue::One(v) => vec![(Labels::new(), *v)],
                 FigureValue::ByLabel { label, values } => values.iter().map(|(k, v)| (vec![(*label, k.clone())], *v)).collect(),
+                FigureValue::ByLabels { labels, values } => {
+                    values.iter().map(|((a, b), v)| (vec![(labels[0], a.clone()), (labels[1], b.clone())], *v)).collect()
+                }
             };
             match f.kind {
                 Kind::Counter => {
