@@ -582,7 +582,7 @@ async fn a_new_token_ends_connections_that_used_the_old_one() {
             _ => continue,
         }
     };
-    assert_eq!(closed, Some((CloseCode::Policy, "token changed".to_string())));
+    assert_eq!(closed, Some((CloseCode::Policy, "token revoked".to_string())));
     assert_eq!(refused(&ch.url("/stream?key=test-token-5f3a9c")).await.0, 401);
     let mut new = connect(&ch.url("/stream?key=rotated-token-0123")).await;
     poll("connection registered", || (ch.handle.connections() == 1).then_some(())).await;
@@ -875,7 +875,7 @@ async fn end_to_end_a_reload_with_a_new_token_ends_old_connections() {
             _ => continue,
         }
     };
-    assert_eq!(closed, Some((CloseCode::Policy, "token changed".to_string())));
+    assert_eq!(closed, Some((CloseCode::Policy, "token revoked".to_string())));
     assert_eq!(refused(&bridge.url(TOKEN)).await.0, 401);
     let mut new = connect(&bridge.url("rotated-token-0123")).await;
     let ids = uuids("reload-b", 2);
