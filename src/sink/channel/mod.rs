@@ -607,6 +607,11 @@ impl ChannelHandle {
         self.shared.stats.clone()
     }
 
+    /// The oldest sequence number the replay log holds.
+    pub fn first_seq(&self) -> u64 {
+        self.shared.first_seq()
+    }
+
     /// The next sequence number the channel will assign.
     pub fn next_seq(&self) -> u64 {
         self.shared.lock_log().next_seq()
