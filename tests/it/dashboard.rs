@@ -205,3 +205,44 @@ async fn status_carries_the_export_figures_the_page_reads() {
     }
     l.stop().await;
 }
+
+#[tokio::test]
+async fn status_carries_the_per_channel_figures_the_page_reads() {
+    use calllog_bridge::sink::channel::ChannelStats;
+
+    let tel = Telemetry::new();
+    let ch = ChannelStats::new(&tel);
+    let partner = ch.stream("partner-a");
+    ch.stream("local");
+    partner.connections.inc();
+    partner.records_sent.add(7);
+    partner.records_filtered.add(3);
+    partner.lost_notices.inc();
+    partner.closed_slow_consumer.inc();
+    ch.token("partner-a", "new-2026").inc();
+    ch.token("partner-a", "sha256:0a1b2c3d");
+    let l = start(tel).await;
+    let st: serde_json::Value = reqwest::get(format!("{}/status", l.base)).await.unwrap().json().await.unwrap();
+    // app.js channelRows() / renderChannels(): families by channel, and
+    // by channel then token.
+    let c = &st["channel"];
+    assert_eq!(c["connections_by_channel"]["partner-a"], 1, "{c}");
+    assert_eq!(c["connections_by_channel"]["local"], 0, "{c}");
+    assert_eq!(c["records_sent_by_channel"]["partner-a"], 7, "{c}");
+    assert_eq!(c["records_filtered_by_channel"]["partner-a"], 3, "{c}");
+    assert_eq!(c["lost_notices_by_channel"]["partner-a"], 1, "{c}");
+    assert_eq!(c["slow_consumer_closes_by_channel"]["partner-a"], 1, "{c}");
+    assert_eq!(c["token_connections"]["partner-a"]["new-2026"], 1, "{c}");
+    assert_eq!(c["token_connections"]["partner-a"]["sha256:0a1b2c3d"], 0, "{c}");
+    for name in [
+        "connections_by_channel",
+        "records_sent_by_channel",
+        "records_filtered_by_channel",
+        "lost_notices_by_channel",
+        "slow_consumer_closes_by_channel",
+        "token_connections",
+    ] {
+        assert!(dashboard::APP_JS.contains(name), "app.js no longer reads {name}");
+    }
+    l.stop().await;
+}
