@@ -58,8 +58,10 @@
 //!   client that is merely behind reads from disk and is never closed for
 //!   it); 1011 `replay log unreadable` when its segment cannot be read (an
 //!   I/O error: damage is skipped, with a `lost` notice);
-//!   1008 `token changed` when
-//!   [`ChannelHandle::set_token`] replaces the token; for a client's
+//!   1008 `token revoked` when a reload ([`ChannelHandle::reconfigure`],
+//!   [`ChannelHandle::set_token`]) removes the client's token, 1008
+//!   `token expired` when its `not_after` passes, 1012 `channel changed`
+//!   when a reload removes its stream or changes its filter; for a client's
 //!   protocol violation (RFC 6455) 1002 (unmasked frame, reserved bits, bad
 //!   opcode), 1007 (text that is not UTF-8), 1009 (a frame or message over
 //!   64 KiB).
