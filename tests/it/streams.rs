@@ -588,3 +588,32 @@ async fn a_reload_adds_and_removes_streams_and_keeps_the_others_clients() {
     let slots = std::fs::read_to_string(ch.dir().join("channel-slots.json")).unwrap();
     assert!(slots.contains("\"partner-c\"") && !slots.contains("\"partner-b\""), "{slots}");
 }
+
+/// The default channel with two tokens (`token` and `tokens`): a reload
+/// that drops one closes only its clients (1008 "token revoked"); the
+/// other token's client streams on without a gap.
+#[tokio::test]
+async fn a_reload_removing_one_of_two_tokens_closes_only_its_clients() {
+    const SECOND: &str = "second-token-0a1b2c3d";
+    let mut ch = Chan::start(&format!("tokens = [{{ token = \"{SECOND}\", label = \"second\" }}]\n")).await;
+    let mut stays = connect(&ch.url(&format!("/stream?key={TOKEN}"))).await;
+    let mut goes = connect(&ch.url(&format!("/ecls/subscribe/chan-1/eu?key={SECOND}"))).await;
+    poll("two connections", || (ch.handle.connections() == 2).then_some(())).await;
+    let before = ch.send_records(vec![org_record(1, "a"), org_record(2, "-")]).await;
+    assert_eq!(read_records(&mut stays, 2).await.1, before);
+    assert_eq!(read_records(&mut goes, 2).await.1, before);
+    let cfg: calllog_bridge::sink::channel::ChannelConfig =
+        toml::from_str(&format!("listen = \"127.0.0.1:0\"\ntoken = \"{TOKEN}\"\nchannel_id = \"chan-1\"\narea = \"eu\"\n")).unwrap();
+    ch.handle.reconfigure(&cfg);
+    let closed = loop {
+        match next_event(&mut goes).await {
+            Event::Closed(c) => break c,
+            _ => continue,
+        }
+    };
+    assert_eq!(closed, Some((CloseCode::Policy, "token revoked".to_string())));
+    assert_eq!(refused(&ch.url(&format!("/stream?key={SECOND}"))).await.0, 401);
+    assert_eq!(ch.handle.connections(), 1, "the other token's client stays");
+    let after = ch.send_records(vec![org_record(3, "b")]).await;
+    assert_eq!(read_records(&mut stays, 1).await.1, after, "no gap for the client of the token that stays");
+}
