@@ -540,6 +540,7 @@ type Control = (Message, Option<Charge>);
 /// frames the reader and the liveness check queue, and flushes whenever
 /// an answer of the reader's got stuck. Returns only for a reason to
 /// close.
+#[allow(clippy::too_many_arguments)]
 async fn write_loop<S>(
     shared: &ChannelShared,
     conn: &ConnState,

@@ -199,9 +199,9 @@ impl Texts {
 
     /// `(bits, text)` pairs.
     pub fn iter(&self) -> impl Iterator<Item = (u64, &str)> {
-        let (one, many): (Option<(u64, &str)>, &[(u64, Box<str>)]) = match self {
-            Texts::None => (None, &[]),
-            Texts::One(b, t) => (Some((*b, &**t)), &[]),
+        let (one, many) = match self {
+            Texts::None => (None, &[][..]),
+            Texts::One(b, t) => (Some((*b, &**t)), &[][..]),
             Texts::Many(v) => (None, &v[..]),
         };
         one.into_iter().chain(many.iter().map(|(b, t)| (*b, &**t)))
@@ -1728,7 +1728,7 @@ mod tests {
         let (mut log, _) = ReplayLog::open(dir.path(), Retention { segment_bytes: MIN_SEGMENT_BYTES, ..ret }, 1).unwrap();
         // Odd records reach channel 2, even ones channel 4, every third none.
         let bits = |i: u64| {
-            if i % 3 == 0 {
+            if i.is_multiple_of(3) {
                 0
             } else if i % 2 == 1 {
                 2
