@@ -47,11 +47,12 @@ const PIPELINE_BATCH: usize = 500;
 fn main() {
     let n: usize = std::env::var("RECORDS").ok().and_then(|v| v.parse().ok()).unwrap_or(400_000);
     // The config's default level unless GZIP_LEVEL says otherwise.
-    let level: u32 =
-        std::env::var("GZIP_LEVEL").ok().and_then(|v| v.parse().ok()).unwrap_or_else(|| match config("http://x/", None, "").compression {
+    let level: u32 = std::env::var("GZIP_LEVEL").ok().and_then(|v| v.parse().ok()).unwrap_or_else(|| {
+        match config("http://x/", None, "").endpoint.compression {
             upstream::Compression::Gzip { level } => level,
             upstream::Compression::None => 0,
-        });
+        }
+    });
     let cpus = std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| s.lines().find(|l| l.starts_with("Cpus_allowed_list")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string()))

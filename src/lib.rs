@@ -30,13 +30,16 @@
 //! - [`sim`]: simulated Local Edition traffic (generator and file writer).
 //! - [`sink`]: where batches go (file archive, channel, upstream), each a
 //!   [`sink::Sink`] in [`sink::REGISTRY`]; [`bridge`] starts and stops
-//!   sources and sinks.
+//!   sources and sinks. [`delivery`]: the reliable-delivery engine the
+//!   sinks that send records away run on (retries, spool, dead letter).
 //! - [`kafka`]: the Kafka protocol side of a fleet (edge sink, hub source).
 //! - [`reload`]: SIGHUP: re-read the config, apply it or refuse it whole.
 //! - [`service`]: systemd readiness, watchdog and journal-friendly logs.
 //! - [`logsafe`]: peer-supplied text (file names, collector answers)
 //!   escaped for log lines.
 //! - [`telemetry`]: per-file and per-sink statistics, metrics, status.
+//! - [`history`]: sync-delay history over time (percentile histograms,
+//!   windows and episodes, the chart), for `lag report` and `/history`.
 //! - [`listener`]: what bounds every listener (socket cap, idle eviction,
 //!   file-descriptor limit).
 //! - [`time`]: time parsing and formatting; [`url`]: URL text helpers.
@@ -50,8 +53,10 @@ pub mod checkpoint;
 pub mod cli;
 pub mod cmd;
 pub mod config;
+pub mod delivery;
 pub mod demo;
 pub mod enrich;
+pub mod history;
 pub mod ingest;
 pub mod kafka;
 pub mod listener;

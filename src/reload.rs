@@ -388,7 +388,7 @@ token = "token-one-0123456789"
             } else if let Some(f) = c.get::<FileSink>() {
                 format!("file_output {}", f.path.display())
             } else if let Some(u) = c.get::<UpstreamSink>() {
-                format!("upstream {}", u.url)
+                format!("upstream {}", u.endpoint.url)
             } else {
                 format!("{c:?}")
             };
@@ -486,8 +486,8 @@ token = "token-one-0123456789"
         assert_eq!(changes.restart_needed, vec!["upstream.format", "upstream.max_in_flight"]);
         let u = effective.sinks.get::<UpstreamSink>().unwrap();
         let r = running.sinks.get::<UpstreamSink>().unwrap();
-        assert_eq!((u.url.as_str(), u.batch_max_records), ("http://127.0.0.1:9/b", 200), "live keys from the new file");
-        assert_eq!((&u.format, u.max_in_flight), (&r.format, r.max_in_flight));
+        assert_eq!((u.endpoint.url.as_str(), u.delivery.batch_max_records), ("http://127.0.0.1:9/b", 200), "live keys from the new file");
+        assert_eq!((&u.format, u.delivery.max_in_flight), (&r.format, r.delivery.max_in_flight));
     }
 
     #[tokio::test]

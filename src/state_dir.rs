@@ -17,6 +17,8 @@
 //! | `kafka-spool/` | the Kafka sink | undelivered messages |
 //! | `kafka-dead-letter.ndjson` (+ `.1`…) | the Kafka sink | refused messages |
 //! | `kafka-offsets-<group_id>.json` | the Kafka source | acknowledged position per partition |
+//! | `otlp-spool/<format>/` | the OpenTelemetry sink | undelivered log records |
+//! | `otlp-dead-letter.ndjson` (+ `.1`…) | the OpenTelemetry sink | refused log records |
 //!
 //! Invariant: a file another process or a restart reads (`checkpoints.json`,
 //! `channel.seq`, `channel-slots.json`, the `*.addr` files) is only ever replaced through
@@ -61,6 +63,10 @@ impl StateDir {
     pub const KAFKA_SPOOL: &'static str = "kafka-spool";
     /// The Kafka sink's default dead-letter file's name.
     pub const KAFKA_DEAD_LETTER: &'static str = "kafka-dead-letter.ndjson";
+    /// The OpenTelemetry sink's spool directory's name.
+    pub const OTLP_SPOOL: &'static str = "otlp-spool";
+    /// The OpenTelemetry sink's default dead-letter file's name.
+    pub const OTLP_DEAD_LETTER: &'static str = "otlp-dead-letter.ndjson";
 
     /// The state directory at `root`.
     pub fn new(root: impl Into<PathBuf>) -> StateDir {
@@ -131,6 +137,19 @@ impl StateDir {
     pub fn kafka_offsets(&self, group_id: &str) -> PathBuf {
         let safe: String = group_id.chars().map(|c| if c.is_ascii_alphanumeric() || "-_.".contains(c) { c } else { '_' }).collect();
         self.root.join(format!("kafka-offsets-{safe}.json"))
+    }
+
+    /// `<state_dir>/otlp-spool/<format>`: the OpenTelemetry sink's spool
+    /// (its units are log records in the wire format, so one directory
+    /// per format).
+    pub fn otlp_spool(&self, format: &str) -> PathBuf {
+        self.root.join(Self::OTLP_SPOOL).join(format)
+    }
+
+    /// `<state_dir>/otlp-dead-letter.ndjson` (when `otlp.dead_letter_file`
+    /// is not set).
+    pub fn otlp_dead_letter(&self) -> PathBuf {
+        self.root.join(Self::OTLP_DEAD_LETTER)
     }
 
     /// `<state_dir>/upstream-spool/<format>`.

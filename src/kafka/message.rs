@@ -2,8 +2,8 @@
 //! the key picks the partition as Kafka's own clients pick it.
 //!
 //! Each message is encoded once, when its record enters the sink, into a
-//! *unit* of [`Units`] (the same container the upstream sink uses, so the
-//! spool and the dead-letter file take Kafka messages as they are): a
+//! *unit* of [`Units`] (the delivery engine's container, so the spool and
+//! the dead-letter file take Kafka messages as they are): a
 //! small binary prefix with the key and the headers, then the value, which
 //! is the unit's document (what the dead-letter file quotes). Invariant:
 //! only this module knows that layout.
@@ -13,8 +13,8 @@
 //! key is that record's. Headers: `host` (the bridge that read the line),
 //! `file` (the file it was read from), `sync_delay_ms`.
 
+use crate::delivery::{Span, Units};
 use crate::record::{write_ecls_message, Field, Record, Shape};
-use crate::sink::upstream::encode::{Span, Units};
 
 /// Header naming the bridge that read the record.
 pub const HEADER_HOST: &str = "host";

@@ -1,7 +1,8 @@
 //! Producing: one request's messages (a run of [`Units`]) sent to the
 //! topic's partitions with `acks = all`, and the answers classified into
-//! the sink's [`Outcome`] vocabulary (the upstream sink's), so the same
-//! machinery retries, splits, spools and dead-letters Kafka messages.
+//! the delivery engine's [`Outcome`] vocabulary, so the engine retries,
+//! spools and dead-letters Kafka messages as it does every sink's records
+//! (the Kafka sink's transport).
 //!
 //! Invariant: only this module decides which broker answers are retried
 //! (connection errors, timeouts, leader changes, an unknown topic, refused
@@ -28,8 +29,7 @@ use rskafka::client::Client;
 
 use super::client::{connect, ClientSettings};
 use super::message::{message, partition_for};
-use crate::sink::upstream::encode::Units;
-use crate::sink::upstream::http::{Item, Outcome};
+use crate::delivery::{Item, Outcome, Units};
 
 /// How often the partition count is looked up again (partitions added to
 /// the topic are used from then on).
@@ -97,17 +97,20 @@ pub struct Producer {
     state: tokio::sync::Mutex<Option<Connected>>,
     /// The partition for the next request's unkeyed messages.
     next_unkeyed: AtomicUsize,
+    /// The brokers and topic, for logs.
+    destination: String,
 }
 
 impl Producer {
     /// A producer for `topic`; it connects when first used.
     pub fn new(settings: ClientSettings, topic: String, compression: Compression) -> Producer {
-        Producer { settings, topic, compression, state: tokio::sync::Mutex::new(None), next_unkeyed: AtomicUsize::new(0) }
+        let destination = format!("{}/{}", settings.for_logs(), topic);
+        Producer { settings, topic, compression, state: tokio::sync::Mutex::new(None), next_unkeyed: AtomicUsize::new(0), destination }
     }
 
     /// The brokers and topic, for logs.
-    pub fn destination(&self) -> String {
-        format!("{}/{}", self.settings.for_logs(), self.topic)
+    pub fn destination(&self) -> &str {
+        &self.destination
     }
 
     /// The topic's partition clients, connecting (or looking the

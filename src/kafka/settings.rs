@@ -11,7 +11,7 @@ use serde::Deserialize;
 use super::client::{ClientSection, ClientSettings, SaslMechanism};
 use super::message::{Format, KeyField};
 use super::produce::Compression;
-use crate::rotating::Rotation;
+use crate::delivery::{Defaults, Settings, DEFAULTS};
 use crate::settings::{ConfigError, ReadFrom};
 
 /// The `[kafka]` section as written.
@@ -42,10 +42,10 @@ pub struct SinkSection {
     #[serde(default = "default_batch_max_records")]
     pub batch_max_records: usize,
     /// Requests in flight at once.
-    #[serde(default = "default_max_in_flight")]
+    #[serde(default = "crate::delivery::settings::default::max_in_flight")]
     pub max_in_flight: usize,
     /// First retry delay; doubles up to `retry_max_ms`, with jitter.
-    #[serde(default = "default_retry_initial_ms")]
+    #[serde(default = "crate::delivery::settings::default::retry_initial_ms")]
     pub retry_initial_ms: u64,
     /// Longest retry delay.
     #[serde(default = "default_retry_max_ms")]
@@ -55,22 +55,22 @@ pub struct SinkSection {
     #[serde(default)]
     pub dead_letter_file: Option<PathBuf>,
     /// Rotate the dead-letter file before it would pass this size.
-    #[serde(default = "default_dead_letter_rotate_bytes")]
+    #[serde(default = "crate::delivery::settings::default::dead_letter_rotate_bytes")]
     pub dead_letter_rotate_bytes: u64,
     /// Rotated dead-letter files kept.
-    #[serde(default = "default_dead_letter_keep_files")]
+    #[serde(default = "crate::delivery::settings::default::dead_letter_keep_files")]
     pub dead_letter_keep_files: usize,
     /// SIGTERM grace period to send what is batched.
-    #[serde(default = "default_shutdown_grace_ms")]
+    #[serde(default = "crate::delivery::settings::default::shutdown_grace_ms")]
     pub shutdown_grace_ms: u64,
     /// Disk spool bound during long outages (`<state_dir>/kafka-spool/`);
     /// 0 turns the spool off (an outage then only pauses reading).
-    #[serde(default = "default_spool_max_bytes")]
+    #[serde(default = "crate::delivery::settings::default::spool_max_bytes")]
     pub spool_max_bytes: u64,
     /// How long the brokers must have been failing before requests go to
     /// the spool (and are acknowledged) instead of waiting in memory while
     /// reading pauses.
-    #[serde(default = "default_spool_after_ms")]
+    #[serde(default = "crate::delivery::settings::default::spool_after_ms")]
     pub spool_after_ms: u64,
     /// The client id the brokers see.
     #[serde(default)]
@@ -110,40 +110,29 @@ pub struct SinkSection {
 fn default_key_field() -> String {
     "request_uuid".into()
 }
+/// The Kafka sink's delivery defaults: the engine's table
+/// ([`crate::delivery::DEFAULTS`]) but for requests of up to 10,000
+/// messages and 900 KiB, under the brokers' default `message.max.bytes`
+/// (1 MiB; compression only makes a request smaller), a 50 ms linger, and
+/// a longest retry delay of 30 s.
+pub const SINK_DEFAULTS: Defaults =
+    Defaults { batch_max_records: 10_000, batch_max_bytes: 900 << 10, flush_interval_ms: 50, retry_max_ms: 30_000, ..DEFAULTS };
+
 fn default_linger_ms() -> u64 {
-    50
+    SINK_DEFAULTS.flush_interval_ms
 }
 fn default_batch_max_bytes() -> usize {
-    // Under the brokers' default message.max.bytes (1 MiB + a little):
-    // compression only makes a request smaller.
-    900 << 10
+    SINK_DEFAULTS.batch_max_bytes
 }
 fn default_batch_max_records() -> usize {
-    10_000
-}
-fn default_max_in_flight() -> usize {
-    4
-}
-fn default_retry_initial_ms() -> u64 {
-    200
+    SINK_DEFAULTS.batch_max_records
 }
 fn default_retry_max_ms() -> u64 {
-    30_000
+    SINK_DEFAULTS.retry_max_ms
 }
-fn default_dead_letter_rotate_bytes() -> u64 {
-    64 << 20
-}
-fn default_dead_letter_keep_files() -> usize {
-    4
-}
-fn default_shutdown_grace_ms() -> u64 {
-    5_000
-}
-fn default_spool_max_bytes() -> u64 {
-    1 << 30
-}
-fn default_spool_after_ms() -> u64 {
-    30_000
+/// The Kafka source's first retry delay.
+fn default_retry_initial_ms() -> u64 {
+    DEFAULTS.retry_initial_ms
 }
 
 /// The `[kafka]` sink's settings.
@@ -159,29 +148,8 @@ pub struct SinkConfig {
     pub key_field: KeyField,
     /// Message compression.
     pub compression: Compression,
-    /// How long a request waits for more records (`linger_ms`).
-    pub linger: Duration,
-    /// Request size bound (bytes of messages).
-    pub batch_max_bytes: usize,
-    /// Request size bound (messages).
-    pub batch_max_records: usize,
-    /// Requests in flight at once.
-    pub max_in_flight: usize,
-    /// First retry delay (`retry_initial_ms`).
-    pub retry_initial: Duration,
-    /// Longest retry delay (`retry_max_ms`).
-    pub retry_max: Duration,
-    /// Where refused messages go; `None`: `<state_dir>/kafka-dead-letter.ndjson`.
-    pub dead_letter_file: Option<PathBuf>,
-    /// The dead-letter file's bound on disk.
-    pub dead_letter_rotation: Rotation,
-    /// SIGTERM grace period (`shutdown_grace_ms`).
-    pub shutdown_grace: Duration,
-    /// Disk spool bound (`spool_max_bytes`); 0 turns the spool off.
-    pub spool_max_bytes: u64,
-    /// How long the brokers fail before requests go to the spool
-    /// (`spool_after_ms`).
-    pub spool_after: Duration,
+    /// Batching (`linger_ms`), retries, spool, dead letters, shutdown.
+    pub delivery: Settings,
 }
 
 /// The section name.
@@ -203,7 +171,7 @@ impl SinkConfig {
                 sasl_mechanism: s.sasl_mechanism,
                 sasl_username: s.sasl_username,
                 sasl_password_file: s.sasl_password_file,
-                request_timeout_ms: s.request_timeout_ms.unwrap_or(30_000),
+                request_timeout_ms: s.request_timeout_ms.unwrap_or(DEFAULTS.request_timeout_ms),
             },
             SINK_SECTION,
             base,
@@ -215,46 +183,14 @@ impl SinkConfig {
                 format!("`{}` is not a record field (e.g. request_uuid, service_id, api_key, host)", s.key_field),
             )
         })?;
-        for (v, min, name) in [
-            (s.batch_max_records as u64, 1, "batch_max_records"),
-            (s.batch_max_bytes as u64, 1024, "batch_max_bytes"),
-            (s.max_in_flight as u64, 1, "max_in_flight"),
-            (s.retry_initial_ms, 1, "retry_initial_ms"),
-            (s.dead_letter_keep_files as u64, 1, "dead_letter_keep_files"),
-            (s.dead_letter_rotate_bytes, 4096, "dead_letter_rotate_bytes"),
-        ] {
-            if v < min {
-                return Err(ConfigError::invalid(key(name), format!("must be at least {min}")));
-            }
-        }
-        if s.retry_max_ms < s.retry_initial_ms {
-            return Err(ConfigError::invalid(key("retry_max_ms"), "must be >= retry_initial_ms"));
-        }
         if s.host.is_some() {
             return Err(ConfigError::invalid(
                 key("host"),
                 "moved: set the top-level `host` instead (before the first [section]); it names the bridge on every record it reads, not only on Kafka messages",
             ));
         }
-        let dead_letter_file = s.dead_letter_file.map(|p| if p.is_relative() && !base.as_os_str().is_empty() { base.join(p) } else { p });
-        Ok(SinkConfig {
-            client,
-            topic: s.topic,
-            format: s.format,
-            key_field,
-            compression: s.compression,
-            linger: Duration::from_millis(s.linger_ms),
-            batch_max_bytes: s.batch_max_bytes,
-            batch_max_records: s.batch_max_records,
-            max_in_flight: s.max_in_flight,
-            retry_initial: Duration::from_millis(s.retry_initial_ms),
-            retry_max: Duration::from_millis(s.retry_max_ms),
-            dead_letter_file,
-            dead_letter_rotation: Rotation { rotate_bytes: s.dead_letter_rotate_bytes, keep_files: s.dead_letter_keep_files },
-            shutdown_grace: Duration::from_millis(s.shutdown_grace_ms),
-            spool_max_bytes: s.spool_max_bytes,
-            spool_after: Duration::from_millis(s.spool_after_ms),
-        })
+        let delivery = Settings::from_knobs(crate::knobs!(s, linger_ms), SINK_SECTION, base)?;
+        Ok(SinkConfig { client, topic: s.topic, format: s.format, key_field, compression: s.compression, delivery })
     }
 }
 
@@ -439,10 +375,14 @@ mod tests {
     fn sink_defaults_and_checks_name_the_key() {
         let c = sink("brokers = [\"k:9092\"]\ntopic = \"calls\"").unwrap();
         assert_eq!((c.format, c.key_field, c.compression), (Format::Ndjson, KeyField::Field(Field::RequestUuid), Compression::Lz4));
-        assert_eq!((c.linger, c.client.request_timeout), (Duration::from_millis(50), Duration::from_secs(30)));
-        assert_eq!((c.spool_max_bytes, c.spool_after), (1 << 30, Duration::from_secs(30)), "the spool is on by default, as upstream's");
+        assert_eq!((c.delivery.flush_interval, c.client.request_timeout), (Duration::from_millis(50), Duration::from_secs(30)));
+        assert_eq!(
+            (c.delivery.spool_max_bytes, c.delivery.spool_after),
+            (1 << 30, Duration::from_secs(30)),
+            "the spool is on by default, as upstream's"
+        );
         let c = sink("brokers = [\"k:9092\"]\ntopic = \"calls\"\nspool_max_bytes = 0\nspool_after_ms = 1500").unwrap();
-        assert_eq!((c.spool_max_bytes, c.spool_after), (0, Duration::from_millis(1500)));
+        assert_eq!((c.delivery.spool_max_bytes, c.delivery.spool_after), (0, Duration::from_millis(1500)));
         let c = sink("brokers = [\"k:9092\"]\ntopic = \"calls\"\nkey_field = \"service_id\"\nformat = \"ecls\"\ncompression = \"zstd\"")
             .unwrap();
         assert_eq!((c.format, c.key_field, c.compression), (Format::Ecls, KeyField::Field(Field::ServiceId), Compression::Zstd));

@@ -20,6 +20,7 @@ pub mod channel;
 pub mod export;
 pub mod file;
 pub mod kafka;
+pub mod otlp;
 pub mod upstream;
 
 use std::any::Any;
@@ -47,6 +48,7 @@ pub static REGISTRY: &[&dyn SinkKind] = &[
     &Registered::<channel::ChannelSink>::NEW,
     &Registered::<upstream::UpstreamSink>::NEW,
     &Registered::<kafka::KafkaSink>::NEW,
+    &Registered::<otlp::OtlpSink>::NEW,
     &Registered::<export::ExportSink>::NEW,
 ];
 

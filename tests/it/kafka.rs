@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use calllog_bridge::config::ReadFrom;
+use calllog_bridge::delivery::{Outcome, Units};
 use calllog_bridge::kafka::client::{ClientSection, ClientSettings};
 use calllog_bridge::kafka::consume::{read_partition, Observer, ReaderSettings};
 use calllog_bridge::kafka::message::{partition_for, Encoder, Format, KeyField};
@@ -19,8 +20,6 @@ use calllog_bridge::kafka::produce::{Compression, Producer};
 use calllog_bridge::parse::Reject;
 use calllog_bridge::pipeline::Fanout;
 use calllog_bridge::record::{Field, Record, Shape};
-use calllog_bridge::sink::upstream::encode::Units;
-use calllog_bridge::sink::upstream::http::Outcome;
 use tokio_util::sync::CancellationToken;
 
 use crate::support_kafka::{consume_with_kafka_python, produce_with_kafka_python, Broker, Options};

@@ -78,7 +78,7 @@ fn unit_stop_timeout_exceeds_the_drain_grace() {
         Path::new("/etc/calllog-bridge/config.toml"),
     )
     .expect("config with upstream defaults");
-    let upstream_grace = cfg.sinks.get::<calllog_bridge::sink::upstream::UpstreamSink>().expect("upstream").shutdown_grace;
+    let upstream_grace = cfg.sinks.get::<calllog_bridge::sink::upstream::UpstreamSink>().expect("upstream").delivery.shutdown_grace;
     let stop = Duration::from_secs(span_secs(&unit_value("TimeoutStopSec").expect("TimeoutStopSec=")));
     // The drain (DRAIN_GRACE for the sinks, the upstream's own grace inside
     // it) plus time for the final checkpoint must fit before systemd kills.

@@ -1,108 +1,17 @@
-//! Request bodies: records encoded for the upstream's `format`, and the
-//! optional gzip layer.
+//! The upstream's encoder: records encoded for its `format`, and request
+//! bodies with the optional gzip layer.
 //!
-//! Every record is encoded once, when it enters the sink, into a *unit*:
-//! the bytes that carry it in the body (an NDJSON line, an `_bulk`
-//! action/document pair, a HEC event object, or an ECLS array element).
-//! A request is a run of units ([`Units`]), so a 413 can split it in halves
-//! without re-encoding, the spool can store it as is, and the dead-letter
-//! file can quote each record's document. Invariant: only this module knows
-//! the body formats.
+//! Every record is encoded once, when it enters the sink, into a unit
+//! ([`Units`]): an NDJSON line, an `_bulk` action/document pair, a HEC
+//! event object, or an ECLS array element, whose document is the record's
+//! JSON. Invariant: only this module knows the body formats.
 
 use std::io::Write;
 
-use super::config::{Compression, Format, UpstreamConfig};
+use super::config::{Format, UpstreamConfig};
+use crate::delivery::http::Compression;
+use crate::delivery::{Encode, Span, Units};
 use crate::record::{write_json_str, Field, Record, Shape};
-
-/// Where one record's bytes lie in [`Units::buf`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct Span {
-    /// End of the record's unit (the next unit starts here).
-    pub end: usize,
-    /// Start of the record's JSON document inside the unit.
-    pub doc_start: usize,
-    /// End of the record's JSON document inside the unit.
-    pub doc_end: usize,
-}
-
-/// Encoded records, back to back.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct Units {
-    /// The units, concatenated.
-    pub buf: Vec<u8>,
-    /// One span per record, in order.
-    pub spans: Vec<Span>,
-}
-
-impl Units {
-    /// Number of records.
-    pub fn len(&self) -> usize {
-        self.spans.len()
-    }
-
-    /// True when no record is held.
-    pub fn is_empty(&self) -> bool {
-        self.spans.is_empty()
-    }
-
-    /// Start of record `i`'s unit.
-    fn start(&self, i: usize) -> usize {
-        if i == 0 {
-            0
-        } else {
-            self.spans[i - 1].end
-        }
-    }
-
-    /// The JSON document of record `i`.
-    pub fn doc(&self, i: usize) -> &[u8] {
-        let s = self.spans[i];
-        &self.buf[s.doc_start..s.doc_end]
-    }
-
-    /// The unit of record `i`.
-    pub fn unit(&self, i: usize) -> &[u8] {
-        &self.buf[self.start(i)..self.spans[i].end]
-    }
-
-    /// Drops the last record (used when it made the request too big).
-    pub fn pop(&mut self) {
-        if self.spans.pop().is_some() {
-            let end = self.spans.last().map_or(0, |s| s.end);
-            self.buf.truncate(end);
-        }
-    }
-
-    /// The records at `indices` (ascending), as units of their own.
-    pub fn select(&self, indices: &[usize]) -> Units {
-        let mut out = Units::default();
-        for &i in indices {
-            let (start, s) = (self.start(i), self.spans[i]);
-            let base = out.buf.len();
-            out.buf.extend_from_slice(&self.buf[start..s.end]);
-            out.spans.push(Span {
-                end: base + (s.end - start),
-                doc_start: base + (s.doc_start - start),
-                doc_end: base + (s.doc_end - start),
-            });
-        }
-        out
-    }
-
-    /// Splits into records `[0, at)` and `[at, len)`.
-    pub fn split_at(&self, at: usize) -> (Units, Units) {
-        let cut = self.start(at);
-        let head = Units { buf: self.buf[..cut].to_vec(), spans: self.spans[..at].to_vec() };
-        let tail = Units {
-            buf: self.buf[cut..].to_vec(),
-            spans: self.spans[at..]
-                .iter()
-                .map(|s| Span { end: s.end - cut, doc_start: s.doc_start - cut, doc_end: s.doc_end - cut })
-                .collect(),
-        };
-        (head, tail)
-    }
-}
 
 /// Encodes records and bodies for one upstream.
 #[derive(Debug, Clone)]
@@ -116,7 +25,7 @@ pub struct Encoder {
 impl Encoder {
     /// The encoder `[upstream]` asks for.
     pub fn for_config(cfg: &UpstreamConfig) -> Encoder {
-        Encoder { format: cfg.format.clone(), compression: cfg.compression }
+        Encoder { format: cfg.format.clone(), compression: cfg.endpoint.compression }
     }
 
     /// Appends one record's unit.
@@ -189,35 +98,14 @@ impl Encoder {
         }
     }
 
-    /// `Content-Encoding` of the body, if any.
-    pub fn content_encoding(&self) -> Option<&'static str> {
-        match self.compression {
-            Compression::Gzip { .. } => Some("gzip"),
-            Compression::None => None,
-        }
-    }
-
     /// The request body for `units`, compressed as configured. CPU-bound:
     /// call it off the async runtime for large requests.
     pub fn body(&self, units: &Units) -> Vec<u8> {
         let raw_len = units.buf.len() + self.framing_bytes(units.len());
-        match self.compression {
-            Compression::None => {
-                let mut out = Vec::with_capacity(raw_len);
-                self.write_body(units, &mut out);
-                out
-            }
-            Compression::Gzip { level } => {
-                // Call logs compress about 8:1; start with room for that.
-                let mut gz = flate2::write::GzEncoder::new(Vec::with_capacity(raw_len / 6 + 64), flate2::Compression::new(level));
-                self.write_body(units, &mut gz);
-                // Writing into a Vec cannot fail.
-                gz.finish().unwrap_or_default()
-            }
-        }
+        self.compression.body(raw_len, |out| self.write_body(units, out))
     }
 
-    fn write_body(&self, units: &Units, out: &mut impl Write) {
+    fn write_body(&self, units: &Units, out: &mut dyn Write) {
         // Writes go to a Vec or a GzEncoder over a Vec: they cannot fail.
         match self.format {
             Format::Ecls => {
@@ -234,6 +122,20 @@ impl Encoder {
                 let _ = out.write_all(&units.buf);
             }
         }
+    }
+}
+
+impl Encode for Encoder {
+    fn encode(&self, r: &Record<'_>, _file: &str, units: &mut Units) {
+        self.push(r, units)
+    }
+
+    fn framing_bytes(&self, records: usize) -> usize {
+        Encoder::framing_bytes(self, records)
+    }
+
+    fn format(&self) -> &'static str {
+        self.format.kind().name()
     }
 }
 

@@ -1,30 +1,25 @@
-//! The HTTP side: building the client (auth, extra headers, TLS) and
-//! classifying one attempt's outcome into what the sender does next.
+//! The upstream transport: a request's units as one body in the
+//! upstream's `format` (encoded, maybe gzipped, by [`super::encode`]),
+//! POSTed to `url`, and the collector's answer in the engine's
+//! [`Outcome`] vocabulary.
 //!
-//! Invariant: only this module decides which responses are retried
-//! (connection errors, timeouts, 408, 429, 5xx), split (413) or
-//! dead-lettered (every other 4xx), and, for collectors that judge records
+//! Invariant: only this module decides what an answer means: which
+//! statuses are retried (connection errors, timeouts, 408, 429, 5xx),
+//! split (413) or dead-lettered (every other 4xx; 401/403 only with
+//! `auth_failures = "dead_letter"`), and, for collectors that judge records
 //! one by one (an Elasticsearch `_bulk` answer with `"errors": true`, a
 //! Splunk HEC answer with a non-zero `code` or an `invalid-event-number`),
 //! which records were taken, which are retried and which are refused for
-//! good. Secrets go into headers marked sensitive and are never logged.
-//!
-//! Every peer is bounded: a response body is read up to a byte limit
-//! (a few KB for an error text; for a `_bulk` answer, a few KB per record)
-//! and within [`RESPONSE_BODY_TIMEOUT`], so a collector that answers with
-//! an endless or dripping body costs neither memory nor a stalled sender.
+//! good. Every answer is read within bounds ([`crate::delivery::http`]): a
+//! `_bulk` answer up to a few KB per record, others a few KB.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
+use std::sync::Arc;
 
-use anyhow::Context;
-use reqwest::header::{HeaderMap, HeaderName, HeaderValue, AUTHORIZATION, CONTENT_ENCODING, CONTENT_TYPE, RETRY_AFTER};
-
-use super::config::{AuthFailures, UpstreamAuth, UpstreamConfig, UpstreamFormat};
-
-/// How much of an error response body is kept for logs and the dead-letter
-/// file.
-pub const RESPONSE_SNIPPET_BYTES: usize = 1024;
+use super::config::UpstreamFormat;
+use super::encode::Encoder;
+use crate::delivery::http::{self as wire, AuthFailures, Body, Client, RESPONSE_BODY_TIMEOUT, RESPONSE_SNIPPET_BYTES};
+use crate::delivery::{Item, Outcome, Transport, Units};
 
 /// How much of a 2xx answer that says nothing per record (NDJSON, ECLS) is
 /// read so the connection can be reused; a longer one is dropped.
@@ -37,142 +32,52 @@ pub const BULK_ANSWER_BYTES_PER_RECORD: usize = 2048;
 /// ... plus this much.
 pub const BULK_ANSWER_BASE_BYTES: usize = 64 * 1024;
 
-/// The body of an answer must arrive within this long after its headers
-/// (and within `request_timeout_ms` of the request's start): a collector
-/// that drips its answer does not hold a sender for the whole request
-/// timeout.
-pub const RESPONSE_BODY_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// One request body and what the answer is judged against.
-#[derive(Debug, Clone)]
-pub struct Body {
-    /// The encoded (maybe compressed) body.
-    pub bytes: bytes::Bytes,
-    /// `Content-Type`.
-    pub content_type: &'static str,
-    /// `Content-Encoding`, if any.
-    pub content_encoding: Option<&'static str>,
-    /// The body format (how the answer speaks of single records).
-    pub format: UpstreamFormat,
-    /// Records in the body.
-    pub records: usize,
+/// The upstream collector as the engine's transport.
+pub struct Upstream {
+    /// The client and URL.
+    pub client: Client,
+    /// Encodes bodies (format and compression in force).
+    pub encoder: Encoder,
+    /// 401/403 answers.
+    pub auth_failures: AuthFailures,
 }
 
-/// What the collector did with one record of a request it judged record
-/// by record.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Item {
-    /// Taken (indexed).
-    Done,
-    /// Not taken this time (429, 5xx): send it again.
-    Retry,
-    /// Refused for good: dead-lettered with the collector's reason.
-    Rejected {
-        /// The record's status.
-        status: u16,
-        /// The collector's error for it (its start).
-        error: String,
-    },
-}
+impl Transport for Upstream {
+    type Body = Body;
 
-/// What one attempt came to.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outcome {
-    /// 2xx: delivered.
-    Delivered,
-    /// The collector judged the records one by one and not all were taken.
-    Partial {
-        /// One entry per record of the request, in order.
-        items: Vec<Item>,
-        /// A summary for the log.
-        reason: String,
-    },
-    /// Try again later; `after` is the server's `Retry-After`, if given.
-    Retry {
-        /// Why (status or error), for the log.
-        reason: String,
-        /// The server asked to wait this long.
-        after: Option<Duration>,
-    },
-    /// 413: the body is too large; split it.
-    TooLarge,
-    /// Any other 4xx: the batch is poison.
-    Poison {
-        /// The status code.
-        status: u16,
-        /// The start of the response body.
-        body: String,
-    },
-}
-
-/// Builds the client: timeouts, TLS (extra CA, client certificate), auth
-/// and extra headers as default headers.
-pub fn client(cfg: &UpstreamConfig) -> anyhow::Result<reqwest::Client> {
-    let mut headers = HeaderMap::new();
-    for (k, v) in &cfg.headers {
-        let name = HeaderName::from_bytes(k.as_bytes()).with_context(|| format!("upstream.headers: `{k}` is not a header name"))?;
-        let value = HeaderValue::from_str(v).with_context(|| format!("upstream.headers.{k}: not a valid header value"))?;
-        headers.insert(name, value);
-    }
-    let auth_value = match &cfg.auth {
-        UpstreamAuth::None => None,
-        UpstreamAuth::Bearer(t) => Some(format!("Bearer {}", t.expose())),
-        UpstreamAuth::Basic { user, password } => Some(format!("Basic {}", base64(format!("{user}:{}", password.expose()).as_bytes()))),
-    };
-    if let Some(v) = auth_value {
-        // The message names the key only: the value is a secret.
-        let mut v =
-            HeaderValue::from_str(&v).map_err(|_| anyhow::anyhow!("upstream credentials contain characters not allowed in a header"))?;
-        v.set_sensitive(true);
-        headers.insert(AUTHORIZATION, v);
-    }
-    let mut b = reqwest::Client::builder()
-        .use_rustls_tls()
-        .default_headers(headers)
-        .timeout(cfg.request_timeout)
-        .connect_timeout(cfg.request_timeout.min(Duration::from_secs(10)))
-        .pool_max_idle_per_host(cfg.max_in_flight)
-        // A redirect would turn the POST into a GET; report it instead.
-        .redirect(reqwest::redirect::Policy::none())
-        .user_agent(concat!("calllog-bridge/", env!("CARGO_PKG_VERSION")));
-    // The PEM files were read with the config (a reload re-reads them).
-    if let Some(ca) = &cfg.ca {
-        let certs = reqwest::Certificate::from_pem_bundle(&ca.bytes)
-            .with_context(|| format!("upstream.ca_file: {} is not PEM", ca.path.display()))?;
-        if certs.is_empty() {
-            anyhow::bail!("upstream.ca_file: {} holds no certificate", ca.path.display());
-        }
-        for c in certs {
-            b = b.add_root_certificate(c);
+    async fn body(&self, units: &Arc<Units>) -> Option<Body> {
+        let (units, enc) = (units.clone(), self.encoder.clone());
+        let (content_type, content_encoding, records) = (enc.content_type(), enc.compression.content_encoding(), units.len());
+        match tokio::task::spawn_blocking(move || enc.body(&units)).await {
+            Ok(b) => Some(Body { bytes: bytes::Bytes::from(b), content_type, content_encoding, records }),
+            Err(e) => {
+                tracing::error!(error = %e, "encoding a request failed");
+                None
+            }
         }
     }
-    if let Some((cert, key)) = &cfg.client_identity {
-        let mut pem = cert.bytes.clone();
-        pem.push(b'\n');
-        pem.extend_from_slice(&key.bytes);
-        let id = reqwest::Identity::from_pem(&pem).context("upstream.client_cert / client_key: not a PEM certificate and key")?;
-        b = b.identity(id);
+
+    async fn attempt(&self, body: &Body, _units: &Units) -> Outcome {
+        attempt(&self.client, body, self.encoder.format.kind(), self.auth_failures).await
     }
-    b.build().context("upstream: cannot build the HTTP client")
+
+    fn destination(&self) -> &str {
+        self.client.log_url()
+    }
 }
 
-/// Sends one body and classifies the answer.
-pub async fn attempt(client: &reqwest::Client, url: &str, body: &Body, auth_failures: AuthFailures) -> Outcome {
-    let mut req = client.post(url).header(CONTENT_TYPE, body.content_type).body(body.bytes.clone());
-    if let Some(e) = body.content_encoding {
-        req = req.header(CONTENT_ENCODING, e);
-    }
-    let mut resp = match req.send().await {
+/// Sends one body of `format` and classifies the answer.
+pub async fn attempt(client: &Client, body: &Body, format: UpstreamFormat, auth_failures: AuthFailures) -> Outcome {
+    let mut resp = match client.post(body).await {
         Ok(r) => r,
-        // The URL is left out: it is logged redacted by the caller.
-        Err(e) => return Outcome::Retry { reason: describe(&e.without_url()), after: None },
+        Err(retry) => return retry,
     };
     let status = resp.status();
     if status.is_success() {
-        return match body.format {
+        return match format {
             UpstreamFormat::Elasticsearch => {
                 let max = BULK_ANSWER_BASE_BYTES.saturating_add(body.records.saturating_mul(BULK_ANSWER_BYTES_PER_RECORD));
-                match read_body(&mut resp, max).await {
+                match wire::read_body(&mut resp, max).await {
                     (answer, true) => bulk_outcome(&answer, body.records),
                     (answer, false) => Outcome::Retry {
                         reason: format!(
@@ -184,55 +89,26 @@ pub async fn attempt(client: &reqwest::Client, url: &str, body: &Body, auth_fail
                     },
                 }
             }
-            UpstreamFormat::SplunkHec => hec_ok_outcome(&read_body(&mut resp, RESPONSE_SNIPPET_BYTES).await.0),
+            UpstreamFormat::SplunkHec => hec_ok_outcome(&wire::read_body(&mut resp, RESPONSE_SNIPPET_BYTES).await.0),
             // The status says the batch is delivered; the (usually empty)
             // answer is drained so the connection is reused, within bounds.
             UpstreamFormat::Ndjson | UpstreamFormat::Ecls => {
-                let _ = read_body(&mut resp, DRAIN_BYTES).await;
+                let _ = wire::read_body(&mut resp, DRAIN_BYTES).await;
                 Outcome::Delivered
             }
         };
     }
     let code = status.as_u16();
-    let after = resp.headers().get(RETRY_AFTER).and_then(|v| v.to_str().ok()).and_then(|v| parse_retry_after(v, crate::time::now_ms()));
-    let text = String::from_utf8_lossy(&read_body(&mut resp, RESPONSE_SNIPPET_BYTES).await.0).into_owned();
+    let after = wire::retry_after(&resp);
+    let text = wire::error_text(&mut resp).await;
     match code {
-        413 => Outcome::TooLarge,
-        408 | 429 => Outcome::Retry { reason: format!("HTTP {code}"), after },
-        401 | 403 if auth_failures == AuthFailures::Retry => Outcome::Retry {
-            reason: format!("HTTP {code}: the collector refuses the credentials (fix them, then `systemctl reload`)"),
-            after,
-        },
-        400 if body.format == UpstreamFormat::SplunkHec => {
+        400 if format == UpstreamFormat::SplunkHec => {
             hec_invalid_event(&text, body.records).unwrap_or(Outcome::Poison { status: code, body: text })
         }
-        400..=499 => Outcome::Poison { status: code, body: text },
-        // 5xx, and 1xx/3xx which a POST to a collector should never get.
-        _ => Outcome::Retry { reason: format!("HTTP {code}: {}", crate::logsafe::clip(&text, 200)), after },
+        // 408, 429, 5xx, and 1xx/3xx which a POST to a collector should
+        // never get, are retried; other 4xx are poison.
+        _ => wire::status_outcome(code, after, text, auth_failures, code == 408 || code == 429 || !(400..=499).contains(&code)),
     }
-}
-
-/// Reads at most `max` bytes of a response body, within
-/// [`RESPONSE_BODY_TIMEOUT`]. True when the body was read whole.
-async fn read_body(resp: &mut reqwest::Response, max: usize) -> (Vec<u8>, bool) {
-    let mut buf = Vec::new();
-    let read = async {
-        loop {
-            match resp.chunk().await {
-                Ok(Some(c)) => {
-                    let room = max.saturating_sub(buf.len());
-                    buf.extend_from_slice(&c[..c.len().min(room)]);
-                    if c.len() > room {
-                        return false;
-                    }
-                }
-                Ok(None) => return true,
-                Err(_) => return false,
-            }
-        }
-    };
-    let whole = tokio::time::timeout(RESPONSE_BODY_TIMEOUT, read).await.unwrap_or(false);
-    (buf, whole)
 }
 
 /// The parts of a `_bulk` answer the bridge reads.
@@ -350,134 +226,9 @@ pub fn hec_invalid_event(answer: &str, records: usize) -> Option<Outcome> {
     Some(Outcome::Partial { items, reason })
 }
 
-/// A short description of a transport error (without the URL).
-fn describe(e: &reqwest::Error) -> String {
-    let kind = if e.is_timeout() {
-        "timeout"
-    } else if e.is_connect() {
-        "connect error"
-    } else {
-        "transport error"
-    };
-    let mut msg = format!("{kind}: {e}");
-    let mut src = std::error::Error::source(e);
-    while let Some(s) = src {
-        msg.push_str(": ");
-        msg.push_str(&s.to_string());
-        src = s.source();
-    }
-    msg
-}
-
-/// `Retry-After` as a delay: delta seconds, or an HTTP date (IMF-fixdate,
-/// `Sun, 06 Nov 1994 08:49:37 GMT`) relative to `now_ms`. A date in the
-/// past means "now".
-pub fn parse_retry_after(v: &str, now_ms: i64) -> Option<Duration> {
-    let v = v.trim();
-    if let Ok(secs) = v.parse::<u64>() {
-        return Some(Duration::from_secs(secs));
-    }
-    let at = parse_http_date(v)?;
-    Some(Duration::from_millis((at - now_ms).max(0) as u64))
-}
-
-/// Parses an IMF-fixdate to epoch ms.
-fn parse_http_date(v: &str) -> Option<i64> {
-    // "Sun, 06 Nov 1994 08:49:37 GMT"
-    let (_, rest) = v.split_once(", ")?;
-    let mut it = rest.split(' ');
-    let day: u32 = it.next()?.parse().ok()?;
-    let mon = it.next()?;
-    let year: i64 = it.next()?.parse().ok()?;
-    let clock = it.next()?;
-    if it.next()? != "GMT" {
-        return None;
-    }
-    const MONTHS: [&str; 12] = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
-    let month = MONTHS.iter().position(|m| *m == mon)? as u32 + 1;
-    let mut c = clock.split(':').map(|p| p.parse::<i64>().ok());
-    let (h, m, s) = (c.next()??, c.next()??, c.next()??);
-    if day == 0 || day > 31 || h > 23 || m > 59 || s > 60 {
-        return None;
-    }
-    let days = crate::time::days_from_civil(year, month, day);
-    Some(((days * 24 + h) * 60 + m) * 60_000 + s * 1000)
-}
-
-/// Standard base64 (for basic auth).
-fn base64(input: &[u8]) -> String {
-    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::with_capacity(input.len().div_ceil(3) * 4);
-    for c in input.chunks(3) {
-        let n = (c[0] as u32) << 16 | (*c.get(1).unwrap_or(&0) as u32) << 8 | *c.get(2).unwrap_or(&0) as u32;
-        for i in 0..4 {
-            if i <= c.len() {
-                out.push(T[(n >> (18 - 6 * i) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
-}
-
-/// The delay before retry number `attempt` (0-based): the server's
-/// `Retry-After` when it gave one, but never more than `max_ms` (a collector
-/// asking for an hour must not park records for an hour when it may answer
-/// again at once), else [`backoff`]. True when a `Retry-After` was cut down.
-pub fn retry_delay(after: Option<Duration>, attempt: u32, initial: Duration, max: Duration) -> (Duration, bool) {
-    let max = max.max(Duration::from_millis(1));
-    match after {
-        Some(a) if a > max => (max, true),
-        Some(a) => (a, false),
-        None => (backoff(attempt, initial, max), false),
-    }
-}
-
-/// The delay before retry number `attempt` (0-based): exponential from
-/// `initial_ms`, capped at `max_ms`, with "equal jitter" (half fixed, half
-/// random) so that many bridges do not retry in lockstep.
-pub fn backoff(attempt: u32, initial: Duration, max: Duration) -> Duration {
-    let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
-    let exp = ms(initial).saturating_mul(1u64 << attempt.min(32)).min(ms(max)).max(1);
-    let half = exp / 2;
-    Duration::from_millis(half + rand::random_range(0..=exp - half))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn retry_after_seconds_and_dates() {
-        assert_eq!(parse_retry_after("3", 0), Some(Duration::from_secs(3)));
-        let now = 784_111_777_000 - 5_000; // 5 s before Sun, 06 Nov 1994 08:49:37
-        assert_eq!(parse_retry_after("Sun, 06 Nov 1994 08:49:37 GMT", now), Some(Duration::from_secs(5)));
-        assert_eq!(parse_retry_after("Sun, 06 Nov 1994 08:49:37 GMT", now + 60_000), Some(Duration::ZERO));
-        assert_eq!(parse_retry_after("soon", 0), None);
-        assert_eq!(parse_retry_after("Sun, 06 Foo 1994 08:49:37 GMT", 0), None);
-    }
-
-    #[test]
-    fn base64_matches_rfc4648() {
-        for (i, o) in [("", ""), ("f", "Zg=="), ("fo", "Zm8="), ("foo", "Zm9v"), ("foob", "Zm9vYg=="), ("user:pass", "dXNlcjpwYXNz")] {
-            assert_eq!(base64(i.as_bytes()), o);
-        }
-    }
-
-    #[test]
-    fn retry_after_is_capped_by_retry_max() {
-        assert_eq!(
-            retry_delay(Some(Duration::from_secs(3600)), 0, Duration::from_millis(100), Duration::from_millis(5_000)),
-            (Duration::from_secs(5), true)
-        );
-        assert_eq!(
-            retry_delay(Some(Duration::from_secs(2)), 0, Duration::from_millis(100), Duration::from_millis(5_000)),
-            (Duration::from_secs(2), false)
-        );
-        let (d, capped) = retry_delay(None, 0, Duration::from_millis(100), Duration::from_millis(5_000));
-        assert!(!capped && d <= Duration::from_millis(100));
-    }
 
     fn check_bulk(answer: &str, records: usize, expected: &Outcome) {
         let got = bulk_outcome(answer.as_bytes(), records);
@@ -527,14 +278,5 @@ mod tests {
         assert_eq!(items, vec![Item::Retry, Item::Retry, Item::Rejected { status: 400, error: answer.to_string() }, Item::Retry]);
         assert_eq!(hec_invalid_event(answer, 2), None, "out of range: the whole request is poison");
         assert_eq!(hec_invalid_event(r#"{"text":"No data","code":5}"#, 2), None);
-    }
-
-    #[test]
-    fn backoff_grows_caps_and_jitters() {
-        for a in 0..40 {
-            let d = backoff(a, Duration::from_millis(100), Duration::from_millis(10_000)).as_millis() as u64;
-            let exp = (100u64 << a.min(32)).min(10_000);
-            assert!(d >= exp / 2 && d <= exp, "attempt {a}: {d}");
-        }
     }
 }

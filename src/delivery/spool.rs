@@ -1,9 +1,9 @@
-//! The disk spool: requests that could not be delivered during a long
-//! outage, stored under `<state_dir>/upstream-spool/<format>/` (the
-//! upstream sink) or `<state_dir>/kafka-spool/` (the Kafka sink: its units
-//! are whole messages, key and headers included) so that the tailers can
-//! keep reading (and acknowledging) while Local Edition rotates and deletes
-//! its files.
+//! The disk spool: requests a sink on the engine set aside (during a long
+//! outage, when waiting would hold up reading, for files that went away),
+//! stored in the sink's directory under `state_dir` (`upstream-spool/<format>/`,
+//! `kafka-spool/`, `otlp-spool/`: units as the sink encoded them) so that
+//! the readers can keep reading (and acknowledging) while Local Edition
+//! rotates and deletes its files.
 //!
 //! One file per request, `<seq>.spool`: a JSON header line (records,
 //! observed time, CRC of the units, their spans) then the encoded units.
@@ -19,7 +19,7 @@ use std::fs::{self, File};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 
-use super::encode::{Span, Units};
+use super::units::{Span, Units};
 
 /// The header line of a spool file.
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -99,7 +99,7 @@ impl Spool {
             match read_header(&e.path()) {
                 Ok((h, bytes)) => entries.push(Entry { seq, bytes, records: h.records, observed_ms: h.observed_ms, taken: false }),
                 Err(err) => {
-                    tracing::error!(file = %e.path().display(), error = %err, "spool: unreadable spool file left in place")
+                    tracing::error!(file = %e.path().display(), error = %err, "an unreadable spool file is left in place")
                 }
             }
         }

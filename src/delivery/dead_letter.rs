@@ -1,12 +1,15 @@
-//! The dead-letter file: poison batches (a 4xx other than 408/413/429, or a
-//! single record still too large) are appended here as one JSON line each
-//! and then acknowledged, so they never block the stream; records a
-//! collector refused one by one (`_bulk` item errors, a HEC invalid event)
-//! get a line each, with their own status and error.
+//! The dead-letter file: records a peer refuses for good (a poison batch:
+//! an HTTP 4xx other than 408/413/429, a single record still too large, an
+//! OTLP `partial_success` rejection) are appended here as one JSON line per
+//! request and then acknowledged, so they never block the stream; records
+//! a peer refused one by one (`_bulk` item errors, a HEC invalid event, a
+//! message a Kafka broker refused) get a line each, with their own status
+//! and error.
 //!
 //! A line: `{"time":..., "url":..., "status":400, "response":"<start of the
 //! body>", "format":"ndjson", "count":N, "records":[<document>, ...]}` where
-//! each document is the record as the upstream format encodes it.
+//! each document is the record as the sink's format encodes it (`url` is
+//! the sink's destination: a URL without credentials, or brokers/topic).
 //!
 //! The file is bounded on disk like the rejects file (the same
 //! [`RotatingFile`]: `dead_letter_rotate_bytes`, `dead_letter_keep_files`),
@@ -17,10 +20,10 @@
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use super::encode::Units;
+use super::units::Units;
 use crate::rotating::{Appended, RotatingFile, Rotation};
 
-/// The dead-letter file of a running upstream sink.
+/// The dead-letter file of a running sink.
 pub struct DeadLetter {
     /// The file (opened on the first poison batch).
     file: Mutex<RotatingFile>,
@@ -115,20 +118,21 @@ fn push_line(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::record::{Field, Record};
-    use crate::sink::upstream::config::{Compression, Format};
-    use crate::sink::upstream::encode::Encoder;
+    use crate::delivery::Span;
 
     #[test]
     fn line_holds_status_response_and_records() {
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("dl/dead.ndjson");
-        let e = Encoder { format: Format::Elasticsearch { index: None }, compression: Compression::None };
+        // `_bulk`-like units: an action line, then the document.
         let mut u = Units::default();
         for id in ["a", "b"] {
-            let mut r = Record::new_ml();
-            r.set(Field::RequestUuid, id);
-            e.push(&r, &mut u);
+            u.buf.extend_from_slice(format!("{{\"index\":{{\"_id\":\"{id}\"}}}}\n").as_bytes());
+            let doc_start = u.buf.len();
+            u.buf.extend_from_slice(format!("{{\"request_uuid\":\"{id}\",\"bytes\":113}}").as_bytes());
+            let doc_end = u.buf.len();
+            u.buf.push(b'\n');
+            u.spans.push(Span { end: u.buf.len(), doc_start, doc_end });
         }
         let dl = DeadLetter::new(p.clone());
         let rot = Rotation { rotate_bytes: 1 << 20, keep_files: 1 };
