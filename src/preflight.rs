@@ -149,7 +149,10 @@ pub fn check(cfg: &Config, bind: Bind) -> Checked {
         out.sources.push(SourceFound { name: s.name.clone(), globs: found.globs });
     }
     match Enricher::from_config(&cfg.enrich) {
-        Ok(e) => out.enricher = Some(e),
+        Ok(e) => {
+            out.warnings.extend(lookup_fields_unprovided(&e, needs.iter().flat_map(|n| n.lookup_fields.iter())));
+            out.enricher = Some(e);
+        }
         Err(e) => out.errors.push(ConfigError::unusable("enrich.lookups", e)),
     }
     out.peers.extend(needs.iter().flat_map(|n| n.peers.iter().cloned()));
@@ -177,6 +180,30 @@ pub fn check(cfg: &Config, bind: Bind) -> Checked {
     out
 }
 
+/// Warnings for settings that select on a field no loaded lookup table
+/// fills (a channel filter on `org_name` without a keys table with that
+/// column): such a filter matches only records whose lines carry the
+/// field themselves.
+fn lookup_fields_unprovided<'a>(e: &Enricher, wanted: impl Iterator<Item = &'a (String, crate::record::Field)>) -> Vec<String> {
+    let stats = e.stats();
+    let loaded: Vec<crate::enrich::TableKind> = stats.tables.iter().filter(|t| t.loaded).map(|t| t.table).collect();
+    let mut out = Vec::new();
+    for (key, field) in wanted {
+        let fills: Vec<crate::enrich::TableKind> =
+            crate::enrich::TableKind::ALL.iter().copied().filter(|t| t.targets().contains(field)).collect();
+        if fills.is_empty() || fills.iter().any(|t| loaded.contains(t)) {
+            continue;
+        }
+        let tables: Vec<&str> = fills.iter().map(|t| t.name()).collect();
+        out.push(format!(
+            "config key `{key}`: no lookup table provides {} (the {} table fills it; [enrich] lookups loads none): only records whose log lines carry it match",
+            field.name(),
+            tables.join(" or ")
+        ));
+    }
+    out
+}
+
 /// Samples of what the bridge writes under `state_dir`: its state files,
 /// a rotated rejects file, and one file of each directory it keeps there
 /// (replay segments, spools).
@@ -185,6 +212,7 @@ const STATE_DIR_SAMPLES: &[&str] = &[
     crate::state_dir::StateDir::CHECKPOINTS,
     crate::state_dir::StateDir::CHANNEL_SEQ,
     crate::state_dir::StateDir::CHANNEL_ADDR,
+    crate::state_dir::StateDir::CHANNEL_SLOTS,
     crate::state_dir::StateDir::STATUS_ADDR,
     crate::state_dir::StateDir::REJECTS,
     "rejects.ndjson.1",

@@ -9,6 +9,7 @@
 //! | `checkpoints.json` | [`crate::checkpoint`] | acknowledged offset per file |
 //! | `channel.seq` | the channel sink | next sequence number block |
 //! | `channel.addr` | the channel sink | the address the channel listens on |
+//! | `channel-slots.json` | the channel sink | which replay log slot stands for which stream |
 //! | `status.addr` | the status server | the address `/status` listens on |
 //! | `rejects.ndjson` (+ `.1`…) | [`crate::rejects`] | malformed lines |
 //! | `dead-letter.ndjson` (+ `.1`…) | the upstream sink | refused records |
@@ -20,7 +21,7 @@
 //! | `otlp-dead-letter.ndjson` (+ `.1`…) | the OpenTelemetry sink | refused log records |
 //!
 //! Invariant: a file another process or a restart reads (`checkpoints.json`,
-//! `channel.seq`, the `*.addr` files) is only ever replaced through
+//! `channel.seq`, `channel-slots.json`, the `*.addr` files) is only ever replaced through
 //! [`write_atomic`]: write a temp file beside it, fsync it, rename it over
 //! the old one, fsync the directory. A reader sees the old or the new
 //! content, never half of one, and after a power loss the new content is
@@ -47,6 +48,9 @@ impl StateDir {
     pub const CHANNEL_SEQ: &'static str = "channel.seq";
     /// The channel's address file's name.
     pub const CHANNEL_ADDR: &'static str = "channel.addr";
+    /// The channel's slot file's name (which replay log slot stands for
+    /// which stream).
+    pub const CHANNEL_SLOTS: &'static str = "channel-slots.json";
     /// The status server's address file's name.
     pub const STATUS_ADDR: &'static str = "status.addr";
     /// The rejects file's name.

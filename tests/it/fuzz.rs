@@ -50,7 +50,7 @@ use calllog_bridge::parse::{Format, LineKind, LineParser};
 use calllog_bridge::record::{write_ecls_message, Record, Shape, FIELD_COUNT};
 use calllog_bridge::rejects::RejectEntry;
 use calllog_bridge::sim::{le5_csv_header, Generator};
-use calllog_bridge::sink::channel::request::{admit, parse_handshake, Paths, TokenDigest, MAX_REQUEST_HEAD_BYTES};
+use calllog_bridge::sink::channel::request::{admit, parse_handshake, Directory, Door, TokenDigest, MAX_REQUEST_HEAD_BYTES};
 use calllog_bridge::url::percent_decode;
 use serde_json::Value;
 
@@ -845,46 +845,64 @@ fn fuzz_rejects_entry() {
     run(Target { name: "rejects_entry", seeds, tokens: vec![], check: Box::new(check) });
 }
 
-/// The token of the channel under test.
+/// The token of the default channel under test.
 const TOKEN: &str = "s3cret-T0ken-for-fuzzing";
 
-/// Admission properties for one request target: an admitted subscription
-/// carries the token (the last `key=`), a refusal is 400, 401 or 404 (404
-/// exactly when the path is not served), one line of text, and never shows
-/// the token unless the client wrote it elsewhere in the query itself.
+/// The token of its stream `partner-a`.
+const PARTNER_TOKEN: &str = "partner-a-T0ken-fuzz";
+
+/// Admission properties for one request target, on a listener with the
+/// default channel `chan-1` and the stream `partner-a`: an admitted
+/// subscription carries the token of the channel it opens (the last
+/// `key=`), and a path naming a channel opens that channel only (a token
+/// never opens another channel); a refusal is 400, 401 or 404 (404 exactly
+/// when the path is not served), one line of text, and never shows a
+/// token unless the client wrote it elsewhere in the query itself.
 fn check_admit(path: &str, query: Option<&str>) -> Signature {
-    let paths = Paths { channel_id: "chan-1", area: "eu" };
-    let digest = TokenDigest::of(TOKEN);
-    let r = admit(&paths, path, query, &digest);
-    assert_eq!(r, admit(&paths, path, query, &digest), "not deterministic");
+    let (d, p) = (TokenDigest::of(TOKEN), TokenDigest::of(PARTNER_TOKEN));
+    let dir = Directory {
+        area: "eu",
+        doors: vec![Door { id: "chan-1", tokens: vec![(&d, None)] }, Door { id: "partner-a", tokens: vec![(&p, None)] }],
+    };
+    let r = admit(&dir, path, query, 0);
+    assert_eq!(r, admit(&dir, path, query, 0), "not deterministic");
     match &r {
-        Ok(sub) => {
-            assert!(paths.accepts(path), "admitted on a path it does not serve");
+        Ok(a) => {
+            assert!(dir.accepts(path), "admitted on a path it does not serve");
             let last_key = query
                 .unwrap_or("")
                 .split('&')
                 .filter_map(|p| p.split_once('=').or(Some((p, ""))))
                 .rfind(|(n, _)| *n == "key")
                 .and_then(|(_, v)| percent_decode(v));
-            assert_eq!(last_key.as_deref(), Some(TOKEN), "admitted without the token");
-            if let Some(n) = sub.records_per_message {
+            let want = [TOKEN, PARTNER_TOKEN][a.door];
+            assert_eq!(last_key.as_deref(), Some(want), "admitted to channel {} without its token", a.door);
+            if let Some(calllog_bridge::sink::channel::request::Target::One(named)) = dir.target(path) {
+                assert_eq!(named, a.door, "a path naming one channel opened another");
+            }
+            if let Some(n) = a.sub.records_per_message {
                 assert!((1..=1000).contains(&n), "records_per_message {n}");
             }
         }
         Err(refusal) => {
             assert!([400, 401, 404].contains(&refusal.status), "status {}", refusal.status);
-            assert_eq!(refusal.status == 404, !paths.accepts(path), "404 exactly when the path is not served");
-            let elsewhere = query
-                .unwrap_or("")
-                .split('&')
-                .filter(|p| !p.starts_with("key=") && *p != "key")
-                .any(|p| percent_decode(p).unwrap_or_else(|| p.to_string()).contains(TOKEN) || p.contains(TOKEN));
-            assert!(elsewhere || !refusal.reason.contains(TOKEN), "a refusal echoes the token");
+            assert_eq!(refusal.status == 404, !dir.accepts(path), "404 exactly when the path is not served");
+            for token in [TOKEN, PARTNER_TOKEN] {
+                let elsewhere = query
+                    .unwrap_or("")
+                    .split('&')
+                    .filter(|p| !p.starts_with("key=") && *p != "key")
+                    .any(|p| percent_decode(p).unwrap_or_else(|| p.to_string()).contains(token) || p.contains(token));
+                assert!(elsewhere || !refusal.reason.contains(token), "a refusal echoes a token");
+            }
             assert!(!refusal.reason.chars().any(char::is_control), "a refusal is one line of text: {:?}", refusal.reason);
         }
     }
     match r {
-        Ok(s) => fnv(format!("ok{}{}{}", s.since.is_some(), s.filter.is_empty(), s.records_per_message.is_some()).as_bytes()),
+        Ok(a) => {
+            let s = &a.sub;
+            fnv(format!("ok{}{}{}{}", a.door, s.since.is_some(), s.filter.is_empty(), s.records_per_message.is_some()).as_bytes())
+        }
         Err(e) => u64::from(e.status) * 7 + fnv(e.reason.get(..12).unwrap_or("").as_bytes()),
     }
 }
@@ -909,6 +927,9 @@ fn fuzz_channel_request() {
         "/stream/?key=s3cret%2DT0ken-for-fuzzing&since=42&records_per_message=50",
         "/ecls/subscribe/chan-1/eu?key=s3cret-T0ken-for-fuzzing&status=5xx,404&service_id=a%2Cb&api_key=k1&api_key=k2&unknown=1",
         "/ecls/subscribe/chan%2D1/eu?since=0&key=s3cret-T0ken-for-fuzzing",
+        "/ecls/subscribe/partner-a/eu?key=partner-a-T0ken-fuzz&since=7",
+        "/ecls/subscribe/chan-1/eu?key=partner-a-T0ken-fuzz",
+        "/stream?key=partner-a-T0ken-fuzz&key=s3cret-T0ken-for-fuzzing",
         "/stream?key=wrong&since=x",
         "/nope",
     ]
@@ -1308,17 +1329,18 @@ const SEGMENT_RECORDS: u64 = 24;
 
 /// The records of that segment: (seq, JSON), numbered from 1.
 fn segment_items() -> Vec<(u64, Arc<calllog_bridge::sink::channel::replay::Item>)> {
-    use calllog_bridge::sink::channel::replay::{key_digest, Item};
+    use calllog_bridge::sink::channel::replay::{key_digest, Item, Texts};
     (1..=SEGMENT_RECORDS)
         .map(|i| {
             let json = format!("{{\"request_uuid\":\"r-{i}\",\"pad\":\"{}\"}}", "x".repeat(((i * 37) % 200 + 5) as usize));
-            let item = Item {
-                json: json.into(),
-                service_id: format!("svc-{}", i % 3).into(),
-                key_digest: key_digest("k"),
-                status: 200,
-                observed_ms: 1,
+            // Every fourth record reaches two channels with two maskings.
+            let texts = if i % 4 == 0 {
+                Texts::Many(vec![(1, json.clone().into()), (2 | 4, json.replace("r-", "m-").into())].into_boxed_slice())
+            } else {
+                Texts::One(1, json.into())
             };
+            let item =
+                Item { texts, service_id: format!("svc-{}", i % 3).into(), key_digest: key_digest("k"), status: 200, observed_ms: 1 };
             (i, Arc::new(item))
         })
         .collect()
@@ -1437,9 +1459,14 @@ fn read_log_all(log: &calllog_bridge::sink::channel::replay::ReplayLog) -> Repla
             Some(l) => from = l.seq + 1,
             None => from = skip.max(from + 1),
         }
-        records.extend(out.into_iter().map(|e| (e.seq, e.item.json.to_string())));
+        records.extend(out.into_iter().map(|e| (e.seq, texts_of(&e.item))));
     }
     (records, lost)
+}
+
+/// A record's texts with their channels, as one string to compare.
+fn texts_of(item: &calllog_bridge::sink::channel::replay::Item) -> String {
+    item.texts.iter().map(|(b, t)| format!("{b}:{t}")).collect::<Vec<_>>().join("|")
 }
 
 /// Checks what a read of a damaged segment gave: every record is one of
@@ -1455,8 +1482,8 @@ fn check_replay_read(records: &[(u64, String)], lost: &[(u64, u64)], origin: &[O
         assert!(w[0].0 < w[1].0, "records out of order: {} then {}", w[0].0, w[1].0);
     }
     for (seq, json) in records {
-        let want = items.get(*seq as usize - 1).map(|(_, it)| &*it.json);
-        assert_eq!(Some(json.as_str()), want, "record {seq} is not the one written");
+        let want = items.get(*seq as usize - 1).map(|(_, it)| texts_of(it));
+        assert_eq!(Some(json), want.as_ref(), "record {seq} is not the one written");
     }
     // Where each clean record is, unchanged, in the damaged file.
     let mut at = vec![None; clean.len()];
@@ -1467,7 +1494,8 @@ fn check_replay_read(records: &[(u64, String)], lost: &[(u64, u64)], origin: &[O
     }
     let mut off = 0usize;
     for (seq, _) in &items {
-        let len = 8 + u32::from_le_bytes(clean[off..off + 4].try_into().unwrap()) as usize;
+        // The body's length (its high bit marks the record format).
+        let len = 8 + (u32::from_le_bytes(clean[off..off + 4].try_into().unwrap()) & 0x7fff_ffff) as usize;
         let intact = at[off].is_some_and(|p| (0..len).all(|k| at[off + k] == Some(p + k)));
         if intact {
             assert!(records.iter().any(|r| r.0 == *seq), "intact record {seq} was not returned (lost {lost:?})");
