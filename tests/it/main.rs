@@ -17,6 +17,7 @@ mod hostile_files;
 mod hostile_net;
 mod kafka;
 mod lag;
+mod layers;
 mod otlp;
 mod parse;
 mod recovery;
