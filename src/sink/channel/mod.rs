@@ -559,7 +559,8 @@ pub async fn spawn_on(
     tokio::fs::create_dir_all(&ctx.state_dir).await.with_context(|| format!("cannot create state_dir {}", ctx.state_dir.display()))?;
     // Informational (for tests and tools): a full state_dir must not stop
     // the channel from starting.
-    if let Err(e) = write_atomic(&ctx.state_dir.join(ADDR_FILE), format!("{local_addr}\n")).await {
+    let state = crate::state_dir::StateDir::new(&ctx.state_dir);
+    if let Err(e) = write_atomic(&state.channel_addr(), format!("{local_addr}\n")).await {
         warn!(error = %format!("{e:#}"), "channel: cannot write {ADDR_FILE}");
     }
     // Where the dashboard (via /status) subscribes; never the token.
@@ -569,8 +570,8 @@ pub async fn spawn_on(
     for w in &settings.deprecated {
         warn!("{w}");
     }
-    let mut seqs = SeqFile::open(ctx.state_dir.join(SEQ_FILE)).await?;
-    let log = open_log(&ctx.state_dir.join(replay::DIR), &settings, seqs.next, &stats).await?;
+    let mut seqs = SeqFile::open(state.channel_seq()).await?;
+    let log = open_log(&state.replay(), &settings, seqs.next, &stats).await?;
     // Numbers below the log's next are used: never again, even when
     // channel.seq was older than the log.
     seqs.next = log.next_seq();
