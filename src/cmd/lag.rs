@@ -358,6 +358,19 @@ fn columns(rows: &[Vec<String>]) -> String {
 /// The human report: a header, a table per file, a table per sink, totals.
 pub fn render_table(st: &Status, base: &str) -> String {
     let mut out = String::new();
+    header(&mut out, st, base);
+    sources_table(&mut out, st);
+    files_table(&mut out, st);
+    sinks_table(&mut out, st);
+    channel_line(&mut out, st);
+    enrich_lines(&mut out, st);
+    fault_lines(&mut out, st);
+    totals_line(&mut out, st);
+    out
+}
+
+/// The bridge's version, uptime, readiness and delay window.
+fn header(out: &mut String, st: &Status, base: &str) {
     let _ = writeln!(
         out,
         "calllog-bridge {} at {base}: up {}, {}, delay window {}",
@@ -367,6 +380,11 @@ pub fn render_table(st: &Status, base: &str) -> String {
         human_ms(st.settings.delay_window_secs as i64 * 1000),
     );
     out.push('\n');
+}
+
+/// One row per source (state, files, unreadable, left unread), then a
+/// line per unreadable path and per file left with records unread.
+fn sources_table(out: &mut String, st: &Status) {
     if !st.sources.is_empty() {
         let mut rows = vec![["SOURCE", "STATE", "FILES", "UNREADABLE", "LEFT UNREAD"].map(String::from).to_vec()];
         for s in &st.sources {
@@ -395,6 +413,10 @@ pub fn render_table(st: &Status, base: &str) -> String {
         }
         out.push('\n');
     }
+}
+
+/// One row per followed file: state, backlog, sync delay, counts.
+fn files_table(out: &mut String, st: &Status) {
     if st.files.is_empty() {
         out.push_str("no files followed yet\n");
     } else {
@@ -435,6 +457,10 @@ pub fn render_table(st: &Status, base: &str) -> String {
         out.push_str(&columns(&rows));
     }
     out.push('\n');
+}
+
+/// One row per sink: queue, oldest undelivered, delivery delay, counts.
+fn sinks_table(out: &mut String, st: &Status) {
     if st.sinks.is_empty() {
         out.push_str("no sinks running\n");
     } else {
@@ -469,6 +495,10 @@ pub fn render_table(st: &Status, base: &str) -> String {
         }
         out.push_str(&columns(&rows));
     }
+}
+
+/// The channel's endpoint, connections, refusals and slow consumers.
+fn channel_line(out: &mut String, st: &Status) {
     if let Some((c, endpoint)) = st.sections.get("channel").and_then(|c| Some((c, c.endpoint()?))) {
         let refused_by = c.by_label("refused");
         let refused: i64 = refused_by.values().sum();
@@ -489,6 +519,10 @@ pub fn render_table(st: &Status, base: &str) -> String {
             if slow == 1 { "" } else { "s" },
         );
     }
+}
+
+/// Lookup misses by table and a failed lookup reload.
+fn enrich_lines(out: &mut String, st: &Status) {
     if let Some(e) = &st.enrich {
         if e.misses > 0 {
             let by_table: Vec<String> = e.tables.iter().filter(|t| t.misses > 0).map(|t| format!("{} {}", t.table, t.misses)).collect();
@@ -498,6 +532,10 @@ pub fn render_table(st: &Status, base: &str) -> String {
             let _ = writeln!(out, "enrich: last lookup reload failed, previous tables in use: {err}");
         }
     }
+}
+
+/// A line per open fault.
+fn fault_lines(out: &mut String, st: &Status) {
     for f in &st.faults {
         let _ = writeln!(
             out,
@@ -508,6 +546,10 @@ pub fn render_table(st: &Status, base: &str) -> String {
             Escaped(&f.error)
         );
     }
+}
+
+/// Sums over files and sinks.
+fn totals_line(out: &mut String, st: &Status) {
     let t = &st.totals;
     let states: Vec<String> = t.files_by_state.iter().map(|(s, n)| format!("{n} {s}")).collect();
     let _ = writeln!(
@@ -522,7 +564,6 @@ pub fn render_table(st: &Status, base: &str) -> String {
         human_bytes(t.bytes_behind),
         opt_ms(t.max_sync_delay_ms),
     );
-    out
 }
 
 /// What exceeds `limit_ms`, one line each (empty when all is well).
