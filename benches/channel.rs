@@ -20,8 +20,21 @@
 //!    (256 MiB on disk): peak RSS, replay log bytes and segments, slow
 //!    consumers closed (a stalled client reads from disk: none until it
 //!    falls out of the retention).
+//! 4. Channels per organization: 15 clients, `records_per_message` = 50,
+//!    unpaced, on (a) the one default channel, (b) three
+//!    `[[channel.stream]]` channels of 5 clients each whose `org_name`
+//!    filters pass every record (the same deliveries as (a), plus three
+//!    filters per record), (c) three channels of 5 clients each filtering
+//!    one organization each (records of three organizations in turn). The
+//!    channel runs on a runtime of its own (threads `chan-server`), the
+//!    clients and the producer on another, so the CPU time counted
+//!    (`/proc/self/task/*/stat` of the `chan-server` threads) is the
+//!    server's alone: CPU per record per client (a record written to one
+//!    client), the ratio of (b) to (a) (the filters' cost), and the peak
+//!    RSS of the process (clients included). Best of two rounds.
 //!
-//! `RECORDS=n` changes the record count of the throughput runs.
+//! `RECORDS=n` changes the record count of the throughput runs (and of 4:
+//! n / 2); `SECTIONS=4` (or `1,2`, ...) runs only those sections.
 
 use std::borrow::Cow;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -50,20 +63,34 @@ fn main() {
         }
     };
     let n: u64 = std::env::var("RECORDS").ok().and_then(|v| v.parse().ok()).unwrap_or(500_000);
+    // `SECTIONS=4` (or `1,2`): only these sections.
+    let only = std::env::var("SECTIONS").ok();
+    let runs = |k: &str| only.as_deref().is_none_or(|o| o.split(',').any(|x| x.trim() == k));
     rt.block_on(async {
         println!("channel benchmark: {} CPUs, record size ~{} bytes (ecls JSON)", num_cpus(), record_json_len());
         // Memory first, in a fresh process, so RSS is not blurred by the
         // allocations of the other runs.
-        println!("3. memory with one stalled client (default replay log retention, 256 MiB on disk)");
-        memory(1_000_000).await;
-        println!();
-        println!("1. throughput, 5 clients");
-        throughput("paced 100,000 records/s, records_per_message=50, default limits", n, 50, Some(100_000), "").await;
-        throughput("unpaced, records_per_message=50", n, 50, None, "replay_max_bytes = 4294967296").await;
-        throughput("unpaced, records_per_message=1", n / 2, 1, None, "replay_max_bytes = 4294967296").await;
-        println!();
-        println!("2. append-to-client latency, 5 clients, records_per_message=1, 1,000 records/s");
-        latency(10_000).await;
+        if runs("3") {
+            println!("3. memory with one stalled client (default replay log retention, 256 MiB on disk)");
+            memory(1_000_000).await;
+            println!();
+        }
+        if runs("1") {
+            println!("1. throughput, 5 clients");
+            throughput("paced 100,000 records/s, records_per_message=50, default limits", n, 50, Some(100_000), "").await;
+            throughput("unpaced, records_per_message=50", n, 50, None, "replay_max_bytes = 4294967296").await;
+            throughput("unpaced, records_per_message=1", n / 2, 1, None, "replay_max_bytes = 4294967296").await;
+            println!();
+        }
+        if runs("2") {
+            println!("2. append-to-client latency, 5 clients, records_per_message=1, 1,000 records/s");
+            latency(10_000).await;
+            println!();
+        }
+        if runs("4") {
+            println!("4. channels per organization: 15 clients, records_per_message=50, unpaced");
+            channels(n / 2).await;
+        }
     });
 }
 
@@ -75,12 +102,17 @@ struct Bench {
 }
 
 async fn start(extra: &str) -> Bench {
+    start_on(&tokio::runtime::Handle::current(), extra).await
+}
+
+/// [`start`] with the channel's tasks on the runtime `rt`.
+async fn start_on(rt: &tokio::runtime::Handle, extra: &str) -> Bench {
     let dir = tempfile::tempdir().expect("temp dir");
     let toml = format!("listen = \"127.0.0.1:0\"\ntoken = \"{TOKEN}\"\n{extra}");
     let cfg: ChannelConfig = toml::from_str(&toml).expect("channel config");
     let ctx = SinkContext { state_dir: dir.path().to_path_buf(), shutdown: CancellationToken::new(), telemetry: Telemetry::new() };
     let (tx, rx) = mpsc::channel(calllog_bridge::sink::SINK_QUEUE_BATCHES);
-    let (handle, _task) = channel::spawn(&cfg, &ctx, rx).await.expect("channel starts");
+    let (handle, _task) = rt.spawn(async move { channel::spawn(&cfg, &ctx, rx).await }).await.expect("spawn").expect("channel starts");
     let mut fanout = Fanout::new();
     fanout.add("channel", tx);
     Bench { handle, fanout, _dir: dir }
@@ -230,6 +262,19 @@ fn parse_seq(b: &[u8]) -> Option<u64> {
 /// Sends `n` records in batches of `batch`, optionally paced at `rate`
 /// records/s; `stamp` puts the append instant into `request_uuid`.
 async fn produce(fanout: &Fanout, n: u64, batch: u64, rate: Option<u64>, base: Instant, stamp: bool) -> Duration {
+    produce_orgs(fanout, n, batch, rate, base, stamp, &[]).await
+}
+
+/// [`produce`] with record i of organization `orgs[i % len]` (`org_name`).
+async fn produce_orgs(
+    fanout: &Fanout,
+    n: u64,
+    batch: u64,
+    rate: Option<u64>,
+    base: Instant,
+    stamp: bool,
+    orgs: &[&'static str],
+) -> Duration {
     let t = template();
     let started = Instant::now();
     let mut sent = 0u64;
@@ -245,6 +290,9 @@ async fn produce(fanout: &Fanout, n: u64, batch: u64, rate: Option<u64>, base: I
             let mut r = t.clone();
             let id = if stamp { format!("bench-{}", base.elapsed().as_micros()) } else { format!("rec-{}", sent + i) };
             r.set(Field::RequestUuid, id);
+            if !orgs.is_empty() {
+                r.set(Field::OrgName, Cow::Borrowed(orgs[((sent + i) % orgs.len() as u64) as usize]));
+            }
             records.push(r);
         }
         let c = counter.clone();
@@ -263,7 +311,19 @@ async fn produce(fanout: &Fanout, n: u64, batch: u64, rate: Option<u64>, base: I
 }
 
 async fn connect_clients(b: &Bench, k: usize, expect: u64, base: Instant, latency: bool) -> Vec<tokio::task::JoinHandle<Seen>> {
-    let url = format!("ws://{}/stream?key={TOKEN}", b.handle.local_addr());
+    connect_clients_with(b, TOKEN, k, expect, base, latency).await
+}
+
+/// [`connect_clients`] with the token `key` (a stream's).
+async fn connect_clients_with(
+    b: &Bench,
+    key: &str,
+    k: usize,
+    expect: u64,
+    base: Instant,
+    latency: bool,
+) -> Vec<tokio::task::JoinHandle<Seen>> {
+    let url = format!("ws://{}/stream?key={key}", b.handle.local_addr());
     let before = b.handle.connections();
     let clients: Vec<_> = (0..k).map(|_| tokio::spawn(client(url.clone(), expect, base, latency))).collect();
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -375,6 +435,172 @@ async fn memory(n: u64) {
         seen.gaps
     );
     b.handle.shutdown();
+}
+
+/// The organizations of section 4, and their streams' tokens.
+const ORGS: [&str; 3] = ["Partner A", "Partner B", "Partner C"];
+const STREAM_TOKENS: [&str; 3] = ["bench-partner-a-token-0123", "bench-partner-b-token-4567", "bench-partner-c-token-89ab"];
+
+/// The three layouts of section 4.
+#[derive(Clone, Copy, PartialEq)]
+enum Layout {
+    /// (a) The default channel, 15 clients.
+    One,
+    /// (b) Three streams whose filters pass every record, 5 clients each.
+    ThreePassing,
+    /// (c) Three streams of one organization each, 5 clients each.
+    ThreeByOrg,
+}
+
+/// What one run of section 4 measured.
+struct ChannelsRun {
+    /// Records written to clients, all clients together.
+    deliveries: u64,
+    /// CPU seconds of the channel's threads.
+    server_cpu: f64,
+    /// Peak RSS of the process (KiB).
+    peak_rss_kib: u64,
+    problems: Vec<String>,
+}
+
+impl ChannelsRun {
+    fn us_per_delivery(&self) -> f64 {
+        self.server_cpu * 1e6 / self.deliveries as f64
+    }
+}
+
+async fn channels(n: u64) {
+    let n = n - n % 3;
+    let mut best: Vec<Option<ChannelsRun>> = vec![None, None, None];
+    let layouts = [Layout::One, Layout::ThreePassing, Layout::ThreeByOrg];
+    for _round in 0..2 {
+        for (i, layout) in layouts.iter().enumerate() {
+            let run = channels_run(*layout, n).await;
+            if best[i].as_ref().is_none_or(|b| run.us_per_delivery() < b.us_per_delivery()) {
+                best[i] = Some(run);
+            }
+        }
+    }
+    let labels = [
+        "(a) one channel, 15 clients",
+        "(b) 3 channels x 5 clients, filters passing every record",
+        "(c) 3 channels x 5 clients, one organization each",
+    ];
+    for (label, run) in labels.iter().zip(&best) {
+        let Some(r) = run else { continue };
+        println!(
+            "   [load average {}] {label}: {n} records, {} written to clients; server {:.2} CPU-s: {:.3} us per record per client ({:.0} records to clients per CPU-s); peak RSS {} MiB; {}",
+            loadavg(),
+            r.deliveries,
+            r.server_cpu,
+            r.us_per_delivery(),
+            r.deliveries as f64 / r.server_cpu,
+            r.peak_rss_kib / 1024,
+            if r.problems.is_empty() { "no drops".to_string() } else { r.problems.join("; ") }
+        );
+    }
+    if let (Some(a), Some(b), Some(c)) = (&best[0], &best[1], &best[2]) {
+        println!(
+            "   filters: (b) / (a) = {:.3} of one channel's CPU per record per client; (c) / (a) = {:.3}",
+            b.us_per_delivery() / a.us_per_delivery(),
+            c.us_per_delivery() / a.us_per_delivery()
+        );
+    }
+}
+
+/// One run of section 4: a channel on a runtime of its own, 15 clients.
+async fn channels_run(layout: Layout, n: u64) -> ChannelsRun {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("chan-server")
+        .thread_keep_alive(Duration::from_secs(3600))
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => panic!("cannot start the channel's runtime: {e}"),
+    };
+    let mut extra = "records_per_message = 50\nmax_connections = 15\nreplay_max_bytes = 4294967296\n".to_string();
+    if layout != Layout::One {
+        for (i, token) in STREAM_TOKENS.iter().enumerate() {
+            let orgs: Vec<String> = if layout == Layout::ThreePassing {
+                ORGS.iter().map(|o| format!("{o:?}")).collect()
+            } else {
+                vec![format!("{:?}", ORGS[i])]
+            };
+            extra.push_str(&format!(
+                "[[stream]]\nid = \"org-{i}\"\ntokens = [\"{token}\"]\norg_name = [{}]\nmax_connections = 5\n",
+                orgs.join(", ")
+            ));
+        }
+    }
+    let b = start_on(rt.handle(), &extra).await;
+    let base = Instant::now();
+    let mut clients = Vec::new();
+    match layout {
+        Layout::One => clients.extend(connect_clients(&b, 15, n, base, false).await),
+        Layout::ThreePassing => {
+            for token in STREAM_TOKENS {
+                clients.extend(connect_clients_with(&b, token, 5, n, base, false).await);
+            }
+        }
+        Layout::ThreeByOrg => {
+            for token in STREAM_TOKENS {
+                clients.extend(connect_clients_with(&b, token, 5, n / 3, base, false).await);
+            }
+        }
+    }
+    let peak = Arc::new(AtomicU64::new(0));
+    let sampler = {
+        let peak = peak.clone();
+        tokio::spawn(async move {
+            loop {
+                peak.fetch_max(rss_kib(), Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+    };
+    let cpu_before = threads_cpu_secs("chan-server");
+    produce_orgs(&b.fanout, n, 500, None, base, false, &ORGS).await;
+    let mut deliveries = 0;
+    let mut problems = Vec::new();
+    let gaps_expected = layout == Layout::ThreeByOrg;
+    let expect = if gaps_expected { n / 3 } else { n };
+    for (i, c) in clients.into_iter().enumerate() {
+        let s = c.await.expect("client task");
+        deliveries += s.records;
+        if s.records < expect || (s.gaps > 0 && !gaps_expected) || s.closed.is_some() {
+            problems.push(format!("client {i}: {} of {expect} records, {} missing, {:?}", s.records, s.gaps, s.closed));
+        }
+    }
+    let server_cpu = threads_cpu_secs("chan-server") - cpu_before;
+    sampler.abort();
+    b.handle.shutdown();
+    drop(b);
+    rt.shutdown_background();
+    ChannelsRun { deliveries, server_cpu, peak_rss_kib: peak.load(Ordering::Relaxed), problems }
+}
+
+/// CPU seconds (user + system) of this process's threads named `name`
+/// (Linux; 0 when unknown).
+fn threads_cpu_secs(name: &str) -> f64 {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else { return 0.0 };
+    let ticks_per_sec = 100.0; // USER_HZ on Linux
+    let mut ticks = 0u64;
+    for t in tasks.flatten() {
+        let Ok(stat) = std::fs::read_to_string(t.path().join("stat")) else { continue };
+        // pid (comm) state ...: comm may hold spaces, so split after ')'.
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else { continue };
+        if &stat[open + 1..close] != name {
+            continue;
+        }
+        let fields: Vec<&str> = stat[close + 1..].split_whitespace().collect();
+        // utime and stime are fields 14 and 15 of the line, 12 and 13 here.
+        let u: u64 = fields.get(11).and_then(|v| v.parse().ok()).unwrap_or(0);
+        let s: u64 = fields.get(12).and_then(|v| v.parse().ok()).unwrap_or(0);
+        ticks += u + s;
+    }
+    ticks as f64 / ticks_per_sec
 }
 
 /// Resident set size of this process in KiB (Linux), 0 when unknown.

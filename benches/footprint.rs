@@ -35,6 +35,14 @@
 //!   (futex = wake-ups; counted under strace, which slows the process).
 //!   Without `/usr/bin/strace` the last two are printed as skipped.
 //!
+//! - `latency`: the same writer at `TRICKLE_RATE` lines/s, into `archive +
+//!   channel` (`LATENCY_SINKS`), with one WebSocket client of the channel
+//!   in this process: after a 2 s warm-up, for `LATENCY_SECS` (20), each
+//!   line's time from just before its `write()` to its arrival at the
+//!   client (matched by `request_uuid`): p50 / p99 / p99.9 / max, and the
+//!   bridge's CPU per line over the same window (`LATENCY_DUMP=file`
+//!   writes each line's append time and latency).
+//!
 //! `FOOTPRINT_BIN` runs another build of the bridge (before / after);
 //! `SOURCE_EXTRA`, `ARCHIVE_EXTRA`, `CHANNEL_EXTRA` and `UPSTREAM_EXTRA`
 //! add settings to those sections (`SOURCE_EXTRA="read_delay_ms = 10"`).
@@ -537,7 +545,15 @@ fn backlog(rows: &mut Vec<Row>, archive: bool, upstream: bool) {
 
 /// Appends one LE 6 line per `write()` at `rate` lines/s until `stop`;
 /// counts the lines in `written`.
-fn trickle_writer(path: PathBuf, rate: f64, stop: Arc<AtomicBool>, written: Arc<AtomicU64>) -> std::thread::JoinHandle<()> {
+/// With `sent`, each line's `request_uuid` and the instant just before its
+/// `write()` are recorded there.
+fn trickle_writer(
+    path: PathBuf,
+    rate: f64,
+    stop: Arc<AtomicBool>,
+    written: Arc<AtomicU64>,
+    sent: Option<Sent>,
+) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
         let mut f = fs::OpenOptions::new().append(true).open(&path).expect("open the live file");
         let mut gen = Generator::new(4);
@@ -548,8 +564,12 @@ fn trickle_writer(path: PathBuf, rate: f64, stop: Arc<AtomicBool>, written: Arc<
             if let Some(d) = due.checked_duration_since(Instant::now()) {
                 std::thread::sleep(d);
             }
-            let mut line = gen.next_call(calllog_bridge::time::now_ms(), 0).render(Format::Le6);
+            let call = gen.next_call(calllog_bridge::time::now_ms(), 0);
+            let mut line = call.render(Format::Le6);
             line.push('\n');
+            if let Some(sent) = &sent {
+                sent.lock().expect("sent lines").push((call.request_uuid().to_string(), Instant::now()));
+            }
             // One write() per line, as a logger without buffering does.
             f.write_all(line.as_bytes()).expect("append a line");
             i += 1;
@@ -664,7 +684,7 @@ fn trickle(rows: &mut Vec<Row>, cpu_part: bool, ckpt_part: bool, sys_part: bool)
         b.wait_ready(Duration::from_secs(30));
         let stop = Arc::new(AtomicBool::new(false));
         let written = Arc::new(AtomicU64::new(0));
-        let writer = trickle_writer(live.clone(), rate, stop.clone(), written.clone());
+        let writer = trickle_writer(live.clone(), rate, stop.clone(), written.clone(), None);
         // Warm-up: the first lines start the reader and the sinks.
         std::thread::sleep(Duration::from_secs(2));
         if cpu_part {
@@ -690,7 +710,7 @@ fn trickle(rows: &mut Vec<Row>, cpu_part: bool, ckpt_part: bool, sys_part: bool)
                     cpu.sys / n.max(1) as f64 * 1e6,
                     100.0 * cpu.total() / wall
                 ),
-                goal: "≤ 20 µs",
+                goal: "≤ 15 µs",
             });
         }
         let state = fs::canonicalize(dir.path().join("state")).unwrap_or_else(|_| dir.path().join("state"));
@@ -769,6 +789,131 @@ fn trickle(rows: &mut Vec<Row>, cpu_part: bool, ckpt_part: bool, sys_part: bool)
     }
 }
 
+// ---------------------------------------------------------------------------
+// 7. append → WebSocket receive latency, with the CPU it costs
+
+/// Lines written: `request_uuid` and the instant just before the `write()`.
+type Sent = Arc<std::sync::Mutex<Vec<(String, Instant)>>>;
+
+/// A WebSocket client of the channel on its own thread: records when each
+/// `request_uuid` arrived, until `stop`.
+fn receiver(url: String, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<std::collections::HashMap<String, Instant>> {
+    use futures_util::StreamExt;
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("client runtime");
+        rt.block_on(async move {
+            let (mut ws, _) = tokio_tungstenite::connect_async(&url).await.expect("the client connects to the channel");
+            let finder = memchr::memmem::Finder::new(b"\"request_uuid\":\"");
+            let mut got = std::collections::HashMap::new();
+            while !stop.load(Ordering::Relaxed) {
+                let m = match tokio::time::timeout(Duration::from_millis(100), ws.next()).await {
+                    Ok(Some(Ok(m))) => m,
+                    Ok(Some(Err(e))) => panic!("the channel connection failed: {e}"),
+                    Ok(None) => panic!("the channel closed the connection"),
+                    Err(_) => continue,
+                };
+                let now = Instant::now();
+                let tokio_tungstenite::tungstenite::Message::Text(t) = m else { continue };
+                let bytes = t.as_bytes();
+                for pos in finder.find_iter(bytes) {
+                    let rest = &bytes[pos + 16..];
+                    if let Some(end) = memchr::memchr(b'"', rest) {
+                        got.insert(String::from_utf8_lossy(&rest[..end]).into_owned(), now);
+                    }
+                }
+            }
+            got
+        })
+    })
+}
+
+/// Quantile `q` of sorted samples.
+fn quantile(sorted: &[f64], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    sorted[(((sorted.len() - 1) as f64) * q).round() as usize]
+}
+
+fn latency(rows: &mut Vec<Row>) {
+    let rate = env_f64("TRICKLE_RATE", 1000.0);
+    let secs = env_f64("LATENCY_SECS", 20.0);
+    let sinks = Sinks::parse(&env_str("LATENCY_SINKS", "archive+channel"));
+    if !sinks.channel {
+        eprintln!("LATENCY_SINKS must include the channel (its client measures the latency)");
+        std::process::exit(2);
+    }
+    println!("== latency: {rate:.0} lines/s, one write() per line, {}, one WebSocket client", sinks.name());
+    let dir = tempfile::tempdir().expect("temp dir");
+    let live = dir.path().join("access.log");
+    fs::write(&live, "").expect("create access.log");
+    let mut b = Bridge::start(dir.path(), &sinks, None);
+    b.wait_ready(Duration::from_secs(30));
+    let addr = fs::read_to_string(dir.path().join("state/channel.addr")).expect("the channel's address");
+    let url = format!("ws://{}/stream?key={TOKEN}", addr.trim());
+    let stop_client = Arc::new(AtomicBool::new(false));
+    let client = receiver(url, stop_client.clone());
+    let (stop, written) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicU64::new(0)));
+    let sent: Sent = Arc::default();
+    let writer = trickle_writer(live, rate, stop.clone(), written.clone(), Some(sent.clone()));
+    // Warm-up, then the window: CPU and the lines written in it.
+    std::thread::sleep(Duration::from_secs(2));
+    let (c0, n0, t0) = (b.cpu(), written.load(Ordering::Relaxed) as usize, Instant::now());
+    std::thread::sleep(Duration::from_secs_f64(secs));
+    let (cpu, n1, wall) = (b.cpu().since(c0), written.load(Ordering::Relaxed) as usize, t0.elapsed().as_secs_f64());
+    stop.store(true, Ordering::Relaxed);
+    writer.join().expect("writer thread");
+    // The last lines arrive.
+    std::thread::sleep(Duration::from_millis(500));
+    stop_client.store(true, Ordering::Relaxed);
+    let got = client.join().expect("client thread");
+    let hwm = b.mem().hwm;
+    b.stop();
+    let sent = sent.lock().expect("sent lines");
+    let window = &sent[n0.min(sent.len())..n1.min(sent.len())];
+    let mut ms: Vec<f64> =
+        window.iter().filter_map(|(uuid, at)| got.get(uuid).map(|r| r.saturating_duration_since(*at).as_secs_f64() * 1e3)).collect();
+    let missing = window.len() - ms.len();
+    // `LATENCY_DUMP=file`: each line's append instant (s into the window)
+    // and latency (ms), to see when the slow ones happened.
+    if let Ok(path) = std::env::var("LATENCY_DUMP") {
+        let dump: String = window
+            .iter()
+            .filter_map(|(uuid, at)| {
+                let r = got.get(uuid)?;
+                Some(format!(
+                    "{:.4} {:.3}\n",
+                    at.saturating_duration_since(t0).as_secs_f64(),
+                    r.saturating_duration_since(*at).as_secs_f64() * 1e3
+                ))
+            })
+            .collect();
+        fs::write(&path, dump).expect("write LATENCY_DUMP");
+    }
+    ms.sort_by(f64::total_cmp);
+    let n = (n1 - n0).max(1) as f64;
+    let per_line = cpu.total() / n * 1e6;
+    let (p50, p99, p999, max) = (quantile(&ms, 0.5), quantile(&ms, 0.99), quantile(&ms, 0.999), ms.last().copied().unwrap_or(f64::NAN));
+    println!(
+        "  append → receive over {wall:.0} s, {} lines ({missing} not received): p50 {p50:.2} ms, p99 {p99:.2} ms, p99.9 {p999:.2} ms, max {max:.2} ms",
+        window.len()
+    );
+    println!(
+        "  CPU in the same window: {:.2} s user + {:.2} s system = {per_line:.1} µs per line ({:.1} user + {:.1} system), {:.1}% of a core; VmHWM {}",
+        cpu.user,
+        cpu.sys,
+        cpu.user / n * 1e6,
+        cpu.sys / n * 1e6,
+        100.0 * cpu.total() / wall,
+        mib(hwm)
+    );
+    rows.push(Row {
+        measured: format!("append → WebSocket receive at {rate:.0} lines/s, one write() per line ({}), and CPU per line", sinks.name()),
+        value: format!("p50 {p50:.1} ms, p99 {p99:.1} ms, p99.9 {p999:.1} ms; {per_line:.0} µs per line"),
+        goal: "p99 ≤ 10 ms, p99.9 ≤ 25 ms, ≤ 15 µs",
+    });
+}
+
 fn main() {
     let mut only: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
     if let Ok(v) = std::env::var("FOOTPRINT_ONLY") {
@@ -793,8 +938,11 @@ fn main() {
     if cpu || ckpt || sys {
         trickle(&mut rows, cpu, ckpt, sys);
     }
+    if want("latency") {
+        latency(&mut rows);
+    }
     if rows.is_empty() {
-        println!("no scenario matched {only:?} (steady, archive, upstream, trickle, checkpoint, syscalls)");
+        println!("no scenario matched {only:?} (steady, archive, upstream, trickle, checkpoint, syscalls, latency)");
         return;
     }
     let w1 = rows.iter().map(|r| r.measured.chars().count()).max().unwrap_or(0);

@@ -6,7 +6,9 @@
 //!    process, from `/proc`) until its checkpoint reaches the end of the
 //!    file, i.e. every record is parsed, written to `[file_output]`,
 //!    fsynced and acknowledged. "lines per CPU-second" is the one-core
-//!    figure.
+//!    figure. Each round also runs `parse --stamp` on the same file into a
+//!    file (the same parsing, stamping and NDJSON without the pipeline):
+//!    `run / parse` is the ratio of their lines per CPU-second.
 //! 2. Latency: one `le6` line appended per millisecond (1,000 lines/s) for
 //!    3 s through the inotify path; every record's `sync_delay_ms` is its
 //!    observed time minus the time it was appended: p50 / p99 / max.
@@ -107,10 +109,14 @@ fn throughput() {
     }
     drop(f);
     let size = fs::metadata(dir.path().join("access.log")).unwrap().len();
-    // Each round is a fresh bridge (new state and archive) on the same file;
-    // the machine is shared, so the best round is the figure, with the
-    // median beside it.
+    // Each round is a fresh bridge (new state and archive) on the same file,
+    // then `parse` of that file into a file beside it (the same parse,
+    // stamping and NDJSON, without the pipeline, the fsyncs and the
+    // checkpoints), round-robin; the machine is shared, so the best round
+    // is the figure, with the median beside it, and the ratio of `run` to
+    // `parse` compares the two within this one run.
     let mut runs: Vec<(f64, f64)> = Vec::new();
+    let mut parses: Vec<f64> = Vec::new();
     for _ in 0..rounds {
         let _ = fs::remove_dir_all(dir.path().join("state"));
         let _ = fs::remove_dir_all(dir.path().join("out"));
@@ -121,18 +127,59 @@ fn throughput() {
         let cpu = b.cpu_secs();
         b.stop();
         runs.push((wall, cpu));
+        parses.push(parse_cpu(&dir.path().join("access.log"), &dir.path().join("out/parse.ndjson")));
     }
     let best = |i: usize| runs.iter().map(|r| if i == 0 { r.0 } else { r.1 }).fold(f64::MAX, f64::min);
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
     let mut cpus: Vec<f64> = runs.iter().map(|r| r.1).collect();
-    cpus.sort_by(f64::total_cmp);
-    let (wall, cpu, median) = (best(0), best(1), cpus[cpus.len() / 2]);
+    let (wall, cpu, median_cpu) = (best(0), best(1), median(&mut cpus));
+    let (parse_best, parse_median) = (parses.iter().copied().fold(f64::MAX, f64::min), median(&mut parses));
+    let per_cpu = |c: f64| lines as f64 / c.max(0.01);
     println!(
         "throughput le6 -> file_output: {lines} lines ({:.0} MB), best of {rounds}: {wall:.2} s wall = {:.0} lines/s; CPU {cpu:.2} s = {:.0} lines per CPU-second (one core; median {:.0})",
         size as f64 / 1e6,
         lines as f64 / wall,
-        lines as f64 / cpu.max(0.01),
-        lines as f64 / median.max(0.01)
+        per_cpu(cpu),
+        per_cpu(median_cpu)
     );
+    println!(
+        "parse --stamp of the same file into a file: best {:.0}, median {:.0} lines per CPU-second; run / parse: {:.2} (medians), {:.2} (bests)",
+        per_cpu(parse_best),
+        per_cpu(parse_median),
+        parse_median / median_cpu.max(0.01),
+        parse_best / cpu.max(0.01)
+    );
+}
+
+/// CPU seconds (user + system) of `calllog-bridge parse --format le6
+/// --stamp FILE > out`, read from `/proc` once it has exited and before
+/// it is reaped (a zombie keeps its figures).
+fn parse_cpu(file: &Path, out: &Path) -> f64 {
+    fs::create_dir_all(out.parent().unwrap()).unwrap();
+    let mut child = Command::new(bin())
+        .args(["parse", "--format", "le6", "--stamp", "--no-progress"])
+        .arg(file)
+        .stdout(fs::File::create(out).unwrap())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start parse");
+    let stat = format!("/proc/{}/stat", child.id());
+    let cpu = loop {
+        let text = fs::read_to_string(&stat).unwrap_or_default();
+        let after = text.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+        let f: Vec<&str> = after.split_whitespace().collect();
+        if f.first() == Some(&"Z") || f.is_empty() {
+            let tick = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+            break (tick(11) + tick(12)) / 100.0;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    };
+    let status = child.wait().expect("parse exits");
+    assert!(status.success(), "parse failed: {status}");
+    cpu
 }
 
 fn latency() {

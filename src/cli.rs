@@ -43,6 +43,43 @@ pub enum Command {
     /// range, from the archive or raw Local Edition logs (back-filling a
     /// warehouse).
     Export(ExportArgs),
+    /// Channel tokens: `token new` writes a strong one to a file and says
+    /// how to add it (a rotation without a gap).
+    Token(TokenArgs),
+}
+
+/// `token` arguments.
+#[derive(Debug, clap::Args)]
+pub struct TokenArgs {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: TokenCommand,
+}
+
+/// The `token` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Write a new strong token to a file readable only by the service
+    /// user (never over an existing file) and print how to add it to the
+    /// channel next to the current one.
+    New(TokenNewArgs),
+}
+
+/// `token new` arguments.
+#[derive(Debug, clap::Args)]
+pub struct TokenNewArgs {
+    /// The `[[channel.stream]]` id the token is for (default: the default
+    /// channel, `[channel]`).
+    #[arg(long, value_name = "ID")]
+    pub channel: Option<String>,
+    /// The file to write (default:
+    /// /etc/calllog-bridge/<ID or channel>-<UTC date and time>.token).
+    #[arg(long, value_name = "PATH")]
+    pub file: Option<PathBuf>,
+    /// When run as root, the file is given to this user (the service
+    /// user).
+    #[arg(long, value_name = "USER", default_value = "calllog-bridge")]
+    pub owner: String,
 }
 
 /// `export` arguments.

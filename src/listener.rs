@@ -67,8 +67,8 @@ pub struct Gate(Arc<GateInner>);
 struct GateInner {
     /// The listener's name in logs (`channel`, `status`).
     name: &'static str,
-    /// Sockets allowed open at once.
-    capacity: usize,
+    /// Sockets allowed open at once (grows with [`Gate::grow`]).
+    capacity: AtomicUsize,
     /// One permit per socket; a [`Slot`] holds one.
     slots: Arc<Semaphore>,
     /// Open connections by id; ids grow, so they also order by age.
@@ -114,7 +114,7 @@ impl Gate {
     pub fn new(name: &'static str, capacity: usize) -> Gate {
         Gate(Arc::new(GateInner {
             name,
-            capacity,
+            capacity: AtomicUsize::new(capacity),
             slots: Arc::new(Semaphore::new(capacity)),
             conns: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
@@ -126,12 +126,23 @@ impl Gate {
 
     /// Sockets allowed open at once.
     pub fn capacity(&self) -> usize {
-        self.0.capacity
+        self.0.capacity.load(Ordering::SeqCst)
+    }
+
+    /// Raises the cap to `capacity` (a reload that allows a channel more
+    /// connections); a lower one is kept until a restart (sockets open
+    /// now are not closed for it).
+    pub fn grow(&self, capacity: usize) {
+        let before = self.0.capacity.fetch_max(capacity, Ordering::SeqCst);
+        if capacity > before {
+            self.0.slots.add_permits(capacity - before);
+            info!(listener = self.0.name, capacity, "listener: socket cap raised");
+        }
     }
 
     /// Connections open now.
     pub fn open(&self) -> usize {
-        self.0.capacity - self.0.slots.available_permits()
+        self.capacity() - self.0.slots.available_permits()
     }
 
     /// Connections closed to make room since start.
@@ -188,7 +199,7 @@ impl Gate {
         {
             warn!(
                 listener = self.0.name,
-                capacity = self.0.capacity,
+                capacity = self.capacity(),
                 evicted_total = self.evicted(),
                 "listener full: closing the longest-idle connection to admit a new one (many idle or stalled clients)"
             );

@@ -38,6 +38,7 @@ fn main() {
         Command::Lag(a) => cmd::lag::run(a),
         Command::ResetState(a) => cmd::reset_state::run(a),
         Command::Export(a) => cmd::export::run(a),
+        Command::Token(a) => cmd::token::run(a),
     };
     match result {
         Ok(code) => std::process::exit(code),

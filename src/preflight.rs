@@ -149,7 +149,10 @@ pub fn check(cfg: &Config, bind: Bind) -> Checked {
         out.sources.push(SourceFound { name: s.name.clone(), globs: found.globs });
     }
     match Enricher::from_config(&cfg.enrich) {
-        Ok(e) => out.enricher = Some(e),
+        Ok(e) => {
+            out.warnings.extend(lookup_fields_unprovided(&e, needs.iter().flat_map(|n| n.lookup_fields.iter())));
+            out.enricher = Some(e);
+        }
         Err(e) => out.errors.push(ConfigError::unusable("enrich.lookups", e)),
     }
     out.peers.extend(needs.iter().flat_map(|n| n.peers.iter().cloned()));
@@ -173,6 +176,30 @@ pub fn check(cfg: &Config, bind: Bind) -> Checked {
         if let (Bind::Keep, Some(l)) = (bind, bound) {
             out.bound.insert(key, l);
         }
+    }
+    out
+}
+
+/// Warnings for settings that select on a field no loaded lookup table
+/// fills (a channel filter on `org_name` without a keys table with that
+/// column): such a filter matches only records whose lines carry the
+/// field themselves.
+fn lookup_fields_unprovided<'a>(e: &Enricher, wanted: impl Iterator<Item = &'a (String, crate::record::Field)>) -> Vec<String> {
+    let stats = e.stats();
+    let loaded: Vec<crate::enrich::TableKind> = stats.tables.iter().filter(|t| t.loaded).map(|t| t.table).collect();
+    let mut out = Vec::new();
+    for (key, field) in wanted {
+        let fills: Vec<crate::enrich::TableKind> =
+            crate::enrich::TableKind::ALL.iter().copied().filter(|t| t.targets().contains(field)).collect();
+        if fills.is_empty() || fills.iter().any(|t| loaded.contains(t)) {
+            continue;
+        }
+        let tables: Vec<&str> = fills.iter().map(|t| t.name()).collect();
+        out.push(format!(
+            "config key `{key}`: no lookup table provides {} (the {} table fills it; [enrich] lookups loads none): only records whose log lines carry it match",
+            field.name(),
+            tables.join(" or ")
+        ));
     }
     out
 }

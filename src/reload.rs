@@ -384,7 +384,7 @@ token = "token-one-0123456789"
         fn reconfigure_sink(&self, update: Update) {
             let c = update.config();
             let call = if let Some(ch) = c.get::<ChannelSink>() {
-                format!("channel token={} records_per_message={}", ch.token.expose(), ch.records_per_message)
+                format!("channel token={} records_per_message={}", ch.tokens[0].secret.expose(), ch.records_per_message)
             } else if let Some(f) = c.get::<FileSink>() {
                 format!("file_output {}", f.path.display())
             } else if let Some(u) = c.get::<UpstreamSink>() {
@@ -459,7 +459,7 @@ token = "token-one-0123456789"
         // reload reports it again.
         let ch = effective.sinks.get::<ChannelSink>().unwrap();
         assert_eq!(ch.listen.to_string(), "127.0.0.1:8790");
-        assert_eq!(ch.token.expose(), "token-two-0123456789");
+        assert_eq!(ch.tokens[0].secret.expose(), "token-two-0123456789");
         assert_eq!(diff(&effective, &cfg(&new_text)).restart_needed, vec!["channel.listen"]);
     }
 
@@ -535,7 +535,7 @@ token = "token-one-0123456789"
         std::fs::write(&path, base.replace("/logs/a/*.log", "/logs/c/*.log")).unwrap();
         let p = prepare(&path, &running).await.unwrap();
         assert!(p.enricher.is_none(), "unchanged [enrich] must not reload tables");
-        assert_eq!(p.config.sinks.get::<ChannelSink>().unwrap().token.expose(), "token-one-0123456789");
+        assert_eq!(p.config.sinks.get::<ChannelSink>().unwrap().tokens[0].secret.expose(), "token-one-0123456789");
         assert!(p.sinks.is_empty(), "unchanged sinks are left alone: {:?}", p.sinks);
     }
 

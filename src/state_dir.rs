@@ -8,7 +8,7 @@
 //! [`StateDir`] method (a test finds any `state_dir.join(` elsewhere).
 //!
 //! Invariant: a file another process or a restart reads (`checkpoints.json`,
-//! `channel.seq`, the `*.addr` files) is only ever replaced through
+//! `channel.seq`, `channel-slots.json`, the `*.addr` files) is only ever replaced through
 //! [`write_atomic`]: write a temp file beside it, fsync it, rename it over
 //! the old one, fsync the directory. A reader sees the old or the new
 //! content, never half of one, and after a power loss the new content is
@@ -35,6 +35,9 @@ impl StateDir {
     pub const CHANNEL_SEQ: &'static str = "channel.seq";
     /// The channel's address file's name.
     pub const CHANNEL_ADDR: &'static str = "channel.addr";
+    /// The channel's slot file's name (which replay log slot stands for
+    /// which stream).
+    pub const CHANNEL_SLOTS: &'static str = "channel-slots.json";
     /// The status server's address file's name.
     pub const STATUS_ADDR: &'static str = "status.addr";
     /// The rejects file's name.
@@ -62,6 +65,7 @@ impl StateDir {
         Entry::new(Self::CHECKPOINTS, "checkpoint", "acknowledged offset per file", &[Self::CHECKPOINTS]),
         Entry::new(Self::CHANNEL_SEQ, "the channel sink", "next sequence number block", &[Self::CHANNEL_SEQ]),
         Entry::new(Self::CHANNEL_ADDR, "the channel sink", "the address the channel listens on", &[Self::CHANNEL_ADDR]),
+        Entry::new(Self::CHANNEL_SLOTS, "the channel sink", "which replay log slot stands for which stream", &[Self::CHANNEL_SLOTS]),
         Entry::new("replay/", "the channel sink", "replay log segments", &["replay/00000000000000000001.seg"]),
         Entry::new(Self::STATUS_ADDR, "the status server", "the address `/status` listens on", &[Self::STATUS_ADDR]),
         Entry::new("rejects.ndjson (+ .1…)", "rejects", "malformed lines", &[Self::REJECTS, "rejects.ndjson.1"]),
@@ -134,6 +138,12 @@ impl StateDir {
     /// `<state_dir>/channel.addr`.
     pub fn channel_addr(&self) -> PathBuf {
         self.root.join(Self::CHANNEL_ADDR)
+    }
+
+    /// `<state_dir>/channel-slots.json`: which replay log slot stands for
+    /// which stream.
+    pub fn channel_slots(&self) -> PathBuf {
+        self.root.join(Self::CHANNEL_SLOTS)
     }
 
     /// `<state_dir>/replay`: the channel's replay log.
@@ -369,6 +379,7 @@ mod tests {
             s.checkpoints(),
             s.channel_seq(),
             s.channel_addr(),
+            s.channel_slots(),
             s.replay().join("00000000000000000007.seg"),
             s.status_addr(),
             s.rejects(),

@@ -4,9 +4,9 @@
 //! they match now, with device, inode, size and modification time (a full
 //! scan: the safety net, and the whole mechanism in polling mode for NFS
 //! and other synced mounts where inotify sees nothing). [`Watcher::events`]
-//! subscribes to `notify` events on the globs' directories and turns them
-//! into [`Change`]s: cheap hints that a path changed, which the tailer
-//! confirms with a `stat`.
+//! subscribes to inotify events on the globs' directories (read on the
+//! runtime, see [`Events`]) and turns them into [`Change`]s: cheap hints
+//! that a path changed, which the tailer confirms with a `stat`.
 //!
 //! Symbolic links (anyone who can write in a log directory can plant one,
 //! say `access.log.9 -> /etc/shadow`): unless the source says
@@ -24,95 +24,30 @@
 //! Invariant: nothing here opens a file for reading; identity (fingerprint)
 //! and offsets belong to [`crate::tail`].
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures_util::StreamExt;
 use globset::{GlobSet, GlobSetBuilder};
-use notify::{EventKind, RecursiveMode, Watcher as _};
-use tokio::sync::mpsc;
+use inotify::{EventMask, EventStream, Inotify, WatchDescriptor, WatchMask, Watches};
 use tokio_util::sync::CancellationToken;
 
 use crate::settings::SourceConfig;
 
-/// Change hints buffered between the notify thread and the tailer. When it
-/// is full the notify thread asks for a full rescan instead of blocking.
+/// Changes read from inotify and not yet handed to the tailer, at most:
+/// beyond, they collapse into one [`Change::Rescan`].
 pub const CHANGE_QUEUE: usize = 4096;
 
-// The notify thread pauses for the source's `read_delay` after it passed
-// on a content change, before it reads further events. While nobody reads
-// them, the kernel merges repeated `IN_MODIFY` events of one file into
-// one, so a file written one line per `write()` costs one read of the
-// inotify descriptor and one wake-up per `read_delay` instead of per line:
-// this is what makes a trickle of lines cheap. The tailer waits as long
-// between two rounds of hints anyway, so nothing arrives later. Other
-// events queue up in the kernel meanwhile (up to
-// `fs.inotify.max_queued_events`; an overflow becomes a rescan).
+/// Bytes of inotify events read at once.
+const EVENT_BUFFER: usize = 16 * 1024;
 
-/// Events handled within this time after a pause are the ones that queued
-/// up during it (or were read with the event that started it): they are
-/// passed on without pausing again, so a burst of changes to many files
-/// costs one pause, not one per file. The one exception is the change that
-/// follows a pause at once and is to the same file as the change that
-/// started it: that file is still being written, and pausing again is what
-/// keeps it at one wake-up per pause.
-const PACE_BURST: Duration = Duration::from_millis(1);
-
-/// When the notify thread pauses (see above).
-struct Pacer {
-    /// How long (the source's `read_delay`; zero: never).
-    pause: Duration,
-    /// When the last pause ended.
-    ended: Option<Instant>,
-    /// The file whose change started it.
-    trigger: Option<PathBuf>,
-    /// Whether any event was handled since it ended.
-    handled_since: bool,
-}
-
-impl Pacer {
-    fn new(pause: Duration) -> Pacer {
-        Pacer { pause, ended: None, trigger: None, handled_since: false }
-    }
-
-    /// Called for every event notify hands over, ours or not; `modified`
-    /// holds its paths when it is a content change of our files. True when
-    /// the thread should pause once the change is passed on.
-    fn decide(&mut self, modified: Option<&[PathBuf]>) -> bool {
-        self.decide_at(modified, Instant::now())
-    }
-
-    fn decide_at(&mut self, modified: Option<&[PathBuf]>, now: Instant) -> bool {
-        // Any event counts: after a pause, a file opened, written and
-        // closed per line (events that do not merge) is not "still hot"
-        // because its write comes second.
-        let first_after = !std::mem::replace(&mut self.handled_since, true);
-        let Some(paths) = modified else { return false };
-        if self.pause.is_zero() {
-            return false;
-        }
-        let pause = match self.ended {
-            None => true,
-            Some(end) => {
-                now.saturating_duration_since(end) > PACE_BURST || (first_after && self.trigger.as_ref().is_some_and(|t| paths.contains(t)))
-            }
-        };
-        if pause {
-            self.trigger = paths.first().cloned();
-        }
-        pause
-    }
-
-    /// Pauses (after the change was passed on).
-    fn pause(&mut self) {
-        std::thread::sleep(self.pause);
-        self.ended = Some(Instant::now());
-        self.handled_since = false;
-    }
-}
+/// The largest inotify event: its header and a name of `NAME_MAX` bytes
+/// with its terminating NUL (a read that leaves this much room took every
+/// event queued then).
+const MAX_EVENT_BYTES: usize = 16 + 256;
 
 /// A file as a scan or a stat saw it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -180,7 +115,7 @@ pub struct Scan {
     pub incomplete: Option<String>,
 }
 
-/// A hint from notify.
+/// A hint from inotify.
 #[derive(Debug)]
 pub enum Change {
     /// The content of these paths changed (append, truncate).
@@ -199,9 +134,6 @@ pub struct Watcher {
     exclude: GlobSet,
     /// Directories to list, with how deep to go.
     roots: Vec<(PathBuf, usize)>,
-    /// The source's `read_delay`: how long the notify thread pauses after
-    /// a content change.
-    read_delay: Duration,
     /// Follow symbolic links wherever they point.
     follow_symlinks: bool,
     /// A scan stops after this many entries.
@@ -222,8 +154,8 @@ fn build(globs: &[String]) -> Result<GlobSet, globset::Error> {
 
 impl Watcher {
     /// A watcher for one source (globs were validated with the config).
-    /// Relative globs are taken relative to the working directory (notify
-    /// reports absolute paths).
+    /// Relative globs are taken relative to the working directory (events
+    /// are matched on absolute paths).
     pub fn new(cfg: &SourceConfig) -> Result<Watcher, globset::Error> {
         let mut cfg = cfg.clone();
         if let Ok(cwd) = std::env::current_dir() {
@@ -252,7 +184,6 @@ impl Watcher {
             include: build(&cfg.paths)?,
             exclude: build(&cfg.exclude)?,
             roots,
-            read_delay: cfg.read_delay,
             follow_symlinks: cfg.follow_symlinks,
             max_entries: cfg.max_scan_entries,
             max_time: cfg.max_scan,
@@ -309,8 +240,8 @@ impl Watcher {
     pub fn stat_as_source(&self, p: &Path, roots: Option<&[PathBuf]>) -> Option<Seen> {
         let m = std::fs::symlink_metadata(p).ok()?;
         if let Some(roots) = roots {
-            // A path through a linked directory (notify watches inside
-            // them) is not the source's.
+            // A path through a linked directory (watched when the source
+            // follows links) is not the source's.
             let dir = std::fs::canonicalize(p.parent()?).ok()?;
             if !roots.iter().any(|r| dir.starts_with(r)) {
                 return None;
@@ -422,116 +353,398 @@ impl Watcher {
         out
     }
 
-    /// Subscribes to notify events for the source's directories. Directories
-    /// that do not exist yet are skipped (the periodic rescan finds their
-    /// files; [`Events::rewatch`] retries). Events for other files are
-    /// filtered out here.
-    pub fn events(self: &Arc<Self>) -> notify::Result<Events> {
-        let (tx, rx) = mpsc::channel(CHANGE_QUEUE);
-        let lost = Arc::new(AtomicBool::new(false));
-        let this = self.clone();
-        let lost2 = lost.clone();
-        let tx2 = tx.clone();
-        let mut pacer = Pacer::new(self.read_delay);
-        let follow = self.follow_symlinks;
-        let handler = move |res: notify::Result<notify::Event>| {
-            let change = match res {
-                Ok(ev) => {
-                    let need_rescan = ev.need_rescan();
-                    let paths: Vec<PathBuf> = ev.paths.into_iter().filter(|p| this.matches(p)).collect();
-                    match ev.kind {
-                        // Opens and closes (ours too): not a change.
-                        EventKind::Access(_) => {
-                            pacer.decide(None);
-                            return;
-                        }
-                        _ if paths.is_empty() => {
-                            if need_rescan {
-                                Change::Rescan
-                            } else {
-                                pacer.decide(None);
-                                return;
-                            }
-                        }
-                        EventKind::Modify(notify::event::ModifyKind::Data(_)) | EventKind::Modify(notify::event::ModifyKind::Any) => {
-                            Change::Modified(paths)
-                        }
-                        EventKind::Modify(notify::event::ModifyKind::Metadata(_)) => Change::Modified(paths),
-                        _ => Change::Moved(paths),
-                    }
-                }
-                Err(_) => Change::Rescan,
-            };
-            let pause = pacer.decide(match &change {
-                Change::Modified(paths) => Some(paths),
-                _ => None,
-            });
-            if tx2.try_send(change).is_err() {
-                lost2.store(true, Ordering::Release);
-            }
-            // This runs on notify's own thread: pausing it leaves the next
-            // events in the kernel, which merges a file's repeated changes.
-            if pause {
-                pacer.pause();
-            }
+    /// Subscribes to inotify events for the source's directories.
+    /// Directories that do not exist yet are skipped (the periodic rescan
+    /// finds their files; [`Events::rewatch`] retries). Events for other
+    /// files are filtered out as they are read. Must be called on the
+    /// runtime (the descriptor is registered with its reactor).
+    pub fn events(self: &Arc<Self>) -> std::io::Result<Events> {
+        let stream = Inotify::init()?.into_event_stream(vec![0; EVENT_BUFFER])?;
+        let mut ev = Events {
+            fd: Registration::Live(stream),
+            buf: vec![0; EVENT_BUFFER],
+            raw: Vec::new(),
+            dirs: HashMap::new(),
+            watched: HashMap::new(),
+            queue: VecDeque::new(),
+            watcher: self.clone(),
+            last_file: None,
         };
-        // No watches inside linked directories unless the source follows
-        // links (their files are not the source's).
-        let watcher = notify::RecommendedWatcher::new(handler, notify::Config::default().with_follow_symlinks(follow))?;
-        let mut ev = Events { watcher, rx, lost, watched: HashSet::new(), _tx: tx };
         ev.rewatch(self);
         Ok(ev)
     }
 }
 
-/// A live notify subscription.
+/// What is watched for a source's directories: content changes of files
+/// (`IN_MODIFY`, `IN_ATTRIB`), names appearing, going and moving, and the
+/// directory itself going away. Not opens and closes (the tailer's own
+/// reads would wake it).
+fn dir_mask(follow_symlinks: bool) -> WatchMask {
+    let mask = WatchMask::MODIFY
+        | WatchMask::ATTRIB
+        | WatchMask::CREATE
+        | WatchMask::DELETE
+        | WatchMask::MOVED_FROM
+        | WatchMask::MOVED_TO
+        | WatchMask::DELETE_SELF
+        | WatchMask::MOVE_SELF
+        | WatchMask::ONLYDIR;
+    if follow_symlinks {
+        mask
+    } else {
+        mask | WatchMask::DONT_FOLLOW
+    }
+}
+
+/// A watched directory.
+struct WatchedDir {
+    /// Its path.
+    path: PathBuf,
+    /// Its watch.
+    wd: WatchDescriptor,
+    /// Levels of subdirectories below it that are watched too (what the
+    /// globs can reach): 0 for a directory whose files the globs match
+    /// directly and no deeper.
+    below: usize,
+}
+
+/// One inotify event as read, before it becomes a [`Change`].
+struct RawEvent {
+    wd: i32,
+    mask: EventMask,
+    name: Option<std::ffi::OsString>,
+}
+
+/// The inotify descriptor, registered with the reactor or not.
+enum Registration {
+    /// Registered (the inotify crate's stream: tokio's `AsyncFd` on the
+    /// descriptor): readiness wakes the task waiting in [`Events::next`].
+    Live(EventStream<Vec<u8>>),
+    /// Not registered ([`Events::pause`]): events queue up in the kernel
+    /// and wake nobody.
+    Paused(Inotify),
+    /// Registering failed: no events (rescans only).
+    Broken,
+}
+
+impl Registration {
+    fn watches(&self) -> Option<Watches> {
+        match self {
+            Registration::Live(s) => Some(s.watches()),
+            Registration::Paused(i) => Some(i.watches()),
+            Registration::Broken => None,
+        }
+    }
+}
+
+/// A live inotify subscription, read on the runtime.
+///
+/// The descriptor is registered with the runtime's reactor: the task that
+/// waits in [`Events::next`] is woken by the kernel's readiness itself,
+/// with no thread of its own in between. While nobody reads it, the kernel
+/// merges a file's repeated `IN_MODIFY` events into the one already
+/// queued, without a new wake-up: a reader that waits before it reads
+/// again (the tailer's `read_delay`) gets a writer's line-by-line appends
+/// as one event. While a file is being written, [`Events::pause`] takes
+/// the descriptor out of the reactor altogether, so that even the first
+/// event after a read wakes nobody: the tailer then reads what queued up
+/// once per round, on its own timer ([`Events::try_next`]).
 pub struct Events {
-    /// The notify watcher; dropping it stops the events.
-    watcher: notify::RecommendedWatcher,
-    /// Changes from the notify thread.
-    rx: mpsc::Receiver<Change>,
-    /// Set when a change could not be queued.
-    lost: Arc<AtomicBool>,
-    /// Directories watched so far.
-    watched: HashSet<PathBuf>,
-    /// Keeps the channel open even when notify stops.
-    _tx: mpsc::Sender<Change>,
+    /// The inotify descriptor.
+    fd: Registration,
+    /// Events are read into this while paused.
+    buf: Vec<u8>,
+    /// Events read, not yet turned into changes.
+    raw: Vec<RawEvent>,
+    /// Watched directories by watch descriptor.
+    dirs: HashMap<i32, WatchedDir>,
+    /// Watch descriptors by directory path.
+    watched: HashMap<PathBuf, i32>,
+    /// Changes read and not yet handed out.
+    queue: VecDeque<Change>,
+    /// The source's globs.
+    watcher: Arc<Watcher>,
+    /// The last file an event named, and whether the globs match it: a
+    /// file written line by line is named by every round's event, and
+    /// matching its path against the globs each time cost as much as the
+    /// rest of reading the event.
+    last_file: Option<LastFile>,
+}
+
+/// A file named by an event (its directory's watch and its name), with
+/// its path when the globs match it.
+struct LastFile {
+    wd: i32,
+    name: std::ffi::OsString,
+    path: Option<PathBuf>,
 }
 
 impl Events {
-    /// Watches the directories not watched yet (e.g. created since).
+    /// Watches the directories not watched yet (e.g. created since), and
+    /// below each one the subdirectories its globs can reach. Unless the
+    /// source follows links, no linked directory is watched (its files are
+    /// not the source's).
     pub fn rewatch(&mut self, w: &Watcher) {
         for (dir, depth) in &w.roots {
-            if self.watched.contains(dir) {
+            if self.watched.contains_key(dir) {
                 continue;
             }
-            let mode = if *depth > 1 { RecursiveMode::Recursive } else { RecursiveMode::NonRecursive };
-            match self.watcher.watch(dir, mode) {
-                Ok(()) => {
-                    self.watched.insert(dir.clone());
-                }
-                Err(e) => {
-                    tracing::debug!(dir = %crate::logsafe::Escaped::path(dir), error = %e, "cannot watch directory yet; rescans will find its files")
+            // A root may be a link the operator wrote: followed.
+            if let Err(e) = self.watch_tree(dir, depth.saturating_sub(1), true) {
+                tracing::debug!(dir = %crate::logsafe::Escaped::path(dir), error = %e, "cannot watch directory yet; rescans will find its files");
+            }
+        }
+    }
+
+    /// Watches `dir` and the subdirectories up to `below` levels under it
+    /// (a walk bounded like a scan: what it does not reach, rescans find).
+    fn watch_tree(&mut self, dir: &Path, below: usize, follow_top: bool) -> std::io::Result<()> {
+        self.watch_one(dir, below, follow_top || self.watcher.follow_symlinks)?;
+        if below == 0 {
+            return Ok(());
+        }
+        let started = Instant::now();
+        let walk = walkdir::WalkDir::new(dir).min_depth(1).max_depth(below).follow_links(self.watcher.follow_symlinks);
+        for (n, entry) in walk.into_iter().enumerate() {
+            if n >= self.watcher.max_entries || started.elapsed() > self.watcher.max_time {
+                tracing::debug!(dir = %crate::logsafe::Escaped::path(dir), "stopped adding watches below this directory (max_scan_entries or max_scan_ms); rescans find the rest");
+                break;
+            }
+            let Ok(entry) = entry else { continue };
+            if entry.file_type().is_dir() {
+                let _ = self.watch_one(entry.path(), below - entry.depth(), self.watcher.follow_symlinks);
+            }
+        }
+        Ok(())
+    }
+
+    fn watch_one(&mut self, dir: &Path, below: usize, follow: bool) -> std::io::Result<()> {
+        let Some(mut watches) = self.fd.watches() else { return Err(std::io::Error::other("inotify is not available")) };
+        let wd = watches.add(dir, dir_mask(follow))?;
+        let id = wd.get_watch_descriptor_id();
+        match self.dirs.get_mut(&id) {
+            // The same directory by another path (a link): one watch.
+            Some(d) => d.below = d.below.max(below),
+            None => {
+                // A watch descriptor may be one used before.
+                self.last_file = None;
+                self.dirs.insert(id, WatchedDir { path: dir.to_path_buf(), wd, below });
+                self.watched.insert(dir.to_path_buf(), id);
+            }
+        }
+        Ok(())
+    }
+
+    /// Forgets the watches of `dir` and of every directory under it
+    /// (removing them from inotify unless the kernel did: `gone`).
+    fn unwatch_tree(&mut self, dir: &Path, gone: bool) {
+        self.last_file = None;
+        let ids: Vec<i32> = self.dirs.iter().filter(|(_, d)| d.path.starts_with(dir)).map(|(id, _)| *id).collect();
+        for id in ids {
+            if let Some(d) = self.dirs.remove(&id) {
+                self.watched.remove(&d.path);
+                if let Some(mut watches) = self.fd.watches().filter(|_| !gone || d.path != dir) {
+                    let _ = watches.remove(d.wd);
                 }
             }
         }
     }
 
-    /// The next change; `Rescan` when events were lost.
-    pub async fn next(&mut self) -> Change {
-        if self.lost.swap(false, Ordering::AcqRel) {
-            return Change::Rescan;
+    /// Stops waking anyone until the next [`Events::next`]: events queue
+    /// up in the kernel (a file's repeated changes merge into one), to be
+    /// read with [`Events::try_next`]. The tailer pauses while a file is
+    /// being written, between its rounds.
+    pub fn pause(&mut self) {
+        if !matches!(self.fd, Registration::Live(_)) {
+            return;
         }
-        self.rx.recv().await.unwrap_or(Change::Rescan)
+        let Registration::Live(mut stream) = std::mem::replace(&mut self.fd, Registration::Broken) else { return };
+        // Events the stream read but did not hand out yet are kept.
+        while let Some(Some(r)) = futures_util::FutureExt::now_or_never(stream.next()) {
+            match r {
+                Ok(ev) => self.raw.push(RawEvent { wd: ev.wd.get_watch_descriptor_id(), mask: ev.mask, name: ev.name }),
+                Err(_) => self.raw.push(RawEvent { wd: -1, mask: EventMask::Q_OVERFLOW, name: None }),
+            }
+        }
+        self.fd = Registration::Paused(stream.into_inotify());
+        self.decode();
     }
 
-    /// A change already queued, without waiting.
-    pub fn try_next(&mut self) -> Option<Change> {
-        if self.lost.swap(false, Ordering::AcqRel) {
-            return Some(Change::Rescan);
+    /// The next change (`Rescan` when events were lost or inotify
+    /// failed), waiting for it.
+    pub async fn next(&mut self) -> Change {
+        if let Registration::Paused(_) = self.fd {
+            if let Registration::Paused(inotify) = std::mem::replace(&mut self.fd, Registration::Broken) {
+                match inotify.into_event_stream(vec![0; EVENT_BUFFER]) {
+                    Ok(stream) => self.fd = Registration::Live(stream),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "file events unavailable from now on; relying on rescans");
+                        return Change::Rescan;
+                    }
+                }
+            }
         }
-        self.rx.try_recv().ok()
+        loop {
+            if let Some(c) = self.queue.pop_front() {
+                return c;
+            }
+            let Registration::Live(stream) = &mut self.fd else { return std::future::pending().await };
+            match stream.next().await {
+                Some(Ok(ev)) => self.raw.push(RawEvent { wd: ev.wd.get_watch_descriptor_id(), mask: ev.mask, name: ev.name }),
+                _ => return Change::Rescan,
+            }
+            // And whatever else that read brought.
+            while let Some(Some(Ok(ev))) = futures_util::FutureExt::now_or_never(stream.next()) {
+                self.raw.push(RawEvent { wd: ev.wd.get_watch_descriptor_id(), mask: ev.mask, name: ev.name });
+            }
+            self.decode();
+        }
     }
+
+    /// A change already read or queued in the kernel, without waiting.
+    pub fn try_next(&mut self) -> Option<Change> {
+        if let Some(c) = self.queue.pop_front() {
+            return Some(c);
+        }
+        match &mut self.fd {
+            Registration::Live(stream) => loop {
+                match futures_util::FutureExt::now_or_never(stream.next()) {
+                    Some(Some(Ok(ev))) => self.raw.push(RawEvent { wd: ev.wd.get_watch_descriptor_id(), mask: ev.mask, name: ev.name }),
+                    Some(_) => return Some(Change::Rescan),
+                    None => break,
+                }
+            },
+            Registration::Paused(inotify) => match read_raw(inotify, &mut self.buf, &mut self.raw) {
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(_) => return Some(Change::Rescan),
+            },
+            Registration::Broken => return None,
+        }
+        self.decode();
+        self.queue.pop_front()
+    }
+
+    /// Every change read or queued in the kernel now, without waiting
+    /// (at most `max`): what a round handles. While paused, a read that
+    /// left room for more took all there was: no read more to find out.
+    pub fn drain(&mut self, changes: &mut Vec<Change>, max: usize) {
+        let mut read_all = false;
+        while changes.len() < max {
+            if let Some(c) = self.queue.pop_front() {
+                changes.push(c);
+                continue;
+            }
+            if read_all {
+                return;
+            }
+            let Registration::Paused(inotify) = &mut self.fd else {
+                match self.try_next() {
+                    Some(c) => changes.push(c),
+                    None => return,
+                }
+                continue;
+            };
+            match read_raw(inotify, &mut self.buf, &mut self.raw) {
+                Ok(all) => {
+                    read_all = all;
+                    self.decode();
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
+                Err(_) => {
+                    changes.push(Change::Rescan);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Turns the events read into changes: paths the globs match, watches
+    /// added for new subdirectories the globs can reach and dropped for
+    /// directories gone.
+    fn decode(&mut self) {
+        let raw = std::mem::take(&mut self.raw);
+        for ev in &raw {
+            if ev.mask.contains(EventMask::Q_OVERFLOW) {
+                self.push(Change::Rescan);
+                continue;
+            }
+            let Some(dir) = self.dirs.get(&ev.wd) else { continue };
+            if ev.mask.contains(EventMask::IGNORED) {
+                let path = dir.path.clone();
+                self.unwatch_tree(&path, true);
+                continue;
+            }
+            let Some(name) = &ev.name else {
+                // The directory itself deleted or moved: watched again
+                // once it is back (rescans call rewatch).
+                if ev.mask.intersects(EventMask::DELETE_SELF | EventMask::MOVE_SELF) {
+                    let path = dir.path.clone();
+                    self.unwatch_tree(&path, ev.mask.contains(EventMask::DELETE_SELF));
+                    self.push(Change::Rescan);
+                }
+                continue;
+            };
+            if ev.mask.contains(EventMask::ISDIR) {
+                let path = dir.path.join(name);
+                let below = dir.below;
+                if ev.mask.intersects(EventMask::CREATE | EventMask::MOVED_TO) && below > 0 {
+                    // Files may have been created in it before its watch:
+                    // a rescan finds them.
+                    let _ = self.watch_tree(&path, below - 1, false);
+                    self.push(Change::Rescan);
+                } else if ev.mask.intersects(EventMask::DELETE | EventMask::MOVED_FROM) {
+                    self.unwatch_tree(&path, false);
+                }
+                continue;
+            }
+            let path = match &self.last_file {
+                Some(last) if last.wd == ev.wd && last.name == *name => last.path.clone(),
+                _ => {
+                    let path = dir.path.join(name);
+                    let path = self.watcher.matches(&path).then_some(path);
+                    self.last_file = Some(LastFile { wd: ev.wd, name: name.clone(), path: path.clone() });
+                    path
+                }
+            };
+            let Some(path) = path else { continue };
+            if ev.mask.intersects(EventMask::MODIFY | EventMask::ATTRIB) {
+                // A file written line by line: one change per path.
+                if let Some(Change::Modified(paths)) = self.queue.back_mut() {
+                    if !paths.contains(&path) {
+                        paths.push(path);
+                    }
+                    continue;
+                }
+                self.push(Change::Modified(vec![path]));
+            } else {
+                self.push(Change::Moved(vec![path]));
+            }
+        }
+        self.raw = raw;
+        self.raw.clear();
+    }
+
+    fn push(&mut self, c: Change) {
+        if self.queue.len() >= CHANGE_QUEUE {
+            self.queue.clear();
+            self.queue.push_back(Change::Rescan);
+            return;
+        }
+        self.queue.push_back(c);
+    }
+}
+
+/// Reads the events queued now into `out` (without waiting); true when
+/// that was all of them (the read left room for one more event of any
+/// size).
+fn read_raw(inotify: &mut Inotify, buf: &mut [u8], out: &mut Vec<RawEvent>) -> std::io::Result<bool> {
+    let mut n = 0usize;
+    for ev in inotify.read_events(buf)? {
+        n += 1;
+        out.push(RawEvent { wd: ev.wd.get_watch_descriptor_id(), mask: ev.mask, name: ev.name.map(ToOwned::to_owned) });
+    }
+    Ok((n + 1) * MAX_EVENT_BYTES <= buf.len())
 }
 
 #[cfg(test)]
@@ -544,54 +757,140 @@ mod tests {
         toml::from_str(&t).unwrap()
     }
 
-    #[test]
-    fn the_notify_thread_pauses_once_per_round_of_a_hot_file() {
-        let (a, b) = (PathBuf::from("/l/a.log"), PathBuf::from("/l/b.log"));
-        let ms = Duration::from_millis;
-        let mut p = Pacer::new(ms(50));
-        let t0 = Instant::now();
-        // A change after a quiet spell: passed on, then a pause.
-        assert!(p.decide_at(Some(std::slice::from_ref(&a)), t0));
-        p.ended = Some(t0 + ms(50));
-        p.handled_since = false;
-        // The merged change of the same file read right after: still being
-        // written, so one more pause (one read per round).
-        assert!(p.decide_at(Some(std::slice::from_ref(&a)), t0 + ms(50)));
-        p.ended = Some(t0 + ms(100));
-        p.handled_since = false;
-        // What queued up during a pause for other files (or for this one,
-        // behind other events): handled at once, no pause per event.
-        assert!(!p.decide_at(Some(std::slice::from_ref(&b)), t0 + ms(100)));
-        assert!(!p.decide_at(Some(std::slice::from_ref(&a)), t0 + ms(100)));
-        assert!(!p.decide_at(None, t0 + ms(100)));
-        assert!(!p.decide_at(Some(std::slice::from_ref(&b)), t0 + ms(100)));
-        // A change arriving later, in real time: a pause again.
-        assert!(p.decide_at(Some(std::slice::from_ref(&b)), t0 + ms(110)));
-        // Other events never pause.
-        assert!(!p.decide_at(None, t0 + ms(500)));
+    fn paths(c: &Change) -> Vec<String> {
+        let ps = match c {
+            Change::Modified(p) | Change::Moved(p) => p,
+            Change::Rescan => return vec!["<rescan>".into()],
+        };
+        ps.iter().map(|p| p.file_name().unwrap().to_string_lossy().into_owned()).collect()
     }
 
-    #[test]
-    fn a_file_opened_written_and_closed_per_line_does_not_pause_per_event() {
-        // Its events (open, modify, close) do not merge: after a pause the
-        // queue holds many, read in one go.
-        let a = PathBuf::from("/l/a.log");
-        let mut p = Pacer::new(Duration::from_millis(50));
-        let t0 = Instant::now();
-        assert!(p.decide_at(Some(std::slice::from_ref(&a)), t0));
-        p.ended = Some(t0);
-        p.handled_since = false;
+    async fn next(ev: &mut Events) -> Change {
+        tokio::time::timeout(Duration::from_secs(10), ev.next()).await.expect("an event within 10 s")
+    }
+
+    #[tokio::test]
+    async fn events_are_read_on_the_runtime_and_a_paused_file_queues_one_change_however_many_writes() {
+        use std::io::Write;
+        let dir = tempfile::tempdir().unwrap();
+        let d = std::fs::canonicalize(dir.path()).unwrap();
+        let w = Arc::new(Watcher::new(&source(&[&format!("{}/*.log", d.display())], &[])).unwrap());
+        let mut ev = w.events().unwrap();
+        // Another file, and our own reads (opens and closes): nothing.
+        std::fs::write(d.join("other.txt"), "x\n").unwrap();
+        let mut f = std::fs::OpenOptions::new().create(true).append(true).open(d.join("a.log")).unwrap();
+        let c = next(&mut ev).await;
+        assert!(matches!(c, Change::Moved(_)) && paths(&c) == ["a.log"], "{c:?}");
+        let _ = std::fs::read(d.join("a.log")).unwrap();
+        f.write_all(b"1\n").unwrap();
+        let c = next(&mut ev).await;
+        assert!(matches!(c, Change::Modified(_)) && paths(&c) == ["a.log"], "{c:?}");
+        assert!(ev.try_next().is_none(), "our read of the file is no change");
+        // Paused: a hundred appends wait in the kernel as one change.
+        ev.pause();
         for _ in 0..100 {
-            assert!(!p.decide_at(None, t0)); // open
-            assert!(!p.decide_at(Some(std::slice::from_ref(&a)), t0)); // modify
-            assert!(!p.decide_at(None, t0)); // close
+            f.write_all(b"x\n").unwrap();
+        }
+        let c = ev.try_next().expect("the queued change");
+        assert!(matches!(c, Change::Modified(_)) && paths(&c) == ["a.log"], "{c:?}");
+        assert!(ev.try_next().is_none(), "merged into one: {:?}", ev.try_next());
+        // Waiting again puts the descriptor back: the next change wakes.
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let writer = std::thread::spawn(move || {
+            let _ = rx.blocking_recv();
+            f.write_all(b"y\n").unwrap();
+        });
+        let waiting = tokio::spawn(async move {
+            let c = next(&mut ev).await;
+            (c, ev)
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        tx.send(()).unwrap();
+        let (c, mut ev) = waiting.await.unwrap();
+        writer.join().unwrap();
+        assert!(matches!(c, Change::Modified(_)) && paths(&c) == ["a.log"], "{c:?}");
+        // Renamed away and deleted: names that went.
+        std::fs::rename(d.join("a.log"), d.join("a.log.1")).unwrap();
+        let c = next(&mut ev).await;
+        assert!(matches!(c, Change::Moved(_)) && paths(&c) == ["a.log"], "{c:?}");
+        std::fs::remove_file(d.join("a.log.1")).unwrap();
+        assert!(ev.try_next().is_none(), "a.log.1 is not the source's");
+    }
+
+    #[tokio::test]
+    async fn files_written_in_turn_each_get_their_own_verdict_from_the_globs() {
+        use std::io::Write;
+        let dir = tempfile::tempdir().unwrap();
+        let d = std::fs::canonicalize(dir.path()).unwrap();
+        let w = Arc::new(Watcher::new(&source(&[&format!("{}/*.log", d.display())], &[&format!("{}/skip.log", d.display())])).unwrap());
+        let open = |name: &str| std::fs::OpenOptions::new().create(true).append(true).open(d.join(name)).unwrap();
+        let (mut a, mut other, mut skip, mut b) = (open("a.log"), open("other.txt"), open("skip.log"), open("b.log"));
+        let mut ev = w.events().unwrap();
+        // Each in turn, twice over: the verdict and path remembered for
+        // the last file named are never taken for another one.
+        for _ in 0..2 {
+            for f in [&mut a, &mut other, &mut skip, &mut b] {
+                f.write_all(b"x\n").unwrap();
+            }
+        }
+        let mut seen: Vec<String> = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !seen.iter().any(|p| p == "b.log") && Instant::now() < deadline {
+            seen.extend(paths(&next(&mut ev).await));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        while let Some(c) = ev.try_next() {
+            seen.extend(paths(&c));
+        }
+        seen.sort();
+        seen.dedup();
+        assert_eq!(seen, ["a.log", "b.log"]);
+        // A file that goes and comes back under the same name is matched
+        // again (a new watch may reuse a descriptor number).
+        drop(a);
+        std::fs::remove_file(d.join("a.log")).unwrap();
+        let mut b = open("a.log");
+        b.write_all(b"y\n").unwrap();
+        let mut names = Vec::new();
+        while !names.iter().any(|n: &String| n == "a.log") {
+            names.extend(paths(&next(&mut ev).await));
         }
     }
 
-    #[test]
-    fn a_zero_read_delay_never_pauses() {
-        let mut p = Pacer::new(Duration::ZERO);
-        assert!(!p.decide_at(Some(&[PathBuf::from("/l/a.log")]), Instant::now()));
+    #[tokio::test]
+    async fn a_recursive_glob_watches_new_subdirectories_and_asks_for_a_rescan() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = std::fs::canonicalize(dir.path()).unwrap();
+        std::fs::create_dir(d.join("old")).unwrap();
+        let w = Arc::new(Watcher::new(&source(&[&format!("{}/**/*.log", d.display())], &[])).unwrap());
+        let mut ev = w.events().unwrap();
+        std::fs::write(d.join("old/a.log"), "1\n").unwrap();
+        let c = next(&mut ev).await;
+        assert_eq!(paths(&c), ["a.log"], "a subdirectory that existed is watched: {c:?}");
+        while ev.try_next().is_some() {}
+        std::fs::create_dir_all(d.join("new/deeper")).unwrap();
+        let c = next(&mut ev).await;
+        assert!(matches!(c, Change::Rescan), "files may be there before their watch: {c:?}");
+        while ev.try_next().is_some() {}
+        std::fs::write(d.join("new/deeper/b.log"), "1\n").unwrap();
+        let c = next(&mut ev).await;
+        assert_eq!(paths(&c), ["b.log"], "{c:?}");
+    }
+
+    #[tokio::test]
+    async fn a_linked_directory_is_not_watched_unless_the_source_follows_links() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = std::fs::canonicalize(dir.path()).unwrap();
+        std::fs::create_dir_all(d.join("logs")).unwrap();
+        std::fs::create_dir_all(d.join("elsewhere")).unwrap();
+        std::os::unix::fs::symlink(d.join("elsewhere"), d.join("logs/linked")).unwrap();
+        let g = format!("{}/logs/**/*.log", d.display());
+        let w = Arc::new(Watcher::new(&source(&[&g], &[])).unwrap());
+        let mut ev = w.events().unwrap();
+        std::fs::write(d.join("elsewhere/x.log"), "1\n").unwrap();
+        std::fs::write(d.join("logs/y.log"), "1\n").unwrap();
+        let c = next(&mut ev).await;
+        assert_eq!(paths(&c), ["y.log"], "nothing from the linked directory: {c:?}");
     }
 
     #[test]

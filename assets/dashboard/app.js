@@ -99,10 +99,15 @@
   /** Sets textContent only when it changed (no needless layout work). */
   function setText(el, text) { if (el && el.textContent !== text) el.textContent = text; }
 
-  // ---- settings from the URL fragment: #token=...&ws=...&since=...&records_per_message=... ----
+  // ---- settings from the URL fragment: #token=...&channel=...&ws=...&since=...&records_per_message=... ----
   const frag = new URLSearchParams(location.hash.replace(/^#/, ''));
   const settings = {
     wsOverride: frag.get('ws'),
+    // The page opened for one channel (`[[channel.stream]]` id): the token
+    // is that channel's (the channel sends its records only, numbered with
+    // the bridge's sequence numbers, so gaps are expected), and the
+    // channels table shows that channel only.
+    channel: frag.get('channel'),
     since: frag.has('since') ? num(frag.get('since')) : null,
     // Asked of the channel for this page only: a browser handles a few
     // thousand messages a second, so at high rates records come batched
@@ -284,7 +289,8 @@
       const seq = first == null ? null : first + i;
       if (seq != null && agg.lastSeq != null) {
         if (seq <= agg.lastSeq) { agg.seqRepeats++; continue; } // sent twice: already counted
-        if (seq > agg.lastSeq + 1) agg.gaps += seq - agg.lastSeq - 1;
+        // A channel with a filter skips the numbers of others' records.
+        if (seq > agg.lastSeq + 1 && !settings.channel) agg.gaps += seq - agg.lastSeq - 1;
       }
       if (seq != null) agg.lastSeq = seq;
       ingest(msg.data[i], seq, t);
@@ -522,6 +528,7 @@
     renderTop($('top-endpoints'), top.endpoints);
     renderFiles();
     renderSinks();
+    renderChannels();
     renderExport();
     renderTail();
     drawRate(t);
@@ -600,6 +607,48 @@
       setText(c[5], fmtInt(num(s.retries)));
       setText(c[6], fmtInt(num(s.dropped_records)));
       for (let k = 1; k < 7; k++) c[k].className = 'num';
+    });
+  }
+
+  /**
+   * The channels from /status (`channel`: families by channel and by
+   * channel and token, see src/sink/channel/stats.rs): one row each, only
+   * the page's channel when opened for one; null when the bridge has no
+   * channel. Tokens are shown by label or digest prefix (never a token).
+   */
+  function channelRows(st) {
+    const c = st && st.channel;
+    if (!c || typeof c !== 'object' || !c.connections_by_channel || typeof c.connections_by_channel !== 'object') return null;
+    const fam = (name) => (c[name] && typeof c[name] === 'object' ? c[name] : {});
+    const sent = fam('records_sent_by_channel'), filtered = fam('records_filtered_by_channel'), lost = fam('lost_notices_by_channel');
+    const slow = fam('slow_consumer_closes_by_channel'), tokens = fam('token_connections');
+    return Object.keys(c.connections_by_channel).sort()
+      .filter((id) => !settings.channel || id === settings.channel)
+      .map((id) => {
+        const t = tokens[id] && typeof tokens[id] === 'object' ? tokens[id] : {};
+        const inUse = Object.keys(t).sort().filter((name) => num(t[name]) > 0).map((name) => name + ' (' + num(t[name]) + ')');
+        return {
+          id: id, connections: num(c.connections_by_channel[id]), recordsSent: num(sent[id]), recordsFiltered: num(filtered[id]),
+          lostNotices: num(lost[id]), slowConsumerCloses: num(slow[id]), tokensInUse: inUse, tokens: Object.keys(t).length,
+        };
+      });
+  }
+
+  function renderChannels() {
+    const list = channelRows(agg.status);
+    $('channels-panel').hidden = !list;
+    if (!list) return;
+    const rs = rows($('channels').tBodies[0], list.length, 7);
+    list.forEach((ch, i) => {
+      const c = rs[i].cells;
+      setText(c[0], ch.id);
+      setText(c[1], fmtInt(ch.connections));
+      setText(c[2], fmtInt(ch.recordsSent));
+      setText(c[3], fmtInt(ch.recordsFiltered));
+      setText(c[4], fmtInt(ch.lostNotices));
+      setText(c[5], fmtInt(ch.slowConsumerCloses));
+      setText(c[6], ch.tokensInUse.length ? ch.tokensInUse.join(', ') : 'none of ' + ch.tokens);
+      for (let k = 1; k < 6; k++) c[k].className = 'num';
     });
   }
 
@@ -909,6 +958,7 @@
         files: (agg.status && agg.status.files || []).map((f) => Object.assign({ path: f.path, state: f.state, bytes_behind: num(f.bytes_behind) }, { delay: fileDelay(f) })),
         tailKept: tail.len,
         exportSlices: exportSlices(agg.status),
+        channels: channelRows(agg.status),
         ticks: { rate: drawnTicks.rate.slice(), sync: drawnTicks.sync.slice(), syncLabels: drawnTicks.sync.map(fmtTickMs) },
         connectionText: $('conn-state').textContent,
       };

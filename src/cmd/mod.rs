@@ -11,6 +11,7 @@ pub mod reset_state;
 pub mod run;
 pub mod simulate;
 pub mod subscribe;
+pub mod token;
 
 pub use crate::service::describe;
 

@@ -12,6 +12,16 @@
 //! Batches of a partition may be acknowledged out of order (sinks run
 //! independently); the offset advances only over a contiguous
 //! acknowledged prefix, as file checkpoints do.
+//!
+//! Each position also keeps a [`Witness`]: the offset and checksum
+//! ([`message_crc`]) of a message already read (the first of the last
+//! fetch, which every broker returns when asked for its offset), so the
+//! reader can ask the brokers whether the log still holds that message at
+//! that offset. A topic that
+//! was deleted and created again, or brokers that lost their log, number
+//! new messages from 0 again: without the check the hub would skip every
+//! new message until the offsets passed its old position. [`Offsets::reset`]
+//! moves a partition back once the reader found such a reset.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::fs;
@@ -32,6 +42,19 @@ struct Position {
     partition: i32,
     /// Offset of the next message to read.
     next: i64,
+    /// A message read before `next`, when known: checked against the
+    /// brokers' log to find a reset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    witness: Option<Witness>,
+}
+
+/// A message already read: its offset and [`message_crc`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Witness {
+    /// Its offset.
+    pub offset: i64,
+    /// Its checksum.
+    pub crc: u32,
 }
 
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -44,19 +67,40 @@ struct Document {
 /// A partition: topic and number.
 pub type Partition = (String, i32);
 
+/// Where reading a partition goes on: the offset of the next message, and
+/// a message read before it when known.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Resume {
+    /// Offset of the next message to read.
+    pub next: i64,
+    /// A message read before `next` (offset below `next`).
+    pub witness: Option<Witness>,
+}
+
+/// One batch in flight.
+#[derive(Debug)]
+struct InFlight {
+    /// Its place in the partition's order.
+    seq: u64,
+    /// Where reading goes on after it.
+    end: Resume,
+    /// Every sink acknowledged it.
+    acked: bool,
+}
+
 /// Batches of one partition not yet acknowledged, in read order.
 #[derive(Default)]
 struct Tracker {
     /// Sequence number of the next batch.
     next_seq: u64,
-    /// (seq, offset after the batch, acknowledged?), oldest first.
-    in_flight: VecDeque<(u64, i64, bool)>,
+    /// Oldest first.
+    in_flight: VecDeque<InFlight>,
 }
 
 #[derive(Default)]
 struct State {
     /// Durable positions.
-    positions: BTreeMap<Partition, i64>,
+    positions: BTreeMap<Partition, Resume>,
     /// Acknowledgement order per partition.
     trackers: BTreeMap<Partition, Tracker>,
     /// Changed since the last write.
@@ -105,7 +149,9 @@ impl Offsets {
                     return Err(DamagedState { path, problem: format!("unknown version {}", doc.version) });
                 }
                 for p in doc.positions {
-                    state.positions.insert((p.topic, p.partition), p.next);
+                    state
+                        .positions
+                        .insert((p.topic, p.partition), Resume { next: p.next, witness: p.witness.filter(|w| w.offset < p.next) });
                 }
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -125,14 +171,19 @@ impl Offsets {
 
     /// The durable position of `p`, if any.
     pub fn position(&self, p: &Partition) -> Option<i64> {
-        self.lock().positions.get(p).copied()
+        self.lock().positions.get(p).map(|r| r.next)
     }
 
     /// Where reading `p` resumes: after the batches in flight, else the
     /// durable position.
     pub fn resume(&self, p: &Partition) -> Option<i64> {
+        self.resume_at(p).map(|r| r.next)
+    }
+
+    /// [`Offsets::resume`] with a message read before it.
+    pub fn resume_at(&self, p: &Partition) -> Option<Resume> {
         let st = self.lock();
-        st.trackers.get(p).and_then(|t| t.in_flight.back().map(|b| b.1)).or_else(|| st.positions.get(p).copied())
+        st.trackers.get(p).and_then(|t| t.in_flight.back().map(|b| b.end)).or_else(|| st.positions.get(p).copied())
     }
 
     /// Sets the first position of a partition read for the first time
@@ -140,19 +191,19 @@ impl Offsets {
     pub fn start_at(&self, p: &Partition, next: i64) {
         let mut st = self.lock();
         if !st.positions.contains_key(p) {
-            st.positions.insert(p.clone(), next);
+            st.positions.insert(p.clone(), Resume { next, witness: None });
             st.dirty = true;
         }
     }
 
-    /// Registers a batch of `p` that ends before offset `end` (the next
-    /// message's offset), in read order.
-    pub fn register(&self, p: &Partition, end: i64) -> Ticket {
+    /// Registers a batch of `p` after which reading goes on at `end` (the
+    /// next message's offset, and a message of the batch), in read order.
+    pub fn register(&self, p: &Partition, end: Resume) -> Ticket {
         let mut st = self.lock();
         let t = st.trackers.entry(p.clone()).or_default();
         let seq = t.next_seq;
         t.next_seq += 1;
-        t.in_flight.push_back((seq, end, false));
+        t.in_flight.push_back(InFlight { seq, end, acked: false });
         Ticket { partition: p.clone(), seq }
     }
 
@@ -161,19 +212,19 @@ impl Offsets {
     pub fn ack(&self, ticket: Ticket) -> Option<i64> {
         let mut st = self.lock();
         let t = st.trackers.get_mut(&ticket.partition)?;
-        if let Some(b) = t.in_flight.iter_mut().find(|b| b.0 == ticket.seq) {
-            b.2 = true;
+        if let Some(b) = t.in_flight.iter_mut().find(|b| b.seq == ticket.seq) {
+            b.acked = true;
         }
         let mut advanced = None;
-        while t.in_flight.front().is_some_and(|b| b.2) {
-            advanced = t.in_flight.pop_front().map(|b| b.1);
+        while t.in_flight.front().is_some_and(|b| b.acked) {
+            advanced = t.in_flight.pop_front().map(|b| b.end);
         }
         let next = advanced?;
         st.positions.insert(ticket.partition, next);
         st.dirty = true;
         drop(st);
         self.changed.notify_one();
-        Some(next)
+        Some(next.next)
     }
 
     /// Forgets a batch that was never handed to the sinks (reading
@@ -181,8 +232,24 @@ impl Offsets {
     pub fn withdraw(&self, ticket: Ticket) {
         let mut st = self.lock();
         if let Some(t) = st.trackers.get_mut(&ticket.partition) {
-            t.in_flight.retain(|b| b.0 != ticket.seq);
+            t.in_flight.retain(|b| b.seq != ticket.seq);
         }
+    }
+
+    /// The partition's log was reset (a re-created topic, brokers that
+    /// lost their log): reading starts again at `next` of the new log.
+    /// Batches of the old log still in flight no longer move the
+    /// position when they are acknowledged (their offsets mean nothing in
+    /// the new log); the new position is written with the next write.
+    pub fn reset(&self, p: &Partition, next: i64) {
+        let mut st = self.lock();
+        if let Some(t) = st.trackers.get_mut(p) {
+            t.in_flight.clear();
+        }
+        st.positions.insert(p.clone(), Resume { next, witness: None });
+        st.dirty = true;
+        drop(st);
+        self.changed.notify_one();
     }
 
     /// Batches registered and not yet acknowledged, over every partition.
@@ -204,7 +271,11 @@ impl Offsets {
                 return Ok(false);
             }
             st.dirty = false;
-            let positions = st.positions.iter().map(|((t, p), n)| Position { topic: t.clone(), partition: *p, next: *n }).collect();
+            let positions = st
+                .positions
+                .iter()
+                .map(|((t, p), r)| Position { topic: t.clone(), partition: *p, next: r.next, witness: r.witness })
+                .collect();
             let doc = Document { version: VERSION, group_id: self.group_id.to_string(), positions };
             serde_json::to_vec_pretty(&doc).map_err(std::io::Error::other)?
         };
@@ -228,9 +299,31 @@ impl Offsets {
     }
 }
 
+/// The checksum of a message as the brokers keep it (key, value and
+/// timestamp): the same message fetched again gives the same checksum; the
+/// message a re-created topic holds at that offset almost surely not.
+pub fn message_crc(key: Option<&[u8]>, value: Option<&[u8]>, timestamp_ms: i64) -> u32 {
+    let mut h = crc32fast::Hasher::new();
+    for part in [key, value] {
+        match part {
+            Some(b) => {
+                h.update(&(b.len() as u64).to_le_bytes());
+                h.update(b);
+            }
+            None => h.update(&u64::MAX.to_le_bytes()),
+        }
+    }
+    h.update(&timestamp_ms.to_le_bytes());
+    h.finalize()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn at(next: i64) -> Resume {
+        Resume { next, witness: Some(Witness { offset: next - 1, crc: next as u32 }) }
+    }
 
     #[test]
     fn positions_advance_over_the_acknowledged_prefix_and_survive_a_restart() {
@@ -241,9 +334,9 @@ mod tests {
         assert_eq!(o.resume(&p), None);
         o.start_at(&p, 5);
         assert_eq!(o.resume(&p), Some(5));
-        let a = o.register(&p, 10);
-        let b = o.register(&p, 20);
-        let c = o.register(&p, 30);
+        let a = o.register(&p, at(10));
+        let b = o.register(&p, at(20));
+        let c = o.register(&p, at(30));
         assert_eq!(o.resume(&p), Some(30), "reading resumes past the batches in flight");
         assert_eq!(o.ack(b), None, "out of order: the first batch is still pending");
         assert_eq!(o.position(&p), Some(5));
@@ -254,9 +347,42 @@ mod tests {
         assert!(!o.write(false).unwrap(), "nothing changed since");
         let again = Offsets::load(d.path(), "hub/1").unwrap();
         assert_eq!(again.position(&p), Some(20));
+        assert_eq!(again.resume_at(&p), Some(at(20)), "the witness is kept");
         assert_eq!(Offsets::load(d.path(), "other").unwrap().position(&p), None, "group ids are separate namespaces");
         std::fs::write(o.path(), "{not json").unwrap();
         let e = Offsets::load(d.path(), "hub/1").err().unwrap();
         assert!(e.to_string().contains("kafka-offsets-hub_1.json"), "{e}");
+        // A file without witnesses (written before they were kept) loads.
+        std::fs::write(o.path(), r#"{"version":1,"group_id":"hub/1","positions":[{"topic":"calls","partition":2,"next":7}]}"#).unwrap();
+        let old = Offsets::load(d.path(), "hub/1").unwrap();
+        assert_eq!(old.resume_at(&p), Some(Resume { next: 7, witness: None }));
+    }
+
+    #[test]
+    fn a_reset_moves_the_position_back_and_old_batches_no_longer_move_it() {
+        let d = tempfile::tempdir().unwrap();
+        let o = Offsets::load(d.path(), "hub").unwrap();
+        let p: Partition = ("calls".into(), 0);
+        o.start_at(&p, 0);
+        let a = o.register(&p, at(100));
+        let b = o.register(&p, at(150));
+        o.ack(a);
+        assert_eq!(o.position(&p), Some(100));
+        o.reset(&p, 0);
+        assert_eq!(o.resume_at(&p), Some(Resume { next: 0, witness: None }));
+        assert_eq!(o.ack(b), None, "a batch of the old log acknowledged after the reset");
+        assert_eq!(o.position(&p), Some(0));
+        assert_eq!(o.in_flight(), 0);
+        let c = o.register(&p, at(5));
+        assert_eq!(o.ack(c), Some(5), "the new log's batches advance it");
+    }
+
+    #[test]
+    fn message_checksums_tell_messages_apart() {
+        let a = message_crc(Some(b"k"), Some(b"v"), 1);
+        assert_eq!(a, message_crc(Some(b"k"), Some(b"v"), 1));
+        assert_ne!(a, message_crc(Some(b"k"), Some(b"v"), 2));
+        assert_ne!(a, message_crc(None, Some(b"kv"), 1));
+        assert_ne!(message_crc(Some(b""), None, 1), message_crc(None, Some(b""), 1));
     }
 }

@@ -246,6 +246,10 @@ pub struct Needs {
     pub listeners: Vec<(&'static str, SocketAddr)>,
     /// Peers it sends to, probed by `check-config` (warnings only).
     pub peers: Vec<crate::probe::Peer>,
+    /// Record fields its settings select on that only lookup tables may
+    /// fill (a channel filter on `org_name`): (key, field). A field no
+    /// loaded table provides is a warning.
+    pub lookup_fields: Vec<(String, crate::record::Field)>,
 }
 
 /// A registered sink kind, without its types: what the config loader and

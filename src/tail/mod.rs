@@ -228,56 +228,57 @@ impl Tailer {
         let mut tick = tokio::time::interval_at(Instant::now() + every, every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut rescan_at: Option<Instant> = None;
-        // When hints were last handled. The shortest time between two
-        // rounds of change hints is the source's `read_delay`: a file
-        // written one line per write() gives one inotify event per line,
-        // and each would wake this task and the file's reader, and send
-        // one batch per line through every sink. Hints that follow a quiet
-        // spell are handled at once; those that follow a round by less
-        // than `read_delay` wait for the rest of it and are handled
-        // together, so a line waits at most that long (polling and rescans
-        // are not delayed). The watcher paces its own reads of inotify
-        // events the same way (crate::watch::Pacer).
+        // Rounds. A file written one line per write() gives one inotify
+        // event per line, and each would wake this task and the file's
+        // reader, and send one batch per line through every sink. A change
+        // after a quiet spell is handled at once; after a round that
+        // handled content changes, the inotify descriptor is taken out of
+        // the reactor (`Events::pause`) for the source's `read_delay`:
+        // meanwhile the kernel merges a file's repeated changes into one
+        // queued event and wakes nobody, and when the time is up this task
+        // reads what queued (one timer wake-up and one read per round,
+        // however many lines came). A round that finds nothing puts the
+        // descriptor back: the next change is handled at once again. A
+        // line waits at most `read_delay` (polling and rescans are not
+        // delayed).
         let read_delay = self.cfg.read_delay;
-        let mut last_hints: Option<Instant> = None;
+        let mut round_at: Option<Instant> = None;
         loop {
-            tokio::select! {
+            let changes = tokio::select! {
                 _ = shutdown.cancelled() => break,
                 _ = tick.tick() => {
                     self.full_scan(false, events.as_mut()).await;
                     crate::ingest::log_reject_summary(&self.shared.reject_log, false);
                     self.log_file_notes_summary();
+                    continue;
                 }
                 _ = sleep_until(rescan_at), if rescan_at.is_some() => {
                     rescan_at = None;
                     self.full_scan(false, events.as_mut()).await;
+                    continue;
                 }
-                Some(fin) = self.exit_rx.recv() => self.finished(fin).await,
-                change = next_change(&mut events), if events.is_some() => {
-                    // The watcher passes a hot file's changes on once per
-                    // read delay, measured on its own thread: one that
-                    // arrives a hair early is handled now, not after one
-                    // more wake-up for the rest.
-                    if let Some(at) = last_hints.filter(|at| at.elapsed() + read_delay / 8 < read_delay) {
-                        tokio::select! {
-                            _ = sleep_until(Some(at + read_delay)) => {}
-                            _ = shutdown.cancelled() => break,
-                        }
-                    }
-                    last_hints = Some(Instant::now());
-                    let mut changes = vec![change];
-                    if let Some(ev) = events.as_mut() {
-                        while changes.len() < 1024 {
-                            match ev.try_next() {
-                                Some(c) => changes.push(c),
-                                None => break,
-                            }
-                        }
-                    }
-                    if self.changes(changes).await {
-                        rescan_at.get_or_insert(Instant::now() + RESCAN_AFTER_MOVE);
-                    }
+                Some(fin) = self.exit_rx.recv() => {
+                    self.finished(fin).await;
+                    continue;
                 }
+                _ = sleep_until(round_at), if round_at.is_some() => {
+                    round_at = None;
+                    queued_changes(events.as_mut(), Vec::new())
+                }
+                change = next_change(&mut events), if events.is_some() && round_at.is_none() => {
+                    queued_changes(events.as_mut(), vec![change])
+                }
+            };
+            if changes.is_empty() {
+                continue;
+            }
+            let content = changes.iter().any(|c| matches!(c, Change::Modified(_)));
+            if self.changes(changes).await {
+                rescan_at.get_or_insert(Instant::now() + RESCAN_AFTER_MOVE);
+            }
+            if let Some(ev) = events.as_mut().filter(|_| content && !read_delay.is_zero()) {
+                ev.pause();
+                round_at = Some(Instant::now() + read_delay);
             }
         }
         drop(events);
@@ -940,6 +941,14 @@ async fn sleep_until(at: Option<Instant>) {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
     }
+}
+
+/// `changes` and the changes queued behind them (at most 1,024 at a time).
+fn queued_changes(events: Option<&mut Events>, mut changes: Vec<Change>) -> Vec<Change> {
+    if let Some(ev) = events {
+        ev.drain(&mut changes, 1024);
+    }
+    changes
 }
 
 async fn next_change(events: &mut Option<Events>) -> Change {

@@ -162,8 +162,11 @@ struct Figure {
     kind: Kind,
     /// The label's name, for a family.
     label: Option<&'static str>,
-    /// One cell, or one per label value in declaration order.
-    cells: Vec<(String, Cell)>,
+    /// The second label's name, for a family over two labels.
+    label2: Option<&'static str>,
+    /// One cell, or one per label value (a pair of them for two labels,
+    /// the second empty otherwise) in declaration order.
+    cells: Vec<((String, String), Cell)>,
 }
 
 /// A component's section of figures (see the module docs). Cheap to clone.
@@ -200,7 +203,7 @@ impl Figures {
     /// Declares a counter, shown in `/status` and as
     /// `calllog_bridge_<section>_<name>_total`.
     pub fn counter(&self, name: &'static str, help: &'static str) -> Counter {
-        match self.declare(name, Some(help), Kind::Counter, None, &[""]).pop() {
+        match self.declare(name, Some(help), Kind::Counter, None, &[single()]).pop() {
             Some(Cell::Counter(c)) => c,
             _ => Counter::default(),
         }
@@ -219,7 +222,7 @@ impl Figures {
     }
 
     fn gauge_shown(&self, name: &'static str, help: Option<&'static str>) -> Gauge {
-        match self.declare(name, help, Kind::Gauge, None, &[""]).pop() {
+        match self.declare(name, help, Kind::Gauge, None, &[single()]).pop() {
             Some(Cell::Gauge(g)) => g,
             _ => Gauge::default(),
         }
@@ -235,7 +238,7 @@ impl Figures {
         label: &'static str,
         values: [&str; N],
     ) -> [Counter; N] {
-        let cells = self.declare(name, Some(help), Kind::Counter, Some(label), &values);
+        let cells = self.declare(name, Some(help), Kind::Counter, Some((label, None)), &pairs(&values));
         std::array::from_fn(|i| match cells.get(i) {
             Some(Cell::Counter(c)) => c.clone(),
             _ => Counter::default(),
@@ -246,7 +249,7 @@ impl Figures {
     /// run time (e.g. slices named in the config); declaring again with
     /// more values adds them, and the others keep counting.
     pub fn counter_family(&self, name: &'static str, help: &'static str, label: &'static str, values: &[&str]) -> Vec<Counter> {
-        let cells = self.declare(name, Some(help), Kind::Counter, Some(label), values);
+        let cells = self.declare(name, Some(help), Kind::Counter, Some((label, None)), &pairs(values));
         cells
             .into_iter()
             .map(|c| match c {
@@ -259,23 +262,35 @@ impl Figures {
     /// A family of gauges, one per value of `label` (see
     /// [`Figures::counter_family`]).
     pub fn gauge_family(&self, name: &'static str, help: &'static str, label: &'static str, values: &[&str]) -> Vec<Gauge> {
-        let cells = self.declare(name, Some(help), Kind::Gauge, Some(label), values);
-        cells
-            .into_iter()
-            .map(|c| match c {
-                Cell::Gauge(g) => g,
-                Cell::Counter(_) => Gauge::default(),
-            })
-            .collect()
+        let cells = self.declare(name, Some(help), Kind::Gauge, Some((label, None)), &pairs(values));
+        gauges(cells)
+    }
+
+    /// A family of gauges over two labels (`channel` and `token`), one per
+    /// pair of values given; shown in `/status` as an object by the first
+    /// label's value holding an object by the second's, and as
+    /// `calllog_bridge_<section>_<name>{<label>=...,<label2>=...}`.
+    /// Declaring again with more pairs adds them (see
+    /// [`Figures::counter_family`]).
+    pub fn gauge_family2(&self, name: &'static str, help: &'static str, labels: [&'static str; 2], values: &[(&str, &str)]) -> Vec<Gauge> {
+        let values: Vec<(String, String)> = values.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect();
+        let cells = self.declare(name, Some(help), Kind::Gauge, Some((labels[0], Some(labels[1]))), &values);
+        gauges(cells)
     }
 
     /// Drops the series of family `name` whose label value `keep` refuses:
     /// a family over a moving window (the export's most recent slices)
     /// stays bounded. The series kept go on as they were.
     pub fn retain_values(&self, name: &str, keep: impl Fn(&str) -> bool) {
+        self.retain_pairs(name, |v, _| keep(v));
+    }
+
+    /// [`Figures::retain_values`] for a family over two labels: `keep`
+    /// sees both values (for a family of one label, the second is empty).
+    pub fn retain_pairs(&self, name: &str, keep: impl Fn(&str, &str) -> bool) {
         let mut figures = self.0.figures.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(f) = figures.iter_mut().find(|f| f.name == name && f.label.is_some()) {
-            f.cells.retain(|(v, _)| keep(v));
+            f.cells.retain(|((a, b), _)| keep(a, b));
         }
     }
 
@@ -298,21 +313,25 @@ impl Figures {
         name: &'static str,
         help: Option<&'static str>,
         kind: Kind,
-        label: Option<&'static str>,
-        values: &[&str],
+        labels: Option<(&'static str, Option<&'static str>)>,
+        values: &[(String, String)],
     ) -> Vec<Cell> {
+        let (label, label2) = match labels {
+            Some((a, b)) => (Some(a), b),
+            None => (None, None),
+        };
         debug_assert!(valid_name(name) && !ENDPOINT_KEYS.contains(&name), "bad figure name {name:?}");
-        debug_assert!(label.is_none_or(valid_name), "bad label name {label:?}");
+        debug_assert!(label.is_none_or(valid_name) && label2.is_none_or(valid_name), "bad label name {label:?} {label2:?}");
         let mut figures = self.0.figures.lock().unwrap_or_else(|e| e.into_inner());
         let at = match figures.iter().position(|f| f.name == name) {
-            Some(i) if figures[i].kind == kind && figures[i].label == label => i,
+            Some(i) if figures[i].kind == kind && figures[i].label == label && figures[i].label2 == label2 => i,
             Some(i) => {
                 debug_assert!(false, "figure {name:?} declared again as another kind or label");
-                figures[i] = Figure { name, help, kind, label, cells: Vec::new() };
+                figures[i] = Figure { name, help, kind, label, label2, cells: Vec::new() };
                 i
             }
             None => {
-                figures.push(Figure { name, help, kind, label, cells: Vec::new() });
+                figures.push(Figure { name, help, kind, label, label2, cells: Vec::new() });
                 figures.len() - 1
             }
         };
@@ -324,7 +343,7 @@ impl Figures {
                 Some((_, c)) => c.clone(),
                 None => {
                     let c = Cell::new(kind);
-                    f.cells.push((v.to_string(), c.clone()));
+                    f.cells.push((v.clone(), c.clone()));
                     c
                 }
             })
@@ -343,9 +362,15 @@ impl Figures {
                     name: f.name,
                     help: f.help,
                     kind: f.kind,
-                    value: match f.label {
-                        None => FigureValue::One(f.cells.first().map_or(0, |(_, c)| c.read())),
-                        Some(label) => FigureValue::ByLabel { label, values: f.cells.iter().map(|(k, c)| (k.clone(), c.read())).collect() },
+                    value: match (f.label, f.label2) {
+                        (None, _) => FigureValue::One(f.cells.first().map_or(0, |(_, c)| c.read())),
+                        (Some(label), None) => {
+                            FigureValue::ByLabel { label, values: f.cells.iter().map(|((k, _), c)| (k.clone(), c.read())).collect() }
+                        }
+                        (Some(a), Some(b)) => FigureValue::ByLabels {
+                            labels: [a, b],
+                            values: f.cells.iter().map(|((x, y), c)| ((x.clone(), y.clone()), c.read())).collect(),
+                        },
                     },
                 })
                 .collect(),
@@ -389,6 +414,34 @@ pub enum FigureValue {
         /// `(label value, value)`.
         values: Vec<(String, i64)>,
     },
+    /// One series per pair of label values, in declaration order.
+    ByLabels {
+        /// The labels' names.
+        labels: [&'static str; 2],
+        /// `((first label's value, second label's value), value)`.
+        values: Vec<((String, String), i64)>,
+    },
+}
+
+/// The cell key of a figure without a label.
+fn single() -> (String, String) {
+    (String::new(), String::new())
+}
+
+/// Cell keys of a family over one label.
+fn pairs(values: &[&str]) -> Vec<(String, String)> {
+    values.iter().map(|v| (v.to_string(), String::new())).collect()
+}
+
+/// The gauges of `cells`.
+fn gauges(cells: Vec<Cell>) -> Vec<Gauge> {
+    cells
+        .into_iter()
+        .map(|c| match c {
+            Cell::Gauge(g) => g,
+            Cell::Counter(_) => Gauge::default(),
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -435,6 +488,20 @@ mod tests {
         );
         // A moving window: the old value goes, the kept one keeps its level.
         f.retain_values("lag", |v| v != "0");
+        let tok = f.gauge_family2("tokens", "Tokens", ["channel", "token"], &[("a", "t1"), ("b", "t1")]);
+        tok[1].set(3);
+        assert_eq!(
+            f.snapshot().figures[2].value,
+            FigureValue::ByLabels {
+                labels: ["channel", "token"],
+                values: vec![(("a".into(), "t1".into()), 0), (("b".into(), "t1".into()), 3)]
+            }
+        );
+        f.retain_pairs("tokens", |c, _| c == "b");
+        assert_eq!(
+            f.snapshot().figures[2].value,
+            FigureValue::ByLabels { labels: ["channel", "token"], values: vec![(("b".into(), "t1".into()), 3)] }
+        );
         f.gauge_family("lag", "Lag", "partition", &["1", "2"])[1].set(2);
         assert_eq!(
             f.snapshot().figures[1].value,

@@ -46,10 +46,13 @@
 //! | `channel_connections` | gauge | | WebSocket connections open now |
 //! | `channel_connections_accepted_total` | counter | | connections upgraded |
 //! | `channel_refused_total` | counter | reason | handshakes refused: `unauthorized` (401), `not_found` (404), `bad_request` (400, 431), `too_many_connections` (503), `not_websocket` (426, 405), `handshake_timeout`, `handshake_evicted` (a pending handshake closed to admit a newer connection) |
-//! | `channel_closed_total` | counter | reason | connections closed: `slow_consumer` (fell out of the replay log's retention), `ping_timeout`, `token_changed`, `shutdown`, `protocol_error` (1002, 1007, 1009), `client` (by the client), `replay_error` (1011: its replay log segment could not be read) |
+//! | `channel_closed_total` | counter | reason | connections closed: `slow_consumer` (fell out of the replay log's retention), `ping_timeout`, `token_revoked` (a reload removed its token), `token_expired` (its token passed `not_after`), `channel_changed` (a reload removed its channel or changed its filter), `shutdown`, `protocol_error` (1002, 1007, 1009), `client` (by the client), `replay_error` (1011: its replay log segment could not be read) |
 //! | `channel_messages_sent_total`, `channel_records_sent_total`, `channel_records_replayed_total`, `channel_lost_notices_total` | counter | | frames written to clients |
 //! | `channel_replay_bytes`, `channel_replay_segments`, `channel_replay_records`, `channel_replay_oldest_age_secs` | gauge | | what the replay log (`<state_dir>/replay`) holds (`replay_first_seq`: in `/status` only) |
 //! | `channel_replay_hot_bytes` | gauge | | the replay log's newest records kept in memory |
+//! | `channel_connections_by_channel` | gauge | channel | connections open now per channel (the default one under its `channel_id`, each `[[channel.stream]]` under its id) |
+//! | `channel_records_sent_by_channel_total`, `channel_records_filtered_by_channel_total`, `channel_lost_notices_by_channel_total`, `channel_slow_consumer_closes_by_channel_total` | counter | channel | per channel: records written to its clients, records its filter left out, lost notices, slow-consumer closes |
+//! | `channel_token_connections` | gauge | channel, token | connections open now per token (its `label`, or `sha256:` and 8 hex digits of its digest; never the token) |
 //! | `channel_replay_repaired_segments_total`, `channel_replay_repaired_bytes_total` | counter | | segments truncated to their last whole record at start (a torn or corrupt tail) and the bytes dropped |
 //! | `enrich_lookups_total` | counter | table, result (`hit`, `miss`) | lookups of loaded tables |
 //! | `enrich_table_entries` | gauge | table | ids a loaded table holds |
@@ -467,6 +470,9 @@ fn encode_sections(enc: &mut DescriptorEncoder<'_>, snap: &Snapshot) -> fmt::Res
             let series: Vec<(Labels, i64)> = match &f.value {
                 FigureValue::One(v) => vec![(Labels::new(), *v)],
                 FigureValue::ByLabel { label, values } => values.iter().map(|(k, v)| (vec![(*label, k.clone())], *v)).collect(),
+                FigureValue::ByLabels { labels, values } => {
+                    values.iter().map(|((a, b), v)| (vec![(labels[0], a.clone()), (labels[1], b.clone())], *v)).collect()
+                }
             };
             match f.kind {
                 Kind::Counter => {

@@ -165,6 +165,9 @@ pub enum SectionValue {
     Text(String),
     /// A family: value by label value.
     ByLabel(BTreeMap<String, i64>),
+    /// A family over two labels: by the first label's value, then by the
+    /// second's.
+    ByLabels(BTreeMap<String, BTreeMap<String, i64>>),
 }
 
 impl SectionStatus {
@@ -180,6 +183,13 @@ impl SectionStatus {
             let value = match &f.value {
                 FigureValue::One(n) => SectionValue::Number(*n),
                 FigureValue::ByLabel { values, .. } => SectionValue::ByLabel(values.iter().cloned().collect()),
+                FigureValue::ByLabels { values, .. } => {
+                    let mut m: BTreeMap<String, BTreeMap<String, i64>> = BTreeMap::new();
+                    for ((a, b), n) in values {
+                        m.entry(a.clone()).or_default().insert(b.clone(), *n);
+                    }
+                    SectionValue::ByLabels(m)
+                }
             };
             v.push((f.name.to_string(), value));
         }
@@ -204,6 +214,15 @@ impl SectionStatus {
     pub fn by_label(&self, name: &str) -> BTreeMap<String, i64> {
         match self.get(name) {
             Some(SectionValue::ByLabel(m)) => m.clone(),
+            _ => BTreeMap::new(),
+        }
+    }
+
+    /// The family over two labels `name`, by the first label's value then
+    /// the second's (empty when absent).
+    pub fn by_labels(&self, name: &str) -> BTreeMap<String, BTreeMap<String, i64>> {
+        match self.get(name) {
+            Some(SectionValue::ByLabels(m)) => m.clone(),
             _ => BTreeMap::new(),
         }
     }

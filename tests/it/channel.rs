@@ -26,15 +26,15 @@ use tokio_util::sync::CancellationToken;
 
 use crate::support;
 
-const TOKEN: &str = "test-token-5f3a9c";
+pub(crate) const TOKEN: &str = "test-token-5f3a9c";
 /// Generous bound for anything that should happen "at once".
-const DEADLINE: Duration = Duration::from_secs(10);
+pub(crate) const DEADLINE: Duration = Duration::from_secs(10);
 
-type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+pub(crate) type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 /// An in-process channel fed through its queue.
-struct Chan {
-    handle: ChannelHandle,
+pub(crate) struct Chan {
+    pub(crate) handle: ChannelHandle,
     tx: Option<mpsc::Sender<Arc<Batch>>>,
     task: tokio::task::JoinHandle<anyhow::Result<()>>,
     acked: Arc<AtomicUsize>,
@@ -74,7 +74,9 @@ impl Drop for Chan {
 }
 
 impl Chan {
-    async fn start(extra: &str) -> Chan {
+    /// A channel `chan-1` in area `eu` with the token [`TOKEN`] and the
+    /// `extra` settings (`[[stream]]` tables last).
+    pub(crate) async fn start(extra: &str) -> Chan {
         let dir = tempfile::tempdir().unwrap();
         let toml = format!("listen = \"127.0.0.1:0\"\ntoken = \"{TOKEN}\"\nchannel_id = \"chan-1\"\narea = \"eu\"\n{extra}");
         let cfg: ChannelConfig = toml::from_str(&toml).unwrap();
@@ -84,22 +86,30 @@ impl Chan {
         Chan { handle, tx: Some(tx), task, acked: Arc::new(AtomicUsize::new(0)), next_record: 0, dir: Some(dir) }
     }
 
-    fn url(&self, path_and_query: &str) -> String {
+    /// The state directory.
+    pub(crate) fn dir(&self) -> &Path {
+        self.dir.as_ref().map_or(Path::new(""), |d| d.path())
+    }
+
+    pub(crate) fn url(&self, path_and_query: &str) -> String {
         format!("ws://{}{path_and_query}", self.handle.local_addr())
     }
 
     /// Sends `n` records as one batch; returns their request_uuids.
     async fn send(&mut self, n: usize) -> Vec<String> {
         let mut records = Vec::with_capacity(n);
-        let mut ids = Vec::with_capacity(n);
         for _ in 0..n {
             let i = self.next_record;
             self.next_record += 1;
             let status = if i % 10 == 9 { "503" } else { "200" };
-            let r = record(i, status, if i.is_multiple_of(2) { "svc-even" } else { "svc-odd" });
-            ids.push(r.get(Field::RequestUuid).to_string());
-            records.push(r);
+            records.push(record(i, status, if i.is_multiple_of(2) { "svc-even" } else { "svc-odd" }));
         }
+        self.send_records(records).await
+    }
+
+    /// Sends these records as one batch; returns their request_uuids.
+    pub(crate) async fn send_records(&mut self, records: Vec<Record<'static>>) -> Vec<String> {
+        let ids: Vec<String> = records.iter().map(|r| r.get(Field::RequestUuid).to_string()).collect();
         let acked = self.acked.clone();
         let batch = Batch::new(
             "test.log".into(),
@@ -117,7 +127,7 @@ impl Chan {
     }
 }
 
-fn record(i: u64, status: &str, service: &str) -> Record<'static> {
+pub(crate) fn record(i: u64, status: &str, service: &str) -> Record<'static> {
     let mut r = Record::new_ml();
     r.set(Field::RequestUuid, format!("uuid-{i:08}"));
     r.set(Field::HttpStatusCode, status.to_string());
@@ -132,14 +142,14 @@ fn record(i: u64, status: &str, service: &str) -> Record<'static> {
     r.into_owned()
 }
 
-async fn connect(url: &str) -> Ws {
+pub(crate) async fn connect(url: &str) -> Ws {
     let (ws, resp) = tokio_tungstenite::connect_async(url).await.unwrap_or_else(|e| panic!("connect {url}: {e}"));
     assert_eq!(resp.status(), 101);
     ws
 }
 
 /// Connects and expects an HTTP refusal; returns (status, body).
-async fn refused(url: &str) -> (u16, String) {
+pub(crate) async fn refused(url: &str) -> (u16, String) {
     match tokio_tungstenite::connect_async(url).await {
         Ok(_) => panic!("{url}: expected a refusal, got an upgrade"),
         Err(tungstenite::Error::Http(resp)) => {
@@ -151,14 +161,14 @@ async fn refused(url: &str) -> (u16, String) {
 }
 
 /// One server message, parsed; `None` when the connection ended.
-enum Event {
+pub(crate) enum Event {
     Data(Value),
     Text(String),
     Ping,
     Closed(Option<(CloseCode, String)>),
 }
 
-async fn next_event(ws: &mut Ws) -> Event {
+pub(crate) async fn next_event(ws: &mut Ws) -> Event {
     loop {
         let m = match tokio::time::timeout(DEADLINE, ws.next()).await.expect("a message within the deadline") {
             None | Some(Err(_)) => return Event::Closed(None),
@@ -177,7 +187,7 @@ async fn next_event(ws: &mut Ws) -> Event {
 
 /// Reads data messages until `n` records arrived; returns (seq of each
 /// record, in order, derived from the message seq) and the uuids.
-async fn read_records(ws: &mut Ws, n: usize) -> (Vec<u64>, Vec<String>) {
+pub(crate) async fn read_records(ws: &mut Ws, n: usize) -> (Vec<u64>, Vec<String>) {
     let mut seqs = Vec::new();
     let mut ids = Vec::new();
     while ids.len() < n {
@@ -197,7 +207,7 @@ async fn read_records(ws: &mut Ws, n: usize) -> (Vec<u64>, Vec<String>) {
     (seqs, ids)
 }
 
-async fn poll<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+pub(crate) async fn poll<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + DEADLINE;
     loop {
         if let Some(v) = f() {
@@ -582,7 +592,7 @@ async fn a_new_token_ends_connections_that_used_the_old_one() {
             _ => continue,
         }
     };
-    assert_eq!(closed, Some((CloseCode::Policy, "token changed".to_string())));
+    assert_eq!(closed, Some((CloseCode::Policy, "token revoked".to_string())));
     assert_eq!(refused(&ch.url("/stream?key=test-token-5f3a9c")).await.0, 401);
     let mut new = connect(&ch.url("/stream?key=rotated-token-0123")).await;
     poll("connection registered", || (ch.handle.connections() == 1).then_some(())).await;
@@ -654,7 +664,7 @@ fn tls_connector(ca: &Path) -> tokio_rustls::TlsConnector {
 // ---------------------------------------------------------------------
 // End to end: the real binary.
 
-const LE_LINE: &str = r#"{"api_key":"k7q2mzp4rb9d3hxw8cyn5ta6","api_method":"getOrder","bytes":1874,"cache_hit":0,"client_transfer_time":0.002,"connect_time":0.012,"endpoint_name":"","method":"POST","status":201,"http_version":"HTTP/1.1","oauth_access_token":"-","package_name":"","package_uuid":"","plan_name":"","plan_uuid":"","pre_transfer_time":0.001,"throttle_value":3,"quota_value":17,"referrer":"-","remote_total_time":0.094,"request_host_name":"api.example.com","request_id":"1542643301.250_k7q2mzp4rb9d3hxw8cyn5ta6_r2xk9fy4wq8bnc7tz6dd5ev3","request_time":"2018-11-19T16:01:41.250Z","request_uuid":"UUID","response_string":"201 Created (API)","epkey":"q8w4e2r6t9y3u7i1o5p0a2s4","spkey":"r2xk9fy4wq8bnc7tz6dd5ev3","service_name":"","src_ip":"203.0.113.7","ssl_enabled":1,"exec_time":0.131,"proxy":"tm-1","proxy_error_code":"-","uri":"/v2/orders","user_agent":"curl/8","org_name":"","org_uuid":"","sub_org_name":"","sub_org_uuid":""}"#;
+pub(crate) const LE_LINE: &str = r#"{"api_key":"k7q2mzp4rb9d3hxw8cyn5ta6","api_method":"getOrder","bytes":1874,"cache_hit":0,"client_transfer_time":0.002,"connect_time":0.012,"endpoint_name":"","method":"POST","status":201,"http_version":"HTTP/1.1","oauth_access_token":"-","package_name":"","package_uuid":"","plan_name":"","plan_uuid":"","pre_transfer_time":0.001,"throttle_value":3,"quota_value":17,"referrer":"-","remote_total_time":0.094,"request_host_name":"api.example.com","request_id":"1542643301.250_k7q2mzp4rb9d3hxw8cyn5ta6_r2xk9fy4wq8bnc7tz6dd5ev3","request_time":"2018-11-19T16:01:41.250Z","request_uuid":"UUID","response_string":"201 Created (API)","epkey":"q8w4e2r6t9y3u7i1o5p0a2s4","spkey":"r2xk9fy4wq8bnc7tz6dd5ev3","service_name":"","src_ip":"203.0.113.7","ssl_enabled":1,"exec_time":0.131,"proxy":"tm-1","proxy_error_code":"-","uri":"/v2/orders","user_agent":"curl/8","org_name":"","org_uuid":"","sub_org_name":"","sub_org_uuid":""}"#;
 
 /// A running `calllog-bridge run` with a channel; killed on drop.
 struct Bridge {
@@ -875,7 +885,7 @@ async fn end_to_end_a_reload_with_a_new_token_ends_old_connections() {
             _ => continue,
         }
     };
-    assert_eq!(closed, Some((CloseCode::Policy, "token changed".to_string())));
+    assert_eq!(closed, Some((CloseCode::Policy, "token revoked".to_string())));
     assert_eq!(refused(&bridge.url(TOKEN)).await.0, 401);
     let mut new = connect(&bridge.url("rotated-token-0123")).await;
     let ids = uuids("reload-b", 2);

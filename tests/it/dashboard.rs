@@ -205,3 +205,77 @@ async fn status_carries_the_export_figures_the_page_reads() {
     }
     l.stop().await;
 }
+
+#[tokio::test]
+async fn status_carries_the_per_channel_figures_the_page_reads() {
+    use calllog_bridge::sink::channel::ChannelStats;
+
+    let tel = Telemetry::new();
+    let ch = ChannelStats::new(&tel);
+    let partner = ch.stream("partner-a");
+    ch.stream("local");
+    partner.connections.inc();
+    partner.records_sent.add(7);
+    partner.records_filtered.add(3);
+    partner.lost_notices.inc();
+    partner.closed_slow_consumer.inc();
+    ch.token("partner-a", "new-2026").inc();
+    ch.token("partner-a", "sha256:0a1b2c3d");
+    let l = start(tel).await;
+    let st: serde_json::Value = reqwest::get(format!("{}/status", l.base)).await.unwrap().json().await.unwrap();
+    // app.js channelRows() / renderChannels(): families by channel, and
+    // by channel then token.
+    let c = &st["channel"];
+    assert_eq!(c["connections_by_channel"]["partner-a"], 1, "{c}");
+    assert_eq!(c["connections_by_channel"]["local"], 0, "{c}");
+    assert_eq!(c["records_sent_by_channel"]["partner-a"], 7, "{c}");
+    assert_eq!(c["records_filtered_by_channel"]["partner-a"], 3, "{c}");
+    assert_eq!(c["lost_notices_by_channel"]["partner-a"], 1, "{c}");
+    assert_eq!(c["slow_consumer_closes_by_channel"]["partner-a"], 1, "{c}");
+    assert_eq!(c["token_connections"]["partner-a"]["new-2026"], 1, "{c}");
+    assert_eq!(c["token_connections"]["partner-a"]["sha256:0a1b2c3d"], 0, "{c}");
+    // Every name the page reads from `channel` (`c.NAME` and
+    // `fam('NAME')` in channelRows()) is in /status: a rename on either
+    // side fails here.
+    let read = channel_names_the_page_reads();
+    assert_eq!(
+        read,
+        [
+            "connections_by_channel",
+            "lost_notices_by_channel",
+            "records_filtered_by_channel",
+            "records_sent_by_channel",
+            "slow_consumer_closes_by_channel",
+            "token_connections",
+        ],
+        "app.js channelRows() reads these /status families"
+    );
+    for name in &read {
+        assert!(c[name].is_object(), "app.js reads channel.{name}, /status has none: {c}");
+    }
+    l.stop().await;
+}
+
+/// The `channel` members app.js's channelRows() reads: `c.NAME` and
+/// `fam('NAME')` in its body, sorted, without repeats.
+fn channel_names_the_page_reads() -> Vec<String> {
+    let js = dashboard::APP_JS;
+    let start = js.find("function channelRows(").expect("app.js has channelRows()");
+    let body = &js[start..];
+    let body = &body[..body.find("\n  }\n").expect("channelRows() ends")];
+    let ident = |ch: char| ch.is_ascii_alphanumeric() || ch == '_' || ch == '$';
+    let mut names = std::collections::BTreeSet::new();
+    for prefix in ["c.", "fam('"] {
+        for (at, _) in body.match_indices(prefix) {
+            if body[..at].chars().next_back().is_some_and(ident) {
+                continue; // `sync.`: not the variable `c`
+            }
+            let rest = &body[at + prefix.len()..];
+            let name: String = rest.chars().take_while(|ch| ident(*ch)).collect();
+            if !name.is_empty() {
+                names.insert(name);
+            }
+        }
+    }
+    names.into_iter().collect()
+}

@@ -2,8 +2,10 @@
 //! `le5-csv`, `le-json`, `ecle-csv`, `ecls`, `auto` detection, multi-line
 //! JSON framing, time spellings), the `parse` command end to end, the
 //! rejects file's JSON, the channel's request parsing (the raw HTTP
-//! handshake and the admission of its target) and the replay log's segment
-//! reader (segment files damaged in place, or cut, grown and shrunk). Stable Rust, no
+//! handshake and the admission of its target), the hub's decoding of Kafka
+//! message values, the `lag` renderer fed hostile `/status` documents and
+//! the replay log's segment reader (segment files damaged in place, or cut,
+//! grown and shrunk). Stable Rust, no
 //! extra crate: inputs from the corpus are mutated (bytes, tokens of the
 //! format, splices) with a seeded PRNG; an input that reaches a new outcome
 //! joins the pool, a crude but cheap stand-in for coverage feedback.
@@ -16,7 +18,11 @@
 //! reject entry is valid JSON that keeps the raw bytes; JSON framing does
 //! not depend on where a document is split; a handshake head parses the
 //! same whatever follows it; an admitted subscription carries the right
-//! token and a refusal never echoes it.
+//! token and a refusal never echoes it; a decoded Kafka value keeps hosts
+//! within 255 bytes and reads back the same when written again; `lag`
+//! renders any document it accepts without a panic, a control character or
+//! a line beyond a bound, also with one of its strings blown up past
+//! 65,535 characters (what made it panic).
 //!
 //! - Corpus: `tests/fuzz/corpus/<target>/` (kept in the repository) plus
 //!   the shipped samples (`tests/fixtures/samples`) and simulator output.
@@ -36,13 +42,15 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Once, OnceLock};
 use std::time::{Duration, Instant};
 
+use calllog_bridge::cmd::lag;
 use calllog_bridge::enrich::{Enricher, Lookups};
+use calllog_bridge::kafka::consume::{decode, Decoded, MAX_HOST_BYTES};
 use calllog_bridge::parse::framing::{opens_document, JsonDepth};
 use calllog_bridge::parse::{Format, LineKind, LineParser};
 use calllog_bridge::record::{write_ecls_message, Record, Shape, FIELD_COUNT};
 use calllog_bridge::rejects::RejectEntry;
 use calllog_bridge::sim::{le5_csv_header, Generator};
-use calllog_bridge::sink::channel::request::{admit, parse_handshake, Paths, TokenDigest, MAX_REQUEST_HEAD_BYTES};
+use calllog_bridge::sink::channel::request::{admit, parse_handshake, Directory, Door, TokenDigest, MAX_REQUEST_HEAD_BYTES};
 use calllog_bridge::url::percent_decode;
 use serde_json::Value;
 
@@ -518,13 +526,15 @@ fn check_record(rec: &Record<'_>) {
     let v: Value =
         serde_json::from_slice(&buf).unwrap_or_else(|e| panic!("ndjson record is not JSON ({e}): {}", String::from_utf8_lossy(&buf)));
     let obj = v.as_object().expect("an ndjson record is an object");
-    assert_eq!(obj.len(), FIELD_COUNT + 2, "ndjson: every field once, plus ingestion_time and sync_delay_ms");
+    // A bridge's record (a hub's, read from Kafka) carries its host too.
+    let host = usize::from(!rec.host.is_empty());
+    assert_eq!(obj.len(), FIELD_COUNT + 2 + host, "ndjson: every field once, plus ingestion_time and sync_delay_ms (and host)");
     buf.clear();
     rec.write_json(Shape::Ecls, &mut buf);
     let e: Value =
         serde_json::from_slice(&buf).unwrap_or_else(|e| panic!("ecls record is not JSON ({e}): {}", String::from_utf8_lossy(&buf)));
     let eobj = e.as_object().expect("an ecls record is an object");
-    assert_eq!(eobj.len(), FIELD_COUNT + 1 + usize::from(rec.sync_delay_ms.is_some()), "ecls: every field once");
+    assert_eq!(eobj.len(), FIELD_COUNT + 1 + usize::from(rec.sync_delay_ms.is_some()) + host, "ecls: every field once");
     assert!(eobj.values().all(Value::is_string), "ecls: every value is a string: {e}");
     buf.clear();
     write_ecls_message([rec], &mut buf);
@@ -536,9 +546,10 @@ fn check_record(rec: &Record<'_>) {
     }
     let mut again = back[0].to_value(Shape::Ecls);
     let mut first = e.clone();
-    // sync_delay_ms is derived by the bridge, not read back.
+    // sync_delay_ms and host are the bridge's, not read back from a file.
     for v in [&mut again, &mut first] {
         v.as_object_mut().expect("object").remove("sync_delay_ms");
+        v.as_object_mut().expect("object").remove("host");
     }
     assert_eq!(again, first, "an ecls record read back differs");
 }
@@ -834,46 +845,64 @@ fn fuzz_rejects_entry() {
     run(Target { name: "rejects_entry", seeds, tokens: vec![], check: Box::new(check) });
 }
 
-/// The token of the channel under test.
+/// The token of the default channel under test.
 const TOKEN: &str = "s3cret-T0ken-for-fuzzing";
 
-/// Admission properties for one request target: an admitted subscription
-/// carries the token (the last `key=`), a refusal is 400, 401 or 404 (404
-/// exactly when the path is not served), one line of text, and never shows
-/// the token unless the client wrote it elsewhere in the query itself.
+/// The token of its stream `partner-a`.
+const PARTNER_TOKEN: &str = "partner-a-T0ken-fuzz";
+
+/// Admission properties for one request target, on a listener with the
+/// default channel `chan-1` and the stream `partner-a`: an admitted
+/// subscription carries the token of the channel it opens (the last
+/// `key=`), and a path naming a channel opens that channel only (a token
+/// never opens another channel); a refusal is 400, 401 or 404 (404 exactly
+/// when the path is not served), one line of text, and never shows a
+/// token unless the client wrote it elsewhere in the query itself.
 fn check_admit(path: &str, query: Option<&str>) -> Signature {
-    let paths = Paths { channel_id: "chan-1", area: "eu" };
-    let digest = TokenDigest::of(TOKEN);
-    let r = admit(&paths, path, query, &digest);
-    assert_eq!(r, admit(&paths, path, query, &digest), "not deterministic");
+    let (d, p) = (TokenDigest::of(TOKEN), TokenDigest::of(PARTNER_TOKEN));
+    let dir = Directory {
+        area: "eu",
+        doors: vec![Door { id: "chan-1", tokens: vec![(&d, None)] }, Door { id: "partner-a", tokens: vec![(&p, None)] }],
+    };
+    let r = admit(&dir, path, query, 0);
+    assert_eq!(r, admit(&dir, path, query, 0), "not deterministic");
     match &r {
-        Ok(sub) => {
-            assert!(paths.accepts(path), "admitted on a path it does not serve");
+        Ok(a) => {
+            assert!(dir.accepts(path), "admitted on a path it does not serve");
             let last_key = query
                 .unwrap_or("")
                 .split('&')
                 .filter_map(|p| p.split_once('=').or(Some((p, ""))))
                 .rfind(|(n, _)| *n == "key")
                 .and_then(|(_, v)| percent_decode(v));
-            assert_eq!(last_key.as_deref(), Some(TOKEN), "admitted without the token");
-            if let Some(n) = sub.records_per_message {
+            let want = [TOKEN, PARTNER_TOKEN][a.door];
+            assert_eq!(last_key.as_deref(), Some(want), "admitted to channel {} without its token", a.door);
+            if let Some(calllog_bridge::sink::channel::request::Target::One(named)) = dir.target(path) {
+                assert_eq!(named, a.door, "a path naming one channel opened another");
+            }
+            if let Some(n) = a.sub.records_per_message {
                 assert!((1..=1000).contains(&n), "records_per_message {n}");
             }
         }
         Err(refusal) => {
             assert!([400, 401, 404].contains(&refusal.status), "status {}", refusal.status);
-            assert_eq!(refusal.status == 404, !paths.accepts(path), "404 exactly when the path is not served");
-            let elsewhere = query
-                .unwrap_or("")
-                .split('&')
-                .filter(|p| !p.starts_with("key=") && *p != "key")
-                .any(|p| percent_decode(p).unwrap_or_else(|| p.to_string()).contains(TOKEN) || p.contains(TOKEN));
-            assert!(elsewhere || !refusal.reason.contains(TOKEN), "a refusal echoes the token");
+            assert_eq!(refusal.status == 404, !dir.accepts(path), "404 exactly when the path is not served");
+            for token in [TOKEN, PARTNER_TOKEN] {
+                let elsewhere = query
+                    .unwrap_or("")
+                    .split('&')
+                    .filter(|p| !p.starts_with("key=") && *p != "key")
+                    .any(|p| percent_decode(p).unwrap_or_else(|| p.to_string()).contains(token) || p.contains(token));
+                assert!(elsewhere || !refusal.reason.contains(token), "a refusal echoes a token");
+            }
             assert!(!refusal.reason.chars().any(char::is_control), "a refusal is one line of text: {:?}", refusal.reason);
         }
     }
     match r {
-        Ok(s) => fnv(format!("ok{}{}{}", s.since.is_some(), s.filter.is_empty(), s.records_per_message.is_some()).as_bytes()),
+        Ok(a) => {
+            let s = &a.sub;
+            fnv(format!("ok{}{}{}{}", a.door, s.since.is_some(), s.filter.is_empty(), s.records_per_message.is_some()).as_bytes())
+        }
         Err(e) => u64::from(e.status) * 7 + fnv(e.reason.get(..12).unwrap_or("").as_bytes()),
     }
 }
@@ -898,6 +927,9 @@ fn fuzz_channel_request() {
         "/stream/?key=s3cret%2DT0ken-for-fuzzing&since=42&records_per_message=50",
         "/ecls/subscribe/chan-1/eu?key=s3cret-T0ken-for-fuzzing&status=5xx,404&service_id=a%2Cb&api_key=k1&api_key=k2&unknown=1",
         "/ecls/subscribe/chan%2D1/eu?since=0&key=s3cret-T0ken-for-fuzzing",
+        "/ecls/subscribe/partner-a/eu?key=partner-a-T0ken-fuzz&since=7",
+        "/ecls/subscribe/chan-1/eu?key=partner-a-T0ken-fuzz",
+        "/stream?key=partner-a-T0ken-fuzz&key=s3cret-T0ken-for-fuzzing",
         "/stream?key=wrong&since=x",
         "/nope",
     ]
@@ -1037,6 +1069,257 @@ fn fuzz_parse_command() {
     });
 }
 
+/// The hub's decoding of a Kafka message value (what an edge bridge, or
+/// any producer to the topic, wrote): records, or one reject that leaves
+/// nothing behind; every record is valid in both shapes, its host at most
+/// 255 bytes, and written again as an edge writes it (the ndjson shape and
+/// an ecls message), it decodes to the same record.
+#[test]
+fn fuzz_kafka_decode() {
+    let check = |input: &[u8]| -> Signature {
+        let sentinel = Record::new_ml();
+        let mut out = vec![sentinel.clone()];
+        let r = measured(|| decode(input, &mut out));
+        assert_eq!(out[0], sentinel, "decoding disturbed a record before it");
+        let got = &out[1..];
+        match &r {
+            Ok(Decoded { records, hosts_cut }) => {
+                assert_eq!(*records, got.len(), "the count says what was pushed");
+                assert!(*hosts_cut <= *records);
+                for rec in got {
+                    assert!(rec.host.len() <= MAX_HOST_BYTES, "a host of {} bytes kept", rec.host.len());
+                    check_record(rec);
+                    for shape in [Shape::Ndjson, Shape::Ecls] {
+                        let mut again = Vec::new();
+                        match shape {
+                            Shape::Ndjson => rec.write_json(Shape::Ndjson, &mut again),
+                            _ => write_ecls_message([rec], &mut again),
+                        }
+                        let mut back = Vec::new();
+                        let d = decode(&again, &mut back).unwrap_or_else(|e| {
+                            panic!("a decoded record written again ({shape:?}) is refused: {e}\n{}", String::from_utf8_lossy(&again))
+                        });
+                        assert_eq!((d.records, d.hosts_cut), (1, 0));
+                        assert_eq!(
+                            back[0].to_value(Shape::Ndjson),
+                            rec.to_value(Shape::Ndjson),
+                            "{shape:?} round trip differs: {}",
+                            String::from_utf8_lossy(&again)
+                        );
+                        assert_eq!(
+                            (back[0].host.as_ref(), back[0].sync_delay_ms, back[0].ingestion_time),
+                            (rec.host.as_ref(), rec.sync_delay_ms, rec.ingestion_time)
+                        );
+                    }
+                }
+            }
+            Err(rej) => assert!(got.is_empty(), "a rejected value left {} records behind ({})", got.len(), rej.reason),
+        }
+        match r {
+            Ok(d) => fnv(format!("ok{}{}", d.records.min(4), d.hosts_cut.min(2)).as_bytes()),
+            Err(e) => fnv(format!("reject {}", e.reason).as_bytes()),
+        }
+    };
+    let mut g = Generator::new(11);
+    let mut seeds = Vec::new();
+    for i in 0..4 {
+        let mut rec = g.next_call(1_700_000_000_000 + i, 1500).expected(Format::LeJson);
+        rec.stamp_observed(1_700_000_002_000 + i);
+        rec.host = std::borrow::Cow::Owned(format!("tm-dc{i}-01"));
+        let mut v = Vec::new();
+        if i % 2 == 0 {
+            rec.write_json(Shape::Ndjson, &mut v);
+        } else {
+            write_ecls_message([&rec], &mut v);
+        }
+        seeds.push(v);
+    }
+    seeds.push(
+        format!("{{\"request_time\":\"2019-04-19T21:56:43Z\",\"request_uuid\":\"u\",\"host\":\"{}\"}}", "h".repeat(300)).into_bytes(),
+    );
+    let tokens =
+        ["\"host\":", "\"sync_delay_ms\":", "\"ingestion_time\":", "\"data\":[", "{\"data\":[]}", "\\u00e9", "é", "\\ud83d\\ude00"]
+            .map(String::from)
+            .to_vec();
+    run(Target { name: "kafka_decode", seeds, tokens, check: Box::new(check) });
+}
+
+/// The longest line `lag` may print for any document: a table row (a
+/// dozen cells of at most 96 characters) or a line of two clipped texts
+/// whose every byte was escaped.
+const LAG_MAX_LINE_CHARS: usize = 8192;
+
+/// What `lag` prints must be safe on a terminal and bounded per line.
+fn check_terminal_text(t: &str) {
+    for l in t.lines() {
+        assert!(!l.chars().any(char::is_control), "a control character reaches the terminal: {:?}", &l[..l.len().min(200)]);
+        assert!(l.chars().count() <= LAG_MAX_LINE_CHARS, "a line of {} characters", l.chars().count());
+    }
+}
+
+/// `lag` on one `/status` body: read as `lag` reads it, then rendered
+/// (the table, and `--max-lag` findings at several limits).
+fn check_lag_body(body: &[u8]) -> Signature {
+    match measured(|| lag::read_status(body)) {
+        Err(e) => {
+            assert!(!e.is_empty() && !e.contains('\n'), "an error is one line: {e:?}");
+            fnv(e.get(..e.len().min(48)).unwrap_or("").as_bytes())
+        }
+        Ok((st, _)) => {
+            let table = measured(|| lag::render_table(&st, "http://127.0.0.1:8791"));
+            check_terminal_text(&table);
+            let mut findings = 0;
+            for limit in [i64::MIN, 0, 60_000, i64::MAX] {
+                for f in measured(|| lag::over_limit(&st, limit)) {
+                    check_terminal_text(&f);
+                    assert!(!f.contains('\n'), "a finding is one line");
+                    findings += 1;
+                }
+            }
+            fnv(format!("ok{}{}{}{}", st.files.len().min(3), st.sinks.len().min(2), st.sections.0.len().min(3), findings.min(3)).as_bytes())
+        }
+    }
+}
+
+/// The strings of a JSON document, by pointer-ish path (for blowing one up).
+fn string_count(v: &Value) -> usize {
+    match v {
+        Value::String(_) => 1,
+        Value::Array(a) => a.iter().map(string_count).sum(),
+        Value::Object(o) => o.values().map(string_count).sum(),
+        _ => 0,
+    }
+}
+
+/// Replaces the `k`-th string of `v` by itself repeated past 70,000
+/// characters; true when there was one.
+fn blow_up(v: &mut Value, k: &mut usize) -> bool {
+    match v {
+        Value::String(s) => {
+            if *k == 0 {
+                let unit = if s.is_empty() { "x".to_string() } else { s.clone() };
+                *s = unit.repeat(70_000 / unit.chars().count().max(1) + 1);
+                return true;
+            }
+            *k -= 1;
+            false
+        }
+        Value::Array(a) => a.iter_mut().any(|x| blow_up(x, k)),
+        Value::Object(o) => o.values_mut().any(|x| blow_up(x, k)),
+        _ => false,
+    }
+}
+
+/// The values of a JSON document, itself included.
+fn node_count(v: &Value) -> usize {
+    1 + match v {
+        Value::Array(a) => a.iter().map(node_count).sum(),
+        Value::Object(o) => o.values().map(node_count).sum(),
+        _ => 0,
+    }
+}
+
+/// Replaces the `k`-th value of `v` (pre-order) by `new`.
+fn replace_node(v: &mut Value, k: &mut usize, new: &Value) -> bool {
+    if *k == 0 {
+        *v = new.clone();
+        return true;
+    }
+    *k -= 1;
+    match v {
+        Value::Array(a) => a.iter_mut().any(|x| replace_node(x, k, new)),
+        Value::Object(o) => o.values_mut().any(|x| replace_node(x, k, new)),
+        _ => false,
+    }
+}
+
+/// Values of the wrong type, size or content for any member.
+fn hostile_values() -> Vec<Value> {
+    let mut deep = Value::Null;
+    for _ in 0..100 {
+        deep = Value::Array(vec![deep]);
+    }
+    vec![
+        Value::Null,
+        serde_json::json!(-1),
+        serde_json::json!(u64::MAX),
+        serde_json::json!(i64::MIN),
+        serde_json::json!(1.7976931348623157e308),
+        serde_json::json!(""),
+        serde_json::json!("\u{1b}[2J\u{1b}]0;t\u{7}\r\nFAKE\u{202e}"),
+        serde_json::json!([]),
+        serde_json::json!({}),
+        serde_json::json!(true),
+        serde_json::json!({"p50": i64::MAX, "p95": i64::MIN, "max": i64::MAX, "min": i64::MIN, "samples": u64::MAX}),
+        deep,
+    ]
+}
+
+/// `lag` against hostile `/status` documents (whatever answers at the URL
+/// is a peer): wrong types, missing and unknown members, deep nesting,
+/// control characters and escapes, huge numbers. Byte mutations mostly
+/// break the JSON; so for every input that is JSON the check also renders
+/// two structural variants chosen by the input: one value replaced by a
+/// hostile one (wrong type, extreme number, escapes, nesting), and one
+/// string blown up past 65,535 characters (beyond what a fuzzer input
+/// holds).
+#[test]
+fn fuzz_lag_status() {
+    let hostile = hostile_values();
+    let check = move |input: &[u8]| -> Signature {
+        let mut sig = check_lag_body(input);
+        let Ok(v) = serde_json::from_slice::<Value>(input) else { return sig };
+        let h = fnv(input);
+        let mut swapped = v.clone();
+        let mut k = (h % node_count(&v) as u64) as usize;
+        replace_node(&mut swapped, &mut k, &hostile[(h >> 32) as usize % hostile.len()]);
+        sig ^= check_lag_body(&serde_json::to_vec(&swapped).expect("serialises")).rotate_left(1);
+        let n = string_count(&v);
+        if n > 0 {
+            let mut big = v;
+            let mut k = (h.rotate_left(17) % n as u64) as usize;
+            blow_up(&mut big, &mut k);
+            sig ^= check_lag_body(&serde_json::to_vec(&big).expect("serialises")).rotate_left(2);
+        }
+        sig
+    };
+    let fixture = std::fs::read(repo("tests/fixtures/telemetry/status.json")).expect("the status fixture");
+    let mut hub: Value = serde_json::from_slice(&fixture).expect("fixture JSON");
+    hub["kafka_source"] = serde_json::json!({"records_read": 700, "values_rejected": 1, "messages_lost": 3, "partition_resets": 1,
+        "partitions_failing": 0, "hosts_tracked": 2, "hosts_expired": 0, "records_from_untracked_hosts": 5, "hosts_cut": 1});
+    hub["channel"] = serde_json::json!({"listen": "127.0.0.1:8790", "tls": false, "path": "/stream", "connections": 1,
+        "connections_accepted": 4, "refused": {"bad_token": 2, "too_many": 0}, "closed": {"slow_consumer": 1}});
+    hub["faults"] = serde_json::json!([{"component": "file", "error": "No space left on device (os error 28)", "since_ms": 1, "since": "2026-01-01T00:00:00Z", "attempts": 3}]);
+    hub["enrich"] = serde_json::json!({"files": ["/etc/l.csv"], "tables": [{"table": "keys", "loaded": true, "entries": 2, "hits": 3, "misses": 4}],
+        "hits": 3, "misses": 4, "reloads": 1, "last_reload_error": "l.csv line 2: \u{1b}[31m"});
+    if let Some(f) = hub["files"].get_mut(0) {
+        f["path"] = Value::String("kafka:tm-dc1-01".into());
+    }
+    let seeds = vec![fixture, serde_json::to_vec(&hub).expect("serialises"), serde_json::to_vec_pretty(&hub).expect("serialises")];
+    let tokens = [
+        "\\u001b[2J",
+        "\\u0007",
+        "\\u009b",
+        "\\u202e",
+        "[[[[[[[[[[[[[[[[",
+        "{\"a\":{\"a\":{\"a\":",
+        "\"files\":",
+        "\"sinks\":",
+        "\"path\":",
+        "\"name\":",
+        "\"state\":\"stalled\"",
+        "\"kafka_source\":{\"partition_resets\":9223372036854775807}",
+        "\"refused\":{\"x\":9223372036854775807,\"y\":9223372036854775807}",
+        "1e400",
+        "-0",
+        "\"uptime_secs\":1.7976931348623157e308",
+        "\"delay_window_secs\":18446744073709551615",
+    ]
+    .map(String::from)
+    .to_vec();
+    run(Target { name: "lag_status", seeds, tokens, check: Box::new(check) });
+}
+
 // ---------------------------------------------------------------------------
 // The replay log's segment reader.
 // ---------------------------------------------------------------------------
@@ -1046,17 +1329,18 @@ const SEGMENT_RECORDS: u64 = 24;
 
 /// The records of that segment: (seq, JSON), numbered from 1.
 fn segment_items() -> Vec<(u64, Arc<calllog_bridge::sink::channel::replay::Item>)> {
-    use calllog_bridge::sink::channel::replay::{key_digest, Item};
+    use calllog_bridge::sink::channel::replay::{key_digest, Item, Texts};
     (1..=SEGMENT_RECORDS)
         .map(|i| {
             let json = format!("{{\"request_uuid\":\"r-{i}\",\"pad\":\"{}\"}}", "x".repeat(((i * 37) % 200 + 5) as usize));
-            let item = Item {
-                json: json.into(),
-                service_id: format!("svc-{}", i % 3).into(),
-                key_digest: key_digest("k"),
-                status: 200,
-                observed_ms: 1,
+            // Every fourth record reaches two channels with two maskings.
+            let texts = if i % 4 == 0 {
+                Texts::Many(vec![(1, json.clone().into()), (2 | 4, json.replace("r-", "m-").into())].into_boxed_slice())
+            } else {
+                Texts::One(1, json.into())
             };
+            let item =
+                Item { texts, service_id: format!("svc-{}", i % 3).into(), key_digest: key_digest("k"), status: 200, observed_ms: 1 };
             (i, Arc::new(item))
         })
         .collect()
@@ -1175,9 +1459,14 @@ fn read_log_all(log: &calllog_bridge::sink::channel::replay::ReplayLog) -> Repla
             Some(l) => from = l.seq + 1,
             None => from = skip.max(from + 1),
         }
-        records.extend(out.into_iter().map(|e| (e.seq, e.item.json.to_string())));
+        records.extend(out.into_iter().map(|e| (e.seq, texts_of(&e.item))));
     }
     (records, lost)
+}
+
+/// A record's texts with their channels, as one string to compare.
+fn texts_of(item: &calllog_bridge::sink::channel::replay::Item) -> String {
+    item.texts.iter().map(|(b, t)| format!("{b}:{t}")).collect::<Vec<_>>().join("|")
 }
 
 /// Checks what a read of a damaged segment gave: every record is one of
@@ -1193,8 +1482,8 @@ fn check_replay_read(records: &[(u64, String)], lost: &[(u64, u64)], origin: &[O
         assert!(w[0].0 < w[1].0, "records out of order: {} then {}", w[0].0, w[1].0);
     }
     for (seq, json) in records {
-        let want = items.get(*seq as usize - 1).map(|(_, it)| &*it.json);
-        assert_eq!(Some(json.as_str()), want, "record {seq} is not the one written");
+        let want = items.get(*seq as usize - 1).map(|(_, it)| texts_of(it));
+        assert_eq!(Some(json), want.as_ref(), "record {seq} is not the one written");
     }
     // Where each clean record is, unchanged, in the damaged file.
     let mut at = vec![None; clean.len()];
@@ -1205,7 +1494,8 @@ fn check_replay_read(records: &[(u64, String)], lost: &[(u64, u64)], origin: &[O
     }
     let mut off = 0usize;
     for (seq, _) in &items {
-        let len = 8 + u32::from_le_bytes(clean[off..off + 4].try_into().unwrap()) as usize;
+        // The body's length (its high bit marks the record format).
+        let len = 8 + (u32::from_le_bytes(clean[off..off + 4].try_into().unwrap()) & 0x7fff_ffff) as usize;
         let intact = at[off].is_some_and(|p| (0..len).all(|k| at[off + k] == Some(p + k)));
         if intact {
             assert!(records.iter().any(|r| r.0 == *seq), "intact record {seq} was not returned (lost {lost:?})");

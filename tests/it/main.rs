@@ -30,6 +30,7 @@ mod service_ops;
 mod simulate;
 mod status;
 mod status_listener;
+mod streams;
 mod support;
 mod support_kafka;
 mod support_tools;

@@ -460,7 +460,8 @@ fn segment_records(path: &std::path::Path) -> Vec<(u64, u64, u64)> {
     let mut out = Vec::new();
     let mut off = 0usize;
     while off + 16 <= bytes.len() {
-        let len = u32::from_le_bytes(bytes[off..off + 4].try_into().unwrap()) as usize;
+        // The body's length (its high bit marks the record format).
+        let len = (u32::from_le_bytes(bytes[off..off + 4].try_into().unwrap()) & 0x7fff_ffff) as usize;
         let seq = u64::from_le_bytes(bytes[off + 8..off + 16].try_into().unwrap());
         out.push((off as u64, (off + 8 + len) as u64, seq));
         off += 8 + len;

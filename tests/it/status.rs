@@ -486,7 +486,8 @@ fn end_to_end_channel_and_lookup_figures() {
         .filter(|s| s.metric.starts_with("calllog_bridge_channel_"))
         .flat_map(|s| s.labels.keys().map(String::as_str))
         .collect();
-    assert!(labels.iter().all(|l| *l == "reason"), "channel series carry only the reason label: {labels:?}");
+    // Bounded labels: the reason, and the channels and tokens of the config.
+    assert!(labels.iter().all(|l| ["reason", "channel", "token"].contains(l)), "channel series carry bounded labels only: {labels:?}");
 
     // lag: a line for the channel and one for the misses.
     let out = support::cmd().args(["lag", "--config"]).arg(bridge.path("bridge.toml")).output().unwrap();
@@ -667,6 +668,18 @@ fn everything() -> (calllog_bridge::telemetry::Telemetry, tempfile::TempDir) {
     ch.records_replayed.add(7);
     ch.frames_written(2, 5, T0, T0 + 40);
     ch.frames_written(1, 2, T0, T0 + 90);
+    // Two channels: the default one and a stream, with a token each.
+    let (default, partner) = (ch.stream("local"), ch.stream("partner-a"));
+    default.connections.inc();
+    default.records_sent.add(5);
+    partner.connections.inc();
+    partner.records_sent.add(2);
+    partner.records_filtered.add(3);
+    partner.lost_notices.inc();
+    partner.closed_slow_consumer.inc();
+    ch.token("local", "sha256:1a2b3c4d").inc();
+    ch.token("partner-a", "new-2026").inc();
+    ch.token("partner-a", "sha256:5e6f7a8b");
     let replay = calllog_bridge::sink::channel::replay::Figures {
         bytes: 123_456,
         segments: 2,

@@ -32,21 +32,22 @@ use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, OwnedSemaphorePermit};
+use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::http::StatusCode;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
-use tokio_tungstenite::tungstenite::{self, Message};
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use super::close::CloseReason;
 use super::replay::{Entry, Plan};
-use super::request::{self, Paths, Refusal, Subscription};
+use super::request::{self, Refusal, Subscription};
 use super::stall::{Stall, Watched};
+use super::streams::{Admission, Chan, TokenState};
 use super::ChannelShared;
 use crate::budget::Charge;
 use crate::listener::Slot;
@@ -102,64 +103,6 @@ pub const MESSAGE_LINGER: Duration = Duration::from_millis(5);
 /// How long a closing connection may take to write its close frame.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 
-/// Why a connection ended; decides the close code and reason sent.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CloseReason {
-    /// The bridge is shutting down: 1001 going away.
-    GoingAway,
-    /// What the client still had to read fell out of the replay log's
-    /// retention: 1013 (try again later), reason `slow consumer`.
-    SlowConsumer,
-    /// The replay log segment the client reads could not be read: 1011,
-    /// reason `replay log unreadable`.
-    ReplayError,
-    /// No frame (pong or other) from the client for two ping intervals:
-    /// 1008, reason `ping timeout`.
-    PingTimeout,
-    /// The channel's token changed (config reload): 1008, reason
-    /// `token changed`.
-    TokenChanged,
-    /// The client broke the WebSocket protocol (an unmasked frame, reserved
-    /// bits, a bad opcode or control frame): 1002.
-    ProtocolError,
-    /// A text frame (or a close reason) that is not UTF-8: 1007.
-    InvalidUtf8,
-    /// A frame or message over [`MAX_CLIENT_MESSAGE_BYTES`]: 1009.
-    TooBig,
-    /// The client closed or the socket failed: nothing more to send.
-    ClientGone,
-}
-
-impl CloseReason {
-    fn frame(self) -> Option<CloseFrame> {
-        let (code, reason) = match self {
-            CloseReason::GoingAway => (CloseCode::Away, "going away: the bridge is shutting down"),
-            CloseReason::SlowConsumer => (CloseCode::Again, "slow consumer"),
-            CloseReason::ReplayError => (CloseCode::Error, "replay log unreadable"),
-            CloseReason::PingTimeout => (CloseCode::Policy, "ping timeout"),
-            CloseReason::TokenChanged => (CloseCode::Policy, "token changed"),
-            CloseReason::ProtocolError => (CloseCode::Protocol, "protocol error"),
-            CloseReason::InvalidUtf8 => (CloseCode::Invalid, "invalid UTF-8 in a text frame"),
-            CloseReason::TooBig => (CloseCode::Size, "message too big: at most 65536 bytes"),
-            CloseReason::ClientGone => return None,
-        };
-        Some(CloseFrame { code, reason: reason.into() })
-    }
-
-    /// The close for a read error: a protocol violation gets its RFC 6455
-    /// code; a broken or reset socket has no one to tell.
-    fn of_read_error(e: &tungstenite::Error) -> CloseReason {
-        use tungstenite::error::ProtocolError as P;
-        match e {
-            tungstenite::Error::Capacity(_) => CloseReason::TooBig,
-            tungstenite::Error::Utf8(_) => CloseReason::InvalidUtf8,
-            tungstenite::Error::Protocol(P::ResetWithoutClosingHandshake) => CloseReason::ClientGone,
-            tungstenite::Error::Protocol(_) => CloseReason::ProtocolError,
-            _ => CloseReason::ClientGone,
-        }
-    }
-}
-
 /// The part of a connection the sink and the handle can see.
 pub struct ConnState {
     /// The client's address (logged; never the query string).
@@ -186,21 +129,27 @@ impl ConnState {
     }
 }
 
+/// An admitted subscription: what the client asked for, and where.
+struct Admitted {
+    /// What the client asked for.
+    sub: Subscription,
+    /// The channel its token opened.
+    chan: Arc<Chan>,
+    /// The token it used.
+    token: Arc<TokenState>,
+    /// The connection slot of its channel (`max_connections`), held until
+    /// it closes.
+    admission: Admission,
+    /// Bytes the client sent after its request head (early frames).
+    early: Vec<u8>,
+    /// The request path, for logs.
+    path: String,
+}
+
 /// How a handshake ended.
 enum Handshake {
     /// Admitted: the 101 answer is sent; the client holds a connection slot.
-    Admitted {
-        /// What the client asked for.
-        sub: Subscription,
-        /// The connection slot (`max_connections`), held until it closes.
-        permit: OwnedSemaphorePermit,
-        /// Bytes the client sent after its request head (early frames).
-        early: Vec<u8>,
-        /// The request path, for logs.
-        path: String,
-        /// Cancelled when the token the client used is replaced.
-        revoked: CancellationToken,
-    },
+    Admitted(Box<Admitted>),
     /// Refused with this HTTP status (the answer is sent).
     Refused {
         /// HTTP status.
@@ -254,7 +203,7 @@ where
             return;
         }
     };
-    let (sub, permit, early, path, revoked) = match outcome {
+    let admitted = match outcome {
         Err(_) => {
             stats.handshake_timeout.inc();
             debug!(%peer, "channel: handshake timed out");
@@ -275,7 +224,7 @@ where
             info!(%peer, path = %crate::logsafe::Escaped(&path), status, "channel: subscription refused");
             return;
         }
-        Ok(Handshake::Admitted { sub, permit, early, path, revoked }) => (sub, permit, early, path, revoked),
+        Ok(Handshake::Admitted(a)) => *a,
     };
     // A subscriber is at work: the gate never closes it to make room (the
     // ping timeout and the slow-consumer check bound it instead).
@@ -286,10 +235,11 @@ where
         .read_buffer_size(READ_BUFFER_BYTES)
         .write_buffer_size(WRITE_BUFFER_BYTES);
     let stall = Arc::new(Stall::default());
+    let Admitted { sub, chan, token, admission, early, path } = admitted;
     let ws = WebSocketStream::from_partially_read(Watched::new(stream, stall.clone()), early, Role::Server, Some(ws_config)).await;
-    // The permit lives as long as the connection: it is the slot.
-    let _permit = permit;
-    run_connection(shared.clone(), ws, &stall, peer, sub, revoked, path).await;
+    // The admission lives as long as the connection: it is the slot.
+    let _admission = admission;
+    run_connection(shared.clone(), ws, &stall, peer, sub, &chan, &token, path).await;
 }
 
 /// Reads the request head (bounded), decides, and answers: 101, or the
@@ -315,14 +265,19 @@ where
         }
     };
     let early = buf.split_off(len);
-    let token = shared.current_token();
-    let paths = Paths { channel_id: &shared.settings.channel_id, area: &shared.settings.area };
-    let sub = match request::admit(&paths, &head.path, head.query.as_deref(), &token.digest) {
-        Ok(sub) => sub,
+    let set = shared.channel_set();
+    let ids: Vec<String> = set.chans.iter().map(|c| c.id.clone()).collect();
+    let tokens: Vec<_> = set.chans.iter().map(|c| c.tokens()).collect();
+    let dir = set.directory(&shared.settings.area, &ids, &tokens);
+    let admitted = match request::admit(&dir, &head.path, head.query.as_deref(), now_ms()) {
+        Ok(a) => a,
         Err(r) => return refuse(stream, &r, head.path).await,
     };
-    let Ok(permit) = shared.permits.clone().try_acquire_owned() else {
-        let max = shared.settings.max_connections;
+    let (Some(chan), Some(token)) = (set.chans.get(admitted.door), tokens.get(admitted.door).and_then(|t| t.get(admitted.token))) else {
+        return Handshake::Gone;
+    };
+    let Some(admission) = chan.try_admit() else {
+        let max = chan.max_connections();
         let r = Refusal { status: 503, reason: format!("too many connections: this channel allows at most {max}; retry later") };
         return refuse(stream, &r, head.path).await;
     };
@@ -333,7 +288,14 @@ where
     if stream.write_all(answer.as_bytes()).await.is_err() || stream.flush().await.is_err() {
         return Handshake::Gone;
     }
-    Handshake::Admitted { sub, permit, early, path: head.path, revoked: token.revoked.clone() }
+    Handshake::Admitted(Box::new(Admitted {
+        sub: admitted.sub,
+        chan: chan.clone(),
+        token: token.clone(),
+        admission,
+        early,
+        path: head.path,
+    }))
 }
 
 /// Sends the refusal (status, the headers its status calls for, the
@@ -368,13 +330,15 @@ fn refusal_response(r: &Refusal) -> String {
 
 /// Registers the connection, works out where its cursor starts, runs the
 /// writer, reader and liveness check until one ends, then closes.
+#[allow(clippy::too_many_arguments)]
 async fn run_connection<S>(
     shared: Arc<ChannelShared>,
     ws: WebSocketStream<S>,
     stall: &Stall,
     peer: SocketAddr,
     sub: Subscription,
-    revoked: CancellationToken,
+    chan: &Chan,
+    token: &TokenState,
     path: String,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -384,10 +348,12 @@ async fn run_connection<S>(
 
     // Register and pick the start under the log lock, so that no record
     // appended meanwhile is missed or sent twice.
-    let (conn_id, conn, start) = shared.register(peer, sub.since);
+    let (conn_id, conn, start) = shared.register(peer, sub.since, chan);
     stats.connections_accepted.inc();
     stats.connections_active.inc();
-    info!(%peer, path = %crate::logsafe::Escaped(&path), since = ?sub.since, filtered = !sub.filter.is_empty(), "channel: client connected");
+    chan.stats.connections.inc();
+    token.connections.inc();
+    info!(%peer, path = %crate::logsafe::Escaped(&path), channel = %chan.id, token = %token.name, since = ?sub.since, filtered = !sub.filter.is_empty(), "channel: client connected");
 
     let (ctrl_tx, mut ctrl_rx) = mpsc::channel::<Control>(CONTROL_QUEUE_FRAMES);
     let mut reason = CloseReason::ClientGone;
@@ -398,23 +364,31 @@ async fn run_connection<S>(
             info!(%peer, since, next, "channel: a client asked from a sequence number this channel has not reached (another history); it starts at the live head");
         } else {
             stats.lost_notices.inc();
+            chan.stats.lost_notices.inc();
         }
         ok = sink.send(Message::text(notice.json())).await.is_ok();
     }
     if ok {
         reason = tokio::select! {
-            r = write_loop(&shared, &conn, &mut sink, stall, &mut ctrl_rx, start.cursor, &sub) => r,
+            r = write_loop(&shared, &conn, &mut sink, stall, &mut ctrl_rx, start.cursor, &sub, chan) => r,
             r = read_loop(&shared, &conn, &mut stream, stall, &ctrl_tx) => r,
             r = liveness(&shared, &conn, &ctrl_tx) => r,
+            r = expiry(token) => r,
             _ = conn.close.cancelled() => conn.reason.get().copied().unwrap_or(CloseReason::GoingAway),
-            _ = revoked.cancelled() => CloseReason::TokenChanged,
+            _ = token.revoked.cancelled() => CloseReason::TokenRevoked,
+            _ = chan.close.cancelled() => chan.closing.get().copied().unwrap_or(CloseReason::ChannelChanged),
             _ = shared.stop.cancelled() => CloseReason::GoingAway,
         };
     }
     match reason {
-        CloseReason::SlowConsumer => stats.closed_slow_consumer.inc(),
+        CloseReason::SlowConsumer => {
+            stats.closed_slow_consumer.inc();
+            chan.stats.closed_slow_consumer.inc();
+        }
         CloseReason::PingTimeout => stats.closed_ping_timeout.inc(),
-        CloseReason::TokenChanged => stats.closed_token_changed.inc(),
+        CloseReason::TokenRevoked => stats.closed_token_revoked.inc(),
+        CloseReason::TokenExpired => stats.closed_token_expired.inc(),
+        CloseReason::ChannelChanged => stats.closed_channel_changed.inc(),
         CloseReason::GoingAway => stats.closed_shutdown.inc(),
         CloseReason::ReplayError => stats.closed_replay_error.inc(),
         CloseReason::ProtocolError | CloseReason::InvalidUtf8 | CloseReason::TooBig => stats.closed_protocol_error.inc(),
@@ -424,13 +398,15 @@ async fn run_connection<S>(
         CloseReason::SlowConsumer
         | CloseReason::ReplayError
         | CloseReason::PingTimeout
-        | CloseReason::TokenChanged
+        | CloseReason::TokenRevoked
+        | CloseReason::TokenExpired
+        | CloseReason::ChannelChanged
         | CloseReason::ProtocolError
         | CloseReason::InvalidUtf8
         | CloseReason::TooBig => {
-            warn!(%peer, reason = ?reason, "channel: closing connection");
+            warn!(%peer, channel = %chan.id, reason = ?reason, "channel: closing connection");
         }
-        _ => debug!(%peer, reason = ?reason, "channel: closing connection"),
+        _ => debug!(%peer, channel = %chan.id, reason = ?reason, "channel: closing connection"),
     }
     shared.unregister(conn_id);
     if let Some(frame) = reason.frame() {
@@ -453,7 +429,40 @@ async fn run_connection<S>(
         let _ = tokio::time::timeout(CLOSE_TIMEOUT, sink.close()).await;
     }
     stats.connections_active.dec();
-    info!(%peer, reason = ?reason, "channel: client disconnected");
+    chan.stats.connections.dec();
+    token.connections.dec();
+    info!(%peer, channel = %chan.id, reason = ?reason, "channel: client disconnected");
+}
+
+/// Ends when the token passes its `not_after` (moved by a reload: the
+/// new instant applies); never without one.
+async fn expiry(token: &TokenState) -> CloseReason {
+    let mut rx = token.not_after.subscribe();
+    loop {
+        let not_after = *rx.borrow_and_update();
+        let wait = async {
+            match not_after {
+                Some(t) => {
+                    let ms = t.saturating_sub(now_ms()).max(0) as u64;
+                    tokio::time::sleep(Duration::from_millis(ms)).await;
+                }
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = wait => {
+                // The wall clock decides (a sleep may end early or late).
+                if not_after.is_some_and(|t| now_ms() >= t) {
+                    return CloseReason::TokenExpired;
+                }
+            }
+            r = rx.changed() => {
+                if r.is_err() {
+                    std::future::pending::<()>().await;
+                }
+            }
+        }
+    }
 }
 
 /// A frame the reader or the liveness check queues for the writer, with
@@ -465,6 +474,7 @@ type Control = (Message, Option<Charge>);
 /// frames the reader and the liveness check queue, and flushes whenever
 /// an answer of the reader's got stuck. Returns only for a reason to
 /// close.
+#[allow(clippy::too_many_arguments)]
 async fn write_loop<S>(
     shared: &ChannelShared,
     conn: &ConnState,
@@ -473,12 +483,13 @@ async fn write_loop<S>(
     ctrl_rx: &mut mpsc::Receiver<Control>,
     mut cursor: u64,
     sub: &Subscription,
+    chan: &Chan,
 ) -> CloseReason
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let filter = &sub.filter;
-    let per_message = sub.records_per_message.unwrap_or_else(|| shared.live.records_per_message());
+    let per_message = sub.records_per_message.unwrap_or_else(|| chan.records_per_message());
     let mut head_rx = shared.head.subscribe();
     let mut chunk: Vec<Entry> = Vec::with_capacity(READ_CHUNK_RECORDS);
     let mut linger_until: Option<Instant> = None;
@@ -549,9 +560,12 @@ where
                     }
                 }
             };
-            if let Some((first, last)) = lost {
+            // The notice counts this channel's records only (none: no notice).
+            if let Some(n) = lost.and_then(|(first, last)| shared.lost_count(chan, first, last)) {
+                let (first, last) = lost.unwrap_or_default();
                 shared.stats.lost_notices.inc();
-                let notice = Notice::Lost { since: first, first_available: last + 1 };
+                chan.stats.lost_notices.inc();
+                let notice = Notice::Lost { since: first, first_available: last + 1, lost: n };
                 if sink.feed(Message::text(notice.json())).await.is_err() {
                     return CloseReason::ClientGone;
                 }
@@ -569,15 +583,21 @@ where
             // What this round holds until it is written: the messages (and
             // the chunk itself when it was read from disk; the hot tail's
             // records are shared).
-            let json: usize = chunk.iter().map(|e| e.item.json.len() + 16).sum();
+            let json: usize = chunk.iter().map(|e| e.item.texts.bytes() + 16).sum();
             let _charge = shared.budget.charge(if from_disk { 2 * json } else { json });
             let (next_cursor, newest_observed) = (last.seq + 1, last.item.observed_ms);
-            let replayed = chunk.iter().filter(|e| e.seq < conn.live_from_seq).count();
+            let mut replayed = 0usize;
             let mut msgs = 0usize;
             let mut records = 0usize;
-            let mut batch: Vec<&Entry> = Vec::with_capacity(per_message);
-            for e in chunk.iter().filter(|e| filter.matches(&e.item)) {
-                batch.push(e);
+            let mut batch: Vec<(u64, &str)> = Vec::with_capacity(per_message);
+            // The channel's records (its filter, applied when they were
+            // appended), then the client's own filter, which only narrows.
+            let mine = chunk.iter().filter(|e| chan.sees(e.seq, e.item.texts.bits()) && filter.matches(&e.item));
+            for (e, text) in mine.filter_map(|e| e.item.texts.text_for(chan.bit()).map(|t| (e, t))) {
+                if e.seq < conn.live_from_seq {
+                    replayed += 1;
+                }
+                batch.push((e.seq, text));
                 if batch.len() == per_message {
                     records += batch.len();
                     msgs += 1;
@@ -610,6 +630,7 @@ where
                 let now = now_ms();
                 let stats = &shared.stats;
                 stats.frames_written(msgs, records, newest_observed, now);
+                chan.stats.records_sent.add(records as u64);
                 if replayed > 0 {
                     stats.records_replayed.add(replayed as u64);
                 }
@@ -665,20 +686,20 @@ where
     }
 }
 
-/// One `{"data":[...],"seq":N}` message; `seq` is the sequence number of
-/// the last record in it.
-fn message(batch: &[&Entry]) -> String {
-    let bytes: usize = batch.iter().map(|e| e.item.json.len() + 1).sum();
+/// One `{"data":[...],"seq":N}` message of `(seq, text)` records; `seq`
+/// is the sequence number of the last record in it.
+fn message(batch: &[(u64, &str)]) -> String {
+    let bytes: usize = batch.iter().map(|(_, t)| t.len() + 1).sum();
     let mut s = String::with_capacity(bytes + 40);
     s.push_str("{\"data\":[");
-    for (i, e) in batch.iter().enumerate() {
+    for (i, (_, t)) in batch.iter().enumerate() {
         if i > 0 {
             s.push(',');
         }
-        s.push_str(&e.item.json);
+        s.push_str(t);
     }
     s.push_str("],\"seq\":");
-    let seq = batch.last().map_or(0, |e| e.seq);
+    let seq = batch.last().map_or(0, |(seq, _)| *seq);
     s.push_str(&seq.to_string());
     s.push('}');
     s
@@ -761,12 +782,16 @@ pub struct Start {
 pub enum Notice {
     /// Records `since..first_available` are gone: evicted by the
     /// retention, or destroyed by damage. `{"data":[],"lost":N,"since":S,
-    /// "first_available":F,"next":F}` with `N = F - S`.
+    /// "first_available":F,"next":F}`: on the default channel `N = F - S`;
+    /// on a stream, the records among them that were its own (as far as
+    /// the log can still tell: see [`super::replay::ReplayLog::count_for`]).
     Lost {
         /// The first record missing.
         since: u64,
         /// The oldest record still held after them; the stream goes on there.
         first_available: u64,
+        /// How many of them the client lost.
+        lost: u64,
     },
     /// `since` is beyond the newest record: a number from another history
     /// (before a `reset-state`, or another bridge). `{"data":[],
@@ -783,10 +808,9 @@ impl Notice {
     /// The notice as sent.
     pub fn json(&self) -> String {
         match *self {
-            Notice::Lost { since, first_available } => format!(
-                r#"{{"data":[],"lost":{},"since":{since},"first_available":{first_available},"next":{first_available}}}"#,
-                first_available.saturating_sub(since.max(1))
-            ),
+            Notice::Lost { since, first_available, lost } => {
+                format!(r#"{{"data":[],"lost":{lost},"since":{since},"first_available":{first_available},"next":{first_available}}}"#)
+            }
             Notice::Ahead { since, next } => format!(r#"{{"data":[],"since":{since},"next":{next}}}"#),
         }
     }
@@ -807,7 +831,8 @@ pub fn start_for(since: Option<u64>, first_seq: u64, next_seq: u64) -> Start {
         Some(s) if s > next_seq => Start { cursor: next_seq, notice: Some(Notice::Ahead { since: s, next: next_seq }) },
         Some(s) if s >= first_seq => Start { cursor: s, notice: None },
         Some(s) => {
-            let notice = (s.max(1) < first_seq).then_some(Notice::Lost { since: s, first_available: first_seq });
+            let notice =
+                (s.max(1) < first_seq).then_some(Notice::Lost { since: s, first_available: first_seq, lost: first_seq - s.max(1) });
             Start { cursor: first_seq, notice }
         }
     }
@@ -854,13 +879,7 @@ mod tests {
 
     #[test]
     fn message_framing_carries_the_last_seq() {
-        use super::super::replay::Item;
-        let e = |seq, json: &str| Entry {
-            seq,
-            item: Arc::new(Item { json: json.into(), service_id: "".into(), key_digest: [0; 16], status: 0, observed_ms: 0 }),
-        };
-        let (a, b) = (e(7, r#"{"a":"1"}"#), e(9, r#"{"b":"2"}"#));
-        let m = message(&[&a, &b]);
+        let m = message(&[(7, r#"{"a":"1"}"#), (9, r#"{"b":"2"}"#)]);
         assert_eq!(m, r#"{"data":[{"a":"1"},{"b":"2"}],"seq":9}"#);
         let v: serde_json::Value = serde_json::from_str(&m).unwrap();
         assert_eq!(v["seq"], 9);

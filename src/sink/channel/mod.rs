@@ -58,8 +58,10 @@
 //!   client that is merely behind reads from disk and is never closed for
 //!   it); 1011 `replay log unreadable` when its segment cannot be read (an
 //!   I/O error: damage is skipped, with a `lost` notice);
-//!   1008 `token changed` when
-//!   [`ChannelHandle::set_token`] replaces the token; for a client's
+//!   1008 `token revoked` when a reload ([`ChannelHandle::reconfigure`],
+//!   [`ChannelHandle::set_token`]) removes the client's token, 1008
+//!   `token expired` when its `not_after` passes, 1012 `channel changed`
+//!   when a reload removes its stream or changes its filter; for a client's
 //!   protocol violation (RFC 6455) 1002 (unmasked frame, reserved bits, bad
 //!   opcode), 1007 (text that is not UTF-8), 1009 (a frame or message over
 //!   64 KiB).
@@ -77,43 +79,46 @@
 //! When `listen` has port 0, the bound address is logged and written to
 //! `<state_dir>/channel.addr`.
 
+mod close;
 mod config;
 mod conn;
 pub mod replay;
 pub mod request;
+pub mod route;
+pub mod slots;
 mod stall;
 pub mod stats;
+mod streams;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use anyhow::Context;
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::sync::{mpsc, watch};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::budget::MemoryBudget;
 use crate::checkpoint::DamagedState;
 use crate::listener::{Bound, Gate};
-use crate::mask::Masking;
 use crate::pipeline::{Batch, Fanout};
-use crate::record::{Field, Record, Shape};
 use crate::settings::{ConfigError, Secret};
 use crate::telemetry::SinkStats;
 use crate::time::now_ms;
 
-pub use config::{ChannelConfig, ChannelSection, TlsFiles};
+use close::CloseReason;
+pub use config::{digest_name, ChannelConfig, ChannelSection, ChannelToken, StreamConfig, TlsFiles, MAX_STREAMS};
 use conn::{ConnState, Registry, Start};
 pub use conn::{Notice, CONNECTION_MEMORY_BYTES};
 use replay::{Damage, Entry, Evicted, Item, ReplayLog, Retention};
-use request::TokenDigest;
-pub use stats::ChannelStats;
+pub use stats::{ChannelStats, StreamStats};
+use streams::{Chan, ChannelSet, Spec};
 
 use super::{Keys, Needs, SinkContext, SinkHandle};
 
@@ -177,20 +182,22 @@ impl super::Sink for ChannelSink {
     }
 
     fn keys(k: &mut Keys<ChannelConfig>) {
-        // Fixed while the channel runs: its listener, subscribe path, TLS,
-        // connection slots and replay log retention.
+        // Fixed while the channel runs: its listener, subscribe path, TLS
+        // and replay log retention.
         k.restart(LISTEN_KEY, |c| &mut c.listen)
             .restart("channel.channel_id", |c| &mut c.channel_id)
             .restart("channel.area", |c| &mut c.area)
             .restart("channel.tls_cert", |c| &mut c.tls)
-            .restart("channel.max_connections", |c| &mut c.max_connections)
             .restart("channel.replay_max_bytes", |c| &mut c.replay_max_bytes)
             .restart("channel.replay_max_age_secs", |c| &mut c.replay_max_age);
-        // Applied by ChannelHandle::reconfigure: the token at once (clients
-        // of the old one are closed), batching and pings for connections
-        // opened after the reload, masking for records appended after it.
-        k.live("channel.token", |c| &mut c.token)
-            .live("channel.token_file", |c| &mut c.token_file)
+        // Applied by ChannelHandle::reconfigure: tokens at once (clients of
+        // a token removed are closed, the others stay), the streams (added,
+        // removed, their filters, tokens and limits), connection limits,
+        // batching and pings for connections opened after the reload,
+        // masking for records appended after it.
+        k.live("channel.token", |c| &mut c.tokens)
+            .live("channel.stream", |c| &mut c.streams)
+            .live("channel.max_connections", |c| &mut c.max_connections)
             .live("channel.records_per_message", |c| &mut c.records_per_message)
             .live("channel.ping_interval_secs", |c| &mut c.ping_interval)
             .live("channel.mask_keep", |c| &mut c.mask_keep);
@@ -198,18 +205,41 @@ impl super::Sink for ChannelSink {
 
     fn needs(cfg: &ChannelConfig, needs: &mut Needs) {
         needs.listeners.push((LISTEN_KEY, cfg.listen));
+        for (i, st) in cfg.streams.iter().enumerate() {
+            for (field, _) in &st.filter.fields {
+                needs.lookup_fields.push((format!("channel.stream[{i}].{}", field.name()), *field));
+            }
+        }
     }
 
     fn summary(ch: &ChannelConfig) -> String {
         let scheme = if ch.tls.is_some() { "wss" } else { "ws" };
-        let token = match &ch.token_file {
-            Some(p) => format!("token from {}", p.display()),
-            None => "inline token".to_string(),
+        // One line per channel: the default one, then each stream.
+        let mut out = if ch.tokens.is_empty() {
+            format!("{scheme}://{} (/stream: the channel of the token); default channel off (no token)", ch.listen)
+        } else {
+            format!(
+                "{scheme}://{}/ecls/subscribe/{}/{} (and /stream), {}, every record, at most {} connection(s)",
+                ch.listen,
+                ch.channel_id,
+                ch.area,
+                describe_tokens(&ch.tokens),
+                ch.max_connections
+            )
         };
-        format!(
-            "{scheme}://{}/ecls/subscribe/{}/{} (and /stream), {token}, at most {} connection(s)",
-            ch.listen, ch.channel_id, ch.area, ch.max_connections
-        )
+        for st in &ch.streams {
+            out.push_str(&format!(
+                "\n               stream {}: /ecls/subscribe/{}/{}, {}, {}, at most {} connection(s){}",
+                st.id,
+                st.id,
+                ch.area,
+                describe_tokens(&st.tokens),
+                st.filter.describe(),
+                st.max_connections,
+                st.mask_keep.map(|k| format!(", keys masked keeping {k}")).unwrap_or_default()
+            ));
+        }
+        out
     }
 
     async fn start(
@@ -226,47 +256,43 @@ impl super::Sink for ChannelSink {
     }
 
     fn reconfigure(handle: &ChannelHandle, cfg: ChannelConfig) {
-        handle.set_token(cfg.token.clone());
         handle.reconfigure(&cfg);
     }
 }
 
-/// The settings a reload changes on a running channel
-/// ([`ChannelHandle::reconfigure`]); read where they are used, so they
-/// apply to connections opened (batching, pings) and records appended
-/// (masking) after the reload.
+/// The tokens of a channel, for `check-config`: how many, where from,
+/// until when (never the tokens).
+fn describe_tokens(tokens: &[ChannelToken]) -> String {
+    let names: Vec<String> = tokens
+        .iter()
+        .map(|t| {
+            let from = match &t.file {
+                Some(p) => format!(" from {}", p.display()),
+                None => " inline".into(),
+            };
+            let until = t.not_after.map(|na| format!(" until {}", crate::time::format_iso_seconds(na))).unwrap_or_default();
+            format!("{}{from}{until}", t.name())
+        })
+        .collect();
+    format!("{} token(s): {}", tokens.len(), names.join(", "))
+}
+
+/// The listener-wide settings a reload changes on a running channel
+/// (the per-channel ones live in each [`streams::Chan`]).
 pub(crate) struct LiveSettings {
-    /// Records per message, for clients that ask for none of their own.
-    records_per_message: AtomicUsize,
-    /// Characters kept at each end of a masked `api_key` and
-    /// `oauth_access_token`; `usize::MAX` = no masking.
-    mask_keep: AtomicUsize,
     /// Ping every this long; a client silent for two intervals is closed.
     ping_interval_ms: AtomicU64,
 }
 
 impl LiveSettings {
     fn new(c: &ChannelConfig) -> Self {
-        let live =
-            LiveSettings { records_per_message: AtomicUsize::new(0), mask_keep: AtomicUsize::new(0), ping_interval_ms: AtomicU64::new(0) };
+        let live = LiveSettings { ping_interval_ms: AtomicU64::new(0) };
         live.set(c);
         live
     }
 
     fn set(&self, c: &ChannelConfig) {
-        self.records_per_message.store(c.records_per_message, Ordering::Relaxed);
-        self.mask_keep.store(c.mask_keep.unwrap_or(usize::MAX), Ordering::Relaxed);
         self.ping_interval_ms.store(u64::try_from(c.ping_interval.as_millis()).unwrap_or(u64::MAX), Ordering::Relaxed);
-    }
-
-    /// Records per message, for clients that ask for none of their own.
-    pub fn records_per_message(&self) -> usize {
-        self.records_per_message.load(Ordering::Relaxed)
-    }
-
-    /// Characters kept at each end of masked keys; `None` = no masking.
-    pub fn mask_keep(&self) -> Option<usize> {
-        Some(self.mask_keep.load(Ordering::Relaxed)).filter(|&k| k != usize::MAX)
     }
 
     /// Ping interval.
@@ -275,25 +301,10 @@ impl LiveSettings {
     }
 }
 
-/// The current token and the signal that ends connections admitted with it.
-pub(crate) struct TokenEpoch {
-    /// The digest of the token clients must present (the token itself is
-    /// not kept).
-    pub digest: TokenDigest,
-    /// Cancelled when the token is replaced.
-    pub revoked: CancellationToken,
-}
-
-impl TokenEpoch {
-    fn new(token: &Secret) -> TokenEpoch {
-        TokenEpoch { digest: TokenDigest::of(token.expose()), revoked: CancellationToken::new() }
-    }
-}
-
 /// State shared by the sink task, the listener and every connection.
 pub(crate) struct ChannelShared {
-    /// Settings as started (the fixed ones: paths, limits, retention; the
-    /// live ones are read from `live`).
+    /// Settings as started (the fixed ones: paths, retention; the live
+    /// ones are read from `live` and the channels).
     pub settings: ChannelConfig,
     /// Settings a reload changes.
     pub live: LiveSettings,
@@ -302,14 +313,20 @@ pub(crate) struct ChannelShared {
     log: Mutex<ReplayLog>,
     /// The log's `next_seq` after the latest append; connections wait on it.
     pub head: watch::Sender<u64>,
-    /// Connection slots (`max_connections`).
-    pub permits: Arc<Semaphore>,
+    /// The channels in force (swapped whole by a reload).
+    channels: RwLock<Arc<ChannelSet>>,
+    /// The slot file; held while a reload puts new streams in force.
+    slots: tokio::sync::Mutex<slots::Slots>,
+    /// Reloads so far: a reload's new streams are put in force only while
+    /// no later reload came.
+    generation: AtomicU64,
+    /// The listener's socket cap (grows when a reload raises the
+    /// channels' `max_connections`).
+    gate: Gate,
     /// Open connections, for the retention check.
     conns: Registry,
     /// Id of the next connection.
     next_conn_id: AtomicU64,
-    /// The current token.
-    token: RwLock<Arc<TokenEpoch>>,
     /// Channel statistics.
     pub stats: ChannelStats,
     /// The memory budget: what connections hold is charged to it.
@@ -323,8 +340,52 @@ pub(crate) struct ChannelShared {
 }
 
 impl ChannelShared {
-    pub(crate) fn current_token(&self) -> Arc<TokenEpoch> {
-        self.token.read().unwrap_or_else(|e| e.into_inner()).clone()
+    /// The channels in force.
+    pub(crate) fn channel_set(&self) -> Arc<ChannelSet> {
+        self.channels.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Puts `set` in force, unless a later reload than `generation` came
+    /// (its own set wins); closes the channels it drops, grows the
+    /// listener's cap to fit, keeps the figures of its channels only.
+    fn publish(&self, set: ChannelSet, generation: u64) {
+        let old = {
+            let mut cur = self.channels.write().unwrap_or_else(|e| e.into_inner());
+            if self.generation.load(Ordering::SeqCst) != generation {
+                return;
+            }
+            std::mem::replace(&mut *cur, Arc::new(set))
+        };
+        let now = self.channel_set();
+        for c in &old.chans {
+            if !now.chans.iter().any(|n| Arc::ptr_eq(n, c)) {
+                let gone = !now.chans.iter().any(|n| n.id == c.id);
+                let reason = if gone { "removed" } else { "changed (its filter)" };
+                info!(channel = %c.id, "channel: channel {reason} by the reload; its clients are closed");
+                c.close_for(CloseReason::ChannelChanged);
+            }
+        }
+        self.gate.grow(now.capacity() + MAX_PENDING_HANDSHAKES);
+        let ids: Vec<&str> = now.chans.iter().map(|c| c.id.as_str()).collect();
+        let tokens: Vec<Vec<String>> = now.chans.iter().map(|c| c.tokens().iter().map(|t| t.name.clone()).collect()).collect();
+        let pairs: Vec<(&str, &str)> =
+            now.chans.iter().zip(&tokens).flat_map(|(c, ts)| ts.iter().map(move |t| (c.id.as_str(), t.as_str()))).collect();
+        self.stats.keep(&ids, &pairs);
+    }
+
+    /// How many of the records `first..=last` a `lost` notice to a client
+    /// of `chan` counts (`None`: no notice, none of them was its). The
+    /// default channel counts every number, as before channels had slots;
+    /// a stream only its own records the log can still tell.
+    pub(crate) fn lost_count(&self, chan: &Chan, first: u64, last: u64) -> Option<u64> {
+        if last < first {
+            return None;
+        }
+        if chan.default {
+            return Some(last - first + 1);
+        }
+        let (known, unknown) = self.lock_log().count_for(chan.bit(), chan.slot.from_seq, first, last);
+        (known > 0 || unknown > 0).then_some(known)
     }
 
     fn lock_log(&self) -> std::sync::MutexGuard<'_, ReplayLog> {
@@ -335,11 +396,18 @@ impl ChannelShared {
         self.conns.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Registers a connection and decides where it starts, atomically with
-    /// respect to appends (under the log lock).
-    pub(crate) fn register(&self, peer: SocketAddr, since: Option<u64>) -> (u64, Arc<ConnState>, Start) {
+    /// Registers a connection of `chan` and decides where it starts,
+    /// atomically with respect to appends (under the log lock); a `lost`
+    /// notice counts only `chan`'s records (none: no notice).
+    pub(crate) fn register(&self, peer: SocketAddr, since: Option<u64>, chan: &Chan) -> (u64, Arc<ConnState>, Start) {
         let log = self.lock_log();
-        let start = conn::start_for(since, log.first_seq(), log.next_seq());
+        let mut start = conn::start_for(since, log.first_seq(), log.next_seq());
+        if let Some(Notice::Lost { since, first_available, .. }) = start.notice {
+            if !chan.default {
+                let (known, unknown) = log.count_for(chan.bit(), chan.slot.from_seq, since.max(1), first_available - 1);
+                start.notice = (known > 0 || unknown > 0).then_some(Notice::Lost { since, first_available, lost: known });
+            }
+        }
         let state = conn::new_state(peer, log.next_seq(), start.cursor);
         let id = self.next_conn_id.fetch_add(1, Ordering::Relaxed);
         self.lock_conns().insert(id, state.clone());
@@ -414,7 +482,7 @@ impl ChannelShared {
         if removed {
             for c in self.lock_conns().values() {
                 if !c.close.is_cancelled() && c.cursor.load(Ordering::Relaxed) < first {
-                    c.close_for(conn::CloseReason::SlowConsumer);
+                    c.close_for(CloseReason::SlowConsumer);
                 }
             }
         }
@@ -461,30 +529,65 @@ impl ChannelHandle {
         self.local_addr
     }
 
-    /// Replaces the token (config reload). Connections admitted with the
-    /// old token are closed (1008 `token changed`), as the hosted stream
-    /// allows one active token per channel. The same token again changes
-    /// nothing.
+    /// Makes `token` the default channel's only token: connections
+    /// admitted with another one are closed (1008 `token revoked`); the
+    /// same token again changes nothing.
     pub fn set_token(&self, token: Secret) {
-        let mut cur = self.shared.token.write().unwrap_or_else(|e| e.into_inner());
-        if cur.digest.matches(token.expose()) {
-            return;
+        let set = self.shared.channel_set();
+        if let Some(chan) = set.chans.iter().find(|c| c.default) {
+            let t = ChannelToken { secret: token, file: None, not_after: None, label: None, key: "channel.token".into() };
+            chan.set_tokens(&[t], &self.shared.stats);
+            let generation = self.shared.generation.fetch_add(1, Ordering::SeqCst) + 1;
+            self.shared.publish(set.rerouted(), generation);
         }
-        let old = std::mem::replace(&mut *cur, Arc::new(TokenEpoch::new(&token)));
-        drop(cur);
-        old.revoked.cancel();
-        info!("channel: token replaced; connections that used the old token are closed");
     }
 
-    /// Applies a reloaded `[channel]` section: `records_per_message` and
-    /// `ping_interval_secs` for connections opened from now on,
-    /// `mask_keep` for records appended from now on (records already in
-    /// the replay log keep the masking they were stored with). The token
-    /// is [`ChannelHandle::set_token`]; the other keys need a restart
-    /// ([`ChannelSink`]'s keys).
+    /// Applies a reloaded `[channel]` section. Tokens at once: clients of a
+    /// token the reload removed are closed (1008 `token revoked`), the
+    /// others stay. Channels: one whose id and filter stay keeps its
+    /// clients and takes its new tokens, limits, batching (for
+    /// connections opened from now on) and masking (for records appended
+    /// from now on: records already in the replay log keep theirs); a
+    /// channel removed, or whose filter changed, closes its clients (1012
+    /// `channel changed`); a new one (or a changed one) gets a slot in
+    /// the replay log and receives the records appended from then on.
+    /// `ping_interval_secs` for connections opened from now on. The other
+    /// keys need a restart ([`ChannelSink`]'s keys).
     pub fn reconfigure(&self, c: &ChannelConfig) {
-        self.shared.live.set(c);
-        info!(records_per_message = c.records_per_message, mask_keep = ?c.mask_keep, ping_interval_secs = c.ping_interval.as_secs(), "channel: settings reloaded");
+        let shared = &self.shared;
+        shared.live.set(c);
+        let generation = shared.generation.fetch_add(1, Ordering::SeqCst) + 1;
+        let current = shared.channel_set();
+        let specs = streams::specs(c);
+        let mut kept: Vec<Option<Arc<Chan>>> = Vec::with_capacity(specs.len());
+        for spec in &specs {
+            let chan = current.find(spec).cloned();
+            if let Some(chan) = &chan {
+                chan.update(spec, &shared.stats);
+            }
+            kept.push(chan);
+        }
+        info!(channels = specs.len(), ping_interval_secs = c.ping_interval.as_secs(), "channel: settings reloaded");
+        if kept.iter().all(Option::is_some) {
+            shared.publish(ChannelSet::new(kept.into_iter().flatten().collect()), generation);
+            return;
+        }
+        // New streams need slots, written to the slot file before any
+        // record carries them: off this call, then put in force together.
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let set = match new_channels(&shared, &specs, kept).await {
+                Ok(set) => set,
+                Err(e) => {
+                    error!(error = %format!("{e:#}"), "channel: the reload's new streams cannot be started; the others are in force");
+                    let set = shared.channel_set();
+                    let kept: Vec<Arc<Chan>> =
+                        set.chans.iter().filter(|c| specs.iter().any(|s| c.id == s.id && c.identity == s.identity)).cloned().collect();
+                    ChannelSet::new(kept)
+                }
+            };
+            shared.publish(set, generation);
+        });
     }
 
     /// Stops now: no new connections; every connection is closed with 1001.
@@ -497,15 +600,50 @@ impl ChannelHandle {
         self.shared.lock_conns().len()
     }
 
+    /// The ids of the channels in force (the default one first, when it
+    /// has a token).
+    pub fn channel_ids(&self) -> Vec<String> {
+        self.shared.channel_set().chans.iter().map(|c| c.id.clone()).collect()
+    }
+
     /// The channel's statistics.
     pub fn stats(&self) -> ChannelStats {
         self.shared.stats.clone()
+    }
+
+    /// The oldest sequence number the replay log holds.
+    pub fn first_seq(&self) -> u64 {
+        self.shared.first_seq()
     }
 
     /// The next sequence number the channel will assign.
     pub fn next_seq(&self) -> u64 {
         self.shared.lock_log().next_seq()
     }
+}
+
+/// The channels of `specs`: those in `kept` as they are, the others new,
+/// with their slots assigned and written to the slot file first.
+async fn new_channels(shared: &ChannelShared, specs: &[Spec], kept: Vec<Option<Arc<Chan>>>) -> anyhow::Result<ChannelSet> {
+    let mut slots = shared.slots.lock().await;
+    let next = shared.lock_log().next_seq();
+    let wanted: Vec<(String, String)> = specs.iter().filter(|s| !s.default).map(|s| (s.id.clone(), s.identity.clone())).collect();
+    let assigned = slots.assign(&wanted, next)?;
+    slots.save().await?;
+    let mut assigned = assigned.into_iter();
+    let mut chans = Vec::with_capacity(specs.len());
+    for (spec, chan) in specs.iter().zip(kept) {
+        let slot = if spec.default { slots::Slot::DEFAULT } else { assigned.next().unwrap_or(slots::Slot::DEFAULT) };
+        let chan = match chan {
+            Some(c) => c,
+            None => {
+                info!(channel = %spec.id, slot = slot.slot, from_seq = slot.from_seq, filter = %spec.filter.describe(), "channel: stream started");
+                Chan::new(spec, slot, &shared.stats)
+            }
+        };
+        chans.push(chan);
+    }
+    Ok(ChannelSet::new(chans))
 }
 
 /// Starts the channel: binds `listen`, writes `<state_dir>/channel.addr`,
@@ -542,7 +680,6 @@ pub async fn spawn_on(
     budget: Arc<MemoryBudget>,
 ) -> anyhow::Result<(ChannelHandle, tokio::task::JoinHandle<anyhow::Result<()>>)> {
     let settings = cfg.clone();
-    let token = cfg.token.clone();
     let tls = match &cfg.tls {
         Some(t) => Some(TlsAcceptor::from(Arc::new(tls_config(&t.cert, &t.key)?))),
         None => None,
@@ -575,13 +712,20 @@ pub async fn spawn_on(
     // Numbers below the log's next are used: never again, even when
     // channel.seq was older than the log.
     seqs.next = log.next_seq();
+    let (slot_file, problem) = slots::Slots::load(&ctx.state_dir);
+    if let Some(p) = problem {
+        warn!("channel: {p}");
+    }
+    let gate = Gate::new(NAME, settings.subscriber_capacity() + MAX_PENDING_HANDSHAKES);
     let shared = Arc::new(ChannelShared {
         head: watch::Sender::new(log.next_seq()),
         log: Mutex::new(log),
-        permits: Arc::new(Semaphore::new(settings.max_connections)),
+        channels: RwLock::new(Arc::new(ChannelSet::new(Vec::new()))),
+        slots: tokio::sync::Mutex::new(slot_file),
+        generation: AtomicU64::new(0),
+        gate,
         conns: Mutex::new(Default::default()),
         next_conn_id: AtomicU64::new(1),
-        token: RwLock::new(Arc::new(TokenEpoch::new(&token))),
         stats,
         budget,
         draining: CancellationToken::new(),
@@ -589,6 +733,13 @@ pub async fn spawn_on(
         live: LiveSettings::new(cfg),
         settings,
     });
+    // The streams' slots are on disk before the first record is routed.
+    let specs = streams::specs(cfg);
+    let set = new_channels(&shared, &specs, specs.iter().map(|_| None).collect()).await.context("channel: cannot start the streams")?;
+    for c in &set.chans {
+        info!(channel = %c.id, filter = %c.filter.describe(), tokens = c.tokens().len(), "channel: serving");
+    }
+    shared.publish(set, 0);
     let handle = ChannelHandle { shared: shared.clone(), local_addr };
     let tracker = TaskTracker::new();
     tracker.spawn(accept_loop(shared.clone(), listener, tls, tracker.clone()));
@@ -649,8 +800,13 @@ async fn sink_loop(
         };
         let n = batch.records.len();
         sink_stats.enqueued(n);
-        let masking = Masking::both(shared.live.mask_keep());
-        let mut items: Vec<Arc<Item>> = batch.records.iter().map(|r| Arc::new(item(r, masking, batch.observed_ms, &mut buf))).collect();
+        // Each record's channels and texts, once (the filters, the
+        // maskings), for every client of every channel.
+        let set = shared.channel_set();
+        let mut filtered = vec![0u64; set.chans.len()];
+        let mut items: Vec<Arc<Item>> =
+            batch.records.iter().map(|r| Arc::new(set.routes.item(r, batch.observed_ms, &mut filtered, &mut buf))).collect();
+        set.note_filtered(&filtered);
         // Without a durable reservation, numbers could repeat after a
         // crash; without the records in the log, a `since` after a restart
         // would miss them. Either failure (a full state_dir) leaves the
@@ -771,33 +927,13 @@ async fn open_log(dir: &Path, settings: &ChannelConfig, min_next: u64, stats: &C
     Ok(log)
 }
 
-/// Serialises one record for the replay log, masked with `masking` (the
-/// `api_key=` filter's digest is of the key as the channel received it).
-fn item(r: &Record<'_>, masking: Masking, observed_ms: i64, buf: &mut Vec<u8>) -> Item {
-    buf.clear();
-    if masking.is_off() {
-        r.write_json(Shape::Ecls, buf);
-    } else {
-        let mut m = r.clone();
-        masking.apply(&mut m);
-        m.write_json(Shape::Ecls, buf);
-    }
-    let json = String::from_utf8_lossy(buf).into_owned().into_boxed_str();
-    Item {
-        json,
-        service_id: r.get(Field::ServiceId).into(),
-        key_digest: replay::key_digest(r.get(Field::ApiKey)),
-        status: r.get(Field::HttpStatusCode).trim().parse().unwrap_or(0),
-        observed_ms: r.ingestion_time.unwrap_or(observed_ms),
-    }
-}
-
 /// Accepts sockets until stopped; each one is served on its own task.
 /// A place in the listener's [`Gate`] is taken before each `accept`
-/// (mini-redis) and filled by the accepted socket: the listener holds at most `max_connections` subscribers
-/// plus [`MAX_PENDING_HANDSHAKES`] sockets in their handshake.
+/// (mini-redis) and filled by the accepted socket: the listener holds at
+/// most every channel's `max_connections` subscribers plus
+/// [`MAX_PENDING_HANDSHAKES`] sockets in their handshake.
 async fn accept_loop(shared: Arc<ChannelShared>, listener: TcpListener, tls: Option<TlsAcceptor>, tracker: TaskTracker) {
-    let gate = Gate::new(NAME, shared.settings.max_connections + MAX_PENDING_HANDSHAKES);
+    let gate = shared.gate.clone();
     loop {
         let vacancy = tokio::select! {
             s = gate.acquire() => s,

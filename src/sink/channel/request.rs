@@ -1,18 +1,26 @@
 //! What a subscription request asks for, and whether it is admitted.
 //!
 //! A client dials `/ecls/subscribe/<channel_id>/<area>?key=<token>` (the
-//! hosted stream's URL form) or `/stream?key=<token>`. The query may also
-//! carry `since=<seq>` (replay from that sequence number, inclusive) and
-//! the filters `service_id=`, `api_key=` and `status=` (each a
-//! comma-separated list; `status` takes codes such as `200` and classes
-//! such as `5xx`). Order of checks: path (404), token (401), then the
+//! hosted stream's URL form: the default channel's `channel_id`, or a
+//! stream's `id`) or `/stream?key=<token>` (the channel the token opens).
+//! The query may also carry `since=<seq>` (replay from that sequence
+//! number, inclusive) and the filters `service_id=`, `api_key=` and
+//! `status=` (each a comma-separated list; `status` takes codes such as
+//! `200` and classes such as `5xx`), which narrow what the channel sends
+//! and never widen it. Order of checks: path (404), token (401), then the
 //! other parameters (400); the connection limit is checked by the caller
 //! after these, so an unauthenticated client never holds a slot.
 //!
+//! A token opens exactly one channel: a path naming another channel is
+//! refused with 401 as a wrong token is (the tokens of different channels
+//! are different: the config refuses a token given twice).
+//!
 //! Pure: no I/O. The token is compared in constant time over SHA-256
 //! digests ([`TokenDigest`]: equal lengths whatever the client sends, so
-//! neither the token's bytes nor its length leak through timing) and never
-//! appears in an error or a log line.
+//! neither the token's bytes nor its length leak through timing), with
+//! every token of the channels the path names (which one matched, if any,
+//! is chosen without a branch), and never appears in an error or a log
+//! line.
 
 use subtle::ConstantTimeEq;
 
@@ -73,6 +81,26 @@ pub enum StatusMatch {
     Exact(u16),
 }
 
+impl StatusMatch {
+    /// True when `status` (0: not a number) matches the term.
+    #[inline]
+    pub fn matches(&self, status: u16) -> bool {
+        match *self {
+            StatusMatch::Class(c) => status / 100 == c,
+            StatusMatch::Exact(c) => status == c,
+        }
+    }
+}
+
+impl std::fmt::Display for StatusMatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StatusMatch::Class(c) => write!(f, "{c}xx"),
+            StatusMatch::Exact(c) => write!(f, "{c}"),
+        }
+    }
+}
+
 impl Filter {
     /// True when no filter is set.
     pub fn is_empty(&self) -> bool {
@@ -86,35 +114,100 @@ impl Filter {
                 let digests = self.api_key_digests.get_or_init(|| self.api_keys.iter().map(|k| super::replay::key_digest(k)).collect());
                 digests.contains(&item.key_digest)
             })
-            && (self.statuses.is_empty()
-                || self.statuses.iter().any(|m| match *m {
-                    StatusMatch::Class(c) => item.status / 100 == c,
-                    StatusMatch::Exact(c) => item.status == c,
-                }))
+            && (self.statuses.is_empty() || self.statuses.iter().any(|m| m.matches(item.status)))
     }
 }
 
-/// The paths this channel answers.
-pub struct Paths<'a> {
-    /// `channel_id` from the config.
-    pub channel_id: &'a str,
-    /// `area` from the config.
-    pub area: &'a str,
+/// A channel as admission sees it: the id its path names and its tokens.
+#[derive(Debug, Clone)]
+pub struct Door<'a> {
+    /// `<channel_id>` in `/ecls/subscribe/<channel_id>/<area>`.
+    pub id: &'a str,
+    /// Its tokens' digests, each with its `not_after` (epoch ms), if any.
+    pub tokens: Vec<(&'a TokenDigest, Option<i64>)>,
 }
 
-impl Paths<'_> {
-    /// True for `/stream` and `/ecls/subscribe/<channel_id>/<area>`
-    /// (a trailing `/` is accepted).
-    pub fn accepts(&self, path: &str) -> bool {
+/// The channels of the listener, as admission sees them.
+#[derive(Debug, Clone)]
+pub struct Directory<'a> {
+    /// `area` in `/ecls/subscribe/<channel_id>/<area>` (one per listener).
+    pub area: &'a str,
+    /// The channels.
+    pub doors: Vec<Door<'a>>,
+}
+
+/// Which channels a path names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    /// `/stream`: the channel the token opens.
+    Any,
+    /// `/ecls/subscribe/<id>/<area>`: this channel (an index of
+    /// [`Directory::doors`]).
+    One(usize),
+}
+
+impl Directory<'_> {
+    /// What `path` names: `/stream`, or `/ecls/subscribe/<id>/<area>` with
+    /// this listener's area and a channel's id (a trailing `/` is
+    /// accepted); `None`: no channel (404).
+    pub fn target(&self, path: &str) -> Option<Target> {
         let path = path.strip_suffix('/').unwrap_or(path);
         if path == "/stream" {
-            return true;
+            return Some(Target::Any);
         }
-        let Some(rest) = path.strip_prefix("/ecls/subscribe/") else { return false };
+        let rest = path.strip_prefix("/ecls/subscribe/")?;
         let mut parts = rest.split('/');
-        let (Some(c), Some(a), None) = (parts.next(), parts.next(), parts.next()) else { return false };
-        percent_decode(c).as_deref() == Some(self.channel_id) && percent_decode(a).as_deref() == Some(self.area)
+        let (Some(c), Some(a), None) = (parts.next(), parts.next(), parts.next()) else { return None };
+        if percent_decode(a).as_deref() != Some(self.area) {
+            return None;
+        }
+        let c = percent_decode(c)?;
+        self.doors.iter().position(|d| d.id == c).map(Target::One)
     }
+
+    /// True when `path` names a channel.
+    pub fn accepts(&self, path: &str) -> bool {
+        self.target(path).is_some()
+    }
+}
+
+/// An admitted request: the channel and the token it opened, and what the
+/// client asked for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Admitted {
+    /// The channel (an index of [`Directory::doors`]).
+    pub door: usize,
+    /// The token (an index of that door's tokens).
+    pub token: usize,
+    /// What the client asked for.
+    pub sub: Subscription,
+}
+
+/// The token among `doors`' tokens (all of them, or one door's) that
+/// `given` is, compared with every one in constant time: `(door, token,
+/// not_after)`.
+fn find_token(doors: &[Door<'_>], only: Option<usize>, given: &str) -> Option<(usize, usize, Option<i64>)> {
+    use subtle::ConditionallySelectable;
+    let given = TokenDigest::of(given);
+    let mut found = subtle::Choice::from(0);
+    let (mut door, mut token) = (0u64, 0u64);
+    for (d, entry) in doors.iter().enumerate() {
+        if only.is_some_and(|o| o != d) {
+            continue;
+        }
+        for (t, (digest, _)) in entry.tokens.iter().enumerate() {
+            let eq = given.0.ct_eq(&digest.0);
+            door = u64::conditional_select(&door, &(d as u64), eq);
+            token = u64::conditional_select(&token, &(t as u64), eq);
+            found |= eq;
+        }
+    }
+    if !bool::from(found) {
+        return None;
+    }
+    let (door, token) = (door as usize, token as usize);
+    let not_after = doors.get(door)?.tokens.get(token)?.1;
+    Some((door, token, not_after))
 }
 
 /// The most bytes of a handshake's request head (request line and
@@ -211,6 +304,12 @@ fn is_websocket_key(k: &[u8]) -> bool {
 #[derive(Clone)]
 pub struct TokenDigest([u8; 32]);
 
+impl std::fmt::Debug for TokenDigest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TokenDigest(..)")
+    }
+}
+
 impl TokenDigest {
     /// The digest of `token`.
     pub fn of(token: &str) -> TokenDigest {
@@ -223,16 +322,22 @@ impl TokenDigest {
     /// True when `given` is the token, in time independent of where or
     /// whether they differ, and of `given`'s length beyond hashing it.
     pub fn matches(&self, given: &str) -> bool {
-        bool::from(TokenDigest::of(given).0.ct_eq(&self.0))
+        self.same(&TokenDigest::of(given))
+    }
+
+    /// True when both are the digest of one token (constant time).
+    pub fn same(&self, other: &TokenDigest) -> bool {
+        bool::from(other.0.ct_eq(&self.0))
     }
 }
 
-/// Decides on a handshake: `path` and `query` from the request URI,
-/// `token` the digest of the channel's current token.
-pub fn admit(paths: &Paths<'_>, path: &str, query: Option<&str>, token: &TokenDigest) -> Result<Subscription, Refusal> {
-    if !paths.accepts(path) {
+/// Decides on a handshake: `path` and `query` from the request URI, the
+/// channels and their tokens in `dir`, at `now_ms` (a token past its
+/// `not_after` opens nothing).
+pub fn admit(dir: &Directory<'_>, path: &str, query: Option<&str>, now_ms: i64) -> Result<Admitted, Refusal> {
+    let Some(target) = dir.target(path) else {
         return Err(Refusal::new(404, "no such channel: use /ecls/subscribe/<channel_id>/<area>?key=<token> or /stream?key=<token>"));
-    }
+    };
     let mut key: Option<String> = None;
     let mut sub = Subscription::default();
     let mut bad: Option<Refusal> = None;
@@ -283,17 +388,20 @@ pub fn admit(paths: &Paths<'_>, path: &str, query: Option<&str>, token: &TokenDi
     }
     // Authentication comes before any other complaint so that an
     // unauthenticated client learns nothing about the parameters.
-    let authorised = match &key {
-        Some(k) => token.matches(k),
-        None => false,
+    let only = match target {
+        Target::Any => None,
+        Target::One(d) => Some(d),
     };
-    if !authorised {
-        let why = if key.is_none() { "missing token: add ?key=<token>" } else { "wrong token" };
-        return Err(Refusal::new(401, format!("unauthorized: {why}")));
-    }
+    let found = key.as_deref().and_then(|k| find_token(&dir.doors, only, k));
+    let (door, token) = match (found, &key) {
+        (Some((d, t, not_after)), _) if not_after.is_none_or(|na| now_ms < na) => (d, t),
+        (Some(_), _) => return Err(Refusal::new(401, "unauthorized: token expired (its not_after has passed)")),
+        (None, None) => return Err(Refusal::new(401, "unauthorized: missing token: add ?key=<token>")),
+        (None, Some(_)) => return Err(Refusal::new(401, "unauthorized: wrong token")),
+    };
     match bad {
         Some(r) => Err(r),
-        None => Ok(sub),
+        None => Ok(Admitted { door, token, sub }),
     }
 }
 
@@ -301,7 +409,8 @@ fn list(v: &str) -> impl Iterator<Item = String> + '_ {
     v.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_string)
 }
 
-fn parse_status(term: &str) -> Option<StatusMatch> {
+/// A `status` term: a code (`404`) or a class (`5xx`).
+pub(crate) fn parse_status(term: &str) -> Option<StatusMatch> {
     let b = term.as_bytes();
     if b.len() != 3 || !(b'1'..=b'5').contains(&b[0]) {
         return None;
@@ -316,11 +425,52 @@ fn parse_status(term: &str) -> Option<StatusMatch> {
 mod tests {
     use super::*;
 
-    const PATHS: Paths<'static> = Paths { channel_id: "chan-1", area: "eu" };
+    /// 2026-01-01T00:00:00Z.
+    const NOW: i64 = 1_767_225_600_000;
+
+    /// The default channel `chan-1` (token `s3cret`) and the stream
+    /// `partner-a` (`pa-token-new`, and `pa-token-old` until NOW).
+    fn with_directory<T>(f: impl FnOnce(&Directory<'_>) -> T) -> T {
+        let (d, n, o) = (TokenDigest::of("s3cret"), TokenDigest::of("pa-token-new"), TokenDigest::of("pa-token-old"));
+        let dir = Directory {
+            area: "eu",
+            doors: vec![
+                Door { id: "chan-1", tokens: vec![(&d, None)] },
+                Door { id: "partner-a", tokens: vec![(&n, None), (&o, Some(NOW))] },
+            ],
+        };
+        f(&dir)
+    }
+
+    fn admitted(path: &str, query: Option<&str>, now: i64) -> Result<Admitted, Refusal> {
+        with_directory(|dir| admit(dir, path, query, now))
+    }
 
     fn check(path: &str, query: Option<&str>, expected: Result<Subscription, u16>) {
-        let got = admit(&PATHS, path, query, &TokenDigest::of("s3cret")).map_err(|r| r.status);
+        let got = admitted(path, query, NOW - 1).map(|a| a.sub).map_err(|r| r.status);
         assert_eq!(got, expected, "{path}?{query:?}");
+    }
+
+    #[test]
+    fn a_token_opens_its_own_channel_only() {
+        let door = |path: &str, key: &str, now: i64| {
+            admitted(path, Some(&format!("key={key}")), now).map(|a| (a.door, a.token)).map_err(|r| r.status)
+        };
+        assert_eq!(door("/stream", "s3cret", NOW), Ok((0, 0)));
+        assert_eq!(door("/stream", "pa-token-new", NOW), Ok((1, 0)));
+        assert_eq!(door("/stream", "pa-token-old", NOW - 1), Ok((1, 1)));
+        assert_eq!(door("/ecls/subscribe/partner-a/eu", "pa-token-new", NOW), Ok((1, 0)));
+        assert_eq!(door("/ecls/subscribe/partner%2Da/eu/", "pa-token-new", NOW), Ok((1, 0)));
+        assert_eq!(door("/ecls/subscribe/chan-1/eu", "s3cret", NOW), Ok((0, 0)));
+        // Another channel's token, or a token past its not_after: 401.
+        assert_eq!(door("/ecls/subscribe/chan-1/eu", "pa-token-new", NOW), Err(401));
+        assert_eq!(door("/ecls/subscribe/partner-a/eu", "s3cret", NOW), Err(401));
+        assert_eq!(door("/stream", "pa-token-old", NOW), Err(401));
+        let r = admitted("/stream", Some("key=pa-token-old"), NOW).unwrap_err();
+        assert!(r.reason.contains("token expired"), "{r:?}");
+        // Unknown channel or area: 404, whatever the token.
+        assert_eq!(door("/ecls/subscribe/partner-b/eu", "pa-token-new", NOW), Err(404));
+        assert_eq!(door("/ecls/subscribe/partner-a/us", "pa-token-new", NOW), Err(404));
     }
 
     fn sub(since: Option<u64>, filter: Filter) -> Result<Subscription, u16> {
@@ -456,7 +606,7 @@ mod tests {
     fn a_refusal_is_one_line_whatever_the_query_decodes_to() {
         // Found by the fuzzer: a decoded `%0A` in a status term made the
         // refusal (the response body) several lines.
-        let r = admit(&PATHS, "/stream", Some("key=s3cret&status=%0D%0Ax%1b[31m"), &TokenDigest::of("s3cret")).unwrap_err();
+        let r = admitted("/stream", Some("key=s3cret&status=%0D%0Ax%1b[31m"), NOW).unwrap_err();
         assert_eq!(r.status, 400);
         assert!(!r.reason.chars().any(char::is_control), "{:?}", r.reason);
     }
@@ -464,18 +614,15 @@ mod tests {
     #[test]
     fn refusals_never_echo_the_token() {
         for q in ["key=guess", "key=s3cret&since=x", "key=s3cret&status=xyz"] {
-            let r = admit(&PATHS, "/stream", Some(q), &TokenDigest::of("s3cret")).unwrap_err();
+            let r = admitted("/stream", Some(q), NOW).unwrap_err();
             assert!(!r.reason.contains("s3cret") && !r.reason.contains("guess"), "{r:?}");
         }
     }
 
     #[test]
-    fn percent_decoding() {}
-
-    #[test]
     fn filters_match() {
         let item = |service: &str, key: &str, status: u16| Item {
-            json: "{}".into(),
+            texts: super::super::replay::Texts::One(1, "{}".into()),
             service_id: service.into(),
             key_digest: super::super::replay::key_digest(key),
             status,

@@ -10,6 +10,13 @@
 //! replay log ([`SinkStats::handed_over`]); its delivery delay is measured when
 //! a frame is written to a client ([`ChannelStats::frames_written`],
 //! [`SinkStats::reached_consumer`]). Updated by `sink::channel` only.
+//!
+//! Per channel (the default one under its `channel_id`, each stream under
+//! its id: the `channel` label, bounded by the config): connections,
+//! records sent, records its filter left out, `lost` notices and
+//! slow-consumer closes ([`StreamStats`]), and the connections of each
+//! token (`token` label: its label or digest prefix, never the token).
+//! A channel removed by a reload leaves these families.
 
 use std::sync::Arc;
 
@@ -50,8 +57,8 @@ pub struct ChannelInner {
     pub closed_slow_consumer: Counter,
     /// Connections closed because they stopped answering pings.
     pub closed_ping_timeout: Counter,
-    /// Connections closed because the token changed.
-    pub closed_token_changed: Counter,
+    /// Connections closed because their token was removed by a reload.
+    pub closed_token_revoked: Counter,
     /// Connections closed with 1001 because the bridge shut down.
     pub closed_shutdown: Counter,
     /// Connections closed for a protocol violation (1002, 1007, 1009).
@@ -95,7 +102,36 @@ pub struct ChannelInner {
     pub replay_damaged_records: Counter,
     /// The newest sequence number assigned (0 = none yet).
     pub last_seq: Gauge,
+    /// Connections closed because their token passed its `not_after`.
+    pub closed_token_expired: Counter,
+    /// Connections closed because their channel was removed or changed
+    /// by a reload.
+    pub closed_channel_changed: Counter,
 }
+
+/// One channel's figures (the `channel` label).
+#[derive(Clone, Debug)]
+pub struct StreamStats {
+    /// Connections open now.
+    pub connections: Gauge,
+    /// Records written to its clients (once per client).
+    pub records_sent: Counter,
+    /// Records its filter left out (counted once per record).
+    pub records_filtered: Counter,
+    /// `lost` notices sent to its clients.
+    pub lost_notices: Counter,
+    /// Its connections closed as slow consumers.
+    pub closed_slow_consumer: Counter,
+}
+
+/// Help texts of the per-channel families.
+const BY_CHANNEL: [(&str, &str); 5] = [
+    ("connections_by_channel", "WebSocket connections open now, by channel"),
+    ("records_sent_by_channel", "Records written to clients, by channel (once per client)"),
+    ("records_filtered_by_channel", "Records the channel's filter left out, by channel"),
+    ("lost_notices_by_channel", "Lost notices sent to clients, by channel"),
+    ("slow_consumer_closes_by_channel", "Connections closed as slow consumers, by channel"),
+];
 
 impl std::ops::Deref for ChannelStats {
     type Target = ChannelInner;
@@ -118,12 +154,12 @@ impl ChannelStats {
                 "reason",
                 ["unauthorized", "not_found", "bad_request", "too_many_connections", "not_websocket", "handshake_timeout", "handshake_evicted"],
             );
-        let [closed_slow_consumer, closed_ping_timeout, closed_token_changed, closed_shutdown, closed_protocol_error, closed_by_client, closed_replay_error] = f
+        let [closed_slow_consumer, closed_ping_timeout, closed_token_revoked, closed_shutdown, closed_protocol_error, closed_by_client, closed_replay_error, closed_token_expired, closed_channel_changed] = f
             .counters_by(
                 "closed",
-                "Connections closed, by reason (slow_consumer: fell out of the replay log's retention, ping_timeout, token_changed, shutdown, protocol_error, replay_error: replay log unreadable; client: by the client)",
+                "Connections closed, by reason (slow_consumer: fell out of the replay log's retention, ping_timeout, token_revoked: its token was removed by a reload, token_expired: its token passed not_after, channel_changed: its channel was removed or its filter changed by a reload, shutdown, protocol_error, replay_error: replay log unreadable; client: by the client)",
                 "reason",
-                ["slow_consumer", "ping_timeout", "token_changed", "shutdown", "protocol_error", "client", "replay_error"],
+                ["slow_consumer", "ping_timeout", "token_revoked", "shutdown", "protocol_error", "client", "replay_error", "token_expired", "channel_changed"],
             );
         let messages_sent = f.counter("messages_sent", "Messages written to clients");
         let records_sent = f.counter("records_sent", "Records written to clients (once per client)");
@@ -159,7 +195,7 @@ impl ChannelStats {
             handshake_evicted,
             closed_slow_consumer,
             closed_ping_timeout,
-            closed_token_changed,
+            closed_token_revoked,
             closed_shutdown,
             closed_protocol_error,
             closed_by_client,
@@ -179,7 +215,46 @@ impl ChannelStats {
             replay_repaired_bytes,
             replay_damaged_records,
             last_seq,
+            closed_token_expired,
+            closed_channel_changed,
         }))
+    }
+
+    /// The figures of channel `id` (declared in the per-channel families
+    /// on first use; the same handles again after).
+    pub fn stream(&self, id: &str) -> StreamStats {
+        let f = &self.0.figures;
+        let c = |i: usize| f.counter_family(BY_CHANNEL[i].0, BY_CHANNEL[i].1, "channel", &[id]).pop().unwrap_or_default();
+        StreamStats {
+            connections: f.gauge_family(BY_CHANNEL[0].0, BY_CHANNEL[0].1, "channel", &[id]).pop().unwrap_or_default(),
+            records_sent: c(1),
+            records_filtered: c(2),
+            lost_notices: c(3),
+            closed_slow_consumer: c(4),
+        }
+    }
+
+    /// The connections gauge of token `name` of channel `id`.
+    pub fn token(&self, id: &str, name: &str) -> crate::telemetry::Gauge {
+        self.0
+            .figures
+            .gauge_family2(
+                "token_connections",
+                "WebSocket connections open now, by channel and token (its label or digest prefix)",
+                ["channel", "token"],
+                &[(id, name)],
+            )
+            .pop()
+            .unwrap_or_default()
+    }
+
+    /// Keeps the per-channel series of these channels and tokens only
+    /// (after a reload removed some).
+    pub fn keep(&self, channels: &[&str], tokens: &[(&str, &str)]) {
+        for (name, _) in BY_CHANNEL {
+            self.0.figures.retain_values(name, |v| channels.contains(&v));
+        }
+        self.0.figures.retain_pairs("token_connections", |c, t| tokens.contains(&(c, t)));
     }
 
     /// Where the channel listens: shown first in its `/status` section,
@@ -288,7 +363,7 @@ mod tests {
         let want = concat!(
             r#""channel":{"listen":"127.0.0.1:8790","tls":false,"path":"/stream","connections":0,"connections_accepted":0,"#,
             r#""refused":{"bad_request":0,"handshake_evicted":0,"handshake_timeout":0,"not_found":0,"not_websocket":0,"too_many_connections":0,"unauthorized":0},"#,
-            r#""closed":{"client":0,"ping_timeout":0,"protocol_error":0,"replay_error":0,"shutdown":0,"slow_consumer":0,"token_changed":0},"#,
+            r#""closed":{"channel_changed":0,"client":0,"ping_timeout":0,"protocol_error":0,"replay_error":0,"shutdown":0,"slow_consumer":0,"token_expired":0,"token_revoked":0},"#,
             r#""messages_sent":0,"records_sent":0,"records_replayed":0,"lost_notices":0,"since_ahead_notices":0,"replay_bytes":9000,"replay_segments":2,"replay_records":3,"#,
             r#""replay_first_seq":39,"replay_oldest_age_secs":5,"replay_hot_bytes":900,"replay_repaired_segments":0,"replay_repaired_bytes":0,"replay_damaged_records":0,"last_seq":41}"#
         );
