@@ -277,7 +277,7 @@ pub use crate::rejects::FILE_NAME as REJECTS_FILE;
 /// parse are written there (file, line, offset, reason, raw line). Opened
 /// once here, so an unwritable state directory stops the start.
 async fn rejects_file(state_dir: &std::path::Path, cfg: &crate::config::RejectsConfig) -> anyhow::Result<Option<RejectSink>> {
-    let path = state_dir.join(REJECTS_FILE);
+    let path = crate::state_dir::StateDir::new(state_dir).rejects();
     let p = path.clone();
     tokio::task::spawn_blocking(move || std::fs::OpenOptions::new().create(true).append(true).open(&p))
         .await?

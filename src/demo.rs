@@ -20,6 +20,7 @@ use anyhow::Context;
 
 use crate::parse::Format;
 use crate::sim::{self, SimOptions};
+use crate::state_dir::StateDir;
 
 /// The token the demo channel accepts.
 pub const DEMO_TOKEN: &str = "demo-token-not-a-secret";
@@ -104,7 +105,7 @@ impl Demo {
             let deadline = Instant::now() + Duration::from_secs(60);
             let read = |name: &str| std::fs::read_to_string(state.join(name)).ok().map(|s| s.trim().to_string());
             loop {
-                if let (Some(status), Some(channel)) = (read("status.addr"), read("channel.addr")) {
+                if let (Some(status), Some(channel)) = (read(StateDir::STATUS_ADDR), read(StateDir::CHANNEL_ADDR)) {
                     eprintln!("{}", banner(&dir, &status, &channel));
                     return;
                 }

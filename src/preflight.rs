@@ -113,7 +113,7 @@ pub fn check(cfg: &Config, bind: Bind) -> Checked {
     }
     // What an earlier run left in state_dir must be writable too: a manual
     // run as root leaves files the service user cannot append to.
-    let rejects = cfg.state_dir.join(crate::rejects::FILE_NAME);
+    let rejects = crate::state_dir::StateDir::new(&cfg.state_dir).rejects();
     if rejects.exists() {
         if let Err(e) = OpenOptions::new().append(true).open(&rejects) {
             out.errors.push(ConfigError::unusable(
@@ -204,26 +204,6 @@ fn lookup_fields_unprovided<'a>(e: &Enricher, wanted: impl Iterator<Item = &'a (
     out
 }
 
-/// Samples of what the bridge writes under `state_dir`: its state files,
-/// a rotated rejects file, and one file of each directory it keeps there
-/// (replay segments, spools).
-const STATE_DIR_SAMPLES: &[&str] = &[
-    crate::state_dir::StateDir::LOCK,
-    crate::state_dir::StateDir::CHECKPOINTS,
-    crate::state_dir::StateDir::CHANNEL_SEQ,
-    crate::state_dir::StateDir::CHANNEL_ADDR,
-    crate::state_dir::StateDir::CHANNEL_SLOTS,
-    crate::state_dir::StateDir::STATUS_ADDR,
-    crate::state_dir::StateDir::REJECTS,
-    "rejects.ndjson.1",
-    crate::state_dir::StateDir::DEAD_LETTER,
-    crate::state_dir::StateDir::KAFKA_DEAD_LETTER,
-    "kafka-offsets-group.json",
-    "replay/00000000000000000001.seg",
-    "upstream-spool/ndjson/00000000000000000001.spool",
-    "kafka-spool/00000000000000000001.spool",
-];
-
 /// Samples of what a sink writes in a directory it owns (`export.dir`):
 /// any name, CSV slices, their partial files.
 const OWNED_DIR_SAMPLES: &[&str] = &["calllog", "calllog.csv", "calllog.csv.gz", "calllog.csv.partial", "calllog.csv.gz.partial"];
@@ -261,7 +241,10 @@ pub fn outputs_not_read(cfg: &Config) -> Vec<ConfigError> {
         );
         v
     };
-    outputs.push(("state_dir", tree(&cfg.state_dir, STATE_DIR_SAMPLES)));
+    // Samples of everything the bridge keeps in state_dir (its state files,
+    // rotated names, one file of each directory: replay segments, spools).
+    let state_samples: Vec<&str> = crate::state_dir::StateDir::LAYOUT.iter().flat_map(|e| e.samples.iter().copied()).collect();
+    outputs.push(("state_dir", tree(&cfg.state_dir, &state_samples)));
     for n in &needs {
         for (key, file) in &n.files {
             outputs.push((key, vec![file.clone(), crate::rotating::rotated_path(file, 1)]));
@@ -535,6 +518,11 @@ mod tests {
         // state_dir (and the archive) under a `**` glob.
         let e = with("**/*", "");
         assert!(e.iter().any(|e| e.contains("`state_dir`")) && e.iter().any(|e| e.contains("`file_output.path`")), "{e:?}");
+        // Every name StateDir lists, the OpenTelemetry sink's files and a
+        // damaged file kept aside too.
+        for glob in ["state/otlp-dead-letter.ndjson*", "state/otlp-spool/*/*.spool", "state/*.damaged-*"] {
+            assert!(with(glob, "").iter().any(|e| e.contains("`state_dir`")), "{glob}: {:?}", with(glob, ""));
+        }
         // A glob that cannot see into state_dir: `*` does not cross `/`.
         assert!(with("*", "").iter().all(|e| !e.contains("`state_dir`")), "{:?}", with("*", ""));
         // A directory a sink owns, by the names it writes there.

@@ -1,24 +1,11 @@
 //! The state directory: every file the bridge keeps in `state_dir`, named
 //! in one place, and the one way a small state file is replaced.
 //!
-//! Layout (all relative to `state_dir`):
-//!
-//! | name | owner | what |
-//! |---|---|---|
-//! | `lock` | [`crate::state_lock`] | one bridge per directory (flock + PID) |
-//! | `checkpoints.json` | [`crate::checkpoint`] | acknowledged offset per file |
-//! | `channel.seq` | the channel sink | next sequence number block |
-//! | `channel.addr` | the channel sink | the address the channel listens on |
-//! | `channel-slots.json` | the channel sink | which replay log slot stands for which stream |
-//! | `status.addr` | the status server | the address `/status` listens on |
-//! | `rejects.ndjson` (+ `.1`…) | [`crate::rejects`] | malformed lines |
-//! | `dead-letter.ndjson` (+ `.1`…) | the upstream sink | refused records |
-//! | `upstream-spool/<format>/` | the upstream sink | undelivered batches |
-//! | `kafka-spool/` | the Kafka sink | undelivered messages |
-//! | `kafka-dead-letter.ndjson` (+ `.1`…) | the Kafka sink | refused messages |
-//! | `kafka-offsets-<group_id>.json` | the Kafka source | acknowledged position per partition |
-//! | `otlp-spool/<format>/` | the OpenTelemetry sink | undelivered log records |
-//! | `otlp-dead-letter.ndjson` (+ `.1`…) | the OpenTelemetry sink | refused log records |
+//! [`StateDir::LAYOUT`] lists every file and directory the bridge keeps
+//! there, with its owner and a sample name; the table in ARCHITECTURE.md
+//! is checked against it (a test), `preflight` refuses a source glob that
+//! matches any sample, and every path under `state_dir` is joined by a
+//! [`StateDir`] method (a test finds any `state_dir.join(` elsewhere).
 //!
 //! Invariant: a file another process or a restart reads (`checkpoints.json`,
 //! `channel.seq`, `channel-slots.json`, the `*.addr` files) is only ever replaced through
@@ -68,6 +55,61 @@ impl StateDir {
     /// The OpenTelemetry sink's default dead-letter file's name.
     pub const OTLP_DEAD_LETTER: &'static str = "otlp-dead-letter.ndjson";
 
+    /// The channel's replay log directory's name.
+    pub const REPLAY: &'static str = "replay";
+
+    /// Everything the bridge keeps in `state_dir`, as ARCHITECTURE.md
+    /// lists it (a test keeps the two equal).
+    pub const LAYOUT: &'static [Entry] = &[
+        Entry::new(Self::LOCK, "state_lock", "one bridge per directory (flock + PID)", &[Self::LOCK]),
+        Entry::new(Self::CHECKPOINTS, "checkpoint", "acknowledged offset per file", &[Self::CHECKPOINTS]),
+        Entry::new(Self::CHANNEL_SEQ, "the channel sink", "next sequence number block", &[Self::CHANNEL_SEQ]),
+        Entry::new(Self::CHANNEL_ADDR, "the channel sink", "the address the channel listens on", &[Self::CHANNEL_ADDR]),
+        Entry::new(Self::CHANNEL_SLOTS, "the channel sink", "which replay log slot stands for which stream", &[Self::CHANNEL_SLOTS]),
+        Entry::new("replay/", "the channel sink", "replay log segments", &["replay/00000000000000000001.seg"]),
+        Entry::new(Self::STATUS_ADDR, "the status server", "the address `/status` listens on", &[Self::STATUS_ADDR]),
+        Entry::new("rejects.ndjson (+ .1…)", "rejects", "malformed lines", &[Self::REJECTS, "rejects.ndjson.1"]),
+        Entry::new("dead-letter.ndjson (+ .1…)", "the upstream sink", "refused records", &[Self::DEAD_LETTER, "dead-letter.ndjson.1"]),
+        Entry::new(
+            "upstream-spool/<format>/",
+            "the upstream sink",
+            "undelivered batches",
+            &["upstream-spool/ndjson/00000000000000000001.spool"],
+        ),
+        Entry::new("kafka-spool/", "the Kafka sink", "undelivered messages", &["kafka-spool/00000000000000000001.spool"]),
+        Entry::new(
+            "kafka-dead-letter.ndjson (+ .1…)",
+            "the Kafka sink",
+            "refused messages",
+            &[Self::KAFKA_DEAD_LETTER, "kafka-dead-letter.ndjson.1"],
+        ),
+        Entry::new(
+            "kafka-offsets-<group_id>.json",
+            "the Kafka source",
+            "acknowledged position per partition",
+            &["kafka-offsets-group.json"],
+        ),
+        Entry::new(
+            "otlp-spool/<format>/",
+            "the OpenTelemetry sink",
+            "undelivered log records",
+            &["otlp-spool/protobuf/00000000000000000001.spool"],
+        ),
+        Entry::new(
+            "otlp-dead-letter.ndjson (+ .1…)",
+            "the OpenTelemetry sink",
+            "refused log records",
+            &[Self::OTLP_DEAD_LETTER, "otlp-dead-letter.ndjson.1"],
+        ),
+        Entry::new(".<name>.tmp", "write_atomic", "a replacement being written (renamed over `<name>`)", &[".checkpoints.json.tmp"]),
+        Entry::new(
+            "<name>.damaged-<time>",
+            "reset-state",
+            "a damaged state file kept aside",
+            &["checkpoints.json.damaged-20260101T000000Z"],
+        ),
+    ];
+
     /// The state directory at `root`.
     pub fn new(root: impl Into<PathBuf>) -> StateDir {
         StateDir { root: root.into() }
@@ -96,6 +138,25 @@ impl StateDir {
     /// `<state_dir>/channel.addr`.
     pub fn channel_addr(&self) -> PathBuf {
         self.root.join(Self::CHANNEL_ADDR)
+    }
+
+    /// `<state_dir>/channel-slots.json`: which replay log slot stands for
+    /// which stream.
+    pub fn channel_slots(&self) -> PathBuf {
+        self.root.join(Self::CHANNEL_SLOTS)
+    }
+
+    /// `<state_dir>/replay`: the channel's replay log.
+    pub fn replay(&self) -> PathBuf {
+        self.root.join(Self::REPLAY)
+    }
+
+    /// `<path>.damaged-<stamp>`: where `reset-state` keeps a damaged
+    /// state file aside (`path` one of this directory's files).
+    pub fn damaged(path: &Path, stamp: &str) -> PathBuf {
+        let mut name = path.as_os_str().to_owned();
+        name.push(format!(".damaged-{stamp}"));
+        PathBuf::from(name)
     }
 
     /// `<state_dir>/status.addr`.
@@ -155,6 +216,26 @@ impl StateDir {
     /// `<state_dir>/upstream-spool/<format>`.
     pub fn upstream_spool(&self, format: &str) -> PathBuf {
         self.upstream_spool_root().join(format)
+    }
+}
+
+/// One row of [`StateDir::LAYOUT`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Entry {
+    /// The name as the docs write it (`<...>` stands for a part that
+    /// varies, a trailing `/` for a directory).
+    pub name: &'static str,
+    /// What writes it.
+    pub owner: &'static str,
+    /// What it holds.
+    pub what: &'static str,
+    /// Names of files it can be, relative to `state_dir`.
+    pub samples: &'static [&'static str],
+}
+
+impl Entry {
+    const fn new(name: &'static str, owner: &'static str, what: &'static str, samples: &'static [&'static str]) -> Entry {
+        Entry { name, owner, what, samples }
     }
 }
 
@@ -237,6 +318,142 @@ mod tests {
         assert_eq!(s.channel_seq(), Path::new("/var/lib/calllog-bridge/channel.seq"));
         assert_eq!(s.upstream_spool("ndjson"), Path::new("/var/lib/calllog-bridge/upstream-spool/ndjson"));
         assert_eq!(s.lock(), Path::new("/var/lib/calllog-bridge/lock"));
+    }
+
+    /// Whether `rel` (a path under `state_dir`) is what `entry` names:
+    /// `<...>` matches one name part, a trailing `/` a directory and
+    /// what is in it, `(+ .1…)` the rotated names.
+    fn is_entry(entry: &Entry, rel: &str) -> bool {
+        let name = entry.name.trim_end_matches(" (+ .1…)");
+        let (pattern, dir) = match name.strip_suffix('/') {
+            Some(d) => (d, true),
+            None => (name, false),
+        };
+        let rel_parts: Vec<&str> = rel.split('/').collect();
+        let pat_parts: Vec<&str> = pattern.split('/').collect();
+        if rel_parts.len() < pat_parts.len() || (!dir && rel_parts.len() != pat_parts.len()) {
+            return false;
+        }
+        let part = |p: &str, r: &str| -> bool {
+            if p == r || (entry.name.ends_with(" (+ .1…)") && r.strip_prefix(p).is_some_and(|t| t.starts_with('.'))) {
+                return true;
+            }
+            // The literal pieces between `<...>`, in order, each `<...>`
+            // standing for at least one character.
+            let mut pieces = Vec::new();
+            let mut rest = p;
+            while let (Some(a), Some(b)) = (rest.find('<'), rest.find('>')) {
+                pieces.push(&rest[..a]);
+                rest = &rest[b + 1..];
+            }
+            if pieces.is_empty() {
+                return false;
+            }
+            pieces.push(rest);
+            let mut at = 0;
+            for (i, piece) in pieces.iter().enumerate() {
+                let found = if i == 0 {
+                    r.starts_with(piece).then_some(0)
+                } else if i == pieces.len() - 1 {
+                    (r.len() >= at + 1 + piece.len() && r.ends_with(piece)).then(|| r.len() - piece.len())
+                } else {
+                    r.get(at + 1..).and_then(|t| t.find(piece)).map(|x| x + at + 1)
+                };
+                match found {
+                    Some(x) => at = x + piece.len(),
+                    None => return false,
+                }
+            }
+            true
+        };
+        pat_parts.iter().zip(&rel_parts).all(|(p, r)| part(p, r))
+    }
+
+    /// What each method names, and each sample, is one row of LAYOUT.
+    #[test]
+    fn layout_lists_every_path_the_methods_name() {
+        let s = StateDir::new("/s");
+        let rel = |p: PathBuf| p.strip_prefix("/s").unwrap().to_string_lossy().into_owned();
+        let named = [
+            s.lock(),
+            s.checkpoints(),
+            s.channel_seq(),
+            s.channel_addr(),
+            s.channel_slots(),
+            s.replay().join("00000000000000000007.seg"),
+            s.status_addr(),
+            s.rejects(),
+            s.dead_letter(),
+            s.upstream_spool("ecls").join("1.spool"),
+            s.kafka_spool().join("1.spool"),
+            s.kafka_dead_letter(),
+            s.kafka_offsets("hub a"),
+            s.otlp_spool("json").join("1.spool"),
+            s.otlp_dead_letter(),
+            StateDir::damaged(&s.channel_seq(), "20260101T000000Z"),
+        ];
+        for p in named {
+            let r = rel(p);
+            assert_eq!(StateDir::LAYOUT.iter().filter(|e| is_entry(e, &r)).count(), 1, "{r} is one row of StateDir::LAYOUT");
+        }
+        for e in StateDir::LAYOUT {
+            assert!(!e.samples.is_empty(), "{}", e.name);
+            for sample in e.samples {
+                assert!(is_entry(e, sample), "{sample} is a name of {}", e.name);
+            }
+        }
+    }
+
+    /// ARCHITECTURE.md's `state_dir` table is LAYOUT, row by row.
+    #[test]
+    fn the_documented_layout_is_state_dirs() {
+        let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/ARCHITECTURE.md")).unwrap();
+        let start = doc.find("| in `state_dir` |").expect("ARCHITECTURE.md has the `| in `state_dir` |` table");
+        let rows: Vec<(String, String, String)> = doc[start..]
+            .lines()
+            .skip(2)
+            .take_while(|l| l.starts_with('|'))
+            .map(|l| {
+                let cells: Vec<&str> = l.trim_matches('|').split(" | ").map(str::trim).collect();
+                let unquote = |c: &str| c.trim_matches('`').replace("` (+ `.1`…)", " (+ .1…)");
+                (unquote(cells[0]), cells[1].to_string(), cells[2].to_string())
+            })
+            .collect();
+        let want: Vec<(String, String, String)> =
+            StateDir::LAYOUT.iter().map(|e| (e.name.to_string(), doc_owner(e.owner), e.what.to_string())).collect();
+        assert_eq!(rows, want, "ARCHITECTURE.md's state_dir table and StateDir::LAYOUT differ");
+    }
+
+    /// An owner as the docs write it: a module name in backticks.
+    fn doc_owner(owner: &str) -> String {
+        if owner.chars().all(|c| c.is_ascii_lowercase() || c == '_' || c == '-') {
+            format!("`{owner}`")
+        } else {
+            owner.to_string()
+        }
+    }
+
+    /// Nothing else joins a path under `state_dir` by hand.
+    #[test]
+    fn every_path_under_state_dir_is_joined_here() {
+        fn visit(dir: &Path, out: &mut Vec<String>) {
+            for e in std::fs::read_dir(dir).unwrap() {
+                let p = e.unwrap().path();
+                if p.is_dir() {
+                    visit(&p, out);
+                } else if p.extension().is_some_and(|x| x == "rs") && !p.ends_with("state_dir.rs") {
+                    let text = std::fs::read_to_string(&p).unwrap();
+                    for (i, line) in text.lines().enumerate() {
+                        if line.contains("state_dir.join(") && !line.trim_start().starts_with("//") {
+                            out.push(format!("{}:{}: {}", p.display(), i + 1, line.trim()));
+                        }
+                    }
+                }
+            }
+        }
+        let mut found = Vec::new();
+        visit(Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/src")), &mut found);
+        assert!(found.is_empty(), "join paths under state_dir through StateDir:\n{}", found.join("\n"));
     }
 
     #[test]

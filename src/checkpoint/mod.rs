@@ -250,7 +250,7 @@ impl Checkpointer {
     /// Loads `<state_dir>/checkpoints.json` (an absent file is an empty
     /// registry). The directory must exist.
     pub fn load(state_dir: &Path) -> Result<Checkpointer, CheckpointError> {
-        let path = state_dir.join(FILE_NAME);
+        let path = crate::state_dir::StateDir::new(state_dir).checkpoints();
         let mut state = State::default();
         match fs::read(&path) {
             Ok(bytes) => {
@@ -276,7 +276,7 @@ impl Checkpointer {
     /// what the file holds (`reset-state` builds a new one).
     pub fn empty(state_dir: &Path) -> Checkpointer {
         Checkpointer {
-            path: Arc::new(state_dir.join(FILE_NAME)),
+            path: Arc::new(crate::state_dir::StateDir::new(state_dir).checkpoints()),
             state: Arc::new(Mutex::new(State::default())),
             changed: Arc::new(tokio::sync::Notify::new()),
         }

@@ -391,9 +391,24 @@ fn columns(rows: &[Vec<String>]) -> String {
     out
 }
 
-/// The human report: a header, a table per file, a table per sink, totals.
+/// The human report: a header, tables of sources, files and sinks, the
+/// channel, a hub's Kafka source, enrich, faults and totals.
 pub fn render_table(st: &Status, base: &str) -> String {
     let mut out = String::new();
+    header(&mut out, st, base);
+    sources_table(&mut out, st);
+    files_table(&mut out, st);
+    sinks_table(&mut out, st);
+    channel_line(&mut out, st);
+    kafka_source_lines(&mut out, st);
+    enrich_lines(&mut out, st);
+    fault_lines(&mut out, st);
+    totals_line(&mut out, st);
+    out
+}
+
+/// The bridge's version, uptime, readiness and delay window.
+fn header(out: &mut String, st: &Status, base: &str) {
     let _ = writeln!(
         out,
         "calllog-bridge {} at {}: up {}, {}, delay window {}",
@@ -404,6 +419,11 @@ pub fn render_table(st: &Status, base: &str) -> String {
         human_ms(i64::try_from(st.settings.delay_window_secs).unwrap_or(i64::MAX).saturating_mul(1000)),
     );
     out.push('\n');
+}
+
+/// One row per source (state, files, unreadable, left unread), then a
+/// line per unreadable path and per file left with records unread.
+fn sources_table(out: &mut String, st: &Status) {
     if !st.sources.is_empty() {
         let mut rows = vec![["SOURCE", "STATE", "FILES", "UNREADABLE", "LEFT UNREAD"].map(String::from).to_vec()];
         for s in &st.sources {
@@ -438,6 +458,10 @@ pub fn render_table(st: &Status, base: &str) -> String {
         }
         out.push('\n');
     }
+}
+
+/// One row per followed file: state, backlog, sync delay, counts.
+fn files_table(out: &mut String, st: &Status) {
     if st.files.is_empty() {
         out.push_str("no files followed yet\n");
     } else {
@@ -478,6 +502,10 @@ pub fn render_table(st: &Status, base: &str) -> String {
         out.push_str(&columns(&rows));
     }
     out.push('\n');
+}
+
+/// One row per sink: queue, oldest undelivered, delivery delay, counts.
+fn sinks_table(out: &mut String, st: &Status) {
     if st.sinks.is_empty() {
         out.push_str("no sinks running\n");
     } else {
@@ -512,6 +540,10 @@ pub fn render_table(st: &Status, base: &str) -> String {
         }
         out.push_str(&columns(&rows));
     }
+}
+
+/// The channel's endpoint, connections, refusals and slow consumers.
+fn channel_line(out: &mut String, st: &Status) {
     if let Some((c, endpoint)) = st.sections.get("channel").and_then(|c| Some((c, c.endpoint()?))) {
         let refused_by = c.by_label("refused");
         let refused = refused_by.values().fold(0i64, |a, n| a.saturating_add(*n));
@@ -532,44 +564,6 @@ pub fn render_table(st: &Status, base: &str) -> String {
             if slow == 1 { "" } else { "s" },
         );
     }
-    if let Some(k) = st.sections.get(KAFKA_SOURCE) {
-        kafka_source_lines(k, &mut out);
-    }
-    if let Some(e) = &st.enrich {
-        if e.misses > 0 {
-            let by_table: Vec<String> =
-                e.tables.iter().filter(|t| t.misses > 0).take(16).map(|t| format!("{} {}", cell(&t.table), t.misses)).collect();
-            let _ = writeln!(out, "enrich: {} lookup misses of {} ({})", e.misses, e.hits.saturating_add(e.misses), by_table.join(", "));
-        }
-        if let Some(err) = &e.last_reload_error {
-            let _ = writeln!(out, "enrich: last lookup reload failed, previous tables in use: {}", clip(err, MAX_TEXT_BYTES));
-        }
-    }
-    for f in &st.faults {
-        let _ = writeln!(
-            out,
-            "\nFAULT {} cannot write since {} ({} attempts), keeping its data and retrying: {}",
-            cell(&f.component),
-            cell(&f.since),
-            f.attempts,
-            clip(&f.error, MAX_TEXT_BYTES)
-        );
-    }
-    let t = &st.totals;
-    let states: Vec<String> = t.files_by_state.iter().map(|(s, n)| format!("{n} {s}")).collect();
-    let _ = writeln!(
-        out,
-        "\ntotal: {} file(s) ({}), {} records, {} rejects, {} negative delays,{} {} behind, max sync delay {}",
-        t.files,
-        if states.is_empty() { "none".to_string() } else { states.join(", ") },
-        t.records,
-        t.rejects,
-        t.negative_delays,
-        if t.partial_lines > 0 { format!(" {} partial lines,", t.partial_lines) } else { String::new() },
-        human_bytes(t.bytes_behind),
-        opt_ms(t.max_sync_delay_ms),
-    );
-    out
 }
 
 /// The section of a hub's Kafka source figures.
@@ -577,7 +571,8 @@ const KAFKA_SOURCE: &str = "kafka_source";
 
 /// A hub's Kafka source figures: one line, and one more for each thing an
 /// operator must know (records lost, partitions reset, hosts not tracked).
-fn kafka_source_lines(k: &crate::telemetry::SectionStatus, out: &mut String) {
+fn kafka_source_lines(out: &mut String, st: &Status) {
+    let Some(k) = st.sections.get(KAFKA_SOURCE) else { return };
     let n = |name: &str| k.number(name);
     let _ = writeln!(
         out,
@@ -607,6 +602,52 @@ fn kafka_source_lines(k: &crate::telemetry::SectionStatus, out: &mut String) {
     if n("hosts_cut") > 0 {
         let _ = writeln!(out, "kafka source: {} records had a host over 255 bytes, cut", n("hosts_cut"));
     }
+}
+
+/// Lookup misses by table and a failed lookup reload.
+fn enrich_lines(out: &mut String, st: &Status) {
+    if let Some(e) = &st.enrich {
+        if e.misses > 0 {
+            let by_table: Vec<String> =
+                e.tables.iter().filter(|t| t.misses > 0).take(16).map(|t| format!("{} {}", cell(&t.table), t.misses)).collect();
+            let _ = writeln!(out, "enrich: {} lookup misses of {} ({})", e.misses, e.hits.saturating_add(e.misses), by_table.join(", "));
+        }
+        if let Some(err) = &e.last_reload_error {
+            let _ = writeln!(out, "enrich: last lookup reload failed, previous tables in use: {}", clip(err, MAX_TEXT_BYTES));
+        }
+    }
+}
+
+/// A line per open fault.
+fn fault_lines(out: &mut String, st: &Status) {
+    for f in &st.faults {
+        let _ = writeln!(
+            out,
+            "\nFAULT {} cannot write since {} ({} attempts), keeping its data and retrying: {}",
+            cell(&f.component),
+            cell(&f.since),
+            f.attempts,
+            clip(&f.error, MAX_TEXT_BYTES)
+        );
+    }
+}
+
+/// Sums over files and sinks.
+fn totals_line(out: &mut String, st: &Status) {
+    let t = &st.totals;
+    let states: Vec<String> = t.files_by_state.iter().map(|(s, n)| format!("{n} {s}")).collect();
+    let _ = writeln!(
+        out,
+        "\ntotal: {} file(s) ({}), {} records, {} rejects, {} negative delays,{} {} behind, max sync delay {}",
+        t.files,
+        if states.is_empty() { "none".to_string() } else { states.join(", ") },
+        t.records,
+        t.rejects,
+        t.negative_delays,
+        if t.partial_lines > 0 { format!(" {} partial lines,", t.partial_lines) } else { String::new() },
+        human_bytes(t.bytes_behind),
+        opt_ms(t.max_sync_delay_ms),
+    );
 }
 
 /// Seconds (a float from the document) to whole milliseconds, saturating.

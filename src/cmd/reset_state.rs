@@ -53,13 +53,14 @@ pub fn run(args: ResetStateArgs) -> anyhow::Result<i32> {
         None
     };
 
-    let ckpt_path = state_dir.join(crate::checkpoint::FILE_NAME);
+    let layout = crate::state_dir::StateDir::new(&state_dir);
+    let ckpt_path = layout.checkpoints();
     let ckpt_damaged = match Checkpointer::load(&state_dir) {
         Ok(_) => None,
         Err(CheckpointError::Invalid { message, .. }) => Some(message),
         Err(e) => return Err(e).context("cannot read the checkpoints"),
     };
-    let seq_path = state_dir.join(channel::SEQ_FILE);
+    let seq_path = layout.channel_seq();
     let seq_damaged = match std::fs::read(&seq_path) {
         Ok(bytes) => channel::parse_seq(&bytes).err(),
         Err(e) if e.kind() == io::ErrorKind::NotFound => None,
@@ -70,7 +71,7 @@ pub fn run(args: ResetStateArgs) -> anyhow::Result<i32> {
     let mut kafka = Vec::new();
     for source in &cfg.sources {
         let Some(k) = source.get::<crate::source::kafka::KafkaSource>() else { continue };
-        let path = crate::state_dir::StateDir::new(&state_dir).kafka_offsets(&k.group_id);
+        let path = layout.kafka_offsets(&k.group_id);
         let damaged = crate::kafka::hub::load_offsets(&state_dir, k).err().map(|d| d.problem);
         kafka.push((path, damaged, k));
     }
@@ -190,9 +191,7 @@ fn checkpoint_file(ck: &Checkpointer, seen: &watch::Seen, max_line_bytes: usize,
 /// Renames `path` to `<path>.damaged-<stamp>`; `None` when it does not
 /// exist.
 fn keep_aside(path: &Path, stamp: &str) -> anyhow::Result<Option<PathBuf>> {
-    let mut name = path.as_os_str().to_owned();
-    name.push(format!(".damaged-{stamp}"));
-    let aside = PathBuf::from(name);
+    let aside = crate::state_dir::StateDir::damaged(path, stamp);
     match std::fs::rename(path, &aside) {
         Ok(()) => Ok(Some(aside)),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),

@@ -20,50 +20,97 @@ use crate::settings::{ConfigError, Secret};
 /// The default `client_id`: what the broker's logs and quotas see.
 pub const DEFAULT_CLIENT_ID: &str = "calllog-bridge";
 
-/// The client keys as written in a Kafka section (flattened into the
-/// sink's and the source's sections).
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
-pub struct ClientSection {
-    /// Bootstrap brokers, `host:port` each.
-    pub brokers: Vec<String>,
-    /// The client id the brokers see.
-    #[serde(default = "default_client_id")]
-    pub client_id: String,
-    /// Connect with TLS.
-    #[serde(default)]
-    pub tls: bool,
-    /// Extra CA certificates (PEM) to trust besides the built-in roots.
-    #[serde(default)]
-    pub ca_file: Option<PathBuf>,
-    /// Client certificate (PEM) for mutual TLS.
-    #[serde(default)]
-    pub client_cert: Option<PathBuf>,
-    /// Client key (PEM) for mutual TLS.
-    #[serde(default)]
-    pub client_key: Option<PathBuf>,
-    /// `plain`, `scram-sha-256` or `scram-sha-512`; none by default.
-    #[serde(default)]
-    pub sasl_mechanism: Option<SaslMechanism>,
-    /// The SASL user.
-    #[serde(default)]
-    pub sasl_username: Option<String>,
-    /// File holding the SASL password (trailing newline trimmed).
-    #[serde(default)]
-    pub sasl_password_file: Option<PathBuf>,
-    /// How long one request (a produce, a fetch, a metadata lookup) may
-    /// take before it is given up and retried.
-    #[serde(default = "default_request_timeout_ms")]
+/// Declares a Kafka section as written: the keys given, then the client
+/// keys every Kafka section has (`brokers`, `client_id`, TLS, SASL,
+/// `request_timeout_ms`), listed here once for the sink's `[kafka]`, the
+/// source's `[[source]] kind = "kafka"` and [`ClientSection`]. Serde reads
+/// the section whole with unknown keys refused, so a mistyped key keeps
+/// its line and its nearest known key (a flattened sub-struct would lose
+/// both), and `client()` hands the client keys over as a
+/// [`ClientSection`]. Their defaults are in [`ClientDefaults`].
+macro_rules! kafka_section {
+    ($(#[$meta:meta])* pub struct $name:ident { $($body:tt)* }) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        pub struct $name {
+            $($body)*
+            /// Bootstrap brokers, `host:port` each.
+            pub brokers: Vec<String>,
+            /// The client id the brokers see (default
+            /// [`DEFAULT_CLIENT_ID`](crate::kafka::client::DEFAULT_CLIENT_ID)).
+            #[serde(default)]
+            pub client_id: Option<String>,
+            /// Connect with TLS.
+            #[serde(default)]
+            pub tls: bool,
+            /// Extra CA certificates (PEM) to trust besides the built-in roots.
+            #[serde(default)]
+            pub ca_file: Option<std::path::PathBuf>,
+            /// Client certificate (PEM) for mutual TLS.
+            #[serde(default)]
+            pub client_cert: Option<std::path::PathBuf>,
+            /// Client key (PEM) for mutual TLS.
+            #[serde(default)]
+            pub client_key: Option<std::path::PathBuf>,
+            /// `plain`, `scram-sha-256` or `scram-sha-512`; none by default.
+            #[serde(default)]
+            pub sasl_mechanism: Option<crate::kafka::client::SaslMechanism>,
+            /// The SASL user.
+            #[serde(default)]
+            pub sasl_username: Option<String>,
+            /// File holding the SASL password (trailing newline trimmed).
+            #[serde(default)]
+            pub sasl_password_file: Option<std::path::PathBuf>,
+            /// How long one request (a produce, a fetch, a metadata lookup)
+            /// may take before it is given up and retried (default by
+            /// role, [`ClientDefaults`](crate::kafka::client::ClientDefaults)).
+            #[serde(default)]
+            pub request_timeout_ms: Option<u64>,
+        }
+
+        impl $name {
+            /// The client keys of this section.
+            pub fn client(&self) -> crate::kafka::client::ClientSection {
+                crate::kafka::client::ClientSection {
+                    brokers: self.brokers.clone(),
+                    client_id: self.client_id.clone(),
+                    tls: self.tls,
+                    ca_file: self.ca_file.clone(),
+                    client_cert: self.client_cert.clone(),
+                    client_key: self.client_key.clone(),
+                    sasl_mechanism: self.sasl_mechanism,
+                    sasl_username: self.sasl_username.clone(),
+                    sasl_password_file: self.sasl_password_file.clone(),
+                    request_timeout_ms: self.request_timeout_ms,
+                }
+            }
+        }
+    };
+}
+pub(crate) use kafka_section;
+
+kafka_section! {
+    /// The client keys alone, as a Kafka section writes them.
+    pub struct ClientSection {}
+}
+
+/// The defaults of the client keys that differ by role: the one table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientDefaults {
+    /// `request_timeout_ms`.
     pub request_timeout_ms: u64,
 }
 
-fn default_client_id() -> String {
-    DEFAULT_CLIENT_ID.to_string()
-}
+/// The sink's (an edge producing): a produce with `acks = all` waits for
+/// every in-sync replica, so the delivery engine's request time limit
+/// ([`crate::delivery::DEFAULTS`], 30 s).
+pub const PRODUCER: ClientDefaults = ClientDefaults { request_timeout_ms: crate::delivery::DEFAULTS.request_timeout_ms };
 
-fn default_request_timeout_ms() -> u64 {
-    10_000
-}
+/// The source's (a hub consuming): a fetch is held by the broker for at
+/// most `fetch_max_wait_ms` (500 ms), so a broker silent for 10 s is
+/// given up sooner.
+pub const CONSUMER: ClientDefaults = ClientDefaults { request_timeout_ms: 10_000 };
 
 /// A SASL mechanism the client speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -129,7 +176,9 @@ impl ClientSettings {
     /// The settings of the client keys of section `key` (`kafka`,
     /// `source[1]`): relative paths resolved against `base`, TLS and SASL
     /// files read and checked; errors name the key.
-    pub fn from_section(s: ClientSection, key: &str, base: &Path) -> Result<ClientSettings, ConfigError> {
+    /// `d` holds the defaults of the section's role ([`PRODUCER`],
+    /// [`CONSUMER`]).
+    pub fn from_section(s: ClientSection, key: &str, base: &Path, d: &ClientDefaults) -> Result<ClientSettings, ConfigError> {
         let k = |name: &str| format!("{key}.{name}");
         let resolve = |p: Option<PathBuf>| p.map(|p| if p.is_relative() && !base.as_os_str().is_empty() { base.join(p) } else { p });
         if s.brokers.is_empty() {
@@ -138,10 +187,12 @@ impl ClientSettings {
         for b in &s.brokers {
             check_broker(b).map_err(|m| ConfigError::invalid(k("brokers"), format!("`{b}`: {m}")))?;
         }
-        if s.client_id.is_empty() || s.client_id.chars().any(|c| c.is_control()) {
+        let client_id = s.client_id.unwrap_or_else(|| DEFAULT_CLIENT_ID.to_string());
+        let request_timeout_ms = s.request_timeout_ms.unwrap_or(d.request_timeout_ms);
+        if client_id.is_empty() || client_id.chars().any(|c| c.is_control()) {
             return Err(ConfigError::invalid(k("client_id"), "must be non-empty printable text"));
         }
-        if s.request_timeout_ms < 100 {
+        if request_timeout_ms < 100 {
             return Err(ConfigError::invalid(k("request_timeout_ms"), "must be at least 100"));
         }
         let (ca_file, client_cert, client_key) = (resolve(s.ca_file), resolve(s.client_cert), resolve(s.client_key));
@@ -188,13 +239,7 @@ impl ClientSettings {
                 None
             }
         };
-        Ok(ClientSettings {
-            brokers: s.brokers,
-            client_id: s.client_id,
-            tls,
-            sasl,
-            request_timeout: Duration::from_millis(s.request_timeout_ms),
-        })
+        Ok(ClientSettings { brokers: s.brokers, client_id, tls, sasl, request_timeout: Duration::from_millis(request_timeout_ms) })
     }
 
     /// The brokers as logs show them (`kafka://b1:9092,b2:9092`).
@@ -294,7 +339,7 @@ mod tests {
 
     fn settings(text: &str, base: &Path) -> Result<ClientSettings, ConfigError> {
         let s: ClientSection = toml::from_str(text).map_err(|e| ConfigError::invalid("kafka", e))?;
-        ClientSettings::from_section(s, "kafka", base)
+        ClientSettings::from_section(s, "kafka", base, &CONSUMER)
     }
 
     fn err_key(text: &str) -> String {

@@ -1,110 +1,81 @@
 //! The two Kafka sections: `[kafka]` (the sink of an edge bridge) and
 //! `[[source]] kind = "kafka"` (the source of a hub), each read as written
 //! (serde, unknown keys refused) and then checked into typed settings
-//! whose errors name the key. Tasks never see `*_ms: u64`.
+//! whose errors name the key. Tasks never see `*_ms: u64`. The client keys
+//! both share (`brokers`, TLS, SASL, `request_timeout_ms`, ...) are
+//! declared once, by [`kafka_section!`](super::client) in `client.rs`,
+//! with their role defaults in one table ([`PRODUCER`], [`CONSUMER`]).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::Deserialize;
-
-use super::client::{ClientSection, ClientSettings, SaslMechanism};
+use super::client::{kafka_section, ClientSettings, CONSUMER, PRODUCER};
 use super::message::{Format, KeyField};
 use super::produce::Compression;
 use crate::delivery::{Defaults, Settings, DEFAULTS};
 use crate::settings::{ConfigError, ReadFrom};
 
-/// The `[kafka]` section as written.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SinkSection {
-    /// Bootstrap brokers, `host:port` each.
-    pub brokers: Vec<String>,
-    /// The topic records go to.
-    pub topic: String,
-    /// The value's shape: `ndjson` (default) or `ecls`.
-    #[serde(default)]
-    pub format: Format,
-    /// The record field whose value is the message key.
-    #[serde(default = "default_key_field")]
-    pub key_field: String,
-    /// `none`, `gzip`, `lz4` (default), `snappy` or `zstd`.
-    #[serde(default)]
-    pub compression: Compression,
-    /// How long a request waits for more records before it is sent.
-    #[serde(default = "default_linger_ms")]
-    pub linger_ms: u64,
-    /// A request is sent at this many bytes of messages (before
-    /// compression); keep it under the brokers' `message.max.bytes`.
-    #[serde(default = "default_batch_max_bytes")]
-    pub batch_max_bytes: usize,
-    /// ... or at this many messages.
-    #[serde(default = "default_batch_max_records")]
-    pub batch_max_records: usize,
-    /// Requests in flight at once.
-    #[serde(default = "crate::delivery::settings::default::max_in_flight")]
-    pub max_in_flight: usize,
-    /// First retry delay; doubles up to `retry_max_ms`, with jitter.
-    #[serde(default = "crate::delivery::settings::default::retry_initial_ms")]
-    pub retry_initial_ms: u64,
-    /// Longest retry delay.
-    #[serde(default = "default_retry_max_ms")]
-    pub retry_max_ms: u64,
-    /// Messages the brokers refuse for good; default
-    /// `<state_dir>/kafka-dead-letter.ndjson`.
-    #[serde(default)]
-    pub dead_letter_file: Option<PathBuf>,
-    /// Rotate the dead-letter file before it would pass this size.
-    #[serde(default = "crate::delivery::settings::default::dead_letter_rotate_bytes")]
-    pub dead_letter_rotate_bytes: u64,
-    /// Rotated dead-letter files kept.
-    #[serde(default = "crate::delivery::settings::default::dead_letter_keep_files")]
-    pub dead_letter_keep_files: usize,
-    /// SIGTERM grace period to send what is batched.
-    #[serde(default = "crate::delivery::settings::default::shutdown_grace_ms")]
-    pub shutdown_grace_ms: u64,
-    /// Disk spool bound during long outages (`<state_dir>/kafka-spool/`);
-    /// 0 turns the spool off (an outage then only pauses reading).
-    #[serde(default = "crate::delivery::settings::default::spool_max_bytes")]
-    pub spool_max_bytes: u64,
-    /// How long the brokers must have been failing before requests go to
-    /// the spool (and are acknowledged) instead of waiting in memory while
-    /// reading pauses.
-    #[serde(default = "crate::delivery::settings::default::spool_after_ms")]
-    pub spool_after_ms: u64,
-    /// The client id the brokers see.
-    #[serde(default)]
-    pub client_id: Option<String>,
-    /// No longer a key of this section: read only to refuse it with a
-    /// message saying where it went (the top-level `host`, which names the
-    /// bridge on every record, not only on Kafka messages).
-    #[serde(default)]
-    pub host: Option<String>,
-    /// Connect with TLS.
-    #[serde(default)]
-    pub tls: bool,
-    /// Extra CA certificates (PEM).
-    #[serde(default)]
-    pub ca_file: Option<PathBuf>,
-    /// Client certificate (PEM) for mutual TLS.
-    #[serde(default)]
-    pub client_cert: Option<PathBuf>,
-    /// Client key (PEM) for mutual TLS.
-    #[serde(default)]
-    pub client_key: Option<PathBuf>,
-    /// `plain`, `scram-sha-256` or `scram-sha-512`.
-    #[serde(default)]
-    pub sasl_mechanism: Option<SaslMechanism>,
-    /// The SASL user.
-    #[serde(default)]
-    pub sasl_username: Option<String>,
-    /// File holding the SASL password.
-    #[serde(default)]
-    pub sasl_password_file: Option<PathBuf>,
-    /// One request's time limit (a produce until every in-sync replica
-    /// has the messages).
-    #[serde(default)]
-    pub request_timeout_ms: Option<u64>,
+kafka_section! {
+    /// The `[kafka]` section as written (and the client keys).
+    pub struct SinkSection {
+        /// The topic records go to.
+        pub topic: String,
+        /// The value's shape: `ndjson` (default) or `ecls`.
+        #[serde(default)]
+        pub format: Format,
+        /// The record field whose value is the message key.
+        #[serde(default = "default_key_field")]
+        pub key_field: String,
+        /// `none`, `gzip`, `lz4` (default), `snappy` or `zstd`.
+        #[serde(default)]
+        pub compression: Compression,
+        /// How long a request waits for more records before it is sent.
+        #[serde(default = "default_linger_ms")]
+        pub linger_ms: u64,
+        /// A request is sent at this many bytes of messages (before
+        /// compression); keep it under the brokers' `message.max.bytes`.
+        #[serde(default = "default_batch_max_bytes")]
+        pub batch_max_bytes: usize,
+        /// ... or at this many messages.
+        #[serde(default = "default_batch_max_records")]
+        pub batch_max_records: usize,
+        /// Requests in flight at once.
+        #[serde(default = "crate::delivery::settings::default::max_in_flight")]
+        pub max_in_flight: usize,
+        /// First retry delay; doubles up to `retry_max_ms`, with jitter.
+        #[serde(default = "crate::delivery::settings::default::retry_initial_ms")]
+        pub retry_initial_ms: u64,
+        /// Longest retry delay.
+        #[serde(default = "default_retry_max_ms")]
+        pub retry_max_ms: u64,
+        /// Messages the brokers refuse for good; default
+        /// `<state_dir>/kafka-dead-letter.ndjson`.
+        #[serde(default)]
+        pub dead_letter_file: Option<PathBuf>,
+        /// Rotate the dead-letter file before it would pass this size.
+        #[serde(default = "crate::delivery::settings::default::dead_letter_rotate_bytes")]
+        pub dead_letter_rotate_bytes: u64,
+        /// Rotated dead-letter files kept.
+        #[serde(default = "crate::delivery::settings::default::dead_letter_keep_files")]
+        pub dead_letter_keep_files: usize,
+        /// SIGTERM grace period to send what is batched.
+        #[serde(default = "crate::delivery::settings::default::shutdown_grace_ms")]
+        pub shutdown_grace_ms: u64,
+        /// Disk spool bound during long outages (`<state_dir>/kafka-spool/`);
+        /// 0 turns the spool off (an outage then only pauses reading).
+        #[serde(default = "crate::delivery::settings::default::spool_max_bytes")]
+        pub spool_max_bytes: u64,
+        /// How long the brokers must have been failing before requests go to
+        /// the spool (and are acknowledged) instead of waiting in memory while
+        /// reading pauses.
+        #[serde(default = "crate::delivery::settings::default::spool_after_ms")]
+        pub spool_after_ms: u64,
+        /// No longer a key of this section: read only to refuse it with a
+        /// message saying where it went (the top-level `host`, which names the
+        /// bridge on every record, not only on Kafka messages).
+        #[serde(default)]
+        pub host: Option<String>,
+    }
 }
 
 fn default_key_field() -> String {
@@ -160,22 +131,7 @@ impl SinkConfig {
     /// `base`, files read, values checked; errors name the key.
     pub fn from_section(s: SinkSection, base: &Path) -> Result<SinkConfig, ConfigError> {
         let key = |name: &str| format!("{SINK_SECTION}.{name}");
-        let client = ClientSettings::from_section(
-            ClientSection {
-                brokers: s.brokers,
-                client_id: s.client_id.unwrap_or_else(|| super::client::DEFAULT_CLIENT_ID.to_string()),
-                tls: s.tls,
-                ca_file: s.ca_file,
-                client_cert: s.client_cert,
-                client_key: s.client_key,
-                sasl_mechanism: s.sasl_mechanism,
-                sasl_username: s.sasl_username,
-                sasl_password_file: s.sasl_password_file,
-                request_timeout_ms: s.request_timeout_ms.unwrap_or(DEFAULTS.request_timeout_ms),
-            },
-            SINK_SECTION,
-            base,
-        )?;
+        let client = ClientSettings::from_section(s.client(), SINK_SECTION, base, &PRODUCER)?;
         check_topic(&s.topic).map_err(|m| ConfigError::invalid(key("topic"), m))?;
         let key_field = KeyField::from_name(&s.key_field).ok_or_else(|| {
             ConfigError::invalid(
@@ -205,75 +161,46 @@ fn check_topic(t: &str) -> Result<(), &'static str> {
     Ok(())
 }
 
-/// A `[[source]] kind = "kafka"` section as written (without `kind` and
-/// `name`).
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SourceSection {
-    /// Bootstrap brokers, `host:port` each.
-    pub brokers: Vec<String>,
-    /// The topics to read (every partition of each).
-    pub topics: Vec<String>,
-    /// Names the consumer's positions (kept under `state_dir`).
-    pub group_id: String,
-    /// Where a partition with no position starts: `beginning` (default:
-    /// nothing is lost) or `end`.
-    #[serde(default)]
-    pub read_from: ReadFrom,
-    /// Bytes asked for per fetch and partition. The client holds a fetch
-    /// decoded into one allocation per message, and the reader decodes
-    /// and sends it in batches of 256 KiB of values: 256 KiB (a file
-    /// reader's chunk) keeps what readers hold beside the memory budget
-    /// small. A larger value means fewer round trips.
-    #[serde(default = "default_fetch_max_bytes")]
-    pub fetch_max_bytes: u32,
-    /// How long the brokers may hold a fetch open waiting for data.
-    #[serde(default = "default_fetch_max_wait_ms")]
-    pub fetch_max_wait_ms: u64,
-    /// How often the topics' partitions are looked up again (partitions
-    /// added later are read from then on).
-    #[serde(default = "default_metadata_refresh_ms")]
-    pub metadata_refresh_ms: u64,
-    /// First retry delay after a failure; doubles up to `retry_max_ms`.
-    #[serde(default = "default_retry_initial_ms")]
-    pub retry_initial_ms: u64,
-    /// Longest retry delay.
-    #[serde(default = "default_source_retry_max_ms")]
-    pub retry_max_ms: u64,
-    /// The client id the brokers see.
-    #[serde(default)]
-    pub client_id: Option<String>,
-    /// Connect with TLS.
-    #[serde(default)]
-    pub tls: bool,
-    /// Extra CA certificates (PEM).
-    #[serde(default)]
-    pub ca_file: Option<PathBuf>,
-    /// Client certificate (PEM) for mutual TLS.
-    #[serde(default)]
-    pub client_cert: Option<PathBuf>,
-    /// Client key (PEM) for mutual TLS.
-    #[serde(default)]
-    pub client_key: Option<PathBuf>,
-    /// `plain`, `scram-sha-256` or `scram-sha-512`.
-    #[serde(default)]
-    pub sasl_mechanism: Option<SaslMechanism>,
-    /// The SASL user.
-    #[serde(default)]
-    pub sasl_username: Option<String>,
-    /// File holding the SASL password.
-    #[serde(default)]
-    pub sasl_password_file: Option<PathBuf>,
-    /// One request's time limit.
-    #[serde(default)]
-    pub request_timeout_ms: Option<u64>,
-    /// Source hosts tracked with their own entry (statistics, a row in
-    /// `/status`); records of more hosts are counted under one entry.
-    #[serde(default = "default_max_hosts")]
-    pub max_hosts: usize,
-    /// A source host that sent nothing for this long makes room.
-    #[serde(default = "default_host_idle_expiry_ms")]
-    pub host_idle_expiry_ms: u64,
+kafka_section! {
+    /// A `[[source]] kind = "kafka"` section as written (without `kind` and
+    /// `name`; and the client keys).
+    pub struct SourceSection {
+        /// The topics to read (every partition of each).
+        pub topics: Vec<String>,
+        /// Names the consumer's positions (kept under `state_dir`).
+        pub group_id: String,
+        /// Where a partition with no position starts: `beginning` (default:
+        /// nothing is lost) or `end`.
+        #[serde(default)]
+        pub read_from: ReadFrom,
+        /// Bytes asked for per fetch and partition. The client holds a fetch
+        /// decoded into one allocation per message, and the reader decodes
+        /// and sends it in batches of 256 KiB of values: 256 KiB (a file
+        /// reader's chunk) keeps what readers hold beside the memory budget
+        /// small. A larger value means fewer round trips.
+        #[serde(default = "default_fetch_max_bytes")]
+        pub fetch_max_bytes: u32,
+        /// How long the brokers may hold a fetch open waiting for data.
+        #[serde(default = "default_fetch_max_wait_ms")]
+        pub fetch_max_wait_ms: u64,
+        /// How often the topics' partitions are looked up again (partitions
+        /// added later are read from then on).
+        #[serde(default = "default_metadata_refresh_ms")]
+        pub metadata_refresh_ms: u64,
+        /// First retry delay after a failure; doubles up to `retry_max_ms`.
+        #[serde(default = "default_retry_initial_ms")]
+        pub retry_initial_ms: u64,
+        /// Longest retry delay.
+        #[serde(default = "default_source_retry_max_ms")]
+        pub retry_max_ms: u64,
+        /// Source hosts tracked with their own entry (statistics, a row in
+        /// `/status`); records of more hosts are counted under one entry.
+        #[serde(default = "default_max_hosts")]
+        pub max_hosts: usize,
+        /// A source host that sent nothing for this long makes room.
+        #[serde(default = "default_host_idle_expiry_ms")]
+        pub host_idle_expiry_ms: u64,
+    }
 }
 
 fn default_max_hosts() -> usize {
@@ -326,22 +253,7 @@ impl SourceConfig {
     /// The settings of a Kafka source section named `key` (`source[1]`).
     pub fn from_section(s: SourceSection, key: &str, base: &Path) -> Result<SourceConfig, ConfigError> {
         let k = |name: &str| format!("{key}.{name}");
-        let client = ClientSettings::from_section(
-            ClientSection {
-                brokers: s.brokers,
-                client_id: s.client_id.unwrap_or_else(|| super::client::DEFAULT_CLIENT_ID.to_string()),
-                tls: s.tls,
-                ca_file: s.ca_file,
-                client_cert: s.client_cert,
-                client_key: s.client_key,
-                sasl_mechanism: s.sasl_mechanism,
-                sasl_username: s.sasl_username,
-                sasl_password_file: s.sasl_password_file,
-                request_timeout_ms: s.request_timeout_ms.unwrap_or(10_000),
-            },
-            key,
-            base,
-        )?;
+        let client = ClientSettings::from_section(s.client(), key, base, &CONSUMER)?;
         if s.topics.is_empty() {
             return Err(ConfigError::invalid(k("topics"), "name at least one topic"));
         }
@@ -429,6 +341,32 @@ mod tests {
         assert!(e.to_string().contains("top-level `host`"), "{e}");
         assert!(toml::from_str::<SinkSection>(&format!("{b}topic = \"t\"\nacks = 1")).is_err(), "unknown keys are refused");
         assert!(toml::from_str::<SinkSection>(&format!("{b}topic = \"t\"\ncompression = \"brotli\"")).is_err());
+    }
+
+    /// The client keys are one declaration: every one is read by both
+    /// sections to the same settings, the request time limit defaulting by
+    /// role from the one table.
+    #[test]
+    fn both_sections_read_the_same_client_keys() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("pw"), "s3cret-pass\n").unwrap();
+        let keys = "brokers = [\"k:9092\"]\nclient_id = \"edge\"\nsasl_mechanism = \"scram-sha-256\"\nsasl_username = \"u\"\nsasl_password_file = \"pw\"\n";
+        let sink = |extra: &str| {
+            let s: SinkSection = toml::from_str(&format!("{keys}topic = \"t\"\n{extra}")).unwrap();
+            SinkConfig::from_section(s, d.path()).unwrap().client
+        };
+        let source = |extra: &str| {
+            let s: SourceSection = toml::from_str(&format!("{keys}topics = [\"t\"]\ngroup_id = \"g\"\n{extra}")).unwrap();
+            SourceConfig::from_section(s, "source[1]", d.path()).unwrap().client
+        };
+        assert_eq!(sink("").request_timeout, Duration::from_millis(PRODUCER.request_timeout_ms));
+        assert_eq!(source("").request_timeout, Duration::from_millis(CONSUMER.request_timeout_ms));
+        assert_eq!(sink("request_timeout_ms = 2500"), source("request_timeout_ms = 2500"));
+        assert_eq!(sink("").client_id, "edge");
+        let e = toml::from_str::<SinkSection>(&format!("{keys}topic = \"t\"\nbrokerz = 1")).unwrap_err();
+        assert!(e.message().starts_with("unknown field `brokerz`") && e.message().contains("`brokers`"), "{e}");
+        let e = toml::from_str::<SourceSection>(&format!("{keys}topics = [\"t\"]\ngroup_id = \"g\"\nbrokerz = 1")).unwrap_err();
+        assert!(e.message().starts_with("unknown field `brokerz`") && e.message().contains("`brokers`"), "{e}");
     }
 
     #[test]

@@ -43,7 +43,19 @@
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use super::status::ChannelInfo;
+use serde::{Deserialize, Serialize};
+
+/// Where clients subscribe to a component (the local channel's endpoint,
+/// set with [`super::Figures::set_endpoint`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChannelInfo {
+    /// The bound address (`127.0.0.1:8790`).
+    pub listen: String,
+    /// True when the channel serves `wss://`.
+    pub tls: bool,
+    /// The subscribe path (`/ecls/subscribe/<channel_id>/<area>`).
+    pub path: String,
+}
 
 /// Top-level `/status` keys that a section cannot take.
 pub const RESERVED: &[&str] =

@@ -76,7 +76,8 @@ use prometheus_client::registry::Registry;
 use super::delay::{DelaySummary, HistogramSnapshot};
 use super::figures::{FigureValue, Kind};
 use super::snapshot::Snapshot;
-use super::status::{EnrichStatus, FileState, StatusSettings};
+use super::status::{EnrichStatus, FileState};
+use super::status_settings::StatusSettings;
 use super::Telemetry;
 
 /// Content type of the exposition.

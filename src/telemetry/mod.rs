@@ -64,6 +64,7 @@ pub mod server;
 pub mod snapshot;
 pub mod source;
 pub mod status;
+pub mod status_settings;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
@@ -71,15 +72,13 @@ use std::sync::{Arc, Mutex};
 
 use delay::{DelayBatch, DelayHistogram, HistogramSnapshot, SampleRing};
 pub use fault::{Fault, FaultStatus};
-pub use figures::{Counter, Figures, Gauge};
+pub use figures::{ChannelInfo, Counter, Figures, Gauge};
 pub use lookup::{LookupSnapshot, LookupStats};
 pub use snapshot::Snapshot;
 
 pub use source::{LeftUnread, SourceState, SourceStats, SourceStatus, UnreadableFile};
-pub use status::{
-    ChannelInfo, EnrichStatus, EnrichTableStatus, FileState, FileStatus, SectionStatus, Sections, SinkStatus, Status, StatusSettings,
-    Totals,
-};
+pub use status::{EnrichStatus, EnrichTableStatus, FileState, FileStatus, SectionStatus, Sections, SinkStatus, Status, Totals};
+pub use status_settings::StatusSettings;
 
 /// The bridge's statistics registry.
 #[derive(Clone)]

@@ -48,7 +48,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
 
-use super::status::StatusSettings;
+use super::status_settings::StatusSettings;
 use super::Telemetry;
 use super::{dashboard, metrics};
 use crate::listener::{Gate, Slot};

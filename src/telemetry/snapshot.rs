@@ -8,7 +8,8 @@
 
 use super::delay::HistogramSnapshot;
 use super::figures::SectionSnapshot;
-use super::status::{EnrichStatus, FileStatus, SectionStatus, Sections, SettingsView, SinkStatus, Status, StatusSettings, Totals};
+use super::status::{EnrichStatus, FileFigures, FileStatus, SectionStatus, Sections, SettingsView, SinkStatus, Status, Totals};
+use super::status_settings::StatusSettings;
 use super::{Retired, Telemetry};
 use crate::time;
 
@@ -32,19 +33,6 @@ pub struct Snapshot {
     /// Components' figures with their kinds and help texts, in the order
     /// of `status.sections`.
     pub sections: Vec<SectionSnapshot>,
-}
-
-/// What `/metrics` shows of one file beyond its [`FileStatus`].
-#[derive(Clone, Debug, Default)]
-pub struct FileFigures {
-    /// Sync-delay histogram since start.
-    pub sync_delay: HistogramSnapshot,
-    /// Transfer-delay histogram since start.
-    pub transfer_delay: HistogramSnapshot,
-    /// Sync delays sampled within the window (sorted; empty when idle).
-    pub sync_window: Vec<i64>,
-    /// Transfer delays sampled within the window (sorted; empty when idle).
-    pub transfer_window: Vec<i64>,
 }
 
 impl Telemetry {

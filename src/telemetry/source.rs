@@ -25,7 +25,7 @@ use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 
-use super::status::StatusSettings;
+use super::status_settings::StatusSettings;
 
 /// Unreadable files kept by name per source (the count is exact).
 pub const MAX_UNREADABLE_SHOWN: usize = 20;

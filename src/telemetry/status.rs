@@ -37,48 +37,12 @@ use std::fmt;
 use std::sync::atomic::Ordering;
 
 use super::delay::{DelaySummary, HistogramSnapshot};
-use super::figures::{FigureValue, SectionSnapshot};
+use super::figures::{ChannelInfo, FigureValue, SectionSnapshot};
 use super::lookup::LookupSnapshot;
-use super::snapshot::FileFigures;
 use super::source::SourceStatus;
+use super::status_settings::StatusSettings;
 use super::{FileStats, SinkStats, Telemetry};
-use crate::settings::StatusConfig;
 use crate::time;
-
-/// The knobs of the derived figures (from `[status]`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct StatusSettings {
-    /// Window of the sync- and delivery-delay percentiles, ms.
-    pub delay_window_ms: i64,
-    /// A file with no new data for this long is idle, ms.
-    pub idle_after_ms: i64,
-    /// A file with data waiting and no read progress for this long is
-    /// stalled, ms.
-    pub stalled_after_ms: i64,
-    /// Label file metrics per file (else aggregate them).
-    pub per_file_metrics: bool,
-    /// A source matching no file for this long is `no-files`, ms.
-    pub no_files_after_ms: i64,
-}
-
-impl Default for StatusSettings {
-    fn default() -> Self {
-        StatusSettings::from(&StatusConfig::default())
-    }
-}
-
-impl From<&StatusConfig> for StatusSettings {
-    fn from(c: &StatusConfig) -> Self {
-        let ms = |d: std::time::Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
-        StatusSettings {
-            delay_window_ms: ms(c.delay_window),
-            idle_after_ms: ms(c.idle_after),
-            stalled_after_ms: ms(c.stalled_after),
-            per_file_metrics: c.per_file_metrics,
-            no_files_after_ms: ms(c.no_files_after),
-        }
-    }
-}
 
 /// The state of one followed file.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -441,18 +405,6 @@ impl EnrichStatus {
     }
 }
 
-/// Where clients subscribe to a component (the local channel's endpoint,
-/// set with [`super::Figures::set_endpoint`]).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ChannelInfo {
-    /// The bound address (`127.0.0.1:8790`).
-    pub listen: String,
-    /// True when the channel serves `wss://`.
-    pub tls: bool,
-    /// The subscribe path (`/ecls/subscribe/<channel_id>/<area>`).
-    pub path: String,
-}
-
 /// The settings, as shown in `/status`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SettingsView {
@@ -593,6 +545,19 @@ pub struct Totals {
     pub dropped_records: u64,
     /// Dead-lettered records over all sinks.
     pub dead_lettered_records: u64,
+}
+
+/// What `/metrics` shows of one file beyond its [`FileStatus`].
+#[derive(Clone, Debug, Default)]
+pub struct FileFigures {
+    /// Sync-delay histogram since start.
+    pub sync_delay: HistogramSnapshot,
+    /// Transfer-delay histogram since start.
+    pub transfer_delay: HistogramSnapshot,
+    /// Sync delays sampled within the window (sorted; empty when idle).
+    pub sync_window: Vec<i64>,
+    /// Transfer delays sampled within the window (sorted; empty when idle).
+    pub transfer_window: Vec<i64>,
 }
 
 fn nonzero(v: i64) -> Option<i64> {

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use calllog_bridge::config::ReadFrom;
 use calllog_bridge::delivery::{Outcome, Units};
-use calllog_bridge::kafka::client::{ClientSection, ClientSettings};
+use calllog_bridge::kafka::client::{ClientSection, ClientSettings, CONSUMER};
 use calllog_bridge::kafka::consume::{read_partition, Observer, ReaderSettings};
 use calllog_bridge::kafka::message::{partition_for, Encoder, Format, KeyField};
 use calllog_bridge::kafka::offsets::{Offsets, Partition};
@@ -26,7 +26,7 @@ use crate::support_kafka::{consume_with_kafka_python, produce_with_kafka_python,
 
 fn settings(text: &str, base: &Path) -> ClientSettings {
     let s: ClientSection = toml::from_str(text).expect("client section");
-    ClientSettings::from_section(s, "kafka", base).expect("client settings")
+    ClientSettings::from_section(s, "kafka", base, &CONSUMER).expect("client settings")
 }
 
 fn plain(broker: &Broker) -> ClientSettings {

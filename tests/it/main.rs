@@ -18,6 +18,7 @@ mod hostile_net;
 mod kafka;
 mod lag;
 mod lag_report;
+mod layers;
 mod otlp;
 mod parse;
 mod prometheus;

@@ -314,8 +314,13 @@ pub fn produce_values_with(
     rt.block_on(async {
         let section: calllog_bridge::kafka::client::ClientSection =
             toml::from_str(&format!("brokers = [\"{broker}\"]\nrequest_timeout_ms = 10000")).expect("client section");
-        let settings =
-            calllog_bridge::kafka::client::ClientSettings::from_section(section, "kafka", Path::new("")).expect("client settings");
+        let settings = calllog_bridge::kafka::client::ClientSettings::from_section(
+            section,
+            "kafka",
+            Path::new(""),
+            &calllog_bridge::kafka::client::PRODUCER,
+        )
+        .expect("client settings");
         let client = calllog_bridge::kafka::client::connect(&settings).await.expect("connect");
         let mut clients = Vec::new();
         for p in 0..partitions {

@@ -79,6 +79,7 @@
 //! When `listen` has port 0, the bound address is logged and written to
 //! `<state_dir>/channel.addr`.
 
+mod close;
 mod config;
 mod conn;
 pub mod replay;
@@ -111,8 +112,9 @@ use crate::settings::{ConfigError, Secret};
 use crate::telemetry::SinkStats;
 use crate::time::now_ms;
 
+use close::CloseReason;
 pub use config::{digest_name, ChannelConfig, ChannelSection, ChannelToken, StreamConfig, TlsFiles, MAX_STREAMS};
-use conn::{CloseReason, ConnState, Registry, Start};
+use conn::{ConnState, Registry, Start};
 pub use conn::{Notice, CONNECTION_MEMORY_BYTES};
 use replay::{Damage, Entry, Evicted, Item, ReplayLog, Retention};
 pub use stats::{ChannelStats, StreamStats};
@@ -480,7 +482,7 @@ impl ChannelShared {
         if removed {
             for c in self.lock_conns().values() {
                 if !c.close.is_cancelled() && c.cursor.load(Ordering::Relaxed) < first {
-                    c.close_for(conn::CloseReason::SlowConsumer);
+                    c.close_for(CloseReason::SlowConsumer);
                 }
             }
         }
@@ -694,7 +696,8 @@ pub async fn spawn_on(
     tokio::fs::create_dir_all(&ctx.state_dir).await.with_context(|| format!("cannot create state_dir {}", ctx.state_dir.display()))?;
     // Informational (for tests and tools): a full state_dir must not stop
     // the channel from starting.
-    if let Err(e) = write_atomic(&ctx.state_dir.join(ADDR_FILE), format!("{local_addr}\n")).await {
+    let state = crate::state_dir::StateDir::new(&ctx.state_dir);
+    if let Err(e) = write_atomic(&state.channel_addr(), format!("{local_addr}\n")).await {
         warn!(error = %format!("{e:#}"), "channel: cannot write {ADDR_FILE}");
     }
     // Where the dashboard (via /status) subscribes; never the token.
@@ -704,8 +707,8 @@ pub async fn spawn_on(
     for w in &settings.deprecated {
         warn!("{w}");
     }
-    let mut seqs = SeqFile::open(ctx.state_dir.join(SEQ_FILE)).await?;
-    let log = open_log(&ctx.state_dir.join(replay::DIR), &settings, seqs.next, &stats).await?;
+    let mut seqs = SeqFile::open(state.channel_seq()).await?;
+    let log = open_log(&state.replay(), &settings, seqs.next, &stats).await?;
     // Numbers below the log's next are used: never again, even when
     // channel.seq was older than the log.
     seqs.next = log.next_seq();

@@ -97,7 +97,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 /// The directory under `state_dir`.
-pub const DIR: &str = "replay";
+pub const DIR: &str = crate::state_dir::StateDir::REPLAY;
 
 /// Segment file extension.
 const EXT: &str = "seg";

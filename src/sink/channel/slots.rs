@@ -112,7 +112,7 @@ impl Slots {
     /// empty: every stream starts anew; a problem is returned to be
     /// logged).
     pub fn load(state_dir: &Path) -> (Slots, Option<String>) {
-        let path = state_dir.join(FILE);
+        let path = crate::state_dir::StateDir::new(state_dir).channel_slots();
         let (entries, problem) = match std::fs::read(&path) {
             Ok(bytes) => match serde_json::from_slice::<SlotFile>(&bytes) {
                 Ok(f) if f.version == 1 => {

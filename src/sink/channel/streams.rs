@@ -21,8 +21,8 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
+use super::close::CloseReason;
 use super::config::{ChannelConfig, ChannelToken};
-use super::conn::CloseReason;
 use super::request::{Directory, Door, TokenDigest};
 use super::route::{Route, RouteFilter, Routes};
 use super::slots::Slot;
