@@ -219,26 +219,26 @@ pub async fn read_partition(
         observer.read(records.as_slice(), observed_ms);
         let ticket = offsets.register(&p, end);
         if records.is_empty() {
-            offsets.ack(ticket);
+            offsets.ack(&ticket);
             continue;
         }
         let acked = {
             let (o, t) = (offsets.clone(), ticket.clone());
             Box::new(move || {
-                o.ack(t);
+                o.ack(&t);
             })
         };
         let batch = Batch::new(source.clone(), records, observed_ms, Some(acked));
         tokio::select! {
             r = fanout.send(batch) => if let Err(e) = r {
                 tracing::error!(error = %e, "kafka source: the pipeline is closed; stopping");
-                offsets.withdraw(ticket);
+                offsets.withdraw(&ticket);
                 return;
             },
             _ = stop.cancelled() => {
                 // No sink has the batch (the send is all or nothing): it
                 // is read again.
-                offsets.withdraw(ticket);
+                offsets.withdraw(&ticket);
                 return;
             }
         }
@@ -249,7 +249,7 @@ pub async fn read_partition(
 /// gone), through an acknowledged empty batch so it is written.
 fn skip(offsets: &Offsets, p: &Partition, to: i64) {
     let t = offsets.register(p, to);
-    offsets.ack(t);
+    offsets.ack(&t);
 }
 
 /// Sleeps `d`; true when `stop` came first.

@@ -10,14 +10,16 @@
 //! partition (each keeps its own file).
 //!
 //! Batches of a partition may be acknowledged out of order (sinks run
-//! independently); the offset advances only over a contiguous
-//! acknowledged prefix, as file checkpoints do.
+//! independently): their order, how far the position advances and which
+//! batch a cancelled send takes back are [`crate::ack_order`]'s, the same
+//! rule as file checkpoints.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
+use crate::ack_order::{AckOrder, Positions};
 use crate::checkpoint::DamagedState;
 
 /// Layout version of the file.
@@ -44,33 +46,18 @@ struct Document {
 /// A partition: topic and number.
 pub type Partition = (String, i32);
 
-/// Batches of one partition not yet acknowledged, in read order.
-#[derive(Default)]
-struct Tracker {
-    /// Sequence number of the next batch.
-    next_seq: u64,
-    /// (seq, offset after the batch, acknowledged?), oldest first.
-    in_flight: VecDeque<(u64, i64, bool)>,
-}
-
 #[derive(Default)]
 struct State {
     /// Durable positions.
     positions: BTreeMap<Partition, i64>,
-    /// Acknowledgement order per partition.
-    trackers: BTreeMap<Partition, Tracker>,
+    /// Batches in flight, in acknowledgement order per partition.
+    order: AckOrder<Partition, i64>,
     /// Changed since the last write.
     dirty: bool,
 }
 
 /// A batch's place in its partition's acknowledgement order.
-#[derive(Debug, Clone)]
-pub struct Ticket {
-    /// The partition.
-    partition: Partition,
-    /// The batch's sequence number.
-    seq: u64,
-}
+pub type Ticket = crate::ack_order::Ticket<Partition>;
 
 /// The positions of one consumer group. Cheap to clone.
 #[derive(Clone)]
@@ -79,7 +66,7 @@ pub struct Offsets {
     path: Arc<PathBuf>,
     /// The group.
     group_id: Arc<str>,
-    /// Positions and trackers.
+    /// Positions and the acknowledgement order.
     state: Arc<Mutex<State>>,
     /// Signalled when a position advanced.
     changed: Arc<tokio::sync::Notify>,
@@ -132,7 +119,7 @@ impl Offsets {
     /// durable position.
     pub fn resume(&self, p: &Partition) -> Option<i64> {
         let st = self.lock();
-        st.trackers.get(p).and_then(|t| t.in_flight.back().map(|b| b.1)).or_else(|| st.positions.get(p).copied())
+        st.order.newest(p).copied().or_else(|| st.positions.get(p).copied())
     }
 
     /// Sets the first position of a partition read for the first time
@@ -148,46 +135,33 @@ impl Offsets {
     /// Registers a batch of `p` that ends before offset `end` (the next
     /// message's offset), in read order.
     pub fn register(&self, p: &Partition, end: i64) -> Ticket {
-        let mut st = self.lock();
-        let t = st.trackers.entry(p.clone()).or_default();
-        let seq = t.next_seq;
-        t.next_seq += 1;
-        t.in_flight.push_back((seq, end, false));
-        Ticket { partition: p.clone(), seq }
+        self.lock().order.register(p.clone(), end)
     }
 
     /// Every sink acknowledged the batch: the position advances over the
     /// acknowledged prefix. Returns the new position when it moved.
-    pub fn ack(&self, ticket: Ticket) -> Option<i64> {
+    pub fn ack(&self, ticket: &Ticket) -> Option<i64> {
         let mut st = self.lock();
-        let t = st.trackers.get_mut(&ticket.partition)?;
-        if let Some(b) = t.in_flight.iter_mut().find(|b| b.0 == ticket.seq) {
-            b.2 = true;
-        }
-        let mut advanced = None;
-        while t.in_flight.front().is_some_and(|b| b.2) {
-            advanced = t.in_flight.pop_front().map(|b| b.1);
-        }
-        let next = advanced?;
-        st.positions.insert(ticket.partition, next);
+        let next = st.order.ack(ticket)?;
+        st.positions.insert(ticket.key().clone(), next);
         st.dirty = true;
         drop(st);
         self.changed.notify_one();
         Some(next)
     }
 
-    /// Forgets a batch that was never handed to the sinks (reading
-    /// stopped before it was sent): its messages are read again.
-    pub fn withdraw(&self, ticket: Ticket) {
-        let mut st = self.lock();
-        if let Some(t) = st.trackers.get_mut(&ticket.partition) {
-            t.in_flight.retain(|b| b.0 != ticket.seq);
-        }
+    /// Takes back the newest batch of its partition, never handed to the
+    /// sinks (reading stopped before it was sent): its messages are read
+    /// again. Only the newest batch, not yet acknowledged, can be taken
+    /// back ([`crate::ack_order`]); for any other ticket this does nothing
+    /// and returns false.
+    pub fn withdraw(&self, ticket: &Ticket) -> bool {
+        self.lock().order.withdraw(ticket)
     }
 
     /// Batches registered and not yet acknowledged, over every partition.
     pub fn in_flight(&self) -> usize {
-        self.lock().trackers.values().map(|t| t.in_flight.len()).sum()
+        self.lock().order.total_in_flight()
     }
 
     /// Resolves when a position may have advanced since the last write.
@@ -228,6 +202,19 @@ impl Offsets {
     }
 }
 
+impl Positions for Offsets {
+    type Key = Partition;
+    type Position = i64;
+
+    fn ack(&self, ticket: &Ticket) -> Option<i64> {
+        Offsets::ack(self, ticket)
+    }
+
+    fn withdraw(&self, ticket: &Ticket) -> bool {
+        Offsets::withdraw(self, ticket)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -245,10 +232,10 @@ mod tests {
         let b = o.register(&p, 20);
         let c = o.register(&p, 30);
         assert_eq!(o.resume(&p), Some(30), "reading resumes past the batches in flight");
-        assert_eq!(o.ack(b), None, "out of order: the first batch is still pending");
+        assert_eq!(o.ack(&b), None, "out of order: the first batch is still pending");
         assert_eq!(o.position(&p), Some(5));
-        assert_eq!(o.ack(a), Some(20));
-        o.withdraw(c);
+        assert_eq!(o.ack(&a), Some(20));
+        assert!(o.withdraw(&c));
         assert_eq!(o.resume(&p), Some(20), "a withdrawn batch is read again");
         assert!(o.write(false).unwrap());
         assert!(!o.write(false).unwrap(), "nothing changed since");
@@ -258,5 +245,48 @@ mod tests {
         std::fs::write(o.path(), "{not json").unwrap();
         let e = Offsets::load(d.path(), "hub/1").err().unwrap();
         assert!(e.to_string().contains("kafka-offsets-hub_1.json"), "{e}");
+    }
+
+    #[test]
+    fn an_older_batch_cannot_be_taken_back_past_the_ones_after_it() {
+        let d = tempfile::tempdir().unwrap();
+        let o = Offsets::load(d.path(), "hub").unwrap();
+        let p: Partition = ("calls".into(), 0);
+        o.start_at(&p, 0);
+        let a = o.register(&p, 10);
+        let b = o.register(&p, 20);
+        assert!(!o.withdraw(&a), "only the newest batch can be taken back");
+        assert_eq!(o.ack(&b), None, "the older batch still holds the position");
+        assert_eq!(o.position(&p), Some(0));
+        assert_eq!(o.ack(&a), Some(20));
+    }
+
+    /// Partition `stream` of topic `calls`, positions as the model's.
+    impl crate::ack_order::model::Subject for Offsets {
+        type Ticket = Ticket;
+        fn register(&mut self, stream: usize, end: u64) -> Ticket {
+            Offsets::register(self, &("calls".into(), stream as i32), end as i64)
+        }
+        fn ack(&mut self, ticket: &Ticket) {
+            Offsets::ack(self, ticket);
+        }
+        fn withdraw(&mut self, ticket: &Ticket) -> bool {
+            Offsets::withdraw(self, ticket)
+        }
+        fn restart(&mut self, _: usize, _: u64) -> Option<()> {
+            None
+        }
+        fn position(&self, stream: usize) -> u64 {
+            Offsets::position(self, &("calls".into(), stream as i32)).unwrap_or(0) as u64
+        }
+        fn resume(&self, stream: usize) -> u64 {
+            Offsets::resume(self, &("calls".into(), stream as i32)).unwrap_or(0) as u64
+        }
+    }
+
+    #[test]
+    fn random_sequences_never_advance_a_position_past_an_unacknowledged_batch() {
+        let d = tempfile::tempdir().unwrap();
+        crate::ack_order::model::run(500, 60, || Offsets::load(d.path(), "model").unwrap());
     }
 }
