@@ -10,6 +10,10 @@
 #             boto3 (an independent S3 client) and opentelemetry-proto (the
 #             official OTLP definitions, for the test OTLP collector), from
 #             PyPI.
+#   prometheus  Debian's `prometheus` package (prometheus and promtool, for
+#             the alert-rule tests): downloaded with `apt-get download` and
+#             unpacked with `dpkg-deb -x` into the cache, never installed
+#             system-wide (no service, no user, nothing outside the cache).
 #
 # The cache is $CALLLOG_TOOLS_DIR (default ~/.cache/calllog-bridge-tools);
 # each tool is rebuilt only when its binary is missing. Usage:
@@ -18,7 +22,8 @@
 #   eval "$(scripts/test-tools.sh)"  ... and export it
 #
 # The tests find the tools through CALLLOG_TANSU, CALLLOG_S3S_FS and
-# CALLLOG_TOOLS_PYTHON (or the default cache paths); a test whose tool is
+# CALLLOG_TOOLS_PYTHON, CALLLOG_PROMETHEUS, CALLLOG_PROMTOOL (or the default
+# cache paths); a test whose tool is
 # missing says so and is skipped, unless CALLLOG_REQUIRE_TOOLS=1 (CI), where
 # it fails.
 set -euo pipefail
@@ -59,12 +64,46 @@ install_python() {
     "$venv/bin/pip" install --quiet 'kafka-python==2.0.2' 'boto3>=1.34,<2' 'opentelemetry-proto>=1.27,<2' >>"$log" 2>&1
 }
 
+install_prometheus() {
+    local root="$dir/prometheus"
+    if [ -x "$root/usr/bin/prometheus" ] && [ -x "$root/usr/bin/promtool" ]; then
+        return 0
+    fi
+    if ! command -v apt-get >/dev/null || ! command -v dpkg-deb >/dev/null; then
+        say "cannot install prometheus: no apt-get/dpkg-deb (not a Debian-family machine)"
+        return 1
+    fi
+    say "downloading Debian's prometheus package (once; unpacked into $root) ..."
+    local tmp
+    tmp=$(mktemp -d)
+    # The package lists may be empty on a fresh machine: refresh them once.
+    if ! (cd "$tmp" && apt-get download prometheus) >>"$log" 2>&1; then
+        apt-get update >>"$log" 2>&1 || true
+        if ! (cd "$tmp" && apt-get download prometheus) >>"$log" 2>&1; then
+            rm -rf "$tmp"
+            say "FAILED to download the prometheus package (see $log)"
+            return 1
+        fi
+    fi
+    rm -rf "$root.new"
+    if ! dpkg-deb -x "$tmp"/prometheus_*.deb "$root.new" >>"$log" 2>&1; then
+        rm -rf "$tmp" "$root.new"
+        say "FAILED to unpack the prometheus package (see $log)"
+        return 1
+    fi
+    rm -rf "$tmp" "$root"
+    mv "$root.new" "$root"
+}
+
 ok=1
 install_crate tansu "$TANSU_VERSION" dynostore,libsql tansu || ok=0
 install_crate s3s-fs "$S3S_FS_VERSION" binary s3s-fs || ok=0
 install_python || { say "FAILED to install the Python clients (see $log)"; ok=0; }
+install_prometheus || ok=0
 
 [ -x "$dir/tansu-$TANSU_VERSION/bin/tansu" ] && echo "export CALLLOG_TANSU=$dir/tansu-$TANSU_VERSION/bin/tansu"
 [ -x "$dir/s3s-fs-$S3S_FS_VERSION/bin/s3s-fs" ] && echo "export CALLLOG_S3S_FS=$dir/s3s-fs-$S3S_FS_VERSION/bin/s3s-fs"
 [ -x "$dir/python/bin/python" ] && echo "export CALLLOG_TOOLS_PYTHON=$dir/python/bin/python"
+[ -x "$dir/prometheus/usr/bin/prometheus" ] && echo "export CALLLOG_PROMETHEUS=$dir/prometheus/usr/bin/prometheus"
+[ -x "$dir/prometheus/usr/bin/promtool" ] && echo "export CALLLOG_PROMTOOL=$dir/prometheus/usr/bin/promtool"
 [ "$ok" = 1 ]

@@ -382,6 +382,7 @@ pub async fn run_with_reload(
         tracing::warn!("{w}");
     }
     let telemetry = Telemetry::new();
+    telemetry.history().configure(cfg.status.history_minutes, &cfg.host);
     let stop_status = CancellationToken::new();
     let status = match listeners.take(crate::preflight::STATUS_LISTEN) {
         Some(l) => {

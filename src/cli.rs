@@ -65,8 +65,12 @@ pub struct ExportArgs {
     #[arg(long)]
     pub include_org: bool,
     /// No header row.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "bridge_columns")]
     pub no_header: bool,
+    /// Append the bridge's columns (`ingestion_time`, `sync_delay_ms`,
+    /// `host`) from the archive, as `[export] bridge_columns` does.
+    #[arg(long)]
+    pub bridge_columns: bool,
     /// Plain `.csv` files instead of `.csv.gz`.
     #[arg(long)]
     pub no_gzip: bool,
@@ -249,7 +253,11 @@ pub struct SubscribeArgs {
 
 /// `lag` arguments.
 #[derive(Debug, clap::Args)]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct LagArgs {
+    /// `lag report`: the sync delay from history instead of a running bridge.
+    #[command(subcommand)]
+    pub action: Option<LagAction>,
     /// The bridge's status URL (default from `--config`, else http://127.0.0.1:8791).
     #[arg(long)]
     pub status_url: Option<String>,
@@ -265,6 +273,63 @@ pub struct LagArgs {
     /// Exit non-zero when any delay is above this (e.g. `30s`, `5m`, `1h`).
     #[arg(long, value_name = "DURATION")]
     pub max_lag: Option<String>,
+}
+
+/// What `lag` does besides asking a running bridge.
+#[derive(Debug, Subcommand)]
+pub enum LagAction {
+    /// The sync delay over a past time range, from what the bridge kept
+    /// (its archive, replay log, export slices) or raw Local Edition logs:
+    /// per window, host and file, the worst windows, and the episodes
+    /// above a threshold.
+    Report(LagReportArgs),
+}
+
+/// `lag report` arguments.
+#[derive(Debug, clap::Args)]
+pub struct LagReportArgs {
+    /// Start of the range (ISO 8601, inclusive): calls whose
+    /// `request_time` is at or after it.
+    #[arg(long)]
+    pub from: String,
+    /// End of the range (ISO 8601, exclusive).
+    #[arg(long)]
+    pub to: String,
+    /// Window length (`5m`, `1h`, ...), aligned to the hour (UTC).
+    #[arg(long, default_value = "1h", value_name = "DURATION")]
+    pub every: String,
+    /// A window whose delay statistic is above this is part of an episode.
+    #[arg(long, default_value = "60s", value_name = "DURATION")]
+    pub threshold: String,
+    /// Which statistic of a window is compared with `--threshold`.
+    #[arg(long, value_enum, default_value_t = crate::history::report::Statistic::P95)]
+    pub threshold_on: crate::history::report::Statistic,
+    /// How many of the worst windows to list.
+    #[arg(long, default_value_t = 10)]
+    pub worst: usize,
+    /// Print JSON (windows, worst windows, episodes, totals).
+    #[arg(long, conflicts_with = "csv")]
+    pub json: bool,
+    /// Print the windows as CSV.
+    #[arg(long)]
+    pub csv: bool,
+    /// Also draw the chart as an SVG file.
+    #[arg(long, value_name = "FILE")]
+    pub svg: Option<PathBuf>,
+    /// Also draw the chart as a PNG file.
+    #[arg(long, value_name = "FILE")]
+    pub png: Option<PathBuf>,
+    /// Input format (`auto` decides per file from its first line).
+    #[arg(long, short, value_enum, default_value_t = Format::Auto)]
+    pub format: Format,
+    /// Lines longer than this are rejected.
+    #[arg(long, default_value_t = 1 << 20)]
+    pub max_line_bytes: usize,
+    /// History to read: the archive (rotated `.gz` too), replay log
+    /// segments or their directory, export slices or their directory, raw
+    /// Local Edition logs; `-` = stdin.
+    #[arg(required = true, value_name = "FILE")]
+    pub files: Vec<PathBuf>,
 }
 
 /// Where every file resumes after `reset-state`.

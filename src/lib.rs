@@ -41,6 +41,8 @@
 //! - [`logsafe`]: peer-supplied text (file names, collector answers)
 //!   escaped for log lines.
 //! - [`telemetry`]: per-file and per-sink statistics, metrics, status.
+//! - [`history`]: sync-delay history over time (percentile histograms,
+//!   windows and episodes, the chart), for `lag report` and `/history`.
 //! - [`listener`]: what bounds every listener (socket cap, idle eviction,
 //!   file-descriptor limit).
 //! - [`time`]: time parsing and formatting; [`url`]: URL text helpers.
@@ -58,6 +60,7 @@ pub mod config;
 pub mod delivery;
 pub mod demo;
 pub mod enrich;
+pub mod history;
 pub mod ingest;
 pub mod kafka;
 pub mod listener;

@@ -53,6 +53,12 @@ const FULL_WARNING_EVERY_MS: i64 = 60_000;
 /// idle one to close again this often.
 const RETRY_EVICTION_EVERY: Duration = Duration::from_millis(100);
 
+/// A keep-alive connection that finished a request less than this long ago
+/// is not closed to make room: its client is likely sending its next
+/// request just then, and closing a socket with a request unread resets it
+/// under the client. A full listener waits this long at most for one.
+const KEEP_ALIVE_GRACE_MS: u64 = 2_000;
+
 /// The socket cap of one listener. Cheap to clone.
 #[derive(Clone)]
 pub struct Gate(Arc<GateInner>);
@@ -154,15 +160,20 @@ impl Gate {
 
     /// Chooses an idle connection and tells it to close, unless one chosen
     /// earlier is still closing (its slot is about to be free): the one idle
-    /// longest among those that never worked, else among all.
+    /// longest among those that never worked, else among the keep-alive
+    /// connections idle for [`KEEP_ALIVE_GRACE_MS`] or more.
     fn evict_longest_idle(&self) {
         let conns = self.0.lock();
         if conns.values().any(|s| s.evicting.load(Ordering::SeqCst)) {
             return;
         }
+        let now = self.0.origin.elapsed().as_millis() as u64;
         let victim = conns
             .iter()
             .filter(|(_, s)| s.busy.load(Ordering::SeqCst) == 0 && !s.evict.is_cancelled())
+            .filter(|(_, s)| {
+                !s.worked.load(Ordering::Relaxed) || now.saturating_sub(s.idle_since_ms.load(Ordering::Relaxed)) >= KEEP_ALIVE_GRACE_MS
+            })
             .min_by_key(|(id, s)| (s.worked.load(Ordering::Relaxed), s.idle_since_ms.load(Ordering::Relaxed), **id))
             .map(|(_, s)| s.clone());
         drop(conns);
@@ -370,9 +381,11 @@ mod tests {
         let waiting = tokio::spawn(async move { gate2.acquire().await.fill() });
         tokio::time::sleep(Duration::from_secs(1)).await;
         assert!(!waiting.is_finished() && !a.state.evict.is_cancelled());
-        // Idle again: the next look closes it.
+        // Idle again: a look after the keep-alive grace closes it.
         drop(busy);
-        tokio::time::timeout(Duration::from_secs(1), a.evicted()).await.expect("a is chosen once idle");
+        let idle = Instant::now();
+        tokio::time::timeout(Duration::from_secs(3), a.evicted()).await.expect("a is chosen once idle");
+        assert!(idle.elapsed() >= Duration::from_millis(KEEP_ALIVE_GRACE_MS), "not within the grace");
         drop(a);
         waiting.await.unwrap();
     }
@@ -455,5 +468,23 @@ mod tests {
         assert!(!keep_alive.state.evict.is_cancelled(), "idle longer, but it served a request");
         drop(silent);
         let _fourth = waiting.await.unwrap();
+    }
+
+    /// A keep-alive connection that has just answered a request is left
+    /// alone for a grace period even when it is the only candidate: its
+    /// client's next request may be on the wire.
+    #[tokio::test(start_paused = true)]
+    async fn a_keep_alive_connection_that_just_answered_is_not_closed_to_make_room() {
+        let gate = Gate::new("test", 1);
+        let keep_alive = gate.acquire().await.fill();
+        drop(keep_alive.busy());
+        let gate2 = gate.clone();
+        let waiting = tokio::spawn(async move { gate2.acquire().await.fill() });
+        tokio::time::advance(Duration::from_millis(KEEP_ALIVE_GRACE_MS - 500)).await;
+        tokio::task::yield_now().await;
+        assert!(!keep_alive.state.evict.is_cancelled(), "closed while its client may be sending");
+        tokio::time::timeout(Duration::from_secs(2), keep_alive.evicted()).await.expect("chosen once idle past the grace");
+        drop(keep_alive);
+        let _next = waiting.await.unwrap();
     }
 }

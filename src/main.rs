@@ -32,6 +32,9 @@ fn main() {
         Command::CheckConfig(a) => cmd::check_config::run(a),
         Command::Run(a) => cmd::run::run(a),
         Command::Subscribe(a) => cmd::subscribe::run(a),
+        Command::Lag(calllog_bridge::cli::LagArgs { action: Some(calllog_bridge::cli::LagAction::Report(r)), .. }) => {
+            cmd::lag_report::run(r)
+        }
         Command::Lag(a) => cmd::lag::run(a),
         Command::ResetState(a) => cmd::reset_state::run(a),
         Command::Export(a) => cmd::export::run(a),

@@ -344,19 +344,29 @@ impl<'a> Record<'a> {
     /// empty); a value holding a comma, a quote, CR or LF is quoted, with
     /// quotes doubled. With [`Formulas::Neutralised`], a cell a spreadsheet
     /// would run as a formula is written as text (see
-    /// [`csv_cell_is_formula`]). `ingestion_time` and `sync_delay_ms` are
-    /// not columns of the export.
-    pub fn write_csv_row(&self, columns: &[Field], formulas: Formulas, out: &mut Vec<u8>) {
+    /// [`csv_cell_is_formula`]). `ingestion_time`, `sync_delay_ms` and
+    /// `host` are not columns of the export: with `bridge` they follow
+    /// `columns` ([`CSV_BRIDGE_COLUMNS`]: `ingestion_time` in epoch ms as
+    /// the `ecls` shape writes it, `sync_delay_ms`, `host`; empty where the
+    /// record has none).
+    pub fn write_csv_row(&self, columns: &[Field], bridge: bool, formulas: Formulas, out: &mut Vec<u8>) {
         for (i, &f) in columns.iter().enumerate() {
             if i > 0 {
                 out.push(b',');
             }
-            let v = self.get(f);
-            if formulas == Formulas::Neutralised && csv_cell_is_formula(f, v) {
-                write_csv_quoted(out, b"'", v);
-            } else {
-                write_csv_value(out, v, formulas);
+            write_csv_cell(out, f.kind(), self.get(f), formulas);
+        }
+        if bridge {
+            out.push(b',');
+            if let Some(t) = self.ingestion_time {
+                push_i64(out, t);
             }
+            out.push(b',');
+            if let Some(d) = self.sync_delay_ms {
+                push_i64(out, d);
+            }
+            out.push(b',');
+            write_csv_cell(out, Kind::Str, &self.host, formulas);
         }
         out.extend_from_slice(b"\r\n");
     }
@@ -395,14 +405,25 @@ pub fn write_ecls_message<'r, 'a: 'r>(records: impl IntoIterator<Item = &'r Reco
     out.extend_from_slice(b"]}");
 }
 
+/// The bridge's own columns a CSV row may carry after the export's
+/// ([`Record::write_csv_row`]), by header name.
+pub const CSV_BRIDGE_COLUMNS: [&str; 3] = ["ingestion_time", "sync_delay_ms", "host"];
+
 /// Appends the header row naming `columns` (schema names), terminated by
 /// CRLF: the row [`Record::write_csv_row`] writes under.
 pub fn write_csv_header(columns: &[Field], out: &mut Vec<u8>) {
-    for (i, f) in columns.iter().enumerate() {
+    write_csv_header_with(columns, false, out);
+}
+
+/// The same header, naming the bridge's columns after `columns` when
+/// `bridge`.
+pub fn write_csv_header_with(columns: &[Field], bridge: bool, out: &mut Vec<u8>) {
+    let bridge_names: &[&str] = if bridge { &CSV_BRIDGE_COLUMNS } else { &[] };
+    for (i, name) in columns.iter().map(|f| f.name()).chain(bridge_names.iter().copied()).enumerate() {
         if i > 0 {
             out.push(b',');
         }
-        out.extend_from_slice(f.name().as_bytes());
+        out.extend_from_slice(name.as_bytes());
     }
     out.extend_from_slice(b"\r\n");
 }
@@ -438,13 +459,31 @@ const FORMULA_START: [u8; 6] = [b'=', b'+', b'-', b'@', b'\t', b'\r'];
 ///
 /// Idempotent: a neutralised cell starts with `'`, which is none of them.
 pub fn csv_cell_is_formula(f: Field, v: &str) -> bool {
+    is_formula(f.kind(), v)
+}
+
+/// [`csv_cell_is_formula`] for a column of kind `kind`.
+fn is_formula(kind: Kind, v: &str) -> bool {
     let Some(first) = v.as_bytes().first() else { return false };
     if !FORMULA_START.contains(first) || v == "-" {
         return false;
     }
-    match f.kind() {
+    match kind {
         Kind::Str => true,
         Kind::Int | Kind::Float => !is_json_number(v),
+    }
+}
+
+/// Appends one CSV cell of a column of kind `kind` (a text column of
+/// another table, such as `lag report --csv`'s host and file, is
+/// [`Kind::Str`]): with [`Formulas::Neutralised`], as text when a
+/// spreadsheet would run it as a formula ([`csv_cell_is_formula`]'s rule),
+/// otherwise as [`write_csv_value`] writes it.
+pub fn write_csv_cell(out: &mut Vec<u8>, kind: Kind, v: &str, formulas: Formulas) {
+    if formulas == Formulas::Neutralised && is_formula(kind, v) {
+        write_csv_quoted(out, b"'", v);
+    } else {
+        write_csv_value(out, v, formulas);
     }
 }
 
@@ -807,11 +846,33 @@ mod tests {
         let cols = [Field::RequestUuid, Field::Bytes, Field::UserAgent, Field::RequestTime, Field::OrgName];
         let mut out = Vec::new();
         write_csv_header(&cols, &mut out);
-        r.write_csv_row(&cols, Formulas::Neutralised, &mut out);
+        r.write_csv_row(&cols, false, Formulas::Neutralised, &mut out);
         assert_eq!(
             std::str::from_utf8(&out).unwrap(),
             "request_uuid,bytes,user_agent,request_time,org_name\r\nu1,113,\"ua, \"\"x\"\"\",2019-04-19T21:56:43Z,\r\n"
         );
+        // With the bridge's columns, read back by the export's reader.
+        r.host = Cow::Borrowed("edge, 1");
+        let cols = &crate::parse::ecle_csv::NATURAL[..35];
+        let mut out = Vec::new();
+        write_csv_header_with(cols, true, &mut out);
+        r.write_csv_row(cols, true, Formulas::Neutralised, &mut out);
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.lines().nth(1).unwrap().ends_with(",1555711021034,17966,\"edge, 1\""), "{text}");
+        let mut p = crate::parse::LineParser::new(crate::parse::Format::Auto, 1 << 20);
+        p.keep_bridge_fields();
+        let mut got = Vec::new();
+        for line in text.lines() {
+            p.parse_line(line.as_bytes(), &mut got).unwrap();
+        }
+        assert_eq!((got[0].ingestion_time, got[0].sync_delay_ms, &*got[0].host), (Some(1_555_711_021_034), Some(17_966), "edge, 1"));
+        // Without keeping them, the export's reader ignores them.
+        let mut p = crate::parse::LineParser::new(crate::parse::Format::Auto, 1 << 20);
+        let mut got = Vec::new();
+        for line in text.lines() {
+            p.parse_line(line.as_bytes(), &mut got).unwrap();
+        }
+        assert_eq!((got[0].ingestion_time, got[0].sync_delay_ms, &*got[0].host), (None, None, ""));
     }
 
     #[test]
@@ -821,7 +882,7 @@ mod tests {
             r.set(f, v.to_string());
             for (formulas, want) in [(Formulas::Neutralised, neutralised), (Formulas::Verbatim, verbatim)] {
                 let mut out = Vec::new();
-                r.write_csv_row(&[f], formulas, &mut out);
+                r.write_csv_row(&[f], false, formulas, &mut out);
                 assert_eq!(std::str::from_utf8(&out).unwrap(), format!("{want}\r\n"), "{f:?} {v:?} {formulas:?}");
             }
         }
@@ -855,6 +916,14 @@ mod tests {
         check(Field::HttpStatusCode, "=1", "\"'=1\"", "=1");
         // Idempotent: a neutralised value read back and written again.
         assert!(!csv_cell_is_formula(Field::UserAgent, "'=1"));
+        // The bridge's `host` column is a text column.
+        let mut r = Record::new_ml();
+        r.host = Cow::Borrowed("=cmd");
+        for (formulas, want) in [(Formulas::Neutralised, ",,\"'=cmd\"\r\n"), (Formulas::Verbatim, ",,=cmd\r\n")] {
+            let mut out = Vec::new();
+            r.write_csv_row(&[Field::RequestUuid], true, formulas, &mut out);
+            assert!(out.ends_with(want.as_bytes()), "{formulas:?}: {}", String::from_utf8_lossy(&out));
+        }
     }
 
     #[test]

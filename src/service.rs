@@ -18,27 +18,41 @@
 //!   restarts the bridge.
 //!
 //! [`init_logging`] installs the tracing subscriber: the level comes from
-//! `RUST_LOG` when set, else the config's `log_level`; when stderr is the
-//! journal (`JOURNAL_STREAM` names stderr's device and inode) lines carry no
-//! timestamp and no colour (the journal stamps them) but a `<N>` syslog
-//! priority prefix, so `journalctl -p warning` filters by level.
+//! `RUST_LOG` when set (used as written), else the config's `log_level`; a
+//! bare level there (`info`, `debug`) applies to the bridge's own lines,
+//! and other crates (the Kafka client, the HTTP and TLS stacks) log at
+//! `warn` at most unless a directive names them (`log_level =
+//! "info,rskafka=info"`). Their lines are rate limited per call site like
+//! ours ([`DependencyLimit`]: a burst per window, then one "suppressed N"
+//! line), so a client reconnecting in a loop cannot flood the journal.
+//! When stderr is the journal (`JOURNAL_STREAM` names stderr's device and
+//! inode) lines carry no timestamp and no colour (the journal stamps them)
+//! but a `<N>` syslog priority prefix, so `journalctl -p warning` filters
+//! by level.
 
+use std::collections::HashMap;
 use std::io::IsTerminal;
-use std::sync::OnceLock;
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 use sd_notify::NotifyState;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use tracing::callsite::Identifier;
 use tracing::{Event, Level, Subscriber};
 use tracing_subscriber::fmt::format::{self, Format, FormatEvent, FormatFields, Writer};
 use tracing_subscriber::fmt::FmtContext;
-use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::layer::{Context, Layer, SubscriberExt};
 use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{reload, EnvFilter, Registry};
 
 use crate::settings::ConfigError;
+use crate::telemetry::log_limit::{LogLimit, DEFAULT_BURST, DEFAULT_WINDOW};
+
+/// The target prefix of the bridge's own log lines.
+const OURS: &str = "calllog_bridge";
 
 /// Sends `states` to the service manager; logs (and otherwise ignores) a
 /// failure, since a missing notification must not stop the bridge.
@@ -149,29 +163,154 @@ pub fn log_filter(log_level: &str) -> Result<EnvFilter, ConfigError> {
 const QUIET_DEPENDENCIES: &[(&str, &str)] = &[("notify::inotify", "notify::inotify=warn")];
 
 /// Parses the config's `log_level` (a level or an `EnvFilter` directive).
+/// A bare level is the bridge's own: other crates stay at `warn` (or the
+/// level, when it is quieter). A directive is used as written.
 pub fn parse_level(log_level: &str) -> Result<EnvFilter, ConfigError> {
     // A bare word is an `EnvFilter` *target* ("verbose" would silence
     // everything else); a bare word must therefore be a level.
     let bare = !log_level.contains(['=', ',', '[', ':']);
-    if bare && !matches!(log_level.trim().to_ascii_lowercase().as_str(), "off" | "error" | "warn" | "info" | "debug" | "trace") {
-        return Err(ConfigError::invalid(
-            "log_level",
-            format!(
-                "`{log_level}` is not a level: use error, warn, info, debug, trace, off or a directive like `info,calllog_bridge=debug`"
-            ),
-        ));
-    }
-    let mut filter =
-        EnvFilter::try_new(log_level).map_err(|e| ConfigError::invalid("log_level", format!("`{log_level}` is not a log level ({e})")))?;
-    for (target, directive) in QUIET_DEPENDENCIES {
-        let named = log_level.split(',').any(|d| d.trim().starts_with(target.split("::").next().unwrap_or(target)));
-        if !named {
-            if let Ok(d) = directive.parse() {
-                filter = filter.add_directive(d);
+    let directives = if bare {
+        let level = log_level.trim().to_ascii_lowercase();
+        match level.as_str() {
+            "off" | "error" | "warn" => level,
+            "info" | "debug" | "trace" => format!("warn,{OURS}={level}"),
+            _ => {
+                return Err(ConfigError::invalid(
+                    "log_level",
+                    format!(
+                        "`{log_level}` is not a level: use error, warn, info, debug, trace, off or a directive like `info,calllog_bridge=debug`"
+                    ),
+                ))
+            }
+        }
+    } else {
+        log_level.to_string()
+    };
+    let mut filter = EnvFilter::try_new(&directives)
+        .map_err(|e| ConfigError::invalid("log_level", format!("`{log_level}` is not a log level ({e})")))?;
+    // Never louder than a bare level quieter than `info`.
+    if !(bare && matches!(directives.as_str(), "off" | "error" | "warn")) {
+        for (target, directive) in QUIET_DEPENDENCIES {
+            let named = log_level.split(',').any(|d| d.trim().starts_with(target.split("::").next().unwrap_or(target)));
+            if !named {
+                if let Ok(d) = directive.parse() {
+                    filter = filter.add_directive(d);
+                }
             }
         }
     }
     Ok(filter)
+}
+
+/// Rate limits of other crates' log lines, per call site (a line of the
+/// Kafka client that repeats for every reconnection is one call site):
+/// [`DEFAULT_BURST`] lines per [`DEFAULT_WINDOW`], the rest counted for a
+/// summary. Pure: the caller passes the time.
+pub struct SiteLimits {
+    /// Each call site's limit and target (for the summary).
+    sites: Mutex<HashMap<Identifier, (LogLimit, &'static str)>>,
+    /// When the next summary is due: nanoseconds after `base`, `u64::MAX`
+    /// when none is waiting (read on every line without the lock).
+    next_due: AtomicU64,
+    /// The origin of `next_due`.
+    base: OnceLock<Instant>,
+}
+
+/// Lines of one dependency's call site that were not logged.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SiteSummary {
+    /// The crate and module that logged them.
+    pub target: &'static str,
+    /// How many.
+    pub suppressed: u64,
+}
+
+impl Default for SiteLimits {
+    fn default() -> Self {
+        SiteLimits { sites: Mutex::default(), next_due: AtomicU64::new(u64::MAX), base: OnceLock::new() }
+    }
+}
+
+impl SiteLimits {
+    fn nanos(&self, t: Instant) -> u64 {
+        let base = *self.base.get_or_init(|| t);
+        u64::try_from(t.saturating_duration_since(base).as_nanos()).unwrap_or(u64::MAX - 1)
+    }
+
+    /// Whether a line from `site` (of crate `target`) at `now` may be
+    /// logged: the bridge's own lines always (they have their own limits),
+    /// another crate's within its site's burst.
+    pub fn allow(&self, site: Identifier, target: &'static str, now: Instant) -> bool {
+        if target.starts_with(OURS) {
+            return true;
+        }
+        let mut sites = self.sites.lock().unwrap_or_else(|e| e.into_inner());
+        if sites.len() >= MAX_SITES && !sites.contains_key(&site) {
+            // Call sites are static, so this bound is never reached in
+            // practice; past it, lines are logged unlimited.
+            return true;
+        }
+        let (limit, _) = sites.entry(site).or_insert_with(|| (LogLimit::new(DEFAULT_BURST, DEFAULT_WINDOW), target));
+        let allowed = limit.allow(now, "line");
+        if let Some(due) = limit.summary_due() {
+            self.next_due.fetch_min(self.nanos(due), Ordering::Relaxed);
+        }
+        allowed
+    }
+
+    /// The summaries due at `now` (none most of the time, without a lock).
+    pub fn due(&self, now: Instant) -> Vec<SiteSummary> {
+        let next = self.next_due.load(Ordering::Relaxed);
+        if next == u64::MAX || self.nanos(now) < next {
+            return Vec::new();
+        }
+        let mut sites = self.sites.lock().unwrap_or_else(|e| e.into_inner());
+        let mut out = Vec::new();
+        let mut next = u64::MAX;
+        for (limit, target) in sites.values_mut() {
+            if let Some(s) = limit.summary(now, false) {
+                out.push(SiteSummary { target, suppressed: s.total });
+            }
+            if let Some(due) = limit.summary_due() {
+                next = next.min(self.nanos(due));
+            }
+        }
+        self.next_due.store(next, Ordering::Relaxed);
+        out
+    }
+}
+
+/// More distinct call sites than any build has: [`SiteLimits`] stays
+/// bounded whatever happens.
+const MAX_SITES: usize = 4096;
+
+/// The layer that applies [`SiteLimits`] to the lines of other crates,
+/// and logs a summary of what it held back (with the next line logged
+/// after the window, from whichever crate).
+#[derive(Default)]
+pub struct DependencyLimit {
+    /// The limits per call site.
+    limits: SiteLimits,
+}
+
+impl<S: Subscriber> Layer<S> for DependencyLimit {
+    fn event_enabled(&self, event: &Event<'_>, _ctx: Context<'_, S>) -> bool {
+        let now = Instant::now();
+        let meta = event.metadata();
+        let allowed = self.limits.allow(meta.callsite(), meta.target(), now);
+        // Logged from here, before the line itself; the summary is the
+        // bridge's own line, so it is never limited (no recursion).
+        for s in self.limits.due(now) {
+            tracing::warn!(
+                target: "calllog_bridge::log_limit",
+                dependency = s.target,
+                suppressed = s.suppressed,
+                window_secs = DEFAULT_WINDOW.as_secs(),
+                "suppressed similar log lines of a dependency (more than {DEFAULT_BURST} per window)"
+            );
+        }
+        allowed
+    }
 }
 
 /// The installed filter's reload handle, set by [`init_logging`]; lets a
@@ -198,7 +337,7 @@ pub fn init_logging(log_level: &str) -> Result<(), ConfigError> {
     let filter = log_filter(log_level)?;
     let (filter, handle) = reload::Layer::new(filter);
     let journal = stderr_is_journal();
-    let registry = tracing_subscriber::registry().with(filter);
+    let registry = tracing_subscriber::registry().with(filter).with(DependencyLimit::default());
     let installed = if journal {
         let layer = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_ansi(false).event_format(JournalFormat::default());
         registry.with(layer).try_init().is_ok()
@@ -331,6 +470,60 @@ mod tests {
     }
 
     #[test]
+    fn a_bare_level_is_ours_and_other_crates_stay_at_warn() {
+        let lines = |level: &str| {
+            let buf = Buf::default();
+            let sub =
+                tracing_subscriber::fmt().with_writer(buf.clone()).with_ansi(false).with_env_filter(parse_level(level).unwrap()).finish();
+            tracing::subscriber::with_default(sub, || {
+                tracing::info!(target: "calllog_bridge::kafka", "ours info");
+                tracing::debug!(target: "calllog_bridge::kafka", "ours debug");
+                tracing::info!(target: "rskafka::connection", "Establishing new connection");
+                tracing::warn!(target: "rskafka::connection", "theirs warn");
+                tracing::error!(target: "hyper", "theirs error");
+            });
+            let text = buf.0.lock().unwrap().clone();
+            String::from_utf8(text).unwrap()
+        };
+        let info = lines("info");
+        assert!(info.contains("ours info") && !info.contains("ours debug"), "{info}");
+        assert!(!info.contains("Establishing") && info.contains("theirs warn") && info.contains("theirs error"), "{info}");
+        let debug = lines("debug");
+        assert!(debug.contains("ours debug") && !debug.contains("Establishing"), "{debug}");
+        let error = lines("error");
+        assert!(!error.contains("theirs warn") && error.contains("theirs error") && !error.contains("ours info"), "{error}");
+        let asked = lines("info,rskafka=info");
+        assert!(asked.contains("Establishing"), "a directive naming the crate is used as written: {asked}");
+    }
+
+    #[test]
+    fn dependency_lines_are_limited_per_call_site_and_summarised() {
+        // Not zero-sized: two statics get two addresses (call sites are
+        // told apart by address).
+        struct Site(#[allow(dead_code)] u8);
+        impl tracing::callsite::Callsite for Site {
+            fn set_interest(&self, _: tracing::subscriber::Interest) {}
+            fn metadata(&self) -> &tracing::Metadata<'_> {
+                unreachable!("not registered")
+            }
+        }
+        static A: Site = Site(1);
+        static B: Site = Site(2);
+        let limits = SiteLimits::default();
+        let t0 = Instant::now();
+        let (a, b) = (Identifier(&A), Identifier(&B));
+        let allowed = (0..35).filter(|i| limits.allow(a.clone(), "rskafka::connection", t0 + Duration::from_millis(*i))).count();
+        assert_eq!(allowed, DEFAULT_BURST as usize, "a burst per window");
+        assert!(limits.allow(b.clone(), "rskafka::client", t0), "another call site has its own burst");
+        assert!((0..100).all(|_| limits.allow(a.clone(), "calllog_bridge::kafka::hub", t0)), "our lines are never limited here");
+        assert_eq!(limits.due(t0 + Duration::from_secs(1)), vec![], "not before the window is over");
+        let due = limits.due(t0 + DEFAULT_WINDOW + Duration::from_millis(1));
+        assert_eq!(due, vec![SiteSummary { target: "rskafka::connection", suppressed: 25 }]);
+        assert_eq!(limits.due(t0 + DEFAULT_WINDOW * 3), vec![], "said once");
+        assert!(limits.allow(a, "rskafka::connection", t0 + DEFAULT_WINDOW * 3), "a new window, a new burst");
+    }
+
+    #[test]
     fn bad_log_level_names_the_key() {
         let e = parse_level("loud=[").unwrap_err().to_string();
         assert!(e.contains("log_level"), "{e}");
@@ -346,5 +539,6 @@ mod tests {
         assert!(parse_level("info").unwrap().to_string().contains("notify::inotify=warn"));
         assert!(parse_level("debug,calllog_bridge=trace").unwrap().to_string().contains("notify::inotify=warn"));
         assert!(!parse_level("info,notify=debug").unwrap().to_string().contains("notify::inotify=warn"));
+        assert!(!parse_level("off").unwrap().to_string().contains("notify"), "never louder than the level");
     }
 }

@@ -71,6 +71,7 @@ pub fn run(args: ExportArgs) -> anyhow::Result<i32> {
         close_after: std::time::Duration::ZERO,
         include_org: args.include_org,
         header: !args.no_header,
+        bridge_columns: args.bridge_columns,
         gzip: (!args.no_gzip).then_some(args.gzip_level),
         fsync_interval: std::time::Duration::from_secs(1),
         max_open_files: 1024,
@@ -178,6 +179,10 @@ impl Reader<'_> {
     /// export, counting into `st`.
     fn file(&mut self, name: &str, mut input: Input, ex: &mut Exporter, st: &mut FileTally) -> Result<(), FileError> {
         let mut ingest = Ingest::new(self.args.format, self.args.max_line_bytes, 0);
+        if self.args.bridge_columns {
+            // The archive's own fields go into the bridge's columns.
+            ingest = ingest.keep_bridge_fields();
+        }
         st.requested = Some(ingest.parser().requested());
         let mut buf = std::mem::take(&mut self.buf);
         let ended = read_through(&mut *input.reader, &mut buf, |data, last| {

@@ -1,11 +1,16 @@
-//! The offline commands' inputs (`parse`, `export`): a file or stdin
-//! (`-`) opened, gzip recognised by its magic bytes and decompressed
-//! (multi-member, as rotated logs are), read in large buffers through the
-//! [`Ingest`] stage the running bridge uses ([`read_through`]), so every
-//! command frames lines and pretty-printed JSON documents, bounds them by
-//! `max_line_bytes`, numbers them and rejects the same way; rejects are
-//! counted by reason and written to `--rejects` ([`Rejects`]), and each
-//! file's counts summed up ([`FileTally`]).
+//! The offline commands' inputs (`parse`, `export`, `lag report`): a file
+//! or stdin (`-`) opened, gzip recognised by its magic bytes and
+//! decompressed (multi-member, as rotated logs are), read in large buffers
+//! through the [`Ingest`] stage the running bridge uses
+//! ([`read_through`]), so every command frames lines and pretty-printed
+//! JSON documents, bounds them by `max_line_bytes`, numbers them and
+//! rejects the same way; rejects are counted by reason and written to
+//! `--rejects` ([`Rejects`]), and each file's counts summed up
+//! ([`FileTally`]).
+//!
+//! This is the one offline read loop. It lives with the commands, not in
+//! `ingest`, whose stage does no I/O; the running bridge reads through
+//! `tail::reader` (offsets, rotation, budget) into the same stage.
 
 use std::cell::Cell;
 use std::collections::BTreeMap;
@@ -45,6 +50,8 @@ pub struct Input {
     pub size: Option<u64>,
     /// Bytes read from disk so far (compressed bytes for gzip).
     pub read: Rc<Cell<u64>>,
+    /// The file's modification time (epoch ms); `None` for stdin.
+    pub modified_ms: Option<i64>,
 }
 
 /// Counts the bytes read through it (for a progress bar).
@@ -67,15 +74,16 @@ impl<R: Read> Read for Counting<R> {
 /// bytes, whatever the name).
 pub fn open_input(path: &Path) -> io::Result<Input> {
     let read = Rc::new(Cell::new(0));
-    let (raw, size): (Box<dyn Read>, Option<u64>) = if path.as_os_str() == "-" {
-        (Box::new(io::stdin().lock()), None)
+    let (raw, size, modified_ms): (Box<dyn Read>, Option<u64>, Option<i64>) = if path.as_os_str() == "-" {
+        (Box::new(io::stdin().lock()), None, None)
     } else {
         let f = File::open(path)?;
         let meta = f.metadata()?;
         if meta.is_dir() {
             return Err(io::Error::other("is a directory"));
         }
-        (Box::new(f), Some(meta.len()))
+        let modified = meta.modified().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map(|d| d.as_millis() as i64);
+        (Box::new(f), Some(meta.len()), modified)
     };
     let mut buffered = BufReader::with_capacity(READ_BUF_BYTES, Counting { inner: raw, read: read.clone() });
     let gz = loop {
@@ -86,16 +94,17 @@ pub fn open_input(path: &Path) -> io::Result<Input> {
         }
     };
     let reader: Box<dyn Read> = if gz { Box::new(MultiGzDecoder::new(buffered)) } else { Box::new(buffered) };
-    Ok(Input { reader, size, read })
+    Ok(Input { reader, size, read, modified_ms })
 }
 
 /// Reads `input` to its end for an [`Ingest`]: `feed` is called with what
 /// the ingest did not consume of the previous call followed by new bytes,
 /// and whether the input ends after them (pass both to
-/// [`Ingest::feed`]); it returns the bytes consumed. A read error ends the
-/// input (what was read is fed as its end) and is returned. `buf` is the
-/// read buffer, kept between inputs (a buffer grown for a long document
-/// is not kept).
+/// [`Ingest::feed`]); it returns the bytes consumed (the whole buffer when
+/// the input ends). A read error ends the input (what was read is fed as
+/// its end) and is returned (`Ok(Some(e))`); an error of `feed` stops at
+/// once (`Err`). `buf` is the read buffer, kept between inputs (a buffer
+/// grown for a long document is not kept).
 pub fn read_through<E>(
     input: &mut dyn Read,
     buf: &mut Vec<u8>,
@@ -114,7 +123,7 @@ pub fn read_through<E>(
             }
         };
         filled += n;
-        let consumed = feed(&buf[..filled], last)?;
+        let consumed = feed(&buf[..filled], last)?.min(filled);
         buf.copy_within(consumed..filled, 0);
         filled -= consumed;
         if last {
@@ -163,6 +172,13 @@ pub struct Rejects<'r, 'f> {
     pub counts: &'r mut BTreeMap<RejectReason, u64>,
     /// The first write error (reported once the buffer is done).
     pub error: Option<io::Error>,
+}
+
+impl<'r> Rejects<'r, 'static> {
+    /// Counts by reason only, with no rejects file (`lag report`).
+    pub fn counting(counts: &'r mut BTreeMap<RejectReason, u64>) -> Self {
+        Rejects { name: "", writer: None, counts, error: None }
+    }
 }
 
 impl<'a> RejectOut<'a> for Rejects<'_, '_> {
@@ -263,5 +279,24 @@ mod tests {
         let w: Vec<Record<'_>> = recycle(v);
         assert!(w.is_empty());
         assert_eq!(w.capacity(), cap);
+    }
+
+    #[test]
+    fn feed_sees_its_unconsumed_bytes_again_and_the_end_once() {
+        let data: Vec<u8> = (0..READ_BUF_BYTES * 3 + 17).map(|i| if i % 100 == 99 { b'\n' } else { b'x' }).collect();
+        let mut seen = Vec::new();
+        let mut lasts = 0;
+        let mut buf = Vec::new();
+        let r = read_through(&mut &data[..], &mut buf, |b: &[u8], last| -> Result<usize, ()> {
+            lasts += usize::from(last);
+            // Consume whole lines only, like the ingest stage.
+            let n = if last { b.len() } else { b.iter().rposition(|&c| c == b'\n').map_or(0, |i| i + 1) };
+            seen.extend_from_slice(&b[..n]);
+            Ok(n)
+        });
+        assert!(matches!(r, Ok(None)));
+        assert_eq!(lasts, 1);
+        assert_eq!(seen, data);
+        assert!(buf.len() <= READ_BUF_BYTES);
     }
 }

@@ -21,6 +21,14 @@
 //! With `--watch [SECS]` (default 2) the report is redrawn until SIGINT
 //! (exit 0); "not running" and `--max-lag` findings are printed on stderr
 //! at each refresh instead of ending the command.
+//!
+//! Whatever answers at the URL is a peer: every string of the document is
+//! shown escaped (no control character reaches the terminal), a table
+//! cell is cut to [`MAX_CELL_CHARS`] (the middle elided: a path keeps its
+//! file name) and a line of free text to [`MAX_TEXT_BYTES`], so one huge
+//! host or file name neither breaks the table nor floods a monitoring
+//! check's mail. The renderer is fuzzed with hostile documents
+//! (`tests/it/fuzz.rs`).
 
 use std::fmt::Write as _;
 use std::io::IsTerminal;
@@ -30,7 +38,7 @@ use anyhow::Context;
 
 use crate::cli::LagArgs;
 use crate::config::{Config, EXIT_CONFIG};
-use crate::logsafe::Escaped;
+use crate::logsafe::{clip, Escaped};
 use crate::telemetry::server::addr_file;
 use crate::telemetry::{FileState, SourceState, Status};
 
@@ -45,6 +53,11 @@ pub const DEFAULT_URL: &str = "http://127.0.0.1:8791";
 /// The largest `/status` document read. Thousands of files make a few MB;
 /// whatever answers at the URL cannot make `lag` hold more.
 const MAX_STATUS_BYTES: usize = 64 << 20;
+/// The widest table cell, in characters (longer ones lose their middle).
+pub const MAX_CELL_CHARS: usize = 96;
+/// The longest line of free text from the document (an error, a path in
+/// a message), in bytes before escaping.
+pub const MAX_TEXT_BYTES: usize = 512;
 
 /// Runs the command; returns the exit code.
 pub fn run(args: LagArgs) -> anyhow::Result<i32> {
@@ -198,10 +211,14 @@ async fn fetch_once(client: &reqwest::Client, base: &str) -> Result<(Status, ser
         }
         body.extend_from_slice(&chunk);
     }
-    let raw: serde_json::Value =
-        serde_json::from_slice(&body).map_err(|e| Attempt::Final(FetchError::Other(anyhow::anyhow!("{url} did not return JSON: {e}"))))?;
-    let status: Status = serde_json::from_value(raw.clone())
-        .map_err(|e| Attempt::Final(FetchError::Other(anyhow::anyhow!("{url} returned JSON this version does not understand: {e}"))))?;
+    read_status(&body).map_err(|e| Attempt::Final(FetchError::Other(anyhow::anyhow!("{url} {e}"))))
+}
+
+/// A `/status` body as `lag` reads it: the document and its JSON; the
+/// error says what is wrong with it (after the URL).
+pub fn read_status(body: &[u8]) -> Result<(Status, serde_json::Value), String> {
+    let raw: serde_json::Value = serde_json::from_slice(body).map_err(|e| format!("did not return JSON: {e}"))?;
+    let status: Status = serde_json::from_value(raw.clone()).map_err(|e| format!("returned JSON this version does not understand: {e}"))?;
     Ok((status, raw))
 }
 
@@ -335,18 +352,37 @@ fn opt_ms(v: Option<i64>) -> String {
     v.map_or_else(|| "-".to_string(), human_ms)
 }
 
-/// Renders rows as left-aligned columns separated by two spaces.
+/// Peer text as a table cell: escaped, and at most [`MAX_CELL_CHARS`]
+/// characters (the middle replaced by `…`, so both ends stay readable).
+fn cell(s: &str) -> String {
+    let e = Escaped(s).to_string();
+    let n = e.chars().count();
+    if n <= MAX_CELL_CHARS {
+        return e;
+    }
+    let head = (MAX_CELL_CHARS - 1) / 2;
+    let tail = MAX_CELL_CHARS - 1 - head;
+    let mut out: String = e.chars().take(head).collect();
+    out.push('…');
+    out.extend(e.chars().skip(n - tail));
+    out
+}
+
+/// Renders rows as left-aligned columns separated by two spaces. A column
+/// is as wide as its widest cell, at most [`MAX_CELL_CHARS`] (cells are
+/// cut to it by [`cell`]; padding never goes beyond).
 fn columns(rows: &[Vec<String>]) -> String {
     let n = rows.iter().map(Vec::len).max().unwrap_or(0);
-    let widths: Vec<usize> = (0..n).map(|c| rows.iter().filter_map(|r| r.get(c)).map(|s| s.chars().count()).max().unwrap_or(0)).collect();
+    let widths: Vec<usize> =
+        (0..n).map(|c| rows.iter().filter_map(|r| r.get(c)).map(|s| s.chars().count()).max().unwrap_or(0).min(MAX_CELL_CHARS)).collect();
     let mut out = String::new();
     for r in rows {
         let mut line = String::new();
         for (c, cell) in r.iter().enumerate() {
-            if c + 1 == r.len() {
-                line.push_str(cell);
-            } else {
-                let _ = write!(line, "{cell:<w$}  ", w = widths[c]);
+            line.push_str(cell);
+            if c + 1 < r.len() {
+                let pad = widths[c].saturating_sub(cell.chars().count()) + 2;
+                line.extend(std::iter::repeat_n(' ', pad));
             }
         }
         out.push_str(line.trim_end());
@@ -360,11 +396,12 @@ pub fn render_table(st: &Status, base: &str) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "calllog-bridge {} at {base}: up {}, {}, delay window {}",
-        st.version,
-        human_ms((st.uptime_secs * 1000.0) as i64),
+        "calllog-bridge {} at {}: up {}, {}, delay window {}",
+        cell(&st.version),
+        clip(base, MAX_TEXT_BYTES),
+        human_ms(secs_to_ms(st.uptime_secs)),
         if st.ready { "ready" } else { "not ready" },
-        human_ms(st.settings.delay_window_secs as i64 * 1000),
+        human_ms(i64::try_from(st.settings.delay_window_secs).unwrap_or(i64::MAX).saturating_mul(1000)),
     );
     out.push('\n');
     if !st.sources.is_empty() {
@@ -379,18 +416,24 @@ pub fn render_table(st: &Status, base: &str) -> String {
             } else {
                 format!("{} file(s), {}", s.files_left_unread, human_bytes(s.bytes_left_unread))
             };
-            rows.push(vec![s.name.clone(), state, s.files_matched.to_string(), s.files_unreadable.to_string(), left]);
+            rows.push(vec![cell(&s.name), state, s.files_matched.to_string(), s.files_unreadable.to_string(), left]);
         }
         out.push_str(&columns(&rows));
         for s in &st.sources {
             for u in &s.unreadable {
                 let what = if u.directory { "cannot list directory" } else { "cannot read" };
-                let _ = writeln!(out, "  {}: {what} {}: {}", s.name, Escaped(&u.path), Escaped(&u.error));
+                let _ = writeln!(out, "  {}: {what} {}: {}", cell(&s.name), clip(&u.path, MAX_TEXT_BYTES), clip(&u.error, MAX_TEXT_BYTES));
             }
             for l in &s.left_unread {
                 let bytes = l.unread_bytes.map_or_else(|| "unknown bytes".to_string(), human_bytes);
-                let now = l.now_at.as_deref().map(|a| format!(", now {}", Escaped(a))).unwrap_or_default();
-                let _ = writeln!(out, "  {}: RECORDS LOST: {} left with {bytes} unread ({}{now})", s.name, Escaped(&l.path), l.reason);
+                let now = l.now_at.as_deref().map(|a| format!(", now {}", clip(a, MAX_TEXT_BYTES))).unwrap_or_default();
+                let _ = writeln!(
+                    out,
+                    "  {}: RECORDS LOST: {} left with {bytes} unread ({}{now})",
+                    cell(&s.name),
+                    clip(&l.path, MAX_TEXT_BYTES),
+                    l.reason
+                );
             }
         }
         out.push('\n');
@@ -414,9 +457,9 @@ pub fn render_table(st: &Status, base: &str) -> String {
                 s => s.to_string(),
             };
             rows.push(vec![
-                // A file name is peer-supplied text on a terminal. A gone
-                // file's name is where it was, not where it is.
-                format!("{}{}", Escaped(&f.path), if f.gone { " (gone)" } else { "" }),
+                // A file (or host) name is peer-supplied text on a terminal.
+                // A gone file's name is where it was, not where it is.
+                if f.gone { format!("{} (gone)", cell(&f.path)) } else { cell(&f.path) },
                 state,
                 human_bytes(f.bytes_behind),
                 opt_ms(d.map(|d| d.p50)),
@@ -425,7 +468,7 @@ pub fn render_table(st: &Status, base: &str) -> String {
                 f.negative_delays.to_string(),
                 f.records.to_string(),
                 f.rejects.to_string(),
-                f.watermark.clone().unwrap_or_else(|| "-".into()),
+                f.watermark.as_deref().map_or_else(|| "-".into(), cell),
                 f.last_read_age_ms.map_or_else(|| "never".into(), |a| format!("{} ago", human_ms(a))),
             ]);
             if transfer {
@@ -455,7 +498,7 @@ pub fn render_table(st: &Status, base: &str) -> String {
         for k in &st.sinks {
             let d = k.delivery_delay_ms;
             rows.push(vec![
-                k.name.clone(),
+                cell(&k.name),
                 k.queue_depth.to_string(),
                 opt_ms(k.oldest_undelivered_age_ms),
                 opt_ms(d.map(|d| d.p50)),
@@ -471,16 +514,16 @@ pub fn render_table(st: &Status, base: &str) -> String {
     }
     if let Some((c, endpoint)) = st.sections.get("channel").and_then(|c| Some((c, c.endpoint()?))) {
         let refused_by = c.by_label("refused");
-        let refused: i64 = refused_by.values().sum();
+        let refused = refused_by.values().fold(0i64, |a, n| a.saturating_add(*n));
         let reasons: Vec<String> =
-            refused_by.iter().filter(|(_, n)| **n > 0).map(|(r, n)| format!("{n} {}", r.replace('_', " "))).collect();
+            refused_by.iter().filter(|(_, n)| **n > 0).take(16).map(|(r, n)| format!("{n} {}", cell(&r.replace('_', " ")))).collect();
         let slow = c.by_label("closed").get("slow_consumer").copied().unwrap_or(0);
         let scheme = if endpoint.tls { "wss" } else { "ws" };
         let _ = writeln!(
             out,
             "\nchannel {scheme}://{}{}: {} connected ({} since start), {} refused{}, {} closed as slow consumer{}",
-            endpoint.listen,
-            endpoint.path,
+            cell(&endpoint.listen),
+            cell(&endpoint.path),
             c.number("connections"),
             c.number("connections_accepted"),
             refused,
@@ -489,23 +532,27 @@ pub fn render_table(st: &Status, base: &str) -> String {
             if slow == 1 { "" } else { "s" },
         );
     }
+    if let Some(k) = st.sections.get(KAFKA_SOURCE) {
+        kafka_source_lines(k, &mut out);
+    }
     if let Some(e) = &st.enrich {
         if e.misses > 0 {
-            let by_table: Vec<String> = e.tables.iter().filter(|t| t.misses > 0).map(|t| format!("{} {}", t.table, t.misses)).collect();
-            let _ = writeln!(out, "enrich: {} lookup misses of {} ({})", e.misses, e.hits + e.misses, by_table.join(", "));
+            let by_table: Vec<String> =
+                e.tables.iter().filter(|t| t.misses > 0).take(16).map(|t| format!("{} {}", cell(&t.table), t.misses)).collect();
+            let _ = writeln!(out, "enrich: {} lookup misses of {} ({})", e.misses, e.hits.saturating_add(e.misses), by_table.join(", "));
         }
         if let Some(err) = &e.last_reload_error {
-            let _ = writeln!(out, "enrich: last lookup reload failed, previous tables in use: {err}");
+            let _ = writeln!(out, "enrich: last lookup reload failed, previous tables in use: {}", clip(err, MAX_TEXT_BYTES));
         }
     }
     for f in &st.faults {
         let _ = writeln!(
             out,
             "\nFAULT {} cannot write since {} ({} attempts), keeping its data and retrying: {}",
-            f.component,
-            f.since,
+            cell(&f.component),
+            cell(&f.since),
             f.attempts,
-            Escaped(&f.error)
+            clip(&f.error, MAX_TEXT_BYTES)
         );
     }
     let t = &st.totals;
@@ -525,19 +572,62 @@ pub fn render_table(st: &Status, base: &str) -> String {
     out
 }
 
+/// The section of a hub's Kafka source figures.
+const KAFKA_SOURCE: &str = "kafka_source";
+
+/// A hub's Kafka source figures: one line, and one more for each thing an
+/// operator must know (records lost, partitions reset, hosts not tracked).
+fn kafka_source_lines(k: &crate::telemetry::SectionStatus, out: &mut String) {
+    let n = |name: &str| k.number(name);
+    let _ = writeln!(
+        out,
+        "\nkafka source: {} records read, {} values rejected, {} partitions failing, {} hosts tracked",
+        n("records_read"),
+        n("values_rejected"),
+        n("partitions_failing"),
+        n("hosts_tracked"),
+    );
+    if n("messages_lost") > 0 {
+        let _ = writeln!(out, "kafka source: RECORDS LOST: {} messages deleted by the brokers before they were read", n("messages_lost"));
+    }
+    if n("partition_resets") > 0 {
+        let _ = writeln!(
+            out,
+            "kafka source: TOPIC RESET: {} partition reset(s) since start (a re-created topic, or brokers that lost their log): read again from read_from",
+            n("partition_resets")
+        );
+    }
+    if n("records_from_untracked_hosts") > 0 {
+        let _ = writeln!(
+            out,
+            "kafka source: more hosts than max_hosts: {} records counted under kafka:(other hosts)",
+            n("records_from_untracked_hosts")
+        );
+    }
+    if n("hosts_cut") > 0 {
+        let _ = writeln!(out, "kafka source: {} records had a host over 255 bytes, cut", n("hosts_cut"));
+    }
+}
+
+/// Seconds (a float from the document) to whole milliseconds, saturating.
+fn secs_to_ms(secs: f64) -> i64 {
+    // `as` saturates (and maps NaN to 0).
+    (secs * 1000.0) as i64
+}
+
 /// What exceeds `limit_ms`, one line each (empty when all is well).
 pub fn over_limit(st: &Status, limit_ms: i64) -> Vec<String> {
-    let mut over: Vec<String> = st.sources.iter().flat_map(|s| s.problems()).collect();
+    let mut over: Vec<String> = st.sources.iter().flat_map(|s| s.problems()).map(|l| clip(&l, MAX_TEXT_BYTES).to_string()).collect();
     for f in &st.files {
         if f.state != FileState::Idle {
             if let Some(d) = f.sync_delay_ms.filter(|d| d.max > limit_ms) {
-                over.push(format!("{}: sync delay max {} ({})", Escaped(&f.path), human_ms(d.max), f.state));
+                over.push(format!("{}: sync delay max {} ({})", cell(&f.path), human_ms(d.max), f.state));
             }
         }
         if f.state == FileState::Stalled && f.no_progress_ms > limit_ms {
             over.push(format!(
                 "{}: stalled, {} waiting unread for {}",
-                Escaped(&f.path),
+                cell(&f.path),
                 human_bytes(f.bytes_behind),
                 human_ms(f.no_progress_ms)
             ));
@@ -545,7 +635,7 @@ pub fn over_limit(st: &Status, limit_ms: i64) -> Vec<String> {
     }
     for k in &st.sinks {
         if let Some(a) = k.oldest_undelivered_age_ms.filter(|&a| a > limit_ms) {
-            over.push(format!("sink {}: oldest undelivered record is {} old", k.name, human_ms(a)));
+            over.push(format!("sink {}: oldest undelivered record is {} old", cell(&k.name), human_ms(a)));
         }
     }
     over
@@ -577,6 +667,21 @@ mod tests {
         assert_eq!(human_bytes(512), "512 B");
         assert_eq!(human_bytes(1536), "1.5 KiB");
         assert_eq!(human_bytes(16_043_212), "15.3 MiB");
+    }
+
+    #[test]
+    fn cells_are_escaped_cut_in_the_middle_and_never_padded_beyond_the_limit() {
+        assert_eq!(cell("a\u{1b}[2Jb"), "a\\u{1b}[2Jb");
+        let long = format!("kafka:{}.log", "x".repeat(70_000));
+        let c = cell(&long);
+        assert_eq!(c.chars().count(), MAX_CELL_CHARS);
+        assert!(c.starts_with("kafka:xx") && c.ends_with("xx.log") && c.contains('…'), "{c}");
+        let rows = vec![vec![c.clone(), "x".into()], vec!["a".into(), "b".into()]];
+        let t = columns(&rows);
+        assert!(t.lines().all(|l| l.chars().count() <= MAX_CELL_CHARS + 3), "{t}");
+        // A cell wider than the limit (not cut by `cell`) is not padded.
+        let t = columns(&[vec!["y".repeat(70_000), "z".into()], vec!["a".into(), "b".into()]]);
+        assert_eq!(t.lines().nth(1), Some(&*format!("a{}b", " ".repeat(MAX_CELL_CHARS + 1))));
     }
 
     #[test]

@@ -5,6 +5,7 @@ pub mod check_config;
 pub mod export;
 pub mod input;
 pub mod lag;
+pub mod lag_report;
 pub mod parse;
 pub mod reset_state;
 pub mod run;

@@ -1,7 +1,8 @@
 //! The ingest stage: the bytes of one file become records or rejects.
 //!
 //! One [`Ingest`] per file, used by both the running bridge
-//! (`tail::reader`) and the `parse` command, so the two cannot drift. It is
+//! (`tail::reader`) and the offline commands (`parse`, `export`, `lag
+//! report`, which read through `cmd::input`), so they cannot drift. It is
 //! fed buffers of the file's content (decompressed for gzip), and it:
 //!
 //! - frames: splits lines, and joins a pretty-printed JSON document (a line
@@ -167,6 +168,13 @@ impl Ingest {
             searched: 0,
             counts: Counts::default(),
         }
+    }
+
+    /// The same ingest, keeping the fields a bridge wrote in the records it
+    /// reads (see [`LineParser::keep_bridge_fields`]).
+    pub fn keep_bridge_fields(mut self) -> Ingest {
+        self.parser.keep_bridge_fields();
+        self
     }
 
     /// Where reading must resume to handle everything not handled yet,

@@ -24,6 +24,7 @@ use super::consume::{read_partition, Observer, ReaderSettings};
 use super::offsets::{Offsets, Partition};
 use super::settings::SourceConfig;
 use crate::checkpoint::DamagedState;
+use crate::enrich::Enricher;
 use crate::logsafe::Escaped;
 use crate::pipeline::Fanout;
 
@@ -41,7 +42,8 @@ pub fn load_offsets(state_dir: &Path, cfg: &SourceConfig) -> Result<Offsets, Dam
     Offsets::load(state_dir, &cfg.group_id)
 }
 
-/// Reads `cfg`'s topics into `fanout` until `stop`. `source` names the
+/// Reads `cfg`'s topics into `fanout` until `stop`, every record through
+/// `enricher` (lookups, masking) as file records go. `source` names the
 /// batches (`kafka:<source name>`). Returns after the last write of the
 /// positions.
 pub async fn run(
@@ -50,6 +52,7 @@ pub async fn run(
     fanout: Fanout,
     source: Arc<str>,
     observer: Arc<dyn Observer>,
+    enricher: Arc<Enricher>,
     stop: CancellationToken,
 ) {
     let reader = ReaderSettings {
@@ -59,6 +62,7 @@ pub async fn run(
         read_from: cfg.read_from,
         retry_initial: cfg.retry_initial,
         retry_max: cfg.retry_max,
+        enricher: (!enricher.is_noop()).then_some(enricher),
     };
     let writer_stop = CancellationToken::new();
     let writer = tokio::spawn(write_positions(offsets.clone(), writer_stop.clone()));

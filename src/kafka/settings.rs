@@ -220,7 +220,11 @@ pub struct SourceSection {
     /// nothing is lost) or `end`.
     #[serde(default)]
     pub read_from: ReadFrom,
-    /// Bytes asked for per fetch and partition.
+    /// Bytes asked for per fetch and partition. The client holds a fetch
+    /// decoded into one allocation per message, and the reader decodes
+    /// and sends it in batches of 256 KiB of values: 256 KiB (a file
+    /// reader's chunk) keeps what readers hold beside the memory budget
+    /// small. A larger value means fewer round trips.
     #[serde(default = "default_fetch_max_bytes")]
     pub fetch_max_bytes: u32,
     /// How long the brokers may hold a fetch open waiting for data.
@@ -263,10 +267,23 @@ pub struct SourceSection {
     /// One request's time limit.
     #[serde(default)]
     pub request_timeout_ms: Option<u64>,
+    /// Source hosts tracked with their own entry (statistics, a row in
+    /// `/status`); records of more hosts are counted under one entry.
+    #[serde(default = "default_max_hosts")]
+    pub max_hosts: usize,
+    /// A source host that sent nothing for this long makes room.
+    #[serde(default = "default_host_idle_expiry_ms")]
+    pub host_idle_expiry_ms: u64,
 }
 
+fn default_max_hosts() -> usize {
+    256
+}
+fn default_host_idle_expiry_ms() -> u64 {
+    24 * 3600 * 1000
+}
 fn default_fetch_max_bytes() -> u32 {
-    1 << 20
+    256 << 10
 }
 fn default_fetch_max_wait_ms() -> u64 {
     500
@@ -299,6 +316,10 @@ pub struct SourceConfig {
     pub retry_initial: Duration,
     /// Longest retry delay (`retry_max_ms`).
     pub retry_max: Duration,
+    /// Source hosts tracked at most (`max_hosts`).
+    pub max_hosts: usize,
+    /// A host idle this long makes room (`host_idle_expiry_ms`).
+    pub host_idle_expiry: Duration,
 }
 
 impl SourceConfig {
@@ -342,6 +363,12 @@ impl SourceConfig {
         if s.metadata_refresh_ms < 100 {
             return Err(ConfigError::invalid(k("metadata_refresh_ms"), "must be at least 100"));
         }
+        if !(1..=100_000).contains(&s.max_hosts) {
+            return Err(ConfigError::invalid(k("max_hosts"), "must be from 1 to 100000 (each host costs about 40 KiB)"));
+        }
+        if s.host_idle_expiry_ms < 1000 {
+            return Err(ConfigError::invalid(k("host_idle_expiry_ms"), "must be at least 1000"));
+        }
         Ok(SourceConfig {
             client,
             topics: s.topics,
@@ -352,6 +379,8 @@ impl SourceConfig {
             metadata_refresh: Duration::from_millis(s.metadata_refresh_ms),
             retry_initial: Duration::from_millis(s.retry_initial_ms),
             retry_max: Duration::from_millis(s.retry_max_ms),
+            max_hosts: s.max_hosts,
+            host_idle_expiry: Duration::from_millis(s.host_idle_expiry_ms),
         })
     }
 }
@@ -405,12 +434,18 @@ mod tests {
     #[test]
     fn source_defaults_and_checks_name_the_key() {
         let c = source("brokers = [\"k:9092\"]\ntopics = [\"calls\"]\ngroup_id = \"hub\"").unwrap();
-        assert_eq!((c.read_from, c.fetch_max_bytes, c.fetch_max_wait), (ReadFrom::Beginning, 1 << 20, Duration::from_millis(500)));
+        assert_eq!((c.read_from, c.fetch_max_bytes, c.fetch_max_wait), (ReadFrom::Beginning, 256 << 10, Duration::from_millis(500)));
+        assert_eq!((c.max_hosts, c.host_idle_expiry), (256, Duration::from_secs(86_400)));
         let key = |t: &str| source(t).unwrap_err().key().map(str::to_string);
         let b = "brokers = [\"k:9092\"]\n";
         assert_eq!(key(&format!("{b}topics = []\ngroup_id = \"g\"")), Some("source[1].topics".into()));
         assert_eq!(key(&format!("{b}topics = [\"t\"]\ngroup_id = \"\"")), Some("source[1].group_id".into()));
         assert_eq!(key(&format!("{b}topics = [\"t\"]\ngroup_id = \"g\"\nfetch_max_bytes = 1")), Some("source[1].fetch_max_bytes".into()));
         assert_eq!(key("brokers = [\"k\"]\ntopics = [\"t\"]\ngroup_id = \"g\""), Some("source[1].brokers".into()));
+        assert_eq!(key(&format!("{b}topics = [\"t\"]\ngroup_id = \"g\"\nmax_hosts = 0")), Some("source[1].max_hosts".into()));
+        assert_eq!(
+            key(&format!("{b}topics = [\"t\"]\ngroup_id = \"g\"\nhost_idle_expiry_ms = 5")),
+            Some("source[1].host_idle_expiry_ms".into())
+        );
     }
 }

@@ -116,6 +116,9 @@ pub struct CsvState {
     pub columns: Columns,
     /// Scratch space for the current line's cells (reused across lines).
     pub cells: Vec<Cell>,
+    /// Where the last header row put the bridge's own columns
+    /// (`record::CSV_BRIDGE_COLUMNS`), if it named them.
+    pub bridge_columns: [Option<usize>; 3],
 }
 
 /// Parses one CSV line of a file whose default column order(s) are
@@ -130,6 +133,7 @@ pub fn parse_line<'a>(
     split(line, &mut st.cells)?;
     if is_header(line, &st.cells) {
         st.columns = Columns::Header(header_columns(line, &st.cells));
+        st.bridge_columns = crate::record::CSV_BRIDGE_COLUMNS.map(|name| st.cells.iter().position(|c| c.raw(line).trim() == name));
         return Ok(crate::parse::LineKind::Header);
     }
     match &st.columns {

@@ -53,7 +53,27 @@ pub const NATURAL: [Field; 39] = [
 
 /// Parses one line: an optional header row or a data row of 35 / 39 columns.
 pub fn parse<'a>(line: &'a str, st: &mut CsvState, out: &mut Vec<Record<'a>>) -> Result<LineKind, Reject> {
-    csv::parse_line(line, st, &[&NATURAL[..35], &NATURAL], out)
+    parse_with(line, st, false, out)
+}
+
+/// The same, keeping the bridge's own columns a header row names
+/// (`ingestion_time`, `sync_delay_ms`, `host`: `[export] bridge_columns`)
+/// when `bridge` (reading the bridge's history: `lag report`, the
+/// export's own recovery).
+pub fn parse_with<'a>(line: &'a str, st: &mut CsvState, bridge: bool, out: &mut Vec<Record<'a>>) -> Result<LineKind, Reject> {
+    let kind = csv::parse_line(line, st, &[&NATURAL[..35], &NATURAL], out)?;
+    if bridge && matches!(kind, LineKind::Records(_)) && st.bridge_columns.iter().any(Option::is_some) {
+        if let Some(rec) = out.last_mut() {
+            let cell = |i: Option<usize>| i.and_then(|i| st.cells.get(i)).map(|c| c.value(line));
+            let [seen, delay, host] = st.bridge_columns;
+            rec.ingestion_time = cell(seen).and_then(|v| v.trim().parse().ok());
+            rec.sync_delay_ms = cell(delay).and_then(|v| v.trim().parse().ok());
+            if let Some(h) = cell(host) {
+                rec.host = h;
+            }
+        }
+    }
+    Ok(kind)
 }
 
 #[cfg(test)]

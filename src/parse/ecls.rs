@@ -16,8 +16,14 @@ const FINISH_ECLS: Finish = Finish { ids_from_request_id: false, force_ml: false
 /// Parses one message into its records. One bad record rejects the whole
 /// message (the caller discards whatever this pushed).
 pub fn parse<'a>(line: &'a str, out: &mut Vec<Record<'a>>) -> Result<LineKind, Reject> {
+    parse_with(line, false, out)
+}
+
+/// The same, keeping the fields a bridge wrote (`sync_delay_ms`, `host`)
+/// when `bridge` (reading the bridge's own history: an `ecls` archive).
+pub fn parse_with<'a>(line: &'a str, bridge: bool, out: &mut Vec<Record<'a>>) -> Result<LineKind, Reject> {
     let before = out.len();
-    json::deserialize_line(line, MessageSeed { out: &mut *out, bridge: false })?;
+    json::deserialize_line(line, MessageSeed { out: &mut *out, bridge })?;
     for (i, rec) in out[before..].iter_mut().enumerate() {
         normalize::finish(rec, FINISH_ECLS).map_err(|r| Reject::new(r.reason, format!("record {}: {}", i + 1, r.detail)))?;
     }

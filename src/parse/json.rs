@@ -91,9 +91,20 @@ impl<'de> Visitor<'de> for RecordSeed<'_, 'de> {
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
         let mut rec = Record::default();
+        // The field expected next: bridges (and the hosted stream) write
+        // the fields in schema order, so one comparison usually finds the
+        // field instead of a search through forty names.
+        let mut next = 0;
         while let Some(Key(name)) = map.next_key::<Key<'de>>()? {
-            match field_for_name(&name) {
+            let field = match Field::ALL.get(next) {
+                Some(&f) if f.name() == name.as_ref() => Some(f),
+                // A bridge's own member is not a field (never a search).
+                _ if self.bridge && matches!(name.as_ref(), "host" | "sync_delay_ms" | "ingestion_time") => None,
+                _ => field_for_name(&name),
+            };
+            match field {
                 Some(f) => {
+                    next = f.index() + 1;
                     let raw: &'de RawValue = map.next_value()?;
                     let v = scalar(raw, f).map_err(de::Error::custom)?;
                     // Two names for one field (`proxy` and `traffic_manager`):

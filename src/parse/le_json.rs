@@ -11,8 +11,15 @@ use crate::record::Record;
 
 /// Parses one line into one record.
 pub fn parse<'a>(line: &'a str, out: &mut Vec<Record<'a>>) -> Result<LineKind, Reject> {
+    parse_with(line, false, out)
+}
+
+/// The same, keeping the fields a bridge wrote (`ingestion_time` in
+/// either spelling, `sync_delay_ms`, `host`) when `bridge` (reading the
+/// bridge's own history: its archive, its replay log).
+pub fn parse_with<'a>(line: &'a str, bridge: bool, out: &mut Vec<Record<'a>>) -> Result<LineKind, Reject> {
     let before = out.len();
-    json::deserialize_line(line, RecordSeed { out: &mut *out, bridge: false })?;
+    json::deserialize_line(line, RecordSeed { out: &mut *out, bridge })?;
     for rec in &mut out[before..] {
         normalize::finish(rec, FINISH_LE)?;
     }

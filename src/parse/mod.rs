@@ -166,12 +166,23 @@ pub struct LineParser {
     max_line_bytes: usize,
     /// CSV header mapping and scratch cells (`le5-csv`, `ecle-csv`, `auto`).
     csv: csv::CsvState,
+    /// Keep the fields a bridge wrote into JSON records (`ingestion_time`,
+    /// `sync_delay_ms`, `host`): reading the bridge's own history.
+    bridge_fields: bool,
 }
 
 impl LineParser {
     /// A parser for one file.
     pub fn new(format: Format, max_line_bytes: usize) -> Self {
-        LineParser { requested: format, format, max_line_bytes, csv: csv::CsvState::default() }
+        LineParser { requested: format, format, max_line_bytes, csv: csv::CsvState::default(), bridge_fields: false }
+    }
+
+    /// Keeps the fields a bridge wrote (`ingestion_time` in either
+    /// spelling, `sync_delay_ms`, `host`) in `ecls` and JSON records and in
+    /// export CSV files with the bridge's columns, as they are: for reading the bridge's archive or replay log (`lag
+    /// report`). Files read by the bridge leave them to the stamping.
+    pub fn keep_bridge_fields(&mut self) {
+        self.bridge_fields = true;
     }
 
     /// The format in use: what was asked for, or what `auto` chose once it
@@ -230,9 +241,9 @@ impl LineParser {
         let r = match self.format {
             Format::Le6 => le6::parse(s, out),
             Format::Le5Csv => le5_csv::parse(s, &mut self.csv, out),
-            Format::EcleCsv => ecle_csv::parse(s, &mut self.csv, out),
-            Format::LeJson => le_json::parse(s, out),
-            Format::Ecls => ecls::parse(s, out),
+            Format::EcleCsv => ecle_csv::parse_with(s, &mut self.csv, self.bridge_fields, out),
+            Format::LeJson => le_json::parse_with(s, self.bridge_fields, out),
+            Format::Ecls => ecls::parse_with(s, self.bridge_fields, out),
             Format::Auto => Err(Reject::new(RejectReason::UnknownFormat, "format not decided")),
         };
         if r.is_err() {

@@ -342,6 +342,10 @@ pub fn pem_private_key(path: PathBuf, key: &str) -> Result<Pem, ConfigError> {
     }
 }
 
+/// The longest `host` in bytes: what a bridge's `host` setting may be, and
+/// what a hub keeps of a record's `host` read from Kafka.
+pub const MAX_HOST_BYTES: usize = 255;
+
 /// Why `path` cannot be used, said so that the operator can fix it: when
 /// the error is "permission denied" because a directory on the way cannot
 /// be searched (entered) by this user, that directory is named (a typo'd
@@ -382,10 +386,10 @@ pub fn unsearchable_ancestor(path: &Path) -> Option<PathBuf> {
 /// The bridge's `host` setting: the name it stamps on every record it
 /// reads (the `host` member after `sync_delay_ms`), so a hub and anyone
 /// downstream can tell the records of a fleet's bridges apart. Default:
-/// the machine's host name. 1 to 255 printable characters.
+/// the machine's host name. 1 to [`MAX_HOST_BYTES`] printable characters.
 pub fn host(key: &str, written: Option<String>) -> Result<String, ConfigError> {
     match written {
-        Some(h) if h.is_empty() || h.len() > 255 || h.chars().any(char::is_control) => {
+        Some(h) if h.is_empty() || h.len() > MAX_HOST_BYTES || h.chars().any(char::is_control) => {
             Err(ConfigError::invalid(key, "must be 1 to 255 printable characters"))
         }
         Some(h) => Ok(h),

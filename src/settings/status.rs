@@ -34,6 +34,10 @@ pub struct StatusSection {
     /// `lag --max-lag` fails), so a wrong path never looks healthy.
     #[serde(default = "default_no_files_after_secs")]
     pub no_files_after_secs: u64,
+    /// Minutes of per-minute sync-delay history kept per file for
+    /// `/history` and the dashboard's history panel (0: none).
+    #[serde(default = "default_history_minutes")]
+    pub history_minutes: u32,
     /// Set to false to run without the status listener.
     #[serde(default = "default_true")]
     pub enabled: bool,
@@ -61,6 +65,11 @@ fn default_stalled_after_secs() -> u64 {
 fn default_no_files_after_secs() -> u64 {
     60
 }
+fn default_history_minutes() -> u32 {
+    360
+}
+/// A week of minutes: the most history kept.
+const MAX_HISTORY_MINUTES: u32 = 7 * 24 * 60;
 fn default_true() -> bool {
     true
 }
@@ -89,6 +98,9 @@ pub struct StatusConfig {
     /// A source whose globs have matched no file for this long is reported
     /// (`no_files_after_secs`).
     pub no_files_after: Duration,
+    /// Minutes of sync-delay history kept per file (`history_minutes`;
+    /// 0: none).
+    pub history_minutes: u32,
     /// False: no status listener.
     pub enabled: bool,
     /// WebSocket origins the dashboard may subscribe to besides the
@@ -105,6 +117,7 @@ impl Default for StatusSection {
             idle_after_secs: default_idle_after_secs(),
             stalled_after_secs: default_stalled_after_secs(),
             no_files_after_secs: default_no_files_after_secs(),
+            history_minutes: default_history_minutes(),
             enabled: true,
             dashboard_channel_origins: Vec::new(),
         }
@@ -120,6 +133,7 @@ impl Default for StatusConfig {
             idle_after: secs(default_idle_after_secs()),
             stalled_after: secs(default_stalled_after_secs()),
             no_files_after: secs(default_no_files_after_secs()),
+            history_minutes: default_history_minutes(),
             enabled: true,
             dashboard_channel_origins: Vec::new(),
         }
@@ -139,6 +153,9 @@ impl StatusConfig {
         if s.stalled_after_secs == 0 {
             return Err(ConfigError::invalid(format!("{key}.stalled_after_secs"), "must be > 0"));
         }
+        if s.history_minutes > MAX_HISTORY_MINUTES {
+            return Err(ConfigError::invalid(format!("{key}.history_minutes"), format!("at most {MAX_HISTORY_MINUTES} (a week)")));
+        }
         for o in &s.dashboard_channel_origins {
             if ws_origin(o).is_none() {
                 return Err(ConfigError::invalid(
@@ -154,6 +171,7 @@ impl StatusConfig {
             idle_after: secs(s.idle_after_secs),
             stalled_after: secs(s.stalled_after_secs),
             no_files_after: secs(s.no_files_after_secs),
+            history_minutes: s.history_minutes,
             enabled: s.enabled,
             dashboard_channel_origins: s.dashboard_channel_origins,
         })

@@ -47,6 +47,8 @@ use crate::settings::StatusConfig;
 pub const INDEX_HTML: &str = include_str!("../../assets/dashboard/index.html");
 /// The page's script.
 pub const APP_JS: &str = include_str!("../../assets/dashboard/app.js");
+/// The history panel's script.
+pub const HISTORY_JS: &str = include_str!("../../assets/dashboard/history.js");
 /// The page's style sheet.
 pub const STYLE_CSS: &str = include_str!("../../assets/dashboard/style.css");
 
@@ -55,6 +57,8 @@ pub const STYLE_CSS: &str = include_str!("../../assets/dashboard/style.css");
 pub const INDEX_PATH: &str = "/";
 /// Path of the script.
 pub const APP_JS_PATH: &str = "/dashboard/app.js";
+/// Path of the history panel's script.
+pub const HISTORY_JS_PATH: &str = "/dashboard/history.js";
 /// Path of the style sheet.
 pub const STYLE_CSS_PATH: &str = "/dashboard/style.css";
 
@@ -81,11 +85,12 @@ impl From<&StatusConfig> for Policy {
 /// `router.merge(dashboard::routes(policy, telemetry))`.
 pub fn routes<S: Clone + Send + Sync + 'static>(policy: Policy, telemetry: Telemetry) -> Router<S> {
     let page = Page(Arc::new((policy, telemetry)));
-    let (p1, p2, p3) = (page.clone(), page.clone(), page);
+    let (p1, p2, p3, p4) = (page.clone(), page.clone(), page.clone(), page);
     Router::new()
         .route(INDEX_PATH, get(move |h: HeaderMap| async move { p1.serve(&h, "text/html; charset=utf-8", &p1.index_html()) }))
         .route(APP_JS_PATH, get(move |h: HeaderMap| async move { p2.serve(&h, "text/javascript; charset=utf-8", APP_JS) }))
         .route(STYLE_CSS_PATH, get(move |h: HeaderMap| async move { p3.serve(&h, "text/css; charset=utf-8", STYLE_CSS) }))
+        .route(HISTORY_JS_PATH, get(move |h: HeaderMap| async move { p4.serve(&h, "text/javascript; charset=utf-8", HISTORY_JS) }))
 }
 
 /// What the handlers need: the allow-list and where the channel listens.

@@ -56,6 +56,7 @@ pub mod dashboard;
 pub mod delay;
 pub mod fault;
 pub mod figures;
+pub mod history;
 pub mod log_limit;
 pub mod lookup;
 pub mod metrics;
@@ -110,6 +111,8 @@ struct Inner {
     lookups_retired: Mutex<LookupSnapshot>,
     /// Components that cannot write (a full disk): see [`fault`].
     faults: fault::Registry,
+    /// Per-minute sync-delay history: see [`history`].
+    history: Arc<history::HistoryRegistry>,
 }
 
 /// Totals carried over from removed files.
@@ -150,6 +153,7 @@ impl Telemetry {
                 lookups: Mutex::new(None),
                 lookups_retired: Mutex::new(LookupSnapshot::default()),
                 faults: fault::Registry::default(),
+                history: Arc::default(),
             }),
         }
     }
@@ -167,7 +171,11 @@ impl Telemetry {
     /// renames, rotation and compression, so its counters never go back.
     pub fn file_with_id(&self, id: &str, path: &str) -> FileStats {
         let mut files = self.inner.files.lock().unwrap_or_else(|e| e.into_inner());
-        let f = files.entry(id.to_string()).or_insert_with(|| FileStats(Arc::new(FileInner::new(id, path, crate::time::now_ms())))).clone();
+        let history = &self.inner.history;
+        let f = files
+            .entry(id.to_string())
+            .or_insert_with(|| FileStats(Arc::new(FileInner::new(id, path, crate::time::now_ms(), history.clone()))))
+            .clone();
         f.set_path(path);
         f
     }
@@ -187,6 +195,11 @@ impl Telemetry {
             r.sync_delay.merge(&f.sync_hist.snapshot());
             r.transfer_delay.merge(&f.transfer_hist.snapshot());
         }
+    }
+
+    /// The per-minute sync-delay history (`/history`).
+    pub fn history(&self) -> &history::HistoryRegistry {
+        &self.inner.history
     }
 
     /// The statistics of one sink (created on first use).
@@ -417,6 +430,11 @@ pub struct FileInner {
     transfer_ring: std::sync::OnceLock<SampleRing>,
     /// Rejected lines by reason name (rare: a lock is fine here).
     rejects_by_reason: Mutex<BTreeMap<&'static str, u64>>,
+    /// Where the history series come from.
+    registry: Arc<history::HistoryRegistry>,
+    /// The history series of the file's current name (`None`: no history);
+    /// locked once per batch.
+    history: Mutex<Option<history::Series>>,
 }
 
 /// At most this many recent delay samples are kept per file; older samples
@@ -431,7 +449,8 @@ pub const MAX_TRANSFER_SAMPLES: usize = 1024;
 pub const UNSPECIFIED_REASON: &str = "unspecified";
 
 impl FileInner {
-    fn new(id: &str, path: &str, now_ms: i64) -> Self {
+    fn new(id: &str, path: &str, now_ms: i64, registry: Arc<history::HistoryRegistry>) -> Self {
+        let series = registry.series(path);
         FileInner {
             id: id.to_string(),
             path: Mutex::new(Arc::from(path)),
@@ -454,6 +473,8 @@ impl FileInner {
             transfer_hist: DelayHistogram::default(),
             transfer_ring: std::sync::OnceLock::new(),
             rejects_by_reason: Mutex::new(BTreeMap::new()),
+            registry,
+            history: Mutex::new(series),
         }
     }
 }
@@ -475,6 +496,9 @@ impl FileStats {
     pub fn set_path(&self, path: &str) {
         let mut p = self.0.path.lock().unwrap_or_else(|e| e.into_inner());
         if &**p != path {
+            if history::series_name(&p) != history::series_name(path) {
+                *self.0.history.lock().unwrap_or_else(|e| e.into_inner()) = self.0.registry.series(path);
+            }
             *p = Arc::from(path);
         }
     }
@@ -555,14 +579,24 @@ impl FileStats {
         let mut smallest = i64::MAX;
         let mut negative = 0u64;
         let mut batch = DelayBatch::new(&inner.sync_ring, observed_ms);
+        // The history: one lock per batch (request_time = observed − delay).
+        let series = inner.history.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let mut minutes = series.as_ref().map(|s| s.lock().unwrap_or_else(|e| e.into_inner()));
         for d in sync_delays_ms {
             n += 1;
             if let Some(d) = d {
                 smallest = smallest.min(d);
                 negative += (d < 0) as u64;
                 batch.add(d);
+                if let Some(m) = minutes.as_mut() {
+                    m.record(observed_ms.saturating_sub(d), d);
+                }
             }
         }
+        if let Some(m) = minutes.as_mut() {
+            m.flush();
+        }
+        drop(minutes);
         if n == 0 {
             return;
         }

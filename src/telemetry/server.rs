@@ -110,6 +110,8 @@ pub fn router(telemetry: Telemetry, settings: StatusSettings, dashboard: dashboa
         .route("/status", get(get_status))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/history", get(get_history))
+        .route("/history.svg", get(get_history_svg))
         .merge(page)
         .layer(axum::middleware::from_fn_with_state(state.clone(), limit))
         .with_state(state)
@@ -129,6 +131,22 @@ async fn get_metrics(State(st): State<AppState>) -> Response {
 
 async fn get_status(State(st): State<AppState>) -> Response {
     Json(st.telemetry.status(time::now_ms(), &st.settings)).into_response()
+}
+
+async fn get_history(State(st): State<AppState>, q: axum::extract::Query<super::history::Query>) -> Response {
+    match super::history::report_for(&st.telemetry, &q, time::now_ms()) {
+        Ok(r) => Json(r.to_json()).into_response(),
+        Err(e) => (StatusCode::BAD_REQUEST, e).into_response(),
+    }
+}
+
+async fn get_history_svg(State(st): State<AppState>, q: axum::extract::Query<super::history::Query>) -> Response {
+    match super::history::report_for(&st.telemetry, &q, time::now_ms()) {
+        Ok(r) => {
+            ([(header::CONTENT_TYPE, "image/svg+xml"), (header::CACHE_CONTROL, "no-cache")], crate::history::chart::svg(&r)).into_response()
+        }
+        Err(e) => (StatusCode::BAD_REQUEST, e).into_response(),
+    }
 }
 
 async fn healthz() -> &'static str {

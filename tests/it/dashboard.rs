@@ -103,7 +103,7 @@ async fn every_asset_the_page_references_resolves() {
             assert_eq!(r.status(), 200, "{target}");
         }
     }
-    assert_eq!(refs, 2, "the page references its script and its style sheet");
+    assert_eq!(refs, 3, "the page references its two scripts (app, history panel) and its style sheet");
     l.stop().await;
 }
 

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::support;
-use crate::support_kafka::{consume_with_kafka_python, Broker, Options};
+use crate::support_kafka::{consume_with_kafka_python, produce_values, produce_values_with, Broker, Options};
 use crate::tail_harness::{lines, uuids};
 
 /// How long a test waits for records before failing.
@@ -41,13 +41,18 @@ impl Node {
     /// A bridge whose config is `body` (after `state_dir`, with `{logs}`
     /// and `{out}` replaced), with an archive and a status listener.
     fn new(body: &str) -> Node {
+        Node::with_log_level("debug", body)
+    }
+
+    /// [`Node::new`] logging at `log_level`.
+    fn with_log_level(log_level: &str, body: &str) -> Node {
         let dir = tempfile::tempdir().expect("tempdir");
         let (state, out, logs) = (dir.path().join("state"), dir.path().join("out/out.ndjson"), dir.path().join("logs"));
         fs::create_dir_all(&logs).unwrap();
         let body = body.replace("{logs}", &logs.to_string_lossy()).replace("{dir}", &dir.path().to_string_lossy());
         fs::write(dir.path().join("token"), format!("{CHANNEL_TOKEN}\n")).unwrap();
         let text = format!(
-            "state_dir = {state:?}\nlog_level = \"debug\"\n{body}\n[file_output]\npath = {out:?}\nfsync_interval_ms = 20\n\n[status]\nlisten = \"127.0.0.1:0\"\n",
+            "state_dir = {state:?}\nlog_level = {log_level:?}\n{body}\n[file_output]\npath = {out:?}\nfsync_interval_ms = 20\n\n[status]\nlisten = \"127.0.0.1:0\"\n",
             state = state.to_string_lossy(),
             out = out.to_string_lossy(),
         );
@@ -539,6 +544,452 @@ fn a_file_deleted_while_the_broker_is_frozen_is_spooled_at_once_and_survives_kil
     edge.start();
     hub.wait_for(&all, &[&edge]);
     support::poll_until(DEADLINE, "the kafka spool to drain after the restart", || (spool_files(&edge) == 0).then_some(()));
+    hub.stop();
+    edge.stop();
+}
+
+/// A figure of a bridge's `/status` section (`None` while absent).
+fn figure(n: &Node, section: &str, name: &str) -> Option<i64> {
+    let status: Value = serde_json::from_str(&n.get("/status")).ok()?;
+    status[section][name].as_i64()
+}
+
+/// Issue 22: the broker loses its log (tansu's memory storage, restarted)
+/// and the topic is created again, so new messages are numbered from 0,
+/// below the hub's positions. The hub used to skip every new message until
+/// the offsets passed its old positions (310 of 600 lost, nothing said).
+/// Now it finds the reset, says so (log, `/status`, `lag`), and reads the
+/// new log from the beginning: every record written after the reset
+/// arrives. Then the topic is deleted and created again while the broker
+/// runs: the same.
+#[test]
+fn a_topic_reset_loses_nothing_written_after_it_and_is_reported() {
+    let test = "fleet::a_topic_reset_loses_nothing_written_after_it_and_is_reported";
+    let Some(mut broker) = broker(test) else { return };
+    let mut hub = Node::hub(&broker.addr());
+    let mut edge = Node::edge(&broker.addr(), "edge-r");
+    hub.start();
+    edge.start();
+    let before = uuids("r0", 300);
+    edge.append(&before);
+    hub.wait_for(&before, &[&edge]);
+
+    broker.stop();
+    broker.start_again();
+    broker.create_topic(TOPIC, 3);
+    let after = uuids("r1", 300);
+    edge.append(&after);
+    hub.wait_for(&after, &[&edge]);
+    let resets =
+        support::poll_until(DEADLINE, "the reset in /status", || figure(&hub, "kafka_source", "partition_resets").filter(|n| *n > 0));
+    assert!(resets <= 3, "one reset per partition at most: {resets}");
+    assert!(hub.log_text().contains("TOPIC RESET"), "the reset is logged loudly:\n{}", tail(&hub.log_text()));
+    let lag = support::run_for(support::cmd().args(["lag", "--config"]).arg(&hub.config), DEADLINE).expect("lag ends");
+    let lag_text = String::from_utf8_lossy(&lag.stdout);
+    assert!(lag.status.success() && lag_text.contains("TOPIC RESET"), "lag shows the reset: {lag_text}");
+
+    // Deleted and created again while everything runs.
+    if broker.delete_topic(TOPIC) {
+        broker.create_topic(TOPIC, 3);
+        let again = uuids("r2", 300);
+        edge.append(&again);
+        hub.wait_for(&again, &[&edge]);
+        support::poll_until(DEADLINE, "a second reset in /status", || {
+            figure(&hub, "kafka_source", "partition_resets").filter(|n| *n > resets)
+        });
+    }
+    let got = hub.counts();
+    assert!(got.values().all(|n| *n == 1), "a reset reads nothing twice: {:?}", got.iter().find(|(_, n)| **n > 1));
+    hub.stop();
+    edge.stop();
+}
+
+/// Issue 22: one producer naming a random host per record (30,000 of them)
+/// took the hub to 1.4 GB and a 28 MB `/status`. Now the hub tracks at
+/// most `max_hosts` (256) hosts, counts the rest under one entry, cuts
+/// hosts over 255 bytes, and stays under 64 MiB with a bounded `/status`;
+/// every record is still delivered.
+#[test]
+fn thirty_thousand_random_hosts_keep_the_hub_under_64_mib() {
+    let test = "fleet::thirty_thousand_random_hosts_keep_the_hub_under_64_mib";
+    let Some(broker) = broker(test) else { return };
+    let mut hub = Node::hub(&broker.addr());
+    hub.start();
+    let n = 30_000;
+    let long = "L".repeat(70_000);
+    let values: Vec<String> = (0..n)
+        .map(|i| {
+            let host = if i % 10_000 == 0 { format!("{long}-{i}") } else { format!("edge-{i:05}-{:016x}", (i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15)) };
+            format!(
+                "{{\"request_time\":\"2026-01-01T00:00:00Z\",\"request_uuid\":\"h-{i:05}\",\"bytes\":100,\"ingestion_time\":\"2026-01-01T00:00:01Z\",\"sync_delay_ms\":1000,\"host\":\"{host}\"}}"
+            )
+        })
+        .collect();
+    produce_values(&broker.addr(), TOPIC, 3, &values);
+    support::poll_until(Duration::from_secs(120), "the hub to read every record", || {
+        (figure(&hub, "kafka_source", "records_read") == Some(n as i64)).then_some(())
+    });
+    let ids: Vec<String> = (0..n).map(|i| format!("h-{i:05}")).collect();
+    hub.wait_for(&ids, &[]);
+    let pid = hub.child.as_ref().expect("running").id();
+    let peak = support::peak_memory_bytes(pid);
+    let status = hub.get("/status");
+    let v: Value = serde_json::from_str(&status).unwrap();
+    let k = &v["kafka_source"];
+    eprintln!(
+        "fleet: {n} hosts: hub peak {:.1} MiB (VmHWM - RssFile), /status {} KiB, {} hosts tracked, {} records from untracked hosts, {} hosts cut",
+        peak as f64 / (1 << 20) as f64,
+        status.len() / 1024,
+        k["hosts_tracked"],
+        k["records_from_untracked_hosts"],
+        k["hosts_cut"]
+    );
+    assert!(peak < 64 << 20, "the hub grew to {} MiB", peak >> 20);
+    assert!(status.len() < 1 << 20, "/status is {} KiB", status.len() / 1024);
+    assert_eq!(k["hosts_tracked"], 256, "{k:#}");
+    // 29,998 distinct hosts (the three long ones are one once cut): the
+    // records of all but 256 of them are counted apart (the long host's
+    // three among them or not, as the partitions are read).
+    let untracked = k["records_from_untracked_hosts"].as_i64().unwrap_or(0);
+    assert!((n as i64 - 258..=n as i64 - 256).contains(&untracked), "{k:#}");
+    assert_eq!(k["hosts_cut"], 3, "{k:#}");
+    let files = v["files"].as_array().expect("files");
+    assert!(files.iter().any(|f| f["path"] == "kafka:(other hosts)"), "the untracked hosts' entry");
+    assert!(files.iter().all(|f| f["path"].as_str().is_some_and(|p| p.len() <= 6 + 255)), "hosts are cut to 255 bytes");
+    // Cut at the hub, in what it delivers too.
+    let archived = hub.archived();
+    let cut = archived.iter().find(|r| r["request_uuid"] == "h-00000").expect("the long host's record");
+    assert_eq!(cut["host"].as_str().map(str::len), Some(255));
+    assert!(hub.log_text().contains("more source hosts than max_hosts"), "said in the log");
+    // (`timeout` bounds it: run_for does not read a large stdout while it waits.)
+    let lag = std::process::Command::new("timeout")
+        .arg(DEADLINE.as_secs().to_string())
+        .arg(support::bin())
+        .args(["lag", "--config"])
+        .arg(&hub.config)
+        .output()
+        .expect("lag");
+    let lag_text = String::from_utf8_lossy(&lag.stdout);
+    assert!(lag.status.success(), "lag: {}", String::from_utf8_lossy(&lag.stderr));
+    assert!(lag_text.contains("kafka:(other hosts)") && lag_text.contains("more hosts than max_hosts"), "{lag_text}");
+    hub.stop();
+}
+
+/// Issue 25: a hub catching up a backlog (full edge records, lz4, three
+/// partitions) peaked at 145-173 MiB: its readers fetched and decoded
+/// without waiting for the memory budget. Now they wait for room before a
+/// fetch and decode a fetch in budgeted batches: the hub (archive and
+/// channel) stays under 64 MiB with the default `memory_max_bytes`.
+#[test]
+fn a_backlog_of_full_records_keeps_the_hub_under_64_mib() {
+    use calllog_bridge::parse::Format;
+    use calllog_bridge::record::Shape;
+    let test = "fleet::a_backlog_of_full_records_keeps_the_hub_under_64_mib";
+    let Some(broker) = broker(test) else { return };
+    let n = 60_000;
+    let mut gen = calllog_bridge::sim::Generator::new(25);
+    let now = calllog_bridge::time::now_ms();
+    let values: Vec<String> = (0..n)
+        .map(|i| {
+            let mut rec = gen.next_call(now - 60_000 + i as i64 / 10, 1000).expected(Format::Le6);
+            rec.stamp_observed(now);
+            rec.host = std::borrow::Cow::Borrowed("edge-backlog");
+            let mut v = Vec::new();
+            rec.write_json(Shape::Ndjson, &mut v);
+            String::from_utf8(v).expect("utf-8")
+        })
+        .collect();
+    let bytes: usize = values.iter().map(String::len).sum();
+    produce_values_with(&broker.addr(), TOPIC, 3, &values, rskafka::client::partition::Compression::Lz4);
+    let mut hub = Node::hub(&broker.addr());
+    hub.start();
+    support::poll_until(Duration::from_secs(180), "the hub to read the backlog", || {
+        (figure(&hub, "kafka_source", "records_read") == Some(n as i64)).then_some(())
+    });
+    support::poll_until(DEADLINE, "every record archived", || (hub.archived().len() >= n).then_some(()));
+    let pid = hub.child.as_ref().expect("running").id();
+    let peak = support::peak_memory_bytes(pid);
+    eprintln!(
+        "fleet: a backlog of {n} records ({} MB of values): hub peak {:.1} MiB (VmHWM - RssFile)",
+        bytes / 1_000_000,
+        peak as f64 / (1 << 20) as f64
+    );
+    assert!(peak < 64 << 20, "the hub grew to {} MiB", peak >> 20);
+    hub.stop();
+}
+
+/// Issue 23: while the topic was missing, the Kafka client logged 35
+/// "Establishing new connection" INFO lines a second into the journal.
+/// Other crates now log at WARN unless asked, and when asked
+/// (`info,rskafka=info`) their repeated lines are rate limited.
+#[test]
+fn dependency_log_lines_stay_at_warn_and_repeated_ones_are_limited() {
+    let test = "fleet::dependency_log_lines_stay_at_warn_and_repeated_ones_are_limited";
+    // No topic: the edge's produce requests fail and are retried.
+    let Some(broker) = Broker::start_with(test, Options { memory: true, ..Options::default() }) else { return };
+    let edge_config = |level: &str| {
+        Node::with_log_level(
+            level,
+            &format!(
+                "host = \"edge-l\"\n\n[[source]]\npaths = [\"{{logs}}/access*.log\"]\nformat = \"le-json\"\npoll_interval_ms = 50\n\n\
+                 [kafka]\nbrokers = [\"{}\"]\ntopic = \"{TOPIC}\"\nretry_initial_ms = 10\nretry_max_ms = 50\nrequest_timeout_ms = 1000\nshutdown_grace_ms = 500\n",
+                broker.addr()
+            ),
+        )
+    };
+    let connections = |n: &Node| n.log_text().lines().filter(|l| l.contains("Establishing new connection")).count();
+    for (level, asked) in [("info", false), ("info,rskafka=info", true)] {
+        let mut edge = edge_config(level);
+        edge.append(&uuids("l", 20));
+        edge.start();
+        std::thread::sleep(Duration::from_secs(4));
+        edge.stop();
+        let log = edge.log_text();
+        let rskafka_lines = log.lines().filter(|l| l.contains("rskafka")).count();
+        eprintln!("fleet: log_level {level:?}: {rskafka_lines} rskafka lines in 4 s, {} 'Establishing new connection'", connections(&edge));
+        if asked {
+            let n = connections(&edge);
+            assert!((1..=10).contains(&n), "asked for, the client's line comes, at most 10 per 10 s: {n}\n{}", tail(&log));
+        } else {
+            let info = log.lines().filter(|l| l.contains("rskafka") && l.contains("INFO")).count();
+            assert_eq!(info, 0, "the client's INFO lines stay out by default ({rskafka_lines} rskafka lines):\n{log}");
+        }
+        assert!(rskafka_lines <= 40, "{rskafka_lines} rskafka lines in 4 s");
+        assert!(log.contains("topic"), "the bridge itself says what is wrong:\n{}", tail(&log));
+    }
+}
+
+/// A step of the README's fleet trial.
+#[derive(Debug)]
+enum TrialStep {
+    /// A config file to write: name and text.
+    File(String, String),
+    /// Shell commands, one per entry (continuation lines joined).
+    Commands(Vec<String>),
+}
+
+/// The steps the README marks with `<!-- fleet-trial -->` (commands) and
+/// `<!-- fleet-trial: FILE -->` (a file's text), in order.
+fn readme_trial() -> Vec<TrialStep> {
+    let readme = fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).expect("README.md");
+    let mut steps = Vec::new();
+    let mut rest = readme.as_str();
+    while let Some(at) = rest.find("<!-- fleet-trial") {
+        rest = &rest[at + "<!-- fleet-trial".len()..];
+        let (marker, after) = rest.split_once("-->").expect("a closed marker");
+        let file = marker.trim().strip_prefix(':').map(|f| f.trim().to_string());
+        let fence = after.trim_start();
+        assert!(fence.starts_with("```"), "a fleet-trial marker is followed by a code block: {:?}", &fence[..fence.len().min(80)]);
+        let body_start = fence.find('\n').expect("a code block") + 1;
+        let body_len = fence[body_start..].find("\n```").expect("a closed code block") + 1;
+        let body = &fence[body_start..body_start + body_len];
+        rest = &fence[body_start + body_len..];
+        steps.push(match file {
+            Some(f) => TrialStep::File(f, body.to_string()),
+            None => {
+                let mut commands = Vec::new();
+                let mut cur = String::new();
+                for line in body.lines() {
+                    let line = line.trim();
+                    if line.is_empty() || line.starts_with('#') {
+                        continue;
+                    }
+                    match line.strip_suffix('\\') {
+                        Some(l) => cur.push_str(l),
+                        None => {
+                            cur.push_str(line);
+                            commands.push(std::mem::take(&mut cur));
+                        }
+                    }
+                }
+                TrialStep::Commands(commands)
+            }
+        });
+    }
+    steps
+}
+
+/// Every `127.0.0.1:PORT` of `text` with the port mapped to a free one
+/// (the same one for the same port).
+fn map_ports(text: &str, ports: &mut BTreeMap<String, u16>) -> String {
+    let mut out = String::new();
+    let mut rest = text;
+    while let Some(at) = rest.find("127.0.0.1:") {
+        let (head, tail) = rest.split_at(at + "127.0.0.1:".len());
+        out.push_str(head);
+        let digits: String = tail.chars().take_while(char::is_ascii_digit).collect();
+        if !digits.is_empty() {
+            let port = *ports.entry(digits.clone()).or_insert_with(crate::support_tools::free_port);
+            out.push_str(&port.to_string());
+        }
+        rest = &tail[digits.len()..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// Processes a trial left running; killed when dropped.
+struct Running(Vec<(String, Child)>);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        for (_, c) in self.0.iter_mut().rev() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Issue 23: the README's fleet section takes a new user from nothing to
+/// edge → Kafka → hub. Its marked trial runs here exactly as written (each
+/// loopback port mapped to a free one, `calllog-bridge` and `tansu` on
+/// PATH, in an empty directory), through tansu: each command must succeed
+/// (retried while the processes started before it come up), `lag` must
+/// list the edge's host and the channel must stream its records. A README
+/// that drifts (a key renamed, a step missing) fails here.
+#[test]
+fn the_readme_fleet_trial_runs_as_written() {
+    let test = "fleet::the_readme_fleet_trial_runs_as_written";
+    let Some(tansu) = crate::support_tools::tool(crate::support_tools::Tool::Tansu, test) else { return };
+    let steps = readme_trial();
+    assert!(steps.len() >= 5, "the README's fleet trial: {steps:?}");
+    let dir = tempfile::tempdir().unwrap();
+    let path = std::env::join_paths(
+        [support::bin().parent().unwrap().to_path_buf(), tansu.parent().unwrap().to_path_buf()]
+            .into_iter()
+            .chain(std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())),
+    )
+    .unwrap();
+    let mut ports = BTreeMap::new();
+    let mut running = Running(Vec::new());
+    let mut outputs: Vec<(String, String)> = Vec::new();
+    let sh = |command: &str| {
+        let mut c = std::process::Command::new("sh");
+        c.arg("-c").arg(command).current_dir(dir.path()).env("PATH", &path).env_remove("RUST_LOG").stdin(std::process::Stdio::null());
+        c
+    };
+    for step in steps {
+        match step {
+            TrialStep::File(name, text) => fs::write(dir.path().join(&name), map_ports(&text, &mut ports)).unwrap(),
+            TrialStep::Commands(commands) => {
+                for command in commands {
+                    let command = map_ports(&command, &mut ports);
+                    if let Some(bg) = command.strip_suffix('&') {
+                        let log = fs::File::create(dir.path().join(format!("background-{}.log", running.0.len()))).unwrap();
+                        let child = sh(&format!("exec {}", bg.trim()))
+                            .stdout(log.try_clone().unwrap())
+                            .stderr(log)
+                            .spawn()
+                            .unwrap_or_else(|e| panic!("{command}: {e}"));
+                        running.0.push((command.clone(), child));
+                        continue;
+                    }
+                    // What the README says this command shows.
+                    let expect = if command.starts_with("calllog-bridge lag") {
+                        Some("kafka:tm-trial-01")
+                    } else if command.starts_with("calllog-bridge subscribe") {
+                        Some("\"host\":\"tm-trial-01\"")
+                    } else {
+                        None
+                    };
+                    let deadline = Instant::now() + DEADLINE;
+                    let stdout = loop {
+                        let out = sh(&command).output().expect("sh");
+                        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+                        if out.status.success() && expect.is_none_or(|e| stdout.contains(e)) {
+                            break stdout;
+                        }
+                        let logs: String = (0..running.0.len())
+                            .map(|i| {
+                                format!(
+                                    "--- {}:\n{}\n",
+                                    running.0[i].0,
+                                    tail(&fs::read_to_string(dir.path().join(format!("background-{i}.log"))).unwrap_or_default())
+                                )
+                            })
+                            .collect();
+                        assert!(
+                            Instant::now() < deadline,
+                            "`{command}` did not succeed{}: exit {:?}\n{stdout}{}\n{logs}",
+                            expect.map(|e| format!(" showing {e}")).unwrap_or_default(),
+                            out.status.code(),
+                            String::from_utf8_lossy(&out.stderr)
+                        );
+                        std::thread::sleep(Duration::from_millis(300));
+                    };
+                    outputs.push((command, stdout));
+                }
+            }
+        }
+    }
+    let (_, streamed) = outputs.iter().find(|(c, _)| c.starts_with("calllog-bridge subscribe")).expect("the trial subscribes");
+    let records: Vec<Value> = streamed.lines().map(|l| serde_json::from_str(l).expect("a JSON record")).collect();
+    assert_eq!(records.len(), 5, "{streamed}");
+    assert!(
+        records.iter().all(|r| r["host"] == "tm-trial-01" && r["sync_delay_ms"].as_str().is_some_and(|d| d.parse::<i64>().is_ok())),
+        "{streamed}"
+    );
+    // Everything it started stops cleanly: bridges first, the broker last.
+    for (command, child) in running.0.iter_mut().rev() {
+        let status = support::terminate(child, DEADLINE);
+        if command.starts_with("calllog-bridge") {
+            assert!(status.success(), "`{command}` exited with {status}");
+        }
+    }
+}
+
+/// Issue 24: a hub whose `[enrich]` masks applies the same rule to what it
+/// reads from Kafka as a bridge does to what it reads from files: an edge
+/// that does not mask sends the secrets (its archive keeps them), and no
+/// record the hub archives or streams on its channel carries them in any
+/// field (`api_key`, `oauth_access_token`, and the key in `uri`,
+/// `request_id`, `referrer`, percent-encoded too).
+#[test]
+fn a_masking_hub_masks_what_it_reads_from_kafka_in_every_output() {
+    use crate::enrich::{assert_masked, secret_lines, KEY};
+    let test = "fleet::a_masking_hub_masks_what_it_reads_from_kafka_in_every_output";
+    let Some(broker) = broker(test) else { return };
+    let mut edge = Node::edge(&broker.addr(), "edge-m");
+    let mut hub = Node::new(&format!(
+        "[[source]]\nkind = \"kafka\"\nname = \"fleet\"\nbrokers = [\"{}\"]\ntopics = [\"{TOPIC}\"]\ngroup_id = \"hub\"\n\
+         fetch_max_wait_ms = 100\nmetadata_refresh_ms = 500\nretry_initial_ms = 50\nretry_max_ms = 500\nrequest_timeout_ms = 3000\n\n\
+         [enrich]\nmask_api_key_keep = 4\nmask_oauth_token_keep = 4\n\n\
+         [channel]\nlisten = \"127.0.0.1:0\"\ntoken_file = \"{{dir}}/token\"\n",
+        broker.addr()
+    ));
+    hub.start();
+    edge.start();
+    let lines = secret_lines(20);
+    {
+        use std::io::Write;
+        let mut f = fs::OpenOptions::new().create(true).append(true).open(edge.dir.path().join("logs/access.log")).unwrap();
+        f.write_all((lines.join("\n") + "\n").as_bytes()).unwrap();
+    }
+    let ids: Vec<String> = (0..lines.len()).map(|i| format!("mask-{i:05}")).collect();
+    edge.wait_for(&ids, &[]);
+    assert!(edge.archived().iter().any(|r| r["api_key"] == KEY), "the edge does not mask: Kafka carries the key");
+    hub.wait_for(&ids, &[&edge]);
+    let archived = hub.archived();
+    assert_eq!(archived.len(), lines.len());
+    for r in &archived {
+        assert_masked(r, 4);
+    }
+    let addr = support::poll_until(DEADLINE, "channel.addr", || fs::read_to_string(hub.state.join("channel.addr")).ok());
+    let out = std::process::Command::new("timeout")
+        .arg(DEADLINE.as_secs().to_string())
+        .arg(support::bin())
+        .args(["tail", &format!("ws://{}/stream", addr.trim()), "--no-reconnect", "--since", "0", "--count"])
+        .arg(lines.len().to_string())
+        .arg("--token-file")
+        .arg(hub.dir.path().join("token"))
+        .output()
+        .expect("tail");
+    assert!(out.status.success(), "tail: {}", String::from_utf8_lossy(&out.stderr));
+    let streamed: Vec<Value> = String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(streamed.len(), lines.len());
+    for r in &streamed {
+        assert_masked(r, 4);
+    }
     hub.stop();
     edge.stop();
 }

@@ -2,8 +2,10 @@
 //! `le5-csv`, `le-json`, `ecle-csv`, `ecls`, `auto` detection, multi-line
 //! JSON framing, time spellings), the `parse` command end to end, the
 //! rejects file's JSON, the channel's request parsing (the raw HTTP
-//! handshake and the admission of its target) and the replay log's segment
-//! reader (segment files damaged in place, or cut, grown and shrunk). Stable Rust, no
+//! handshake and the admission of its target), the hub's decoding of Kafka
+//! message values, the `lag` renderer fed hostile `/status` documents and
+//! the replay log's segment reader (segment files damaged in place, or cut,
+//! grown and shrunk). Stable Rust, no
 //! extra crate: inputs from the corpus are mutated (bytes, tokens of the
 //! format, splices) with a seeded PRNG; an input that reaches a new outcome
 //! joins the pool, a crude but cheap stand-in for coverage feedback.
@@ -16,7 +18,11 @@
 //! reject entry is valid JSON that keeps the raw bytes; JSON framing does
 //! not depend on where a document is split; a handshake head parses the
 //! same whatever follows it; an admitted subscription carries the right
-//! token and a refusal never echoes it.
+//! token and a refusal never echoes it; a decoded Kafka value keeps hosts
+//! within 255 bytes and reads back the same when written again; `lag`
+//! renders any document it accepts without a panic, a control character or
+//! a line beyond a bound, also with one of its strings blown up past
+//! 65,535 characters (what made it panic).
 //!
 //! - Corpus: `tests/fuzz/corpus/<target>/` (kept in the repository) plus
 //!   the shipped samples (`tests/fixtures/samples`) and simulator output.
@@ -36,7 +42,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Once, OnceLock};
 use std::time::{Duration, Instant};
 
+use calllog_bridge::cmd::lag;
 use calllog_bridge::enrich::{Enricher, Lookups};
+use calllog_bridge::kafka::consume::{decode, Decoded, MAX_HOST_BYTES};
 use calllog_bridge::parse::framing::{opens_document, JsonDepth};
 use calllog_bridge::parse::{Format, LineKind, LineParser};
 use calllog_bridge::record::{write_ecls_message, Record, Shape, FIELD_COUNT};
@@ -518,13 +526,15 @@ fn check_record(rec: &Record<'_>) {
     let v: Value =
         serde_json::from_slice(&buf).unwrap_or_else(|e| panic!("ndjson record is not JSON ({e}): {}", String::from_utf8_lossy(&buf)));
     let obj = v.as_object().expect("an ndjson record is an object");
-    assert_eq!(obj.len(), FIELD_COUNT + 2, "ndjson: every field once, plus ingestion_time and sync_delay_ms");
+    // A bridge's record (a hub's, read from Kafka) carries its host too.
+    let host = usize::from(!rec.host.is_empty());
+    assert_eq!(obj.len(), FIELD_COUNT + 2 + host, "ndjson: every field once, plus ingestion_time and sync_delay_ms (and host)");
     buf.clear();
     rec.write_json(Shape::Ecls, &mut buf);
     let e: Value =
         serde_json::from_slice(&buf).unwrap_or_else(|e| panic!("ecls record is not JSON ({e}): {}", String::from_utf8_lossy(&buf)));
     let eobj = e.as_object().expect("an ecls record is an object");
-    assert_eq!(eobj.len(), FIELD_COUNT + 1 + usize::from(rec.sync_delay_ms.is_some()), "ecls: every field once");
+    assert_eq!(eobj.len(), FIELD_COUNT + 1 + usize::from(rec.sync_delay_ms.is_some()) + host, "ecls: every field once");
     assert!(eobj.values().all(Value::is_string), "ecls: every value is a string: {e}");
     buf.clear();
     write_ecls_message([rec], &mut buf);
@@ -536,9 +546,10 @@ fn check_record(rec: &Record<'_>) {
     }
     let mut again = back[0].to_value(Shape::Ecls);
     let mut first = e.clone();
-    // sync_delay_ms is derived by the bridge, not read back.
+    // sync_delay_ms and host are the bridge's, not read back from a file.
     for v in [&mut again, &mut first] {
         v.as_object_mut().expect("object").remove("sync_delay_ms");
+        v.as_object_mut().expect("object").remove("host");
     }
     assert_eq!(again, first, "an ecls record read back differs");
 }
@@ -1035,6 +1046,257 @@ fn fuzz_parse_command() {
         tokens: ["{", "}", "\n{\n", "\n}\n", "\r\n"].map(String::from).to_vec(),
         check: Box::new(check),
     });
+}
+
+/// The hub's decoding of a Kafka message value (what an edge bridge, or
+/// any producer to the topic, wrote): records, or one reject that leaves
+/// nothing behind; every record is valid in both shapes, its host at most
+/// 255 bytes, and written again as an edge writes it (the ndjson shape and
+/// an ecls message), it decodes to the same record.
+#[test]
+fn fuzz_kafka_decode() {
+    let check = |input: &[u8]| -> Signature {
+        let sentinel = Record::new_ml();
+        let mut out = vec![sentinel.clone()];
+        let r = measured(|| decode(input, &mut out));
+        assert_eq!(out[0], sentinel, "decoding disturbed a record before it");
+        let got = &out[1..];
+        match &r {
+            Ok(Decoded { records, hosts_cut }) => {
+                assert_eq!(*records, got.len(), "the count says what was pushed");
+                assert!(*hosts_cut <= *records);
+                for rec in got {
+                    assert!(rec.host.len() <= MAX_HOST_BYTES, "a host of {} bytes kept", rec.host.len());
+                    check_record(rec);
+                    for shape in [Shape::Ndjson, Shape::Ecls] {
+                        let mut again = Vec::new();
+                        match shape {
+                            Shape::Ndjson => rec.write_json(Shape::Ndjson, &mut again),
+                            _ => write_ecls_message([rec], &mut again),
+                        }
+                        let mut back = Vec::new();
+                        let d = decode(&again, &mut back).unwrap_or_else(|e| {
+                            panic!("a decoded record written again ({shape:?}) is refused: {e}\n{}", String::from_utf8_lossy(&again))
+                        });
+                        assert_eq!((d.records, d.hosts_cut), (1, 0));
+                        assert_eq!(
+                            back[0].to_value(Shape::Ndjson),
+                            rec.to_value(Shape::Ndjson),
+                            "{shape:?} round trip differs: {}",
+                            String::from_utf8_lossy(&again)
+                        );
+                        assert_eq!(
+                            (back[0].host.as_ref(), back[0].sync_delay_ms, back[0].ingestion_time),
+                            (rec.host.as_ref(), rec.sync_delay_ms, rec.ingestion_time)
+                        );
+                    }
+                }
+            }
+            Err(rej) => assert!(got.is_empty(), "a rejected value left {} records behind ({})", got.len(), rej.reason),
+        }
+        match r {
+            Ok(d) => fnv(format!("ok{}{}", d.records.min(4), d.hosts_cut.min(2)).as_bytes()),
+            Err(e) => fnv(format!("reject {}", e.reason).as_bytes()),
+        }
+    };
+    let mut g = Generator::new(11);
+    let mut seeds = Vec::new();
+    for i in 0..4 {
+        let mut rec = g.next_call(1_700_000_000_000 + i, 1500).expected(Format::LeJson);
+        rec.stamp_observed(1_700_000_002_000 + i);
+        rec.host = std::borrow::Cow::Owned(format!("tm-dc{i}-01"));
+        let mut v = Vec::new();
+        if i % 2 == 0 {
+            rec.write_json(Shape::Ndjson, &mut v);
+        } else {
+            write_ecls_message([&rec], &mut v);
+        }
+        seeds.push(v);
+    }
+    seeds.push(
+        format!("{{\"request_time\":\"2019-04-19T21:56:43Z\",\"request_uuid\":\"u\",\"host\":\"{}\"}}", "h".repeat(300)).into_bytes(),
+    );
+    let tokens =
+        ["\"host\":", "\"sync_delay_ms\":", "\"ingestion_time\":", "\"data\":[", "{\"data\":[]}", "\\u00e9", "é", "\\ud83d\\ude00"]
+            .map(String::from)
+            .to_vec();
+    run(Target { name: "kafka_decode", seeds, tokens, check: Box::new(check) });
+}
+
+/// The longest line `lag` may print for any document: a table row (a
+/// dozen cells of at most 96 characters) or a line of two clipped texts
+/// whose every byte was escaped.
+const LAG_MAX_LINE_CHARS: usize = 8192;
+
+/// What `lag` prints must be safe on a terminal and bounded per line.
+fn check_terminal_text(t: &str) {
+    for l in t.lines() {
+        assert!(!l.chars().any(char::is_control), "a control character reaches the terminal: {:?}", &l[..l.len().min(200)]);
+        assert!(l.chars().count() <= LAG_MAX_LINE_CHARS, "a line of {} characters", l.chars().count());
+    }
+}
+
+/// `lag` on one `/status` body: read as `lag` reads it, then rendered
+/// (the table, and `--max-lag` findings at several limits).
+fn check_lag_body(body: &[u8]) -> Signature {
+    match measured(|| lag::read_status(body)) {
+        Err(e) => {
+            assert!(!e.is_empty() && !e.contains('\n'), "an error is one line: {e:?}");
+            fnv(e.get(..e.len().min(48)).unwrap_or("").as_bytes())
+        }
+        Ok((st, _)) => {
+            let table = measured(|| lag::render_table(&st, "http://127.0.0.1:8791"));
+            check_terminal_text(&table);
+            let mut findings = 0;
+            for limit in [i64::MIN, 0, 60_000, i64::MAX] {
+                for f in measured(|| lag::over_limit(&st, limit)) {
+                    check_terminal_text(&f);
+                    assert!(!f.contains('\n'), "a finding is one line");
+                    findings += 1;
+                }
+            }
+            fnv(format!("ok{}{}{}{}", st.files.len().min(3), st.sinks.len().min(2), st.sections.0.len().min(3), findings.min(3)).as_bytes())
+        }
+    }
+}
+
+/// The strings of a JSON document, by pointer-ish path (for blowing one up).
+fn string_count(v: &Value) -> usize {
+    match v {
+        Value::String(_) => 1,
+        Value::Array(a) => a.iter().map(string_count).sum(),
+        Value::Object(o) => o.values().map(string_count).sum(),
+        _ => 0,
+    }
+}
+
+/// Replaces the `k`-th string of `v` by itself repeated past 70,000
+/// characters; true when there was one.
+fn blow_up(v: &mut Value, k: &mut usize) -> bool {
+    match v {
+        Value::String(s) => {
+            if *k == 0 {
+                let unit = if s.is_empty() { "x".to_string() } else { s.clone() };
+                *s = unit.repeat(70_000 / unit.chars().count().max(1) + 1);
+                return true;
+            }
+            *k -= 1;
+            false
+        }
+        Value::Array(a) => a.iter_mut().any(|x| blow_up(x, k)),
+        Value::Object(o) => o.values_mut().any(|x| blow_up(x, k)),
+        _ => false,
+    }
+}
+
+/// The values of a JSON document, itself included.
+fn node_count(v: &Value) -> usize {
+    1 + match v {
+        Value::Array(a) => a.iter().map(node_count).sum(),
+        Value::Object(o) => o.values().map(node_count).sum(),
+        _ => 0,
+    }
+}
+
+/// Replaces the `k`-th value of `v` (pre-order) by `new`.
+fn replace_node(v: &mut Value, k: &mut usize, new: &Value) -> bool {
+    if *k == 0 {
+        *v = new.clone();
+        return true;
+    }
+    *k -= 1;
+    match v {
+        Value::Array(a) => a.iter_mut().any(|x| replace_node(x, k, new)),
+        Value::Object(o) => o.values_mut().any(|x| replace_node(x, k, new)),
+        _ => false,
+    }
+}
+
+/// Values of the wrong type, size or content for any member.
+fn hostile_values() -> Vec<Value> {
+    let mut deep = Value::Null;
+    for _ in 0..100 {
+        deep = Value::Array(vec![deep]);
+    }
+    vec![
+        Value::Null,
+        serde_json::json!(-1),
+        serde_json::json!(u64::MAX),
+        serde_json::json!(i64::MIN),
+        serde_json::json!(1.7976931348623157e308),
+        serde_json::json!(""),
+        serde_json::json!("\u{1b}[2J\u{1b}]0;t\u{7}\r\nFAKE\u{202e}"),
+        serde_json::json!([]),
+        serde_json::json!({}),
+        serde_json::json!(true),
+        serde_json::json!({"p50": i64::MAX, "p95": i64::MIN, "max": i64::MAX, "min": i64::MIN, "samples": u64::MAX}),
+        deep,
+    ]
+}
+
+/// `lag` against hostile `/status` documents (whatever answers at the URL
+/// is a peer): wrong types, missing and unknown members, deep nesting,
+/// control characters and escapes, huge numbers. Byte mutations mostly
+/// break the JSON; so for every input that is JSON the check also renders
+/// two structural variants chosen by the input: one value replaced by a
+/// hostile one (wrong type, extreme number, escapes, nesting), and one
+/// string blown up past 65,535 characters (beyond what a fuzzer input
+/// holds).
+#[test]
+fn fuzz_lag_status() {
+    let hostile = hostile_values();
+    let check = move |input: &[u8]| -> Signature {
+        let mut sig = check_lag_body(input);
+        let Ok(v) = serde_json::from_slice::<Value>(input) else { return sig };
+        let h = fnv(input);
+        let mut swapped = v.clone();
+        let mut k = (h % node_count(&v) as u64) as usize;
+        replace_node(&mut swapped, &mut k, &hostile[(h >> 32) as usize % hostile.len()]);
+        sig ^= check_lag_body(&serde_json::to_vec(&swapped).expect("serialises")).rotate_left(1);
+        let n = string_count(&v);
+        if n > 0 {
+            let mut big = v;
+            let mut k = (h.rotate_left(17) % n as u64) as usize;
+            blow_up(&mut big, &mut k);
+            sig ^= check_lag_body(&serde_json::to_vec(&big).expect("serialises")).rotate_left(2);
+        }
+        sig
+    };
+    let fixture = std::fs::read(repo("tests/fixtures/telemetry/status.json")).expect("the status fixture");
+    let mut hub: Value = serde_json::from_slice(&fixture).expect("fixture JSON");
+    hub["kafka_source"] = serde_json::json!({"records_read": 700, "values_rejected": 1, "messages_lost": 3, "partition_resets": 1,
+        "partitions_failing": 0, "hosts_tracked": 2, "hosts_expired": 0, "records_from_untracked_hosts": 5, "hosts_cut": 1});
+    hub["channel"] = serde_json::json!({"listen": "127.0.0.1:8790", "tls": false, "path": "/stream", "connections": 1,
+        "connections_accepted": 4, "refused": {"bad_token": 2, "too_many": 0}, "closed": {"slow_consumer": 1}});
+    hub["faults"] = serde_json::json!([{"component": "file", "error": "No space left on device (os error 28)", "since_ms": 1, "since": "2026-01-01T00:00:00Z", "attempts": 3}]);
+    hub["enrich"] = serde_json::json!({"files": ["/etc/l.csv"], "tables": [{"table": "keys", "loaded": true, "entries": 2, "hits": 3, "misses": 4}],
+        "hits": 3, "misses": 4, "reloads": 1, "last_reload_error": "l.csv line 2: \u{1b}[31m"});
+    if let Some(f) = hub["files"].get_mut(0) {
+        f["path"] = Value::String("kafka:tm-dc1-01".into());
+    }
+    let seeds = vec![fixture, serde_json::to_vec(&hub).expect("serialises"), serde_json::to_vec_pretty(&hub).expect("serialises")];
+    let tokens = [
+        "\\u001b[2J",
+        "\\u0007",
+        "\\u009b",
+        "\\u202e",
+        "[[[[[[[[[[[[[[[[",
+        "{\"a\":{\"a\":{\"a\":",
+        "\"files\":",
+        "\"sinks\":",
+        "\"path\":",
+        "\"name\":",
+        "\"state\":\"stalled\"",
+        "\"kafka_source\":{\"partition_resets\":9223372036854775807}",
+        "\"refused\":{\"x\":9223372036854775807,\"y\":9223372036854775807}",
+        "1e400",
+        "-0",
+        "\"uptime_secs\":1.7976931348623157e308",
+        "\"delay_window_secs\":18446744073709551615",
+    ]
+    .map(String::from)
+    .to_vec();
+    run(Target { name: "lag_status", seeds, tokens, check: Box::new(check) });
 }
 
 // ---------------------------------------------------------------------------

@@ -207,8 +207,10 @@ impl Observer for Seen {
     fn rejected(&self, partition: &Partition, offset: i64, _reject: &Reject) {
         self.rejected.lock().unwrap().push((partition.clone(), offset));
     }
+    fn hosts_cut(&self, _partition: &Partition, _offset: i64, _n: usize) {}
     fn failing(&self, _partition: &Partition, _error: Option<&str>) {}
     fn lost(&self, _partition: &Partition, _from: i64, _to: i64) {}
+    fn reset(&self, _partition: &Partition, _reset: &calllog_bridge::kafka::consume::Reset) {}
 }
 
 #[test]
@@ -238,6 +240,7 @@ fn partitions_are_read_into_batches_and_positions_advance_only_when_acknowledged
         read_from: ReadFrom::Beginning,
         retry_initial: Duration::from_millis(50),
         retry_max: Duration::from_millis(500),
+        enricher: None,
     };
     let p: Partition = ("fleet".into(), 0);
     let run = |ack: bool| {

@@ -299,3 +299,38 @@ fn no_enrich_line_without_misses() {
     assert!(stdout.contains("\nchannel ws://"), "{stdout}");
     assert!(!stdout.contains("enrich:"), "{stdout}");
 }
+
+/// One Kafka message naming a host of 70,000 characters (or a file name
+/// with terminal escapes) reaches `/status` of a bridge that does not cut
+/// it: `lag` (and `lag --max-lag`, the monitoring check) still answers,
+/// with the cell cut, no line padded beyond the limit and no control
+/// character on the terminal. (It panicked with exit 101 at 65,536.)
+#[test]
+fn a_huge_or_hostile_file_name_neither_panics_nor_floods_the_table() {
+    let now = calllog_bridge::time::now_ms();
+    let tel = Telemetry::new();
+    let huge = format!("kafka:{}-end", "h".repeat(70_000));
+    let f = tel.file(&huge);
+    f.set_position_at(10, 10, now);
+    f.sync_delays(now, [Some(90_000)]);
+    let evil = tel.file("/le/\u{1b}[2J\u{1b}]0;owned\u{7}\nFAKE ROW.log");
+    evil.set_position_at(1, 1, now);
+    evil.sync_delays(now, [Some(1)]);
+    tel.set_ready(true);
+    let srv = InProcess::start(tel, StatusConfig::default());
+    for args in [vec!["--status-url", &srv.url()], vec!["--status-url", &srv.url(), "--max-lag", "1m"]] {
+        let out = lag(&args);
+        let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+        let expected = if args.len() == 2 { 0 } else { 2 };
+        assert_eq!(out.status.code(), Some(expected), "lag {args:?}: {stderr}");
+        for l in stdout.lines().chain(stderr.lines()) {
+            assert!(l.chars().count() < 400, "a line of {} characters", l.chars().count());
+            assert!(!l.chars().any(|c| c.is_control()), "a control character reaches the terminal: {l:?}");
+        }
+        assert!(stdout.contains("kafka:hhhh") && stdout.contains("hh-end"), "{stdout}");
+        assert!(!stdout.lines().any(|l| l.starts_with("FAKE ROW")), "{stdout}");
+        if expected == 2 {
+            assert!(stderr.contains("kafka:hhh") && stderr.contains("sync delay max 1m 30s"), "{stderr}");
+        }
+    }
+}

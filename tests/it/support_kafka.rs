@@ -181,6 +181,19 @@ impl Broker {
         self.admin(&["topic", "create", name, "--partitions", &partitions.to_string()]);
     }
 
+    /// Deletes a topic; false when this tansu cannot.
+    pub fn delete_topic(&self, name: &str) -> bool {
+        let out = Command::new(&self.bin)
+            .current_dir(self.dir.path())
+            .args(["topic", "delete", name, "--broker", &self.url()])
+            .output()
+            .expect("tansu");
+        if !out.status.success() {
+            eprintln!("tansu topic delete {name}: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        }
+        out.status.success()
+    }
+
     /// Creates a SASL SCRAM-SHA-512 user.
     pub fn create_user(&self, name: &str, password: &str) {
         self.admin(&["user", "create", name, password, "--mechanism", "scram512"]);
@@ -279,4 +292,47 @@ pub fn produce_with_kafka_python(test: &str, broker: &str, topic: &str, values: 
     let out = child.wait_with_output().expect("wait");
     assert!(out.status.success(), "kafka-python failed: {}", String::from_utf8_lossy(&out.stderr));
     Some(())
+}
+
+/// Produces `values` (one message each, no key) to `topic`, spread over
+/// its `partitions` in turn, with the project's own client (fast: for
+/// thousands of messages where kafka-python would take long).
+pub fn produce_values(broker: &str, topic: &str, partitions: i32, values: &[String]) {
+    produce_values_with(broker, topic, partitions, values, rskafka::client::partition::Compression::NoCompression);
+}
+
+/// [`produce_values`] with `compression` (lz4, as edges produce by default).
+pub fn produce_values_with(
+    broker: &str,
+    topic: &str,
+    partitions: i32,
+    values: &[String],
+    compression: rskafka::client::partition::Compression,
+) {
+    use rskafka::client::partition::UnknownTopicHandling;
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    rt.block_on(async {
+        let section: calllog_bridge::kafka::client::ClientSection =
+            toml::from_str(&format!("brokers = [\"{broker}\"]\nrequest_timeout_ms = 10000")).expect("client section");
+        let settings =
+            calllog_bridge::kafka::client::ClientSettings::from_section(section, "kafka", Path::new("")).expect("client settings");
+        let client = calllog_bridge::kafka::client::connect(&settings).await.expect("connect");
+        let mut clients = Vec::new();
+        for p in 0..partitions {
+            clients.push(client.partition_client(topic, p, UnknownTopicHandling::Retry).await.expect("partition client"));
+        }
+        let now = rskafka::chrono::Utc::now();
+        for (i, chunk) in values.chunks(500).enumerate() {
+            let records = chunk
+                .iter()
+                .map(|v| rskafka::record::Record {
+                    key: None,
+                    value: Some(v.clone().into_bytes()),
+                    headers: Default::default(),
+                    timestamp: now,
+                })
+                .collect();
+            clients[i % clients.len()].produce(records, compression).await.expect("produce");
+        }
+    });
 }

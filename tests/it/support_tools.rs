@@ -24,6 +24,10 @@ pub enum Tool {
     S3sFs,
     /// Python with kafka-python, boto3 and opentelemetry-proto.
     Python,
+    /// Prometheus (Debian's package, unpacked into the cache).
+    Prometheus,
+    /// promtool, from the same package.
+    Promtool,
 }
 
 impl Tool {
@@ -32,6 +36,8 @@ impl Tool {
             Tool::Tansu => "CALLLOG_TANSU",
             Tool::S3sFs => "CALLLOG_S3S_FS",
             Tool::Python => "CALLLOG_TOOLS_PYTHON",
+            Tool::Prometheus => "CALLLOG_PROMETHEUS",
+            Tool::Promtool => "CALLLOG_PROMTOOL",
         }
     }
 
@@ -40,6 +46,8 @@ impl Tool {
             Tool::Tansu => "tansu-0.6.0/bin/tansu",
             Tool::S3sFs => "s3s-fs-0.14.1/bin/s3s-fs",
             Tool::Python => "python/bin/python",
+            Tool::Prometheus => "prometheus/usr/bin/prometheus",
+            Tool::Promtool => "prometheus/usr/bin/promtool",
         }
     }
 
@@ -48,6 +56,8 @@ impl Tool {
             Tool::Tansu => "tansu",
             Tool::S3sFs => "s3s-fs",
             Tool::Python => "python (kafka-python, boto3, opentelemetry-proto)",
+            Tool::Prometheus => "prometheus",
+            Tool::Promtool => "promtool",
         }
     }
 }

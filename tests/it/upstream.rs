@@ -124,9 +124,18 @@ impl Harness {
 
 pub(crate) async fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
-    while !f() {
+    loop {
+        // These tests run the sink on the test's own single-threaded
+        // runtime: a check that decodes every body received so far grows
+        // with the test, and polled every 10 ms it would starve the sink
+        // it waits for. Sleep at least three times what the check took.
+        let t = Instant::now();
+        if f() {
+            return;
+        }
+        let took = t.elapsed();
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
+        tokio::time::sleep(Duration::from_millis(10).max(took * 3)).await;
     }
 }
 

@@ -781,7 +781,12 @@ fn item(r: &Record<'_>, masking: Masking, observed_ms: i64, buf: &mut Vec<u8>) -
         masking.apply(&mut m);
         m.write_json(Shape::Ecls, buf);
     }
-    let json = String::from_utf8_lossy(buf).into_owned().into_boxed_str();
+    // Always UTF-8 (written from `&str`s); `from_utf8` checks it several
+    // times faster than the lossy conversion's byte loop.
+    let json: Box<str> = match std::str::from_utf8(buf) {
+        Ok(s) => s.into(),
+        Err(_) => String::from_utf8_lossy(buf).into(),
+    };
     Item {
         json,
         service_id: r.get(Field::ServiceId).into(),

@@ -583,6 +583,43 @@ impl<'f> SegmentReader<'f> {
     }
 }
 
+/// Reads a segment file from its start, for tools that read the log
+/// offline (`lag report`): each good record's observed time (epoch ms)
+/// and JSON go to `visit`. Damage is skipped to the next good record as
+/// the channel skips it ([`SegmentReader`]; the file is not changed).
+/// Returns the records read and the damage met; a range lost at the
+/// segment's end runs to `u64::MAX` (the next segment's first record is
+/// not looked at).
+pub fn read_segment(path: &Path, mut visit: impl FnMut(i64, &str)) -> std::io::Result<(u64, Vec<Damage>)> {
+    let file = File::open(path)?;
+    let end = file.metadata()?.len();
+    // A segment is named after its first record's number.
+    let first_seq = path.file_stem().and_then(|s| s.to_str()).and_then(|s| s.parse::<u64>().ok()).unwrap_or(0);
+    let mut r = SegmentReader::new(&file, 0, end, first_seq.saturating_sub(1), u64::MAX)?;
+    let (mut n, mut damage) = (0u64, Vec::new());
+    loop {
+        match r.next()? {
+            Next::End => return Ok((n, damage)),
+            Next::Record { .. } => {
+                if let Ok(d) = decode(&r.body) {
+                    n += 1;
+                    visit(d.observed_ms, d.json);
+                }
+            }
+            Next::Damage { at, resume, after, next_seq, problem, .. } => {
+                let lost = (after + 1, next_seq.map_or(u64::MAX, |s| s - 1));
+                damage.push(Damage { path: path.to_path_buf(), offset: at, bytes: resume - at, lost, problem });
+            }
+        }
+    }
+}
+
+/// True when `path` is named like a segment file (`<20 digits>.seg`).
+pub fn is_segment_name(path: &Path) -> bool {
+    path.extension().and_then(|x| x.to_str()) == Some(EXT)
+        && path.file_stem().and_then(|s| s.to_str()).is_some_and(|s| s.len() == 20 && s.bytes().all(|b| b.is_ascii_digit()))
+}
+
 /// A record as read back.
 struct Decoded<'a> {
     seq: u64,
@@ -1392,7 +1429,7 @@ mod tests {
             log.hot.clear();
             log.hot_bytes = 0;
             let at = 100_000;
-            let (_, records) = damage(dir.path(), at, &garbage);
+            let (seg, records) = damage(dir.path(), at, &garbage);
             let hit: Vec<u64> = records.iter().filter(|(o, e, _)| *e > at && *o < at + garbage.len() as u64).map(|r| r.2).collect();
             let (first, last) = (hit[0], *hit.last().unwrap());
             // The damage starts with the first record it touched.
@@ -1413,6 +1450,12 @@ mod tests {
                 matches!(log.read(first + 1, 10, 1 << 20, &mut out), Ok(Plan::Lost { first: f, last: l }) if (f, l) == (first + 1, last))
             );
             drop(log);
+            // Offline (`lag report`): the same records and the same loss.
+            let mut jsons = Vec::new();
+            let (n, met) = read_segment(&seg, |_, json| jsons.push(json.to_string())).unwrap();
+            let want_json: Vec<String> = want.iter().map(|s| items[*s as usize - 1].json.to_string()).collect();
+            assert_eq!((n as usize, jsons), (want.len(), want_json));
+            assert_eq!(met.iter().map(|d| (d.offset, d.lost)).collect::<Vec<_>>(), vec![(damaged_at, (first, last))]);
             // At start: the same, twice (the bytes stay).
             for _ in 0..2 {
                 let (log, repairs) = ReplayLog::open(dir.path(), ret, 1).unwrap();

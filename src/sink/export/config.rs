@@ -31,6 +31,11 @@ pub struct ExportSection {
     /// Write a header row naming the columns.
     #[serde(default = "yes")]
     pub header: bool,
+    /// Append the bridge's own columns (`ingestion_time`, `sync_delay_ms`,
+    /// `host`), named in the header: what `lag report` needs to tell the
+    /// sync delay from the slices. Off: the hosted export's columns only.
+    #[serde(default)]
+    pub bridge_columns: bool,
     /// gzip the files (`.csv.gz`); otherwise plain `.csv`.
     #[serde(default = "yes")]
     pub gzip: bool,
@@ -160,6 +165,8 @@ pub struct ExportConfig {
     pub include_org: bool,
     /// A header row opens every file.
     pub header: bool,
+    /// The bridge's columns after the export's (needs the header).
+    pub bridge_columns: bool,
     /// gzip level, `None` for plain CSV.
     pub gzip: Option<u32>,
     /// How often open files are synced (and batches acknowledged).
@@ -259,6 +266,9 @@ impl ExportConfig {
                 format!("{} is more than a week ({MAX_FUTURE_MINUTES})", s.max_future_minutes),
             ));
         }
+        if s.bridge_columns && !s.header {
+            return Err(ConfigError::invalid("export.bridge_columns", "needs `header = true`: readers find the bridge's columns by name"));
+        }
         let s3 = s.s3.map(|c| S3Config::from_section(c, base)).transpose()?;
         let dir = base.join(&s.dir);
         let access = FileAccess::parse(Some(&s.file_mode), s.group.as_deref(), "export.file_mode", "export.group")?;
@@ -269,6 +279,7 @@ impl ExportConfig {
             close_after: Duration::from_secs(s.close_after_secs),
             include_org: s.include_org,
             header: s.header,
+            bridge_columns: s.bridge_columns,
             gzip: s.gzip.then_some(s.gzip_level),
             fsync_interval: Duration::from_millis(s.fsync_interval_ms),
             max_open_files: s.max_open_files,
@@ -366,6 +377,14 @@ mod tests {
     fn load(text: &str, base: &Path) -> Result<ExportConfig, ConfigError> {
         let s: ExportSection = toml::from_str(text).map_err(|e| ConfigError::invalid("toml", e))?;
         ExportConfig::from_section(s, base)
+    }
+
+    #[test]
+    fn bridge_columns_need_the_header() {
+        let dir = Path::new("/tmp");
+        assert!(load("dir = \"x\"\nbridge_columns = true\n", dir).unwrap().bridge_columns);
+        let e = load("dir = \"x\"\nbridge_columns = true\nheader = false\n", dir).unwrap_err();
+        assert!(e.to_string().contains("export.bridge_columns"), "{e}");
     }
 
     #[test]

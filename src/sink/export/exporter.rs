@@ -176,6 +176,7 @@ impl Exporter {
             fmt: FileFormat {
                 columns: columns(cfg.include_org),
                 header: cfg.header,
+                bridge_columns: cfg.bridge_columns,
                 gzip: cfg.gzip,
                 formulas: cfg.formulas,
                 access: cfg.access.clone(),

@@ -70,6 +70,7 @@ impl crate::sink::Sink for ExportSink {
             .restart("export.slice_minutes", |c| &mut c.slice)
             .restart("export.close_after_secs", |c| &mut c.close_after)
             .restart("export.include_org", |c| &mut c.include_org)
+            .restart("export.bridge_columns", |c| &mut c.bridge_columns)
             .restart("export.header", |c| &mut c.header)
             .restart("export.gzip", |c| &mut c.gzip)
             .restart("export.fsync_interval_ms", |c| &mut c.fsync_interval)

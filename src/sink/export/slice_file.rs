@@ -27,7 +27,7 @@ use flate2::Compression;
 use super::access::FileAccess;
 use super::slice::{ExportFileName, FileName};
 use crate::parse::{Format, LineKind, LineParser};
-use crate::record::{write_csv_header, Field, Formulas, Record};
+use crate::record::{write_csv_header_with, Field, Formulas, Record};
 
 /// Rows buffered before they go to the compressor.
 const ROW_BUFFER_BYTES: usize = 256 * 1024;
@@ -84,6 +84,9 @@ pub struct FileFormat {
     pub columns: &'static [Field],
     /// A header row first.
     pub header: bool,
+    /// The bridge's own columns after the export's (`[export]
+    /// bridge_columns`: `ingestion_time`, `sync_delay_ms`, `host`).
+    pub bridge_columns: bool,
     /// gzip level; `None` for plain CSV.
     pub gzip: Option<u32>,
     /// How cells a spreadsheet would run as a formula are written.
@@ -109,6 +112,8 @@ pub struct SliceFile<N = FileName> {
     rows: u64,
     /// Something was written since the last sync.
     dirty: bool,
+    /// Rows carry the bridge's columns.
+    bridge_columns: bool,
 }
 
 impl<N: ExportFileName> SliceFile<N> {
@@ -128,9 +133,18 @@ impl<N: ExportFileName> SliceFile<N> {
         };
         let mut buf = Vec::with_capacity(ROW_BUFFER_BYTES + 8192);
         if fmt.header {
-            write_csv_header(fmt.columns, &mut buf);
+            write_csv_header_with(fmt.columns, fmt.bridge_columns, &mut buf);
         }
-        SliceFile { name, dir: dir.to_path_buf(), sink, buf, formulas: fmt.formulas, rows: 0, dirty: true }
+        SliceFile {
+            name,
+            dir: dir.to_path_buf(),
+            sink,
+            buf,
+            formulas: fmt.formulas,
+            rows: 0,
+            dirty: true,
+            bridge_columns: fmt.bridge_columns,
+        }
     }
 
     /// Opens a `.partial` file left behind: its complete rows are written
@@ -171,7 +185,7 @@ impl<N: ExportFileName> SliceFile<N> {
 
     /// Appends one record as a row.
     pub fn push(&mut self, r: &Record<'_>, columns: &[Field]) -> io::Result<()> {
-        r.write_csv_row(columns, self.formulas, &mut self.buf);
+        r.write_csv_row(columns, self.bridge_columns, self.formulas, &mut self.buf);
         self.rows += 1;
         self.dirty = true;
         if self.buf.len() >= ROW_BUFFER_BYTES {
@@ -233,6 +247,8 @@ pub fn read_records(path: &Path, gzip: bool, limit: Option<u64>, mut each: impl 
     let mut input: Box<dyn Read> =
         if gzip { Box::new(flate2::read::MultiGzDecoder::new(BufReader::with_capacity(256 * 1024, raw))) } else { raw };
     let mut parser = LineParser::new(Format::EcleCsv, MAX_ROW_BYTES);
+    // A file with the bridge's columns is recovered with them.
+    parser.keep_bridge_fields();
     let mut skipped = 0u64;
     let mut spare: Vec<Record<'static>> = Vec::new();
     let mut rows = RowSplitter::default();
@@ -343,7 +359,14 @@ mod tests {
     use crate::sink::export::slice::{Part, Slice};
 
     fn fmt(gzip: Option<u32>) -> FileFormat {
-        FileFormat { columns: &NATURAL[..35], header: true, gzip, formulas: Formulas::Neutralised, access: FileAccess::default() }
+        FileFormat {
+            columns: &NATURAL[..35],
+            header: true,
+            bridge_columns: false,
+            gzip,
+            formulas: Formulas::Neutralised,
+            access: FileAccess::default(),
+        }
     }
 
     fn name(gzip: bool) -> FileName {
