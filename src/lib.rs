@@ -19,7 +19,10 @@
 //! - [`rejects`]: the rejects file (lines that did not parse, as JSON lines).
 //! - [`rotating`]: size-rotated append-only files (rejects, dead letters).
 //! - [`pipeline`]: batches, acknowledgements and the fan-out to sinks;
-//!   [`budget`]: the memory budget that bounds what they hold.
+//!   [`budget`]: the memory budget that bounds what they hold;
+//!   [`ack_order`]: the one rule for how far a read position (a file's
+//!   checkpoint, a Kafka partition's position) advances as its batches are
+//!   acknowledged out of order, and which batch a cancelled send takes back.
 //! - [`cmd`]: one module per subcommand; [`cli`] holds the clap definitions.
 //! - [`preflight`]: what `run` needs from the host (files, directories,
 //!   listeners), checked the same way by `check-config` and `run`;
@@ -47,6 +50,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod ack_order;
 pub mod bridge;
 pub mod budget;
 pub mod checkpoint;

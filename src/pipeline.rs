@@ -25,6 +25,12 @@
 //! Every batch the fan-out takes is charged to the memory budget
 //! ([`crate::budget`], `memory_max_bytes`) until the last sink drops it:
 //! [`Fanout::send`] waits for room first, as for a full queue.
+//!
+//! Readers send through [`Fanout::send_under_ticket`]: the batch's place in
+//! its stream's acknowledgement order ([`crate::ack_order`]) is acknowledged
+//! when every sink has the batch, and withdrawn when the send is given up
+//! (so the batch is read again). The file reader and the Kafka partition
+//! reader both send this way.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -32,6 +38,7 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::mpsc;
 use yoke::{Yoke, Yokeable};
 
+use crate::ack_order::{Positions, Ticket};
 use crate::budget::{Charge, MemoryBudget};
 use crate::enrich::Lookups;
 use crate::record::Record;
@@ -278,6 +285,18 @@ impl Drop for Demand {
 #[error("sink `{0}` is no longer running")]
 pub struct SinkClosed(pub &'static str);
 
+/// Why a batch sent under a ticket reached no sink; its ticket was
+/// withdrawn, so the batch is read again by the stream's next reader.
+#[derive(Debug, thiserror::Error)]
+pub enum Unsent {
+    /// The send was given up (shutdown, reload) while a sink was backed up.
+    #[error("the send was cancelled")]
+    Cancelled,
+    /// A sink's queue is closed.
+    #[error(transparent)]
+    Closed(#[from] SinkClosed),
+}
+
 impl Fanout {
     /// An empty fan-out without a memory bound; add sinks with
     /// [`Fanout::add`].
@@ -342,6 +361,49 @@ impl Fanout {
             p.send(batch.clone());
         }
         Ok(())
+    }
+
+    /// Sends a reader's batch, registered as `ticket` in `positions` (made
+    /// with no completion of its own: `on_acked` `None`). Once every sink
+    /// has acknowledged it, the ticket is acknowledged and `on_advanced`
+    /// gets the stream's new position if it moved. A batch with no records
+    /// (a chunk of rejected lines only) is acknowledged at once: its
+    /// position still advances in order with the batches before it.
+    ///
+    /// When `cancel` resolves before every sink took the batch, or a sink
+    /// is closed, no sink has it ([`Fanout::send`] is all or nothing): the
+    /// ticket is withdrawn and the stream's next reader reads the batch
+    /// again from its start. A reader sends one batch at a time, so the
+    /// ticket is its stream's newest, the only one that can be withdrawn.
+    pub async fn send_under_ticket<P: Positions>(
+        &self,
+        positions: &P,
+        ticket: Ticket<P::Key>,
+        batch: Batch,
+        on_advanced: impl FnOnce(P::Position) + Send + 'static,
+        cancel: impl std::future::Future<Output = ()>,
+    ) -> Result<(), Unsent> {
+        let acked: OnAcked = {
+            let (positions, ticket) = (positions.clone(), ticket.clone());
+            Box::new(move || {
+                if let Some(p) = positions.ack(&ticket) {
+                    on_advanced(p);
+                }
+            })
+        };
+        if batch.records.is_empty() {
+            acked();
+            return Ok(());
+        }
+        *batch.ack.on_acked.lock().unwrap_or_else(|e| e.into_inner()) = Some(acked);
+        let sent = tokio::select! {
+            r = self.send(batch) => r.map_err(Unsent::Closed),
+            () = cancel => Err(Unsent::Cancelled),
+        };
+        if sent.is_err() {
+            positions.withdraw(&ticket);
+        }
+        sent
     }
 }
 
@@ -436,6 +498,39 @@ mod tests {
         tokio::time::timeout(std::time::Duration::from_secs(5), waiting).await.expect("room once a batch is dropped").unwrap();
         drop(rx);
         assert_eq!(budget.used(), 0, "dropped batches give their memory back");
+    }
+
+    #[tokio::test]
+    async fn a_send_under_a_ticket_acknowledges_it_or_withdraws_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let ck = crate::checkpoint::Checkpointer::empty(dir.path());
+        let fp = crate::checkpoint::fingerprint::Fingerprint(1);
+        let (tx, mut rx) = mpsc::channel(1);
+        let mut f = Fanout::new();
+        f.add("a", tx);
+        let one = || Batch::new("f".into(), vec![Record::default()], 0, None);
+        let advanced = Arc::new(Mutex::new(Vec::new()));
+        let seen = advanced.clone();
+        let t = ck.register(fp, 10, None);
+        f.send_under_ticket(&ck, t, one(), move |p| seen.lock().unwrap().push(p), std::future::pending()).await.unwrap();
+        // The queue is full: the next send waits and is given up.
+        let t = ck.register(fp, 20, None);
+        let cancelled = f.send_under_ticket(&ck, t, one(), |_| {}, async {}).await;
+        assert!(matches!(cancelled, Err(Unsent::Cancelled)), "{cancelled:?}");
+        assert_eq!(ck.resume_offset(fp), Some(10), "the batch given up is read again");
+        // A chunk of rejects only: acknowledged at once, behind the first.
+        let t = ck.register(fp, 15, None);
+        f.send_under_ticket(&ck, t, Batch::new("f".into(), vec![], 0, None), |_| {}, std::future::pending()).await.unwrap();
+        assert_eq!(ck.offset(fp), None, "waits for the batch before it");
+        rx.recv().await.unwrap().ack();
+        assert!(rx.try_recv().is_err(), "the cancelled batch reached no sink");
+        assert_eq!((ck.offset(fp), ck.in_flight(fp)), (Some(15), false));
+        assert_eq!(*advanced.lock().unwrap(), [15], "the first batch's acknowledgement carries the position past both");
+        drop(rx);
+        let t = ck.register(fp, 30, None);
+        let closed = f.send_under_ticket(&ck, t, one(), |_| {}, std::future::pending()).await;
+        assert!(matches!(closed, Err(Unsent::Closed(_))), "{closed:?}");
+        assert_eq!(ck.resume_offset(fp), Some(15), "a batch no sink took is withdrawn");
     }
 
     #[tokio::test]

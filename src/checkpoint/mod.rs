@@ -19,11 +19,15 @@
 //! the file still holds them, so content rewritten in place (or a copy of
 //! another version) is never taken for a continuation of what was read.
 //!
+//! The acknowledgement order of each file's batches (how far the offset
+//! may advance, which batch a cancelled send takes back, where a reader
+//! resumes) is [`crate::ack_order`]'s, shared with the Kafka source.
+//!
 //! File identity and durable offsets live together (as in Vector's file
 //! source): the tailer asks this module what a file is and where to start,
 //! and this module knows nothing of the tailer (no import of `tail`).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -32,6 +36,7 @@ use serde::{Deserialize, Serialize};
 
 pub mod fingerprint;
 
+use crate::ack_order::{AckOrder, Positions};
 use fingerprint::Fingerprint;
 
 /// The current version of the checkpoint document.
@@ -182,55 +187,25 @@ impl DamagedState {
     }
 }
 
-/// A place in the acknowledgement order of one file: returned by
+/// A batch's place in the acknowledgement order of its file: returned by
 /// [`Checkpointer::register`], handed back to [`Checkpointer::ack`].
-#[derive(Clone, Copy, Debug)]
-pub struct Ticket {
-    /// The file.
-    fp: Fingerprint,
-    /// The batch's sequence number within the file.
-    seq: u64,
-}
+pub type Ticket = crate::ack_order::Ticket<Fingerprint>;
 
-/// Batches of one file not yet acknowledged, in read order.
-#[derive(Default)]
-struct Tracker {
-    /// Sequence number the next registered batch gets.
-    next_seq: u64,
-    /// Batches in flight; the front is the oldest.
-    in_flight: VecDeque<InFlight>,
-    /// Batches numbered below this belong to a reading given up by
-    /// [`Checkpointer::restart_at`]: they are still in flight (their
-    /// records still need their sinks), but their acknowledgements no
-    /// longer move the offset.
-    stale_below: u64,
-}
-
-/// A batch in flight.
-struct InFlight {
-    /// Its number in the file's acknowledgement order.
-    seq: u64,
-    /// The offset after it.
+/// Where a batch in flight ends: what its acknowledgement makes durable.
+#[derive(Debug, Clone, Copy)]
+struct Mark {
+    /// The offset after the batch.
     end: u64,
     /// The anchor at `end`.
     anchor: Option<Anchor>,
-    /// Acknowledged (it waits for the batches before it).
-    acked: bool,
-}
-
-impl Tracker {
-    /// The newest batch in flight of the current reading.
-    fn newest(&self) -> Option<&InFlight> {
-        self.in_flight.back().filter(|b| b.seq >= self.stale_below)
-    }
 }
 
 #[derive(Default)]
 struct State {
     /// Durable offsets by fingerprint.
     entries: HashMap<Fingerprint, Entry>,
-    /// Acknowledgement order per fingerprint.
-    trackers: HashMap<Fingerprint, Tracker>,
+    /// Batches in flight, in acknowledgement order per fingerprint.
+    order: AckOrder<Fingerprint, Mark>,
     /// Entries changed since the last write.
     dirty: bool,
 }
@@ -240,7 +215,7 @@ struct State {
 pub struct Checkpointer {
     /// `<state_dir>/checkpoints.json`.
     path: Arc<PathBuf>,
-    /// Offsets and trackers.
+    /// Offsets and the acknowledgement order.
     state: Arc<Mutex<State>>,
     /// Signalled when an offset advanced, so the writer writes promptly.
     changed: Arc<tokio::sync::Notify>,
@@ -311,7 +286,7 @@ impl Checkpointer {
     pub fn resume_offset(&self, fp: Fingerprint) -> Option<u64> {
         let st = self.lock();
         let durable = st.entries.get(&fp).map(|e| e.offset);
-        let in_flight = st.trackers.get(&fp).and_then(Tracker::newest).map(|b| b.end);
+        let in_flight = st.order.newest(&fp).map(|b| b.end);
         match (durable, in_flight) {
             (Some(d), Some(f)) => Some(d.max(f)),
             (d, f) => d.or(f),
@@ -323,7 +298,7 @@ impl Checkpointer {
     pub fn resume_anchor(&self, fp: Fingerprint) -> Option<Anchor> {
         let st = self.lock();
         let durable = st.entries.get(&fp).map(|e| (e.offset, e.anchor));
-        match (durable, st.trackers.get(&fp).and_then(Tracker::newest)) {
+        match (durable, st.order.newest(&fp)) {
             (Some((d, a)), Some(b)) if d > b.end => a,
             (_, Some(b)) => b.anchor,
             (Some((_, a)), None) => a,
@@ -379,9 +354,7 @@ impl Checkpointer {
         e.offset = offset;
         e.gz_complete = None;
         e.anchor = None;
-        if let Some(t) = st.trackers.get_mut(&fp) {
-            t.stale_below = t.next_seq;
-        }
+        st.order.restart(&fp);
         st.dirty = true;
         drop(st);
         self.changed.notify_one();
@@ -405,70 +378,40 @@ impl Checkpointer {
     /// nothing to read in it.
     pub fn gz_done(&self, fp: Fingerprint, size: u64) -> bool {
         let st = self.lock();
-        let in_flight = st.trackers.get(&fp).is_some_and(|t| !t.in_flight.is_empty());
+        let in_flight = st.order.in_flight(&fp) > 0;
         st.entries.get(&fp).is_some_and(|e| !in_flight && e.gz_complete.is_some_and(|g| g.size == size && e.offset >= g.end))
     }
 
     /// True while some batch of the file is registered and not yet
     /// acknowledged (its records exist only in the file and in memory).
     pub fn in_flight(&self, fp: Fingerprint) -> bool {
-        self.lock().trackers.get(&fp).is_some_and(|t| !t.in_flight.is_empty())
+        self.lock().order.in_flight(&fp) > 0
     }
 
     /// Registers a batch that ends at `end_offset` (with the anchor
     /// there, for plain files), in read order. Its offset becomes durable
     /// once it and every earlier batch of the same file are acknowledged.
     pub fn register(&self, fp: Fingerprint, end_offset: u64, anchor: Option<Anchor>) -> Ticket {
-        let mut st = self.lock();
-        let t = st.trackers.entry(fp).or_default();
-        let seq = t.next_seq;
-        t.next_seq += 1;
-        t.in_flight.push_back(InFlight { seq, end: end_offset, anchor, acked: false });
-        Ticket { fp, seq }
+        self.lock().order.register(fp, Mark { end: end_offset, anchor })
     }
 
     /// Takes back the newest registered batch of its file, which was never
     /// handed to a sink (its send was cancelled): it will be read again, so
     /// [`Checkpointer::resume_offset`] no longer counts it and it no longer
-    /// holds back later acknowledgements. Only the newest batch can be
-    /// taken back; for any other ticket this does nothing and returns false.
-    /// A withdrawn ticket must not be acknowledged (its batch, with the
-    /// callback that would, is dropped).
-    pub fn withdraw(&self, ticket: Ticket) -> bool {
-        let mut st = self.lock();
-        let Some(t) = st.trackers.get_mut(&ticket.fp) else { return false };
-        match t.in_flight.back() {
-            Some(b) if b.seq == ticket.seq && !b.acked => {
-                t.in_flight.pop_back();
-                // Sequence numbers in flight stay contiguous (`ack` indexes
-                // by them); the withdrawn batch's ack callback was dropped
-                // with it, so its number is never acknowledged.
-                t.next_seq -= 1;
-                t.stale_below = t.stale_below.min(t.next_seq);
-                true
-            }
-            _ => false,
-        }
+    /// holds back later acknowledgements. Only the newest batch, not yet
+    /// acknowledged, can be taken back ([`crate::ack_order`]); for any other
+    /// ticket this does nothing and returns false.
+    pub fn withdraw(&self, ticket: &Ticket) -> bool {
+        self.lock().order.withdraw(ticket)
     }
 
     /// Acknowledges a registered batch. Returns the file's new durable
     /// offset when it advanced.
-    pub fn ack(&self, ticket: Ticket) -> Option<u64> {
+    pub fn ack(&self, ticket: &Ticket) -> Option<u64> {
         let mut st = self.lock();
-        let t = st.trackers.get_mut(&ticket.fp)?;
-        let front = t.in_flight.front()?.seq;
-        let idx = usize::try_from(ticket.seq.checked_sub(front)?).ok()?;
-        let slot = t.in_flight.get_mut(idx)?;
-        slot.acked = true;
-        let mut advanced = None;
-        while t.in_flight.front().is_some_and(|b| b.acked) {
-            let Some(b) = t.in_flight.pop_front() else { break };
-            if b.seq >= t.stale_below {
-                advanced = Some((b.end, b.anchor));
-            }
-        }
-        let (end, anchor) = advanced?;
-        let e = st.entries.entry(ticket.fp).or_insert_with(|| Entry::new(ticket.fp, crate::time::now_ms()));
+        let Mark { end, anchor } = st.order.ack(ticket)?;
+        let fp = *ticket.key();
+        let e = st.entries.entry(fp).or_insert_with(|| Entry::new(fp, crate::time::now_ms()));
         if end > e.offset {
             e.offset = end;
             e.anchor = anchor;
@@ -492,9 +435,8 @@ impl Checkpointer {
     pub fn prune(&self, now_ms: i64) {
         let mut st = self.lock();
         let before = st.entries.len();
-        let State { entries, trackers, .. } = &mut *st;
-        entries.retain(|fp, e| e.last_seen_ms >= now_ms - PRUNE_AFTER_MS || trackers.get(fp).is_some_and(|t| !t.in_flight.is_empty()));
-        trackers.retain(|fp, t| !t.in_flight.is_empty() || entries.contains_key(fp));
+        let State { entries, order, .. } = &mut *st;
+        entries.retain(|fp, e| e.last_seen_ms >= now_ms - PRUNE_AFTER_MS || order.in_flight(fp) > 0);
         if st.entries.len() != before {
             tracing::debug!(pruned = before - st.entries.len(), "pruned checkpoints of files gone for good");
             st.dirty = true;
@@ -550,6 +492,19 @@ impl Checkpointer {
     }
 }
 
+impl Positions for Checkpointer {
+    type Key = Fingerprint;
+    type Position = u64;
+
+    fn ack(&self, ticket: &Ticket) -> Option<u64> {
+        Checkpointer::ack(self, ticket)
+    }
+
+    fn withdraw(&self, ticket: &Ticket) -> bool {
+        Checkpointer::withdraw(self, ticket)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -568,9 +523,9 @@ mod tests {
         let t1 = c.register(fp(1), 10, None);
         let t2 = c.register(fp(1), 20, None);
         assert_eq!((c.offset(fp(1)), c.resume_offset(fp(1))), (Some(0), Some(20)));
-        c.ack(t1);
+        c.ack(&t1);
         assert_eq!((c.offset(fp(1)), c.resume_offset(fp(1))), (Some(10), Some(20)));
-        c.ack(t2);
+        c.ack(&t2);
         assert_eq!((c.offset(fp(1)), c.resume_offset(fp(1))), (Some(20), Some(20)));
     }
 
@@ -581,22 +536,22 @@ mod tests {
         c.seen(fp(1), "/a", 1, 2, 0, 0);
         let old1 = c.register(fp(1), 100, None);
         let old2 = c.register(fp(1), 200, None);
-        c.ack(old1);
+        c.ack(&old1);
         c.restart_at(fp(1), 0);
         assert_eq!((c.offset(fp(1)), c.resume_offset(fp(1))), (Some(0), Some(0)));
         assert!(c.in_flight(fp(1)), "the old batch still needs its sinks");
         let new1 = c.register(fp(1), 30, None);
         assert_eq!(c.resume_offset(fp(1)), Some(30));
-        assert_eq!(c.ack(new1), None, "waits behind the old batch");
-        assert_eq!(c.ack(old2), Some(30), "the old batch's end is not taken");
+        assert_eq!(c.ack(&new1), None, "waits behind the old batch");
+        assert_eq!(c.ack(&old2), Some(30), "the old batch's end is not taken");
         assert_eq!(c.offset(fp(1)), Some(30));
         assert!(!c.in_flight(fp(1)));
-        // A withdrawn first batch of the new reading is numbered again.
+        // A withdrawn first batch of the new reading holds nothing back.
         c.restart_at(fp(1), 0);
         let a = c.register(fp(1), 10, None);
-        assert!(c.withdraw(a));
+        assert!(c.withdraw(&a));
         let b = c.register(fp(1), 10, None);
-        assert_eq!(c.ack(b), Some(10));
+        assert_eq!(c.ack(&b), Some(10));
         assert_eq!(c.offset(fp(1)), Some(10));
     }
 
@@ -607,13 +562,42 @@ mod tests {
         c.seen(fp(1), "/a", 1, 2, 0, 0);
         let t1 = c.register(fp(1), 10, None);
         let t2 = c.register(fp(1), 20, None);
-        assert!(!c.withdraw(t1), "only the newest batch can be taken back");
-        assert!(c.withdraw(t2));
+        assert!(!c.withdraw(&t1), "only the newest batch can be taken back");
+        assert!(c.withdraw(&t2));
         assert_eq!(c.resume_offset(fp(1)), Some(10), "read again from the end of the batch before");
         let t3 = c.register(fp(1), 20, None);
-        assert_eq!(c.ack(t3), None, "waits for the batch before");
-        assert_eq!(c.ack(t1), Some(20));
+        assert_eq!(c.ack(&t3), None, "waits for the batch before");
+        assert_eq!(c.ack(&t1), Some(20));
         assert_eq!(c.offset(fp(1)), Some(20));
+    }
+
+    impl crate::ack_order::model::Subject for Checkpointer {
+        type Ticket = Ticket;
+        fn register(&mut self, stream: usize, end: u64) -> Ticket {
+            Checkpointer::register(self, fp(stream as u64), end, None)
+        }
+        fn ack(&mut self, ticket: &Ticket) {
+            Checkpointer::ack(self, ticket);
+        }
+        fn withdraw(&mut self, ticket: &Ticket) -> bool {
+            Checkpointer::withdraw(self, ticket)
+        }
+        fn restart(&mut self, stream: usize, at: u64) -> Option<()> {
+            self.restart_at(fp(stream as u64), at);
+            Some(())
+        }
+        fn position(&self, stream: usize) -> u64 {
+            self.offset(fp(stream as u64)).unwrap_or(0)
+        }
+        fn resume(&self, stream: usize) -> u64 {
+            self.resume_offset(fp(stream as u64)).unwrap_or(0)
+        }
+    }
+
+    #[test]
+    fn random_sequences_never_advance_an_offset_past_an_unacknowledged_batch() {
+        let dir = tempfile::tempdir().unwrap();
+        crate::ack_order::model::run(500, 60, || Checkpointer::empty(dir.path()));
     }
 
     #[test]
@@ -624,7 +608,7 @@ mod tests {
         let t = c.register(fp(7), 500, None);
         c.mark_gz_complete(fp(7), 120, 500);
         assert!(!c.gz_done(fp(7), 120), "not delivered yet");
-        c.ack(t);
+        c.ack(&t);
         assert!(c.gz_done(fp(7), 120));
         assert!(!c.gz_done(fp(7), 121), "another size is another file");
         assert!(!c.gz_done(fp(8), 120));
@@ -641,11 +625,11 @@ mod tests {
         let t1 = c.register(fp(1), 10, None);
         let t2 = c.register(fp(1), 20, None);
         let t3 = c.register(fp(1), 30, None);
-        assert_eq!(c.ack(t2), None);
+        assert_eq!(c.ack(&t2), None);
         assert_eq!(c.offset(fp(1)), Some(0));
-        assert_eq!(c.ack(t1), Some(20));
+        assert_eq!(c.ack(&t1), Some(20));
         assert_eq!(c.offset(fp(1)), Some(20));
-        assert_eq!(c.ack(t3), Some(30));
+        assert_eq!(c.ack(&t3), Some(30));
         assert_eq!(c.offset(fp(1)), Some(30));
     }
 
@@ -654,7 +638,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let c = Checkpointer::load(dir.path()).unwrap();
         c.seen(fp(7), "/a", 1, 2, 0, crate::time::now_ms());
-        c.ack(c.register(fp(7), 42, Some(Anchor::of(b"x\n"))));
+        c.ack(&c.register(fp(7), 42, Some(Anchor::of(b"x\n"))));
         assert!(c.write(false).unwrap());
         assert!(!c.write(false).unwrap(), "nothing changed");
         let c2 = Checkpointer::load(dir.path()).unwrap();

@@ -63,7 +63,7 @@ use crate::logsafe::Escaped;
 use crate::parse::json::{self, MessageSeed, RecordSeed};
 use crate::parse::normalize::{self, Finish};
 use crate::parse::{Reject, RejectReason};
-use crate::pipeline::{Batch, Fanout, RecordSource, Records};
+use crate::pipeline::{Batch, Fanout, RecordSource, Records, Unsent};
 use crate::record::Record;
 use crate::settings::ReadFrom;
 pub use crate::settings::MAX_HOST_BYTES;
@@ -554,32 +554,16 @@ async fn send_group(
     }
     observer.read(records.as_slice(), observed_ms);
     let ticket = offsets.register(p, end);
-    if records.is_empty() {
-        offsets.ack(ticket);
-        return true;
-    }
-    let acked = {
-        let (o, t) = (offsets.clone(), ticket.clone());
-        Box::new(move || {
-            o.ack(t);
-        })
-    };
-    let batch = Batch::new(source.clone(), records, observed_ms, Some(acked));
-    tokio::select! {
-        r = fanout.send(batch) => match r {
-            Ok(()) => true,
-            Err(e) => {
-                tracing::error!(error = %e, "kafka source: the pipeline is closed; stopping");
-                offsets.withdraw(ticket);
-                false
-            }
-        },
-        _ = stop.cancelled() => {
-            // No sink has the batch (the send is all or nothing): it
-            // is read again.
-            offsets.withdraw(ticket);
+    let batch = Batch::new(source.clone(), records, observed_ms, None);
+    match fanout.send_under_ticket(offsets, ticket, batch, |_| {}, stop.cancelled()).await {
+        Ok(()) => true,
+        Err(Unsent::Closed(e)) => {
+            tracing::error!(error = %e, "kafka source: the pipeline is closed; stopping");
             false
         }
+        // No sink has the batch (the send is all or nothing): it is read
+        // again.
+        Err(Unsent::Cancelled) => false,
     }
 }
 
@@ -616,7 +600,7 @@ async fn restart(
 /// gone), through an acknowledged empty batch so it is written.
 fn skip(offsets: &Offsets, p: &Partition, to: i64) {
     let t = offsets.register(p, Resume { next: to, witness: None });
-    offsets.ack(t);
+    offsets.ack(&t);
 }
 
 /// Sleeps `d`; true when `stop` came first.

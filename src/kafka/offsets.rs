@@ -10,8 +10,9 @@
 //! partition (each keeps its own file).
 //!
 //! Batches of a partition may be acknowledged out of order (sinks run
-//! independently); the offset advances only over a contiguous
-//! acknowledged prefix, as file checkpoints do.
+//! independently): their order, how far the position advances and which
+//! batch a cancelled send takes back are [`crate::ack_order`]'s, the same
+//! rule as file checkpoints.
 //!
 //! Each position also keeps a [`Witness`]: the offset and checksum
 //! ([`message_crc`]) of a message already read (the first of the last
@@ -23,11 +24,12 @@
 //! new message until the offsets passed its old position. [`Offsets::reset`]
 //! moves a partition back once the reader found such a reset.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
+use crate::ack_order::{AckOrder, Positions};
 use crate::checkpoint::DamagedState;
 
 /// Layout version of the file.
@@ -77,44 +79,18 @@ pub struct Resume {
     pub witness: Option<Witness>,
 }
 
-/// One batch in flight.
-#[derive(Debug)]
-struct InFlight {
-    /// Its place in the partition's order.
-    seq: u64,
-    /// Where reading goes on after it.
-    end: Resume,
-    /// Every sink acknowledged it.
-    acked: bool,
-}
-
-/// Batches of one partition not yet acknowledged, in read order.
-#[derive(Default)]
-struct Tracker {
-    /// Sequence number of the next batch.
-    next_seq: u64,
-    /// Oldest first.
-    in_flight: VecDeque<InFlight>,
-}
-
 #[derive(Default)]
 struct State {
     /// Durable positions.
     positions: BTreeMap<Partition, Resume>,
-    /// Acknowledgement order per partition.
-    trackers: BTreeMap<Partition, Tracker>,
+    /// Batches in flight, in acknowledgement order per partition.
+    order: AckOrder<Partition, Resume>,
     /// Changed since the last write.
     dirty: bool,
 }
 
 /// A batch's place in its partition's acknowledgement order.
-#[derive(Debug, Clone)]
-pub struct Ticket {
-    /// The partition.
-    partition: Partition,
-    /// The batch's sequence number.
-    seq: u64,
-}
+pub type Ticket = crate::ack_order::Ticket<Partition>;
 
 /// The positions of one consumer group. Cheap to clone.
 #[derive(Clone)]
@@ -123,7 +99,7 @@ pub struct Offsets {
     path: Arc<PathBuf>,
     /// The group.
     group_id: Arc<str>,
-    /// Positions and trackers.
+    /// Positions and the acknowledgement order.
     state: Arc<Mutex<State>>,
     /// Signalled when a position advanced.
     changed: Arc<tokio::sync::Notify>,
@@ -183,7 +159,7 @@ impl Offsets {
     /// [`Offsets::resume`] with a message read before it.
     pub fn resume_at(&self, p: &Partition) -> Option<Resume> {
         let st = self.lock();
-        st.trackers.get(p).and_then(|t| t.in_flight.back().map(|b| b.end)).or_else(|| st.positions.get(p).copied())
+        st.order.newest(p).copied().or_else(|| st.positions.get(p).copied())
     }
 
     /// Sets the first position of a partition read for the first time
@@ -199,53 +175,40 @@ impl Offsets {
     /// Registers a batch of `p` after which reading goes on at `end` (the
     /// next message's offset, and a message of the batch), in read order.
     pub fn register(&self, p: &Partition, end: Resume) -> Ticket {
-        let mut st = self.lock();
-        let t = st.trackers.entry(p.clone()).or_default();
-        let seq = t.next_seq;
-        t.next_seq += 1;
-        t.in_flight.push_back(InFlight { seq, end, acked: false });
-        Ticket { partition: p.clone(), seq }
+        self.lock().order.register(p.clone(), end)
     }
 
     /// Every sink acknowledged the batch: the position advances over the
     /// acknowledged prefix. Returns the new position when it moved.
-    pub fn ack(&self, ticket: Ticket) -> Option<i64> {
+    pub fn ack(&self, ticket: &Ticket) -> Option<i64> {
         let mut st = self.lock();
-        let t = st.trackers.get_mut(&ticket.partition)?;
-        if let Some(b) = t.in_flight.iter_mut().find(|b| b.seq == ticket.seq) {
-            b.acked = true;
-        }
-        let mut advanced = None;
-        while t.in_flight.front().is_some_and(|b| b.acked) {
-            advanced = t.in_flight.pop_front().map(|b| b.end);
-        }
-        let next = advanced?;
-        st.positions.insert(ticket.partition, next);
+        let next = st.order.ack(ticket)?;
+        st.positions.insert(ticket.key().clone(), next);
         st.dirty = true;
         drop(st);
         self.changed.notify_one();
         Some(next.next)
     }
 
-    /// Forgets a batch that was never handed to the sinks (reading
-    /// stopped before it was sent): its messages are read again.
-    pub fn withdraw(&self, ticket: Ticket) {
-        let mut st = self.lock();
-        if let Some(t) = st.trackers.get_mut(&ticket.partition) {
-            t.in_flight.retain(|b| b.seq != ticket.seq);
-        }
+    /// Takes back the newest batch of its partition, never handed to the
+    /// sinks (reading stopped before it was sent): its messages are read
+    /// again. Only the newest batch, not yet acknowledged, can be taken
+    /// back ([`crate::ack_order`]); for any other ticket this does nothing
+    /// and returns false.
+    pub fn withdraw(&self, ticket: &Ticket) -> bool {
+        self.lock().order.withdraw(ticket)
     }
 
     /// The partition's log was reset (a re-created topic, brokers that
     /// lost their log): reading starts again at `next` of the new log.
-    /// Batches of the old log still in flight no longer move the
-    /// position when they are acknowledged (their offsets mean nothing in
-    /// the new log); the new position is written with the next write.
+    /// Batches of the old log still in flight stay in the order until the
+    /// sinks acknowledge them, but no longer move the position (their
+    /// offsets mean nothing in the new log), as for a file read again
+    /// from below its checkpoint ([`AckOrder::restart`]); the new position
+    /// is written with the next write.
     pub fn reset(&self, p: &Partition, next: i64) {
         let mut st = self.lock();
-        if let Some(t) = st.trackers.get_mut(p) {
-            t.in_flight.clear();
-        }
+        st.order.restart(p);
         st.positions.insert(p.clone(), Resume { next, witness: None });
         st.dirty = true;
         drop(st);
@@ -254,7 +217,7 @@ impl Offsets {
 
     /// Batches registered and not yet acknowledged, over every partition.
     pub fn in_flight(&self) -> usize {
-        self.lock().trackers.values().map(|t| t.in_flight.len()).sum()
+        self.lock().order.total_in_flight()
     }
 
     /// Resolves when a position may have advanced since the last write.
@@ -317,6 +280,19 @@ pub fn message_crc(key: Option<&[u8]>, value: Option<&[u8]>, timestamp_ms: i64) 
     h.finalize()
 }
 
+impl Positions for Offsets {
+    type Key = Partition;
+    type Position = i64;
+
+    fn ack(&self, ticket: &Ticket) -> Option<i64> {
+        Offsets::ack(self, ticket)
+    }
+
+    fn withdraw(&self, ticket: &Ticket) -> bool {
+        Offsets::withdraw(self, ticket)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -338,10 +314,10 @@ mod tests {
         let b = o.register(&p, at(20));
         let c = o.register(&p, at(30));
         assert_eq!(o.resume(&p), Some(30), "reading resumes past the batches in flight");
-        assert_eq!(o.ack(b), None, "out of order: the first batch is still pending");
+        assert_eq!(o.ack(&b), None, "out of order: the first batch is still pending");
         assert_eq!(o.position(&p), Some(5));
-        assert_eq!(o.ack(a), Some(20));
-        o.withdraw(c);
+        assert_eq!(o.ack(&a), Some(20));
+        assert!(o.withdraw(&c));
         assert_eq!(o.resume(&p), Some(20), "a withdrawn batch is read again");
         assert!(o.write(false).unwrap());
         assert!(!o.write(false).unwrap(), "nothing changed since");
@@ -366,15 +342,15 @@ mod tests {
         o.start_at(&p, 0);
         let a = o.register(&p, at(100));
         let b = o.register(&p, at(150));
-        o.ack(a);
+        o.ack(&a);
         assert_eq!(o.position(&p), Some(100));
         o.reset(&p, 0);
         assert_eq!(o.resume_at(&p), Some(Resume { next: 0, witness: None }));
-        assert_eq!(o.ack(b), None, "a batch of the old log acknowledged after the reset");
+        assert_eq!(o.ack(&b), None, "a batch of the old log acknowledged after the reset");
         assert_eq!(o.position(&p), Some(0));
         assert_eq!(o.in_flight(), 0);
         let c = o.register(&p, at(5));
-        assert_eq!(o.ack(c), Some(5), "the new log's batches advance it");
+        assert_eq!(o.ack(&c), Some(5), "the new log's batches advance it");
     }
 
     #[test]
@@ -384,5 +360,50 @@ mod tests {
         assert_ne!(a, message_crc(Some(b"k"), Some(b"v"), 2));
         assert_ne!(a, message_crc(None, Some(b"kv"), 1));
         assert_ne!(message_crc(Some(b""), None, 1), message_crc(None, Some(b""), 1));
+    }
+
+    #[test]
+    fn an_older_batch_cannot_be_taken_back_past_the_ones_after_it() {
+        let d = tempfile::tempdir().unwrap();
+        let o = Offsets::load(d.path(), "hub").unwrap();
+        let p: Partition = ("calls".into(), 0);
+        o.start_at(&p, 0);
+        let a = o.register(&p, at(10));
+        let b = o.register(&p, at(20));
+        assert!(!o.withdraw(&a), "only the newest batch can be taken back");
+        assert_eq!(o.ack(&b), None, "the older batch still holds the position");
+        assert_eq!(o.position(&p), Some(0));
+        assert_eq!(o.ack(&a), Some(20));
+    }
+
+    /// Partition `stream` of topic `calls`, positions as the model's;
+    /// a restart is a reset of the log.
+    impl crate::ack_order::model::Subject for Offsets {
+        type Ticket = Ticket;
+        fn register(&mut self, stream: usize, end: u64) -> Ticket {
+            Offsets::register(self, &("calls".into(), stream as i32), Resume { next: end as i64, witness: None })
+        }
+        fn ack(&mut self, ticket: &Ticket) {
+            Offsets::ack(self, ticket);
+        }
+        fn withdraw(&mut self, ticket: &Ticket) -> bool {
+            Offsets::withdraw(self, ticket)
+        }
+        fn restart(&mut self, stream: usize, at: u64) -> Option<()> {
+            self.reset(&("calls".into(), stream as i32), at as i64);
+            Some(())
+        }
+        fn position(&self, stream: usize) -> u64 {
+            Offsets::position(self, &("calls".into(), stream as i32)).unwrap_or(0) as u64
+        }
+        fn resume(&self, stream: usize) -> u64 {
+            Offsets::resume(self, &("calls".into(), stream as i32)).unwrap_or(0) as u64
+        }
+    }
+
+    #[test]
+    fn random_sequences_never_advance_a_position_past_an_unacknowledged_batch() {
+        let d = tempfile::tempdir().unwrap();
+        crate::ack_order::model::run(500, 60, || Offsets::load(d.path(), "model").unwrap());
     }
 }

@@ -663,45 +663,23 @@ pub async fn run(spec: Spec, shared: ReaderShared, ctl: Arc<Control>, stats: Fil
             last_sent = chunk.offset;
             stats.records_read(chunk.observed_ms, chunk.records.iter().map(|r| (r.sync_delay_ms, r.write_time_ms)));
             let ticket = shared.checkpoints.register(fp, chunk.offset, chunk.anchor);
-            let ck = shared.checkpoints.clone();
             let st2 = stats.clone();
-            let on_acked: crate::pipeline::OnAcked = Box::new(move || {
-                if let Some(off) = ck.ack(ticket) {
-                    st2.set_committed(off);
+            let batch = Batch::new(path.clone(), chunk.records, chunk.observed_ms, None);
+            // A sink that cannot take more (upstream down) must not hold up
+            // a shutdown or a reload: a send given up reached no sink, so the
+            // batch is taken back and the next reader of the file (after a
+            // reload, or after the restart) reads it again from
+            // `chunk_start`. A file that is gone cannot be read again: its
+            // send gets [`STOP_GRACE`] more.
+            let cancel = async {
+                shared.shutdown.cancelled().await;
+                if ctl.gone.load(Ordering::Acquire) {
+                    tokio::time::sleep(STOP_GRACE).await;
                 }
-            });
-            if chunk.records.is_empty() {
-                // Nothing for the sinks (rejected lines only): the offset
-                // still advances past them, once the batches before are
-                // acknowledged too.
-                on_acked();
-            } else {
-                let batch = Batch::new(path.clone(), chunk.records, chunk.observed_ms, Some(on_acked));
-                // A sink that cannot take more (upstream down) must not hold up
-                // a shutdown or a reload: a send given up here reached no sink
-                // (Fanout::send is all or nothing), so the batch is taken back
-                // and the next reader of the file (after a reload, or after the
-                // restart) reads it again from `chunk_start`. A file that is
-                // gone cannot be read again: its send gets [`STOP_GRACE`] more.
-                let send = shared.fanout.send(batch);
-                tokio::pin!(send);
-                let sent = tokio::select! {
-                    r = &mut send => Some(r),
-                    _ = shared.shutdown.cancelled() => None,
-                };
-                let sent = match sent {
-                    Some(r) => Some(r),
-                    None if ctl.gone.load(Ordering::Acquire) => tokio::time::timeout(STOP_GRACE, &mut send).await.ok(),
-                    None => None,
-                };
-                match sent {
-                    Some(Ok(())) => {}
-                    Some(Err(_)) => return done(st.offset(), size, Exit::Shutdown),
-                    None => {
-                        shared.checkpoints.withdraw(ticket);
-                        return done(chunk_start, size, Exit::Shutdown);
-                    }
-                }
+            };
+            let sent = shared.fanout.send_under_ticket(&shared.checkpoints, ticket, batch, move |off| st2.set_committed(off), cancel);
+            if sent.await.is_err() {
+                return done(chunk_start, size, Exit::Shutdown);
             }
         }
         // Rotated away (renamed or deleted) and read to its end: no longer
