@@ -28,6 +28,10 @@
 //! (a request in flight, an admitted subscriber) is never chosen; it holds
 //! a [`Busy`] guard.
 //!
+//! The caps: the status listener 128 sockets
+//! ([`crate::telemetry::server::MAX_CONNECTIONS`]), the channel its
+//! `max_connections` subscribers plus 64 pending handshakes.
+//!
 //! [`raise_fd_limit`] raises the soft `RLIMIT_NOFILE` to the hard limit at
 //! start, so the caps, not the default 1,024 descriptors, are what bound
 //! the listeners (followed files need descriptors too).

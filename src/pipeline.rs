@@ -239,6 +239,10 @@ pub struct Fanout {
 /// durable storage (the spool) at once and acknowledge them, instead of
 /// waiting for their peer. Sinks that acknowledge on their own soon (the
 /// archive after its fsync, the channel on append) need not look.
+/// Not covered: a crash in the moments between Local Edition deleting a
+/// file and the bridge seeing it (the records exist only in the open file
+/// then), and a sink with no durable place (`spool_max_bytes = 0`), which
+/// only keeps the file open.
 #[derive(Debug)]
 pub struct Durability {
     /// Demands held now.

@@ -6,6 +6,9 @@
 //! flight). So after a crash or `kill -9` the bridge re-reads at most the
 //! batches that were not yet acknowledged (at-least-once), never less.
 //!
+//! The document is written as soon as an offset advances, at most once per
+//! `checkpoint_interval_ms` (1 s by default), and at every stop and reload.
+//!
 //! The file is `<state_dir>/checkpoints.json`, a versioned JSON document
 //! (`{"version":1,"files":[...]}`), written to a temporary file, fsynced,
 //! then renamed over the old one (and the directory fsynced), so a crash

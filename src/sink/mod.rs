@@ -15,6 +15,48 @@
 //! `check-config`, the bridge and the reload code know sinks only through
 //! it. Adding a sink is one new module and one line in [`REGISTRY`]
 //! (ARCHITECTURE.md, "Adding a sink").
+//!
+//! # Adding a sink, worked through
+//!
+//! A CSV export, say (`src/sink/csv.rs`, then `pub mod csv;` and
+//! `&Registered::<csv::CsvSink>::NEW` in [`REGISTRY`]):
+//!
+//! ```ignore
+//! pub struct CsvSink;
+//!
+//! #[derive(Deserialize)]
+//! #[serde(deny_unknown_fields)]
+//! pub struct CsvSection { path: PathBuf, #[serde(default = "..")] flush_interval_ms: u64 }
+//!
+//! #[derive(Clone, Debug, PartialEq)]
+//! pub struct CsvConfig { pub path: PathBuf, pub flush_interval: Duration }
+//!
+//! impl Sink for CsvSink {
+//!     const SECTION: &'static str = "csv_export";  // [csv_export], keys csv_export.*
+//!     const NAME: &'static str = "csv";            // logs, fan-out, /status, /metrics
+//!     type Section = CsvSection;                   // as written; defaults here
+//!     type Config = CsvConfig;                     // typed; errors name the key
+//!     type Handle = CsvHandle;                     // controls the running sink
+//!     type Update = CsvConfig;                     // what `reconfigure` takes
+//!
+//!     fn config(s: CsvSection, base: &Path) -> Result<CsvConfig, ConfigError> { .. }
+//!     fn keys(k: &mut Keys<CsvConfig>) {
+//!         k.restart("csv_export.path", |c| &mut c.path)                    // fixed until a restart
+//!          .live("csv_export.flush_interval_ms", |c| &mut c.flush_interval); // applied live
+//!     }
+//!     fn needs(c: &CsvConfig, n: &mut Needs) { n.dirs.push(("csv_export.path", parent_dir(&c.path), true)); }
+//!     fn summary(c: &CsvConfig) -> String { c.path.display().to_string() }
+//!     async fn start(c: &CsvConfig, ctx: &SinkContext, fanout: &mut Fanout, _: &mut Bound)
+//!         -> anyhow::Result<(SinkHandle, CsvHandle)> { .. }           // fanout.add(NAME, tx); spawn the task
+//!     fn prepare(c: &CsvConfig) -> anyhow::Result<CsvConfig> { Ok(c.clone()) }
+//!     fn reconfigure(h: &CsvHandle, c: CsvConfig) { h.set(c) }
+//! }
+//! ```
+//!
+//! A key not declared in `keys` that changes on a reload is reported as
+//! the whole section needing a restart (never applied silently); a
+//! listener declared in `needs` is bound before anything starts and handed
+//! to `start` in `Bound` by its key.
 
 pub mod channel;
 pub mod export;

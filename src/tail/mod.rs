@@ -46,6 +46,18 @@
 //! symbolic links, what was opened must lie inside the globs'
 //! directories, whatever the path looked like when it was scanned.
 //!
+//! Waking: inotify is read on the runtime ([`crate::watch::Events`], the
+//! descriptor in tokio's reactor, no thread of its own). A change after a
+//! quiet spell is handled at once; after a round that handled content
+//! changes, the descriptor leaves the reactor for the source's
+//! `read_delay_ms`, so the kernel merges a writer's line-by-line
+//! `IN_MODIFY` events into one and wakes nobody: one wake-up and one
+//! inotify read per round, not per line. A round that finds nothing puts
+//! the descriptor back. Readers read [`reader::CHUNK_BYTES`] (256 KiB) at a
+//! time. At start-up, once every source has scanned, [`left_unread`] logs
+//! as `RECORDS LOST` (and counts) checkpointed files gone or no longer
+//! matched with bytes unread.
+//!
 //! Invariant: at most one reader per fingerprint at a time, and a reader
 //! for a fingerprint starts where the previous one ended (in memory) or at
 //! the durable checkpoint (after a restart).

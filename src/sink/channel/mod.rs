@@ -23,7 +23,10 @@
 //!   more, a partly filled message waits at most 5 ms for more records).
 //!   `seq` (a JSON number) is the sequence number of the last record in the
 //!   message. Sequence numbers increase by one per record the channel
-//!   receives, and keep increasing across restarts (`<state_dir>/channel.seq`).
+//!   receives, and keep increasing across restarts (`<state_dir>/channel.seq`,
+//!   reserved in blocks growing from 1024 to a million numbers; a
+//!   reservation that cannot be written holds the batch, unacknowledged,
+//!   and is retried on a timer).
 //! - Without `since`, a subscription starts at the live head (records
 //!   appended after it is admitted). `?since=S`: replay from record S
 //!   (inclusive), then live, with no gap and no duplicate, also across

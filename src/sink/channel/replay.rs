@@ -1,5 +1,6 @@
 //! The replay log: the channel's records on disk, for `?since=` replay
-//! across reconnects and restarts, with a small hot tail in memory.
+//! across reconnects and restarts, with a small hot tail in memory
+//! ([`HOT_BYTES`], 2 MiB).
 //!
 //! Every record the channel receives is serialised once (the `ecls` shape,
 //! masked when the channel masks) and appended here with the next sequence
