@@ -1,9 +1,10 @@
 //! What every HTTP transport on the engine shares (upstream, OpenTelemetry):
 //! the endpoint keys (`url`, `headers`, the credentials, TLS files,
-//! compression, `request_timeout_ms`) and their checks, the client built
-//! from them, sending a body, reading an answer within bounds, and
-//! `Retry-After`. What an answer *means* is the transport's (upstream's
-//! `_bulk` items and HEC codes, OTLP's `partial_success`).
+//! compression, `request_timeout_ms`), declared once for every HTTP sink's
+//! section by `http_section!` with the delivery keys, and their checks,
+//! the client built from them, sending a body, reading an answer within
+//! bounds, and `Retry-After`. What an answer *means* is the transport's
+//! (upstream's `_bulk` items and HEC codes, OTLP's `partial_success`).
 //!
 //! Secrets go into headers marked sensitive and are never logged. Every
 //! peer is bounded: an answer's body is read up to a byte limit and within
@@ -120,8 +121,8 @@ pub enum Auth {
     },
 }
 
-/// The endpoint keys as a section wrote them, built with
-/// [`endpoint_keys!`](crate::endpoint_keys).
+/// The endpoint keys as a section wrote them, handed over by an
+/// `http_section!` section's `endpoint_keys()`.
 #[derive(Debug, Clone)]
 pub struct EndpointKeys {
     /// `url`.
@@ -154,28 +155,146 @@ pub struct EndpointKeys {
     pub auth_failures: AuthFailures,
 }
 
-/// The endpoint keys of a section `$s` as [`EndpointKeys`].
-#[macro_export]
-macro_rules! endpoint_keys {
-    ($s:expr) => {
-        $crate::delivery::http::EndpointKeys {
-            url: $s.url.clone(),
-            compression: $s.compression,
-            gzip_level: $s.gzip_level,
-            headers: $s.headers.clone(),
-            bearer_token: $s.bearer_token.clone(),
-            bearer_token_file: $s.bearer_token_file.clone(),
-            basic_user: $s.basic_user.clone(),
-            basic_password: $s.basic_password.clone(),
-            basic_password_file: $s.basic_password_file.clone(),
-            ca_file: $s.ca_file.clone(),
-            client_cert: $s.client_cert.clone(),
-            client_key: $s.client_key.clone(),
-            request_timeout_ms: $s.request_timeout_ms,
-            auth_failures: $s.auth_failures,
+/// Declares an HTTP sink's section as written (`[upstream]`, `[otlp]`):
+/// the keys given, then the endpoint keys (`url`, `compression`,
+/// `gzip_level`, `headers`, the credentials, the TLS files,
+/// `auth_failures`, `request_timeout_ms`) and the delivery keys (batching,
+/// retries, spool, dead letters, shutdown), listed here once with their
+/// defaults. Serde reads the section whole with unknown keys refused, so a
+/// mistyped key keeps its line and its nearest known key (a flattened
+/// sub-struct would lose both). `endpoint_keys()` hands the endpoint keys
+/// to [`Endpoint::from_keys`], `knobs()` the delivery keys to
+/// [`Settings::from_knobs`](crate::delivery::Settings::from_knobs): one
+/// check of each for every HTTP sink.
+macro_rules! http_section {
+    ($(#[$meta:meta])* pub struct $name:ident { $($body:tt)* }) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        pub struct $name {
+            /// Where bodies are POSTed (for OpenTelemetry, the collector's
+            /// logs endpoint, `http://collector:4318/v1/logs`).
+            pub url: String,
+            $($body)*
+            /// Body compression.
+            #[serde(default)]
+            pub compression: $crate::delivery::http::CompressionName,
+            /// gzip level 0-9 (default 1: fast; 6 halves the bytes for
+            /// about twice the CPU).
+            #[serde(default = "crate::delivery::http::default_gzip_level")]
+            pub gzip_level: u32,
+            /// Extra request headers (a collector's API key header, a
+            /// tenant).
+            #[serde(default)]
+            pub headers: std::collections::BTreeMap<String, String>,
+            /// Bearer token (prefer `bearer_token_file`); redacted in
+            /// `Debug` (what `check-config` prints).
+            #[serde(default, deserialize_with = "crate::settings::inline_secret")]
+            pub bearer_token: Option<$crate::settings::Secret>,
+            /// File holding the bearer token.
+            #[serde(default)]
+            pub bearer_token_file: Option<std::path::PathBuf>,
+            /// Basic-auth user.
+            #[serde(default)]
+            pub basic_user: Option<String>,
+            /// Basic-auth password (prefer `basic_password_file`);
+            /// redacted in `Debug`.
+            #[serde(default, deserialize_with = "crate::settings::inline_secret")]
+            pub basic_password: Option<$crate::settings::Secret>,
+            /// File holding the basic-auth password.
+            #[serde(default)]
+            pub basic_password_file: Option<std::path::PathBuf>,
+            /// Extra CA certificate (PEM) to trust.
+            #[serde(default)]
+            pub ca_file: Option<std::path::PathBuf>,
+            /// Client certificate (PEM) for mutual TLS.
+            #[serde(default)]
+            pub client_cert: Option<std::path::PathBuf>,
+            /// Client key (PEM) for mutual TLS.
+            #[serde(default)]
+            pub client_key: Option<std::path::PathBuf>,
+            /// 401/403 answers: `retry` (default) or `dead_letter`.
+            #[serde(default)]
+            pub auth_failures: $crate::delivery::http::AuthFailures,
+            /// Per-request timeout.
+            #[serde(default = "crate::delivery::settings::default::request_timeout_ms")]
+            pub request_timeout_ms: u64,
+            /// A request is sent at this many records ...
+            #[serde(default = "crate::delivery::settings::default::batch_max_records")]
+            pub batch_max_records: usize,
+            /// ... or at this many (uncompressed) body bytes ...
+            #[serde(default = "crate::delivery::settings::default::batch_max_bytes")]
+            pub batch_max_bytes: usize,
+            /// ... or this long after its first record.
+            #[serde(default = "crate::delivery::settings::default::flush_interval_ms")]
+            pub flush_interval_ms: u64,
+            /// Requests in flight at once.
+            #[serde(default = "crate::delivery::settings::default::max_in_flight")]
+            pub max_in_flight: usize,
+            /// First retry delay; doubles up to `retry_max_ms`, with jitter.
+            #[serde(default = "crate::delivery::settings::default::retry_initial_ms")]
+            pub retry_initial_ms: u64,
+            /// Longest retry delay (and longest `Retry-After` honoured).
+            #[serde(default = "crate::delivery::settings::default::retry_max_ms")]
+            pub retry_max_ms: u64,
+            /// Disk spool bound during long outages (under `state_dir`); 0
+            /// turns the spool off (an outage then only pauses reading).
+            #[serde(default = "crate::delivery::settings::default::spool_max_bytes")]
+            pub spool_max_bytes: u64,
+            /// How long the peer must have been failing before requests go
+            /// to the spool (and are acknowledged) instead of waiting in
+            /// memory while reading pauses.
+            #[serde(default = "crate::delivery::settings::default::spool_after_ms")]
+            pub spool_after_ms: u64,
+            /// Poison batches (4xx other than 408/413/429, and 401/403 with
+            /// `auth_failures = "dead_letter"`) are written here; default
+            /// the sink's file under `state_dir`
+            /// (`<state_dir>/dead-letter.ndjson` for `[upstream]`,
+            /// `<state_dir>/otlp-dead-letter.ndjson` for `[otlp]`).
+            #[serde(default)]
+            pub dead_letter_file: Option<std::path::PathBuf>,
+            /// Rotate the dead-letter file before it would pass this size
+            /// (a peer that refuses every batch must not fill the disk).
+            #[serde(default = "crate::delivery::settings::default::dead_letter_rotate_bytes")]
+            pub dead_letter_rotate_bytes: u64,
+            /// Rotated dead-letter files kept (`.1` ...); older ones are
+            /// deleted (logged as an error with their size).
+            #[serde(default = "crate::delivery::settings::default::dead_letter_keep_files")]
+            pub dead_letter_keep_files: usize,
+            /// SIGTERM grace period to flush what is batched.
+            #[serde(default = "crate::delivery::settings::default::shutdown_grace_ms")]
+            pub shutdown_grace_ms: u64,
+        }
+
+        impl $name {
+            /// The endpoint keys of this section.
+            pub fn endpoint_keys(&self) -> $crate::delivery::http::EndpointKeys {
+                $crate::delivery::http::EndpointKeys {
+                    url: self.url.clone(),
+                    compression: self.compression,
+                    gzip_level: self.gzip_level,
+                    headers: self.headers.clone(),
+                    bearer_token: self.bearer_token.clone(),
+                    bearer_token_file: self.bearer_token_file.clone(),
+                    basic_user: self.basic_user.clone(),
+                    basic_password: self.basic_password.clone(),
+                    basic_password_file: self.basic_password_file.clone(),
+                    ca_file: self.ca_file.clone(),
+                    client_cert: self.client_cert.clone(),
+                    client_key: self.client_key.clone(),
+                    request_timeout_ms: self.request_timeout_ms,
+                    auth_failures: self.auth_failures,
+                }
+            }
+
+            /// The delivery keys of this section.
+            pub fn knobs(&self) -> $crate::delivery::settings::Knobs {
+                $crate::knobs!(self, flush_interval_ms)
+            }
         }
     };
 }
+pub(crate) use http_section;
 
 /// Where and how an HTTP transport sends: the typed endpoint keys.
 #[derive(Debug, Clone, PartialEq, Eq)]

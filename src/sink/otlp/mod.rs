@@ -23,18 +23,16 @@
 pub mod encode;
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
-
-use serde::Deserialize;
 
 use self::encode::{proto, Encoder, Wire};
 use super::{Keys, Needs, SinkContext, SinkHandle};
-use crate::delivery::http::{self as wire, AuthFailures, Body, Client, CompressionName, Endpoint};
+use crate::delivery::http::{self as wire, AuthFailures, Body, Client, Endpoint};
 use crate::delivery::{self, Control, Declared, FigureNames, Outcome, Parts, Places, Settings, Transport, Units};
 use crate::listener::Bound;
 use crate::pipeline::Fanout;
-use crate::settings::{parent_dir, ConfigError, Secret};
+use crate::settings::{parent_dir, ConfigError};
 
 /// The config section.
 pub const SECTION: &str = "otlp";
@@ -67,95 +65,18 @@ static DECLARED: Declared = Declared {
     }),
 };
 
-/// The `[otlp]` section as written.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct OtlpSection {
-    /// The collector's logs endpoint (`http://collector:4318/v1/logs`).
-    pub url: String,
-    /// `protobuf` (default) or `json`.
-    #[serde(default)]
-    pub format: Wire,
-    /// Body compression.
-    #[serde(default)]
-    pub compression: CompressionName,
-    /// gzip level 0-9.
-    #[serde(default = "crate::delivery::http::default_gzip_level")]
-    pub gzip_level: u32,
-    /// Extra request headers (a collector's API key header, a tenant).
-    #[serde(default)]
-    pub headers: BTreeMap<String, String>,
-    /// Attributes of every resource, after `host.name`
-    /// (`service.name`, `deployment.environment.name`, ...).
-    #[serde(default)]
-    pub resource_attributes: BTreeMap<String, String>,
-    /// Bearer token (prefer `bearer_token_file`); redacted in `Debug`.
-    #[serde(default, deserialize_with = "crate::settings::inline_secret")]
-    pub bearer_token: Option<Secret>,
-    /// File holding the bearer token.
-    #[serde(default)]
-    pub bearer_token_file: Option<PathBuf>,
-    /// Basic-auth user.
-    #[serde(default)]
-    pub basic_user: Option<String>,
-    /// Basic-auth password (prefer `basic_password_file`); redacted in
-    /// `Debug`.
-    #[serde(default, deserialize_with = "crate::settings::inline_secret")]
-    pub basic_password: Option<Secret>,
-    /// File holding the basic-auth password.
-    #[serde(default)]
-    pub basic_password_file: Option<PathBuf>,
-    /// Extra CA certificate (PEM) to trust.
-    #[serde(default)]
-    pub ca_file: Option<PathBuf>,
-    /// Client certificate (PEM) for mutual TLS.
-    #[serde(default)]
-    pub client_cert: Option<PathBuf>,
-    /// Client key (PEM) for mutual TLS.
-    #[serde(default)]
-    pub client_key: Option<PathBuf>,
-    /// 401/403 answers: `retry` (default) or `dead_letter`.
-    #[serde(default)]
-    pub auth_failures: AuthFailures,
-    /// Per-request timeout.
-    #[serde(default = "crate::delivery::settings::default::request_timeout_ms")]
-    pub request_timeout_ms: u64,
-    /// A request is sent at this many records ...
-    #[serde(default = "crate::delivery::settings::default::batch_max_records")]
-    pub batch_max_records: usize,
-    /// ... or at this many (uncompressed) bytes of log records ...
-    #[serde(default = "crate::delivery::settings::default::batch_max_bytes")]
-    pub batch_max_bytes: usize,
-    /// ... or this long after its first record.
-    #[serde(default = "crate::delivery::settings::default::flush_interval_ms")]
-    pub flush_interval_ms: u64,
-    /// Requests in flight at once.
-    #[serde(default = "crate::delivery::settings::default::max_in_flight")]
-    pub max_in_flight: usize,
-    /// First retry delay; doubles up to `retry_max_ms`, with jitter.
-    #[serde(default = "crate::delivery::settings::default::retry_initial_ms")]
-    pub retry_initial_ms: u64,
-    /// Longest retry delay (and longest `Retry-After` honoured).
-    #[serde(default = "crate::delivery::settings::default::retry_max_ms")]
-    pub retry_max_ms: u64,
-    /// Disk spool bound; 0 turns the spool off.
-    #[serde(default = "crate::delivery::settings::default::spool_max_bytes")]
-    pub spool_max_bytes: u64,
-    /// How long the collector fails before every request goes to the spool.
-    #[serde(default = "crate::delivery::settings::default::spool_after_ms")]
-    pub spool_after_ms: u64,
-    /// SIGTERM grace period.
-    #[serde(default = "crate::delivery::settings::default::shutdown_grace_ms")]
-    pub shutdown_grace_ms: u64,
-    /// Refused records; default `<state_dir>/otlp-dead-letter.ndjson`.
-    #[serde(default)]
-    pub dead_letter_file: Option<PathBuf>,
-    /// Rotate the dead-letter file before it would pass this size.
-    #[serde(default = "crate::delivery::settings::default::dead_letter_rotate_bytes")]
-    pub dead_letter_rotate_bytes: u64,
-    /// Rotated dead-letter files kept.
-    #[serde(default = "crate::delivery::settings::default::dead_letter_keep_files")]
-    pub dead_letter_keep_files: usize,
+wire::http_section! {
+    /// The `[otlp]` section as written (and the endpoint and delivery keys
+    /// every HTTP sink has).
+    pub struct OtlpSection {
+        /// `protobuf` (default) or `json`.
+        #[serde(default)]
+        pub format: Wire,
+        /// Attributes of every resource, after `host.name`
+        /// (`service.name`, `deployment.environment.name`, ...).
+        #[serde(default)]
+        pub resource_attributes: BTreeMap<String, String>,
+    }
 }
 
 /// The `[otlp]` sink's settings.
@@ -174,8 +95,8 @@ pub struct OtlpConfig {
 impl OtlpConfig {
     /// The settings of an `[otlp]` section; errors name the key.
     pub fn from_section(s: OtlpSection, base: &Path) -> Result<OtlpConfig, ConfigError> {
-        let endpoint = Endpoint::from_keys(crate::endpoint_keys!(s), SECTION, base)?;
-        let delivery = Settings::from_knobs(crate::knobs!(s, flush_interval_ms), SECTION, base)?;
+        let endpoint = Endpoint::from_keys(s.endpoint_keys(), SECTION, base)?;
+        let delivery = Settings::from_knobs(s.knobs(), SECTION, base)?;
         Ok(OtlpConfig { endpoint, format: s.format, resource_attributes: s.resource_attributes, delivery })
     }
 }

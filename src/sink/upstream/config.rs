@@ -3,14 +3,13 @@
 //! engine has them ([`Endpoint`], [`Settings`], defaults from the one
 //! table), and the body format with its own keys.
 
-use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde::Deserialize;
 
-use crate::delivery::http::{AuthFailures, CompressionName, Endpoint};
+use crate::delivery::http::{http_section, Endpoint};
 use crate::delivery::Settings;
-use crate::settings::{ConfigError, Secret};
+use crate::settings::ConfigError;
 
 /// Body format of upstream requests, as the `format` key names it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
@@ -78,106 +77,20 @@ impl Format {
     }
 }
 
-/// The `[upstream]` section as written.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct UpstreamSection {
-    /// Where batches are POSTed.
-    pub url: String,
-    /// Body format.
-    #[serde(default)]
-    pub format: UpstreamFormat,
-    /// Body compression.
-    #[serde(default)]
-    pub compression: CompressionName,
-    /// gzip level 0-9 (default 1: fast; 6 halves the bytes for about
-    /// twice the CPU).
-    #[serde(default = "crate::delivery::http::default_gzip_level")]
-    pub gzip_level: u32,
-    /// Extra request headers.
-    #[serde(default)]
-    pub headers: BTreeMap<String, String>,
-    /// Bearer token (prefer `bearer_token_file`); redacted in `Debug`
-    /// (what `check-config` prints).
-    #[serde(default, deserialize_with = "crate::settings::inline_secret")]
-    pub bearer_token: Option<Secret>,
-    /// File holding the bearer token.
-    #[serde(default)]
-    pub bearer_token_file: Option<PathBuf>,
-    /// Basic-auth user.
-    #[serde(default)]
-    pub basic_user: Option<String>,
-    /// Basic-auth password (prefer `basic_password_file`); redacted in
-    /// `Debug`.
-    #[serde(default, deserialize_with = "crate::settings::inline_secret")]
-    pub basic_password: Option<Secret>,
-    /// File holding the basic-auth password.
-    #[serde(default)]
-    pub basic_password_file: Option<PathBuf>,
-    /// Extra CA certificate (PEM) to trust.
-    #[serde(default)]
-    pub ca_file: Option<PathBuf>,
-    /// Client certificate (PEM) for mutual TLS.
-    #[serde(default)]
-    pub client_cert: Option<PathBuf>,
-    /// Client key (PEM) for mutual TLS.
-    #[serde(default)]
-    pub client_key: Option<PathBuf>,
-    /// Flush a batch at this many records.
-    #[serde(default = "crate::delivery::settings::default::batch_max_records")]
-    pub batch_max_records: usize,
-    /// Flush a batch at this many (uncompressed) body bytes.
-    #[serde(default = "crate::delivery::settings::default::batch_max_bytes")]
-    pub batch_max_bytes: usize,
-    /// Flush a non-empty batch after this long.
-    #[serde(default = "crate::delivery::settings::default::flush_interval_ms")]
-    pub flush_interval_ms: u64,
-    /// Per-request timeout.
-    #[serde(default = "crate::delivery::settings::default::request_timeout_ms")]
-    pub request_timeout_ms: u64,
-    /// Requests in flight at once.
-    #[serde(default = "crate::delivery::settings::default::max_in_flight")]
-    pub max_in_flight: usize,
-    /// First retry delay; doubles up to `retry_max_ms`, with jitter.
-    #[serde(default = "crate::delivery::settings::default::retry_initial_ms")]
-    pub retry_initial_ms: u64,
-    /// Longest retry delay.
-    #[serde(default = "crate::delivery::settings::default::retry_max_ms")]
-    pub retry_max_ms: u64,
-    /// Disk spool bound during long outages (under `state_dir`); 0 turns
-    /// the spool off (an outage then only pauses reading).
-    #[serde(default = "crate::delivery::settings::default::spool_max_bytes")]
-    pub spool_max_bytes: u64,
-    /// How long upstream must have been failing before requests go to the
-    /// spool (and are acknowledged) instead of waiting in memory while
-    /// reading pauses.
-    #[serde(default = "crate::delivery::settings::default::spool_after_ms")]
-    pub spool_after_ms: u64,
-    /// 401/403 answers: `retry` (default) or `dead_letter`.
-    #[serde(default)]
-    pub auth_failures: AuthFailures,
-    /// Poison batches (4xx other than 408/413/429, and 401/403 with
-    /// `auth_failures = "dead_letter"`) are written here;
-    /// default `<state_dir>/dead-letter.ndjson`.
-    #[serde(default)]
-    pub dead_letter_file: Option<PathBuf>,
-    /// Rotate the dead-letter file before it would pass this size (a
-    /// collector that refuses every batch must not fill the disk).
-    #[serde(default = "crate::delivery::settings::default::dead_letter_rotate_bytes")]
-    pub dead_letter_rotate_bytes: u64,
-    /// Rotated dead-letter files kept (`.1` ...); older ones are deleted
-    /// (logged as an error with their size).
-    #[serde(default = "crate::delivery::settings::default::dead_letter_keep_files")]
-    pub dead_letter_keep_files: usize,
-    /// Splunk HEC `sourcetype`.
-    #[serde(default)]
-    pub splunk_sourcetype: Option<String>,
-    /// Elasticsearch index for `_bulk` actions.
-    #[serde(default)]
-    pub elasticsearch_index: Option<String>,
-    /// SIGTERM grace period to flush what is batched.
-    #[serde(default = "crate::delivery::settings::default::shutdown_grace_ms")]
-    pub shutdown_grace_ms: u64,
+http_section! {
+    /// The `[upstream]` section as written (and the endpoint and delivery
+    /// keys every HTTP sink has).
+    pub struct UpstreamSection {
+        /// Body format.
+        #[serde(default)]
+        pub format: UpstreamFormat,
+        /// Splunk HEC `sourcetype`.
+        #[serde(default)]
+        pub splunk_sourcetype: Option<String>,
+        /// Elasticsearch index for `_bulk` actions.
+        #[serde(default)]
+        pub elasticsearch_index: Option<String>,
+    }
 }
 
 /// The upstream sink's settings.
@@ -208,8 +121,8 @@ impl UpstreamConfig {
     /// against `base`, credential and TLS files read and checked; errors
     /// name the key (`upstream.url`).
     pub fn from_section(s: UpstreamSection, base: &Path) -> Result<UpstreamConfig, ConfigError> {
-        let endpoint = Endpoint::from_keys(crate::endpoint_keys!(s), super::SECTION, base)?;
-        let delivery = Settings::from_knobs(crate::knobs!(s, flush_interval_ms), super::SECTION, base)?;
+        let endpoint = Endpoint::from_keys(s.endpoint_keys(), super::SECTION, base)?;
+        let delivery = Settings::from_knobs(s.knobs(), super::SECTION, base)?;
         let format = match s.format {
             UpstreamFormat::Ndjson => Format::Ndjson,
             UpstreamFormat::Ecls => Format::Ecls,
