@@ -33,8 +33,10 @@
 //!   thread and back would cost more than the read (two thread wake-ups
 //!   per read, the main CPU cost of a file written a line at a time).
 
+use std::convert::Infallible;
 use std::fs::File;
 use std::io::{self, Read};
+use std::ops::ControlFlow;
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -525,29 +527,110 @@ async fn hold_until_acked(shared: &ReaderShared, ctl: &Control, fp: Fingerprint)
 
 /// Runs a reader until it stops; returns why and where.
 pub async fn run(spec: Spec, shared: ReaderShared, ctl: Arc<Control>, stats: FileStats) -> Finished {
-    let key = spec.key;
-    let fp = spec.fp;
-    let path = spec.path.clone();
-    let mut st = State {
-        gz: None,
-        pos: spec.offset,
-        carry: Vec::new(),
-        ingest: Ingest::new(shared.format, shared.max_line_bytes, spec.offset),
-        fp,
-        fp_range: spec.fp_range,
-        anchor: spec.anchor.filter(|_| !spec.gz && spec.offset > 0).map(|a| (spec.offset, a)),
-        enricher: shared.enricher.clone(),
-        host: shared.host.clone(),
-        bytes_per_record: 0,
-        file: spec.file,
-    };
-    let done = |offset, size, exit| Finished { key, fp, offset, size, exit };
-    if spec.gz {
+    let mut reader = Reader::new(&spec, shared, ctl, stats);
+    let ControlFlow::Break(finished) = reader.steps(spec).await;
+    finished
+}
+
+/// One step of a reader: go on with the next step (`Continue`), or stop and
+/// report (`Break`).
+type Step<T = ()> = ControlFlow<Finished, T>;
+
+/// A running reader: what its loop keeps between chunks (the reading
+/// [`State`] itself moves in and out of the blocking pool, so it is passed
+/// along separately).
+struct Reader {
+    shared: ReaderShared,
+    ctl: Arc<Control>,
+    stats: FileStats,
+    key: (u64, u64),
+    fp: Fingerprint,
+    path: Arc<str>,
+    /// File size at the last read (reported when the reader stops).
+    size: u64,
+    /// Offset after the last chunk sent (or acknowledged directly).
+    last_sent: u64,
+    /// When the file last gave new bytes, or was first seen rotated away or
+    /// deleted, whichever is later: the partial-line grace period runs from
+    /// there.
+    last_growth: tokio::time::Instant,
+    /// The file was seen rotated away or deleted.
+    went_away: bool,
+    /// Bytes the last read found (the first read of a file goes to the
+    /// blocking pool: it may have a backlog).
+    last_read: u64,
+}
+
+impl Reader {
+    fn new(spec: &Spec, shared: ReaderShared, ctl: Arc<Control>, stats: FileStats) -> Reader {
+        Reader {
+            shared,
+            ctl,
+            stats,
+            key: spec.key,
+            fp: spec.fp,
+            path: spec.path.clone(),
+            size: 0,
+            last_sent: spec.offset,
+            last_growth: tokio::time::Instant::now(),
+            went_away: false,
+            last_read: u64::MAX,
+        }
+    }
+
+    /// Stops at `offset` for `exit`, with the size of the last read.
+    fn stop<T>(&self, offset: u64, exit: Exit) -> Step<T> {
+        ControlFlow::Break(Finished { key: self.key, fp: self.fp, offset, size: self.size, exit })
+    }
+
+    /// The reader's loop: opens the file, then reads, checks and sends one
+    /// chunk at a time, and at the end of the data waits or finishes.
+    async fn steps(&mut self, spec: Spec) -> Step<Infallible> {
+        let mut st = self.open(spec).await?;
+        // The offset the first chunk starts from.
+        self.last_sent = st.offset();
+        self.last_growth = tokio::time::Instant::now();
+        loop {
+            self.wait_for_room(&st).await?;
+            let flush_partial = self.flush_partial(&st);
+            let (s, chunk) = self.read(st, flush_partial).await?;
+            st = s;
+            let status = chunk.status;
+            self.check(&chunk)?;
+            self.send(chunk).await?;
+            self.mark_finished(&st, status);
+            if status == Status::More {
+                continue;
+            }
+            self.at_end(&mut st, flush_partial).await?;
+        }
+    }
+
+    /// Opens the reading state at the spec's offset; a `.gz` gets its
+    /// decompressor, moved past the offset on the blocking pool (a `.gz`
+    /// shorter than the offset is complete).
+    async fn open(&self, spec: Spec) -> Step<State> {
+        let mut st = State {
+            gz: None,
+            pos: spec.offset,
+            carry: Vec::new(),
+            ingest: Ingest::new(self.shared.format, self.shared.max_line_bytes, spec.offset),
+            fp: self.fp,
+            fp_range: spec.fp_range,
+            anchor: spec.anchor.filter(|_| !spec.gz && spec.offset > 0).map(|a| (spec.offset, a)),
+            enricher: self.shared.enricher.clone(),
+            host: self.shared.host.clone(),
+            bytes_per_record: 0,
+            file: spec.file,
+        };
+        if !spec.gz {
+            return ControlFlow::Continue(st);
+        }
         let file = match st.file.try_clone() {
             Ok(f) => f,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot read gzip file");
-                return done(spec.offset, 0, Exit::Failed);
+                return self.stop(spec.offset, Exit::Failed);
             }
         };
         let offset = spec.offset;
@@ -557,178 +640,204 @@ pub async fn run(spec: Spec, shared: ReaderShared, ctl: Arc<Control>, stats: Fil
                 st.gz = Some(dec);
                 st.pos = skipped;
                 if skipped < offset {
-                    return done(skipped, 0, Exit::Complete);
+                    return self.stop(skipped, Exit::Complete);
                 }
             }
             Ok(Err(e)) => {
                 tracing::debug!(error = %e, "gzip file not readable yet (still being written?)");
-                return done(spec.offset, 0, Exit::Failed);
+                return self.stop(spec.offset, Exit::Failed);
             }
-            Err(_) => return done(spec.offset, 0, Exit::Failed),
+            Err(_) => return self.stop(spec.offset, Exit::Failed),
         }
+        ControlFlow::Continue(st)
     }
-    let mut size = 0;
-    let mut last_sent = st.offset();
-    // When the file last gave new bytes, or was first seen rotated away or
-    // deleted, whichever is later: the partial-line grace period runs from
-    // there.
-    let mut last_growth = tokio::time::Instant::now();
-    let mut went_away = false;
-    // Bytes the last read found (the first read of a file goes to the
-    // blocking pool: it may have a backlog).
-    let mut last_read = u64::MAX;
-    loop {
-        if shared.shutdown.is_cancelled() {
-            return done(st.offset(), size, Exit::Shutdown);
+
+    /// Waits, before each read, while the memory budget is reached (as for
+    /// a full sink queue: nothing more is read ahead); stops when the
+    /// bridge stops.
+    async fn wait_for_room(&self, st: &State) -> Step {
+        if self.shared.shutdown.is_cancelled() {
+            return self.stop(st.offset(), Exit::Shutdown);
         }
-        // Reading pauses while the memory budget is reached, as for a
-        // full sink queue: nothing more is read ahead.
         tokio::select! {
-            _ = shared.fanout.budget().room() => {}
-            _ = shared.shutdown.cancelled() => return done(st.offset(), size, Exit::Shutdown),
+            _ = self.shared.fanout.budget().room() => {}
+            _ = self.shared.shutdown.cancelled() => return self.stop(st.offset(), Exit::Shutdown),
         }
-        let gone = ctl.gone.load(Ordering::Acquire) || ctl.rotated.load(Ordering::Acquire);
-        if gone && !went_away {
-            went_away = true;
-            last_growth = tokio::time::Instant::now();
+        ControlFlow::Continue(())
+    }
+
+    /// Whether this read handles what is left at the end of the data as
+    /// complete: always for a `.gz`; for a file rotated away or deleted,
+    /// once it has not grown for the grace period and no other file waits
+    /// to continue it. Starts the grace period when the file is first seen
+    /// gone.
+    fn flush_partial(&mut self, st: &State) -> bool {
+        let gone = self.ctl.gone.load(Ordering::Acquire) || self.ctl.rotated.load(Ordering::Acquire);
+        if gone && !self.went_away {
+            self.went_away = true;
+            self.last_growth = tokio::time::Instant::now();
         }
-        let settled = last_growth.elapsed() >= shared.partial_grace;
-        let flush_partial = st.gz.is_some() || (gone && settled && !ctl.superseded.load(Ordering::Acquire));
+        let settled = self.last_growth.elapsed() >= self.shared.partial_grace;
+        st.gz.is_some() || (gone && settled && !self.ctl.superseded.load(Ordering::Acquire))
+    }
+
+    /// Reads and ingests one chunk: in place when the last read of a
+    /// trickled plain file was small (see the module docs), otherwise on
+    /// the blocking pool. A read error stops the reader.
+    async fn read(&mut self, mut st: State, flush_partial: bool) -> Step<(State, Chunk)> {
         let pos_before = st.pos;
-        let res = if shared.inline_reads && st.gz.is_none() && last_read <= INLINE_READ_BYTES as u64 {
-            let r = st.read_chunk(INLINE_READ_BYTES, flush_partial, shared.rejects.as_deref(), &path);
+        let inline = self.shared.inline_reads && st.gz.is_none() && self.last_read <= INLINE_READ_BYTES as u64;
+        let res = if inline {
+            let r = st.read_chunk(INLINE_READ_BYTES, flush_partial, self.shared.rejects.as_deref(), &self.path);
             Ok((st, r))
         } else {
-            let (rejects, file) = (shared.rejects.clone(), path.clone());
+            let (rejects, file) = (self.shared.rejects.clone(), self.path.clone());
             tokio::task::spawn_blocking(move || {
                 let r = st.read_chunk(CHUNK_BYTES, flush_partial, rejects.as_deref(), &file);
                 (st, r)
             })
             .await
         };
-        let chunk = match res {
-            Ok((s, r)) => {
-                st = s;
-                last_read = st.pos.saturating_sub(pos_before);
-                if st.pos > pos_before {
-                    last_growth = tokio::time::Instant::now();
-                }
-                match r {
-                    Ok(c) => c,
-                    Err(e) => {
-                        // A .gz still being written (logrotate compressing
-                        // it) ends early: routine while it changes. One that
-                        // stays broken needs an operator.
-                        let being_written = st.gz.is_some()
-                            && st
-                                .file
-                                .metadata()
-                                .ok()
-                                .and_then(|m| m.modified().ok())
-                                .and_then(|t| t.elapsed().ok())
-                                .is_some_and(|a| a < GZ_SETTLE);
-                        if being_written {
-                            tracing::debug!(offset = st.offset(), error = %e, "gzip file not complete yet; retried when it changes");
-                        } else {
-                            let exit =
-                                if st.gz.is_some() { "gzip file incomplete or corrupt; retried when it changes" } else { "read error" };
-                            tracing::warn!(offset = st.offset(), error = %e, "{exit}");
-                        }
-                        return done(st.offset(), size, Exit::Failed);
-                    }
-                }
-            }
+        let (st, r) = match res {
+            Ok(read) => read,
             Err(e) => {
                 tracing::error!(error = %e, "reader task failed");
-                return Finished { key, fp, offset: 0, size: 0, exit: Exit::Failed };
+                // The state went with the task: no offset to report.
+                return ControlFlow::Break(Finished { key: self.key, fp: self.fp, offset: 0, size: 0, exit: Exit::Failed });
             }
         };
-        size = chunk.size;
-        stats.set_position(chunk.size, chunk.offset);
+        self.last_read = st.pos.saturating_sub(pos_before);
+        if st.pos > pos_before {
+            self.last_growth = tokio::time::Instant::now();
+        }
+        match r {
+            Ok(chunk) => ControlFlow::Continue((st, chunk)),
+            Err(e) => {
+                self.read_failed(&st, &e);
+                self.stop(st.offset(), Exit::Failed)
+            }
+        }
+    }
+
+    /// Logs a read error: a `.gz` still being written (logrotate
+    /// compressing it) ends early, routine while it changes (DEBUG); one
+    /// that stays broken, or a plain file's read error, needs an operator.
+    fn read_failed(&self, st: &State, e: &io::Error) {
+        let being_written = st.gz.is_some()
+            && st.file.metadata().ok().and_then(|m| m.modified().ok()).and_then(|t| t.elapsed().ok()).is_some_and(|a| a < GZ_SETTLE);
+        if being_written {
+            tracing::debug!(offset = st.offset(), error = %e, "gzip file not complete yet; retried when it changes");
+        } else {
+            let exit = if st.gz.is_some() { "gzip file incomplete or corrupt; retried when it changes" } else { "read error" };
+            tracing::warn!(offset = st.offset(), error = %e, "{exit}");
+        }
+    }
+
+    /// Records the chunk's position; stops on a file truncated or replaced
+    /// in place; reports an emitted partial line and the chunk's rejects.
+    fn check(&mut self, chunk: &Chunk) -> Step {
+        self.size = chunk.size;
+        self.stats.set_position(chunk.size, chunk.offset);
         if chunk.status == Status::Truncated {
             tracing::info!(
                 offset = chunk.offset,
                 size = chunk.size,
                 "file truncated or replaced in place; reading its new content as a new file"
             );
-            return done(chunk.offset, size, Exit::Truncated);
+            return self.stop(chunk.offset, Exit::Truncated);
         }
         if chunk.partial {
-            stats.partial_line();
+            self.stats.partial_line();
             tracing::info!(offset = chunk.offset, "emitted a partial last line (no newline) of a file rotated away or deleted");
         }
-        chunk.rejects.report(&path, &stats, &shared.reject_log);
-        if chunk.offset > last_sent || chunk.partial {
-            let chunk_start = last_sent;
-            last_sent = chunk.offset;
-            stats.records_read(chunk.observed_ms, chunk.records.iter().map(|r| (r.sync_delay_ms, r.write_time_ms)));
-            let ticket = shared.checkpoints.register(fp, chunk.offset, chunk.anchor);
-            let st2 = stats.clone();
-            let batch = Batch::new(path.clone(), chunk.records, chunk.observed_ms, None);
-            // A sink that cannot take more (upstream down) must not hold up
-            // a shutdown or a reload: a send given up reached no sink, so the
-            // batch is taken back and the next reader of the file (after a
-            // reload, or after the restart) reads it again from
-            // `chunk_start`. A file that is gone cannot be read again: its
-            // send gets [`STOP_GRACE`] more.
-            let cancel = async {
-                shared.shutdown.cancelled().await;
-                if ctl.gone.load(Ordering::Acquire) {
-                    tokio::time::sleep(STOP_GRACE).await;
-                }
-            };
-            let sent = shared.fanout.send_under_ticket(&shared.checkpoints, ticket, batch, move |off| st2.set_committed(off), cancel);
-            if sent.await.is_err() {
-                return done(chunk_start, size, Exit::Shutdown);
+        chunk.rejects.report(&self.path, &self.stats, &self.shared.reject_log);
+        ControlFlow::Continue(())
+    }
+
+    /// Sends the chunk's records (if it moved the offset) under a ticket
+    /// for its offset; the offset is acknowledged once every sink has them.
+    async fn send(&mut self, chunk: Chunk) -> Step {
+        if chunk.offset <= self.last_sent && !chunk.partial {
+            return ControlFlow::Continue(());
+        }
+        let chunk_start = self.last_sent;
+        self.last_sent = chunk.offset;
+        self.stats.records_read(chunk.observed_ms, chunk.records.iter().map(|r| (r.sync_delay_ms, r.write_time_ms)));
+        let ticket = self.shared.checkpoints.register(self.fp, chunk.offset, chunk.anchor);
+        let stats = self.stats.clone();
+        let batch = Batch::new(self.path.clone(), chunk.records, chunk.observed_ms, None);
+        // A sink that cannot take more (upstream down) must not hold up
+        // a shutdown or a reload: a send given up reached no sink, so the
+        // batch is taken back and the next reader of the file (after a
+        // reload, or after the restart) reads it again from
+        // `chunk_start`. A file that is gone cannot be read again: its
+        // send gets [`STOP_GRACE`] more.
+        let cancel = async {
+            self.shared.shutdown.cancelled().await;
+            if self.ctl.gone.load(Ordering::Acquire) {
+                tokio::time::sleep(STOP_GRACE).await;
             }
+        };
+        let sent =
+            self.shared.fanout.send_under_ticket(&self.shared.checkpoints, ticket, batch, move |off| stats.set_committed(off), cancel);
+        if sent.await.is_err() {
+            return self.stop(chunk_start, Exit::Shutdown);
         }
-        // Rotated away (renamed or deleted) and read to its end: no longer
-        // part of the current sync delay (a `.gz` is marked by the tailer
-        // once complete).
-        let rotated_away = ctl.gone.load(Ordering::Acquire) || ctl.rotated.load(Ordering::Acquire);
-        stats.set_finished(chunk.status == Status::End && st.gz.is_none() && rotated_away && st.carry.is_empty());
-        if chunk.status == Status::More {
-            continue;
-        }
-        // At the end of the data.
+        ControlFlow::Continue(())
+    }
+
+    /// Rotated away (renamed or deleted) and read to its end: no longer
+    /// part of the current sync delay (a `.gz` is marked by the tailer
+    /// once complete).
+    fn mark_finished(&self, st: &State, status: Status) {
+        let rotated_away = self.ctl.gone.load(Ordering::Acquire) || self.ctl.rotated.load(Ordering::Acquire);
+        self.stats.set_finished(status == Status::End && st.gz.is_none() && rotated_away && st.carry.is_empty());
+    }
+
+    /// At the end of the data: a `.gz` is complete and a file gone is done
+    /// (once their batches are acknowledged); a partial last line of a file
+    /// gone waits for its grace period; otherwise waits for new data, or
+    /// closes the file once idle. `Continue` reads again.
+    async fn at_end(&self, st: &mut State, flush_partial: bool) -> Step {
         if st.gz.is_some() {
-            if !hold_until_acked(&shared, &ctl, fp).await {
-                return done(st.offset(), size, Exit::Shutdown);
+            if !hold_until_acked(&self.shared, &self.ctl, self.fp).await {
+                return self.stop(st.offset(), Exit::Shutdown);
             }
-            return done(st.offset(), size, Exit::Complete);
+            return self.stop(st.offset(), Exit::Complete);
         }
         st.release_buffer();
-        let superseded = ctl.superseded.load(Ordering::Acquire);
+        let superseded = self.ctl.superseded.load(Ordering::Acquire);
         let needs_flush = !st.carry.is_empty() && !superseded && !flush_partial;
-        let away = ctl.gone.load(Ordering::Acquire) || ctl.rotated.load(Ordering::Acquire);
+        let away = self.ctl.gone.load(Ordering::Acquire) || self.ctl.rotated.load(Ordering::Acquire);
         if away && needs_flush {
             // Rotated away or deleted with a partial last line: once the
             // grace period passes without growth, one more pass emits it;
             // new bytes meanwhile may complete it.
             tokio::select! {
-                _ = tokio::time::sleep_until(last_growth + shared.partial_grace) => {}
-                _ = ctl.wake.notified() => {}
-                _ = shared.shutdown.cancelled() => return done(st.offset(), size, Exit::Shutdown),
+                _ = tokio::time::sleep_until(self.last_growth + self.shared.partial_grace) => {}
+                _ = self.ctl.wake.notified() => {}
+                _ = self.shared.shutdown.cancelled() => return self.stop(st.offset(), Exit::Shutdown),
             }
-            continue;
+            return ControlFlow::Continue(());
         }
-        if ctl.gone.load(Ordering::Acquire) {
-            if !hold_until_acked(&shared, &ctl, fp).await {
-                return done(st.offset(), size, Exit::Shutdown);
+        if self.ctl.gone.load(Ordering::Acquire) {
+            if !hold_until_acked(&self.shared, &self.ctl, self.fp).await {
+                return self.stop(st.offset(), Exit::Shutdown);
             }
-            return done(st.offset(), size, Exit::Gone);
+            return self.stop(st.offset(), Exit::Gone);
         }
         tokio::select! {
-            _ = ctl.wake.notified() => {}
-            _ = shared.shutdown.cancelled() => return done(st.offset(), size, Exit::Shutdown),
+            _ = self.ctl.wake.notified() => {}
+            _ = self.shared.shutdown.cancelled() => return self.stop(st.offset(), Exit::Shutdown),
             _ = tokio::time::sleep(IDLE_CLOSE) => {
                 // Not while some of its batches are unacknowledged: the
                 // open descriptor is their copy if the file is deleted.
-                if st.carry.is_empty() && !shared.checkpoints.in_flight(fp) {
-                    return done(st.offset(), size, Exit::Idle);
+                if st.carry.is_empty() && !self.shared.checkpoints.in_flight(self.fp) {
+                    return self.stop(st.offset(), Exit::Idle);
                 }
             }
         }
+        ControlFlow::Continue(())
     }
 }
 
