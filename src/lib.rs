@@ -56,6 +56,7 @@ pub mod budget;
 pub mod checkpoint;
 pub mod cli;
 pub mod cmd;
+pub mod component;
 pub mod config;
 pub mod delivery;
 pub mod demo;

@@ -78,6 +78,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::component::{Kind, Settings};
 use crate::listener::Bound;
 use crate::pipeline::{Batch, Fanout};
 use crate::settings::{ConfigError, SectionError};
@@ -296,17 +297,32 @@ pub struct Needs {
 
 /// A registered sink kind, without its types: what the config loader and
 /// the reload code use. [`Registered`] implements it for every [`Sink`].
-pub trait SinkKind: Send + Sync {
+pub trait SinkKind: Kind {
     /// [`Sink::SECTION`].
     fn section(&self) -> &'static str;
     /// [`Sink::NAME`].
     fn name(&self) -> &'static str;
     /// Reads the section and its settings.
     fn parse(&self, section: toml::de::ValueDeserializer<'_>, base: &Path) -> Result<Configured, SectionError>;
+    /// [`Sink::needs`] of `cfg` (settings this kind read).
+    fn needs(&self, cfg: &Configured, needs: &mut Needs);
+    /// [`Sink::summary`] of `cfg`.
+    fn summary(&self, cfg: &Configured) -> String;
+    /// [`Sink::start`] with `cfg`.
+    fn start<'a>(&'a self, cfg: &'a Configured, ctx: &'a SinkContext, fanout: &'a mut Fanout, listeners: &'a mut Bound) -> Starting<'a>;
+    /// [`Sink::keys`] between `running` and `new` settings (of this
+    /// kind): the settings to put in force, the restart keys and the live
+    /// keys that changed.
+    fn reload(&self, running: &Configured, new: &Configured) -> (Configured, Vec<&'static str>, Vec<&'static str>);
+    /// [`Sink::prepare`] of `cfg`.
+    fn prepare(&self, cfg: &Configured) -> anyhow::Result<Box<dyn Any + Send>>;
     /// [`Sink::reconfigure`] (nothing when the handle or the update is not
     /// this kind's).
     fn reconfigure(&self, handle: &(dyn Any + Send + Sync), update: Box<dyn Any + Send>);
 }
+
+/// A sink starting: its task and its control ([`Sink::Handle`], erased).
+pub type Starting<'a> = Pin<Box<dyn Future<Output = anyhow::Result<(SinkHandle, Box<dyn Any + Send + Sync>)>> + Send + 'a>>;
 
 /// A [`Sink`] as a [`SinkKind`] (an entry of [`REGISTRY`]).
 pub struct Registered<S>(PhantomData<fn() -> S>);
@@ -314,6 +330,21 @@ pub struct Registered<S>(PhantomData<fn() -> S>);
 impl<S> Registered<S> {
     /// The entry for `S`.
     pub const NEW: Registered<S> = Registered(PhantomData);
+}
+
+impl<S: Sink> Registered<S> {
+    /// `cfg`'s typed settings. Not failing: [`Configured`] is made by its
+    /// kind ([`SinkKind::parse`], [`SinkKind::reload`]), and its kind is
+    /// what calls this.
+    fn typed(cfg: &Configured) -> anyhow::Result<&S::Config> {
+        cfg.get::<S>().ok_or_else(|| anyhow::anyhow!("[{}] got the settings of [{}]", S::SECTION, cfg.kind().section()))
+    }
+}
+
+impl<S: Sink> Kind for Registered<S> {
+    fn tag(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "[{}]", S::SECTION)
+    }
 }
 
 impl<S: Sink> SinkKind for Registered<S> {
@@ -327,7 +358,39 @@ impl<S: Sink> SinkKind for Registered<S> {
 
     fn parse(&self, section: toml::de::ValueDeserializer<'_>, base: &Path) -> Result<Configured, SectionError> {
         let s: S::Section = crate::settings::section(section)?;
-        Ok(Configured(Box::new(Typed::<S>(S::config(s, base)?))))
+        Ok(Configured(Settings::new(&Registered::<S>::NEW, S::config(s, base)?)))
+    }
+
+    fn needs(&self, cfg: &Configured, needs: &mut Needs) {
+        if let Ok(c) = Self::typed(cfg) {
+            S::needs(c, needs)
+        }
+    }
+
+    fn summary(&self, cfg: &Configured) -> String {
+        Self::typed(cfg).map(S::summary).unwrap_or_default()
+    }
+
+    fn start<'a>(&'a self, cfg: &'a Configured, ctx: &'a SinkContext, fanout: &'a mut Fanout, listeners: &'a mut Bound) -> Starting<'a> {
+        Box::pin(async move {
+            let (h, control) = S::start(Self::typed(cfg)?, ctx, fanout, listeners).await?;
+            Ok((h, Box::new(control) as Box<dyn Any + Send + Sync>))
+        })
+    }
+
+    fn reload(&self, running: &Configured, new: &Configured) -> (Configured, Vec<&'static str>, Vec<&'static str>) {
+        let (Ok(old), Ok(new)) = (Self::typed(running), Self::typed(new)) else {
+            // Not reached (sinks are paired by section): treat it as a new section.
+            return (running.clone(), vec![S::SECTION], Vec::new());
+        };
+        let mut keys = Keys::new(old, new);
+        S::keys(&mut keys);
+        let r = keys.finish(S::SECTION);
+        (Configured(Settings::new(&Registered::<S>::NEW, r.effective)), r.restart, r.live)
+    }
+
+    fn prepare(&self, cfg: &Configured) -> anyhow::Result<Box<dyn Any + Send>> {
+        Ok(Box::new(S::prepare(Self::typed(cfg)?)?))
     }
 
     fn reconfigure(&self, handle: &(dyn Any + Send + Sync), update: Box<dyn Any + Send>) {
@@ -337,93 +400,9 @@ impl<S: Sink> SinkKind for Registered<S> {
     }
 }
 
-/// The settings of one sink, with what its kind does with them, without
-/// their type ([`Typed`] for every [`Sink`]).
-trait Erased: Send + Sync {
-    /// The sink's kind.
-    fn kind(&self) -> &'static dyn SinkKind;
-    /// For downcasting to the sink's [`Sink::Config`].
-    fn as_any(&self) -> &dyn Any;
-    /// A copy.
-    fn clone_box(&self) -> Box<dyn Erased>;
-    /// Equal settings of the same sink.
-    fn eq_dyn(&self, other: &dyn Erased) -> bool;
-    /// `Debug`, with the section.
-    fn fmt_dyn(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result;
-    /// [`Sink::needs`].
-    fn needs(&self, needs: &mut Needs);
-    /// [`Sink::summary`].
-    fn summary(&self) -> String;
-    /// [`Sink::start`].
-    fn start<'a>(&'a self, ctx: &'a SinkContext, fanout: &'a mut Fanout, listeners: &'a mut Bound) -> Starting<'a>;
-    /// [`Sink::keys`] between these (running) settings and `new` (of the
-    /// same kind): the settings to put in force, the restart keys and the
-    /// live keys that changed.
-    fn reload(&self, new: &dyn Erased) -> (Box<dyn Erased>, Vec<&'static str>, Vec<&'static str>);
-    /// [`Sink::prepare`].
-    fn prepare(&self) -> anyhow::Result<Box<dyn Any + Send>>;
-}
-
-/// A sink starting: its task and its control ([`Sink::Handle`], erased).
-type Starting<'a> = Pin<Box<dyn Future<Output = anyhow::Result<(SinkHandle, Box<dyn Any + Send + Sync>)>> + Send + 'a>>;
-
-/// A sink `S`'s settings.
-struct Typed<S: Sink>(S::Config);
-
-impl<S: Sink> Erased for Typed<S> {
-    fn kind(&self) -> &'static dyn SinkKind {
-        &Registered::<S>::NEW
-    }
-
-    fn as_any(&self) -> &dyn Any {
-        &self.0
-    }
-
-    fn clone_box(&self) -> Box<dyn Erased> {
-        Box::new(Typed::<S>(self.0.clone()))
-    }
-
-    fn eq_dyn(&self, other: &dyn Erased) -> bool {
-        other.as_any().downcast_ref::<S::Config>() == Some(&self.0)
-    }
-
-    fn fmt_dyn(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "[{}] {:?}", S::SECTION, self.0)
-    }
-
-    fn needs(&self, needs: &mut Needs) {
-        S::needs(&self.0, needs)
-    }
-
-    fn summary(&self) -> String {
-        S::summary(&self.0)
-    }
-
-    fn start<'a>(&'a self, ctx: &'a SinkContext, fanout: &'a mut Fanout, listeners: &'a mut Bound) -> Starting<'a> {
-        Box::pin(async move {
-            let (h, control) = S::start(&self.0, ctx, fanout, listeners).await?;
-            Ok((h, Box::new(control) as Box<dyn Any + Send + Sync>))
-        })
-    }
-
-    fn reload(&self, new: &dyn Erased) -> (Box<dyn Erased>, Vec<&'static str>, Vec<&'static str>) {
-        let Some(new) = new.as_any().downcast_ref::<S::Config>() else {
-            // Not reached (sinks are paired by section): treat it as a new section.
-            return (self.clone_box(), vec![S::SECTION], Vec::new());
-        };
-        let mut keys = Keys::new(&self.0, new);
-        S::keys(&mut keys);
-        let r = keys.finish(S::SECTION);
-        (Box::new(Typed::<S>(r.effective)), r.restart, r.live)
-    }
-
-    fn prepare(&self) -> anyhow::Result<Box<dyn Any + Send>> {
-        Ok(Box::new(S::prepare(&self.0)?))
-    }
-}
-
 /// One configured sink: its settings and its kind.
-pub struct Configured(Box<dyn Erased>);
+#[derive(Clone, Debug, PartialEq)]
+pub struct Configured(Settings<dyn SinkKind>);
 
 impl Configured {
     /// The sink's kind.
@@ -433,37 +412,19 @@ impl Configured {
 
     /// The settings, if this is a sink `S`.
     pub fn get<S: Sink>(&self) -> Option<&S::Config> {
-        (self.kind().section() == S::SECTION).then(|| self.0.as_any().downcast_ref::<S::Config>()).flatten()
+        (self.kind().section() == S::SECTION).then(|| self.0.get::<S::Config>()).flatten()
     }
 
     /// What it needs from the host.
     pub fn needs(&self) -> Needs {
         let mut n = Needs::default();
-        self.0.needs(&mut n);
+        self.kind().needs(self, &mut n);
         n
     }
 
     /// Its line in `check-config`.
     pub fn summary(&self) -> String {
-        self.0.summary()
-    }
-}
-
-impl Clone for Configured {
-    fn clone(&self) -> Self {
-        Configured(self.0.clone_box())
-    }
-}
-
-impl PartialEq for Configured {
-    fn eq(&self, other: &Self) -> bool {
-        self.0.eq_dyn(&*other.0)
-    }
-}
-
-impl fmt::Debug for Configured {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.0.fmt_dyn(f)
+        self.kind().summary(self)
     }
 }
 
@@ -511,8 +472,7 @@ impl Sinks {
         for kind in kinds {
             match (self.find(kind.section()), new.find(kind.section())) {
                 (Some(old), Some(new)) => {
-                    let (cfg, restart, live) = old.0.reload(&*new.0);
-                    let cfg = Configured(cfg);
+                    let (cfg, restart, live) = kind.reload(old, new);
                     d.restart_needed.extend(restart);
                     d.live.extend(live);
                     if cfg != *old {
@@ -537,7 +497,7 @@ impl Sinks {
     pub async fn start(&self, ctx: &SinkContext, fanout: &mut Fanout, listeners: &mut Bound) -> anyhow::Result<Running> {
         let mut running = Running::default();
         for c in &self.0 {
-            let (h, control) = c.0.start(ctx, fanout, listeners).await?;
+            let (h, control) = c.kind().start(c, ctx, fanout, listeners).await?;
             running.tasks.push(h);
             running.controls.push((c.kind(), control));
         }
@@ -571,7 +531,7 @@ pub struct Update {
 impl Update {
     /// Prepares `config` (blocking: files read, clients built).
     pub fn prepare(config: Configured) -> anyhow::Result<Update> {
-        let payload = config.0.prepare()?;
+        let payload = config.kind().prepare(&config)?;
         Ok(Update { config, payload })
     }
 

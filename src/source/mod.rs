@@ -16,7 +16,6 @@
 pub mod file;
 pub mod kafka;
 
-use std::any::Any;
 use std::fmt;
 use std::marker::PhantomData;
 use std::path::{Path, PathBuf};
@@ -26,6 +25,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::checkpoint::Checkpointer;
+use crate::component::{Kind, Settings};
 use crate::enrich::Enricher;
 use crate::pipeline::Fanout;
 use crate::settings::{ConfigError, SectionError};
@@ -132,14 +132,21 @@ pub struct Check {
 }
 
 /// A registered source kind, without its types.
-pub trait SourceKind: Send + Sync {
+pub trait SourceKind: Kind {
     /// [`Source::KIND`].
     fn kind(&self) -> &'static str;
     /// Reads a section (without `kind` and `name`) and its settings.
-    fn parse(&self, section: toml::de::ValueDeserializer<'_>, key: &str, base: &Path) -> Result<Box<dyn Erased>, SectionError>;
+    fn parse(&self, section: toml::de::ValueDeserializer<'_>, key: &str, base: &Path) -> Result<SourceSettings, SectionError>;
+    /// [`Source::check`] of `cfg` (settings this kind read).
+    fn check(&self, cfg: &SourceSettings, key: &str) -> Check;
+    /// [`Source::summary`] of `cfg`.
+    fn summary(&self, cfg: &SourceSettings, found: &SourceFound) -> String;
     /// [`Source::start`] for the sources of this kind in `sources`.
     fn start(&self, sources: &[&SourceConfigured], ctx: &SourceContext) -> anyhow::Result<Started>;
 }
+
+/// The settings of one source without their type, with their kind.
+pub type SourceSettings = Settings<dyn SourceKind>;
 
 /// A [`Source`] as a [`SourceKind`] (an entry of [`KINDS`]).
 pub struct Registered<S>(PhantomData<fn() -> S>);
@@ -149,14 +156,29 @@ impl<S> Registered<S> {
     pub const NEW: Registered<S> = Registered(PhantomData);
 }
 
+impl<S: Source> Kind for Registered<S> {
+    fn tag(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(S::KIND)
+    }
+}
+
 impl<S: Source> SourceKind for Registered<S> {
     fn kind(&self) -> &'static str {
         S::KIND
     }
 
-    fn parse(&self, section: toml::de::ValueDeserializer<'_>, key: &str, base: &Path) -> Result<Box<dyn Erased>, SectionError> {
+    fn parse(&self, section: toml::de::ValueDeserializer<'_>, key: &str, base: &Path) -> Result<SourceSettings, SectionError> {
         let s: S::Section = crate::settings::section(section)?;
-        Ok(Box::new(Typed::<S>(S::config(s, key, base)?)))
+        Ok(Settings::new(&Registered::<S>::NEW, S::config(s, key, base)?))
+    }
+
+    fn check(&self, cfg: &SourceSettings, key: &str) -> Check {
+        // Settings are made by their kind (`parse`), which is what calls this.
+        cfg.get::<S::Config>().map(|c| S::check(c, key)).unwrap_or_default()
+    }
+
+    fn summary(&self, cfg: &SourceSettings, found: &SourceFound) -> String {
+        cfg.get::<S::Config>().map(|c| S::summary(c, found)).unwrap_or_default()
     }
 
     fn start(&self, sources: &[&SourceConfigured], ctx: &SourceContext) -> anyhow::Result<Started> {
@@ -171,69 +193,18 @@ impl<S: Source> SourceKind for Registered<S> {
     }
 }
 
-/// The settings of one source without their type (implemented for every
-/// [`Source`]).
-pub trait Erased: Send + Sync {
-    /// The source's kind.
-    fn kind(&self) -> &'static dyn SourceKind;
-    /// For downcasting to the kind's settings.
-    fn as_any(&self) -> &dyn Any;
-    /// A copy.
-    fn clone_box(&self) -> Box<dyn Erased>;
-    /// Equal settings of the same kind.
-    fn eq_dyn(&self, other: &dyn Erased) -> bool;
-    /// `Debug`.
-    fn fmt_dyn(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result;
-    /// [`Source::check`].
-    fn check(&self, key: &str) -> Check;
-    /// [`Source::summary`].
-    fn summary(&self, found: &SourceFound) -> String;
-}
-
-/// A source `S`'s settings.
-struct Typed<S: Source>(S::Config);
-
-impl<S: Source> Erased for Typed<S> {
-    fn kind(&self) -> &'static dyn SourceKind {
-        &Registered::<S>::NEW
-    }
-
-    fn as_any(&self) -> &dyn Any {
-        &self.0
-    }
-
-    fn clone_box(&self) -> Box<dyn Erased> {
-        Box::new(Typed::<S>(self.0.clone()))
-    }
-
-    fn eq_dyn(&self, other: &dyn Erased) -> bool {
-        other.as_any().downcast_ref::<S::Config>() == Some(&self.0)
-    }
-
-    fn fmt_dyn(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} {:?}", S::KIND, self.0)
-    }
-
-    fn check(&self, key: &str) -> Check {
-        S::check(&self.0, key)
-    }
-
-    fn summary(&self, found: &SourceFound) -> String {
-        S::summary(&self.0, found)
-    }
-}
-
 /// One configured `[[source]]`: its name and its kind's settings.
+#[derive(Clone, PartialEq)]
 pub struct SourceConfigured {
     /// The name in logs, `/status` and metrics (`source<N>` by default).
     pub name: String,
     /// The settings.
-    config: Box<dyn Erased>,
+    config: SourceSettings,
 }
 
 impl SourceConfigured {
     /// A source named `name` with `config` (from [`SourceKind::parse`]).
-    pub fn new(name: String, config: Box<dyn Erased>) -> SourceConfigured {
+    pub fn new(name: String, config: SourceSettings) -> SourceConfigured {
         SourceConfigured { name, config }
     }
 
@@ -244,37 +215,24 @@ impl SourceConfigured {
 
     /// The settings, if this is a source of kind `S`.
     pub fn get<S: Source>(&self) -> Option<&S::Config> {
-        (self.kind().kind() == S::KIND).then(|| self.config.as_any().downcast_ref::<S::Config>()).flatten()
+        (self.kind().kind() == S::KIND).then(|| self.config.get::<S::Config>()).flatten()
     }
 
     /// What the host offers it now ([`Source::check`]); `key` is
     /// `source[<index>]`.
     pub fn check(&self, key: &str) -> Check {
-        self.config.check(key)
+        self.kind().check(&self.config, key)
     }
 
     /// Its lines in `check-config`.
     pub fn summary(&self, found: &SourceFound) -> String {
-        self.config.summary(found)
-    }
-}
-
-impl Clone for SourceConfigured {
-    fn clone(&self) -> Self {
-        SourceConfigured { name: self.name.clone(), config: self.config.clone_box() }
-    }
-}
-
-impl PartialEq for SourceConfigured {
-    fn eq(&self, other: &Self) -> bool {
-        self.name == other.name && self.config.eq_dyn(&*other.config)
+        self.kind().summary(&self.config, found)
     }
 }
 
 impl fmt::Debug for SourceConfigured {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: ", self.name)?;
-        self.config.fmt_dyn(f)
+        write!(f, "{}: {:?}", self.name, self.config)
     }
 }
 
