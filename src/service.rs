@@ -154,14 +154,6 @@ pub fn log_filter(log_level: &str) -> Result<EnvFilter, ConfigError> {
     }
 }
 
-/// Dependency log lines an operator never needs, kept quiet unless
-/// `log_level` names their target itself (`RUST_LOG` replaces the whole
-/// filter): notify's inotify backend logs at INFO "unable to remove watch
-/// descriptor ... Invalid argument" whenever a watched directory goes away
-/// (the kernel dropped the watch already), as the demo's does at every
-/// stop; harmless, and a journal line on every stop.
-const QUIET_DEPENDENCIES: &[(&str, &str)] = &[("notify::inotify", "notify::inotify=warn")];
-
 /// Parses the config's `log_level` (a level or an `EnvFilter` directive).
 /// A bare level is the bridge's own: other crates stay at `warn` (or the
 /// level, when it is quieter). A directive is used as written.
@@ -186,20 +178,7 @@ pub fn parse_level(log_level: &str) -> Result<EnvFilter, ConfigError> {
     } else {
         log_level.to_string()
     };
-    let mut filter = EnvFilter::try_new(&directives)
-        .map_err(|e| ConfigError::invalid("log_level", format!("`{log_level}` is not a log level ({e})")))?;
-    // Never louder than a bare level quieter than `info`.
-    if !(bare && matches!(directives.as_str(), "off" | "error" | "warn")) {
-        for (target, directive) in QUIET_DEPENDENCIES {
-            let named = log_level.split(',').any(|d| d.trim().starts_with(target.split("::").next().unwrap_or(target)));
-            if !named {
-                if let Ok(d) = directive.parse() {
-                    filter = filter.add_directive(d);
-                }
-            }
-        }
-    }
-    Ok(filter)
+    EnvFilter::try_new(&directives).map_err(|e| ConfigError::invalid("log_level", format!("`{log_level}` is not a log level ({e})")))
 }
 
 /// Rate limits of other crates' log lines, per call site (a line of the
@@ -532,13 +511,5 @@ mod tests {
         assert!(parse_level("debug").is_ok());
         assert!(parse_level("WARN").is_ok());
         assert!(parse_level("info,calllog_bridge::sink=debug").is_ok());
-    }
-
-    #[test]
-    fn notify_inotify_is_quiet_unless_log_level_names_it() {
-        assert!(parse_level("info").unwrap().to_string().contains("notify::inotify=warn"));
-        assert!(parse_level("debug,calllog_bridge=trace").unwrap().to_string().contains("notify::inotify=warn"));
-        assert!(!parse_level("info,notify=debug").unwrap().to_string().contains("notify::inotify=warn"));
-        assert!(!parse_level("off").unwrap().to_string().contains("notify"), "never louder than the level");
     }
 }
