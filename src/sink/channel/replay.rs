@@ -1087,8 +1087,11 @@ pub struct ReplayLog {
     /// The newest segment, open for appending (`None`: the next append
     /// starts a new segment).
     active: Option<File>,
-    /// Sealed segment files not yet fsynced.
-    unsynced: Vec<File>,
+    /// Sealed segment files not yet fsynced, by path. A segment removed
+    /// before its fsync leaves this list at once: an open descriptor would
+    /// keep a deleted file's blocks in use until the next group fsync, and
+    /// a burst rolls many segments within one fsync interval.
+    unsynced: Vec<(PathBuf, File)>,
     /// The active segment has unsynced writes.
     dirty: bool,
     /// Segments were created or removed since the last directory fsync.
@@ -1255,6 +1258,7 @@ impl ReplayLog {
             self.dirty = false;
         }
         let mut s = self.segments.remove(i)?;
+        self.forget_unsynced(&s.path);
         self.total_bytes -= s.len;
         self.total_records -= s.records;
         self.hot_trim();
@@ -1379,7 +1383,9 @@ impl ReplayLog {
     fn roll(&mut self) -> std::io::Result<()> {
         if let Some(old) = self.active.take() {
             if self.dirty {
-                self.unsynced.push(old);
+                if let Some(s) = self.segments.back() {
+                    self.unsynced.push((s.path.clone(), old));
+                }
             }
             self.dirty = false;
         }
@@ -1389,6 +1395,7 @@ impl ReplayLog {
         // reuse its name.
         if self.segments.back().is_some_and(|s| s.records == 0) {
             if let Some(s) = self.segments.pop_back() {
+                self.forget_unsynced(&s.path);
                 let _ = std::fs::remove_file(&s.path);
             }
         }
@@ -1412,6 +1419,7 @@ impl ReplayLog {
                 break;
             }
             let Some(mut s) = self.segments.pop_front() else { break };
+            self.forget_unsynced(&s.path);
             self.keep_history(std::mem::take(&mut s.bits));
             if n == 1 {
                 // The newest segment aged out (no traffic for that long):
@@ -1431,6 +1439,13 @@ impl ReplayLog {
         }
         self.hot_trim();
         removed
+    }
+
+    /// Drops the unsynced descriptor of a segment leaving the log: nothing
+    /// of a removed file needs to reach the disk, and closing it lets the
+    /// file system free its blocks now.
+    fn forget_unsynced(&mut self, path: &Path) {
+        self.unsynced.retain(|(p, _)| p != path);
     }
 
     /// Keeps the channels of records that leave the log (bounded).
@@ -1489,7 +1504,7 @@ impl ReplayLog {
 
     /// Files to fsync now (`None`: nothing unsynced).
     pub fn take_sync(&mut self) -> std::io::Result<Option<SyncJob>> {
-        let mut files = std::mem::take(&mut self.unsynced);
+        let mut files: Vec<File> = std::mem::take(&mut self.unsynced).into_iter().map(|(_, f)| f).collect();
         if self.dirty {
             if let Some(f) = &self.active {
                 files.push(f.try_clone()?);
@@ -1761,6 +1776,30 @@ mod tests {
         assert_eq!(all[0].item.texts.text_for(1), Some("{\"k\":\"secret\"}"));
         assert_eq!((all[1].item.texts.bits(), all[1].item.texts.bytes()), (0, 0));
         assert_eq!(all[2].item.texts.bits(), 8);
+    }
+
+    #[test]
+    fn a_segment_removed_before_its_fsync_is_closed_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let ret = Retention::new(64 << 10, i64::MAX / 2);
+        let (mut log, _) = ReplayLog::open(dir.path(), Retention { segment_bytes: MIN_SEGMENT_BYTES, ..ret }, 1).unwrap();
+        // A burst within one fsync interval: many segments rolled, most
+        // removed by retention, none fsynced yet.
+        for i in 1..=2000 {
+            log.append(&[item_for(i, 2)], 1000).unwrap();
+            log.retain(1000);
+        }
+        assert!(log.unsynced.len() < log.segments.len(), "{} unsynced, {} segments", log.unsynced.len(), log.segments.len());
+        // No descriptor of this process points at a deleted segment.
+        let deleted: Vec<_> = std::fs::read_dir("/proc/self/fd")
+            .unwrap()
+            .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+            .filter(|t| t.starts_with(dir.path()) && t.to_string_lossy().ends_with("(deleted)"))
+            .collect();
+        assert!(deleted.is_empty(), "{deleted:?}");
+        let job = log.take_sync().unwrap().unwrap();
+        job.run().unwrap();
+        assert!(log.unsynced.is_empty());
     }
 
     #[test]
