@@ -35,7 +35,20 @@ pub fn find(entries: &[Entry], sources: &[SourceConfig], scanned_since_ms: i64, 
         }
         let last = Path::new(&e.path);
         let (reason, now_at, unread) = match locate(last, e.dev, e.ino) {
-            Some((at, size)) => {
+            Located::Unknown(err) => {
+                // Not a verdict: a directory the bridge cannot look into
+                // (permissions, a stale mount) hides the file from the scan
+                // too, and its source shows that as an error. Its records
+                // are read from the checkpoint once it can be seen again.
+                tracing::warn!(
+                    file = %crate::logsafe::Escaped(&e.path),
+                    error = %err,
+                    "cannot tell whether this checkpointed file was read to its end: it cannot be looked at now; it is read from its \
+                     checkpoint when the source's paths show it again"
+                );
+                continue;
+            }
+            Located::At(at, size) => {
                 if matched(&at) {
                     // Followed (a file too old to read, or not fingerprinted yet).
                     continue;
@@ -53,7 +66,7 @@ pub fn find(entries: &[Entry], sources: &[SourceConfig], scanned_since_ms: i64, 
                 };
                 ("not-matched", Some(at.display().to_string()), unread)
             }
-            None => {
+            Located::Gone => {
                 let unread = if is_gz(last) {
                     if e.gz_complete.is_some() {
                         continue;
@@ -85,27 +98,50 @@ pub fn find(entries: &[Entry], sources: &[SourceConfig], scanned_since_ms: i64, 
     out
 }
 
+/// What [`locate`] found.
+#[derive(Debug)]
+enum Located {
+    /// The file, at this path, of this size.
+    At(PathBuf, u64),
+    /// Neither at its path nor anywhere in its directory (or the
+    /// directory itself is gone).
+    Gone,
+    /// Cannot tell: its path or its directory could not be looked at
+    /// (permission denied, an I/O error): never taken for gone.
+    Unknown(std::io::Error),
+}
+
 /// Where the file with device `dev` and inode `ino`, last seen at `last`,
 /// is now: at `last`, or renamed within its directory; with its size.
-fn locate(last: &Path, dev: u64, ino: u64) -> Option<(PathBuf, u64)> {
+fn locate(last: &Path, dev: u64, ino: u64) -> Located {
+    use std::io::ErrorKind::{NotADirectory, NotFound};
     let same = |m: &std::fs::Metadata| m.is_file() && m.dev() == dev && m.ino() == ino;
-    if let Ok(m) = std::fs::metadata(last) {
-        if same(&m) {
-            return Some((last.to_path_buf(), m.len()));
-        }
+    match std::fs::metadata(last) {
+        Ok(m) if same(&m) => return Located::At(last.to_path_buf(), m.len()),
+        Ok(_) => {}
+        Err(e) if matches!(e.kind(), NotFound | NotADirectory) => {}
+        Err(e) => return Located::Unknown(e),
     }
     if dev == 0 && ino == 0 {
-        return None;
+        return Located::Gone;
     }
-    let dir = last.parent()?;
-    for entry in std::fs::read_dir(dir).ok()?.flatten() {
-        if let Ok(m) = entry.metadata() {
-            if same(&m) {
-                return Some((entry.path(), m.len()));
-            }
+    let Some(dir) = last.parent() else { return Located::Gone };
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if matches!(e.kind(), NotFound | NotADirectory) => return Located::Gone,
+        Err(e) => return Located::Unknown(e),
+    };
+    let mut unknown = None;
+    for entry in entries {
+        match entry.and_then(|en| Ok((en.path(), en.metadata()?))) {
+            Ok((path, m)) if same(&m) => return Located::At(path, m.len()),
+            Ok(_) => {}
+            // Removed while listed: not this file's business.
+            Err(e) if e.kind() == NotFound => {}
+            Err(e) => unknown = Some(e),
         }
     }
-    None
+    unknown.map_or(Located::Gone, Located::Unknown)
 }
 
 /// The warning for one file left unread (loud: records are lost).
@@ -167,5 +203,27 @@ mod tests {
         let at = d.join("access.log.1").display().to_string();
         assert_eq!(got, vec![("not-matched", Some(11), Some(at.as_str())), ("gone", Some(150), None)]);
         assert!(message("le", &found[0].1).contains("RECORDS LOST"));
+    }
+
+    /// A file that cannot be looked at (here a path through a symbolic
+    /// link loop, which fails for root too; for the service user, a
+    /// directory it may not search) is not taken for gone: no records are
+    /// said lost. A directory replaced by a file is gone.
+    #[test]
+    fn a_file_that_cannot_be_looked_at_is_not_said_lost() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        std::os::unix::fs::symlink(d.join("loop"), d.join("loop")).unwrap();
+        let hidden = d.join("loop/access.log");
+        assert!(matches!(locate(&hidden, 1, 2), Located::Unknown(_)), "{:?}", locate(&hidden, 1, 2));
+        let unknown = Entry { path: hidden.display().to_string(), dev: 1, ino: 2, ..entry(&d.join("x"), 10, 500, 5) };
+        std::fs::write(d.join("plain"), "x").unwrap();
+        let under_a_file = d.join("plain/access.log");
+        assert!(matches!(locate(&under_a_file, 1, 2), Located::Gone));
+        let gone = Entry { path: under_a_file.display().to_string(), dev: 1, ino: 2, ..entry(&d.join("x"), 10, 500, 5) };
+        let sources = [source(&d.join("*/*.log"))];
+        let found = find(&[unknown, gone], &sources, 10, 60);
+        let paths: Vec<&str> = found.iter().map(|(_, l)| l.path.as_str()).collect();
+        assert_eq!(paths, vec![under_a_file.display().to_string().as_str()]);
     }
 }
