@@ -73,7 +73,7 @@ pub struct TokenNewArgs {
     #[arg(long, value_name = "ID")]
     pub channel: Option<String>,
     /// The file to write (default:
-    /// /etc/calllog-bridge/<ID or channel>-<UTC date and time>.token).
+    /// `/etc/calllog-bridge/<ID or channel>-<UTC date and time>.token`).
     #[arg(long, value_name = "PATH")]
     pub file: Option<PathBuf>,
     /// When run as root, the file is given to this user (the service

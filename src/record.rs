@@ -478,7 +478,7 @@ fn is_formula(kind: Kind, v: &str) -> bool {
 /// another table, such as `lag report --csv`'s host and file, is
 /// [`Kind::Str`]): with [`Formulas::Neutralised`], as text when a
 /// spreadsheet would run it as a formula ([`csv_cell_is_formula`]'s rule),
-/// otherwise as [`write_csv_value`] writes it.
+/// otherwise as `write_csv_value` writes it.
 pub fn write_csv_cell(out: &mut Vec<u8>, kind: Kind, v: &str, formulas: Formulas) {
     if formulas == Formulas::Neutralised && is_formula(kind, v) {
         write_csv_quoted(out, b"'", v);

@@ -197,7 +197,7 @@ pub enum LogCheck {
 /// `at.next`, and the witness message must be the one read at its offset
 /// (same [`message_crc`]), and the log must give it back when asked for
 /// its offset. An end below the position (or the witness's offset) and a
-/// witness not given back are looked at twice, [`CONFIRM_AFTER`] apart,
+/// witness not given back are looked at twice, `CONFIRM_AFTER` apart,
 /// before they count (a new partition leader may answer with a stale
 /// state for a moment). A witness deleted by retention (its offset below
 /// the log's start) leaves nothing to compare: that is not a reset.

@@ -147,7 +147,7 @@ impl StackBuf {
 /// `200OK (API)` and `200_OK_API` all become `200_OK_API`;
 /// `403 Forbidden (Mashery)` becomes `403_Forbidden_Mashery`; LE 5's
 /// squashed `404NotFound (API)` becomes `404_Not_Found_API` (the words of
-/// the code's registered reason phrase, see [`restore_reason`]). Values with
+/// the code's registered reason phrase, see `restore_reason`). Values with
 /// neither a space nor a parenthesis (already the stream spelling, `-`,
 /// empty) are returned unchanged.
 pub fn response_string(v: Cow<'_, str>) -> Cow<'_, str> {

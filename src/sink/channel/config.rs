@@ -210,7 +210,7 @@ pub struct ChannelSection {
     #[serde(default = "default_replay_max_age_secs")]
     pub replay_max_age_secs: u64,
     /// Deprecated (the replay ring's record count): mapped to
-    /// `replay_max_bytes` at [`REPLAY_BYTES_PER_RECORD`] bytes a record
+    /// `replay_max_bytes` at `REPLAY_BYTES_PER_RECORD` bytes a record
     /// when that is not set, with a warning.
     #[serde(default)]
     pub replay_records: Option<usize>,

@@ -51,7 +51,7 @@
 //!   `Response To <their text>`; binary frames are ignored. Pings are
 //!   answered (the latest one, when the client does not read the answers:
 //!   a connection reads on after a ping only once its pong is written,
-//!   [`stall`]); the server pings every `ping_interval_secs` and closes a
+//!   `stall`); the server pings every `ping_interval_secs` and closes a
 //!   connection from which nothing was read for two intervals
 //!   (1008 `ping timeout`). Whatever a client does, its connection holds
 //!   at most [`CONNECTION_MEMORY_BYTES`] plus three records, charged to
@@ -76,7 +76,7 @@
 //! `write()`; fsynced in groups about once a second), wakes the
 //! connections, and acknowledges the batch: it never waits for a client.
 //! A batch the log cannot take (a full disk) stays unacknowledged and is
-//! retried, shown as a fault. Each connection ([`conn`]) reads the log from
+//! retried, shown as a fault. Each connection (`conn`) reads the log from
 //! its own cursor, from memory when it keeps up and from disk when it is
 //! behind, so a stalled client costs no memory and slows nothing.
 //! When `listen` has port 0, the bound address is logged and written to

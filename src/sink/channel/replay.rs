@@ -35,7 +35,7 @@
 //!
 //! In memory each segment keeps a sparse index (a `(seq, offset)` pair
 //! every [`INDEX_EVERY_BYTES`]) and the channels of each record
-//! ([`SeqBits`], a byte per record); the channels of records no longer
+//! (`SeqBits`, a byte per record); the channels of records no longer
 //! held are kept a while longer ([`HISTORY_RECORDS`]), so a `lost` notice
 //! counts only the records of the channel that asks ([`ReplayLog::count_for`]).
 
@@ -45,7 +45,7 @@
 //! tool that wrote into the file, a power loss): one whose length is
 //! impossible, whose checksum fails, whose body does not decode or whose
 //! sequence number does not follow the one before. Reading (at start and
-//! while running, [`SegmentReader`]) skips past them to the next good
+//! while running, `SegmentReader`) skips past them to the next good
 //! record: the next offset holding a plausible header, a body with the
 //! right checksum and a sequence number after the last good one (and,
 //! while running, not after the segment's last). Within a segment
@@ -833,7 +833,7 @@ impl<'f> SegmentReader<'f> {
 /// Reads a segment file from its start, for tools that read the log
 /// offline (`lag report`): each good record's observed time (epoch ms)
 /// and JSON go to `visit`. Damage is skipped to the next good record as
-/// the channel skips it ([`SegmentReader`]; the file is not changed).
+/// the channel skips it (`SegmentReader`; the file is not changed).
 /// Returns the records read and the damage met; a range lost at the
 /// segment's end runs to `u64::MAX` (the next segment's first record is
 /// not looked at).

@@ -2,7 +2,7 @@
 //! minutes after each slice ends (the hosted export takes hours), and
 //! optionally uploaded to S3-compatible object storage.
 //!
-//! - [`slice`]: which slice a record falls in; file names (pure).
+//! - [`slice`](mod@slice): which slice a record falls in; file names (pure).
 //! - [`slice_file`]: one file being written (gzip stream, sync, publish by
 //!   rename) and reading files back (recovery, dedup sets).
 //! - [`exporter`]: the rules (open, late files, close, dedup), without
