@@ -44,8 +44,8 @@
 //!   writes each line's append time and latency).
 //!
 //! `FOOTPRINT_BIN` runs another build of the bridge (before / after);
-//! `SOURCE_EXTRA`, `ARCHIVE_EXTRA`, `CHANNEL_EXTRA` and `UPSTREAM_EXTRA`
-//! add settings to those sections (`SOURCE_EXTRA="read_delay_ms = 10"`).
+//! `SOURCE_EXTRA`, `STATUS_EXTRA`, `ARCHIVE_EXTRA`, `CHANNEL_EXTRA` and
+//! `UPSTREAM_EXTRA` add settings to those sections (`SOURCE_EXTRA="read_delay_ms = 10"`).
 //! All durations are environment variables (seconds); `ROUNDS` (1) repeats
 //! the backlog runs (each run and the median printed). Defaults take about
 //! three minutes on a 2-core machine. Variables the bridge reads pass
@@ -186,10 +186,11 @@ impl Bridge {
         // without editing the bench), e.g. `CHANNEL_EXTRA="replay_records = 1000"`.
         let extra = |name: &str| env_str(name, "").replace("\\n", "\n");
         let mut cfg = format!(
-            "state_dir = {:?}\nlog_level = \"warn\"\n[[source]]\npaths = [{:?}]\nformat = \"le6\"\n{}\n[status]\nlisten = \"127.0.0.1:0\"\n",
+            "state_dir = {:?}\nlog_level = \"warn\"\n[[source]]\npaths = [{:?}]\nformat = \"le6\"\n{}\n[status]\nlisten = \"127.0.0.1:0\"\n{}\n",
             state.to_string_lossy(),
             dir.join("access*.log").to_string_lossy(),
-            extra("SOURCE_EXTRA")
+            extra("SOURCE_EXTRA"),
+            extra("STATUS_EXTRA")
         );
         if sinks.archive {
             cfg += &format!("[file_output]\npath = {:?}\n{}\n", dir.join("out/out.ndjson").to_string_lossy(), extra("ARCHIVE_EXTRA"));
