@@ -24,7 +24,9 @@ use crate::watch::{is_gz, Watcher};
 /// The files left unread among `entries`, each with the index of the
 /// source it belongs to (the source whose directories hold it, else the
 /// first). `scanned_since_ms`: when the start-up scans began; an entry a
-/// scan saw since then is followed and not left unread.
+/// scan saw since then is followed and not left unread. An entry whose
+/// file cannot be looked at (permission denied, an I/O error) is neither: it is logged here
+/// as undecided and left out (the callers log and count what is returned).
 pub fn find(entries: &[Entry], sources: &[SourceConfig], scanned_since_ms: i64, now_ms: i64) -> Vec<(usize, LeftUnread)> {
     let watchers: Vec<Option<Watcher>> = sources.iter().map(|s| Watcher::new(s).ok()).collect();
     let matched = |p: &Path| watchers.iter().flatten().any(|w| w.matches(p));
